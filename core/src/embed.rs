@@ -1,0 +1,96 @@
+//! Text embeddings: the [`Embedder`] trait, a candle BERT-family embedder ([`bert`]) and the
+//! service that runs it off the async runtime with batching and back-pressure ([`service`]).
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::device::DeviceConfig;
+use crate::error::Result;
+
+pub mod bert;
+pub mod service;
+
+pub use bert::BertEmbedder;
+pub use service::EmbeddingService;
+
+/// The default embedding model: all-MiniLM-L6-v2 (384 dimensions).
+pub const DEFAULT_EMBEDDING_MODEL: &str = "all-MiniLM-L6-v2";
+
+/// Turns texts into vectors.
+#[async_trait]
+pub trait Embedder: Send + Sync {
+    /// The model's id, recorded with every vector it makes.
+    fn model_id(&self) -> &str;
+
+    /// The vector dimension.
+    fn dims(&self) -> usize;
+
+    /// Embeds texts, one vector per text, in order.
+    async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>>;
+
+    /// Embeds one text.
+    async fn embed_one(&self, text: &str) -> Result<Vec<f32>> {
+        let mut v = self.embed(vec![text.to_owned()]).await?;
+        v.pop()
+            .ok_or_else(|| crate::Error::Internal("embedder returned no vector".into()))
+    }
+}
+
+/// Configuration of a local embedding model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbedConfig {
+    /// A Hugging Face-style directory: `config.json`, `tokenizer.json`, `model.safetensors`
+    /// (and optionally sentence-transformers' `sentence_bert_config.json`,
+    /// `1_Pooling/config.json`, `modules.json`).
+    pub model_dir: PathBuf,
+    /// The id recorded with vectors; the directory name when absent.
+    pub model_id: Option<String>,
+    /// Where to run.
+    #[serde(default)]
+    pub device: DeviceConfig,
+    /// Most texts in one forward pass.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// Most requests waiting for the worker; callers wait when it is full.
+    #[serde(default = "default_queue")]
+    pub queue_capacity: usize,
+    /// Longest input in tokens (longer texts are truncated); the model's own limit when absent.
+    pub max_seq_len: Option<usize>,
+}
+
+fn default_max_batch() -> usize {
+    32
+}
+fn default_queue() -> usize {
+    256
+}
+
+impl EmbedConfig {
+    /// The model in `model_dir`, everything else default.
+    pub fn new(model_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            model_dir: model_dir.into(),
+            model_id: None,
+            device: DeviceConfig::default(),
+            max_batch: default_max_batch(),
+            queue_capacity: default_queue(),
+            max_seq_len: None,
+        }
+    }
+}
+
+/// Cosine similarity of two vectors (0 when either is zero).
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let (mut dot, mut na, mut nb) = (0f32, 0f32, 0f32);
+    for (x, y) in a.iter().zip(b) {
+        dot += x * y;
+        na += x * x;
+        nb += y * y;
+    }
+    if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot / (na.sqrt() * nb.sqrt())
+    }
+}

@@ -1,0 +1,247 @@
+//! BERT-family sentence embedders through candle (all-MiniLM-L6-v2, all-mpnet-base-v2 class,
+//! bge-small class), loaded from a local Hugging Face-style directory.
+//!
+//! Pooling and normalisation follow the sentence-transformers files when present (mean pooling
+//! over real tokens only, or the CLS token; L2 normalisation), and default to masked mean
+//! pooling + L2 normalisation. Inputs are sorted by length and padded per batch to the longest
+//! one, so short texts do not pay for long ones.
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+use serde::Deserialize;
+use tokenizers::{Tokenizer, TruncationParams};
+
+use crate::error::{Error, Result};
+
+/// How token vectors become one sentence vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// Mean of the real (non-padding) tokens.
+    Mean,
+    /// The first (`[CLS]`) token.
+    Cls,
+}
+
+#[derive(Deserialize)]
+struct PoolingFile {
+    #[serde(default)]
+    pooling_mode_cls_token: bool,
+    #[serde(default)]
+    pooling_mode_mean_tokens: bool,
+}
+
+#[derive(Deserialize)]
+struct SentenceBertFile {
+    max_seq_length: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct ModuleEntry {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// A loaded BERT-family embedding model. Synchronous and CPU/GPU-bound: run it through
+/// [`crate::embed::EmbeddingService`] from async code.
+pub struct BertEmbedder {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    device: Device,
+    dims: usize,
+    pooling: Pooling,
+    normalize: bool,
+    max_batch: usize,
+    pad_id: u32,
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::model(format!(
+                "{} is missing (fetch models with `deep-recall models fetch`)",
+                path.display()
+            ))
+        } else {
+            Error::io(path, e)
+        }
+    })
+}
+
+fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T> {
+    serde_json::from_str(text)
+        .map_err(|e| Error::model(format!("{} is not valid: {e}", path.display())))
+}
+
+impl BertEmbedder {
+    /// Loads the model in `dir` onto `device`.
+    pub fn load(
+        dir: &Path,
+        device: &Device,
+        max_batch: usize,
+        max_seq_len: Option<usize>,
+    ) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::model(format!(
+                "embedding model directory {} does not exist (fetch models with `deep-recall models fetch`)",
+                dir.display()
+            )));
+        }
+        let config_path = dir.join("config.json");
+        let config: Config = parse(&config_path, &read(&config_path)?)?;
+
+        let pooling_path = dir.join("1_Pooling").join("config.json");
+        let pooling = if pooling_path.exists() {
+            let p: PoolingFile = parse(&pooling_path, &read(&pooling_path)?)?;
+            match (p.pooling_mode_mean_tokens, p.pooling_mode_cls_token) {
+                (true, _) => Pooling::Mean,
+                (false, true) => Pooling::Cls,
+                (false, false) => {
+                    return Err(Error::model(format!(
+                        "{}: only mean and CLS pooling are supported",
+                        pooling_path.display()
+                    )));
+                }
+            }
+        } else {
+            Pooling::Mean
+        };
+        let modules_path = dir.join("modules.json");
+        let normalize = if modules_path.exists() {
+            let modules: Vec<ModuleEntry> = parse(&modules_path, &read(&modules_path)?)?;
+            modules.iter().any(|m| m.kind.ends_with("Normalize"))
+        } else {
+            true
+        };
+        let st_path = dir.join("sentence_bert_config.json");
+        let st_max = if st_path.exists() {
+            parse::<SentenceBertFile>(&st_path, &read(&st_path)?)?.max_seq_length
+        } else {
+            None
+        };
+        let max_len = max_seq_len
+            .or(st_max)
+            .unwrap_or(512)
+            .min(config.max_position_embeddings);
+
+        let tokenizer_path = dir.join("tokenizer.json");
+        if !tokenizer_path.exists() {
+            read(&tokenizer_path)?;
+        }
+        let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
+            .map_err(|e| Error::model(format!("{}: {e}", tokenizer_path.display())))?;
+        // The shipped tokenizer.json may pad every input to a fixed length; padding is done
+        // per batch here instead, and masked out of pooling.
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: max_len,
+                ..TruncationParams::default()
+            }))
+            .map_err(|e| Error::model(format!("tokenizer truncation: {e}")))?;
+        let pad_id = tokenizer
+            .token_to_id("[PAD]")
+            .unwrap_or(config.pad_token_id as u32);
+
+        let weights = weights_file(dir)?;
+        let dtype = if device.is_cpu() {
+            DType::F32
+        } else {
+            DType::F16
+        };
+        // SAFETY: the weights file is memory-mapped read-only; it must not be modified while
+        // the model is loaded (the models directory is written only by `models fetch`).
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], dtype, device)? };
+        let model = BertModel::load(vb, &config)?;
+        Ok(Self {
+            model,
+            tokenizer,
+            device: device.clone(),
+            dims: config.hidden_size,
+            pooling,
+            normalize,
+            max_batch: max_batch.max(1),
+            pad_id,
+        })
+    }
+
+    /// The vector dimension.
+    pub fn dims(&self) -> usize {
+        self.dims
+    }
+
+    /// Embeds texts, in order.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        if texts.is_empty() {
+            return Ok(vec![]);
+        }
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| Error::Internal(format!("tokenizer: {e}")))?;
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(encodings[i].get_ids().len()));
+        let mut out = vec![Vec::new(); texts.len()];
+        for chunk in order.chunks(self.max_batch) {
+            let ids: Vec<&[u32]> = chunk.iter().map(|&i| encodings[i].get_ids()).collect();
+            let vectors = self.forward(&ids)?;
+            for (&i, v) in chunk.iter().zip(vectors) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+
+    fn forward(&self, ids: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        let batch = ids.len();
+        let len = ids.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
+        let mut flat_ids = Vec::with_capacity(batch * len);
+        let mut flat_mask = Vec::with_capacity(batch * len);
+        for s in ids {
+            flat_ids.extend_from_slice(s);
+            flat_ids.extend(std::iter::repeat_n(self.pad_id, len - s.len()));
+            flat_mask.extend(std::iter::repeat_n(1u32, s.len()));
+            flat_mask.extend(std::iter::repeat_n(0u32, len - s.len()));
+        }
+        let input = Tensor::from_vec(flat_ids, (batch, len), &self.device)?;
+        let mask = Tensor::from_vec(flat_mask, (batch, len), &self.device)?;
+        let types = input.zeros_like()?;
+        let hidden = self
+            .model
+            .forward(&input, &types, Some(&mask))?
+            .to_dtype(DType::F32)?;
+        let pooled = match self.pooling {
+            Pooling::Cls => hidden.i((.., 0))?,
+            Pooling::Mean => {
+                let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+                let summed = hidden.broadcast_mul(&m)?.sum(1)?;
+                let counts = m.sum(1)?.clamp(1e-9f32, f32::MAX)?;
+                summed.broadcast_div(&counts)?
+            }
+        };
+        let pooled = if self.normalize {
+            let norms = pooled
+                .sqr()?
+                .sum_keepdim(1)?
+                .sqrt()?
+                .clamp(1e-12f32, f32::MAX)?;
+            pooled.broadcast_div(&norms)?
+        } else {
+            pooled
+        };
+        Ok(pooled.to_device(&Device::Cpu)?.to_vec2::<f32>()?)
+    }
+}
+
+fn weights_file(dir: &Path) -> Result<PathBuf> {
+    let path = dir.join("model.safetensors");
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(Error::model(format!(
+            "{} is missing (only safetensors weights are supported)",
+            path.display()
+        )))
+    }
+}

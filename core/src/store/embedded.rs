@@ -1,0 +1,618 @@
+//! The embedded store: SQLite (through sea-orm) in a data directory, with vectors searched
+//! in-process. Nothing to install or start.
+//!
+//! Embeddings are stored as little-endian `f32` blobs. A search loads the user's vectors once
+//! into memory (with the fields that filters need) and keeps them there, kept current by the
+//! store's own writes and checked against the user's `revision` so that writes by another
+//! process are seen too. Search is exact: every vector of the user is compared. That is fast
+//! up to about 100k memories per user (see docs/benchmarks.md); beyond that, use Postgres.
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use recall_migrations::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    TransactionTrait, Value as DbValue,
+};
+
+use super::cursor::SearchCursor;
+use super::sql::{
+    Delta, EmbeddingRow, IndexQuery, IndexedMemory, ResolvedFilter, SqlStore, VectorIndex, stmt,
+};
+use super::{StoreConfig, StoreLocation};
+use crate::error::{Error, Result};
+use crate::types::{ExportedEmbedding, MemoryKind, Metric, Role};
+
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "deep-recall.sqlite3";
+
+/// Rows per multi-row INSERT of embeddings.
+const CHUNK: usize = 500;
+
+fn to_blob(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn from_blob(b: &[u8]) -> Result<Vec<f32>> {
+    if !b.len().is_multiple_of(4) {
+        return Err(Error::Internal(
+            "embedding blob length is not a multiple of 4".into(),
+        ));
+    }
+    Ok(b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+/// Dot product written so that the compiler vectorises it (8 independent accumulators).
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let ca = a.chunks_exact(8);
+    let cb = b.chunks_exact(8);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        sum += x * y;
+    }
+    sum
+}
+
+fn l2(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let ca = a.chunks_exact(8);
+    let cb = b.chunks_exact(8);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            let d = x[i] - y[i];
+            acc[i] += d * d;
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        sum += (x - y) * (x - y);
+    }
+    sum.sqrt()
+}
+
+/// Filter fields of one cached memory.
+#[derive(Debug, Clone)]
+struct Meta {
+    id: i64,
+    session_id: Option<i64>,
+    kind: MemoryKind,
+    role: Option<Role>,
+    tags: Box<[String]>,
+    created_at: DateTime<Utc>,
+}
+
+impl Meta {
+    fn matches(&self, f: &ResolvedFilter) -> bool {
+        if f.session_id.is_some() && self.session_id != f.session_id {
+            return false;
+        }
+        if !f.kinds.is_empty() && !f.kinds.contains(&self.kind) {
+            return false;
+        }
+        if !f.roles.is_empty() && !self.role.is_some_and(|r| f.roles.contains(&r)) {
+            return false;
+        }
+        if f.since.is_some_and(|t| self.created_at < t)
+            || f.until.is_some_and(|t| self.created_at >= t)
+        {
+            return false;
+        }
+        f.tags.iter().all(|t| self.tags.contains(t))
+    }
+}
+
+/// One model's vectors of one user, stored contiguously.
+#[derive(Debug, Default)]
+struct ModelVectors {
+    dims: usize,
+    meta: Vec<Meta>,
+    data: Vec<f32>,
+    norms: Vec<f32>,
+    position: HashMap<i64, usize>,
+}
+
+impl ModelVectors {
+    fn push(&mut self, meta: Meta, vector: &[f32]) {
+        if self.position.contains_key(&meta.id) {
+            self.remove(meta.id);
+        }
+        self.position.insert(meta.id, self.meta.len());
+        self.meta.push(meta);
+        self.norms.push(dot(vector, vector).sqrt());
+        self.data.extend_from_slice(vector);
+    }
+
+    fn remove(&mut self, id: i64) {
+        let Some(pos) = self.position.remove(&id) else {
+            return;
+        };
+        let last = self.meta.len() - 1;
+        if pos != last {
+            let d = self.dims;
+            self.data.copy_within(last * d..(last + 1) * d, pos * d);
+            self.meta.swap(pos, last);
+            self.norms.swap(pos, last);
+            self.position.insert(self.meta[pos].id, pos);
+        }
+        self.meta.pop();
+        self.norms.pop();
+        self.data.truncate(last * self.dims);
+    }
+
+    fn len(&self) -> usize {
+        self.meta.len()
+    }
+}
+
+/// Everything cached for one user.
+#[derive(Debug, Default)]
+struct UserVectors {
+    revision: i64,
+    models: HashMap<String, ModelVectors>,
+}
+
+impl UserVectors {
+    fn len(&self) -> usize {
+        self.models.values().map(ModelVectors::len).sum()
+    }
+
+    fn add(&mut self, m: IndexedMemory) {
+        let entry = self.models.entry(m.model).or_default();
+        if entry.dims == 0 {
+            entry.dims = m.vector.len();
+        }
+        if entry.dims != m.vector.len() {
+            return;
+        }
+        entry.push(
+            Meta {
+                id: m.memory_id,
+                session_id: m.session_id,
+                kind: m.kind,
+                role: m.role,
+                tags: m.tags.into_boxed_slice(),
+                created_at: m.created_at,
+            },
+            &m.vector,
+        );
+    }
+}
+
+struct CacheEntry {
+    vectors: Arc<RwLock<UserVectors>>,
+    last_used: AtomicU64,
+}
+
+#[derive(Default)]
+struct Cache {
+    users: HashMap<i64, CacheEntry>,
+    tick: u64,
+}
+
+/// The in-process vector side of [`EmbeddedStore`].
+pub(crate) struct LocalVectors {
+    metric: Metric,
+    max_vectors: usize,
+    cache: Mutex<Cache>,
+}
+
+/// A candidate in the top-k heap: ordered by (distance, id), largest on top.
+#[derive(PartialEq)]
+struct Candidate(f64, i64);
+
+impl Eq for Candidate {}
+
+impl PartialOrd for Candidate {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Candidate {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0).then(self.1.cmp(&other.1))
+    }
+}
+
+impl LocalVectors {
+    fn distance(&self, q: &[f32], q_norm: f32, v: &[f32], v_norm: f32) -> f64 {
+        match self.metric {
+            Metric::Cosine => {
+                let denom = q_norm * v_norm;
+                if denom == 0.0 {
+                    1.0
+                } else {
+                    1.0 - (dot(q, v) / denom) as f64
+                }
+            }
+            Metric::L2 => l2(q, v) as f64,
+            Metric::Dot => -(dot(q, v) as f64),
+        }
+    }
+
+    /// The cached vectors of a user at `revision` or later, loading them if needed.
+    async fn user_vectors(
+        &self,
+        db: &DatabaseConnection,
+        user_id: i64,
+        revision: i64,
+    ) -> Result<Arc<RwLock<UserVectors>>> {
+        {
+            let mut cache = self.cache.lock().expect("vector cache");
+            cache.tick += 1;
+            let tick = cache.tick;
+            if let Some(entry) = cache.users.get(&user_id) {
+                let fresh = entry.vectors.read().expect("user vectors").revision >= revision;
+                if fresh {
+                    entry.last_used.store(tick, AtomicOrdering::Relaxed);
+                    return Ok(entry.vectors.clone());
+                }
+            }
+        }
+        let loaded = load_user(db, user_id).await?;
+        let mut cache = self.cache.lock().expect("vector cache");
+        cache.tick += 1;
+        let tick = cache.tick;
+        if let Some(entry) = cache.users.get(&user_id) {
+            // Another task may have loaded (or advanced) it meanwhile; keep the newer one.
+            if entry.vectors.read().expect("user vectors").revision >= loaded.revision {
+                entry.last_used.store(tick, AtomicOrdering::Relaxed);
+                return Ok(entry.vectors.clone());
+            }
+        }
+        let vectors = Arc::new(RwLock::new(loaded));
+        cache.users.insert(
+            user_id,
+            CacheEntry {
+                vectors: vectors.clone(),
+                last_used: AtomicU64::new(tick),
+            },
+        );
+        self.evict(&mut cache, user_id);
+        Ok(vectors)
+    }
+
+    /// Drops least recently used users until the cache fits (never `keep`).
+    fn evict(&self, cache: &mut Cache, keep: i64) {
+        let mut total: usize = cache
+            .users
+            .values()
+            .map(|e| e.vectors.read().expect("user vectors").len())
+            .sum();
+        while total > self.max_vectors {
+            let Some((&victim, _)) = cache
+                .users
+                .iter()
+                .filter(|(id, _)| **id != keep)
+                .min_by_key(|(_, e)| e.last_used.load(AtomicOrdering::Relaxed))
+            else {
+                break;
+            };
+            if let Some(e) = cache.users.remove(&victim) {
+                total -= e.vectors.read().expect("user vectors").len();
+            }
+        }
+    }
+}
+
+async fn load_user(db: &DatabaseConnection, user_id: i64) -> Result<UserVectors> {
+    // One read transaction: the revision and the rows come from the same snapshot.
+    let txn = db.begin().await?;
+    let revision: i64 = txn
+        .query_one_raw(stmt(
+            DbBackend::Sqlite,
+            "SELECT revision FROM users WHERE id = $1",
+            vec![user_id.into()],
+        ))
+        .await?
+        .map(|r| r.try_get_by_index(0))
+        .transpose()?
+        .unwrap_or(0);
+    let rows = txn
+        .query_all_raw(stmt(
+            DbBackend::Sqlite,
+            "SELECT e.memory_id, e.model, e.embedding, m.session_id, m.kind, m.role, m.tags, \
+             m.created_at FROM memory_embeddings e JOIN memories m ON m.id = e.memory_id \
+             WHERE e.user_id = $1 AND m.user_id = $1 ORDER BY e.memory_id",
+            vec![user_id.into()],
+        ))
+        .await?;
+    txn.commit().await?;
+    let mut user = UserVectors {
+        revision,
+        models: HashMap::new(),
+    };
+    for r in rows {
+        let tags: serde_json::Value = r.try_get_by_index(6)?;
+        let role: Option<String> = r.try_get_by_index(5)?;
+        let kind: String = r.try_get_by_index(4)?;
+        user.add(IndexedMemory {
+            memory_id: r.try_get_by_index(0)?,
+            model: r.try_get_by_index(1)?,
+            vector: from_blob(&r.try_get_by_index::<Vec<u8>>(2)?)?,
+            session_id: r.try_get_by_index(3)?,
+            kind: kind.parse()?,
+            role: role.as_deref().map(str::parse).transpose()?,
+            tags: tags
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|t| t.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            created_at: r.try_get_by_index(7)?,
+        });
+    }
+    Ok(user)
+}
+
+#[async_trait]
+impl VectorIndex for LocalVectors {
+    async fn insert(&self, txn: &DatabaseTransaction, rows: &[EmbeddingRow<'_>]) -> Result<()> {
+        for chunk in rows.chunks(CHUNK) {
+            let mut text = String::from(
+                "INSERT INTO memory_embeddings \
+                 (memory_id, model, user_id, dims, embedding, created_at) VALUES ",
+            );
+            let mut values: Vec<DbValue> = Vec::with_capacity(chunk.len() * 6);
+            for (i, r) in chunk.iter().enumerate() {
+                if i > 0 {
+                    text.push_str(", ");
+                }
+                let n = values.len();
+                text += &format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${})",
+                    n + 1,
+                    n + 2,
+                    n + 3,
+                    n + 4,
+                    n + 5,
+                    n + 6
+                );
+                values.push(r.memory_id.into());
+                values.push(r.model.to_owned().into());
+                values.push(r.user_id.into());
+                values.push((r.vector.len() as i32).into());
+                values.push(to_blob(r.vector).into());
+                values.push(r.created_at.into());
+            }
+            txn.execute_raw(stmt(DbBackend::Sqlite, &text, values))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn search(&self, db: &DatabaseConnection, q: &IndexQuery<'_>) -> Result<Vec<(i64, f64)>> {
+        let vectors = self.user_vectors(db, q.user_id, q.revision).await?;
+        let user = vectors.read().expect("user vectors");
+        let Some(mv) = user.models.get(q.model) else {
+            return Ok(vec![]);
+        };
+        if mv.dims != q.vector.len() {
+            return Err(Error::invalid(format!(
+                "query has {} dimensions but model {} has {}",
+                q.vector.len(),
+                q.model,
+                mv.dims
+            )));
+        }
+        let q_norm = dot(q.vector, q.vector).sqrt();
+        let mut heap: BinaryHeap<Candidate> = BinaryHeap::with_capacity(q.limit + 1);
+        for (i, meta) in mv.meta.iter().enumerate() {
+            if !meta.matches(q.filter) {
+                continue;
+            }
+            let v = &mv.data[i * mv.dims..(i + 1) * mv.dims];
+            let d = self.distance(q.vector, q_norm, v, mv.norms[i]);
+            if q.max_distance.is_some_and(|max| d > max) {
+                continue;
+            }
+            if q.after.is_some_and(|c: SearchCursor| !c.admits(d, meta.id)) {
+                continue;
+            }
+            let c = Candidate(d, meta.id);
+            if heap.len() < q.limit {
+                heap.push(c);
+            } else if heap.peek().is_some_and(|top| c < *top) {
+                heap.pop();
+                heap.push(c);
+            }
+        }
+        Ok(heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(|Candidate(d, id)| (id, d))
+            .collect())
+    }
+
+    async fn embeddings_of(
+        &self,
+        db: &DatabaseTransaction,
+        user_id: i64,
+        with_vectors: bool,
+    ) -> Result<Vec<(i64, ExportedEmbedding)>> {
+        let cols = if with_vectors { ", embedding" } else { "" };
+        let rows = db
+            .query_all_raw(stmt(
+                DbBackend::Sqlite,
+                &format!(
+                    "SELECT memory_id, model, dims{cols} FROM memory_embeddings \
+                     WHERE user_id = $1 ORDER BY memory_id, model"
+                ),
+                vec![user_id.into()],
+            ))
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let vector = if with_vectors {
+                    Some(from_blob(&r.try_get_by_index::<Vec<u8>>(3)?)?)
+                } else {
+                    None
+                };
+                Ok((
+                    r.try_get_by_index::<i64>(0)?,
+                    ExportedEmbedding {
+                        model: r.try_get_by_index(1)?,
+                        dims: r.try_get_by_index::<i32>(2)? as usize,
+                        vector,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    fn tracks_changes(&self) -> bool {
+        true
+    }
+
+    fn committed(&self, user_id: i64, revision: i64, delta: Delta) {
+        let mut cache = self.cache.lock().expect("vector cache");
+        let Some(entry) = cache.users.get(&user_id) else {
+            return;
+        };
+        let mut user = entry.vectors.write().expect("user vectors");
+        if delta.reset || user.revision != revision - 1 {
+            // The cache missed a change (or cannot apply this one): reload on next search.
+            drop(user);
+            cache.users.remove(&user_id);
+            return;
+        }
+        for id in &delta.removed {
+            for mv in user.models.values_mut() {
+                mv.remove(*id);
+            }
+        }
+        for m in delta.added {
+            user.add(m);
+        }
+        user.revision = revision;
+        drop(user);
+        self.evict(&mut cache, user_id);
+    }
+}
+
+/// The embedded default store: SQLite in `<dir>/deep-recall.sqlite3`.
+pub struct EmbeddedStore {
+    inner: SqlStore<LocalVectors>,
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) and migrates the store in the configured directory.
+    pub async fn open(config: &StoreConfig) -> Result<Self> {
+        let StoreLocation::Embedded { dir } = &config.location else {
+            return Err(Error::invalid("EmbeddedStore needs a directory location"));
+        };
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let path = dir.join(DB_FILE);
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let mut options = ConnectOptions::new(url);
+        options
+            .max_connections(config.max_connections.max(1))
+            .sqlx_logging(false)
+            .map_sqlx_sqlite_opts(|o| {
+                o.journal_mode(SqliteJournalMode::Wal)
+                    // With WAL, NORMAL loses no committed transaction when the process dies;
+                    // only a power cut can roll back the last few.
+                    .synchronous(SqliteSynchronous::Normal)
+                    .foreign_keys(true)
+                    .busy_timeout(std::time::Duration::from_secs(30))
+            });
+        let db = Database::connect(options)
+            .await
+            .map_err(|e| Error::Unavailable {
+                message: format!("cannot open {}", path.display()),
+                source: Some(Box::new(e)),
+            })?;
+        Migrator::up(&db, None).await?;
+        Ok(Self {
+            inner: SqlStore {
+                db,
+                index: LocalVectors {
+                    metric: config.metric,
+                    max_vectors: config.max_cached_vectors,
+                    cache: Mutex::new(Cache::default()),
+                },
+                metric: config.metric,
+                limits: config.limits.clone(),
+                backend_name: "embedded",
+            },
+        })
+    }
+
+    /// The underlying connection (for maintenance and tests).
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.inner.db
+    }
+}
+
+super::delegate_store!(EmbeddedStore);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_and_l2_match_naive() {
+        let a: Vec<f32> = (0..19).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let b: Vec<f32> = (0..19).map(|i| (i as f32).sin()).collect();
+        let naive_dot: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        let naive_l2: f32 = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y) * (x - y))
+            .sum::<f32>()
+            .sqrt();
+        assert!((dot(&a, &b) - naive_dot).abs() < 1e-4);
+        assert!((l2(&a, &b) - naive_l2).abs() < 1e-4);
+    }
+
+    #[test]
+    fn blob_round_trip() {
+        let v = vec![1.5f32, -0.25, 3.0e-8];
+        assert_eq!(from_blob(&to_blob(&v)).unwrap(), v);
+        assert!(from_blob(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn model_vectors_remove_keeps_positions_consistent() {
+        let mut mv = ModelVectors {
+            dims: 2,
+            ..Default::default()
+        };
+        let meta = |id| Meta {
+            id,
+            session_id: None,
+            kind: MemoryKind::Fact,
+            role: None,
+            tags: Box::new([]),
+            created_at: Utc::now(),
+        };
+        mv.push(meta(1), &[1.0, 0.0]);
+        mv.push(meta(2), &[0.0, 1.0]);
+        mv.push(meta(3), &[1.0, 1.0]);
+        mv.remove(1);
+        assert_eq!(mv.len(), 2);
+        let pos3 = mv.position[&3];
+        assert_eq!(&mv.data[pos3 * 2..pos3 * 2 + 2], &[1.0, 1.0]);
+        let pos2 = mv.position[&2];
+        assert_eq!(&mv.data[pos2 * 2..pos2 * 2 + 2], &[0.0, 1.0]);
+        mv.remove(42);
+        assert_eq!(mv.len(), 2);
+    }
+}

@@ -1,0 +1,26 @@
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+#[sea_orm(table_name = "memories")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    pub user_id: i64,
+    pub session_id: Option<i64>,
+    pub message_id: Option<i64>,
+    pub summary_id: Option<i64>,
+    pub kind: String,
+    pub role: Option<String>,
+    pub content: String,
+    pub tags: Json,
+    pub metadata: Json,
+    pub importance: f32,
+    pub emotion: Option<String>,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,354 @@
+//! Postgres + pgvector store.
+//!
+//! Vectors live in `memory_embeddings.embedding`, a `vector` column without a fixed dimension
+//! (so that two embedding models can coexist while re-embedding). Each dimension and metric has
+//! a partial HNSW expression index, `((embedding::vector(D)) <opclass>) WHERE dims = D`; the
+//! migration creates the one for the default model (384, cosine) and [`PgStore::open`] creates
+//! the one the configuration needs, if missing.
+//!
+//! A search counts the rows that pass the user's filters, up to
+//! [`StoreConfig::exact_search_threshold`]. At or below it, the search is exact (a b-tree scan of
+//! the user's rows, sorted by distance); above it, the HNSW index is used with pgvector's
+//! iterative scan, so that filters do not starve the result.
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use recall_migrations::{Migrator, MigratorTrait};
+use sea_orm::prelude::PgVector;
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    Statement, TransactionTrait, Value as DbValue,
+};
+
+use super::StoreConfig;
+use super::StoreLocation;
+use super::cursor::SearchCursor;
+use super::sql::{EmbeddingRow, IndexQuery, ResolvedFilter, SqlStore, VectorIndex};
+use crate::error::{Error, Result};
+use crate::types::{ExportedEmbedding, Metric};
+
+/// Rows per multi-row INSERT of embeddings.
+const CHUNK: usize = 500;
+
+fn opclass(metric: Metric) -> &'static str {
+    match metric {
+        Metric::Cosine => "vector_cosine_ops",
+        Metric::L2 => "vector_l2_ops",
+        Metric::Dot => "vector_ip_ops",
+    }
+}
+
+fn operator(metric: Metric) -> &'static str {
+    match metric {
+        Metric::Cosine => "<=>",
+        Metric::L2 => "<->",
+        Metric::Dot => "<#>",
+    }
+}
+
+/// The pgvector side of [`PgStore`].
+pub(crate) struct PgVectors {
+    db: DatabaseConnection,
+    metric: Metric,
+    exact_threshold: u64,
+    /// Dimensions whose index is known to exist.
+    indexed: Mutex<HashSet<usize>>,
+}
+
+impl PgVectors {
+    async fn ensure_index(&self, dims: usize) -> Result<()> {
+        if self.indexed.lock().expect("index set").contains(&dims) {
+            return Ok(());
+        }
+        let metric = self.metric;
+        let sql = format!(
+            "CREATE INDEX IF NOT EXISTS ix_memory_embeddings_hnsw_{name}_{dims} ON memory_embeddings \
+             USING hnsw ((embedding::vector({dims})) {ops}) WHERE dims = {dims}",
+            name = metric.as_str(),
+            ops = opclass(metric),
+        );
+        self.db.execute_unprepared(&sql).await?;
+        self.indexed.lock().expect("index set").insert(dims);
+        Ok(())
+    }
+}
+
+/// A `WHERE` clause builder with numbered parameters.
+struct Sql {
+    text: String,
+    values: Vec<DbValue>,
+}
+
+impl Sql {
+    fn param(&mut self, v: impl Into<DbValue>) -> String {
+        self.values.push(v.into());
+        format!("${}", self.values.len())
+    }
+}
+
+/// Appends the conditions of a search over `memory_embeddings e JOIN memories m`; with a
+/// distance expression `dist`, also the score threshold and the cursor position.
+fn where_clause(sql: &mut Sql, q: &IndexQuery<'_>, dist: Option<&str>) {
+    let dims = q.vector.len();
+    let user = sql.param(q.user_id);
+    let model = sql.param(q.model.to_owned());
+    sql.text += &format!(
+        " WHERE e.user_id = {user} AND m.user_id = {user} AND e.model = {model} AND e.dims = {dims}"
+    );
+    filter_clause(sql, q.filter);
+    let Some(dist) = dist else { return };
+    if let Some(max) = q.max_distance {
+        let p = sql.param(max);
+        sql.text += &format!(" AND {dist} <= {p}");
+    }
+    if let Some(SearchCursor { d, i }) = q.after {
+        let pd = sql.param(d);
+        let pi = sql.param(i);
+        sql.text += &format!(" AND ({dist} > {pd} OR ({dist} = {pd} AND e.memory_id > {pi}))");
+    }
+}
+
+fn filter_clause(sql: &mut Sql, f: &ResolvedFilter) {
+    if let Some(s) = f.session_id {
+        let p = sql.param(s);
+        sql.text += &format!(" AND m.session_id = {p}");
+    }
+    if !f.kinds.is_empty() {
+        let ps: Vec<String> = f.kinds.iter().map(|k| sql.param(k.as_str())).collect();
+        sql.text += &format!(" AND m.kind IN ({})", ps.join(", "));
+    }
+    if !f.roles.is_empty() {
+        let ps: Vec<String> = f.roles.iter().map(|r| sql.param(r.as_str())).collect();
+        sql.text += &format!(" AND m.role IN ({})", ps.join(", "));
+    }
+    if !f.tags.is_empty() {
+        let tags = serde_json::Value::from(f.tags.clone()).to_string();
+        let p = sql.param(tags);
+        sql.text += &format!(" AND m.tags @> {p}::jsonb");
+    }
+    if let Some(t) = f.since {
+        let p = sql.param(t);
+        sql.text += &format!(" AND m.created_at >= {p}");
+    }
+    if let Some(t) = f.until {
+        let p = sql.param(t);
+        sql.text += &format!(" AND m.created_at < {p}");
+    }
+}
+
+#[async_trait]
+impl VectorIndex for PgVectors {
+    async fn insert(&self, txn: &DatabaseTransaction, rows: &[EmbeddingRow<'_>]) -> Result<()> {
+        for dims in rows.iter().map(|r| r.vector.len()).collect::<HashSet<_>>() {
+            self.ensure_index(dims).await?;
+        }
+        for chunk in rows.chunks(CHUNK) {
+            let mut sql = Sql {
+                text: "INSERT INTO memory_embeddings \
+                       (memory_id, model, user_id, dims, embedding, created_at) VALUES "
+                    .into(),
+                values: Vec::with_capacity(chunk.len() * 6),
+            };
+            for (i, r) in chunk.iter().enumerate() {
+                let ps = [
+                    sql.param(r.memory_id),
+                    sql.param(r.model.to_owned()),
+                    sql.param(r.user_id),
+                    sql.param(r.vector.len() as i32),
+                    sql.param(PgVector::from(r.vector.to_vec())),
+                    sql.param(r.created_at),
+                ];
+                if i > 0 {
+                    sql.text.push_str(", ");
+                }
+                sql.text += &format!("({})", ps.join(", "));
+            }
+            txn.execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                sql.text,
+                sql.values,
+            ))
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn search(&self, db: &DatabaseConnection, q: &IndexQuery<'_>) -> Result<Vec<(i64, f64)>> {
+        let dims = q.vector.len();
+        let op = operator(self.metric);
+
+        // How many rows pass the filters, counted no further than the threshold.
+        let mut count = Sql {
+            text: "SELECT count(*) FROM (SELECT 1 FROM memory_embeddings e \
+                   JOIN memories m ON m.id = e.memory_id"
+                .into(),
+            values: vec![],
+        };
+        where_clause(&mut count, q, None);
+        let limit = count.param((self.exact_threshold + 1) as i64);
+        count.text += &format!(" LIMIT {limit}) c");
+        let candidates: i64 = db
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                count.text,
+                count.values,
+            ))
+            .await?
+            .ok_or_else(|| Error::Internal("count returned no row".into()))?
+            .try_get_by_index(0)?;
+        if candidates == 0 {
+            return Ok(vec![]);
+        }
+
+        let mut sql = Sql {
+            text: String::new(),
+            values: vec![],
+        };
+        let v = sql.param(PgVector::from(q.vector.to_vec()));
+        let dist = format!("(e.embedding::vector({dims}) {op} {v}::vector({dims}))");
+        let exact = candidates as u64 <= self.exact_threshold;
+        sql.text = format!(
+            "SELECT e.memory_id, {dist}::float8 AS distance FROM memory_embeddings e \
+             JOIN memories m ON m.id = e.memory_id"
+        );
+        where_clause(&mut sql, q, Some(&dist));
+        let lim = sql.param(q.limit as i64);
+        let rows = if exact {
+            sql.text += &format!(" ORDER BY distance, e.memory_id LIMIT {lim}");
+            db.query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                sql.text,
+                sql.values,
+            ))
+            .await?
+        } else {
+            self.ensure_index(dims).await?;
+            sql.text = format!(
+                "WITH c AS MATERIALIZED ({} ORDER BY {dist} LIMIT {lim}) \
+                 SELECT memory_id, distance FROM c ORDER BY distance, memory_id",
+                sql.text
+            );
+            let txn = db.begin().await?;
+            let ef = q.limit.clamp(40, 1000);
+            txn.execute_unprepared(&format!(
+                "SET LOCAL hnsw.iterative_scan = relaxed_order; SET LOCAL hnsw.ef_search = {ef}"
+            ))
+            .await?;
+            let rows = txn
+                .query_all_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    sql.text,
+                    sql.values,
+                ))
+                .await?;
+            txn.commit().await?;
+            rows
+        };
+        rows.into_iter()
+            .map(|r| Ok((r.try_get_by_index::<i64>(0)?, r.try_get_by_index::<f64>(1)?)))
+            .collect()
+    }
+
+    async fn embeddings_of(
+        &self,
+        db: &DatabaseTransaction,
+        user_id: i64,
+        with_vectors: bool,
+    ) -> Result<Vec<(i64, ExportedEmbedding)>> {
+        let cols = if with_vectors { ", embedding" } else { "" };
+        let rows = db
+            .query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                format!(
+                    "SELECT memory_id, model, dims{cols} FROM memory_embeddings \
+                     WHERE user_id = $1 ORDER BY memory_id, model"
+                ),
+                [user_id.into()],
+            ))
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let vector = if with_vectors {
+                    Some(r.try_get_by_index::<PgVector>(3)?.to_vec())
+                } else {
+                    None
+                };
+                Ok((
+                    r.try_get_by_index::<i64>(0)?,
+                    ExportedEmbedding {
+                        model: r.try_get_by_index(1)?,
+                        dims: r.try_get_by_index::<i32>(2)? as usize,
+                        vector,
+                    },
+                ))
+            })
+            .collect()
+    }
+}
+
+/// The production store: Postgres with pgvector.
+pub struct PgStore {
+    inner: SqlStore<PgVectors>,
+}
+
+impl PgStore {
+    /// Connects, runs pending migrations and makes sure the configured vector index exists.
+    pub async fn open(config: &StoreConfig) -> Result<Self> {
+        let StoreLocation::Postgres { url } = &config.location else {
+            return Err(Error::invalid("PgStore needs a postgres:// location"));
+        };
+        let mut options = ConnectOptions::new(url.clone());
+        options
+            .max_connections(config.max_connections)
+            .sqlx_logging(false);
+        let db = Database::connect(options)
+            .await
+            .map_err(|e| Error::Unavailable {
+                message: format!("cannot connect to Postgres at {}", redact_url(url)),
+                source: Some(Box::new(e)),
+            })?;
+        Migrator::up(&db, None).await?;
+        let index = PgVectors {
+            db: db.clone(),
+            metric: config.metric,
+            exact_threshold: config.exact_search_threshold,
+            indexed: Mutex::new(HashSet::new()),
+        };
+        if let Some(dims) = config.index_dims {
+            index.ensure_index(dims).await?;
+        }
+        Ok(Self {
+            inner: SqlStore {
+                db,
+                index,
+                metric: config.metric,
+                limits: config.limits.clone(),
+                backend_name: "postgres",
+            },
+        })
+    }
+
+    /// The underlying connection (for maintenance and tests).
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.inner.db
+    }
+}
+
+/// The URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            if creds.contains(':') {
+                format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..])
+            } else {
+                url.to_owned()
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+super::delegate_store!(PgStore);

@@ -1,0 +1,579 @@
+//! The domain model: users, sessions, messages, memories and their embeddings, summaries,
+//! queries and results. Plain data, shared by every store and every front door.
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The end user.
+    User,
+    /// The assistant (the LLM).
+    Assistant,
+    /// A system or developer instruction.
+    System,
+}
+
+impl Role {
+    /// The lowercase name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::System => "system",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "user" => Ok(Role::User),
+            "assistant" => Ok(Role::Assistant),
+            "system" => Ok(Role::System),
+            other => Err(Error::invalid(format!(
+                "unknown role {other:?} (expected user, assistant or system)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a memory is: the searchable units of a user's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryKind {
+    /// A message, or a chunk of one.
+    Message,
+    /// A fact about the user, extracted or added explicitly.
+    Fact,
+    /// A chunk of a session's persona / system prompt.
+    Persona,
+    /// A summary of older history.
+    Summary,
+}
+
+impl MemoryKind {
+    /// The lowercase name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemoryKind::Message => "message",
+            MemoryKind::Fact => "fact",
+            MemoryKind::Persona => "persona",
+            MemoryKind::Summary => "summary",
+        }
+    }
+}
+
+impl FromStr for MemoryKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "message" => Ok(MemoryKind::Message),
+            "fact" => Ok(MemoryKind::Fact),
+            "persona" => Ok(MemoryKind::Persona),
+            "summary" => Ok(MemoryKind::Summary),
+            other => Err(Error::invalid(format!(
+                "unknown memory kind {other:?} (expected message, fact, persona or summary)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for MemoryKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How vectors are compared. Every metric is turned into a similarity `score` (higher is
+/// closer) and a `distance` (lower is closer), see [`Metric::score`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    /// Cosine similarity; distance = 1 - cosine.
+    #[default]
+    Cosine,
+    /// Euclidean distance; score = 1 / (1 + distance).
+    L2,
+    /// Inner product; distance = -dot.
+    Dot,
+}
+
+impl Metric {
+    /// The name used in configuration and index names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Metric::Cosine => "cosine",
+            Metric::L2 => "l2",
+            Metric::Dot => "dot",
+        }
+    }
+
+    /// The similarity score for a distance under this metric.
+    pub fn score(self, distance: f64) -> f64 {
+        match self {
+            Metric::Cosine => 1.0 - distance,
+            Metric::L2 => 1.0 / (1.0 + distance),
+            Metric::Dot => -distance,
+        }
+    }
+
+    /// The largest distance whose score is at least `min_score`.
+    pub fn max_distance(self, min_score: f64) -> f64 {
+        match self {
+            Metric::Cosine => 1.0 - min_score,
+            Metric::L2 if min_score <= 0.0 => f64::INFINITY,
+            Metric::L2 => 1.0 / min_score - 1.0,
+            Metric::Dot => -min_score,
+        }
+    }
+}
+
+impl FromStr for Metric {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "cosine" | "cos" => Ok(Metric::Cosine),
+            "l2" | "euclidean" => Ok(Metric::L2),
+            "dot" | "ip" | "inner_product" => Ok(Metric::Dot),
+            other => Err(Error::invalid(format!(
+                "unknown metric {other:?} (expected cosine, l2 or dot)"
+            ))),
+        }
+    }
+}
+
+/// A user as the store knows them. Users are created on first write.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    /// The caller's id for the user (for example a JWT `sub`).
+    pub id: String,
+    /// When the user was first seen.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    /// The caller's id for the session, unique per user.
+    pub id: String,
+    /// An optional display title.
+    pub title: Option<String>,
+    /// The session's persona / system prompt.
+    pub persona: Option<String>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last changed (a message added or the session edited).
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Changes to a session; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionPatch {
+    /// New title (`Some(None)` clears it).
+    pub title: Option<Option<String>>,
+    /// New persona (`Some(None)` clears it).
+    pub persona: Option<Option<String>>,
+}
+
+/// A stored message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// Store-assigned id.
+    pub id: i64,
+    /// The session's id.
+    pub session: String,
+    /// Who wrote it.
+    pub role: Role,
+    /// The text.
+    pub content: String,
+    /// Free-form labels.
+    pub tags: Vec<String>,
+    /// Free-form JSON object.
+    pub metadata: Value,
+    /// When it was written.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A message to store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewMessage {
+    /// The session's id; the session is created if it does not exist.
+    pub session: String,
+    /// Who wrote it.
+    pub role: Role,
+    /// The text.
+    pub content: String,
+    /// When it was written; now when absent.
+    pub created_at: Option<DateTime<Utc>>,
+    /// Free-form labels.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Free-form JSON object (`null` is stored as `{}`).
+    #[serde(default)]
+    pub metadata: Value,
+}
+
+impl NewMessage {
+    /// A message with no tags, no metadata and the current time.
+    pub fn new(session: impl Into<String>, role: Role, content: impl Into<String>) -> Self {
+        Self {
+            session: session.into(),
+            role,
+            content: content.into(),
+            created_at: None,
+            tags: Vec::new(),
+            metadata: Value::Null,
+        }
+    }
+}
+
+/// An embedding vector and the model that made it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Embedding {
+    /// The embedding model's id (for example `all-MiniLM-L6-v2`).
+    pub model: String,
+    /// The vector.
+    pub vector: Vec<f32>,
+}
+
+/// A stored memory: the unit that retrieval finds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Memory {
+    /// Store-assigned id.
+    pub id: i64,
+    /// What it is.
+    pub kind: MemoryKind,
+    /// The searchable text.
+    pub content: String,
+    /// The session it came from, if any.
+    pub session: Option<String>,
+    /// The message it came from, if any.
+    pub message_id: Option<i64>,
+    /// The summary it holds, if any.
+    pub summary_id: Option<i64>,
+    /// The role of the source message, if any.
+    pub role: Option<Role>,
+    /// Free-form labels.
+    pub tags: Vec<String>,
+    /// Free-form JSON object.
+    pub metadata: Value,
+    /// Importance in [0, 1].
+    pub importance: f32,
+    /// Detected emotion label, if any.
+    pub emotion: Option<String>,
+    /// When the source was written.
+    pub created_at: DateTime<Utc>,
+    /// Last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A memory to store, with its embedding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewMemory {
+    /// What it is.
+    pub kind: MemoryKind,
+    /// The searchable text.
+    pub content: String,
+    /// The session it belongs to (created if missing). For memories written with a message,
+    /// the message's session is used.
+    pub session: Option<String>,
+    /// The role (for memories written with a message, the message's role).
+    pub role: Option<Role>,
+    /// Free-form labels.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Free-form JSON object.
+    #[serde(default)]
+    pub metadata: Value,
+    /// Importance in [0, 1]; 0.5 when absent.
+    pub importance: Option<f32>,
+    /// Emotion label.
+    pub emotion: Option<String>,
+    /// When the source was written; the message's time or now when absent.
+    pub created_at: Option<DateTime<Utc>>,
+    /// The embedding of `content`.
+    pub embedding: Embedding,
+}
+
+impl NewMemory {
+    /// A memory of `kind` with defaults for everything optional.
+    pub fn new(kind: MemoryKind, content: impl Into<String>, embedding: Embedding) -> Self {
+        Self {
+            kind,
+            content: content.into(),
+            session: None,
+            role: None,
+            tags: Vec::new(),
+            metadata: Value::Null,
+            importance: None,
+            emotion: None,
+            created_at: None,
+            embedding,
+        }
+    }
+}
+
+/// A message and the memories made from it, written together in one transaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageWrite {
+    /// The message.
+    pub message: NewMessage,
+    /// Memories derived from it (the message itself, or its chunks). Their session, role,
+    /// tags (when empty) and time default to the message's.
+    pub memories: Vec<NewMemory>,
+}
+
+/// What [`crate::MemoryStore::append_messages`] wrote for one message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppendedMessage {
+    /// The stored message.
+    pub message: Message,
+    /// Ids of the memories made from it.
+    pub memory_ids: Vec<i64>,
+}
+
+/// Changes to a memory; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemoryPatch {
+    /// New text. Must come with `embedding`; the memory's other embeddings are dropped.
+    pub content: Option<String>,
+    /// The embedding of the new text.
+    pub embedding: Option<Embedding>,
+    /// New tags.
+    pub tags: Option<Vec<String>>,
+    /// New metadata.
+    pub metadata: Option<Value>,
+    /// New importance in [0, 1].
+    pub importance: Option<f32>,
+    /// New emotion (`Some(None)` clears it).
+    pub emotion: Option<Option<String>>,
+}
+
+/// A summary of part of a session's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Store-assigned id.
+    pub id: i64,
+    /// The session summarised.
+    pub session: String,
+    /// The summary text.
+    pub content: String,
+    /// First message covered.
+    pub first_message_id: Option<i64>,
+    /// Last message covered.
+    pub last_message_id: Option<i64>,
+    /// The model that wrote it.
+    pub model: Option<String>,
+    /// Written.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A summary to store; it also becomes a searchable memory of kind `summary`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewSummary {
+    /// The session summarised (must exist).
+    pub session: String,
+    /// The summary text.
+    pub content: String,
+    /// First message covered.
+    pub first_message_id: Option<i64>,
+    /// Last message covered.
+    pub last_message_id: Option<i64>,
+    /// The model that wrote it.
+    pub model: Option<String>,
+    /// The embedding of `content`.
+    pub embedding: Embedding,
+}
+
+/// One row of the audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Store-assigned id.
+    pub id: i64,
+    /// The user whose data was touched.
+    pub user: String,
+    /// Who did it (the user, an admin, `cli`).
+    pub actor: String,
+    /// What was done (`export`, `delete_user`, `update_settings`, ...).
+    pub action: String,
+    /// Counts and ids; never message content.
+    pub detail: Value,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Narrows a search or a listing. Empty lists mean "any".
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Filter {
+    /// Only this session.
+    pub session: Option<String>,
+    /// Only these kinds.
+    #[serde(default)]
+    pub kinds: Vec<MemoryKind>,
+    /// Only these roles (memories with no role never match a role filter).
+    #[serde(default)]
+    pub roles: Vec<Role>,
+    /// Only memories carrying every one of these tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Created at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Created before.
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// A nearest-neighbour query over one user's memories.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VectorQuery {
+    /// The query embedding; only memories embedded by the same model are searched.
+    pub embedding: Embedding,
+    /// How many hits per page.
+    pub top_k: usize,
+    /// Drop hits scoring below this.
+    pub min_score: Option<f32>,
+    /// Narrowing.
+    #[serde(default)]
+    pub filter: Filter,
+    /// Continue after the page that returned this cursor.
+    pub cursor: Option<String>,
+}
+
+impl VectorQuery {
+    /// The first page of the `top_k` nearest memories, unfiltered.
+    pub fn new(embedding: Embedding, top_k: usize) -> Self {
+        Self {
+            embedding,
+            top_k,
+            min_score: None,
+            filter: Filter::default(),
+            cursor: None,
+        }
+    }
+}
+
+/// One search result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchHit {
+    /// The memory.
+    pub memory: Memory,
+    /// Similarity under the store's metric (raw cosine similarity by default).
+    pub score: f32,
+    /// Distance under the store's metric.
+    pub distance: f32,
+}
+
+/// A page of search results, best first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchPage {
+    /// The hits.
+    pub hits: Vec<SearchHit>,
+    /// Pass as `cursor` to get the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Which page of a listing to return.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PageRequest {
+    /// Page size.
+    pub first: usize,
+    /// Continue after the page that returned this cursor.
+    pub after: Option<String>,
+}
+
+impl Default for PageRequest {
+    fn default() -> Self {
+        Self {
+            first: 50,
+            after: None,
+        }
+    }
+}
+
+/// A page of a listing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Pass as `after` to get the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// An embedding as exported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportedEmbedding {
+    /// The model that made it.
+    pub model: String,
+    /// Its dimension.
+    pub dims: usize,
+    /// The vector, when the export asked for vectors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vector: Option<Vec<f32>>,
+}
+
+/// A memory as exported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportedMemory {
+    /// The memory.
+    #[serde(flatten)]
+    pub memory: Memory,
+    /// Its embeddings.
+    pub embeddings: Vec<ExportedEmbedding>,
+}
+
+/// Everything the store holds about one user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserExport {
+    /// Format marker, `deep-recall.export.v1`.
+    pub format: String,
+    /// When the export was made.
+    pub exported_at: DateTime<Utc>,
+    /// The user.
+    pub user: User,
+    /// Per-user settings.
+    pub settings: Value,
+    /// Sessions.
+    pub sessions: Vec<Session>,
+    /// Messages, oldest first.
+    pub messages: Vec<Message>,
+    /// Memories, oldest first.
+    pub memories: Vec<ExportedMemory>,
+    /// Summaries.
+    pub summaries: Vec<Summary>,
+    /// The audit log of the user's data, oldest first.
+    pub audit: Vec<AuditEntry>,
+}
+
+/// The format marker of [`UserExport`].
+pub const EXPORT_FORMAT: &str = "deep-recall.export.v1";
+
+/// What a user deletion removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletionReport {
+    /// Whether the user existed.
+    pub existed: bool,
+    /// Sessions removed.
+    pub sessions: u64,
+    /// Messages removed.
+    pub messages: u64,
+    /// Memories removed.
+    pub memories: u64,
+    /// Embedding vectors removed.
+    pub embeddings: u64,
+    /// Summaries removed.
+    pub summaries: u64,
+}

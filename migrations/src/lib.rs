@@ -1,0 +1,24 @@
+//! Schema migrations for Deep Recall's stores (Postgres + pgvector, and the embedded SQLite
+//! store). The schema changes only through these migrations; each one has an `up` and a `down`.
+//!
+//! Both backends share one set of migrations: a migration branches on
+//! [`SchemaManager::get_database_backend`] where Postgres has features SQLite lacks (the
+//! `vector` column type, generated `tsvector` columns, GIN and HNSW indexes).
+pub use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_create_memory_tables;
+
+/// The embedding dimension of the default model (all-MiniLM-L6-v2). Postgres gets an HNSW index
+/// for it in the first migration; indexes for other dimensions and metrics are created by the
+/// store when it is opened with such a model (see `recall_core::store::pg`).
+pub const DEFAULT_EMBEDDING_DIMS: u32 = 384;
+
+/// Every migration, in order.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261122_000001_create_memory_tables::Migration)]
+    }
+}

