@@ -73,6 +73,10 @@ init() {
 }
 
 start() {
+  mkdir -p "$PG_HOME"
+  # Several test processes may start it at once: one at a time.
+  exec 9>"$PG_HOME/.lock"
+  flock 9
   install
   init
   if ! running; then

@@ -42,6 +42,8 @@ pub mod limits;
 pub mod models;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub mod store;
+#[cfg(all(feature = "testing", feature = "postgres"))]
+pub mod testing;
 pub mod types;
 
 pub use embed::Embedder;

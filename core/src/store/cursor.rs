@@ -7,11 +7,38 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// Position after the last hit of a search page: its distance and memory id.
+/// Position after the last hit of a search page: its distance and memory id. The distance
+/// travels as its bit pattern, so that it comes back exactly (a decimal round trip could move
+/// it by one unit in the last place and repeat or skip a hit).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(from = "SearchCursorWire", into = "SearchCursorWire")]
 pub(crate) struct SearchCursor {
     pub d: f64,
     pub i: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SearchCursorWire {
+    b: u64,
+    i: i64,
+}
+
+impl From<SearchCursorWire> for SearchCursor {
+    fn from(w: SearchCursorWire) -> Self {
+        Self {
+            d: f64::from_bits(w.b),
+            i: w.i,
+        }
+    }
+}
+
+impl From<SearchCursor> for SearchCursorWire {
+    fn from(c: SearchCursor) -> Self {
+        Self {
+            b: c.d.to_bits(),
+            i: c.i,
+        }
+    }
 }
 
 impl SearchCursor {

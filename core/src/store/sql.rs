@@ -613,6 +613,7 @@ impl<V: VectorIndex> MemoryStore for SqlStore<V> {
 
     async fn list_sessions(&self, user: &str, page: &PageRequest) -> Result<Page<Session>> {
         self.limits.check_page_size(page.first)?;
+        let after = list_cursor(page)?;
         let Some(u) = self.find_user(&self.db, user).await? else {
             return Ok(Page {
                 items: vec![],
@@ -620,8 +621,7 @@ impl<V: VectorIndex> MemoryStore for SqlStore<V> {
             });
         };
         let mut q = session::Entity::find().filter(session::Column::UserId.eq(u.id));
-        if let Some(after) = &page.after {
-            let c: ListCursor = cursor::decode(after)?;
+        if let Some(c) = after {
             let t = from_micros(c.t)?;
             q = q.filter(
                 Condition::any().add(session::Column::CreatedAt.lt(t)).add(
@@ -796,6 +796,7 @@ impl<V: VectorIndex> MemoryStore for SqlStore<V> {
         page: &PageRequest,
     ) -> Result<Page<Message>> {
         self.limits.check_page_size(page.first)?;
+        let after = list_cursor(page)?;
         let empty = Page {
             items: vec![],
             next_cursor: None,
@@ -809,8 +810,7 @@ impl<V: VectorIndex> MemoryStore for SqlStore<V> {
         let mut q = message::Entity::find()
             .filter(message::Column::UserId.eq(u.id))
             .filter(message::Column::SessionId.eq(s.id));
-        if let Some(after) = &page.after {
-            let c: ListCursor = cursor::decode(after)?;
+        if let Some(c) = after {
             let t = from_micros(c.t)?;
             q = q.filter(
                 Condition::any().add(message::Column::CreatedAt.gt(t)).add(
@@ -1034,6 +1034,8 @@ impl<V: VectorIndex> MemoryStore for SqlStore<V> {
         page: &PageRequest,
     ) -> Result<Page<Memory>> {
         self.limits.check_page_size(page.first)?;
+        self.limits.check_filter(filter)?;
+        let after = list_cursor(page)?;
         let empty = Page {
             items: vec![],
             next_cursor: None,
@@ -1045,8 +1047,7 @@ impl<V: VectorIndex> MemoryStore for SqlStore<V> {
             return Ok(empty);
         };
         let mut q = memory::Entity::find().filter(self.memory_condition(u.id, &f));
-        if let Some(after) = &page.after {
-            let c: ListCursor = cursor::decode(after)?;
+        if let Some(c) = after {
             let t = from_micros(c.t)?;
             q = q.filter(
                 Condition::any().add(memory::Column::CreatedAt.lt(t)).add(
@@ -1088,6 +1089,7 @@ impl<V: VectorIndex> MemoryStore for SqlStore<V> {
 
     async fn search(&self, user: &str, query: &VectorQuery) -> Result<SearchPage> {
         self.limits.check_page_size(query.top_k)?;
+        self.limits.check_filter(&query.filter)?;
         check_embedding(&query.embedding.model, &query.embedding.vector)?;
         if let Some(s) = query.min_score
             && !s.is_finite()
@@ -1509,8 +1511,7 @@ impl<V: VectorIndex> MemoryStore for SqlStore<V> {
         self.limits.check_user_id(user)?;
         self.limits.check_page_size(page.first)?;
         let mut q = audit_log::Entity::find().filter(audit_log::Column::UserExternalId.eq(user));
-        if let Some(after) = &page.after {
-            let c: ListCursor = cursor::decode(after)?;
+        if let Some(c) = list_cursor(page)? {
             q = q.filter(audit_log::Column::Id.gt(c.i));
         }
         let rows = q
@@ -1526,6 +1527,10 @@ impl<V: VectorIndex> MemoryStore for SqlStore<V> {
             next_cursor: page.next_cursor,
         })
     }
+}
+
+fn list_cursor(page: &PageRequest) -> Result<Option<ListCursor>> {
+    page.after.as_deref().map(cursor::decode).transpose()
 }
 
 /// The message of an [`Error::InvalidInput`] without its "invalid input: " prefix.

@@ -1,0 +1,316 @@
+//! Behaviour particular to one backend: Postgres's two search paths, the embedded store's
+//! cache coherence and durability.
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use chrono::{TimeZone, Utc};
+use recall_core::MemoryStore;
+use recall_core::store::{EmbeddedStore, PgStore, StoreConfig};
+use recall_core::types::{
+    Filter, MemoryKind, MessageWrite, NewMemory, NewMessage, Role, VectorQuery,
+};
+
+use crate::fixtures::{PgDb, TestStore, emb};
+
+/// A deterministic pseudo-random vector.
+fn pseudo_vector(seed: u64, dims: usize) -> Vec<f32> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..dims)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ((x % 2000) as f32 / 1000.0) - 1.0
+        })
+        .collect()
+}
+
+fn fact(i: u64, session: Option<&str>) -> NewMemory {
+    NewMemory {
+        session: session.map(str::to_owned),
+        ..NewMemory::new(
+            MemoryKind::Fact,
+            format!("f{i}"),
+            emb(&pseudo_vector(i, 32)),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_hnsw_path_agrees_with_exact_path() {
+    let db = PgDb::create().await;
+    let exact = PgStore::open(&StoreConfig::postgres(db.url.clone()))
+        .await
+        .unwrap();
+    let mut config = StoreConfig::postgres(db.url.clone());
+    config.exact_search_threshold = 0;
+    let approx = PgStore::open(&config).await.unwrap();
+
+    // One big user among many small ones.
+    let big: Vec<NewMemory> = (0..3000)
+        .map(|i| fact(i, Some(if i % 10 == 0 { "rare" } else { "common" })))
+        .collect();
+    exact.add_memories("big", big).await.unwrap();
+    for u in 0..50 {
+        let rows = (0..20).map(|i| fact(100_000 + u * 100 + i, None)).collect();
+        exact
+            .add_memories(&format!("small{u}"), rows)
+            .await
+            .unwrap();
+    }
+
+    let mut overlap = 0;
+    for qi in 0..20u64 {
+        let q = VectorQuery::new(emb(&pseudo_vector(900_000 + qi, 32)), 10);
+        let a: Vec<i64> = exact
+            .search("big", &q)
+            .await
+            .unwrap()
+            .hits
+            .iter()
+            .map(|h| h.memory.id)
+            .collect();
+        let b: Vec<i64> = approx
+            .search("big", &q)
+            .await
+            .unwrap()
+            .hits
+            .iter()
+            .map(|h| h.memory.id)
+            .collect();
+        assert_eq!(a.len(), 10);
+        assert_eq!(b.len(), 10);
+        overlap += b.iter().filter(|id| a.contains(id)).count();
+    }
+    let recall = overlap as f64 / 200.0;
+    assert!(
+        recall >= 0.9,
+        "HNSW recall@10 against exact search is {recall}"
+    );
+
+    // A selective filter on the HNSW path still fills the page with matching rows.
+    let mut q = VectorQuery::new(emb(&pseudo_vector(1, 32)), 20);
+    q.filter = Filter {
+        session: Some("rare".into()),
+        ..Filter::default()
+    };
+    let hits = approx.search("big", &q).await.unwrap().hits;
+    assert_eq!(hits.len(), 20, "iterative scan fills the page");
+    assert!(
+        hits.iter()
+            .all(|h| h.memory.session.as_deref() == Some("rare"))
+    );
+
+    // Small users get exact answers and only their own rows on both paths.
+    let q = VectorQuery::new(emb(&pseudo_vector(7, 32)), 30);
+    let a = exact.search("small3", &q).await.unwrap().hits;
+    let b = approx.search("small3", &q).await.unwrap().hits;
+    assert_eq!(a.len(), 20);
+    assert!(b.len() >= 18, "HNSW path on a small user found {}", b.len());
+    assert!(
+        b.iter()
+            .all(|h| a.iter().any(|x| x.memory.id == h.memory.id))
+    );
+
+    exact.connection().clone().close().await.ok();
+    approx.connection().clone().close().await.ok();
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_open_creates_index_for_configured_metric_and_dims() {
+    let db = PgDb::create().await;
+    let store = PgStore::open(
+        &StoreConfig::postgres(db.url.clone())
+            .with_metric(recall_core::types::Metric::L2)
+            .with_index_dims(768),
+    )
+    .await
+    .unwrap();
+    use sea_orm::ConnectionTrait;
+    let n: i64 = store
+        .connection()
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'ix_memory_embeddings_hnsw_l2_768' \
+             AND indexdef LIKE '%vector_l2_ops%'",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index(0)
+        .unwrap();
+    assert_eq!(n, 1);
+    store.connection().clone().close().await.ok();
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_reopen_keeps_data() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = EmbeddedStore::open(&StoreConfig::embedded(dir.path()))
+            .await
+            .unwrap();
+        s.add_memories("u", vec![fact(1, Some("s")), fact(2, None)])
+            .await
+            .unwrap();
+        s.connection().clone().close().await.unwrap();
+    }
+    let s = EmbeddedStore::open(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    let hits = s
+        .search("u", &VectorQuery::new(emb(&pseudo_vector(1, 32)), 5))
+        .await
+        .unwrap()
+        .hits;
+    assert_eq!(hits.len(), 2);
+    assert_eq!(hits[0].memory.content, "f1");
+    assert!((hits[0].score - 1.0).abs() < 1e-5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_handles_see_each_others_writes() {
+    // Two handles on one directory behave like two processes sharing the data.
+    let dir = tempfile::tempdir().unwrap();
+    let a = EmbeddedStore::open(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    let b = EmbeddedStore::open(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    let q = VectorQuery::new(emb(&pseudo_vector(5, 32)), 10);
+    a.add_memories("u", vec![fact(1, None)]).await.unwrap();
+    assert_eq!(b.search("u", &q).await.unwrap().hits.len(), 1);
+    assert_eq!(a.search("u", &q).await.unwrap().hits.len(), 1);
+    a.add_memories("u", vec![fact(5, None)]).await.unwrap();
+    let hits = b.search("u", &q).await.unwrap().hits;
+    assert_eq!(hits.len(), 2, "b's cache saw a's write");
+    assert_eq!(hits[0].memory.content, "f5");
+    b.delete_memories("u", &[hits[0].memory.id]).await.unwrap();
+    let hits = a.search("u", &q).await.unwrap().hits;
+    assert_eq!(hits.len(), 1, "a's cache saw b's delete");
+    assert_eq!(hits[0].memory.content, "f1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_cache_eviction_keeps_answers_right() {
+    let t = TestStore::embedded_with(|mut c| {
+        c.max_cached_vectors = 5;
+        c
+    })
+    .await;
+    let s = t.store();
+    for u in 0..4u64 {
+        s.add_memories(
+            &format!("u{u}"),
+            (0..3).map(|i| fact(u * 10 + i, None)).collect(),
+        )
+        .await
+        .unwrap();
+    }
+    for round in 0..2 {
+        for u in 0..4u64 {
+            let q = VectorQuery::new(emb(&pseudo_vector(u * 10 + 1, 32)), 10);
+            let hits = s.search(&format!("u{u}"), &q).await.unwrap().hits;
+            assert_eq!(hits.len(), 3, "round {round} user {u}");
+            assert_eq!(hits[0].memory.content, format!("f{}", u * 10 + 1));
+        }
+    }
+    t.close().await;
+}
+
+/// Run as a child process by `embedded_survives_kill`: writes batches to the store in
+/// `DR_CRASH_DIR`, printing `acked N` after each commit, then waits to be killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "helper process for embedded_survives_kill"]
+async fn crash_writer() {
+    let Some(dir) = std::env::var_os("DR_CRASH_DIR") else {
+        return;
+    };
+    let s = EmbeddedStore::open(&StoreConfig::embedded(dir))
+        .await
+        .unwrap();
+    for batch in 0..1000u64 {
+        let writes = (0..20)
+            .map(|i| {
+                let n = batch * 20 + i;
+                MessageWrite {
+                    memories: vec![NewMemory::new(
+                        MemoryKind::Message,
+                        format!("m{n}"),
+                        emb(&pseudo_vector(n, 8)),
+                    )],
+                    message: NewMessage {
+                        created_at: Some(Utc.timestamp_opt(1_700_000_000 + n as i64, 0).unwrap()),
+                        ..NewMessage::new("s", Role::User, format!("m{n}"))
+                    },
+                }
+            })
+            .collect();
+        s.append_messages("u", writes).await.unwrap();
+        println!("acked {}", (batch + 1) * 20);
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+}
+
+#[test]
+fn embedded_survives_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "backend_specific::crash_writer",
+            "--nocapture",
+        ])
+        .env("DR_CRASH_DIR", dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut acked = 0u64;
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    while acked < 200 {
+        let line = lines.next().expect("child output").unwrap();
+        if let Some(n) = line.strip_prefix("acked ") {
+            acked = n.parse().unwrap();
+        }
+    }
+    // SIGKILL: no destructors, no clean shutdown, possibly mid-transaction.
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let s = EmbeddedStore::open(&StoreConfig::embedded(dir.path()))
+            .await
+            .unwrap();
+        let stored = s.count_memories("u").await.unwrap();
+        assert!(stored >= acked, "{stored} stored < {acked} acknowledged");
+        assert_eq!(stored % 20, 0, "a batch is all or nothing");
+        let page = s
+            .list_messages(
+                "u",
+                "s",
+                &recall_core::types::PageRequest {
+                    first: 1000,
+                    after: None,
+                },
+            )
+            .await
+            .unwrap();
+        for n in 0..acked {
+            assert_eq!(page.items[n as usize].content, format!("m{n}"));
+        }
+        let hits = s
+            .search("u", &VectorQuery::new(emb(&pseudo_vector(17, 8)), 1))
+            .await
+            .unwrap()
+            .hits;
+        assert_eq!(hits[0].memory.content, "m17");
+    });
+}

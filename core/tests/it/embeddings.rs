@@ -1,0 +1,193 @@
+//! The candle embedder on the real all-MiniLM-L6-v2 weights, and the engine on both stores.
+use std::sync::Arc;
+
+use recall_core::embed::{EmbedConfig, Embedder, EmbeddingService, cosine};
+use recall_core::types::{MemoryKind, Metric};
+use recall_core::{Engine, ErrorKind, NewMemoryText, SearchOptions};
+
+use crate::fixtures::{TestStore, minilm_dir, repo_root};
+
+fn service() -> EmbeddingService {
+    let mut config = EmbedConfig::new(minilm_dir());
+    config.device = recall_core::device::DeviceConfig::Cpu;
+    EmbeddingService::start(&config).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minilm_matches_reference_similarity() {
+    let e = service();
+    assert_eq!(e.dims(), 384);
+    assert_eq!(e.model_id(), "all-MiniLM-L6-v2");
+    let v = e
+        .embed(vec![
+            "A man is eating food.".into(),
+            "A man is eating a piece of bread.".into(),
+            "The new movie is awesome.".into(),
+            "A monkey is playing drums.".into(),
+        ])
+        .await
+        .unwrap();
+    let sim = cosine(&v[0], &v[1]);
+    assert!((sim - 0.7553).abs() < 0.002, "cos = {sim}");
+    for (i, j) in [(0, 2), (1, 2), (2, 3)] {
+        let s = cosine(&v[i], &v[j]);
+        assert!(s.abs() < 0.15, "unrelated pair ({i},{j}) scored {s}");
+    }
+    for x in &v {
+        let norm: f32 = x.iter().map(|a| a * a).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "L2-normalised, got {norm}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batching_and_concurrency_do_not_change_vectors() {
+    let e = Arc::new(service());
+    let texts: Vec<String> = (0..40)
+        .map(|i| format!("sentence {i}: {}", "word ".repeat(i * 3)))
+        .collect();
+    let batched = e.embed(texts.clone()).await.unwrap();
+    let mut tasks = Vec::new();
+    for t in texts.clone() {
+        let e = e.clone();
+        tasks.push(tokio::spawn(async move { e.embed_one(&t).await.unwrap() }));
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        let alone = task.await.unwrap();
+        let diff = alone
+            .iter()
+            .zip(&batched[i])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-4, "text {i}: batched and alone differ by {diff}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_text_is_truncated_not_rejected() {
+    let e = service();
+    let long = "The estuary was calm and the dolphins came close to the boat. ".repeat(200);
+    let v = e.embed_one(&long).await.unwrap();
+    assert_eq!(v.len(), 384);
+    let short = e
+        .embed_one("The estuary was calm and the dolphins came close to the boat.")
+        .await
+        .unwrap();
+    let sim = cosine(&v, &short);
+    assert!(sim > 0.8, "long vs short: {sim}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_model_is_a_model_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = EmbeddingService::start(&EmbedConfig::new(dir.path().join("nope")))
+        .err()
+        .unwrap();
+    assert_eq!(err.kind(), ErrorKind::Model);
+    assert!(err.to_string().contains("models fetch"), "{err}");
+    std::fs::write(dir.path().join("config.json"), "{").unwrap();
+    let err = EmbeddingService::start(&EmbedConfig::new(dir.path()))
+        .err()
+        .unwrap();
+    assert_eq!(err.kind(), ErrorKind::Model);
+}
+
+/// The sample conversation shipped in the repository, found again by meaning.
+async fn engine_finds_relevant_memories(t: &TestStore, engine: Engine) {
+    let file = std::fs::File::open(repo_root().join("examples/sample-conversation.jsonl")).unwrap();
+    let messages =
+        recall_core::ingest::parse_jsonl(std::io::BufReader::new(file), engine.store().limits())
+            .unwrap();
+    let n = messages.len();
+    let stored = engine.add_messages("alice", messages).await.unwrap();
+    assert_eq!(stored.len(), n);
+    for (question, expected) in [
+        ("What is she allergic to?", "peanuts"),
+        ("What is the name of her pet?", "cat named Miso"),
+        ("Which city did she move to?", "moved to Lisbon"),
+        ("When is her sister coming?", "Emma is visiting"),
+    ] {
+        let page = engine
+            .search(
+                "alice",
+                question,
+                &SearchOptions {
+                    top_k: 3,
+                    ..SearchOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(
+            page.hits
+                .iter()
+                .any(|h| h.memory.content.contains(expected)),
+            "{question:?} on {}: {:?}",
+            engine.store().backend(),
+            page.hits
+                .iter()
+                .map(|h| &h.memory.content)
+                .collect::<Vec<_>>()
+        );
+    }
+    let fact = engine
+        .add_memory(
+            "alice",
+            NewMemoryText {
+                kind: MemoryKind::Fact,
+                content: "Alice's favourite colour is teal.".into(),
+                session: None,
+                tags: vec![],
+                importance: Some(0.9),
+            },
+        )
+        .await
+        .unwrap();
+    let page = engine
+        .search(
+            "alice",
+            "favourite colour",
+            &SearchOptions {
+                top_k: 1,
+                ..SearchOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.hits[0].memory.id, fact.id);
+    // Nobody else sees it.
+    let other = engine
+        .search("bob", "favourite colour", &SearchOptions::default())
+        .await
+        .unwrap();
+    assert!(other.hits.is_empty());
+    let _ = t;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_on_both_stores() {
+    let embedder: Arc<dyn Embedder> = Arc::new(service());
+    for t in [
+        TestStore::pg(Metric::Cosine).await,
+        TestStore::embedded(Metric::Cosine).await,
+    ] {
+        let store: Arc<dyn recall_core::MemoryStore> = match &t {
+            TestStore::Pg(..) => Arc::new(
+                recall_core::store::PgStore::open(&recall_core::StoreConfig::postgres(match &t {
+                    TestStore::Pg(_, db) => db.url.clone(),
+                    _ => unreachable!(),
+                }))
+                .await
+                .unwrap(),
+            ),
+            TestStore::Embedded(_, dir) => Arc::new(
+                recall_core::store::EmbeddedStore::open(&recall_core::StoreConfig::embedded(
+                    dir.path(),
+                ))
+                .await
+                .unwrap(),
+            ),
+        };
+        engine_finds_relevant_memories(&t, Engine::new(store, embedder.clone())).await;
+        t.close().await;
+    }
+}

@@ -1,0 +1,121 @@
+//! Shared test fixtures: real Postgres databases (one fresh database per test), embedded
+//! stores in temporary directories, the models directory, and hand-made vectors.
+use recall_core::MemoryStore;
+use recall_core::store::{EmbeddedStore, PgStore, StoreConfig};
+pub use recall_core::testing::{PgDb, minilm_dir, repo_root};
+use recall_core::types::{Embedding, Metric};
+use sea_orm::{ConnectionTrait, DatabaseConnection};
+
+/// The model id used for hand-made vectors.
+pub const TEST_MODEL: &str = "test-model";
+
+pub fn emb(v: &[f32]) -> Embedding {
+    Embedding {
+        model: TEST_MODEL.into(),
+        vector: v.to_vec(),
+    }
+}
+
+/// A store under test with whatever keeps it alive.
+pub enum TestStore {
+    Pg(PgStore, PgDb),
+    Embedded(EmbeddedStore, tempfile::TempDir),
+}
+
+impl TestStore {
+    pub async fn pg(metric: Metric) -> Self {
+        Self::pg_with(|c| c.with_metric(metric)).await
+    }
+
+    pub async fn pg_with(configure: impl FnOnce(StoreConfig) -> StoreConfig) -> Self {
+        let db = PgDb::create().await;
+        let store = PgStore::open(&configure(StoreConfig::postgres(db.url.clone())))
+            .await
+            .expect("open Postgres store");
+        TestStore::Pg(store, db)
+    }
+
+    pub async fn embedded(metric: Metric) -> Self {
+        Self::embedded_with(|c| c.with_metric(metric)).await
+    }
+
+    pub async fn embedded_with(configure: impl FnOnce(StoreConfig) -> StoreConfig) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&configure(StoreConfig::embedded(dir.path())))
+            .await
+            .expect("open embedded store");
+        TestStore::Embedded(store, dir)
+    }
+
+    pub fn store(&self) -> &dyn MemoryStore {
+        match self {
+            TestStore::Pg(s, _) => s,
+            TestStore::Embedded(s, _) => s,
+        }
+    }
+
+    pub fn connection(&self) -> &DatabaseConnection {
+        match self {
+            TestStore::Pg(s, _) => s.connection(),
+            TestStore::Embedded(s, _) => s.connection(),
+        }
+    }
+
+    /// Rows of a table, all users together (for checking that deletion leaves nothing).
+    pub async fn count_rows(&self, table: &str) -> i64 {
+        let db = self.connection();
+        let row = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                format!("SELECT count(*) FROM {table}"),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get_by_index::<i64>(0).unwrap()
+    }
+
+    /// Makes any memory whose content is `boom` fail to insert, at the database level, so that
+    /// tests can check that a failing write leaves nothing behind.
+    pub async fn sabotage(&self) {
+        let db = self.connection();
+        match self {
+            TestStore::Pg(..) => {
+                db.execute_unprepared(
+                    "CREATE FUNCTION boom() RETURNS trigger AS $$ BEGIN \
+                     IF NEW.content = 'boom' THEN RAISE EXCEPTION 'boom'; END IF; \
+                     RETURN NEW; END $$ LANGUAGE plpgsql",
+                )
+                .await
+                .unwrap();
+                db.execute_unprepared(
+                    "CREATE TRIGGER boom BEFORE INSERT ON memories \
+                     FOR EACH ROW EXECUTE FUNCTION boom()",
+                )
+                .await
+                .unwrap();
+            }
+            TestStore::Embedded(..) => {
+                db.execute_unprepared(
+                    "CREATE TRIGGER boom BEFORE INSERT ON memories \
+                     WHEN NEW.content = 'boom' BEGIN SELECT RAISE(ABORT, 'boom'); END",
+                )
+                .await
+                .unwrap();
+            }
+        }
+    }
+
+    pub async fn close(self) {
+        match self {
+            TestStore::Pg(s, db) => {
+                s.connection().clone().close().await.ok();
+                db.drop_db().await;
+            }
+            TestStore::Embedded(s, dir) => {
+                s.connection().clone().close().await.ok();
+                drop(dir);
+            }
+        }
+    }
+}

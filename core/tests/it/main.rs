@@ -1,0 +1,6 @@
+//! Integration tests of recall-core against real databases and real model weights.
+mod backend_specific;
+mod embeddings;
+mod fixtures;
+mod migrations;
+mod store_conformance;

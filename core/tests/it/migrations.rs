@@ -1,0 +1,123 @@
+//! Migrations run up and down against the real servers, and leave the schema they promise.
+use recall_migrations::{Migrator, MigratorTrait};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
+
+use crate::fixtures::PgDb;
+
+const TABLES: [&str; 8] = [
+    "users",
+    "sessions",
+    "messages",
+    "summaries",
+    "memories",
+    "memory_embeddings",
+    "user_settings",
+    "audit_log",
+];
+
+async fn tables(db: &DatabaseConnection) -> Vec<String> {
+    let sql = match db.get_database_backend() {
+        DbBackend::Postgres => {
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' \
+             AND table_name <> 'seaql_migrations' ORDER BY 1"
+        }
+        _ => {
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
+             AND name <> 'seaql_migrations' ORDER BY 1"
+        }
+    };
+    db.query_all_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.try_get_by_index::<String>(0).unwrap())
+        .collect()
+}
+
+async fn up_down_up(db: &DatabaseConnection) {
+    let mut expected: Vec<String> = TABLES.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    Migrator::up(db, None).await.unwrap();
+    assert_eq!(tables(db).await, expected);
+    assert!(
+        Migrator::get_pending_migrations(db)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    Migrator::down(db, None).await.unwrap();
+    assert!(tables(db).await.is_empty(), "down removes every table");
+    assert_eq!(Migrator::get_pending_migrations(db).await.unwrap().len(), 1);
+    Migrator::up(db, None).await.unwrap();
+    assert_eq!(tables(db).await, expected, "up again after down");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_up_down_up_and_indexes() {
+    let pg = PgDb::create().await;
+    let db = pg.connect().await;
+    up_down_up(&db).await;
+    let indexes: Vec<(String, String)> = db
+        .query_all_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'",
+        ))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            (
+                r.try_get_by_index(0).unwrap(),
+                r.try_get_by_index(1).unwrap(),
+            )
+        })
+        .collect();
+    let def = |name: &str| {
+        indexes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, d)| d.clone())
+            .unwrap_or_else(|| panic!("index {name} missing; have {indexes:?}"))
+    };
+    let hnsw = def("ix_memory_embeddings_hnsw_cosine_384");
+    assert!(
+        hnsw.contains("USING hnsw") && hnsw.contains("vector_cosine_ops"),
+        "{hnsw}"
+    );
+    assert!(hnsw.contains("WHERE (dims = 384)"), "{hnsw}");
+    assert!(def("ix_memories_tsv").contains("USING gin"));
+    assert!(def("ix_memories_tags").contains("jsonb_path_ops"));
+    // The generated tsvector column follows content.
+    db.execute_unprepared(
+        "INSERT INTO users (external_id, revision, created_at) VALUES ('u', 0, now());
+         INSERT INTO memories (user_id, kind, content, tags, metadata, importance, created_at, updated_at)
+         VALUES ((SELECT id FROM users), 'fact', 'Dolphins swimming in the estuary', '[]', '{}', 0.5, now(), now());",
+    )
+    .await
+    .unwrap();
+    let hit: i64 = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT count(*) FROM memories WHERE tsv @@ plainto_tsquery('english', 'dolphin swim')",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index(0)
+        .unwrap();
+    assert_eq!(hit, 1);
+    db.close().await.unwrap();
+    pg.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_up_down_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("m.sqlite3").display()
+    );
+    let db = Database::connect(&url).await.unwrap();
+    up_down_up(&db).await;
+    db.close().await.unwrap();
+}

@@ -1,0 +1,336 @@
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use recall_core::testing::{PgDb, models_dir, repo_root};
+use serde_json::Value;
+
+/// One store for a test: the embedded store in a temporary directory, or a fresh Postgres
+/// database.
+enum Backend {
+    Embedded(tempfile::TempDir),
+    Postgres(PgDb),
+}
+
+impl Backend {
+    fn args(&self) -> Vec<String> {
+        match self {
+            Backend::Embedded(dir) => vec!["--data-dir".into(), dir.path().display().to_string()],
+            Backend::Postgres(db) => vec!["--database-url".into(), db.url.clone()],
+        }
+    }
+}
+
+fn cli(backend: &Backend, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_deep-recall"));
+    cmd.args(backend.args())
+        .arg("--models-dir")
+        .arg(models_dir())
+        .arg("--device")
+        .arg("cpu")
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("DEEP_RECALL_DATA_DIR");
+    cmd.output().expect("run deep-recall")
+}
+
+fn ok_json(out: Output) -> Value {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+fn sample() -> PathBuf {
+    repo_root().join("examples/sample-conversation.jsonl")
+}
+
+fn lines(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count()
+}
+
+fn top_contents(v: &Value) -> Vec<String> {
+    v["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["content"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn round_trip(backend: Backend) {
+    let sample = sample();
+    let n = lines(&sample);
+    let ingested = ok_json(cli(
+        &backend,
+        &[
+            "--json",
+            "ingest",
+            "--user",
+            "alice",
+            sample.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(ingested["messages"], n);
+    assert_eq!(ingested["memories"], n);
+    assert_eq!(ingested["sessions"], 4);
+
+    let found = ok_json(cli(
+        &backend,
+        &[
+            "--json",
+            "search",
+            "--user",
+            "alice",
+            "-k",
+            "3",
+            "what is she allergic to?",
+        ],
+    ));
+    let hits = found["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), 3);
+    assert!(top_contents(&found)[0].contains("peanuts"), "{found}");
+    // Pure vector mode reports raw cosine similarity, best first.
+    let scores: Vec<f64> = hits.iter().map(|h| h["score"].as_f64().unwrap()).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]));
+    for h in hits {
+        let (s, d) = (
+            h["score"].as_f64().unwrap(),
+            h["distance"].as_f64().unwrap(),
+        );
+        assert!((s + d - 1.0).abs() < 1e-5);
+    }
+    assert!(found["next_cursor"].is_string());
+
+    // The next page continues where the first stopped.
+    let cursor = found["next_cursor"].as_str().unwrap();
+    let next = ok_json(cli(
+        &backend,
+        &[
+            "--json",
+            "search",
+            "--user",
+            "alice",
+            "-k",
+            "3",
+            "--cursor",
+            cursor,
+            "what is she allergic to?",
+        ],
+    ));
+    let next_ids: Vec<i64> = next["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(next_ids.len(), 3);
+    assert!(
+        hits.iter()
+            .all(|h| !next_ids.contains(&h["id"].as_i64().unwrap()))
+    );
+
+    let in_session = ok_json(cli(
+        &backend,
+        &[
+            "--json",
+            "search",
+            "--user",
+            "alice",
+            "--session",
+            "2024-05-20-weekend",
+            "-k",
+            "50",
+            "pets",
+        ],
+    ));
+    let sessions: Vec<&str> = in_session["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["session"].as_str().unwrap())
+        .collect();
+    assert_eq!(sessions.len(), 6);
+    assert!(sessions.iter().all(|s| *s == "2024-05-20-weekend"));
+
+    // Text output for people.
+    let text = cli(&backend, &["search", "--user", "alice", "-k", "1", "cat"]);
+    assert!(text.status.success());
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(text.contains("Miso"), "{text}");
+    assert!(text.starts_with("  1. ["), "{text}");
+
+    // Another user sees nothing of Alice's.
+    let bob = ok_json(cli(&backend, &["--json", "search", "--user", "bob", "cat"]));
+    assert!(bob["hits"].as_array().unwrap().is_empty());
+
+    let export = ok_json(cli(&backend, &["export", "--user", "alice"]));
+    assert_eq!(export["format"], "deep-recall.export.v1");
+    assert_eq!(export["messages"].as_array().unwrap().len(), n);
+    assert_eq!(export["memories"].as_array().unwrap().len(), n);
+    assert_eq!(export["sessions"].as_array().unwrap().len(), 4);
+    assert!(
+        export["memories"][0]["embeddings"][0]
+            .get("vector")
+            .is_none()
+    );
+    let with_vectors = ok_json(cli(
+        &backend,
+        &["export", "--user", "alice", "--with-vectors"],
+    ));
+    assert_eq!(
+        with_vectors["memories"][0]["embeddings"][0]["vector"]
+            .as_array()
+            .unwrap()
+            .len(),
+        384
+    );
+
+    let forgot = ok_json(cli(&backend, &["--json", "forget", "--user", "alice"]));
+    assert_eq!(forgot["messages"], n);
+    assert_eq!(forgot["embeddings"], n);
+    let gone = cli(&backend, &["export", "--user", "alice"]);
+    assert_eq!(
+        gone.status.code(),
+        Some(3),
+        "export of a forgotten user is not found"
+    );
+    let none = ok_json(cli(
+        &backend,
+        &["--json", "search", "--user", "alice", "cat"],
+    ));
+    assert!(none["hits"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_search_export_forget_embedded() {
+    round_trip(Backend::Embedded(tempfile::tempdir().unwrap())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_search_export_forget_postgres() {
+    let db = PgDb::create().await;
+    let name = db.name.clone();
+    round_trip(Backend::Postgres(db)).await;
+    PgDb {
+        url: String::new(),
+        name,
+    }
+    .drop_db()
+    .await;
+}
+
+#[test]
+fn bad_files_are_refused_and_nothing_is_written() {
+    let backend = Backend::Embedded(tempfile::tempdir().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let good = r#"{"session": "s", "role": "user", "content": "I like tea"}"#;
+    let cases = [
+        (
+            format!("{good}\n{{\"session\": \"s\", \"role\": \"user\""),
+            "line 2: malformed",
+        ),
+        (
+            format!(
+                "{good}\n{good}\n{{\"session\": \"s\", \"role\": \"bot\", \"content\": \"x\"}}"
+            ),
+            "line 3: unknown role \"bot\"",
+        ),
+        (
+            format!("{good}\n{{\"session\": \"s\", \"role\": \"user\", \"content\": \"\"}}"),
+            "line 2: content is empty",
+        ),
+        (
+            format!(
+                "{{\"session\": \"s\", \"role\": \"user\", \"content\": \"{}\"}}",
+                "a".repeat(100_000)
+            ),
+            "line 1: line is",
+        ),
+        (
+            format!(
+                "{good}\n{{\"session\": \"s\", \"role\": \"user\", \"content\": \"x\", \"ts\": \"May 1\"}}"
+            ),
+            "line 2: bad ts",
+        ),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("bad{i}.jsonl"));
+        std::fs::write(&file, text).unwrap();
+        let out = cli(&backend, &["ingest", "--user", "u", file.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "case {i}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "case {i}: {stderr}");
+    }
+    let export = cli(&backend, &["export", "--user", "u"]);
+    assert_eq!(export.status.code(), Some(3), "nothing was written");
+
+    // Errors are JSON too with --json.
+    let file = dir.path().join("bad0.jsonl");
+    let out = cli(
+        &backend,
+        &["--json", "ingest", "--user", "u", file.to_str().unwrap()],
+    );
+    let err: Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(err["error"]["code"], "InvalidInput");
+}
+
+#[test]
+fn missing_models_and_unreachable_database_have_their_exit_codes() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_deep-recall"))
+        .args(["--models-dir", empty.path().to_str().unwrap(), "--data-dir"])
+        .arg(empty.path().join("data"))
+        .args(["search", "--user", "u", "anything"])
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("deep-recall models fetch"));
+
+    let backend = Backend::Embedded(tempfile::tempdir().unwrap());
+    let out = Command::new(env!("CARGO_BIN_EXE_deep-recall"))
+        .args([
+            "--database-url",
+            "postgres://nobody:secret@127.0.0.1:9/none",
+            "forget",
+            "--user",
+            "u",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+    assert!(
+        !stderr.contains("secret"),
+        "passwords never reach the output: {stderr}"
+    );
+    drop(backend);
+}
+
+#[test]
+fn models_list_reports_presence() {
+    let out = Command::new(env!("CARGO_BIN_EXE_deep-recall"))
+        .args(["--json", "--models-dir"])
+        .arg(models_dir())
+        .args(["models", "list"])
+        .output()
+        .unwrap();
+    let v = ok_json(out);
+    let minilm = v["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["model"] == "all-MiniLM-L6-v2")
+        .unwrap();
+    assert_eq!(minilm["present"], true);
+    assert_eq!(minilm["role"], "embedding");
+}

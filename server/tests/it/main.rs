@@ -1,0 +1,2 @@
+//! The `deep-recall` command line, run as a real process against both stores.
+mod cli;
