@@ -72,8 +72,10 @@ async fn long_text_is_truncated_not_rejected() {
         .embed_one("The estuary was calm and the dolphins came close to the boat.")
         .await
         .unwrap();
+    // Reference from sentence-transformers 6.2.0 on the same weights (bench/st_embed.py), which
+    // truncates at the model's 256-token limit the same way: 0.641675.
     let sim = cosine(&v, &short);
-    assert!(sim > 0.8, "long vs short: {sim}");
+    assert!((sim - 0.641_675).abs() < 0.005, "long vs short: {sim}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

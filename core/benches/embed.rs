@@ -1,0 +1,240 @@
+//! Embedding throughput of the candle embedder against Python sentence-transformers on the same
+//! weights and texts, in the same run, and ingest throughput (embedding included) into both
+//! stores.
+//!
+//! ```sh
+//! scripts/bench-venv.sh            # once: a venv with CPU PyTorch + sentence-transformers
+//! cargo bench -p recall-core --bench embed -- [--texts 512] [--python PATH] [--ingest 1000]
+//! ```
+//! Without `--python` (or `DEEP_RECALL_BENCH_PYTHON`) the Python side is skipped.
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use recall_core::embed::{BertEmbedder, EmbedConfig, Embedder, EmbeddingService};
+use recall_core::store::{EmbeddedStore, PgStore, StoreConfig};
+use recall_core::testing::{PgDb, minilm_dir, repo_root};
+use recall_core::types::{NewMessage, Role};
+use recall_core::{Engine, MemoryStore};
+
+const SUBJECTS: &[&str] = &[
+    "I",
+    "My sister",
+    "Our team",
+    "The landlord",
+    "My manager Rui",
+    "We",
+    "My cat Miso",
+    "The new neighbour",
+    "My climbing partner",
+    "Emma",
+];
+const VERBS: &[&str] = &[
+    "finally finished",
+    "was worried about",
+    "keeps talking about",
+    "forgot",
+    "booked",
+    "cooked",
+    "complained about",
+    "is excited about",
+    "wrote a report on",
+    "found",
+];
+const OBJECTS: &[&str] = &[
+    "the grant renewal due at the end of April",
+    "a vegetarian restaurant near Alfama",
+    "the boat engine that broke down again",
+    "the trip to the Azores in August to see whales",
+    "my first 6b route in Sintra",
+    "a mushroom açorda",
+    "the dolphin survey in the Tagus estuary",
+    "Portuguese lessons on Tuesday evenings",
+    "the conference in Porto",
+    "a peanut-free bakery",
+    "the flat's broken heater",
+    "sleeping badly because of stress",
+];
+const TAILS: &[&str] = &[
+    "",
+    " and I'm not sure what to do next.",
+    ", which honestly made my whole week better.",
+    " — can you remind me about it next Friday?",
+    " even though it rained the entire weekend and everybody was tired and grumpy.",
+    ". What do you think I should do about it, given everything I told you last month?",
+];
+
+/// Chat-turn-like sentences of varied length, deterministic.
+fn texts(n: usize) -> Vec<String> {
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let mut pick = |len: usize| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % len as u64) as usize
+    };
+    (0..n)
+        .map(|_| {
+            let clauses = 1 + pick(3);
+            let mut s = String::new();
+            for c in 0..clauses {
+                if c > 0 {
+                    s.push_str(" Also, ");
+                }
+                s.push_str(SUBJECTS[pick(SUBJECTS.len())]);
+                s.push(' ');
+                s.push_str(VERBS[pick(VERBS.len())]);
+                s.push(' ');
+                s.push_str(OBJECTS[pick(OBJECTS.len())]);
+                s.push_str(TAILS[pick(TAILS.len())]);
+            }
+            s
+        })
+        .collect()
+}
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn rust_rate(model: &BertEmbedder, texts: &[String], batch: usize) -> f64 {
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    model.embed(&refs[..batch.min(refs.len())]).unwrap(); // warm-up
+    let started = Instant::now();
+    for chunk in refs.chunks(batch) {
+        model.embed(chunk).unwrap();
+    }
+    texts.len() as f64 / started.elapsed().as_secs_f64()
+}
+
+fn python_rates(python: &str, texts_file: &std::path::Path, n: usize) -> Vec<(usize, f64)> {
+    let out = Command::new(python)
+        .arg(repo_root().join("bench/st_embed.py"))
+        .arg("--model-dir")
+        .arg(minilm_dir())
+        .arg("--texts")
+        .arg(texts_file)
+        .args([
+            "--batch-sizes",
+            "1,32",
+            "--threads",
+            "2",
+            "--limit",
+            &n.to_string(),
+        ])
+        .output()
+        .expect("run the Python benchmark");
+    assert!(
+        out.status.success(),
+        "Python benchmark failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            Some((
+                v["batch_size"].as_u64()? as usize,
+                v["sentences_per_s"].as_f64()?,
+            ))
+        })
+        .collect()
+}
+
+async fn ingest_rate(engine: &Engine, messages: &[NewMessage]) -> f64 {
+    let started = Instant::now();
+    for (i, chunk) in messages.chunks(100).enumerate() {
+        engine
+            .add_messages(&format!("user{}", i % 10), chunk.to_vec())
+            .await
+            .unwrap();
+    }
+    messages.len() as f64 / started.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let n: usize = arg("--texts").map_or(512, |s| s.parse().unwrap());
+    let ingest_n: usize = arg("--ingest").map_or(1000, |s| s.parse().unwrap());
+    let python = arg("--python").or_else(|| std::env::var("DEEP_RECALL_BENCH_PYTHON").ok());
+    let texts = texts(n);
+    let dir = tempfile::tempdir().unwrap();
+    let texts_file: PathBuf = dir.path().join("texts.txt");
+    std::fs::write(&texts_file, texts.join("\n")).unwrap();
+    let mean_words = texts
+        .iter()
+        .map(|t| t.split_whitespace().count())
+        .sum::<usize>() as f64
+        / n as f64;
+
+    let model = BertEmbedder::load(&minilm_dir(), &candle_core::Device::Cpu, 32, None).unwrap();
+    println!("Embedding throughput, all-MiniLM-L6-v2, {n} texts (mean {mean_words:.1} words), CPU");
+    println!();
+    println!(
+        "| batch | candle (sentences/s) | sentence-transformers (sentences/s) | ratio candle/ST |"
+    );
+    println!("|---:|---:|---:|---:|");
+    let py = python.as_deref().map(|p| python_rates(p, &texts_file, n));
+    for batch in [1usize, 32] {
+        let ours = rust_rate(&model, &texts, batch);
+        let theirs = py
+            .as_ref()
+            .and_then(|r| r.iter().find(|(b, _)| *b == batch).map(|(_, s)| *s));
+        match theirs {
+            Some(t) => println!("| {batch} | {ours:.1} | {t:.1} | {:.2} |", ours / t),
+            None => println!("| {batch} | {ours:.1} | (not run) | |"),
+        }
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let messages: Vec<NewMessage> = texts
+        .iter()
+        .cycle()
+        .take(ingest_n)
+        .enumerate()
+        .map(|(i, t)| {
+            NewMessage::new(
+                format!("s{}", i / 50),
+                if i % 2 == 0 {
+                    Role::User
+                } else {
+                    Role::Assistant
+                },
+                t.clone(),
+            )
+        })
+        .collect();
+    println!();
+    println!("Ingest throughput, {ingest_n} messages in calls of 100, embedding included");
+    println!();
+    println!("| store | messages/s |");
+    println!("|---|---:|");
+    rt.block_on(async {
+        let embedder: Arc<dyn Embedder> =
+            Arc::new(EmbeddingService::start(&EmbedConfig::new(minilm_dir())).unwrap());
+        let data = tempfile::tempdir().unwrap();
+        let embedded: Arc<dyn MemoryStore> = Arc::new(
+            EmbeddedStore::open(&StoreConfig::embedded(data.path()))
+                .await
+                .unwrap(),
+        );
+        let rate = ingest_rate(&Engine::new(embedded, embedder.clone()), &messages).await;
+        println!("| embedded | {rate:.1} |");
+        let db = PgDb::create().await;
+        let pg = PgStore::open(&StoreConfig::postgres(db.url.clone()))
+            .await
+            .unwrap();
+        let conn = pg.connection().clone();
+        let rate = ingest_rate(&Engine::new(Arc::new(pg), embedder.clone()), &messages).await;
+        println!("| postgres | {rate:.1} |");
+        conn.close().await.ok();
+        db.drop_db().await;
+    });
+}

@@ -1,0 +1,219 @@
+//! Search latency of both stores: top-10 over N memories held by one user, or spread over many
+//! users, with synthetic 384-dimensional unit vectors (latency does not depend on what the
+//! vectors mean). Also reports bulk-insert speed and, for Postgres's HNSW path, its recall
+//! against exact search.
+//!
+//! ```sh
+//! cargo bench -p recall-core --bench store -- [--sizes 10000,100000] [--users 1,1000]
+//!     [--queries 200] [--backends embedded,postgres]
+//! ```
+//! Postgres comes from `DATABASE_URL` or `scripts/pg.sh` (see `recall_core::testing`).
+use std::time::Instant;
+
+use recall_core::MemoryStore;
+use recall_core::store::{EmbeddedStore, PgStore, StoreConfig};
+use recall_core::testing::PgDb;
+use recall_core::types::{Embedding, MemoryKind, NewMemory, VectorQuery};
+
+const DIMS: usize = 384;
+const MODEL: &str = "bench-model";
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// Roughly normal, from the sum of uniforms.
+    fn gauss(&mut self) -> f32 {
+        (0..4)
+            .map(|_| (self.next() % 10_000) as f32 / 10_000.0)
+            .sum::<f32>()
+            - 2.0
+    }
+    fn unit_vector(&mut self) -> Vec<f32> {
+        let v: Vec<f32> = (0..DIMS).map(|_| self.gauss()).collect();
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.into_iter().map(|x| x / n).collect()
+    }
+}
+
+fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+fn list(name: &str, default: &str) -> Vec<String> {
+    arg(name, default).split(',').map(str::to_owned).collect()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+async fn fill(store: &dyn MemoryStore, total: usize, users: usize, rng: &mut Rng) -> f64 {
+    let per_user = total / users;
+    let started = Instant::now();
+    for u in 0..users {
+        let mut left = per_user;
+        while left > 0 {
+            let n = left.min(1000);
+            let rows = (0..n)
+                .map(|i| {
+                    NewMemory::new(
+                        MemoryKind::Fact,
+                        format!("memory {i} of user {u}"),
+                        Embedding {
+                            model: MODEL.into(),
+                            vector: rng.unit_vector(),
+                        },
+                    )
+                })
+                .collect();
+            store.add_memories(&format!("user{u}"), rows).await.unwrap();
+            left -= n;
+        }
+    }
+    started.elapsed().as_secs_f64()
+}
+
+async fn measure(
+    store: &dyn MemoryStore,
+    users: usize,
+    queries: usize,
+    rng: &mut Rng,
+) -> (Vec<f64>, Vec<Vec<i64>>) {
+    let mut times = Vec::with_capacity(queries);
+    let mut results = Vec::with_capacity(queries);
+    // Warm-up: one query per user (loads caches, as a running server would have them).
+    for u in 0..users {
+        let q = VectorQuery::new(
+            Embedding {
+                model: MODEL.into(),
+                vector: rng.unit_vector(),
+            },
+            10,
+        );
+        store.search(&format!("user{u}"), &q).await.unwrap();
+    }
+    let mut query_rng = Rng(0x5eed);
+    for i in 0..queries {
+        let user = format!("user{}", (i * 7919) % users);
+        let q = VectorQuery::new(
+            Embedding {
+                model: MODEL.into(),
+                vector: query_rng.unit_vector(),
+            },
+            10,
+        );
+        let t = Instant::now();
+        let page = store.search(&user, &q).await.unwrap();
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(page.hits.len(), 10);
+        results.push(page.hits.iter().map(|h| h.memory.id).collect());
+    }
+    times.sort_by(f64::total_cmp);
+    (times, results)
+}
+
+fn main() {
+    let sizes: Vec<usize> = list("--sizes", "10000,100000")
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let user_counts: Vec<usize> = list("--users", "1,1000")
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let queries: usize = arg("--queries", "200").parse().unwrap();
+    let backends = list("--backends", "embedded,postgres");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "| store | memories | users | insert (rows/s) | search p50 (ms) | p95 (ms) | mean (ms) | notes |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---|");
+    rt.block_on(async {
+        for backend in &backends {
+            for &size in &sizes {
+                for &users in &user_counts {
+                    let mut rng = Rng(42 + size as u64 + users as u64);
+                    let mut notes = String::new();
+                    let (insert_s, times) = match backend.as_str() {
+                        "embedded" => {
+                            let dir = tempfile::tempdir().unwrap();
+                            let store = EmbeddedStore::open(&StoreConfig::embedded(dir.path()))
+                                .await
+                                .unwrap();
+                            let insert_s = fill(&store, size, users, &mut rng).await;
+                            let (times, _) = measure(&store, users, queries, &mut rng).await;
+                            (insert_s, times)
+                        }
+                        "postgres" => {
+                            let db = PgDb::create().await;
+                            let store = PgStore::open(
+                                &StoreConfig::postgres(db.url.clone()).with_index_dims(DIMS),
+                            )
+                            .await
+                            .unwrap();
+                            let insert_s = fill(&store, size, users, &mut rng).await;
+                            sea_orm::ConnectionTrait::execute_unprepared(
+                                store.connection(),
+                                "ANALYZE",
+                            )
+                            .await
+                            .unwrap();
+                            let (times, got) = measure(&store, users, queries, &mut rng).await;
+                            let per_user = size / users;
+                            if per_user > StoreConfig::postgres("").exact_search_threshold as usize
+                            {
+                                // Recall of the HNSW path against an exact search on the same data.
+                                let mut exact_cfg = StoreConfig::postgres(db.url.clone());
+                                exact_cfg.exact_search_threshold = u64::MAX / 2;
+                                let exact = PgStore::open(&exact_cfg).await.unwrap();
+                                let (exact_times, want) =
+                                    measure(&exact, users, queries, &mut rng).await;
+                                let hit: usize = got
+                                    .iter()
+                                    .zip(&want)
+                                    .map(|(g, w)| g.iter().filter(|id| w.contains(id)).count())
+                                    .sum();
+                                notes = format!(
+                                    "HNSW; recall@10 vs exact {:.3}; exact scan p50 {:.1} ms",
+                                    hit as f64 / (10 * queries) as f64,
+                                    percentile(&exact_times, 0.5)
+                                );
+                            } else {
+                                notes = "exact scan".into();
+                            }
+                            store.connection().clone().close().await.ok();
+                            db.drop_db().await;
+                            (insert_s, times)
+                        }
+                        other => panic!("unknown backend {other}"),
+                    };
+                    if backend == "embedded" {
+                        notes = "exact, in-process".into();
+                    }
+                    println!(
+                        "| {backend} | {size} | {users} | {:.0} | {:.2} | {:.2} | {:.2} | {notes} |",
+                        size as f64 / insert_s,
+                        percentile(&times, 0.5),
+                        percentile(&times, 0.95),
+                        times.iter().sum::<f64>() / times.len() as f64,
+                    );
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Every check and test of the workspace, on a fresh machine as on a developer's:
+#   formatting, clippy (-D warnings), unit and integration tests against a real Postgres +
+#   pgvector (started here through scripts/pg.sh unless DATABASE_URL is set) and the embedded
+#   store, with the real default models (fetched here into DEEP_RECALL_MODELS_DIR, ./models by
+#   default; already-present files are only checked).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export DEEP_RECALL_MODELS_DIR="${DEEP_RECALL_MODELS_DIR:-$PWD/models}"
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+step() { printf '\n==> %s\n' "$*"; }
+started=$SECONDS
+
+step "rustfmt"
+cargo fmt --all -- --check
+
+step "build (tests and binary)"
+cargo test --workspace --locked --no-run
+
+step "models ($DEEP_RECALL_MODELS_DIR)"
+"$target/debug/deep-recall" models fetch --dir "$DEEP_RECALL_MODELS_DIR"
+
+if [ -z "${DATABASE_URL:-}" ]; then
+  step "postgres + pgvector"
+  DATABASE_URL="$(scripts/pg.sh start)"
+  export DATABASE_URL
+fi
+
+step "tests"
+cargo test --workspace --locked
+
+step "clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "done in $((SECONDS - started))s"
