@@ -26,6 +26,18 @@ pub trait Embedder: Send + Sync {
     /// The vector dimension.
     fn dims(&self) -> usize;
 
+    /// The longest text, in model tokens, that is embedded whole (longer ones are truncated);
+    /// `None` when unknown.
+    fn max_tokens(&self) -> Option<usize> {
+        None
+    }
+
+    /// Byte ranges of the text's model tokens (no special tokens, no truncation), for
+    /// splitting long texts; `None` when the embedder cannot tell.
+    fn token_spans(&self, _text: &str) -> Option<Vec<(usize, usize)>> {
+        None
+    }
+
     /// Embeds texts, one vector per text, in order.
     async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>>;
 

@@ -2,14 +2,22 @@
 //! server and the bindings call; it embeds what it stores and what it searches for.
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
+use crate::cache::{CacheStats, QueryCache, QueryCacheConfig};
+use crate::chunk::{ChunkConfig, chunk_ranges};
 use crate::embed::Embedder;
-use crate::error::Result;
+use crate::emotion::{EmotionDetector, EmotionScore, LexiconDetector};
+use crate::error::{Error, Result};
+use crate::importance::importance;
+use crate::rerank::Reranker;
+use crate::retrieval::{self, EMOTION_CONFIDENCE_KEY, RankingConfig, Retrieved, SearchMode};
 use crate::store::MemoryStore;
 use crate::types::{
     AppendedMessage, Embedding, Filter, Memory, MemoryKind, MessageWrite, NewMemory, NewMessage,
-    SearchPage, VectorQuery,
+    SearchPage, TextQuery, VectorQuery,
 };
 
 /// Messages embedded between two progress reports.
@@ -40,17 +48,92 @@ impl Default for SearchOptions {
     }
 }
 
-/// A store plus an embedder.
+/// Options of [`Engine::retrieve`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RetrieveOptions {
+    /// Results wanted.
+    pub top_k: usize,
+    /// Which retrievers run.
+    pub mode: SearchMode,
+    /// Narrowing.
+    pub filter: Filter,
+    /// Re-ranking.
+    pub ranking: RankingConfig,
+    /// "Now" for recency (the current time when absent).
+    pub now: Option<DateTime<Utc>>,
+}
+
+impl Default for RetrieveOptions {
+    fn default() -> Self {
+        Self {
+            top_k: 10,
+            mode: SearchMode::Hybrid,
+            filter: Filter::default(),
+            ranking: RankingConfig::default(),
+            now: None,
+        }
+    }
+}
+
+/// A store, an embedder and the retrieval machinery around them.
 #[derive(Clone)]
 pub struct Engine {
     store: Arc<dyn MemoryStore>,
     embedder: Arc<dyn Embedder>,
+    emotion: Arc<dyn EmotionDetector>,
+    reranker: Option<Arc<dyn Reranker>>,
+    cache: Arc<QueryCache>,
+    chunking: ChunkConfig,
 }
 
 impl Engine {
-    /// Puts the two together.
+    /// Puts the two together, with the lexicon emotion detector, no cross-encoder, the
+    /// default query cache and default chunking.
     pub fn new(store: Arc<dyn MemoryStore>, embedder: Arc<dyn Embedder>) -> Self {
-        Self { store, embedder }
+        Self {
+            store,
+            embedder,
+            emotion: Arc::new(LexiconDetector),
+            reranker: None,
+            cache: Arc::new(QueryCache::new(QueryCacheConfig::default())),
+            chunking: ChunkConfig::default(),
+        }
+    }
+
+    /// Uses another emotion detector (a transformer classifier, say) at ingest and query time.
+    pub fn with_emotion_detector(mut self, detector: Arc<dyn EmotionDetector>) -> Self {
+        self.emotion = detector;
+        self
+    }
+
+    /// Re-scores the top candidates of every retrieval with a cross-encoder.
+    pub fn with_reranker(mut self, reranker: Arc<dyn Reranker>) -> Self {
+        self.reranker = Some(reranker);
+        self
+    }
+
+    /// Replaces the query cache (capacity 0 turns it off).
+    pub fn with_query_cache(mut self, config: QueryCacheConfig) -> Self {
+        self.cache = Arc::new(QueryCache::new(config));
+        self
+    }
+
+    /// Changes how long messages are split.
+    pub fn with_chunking(mut self, chunking: ChunkConfig) -> Self {
+        self.chunking = chunking;
+        self
+    }
+
+    /// Query cache counters.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
+    }
+
+    /// Tells the query cache that the user's memories changed by another way than this
+    /// engine (the engine's own writes do it themselves).
+    pub fn invalidate(&self, user: &str) {
+        self.cache.invalidate(user);
     }
 
     /// The store.
@@ -96,28 +179,69 @@ impl Engine {
                 .check_message(m)
                 .map_err(|e| crate::Error::invalid(format!("message {}: {e}", i + 1)))?;
         }
-        let mut vectors = Vec::with_capacity(messages.len());
-        for chunk in messages.chunks(PROGRESS_STEP) {
+        // Split long messages so that no part goes unembedded; each chunk is one memory.
+        let max = self
+            .chunking
+            .max_tokens
+            .or(self.embedder.max_tokens())
+            .unwrap_or(usize::MAX);
+        let mut pieces: Vec<(usize, String)> = Vec::with_capacity(messages.len());
+        for (i, m) in messages.iter().enumerate() {
+            let ranges = match self.embedder.token_spans(&m.content) {
+                Some(spans) if spans.len() > max => {
+                    chunk_ranges(&m.content, &spans, max, self.chunking.overlap_tokens)
+                }
+                _ => vec![(0, m.content.len())],
+            };
+            pieces.extend(
+                ranges
+                    .into_iter()
+                    .map(|(a, b)| (i, m.content[a..b].to_owned())),
+            );
+        }
+        let texts: Vec<&str> = pieces.iter().map(|(_, t)| t.as_str()).collect();
+        let emotions = self.emotion.detect(&texts)?;
+        let mut vectors = Vec::with_capacity(pieces.len());
+        let mut done = 0usize;
+        for chunk in pieces.chunks(PROGRESS_STEP) {
             vectors.extend(
                 self.embedder
-                    .embed(chunk.iter().map(|m| m.content.clone()).collect())
+                    .embed(chunk.iter().map(|(_, t)| t.clone()).collect())
                     .await?,
             );
-            progress(vectors.len());
+            done = chunk.last().map_or(done, |(i, _)| i + 1);
+            progress(done);
+        }
+        let mut memories: Vec<Vec<NewMemory>> = vec![Vec::new(); messages.len()];
+        let counts: Vec<usize> = {
+            let mut c = vec![0usize; messages.len()];
+            for (i, _) in &pieces {
+                c[*i] += 1;
+            }
+            c
+        };
+        for (((i, text), vector), emotion) in pieces.into_iter().zip(vectors).zip(emotions) {
+            let n = memories[i].len();
+            let mut metadata = emotion_metadata(emotion);
+            if counts[i] > 1 {
+                metadata["chunk"] = json!(n);
+                metadata["chunks"] = json!(counts[i]);
+            }
+            memories[i].push(NewMemory {
+                importance: Some(importance(&text, Some(emotion))),
+                emotion: Some(emotion.emotion.as_str().to_owned()),
+                metadata,
+                ..NewMemory::new(MemoryKind::Message, text, self.embedding(vector))
+            });
         }
         let writes = messages
             .into_iter()
-            .zip(vectors)
-            .map(|(message, vector)| MessageWrite {
-                memories: vec![NewMemory::new(
-                    MemoryKind::Message,
-                    message.content.clone(),
-                    self.embedding(vector),
-                )],
-                message,
-            })
+            .zip(memories)
+            .map(|(message, memories)| MessageWrite { memories, message })
             .collect();
-        self.store.append_messages(user, writes).await
+        let out = self.store.append_messages(user, writes).await;
+        self.cache.invalidate(user);
+        out
     }
 
     /// Stores a free-standing memory (a fact, by default).
@@ -125,19 +249,31 @@ impl Engine {
         self.store.limits().check_user_id(user)?;
         self.store.limits().check_content(&memory.content)?;
         let vector = self.embedder.embed_one(&memory.content).await?;
-        let mut stored = self
+        let emotion = self
+            .emotion
+            .detect(&[memory.content.as_str()])?
+            .pop()
+            .unwrap_or(EmotionScore::neutral(0.5));
+        let stored = self
             .store
             .add_memories(
                 user,
                 vec![NewMemory {
                     session: memory.session,
                     tags: memory.tags,
-                    importance: memory.importance,
+                    importance: Some(
+                        memory
+                            .importance
+                            .unwrap_or_else(|| importance(&memory.content, Some(emotion))),
+                    ),
+                    emotion: Some(emotion.emotion.as_str().to_owned()),
+                    metadata: emotion_metadata(emotion),
                     ..NewMemory::new(memory.kind, memory.content, self.embedding(vector))
                 }],
             )
-            .await?;
-        stored
+            .await;
+        self.cache.invalidate(user);
+        stored?
             .pop()
             .ok_or_else(|| crate::Error::Internal("store returned no memory".into()))
     }
@@ -168,6 +304,160 @@ impl Engine {
             )
             .await
     }
+}
+
+impl Engine {
+    /// Deletes memories (and invalidates the user's cached queries).
+    pub async fn delete_memories(&self, user: &str, ids: &[i64]) -> Result<u64> {
+        let out = self.store.delete_memories(user, ids).await;
+        self.cache.invalidate(user);
+        out
+    }
+
+    /// The memories that matter for `query`: candidates from the mode's retrievers, fused,
+    /// re-ranked with the configured signals (and the cross-encoder, when there is one),
+    /// thresholded and diversified. Repeated queries are answered from the query cache until
+    /// the user's memories change.
+    pub async fn retrieve(
+        &self,
+        user: &str,
+        query: &str,
+        options: &RetrieveOptions,
+    ) -> Result<Vec<Retrieved>> {
+        let limits = self.store.limits();
+        limits.check_user_id(user)?;
+        limits.check_content(query)?;
+        limits.check_page_size(options.top_k)?;
+        limits.check_page_size(options.ranking.candidates)?;
+        limits.check_filter(&options.filter)?;
+        options.ranking.validate()?;
+        let key = serde_json::to_string(&(query, options))
+            .map_err(|e| Error::Internal(format!("cache key: {e}")))?;
+        if let Some(hit) = self.cache.get(user, &key) {
+            return Ok(hit);
+        }
+        let generation = self.cache.generation(user);
+        let out = self.retrieve_uncached(user, query, options).await?;
+        // Results that depend on the clock are not reused.
+        if options.now.is_some() || options.ranking.recency_weight == 0.0 {
+            self.cache.put(user, &key, generation, out.clone());
+        }
+        Ok(out)
+    }
+
+    async fn retrieve_uncached(
+        &self,
+        user: &str,
+        query: &str,
+        options: &RetrieveOptions,
+    ) -> Result<Vec<Retrieved>> {
+        let cfg = &options.ranking;
+        let n = cfg.candidates.max(options.top_k);
+        let mode = options.mode;
+        let model = self.embedder.model_id().to_owned();
+        let query_vector = match mode {
+            SearchMode::Text => None,
+            _ => Some(self.embedder.embed_one(query).await?),
+        };
+        let vector_hits = match &query_vector {
+            Some(v) => {
+                self.store
+                    .search(
+                        user,
+                        &VectorQuery {
+                            embedding: self.embedding(v.clone()),
+                            top_k: n,
+                            min_score: None,
+                            filter: options.filter.clone(),
+                            cursor: None,
+                        },
+                    )
+                    .await?
+                    .hits
+            }
+            None => vec![],
+        };
+        let text_hits = match mode {
+            SearchMode::Vector => vec![],
+            _ => {
+                self.store
+                    .text_search(
+                        user,
+                        &TextQuery {
+                            text: query.to_owned(),
+                            top_k: n,
+                            filter: options.filter.clone(),
+                        },
+                    )
+                    .await?
+            }
+        };
+        let mut candidates = retrieval::merge(
+            vector_hits
+                .into_iter()
+                .map(|h| (h.memory, h.score))
+                .collect(),
+            text_hits.into_iter().map(|h| (h.memory, h.score)).collect(),
+        );
+        // Stored vectors: for the similarity of text-only candidates, and for MMR.
+        let needs_vectors = cfg.mmr_lambda.is_some_and(|l| l < 1.0)
+            || (mode == SearchMode::Hybrid
+                && matches!(cfg.fusion, retrieval::Fusion::Weighted { .. }));
+        if needs_vectors && !candidates.is_empty() {
+            let ids: Vec<i64> = candidates.iter().map(|c| c.memory.id).collect();
+            let mut vectors = self.store.vectors(user, &model, &ids).await?;
+            for c in candidates.iter_mut() {
+                c.vector = vectors.remove(&c.memory.id);
+                if c.signals.similarity.is_none()
+                    && let (Some(q), Some(v)) = (&query_vector, &c.vector)
+                {
+                    c.signals.similarity = Some(crate::embed::cosine(q, v));
+                }
+            }
+        }
+        retrieval::relevance(&mut candidates, mode, cfg.fusion);
+        let query_emotion = if cfg.emotion_weight > 0.0 {
+            self.emotion.detect(&[query])?.pop()
+        } else {
+            None
+        };
+        retrieval::apply_signals(
+            &mut candidates,
+            cfg,
+            options.now.unwrap_or_else(Utc::now),
+            query_emotion,
+        );
+        if let Some(reranker) = &self.reranker
+            && cfg.cross_encoder_weight > 0.0
+            && cfg.cross_encoder_top_n > 0
+        {
+            retrieval::sort(&mut candidates);
+            let top = cfg.cross_encoder_top_n.min(candidates.len());
+            let docs: Vec<String> = candidates[..top]
+                .iter()
+                .map(|c| c.memory.content.clone())
+                .collect();
+            let logits = reranker.score(query, docs).await?;
+            retrieval::apply_cross_encoder(
+                &mut candidates[..top],
+                &logits,
+                cfg.cross_encoder_weight,
+            );
+            // Candidates the cross-encoder did not see cannot outrank those it did.
+            let floor = candidates[..top]
+                .iter()
+                .map(|c| c.score)
+                .fold(f32::INFINITY, f32::min);
+            for c in candidates[top..].iter_mut() {
+                c.score = c.score.min(floor - f32::EPSILON);
+            }
+        }
+        Ok(retrieval::finish(candidates, options.top_k, cfg))
+    }
+}
+
+fn emotion_metadata(emotion: EmotionScore) -> Value {
+    json!({ EMOTION_CONFIDENCE_KEY: (emotion.confidence * 1000.0).round() / 1000.0 })
 }
 
 /// A memory given as text, for [`Engine::add_memory`].

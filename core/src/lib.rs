@@ -32,23 +32,32 @@
 //! # Ok(())
 //! # }
 //! ```
+pub mod cache;
+pub mod chunk;
 pub mod device;
 pub mod embed;
+pub mod emotion;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub mod engine;
 pub mod error;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub mod eval;
+pub mod importance;
 pub mod ingest;
 pub mod limits;
 pub mod models;
+pub mod rerank;
+pub mod retrieval;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub mod store;
 #[cfg(all(feature = "testing", feature = "postgres"))]
 pub mod testing;
+pub mod text;
 pub mod types;
 
 pub use embed::Embedder;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub use engine::{Engine, NewMemoryText, SearchOptions};
+pub use engine::{Engine, NewMemoryText, RetrieveOptions, SearchOptions};
 pub use error::{Error, ErrorKind, Result};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use store::{MemoryStore, StoreConfig};

@@ -16,7 +16,7 @@ use crate::limits::Limits;
 use crate::types::{
     AppendedMessage, AuditEntry, DeletionReport, Filter, Memory, MemoryPatch, Message,
     MessageWrite, Metric, NewMemory, NewSummary, Page, PageRequest, SearchPage, Session,
-    SessionPatch, Summary, User, UserExport, VectorQuery,
+    SessionPatch, Summary, TextHit, TextQuery, User, UserExport, VectorQuery,
 };
 
 /// Implements [`MemoryStore`] for a wrapper `struct X { inner: SqlStore<_> }` by forwarding.
@@ -121,6 +121,21 @@ macro_rules! delegate_store {
                 query: &$crate::types::VectorQuery,
             ) -> $crate::Result<$crate::types::SearchPage> {
                 self.inner.search(user, query).await
+            }
+            async fn text_search(
+                &self,
+                user: &str,
+                query: &$crate::types::TextQuery,
+            ) -> $crate::Result<Vec<$crate::types::TextHit>> {
+                self.inner.text_search(user, query).await
+            }
+            async fn vectors(
+                &self,
+                user: &str,
+                model: &str,
+                ids: &[i64],
+            ) -> $crate::Result<std::collections::HashMap<i64, Vec<f32>>> {
+                self.inner.vectors(user, model, ids).await
             }
             async fn add_summary(
                 &self,
@@ -286,6 +301,18 @@ pub trait MemoryStore: Send + Sync {
 
     /// Nearest memories to the query embedding, best first, with cursor pagination.
     async fn search(&self, user: &str, query: &VectorQuery) -> Result<SearchPage>;
+
+    /// Best full-text matches of the query (BM25 over the user's own memories), best first.
+    async fn text_search(&self, user: &str, query: &TextQuery) -> Result<Vec<TextHit>>;
+
+    /// The stored vectors of some of the user's memories for one embedding model (ids that
+    /// are not the user's, or have no vector of that model, are absent from the map).
+    async fn vectors(
+        &self,
+        user: &str,
+        model: &str,
+        ids: &[i64],
+    ) -> Result<std::collections::HashMap<i64, Vec<f32>>>;
 
     /// Stores a summary of a session and its searchable memory.
     async fn add_summary(&self, user: &str, summary: NewSummary) -> Result<Summary>;

@@ -466,6 +466,39 @@ impl VectorQuery {
     }
 }
 
+/// A full-text (lexical) query over one user's memories; see [`crate::text`] for how text
+/// becomes terms. A memory matches when it shares at least one term with the query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextQuery {
+    /// The query text.
+    pub text: String,
+    /// How many hits at most.
+    pub top_k: usize,
+    /// Narrowing.
+    #[serde(default)]
+    pub filter: Filter,
+}
+
+impl TextQuery {
+    /// The `top_k` best lexical matches, unfiltered.
+    pub fn new(text: impl Into<String>, top_k: usize) -> Self {
+        Self {
+            text: text.into(),
+            top_k,
+            filter: Filter::default(),
+        }
+    }
+}
+
+/// One full-text result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextHit {
+    /// The memory.
+    pub memory: Memory,
+    /// Its BM25 score (higher is better; comparable only within one query).
+    pub score: f32,
+}
+
 /// One search result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SearchHit {

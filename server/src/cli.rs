@@ -10,9 +10,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use recall_core::device::DeviceConfig;
 use recall_core::embed::{DEFAULT_EMBEDDING_MODEL, EmbedConfig, EmbeddingService};
 use recall_core::models::{self, FetchOptions, FetchOutcome, FetchProgress, ModelSpec};
+use recall_core::retrieval::{Fusion, RankingConfig, SearchMode};
 use recall_core::store::{self, Actor, ExportOptions, StoreConfig};
 use recall_core::types::{Filter, MemoryKind, Metric, Role, SearchPage};
-use recall_core::{Engine, Error, ErrorKind, SearchOptions};
+use recall_core::{Engine, Error, ErrorKind, RetrieveOptions, SearchOptions};
 use serde_json::json;
 
 /// Long-term memory for open-source LLMs.
@@ -92,7 +93,7 @@ enum Command {
         /// The file; `-` reads standard input.
         file: PathBuf,
     },
-    /// Semantic search over a user's memories.
+    /// Search a user's memories: hybrid (vector + full text, fused and re-ranked) by default.
     Search {
         /// Whose memories to search.
         #[arg(long)]
@@ -118,14 +119,35 @@ enum Command {
         /// Only memories before this time (RFC 3339).
         #[arg(long)]
         until: Option<DateTime<Utc>>,
-        /// Drop results scoring below this.
+        /// Drop results scoring below this (raw similarity in plain vector mode).
         #[arg(long)]
         min_score: Option<f32>,
-        /// Continue after a previous page (its `next_cursor`).
+        /// Continue after a previous page (its `next_cursor`; plain vector mode only).
         #[arg(long)]
         cursor: Option<String>,
+        /// Retrievers: vector, text or hybrid.
+        #[arg(long, default_value = "hybrid")]
+        mode: SearchMode,
+        #[command(flatten)]
+        ranking: RankingArgs,
         /// What to look for.
         query: String,
+    },
+    /// Measure retrieval on a conversation benchmark in the LoCoMo JSON format: recall@k,
+    /// hit@k and MRR of the evidence turns, overall and per question category. Each sample is
+    /// ingested as a temporary user (removed afterwards) of the configured store.
+    Eval {
+        /// The dataset (a JSON list of LoCoMo samples).
+        file: PathBuf,
+        /// Cut-offs, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,5,10")]
+        k: Vec<usize>,
+        /// Modes to evaluate (vector, text, hybrid), comma-separated; each is reported
+        /// separately, on the same ingested data.
+        #[arg(long, value_delimiter = ',', default_value = "hybrid")]
+        mode: Vec<SearchMode>,
+        #[command(flatten)]
+        ranking: RankingArgs,
     },
     /// Print everything stored about a user as JSON.
     Export {
@@ -145,6 +167,110 @@ enum Command {
         #[arg(long)]
         user: String,
     },
+}
+
+/// Re-ranking flags shared by `search` and `eval`.
+#[derive(Debug, Clone, Args)]
+struct RankingArgs {
+    /// Apply the re-ranking signals (the default in hybrid mode).
+    #[arg(long, overrides_with = "no_rerank")]
+    rerank: bool,
+    /// Relevance only (the default in vector and text modes).
+    #[arg(long)]
+    no_rerank: bool,
+    /// Candidates taken from each retriever.
+    #[arg(long)]
+    candidates: Option<usize>,
+    /// Hybrid fusion: rrf or weighted.
+    #[arg(long)]
+    fusion: Option<String>,
+    /// RRF's k, or the vector weight alpha of weighted fusion.
+    #[arg(long)]
+    fusion_param: Option<f32>,
+    /// Weight of recency (0 switches it off).
+    #[arg(long)]
+    recency_weight: Option<f32>,
+    /// Recency half-life in days.
+    #[arg(long)]
+    half_life_days: Option<f32>,
+    /// Weight of importance (0 switches it off).
+    #[arg(long)]
+    importance_weight: Option<f32>,
+    /// Weight of emotional match (0 switches it off).
+    #[arg(long)]
+    emotion_weight: Option<f32>,
+    /// MMR lambda in [0, 1] (1 switches diversity off).
+    #[arg(long)]
+    mmr: Option<f32>,
+}
+
+impl RankingArgs {
+    fn config(
+        &self,
+        mode: SearchMode,
+        min_score: Option<f32>,
+    ) -> recall_core::Result<RankingConfig> {
+        let rerank = if self.no_rerank {
+            false
+        } else {
+            self.rerank || mode == SearchMode::Hybrid
+        };
+        let mut c = if rerank {
+            RankingConfig::default()
+        } else {
+            RankingConfig::plain()
+        };
+        if let Some(n) = self.candidates {
+            c.candidates = n;
+        }
+        match (self.fusion.as_deref(), self.fusion_param) {
+            (None | Some("rrf"), p) => {
+                if let Some(k) = p {
+                    c.fusion = Fusion::Rrf { k };
+                } else if self.fusion.is_some() {
+                    c.fusion = Fusion::Rrf { k: 60.0 };
+                }
+            }
+            (Some("weighted"), p) => {
+                c.fusion = Fusion::Weighted {
+                    alpha: p.unwrap_or(0.5),
+                }
+            }
+            (Some(other), _) => {
+                return Err(Error::invalid(format!(
+                    "unknown fusion {other:?} (rrf or weighted)"
+                )));
+            }
+        }
+        if let Some(w) = self.recency_weight {
+            c.recency_weight = w;
+        }
+        if let Some(d) = self.half_life_days {
+            c.recency_half_life_days = d;
+        }
+        if let Some(w) = self.importance_weight {
+            c.importance_weight = w;
+        }
+        if let Some(w) = self.emotion_weight {
+            c.emotion_weight = w;
+        }
+        if let Some(l) = self.mmr {
+            c.mmr_lambda = Some(l);
+        }
+        c.min_score = min_score;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Plain vector search with no signal: served by the paginated similarity search.
+    fn is_plain_vector(&self, mode: SearchMode) -> bool {
+        mode == SearchMode::Vector
+            && !self.rerank
+            && self.recency_weight.is_none_or(|w| w == 0.0)
+            && self.importance_weight.is_none_or(|w| w == 0.0)
+            && self.emotion_weight.is_none_or(|w| w == 0.0)
+            && self.mmr.is_none_or(|l| l >= 1.0)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -241,23 +367,47 @@ async fn dispatch(cli: Cli) -> recall_core::Result<()> {
             until,
             min_score,
             cursor,
+            mode,
+            ranking,
             query,
         } => {
-            let options = SearchOptions {
-                top_k: *top_k,
-                min_score: *min_score,
-                filter: Filter {
-                    session: session.clone(),
-                    kinds: kind.clone(),
-                    roles: role.clone(),
-                    tags: tag.clone(),
-                    since: *since,
-                    until: *until,
-                },
-                cursor: cursor.clone(),
+            let filter = Filter {
+                session: session.clone(),
+                kinds: kind.clone(),
+                roles: role.clone(),
+                tags: tag.clone(),
+                since: *since,
+                until: *until,
             };
-            search(g, user, query, &options).await
+            if ranking.is_plain_vector(*mode) {
+                let options = SearchOptions {
+                    top_k: *top_k,
+                    min_score: *min_score,
+                    filter,
+                    cursor: cursor.clone(),
+                };
+                return search(g, user, query, &options).await;
+            }
+            if cursor.is_some() {
+                return Err(Error::invalid(
+                    "--cursor pages plain vector search only (--mode vector without re-ranking)",
+                ));
+            }
+            let options = RetrieveOptions {
+                top_k: *top_k,
+                mode: *mode,
+                filter,
+                ranking: ranking.config(*mode, *min_score)?,
+                now: None,
+            };
+            retrieve(g, user, query, &options).await
         }
+        Command::Eval {
+            file,
+            k,
+            mode,
+            ranking,
+        } => eval(g, file, k, mode, ranking).await,
         Command::Export {
             user,
             with_vectors,
@@ -406,6 +556,180 @@ async fn search(
     let page = engine.search(user, query, options).await?;
     print_page(&page, g.json);
     Ok(())
+}
+
+async fn retrieve(
+    g: &Global,
+    user: &str,
+    query: &str,
+    options: &RetrieveOptions,
+) -> recall_core::Result<()> {
+    let engine = engine(g).await?;
+    let hits = engine.retrieve(user, query, options).await?;
+    if g.json {
+        let hits: Vec<_> = hits
+            .iter()
+            .map(|h| {
+                json!({
+                    "id": h.memory.id,
+                    "score": h.score,
+                    "similarity": h.signals.similarity,
+                    "signals": h.signals,
+                    "kind": h.memory.kind,
+                    "content": h.memory.content,
+                    "session": h.memory.session,
+                    "role": h.memory.role,
+                    "message_id": h.memory.message_id,
+                    "tags": h.memory.tags,
+                    "importance": h.memory.importance,
+                    "emotion": h.memory.emotion,
+                    "created_at": h.memory.created_at,
+                })
+            })
+            .collect();
+        println!("{}", json!({ "mode": options.mode, "hits": hits }));
+        return Ok(());
+    }
+    if hits.is_empty() {
+        println!("no memories found");
+    }
+    for (i, h) in hits.iter().enumerate() {
+        let m = &h.memory;
+        let role = m.role.map_or(String::new(), |r| format!("{r}, "));
+        let sim = h
+            .signals
+            .similarity
+            .map_or(String::new(), |s| format!(" sim {s:.4}"));
+        println!(
+            "{:>3}. [{:.4}{sim}] ({}session {}, {}) {}",
+            i + 1,
+            h.score,
+            role,
+            m.session.as_deref().unwrap_or("-"),
+            m.created_at.format("%Y-%m-%d %H:%M"),
+            m.content
+        );
+    }
+    Ok(())
+}
+
+async fn eval(
+    g: &Global,
+    file: &Path,
+    ks: &[usize],
+    modes: &[SearchMode],
+    ranking: &RankingArgs,
+) -> recall_core::Result<()> {
+    if ks.is_empty() || ks.contains(&0) {
+        return Err(Error::invalid("--k needs cut-offs of at least 1"));
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
+    let (samples, warnings) = recall_core::eval::parse_locomo(&text)?;
+    for w in &warnings.bad_evidence {
+        eprintln!("warning: skipped evidence id {w}");
+    }
+    let engine = engine(g).await?;
+    let run = format!("{:x}", Utc::now().timestamp_micros());
+    let bar = ProgressBar::new(samples.len() as u64).with_style(spinner_style());
+    bar.set_message("ingesting");
+    let mut ingested = Vec::with_capacity(samples.len());
+    let mut outcome = Ok(());
+    for s in samples {
+        let user = format!("eval-{run}-{}", s.id);
+        match recall_core::eval::ingest_sample(&engine, &user, &s).await {
+            Ok(i) => ingested.push((s, i)),
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let mut reports = Vec::new();
+    if outcome.is_ok() {
+        for mode in modes {
+            let options = RetrieveOptions {
+                mode: *mode,
+                ranking: match ranking.config(*mode, None) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        outcome = Err(e);
+                        break;
+                    }
+                },
+                ..RetrieveOptions::default()
+            };
+            match recall_core::eval::evaluate(&engine, &ingested, ks, &options).await {
+                Ok(mut r) => {
+                    r["mode"] = json!(mode);
+                    r["reranked"] = json!(options.ranking != RankingConfig::plain());
+                    r["store"] = json!(engine.store().backend());
+                    r["bad_evidence"] = json!(warnings.bad_evidence.len());
+                    r["skipped_questions"] = json!(warnings.skipped_questions);
+                    reports.push(r);
+                }
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
+    }
+    // The temporary users go whatever happened.
+    for (_, i) in &ingested {
+        engine.store().delete_user(&i.user, &Actor::cli()).await?;
+    }
+    outcome?;
+    for r in &reports {
+        if g.json {
+            println!("{r}");
+        } else {
+            print_eval(r, ks);
+        }
+    }
+    Ok(())
+}
+
+fn print_eval(r: &serde_json::Value, ks: &[usize]) {
+    let mode = r["mode"].as_str().unwrap_or("?");
+    let reranked = if r["reranked"].as_bool() == Some(true) {
+        " + re-ranking"
+    } else {
+        ""
+    };
+    println!(
+        "mode {mode}{reranked} on the {} store: {} questions",
+        r["store"].as_str().unwrap_or("?"),
+        r["questions"]
+    );
+    let mut header = format!("{:<10}", "category");
+    for k in ks {
+        header += &format!(" {:>9} {:>7}", format!("recall@{k}"), format!("hit@{k}"));
+    }
+    println!("{header} {:>6} {:>5}", "mrr", "n");
+    let row = |name: &str, m: &serde_json::Value| {
+        let mut line = format!("{name:<10}");
+        for k in ks {
+            line += &format!(
+                " {:>9.3} {:>7.3}",
+                m[format!("recall@{k}")].as_f64().unwrap_or(0.0),
+                m[format!("hit@{k}")].as_f64().unwrap_or(0.0)
+            );
+        }
+        println!(
+            "{line} {:>6.3} {:>5}",
+            m["mrr"].as_f64().unwrap_or(0.0),
+            m["questions"]
+        );
+    };
+    if let Some(cats) = r["by_category"].as_object() {
+        for (c, m) in cats {
+            row(c, m);
+        }
+    }
+    row("overall", &r["overall"]);
+    println!();
 }
 
 async fn export(

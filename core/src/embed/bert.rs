@@ -54,6 +54,8 @@ pub struct BertEmbedder {
     normalize: bool,
     max_batch: usize,
     pad_id: u32,
+    /// Longest input in tokens, special tokens included.
+    max_len: usize,
 }
 
 fn read(path: &Path) -> Result<String> {
@@ -163,12 +165,26 @@ impl BertEmbedder {
             normalize,
             max_batch: max_batch.max(1),
             pad_id,
+            max_len,
         })
     }
 
     /// The vector dimension.
     pub fn dims(&self) -> usize {
         self.dims
+    }
+
+    /// Longest text in tokens that is embedded whole (the input limit less `[CLS]`/`[SEP]`).
+    pub fn max_tokens(&self) -> usize {
+        self.max_len.saturating_sub(2).max(1)
+    }
+
+    /// The tokenizer without truncation or padding, for counting and splitting text.
+    pub fn splitting_tokenizer(&self) -> Tokenizer {
+        let mut t = self.tokenizer.clone();
+        t.with_padding(None);
+        let _ = t.with_truncation(None);
+        t
     }
 
     /// Embeds texts, in order.

@@ -21,6 +21,8 @@ pub struct EmbeddingService {
     dims: usize,
     max_batch: usize,
     queue: mpsc::Sender<Job>,
+    max_tokens: usize,
+    splitter: tokenizers::Tokenizer,
 }
 
 impl EmbeddingService {
@@ -47,6 +49,8 @@ impl EmbeddingService {
     /// Starts the worker around an already loaded model.
     pub fn with_model(model: BertEmbedder, model_id: String, config: &EmbedConfig) -> Self {
         let dims = model.dims();
+        let max_tokens = model.max_tokens();
+        let splitter = model.splitting_tokenizer();
         let max_batch = config.max_batch.max(1);
         let (tx, rx) = mpsc::channel::<Job>(config.queue_capacity.max(1));
         let model = Arc::new(model);
@@ -59,6 +63,8 @@ impl EmbeddingService {
             dims,
             max_batch,
             queue: tx,
+            max_tokens,
+            splitter,
         }
     }
 
@@ -118,6 +124,15 @@ impl Embedder for EmbeddingService {
 
     fn dims(&self) -> usize {
         self.dims
+    }
+
+    fn max_tokens(&self) -> Option<usize> {
+        Some(self.max_tokens)
+    }
+
+    fn token_spans(&self, text: &str) -> Option<Vec<(usize, usize)>> {
+        let enc = self.splitter.encode(text, false).ok()?;
+        Some(enc.get_offsets().to_vec())
     }
 
     async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>> {

@@ -22,10 +22,12 @@ use sea_orm::{
 
 use super::cursor::SearchCursor;
 use super::sql::{
-    Delta, EmbeddingRow, IndexQuery, IndexedMemory, ResolvedFilter, SqlStore, VectorIndex, stmt,
+    Delta, EmbeddingRow, IndexQuery, IndexedMemory, ResolvedFilter, SqlStore, TextIndexQuery,
+    VectorIndex, stmt,
 };
 use super::{StoreConfig, StoreLocation};
 use crate::error::{Error, Result};
+use crate::text::{Bm25Index, query_terms};
 use crate::types::{ExportedEmbedding, MemoryKind, Metric, Role};
 
 /// The database file inside the data directory.
@@ -159,11 +161,14 @@ impl ModelVectors {
     }
 }
 
-/// Everything cached for one user.
+/// Everything cached for one user: vectors per embedding model, and the full-text index.
 #[derive(Debug, Default)]
 struct UserVectors {
     revision: i64,
     models: HashMap<String, ModelVectors>,
+    lexical: Bm25Index,
+    /// Filter fields of every memory in `lexical`.
+    docs: HashMap<i64, Meta>,
 }
 
 impl UserVectors {
@@ -172,6 +177,18 @@ impl UserVectors {
     }
 
     fn add(&mut self, m: IndexedMemory) {
+        let meta = Meta {
+            id: m.memory_id,
+            session_id: m.session_id,
+            kind: m.kind,
+            role: m.role,
+            tags: m.tags.into_boxed_slice(),
+            created_at: m.created_at,
+        };
+        if !self.docs.contains_key(&meta.id) {
+            self.lexical.insert(meta.id, &m.content);
+            self.docs.insert(meta.id, meta.clone());
+        }
         let entry = self.models.entry(m.model).or_default();
         if entry.dims == 0 {
             entry.dims = m.vector.len();
@@ -179,17 +196,15 @@ impl UserVectors {
         if entry.dims != m.vector.len() {
             return;
         }
-        entry.push(
-            Meta {
-                id: m.memory_id,
-                session_id: m.session_id,
-                kind: m.kind,
-                role: m.role,
-                tags: m.tags.into_boxed_slice(),
-                created_at: m.created_at,
-            },
-            &m.vector,
-        );
+        entry.push(meta, &m.vector);
+    }
+
+    fn remove(&mut self, id: i64) {
+        for mv in self.models.values_mut() {
+            mv.remove(id);
+        }
+        self.lexical.remove(id);
+        self.docs.remove(&id);
     }
 }
 
@@ -327,7 +342,7 @@ async fn load_user(db: &DatabaseConnection, user_id: i64) -> Result<UserVectors>
         .query_all_raw(stmt(
             DbBackend::Sqlite,
             "SELECT e.memory_id, e.model, e.embedding, m.session_id, m.kind, m.role, m.tags, \
-             m.created_at FROM memory_embeddings e JOIN memories m ON m.id = e.memory_id \
+             m.created_at, m.content FROM memory_embeddings e JOIN memories m ON m.id = e.memory_id \
              WHERE e.user_id = $1 AND m.user_id = $1 ORDER BY e.memory_id",
             vec![user_id.into()],
         ))
@@ -335,7 +350,7 @@ async fn load_user(db: &DatabaseConnection, user_id: i64) -> Result<UserVectors>
     txn.commit().await?;
     let mut user = UserVectors {
         revision,
-        models: HashMap::new(),
+        ..UserVectors::default()
     };
     for r in rows {
         let tags: serde_json::Value = r.try_get_by_index(6)?;
@@ -357,6 +372,7 @@ async fn load_user(db: &DatabaseConnection, user_id: i64) -> Result<UserVectors>
                 })
                 .unwrap_or_default(),
             created_at: r.try_get_by_index(7)?,
+            content: r.try_get_by_index(8)?,
         });
     }
     Ok(user)
@@ -441,6 +457,40 @@ impl VectorIndex for LocalVectors {
             .collect())
     }
 
+    async fn text_search(
+        &self,
+        db: &DatabaseConnection,
+        q: &TextIndexQuery<'_>,
+    ) -> Result<Vec<(i64, f64)>> {
+        let vectors = self.user_vectors(db, q.user_id, q.revision).await?;
+        let user = vectors.read().expect("user vectors");
+        Ok(user.lexical.search(&query_terms(q.text), q.limit, |id| {
+            user.docs.get(&id).is_some_and(|m| m.matches(q.filter))
+        }))
+    }
+
+    async fn vectors_of(
+        &self,
+        db: &DatabaseConnection,
+        user_id: i64,
+        revision: i64,
+        model: &str,
+        ids: &[i64],
+    ) -> Result<Vec<(i64, Vec<f32>)>> {
+        let vectors = self.user_vectors(db, user_id, revision).await?;
+        let user = vectors.read().expect("user vectors");
+        let Some(mv) = user.models.get(model) else {
+            return Ok(vec![]);
+        };
+        Ok(ids
+            .iter()
+            .filter_map(|id| {
+                let pos = *mv.position.get(id)?;
+                Some((*id, mv.data[pos * mv.dims..(pos + 1) * mv.dims].to_vec()))
+            })
+            .collect())
+    }
+
     async fn embeddings_of(
         &self,
         db: &DatabaseTransaction,
@@ -494,9 +544,7 @@ impl VectorIndex for LocalVectors {
             return;
         }
         for id in &delta.removed {
-            for mv in user.models.values_mut() {
-                mv.remove(*id);
-            }
+            user.remove(*id);
         }
         for m in delta.added {
             user.add(m);

@@ -24,8 +24,9 @@ use sea_orm::{
 use super::StoreConfig;
 use super::StoreLocation;
 use super::cursor::SearchCursor;
-use super::sql::{EmbeddingRow, IndexQuery, ResolvedFilter, SqlStore, VectorIndex};
+use super::sql::{EmbeddingRow, IndexQuery, ResolvedFilter, SqlStore, TextIndexQuery, VectorIndex};
 use crate::error::{Error, Result};
+use crate::text::{BM25_B, BM25_K1};
 use crate::types::{ExportedEmbedding, Metric};
 
 /// Rows per multi-row INSERT of embeddings.
@@ -247,6 +248,98 @@ impl VectorIndex for PgVectors {
         };
         rows.into_iter()
             .map(|r| Ok((r.try_get_by_index::<i64>(0)?, r.try_get_by_index::<f64>(1)?)))
+            .collect()
+    }
+
+    async fn text_search(
+        &self,
+        db: &DatabaseConnection,
+        q: &TextIndexQuery<'_>,
+    ) -> Result<Vec<(i64, f64)>> {
+        // BM25 over the user's memories that share a lexeme with the query, found through the
+        // GIN index on `tsv`. Term frequencies come from the tsvector's positions; a document's
+        // length is its number of distinct lexemes, and the average length is taken over the
+        // matching documents (a full pass over the user's rows would cost more than the search).
+        let mut sql = Sql {
+            text: String::new(),
+            values: vec![],
+        };
+        let text = sql.param(q.text.to_owned());
+        let user = sql.param(q.user_id);
+        let mut docs = format!(
+            "SELECT m.id, m.tsv FROM memories m, tq \
+             WHERE tq.q IS NOT NULL AND m.user_id = {user} AND m.tsv @@ tq.q"
+        );
+        std::mem::swap(&mut sql.text, &mut docs);
+        filter_clause(&mut sql, q.filter);
+        std::mem::swap(&mut sql.text, &mut docs);
+        let limit = sql.param(q.limit as i64);
+        sql.text = format!(
+            "WITH qt AS (SELECT DISTINCT lexeme AS term FROM unnest(to_tsvector('english', {text}))), \
+             tq AS (SELECT string_agg('(' || phraseto_tsquery('simple', term)::text || ')', ' | ')::tsquery AS q \
+                    FROM qt WHERE phraseto_tsquery('simple', term)::text <> ''), \
+             docs AS MATERIALIZED ({docs}), \
+             tf AS (SELECT d.id, length(d.tsv)::float8 AS dl, u.lexeme AS term, \
+                           coalesce(array_length(u.positions, 1), 1)::float8 AS tf \
+                    FROM docs d CROSS JOIN LATERAL unnest(d.tsv) u \
+                    WHERE u.lexeme IN (SELECT term FROM qt)), \
+             df AS (SELECT term, count(*)::float8 AS df FROM tf GROUP BY term), \
+             stats AS (SELECT (SELECT count(*) FROM memories WHERE user_id = {user})::float8 AS n, \
+                              (SELECT avg(length(tsv)) FROM docs)::float8 AS avgdl) \
+             SELECT tf.id, sum(ln(1 + (s.n - df.df + 0.5) / (df.df + 0.5)) * tf.tf * {k1p1} \
+                               / (tf.tf + {k1} * (1 - {b} + {b} * tf.dl / greatest(s.avgdl, 1)))) AS score \
+             FROM tf JOIN df ON df.term = tf.term CROSS JOIN stats s \
+             GROUP BY tf.id ORDER BY score DESC, tf.id LIMIT {limit}",
+            k1p1 = BM25_K1 + 1.0,
+            k1 = BM25_K1,
+            b = BM25_B,
+        );
+        let rows = db
+            .query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                sql.text,
+                sql.values,
+            ))
+            .await?;
+        rows.into_iter()
+            .map(|r| Ok((r.try_get_by_index::<i64>(0)?, r.try_get_by_index::<f64>(1)?)))
+            .collect()
+    }
+
+    async fn vectors_of(
+        &self,
+        db: &DatabaseConnection,
+        user_id: i64,
+        _revision: i64,
+        model: &str,
+        ids: &[i64],
+    ) -> Result<Vec<(i64, Vec<f32>)>> {
+        let mut sql = Sql {
+            text: String::new(),
+            values: vec![],
+        };
+        let user = sql.param(user_id);
+        let model = sql.param(model.to_owned());
+        let ps: Vec<String> = ids.iter().map(|id| sql.param(*id)).collect();
+        sql.text = format!(
+            "SELECT memory_id, embedding FROM memory_embeddings \
+             WHERE user_id = {user} AND model = {model} AND memory_id IN ({})",
+            ps.join(", ")
+        );
+        let rows = db
+            .query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                sql.text,
+                sql.values,
+            ))
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok((
+                    r.try_get_by_index::<i64>(0)?,
+                    r.try_get_by_index::<PgVector>(1)?.to_vec(),
+                ))
+            })
             .collect()
     }
 

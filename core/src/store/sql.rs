@@ -22,8 +22,8 @@ use crate::limits::{Limits, check_embedding, check_importance};
 use crate::types::{
     AppendedMessage, AuditEntry, DeletionReport, EXPORT_FORMAT, ExportedEmbedding, ExportedMemory,
     Filter, Memory, MemoryKind, MemoryPatch, Message, MessageWrite, Metric, NewMemory, NewSummary,
-    Page, PageRequest, Role, SearchHit, SearchPage, Session, SessionPatch, Summary, User,
-    UserExport, VectorQuery,
+    Page, PageRequest, Role, SearchHit, SearchPage, Session, SessionPatch, Summary, TextHit,
+    TextQuery, User, UserExport, VectorQuery,
 };
 
 /// Rows per multi-row INSERT (well under both backends' bound-parameter limits).
@@ -54,6 +54,17 @@ pub(crate) struct IndexQuery<'a> {
     pub after: Option<SearchCursor>,
 }
 
+/// A full-text query handed to a [`VectorIndex`].
+pub(crate) struct TextIndexQuery<'a> {
+    pub user_id: i64,
+    /// The user's revision when the query started.
+    pub revision: i64,
+    pub text: &'a str,
+    /// Rows to return at most.
+    pub limit: usize,
+    pub filter: &'a ResolvedFilter,
+}
+
 /// One embedding to write.
 pub(crate) struct EmbeddingRow<'a> {
     pub memory_id: i64,
@@ -72,6 +83,7 @@ pub(crate) struct IndexedMemory {
     pub role: Option<Role>,
     pub tags: Vec<String>,
     pub created_at: DateTime<Utc>,
+    pub content: String,
     pub model: String,
     pub vector: Vec<f32>,
 }
@@ -97,6 +109,24 @@ pub(crate) trait VectorIndex: Send + Sync + 'static {
         db: &DatabaseConnection,
         query: &IndexQuery<'_>,
     ) -> Result<Vec<(i64, f64)>>;
+
+    /// The best full-text matches of one user: `(memory id, BM25 score)`, best first, then by
+    /// id.
+    async fn text_search(
+        &self,
+        db: &DatabaseConnection,
+        query: &TextIndexQuery<'_>,
+    ) -> Result<Vec<(i64, f64)>>;
+
+    /// The vectors of some of a user's memories for one model.
+    async fn vectors_of(
+        &self,
+        db: &DatabaseConnection,
+        user_id: i64,
+        revision: i64,
+        model: &str,
+        ids: &[i64],
+    ) -> Result<Vec<(i64, Vec<f32>)>>;
 
     /// The embeddings of a user's memories, for export.
     async fn embeddings_of(
@@ -494,6 +524,7 @@ impl<V: VectorIndex> SqlStore<V> {
                         role: m.role.as_deref().map(str::parse).transpose()?,
                         tags: tags_from_json(&m.tags),
                         created_at: m.created_at,
+                        content: new.content.clone(),
                         model: new.embedding.model.clone(),
                         vector: new.embedding.vector.clone(),
                     });
@@ -1162,6 +1193,76 @@ impl<V: VectorIndex> MemoryStore for SqlStore<V> {
                 None
             },
         })
+    }
+
+    async fn text_search(&self, user: &str, query: &TextQuery) -> Result<Vec<TextHit>> {
+        self.limits.check_page_size(query.top_k)?;
+        self.limits.check_filter(&query.filter)?;
+        self.limits.check_content(&query.text)?;
+        let Some(u) = self.find_user(&self.db, user).await? else {
+            return Ok(vec![]);
+        };
+        let Some(filter) = self.resolve_filter(&self.db, u.id, &query.filter).await? else {
+            return Ok(vec![]);
+        };
+        if crate::text::query_terms(&query.text).is_empty() {
+            return Ok(vec![]);
+        }
+        let found = self
+            .index
+            .text_search(
+                &self.db,
+                &TextIndexQuery {
+                    user_id: u.id,
+                    revision: u.revision,
+                    text: &query.text,
+                    limit: query.top_k,
+                    filter: &filter,
+                },
+            )
+            .await?;
+        let ids: Vec<i64> = found.iter().map(|(id, _)| *id).collect();
+        let rows = memory::Entity::find()
+            .filter(memory::Column::UserId.eq(u.id))
+            .filter(memory::Column::Id.is_in(ids))
+            .all(&self.db)
+            .await?;
+        let mut by_id: HashMap<i64, Memory> = self
+            .memories_to_api(&self.db, u.id, rows)
+            .await?
+            .into_iter()
+            .map(|m| (m.id, m))
+            .collect();
+        Ok(found
+            .into_iter()
+            .filter_map(|(id, score)| {
+                by_id.remove(&id).map(|memory| TextHit {
+                    memory,
+                    score: score as f32,
+                })
+            })
+            .collect())
+    }
+
+    async fn vectors(
+        &self,
+        user: &str,
+        model: &str,
+        ids: &[i64],
+    ) -> Result<HashMap<i64, Vec<f32>>> {
+        self.limits.check_page_size(ids.len().max(1))?;
+        let Some(u) = self.find_user(&self.db, user).await? else {
+            return Ok(HashMap::new());
+        };
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        Ok(self
+            .index
+            .vectors_of(&self.db, u.id, u.revision, model, ids)
+            .await?
+            .into_iter()
+            .collect())
     }
 
     async fn add_summary(&self, user: &str, new: NewSummary) -> Result<Summary> {

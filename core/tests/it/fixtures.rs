@@ -61,6 +61,22 @@ impl TestStore {
         }
     }
 
+    /// The Postgres URL of this store's database.
+    pub fn url(&self) -> Option<String> {
+        match self {
+            TestStore::Pg(_, db) => Some(db.url.clone()),
+            TestStore::Embedded(..) => None,
+        }
+    }
+
+    /// The embedded store's data directory.
+    pub fn dir(&self) -> Option<std::path::PathBuf> {
+        match self {
+            TestStore::Pg(..) => None,
+            TestStore::Embedded(_, d) => Some(d.path().to_path_buf()),
+        }
+    }
+
     /// Rows of a table, all users together (for checking that deletion leaves nothing).
     pub async fn count_rows(&self, table: &str) -> i64 {
         let db = self.connection();

@@ -3,4 +3,5 @@ mod backend_specific;
 mod embeddings;
 mod fixtures;
 mod migrations;
+mod retrieval;
 mod store_conformance;

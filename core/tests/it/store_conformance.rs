@@ -5,7 +5,7 @@ use recall_core::ErrorKind;
 use recall_core::store::{Actor, ExportOptions};
 use recall_core::types::{
     Filter, MemoryKind, MemoryPatch, MessageWrite, Metric, NewMemory, NewMessage, NewSummary,
-    PageRequest, Role, SessionPatch, VectorQuery,
+    PageRequest, Role, SessionPatch, TextQuery, VectorQuery,
 };
 use serde_json::json;
 
@@ -54,6 +54,9 @@ conformance! {
     bad_input_is_refused;
     embedding_models_are_separate;
     list_memories_filters_and_pages;
+    text_search_ranks_by_bm25;
+    text_search_filters_isolation_and_updates;
+    vectors_of_memories;
 }
 
 fn at(day: u32, hour: u32) -> DateTime<Utc> {
@@ -1342,4 +1345,234 @@ async fn metrics_agree_across_backends() {
             t.close().await;
         }
     }
+}
+
+/// Memories (one per text) for `user`, in `session`, a day apart from 1 May, with a dummy vector.
+async fn add_texts(t: &TestStore, user: &str, session: &str, texts: &[&str]) -> Vec<i64> {
+    let writes = texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            write(
+                msg(session, Role::User, text, at(i as u32 + 1, 9), &[]),
+                &[1.0, 0.0, 0.0],
+            )
+        })
+        .collect();
+    t.store()
+        .append_messages(user, writes)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.memory_ids[0])
+        .collect()
+}
+
+async fn text_search_ranks_by_bm25(t: &TestStore) {
+    let s = t.store();
+    let ids = add_texts(
+        t,
+        "alice",
+        "s1",
+        &[
+            "I went to the market today",
+            "Went for a run today, nothing much happened",
+            "Today I adopted a greyhound called Pixel",
+            "Nothing happened today",
+            "The dolphins were swimming near the boat",
+        ],
+    )
+    .await;
+    let hits = s
+        .text_search(
+            "alice",
+            &TextQuery::new("what happened with Pixel today?", 10),
+        )
+        .await
+        .unwrap();
+    let order: Vec<i64> = hits.iter().map(|h| h.memory.id).collect();
+    // The rare word first, then the shorter of the two "happened", then the longer, then the
+    // one sharing only the word every document has; the dolphins share nothing.
+    assert_eq!(order, vec![ids[2], ids[3], ids[1], ids[0]], "{hits:?}");
+    assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
+    assert!(hits.iter().all(|h| h.score > 0.0));
+    // Stemming: "swim" finds "swimming", "dolphin" finds "dolphins"; case does not matter.
+    let hits = s
+        .text_search("alice", &TextQuery::new("DOLPHIN swim", 10))
+        .await
+        .unwrap();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].memory.id, ids[4]);
+    // Only stop words, or nothing at all in common: no hits, no error.
+    for q in ["it is what it is", "zebra", "!!!"] {
+        assert!(
+            s.text_search("alice", &TextQuery::new(q, 10))
+                .await
+                .unwrap()
+                .is_empty(),
+            "{q}"
+        );
+    }
+    // top_k truncates.
+    let hits = s
+        .text_search("alice", &TextQuery::new("today", 2))
+        .await
+        .unwrap();
+    assert_eq!(hits.len(), 2);
+    // Bad input is refused.
+    let err = s
+        .text_search("alice", &TextQuery::new("today", 0))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+}
+
+async fn text_search_filters_isolation_and_updates(t: &TestStore) {
+    let s = t.store();
+    let a1 = add_texts(
+        t,
+        "alice",
+        "trip",
+        &["Booked flights to Lisbon", "Lisbon hotel is near the river"],
+    )
+    .await;
+    let a2 = add_texts(t, "alice", "home", &["Thinking about Lisbon again"]).await;
+    add_texts(
+        t,
+        "bob",
+        "trip",
+        &["Lisbon Lisbon Lisbon, my favourite city"],
+    )
+    .await;
+    let ids =
+        |hits: &[recall_core::types::TextHit]| hits.iter().map(|h| h.memory.id).collect::<Vec<_>>();
+
+    let all = s
+        .text_search("alice", &TextQuery::new("lisbon", 10))
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 3, "alice sees her three, never bob's");
+    let mut only_trip = TextQuery::new("lisbon", 10);
+    only_trip.filter = Filter {
+        session: Some("trip".into()),
+        ..Filter::default()
+    };
+    let hits = s.text_search("alice", &only_trip).await.unwrap();
+    let mut got = ids(&hits);
+    got.sort();
+    assert_eq!(got, a1);
+    let mut since = TextQuery::new("lisbon", 10);
+    since.filter = Filter {
+        since: Some(at(2, 0)),
+        ..Filter::default()
+    };
+    assert_eq!(
+        ids(&s.text_search("alice", &since).await.unwrap()),
+        vec![a1[1]]
+    );
+    let mut unknown = TextQuery::new("lisbon", 10);
+    unknown.filter = Filter {
+        session: Some("nope".into()),
+        ..Filter::default()
+    };
+    assert!(s.text_search("alice", &unknown).await.unwrap().is_empty());
+    assert!(
+        s.text_search("carol", &TextQuery::new("lisbon", 10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Updated text is searched by its new words; deleted memories are gone.
+    s.update_memory(
+        "alice",
+        a2[0],
+        MemoryPatch {
+            content: Some("Thinking about Porto again".into()),
+            embedding: Some(emb(&[0.0, 1.0, 0.0])),
+            ..MemoryPatch::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        ids(&s
+            .text_search("alice", &TextQuery::new("porto", 10))
+            .await
+            .unwrap()),
+        a2
+    );
+    assert_eq!(
+        s.text_search("alice", &TextQuery::new("lisbon", 10))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    s.delete_memories("alice", &[a1[0]]).await.unwrap();
+    assert_eq!(
+        ids(&s
+            .text_search("alice", &TextQuery::new("lisbon flights", 10))
+            .await
+            .unwrap()),
+        vec![a1[1]]
+    );
+    // Bob's statistics and rows are untouched by all of this.
+    assert_eq!(
+        s.text_search("bob", &TextQuery::new("lisbon", 10))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+async fn vectors_of_memories(t: &TestStore) {
+    let s = t.store();
+    let a = s
+        .add_memories(
+            "alice",
+            vec![
+                NewMemory::new(MemoryKind::Fact, "one", emb(&[1.0, 0.0, 0.0])),
+                NewMemory::new(MemoryKind::Fact, "two", emb(&[0.0, 0.5, 0.5])),
+            ],
+        )
+        .await
+        .unwrap();
+    let b = s
+        .add_memories(
+            "bob",
+            vec![NewMemory::new(
+                MemoryKind::Fact,
+                "three",
+                emb(&[0.0, 0.0, 1.0]),
+            )],
+        )
+        .await
+        .unwrap();
+    let got = s
+        .vectors("alice", TEST_MODEL, &[a[0].id, a[1].id, b[0].id, 999_999])
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2, "bob's memory and unknown ids are absent");
+    assert_eq!(got[&a[0].id], vec![1.0, 0.0, 0.0]);
+    assert_eq!(got[&a[1].id], vec![0.0, 0.5, 0.5]);
+    assert!(
+        s.vectors("alice", "other-model", &[a[0].id])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.vectors("alice", TEST_MODEL, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.vectors("nobody", TEST_MODEL, &[a[0].id])
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -87,6 +87,8 @@ async fn round_trip(backend: Backend) {
         &[
             "--json",
             "search",
+            "--mode",
+            "vector",
             "--user",
             "alice",
             "-k",
@@ -120,6 +122,8 @@ async fn round_trip(backend: Backend) {
             "alice",
             "-k",
             "3",
+            "--mode",
+            "vector",
             "--cursor",
             cursor,
             "what is she allergic to?",
@@ -333,4 +337,129 @@ fn models_list_reports_presence() {
         .unwrap();
     assert_eq!(minilm["present"], true);
     assert_eq!(minilm["role"], "embedding");
+}
+
+/// JSON lines on stdout, one report per mode.
+fn json_lines(out: Output) -> Vec<Value> {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON report per line"))
+        .collect()
+}
+
+#[test]
+fn eval_reports_every_mode_and_hybrid_wins() {
+    let backend = Backend::Embedded(tempfile::tempdir().unwrap());
+    let data = repo_root().join("eval/data/recall-mini.json");
+    let reports = json_lines(cli(
+        &backend,
+        &[
+            "--json",
+            "eval",
+            data.to_str().unwrap(),
+            "--k",
+            "1,5,10",
+            "--mode",
+            "vector,text,hybrid",
+        ],
+    ));
+    assert_eq!(reports.len(), 3);
+    let mrr = |r: &Value| r["overall"]["mrr"].as_f64().unwrap();
+    for r in &reports {
+        assert_eq!(r["questions"], 110);
+        for key in [
+            "recall@1",
+            "recall@5",
+            "recall@10",
+            "hit@1",
+            "hit@5",
+            "hit@10",
+            "mrr",
+        ] {
+            let v = r["overall"][key].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&v), "{key} = {v}");
+        }
+        assert!(r["overall"]["recall@1"].as_f64() <= r["overall"]["recall@10"].as_f64());
+        let cats = r["by_category"].as_object().unwrap();
+        assert_eq!(cats.keys().collect::<Vec<_>>(), ["1", "2", "3", "4", "5"]);
+        let n: u64 = cats
+            .values()
+            .map(|c| c["questions"].as_u64().unwrap())
+            .sum();
+        assert_eq!(n, 110);
+    }
+    let (vector, text, hybrid) = (&reports[0], &reports[1], &reports[2]);
+    assert_eq!(
+        (vector["mode"].as_str(), hybrid["reranked"].as_bool()),
+        (Some("vector"), Some(true))
+    );
+    // The yardstick of the retrieval issue: hybrid with re-ranking beats both pure modes.
+    assert!(
+        mrr(hybrid) > mrr(vector) && mrr(hybrid) > mrr(text),
+        "{reports:?}"
+    );
+    for k in ["recall@5", "recall@10"] {
+        let h = hybrid["overall"][k].as_f64().unwrap();
+        assert!(h > vector["overall"][k].as_f64().unwrap(), "{k}");
+        assert!(h > text["overall"][k].as_f64().unwrap(), "{k}");
+    }
+    // The temporary users are gone.
+    let export = ok_json(cli(
+        &backend,
+        &["--json", "search", "--user", "eval", "anything"],
+    ));
+    assert!(export["hits"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn eval_skips_malformed_evidence_and_refuses_broken_files() {
+    let backend = Backend::Embedded(tempfile::tempdir().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tiny.json");
+    let data = serde_json::json!([{
+        "sample_id": "tiny",
+        "conversation": {
+            "speaker_a": "Ana", "speaker_b": "Ben",
+            "session_1_date_time": "9:00 am on 2 March, 2024",
+            "session_1": [
+                {"speaker": "Ana", "dia_id": "D1:1", "text": "My cat is called Miso."},
+                {"speaker": "Ben", "dia_id": "D1:2", "text": "I am flying to Oslo on Friday."}
+            ]
+        },
+        "qa": [
+            {"question": "What is Ana's cat called?", "answer": "Miso", "evidence": ["D1:1", "D1"], "category": 4},
+            {"question": "Where is Ben flying?", "answer": "Oslo", "evidence": ["D7:7"], "category": 4}
+        ]
+    }]);
+    std::fs::write(&file, data.to_string()).unwrap();
+    let out = cli(
+        &backend,
+        &["--json", "eval", file.to_str().unwrap(), "--k", "1"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let reports = json_lines(out);
+    assert_eq!(reports[0]["questions"], 1);
+    assert_eq!(reports[0]["bad_evidence"], 2);
+    assert_eq!(reports[0]["skipped_questions"], 1);
+    assert_eq!(reports[0]["overall"]["hit@1"], 1.0);
+    assert!(
+        reports[0]["overall"].get("recall@5").is_none(),
+        "keys follow --k"
+    );
+    assert!(
+        stderr.contains("tiny: D1") && stderr.contains("tiny: D7:7"),
+        "{stderr}"
+    );
+
+    std::fs::write(&file, "{\"not\": \"a list\"}").unwrap();
+    let out = cli(&backend, &["eval", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("list of samples"));
 }

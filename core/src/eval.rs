@@ -1,0 +1,421 @@
+//! The retrieval evaluation harness: conversation benchmarks in the LoCoMo JSON format.
+//!
+//! Each sample's conversation is ingested as one user (every turn a message, stamped with its
+//! session's date), each question with evidence is asked, and the ranks of the evidence turns
+//! give recall@k (share of evidence turns in the top k), hit@k (any evidence turn in the top k)
+//! and MRR (reciprocal rank of the first evidence turn), overall and per category.
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Duration, NaiveDateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::engine::{Engine, RetrieveOptions};
+use crate::error::{Error, Result};
+use crate::types::{NewMessage, Role};
+
+/// One conversation and its questions.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// `sample_id`, or the position in the file.
+    pub id: String,
+    /// The turns, in order.
+    pub turns: Vec<Turn>,
+    /// The questions.
+    pub questions: Vec<Question>,
+}
+
+/// One turn of a conversation.
+#[derive(Debug, Clone)]
+pub struct Turn {
+    /// `session_N`.
+    pub session: String,
+    /// The turn id (`D1:3`).
+    pub dia_id: String,
+    /// Who spoke.
+    pub speaker: String,
+    /// `speaker_a` speaks as the user, `speaker_b` as the assistant.
+    pub role: Role,
+    /// What was said (with an image caption appended when the turn shared one).
+    pub text: String,
+    /// The session's date (plus the turn's position in seconds, to keep order).
+    pub at: Option<DateTime<Utc>>,
+}
+
+/// One question.
+#[derive(Debug, Clone)]
+pub struct Question {
+    /// The question.
+    pub question: String,
+    /// The category, as a string key (`"1"` … `"5"` in LoCoMo).
+    pub category: String,
+    /// Evidence turn ids that exist in the conversation.
+    pub evidence: Vec<String>,
+}
+
+/// Problems found while reading a dataset that did not stop it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DatasetWarnings {
+    /// Evidence ids that are malformed or name no turn: `sample: id`.
+    pub bad_evidence: Vec<String>,
+    /// Questions skipped for having no usable evidence.
+    pub skipped_questions: usize,
+}
+
+fn turn_time(date: Option<&str>) -> Option<DateTime<Utc>> {
+    let s = date?.trim();
+    // "1:56 pm on 8 May, 2023"
+    let normalized = s.replace(" on ", " ").replace(',', "").to_uppercase();
+    NaiveDateTime::parse_from_str(&normalized, "%I:%M %p %d %B %Y")
+        .ok()
+        .map(|t| t.and_utc())
+}
+
+fn valid_dia_id(id: &str) -> bool {
+    let Some(rest) = id.strip_prefix('D') else {
+        return false;
+    };
+    let mut parts = rest.split(':');
+    matches!(
+        (parts.next(), parts.next(), parts.next()),
+        (Some(a), Some(b), None)
+            if !a.is_empty() && !b.is_empty()
+                && a.chars().all(|c| c.is_ascii_digit())
+                && b.chars().all(|c| c.is_ascii_digit())
+    )
+}
+
+fn session_number(key: &str) -> Option<u32> {
+    key.strip_prefix("session_")?.parse().ok()
+}
+
+/// Reads a LoCoMo-format dataset. Structural problems (not a list, a sample without
+/// `conversation`, a turn without text) are errors; bad evidence ids are collected as
+/// warnings and skipped.
+pub fn parse_locomo(text: &str) -> Result<(Vec<Sample>, DatasetWarnings)> {
+    let root: Value = serde_json::from_str(text)
+        .map_err(|e| Error::invalid(format!("dataset is not valid JSON: {e}")))?;
+    let list = root
+        .as_array()
+        .ok_or_else(|| Error::invalid("dataset must be a JSON list of samples"))?;
+    let mut warnings = DatasetWarnings::default();
+    let mut samples = Vec::with_capacity(list.len());
+    for (i, s) in list.iter().enumerate() {
+        let id = s
+            .get("sample_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("sample-{}", i + 1));
+        let conv: &Map<String, Value> = s
+            .get("conversation")
+            .and_then(Value::as_object)
+            .ok_or_else(|| Error::invalid(format!("{id}: missing \"conversation\" object")))?;
+        let speaker_a = conv.get("speaker_a").and_then(Value::as_str).unwrap_or("");
+        let mut sessions: Vec<(u32, &str, &Vec<Value>)> = conv
+            .iter()
+            .filter_map(|(k, v)| Some((session_number(k)?, k.as_str(), v.as_array()?)))
+            .collect();
+        sessions.sort_by_key(|(n, _, _)| *n);
+        let mut turns = Vec::new();
+        for (n, key, list) in sessions {
+            let date = conv
+                .get(&format!("session_{n}_date_time"))
+                .and_then(Value::as_str);
+            let base = turn_time(date);
+            for (j, t) in list.iter().enumerate() {
+                let field = |name: &str| t.get(name).and_then(Value::as_str);
+                let dia_id = field("dia_id").ok_or_else(|| {
+                    Error::invalid(format!("{id}: {key} turn {} has no dia_id", j + 1))
+                })?;
+                let speaker = field("speaker").unwrap_or("");
+                let mut text = field("text")
+                    .ok_or_else(|| Error::invalid(format!("{id}: turn {dia_id} has no text")))?
+                    .to_owned();
+                if let Some(caption) = field("blip_caption") {
+                    text = format!("{text} [shares a photo: {caption}]");
+                }
+                turns.push(Turn {
+                    session: key.to_owned(),
+                    dia_id: dia_id.to_owned(),
+                    speaker: speaker.to_owned(),
+                    role: if speaker == speaker_a {
+                        Role::User
+                    } else {
+                        Role::Assistant
+                    },
+                    text,
+                    at: base.map(|b| b + Duration::seconds(j as i64)),
+                });
+            }
+        }
+        let known: std::collections::HashSet<&str> =
+            turns.iter().map(|t| t.dia_id.as_str()).collect();
+        let mut questions = Vec::new();
+        for q in s.get("qa").and_then(Value::as_array).into_iter().flatten() {
+            let Some(question) = q.get("question").and_then(Value::as_str) else {
+                warnings.skipped_questions += 1;
+                continue;
+            };
+            let category = match q.get("category") {
+                Some(Value::Number(n)) => n.to_string(),
+                Some(Value::String(s)) => s.clone(),
+                _ => "unknown".to_owned(),
+            };
+            let mut evidence = Vec::new();
+            for e in q
+                .get("evidence")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                match e.as_str() {
+                    Some(e) if valid_dia_id(e) && known.contains(e) => evidence.push(e.to_owned()),
+                    other => warnings.bad_evidence.push(format!(
+                        "{id}: {}",
+                        other.map_or_else(|| e.to_string(), str::to_owned)
+                    )),
+                }
+            }
+            if evidence.is_empty() {
+                warnings.skipped_questions += 1;
+                continue;
+            }
+            questions.push(Question {
+                question: question.to_owned(),
+                category,
+                evidence,
+            });
+        }
+        samples.push(Sample {
+            id,
+            turns,
+            questions,
+        });
+    }
+    Ok((samples, warnings))
+}
+
+/// Metric totals of a group of questions.
+#[derive(Debug, Clone, Default)]
+struct Totals {
+    questions: usize,
+    recall: BTreeMap<usize, f64>,
+    hit: BTreeMap<usize, f64>,
+    rr: f64,
+}
+
+impl Totals {
+    fn add(&mut self, ks: &[usize], ranked: &[String], evidence: &[String]) {
+        self.questions += 1;
+        for &k in ks {
+            let top = &ranked[..k.min(ranked.len())];
+            let found = evidence.iter().filter(|e| top.contains(e)).count();
+            *self.recall.entry(k).or_default() += found as f64 / evidence.len() as f64;
+            *self.hit.entry(k).or_default() += if found > 0 { 1.0 } else { 0.0 };
+        }
+        if let Some(pos) = ranked.iter().position(|r| evidence.contains(r)) {
+            self.rr += 1.0 / (pos + 1) as f64;
+        }
+    }
+
+    fn report(&self) -> Value {
+        let n = self.questions.max(1) as f64;
+        let mut m = Map::new();
+        for (k, v) in &self.recall {
+            m.insert(format!("recall@{k}"), json!(v / n));
+        }
+        for (k, v) in &self.hit {
+            m.insert(format!("hit@{k}"), json!(v / n));
+        }
+        m.insert("mrr".into(), json!(self.rr / n));
+        m.insert("questions".into(), json!(self.questions));
+        Value::Object(m)
+    }
+}
+
+/// The ranked turn ids for each question of a sample, best first (chunks of one turn count
+/// once, at their best rank).
+async fn rank_sample(
+    engine: &Engine,
+    user: &str,
+    questions: &[Question],
+    by_message: &HashMap<i64, String>,
+    options: &RetrieveOptions,
+) -> Result<Vec<Vec<String>>> {
+    let mut out = Vec::with_capacity(questions.len());
+    for q in questions {
+        let hits = engine.retrieve(user, &q.question, options).await?;
+        let mut ranked: Vec<String> = Vec::with_capacity(hits.len());
+        for h in hits {
+            if let Some(d) = h.memory.message_id.and_then(|id| by_message.get(&id))
+                && !ranked.contains(d)
+            {
+                ranked.push(d.clone());
+            }
+        }
+        out.push(ranked);
+    }
+    Ok(out)
+}
+
+/// A sample ingested for evaluation.
+pub struct Ingested {
+    /// The user it was stored under.
+    pub user: String,
+    /// Message id → turn id.
+    pub by_message: HashMap<i64, String>,
+    /// When the conversation ended (questions are asked a day later).
+    pub end: Option<DateTime<Utc>>,
+}
+
+/// Stores a sample's turns as the messages of `user`.
+pub async fn ingest_sample(engine: &Engine, user: &str, sample: &Sample) -> Result<Ingested> {
+    let messages: Vec<NewMessage> = sample
+        .turns
+        .iter()
+        .map(|t| NewMessage {
+            created_at: t.at,
+            ..NewMessage::new(
+                t.session.clone(),
+                t.role,
+                format!("{}: {}", t.speaker, t.text),
+            )
+        })
+        .collect();
+    let written = engine.add_messages(user, messages).await?;
+    let by_message = written
+        .iter()
+        .zip(&sample.turns)
+        .map(|(w, t)| (w.message.id, t.dia_id.clone()))
+        .collect();
+    Ok(Ingested {
+        user: user.to_owned(),
+        by_message,
+        end: sample.turns.iter().filter_map(|t| t.at).max(),
+    })
+}
+
+/// Evaluates already ingested samples with one set of retrieval options. `ks` are the cut-offs
+/// (the options' `top_k` is raised to the largest). Returns the report:
+/// `{"questions", "overall": {...}, "by_category": {"1": {...}, ...}}`.
+pub async fn evaluate(
+    engine: &Engine,
+    samples: &[(Sample, Ingested)],
+    ks: &[usize],
+    options: &RetrieveOptions,
+) -> Result<Value> {
+    let max_k = ks.iter().copied().max().unwrap_or(10);
+    let mut overall = Totals::default();
+    let mut by_category: BTreeMap<String, Totals> = BTreeMap::new();
+    for (sample, ingested) in samples {
+        let opts = RetrieveOptions {
+            top_k: max_k,
+            now: options.now.or(ingested.end.map(|e| e + Duration::days(1))),
+            ..options.clone()
+        };
+        let ranked = rank_sample(
+            engine,
+            &ingested.user,
+            &sample.questions,
+            &ingested.by_message,
+            &opts,
+        )
+        .await?;
+        for (q, r) in sample.questions.iter().zip(&ranked) {
+            overall.add(ks, r, &q.evidence);
+            by_category
+                .entry(q.category.clone())
+                .or_default()
+                .add(ks, r, &q.evidence);
+        }
+    }
+    let mut cats = Map::new();
+    for (c, t) in &by_category {
+        cats.insert(c.clone(), t.report());
+    }
+    Ok(json!({
+        "questions": overall.questions,
+        "overall": overall.report(),
+        "by_category": cats,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_locomo_dates() {
+        let t = turn_time(Some("1:56 pm on 8 May, 2023")).unwrap();
+        assert_eq!(t.to_rfc3339(), "2023-05-08T13:56:00+00:00");
+        let t = turn_time(Some("10:37 am on 27 June, 2023")).unwrap();
+        assert_eq!(t.to_rfc3339(), "2023-06-27T10:37:00+00:00");
+        assert!(turn_time(Some("sometime")).is_none());
+    }
+
+    #[test]
+    fn dia_ids() {
+        assert!(valid_dia_id("D1:3"));
+        assert!(valid_dia_id("D12:140"));
+        for bad in ["D1", "1:3", "D1:3:4", "D:3", "D1:x", "D8:6; D9:17", ""] {
+            assert!(!valid_dia_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn metrics_per_question() {
+        let mut t = Totals::default();
+        let ranked: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        t.add(&[1, 3], &ranked, &["c".into(), "z".into()]);
+        t.add(&[1, 3], &ranked, &["a".into()]);
+        let r = t.report();
+        assert_eq!(r["recall@1"], 0.5); // (0 + 1) / 2
+        assert_eq!(r["recall@3"], 0.75); // (0.5 + 1) / 2
+        assert_eq!(r["hit@1"], 0.5);
+        assert_eq!(r["hit@3"], 1.0);
+        assert!((r["mrr"].as_f64().unwrap() - (1.0 / 3.0 + 1.0) / 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn bad_evidence_is_reported_and_skipped() {
+        let data = json!([{
+            "sample_id": "x",
+            "conversation": {
+                "speaker_a": "A", "speaker_b": "B",
+                "session_1_date_time": "1:00 pm on 1 May, 2023",
+                "session_1": [
+                    {"speaker": "A", "dia_id": "D1:1", "text": "hello"},
+                    {"speaker": "B", "dia_id": "D1:2", "text": "hi", "blip_caption": "a dog"}
+                ]
+            },
+            "qa": [
+                {"question": "q1", "answer": "a", "evidence": ["D1:1", "D9:9", "D1"], "category": 4},
+                {"question": "q2", "answer": "a", "evidence": ["bad"], "category": 2},
+                {"question": "q3", "answer": "a", "evidence": [], "category": 5}
+            ]
+        }])
+        .to_string();
+        let (samples, w) = parse_locomo(&data).unwrap();
+        assert_eq!(samples[0].questions.len(), 1);
+        assert_eq!(samples[0].questions[0].evidence, vec!["D1:1"]);
+        assert_eq!(w.bad_evidence, vec!["x: D9:9", "x: D1", "x: bad"]);
+        assert_eq!(w.skipped_questions, 2);
+        assert_eq!(samples[0].turns[1].role, Role::Assistant);
+        assert!(
+            samples[0].turns[1]
+                .text
+                .ends_with("[shares a photo: a dog]")
+        );
+        assert_eq!(
+            samples[0].turns[1].at.unwrap().to_rfc3339(),
+            "2023-05-01T13:00:01+00:00"
+        );
+    }
+
+    #[test]
+    fn structural_errors_are_errors() {
+        assert!(parse_locomo("{}").is_err());
+        assert!(parse_locomo("[{\"qa\": []}]").is_err());
+        assert!(parse_locomo("not json").is_err());
+    }
+}

@@ -1,0 +1,689 @@
+//! Retrieval: from a query to the memories worth putting in front of the model.
+//!
+//! Candidates come from vector search, full-text search (BM25), or both (`hybrid`); they are
+//! fused, re-ranked with configurable signals (recency, importance, emotional match, optional
+//! cross-encoder), thresholded, and diversified (MMR). Every stage is a plain function over
+//! [`Candidate`]s, so that orderings can be tested without a store; [`crate::Engine::retrieve`]
+//! runs them against a store.
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::emotion::{Emotion, EmotionScore, emotion_match};
+use crate::error::{Error, Result};
+use crate::types::Memory;
+
+/// Metadata key under which the emotion detector's confidence is stored on a memory.
+pub const EMOTION_CONFIDENCE_KEY: &str = "emotion_confidence";
+
+/// Which retrievers produce candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchMode {
+    /// Embedding similarity only; the relevance is the raw similarity (cosine by default).
+    Vector,
+    /// Full-text (BM25) only.
+    Text,
+    /// Both, fused.
+    #[default]
+    Hybrid,
+}
+
+impl SearchMode {
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SearchMode::Vector => "vector",
+            SearchMode::Text => "text",
+            SearchMode::Hybrid => "hybrid",
+        }
+    }
+}
+
+impl fmt::Display for SearchMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for SearchMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "vector" => Ok(SearchMode::Vector),
+            "text" => Ok(SearchMode::Text),
+            "hybrid" => Ok(SearchMode::Hybrid),
+            _ => Err(Error::invalid(format!(
+                "unknown search mode {s:?} (vector, text or hybrid)"
+            ))),
+        }
+    }
+}
+
+/// How hybrid search fuses its two candidate lists.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum Fusion {
+    /// Reciprocal rank fusion: `Σ 1 / (k + rank)`, normalised so that first in both lists
+    /// scores 1.
+    Rrf {
+        /// The rank offset (60 in the original paper).
+        k: f32,
+    },
+    /// A convex combination of scores: `alpha · similarity + (1 - alpha) · bm25 / max bm25`.
+    /// Every candidate's similarity is computed from its stored vector, so text-only
+    /// candidates are not penalised for missing from the vector list.
+    Weighted {
+        /// Weight of the vector similarity, in [0, 1].
+        alpha: f32,
+    },
+}
+
+/// Weighted fusion with alpha 0.7: on the evaluation harness it beat RRF, which let the weaker
+/// text list drag strong vector matches down (docs/benchmarks.md has the figures).
+impl Default for Fusion {
+    fn default() -> Self {
+        Fusion::Weighted { alpha: 0.7 }
+    }
+}
+
+/// Re-ranking signals and their weights; a weight of 0 (or `None`) switches a signal off.
+///
+/// The final score is
+/// `relevance + recency_weight · recency + importance_weight · importance + emotion_weight ·
+/// emotion_match`, where relevance comes from the mode (similarity, BM25 share, or fusion),
+/// recency is `0.5^(age / half-life)`, and all three extra signals are in [0, 1]. A cross-encoder, when configured, then blends its probability into the top
+/// candidates; MMR picks the final order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RankingConfig {
+    /// Candidates taken from each retriever.
+    pub candidates: usize,
+    /// Hybrid fusion.
+    pub fusion: Fusion,
+    /// Half-life of the recency signal in days.
+    pub recency_half_life_days: f32,
+    /// Weight of recency.
+    pub recency_weight: f32,
+    /// Weight of the memory's importance.
+    pub importance_weight: f32,
+    /// Weight of the emotional match between query and memory.
+    pub emotion_weight: f32,
+    /// MMR trade-off between relevance (1.0) and diversity (0.0); `None` keeps score order.
+    pub mmr_lambda: Option<f32>,
+    /// Drop results whose final score is below this (in vector mode with no other signal,
+    /// this is a similarity threshold).
+    pub min_score: Option<f32>,
+    /// Candidates re-scored by the cross-encoder (when one is configured).
+    pub cross_encoder_top_n: usize,
+    /// Weight of the cross-encoder's probability against the score so far, in [0, 1].
+    pub cross_encoder_weight: f32,
+}
+
+impl Default for RankingConfig {
+    fn default() -> Self {
+        Self {
+            candidates: 50,
+            fusion: Fusion::default(),
+            recency_half_life_days: 30.0,
+            recency_weight: 0.02,
+            importance_weight: 0.02,
+            emotion_weight: 0.02,
+            mmr_lambda: Some(0.85),
+            min_score: None,
+            cross_encoder_top_n: 20,
+            cross_encoder_weight: 0.5,
+        }
+    }
+}
+
+impl RankingConfig {
+    /// Relevance only: no recency, importance, emotion, MMR or cross-encoder.
+    pub fn plain() -> Self {
+        Self {
+            recency_weight: 0.0,
+            importance_weight: 0.0,
+            emotion_weight: 0.0,
+            mmr_lambda: None,
+            cross_encoder_weight: 0.0,
+            ..Self::default()
+        }
+    }
+
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<()> {
+        let finite = [
+            self.recency_half_life_days,
+            self.recency_weight,
+            self.importance_weight,
+            self.emotion_weight,
+            self.cross_encoder_weight,
+        ];
+        if finite.iter().any(|x| !x.is_finite() || *x < 0.0) {
+            return Err(Error::invalid(
+                "ranking weights and half-life must be finite and not negative",
+            ));
+        }
+        if self.candidates == 0 {
+            return Err(Error::invalid("candidates must be at least 1"));
+        }
+        if self.recency_half_life_days == 0.0 && self.recency_weight > 0.0 {
+            return Err(Error::invalid("recency half-life must be positive"));
+        }
+        if let Some(l) = self.mmr_lambda
+            && !(0.0..=1.0).contains(&l)
+        {
+            return Err(Error::invalid("mmr lambda must be in [0, 1]"));
+        }
+        if self.cross_encoder_weight > 1.0 {
+            return Err(Error::invalid("cross-encoder weight must be in [0, 1]"));
+        }
+        match self.fusion {
+            Fusion::Rrf { k } if !(k.is_finite() && k >= 0.0) => {
+                Err(Error::invalid("rrf k must be finite and not negative"))
+            }
+            Fusion::Weighted { alpha } if !(0.0..=1.0).contains(&alpha) => {
+                Err(Error::invalid("fusion alpha must be in [0, 1]"))
+            }
+            _ => match self.min_score {
+                Some(s) if !s.is_finite() => Err(Error::invalid("min_score must be finite")),
+                _ => Ok(()),
+            },
+        }
+    }
+}
+
+/// The signals behind one result's score.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Signals {
+    /// Raw vector similarity (cosine by default), when known.
+    pub similarity: Option<f32>,
+    /// BM25 score, when the memory matched the query's words.
+    pub bm25: Option<f32>,
+    /// Position in the vector candidates (1-based).
+    pub vector_rank: Option<usize>,
+    /// Position in the text candidates (1-based).
+    pub text_rank: Option<usize>,
+    /// Relevance from the mode (before the other signals).
+    pub relevance: f32,
+    /// `0.5^(age / half-life)`.
+    pub recency: f32,
+    /// The memory's importance.
+    pub importance: f32,
+    /// Emotional match with the query.
+    pub emotion: f32,
+    /// The cross-encoder's probability, when it scored this memory.
+    pub cross_encoder: Option<f32>,
+}
+
+/// One candidate moving through the pipeline.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// The memory.
+    pub memory: Memory,
+    /// Its stored vector, when loaded (for fusion and MMR).
+    pub vector: Option<Vec<f32>>,
+    /// Signals so far.
+    pub signals: Signals,
+    /// The score so far.
+    pub score: f32,
+}
+
+/// One retrieved memory: what it says, where it came from, and why it ranked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Retrieved {
+    /// The memory (with its session, source message and timestamp).
+    pub memory: Memory,
+    /// The final score (higher is better).
+    pub score: f32,
+    /// The signals behind it.
+    pub signals: Signals,
+}
+
+/// Merges vector hits `(memory, similarity)` and text hits `(memory, bm25)`, each best first,
+/// into candidates keyed by memory id, in first-seen order.
+pub fn merge(vector: Vec<(Memory, f32)>, text: Vec<(Memory, f32)>) -> Vec<Candidate> {
+    let mut out: Vec<Candidate> = Vec::with_capacity(vector.len() + text.len());
+    let mut index: HashMap<i64, usize> = HashMap::new();
+    for (rank, (memory, sim)) in vector.into_iter().enumerate() {
+        index.insert(memory.id, out.len());
+        out.push(Candidate {
+            memory,
+            vector: None,
+            signals: Signals {
+                similarity: Some(sim),
+                vector_rank: Some(rank + 1),
+                ..Signals::default()
+            },
+            score: 0.0,
+        });
+    }
+    for (rank, (memory, bm25)) in text.into_iter().enumerate() {
+        match index.get(&memory.id) {
+            Some(&i) => {
+                out[i].signals.bm25 = Some(bm25);
+                out[i].signals.text_rank = Some(rank + 1);
+            }
+            None => {
+                index.insert(memory.id, out.len());
+                out.push(Candidate {
+                    memory,
+                    vector: None,
+                    signals: Signals {
+                        bm25: Some(bm25),
+                        text_rank: Some(rank + 1),
+                        ..Signals::default()
+                    },
+                    score: 0.0,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Sets every candidate's relevance (and score) from the mode and fusion.
+pub fn relevance(candidates: &mut [Candidate], mode: SearchMode, fusion: Fusion) {
+    let max_bm25 = candidates
+        .iter()
+        .filter_map(|c| c.signals.bm25)
+        .fold(0f32, f32::max);
+    let bm25_share = |c: &Candidate| match c.signals.bm25 {
+        Some(b) if max_bm25 > 0.0 => b / max_bm25,
+        _ => 0.0,
+    };
+    for c in candidates.iter_mut() {
+        let r = match mode {
+            SearchMode::Vector => c.signals.similarity.unwrap_or(0.0),
+            SearchMode::Text => bm25_share(c),
+            SearchMode::Hybrid => match fusion {
+                Fusion::Rrf { k } => {
+                    let part = |rank: Option<usize>| rank.map_or(0.0, |r| 1.0 / (k + r as f32));
+                    (part(c.signals.vector_rank) + part(c.signals.text_rank)) * (k + 1.0) / 2.0
+                }
+                Fusion::Weighted { alpha } => {
+                    alpha * c.signals.similarity.unwrap_or(0.0) + (1.0 - alpha) * bm25_share(c)
+                }
+            },
+        };
+        c.signals.relevance = r;
+        c.score = r;
+    }
+}
+
+/// The emotion and its confidence stored on a memory, if any.
+pub fn memory_emotion(m: &Memory) -> Option<(Emotion, f32)> {
+    let e: Emotion = m.emotion.as_deref()?.parse().ok()?;
+    let c = m
+        .metadata
+        .get(EMOTION_CONFIDENCE_KEY)
+        .and_then(|v| v.as_f64())
+        .unwrap_or(1.0) as f32;
+    Some((e, c))
+}
+
+/// Adds recency, importance and emotional match to every candidate's score.
+pub fn apply_signals(
+    candidates: &mut [Candidate],
+    config: &RankingConfig,
+    now: DateTime<Utc>,
+    query_emotion: Option<EmotionScore>,
+) {
+    for c in candidates.iter_mut() {
+        let age_days = (now - c.memory.created_at).num_seconds().max(0) as f32 / 86_400.0;
+        c.signals.recency = if config.recency_half_life_days > 0.0 {
+            0.5f32.powf(age_days / config.recency_half_life_days)
+        } else {
+            0.0
+        };
+        c.signals.importance = c.memory.importance;
+        c.signals.emotion = query_emotion
+            .map(|q| emotion_match(q, memory_emotion(&c.memory)))
+            .unwrap_or(0.0);
+        c.score = c.signals.relevance
+            + config.recency_weight * c.signals.recency
+            + config.importance_weight * c.signals.importance
+            + config.emotion_weight * c.signals.emotion;
+    }
+}
+
+/// Blends cross-encoder probabilities (`scores[i]` for `candidates[i]`, as logits) into the
+/// scores: `(1 - weight) · score + weight · sigmoid(logit)`.
+pub fn apply_cross_encoder(candidates: &mut [Candidate], logits: &[f32], weight: f32) {
+    for (c, &l) in candidates.iter_mut().zip(logits) {
+        let p = 1.0 / (1.0 + (-l).exp());
+        c.signals.cross_encoder = Some(p);
+        c.score = (1.0 - weight) * c.score + weight * p;
+    }
+}
+
+/// Sorts best first (ties by newer, then by id).
+pub fn sort(candidates: &mut [Candidate]) {
+    candidates.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then(b.memory.created_at.cmp(&a.memory.created_at))
+            .then(a.memory.id.cmp(&b.memory.id))
+    });
+}
+
+fn cos(a: &[f32], b: &[f32]) -> f32 {
+    crate::embed::cosine(a, b)
+}
+
+/// Maximal marginal relevance: picks `k` candidates one by one, each maximising
+/// `lambda · score' - (1 - lambda) · max similarity to those already picked`, where `score'` is
+/// the score min-max normalised over the candidates. Candidates without a vector are never
+/// considered similar to anything. Expects `candidates` sorted best first.
+pub fn mmr(candidates: Vec<Candidate>, k: usize, lambda: f32) -> Vec<Candidate> {
+    if candidates.len() <= 1 {
+        return candidates.into_iter().take(k).collect();
+    }
+    let (lo, hi) = candidates.iter().fold((f32::MAX, f32::MIN), |(lo, hi), c| {
+        (lo.min(c.score), hi.max(c.score))
+    });
+    let norm = |s: f32| if hi > lo { (s - lo) / (hi - lo) } else { 1.0 };
+    let mut left: Vec<Option<Candidate>> = candidates.into_iter().map(Some).collect();
+    let mut max_sim = vec![0f32; left.len()];
+    let mut picked = Vec::with_capacity(k);
+    while picked.len() < k {
+        let best = left
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                c.as_ref()
+                    .map(|c| (i, lambda * norm(c.score) - (1.0 - lambda) * max_sim[i]))
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
+        let Some((i, _)) = best else { break };
+        let chosen = left[i].take().expect("present");
+        if let Some(v) = &chosen.vector {
+            for (j, c) in left.iter().enumerate() {
+                if let Some(Candidate {
+                    vector: Some(w), ..
+                }) = c
+                {
+                    max_sim[j] = max_sim[j].max(cos(v, w));
+                }
+            }
+        }
+        picked.push(chosen);
+    }
+    picked
+}
+
+/// The final stage: threshold, then MMR or plain truncation to `k`.
+pub fn finish(mut candidates: Vec<Candidate>, k: usize, config: &RankingConfig) -> Vec<Retrieved> {
+    sort(&mut candidates);
+    if let Some(min) = config.min_score {
+        candidates.retain(|c| c.score >= min);
+    }
+    let chosen = match config.mmr_lambda {
+        Some(l) if l < 1.0 => mmr(candidates, k, l),
+        _ => {
+            candidates.truncate(k);
+            candidates
+        }
+    };
+    chosen
+        .into_iter()
+        .map(|c| Retrieved {
+            memory: c.memory,
+            score: c.score,
+            signals: c.signals,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Duration;
+    use serde_json::json;
+
+    use super::*;
+    use crate::types::MemoryKind;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_780_000_000, 0).unwrap()
+    }
+
+    fn memory(id: i64, days_ago: i64, importance: f32, emotion: Option<&str>) -> Memory {
+        let t = now() - Duration::days(days_ago);
+        Memory {
+            id,
+            kind: MemoryKind::Message,
+            content: format!("memory {id}"),
+            session: Some("s".into()),
+            message_id: Some(id),
+            summary_id: None,
+            role: None,
+            tags: vec![],
+            metadata: json!({ EMOTION_CONFIDENCE_KEY: 0.8 }),
+            importance,
+            emotion: emotion.map(str::to_owned),
+            created_at: t,
+            updated_at: t,
+        }
+    }
+
+    fn ids(r: &[Retrieved]) -> Vec<i64> {
+        r.iter().map(|r| r.memory.id).collect()
+    }
+
+    #[test]
+    fn rrf_rewards_agreement_between_lists() {
+        let m = |id| memory(id, 0, 0.5, None);
+        let mut c = merge(
+            vec![(m(1), 0.9), (m(2), 0.8), (m(3), 0.7)],
+            vec![(m(3), 9.0), (m(4), 5.0), (m(1), 1.0)],
+        );
+        relevance(&mut c, SearchMode::Hybrid, Fusion::Rrf { k: 60.0 });
+        let out = finish(c, 4, &RankingConfig::plain());
+        // 1: 1/61 + 1/63; 3: 1/63 + 1/61 (tie, broken by id); 2: 1/62; 4: 1/62.
+        assert_eq!(ids(&out), vec![1, 3, 2, 4]);
+        let top = &out[0].signals;
+        assert_eq!((top.vector_rank, top.text_rank), (Some(1), Some(3)));
+        // First in both lists would score exactly 1.
+        let mut both = merge(vec![(m(9), 0.5)], vec![(m(9), 3.0)]);
+        relevance(&mut both, SearchMode::Hybrid, Fusion::Rrf { k: 60.0 });
+        assert!((both[0].score - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn modes_use_their_own_relevance() {
+        let m = |id| memory(id, 0, 0.5, None);
+        let build = || {
+            merge(
+                vec![(m(1), 0.9), (m(2), 0.3)],
+                vec![(m(2), 8.0), (m(3), 4.0)],
+            )
+        };
+        let mut v = build();
+        relevance(&mut v, SearchMode::Vector, Fusion::default());
+        assert_eq!(ids(&finish(v, 3, &RankingConfig::plain())), vec![1, 2, 3]);
+        let mut t = build();
+        relevance(&mut t, SearchMode::Text, Fusion::default());
+        let out = finish(t, 3, &RankingConfig::plain());
+        assert_eq!(ids(&out), vec![2, 3, 1]);
+        assert_eq!(out[1].score, 0.5);
+        // Weighted: 0.5·sim + 0.5·share → 1: 0.45, 2: 0.65, 3: 0.25.
+        let mut w = build();
+        relevance(&mut w, SearchMode::Hybrid, Fusion::Weighted { alpha: 0.5 });
+        assert_eq!(ids(&finish(w, 3, &RankingConfig::plain())), vec![2, 1, 3]);
+    }
+
+    #[test]
+    fn vector_mode_reports_raw_similarity() {
+        let mut c = merge(vec![(memory(1, 0, 0.5, None), 0.7312)], vec![]);
+        relevance(&mut c, SearchMode::Vector, Fusion::default());
+        let out = finish(c, 1, &RankingConfig::plain());
+        assert_eq!(out[0].score, 0.7312);
+        assert_eq!(out[0].signals.similarity, Some(0.7312));
+    }
+
+    fn ranked(
+        config: &RankingConfig,
+        emotion: Option<EmotionScore>,
+        c: Vec<Candidate>,
+    ) -> Vec<i64> {
+        let mut c = c;
+        relevance(&mut c, SearchMode::Vector, Fusion::default());
+        apply_signals(&mut c, config, now(), emotion);
+        ids(&finish(c, 10, config))
+    }
+
+    #[test]
+    fn recency_breaks_near_ties_towards_newer_and_can_be_switched_off() {
+        let c = merge(
+            vec![
+                (memory(1, 300, 0.5, None), 0.80),
+                (memory(2, 1, 0.5, None), 0.79),
+            ],
+            vec![],
+        );
+        let on = RankingConfig {
+            recency_weight: 0.1,
+            ..RankingConfig::plain()
+        };
+        assert_eq!(ranked(&on, None, c.clone()), vec![2, 1]);
+        assert_eq!(ranked(&RankingConfig::plain(), None, c), vec![1, 2]);
+    }
+
+    #[test]
+    fn recency_halves_every_half_life() {
+        let mut c = merge(vec![(memory(1, 30, 0.5, None), 0.5)], vec![]);
+        relevance(&mut c, SearchMode::Vector, Fusion::default());
+        apply_signals(&mut c, &RankingConfig::default(), now(), None);
+        assert!(
+            (c[0].signals.recency - 0.5).abs() < 0.01,
+            "{}",
+            c[0].signals.recency
+        );
+    }
+
+    #[test]
+    fn importance_lifts_important_memories() {
+        let c = merge(
+            vec![
+                (memory(1, 0, 0.1, None), 0.80),
+                (memory(2, 0, 0.9, None), 0.78),
+            ],
+            vec![],
+        );
+        let on = RankingConfig {
+            importance_weight: 0.1,
+            ..RankingConfig::plain()
+        };
+        assert_eq!(ranked(&on, None, c.clone()), vec![2, 1]);
+        assert_eq!(ranked(&RankingConfig::plain(), None, c), vec![1, 2]);
+    }
+
+    #[test]
+    fn emotional_match_lifts_memories_with_the_query_emotion() {
+        let c = merge(
+            vec![
+                (memory(1, 0, 0.5, Some("joy")), 0.80),
+                (memory(2, 0, 0.5, Some("fear")), 0.78),
+                (memory(3, 0, 0.5, None), 0.79),
+            ],
+            vec![],
+        );
+        let on = RankingConfig {
+            emotion_weight: 0.1,
+            ..RankingConfig::plain()
+        };
+        let fear = EmotionScore {
+            emotion: Emotion::Fear,
+            confidence: 0.9,
+        };
+        assert_eq!(ranked(&on, Some(fear), c.clone()), vec![2, 1, 3]);
+        assert_eq!(
+            ranked(&on, Some(EmotionScore::neutral(0.9)), c),
+            vec![1, 3, 2]
+        );
+    }
+
+    #[test]
+    fn mmr_skips_near_duplicates() {
+        let mut c = merge(
+            vec![
+                (memory(1, 0, 0.5, None), 0.90),
+                (memory(2, 0, 0.5, None), 0.89),
+                (memory(3, 0, 0.5, None), 0.80),
+            ],
+            vec![],
+        );
+        c[0].vector = Some(vec![1.0, 0.0]);
+        c[1].vector = Some(vec![0.999, 0.04]);
+        c[2].vector = Some(vec![0.0, 1.0]);
+        relevance(&mut c, SearchMode::Vector, Fusion::default());
+        let diverse = RankingConfig {
+            mmr_lambda: Some(0.5),
+            ..RankingConfig::plain()
+        };
+        assert_eq!(ids(&finish(c.clone(), 3, &diverse)), vec![1, 3, 2]);
+        assert_eq!(ids(&finish(c, 3, &RankingConfig::plain())), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn threshold_drops_weak_results() {
+        let mut c = merge(
+            vec![
+                (memory(1, 0, 0.5, None), 0.9),
+                (memory(2, 0, 0.5, None), 0.2),
+            ],
+            vec![],
+        );
+        relevance(&mut c, SearchMode::Vector, Fusion::default());
+        let cfg = RankingConfig {
+            min_score: Some(0.5),
+            ..RankingConfig::plain()
+        };
+        assert_eq!(ids(&finish(c, 10, &cfg)), vec![1]);
+    }
+
+    #[test]
+    fn cross_encoder_reorders_the_candidates_it_scores() {
+        let mut c = merge(
+            vec![
+                (memory(1, 0, 0.5, None), 0.8),
+                (memory(2, 0, 0.5, None), 0.7),
+            ],
+            vec![],
+        );
+        relevance(&mut c, SearchMode::Vector, Fusion::default());
+        apply_cross_encoder(&mut c, &[-4.0, 4.0], 0.5);
+        assert_eq!(ids(&finish(c, 2, &RankingConfig::plain())), vec![2, 1]);
+    }
+
+    #[test]
+    fn config_validation() {
+        assert!(RankingConfig::default().validate().is_ok());
+        let bad = [
+            RankingConfig {
+                recency_weight: -1.0,
+                ..RankingConfig::default()
+            },
+            RankingConfig {
+                mmr_lambda: Some(1.5),
+                ..RankingConfig::default()
+            },
+            RankingConfig {
+                fusion: Fusion::Weighted { alpha: 2.0 },
+                ..RankingConfig::default()
+            },
+            RankingConfig {
+                candidates: 0,
+                ..RankingConfig::default()
+            },
+        ];
+        for b in bad {
+            assert!(b.validate().is_err(), "{b:?}");
+        }
+        assert_eq!("hybrid".parse::<SearchMode>().unwrap(), SearchMode::Hybrid);
+        assert!("fuzzy".parse::<SearchMode>().is_err());
+    }
+}

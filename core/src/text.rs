@@ -1,0 +1,369 @@
+//! Lexical text processing: the terms a text is indexed and searched by, and an in-memory
+//! BM25 index over one user's memories (the embedded store's full-text side).
+//!
+//! Terms are lowercased runs of letters and digits, English stop words removed, reduced with the
+//! Snowball English stemmer — the same algorithm as Postgres's `english` text search
+//! configuration, so both stores match the same words.
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use rust_stemmers::{Algorithm, Stemmer};
+
+/// BM25 term-frequency saturation.
+pub const BM25_K1: f64 = 1.2;
+/// BM25 document-length normalisation.
+pub const BM25_B: f64 = 0.75;
+
+/// Terms longer than this (in bytes) are ignored (Postgres ignores words over 2047 bytes; very
+/// long "words" are noise such as base64).
+const MAX_TERM_BYTES: usize = 64;
+
+/// English stop words (Postgres's `english.stop` list, which Snowball's is).
+const STOP_WORDS: &[&str] = &[
+    "i",
+    "me",
+    "my",
+    "myself",
+    "we",
+    "our",
+    "ours",
+    "ourselves",
+    "you",
+    "your",
+    "yours",
+    "yourself",
+    "yourselves",
+    "he",
+    "him",
+    "his",
+    "himself",
+    "she",
+    "her",
+    "hers",
+    "herself",
+    "it",
+    "its",
+    "itself",
+    "they",
+    "them",
+    "their",
+    "theirs",
+    "themselves",
+    "what",
+    "which",
+    "who",
+    "whom",
+    "this",
+    "that",
+    "these",
+    "those",
+    "am",
+    "is",
+    "are",
+    "was",
+    "were",
+    "be",
+    "been",
+    "being",
+    "have",
+    "has",
+    "had",
+    "having",
+    "do",
+    "does",
+    "did",
+    "doing",
+    "a",
+    "an",
+    "the",
+    "and",
+    "but",
+    "if",
+    "or",
+    "because",
+    "as",
+    "until",
+    "while",
+    "of",
+    "at",
+    "by",
+    "for",
+    "with",
+    "about",
+    "against",
+    "between",
+    "into",
+    "through",
+    "during",
+    "before",
+    "after",
+    "above",
+    "below",
+    "to",
+    "from",
+    "up",
+    "down",
+    "in",
+    "out",
+    "on",
+    "off",
+    "over",
+    "under",
+    "again",
+    "further",
+    "then",
+    "once",
+    "here",
+    "there",
+    "when",
+    "where",
+    "why",
+    "how",
+    "all",
+    "any",
+    "both",
+    "each",
+    "few",
+    "more",
+    "most",
+    "other",
+    "some",
+    "such",
+    "no",
+    "nor",
+    "not",
+    "only",
+    "own",
+    "same",
+    "so",
+    "than",
+    "too",
+    "very",
+    "s",
+    "t",
+    "can",
+    "will",
+    "just",
+    "don",
+    "should",
+    "now",
+];
+
+fn stemmer() -> &'static Stemmer {
+    static STEMMER: OnceLock<Stemmer> = OnceLock::new();
+    STEMMER.get_or_init(|| Stemmer::create(Algorithm::English))
+}
+
+fn is_stop_word(w: &str) -> bool {
+    STOP_WORDS.contains(&w)
+}
+
+/// The index terms of a text, in order, repeats kept.
+pub fn terms(text: &str) -> Vec<String> {
+    let stemmer = stemmer();
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty() && w.len() <= MAX_TERM_BYTES)
+        .map(str::to_lowercase)
+        .filter(|w| !is_stop_word(w))
+        .map(|w| stemmer.stem(&w).into_owned())
+        .collect()
+}
+
+/// The distinct terms of a query, in first-seen order.
+pub fn query_terms(text: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    for t in terms(text) {
+        if !seen.contains(&t) {
+            seen.push(t);
+        }
+    }
+    seen
+}
+
+/// BM25 inverse document frequency (the always-positive variant of Lucene).
+pub fn idf(docs: f64, with_term: f64) -> f64 {
+    (1.0 + (docs - with_term + 0.5) / (with_term + 0.5)).ln()
+}
+
+/// BM25 weight of one term in one document.
+pub fn term_weight(idf: f64, tf: f64, doc_len: f64, avg_len: f64) -> f64 {
+    let norm = if avg_len > 0.0 {
+        1.0 - BM25_B + BM25_B * doc_len / avg_len
+    } else {
+        1.0
+    };
+    idf * tf * (BM25_K1 + 1.0) / (tf + BM25_K1 * norm)
+}
+
+#[derive(Debug)]
+struct Doc {
+    len: u32,
+    terms: Box<[(u32, u16)]>,
+}
+
+/// An in-memory BM25 index keyed by memory id.
+#[derive(Debug, Default)]
+pub(crate) struct Bm25Index {
+    vocab: HashMap<String, u32>,
+    postings: Vec<Vec<(i64, u16)>>,
+    docs: HashMap<i64, Doc>,
+    total_len: u64,
+}
+
+impl Bm25Index {
+    /// Indexes (or re-indexes) one document.
+    pub fn insert(&mut self, id: i64, text: &str) {
+        self.remove(id);
+        let mut counts: HashMap<u32, u16> = HashMap::new();
+        let mut len = 0u32;
+        for t in terms(text) {
+            len += 1;
+            let next = self.vocab.len() as u32;
+            let tid = *self.vocab.entry(t).or_insert(next);
+            if tid as usize == self.postings.len() {
+                self.postings.push(Vec::new());
+            }
+            let c = counts.entry(tid).or_default();
+            *c = c.saturating_add(1);
+        }
+        let mut terms: Vec<(u32, u16)> = counts.into_iter().collect();
+        terms.sort_unstable();
+        for &(tid, tf) in &terms {
+            self.postings[tid as usize].push((id, tf));
+        }
+        self.total_len += u64::from(len);
+        self.docs.insert(
+            id,
+            Doc {
+                len,
+                terms: terms.into_boxed_slice(),
+            },
+        );
+    }
+
+    /// Forgets one document.
+    pub fn remove(&mut self, id: i64) {
+        let Some(doc) = self.docs.remove(&id) else {
+            return;
+        };
+        self.total_len -= u64::from(doc.len);
+        for &(tid, _) in doc.terms.iter() {
+            self.postings[tid as usize].retain(|(d, _)| *d != id);
+        }
+    }
+
+    /// BM25 scores of the documents that contain at least one query term and pass `keep`,
+    /// best first (ties by id), at most `limit`.
+    pub fn search(
+        &self,
+        query: &[String],
+        limit: usize,
+        keep: impl Fn(i64) -> bool,
+    ) -> Vec<(i64, f64)> {
+        let n = self.docs.len() as f64;
+        if n == 0.0 || limit == 0 {
+            return vec![];
+        }
+        let avg = self.total_len as f64 / n;
+        let mut scores: HashMap<i64, f64> = HashMap::new();
+        for term in query {
+            let Some(&tid) = self.vocab.get(term) else {
+                continue;
+            };
+            let postings = &self.postings[tid as usize];
+            if postings.is_empty() {
+                continue;
+            }
+            let w = idf(n, postings.len() as f64);
+            for &(id, tf) in postings {
+                let len = self.docs.get(&id).map_or(0, |d| d.len);
+                *scores.entry(id).or_default() += term_weight(w, tf as f64, len as f64, avg);
+            }
+        }
+        let mut ranked: Vec<(i64, f64)> = scores.into_iter().filter(|(id, _)| keep(*id)).collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        ranked.truncate(limit);
+        ranked
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terms_are_stemmed_lowercased_and_skip_stop_words() {
+        assert_eq!(
+            terms("The Dolphins were swimming near my boat!"),
+            vec!["dolphin", "swim", "near", "boat"]
+        );
+        assert_eq!(
+            terms("Lily's 3 climbing-gyms"),
+            vec!["lili", "3", "climb", "gym"]
+        );
+        assert!(terms("it is what it is").is_empty());
+    }
+
+    #[test]
+    fn rare_terms_outweigh_common_ones() {
+        let mut ix = Bm25Index::default();
+        ix.insert(1, "I went to the market today");
+        ix.insert(2, "Went for a run today, nothing much happened");
+        ix.insert(3, "Today I adopted a greyhound called Pixel");
+        ix.insert(4, "Nothing happened today");
+        let hits = ix.search(&query_terms("what happened with Pixel today"), 10, |_| true);
+        assert_eq!(hits[0].0, 3, "{hits:?}");
+        // "pixel" is in one document, "happened" in two, "today" in all four; of the two
+        // with "happened", the shorter ranks higher.
+        assert_eq!(hits[1].0, 4, "{hits:?}");
+        assert_eq!(hits[2].0, 2, "{hits:?}");
+        assert_eq!(hits.len(), 4);
+    }
+
+    #[test]
+    fn shorter_documents_win_at_equal_term_frequency() {
+        let mut ix = Bm25Index::default();
+        ix.insert(1, "peanut allergy");
+        ix.insert(
+            2,
+            "peanut butter sandwiches with jam and a long walk in the park afterwards",
+        );
+        ix.insert(3, "unrelated words entirely");
+        let hits = ix.search(&query_terms("peanut"), 10, |_| true);
+        assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    #[test]
+    fn remove_and_reinsert_keep_statistics_right() {
+        let mut ix = Bm25Index::default();
+        ix.insert(1, "alpha beta");
+        ix.insert(2, "beta gamma");
+        ix.remove(1);
+        assert_eq!(ix.docs.len(), 1);
+        assert!(ix.search(&query_terms("alpha"), 10, |_| true).is_empty());
+        ix.insert(2, "alpha");
+        assert_eq!(ix.search(&query_terms("alpha"), 10, |_| true)[0].0, 2);
+        assert!(ix.search(&query_terms("gamma"), 10, |_| true).is_empty());
+        assert_eq!(ix.total_len, 1);
+    }
+
+    #[test]
+    fn keep_filters_and_limit_truncates() {
+        let mut ix = Bm25Index::default();
+        for i in 0..10 {
+            ix.insert(i, "shared word");
+        }
+        let hits = ix.search(&query_terms("shared"), 3, |id| id % 2 == 0);
+        assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), vec![0, 2, 4]);
+    }
+
+    #[test]
+    fn bm25_weight_matches_the_formula() {
+        // idf(10 docs, 2 with the term) = ln(1 + 8.5 / 2.5)
+        let w = idf(10.0, 2.0);
+        assert!((w - (1.0f64 + 3.4).ln()).abs() < 1e-12);
+        // tf 2, doc as long as average: idf * 2 * 2.2 / (2 + 1.2)
+        let s = term_weight(w, 2.0, 5.0, 5.0);
+        assert!((s - w * 4.4 / 3.2).abs() < 1e-12);
+    }
+}

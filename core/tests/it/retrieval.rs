@@ -1,0 +1,309 @@
+//! Retrieval through the engine on both stores, with the real embedding model: modes,
+//! emotion and importance at ingest, chunking of long messages, the query cache, isolation.
+use std::sync::Arc;
+
+use recall_core::embed::{EmbedConfig, EmbeddingService};
+use recall_core::retrieval::{EMOTION_CONFIDENCE_KEY, RankingConfig, SearchMode};
+use recall_core::types::{Filter, NewMessage, Role};
+use recall_core::{Engine, RetrieveOptions};
+
+use crate::fixtures::{TestStore, minilm_dir};
+
+fn embedder() -> Arc<EmbeddingService> {
+    let mut config = EmbedConfig::new(minilm_dir());
+    config.device = recall_core::device::DeviceConfig::Cpu;
+    Arc::new(EmbeddingService::start(&config).unwrap())
+}
+
+const CHAT: &[&str] = &[
+    "I adopted a greyhound last week, we called him Pixel.",
+    "I'm terrified of the knee surgery on Friday.",
+    "ok thanks",
+    "My sister Ana moved to Montreal for a teaching job.",
+    "The new ramen place on Baker Street was disgusting, the broth smelled off.",
+    "We watched a documentary about deep sea creatures.",
+];
+
+async fn engine_with_chat(t: &TestStore) -> Engine {
+    let store: Arc<dyn recall_core::MemoryStore> = match t {
+        TestStore::Pg(..) => Arc::new(
+            recall_core::store::PgStore::open(&recall_core::StoreConfig::postgres(
+                t.url().unwrap(),
+            ))
+            .await
+            .unwrap(),
+        ),
+        TestStore::Embedded(..) => Arc::new(
+            recall_core::store::EmbeddedStore::open(&recall_core::StoreConfig::embedded(
+                t.dir().unwrap(),
+            ))
+            .await
+            .unwrap(),
+        ),
+    };
+    let engine = Engine::new(store, embedder());
+    let messages = CHAT
+        .iter()
+        .map(|c| NewMessage::new("s1", Role::User, *c))
+        .collect();
+    engine.add_messages("alice", messages).await.unwrap();
+    engine
+        .add_messages(
+            "bob",
+            vec![NewMessage::new(
+                "s1",
+                Role::User,
+                "My greyhound Pixel is also terrified of surgery.",
+            )],
+        )
+        .await
+        .unwrap();
+    engine
+}
+
+fn options(mode: SearchMode, ranking: RankingConfig) -> RetrieveOptions {
+    RetrieveOptions {
+        top_k: 3,
+        mode,
+        ranking,
+        ..RetrieveOptions::default()
+    }
+}
+
+macro_rules! both {
+    ($($name:ident;)*) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let t = crate::fixtures::TestStore::pg(recall_core::types::Metric::Cosine).await;
+                    super::$name(&t).await;
+                    t.close().await;
+                }
+            )*
+        }
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let t = crate::fixtures::TestStore::embedded(recall_core::types::Metric::Cosine).await;
+                    super::$name(&t).await;
+                    t.close().await;
+                }
+            )*
+        }
+    };
+}
+
+both! {
+    modes_find_the_right_memory;
+    ingest_scores_emotion_and_importance;
+    long_messages_are_chunked_and_found;
+    query_cache_hits_and_invalidates;
+    retrieval_is_isolated;
+}
+
+async fn modes_find_the_right_memory(t: &TestStore) {
+    let e = engine_with_chat(t).await;
+    for mode in [SearchMode::Vector, SearchMode::Text, SearchMode::Hybrid] {
+        let hits = e
+            .retrieve(
+                "alice",
+                "What is the name of my dog Pixel?",
+                &options(mode, RankingConfig::default()),
+            )
+            .await
+            .unwrap();
+        assert!(hits[0].memory.content.contains("Pixel"), "{mode}: {hits:?}");
+    }
+    // Plain vector mode reports the raw cosine similarity as the score.
+    let hits = e
+        .retrieve(
+            "alice",
+            "Where does Ana live now?",
+            &options(SearchMode::Vector, RankingConfig::plain()),
+        )
+        .await
+        .unwrap();
+    assert!(hits[0].memory.content.contains("Montreal"), "{hits:?}");
+    assert_eq!(Some(hits[0].score), hits[0].signals.similarity);
+    assert!(hits[0].signals.bm25.is_none());
+    // Text mode has BM25 and no similarity; a query without shared words finds nothing.
+    let hits = e
+        .retrieve(
+            "alice",
+            "Montreal",
+            &options(SearchMode::Text, RankingConfig::plain()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(hits.len(), 1);
+    assert!(hits[0].signals.bm25.unwrap() > 0.0);
+    assert!(
+        e.retrieve(
+            "alice",
+            "zebra",
+            &options(SearchMode::Text, RankingConfig::plain())
+        )
+        .await
+        .unwrap()
+        .is_empty()
+    );
+    // Hybrid: a candidate found by words only still gets its similarity (weighted fusion).
+    let hits = e
+        .retrieve(
+            "alice",
+            "Baker Street",
+            &options(SearchMode::Hybrid, RankingConfig::default()),
+        )
+        .await
+        .unwrap();
+    assert!(hits[0].memory.content.contains("Baker Street"));
+    assert!(hits[0].signals.similarity.is_some() && hits[0].signals.bm25.is_some());
+    // Filters apply to both retrievers.
+    let mut o = options(SearchMode::Hybrid, RankingConfig::default());
+    o.filter = Filter {
+        session: Some("elsewhere".into()),
+        ..Filter::default()
+    };
+    assert!(e.retrieve("alice", "Pixel", &o).await.unwrap().is_empty());
+    // Bad ranking configuration is refused.
+    let bad = RankingConfig {
+        mmr_lambda: Some(3.0),
+        ..RankingConfig::default()
+    };
+    let err = e
+        .retrieve("alice", "Pixel", &options(SearchMode::Hybrid, bad))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), recall_core::ErrorKind::InvalidInput);
+}
+
+async fn ingest_scores_emotion_and_importance(t: &TestStore) {
+    let e = engine_with_chat(t).await;
+    let all = e
+        .store()
+        .list_memories("alice", &Filter::default(), &Default::default())
+        .await
+        .unwrap()
+        .items;
+    let by_text = |needle: &str| all.iter().find(|m| m.content.contains(needle)).unwrap();
+    let surgery = by_text("surgery");
+    assert_eq!(surgery.emotion.as_deref(), Some("fear"));
+    assert!(surgery.metadata[EMOTION_CONFIDENCE_KEY].as_f64().unwrap() > 0.5);
+    assert_eq!(by_text("ramen").emotion.as_deref(), Some("disgust"));
+    assert_eq!(by_text("documentary").emotion.as_deref(), Some("neutral"));
+    assert!(by_text("Ana moved").importance > by_text("ok thanks").importance);
+    assert!(by_text("greyhound").importance > by_text("ok thanks").importance);
+    // The emotional match signal lifts the fearful memory for a fearful query.
+    let ranking = RankingConfig {
+        emotion_weight: 0.5,
+        ..RankingConfig::plain()
+    };
+    let hits = e
+        .retrieve(
+            "alice",
+            "what am I scared of?",
+            &options(SearchMode::Hybrid, ranking),
+        )
+        .await
+        .unwrap();
+    assert!(hits[0].memory.content.contains("surgery"), "{hits:?}");
+    assert!(hits[0].signals.emotion > 0.0);
+}
+
+async fn long_messages_are_chunked_and_found(t: &TestStore) {
+    let e = engine_with_chat(t).await;
+    // ~400 tokens of filler, then the fact: beyond the model's 256-token window.
+    let filler =
+        "We talked about the weather and the traffic and what to cook tonight. ".repeat(28);
+    let long = format!("{filler}Oh, and the spare key is hidden under the blue flowerpot.");
+    let written = e
+        .add_messages(
+            "alice",
+            vec![NewMessage::new("s2", Role::User, long.clone())],
+        )
+        .await
+        .unwrap();
+    let ids = &written[0].memory_ids;
+    assert!(ids.len() >= 2, "{} chunks", ids.len());
+    let mut chunks = Vec::new();
+    for id in ids {
+        let m = e.store().get_memory("alice", *id).await.unwrap().unwrap();
+        assert_eq!(m.message_id, Some(written[0].message.id));
+        assert_eq!(m.metadata["chunks"], ids.len());
+        chunks.push(m.content);
+    }
+    assert!(long.starts_with(chunks[0].as_str()));
+    assert!(long.ends_with(chunks.last().unwrap().as_str()));
+    let hits = e
+        .retrieve(
+            "alice",
+            "where is the spare key hidden?",
+            &options(SearchMode::Vector, RankingConfig::plain()),
+        )
+        .await
+        .unwrap();
+    assert!(hits[0].memory.content.contains("flowerpot"), "{hits:?}");
+    assert_eq!(hits[0].memory.message_id, Some(written[0].message.id));
+}
+
+async fn query_cache_hits_and_invalidates(t: &TestStore) {
+    let e = engine_with_chat(t).await;
+    let mut o = options(SearchMode::Hybrid, RankingConfig::default());
+    o.now = Some(chrono::Utc::now());
+    let first = e.retrieve("alice", "Pixel", &o).await.unwrap();
+    let before = e.cache_stats();
+    let again = e.retrieve("alice", "Pixel", &o).await.unwrap();
+    assert_eq!(first, again);
+    assert_eq!(e.cache_stats().hits, before.hits + 1);
+    // Another user's write keeps alice's entry; alice's own write drops it.
+    e.add_messages(
+        "bob",
+        vec![NewMessage::new("s1", Role::User, "Pixel again")],
+    )
+    .await
+    .unwrap();
+    e.retrieve("alice", "Pixel", &o).await.unwrap();
+    assert_eq!(e.cache_stats().hits, before.hits + 2);
+    e.add_messages(
+        "alice",
+        vec![NewMessage::new("s1", Role::User, "Pixel learned to sit!")],
+    )
+    .await
+    .unwrap();
+    let after = e.retrieve("alice", "Pixel", &o).await.unwrap();
+    assert_eq!(e.cache_stats().hits, before.hits + 2);
+    assert!(
+        after
+            .iter()
+            .any(|h| h.memory.content.contains("learned to sit"))
+    );
+}
+
+async fn retrieval_is_isolated(t: &TestStore) {
+    let e = engine_with_chat(t).await;
+    for mode in [SearchMode::Vector, SearchMode::Text, SearchMode::Hybrid] {
+        let hits = e
+            .retrieve(
+                "bob",
+                "Pixel greyhound surgery Montreal ramen",
+                &options(mode, RankingConfig::default()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(hits.len(), 1, "{mode}: {hits:?}");
+        assert!(
+            hits[0]
+                .memory
+                .content
+                .starts_with("My greyhound Pixel is also")
+        );
+        assert!(
+            e.retrieve("carol", "Pixel", &options(mode, RankingConfig::default()))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+}
