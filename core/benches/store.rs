@@ -179,7 +179,7 @@ fn main() {
                             {
                                 // Recall of the HNSW path against an exact search on the same data.
                                 let mut exact_cfg = StoreConfig::postgres(db.url.clone());
-                                exact_cfg.exact_search_threshold = u64::MAX / 2;
+                                exact_cfg.exact_search_threshold = u64::MAX;
                                 let exact = PgStore::open(&exact_cfg).await.unwrap();
                                 let (exact_times, want) =
                                     measure(&exact, users, queries, &mut rng).await;

@@ -4,7 +4,7 @@
 //! [`LexiconDetector`] is the built-in baseline: a hand-made English lexicon (word stems and
 //! emoji), with negation ("not happy" does not count as joy) and intensifiers ("so", "really")
 //! handled in a small window. A transformer classifier can replace it through the
-//! [`EmotionDetector`] trait (see `rerank::SequenceClassifier`).
+//! [`EmotionDetector`] trait (see [`crate::rerank::ClassifierEmotionDetector`]).
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
@@ -108,9 +108,10 @@ impl EmotionScore {
 }
 
 /// Detects the emotion of texts.
+#[async_trait::async_trait]
 pub trait EmotionDetector: Send + Sync {
     /// One score per text, in order.
-    fn detect(&self, texts: &[&str]) -> crate::Result<Vec<EmotionScore>>;
+    async fn detect(&self, texts: &[&str]) -> crate::Result<Vec<EmotionScore>>;
 
     /// A short name for reports (`lexicon`, or the model's).
     fn name(&self) -> &str;
@@ -464,8 +465,9 @@ impl LexiconDetector {
     }
 }
 
+#[async_trait::async_trait]
 impl EmotionDetector for LexiconDetector {
-    fn detect(&self, texts: &[&str]) -> crate::Result<Vec<EmotionScore>> {
+    async fn detect(&self, texts: &[&str]) -> crate::Result<Vec<EmotionScore>> {
         Ok(texts.iter().map(|t| self.score(t)).collect())
     }
 

@@ -200,7 +200,7 @@ impl Engine {
             );
         }
         let texts: Vec<&str> = pieces.iter().map(|(_, t)| t.as_str()).collect();
-        let emotions = self.emotion.detect(&texts)?;
+        let emotions = self.emotion.detect(&texts).await?;
         let mut vectors = Vec::with_capacity(pieces.len());
         let mut done = 0usize;
         for chunk in pieces.chunks(PROGRESS_STEP) {
@@ -251,7 +251,8 @@ impl Engine {
         let vector = self.embedder.embed_one(&memory.content).await?;
         let emotion = self
             .emotion
-            .detect(&[memory.content.as_str()])?
+            .detect(&[memory.content.as_str()])
+            .await?
             .pop()
             .unwrap_or(EmotionScore::neutral(0.5));
         let stored = self
@@ -355,6 +356,23 @@ impl Engine {
         let n = cfg.candidates.max(options.top_k);
         let mode = options.mode;
         let model = self.embedder.model_id().to_owned();
+        // The full-text search runs on its own task while the query is embedded and the
+        // vector search runs here: on a multi-threaded runtime the two scans overlap.
+        let text_task = match mode {
+            SearchMode::Vector => None,
+            _ => {
+                let store = self.store.clone();
+                let user = user.to_owned();
+                let query = TextQuery {
+                    text: query.to_owned(),
+                    top_k: n,
+                    filter: options.filter.clone(),
+                };
+                Some(tokio::spawn(async move {
+                    store.text_search(&user, &query).await
+                }))
+            }
+        };
         let query_vector = match mode {
             SearchMode::Text => None,
             _ => Some(self.embedder.embed_one(query).await?),
@@ -377,20 +395,11 @@ impl Engine {
             }
             None => vec![],
         };
-        let text_hits = match mode {
-            SearchMode::Vector => vec![],
-            _ => {
-                self.store
-                    .text_search(
-                        user,
-                        &TextQuery {
-                            text: query.to_owned(),
-                            top_k: n,
-                            filter: options.filter.clone(),
-                        },
-                    )
-                    .await?
-            }
+        let text_hits = match text_task {
+            Some(t) => t
+                .await
+                .map_err(|e| Error::Internal(format!("text search task: {e}")))??,
+            None => vec![],
         };
         let mut candidates = retrieval::merge(
             vector_hits
@@ -417,7 +426,7 @@ impl Engine {
         }
         retrieval::relevance(&mut candidates, mode, cfg.fusion);
         let query_emotion = if cfg.emotion_weight > 0.0 {
-            self.emotion.detect(&[query])?.pop()
+            self.emotion.detect(&[query]).await?.pop()
         } else {
             None
         };

@@ -4,6 +4,10 @@ use async_trait::async_trait;
 
 use crate::error::Result;
 
+pub mod classifier;
+
+pub use classifier::{ClassifierEmotionDetector, CrossEncoder, SequenceClassifier};
+
 /// Scores (query, document) pairs.
 #[async_trait]
 pub trait Reranker: Send + Sync {

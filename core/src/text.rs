@@ -197,16 +197,21 @@ pub fn term_weight(idf: f64, tf: f64, doc_len: f64, avg_len: f64) -> f64 {
 
 #[derive(Debug)]
 struct Doc {
+    id: i64,
     len: u32,
     terms: Box<[(u32, u16)]>,
 }
 
-/// An in-memory BM25 index keyed by memory id.
+/// An in-memory BM25 index keyed by memory id. Documents live in dense slots (reused after
+/// removal) so that a query accumulates scores in a flat array.
 #[derive(Debug, Default)]
 pub(crate) struct Bm25Index {
     vocab: HashMap<String, u32>,
-    postings: Vec<Vec<(i64, u16)>>,
-    docs: HashMap<i64, Doc>,
+    /// Per term: (slot, term frequency).
+    postings: Vec<Vec<(u32, u16)>>,
+    slots: Vec<Option<Doc>>,
+    free: Vec<u32>,
+    by_id: HashMap<i64, u32>,
     total_len: u64,
 }
 
@@ -228,28 +233,38 @@ impl Bm25Index {
         }
         let mut terms: Vec<(u32, u16)> = counts.into_iter().collect();
         terms.sort_unstable();
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(None);
+                (self.slots.len() - 1) as u32
+            }
+        };
         for &(tid, tf) in &terms {
-            self.postings[tid as usize].push((id, tf));
+            self.postings[tid as usize].push((slot, tf));
         }
         self.total_len += u64::from(len);
-        self.docs.insert(
+        self.by_id.insert(id, slot);
+        self.slots[slot as usize] = Some(Doc {
             id,
-            Doc {
-                len,
-                terms: terms.into_boxed_slice(),
-            },
-        );
+            len,
+            terms: terms.into_boxed_slice(),
+        });
     }
 
     /// Forgets one document.
     pub fn remove(&mut self, id: i64) {
-        let Some(doc) = self.docs.remove(&id) else {
+        let Some(slot) = self.by_id.remove(&id) else {
+            return;
+        };
+        let Some(doc) = self.slots[slot as usize].take() else {
             return;
         };
         self.total_len -= u64::from(doc.len);
         for &(tid, _) in doc.terms.iter() {
-            self.postings[tid as usize].retain(|(d, _)| *d != id);
+            self.postings[tid as usize].retain(|(s, _)| *s != slot);
         }
+        self.free.push(slot);
     }
 
     /// BM25 scores of the documents that contain at least one query term and pass `keep`,
@@ -260,12 +275,13 @@ impl Bm25Index {
         limit: usize,
         keep: impl Fn(i64) -> bool,
     ) -> Vec<(i64, f64)> {
-        let n = self.docs.len() as f64;
+        let n = self.by_id.len() as f64;
         if n == 0.0 || limit == 0 {
             return vec![];
         }
         let avg = self.total_len as f64 / n;
-        let mut scores: HashMap<i64, f64> = HashMap::new();
+        let mut scores = vec![0f64; self.slots.len()];
+        let mut touched: Vec<u32> = Vec::new();
         for term in query {
             let Some(&tid) = self.vocab.get(term) else {
                 continue;
@@ -275,14 +291,28 @@ impl Bm25Index {
                 continue;
             }
             let w = idf(n, postings.len() as f64);
-            for &(id, tf) in postings {
-                let len = self.docs.get(&id).map_or(0, |d| d.len);
-                *scores.entry(id).or_default() += term_weight(w, tf as f64, len as f64, avg);
+            for &(slot, tf) in postings {
+                let len = self.slots[slot as usize].as_ref().map_or(0, |d| d.len);
+                let s = &mut scores[slot as usize];
+                if *s == 0.0 {
+                    touched.push(slot);
+                }
+                *s += term_weight(w, tf as f64, len as f64, avg);
             }
         }
-        let mut ranked: Vec<(i64, f64)> = scores.into_iter().filter(|(id, _)| keep(*id)).collect();
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        ranked.truncate(limit);
+        let mut ranked: Vec<(i64, f64)> = touched
+            .into_iter()
+            .filter_map(|slot| {
+                let id = self.slots[slot as usize].as_ref()?.id;
+                keep(id).then_some((id, scores[slot as usize]))
+            })
+            .collect();
+        let by_score = |a: &(i64, f64), b: &(i64, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if ranked.len() > limit {
+            ranked.select_nth_unstable_by(limit - 1, by_score);
+            ranked.truncate(limit);
+        }
+        ranked.sort_by(by_score);
         ranked
     }
 }
@@ -339,7 +369,7 @@ mod tests {
         ix.insert(1, "alpha beta");
         ix.insert(2, "beta gamma");
         ix.remove(1);
-        assert_eq!(ix.docs.len(), 1);
+        assert_eq!(ix.by_id.len(), 1);
         assert!(ix.search(&query_terms("alpha"), 10, |_| true).is_empty());
         ix.insert(2, "alpha");
         assert_eq!(ix.search(&query_terms("alpha"), 10, |_| true)[0].0, 2);

@@ -72,6 +72,16 @@ struct Global {
     )]
     device: DeviceConfig,
 
+    /// Cross-encoder directory (BertForSequenceClassification, one output) to re-rank the top
+    /// candidates of every search; none by default.
+    #[arg(long, env = "DEEP_RECALL_CROSS_ENCODER", global = true)]
+    cross_encoder: Option<PathBuf>,
+
+    /// Emotion classifier directory (BertForSequenceClassification with emotion labels) to use
+    /// instead of the built-in lexicon.
+    #[arg(long, env = "DEEP_RECALL_EMOTION_MODEL", global = true)]
+    emotion_model: Option<PathBuf>,
+
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -202,6 +212,12 @@ struct RankingArgs {
     /// MMR lambda in [0, 1] (1 switches diversity off).
     #[arg(long)]
     mmr: Option<f32>,
+    /// Candidates re-scored by the cross-encoder (with --cross-encoder).
+    #[arg(long)]
+    cross_encoder_top_n: Option<usize>,
+    /// Weight of the cross-encoder's probability in [0, 1] (0 switches it off).
+    #[arg(long)]
+    cross_encoder_weight: Option<f32>,
 }
 
 impl RankingArgs {
@@ -256,6 +272,12 @@ impl RankingArgs {
         }
         if let Some(l) = self.mmr {
             c.mmr_lambda = Some(l);
+        }
+        if let Some(n) = self.cross_encoder_top_n {
+            c.cross_encoder_top_n = n;
+        }
+        if let Some(w) = self.cross_encoder_weight {
+            c.cross_encoder_weight = w;
         }
         c.min_score = min_score;
         c.validate()?;
@@ -444,7 +466,26 @@ async fn engine(g: &Global) -> recall_core::Result<Engine> {
     let store =
         store::open(&store_config(g).with_index_dims(recall_core::Embedder::dims(&embedder)))
             .await?;
-    Ok(Engine::new(store, Arc::new(embedder)))
+    let mut engine = Engine::new(store, Arc::new(embedder));
+    let device = recall_core::device::select(g.device)?;
+    if let Some(dir) = g.cross_encoder.clone() {
+        let device = device.clone();
+        let ce = tokio::task::spawn_blocking(move || {
+            recall_core::rerank::CrossEncoder::load(&dir, &device)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("model loader panicked: {e}")))??;
+        engine = engine.with_reranker(Arc::new(ce));
+    }
+    if let Some(dir) = g.emotion_model.clone() {
+        let detector = tokio::task::spawn_blocking(move || {
+            recall_core::rerank::ClassifierEmotionDetector::load(&dir, &device)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("model loader panicked: {e}")))??;
+        engine = engine.with_emotion_detector(Arc::new(detector));
+    }
+    Ok(engine)
 }
 
 fn spinner_style() -> ProgressStyle {

@@ -36,6 +36,11 @@ pub const DB_FILE: &str = "deep-recall.sqlite3";
 /// Rows per multi-row INSERT of embeddings.
 const CHUNK: usize = 500;
 
+/// Users with at least this many vectors of one model are scanned by several threads.
+const PARALLEL_SCAN_MIN: usize = 16_384;
+/// Threads of one parallel scan at most.
+const MAX_SCAN_THREADS: usize = 4;
+
 fn to_blob(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
@@ -429,27 +434,62 @@ impl VectorIndex for LocalVectors {
             )));
         }
         let q_norm = dot(q.vector, q.vector).sqrt();
-        let mut heap: BinaryHeap<Candidate> = BinaryHeap::with_capacity(q.limit + 1);
-        for (i, meta) in mv.meta.iter().enumerate() {
-            if !meta.matches(q.filter) {
-                continue;
+        let scan = |range: std::ops::Range<usize>| {
+            let mut heap: BinaryHeap<Candidate> = BinaryHeap::with_capacity(q.limit + 1);
+            for i in range {
+                let meta = &mv.meta[i];
+                if !meta.matches(q.filter) {
+                    continue;
+                }
+                let v = &mv.data[i * mv.dims..(i + 1) * mv.dims];
+                let d = self.distance(q.vector, q_norm, v, mv.norms[i]);
+                if q.max_distance.is_some_and(|max| d > max) {
+                    continue;
+                }
+                if q.after.is_some_and(|c: SearchCursor| !c.admits(d, meta.id)) {
+                    continue;
+                }
+                let c = Candidate(d, meta.id);
+                if heap.len() < q.limit {
+                    heap.push(c);
+                } else if heap.peek().is_some_and(|top| c < *top) {
+                    heap.pop();
+                    heap.push(c);
+                }
             }
-            let v = &mv.data[i * mv.dims..(i + 1) * mv.dims];
-            let d = self.distance(q.vector, q_norm, v, mv.norms[i]);
-            if q.max_distance.is_some_and(|max| d > max) {
-                continue;
-            }
-            if q.after.is_some_and(|c: SearchCursor| !c.admits(d, meta.id)) {
-                continue;
-            }
-            let c = Candidate(d, meta.id);
-            if heap.len() < q.limit {
-                heap.push(c);
-            } else if heap.peek().is_some_and(|top| c < *top) {
-                heap.pop();
-                heap.push(c);
-            }
-        }
+            heap
+        };
+        let n = mv.len();
+        let threads = if n >= PARALLEL_SCAN_MIN {
+            std::thread::available_parallelism()
+                .map_or(1, |p| p.get())
+                .min(MAX_SCAN_THREADS)
+        } else {
+            1
+        };
+        // Large users are scanned in parallel slices (the scan is bound by memory bandwidth,
+        // which one core does not saturate); the per-slice top-k heaps are then merged.
+        let heap = if threads > 1 {
+            let per = n.div_ceil(threads);
+            let heaps: Vec<BinaryHeap<Candidate>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..threads)
+                    .map(|t| {
+                        let range = (t * per).min(n)..((t + 1) * per).min(n);
+                        s.spawn(move || scan(range))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("scan thread"))
+                    .collect()
+            });
+            let mut merged: Vec<Candidate> = heaps.into_iter().flatten().collect();
+            merged.sort();
+            merged.truncate(q.limit);
+            merged.into_iter().collect::<BinaryHeap<_>>()
+        } else {
+            scan(0..n)
+        };
         Ok(heap
             .into_sorted_vec()
             .into_iter()

@@ -187,7 +187,7 @@ impl VectorIndex for PgVectors {
             values: vec![],
         };
         where_clause(&mut count, q, None);
-        let limit = count.param((self.exact_threshold + 1) as i64);
+        let limit = count.param(self.exact_threshold.saturating_add(1).min(i64::MAX as u64) as i64);
         count.text += &format!(" LIMIT {limit}) c");
         let candidates: i64 = db
             .query_one_raw(Statement::from_sql_and_values(

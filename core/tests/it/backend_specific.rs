@@ -114,6 +114,17 @@ async fn postgres_hnsw_path_agrees_with_exact_path() {
             .all(|h| a.iter().any(|x| x.memory.id == h.memory.id))
     );
 
+    // "Always exact" is a valid configuration (it once overflowed into a negative LIMIT).
+    let mut always = StoreConfig::postgres(db.url.clone());
+    always.exact_search_threshold = u64::MAX;
+    let always = PgStore::open(&always).await.unwrap();
+    let c = always
+        .search("big", &VectorQuery::new(emb(&pseudo_vector(2, 32)), 10))
+        .await
+        .unwrap();
+    assert_eq!(c.hits.len(), 10);
+    always.connection().clone().close().await.ok();
+
     exact.connection().clone().close().await.ok();
     approx.connection().clone().close().await.ok();
     db.drop_db().await;
@@ -313,4 +324,47 @@ fn embedded_survives_kill() {
             .hits;
         assert_eq!(hits[0].memory.content, "m17");
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_parallel_scan_is_exact() {
+    // Enough vectors for the parallel scan; the answer must equal a brute-force ranking.
+    let t = TestStore::embedded(recall_core::types::Metric::Cosine).await;
+    let n = 20_000u64;
+    let rows: Vec<NewMemory> = (0..n)
+        .map(|i| fact(i, Some(if i % 3 == 0 { "third" } else { "rest" })))
+        .collect();
+    let stored = t.store().add_memories("big", rows).await.unwrap();
+    let q = pseudo_vector(424_242, 32);
+    let cos = |v: &[f32]| {
+        let dot: f32 = v.iter().zip(&q).map(|(a, b)| a * b).sum();
+        let n = |x: &[f32]| x.iter().map(|a| a * a).sum::<f32>().sqrt();
+        dot / (n(v) * n(&q))
+    };
+    for session in [None, Some("third")] {
+        let mut want: Vec<(f32, i64)> = stored
+            .iter()
+            .zip(0..n)
+            .filter(|(_, i)| session.is_none() || i % 3 == 0)
+            .map(|(m, i)| (cos(&pseudo_vector(i, 32)), m.id))
+            .collect();
+        want.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut query = VectorQuery::new(emb(&q), 25);
+        query.filter = Filter {
+            session: session.map(str::to_owned),
+            ..Filter::default()
+        };
+        let got: Vec<i64> = t
+            .store()
+            .search("big", &query)
+            .await
+            .unwrap()
+            .hits
+            .iter()
+            .map(|h| h.memory.id)
+            .collect();
+        let want: Vec<i64> = want.iter().take(25).map(|w| w.1).collect();
+        assert_eq!(got, want, "session {session:?}");
+    }
+    t.close().await;
 }

@@ -1,5 +1,6 @@
 //! Integration tests of recall-core against real databases and real model weights.
 mod backend_specific;
+mod classifier;
 mod embeddings;
 mod fixtures;
 mod migrations;

@@ -463,3 +463,28 @@ fn eval_skips_malformed_evidence_and_refuses_broken_files() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("list of samples"));
 }
+
+#[test]
+fn optional_models_are_loaded_from_their_flags() {
+    let backend = Backend::Embedded(tempfile::tempdir().unwrap());
+    let missing = tempfile::tempdir().unwrap();
+    for flag in ["--cross-encoder", "--emotion-model"] {
+        let out = cli(
+            &backend,
+            &[
+                flag,
+                missing.path().to_str().unwrap(),
+                "search",
+                "--user",
+                "u",
+                "x",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(4), "{flag}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("config.json"),
+            "{flag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -1,0 +1,288 @@
+//! Retrieval latency through `Engine::retrieve` on N memories of one user: plain vector, plain
+//! text (BM25) and hybrid with re-ranking (fusion, recency, importance, emotion, MMR), on both
+//! stores, query cache off.
+//!
+//! Texts are synthetic sentences over a Zipf-distributed vocabulary (so that BM25 sees realistic
+//! posting-list lengths); vectors come from a hashing embedder, since latency does not depend on
+//! what vectors mean. The cost of embedding the query with the real model is reported apart.
+//!
+//! ```sh
+//! cargo bench -p recall-core --features testing --bench retrieval -- [--size 100000]
+//!     [--queries 200] [--backends embedded,postgres]
+//! ```
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use recall_core::cache::QueryCacheConfig;
+use recall_core::embed::{EmbedConfig, Embedder, EmbeddingService};
+use recall_core::retrieval::{RankingConfig, SearchMode};
+use recall_core::store::{EmbeddedStore, PgStore, StoreConfig};
+use recall_core::testing::{PgDb, minilm_dir};
+use recall_core::types::{Embedding, MemoryKind, NewMemory};
+use recall_core::{Engine, MemoryStore, RetrieveOptions};
+
+const DIMS: usize = 384;
+const MODEL: &str = "hash-embedder";
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() % 1_000_000) as f64 / 1_000_000.0
+    }
+}
+
+/// A deterministic unit vector per text.
+fn hash_vector(text: &str) -> Vec<f32> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    let mut rng = Rng(h | 1);
+    let v: Vec<f32> = (0..DIMS).map(|_| rng.unit() as f32 - 0.5).collect();
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.into_iter().map(|x| x / n).collect()
+}
+
+struct HashEmbedder;
+
+#[async_trait]
+impl Embedder for HashEmbedder {
+    fn model_id(&self) -> &str {
+        MODEL
+    }
+    fn dims(&self) -> usize {
+        DIMS
+    }
+    async fn embed(&self, texts: Vec<String>) -> recall_core::Result<Vec<Vec<f32>>> {
+        Ok(texts.iter().map(|t| hash_vector(t)).collect())
+    }
+}
+
+/// A vocabulary of pronounceable pseudo-words, drawn with a Zipf(1) distribution.
+struct Vocabulary {
+    words: Vec<String>,
+    cumulative: Vec<f64>,
+}
+
+impl Vocabulary {
+    fn new(n: usize, rng: &mut Rng) -> Self {
+        const ON: &[&str] = &["b", "k", "d", "m", "s", "t", "r", "l", "p", "v", "n", "g"];
+        const NU: &[&str] = &["a", "e", "i", "o", "u", "ai", "ou"];
+        let words = (0..n)
+            .map(|_| {
+                let syllables = 1 + (rng.next() % 3) as usize;
+                (0..syllables)
+                    .map(|_| {
+                        format!(
+                            "{}{}",
+                            ON[(rng.next() % ON.len() as u64) as usize],
+                            NU[(rng.next() % NU.len() as u64) as usize]
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut acc = 0.0;
+        let cumulative = (1..=n)
+            .map(|r| {
+                acc += 1.0 / r as f64;
+                acc
+            })
+            .collect();
+        Self { words, cumulative }
+    }
+
+    fn word(&self, rng: &mut Rng) -> &str {
+        let x = rng.unit() * self.cumulative.last().unwrap();
+        let i = self.cumulative.partition_point(|c| *c < x);
+        &self.words[i.min(self.words.len() - 1)]
+    }
+
+    fn sentence(&self, rng: &mut Rng) -> String {
+        let n = 6 + (rng.next() % 20) as usize;
+        (0..n).map(|_| self.word(rng)).collect::<Vec<_>>().join(" ")
+    }
+}
+
+fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn fill(store: &dyn MemoryStore, size: usize, vocab: &Vocabulary) -> f64 {
+    let mut rng = Rng(7);
+    let started = Instant::now();
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(1000);
+        let rows = (0..n)
+            .map(|_| {
+                let text = vocab.sentence(&mut rng);
+                let vector = hash_vector(&text);
+                NewMemory {
+                    importance: Some(rng.unit() as f32),
+                    emotion: Some(
+                        ["joy", "sadness", "fear", "neutral"][(rng.next() % 4) as usize].into(),
+                    ),
+                    ..NewMemory::new(
+                        MemoryKind::Message,
+                        text,
+                        Embedding {
+                            model: MODEL.into(),
+                            vector,
+                        },
+                    )
+                }
+            })
+            .collect();
+        store.add_memories("user", rows).await.unwrap();
+        left -= n;
+    }
+    size as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn measure(
+    engine: &Engine,
+    vocab: &Vocabulary,
+    queries: usize,
+    mode: SearchMode,
+    ranking: RankingConfig,
+) -> Vec<f64> {
+    let mut rng = Rng(99);
+    let options = RetrieveOptions {
+        top_k: 10,
+        mode,
+        ranking,
+        ..RetrieveOptions::default()
+    };
+    // Warm-up (loads caches, as a running server would have them).
+    engine.retrieve("user", "warm up", &options).await.unwrap();
+    let mut times = Vec::with_capacity(queries);
+    for _ in 0..queries {
+        let n = 3 + (rng.next() % 5) as usize;
+        let q: Vec<&str> = (0..n).map(|_| vocab.word(&mut rng)).collect();
+        let q = q.join(" ");
+        let t = Instant::now();
+        let hits = engine.retrieve("user", &q, &options).await.unwrap();
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert!(!hits.is_empty());
+    }
+    times.sort_by(f64::total_cmp);
+    times
+}
+
+fn main() {
+    let size: usize = arg("--size", "100000").parse().unwrap();
+    let queries: usize = arg("--queries", "200").parse().unwrap();
+    let backends: Vec<String> = arg("--backends", "embedded,postgres")
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let vocab = Vocabulary::new(20_000, &mut Rng(3));
+    println!(
+        "Retrieval latency, {size} memories of one user, top-10, query cache off, {queries} queries"
+    );
+    println!();
+    println!("| store | insert (rows/s) | mode | p50 (ms) | p95 (ms) | mean (ms) |");
+    println!("|---|---:|---|---:|---:|---:|");
+    rt.block_on(async {
+        for backend in &backends {
+            let dir = tempfile::tempdir().unwrap();
+            let mut pg = None;
+            let store: Arc<dyn MemoryStore> = match backend.as_str() {
+                "embedded" => Arc::new(
+                    EmbeddedStore::open(&StoreConfig::embedded(dir.path()))
+                        .await
+                        .unwrap(),
+                ),
+                "postgres" => {
+                    let db = PgDb::create().await;
+                    let s = PgStore::open(
+                        &StoreConfig::postgres(db.url.clone()).with_index_dims(DIMS),
+                    )
+                    .await
+                    .unwrap();
+                    pg = Some(db);
+                    Arc::new(s)
+                }
+                other => panic!("unknown backend {other}"),
+            };
+            let rate = fill(store.as_ref(), size, &vocab).await;
+            let engine = Engine::new(store.clone(), Arc::new(HashEmbedder))
+                .with_query_cache(QueryCacheConfig {
+                    capacity: 0,
+                    ..QueryCacheConfig::default()
+                });
+            let runs = [
+                ("vector", SearchMode::Vector, RankingConfig::plain()),
+                ("text", SearchMode::Text, RankingConfig::plain()),
+                ("hybrid", SearchMode::Hybrid, RankingConfig::plain()),
+                (
+                    "hybrid + re-ranking",
+                    SearchMode::Hybrid,
+                    RankingConfig::default(),
+                ),
+            ];
+            for (name, mode, ranking) in runs {
+                let t = measure(&engine, &vocab, queries, mode, ranking).await;
+                println!(
+                    "| {backend} | {rate:.0} | {name} | {:.2} | {:.2} | {:.2} |",
+                    percentile(&t, 0.5),
+                    percentile(&t, 0.95),
+                    t.iter().sum::<f64>() / t.len() as f64
+                );
+            }
+            drop(engine);
+            drop(store);
+            if let Some(db) = pg {
+                db.drop_db().await;
+            }
+        }
+        // The part the hashing embedder leaves out: embedding the query with the real model.
+        if minilm_dir().join("model.safetensors").exists() {
+            let mut config = EmbedConfig::new(minilm_dir());
+            config.device = recall_core::device::DeviceConfig::Cpu;
+            let e = EmbeddingService::start(&config).unwrap();
+            let mut rng = Rng(5);
+            e.embed_one("warm up").await.unwrap();
+            let mut t: Vec<f64> = Vec::new();
+            for _ in 0..queries.min(100) {
+                let q = format!(
+                    "what did she say about {} and {}?",
+                    vocab.word(&mut rng),
+                    vocab.word(&mut rng)
+                );
+                let s = Instant::now();
+                e.embed_one(&q).await.unwrap();
+                t.push(s.elapsed().as_secs_f64() * 1000.0);
+            }
+            t.sort_by(f64::total_cmp);
+            println!();
+            println!(
+                "Query embedding (all-MiniLM-L6-v2, CPU, ~10-word questions): p50 {:.2} ms, p95 {:.2} ms",
+                percentile(&t, 0.5),
+                percentile(&t, 0.95)
+            );
+        }
+    });
+}
