@@ -8,6 +8,10 @@ use serde_json::{Value, json};
 
 use crate::cache::{CacheStats, QueryCache, QueryCacheConfig};
 use crate::chunk::{ChunkConfig, chunk_ranges};
+use crate::context::{
+    AssembledContext, ContextBudget, ContextInput, Summarizer, SummaryPolicy, TokenCounter,
+    assemble,
+};
 use crate::embed::Embedder;
 use crate::emotion::{EmotionDetector, EmotionScore, LexiconDetector};
 use crate::error::{Error, Result};
@@ -16,8 +20,8 @@ use crate::rerank::Reranker;
 use crate::retrieval::{self, EMOTION_CONFIDENCE_KEY, RankingConfig, Retrieved, SearchMode};
 use crate::store::MemoryStore;
 use crate::types::{
-    AppendedMessage, Embedding, Filter, Memory, MemoryKind, MessageWrite, NewMemory, NewMessage,
-    SearchPage, TextQuery, VectorQuery,
+    AppendedMessage, Embedding, Filter, Memory, MemoryKind, Message, MessageWrite, NewMemory,
+    NewMessage, NewSummary, PageRequest, SearchPage, Summary, TextQuery, VectorQuery,
 };
 
 /// Messages embedded between two progress reports.
@@ -76,6 +80,34 @@ impl Default for RetrieveOptions {
     }
 }
 
+/// Options of [`Engine::build_context`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ContextOptions {
+    /// The system prompt.
+    pub system: Option<String>,
+    /// The persona; the session's own persona when absent.
+    pub persona: Option<String>,
+    /// Token budget and shares.
+    pub budget: ContextBudget,
+    /// How memories are retrieved for the new message.
+    pub retrieve: RetrieveOptions,
+    /// Unsummarised messages loaded at most (the newest).
+    pub max_history: usize,
+}
+
+impl Default for ContextOptions {
+    fn default() -> Self {
+        Self {
+            system: None,
+            persona: None,
+            budget: ContextBudget::default(),
+            retrieve: RetrieveOptions::default(),
+            max_history: 500,
+        }
+    }
+}
+
 /// A store, an embedder and the retrieval machinery around them.
 #[derive(Clone)]
 pub struct Engine {
@@ -85,6 +117,8 @@ pub struct Engine {
     reranker: Option<Arc<dyn Reranker>>,
     cache: Arc<QueryCache>,
     chunking: ChunkConfig,
+    /// (user, session) pairs being summarised now.
+    summarizing: Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
 }
 
 impl Engine {
@@ -98,6 +132,7 @@ impl Engine {
             reranker: None,
             cache: Arc::new(QueryCache::new(QueryCacheConfig::default())),
             chunking: ChunkConfig::default(),
+            summarizing: Arc::default(),
         }
     }
 
@@ -462,6 +497,172 @@ impl Engine {
             }
         }
         Ok(retrieval::finish(candidates, options.top_k, cfg))
+    }
+}
+
+impl Engine {
+    /// The session's summaries and the messages after the last one (oldest first, the newest
+    /// `max` at most).
+    async fn unsummarized(
+        &self,
+        user: &str,
+        session: &str,
+        max: usize,
+    ) -> Result<(Vec<Summary>, Vec<Message>)> {
+        let summaries = self.store.list_summaries(user, session).await?;
+        let covered = summaries
+            .iter()
+            .filter_map(|s| s.last_message_id)
+            .max()
+            .unwrap_or(0);
+        let mut messages: std::collections::VecDeque<Message> = Default::default();
+        let mut page = PageRequest {
+            first: self.store.limits().max_page_size,
+            after: None,
+        };
+        loop {
+            let got = self.store.list_messages(user, session, &page).await?;
+            for m in got.items {
+                if m.id > covered {
+                    messages.push_back(m);
+                    if messages.len() > max {
+                        messages.pop_front();
+                    }
+                }
+            }
+            match got.next_cursor {
+                Some(c) => page.after = Some(c),
+                None => break,
+            }
+        }
+        Ok((summaries, messages.into()))
+    }
+
+    /// The prompt for replying to `message` in `session`: system prompt and persona, the
+    /// session's summaries, memories retrieved for the message, and recent history, within
+    /// the token budget of the chat model whose tokenizer `counter` is. The message itself is
+    /// not stored here.
+    pub async fn build_context(
+        &self,
+        user: &str,
+        session: &str,
+        message: &str,
+        counter: &dyn TokenCounter,
+        options: &ContextOptions,
+    ) -> Result<AssembledContext> {
+        options.budget.validate()?;
+        let limits = self.store.limits();
+        limits.check_user_id(user)?;
+        limits.check_session_id(session)?;
+        limits.check_content(message)?;
+        let persona = match &options.persona {
+            Some(p) => Some(p.clone()),
+            None => self
+                .store
+                .get_session(user, session)
+                .await?
+                .and_then(|s| s.persona),
+        };
+        let (summaries, history) = self
+            .unsummarized(user, session, options.max_history)
+            .await?;
+        let memories = self.retrieve(user, message, &options.retrieve).await?;
+        assemble(
+            &ContextInput {
+                system: options.system.as_deref(),
+                persona: persona.as_deref(),
+                memories: &memories,
+                summaries: &summaries,
+                history: &history,
+                message,
+            },
+            counter,
+            &options.budget,
+        )
+    }
+
+    /// Folds the session's older history into a summary when `policy` says it is due: the
+    /// messages not yet covered by a summary, less the newest `keep_recent`, are summarised
+    /// (with the previous summary) and stored as a summary memory. Returns the new summary,
+    /// or `None` when nothing was due (or another summarisation of the session is running).
+    pub async fn summarize_if_due(
+        &self,
+        user: &str,
+        session: &str,
+        summarizer: &dyn Summarizer,
+        policy: SummaryPolicy,
+    ) -> Result<Option<Summary>> {
+        let key = (user.to_owned(), session.to_owned());
+        if !self
+            .summarizing
+            .lock()
+            .expect("summarizing set")
+            .insert(key.clone())
+        {
+            return Ok(None);
+        }
+        let out = self.summarize_now(user, session, summarizer, policy).await;
+        self.summarizing
+            .lock()
+            .expect("summarizing set")
+            .remove(&key);
+        out
+    }
+
+    async fn summarize_now(
+        &self,
+        user: &str,
+        session: &str,
+        summarizer: &dyn Summarizer,
+        policy: SummaryPolicy,
+    ) -> Result<Option<Summary>> {
+        let (summaries, history) = self.unsummarized(user, session, usize::MAX).await?;
+        if history.len() < policy.trigger_messages.max(1) || history.len() <= policy.keep_recent {
+            return Ok(None);
+        }
+        let fold = &history[..history.len() - policy.keep_recent];
+        let previous = summaries.last().map(|s| s.content.as_str());
+        let text = summarizer.summarize(previous, fold).await?;
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(Error::Internal(
+                "the summarizer returned an empty summary".into(),
+            ));
+        }
+        let vector = self.embedder.embed_one(text).await?;
+        let summary = self
+            .store
+            .add_summary(
+                user,
+                NewSummary {
+                    session: session.to_owned(),
+                    content: text.to_owned(),
+                    first_message_id: fold.first().map(|m| m.id),
+                    last_message_id: fold.last().map(|m| m.id),
+                    model: Some(summarizer.model_id().to_owned()),
+                    embedding: self.embedding(vector),
+                },
+            )
+            .await;
+        self.cache.invalidate(user);
+        summary.map(Some)
+    }
+
+    /// [`Engine::summarize_if_due`] on its own task, off the reply path.
+    pub fn spawn_summarize_if_due(
+        &self,
+        user: &str,
+        session: &str,
+        summarizer: Arc<dyn Summarizer>,
+        policy: SummaryPolicy,
+    ) -> tokio::task::JoinHandle<Result<Option<Summary>>> {
+        let engine = self.clone();
+        let (user, session) = (user.to_owned(), session.to_owned());
+        tokio::spawn(async move {
+            engine
+                .summarize_if_due(&user, &session, summarizer.as_ref(), policy)
+                .await
+        })
     }
 }
 

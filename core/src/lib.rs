@@ -34,6 +34,7 @@
 //! ```
 pub mod cache;
 pub mod chunk;
+pub mod context;
 pub mod device;
 pub mod embed;
 pub mod emotion;
@@ -45,6 +46,7 @@ pub mod eval;
 pub mod importance;
 pub mod ingest;
 pub mod limits;
+pub mod llm;
 pub mod models;
 pub mod rerank;
 pub mod retrieval;
@@ -57,7 +59,7 @@ pub mod types;
 
 pub use embed::Embedder;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub use engine::{Engine, NewMemoryText, RetrieveOptions, SearchOptions};
+pub use engine::{ContextOptions, Engine, NewMemoryText, RetrieveOptions, SearchOptions};
 pub use error::{Error, ErrorKind, Result};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use store::{MemoryStore, StoreConfig};

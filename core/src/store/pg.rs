@@ -10,7 +10,7 @@
 //! [`StoreConfig::exact_search_threshold`]. At or below it, the search is exact (a b-tree scan of
 //! the user's rows, sorted by distance); above it, the HNSW index is used with pgvector's
 //! iterative scan, so that filters do not starve the result.
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -31,6 +31,9 @@ use crate::types::{ExportedEmbedding, Metric};
 
 /// Rows per multi-row INSERT of embeddings.
 const CHUNK: usize = 500;
+
+/// Distinct query lexemes used by full-text search at most.
+const MAX_QUERY_TERMS: usize = 32;
 
 fn opclass(metric: Metric) -> &'static str {
     match metric {
@@ -55,9 +58,39 @@ pub(crate) struct PgVectors {
     exact_threshold: u64,
     /// Dimensions whose index is known to exist.
     indexed: Mutex<HashSet<usize>>,
+    /// Memory count per user at a revision (BM25's document count).
+    counts: Mutex<HashMap<i64, (i64, u64)>>,
 }
 
 impl PgVectors {
+    async fn memory_count(
+        &self,
+        db: &DatabaseConnection,
+        user_id: i64,
+        revision: i64,
+    ) -> Result<u64> {
+        if let Some((rev, n)) = self.counts.lock().expect("count cache").get(&user_id)
+            && *rev == revision
+        {
+            return Ok(*n);
+        }
+        let n: i64 = db
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT count(*) FROM memories WHERE user_id = $1",
+                [user_id.into()],
+            ))
+            .await?
+            .ok_or_else(|| Error::Internal("count returned no row".into()))?
+            .try_get_by_index(0)?;
+        let mut counts = self.counts.lock().expect("count cache");
+        if counts.len() > 10_000 {
+            counts.clear();
+        }
+        counts.insert(user_id, (revision, n as u64));
+        Ok(n as u64)
+    }
+
     async fn ensure_index(&self, dims: usize) -> Result<()> {
         if self.indexed.lock().expect("index set").contains(&dims) {
             return Ok(());
@@ -257,39 +290,64 @@ impl VectorIndex for PgVectors {
         q: &TextIndexQuery<'_>,
     ) -> Result<Vec<(i64, f64)>> {
         // BM25 over the user's memories that share a lexeme with the query, found through the
-        // GIN index on `tsv`. Term frequencies come from the tsvector's positions; a document's
-        // length is its number of distinct lexemes, and the average length is taken over the
-        // matching documents (a full pass over the user's rows would cost more than the search).
+        // GIN index on `tsv`, in one pass over the matching rows. Chat messages rarely repeat
+        // a word, so a term counts once per memory (binary term frequency); a memory's length
+        // is its number of distinct lexemes; document frequencies and the average length are
+        // taken over the matching rows, and the number of documents is the user's memory count
+        // (cached per user revision).
+        let lexemes: Vec<String> = db
+            .query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', $1)) ORDER BY 1",
+                [q.text.to_owned().into()],
+            ))
+            .await?
+            .into_iter()
+            .map(|r| r.try_get_by_index::<String>(0))
+            .collect::<std::result::Result<_, _>>()?;
+        if lexemes.is_empty() {
+            return Ok(vec![]);
+        }
+        let lexemes = &lexemes[..lexemes.len().min(MAX_QUERY_TERMS)];
+        let n = self.memory_count(db, q.user_id, q.revision).await? as f64;
         let mut sql = Sql {
             text: String::new(),
             values: vec![],
         };
-        let text = sql.param(q.text.to_owned());
         let user = sql.param(q.user_id);
+        let terms: Vec<String> = lexemes
+            .iter()
+            .map(|l| format!("plainto_tsquery('simple', {})", sql.param(l.clone())))
+            .collect();
+        let any = terms.join(" || ");
+        let flags: Vec<String> = terms
+            .iter()
+            .enumerate()
+            .map(|(i, t)| format!("(m.tsv @@ {t})::int AS h{i}"))
+            .collect();
         let mut docs = format!(
-            "SELECT m.id, m.tsv FROM memories m, tq \
-             WHERE tq.q IS NOT NULL AND m.user_id = {user} AND m.tsv @@ tq.q"
+            "SELECT m.id, length(m.tsv)::float8 AS dl, {} FROM memories m \
+             WHERE m.user_id = {user} AND m.tsv @@ ({any})",
+            flags.join(", ")
         );
         std::mem::swap(&mut sql.text, &mut docs);
         filter_clause(&mut sql, q.filter);
         std::mem::swap(&mut sql.text, &mut docs);
+        let dfs: Vec<String> = (0..terms.len())
+            .map(|i| format!("sum(h{i}) OVER ()::float8 AS df{i}"))
+            .collect();
+        let n = sql.param(n);
+        let idf = |i: usize| format!("ln(1 + ({n} - df{i} + 0.5) / (df{i} + 0.5)) * h{i}");
+        let score: Vec<String> = (0..terms.len()).map(idf).collect();
         let limit = sql.param(q.limit as i64);
         sql.text = format!(
-            "WITH qt AS (SELECT DISTINCT lexeme AS term FROM unnest(to_tsvector('english', {text}))), \
-             tq AS (SELECT string_agg('(' || phraseto_tsquery('simple', term)::text || ')', ' | ')::tsquery AS q \
-                    FROM qt WHERE phraseto_tsquery('simple', term)::text <> ''), \
-             docs AS MATERIALIZED ({docs}), \
-             tf AS (SELECT d.id, length(d.tsv)::float8 AS dl, u.lexeme AS term, \
-                           coalesce(array_length(u.positions, 1), 1)::float8 AS tf \
-                    FROM docs d CROSS JOIN LATERAL unnest(d.tsv) u \
-                    WHERE u.lexeme IN (SELECT term FROM qt)), \
-             df AS (SELECT term, count(*)::float8 AS df FROM tf GROUP BY term), \
-             stats AS (SELECT (SELECT count(*) FROM memories WHERE user_id = {user})::float8 AS n, \
-                              (SELECT avg(length(tsv)) FROM docs)::float8 AS avgdl) \
-             SELECT tf.id, sum(ln(1 + (s.n - df.df + 0.5) / (df.df + 0.5)) * tf.tf * {k1p1} \
-                               / (tf.tf + {k1} * (1 - {b} + {b} * tf.dl / greatest(s.avgdl, 1)))) AS score \
-             FROM tf JOIN df ON df.term = tf.term CROSS JOIN stats s \
-             GROUP BY tf.id ORDER BY score DESC, tf.id LIMIT {limit}",
+            "WITH docs AS MATERIALIZED ({docs}), \
+             stats AS (SELECT d.*, {dfs}, avg(dl) OVER () AS avgdl FROM docs d) \
+             SELECT id, ({score}) * {k1p1} \
+                    / (1 + {k1} * (1 - {b} + {b} * dl / greatest(avgdl, 1))) AS score \
+             FROM stats ORDER BY score DESC, id LIMIT {limit}",
+            dfs = dfs.join(", "),
+            score = score.join(" + "),
             k1p1 = BM25_K1 + 1.0,
             k1 = BM25_K1,
             b = BM25_B,
@@ -407,6 +465,7 @@ impl PgStore {
             metric: config.metric,
             exact_threshold: config.exact_search_threshold,
             indexed: Mutex::new(HashSet::new()),
+            counts: Mutex::new(HashMap::new()),
         };
         if let Some(dims) = config.index_dims {
             index.ensure_index(dims).await?;

@@ -2,7 +2,7 @@
 //! stores in temporary directories, the models directory, and hand-made vectors.
 use recall_core::MemoryStore;
 use recall_core::store::{EmbeddedStore, PgStore, StoreConfig};
-pub use recall_core::testing::{PgDb, minilm_dir, repo_root};
+pub use recall_core::testing::{PgDb, minilm_dir, models_dir, repo_root};
 use recall_core::types::{Embedding, Metric};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 

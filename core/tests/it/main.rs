@@ -1,6 +1,8 @@
 //! Integration tests of recall-core against real databases and real model weights.
 mod backend_specific;
+mod chat_tokenizer;
 mod classifier;
+mod context;
 mod embeddings;
 mod fixtures;
 mod migrations;

@@ -1,0 +1,51 @@
+//! The chat model's tokenizer built from SmolLM2's GGUF vocabulary, checked against the ids
+//! Hugging Face transformers (5.23, GGUF loader) gives for the same file.
+use recall_core::llm::tokenizer;
+
+use crate::fixtures::models_dir;
+
+fn smollm() -> tokenizers::Tokenizer {
+    let path = models_dir().join("SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    tokenizer::load(&path).unwrap()
+}
+
+#[test]
+fn smollm2_ids_match_the_reference() {
+    let t = smollm();
+    let cases: &[(&str, &[u32])] = &[
+        ("Hello world 123", &[19556, 905, 216, 33, 34, 35]),
+        (
+            "What is the capital of France?",
+            &[1780, 314, 260, 3575, 282, 4649, 47],
+        ),
+        (
+            "<|im_start|>user\nHi there!<|im_end|>\n",
+            &[1, 4093, 198, 26843, 665, 17, 2, 198],
+        ),
+        (
+            "naïve café 2024-05-01 ümlaut 😊",
+            &[
+                3546, 46494, 37366, 216, 34, 32, 34, 36, 29, 32, 37, 29, 32, 33, 5549, 137, 3566,
+                1648, 40303, 228,
+            ],
+        ),
+    ];
+    for (text, want) in cases {
+        let enc = t.encode(*text, false).unwrap();
+        assert_eq!(enc.get_ids(), *want, "{text:?}");
+        assert_eq!(t.decode(enc.get_ids(), false).unwrap(), *text);
+    }
+}
+
+#[test]
+fn unsupported_or_missing_files_are_model_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("x.gguf");
+    std::fs::write(&fake, b"not a gguf").unwrap();
+    assert_eq!(
+        tokenizer::load(&fake).unwrap_err().kind(),
+        recall_core::ErrorKind::Model
+    );
+    let gone = dir.path().join("missing.gguf");
+    assert!(tokenizer::load(&gone).is_err());
+}
