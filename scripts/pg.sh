@@ -30,6 +30,7 @@ LOG="$PG_HOME/postgres.log"
 DB=deep_recall
 URL="postgres://postgres@127.0.0.1:$PORT/$DB"
 RUN_USER=deeprecall
+export PGOPTIONS="-c client_min_messages=warning"
 
 log() { echo "pg.sh: $*" >&2; }
 
@@ -74,7 +75,8 @@ init() {
 
 start() {
   mkdir -p "$PG_HOME"
-  # Several test processes may start it at once: one at a time.
+  # Several test processes may start it at once: one at a time. (The server must not inherit
+  # the lock's descriptor, or it would hold the lock for as long as it runs: see `9>&-`.)
   exec 9>"$PG_HOME/.lock"
   flock 9
   install
@@ -87,7 +89,7 @@ start() {
       -o "-c listen_addresses=127.0.0.1 -p $PORT -c unix_socket_directories='' \
           -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 \
           -c shared_buffers=256MB -c maintenance_work_mem=256MB" \
-      start >/dev/null || { log "postgres failed to start; see $LOG"; tail -20 "$LOG" >&2; exit 1; }
+      start >/dev/null 9>&- || { log "postgres failed to start; see $LOG"; tail -20 "$LOG" >&2; exit 1; }
   fi
   if ! "$BIN/psql" -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -tAc \
       "SELECT 1 FROM pg_database WHERE datname = '$DB'" | grep -q 1; then
