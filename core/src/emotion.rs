@@ -10,10 +10,10 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
-use rust_stemmers::{Algorithm, Stemmer};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::text::{lower_words, stemmer};
 
 /// One of the seven emotions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -392,11 +392,6 @@ const INTENSIFIERS: &[&str] = &[
     "deeply",
 ];
 
-fn stemmer() -> &'static Stemmer {
-    static STEMMER: OnceLock<Stemmer> = OnceLock::new();
-    STEMMER.get_or_init(|| Stemmer::create(Algorithm::English))
-}
-
 fn lexicon() -> &'static HashMap<String, (Emotion, f32)> {
     static MAP: OnceLock<HashMap<String, (Emotion, f32)>> = OnceLock::new();
     MAP.get_or_init(|| {
@@ -427,11 +422,7 @@ impl LexiconDetector {
             }
         }
         let lower = text.to_lowercase();
-        let words: Vec<&str> = lower
-            .split(|c: char| !(c.is_alphanumeric() || c == '\''))
-            .map(|w| w.trim_matches('\''))
-            .filter(|w| !w.is_empty())
-            .collect();
+        let words = lower_words(&lower);
         let mut negated_until = 0usize;
         let mut boost = 1.0f32;
         for (i, w) in words.iter().enumerate() {

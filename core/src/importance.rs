@@ -6,9 +6,8 @@
 //! questions lower it. Users can also set importance explicitly on any memory.
 use std::sync::OnceLock;
 
-use rust_stemmers::{Algorithm, Stemmer};
-
 use crate::emotion::{Emotion, EmotionScore};
+use crate::text::{lower_words, stemmer};
 
 /// The importance of a memory nobody scored.
 pub const DEFAULT_IMPORTANCE: f32 = 0.5;
@@ -136,11 +135,6 @@ const MONTHS: &[&str] = &[
     "sunday",
 ];
 
-fn stemmer() -> &'static Stemmer {
-    static STEMMER: OnceLock<Stemmer> = OnceLock::new();
-    STEMMER.get_or_init(|| Stemmer::create(Algorithm::English))
-}
-
 fn salient_stems() -> &'static Vec<String> {
     static STEMS: OnceLock<Vec<String>> = OnceLock::new();
     STEMS.get_or_init(|| {
@@ -154,11 +148,7 @@ fn salient_stems() -> &'static Vec<String> {
 /// The importance of a text, in [0, 1]; `emotion` (when known) adds for strong feeling.
 pub fn importance(text: &str, emotion: Option<EmotionScore>) -> f32 {
     let lower = text.to_lowercase();
-    let words: Vec<&str> = lower
-        .split(|c: char| !(c.is_alphanumeric() || c == '\''))
-        .map(|w| w.trim_matches('\''))
-        .filter(|w| !w.is_empty())
-        .collect();
+    let words = lower_words(&lower);
     if words.is_empty() {
         return 0.0;
     }

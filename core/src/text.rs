@@ -149,9 +149,20 @@ const STOP_WORDS: &[&str] = &[
     "now",
 ];
 
-fn stemmer() -> &'static Stemmer {
+/// The Snowball English stemmer (shared).
+pub(crate) fn stemmer() -> &'static Stemmer {
     static STEMMER: OnceLock<Stemmer> = OnceLock::new();
     STEMMER.get_or_init(|| Stemmer::create(Algorithm::English))
+}
+
+/// Lowercased words of a text, apostrophes kept inside words ("don't"), for the lexicon-based
+/// scorers (emotion, importance), which need negations and pronouns that [`terms`] drops.
+pub(crate) fn lower_words(lower: &str) -> Vec<&str> {
+    lower
+        .split(|c: char| !(c.is_alphanumeric() || c == '\''))
+        .map(|w| w.trim_matches('\''))
+        .filter(|w| !w.is_empty())
+        .collect()
 }
 
 fn is_stop_word(w: &str) -> bool {

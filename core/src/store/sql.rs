@@ -418,6 +418,26 @@ impl<V: VectorIndex> SqlStore<V> {
             .collect()
     }
 
+    /// The user's memories with these ids (a second read after a search: still scoped to the
+    /// user).
+    async fn memories_by_id(
+        &self,
+        user_id: i64,
+        ids: impl IntoIterator<Item = i64>,
+    ) -> Result<HashMap<i64, Memory>> {
+        let rows = memory::Entity::find()
+            .filter(memory::Column::UserId.eq(user_id))
+            .filter(memory::Column::Id.is_in(ids))
+            .all(&self.db)
+            .await?;
+        Ok(self
+            .memories_to_api(&self.db, user_id, rows)
+            .await?
+            .into_iter()
+            .map(|m| (m.id, m))
+            .collect())
+    }
+
     fn message_to_api(&self, m: message::Model, session: &str) -> Result<Message> {
         Ok(Message {
             id: m.id,
@@ -1160,18 +1180,9 @@ impl<V: VectorIndex> MemoryStore for SqlStore<V> {
             .await?;
         let more = found.len() > query.top_k;
         found.truncate(query.top_k);
-        let ids: Vec<i64> = found.iter().map(|(id, _)| *id).collect();
-        let rows = memory::Entity::find()
-            .filter(memory::Column::UserId.eq(u.id))
-            .filter(memory::Column::Id.is_in(ids))
-            .all(&self.db)
+        let mut by_id = self
+            .memories_by_id(u.id, found.iter().map(|(id, _)| *id))
             .await?;
-        let mut by_id: HashMap<i64, Memory> = self
-            .memories_to_api(&self.db, u.id, rows)
-            .await?
-            .into_iter()
-            .map(|m| (m.id, m))
-            .collect();
         let mut hits = Vec::with_capacity(found.len());
         let mut last = None;
         for (id, distance) in found {
@@ -1221,18 +1232,9 @@ impl<V: VectorIndex> MemoryStore for SqlStore<V> {
                 },
             )
             .await?;
-        let ids: Vec<i64> = found.iter().map(|(id, _)| *id).collect();
-        let rows = memory::Entity::find()
-            .filter(memory::Column::UserId.eq(u.id))
-            .filter(memory::Column::Id.is_in(ids))
-            .all(&self.db)
+        let mut by_id = self
+            .memories_by_id(u.id, found.iter().map(|(id, _)| *id))
             .await?;
-        let mut by_id: HashMap<i64, Memory> = self
-            .memories_to_api(&self.db, u.id, rows)
-            .await?
-            .into_iter()
-            .map(|m| (m.id, m))
-            .collect();
         Ok(found
             .into_iter()
             .filter_map(|(id, score)| {

@@ -135,3 +135,31 @@ impl TestStore {
         }
     }
 }
+
+/// Generates `mod postgres` and `mod embedded`, each with one `#[tokio::test]` per case: the
+/// case `async fn name(t: &TestStore)` of the calling module runs against both stores.
+macro_rules! both_backends {
+    ($($name:ident;)*) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let t = crate::fixtures::TestStore::pg(recall_core::types::Metric::Cosine).await;
+                    super::$name(&t).await;
+                    t.close().await;
+                }
+            )*
+        }
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let t = crate::fixtures::TestStore::embedded(recall_core::types::Metric::Cosine).await;
+                    super::$name(&t).await;
+                    t.close().await;
+                }
+            )*
+        }
+    };
+}
+pub(crate) use both_backends;

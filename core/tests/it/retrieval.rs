@@ -70,32 +70,7 @@ fn options(mode: SearchMode, ranking: RankingConfig) -> RetrieveOptions {
     }
 }
 
-macro_rules! both {
-    ($($name:ident;)*) => {
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let t = crate::fixtures::TestStore::pg(recall_core::types::Metric::Cosine).await;
-                    super::$name(&t).await;
-                    t.close().await;
-                }
-            )*
-        }
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let t = crate::fixtures::TestStore::embedded(recall_core::types::Metric::Cosine).await;
-                    super::$name(&t).await;
-                    t.close().await;
-                }
-            )*
-        }
-    };
-}
-
-both! {
+crate::fixtures::both_backends! {
     modes_find_the_right_memory;
     ingest_scores_emotion_and_importance;
     long_messages_are_chunked_and_found;

@@ -11,33 +11,7 @@ use serde_json::json;
 
 use crate::fixtures::{TEST_MODEL, TestStore, emb};
 
-/// Generates `mod postgres` and `mod embedded`, each with one `#[tokio::test]` per case.
-macro_rules! conformance {
-    ($($name:ident;)*) => {
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let t = crate::fixtures::TestStore::pg(recall_core::types::Metric::Cosine).await;
-                    super::$name(&t).await;
-                    t.close().await;
-                }
-            )*
-        }
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let t = crate::fixtures::TestStore::embedded(recall_core::types::Metric::Cosine).await;
-                    super::$name(&t).await;
-                    t.close().await;
-                }
-            )*
-        }
-    };
-}
-
-conformance! {
+crate::fixtures::both_backends! {
     users_and_sessions;
     messages_round_trip;
     search_ranks_by_cosine;
