@@ -7,8 +7,10 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use recall_core::context::ChatTurn;
 use recall_core::device::DeviceConfig;
 use recall_core::embed::{DEFAULT_EMBEDDING_MODEL, EmbedConfig, EmbeddingService};
+use recall_core::llm::{GenerationParams, GgufModel, ModelConfig};
 use recall_core::models::{self, FetchOptions, FetchOutcome, FetchProgress, ModelSpec};
 use recall_core::retrieval::{Fusion, RankingConfig, SearchMode};
 use recall_core::store::{self, Actor, ExportOptions, StoreConfig};
@@ -158,6 +160,43 @@ enum Command {
         mode: Vec<SearchMode>,
         #[command(flatten)]
         ranking: RankingArgs,
+    },
+    /// Generate an answer with a local chat model, streamed to standard output.
+    Generate {
+        /// A chat model: a .gguf path, or a name under --models-dir (default: the packaged
+        /// SmolLM2-135M-Instruct).
+        #[arg(long)]
+        model: Option<String>,
+        /// Tokens to generate at most.
+        #[arg(long, default_value_t = 256)]
+        max_tokens: usize,
+        /// Sampling temperature (0 is greedy).
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        /// Nucleus sampling.
+        #[arg(long)]
+        top_p: Option<f64>,
+        /// Top-k sampling.
+        #[arg(long)]
+        top_k: Option<usize>,
+        /// Repetition penalty (1 is none).
+        #[arg(long, default_value_t = 1.1)]
+        repetition_penalty: f32,
+        /// Sampler seed.
+        #[arg(long, default_value_t = 299_792_458)]
+        seed: u64,
+        /// Text that ends the answer; repeatable.
+        #[arg(long)]
+        stop: Vec<String>,
+        /// A system prompt.
+        #[arg(long)]
+        system: Option<String>,
+        /// Keep quantized weights as they are (by default small models are turned into F32
+        /// at load on the CPU, which is much faster there).
+        #[arg(long)]
+        no_dequantize: bool,
+        /// The user's message.
+        prompt: String,
     },
     /// Print everything stored about a user as JSON.
     Export {
@@ -430,6 +469,39 @@ async fn dispatch(cli: Cli) -> recall_core::Result<()> {
             mode,
             ranking,
         } => eval(g, file, k, mode, ranking).await,
+        Command::Generate {
+            model,
+            max_tokens,
+            temperature,
+            top_p,
+            top_k,
+            repetition_penalty,
+            seed,
+            stop,
+            system,
+            no_dequantize,
+            prompt,
+        } => {
+            let params = GenerationParams {
+                max_tokens: *max_tokens,
+                temperature: *temperature,
+                top_p: *top_p,
+                top_k: *top_k,
+                repetition_penalty: *repetition_penalty,
+                seed: *seed,
+                stop: stop.clone(),
+                ..GenerationParams::default()
+            };
+            generate(
+                g,
+                model.as_deref(),
+                system.as_deref(),
+                prompt,
+                &params,
+                !*no_dequantize,
+            )
+            .await
+        }
         Command::Export {
             user,
             with_vectors,
@@ -771,6 +843,75 @@ fn print_eval(r: &serde_json::Value, ks: &[usize]) {
     }
     row("overall", &r["overall"]);
     println!();
+}
+
+/// Files up to this size are dequantized at load on the CPU (F32 weights take about 8 bytes
+/// per Q4 byte: a 400 MB file becomes about 3 GB).
+const DEQUANTIZE_MAX_BYTES: u64 = 400 * 1024 * 1024;
+
+async fn generate(
+    g: &Global,
+    model: Option<&str>,
+    system: Option<&str>,
+    prompt: &str,
+    params: &GenerationParams,
+    dequantize: bool,
+) -> recall_core::Result<()> {
+    let path = match model {
+        None => recall_core::llm::gguf::default_model_path(&g.models_dir),
+        Some(m) if m.ends_with(".gguf") || m.contains('/') => PathBuf::from(m),
+        Some(name) => {
+            let dir = g.models_dir.join(name);
+            std::fs::read_dir(&dir)
+                .map_err(|e| Error::io(&dir, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| p.extension().is_some_and(|x| x == "gguf"))
+                .ok_or_else(|| Error::model(format!("no .gguf file in {}", dir.display())))?
+        }
+    };
+    let device = recall_core::device::select(g.device)?;
+    let small = std::fs::metadata(&path).is_ok_and(|m| m.len() <= DEQUANTIZE_MAX_BYTES);
+    let config = ModelConfig {
+        path,
+        dequantize: dequantize && small && device.is_cpu(),
+    };
+    let json_out = g.json;
+    let mut turns = Vec::new();
+    if let Some(s) = system {
+        turns.push(ChatTurn {
+            role: Role::System,
+            content: s.to_owned(),
+        });
+    }
+    turns.push(ChatTurn {
+        role: Role::User,
+        content: prompt.to_owned(),
+    });
+    let params = params.clone();
+    let (completion, name) = tokio::task::spawn_blocking(move || {
+        let mut model = GgufModel::load(&config, &device)?;
+        let ids = model.encode(&model.template().render(&turns))?;
+        let mut out = std::io::stdout();
+        let completion = model.generate(&ids, &params, &mut |piece| {
+            if !json_out {
+                let _ = write!(out, "{piece}");
+                let _ = out.flush();
+            }
+            true
+        })?;
+        Ok::<_, Error>((completion, model.name().to_owned()))
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("generation task: {e}")))??;
+    if json_out {
+        let mut v = serde_json::to_value(&completion)
+            .map_err(|e| Error::Internal(format!("serialise: {e}")))?;
+        v["model"] = json!(name);
+        println!("{v}");
+    } else {
+        println!();
+    }
+    Ok(())
 }
 
 async fn export(

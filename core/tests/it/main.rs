@@ -5,6 +5,7 @@ mod classifier;
 mod context;
 mod embeddings;
 mod fixtures;
+mod llm;
 mod migrations;
 mod retrieval;
 mod store_conformance;

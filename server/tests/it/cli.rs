@@ -488,3 +488,41 @@ fn optional_models_are_loaded_from_their_flags() {
         );
     }
 }
+
+#[test]
+fn generate_streams_an_answer_from_the_packaged_model() {
+    let backend = Backend::Embedded(tempfile::tempdir().unwrap());
+    let out = cli(
+        &backend,
+        &[
+            "generate",
+            "--max-tokens",
+            "40",
+            "What is the capital of France?",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Paris"));
+    let v = ok_json(cli(
+        &backend,
+        &[
+            "--json",
+            "generate",
+            "--max-tokens",
+            "5",
+            "--seed",
+            "1",
+            "Count to ten.",
+        ],
+    ));
+    assert_eq!(v["completion_tokens"], 5);
+    assert_eq!(v["finish_reason"], "length");
+    assert!(v["prompt_tokens"].as_u64().unwrap() > 0);
+    assert!(v["confidence"].as_f64().unwrap() < 0.0);
+    let missing = cli(&backend, &["generate", "--model", "/nope/x.gguf", "hi"]);
+    assert_eq!(missing.status.code(), Some(4));
+}

@@ -1,0 +1,355 @@
+//! A llama-family chat model from a GGUF file (SmolLM2, Llama, and other llama-architecture
+//! models), run with candle, and the generation loop: sampling, stop sequences, limits,
+//! streaming and a confidence figure.
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
+use candle_core::{D, Device, Tensor};
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+use candle_transformers::models::quantized_llama::ModelWeights;
+use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
+
+use super::template::ChatTemplate;
+use crate::error::{Error, Result};
+
+/// How to load a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// The `.gguf` file.
+    pub path: PathBuf,
+    /// Turn quantized weights into F32 at load: much faster on CPU for formats without fast
+    /// kernels in candle (Q4_1, Q5_0...) and for small models, at 4 bytes per weight.
+    #[serde(default)]
+    pub dequantize: bool,
+}
+
+/// Sampling and limits of one generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GenerationParams {
+    /// Tokens to generate at most.
+    pub max_tokens: usize,
+    /// 0 means greedy.
+    pub temperature: f64,
+    /// Nucleus sampling.
+    pub top_p: Option<f64>,
+    /// Top-k sampling.
+    pub top_k: Option<usize>,
+    /// Penalty for tokens already in the last `repeat_last_n` (1 = none).
+    pub repetition_penalty: f32,
+    /// Window of the repetition penalty.
+    pub repeat_last_n: usize,
+    /// Seed of the sampler (deterministic for a given seed).
+    pub seed: u64,
+    /// Texts that end the answer (not included in it).
+    pub stop: Vec<String>,
+}
+
+impl Default for GenerationParams {
+    fn default() -> Self {
+        Self {
+            max_tokens: 256,
+            temperature: 0.0,
+            top_p: None,
+            top_k: None,
+            repetition_penalty: 1.1,
+            repeat_last_n: 64,
+            seed: 299_792_458,
+            stop: vec![],
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// The model ended its turn, or a stop sequence appeared.
+    Stop,
+    /// `max_tokens` or the context window was reached.
+    Length,
+    /// The consumer went away.
+    Cancelled,
+}
+
+/// A finished generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Completion {
+    /// The answer.
+    pub text: String,
+    /// Tokens of the prompt.
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub completion_tokens: usize,
+    /// Why it ended.
+    pub finish_reason: FinishReason,
+    /// Mean log-probability of the generated tokens (0 is certain; lower is less sure).
+    pub confidence: f32,
+}
+
+/// A loaded GGUF chat model.
+pub struct GgufModel {
+    weights: ModelWeights,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    context_length: usize,
+    stop_ids: Vec<u32>,
+    device: Device,
+    name: String,
+}
+
+impl GgufModel {
+    /// Loads the model (blocking; a few seconds).
+    pub fn load(config: &ModelConfig, device: &Device) -> Result<Self> {
+        let path = &config.path;
+        let mut file = std::fs::File::open(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::model(format!(
+                    "{} is missing (fetch models with `deep-recall models fetch`)",
+                    path.display()
+                ))
+            } else {
+                Error::io(path, e)
+            }
+        })?;
+        let ct = gguf_file::Content::read(&mut file)
+            .map_err(|e| Error::model(format!("{}: not a GGUF file: {e}", path.display())))?;
+        let jinja = ct
+            .metadata
+            .get("tokenizer.chat_template")
+            .and_then(|v| v.to_string().ok())
+            .cloned();
+        let template = ChatTemplate::detect(jinja.as_deref());
+        let context_length = ct
+            .metadata
+            .get("llama.context_length")
+            .and_then(|v| v.to_u32().ok())
+            .map_or(2048, |n| n as usize)
+            .min(candle_transformers::models::quantized_llama::MAX_SEQ_LEN);
+        let tokenizer = super::tokenizer::load(path).or_else(|e| {
+            // Vocabularies without a byte-level BPE (SentencePiece test models) still load:
+            // callers then feed token ids.
+            tracing::debug!("no tokenizer for {}: {e}", path.display());
+            Ok::<_, Error>(Tokenizer::new(tokenizers::models::bpe::BPE::default()))
+        })?;
+        let weights = if config.dequantize {
+            let mut tensors = Vec::with_capacity(ct.tensor_infos.len());
+            for name in ct.tensor_infos.keys() {
+                let q = ct.tensor(&mut file, name, &Device::Cpu)?;
+                let dense = q.dequantize(&Device::Cpu)?;
+                tensors.push((name.clone(), QTensor::quantize(&dense, GgmlDType::F32)?));
+            }
+            let metadata: Vec<(&str, &gguf_file::Value)> =
+                ct.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+            let refs: Vec<(&str, &QTensor)> =
+                tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+            let mut buf = std::io::Cursor::new(Vec::new());
+            gguf_file::write(&mut buf, &metadata, &refs)?;
+            buf.set_position(0);
+            let ct2 = gguf_file::Content::read(&mut buf)?;
+            ModelWeights::from_gguf(ct2, &mut buf, device)?
+        } else {
+            ModelWeights::from_gguf(ct, &mut file, device)?
+        };
+        let stop_ids = template
+            .stop_texts()
+            .iter()
+            .filter_map(|t| tokenizer.token_to_id(t))
+            .collect();
+        Ok(Self {
+            weights,
+            tokenizer,
+            template,
+            context_length,
+            stop_ids,
+            device: device.clone(),
+            name: path
+                .file_stem()
+                .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned()),
+        })
+    }
+
+    /// The chat format.
+    pub fn template(&self) -> ChatTemplate {
+        self.template
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Tokens the model can attend to.
+    pub fn context_length(&self) -> usize {
+        self.context_length
+    }
+
+    /// The file name without extension.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Token ids of a prompt text (special tokens in the text are recognised).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| Error::Internal(format!("tokenizer: {e}")))?
+            .get_ids()
+            .to_vec())
+    }
+
+    /// Generates from prompt token ids. `on_text` receives each new piece of decoded text
+    /// and returns `false` to cancel.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        params: &GenerationParams,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Completion> {
+        if prompt.is_empty() {
+            return Err(Error::invalid("the prompt is empty"));
+        }
+        if prompt.len() >= self.context_length {
+            return Err(Error::invalid(format!(
+                "the prompt has {} tokens; the model's context is {}",
+                prompt.len(),
+                self.context_length
+            )));
+        }
+        if !(params.temperature.is_finite() && params.temperature >= 0.0) {
+            return Err(Error::invalid("temperature must be a finite number >= 0"));
+        }
+        let sampling = match (params.temperature, params.top_k, params.top_p) {
+            (t, _, _) if t < 1e-7 => Sampling::ArgMax,
+            (t, Some(k), Some(p)) => Sampling::TopKThenTopP {
+                k,
+                p,
+                temperature: t,
+            },
+            (t, Some(k), None) => Sampling::TopK { k, temperature: t },
+            (t, None, Some(p)) => Sampling::TopP { p, temperature: t },
+            (t, None, None) => Sampling::All { temperature: t },
+        };
+        let mut sampler = LogitsProcessor::from_sampling(params.seed, sampling);
+        self.weights.clear_kv_cache();
+        let max_new = params.max_tokens.min(self.context_length - prompt.len());
+        let mut all: Vec<u32> = prompt.to_vec();
+        let mut generated: Vec<u32> = Vec::new();
+        let mut text = String::new();
+        let mut emitted = 0usize;
+        let mut logprob_sum = 0f64;
+        let mut finish = FinishReason::Length;
+        let mut input = Tensor::new(prompt, &self.device)?.unsqueeze(0)?;
+        let mut pos = 0usize;
+        while generated.len() < max_new {
+            let logits = self.weights.forward(&input, pos)?.squeeze(0)?;
+            pos += input.dim(1)?;
+            let logits = logits.to_dtype(candle_core::DType::F32)?;
+            let logits = if params.repetition_penalty != 1.0 {
+                let start = all.len().saturating_sub(params.repeat_last_n);
+                candle_transformers::utils::apply_repeat_penalty(
+                    &logits,
+                    params.repetition_penalty,
+                    &all[start..],
+                )?
+            } else {
+                logits
+            };
+            let next = sampler.sample(&logits)?;
+            let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?
+                .get(next as usize)?
+                .to_scalar::<f32>()?;
+            if self.stop_ids.contains(&next) {
+                finish = FinishReason::Stop;
+                break;
+            }
+            logprob_sum += logp as f64;
+            generated.push(next);
+            all.push(next);
+            text = self
+                .tokenizer
+                .decode(&generated, true)
+                .map_err(|e| Error::Internal(format!("tokenizer: {e}")))?;
+            if let Some(cut) = params
+                .stop
+                .iter()
+                .filter(|s| !s.is_empty())
+                .filter_map(|s| text.find(s.as_str()))
+                .min()
+            {
+                text.truncate(cut);
+                if cut > emitted && !on_text(&text[emitted..]) {
+                    finish = FinishReason::Cancelled;
+                    break;
+                }
+                emitted = text.len();
+                finish = FinishReason::Stop;
+                break;
+            }
+            // Hold back text that may still become a stop sequence, and incomplete UTF-8.
+            let hold = params
+                .stop
+                .iter()
+                .map(|s| overlap(&text, s))
+                .max()
+                .unwrap_or(0);
+            let mut ready = text.len() - hold;
+            if text[..ready].ends_with('\u{FFFD}') {
+                ready -= '\u{FFFD}'.len_utf8();
+            }
+            while !text.is_char_boundary(ready) {
+                ready -= 1;
+            }
+            if ready > emitted {
+                if !on_text(&text[emitted..ready]) {
+                    finish = FinishReason::Cancelled;
+                    break;
+                }
+                emitted = ready;
+            }
+            input = Tensor::new(&[next], &self.device)?.unsqueeze(0)?;
+        }
+        if finish != FinishReason::Cancelled && emitted < text.len() {
+            on_text(&text[emitted..]);
+        }
+        let n = generated.len();
+        Ok(Completion {
+            text,
+            prompt_tokens: prompt.len(),
+            completion_tokens: n,
+            finish_reason: finish,
+            confidence: if n == 0 {
+                0.0
+            } else {
+                (logprob_sum / n as f64) as f32
+            },
+        })
+    }
+}
+
+/// The longest suffix of `text` that is a proper prefix of `stop`.
+fn overlap(text: &str, stop: &str) -> usize {
+    (1..stop.len())
+        .rev()
+        .find(|&k| stop.is_char_boundary(k) && text.ends_with(&stop[..k]))
+        .unwrap_or(0)
+}
+
+/// The models directory's default chat model file.
+pub fn default_model_path(models_dir: &Path) -> PathBuf {
+    models_dir.join("SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::overlap;
+
+    #[test]
+    fn stop_overlap() {
+        assert_eq!(overlap("Hello wor", "world"), 3);
+        assert_eq!(overlap("Hello", "world"), 0);
+        assert_eq!(overlap("ab<|im", "<|im_end|>"), 4);
+    }
+}

@@ -1,0 +1,138 @@
+//! Chat templates: how a conversation becomes the text a model was trained on.
+use serde::{Deserialize, Serialize};
+
+use crate::context::ChatTurn;
+use crate::types::Role;
+
+/// The chat formats Deep Recall renders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChatTemplate {
+    /// `<|im_start|>role\ncontent<|im_end|>\n` (Qwen, SmolLM, many others).
+    ChatMl,
+    /// Llama 3: `<|start_header_id|>role<|end_header_id|>\n\ncontent<|eot_id|>`.
+    Llama3,
+    /// Mistral: `[INST] … [/INST]`, the system prompt folded into the first user turn.
+    Mistral,
+}
+
+impl ChatTemplate {
+    /// Picks the format from a model's Jinja chat template (GGUF `tokenizer.chat_template` or
+    /// `tokenizer_config.json`); ChatML when there is none or it is not recognised.
+    pub fn detect(jinja: Option<&str>) -> Self {
+        match jinja {
+            Some(t) if t.contains("<|start_header_id|>") => ChatTemplate::Llama3,
+            Some(t) if t.contains("[INST]") => ChatTemplate::Mistral,
+            _ => ChatTemplate::ChatMl,
+        }
+    }
+
+    /// Texts that end the assistant's turn.
+    pub fn stop_texts(self) -> &'static [&'static str] {
+        match self {
+            ChatTemplate::ChatMl => &["<|im_end|>", "<|endoftext|>"],
+            ChatTemplate::Llama3 => &["<|eot_id|>", "<|end_of_text|>"],
+            ChatTemplate::Mistral => &["</s>"],
+        }
+    }
+
+    /// The prompt for the assistant's next turn.
+    pub fn render(self, turns: &[ChatTurn]) -> String {
+        let role = |r: Role| match r {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::System => "system",
+        };
+        let mut out = String::new();
+        match self {
+            ChatTemplate::ChatMl => {
+                for t in turns {
+                    out += &format!("<|im_start|>{}\n{}<|im_end|>\n", role(t.role), t.content);
+                }
+                out += "<|im_start|>assistant\n";
+            }
+            ChatTemplate::Llama3 => {
+                out += "<|begin_of_text|>";
+                for t in turns {
+                    out += &format!(
+                        "<|start_header_id|>{}<|end_header_id|>\n\n{}<|eot_id|>",
+                        role(t.role),
+                        t.content.trim()
+                    );
+                }
+                out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
+            }
+            ChatTemplate::Mistral => {
+                out += "<s>";
+                let mut system: Option<&str> = None;
+                for t in turns {
+                    match t.role {
+                        Role::System => system = Some(t.content.as_str()),
+                        Role::User => {
+                            let text = match system.take() {
+                                Some(s) => format!("{s}\n\n{}", t.content),
+                                None => t.content.clone(),
+                            };
+                            out += &format!("[INST] {text} [/INST]");
+                        }
+                        Role::Assistant => out += &format!("{}</s>", t.content),
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn turns() -> Vec<ChatTurn> {
+        vec![
+            ChatTurn {
+                role: Role::System,
+                content: "Be brief.".into(),
+            },
+            ChatTurn {
+                role: Role::User,
+                content: "Hi".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn renders_each_format() {
+        assert_eq!(
+            ChatTemplate::ChatMl.render(&turns()),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert_eq!(
+            ChatTemplate::Llama3.render(&turns()),
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>\
+             <|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>\
+             <|start_header_id|>assistant<|end_header_id|>\n\n"
+        );
+        assert_eq!(
+            ChatTemplate::Mistral.render(&turns()),
+            "<s>[INST] Be brief.\n\nHi [/INST]"
+        );
+    }
+
+    #[test]
+    fn detects_from_jinja() {
+        assert_eq!(ChatTemplate::detect(None), ChatTemplate::ChatMl);
+        assert_eq!(
+            ChatTemplate::detect(Some("{{'<|im_start|>' + message['role']}}")),
+            ChatTemplate::ChatMl
+        );
+        assert_eq!(
+            ChatTemplate::detect(Some("<|start_header_id|>{{ role }}")),
+            ChatTemplate::Llama3
+        );
+        assert_eq!(
+            ChatTemplate::detect(Some("[INST] {{ m }} [/INST]")),
+            ChatTemplate::Mistral
+        );
+    }
+}

@@ -1,0 +1,124 @@
+//! Generation with the packaged SmolLM2-135M-Instruct (dequantized at load, CPU).
+use candle_core::Device;
+use recall_core::ErrorKind;
+use recall_core::context::ChatTurn;
+use recall_core::llm::{ChatTemplate, FinishReason, GenerationParams, GgufModel, ModelConfig};
+use recall_core::types::Role;
+
+use crate::fixtures::models_dir;
+
+fn smollm() -> GgufModel {
+    let config = ModelConfig {
+        path: recall_core::llm::gguf::default_model_path(&models_dir()),
+        dequantize: true,
+    };
+    GgufModel::load(&config, &Device::Cpu).unwrap()
+}
+
+fn prompt(m: &GgufModel, text: &str) -> Vec<u32> {
+    let turns = [ChatTurn {
+        role: Role::User,
+        content: text.into(),
+    }];
+    m.encode(&m.template().render(&turns)).unwrap()
+}
+
+#[test]
+fn smollm2_knows_the_capital_of_france_and_streams_it() {
+    let mut m = smollm();
+    assert_eq!(m.template(), ChatTemplate::ChatMl);
+    let ids = prompt(&m, "What is the capital of France?");
+    let mut pieces = Vec::new();
+    let out = m
+        .generate(
+            &ids,
+            &GenerationParams {
+                max_tokens: 48,
+                ..GenerationParams::default()
+            },
+            &mut |p| {
+                pieces.push(p.to_owned());
+                true
+            },
+        )
+        .unwrap();
+    assert!(out.text.contains("Paris"), "{}", out.text);
+    assert_eq!(out.finish_reason, FinishReason::Stop);
+    assert_eq!(out.prompt_tokens, ids.len());
+    assert!(out.completion_tokens > 0 && out.completion_tokens < 48);
+    assert!(
+        out.confidence < 0.0 && out.confidence > -3.0,
+        "{}",
+        out.confidence
+    );
+    // The streamed pieces are the answer, in order.
+    assert_eq!(pieces.concat(), out.text);
+    assert!(pieces.len() > 1);
+}
+
+#[test]
+fn sampling_is_deterministic_per_seed_and_limits_hold() {
+    let mut m = smollm();
+    let ids = prompt(&m, "Write a sentence about the sea.");
+    let params = GenerationParams {
+        max_tokens: 12,
+        temperature: 0.9,
+        top_p: Some(0.95),
+        seed: 7,
+        ..GenerationParams::default()
+    };
+    let a = m.generate(&ids, &params, &mut |_| true).unwrap();
+    let b = m.generate(&ids, &params, &mut |_| true).unwrap();
+    assert_eq!(a.text, b.text);
+    assert!(a.completion_tokens <= 12);
+    if a.completion_tokens == 12 {
+        assert_eq!(a.finish_reason, FinishReason::Length);
+    }
+}
+
+#[test]
+fn stop_sequences_cancellation_and_context_checks() {
+    let mut m = smollm();
+    let ids = prompt(&m, "What is the capital of France?");
+    let stopped = m
+        .generate(
+            &ids,
+            &GenerationParams {
+                max_tokens: 48,
+                stop: vec!["Paris".into()],
+                ..GenerationParams::default()
+            },
+            &mut |_| true,
+        )
+        .unwrap();
+    assert!(!stopped.text.contains("Paris"), "{}", stopped.text);
+    assert_eq!(stopped.finish_reason, FinishReason::Stop);
+
+    let mut calls = 0;
+    let cancelled = m
+        .generate(&ids, &GenerationParams::default(), &mut |_| {
+            calls += 1;
+            false
+        })
+        .unwrap();
+    assert_eq!(cancelled.finish_reason, FinishReason::Cancelled);
+    assert_eq!(calls, 1, "no work after the consumer went away");
+    assert!(cancelled.completion_tokens <= 3);
+
+    let too_long = vec![ids[0]; m.context_length()];
+    let err = m
+        .generate(&too_long, &GenerationParams::default(), &mut |_| true)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("context"), "{err}");
+}
+
+#[test]
+fn missing_model_is_a_model_error() {
+    let config = ModelConfig {
+        path: models_dir().join("nope/nothing.gguf"),
+        dequantize: false,
+    };
+    let err = GgufModel::load(&config, &Device::Cpu).err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::Model);
+}
