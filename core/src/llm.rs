@@ -1,8 +1,10 @@
 //! Local chat models: their tokenizers (what the context assembler counts with), chat
-//! templates, and GGUF llama-family models with candle.
+//! templates, GGUF llama-family models with candle, and the async service around them.
 pub mod gguf;
+pub mod service;
 pub mod template;
 pub mod tokenizer;
 
 pub use gguf::{Completion, FinishReason, GenerationParams, GgufModel, ModelConfig};
+pub use service::{ChatEvent, ChatService, ChatSummarizer};
 pub use template::ChatTemplate;

@@ -122,3 +122,150 @@ fn missing_model_is_a_model_error() {
     let err = GgufModel::load(&config, &Device::Cpu).err().unwrap();
     assert_eq!(err.kind(), ErrorKind::Model);
 }
+
+mod service {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use recall_core::context::{ChatTurn, SummaryPolicy};
+    use recall_core::llm::{ChatEvent, ChatService, ChatSummarizer, GenerationParams, ModelConfig};
+    use recall_core::types::{NewMessage, Role};
+
+    use crate::fixtures::{minilm_dir, models_dir};
+
+    fn service() -> ChatService {
+        let config = ModelConfig {
+            path: recall_core::llm::gguf::default_model_path(&models_dir()),
+            dequantize: true,
+        };
+        ChatService::start(&config, &candle_core::Device::Cpu, 4).unwrap()
+    }
+
+    fn ask(text: &str) -> Vec<ChatTurn> {
+        vec![ChatTurn {
+            role: Role::User,
+            content: text.into(),
+        }]
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streams_deltas_then_the_result_and_stops_when_dropped() {
+        let chat = service();
+        let params = GenerationParams {
+            max_tokens: 40,
+            ..GenerationParams::default()
+        };
+        let mut rx = chat
+            .stream(&ask("What is the capital of France?"), &params)
+            .await
+            .unwrap();
+        let mut text = String::new();
+        let mut done = None;
+        while let Some(e) = rx.recv().await {
+            match e.unwrap() {
+                ChatEvent::Delta { text: t } => text += &t,
+                ChatEvent::Done { completion } => done = Some(completion),
+            }
+        }
+        let done = done.expect("a final event");
+        assert_eq!(done.text, text);
+        assert!(text.contains("Paris"), "{text}");
+
+        // A consumer that goes away cancels its request: the next one is served at once.
+        let long = GenerationParams {
+            max_tokens: 400,
+            ..GenerationParams::default()
+        };
+        let mut rx = chat
+            .stream(&ask("Write a long story about a dragon."), &long)
+            .await
+            .unwrap();
+        rx.recv().await.unwrap().unwrap();
+        drop(rx);
+        let started = Instant::now();
+        let c = chat
+            .complete(
+                &ask("Say hi."),
+                &GenerationParams {
+                    max_tokens: 4,
+                    ..GenerationParams::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(c.completion_tokens <= 4);
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(chat.queue_depth(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_chat_model_summarizes_old_history() {
+        let chat = Arc::new(service());
+        let dir = tempfile::tempdir().unwrap();
+        let store = recall_core::store::open(&recall_core::StoreConfig::embedded(dir.path()))
+            .await
+            .unwrap();
+        let mut config = recall_core::embed::EmbedConfig::new(minilm_dir());
+        config.device = recall_core::device::DeviceConfig::Cpu;
+        let engine = recall_core::Engine::new(
+            store,
+            Arc::new(recall_core::embed::EmbeddingService::start(&config).unwrap()),
+        );
+        let lines = [
+            (
+                Role::User,
+                "Hi! I'm Maya, I just moved to Lisbon for a job at a bakery.",
+            ),
+            (
+                Role::Assistant,
+                "Welcome to Lisbon, Maya! How is the new job?",
+            ),
+            (Role::User, "Great, I start at 5am and bake pastel de nata."),
+            (
+                Role::Assistant,
+                "That sounds delicious. Do you like early mornings?",
+            ),
+            (
+                Role::User,
+                "Not really, but my cat Biscuit wakes me anyway.",
+            ),
+            (Role::Assistant, "Biscuit sounds like a good alarm clock."),
+        ];
+        engine
+            .add_messages(
+                "maya",
+                lines
+                    .iter()
+                    .map(|(r, t)| NewMessage::new("s", *r, *t))
+                    .collect(),
+            )
+            .await
+            .unwrap();
+        let summarizer = ChatSummarizer::new(chat.clone(), 80);
+        let summary = engine
+            .summarize_if_due(
+                "maya",
+                "s",
+                &summarizer,
+                SummaryPolicy {
+                    trigger_messages: 6,
+                    keep_recent: 2,
+                },
+            )
+            .await
+            .unwrap()
+            .expect("due");
+        assert!(!summary.content.is_empty());
+        let tokens = chat
+            .tokenizer()
+            .encode(summary.content.as_str(), false)
+            .unwrap()
+            .len();
+        assert!(tokens <= 80, "{tokens} tokens");
+        assert_eq!(summary.model.as_deref(), Some(chat.name()));
+    }
+}
