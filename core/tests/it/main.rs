@@ -7,5 +7,6 @@ mod embeddings;
 mod fixtures;
 mod llm;
 mod migrations;
+mod remote;
 mod retrieval;
 mod store_conformance;
