@@ -23,7 +23,8 @@ jinja2==3.1.6 markupsafe==3.0.4 fsspec==2026.9.0 packaging==26.3 pyyaml==6.0.3
 regex==2026.11.15 tqdm==4.70.1 hf-xet==1.8.0 httpx2==2.16.2 httpcore2==2.16.2 h11==0.16.0
 anyio==4.16.0 idna==3.20 truststore==0.10.5 click==8.5.1 typer==0.29.2 shellingham==1.5.4
 rich==15.0.0 pygments==2.21.0 markdown-it-py==4.3.0 mdurl==0.1.2 annotated-doc==0.0.7
-pydantic==2.14.3 pydantic-core==2.50.4 annotated-types==0.8.0 typing-inspection==0.4.5"
+pydantic==2.14.3 pydantic-core==2.50.4 annotated-types==0.8.0 typing-inspection==0.4.5
+gguf==0.17.1 accelerate==1.12.0 psutil==7.2.2"
 STAMP="$VENV/.deep-recall-pins"
 
 if [ -x "$PY" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$PINS" ]; then

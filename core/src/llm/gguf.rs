@@ -44,6 +44,9 @@ pub struct GenerationParams {
     pub seed: u64,
     /// Texts that end the answer (not included in it).
     pub stop: Vec<String>,
+    /// Tokens generated before the model may end its turn (vLLM's `min_tokens`; benchmarks
+    /// use it for fixed-length answers).
+    pub min_tokens: usize,
 }
 
 impl Default for GenerationParams {
@@ -57,6 +60,7 @@ impl Default for GenerationParams {
             repeat_last_n: 64,
             seed: 299_792_458,
             stop: vec![],
+            min_tokens: 0,
         }
     }
 }
@@ -254,6 +258,17 @@ impl GgufModel {
                     params.repetition_penalty,
                     &all[start..],
                 )?
+            } else {
+                logits
+            };
+            let logits = if generated.len() < params.min_tokens && !self.stop_ids.is_empty() {
+                let mut v = logits.to_vec1::<f32>()?;
+                for &id in &self.stop_ids {
+                    if let Some(x) = v.get_mut(id as usize) {
+                        *x = f32::NEG_INFINITY;
+                    }
+                }
+                Tensor::new(v, &self.device)?
             } else {
                 logits
             };
