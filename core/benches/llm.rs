@@ -90,7 +90,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let service = Arc::new(ChatService::start(&config, &Device::Cpu, 16).unwrap());
+    let service = Arc::new(ChatService::start(&config, &Device::Cpu, 16, 8).unwrap());
     for n in [4usize, 8] {
         let (agg, ttft) = rt.block_on(async {
             let started = Instant::now();

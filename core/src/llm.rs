@@ -1,6 +1,7 @@
 //! Local chat models: their tokenizers (what the context assembler counts with), chat
 //! templates, GGUF llama-family models with candle, and the async service around them.
 pub mod gguf;
+pub mod llama;
 pub mod remote;
 pub mod service;
 pub mod template;

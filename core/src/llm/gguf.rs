@@ -3,13 +3,13 @@
 //! streaming and a confidence figure.
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
+use candle_core::quantized::gguf_file;
 use candle_core::{D, Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
-use candle_transformers::models::quantized_llama::ModelWeights;
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
+use super::llama::{KvCache, Llama};
 use super::template::ChatTemplate;
 use crate::error::{Error, Result};
 
@@ -94,12 +94,11 @@ pub struct Completion {
 
 /// A loaded GGUF chat model.
 pub struct GgufModel {
-    weights: ModelWeights,
+    model: Llama,
     tokenizer: Tokenizer,
     template: ChatTemplate,
     context_length: usize,
     stop_ids: Vec<u32>,
-    device: Device,
     name: String,
 }
 
@@ -137,37 +136,19 @@ impl GgufModel {
             tracing::debug!("no tokenizer for {}: {e}", path.display());
             Ok::<_, Error>(Tokenizer::new(tokenizers::models::bpe::BPE::default()))
         })?;
-        let weights = if config.dequantize {
-            let mut tensors = Vec::with_capacity(ct.tensor_infos.len());
-            for name in ct.tensor_infos.keys() {
-                let q = ct.tensor(&mut file, name, &Device::Cpu)?;
-                let dense = q.dequantize(&Device::Cpu)?;
-                tensors.push((name.clone(), QTensor::quantize(&dense, GgmlDType::F32)?));
-            }
-            let metadata: Vec<(&str, &gguf_file::Value)> =
-                ct.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-            let refs: Vec<(&str, &QTensor)> =
-                tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-            let mut buf = std::io::Cursor::new(Vec::new());
-            gguf_file::write(&mut buf, &metadata, &refs)?;
-            buf.set_position(0);
-            let ct2 = gguf_file::Content::read(&mut buf)?;
-            ModelWeights::from_gguf(ct2, &mut buf, device)?
-        } else {
-            ModelWeights::from_gguf(ct, &mut file, device)?
-        };
+        let model = Llama::load(&ct, &mut file, device, config.dequantize, context_length)?;
         let stop_ids = template
             .stop_texts()
             .iter()
             .filter_map(|t| tokenizer.token_to_id(t))
             .collect();
         Ok(Self {
-            weights,
+            model,
             tokenizer,
             template,
             context_length,
             stop_ids,
-            device: device.clone(),
+
             name: path
                 .file_stem()
                 .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned()),
@@ -212,14 +193,85 @@ impl GgufModel {
         params: &GenerationParams,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Completion> {
+        let mut seq = Sequence::new(self, prompt, params)?;
+        let mut logits = self.model.prefill(prompt, &mut seq.cache)?;
+        while let Some(next) = seq.accept(self, &logits, on_text)? {
+            logits = self
+                .model
+                .decode(&[next], &mut [&mut seq.cache])?
+                .squeeze(0)?;
+        }
+        Ok(seq.completion())
+    }
+
+    /// Generates for several prompts together: every decode step runs all unfinished
+    /// sequences as one batch. The answers are the ones each prompt gets alone.
+    pub fn generate_batch(
+        &mut self,
+        prompts: &[Vec<u32>],
+        params: &GenerationParams,
+    ) -> Result<Vec<Completion>> {
+        let mut seqs = Vec::with_capacity(prompts.len());
+        let mut next: Vec<Option<u32>> = Vec::with_capacity(prompts.len());
+        for p in prompts {
+            let mut seq = Sequence::new(self, p, params)?;
+            let logits = self.model.prefill(p, &mut seq.cache)?;
+            next.push(seq.accept(self, &logits, &mut |_| true)?);
+            seqs.push(seq);
+        }
+        loop {
+            let active: Vec<usize> = (0..seqs.len()).filter(|&i| next[i].is_some()).collect();
+            if active.is_empty() {
+                break;
+            }
+            let tokens: Vec<u32> = active.iter().map(|&i| next[i].expect("active")).collect();
+            let mut caches: Vec<&mut KvCache> = seqs
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| next[*i].is_some())
+                .map(|(_, s)| &mut s.cache)
+                .collect();
+            let logits = self.model.decode(&tokens, &mut caches)?;
+            for (row, &i) in active.iter().enumerate() {
+                next[i] = seqs[i].accept(self, &logits.get(row)?, &mut |_| true)?;
+            }
+        }
+        Ok(seqs.iter().map(Sequence::completion).collect())
+    }
+
+    /// The model itself, for schedulers that drive sequences step by step.
+    pub fn llama(&self) -> &Llama {
+        &self.model
+    }
+}
+
+/// One sequence being generated: its cache, sampler and output so far.
+pub struct Sequence {
+    /// Its attention cache.
+    pub cache: KvCache,
+    sampler: LogitsProcessor,
+    params: GenerationParams,
+    all: Vec<u32>,
+    generated: Vec<u32>,
+    text: String,
+    emitted: usize,
+    logprob_sum: f64,
+    finish: Option<FinishReason>,
+    prompt_len: usize,
+    max_new: usize,
+}
+
+impl Sequence {
+    /// Checks the prompt and parameters against the model and starts a sequence.
+    pub fn new(model: &GgufModel, prompt: &[u32], params: &GenerationParams) -> Result<Self> {
         if prompt.is_empty() {
             return Err(Error::invalid("the prompt is empty"));
         }
-        if prompt.len() >= self.context_length {
+        if prompt.len() >= model.context_length {
             return Err(Error::invalid(format!(
                 "the prompt has {} tokens; the model's context is {}",
                 prompt.len(),
-                self.context_length
+                model.context_length
             )));
         }
         if !(params.temperature.is_finite() && params.temperature >= 0.0) {
@@ -236,111 +288,141 @@ impl GgufModel {
             (t, None, Some(p)) => Sampling::TopP { p, temperature: t },
             (t, None, None) => Sampling::All { temperature: t },
         };
-        let mut sampler = LogitsProcessor::from_sampling(params.seed, sampling);
-        self.weights.clear_kv_cache();
-        let max_new = params.max_tokens.min(self.context_length - prompt.len());
-        let mut all: Vec<u32> = prompt.to_vec();
-        let mut generated: Vec<u32> = Vec::new();
-        let mut text = String::new();
-        let mut emitted = 0usize;
-        let mut logprob_sum = 0f64;
-        let mut finish = FinishReason::Length;
-        let mut input = Tensor::new(prompt, &self.device)?.unsqueeze(0)?;
-        let mut pos = 0usize;
-        while generated.len() < max_new {
-            let logits = self.weights.forward(&input, pos)?.squeeze(0)?;
-            pos += input.dim(1)?;
-            let logits = logits.to_dtype(candle_core::DType::F32)?;
-            let logits = if params.repetition_penalty != 1.0 {
-                let start = all.len().saturating_sub(params.repeat_last_n);
-                candle_transformers::utils::apply_repeat_penalty(
-                    &logits,
-                    params.repetition_penalty,
-                    &all[start..],
-                )?
-            } else {
-                logits
-            };
-            let logits = if generated.len() < params.min_tokens && !self.stop_ids.is_empty() {
-                let mut v = logits.to_vec1::<f32>()?;
-                for &id in &self.stop_ids {
-                    if let Some(x) = v.get_mut(id as usize) {
-                        *x = f32::NEG_INFINITY;
-                    }
-                }
-                Tensor::new(v, &self.device)?
-            } else {
-                logits
-            };
-            let next = sampler.sample(&logits)?;
-            let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?
-                .get(next as usize)?
-                .to_scalar::<f32>()?;
-            if self.stop_ids.contains(&next) {
-                finish = FinishReason::Stop;
-                break;
-            }
-            logprob_sum += logp as f64;
-            generated.push(next);
-            all.push(next);
-            text = self
-                .tokenizer
-                .decode(&generated, true)
-                .map_err(|e| Error::Internal(format!("tokenizer: {e}")))?;
-            if let Some(cut) = params
-                .stop
-                .iter()
-                .filter(|s| !s.is_empty())
-                .filter_map(|s| text.find(s.as_str()))
-                .min()
-            {
-                text.truncate(cut);
-                if cut > emitted && !on_text(&text[emitted..]) {
-                    finish = FinishReason::Cancelled;
-                    break;
-                }
-                emitted = text.len();
-                finish = FinishReason::Stop;
-                break;
-            }
-            // Hold back text that may still become a stop sequence, and incomplete UTF-8.
-            let hold = params
-                .stop
-                .iter()
-                .map(|s| overlap(&text, s))
-                .max()
-                .unwrap_or(0);
-            let mut ready = text.len() - hold;
-            if text[..ready].ends_with('\u{FFFD}') {
-                ready -= '\u{FFFD}'.len_utf8();
-            }
-            while !text.is_char_boundary(ready) {
-                ready -= 1;
-            }
-            if ready > emitted {
-                if !on_text(&text[emitted..ready]) {
-                    finish = FinishReason::Cancelled;
-                    break;
-                }
-                emitted = ready;
-            }
-            input = Tensor::new(&[next], &self.device)?.unsqueeze(0)?;
+        Ok(Self {
+            cache: model.model.new_cache(),
+            sampler: LogitsProcessor::from_sampling(params.seed, sampling),
+            params: params.clone(),
+            all: prompt.to_vec(),
+            generated: Vec::new(),
+            text: String::new(),
+            emitted: 0,
+            logprob_sum: 0.0,
+            finish: None,
+            prompt_len: prompt.len(),
+            max_new: params.max_tokens.min(model.context_length - prompt.len()),
+        })
+    }
+
+    /// Takes the logits of the next position: samples, stops or emits text. Returns the token
+    /// to feed next, or `None` when the sequence is finished.
+    pub fn accept(
+        &mut self,
+        model: &GgufModel,
+        logits: &Tensor,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Option<u32>> {
+        if self.generated.len() >= self.max_new {
+            self.end(FinishReason::Length, on_text);
+            return Ok(None);
         }
-        if finish != FinishReason::Cancelled && emitted < text.len() {
-            on_text(&text[emitted..]);
+        let params = &self.params;
+        let logits = logits.to_dtype(candle_core::DType::F32)?;
+        let logits = if params.repetition_penalty != 1.0 {
+            let start = self.all.len().saturating_sub(params.repeat_last_n);
+            candle_transformers::utils::apply_repeat_penalty(
+                &logits,
+                params.repetition_penalty,
+                &self.all[start..],
+            )?
+        } else {
+            logits
+        };
+        let logits = if self.generated.len() < params.min_tokens && !model.stop_ids.is_empty() {
+            let mut v = logits.to_vec1::<f32>()?;
+            for &id in &model.stop_ids {
+                if let Some(x) = v.get_mut(id as usize) {
+                    *x = f32::NEG_INFINITY;
+                }
+            }
+            Tensor::new(v, logits.device())?
+        } else {
+            logits
+        };
+        let next = self.sampler.sample(&logits)?;
+        if model.stop_ids.contains(&next) {
+            self.end(FinishReason::Stop, on_text);
+            return Ok(None);
         }
-        let n = generated.len();
-        Ok(Completion {
-            text,
-            prompt_tokens: prompt.len(),
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?
+            .get(next as usize)?
+            .to_scalar::<f32>()?;
+        self.logprob_sum += logp as f64;
+        self.generated.push(next);
+        self.all.push(next);
+        self.text = model
+            .tokenizer
+            .decode(&self.generated, true)
+            .map_err(|e| Error::Internal(format!("tokenizer: {e}")))?;
+        if let Some(cut) = self
+            .params
+            .stop
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| self.text.find(s.as_str()))
+            .min()
+        {
+            self.text.truncate(cut);
+            self.end(FinishReason::Stop, on_text);
+            return Ok(None);
+        }
+        // Hold back text that may still become a stop sequence, and incomplete UTF-8.
+        let hold = self
+            .params
+            .stop
+            .iter()
+            .map(|s| overlap(&self.text, s))
+            .max()
+            .unwrap_or(0);
+        let mut ready = self.text.len() - hold;
+        if self.text[..ready].ends_with('\u{FFFD}') {
+            ready -= '\u{FFFD}'.len_utf8();
+        }
+        while !self.text.is_char_boundary(ready) {
+            ready -= 1;
+        }
+        if ready > self.emitted {
+            if !on_text(&self.text[self.emitted..ready]) {
+                self.finish = Some(FinishReason::Cancelled);
+                return Ok(None);
+            }
+            self.emitted = ready;
+        }
+        if self.generated.len() >= self.max_new {
+            self.end(FinishReason::Length, on_text);
+            return Ok(None);
+        }
+        Ok(Some(next))
+    }
+
+    /// Ends with `reason`, handing over text not emitted yet.
+    fn end(&mut self, reason: FinishReason, on_text: &mut dyn FnMut(&str) -> bool) {
+        if self.emitted < self.text.len() && !on_text(&self.text[self.emitted..]) {
+            self.finish = Some(FinishReason::Cancelled);
+            return;
+        }
+        self.emitted = self.text.len();
+        self.finish = Some(reason);
+    }
+
+    /// Whether it has ended.
+    pub fn is_finished(&self) -> bool {
+        self.finish.is_some()
+    }
+
+    /// The result so far.
+    pub fn completion(&self) -> Completion {
+        let n = self.generated.len();
+        Completion {
+            text: self.text.clone(),
+            prompt_tokens: self.prompt_len,
             completion_tokens: n,
-            finish_reason: finish,
+            finish_reason: self.finish.unwrap_or(FinishReason::Length),
             confidence: if n == 0 {
                 0.0
             } else {
-                (logprob_sum / n as f64) as f32
+                (self.logprob_sum / n as f64) as f32
             },
-        })
+        }
     }
 }
 

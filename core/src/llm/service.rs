@@ -2,8 +2,9 @@
 //! runtime) takes requests from a bounded queue — callers wait when it is full — and streams
 //! decoded text back. A request whose consumer has gone away stops at the next token.
 //!
-//! Requests are served one at a time; sharing decode steps between concurrent requests
-//! (continuous batching) is not built yet.
+//! Continuous batching: concurrent requests share decode steps — each step runs the next token
+//! of every active sequence through the weights together, with one KV cache per sequence —
+//! and new requests join between steps, up to `max_sequences` at once.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
@@ -14,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
 
-use super::gguf::{Completion, GenerationParams, GgufModel, ModelConfig};
+use super::gguf::{Completion, FinishReason, GenerationParams, GgufModel, ModelConfig, Sequence};
+use super::llama::KvCache;
 use super::template::ChatTemplate;
 use crate::context::{ChatTurn, Summarizer};
 use crate::error::{Error, Result};
@@ -42,10 +44,18 @@ struct Job {
     events: mpsc::Sender<Result<ChatEvent>>,
 }
 
+#[derive(Default)]
+struct Counters {
+    /// Requests queued or being generated.
+    waiting: AtomicUsize,
+    /// Sequences in the current batch.
+    active: AtomicUsize,
+}
+
 /// See the module documentation.
 pub struct ChatService {
     queue: mpsc::Sender<Job>,
-    waiting: Arc<AtomicUsize>,
+    counters: Arc<Counters>,
     tokenizer: Tokenizer,
     template: ChatTemplate,
     context_length: usize,
@@ -53,27 +63,32 @@ pub struct ChatService {
 }
 
 /// Events buffered per stream before the worker waits for the consumer.
-const STREAM_BUFFER: usize = 64;
+const STREAM_BUFFER: usize = 256;
 
 impl ChatService {
     /// Loads the model (blocking: call it at start-up or through `spawn_blocking`) and starts
     /// the worker.
-    pub fn start(config: &ModelConfig, device: &Device, queue_capacity: usize) -> Result<Self> {
+    pub fn start(
+        config: &ModelConfig,
+        device: &Device,
+        queue_capacity: usize,
+        max_sequences: usize,
+    ) -> Result<Self> {
         let model = GgufModel::load(config, device)?;
         let tokenizer = model.tokenizer().clone();
         let template = model.template();
         let context_length = model.context_length();
         let name = model.name().to_owned();
         let (tx, rx) = mpsc::channel::<Job>(queue_capacity.max(1));
-        let waiting = Arc::new(AtomicUsize::new(0));
-        let counter = waiting.clone();
+        let counters = Arc::new(Counters::default());
+        let c = counters.clone();
         thread::Builder::new()
             .name("deep-recall-chat".into())
-            .spawn(move || worker(model, rx, counter))
+            .spawn(move || worker(model, rx, c, max_sequences))
             .map_err(|e| Error::Internal(format!("spawn chat worker: {e}")))?;
         Ok(Self {
             queue: tx,
-            waiting,
+            counters,
             tokenizer,
             template,
             context_length,
@@ -98,7 +113,12 @@ impl ChatService {
 
     /// Requests waiting for the worker or being served.
     pub fn queue_depth(&self) -> usize {
-        self.waiting.load(Ordering::Relaxed)
+        self.counters.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Sequences in the current decode batch.
+    pub fn active_sequences(&self) -> usize {
+        self.counters.active.load(Ordering::Relaxed)
     }
 
     /// Streams the assistant's answer to a conversation: `Delta`s, then `Done`. Dropping
@@ -123,7 +143,7 @@ impl ChatService {
             )));
         }
         let (events, rx) = mpsc::channel(STREAM_BUFFER);
-        self.waiting.fetch_add(1, Ordering::Relaxed);
+        self.counters.waiting.fetch_add(1, Ordering::Relaxed);
         let sent = self
             .queue
             .send(Job {
@@ -133,7 +153,7 @@ impl ChatService {
             })
             .await;
         if sent.is_err() {
-            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            self.counters.waiting.fetch_sub(1, Ordering::Relaxed);
             return Err(Error::unavailable("the chat worker has stopped"));
         }
         Ok(rx)
@@ -155,21 +175,117 @@ impl ChatService {
     }
 }
 
-fn worker(mut model: GgufModel, mut rx: mpsc::Receiver<Job>, waiting: Arc<AtomicUsize>) {
-    while let Some(job) = rx.blocking_recv() {
-        if !job.events.is_closed() {
-            let events = job.events.clone();
-            let result = model.generate(&job.prompt, &job.params, &mut |piece| {
-                events
-                    .blocking_send(Ok(ChatEvent::Delta {
-                        text: piece.to_owned(),
-                    }))
-                    .is_ok()
-            });
-            let last = result.map(|completion| ChatEvent::Done { completion });
-            let _ = job.events.blocking_send(last);
+struct Active {
+    seq: Sequence,
+    events: mpsc::Sender<Result<ChatEvent>>,
+    next: u32,
+}
+
+fn delta_sender(events: &mpsc::Sender<Result<ChatEvent>>) -> impl FnMut(&str) -> bool + '_ {
+    move |piece: &str| {
+        events
+            .blocking_send(Ok(ChatEvent::Delta {
+                text: piece.to_owned(),
+            }))
+            .is_ok()
+    }
+}
+
+/// The scheduler: admits waiting requests between decode steps (up to `max_active`
+/// sequences), reads each new prompt, then runs one decode step for every active sequence
+/// together. A sequence leaves when it finishes or its consumer goes away.
+fn worker(
+    model: GgufModel,
+    mut rx: mpsc::Receiver<Job>,
+    counters: Arc<Counters>,
+    max_active: usize,
+) {
+    let mut active: Vec<Active> = Vec::new();
+    let done = |seq: &Sequence, events: &mpsc::Sender<Result<ChatEvent>>| {
+        counters.waiting.fetch_sub(1, Ordering::Relaxed);
+        let completion = seq.completion();
+        if completion.finish_reason != FinishReason::Cancelled {
+            let _ = events.blocking_send(Ok(ChatEvent::Done { completion }));
         }
-        waiting.fetch_sub(1, Ordering::Relaxed);
+    };
+    let failed = |e: Error, events: &mpsc::Sender<Result<ChatEvent>>| {
+        counters.waiting.fetch_sub(1, Ordering::Relaxed);
+        let _ = events.blocking_send(Err(e));
+    };
+    loop {
+        let mut incoming = Vec::new();
+        if active.is_empty() {
+            match rx.blocking_recv() {
+                Some(job) => incoming.push(job),
+                None => return,
+            }
+        }
+        while active.len() + incoming.len() < max_active.max(1) {
+            match rx.try_recv() {
+                Ok(job) => incoming.push(job),
+                Err(_) => break,
+            }
+        }
+        for job in incoming {
+            if job.events.is_closed() {
+                counters.waiting.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            }
+            let started = Sequence::new(&model, &job.prompt, &job.params).and_then(|mut seq| {
+                let logits = model.llama().prefill(&job.prompt, &mut seq.cache)?;
+                let next = seq.accept(&model, &logits, &mut delta_sender(&job.events))?;
+                Ok((seq, next))
+            });
+            match started {
+                Ok((seq, Some(next))) => active.push(Active {
+                    seq,
+                    events: job.events,
+                    next,
+                }),
+                Ok((seq, None)) => done(&seq, &job.events),
+                Err(e) => failed(e, &job.events),
+            }
+        }
+        counters.active.store(active.len(), Ordering::Relaxed);
+        if active.is_empty() {
+            continue;
+        }
+        let tokens: Vec<u32> = active.iter().map(|a| a.next).collect();
+        let step = {
+            let mut caches: Vec<&mut KvCache> =
+                active.iter_mut().map(|a| &mut a.seq.cache).collect();
+            model.llama().decode(&tokens, &mut caches)
+        };
+        let logits = match step {
+            Ok(l) => l,
+            Err(e) => {
+                let message = e.to_string();
+                for a in active.drain(..) {
+                    failed(
+                        Error::Internal(format!("decode step: {message}")),
+                        &a.events,
+                    );
+                }
+                continue;
+            }
+        };
+        let mut still = Vec::with_capacity(active.len());
+        for (row, mut a) in active.drain(..).enumerate() {
+            let accepted = logits
+                .get(row)
+                .map_err(Error::from)
+                .and_then(|l| a.seq.accept(&model, &l, &mut delta_sender(&a.events)));
+            match accepted {
+                Ok(Some(next)) => {
+                    a.next = next;
+                    still.push(a);
+                }
+                Ok(None) => done(&a.seq, &a.events),
+                Err(e) => failed(e, &a.events),
+            }
+        }
+        active = still;
+        counters.active.store(active.len(), Ordering::Relaxed);
     }
 }
 

@@ -138,7 +138,7 @@ mod service {
             path: recall_core::llm::gguf::default_model_path(&models_dir()),
             dequantize: true,
         };
-        ChatService::start(&config, &candle_core::Device::Cpu, 4).unwrap()
+        ChatService::start(&config, &candle_core::Device::Cpu, 4, 8).unwrap()
     }
 
     fn ask(text: &str) -> Vec<ChatTurn> {
@@ -199,6 +199,50 @@ mod service {
             "{:?}",
             started.elapsed()
         );
+        assert_eq!(chat.queue_depth(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_share_decode_steps_and_get_their_own_answers() {
+        let chat = Arc::new(service());
+        let questions = [
+            "What is the capital of France?",
+            "Name three colours.",
+            "Say hello.",
+        ];
+        let params = GenerationParams {
+            max_tokens: 20,
+            ..GenerationParams::default()
+        };
+        let mut alone = Vec::new();
+        for q in questions {
+            alone.push(chat.complete(&ask(q), &params).await.unwrap().text);
+        }
+        // All three at once: they join one batch.
+        let tasks: Vec<_> = questions
+            .iter()
+            .map(|q| {
+                let (chat, params, q) = (chat.clone(), params.clone(), q.to_string());
+                tokio::spawn(async move { chat.complete(&ask(&q), &params).await.unwrap().text })
+            })
+            .collect();
+        let watcher = {
+            let chat = chat.clone();
+            tokio::spawn(async move {
+                let mut most = 0;
+                for _ in 0..400 {
+                    most = most.max(chat.active_sequences());
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                most
+            })
+        };
+        let mut together = Vec::new();
+        for t in tasks {
+            together.push(t.await.unwrap());
+        }
+        assert_eq!(together, alone);
+        assert!(watcher.await.unwrap() >= 2, "requests were batched");
         assert_eq!(chat.queue_depth(), 0);
     }
 
@@ -268,4 +312,30 @@ mod service {
         assert!(tokens <= 80, "{tokens} tokens");
         assert_eq!(summary.model.as_deref(), Some(chat.name()));
     }
+}
+
+#[test]
+fn batched_generation_gives_the_same_tokens_as_alone() {
+    let mut m = smollm();
+    let prompts: Vec<Vec<u32>> = [
+        "What is the capital of France?",
+        "Name three colours.",
+        "Write one sentence about a cat who likes the rain and the smell of wet grass.",
+    ]
+    .iter()
+    .map(|p| prompt(&m, p))
+    .collect();
+    let params = GenerationParams {
+        max_tokens: 24,
+        ..GenerationParams::default()
+    };
+    let alone: Vec<String> = prompts
+        .iter()
+        .map(|p| m.generate(p, &params, &mut |_| true).unwrap().text)
+        .collect();
+    let batched = m.generate_batch(&prompts, &params).unwrap();
+    for (a, b) in alone.iter().zip(&batched) {
+        assert_eq!(a, &b.text);
+    }
+    assert!(batched[0].text.contains("Paris"));
 }
