@@ -241,6 +241,11 @@ pub fn assemble(
         stopped_at = i;
     }
     let in_history: HashSet<i64> = chosen.iter().map(|&i| input.history[i].id).collect();
+    // History held by the caller has no stored ids: compare the text too.
+    let history_texts: HashSet<&str> = chosen
+        .iter()
+        .map(|&i| input.history[i].content.trim())
+        .collect();
 
     let mut memory_lines = Vec::new();
     if !input.memories.is_empty() {
@@ -249,6 +254,7 @@ pub fn assemble(
             if r.memory
                 .message_id
                 .is_some_and(|id| in_history.contains(&id))
+                || history_texts.contains(r.memory.content.trim())
             {
                 memories.dropped.push(r.memory.id);
                 continue;

@@ -9,19 +9,21 @@ use serde_json::{Value, json};
 use crate::cache::{CacheStats, QueryCache, QueryCacheConfig};
 use crate::chunk::{ChunkConfig, chunk_ranges};
 use crate::context::{
-    AssembledContext, ContextBudget, ContextInput, Summarizer, SummaryPolicy, TokenCounter,
-    assemble,
+    AssembledContext, ChatTurn, ContextBudget, ContextInput, Summarizer, SummaryPolicy,
+    TokenCounter, assemble,
 };
 use crate::embed::Embedder;
 use crate::emotion::{EmotionDetector, EmotionScore, LexiconDetector};
 use crate::error::{Error, Result};
+use crate::events::{MemoryAction, MemoryEvent, MemoryEvents};
 use crate::importance::importance;
 use crate::rerank::Reranker;
 use crate::retrieval::{self, EMOTION_CONFIDENCE_KEY, RankingConfig, Retrieved, SearchMode};
-use crate::store::MemoryStore;
+use crate::store::{Actor, MemoryStore};
 use crate::types::{
-    AppendedMessage, Embedding, Filter, Memory, MemoryKind, Message, MessageWrite, NewMemory,
-    NewMessage, NewSummary, PageRequest, SearchPage, Summary, TextQuery, VectorQuery,
+    AppendedMessage, DeletionReport, Embedding, Filter, Memory, MemoryKind, MemoryPatch, Message,
+    MessageWrite, NewMemory, NewMessage, NewSummary, PageRequest, Role, SearchPage, Summary,
+    TextQuery, VectorQuery,
 };
 
 /// Messages embedded between two progress reports.
@@ -94,6 +96,10 @@ pub struct ContextOptions {
     pub retrieve: RetrieveOptions,
     /// Unsummarised messages loaded at most (the newest).
     pub max_history: usize,
+    /// The conversation so far as the caller holds it (an OpenAI-style client sends it with
+    /// every request), oldest first. When given it replaces the stored history and summaries;
+    /// its system turns are used as the system prompt when `system` is absent.
+    pub conversation: Option<Vec<ChatTurn>>,
 }
 
 impl Default for ContextOptions {
@@ -104,6 +110,7 @@ impl Default for ContextOptions {
             budget: ContextBudget::default(),
             retrieve: RetrieveOptions::default(),
             max_history: 500,
+            conversation: None,
         }
     }
 }
@@ -119,6 +126,7 @@ pub struct Engine {
     chunking: ChunkConfig,
     /// (user, session) pairs being summarised now.
     summarizing: Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
+    events: MemoryEvents,
 }
 
 impl Engine {
@@ -133,7 +141,23 @@ impl Engine {
             cache: Arc::new(QueryCache::new(QueryCacheConfig::default())),
             chunking: ChunkConfig::default(),
             summarizing: Arc::default(),
+            events: MemoryEvents::default(),
         }
+    }
+
+    /// Changes to memories made through this engine (and its clones), as they happen.
+    pub fn events(&self) -> &MemoryEvents {
+        &self.events
+    }
+
+    fn published(&self, user: &str, action: MemoryAction, memory: &Memory) {
+        self.events.publish(MemoryEvent {
+            user: user.to_owned(),
+            action,
+            memory_id: memory.id,
+            kind: Some(memory.kind),
+            memory: (action != MemoryAction::Deleted).then(|| memory.clone()),
+        });
     }
 
     /// Uses another emotion detector (a transformer classifier, say) at ingest and query time.
@@ -276,6 +300,19 @@ impl Engine {
             .collect();
         let out = self.store.append_messages(user, writes).await;
         self.cache.invalidate(user);
+        if let Ok(appended) = &out {
+            for a in appended {
+                for &id in &a.memory_ids {
+                    self.events.publish(MemoryEvent {
+                        user: user.to_owned(),
+                        action: MemoryAction::Added,
+                        memory_id: id,
+                        kind: Some(MemoryKind::Message),
+                        memory: None,
+                    });
+                }
+            }
+        }
         out
     }
 
@@ -309,9 +346,56 @@ impl Engine {
             )
             .await;
         self.cache.invalidate(user);
-        stored?
+        let memory = stored?
             .pop()
-            .ok_or_else(|| crate::Error::Internal("store returned no memory".into()))
+            .ok_or_else(|| crate::Error::Internal("store returned no memory".into()))?;
+        self.published(user, MemoryAction::Added, &memory);
+        Ok(memory)
+    }
+
+    /// Changes a memory; new text is embedded again (and replaces the old embeddings).
+    pub async fn update_memory(&self, user: &str, id: i64, update: MemoryUpdate) -> Result<Memory> {
+        let limits = self.store.limits();
+        limits.check_user_id(user)?;
+        let embedding = match &update.content {
+            Some(text) => {
+                limits.check_content(text)?;
+                Some(self.embedding(self.embedder.embed_one(text).await?))
+            }
+            None => None,
+        };
+        if let Some(i) = update.importance
+            && !(0.0..=1.0).contains(&i)
+        {
+            return Err(Error::invalid("importance must be in [0, 1]"));
+        }
+        let out = self
+            .store
+            .update_memory(
+                user,
+                id,
+                MemoryPatch {
+                    content: update.content,
+                    embedding,
+                    tags: update.tags,
+                    metadata: update.metadata,
+                    importance: update.importance,
+                    emotion: None,
+                },
+            )
+            .await;
+        self.cache.invalidate(user);
+        let memory = out?;
+        self.published(user, MemoryAction::Updated, &memory);
+        Ok(memory)
+    }
+
+    /// Deletes everything of the user (messages, memories and their vectors, summaries,
+    /// settings) and drops their cached queries; `actor` is written to the audit log.
+    pub async fn delete_user(&self, user: &str, actor: &Actor) -> Result<DeletionReport> {
+        let out = self.store.delete_user(user, actor).await;
+        self.cache.invalidate(user);
+        out
     }
 
     /// Semantic search over the user's memories.
@@ -345,8 +429,21 @@ impl Engine {
 impl Engine {
     /// Deletes memories (and invalidates the user's cached queries).
     pub async fn delete_memories(&self, user: &str, ids: &[i64]) -> Result<u64> {
+        self.store.limits().check_page_size(ids.len())?;
+        // Which of them exist (and are the user's) decides which deletions are announced.
+        let mut existing = Vec::with_capacity(ids.len());
+        for &id in ids {
+            if let Some(m) = self.store.get_memory(user, id).await? {
+                existing.push(m);
+            }
+        }
         let out = self.store.delete_memories(user, ids).await;
         self.cache.invalidate(user);
+        if out.is_ok() {
+            for m in &existing {
+                self.published(user, MemoryAction::Deleted, m);
+            }
+        }
         out
     }
 
@@ -550,6 +647,22 @@ impl Engine {
         counter: &dyn TokenCounter,
         options: &ContextOptions,
     ) -> Result<AssembledContext> {
+        Ok(self
+            .context_with_memories(user, session, message, counter, options)
+            .await?
+            .0)
+    }
+
+    /// [`Engine::build_context`], also returning the memories retrieved for the message
+    /// (best first; the report says which of them fitted).
+    pub async fn context_with_memories(
+        &self,
+        user: &str,
+        session: &str,
+        message: &str,
+        counter: &dyn TokenCounter,
+        options: &ContextOptions,
+    ) -> Result<(AssembledContext, Vec<Retrieved>)> {
         options.budget.validate()?;
         let limits = self.store.limits();
         limits.check_user_id(user)?;
@@ -563,13 +676,44 @@ impl Engine {
                 .await?
                 .and_then(|s| s.persona),
         };
-        let (summaries, history) = self
-            .unsummarized(user, session, options.max_history)
-            .await?;
+        let mut system = options.system.clone();
+        let (summaries, history) = match &options.conversation {
+            None => {
+                self.unsummarized(user, session, options.max_history)
+                    .await?
+            }
+            Some(turns) => {
+                let mut history = Vec::with_capacity(turns.len());
+                let mut system_turns = Vec::new();
+                for (i, t) in turns.iter().enumerate() {
+                    limits.check_content(&t.content).map_err(|e| {
+                        Error::invalid(format!("conversation message {}: {e}", i + 1))
+                    })?;
+                    if t.role == Role::System {
+                        system_turns.push(t.content.as_str());
+                        continue;
+                    }
+                    history.push(Message {
+                        // Not stored: ids below zero never match a stored message.
+                        id: -(i as i64) - 1,
+                        session: session.to_owned(),
+                        role: t.role,
+                        content: t.content.clone(),
+                        tags: Vec::new(),
+                        metadata: Value::Null,
+                        created_at: Utc::now(),
+                    });
+                }
+                if system.is_none() && !system_turns.is_empty() {
+                    system = Some(system_turns.join("\n\n"));
+                }
+                (Vec::new(), history)
+            }
+        };
         let memories = self.retrieve(user, message, &options.retrieve).await?;
-        assemble(
+        let assembled = assemble(
             &ContextInput {
-                system: options.system.as_deref(),
+                system: system.as_deref(),
                 persona: persona.as_deref(),
                 memories: &memories,
                 summaries: &summaries,
@@ -578,7 +722,8 @@ impl Engine {
             },
             counter,
             &options.budget,
-        )
+        )?;
+        Ok((assembled, memories))
     }
 
     /// Folds the session's older history into a summary when `policy` says it is due: the
@@ -683,5 +828,18 @@ pub struct NewMemoryText {
     #[serde(default)]
     pub tags: Vec<String>,
     /// Importance in [0, 1].
+    pub importance: Option<f32>,
+}
+
+/// Changes to a memory for [`Engine::update_memory`]; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemoryUpdate {
+    /// New text (embedded again).
+    pub content: Option<String>,
+    /// New labels.
+    pub tags: Option<Vec<String>>,
+    /// New metadata (a JSON object).
+    pub metadata: Option<Value>,
+    /// New importance in [0, 1].
     pub importance: Option<f32>,
 }

@@ -33,6 +33,8 @@
 //! # }
 //! ```
 pub mod cache;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub mod chat;
 pub mod chunk;
 pub mod context;
 pub mod device;
@@ -43,6 +45,7 @@ pub mod engine;
 pub mod error;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub mod eval;
+pub mod events;
 pub mod importance;
 pub mod ingest;
 pub mod limits;
@@ -59,7 +62,9 @@ pub mod types;
 
 pub use embed::Embedder;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub use engine::{ContextOptions, Engine, NewMemoryText, RetrieveOptions, SearchOptions};
+pub use engine::{
+    ContextOptions, Engine, MemoryUpdate, NewMemoryText, RetrieveOptions, SearchOptions,
+};
 pub use error::{Error, ErrorKind, Result};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use store::{MemoryStore, StoreConfig};

@@ -1,5 +1,9 @@
 //! Local chat models: their tokenizers (what the context assembler counts with), chat
 //! templates, GGUF llama-family models with candle, and the async service around them.
+//!
+//! Everything that answers a conversation — the local [`ChatService`] and the
+//! [`RemoteChat`] provider — is a [`ChatModel`]; the chat pipeline, the summarizer and the
+//! server only see that trait.
 pub mod gguf;
 pub mod llama;
 pub mod remote;
@@ -7,7 +11,108 @@ pub mod service;
 pub mod template;
 pub mod tokenizer;
 
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
 pub use gguf::{Completion, FinishReason, GenerationParams, GgufModel, ModelConfig};
 pub use remote::{RemoteChat, RemoteConfig};
 pub use service::{ChatEvent, ChatService, ChatSummarizer};
 pub use template::ChatTemplate;
+
+use crate::context::{ChatTurn, TokenCounter};
+use crate::error::{Error, Result};
+
+/// A model that answers conversations, streamed.
+#[async_trait]
+pub trait ChatModel: Send + Sync {
+    /// The model's name (reported with answers and by `/v1/models`).
+    fn name(&self) -> &str;
+
+    /// Tokens the model sees at most (prompt and answer).
+    fn context_length(&self) -> usize;
+
+    /// Counts tokens the way the model does (or a close estimate, for remote models).
+    fn token_counter(&self) -> &dyn TokenCounter;
+
+    /// Requests waiting or being served.
+    fn queue_depth(&self) -> usize {
+        0
+    }
+
+    /// Streams the assistant's answer: [`ChatEvent::Delta`]s, then one [`ChatEvent::Done`].
+    /// Dropping the receiver cancels the generation.
+    async fn stream(
+        &self,
+        turns: &[ChatTurn],
+        params: &GenerationParams,
+    ) -> Result<mpsc::Receiver<Result<ChatEvent>>>;
+
+    /// The whole answer at once.
+    async fn complete(&self, turns: &[ChatTurn], params: &GenerationParams) -> Result<Completion> {
+        let mut rx = self.stream(turns, params).await?;
+        while let Some(event) = rx.recv().await {
+            if let ChatEvent::Done { completion } = event? {
+                return Ok(completion);
+            }
+        }
+        Err(Error::unavailable("the chat model stopped mid-answer"))
+    }
+}
+
+/// Token estimate for models whose tokenizer is not at hand (remote providers): one token per
+/// four bytes of text, rounded up, which over-counts English slightly and so keeps prompts
+/// inside the window.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApproxCounter;
+
+impl TokenCounter for ApproxCounter {
+    fn count(&self, text: &str) -> usize {
+        text.len().div_ceil(4)
+    }
+}
+
+#[async_trait]
+impl ChatModel for ChatService {
+    fn name(&self) -> &str {
+        ChatService::name(self)
+    }
+    fn context_length(&self) -> usize {
+        ChatService::context_length(self)
+    }
+    fn token_counter(&self) -> &dyn TokenCounter {
+        self.tokenizer()
+    }
+    fn queue_depth(&self) -> usize {
+        ChatService::queue_depth(self)
+    }
+    async fn stream(
+        &self,
+        turns: &[ChatTurn],
+        params: &GenerationParams,
+    ) -> Result<mpsc::Receiver<Result<ChatEvent>>> {
+        ChatService::stream(self, turns, params).await
+    }
+}
+
+#[async_trait]
+impl ChatModel for RemoteChat {
+    fn name(&self) -> &str {
+        &self.config().model
+    }
+    fn context_length(&self) -> usize {
+        self.config().context_length
+    }
+    fn token_counter(&self) -> &dyn TokenCounter {
+        &ApproxCounter
+    }
+    async fn stream(
+        &self,
+        turns: &[ChatTurn],
+        params: &GenerationParams,
+    ) -> Result<mpsc::Receiver<Result<ChatEvent>>> {
+        RemoteChat::stream(self, turns, params).await
+    }
+    async fn complete(&self, turns: &[ChatTurn], params: &GenerationParams) -> Result<Completion> {
+        RemoteChat::complete(self, turns, params).await
+    }
+}

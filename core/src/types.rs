@@ -544,6 +544,10 @@ pub struct Page<T> {
     pub items: Vec<T>,
     /// Pass as `after` to get the next page; `None` on the last page.
     pub next_cursor: Option<String>,
+    /// The position of each item: passing one as `after` continues after that item
+    /// (Relay edge cursors).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cursors: Vec<String>,
 }
 
 /// An embedding as exported.

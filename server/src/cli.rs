@@ -216,6 +216,61 @@ enum Command {
         #[arg(long)]
         user: String,
     },
+    /// Run the server: GraphQL at /graphql (HTTP and WebSocket), OpenAI-compatible REST under
+    /// /v1, /health, /ready and /metrics.
+    Serve(ServeArgs),
+    /// Print the GraphQL schema (SDL).
+    Schema,
+    /// Service API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Print the SHA-256 of a key, as `auth.api_keys[].sha256` in the settings wants it.
+    Hash {
+        /// The key.
+        key: String,
+    },
+}
+
+/// Flags of `serve`; they override the config file and `DEEP_RECALL__*` variables.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Settings file (TOML); see docs/setup.md for the keys.
+    #[arg(long, env = "DEEP_RECALL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long)]
+    bind: Option<std::net::SocketAddr>,
+    /// HS256 secret for JWT bearer tokens.
+    #[arg(long, env = "DEEP_RECALL_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// PEM file with the RS256 public key for JWT bearer tokens.
+    #[arg(long, env = "DEEP_RECALL_JWT_PUBLIC_KEY")]
+    jwt_public_key: Option<PathBuf>,
+    /// Let requests without credentials in; `X-User-Id` names the user (development only).
+    #[arg(long)]
+    allow_anonymous: bool,
+    /// Serve GraphiQL on GET /graphql.
+    #[arg(long)]
+    graphiql: bool,
+    /// Chat model: a .gguf path or a name under --models-dir (the packaged SmolLM2 by default).
+    #[arg(long, env = "DEEP_RECALL_CHAT_MODEL")]
+    chat_model: Option<String>,
+    /// Serve without a chat model (memory API only; chat answers UNAVAILABLE).
+    #[arg(long)]
+    no_chat: bool,
+}
+
+impl Cli {
+    /// Whether this runs the server (which logs JSON at info level by default).
+    pub fn is_serve(&self) -> bool {
+        matches!(self.command, Command::Serve(_))
+    }
 }
 
 /// Re-ranking flags shared by `search` and `eval`.
@@ -508,7 +563,139 @@ async fn dispatch(cli: Cli) -> recall_core::Result<()> {
             output,
         } => export(g, user, *with_vectors, output.as_deref()).await,
         Command::Forget { user } => forget(g, user).await,
+        Command::Serve(args) => serve(g, args).await,
+        Command::Schema => {
+            print!("{}", crate::graphql::sdl());
+            Ok(())
+        }
+        Command::Keys {
+            command: KeysCommand::Hash { key },
+        } => {
+            println!("{}", crate::auth::hash_api_key(key));
+            Ok(())
+        }
     }
+}
+
+async fn serve(g: &Global, args: &ServeArgs) -> recall_core::Result<()> {
+    use crate::settings::Settings;
+    let mut settings = Settings::load(args.config.as_deref(), std::env::vars())?;
+    if let Some(b) = args.bind {
+        settings.bind = b;
+    }
+    if args.jwt_secret.is_some() {
+        settings.auth.jwt_secret = args.jwt_secret.clone();
+    }
+    if args.jwt_public_key.is_some() {
+        settings.auth.jwt_public_key = args.jwt_public_key.clone();
+    }
+    settings.auth.allow_anonymous |= args.allow_anonymous;
+    settings.graphiql |= args.graphiql;
+    if args.chat_model.is_some() {
+        settings.chat.model = args.chat_model.clone();
+    }
+    settings.validate()?;
+    if settings.auth.jwt_secret.is_none()
+        && settings.auth.jwt_public_key.is_none()
+        && settings.auth.api_keys.is_empty()
+        && !settings.auth.allow_anonymous
+    {
+        return Err(Error::invalid(
+            "no way to authenticate: give --jwt-secret, --jwt-public-key or API keys in the \
+             config, or --allow-anonymous for local development",
+        ));
+    }
+    tracing::info!(settings = ?settings, "starting");
+    let engine = engine(g).await?;
+    let chat = if args.no_chat {
+        None
+    } else {
+        let path = chat_model_path(g, settings.chat.model.as_deref())?;
+        let device = recall_core::device::select(g.device)?;
+        let small = std::fs::metadata(&path).is_ok_and(|m| m.len() <= DEQUANTIZE_MAX_BYTES);
+        let config = ModelConfig {
+            path,
+            dequantize: small && device.is_cpu(),
+        };
+        let (queue, seqs) = (settings.chat.queue_capacity, settings.chat.max_sequences);
+        let service = tokio::task::spawn_blocking(move || {
+            recall_core::llm::ChatService::start(&config, &device, queue, seqs)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("model loader panicked: {e}")))??;
+        let model: Arc<dyn recall_core::llm::ChatModel> = Arc::new(service);
+        let mut pipeline = recall_core::chat::ChatPipeline::new(engine.clone(), model.clone());
+        if settings.chat.summary_trigger_messages > 0 {
+            pipeline = pipeline.with_summaries(
+                Arc::new(recall_core::llm::ChatSummarizer::new(model, 160)),
+                recall_core::context::SummaryPolicy {
+                    trigger_messages: settings.chat.summary_trigger_messages,
+                    ..Default::default()
+                },
+            );
+        }
+        Some(pipeline)
+    };
+    let listener = tokio::net::TcpListener::bind(settings.bind)
+        .await
+        .map_err(|e| Error::Unavailable {
+            message: format!("cannot listen on {}", settings.bind),
+            source: Some(Box::new(e)),
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Internal(format!("local address: {e}")))?;
+    let state = Arc::new(crate::app::AppState::new(settings, engine, chat)?);
+    println!("deep-recall: listening on http://{addr}");
+    let _ = std::io::stdout().flush();
+    crate::app::serve(listener, state, shutdown_signal())
+        .await
+        .map_err(|e| Error::Internal(format!("server: {e}")))
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+/// The chat model file for a `--model`/`--chat-model` value (the packaged default when absent).
+fn chat_model_path(g: &Global, model: Option<&str>) -> recall_core::Result<PathBuf> {
+    let path = match model {
+        None => recall_core::llm::gguf::default_model_path(&g.models_dir),
+        Some(m) if m.ends_with(".gguf") || m.contains('/') => PathBuf::from(m),
+        Some(name) => {
+            let dir = g.models_dir.join(name);
+            std::fs::read_dir(&dir)
+                .map_err(|e| Error::io(&dir, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| p.extension().is_some_and(|x| x == "gguf"))
+                .ok_or_else(|| Error::model(format!("no .gguf file in {}", dir.display())))?
+        }
+    };
+    if !path.is_file() {
+        return Err(Error::model(format!(
+            "chat model {} not found; run `deep-recall models fetch` (or pass --no-chat)",
+            path.display()
+        )));
+    }
+    Ok(path)
 }
 
 fn store_config(g: &Global) -> StoreConfig {
@@ -857,18 +1044,7 @@ async fn generate(
     params: &GenerationParams,
     dequantize: bool,
 ) -> recall_core::Result<()> {
-    let path = match model {
-        None => recall_core::llm::gguf::default_model_path(&g.models_dir),
-        Some(m) if m.ends_with(".gguf") || m.contains('/') => PathBuf::from(m),
-        Some(name) => {
-            let dir = g.models_dir.join(name);
-            std::fs::read_dir(&dir)
-                .map_err(|e| Error::io(&dir, e))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .find(|p| p.extension().is_some_and(|x| x == "gguf"))
-                .ok_or_else(|| Error::model(format!("no .gguf file in {}", dir.display())))?
-        }
-    };
+    let path = chat_model_path(g, model)?;
     let device = recall_core::device::select(g.device)?;
     let small = std::fs::metadata(&path).is_ok_and(|m| m.len() <= DEQUANTIZE_MAX_BYTES);
     let config = ModelConfig {

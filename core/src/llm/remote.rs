@@ -31,6 +31,8 @@ pub struct RemoteConfig {
     pub api_key: Option<String>,
     /// The model name the provider knows.
     pub model: String,
+    /// The model's context window in tokens (prompts are budgeted against it).
+    pub context_length: usize,
     /// Whole-request timeout (non-streaming) and time to the first byte (streaming).
     pub timeout: Duration,
     /// Longest silence between two chunks of a stream.
@@ -53,6 +55,7 @@ impl Default for RemoteConfig {
             base_url: "http://127.0.0.1:8000/v1".into(),
             api_key: None,
             model: "default".into(),
+            context_length: 8192,
             timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(30),
             max_retries: 3,
@@ -136,6 +139,11 @@ fn unavailable(message: String, source: Option<reqwest::Error>) -> Error {
 }
 
 impl RemoteChat {
+    /// The configuration it was made with.
+    pub fn config(&self) -> &RemoteConfig {
+        &self.config
+    }
+
     /// A client for `config`.
     pub fn new(config: RemoteConfig) -> Result<Self> {
         let client = reqwest::Client::builder()

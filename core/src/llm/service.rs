@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
 
+use super::ChatModel;
 use super::gguf::{Completion, FinishReason, GenerationParams, GgufModel, ModelConfig, Sequence};
 use super::llama::KvCache;
 use super::template::ChatTemplate;
@@ -291,14 +292,14 @@ fn worker(
 
 /// A [`Summarizer`] that asks the chat model for a bounded summary.
 pub struct ChatSummarizer {
-    chat: Arc<ChatService>,
+    chat: Arc<dyn ChatModel>,
     /// Tokens of summary at most.
     pub max_tokens: usize,
 }
 
 impl ChatSummarizer {
     /// Summaries of at most `max_tokens` tokens from `chat`.
-    pub fn new(chat: Arc<ChatService>, max_tokens: usize) -> Self {
+    pub fn new(chat: Arc<dyn ChatModel>, max_tokens: usize) -> Self {
         Self { chat, max_tokens }
     }
 }

@@ -221,13 +221,15 @@ fn audit_to_api(m: audit_log::Model) -> AuditEntry {
 }
 
 fn page_of<T>(mut items: Vec<T>, first: usize, cursor_of: impl Fn(&T) -> String) -> Page<T> {
-    let next_cursor = if items.len() > first {
-        items.truncate(first);
-        items.last().map(cursor_of)
-    } else {
-        None
-    };
-    Page { items, next_cursor }
+    let more = items.len() > first;
+    items.truncate(first);
+    let cursors: Vec<String> = items.iter().map(cursor_of).collect();
+    let next_cursor = if more { cursors.last().cloned() } else { None };
+    Page {
+        items,
+        next_cursor,
+        cursors,
+    }
 }
 
 fn internal(msg: impl Into<String>) -> Error {
@@ -669,6 +671,7 @@ impl<V: VectorIndex> MemoryStore for SqlStore<V> {
             return Ok(Page {
                 items: vec![],
                 next_cursor: None,
+                cursors: vec![],
             });
         };
         let mut q = session::Entity::find().filter(session::Column::UserId.eq(u.id));
@@ -697,6 +700,7 @@ impl<V: VectorIndex> MemoryStore for SqlStore<V> {
         Ok(Page {
             items: page.items.into_iter().map(session_to_api).collect(),
             next_cursor: page.next_cursor,
+            cursors: page.cursors,
         })
     }
 
@@ -851,6 +855,7 @@ impl<V: VectorIndex> MemoryStore for SqlStore<V> {
         let empty = Page {
             items: vec![],
             next_cursor: None,
+            cursors: vec![],
         };
         let Some(u) = self.find_user(&self.db, user).await? else {
             return Ok(empty);
@@ -890,6 +895,7 @@ impl<V: VectorIndex> MemoryStore for SqlStore<V> {
                 .map(|m| self.message_to_api(m, session))
                 .collect::<Result<_>>()?,
             next_cursor: page.next_cursor,
+            cursors: page.cursors,
         })
     }
 
@@ -1090,6 +1096,7 @@ impl<V: VectorIndex> MemoryStore for SqlStore<V> {
         let empty = Page {
             items: vec![],
             next_cursor: None,
+            cursors: vec![],
         };
         let Some(u) = self.find_user(&self.db, user).await? else {
             return Ok(empty);
@@ -1123,6 +1130,7 @@ impl<V: VectorIndex> MemoryStore for SqlStore<V> {
         Ok(Page {
             items: self.memories_to_api(&self.db, u.id, page.items).await?,
             next_cursor: page.next_cursor,
+            cursors: page.cursors,
         })
     }
 
@@ -1628,6 +1636,7 @@ impl<V: VectorIndex> MemoryStore for SqlStore<V> {
         Ok(Page {
             items: page.items.into_iter().map(audit_to_api).collect(),
             next_cursor: page.next_cursor,
+            cursors: page.cursors,
         })
     }
 }

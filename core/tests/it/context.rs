@@ -237,3 +237,154 @@ async fn rolling_summaries_fold_old_history_when_due() {
     );
     assert_eq!(next.first_message_id, Some(messages[8].id));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_held_conversation_replaces_the_stored_history() {
+    use recall_core::context::ChatTurn;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path()).await;
+    engine.add_messages("alice", chat(6)).await.unwrap();
+    let turn = |role, content: &str| ChatTurn {
+        role,
+        content: content.into(),
+    };
+    let options = ContextOptions {
+        conversation: Some(vec![
+            turn(Role::System, "Be brief."),
+            turn(Role::User, "I have a cat named Miso."),
+            turn(Role::Assistant, "Cute!"),
+        ]),
+        ..ContextOptions::default()
+    };
+    let (ctx, memories) = engine
+        .context_with_memories(
+            "alice",
+            "s",
+            "Am I allergic to anything?",
+            &smollm(),
+            &options,
+        )
+        .await
+        .unwrap();
+    let roles: Vec<Role> = ctx.messages.iter().map(|m| m.role).collect();
+    assert_eq!(
+        roles,
+        [Role::System, Role::User, Role::Assistant, Role::User]
+    );
+    assert!(ctx.messages[0].content.starts_with("Be brief."));
+    assert_eq!(ctx.messages[1].content, "I have a cat named Miso.");
+    assert_eq!(ctx.messages[3].content, "Am I allergic to anything?");
+    // The stored history is not replayed as turns, but long-term memory still comes back.
+    assert!(
+        ctx.messages
+            .iter()
+            .all(|m| !m.content.starts_with("Message number"))
+    );
+    assert!(
+        ctx.messages[0].content.contains("peanuts"),
+        "{}",
+        ctx.messages[0].content
+    );
+    assert!(
+        memories
+            .iter()
+            .any(|r| r.memory.content.contains("peanuts"))
+    );
+    assert!(ctx.report.summaries.included.is_empty());
+
+    // A memory that repeats a turn of the caller's conversation is not shown twice.
+    engine
+        .add_messages(
+            "alice",
+            vec![NewMessage::new("s", Role::User, "I have a cat named Miso.")],
+        )
+        .await
+        .unwrap();
+    let (ctx, _) = engine
+        .context_with_memories("alice", "s", "What is my cat called?", &smollm(), &options)
+        .await
+        .unwrap();
+    assert_eq!(
+        ctx.messages[0].content.matches("Miso").count(),
+        0,
+        "{}",
+        ctx.messages[0].content
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_events_reach_their_owner_only() {
+    use recall_core::events::{MemoryAction, Received};
+    use recall_core::{MemoryUpdate, NewMemoryText};
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path()).await;
+    let mut alice = engine.events().subscribe("alice");
+    let mut bob = engine.events().subscribe("bob");
+    let fact = |text: &str| NewMemoryText {
+        kind: MemoryKind::Fact,
+        content: text.into(),
+        session: None,
+        tags: vec![],
+        importance: None,
+    };
+    engine
+        .add_memory("bob", fact("Bob's private fact"))
+        .await
+        .unwrap();
+    let m = engine
+        .add_memory("alice", fact("Alice likes figs"))
+        .await
+        .unwrap();
+    engine
+        .update_memory(
+            "alice",
+            m.id,
+            MemoryUpdate {
+                content: Some("Alice loves figs".into()),
+                ..MemoryUpdate::default()
+            },
+        )
+        .await
+        .unwrap();
+    // Bob's id through Alice's name changes nothing and announces nothing.
+    assert_eq!(
+        engine
+            .delete_memories("alice", &[m.id + 1000])
+            .await
+            .unwrap(),
+        0
+    );
+    engine.delete_memories("alice", &[m.id]).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        match alice.next().await.unwrap() {
+            Received::Event(e) => got.push((e.action, e.memory_id, e.memory.map(|m| m.content))),
+            Received::Lagged(n) => panic!("lagged {n}"),
+        }
+    }
+    assert_eq!(
+        got,
+        [
+            (
+                MemoryAction::Added,
+                m.id,
+                Some("Alice likes figs".to_owned())
+            ),
+            (
+                MemoryAction::Updated,
+                m.id,
+                Some("Alice loves figs".to_owned())
+            ),
+            (MemoryAction::Deleted, m.id, None),
+        ]
+    );
+    match bob.next().await.unwrap() {
+        Received::Event(e) => {
+            assert_eq!(e.user, "bob");
+            assert_eq!(e.memory.unwrap().content, "Bob's private fact");
+        }
+        Received::Lagged(n) => panic!("lagged {n}"),
+    }
+    let more = tokio::time::timeout(std::time::Duration::from_millis(200), bob.next()).await;
+    assert!(more.is_err(), "Bob saw another user's event: {more:?}");
+}

@@ -136,6 +136,7 @@ fn config(url: &str) -> RemoteConfig {
         max_backoff: Duration::from_millis(50),
         breaker_threshold: 2,
         breaker_cooldown: Duration::from_millis(400),
+        ..RemoteConfig::default()
     }
 }
 

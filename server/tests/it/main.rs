@@ -1,2 +1,4 @@
-//! The `deep-recall` command line, run as a real process against both stores.
+//! The `deep-recall` command line and server, run as real processes against both stores.
 mod cli;
+mod rest;
+mod server;

@@ -1,0 +1,352 @@
+//! The chat pipeline every front door uses (GraphQL, REST, bindings): retrieve what the user's
+//! memory holds for the new message and assemble the budgeted prompt, store the message, stream
+//! the model's answer, store the answer, and fold old history into a summary in the background
+//! when one is due.
+//!
+//! The user's message is stored (and acknowledged with its id) before generation starts, so a
+//! crash mid-answer loses nothing the caller was told was kept. An answer whose consumer went
+//! away is not stored.
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::context::{ContextReport, Summarizer, SummaryPolicy};
+use crate::engine::{ContextOptions, Engine};
+use crate::error::{Error, Result};
+use crate::llm::{ChatEvent, ChatModel, FinishReason, GenerationParams};
+use crate::types::{MemoryKind, NewMessage, Role};
+
+/// One chat turn to answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    /// The session (created on first use).
+    pub session: String,
+    /// The user's new message.
+    pub message: String,
+    /// Sampling and limits.
+    #[serde(default)]
+    pub generation: GenerationParams,
+    /// Prompt assembly and retrieval. The budget's window is capped at the model's and its
+    /// response reserve raised to `generation.max_tokens`.
+    #[serde(default)]
+    pub context: ContextOptions,
+}
+
+impl ChatRequest {
+    /// A request with default generation and context options.
+    pub fn new(session: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            session: session.into(),
+            message: message.into(),
+            generation: GenerationParams::default(),
+            context: ContextOptions::default(),
+        }
+    }
+}
+
+/// A memory that was brought into the prompt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContextMemory {
+    /// The memory's id.
+    pub memory_id: i64,
+    /// What it is.
+    pub kind: MemoryKind,
+    /// Its text.
+    pub content: String,
+    /// The session it came from.
+    pub session: Option<String>,
+    /// Its retrieval score (higher is better).
+    pub score: f32,
+    /// When it was written.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Token counts of one answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Tokens of the prompt.
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub completion_tokens: usize,
+    /// The two together.
+    pub total_tokens: usize,
+}
+
+/// Where the time went, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    /// Retrieval and prompt assembly.
+    pub retrieval_ms: f64,
+    /// From the request to the first piece of the answer.
+    pub first_token_ms: f64,
+    /// From the request to the end of the answer.
+    pub total_ms: f64,
+}
+
+/// The whole result of one chat turn.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatResult {
+    /// The session.
+    pub session: String,
+    /// The stored user message.
+    pub message_id: i64,
+    /// The stored answer.
+    pub reply_id: Option<i64>,
+    /// The answer.
+    pub text: String,
+    /// Memories that went into the prompt, best first.
+    pub context: Vec<ContextMemory>,
+    /// What the prompt was made of.
+    pub report: ContextReport,
+    /// Token counts.
+    pub usage: Usage,
+    /// Timings.
+    pub latency: Latency,
+    /// Mean log-probability of the answer's tokens (0 is certain).
+    pub confidence: f32,
+    /// Why the answer ended.
+    pub finish_reason: FinishReason,
+    /// The model that answered.
+    pub model: String,
+}
+
+/// One event of a streamed chat turn.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ChatUpdate {
+    /// The next piece of the answer.
+    Delta {
+        /// The text.
+        text: String,
+    },
+    /// The end: the whole result.
+    Done(Box<ChatResult>),
+}
+
+/// A started chat turn: the stored message's id and the stream of the answer.
+#[derive(Debug)]
+pub struct ChatStream {
+    /// The user message, stored before generation started.
+    pub message_id: i64,
+    /// `Delta`s, then one `Done` (or an error). Dropping it cancels the generation.
+    pub updates: mpsc::Receiver<Result<ChatUpdate>>,
+}
+
+/// The pipeline; cheap to clone.
+#[derive(Clone)]
+pub struct ChatPipeline {
+    engine: Engine,
+    model: Arc<dyn ChatModel>,
+    summarizer: Option<(Arc<dyn Summarizer>, SummaryPolicy)>,
+}
+
+/// Updates buffered between the pipeline and a slow consumer.
+const BUFFER: usize = 64;
+
+impl ChatPipeline {
+    /// Chats with `model` over `engine`'s memory, without summaries.
+    pub fn new(engine: Engine, model: Arc<dyn ChatModel>) -> Self {
+        Self {
+            engine,
+            model,
+            summarizer: None,
+        }
+    }
+
+    /// Folds old history into summaries with `summarizer` when `policy` says so, after
+    /// each answer, off the reply path.
+    pub fn with_summaries(
+        mut self,
+        summarizer: Arc<dyn Summarizer>,
+        policy: SummaryPolicy,
+    ) -> Self {
+        self.summarizer = Some((summarizer, policy));
+        self
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The chat model.
+    pub fn model(&self) -> &Arc<dyn ChatModel> {
+        &self.model
+    }
+
+    /// Starts a chat turn for `user`; see the module documentation.
+    pub async fn stream(&self, user: &str, request: ChatRequest) -> Result<ChatStream> {
+        let started = Instant::now();
+        let mut options = request.context.clone();
+        let window = options
+            .budget
+            .context_window
+            .min(self.model.context_length());
+        if request.generation.max_tokens >= window {
+            return Err(Error::invalid(format!(
+                "max_tokens {} leaves no room for the prompt in the model's {window}-token context",
+                request.generation.max_tokens
+            )));
+        }
+        options.budget.context_window = window;
+        options.budget.response_reserve = options
+            .budget
+            .response_reserve
+            .max(request.generation.max_tokens)
+            .min(window - 1);
+        let (assembled, memories) = self
+            .engine
+            .context_with_memories(
+                user,
+                &request.session,
+                &request.message,
+                self.model.token_counter(),
+                &options,
+            )
+            .await?;
+        let retrieval_ms = ms(started);
+        let included: std::collections::HashSet<i64> =
+            assembled.report.memories.included.iter().copied().collect();
+        let context: Vec<ContextMemory> = memories
+            .into_iter()
+            .filter(|r| included.contains(&r.memory.id))
+            .map(|r| ContextMemory {
+                memory_id: r.memory.id,
+                kind: r.memory.kind,
+                content: r.memory.content,
+                session: r.memory.session,
+                score: r.score,
+                created_at: r.memory.created_at,
+            })
+            .collect();
+
+        let stored = self
+            .engine
+            .add_messages(
+                user,
+                vec![NewMessage::new(
+                    &request.session,
+                    Role::User,
+                    &request.message,
+                )],
+            )
+            .await?;
+        let message_id = stored
+            .first()
+            .map(|a| a.message.id)
+            .ok_or_else(|| Error::Internal("the store returned no message".into()))?;
+
+        let mut answer = self
+            .model
+            .stream(&assembled.messages, &request.generation)
+            .await?;
+        let (tx, updates) = mpsc::channel(BUFFER);
+        let this = self.clone();
+        let user = user.to_owned();
+        let report = assembled.report;
+        tokio::spawn(async move {
+            let mut first_token_ms = None;
+            while let Some(event) = answer.recv().await {
+                match event {
+                    Ok(ChatEvent::Delta { text }) => {
+                        first_token_ms.get_or_insert_with(|| ms(started));
+                        if tx.send(Ok(ChatUpdate::Delta { text })).await.is_err() {
+                            // The consumer went away: dropping `answer` stops the model.
+                            return;
+                        }
+                    }
+                    Ok(ChatEvent::Done { completion }) => {
+                        let reply = if completion.text.trim().is_empty() {
+                            Ok(None)
+                        } else {
+                            let mut m = NewMessage::new(
+                                &request.session,
+                                Role::Assistant,
+                                &completion.text,
+                            );
+                            m.metadata = json!({
+                                "model": this.model.name(),
+                                "finish_reason": completion.finish_reason,
+                                "confidence": completion.confidence,
+                            });
+                            this.engine
+                                .add_messages(&user, vec![m])
+                                .await
+                                .map(|a| a.first().map(|a| a.message.id))
+                        };
+                        let reply_id = match reply {
+                            Ok(id) => id,
+                            Err(e) => {
+                                let _ = tx.send(Err(e)).await;
+                                return;
+                            }
+                        };
+                        if let Some((summarizer, policy)) = &this.summarizer {
+                            this.engine.spawn_summarize_if_due(
+                                &user,
+                                &request.session,
+                                summarizer.clone(),
+                                *policy,
+                            );
+                        }
+                        let total_ms = ms(started);
+                        let result = ChatResult {
+                            session: request.session.clone(),
+                            message_id,
+                            reply_id,
+                            text: completion.text,
+                            context: context.clone(),
+                            report: report.clone(),
+                            usage: Usage {
+                                prompt_tokens: completion.prompt_tokens,
+                                completion_tokens: completion.completion_tokens,
+                                total_tokens: completion.prompt_tokens
+                                    + completion.completion_tokens,
+                            },
+                            latency: Latency {
+                                retrieval_ms,
+                                first_token_ms: first_token_ms.unwrap_or(total_ms),
+                                total_ms,
+                            },
+                            confidence: completion.confidence,
+                            finish_reason: completion.finish_reason,
+                            model: this.model.name().to_owned(),
+                        };
+                        let _ = tx.send(Ok(ChatUpdate::Done(Box::new(result)))).await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+            let _ = tx
+                .send(Err(Error::unavailable("the chat model stopped mid-answer")))
+                .await;
+        });
+        Ok(ChatStream {
+            message_id,
+            updates,
+        })
+    }
+
+    /// A whole chat turn at once.
+    pub async fn chat(&self, user: &str, request: ChatRequest) -> Result<ChatResult> {
+        let mut stream = self.stream(user, request).await?;
+        while let Some(update) = stream.updates.recv().await {
+            if let ChatUpdate::Done(result) = update? {
+                return Ok(*result);
+            }
+        }
+        Err(Error::unavailable("the chat pipeline stopped mid-answer"))
+    }
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}

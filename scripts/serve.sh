@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The main job: the server on the embedded default store, from nothing. Fetches the default
+# models (embedding + chat) into ./models, builds the release binary and serves GraphQL at
+# http://127.0.0.1:8080/graphql (GraphiQL in a browser), the OpenAI-compatible REST API under
+# /v1, /health, /ready and /metrics.
+#
+# Local development mode: anonymous access is on, and the `X-User-Id` header names the user.
+# For anything else give a JWT secret instead (`--jwt-secret`, DEEP_RECALL_JWT_SECRET):
+#   scripts/serve.sh --jwt-secret "$(openssl rand -hex 32)"
+# Extra arguments go to `deep-recall serve` (see `deep-recall serve --help`). Data goes to
+# ./data, models to ./models (DEEP_RECALL_DATA_DIR, DEEP_RECALL_MODELS_DIR).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --quiet --locked --release -p recall-server
+bin="${CARGO_TARGET_DIR:-$PWD/target}/release/deep-recall"
+"$bin" models fetch
+if [ "$#" -eq 0 ]; then
+  set -- --allow-anonymous --graphiql
+fi
+exec "$bin" serve "$@"

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Python clients the server's tests drive: the official `openai` SDK (against /v1). Installs a
+# venv from PyPI once (pinned), then only prints its python.
+#
+#   scripts/test-venv.sh          install if needed, print the venv's python
+#   DEEP_RECALL_TEST_VENV=DIR     where the venv lives (default ~/.cache/deep-recall/test-venv)
+set -euo pipefail
+
+VENV="${DEEP_RECALL_TEST_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/deep-recall/test-venv}"
+PY="$VENV/bin/python"
+PINS="openai==3.54.0"
+STAMP="$VENV/.deep-recall-pins"
+
+if [ -x "$PY" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$PINS" ]; then
+  echo "$PY"
+  exit 0
+fi
+echo "test-venv: installing $PINS into $VENV" >&2
+python3 -m venv "$VENV" >&2
+# shellcheck disable=SC2086
+"$PY" -m pip install --quiet --disable-pip-version-check $PINS >&2
+echo "$PINS" > "$STAMP"
+echo "$PY"

@@ -1,0 +1,74 @@
+//! The GraphQL API: queries, mutations and subscriptions split by domain and merged; no web
+//! framework here (see [`crate::app`] for HTTP and WebSocket).
+//!
+//! Every resolver acts on the authenticated caller's data only: the user comes from the
+//! request's [`Principal`], never from an argument.
+pub mod error;
+pub mod mutation;
+pub mod query;
+pub mod subscription;
+pub mod types;
+
+use std::sync::Arc;
+
+use async_graphql::{Context, Schema};
+
+use crate::app::AppState;
+use crate::auth::Principal;
+use error::{Code, GqlResult, error as gql_error};
+
+pub use mutation::Mutation;
+pub use query::Query;
+pub use subscription::Subscription;
+
+/// The schema type.
+pub type AppSchema = Schema<Query, Mutation, Subscription>;
+
+/// Builds the schema with the server state attached and the configured depth and complexity
+/// limits.
+pub fn build_schema(state: Arc<AppState>) -> AppSchema {
+    let limits = &state.settings.limits;
+    Schema::build(
+        Query::default(),
+        Mutation::default(),
+        Subscription::default(),
+    )
+    .limit_depth(limits.max_query_depth)
+    .limit_complexity(limits.max_query_complexity)
+    .data(state.clone())
+    .finish()
+}
+
+/// The schema in SDL, as `deep-recall schema` prints it (no server state needed).
+pub fn sdl() -> String {
+    Schema::build(
+        Query::default(),
+        Mutation::default(),
+        Subscription::default(),
+    )
+    .finish()
+    .sdl()
+}
+
+/// The server state and the caller of a request.
+pub(crate) fn caller<'a>(ctx: &'a Context<'_>) -> GqlResult<(&'a Arc<AppState>, &'a Principal)> {
+    let state = ctx
+        .data::<Arc<AppState>>()
+        .map_err(|_| gql_error(Code::Internal, "server state missing"))?;
+    let principal = ctx
+        .data::<Principal>()
+        .map_err(|_| gql_error(Code::Unauthenticated, "authentication required"))?;
+    Ok((state, principal))
+}
+
+/// The caller, who must have the admin role.
+pub(crate) fn admin<'a>(ctx: &'a Context<'_>) -> GqlResult<(&'a Arc<AppState>, &'a Principal)> {
+    let (state, p) = caller(ctx)?;
+    if !p.admin {
+        return Err(gql_error(
+            Code::Forbidden,
+            "this operation needs the admin role",
+        ));
+    }
+    Ok((state, p))
+}

@@ -1,0 +1,297 @@
+//! Mutations, by domain.
+use async_graphql::{Context, ID, Json, MergedObject, Object};
+use recall_core::chat::ChatRequest;
+use recall_core::store::{Actor, ExportOptions};
+use recall_core::types::{NewMessage, SessionPatch};
+use recall_core::{MemoryUpdate, NewMemoryText};
+
+use super::error::{Code, GqlResult, IntoGql, error};
+use super::types::{
+    ChatInput, ChatResult, DeletionReport, Memory, MemoryInput, MemoryUpdateInput, Message,
+    MessageInput, Session, parse_id,
+};
+use super::{admin, caller};
+use crate::app::AppState;
+use crate::auth::Principal;
+
+/// All mutations.
+#[derive(MergedObject, Default)]
+pub struct Mutation(SessionMutation, MemoryMutation, DataMutation, ChatMutation);
+
+/// Messages per `addMessages` call at most.
+const MAX_MESSAGES_PER_CALL: usize = 1000;
+
+fn actor(p: &Principal) -> Actor {
+    Actor(if p.admin {
+        format!("admin:{}", p.user)
+    } else {
+        format!("user:{}", p.user)
+    })
+}
+
+/// Sessions.
+#[derive(Default)]
+pub struct SessionMutation;
+
+#[Object]
+impl SessionMutation {
+    /// Creates a session (or changes its title and persona if it exists).
+    async fn create_session(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        title: Option<String>,
+        persona: Option<String>,
+    ) -> GqlResult<Session> {
+        let (state, p) = caller(ctx)?;
+        let patch = SessionPatch {
+            title: title.map(Some),
+            persona: persona.map(Some),
+        };
+        Ok(state
+            .engine
+            .store()
+            .upsert_session(&p.user, &id, patch)
+            .await
+            .gql()?
+            .into())
+    }
+
+    /// Changes a session's title.
+    async fn rename_session(&self, ctx: &Context<'_>, id: ID, title: String) -> GqlResult<Session> {
+        let (state, p) = caller(ctx)?;
+        let store = state.engine.store();
+        if store.get_session(&p.user, &id).await.gql()?.is_none() {
+            return Err(error(
+                Code::NotFound,
+                format!("session not found: {}", id.0),
+            ));
+        }
+        let patch = SessionPatch {
+            title: Some(Some(title)),
+            persona: None,
+        };
+        Ok(store
+            .upsert_session(&p.user, &id, patch)
+            .await
+            .gql()?
+            .into())
+    }
+
+    /// Deletes a session with its messages and their memories.
+    async fn delete_session(&self, ctx: &Context<'_>, id: ID) -> GqlResult<bool> {
+        let (state, p) = caller(ctx)?;
+        let deleted = state
+            .engine
+            .store()
+            .delete_session(&p.user, &id)
+            .await
+            .gql()?;
+        state.engine.invalidate(&p.user);
+        if !deleted {
+            return Err(error(
+                Code::NotFound,
+                format!("session not found: {}", id.0),
+            ));
+        }
+        Ok(true)
+    }
+}
+
+/// Messages and memories.
+#[derive(Default)]
+pub struct MemoryMutation;
+
+#[Object]
+impl MemoryMutation {
+    /// Stores messages (each also becomes a searchable memory), all or none.
+    async fn add_messages(
+        &self,
+        ctx: &Context<'_>,
+        messages: Vec<MessageInput>,
+    ) -> GqlResult<Vec<Message>> {
+        let (state, p) = caller(ctx)?;
+        if messages.is_empty() || messages.len() > MAX_MESSAGES_PER_CALL {
+            return Err(error(
+                Code::BadInput,
+                format!("send 1 to {MAX_MESSAGES_PER_CALL} messages per call"),
+            ));
+        }
+        let messages: Vec<NewMessage> = messages.into_iter().map(Into::into).collect();
+        let stored = state.engine.add_messages(&p.user, messages).await.gql()?;
+        Ok(stored.into_iter().map(|a| a.message.into()).collect())
+    }
+
+    /// Adds a memory (a fact by default).
+    async fn add_memory(&self, ctx: &Context<'_>, input: MemoryInput) -> GqlResult<Memory> {
+        let (state, p) = caller(ctx)?;
+        Ok(state
+            .engine
+            .add_memory(
+                &p.user,
+                NewMemoryText {
+                    kind: input.kind.into(),
+                    content: input.content,
+                    session: input.session,
+                    tags: input.tags,
+                    importance: input.importance,
+                },
+            )
+            .await
+            .gql()?
+            .into())
+    }
+
+    /// Changes a memory.
+    async fn update_memory(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: MemoryUpdateInput,
+    ) -> GqlResult<Memory> {
+        let (state, p) = caller(ctx)?;
+        let id = parse_id("memory", &id)?;
+        Ok(state
+            .engine
+            .update_memory(
+                &p.user,
+                id,
+                MemoryUpdate {
+                    content: input.content,
+                    tags: input.tags,
+                    metadata: input.metadata.map(|j| j.0),
+                    importance: input.importance,
+                },
+            )
+            .await
+            .gql()?
+            .into())
+    }
+
+    /// Deletes a memory.
+    async fn delete_memory(&self, ctx: &Context<'_>, id: ID) -> GqlResult<bool> {
+        let (state, p) = caller(ctx)?;
+        let n = parse_id("memory", &id)?;
+        if state.engine.delete_memories(&p.user, &[n]).await.gql()? == 0 {
+            return Err(error(Code::NotFound, format!("memory not found: {}", id.0)));
+        }
+        Ok(true)
+    }
+}
+
+/// Settings and data rights.
+#[derive(Default)]
+pub struct DataMutation;
+
+#[Object]
+impl DataMutation {
+    /// Replaces the caller's settings (a JSON object); audited.
+    async fn update_settings(
+        &self,
+        ctx: &Context<'_>,
+        settings: Json<serde_json::Value>,
+    ) -> GqlResult<Json<serde_json::Value>> {
+        let (state, p) = caller(ctx)?;
+        Ok(Json(
+            state
+                .engine
+                .store()
+                .put_settings(&p.user, settings.0, &actor(p))
+                .await
+                .gql()?,
+        ))
+    }
+
+    /// Everything stored about the caller, as JSON; audited.
+    async fn export_my_data(&self, ctx: &Context<'_>) -> GqlResult<Json<serde_json::Value>> {
+        let (state, p) = caller(ctx)?;
+        let export = state
+            .engine
+            .store()
+            .export_user(&p.user, &ExportOptions::default(), &actor(p))
+            .await
+            .gql()?;
+        serde_json::to_value(export)
+            .map(Json)
+            .map_err(|e| error(Code::Internal, format!("export: {e}")))
+    }
+
+    /// Deletes everything stored about the caller (messages, memories, vectors, summaries,
+    /// settings, cached queries); audited.
+    async fn delete_my_data(&self, ctx: &Context<'_>) -> GqlResult<DeletionReport> {
+        let (state, p) = caller(ctx)?;
+        Ok(state
+            .engine
+            .delete_user(&p.user, &actor(p))
+            .await
+            .gql()?
+            .into())
+    }
+
+    /// Deletes everything stored about `user` (admin only); audited.
+    async fn delete_user_data(&self, ctx: &Context<'_>, user: ID) -> GqlResult<DeletionReport> {
+        let (state, p) = admin(ctx)?;
+        Ok(state
+            .engine
+            .delete_user(&user, &actor(p))
+            .await
+            .gql()?
+            .into())
+    }
+}
+
+/// Chat.
+#[derive(Default)]
+pub struct ChatMutation;
+
+#[Object]
+impl ChatMutation {
+    /// Answers a message with the user's memory, all at once (see the `chat` subscription for
+    /// the streamed form).
+    async fn chat(&self, ctx: &Context<'_>, input: ChatInput) -> GqlResult<ChatResult> {
+        let (state, p) = caller(ctx)?;
+        let request = chat_request(state, input)?;
+        let result = state
+            .chat(p, request)
+            .await
+            .map_err(crate::app::ApiError::gql)?;
+        Ok(result.into())
+    }
+}
+
+/// The core request for a `ChatInput`, with the server's defaults.
+pub(crate) fn chat_request(state: &AppState, input: ChatInput) -> GqlResult<ChatRequest> {
+    let mut r = ChatRequest::new(input.session, input.message);
+    r.generation.max_tokens = input
+        .max_tokens
+        .map_or(state.settings.chat.max_tokens, |n| n as usize);
+    if r.generation.max_tokens == 0 {
+        return Err(error(Code::BadInput, "maxTokens must be at least 1"));
+    }
+    if let Some(t) = input.temperature {
+        if !(0.0..=2.0).contains(&t) {
+            return Err(error(Code::BadInput, "temperature must be in [0, 2]"));
+        }
+        r.generation.temperature = t;
+    }
+    if let Some(tp) = input.top_p {
+        if !(tp > 0.0 && tp <= 1.0) {
+            return Err(error(Code::BadInput, "topP must be in (0, 1]"));
+        }
+        r.generation.top_p = Some(tp);
+    }
+    r.generation.top_k = input.top_k.map(|k| k as usize);
+    if let Some(s) = input.seed {
+        r.generation.seed = s;
+    }
+    if input.stop.len() > 8 {
+        return Err(error(Code::BadInput, "at most 8 stop sequences"));
+    }
+    r.generation.stop = input.stop;
+    r.context.system = input.system;
+    if let Some(k) = input.memory_top_k {
+        r.context.retrieve.top_k = k as usize;
+    }
+    r.context.retrieve.mode = input.mode.into();
+    Ok(r)
+}

@@ -1,0 +1,248 @@
+//! Queries, by domain.
+use async_graphql::connection::{Connection, Edge};
+use async_graphql::{Context, ID, Json, MergedObject, Object};
+use recall_core::RetrieveOptions;
+use recall_core::types::{Filter, PageRequest};
+
+use super::error::{Code, GqlResult, IntoGql, error};
+use super::types::{
+    Health, Memory, MemoryFilter, Message, SearchMode, SearchResult, Session, User, parse_id,
+};
+use super::{admin, caller};
+
+/// All queries.
+#[derive(MergedObject, Default)]
+pub struct Query(UserQuery, MemoryQuery, SearchQuery, SystemQuery);
+
+/// Page size when `first` is absent.
+const DEFAULT_PAGE: i32 = 20;
+
+fn page(first: Option<i32>, after: Option<String>) -> GqlResult<PageRequest> {
+    let first = first.unwrap_or(DEFAULT_PAGE);
+    if first < 1 {
+        return Err(error(Code::BadInput, "`first` must be at least 1"));
+    }
+    Ok(PageRequest {
+        first: first as usize,
+        after,
+    })
+}
+
+fn connection<T, N>(
+    page: recall_core::types::Page<T>,
+    had_after: bool,
+    node: impl Fn(T) -> N,
+) -> Connection<String, N>
+where
+    N: async_graphql::OutputType,
+{
+    let mut c = Connection::new(had_after, page.next_cursor.is_some());
+    c.edges.extend(
+        page.items
+            .into_iter()
+            .zip(page.cursors)
+            .map(|(item, cursor)| Edge::new(cursor, node(item))),
+    );
+    c
+}
+
+/// The caller and their settings.
+#[derive(Default)]
+pub struct UserQuery;
+
+#[Object]
+impl UserQuery {
+    /// The calling user.
+    async fn me(&self, ctx: &Context<'_>) -> GqlResult<User> {
+        let (state, p) = caller(ctx)?;
+        let store = state.engine.store();
+        let user = store.get_user(&p.user).await.gql()?;
+        let memory_count = match &user {
+            Some(_) => store.count_memories(&p.user).await.gql()?,
+            None => 0,
+        };
+        Ok(User {
+            id: ID(p.user.clone()),
+            admin: p.admin,
+            created_at: user.map(|u| u.created_at),
+            memory_count,
+        })
+    }
+
+    /// The caller's settings (a JSON object).
+    async fn settings(&self, ctx: &Context<'_>) -> GqlResult<Json<serde_json::Value>> {
+        let (state, p) = caller(ctx)?;
+        Ok(Json(
+            state.engine.store().get_settings(&p.user).await.gql()?,
+        ))
+    }
+}
+
+/// Sessions, messages and memories.
+#[derive(Default)]
+pub struct MemoryQuery;
+
+#[Object]
+impl MemoryQuery {
+    /// The caller's sessions, newest first.
+    async fn sessions(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> GqlResult<Connection<String, Session>> {
+        let (state, p) = caller(ctx)?;
+        let had_after = after.is_some();
+        let got = state
+            .engine
+            .store()
+            .list_sessions(&p.user, &page(first, after)?)
+            .await
+            .gql()?;
+        Ok(connection(got, had_after, Session::from))
+    }
+
+    /// One of the caller's sessions.
+    async fn session(&self, ctx: &Context<'_>, id: ID) -> GqlResult<Option<Session>> {
+        let (state, p) = caller(ctx)?;
+        Ok(state
+            .engine
+            .store()
+            .get_session(&p.user, &id)
+            .await
+            .gql()?
+            .map(Into::into))
+    }
+
+    /// Messages of one of the caller's sessions, oldest first.
+    async fn messages(
+        &self,
+        ctx: &Context<'_>,
+        session: ID,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> GqlResult<Connection<String, Message>> {
+        let (state, p) = caller(ctx)?;
+        let had_after = after.is_some();
+        let got = state
+            .engine
+            .store()
+            .list_messages(&p.user, &session, &page(first, after)?)
+            .await
+            .gql()?;
+        Ok(connection(got, had_after, Message::from))
+    }
+
+    /// The caller's memories, newest first.
+    async fn memories(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<MemoryFilter>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> GqlResult<Connection<String, Memory>> {
+        let (state, p) = caller(ctx)?;
+        let had_after = after.is_some();
+        let filter: Filter = filter.unwrap_or_default().into();
+        let got = state
+            .engine
+            .store()
+            .list_memories(&p.user, &filter, &page(first, after)?)
+            .await
+            .gql()?;
+        Ok(connection(got, had_after, Memory::from))
+    }
+
+    /// One of the caller's memories.
+    async fn memory(&self, ctx: &Context<'_>, id: ID) -> GqlResult<Option<Memory>> {
+        let (state, p) = caller(ctx)?;
+        let id = parse_id("memory", &id)?;
+        Ok(state
+            .engine
+            .store()
+            .get_memory(&p.user, id)
+            .await
+            .gql()?
+            .map(Into::into))
+    }
+}
+
+/// Search.
+#[derive(Default)]
+pub struct SearchQuery;
+
+#[Object]
+impl SearchQuery {
+    /// The caller's memories that matter for `query`, best first.
+    async fn search(
+        &self,
+        ctx: &Context<'_>,
+        query: String,
+        #[graphql(default = 10)] top_k: i32,
+        #[graphql(default)] mode: SearchMode,
+        filter: Option<MemoryFilter>,
+    ) -> GqlResult<Vec<SearchResult>> {
+        let (state, p) = caller(ctx)?;
+        if top_k < 1 {
+            return Err(error(Code::BadInput, "`topK` must be at least 1"));
+        }
+        let options = RetrieveOptions {
+            top_k: top_k as usize,
+            mode: mode.into(),
+            filter: filter.unwrap_or_default().into(),
+            ..RetrieveOptions::default()
+        };
+        let started = std::time::Instant::now();
+        let hits = state
+            .engine
+            .retrieve(&p.user, &query, &options)
+            .await
+            .gql()?;
+        state.metrics.retrieval(started.elapsed());
+        Ok(hits.into_iter().map(Into::into).collect())
+    }
+}
+
+/// Health and operator queries.
+#[derive(Default)]
+pub struct SystemQuery;
+
+#[Object]
+impl SystemQuery {
+    /// Whether the server can serve (the store answers; which models are loaded).
+    async fn health(&self, ctx: &Context<'_>) -> GqlResult<Health> {
+        let (state, _) = caller(ctx)?;
+        let ok = state.ready().await.is_ok();
+        Ok(Health {
+            status: if ok { "ok" } else { "degraded" }.into(),
+            store: state.engine.store().backend().into(),
+            embedding_model: state.engine.embedder().model_id().into(),
+            chat_model: state.chat.as_ref().map(|c| c.model().name().to_owned()),
+            queue_depth: state
+                .chat
+                .as_ref()
+                .map_or(0, |c| c.model().queue_depth() as u64),
+        })
+    }
+
+    /// The audit log of a user's data (admin only).
+    async fn audit_log(
+        &self,
+        ctx: &Context<'_>,
+        user: ID,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> GqlResult<Json<serde_json::Value>> {
+        let (state, _) = admin(ctx)?;
+        let got = state
+            .engine
+            .store()
+            .audit_log(&user, &page(first, after)?)
+            .await
+            .gql()?;
+        Ok(Json(serde_json::json!({
+            "entries": got.items,
+            "nextCursor": got.next_cursor,
+        })))
+    }
+}

@@ -1,0 +1,525 @@
+//! OpenAI-compatible REST under `/v1`: chat completions (streamed as server-sent events, or
+//! whole), embeddings and the model list, so that OpenAI client libraries work unchanged.
+//!
+//! Whose memory a completion uses: the `user` field when given (an authenticated caller may
+//! only name themselves, unless they are an admin), else the authenticated subject. The
+//! session comes from the `X-Session-Id` header or a `session` field (default `default`).
+//! The client's `messages` are the conversation: the last one (a user message) is answered
+//! and stored with the answer; earlier ones are used as the history as they are.
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use recall_core::chat::{ChatRequest, ChatUpdate};
+use recall_core::context::ChatTurn;
+use recall_core::llm::FinishReason;
+use recall_core::types::Role;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::app::{ApiError, Server, retry_after_value};
+use crate::auth::Principal;
+use crate::graphql::error::Code;
+
+/// The `/v1` routes.
+pub fn routes() -> Router<Server> {
+    Router::new()
+        .route("/chat/completions", post(chat_completions))
+        .route("/embeddings", post(embeddings))
+        .route("/models", get(models))
+}
+
+/// Texts per embeddings request at most.
+const MAX_EMBED_INPUTS: usize = 256;
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::BAD_REQUEST);
+        let kind = match self.code {
+            Code::Unauthenticated => "authentication_error",
+            Code::Forbidden => "permission_error",
+            Code::NotFound => "not_found_error",
+            Code::BadInput => "invalid_request_error",
+            Code::RateLimited => "rate_limit_error",
+            Code::Unavailable => "service_unavailable",
+            Code::Internal => "server_error",
+        };
+        let body = json!({ "error": {
+            "message": self.message,
+            "type": kind,
+            "code": self.code.as_str(),
+        }});
+        let mut resp = (status, axum::Json(body)).into_response();
+        if let Some(d) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, retry_after_value(d));
+        }
+        resp
+    }
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::new(Code::BadInput, message)
+}
+
+/// Authenticates and rate-limits a REST request; `user` is the body's `user` field.
+fn caller(
+    server: &Server,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    user: Option<&str>,
+) -> Result<Principal, ApiError> {
+    let state = &server.state;
+    let mut headers = headers.clone();
+    // In anonymous mode the body's `user` names the user when the header does not.
+    if state.auth.anonymous_allowed()
+        && !headers.contains_key("x-user-id")
+        && let Some(u) = user
+        && let Ok(v) = u.parse()
+    {
+        headers.insert("x-user-id", v);
+    }
+    let mut p = state.authenticate(&headers)?;
+    if let Some(u) = user
+        && u != p.user
+    {
+        if !p.admin {
+            return Err(ApiError::new(
+                Code::Forbidden,
+                "`user` must be the authenticated user",
+            ));
+        }
+        p.user = u.to_owned();
+    }
+    state.rate_check(&p.user, Some(peer.ip()))?;
+    Ok(p)
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| bad(format!("malformed request body: {e}")))
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatMessage {
+    role: String,
+    #[serde(default)]
+    content: Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+struct CompletionRequest {
+    #[serde(default)]
+    model: Option<String>,
+    messages: Vec<ChatMessage>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    max_tokens: Option<usize>,
+    #[serde(default)]
+    max_completion_tokens: Option<usize>,
+    #[serde(default)]
+    temperature: Option<f64>,
+    #[serde(default)]
+    top_p: Option<f64>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    stop: Option<Stop>,
+    #[serde(default)]
+    n: Option<u32>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    session: Option<String>,
+    #[serde(default)]
+    stream_options: Option<Value>,
+}
+
+/// The text of a message's `content` (a string, or an array of `{type: "text", text}` parts).
+fn content_text(v: &Value) -> Result<String, ApiError> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Null => Ok(String::new()),
+        Value::Array(parts) => {
+            let mut out = Vec::new();
+            for p in parts {
+                match (p["type"].as_str(), p["text"].as_str()) {
+                    (Some("text"), Some(t)) => out.push(t),
+                    _ => return Err(bad("only text content parts are supported")),
+                }
+            }
+            Ok(out.join("\n"))
+        }
+        _ => Err(bad("message content must be a string or text parts")),
+    }
+}
+
+fn role(r: &str) -> Result<Role, ApiError> {
+    match r {
+        "user" => Ok(Role::User),
+        "assistant" => Ok(Role::Assistant),
+        "system" | "developer" => Ok(Role::System),
+        other => Err(bad(format!("unsupported message role {other:?}"))),
+    }
+}
+
+fn finish(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+        FinishReason::Cancelled => "stop",
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn chat_request(
+    server: &Server,
+    req: &CompletionRequest,
+    session: String,
+) -> Result<ChatRequest, ApiError> {
+    if req.n.unwrap_or(1) != 1 {
+        return Err(bad("only n = 1 is supported"));
+    }
+    let (last, earlier) = req
+        .messages
+        .split_last()
+        .ok_or_else(|| bad("`messages` must not be empty"))?;
+    if role(&last.role)? != Role::User {
+        return Err(bad("the last message must come from the user"));
+    }
+    let mut conversation = Vec::with_capacity(earlier.len());
+    for m in earlier {
+        conversation.push(ChatTurn {
+            role: role(&m.role)?,
+            content: content_text(&m.content)?,
+        });
+    }
+    let mut r = ChatRequest::new(session, content_text(&last.content)?);
+    let settings = &server.state.settings;
+    r.generation.max_tokens = req
+        .max_completion_tokens
+        .or(req.max_tokens)
+        .unwrap_or(settings.chat.max_tokens);
+    if r.generation.max_tokens == 0 {
+        return Err(bad("max_tokens must be at least 1"));
+    }
+    if let Some(t) = req.temperature {
+        if !(0.0..=2.0).contains(&t) {
+            return Err(bad("temperature must be in [0, 2]"));
+        }
+        r.generation.temperature = t;
+    }
+    if let Some(p) = req.top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(bad("top_p must be in (0, 1]"));
+        }
+        r.generation.top_p = Some(p);
+    }
+    if let Some(s) = req.seed {
+        r.generation.seed = s;
+    }
+    r.generation.stop = match &req.stop {
+        None => vec![],
+        Some(Stop::One(s)) => vec![s.clone()],
+        Some(Stop::Many(v)) if v.len() <= 8 => v.clone(),
+        Some(Stop::Many(_)) => return Err(bad("at most 8 stop sequences")),
+    };
+    r.context.conversation = Some(conversation);
+    Ok(r)
+}
+
+async fn chat_completions(
+    State(server): State<Server>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let started = Instant::now();
+    let out = completions(&server, peer, &headers, &body).await;
+    let outcome = match &out {
+        Ok(_) => "ok",
+        Err(e) => e.code.as_str(),
+    };
+    server
+        .state
+        .metrics
+        .request("rest", "chat.completions", outcome, started.elapsed());
+    match out {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn completions(
+    server: &Server,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let req: CompletionRequest = json_body(body)?;
+    let p = caller(server, headers, peer, req.user.as_deref())?;
+    let session = headers
+        .get("x-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.session.clone())
+        .unwrap_or_else(|| "default".into());
+    let request = chat_request(server, &req, session)?;
+    let state = &server.state;
+    let model = state
+        .chat
+        .as_ref()
+        .map(|c| c.model().name().to_owned())
+        .or(req.model.clone())
+        .unwrap_or_default();
+    let created = now_secs();
+    if !req.stream {
+        let timeout = Duration::from_secs(state.settings.limits.request_timeout_secs);
+        let r = tokio::time::timeout(timeout, state.chat(&p, request))
+            .await
+            .map_err(|_| ApiError::new(Code::Unavailable, "the request timed out"))??;
+        let body = json!({
+            "id": format!("chatcmpl-{}", r.message_id),
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "message": { "role": "assistant", "content": r.text },
+                "finish_reason": finish(r.finish_reason),
+                "logprobs": null,
+            }],
+            "usage": {
+                "prompt_tokens": r.usage.prompt_tokens,
+                "completion_tokens": r.usage.completion_tokens,
+                "total_tokens": r.usage.total_tokens,
+            },
+            "deep_recall": {
+                "session": r.session,
+                "message_id": r.message_id,
+                "reply_id": r.reply_id,
+                "context": r.context,
+                "confidence": r.confidence,
+                "latency": r.latency,
+            },
+        });
+        return Ok(axum::Json(body).into_response());
+    }
+    let include_usage = req
+        .stream_options
+        .as_ref()
+        .and_then(|o| o["include_usage"].as_bool())
+        .unwrap_or(false);
+    let (stream, slot) = state.chat_stream(&p, request).await?;
+    let id = format!("chatcmpl-{}", stream.message_id);
+    let chunk = move |delta: Value, finish: Option<&str>, usage: Option<Value>| {
+        let mut c = json!({
+            "id": id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": null }],
+        });
+        if let Some(u) = usage {
+            c["usage"] = u;
+        }
+        Event::default().data(c.to_string())
+    };
+    let metrics_state = state.clone();
+    let first = chunk(json!({ "role": "assistant", "content": "" }), None, None);
+    let events = futures::stream::unfold(
+        (Some(first), stream.updates, false, Some(slot)),
+        move |(pending, mut rx, ended, slot)| {
+            let chunk = chunk.clone();
+            let metrics_state = metrics_state.clone();
+            async move {
+                if let Some(e) = pending {
+                    return Some((Ok::<_, Infallible>(e), (None, rx, ended, slot)));
+                }
+                if ended {
+                    return None;
+                }
+                match rx.recv().await {
+                    Some(Ok(ChatUpdate::Delta { text })) => Some((
+                        Ok(chunk(json!({ "content": text }), None, None)),
+                        (None, rx, false, slot),
+                    )),
+                    Some(Ok(ChatUpdate::Done(r))) => {
+                        metrics_state.metrics.tokens(r.usage.completion_tokens);
+                        let usage = include_usage.then(|| {
+                            json!({
+                                "prompt_tokens": r.usage.prompt_tokens,
+                                "completion_tokens": r.usage.completion_tokens,
+                                "total_tokens": r.usage.total_tokens,
+                            })
+                        });
+                        let last = chunk(json!({}), Some(finish(r.finish_reason)), usage);
+                        Some((
+                            Ok(last),
+                            (Some(Event::default().data("[DONE]")), rx, true, None),
+                        ))
+                    }
+                    Some(Err(e)) => {
+                        let e = ApiError::from(e);
+                        let body =
+                            json!({ "error": { "message": e.message, "code": e.code.as_str() } });
+                        Some((
+                            Ok(Event::default().data(body.to_string())),
+                            (None, rx, true, None),
+                        ))
+                    }
+                    None => None,
+                }
+            }
+        },
+    );
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum EmbedInput {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+struct EmbeddingRequest {
+    input: EmbedInput,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    encoding_format: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+}
+
+async fn embeddings(
+    State(server): State<Server>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let started = Instant::now();
+    let out = embed(&server, peer, &headers, &body).await;
+    let outcome = match &out {
+        Ok(_) => "ok",
+        Err(e) => e.code.as_str(),
+    };
+    server
+        .state
+        .metrics
+        .request("rest", "embeddings", outcome, started.elapsed());
+    match out {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn embed(
+    server: &Server,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let req: EmbeddingRequest = json_body(body)?;
+    caller(server, headers, peer, req.user.as_deref())?;
+    let texts = match req.input {
+        EmbedInput::One(s) => vec![s],
+        EmbedInput::Many(v) => v,
+    };
+    if texts.is_empty() || texts.len() > MAX_EMBED_INPUTS {
+        return Err(bad(format!("send 1 to {MAX_EMBED_INPUTS} inputs")));
+    }
+    let engine = &server.state.engine;
+    let limits = engine.store().limits();
+    for (i, t) in texts.iter().enumerate() {
+        limits
+            .check_content(t)
+            .map_err(|e| bad(format!("input {i}: {e}")))?;
+    }
+    let embedder = engine.embedder();
+    if let Some(m) = &req.model
+        && m != embedder.model_id()
+    {
+        return Err(ApiError::new(
+            Code::NotFound,
+            format!(
+                "model {m:?} is not served; this server embeds with {:?}",
+                embedder.model_id()
+            ),
+        ));
+    }
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => return Err(bad(format!("unknown encoding_format {other:?}"))),
+    };
+    let tokens: usize = texts
+        .iter()
+        .map(|t| {
+            embedder
+                .token_spans(t)
+                .map_or(t.len().div_ceil(4), |s| s.len())
+        })
+        .sum();
+    let vectors = embedder.embed(texts).await?;
+    let data: Vec<Value> = vectors
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({ "object": "embedding", "index": i, "embedding": embedding })
+        })
+        .collect();
+    Ok(axum::Json(json!({
+        "object": "list",
+        "data": data,
+        "model": embedder.model_id(),
+        "usage": { "prompt_tokens": tokens, "total_tokens": tokens },
+    }))
+    .into_response())
+}
+
+async fn models(
+    State(server): State<Server>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = caller(&server, &headers, peer, None) {
+        return e.into_response();
+    }
+    let state = &server.state;
+    let mut data = Vec::new();
+    if let Some(c) = &state.chat {
+        data.push(json!({ "id": c.model().name(), "object": "model", "created": 0, "owned_by": "deep-recall" }));
+    }
+    data.push(json!({ "id": state.engine.embedder().model_id(), "object": "model", "created": 0, "owned_by": "deep-recall" }));
+    axum::Json(json!({ "object": "list", "data": data })).into_response()
+}
