@@ -185,9 +185,35 @@ async fn add(server: &Server, auth: &str, session: &str, content: &str) -> Strin
 }
 
 async fn memory_api_and_isolation(store: Store) {
-    let server = Server::start(&store, &["--no-chat"], &[]);
+    let server = Server::start(
+        &store,
+        &["--no-chat"],
+        &[("DEEP_RECALL__CORS_ORIGINS", "[\"https://app.example\"]")],
+    );
     let alice = token("alice", false, 600);
     let bob = token("bob", false, 600);
+
+    // CORS: the allowlisted origin is told it may call; another is not.
+    let preflight = |origin: &'static str| {
+        reqwest::Client::new()
+            .request(reqwest::Method::OPTIONS, format!("{}/graphql", server.base))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .send()
+    };
+    let ok = preflight("https://app.example").await.unwrap();
+    assert_eq!(
+        ok.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap()),
+        Some("https://app.example")
+    );
+    let other = preflight("https://evil.example").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
 
     // Hostile credentials: nothing passes, and the code is UNAUTHENTICATED.
     let me = "{ me { id } }";
@@ -590,7 +616,11 @@ const CHAT_SUB: &str = "subscription($i: ChatInput!) { chat(input: $i) { message
 #[tokio::test(flavor = "multi_thread")]
 async fn chat_streams_over_graphql_ws_with_memory_and_events() {
     let store = Store::embedded();
-    let server = Server::start(&store, &[], &[]);
+    let server = Server::start(
+        &store,
+        &[],
+        &[("DEEP_RECALL__LIMITS__MAX_STREAMS_PER_USER", "1")],
+    );
     let alice = token("alice", false, 600);
     let bob = token("bob", false, 600);
 
@@ -707,6 +737,74 @@ async fn chat_streams_over_graphql_ws_with_memory_and_events() {
         let ev = events.next().await.unwrap();
         assert_eq!(ev["payload"]["data"]["memoryEvents"]["action"], "ADDED");
     }
+
+    // One stream per user at a time here: a second one is refused while the first runs, and
+    // closing the first frees the slot.
+    ws.subscribe(
+        "long",
+        CHAT_SUB,
+        json!({ "i": { "session": "s3", "message": "Tell me a long story about the sea.", "maxTokens": 200 } }),
+    )
+    .await;
+    let m = ws.next().await.unwrap();
+    assert_eq!(
+        (m["type"].as_str(), m["id"].as_str()),
+        (Some("next"), Some("long")),
+        "{m}"
+    );
+    let mut second = Ws::connect(
+        &server,
+        json!({ "authorization": format!("Bearer {alice}") }),
+    )
+    .await
+    .unwrap();
+    second
+        .subscribe(
+            "c2",
+            CHAT_SUB,
+            json!({ "i": { "session": "s4", "message": "Hi", "maxTokens": 4 } }),
+        )
+        .await;
+    let refused = second.next().await.unwrap();
+    assert_eq!(
+        refused["payload"]["errors"][0]["extensions"]["code"], "RATE_LIMITED",
+        "{refused}"
+    );
+    assert_eq!(second.next().await.unwrap()["type"], "complete");
+    ws.socket
+        .send(WsMessage::text(
+            json!({ "id": "long", "type": "complete" }).to_string(),
+        ))
+        .await
+        .unwrap();
+    let mut freed = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        second
+            .subscribe(
+                "c3",
+                CHAT_SUB,
+                json!({ "i": { "session": "s4", "message": "Hi", "maxTokens": 2 } }),
+            )
+            .await;
+        let m = second.next().await.unwrap();
+        if m["payload"]["errors"].is_null() {
+            freed = true;
+            break;
+        }
+        assert_eq!(second.next().await.unwrap()["type"], "complete");
+    }
+    assert!(
+        freed,
+        "the slot was not freed when the subscription completed"
+    );
+    loop {
+        let m = second.next().await.unwrap();
+        if m["type"] == "complete" {
+            break;
+        }
+    }
+    drop(second);
 
     // The non-streaming mutation gives the same kind of result.
     let (_, body) = gql(
