@@ -4,7 +4,8 @@
 #   pgvector (started here through scripts/pg.sh unless DATABASE_URL is set) and the embedded
 #   store, with the real default models (fetched here into DEEP_RECALL_MODELS_DIR, ./models by
 #   default; already-present files are only checked), and the server driven as a real process
-#   by HTTP, graphql-ws and the official `openai` Python SDK (a venv from scripts/test-venv.sh).
+#   by HTTP, the npm `graphql-ws` client (Node.js) and the official `openai` Python SDK (a
+#   venv from scripts/test-venv.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,9 +23,10 @@ cargo test --workspace --locked --no-run
 step "models ($DEEP_RECALL_MODELS_DIR)"
 "$target/debug/deep-recall" models fetch --dir "$DEEP_RECALL_MODELS_DIR"
 
-step "python test clients (openai SDK)"
+step "test clients (openai Python SDK, npm graphql-ws)"
 DEEP_RECALL_TEST_PYTHON="$(scripts/test-venv.sh)"
 export DEEP_RECALL_TEST_PYTHON
+(cd server/tests/graphql-ws-client && npm ci --no-audit --no-fund --loglevel=error)
 
 if [ -z "${DATABASE_URL:-}" ]; then
   step "postgres + pgvector"

@@ -370,6 +370,70 @@ mod tests {
     }
 
     #[test]
+    fn rs256_with_a_configured_public_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, public) = (dir.path().join("key.pem"), dir.path().join("pub.pem"));
+        let openssl = |args: &[&str]| {
+            let ok = std::process::Command::new("openssl")
+                .args(args)
+                .output()
+                .unwrap()
+                .status
+                .success();
+            assert!(ok, "openssl {args:?}");
+        };
+        let (k, p) = (key.to_str().unwrap(), public.to_str().unwrap());
+        openssl(&[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            k,
+        ]);
+        openssl(&["rsa", "-in", k, "-pubout", "-out", p]);
+        let a = Authenticator::new(&AuthSettings {
+            jwt_public_key: Some(public.clone()),
+            jwt_issuer: Some("https://auth.example".into()),
+            ..AuthSettings::default()
+        })
+        .unwrap();
+        let sign = |claims: serde_json::Value| {
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(Algorithm::RS256),
+                &claims,
+                &jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(&key).unwrap()).unwrap(),
+            )
+            .unwrap()
+        };
+        let check = |t: &str| {
+            a.authenticate(&Credentials {
+                authorization: Some(&bearer(t)),
+                ..Default::default()
+            })
+        };
+        let exp = now() + 600;
+        let good =
+            sign(serde_json::json!({ "sub": "carol", "exp": exp, "iss": "https://auth.example" }));
+        assert_eq!(check(&good).unwrap().user, "carol");
+        let wrong_iss =
+            sign(serde_json::json!({ "sub": "carol", "exp": exp, "iss": "https://evil.example" }));
+        assert!(check(&wrong_iss).is_err(), "issuer is checked");
+        // Algorithm confusion: an HS256 token keyed with the public key's PEM text.
+        let confused = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &serde_json::json!({ "sub": "carol", "exp": exp, "iss": "https://auth.example" }),
+            &jsonwebtoken::EncodingKey::from_secret(&std::fs::read(&public).unwrap()),
+        )
+        .unwrap();
+        assert!(
+            check(&confused).is_err(),
+            "HS256 accepted with only an RS256 key"
+        );
+    }
+
+    #[test]
     fn api_keys_and_anonymous_access() {
         let a = auth(true);
         let p = a

@@ -989,3 +989,61 @@ fn committed_schema_matches_the_code() {
         "schema.graphql is out of date: run `cargo run -p recall-server -- schema > schema.graphql`"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_npm_graphql_ws_client_streams_chat() {
+    let dir = recall_core::testing::repo_root().join("server/tests/graphql-ws-client");
+    assert!(
+        dir.join("node_modules/graphql-ws").is_dir(),
+        "run `npm ci` in {} first (scripts/test.sh does)",
+        dir.display()
+    );
+    let store = Store::embedded();
+    let server = Server::start(&store, &[], &[]);
+    let alice = token("alice", false, 600);
+    let run = |tok: String| {
+        let (dir, url) = (dir.clone(), server.ws_url());
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new("node")
+                .arg(dir.join("chat.mjs"))
+                .arg(url)
+                .arg(tok)
+                .arg("What is the capital of France?")
+                .output()
+                .expect("run node");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+    };
+    let events = run(alice.clone()).await.unwrap();
+    assert_eq!(events.last().unwrap()["complete"], true, "{events:?}");
+    let chat: Vec<&Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| &e["data"]["chat"])
+        .collect();
+    for (i, e) in chat.iter().enumerate() {
+        assert_eq!(e["index"], i, "in order: {events:?}");
+    }
+    let (last, deltas) = chat.split_last().unwrap();
+    assert_eq!(last["done"], true);
+    let text: String = deltas
+        .iter()
+        .map(|e| e["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(last["result"]["text"].as_str().unwrap(), text);
+    assert!(text.contains("Paris"), "{text}");
+
+    let refused = run(token("alice", false, -120)).await.unwrap();
+    assert!(
+        refused[0]["error"].is_string(),
+        "an expired token was accepted: {refused:?}"
+    );
+}
