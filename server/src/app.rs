@@ -463,11 +463,9 @@ async fn graphql_get(State(server): State<Server>, req: Request) -> Response {
                             .map_err(|e| crate::auth::AuthError::Invalid(e.message)),
                     }
                     .map_err(|e| ApiError::from(e).gql())?;
-                    init_state
-                        .rate_check(&principal.user, ip)
-                        .map_err(ApiError::gql)?;
                     let mut data = Data::default();
                     data.insert(principal);
+                    data.insert(crate::graphql::OverWebSocket { ip });
                     Ok(data)
                 })
                 .keepalive_timeout(Duration::from_secs(60))

@@ -65,6 +65,24 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Counts the request in the metrics and turns an error into its response.
+fn measured(
+    server: &Server,
+    operation: &str,
+    started: Instant,
+    out: Result<Response, ApiError>,
+) -> Response {
+    let outcome = match &out {
+        Ok(_) => "ok",
+        Err(e) => e.code.as_str(),
+    };
+    server
+        .state
+        .metrics
+        .request("rest", operation, outcome, started.elapsed());
+    out.unwrap_or_else(IntoResponse::into_response)
+}
+
 fn bad(message: impl Into<String>) -> ApiError {
     ApiError::new(Code::BadInput, message)
 }
@@ -255,18 +273,7 @@ async fn chat_completions(
 ) -> Response {
     let started = Instant::now();
     let out = completions(&server, peer, &headers, &body).await;
-    let outcome = match &out {
-        Ok(_) => "ok",
-        Err(e) => e.code.as_str(),
-    };
-    server
-        .state
-        .metrics
-        .request("rest", "chat.completions", outcome, started.elapsed());
-    match out {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
+    measured(&server, "chat.completions", started, out)
 }
 
 async fn completions(
@@ -423,18 +430,7 @@ async fn embeddings(
 ) -> Response {
     let started = Instant::now();
     let out = embed(&server, peer, &headers, &body).await;
-    let outcome = match &out {
-        Ok(_) => "ok",
-        Err(e) => e.code.as_str(),
-    };
-    server
-        .state
-        .metrics
-        .request("rest", "embeddings", outcome, started.elapsed());
-    match out {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
+    measured(&server, "embeddings", started, out)
 }
 
 async fn embed(

@@ -9,9 +9,13 @@ pub mod query;
 pub mod subscription;
 pub mod types;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use async_graphql::{Context, Schema};
+use async_graphql::extensions::{
+    Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest,
+};
+use async_graphql::{Context, Request, Schema, ServerError, ServerResult};
 
 use crate::app::AppState;
 use crate::auth::Principal;
@@ -35,8 +39,52 @@ pub fn build_schema(state: Arc<AppState>) -> AppSchema {
     )
     .limit_depth(limits.max_query_depth)
     .limit_complexity(limits.max_query_complexity)
+    .extension(WsRateLimit)
     .data(state.clone())
     .finish()
+}
+
+/// Connection data of WebSocket connections (HTTP requests are rate-limited before they reach
+/// the schema; over a WebSocket every operation is checked here).
+#[derive(Debug, Clone, Copy)]
+pub struct OverWebSocket {
+    /// The client's address.
+    pub ip: Option<IpAddr>,
+}
+
+struct WsRateLimit;
+
+impl ExtensionFactory for WsRateLimit {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(WsRateLimit)
+    }
+}
+
+#[async_graphql::async_trait::async_trait]
+impl Extension for WsRateLimit {
+    async fn prepare_request(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        request: Request,
+        next: NextPrepareRequest<'_>,
+    ) -> ServerResult<Request> {
+        if let (Some(ws), Some(p), Some(state)) = (
+            ctx.data_opt::<OverWebSocket>(),
+            ctx.data_opt::<Principal>(),
+            ctx.data_opt::<Arc<AppState>>(),
+        ) && let Err(e) = state.rate_check(&p.user, ws.ip)
+        {
+            let mut err = ServerError::new(e.message, None);
+            let mut ext = async_graphql::ErrorExtensionValues::default();
+            ext.set("code", e.code.as_str());
+            if let Some(d) = e.retry_after {
+                ext.set("retryAfter", d.as_secs_f64().ceil() as u64);
+            }
+            err.extensions = Some(ext);
+            return Err(err);
+        }
+        next.run(ctx, request).await
+    }
 }
 
 /// The schema in SDL, as `deep-recall schema` prints it (no server state needed).

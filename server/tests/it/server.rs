@@ -902,6 +902,19 @@ async fn rate_limits_and_query_limits() {
             .unwrap()
             .contains("address")
     );
+    // Operations over a WebSocket are counted too.
+    let mut ws = Ws::connect(
+        &server,
+        json!({ "authorization": format!("Bearer {alice}") }),
+    )
+    .await
+    .unwrap();
+    ws.subscribe("q", "{ me { id } }", json!({})).await;
+    let m = ws.next().await.unwrap();
+    assert_eq!(
+        m["payload"]["errors"][0]["extensions"]["code"], "RATE_LIMITED",
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
