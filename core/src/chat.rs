@@ -132,6 +132,8 @@ pub enum ChatUpdate {
 pub struct ChatStream {
     /// The user message, stored before generation started.
     pub message_id: i64,
+    /// Milliseconds spent on retrieval and prompt assembly.
+    pub retrieval_ms: f64,
     /// `Delta`s, then one `Done` (or an error). Dropping it cancels the generation.
     pub updates: mpsc::Receiver<Result<ChatUpdate>>,
 }
@@ -331,6 +333,7 @@ impl ChatPipeline {
         });
         Ok(ChatStream {
             message_id,
+            retrieval_ms,
             updates,
         })
     }

@@ -61,18 +61,25 @@ impl ApiError {
         })
     }
 
+    /// As a GraphQL server error (`extensions.code`, and `retryAfter` in seconds when known),
+    /// for places that answer before any resolver runs.
+    pub fn server_error(&self) -> ServerError {
+        let mut err = ServerError::new(self.message.clone(), None);
+        let mut ext = async_graphql::ErrorExtensionValues::default();
+        ext.set("code", self.code.as_str());
+        if let Some(d) = self.retry_after {
+            ext.set("retryAfter", d.as_secs_f64().ceil() as u64);
+        }
+        err.extensions = Some(ext);
+        err
+    }
+
     /// A GraphQL-over-HTTP response with the matching status.
     fn gql_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::BAD_REQUEST);
-        let retry = self.retry_after;
-        let mut err = ServerError::new(self.message.clone(), None);
-        let code = self.code.as_str();
-        let mut ext = async_graphql::ErrorExtensionValues::default();
-        ext.set("code", code);
-        err.extensions = Some(ext);
-        let body = serde_json::json!({ "data": null, "errors": [err] });
+        let body = serde_json::json!({ "data": null, "errors": [self.server_error()] });
         let mut resp = (status, axum::Json(body)).into_response();
-        if let Some(d) = retry {
+        if let Some(d) = self.retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, retry_after_value(d));
         }
@@ -208,9 +215,9 @@ impl AppState {
     ) -> Result<(ChatStream, StreamSlot), ApiError> {
         let pipeline = self.pipeline()?;
         let slot = self.slot(&p.user)?;
-        let started = Instant::now();
         let stream = pipeline.stream(&p.user, request).await?;
-        self.metrics.retrieval(started.elapsed());
+        self.metrics
+            .retrieval(Duration::from_secs_f64(stream.retrieval_ms / 1000.0));
         Ok((stream, slot))
     }
 

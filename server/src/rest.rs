@@ -95,16 +95,15 @@ fn caller(
     user: Option<&str>,
 ) -> Result<Principal, ApiError> {
     let state = &server.state;
-    let mut headers = headers.clone();
     // In anonymous mode the body's `user` names the user when the header does not.
-    if state.auth.anonymous_allowed()
-        && !headers.contains_key("x-user-id")
-        && let Some(u) = user
-        && let Ok(v) = u.parse()
-    {
-        headers.insert("x-user-id", v);
-    }
-    let mut p = state.authenticate(&headers)?;
+    let mut p = match user.and_then(|u| u.parse().ok()) {
+        Some(v) if state.auth.anonymous_allowed() && !headers.contains_key("x-user-id") => {
+            let mut with_user = headers.clone();
+            with_user.insert("x-user-id", v);
+            state.authenticate(&with_user)?
+        }
+        _ => state.authenticate(headers)?,
+    };
     if let Some(u) = user
         && u != p.user
     {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest,
 };
-use async_graphql::{Context, Request, Schema, ServerError, ServerResult};
+use async_graphql::{Context, Request, Schema, ServerResult};
 
 use crate::app::AppState;
 use crate::auth::Principal;
@@ -74,14 +74,7 @@ impl Extension for WsRateLimit {
             ctx.data_opt::<Arc<AppState>>(),
         ) && let Err(e) = state.rate_check(&p.user, ws.ip)
         {
-            let mut err = ServerError::new(e.message, None);
-            let mut ext = async_graphql::ErrorExtensionValues::default();
-            ext.set("code", e.code.as_str());
-            if let Some(d) = e.retry_after {
-                ext.set("retryAfter", d.as_secs_f64().ceil() as u64);
-            }
-            err.extensions = Some(ext);
-            return Err(err);
+            return Err(e.server_error());
         }
         next.run(ctx, request).await
     }
