@@ -15,14 +15,15 @@ use crate::context::{
 use crate::embed::Embedder;
 use crate::emotion::{EmotionDetector, EmotionScore, LexiconDetector};
 use crate::error::{Error, Result};
-use crate::events::{MemoryAction, MemoryEvent, MemoryEvents};
+use crate::events::{Event, EventBus, MemoryAction, MemoryEvent, WireEvent, WireMessage};
 use crate::importance::importance;
+use crate::jobs::{self, Job, JobKind, NewJob};
 use crate::rerank::Reranker;
 use crate::retrieval::{self, EMOTION_CONFIDENCE_KEY, RankingConfig, Retrieved, SearchMode};
 use crate::store::{Actor, MemoryStore};
 use crate::types::{
     AppendedMessage, DeletionReport, Embedding, Filter, Memory, MemoryKind, MemoryPatch, Message,
-    MessageWrite, NewMemory, NewMessage, NewSummary, PageRequest, Role, SearchPage, Summary,
+    MessageWrite, NewMemory, NewMessage, NewSummary, Page, PageRequest, Role, SearchPage, Summary,
     TextQuery, VectorQuery,
 };
 
@@ -115,6 +116,20 @@ impl Default for ContextOptions {
     }
 }
 
+/// The running fan-out of an engine's events (see [`Engine::start_fanout`]); stops when
+/// dropped.
+pub struct FanoutHandle {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for FanoutHandle {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
 /// A store, an embedder and the retrieval machinery around them.
 #[derive(Clone)]
 pub struct Engine {
@@ -126,7 +141,7 @@ pub struct Engine {
     chunking: ChunkConfig,
     /// (user, session) pairs being summarised now.
     summarizing: Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
-    events: MemoryEvents,
+    events: EventBus,
 }
 
 impl Engine {
@@ -141,17 +156,153 @@ impl Engine {
             cache: Arc::new(QueryCache::new(QueryCacheConfig::default())),
             chunking: ChunkConfig::default(),
             summarizing: Arc::default(),
-            events: MemoryEvents::default(),
+            events: EventBus::default(),
         }
     }
 
-    /// Changes to memories made through this engine (and its clones), as they happen.
-    pub fn events(&self) -> &MemoryEvents {
+    /// Changes to memories and jobs made through this engine (and its clones, and other
+    /// replicas once [`Engine::start_fanout`] ran), as they happen.
+    pub fn events(&self) -> &EventBus {
         &self.events
     }
 
+    /// Publishes an event to this engine's subscribers (and the other replicas').
+    pub fn publish(&self, event: Event) {
+        self.events.publish(event);
+    }
+
+    /// The user's data changed: drops their cached queries here and on the other replicas.
+    fn changed(&self, user: &str) {
+        self.cache.invalidate(user);
+        self.events.send_remote(WireEvent::Invalidate {
+            user: user.to_owned(),
+        });
+    }
+
+    fn publish_memory(&self, event: MemoryEvent) {
+        self.events.publish(Event::Memory(Box::new(event)));
+    }
+
+    /// Starts the fan-out of events between the replicas that share this engine's database
+    /// (Postgres `LISTEN`/`NOTIFY`): events published here reach the other replicas'
+    /// subscribers and theirs reach this one's; their writes drop this replica's cached
+    /// queries. `None` when the store has no fan-out (the embedded store is one process).
+    /// Runs until the handle is dropped.
+    pub async fn start_fanout(&self) -> Result<Option<FanoutHandle>> {
+        let Some(fanout) = self.store.fanout() else {
+            return Ok(None);
+        };
+        static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let origin = format!(
+            "{}-{}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_micros(),
+            STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        // Listen before anything is sent, so that no event of this replica's is missed.
+        let mut listener = fanout.listen().await?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<WireEvent>();
+        if !self.events.set_outbound(tx) {
+            return Err(Error::invalid(
+                "the fan-out of this engine is already started",
+            ));
+        }
+        let sender = {
+            let fanout = fanout.clone();
+            let origin = origin.clone();
+            tokio::spawn(async move {
+                while let Some(event) = rx.recv().await {
+                    let message = WireMessage {
+                        origin: origin.clone(),
+                        event,
+                    };
+                    let payload = match serde_json::to_string(&message) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "fan-out: cannot encode an event");
+                            continue;
+                        }
+                    };
+                    if let Err(e) = fanout.notify(&payload).await {
+                        tracing::warn!(error = %e, "fan-out: cannot send an event");
+                    }
+                }
+            })
+        };
+        let engine = self.clone();
+        let receiver = tokio::spawn(async move {
+            loop {
+                match listener.recv().await {
+                    Ok(payload) => engine.receive_remote(&origin, &payload).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "fan-out: listener lost; reconnecting");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        match fanout.listen().await {
+                            Ok(l) => listener = l,
+                            Err(e) => tracing::warn!(error = %e, "fan-out: cannot listen"),
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Some(FanoutHandle {
+            tasks: vec![sender, receiver],
+        }))
+    }
+
+    /// Publishes here what another replica announced, read from the store (the wire
+    /// carries ids only) within the event's user.
+    async fn receive_remote(&self, own: &str, payload: &str) {
+        let message: WireMessage = match serde_json::from_str(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "fan-out: malformed message ignored");
+                return;
+            }
+        };
+        if message.origin == own {
+            return;
+        }
+        match message.event {
+            WireEvent::Invalidate { user } => self.cache.invalidate(&user),
+            WireEvent::Memory {
+                user,
+                action,
+                id,
+                kind,
+            } => {
+                let memory = if action == MemoryAction::Deleted {
+                    None
+                } else {
+                    match self.store.get_memory(&user, id).await {
+                        Ok(Some(m)) => Some(m),
+                        // Deleted since (its deletion follows) or unreadable: nothing to show.
+                        Ok(None) => return,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "fan-out: cannot read a memory");
+                            return;
+                        }
+                    }
+                };
+                self.events
+                    .publish_local(Event::Memory(Box::new(MemoryEvent {
+                        user,
+                        action,
+                        memory_id: id,
+                        kind,
+                        memory,
+                    })));
+            }
+            WireEvent::Job { user, id } => match self.store.get_job(&user, id).await {
+                Ok(Some(job)) => self.events.publish_local(Event::Job(Box::new(job))),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "fan-out: cannot read a job"),
+            },
+        }
+    }
+
     fn published(&self, user: &str, action: MemoryAction, memory: &Memory) {
-        self.events.publish(MemoryEvent {
+        self.publish_memory(MemoryEvent {
             user: user.to_owned(),
             action,
             memory_id: memory.id,
@@ -192,7 +343,7 @@ impl Engine {
     /// Tells the query cache that the user's memories changed by another way than this
     /// engine (the engine's own writes do it themselves).
     pub fn invalidate(&self, user: &str) {
-        self.cache.invalidate(user);
+        self.changed(user);
     }
 
     /// The store.
@@ -299,11 +450,11 @@ impl Engine {
             .map(|(message, memories)| MessageWrite { memories, message })
             .collect();
         let out = self.store.append_messages(user, writes).await;
-        self.cache.invalidate(user);
+        self.changed(user);
         if let Ok(appended) = &out {
             for a in appended {
                 for &id in &a.memory_ids {
-                    self.events.publish(MemoryEvent {
+                    self.publish_memory(MemoryEvent {
                         user: user.to_owned(),
                         action: MemoryAction::Added,
                         memory_id: id,
@@ -345,7 +496,7 @@ impl Engine {
                 }],
             )
             .await;
-        self.cache.invalidate(user);
+        self.changed(user);
         let memory = stored?
             .pop()
             .ok_or_else(|| crate::Error::Internal("store returned no memory".into()))?;
@@ -384,7 +535,7 @@ impl Engine {
                 },
             )
             .await;
-        self.cache.invalidate(user);
+        self.changed(user);
         let memory = out?;
         self.published(user, MemoryAction::Updated, &memory);
         Ok(memory)
@@ -394,8 +545,58 @@ impl Engine {
     /// settings) and drops their cached queries; `actor` is written to the audit log.
     pub async fn delete_user(&self, user: &str, actor: &Actor) -> Result<DeletionReport> {
         let out = self.store.delete_user(user, actor).await;
-        self.cache.invalidate(user);
+        self.changed(user);
         out
+    }
+
+    /// Schedules the deletion of everything of the user at `at` (a time in the past means
+    /// as soon as a job runner looks; at most [`jobs::MAX_SCHEDULE_AHEAD`] ahead). The
+    /// returned job can be watched and, until it starts, cancelled. One scheduled deletion
+    /// per user at a time.
+    pub async fn schedule_delete_user(
+        &self,
+        user: &str,
+        at: DateTime<Utc>,
+        actor: &Actor,
+    ) -> Result<Job> {
+        let ahead = at - Utc::now();
+        if ahead.num_seconds() > jobs::MAX_SCHEDULE_AHEAD.as_secs() as i64 {
+            return Err(Error::invalid(format!(
+                "a deletion can be scheduled at most {} days ahead",
+                jobs::MAX_SCHEDULE_AHEAD.as_secs() / 86_400
+            )));
+        }
+        let job = self
+            .store
+            .create_job(
+                user,
+                NewJob {
+                    kind: JobKind::DeleteUser,
+                    run_at: at,
+                    params: json!({ "actor": actor.0 }),
+                },
+                actor,
+            )
+            .await?;
+        self.publish(Event::Job(Box::new(job.clone())));
+        Ok(job)
+    }
+
+    /// One of the user's jobs.
+    pub async fn job(&self, user: &str, id: i64) -> Result<Option<Job>> {
+        self.store.get_job(user, id).await
+    }
+
+    /// The user's jobs, newest first.
+    pub async fn jobs(&self, user: &str, page: &PageRequest) -> Result<Page<Job>> {
+        self.store.list_jobs(user, page).await
+    }
+
+    /// Cancels one of the user's queued jobs.
+    pub async fn cancel_job(&self, user: &str, id: i64, actor: &Actor) -> Result<Job> {
+        let job = self.store.cancel_job(user, id, actor).await?;
+        self.publish(Event::Job(Box::new(job.clone())));
+        Ok(job)
     }
 
     /// Semantic search over the user's memories.
@@ -438,7 +639,7 @@ impl Engine {
             }
         }
         let out = self.store.delete_memories(user, ids).await;
-        self.cache.invalidate(user);
+        self.changed(user);
         if out.is_ok() {
             for m in &existing {
                 self.published(user, MemoryAction::Deleted, m);
@@ -789,7 +990,7 @@ impl Engine {
                 },
             )
             .await;
-        self.cache.invalidate(user);
+        self.changed(user);
         summary.map(Some)
     }
 

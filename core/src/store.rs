@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::events::Fanout;
+use crate::jobs::{Job, JobOutcome, NewJob};
 use crate::limits::Limits;
 use crate::types::{
     AppendedMessage, AuditEntry, DeletionReport, Filter, Memory, MemoryPatch, Message,
@@ -184,6 +186,54 @@ macro_rules! delegate_store {
             ) -> $crate::Result<$crate::types::Page<$crate::types::AuditEntry>> {
                 self.inner.audit_log(user, page).await
             }
+            fn fanout(&self) -> Option<std::sync::Arc<dyn $crate::events::Fanout>> {
+                self.inner.fanout()
+            }
+            async fn create_job(
+                &self,
+                user: &str,
+                job: $crate::jobs::NewJob,
+                actor: &$crate::store::Actor,
+            ) -> $crate::Result<$crate::jobs::Job> {
+                self.inner.create_job(user, job, actor).await
+            }
+            async fn get_job(
+                &self,
+                user: &str,
+                id: i64,
+            ) -> $crate::Result<Option<$crate::jobs::Job>> {
+                self.inner.get_job(user, id).await
+            }
+            async fn list_jobs(
+                &self,
+                user: &str,
+                page: &$crate::types::PageRequest,
+            ) -> $crate::Result<$crate::types::Page<$crate::jobs::Job>> {
+                self.inner.list_jobs(user, page).await
+            }
+            async fn cancel_job(
+                &self,
+                user: &str,
+                id: i64,
+                actor: &$crate::store::Actor,
+            ) -> $crate::Result<$crate::jobs::Job> {
+                self.inner.cancel_job(user, id, actor).await
+            }
+            async fn claim_job(
+                &self,
+                worker: &str,
+                lease: std::time::Duration,
+            ) -> $crate::Result<Option<$crate::jobs::Job>> {
+                self.inner.claim_job(worker, lease).await
+            }
+            async fn finish_job(
+                &self,
+                id: i64,
+                worker: &str,
+                outcome: $crate::jobs::JobOutcome,
+            ) -> $crate::Result<Option<$crate::jobs::Job>> {
+                self.inner.finish_job(id, worker, outcome).await
+            }
         }
     };
 }
@@ -340,6 +390,34 @@ pub trait MemoryStore: Send + Sync {
 
     /// The audit log of the user's data, oldest first.
     async fn audit_log(&self, user: &str, page: &PageRequest) -> Result<Page<AuditEntry>>;
+
+    /// The channel between the replicas sharing this store (Postgres `LISTEN`/`NOTIFY`);
+    /// `None` for a store that only one process uses.
+    fn fanout(&self) -> Option<Arc<dyn Fanout>> {
+        None
+    }
+
+    /// Queues a background job for the user; audited. At most one job of each kind may be
+    /// pending (queued or running) per user.
+    async fn create_job(&self, user: &str, job: NewJob, actor: &Actor) -> Result<Job>;
+
+    /// One of the user's jobs.
+    async fn get_job(&self, user: &str, id: i64) -> Result<Option<Job>>;
+
+    /// The user's jobs, newest first.
+    async fn list_jobs(&self, user: &str, page: &PageRequest) -> Result<Page<Job>>;
+
+    /// Cancels one of the user's queued jobs; audited. [`Error::NotFound`] if it is not the
+    /// user's, [`Error::InvalidInput`] once it has started.
+    async fn cancel_job(&self, user: &str, id: i64, actor: &Actor) -> Result<Job>;
+
+    /// For job runners (any user's job): takes the oldest due job (queued and due, or running
+    /// with an expired lease) and holds it for `lease`.
+    async fn claim_job(&self, worker: &str, lease: std::time::Duration) -> Result<Option<Job>>;
+
+    /// For job runners: records how a claimed job ended. `None` if `worker` no longer holds
+    /// the job (its lease ran out and another runner took it).
+    async fn finish_job(&self, id: i64, worker: &str, outcome: JobOutcome) -> Result<Option<Job>>;
 }
 
 /// Which database to use.

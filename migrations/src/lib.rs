@@ -7,6 +7,7 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_create_memory_tables;
+mod m20261123_000001_create_jobs;
 
 /// The embedding dimension of the default model (all-MiniLM-L6-v2). Postgres gets an HNSW index
 /// for it in the first migration; indexes for other dimensions and metrics are created by the
@@ -19,6 +20,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261122_000001_create_memory_tables::Migration)]
+        vec![
+            Box::new(m20261122_000001_create_memory_tables::Migration),
+            Box::new(m20261123_000001_create_jobs::Migration),
+        ]
     }
 }

@@ -645,12 +645,36 @@ async fn serve(g: &Global, args: &ServeArgs) -> recall_core::Result<()> {
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Internal(format!("local address: {e}")))?;
+    let _fanout = if settings.jobs.fanout {
+        engine.start_fanout().await?
+    } else {
+        None
+    };
+    let runner = settings.jobs.run.then(|| {
+        recall_core::jobs::JobRunner::start(
+            engine.clone(),
+            recall_core::jobs::JobRunnerConfig {
+                worker: format!(
+                    "{}-{}",
+                    std::env::var("HOSTNAME").unwrap_or_else(|_| addr.to_string()),
+                    std::process::id()
+                ),
+                poll_interval: std::time::Duration::from_millis(settings.jobs.poll_ms.max(10)),
+                lease: std::time::Duration::from_secs(settings.jobs.lease_secs.max(1)),
+                ..Default::default()
+            },
+        )
+    });
     let state = Arc::new(crate::app::AppState::new(settings, engine, chat)?);
     println!("deep-recall: listening on http://{addr}");
     let _ = std::io::stdout().flush();
-    crate::app::serve(listener, state, shutdown_signal())
+    let served = crate::app::serve(listener, state, shutdown_signal())
         .await
-        .map_err(|e| Error::Internal(format!("server: {e}")))
+        .map_err(|e| Error::Internal(format!("server: {e}")));
+    if let Some(runner) = runner {
+        runner.stop().await;
+    }
+    served
 }
 
 /// Ctrl-C or SIGTERM.

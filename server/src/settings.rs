@@ -26,6 +26,8 @@ pub struct Settings {
     pub graphiql: bool,
     /// Chat model worker.
     pub chat: ChatSettings,
+    /// Background jobs and events between replicas.
+    pub jobs: JobSettings,
 }
 
 impl Default for Settings {
@@ -37,6 +39,7 @@ impl Default for Settings {
             cors_origins: Vec::new(),
             graphiql: false,
             chat: ChatSettings::default(),
+            jobs: JobSettings::default(),
         }
     }
 }
@@ -153,6 +156,32 @@ impl Default for ChatSettings {
             max_sequences: 8,
             max_tokens: 256,
             summary_trigger_messages: 40,
+        }
+    }
+}
+
+/// Background jobs (scheduled deletions) and the fan-out of events between replicas.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobSettings {
+    /// Run due jobs in this process (every replica may; each job runs once).
+    pub run: bool,
+    /// How often to look for due jobs, in milliseconds.
+    pub poll_ms: u64,
+    /// How long a replica holds a job before another may take it over, in seconds.
+    pub lease_secs: u64,
+    /// Postgres: share subscription events (and cache invalidation) with the other replicas
+    /// through LISTEN/NOTIFY.
+    pub fanout: bool,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        Self {
+            run: true,
+            poll_ms: 1000,
+            lease_secs: 60,
+            fanout: true,
         }
     }
 }

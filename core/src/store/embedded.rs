@@ -639,6 +639,7 @@ impl EmbeddedStore {
                 metric: config.metric,
                 limits: config.limits.clone(),
                 backend_name: "embedded",
+                fanout: None,
             },
         })
     }

@@ -314,7 +314,7 @@ async fn a_caller_held_conversation_replaces_the_stored_history() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_events_reach_their_owner_only() {
-    use recall_core::events::{MemoryAction, Received};
+    use recall_core::events::{Event, MemoryAction, Received};
     use recall_core::{MemoryUpdate, NewMemoryText};
     let dir = tempfile::tempdir().unwrap();
     let engine = engine(dir.path()).await;
@@ -358,7 +358,10 @@ async fn memory_events_reach_their_owner_only() {
     let mut got = Vec::new();
     for _ in 0..3 {
         match alice.next().await.unwrap() {
-            Received::Event(e) => got.push((e.action, e.memory_id, e.memory.map(|m| m.content))),
+            Received::Event(e) => match *e {
+                Event::Memory(e) => got.push((e.action, e.memory_id, e.memory.map(|m| m.content))),
+                other => panic!("not a memory event: {other:?}"),
+            },
             Received::Lagged(n) => panic!("lagged {n}"),
         }
     }
@@ -380,6 +383,9 @@ async fn memory_events_reach_their_owner_only() {
     );
     match bob.next().await.unwrap() {
         Received::Event(e) => {
+            let Event::Memory(e) = *e else {
+                panic!("not a memory event: {e:?}")
+            };
             assert_eq!(e.user, "bob");
             assert_eq!(e.memory.unwrap().content, "Bob's private fact");
         }

@@ -5,6 +5,7 @@ mod classifier;
 mod context;
 mod embeddings;
 mod fixtures;
+mod jobs;
 mod llm;
 mod migrations;
 mod remote;

@@ -4,7 +4,8 @@ use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statemen
 
 use crate::fixtures::PgDb;
 
-const TABLES: [&str; 8] = [
+const TABLES: [&str; 9] = [
+    "jobs",
     "users",
     "sessions",
     "messages",
@@ -47,7 +48,10 @@ async fn up_down_up(db: &DatabaseConnection) {
     );
     Migrator::down(db, None).await.unwrap();
     assert!(tables(db).await.is_empty(), "down removes every table");
-    assert_eq!(Migrator::get_pending_migrations(db).await.unwrap().len(), 1);
+    assert_eq!(
+        Migrator::get_pending_migrations(db).await.unwrap().len(),
+        Migrator::migrations().len()
+    );
     Migrator::up(db, None).await.unwrap();
     assert_eq!(tables(db).await, expected, "up again after down");
 }

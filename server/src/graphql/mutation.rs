@@ -1,5 +1,6 @@
 //! Mutations, by domain.
 use async_graphql::{Context, ID, Json, MergedObject, Object};
+use chrono::{DateTime, Utc};
 use recall_core::chat::ChatRequest;
 use recall_core::store::{Actor, ExportOptions};
 use recall_core::types::{NewMessage, SessionPatch};
@@ -7,7 +8,7 @@ use recall_core::{MemoryUpdate, NewMemoryText};
 
 use super::error::{Code, GqlResult, IntoGql, error};
 use super::types::{
-    ChatInput, ChatResult, DeletionReport, Memory, MemoryInput, MemoryUpdateInput, Message,
+    ChatInput, ChatResult, DeletionReport, Job, Memory, MemoryInput, MemoryUpdateInput, Message,
     MessageInput, Session, parse_id,
 };
 use super::{admin, caller};
@@ -223,6 +224,35 @@ impl DataMutation {
         Ok(state
             .engine
             .delete_user(&p.user, &actor(p))
+            .await
+            .gql()?
+            .into())
+    }
+
+    /// Schedules the deletion of everything stored about the caller at `at` (at most a year
+    /// ahead; a past time means now); audited. Watch it with `jobProgress`, stop it with
+    /// `cancelJob` until it starts. One scheduled deletion at a time.
+    async fn schedule_delete_my_data(
+        &self,
+        ctx: &Context<'_>,
+        at: DateTime<Utc>,
+    ) -> GqlResult<Job> {
+        let (state, p) = caller(ctx)?;
+        Ok(state
+            .engine
+            .schedule_delete_user(&p.user, at, &actor(p))
+            .await
+            .gql()?
+            .into())
+    }
+
+    /// Cancels one of the caller's queued jobs (a scheduled deletion, say); audited.
+    async fn cancel_job(&self, ctx: &Context<'_>, id: ID) -> GqlResult<Job> {
+        let (state, p) = caller(ctx)?;
+        let id = parse_id("job", &id)?;
+        Ok(state
+            .engine
+            .cancel_job(&p.user, id, &actor(p))
             .await
             .gql()?
             .into())

@@ -6,13 +6,13 @@ use recall_core::types::{Filter, PageRequest};
 
 use super::error::{Code, GqlResult, IntoGql, error};
 use super::types::{
-    Health, Memory, MemoryFilter, Message, SearchMode, SearchResult, Session, User, parse_id,
+    Health, Job, Memory, MemoryFilter, Message, SearchMode, SearchResult, Session, User, parse_id,
 };
 use super::{admin, caller};
 
 /// All queries.
 #[derive(MergedObject, Default)]
-pub struct Query(UserQuery, MemoryQuery, SearchQuery, SystemQuery);
+pub struct Query(UserQuery, MemoryQuery, SearchQuery, JobQuery, SystemQuery);
 
 /// Page size when `first` is absent.
 const DEFAULT_PAGE: i32 = 20;
@@ -200,6 +200,37 @@ impl SearchQuery {
             .gql()?;
         state.metrics.retrieval(started.elapsed());
         Ok(hits.into_iter().map(Into::into).collect())
+    }
+}
+
+/// Background jobs.
+#[derive(Default)]
+pub struct JobQuery;
+
+#[Object]
+impl JobQuery {
+    /// One of the caller's background jobs.
+    async fn job(&self, ctx: &Context<'_>, id: ID) -> GqlResult<Option<Job>> {
+        let (state, p) = caller(ctx)?;
+        let id = parse_id("job", &id)?;
+        Ok(state.engine.job(&p.user, id).await.gql()?.map(Into::into))
+    }
+
+    /// The caller's background jobs, newest first.
+    async fn jobs(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> GqlResult<Connection<String, Job>> {
+        let (state, p) = caller(ctx)?;
+        let had_after = after.is_some();
+        let got = state
+            .engine
+            .jobs(&p.user, &page(first, after)?)
+            .await
+            .gql()?;
+        Ok(connection(got, had_after, Job::from))
     }
 }
 

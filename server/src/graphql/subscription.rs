@@ -2,16 +2,18 @@
 use async_graphql::{Context, ID, MergedSubscription, Subscription as SubscriptionDerive};
 use futures::Stream;
 use recall_core::chat::ChatUpdate;
-use recall_core::events::Received;
+use recall_core::events::{Event, Received};
+use recall_core::jobs::Job as CoreJob;
 
 use super::caller;
+use super::error::IntoGql;
 use super::error::{GqlResult, core};
 use super::mutation::chat_request;
-use super::types::{ChatEvent, ChatInput, MemoryEvent};
+use super::types::{ChatEvent, ChatInput, Job, MemoryEvent, parse_id};
 
 /// All subscriptions.
 #[derive(MergedSubscription, Default)]
-pub struct Subscription(ChatSubscription, MemorySubscription);
+pub struct Subscription(ChatSubscription, MemorySubscription, JobSubscription);
 
 /// Streamed chat.
 #[derive(Default)]
@@ -88,12 +90,87 @@ impl MemorySubscription {
         Ok(futures::stream::unfold(sub, |mut sub| async move {
             loop {
                 match sub.next().await? {
-                    Received::Event(e) => return Some((MemoryEvent::from(*e), sub)),
+                    Received::Event(e) => match *e {
+                        Event::Memory(e) => return Some((MemoryEvent::from(*e), sub)),
+                        Event::Job(_) => continue,
+                    },
                     Received::Lagged(n) => {
                         tracing::warn!(skipped = n, "memory event subscriber fell behind");
                     }
                 }
             }
         }))
+    }
+}
+
+/// Background jobs.
+#[derive(Default)]
+pub struct JobSubscription;
+
+#[SubscriptionDerive]
+impl JobSubscription {
+    /// One of the caller's jobs as it changes: its state now, then every change (progress,
+    /// status); the stream ends after a final status (succeeded, failed, cancelled).
+    async fn job_progress(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<impl Stream<Item = Job> + use<>> {
+        let (state, p) = caller(ctx)?;
+        let id = parse_id("job", &id)?;
+        // Subscribe before reading the job, so that no change between the two is missed.
+        let sub = state.engine.events().subscribe(&p.user);
+        let Some(now) = state.engine.job(&p.user, id).await.gql()? else {
+            return Err(super::error::error(
+                super::error::Code::NotFound,
+                format!("job not found: {id}"),
+            ));
+        };
+        let engine = state.engine.clone();
+        let user = p.user.clone();
+        Ok(futures::stream::unfold(
+            (sub, Some(now.clone()), Some(now)),
+            move |(mut sub, first, mut last): (_, Option<CoreJob>, Option<CoreJob>)| {
+                let engine = engine.clone();
+                let user = user.clone();
+                async move {
+                    if let Some(first) = first {
+                        return Some((Job::from(first), (sub, None, last)));
+                    }
+                    if last.as_ref().is_some_and(|j| j.status.is_final()) {
+                        return None;
+                    }
+                    loop {
+                        match sub.next().await? {
+                            Received::Event(e) => match *e {
+                                Event::Job(j) if j.id == id => {
+                                    // Stale copies (read before a later change) are skipped.
+                                    if last.as_ref().is_some_and(|l| {
+                                        l.updated_at > j.updated_at
+                                            || (l.updated_at == j.updated_at
+                                                && l.status == j.status)
+                                    }) {
+                                        continue;
+                                    }
+                                    last = Some((*j).clone());
+                                    return Some((Job::from(*j), (sub, None, last)));
+                                }
+                                _ => continue,
+                            },
+                            Received::Lagged(n) => {
+                                // Events were missed: the store has the job's latest state.
+                                tracing::warn!(skipped = n, "job progress subscriber fell behind");
+                                if let Ok(Some(j)) = engine.job(&user, id).await
+                                    && last.as_ref().is_none_or(|l| l.updated_at < j.updated_at)
+                                {
+                                    last = Some(j.clone());
+                                    return Some((Job::from(j), (sub, None, last)));
+                                }
+                            }
+                        }
+                    }
+                }
+            },
+        ))
     }
 }

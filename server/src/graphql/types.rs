@@ -3,6 +3,7 @@ use async_graphql::{Enum, ID, InputObject, Json, SimpleObject};
 use chrono::{DateTime, Utc};
 use recall_core::chat::{ChatResult as CoreChatResult, ContextMemory as CoreContextMemory};
 use recall_core::events::{MemoryAction as CoreAction, MemoryEvent as CoreMemoryEvent};
+use recall_core::jobs::{Job as CoreJob, JobKind as CoreJobKind, JobStatus as CoreJobStatus};
 use recall_core::llm::FinishReason as CoreFinish;
 use recall_core::retrieval::{Retrieved, SearchMode as CoreMode};
 use recall_core::types::{self as core};
@@ -562,6 +563,87 @@ impl From<core::DeletionReport> for DeletionReport {
             sessions: r.sessions,
             messages: r.messages,
             memories: r.memories,
+        }
+    }
+}
+
+/// What a background job does.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum JobKind {
+    /// Deletes everything stored about the user (a scheduled `deleteMyData`).
+    DeleteUser,
+}
+
+/// Where a background job is.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum JobStatus {
+    /// Waiting for its time.
+    Queued,
+    /// Running now.
+    Running,
+    /// Done; see `result`.
+    Succeeded,
+    /// Gave up; see `error`.
+    Failed,
+    /// Cancelled before it ran.
+    Cancelled,
+}
+
+/// A background job of the caller's.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct Job {
+    /// Its id.
+    pub id: ID,
+    /// What it does.
+    pub kind: JobKind,
+    /// Where it is.
+    pub status: JobStatus,
+    /// Share done, 0 to 1.
+    pub progress: f64,
+    /// What it is doing now.
+    pub message: Option<String>,
+    /// What it did (a JSON object), once succeeded; for `DELETE_USER` the deletion counts.
+    pub result: Option<Json<serde_json::Value>>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// How many times a runner took it.
+    pub attempts: u32,
+    /// Not before this time.
+    pub run_at: DateTime<Utc>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+    /// When it started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached a final status.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<CoreJob> for Job {
+    fn from(j: CoreJob) -> Self {
+        Self {
+            id: ID(j.id.to_string()),
+            kind: match j.kind {
+                CoreJobKind::DeleteUser => JobKind::DeleteUser,
+            },
+            status: match j.status {
+                CoreJobStatus::Queued => JobStatus::Queued,
+                CoreJobStatus::Running => JobStatus::Running,
+                CoreJobStatus::Succeeded => JobStatus::Succeeded,
+                CoreJobStatus::Failed => JobStatus::Failed,
+                CoreJobStatus::Cancelled => JobStatus::Cancelled,
+            },
+            progress: j.progress,
+            message: j.message,
+            result: j.result.map(Json),
+            error: j.error,
+            attempts: j.attempts,
+            run_at: j.run_at,
+            created_at: j.created_at,
+            updated_at: j.updated_at,
+            started_at: j.started_at,
+            finished_at: j.finished_at,
         }
     }
 }
