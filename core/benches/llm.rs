@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 use recall_core::context::ChatTurn;
-use recall_core::llm::{ChatEvent, ChatService, GenerationParams, GgufModel, ModelConfig};
+use recall_core::llm::{ChatEvent, ChatService, GenerationParams, LocalModel, ModelConfig};
 use recall_core::testing::models_dir;
 use recall_core::types::Role;
 
@@ -32,10 +32,11 @@ const QUESTION: &str = "I am planning a weekend trip to Lisbon with my sister An
 
 fn main() {
     let new_tokens: usize = arg("--new-tokens").map_or(64, |s| s.parse().unwrap());
-    let path = recall_core::llm::gguf::default_model_path(&models_dir());
+    let path = recall_core::llm::local::default_model_path(&models_dir());
     let config = ModelConfig {
         path: path.clone(),
         dequantize: true,
+        ..ModelConfig::new("")
     };
     let turns = vec![ChatTurn {
         role: Role::User,
@@ -48,7 +49,7 @@ fn main() {
     };
 
     // One stream, directly on the model: prefill = time to the first token.
-    let mut model = GgufModel::load(&config, &Device::Cpu).unwrap();
+    let mut model = LocalModel::load(&config, &Device::Cpu).unwrap();
     let ids = model.encode(&model.template().render(&turns)).unwrap();
     model.generate(&ids, &params, &mut |_| true).unwrap(); // warm-up
     let mut best: Option<(f64, f64, f64)> = None;

@@ -1,11 +1,11 @@
 //! Local chat models: their tokenizers (what the context assembler counts with), chat
-//! templates, GGUF llama-family models with candle, and the async service around them.
+//! templates, GGUF and safetensors models (Llama, Mistral, Qwen2/3, Phi-3) with candle, and the async service around them.
 //!
 //! Everything that answers a conversation — the local [`ChatService`] and the
 //! [`RemoteChat`] provider — is a [`ChatModel`]; the chat pipeline, the summarizer and the
 //! server only see that trait.
-pub mod gguf;
-pub mod llama;
+pub mod decoder;
+pub mod local;
 pub mod remote;
 pub mod service;
 pub mod template;
@@ -14,7 +14,10 @@ pub mod tokenizer;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-pub use gguf::{Completion, FinishReason, GenerationParams, GgufModel, ModelConfig};
+pub use local::{
+    Completion, DEFAULT_MAX_CONTEXT, FinishReason, GenerationParams, LocalModel, ModelConfig,
+    Precision,
+};
 pub use remote::{RemoteChat, RemoteConfig};
 pub use service::{ChatEvent, ChatService, ChatSummarizer};
 pub use template::ChatTemplate;

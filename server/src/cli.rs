@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use recall_core::context::ChatTurn;
 use recall_core::device::DeviceConfig;
 use recall_core::embed::{DEFAULT_EMBEDDING_MODEL, EmbedConfig, EmbeddingService};
-use recall_core::llm::{GenerationParams, GgufModel, ModelConfig};
+use recall_core::llm::{GenerationParams, LocalModel, ModelConfig};
 use recall_core::models::{self, FetchOptions, FetchOutcome, FetchProgress, ModelSpec};
 use recall_core::retrieval::{Fusion, RankingConfig, SearchMode};
 use recall_core::store::{self, Actor, ExportOptions, StoreConfig};
@@ -616,6 +616,7 @@ async fn serve(g: &Global, args: &ServeArgs) -> recall_core::Result<()> {
         let config = ModelConfig {
             path,
             dequantize: small && device.is_cpu(),
+            ..ModelConfig::new("")
         };
         let (queue, seqs) = (settings.chat.queue_capacity, settings.chat.max_sequences);
         let service = tokio::task::spawn_blocking(move || {
@@ -699,20 +700,30 @@ async fn shutdown_signal() {
     }
 }
 
-/// The chat model file for a `--model`/`--chat-model` value (the packaged default when absent).
+/// The chat model for a `--model`/`--chat-model` value (the packaged default when absent): a
+/// `.gguf` file, or a Hugging Face directory (config.json + *.safetensors + tokenizer.json);
+/// a bare name is looked up under the models directory.
 fn chat_model_path(g: &Global, model: Option<&str>) -> recall_core::Result<PathBuf> {
     let path = match model {
-        None => recall_core::llm::gguf::default_model_path(&g.models_dir),
+        None => recall_core::llm::local::default_model_path(&g.models_dir),
         Some(m) if m.ends_with(".gguf") || m.contains('/') => PathBuf::from(m),
-        Some(name) => {
-            let dir = g.models_dir.join(name);
-            std::fs::read_dir(&dir)
-                .map_err(|e| Error::io(&dir, e))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .find(|p| p.extension().is_some_and(|x| x == "gguf"))
-                .ok_or_else(|| Error::model(format!("no .gguf file in {}", dir.display())))?
-        }
+        Some(name) => g.models_dir.join(name),
     };
+    if path.is_dir() {
+        if path.join("config.json").is_file() {
+            return Ok(path);
+        }
+        return std::fs::read_dir(&path)
+            .map_err(|e| Error::io(&path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|x| x == "gguf"))
+            .ok_or_else(|| {
+                Error::model(format!(
+                    "{} has neither config.json nor a .gguf file",
+                    path.display()
+                ))
+            });
+    }
     if !path.is_file() {
         return Err(Error::model(format!(
             "chat model {} not found; run `deep-recall models fetch` (or pass --no-chat)",
@@ -1074,6 +1085,7 @@ async fn generate(
     let config = ModelConfig {
         path,
         dequantize: dequantize && small && device.is_cpu(),
+        ..ModelConfig::new("")
     };
     let json_out = g.json;
     let mut turns = Vec::new();
@@ -1089,7 +1101,7 @@ async fn generate(
     });
     let params = params.clone();
     let (completion, name) = tokio::task::spawn_blocking(move || {
-        let mut model = GgufModel::load(&config, &device)?;
+        let mut model = LocalModel::load(&config, &device)?;
         let ids = model.encode(&model.template().render(&turns))?;
         let mut out = std::io::stdout();
         let completion = model.generate(&ids, &params, &mut |piece| {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::gguf::{Completion, FinishReason, GenerationParams};
+use super::local::{Completion, FinishReason, GenerationParams};
 use super::service::ChatEvent;
 use crate::context::ChatTurn;
 use crate::error::{Error, Result};

@@ -16,8 +16,8 @@ use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
 
 use super::ChatModel;
-use super::gguf::{Completion, FinishReason, GenerationParams, GgufModel, ModelConfig, Sequence};
-use super::llama::KvCache;
+use super::decoder::KvCache;
+use super::local::{Completion, FinishReason, GenerationParams, LocalModel, ModelConfig, Sequence};
 use super::template::ChatTemplate;
 use crate::context::{ChatTurn, Summarizer};
 use crate::error::{Error, Result};
@@ -75,7 +75,7 @@ impl ChatService {
         queue_capacity: usize,
         max_sequences: usize,
     ) -> Result<Self> {
-        let model = GgufModel::load(config, device)?;
+        let model = LocalModel::load(config, device)?;
         let tokenizer = model.tokenizer().clone();
         let template = model.template();
         let context_length = model.context_length();
@@ -196,7 +196,7 @@ fn delta_sender(events: &mpsc::Sender<Result<ChatEvent>>) -> impl FnMut(&str) ->
 /// sequences), reads each new prompt, then runs one decode step for every active sequence
 /// together. A sequence leaves when it finishes or its consumer goes away.
 fn worker(
-    model: GgufModel,
+    model: LocalModel,
     mut rx: mpsc::Receiver<Job>,
     counters: Arc<Counters>,
     max_active: usize,
@@ -233,7 +233,7 @@ fn worker(
                 continue;
             }
             let started = Sequence::new(&model, &job.prompt, &job.params).and_then(|mut seq| {
-                let logits = model.llama().prefill(&job.prompt, &mut seq.cache)?;
+                let logits = model.decoder().prefill(&job.prompt, &mut seq.cache)?;
                 let next = seq.accept(&model, &logits, &mut delta_sender(&job.events))?;
                 Ok((seq, next))
             });
@@ -255,7 +255,7 @@ fn worker(
         let step = {
             let mut caches: Vec<&mut KvCache> =
                 active.iter_mut().map(|a| &mut a.seq.cache).collect();
-            model.llama().decode(&tokens, &mut caches)
+            model.decoder().decode(&tokens, &mut caches)
         };
         let logits = match step {
             Ok(l) => l,

@@ -14,6 +14,8 @@ pub enum ChatTemplate {
     Llama3,
     /// Mistral: `[INST] … [/INST]`, the system prompt folded into the first user turn.
     Mistral,
+    /// Phi-3: `<|role|>\ncontent<|end|>\n`.
+    Phi3,
 }
 
 impl ChatTemplate {
@@ -23,6 +25,7 @@ impl ChatTemplate {
         match jinja {
             Some(t) if t.contains("<|start_header_id|>") => ChatTemplate::Llama3,
             Some(t) if t.contains("[INST]") => ChatTemplate::Mistral,
+            Some(t) if t.contains("<|assistant|>") && t.contains("<|end|>") => ChatTemplate::Phi3,
             _ => ChatTemplate::ChatMl,
         }
     }
@@ -33,6 +36,7 @@ impl ChatTemplate {
             ChatTemplate::ChatMl => &["<|im_end|>", "<|endoftext|>"],
             ChatTemplate::Llama3 => &["<|eot_id|>", "<|end_of_text|>"],
             ChatTemplate::Mistral => &["</s>"],
+            ChatTemplate::Phi3 => &["<|end|>", "<|endoftext|>"],
         }
     }
 
@@ -79,6 +83,12 @@ impl ChatTemplate {
                     }
                 }
             }
+            ChatTemplate::Phi3 => {
+                for t in turns {
+                    out += &format!("<|{}|>\n{}<|end|>\n", role(t.role), t.content);
+                }
+                out += "<|assistant|>\n";
+            }
         }
         out
     }
@@ -117,6 +127,10 @@ mod tests {
             ChatTemplate::Mistral.render(&turns()),
             "<s>[INST] Be brief.\n\nHi [/INST]"
         );
+        assert_eq!(
+            ChatTemplate::Phi3.render(&turns()),
+            "<|system|>\nBe brief.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\n"
+        );
     }
 
     #[test]
@@ -133,6 +147,12 @@ mod tests {
         assert_eq!(
             ChatTemplate::detect(Some("[INST] {{ m }} [/INST]")),
             ChatTemplate::Mistral
+        );
+        assert_eq!(
+            ChatTemplate::detect(Some(
+                "{{'<|' + m['role'] + '|>'}}{{'<|end|>'}}<|assistant|>"
+            )),
+            ChatTemplate::Phi3
         );
     }
 }

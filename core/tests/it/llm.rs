@@ -2,20 +2,21 @@
 use candle_core::Device;
 use recall_core::ErrorKind;
 use recall_core::context::ChatTurn;
-use recall_core::llm::{ChatTemplate, FinishReason, GenerationParams, GgufModel, ModelConfig};
+use recall_core::llm::{ChatTemplate, FinishReason, GenerationParams, LocalModel, ModelConfig};
 use recall_core::types::Role;
 
 use crate::fixtures::models_dir;
 
-fn smollm() -> GgufModel {
+fn smollm() -> LocalModel {
     let config = ModelConfig {
-        path: recall_core::llm::gguf::default_model_path(&models_dir()),
+        path: recall_core::llm::local::default_model_path(&models_dir()),
         dequantize: true,
+        ..ModelConfig::new("")
     };
-    GgufModel::load(&config, &Device::Cpu).unwrap()
+    LocalModel::load(&config, &Device::Cpu).unwrap()
 }
 
-fn prompt(m: &GgufModel, text: &str) -> Vec<u32> {
+fn prompt(m: &LocalModel, text: &str) -> Vec<u32> {
     let turns = [ChatTurn {
         role: Role::User,
         content: text.into(),
@@ -118,8 +119,9 @@ fn missing_model_is_a_model_error() {
     let config = ModelConfig {
         path: models_dir().join("nope/nothing.gguf"),
         dequantize: false,
+        ..ModelConfig::new("")
     };
-    let err = GgufModel::load(&config, &Device::Cpu).err().unwrap();
+    let err = LocalModel::load(&config, &Device::Cpu).err().unwrap();
     assert_eq!(err.kind(), ErrorKind::Model);
 }
 
@@ -135,8 +137,9 @@ mod service {
 
     fn service() -> ChatService {
         let config = ModelConfig {
-            path: recall_core::llm::gguf::default_model_path(&models_dir()),
+            path: recall_core::llm::local::default_model_path(&models_dir()),
             dequantize: true,
+            ..ModelConfig::new("")
         };
         ChatService::start(&config, &candle_core::Device::Cpu, 4, 8).unwrap()
     }

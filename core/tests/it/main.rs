@@ -11,3 +11,4 @@ mod migrations;
 mod remote;
 mod retrieval;
 mod store_conformance;
+mod tiny_models;

@@ -526,3 +526,39 @@ fn generate_streams_an_answer_from_the_packaged_model() {
     let missing = cli(&backend, &["generate", "--model", "/nope/x.gguf", "hi"]);
     assert_eq!(missing.status.code(), Some(4));
 }
+
+#[test]
+fn generate_runs_a_safetensors_model_directory() {
+    let backend = Backend::Embedded(tempfile::tempdir().unwrap());
+    let models = tempfile::tempdir().unwrap();
+    let dir = recall_core::testing::tiny::write_hf(models.path(), "qwen3", "qwen3");
+    let v = ok_json(cli(
+        &backend,
+        &[
+            "--json",
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--max-tokens",
+            "6",
+            "w17 w42 w5",
+        ],
+    ));
+    assert_eq!(v["completion_tokens"], 6, "{v}");
+    assert_eq!(v["finish_reason"], "length");
+    let words: Vec<&str> = v["text"].as_str().unwrap().split_whitespace().collect();
+    assert_eq!(words.len(), 6, "{v}");
+    assert!(words.iter().all(|w| w.starts_with('w')), "{v}");
+    // A directory that is not a model is refused with the model exit code.
+    let empty = tempfile::tempdir().unwrap();
+    let out = cli(
+        &backend,
+        &["generate", "--model", empty.path().to_str().unwrap(), "hi"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

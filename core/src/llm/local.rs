@@ -1,27 +1,80 @@
-//! A llama-family chat model from a GGUF file (SmolLM2, Llama, and other llama-architecture
-//! models), run with candle, and the generation loop: sampling, stop sequences, limits,
-//! streaming and a confidence figure.
+//! A local chat model — a GGUF file (quantized) or a Hugging Face directory (config.json,
+//! *.safetensors, tokenizer.json) of the Llama, Mistral, Qwen2, Qwen3 or Phi-3 families — run
+//! with candle, and the generation loop: sampling, stop sequences, limits, streaming and a
+//! confidence figure.
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file;
-use candle_core::{D, Device, Tensor};
+use candle_core::{D, DType, Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
-use super::llama::{KvCache, Llama};
+use super::decoder::{Arch, Decoder, GgufWeights, KvCache, SafetensorsWeights};
 use super::template::ChatTemplate;
 use crate::error::{Error, Result};
 
 /// How to load a model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
-    /// The `.gguf` file.
+    /// A `.gguf` file, or a directory with config.json, *.safetensors and tokenizer.json.
     pub path: PathBuf,
-    /// Turn quantized weights into F32 at load: much faster on CPU for formats without fast
-    /// kernels in candle (Q4_1, Q5_0...) and for small models, at 4 bytes per weight.
+    /// GGUF: turn quantized weights into F32 at load: much faster on CPU for formats without
+    /// fast kernels in candle (Q4_1, Q5_0...) and for small models, at 4 bytes per weight.
     #[serde(default)]
     pub dequantize: bool,
+    /// Safetensors: the number format to compute in.
+    #[serde(default)]
+    pub precision: Precision,
+    /// Tokens a sequence may hold at most (the model's own context length when smaller);
+    /// [`DEFAULT_MAX_CONTEXT`] when absent.
+    #[serde(default)]
+    pub max_context: Option<usize>,
+}
+
+impl ModelConfig {
+    /// The model at `path` with default settings.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            dequantize: false,
+            precision: Precision::Auto,
+            max_context: None,
+        }
+    }
+}
+
+/// Context length used when neither the model nor the configuration gives a smaller one (the
+/// cos/sin tables and the largest KV caches grow with it).
+pub const DEFAULT_MAX_CONTEXT: usize = 4096;
+
+/// Number format of a safetensors model's weights and activations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// F32 on CPU, BF16 on CUDA, F16 on Metal.
+    #[default]
+    Auto,
+    /// 32-bit floats.
+    F32,
+    /// 16-bit floats.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl Precision {
+    /// The dtype on `device`.
+    pub fn dtype(self, device: &Device) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::F16 => DType::F16,
+            Precision::Bf16 => DType::BF16,
+            Precision::Auto if device.is_cuda() => DType::BF16,
+            Precision::Auto if device.is_metal() => DType::F16,
+            Precision::Auto => DType::F32,
+        }
+    }
 }
 
 /// Sampling and limits of one generation.
@@ -92,9 +145,9 @@ pub struct Completion {
     pub confidence: f32,
 }
 
-/// A loaded GGUF chat model.
-pub struct GgufModel {
-    model: Llama,
+/// A loaded local chat model.
+pub struct LocalModel {
+    model: Decoder,
     tokenizer: Tokenizer,
     template: ChatTemplate,
     context_length: usize,
@@ -102,57 +155,187 @@ pub struct GgufModel {
     name: String,
 }
 
-impl GgufModel {
-    /// Loads the model (blocking; a few seconds).
+fn missing(path: &Path) -> Error {
+    Error::model(format!(
+        "{} is missing (fetch models with `deep-recall models fetch`)",
+        path.display()
+    ))
+}
+
+fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::model(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Token ids named by an `eos_token_id` field (a number or a list).
+fn ids(v: Option<&serde_json::Value>) -> Vec<u32> {
+    match v {
+        Some(serde_json::Value::Number(n)) => n.as_u64().map(|n| n as u32).into_iter().collect(),
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|n| n.as_u64())
+            .map(|n| n as u32)
+            .collect(),
+        _ => vec![],
+    }
+}
+
+impl LocalModel {
+    /// Loads the model (blocking; a few seconds): a GGUF file, or a Hugging Face directory.
     pub fn load(config: &ModelConfig, device: &Device) -> Result<Self> {
+        if config.path.is_dir() {
+            Self::load_safetensors(config, device)
+        } else {
+            Self::load_gguf(config, device)
+        }
+    }
+
+    fn load_gguf(config: &ModelConfig, device: &Device) -> Result<Self> {
         let path = &config.path;
         let mut file = std::fs::File::open(path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                Error::model(format!(
-                    "{} is missing (fetch models with `deep-recall models fetch`)",
-                    path.display()
-                ))
+                missing(path)
             } else {
                 Error::io(path, e)
             }
         })?;
         let ct = gguf_file::Content::read(&mut file)
             .map_err(|e| Error::model(format!("{}: not a GGUF file: {e}", path.display())))?;
-        let jinja = ct
-            .metadata
-            .get("tokenizer.chat_template")
-            .and_then(|v| v.to_string().ok())
-            .cloned();
-        let template = ChatTemplate::detect(jinja.as_deref());
+        let text = |k: &str| ct.metadata.get(k).and_then(|v| v.to_string().ok()).cloned();
+        let template = ChatTemplate::detect(text("tokenizer.chat_template").as_deref());
+        let arch_name = text("general.architecture").unwrap_or_default();
         let context_length = ct
             .metadata
-            .get("llama.context_length")
+            .get(&format!("{arch_name}.context_length"))
             .and_then(|v| v.to_u32().ok())
             .map_or(2048, |n| n as usize)
-            .min(candle_transformers::models::quantized_llama::MAX_SEQ_LEN);
+            .min(config.max_context.unwrap_or(DEFAULT_MAX_CONTEXT));
         let tokenizer = super::tokenizer::load(path).or_else(|e| {
-            // Vocabularies without a byte-level BPE (SentencePiece test models) still load:
-            // callers then feed token ids.
             tracing::debug!("no tokenizer for {}: {e}", path.display());
             Ok::<_, Error>(Tokenizer::new(tokenizers::models::bpe::BPE::default()))
         })?;
-        let model = Llama::load(&ct, &mut file, device, config.dequantize, context_length)?;
-        let stop_ids = template
-            .stop_texts()
-            .iter()
-            .filter_map(|t| tokenizer.token_to_id(t))
-            .collect();
-        Ok(Self {
+        let mut arch = Arch::from_gguf(&ct, context_length)?;
+        let mut weights = GgufWeights {
+            ct: &ct,
+            reader: &mut file,
+            device,
+            dequantize: config.dequantize,
+        };
+        if super::decoder::Weights::has(&weights, "rope_freqs.weight") {
+            // Llama 3 scaling, stored by llama.cpp as per-pair divisors.
+            let factors = super::decoder::Weights::dense(&mut weights, "rope_freqs.weight")?;
+            arch.rope_factors = Some(factors.to_dtype(DType::F32)?.to_vec1()?);
+        }
+        // Quantized matrices take F32 activations.
+        let model = Decoder::load(arch, &mut weights, DType::F32, device)?;
+        let eos = ct
+            .metadata
+            .get("tokenizer.ggml.eos_token_id")
+            .and_then(|v| v.to_u32().ok());
+        let name = path
+            .file_stem()
+            .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+        Ok(Self::assemble(
             model,
             tokenizer,
             template,
-            context_length,
-            stop_ids,
+            eos.into_iter().collect(),
+            name,
+        ))
+    }
 
-            name: path
-                .file_stem()
-                .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned()),
-        })
+    fn load_safetensors(config: &ModelConfig, device: &Device) -> Result<Self> {
+        let dir = &config.path;
+        let hf = read_json(&dir.join("config.json"))?
+            .ok_or_else(|| missing(&dir.join("config.json")))?;
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(Error::model(format!(
+                "{} has no .safetensors files",
+                dir.display()
+            )));
+        }
+        let tokenizer_path = dir.join("tokenizer.json");
+        if !tokenizer_path.exists() {
+            return Err(missing(&tokenizer_path));
+        }
+        let tokenizer = Tokenizer::from_file(&tokenizer_path)
+            .map_err(|e| Error::model(format!("{}: {e}", tokenizer_path.display())))?;
+        let tokenizer_config = read_json(&dir.join("tokenizer_config.json"))?;
+        let jinja = tokenizer_config
+            .as_ref()
+            .and_then(|c| match c.get("chat_template") {
+                Some(serde_json::Value::String(t)) => Some(t.clone()),
+                // Several named templates: the default one.
+                Some(serde_json::Value::Array(list)) => list
+                    .iter()
+                    .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                    .and_then(|t| t.get("template")?.as_str().map(str::to_owned)),
+                _ => None,
+            });
+        let template = ChatTemplate::detect(jinja.as_deref());
+        let context_length = hf
+            .get("max_position_embeddings")
+            .and_then(|v| v.as_u64())
+            .map_or(2048, |n| n as usize)
+            .min(config.max_context.unwrap_or(DEFAULT_MAX_CONTEXT));
+        let arch = Arch::from_config(&hf, context_length)?;
+        let context_length = arch.max_len;
+        let dtype = config.precision.dtype(device);
+        // SAFETY: the files are memory-mapped read-only and not changed while loaded, as
+        // every safetensors loader assumes.
+        let mapped = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }?;
+        let mut weights = SafetensorsWeights {
+            files: mapped,
+            device: device.clone(),
+            dtype,
+        };
+        let model = Decoder::load(arch, &mut weights, dtype, device)?;
+        let mut eos = ids(hf.get("eos_token_id"));
+        if let Some(gen_config) = read_json(&dir.join("generation_config.json"))? {
+            eos.extend(ids(gen_config.get("eos_token_id")));
+        }
+        let name = dir
+            .file_name()
+            .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+        let mut out = Self::assemble(model, tokenizer, template, eos, name);
+        out.context_length = context_length;
+        Ok(out)
+    }
+
+    fn assemble(
+        model: Decoder,
+        tokenizer: Tokenizer,
+        template: ChatTemplate,
+        eos: Vec<u32>,
+        name: String,
+    ) -> Self {
+        let mut stop_ids: Vec<u32> = template
+            .stop_texts()
+            .iter()
+            .filter_map(|t| tokenizer.token_to_id(t))
+            .chain(eos)
+            .collect();
+        stop_ids.sort_unstable();
+        stop_ids.dedup();
+        Self {
+            context_length: model.max_len(),
+            model,
+            tokenizer,
+            template,
+            stop_ids,
+            name,
+        }
     }
 
     /// The chat format.
@@ -240,8 +423,13 @@ impl GgufModel {
     }
 
     /// The model itself, for schedulers that drive sequences step by step.
-    pub fn llama(&self) -> &Llama {
+    pub fn decoder(&self) -> &Decoder {
         &self.model
+    }
+
+    /// Token ids that end the assistant's turn.
+    pub fn stop_ids(&self) -> &[u32] {
+        &self.stop_ids
     }
 }
 
@@ -263,7 +451,7 @@ pub struct Sequence {
 
 impl Sequence {
     /// Checks the prompt and parameters against the model and starts a sequence.
-    pub fn new(model: &GgufModel, prompt: &[u32], params: &GenerationParams) -> Result<Self> {
+    pub fn new(model: &LocalModel, prompt: &[u32], params: &GenerationParams) -> Result<Self> {
         if prompt.is_empty() {
             return Err(Error::invalid("the prompt is empty"));
         }
@@ -307,7 +495,7 @@ impl Sequence {
     /// to feed next, or `None` when the sequence is finished.
     pub fn accept(
         &mut self,
-        model: &GgufModel,
+        model: &LocalModel,
         logits: &Tensor,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Option<u32>> {
