@@ -21,7 +21,7 @@ step "build (tests and binary)"
 cargo test --workspace --locked --no-run
 
 step "models ($DEEP_RECALL_MODELS_DIR)"
-"$target/debug/deep-recall" models fetch --dir "$DEEP_RECALL_MODELS_DIR"
+"$target/debug/deep-recall" models fetch --all --dir "$DEEP_RECALL_MODELS_DIR"
 
 step "test clients (openai Python SDK, npm graphql-ws)"
 DEEP_RECALL_TEST_PYTHON="$(scripts/test-venv.sh)"

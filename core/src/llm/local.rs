@@ -215,10 +215,7 @@ impl LocalModel {
             .and_then(|v| v.to_u32().ok())
             .map_or(2048, |n| n as usize)
             .min(config.max_context.unwrap_or(DEFAULT_MAX_CONTEXT));
-        let tokenizer = super::tokenizer::load(path).or_else(|e| {
-            tracing::debug!("no tokenizer for {}: {e}", path.display());
-            Ok::<_, Error>(Tokenizer::new(tokenizers::models::bpe::BPE::default()))
-        })?;
+        let tokenizer = super::tokenizer::load(path)?;
         let mut arch = Arch::from_gguf(&ct, context_length)?;
         let mut weights = GgufWeights {
             ct: &ct,

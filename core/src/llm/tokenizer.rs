@@ -37,6 +37,117 @@ fn strings(ct: &gguf_file::Content, key: &str) -> Result<Vec<String>> {
         .collect()
 }
 
+fn numbers(ct: &gguf_file::Content, key: &str) -> Result<Vec<f64>> {
+    let Some(v) = ct.metadata.get(key) else {
+        return Ok(vec![]);
+    };
+    v.to_vec()
+        .map_err(|e| Error::model(format!("{key}: {e}")))?
+        .iter()
+        .map(|x| {
+            x.to_f32()
+                .map(f64::from)
+                .or_else(|_| x.to_i32().map(f64::from))
+                .or_else(|_| x.to_u32().map(f64::from))
+                .map_err(|e| Error::model(format!("{key}: {e}")))
+        })
+        .collect()
+}
+
+/// GGUF token type of normal tokens.
+const NORMAL: u32 = 1;
+
+/// A SentencePiece BPE vocabulary (GGUF `tokenizer.ggml.model = "llama"`: Llama 1/2, Mistral,
+/// TinyLlama) as a Hugging Face tokenizer, the way `transformers` converts one: merges are
+/// recovered from the vocabulary (every split of a token into two tokens, the token's score
+/// giving the merge's rank), unknown bytes fall back to `<0xNN>` tokens, spaces become `▁`
+/// with one in front.
+fn sentencepiece(ct: &gguf_file::Content) -> Result<Tokenizer> {
+    let tokens = strings(ct, "tokenizer.ggml.tokens")?;
+    let scores = numbers(ct, "tokenizer.ggml.scores")?;
+    let types: Vec<u32> = numbers(ct, "tokenizer.ggml.token_type")?
+        .into_iter()
+        .map(|t| t as u32)
+        .collect();
+    let ids: std::collections::HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
+    let mut merges: Vec<(f64, usize, usize, usize)> = Vec::new();
+    for (id, token) in tokens.iter().enumerate() {
+        if types.get(id).copied().unwrap_or(NORMAL) != NORMAL {
+            continue;
+        }
+        let score = scores.get(id).copied().unwrap_or(0.0);
+        for (cut, _) in token.char_indices().skip(1) {
+            if let (Some(&l), Some(&r)) = (ids.get(&token[..cut]), ids.get(&token[cut..])) {
+                merges.push((score, id, l, r));
+            }
+        }
+    }
+    merges.sort_by(|a, b| {
+        b.0.total_cmp(&a.0)
+            .then(a.1.cmp(&b.1))
+            .then((a.2, a.3).cmp(&(b.2, b.3)))
+    });
+    let unk = ct
+        .metadata
+        .get("tokenizer.ggml.unknown_token_id")
+        .and_then(|v| v.to_u32().ok())
+        .and_then(|i| tokens.get(i as usize).cloned());
+    let vocab: serde_json::Map<String, serde_json::Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), serde_json::json!(i)))
+        .collect();
+    let added: Vec<serde_json::Value> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| types.get(*i) == Some(&CONTROL))
+        .map(|(i, t)| {
+            serde_json::json!({ "id": i, "content": t, "single_word": false, "lstrip": false,
+                                "rstrip": false, "normalized": false, "special": true })
+        })
+        .collect();
+    let spec = serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": { "type": "Sequence", "normalizers": [
+            { "type": "Prepend", "prepend": "▁" },
+            { "type": "Replace", "pattern": { "String": " " }, "content": "▁" }
+        ]},
+        "pre_tokenizer": null,
+        "post_processor": null,
+        "decoder": { "type": "Sequence", "decoders": [
+            { "type": "Replace", "pattern": { "String": "▁" }, "content": " " },
+            { "type": "ByteFallback" },
+            { "type": "Fuse" },
+            { "type": "Strip", "content": " ", "start": 1, "stop": 0 }
+        ]},
+        "model": {
+            "type": "BPE",
+            "dropout": null,
+            "unk_token": unk,
+            "continuing_subword_prefix": null,
+            "end_of_word_suffix": null,
+            "fuse_unk": true,
+            "byte_fallback": true,
+            "ignore_merges": false,
+            "vocab": vocab,
+            "merges": merges
+                .iter()
+                .map(|&(_, _, l, r)| serde_json::json!([tokens[l], tokens[r]]))
+                .collect::<Vec<_>>(),
+        }
+    });
+    spec.to_string()
+        .parse::<Tokenizer>()
+        .map_err(|e| Error::model(format!("SentencePiece vocabulary: {e}")))
+}
+
 fn text(ct: &gguf_file::Content, key: &str) -> Option<String> {
     ct.metadata.get(key)?.to_string().ok().cloned()
 }
@@ -62,10 +173,13 @@ pub fn load(model_file: &Path) -> Result<Tokenizer> {
 pub fn from_gguf(ct: &gguf_file::Content) -> Result<Tokenizer> {
     let model = text(ct, "tokenizer.ggml.model").unwrap_or_default();
     let pre = text(ct, "tokenizer.ggml.pre").unwrap_or_default();
+    if model == "llama" {
+        return sentencepiece(ct);
+    }
     if model != "gpt2" {
         return Err(Error::model(format!(
-            "GGUF tokenizer model {model:?} is not supported (byte-level BPE \"gpt2\" is); \
-             put the model's tokenizer.json next to the GGUF file"
+            "GGUF tokenizer model {model:?} is not supported (byte-level BPE \"gpt2\" and \
+             SentencePiece \"llama\" are); put the model's tokenizer.json next to the GGUF file"
         )));
     }
     if pre != "smollm" {

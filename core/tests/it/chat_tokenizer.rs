@@ -49,3 +49,29 @@ fn unsupported_or_missing_files_are_model_errors() {
     let gone = dir.path().join("missing.gguf");
     assert!(tokenizer::load(&gone).is_err());
 }
+
+/// The SentencePiece vocabulary of the tiny test GGUF (Llama 2's) becomes the tokenizer
+/// `transformers` builds from the same file: ids checked against
+/// `AutoTokenizer.from_pretrained(dir, gguf_file="tiny.gguf")` (transformers 5.23).
+#[test]
+fn sentencepiece_vocabulary_from_gguf() {
+    let path = crate::fixtures::models_dir().join("tiny-llama-gguf/tiny.gguf");
+    let t = recall_core::llm::tokenizer::load(&path).unwrap();
+    let ids = |s: &str| t.encode(s, false).unwrap().get_ids().to_vec();
+    assert_eq!(ids("Hello world"), REF_HELLO);
+    assert_eq!(ids("The capital of France is Paris."), REF_PARIS);
+    assert_eq!(ids("naïve café ☕ 2024"), REF_UNICODE);
+    for s in [
+        "Hello world",
+        "The capital of France is Paris.",
+        "naïve café ☕ 2024",
+    ] {
+        assert_eq!(t.decode(&ids(s), true).unwrap(), s);
+    }
+}
+
+const REF_HELLO: &[u32] = &[15043, 3186];
+const REF_PARIS: &[u32] = &[450, 7483, 310, 3444, 338, 3681, 29889];
+const REF_UNICODE: &[u32] = &[
+    1055, 30085, 345, 274, 28059, 29871, 229, 155, 152, 29871, 29906, 29900, 29906, 29946,
+];
