@@ -287,7 +287,6 @@ impl LocalModel {
             .map_or(2048, |n| n as usize)
             .min(config.max_context.unwrap_or(DEFAULT_MAX_CONTEXT));
         let arch = Arch::from_config(&hf, context_length)?;
-        let context_length = arch.max_len;
         let dtype = config.precision.dtype(device);
         // SAFETY: the files are memory-mapped read-only and not changed while loaded, as
         // every safetensors loader assumes.
@@ -305,9 +304,7 @@ impl LocalModel {
         let name = dir
             .file_name()
             .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
-        let mut out = Self::assemble(model, tokenizer, template, eos, name);
-        out.context_length = context_length;
-        Ok(out)
+        Ok(Self::assemble(model, tokenizer, template, eos, name))
     }
 
     fn assemble(

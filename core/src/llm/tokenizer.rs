@@ -54,6 +54,14 @@ fn numbers(ct: &gguf_file::Content, key: &str) -> Result<Vec<f64>> {
         .collect()
 }
 
+/// The GGUF token type of each token (empty when the file has none).
+fn token_types(ct: &gguf_file::Content) -> Result<Vec<u32>> {
+    Ok(numbers(ct, "tokenizer.ggml.token_type")?
+        .into_iter()
+        .map(|t| t as u32)
+        .collect())
+}
+
 /// GGUF token type of normal tokens.
 const NORMAL: u32 = 1;
 
@@ -65,10 +73,7 @@ const NORMAL: u32 = 1;
 fn sentencepiece(ct: &gguf_file::Content) -> Result<Tokenizer> {
     let tokens = strings(ct, "tokenizer.ggml.tokens")?;
     let scores = numbers(ct, "tokenizer.ggml.scores")?;
-    let types: Vec<u32> = numbers(ct, "tokenizer.ggml.token_type")?
-        .into_iter()
-        .map(|t| t as u32)
-        .collect();
+    let types = token_types(ct)?;
     let ids: std::collections::HashMap<&str, usize> = tokens
         .iter()
         .enumerate()
@@ -194,16 +199,7 @@ pub fn from_gguf(ct: &gguf_file::Content) -> Result<Tokenizer> {
                 .ok_or_else(|| Error::model(format!("bad merge {m:?}")))
         })
         .collect::<Result<_>>()?;
-    let types: Vec<u32> = match ct.metadata.get("tokenizer.ggml.token_type") {
-        Some(v) => v
-            .to_vec()
-            .map_err(|e| Error::model(format!("token_type: {e}")))?
-            .iter()
-            .map(|t| t.to_i32().map(|x| x as u32).or_else(|_| t.to_u32()))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| Error::model(format!("token_type: {e}")))?,
-        None => vec![],
-    };
+    let types = token_types(ct)?;
     let vocab: Vocab = tokens
         .iter()
         .enumerate()
