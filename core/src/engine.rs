@@ -250,8 +250,8 @@ impl Engine {
         }))
     }
 
-    /// Publishes here what another replica announced, read from the store (the wire
-    /// carries ids only) within the event's user.
+    /// Publishes here what another replica announced: a memory read from the store within the
+    /// event's user (the wire carries its id only), a job as it was sent.
     async fn receive_remote(&self, own: &str, payload: &str) {
         let message: WireMessage = match serde_json::from_str(payload) {
             Ok(m) => m,
@@ -293,11 +293,7 @@ impl Engine {
                         memory,
                     })));
             }
-            WireEvent::Job { user, id } => match self.store.get_job(&user, id).await {
-                Ok(Some(job)) => self.events.publish_local(Event::Job(Box::new(job))),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "fan-out: cannot read a job"),
-            },
+            WireEvent::Job { job } => self.events.publish_local(Event::Job(job)),
         }
     }
 

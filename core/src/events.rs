@@ -5,8 +5,9 @@
 //! Several server replicas over one Postgres database see each other's events through a
 //! [`Fanout`] (Postgres `LISTEN`/`NOTIFY`, see [`crate::store::pg::PgFanout`]): started with
 //! [`crate::Engine::start_fanout`], every event published here is also sent to the other
-//! replicas, and theirs are published here. The wire carries ids, never content: a replica
-//! reads the memory or job from the store (scoped to the event's user) before publishing it.
+//! replicas, and theirs are published here. The wire carries ids, never memory content: a
+//! replica reads the memory from the store (scoped to the event's user) before publishing it.
+//! A job's state travels whole (it holds no content).
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, OnceLock};
@@ -151,7 +152,9 @@ impl Subscription {
     }
 }
 
-/// What travels between replicas: who and what changed, never content.
+/// What travels between replicas: who and what changed, never memory content. A job travels
+/// whole (its state holds no content): read back from the store on arrival, a fast job would
+/// already be past the state the message announced, and followers would miss states.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum WireEvent {
@@ -166,12 +169,10 @@ pub enum WireEvent {
         /// Its kind.
         kind: Option<MemoryKind>,
     },
-    /// A job changed.
+    /// A job changed: its state at that moment.
     Job {
-        /// Whose.
-        user: String,
-        /// Which job.
-        id: i64,
+        /// The job.
+        job: Box<Job>,
     },
     /// The user's data changed: cached queries are stale.
     Invalidate {
@@ -179,6 +180,9 @@ pub enum WireEvent {
         user: String,
     },
 }
+
+/// The longest job error sent between replicas, in bytes.
+const MAX_WIRE_ERROR: usize = 2000;
 
 /// One message between replicas.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -199,10 +203,20 @@ impl WireEvent {
                 id: e.memory_id,
                 kind: e.kind,
             },
-            Event::Job(j) => WireEvent::Job {
-                user: j.user.clone(),
-                id: j.id,
-            },
+            Event::Job(j) => {
+                let mut job = j.clone();
+                // NOTIFY payloads are limited to 8000 bytes; the rest of a job is small.
+                if let Some(error) = job.error.as_mut()
+                    && error.len() > MAX_WIRE_ERROR
+                {
+                    let mut end = MAX_WIRE_ERROR;
+                    while !error.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    error.truncate(end);
+                }
+                WireEvent::Job { job }
+            }
         }
     }
 }
@@ -222,4 +236,51 @@ pub trait Fanout: Send + Sync {
 pub trait FanoutListener: Send {
     /// The next message. Errors when the connection is lost (listen again).
     async fn recv(&mut self) -> Result<String>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::{JobKind, JobStatus};
+    use chrono::Utc;
+
+    #[test]
+    fn a_job_travels_whole_and_fits_a_notify_payload() {
+        let now = Utc::now();
+        let job = Job {
+            id: 7,
+            user: "alice".into(),
+            kind: JobKind::DeleteUser,
+            status: JobStatus::Failed,
+            progress: 0.5,
+            message: Some("deleting".into()),
+            params: serde_json::json!({}),
+            result: None,
+            error: Some("é".repeat(5000)),
+            attempts: 3,
+            run_at: now,
+            created_at: now,
+            updated_at: now,
+            started_at: Some(now),
+            finished_at: Some(now),
+        };
+        let message = WireMessage {
+            origin: "r1".into(),
+            event: WireEvent::of(&Event::Job(Box::new(job.clone()))),
+        };
+        let payload = serde_json::to_string(&message).unwrap();
+        assert!(payload.len() < 8000, "{} bytes", payload.len());
+        let back: WireMessage = serde_json::from_str(&payload).unwrap();
+        let WireEvent::Job { job: sent } = back.event else {
+            panic!("a job event");
+        };
+        assert_eq!(sent.status, JobStatus::Failed);
+        assert_eq!(sent.progress, 0.5);
+        assert!(
+            job.error
+                .unwrap()
+                .starts_with(sent.error.as_deref().unwrap())
+        );
+        assert_eq!(sent.error.unwrap().len(), MAX_WIRE_ERROR);
+    }
 }
