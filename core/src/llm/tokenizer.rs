@@ -1,19 +1,22 @@
 //! Chat-model tokenizers: a model directory's `tokenizer.json`, or one built from a GGUF file's
 //! own vocabulary when it has none.
 //!
-//! candle's GGUF tokenizer builder is right for Qwen2 and Llama 3 vocabularies but not for
-//! SmolLM (`tokenizer.ggml.pre = "smollm"`): it adds a prefix space, the ids change and the
-//! model answers nonsense. SmolLM's pre-tokenizer is byte-level BPE without prefix space, with
-//! digits split one by one; that is built here.
+//! Byte-level vocabularies are split before merging the way the model's own tokenizer.json
+//! does, chosen by the file's `tokenizer.ggml.pre` name (candle's GGUF builder knows three
+//! names and silently falls back to GPT-2 for the rest, Llama 3's `llama-bpe` included; for
+//! SmolLM it adds a prefix space). SentencePiece vocabularies are converted the way
+//! `transformers` converts them. Ids are checked against `transformers`' GGUF loader.
 use std::path::Path;
 
 use candle_core::quantized::gguf_file;
-use candle_core::quantized::tokenizer::TokenizerFromGguf;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{BPE, Vocab};
+use tokenizers::normalizers::unicode::NFC;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split as SplitBy, SplitPattern};
+use tokenizers::tokenizer::SplitDelimiterBehavior;
 use tokenizers::{AddedToken, Tokenizer};
 
 use crate::error::{Error, Result};
@@ -177,19 +180,65 @@ pub fn load(model_file: &Path) -> Result<Tokenizer> {
 /// Builds the tokenizer from GGUF metadata.
 pub fn from_gguf(ct: &gguf_file::Content) -> Result<Tokenizer> {
     let model = text(ct, "tokenizer.ggml.model").unwrap_or_default();
-    let pre = text(ct, "tokenizer.ggml.pre").unwrap_or_default();
-    if model == "llama" {
-        return sentencepiece(ct);
-    }
-    if model != "gpt2" {
-        return Err(Error::model(format!(
+    match model.as_str() {
+        "llama" => sentencepiece(ct),
+        "gpt2" => byte_level(ct),
+        _ => Err(Error::model(format!(
             "GGUF tokenizer model {model:?} is not supported (byte-level BPE \"gpt2\" and \
              SentencePiece \"llama\" are); put the model's tokenizer.json next to the GGUF file"
-        )));
+        ))),
     }
-    if pre != "smollm" {
-        return Tokenizer::from_gguf(ct).map_err(|e| Error::model(format!("GGUF tokenizer: {e}")));
-    }
+}
+
+/// GGUF token type of user-defined added tokens (`<think>`, say): matched whole, not special.
+const USER_DEFINED: u32 = 4;
+
+// How byte-level vocabularies split text before merging, by llama.cpp's `tokenizer.ggml.pre`
+// name: the expressions of the models' own tokenizer.json files (the ones transformers also
+// uses for GGUF files).
+const SPLIT_LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const SPLIT_QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const SPLIT_QWEN35: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const SPLIT_TEKKEN: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const SPLIT_GPT4O: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// How a byte-level vocabulary splits text.
+enum Split {
+    /// GPT-2's own expression (older files name no pre-tokenizer).
+    Gpt2,
+    /// SmolLM: GPT-2's expression after splitting digits one by one, no prefix space.
+    Digits,
+    /// An expression, then bytes; with NFC normalization first (Qwen2's tokenizer.json).
+    Regex(&'static str, bool),
+}
+
+/// The pre-tokenizers known by name; `None` for one this loader does not know.
+fn split_of(pre: &str) -> Option<Split> {
+    Some(match pre {
+        "" | "default" | "gpt-2" | "gpt2" => Split::Gpt2,
+        "smollm" => Split::Digits,
+        "llama3" | "llama-v3" | "llama-bpe" | "smaug-bpe" | "falcon3" | "lfm2" | "dbrx"
+        | "pixtral" => Split::Regex(SPLIT_LLAMA3, false),
+        "qwen2" | "deepseek-r1-qwen" | "megrez" => Split::Regex(SPLIT_QWEN2, true),
+        "qwen35" => Split::Regex(SPLIT_QWEN35, true),
+        "tekken" => Split::Regex(SPLIT_TEKKEN, false),
+        "gpt-4o" | "llama4" => Split::Regex(SPLIT_GPT4O, false),
+        _ => return None,
+    })
+}
+
+/// A byte-level BPE vocabulary (GGUF `tokenizer.ggml.model = "gpt2"`: SmolLM, Qwen, Llama 3,
+/// Mistral Nemo…) with the pre-tokenizer its `tokenizer.ggml.pre` names. candle's builder
+/// knows only three names and treats every other one (Llama 3's `llama-bpe` among them) as
+/// GPT-2, which gives other ids than the model was trained on; an unknown name is refused.
+fn byte_level(ct: &gguf_file::Content) -> Result<Tokenizer> {
+    let pre = text(ct, "tokenizer.ggml.pre").unwrap_or_default();
+    let split = split_of(&pre).ok_or_else(|| {
+        Error::model(format!(
+            "GGUF pre-tokenizer {pre:?} is not known here; put the model's tokenizer.json next \
+             to the GGUF file"
+        ))
+    })?;
     let tokens = strings(ct, "tokenizer.ggml.tokens")?;
     let merges: Vec<(String, String)> = strings(ct, "tokenizer.ggml.merges")?
         .into_iter()
@@ -210,19 +259,48 @@ pub fn from_gguf(ct: &gguf_file::Content) -> Result<Tokenizer> {
         .build()
         .map_err(|e| Error::model(format!("BPE: {e}")))?;
     let mut tokenizer = Tokenizer::new(bpe);
-    tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![
-        Digits::new(true).into(),
-        ByteLevel::new(false, true, true).into(),
-    ])));
+    match split {
+        Split::Gpt2 => {
+            tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        }
+        Split::Digits => {
+            tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![
+                Digits::new(true).into(),
+                ByteLevel::new(false, true, true).into(),
+            ])));
+        }
+        Split::Regex(expression, nfc) => {
+            let split = SplitBy::new(
+                SplitPattern::Regex(expression.to_owned()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| Error::model(format!("pre-tokenizer {pre:?}: {e}")))?;
+            tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![
+                split.into(),
+                ByteLevel::new(false, false, false).into(),
+            ])));
+            if nfc {
+                tokenizer
+                    .with_normalizer(Some(NFC))
+                    .map_err(|e| Error::model(format!("normalizer: {e}")))?;
+            }
+        }
+    }
     tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
-    let specials: Vec<AddedToken> = tokens
-        .iter()
-        .zip(&types)
-        .filter(|(_, t)| **t == CONTROL)
-        .map(|(s, _)| AddedToken::from(s.clone(), true))
-        .collect();
+    let of_type = |wanted: u32, special: bool| -> Vec<AddedToken> {
+        tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, t)| **t == wanted)
+            .map(|(s, _)| AddedToken::from(s.clone(), special).normalized(false))
+            .collect()
+    };
     tokenizer
-        .add_special_tokens(specials)
+        .add_special_tokens(of_type(CONTROL, true))
         .map_err(|e| Error::model(format!("special tokens: {e}")))?;
+    tokenizer
+        .add_tokens(of_type(USER_DEFINED, false))
+        .map_err(|e| Error::model(format!("added tokens: {e}")))?;
     Ok(tokenizer)
 }
