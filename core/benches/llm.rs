@@ -8,6 +8,16 @@
 //! cargo bench -p recall-core --features testing --bench llm -- \
 //!     [--python ~/.cache/deep-recall/bench-venv/bin/python] [--new-tokens 64]
 //! ```
+//!
+//! With `--shape llama-1b` (or `tiny`) it measures a model of that shape with random weights
+//! instead (written once into `--model-dir`, BF16 safetensors), on `--device cpu|cuda|metal`,
+//! with a `--prompt-tokens` long prompt, against transformers' `generate` on the same directory
+//! and device (BF16 on a GPU, F32 on the CPU) — the GPU measurement of the inference issue:
+//!
+//! ```sh
+//! cargo bench -p recall-core --features testing,cuda --bench llm -- --shape llama-1b \
+//!     --device cuda --model-dir /tmp/llama-1b --python python3
+//! ```
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,6 +41,9 @@ const QUESTION: &str = "I am planning a weekend trip to Lisbon with my sister An
     dinner each day, and tell me what to pack for the weather in March?";
 
 fn main() {
+    if let Some(shape) = arg("--shape") {
+        return shaped(&shape);
+    }
     let new_tokens: usize = arg("--new-tokens").map_or(64, |s| s.parse().unwrap());
     let path = recall_core::llm::local::default_model_path(&models_dir());
     let config = ModelConfig {
@@ -85,7 +98,7 @@ fn main() {
     );
     drop(model);
 
-    // Concurrent streams through the service (served one after another: no batching yet).
+    // Concurrent streams through the service (continuous batching).
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -93,42 +106,7 @@ fn main() {
         .unwrap();
     let service = Arc::new(ChatService::start(&config, &Device::Cpu, 16, 8).unwrap());
     for n in [4usize, 8] {
-        let (agg, ttft) = rt.block_on(async {
-            let started = Instant::now();
-            let mut tasks = Vec::new();
-            for _ in 0..n {
-                let s = service.clone();
-                let turns = turns.clone();
-                let params = params.clone();
-                tasks.push(tokio::spawn(async move {
-                    let t0 = Instant::now();
-                    let mut rx = s.stream(&turns, &params).await.unwrap();
-                    let mut first = None;
-                    let mut tokens = 0;
-                    while let Some(e) = rx.recv().await {
-                        match e.unwrap() {
-                            ChatEvent::Delta { .. } => {
-                                first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
-                            }
-                            ChatEvent::Done { completion } => tokens = completion.completion_tokens,
-                        }
-                    }
-                    (tokens, first.unwrap_or(0.0))
-                }));
-            }
-            let mut total_tokens = 0;
-            let mut ttfts = Vec::new();
-            for t in tasks {
-                let (tokens, ttft) = t.await.unwrap();
-                total_tokens += tokens;
-                ttfts.push(ttft);
-            }
-            let secs = started.elapsed().as_secs_f64();
-            (
-                total_tokens as f64 / secs,
-                ttfts.iter().sum::<f64>() / ttfts.len() as f64 * 1000.0,
-            )
-        });
+        let (agg, ttft) = concurrent(&rt, &service, n, &turns, &params);
         println!(
             "| deep-recall (candle) | {n} | - | {ttft:.0} (mean) | {:.1} | {agg:.1} |",
             agg / n as f64
@@ -136,38 +114,200 @@ fn main() {
     }
 
     if let Some(python) = arg("--python") {
-        let script = recall_core::testing::repo_root().join("bench/hf_generate.py");
-        let id_list: Vec<String> = ids.iter().map(u32::to_string).collect();
-        let out = std::process::Command::new(python)
-            .arg(script)
-            .arg("--gguf")
-            .arg(&path)
-            .arg("--ids")
-            .arg(id_list.join(","))
-            .arg("--new-tokens")
-            .arg(new_tokens.to_string())
-            .output()
-            .expect("run the Python reference");
-        let line = String::from_utf8_lossy(&out.stdout);
-        match serde_json::from_str::<serde_json::Value>(line.lines().last().unwrap_or("")) {
-            Ok(v) => {
-                let hf_prefill = v["prefill_tokens_per_s"].as_f64().unwrap_or(0.0);
-                let hf_decode = v["decode_tokens_per_s"].as_f64().unwrap_or(0.0);
-                println!(
-                    "| transformers (PyTorch, F32) | 1 | {hf_prefill:.0} | {:.0} | {hf_decode:.1} | {hf_decode:.1} |",
-                    v["ttft_ms"].as_f64().unwrap_or(0.0)
-                );
-                println!();
-                println!(
-                    "Ratio deep-recall / transformers, one stream: prefill {:.2}, decode {:.2}",
-                    prefill / hf_prefill,
-                    decode / hf_decode
-                );
-            }
-            Err(_) => eprintln!(
-                "Python reference failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ),
+        let path = path.to_string_lossy();
+        reference(
+            &python,
+            &["--gguf", &path],
+            &ids,
+            new_tokens,
+            (prefill, decode),
+        );
+    }
+}
+
+/// Streams through the service at once: aggregate tokens/s and mean time to first token (ms).
+fn concurrent(
+    rt: &tokio::runtime::Runtime,
+    service: &Arc<ChatService>,
+    n: usize,
+    turns: &[ChatTurn],
+    params: &GenerationParams,
+) -> (f64, f64) {
+    rt.block_on(async {
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..n {
+            let (s, turns, params) = (service.clone(), turns.to_vec(), params.clone());
+            tasks.push(tokio::spawn(async move {
+                let t0 = Instant::now();
+                let mut rx = s.stream(&turns, &params).await.unwrap();
+                let (mut first, mut tokens) = (None, 0);
+                while let Some(e) = rx.recv().await {
+                    match e.unwrap() {
+                        ChatEvent::Delta { .. } => {
+                            first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
+                        }
+                        ChatEvent::Done { completion } => tokens = completion.completion_tokens,
+                    }
+                }
+                (tokens, first.unwrap_or(0.0))
+            }));
         }
+        let (mut total, mut ttft) = (0, 0.0);
+        for t in tasks {
+            let (tokens, first) = t.await.unwrap();
+            total += tokens;
+            ttft += first;
+        }
+        (
+            total as f64 / started.elapsed().as_secs_f64(),
+            ttft / n as f64 * 1000.0,
+        )
+    })
+}
+
+/// A model of a named shape with random weights, on a chosen device.
+fn shaped(name: &str) {
+    use recall_core::testing::tiny::{Shape, write_shaped_hf};
+    let shape = match name {
+        "tiny" => Shape::TINY,
+        "llama-1b" => Shape::LLAMA_1B,
+        other => panic!("--shape {other}: tiny or llama-1b"),
+    };
+    let new_tokens: usize = arg("--new-tokens").map_or(64, |s| s.parse().unwrap());
+    let prompt_tokens: usize = arg("--prompt-tokens").map_or(512, |s| s.parse().unwrap());
+    let device_name = arg("--device").unwrap_or_else(|| "cpu".into());
+    let device = recall_core::device::select(device_name.parse().unwrap()).unwrap();
+    let root = arg("--model-dir")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("deep-recall-bench-{name}")));
+    let root = root.join(name);
+    let dir = root.join("llama");
+    if !dir.join("model.safetensors").exists() {
+        let started = Instant::now();
+        write_shaped_hf(&root, "llama", "llama", &shape, candle_core::DType::BF16);
+        eprintln!(
+            "wrote {} in {:.0} s",
+            dir.display(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let config = ModelConfig::new(&dir);
+    // The word-level tokenizer of generated models: "w{i}" is token i (ids from 5 up).
+    let words: Vec<String> = (0..prompt_tokens.saturating_sub(8))
+        .map(|i| format!("w{}", 5 + (i * 7919) % (shape.vocab - 5)))
+        .collect();
+    let turns = vec![ChatTurn {
+        role: Role::User,
+        content: words.join(" "),
+    }];
+    let params = GenerationParams {
+        max_tokens: new_tokens,
+        min_tokens: new_tokens,
+        ..GenerationParams::default()
+    };
+    let mut model = LocalModel::load(&config, &device).unwrap();
+    let ids = model.encode(&model.template().render(&turns)).unwrap();
+    model.generate(&ids, &params, &mut |_| true).unwrap(); // warm-up
+    let mut best: Option<(f64, f64, f64)> = None;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let mut first = None;
+        let out = model
+            .generate(&ids, &params, &mut |_| {
+                first.get_or_insert_with(|| started.elapsed().as_secs_f64());
+                true
+            })
+            .unwrap();
+        let total = started.elapsed().as_secs_f64();
+        let ttft = first.unwrap_or(total);
+        let decode = (out.completion_tokens.saturating_sub(1)) as f64 / (total - ttft);
+        if best.is_none_or(|b| decode > b.2) {
+            best = Some((ttft * 1000.0, ids.len() as f64 / ttft, decode));
+        }
+    }
+    let (ttft_ms, prefill, decode) = best.unwrap();
+    drop(model);
+    println!(
+        "{name} shape (random weights), {}, {:?}, prompt {} tokens, {new_tokens} new tokens",
+        recall_core::device::describe(&device),
+        config.precision.dtype(&device),
+        ids.len()
+    );
+    println!();
+    println!(
+        "| engine | streams | prefill (tokens/s) | TTFT (ms) | decode (tokens/s per stream) | aggregate (tokens/s) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    println!(
+        "| deep-recall (candle) | 1 | {prefill:.0} | {ttft_ms:.0} | {decode:.1} | {decode:.1} |"
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let service = Arc::new(ChatService::start(&config, &device, 16, 8).unwrap());
+    for n in [4usize, 8] {
+        let (agg, ttft) = concurrent(&rt, &service, n, &turns, &params);
+        println!(
+            "| deep-recall (candle) | {n} | - | {ttft:.0} (mean) | {:.1} | {agg:.1} |",
+            agg / n as f64
+        );
+    }
+    drop(service);
+
+    if let Some(python) = arg("--python") {
+        let torch_device = if device_name.starts_with("cuda") {
+            "cuda"
+        } else {
+            "cpu"
+        };
+        let dir = dir.to_string_lossy();
+        reference(
+            &python,
+            &["--model-dir", &dir, "--device", torch_device],
+            &ids,
+            new_tokens,
+            (prefill, decode),
+        );
+    }
+}
+
+/// Runs `bench/hf_generate.py` (transformers) on the same model, prompt ids and answer length,
+/// and prints its row and the ratios to `ours` (prefill, decode tokens/s).
+fn reference(python: &str, model: &[&str], ids: &[u32], new_tokens: usize, ours: (f64, f64)) {
+    let script = recall_core::testing::repo_root().join("bench/hf_generate.py");
+    let id_list: Vec<String> = ids.iter().map(u32::to_string).collect();
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .args(model)
+        .arg("--ids")
+        .arg(id_list.join(","))
+        .arg("--new-tokens")
+        .arg(new_tokens.to_string())
+        .output()
+        .expect("run the Python reference");
+    let line = String::from_utf8_lossy(&out.stdout);
+    match serde_json::from_str::<serde_json::Value>(line.lines().last().unwrap_or("")) {
+        Ok(v) => {
+            let hf_prefill = v["prefill_tokens_per_s"].as_f64().unwrap_or(0.0);
+            let hf_decode = v["decode_tokens_per_s"].as_f64().unwrap_or(0.0);
+            println!(
+                "| transformers (PyTorch, {}) | 1 | {hf_prefill:.0} | {:.0} | {hf_decode:.1} | {hf_decode:.1} |",
+                v["dtype"].as_str().unwrap_or("?"),
+                v["ttft_ms"].as_f64().unwrap_or(0.0)
+            );
+            println!();
+            println!(
+                "Ratio deep-recall / transformers, one stream: prefill {:.2}, decode {:.2}",
+                ours.0 / hf_prefill,
+                ours.1 / hf_decode
+            );
+        }
+        Err(_) => eprintln!(
+            "Python reference failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
     }
 }

@@ -6,17 +6,55 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde_json::{Value, json};
 
 /// Vocabulary size of the tiny models.
 pub const VOCAB: usize = 96;
-const HIDDEN: usize = 64;
-const HEADS: usize = 4;
-const KV_HEADS: usize = 2;
-const LAYERS: usize = 2;
-const FFN: usize = 128;
-const MAX_POS: usize = 256;
+
+/// The dimensions of a generated model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shape {
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Hidden size.
+    pub hidden: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Decoder layers.
+    pub layers: usize,
+    /// Feed-forward size.
+    pub ffn: usize,
+    /// Context length.
+    pub max_pos: usize,
+}
+
+impl Shape {
+    /// The tiny test models.
+    pub const TINY: Shape = Shape {
+        vocab: VOCAB,
+        hidden: 64,
+        heads: 4,
+        kv_heads: 2,
+        layers: 2,
+        ffn: 128,
+        max_pos: 256,
+    };
+
+    /// Llama 3.2 1B's dimensions (1.24 billion parameters with its untied output matrix
+    /// counted once more), for speed measurements with random weights.
+    pub const LLAMA_1B: Shape = Shape {
+        vocab: 128_256,
+        hidden: 2048,
+        heads: 32,
+        kv_heads: 8,
+        layers: 16,
+        ffn: 8192,
+        max_pos: 8192,
+    };
+}
 
 /// The tiny models: (name, model_type).
 pub const FAMILIES: [(&str, &str); 6] = [
@@ -31,8 +69,12 @@ pub const FAMILIES: [(&str, &str); 6] = [
 /// The prompt whose logits are compared.
 pub const PROMPT: [u32; 7] = [1, 17, 42, 5, 88, 23, 61];
 
-fn head_dim(name: &str) -> usize {
-    if name == "qwen3" { 24 } else { HIDDEN / HEADS }
+fn head_dim(name: &str, shape: &Shape) -> usize {
+    if name == "qwen3" && *shape == Shape::TINY {
+        24
+    } else {
+        shape.hidden / shape.heads
+    }
 }
 
 /// Deterministic values in [-1, 1) for one tensor (SplitMix64 seeded by its name).
@@ -73,15 +115,19 @@ fn bias(name: &str, n: usize) -> Tensor {
 
 /// The config.json of a tiny model.
 pub fn config(name: &str, model_type: &str) -> Value {
+    config_of(name, model_type, &Shape::TINY)
+}
+
+fn config_of(name: &str, model_type: &str, shape: &Shape) -> Value {
     let mut c = json!({
         "model_type": model_type,
-        "hidden_size": HIDDEN,
-        "intermediate_size": FFN,
-        "num_attention_heads": HEADS,
-        "num_key_value_heads": KV_HEADS,
-        "num_hidden_layers": LAYERS,
-        "vocab_size": VOCAB,
-        "max_position_embeddings": MAX_POS,
+        "hidden_size": shape.hidden,
+        "intermediate_size": shape.ffn,
+        "num_attention_heads": shape.heads,
+        "num_key_value_heads": shape.kv_heads,
+        "num_hidden_layers": shape.layers,
+        "vocab_size": shape.vocab,
+        "max_position_embeddings": shape.max_pos,
         "rms_norm_eps": 1e-5,
         "rope_theta": 10000.0,
         "hidden_act": "silu",
@@ -112,7 +158,7 @@ pub fn config(name: &str, model_type: &str) -> Value {
         "qwen3" => {
             c["architectures"] = json!(["Qwen3ForCausalLM"]);
             c["tie_word_embeddings"] = json!(true);
-            c["head_dim"] = json!(head_dim(name));
+            c["head_dim"] = json!(head_dim(name, shape));
             c["attention_bias"] = json!(false);
         }
         "phi3" => {
@@ -124,34 +170,43 @@ pub fn config(name: &str, model_type: &str) -> Value {
     c
 }
 
-/// The Hugging Face tensors of a tiny model.
-fn tensors(name: &str) -> HashMap<String, Tensor> {
-    let hd = head_dim(name);
-    let (q, kv) = (HEADS * hd, KV_HEADS * hd);
+/// The Hugging Face tensors of a model.
+fn tensors(name: &str, shape: &Shape) -> HashMap<String, Tensor> {
+    let Shape {
+        vocab,
+        hidden,
+        heads,
+        kv_heads,
+        layers,
+        ffn,
+        ..
+    } = *shape;
+    let hd = head_dim(name, shape);
+    let (q, kv) = (heads * hd, kv_heads * hd);
     let mut t = HashMap::new();
     let tied = matches!(name, "qwen2" | "qwen3");
     t.insert(
         "model.embed_tokens.weight".to_owned(),
-        matrix(&format!("{name}.embed"), VOCAB, HIDDEN),
+        matrix(&format!("{name}.embed"), vocab, hidden),
     );
     t.insert(
         "model.norm.weight".to_owned(),
-        norm(&format!("{name}.norm"), HIDDEN),
+        norm(&format!("{name}.norm"), hidden),
     );
     if !tied {
         t.insert(
             "lm_head.weight".to_owned(),
-            matrix(&format!("{name}.lm_head"), VOCAB, HIDDEN),
+            matrix(&format!("{name}.lm_head"), vocab, hidden),
         );
     }
-    for l in 0..LAYERS {
+    for l in 0..layers {
         let p = format!("model.layers.{l}");
         let key = |s: &str| format!("{name}.{l}.{s}");
-        let wq = matrix(&key("q"), q, HIDDEN);
-        let wk = matrix(&key("k"), kv, HIDDEN);
-        let wv = matrix(&key("v"), kv, HIDDEN);
-        let gate = matrix(&key("gate"), FFN, HIDDEN);
-        let up = matrix(&key("up"), FFN, HIDDEN);
+        let wq = matrix(&key("q"), q, hidden);
+        let wk = matrix(&key("k"), kv, hidden);
+        let wv = matrix(&key("v"), kv, hidden);
+        let gate = matrix(&key("gate"), ffn, hidden);
+        let up = matrix(&key("up"), ffn, hidden);
         if name == "phi3" {
             t.insert(
                 format!("{p}.self_attn.qkv_proj.weight"),
@@ -170,19 +225,19 @@ fn tensors(name: &str) -> HashMap<String, Tensor> {
         }
         t.insert(
             format!("{p}.self_attn.o_proj.weight"),
-            matrix(&key("o"), HIDDEN, q),
+            matrix(&key("o"), hidden, q),
         );
         t.insert(
             format!("{p}.mlp.down_proj.weight"),
-            matrix(&key("down"), HIDDEN, FFN),
+            matrix(&key("down"), hidden, ffn),
         );
         t.insert(
             format!("{p}.input_layernorm.weight"),
-            norm(&key("attn_norm"), HIDDEN),
+            norm(&key("attn_norm"), hidden),
         );
         t.insert(
             format!("{p}.post_attention_layernorm.weight"),
-            norm(&key("ffn_norm"), HIDDEN),
+            norm(&key("ffn_norm"), hidden),
         );
         if name == "qwen2" {
             t.insert(format!("{p}.self_attn.q_proj.bias"), bias(&key("bq"), q));
@@ -199,13 +254,13 @@ fn tensors(name: &str) -> HashMap<String, Tensor> {
 
 /// A word-level tokenizer over the tiny vocabulary ("w5" is id 5; ChatML markers are
 /// special tokens), enough for the loaders and the chat template.
-fn tokenizer_json() -> Value {
+fn tokenizer_json(size: usize) -> Value {
     let mut vocab = serde_json::Map::new();
     let specials = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"];
     for (i, s) in specials.iter().enumerate() {
         vocab.insert((*s).into(), json!(i));
     }
-    for i in specials.len()..VOCAB {
+    for i in specials.len()..size {
         vocab.insert(format!("w{i}"), json!(i));
     }
     let added: Vec<Value> = specials
@@ -231,16 +286,37 @@ fn tokenizer_json() -> Value {
 
 /// Writes the Hugging Face directory of one tiny model under `root`.
 pub fn write_hf(root: &Path, name: &str, model_type: &str) -> PathBuf {
+    write_shaped_hf(root, name, model_type, &Shape::TINY, DType::F32)
+}
+
+/// Writes a Hugging Face directory of the given shape under `root` (`name` is one of the
+/// [`FAMILIES`]' names, and the directory's), weights stored as
+/// `dtype` (F32 for the tiny models; BF16 keeps a 1B shape at 2.5 GB). The weights are
+/// deterministic pseudo-random values: right for correctness checks against another engine
+/// on the same files and for speed, meaningless as a language model.
+pub fn write_shaped_hf(
+    root: &Path,
+    name: &str,
+    model_type: &str,
+    shape: &Shape,
+    dtype: DType,
+) -> PathBuf {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
+    let mut config = config_of(name, model_type, shape);
+    config["torch_dtype"] = json!(match dtype {
+        DType::BF16 => "bfloat16",
+        DType::F16 => "float16",
+        _ => "float32",
+    });
     std::fs::write(
         dir.join("config.json"),
-        serde_json::to_vec_pretty(&config(name, model_type)).unwrap(),
+        serde_json::to_vec_pretty(&config).unwrap(),
     )
     .unwrap();
     std::fs::write(
         dir.join("tokenizer.json"),
-        serde_json::to_vec(&tokenizer_json()).unwrap(),
+        serde_json::to_vec(&tokenizer_json(shape.vocab)).unwrap(),
     )
     .unwrap();
     std::fs::write(
@@ -251,7 +327,11 @@ pub fn write_hf(root: &Path, name: &str, model_type: &str) -> PathBuf {
         .unwrap(),
     )
     .unwrap();
-    candle_core::safetensors::save(&tensors(name), dir.join("model.safetensors")).unwrap();
+    let tensors: HashMap<String, Tensor> = tensors(name, shape)
+        .into_iter()
+        .map(|(k, t)| (k, t.to_dtype(dtype).unwrap()))
+        .collect();
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
     dir
 }
 
@@ -270,9 +350,10 @@ fn permute(w: &Tensor, heads: usize) -> Tensor {
 /// the model's directory, next to its tokenizer.json.
 pub fn write_gguf(root: &Path, name: &str, model_type: &str) -> PathBuf {
     let dir = write_hf(root, name, model_type);
-    let hf = tensors(name);
+    let shape = Shape::TINY;
+    let hf = tensors(name, &shape);
     let arch = model_type;
-    let hd = head_dim(name);
+    let hd = head_dim(name, &shape);
     let mut out: Vec<(String, Tensor)> = vec![
         (
             "token_embd.weight".into(),
@@ -284,12 +365,12 @@ pub fn write_gguf(root: &Path, name: &str, model_type: &str) -> PathBuf {
         out.push(("output.weight".into(), head.clone()));
     }
     let llama = arch == "llama";
-    for l in 0..LAYERS {
+    for l in 0..shape.layers {
         let g = |s: &str| format!("blk.{l}.{s}");
         let h = |s: &str| hf[&format!("model.layers.{l}.{s}")].clone();
         let (q, k) = (h("self_attn.q_proj.weight"), h("self_attn.k_proj.weight"));
         let (q, k) = if llama {
-            (permute(&q, HEADS), permute(&k, KV_HEADS))
+            (permute(&q, shape.heads), permute(&k, shape.kv_heads))
         } else {
             (q, k)
         };
@@ -322,12 +403,12 @@ pub fn write_gguf(root: &Path, name: &str, model_type: &str) -> PathBuf {
             "general.architecture".into(),
             gguf_file::Value::String(arch.into()),
         ),
-        (format!("{arch}.block_count"), u(LAYERS)),
-        (format!("{arch}.context_length"), u(MAX_POS)),
-        (format!("{arch}.embedding_length"), u(HIDDEN)),
-        (format!("{arch}.feed_forward_length"), u(FFN)),
-        (format!("{arch}.attention.head_count"), u(HEADS)),
-        (format!("{arch}.attention.head_count_kv"), u(KV_HEADS)),
+        (format!("{arch}.block_count"), u(shape.layers)),
+        (format!("{arch}.context_length"), u(shape.max_pos)),
+        (format!("{arch}.embedding_length"), u(shape.hidden)),
+        (format!("{arch}.feed_forward_length"), u(shape.ffn)),
+        (format!("{arch}.attention.head_count"), u(shape.heads)),
+        (format!("{arch}.attention.head_count_kv"), u(shape.kv_heads)),
         (format!("{arch}.attention.key_length"), u(hd)),
         (format!("{arch}.rope.dimension_count"), u(hd)),
         (
