@@ -64,26 +64,7 @@ fn main() {
     // One stream, directly on the model: prefill = time to the first token.
     let mut model = LocalModel::load(&config, &Device::Cpu).unwrap();
     let ids = model.encode(&model.template().render(&turns)).unwrap();
-    model.generate(&ids, &params, &mut |_| true).unwrap(); // warm-up
-    let mut best: Option<(f64, f64, f64)> = None;
-    for _ in 0..3 {
-        let started = Instant::now();
-        let mut first = None;
-        let out = model
-            .generate(&ids, &params, &mut |_| {
-                first.get_or_insert_with(|| started.elapsed().as_secs_f64());
-                true
-            })
-            .unwrap();
-        let total = started.elapsed().as_secs_f64();
-        let ttft = first.unwrap_or(total);
-        let decode = (out.completion_tokens.saturating_sub(1)) as f64 / (total - ttft);
-        let prefill = ids.len() as f64 / ttft;
-        if best.is_none_or(|b| decode > b.2) {
-            best = Some((ttft * 1000.0, prefill, decode));
-        }
-    }
-    let (ttft_ms, prefill, decode) = best.unwrap();
+    let (ttft_ms, prefill, decode) = one_stream(&mut model, &ids, &params);
     println!(
         "SmolLM2-135M-Instruct (Q4_1 dequantized to F32), CPU, prompt {} tokens, {new_tokens} new tokens",
         ids.len()
@@ -208,25 +189,7 @@ fn shaped(name: &str) {
     };
     let mut model = LocalModel::load(&config, &device).unwrap();
     let ids = model.encode(&model.template().render(&turns)).unwrap();
-    model.generate(&ids, &params, &mut |_| true).unwrap(); // warm-up
-    let mut best: Option<(f64, f64, f64)> = None;
-    for _ in 0..3 {
-        let started = Instant::now();
-        let mut first = None;
-        let out = model
-            .generate(&ids, &params, &mut |_| {
-                first.get_or_insert_with(|| started.elapsed().as_secs_f64());
-                true
-            })
-            .unwrap();
-        let total = started.elapsed().as_secs_f64();
-        let ttft = first.unwrap_or(total);
-        let decode = (out.completion_tokens.saturating_sub(1)) as f64 / (total - ttft);
-        if best.is_none_or(|b| decode > b.2) {
-            best = Some((ttft * 1000.0, ids.len() as f64 / ttft, decode));
-        }
-    }
-    let (ttft_ms, prefill, decode) = best.unwrap();
+    let (ttft_ms, prefill, decode) = one_stream(&mut model, &ids, &params);
     drop(model);
     println!(
         "{name} shape (random weights), {}, {:?}, prompt {} tokens, {new_tokens} new tokens",
@@ -310,4 +273,28 @@ fn reference(python: &str, model: &[&str], ids: &[u32], new_tokens: usize, ours:
             String::from_utf8_lossy(&out.stderr)
         ),
     }
+}
+
+/// One stream directly on the model, best of three after a warm-up: time to first token (ms),
+/// prefill and decode tokens/s (prefill = the prompt over the time to the first token).
+fn one_stream(model: &mut LocalModel, ids: &[u32], params: &GenerationParams) -> (f64, f64, f64) {
+    model.generate(ids, params, &mut |_| true).unwrap(); // warm-up
+    let mut best: Option<(f64, f64, f64)> = None;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let mut first = None;
+        let out = model
+            .generate(ids, params, &mut |_| {
+                first.get_or_insert_with(|| started.elapsed().as_secs_f64());
+                true
+            })
+            .unwrap();
+        let total = started.elapsed().as_secs_f64();
+        let ttft = first.unwrap_or(total);
+        let decode = (out.completion_tokens.saturating_sub(1)) as f64 / (total - ttft);
+        if best.is_none_or(|b| decode > b.2) {
+            best = Some((ttft * 1000.0, ids.len() as f64 / ttft, decode));
+        }
+    }
+    best.unwrap()
 }
