@@ -1,16 +1,22 @@
-//! A small LRU cache of retrieval results for repeated queries.
+//! A cache of retrieval results for repeated queries, on [moka] (bounded, least recently used
+//! out first, entries expire after a time to live).
 //!
-//! Entries are per user. Every write through the [`crate::Engine`] bumps the user's
-//! generation, which makes all of that user's entries stale at once; entries also expire after
-//! a time to live (recency scores depend on the clock). Hits and misses are counted.
-use std::collections::HashMap;
-use std::sync::Mutex;
+//! Entries are per user. Every write through the engine moves the user to a new generation,
+//! which makes all of that user's entries unreachable at once (they age out). Generations come
+//! from one counter, so a user whose generation was forgotten gets a new one and never sees
+//! an old entry again. Results that depend on the clock are computed at [`QueryCache::now`],
+//! the current time rounded down to the clock step, and cached under it. Hits and misses are
+//! counted.
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use moka::policy::EvictionPolicy;
+use moka::sync::Cache;
 use serde::{Deserialize, Serialize};
 
-use crate::retrieval::Retrieved;
+use crate::types::Retrieved;
 
 /// Cache sizing.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -19,6 +25,9 @@ pub struct QueryCacheConfig {
     pub capacity: usize,
     /// How long an entry stays valid.
     pub ttl: Duration,
+    /// The step of the clock that recency is computed with when the caller does not pin
+    /// "now" (a search within one step is answered from the cache).
+    pub clock_step: Duration,
 }
 
 impl Default for QueryCacheConfig {
@@ -26,6 +35,7 @@ impl Default for QueryCacheConfig {
         Self {
             capacity: 1024,
             ttl: Duration::from_secs(60),
+            clock_step: Duration::from_secs(60),
         }
     }
 }
@@ -41,24 +51,16 @@ pub struct CacheStats {
     pub entries: usize,
 }
 
-struct Entry {
-    generation: u64,
-    stored: Instant,
-    last_used: u64,
-    value: Vec<Retrieved>,
-}
-
-#[derive(Default)]
-struct Inner {
-    entries: HashMap<(String, String), Entry>,
-    generations: HashMap<String, u64>,
-    tick: u64,
-}
+/// (user, generation, query key).
+type Key = (String, u64, String);
 
 /// See the module documentation.
 pub struct QueryCache {
     config: QueryCacheConfig,
-    inner: Mutex<Inner>,
+    entries: Cache<Key, Arc<Vec<Retrieved>>>,
+    /// The current generation of each user seen lately.
+    generations: Cache<String, u64>,
+    next_generation: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -66,19 +68,41 @@ pub struct QueryCache {
 impl QueryCache {
     /// An empty cache.
     pub fn new(config: QueryCacheConfig) -> Self {
+        let entries = Cache::builder()
+            .max_capacity(config.capacity as u64)
+            .time_to_live(config.ttl.max(Duration::from_millis(1)))
+            .eviction_policy(EvictionPolicy::lru())
+            .build();
+        // A user's generation outlives their entries; forgetting it is safe (see above).
+        let generations = Cache::builder()
+            .max_capacity((config.capacity as u64).saturating_mul(4).max(1024))
+            .time_to_idle(config.ttl.saturating_mul(2).max(Duration::from_secs(1)))
+            .build();
         Self {
             config,
-            inner: Mutex::new(Inner::default()),
+            entries,
+            generations,
+            next_generation: AtomicU64::new(1),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+        }
+    }
+
+    /// The current time rounded down to the clock step (exact when the step is zero).
+    pub fn now(&self) -> DateTime<Utc> {
+        let now = Utc::now();
+        match TimeDelta::from_std(self.config.clock_step) {
+            Ok(step) if !step.is_zero() => now.duration_trunc(step).unwrap_or(now),
+            _ => now,
         }
     }
 
     /// The user's current generation (pass it back to [`QueryCache::put`], so that a result
     /// computed while a write happened is not stored as fresh).
     pub fn generation(&self, user: &str) -> u64 {
-        let inner = self.inner.lock().expect("query cache");
-        inner.generations.get(user).copied().unwrap_or(0)
+        self.generations.get_with_by_ref(user, || {
+            self.next_generation.fetch_add(1, Ordering::Relaxed)
+        })
     }
 
     /// A fresh cached result, counting a hit or a miss.
@@ -86,22 +110,8 @@ impl QueryCache {
         if self.config.capacity == 0 {
             return None;
         }
-        let mut inner = self.inner.lock().expect("query cache");
-        inner.tick += 1;
-        let tick = inner.tick;
-        let generation = inner.generations.get(user).copied().unwrap_or(0);
-        let k = (user.to_owned(), key.to_owned());
-        let found = match inner.entries.get_mut(&k) {
-            Some(e) if e.generation == generation && e.stored.elapsed() < self.config.ttl => {
-                e.last_used = tick;
-                Some(e.value.clone())
-            }
-            Some(_) => {
-                inner.entries.remove(&k);
-                None
-            }
-            None => None,
-        };
+        let k = (user.to_owned(), self.generation(user), key.to_owned());
+        let found = self.entries.get(&k).map(|v| v.as_ref().clone());
         match found {
             Some(_) => self.hits.fetch_add(1, Ordering::Relaxed),
             None => self.misses.fetch_add(1, Ordering::Relaxed),
@@ -109,52 +119,30 @@ impl QueryCache {
         found
     }
 
-    /// Stores a result computed at `generation`.
+    /// Stores a result computed at `generation` (nothing if the user has moved on since).
     pub fn put(&self, user: &str, key: &str, generation: u64, value: Vec<Retrieved>) {
-        if self.config.capacity == 0 {
+        if self.config.capacity == 0 || self.generation(user) != generation {
             return;
         }
-        let mut inner = self.inner.lock().expect("query cache");
-        if inner.generations.get(user).copied().unwrap_or(0) != generation {
-            return;
-        }
-        inner.tick += 1;
-        let tick = inner.tick;
-        inner.entries.insert(
-            (user.to_owned(), key.to_owned()),
-            Entry {
-                generation,
-                stored: Instant::now(),
-                last_used: tick,
-                value,
-            },
+        self.entries.insert(
+            (user.to_owned(), generation, key.to_owned()),
+            Arc::new(value),
         );
-        while inner.entries.len() > self.config.capacity {
-            let victim = inner
-                .entries
-                .iter()
-                .min_by_key(|(_, e)| e.last_used)
-                .map(|(k, _)| k.clone());
-            match victim {
-                Some(k) => inner.entries.remove(&k),
-                None => break,
-            };
-        }
     }
 
     /// Makes every cached result of the user stale (call on every write).
     pub fn invalidate(&self, user: &str) {
-        let mut inner = self.inner.lock().expect("query cache");
-        *inner.generations.entry(user.to_owned()).or_default() += 1;
-        inner.entries.retain(|(u, _), _| u != user);
+        let next = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        self.generations.insert(user.to_owned(), next);
     }
 
     /// Counters.
     pub fn stats(&self) -> CacheStats {
+        self.entries.run_pending_tasks();
         CacheStats {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
-            entries: self.inner.lock().expect("query cache").entries.len(),
+            entries: self.entries.entry_count() as usize,
         }
     }
 }
@@ -167,6 +155,7 @@ mod tests {
         QueryCache::new(QueryCacheConfig {
             capacity,
             ttl: Duration::from_millis(ttl_ms),
+            ..QueryCacheConfig::default()
         })
     }
 
@@ -180,14 +169,8 @@ mod tests {
         c.invalidate("a");
         assert!(c.get("a", "q").is_none());
         assert!(c.get("b", "q").is_some());
-        assert_eq!(
-            c.stats(),
-            CacheStats {
-                hits: 2,
-                misses: 2,
-                entries: 1
-            }
-        );
+        let stats = c.stats();
+        assert_eq!((stats.hits, stats.misses), (2, 2));
     }
 
     #[test]
@@ -200,16 +183,30 @@ mod tests {
     }
 
     #[test]
+    fn a_forgotten_generation_never_brings_back_old_entries() {
+        let c = cache(10, 60_000);
+        let g = c.generation("a");
+        c.put("a", "q", g, vec![]);
+        c.generations.invalidate("a");
+        assert_ne!(c.generation("a"), g);
+        assert!(c.get("a", "q").is_none());
+    }
+
+    #[test]
     fn least_recently_used_goes_first_and_ttl_expires() {
         let c = cache(2, 60_000);
-        c.put("a", "1", 0, vec![]);
-        c.put("a", "2", 0, vec![]);
+        let g = c.generation("a");
+        c.put("a", "1", g, vec![]);
+        c.put("a", "2", g, vec![]);
+        c.entries.run_pending_tasks();
         assert!(c.get("a", "1").is_some());
-        c.put("a", "3", 0, vec![]);
+        c.put("a", "3", g, vec![]);
+        c.entries.run_pending_tasks();
         assert!(c.get("a", "2").is_none());
         assert!(c.get("a", "1").is_some());
+        assert!(c.stats().entries <= 2);
         let short = cache(2, 1);
-        short.put("a", "q", 0, vec![]);
+        short.put("a", "q", short.generation("a"), vec![]);
         std::thread::sleep(Duration::from_millis(5));
         assert!(short.get("a", "q").is_none());
     }
@@ -217,8 +214,22 @@ mod tests {
     #[test]
     fn capacity_zero_disables() {
         let c = cache(0, 60_000);
-        c.put("a", "q", 0, vec![]);
+        c.put("a", "q", c.generation("a"), vec![]);
         assert!(c.get("a", "q").is_none());
         assert_eq!(c.stats().misses, 0);
+    }
+
+    #[test]
+    fn the_clock_moves_in_steps() {
+        let c = cache(10, 60_000);
+        let now = c.now();
+        assert_eq!(now.timestamp() % 60, 0);
+        assert_eq!(now.timestamp_subsec_nanos(), 0);
+        assert!(Utc::now() - now < TimeDelta::seconds(61));
+        let exact = QueryCache::new(QueryCacheConfig {
+            clock_step: Duration::ZERO,
+            ..QueryCacheConfig::default()
+        });
+        assert!(Utc::now() - exact.now() < TimeDelta::seconds(1));
     }
 }

@@ -46,6 +46,16 @@ impl ChatRequest {
             context: ContextOptions::default(),
         }
     }
+
+    /// Checks the request before anything is stored: sampling ranges, stop sequences and the
+    /// context budget (the message, session and memory options are checked where they are
+    /// used, by the engine's limits). [`ChatPipeline::stream`] calls it; front doors map
+    /// fields and let it decide.
+    pub fn validate(&self) -> Result<()> {
+        self.generation.validate()?;
+        self.context.budget.validate()?;
+        self.context.retrieve.ranking.validate()
+    }
 }
 
 /// A memory that was brought into the prompt.
@@ -182,6 +192,7 @@ impl ChatPipeline {
 
     /// Starts a chat turn for `user`; see the module documentation.
     pub async fn stream(&self, user: &str, request: ChatRequest) -> Result<ChatStream> {
+        request.validate()?;
         let started = Instant::now();
         let mut options = request.context.clone();
         let window = options

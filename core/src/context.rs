@@ -13,8 +13,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::retrieval::Retrieved;
-use crate::types::{Message, Role, Summary};
+use crate::types::{Message, Retrieved, Role, Summary};
 
 /// Counts tokens the way the chat model does.
 pub trait TokenCounter: Send + Sync {
@@ -370,6 +369,18 @@ pub trait Summarizer: Send + Sync {
 
     /// The id recorded with the summaries it writes.
     fn model_id(&self) -> &str;
+
+    /// Tokens of input one call takes at most (the previous summary and the messages, as
+    /// [`Summarizer::count_tokens`] counts them); longer backlogs are summarised in steps.
+    fn max_input_tokens(&self) -> usize {
+        usize::MAX
+    }
+
+    /// Tokens of a text as the summarizer's model counts them (an estimate of four bytes a
+    /// token unless the summarizer knows better).
+    fn count_tokens(&self, text: &str) -> usize {
+        text.len().div_ceil(4)
+    }
 }
 
 /// When rolling summaries are written.
@@ -397,7 +408,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::retrieval::Signals;
+    use crate::types::Signals;
     use crate::types::{Memory, MemoryKind};
 
     /// One token per whitespace-separated word.

@@ -45,7 +45,29 @@ pub trait Embedder: Send + Sync {
     async fn embed_one(&self, text: &str) -> Result<Vec<f32>> {
         let mut v = self.embed(vec![text.to_owned()]).await?;
         v.pop()
-            .ok_or_else(|| crate::Error::Internal("embedder returned no vector".into()))
+            .ok_or_else(|| crate::error::Error::Internal("embedder returned no vector".into()))
+    }
+}
+
+/// The embedder of an engine that loaded no model ([`crate::engine::Engine::without_models`]):
+/// every embedding fails with a model error.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoEmbedder;
+
+#[async_trait]
+impl Embedder for NoEmbedder {
+    fn model_id(&self) -> &str {
+        "none"
+    }
+
+    fn dims(&self) -> usize {
+        0
+    }
+
+    async fn embed(&self, _texts: Vec<String>) -> Result<Vec<Vec<f32>>> {
+        Err(crate::error::Error::model(
+            "no embedding model is loaded for this command",
+        ))
     }
 }
 

@@ -111,7 +111,7 @@ impl EmotionScore {
 #[async_trait::async_trait]
 pub trait EmotionDetector: Send + Sync {
     /// One score per text, in order.
-    async fn detect(&self, texts: &[&str]) -> crate::Result<Vec<EmotionScore>>;
+    async fn detect(&self, texts: &[&str]) -> crate::error::Result<Vec<EmotionScore>>;
 
     /// A short name for reports (`lexicon`, or the model's).
     fn name(&self) -> &str;
@@ -458,7 +458,7 @@ impl LexiconDetector {
 
 #[async_trait::async_trait]
 impl EmotionDetector for LexiconDetector {
-    async fn detect(&self, texts: &[&str]) -> crate::Result<Vec<EmotionScore>> {
+    async fn detect(&self, texts: &[&str]) -> crate::error::Result<Vec<EmotionScore>> {
         Ok(texts.iter().map(|t| self.score(t)).collect())
     }
 

@@ -1,24 +1,19 @@
-//! Background jobs: work that runs later or for a while (a scheduled deletion of a user's
-//! data), persisted in the store so that it survives restarts and runs exactly once across
-//! replicas.
+//! Background jobs: what they are and where they wait. A job is work that runs later or for a
+//! while (a scheduled deletion of a user's data), persisted in the store so that it survives
+//! restarts and runs exactly once across replicas.
 //!
-//! A job is created `queued` with a time to run at. A [`JobRunner`] (one per server process)
-//! claims due jobs with a lease, runs them, reports progress and records the outcome. A
-//! replica that dies mid-job leaves an expired lease; another runner claims the job again
-//! (every kind of job is idempotent). Each change of a job is published on the engine's
-//! event bus, so `jobProgress` subscribers see it wherever the job runs.
-use std::sync::Arc;
+//! A job is created `queued` with a time to run at. A runner (`crate::runner::JobRunner`,
+//! one per server process) claims due jobs from the [`JobQueue`] with a lease, runs them,
+//! reports progress and records the outcome. A replica that dies mid-job leaves an expired
+//! lease; another runner claims the job again (every kind of job is idempotent).
 use std::time::Duration;
 
+use crate::error::{Error, Result};
+use crate::types::{Actor, Page, PageRequest};
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::watch;
-
-use crate::engine::Engine;
-use crate::error::{Error, Result};
-use crate::events::Event;
-use crate::store::Actor;
 
 /// What a job does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -152,125 +147,29 @@ pub enum JobOutcome {
 /// Furthest ahead a job may be scheduled.
 pub const MAX_SCHEDULE_AHEAD: Duration = Duration::from_secs(366 * 24 * 3600);
 
-/// Settings of a [`JobRunner`].
-#[derive(Debug, Clone)]
-pub struct JobRunnerConfig {
-    /// This runner's name in leases (unique per process: host and pid, say).
-    pub worker: String,
-    /// How often to look for due jobs.
-    pub poll_interval: Duration,
-    /// How long a claim holds before another runner may take the job over; renewed while
-    /// the job reports progress.
-    pub lease: Duration,
-    /// Runs after which a job that keeps failing (or keeps losing its runner) is failed.
-    pub max_attempts: u32,
-}
+/// Where jobs wait: a persisted queue shared by every replica of one database. Reached through
+/// [`crate::store::MemoryStore::jobs`].
+#[async_trait]
+pub trait JobQueue: Send + Sync {
+    /// Queues a background job for the user; audited. At most one job of each kind may be
+    /// pending (queued or running) per user.
+    async fn create_job(&self, user: &str, job: NewJob, actor: &Actor) -> Result<Job>;
 
-impl Default for JobRunnerConfig {
-    fn default() -> Self {
-        Self {
-            worker: format!("pid-{}", std::process::id()),
-            poll_interval: Duration::from_secs(1),
-            lease: Duration::from_secs(60),
-            max_attempts: 3,
-        }
-    }
-}
+    /// One of the user's jobs.
+    async fn get_job(&self, user: &str, id: i64) -> Result<Option<Job>>;
 
-/// Runs due jobs in the background until dropped (or [`JobRunner::stop`]).
-pub struct JobRunner {
-    stop: watch::Sender<bool>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
+    /// The user's jobs, newest first.
+    async fn list_jobs(&self, user: &str, page: &PageRequest) -> Result<Page<Job>>;
 
-impl JobRunner {
-    /// Starts polling for due jobs on the current tokio runtime.
-    pub fn start(engine: Engine, config: JobRunnerConfig) -> Self {
-        let (stop, mut stopped) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            let engine = Arc::new(engine);
-            loop {
-                // Drain every due job before sleeping again.
-                loop {
-                    if *stopped.borrow() {
-                        return;
-                    }
-                    match run_one(&engine, &config).await {
-                        Ok(true) => continue,
-                        Ok(false) => break,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "job runner: claiming a job failed");
-                            break;
-                        }
-                    }
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(config.poll_interval) => {}
-                    _ = stopped.changed() => return,
-                }
-            }
-        });
-        Self {
-            stop,
-            task: Some(task),
-        }
-    }
+    /// Cancels one of the user's queued jobs; audited. [`Error::NotFound`] if it is not the
+    /// user's, [`Error::InvalidInput`] once it has started.
+    async fn cancel_job(&self, user: &str, id: i64, actor: &Actor) -> Result<Job>;
 
-    /// Stops taking jobs and waits for the one running now to finish.
-    pub async fn stop(mut self) {
-        let _ = self.stop.send(true);
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
+    /// For job runners (any user's job): takes the oldest due job (queued and due, or running
+    /// with an expired lease) and holds it for `lease`.
+    async fn claim_job(&self, worker: &str, lease: Duration) -> Result<Option<Job>>;
 
-impl Drop for JobRunner {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
-}
-
-/// Claims and runs one due job; false when none was due.
-async fn run_one(engine: &Engine, config: &JobRunnerConfig) -> Result<bool> {
-    let store = engine.store();
-    let Some(job) = store.claim_job(&config.worker, config.lease).await? else {
-        return Ok(false);
-    };
-    engine.publish(Event::Job(Box::new(job.clone())));
-    let outcome = if job.attempts > config.max_attempts {
-        JobOutcome::Failed(format!("gave up after {} attempts", config.max_attempts))
-    } else {
-        match execute(engine, &job).await {
-            Ok(result) => JobOutcome::Succeeded(result),
-            Err(e)
-                if e.kind() == crate::error::ErrorKind::Internal
-                    && job.attempts < config.max_attempts =>
-            {
-                // Transient (database) trouble: leave the lease to expire and try again.
-                tracing::warn!(job = job.id, error = %e, "job failed; will retry");
-                return Ok(true);
-            }
-            Err(e) => JobOutcome::Failed(e.to_string()),
-        }
-    };
-    if let Some(done) = store.finish_job(job.id, &config.worker, outcome).await? {
-        engine.publish(Event::Job(Box::new(done)));
-    }
-    Ok(true)
-}
-
-async fn execute(engine: &Engine, job: &Job) -> Result<Value> {
-    match job.kind {
-        JobKind::DeleteUser => {
-            let actor = job
-                .params
-                .get("actor")
-                .and_then(Value::as_str)
-                .map(|a| Actor(a.to_owned()))
-                .unwrap_or_else(|| Actor::user(&job.user));
-            let report = engine.delete_user(&job.user, &actor).await?;
-            serde_json::to_value(report).map_err(|e| Error::Internal(e.to_string()))
-        }
-    }
+    /// For job runners: records how a claimed job ended. `None` if `worker` no longer holds
+    /// the job (its lease ran out and another runner took it).
+    async fn finish_job(&self, id: i64, worker: &str, outcome: JobOutcome) -> Result<Option<Job>>;
 }

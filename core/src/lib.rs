@@ -45,17 +45,17 @@ pub mod engine;
 pub mod error;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub mod eval;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub mod events;
 pub mod importance;
 pub mod ingest;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub mod jobs;
 pub mod limits;
 pub mod llm;
 pub mod models;
 pub mod rerank;
 pub mod retrieval;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub mod runner;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub mod store;
 #[cfg(all(feature = "testing", feature = "postgres"))]

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::emotion::{Emotion, EmotionScore, emotion_match};
 use crate::error::{Error, Result};
-use crate::types::Memory;
+use crate::types::{Memory, Retrieved, Signals};
 
 /// Metadata key under which the emotion detector's confidence is stored on a memory.
 pub const EMOTION_CONFIDENCE_KEY: &str = "emotion_confidence";
@@ -196,29 +196,6 @@ impl RankingConfig {
     }
 }
 
-/// The signals behind one result's score.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Signals {
-    /// Raw vector similarity (cosine by default), when known.
-    pub similarity: Option<f32>,
-    /// BM25 score, when the memory matched the query's words.
-    pub bm25: Option<f32>,
-    /// Position in the vector candidates (1-based).
-    pub vector_rank: Option<usize>,
-    /// Position in the text candidates (1-based).
-    pub text_rank: Option<usize>,
-    /// Relevance from the mode (before the other signals).
-    pub relevance: f32,
-    /// `0.5^(age / half-life)`.
-    pub recency: f32,
-    /// The memory's importance.
-    pub importance: f32,
-    /// Emotional match with the query.
-    pub emotion: f32,
-    /// The cross-encoder's probability, when it scored this memory.
-    pub cross_encoder: Option<f32>,
-}
-
 /// One candidate moving through the pipeline.
 #[derive(Debug, Clone)]
 pub struct Candidate {
@@ -230,17 +207,6 @@ pub struct Candidate {
     pub signals: Signals,
     /// The score so far.
     pub score: f32,
-}
-
-/// One retrieved memory: what it says, where it came from, and why it ranked.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Retrieved {
-    /// The memory (with its session, source message and timestamp).
-    pub memory: Memory,
-    /// The final score (higher is better).
-    pub score: f32,
-    /// The signals behind it.
-    pub signals: Signals,
 }
 
 /// Merges vector hits `(memory, similarity)` and text hits `(memory, bm25)`, each best first,

@@ -13,15 +13,16 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::events::Fanout;
-use crate::jobs::{Job, JobOutcome, NewJob};
+use crate::jobs::JobQueue;
 use crate::limits::Limits;
 use crate::types::{
-    AppendedMessage, AuditEntry, DeletionReport, Filter, Memory, MemoryPatch, Message,
-    MessageWrite, Metric, NewMemory, NewSummary, Page, PageRequest, SearchPage, Session,
-    SessionPatch, Summary, TextHit, TextQuery, User, UserExport, VectorQuery,
+    Actor, AppendedMessage, AuditEntry, DeletedMemory, DeletionReport, ExportOptions, Filter,
+    Memory, MemoryPatch, Message, MessageWrite, Metric, NewMemory, NewSummary, Page, PageRequest,
+    SearchPage, Session, SessionPatch, Summary, TextHit, TextQuery, User, UserExport, VectorQuery,
 };
 
-/// Implements [`MemoryStore`] for a wrapper `struct X { inner: SqlStore<_> }` by forwarding.
+/// Implements [`MemoryStore`] for a wrapper `struct X { inner: SqlStore<_> }` by forwarding to
+/// the SQL store's inherent methods.
 macro_rules! delegate_store {
     ($ty:ty) => {
         #[async_trait::async_trait]
@@ -35,10 +36,19 @@ macro_rules! delegate_store {
             fn limits(&self) -> &$crate::limits::Limits {
                 self.inner.limits()
             }
-            async fn upsert_user(&self, user: &str) -> $crate::Result<$crate::types::User> {
+            fn fanout(&self) -> Option<std::sync::Arc<dyn $crate::events::Fanout>> {
+                self.inner.fanout()
+            }
+            fn jobs(&self) -> std::sync::Arc<dyn $crate::jobs::JobQueue> {
+                self.inner.jobs()
+            }
+            async fn upsert_user(&self, user: &str) -> $crate::error::Result<$crate::types::User> {
                 self.inner.upsert_user(user).await
             }
-            async fn get_user(&self, user: &str) -> $crate::Result<Option<$crate::types::User>> {
+            async fn get_user(
+                &self,
+                user: &str,
+            ) -> $crate::error::Result<Option<$crate::types::User>> {
                 self.inner.get_user(user).await
             }
             async fn upsert_session(
@@ -46,31 +56,35 @@ macro_rules! delegate_store {
                 user: &str,
                 session: &str,
                 patch: $crate::types::SessionPatch,
-            ) -> $crate::Result<$crate::types::Session> {
+            ) -> $crate::error::Result<$crate::types::Session> {
                 self.inner.upsert_session(user, session, patch).await
             }
             async fn get_session(
                 &self,
                 user: &str,
                 session: &str,
-            ) -> $crate::Result<Option<$crate::types::Session>> {
+            ) -> $crate::error::Result<Option<$crate::types::Session>> {
                 self.inner.get_session(user, session).await
             }
             async fn list_sessions(
                 &self,
                 user: &str,
                 page: &$crate::types::PageRequest,
-            ) -> $crate::Result<$crate::types::Page<$crate::types::Session>> {
+            ) -> $crate::error::Result<$crate::types::Page<$crate::types::Session>> {
                 self.inner.list_sessions(user, page).await
             }
-            async fn delete_session(&self, user: &str, session: &str) -> $crate::Result<bool> {
+            async fn delete_session(
+                &self,
+                user: &str,
+                session: &str,
+            ) -> $crate::error::Result<Option<Vec<$crate::types::DeletedMemory>>> {
                 self.inner.delete_session(user, session).await
             }
             async fn append_messages(
                 &self,
                 user: &str,
                 writes: Vec<$crate::types::MessageWrite>,
-            ) -> $crate::Result<Vec<$crate::types::AppendedMessage>> {
+            ) -> $crate::error::Result<Vec<$crate::types::AppendedMessage>> {
                 self.inner.append_messages(user, writes).await
             }
             async fn list_messages(
@@ -78,21 +92,43 @@ macro_rules! delegate_store {
                 user: &str,
                 session: &str,
                 page: &$crate::types::PageRequest,
-            ) -> $crate::Result<$crate::types::Page<$crate::types::Message>> {
+            ) -> $crate::error::Result<$crate::types::Page<$crate::types::Message>> {
                 self.inner.list_messages(user, session, page).await
+            }
+            async fn messages_after(
+                &self,
+                user: &str,
+                session: &str,
+                after_id: i64,
+                limit: usize,
+                newest: bool,
+            ) -> $crate::error::Result<Vec<$crate::types::Message>> {
+                self.inner
+                    .messages_after(user, session, after_id, limit, newest)
+                    .await
+            }
+            async fn count_messages_after(
+                &self,
+                user: &str,
+                session: &str,
+                after_id: i64,
+            ) -> $crate::error::Result<u64> {
+                self.inner
+                    .count_messages_after(user, session, after_id)
+                    .await
             }
             async fn add_memories(
                 &self,
                 user: &str,
                 memories: Vec<$crate::types::NewMemory>,
-            ) -> $crate::Result<Vec<$crate::types::Memory>> {
+            ) -> $crate::error::Result<Vec<$crate::types::Memory>> {
                 self.inner.add_memories(user, memories).await
             }
             async fn get_memory(
                 &self,
                 user: &str,
                 id: i64,
-            ) -> $crate::Result<Option<$crate::types::Memory>> {
+            ) -> $crate::error::Result<Option<$crate::types::Memory>> {
                 self.inner.get_memory(user, id).await
             }
             async fn update_memory(
@@ -100,10 +136,10 @@ macro_rules! delegate_store {
                 user: &str,
                 id: i64,
                 patch: $crate::types::MemoryPatch,
-            ) -> $crate::Result<$crate::types::Memory> {
+            ) -> $crate::error::Result<$crate::types::Memory> {
                 self.inner.update_memory(user, id, patch).await
             }
-            async fn delete_memories(&self, user: &str, ids: &[i64]) -> $crate::Result<u64> {
+            async fn delete_memories(&self, user: &str, ids: &[i64]) -> $crate::error::Result<u64> {
                 self.inner.delete_memories(user, ids).await
             }
             async fn list_memories(
@@ -111,24 +147,24 @@ macro_rules! delegate_store {
                 user: &str,
                 filter: &$crate::types::Filter,
                 page: &$crate::types::PageRequest,
-            ) -> $crate::Result<$crate::types::Page<$crate::types::Memory>> {
+            ) -> $crate::error::Result<$crate::types::Page<$crate::types::Memory>> {
                 self.inner.list_memories(user, filter, page).await
             }
-            async fn count_memories(&self, user: &str) -> $crate::Result<u64> {
+            async fn count_memories(&self, user: &str) -> $crate::error::Result<u64> {
                 self.inner.count_memories(user).await
             }
             async fn search(
                 &self,
                 user: &str,
                 query: &$crate::types::VectorQuery,
-            ) -> $crate::Result<$crate::types::SearchPage> {
+            ) -> $crate::error::Result<$crate::types::SearchPage> {
                 self.inner.search(user, query).await
             }
             async fn text_search(
                 &self,
                 user: &str,
                 query: &$crate::types::TextQuery,
-            ) -> $crate::Result<Vec<$crate::types::TextHit>> {
+            ) -> $crate::error::Result<Vec<$crate::types::TextHit>> {
                 self.inner.text_search(user, query).await
             }
             async fn vectors(
@@ -136,103 +172,55 @@ macro_rules! delegate_store {
                 user: &str,
                 model: &str,
                 ids: &[i64],
-            ) -> $crate::Result<std::collections::HashMap<i64, Vec<f32>>> {
+            ) -> $crate::error::Result<std::collections::HashMap<i64, Vec<f32>>> {
                 self.inner.vectors(user, model, ids).await
             }
             async fn add_summary(
                 &self,
                 user: &str,
                 summary: $crate::types::NewSummary,
-            ) -> $crate::Result<$crate::types::Summary> {
+            ) -> $crate::error::Result<Option<$crate::types::Summary>> {
                 self.inner.add_summary(user, summary).await
             }
             async fn list_summaries(
                 &self,
                 user: &str,
                 session: &str,
-            ) -> $crate::Result<Vec<$crate::types::Summary>> {
+            ) -> $crate::error::Result<Vec<$crate::types::Summary>> {
                 self.inner.list_summaries(user, session).await
             }
-            async fn get_settings(&self, user: &str) -> $crate::Result<serde_json::Value> {
+            async fn get_settings(&self, user: &str) -> $crate::error::Result<serde_json::Value> {
                 self.inner.get_settings(user).await
             }
             async fn put_settings(
                 &self,
                 user: &str,
                 settings: serde_json::Value,
-                actor: &$crate::store::Actor,
-            ) -> $crate::Result<serde_json::Value> {
+                actor: &$crate::types::Actor,
+            ) -> $crate::error::Result<serde_json::Value> {
                 self.inner.put_settings(user, settings, actor).await
             }
             async fn export_user(
                 &self,
                 user: &str,
-                options: &$crate::store::ExportOptions,
-                actor: &$crate::store::Actor,
-            ) -> $crate::Result<$crate::types::UserExport> {
+                options: &$crate::types::ExportOptions,
+                actor: &$crate::types::Actor,
+            ) -> $crate::error::Result<$crate::types::UserExport> {
                 self.inner.export_user(user, options, actor).await
             }
             async fn delete_user(
                 &self,
                 user: &str,
-                actor: &$crate::store::Actor,
-            ) -> $crate::Result<$crate::types::DeletionReport> {
+                actor: &$crate::types::Actor,
+            ) -> $crate::error::Result<$crate::types::DeletionReport> {
                 self.inner.delete_user(user, actor).await
             }
             async fn audit_log(
                 &self,
                 user: &str,
                 page: &$crate::types::PageRequest,
-            ) -> $crate::Result<$crate::types::Page<$crate::types::AuditEntry>> {
+            ) -> $crate::error::Result<$crate::types::Page<$crate::types::AuditEntry>> {
                 self.inner.audit_log(user, page).await
-            }
-            fn fanout(&self) -> Option<std::sync::Arc<dyn $crate::events::Fanout>> {
-                self.inner.fanout()
-            }
-            async fn create_job(
-                &self,
-                user: &str,
-                job: $crate::jobs::NewJob,
-                actor: &$crate::store::Actor,
-            ) -> $crate::Result<$crate::jobs::Job> {
-                self.inner.create_job(user, job, actor).await
-            }
-            async fn get_job(
-                &self,
-                user: &str,
-                id: i64,
-            ) -> $crate::Result<Option<$crate::jobs::Job>> {
-                self.inner.get_job(user, id).await
-            }
-            async fn list_jobs(
-                &self,
-                user: &str,
-                page: &$crate::types::PageRequest,
-            ) -> $crate::Result<$crate::types::Page<$crate::jobs::Job>> {
-                self.inner.list_jobs(user, page).await
-            }
-            async fn cancel_job(
-                &self,
-                user: &str,
-                id: i64,
-                actor: &$crate::store::Actor,
-            ) -> $crate::Result<$crate::jobs::Job> {
-                self.inner.cancel_job(user, id, actor).await
-            }
-            async fn claim_job(
-                &self,
-                worker: &str,
-                lease: std::time::Duration,
-            ) -> $crate::Result<Option<$crate::jobs::Job>> {
-                self.inner.claim_job(worker, lease).await
-            }
-            async fn finish_job(
-                &self,
-                id: i64,
-                worker: &str,
-                outcome: $crate::jobs::JobOutcome,
-            ) -> $crate::Result<Option<$crate::jobs::Job>> {
-                self.inner.finish_job(id, worker, outcome).await
             }
         }
     };
@@ -251,28 +239,6 @@ mod sql;
 pub use embedded::EmbeddedStore;
 #[cfg(feature = "postgres")]
 pub use pg::PgStore;
-
-/// Who performed a data-management action, for the audit log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Actor(pub String);
-
-impl Actor {
-    /// The user acting on their own data.
-    pub fn user(id: &str) -> Self {
-        Self(format!("user:{id}"))
-    }
-    /// The command line.
-    pub fn cli() -> Self {
-        Self("cli".into())
-    }
-}
-
-/// Options of [`MemoryStore::export_user`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExportOptions {
-    /// Include the embedding vectors (large) and not just their model names.
-    pub include_vectors: bool,
-}
 
 /// The storage interface of Deep Recall. Implemented by [`PgStore`] and [`EmbeddedStore`]; both
 /// pass the same conformance suite (`core/tests/it/store_conformance.rs`).
@@ -307,8 +273,10 @@ pub trait MemoryStore: Send + Sync {
     /// The user's sessions, newest first.
     async fn list_sessions(&self, user: &str, page: &PageRequest) -> Result<Page<Session>>;
 
-    /// Deletes a session with its messages, memories and summaries. False if it did not exist.
-    async fn delete_session(&self, user: &str, session: &str) -> Result<bool>;
+    /// Deletes a session with its messages, memories and summaries; returns the memories that
+    /// went with it, or `None` if it did not exist.
+    async fn delete_session(&self, user: &str, session: &str)
+    -> Result<Option<Vec<DeletedMemory>>>;
 
     /// Stores messages and the memories made from them, all in one transaction. Sessions are
     /// created as needed.
@@ -325,6 +293,20 @@ pub trait MemoryStore: Send + Sync {
         session: &str,
         page: &PageRequest,
     ) -> Result<Page<Message>>;
+
+    /// A session's messages with ids above `after_id` (its unsummarised history, say), in id
+    /// order: the oldest `limit` of them, or the newest `limit` when `newest`.
+    async fn messages_after(
+        &self,
+        user: &str,
+        session: &str,
+        after_id: i64,
+        limit: usize,
+        newest: bool,
+    ) -> Result<Vec<Message>>;
+
+    /// How many of a session's messages have ids above `after_id`.
+    async fn count_messages_after(&self, user: &str, session: &str, after_id: i64) -> Result<u64>;
 
     /// Stores free-standing memories (facts, persona chunks) in one transaction.
     async fn add_memories(&self, user: &str, memories: Vec<NewMemory>) -> Result<Vec<Memory>>;
@@ -364,8 +346,11 @@ pub trait MemoryStore: Send + Sync {
         ids: &[i64],
     ) -> Result<std::collections::HashMap<i64, Vec<f32>>>;
 
-    /// Stores a summary of a session and its searchable memory.
-    async fn add_summary(&self, user: &str, summary: NewSummary) -> Result<Summary>;
+    /// Stores a summary of a session and its searchable memory, and moves the session's
+    /// `summarized_through` to the summary's last message. `None` (nothing written) when the
+    /// session's `summarized_through` is no longer the summary's `expected_through`: another
+    /// writer summarised that span first.
+    async fn add_summary(&self, user: &str, summary: NewSummary) -> Result<Option<Summary>>;
 
     /// A session's summaries, oldest first.
     async fn list_summaries(&self, user: &str, session: &str) -> Result<Vec<Summary>>;
@@ -397,27 +382,8 @@ pub trait MemoryStore: Send + Sync {
         None
     }
 
-    /// Queues a background job for the user; audited. At most one job of each kind may be
-    /// pending (queued or running) per user.
-    async fn create_job(&self, user: &str, job: NewJob, actor: &Actor) -> Result<Job>;
-
-    /// One of the user's jobs.
-    async fn get_job(&self, user: &str, id: i64) -> Result<Option<Job>>;
-
-    /// The user's jobs, newest first.
-    async fn list_jobs(&self, user: &str, page: &PageRequest) -> Result<Page<Job>>;
-
-    /// Cancels one of the user's queued jobs; audited. [`Error::NotFound`] if it is not the
-    /// user's, [`Error::InvalidInput`] once it has started.
-    async fn cancel_job(&self, user: &str, id: i64, actor: &Actor) -> Result<Job>;
-
-    /// For job runners (any user's job): takes the oldest due job (queued and due, or running
-    /// with an expired lease) and holds it for `lease`.
-    async fn claim_job(&self, worker: &str, lease: std::time::Duration) -> Result<Option<Job>>;
-
-    /// For job runners: records how a claimed job ended. `None` if `worker` no longer holds
-    /// the job (its lease ran out and another runner took it).
-    async fn finish_job(&self, id: i64, worker: &str, outcome: JobOutcome) -> Result<Option<Job>>;
+    /// The queue of background jobs on this store's database.
+    fn jobs(&self) -> Arc<dyn JobQueue>;
 }
 
 /// Which database to use.

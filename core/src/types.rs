@@ -179,6 +179,19 @@ pub struct Session {
     pub created_at: DateTime<Utc>,
     /// Last changed (a message added or the session edited).
     pub updated_at: DateTime<Utc>,
+    /// The last message (by id) folded into a rolling summary; later messages are the
+    /// session's unsummarised history.
+    #[serde(default)]
+    pub summarized_through: Option<i64>,
+}
+
+/// A memory that was deleted (with its session, say), as its deletion is announced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedMemory {
+    /// Its id.
+    pub id: i64,
+    /// What it was.
+    pub kind: MemoryKind,
 }
 
 /// Changes to a session; `None` leaves a field as it is.
@@ -398,6 +411,10 @@ pub struct NewSummary {
     pub model: Option<String>,
     /// The embedding of `content`.
     pub embedding: Embedding,
+    /// The session's `summarized_through` when the covered messages were read. The summary
+    /// moves it to `last_message_id`; if another writer moved it first, nothing is written.
+    #[serde(default)]
+    pub expected_through: Option<i64>,
 }
 
 /// One row of the audit log.
@@ -550,6 +567,26 @@ pub struct Page<T> {
     pub cursors: Vec<String>,
 }
 
+impl<T> Page<T> {
+    /// An empty last page.
+    pub fn empty() -> Self {
+        Self {
+            items: Vec::new(),
+            next_cursor: None,
+            cursors: Vec::new(),
+        }
+    }
+
+    /// The same page with each item converted (the cursors stay).
+    pub fn try_map<U>(self, f: impl FnMut(T) -> Result<U>) -> Result<Page<U>> {
+        Ok(Page {
+            items: self.items.into_iter().map(f).collect::<Result<_>>()?,
+            next_cursor: self.next_cursor,
+            cursors: self.cursors,
+        })
+    }
+}
+
 /// An embedding as exported.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExportedEmbedding {
@@ -613,4 +650,60 @@ pub struct DeletionReport {
     pub embeddings: u64,
     /// Summaries removed.
     pub summaries: u64,
+}
+
+/// Who performed a data-management action, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor(pub String);
+
+impl Actor {
+    /// The user acting on their own data.
+    pub fn user(id: &str) -> Self {
+        Self(format!("user:{id}"))
+    }
+    /// The command line.
+    pub fn cli() -> Self {
+        Self("cli".into())
+    }
+}
+
+/// Options of [`MemoryStore::export_user`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportOptions {
+    /// Include the embedding vectors (large) and not just their model names.
+    pub include_vectors: bool,
+}
+
+/// The signals behind one result's score.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Signals {
+    /// Raw vector similarity (cosine by default), when known.
+    pub similarity: Option<f32>,
+    /// BM25 score, when the memory matched the query's words.
+    pub bm25: Option<f32>,
+    /// Position in the vector candidates (1-based).
+    pub vector_rank: Option<usize>,
+    /// Position in the text candidates (1-based).
+    pub text_rank: Option<usize>,
+    /// Relevance from the mode (before the other signals).
+    pub relevance: f32,
+    /// `0.5^(age / half-life)`.
+    pub recency: f32,
+    /// The memory's importance.
+    pub importance: f32,
+    /// Emotional match with the query.
+    pub emotion: f32,
+    /// The cross-encoder's probability, when it scored this memory.
+    pub cross_encoder: Option<f32>,
+}
+
+/// One retrieved memory: what it says, where it came from, and why it ranked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Retrieved {
+    /// The memory (with its session, source message and timestamp).
+    pub memory: Memory,
+    /// The final score (higher is better).
+    pub score: f32,
+    /// The signals behind it.
+    pub signals: Signals,
 }

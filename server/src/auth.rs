@@ -13,7 +13,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::settings::AuthSettings;
-use recall_core::Error;
+use recall_core::error::Error;
 
 /// The authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,6 +221,12 @@ impl Authenticator {
             }),
             None => Err(AuthError::Invalid("unknown API key".into())),
         }
+    }
+}
+
+impl From<AuthError> for crate::error::ApiError {
+    fn from(err: AuthError) -> Self {
+        Self::new(crate::error::Code::Unauthenticated, err.to_string())
     }
 }
 

@@ -3,11 +3,19 @@
 //! The `deep-recall` binary: the command line over [`recall_core`] and the server — GraphQL
 //! (queries, mutations, subscriptions over graphql-ws) and OpenAI-compatible REST on axum, with
 //! authentication, rate limits and metrics.
-pub mod app;
+//!
+//! Modules depend one way, from the bottom up: [`settings`] and [`error`]; [`auth`],
+//! [`limits`], [`metrics`]; [`state`] (what every front door shares); the front doors
+//! [`graphql`] and [`rest`]; [`router`] (HTTP and WebSocket); [`startup`] (the whole server as
+//! a library function); [`cli`].
 pub mod auth;
 pub mod cli;
+pub mod error;
 pub mod graphql;
 pub mod limits;
 pub mod metrics;
 pub mod rest;
+pub mod router;
 pub mod settings;
+pub mod startup;
+pub mod state;

@@ -1,62 +1,55 @@
-//! Rate limits (token buckets per user and per client IP) and the per-user limit on open
-//! streams.
+//! Rate limits (token buckets per user and per client IP, with [governor]'s keyed GCRA
+//! limiter) and the per-user limit on open streams.
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Buckets not touched for this long are forgotten (they would be full again anyway).
-const IDLE: Duration = Duration::from_secs(600);
-/// Forgotten buckets are swept once this many exist.
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+
+/// Keys are swept of idle buckets (which would be full again anyway) once this many exist.
 const SWEEP_AT: usize = 10_000;
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
 
 /// Token buckets keyed by a string: `per_minute` requests a minute on average, `burst` more at
 /// once. A rate of 0 lets everything through.
-#[derive(Debug)]
 pub struct RateLimiter {
-    per_second: f64,
-    capacity: f64,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    limiter: Option<DefaultKeyedRateLimiter<String>>,
+    clock: DefaultClock,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("on", &self.limiter.is_some())
+            .finish()
+    }
 }
 
 impl RateLimiter {
     /// A limiter of `per_minute` requests a minute with `burst` extra.
     pub fn new(per_minute: u32, burst: u32) -> Self {
+        let limiter = NonZeroU32::new(per_minute).map(|rate| {
+            let cells = NonZeroU32::new(burst.saturating_add(1)).unwrap_or(NonZeroU32::MIN);
+            DefaultKeyedRateLimiter::keyed(Quota::per_minute(rate).allow_burst(cells))
+        });
         Self {
-            per_second: per_minute as f64 / 60.0,
-            capacity: (per_minute.min(1) + burst) as f64,
-            buckets: Mutex::new(HashMap::new()),
+            limiter,
+            clock: DefaultClock::default(),
         }
     }
 
     /// Takes one token for `key`; when none is left, how long until one is.
     pub fn check(&self, key: &str) -> Result<(), Duration> {
-        if self.per_second <= 0.0 {
+        let Some(limiter) = &self.limiter else {
             return Ok(());
+        };
+        if limiter.len() >= SWEEP_AT {
+            limiter.retain_recent();
         }
-        let now = Instant::now();
-        let mut buckets = self.buckets.lock().expect("rate limiter");
-        if buckets.len() >= SWEEP_AT {
-            buckets.retain(|_, b| now.duration_since(b.at) < IDLE);
-        }
-        let b = buckets.entry(key.to_owned()).or_insert(Bucket {
-            tokens: self.capacity,
-            at: now,
-        });
-        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * self.per_second)
-            .min(self.capacity);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - b.tokens) / self.per_second))
-        }
+        limiter
+            .check_key(&key.to_owned())
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 }
 

@@ -1,50 +1,41 @@
-//! Prometheus metrics in the text exposition format: request counts and latency histograms per
-//! operation, tokens generated, retrieval latency, and gauges read when scraped (queue depth,
-//! active subscriptions).
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
+//! Prometheus metrics with [prometheus_client] (the OpenMetrics text format): request counts
+//! and latency histograms per operation, tokens generated, retrieval latency, rate-limited
+//! requests, and values read when scraped (queue depth, open streams and subscriptions, the
+//! query cache's hits and misses, rolling summaries written and failed).
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// The content type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Upper bounds (seconds) of the latency histograms.
 const BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-#[derive(Debug, Default, Clone)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    transport: String,
+    operation: String,
+    outcome: String,
 }
 
-impl Histogram {
-    fn observe(&mut self, secs: f64) {
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                self.counts[i] += 1;
-            }
-        }
-        self.count += 1;
-        self.sum += secs;
-    }
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    transport: String,
+    operation: String,
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    /// (transport, operation, outcome) → count.
-    requests: BTreeMap<(String, String, String), u64>,
-    /// (transport, operation) → latency.
-    latency: BTreeMap<(String, String), Histogram>,
-    retrieval: Histogram,
-    tokens: u64,
-    rate_limited: u64,
-}
-
-/// The server's metrics.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    inner: Mutex<Inner>,
+fn histogram() -> Histogram {
+    Histogram::new(BUCKETS)
 }
 
 /// Values read at scrape time.
@@ -56,129 +47,180 @@ pub struct Gauges {
     pub active_streams: usize,
     /// Subscribers of memory events.
     pub memory_subscribers: usize,
+    /// Retrievals answered from the query cache.
+    pub cache_hits: u64,
+    /// Retrievals that were not.
+    pub cache_misses: u64,
+    /// Rolling summaries stored.
+    pub summaries_written: u64,
+    /// Rolling summaries that failed.
+    pub summary_failures: u64,
+}
+
+/// The scrape-time values, encoded when the registry is.
+#[derive(Debug, Default, Clone)]
+struct Snapshot(Arc<Mutex<Gauges>>);
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let g = *self.0.lock().expect("metrics snapshot");
+        let gauges = [
+            (
+                "deep_recall_chat_queue_depth",
+                "Chat requests waiting or being generated.",
+                g.queue_depth,
+            ),
+            (
+                "deep_recall_active_streams",
+                "Open chat subscriptions and streamed completions.",
+                g.active_streams,
+            ),
+            (
+                "deep_recall_memory_event_subscribers",
+                "Open memoryEvents subscriptions.",
+                g.memory_subscribers,
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let gauge = ConstGauge::new(v as i64);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        let counters = [
+            (
+                "deep_recall_query_cache_hits",
+                "Retrievals answered from the query cache.",
+                g.cache_hits,
+            ),
+            (
+                "deep_recall_query_cache_misses",
+                "Retrievals computed (not in the query cache).",
+                g.cache_misses,
+            ),
+            (
+                "deep_recall_summaries_written",
+                "Rolling summaries stored.",
+                g.summaries_written,
+            ),
+            (
+                "deep_recall_summary_failures",
+                "Rolling summaries that failed (see the log).",
+                g.summary_failures,
+            ),
+        ];
+        for (name, help, v) in counters {
+            let counter = ConstCounter::new(v);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The server's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<OperationLabels, Histogram, fn() -> Histogram>,
+    retrieval: Histogram,
+    tokens: Counter,
+    rate_limited: Counter,
+    snapshot: Snapshot,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "deep_recall_requests",
+            "Requests by transport, operation and outcome",
+            requests.clone(),
+        );
+        let latency = Family::new_with_constructor(histogram as fn() -> Histogram);
+        registry.register(
+            "deep_recall_request_duration_seconds",
+            "Request latency",
+            latency.clone(),
+        );
+        let retrieval = histogram();
+        registry.register(
+            "deep_recall_retrieval_duration_seconds",
+            "Retrieval and prompt assembly",
+            retrieval.clone(),
+        );
+        let tokens = Counter::default();
+        registry.register(
+            "deep_recall_generated_tokens",
+            "Tokens generated by the chat model",
+            tokens.clone(),
+        );
+        let rate_limited = Counter::default();
+        registry.register(
+            "deep_recall_rate_limited",
+            "Requests refused by a rate limit",
+            rate_limited.clone(),
+        );
+        let snapshot = Snapshot::default();
+        registry.register_collector(Box::new(snapshot.clone()));
+        Self {
+            registry,
+            requests,
+            latency,
+            retrieval,
+            tokens,
+            rate_limited,
+            snapshot,
+        }
+    }
 }
 
 impl Metrics {
     /// Counts one request of `operation` over `transport` ("graphql", "rest", "ws") that ended
     /// with `outcome` ("ok" or an error code) after `took`.
     pub fn request(&self, transport: &str, operation: &str, outcome: &str, took: Duration) {
-        let mut m = self.inner.lock().expect("metrics");
-        *m.requests
-            .entry((transport.into(), operation.into(), outcome.into()))
-            .or_default() += 1;
-        m.latency
-            .entry((transport.into(), operation.into()))
-            .or_default()
+        self.requests
+            .get_or_create(&RequestLabels {
+                transport: transport.into(),
+                operation: operation.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&OperationLabels {
+                transport: transport.into(),
+                operation: operation.into(),
+            })
             .observe(took.as_secs_f64());
     }
 
     /// Records one retrieval (context building) taking `took`.
     pub fn retrieval(&self, took: Duration) {
-        self.inner
-            .lock()
-            .expect("metrics")
-            .retrieval
-            .observe(took.as_secs_f64());
+        self.retrieval.observe(took.as_secs_f64());
     }
 
     /// Adds generated tokens.
     pub fn tokens(&self, n: usize) {
-        self.inner.lock().expect("metrics").tokens += n as u64;
+        self.tokens.inc_by(n as u64);
     }
 
     /// Counts a request refused by a rate limit.
     pub fn rate_limited(&self) {
-        self.inner.lock().expect("metrics").rate_limited += 1;
+        self.rate_limited.inc();
     }
 
-    /// The exposition text.
+    /// The exposition text, with `g` as the scrape-time values.
     pub fn render(&self, g: Gauges) -> String {
-        let m = self.inner.lock().expect("metrics");
+        *self.snapshot.0.lock().expect("metrics snapshot") = g;
         let mut out = String::new();
-        out += "# HELP deep_recall_requests_total Requests by transport, operation and outcome.\n";
-        out += "# TYPE deep_recall_requests_total counter\n";
-        for ((t, op, outcome), n) in &m.requests {
-            let _ = writeln!(
-                out,
-                "deep_recall_requests_total{{transport=\"{}\",operation=\"{}\",outcome=\"{}\"}} {n}",
-                esc(t),
-                esc(op),
-                esc(outcome)
-            );
-        }
-        out += "# HELP deep_recall_request_duration_seconds Request latency.\n";
-        out += "# TYPE deep_recall_request_duration_seconds histogram\n";
-        for ((t, op), h) in &m.latency {
-            let labels = format!("transport=\"{}\",operation=\"{}\"", esc(t), esc(op));
-            histogram(&mut out, "deep_recall_request_duration_seconds", &labels, h);
-        }
-        out += "# HELP deep_recall_retrieval_duration_seconds Retrieval and prompt assembly.\n";
-        out += "# TYPE deep_recall_retrieval_duration_seconds histogram\n";
-        histogram(
-            &mut out,
-            "deep_recall_retrieval_duration_seconds",
-            "",
-            &m.retrieval,
-        );
-        let mut simple = |name: &str, kind: &str, help: &str, v: String| {
-            let _ = write!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
-            );
-        };
-        simple(
-            "deep_recall_generated_tokens_total",
-            "counter",
-            "Tokens generated by the chat model.",
-            m.tokens.to_string(),
-        );
-        simple(
-            "deep_recall_rate_limited_total",
-            "counter",
-            "Requests refused by a rate limit.",
-            m.rate_limited.to_string(),
-        );
-        simple(
-            "deep_recall_chat_queue_depth",
-            "gauge",
-            "Chat requests waiting or being generated.",
-            g.queue_depth.to_string(),
-        );
-        simple(
-            "deep_recall_active_streams",
-            "gauge",
-            "Open chat subscriptions and streamed completions.",
-            g.active_streams.to_string(),
-        );
-        simple(
-            "deep_recall_memory_event_subscribers",
-            "gauge",
-            "Open memoryEvents subscriptions.",
-            g.memory_subscribers.to_string(),
-        );
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
     }
-}
-
-fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
-    let sep = if labels.is_empty() { "" } else { "," };
-    for (b, n) in BUCKETS.iter().zip(h.counts) {
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {n}");
-    }
-    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", h.count);
-    let braces = if labels.is_empty() {
-        String::new()
-    } else {
-        format!("{{{labels}}}")
-    };
-    let _ = writeln!(out, "{name}_sum{braces} {}", h.sum);
-    let _ = writeln!(out, "{name}_count{braces} {}", h.count);
-}
-
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -186,7 +228,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exposition_has_counts_and_cumulative_buckets() {
+    fn exposition_has_counts_cumulative_buckets_and_scrape_time_values() {
         let m = Metrics::default();
         m.request("graphql", "search", "ok", Duration::from_millis(3));
         m.request("graphql", "search", "ok", Duration::from_millis(300));
@@ -199,18 +241,34 @@ mod tests {
         m.tokens(12);
         let text = m.render(Gauges {
             queue_depth: 2,
+            cache_hits: 5,
+            cache_misses: 7,
             ..Gauges::default()
         });
+        assert!(
+            text.contains(
+                "deep_recall_requests_total{transport=\"graphql\",operation=\"search\",outcome=\"ok\"} 2"
+            ),
+            "{text}"
+        );
         assert!(text.contains(
-            "deep_recall_requests_total{transport=\"graphql\",operation=\"search\",outcome=\"ok\"} 2"
-        ));
-        assert!(text.contains(
+            "deep_recall_request_duration_seconds_bucket{le=\"0.005\",transport=\"graphql\",operation=\"search\"} 1"
+        ) || text.contains(
             "deep_recall_request_duration_seconds_bucket{transport=\"graphql\",operation=\"search\",le=\"0.005\"} 1"
-        ));
-        assert!(text.contains(
-            "deep_recall_request_duration_seconds_bucket{transport=\"graphql\",operation=\"search\",le=\"0.5\"} 2"
-        ));
-        assert!(text.contains("deep_recall_generated_tokens_total 12"));
-        assert!(text.contains("deep_recall_chat_queue_depth 2"));
+        ), "{text}");
+        assert!(
+            text.contains("deep_recall_generated_tokens_total 12"),
+            "{text}"
+        );
+        assert!(text.contains("deep_recall_chat_queue_depth 2"), "{text}");
+        assert!(
+            text.contains("deep_recall_query_cache_hits_total 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("deep_recall_query_cache_misses_total 7"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

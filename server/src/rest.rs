@@ -8,6 +8,7 @@
 //! and stored with the answer; earlier ones are used as the history as they are.
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -24,20 +25,17 @@ use recall_core::types::Role;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::app::{ApiError, Server, retry_after_value};
 use crate::auth::Principal;
-use crate::graphql::error::Code;
+use crate::error::{ApiError, Code, retry_after_value};
+use crate::state::AppState;
 
 /// The `/v1` routes.
-pub fn routes() -> Router<Server> {
+pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/chat/completions", post(chat_completions))
         .route("/embeddings", post(embeddings))
         .route("/models", get(models))
 }
-
-/// Texts per embeddings request at most.
-const MAX_EMBED_INPUTS: usize = 256;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -67,7 +65,7 @@ impl IntoResponse for ApiError {
 
 /// Counts the request in the metrics and turns an error into its response.
 fn measured(
-    server: &Server,
+    state: &AppState,
     operation: &str,
     started: Instant,
     out: Result<Response, ApiError>,
@@ -76,8 +74,7 @@ fn measured(
         Ok(_) => "ok",
         Err(e) => e.code.as_str(),
     };
-    server
-        .state
+    state
         .metrics
         .request("rest", operation, outcome, started.elapsed());
     out.unwrap_or_else(IntoResponse::into_response)
@@ -89,12 +86,11 @@ fn bad(message: impl Into<String>) -> ApiError {
 
 /// Authenticates and rate-limits a REST request; `user` is the body's `user` field.
 fn caller(
-    server: &Server,
+    state: &AppState,
     headers: &HeaderMap,
     peer: SocketAddr,
     user: Option<&str>,
 ) -> Result<Principal, ApiError> {
-    let state = &server.state;
     // In anonymous mode the body's `user` names the user when the header does not.
     let mut p = match user.and_then(|u| u.parse().ok()) {
         Some(v) if state.auth.anonymous_allowed() && !headers.contains_key("x-user-id") => {
@@ -208,8 +204,10 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The core request for a completion: fields mapped, the rules are core's
+/// ([`ChatRequest::validate`]).
 fn chat_request(
-    server: &Server,
+    state: &AppState,
     req: &CompletionRequest,
     session: String,
 ) -> Result<ChatRequest, ApiError> {
@@ -231,66 +229,54 @@ fn chat_request(
         });
     }
     let mut r = ChatRequest::new(session, content_text(&last.content)?);
-    let settings = &server.state.settings;
-    r.generation.max_tokens = req
+    let g = &mut r.generation;
+    g.max_tokens = req
         .max_completion_tokens
         .or(req.max_tokens)
-        .unwrap_or(settings.chat.max_tokens);
-    if r.generation.max_tokens == 0 {
-        return Err(bad("max_tokens must be at least 1"));
-    }
+        .unwrap_or(state.settings.chat.max_tokens);
     if let Some(t) = req.temperature {
-        if !(0.0..=2.0).contains(&t) {
-            return Err(bad("temperature must be in [0, 2]"));
-        }
-        r.generation.temperature = t;
+        g.temperature = t;
     }
-    if let Some(p) = req.top_p {
-        if !(p > 0.0 && p <= 1.0) {
-            return Err(bad("top_p must be in (0, 1]"));
-        }
-        r.generation.top_p = Some(p);
-    }
+    g.top_p = req.top_p.or(g.top_p);
     if let Some(s) = req.seed {
-        r.generation.seed = s;
+        g.seed = s;
     }
-    r.generation.stop = match &req.stop {
+    g.stop = match &req.stop {
         None => vec![],
         Some(Stop::One(s)) => vec![s.clone()],
-        Some(Stop::Many(v)) if v.len() <= 8 => v.clone(),
-        Some(Stop::Many(_)) => return Err(bad("at most 8 stop sequences")),
+        Some(Stop::Many(v)) => v.clone(),
     };
     r.context.conversation = Some(conversation);
+    r.validate()?;
     Ok(r)
 }
 
 async fn chat_completions(
-    State(server): State<Server>,
+    State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let started = Instant::now();
-    let out = completions(&server, peer, &headers, &body).await;
-    measured(&server, "chat.completions", started, out)
+    let out = completions(&state, peer, &headers, &body).await;
+    measured(&state, "chat.completions", started, out)
 }
 
 async fn completions(
-    server: &Server,
+    state: &Arc<AppState>,
     peer: SocketAddr,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, ApiError> {
     let req: CompletionRequest = json_body(body)?;
-    let p = caller(server, headers, peer, req.user.as_deref())?;
+    let p = caller(state, headers, peer, req.user.as_deref())?;
     let session = headers
         .get("x-session-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .or_else(|| req.session.clone())
         .unwrap_or_else(|| "default".into());
-    let request = chat_request(server, &req, session)?;
-    let state = &server.state;
+    let request = chat_request(state, &req, session)?;
     let model = state
         .chat
         .as_ref()
@@ -422,64 +408,38 @@ struct EmbeddingRequest {
 }
 
 async fn embeddings(
-    State(server): State<Server>,
+    State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let started = Instant::now();
-    let out = embed(&server, peer, &headers, &body).await;
-    measured(&server, "embeddings", started, out)
+    let out = embed(&state, peer, &headers, &body).await;
+    measured(&state, "embeddings", started, out)
 }
 
 async fn embed(
-    server: &Server,
+    state: &AppState,
     peer: SocketAddr,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, ApiError> {
     let req: EmbeddingRequest = json_body(body)?;
-    caller(server, headers, peer, req.user.as_deref())?;
+    caller(state, headers, peer, req.user.as_deref())?;
     let texts = match req.input {
         EmbedInput::One(s) => vec![s],
         EmbedInput::Many(v) => v,
     };
-    if texts.is_empty() || texts.len() > MAX_EMBED_INPUTS {
-        return Err(bad(format!("send 1 to {MAX_EMBED_INPUTS} inputs")));
-    }
-    let engine = &server.state.engine;
-    let limits = engine.store().limits();
-    for (i, t) in texts.iter().enumerate() {
-        limits
-            .check_content(t)
-            .map_err(|e| bad(format!("input {i}: {e}")))?;
-    }
-    let embedder = engine.embedder();
-    if let Some(m) = &req.model
-        && m != embedder.model_id()
-    {
-        return Err(ApiError::new(
-            Code::NotFound,
-            format!(
-                "model {m:?} is not served; this server embeds with {:?}",
-                embedder.model_id()
-            ),
-        ));
-    }
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
         Some(other) => return Err(bad(format!("unknown encoding_format {other:?}"))),
     };
-    let tokens: usize = texts
-        .iter()
-        .map(|t| {
-            embedder
-                .token_spans(t)
-                .map_or(t.len().div_ceil(4), |s| s.len())
-        })
-        .sum();
-    let vectors = embedder.embed(texts).await?;
+    let embedded = state
+        .engine
+        .embed_texts(texts, req.model.as_deref())
+        .await?;
+    let vectors = embedded.vectors;
     let data: Vec<Value> = vectors
         .into_iter()
         .enumerate()
@@ -496,21 +456,20 @@ async fn embed(
     Ok(axum::Json(json!({
         "object": "list",
         "data": data,
-        "model": embedder.model_id(),
-        "usage": { "prompt_tokens": tokens, "total_tokens": tokens },
+        "model": embedded.model,
+        "usage": { "prompt_tokens": embedded.tokens, "total_tokens": embedded.tokens },
     }))
     .into_response())
 }
 
 async fn models(
-    State(server): State<Server>,
+    State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(e) = caller(&server, &headers, peer, None) {
+    if let Err(e) = caller(&state, &headers, peer, None) {
         return e.into_response();
     }
-    let state = &server.state;
     let mut data = Vec::new();
     if let Some(c) = &state.chat {
         data.push(json!({ "id": c.model().name(), "object": "model", "created": 0, "owned_by": "deep-recall" }));

@@ -1,21 +1,30 @@
-//! Server settings, loaded in layers: built-in defaults, then a TOML file (`--config`), then
-//! environment variables `DEEP_RECALL__SECTION__KEY` (for example
-//! `DEEP_RECALL__LIMITS__REQUESTS_PER_MINUTE=600`), then command-line flags. Secrets are
-//! redacted in `Debug` output and never logged.
+//! Settings of every command, loaded in layers with [figment]: built-in defaults, then a TOML
+//! file (`--config`), then environment variables `DEEP_RECALL__SECTION__KEY` (for example
+//! `DEEP_RECALL__LIMITS__REQUESTS_PER_MINUTE=600` or `DEEP_RECALL__STORE__DATABASE_URL=...`),
+//! then command-line flags. Unknown keys are errors. Secrets are redacted in `Debug` output
+//! and never logged.
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use recall_core::device::DeviceConfig;
+use recall_core::embed::DEFAULT_EMBEDDING_MODEL;
+use recall_core::error::Error;
+use recall_core::types::Metric;
 use serde::{Deserialize, Serialize};
 
-use recall_core::Error;
-
-/// All server settings.
+/// All settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
-    /// Address to listen on.
+    /// Address the server listens on.
     pub bind: SocketAddr,
+    /// Where the data lives.
+    pub store: StoreSettings,
+    /// Where the models are and where they run.
+    pub models: ModelSettings,
     /// Authentication.
     pub auth: AuthSettings,
     /// Request limits.
@@ -24,23 +33,108 @@ pub struct Settings {
     pub cors_origins: Vec<String>,
     /// Serve GraphiQL on `GET /graphql`.
     pub graphiql: bool,
-    /// Chat model worker.
+    /// The chat model: local, or a remote OpenAI-compatible provider.
     pub chat: ChatSettings,
     /// Background jobs and events between replicas.
     pub jobs: JobSettings,
+    /// Logs.
+    pub log: LogSettings,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            store: StoreSettings::default(),
+            models: ModelSettings::default(),
             auth: AuthSettings::default(),
             limits: LimitSettings::default(),
             cors_origins: Vec::new(),
             graphiql: false,
             chat: ChatSettings::default(),
             jobs: JobSettings::default(),
+            log: LogSettings::default(),
         }
+    }
+}
+
+/// Which store, and where.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    /// Postgres URL (`postgres://...`); the embedded store in `data_dir` when absent.
+    pub database_url: Option<String>,
+    /// Directory of the embedded store.
+    pub data_dir: PathBuf,
+    /// How vectors are compared: `cosine`, `l2` or `dot`.
+    pub metric: Metric,
+    /// Largest connection pool.
+    pub max_connections: u32,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            database_url: None,
+            data_dir: PathBuf::from("data"),
+            metric: Metric::default(),
+            max_connections: 16,
+        }
+    }
+}
+
+impl fmt::Debug for StoreSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreSettings")
+            .field(
+                "database_url",
+                &self.database_url.as_ref().map(|_| "<redacted>"),
+            )
+            .field("data_dir", &self.data_dir)
+            .field("metric", &self.metric)
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+/// The models.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSettings {
+    /// Directory holding the models (filled by `deep-recall models fetch`).
+    pub dir: PathBuf,
+    /// Embedding model: a directory name under `dir`, or a path.
+    pub embedding: String,
+    /// Where models run: `auto`, `cpu`, `cuda[:N]` or `metal[:N]`.
+    pub device: String,
+    /// Cross-encoder directory to re-rank the top candidates of every search.
+    pub cross_encoder: Option<PathBuf>,
+    /// Emotion classifier directory, instead of the built-in lexicon.
+    pub emotion: Option<PathBuf>,
+    /// `models fetch`: look here for already downloaded wheels first.
+    pub wheel_dir: Option<PathBuf>,
+    /// `models fetch`: the package index ("simple" API) to download from.
+    pub index_url: String,
+}
+
+impl Default for ModelSettings {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("models"),
+            embedding: DEFAULT_EMBEDDING_MODEL.to_owned(),
+            device: "auto".to_owned(),
+            cross_encoder: None,
+            emotion: None,
+            wheel_dir: None,
+            index_url: recall_core::models::DEFAULT_INDEX.to_owned(),
+        }
+    }
+}
+
+impl ModelSettings {
+    /// The device setting, parsed.
+    pub fn device(&self) -> recall_core::Result<DeviceConfig> {
+        self.device.parse()
     }
 }
 
@@ -132,11 +226,12 @@ impl Default for LimitSettings {
     }
 }
 
-/// The chat model worker.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The chat model: the local worker, or a remote OpenAI-compatible provider when `url` is set.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ChatSettings {
-    /// A .gguf path, or a name under the models directory; the packaged SmolLM2 by default.
+    /// A .gguf path, a safetensors directory, or a name under the models directory; the
+    /// packaged SmolLM2 by default.
     pub model: Option<String>,
     /// Requests waiting for the worker at most.
     pub queue_capacity: usize,
@@ -146,6 +241,21 @@ pub struct ChatSettings {
     pub max_tokens: usize,
     /// Summarise a session once this many messages are not yet in a summary (0: never).
     pub summary_trigger_messages: usize,
+    /// A remote provider's base URL up to the API version (`http://vllm:8000/v1`); the local
+    /// model is not loaded when it is set.
+    pub url: Option<String>,
+    /// The remote provider's bearer token.
+    pub api_key: Option<String>,
+    /// A file holding the remote provider's bearer token (instead of `api_key`).
+    pub api_key_file: Option<PathBuf>,
+    /// The model name the remote provider knows.
+    pub model_name: Option<String>,
+    /// The remote model's context window in tokens.
+    pub context_length: usize,
+    /// Seconds to the first byte of a remote answer (and for a whole non-streamed one).
+    pub timeout_secs: u64,
+    /// Retries of a failed remote call (connection errors, 429, 5xx), with back-off.
+    pub max_retries: u32,
 }
 
 impl Default for ChatSettings {
@@ -156,7 +266,33 @@ impl Default for ChatSettings {
             max_sequences: 8,
             max_tokens: 256,
             summary_trigger_messages: 40,
+            url: None,
+            api_key: None,
+            api_key_file: None,
+            model_name: None,
+            context_length: 8192,
+            timeout_secs: 60,
+            max_retries: 3,
         }
+    }
+}
+
+impl fmt::Debug for ChatSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChatSettings")
+            .field("model", &self.model)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("max_sequences", &self.max_sequences)
+            .field("max_tokens", &self.max_tokens)
+            .field("summary_trigger_messages", &self.summary_trigger_messages)
+            .field("url", &self.url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("api_key_file", &self.api_key_file)
+            .field("model_name", &self.model_name)
+            .field("context_length", &self.context_length)
+            .field("timeout_secs", &self.timeout_secs)
+            .field("max_retries", &self.max_retries)
+            .finish()
     }
 }
 
@@ -186,34 +322,42 @@ impl Default for JobSettings {
     }
 }
 
+/// Logs (to standard error).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// A `tracing` filter (`info`, `deep_recall=debug,warn`); the server logs at `info`, the
+    /// other commands at `warn` by default.
+    pub filter: Option<String>,
+    /// `json` or `text`; the server logs JSON by default, the other commands text.
+    pub format: Option<LogFormat>,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
 /// Environment variables read by [`Settings::load`] start with this.
 pub const ENV_PREFIX: &str = "DEEP_RECALL__";
 
 impl Settings {
-    /// Defaults, then `file` (TOML) when given, then `DEEP_RECALL__*` variables from `env`.
-    pub fn load(
-        file: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> recall_core::Result<Self> {
-        let mut value = toml::Value::try_from(Settings::default())
-            .map_err(|e| Error::Internal(format!("settings defaults: {e}")))?;
+    /// Defaults, then `file` (TOML) when given, then the `DEEP_RECALL__*` environment
+    /// variables; validated.
+    pub fn load(file: Option<&Path>) -> recall_core::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-            let layer: toml::Value = toml::from_str(&text)
-                .map_err(|e| Error::invalid(format!("config file {}: {e}", path.display())))?;
-            merge(&mut value, layer);
+            figment = figment.merge(Toml::string(&text));
         }
-        for (key, raw) in env {
-            let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
-                continue;
-            };
-            let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
-            let parsed = parse_env_value(&raw);
-            set_path(&mut value, &path, parsed)
-                .map_err(|e| Error::invalid(format!("environment variable {key}: {e}")))?;
-        }
-        let settings: Settings = value
-            .try_into()
+        let settings: Settings = figment
+            .merge(Env::prefixed(ENV_PREFIX).split("__"))
+            .extract()
             .map_err(|e| Error::invalid(format!("settings: {e}")))?;
         settings.validate()?;
         Ok(settings)
@@ -237,11 +381,31 @@ impl Settings {
                 "GraphQL depth and complexity limits must be positive",
             ));
         }
-        if self.chat.queue_capacity == 0 || self.chat.max_sequences == 0 {
+        let c = &self.chat;
+        if c.queue_capacity == 0 || c.max_sequences == 0 {
             return Err(Error::invalid(
                 "chat.queue_capacity and chat.max_sequences must be positive",
             ));
         }
+        if c.api_key.is_some() && c.api_key_file.is_some() {
+            return Err(Error::invalid(
+                "give chat.api_key or chat.api_key_file, not both",
+            ));
+        }
+        if let Some(url) = &c.url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(Error::invalid(format!(
+                "chat.url must be an http:// or https:// URL, not {url:?}"
+            )));
+        }
+        if c.url.is_some() && c.context_length < 16 {
+            return Err(Error::invalid("chat.context_length must be at least 16"));
+        }
+        if self.store.max_connections == 0 {
+            return Err(Error::invalid("store.max_connections must be positive"));
+        }
+        self.models.device()?;
         for k in &self.auth.api_keys {
             if k.sha256.len() != 64 || hex::decode(&k.sha256).is_err() {
                 return Err(Error::invalid(format!(
@@ -254,90 +418,73 @@ impl Settings {
     }
 }
 
-/// Booleans and numbers are taken as such; anything else is a string. Comma-separated lists
-/// are accepted for list settings written as `[a, b]`.
-fn parse_env_value(raw: &str) -> toml::Value {
-    if let Ok(v) = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-        && let Some(v) = v.get("v")
-    {
-        return v.clone();
-    }
-    toml::Value::String(raw.to_owned())
-}
-
-fn set_path(root: &mut toml::Value, path: &[String], v: toml::Value) -> Result<(), String> {
-    let (last, parents) = path.split_last().ok_or("empty key")?;
-    let mut node = root;
-    for p in parents {
-        node = node
-            .as_table_mut()
-            .and_then(|t| t.get_mut(p))
-            .ok_or_else(|| format!("no setting section {p:?}"))?;
-    }
-    let table = node.as_table_mut().ok_or("not a section")?;
-    table.insert(last.clone(), v);
-    Ok(())
-}
-
-fn merge(base: &mut toml::Value, layer: toml::Value) {
-    match (base, layer) {
-        (toml::Value::Table(b), toml::Value::Table(l)) => {
-            for (k, v) in l {
-                match b.get_mut(&k) {
-                    Some(existing) => merge(existing, v),
-                    None => {
-                        b.insert(k, v);
-                    }
-                }
-            }
-        }
-        (b, l) => *b = l,
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use figment::Jail;
+
     use super::*;
 
-    #[test]
-    fn layers_apply_in_order_and_unknown_keys_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("deep-recall.toml");
-        std::fs::write(
-            &file,
-            "graphiql = true\n[limits]\nrequests_per_minute = 10\nburst = 3\n",
-        )
-        .unwrap();
-        let s = Settings::load(
-            Some(&file),
-            [
-                ("DEEP_RECALL__LIMITS__BURST".to_owned(), "7".to_owned()),
-                (
-                    "DEEP_RECALL__AUTH__JWT_SECRET".to_owned(),
-                    "s3cret".to_owned(),
-                ),
-                ("OTHER".to_owned(), "x".to_owned()),
-            ],
-        )
-        .unwrap();
-        assert!(s.graphiql);
-        assert_eq!(s.limits.requests_per_minute, 10);
-        assert_eq!(s.limits.burst, 7, "the environment overrides the file");
-        assert_eq!(s.limits.max_streams_per_user, 4, "defaults stay");
-        assert_eq!(s.auth.jwt_secret.as_deref(), Some("s3cret"));
-        assert!(!format!("{s:?}").contains("s3cret"), "secrets are redacted");
+    fn err(file: Option<&Path>) -> String {
+        Settings::load(file).unwrap_err().to_string()
+    }
 
-        std::fs::write(&file, "[limits]\nrequests_per_minut = 10\n").unwrap();
-        let err = Settings::load(Some(&file), []).unwrap_err();
-        assert!(err.to_string().contains("requests_per_minut"), "{err}");
-        let err = Settings::load(
-            None,
-            [(
-                "DEEP_RECALL__LIMITS__MAX_STREAMS_PER_USER".to_owned(),
-                "0".to_owned(),
-            )],
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("max_streams_per_user"), "{err}");
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail returns figment's own error
+    fn layers_apply_in_order_and_unknown_keys_are_refused() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "deep-recall.toml",
+                "graphiql = true\n[limits]\nrequests_per_minute = 10\nburst = 3\n\
+                 [store]\ndata_dir = \"/srv/dr\"\n",
+            )?;
+            let file = Path::new("deep-recall.toml");
+            jail.set_env("DEEP_RECALL__LIMITS__BURST", "7");
+            jail.set_env("DEEP_RECALL__AUTH__JWT_SECRET", "s3cret");
+            jail.set_env("DEEP_RECALL__STORE__DATABASE_URL", "postgres://u:pw@db/x");
+            jail.set_env(
+                "DEEP_RECALL__CORS_ORIGINS",
+                "[\"https://a.example\", \"https://b.example\"]",
+            );
+            jail.set_env("DEEP_RECALL__MODELS__DEVICE", "cpu");
+            jail.set_env("DEEP_RECALL_OTHER", "x");
+            let s = Settings::load(Some(file)).unwrap();
+            assert!(s.graphiql);
+            assert_eq!(s.limits.requests_per_minute, 10);
+            assert_eq!(s.limits.burst, 7, "the environment overrides the file");
+            assert_eq!(s.limits.max_streams_per_user, 4, "defaults stay");
+            assert_eq!(s.store.data_dir, PathBuf::from("/srv/dr"));
+            assert_eq!(
+                s.store.database_url.as_deref(),
+                Some("postgres://u:pw@db/x")
+            );
+            assert_eq!(s.cors_origins.len(), 2);
+            assert_eq!(s.models.device().unwrap(), DeviceConfig::Cpu);
+            assert_eq!(s.auth.jwt_secret.as_deref(), Some("s3cret"));
+            let debug = format!("{s:?}");
+            assert!(!debug.contains("s3cret"), "secrets are redacted");
+            assert!(!debug.contains("pw@db"), "database passwords are redacted");
+
+            jail.create_file("bad.toml", "[limits]\nrequests_per_minut = 10\n")?;
+            let e = err(Some(Path::new("bad.toml")));
+            assert!(e.contains("requests_per_minut"), "{e}");
+            assert!(err(Some(Path::new("missing.toml"))).contains("missing.toml"));
+            jail.clear_env();
+            jail.set_env("DEEP_RECALL__STORE__DATA_DIRR", "x");
+            let e = err(None);
+            assert!(e.contains("data_dirr"), "{e}");
+            jail.clear_env();
+            jail.set_env("DEEP_RECALL__LIMITS__MAX_STREAMS_PER_USER", "0");
+            let e = err(None);
+            assert!(e.contains("max_streams_per_user"), "{e}");
+            jail.clear_env();
+            jail.set_env("DEEP_RECALL__MODELS__DEVICE", "tpu");
+            let e = err(None);
+            assert!(e.contains("tpu"), "{e}");
+            jail.clear_env();
+            jail.set_env("DEEP_RECALL__CHAT__URL", "localhost:8000");
+            let e = err(None);
+            assert!(e.contains("chat.url"), "{e}");
+            Ok(())
+        });
     }
 }

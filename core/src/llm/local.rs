@@ -118,6 +118,54 @@ impl Default for GenerationParams {
     }
 }
 
+/// Stop sequences per request at most.
+pub const MAX_STOP_SEQUENCES: usize = 8;
+
+/// Longest stop sequence, in bytes.
+pub const MAX_STOP_BYTES: usize = 256;
+
+impl GenerationParams {
+    /// Checks every field's range: what each front door (GraphQL, REST, the bindings) takes
+    /// from a caller is checked here, once.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_tokens == 0 {
+            return Err(Error::invalid("max_tokens must be at least 1"));
+        }
+        if !(self.temperature.is_finite() && (0.0..=2.0).contains(&self.temperature)) {
+            return Err(Error::invalid("temperature must be in [0, 2]"));
+        }
+        if let Some(p) = self.top_p
+            && !(p > 0.0 && p <= 1.0)
+        {
+            return Err(Error::invalid("top_p must be in (0, 1]"));
+        }
+        if self.top_k == Some(0) {
+            return Err(Error::invalid("top_k must be at least 1"));
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return Err(Error::invalid("repetition_penalty must be positive"));
+        }
+        if self.stop.len() > MAX_STOP_SEQUENCES {
+            return Err(Error::invalid(format!(
+                "at most {MAX_STOP_SEQUENCES} stop sequences"
+            )));
+        }
+        if self
+            .stop
+            .iter()
+            .any(|s| s.is_empty() || s.len() > MAX_STOP_BYTES)
+        {
+            return Err(Error::invalid(format!(
+                "stop sequences must be 1 to {MAX_STOP_BYTES} bytes"
+            )));
+        }
+        if self.min_tokens > self.max_tokens {
+            return Err(Error::invalid("min_tokens must not exceed max_tokens"));
+        }
+        Ok(())
+    }
+}
+
 /// Why generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

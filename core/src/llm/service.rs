@@ -349,4 +349,20 @@ impl Summarizer for ChatSummarizer {
     fn model_id(&self) -> &str {
         self.chat.name()
     }
+
+    fn max_input_tokens(&self) -> usize {
+        // The window less the summary itself and the instructions around the transcript.
+        self.chat
+            .context_length()
+            .saturating_sub(self.max_tokens + INSTRUCTION_TOKENS)
+            .max(1)
+    }
+
+    fn count_tokens(&self, text: &str) -> usize {
+        self.chat.token_counter().count(text)
+    }
 }
+
+/// Tokens of the summarizer's instructions and chat template around the transcript, with a
+/// margin.
+const INSTRUCTION_TOKENS: usize = 96;

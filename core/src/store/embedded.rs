@@ -629,18 +629,18 @@ impl EmbeddedStore {
             })?;
         Migrator::up(&db, None).await?;
         Ok(Self {
-            inner: SqlStore {
+            inner: SqlStore::new(
                 db,
-                index: LocalVectors {
+                LocalVectors {
                     metric: config.metric,
                     max_vectors: config.max_cached_vectors,
                     cache: Mutex::new(Cache::default()),
                 },
-                metric: config.metric,
-                limits: config.limits.clone(),
-                backend_name: "embedded",
-                fanout: None,
-            },
+                config.metric,
+                config.limits.clone(),
+                "embedded",
+                None,
+            ),
         })
     }
 

@@ -477,14 +477,14 @@ impl PgStore {
             db: db.clone(),
         });
         Ok(Self {
-            inner: SqlStore {
+            inner: SqlStore::new(
                 db,
                 index,
-                metric: config.metric,
-                limits: config.limits.clone(),
-                backend_name: "postgres",
-                fanout: Some(fanout),
-            },
+                config.metric,
+                config.limits.clone(),
+                "postgres",
+                Some(fanout),
+            ),
         })
     }
 

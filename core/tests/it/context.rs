@@ -175,13 +175,12 @@ async fn rolling_summaries_fold_old_history_when_due() {
     let (a, b) = (a.await.unwrap().unwrap(), b.await.unwrap().unwrap());
     let summary = a.or(b).expect("one summary written");
     assert_eq!(s.calls.load(Ordering::SeqCst), 1);
-    let summaries = e.store().list_summaries("alice", "s").await.unwrap();
+    let summaries = e.summaries("alice", "s").await.unwrap();
     assert_eq!(summaries.len(), 1);
     assert_eq!(summary.model.as_deref(), Some("first-words"));
     assert!(summary.content.starts_with("start | "));
     let messages = e
-        .store()
-        .list_messages("alice", "s", &Default::default())
+        .messages("alice", "s", &Default::default())
         .await
         .unwrap()
         .items;
@@ -189,8 +188,7 @@ async fn rolling_summaries_fold_old_history_when_due() {
     assert_eq!(summary.last_message_id, Some(messages[7].id));
     // The summary is searchable as a memory of kind summary.
     let kinds = e
-        .store()
-        .list_memories(
+        .memories(
             "alice",
             &Filter {
                 kinds: vec![MemoryKind::Summary],

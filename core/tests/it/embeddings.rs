@@ -97,8 +97,7 @@ async fn missing_model_is_a_model_error() {
 async fn engine_finds_relevant_memories(t: &TestStore, engine: Engine) {
     let file = std::fs::File::open(repo_root().join("examples/sample-conversation.jsonl")).unwrap();
     let messages =
-        recall_core::ingest::parse_jsonl(std::io::BufReader::new(file), engine.store().limits())
-            .unwrap();
+        recall_core::ingest::parse_jsonl(std::io::BufReader::new(file), engine.limits()).unwrap();
     let n = messages.len();
     let stored = engine.add_messages("alice", messages).await.unwrap();
     assert_eq!(stored.len(), n);
@@ -124,7 +123,7 @@ async fn engine_finds_relevant_memories(t: &TestStore, engine: Engine) {
                 .iter()
                 .any(|h| h.memory.content.contains(expected)),
             "{question:?} on {}: {:?}",
-            engine.store().backend(),
+            engine.backend(),
             page.hits
                 .iter()
                 .map(|h| &h.memory.content)

@@ -6,8 +6,9 @@ use std::time::Duration;
 use chrono::Utc;
 use recall_core::embed::{EmbedConfig, EmbeddingService};
 use recall_core::events::{Event, Received, Subscription};
-use recall_core::jobs::{Job, JobKind, JobRunner, JobRunnerConfig, JobStatus};
-use recall_core::store::Actor;
+use recall_core::jobs::{Job, JobKind, JobStatus};
+use recall_core::runner::{JobRunner, JobRunnerConfig};
+use recall_core::types::Actor;
 use recall_core::types::{MemoryKind, PageRequest};
 use recall_core::{Embedder, Engine, NewMemoryText, RetrieveOptions, StoreConfig};
 
@@ -126,7 +127,7 @@ async fn scheduled_deletion_runs_at_its_time() {
 
     // Nothing is deleted before its time.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(engine.store().count_memories("alice").await.unwrap(), 1);
+    assert_eq!(engine.count_memories("alice").await.unwrap(), 1);
 
     let states = job_states(&mut alice, job.id).await;
     assert_eq!(
@@ -136,10 +137,9 @@ async fn scheduled_deletion_runs_at_its_time() {
     let done: Job = engine.job("alice", job.id).await.unwrap().unwrap();
     assert!(done.started_at.unwrap() >= at.trunc_subsecs_micros());
     assert_eq!(done.result.as_ref().unwrap()["memories"], 1);
-    assert_eq!(engine.store().count_memories("alice").await.unwrap(), 0);
-    assert!(engine.store().get_user("alice").await.unwrap().is_none());
+    assert_eq!(engine.count_memories("alice").await.unwrap(), 0);
+    assert!(engine.user("alice").await.unwrap().is_none());
     let audit: Vec<String> = engine
-        .store()
         .audit_log(
             "alice",
             &PageRequest {
@@ -157,7 +157,7 @@ async fn scheduled_deletion_runs_at_its_time() {
 
     // Bob's cancelled deletion never ran, and Bob heard only about his own job.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(engine.store().count_memories("bob").await.unwrap(), 1);
+    assert_eq!(engine.count_memories("bob").await.unwrap(), 1);
     let bob_job = engine.job("bob", bobs.id).await.unwrap().unwrap();
     assert_eq!(
         (bob_job.status, bob_job.attempts),
@@ -319,7 +319,6 @@ async fn each_job_runs_once_across_replicas() {
     for j in &finished {
         assert_eq!((j.status, j.attempts), (JobStatus::Succeeded, 1), "{j:?}");
         let deletions = a
-            .store()
             .audit_log(
                 &j.user,
                 &PageRequest {

@@ -157,8 +157,7 @@ async fn modes_find_the_right_memory(t: &TestStore) {
 async fn ingest_scores_emotion_and_importance(t: &TestStore) {
     let e = engine_with_chat(t).await;
     let all = e
-        .store()
-        .list_memories("alice", &Filter::default(), &Default::default())
+        .memories("alice", &Filter::default(), &Default::default())
         .await
         .unwrap()
         .items;
@@ -204,7 +203,7 @@ async fn long_messages_are_chunked_and_found(t: &TestStore) {
     assert!(ids.len() >= 2, "{} chunks", ids.len());
     let mut chunks = Vec::new();
     for id in ids {
-        let m = e.store().get_memory("alice", *id).await.unwrap().unwrap();
+        let m = e.memory("alice", *id).await.unwrap().unwrap();
         assert_eq!(m.message_id, Some(written[0].message.id));
         assert_eq!(m.metadata["chunks"], ids.len());
         chunks.push(m.content);

@@ -1,5 +1,5 @@
 //! The GraphQL API: queries, mutations and subscriptions split by domain and merged; no web
-//! framework here (see [`crate::app`] for HTTP and WebSocket).
+//! framework here (see [`crate::router`] for HTTP and WebSocket).
 //!
 //! Every resolver acts on the authenticated caller's data only: the user comes from the
 //! request's [`Principal`], never from an argument.
@@ -17,8 +17,8 @@ use async_graphql::extensions::{
 };
 use async_graphql::{Context, Request, Schema, ServerResult};
 
-use crate::app::AppState;
 use crate::auth::Principal;
+use crate::state::AppState;
 use error::{Code, GqlResult, error as gql_error};
 
 pub use mutation::Mutation;

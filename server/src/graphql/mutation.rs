@@ -2,8 +2,7 @@
 use async_graphql::{Context, ID, Json, MergedObject, Object};
 use chrono::{DateTime, Utc};
 use recall_core::chat::ChatRequest;
-use recall_core::store::{Actor, ExportOptions};
-use recall_core::types::{NewMessage, SessionPatch};
+use recall_core::types::{Actor, ExportOptions, NewMessage, SessionPatch};
 use recall_core::{MemoryUpdate, NewMemoryText};
 
 use super::error::{Code, GqlResult, IntoGql, error};
@@ -12,8 +11,9 @@ use super::types::{
     MessageInput, Session, parse_id,
 };
 use super::{admin, caller};
-use crate::app::AppState;
 use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::state::AppState;
 
 /// All mutations.
 #[derive(MergedObject, Default)]
@@ -51,8 +51,7 @@ impl SessionMutation {
         };
         Ok(state
             .engine
-            .store()
-            .upsert_session(&p.user, &id, patch)
+            .create_session(&p.user, &id, patch)
             .await
             .gql()?
             .into())
@@ -61,40 +60,19 @@ impl SessionMutation {
     /// Changes a session's title.
     async fn rename_session(&self, ctx: &Context<'_>, id: ID, title: String) -> GqlResult<Session> {
         let (state, p) = caller(ctx)?;
-        let store = state.engine.store();
-        if store.get_session(&p.user, &id).await.gql()?.is_none() {
-            return Err(error(
-                Code::NotFound,
-                format!("session not found: {}", id.0),
-            ));
-        }
-        let patch = SessionPatch {
-            title: Some(Some(title)),
-            persona: None,
-        };
-        Ok(store
-            .upsert_session(&p.user, &id, patch)
+        Ok(state
+            .engine
+            .rename_session(&p.user, &id, title)
             .await
             .gql()?
             .into())
     }
 
-    /// Deletes a session with its messages and their memories.
+    /// Deletes a session with its messages and their memories (each memory's deletion is a
+    /// `memoryEvents` event).
     async fn delete_session(&self, ctx: &Context<'_>, id: ID) -> GqlResult<bool> {
         let (state, p) = caller(ctx)?;
-        let deleted = state
-            .engine
-            .store()
-            .delete_session(&p.user, &id)
-            .await
-            .gql()?;
-        state.engine.invalidate(&p.user);
-        if !deleted {
-            return Err(error(
-                Code::NotFound,
-                format!("session not found: {}", id.0),
-            ));
-        }
+        state.engine.delete_session(&p.user, &id).await.gql()?;
         Ok(true)
     }
 }
@@ -196,8 +174,7 @@ impl DataMutation {
         Ok(Json(
             state
                 .engine
-                .store()
-                .put_settings(&p.user, settings.0, &actor(p))
+                .update_settings(&p.user, settings.0, &actor(p))
                 .await
                 .gql()?,
         ))
@@ -208,8 +185,7 @@ impl DataMutation {
         let (state, p) = caller(ctx)?;
         let export = state
             .engine
-            .store()
-            .export_user(&p.user, &ExportOptions::default(), &actor(p))
+            .export(&p.user, &ExportOptions::default(), &actor(p))
             .await
             .gql()?;
         serde_json::to_value(export)
@@ -281,47 +257,33 @@ impl ChatMutation {
     async fn chat(&self, ctx: &Context<'_>, input: ChatInput) -> GqlResult<ChatResult> {
         let (state, p) = caller(ctx)?;
         let request = chat_request(state, input)?;
-        let result = state
-            .chat(p, request)
-            .await
-            .map_err(crate::app::ApiError::gql)?;
+        let result = state.chat(p, request).await.map_err(ApiError::gql)?;
         Ok(result.into())
     }
 }
 
-/// The core request for a `ChatInput`, with the server's defaults.
+/// The core request for a `ChatInput`, with the server's defaults: fields mapped, the rules
+/// are core's ([`ChatRequest::validate`]).
 pub(crate) fn chat_request(state: &AppState, input: ChatInput) -> GqlResult<ChatRequest> {
     let mut r = ChatRequest::new(input.session, input.message);
-    r.generation.max_tokens = input
+    let g = &mut r.generation;
+    g.max_tokens = input
         .max_tokens
         .map_or(state.settings.chat.max_tokens, |n| n as usize);
-    if r.generation.max_tokens == 0 {
-        return Err(error(Code::BadInput, "maxTokens must be at least 1"));
-    }
     if let Some(t) = input.temperature {
-        if !(0.0..=2.0).contains(&t) {
-            return Err(error(Code::BadInput, "temperature must be in [0, 2]"));
-        }
-        r.generation.temperature = t;
+        g.temperature = t;
     }
-    if let Some(tp) = input.top_p {
-        if !(tp > 0.0 && tp <= 1.0) {
-            return Err(error(Code::BadInput, "topP must be in (0, 1]"));
-        }
-        r.generation.top_p = Some(tp);
-    }
-    r.generation.top_k = input.top_k.map(|k| k as usize);
+    g.top_p = input.top_p.or(g.top_p);
+    g.top_k = input.top_k.map(|k| k as usize);
     if let Some(s) = input.seed {
-        r.generation.seed = s;
+        g.seed = s;
     }
-    if input.stop.len() > 8 {
-        return Err(error(Code::BadInput, "at most 8 stop sequences"));
-    }
-    r.generation.stop = input.stop;
+    g.stop = input.stop;
     r.context.system = input.system;
     if let Some(k) = input.memory_top_k {
         r.context.retrieve.top_k = k as usize;
     }
     r.context.retrieve.mode = input.mode.into();
+    r.validate().gql()?;
     Ok(r)
 }

@@ -4,7 +4,7 @@ use async_graphql::{Context, ID, Json, MergedObject, Object};
 use recall_core::RetrieveOptions;
 use recall_core::types::{Filter, PageRequest};
 
-use super::error::{Code, GqlResult, IntoGql, error};
+use super::error::{GqlResult, IntoGql};
 use super::types::{
     Health, Job, Memory, MemoryFilter, Message, SearchMode, SearchResult, Session, User, parse_id,
 };
@@ -18,12 +18,9 @@ pub struct Query(UserQuery, MemoryQuery, SearchQuery, JobQuery, SystemQuery);
 const DEFAULT_PAGE: i32 = 20;
 
 fn page(first: Option<i32>, after: Option<String>) -> GqlResult<PageRequest> {
-    let first = first.unwrap_or(DEFAULT_PAGE);
-    if first < 1 {
-        return Err(error(Code::BadInput, "`first` must be at least 1"));
-    }
+    // Core's limits decide what is in range; a negative count is out of it.
     Ok(PageRequest {
-        first: first as usize,
+        first: usize::try_from(first.unwrap_or(DEFAULT_PAGE)).unwrap_or(0),
         after,
     })
 }
@@ -55,10 +52,10 @@ impl UserQuery {
     /// The calling user.
     async fn me(&self, ctx: &Context<'_>) -> GqlResult<User> {
         let (state, p) = caller(ctx)?;
-        let store = state.engine.store();
-        let user = store.get_user(&p.user).await.gql()?;
+        let engine = &state.engine;
+        let user = engine.user(&p.user).await.gql()?;
         let memory_count = match &user {
-            Some(_) => store.count_memories(&p.user).await.gql()?,
+            Some(_) => engine.count_memories(&p.user).await.gql()?,
             None => 0,
         };
         Ok(User {
@@ -72,9 +69,7 @@ impl UserQuery {
     /// The caller's settings (a JSON object).
     async fn settings(&self, ctx: &Context<'_>) -> GqlResult<Json<serde_json::Value>> {
         let (state, p) = caller(ctx)?;
-        Ok(Json(
-            state.engine.store().get_settings(&p.user).await.gql()?,
-        ))
+        Ok(Json(state.engine.settings(&p.user).await.gql()?))
     }
 }
 
@@ -95,8 +90,7 @@ impl MemoryQuery {
         let had_after = after.is_some();
         let got = state
             .engine
-            .store()
-            .list_sessions(&p.user, &page(first, after)?)
+            .sessions(&p.user, &page(first, after)?)
             .await
             .gql()?;
         Ok(connection(got, had_after, Session::from))
@@ -107,8 +101,7 @@ impl MemoryQuery {
         let (state, p) = caller(ctx)?;
         Ok(state
             .engine
-            .store()
-            .get_session(&p.user, &id)
+            .session(&p.user, &id)
             .await
             .gql()?
             .map(Into::into))
@@ -126,8 +119,7 @@ impl MemoryQuery {
         let had_after = after.is_some();
         let got = state
             .engine
-            .store()
-            .list_messages(&p.user, &session, &page(first, after)?)
+            .messages(&p.user, &session, &page(first, after)?)
             .await
             .gql()?;
         Ok(connection(got, had_after, Message::from))
@@ -146,8 +138,7 @@ impl MemoryQuery {
         let filter: Filter = filter.unwrap_or_default().into();
         let got = state
             .engine
-            .store()
-            .list_memories(&p.user, &filter, &page(first, after)?)
+            .memories(&p.user, &filter, &page(first, after)?)
             .await
             .gql()?;
         Ok(connection(got, had_after, Memory::from))
@@ -159,8 +150,7 @@ impl MemoryQuery {
         let id = parse_id("memory", &id)?;
         Ok(state
             .engine
-            .store()
-            .get_memory(&p.user, id)
+            .memory(&p.user, id)
             .await
             .gql()?
             .map(Into::into))
@@ -183,11 +173,9 @@ impl SearchQuery {
         filter: Option<MemoryFilter>,
     ) -> GqlResult<Vec<SearchResult>> {
         let (state, p) = caller(ctx)?;
-        if top_k < 1 {
-            return Err(error(Code::BadInput, "`topK` must be at least 1"));
-        }
         let options = RetrieveOptions {
-            top_k: top_k as usize,
+            // Core's limits decide what is in range; a negative count is out of it.
+            top_k: usize::try_from(top_k).unwrap_or(0),
             mode: mode.into(),
             filter: filter.unwrap_or_default().into(),
             ..RetrieveOptions::default()
@@ -246,7 +234,7 @@ impl SystemQuery {
         let ok = state.ready().await.is_ok();
         Ok(Health {
             status: if ok { "ok" } else { "degraded" }.into(),
-            store: state.engine.store().backend().into(),
+            store: state.engine.backend().into(),
             embedding_model: state.engine.embedder().model_id().into(),
             chat_model: state.chat.as_ref().map(|c| c.model().name().to_owned()),
             queue_depth: state
@@ -267,7 +255,6 @@ impl SystemQuery {
         let (state, _) = admin(ctx)?;
         let got = state
             .engine
-            .store()
             .audit_log(&user, &page(first, after)?)
             .await
             .gql()?;

@@ -33,7 +33,7 @@ impl ChatSubscription {
         let (stream, slot) = state
             .chat_stream(p, request)
             .await
-            .map_err(crate::app::ApiError::gql)?;
+            .map_err(crate::error::ApiError::gql)?;
         let message_id = ID(stream.message_id.to_string());
         let metrics = state.clone();
         Ok(futures::stream::unfold(

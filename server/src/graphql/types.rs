@@ -5,7 +5,8 @@ use recall_core::chat::{ChatResult as CoreChatResult, ContextMemory as CoreConte
 use recall_core::events::{MemoryAction as CoreAction, MemoryEvent as CoreMemoryEvent};
 use recall_core::jobs::{Job as CoreJob, JobKind as CoreJobKind, JobStatus as CoreJobStatus};
 use recall_core::llm::FinishReason as CoreFinish;
-use recall_core::retrieval::{Retrieved, SearchMode as CoreMode};
+use recall_core::retrieval::SearchMode as CoreMode;
+use recall_core::types::Retrieved;
 use recall_core::types::{self as core};
 
 use super::error::{Code, GqlResult, error};

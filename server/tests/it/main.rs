@@ -1,4 +1,6 @@
-//! The `deep-recall` command line and server, run as real processes against both stores.
+//! The `deep-recall` command line and server, run as real processes against both stores, and
+//! the workspace's module layering.
 mod cli;
+mod layering;
 mod rest;
 mod server;

@@ -63,7 +63,7 @@ impl Server {
             .args(extra)
             .env_remove("DATABASE_URL")
             .env_remove("DEEP_RECALL_DATA_DIR")
-            .env("DEEP_RECALL_LOG", "info")
+            .env("DEEP_RECALL__LOG__FILTER", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in env {

@@ -1,13 +1,13 @@
-//! The HTTP server: shared state, the router (GraphQL over HTTP and WebSocket, OpenAI-compatible
-//! REST, health, readiness, metrics), authentication and rate limits at the door, request
+//! The HTTP router: GraphQL over HTTP and WebSocket, the OpenAI-compatible REST API under
+//! `/v1`, health, readiness and metrics; authentication and rate limits at the door, request
 //! logs, and graceful shutdown.
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
-use async_graphql::{Data, Response as GqlResponse, ServerError};
+use async_graphql::{Data, Response as GqlResponse};
 use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
 use axum::Router;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State, WebSocketUpgrade};
@@ -15,260 +15,14 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use recall_core::Engine;
-use recall_core::chat::{ChatPipeline, ChatRequest, ChatResult, ChatStream};
-use tokio::sync::Notify;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 
-use crate::auth::{AuthError, Authenticator, Credentials, Principal};
-use crate::graphql::error::{Code, code_of};
+use crate::auth::Credentials;
+use crate::error::{ApiError, Code, retry_after_value};
 use crate::graphql::{AppSchema, build_schema};
-use crate::limits::{RateLimiter, StreamLimiter, StreamSlot};
-use crate::metrics::{Gauges, Metrics};
-use crate::settings::Settings;
-
-/// An error at the door or in a shared operation, before it is shaped for GraphQL or REST.
-#[derive(Debug, Clone)]
-pub struct ApiError {
-    /// The stable code.
-    pub code: Code,
-    /// What to tell the client.
-    pub message: String,
-    /// For `RATE_LIMITED`: when to come back.
-    pub retry_after: Option<Duration>,
-}
-
-impl ApiError {
-    /// An error with no retry hint.
-    pub fn new(code: Code, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-
-    /// As a GraphQL error (with `extensions.code`, and `retryAfter` in seconds when known).
-    pub fn gql(self) -> async_graphql::Error {
-        use async_graphql::ErrorExtensions;
-        let retry = self.retry_after.map(|d| d.as_secs_f64().ceil() as u64);
-        async_graphql::Error::new(self.message).extend_with(move |_, e| {
-            e.set("code", self.code.as_str());
-            if let Some(s) = retry {
-                e.set("retryAfter", s);
-            }
-        })
-    }
-
-    /// As a GraphQL server error (`extensions.code`, and `retryAfter` in seconds when known),
-    /// for places that answer before any resolver runs.
-    pub fn server_error(&self) -> ServerError {
-        let mut err = ServerError::new(self.message.clone(), None);
-        let mut ext = async_graphql::ErrorExtensionValues::default();
-        ext.set("code", self.code.as_str());
-        if let Some(d) = self.retry_after {
-            ext.set("retryAfter", d.as_secs_f64().ceil() as u64);
-        }
-        err.extensions = Some(ext);
-        err
-    }
-
-    /// A GraphQL-over-HTTP response with the matching status.
-    fn gql_response(self) -> Response {
-        let status = StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::BAD_REQUEST);
-        let body = serde_json::json!({ "data": null, "errors": [self.server_error()] });
-        let mut resp = (status, axum::Json(body)).into_response();
-        if let Some(d) = self.retry_after {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, retry_after_value(d));
-        }
-        resp
-    }
-}
-
-impl From<recall_core::Error> for ApiError {
-    fn from(err: recall_core::Error) -> Self {
-        let code = code_of(err.kind());
-        if code == Code::Internal {
-            tracing::error!(error = %err, "internal error");
-            return Self::new(code, "internal error");
-        }
-        Self::new(code, err.to_string())
-    }
-}
-
-impl From<AuthError> for ApiError {
-    fn from(err: AuthError) -> Self {
-        Self::new(Code::Unauthenticated, err.to_string())
-    }
-}
-
-pub(crate) fn retry_after_value(d: Duration) -> HeaderValue {
-    HeaderValue::from(d.as_secs_f64().ceil().max(1.0) as u64)
-}
-
-/// Everything a request can reach.
-pub struct AppState {
-    /// The settings the server started with.
-    pub settings: Settings,
-    /// Store, embedder and retrieval.
-    pub engine: Engine,
-    /// The chat pipeline; `None` when no chat model is loaded (chat is then `UNAVAILABLE`).
-    pub chat: Option<ChatPipeline>,
-    /// Credential checks.
-    pub auth: Authenticator,
-    /// Per-user request rate.
-    pub user_rate: RateLimiter,
-    /// Per-IP request rate.
-    pub ip_rate: RateLimiter,
-    /// Open streams per user.
-    pub streams: StreamLimiter,
-    /// Prometheus metrics.
-    pub metrics: Metrics,
-    /// Set when shutdown begins: new work is refused.
-    pub shutting_down: AtomicBool,
-    /// Woken when shutdown begins.
-    pub shutdown: Notify,
-    next_request: AtomicU64,
-}
-
-impl AppState {
-    /// State for `settings` over `engine` (and `chat`, when a model is loaded).
-    pub fn new(
-        settings: Settings,
-        engine: Engine,
-        chat: Option<ChatPipeline>,
-    ) -> recall_core::Result<Self> {
-        let auth = Authenticator::new(&settings.auth)?;
-        let l = &settings.limits;
-        Ok(Self {
-            user_rate: RateLimiter::new(l.requests_per_minute, l.burst),
-            ip_rate: RateLimiter::new(l.ip_requests_per_minute, l.ip_burst),
-            streams: StreamLimiter::new(l.max_streams_per_user),
-            auth,
-            engine,
-            chat,
-            metrics: Metrics::default(),
-            shutting_down: AtomicBool::new(false),
-            shutdown: Notify::new(),
-            next_request: AtomicU64::new(1),
-            settings,
-        })
-    }
-
-    /// Takes a request token for the user and for the IP.
-    pub fn rate_check(&self, user: &str, ip: Option<IpAddr>) -> Result<(), ApiError> {
-        let limited = |wait: Duration, what: &str| {
-            self.metrics.rate_limited();
-            ApiError {
-                code: Code::RateLimited,
-                message: format!(
-                    "too many requests {what}; retry in {:.1}s",
-                    wait.as_secs_f64()
-                ),
-                retry_after: Some(wait),
-            }
-        };
-        if let Some(ip) = ip {
-            self.ip_rate
-                .check(&ip.to_string())
-                .map_err(|w| limited(w, "from this address"))?;
-        }
-        self.user_rate
-            .check(user)
-            .map_err(|w| limited(w, "for this user"))
-    }
-
-    fn pipeline(&self) -> Result<&ChatPipeline, ApiError> {
-        if self.shutting_down.load(Ordering::Relaxed) {
-            return Err(ApiError::new(
-                Code::Unavailable,
-                "the server is shutting down",
-            ));
-        }
-        self.chat.as_ref().ok_or_else(|| {
-            ApiError::new(
-                Code::Unavailable,
-                "no chat model is loaded (run `deep-recall models fetch`)",
-            )
-        })
-    }
-
-    fn slot(&self, user: &str) -> Result<StreamSlot, ApiError> {
-        self.streams.acquire(user).ok_or_else(|| ApiError {
-            code: Code::RateLimited,
-            message: format!(
-                "at most {} chat streams per user at once",
-                self.settings.limits.max_streams_per_user
-            ),
-            retry_after: Some(Duration::from_secs(1)),
-        })
-    }
-
-    /// Starts a streamed chat turn for the caller; the slot counts against their stream limit
-    /// until dropped.
-    pub async fn chat_stream(
-        &self,
-        p: &Principal,
-        request: ChatRequest,
-    ) -> Result<(ChatStream, StreamSlot), ApiError> {
-        let pipeline = self.pipeline()?;
-        let slot = self.slot(&p.user)?;
-        let stream = pipeline.stream(&p.user, request).await?;
-        self.metrics
-            .retrieval(Duration::from_secs_f64(stream.retrieval_ms / 1000.0));
-        Ok((stream, slot))
-    }
-
-    /// A whole chat turn for the caller.
-    pub async fn chat(&self, p: &Principal, request: ChatRequest) -> Result<ChatResult, ApiError> {
-        let pipeline = self.pipeline()?;
-        let _slot = self.slot(&p.user)?;
-        let result = pipeline.chat(&p.user, request).await?;
-        self.metrics.retrieval(Duration::from_secs_f64(
-            result.latency.retrieval_ms / 1000.0,
-        ));
-        self.metrics.tokens(result.usage.completion_tokens);
-        Ok(result)
-    }
-
-    /// Ready when the store answers (and not shutting down).
-    pub async fn ready(&self) -> Result<(), ApiError> {
-        if self.shutting_down.load(Ordering::Relaxed) {
-            return Err(ApiError::new(Code::Unavailable, "shutting down"));
-        }
-        self.engine
-            .store()
-            .get_user("deep-recall-readiness-probe")
-            .await?;
-        Ok(())
-    }
-
-    fn gauges(&self) -> Gauges {
-        Gauges {
-            queue_depth: self.chat.as_ref().map_or(0, |c| c.model().queue_depth()),
-            active_streams: self.streams.total(),
-            memory_subscribers: self.engine.events().subscribers(),
-        }
-    }
-
-    /// Who sent this request (headers only).
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
-        let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        Ok(self.auth.authenticate(&Credentials {
-            authorization: get("authorization"),
-            api_key: get("x-api-key"),
-            user_id: get("x-user-id"),
-        })?)
-    }
-
-    /// Begins shutdown: readiness fails, new chats are refused, streams are told to finish.
-    pub fn begin_shutdown(&self) {
-        self.shutting_down.store(true, Ordering::Relaxed);
-        self.shutdown.notify_waiters();
-    }
-}
+use crate::rest;
+use crate::state::AppState;
 
 /// The router's state: the shared state and the schema built over it.
 #[derive(Clone)]
@@ -293,7 +47,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let cors = cors(&state.settings.cors_origins);
     Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post))
-        .nest("/v1", crate::rest::routes())
+        .nest("/v1", rest::routes().with_state(state.clone()))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -357,6 +111,18 @@ async fn access_log(State(server): State<Server>, mut req: Request, next: Next) 
     resp
 }
 
+/// A GraphQL-over-HTTP error response with the matching status.
+fn gql_response(e: ApiError) -> Response {
+    let status = StatusCode::from_u16(e.code.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let body = serde_json::json!({ "data": null, "errors": [e.server_error()] });
+    let mut resp = (status, axum::Json(body)).into_response();
+    if let Some(d) = e.retry_after {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, retry_after_value(d));
+    }
+    resp
+}
+
 async fn graphql_post(
     State(server): State<Server>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -376,14 +142,14 @@ async fn graphql_post(
             state
                 .metrics
                 .request("graphql", &operation, e.code.as_str(), started.elapsed());
-            return e.gql_response();
+            return gql_response(e);
         }
     };
     if let Err(e) = state.rate_check(&principal.user, Some(peer.ip())) {
         state
             .metrics
             .request("graphql", &operation, e.code.as_str(), started.elapsed());
-        return e.gql_response();
+        return gql_response(e);
     }
     let timeout = Duration::from_secs(state.settings.limits.request_timeout_secs);
     let response: GqlResponse =
@@ -394,7 +160,7 @@ async fn graphql_post(
                 state
                     .metrics
                     .request("graphql", &operation, e.code.as_str(), started.elapsed());
-                return e.gql_response();
+                return gql_response(e);
             }
         };
     let outcome = response
@@ -539,7 +305,7 @@ async fn ready(State(server): State<Server>) -> Response {
     match state.ready().await {
         Ok(()) => axum::Json(serde_json::json!({
             "status": "ready",
-            "store": state.engine.store().backend(),
+            "store": state.engine.backend(),
             "models": models,
         }))
         .into_response(),
@@ -554,10 +320,7 @@ async fn ready(State(server): State<Server>) -> Response {
 async fn metrics(State(server): State<Server>) -> Response {
     let state = &server.state;
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         state.metrics.render(state.gauges()),
     )
         .into_response()

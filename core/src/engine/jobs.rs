@@ -1,0 +1,57 @@
+//! Background jobs of a user: scheduled, watched, cancelled.
+use super::*;
+use crate::error::Error;
+use crate::jobs::{self, Job, JobKind, NewJob};
+use crate::types::{Actor, Page, PageRequest};
+
+impl Engine {
+    /// Schedules the deletion of everything of the user at `at` (a time in the past means
+    /// as soon as a job runner looks; at most [`jobs::MAX_SCHEDULE_AHEAD`] ahead). The
+    /// returned job can be watched and, until it starts, cancelled. One scheduled deletion
+    /// per user at a time.
+    pub async fn schedule_delete_user(
+        &self,
+        user: &str,
+        at: DateTime<Utc>,
+        actor: &Actor,
+    ) -> Result<Job> {
+        let ahead = at - Utc::now();
+        if ahead.num_seconds() > jobs::MAX_SCHEDULE_AHEAD.as_secs() as i64 {
+            return Err(Error::invalid(format!(
+                "a deletion can be scheduled at most {} days ahead",
+                jobs::MAX_SCHEDULE_AHEAD.as_secs() / 86_400
+            )));
+        }
+        let job = self
+            .jobs
+            .create_job(
+                user,
+                NewJob {
+                    kind: JobKind::DeleteUser,
+                    run_at: at,
+                    params: json!({ "actor": actor.0 }),
+                },
+                actor,
+            )
+            .await?;
+        self.publish(Event::Job(Box::new(job.clone())));
+        Ok(job)
+    }
+
+    /// One of the user's jobs.
+    pub async fn job(&self, user: &str, id: i64) -> Result<Option<Job>> {
+        self.jobs.get_job(user, id).await
+    }
+
+    /// The user's jobs, newest first.
+    pub async fn jobs(&self, user: &str, page: &PageRequest) -> Result<Page<Job>> {
+        self.jobs.list_jobs(user, page).await
+    }
+
+    /// Cancels one of the user's queued jobs.
+    pub async fn cancel_job(&self, user: &str, id: i64, actor: &Actor) -> Result<Job> {
+        let job = self.jobs.cancel_job(user, id, actor).await?;
+        self.publish(Event::Job(Box::new(job.clone())));
+        Ok(job)
+    }
+}

@@ -1,0 +1,241 @@
+//! Messages and memories: written embedded and scored, announced, and read back.
+use super::*;
+use crate::chunk::{ChunkConfig, chunk_ranges};
+use crate::error::Error;
+use crate::importance::importance;
+use crate::types::{
+    AppendedMessage, MemoryPatch, Message, MessageWrite, NewMemory, NewMessage, Page, PageRequest,
+};
+
+/// Messages embedded between two progress reports.
+const PROGRESS_STEP: usize = 256;
+
+impl Engine {
+    /// Stores messages, each also as a searchable memory, in one transaction. The store checks
+    /// every message before the (slow) embedding starts, so bad input costs nothing.
+    pub async fn add_messages(
+        &self,
+        user: &str,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<AppendedMessage>> {
+        self.add_messages_with_progress(user, messages, &|_| {})
+            .await
+    }
+
+    /// [`Engine::add_messages`], calling `progress` with the number of messages embedded so
+    /// far.
+    pub async fn add_messages_with_progress(
+        &self,
+        user: &str,
+        messages: Vec<NewMessage>,
+        progress: &(dyn Fn(usize) + Send + Sync),
+    ) -> Result<Vec<AppendedMessage>> {
+        let limits = self.store.limits();
+        limits.check_user_id(user)?;
+        for (i, m) in messages.iter().enumerate() {
+            limits
+                .check_message(m)
+                .map_err(|e| Error::invalid(format!("message {}: {e}", i + 1)))?;
+        }
+        // Split long messages so that no part goes unembedded; each chunk is one memory.
+        let chunking = ChunkConfig::default();
+        let max = chunking
+            .max_tokens
+            .or(self.embedder.max_tokens())
+            .unwrap_or(usize::MAX);
+        let mut pieces: Vec<(usize, String)> = Vec::with_capacity(messages.len());
+        for (i, m) in messages.iter().enumerate() {
+            let ranges = match self.embedder.token_spans(&m.content) {
+                Some(spans) if spans.len() > max => {
+                    chunk_ranges(&m.content, &spans, max, chunking.overlap_tokens)
+                }
+                _ => vec![(0, m.content.len())],
+            };
+            pieces.extend(
+                ranges
+                    .into_iter()
+                    .map(|(a, b)| (i, m.content[a..b].to_owned())),
+            );
+        }
+        let texts: Vec<&str> = pieces.iter().map(|(_, t)| t.as_str()).collect();
+        let emotions = self.emotion.detect(&texts).await?;
+        let mut vectors = Vec::with_capacity(pieces.len());
+        let mut done = 0usize;
+        for chunk in pieces.chunks(PROGRESS_STEP) {
+            vectors.extend(
+                self.embedder
+                    .embed(chunk.iter().map(|(_, t)| t.clone()).collect())
+                    .await?,
+            );
+            done = chunk.last().map_or(done, |(i, _)| i + 1);
+            progress(done);
+        }
+        let mut memories: Vec<Vec<NewMemory>> = vec![Vec::new(); messages.len()];
+        let counts: Vec<usize> = {
+            let mut c = vec![0usize; messages.len()];
+            for (i, _) in &pieces {
+                c[*i] += 1;
+            }
+            c
+        };
+        for (((i, text), vector), emotion) in pieces.into_iter().zip(vectors).zip(emotions) {
+            let n = memories[i].len();
+            let mut metadata = emotion_metadata(emotion);
+            if counts[i] > 1 {
+                metadata["chunk"] = json!(n);
+                metadata["chunks"] = json!(counts[i]);
+            }
+            memories[i].push(NewMemory {
+                importance: Some(importance(&text, Some(emotion))),
+                emotion: Some(emotion.emotion.as_str().to_owned()),
+                metadata,
+                ..NewMemory::new(MemoryKind::Message, text, self.embedding(vector))
+            });
+        }
+        let writes = messages
+            .into_iter()
+            .zip(memories)
+            .map(|(message, memories)| MessageWrite { memories, message })
+            .collect();
+        let out = self.store.append_messages(user, writes).await;
+        self.changed(user);
+        if let Ok(appended) = &out {
+            for a in appended {
+                for &id in &a.memory_ids {
+                    self.publish_memory(MemoryEvent {
+                        user: user.to_owned(),
+                        action: MemoryAction::Added,
+                        memory_id: id,
+                        kind: Some(MemoryKind::Message),
+                        memory: None,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Stores a free-standing memory (a fact, by default).
+    pub async fn add_memory(&self, user: &str, memory: NewMemoryText) -> Result<Memory> {
+        self.store.limits().check_user_id(user)?;
+        self.store.limits().check_content(&memory.content)?;
+        let vector = self.embedder.embed_one(&memory.content).await?;
+        let emotion = self
+            .emotion
+            .detect(&[memory.content.as_str()])
+            .await?
+            .pop()
+            .unwrap_or(EmotionScore::neutral(0.5));
+        let stored = self
+            .store
+            .add_memories(
+                user,
+                vec![NewMemory {
+                    session: memory.session,
+                    tags: memory.tags,
+                    importance: Some(
+                        memory
+                            .importance
+                            .unwrap_or_else(|| importance(&memory.content, Some(emotion))),
+                    ),
+                    emotion: Some(emotion.emotion.as_str().to_owned()),
+                    metadata: emotion_metadata(emotion),
+                    ..NewMemory::new(memory.kind, memory.content, self.embedding(vector))
+                }],
+            )
+            .await;
+        self.changed(user);
+        let memory = stored?
+            .pop()
+            .ok_or_else(|| Error::Internal("store returned no memory".into()))?;
+        self.published(user, MemoryAction::Added, &memory);
+        Ok(memory)
+    }
+
+    /// Changes a memory; new text is embedded again (and replaces the old embeddings).
+    pub async fn update_memory(&self, user: &str, id: i64, update: MemoryUpdate) -> Result<Memory> {
+        let limits = self.store.limits();
+        limits.check_user_id(user)?;
+        let embedding = match &update.content {
+            Some(text) => {
+                limits.check_content(text)?;
+                Some(self.embedding(self.embedder.embed_one(text).await?))
+            }
+            None => None,
+        };
+        if let Some(i) = update.importance
+            && !(0.0..=1.0).contains(&i)
+        {
+            return Err(Error::invalid("importance must be in [0, 1]"));
+        }
+        let out = self
+            .store
+            .update_memory(
+                user,
+                id,
+                MemoryPatch {
+                    content: update.content,
+                    embedding,
+                    tags: update.tags,
+                    metadata: update.metadata,
+                    importance: update.importance,
+                    emotion: None,
+                },
+            )
+            .await;
+        self.changed(user);
+        let memory = out?;
+        self.published(user, MemoryAction::Updated, &memory);
+        Ok(memory)
+    }
+
+    /// Deletes memories (and invalidates the user's cached queries).
+    pub async fn delete_memories(&self, user: &str, ids: &[i64]) -> Result<u64> {
+        self.store.limits().check_page_size(ids.len())?;
+        // Which of them exist (and are the user's) decides which deletions are announced.
+        let mut existing = Vec::with_capacity(ids.len());
+        for &id in ids {
+            if let Some(m) = self.store.get_memory(user, id).await? {
+                existing.push(m);
+            }
+        }
+        let out = self.store.delete_memories(user, ids).await;
+        self.changed(user);
+        if out.is_ok() {
+            for m in &existing {
+                self.published(user, MemoryAction::Deleted, m);
+            }
+        }
+        out
+    }
+
+    /// One of the user's memories.
+    pub async fn memory(&self, user: &str, id: i64) -> Result<Option<Memory>> {
+        self.store.get_memory(user, id).await
+    }
+
+    /// The user's memories matching `filter`, newest first.
+    pub async fn memories(
+        &self,
+        user: &str,
+        filter: &Filter,
+        page: &PageRequest,
+    ) -> Result<Page<Memory>> {
+        self.store.list_memories(user, filter, page).await
+    }
+
+    /// How many memories the user has.
+    pub async fn count_memories(&self, user: &str) -> Result<u64> {
+        self.store.count_memories(user).await
+    }
+
+    /// A session's messages, oldest first.
+    pub async fn messages(
+        &self,
+        user: &str,
+        session: &str,
+        page: &PageRequest,
+    ) -> Result<Page<Message>> {
+        self.store.list_messages(user, session, page).await
+    }
+}

@@ -1,0 +1,232 @@
+//! Search: plain similarity search, and retrieval (hybrid candidates, fusion, re-ranking,
+//! the query cache). Embeddings on their own, for the OpenAI-compatible API.
+use super::*;
+use crate::error::Error;
+use crate::retrieval;
+use crate::types::{Retrieved, SearchPage, TextQuery, VectorQuery};
+
+/// Texts per [`Engine::embed_texts`] call at most.
+pub const MAX_EMBED_INPUTS: usize = 256;
+
+/// Vectors for texts, with the model that made them and the tokens it read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    /// One vector per text, in order.
+    pub vectors: Vec<Vec<f32>>,
+    /// The embedding model.
+    pub model: String,
+    /// Tokens read (estimated at four bytes a token where the tokenizer is not known).
+    pub tokens: usize,
+}
+
+impl Engine {
+    /// Semantic search over the user's memories.
+    pub async fn search(
+        &self,
+        user: &str,
+        text: &str,
+        options: &SearchOptions,
+    ) -> Result<SearchPage> {
+        let limits = self.store.limits();
+        limits.check_user_id(user)?;
+        limits.check_content(text)?;
+        limits.check_page_size(options.top_k)?;
+        limits.check_filter(&options.filter)?;
+        let vector = self.embedder.embed_one(text).await?;
+        self.store
+            .search(
+                user,
+                &VectorQuery {
+                    embedding: self.embedding(vector),
+                    top_k: options.top_k,
+                    min_score: options.min_score,
+                    filter: options.filter.clone(),
+                    cursor: options.cursor.clone(),
+                },
+            )
+            .await
+    }
+
+    /// The memories that matter for `query`: candidates from the mode's retrievers, fused,
+    /// re-ranked with the configured signals (and the cross-encoder, when there is one),
+    /// thresholded and diversified. Repeated queries are answered from the query cache until
+    /// the user's memories change.
+    pub async fn retrieve(
+        &self,
+        user: &str,
+        query: &str,
+        options: &RetrieveOptions,
+    ) -> Result<Vec<Retrieved>> {
+        let limits = self.store.limits();
+        limits.check_user_id(user)?;
+        limits.check_content(query)?;
+        limits.check_page_size(options.top_k)?;
+        limits.check_page_size(options.ranking.candidates)?;
+        limits.check_filter(&options.filter)?;
+        options.ranking.validate()?;
+        // Recency moves with the clock: without a pinned `now`, results are computed at the
+        // cache's clock step (a minute by default, a 1e-5 change of a 30-day recency), so
+        // that repeated searches within a step get the same answer from the cache.
+        let mut options = options.clone();
+        let now = *options.now.get_or_insert_with(|| self.cache.now());
+        let key = serde_json::to_string(&(query, &options))
+            .map_err(|e| Error::Internal(format!("cache key: {e}")))?;
+        if let Some(hit) = self.cache.get(user, &key) {
+            return Ok(hit);
+        }
+        let generation = self.cache.generation(user);
+        let out = self.retrieve_uncached(user, query, &options, now).await?;
+        self.cache.put(user, &key, generation, out.clone());
+        Ok(out)
+    }
+
+    async fn retrieve_uncached(
+        &self,
+        user: &str,
+        query: &str,
+        options: &RetrieveOptions,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Retrieved>> {
+        let cfg = &options.ranking;
+        let n = cfg.candidates.max(options.top_k);
+        let mode = options.mode;
+        let model = self.embedder.model_id().to_owned();
+        // The full-text search runs on its own task while the query is embedded and the
+        // vector search runs here: on a multi-threaded runtime the two scans overlap.
+        let text_task = match mode {
+            SearchMode::Vector => None,
+            _ => {
+                let store = self.store.clone();
+                let user = user.to_owned();
+                let query = TextQuery {
+                    text: query.to_owned(),
+                    top_k: n,
+                    filter: options.filter.clone(),
+                };
+                Some(tokio::spawn(async move {
+                    store.text_search(&user, &query).await
+                }))
+            }
+        };
+        let query_vector = match mode {
+            SearchMode::Text => None,
+            _ => Some(self.embedder.embed_one(query).await?),
+        };
+        let vector_hits = match &query_vector {
+            Some(v) => {
+                self.store
+                    .search(
+                        user,
+                        &VectorQuery {
+                            embedding: self.embedding(v.clone()),
+                            top_k: n,
+                            min_score: None,
+                            filter: options.filter.clone(),
+                            cursor: None,
+                        },
+                    )
+                    .await?
+                    .hits
+            }
+            None => vec![],
+        };
+        let text_hits = match text_task {
+            Some(t) => t
+                .await
+                .map_err(|e| Error::Internal(format!("text search task: {e}")))??,
+            None => vec![],
+        };
+        let mut candidates = retrieval::merge(
+            vector_hits
+                .into_iter()
+                .map(|h| (h.memory, h.score))
+                .collect(),
+            text_hits.into_iter().map(|h| (h.memory, h.score)).collect(),
+        );
+        // Stored vectors: for the similarity of text-only candidates, and for MMR.
+        let needs_vectors = cfg.mmr_lambda.is_some_and(|l| l < 1.0)
+            || (mode == SearchMode::Hybrid
+                && matches!(cfg.fusion, retrieval::Fusion::Weighted { .. }));
+        if needs_vectors && !candidates.is_empty() {
+            let ids: Vec<i64> = candidates.iter().map(|c| c.memory.id).collect();
+            let mut vectors = self.store.vectors(user, &model, &ids).await?;
+            for c in candidates.iter_mut() {
+                c.vector = vectors.remove(&c.memory.id);
+                if c.signals.similarity.is_none()
+                    && let (Some(q), Some(v)) = (&query_vector, &c.vector)
+                {
+                    c.signals.similarity = Some(crate::embed::cosine(q, v));
+                }
+            }
+        }
+        retrieval::relevance(&mut candidates, mode, cfg.fusion);
+        let query_emotion = if cfg.emotion_weight > 0.0 {
+            self.emotion.detect(&[query]).await?.pop()
+        } else {
+            None
+        };
+        retrieval::apply_signals(&mut candidates, cfg, now, query_emotion);
+        if let Some(reranker) = &self.reranker
+            && cfg.cross_encoder_weight > 0.0
+            && cfg.cross_encoder_top_n > 0
+        {
+            retrieval::sort(&mut candidates);
+            let top = cfg.cross_encoder_top_n.min(candidates.len());
+            let docs: Vec<String> = candidates[..top]
+                .iter()
+                .map(|c| c.memory.content.clone())
+                .collect();
+            let logits = reranker.score(query, docs).await?;
+            retrieval::apply_cross_encoder(
+                &mut candidates[..top],
+                &logits,
+                cfg.cross_encoder_weight,
+            );
+            // Candidates the cross-encoder did not see cannot outrank those it did.
+            let floor = candidates[..top]
+                .iter()
+                .map(|c| c.score)
+                .fold(f32::INFINITY, f32::min);
+            for c in candidates[top..].iter_mut() {
+                c.score = c.score.min(floor - f32::EPSILON);
+            }
+        }
+        Ok(retrieval::finish(candidates, options.top_k, cfg))
+    }
+
+    /// Embeds texts with the engine's model (1 to [`MAX_EMBED_INPUTS`] of them, each within
+    /// the content limit). `model`, when given, must name that model.
+    pub async fn embed_texts(&self, texts: Vec<String>, model: Option<&str>) -> Result<Embeddings> {
+        if texts.is_empty() || texts.len() > MAX_EMBED_INPUTS {
+            return Err(Error::invalid(format!(
+                "send 1 to {MAX_EMBED_INPUTS} inputs"
+            )));
+        }
+        let limits = self.store.limits();
+        for (i, t) in texts.iter().enumerate() {
+            limits
+                .check_content(t)
+                .map_err(|e| Error::invalid(format!("input {i}: {e}")))?;
+        }
+        let served = self.embedder.model_id();
+        if let Some(m) = model
+            && m != served
+        {
+            return Err(Error::not_found("embedding model", m.to_owned()));
+        }
+        let tokens = texts
+            .iter()
+            .map(|t| {
+                self.embedder
+                    .token_spans(t)
+                    .map_or(t.len().div_ceil(4), |s| s.len())
+            })
+            .sum();
+        let vectors = self.embedder.embed(texts).await?;
+        Ok(Embeddings {
+            vectors,
+            model: served.to_owned(),
+            tokens,
+        })
+    }
+}

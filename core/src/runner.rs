@@ -1,0 +1,134 @@
+//! The job runner: claims due background jobs (see [`crate::jobs`]) and runs them through the
+//! engine. Each change of a job is published on the engine's event bus, so `jobProgress`
+//! subscribers see it wherever the job runs.
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::engine::Engine;
+use crate::error::{Error, ErrorKind, Result};
+use crate::events::Event;
+use crate::jobs::{Job, JobKind, JobOutcome};
+use crate::types::Actor;
+
+/// Settings of a [`JobRunner`].
+#[derive(Debug, Clone)]
+pub struct JobRunnerConfig {
+    /// This runner's name in leases (unique per process: host and pid, say).
+    pub worker: String,
+    /// How often to look for due jobs.
+    pub poll_interval: Duration,
+    /// How long a claim holds before another runner may take the job over; renewed while
+    /// the job reports progress.
+    pub lease: Duration,
+    /// Runs after which a job that keeps failing (or keeps losing its runner) is failed.
+    pub max_attempts: u32,
+}
+
+impl Default for JobRunnerConfig {
+    fn default() -> Self {
+        Self {
+            worker: format!("pid-{}", std::process::id()),
+            poll_interval: Duration::from_secs(1),
+            lease: Duration::from_secs(60),
+            max_attempts: 3,
+        }
+    }
+}
+
+/// Runs due jobs in the background until dropped (or [`JobRunner::stop`]).
+pub struct JobRunner {
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl JobRunner {
+    /// Starts polling for due jobs on the current tokio runtime.
+    pub fn start(engine: Engine, config: JobRunnerConfig) -> Self {
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let engine = Arc::new(engine);
+            loop {
+                // Drain every due job before sleeping again.
+                loop {
+                    if *stopped.borrow() {
+                        return;
+                    }
+                    match run_one(&engine, &config).await {
+                        Ok(true) => continue,
+                        Ok(false) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "job runner: claiming a job failed");
+                            break;
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(config.poll_interval) => {}
+                    _ = stopped.changed() => return,
+                }
+            }
+        });
+        Self {
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// Stops taking jobs and waits for the one running now to finish.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for JobRunner {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Claims and runs one due job; false when none was due.
+async fn run_one(engine: &Engine, config: &JobRunnerConfig) -> Result<bool> {
+    let queue = engine.job_queue();
+    let Some(job) = queue.claim_job(&config.worker, config.lease).await? else {
+        return Ok(false);
+    };
+    engine.publish(Event::Job(Box::new(job.clone())));
+    let outcome = if job.attempts > config.max_attempts {
+        JobOutcome::Failed(format!("gave up after {} attempts", config.max_attempts))
+    } else {
+        match execute(engine, &job).await {
+            Ok(result) => JobOutcome::Succeeded(result),
+            Err(e) if e.kind() == ErrorKind::Internal && job.attempts < config.max_attempts => {
+                // Transient (database) trouble: leave the lease to expire and try again.
+                tracing::warn!(job = job.id, error = %e, "job failed; will retry");
+                return Ok(true);
+            }
+            Err(e) => JobOutcome::Failed(e.to_string()),
+        }
+    };
+    if let Some(done) = queue.finish_job(job.id, &config.worker, outcome).await? {
+        engine.publish(Event::Job(Box::new(done)));
+    }
+    Ok(true)
+}
+
+async fn execute(engine: &Engine, job: &Job) -> Result<Value> {
+    match job.kind {
+        JobKind::DeleteUser => {
+            let actor = job
+                .params
+                .get("actor")
+                .and_then(Value::as_str)
+                .map(|a| Actor(a.to_owned()))
+                .unwrap_or_else(|| Actor::user(&job.user));
+            let report = engine.delete_user(&job.user, &actor).await?;
+            serde_json::to_value(report).map_err(|e| Error::Internal(e.to_string()))
+        }
+    }
+}

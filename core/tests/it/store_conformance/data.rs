@@ -1,0 +1,255 @@
+//! Data rights: export, deletion and settings, each audited.
+use super::*;
+
+crate::fixtures::both_backends! {
+    export_everything;
+    forget_user;
+    settings_and_audit;
+}
+
+async fn export_everything(t: &TestStore) {
+    let s = t.store();
+    let out = s
+        .append_messages(
+            "u",
+            vec![
+                write(
+                    msg("s1", Role::User, "hello there", at(1, 1), &["greet"]),
+                    &[1.0, 0.0],
+                ),
+                write(
+                    msg("s1", Role::Assistant, "hi!", at(1, 2), &[]),
+                    &[0.0, 1.0],
+                ),
+            ],
+        )
+        .await
+        .unwrap();
+    s.add_memories(
+        "u",
+        vec![NewMemory::new(
+            MemoryKind::Fact,
+            "is friendly",
+            emb(&[0.5, 0.5]),
+        )],
+    )
+    .await
+    .unwrap();
+    s.add_summary(
+        "u",
+        NewSummary {
+            session: "s1".into(),
+            content: "They greeted each other.".into(),
+            first_message_id: Some(out[0].message.id),
+            last_message_id: Some(out[1].message.id),
+            model: Some("test-llm".into()),
+            embedding: emb(&[0.7, 0.7]),
+            expected_through: None,
+        },
+    )
+    .await
+    .unwrap();
+    s.put_settings("u", json!({"theme": "dark"}), &Actor::user("u"))
+        .await
+        .unwrap();
+
+    let export = s
+        .export_user("u", &ExportOptions::default(), &Actor::user("u"))
+        .await
+        .unwrap();
+    assert_eq!(export.format, "deep-recall.export.v1");
+    assert_eq!(export.user.id, "u");
+    assert_eq!(export.sessions.len(), 1);
+    assert_eq!(export.messages.len(), 2);
+    assert_eq!(export.messages[0].content, "hello there");
+    assert_eq!(export.memories.len(), 4, "2 messages + 1 fact + 1 summary");
+    assert!(export.memories.iter().all(|m| m.embeddings.len() == 1
+        && m.embeddings[0].model == TEST_MODEL
+        && m.embeddings[0].dims == 2
+        && m.embeddings[0].vector.is_none()));
+    assert_eq!(export.summaries.len(), 1);
+    assert_eq!(export.settings, json!({"theme": "dark"}));
+    let actions: Vec<&str> = export.audit.iter().map(|a| a.action.as_str()).collect();
+    assert_eq!(actions, ["update_settings", "export"]);
+
+    // It is JSON, and it round-trips.
+    let text = serde_json::to_string(&export).unwrap();
+    let back: recall_core::types::UserExport = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, export);
+
+    let with_vectors = s
+        .export_user(
+            "u",
+            &ExportOptions {
+                include_vectors: true,
+            },
+            &Actor::cli(),
+        )
+        .await
+        .unwrap();
+    let fact = with_vectors
+        .memories
+        .iter()
+        .find(|m| m.memory.content == "is friendly")
+        .unwrap();
+    assert_eq!(
+        fact.embeddings[0].vector.as_deref(),
+        Some(&[0.5f32, 0.5][..])
+    );
+
+    let err = s
+        .export_user("nobody", &ExportOptions::default(), &Actor::cli())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+}
+
+async fn forget_user(t: &TestStore) {
+    let s = t.store();
+    let out = s
+        .append_messages(
+            "u",
+            vec![
+                write(msg("s1", Role::User, "one", at(1, 1), &[]), &[1.0, 0.0]),
+                write(msg("s2", Role::User, "two", at(1, 2), &[]), &[0.0, 1.0]),
+            ],
+        )
+        .await
+        .unwrap();
+    s.add_summary(
+        "u",
+        NewSummary {
+            session: "s1".into(),
+            content: "a summary".into(),
+            first_message_id: Some(out[0].message.id),
+            last_message_id: None,
+            model: None,
+            embedding: emb(&[1.0, 1.0]),
+            expected_through: None,
+        },
+    )
+    .await
+    .unwrap();
+    s.put_settings("u", json!({"a": 1}), &Actor::cli())
+        .await
+        .unwrap();
+    s.append_messages(
+        "other",
+        vec![write(
+            msg("s1", Role::User, "keep me", at(1, 3), &[]),
+            &[1.0, 0.0],
+        )],
+    )
+    .await
+    .unwrap();
+    // Warm caches, so that deletion must clear them.
+    assert_eq!(
+        s.search("u", &query(&[1.0, 0.0], 10))
+            .await
+            .unwrap()
+            .hits
+            .len(),
+        3
+    );
+
+    let report = s.delete_user("u", &Actor::user("u")).await.unwrap();
+    assert!(report.existed);
+    assert_eq!(
+        (
+            report.sessions,
+            report.messages,
+            report.memories,
+            report.embeddings,
+            report.summaries
+        ),
+        (2, 2, 3, 3, 1)
+    );
+    assert!(s.get_user("u").await.unwrap().is_none());
+    assert_eq!(s.count_memories("u").await.unwrap(), 0);
+    assert!(
+        s.search("u", &query(&[1.0, 0.0], 10))
+            .await
+            .unwrap()
+            .hits
+            .is_empty()
+    );
+    assert_eq!(s.get_settings("u").await.unwrap(), json!({}));
+    // Nothing of the user is left in any table; the other user is untouched.
+    for (table, left) in [
+        ("users", 1),
+        ("sessions", 1),
+        ("messages", 1),
+        ("memories", 1),
+        ("memory_embeddings", 1),
+        ("summaries", 0),
+        ("user_settings", 0),
+    ] {
+        assert_eq!(t.count_rows(table).await, left, "{table}");
+    }
+    // A user of the same name starts empty.
+    s.upsert_user("u").await.unwrap();
+    assert!(
+        s.search("u", &query(&[1.0, 0.0], 10))
+            .await
+            .unwrap()
+            .hits
+            .is_empty()
+    );
+    // The audit log keeps the record of the deletion.
+    let audit = s.audit_log("u", &page(10)).await.unwrap();
+    let last = audit.items.last().unwrap();
+    assert_eq!(last.action, "delete_user");
+    assert_eq!(last.actor, "user:u");
+    assert_eq!(last.detail["messages"], 2);
+    // Forgetting an unknown user is not an error.
+    assert!(!s.delete_user("ghost", &Actor::cli()).await.unwrap().existed);
+}
+
+async fn settings_and_audit(t: &TestStore) {
+    let s = t.store();
+    assert_eq!(s.get_settings("u").await.unwrap(), json!({}));
+    let put = s
+        .put_settings(
+            "u",
+            json!({"recency_half_life_days": 30}),
+            &Actor::user("u"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(put["recency_half_life_days"], 30);
+    s.put_settings("u", json!({"lang": "pt"}), &Actor::user("u"))
+        .await
+        .unwrap();
+    assert_eq!(s.get_settings("u").await.unwrap(), json!({"lang": "pt"}));
+    let err = s
+        .put_settings("u", json!([1, 2]), &Actor::cli())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    let audit = s.audit_log("u", &page(1)).await.unwrap();
+    assert_eq!(audit.items.len(), 1);
+    assert_eq!(audit.items[0].action, "update_settings");
+    assert_eq!(
+        audit.items[0].detail,
+        json!({"keys": ["recency_half_life_days"]})
+    );
+    let rest = s
+        .audit_log(
+            "u",
+            &PageRequest {
+                first: 10,
+                after: audit.next_cursor,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(rest.items.len(), 1);
+    assert_eq!(rest.items[0].detail, json!({"keys": ["lang"]}));
+    assert!(
+        s.audit_log("someone-else", &page(10))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}

@@ -1,0 +1,218 @@
+//! The job queue: lifecycle and leases.
+use super::*;
+
+crate::fixtures::both_backends! {
+    jobs_lifecycle;
+    job_leases;
+}
+
+async fn jobs_lifecycle(t: &TestStore) {
+    let s = t.store().jobs();
+    let alice = Actor::user("alice");
+    let later = Utc::now() + Duration::hours(1);
+    let job = s
+        .create_job("alice", delete_job(later), &alice)
+        .await
+        .unwrap();
+    assert_eq!(job.user, "alice");
+    assert_eq!(job.kind, JobKind::DeleteUser);
+    assert_eq!(job.status, JobStatus::Queued);
+    assert_eq!((job.progress, job.attempts), (0.0, 0));
+    assert_eq!(job.run_at, later.trunc_subsecs(6));
+    assert!(job.started_at.is_none() && job.finished_at.is_none());
+    assert_eq!(s.get_job("alice", job.id).await.unwrap(), Some(job.clone()));
+
+    // Another user can neither see nor cancel it.
+    assert_eq!(s.get_job("bob", job.id).await.unwrap(), None);
+    assert!(
+        s.list_jobs("bob", &page(10))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    let err = s
+        .cancel_job("bob", job.id, &Actor::user("bob"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert_eq!(
+        s.get_job("alice", job.id).await.unwrap().unwrap().status,
+        JobStatus::Queued
+    );
+
+    // One pending job of a kind per user; other users are not affected.
+    let err = s
+        .create_job("alice", delete_job(later), &alice)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    let bobs = s
+        .create_job("bob", delete_job(later), &Actor::user("bob"))
+        .await
+        .unwrap();
+    let err = s
+        .create_job(
+            "alice",
+            NewJob {
+                params: json!([1, 2]),
+                ..delete_job(later)
+            },
+            &alice,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+
+    // Not due: nothing to claim.
+    assert!(
+        s.claim_job("w1", std::time::Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let cancelled = s.cancel_job("alice", job.id, &alice).await.unwrap();
+    assert_eq!(cancelled.status, JobStatus::Cancelled);
+    assert!(cancelled.finished_at.is_some());
+    let err = s.cancel_job("alice", job.id, &alice).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+
+    // Due now: claimed once, by one worker.
+    let due = s
+        .create_job(
+            "alice",
+            delete_job(Utc::now() - Duration::seconds(1)),
+            &alice,
+        )
+        .await
+        .unwrap();
+    let claimed = s
+        .claim_job("w1", std::time::Duration::from_secs(60))
+        .await
+        .unwrap()
+        .expect("a due job");
+    assert_eq!(claimed.id, due.id);
+    assert_eq!(claimed.status, JobStatus::Running);
+    assert_eq!(claimed.attempts, 1);
+    assert!(claimed.started_at.is_some());
+    assert!(
+        s.claim_job("w2", std::time::Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_none(),
+        "a held job is not claimed twice (and Bob's is not due)"
+    );
+    let err = s.cancel_job("alice", due.id, &alice).await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::InvalidInput,
+        "a running job cannot be cancelled"
+    );
+    assert_eq!(
+        s.finish_job(due.id, "w2", JobOutcome::Succeeded(json!({})))
+            .await
+            .unwrap(),
+        None,
+        "only the holder finishes a job"
+    );
+    let done = s
+        .finish_job(
+            due.id,
+            "w1",
+            JobOutcome::Succeeded(json!({ "memories": 3 })),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.status, JobStatus::Succeeded);
+    assert_eq!(done.progress, 1.0);
+    assert_eq!(done.result, Some(json!({ "memories": 3 })));
+    assert!(done.finished_at.is_some());
+
+    let listed = s.list_jobs("alice", &page(1)).await.unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].id, due.id, "newest first");
+    let rest = s
+        .list_jobs(
+            "alice",
+            &PageRequest {
+                first: 10,
+                after: listed.next_cursor.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.items.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [job.id]
+    );
+    assert_eq!(
+        s.list_jobs("bob", &page(10)).await.unwrap().items[0].id,
+        bobs.id
+    );
+
+    let actions: Vec<String> = t
+        .store()
+        .audit_log("alice", &page(50))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|a| a.action)
+        .collect();
+    assert_eq!(actions, ["schedule_job", "cancel_job", "schedule_job"]);
+}
+
+async fn job_leases(t: &TestStore) {
+    let s = t.store().jobs();
+    let alice = Actor::user("alice");
+    let job = s
+        .create_job(
+            "alice",
+            delete_job(Utc::now() - Duration::seconds(1)),
+            &alice,
+        )
+        .await
+        .unwrap();
+    let first = s
+        .claim_job("w1", std::time::Duration::from_millis(1))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    // The first runner's lease ran out (it died, say): another takes the job over.
+    let second = s
+        .claim_job("w2", std::time::Duration::from_secs(60))
+        .await
+        .unwrap()
+        .expect("an expired lease is claimed again");
+    assert_eq!(second.id, job.id);
+    assert_eq!(second.attempts, 2);
+    assert_eq!(second.started_at, first.started_at);
+    assert_eq!(
+        s.finish_job(job.id, "w1", JobOutcome::Succeeded(json!({})))
+            .await
+            .unwrap(),
+        None,
+        "the runner that lost its lease cannot finish the job"
+    );
+    let failed = s
+        .finish_job(job.id, "w2", JobOutcome::Failed("é".repeat(3000)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(failed.status, JobStatus::Failed);
+    let error = failed.error.unwrap();
+    assert!(
+        error.len() <= 2000 && error.starts_with("éé"),
+        "{}",
+        error.len()
+    );
+    assert!(
+        s.claim_job("w3", std::time::Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}

@@ -1,0 +1,73 @@
+//! `deep-recall ingest`: a JSON Lines conversation, checked whole, then embedded and stored.
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Args;
+use indicatif::ProgressBar;
+use recall_core::error::Error;
+use serde_json::json;
+
+use super::spinner_style;
+use crate::settings::Settings;
+use crate::startup;
+
+#[derive(Debug, Args)]
+pub(super) struct IngestArgs {
+    /// The user who owns the conversation.
+    #[arg(long)]
+    user: String,
+    /// The file; `-` reads standard input.
+    file: PathBuf,
+}
+
+pub(super) async fn run(
+    settings: &Settings,
+    args: &IngestArgs,
+    json: bool,
+) -> recall_core::Result<()> {
+    let (user, file) = (args.user.as_str(), args.file.as_path());
+    let started = Instant::now();
+    let engine = startup::engine(settings).await?;
+    let limits = engine.limits().clone();
+    let messages = if file == Path::new("-") {
+        recall_core::ingest::parse_jsonl(std::io::stdin().lock(), &limits)?
+    } else {
+        let f = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
+        recall_core::ingest::parse_jsonl(BufReader::new(f), &limits)?
+    };
+    let total = messages.len();
+    let sessions: std::collections::HashSet<&str> =
+        messages.iter().map(|m| m.session.as_str()).collect();
+    let sessions = sessions.len();
+    let bar = ProgressBar::new(total as u64).with_style(spinner_style());
+    bar.set_message("embedding");
+    let written = engine
+        .add_messages_with_progress(user, messages, &|done| bar.set_position(done as u64))
+        .await?;
+    bar.finish_and_clear();
+    let memories: usize = written.iter().map(|w| w.memory_ids.len()).sum();
+    let seconds = started.elapsed().as_secs_f64();
+    if json {
+        println!(
+            "{}",
+            json!({
+                "user": user,
+                "messages": written.len(),
+                "sessions": sessions,
+                "memories": memories,
+                "store": engine.backend(),
+                "seconds": seconds,
+            })
+        );
+    } else {
+        println!(
+            "ingested {} messages ({} sessions, {} memories) for user {user} into the {} store in {seconds:.1}s",
+            written.len(),
+            sessions,
+            memories,
+            engine.backend(),
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,322 @@
+//! `deep-recall search`: hybrid retrieval with re-ranking by default, or the paginated plain
+//! vector search.
+use chrono::{DateTime, Utc};
+use clap::Args;
+use recall_core::error::Error;
+use recall_core::retrieval::{Fusion, RankingConfig, SearchMode};
+use recall_core::types::{Filter, MemoryKind, Role, SearchPage};
+use recall_core::{Engine, RetrieveOptions, SearchOptions};
+use serde_json::json;
+
+use crate::settings::Settings;
+use crate::startup;
+
+#[derive(Debug, Args)]
+pub(super) struct SearchArgs {
+    /// Whose memories to search.
+    #[arg(long)]
+    user: String,
+    /// How many results.
+    #[arg(long, short = 'k', default_value_t = 10)]
+    top_k: usize,
+    /// Only this session.
+    #[arg(long)]
+    session: Option<String>,
+    /// Only these kinds (message, fact, persona, summary); repeatable.
+    #[arg(long)]
+    kind: Vec<MemoryKind>,
+    /// Only these roles (user, assistant, system); repeatable.
+    #[arg(long)]
+    role: Vec<Role>,
+    /// Only memories with every one of these tags; repeatable.
+    #[arg(long)]
+    tag: Vec<String>,
+    /// Only memories at or after this time (RFC 3339).
+    #[arg(long)]
+    since: Option<DateTime<Utc>>,
+    /// Only memories before this time (RFC 3339).
+    #[arg(long)]
+    until: Option<DateTime<Utc>>,
+    /// Drop results scoring below this (raw similarity in plain vector mode).
+    #[arg(long)]
+    min_score: Option<f32>,
+    /// Continue after a previous page (its `next_cursor`; plain vector mode only).
+    #[arg(long)]
+    cursor: Option<String>,
+    /// Retrievers: vector, text or hybrid.
+    #[arg(long, default_value = "hybrid")]
+    mode: SearchMode,
+    #[command(flatten)]
+    ranking: RankingArgs,
+    /// What to look for.
+    query: String,
+}
+
+pub(super) async fn run(
+    settings: &Settings,
+    args: &SearchArgs,
+    json: bool,
+) -> recall_core::Result<()> {
+    let filter = Filter {
+        session: args.session.clone(),
+        kinds: args.kind.clone(),
+        roles: args.role.clone(),
+        tags: args.tag.clone(),
+        since: args.since,
+        until: args.until,
+    };
+    if args.ranking.is_plain_vector(args.mode) {
+        let options = SearchOptions {
+            top_k: args.top_k,
+            min_score: args.min_score,
+            filter,
+            cursor: args.cursor.clone(),
+        };
+        let engine = startup::engine(settings).await?;
+        return search(&engine, &args.user, &args.query, &options, json).await;
+    }
+    if args.cursor.is_some() {
+        return Err(Error::invalid(
+            "--cursor pages plain vector search only (--mode vector without re-ranking)",
+        ));
+    }
+    let options = RetrieveOptions {
+        top_k: args.top_k,
+        mode: args.mode,
+        filter,
+        ranking: args.ranking.config(args.mode, args.min_score)?,
+        now: None,
+    };
+    let engine = startup::engine(settings).await?;
+    retrieve(&engine, &args.user, &args.query, &options, json).await
+}
+
+/// Re-ranking flags shared by `search` and `eval`.
+#[derive(Debug, Clone, Args)]
+pub(super) struct RankingArgs {
+    /// Apply the re-ranking signals (the default in hybrid mode).
+    #[arg(long, overrides_with = "no_rerank")]
+    rerank: bool,
+    /// Relevance only (the default in vector and text modes).
+    #[arg(long)]
+    no_rerank: bool,
+    /// Candidates taken from each retriever.
+    #[arg(long)]
+    candidates: Option<usize>,
+    /// Hybrid fusion: rrf or weighted.
+    #[arg(long)]
+    fusion: Option<String>,
+    /// RRF's k, or the vector weight alpha of weighted fusion.
+    #[arg(long)]
+    fusion_param: Option<f32>,
+    /// Weight of recency (0 switches it off).
+    #[arg(long)]
+    recency_weight: Option<f32>,
+    /// Recency half-life in days.
+    #[arg(long)]
+    half_life_days: Option<f32>,
+    /// Weight of importance (0 switches it off).
+    #[arg(long)]
+    importance_weight: Option<f32>,
+    /// Weight of emotional match (0 switches it off).
+    #[arg(long)]
+    emotion_weight: Option<f32>,
+    /// MMR lambda in [0, 1] (1 switches diversity off).
+    #[arg(long)]
+    mmr: Option<f32>,
+    /// Candidates re-scored by the cross-encoder (with --cross-encoder).
+    #[arg(long)]
+    cross_encoder_top_n: Option<usize>,
+    /// Weight of the cross-encoder's probability in [0, 1] (0 switches it off).
+    #[arg(long)]
+    cross_encoder_weight: Option<f32>,
+}
+
+impl RankingArgs {
+    pub(super) fn config(
+        &self,
+        mode: SearchMode,
+        min_score: Option<f32>,
+    ) -> recall_core::Result<RankingConfig> {
+        let rerank = if self.no_rerank {
+            false
+        } else {
+            self.rerank || mode == SearchMode::Hybrid
+        };
+        let mut c = if rerank {
+            RankingConfig::default()
+        } else {
+            RankingConfig::plain()
+        };
+        if let Some(n) = self.candidates {
+            c.candidates = n;
+        }
+        match (self.fusion.as_deref(), self.fusion_param) {
+            (None | Some("rrf"), p) => {
+                if let Some(k) = p {
+                    c.fusion = Fusion::Rrf { k };
+                } else if self.fusion.is_some() {
+                    c.fusion = Fusion::Rrf { k: 60.0 };
+                }
+            }
+            (Some("weighted"), p) => {
+                c.fusion = Fusion::Weighted {
+                    alpha: p.unwrap_or(0.5),
+                }
+            }
+            (Some(other), _) => {
+                return Err(Error::invalid(format!(
+                    "unknown fusion {other:?} (rrf or weighted)"
+                )));
+            }
+        }
+        if let Some(w) = self.recency_weight {
+            c.recency_weight = w;
+        }
+        if let Some(d) = self.half_life_days {
+            c.recency_half_life_days = d;
+        }
+        if let Some(w) = self.importance_weight {
+            c.importance_weight = w;
+        }
+        if let Some(w) = self.emotion_weight {
+            c.emotion_weight = w;
+        }
+        if let Some(l) = self.mmr {
+            c.mmr_lambda = Some(l);
+        }
+        if let Some(n) = self.cross_encoder_top_n {
+            c.cross_encoder_top_n = n;
+        }
+        if let Some(w) = self.cross_encoder_weight {
+            c.cross_encoder_weight = w;
+        }
+        c.min_score = min_score;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Plain vector search with no signal: served by the paginated similarity search.
+    fn is_plain_vector(&self, mode: SearchMode) -> bool {
+        mode == SearchMode::Vector
+            && !self.rerank
+            && self.recency_weight.is_none_or(|w| w == 0.0)
+            && self.importance_weight.is_none_or(|w| w == 0.0)
+            && self.emotion_weight.is_none_or(|w| w == 0.0)
+            && self.mmr.is_none_or(|l| l >= 1.0)
+    }
+}
+
+fn print_page(page: &SearchPage, json: bool) {
+    if json {
+        let hits: Vec<_> = page
+            .hits
+            .iter()
+            .map(|h| {
+                json!({
+                    "id": h.memory.id,
+                    "score": h.score,
+                    "distance": h.distance,
+                    "kind": h.memory.kind,
+                    "content": h.memory.content,
+                    "session": h.memory.session,
+                    "role": h.memory.role,
+                    "message_id": h.memory.message_id,
+                    "tags": h.memory.tags,
+                    "created_at": h.memory.created_at,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({ "hits": hits, "next_cursor": page.next_cursor })
+        );
+        return;
+    }
+    if page.hits.is_empty() {
+        println!("no memories found");
+    }
+    for (i, h) in page.hits.iter().enumerate() {
+        let m = &h.memory;
+        let role = m.role.map_or(String::new(), |r| format!("{r}, "));
+        println!(
+            "{:>3}. [{:.4}] ({}session {}, {}) {}",
+            i + 1,
+            h.score,
+            role,
+            m.session.as_deref().unwrap_or("-"),
+            m.created_at.format("%Y-%m-%d %H:%M"),
+            m.content
+        );
+    }
+    if let Some(c) = &page.next_cursor {
+        println!("more: --cursor {c}");
+    }
+}
+
+async fn search(
+    engine: &Engine,
+    user: &str,
+    query: &str,
+    options: &SearchOptions,
+    json: bool,
+) -> recall_core::Result<()> {
+    let page = engine.search(user, query, options).await?;
+    print_page(&page, json);
+    Ok(())
+}
+
+async fn retrieve(
+    engine: &Engine,
+    user: &str,
+    query: &str,
+    options: &RetrieveOptions,
+    json: bool,
+) -> recall_core::Result<()> {
+    let hits = engine.retrieve(user, query, options).await?;
+    if json {
+        let hits: Vec<_> = hits
+            .iter()
+            .map(|h| {
+                json!({
+                    "id": h.memory.id,
+                    "score": h.score,
+                    "similarity": h.signals.similarity,
+                    "signals": h.signals,
+                    "kind": h.memory.kind,
+                    "content": h.memory.content,
+                    "session": h.memory.session,
+                    "role": h.memory.role,
+                    "message_id": h.memory.message_id,
+                    "tags": h.memory.tags,
+                    "importance": h.memory.importance,
+                    "emotion": h.memory.emotion,
+                    "created_at": h.memory.created_at,
+                })
+            })
+            .collect();
+        println!("{}", json!({ "mode": options.mode, "hits": hits }));
+        return Ok(());
+    }
+    if hits.is_empty() {
+        println!("no memories found");
+    }
+    for (i, h) in hits.iter().enumerate() {
+        let m = &h.memory;
+        let role = m.role.map_or(String::new(), |r| format!("{r}, "));
+        let sim = h
+            .signals
+            .similarity
+            .map_or(String::new(), |s| format!(" sim {s:.4}"));
+        println!(
+            "{:>3}. [{:.4}{sim}] ({}session {}, {}) {}",
+            i + 1,
+            h.score,
+            role,
+            m.session.as_deref().unwrap_or("-"),
+            m.created_at.format("%Y-%m-%d %H:%M"),
+            m.content
+        );
+    }
+    Ok(())
+}

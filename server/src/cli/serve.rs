@@ -1,0 +1,90 @@
+//! `deep-recall serve`: the server, started by [`crate::startup::run`].
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::RemoteChatArgs;
+use crate::settings::Settings;
+use crate::startup;
+
+/// Flags of `serve`; each overrides its setting.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port) [bind].
+    #[arg(long)]
+    bind: Option<std::net::SocketAddr>,
+    /// HS256 secret for JWT bearer tokens [auth.jwt_secret; better set there or in
+    /// DEEP_RECALL__AUTH__JWT_SECRET than on the command line].
+    #[arg(long, hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// PEM file with the RS256 public key for JWT bearer tokens [auth.jwt_public_key].
+    #[arg(long)]
+    jwt_public_key: Option<PathBuf>,
+    /// Let requests without credentials in; `X-User-Id` names the user (development only)
+    /// [auth.allow_anonymous].
+    #[arg(long)]
+    allow_anonymous: bool,
+    /// Serve GraphiQL on GET /graphql [graphiql].
+    #[arg(long)]
+    graphiql: bool,
+    /// Local chat model: a .gguf path, a safetensors directory, or a name under --models-dir
+    /// [chat.model; the packaged SmolLM2 by default].
+    #[arg(long)]
+    chat_model: Option<String>,
+    #[command(flatten)]
+    remote: RemoteChatArgs,
+    /// Serve without a chat model (memory API only; chat answers UNAVAILABLE).
+    #[arg(long)]
+    no_chat: bool,
+}
+
+pub(super) async fn run(mut settings: Settings, args: &ServeArgs) -> recall_core::Result<()> {
+    if let Some(b) = args.bind {
+        settings.bind = b;
+    }
+    if args.jwt_secret.is_some() {
+        settings.auth.jwt_secret = args.jwt_secret.clone();
+    }
+    if args.jwt_public_key.is_some() {
+        settings.auth.jwt_public_key = args.jwt_public_key.clone();
+    }
+    settings.auth.allow_anonymous |= args.allow_anonymous;
+    settings.graphiql |= args.graphiql;
+    if args.chat_model.is_some() {
+        settings.chat.model = args.chat_model.clone();
+    }
+    args.remote.apply(&mut settings)?;
+    startup::run(
+        settings,
+        !args.no_chat,
+        |addr| {
+            println!("deep-recall: listening on http://{addr}");
+            let _ = std::io::stdout().flush();
+        },
+        shutdown_signal(),
+    )
+    .await
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
