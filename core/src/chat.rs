@@ -116,7 +116,8 @@ pub struct ChatResult {
     pub usage: Usage,
     /// Timings.
     pub latency: Latency,
-    /// Mean log-probability of the answer's tokens (0 is certain).
+    /// Mean log-probability of the answer's tokens (0 is certain); NaN when the model did not
+    /// report log-probabilities (serialised as null).
     pub confidence: f32,
     /// Why the answer ended.
     pub finish_reason: FinishReason,

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use recall_core::cache::QueryCacheConfig;
 use recall_core::device::DeviceConfig;
 use recall_core::embed::DEFAULT_EMBEDDING_MODEL;
 use recall_core::error::Error;
@@ -25,6 +26,8 @@ pub struct Settings {
     pub store: StoreSettings,
     /// Where the models are and where they run.
     pub models: ModelSettings,
+    /// The query cache.
+    pub cache: CacheSettings,
     /// Authentication.
     pub auth: AuthSettings,
     /// Request limits.
@@ -47,6 +50,7 @@ impl Default for Settings {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             store: StoreSettings::default(),
             models: ModelSettings::default(),
+            cache: CacheSettings::default(),
             auth: AuthSettings::default(),
             limits: LimitSettings::default(),
             cors_origins: Vec::new(),
@@ -135,6 +139,41 @@ impl ModelSettings {
     /// The device setting, parsed.
     pub fn device(&self) -> recall_core::Result<DeviceConfig> {
         self.device.parse()
+    }
+}
+
+/// The cache of retrieval results (per user; dropped on every write of the user).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Results kept at most (0 turns the cache off).
+    pub capacity: usize,
+    /// Seconds a result stays valid.
+    pub ttl_secs: u64,
+    /// Recency is computed at the clock rounded down to this many seconds, so that repeated
+    /// searches within a step are answered from the cache (0: the exact clock, no reuse).
+    pub clock_step_secs: u64,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        let core = QueryCacheConfig::default();
+        Self {
+            capacity: core.capacity,
+            ttl_secs: core.ttl.as_secs(),
+            clock_step_secs: core.clock_step.as_secs(),
+        }
+    }
+}
+
+impl CacheSettings {
+    /// The core cache configuration.
+    pub fn config(&self) -> QueryCacheConfig {
+        QueryCacheConfig {
+            capacity: self.capacity,
+            ttl: std::time::Duration::from_secs(self.ttl_secs),
+            clock_step: std::time::Duration::from_secs(self.clock_step_secs),
+        }
     }
 }
 

@@ -61,7 +61,8 @@ pub async fn engine(settings: &Settings) -> Result<Engine> {
     let embedder = blocking(move || EmbeddingService::start(&config)).await?;
     let store =
         store::open(&store_config(settings).with_index_dims(Embedder::dims(&embedder))).await?;
-    let mut engine = Engine::new(store, Arc::new(embedder));
+    let mut engine =
+        Engine::new(store, Arc::new(embedder)).with_query_cache(settings.cache.config());
     let device = recall_core::device::select(device_config)?;
     if let Some(dir) = settings.models.cross_encoder.clone() {
         let device = device.clone();

@@ -114,13 +114,16 @@ impl Engine {
                 .messages_after(user, session, through, foldable, false)
                 .await?;
             let summaries = self.store.list_summaries(user, session).await?;
-            let previous = summaries.last().map(|s| s.content.as_str());
-            let messages = fit(summarizer, previous, candidates);
+            let (previous, messages) = fit(
+                summarizer,
+                summaries.last().map(|s| s.content.as_str()),
+                candidates,
+            );
             let (Some(first), Some(last)) = (messages.first(), messages.last()) else {
                 break;
             };
             let (first, last) = (first.id, last.id);
-            let text = summarizer.summarize(previous, &messages).await?;
+            let text = summarizer.summarize(previous.as_deref(), &messages).await?;
             let text = text.trim();
             if text.is_empty() {
                 return Err(Error::Internal(
@@ -177,16 +180,19 @@ impl Engine {
     }
 }
 
-/// The oldest of `candidates` that fit the summarizer's input together with the previous
-/// summary. The first message always goes in, cut to the bound when it alone is too long, so
-/// that every fold moves forward.
+/// What one fold reads: the previous summary (cut to half the summarizer's input bound if it
+/// is longer) and the oldest of `candidates` that fit with it. The first message always goes
+/// in, cut to the bound when it alone is too long, so that every fold moves forward.
 fn fit(
     summarizer: &dyn Summarizer,
     previous: Option<&str>,
     candidates: Vec<Message>,
-) -> Vec<Message> {
+) -> (Option<String>, Vec<Message>) {
     let budget = summarizer.max_input_tokens();
-    let mut used = previous.map_or(0, |p| summarizer.count_tokens(p));
+    let previous = previous.map(|p| cut_to_tokens(summarizer, p, budget / 2));
+    let mut used = previous
+        .as_deref()
+        .map_or(0, |p| summarizer.count_tokens(p));
     let mut out = Vec::new();
     for mut m in candidates {
         let cost = summarizer.count_tokens(&m.content) + PER_MESSAGE_TOKENS;
@@ -201,7 +207,7 @@ fn fit(
         used += cost;
         out.push(m);
     }
-    out
+    (previous, out)
 }
 
 /// Tokens a transcript line costs besides its text (the speaker's name and punctuation).

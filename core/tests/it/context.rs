@@ -1,17 +1,15 @@
-//! Prompt assembly through the engine with SmolLM2's real tokenizer, and rolling summaries.
+//! Prompt assembly through the engine with SmolLM2's real tokenizer.
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use async_trait::async_trait;
-use recall_core::context::{ContextBudget, Summarizer, SummaryPolicy, TokenCounter};
+use recall_core::context::{ContextBudget, TokenCounter};
 use recall_core::embed::{EmbedConfig, EmbeddingService};
 use recall_core::llm::tokenizer;
-use recall_core::types::{Filter, MemoryKind, Message, NewMessage, Role};
+use recall_core::types::{MemoryKind, NewMessage, Role};
 use recall_core::{ContextOptions, Engine, StoreConfig};
 
 use crate::fixtures::{minilm_dir, models_dir};
 
-async fn engine(dir: &std::path::Path) -> Engine {
+pub(crate) async fn engine(dir: &std::path::Path) -> Engine {
     let store = recall_core::store::open(&StoreConfig::embedded(dir))
         .await
         .unwrap();
@@ -20,12 +18,12 @@ async fn engine(dir: &std::path::Path) -> Engine {
     Engine::new(store, Arc::new(EmbeddingService::start(&config).unwrap()))
 }
 
-fn smollm() -> tokenizers::Tokenizer {
+pub(crate) fn smollm() -> tokenizers::Tokenizer {
     tokenizer::load(&models_dir().join("SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf"))
         .unwrap()
 }
 
-fn chat(n: usize) -> Vec<NewMessage> {
+pub(crate) fn chat(n: usize) -> Vec<NewMessage> {
     let mut out = vec![NewMessage::new(
         "s",
         Role::User,
@@ -115,125 +113,6 @@ async fn prompt_fits_the_budget_counted_with_the_real_tokenizer() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), recall_core::ErrorKind::InvalidInput);
-}
-
-/// A deterministic stand-in for the chat model: the first word of every message.
-struct FirstWords {
-    calls: AtomicUsize,
-}
-
-#[async_trait]
-impl Summarizer for FirstWords {
-    async fn summarize(
-        &self,
-        previous: Option<&str>,
-        messages: &[Message],
-    ) -> recall_core::Result<String> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let words: Vec<&str> = messages
-            .iter()
-            .filter_map(|m| m.content.split_whitespace().nth(2))
-            .collect();
-        Ok(format!(
-            "{} | {}",
-            previous.unwrap_or("start"),
-            words.join(" ")
-        ))
-    }
-    fn model_id(&self) -> &str {
-        "first-words"
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rolling_summaries_fold_old_history_when_due() {
-    let dir = tempfile::tempdir().unwrap();
-    let e = engine(dir.path()).await;
-    let s = Arc::new(FirstWords {
-        calls: AtomicUsize::new(0),
-    });
-    let policy = SummaryPolicy {
-        trigger_messages: 10,
-        keep_recent: 4,
-    };
-    e.add_messages("alice", chat(8)).await.unwrap();
-    assert!(
-        e.summarize_if_due("alice", "s", s.as_ref(), policy)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert_eq!(s.calls.load(Ordering::SeqCst), 0, "not due: nothing asked");
-
-    e.add_messages("alice", chat(12)[8..].to_vec())
-        .await
-        .unwrap();
-    // Two at once, off the reply path: one summary only.
-    let a = e.spawn_summarize_if_due("alice", "s", s.clone(), policy);
-    let b = e.spawn_summarize_if_due("alice", "s", s.clone(), policy);
-    let (a, b) = (a.await.unwrap().unwrap(), b.await.unwrap().unwrap());
-    let summary = a.or(b).expect("one summary written");
-    assert_eq!(s.calls.load(Ordering::SeqCst), 1);
-    let summaries = e.summaries("alice", "s").await.unwrap();
-    assert_eq!(summaries.len(), 1);
-    assert_eq!(summary.model.as_deref(), Some("first-words"));
-    assert!(summary.content.starts_with("start | "));
-    let messages = e
-        .messages("alice", "s", &Default::default())
-        .await
-        .unwrap()
-        .items;
-    assert_eq!(summary.first_message_id, Some(messages[0].id));
-    assert_eq!(summary.last_message_id, Some(messages[7].id));
-    // The summary is searchable as a memory of kind summary.
-    let kinds = e
-        .memories(
-            "alice",
-            &Filter {
-                kinds: vec![MemoryKind::Summary],
-                ..Filter::default()
-            },
-            &Default::default(),
-        )
-        .await
-        .unwrap()
-        .items;
-    assert_eq!(kinds.len(), 1);
-
-    // Only the 4 kept messages are left unsummarised: not due again.
-    assert!(
-        e.summarize_if_due("alice", "s", s.as_ref(), policy)
-            .await
-            .unwrap()
-            .is_none()
-    );
-
-    // The prompt now carries the summary and only the unsummarised messages.
-    let out = e
-        .build_context("alice", "s", "hi", &smollm(), &ContextOptions::default())
-        .await
-        .unwrap();
-    assert_eq!(out.report.summaries.included, vec![summary.id]);
-    assert!(out.messages[0].content.contains(&summary.content));
-    let ids: Vec<i64> = messages[8..].iter().map(|m| m.id).collect();
-    assert_eq!(out.report.history.included, ids);
-
-    // The next fold builds on the previous summary.
-    e.add_messages("alice", chat(18)[12..].to_vec())
-        .await
-        .unwrap();
-    let next = e
-        .summarize_if_due("alice", "s", s.as_ref(), policy)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        next.content.starts_with(&summary.content),
-        "{}",
-        next.content
-    );
-    assert_eq!(next.first_message_id, Some(messages[8].id));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

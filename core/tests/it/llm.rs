@@ -293,6 +293,17 @@ mod service {
             .await
             .unwrap();
         let summarizer = ChatSummarizer::new(chat.clone(), 80);
+        // Its input is bounded by the model's window, less the summary and the instructions,
+        // and counted with the model's tokenizer.
+        let bound = recall_core::context::Summarizer::max_input_tokens(&summarizer);
+        assert!(bound + 80 < chat.context_length(), "{bound}");
+        assert_eq!(
+            recall_core::context::Summarizer::count_tokens(&summarizer, "Biscuit wakes me"),
+            chat.tokenizer()
+                .encode("Biscuit wakes me", false)
+                .unwrap()
+                .len()
+        );
         let summary = engine
             .summarize_if_due(
                 "maya",

@@ -11,4 +11,5 @@ mod migrations;
 mod remote;
 mod retrieval;
 mod store_conformance;
+mod summaries;
 mod tiny_models;

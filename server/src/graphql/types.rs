@@ -457,8 +457,9 @@ pub struct ChatResult {
     pub usage: Usage,
     /// Timings.
     pub latency: Latency,
-    /// Mean log-probability of the answer's tokens (0 is certain).
-    pub confidence: f32,
+    /// Mean log-probability of the answer's tokens (0 is certain); null when the model did
+    /// not report log-probabilities (a remote provider without them).
+    pub confidence: Option<f32>,
     /// Why the answer ended.
     pub finish_reason: FinishReason,
     /// The model that answered.
@@ -483,7 +484,7 @@ impl From<CoreChatResult> for ChatResult {
                 first_token_ms: r.latency.first_token_ms,
                 total_ms: r.latency.total_ms,
             },
-            confidence: r.confidence,
+            confidence: r.confidence.is_finite().then_some(r.confidence),
             finish_reason: r.finish_reason.into(),
             model: r.model,
         }

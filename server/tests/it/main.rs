@@ -1,6 +1,14 @@
-//! The `deep-recall` command line and server, run as real processes against both stores, and
-//! the workspace's module layering.
+//! The `deep-recall` command line and server, run as real processes against both stores (one
+//! file per area, shared fixtures in `fixtures`), and the workspace's module layering.
+mod auth;
+mod chat;
 mod cli;
+mod events;
+mod fixtures;
+mod jobs;
 mod layering;
+mod limits;
+mod memory;
+mod ops;
+mod remote;
 mod rest;
-mod server;

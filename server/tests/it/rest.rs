@@ -3,25 +3,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use super::server::{Server, Store, data, gql, token};
-
-/// The Python with the `openai` package: `DEEP_RECALL_TEST_PYTHON` (scripts/test.sh sets it
-/// from scripts/test-venv.sh), else `python3` if it has the package.
-fn python() -> String {
-    if let Ok(p) = std::env::var("DEEP_RECALL_TEST_PYTHON") {
-        return p;
-    }
-    let ok = Command::new("python3")
-        .args(["-c", "import openai"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "the openai SDK is missing: run scripts/test-venv.sh and set DEEP_RECALL_TEST_PYTHON to \
-         the python it prints (scripts/test.sh does both)"
-    );
-    "python3".into()
-}
+use super::fixtures::{Server, Store, data, gql, python, token};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_openai_sdk_streams_and_completes() {

@@ -1,0 +1,191 @@
+//! Background jobs across two replicas on one Postgres: scheduled deletion, job progress over
+//! graphql-ws, memory events fanned out between replicas.
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::fixtures::{Server, Store, Ws, add, code, data, gql, token};
+
+const JOB_FIELDS: &str = "id kind status progress result error attempts runAt startedAt finishedAt";
+
+/// Two replicas over one Postgres database: memory events and job progress reach a
+/// subscriber on the other replica; a scheduled deletion runs at its time, once; another
+/// user's job ids are refused everywhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn scheduled_deletion_and_job_progress_across_replicas() {
+    let store = Store::postgres().await;
+    let env = [("DEEP_RECALL__JOBS__POLL_MS", "100")];
+    let a = Server::start(&store, &["--no-chat"], &env);
+    let b = Server::start(&store, &["--no-chat"], &env);
+    let alice = token("alice", false, 600);
+    let bob = token("bob", false, 600);
+    let init = |t: &str| json!({ "authorization": format!("Bearer {t}") });
+
+    // A memory written through A is announced to Alice's subscriber on B.
+    let mut on_b = Ws::connect(&b, init(&alice)).await.unwrap();
+    on_b.subscribe(
+        "ev",
+        "subscription { memoryEvents { action memory { content } } }",
+        json!({}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    add(&a, &alice, "s", "Alice's spare key is under the blue pot").await;
+    let ev = on_b.next().await.unwrap();
+    assert_eq!(
+        ev["payload"]["data"]["memoryEvents"]["memory"]["content"],
+        "Alice's spare key is under the blue pot",
+        "{ev}"
+    );
+    add(&a, &bob, "s", "Bob's bike is red").await;
+
+    // Scheduling: bad times are refused.
+    let schedule =
+        format!("mutation($at: DateTime!) {{ scheduleDeleteMyData(at: $at) {{ {JOB_FIELDS} }} }}");
+    let far = (chrono::Utc::now() + chrono::Duration::days(800)).to_rfc3339();
+    let (_, body) = gql(&a, Some(&alice), &schedule, json!({ "at": far })).await;
+    assert_eq!(code(&body), "BAD_INPUT", "{body}");
+    let (_, body) = gql(&a, Some(&alice), &schedule, json!({ "at": "next tuesday" })).await;
+    assert!(body["errors"].is_array(), "{body}");
+
+    let at = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let (_, body) = gql(
+        &a,
+        Some(&alice),
+        &schedule,
+        json!({ "at": at.to_rfc3339() }),
+    )
+    .await;
+    let job = data(&body)["scheduleDeleteMyData"].clone();
+    assert_eq!(
+        (job["kind"].as_str(), job["status"].as_str()),
+        (Some("DELETE_USER"), Some("QUEUED"))
+    );
+    let id = job["id"].as_str().unwrap().to_owned();
+    let (_, body) = gql(
+        &a,
+        Some(&alice),
+        &schedule,
+        json!({ "at": at.to_rfc3339() }),
+    )
+    .await;
+    assert_eq!(
+        code(&body),
+        "BAD_INPUT",
+        "one scheduled deletion at a time: {body}"
+    );
+
+    // Bob cannot see, cancel or watch Alice's job.
+    let (_, body) = gql(
+        &b,
+        Some(&bob),
+        "query($id: ID!) { job(id: $id) { id } }",
+        json!({ "id": id }),
+    )
+    .await;
+    assert!(data(&body)["job"].is_null(), "{body}");
+    let (_, body) = gql(
+        &b,
+        Some(&bob),
+        "query { jobs { edges { node { id } } } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(data(&body)["jobs"]["edges"], json!([]));
+    let cancel = "mutation($id: ID!) { cancelJob(id: $id) { id status } }";
+    let (_, body) = gql(&b, Some(&bob), cancel, json!({ "id": id })).await;
+    assert_eq!(code(&body), "NOT_FOUND", "{body}");
+    let mut bob_ws = Ws::connect(&b, init(&bob)).await.unwrap();
+    bob_ws
+        .subscribe(
+            "job",
+            "subscription($id: ID!) { jobProgress(id: $id) { id status } }",
+            json!({ "id": id }),
+        )
+        .await;
+    let refused = bob_ws.next().await.unwrap();
+    // (An execution error of a subscription arrives as a `next` with errors, then `complete`.)
+    assert_eq!(refused["payload"]["data"], Value::Null, "{refused}");
+    assert_eq!(
+        refused["payload"]["errors"][0]["extensions"]["code"], "NOT_FOUND",
+        "{refused}"
+    );
+    assert_eq!(bob_ws.next().await.unwrap()["type"], "complete");
+
+    // Bob schedules his own and changes his mind.
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let (_, body) = gql(&b, Some(&bob), &schedule, json!({ "at": later })).await;
+    let bobs = data(&body)["scheduleDeleteMyData"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, body) = gql(&a, Some(&bob), cancel, json!({ "id": bobs })).await;
+    assert_eq!(data(&body)["cancelJob"]["status"], "CANCELLED");
+    let (_, body) = gql(&a, Some(&bob), cancel, json!({ "id": bobs })).await;
+    assert_eq!(code(&body), "BAD_INPUT", "{body}");
+
+    // Alice watches her deletion on B while the replicas' runners race for it.
+    let mut watch = Ws::connect(&b, init(&alice)).await.unwrap();
+    watch
+        .subscribe(
+            "job",
+            &format!("subscription($id: ID!) {{ jobProgress(id: $id) {{ {JOB_FIELDS} }} }}"),
+            json!({ "id": id }),
+        )
+        .await;
+    let mut states = Vec::new();
+    let last = loop {
+        let m = watch.next().await.unwrap();
+        if m["type"] == "complete" {
+            break None;
+        }
+        assert_eq!(m["type"], "next", "{m}");
+        let j = m["payload"]["data"]["jobProgress"].clone();
+        states.push(j["status"].as_str().unwrap().to_owned());
+        if j["status"] == "SUCCEEDED" {
+            assert_eq!(watch.next().await.unwrap()["type"], "complete");
+            break Some(j);
+        }
+    };
+    let last = last.unwrap_or_else(|| panic!("ended without success: {states:?}"));
+    assert_eq!(
+        states.first().map(String::as_str),
+        Some("QUEUED"),
+        "{states:?}"
+    );
+    assert!(states.contains(&"RUNNING".to_owned()), "{states:?}");
+    assert_eq!(last["attempts"], 1, "ran once: {last}");
+    assert_eq!(last["progress"], 1.0);
+    assert_eq!(last["result"]["memories"], 1, "{last}");
+    let started =
+        chrono::DateTime::parse_from_rfc3339(last["startedAt"].as_str().unwrap()).unwrap();
+    assert!(
+        started >= at - chrono::Duration::milliseconds(1),
+        "not before its time: {last}"
+    );
+
+    // Alice's data is gone from both replicas; Bob's is intact.
+    for server in [&a, &b] {
+        let (_, body) = gql(server, Some(&alice), "{ me { memoryCount } }", json!({})).await;
+        assert_eq!(data(&body)["me"]["memoryCount"], 0);
+        let (_, body) = gql(server, Some(&bob), "{ me { memoryCount } }", json!({})).await;
+        assert_eq!(data(&body)["me"]["memoryCount"], 1);
+    }
+    let (_, body) = gql(
+        &a,
+        Some(&alice),
+        "query { jobs { edges { node { id status } } } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        data(&body)["jobs"]["edges"][0]["node"]["status"],
+        "SUCCEEDED",
+        "the record stays: {body}"
+    );
+
+    drop((a, b));
+    if let Store::Postgres(db) = store {
+        db.drop_db().await;
+    }
+}

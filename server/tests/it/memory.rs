@@ -1,0 +1,273 @@
+//! The memory API over GraphQL on both stores: writes, search, isolation between users (another
+//! user's ids in every id argument), pagination, bad input, settings and data rights.
+use serde_json::json;
+
+use super::fixtures::{ADD, SECRET, Server, Store, add, code, data, gql, token};
+
+async fn memory_api_and_isolation(store: Store) {
+    let server = Server::start(&store, &["--no-chat"], &[]);
+    let alice = token("alice", false, 600);
+    let bob = token("bob", false, 600);
+
+    // Alice and Bob write.
+    add(
+        &server,
+        &alice,
+        "a1",
+        "I moved to Lisbon in May and I love the tram rides.",
+    )
+    .await;
+    add(
+        &server,
+        &alice,
+        "a2",
+        "My sister Ana is a marine biologist.",
+    )
+    .await;
+    add(
+        &server,
+        &bob,
+        "b1",
+        "Bob's secret: I keep my savings in a Lisbon bank.",
+    )
+    .await;
+    let (_, body) = gql(
+        &server,
+        Some(&bob),
+        "mutation { addMemory(input: { content: \"Bob is allergic to peanuts\" }) { id kind } }",
+        json!({}),
+    )
+    .await;
+    let bob_memory = data(&body)["addMemory"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(data(&body)["addMemory"]["kind"], "FACT");
+
+    // Search finds only the caller's memories.
+    let search = "query($q: String!, $m: SearchMode) { search(query: $q, topK: 10, mode: $m) { score memory { id content } } }";
+    for mode in ["HYBRID", "VECTOR", "TEXT"] {
+        let (_, body) = gql(
+            &server,
+            Some(&alice),
+            search,
+            json!({ "q": "Lisbon savings bank peanuts", "m": mode }),
+        )
+        .await;
+        let hits = data(&body)["search"].as_array().unwrap();
+        assert!(!hits.is_empty(), "{mode}: {body}");
+        for h in hits {
+            let c = h["memory"]["content"].as_str().unwrap();
+            assert!(
+                !c.contains("Bob") && !c.contains("peanuts"),
+                "{mode}: leaked {c}"
+            );
+        }
+    }
+
+    // Bob's ids, used by Alice, find nothing and change nothing: every id argument.
+    let cases = [
+        ("query($id: ID!) { memory(id: $id) { id } }", None),
+        (
+            "mutation($id: ID!) { deleteMemory(id: $id) }",
+            Some("NOT_FOUND"),
+        ),
+        (
+            "mutation($id: ID!) { updateMemory(id: $id, input: { content: \"pwned\" }) { id } }",
+            Some("NOT_FOUND"),
+        ),
+    ];
+    for (query, expected) in cases {
+        let (_, body) = gql(&server, Some(&alice), query, json!({ "id": bob_memory })).await;
+        match expected {
+            Some(c) => assert_eq!(code(&body), c, "{query}: {body}"),
+            None => assert!(data(&body)["memory"].is_null(), "{query}: {body}"),
+        }
+    }
+    let session_cases = [
+        (
+            "query { messages(session: \"b1\") { edges { node { content } } } }",
+            None,
+        ),
+        ("query { session(id: \"b1\") { id } }", None),
+        ("mutation { deleteSession(id: \"b1\") }", Some("NOT_FOUND")),
+        (
+            "mutation { renameSession(id: \"b1\", title: \"mine now\") { id } }",
+            Some("NOT_FOUND"),
+        ),
+    ];
+    for (query, expected) in session_cases {
+        let (_, body) = gql(&server, Some(&alice), query, json!({})).await;
+        match expected {
+            Some(c) => assert_eq!(code(&body), c, "{query}: {body}"),
+            None => {
+                let d = data(&body);
+                let empty = d["session"].is_null()
+                    && d["messages"]["edges"]
+                        .as_array()
+                        .is_none_or(|e| e.is_empty());
+                assert!(empty, "{query}: {body}");
+            }
+        }
+    }
+    let (_, body) = gql(
+        &server,
+        Some(&bob),
+        "query($id: ID!) { memory(id: $id) { content } session(id: \"b1\") { id } }",
+        json!({ "id": bob_memory }),
+    )
+    .await;
+    assert_eq!(
+        data(&body)["memory"]["content"],
+        "Bob is allergic to peanuts",
+        "Bob's data is intact"
+    );
+    assert_eq!(data(&body)["session"]["id"], "b1");
+
+    // Relay pagination over sessions.
+    let page = "query($after: String) { sessions(first: 1, after: $after) { edges { cursor node { id } } pageInfo { hasNextPage endCursor } } }";
+    let (_, body) = gql(&server, Some(&alice), page, json!({})).await;
+    let s = &data(&body)["sessions"];
+    assert_eq!(s["pageInfo"]["hasNextPage"], true);
+    let first = s["edges"][0]["node"]["id"].as_str().unwrap().to_owned();
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        page,
+        json!({ "after": s["pageInfo"]["endCursor"] }),
+    )
+    .await;
+    let s = &data(&body)["sessions"];
+    assert_eq!(s["pageInfo"]["hasNextPage"], false);
+    let second = s["edges"][0]["node"]["id"].as_str().unwrap();
+    let mut both = [first.as_str(), second];
+    both.sort();
+    assert_eq!(both, ["a1", "a2"]);
+
+    // Bad input is refused with BAD_INPUT and writes nothing.
+    let bad_cases = [
+        (
+            ADD,
+            json!({ "m": [
+                { "session": "a1", "role": "USER", "content": "fine" },
+                { "session": "a1", "role": "USER", "content": "" },
+            ] }),
+        ),
+        (ADD, json!({ "m": [] })),
+        ("{ search(query: \"x\", topK: 0) { score } }", json!({})),
+        ("{ search(query: \"x\", topK: -3) { score } }", json!({})),
+        ("{ search(query: \"\") { score } }", json!({})),
+        ("{ memory(id: \"abc\") { id } }", json!({})),
+        ("{ sessions(first: 0) { edges { cursor } } }", json!({})),
+        (
+            "{ sessions(after: \"not a cursor\") { edges { cursor } } }",
+            json!({}),
+        ),
+        (
+            "mutation { addMemory(input: { content: \"x\", importance: 7 }) { id } }",
+            json!({}),
+        ),
+        ("mutation { updateSettings(settings: [1, 2]) }", json!({})),
+        (
+            "mutation { chat(input: { session: \"a1\", message: \"hi\", temperature: 9 }) { text } }",
+            json!({}),
+        ),
+    ];
+    for (query, vars) in bad_cases {
+        let (status, body) = gql(&server, Some(&alice), query, vars.clone()).await;
+        assert_eq!(
+            (status, code(&body)),
+            (200, "BAD_INPUT"),
+            "{query} {vars}: {body}"
+        );
+    }
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        "{ messages(session: \"a1\") { edges { node { content } } } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        data(&body)["messages"]["edges"].as_array().unwrap().len(),
+        1,
+        "nothing half-written"
+    );
+
+    // Settings and data rights, audited.
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        "mutation { updateSettings(settings: { tone: \"warm\" }) }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(data(&body)["updateSettings"]["tone"], "warm");
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        "mutation { exportMyData }",
+        json!({}),
+    )
+    .await;
+    let export = &data(&body)["exportMyData"];
+    assert_eq!(export["user"]["id"], "alice");
+    let text = export.to_string();
+    assert!(
+        text.contains("Lisbon in May") && !text.contains("peanuts") && !text.contains("savings")
+    );
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        "mutation { deleteMyData { existed messages memories } }",
+        json!({}),
+    )
+    .await;
+    let report = &data(&body)["deleteMyData"];
+    assert_eq!(report["existed"], true);
+    assert_eq!(report["messages"], 2);
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        "{ me { memoryCount } search(query: \"Lisbon\") { score } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(data(&body)["me"]["memoryCount"], 0);
+    assert_eq!(
+        data(&body)["search"].as_array().unwrap().len(),
+        0,
+        "no cached results survive"
+    );
+    let (_, body) = gql(&server, Some(&bob), "{ me { memoryCount } }", json!({})).await;
+    assert_eq!(data(&body)["me"]["memoryCount"], 2, "Bob keeps his");
+    let admin = token("operator", true, 600);
+    let (_, body) = gql(
+        &server,
+        Some(&admin),
+        "{ auditLog(user: \"alice\") }",
+        json!({}),
+    )
+    .await;
+    let actions: Vec<&str> = data(&body)["auditLog"]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(actions.contains(&"delete_user"), "{actions:?}");
+
+    // Logs are JSON with request ids and no message content.
+    let logs = server.logs();
+    assert!(logs.lines().any(|l| l.contains("\"request_id\"")), "{logs}");
+    assert!(!logs.contains("Lisbon"), "message content in the logs");
+    assert!(!logs.contains(SECRET), "the secret in the logs");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_api_and_isolation_embedded() {
+    memory_api_and_isolation(Store::embedded()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_api_and_isolation_postgres() {
+    let store = Store::postgres().await;
+    memory_api_and_isolation(store).await;
+}

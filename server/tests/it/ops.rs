@@ -1,0 +1,151 @@
+//! Operations: health, readiness, metrics (with the query cache's hits and misses), graceful
+//! shutdown, and the committed schema.
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use super::fixtures::{Server, Store, add, data, gql, metrics, sample, token};
+
+const SEARCH: &str =
+    "query($q: String!) { search(query: $q, topK: 5) { score memory { content } } }";
+
+async fn search(server: &Server, auth: &str, q: &str) -> Vec<String> {
+    let (_, body) = gql(server, Some(auth), SEARCH, json!({ "q": q })).await;
+    data(&body)["search"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["memory"]["content"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn cache(page: &str) -> (f64, f64) {
+    (
+        sample(page, "deep_recall_query_cache_hits_total"),
+        sample(page, "deep_recall_query_cache_misses_total"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operations_endpoints_and_the_query_cache() {
+    let store = Store::embedded();
+    // An hour's clock step: the two searches below cannot straddle a step.
+    let server = Server::start(
+        &store,
+        &["--no-chat"],
+        &[("DEEP_RECALL__CACHE__CLOCK_STEP_SECS", "3600")],
+    );
+    let alice = token("alice", false, 600);
+    let bob = token("bob", false, 600);
+    add(&server, &alice, "s", "I moved to Lisbon in May.").await;
+    add(&server, &alice, "s", "My sister Ana is a marine biologist.").await;
+
+    let http = reqwest::Client::new();
+    let health = http
+        .get(format!("{}/health", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let ready: Value = http
+        .get(format!("{}/ready", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (ready["status"].as_str(), ready["store"].as_str()),
+        (Some("ready"), Some("embedded")),
+        "{ready}"
+    );
+
+    // A repeated search is answered from the cache; a write by the user makes the next one
+    // a miss, and its answer sees the write.
+    let (hits0, misses0) = cache(&metrics(&server).await);
+    let first = search(&server, &alice, "Where does she live?").await;
+    assert!(first.iter().any(|c| c.contains("Lisbon")), "{first:?}");
+    let (hits, misses) = cache(&metrics(&server).await);
+    assert_eq!(
+        (hits, misses),
+        (hits0, misses0 + 1.0),
+        "the first search is a miss"
+    );
+    let again = search(&server, &alice, "Where does she live?").await;
+    assert_eq!(again, first);
+    let (hits, misses) = cache(&metrics(&server).await);
+    assert_eq!(
+        (hits, misses),
+        (hits0 + 1.0, misses0 + 1.0),
+        "the repeat is a hit"
+    );
+    // Bob's same search is his own (a miss), and shows nothing of Alice's.
+    assert!(
+        search(&server, &bob, "Where does she live?")
+            .await
+            .is_empty()
+    );
+    let (hits, misses) = cache(&metrics(&server).await);
+    assert_eq!((hits, misses), (hits0 + 1.0, misses0 + 2.0));
+    add(
+        &server,
+        &alice,
+        "t",
+        "Before Lisbon I lived in Porto for years.",
+    )
+    .await;
+    let after = search(&server, &alice, "Where does she live?").await;
+    assert!(after.iter().any(|c| c.contains("Porto")), "{after:?}");
+    let (hits, misses) = cache(&metrics(&server).await);
+    assert_eq!(
+        (hits, misses),
+        (hits0 + 1.0, misses0 + 3.0),
+        "a write makes the next search a miss"
+    );
+
+    // Requests are counted per operation and outcome, with latency histograms.
+    let (status, _) = gql(&server, None, "{ me { id } }", json!({})).await;
+    assert_eq!(status, 401);
+    let page = metrics(&server).await;
+    assert!(
+        page.contains("deep_recall_requests_total{transport=\"graphql\""),
+        "{page}"
+    );
+    assert!(page.contains("deep_recall_request_duration_seconds_bucket"));
+    assert!(page.contains("outcome=\"UNAUTHENTICATED\""));
+    assert!(
+        page.contains("deep_recall_summary_failures_total 0"),
+        "{page}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn graceful_shutdown_ends_cleanly() {
+    let store = Store::embedded();
+    let server = Server::start(&store, &["--no-chat"], &[]);
+    let alice = token("alice", false, 600);
+    add(&server, &alice, "s", "Something to keep.").await;
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+    let server = Server::start(&store, &["--no-chat"], &[]);
+    let (_, body) = gql(&server, Some(&alice), "{ me { memoryCount } }", json!({})).await;
+    assert_eq!(data(&body)["me"]["memoryCount"], 1);
+}
+
+#[test]
+fn committed_schema_matches_the_code() {
+    let out = Command::new(env!("CARGO_BIN_EXE_deep-recall"))
+        .arg("schema")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let sdl = String::from_utf8(out.stdout).unwrap();
+    let committed =
+        std::fs::read_to_string(recall_core::testing::repo_root().join("schema.graphql"))
+            .unwrap_or_default();
+    assert!(
+        sdl == committed,
+        "schema.graphql is out of date: run `cargo run -p recall-server -- schema > schema.graphql`"
+    );
+}

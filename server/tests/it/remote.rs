@@ -1,0 +1,230 @@
+//! A remote OpenAI-compatible chat provider behind `serve` and `generate` (`--chat-url`),
+//! against `server/tests/fake_openai.py` run as its own process: it streams server-sent
+//! events, fails on demand, and logs what it was sent.
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::fixtures::{CHAT_SUB, FakeProvider, Server, Store, Ws, code, data, gql, token};
+
+const CHAT: &str = "mutation($i: ChatInput!) { chat(input: $i) { text model confidence finishReason usage { promptTokens completionTokens } context { content } } }";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_and_generate_answer_with_a_remote_provider() {
+    // The first two calls fail with 503: the client retries past them.
+    let fake = FakeProvider::start(2);
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("provider.key");
+    std::fs::write(&key_file, "sk-test-0123\n").unwrap();
+    let store = Store::embedded();
+    let server = Server::start(
+        &store,
+        &[
+            "--chat-url",
+            &fake.url,
+            "--chat-api-key-file",
+            key_file.to_str().unwrap(),
+            "--chat-model-name",
+            "fake-llm",
+        ],
+        &[("DEEP_RECALL__CHAT__SUMMARY_TRIGGER_MESSAGES", "0")],
+    );
+    let alice = token("alice", false, 600);
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        "mutation { addMemory(input: { content: \"Alice's favourite city is Paris\" }) { id } }",
+        json!({}),
+    )
+    .await;
+    data(&body);
+
+    // A whole answer over GraphQL, from the provider, with the user's memory in the prompt.
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        CHAT,
+        json!({ "i": { "session": "s", "message": "Where should I travel next?", "maxTokens": 32 } }),
+    )
+    .await;
+    let r = &data(&body)["chat"];
+    let text = r["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("Remote answer: ") && text.ends_with("first word Where."),
+        "{r}"
+    );
+    assert_eq!(r["model"], "fake-llm");
+    // Streamed from the provider, each chunk with a log-probability of -0.5.
+    assert_eq!(r["confidence"], -0.5);
+    assert_eq!(
+        (&r["usage"]["promptTokens"], &r["usage"]["completionTokens"]),
+        (&json!(11), &json!(7))
+    );
+    assert!(r["context"].to_string().contains("Paris"), "{r}");
+    let sent = fake.requests();
+    assert_eq!(sent.len(), 3, "two failures, then the answer: {sent:?}");
+    for req in &sent {
+        assert_eq!(
+            req["authorization"], "Bearer sk-test-0123",
+            "the key from the file"
+        );
+        assert_eq!(req["body"]["model"], "fake-llm");
+        assert_eq!(req["body"]["max_tokens"], 32);
+        assert_eq!(req["body"]["stream"], true);
+    }
+    let messages = sent[2]["body"]["messages"].as_array().unwrap();
+    assert!(
+        Value::Array(messages.clone()).to_string().contains("Paris"),
+        "the memory reaches the prompt: {messages:?}"
+    );
+    assert_eq!(
+        messages.last().unwrap()["content"],
+        "Where should I travel next?"
+    );
+    // Both turns are stored, as with a local model.
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        "{ messages(session: \"s\") { edges { node { role content } } } }",
+        json!({}),
+    )
+    .await;
+    let stored = data(&body)["messages"]["edges"].as_array().unwrap().clone();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[1]["node"]["content"], text);
+
+    // Streamed over graphql-ws: the provider's chunks arrive as deltas, in order.
+    let mut ws = Ws::connect(
+        &server,
+        json!({ "authorization": format!("Bearer {alice}") }),
+    )
+    .await
+    .unwrap();
+    ws.subscribe(
+        "c",
+        CHAT_SUB,
+        json!({ "i": { "session": "s", "message": "Tell me more", "maxTokens": 16 } }),
+    )
+    .await;
+    let mut deltas = Vec::new();
+    let result = loop {
+        let m = ws.next().await.unwrap();
+        assert_eq!(m["type"], "next", "{m}");
+        let e = &m["payload"]["data"]["chat"];
+        if e["done"] == true {
+            break e["result"].clone();
+        }
+        deltas.push(e["delta"].as_str().unwrap().to_owned());
+    };
+    assert_eq!(deltas.len(), 3, "{deltas:?}");
+    assert_eq!(result["text"].as_str().unwrap(), deltas.concat());
+    assert!(deltas.concat().ends_with("first word Tell."));
+    assert_eq!(result["model"], "fake-llm");
+
+    // The OpenAI-compatible API answers through it too.
+    let rest: Value = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", server.base))
+        .bearer_auth(&alice)
+        .json(&json!({ "messages": [{ "role": "user", "content": "Hello from REST" }] }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let answer = rest["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(
+        answer.starts_with("Remote answer: ") && answer.ends_with("first word Hello."),
+        "{rest}"
+    );
+    let models: Value = reqwest::Client::new()
+        .get(format!("{}/v1/models", server.base))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], "fake-llm", "{models}");
+
+    // A provider that keeps failing: the request fails fast with UNAVAILABLE, after the
+    // retries, and nothing but the acknowledged user message is stored.
+    fake.fail(-1).await;
+    let started = Instant::now();
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        CHAT,
+        json!({ "i": { "session": "down", "message": "Anyone there?" } }),
+    )
+    .await;
+    assert_eq!(code(&body), "UNAVAILABLE", "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        "{ messages(session: \"down\") { edges { node { role } } } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        data(&body)["messages"]["edges"],
+        json!([{ "node": { "role": "USER" } }])
+    );
+    fake.fail(0).await;
+
+    // `generate` takes the same flags; a provider without log-probabilities gives no
+    // confidence rather than a made-up one.
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_deep-recall"))
+            .args(args)
+            .env("DEEP_RECALL__CHAT__API_KEY", "sk-from-env")
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "--json",
+        "generate",
+        "--chat-url",
+        &fake.url,
+        "--chat-model-name",
+        "no-logprobs",
+        "Hello there",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["text"], "Remote answer: 1 messages, first word Hello.",
+        "{v}"
+    );
+    assert_eq!(v["model"], "no-logprobs");
+    assert!(v["confidence"].is_null(), "{v}");
+    let last = fake.requests().pop().unwrap();
+    assert_eq!(last["authorization"], "Bearer sk-from-env");
+    let out = run(&["generate", "--chat-url", &fake.url, "Stream this"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "Remote answer: 1 messages, first word Stream."
+    );
+    // A URL that is not one is bad input; an unreachable provider is unavailable.
+    let out = run(&["generate", "--chat-url", "localhost:9", "hi"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run(&["generate", "--chat-url", "http://127.0.0.1:9/v1", "hi"]);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
