@@ -5,6 +5,7 @@ prompt token ids and the same number of new tokens. Prints one JSON line.
     python bench/hf_generate.py --gguf FILE --ids 1,2,3 --new-tokens 64 --threads 2
     python bench/hf_generate.py --model-dir DIR --device cuda --ids 1,2,3   # BF16 on a GPU
 """
+
 import argparse
 import json
 import os

@@ -18,8 +18,8 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import torch  # noqa: E402
-import sentence_transformers as st  # noqa: E402
+import sentence_transformers as st
+import torch
 
 
 def read_texts(path, limit):
@@ -43,24 +43,46 @@ def load_model(model_dir):
     # Bare Hugging Face directory (config.json, tokenizer.json, model.safetensors): build the
     # all-MiniLM-style pipeline by hand: masked mean pooling, then L2 normalisation.
     try:
-        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+        from sentence_transformers.sentence_transformer.modules import (
+            Normalize,
+            Pooling,
+            Transformer,
+        )
     except ImportError:  # sentence-transformers < 6
         from sentence_transformers.models import Normalize, Pooling, Transformer
     transformer = Transformer(model_dir, max_seq_length=256)
-    dim = getattr(transformer, "get_embedding_dimension", None) or transformer.get_word_embedding_dimension
+    dim = (
+        getattr(transformer, "get_embedding_dimension", None)
+        or transformer.get_word_embedding_dimension
+    )
     pooling = Pooling(dim(), "mean")
-    return st.SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu")
+    return st.SentenceTransformer(
+        modules=[transformer, pooling, Normalize()], device="cpu"
+    )
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model-dir", required=True)
     ap.add_argument("--texts", required=True)
     ap.add_argument("--batch-sizes", default="1,32")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=int, default=0, help="use only the first N texts")
-    ap.add_argument("--repeat", type=int, default=1, help="timed runs per batch size; the best counts")
-    ap.add_argument("--dump-first", type=int, default=0, metavar="K", help="print K embeddings and exit")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="timed runs per batch size; the best counts",
+    )
+    ap.add_argument(
+        "--dump-first",
+        type=int,
+        default=0,
+        metavar="K",
+        help="print K embeddings and exit",
+    )
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -68,7 +90,9 @@ def main():
     if not texts:
         sys.exit(f"no texts in {args.texts}")
     model = load_model(args.model_dir)
-    encode = lambda batch, bs: model.encode(batch, batch_size=bs, convert_to_numpy=True, show_progress_bar=False)
+    encode = lambda batch, bs: model.encode(
+        batch, batch_size=bs, convert_to_numpy=True, show_progress_bar=False
+    )
 
     if args.dump_first:
         for row in encode(texts[: args.dump_first], 32):
@@ -83,12 +107,22 @@ def main():
             start = time.perf_counter()
             encode(texts, bs)
             best = min(best, time.perf_counter() - start)
-        print(json.dumps({
-            "impl": "sentence-transformers", "batch_size": bs, "sentences": len(texts),
-            "seconds": round(best, 4), "sentences_per_s": round(len(texts) / best, 2),
-            "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "sentence_transformers": st.__version__, "max_seq_length": model.max_seq_length,
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "impl": "sentence-transformers",
+                    "batch_size": bs,
+                    "sentences": len(texts),
+                    "seconds": round(best, 4),
+                    "sentences_per_s": round(len(texts) / best, 2),
+                    "threads": torch.get_num_threads(),
+                    "torch": torch.__version__,
+                    "sentence_transformers": st.__version__,
+                    "max_seq_length": model.max_seq_length,
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 # The main job on the embedded default store, from nothing: fetch the default models, build,
 # import the sample conversation shipped in examples/ for the user "demo" (replacing what an
 # earlier run stored for "demo"), and search it.
-# Data goes to ./data, models to ./models (override with DEEP_RECALL_DATA_DIR and
-# DEEP_RECALL_MODELS_DIR).
+# Data goes to ./data, models to ./models (override with DEEP_RECALL__STORE__DATA_DIR and
+# DEEP_RECALL__MODELS__DIR, or the --data-dir and --models-dir flags).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run() { cargo run --quiet --locked -p recall-server -- "$@"; }

@@ -5,6 +5,7 @@ MODELS_DIR holds the tiny models written by the Rust test `write_tiny_models_for
 (one Hugging Face directory per family, and prompt.json). For each family this records the
 next-token logits after the prompt and ten greedy tokens, in float32 on CPU.
 """
+
 import json
 import sys
 from pathlib import Path
@@ -15,7 +16,9 @@ from transformers import AutoModelForCausalLM
 
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
 prompt = json.loads((root / "prompt.json").read_text())
-result = {"_generated_by": f"transformers {transformers.__version__}, torch {torch.__version__}"}
+result = {
+    "_generated_by": f"transformers {transformers.__version__}, torch {torch.__version__}"
+}
 for d in sorted(p for p in root.iterdir() if p.is_dir()):
     model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
     model.eval()
@@ -23,9 +26,13 @@ for d in sorted(p for p in root.iterdir() if p.is_dir()):
     with torch.no_grad():
         logits = model(ids).logits[0, -1]
         greedy = model.generate(
-            ids, max_new_tokens=10, min_new_tokens=10, do_sample=False,
-            eos_token_id=None, pad_token_id=0,
-        )[0, len(prompt):]
+            ids,
+            max_new_tokens=10,
+            min_new_tokens=10,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )[0, len(prompt) :]
     result[d.name] = {
         "logits": [round(float(x), 6) for x in logits],
         "greedy": [int(t) for t in greedy],

@@ -6,6 +6,7 @@ DIR holds the GGUF files written by the Rust test `write_vocabulary_ggufs_for_re
 per pre-tokenizer name, tokenizer metadata only) and texts.json. Records, for each file, the ids
 of each text without special tokens added.
 """
+
 import json
 import sys
 from pathlib import Path
@@ -26,6 +27,8 @@ result = {
 for f in sorted(root.glob("*.gguf")):
     architecture, tokenizer, _ = get_gguf_tokenizer(str(f))
     backend, _ = convert_gguf_tokenizer(architecture, tokenizer)
-    result["ids"][f.stem] = [backend.encode(t, add_special_tokens=False).ids for t in texts]
+    result["ids"][f.stem] = [
+        backend.encode(t, add_special_tokens=False).ids for t in texts
+    ]
     print(f.stem, "ok", file=sys.stderr)
 out.write_text(json.dumps(result, ensure_ascii=False) + "\n")

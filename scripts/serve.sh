@@ -5,10 +5,11 @@
 # /v1, /health, /ready and /metrics.
 #
 # Local development mode: anonymous access is on, and the `X-User-Id` header names the user.
-# For anything else give a JWT secret instead (`--jwt-secret`, DEEP_RECALL_JWT_SECRET):
-#   scripts/serve.sh --jwt-secret "$(openssl rand -hex 32)"
+# For anything else give a JWT secret instead (DEEP_RECALL__AUTH__JWT_SECRET, or `--jwt-secret`):
+#   DEEP_RECALL__AUTH__JWT_SECRET="$(openssl rand -hex 32)" scripts/serve.sh --graphiql
 # Extra arguments go to `deep-recall serve` (see `deep-recall serve --help`). Data goes to
-# ./data, models to ./models (DEEP_RECALL_DATA_DIR, DEEP_RECALL_MODELS_DIR).
+# ./data, models to ./models (DEEP_RECALL__STORE__DATA_DIR, DEEP_RECALL__MODELS__DIR; all
+# settings are in docs/setup.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet --locked --release -p recall-server

@@ -34,6 +34,14 @@ if [ -z "${DATABASE_URL:-}" ]; then
   export DATABASE_URL
 fi
 
+step "python (ruff on every file; mypy --strict on the test helpers, whose imports the venv has)"
+venv_bin="$(dirname "$DEEP_RECALL_TEST_PYTHON")"
+# shellcheck disable=SC2046
+"$venv_bin/ruff" check $(git ls-files '*.py')
+# shellcheck disable=SC2046
+"$venv_bin/ruff" format --check $(git ls-files '*.py')
+"$DEEP_RECALL_TEST_PYTHON" -m mypy --strict server/tests/*.py
+
 step "tests"
 cargo test --workspace --locked
 

@@ -104,7 +104,7 @@ fn start(a: &Args, data: &std::path::Path) -> Server {
     cmd.args(["--models-dir", &models, "--device", "cpu"])
         .args(["serve", "--bind", "127.0.0.1:0", "--jwt-secret", SECRET])
         .env_remove("DATABASE_URL")
-        .env("DEEP_RECALL_LOG", "warn")
+        .env("DEEP_RECALL__LOG__FILTER", "warn")
         .env("DEEP_RECALL__LIMITS__REQUESTS_PER_MINUTE", "0")
         .env("DEEP_RECALL__LIMITS__IP_REQUESTS_PER_MINUTE", "0")
         .env("DEEP_RECALL__CHAT__QUEUE_CAPACITY", "256")

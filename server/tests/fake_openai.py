@@ -16,19 +16,23 @@ is "no-logprobs". POST /control with {"fail": N} makes the next N chat requests 
 import json
 import sys
 import threading
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 LOCK = threading.Lock()
-STATE = {"fail": 0}
+STATE: dict[str, int] = {"fail": 0}
 
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, *args):  # quiet
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
 
-    def _json(self, status, body, headers=()):
+    def _json(
+        self, status: int, body: Any, headers: Iterable[tuple[str, str]] = ()
+    ) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -38,25 +42,24 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_POST(self):
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         try:
             body = json.loads(raw or b"{}")
         except ValueError:
             body = None
-        with LOCK:
-            with open(sys.argv[1], "a", encoding="utf-8") as log:
-                log.write(
-                    json.dumps(
-                        {
-                            "path": self.path,
-                            "authorization": self.headers.get("Authorization"),
-                            "body": body,
-                        }
-                    )
-                    + "\n"
+        with LOCK, open(sys.argv[1], "a", encoding="utf-8") as log:
+            log.write(
+                json.dumps(
+                    {
+                        "path": self.path,
+                        "authorization": self.headers.get("Authorization"),
+                        "body": body,
+                    }
                 )
+                + "\n"
+            )
         if self.path == "/control":
             with LOCK:
                 STATE["fail"] = int(body["fail"])
@@ -70,12 +73,20 @@ class Handler(BaseHTTPRequestHandler):
             if fail > 0:
                 STATE["fail"] = fail - 1
         if fail != 0:
-            self._json(503, {"error": {"message": "overloaded on purpose"}}, [("Retry-After", "0")])
+            self._json(
+                503,
+                {"error": {"message": "overloaded on purpose"}},
+                [("Retry-After", "0")],
+            )
             return
         messages = body.get("messages") or []
         last = (messages[-1].get("content") or "") if messages else ""
         first_word = (last.split() or ["nothing"])[0]
-        pieces = ["Remote answer: ", f"{len(messages)} messages, ", f"first word {first_word}."]
+        pieces = [
+            "Remote answer: ",
+            f"{len(messages)} messages, ",
+            f"first word {first_word}.",
+        ]
         text = "".join(pieces)
         logprobs = body.get("model") != "no-logprobs"
         usage = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
@@ -87,7 +98,15 @@ class Handler(BaseHTTPRequestHandler):
             }
             if logprobs:
                 choice["logprobs"] = {"content": [{"token": "x", "logprob": -0.25}] * 4}
-            self._json(200, {"id": "fake-1", "object": "chat.completion", "choices": [choice], "usage": usage})
+            self._json(
+                200,
+                {
+                    "id": "fake-1",
+                    "object": "chat.completion",
+                    "choices": [choice],
+                    "usage": usage,
+                },
+            )
             return
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
@@ -95,7 +114,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.end_headers()
 
-        def event(obj):
+        def event(obj: dict[str, Any]) -> None:
             self.wfile.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
             self.wfile.flush()
 
@@ -103,15 +122,30 @@ class Handler(BaseHTTPRequestHandler):
             choice = {"index": 0, "delta": {"content": p}, "finish_reason": None}
             if logprobs:
                 choice["logprobs"] = {"content": [{"token": p, "logprob": -0.5}]}
-            event({"id": "fake-1", "object": "chat.completion.chunk", "choices": [choice]})
-        event({"id": "fake-1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-        event({"id": "fake-1", "object": "chat.completion.chunk", "choices": [], "usage": usage})
+            event(
+                {"id": "fake-1", "object": "chat.completion.chunk", "choices": [choice]}
+            )
+        event(
+            {
+                "id": "fake-1",
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            }
+        )
+        event(
+            {
+                "id": "fake-1",
+                "object": "chat.completion.chunk",
+                "choices": [],
+                "usage": usage,
+            }
+        )
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
         self.close_connection = True
 
 
-def main():
+def main() -> None:
     if len(sys.argv) >= 4 and sys.argv[2] == "--fail-first":
         STATE["fail"] = int(sys.argv[3])
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -1,19 +1,21 @@
 """Drives a running Deep Recall server with the official `openai` SDK and prints what came back
 as JSON (the Rust test asserts on it). Usage: openai_client.py BASE_URL TOKEN"""
+
 import json
 import math
 import sys
+from typing import Any
 
 import openai
 from openai import OpenAI
 
 base, token = sys.argv[1], sys.argv[2]
 client = OpenAI(base_url=base + "/v1", api_key=token, max_retries=0, timeout=120)
-out = {}
+out: dict[str, Any] = {}
 
 out["models"] = [m.id for m in client.models.list().data]
 model = out["models"][0]
-question = [
+question: list[Any] = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "What is the capital of France?"},
 ]
@@ -27,7 +29,7 @@ r = client.chat.completions.create(
 )
 out["text"] = r.choices[0].message.content
 out["finish"] = r.choices[0].finish_reason
-out["usage"] = r.usage.model_dump()
+out["usage"] = r.usage.model_dump() if r.usage else None
 out["id"] = r.id
 
 stream = client.chat.completions.create(
@@ -39,7 +41,10 @@ stream = client.chat.completions.create(
     stream_options={"include_usage": True},
     extra_headers={"X-Session-Id": "sdk-stream"},
 )
-deltas, finish, usage, roles = [], None, None, []
+deltas: list[str] = []
+roles: list[str] = []
+finish: str | None = None
+usage: dict[str, Any] | None = None
 for chunk in stream:
     if chunk.choices:
         c = chunk.choices[0]
