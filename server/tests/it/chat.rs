@@ -68,33 +68,14 @@ async fn chat_streams_over_graphql_ws_with_memory_and_events() {
     assert!(e["memory"]["content"].as_str().unwrap().contains("Paris"));
 
     // Chat streams ordered deltas, then the result with the memory it used.
-    let mut ws = Ws::connect(
-        &server,
-        json!({ "authorization": format!("Bearer {alice}") }),
-    )
-    .await
-    .unwrap();
-    ws.subscribe(
-        "c1",
-        CHAT_SUB,
-        json!({ "i": { "session": "s1", "message": "What is the capital of France?", "maxTokens": 24 } }),
-    )
-    .await;
-    let mut text = String::new();
-    let mut index = 0;
-    let result = loop {
-        let m = ws.next().await.unwrap();
-        assert_eq!(m["type"], "next", "{m}");
-        assert_eq!(m["id"], "c1");
-        let e = &m["payload"]["data"]["chat"];
-        assert_eq!(e["index"], index, "events in order");
-        index += 1;
-        if e["done"] == true {
-            break e["result"].clone();
-        }
-        text += e["delta"].as_str().unwrap();
-    };
-    assert_eq!(ws.next().await.unwrap()["type"], "complete");
+    let mut ws = Ws::as_user(&server, &alice).await;
+    let (deltas, result) = ws
+        .chat(
+            "c1",
+            json!({ "session": "s1", "message": "What is the capital of France?", "maxTokens": 24 }),
+        )
+        .await;
+    let text = deltas.concat();
     assert_eq!(
         result["text"].as_str().unwrap(),
         text,

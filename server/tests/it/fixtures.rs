@@ -214,6 +214,39 @@ impl Ws {
         }
     }
 
+    /// Connected with a bearer token in `connection_init`.
+    pub async fn as_user(server: &Server, token: &str) -> Ws {
+        Ws::connect(
+            server,
+            json!({ "authorization": format!("Bearer {token}") }),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Runs a `chat` subscription to its end: the deltas (checked to come in order, under
+    /// `id`), then the final result.
+    pub async fn chat(&mut self, id: &str, input: Value) -> (Vec<String>, Value) {
+        self.subscribe(id, CHAT_SUB, json!({ "i": input })).await;
+        let mut deltas = Vec::new();
+        loop {
+            let m = self.next().await.unwrap();
+            assert_eq!(
+                (m["type"].as_str(), m["id"].as_str()),
+                (Some("next"), Some(id)),
+                "{m}"
+            );
+            let e = &m["payload"]["data"]["chat"];
+            assert_eq!(e["index"], deltas.len(), "events in order: {m}");
+            if e["done"] == true {
+                let result = e["result"].clone();
+                assert_eq!(self.next().await.unwrap()["type"], "complete");
+                return (deltas, result);
+            }
+            deltas.push(e["delta"].as_str().unwrap().to_owned());
+        }
+    }
+
     pub async fn subscribe(&mut self, id: &str, query: &str, vars: Value) {
         self.socket
             .send(WsMessage::text(

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::fixtures::{CHAT_SUB, FakeProvider, Server, Store, Ws, code, data, gql, token};
+use super::fixtures::{FakeProvider, Server, Store, Ws, code, data, gql, token};
 
 const CHAT: &str = "mutation($i: ChatInput!) { chat(input: $i) { text model confidence finishReason usage { promptTokens completionTokens } context { content } } }";
 
@@ -95,28 +95,13 @@ async fn serve_and_generate_answer_with_a_remote_provider() {
     assert_eq!(stored[1]["node"]["content"], text);
 
     // Streamed over graphql-ws: the provider's chunks arrive as deltas, in order.
-    let mut ws = Ws::connect(
-        &server,
-        json!({ "authorization": format!("Bearer {alice}") }),
-    )
-    .await
-    .unwrap();
-    ws.subscribe(
-        "c",
-        CHAT_SUB,
-        json!({ "i": { "session": "s", "message": "Tell me more", "maxTokens": 16 } }),
-    )
-    .await;
-    let mut deltas = Vec::new();
-    let result = loop {
-        let m = ws.next().await.unwrap();
-        assert_eq!(m["type"], "next", "{m}");
-        let e = &m["payload"]["data"]["chat"];
-        if e["done"] == true {
-            break e["result"].clone();
-        }
-        deltas.push(e["delta"].as_str().unwrap().to_owned());
-    };
+    let mut ws = Ws::as_user(&server, &alice).await;
+    let (deltas, result) = ws
+        .chat(
+            "c",
+            json!({ "session": "s", "message": "Tell me more", "maxTokens": 16 }),
+        )
+        .await;
     assert_eq!(deltas.len(), 3, "{deltas:?}");
     assert_eq!(result["text"].as_str().unwrap(), deltas.concat());
     assert!(deltas.concat().ends_with("first word Tell."));
