@@ -34,16 +34,24 @@ if [ -z "${DATABASE_URL:-}" ]; then
   export DATABASE_URL
 fi
 
-step "python (ruff on every file; mypy --strict on the test helpers, whose imports the venv has)"
+step "tests"
+cargo test --workspace --locked
+
+step "python package (bindings/python: pip install, pytest)"
+# The same `pip install ./bindings/python` a user runs, built with the dev profile so that it
+# shares this build's compiled dependencies (a user's install builds the release profile).
+MATURIN_PEP517_ARGS="--profile dev" "$DEEP_RECALL_TEST_PYTHON" -m pip install --quiet \
+  --disable-pip-version-check --no-build-isolation --force-reinstall --no-deps ./bindings/python
+"$DEEP_RECALL_TEST_PYTHON" -m pytest -q bindings/python/tests
+
+step "python (ruff on every file; mypy --strict where the venv has the imports)"
 venv_bin="$(dirname "$DEEP_RECALL_TEST_PYTHON")"
 # shellcheck disable=SC2046
 "$venv_bin/ruff" check $(git ls-files '*.py')
 # shellcheck disable=SC2046
 "$venv_bin/ruff" format --check $(git ls-files '*.py')
-"$DEEP_RECALL_TEST_PYTHON" -m mypy --strict server/tests/*.py
-
-step "tests"
-cargo test --workspace --locked
+"$DEEP_RECALL_TEST_PYTHON" -m mypy --strict server/tests/*.py bindings/python/python/deep_recall \
+  bindings/python/tests
 
 step "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -76,6 +76,19 @@ pub struct RetrieveOptions {
     pub now: Option<DateTime<Utc>>,
 }
 
+impl RetrieveOptions {
+    /// `top_k` results in `mode`, ranked the way the mode means by default
+    /// ([`RankingConfig::for_mode`]); every front door starts from this.
+    pub fn for_mode(mode: SearchMode, top_k: usize) -> Self {
+        Self {
+            top_k,
+            mode,
+            ranking: RankingConfig::for_mode(mode),
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for RetrieveOptions {
     fn default() -> Self {
         Self {

@@ -57,6 +57,8 @@ pub mod retrieval;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub mod runner;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub mod setup;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub mod store;
 #[cfg(all(feature = "testing", feature = "postgres"))]
 pub mod testing;

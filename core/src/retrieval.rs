@@ -141,6 +141,16 @@ impl Default for RankingConfig {
 }
 
 impl RankingConfig {
+    /// The ranking a mode means when the caller chooses none: hybrid retrieval with the
+    /// re-ranking signals ([`RankingConfig::default`]); vector and text search by relevance
+    /// alone ([`RankingConfig::plain`]), so that a vector search scores by raw similarity.
+    pub fn for_mode(mode: SearchMode) -> Self {
+        match mode {
+            SearchMode::Hybrid => Self::default(),
+            SearchMode::Vector | SearchMode::Text => Self::plain(),
+        }
+    }
+
     /// Relevance only: no recency, importance, emotion, MMR or cross-encoder.
     pub fn plain() -> Self {
         Self {

@@ -431,13 +431,6 @@ impl Settings {
                 "give chat.api_key or chat.api_key_file, not both",
             ));
         }
-        if let Some(url) = &c.url
-            && !(url.starts_with("http://") || url.starts_with("https://"))
-        {
-            return Err(Error::invalid(format!(
-                "chat.url must be an http:// or https:// URL, not {url:?}"
-            )));
-        }
         if c.url.is_some() && c.context_length < 16 {
             return Err(Error::invalid("chat.context_length must be at least 16"));
         }
@@ -519,10 +512,6 @@ mod tests {
             jail.set_env("DEEP_RECALL__MODELS__DEVICE", "tpu");
             let e = err(None);
             assert!(e.contains("tpu"), "{e}");
-            jail.clear_env();
-            jail.set_env("DEEP_RECALL__CHAT__URL", "localhost:8000");
-            let e = err(None);
-            assert!(e.contains("chat.url"), "{e}");
             Ok(())
         });
     }

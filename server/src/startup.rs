@@ -1,29 +1,22 @@
-//! Start-up as library functions: the engine (store and models) from [`Settings`], the chat
-//! model (local, or a remote OpenAI-compatible provider), and the whole server
-//! ([`run`]: fan-out, job runner, listener, graceful shutdown). The command line calls these;
-//! so can an embedding program or a test.
+//! Start-up as library functions: the engine (store and models) and the chat model (local, or
+//! a remote OpenAI-compatible provider) from [`Settings`] — through core's `setup`, which the
+//! bindings use too — and the whole server ([`run`]: fan-out, job runner, listener, graceful
+//! shutdown). The command line calls these; so can an embedding program or a test.
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use recall_core::Engine;
 use recall_core::chat::ChatPipeline;
 use recall_core::context::SummaryPolicy;
-use recall_core::embed::{EmbedConfig, EmbeddingService};
 use recall_core::error::{Error, Result};
-use recall_core::llm::{
-    ChatModel, ChatService, ChatSummarizer, ModelConfig, RemoteChat, RemoteConfig,
-};
+use recall_core::llm::{ChatModel, ChatSummarizer, RemoteConfig};
 use recall_core::runner::{JobRunner, JobRunnerConfig};
-use recall_core::store::{self, StoreConfig};
-use recall_core::{Embedder, Engine};
+use recall_core::setup::{self, ChatOptions, EngineOptions};
+use recall_core::store::StoreConfig;
 
 use crate::settings::Settings;
 use crate::state::AppState;
-
-/// Files up to this size are dequantized at load on the CPU (F32 weights take about 8 bytes
-/// per Q4 byte: a 400 MB file becomes about 3 GB).
-const DEQUANTIZE_MAX_BYTES: u64 = 400 * 1024 * 1024;
 
 /// The store the settings name (not yet opened).
 pub fn store_config(settings: &Settings) -> StoreConfig {
@@ -36,123 +29,26 @@ pub fn store_config(settings: &Settings) -> StoreConfig {
     config.with_metric(s.metric)
 }
 
-/// A model setting: a path, or a name under the models directory.
-fn model_path(settings: &Settings, name: &str) -> PathBuf {
-    let as_path = Path::new(name);
-    if as_path.is_absolute() || name.contains('/') {
-        as_path.to_path_buf()
-    } else {
-        settings.models.dir.join(name)
-    }
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Internal(format!("model loader panicked: {e}")))?
-}
-
 /// The engine over the configured store, with the embedding model and the optional
 /// cross-encoder and emotion classifier loaded.
 pub async fn engine(settings: &Settings) -> Result<Engine> {
-    let device_config = settings.models.device()?;
-    let mut config = EmbedConfig::new(model_path(settings, &settings.models.embedding));
-    config.device = device_config;
-    let embedder = blocking(move || EmbeddingService::start(&config)).await?;
-    let store =
-        store::open(&store_config(settings).with_index_dims(Embedder::dims(&embedder))).await?;
-    let mut engine =
-        Engine::new(store, Arc::new(embedder)).with_query_cache(settings.cache.config());
-    let device = recall_core::device::select(device_config)?;
-    if let Some(dir) = settings.models.cross_encoder.clone() {
-        let device = device.clone();
-        let ce = blocking(move || recall_core::rerank::CrossEncoder::load(&dir, &device)).await?;
-        engine = engine.with_reranker(Arc::new(ce));
-    }
-    if let Some(dir) = settings.models.emotion.clone() {
-        let detector =
-            blocking(move || recall_core::rerank::ClassifierEmotionDetector::load(&dir, &device))
-                .await?;
-        engine = engine.with_emotion_detector(Arc::new(detector));
-    }
-    Ok(engine)
+    let m = &settings.models;
+    setup::open_engine(&EngineOptions {
+        store: store_config(settings),
+        models_dir: m.dir.clone(),
+        embedding_model: m.embedding.clone(),
+        device: m.device()?,
+        cross_encoder: m.cross_encoder.clone(),
+        emotion_model: m.emotion.clone(),
+        query_cache: settings.cache.config(),
+    })
+    .await
 }
 
 /// The engine over the configured store with no model loaded, for commands that only manage
 /// data (export, forget): they work where the models are missing.
 pub async fn data_engine(settings: &Settings) -> Result<Engine> {
-    Ok(Engine::without_models(
-        store::open(&store_config(settings)).await?,
-    ))
-}
-
-/// The local chat model file or directory the settings name (the packaged default when
-/// absent): a `.gguf` file, or a Hugging Face directory (config.json + *.safetensors +
-/// tokenizer.json); a bare name is looked up under the models directory.
-pub fn chat_model_path(settings: &Settings) -> Result<PathBuf> {
-    let path = match settings.chat.model.as_deref() {
-        None => recall_core::llm::local::default_model_path(&settings.models.dir),
-        Some(m) if m.ends_with(".gguf") || m.contains('/') => PathBuf::from(m),
-        Some(name) => settings.models.dir.join(name),
-    };
-    if path.is_dir() {
-        if path.join("config.json").is_file() {
-            return Ok(path);
-        }
-        return std::fs::read_dir(&path)
-            .map_err(|e| Error::io(&path, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.extension().is_some_and(|x| x == "gguf"))
-            .ok_or_else(|| {
-                Error::model(format!(
-                    "{} has neither config.json nor a .gguf file",
-                    path.display()
-                ))
-            });
-    }
-    if !path.is_file() {
-        return Err(Error::model(format!(
-            "chat model {} not found; run `deep-recall models fetch` (or pass --no-chat)",
-            path.display()
-        )));
-    }
-    Ok(path)
-}
-
-/// The configured remote provider's settings, when `chat.url` is set (the API key read from
-/// `chat.api_key` or the file `chat.api_key_file`).
-pub fn remote_config(settings: &Settings) -> Result<Option<RemoteConfig>> {
-    let c = &settings.chat;
-    let Some(url) = &c.url else {
-        return Ok(None);
-    };
-    let api_key = match (&c.api_key, &c.api_key_file) {
-        (Some(k), _) => Some(k.clone()),
-        (None, Some(path)) => {
-            let key = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-            let key = key.trim().to_owned();
-            if key.is_empty() {
-                return Err(Error::invalid(format!(
-                    "the API key file {} is empty",
-                    path.display()
-                )));
-            }
-            Some(key)
-        }
-        (None, None) => None,
-    };
-    Ok(Some(RemoteConfig {
-        base_url: url.trim_end_matches('/').to_owned(),
-        api_key,
-        model: c
-            .model_name
-            .clone()
-            .unwrap_or_else(|| RemoteConfig::default().model),
-        context_length: c.context_length,
-        timeout: Duration::from_secs(c.timeout_secs.max(1)),
-        max_retries: c.max_retries,
-        ..RemoteConfig::default()
-    }))
+    setup::open_data_engine(&store_config(settings)).await
 }
 
 /// The chat model the settings name: the remote provider when `chat.url` is set, else the
@@ -163,20 +59,31 @@ pub async fn chat_model(
     sequences: usize,
     dequantize: bool,
 ) -> Result<Arc<dyn ChatModel>> {
-    if let Some(remote) = remote_config(settings)? {
-        return Ok(Arc::new(RemoteChat::new(remote)?));
-    }
-    let path = chat_model_path(settings)?;
-    let device = recall_core::device::select(settings.models.device()?)?;
-    let small = std::fs::metadata(&path).is_ok_and(|m| m.len() <= DEQUANTIZE_MAX_BYTES);
-    let config = ModelConfig {
-        path,
-        dequantize: dequantize && small && device.is_cpu(),
-        ..ModelConfig::new("")
+    let c = &settings.chat;
+    let remote = match &c.url {
+        Some(url) => Some(RemoteConfig {
+            context_length: c.context_length,
+            timeout: Duration::from_secs(c.timeout_secs.max(1)),
+            max_retries: c.max_retries,
+            ..setup::remote_config(
+                url,
+                c.model_name.as_deref(),
+                c.api_key.as_deref(),
+                c.api_key_file.as_deref(),
+            )?
+        }),
+        None => None,
     };
-    let queue = settings.chat.queue_capacity;
-    let service = blocking(move || ChatService::start(&config, &device, queue, sequences)).await?;
-    Ok(Arc::new(service))
+    setup::open_chat_model(&ChatOptions {
+        models_dir: settings.models.dir.clone(),
+        model: c.model.clone(),
+        device: settings.models.device()?,
+        queue_capacity: c.queue_capacity,
+        max_sequences: sequences,
+        dequantize,
+        remote,
+    })
+    .await
 }
 
 /// Refuses settings that leave no way to authenticate.

@@ -138,15 +138,12 @@ impl RankingArgs {
         mode: SearchMode,
         min_score: Option<f32>,
     ) -> recall_core::Result<RankingConfig> {
-        let rerank = if self.no_rerank {
-            false
-        } else {
-            self.rerank || mode == SearchMode::Hybrid
-        };
-        let mut c = if rerank {
+        let mut c = if self.no_rerank {
+            RankingConfig::plain()
+        } else if self.rerank {
             RankingConfig::default()
         } else {
-            RankingConfig::plain()
+            RankingConfig::for_mode(mode)
         };
         if let Some(n) = self.candidates {
             c.candidates = n;

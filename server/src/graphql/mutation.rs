@@ -3,7 +3,7 @@ use async_graphql::{Context, ID, Json, MergedObject, Object};
 use chrono::{DateTime, Utc};
 use recall_core::chat::ChatRequest;
 use recall_core::types::{Actor, ExportOptions, NewMessage, SessionPatch};
-use recall_core::{MemoryUpdate, NewMemoryText};
+use recall_core::{MemoryUpdate, NewMemoryText, RetrieveOptions};
 
 use super::error::{Code, GqlResult, IntoGql, error};
 use super::types::{
@@ -280,10 +280,12 @@ pub(crate) fn chat_request(state: &AppState, input: ChatInput) -> GqlResult<Chat
     }
     g.stop = input.stop;
     r.context.system = input.system;
-    if let Some(k) = input.memory_top_k {
-        r.context.retrieve.top_k = k as usize;
-    }
-    r.context.retrieve.mode = input.mode.into();
+    r.context.retrieve = RetrieveOptions::for_mode(
+        input.mode.into(),
+        input
+            .memory_top_k
+            .map_or(r.context.retrieve.top_k, |k| k as usize),
+    );
     r.validate().gql()?;
     Ok(r)
 }

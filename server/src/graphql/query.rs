@@ -173,12 +173,10 @@ impl SearchQuery {
         filter: Option<MemoryFilter>,
     ) -> GqlResult<Vec<SearchResult>> {
         let (state, p) = caller(ctx)?;
+        // Core's limits decide what is in range; a negative count is out of it.
         let options = RetrieveOptions {
-            // Core's limits decide what is in range; a negative count is out of it.
-            top_k: usize::try_from(top_k).unwrap_or(0),
-            mode: mode.into(),
             filter: filter.unwrap_or_default().into(),
-            ..RetrieveOptions::default()
+            ..RetrieveOptions::for_mode(mode.into(), usize::try_from(top_k).unwrap_or(0))
         };
         let started = std::time::Instant::now();
         let hits = state

@@ -1,0 +1,353 @@
+"""Deep Recall in-process: long-term memory for open-source LLMs.
+
+    from deep_recall import Memory
+
+    memory = Memory(data_dir="data", models_dir="models")
+    memory.add_messages("alice", "s1", [{"role": "user", "content": "I moved to Lisbon."}])
+    for hit in memory.search("alice", "Where does she live?"):
+        print(hit.score, hit.content)
+
+The same engine as the `deep-recall` server (one Rust core): the store (the embedded one in
+`data_dir`, or Postgres at `database_url`), the local embedding model, hybrid retrieval and
+the chat pipeline. `AsyncMemory` has the same methods as awaitables; they run on a thread
+pool and release the GIL, so they never block the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from . import _native
+from ._native import (
+    DeepRecallError,
+    InvalidInput,
+    ModelError,
+    NotFound,
+    Unavailable,
+)
+
+__all__ = [
+    "AsyncMemory",
+    "ChatResult",
+    "DeepRecallError",
+    "Hit",
+    "InvalidInput",
+    "Memory",
+    "ModelError",
+    "NotFound",
+    "Unavailable",
+    "Usage",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A memory that matched, with its score (higher is better)."""
+
+    memory_id: int
+    content: str
+    score: float
+    session: str | None
+    role: str | None
+    kind: str
+    created_at: datetime
+    tags: list[str]
+
+    @classmethod
+    def _from(cls, v: Mapping[str, Any]) -> Hit:
+        return cls(
+            memory_id=int(v["memory_id"]),
+            content=str(v["content"]),
+            score=float(v["score"]),
+            session=v.get("session"),
+            role=v.get("role"),
+            kind=str(v["kind"]),
+            created_at=datetime.fromisoformat(str(v["created_at"])),
+            tags=list(v.get("tags") or []),
+        )
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of one answer."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    """One answered chat turn: the text, the memories that went into the prompt, usage."""
+
+    text: str
+    context: list[Hit]
+    usage: Usage
+    finish_reason: str
+    confidence: float | None
+    model: str
+    session: str
+    message_id: int
+    reply_id: int | None
+
+    @classmethod
+    def _from(cls, v: Mapping[str, Any]) -> ChatResult:
+        return cls(
+            text=str(v["text"]),
+            context=[Hit._from(h) for h in v["context"]],
+            usage=Usage(**v["usage"]),
+            finish_reason=str(v["finish_reason"]),
+            confidence=v.get("confidence"),
+            model=str(v["model"]),
+            session=str(v["session"]),
+            message_id=int(v["message_id"]),
+            reply_id=v.get("reply_id"),
+        )
+
+
+Message = Mapping[str, Any]
+"""A message: ``{"role": "user" | "assistant" | "system", "content": str, "ts"?: str |
+datetime, "tags"?: list[str], "metadata"?: dict}``."""
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise InvalidInput("a message's ts needs a timezone")
+        return value.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _chat_params(
+    max_tokens: int | None,
+    temperature: float | None,
+    top_p: float | None,
+    seed: int | None,
+    stop: Sequence[str] | None,
+    system: str | None,
+) -> str:
+    return json.dumps(
+        {
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "seed": seed,
+            "stop": list(stop or []),
+            "system": system,
+        }
+    )
+
+
+class Memory:
+    """A user-scoped long-term memory over one store (see the module documentation)."""
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        database_url: str | None = None,
+        models_dir: str | None = None,
+        device: str = "auto",
+        *,
+        chat_model: str | None = None,
+        chat_url: str | None = None,
+        chat_model_name: str | None = None,
+        chat_api_key: str | None = None,
+    ) -> None:
+        options = {
+            "data_dir": data_dir,
+            "database_url": database_url,
+            "models_dir": models_dir,
+            "device": device,
+            "chat_model": chat_model,
+            "chat_url": chat_url,
+            "chat_model_name": chat_model_name,
+            "chat_api_key": chat_api_key,
+        }
+        self._engine = _native.Engine(json.dumps(options))
+
+    def add_messages(
+        self, user: str, session: str, messages: Sequence[Message]
+    ) -> list[int]:
+        """Stores messages (each also as a searchable memory), all or none; returns their ids."""
+        encoded = json.dumps(list(messages), default=_json_default)
+        return self._engine.add_messages(user, session, encoded)
+
+    def search(
+        self,
+        user: str,
+        query: str,
+        top_k: int = 10,
+        mode: str = "hybrid",
+        session: str | None = None,
+    ) -> list[Hit]:
+        """The user's memories that matter for ``query``, best first (``mode``: hybrid,
+        vector or text)."""
+        hits = json.loads(self._engine.search(user, query, top_k, mode, session))
+        return [Hit._from(h) for h in hits]
+
+    def export(self, user: str) -> dict[str, Any]:
+        """Everything stored about the user, as ``deep-recall export`` prints it."""
+        data: dict[str, Any] = json.loads(self._engine.export(user))
+        return data
+
+    def forget(self, user: str) -> dict[str, Any]:
+        """Deletes everything stored about the user; returns what was deleted."""
+        report: dict[str, Any] = json.loads(self._engine.forget(user))
+        return report
+
+    def chat(
+        self,
+        user: str,
+        session: str,
+        message: str,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+        *,
+        top_p: float | None = None,
+        stop: Sequence[str] | None = None,
+        system: str | None = None,
+    ) -> ChatResult:
+        """Answers ``message`` with the user's memory (the chat model loads on first use)."""
+        params = _chat_params(max_tokens, temperature, top_p, seed, stop, system)
+        return ChatResult._from(
+            json.loads(self._engine.chat(user, session, message, params))
+        )
+
+    def chat_stream(
+        self,
+        user: str,
+        session: str,
+        message: str,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+        *,
+        top_p: float | None = None,
+        stop: Sequence[str] | None = None,
+        system: str | None = None,
+    ) -> Iterator[str | ChatResult]:
+        """Like :meth:`chat`, streamed: the text as it is generated (``str`` pieces), then the
+        :class:`ChatResult`. Leaving the loop early stops the generation."""
+        params = _chat_params(max_tokens, temperature, top_p, seed, stop, system)
+        stream = self._engine.chat_stream(user, session, message, params)
+        return _stream(stream)
+
+
+def _stream(stream: _native.ChatStream) -> Iterator[str | ChatResult]:
+    try:
+        for kind, payload in stream:
+            if kind == "delta":
+                yield payload
+            else:
+                yield ChatResult._from(json.loads(payload))
+    finally:
+        stream.close()
+
+
+class AsyncMemory:
+    """:class:`Memory` for asyncio: the same methods as awaitables (and ``chat_stream`` as an
+    async iterator). Rust work runs on the default executor with the GIL released."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._memory = Memory(*args, **kwargs)
+
+    @classmethod
+    def of(cls, memory: Memory) -> AsyncMemory:
+        """The asyncio face of an open :class:`Memory` (one engine for both)."""
+        this = cls.__new__(cls)
+        this._memory = memory
+        return this
+
+    @classmethod
+    async def open(cls, *args: Any, **kwargs: Any) -> AsyncMemory:
+        """Opens the store and loads the models without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, functools.partial(cls, *args, **kwargs))
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
+
+    async def add_messages(
+        self, user: str, session: str, messages: Sequence[Message]
+    ) -> list[int]:
+        return await self._run(self._memory.add_messages, user, session, messages)
+
+    async def search(
+        self,
+        user: str,
+        query: str,
+        top_k: int = 10,
+        mode: str = "hybrid",
+        session: str | None = None,
+    ) -> list[Hit]:
+        return await self._run(self._memory.search, user, query, top_k, mode, session)
+
+    async def export(self, user: str) -> dict[str, Any]:
+        return await self._run(self._memory.export, user)
+
+    async def forget(self, user: str) -> dict[str, Any]:
+        return await self._run(self._memory.forget, user)
+
+    async def chat(
+        self,
+        user: str,
+        session: str,
+        message: str,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return await self._run(
+            self._memory.chat,
+            user,
+            session,
+            message,
+            max_tokens,
+            temperature,
+            seed,
+            **kwargs,
+        )
+
+    async def chat_stream(
+        self,
+        user: str,
+        session: str,
+        message: str,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[str | ChatResult]:
+        """Like :meth:`Memory.chat_stream`, as an async iterator."""
+        it = await self._run(
+            self._memory.chat_stream,
+            user,
+            session,
+            message,
+            max_tokens,
+            temperature,
+            seed,
+            **kwargs,
+        )
+        done = object()
+        try:
+            while True:
+                item = await self._run(next, it, done)
+                if item is done:
+                    return
+                yield item
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()

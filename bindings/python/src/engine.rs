@@ -1,0 +1,266 @@
+//! `Engine`: core's `Engine` (and, on first use, a chat pipeline) behind a tokio runtime of its
+//! own. Every call releases the GIL while Rust works, so Python threads (and the asyncio
+//! wrapper's executor) run calls at the same time.
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use pyo3::prelude::*;
+use recall_core::chat::{ChatPipeline, ChatRequest};
+use recall_core::context::SummaryPolicy;
+use recall_core::device::DeviceConfig;
+use recall_core::llm::ChatSummarizer;
+use recall_core::retrieval::SearchMode;
+use recall_core::setup::{self, ChatOptions, EngineOptions};
+use recall_core::store::StoreConfig;
+use recall_core::types::{Actor, ExportOptions, Filter};
+use recall_core::{Engine as CoreEngine, RetrieveOptions};
+use serde::Deserialize;
+use tokio::runtime::Runtime;
+
+use crate::chat::ChatStream;
+use crate::error::{IntoPy, json as json_err};
+use crate::types::{hit, result};
+
+/// What `Memory(...)` was given.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Options {
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    models_dir: Option<PathBuf>,
+    #[serde(default)]
+    device: Option<String>,
+    chat_model: Option<String>,
+    chat_url: Option<String>,
+    chat_model_name: Option<String>,
+    chat_api_key: Option<String>,
+}
+
+/// Sampling for one chat turn, as the package sends it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChatParams {
+    max_tokens: Option<usize>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    seed: Option<u64>,
+    #[serde(default)]
+    stop: Vec<String>,
+    system: Option<String>,
+}
+
+/// Who acts, in the audit log, for calls through the Python package.
+fn actor() -> Actor {
+    Actor("python".into())
+}
+
+/// The engine of one `Memory`.
+#[pyclass(frozen, module = "deep_recall._native")]
+pub struct Engine {
+    runtime: Arc<Runtime>,
+    engine: CoreEngine,
+    chat_options: ChatOptions,
+    chat: Mutex<Option<ChatPipeline>>,
+}
+
+impl Engine {
+    /// The chat pipeline, loading the chat model on first use.
+    fn pipeline(&self, py: Python<'_>) -> PyResult<ChatPipeline> {
+        py.detach(|| {
+            let mut slot = self.chat.lock().expect("chat pipeline");
+            if let Some(p) = slot.as_ref() {
+                return Ok(p.clone());
+            }
+            let model = self
+                .runtime
+                .block_on(setup::open_chat_model(&self.chat_options))
+                .py()?;
+            let pipeline = ChatPipeline::new(self.engine.clone(), model.clone()).with_summaries(
+                Arc::new(ChatSummarizer::new(model, 160)),
+                SummaryPolicy::default(),
+            );
+            *slot = Some(pipeline.clone());
+            Ok(pipeline)
+        })
+    }
+
+    fn request(session: String, message: String, params: &str) -> PyResult<ChatRequest> {
+        let p: ChatParams = serde_json::from_str(params).map_err(json_err)?;
+        let mut r = ChatRequest::new(session, message);
+        let g = &mut r.generation;
+        if let Some(n) = p.max_tokens {
+            g.max_tokens = n;
+        }
+        if let Some(t) = p.temperature {
+            g.temperature = t;
+        }
+        g.top_p = p.top_p;
+        if let Some(s) = p.seed {
+            g.seed = s;
+        }
+        g.stop = p.stop;
+        r.context.system = p.system;
+        r.validate().py()?;
+        Ok(r)
+    }
+}
+
+#[pymethods]
+impl Engine {
+    /// Opens the store and loads the embedding model (`options` is JSON).
+    #[new]
+    fn new(py: Python<'_>, options: &str) -> PyResult<Self> {
+        let o: Options = serde_json::from_str(options).map_err(json_err)?;
+        let device: DeviceConfig = o.device.as_deref().unwrap_or("auto").parse().py()?;
+        let store = match &o.database_url {
+            Some(url) => StoreConfig::postgres(url.clone()),
+            None => StoreConfig::embedded(o.data_dir.clone().unwrap_or_else(|| "data".into())),
+        };
+        let models_dir = o.models_dir.clone().unwrap_or_else(|| "models".into());
+        let remote = match &o.chat_url {
+            Some(url) => Some(
+                setup::remote_config(
+                    url,
+                    o.chat_model_name.as_deref(),
+                    o.chat_api_key.as_deref(),
+                    None,
+                )
+                .py()?,
+            ),
+            None => None,
+        };
+        let chat_options = ChatOptions {
+            model: o.chat_model.clone(),
+            device,
+            max_sequences: 4,
+            remote,
+            ..ChatOptions::new(&models_dir)
+        };
+        let engine_options = EngineOptions {
+            models_dir,
+            device,
+            ..EngineOptions::new(store)
+        };
+        py.detach(|| {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("deep-recall")
+                .enable_all()
+                .build()
+                .map_err(|e| crate::error::DeepRecallError::new_err(format!("runtime: {e}")))?;
+            let engine = runtime.block_on(setup::open_engine(&engine_options)).py()?;
+            Ok(Self {
+                runtime: Arc::new(runtime),
+                engine,
+                chat_options,
+                chat: Mutex::new(None),
+            })
+        })
+    }
+
+    /// Stores messages (a JSON list) in `session`; returns the stored message ids.
+    fn add_messages(
+        &self,
+        py: Python<'_>,
+        user: &str,
+        session: &str,
+        messages: &str,
+    ) -> PyResult<Vec<i64>> {
+        let messages =
+            recall_core::ingest::parse_messages(messages, session, self.engine.limits()).py()?;
+        py.detach(|| {
+            let stored = self
+                .runtime
+                .block_on(self.engine.add_messages(user, messages))
+                .py()?;
+            Ok(stored.iter().map(|a| a.message.id).collect())
+        })
+    }
+
+    /// Retrieves the user's memories for `query` (JSON list of hits).
+    #[pyo3(signature = (user, query, top_k, mode, session=None))]
+    fn search(
+        &self,
+        py: Python<'_>,
+        user: &str,
+        query: &str,
+        top_k: usize,
+        mode: &str,
+        session: Option<String>,
+    ) -> PyResult<String> {
+        let mode: SearchMode = mode.parse().py()?;
+        let options = RetrieveOptions {
+            filter: Filter {
+                session,
+                ..Filter::default()
+            },
+            ..RetrieveOptions::for_mode(mode, top_k)
+        };
+        py.detach(|| {
+            let hits = self
+                .runtime
+                .block_on(self.engine.retrieve(user, query, &options))
+                .py()?;
+            serde_json::to_string(&hits.iter().map(hit).collect::<Vec<_>>()).map_err(json_err)
+        })
+    }
+
+    /// Everything stored about the user (JSON, as `deep-recall export` prints it).
+    fn export(&self, py: Python<'_>, user: &str) -> PyResult<String> {
+        py.detach(|| {
+            let data = self
+                .runtime
+                .block_on(
+                    self.engine
+                        .export(user, &ExportOptions::default(), &actor()),
+                )
+                .py()?;
+            serde_json::to_string(&data).map_err(json_err)
+        })
+    }
+
+    /// Deletes everything stored about the user (JSON report).
+    fn forget(&self, py: Python<'_>, user: &str) -> PyResult<String> {
+        py.detach(|| {
+            let report = self
+                .runtime
+                .block_on(self.engine.delete_user(user, &actor()))
+                .py()?;
+            serde_json::to_string(&report).map_err(json_err)
+        })
+    }
+
+    /// One whole chat turn (`params` is JSON); the result as JSON.
+    fn chat(
+        &self,
+        py: Python<'_>,
+        user: &str,
+        session: String,
+        message: String,
+        params: &str,
+    ) -> PyResult<String> {
+        let request = Self::request(session, message, params)?;
+        let pipeline = self.pipeline(py)?;
+        py.detach(|| {
+            let r = self.runtime.block_on(pipeline.chat(user, request)).py()?;
+            serde_json::to_string(&result(&r)).map_err(json_err)
+        })
+    }
+
+    /// A streamed chat turn: an iterator of `("delta", text)` and then `("done", json)`.
+    fn chat_stream(
+        &self,
+        py: Python<'_>,
+        user: &str,
+        session: String,
+        message: String,
+        params: &str,
+    ) -> PyResult<ChatStream> {
+        let request = Self::request(session, message, params)?;
+        let pipeline = self.pipeline(py)?;
+        py.detach(|| {
+            let stream = self.runtime.block_on(pipeline.stream(user, request)).py()?;
+            Ok(ChatStream::new(stream.updates))
+        })
+    }
+}

@@ -1,0 +1,46 @@
+//! The shapes values take on their way to Python (JSON, decoded into dataclasses by the
+//! package).
+use chrono::SecondsFormat;
+use recall_core::chat::ChatResult;
+use recall_core::types::Retrieved;
+use serde_json::{Value, json};
+
+/// A retrieved memory as the package decodes it.
+pub fn hit(r: &Retrieved) -> Value {
+    let m = &r.memory;
+    json!({
+        "memory_id": m.id,
+        "content": m.content,
+        "score": r.score,
+        "session": m.session,
+        "role": m.role,
+        "kind": m.kind,
+        "created_at": m.created_at.to_rfc3339_opts(SecondsFormat::Micros, false),
+        "tags": m.tags,
+    })
+}
+
+/// A chat result as the package decodes it.
+pub fn result(r: &ChatResult) -> Value {
+    json!({
+        "text": r.text,
+        "session": r.session,
+        "message_id": r.message_id,
+        "reply_id": r.reply_id,
+        "context": r.context.iter().map(|c| json!({
+            "memory_id": c.memory_id,
+            "content": c.content,
+            "score": c.score,
+            "session": c.session,
+            "role": null,
+            "kind": c.kind,
+            "created_at": c.created_at.to_rfc3339_opts(SecondsFormat::Micros, false),
+            "tags": [],
+        })).collect::<Vec<_>>(),
+        "usage": r.usage,
+        "finish_reason": r.finish_reason,
+        "confidence": r.confidence.is_finite().then_some(r.confidence),
+        "model": r.model,
+        "latency_ms": r.latency.total_ms,
+    })
+}

@@ -1,0 +1,208 @@
+"""The Python package against the embedded store and Postgres: isolation, the reference
+cosine, export and forget, errors as exceptions, streaming chat, and asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Callable
+
+import pytest
+from conftest import Store, models_dir
+from deep_recall import (
+    AsyncMemory,
+    ChatResult,
+    DeepRecallError,
+    Hit,
+    InvalidInput,
+    Memory,
+    ModelError,
+    NotFound,
+    Unavailable,
+)
+
+
+def test_users_are_isolated(store: Store) -> None:
+    m = store.memory
+    alice, bob = store.user("alice"), store.user("bob")
+    ids = m.add_messages(
+        alice,
+        "trip",
+        [
+            {"role": "user", "content": "I moved to Lisbon in May.", "tags": ["home"]},
+            {"role": "assistant", "content": "Lisbon is lovely in spring."},
+        ],
+    )
+    assert len(ids) == 2 and ids[0] < ids[1]
+    m.add_messages(
+        bob,
+        "trip",
+        [{"role": "user", "content": "Bob keeps his savings in a Lisbon bank."}],
+    )
+    for mode in ["hybrid", "vector", "text"]:
+        hits = m.search(alice, "Lisbon savings bank", mode=mode)
+        assert hits, mode
+        assert all(isinstance(h, Hit) for h in hits)
+        assert not any("Bob" in h.content for h in hits), mode
+        assert {h.session for h in hits} == {"trip"}
+    assert [h.role for h in m.search(alice, "Lisbon", session="trip", top_k=2)] != []
+    assert m.search(alice, "Lisbon", session="elsewhere") == []
+
+    exported = m.export(alice)
+    assert exported["user"]["id"] == alice
+    assert [x["content"] for x in exported["messages"]] == [
+        "I moved to Lisbon in May.",
+        "Lisbon is lovely in spring.",
+    ]
+    assert exported["messages"][0]["tags"] == ["home"]
+    assert "savings" not in json.dumps(exported)
+
+    report = m.forget(alice)
+    assert report["existed"] is True and report["messages"] == 2
+    assert m.search(alice, "Lisbon") == []
+    with pytest.raises(NotFound):
+        m.export(alice)
+    assert m.search(bob, "Lisbon")[0].content.startswith("Bob"), "Bob keeps his"
+
+
+def test_the_reference_cosine(store: Store) -> None:
+    m = store.memory
+    u = store.user("ref")
+    m.add_messages(u, "s", [{"role": "user", "content": "A man is eating food."}])
+    hits = m.search(u, "A man is eating a piece of bread.", mode="vector")
+    assert hits[0].content == "A man is eating food."
+    assert hits[0].score == pytest.approx(0.7553, abs=1e-3)
+    assert hits[0].created_at.tzinfo is not None
+
+
+def test_errors_are_typed_exceptions(store: Store, tmp_path: object) -> None:
+    m = store.memory
+    u = store.user("err")
+    cases: list[Callable[[], object]] = [
+        lambda: m.add_messages(u, "s", [{"role": "user", "content": ""}]),
+        lambda: m.add_messages(u, "s", [{"role": "robot", "content": "hi"}]),
+        lambda: m.add_messages(u, "", [{"role": "user", "content": "hi"}]),
+        lambda: m.add_messages(
+            u, "s", [{"role": "user", "content": "hi", "ts": "yesterday"}]
+        ),
+        lambda: m.search(u, "x", mode="fuzzy"),
+        lambda: m.search(u, "x", top_k=0),
+        lambda: m.search(u, ""),
+    ]
+    for case in cases:
+        with pytest.raises(InvalidInput):
+            case()
+    with pytest.raises(NotFound):
+        m.export(u)
+    assert issubclass(InvalidInput, DeepRecallError)
+    # Nothing was half-written by the refused calls.
+    assert m.search(u, "hi") == []
+
+
+def test_missing_models_and_an_unreachable_database() -> None:
+    with pytest.raises(ModelError):
+        Memory(
+            data_dir="/tmp/deep-recall-py-no-models", models_dir="/nonexistent/models"
+        )
+    with pytest.raises(Unavailable):
+        Memory(
+            database_url="postgres://nobody@127.0.0.1:9/none", models_dir=models_dir()
+        )
+
+
+def test_chat_streams_deltas_then_the_result(chat_memory: Memory) -> None:
+    m = chat_memory
+    m.add_messages(
+        "maya", "facts", [{"role": "user", "content": "My favourite city is Paris."}]
+    )
+    pieces = list(
+        m.chat_stream("maya", "talk", "What is the capital of France?", max_tokens=24)
+    )
+    *deltas, result = pieces
+    assert deltas and all(isinstance(d, str) for d in deltas)
+    assert isinstance(result, ChatResult)
+    assert result.text == "".join(str(d) for d in deltas)
+    assert "Paris" in result.text
+    assert result.usage.completion_tokens > 0
+    assert (
+        result.usage.total_tokens
+        == result.usage.prompt_tokens + result.usage.completion_tokens
+    )
+    assert any("Paris" in h.content for h in result.context)
+    assert result.reply_id is not None and result.message_id < result.reply_id
+    whole = m.chat("maya", "talk2", "Say hello.", max_tokens=6, temperature=0.0, seed=7)
+    assert whole.usage.completion_tokens <= 6
+    assert whole.finish_reason in ("stop", "length")
+    with pytest.raises(InvalidInput):
+        m.chat("maya", "talk", "hi", max_tokens=0)
+    with pytest.raises(InvalidInput):
+        m.chat("maya", "talk", "hi", temperature=9.0)
+    # Leaving a stream early stops it; the user message is kept, no half answer.
+    stream = m.chat_stream(
+        "maya", "cut", "Tell me a long story about the sea.", max_tokens=200
+    )
+    first = next(stream)
+    assert isinstance(first, str)
+    stream.close()  # type: ignore[attr-defined]
+    time.sleep(0.5)
+    messages = m.export("maya")["messages"]
+    assert [x["role"] for x in messages if x["session"] == "cut"] == ["user"]
+
+
+def test_asyncio_runs_searches_together_without_blocking_the_loop(store: Store) -> None:
+    u = store.user("async")
+
+    async def main() -> None:
+        memory = AsyncMemory.of(store.memory)  # the same engine, used from asyncio
+        await memory.add_messages(
+            u,
+            "s",
+            [
+                {"role": "user", "content": "My sister Ana is a marine biologist."},
+                {"role": "user", "content": "I play the cello on Sundays."},
+            ],
+        )
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.001)
+
+        t = asyncio.create_task(ticker())
+        a, b = await asyncio.gather(
+            memory.search(u, "What does my sister do?"),
+            memory.search(u, "Which instrument do I play?"),
+        )
+        t.cancel()
+        assert "marine biologist" in a[0].content
+        assert "cello" in b[0].content
+        assert ticks > 0, "the event loop kept running while Rust worked"
+        exported = await memory.export(u)
+        assert len(exported["messages"]) == 2
+
+    asyncio.run(main())
+
+
+def test_async_memory_opens_and_streams(chat_memory: Memory, tmp_path: object) -> None:
+    async def main() -> None:
+        memory = await AsyncMemory.open(
+            data_dir=f"{tmp_path}/data", models_dir=models_dir(), device="cpu"
+        )
+        await memory.add_messages(
+            "zoe", "s", [{"role": "user", "content": "I live in Oslo."}]
+        )
+        pieces = [
+            p
+            async for p in memory.chat_stream(
+                "zoe", "c", "Where do I live?", max_tokens=12
+            )
+        ]
+        assert isinstance(pieces[-1], ChatResult)
+        assert pieces[-1].text == "".join(p for p in pieces[:-1] if isinstance(p, str))
+        with pytest.raises(InvalidInput):
+            await memory.search("zoe", "x", mode="fuzzy")
+
+    asyncio.run(main())
