@@ -39,13 +39,15 @@ cargo test --workspace --locked
 
 step "python package (bindings/python: pip install, pytest)"
 # The same `pip install ./bindings/python` a user runs, built with the dev profile so that it
-# shares this build's compiled dependencies (a user's install builds the release profile).
-MATURIN_PEP517_ARGS="--profile dev" "$DEEP_RECALL_TEST_PYTHON" -m pip install --quiet \
-  --disable-pip-version-check --no-build-isolation --force-reinstall --no-deps ./bindings/python
-"$DEEP_RECALL_TEST_PYTHON" -m pytest -q bindings/python/tests
+# shares this build's compiled dependencies (a user's install builds the release profile), with
+# the venv's maturin (its backend runs `maturin` from PATH).
+venv_bin="$(dirname "$DEEP_RECALL_TEST_PYTHON")"
+PATH="$venv_bin:$PATH" MATURIN_PEP517_ARGS="--profile dev" "$DEEP_RECALL_TEST_PYTHON" -m pip \
+  install --quiet --disable-pip-version-check --no-build-isolation --force-reinstall --no-deps \
+  ./bindings/python
+"$DEEP_RECALL_TEST_PYTHON" -m pytest -q -p no:cacheprovider bindings/python/tests
 
 step "python (ruff on every file; mypy --strict where the venv has the imports)"
-venv_bin="$(dirname "$DEEP_RECALL_TEST_PYTHON")"
 # shellcheck disable=SC2046
 "$venv_bin/ruff" check $(git ls-files '*.py')
 # shellcheck disable=SC2046
