@@ -47,6 +47,28 @@ PATH="$venv_bin:$PATH" MATURIN_PEP517_ARGS="--profile dev" "$DEEP_RECALL_TEST_PY
   ./bindings/python
 "$DEEP_RECALL_TEST_PYTHON" -m pytest -q -p no:cacheprovider bindings/python/tests
 
+step "node package (bindings/node: npm install, node --test, TypeScript declarations)"
+# `npm install` builds the addon with cargo (the dev profile here, to share this build).
+export DEEP_RECALL_NODE_PROFILE=dev
+(
+  cd bindings/node
+  npm ci --no-audit --no-fund --loglevel=error
+  npm test
+  # The committed declarations are what the JSDoc of index.js generates, and a strict
+  # TypeScript program type-checks against them.
+  types_out="$(mktemp -d)"
+  npx tsc -p tsconfig.json --outDir "$types_out"
+  diff -r types "$types_out" || { echo "bindings/node/types is out of date: run npm run types"; exit 1; }
+  rm -rf "$types_out"
+  npx tsc -p tsconfig.usage.json
+)
+# What a user does: `npm install ./bindings/node` into a project of their own.
+user_project="$(mktemp -d)"
+package="$PWD/bindings/node"
+(cd "$user_project" && npm init -y >/dev/null && npm install --no-audit --no-fund --loglevel=error "$package" \
+  && node -e "require('deep-recall').Memory.open({ modelsDir: '/nonexistent' }).catch(e => { if (e.code !== 'MODEL_ERROR') throw e; console.log('npm install ./bindings/node: ok') })")
+rm -rf "$user_project"
+
 step "python (ruff on every file; mypy --strict where the venv has the imports)"
 # shellcheck disable=SC2046
 "$venv_bin/ruff" check $(git ls-files '*.py')

@@ -416,6 +416,10 @@ pub struct StoreConfig {
     /// Largest connection pool.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// Postgres: how long an operation waits for a connection (and the store's opening for
+    /// the database to answer) before it fails as unavailable.
+    #[serde(default = "default_acquire_timeout")]
+    pub acquire_timeout: std::time::Duration,
     /// Postgres: at or below this many candidate rows (after filters) a search is exact, above
     /// it the HNSW index is used.
     #[serde(default = "default_exact_search_threshold")]
@@ -431,6 +435,9 @@ pub struct StoreConfig {
 
 fn default_max_connections() -> u32 {
     16
+}
+fn default_acquire_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(5)
 }
 fn default_exact_search_threshold() -> u64 {
     20_000
@@ -456,6 +463,7 @@ impl StoreConfig {
             metric: Metric::default(),
             limits: Limits::default(),
             max_connections: default_max_connections(),
+            acquire_timeout: default_acquire_timeout(),
             exact_search_threshold: default_exact_search_threshold(),
             max_cached_vectors: default_cache_vectors(),
             index_dims: None,

@@ -36,17 +36,11 @@ struct Options {
     chat_api_key: Option<String>,
 }
 
-/// Sampling for one chat turn, as the package sends it.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ChatParams {
-    max_tokens: Option<usize>,
-    temperature: Option<f64>,
-    top_p: Option<f64>,
-    seed: Option<u64>,
-    #[serde(default)]
-    stop: Vec<String>,
-    system: Option<String>,
+/// A chat request as the package sends it (core's `ChatRequest` in JSON), checked.
+fn chat_request(json: &str) -> PyResult<ChatRequest> {
+    let r: ChatRequest = serde_json::from_str(json).map_err(json_err)?;
+    r.validate().py()?;
+    Ok(r)
 }
 
 /// Who acts, in the audit log, for calls through the Python package.
@@ -82,26 +76,6 @@ impl Engine {
             *slot = Some(pipeline.clone());
             Ok(pipeline)
         })
-    }
-
-    fn request(session: String, message: String, params: &str) -> PyResult<ChatRequest> {
-        let p: ChatParams = serde_json::from_str(params).map_err(json_err)?;
-        let mut r = ChatRequest::new(session, message);
-        let g = &mut r.generation;
-        if let Some(n) = p.max_tokens {
-            g.max_tokens = n;
-        }
-        if let Some(t) = p.temperature {
-            g.temperature = t;
-        }
-        g.top_p = p.top_p;
-        if let Some(s) = p.seed {
-            g.seed = s;
-        }
-        g.stop = p.stop;
-        r.context.system = p.system;
-        r.validate().py()?;
-        Ok(r)
     }
 }
 
@@ -230,16 +204,9 @@ impl Engine {
         })
     }
 
-    /// One whole chat turn (`params` is JSON); the result as JSON.
-    fn chat(
-        &self,
-        py: Python<'_>,
-        user: &str,
-        session: String,
-        message: String,
-        params: &str,
-    ) -> PyResult<String> {
-        let request = Self::request(session, message, params)?;
+    /// One whole chat turn (`request` is core's `ChatRequest` as JSON); the result as JSON.
+    fn chat(&self, py: Python<'_>, user: &str, request: &str) -> PyResult<String> {
+        let request = chat_request(request)?;
         let pipeline = self.pipeline(py)?;
         py.detach(|| {
             let r = self.runtime.block_on(pipeline.chat(user, request)).py()?;
@@ -247,16 +214,10 @@ impl Engine {
         })
     }
 
-    /// A streamed chat turn: an iterator of `("delta", text)` and then `("done", json)`.
-    fn chat_stream(
-        &self,
-        py: Python<'_>,
-        user: &str,
-        session: String,
-        message: String,
-        params: &str,
-    ) -> PyResult<ChatStream> {
-        let request = Self::request(session, message, params)?;
+    /// A streamed chat turn (`request` as for `chat`): an iterator of `("delta", text)` and
+    /// then `("done", json)`.
+    fn chat_stream(&self, py: Python<'_>, user: &str, request: &str) -> PyResult<ChatStream> {
+        let request = chat_request(request)?;
         let pipeline = self.pipeline(py)?;
         py.detach(|| {
             let stream = self.runtime.block_on(pipeline.stream(user, request)).py()?;

@@ -454,6 +454,7 @@ impl PgStore {
         let mut options = ConnectOptions::new(url.clone());
         options
             .max_connections(config.max_connections)
+            .acquire_timeout(config.acquire_timeout)
             .sqlx_logging(false);
         let db = Database::connect(options)
             .await

@@ -126,7 +126,9 @@ def _json_default(value: object) -> str:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def _chat_params(
+def _chat_request(
+    session: str,
+    message: str,
     max_tokens: int | None,
     temperature: float | None,
     top_p: float | None,
@@ -134,16 +136,22 @@ def _chat_params(
     stop: Sequence[str] | None,
     system: str | None,
 ) -> str:
-    return json.dumps(
-        {
-            "max_tokens": max_tokens,
-            "temperature": temperature,
-            "top_p": top_p,
-            "seed": seed,
-            "stop": list(stop or []),
-            "system": system,
-        }
-    )
+    """Core's chat request as JSON: what is not given keeps core's default."""
+    given = {
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "seed": seed,
+        "stop": list(stop) if stop is not None else None,
+    }
+    request: dict[str, Any] = {
+        "session": session,
+        "message": message,
+        "generation": {k: v for k, v in given.items() if v is not None},
+    }
+    if system is not None:
+        request["context"] = {"system": system}
+    return json.dumps(request)
 
 
 class Memory:
@@ -217,10 +225,10 @@ class Memory:
         system: str | None = None,
     ) -> ChatResult:
         """Answers ``message`` with the user's memory (the chat model loads on first use)."""
-        params = _chat_params(max_tokens, temperature, top_p, seed, stop, system)
-        return ChatResult._from(
-            json.loads(self._engine.chat(user, session, message, params))
+        request = _chat_request(
+            session, message, max_tokens, temperature, top_p, seed, stop, system
         )
+        return ChatResult._from(json.loads(self._engine.chat(user, request)))
 
     def chat_stream(
         self,
@@ -237,8 +245,10 @@ class Memory:
     ) -> Iterator[str | ChatResult]:
         """Like :meth:`chat`, streamed: the text as it is generated (``str`` pieces), then the
         :class:`ChatResult`. Leaving the loop early stops the generation."""
-        params = _chat_params(max_tokens, temperature, top_p, seed, stop, system)
-        stream = self._engine.chat_stream(user, session, message, params)
+        request = _chat_request(
+            session, message, max_tokens, temperature, top_p, seed, stop, system
+        )
+        stream = self._engine.chat_stream(user, request)
         return _stream(stream)
 
 

@@ -1,0 +1,184 @@
+// The Node package against the embedded store and Postgres (DATABASE_URL), over the models in
+// DEEP_RECALL_MODELS_DIR (scripts/test.sh sets both): isolation, the reference cosine, export
+// and forget, errors with stable codes, streaming chat, and calls in flight together.
+import assert from 'node:assert/strict'
+import { randomUUID } from 'node:crypto'
+import { mkdtempSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { after, describe, test } from 'node:test'
+import { fileURLToPath } from 'node:url'
+
+import {
+  DeepRecallError,
+  InvalidInputError,
+  Memory,
+  ModelError,
+  NotFoundError,
+  UnavailableError,
+} from '../index.mjs'
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..')
+const modelsDir = process.env.DEEP_RECALL_MODELS_DIR || path.join(root, 'models')
+const tempDir = () => mkdtempSync(path.join(tmpdir(), 'deep-recall-node-'))
+
+const stores = [['embedded', () => Memory.open({ dataDir: tempDir(), modelsDir, device: 'cpu' })]]
+if (process.env.DATABASE_URL) {
+  stores.push([
+    'postgres',
+    () => Memory.open({ databaseUrl: process.env.DATABASE_URL, modelsDir, device: 'cpu' }),
+  ])
+} else {
+  test('postgres', { skip: 'DATABASE_URL is not set (scripts/test.sh starts a Postgres)' })
+}
+
+for (const [kind, open] of stores) {
+  describe(`on the ${kind} store`, () => {
+    const prefix = `node-${randomUUID().slice(0, 8)}-`
+    const users = []
+    const user = (name) => {
+      users.push(prefix + name)
+      return prefix + name
+    }
+    let memory
+    const get = async () => (memory ??= await open())
+    after(async () => {
+      for (const u of users) {
+        await (await get()).forget(u)
+      }
+    })
+
+    test('users are isolated; export and forget', async () => {
+      const m = await get()
+      const alice = user('alice')
+      const bob = user('bob')
+      const ids = await m.addMessages(alice, 'trip', [
+        { role: 'user', content: 'I moved to Lisbon in May.', tags: ['home'] },
+        { role: 'assistant', content: 'Lisbon is lovely in spring.' },
+      ])
+      assert.equal(ids.length, 2)
+      assert.ok(ids[0] < ids[1])
+      await m.addMessages(bob, 'trip', [
+        { role: 'user', content: 'Bob keeps his savings in a Lisbon bank.' },
+      ])
+      for (const mode of ['hybrid', 'vector', 'text']) {
+        const hits = await m.search(alice, 'Lisbon savings bank', { mode })
+        assert.ok(hits.length > 0, mode)
+        assert.ok(!hits.some((h) => h.content.includes('Bob')), mode)
+        assert.ok(hits.every((h) => h.session === 'trip' && h.createdAt instanceof Date))
+      }
+      assert.deepEqual(await m.search(alice, 'Lisbon', { session: 'elsewhere' }), [])
+      const exported = await m.export(alice)
+      assert.equal(exported.user.id, alice)
+      assert.deepEqual(
+        exported.messages.map((x) => x.content),
+        ['I moved to Lisbon in May.', 'Lisbon is lovely in spring.'],
+      )
+      assert.ok(!JSON.stringify(exported).includes('savings'))
+      const report = await m.forget(alice)
+      assert.equal(report.existed, true)
+      assert.equal(report.messages, 2)
+      assert.deepEqual(await m.search(alice, 'Lisbon'), [])
+      await assert.rejects(m.export(alice), NotFoundError)
+      assert.ok((await m.search(bob, 'Lisbon'))[0].content.startsWith('Bob'), 'Bob keeps his')
+    })
+
+    test('the reference cosine', async () => {
+      const m = await get()
+      const u = user('ref')
+      await m.addMessages(u, 's', [{ role: 'user', content: 'A man is eating food.' }])
+      const [hit] = await m.search(u, 'A man is eating a piece of bread.', { mode: 'vector' })
+      assert.equal(hit.content, 'A man is eating food.')
+      assert.ok(Math.abs(hit.score - 0.7553) < 1e-3, String(hit.score))
+    })
+
+    test('errors carry stable codes', async () => {
+      const m = await get()
+      const u = user('err')
+      const cases = [
+        () => m.addMessages(u, 's', [{ role: 'user', content: '' }]),
+        () => m.addMessages(u, 's', [{ role: 'robot', content: 'hi' }]),
+        () => m.addMessages(u, '', [{ role: 'user', content: 'hi' }]),
+        () => m.addMessages(u, 's', [{ role: 'user', content: 'hi', ts: 'yesterday' }]),
+        () => m.search(u, 'x', { mode: 'fuzzy' }),
+        () => m.search(u, 'x', { topK: 0 }),
+        () => m.search(u, ''),
+      ]
+      for (const c of cases) {
+        await assert.rejects(c(), (err) => {
+          assert.ok(err instanceof InvalidInputError, String(err))
+          assert.ok(err instanceof DeepRecallError)
+          assert.equal(err.code, 'INVALID_INPUT')
+          return true
+        })
+      }
+      await assert.rejects(m.export(u), (err) => err instanceof NotFoundError && err.code === 'NOT_FOUND')
+      assert.deepEqual(await m.search(u, 'hi'), [], 'nothing half-written')
+    })
+
+    test('calls run together', async () => {
+      const m = await get()
+      const u = user('together')
+      await m.addMessages(u, 's', [
+        { role: 'user', content: 'My sister Ana is a marine biologist.' },
+        { role: 'user', content: 'I play the cello on Sundays.' },
+      ])
+      let ticks = 0
+      const timer = setInterval(() => ticks++, 1)
+      const [a, b] = await Promise.all([
+        m.search(u, 'What does my sister do?'),
+        m.search(u, 'Which instrument do I play?'),
+      ])
+      clearInterval(timer)
+      assert.ok(a[0].content.includes('marine biologist'))
+      assert.ok(b[0].content.includes('cello'))
+      assert.ok(ticks > 0, 'the event loop kept running while Rust worked')
+    })
+  })
+}
+
+test('missing models and an unreachable database', async () => {
+  await assert.rejects(
+    Memory.open({ dataDir: tempDir(), modelsDir: '/nonexistent/models' }),
+    (err) => err instanceof ModelError && err.code === 'MODEL_ERROR',
+  )
+  await assert.rejects(
+    Memory.open({ databaseUrl: 'postgres://nobody@127.0.0.1:9/none', modelsDir }),
+    (err) => err instanceof UnavailableError && err.code === 'UNAVAILABLE',
+  )
+})
+
+test('chat streams deltas, then the result', async () => {
+  const m = await Memory.open({ dataDir: tempDir(), modelsDir, device: 'cpu' })
+  await m.addMessages('maya', 'facts', [{ role: 'user', content: 'My favourite city is Paris.' }])
+  const parts = []
+  for await (const part of m.chatStream('maya', 'talk', 'What is the capital of France?', {
+    maxTokens: 24,
+  })) {
+    parts.push(part)
+  }
+  const last = parts.pop()
+  assert.equal(last.done, true)
+  const text = parts.map((p) => p.delta).join('')
+  assert.ok(parts.length > 0)
+  assert.equal(last.result.text, text)
+  assert.ok(text.includes('Paris'), text)
+  const usage = last.result.usage
+  assert.equal(usage.totalTokens, usage.promptTokens + usage.completionTokens)
+  assert.ok(last.result.context.some((h) => h.content.includes('Paris')))
+  const whole = await m.chat('maya', 'talk2', 'Say hello.', { maxTokens: 6, temperature: 0, seed: 7 })
+  assert.ok(whole.usage.completionTokens <= 6)
+  assert.ok(['stop', 'length'].includes(whole.finishReason))
+  await assert.rejects(m.chat('maya', 'x', 'hi', { maxTokens: 0 }), InvalidInputError)
+  await assert.rejects(m.chat('maya', 'x', 'hi', { temperature: 9 }), InvalidInputError)
+  // Leaving a stream early stops it: the user message is kept, no half answer.
+  for await (const part of m.chatStream('maya', 'cut', 'Tell me a long story about the sea.', {
+    maxTokens: 200,
+  })) {
+    assert.ok(part.delta !== undefined)
+    break
+  }
+  await new Promise((r) => setTimeout(r, 500))
+  const roles = (await m.export('maya')).messages.filter((x) => x.session === 'cut').map((x) => x.role)
+  assert.deepEqual(roles, ['user'])
+})

@@ -1,0 +1,336 @@
+// @ts-check
+/**
+ * Deep Recall in-process for Node.js: long-term memory for open-source LLMs.
+ *
+ *     const { Memory } = require('deep-recall')
+ *     const memory = await Memory.open({ dataDir: 'data', modelsDir: 'models' })
+ *     await memory.addMessages('alice', 's1', [{ role: 'user', content: 'I moved to Lisbon.' }])
+ *     const [hit] = await memory.search('alice', 'Where does she live?')
+ *
+ * The same engine as the `deep-recall` server (one Rust core). Every method is async and runs
+ * off the JavaScript thread.
+ * @module deep-recall
+ */
+'use strict'
+
+const native = require('./native.js')
+
+/**
+ * Base class of Deep Recall's errors; `code` is stable.
+ */
+class DeepRecallError extends Error {
+  /**
+   * @param {string} message
+   * @param {string} [code]
+   */
+  constructor(message, code = 'INTERNAL') {
+    super(message)
+    this.name = 'DeepRecallError'
+    /** @type {string} */
+    this.code = code
+  }
+}
+
+/** The input was rejected; nothing was written. */
+class InvalidInputError extends DeepRecallError {
+  /** @param {string} message */
+  constructor(message) {
+    super(message, 'INVALID_INPUT')
+    this.name = 'InvalidInputError'
+  }
+}
+
+/** No such object for this user. */
+class NotFoundError extends DeepRecallError {
+  /** @param {string} message */
+  constructor(message) {
+    super(message, 'NOT_FOUND')
+    this.name = 'NotFoundError'
+  }
+}
+
+/** Model files are missing or broken. */
+class ModelError extends DeepRecallError {
+  /** @param {string} message */
+  constructor(message) {
+    super(message, 'MODEL_ERROR')
+    this.name = 'ModelError'
+  }
+}
+
+/** A backing service (database, model worker, remote provider) is down or overloaded. */
+class UnavailableError extends DeepRecallError {
+  /** @param {string} message */
+  constructor(message) {
+    super(message, 'UNAVAILABLE')
+    this.name = 'UnavailableError'
+  }
+}
+
+/** @type {Record<string, new (message: string) => DeepRecallError>} */
+const BY_CODE = {
+  INVALID_INPUT: InvalidInputError,
+  NOT_FOUND: NotFoundError,
+  MODEL_ERROR: ModelError,
+  UNAVAILABLE: UnavailableError,
+}
+
+/**
+ * The addon's error (`CODE|message`) as the matching class.
+ * @param {unknown} err
+ * @returns {Error}
+ */
+function lift(err) {
+  if (!(err instanceof Error)) {
+    return new DeepRecallError(String(err))
+  }
+  const m = /^([A-Z_]+)\|([\s\S]*)$/.exec(err.message)
+  if (!m) {
+    return err
+  }
+  const Class = BY_CODE[m[1]]
+  return Class ? new Class(m[2]) : new DeepRecallError(m[2], m[1])
+}
+
+/**
+ * Runs a call of the addon, lifting its errors.
+ * @template T
+ * @param {() => Promise<T>} call
+ * @returns {Promise<T>}
+ */
+async function run(call) {
+  try {
+    return await call()
+  } catch (err) {
+    throw lift(err)
+  }
+}
+
+/**
+ * @typedef {object} OpenOptions
+ * @property {string} [dataDir] the embedded store's directory (`./data` by default)
+ * @property {string} [databaseUrl] Postgres instead (`postgres://...`)
+ * @property {string} [modelsDir] where the models are (`./models`; `deep-recall models fetch`)
+ * @property {string} [device] `auto` (default), `cpu`, `cuda:N` or `metal:N`
+ * @property {string} [chatModel] a local chat model (a .gguf file, a safetensors directory or
+ *   a name under modelsDir); the packaged SmolLM2-135M-Instruct by default
+ * @property {string} [chatUrl] a remote OpenAI-compatible provider instead (`http://.../v1`)
+ * @property {string} [chatModelName] the model name the provider knows
+ * @property {string} [chatApiKey] the provider's API key
+ */
+
+/**
+ * @typedef {object} Message
+ * @property {'user' | 'assistant' | 'system'} role
+ * @property {string} content
+ * @property {string | Date} [ts] when it was written (now by default)
+ * @property {string[]} [tags]
+ * @property {Record<string, unknown>} [metadata]
+ */
+
+/**
+ * @typedef {object} SearchOptions
+ * @property {number} [topK] results (10)
+ * @property {'hybrid' | 'vector' | 'text'} [mode] retrievers (`hybrid`: fused and re-ranked)
+ * @property {string} [session] only this session
+ */
+
+/**
+ * @typedef {object} Hit
+ * @property {number} memoryId
+ * @property {string} content
+ * @property {number} score higher is better
+ * @property {string | null} session
+ * @property {string | null} role
+ * @property {string} kind `message`, `fact`, `persona` or `summary`
+ * @property {Date} createdAt
+ * @property {string[]} tags
+ */
+
+/**
+ * @typedef {object} Usage
+ * @property {number} promptTokens
+ * @property {number} completionTokens
+ * @property {number} totalTokens
+ */
+
+/**
+ * @typedef {object} ChatResult
+ * @property {string} text
+ * @property {Hit[]} context the memories that went into the prompt
+ * @property {Usage} usage
+ * @property {'stop' | 'length' | 'cancelled'} finishReason
+ * @property {number | null} confidence mean log-probability of the answer's tokens
+ * @property {string} model
+ * @property {string} session
+ * @property {number} messageId
+ * @property {number | null} replyId
+ */
+
+/**
+ * @typedef {object} ChatOptions
+ * @property {number} [maxTokens]
+ * @property {number} [temperature]
+ * @property {number} [topP]
+ * @property {number} [seed]
+ * @property {string[]} [stop]
+ * @property {string} [system] a system prompt
+ */
+
+/**
+ * @param {any} h
+ * @returns {Hit}
+ */
+function toHit(h) {
+  return { ...h, createdAt: new Date(h.createdAt) }
+}
+
+/**
+ * @param {string} json
+ * @returns {ChatResult}
+ */
+function toResult(json) {
+  const r = JSON.parse(json)
+  return { ...r, context: r.context.map(toHit) }
+}
+
+/**
+ * Core's chat request as JSON: what is not given keeps core's default.
+ * @param {string} session
+ * @param {string} message
+ * @param {ChatOptions} options
+ * @returns {string}
+ */
+function chatRequest(session, message, options) {
+  const o = options || {}
+  return JSON.stringify({
+    session,
+    message,
+    generation: {
+      max_tokens: o.maxTokens,
+      temperature: o.temperature,
+      top_p: o.topP,
+      seed: o.seed,
+      stop: o.stop,
+    },
+    context: o.system === undefined ? undefined : { system: o.system },
+  })
+}
+
+/** A user-scoped long-term memory over one store. */
+class Memory {
+  /**
+   * @param {any} engine the addon's engine
+   * @private
+   */
+  constructor(engine) {
+    /** @private */
+    this.engine = engine
+  }
+
+  /**
+   * Opens the store and loads the embedding model.
+   * @param {OpenOptions} [options]
+   * @returns {Promise<Memory>}
+   */
+  static async open(options = {}) {
+    const engine = await run(() => native.Engine.open(JSON.stringify(options)))
+    return new Memory(engine)
+  }
+
+  /**
+   * Stores messages (each also as a searchable memory), all or none; returns their ids.
+   * @param {string} user
+   * @param {string} session
+   * @param {Message[]} messages
+   * @returns {Promise<number[]>}
+   */
+  async addMessages(user, session, messages) {
+    const json = JSON.stringify(messages, (key, value) =>
+      key === 'ts' && value instanceof Date ? value.toISOString() : value,
+    )
+    return run(() => this.engine.addMessages(user, session, json))
+  }
+
+  /**
+   * The user's memories that matter for `query`, best first.
+   * @param {string} user
+   * @param {string} query
+   * @param {SearchOptions} [options]
+   * @returns {Promise<Hit[]>}
+   */
+  async search(user, query, options = {}) {
+    const json = await run(() => this.engine.search(user, query, JSON.stringify(options)))
+    return JSON.parse(json).map(toHit)
+  }
+
+  /**
+   * Everything stored about the user, as `deep-recall export` prints it.
+   * @param {string} user
+   * @returns {Promise<Record<string, any>>}
+   */
+  async export(user) {
+    return JSON.parse(await run(() => this.engine.export(user)))
+  }
+
+  /**
+   * Deletes everything stored about the user; returns what was deleted.
+   * @param {string} user
+   * @returns {Promise<Record<string, any>>}
+   */
+  async forget(user) {
+    return JSON.parse(await run(() => this.engine.forget(user)))
+  }
+
+  /**
+   * Answers `message` with the user's memory (the chat model loads on first use).
+   * @param {string} user
+   * @param {string} session
+   * @param {string} message
+   * @param {ChatOptions} [options]
+   * @returns {Promise<ChatResult>}
+   */
+  async chat(user, session, message, options = {}) {
+    const request = chatRequest(session, message, options)
+    return toResult(await run(() => this.engine.chat(user, request)))
+  }
+
+  /**
+   * Like `chat`, streamed: the text as it is generated (`{ delta }` objects), then the
+   * result (`{ done: true, result }`). Leaving the loop early stops the generation.
+   * @param {string} user
+   * @param {string} session
+   * @param {string} message
+   * @param {ChatOptions} [options]
+   * @returns {AsyncGenerator<{ delta: string } | { done: true, result: ChatResult }>}
+   */
+  async *chatStream(user, session, message, options = {}) {
+    const request = chatRequest(session, message, options)
+    const stream = await run(() => this.engine.chatStream(user, request))
+    try {
+      for (;;) {
+        const next = await run(() => stream.next())
+        if (next === null || next === undefined) {
+          return
+        }
+        const [kind, payload] = next
+        if (kind === 'delta') {
+          yield { delta: payload }
+        } else {
+          yield { done: true, result: toResult(payload) }
+        }
+      }
+    } finally {
+      await stream.close()
+    }
+  }
+}
+
+module.exports = {
+  Memory,
+  DeepRecallError,
+  InvalidInputError,
+  NotFoundError,
+  ModelError,
+  UnavailableError,
+}

@@ -1,0 +1,198 @@
+//! `Engine`: core's `Engine` (and, on first use, a chat pipeline) for one `Memory` of the
+//! package. Every method is async and runs off the JavaScript thread.
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use napi_derive::napi;
+use recall_core::chat::{ChatPipeline, ChatRequest};
+use recall_core::context::SummaryPolicy;
+use recall_core::device::DeviceConfig;
+use recall_core::llm::ChatSummarizer;
+use recall_core::retrieval::SearchMode;
+use recall_core::setup::{self, ChatOptions, EngineOptions};
+use recall_core::store::StoreConfig;
+use recall_core::types::{Actor, ExportOptions, Filter};
+use recall_core::{Engine as CoreEngine, RetrieveOptions};
+use serde::Deserialize;
+use tokio::sync::Mutex;
+
+use crate::chat::ChatStream;
+use crate::error::{IntoJs, json as json_err};
+use crate::types::{hit, result};
+
+/// What `Memory.open(...)` was given.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Options {
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    models_dir: Option<PathBuf>,
+    device: Option<String>,
+    chat_model: Option<String>,
+    chat_url: Option<String>,
+    chat_model_name: Option<String>,
+    chat_api_key: Option<String>,
+}
+
+/// Search options, as the package sends them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct SearchParams {
+    top_k: Option<usize>,
+    mode: Option<String>,
+    session: Option<String>,
+}
+
+/// A chat request as the package sends it (core's `ChatRequest` in JSON), checked.
+fn chat_request(json: &str) -> napi::Result<ChatRequest> {
+    let r: ChatRequest = serde_json::from_str(json).map_err(json_err)?;
+    r.validate().js()?;
+    Ok(r)
+}
+
+/// Who acts, in the audit log, for calls through the Node package.
+fn actor() -> Actor {
+    Actor("node".into())
+}
+
+/// The engine of one `Memory`.
+#[napi]
+pub struct Engine {
+    engine: CoreEngine,
+    chat_options: ChatOptions,
+    chat: Mutex<Option<ChatPipeline>>,
+}
+
+impl Engine {
+    /// The chat pipeline, loading the chat model on first use.
+    async fn pipeline(&self) -> napi::Result<ChatPipeline> {
+        let mut slot = self.chat.lock().await;
+        if let Some(p) = slot.as_ref() {
+            return Ok(p.clone());
+        }
+        let model = setup::open_chat_model(&self.chat_options).await.js()?;
+        let pipeline = ChatPipeline::new(self.engine.clone(), model.clone()).with_summaries(
+            Arc::new(ChatSummarizer::new(model, 160)),
+            SummaryPolicy::default(),
+        );
+        *slot = Some(pipeline.clone());
+        Ok(pipeline)
+    }
+}
+
+#[napi]
+impl Engine {
+    /// Opens the store and loads the embedding model (`options` is JSON).
+    #[napi(factory)]
+    pub async fn open(options: String) -> napi::Result<Engine> {
+        let o: Options = serde_json::from_str(&options).map_err(json_err)?;
+        let device: DeviceConfig = o.device.as_deref().unwrap_or("auto").parse().js()?;
+        let store = match &o.database_url {
+            Some(url) => StoreConfig::postgres(url.clone()),
+            None => StoreConfig::embedded(o.data_dir.clone().unwrap_or_else(|| "data".into())),
+        };
+        let models_dir = o.models_dir.clone().unwrap_or_else(|| "models".into());
+        let remote = match &o.chat_url {
+            Some(url) => Some(
+                setup::remote_config(
+                    url,
+                    o.chat_model_name.as_deref(),
+                    o.chat_api_key.as_deref(),
+                    None,
+                )
+                .js()?,
+            ),
+            None => None,
+        };
+        let chat_options = ChatOptions {
+            model: o.chat_model.clone(),
+            device,
+            max_sequences: 4,
+            remote,
+            ..ChatOptions::new(&models_dir)
+        };
+        let engine = setup::open_engine(&EngineOptions {
+            models_dir,
+            device,
+            ..EngineOptions::new(store)
+        })
+        .await
+        .js()?;
+        Ok(Engine {
+            engine,
+            chat_options,
+            chat: Mutex::new(None),
+        })
+    }
+
+    /// Stores messages (a JSON list) in `session`; returns the stored message ids.
+    #[napi]
+    pub async fn add_messages(
+        &self,
+        user: String,
+        session: String,
+        messages: String,
+    ) -> napi::Result<Vec<i64>> {
+        let messages =
+            recall_core::ingest::parse_messages(&messages, &session, self.engine.limits()).js()?;
+        let stored = self.engine.add_messages(&user, messages).await.js()?;
+        Ok(stored.iter().map(|a| a.message.id).collect())
+    }
+
+    /// Retrieves the user's memories for `query` (`options` JSON; a JSON list of hits).
+    #[napi]
+    pub async fn search(
+        &self,
+        user: String,
+        query: String,
+        options: String,
+    ) -> napi::Result<String> {
+        let p: SearchParams = serde_json::from_str(&options).map_err(json_err)?;
+        let mode: SearchMode = p.mode.as_deref().unwrap_or("hybrid").parse().js()?;
+        let options = RetrieveOptions {
+            filter: Filter {
+                session: p.session,
+                ..Filter::default()
+            },
+            ..RetrieveOptions::for_mode(mode, p.top_k.unwrap_or(10))
+        };
+        let hits = self.engine.retrieve(&user, &query, &options).await.js()?;
+        serde_json::to_string(&hits.iter().map(hit).collect::<Vec<_>>()).map_err(json_err)
+    }
+
+    /// Everything stored about the user (JSON, as `deep-recall export` prints it).
+    #[napi]
+    pub async fn export(&self, user: String) -> napi::Result<String> {
+        let data = self
+            .engine
+            .export(&user, &ExportOptions::default(), &actor())
+            .await
+            .js()?;
+        serde_json::to_string(&data).map_err(json_err)
+    }
+
+    /// Deletes everything stored about the user (JSON report).
+    #[napi]
+    pub async fn forget(&self, user: String) -> napi::Result<String> {
+        let report = self.engine.delete_user(&user, &actor()).await.js()?;
+        serde_json::to_string(&report).map_err(json_err)
+    }
+
+    /// One whole chat turn (`request` is core's `ChatRequest` as JSON); the result as JSON.
+    #[napi]
+    pub async fn chat(&self, user: String, request: String) -> napi::Result<String> {
+        let request = chat_request(&request)?;
+        let pipeline = self.pipeline().await?;
+        let r = pipeline.chat(&user, request).await.js()?;
+        serde_json::to_string(&result(&r)).map_err(json_err)
+    }
+
+    /// A streamed chat turn (`request` as for `chat`).
+    #[napi]
+    pub async fn chat_stream(&self, user: String, request: String) -> napi::Result<ChatStream> {
+        let request = chat_request(&request)?;
+        let pipeline = self.pipeline().await?;
+        let stream = pipeline.stream(&user, request).await.js()?;
+        Ok(ChatStream::new(stream.updates))
+    }
+}

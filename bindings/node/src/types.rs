@@ -1,0 +1,57 @@
+//! The shapes values take on their way to JavaScript (JSON with camelCase keys, decoded by
+//! `index.js`).
+use chrono::SecondsFormat;
+use recall_core::chat::ChatResult;
+use recall_core::types::Retrieved;
+use serde_json::{Value, json};
+
+/// A retrieved memory.
+pub fn hit(r: &Retrieved) -> Value {
+    let m = &r.memory;
+    json!({
+        "memoryId": m.id,
+        "content": m.content,
+        "score": r.score,
+        "session": m.session,
+        "role": m.role,
+        "kind": m.kind,
+        "createdAt": m.created_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+        "tags": m.tags,
+    })
+}
+
+/// A chat result.
+pub fn result(r: &ChatResult) -> Value {
+    let context: Vec<Value> = r
+        .context
+        .iter()
+        .map(|c| {
+            json!({
+                "memoryId": c.memory_id,
+                "content": c.content,
+                "score": c.score,
+                "session": c.session,
+                "role": null,
+                "kind": c.kind,
+                "createdAt": c.created_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+                "tags": [],
+            })
+        })
+        .collect();
+    json!({
+        "text": r.text,
+        "session": r.session,
+        "messageId": r.message_id,
+        "replyId": r.reply_id,
+        "context": context,
+        "usage": {
+            "promptTokens": r.usage.prompt_tokens,
+            "completionTokens": r.usage.completion_tokens,
+            "totalTokens": r.usage.total_tokens,
+        },
+        "finishReason": r.finish_reason,
+        "confidence": r.confidence.is_finite().then_some(r.confidence),
+        "model": r.model,
+        "latencyMs": r.latency.total_ms,
+    })
+}

@@ -1,0 +1,208 @@
+export type OpenOptions = {
+    /**
+     * the embedded store's directory (`./data` by default)
+     */
+    dataDir?: string | undefined;
+    /**
+     * Postgres instead (`postgres://...`)
+     */
+    databaseUrl?: string | undefined;
+    /**
+     * where the models are (`./models`; `deep-recall models fetch`)
+     */
+    modelsDir?: string | undefined;
+    /**
+     * `auto` (default), `cpu`, `cuda:N` or `metal:N`
+     */
+    device?: string | undefined;
+    /**
+     * a local chat model (a .gguf file, a safetensors directory or
+     * a name under modelsDir); the packaged SmolLM2-135M-Instruct by default
+     */
+    chatModel?: string | undefined;
+    /**
+     * a remote OpenAI-compatible provider instead (`http://.../v1`)
+     */
+    chatUrl?: string | undefined;
+    /**
+     * the model name the provider knows
+     */
+    chatModelName?: string | undefined;
+    /**
+     * the provider's API key
+     */
+    chatApiKey?: string | undefined;
+};
+export type Message = {
+    role: "user" | "assistant" | "system";
+    content: string;
+    /**
+     * when it was written (now by default)
+     */
+    ts?: string | Date | undefined;
+    tags?: string[] | undefined;
+    metadata?: Record<string, unknown> | undefined;
+};
+export type SearchOptions = {
+    /**
+     * results (10)
+     */
+    topK?: number | undefined;
+    /**
+     * retrievers (`hybrid`: fused and re-ranked)
+     */
+    mode?: "hybrid" | "vector" | "text" | undefined;
+    /**
+     * only this session
+     */
+    session?: string | undefined;
+};
+export type Hit = {
+    memoryId: number;
+    content: string;
+    /**
+     * higher is better
+     */
+    score: number;
+    session: string | null;
+    role: string | null;
+    /**
+     * `message`, `fact`, `persona` or `summary`
+     */
+    kind: string;
+    createdAt: Date;
+    tags: string[];
+};
+export type Usage = {
+    promptTokens: number;
+    completionTokens: number;
+    totalTokens: number;
+};
+export type ChatResult = {
+    text: string;
+    /**
+     * the memories that went into the prompt
+     */
+    context: Hit[];
+    usage: Usage;
+    finishReason: "stop" | "length" | "cancelled";
+    /**
+     * mean log-probability of the answer's tokens
+     */
+    confidence: number | null;
+    model: string;
+    session: string;
+    messageId: number;
+    replyId: number | null;
+};
+export type ChatOptions = {
+    maxTokens?: number | undefined;
+    temperature?: number | undefined;
+    topP?: number | undefined;
+    seed?: number | undefined;
+    stop?: string[] | undefined;
+    /**
+     * a system prompt
+     */
+    system?: string | undefined;
+};
+/** A user-scoped long-term memory over one store. */
+export class Memory {
+    /**
+     * Opens the store and loads the embedding model.
+     * @param {OpenOptions} [options]
+     * @returns {Promise<Memory>}
+     */
+    static open(options?: OpenOptions): Promise<Memory>;
+    /**
+     * @param {any} engine the addon's engine
+     * @private
+     */
+    private constructor();
+    /** @private */
+    private engine;
+    /**
+     * Stores messages (each also as a searchable memory), all or none; returns their ids.
+     * @param {string} user
+     * @param {string} session
+     * @param {Message[]} messages
+     * @returns {Promise<number[]>}
+     */
+    addMessages(user: string, session: string, messages: Message[]): Promise<number[]>;
+    /**
+     * The user's memories that matter for `query`, best first.
+     * @param {string} user
+     * @param {string} query
+     * @param {SearchOptions} [options]
+     * @returns {Promise<Hit[]>}
+     */
+    search(user: string, query: string, options?: SearchOptions): Promise<Hit[]>;
+    /**
+     * Everything stored about the user, as `deep-recall export` prints it.
+     * @param {string} user
+     * @returns {Promise<Record<string, any>>}
+     */
+    export(user: string): Promise<Record<string, any>>;
+    /**
+     * Deletes everything stored about the user; returns what was deleted.
+     * @param {string} user
+     * @returns {Promise<Record<string, any>>}
+     */
+    forget(user: string): Promise<Record<string, any>>;
+    /**
+     * Answers `message` with the user's memory (the chat model loads on first use).
+     * @param {string} user
+     * @param {string} session
+     * @param {string} message
+     * @param {ChatOptions} [options]
+     * @returns {Promise<ChatResult>}
+     */
+    chat(user: string, session: string, message: string, options?: ChatOptions): Promise<ChatResult>;
+    /**
+     * Like `chat`, streamed: the text as it is generated (`{ delta }` objects), then the
+     * result (`{ done: true, result }`). Leaving the loop early stops the generation.
+     * @param {string} user
+     * @param {string} session
+     * @param {string} message
+     * @param {ChatOptions} [options]
+     * @returns {AsyncGenerator<{ delta: string } | { done: true, result: ChatResult }>}
+     */
+    chatStream(user: string, session: string, message: string, options?: ChatOptions): AsyncGenerator<{
+        delta: string;
+    } | {
+        done: true;
+        result: ChatResult;
+    }>;
+}
+/**
+ * Base class of Deep Recall's errors; `code` is stable.
+ */
+export class DeepRecallError extends Error {
+    /**
+     * @param {string} message
+     * @param {string} [code]
+     */
+    constructor(message: string, code?: string);
+    /** @type {string} */
+    code: string;
+}
+/** The input was rejected; nothing was written. */
+export class InvalidInputError extends DeepRecallError {
+    /** @param {string} message */
+    constructor(message: string);
+}
+/** No such object for this user. */
+export class NotFoundError extends DeepRecallError {
+    /** @param {string} message */
+    constructor(message: string);
+}
+/** Model files are missing or broken. */
+export class ModelError extends DeepRecallError {
+    /** @param {string} message */
+    constructor(message: string);
+}
+/** A backing service (database, model worker, remote provider) is down or overloaded. */
+export class UnavailableError extends DeepRecallError {
+    /** @param {string} message */
+    constructor(message: string);
+}

@@ -1,0 +1,3 @@
+export = addon;
+/** @type {any} */
+declare let addon: any;
