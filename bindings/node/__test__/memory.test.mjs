@@ -182,3 +182,20 @@ test('chat streams deltas, then the result', async () => {
   const roles = (await m.export('maya')).messages.filter((x) => x.session === 'cut').map((x) => x.role)
   assert.deepEqual(roles, ['user'])
 })
+
+test('the shared vectors', async () => {
+  // The core's results on tests/vectors/retrieval.json, reproduced through the package.
+  const { readFileSync } = await import('node:fs')
+  const vectors = JSON.parse(readFileSync(path.join(root, 'tests/vectors/retrieval.json'), 'utf8'))
+  const m = await Memory.open({ dataDir: tempDir(), modelsDir, device: 'cpu' })
+  await m.addMessages('vectors', vectors.session, vectors.messages)
+  for (const c of vectors.queries) {
+    const hits = await m.search('vectors', c.query, { topK: c.top_k, mode: c.mode })
+    assert.deepEqual(
+      hits.map((h) => h.content),
+      c.expected.map((e) => e.content),
+      `${c.query} (${c.mode})`,
+    )
+    hits.forEach((h, i) => assert.ok(Math.abs(h.score - c.expected[i].score) < 1e-4, `${c.query} (${c.mode})`))
+  }
+})

@@ -9,7 +9,7 @@ import time
 from typing import Callable
 
 import pytest
-from conftest import Store, models_dir
+from conftest import ROOT, Store, models_dir
 from deep_recall import (
     AsyncMemory,
     ChatResult,
@@ -206,3 +206,16 @@ def test_async_memory_opens_and_streams(chat_memory: Memory, tmp_path: object) -
             await memory.search("zoe", "x", mode="fuzzy")
 
     asyncio.run(main())
+
+
+def test_the_shared_vectors(tmp_path: object) -> None:
+    """The core's results on tests/vectors/retrieval.json, reproduced through the package."""
+    vectors = json.loads((ROOT / "tests" / "vectors" / "retrieval.json").read_text())
+    m = Memory(data_dir=f"{tmp_path}/data", models_dir=models_dir(), device="cpu")
+    m.add_messages("vectors", vectors["session"], vectors["messages"])
+    for case in vectors["queries"]:
+        hits = m.search("vectors", case["query"], top_k=case["top_k"], mode=case["mode"])
+        expected = case["expected"]
+        assert [h.content for h in hits] == [e["content"] for e in expected], case
+        for h, e in zip(hits, expected):
+            assert h.score == pytest.approx(e["score"], abs=1e-4), case

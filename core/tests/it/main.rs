@@ -13,3 +13,4 @@ mod retrieval;
 mod store_conformance;
 mod summaries;
 mod tiny_models;
+mod vectors;
