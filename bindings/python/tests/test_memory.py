@@ -214,7 +214,9 @@ def test_the_shared_vectors(tmp_path: object) -> None:
     m = Memory(data_dir=f"{tmp_path}/data", models_dir=models_dir(), device="cpu")
     m.add_messages("vectors", vectors["session"], vectors["messages"])
     for case in vectors["queries"]:
-        hits = m.search("vectors", case["query"], top_k=case["top_k"], mode=case["mode"])
+        hits = m.search(
+            "vectors", case["query"], top_k=case["top_k"], mode=case["mode"]
+        )
         expected = case["expected"]
         assert [h.content for h in hits] == [e["content"] for e in expected], case
         for h, e in zip(hits, expected):
