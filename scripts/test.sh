@@ -5,7 +5,9 @@
 #   store, with the real default models (fetched here into DEEP_RECALL_MODELS_DIR, ./models by
 #   default; already-present files are only checked), and the server driven as a real process
 #   by HTTP, the npm `graphql-ws` client (Node.js) and the official `openai` Python SDK (a
-#   venv from scripts/test-venv.sh).
+#   venv from scripts/test-venv.sh); the Python, Node and wasm packages built as a user builds
+#   them and tested (the wasm demo page in headless Chromium, installed from Debian if
+#   missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -69,6 +71,17 @@ package="$PWD/bindings/node"
   && node -e "require('deep-recall').Memory.open({ modelsDir: '/nonexistent' }).catch(e => { if (e.code !== 'MODEL_ERROR') throw e; console.log('npm install ./bindings/node: ok') })")
 rm -rf "$user_project"
 
+step "wasm package (bindings/wasm: build, wasm-bindgen tests under Node, the demo in Chromium)"
+rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+# wasm-bindgen-cli must equal the crate's wasm-bindgen (Cargo.toml pins it); not --locked: its
+# lockfile names a crate version the registry mirror lacks.
+wasm_bindgen_version="0.2.130"
+wasm-bindgen --version 2>/dev/null | grep -qF "$wasm_bindgen_version" \
+  || cargo install --quiet wasm-bindgen-cli --version "$wasm_bindgen_version"
+# Headless Chromium from Debian for the demo page (playwright-core drives it).
+command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+(cd bindings/wasm && npm ci --no-audit --no-fund --loglevel=error && npm test)
+
 step "python (ruff on every file; mypy --strict where the venv has the imports)"
 # shellcheck disable=SC2046
 "$venv_bin/ruff" check $(git ls-files '*.py')
@@ -79,5 +92,6 @@ step "python (ruff on every file; mypy --strict where the venv has the imports)"
 
 step "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy -p recall-wasm --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
 
 step "done in $((SECONDS - started))s"

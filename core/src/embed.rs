@@ -9,9 +9,11 @@ use crate::device::DeviceConfig;
 use crate::error::Result;
 
 pub mod bert;
+#[cfg(feature = "native")]
 pub mod service;
 
 pub use bert::BertEmbedder;
+#[cfg(feature = "native")]
 pub use service::EmbeddingService;
 
 /// The default embedding model: all-MiniLM-L6-v2 (384 dimensions).

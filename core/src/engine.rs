@@ -27,7 +27,7 @@ use crate::events::{Event, EventBus, MemoryAction, MemoryEvent, WireEvent};
 use crate::jobs::JobQueue;
 use crate::limits::Limits;
 use crate::rerank::Reranker;
-use crate::retrieval::{EMOTION_CONFIDENCE_KEY, RankingConfig, SearchMode};
+use crate::retrieval::RetrieveOptions;
 use crate::store::MemoryStore;
 use crate::types::{Embedding, Filter, Memory, MemoryKind};
 
@@ -56,47 +56,6 @@ impl Default for SearchOptions {
             min_score: None,
             filter: Filter::default(),
             cursor: None,
-        }
-    }
-}
-
-/// Options of [`Engine::retrieve`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct RetrieveOptions {
-    /// Results wanted.
-    pub top_k: usize,
-    /// Which retrievers run.
-    pub mode: SearchMode,
-    /// Narrowing.
-    pub filter: Filter,
-    /// Re-ranking.
-    pub ranking: RankingConfig,
-    /// "Now" for recency (the current time when absent).
-    pub now: Option<DateTime<Utc>>,
-}
-
-impl RetrieveOptions {
-    /// `top_k` results in `mode`, ranked the way the mode means by default
-    /// ([`RankingConfig::for_mode`]); every front door starts from this.
-    pub fn for_mode(mode: SearchMode, top_k: usize) -> Self {
-        Self {
-            top_k,
-            mode,
-            ranking: RankingConfig::for_mode(mode),
-            ..Self::default()
-        }
-    }
-}
-
-impl Default for RetrieveOptions {
-    fn default() -> Self {
-        Self {
-            top_k: 10,
-            mode: SearchMode::Hybrid,
-            filter: Filter::default(),
-            ranking: RankingConfig::default(),
-            now: None,
         }
     }
 }
@@ -260,10 +219,6 @@ impl Engine {
     pub(crate) fn job_queue(&self) -> &Arc<dyn JobQueue> {
         &self.jobs
     }
-}
-
-fn emotion_metadata(emotion: EmotionScore) -> Value {
-    json!({ EMOTION_CONFIDENCE_KEY: (emotion.confidence * 1000.0).round() / 1000.0 })
 }
 
 /// A memory given as text, for [`Engine::add_memory`].

@@ -10,8 +10,9 @@ use chrono::{DateTime, Duration, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::engine::{Engine, RetrieveOptions};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::retrieval::RetrieveOptions;
 use crate::types::{NewMessage, Role};
 
 /// One conversation and its questions.

@@ -32,6 +32,7 @@
 //! # Ok(())
 //! # }
 //! ```
+#[cfg(feature = "native")]
 pub mod cache;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub mod chat;
@@ -45,12 +46,17 @@ pub mod engine;
 pub mod error;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub mod eval;
+#[cfg(feature = "native")]
 pub mod events;
 pub mod importance;
+pub mod index;
 pub mod ingest;
+#[cfg(feature = "native")]
 pub mod jobs;
 pub mod limits;
+#[cfg(feature = "native")]
 pub mod llm;
+#[cfg(feature = "native")]
 pub mod models;
 pub mod rerank;
 pub mod retrieval;
@@ -67,9 +73,8 @@ pub mod types;
 
 pub use embed::Embedder;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub use engine::{
-    ContextOptions, Engine, MemoryUpdate, NewMemoryText, RetrieveOptions, SearchOptions,
-};
+pub use engine::{ContextOptions, Engine, MemoryUpdate, NewMemoryText, SearchOptions};
 pub use error::{Error, ErrorKind, Result};
+pub use retrieval::RetrieveOptions;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use store::{MemoryStore, StoreConfig};

@@ -4,8 +4,10 @@ use async_trait::async_trait;
 
 use crate::error::Result;
 
+#[cfg(feature = "native")]
 pub mod classifier;
 
+#[cfg(feature = "native")]
 pub use classifier::{ClassifierEmotionDetector, CrossEncoder, SequenceClassifier};
 
 /// Scores (query, document) pairs.

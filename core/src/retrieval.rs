@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::emotion::{Emotion, EmotionScore, emotion_match};
 use crate::error::{Error, Result};
-use crate::types::{Memory, Retrieved, Signals};
+use crate::types::{Filter, Memory, Retrieved, Signals};
 
 /// Metadata key under which the emotion detector's confidence is stored on a memory.
 pub const EMOTION_CONFIDENCE_KEY: &str = "emotion_confidence";
@@ -206,6 +206,47 @@ impl RankingConfig {
     }
 }
 
+/// Options of a retrieval (the engine's `retrieve`, the in-memory index's `search`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RetrieveOptions {
+    /// Results wanted.
+    pub top_k: usize,
+    /// Which retrievers run.
+    pub mode: SearchMode,
+    /// Narrowing.
+    pub filter: Filter,
+    /// Re-ranking.
+    pub ranking: RankingConfig,
+    /// "Now" for recency (the current time when absent).
+    pub now: Option<DateTime<Utc>>,
+}
+
+impl RetrieveOptions {
+    /// `top_k` results in `mode`, ranked the way the mode means by default
+    /// ([`RankingConfig::for_mode`]); every front door starts from this.
+    pub fn for_mode(mode: SearchMode, top_k: usize) -> Self {
+        Self {
+            top_k,
+            mode,
+            ranking: RankingConfig::for_mode(mode),
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for RetrieveOptions {
+    fn default() -> Self {
+        Self {
+            top_k: 10,
+            mode: SearchMode::Hybrid,
+            filter: Filter::default(),
+            ranking: RankingConfig::default(),
+            now: None,
+        }
+    }
+}
+
 /// One candidate moving through the pipeline.
 #[derive(Debug, Clone)]
 pub struct Candidate {
@@ -324,6 +365,51 @@ pub fn apply_signals(
             + config.importance_weight * c.signals.importance
             + config.emotion_weight * c.signals.emotion;
     }
+}
+
+/// Relevance and signals for merged candidates: the similarity of candidates found by text
+/// alone (from their vector, when they carry one), the mode's relevance, then recency,
+/// importance and emotional match. What comes before (candidates) and after (a cross-encoder,
+/// [`finish`]) is the caller's; the engine and the in-memory index both score through this.
+pub fn score(
+    candidates: &mut [Candidate],
+    query_vector: Option<&[f32]>,
+    mode: SearchMode,
+    config: &RankingConfig,
+    now: DateTime<Utc>,
+    query_emotion: Option<EmotionScore>,
+) {
+    if let Some(q) = query_vector {
+        for c in candidates.iter_mut() {
+            if c.signals.similarity.is_none()
+                && let Some(v) = &c.vector
+            {
+                c.signals.similarity = Some(crate::embed::cosine(q, v));
+            }
+        }
+    }
+    relevance(candidates, mode, config.fusion);
+    apply_signals(candidates, config, now, query_emotion);
+}
+
+/// Whether ranking with `config` in `mode` needs the candidates' stored vectors (for MMR, or
+/// for the similarity of text-only candidates under weighted fusion).
+pub fn needs_vectors(mode: SearchMode, config: &RankingConfig) -> bool {
+    config.mmr_lambda.is_some_and(|l| l < 1.0)
+        || (mode == SearchMode::Hybrid && matches!(config.fusion, Fusion::Weighted { .. }))
+}
+
+/// What a memory is given at ingest from its text and detected emotion: an importance in
+/// [0, 1], the emotion's name, and metadata recording the detector's confidence.
+pub fn ingest_signals(text: &str, emotion: EmotionScore) -> (f32, String, serde_json::Value) {
+    let metadata = serde_json::json!({
+        EMOTION_CONFIDENCE_KEY: (emotion.confidence * 1000.0).round() / 1000.0
+    });
+    (
+        crate::importance::importance(text, Some(emotion)),
+        emotion.emotion.as_str().to_owned(),
+        metadata,
+    )
 }
 
 /// Blends cross-encoder probabilities (`scores[i]` for `candidates[i]`, as logits) into the

@@ -15,6 +15,16 @@ use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::error::{Error, Result};
 
+/// What a model is made of, whatever it was read from.
+struct Parts<'a> {
+    config: Config,
+    tokenizer_json: &'a str,
+    pooling: Pooling,
+    normalize: bool,
+    /// Longest input in tokens, when a file says.
+    max_len: Option<usize>,
+}
+
 /// How token vectors become one sentence vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pooling {
@@ -122,17 +132,77 @@ impl BertEmbedder {
         } else {
             None
         };
-        let max_len = max_seq_len
-            .or(st_max)
-            .unwrap_or(512)
-            .min(config.max_position_embeddings);
-
         let tokenizer_path = dir.join("tokenizer.json");
-        if !tokenizer_path.exists() {
-            read(&tokenizer_path)?;
-        }
-        let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
-            .map_err(|e| Error::model(format!("{}: {e}", tokenizer_path.display())))?;
+        let tokenizer_json = read(&tokenizer_path)?;
+        let weights = weights_file(dir)?;
+        let dtype = if device.is_cpu() {
+            DType::F32
+        } else {
+            DType::F16
+        };
+        // SAFETY: the weights file is memory-mapped read-only; it must not be modified while
+        // the model is loaded (the models directory is written only by `models fetch`).
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], dtype, device)? };
+        Self::build(
+            Parts {
+                config,
+                tokenizer_json: &tokenizer_json,
+                pooling,
+                normalize,
+                max_len: max_seq_len.or(st_max),
+            },
+            vb,
+            device,
+            max_batch,
+        )
+        .map_err(|e| match e {
+            Error::Model { message } => {
+                Error::model(format!("{}: {message}", tokenizer_path.display()))
+            }
+            other => other,
+        })
+    }
+
+    /// A model from its files' contents (a browser has no directory): `config.json`,
+    /// `tokenizer.json` and `model.safetensors`, with mean pooling and L2 normalisation (the
+    /// sentence-transformers setting of all-MiniLM-L6-v2 and most BERT-family embedders), on
+    /// the CPU.
+    pub fn from_bytes(
+        config_json: &str,
+        tokenizer_json: &str,
+        weights: Vec<u8>,
+        max_batch: usize,
+    ) -> Result<Self> {
+        let config: Config = serde_json::from_str(config_json)
+            .map_err(|e| Error::model(format!("config.json is not valid: {e}")))?;
+        let device = Device::Cpu;
+        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)?;
+        Self::build(
+            Parts {
+                config,
+                tokenizer_json,
+                pooling: Pooling::Mean,
+                normalize: true,
+                max_len: Some(256),
+            },
+            vb,
+            &device,
+            max_batch,
+        )
+    }
+
+    fn build(parts: Parts<'_>, vb: VarBuilder, device: &Device, max_batch: usize) -> Result<Self> {
+        let Parts {
+            config,
+            tokenizer_json,
+            pooling,
+            normalize,
+            max_len,
+        } = parts;
+        let max_len = max_len.unwrap_or(512).min(config.max_position_embeddings);
+        let mut tokenizer: Tokenizer = tokenizer_json
+            .parse()
+            .map_err(|e| Error::model(format!("tokenizer.json is not valid: {e}")))?;
         // The shipped tokenizer.json may pad every input to a fixed length; padding is done
         // per batch here instead, and masked out of pooling.
         tokenizer.with_padding(None);
@@ -145,16 +215,6 @@ impl BertEmbedder {
         let pad_id = tokenizer
             .token_to_id("[PAD]")
             .unwrap_or(config.pad_token_id as u32);
-
-        let weights = weights_file(dir)?;
-        let dtype = if device.is_cpu() {
-            DType::F32
-        } else {
-            DType::F16
-        };
-        // SAFETY: the weights file is memory-mapped read-only; it must not be modified while
-        // the model is loaded (the models directory is written only by `models fetch`).
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], dtype, device)? };
         let model = BertModel::load(vb, &config)?;
         Ok(Self {
             model,

@@ -2,7 +2,7 @@
 use super::*;
 use crate::chunk::{ChunkConfig, chunk_ranges};
 use crate::error::Error;
-use crate::importance::importance;
+use crate::retrieval;
 use crate::types::{
     AppendedMessage, MemoryPatch, Message, MessageWrite, NewMemory, NewMessage, Page, PageRequest,
 };
@@ -80,14 +80,14 @@ impl Engine {
         };
         for (((i, text), vector), emotion) in pieces.into_iter().zip(vectors).zip(emotions) {
             let n = memories[i].len();
-            let mut metadata = emotion_metadata(emotion);
+            let (importance, emotion, mut metadata) = retrieval::ingest_signals(&text, emotion);
             if counts[i] > 1 {
                 metadata["chunk"] = json!(n);
                 metadata["chunks"] = json!(counts[i]);
             }
             memories[i].push(NewMemory {
-                importance: Some(importance(&text, Some(emotion))),
-                emotion: Some(emotion.emotion.as_str().to_owned()),
+                importance: Some(importance),
+                emotion: Some(emotion),
                 metadata,
                 ..NewMemory::new(MemoryKind::Message, text, self.embedding(vector))
             });
@@ -126,6 +126,7 @@ impl Engine {
             .await?
             .pop()
             .unwrap_or(EmotionScore::neutral(0.5));
+        let (importance, emotion, metadata) = retrieval::ingest_signals(&memory.content, emotion);
         let stored = self
             .store
             .add_memories(
@@ -133,13 +134,9 @@ impl Engine {
                 vec![NewMemory {
                     session: memory.session,
                     tags: memory.tags,
-                    importance: Some(
-                        memory
-                            .importance
-                            .unwrap_or_else(|| importance(&memory.content, Some(emotion))),
-                    ),
-                    emotion: Some(emotion.emotion.as_str().to_owned()),
-                    metadata: emotion_metadata(emotion),
+                    importance: Some(memory.importance.unwrap_or(importance)),
+                    emotion: Some(emotion),
+                    metadata,
                     ..NewMemory::new(memory.kind, memory.content, self.embedding(vector))
                 }],
             )

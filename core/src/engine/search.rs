@@ -2,7 +2,7 @@
 //! the query cache). Embeddings on their own, for the OpenAI-compatible API.
 use super::*;
 use crate::error::Error;
-use crate::retrieval;
+use crate::retrieval::{self, SearchMode};
 use crate::types::{Retrieved, SearchPage, TextQuery, VectorQuery};
 
 /// Texts per [`Engine::embed_texts`] call at most.
@@ -144,28 +144,26 @@ impl Engine {
             text_hits.into_iter().map(|h| (h.memory, h.score)).collect(),
         );
         // Stored vectors: for the similarity of text-only candidates, and for MMR.
-        let needs_vectors = cfg.mmr_lambda.is_some_and(|l| l < 1.0)
-            || (mode == SearchMode::Hybrid
-                && matches!(cfg.fusion, retrieval::Fusion::Weighted { .. }));
-        if needs_vectors && !candidates.is_empty() {
+        if retrieval::needs_vectors(mode, cfg) && !candidates.is_empty() {
             let ids: Vec<i64> = candidates.iter().map(|c| c.memory.id).collect();
             let mut vectors = self.store.vectors(user, &model, &ids).await?;
             for c in candidates.iter_mut() {
                 c.vector = vectors.remove(&c.memory.id);
-                if c.signals.similarity.is_none()
-                    && let (Some(q), Some(v)) = (&query_vector, &c.vector)
-                {
-                    c.signals.similarity = Some(crate::embed::cosine(q, v));
-                }
             }
         }
-        retrieval::relevance(&mut candidates, mode, cfg.fusion);
         let query_emotion = if cfg.emotion_weight > 0.0 {
             self.emotion.detect(&[query]).await?.pop()
         } else {
             None
         };
-        retrieval::apply_signals(&mut candidates, cfg, now, query_emotion);
+        retrieval::score(
+            &mut candidates,
+            query_vector.as_deref(),
+            mode,
+            cfg,
+            now,
+            query_emotion,
+        );
         if let Some(reranker) = &self.reranker
             && cfg.cross_encoder_weight > 0.0
             && cfg.cross_encoder_top_n > 0
