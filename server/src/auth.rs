@@ -35,6 +35,8 @@ pub enum AuthMethod {
     ApiKey,
     /// Nothing (anonymous access is enabled).
     Anonymous,
+    /// The local process's own user (`deep-recall mcp --user`, over standard I/O).
+    Local,
 }
 
 /// Why authentication failed (always `UNAUTHENTICATED` / HTTP 401 at the edges).

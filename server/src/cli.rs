@@ -4,6 +4,7 @@ mod data;
 mod eval;
 mod generate;
 mod ingest;
+mod mcp;
 mod models;
 mod search;
 mod serve;
@@ -136,8 +137,11 @@ enum Command {
     /// Delete everything stored about a user, at once and for good.
     Forget(data::ForgetArgs),
     /// Run the server: GraphQL at /graphql (HTTP and WebSocket), OpenAI-compatible REST under
-    /// /v1, /health, /ready and /metrics.
+    /// /v1, MCP at /mcp, /health, /ready and /metrics.
     Serve(serve::ServeArgs),
+    /// The Model Context Protocol over standard input and output, for one user: the tools
+    /// add_memory, search_memories, list_sessions, delete_memory and chat (see docs/api.md).
+    Mcp(mcp::McpArgs),
     /// Print the GraphQL schema (SDL).
     Schema,
     /// Service API keys.
@@ -284,6 +288,7 @@ async fn dispatch(cli: Cli) -> recall_core::Result<()> {
         Command::Export(args) => data::export(&settings, args, g.json).await,
         Command::Forget(args) => data::forget(&settings, args, g.json).await,
         Command::Serve(args) => serve::run(settings, args).await,
+        Command::Mcp(args) => mcp::run(settings, args).await,
         Command::Schema | Command::Keys { .. } => Ok(()),
     }
 }

@@ -1,18 +1,20 @@
 //! # recall-server
 //!
 //! The `deep-recall` binary: the command line over [`recall_core`] and the server — GraphQL
-//! (queries, mutations, subscriptions over graphql-ws) and OpenAI-compatible REST on axum, with
-//! authentication, rate limits and metrics.
+//! (queries, mutations, subscriptions over graphql-ws), OpenAI-compatible REST on axum and the
+//! Model Context Protocol (stdio and streamable HTTP), with authentication, rate limits and
+//! metrics.
 //!
 //! Modules depend one way, from the bottom up: [`settings`] and [`error`]; [`auth`],
 //! [`limits`], [`metrics`]; [`state`] (what every front door shares); the front doors
-//! [`graphql`] and [`rest`]; [`router`] (HTTP and WebSocket); [`startup`] (the whole server as
+//! [`graphql`], [`rest`] and [`mcp`]; [`router`] (HTTP and WebSocket); [`startup`] (the whole server as
 //! a library function); [`cli`].
 pub mod auth;
 pub mod cli;
 pub mod error;
 pub mod graphql;
 pub mod limits;
+pub mod mcp;
 pub mod metrics;
 pub mod rest;
 pub mod router;

@@ -1,5 +1,5 @@
 //! The HTTP router: GraphQL over HTTP and WebSocket, the OpenAI-compatible REST API under
-//! `/v1`, health, readiness and metrics; authentication and rate limits at the door, request
+//! `/v1`, MCP at `/mcp`, health, readiness and metrics; authentication and rate limits at the door, request
 //! logs, and graceful shutdown.
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,8 +45,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         schema,
     };
     let cors = cors(&state.settings.cors_origins);
-    Router::new()
-        .route("/graphql", get(graphql_get).post(graphql_post))
+    let mut app = Router::new();
+    if state.settings.mcp.enabled {
+        app = app.merge(crate::mcp::routes(state.clone()));
+    }
+    app.route("/graphql", get(graphql_get).post(graphql_post))
         .nest("/v1", rest::routes().with_state(state.clone()))
         .route("/health", get(health))
         .route("/ready", get(ready))

@@ -42,6 +42,8 @@ pub struct Settings {
     pub jobs: JobSettings,
     /// Logs.
     pub log: LogSettings,
+    /// The MCP endpoint at `/mcp`.
+    pub mcp: McpSettings,
 }
 
 impl Default for Settings {
@@ -58,6 +60,7 @@ impl Default for Settings {
             chat: ChatSettings::default(),
             jobs: JobSettings::default(),
             log: LogSettings::default(),
+            mcp: McpSettings::default(),
         }
     }
 }
@@ -380,6 +383,27 @@ pub enum LogFormat {
     Json,
     /// Human-readable lines.
     Text,
+}
+
+/// The MCP endpoint (`/mcp`, streamable HTTP).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct McpSettings {
+    /// Serve `/mcp`.
+    pub enabled: bool,
+    /// `Host` header values accepted at `/mcp` (names, or `name:port`), against DNS
+    /// rebinding; loopback only by default: add the names the server is reached by. An empty
+    /// list accepts any host.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for McpSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+        }
+    }
 }
 
 /// Environment variables read by [`Settings::load`] start with this.

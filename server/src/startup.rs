@@ -86,6 +86,35 @@ pub async fn chat_model(
     .await
 }
 
+/// The chat pipeline over `engine` with the configured chat model, writing rolling summaries
+/// when `chat.summary_trigger_messages` is set.
+pub async fn chat_pipeline(settings: &Settings, engine: Engine) -> Result<ChatPipeline> {
+    let model = chat_model(settings, settings.chat.max_sequences, true).await?;
+    let mut pipeline = ChatPipeline::new(engine, model.clone());
+    if settings.chat.summary_trigger_messages > 0 {
+        pipeline = pipeline.with_summaries(
+            Arc::new(ChatSummarizer::new(model, 160)),
+            SummaryPolicy {
+                trigger_messages: settings.chat.summary_trigger_messages,
+                ..Default::default()
+            },
+        );
+    }
+    Ok(pipeline)
+}
+
+/// What the front doors share, for a process that serves no HTTP (`deep-recall mcp`): the
+/// engine, and the chat pipeline unless `with_chat` is false.
+pub async fn state(settings: Settings, with_chat: bool) -> Result<AppState> {
+    let engine = engine(&settings).await?;
+    let chat = if with_chat {
+        Some(chat_pipeline(&settings, engine.clone()).await?)
+    } else {
+        None
+    };
+    AppState::new(settings, engine, chat)
+}
+
 /// Refuses settings that leave no way to authenticate.
 fn check_auth(settings: &Settings) -> Result<()> {
     let a = &settings.auth;
@@ -116,18 +145,7 @@ pub async fn run(
     tracing::info!(settings = ?settings, "starting");
     let engine = engine(&settings).await?;
     let chat = if with_chat {
-        let model = chat_model(&settings, settings.chat.max_sequences, true).await?;
-        let mut pipeline = ChatPipeline::new(engine.clone(), model.clone());
-        if settings.chat.summary_trigger_messages > 0 {
-            pipeline = pipeline.with_summaries(
-                Arc::new(ChatSummarizer::new(model, 160)),
-                SummaryPolicy {
-                    trigger_messages: settings.chat.summary_trigger_messages,
-                    ..Default::default()
-                },
-            );
-        }
-        Some(pipeline)
+        Some(chat_pipeline(&settings, engine.clone()).await?)
     } else {
         None
     };

@@ -8,6 +8,7 @@ mod fixtures;
 mod jobs;
 mod layering;
 mod limits;
+mod mcp;
 mod memory;
 mod ops;
 mod remote;

@@ -1,0 +1,679 @@
+//! The MCP front door: the Model Context Protocol (the official `rmcp` SDK) over standard I/O
+//! for one user (`deep-recall mcp --user U`), and over streamable HTTP at `/mcp` under
+//! `serve`, where each request's credentials name the user, as on every other door. The tools
+//! call the same engine and chat pipeline as GraphQL and REST; core holds the rules.
+//!
+//! Tools: `add_memory`, `search_memories`, `list_sessions`, `delete_memory`, `chat`. A tool
+//! that fails answers an error result (`isError`) whose text starts with the stable code
+//! (`BAD_INPUT: ...`, `NOT_FOUND: ...`), so the model can read it and correct itself;
+//! arguments that do not fit a tool's schema are refused before it runs, as an error result
+//! naming the field.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use recall_core::RetrieveOptions;
+use recall_core::chat::{ChatRequest, ChatResult};
+use recall_core::engine::NewMemoryText;
+use recall_core::retrieval::SearchMode;
+use recall_core::types::{Filter, Memory, MemoryKind, PageRequest, Retrieved, Session};
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::IntoCallToolResult;
+use rmcp::handler::server::wrapper::{Json, Parameters};
+use rmcp::model::{
+    CallToolResponse, CallToolResult, ContentBlock, Implementation, ServerCapabilities,
+    ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{RoleServer, ServerHandler, tool, tool_handler, tool_router};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Principal;
+use crate::error::{ApiError, Code};
+use crate::state::AppState;
+
+/// Most memories one search returns.
+pub const MAX_TOP_K: u32 = 50;
+/// Most sessions one page lists.
+pub const MAX_PAGE: u32 = 100;
+
+/// The MCP server over the shared state: one per stdio process, one per HTTP request.
+#[derive(Clone)]
+pub struct McpServer {
+    state: Arc<AppState>,
+    /// The one user of a stdio process; `None` over HTTP, where the request's credentials
+    /// decide.
+    user: Option<Principal>,
+    tool_router: ToolRouter<Self>,
+}
+
+/// A failed tool call: the result the model sees, with the stable code first.
+#[derive(Debug)]
+pub struct ToolError(pub ApiError);
+
+impl From<ApiError> for ToolError {
+    fn from(e: ApiError) -> Self {
+        Self(e)
+    }
+}
+
+impl From<recall_core::Error> for ToolError {
+    fn from(e: recall_core::Error) -> Self {
+        Self(ApiError::from(e))
+    }
+}
+
+impl IntoCallToolResult for ToolError {
+    fn into_call_tool_result(self) -> Result<CallToolResponse, rmcp::ErrorData> {
+        Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+            "{}: {}",
+            self.0.code.as_str(),
+            self.0.message
+        ))])
+        .into())
+    }
+}
+
+fn bad_input(message: impl Into<String>) -> ToolError {
+    ToolError(ApiError::new(Code::BadInput, message))
+}
+
+/// What a memory is, as `add_memory` takes it.
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KindArg {
+    /// A fact about the user (the default).
+    #[default]
+    Fact,
+    /// Part of a persona or standing instruction.
+    Persona,
+    /// A message.
+    Message,
+    /// A summary.
+    Summary,
+}
+
+impl From<KindArg> for MemoryKind {
+    fn from(k: KindArg) -> Self {
+        match k {
+            KindArg::Fact => MemoryKind::Fact,
+            KindArg::Persona => MemoryKind::Persona,
+            KindArg::Message => MemoryKind::Message,
+            KindArg::Summary => MemoryKind::Summary,
+        }
+    }
+}
+
+/// Which retrievers a search uses.
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ModeArg {
+    /// Meaning and words, fused and re-ranked (the default).
+    #[default]
+    Hybrid,
+    /// Meaning only.
+    Vector,
+    /// Words only.
+    Text,
+}
+
+impl From<ModeArg> for SearchMode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Hybrid => SearchMode::Hybrid,
+            ModeArg::Vector => SearchMode::Vector,
+            ModeArg::Text => SearchMode::Text,
+        }
+    }
+}
+
+/// Arguments of `add_memory`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct AddMemoryArgs {
+    /// The text to remember.
+    pub content: String,
+    /// What it is: fact (the default), persona, message or summary.
+    #[serde(default)]
+    pub kind: Option<KindArg>,
+    /// The conversation it belongs to, if any.
+    #[serde(default)]
+    pub session: Option<String>,
+    /// Labels to filter by later.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// How much it matters, from 0 to 1 (estimated from the text when absent).
+    #[serde(default)]
+    pub importance: Option<f32>,
+}
+
+/// Arguments of `search_memories`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct SearchArgs {
+    /// What to look for, in plain words.
+    pub query: String,
+    /// How many memories to return (1 to 50; 5 by default).
+    #[serde(default)]
+    pub top_k: Option<u32>,
+    /// hybrid (the default), vector or text.
+    #[serde(default)]
+    pub mode: Option<ModeArg>,
+    /// Only memories of this conversation.
+    #[serde(default)]
+    pub session: Option<String>,
+}
+
+/// Arguments of `list_sessions`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ListSessionsArgs {
+    /// Page size (1 to 100; 20 by default).
+    #[serde(default)]
+    pub first: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    #[serde(default)]
+    pub after: Option<String>,
+}
+
+/// Arguments of `delete_memory`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct DeleteMemoryArgs {
+    /// The memory's id, as `search_memories` or `add_memory` returned it.
+    pub id: String,
+}
+
+/// Arguments of `chat`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ChatArgs {
+    /// The conversation (created on first use).
+    pub session: String,
+    /// The user's message.
+    pub message: String,
+    /// Most tokens to generate (the server's default when absent).
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    /// Sampling temperature (0 picks the likeliest token).
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    /// How many memories to put into the prompt.
+    #[serde(default)]
+    pub memory_top_k: Option<u32>,
+}
+
+/// A memory as the tools return it.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct MemoryOut {
+    /// Its id (for `delete_memory`).
+    pub id: String,
+    /// fact, persona, message or summary.
+    pub kind: String,
+    /// The text.
+    pub content: String,
+    /// The conversation it came from.
+    pub session: Option<String>,
+    /// Who said it, for messages.
+    pub role: Option<String>,
+    /// Labels.
+    pub tags: Vec<String>,
+    /// When it was written (RFC 3339).
+    pub created_at: String,
+}
+
+impl From<Memory> for MemoryOut {
+    fn from(m: Memory) -> Self {
+        Self {
+            id: m.id.to_string(),
+            kind: m.kind.to_string(),
+            content: m.content,
+            session: m.session,
+            role: m.role.map(|r| r.to_string()),
+            tags: m.tags,
+            created_at: m.created_at.to_rfc3339(),
+        }
+    }
+}
+
+/// A search result.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct HitOut {
+    /// The memory.
+    #[serde(flatten)]
+    pub memory: MemoryOut,
+    /// Its score (higher is better).
+    pub score: f32,
+}
+
+impl From<Retrieved> for HitOut {
+    fn from(r: Retrieved) -> Self {
+        Self {
+            score: r.score,
+            memory: r.memory.into(),
+        }
+    }
+}
+
+/// What `search_memories` returns.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SearchOut {
+    /// The memories, best first.
+    pub hits: Vec<HitOut>,
+}
+
+/// A conversation.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SessionOut {
+    /// Its id.
+    pub id: String,
+    /// Its title.
+    pub title: Option<String>,
+    /// Created (RFC 3339).
+    pub created_at: String,
+    /// Last changed (RFC 3339).
+    pub updated_at: String,
+}
+
+impl From<Session> for SessionOut {
+    fn from(s: Session) -> Self {
+        Self {
+            id: s.id,
+            title: s.title,
+            created_at: s.created_at.to_rfc3339(),
+            updated_at: s.updated_at.to_rfc3339(),
+        }
+    }
+}
+
+/// What `list_sessions` returns.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SessionsOut {
+    /// Most recently changed first.
+    pub sessions: Vec<SessionOut>,
+    /// Pass as `after` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// What `delete_memory` returns.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct DeletedOut {
+    /// The memory that is gone.
+    pub id: String,
+    /// Always true (a memory that does not exist is a NOT_FOUND error).
+    pub deleted: bool,
+}
+
+/// A memory that went into a chat answer's prompt.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ContextOut {
+    /// Its id.
+    pub id: String,
+    /// fact, persona, message or summary.
+    pub kind: String,
+    /// The text.
+    pub content: String,
+    /// The conversation it came from.
+    pub session: Option<String>,
+    /// Its retrieval score.
+    pub score: f32,
+    /// When it was written (RFC 3339).
+    pub created_at: String,
+}
+
+/// Token counts.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct UsageOut {
+    /// Tokens of the prompt.
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub completion_tokens: usize,
+    /// Both.
+    pub total_tokens: usize,
+}
+
+/// What `chat` returns.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ChatOut {
+    /// The answer.
+    pub text: String,
+    /// The memories the answer was given, best first.
+    pub context: Vec<ContextOut>,
+    /// Token counts.
+    pub usage: UsageOut,
+    /// stop, length or cancelled.
+    pub finish_reason: String,
+    /// The model that answered.
+    pub model: String,
+}
+
+impl From<ChatResult> for ChatOut {
+    fn from(r: ChatResult) -> Self {
+        Self {
+            text: r.text,
+            context: r
+                .context
+                .into_iter()
+                .map(|c| ContextOut {
+                    id: c.memory_id.to_string(),
+                    kind: c.kind.to_string(),
+                    content: c.content,
+                    session: c.session,
+                    score: c.score,
+                    created_at: c.created_at.to_rfc3339(),
+                })
+                .collect(),
+            usage: UsageOut {
+                prompt_tokens: r.usage.prompt_tokens,
+                completion_tokens: r.usage.completion_tokens,
+                total_tokens: r.usage.total_tokens,
+            },
+            finish_reason: serde_json::to_value(r.finish_reason)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            model: r.model,
+        }
+    }
+}
+
+impl McpServer {
+    /// The server for one fixed user (standard I/O).
+    pub fn for_user(state: Arc<AppState>, user: Principal) -> Self {
+        Self {
+            state,
+            user: Some(user),
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    /// The server for HTTP, where each request carries its caller (put there by the router's
+    /// authentication).
+    pub fn for_http(state: Arc<AppState>) -> Self {
+        Self {
+            state,
+            user: None,
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    /// Who is calling: the process's user, or the request's authenticated caller.
+    fn caller(&self, ctx: &RequestContext<RoleServer>) -> Result<Principal, ToolError> {
+        if let Some(p) = &self.user {
+            return Ok(p.clone());
+        }
+        ctx.extensions
+            .get::<Parts>()
+            .and_then(|parts| parts.extensions.get::<Principal>())
+            .cloned()
+            .ok_or_else(|| {
+                ToolError(ApiError::new(
+                    Code::Unauthenticated,
+                    "authentication required",
+                ))
+            })
+    }
+
+    /// Counts the call in the metrics, by outcome.
+    fn record<T>(&self, tool: &str, started: Instant, r: &Result<T, ToolError>) {
+        let outcome = match r {
+            Ok(_) => "ok",
+            Err(e) => e.0.code.as_str(),
+        };
+        self.state
+            .metrics
+            .request("mcp", tool, outcome, started.elapsed());
+    }
+}
+
+#[tool_router]
+impl McpServer {
+    /// Stores a memory (a fact by default) so that later searches and chats find it.
+    #[tool(
+        description = "Remember something about the user: a fact (the default), a persona line, \
+                       a message or a summary. Returns the stored memory with its id."
+    )]
+    async fn add_memory(
+        &self,
+        ctx: RequestContext<RoleServer>,
+        Parameters(args): Parameters<AddMemoryArgs>,
+    ) -> Result<Json<MemoryOut>, ToolError> {
+        let started = Instant::now();
+        let r = async {
+            let p = self.caller(&ctx)?;
+            let memory = self
+                .state
+                .engine
+                .add_memory(
+                    &p.user,
+                    NewMemoryText {
+                        kind: args.kind.unwrap_or_default().into(),
+                        content: args.content,
+                        session: args.session,
+                        tags: args.tags,
+                        importance: args.importance,
+                    },
+                )
+                .await?;
+            Ok(Json(MemoryOut::from(memory)))
+        }
+        .await;
+        self.record("add_memory", started, &r);
+        r
+    }
+
+    /// Hybrid retrieval over the caller's memories.
+    #[tool(
+        description = "Search the user's long-term memory (past conversations and stored facts) \
+                       for what matters to a query. Returns memories best first with scores."
+    )]
+    async fn search_memories(
+        &self,
+        ctx: RequestContext<RoleServer>,
+        Parameters(args): Parameters<SearchArgs>,
+    ) -> Result<Json<SearchOut>, ToolError> {
+        let started = Instant::now();
+        let r = async {
+            let p = self.caller(&ctx)?;
+            let top_k = args.top_k.unwrap_or(5);
+            if top_k == 0 || top_k > MAX_TOP_K {
+                return Err(bad_input(format!("top_k must be 1 to {MAX_TOP_K}")));
+            }
+            let options = RetrieveOptions {
+                filter: Filter {
+                    session: args.session,
+                    ..Filter::default()
+                },
+                ..RetrieveOptions::for_mode(args.mode.unwrap_or_default().into(), top_k as usize)
+            };
+            let hits = self
+                .state
+                .engine
+                .retrieve(&p.user, &args.query, &options)
+                .await?;
+            self.state.metrics.retrieval(started.elapsed());
+            Ok(Json(SearchOut {
+                hits: hits.into_iter().map(HitOut::from).collect(),
+            }))
+        }
+        .await;
+        self.record("search_memories", started, &r);
+        r
+    }
+
+    /// The caller's conversations, most recent first, a page at a time.
+    #[tool(
+        description = "List the user's conversations (sessions), most recently changed first, \
+                       a page at a time."
+    )]
+    async fn list_sessions(
+        &self,
+        ctx: RequestContext<RoleServer>,
+        Parameters(args): Parameters<ListSessionsArgs>,
+    ) -> Result<Json<SessionsOut>, ToolError> {
+        let started = Instant::now();
+        let r = async {
+            let p = self.caller(&ctx)?;
+            let first = args.first.unwrap_or(20);
+            if first == 0 || first > MAX_PAGE {
+                return Err(bad_input(format!("first must be 1 to {MAX_PAGE}")));
+            }
+            let page = self
+                .state
+                .engine
+                .sessions(
+                    &p.user,
+                    &PageRequest {
+                        first: first as usize,
+                        after: args.after,
+                    },
+                )
+                .await?;
+            Ok(Json(SessionsOut {
+                sessions: page.items.into_iter().map(SessionOut::from).collect(),
+                next_cursor: page.next_cursor,
+            }))
+        }
+        .await;
+        self.record("list_sessions", started, &r);
+        r
+    }
+
+    /// Deletes one of the caller's memories.
+    #[tool(description = "Forget one memory of the user, by the id a search returned.")]
+    async fn delete_memory(
+        &self,
+        ctx: RequestContext<RoleServer>,
+        Parameters(args): Parameters<DeleteMemoryArgs>,
+    ) -> Result<Json<DeletedOut>, ToolError> {
+        let started = Instant::now();
+        let r = async {
+            let p = self.caller(&ctx)?;
+            let id: i64 = args
+                .id
+                .trim()
+                .parse()
+                .map_err(|_| bad_input(format!("memory id {:?} is not a number", args.id)))?;
+            if self.state.engine.delete_memories(&p.user, &[id]).await? == 0 {
+                return Err(ToolError(ApiError::new(
+                    Code::NotFound,
+                    format!("memory not found: {id}"),
+                )));
+            }
+            Ok(Json(DeletedOut {
+                id: id.to_string(),
+                deleted: true,
+            }))
+        }
+        .await;
+        self.record("delete_memory", started, &r);
+        r
+    }
+
+    /// One chat turn with memory: the message and the answer are stored in the session.
+    #[tool(
+        description = "Send a message in a conversation and get the model's answer, written \
+                       with the user's memories; both are remembered."
+    )]
+    async fn chat(
+        &self,
+        ctx: RequestContext<RoleServer>,
+        Parameters(args): Parameters<ChatArgs>,
+    ) -> Result<Json<ChatOut>, ToolError> {
+        let started = Instant::now();
+        let r = async {
+            let p = self.caller(&ctx)?;
+            let mut request = ChatRequest::new(args.session, args.message);
+            let g = &mut request.generation;
+            g.max_tokens = args
+                .max_tokens
+                .map_or(self.state.settings.chat.max_tokens, |n| n as usize);
+            if let Some(t) = args.temperature {
+                g.temperature = t;
+            }
+            if let Some(k) = args.memory_top_k {
+                request.context.retrieve.top_k = k as usize;
+            }
+            request.validate()?;
+            let result = self.state.chat(&p, request).await?;
+            Ok(Json(ChatOut::from(result)))
+        }
+        .await;
+        self.record("chat", started, &r);
+        r
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for McpServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new(
+                "deep-recall",
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .with_instructions(
+                "Deep Recall is the user's long-term memory. Search it before answering \
+                 questions about the user or earlier conversations; add what the user asks \
+                 you to remember.",
+            )
+    }
+}
+
+/// The `/mcp` route: streamable HTTP, stateless (any replica answers any request, no session
+/// to keep), answering JSON, behind the authentication and rate limits every door shares.
+pub fn routes<S: Clone + Send + Sync + 'static>(state: Arc<AppState>) -> Router<S> {
+    let config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(false)
+        .with_json_response(true)
+        .with_max_request_body_bytes(state.settings.limits.max_body_bytes)
+        .with_allowed_hosts(state.settings.mcp.allowed_hosts.clone());
+    let factory = state.clone();
+    let service = StreamableHttpService::new(
+        move || Ok(McpServer::for_http(factory.clone())),
+        Arc::new(NeverSessionManager::default()),
+        config,
+    );
+    Router::new()
+        .route_service("/mcp", service)
+        .layer(middleware::from_fn_with_state(state, authenticate))
+}
+
+/// Puts the request's caller into its extensions, where the tools find it; refuses requests
+/// without valid credentials (401) or over the rate limits (429).
+async fn authenticate(
+    State(state): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let checked = state
+        .authenticate(req.headers())
+        .and_then(|p| state.rate_check(&p.user, ip).map(|()| p));
+    match checked {
+        Ok(p) => {
+            req.extensions_mut().insert(p);
+            next.run(req).await
+        }
+        Err(e) => {
+            state
+                .metrics
+                .request("mcp", "http", e.code.as_str(), started.elapsed());
+            let unauthenticated = e.code == Code::Unauthenticated;
+            let mut resp = e.into_response();
+            if unauthenticated {
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            resp
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! The MCP server, driven by the official MCP Python SDK (`server/tests/mcp_client.py`):
+//! `deep-recall mcp` over standard I/O for one user, every tool and bad input; `/mcp` under
+//! `serve` over streamable HTTP, with two users who must not see each other, and no token.
+use std::process::Command;
+
+use recall_core::testing::{models_dir, repo_root};
+use serde_json::Value;
+
+use super::fixtures::{Server, Store, metrics, python, sample, token};
+
+/// Runs the client script with `args`; its JSON report.
+async fn client(args: Vec<String>, logs: impl Fn() -> String) -> Value {
+    let script = repo_root().join("server/tests/mcp_client.py");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(script)
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "MCP client failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        logs()
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "MCP client printed no JSON ({e}):\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn error(v: &Value) -> &str {
+    v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("expected a tool error: {v}"))
+}
+
+fn hits(v: &Value) -> Vec<&str> {
+    v["ok"]["hits"]
+        .as_array()
+        .unwrap_or_else(|| panic!("expected hits: {v}"))
+        .iter()
+        .map(|h| h["content"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stdio_serves_every_tool_for_its_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = vec![
+        "stdio".to_owned(),
+        env!("CARGO_BIN_EXE_deep-recall").to_owned(),
+        "--data-dir".to_owned(),
+        dir.path().display().to_string(),
+        "--models-dir".to_owned(),
+        models_dir().display().to_string(),
+        "--device".to_owned(),
+        "cpu".to_owned(),
+        "mcp".to_owned(),
+        "--user".to_owned(),
+        "carol".to_owned(),
+    ];
+    let r = client(args, String::new).await;
+    assert_eq!(r["server"], "deep-recall", "{r}");
+    assert!(r["instructions"].as_str().unwrap().contains("memory"));
+
+    // Five tools, each with a schema for its arguments and its result.
+    let tools = r["tools"].as_object().unwrap();
+    let mut names: Vec<&str> = tools.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "add_memory",
+            "chat",
+            "delete_memory",
+            "list_sessions",
+            "search_memories"
+        ]
+    );
+    let search = &tools["search_memories"];
+    assert_eq!(search["input"]["required"], serde_json::json!(["query"]));
+    assert!(search["input"]["properties"]["top_k"].is_object());
+    assert!(search["output"]["properties"]["hits"].is_object());
+
+    // Added memories come back from a search, best first, with ids and scores.
+    let sister = &r["add_sister"]["ok"];
+    assert_eq!(sister["kind"], "fact", "{r}");
+    assert_eq!(sister["tags"], serde_json::json!(["family"]));
+    assert!(r["add_allergy"]["ok"]["id"].is_string(), "{r}");
+    let found = hits(&r["search"]);
+    assert_eq!(found.len(), 2);
+    assert!(found[0].contains("Lyon"), "{found:?}");
+    assert!(r["search"]["ok"]["hits"][0]["score"].as_f64().unwrap() > 0.0);
+
+    // A chat turn answers with the memory in its context, and its session is listed.
+    let chat = &r["chat"]["ok"];
+    assert!(!chat["text"].as_str().unwrap().is_empty(), "{r}");
+    assert!(chat["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
+    assert!(
+        chat["context"].to_string().contains("Lyon"),
+        "the memory reaches the prompt: {chat}"
+    );
+    let sessions = &r["sessions"]["ok"]["sessions"];
+    assert_eq!(sessions[0]["id"], "trip", "{r}");
+
+    // Deleting a memory removes it from search; a second delete finds nothing.
+    assert_eq!(r["delete"]["ok"]["deleted"], true, "{r}");
+    assert!(
+        !hits(&r["search_after_delete"])
+            .iter()
+            .any(|c| c.contains("Margot") && !c.contains("?")),
+        "{r}"
+    );
+    assert!(
+        !r["search_after_delete"]["ok"]["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["id"] == sister["id"]),
+        "{r}"
+    );
+    assert!(error(&r["delete_again"]).starts_with("NOT_FOUND: "), "{r}");
+
+    // Bad input is a tool error the model can read, with the stable code first.
+    assert!(error(&r["delete_not_a_number"]).starts_with("BAD_INPUT: "));
+    assert!(error(&r["search_too_many"]).starts_with("BAD_INPUT: "));
+    assert!(error(&r["add_empty"]).starts_with("BAD_INPUT: "), "{r}");
+    assert!(
+        error(&r["add_bad_importance"]).starts_with("BAD_INPUT: "),
+        "{r}"
+    );
+    assert!(
+        error(&r["chat_bad_temperature"]).starts_with("BAD_INPUT: "),
+        "{r}"
+    );
+    // Arguments that do not fit the schema are refused before the tool runs, naming the field.
+    assert!(error(&r["add_missing_content"]).contains("content"), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_serves_each_token_its_own_memory() {
+    let store = Store::postgres().await;
+    let server = Server::start(&store, &["--no-chat"], &[]);
+    let (alice, bob) = (token("alice", false, 600), token("bob", false, 600));
+    let r = client(
+        vec![
+            "http".to_owned(),
+            format!("{}/mcp", server.base),
+            alice,
+            bob,
+        ],
+        || server.logs(),
+    )
+    .await;
+
+    // Without credentials nothing is served.
+    assert_eq!(r["anonymous"]["connected"], false, "{r}");
+    assert_eq!(r["alice_tools"].as_array().unwrap().len(), 5, "{r}");
+
+    // Alice finds her memory; Bob neither finds it, nor lists her session, nor deletes it.
+    assert!(r["alice_add"]["ok"]["id"].is_string(), "{r}");
+    assert!(hits(&r["alice_search"])[0].contains("flowerpot"), "{r}");
+    assert!(
+        !hits(&r["bob_search"])
+            .iter()
+            .any(|c| c.contains("flowerpot")),
+        "{r}"
+    );
+    assert_eq!(r["bob_sessions"]["ok"]["sessions"], serde_json::json!([]));
+    assert!(
+        error(&r["bob_delete_alice"]).starts_with("NOT_FOUND: "),
+        "{r}"
+    );
+    assert!(hits(&r["alice_search_again"])[0].contains("flowerpot"));
+    assert_eq!(r["alice_sessions"]["ok"]["sessions"][0]["id"], "home");
+
+    // At the door: no token is a 401 asking for one; a Host the settings do not list (DNS
+    // rebinding) is refused even with a valid token.
+    let init = serde_json::json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/list" });
+    let http = reqwest::Client::new();
+    let resp = http
+        .post(format!("{}/mcp", server.base))
+        .json(&init)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    let resp = http
+        .post(format!("{}/mcp", server.base))
+        .bearer_auth(token("alice", false, 60))
+        .header("host", "attacker.example")
+        .header("accept", "application/json, text/event-stream")
+        .json(&init)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403, "{:?}", resp.text().await);
+
+    // The calls are counted per tool and outcome.
+    let page = metrics(&server).await;
+    assert!(
+        sample(
+            &page,
+            "deep_recall_requests_total{transport=\"mcp\",operation=\"delete_memory\",outcome=\"NOT_FOUND\"}"
+        ) >= 1.0,
+        "{page}"
+    );
+}

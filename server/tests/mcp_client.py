@@ -1,0 +1,166 @@
+"""The MCP tests' client: the official MCP Python SDK (`mcp` from PyPI) against
+`deep-recall mcp` over standard I/O, or `deep-recall serve` at `/mcp` over streamable HTTP.
+It prints what it saw as one JSON object; server/tests/it/mcp.rs asserts on it.
+
+    mcp_client.py stdio BINARY ARG...          one user: every tool, and bad input
+    mcp_client.py http URL TOKEN_A TOKEN_B     two users over HTTP, and no credentials
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+import httpx2
+from mcp import Client, MCPError, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+
+
+async def call(client: Client, name: str, args: dict[str, Any]) -> dict[str, Any]:
+    """A tool call as data: its structured result, the error the model would see (a tool
+    error result), or a protocol error."""
+    try:
+        r = await client.call_tool(name, args)
+    except MCPError as e:
+        return {"protocol_error": str(e)}
+    text = "".join(getattr(c, "text", "") for c in r.content)
+    if r.is_error:
+        return {"error": text}
+    return {"ok": r.structured_content, "text": text}
+
+
+async def tools(client: Client) -> dict[str, Any]:
+    listed = await client.list_tools()
+    return {
+        t.name: {"input": t.input_schema, "output": t.output_schema}
+        for t in listed.tools
+    }
+
+
+async def stdio(binary: str, args: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    params = StdioServerParameters(command=binary, args=args)
+    async with Client(params) as client:
+        out["server"] = client.server_info.name if client.server_info else None
+        out["instructions"] = client.instructions
+        out["tools"] = await tools(client)
+        out["add_sister"] = await call(
+            client,
+            "add_memory",
+            {
+                "content": "My sister Margot lives in Lyon and teaches the violin.",
+                "tags": ["family"],
+            },
+        )
+        out["add_allergy"] = await call(
+            client,
+            "add_memory",
+            {"content": "I am allergic to peanuts.", "importance": 0.9},
+        )
+        out["search"] = await call(
+            client,
+            "search_memories",
+            {"query": "Where does my sister live?", "top_k": 2},
+        )
+        out["chat"] = await call(
+            client,
+            "chat",
+            {
+                "session": "trip",
+                "message": "Which city should I visit to see my sister?",
+                "max_tokens": 8,
+            },
+        )
+        out["sessions"] = await call(client, "list_sessions", {})
+        sister = out["add_sister"].get("ok") or {}
+        out["delete"] = await call(
+            client, "delete_memory", {"id": sister.get("id", "")}
+        )
+        out["search_after_delete"] = await call(
+            client,
+            "search_memories",
+            {"query": "Where does my sister live?", "top_k": 5},
+        )
+        out["delete_again"] = await call(
+            client, "delete_memory", {"id": sister.get("id", "")}
+        )
+        out["delete_not_a_number"] = await call(
+            client, "delete_memory", {"id": "margot"}
+        )
+        out["search_too_many"] = await call(
+            client, "search_memories", {"query": "x", "top_k": 500}
+        )
+        out["add_empty"] = await call(client, "add_memory", {"content": "   "})
+        out["add_bad_importance"] = await call(
+            client, "add_memory", {"content": "ok", "importance": 7}
+        )
+        out["add_missing_content"] = await call(client, "add_memory", {"tags": ["x"]})
+        out["chat_bad_temperature"] = await call(
+            client, "chat", {"session": "trip", "message": "hi", "temperature": -3}
+        )
+    return out
+
+
+def http_client(token: str | None) -> httpx2.AsyncClient:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(120.0))
+
+
+async def http(url: str, alice: str, bob: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    try:
+        async with Client(
+            streamable_http_client(url, http_client=http_client(None))
+        ) as client:
+            out["anonymous"] = {"connected": True, "tools": await tools(client)}
+    except Exception as e:  # noqa: BLE001 - any failure to connect is the expected outcome
+        out["anonymous"] = {"connected": False, "error": f"{type(e).__name__}: {e}"}
+    async with Client(
+        streamable_http_client(url, http_client=http_client(alice))
+    ) as client:
+        out["alice_tools"] = sorted((await tools(client)).keys())
+        out["alice_add"] = await call(
+            client,
+            "add_memory",
+            {
+                "content": "Alice keeps the spare key under the blue flowerpot.",
+                "session": "home",
+            },
+        )
+        out["alice_search"] = await call(
+            client, "search_memories", {"query": "where is the spare key?"}
+        )
+    alice_id = (out["alice_add"].get("ok") or {}).get("id", "")
+    async with Client(
+        streamable_http_client(url, http_client=http_client(bob))
+    ) as client:
+        out["bob_search"] = await call(
+            client, "search_memories", {"query": "where is the spare key?"}
+        )
+        out["bob_sessions"] = await call(client, "list_sessions", {})
+        out["bob_delete_alice"] = await call(client, "delete_memory", {"id": alice_id})
+    async with Client(
+        streamable_http_client(url, http_client=http_client(alice))
+    ) as client:
+        out["alice_search_again"] = await call(
+            client, "search_memories", {"query": "where is the spare key?"}
+        )
+        out["alice_sessions"] = await call(client, "list_sessions", {})
+    return out
+
+
+def main() -> None:
+    mode = sys.argv[1]
+    if mode == "stdio":
+        result = asyncio.run(stdio(sys.argv[2], sys.argv[3:]))
+    elif mode == "http":
+        result = asyncio.run(http(sys.argv[2], sys.argv[3], sys.argv[4]))
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
