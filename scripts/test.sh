@@ -71,6 +71,19 @@ package="$PWD/bindings/node"
   && node -e "require('deep-recall').Memory.open({ modelsDir: '/nonexistent' }).catch(e => { if (e.code !== 'MODEL_ERROR') throw e; console.log('npm install ./bindings/node: ok') })")
 rm -rf "$user_project"
 
+step "typescript SDK (clients/typescript: codegen drift, build, strict types, tests against the server)"
+export DEEP_RECALL_BIN="$target/debug/deep-recall"
+(
+  cd clients/typescript
+  npm ci --no-audit --no-fund --loglevel=error
+  # The committed types are what graphql-codegen makes of schema.graphql (itself checked against
+  # the server by the Rust tests) and the SDK's operations.
+  npm run --silent codegen >/dev/null
+  git diff --exit-code -- src/generated \
+    || { echo "clients/typescript/src/generated is out of date: run npm run codegen"; exit 1; }
+  npm test
+)
+
 step "wasm package (bindings/wasm: build, wasm-bindgen tests under Node, the demo in Chromium)"
 rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 # wasm-bindgen-cli must equal the crate's wasm-bindgen (Cargo.toml pins it); not --locked: its

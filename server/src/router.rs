@@ -233,12 +233,17 @@ async fn graphql_get(State(server): State<Server>, req: Request) -> Response {
                     // Credentials from the connection_init payload (browsers cannot set
                     // headers on WebSockets), else from the upgrade request's headers.
                     let principal = match init_credentials(&payload) {
-                        Some(c) => init_state.auth.authenticate(&c.as_credentials()),
-                        None => init_state
-                            .authenticate(&headers)
-                            .map_err(|e| crate::auth::AuthError::Invalid(e.message)),
+                        Some(c) => init_state
+                            .auth
+                            .authenticate(&c.as_credentials())
+                            .map_err(ApiError::from),
+                        None => init_state.authenticate(&headers),
                     }
-                    .map_err(|e| ApiError::from(e).gql())?;
+                    // async-graphql closes the socket (1002) with this message as the
+                    // reason: it starts with the code, as clients cannot see it elsewhere.
+                    .map_err(|e| {
+                        async_graphql::Error::new(format!("{}: {}", e.code.as_str(), e.message))
+                    })?;
                     let mut data = Data::default();
                     data.insert(principal);
                     data.insert(crate::graphql::OverWebSocket { ip });

@@ -22,10 +22,23 @@ async fn chat_streams_over_graphql_ws_with_memory_and_events() {
     let bob = token("bob", false, 600);
 
     // A forged token is refused at connection_init.
+    // The close reason starts with the code.
     let refused = Ws::connect(&server, json!({ "authorization": "Bearer not.a.token" })).await;
-    assert!(refused.is_err(), "a bad token was accepted");
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("UNAUTHENTICATED: invalid credentials")),
+        "a bad token was accepted: {:?}",
+        refused.err()
+    );
     let refused = Ws::connect(&server, json!({})).await;
-    assert!(refused.is_err(), "no credentials were accepted");
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("UNAUTHENTICATED: authentication required")),
+        "no credentials were accepted: {:?}",
+        refused.err()
+    );
 
     // Memory events reach their owner only.
     let mut events = Ws::connect(

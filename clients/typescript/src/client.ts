@@ -1,0 +1,493 @@
+import { createClient, type Client as WsClient } from 'graphql-ws';
+
+import {
+  DeepRecallError,
+  type FormattedError,
+  fromGraphQLErrors,
+  fromSubscriptionFailure,
+} from './errors.js';
+import {
+  AddMemoryDocument,
+  AddMessagesDocument,
+  ChatDocument,
+  DeleteMemoryDocument,
+  DeleteMyDataDocument,
+  DeleteSessionDocument,
+  ExportMyDataDocument,
+  MeDocument,
+  MemoriesDocument,
+  MemoryEventsDocument,
+  MessagesDocument,
+  SearchDocument,
+  SessionsDocument,
+  type MemoriesQuery,
+  type MessagesQuery,
+  type SessionsQuery,
+  type TypedDocumentString,
+} from './generated/graphql.js';
+import {
+  type ChatChunk,
+  type ChatFinal,
+  type DeletionReport,
+  type Memory,
+  type MemoryEvent,
+  type MemoryFilter,
+  type MemoryKind,
+  type Message,
+  type NewMessage,
+  type SearchHit,
+  type SearchMode,
+  type Session,
+  type User,
+  filter,
+  lower,
+  memory,
+  message,
+  time,
+  upper,
+} from './types.js';
+
+/** How to reach the server and who the caller is. */
+export interface DeepRecallOptions {
+  /** The server (`http://localhost:8080`) or its GraphQL endpoint (`.../graphql`). */
+  url: string;
+  /** A bearer token (a JWT or an API key). */
+  token?: string;
+  /** Called before every request and connection, for tokens that expire. */
+  getToken?: () => string | Promise<string>;
+  /** Anonymous development mode only: the user to act as (`X-User-Id`). */
+  user?: string;
+  /** Retries of a failed request (default 3); see the README for which failures. */
+  retries?: number;
+  /** The first back-off in milliseconds (default 250); it doubles with each retry. */
+  retryDelayMs?: number;
+  /** The fetch to use (default: the global one). */
+  fetch?: typeof globalThis.fetch;
+  /**
+   * The WebSocket class for subscriptions (default: the global one; Node.js 20 has none: pass
+   * `WebSocket` from the `ws` package).
+   */
+  webSocketImpl?: unknown;
+}
+
+/** Options of `search`. */
+export interface SearchOptions {
+  /** How many results (default 10). */
+  topK?: number;
+  /** `hybrid` (default), `vector` or `text`. */
+  mode?: SearchMode;
+  /** Only this session. */
+  session?: string;
+  /** Only these kinds. */
+  kinds?: MemoryKind[];
+  /** Only memories with all these tags. */
+  tags?: string[];
+}
+
+/** Options of `addMemory`. */
+export interface AddMemoryOptions {
+  /** `fact` by default. */
+  kind?: MemoryKind;
+  session?: string;
+  tags?: string[];
+  /** In [0, 1]; estimated from the text when absent. */
+  importance?: number;
+}
+
+/** Options of `chat`. */
+export interface ChatOptions {
+  maxTokens?: number;
+  /** 0 is greedy. */
+  temperature?: number;
+  topP?: number;
+  topK?: number;
+  seed?: number;
+  /** Texts that end the answer. */
+  stop?: string[];
+  /** A system prompt for this turn. */
+  system?: string;
+  /** Memories retrieved for the prompt at most. */
+  memoryTopK?: number;
+  /** How memories are retrieved. */
+  mode?: SearchMode;
+  /** Aborting ends the stream (and the server stops generating). */
+  signal?: AbortSignal;
+}
+
+/** Options of the paginated listings. */
+export interface PageOptions {
+  /** Items fetched per request (default 50). */
+  pageSize?: number;
+}
+
+interface Response<T> {
+  data?: T | null;
+  errors?: FormattedError[];
+}
+
+const RETRYABLE = new Set(['UNAVAILABLE', 'RATE_LIMITED']);
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function endpoints(url: string): { http: string; ws: string } {
+  const base = url.replace(/\/+$/, '');
+  const http = base.endsWith('/graphql') ? base : `${base}/graphql`;
+  return { http, ws: http.replace(/^http/, 'ws') };
+}
+
+function retryAfterHeader(value: string | null): number | undefined {
+  if (value === null) return undefined;
+  const seconds = Number(value);
+  return Number.isFinite(seconds) ? seconds : undefined;
+}
+
+/**
+ * A Deep Recall server, seen by one caller: their memories, sessions and chats.
+ *
+ * ```ts
+ * const dr = new DeepRecall({ url: 'http://localhost:8080', token })
+ * await dr.addMessages('s1', [{ role: 'user', content: "I'm allergic to peanuts." }])
+ * const [hit] = await dr.search("What can't I eat?")
+ * for await (const c of dr.chat('s2', 'Suggest a snack.')) if ('delta' in c) process.stdout.write(c.delta)
+ * ```
+ */
+export class DeepRecall {
+  readonly #http: string;
+  readonly #ws: string;
+  readonly #options: DeepRecallOptions;
+  readonly #fetch: typeof globalThis.fetch;
+  #socket: WsClient | undefined;
+
+  constructor(options: DeepRecallOptions) {
+    if (!options.url) throw new DeepRecallError('BAD_INPUT', 'url is required');
+    const { http, ws } = endpoints(options.url);
+    this.#http = http;
+    this.#ws = ws;
+    this.#options = options;
+    const f = options.fetch ?? globalThis.fetch;
+    if (typeof f !== 'function') {
+      throw new DeepRecallError('BAD_INPUT', 'no fetch: pass options.fetch');
+    }
+    this.#fetch = f;
+  }
+
+  async #token(): Promise<string | undefined> {
+    if (this.#options.getToken) return await this.#options.getToken();
+    return this.#options.token;
+  }
+
+  async #headers(): Promise<Record<string, string>> {
+    const headers: Record<string, string> = {
+      'content-type': 'application/json',
+      accept: 'application/graphql-response+json, application/json',
+    };
+    const token = await this.#token();
+    if (token) headers.authorization = `Bearer ${token}`;
+    else if (this.#options.user) headers['x-user-id'] = this.#options.user;
+    return headers;
+  }
+
+  /** One GraphQL request, retried as the README says. */
+  async #request<R, V>(
+    document: TypedDocumentString<R, V>,
+    variables: V,
+    kind: 'query' | 'mutation',
+  ): Promise<R> {
+    const retries = this.#options.retries ?? 3;
+    const base = this.#options.retryDelayMs ?? 250;
+    const body = JSON.stringify({ query: document.toString(), variables });
+    for (let attempt = 0; ; attempt++) {
+      let error: DeepRecallError;
+      let retryable: boolean;
+      try {
+        return await this.#once<R>(body);
+      } catch (e) {
+        error =
+          e instanceof DeepRecallError
+            ? e
+            : new DeepRecallError('NETWORK', `cannot reach ${this.#http}: ${String(e)}`, {
+                cause: e,
+              });
+        retryable =
+          RETRYABLE.has(error.code) || (kind === 'query' && error.code === 'NETWORK');
+      }
+      if (!retryable || attempt >= retries) throw error;
+      const backoff = base * 2 ** attempt * (0.5 + Math.random() / 2);
+      const wait = Math.min(Math.max(backoff, (error.retryAfter ?? 0) * 1000), 30_000);
+      await sleep(wait);
+    }
+  }
+
+  async #once<R>(body: string): Promise<R> {
+    const response = await this.#fetch(this.#http, {
+      method: 'POST',
+      headers: await this.#headers(),
+      body,
+    });
+    const status = response.status;
+    let parsed: Response<R>;
+    try {
+      parsed = (await response.json()) as Response<R>;
+    } catch (e) {
+      throw new DeepRecallError(
+        status >= 500 ? 'UNAVAILABLE' : 'NETWORK',
+        `${this.#http} answered HTTP ${status} without GraphQL`,
+        { status, cause: e },
+      );
+    }
+    if (parsed.errors && parsed.errors.length > 0) {
+      throw fromGraphQLErrors(
+        parsed.errors,
+        status,
+        retryAfterHeader(response.headers.get('retry-after')),
+      );
+    }
+    if (parsed.data === undefined || parsed.data === null) {
+      throw new DeepRecallError('INTERNAL', 'the server answered no data', { status });
+    }
+    return parsed.data;
+  }
+
+  #subscriptions(): WsClient {
+    if (this.#socket) return this.#socket;
+    const impl = this.#options.webSocketImpl ?? (globalThis as { WebSocket?: unknown }).WebSocket;
+    if (impl === undefined) {
+      throw new DeepRecallError(
+        'BAD_INPUT',
+        'no WebSocket in this runtime: pass options.webSocketImpl (WebSocket from the `ws` package on Node.js 20)',
+      );
+    }
+    this.#socket = createClient({
+      url: this.#ws,
+      webSocketImpl: impl,
+      lazy: true,
+      retryAttempts: 0,
+      connectionParams: async () => {
+        const token = await this.#token();
+        if (token) return { Authorization: `Bearer ${token}` };
+        if (this.#options.user) return { 'x-user-id': this.#options.user };
+        return {};
+      },
+    });
+    return this.#socket;
+  }
+
+  /** The results of a subscription, until it completes, the consumer stops or `signal` aborts. */
+  async *#subscribe<R, V>(
+    document: TypedDocumentString<R, V>,
+    variables: V,
+    signal?: AbortSignal,
+  ): AsyncGenerator<R> {
+    const iterator = this.#subscriptions().iterate<R>({
+      query: document.toString(),
+      variables: variables as Record<string, unknown>,
+    });
+    const abort = () => void iterator.return?.();
+    signal?.addEventListener('abort', abort, { once: true });
+    try {
+      if (signal?.aborted) return;
+      for (;;) {
+        let next: IteratorResult<{ data?: R | null; errors?: readonly FormattedError[] }>;
+        try {
+          next = await iterator.next();
+        } catch (e) {
+          throw fromSubscriptionFailure(e);
+        }
+        if (next.done) return;
+        const { data, errors } = next.value;
+        if (errors && errors.length > 0) throw fromGraphQLErrors(errors);
+        if (data) yield data;
+      }
+    } finally {
+      signal?.removeEventListener('abort', abort);
+      await iterator.return?.();
+    }
+  }
+
+  /** The calling user. */
+  async me(): Promise<User> {
+    return (await this.#request(MeDocument, {}, 'query')).me;
+  }
+
+  /** The caller's memories that matter for `query`, best first. */
+  async search(query: string, options: SearchOptions = {}): Promise<SearchHit[]> {
+    const { search } = await this.#request(
+      SearchDocument,
+      {
+        query,
+        topK: options.topK ?? 10,
+        mode: upper(options.mode ?? 'hybrid'),
+        filter: filter({ session: options.session, kinds: options.kinds, tags: options.tags }),
+      },
+      'query',
+    );
+    return search.map((h) => ({ ...h, memory: memory(h.memory) }));
+  }
+
+  /** Stores messages in a session (each also becomes a searchable memory), all or none. */
+  async addMessages(session: string, messages: NewMessage[]): Promise<Message[]> {
+    const { addMessages } = await this.#request(
+      AddMessagesDocument,
+      {
+        messages: messages.map((m) => ({
+          session,
+          role: upper(m.role),
+          content: m.content,
+          createdAt: time(m.createdAt),
+          tags: m.tags,
+          metadata: m.metadata,
+        })),
+      },
+      'mutation',
+    );
+    return addMessages.map(message);
+  }
+
+  /** Adds a free-standing memory (a fact by default). */
+  async addMemory(content: string, options: AddMemoryOptions = {}): Promise<Memory> {
+    const { addMemory } = await this.#request(
+      AddMemoryDocument,
+      {
+        input: {
+          content,
+          kind: options.kind === undefined ? undefined : upper(options.kind),
+          session: options.session,
+          tags: options.tags,
+          importance: options.importance,
+        },
+      },
+      'mutation',
+    );
+    return memory(addMemory);
+  }
+
+  /** Every session of the caller, newest first, fetched a page at a time. */
+  async *sessions(options: PageOptions = {}): AsyncGenerator<Session> {
+    let after: string | null = null;
+    do {
+      const { sessions }: SessionsQuery = await this.#request(
+        SessionsDocument,
+        { first: options.pageSize ?? 50, after },
+        'query',
+      );
+      yield* sessions.nodes;
+      after = sessions.pageInfo.hasNextPage ? sessions.pageInfo.endCursor : null;
+    } while (after !== null);
+  }
+
+  /** The messages of a session, oldest first, fetched a page at a time. */
+  async *messages(session: string, options: PageOptions = {}): AsyncGenerator<Message> {
+    let after: string | null = null;
+    do {
+      const { messages }: MessagesQuery = await this.#request(
+        MessagesDocument,
+        { session, first: options.pageSize ?? 50, after },
+        'query',
+      );
+      yield* messages.nodes.map(message);
+      after = messages.pageInfo.hasNextPage ? messages.pageInfo.endCursor : null;
+    } while (after !== null);
+  }
+
+  /** The caller's memories, newest first, fetched a page at a time. */
+  async *memories(options: PageOptions & { filter?: MemoryFilter } = {}): AsyncGenerator<Memory> {
+    let after: string | null = null;
+    do {
+      const { memories }: MemoriesQuery = await this.#request(
+        MemoriesDocument,
+        { filter: filter(options.filter), first: options.pageSize ?? 50, after },
+        'query',
+      );
+      yield* memories.nodes.map(memory);
+      after = memories.pageInfo.hasNextPage ? memories.pageInfo.endCursor : null;
+    } while (after !== null);
+  }
+
+  /** Deletes a memory; a memory that does not exist is a `NOT_FOUND` error. */
+  async deleteMemory(id: string): Promise<true> {
+    await this.#request(DeleteMemoryDocument, { id }, 'mutation');
+    return true;
+  }
+
+  /** Deletes a session with its messages and their memories. */
+  async deleteSession(id: string): Promise<true> {
+    await this.#request(DeleteSessionDocument, { id }, 'mutation');
+    return true;
+  }
+
+  /** Everything stored about the caller. */
+  async exportMyData(): Promise<Record<string, unknown>> {
+    const { exportMyData } = await this.#request(ExportMyDataDocument, {}, 'mutation');
+    return exportMyData as Record<string, unknown>;
+  }
+
+  /** Deletes everything stored about the caller, now. */
+  async deleteMyData(): Promise<DeletionReport> {
+    return (await this.#request(DeleteMyDataDocument, {}, 'mutation')).deleteMyData;
+  }
+
+  /**
+   * Answers `text` in `session` with the caller's memory, streamed: `{ delta }` objects as the
+   * answer grows, then one final result. Leaving the loop early (or aborting `signal`) stops
+   * the generation on the server.
+   */
+  async *chat(session: string, text: string, options: ChatOptions = {}): AsyncGenerator<ChatChunk> {
+    const input = {
+      session,
+      message: text,
+      maxTokens: options.maxTokens,
+      temperature: options.temperature,
+      topP: options.topP,
+      topK: options.topK,
+      seed: options.seed,
+      stop: options.stop,
+      system: options.system,
+      memoryTopK: options.memoryTopK,
+      mode: options.mode === undefined ? undefined : upper(options.mode),
+    };
+    for await (const { chat } of this.#subscribe(ChatDocument, { input }, options.signal)) {
+      if (chat.delta) yield { delta: chat.delta };
+      if (chat.done && chat.result) {
+        const r = chat.result;
+        const final: ChatFinal = {
+          text: r.text,
+          context: r.context.map((c) => ({ ...c, kind: lower(c.kind) })),
+          usage: r.usage,
+          finishReason: lower(r.finishReason),
+          messageId: r.messageId,
+          replyId: r.replyId,
+          model: r.model,
+          latency: r.latency,
+          confidence: r.confidence,
+        };
+        yield final;
+        return;
+      }
+    }
+  }
+
+  /** Changes to the caller's memories from now on, until the loop ends or `signal` aborts. */
+  async *memoryEvents(options: { signal?: AbortSignal } = {}): AsyncGenerator<MemoryEvent> {
+    for await (const { memoryEvents: e } of this.#subscribe(
+      MemoryEventsDocument,
+      {},
+      options.signal,
+    )) {
+      yield {
+        action: lower(e.action),
+        memoryId: e.memoryId,
+        kind: e.kind === null ? null : lower(e.kind),
+        memory: e.memory === null ? null : memory(e.memory),
+      };
+    }
+  }
+
+  /** Closes the WebSocket (if one is open); the client can still be used afterwards. */
+  async close(): Promise<void> {
+    const socket = this.#socket;
+    this.#socket = undefined;
+    await socket?.dispose();
+  }
+}

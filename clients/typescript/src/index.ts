@@ -1,0 +1,35 @@
+/**
+ * `@deep-recall/client`: the TypeScript SDK of a Deep Recall server. See README.md.
+ * @packageDocumentation
+ */
+export {
+  DeepRecall,
+  type AddMemoryOptions,
+  type ChatOptions,
+  type DeepRecallOptions,
+  type PageOptions,
+  type SearchOptions,
+} from './client.js';
+export { DeepRecallError, type ErrorCode } from './errors.js';
+export type {
+  ChatChunk,
+  ChatDelta,
+  ChatFinal,
+  ContextMemory,
+  DeletionReport,
+  FinishReason,
+  Latency,
+  Memory,
+  MemoryAction,
+  MemoryEvent,
+  MemoryFilter,
+  MemoryKind,
+  Message,
+  NewMessage,
+  Role,
+  SearchHit,
+  SearchMode,
+  Session,
+  Usage,
+  User,
+} from './types.js';

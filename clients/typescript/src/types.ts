@@ -1,0 +1,205 @@
+import type * as gql from './generated/graphql.js';
+
+/** What a memory is. */
+export type MemoryKind = Lowercase<gql.MemoryKind>;
+/** Who wrote a message. */
+export type Role = Lowercase<gql.Role>;
+/** Which retrievers a search uses. */
+export type SearchMode = Lowercase<gql.SearchMode>;
+/** Why an answer ended. */
+export type FinishReason = Lowercase<gql.FinishReason>;
+/** What happened to a memory. */
+export type MemoryAction = Lowercase<gql.MemoryAction>;
+
+/** A memory: what retrieval finds. */
+export interface Memory {
+  id: string;
+  kind: MemoryKind;
+  content: string;
+  /** The session it came from. */
+  session: string | null;
+  /** The message it came from. */
+  messageId: string | null;
+  /** The role of that message. */
+  role: Role | null;
+  tags: string[];
+  metadata: Record<string, unknown>;
+  /** In [0, 1]. */
+  importance: number;
+  /** The detected emotion. */
+  emotion: string | null;
+  /** When its source was written (RFC 3339). */
+  createdAt: string;
+  updatedAt: string;
+}
+
+/** A search result. */
+export interface SearchHit {
+  memory: Memory;
+  /** The final score (higher is better; the raw cosine similarity in vector mode). */
+  score: number;
+  /** Embedding similarity, when the vector retriever found it. */
+  similarity: number | null;
+  /** BM25 score, when the text retriever found it. */
+  bm25: number | null;
+}
+
+/** A stored message. */
+export interface Message {
+  id: string;
+  session: string;
+  role: Role;
+  content: string;
+  tags: string[];
+  metadata: Record<string, unknown>;
+  createdAt: string;
+}
+
+/** A message to store. */
+export interface NewMessage {
+  role: Role;
+  content: string;
+  /** When it was written (RFC 3339, or a Date); now when absent. */
+  createdAt?: string | Date;
+  tags?: string[];
+  metadata?: Record<string, unknown>;
+}
+
+/** A conversation. */
+export interface Session {
+  id: string;
+  title: string | null;
+  persona: string | null;
+  createdAt: string;
+  updatedAt: string;
+}
+
+/** The calling user. */
+export interface User {
+  id: string;
+  admin: boolean;
+  /** When the user was first seen (null before their first write). */
+  createdAt: string | null;
+  memoryCount: number;
+}
+
+/** What `deleteMyData` removed. */
+export interface DeletionReport {
+  existed: boolean;
+  sessions: number;
+  messages: number;
+  memories: number;
+}
+
+/** A memory that went into a chat answer's prompt. */
+export interface ContextMemory {
+  memoryId: string;
+  kind: MemoryKind;
+  content: string;
+  session: string | null;
+  score: number;
+  createdAt: string;
+}
+
+/** Token counts. */
+export interface Usage {
+  promptTokens: number;
+  completionTokens: number;
+  totalTokens: number;
+}
+
+/** Timings in milliseconds. */
+export interface Latency {
+  retrievalMs: number;
+  firstTokenMs: number;
+  totalMs: number;
+}
+
+/** The next piece of a streamed answer. */
+export interface ChatDelta {
+  delta: string;
+}
+
+/** The end of a streamed answer: the whole result. */
+export interface ChatFinal {
+  text: string;
+  /** The memories the answer was given, best first. */
+  context: ContextMemory[];
+  usage: Usage;
+  finishReason: FinishReason;
+  /** The stored user message. */
+  messageId: string;
+  /** The stored answer. */
+  replyId: string | null;
+  model: string;
+  latency: Latency;
+  /** Mean log-probability of the answer's tokens (0 is certain); null when unknown. */
+  confidence: number | null;
+}
+
+/** What `chat` yields: deltas, then one final result. */
+export type ChatChunk = ChatDelta | ChatFinal;
+
+/** A change to one of the caller's memories. */
+export interface MemoryEvent {
+  action: MemoryAction;
+  memoryId: string;
+  kind: MemoryKind | null;
+  /** The memory after the change, when the writer had it. */
+  memory: Memory | null;
+}
+
+/** Narrows listings and searches. */
+export interface MemoryFilter {
+  session?: string;
+  kinds?: MemoryKind[];
+  roles?: Role[];
+  tags?: string[];
+  /** Written at or after (RFC 3339 or a Date). */
+  since?: string | Date;
+  /** Written before. */
+  until?: string | Date;
+}
+
+export function lower<T extends string>(value: T): Lowercase<T> {
+  return value.toLowerCase() as Lowercase<T>;
+}
+
+export function upper<T extends string>(value: T): Uppercase<T> {
+  return value.toUpperCase() as Uppercase<T>;
+}
+
+function object(value: unknown): Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value)
+    ? (value as Record<string, unknown>)
+    : {};
+}
+
+export function time(value: string | Date | undefined): string | undefined {
+  return value instanceof Date ? value.toISOString() : value;
+}
+
+export function memory(m: gql.MemoryFieldsFragment): Memory {
+  return {
+    ...m,
+    kind: lower(m.kind),
+    role: m.role === null ? null : lower(m.role),
+    metadata: object(m.metadata),
+  };
+}
+
+export function message(m: gql.MessageFieldsFragment): Message {
+  return { ...m, role: lower(m.role), metadata: object(m.metadata) };
+}
+
+export function filter(f: MemoryFilter | undefined): gql.MemoryFilter | undefined {
+  if (f === undefined) return undefined;
+  return {
+    session: f.session,
+    kinds: f.kinds?.map(upper),
+    roles: f.roles?.map(upper),
+    tags: f.tags,
+    since: time(f.since),
+    until: time(f.until),
+  };
+}

@@ -1,0 +1,272 @@
+// The SDK against a real `deep-recall serve` (test/server.mjs), and its retries against a
+// small fake server. Run by `npm test` after the build, so it tests what ships (dist/).
+import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
+import { createRequire } from 'node:module';
+import { after, before, describe, test } from 'node:test';
+
+import WebSocket from 'ws';
+
+import { DeepRecall, DeepRecallError } from '../dist/esm/index.js';
+import { startServer, token } from './server.mjs';
+
+let server;
+const clients = [];
+
+function client(user, options = {}) {
+  const dr = new DeepRecall({
+    url: server.url,
+    token: user === undefined ? undefined : token(user),
+    webSocketImpl: WebSocket,
+    retryDelayMs: 10,
+    ...options,
+  });
+  clients.push(dr);
+  return dr;
+}
+
+async function rejects(promise, code) {
+  await assert.rejects(promise, (e) => {
+    assert.ok(e instanceof DeepRecallError, `a DeepRecallError, not ${e}`);
+    assert.equal(e.code, code, e.message);
+    return true;
+  });
+}
+
+async function collect(iterable) {
+  const out = [];
+  for await (const item of iterable) out.push(item);
+  return out;
+}
+
+before(async () => {
+  server = await startServer();
+});
+
+after(async () => {
+  for (const c of clients) await c.close();
+  server?.stop();
+});
+
+describe('against a real server', () => {
+  test('messages are stored and found again, with lower-case enums', async () => {
+    const alice = client('alice');
+    const stored = await alice.addMessages('s1', [
+      { role: 'user', content: 'My sister Margot lives in Lyon.', tags: ['family'] },
+      { role: 'assistant', content: 'Lyon is lovely in spring.', createdAt: new Date() },
+    ]);
+    assert.deepEqual(
+      stored.map((m) => [m.session, m.role]),
+      [['s1', 'user'], ['s1', 'assistant']],
+    );
+    assert.deepEqual(stored[0].tags, ['family']);
+    const hits = await alice.search('Where does my sister live?', { topK: 2 });
+    assert.equal(hits.length, 2);
+    assert.match(hits[0].memory.content, /Margot/);
+    assert.equal(hits[0].memory.kind, 'message');
+    assert.equal(hits[0].memory.role, 'user');
+    assert.ok(hits[0].score > hits[1].score);
+    const vector = await alice.search('Where does my sister live?', { mode: 'vector', topK: 1 });
+    assert.ok(vector[0].similarity > 0.3, JSON.stringify(vector));
+    const me = await alice.me();
+    assert.equal(me.id, 'alice');
+    assert.ok(me.memoryCount >= 2);
+  });
+
+  test('listings page through everything', async () => {
+    const pager = client('pager');
+    for (const s of ['a', 'b', 'c']) {
+      await pager.addMessages(s, [
+        { role: 'user', content: `first message in ${s}` },
+        { role: 'user', content: `second message in ${s}` },
+        { role: 'user', content: `third message in ${s}` },
+      ]);
+    }
+    const sessions = await collect(pager.sessions({ pageSize: 2 }));
+    assert.deepEqual(sessions.map((s) => s.id).sort(), ['a', 'b', 'c']);
+    const messages = await collect(pager.messages('b', { pageSize: 2 }));
+    assert.deepEqual(
+      messages.map((m) => m.content),
+      ['first message in b', 'second message in b', 'third message in b'],
+    );
+    const memories = await collect(pager.memories({ pageSize: 2 }));
+    assert.equal(memories.length, 9);
+    const inA = await collect(pager.memories({ pageSize: 2, filter: { session: 'a' } }));
+    assert.equal(inA.length, 3);
+  });
+
+  test('a deleted memory is gone; deleting it again is NOT_FOUND', async () => {
+    const dan = client('dan');
+    const m = await dan.addMemory('Dan is allergic to peanuts.', { tags: ['health'] });
+    assert.equal(m.kind, 'fact');
+    assert.equal(await dan.deleteMemory(m.id), true);
+    const hits = await dan.search('allergy');
+    assert.ok(!hits.some((h) => h.memory.id === m.id));
+    await rejects(dan.deleteMemory(m.id), 'NOT_FOUND');
+  });
+
+  test('bad input and bad credentials are typed errors', async () => {
+    const erin = client('erin');
+    await rejects(erin.search('x', { topK: -1 }), 'BAD_INPUT');
+    await rejects(erin.addMessages('s', [{ role: 'user', content: '' }]), 'BAD_INPUT');
+    await rejects(client(undefined).me(), 'UNAUTHENTICATED');
+    await rejects(client(undefined, { token: 'a.b.c' }).me(), 'UNAUTHENTICATED');
+    await rejects(collect(client(undefined, { token: 'a.b.c' }).chat('s', 'hi')), 'UNAUTHENTICATED');
+  });
+
+  test('getToken is asked before every request', async () => {
+    let calls = 0;
+    const dr = client(undefined, {
+      getToken: async () => {
+        calls += 1;
+        return token('frank');
+      },
+    });
+    await dr.me();
+    await dr.me();
+    assert.equal(calls, 2);
+  });
+
+  test('a user sees none of another user\'s data', async () => {
+    const grace = client('grace');
+    await grace.addMessages('secret', [{ role: 'user', content: 'The safe code is 4711.' }]);
+    const heidi = client('heidi');
+    const hits = await heidi.search('safe code');
+    assert.ok(!hits.some((h) => h.memory.content.includes('4711')));
+    assert.deepEqual(await collect(heidi.sessions()), []);
+    assert.deepEqual(await collect(heidi.messages('secret')), []);
+  });
+
+  test('chat streams deltas, then the whole result with the memories it used', async () => {
+    const ivan = client('ivan');
+    await ivan.addMemory('Ivan has a dog named Biscuit.');
+    const chunks = await collect(ivan.chat('talk', 'What is my dog called?', { maxTokens: 12 }));
+    const deltas = chunks.filter((c) => 'delta' in c).map((c) => c.delta);
+    const final = chunks.at(-1);
+    assert.ok(deltas.length >= 1, JSON.stringify(chunks));
+    assert.equal(final.text, deltas.join(''));
+    assert.ok(['stop', 'length'].includes(final.finishReason));
+    assert.ok(final.usage.completionTokens >= 1);
+    assert.ok(final.context.some((c) => c.content.includes('Biscuit')), JSON.stringify(final));
+    assert.equal(final.context[0].kind, 'fact');
+    // The turn is stored: the question and the answer.
+    const stored = await collect(ivan.messages('talk'));
+    assert.deepEqual(stored.map((m) => m.role), ['user', 'assistant']);
+  });
+
+  test('leaving a chat early stops it, and the client goes on working', async () => {
+    const judy = client('judy');
+    let seen = 0;
+    for await (const chunk of judy.chat('early', 'Tell me a long story.', { maxTokens: 64 })) {
+      assert.ok('delta' in chunk);
+      seen += 1;
+      if (seen === 2) break;
+    }
+    assert.equal(seen, 2);
+    const controller = new AbortController();
+    const aborted = [];
+    for await (const chunk of judy.chat('early', 'Another story.', {
+      maxTokens: 64,
+      signal: controller.signal,
+    })) {
+      aborted.push(chunk);
+      controller.abort();
+    }
+    assert.equal(aborted.length, 1);
+    const again = await collect(judy.chat('early', 'Hello?', { maxTokens: 4 }));
+    assert.ok('text' in again.at(-1));
+  });
+
+  test('memory events arrive as memories are added', async () => {
+    const ken = client('ken');
+    const events = ken.memoryEvents()[Symbol.asyncIterator]();
+    const first = events.next();
+    // The subscription starts on the first `next`; add until its event arrives.
+    let got;
+    for (let i = 0; i < 40 && got === undefined; i++) {
+      await ken.addMemory(`Ken note ${i}`);
+      got = await Promise.race([first, new Promise((r) => setTimeout(() => r(undefined), 250))]);
+    }
+    assert.ok(got, 'an event arrived');
+    assert.equal(got.value.action, 'added');
+    assert.equal(got.value.kind, 'fact');
+    await events.return();
+  });
+
+  test('export and delete my data', async () => {
+    const leo = client('leo');
+    await leo.addMessages('s', [{ role: 'user', content: 'Leo collects stamps.' }]);
+    const exported = await leo.exportMyData();
+    assert.match(JSON.stringify(exported), /Leo collects stamps/);
+    const report = await leo.deleteMyData();
+    assert.equal(report.existed, true);
+    assert.equal(report.messages, 1);
+    assert.deepEqual(await collect(leo.memories()), []);
+  });
+});
+
+describe('retries', () => {
+  /** A server that answers from `script` in turn (the last one repeats), counting requests. */
+  async function fake(script) {
+    let n = 0;
+    const http = createServer((req, res) => {
+      const step = script[Math.min(n, script.length - 1)];
+      n += 1;
+      req.resume();
+      req.on('end', () => step(res));
+    });
+    await new Promise((r) => http.listen(0, '127.0.0.1', r));
+    return {
+      url: `http://127.0.0.1:${http.address().port}`,
+      count: () => n,
+      close: () => new Promise((r) => http.close(r)),
+    };
+  }
+  const unavailable = (res) => {
+    res.writeHead(503, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ data: null, errors: [{ message: 'busy', extensions: { code: 'UNAVAILABLE' } }] }));
+  };
+  const ok = (res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ data: { me: { id: 'x', admin: false, createdAt: null, memoryCount: 0 } } }));
+  };
+  const drop = (res) => res.socket.destroy();
+
+  test('a query is retried past UNAVAILABLE and network errors', async () => {
+    const f = await fake([unavailable, drop, ok]);
+    try {
+      const me = await new DeepRecall({ url: f.url, token: 't', retryDelayMs: 5 }).me();
+      assert.equal(me.id, 'x');
+      assert.equal(f.count(), 3);
+    } finally {
+      await f.close();
+    }
+  });
+
+  test('retries end, with the last error', async () => {
+    const f = await fake([unavailable]);
+    try {
+      await rejects(new DeepRecall({ url: f.url, retries: 2, retryDelayMs: 5 }).me(), 'UNAVAILABLE');
+      assert.equal(f.count(), 3);
+    } finally {
+      await f.close();
+    }
+  });
+
+  test('a mutation is not retried after a network error', async () => {
+    const f = await fake([drop, ok]);
+    try {
+      await rejects(new DeepRecall({ url: f.url, retryDelayMs: 5 }).deleteMemory('1'), 'NETWORK');
+      assert.equal(f.count(), 1);
+    } finally {
+      await f.close();
+    }
+  });
+});
+
+test('the CommonJS build loads with require', () => {
+  const require = createRequire(import.meta.url);
+  const cjs = require('../dist/cjs/index.js');
+  assert.equal(typeof cjs.DeepRecall, 'function');
+  assert.equal(new cjs.DeepRecallError('NOT_FOUND', 'x').code, 'NOT_FOUND');
+});
