@@ -7,7 +7,7 @@
 //!
 //! Modules depend one way, from the bottom up: [`settings`] and [`error`]; [`auth`],
 //! [`limits`], [`metrics`]; [`state`] (what every front door shares); the front doors
-//! [`graphql`], [`rest`] and [`mcp`]; [`router`] (HTTP and WebSocket); [`startup`] (the whole server as
+//! [`graphql`], [`rest`] and [`mcp`], and the web UI's assets ([`web`]); [`router`] (HTTP and WebSocket); [`startup`] (the whole server as
 //! a library function); [`cli`].
 pub mod auth;
 pub mod cli;
@@ -21,3 +21,4 @@ pub mod router;
 pub mod settings;
 pub mod startup;
 pub mod state;
+pub mod web;

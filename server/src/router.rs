@@ -1,5 +1,5 @@
 //! The HTTP router: GraphQL over HTTP and WebSocket, the OpenAI-compatible REST API under
-//! `/v1`, MCP at `/mcp`, health, readiness and metrics; authentication and rate limits at the door, request
+//! `/v1`, MCP at `/mcp`, the web UI at `/`, health, readiness and metrics; authentication and rate limits at the door, request
 //! logs, and graceful shutdown.
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,11 +49,13 @@ pub fn router(state: Arc<AppState>) -> Router {
     if state.settings.mcp.enabled {
         app = app.merge(crate::mcp::routes(state.clone()));
     }
-    app.route("/graphql", get(graphql_get).post(graphql_post))
+    let app = app
+        .route("/graphql", get(graphql_get).post(graphql_post))
         .nest("/v1", rest::routes().with_state(state.clone()))
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics));
+    crate::web::mount(app, &state.settings.web)
         .layer(middleware::from_fn_with_state(server.clone(), access_log))
         .layer(RequestBodyLimitLayer::new(
             state.settings.limits.max_body_bytes,

@@ -44,6 +44,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// The MCP endpoint at `/mcp`.
     pub mcp: McpSettings,
+    /// The web chat UI at `/`.
+    pub web: WebSettings,
 }
 
 impl Default for Settings {
@@ -61,6 +63,7 @@ impl Default for Settings {
             jobs: JobSettings::default(),
             log: LogSettings::default(),
             mcp: McpSettings::default(),
+            web: WebSettings::default(),
         }
     }
 }
@@ -402,6 +405,26 @@ impl Default for McpSettings {
         Self {
             enabled: true,
             allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+        }
+    }
+}
+
+/// The web chat UI, served at `/` from its built assets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSettings {
+    /// Serve the UI at `/`.
+    pub enabled: bool,
+    /// The built UI (`npm run build` in `clients/web` writes `clients/web/dist`); when it is
+    /// missing, `/` is a page that says how to build it.
+    pub dir: PathBuf,
+}
+
+impl Default for WebSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: PathBuf::from("clients/web/dist"),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Operations: health, readiness, metrics (with the query cache's hits and misses), graceful
-//! shutdown, and the committed schema.
+//! shutdown, the committed schema, and the web UI's assets at the root.
 use std::process::Command;
 
 use serde_json::{Value, json};
@@ -148,4 +148,60 @@ fn committed_schema_matches_the_code() {
         sdl == committed,
         "schema.graphql is out of date: run `cargo run -p recall-server -- schema > schema.graphql`"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_web_ui_is_served_at_the_root_or_explained() {
+    let get = |url: String| async move {
+        let r = reqwest::get(url).await.unwrap();
+        let status = r.status().as_u16();
+        let kind = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        (status, kind, r.text().await.unwrap())
+    };
+
+    // Not built: the root says how to build it; the API is untouched.
+    let store = Store::embedded();
+    let missing = tempfile::tempdir().unwrap();
+    let dir = missing.path().join("dist");
+    let server = Server::start(
+        &store,
+        &["--no-chat"],
+        &[("DEEP_RECALL__WEB__DIR", dir.to_str().unwrap())],
+    );
+    let (status, _, page) = get(format!("{}/", server.base)).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("npm run build"), "{page}");
+    assert_eq!(get(format!("{}/some/page", server.base)).await.0, 404);
+    assert_eq!(get(format!("{}/health", server.base)).await.0, 200);
+    drop(server);
+
+    // Built: its files, and index.html for the page's own routes.
+    std::fs::create_dir_all(dir.join("assets")).unwrap();
+    std::fs::write(dir.join("index.html"), "<!doctype html><title>UI</title>").unwrap();
+    std::fs::write(dir.join("assets/app.js"), "console.log('ui')").unwrap();
+    let server = Server::start(
+        &store,
+        &["--no-chat"],
+        &[("DEEP_RECALL__WEB__DIR", dir.to_str().unwrap())],
+    );
+    let (status, kind, body) = get(format!("{}/", server.base)).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "<!doctype html><title>UI</title>")
+    );
+    assert!(kind.starts_with("text/html"), "{kind}");
+    let (status, kind, body) = get(format!("{}/assets/app.js", server.base)).await;
+    assert_eq!((status, body.as_str()), (200, "console.log('ui')"));
+    assert!(kind.contains("javascript"), "{kind}");
+    assert_eq!(
+        get(format!("{}/sessions/abc", server.base)).await.2,
+        "<!doctype html><title>UI</title>"
+    );
+    assert_eq!(get(format!("{}/health", server.base)).await.0, 200);
+    let (status, _, _) = get(format!("{}/v1/models", server.base)).await;
+    assert_eq!(status, 401, "the API keeps its routes");
 }
