@@ -170,7 +170,8 @@ export class DeepRecall {
     if (typeof f !== 'function') {
       throw new DeepRecallError('BAD_INPUT', 'no fetch: pass options.fetch');
     }
-    this.#fetch = f;
+    // Browsers refuse a `fetch` called on anything but the window ("Illegal invocation").
+    this.#fetch = options.fetch ?? globalThis.fetch.bind(globalThis);
   }
 
   async #token(): Promise<string | undefined> {

@@ -16,14 +16,14 @@ const bin = process.env.DEEP_RECALL_BIN ?? join(target, 'debug', 'deep-recall');
 const models =
   process.env.DEEP_RECALL_MODELS_DIR ?? join(homedir(), '.cache', 'deep-recall', 'models');
 
-/** Starts a server with `extra` flags; resolves to { url, stop() } once it listens. */
-export async function startServer(extra = []) {
+/** Starts a server with `extra` flags and `env`; resolves to { url, stop() } once it listens. */
+export async function startServer(extra = [], env = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'deep-recall-ts-'));
   const child = spawn(
     bin,
     ['--data-dir', dir, '--models-dir', models, '--device', 'cpu', 'serve', '--bind',
       '127.0.0.1:0', '--jwt-secret', SECRET, ...extra],
-    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, DEEP_RECALL__LOG__FILTER: 'warn' } },
+    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, DEEP_RECALL__LOG__FILTER: 'warn', ...env } },
   );
   let logs = '';
   child.stderr.on('data', (d) => {

@@ -1,0 +1,285 @@
+import type { DeepRecall, User } from '@deep-recall/client';
+import { useCallback, useEffect, useMemo, useRef, useState } from 'react';
+
+import { type Auth, clientFor, describe, initialAuth, knownUsers, saveAuth } from './auth';
+import { ChatView } from './Chat';
+import { MemoryBrowser } from './Memories';
+
+type View = 'chat' | 'memories';
+
+/** The page: sign-in (or anonymous development mode), then chat and the memory browser. */
+export function App() {
+  const [auth, setAuth] = useState<Auth | null | undefined>(undefined);
+  const [startError, setStartError] = useState<string | null>(null);
+
+  const start = useCallback(() => {
+    setStartError(null);
+    initialAuth()
+      .then(setAuth)
+      .catch((e: unknown) => setStartError(describe(e)));
+  }, []);
+  useEffect(start, [start]);
+
+  const change = (next: Auth | null) => {
+    saveAuth(next);
+    setAuth(next);
+  };
+
+  if (startError !== null) {
+    return (
+      <main className="center">
+        <h1>Deep Recall</h1>
+        <p role="alert" className="error">
+          Cannot reach the server: {startError}
+        </p>
+        <button type="button" onClick={start}>
+          Try again
+        </button>
+      </main>
+    );
+  }
+  if (auth === undefined) {
+    return (
+      <main className="center" aria-busy="true">
+        <p className="muted">Connecting…</p>
+      </main>
+    );
+  }
+  if (auth === null) return <SignIn onSignIn={(token) => change({ kind: 'token', token })} />;
+  return <Shell key={auth.kind === 'token' ? auth.token : auth.user} auth={auth} onChange={change} />;
+}
+
+function SignIn({ onSignIn, error }: { onSignIn: (token: string) => void; error?: string }) {
+  const [token, setToken] = useState('');
+  return (
+    <main className="center">
+      <h1>Deep Recall</h1>
+      <form
+        className="signin"
+        onSubmit={(e) => {
+          e.preventDefault();
+          if (token.trim()) onSignIn(token.trim());
+        }}
+      >
+        <label htmlFor="token">Access token</label>
+        <input
+          id="token"
+          type="password"
+          autoComplete="off"
+          value={token}
+          onChange={(e) => setToken(e.target.value)}
+          placeholder="a JWT or an API key"
+          autoFocus
+        />
+        {error && (
+          <p role="alert" className="error">
+            {error}
+          </p>
+        )}
+        <button type="submit" disabled={!token.trim()}>
+          Sign in
+        </button>
+      </form>
+    </main>
+  );
+}
+
+function Shell({ auth, onChange }: { auth: Auth; onChange: (a: Auth | null) => void }) {
+  const client: DeepRecall = useMemo(() => clientFor(auth), [auth]);
+  useEffect(() => () => void client.close(), [client]);
+  const [me, setMe] = useState<User | null>(null);
+  const [authError, setAuthError] = useState<string | null>(null);
+  const [view, setView] = useState<View>('chat');
+  const [notice, setNotice] = useState<string | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  // Bumped when the user's data changes wholesale ("forget me"), to reload every view.
+  const [generation, setGeneration] = useState(0);
+
+  useEffect(() => {
+    client
+      .me()
+      .then(setMe)
+      .catch((e: unknown) => setAuthError(describe(e)));
+  }, [client, generation]);
+
+  if (authError !== null && auth.kind === 'token') {
+    return (
+      <SignIn
+        error={`That token was not accepted (${authError}).`}
+        onSignIn={(token) => {
+          setAuthError(null);
+          onChange({ kind: 'token', token });
+        }}
+      />
+    );
+  }
+
+  const user = auth.kind === 'token' ? (me?.id ?? '…') : auth.user;
+  return (
+    <div className="shell">
+      <header className="topbar">
+        <span className="brand">Deep Recall</span>
+        <nav aria-label="Views" className="tabs">
+          <button type="button" aria-pressed={view === 'chat'} onClick={() => setView('chat')}>
+            Chat
+          </button>
+          <button
+            type="button"
+            aria-pressed={view === 'memories'}
+            onClick={() => setView('memories')}
+          >
+            Memories
+          </button>
+        </nav>
+        <div className="account">
+          {auth.kind === 'anonymous' ? (
+            <UserSwitcher user={auth.user} onSwitch={(u) => onChange({ kind: 'anonymous', user: u })} />
+          ) : (
+            <>
+              <span data-testid="current-user">{user}</span>
+              <button type="button" onClick={() => onChange(null)}>
+                Sign out
+              </button>
+            </>
+          )}
+          <DataRights
+            client={client}
+            user={user}
+            onNotice={setNotice}
+            onError={setError}
+            onForgotten={() => setGeneration((g) => g + 1)}
+          />
+        </div>
+      </header>
+      {(notice || error) && (
+        <div className={error ? 'banner error' : 'banner'} role={error ? 'alert' : 'status'}>
+          <span>{error ?? notice}</span>
+          <button
+            type="button"
+            aria-label="Dismiss"
+            onClick={() => {
+              setNotice(null);
+              setError(null);
+            }}
+          >
+            ×
+          </button>
+        </div>
+      )}
+      {view === 'chat' ? (
+        <ChatView key={generation} client={client} onError={setError} />
+      ) : (
+        <MemoryBrowser key={generation} client={client} onError={setError} />
+      )}
+    </div>
+  );
+}
+
+function UserSwitcher({ user, onSwitch }: { user: string; onSwitch: (user: string) => void }) {
+  const [draft, setDraft] = useState(user);
+  const users = knownUsers();
+  return (
+    <form
+      className="switcher"
+      onSubmit={(e) => {
+        e.preventDefault();
+        const next = draft.trim();
+        if (next && next !== user) onSwitch(next);
+      }}
+    >
+      <label htmlFor="user" className="muted">
+        User
+      </label>
+      <input
+        id="user"
+        data-testid="user-input"
+        list="known-users"
+        value={draft}
+        onChange={(e) => setDraft(e.target.value)}
+        size={10}
+      />
+      <datalist id="known-users">
+        {users.map((u) => (
+          <option key={u} value={u} />
+        ))}
+      </datalist>
+      <button type="submit" disabled={!draft.trim() || draft.trim() === user}>
+        Switch
+      </button>
+    </form>
+  );
+}
+
+function DataRights({
+  client,
+  user,
+  onNotice,
+  onError,
+  onForgotten,
+}: {
+  client: DeepRecall;
+  user: string;
+  onNotice: (s: string) => void;
+  onError: (s: string) => void;
+  onForgotten: () => void;
+}) {
+  const dialog = useRef<HTMLDialogElement>(null);
+  const [busy, setBusy] = useState(false);
+
+  const exportData = async () => {
+    setBusy(true);
+    try {
+      const data = await client.exportMyData();
+      const blob = new Blob([JSON.stringify(data, null, 2)], { type: 'application/json' });
+      const link = document.createElement('a');
+      link.href = URL.createObjectURL(blob);
+      link.download = `deep-recall-${user}.json`;
+      link.click();
+      URL.revokeObjectURL(link.href);
+      onNotice('Your data was exported.');
+    } catch (e) {
+      onError(describe(e));
+    } finally {
+      setBusy(false);
+    }
+  };
+
+  const forget = async () => {
+    dialog.current?.close();
+    setBusy(true);
+    try {
+      const report = await client.deleteMyData();
+      onNotice(
+        `Forgotten: ${report.sessions} sessions, ${report.messages} messages, ${report.memories} memories.`,
+      );
+      onForgotten();
+    } catch (e) {
+      onError(describe(e));
+    } finally {
+      setBusy(false);
+    }
+  };
+
+  return (
+    <>
+      <button type="button" onClick={() => void exportData()} disabled={busy}>
+        Export
+      </button>
+      <button type="button" className="danger" onClick={() => dialog.current?.showModal()} disabled={busy}>
+        Forget me
+      </button>
+      <dialog ref={dialog} aria-labelledby="forget-title">
+        <h2 id="forget-title">Forget everything about {user}?</h2>
+        <p>Every session, message and memory is deleted at once, for good.</p>
+        <div className="actions">
+          <button type="button" autoFocus onClick={() => dialog.current?.close()}>
+            Cancel
+          </button>
+          <button type="button" className="danger" onClick={() => void forget()}>
+            Delete everything
+          </button>
+        </div>
+      </dialog>
+    </>
+  );
+}
