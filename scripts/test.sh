@@ -5,9 +5,10 @@
 #   store, with the real default models (fetched here into DEEP_RECALL_MODELS_DIR, ./models by
 #   default; already-present files are only checked), and the server driven as a real process
 #   by HTTP, the npm `graphql-ws` client (Node.js) and the official `openai` Python SDK (a
-#   venv from scripts/test-venv.sh); the Python, Node and wasm packages built as a user builds
-#   them and tested (the wasm demo page in headless Chromium, installed from Debian if
-#   missing).
+#   venv from scripts/test-venv.sh) and the official MCP Python SDK; the Python, Node and wasm
+#   packages built as a user builds them and tested (the wasm demo page in headless Chromium,
+#   installed from Debian if missing); the TypeScript SDK, the Python client and the web UI
+#   (in Chromium) against the server; the Vue example built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,6 +49,14 @@ PATH="$venv_bin:$PATH" MATURIN_PEP517_ARGS="--profile dev" "$DEEP_RECALL_TEST_PY
   install --quiet --disable-pip-version-check --no-build-isolation --force-reinstall --no-deps \
   ./bindings/python
 "$DEEP_RECALL_TEST_PYTHON" -m pytest -q -p no:cacheprovider bindings/python/tests
+
+step "python client (clients/python: pip install, pytest)"
+# The same `pip install ./clients/python` a user runs (hatchling from the venv), then its tests
+# against this build's server, started by the tests themselves.
+"$DEEP_RECALL_TEST_PYTHON" -m pip install --quiet --disable-pip-version-check \
+  --no-build-isolation --force-reinstall --no-deps ./clients/python
+DEEP_RECALL_BIN="$target/debug/deep-recall" "$DEEP_RECALL_TEST_PYTHON" -m pytest -q \
+  -p no:cacheprovider clients/python/tests
 
 step "node package (bindings/node: npm install, node --test, TypeScript declarations)"
 # `npm install` builds the addon with cargo (the dev profile here, to share this build).
@@ -95,13 +104,19 @@ wasm-bindgen --version 2>/dev/null | grep -qF "$wasm_bindgen_version" \
 command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 (cd bindings/wasm && npm ci --no-audit --no-fund --loglevel=error && npm test)
 
+step "web UI (clients/web: strict types, build, end to end in headless Chromium against the server), Vue example"
+# Uses the SDK built by the TypeScript step (a file: dependency) and the server binary.
+(cd clients/web && npm ci --no-audit --no-fund --loglevel=error && npm run build && npm test)
+# The Vue example builds (vue-tsc type-checks it against the SDK).
+(cd clients/vue-example && npm ci --no-audit --no-fund --loglevel=error && npm run build)
+
 step "python (ruff on every file; mypy --strict where the venv has the imports)"
 # shellcheck disable=SC2046
 "$venv_bin/ruff" check $(git ls-files '*.py')
 # shellcheck disable=SC2046
 "$venv_bin/ruff" format --check $(git ls-files '*.py')
 "$DEEP_RECALL_TEST_PYTHON" -m mypy --strict server/tests/*.py bindings/python/python/deep_recall \
-  bindings/python/tests
+  bindings/python/tests clients/python/src/deep_recall_client clients/python/tests
 
 step "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings

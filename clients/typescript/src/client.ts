@@ -265,6 +265,8 @@ export class DeepRecall {
       webSocketImpl: impl,
       lazy: true,
       retryAttempts: 0,
+      // The server drops a socket that is silent for 60 s, even under a long answer.
+      keepAlive: 20_000,
       connectionParams: async () => {
         const token = await this.#token();
         if (token) return { Authorization: `Bearer ${token}` };

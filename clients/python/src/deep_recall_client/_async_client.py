@@ -1,0 +1,266 @@
+"""`AsyncDeepRecall`: the asyncio client (httpx for queries and mutations,
+`websockets.asyncio` for subscriptions)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
+from types import TracebackType
+from typing import (
+    TYPE_CHECKING,
+    Callable,
+    TypeVar,
+    Union,
+)
+
+import httpx
+
+from . import _operations as ops
+from . import _types as t
+from ._async_ws import AsyncSubscriptions
+from ._errors import DeepRecallError, network
+from ._transport import (
+    RetryPolicy,
+    check_credentials,
+    decode,
+    endpoints,
+    headers,
+    init_payload,
+)
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self needs Python 3.11
+
+T = TypeVar("T")
+
+TokenSource = Callable[[], Union[str, Awaitable[str]]]
+"""A function that returns a bearer token, or a coroutine function."""
+
+
+class AsyncDeepRecall:
+    """A client of a `deep-recall serve` server, for asyncio: `DeepRecall`'s methods as
+    coroutines, and its iterators as async iterators.
+
+    `url` is the server (`http://localhost:8080`) or its GraphQL endpoint (`.../graphql`). The
+    caller is a fixed bearer `token`, or `get_token()` called before every request and
+    connection (for short-lived JWTs; it may be a coroutine function); with neither, requests go without credentials (a server
+    started with `--allow-anonymous`) and `user` names the user (`X-User-Id`).
+
+    A query that fails with `UNAVAILABLE`, `RATE_LIMITED` or a network error is retried up to
+    `retries` times, a mutation only after `UNAVAILABLE` and `RATE_LIMITED` (never after a
+    network error, where the write may have happened), waiting `retry_delay` seconds at first
+    and twice as long each time, with jitter, or what the server's `Retry-After` asks.
+    `timeout` bounds each HTTP request and the opening of the WebSocket, in seconds.
+
+    Use it as an async context manager, or await `close()`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        get_token: TokenSource | None = None,
+        user: str | None = None,
+        retries: int = 3,
+        retry_delay: float = 0.25,
+        timeout: float = 60.0,
+    ) -> None:
+        check_credentials(token, get_token, user)
+        self._url, ws_url = endpoints(url)
+        self._token = token
+        self._get_token = get_token
+        self._user = user
+        self._retry = RetryPolicy(retries=retries, delay=retry_delay)
+        self._http = httpx.AsyncClient(timeout=timeout)
+        self._subscriptions = AsyncSubscriptions(ws_url, self._init_payload, timeout)
+
+    async def _current_token(self) -> str | None:
+        if self._get_token is None:
+            return self._token
+        token = self._get_token()
+        return await token if inspect.isawaitable(token) else token
+
+    async def _init_payload(self) -> dict[str, str]:
+        return init_payload(await self._current_token(), self._user)
+
+    async def _send(self, operation: ops.Operation[T]) -> T:
+        attempt = 0
+        while True:
+            try:
+                return operation.parse(await self._send_once(operation))
+            except DeepRecallError as e:
+                wait = self._retry.wait(attempt, e, operation.mutation)
+                if wait is None:
+                    raise
+            await asyncio.sleep(wait)
+            attempt += 1
+
+    async def _send_once(self, operation: ops.Operation[T]) -> t.Json:
+        request_headers = headers(await self._current_token(), self._user)
+        try:
+            r = await self._http.post(
+                self._url, json=operation.body(), headers=request_headers
+            )
+        except httpx.TransportError as e:
+            raise network(f"{type(e).__name__}: {e}") from e
+        return decode(r.status_code, r.headers.get("retry-after"), r.content)
+
+    async def _pages(
+        self, page: Callable[[str | None], ops.Operation[ops.Page[T]]]
+    ) -> AsyncIterator[T]:
+        after: str | None = None
+        while True:
+            p = await self._send(page(after))
+            for item in p.items:
+                yield item
+            if not p.has_next or p.end_cursor is None:
+                return
+            after = p.end_cursor
+
+    async def me(self) -> t.User:
+        """The calling user."""
+        return await self._send(ops.me())
+
+    async def search(
+        self,
+        query: str,
+        *,
+        top_k: int = 10,
+        mode: t.SearchMode = "hybrid",
+        session: str | None = None,
+        kinds: Sequence[t.MemoryKind] | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> list[t.SearchHit]:
+        """The caller's memories that matter for `query`, best first."""
+        return await self._send(ops.search(query, top_k, mode, session, kinds, tags))
+
+    async def add_messages(
+        self, session: str, messages: Sequence[t.NewMessage]
+    ) -> list[t.Message]:
+        """Stores messages in a session (created if missing; each message also becomes a
+        searchable memory), all or none."""
+        return await self._send(ops.add_messages(session, messages))
+
+    async def add_memory(
+        self,
+        content: str,
+        *,
+        kind: t.MemoryKind = "fact",
+        session: str | None = None,
+        tags: Sequence[str] | None = None,
+        importance: float | None = None,
+    ) -> t.Memory:
+        """Adds a memory (a fact by default; importance in [0, 1], estimated when absent)."""
+        return await self._send(
+            ops.add_memory(content, kind, session, tags, importance)
+        )
+
+    def sessions(self, *, page_size: int = 50) -> AsyncIterator[t.Session]:
+        """Every session of the caller, newest first, fetched `page_size` at a time."""
+        return self._pages(lambda after: ops.sessions(page_size, after))
+
+    def messages(
+        self, session: str, *, page_size: int = 50
+    ) -> AsyncIterator[t.Message]:
+        """A session's messages, oldest first, fetched `page_size` at a time."""
+        return self._pages(lambda after: ops.messages(session, page_size, after))
+
+    def memories(
+        self,
+        *,
+        session: str | None = None,
+        kinds: Sequence[t.MemoryKind] | None = None,
+        roles: Sequence[t.Role] | None = None,
+        tags: Sequence[str] | None = None,
+        since: t.Time | None = None,
+        until: t.Time | None = None,
+        page_size: int = 50,
+    ) -> AsyncIterator[t.Memory]:
+        """The caller's memories, newest first, fetched `page_size` at a time; narrowed to a
+        session, kinds, roles, all of `tags`, and written in [since, until)."""
+        return self._pages(
+            lambda after: ops.memories(
+                page_size, after, session, kinds, roles, tags, since, until
+            )
+        )
+
+    async def delete_memory(self, id: str) -> bool:
+        """Deletes a memory (a missing one is a `NOT_FOUND` error)."""
+        return await self._send(ops.delete_memory(id))
+
+    async def delete_session(self, id: str) -> bool:
+        """Deletes a session with its messages and their memories."""
+        return await self._send(ops.delete_session(id))
+
+    async def export_my_data(self) -> t.Json:
+        """Everything stored about the caller, as a JSON object."""
+        return await self._send(ops.export_my_data())
+
+    async def delete_my_data(self) -> t.DeletionReport:
+        """Deletes everything stored about the caller."""
+        return await self._send(ops.delete_my_data())
+
+    def chat(
+        self,
+        session: str,
+        message: str,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] | None = None,
+        system: str | None = None,
+        memory_top_k: int | None = None,
+        mode: t.SearchMode = "hybrid",
+    ) -> AsyncGenerator[t.ChatChunk, None]:
+        """Answers `message` with the caller's memory: yields a `ChatDelta` for each piece of
+        the answer as it arrives, then one `ChatFinal`. Stopping early (leaving the loop, or
+        `aclose()` on the generator) tells the server to stop generating."""
+        sub = ops.chat(
+            session,
+            message,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+            stop=stop,
+            system=system,
+            memory_top_k=memory_top_k,
+            mode=mode,
+        )
+        return self._subscribe(sub)
+
+    def memory_events(self) -> AsyncGenerator[t.MemoryEvent, None]:
+        """Changes to the caller's memories (added, updated, deleted), from the moment the
+        subscription reaches the server (the first `__anext__()`), until the generator is
+        closed."""
+        return self._subscribe(ops.memory_events())
+
+    async def _subscribe(self, sub: ops.Subscription[T]) -> AsyncGenerator[T, None]:
+        stream = self._subscriptions.stream(sub.payload())
+        try:
+            async for data in stream:
+                yield sub.parse(data)
+        finally:
+            await stream.aclose()
+
+    async def close(self) -> None:
+        """Closes the WebSocket and the HTTP connections."""
+        await self._subscriptions.close()
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

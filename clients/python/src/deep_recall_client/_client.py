@@ -1,0 +1,246 @@
+"""`DeepRecall`: the blocking client (httpx for queries and mutations, `websockets.sync` for
+subscriptions)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator, Iterator, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Callable, TypeVar
+
+import httpx
+
+from . import _operations as ops
+from . import _types as t
+from ._errors import DeepRecallError, network
+from ._sync_ws import SyncSubscriptions
+from ._transport import (
+    RetryPolicy,
+    check_credentials,
+    decode,
+    endpoints,
+    headers,
+    init_payload,
+)
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self needs Python 3.11
+
+T = TypeVar("T")
+
+
+class DeepRecall:
+    """A client of a `deep-recall serve` server.
+
+    `url` is the server (`http://localhost:8080`) or its GraphQL endpoint (`.../graphql`). The
+    caller is a fixed bearer `token`, or `get_token()` called before every request and
+    connection (for short-lived JWTs); with neither, requests go without credentials (a server
+    started with `--allow-anonymous`) and `user` names the user (`X-User-Id`).
+
+    A query that fails with `UNAVAILABLE`, `RATE_LIMITED` or a network error is retried up to
+    `retries` times, a mutation only after `UNAVAILABLE` and `RATE_LIMITED` (never after a
+    network error, where the write may have happened), waiting `retry_delay` seconds at first
+    and twice as long each time, with jitter, or what the server's `Retry-After` asks.
+    `timeout` bounds each HTTP request and the opening of the WebSocket, in seconds.
+
+    Use it as a context manager, or call `close()`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        get_token: Callable[[], str] | None = None,
+        user: str | None = None,
+        retries: int = 3,
+        retry_delay: float = 0.25,
+        timeout: float = 60.0,
+    ) -> None:
+        check_credentials(token, get_token, user)
+        self._url, ws_url = endpoints(url)
+        self._token = token
+        self._get_token = get_token
+        self._user = user
+        self._retry = RetryPolicy(retries=retries, delay=retry_delay)
+        self._http = httpx.Client(timeout=timeout)
+        self._subscriptions = SyncSubscriptions(
+            ws_url, lambda: init_payload(self._current_token(), self._user), timeout
+        )
+
+    def _current_token(self) -> str | None:
+        return self._get_token() if self._get_token is not None else self._token
+
+    def _send(self, operation: ops.Operation[T]) -> T:
+        attempt = 0
+        while True:
+            try:
+                return operation.parse(self._send_once(operation))
+            except DeepRecallError as e:
+                wait = self._retry.wait(attempt, e, operation.mutation)
+                if wait is None:
+                    raise
+            time.sleep(wait)
+            attempt += 1
+
+    def _send_once(self, operation: ops.Operation[T]) -> t.Json:
+        request_headers = headers(self._current_token(), self._user)
+        try:
+            r = self._http.post(
+                self._url, json=operation.body(), headers=request_headers
+            )
+        except httpx.TransportError as e:
+            raise network(f"{type(e).__name__}: {e}") from e
+        return decode(r.status_code, r.headers.get("retry-after"), r.content)
+
+    def _pages(
+        self, page: Callable[[str | None], ops.Operation[ops.Page[T]]]
+    ) -> Iterator[T]:
+        after: str | None = None
+        while True:
+            p = self._send(page(after))
+            yield from p.items
+            if not p.has_next or p.end_cursor is None:
+                return
+            after = p.end_cursor
+
+    def me(self) -> t.User:
+        """The calling user."""
+        return self._send(ops.me())
+
+    def search(
+        self,
+        query: str,
+        *,
+        top_k: int = 10,
+        mode: t.SearchMode = "hybrid",
+        session: str | None = None,
+        kinds: Sequence[t.MemoryKind] | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> list[t.SearchHit]:
+        """The caller's memories that matter for `query`, best first."""
+        return self._send(ops.search(query, top_k, mode, session, kinds, tags))
+
+    def add_messages(
+        self, session: str, messages: Sequence[t.NewMessage]
+    ) -> list[t.Message]:
+        """Stores messages in a session (created if missing; each message also becomes a
+        searchable memory), all or none."""
+        return self._send(ops.add_messages(session, messages))
+
+    def add_memory(
+        self,
+        content: str,
+        *,
+        kind: t.MemoryKind = "fact",
+        session: str | None = None,
+        tags: Sequence[str] | None = None,
+        importance: float | None = None,
+    ) -> t.Memory:
+        """Adds a memory (a fact by default; importance in [0, 1], estimated when absent)."""
+        return self._send(ops.add_memory(content, kind, session, tags, importance))
+
+    def sessions(self, *, page_size: int = 50) -> Iterator[t.Session]:
+        """Every session of the caller, newest first, fetched `page_size` at a time."""
+        return self._pages(lambda after: ops.sessions(page_size, after))
+
+    def messages(self, session: str, *, page_size: int = 50) -> Iterator[t.Message]:
+        """A session's messages, oldest first, fetched `page_size` at a time."""
+        return self._pages(lambda after: ops.messages(session, page_size, after))
+
+    def memories(
+        self,
+        *,
+        session: str | None = None,
+        kinds: Sequence[t.MemoryKind] | None = None,
+        roles: Sequence[t.Role] | None = None,
+        tags: Sequence[str] | None = None,
+        since: t.Time | None = None,
+        until: t.Time | None = None,
+        page_size: int = 50,
+    ) -> Iterator[t.Memory]:
+        """The caller's memories, newest first, fetched `page_size` at a time; narrowed to a
+        session, kinds, roles, all of `tags`, and written in [since, until)."""
+        return self._pages(
+            lambda after: ops.memories(
+                page_size, after, session, kinds, roles, tags, since, until
+            )
+        )
+
+    def delete_memory(self, id: str) -> bool:
+        """Deletes a memory (a missing one is a `NOT_FOUND` error)."""
+        return self._send(ops.delete_memory(id))
+
+    def delete_session(self, id: str) -> bool:
+        """Deletes a session with its messages and their memories."""
+        return self._send(ops.delete_session(id))
+
+    def export_my_data(self) -> t.Json:
+        """Everything stored about the caller, as a JSON object."""
+        return self._send(ops.export_my_data())
+
+    def delete_my_data(self) -> t.DeletionReport:
+        """Deletes everything stored about the caller."""
+        return self._send(ops.delete_my_data())
+
+    def chat(
+        self,
+        session: str,
+        message: str,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] | None = None,
+        system: str | None = None,
+        memory_top_k: int | None = None,
+        mode: t.SearchMode = "hybrid",
+    ) -> Generator[t.ChatChunk, None, None]:
+        """Answers `message` with the caller's memory: yields a `ChatDelta` for each piece of
+        the answer as it arrives, then one `ChatFinal`. Stopping early (leaving the loop, or
+        `close()` on the generator) tells the server to stop generating."""
+        sub = ops.chat(
+            session,
+            message,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+            stop=stop,
+            system=system,
+            memory_top_k=memory_top_k,
+            mode=mode,
+        )
+        return self._subscribe(sub)
+
+    def memory_events(self) -> Generator[t.MemoryEvent, None, None]:
+        """Changes to the caller's memories (added, updated, deleted), from the moment the
+        subscription reaches the server (the first `next()`), until the generator is closed."""
+        return self._subscribe(ops.memory_events())
+
+    def _subscribe(self, sub: ops.Subscription[T]) -> Generator[T, None, None]:
+        stream = self._subscriptions.stream(sub.payload())
+        try:
+            for data in stream:
+                yield sub.parse(data)
+        finally:
+            stream.close()
+
+    def close(self) -> None:
+        """Closes the WebSocket and the HTTP connections."""
+        self._subscriptions.close()
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,349 @@
+"""The GraphQL operations, written once for both clients: each is a document, its variables
+and how to read its answer. The clients only send them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, TypeVar
+
+from . import _types as t
+
+T = TypeVar("T")
+
+_MEMORY = """
+fragment MemoryFields on Memory {
+  id kind content session messageId role tags metadata importance emotion createdAt updatedAt
+}"""
+_MESSAGE = """
+fragment MessageFields on Message { id session role content tags metadata createdAt }"""
+
+
+@dataclass(frozen=True)
+class Operation(Generic[T]):
+    """A query or mutation: what to send, and how to read `data`."""
+
+    name: str
+    document: str
+    variables: dict[str, Any]
+    mutation: bool
+    parse: Callable[[t.Json], T]
+
+    def body(self) -> t.Json:
+        return {
+            "query": self.document,
+            "variables": self.variables,
+            "operationName": self.name,
+        }
+
+
+@dataclass(frozen=True)
+class Subscription(Generic[T]):
+    """A subscription: what to subscribe with, and how to read each event's `data`."""
+
+    name: str
+    document: str
+    variables: dict[str, Any]
+    parse: Callable[[t.Json], T]
+
+    def payload(self) -> t.Json:
+        return {
+            "query": self.document,
+            "variables": self.variables,
+            "operationName": self.name,
+        }
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a Relay connection."""
+
+    items: list[T]
+    end_cursor: str | None
+    has_next: bool
+
+
+def _page(connection: t.Json, item: Callable[[t.Json], T]) -> Page[T]:
+    info = connection["pageInfo"]
+    return Page(
+        items=[item(n) for n in connection["nodes"]],
+        end_cursor=info.get("endCursor"),
+        has_next=bool(info.get("hasNextPage")),
+    )
+
+
+def _filter(
+    session: str | None = None,
+    kinds: Sequence[t.MemoryKind] | None = None,
+    roles: Sequence[t.Role] | None = None,
+    tags: Sequence[str] | None = None,
+    since: t.Time | None = None,
+    until: t.Time | None = None,
+) -> t.Json | None:
+    f: t.Json = {}
+    if session is not None:
+        f["session"] = session
+    if kinds:
+        f["kinds"] = [t.upper(k) for k in kinds]
+    if roles:
+        f["roles"] = [t.upper(r) for r in roles]
+    if tags:
+        f["tags"] = list(tags)
+    if since is not None:
+        f["since"] = t.time(since)
+    if until is not None:
+        f["until"] = t.time(until)
+    return f or None
+
+
+def me() -> Operation[t.User]:
+    return Operation(
+        "Me",
+        "query Me { me { id admin createdAt memoryCount } }",
+        {},
+        False,
+        lambda d: t.user(d["me"]),
+    )
+
+
+def search(
+    query: str,
+    top_k: int,
+    mode: t.SearchMode,
+    session: str | None,
+    kinds: Sequence[t.MemoryKind] | None,
+    tags: Sequence[str] | None,
+) -> Operation[list[t.SearchHit]]:
+    return Operation(
+        "Search",
+        """query Search($query: String!, $topK: Int!, $mode: SearchMode!, $filter: MemoryFilter) {
+  search(query: $query, topK: $topK, mode: $mode, filter: $filter) {
+    memory { ...MemoryFields } score similarity bm25
+  }
+}"""
+        + _MEMORY,
+        {
+            "query": query,
+            "topK": top_k,
+            "mode": t.upper(mode),
+            "filter": _filter(session=session, kinds=kinds, tags=tags),
+        },
+        False,
+        lambda d: [t.search_hit(h) for h in d["search"]],
+    )
+
+
+def _message_input(session: str, m: t.NewMessage) -> t.Json:
+    out: t.Json = {
+        "session": session,
+        "role": t.upper(m["role"]),
+        "content": m["content"],
+    }
+    if "created_at" in m:
+        out["createdAt"] = t.time(m["created_at"])
+    if "tags" in m:
+        out["tags"] = list(m["tags"])
+    if "metadata" in m:
+        out["metadata"] = m["metadata"]
+    return out
+
+
+def add_messages(
+    session: str, messages: Sequence[t.NewMessage]
+) -> Operation[list[t.Message]]:
+    return Operation(
+        "AddMessages",
+        """mutation AddMessages($messages: [MessageInput!]!) {
+  addMessages(messages: $messages) { ...MessageFields }
+}"""
+        + _MESSAGE,
+        {"messages": [_message_input(session, m) for m in messages]},
+        True,
+        lambda d: [t.message(m) for m in d["addMessages"]],
+    )
+
+
+def add_memory(
+    content: str,
+    kind: t.MemoryKind,
+    session: str | None,
+    tags: Sequence[str] | None,
+    importance: float | None,
+) -> Operation[t.Memory]:
+    memory_input: t.Json = {"content": content, "kind": t.upper(kind)}
+    if session is not None:
+        memory_input["session"] = session
+    if tags is not None:
+        memory_input["tags"] = list(tags)
+    if importance is not None:
+        memory_input["importance"] = importance
+    return Operation(
+        "AddMemory",
+        """mutation AddMemory($input: MemoryInput!) {
+  addMemory(input: $input) { ...MemoryFields }
+}"""
+        + _MEMORY,
+        {"input": memory_input},
+        True,
+        lambda d: t.memory(d["addMemory"]),
+    )
+
+
+def sessions(first: int, after: str | None) -> Operation[Page[t.Session]]:
+    return Operation(
+        "Sessions",
+        """query Sessions($first: Int, $after: String) {
+  sessions(first: $first, after: $after) {
+    pageInfo { hasNextPage endCursor }
+    nodes { id title persona createdAt updatedAt }
+  }
+}""",
+        {"first": first, "after": after},
+        False,
+        lambda d: _page(d["sessions"], t.session),
+    )
+
+
+def messages(session: str, first: int, after: str | None) -> Operation[Page[t.Message]]:
+    return Operation(
+        "Messages",
+        """query Messages($session: ID!, $first: Int, $after: String) {
+  messages(session: $session, first: $first, after: $after) {
+    pageInfo { hasNextPage endCursor }
+    nodes { ...MessageFields }
+  }
+}"""
+        + _MESSAGE,
+        {"session": session, "first": first, "after": after},
+        False,
+        lambda d: _page(d["messages"], t.message),
+    )
+
+
+def memories(
+    first: int,
+    after: str | None,
+    session: str | None,
+    kinds: Sequence[t.MemoryKind] | None,
+    roles: Sequence[t.Role] | None,
+    tags: Sequence[str] | None,
+    since: t.Time | None,
+    until: t.Time | None,
+) -> Operation[Page[t.Memory]]:
+    return Operation(
+        "Memories",
+        """query Memories($filter: MemoryFilter, $first: Int, $after: String) {
+  memories(filter: $filter, first: $first, after: $after) {
+    pageInfo { hasNextPage endCursor }
+    nodes { ...MemoryFields }
+  }
+}"""
+        + _MEMORY,
+        {
+            "filter": _filter(session, kinds, roles, tags, since, until),
+            "first": first,
+            "after": after,
+        },
+        False,
+        lambda d: _page(d["memories"], t.memory),
+    )
+
+
+def delete_memory(id: str) -> Operation[bool]:
+    return Operation(
+        "DeleteMemory",
+        "mutation DeleteMemory($id: ID!) { deleteMemory(id: $id) }",
+        {"id": id},
+        True,
+        lambda d: bool(d["deleteMemory"]),
+    )
+
+
+def delete_session(id: str) -> Operation[bool]:
+    return Operation(
+        "DeleteSession",
+        "mutation DeleteSession($id: ID!) { deleteSession(id: $id) }",
+        {"id": id},
+        True,
+        lambda d: bool(d["deleteSession"]),
+    )
+
+
+def export_my_data() -> Operation[t.Json]:
+    return Operation(
+        "ExportMyData",
+        "mutation ExportMyData { exportMyData }",
+        {},
+        True,
+        lambda d: dict(d["exportMyData"]),
+    )
+
+
+def delete_my_data() -> Operation[t.DeletionReport]:
+    return Operation(
+        "DeleteMyData",
+        "mutation DeleteMyData { deleteMyData { existed sessions messages memories } }",
+        {},
+        True,
+        lambda d: t.deletion_report(d["deleteMyData"]),
+    )
+
+
+def chat(
+    session: str,
+    message: str,
+    *,
+    max_tokens: int | None,
+    temperature: float | None,
+    top_p: float | None,
+    top_k: int | None,
+    seed: int | None,
+    stop: Sequence[str] | None,
+    system: str | None,
+    memory_top_k: int | None,
+    mode: t.SearchMode,
+) -> Subscription[t.ChatChunk]:
+    chat_input: t.Json = {
+        "session": session,
+        "message": message,
+        "stop": list(stop or []),
+        "mode": t.upper(mode),
+    }
+    optional = {
+        "maxTokens": max_tokens,
+        "temperature": temperature,
+        "topP": top_p,
+        "topK": top_k,
+        "seed": seed,
+        "system": system,
+        "memoryTopK": memory_top_k,
+    }
+    chat_input.update({k: v for k, v in optional.items() if v is not None})
+    return Subscription(
+        "Chat",
+        """subscription Chat($input: ChatInput!) {
+  chat(input: $input) {
+    delta done
+    result {
+      text finishReason messageId replyId model confidence
+      context { memoryId kind content session score createdAt }
+      usage { promptTokens completionTokens totalTokens }
+      latency { retrievalMs firstTokenMs totalMs }
+    }
+  }
+}""",
+        {"input": chat_input},
+        lambda d: t.chat_chunk(d["chat"]),
+    )
+
+
+def memory_events() -> Subscription[t.MemoryEvent]:
+    return Subscription(
+        "MemoryEvents",
+        """subscription MemoryEvents {
+  memoryEvents { action memoryId kind memory { ...MemoryFields } }
+}"""
+        + _MEMORY,
+        {},
+        lambda d: t.memory_event(d["memoryEvents"]),
+    )

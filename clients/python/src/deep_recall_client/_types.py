@@ -1,0 +1,366 @@
+"""What the client returns and accepts: frozen dataclasses for the server's objects, lower-case
+string literals for its enums, and the conversions from the GraphQL answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal, TypedDict, Union
+
+Role = Literal["user", "assistant", "system"]
+"""Who wrote a message."""
+MemoryKind = Literal["message", "fact", "persona", "summary"]
+"""What a memory is."""
+SearchMode = Literal["hybrid", "vector", "text"]
+"""Which retrievers a search uses."""
+FinishReason = Literal["stop", "length", "cancelled"]
+"""Why an answer ended."""
+MemoryAction = Literal["added", "updated", "deleted"]
+"""What happened to a memory."""
+
+Json = dict[str, Any]
+"""A JSON object."""
+Time = Union[str, datetime]
+"""A time: an RFC 3339 string, or a datetime (naive ones are taken as UTC)."""
+
+# Each class declares `__slots__` by hand: `dataclass(slots=True)` needs Python 3.10.
+
+
+@dataclass(frozen=True)
+class Memory:
+    """A memory: what retrieval finds."""
+
+    __slots__ = (
+        "content",
+        "created_at",
+        "emotion",
+        "id",
+        "importance",
+        "kind",
+        "message_id",
+        "metadata",
+        "role",
+        "session",
+        "tags",
+        "updated_at",
+    )
+    id: str
+    kind: MemoryKind
+    content: str
+    session: str | None
+    """The session it came from."""
+    message_id: str | None
+    """The message it came from."""
+    role: Role | None
+    """The role of that message."""
+    tags: list[str]
+    metadata: Json
+    importance: float
+    """In [0, 1]."""
+    emotion: str | None
+    """The detected emotion."""
+    created_at: str
+    """When its source was written (RFC 3339)."""
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """A search result."""
+
+    __slots__ = ("bm25", "memory", "score", "similarity")
+    memory: Memory
+    score: float
+    """The final score (higher is better; the raw cosine similarity in vector mode)."""
+    similarity: float | None
+    """Embedding similarity, when the vector retriever found it."""
+    bm25: float | None
+    """BM25 score, when the text retriever found it."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """A stored message."""
+
+    __slots__ = ("content", "created_at", "id", "metadata", "role", "session", "tags")
+    id: str
+    session: str
+    role: Role
+    content: str
+    tags: list[str]
+    metadata: Json
+    created_at: str
+
+
+class _NewMessageRequired(TypedDict):
+    role: Role
+    content: str
+
+
+class NewMessage(_NewMessageRequired, total=False):
+    """A message to store (`add_messages`): `role` and `content`, the rest optional."""
+
+    created_at: Time
+    """When it was written; now when absent."""
+    tags: list[str]
+    metadata: Json
+
+
+@dataclass(frozen=True)
+class Session:
+    """A conversation."""
+
+    __slots__ = ("created_at", "id", "persona", "title", "updated_at")
+    id: str
+    title: str | None
+    persona: str | None
+    created_at: str
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class User:
+    """The calling user."""
+
+    __slots__ = ("admin", "created_at", "id", "memory_count")
+    id: str
+    admin: bool
+    created_at: str | None
+    """When the user was first seen (None before their first write)."""
+    memory_count: int
+
+
+@dataclass(frozen=True)
+class DeletionReport:
+    """What `delete_my_data` removed."""
+
+    __slots__ = ("existed", "memories", "messages", "sessions")
+    existed: bool
+    sessions: int
+    messages: int
+    memories: int
+
+
+@dataclass(frozen=True)
+class ContextMemory:
+    """A memory that went into a chat answer's prompt."""
+
+    __slots__ = ("content", "created_at", "kind", "memory_id", "score", "session")
+    memory_id: str
+    kind: MemoryKind
+    content: str
+    session: str | None
+    score: float
+    created_at: str
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts."""
+
+    __slots__ = ("completion_tokens", "prompt_tokens", "total_tokens")
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Timings in milliseconds."""
+
+    __slots__ = ("first_token_ms", "retrieval_ms", "total_ms")
+    retrieval_ms: float
+    first_token_ms: float
+    total_ms: float
+
+
+@dataclass(frozen=True)
+class ChatDelta:
+    """The next piece of a streamed answer."""
+
+    __slots__ = ("delta",)
+    delta: str
+
+
+@dataclass(frozen=True)
+class ChatFinal:
+    """The end of a streamed answer: the whole result."""
+
+    __slots__ = (
+        "confidence",
+        "context",
+        "finish_reason",
+        "latency",
+        "message_id",
+        "model",
+        "reply_id",
+        "text",
+        "usage",
+    )
+    text: str
+    context: list[ContextMemory]
+    """The memories the answer was given, best first."""
+    usage: Usage
+    finish_reason: FinishReason
+    message_id: str
+    """The stored user message."""
+    reply_id: str | None
+    """The stored answer."""
+    model: str
+    latency: Latency
+    confidence: float | None
+    """Mean log-probability of the answer's tokens (0 is certain); None when unknown."""
+
+
+ChatChunk = Union[ChatDelta, ChatFinal]
+"""What `chat` yields: deltas, then one final result."""
+
+
+@dataclass(frozen=True)
+class MemoryEvent:
+    """A change to one of the caller's memories."""
+
+    __slots__ = ("action", "kind", "memory", "memory_id")
+    action: MemoryAction
+    memory_id: str
+    kind: MemoryKind | None
+    memory: Memory | None
+    """The memory after the change, when the writer had it."""
+
+
+# From the GraphQL answers (upper-case enums, camelCase fields) to the types above.
+
+
+def _object(value: Any) -> Json:
+    return value if isinstance(value, dict) else {}
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+def memory(d: Json) -> Memory:
+    return Memory(
+        id=d["id"],
+        kind=_lower(d["kind"]),
+        content=d["content"],
+        session=d.get("session"),
+        message_id=d.get("messageId"),
+        role=_lower(d.get("role")),
+        tags=list(d.get("tags") or []),
+        metadata=_object(d.get("metadata")),
+        importance=d["importance"],
+        emotion=d.get("emotion"),
+        created_at=d["createdAt"],
+        updated_at=d["updatedAt"],
+    )
+
+
+def search_hit(d: Json) -> SearchHit:
+    return SearchHit(
+        memory=memory(d["memory"]),
+        score=d["score"],
+        similarity=d.get("similarity"),
+        bm25=d.get("bm25"),
+    )
+
+
+def message(d: Json) -> Message:
+    return Message(
+        id=d["id"],
+        session=d["session"],
+        role=_lower(d["role"]),
+        content=d["content"],
+        tags=list(d.get("tags") or []),
+        metadata=_object(d.get("metadata")),
+        created_at=d["createdAt"],
+    )
+
+
+def session(d: Json) -> Session:
+    return Session(
+        id=d["id"],
+        title=d.get("title"),
+        persona=d.get("persona"),
+        created_at=d["createdAt"],
+        updated_at=d["updatedAt"],
+    )
+
+
+def user(d: Json) -> User:
+    return User(
+        id=d["id"],
+        admin=d["admin"],
+        created_at=d.get("createdAt"),
+        memory_count=d["memoryCount"],
+    )
+
+
+def deletion_report(d: Json) -> DeletionReport:
+    return DeletionReport(
+        existed=d["existed"],
+        sessions=d["sessions"],
+        messages=d["messages"],
+        memories=d["memories"],
+    )
+
+
+def chat_chunk(d: Json) -> ChatChunk:
+    result = d.get("result")
+    if not d.get("done") or not isinstance(result, dict):
+        return ChatDelta(delta=d.get("delta") or "")
+    usage, latency = result["usage"], result["latency"]
+    return ChatFinal(
+        text=result["text"],
+        context=[
+            ContextMemory(
+                memory_id=c["memoryId"],
+                kind=_lower(c["kind"]),
+                content=c["content"],
+                session=c.get("session"),
+                score=c["score"],
+                created_at=c["createdAt"],
+            )
+            for c in result["context"]
+        ],
+        usage=Usage(
+            prompt_tokens=usage["promptTokens"],
+            completion_tokens=usage["completionTokens"],
+            total_tokens=usage["totalTokens"],
+        ),
+        finish_reason=_lower(result["finishReason"]),
+        message_id=result["messageId"],
+        reply_id=result.get("replyId"),
+        model=result["model"],
+        latency=Latency(
+            retrieval_ms=latency["retrievalMs"],
+            first_token_ms=latency["firstTokenMs"],
+            total_ms=latency["totalMs"],
+        ),
+        confidence=result.get("confidence"),
+    )
+
+
+def memory_event(d: Json) -> MemoryEvent:
+    m = d.get("memory")
+    return MemoryEvent(
+        action=_lower(d["action"]),
+        memory_id=d["memoryId"],
+        kind=_lower(d.get("kind")),
+        memory=memory(m) if isinstance(m, dict) else None,
+    )
+
+
+# From the caller's arguments to GraphQL input values.
+
+
+def upper(value: str) -> str:
+    return value.upper()
+
+
+def time(value: Time) -> str:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.isoformat()
+    return value

@@ -1,0 +1,147 @@
+"""The graphql-transport-ws client against a scripted WebSocket server (websockets' own, in a
+thread): keep-alive pings, answering the server's pings, refused connections and error
+messages."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from websockets.sync.server import ServerConnection, serve
+from websockets.typing import Subprotocol
+
+from deep_recall_client import AsyncDeepRecall, DeepRecall, DeepRecallError, MemoryEvent
+
+Handler = Callable[[ServerConnection], None]
+
+EVENT = {
+    "data": {
+        "memoryEvents": {
+            "action": "ADDED",
+            "memoryId": "7",
+            "kind": "FACT",
+            "memory": None,
+        }
+    }
+}
+
+
+def receive(ws: ServerConnection) -> dict[str, Any]:
+    message = json.loads(ws.recv(timeout=5))
+    assert isinstance(message, dict)
+    return message
+
+
+def send(ws: ServerConnection, message: dict[str, Any]) -> None:
+    ws.send(json.dumps(message))
+
+
+def accept(ws: ServerConnection) -> str:
+    """Acknowledges the connection; the id of the first subscription."""
+    init = receive(ws)
+    assert init == {"type": "connection_init", "payload": {"Authorization": "Bearer t"}}
+    send(ws, {"type": "connection_ack"})
+    subscribe = receive(ws)
+    assert subscribe["type"] == "subscribe"
+    assert subscribe["payload"]["operationName"] == "MemoryEvents"
+    return str(subscribe["id"])
+
+
+@pytest.fixture
+def ws_server() -> Iterator[Callable[[Handler], str]]:
+    """Starts a server that runs the given handler for each connection; its URL."""
+    servers = []
+
+    def start(handler: Handler) -> str:
+        server = serve(
+            handler, "127.0.0.1", 0, subprotocols=[Subprotocol("graphql-transport-ws")]
+        )
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.socket.getsockname()[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
+def quiet_until_pinged(ws: ServerConnection) -> None:
+    """Sends nothing until the client pings, then one event."""
+    sid = accept(ws)
+    assert receive(ws) == {"type": "ping"}
+    send(ws, {"type": "next", "id": sid, "payload": EVENT})
+    send(ws, {"type": "complete", "id": sid})
+    ws.recv(timeout=5)  # Until the client closes the socket.
+
+
+def test_the_client_pings_to_keep_the_connection(
+    ws_server: Callable[[Handler], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("deep_recall_client._sync_ws.KEEPALIVE", 0.1)
+    monkeypatch.setattr("deep_recall_client._async_ws.KEEPALIVE", 0.1)
+    url = ws_server(quiet_until_pinged)
+    with DeepRecall(url, token="t") as c:
+        events = list(c.memory_events())
+    assert events == [
+        MemoryEvent(action="added", memory_id="7", kind="fact", memory=None)
+    ]
+
+    async def main() -> list[MemoryEvent]:
+        async with AsyncDeepRecall(url, token="t") as c:
+            return [e async for e in c.memory_events()]
+
+    assert asyncio.run(main()) == events
+
+
+def pings_then_errors(ws: ServerConnection) -> None:
+    sid = accept(ws)
+    send(ws, {"type": "ping"})
+    assert receive(ws) == {"type": "pong"}
+    send(ws, {"type": "next", "id": sid, "payload": EVENT})
+    errors = [{"message": "too many streams", "extensions": {"code": "RATE_LIMITED"}}]
+    send(ws, {"type": "error", "id": sid, "payload": errors})
+    ws.recv(timeout=5)
+
+
+def test_pongs_and_errors(ws_server: Callable[[Handler], str]) -> None:
+    url = ws_server(pings_then_errors)
+    seen: list[MemoryEvent] = []
+    with DeepRecall(url, token="t") as c, pytest.raises(DeepRecallError) as e:
+        seen.extend(c.memory_events())
+    assert len(seen) == 1
+    assert (e.value.code, e.value.message) == ("RATE_LIMITED", "too many streams")
+
+    async def main() -> None:
+        async with AsyncDeepRecall(url, token="t") as c:
+            async for event in c.memory_events():
+                seen.append(event)
+
+    with pytest.raises(DeepRecallError) as e:
+        asyncio.run(main())
+    assert len(seen) == 2 and e.value.code == "RATE_LIMITED"
+
+
+def refuses(ws: ServerConnection) -> None:
+    receive(ws)
+    ws.close(4403, "Forbidden")
+
+
+def test_a_refused_connection_is_unauthenticated(
+    ws_server: Callable[[Handler], str],
+) -> None:
+    url = ws_server(refuses)
+    with DeepRecall(url, token="t") as c, pytest.raises(DeepRecallError) as e:
+        next(c.memory_events())
+    assert (e.value.code, e.value.message) == ("UNAUTHENTICATED", "Forbidden")
+
+    async def main() -> None:
+        async with AsyncDeepRecall(url, token="t") as c:
+            await c.memory_events().__anext__()
+
+    with pytest.raises(DeepRecallError) as e:
+        asyncio.run(main())
+    assert e.value.code == "UNAUTHENTICATED"
