@@ -19,7 +19,7 @@ pub use local::{
     Precision,
 };
 pub use remote::{RemoteChat, RemoteConfig};
-pub use service::{ChatEvent, ChatService, ChatSummarizer};
+pub use service::{ChatEvent, ChatService, ChatSummarizer, WorkerLimits};
 pub use template::ChatTemplate;
 
 use crate::context::{ChatTurn, TokenCounter};

@@ -5,9 +5,15 @@
 //! Continuous batching: concurrent requests share decode steps — each step runs the next token
 //! of every active sequence through the weights together, with one KV cache per sequence —
 //! and new requests join between steps, up to `max_sequences` at once.
+//!
+//! Slow consumers: the worker never waits for one. Each stream has a bounded buffer; a
+//! sequence whose buffer is nearly full sits out decode steps (the others go on) until its
+//! consumer reads, and one that stays stuck longer than [`WorkerLimits::stall_limit`] is
+//! cancelled, freeing its slot and its KV cache.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use candle_core::Device;
@@ -56,6 +62,7 @@ struct Counters {
 /// See the module documentation.
 pub struct ChatService {
     queue: mpsc::Sender<Job>,
+    stream_buffer: usize,
     counters: Arc<Counters>,
     tokenizer: Tokenizer,
     template: ChatTemplate,
@@ -63,8 +70,27 @@ pub struct ChatService {
     name: String,
 }
 
-/// Events buffered per stream before the worker waits for the consumer.
-const STREAM_BUFFER: usize = 256;
+/// How the worker treats streams whose consumers fall behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerLimits {
+    /// Events buffered per stream.
+    pub stream_buffer: usize,
+    /// How long a sequence may wait for its consumer to read before it is cancelled.
+    pub stall_limit: Duration,
+}
+
+impl Default for WorkerLimits {
+    fn default() -> Self {
+        Self {
+            stream_buffer: 256,
+            stall_limit: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Free buffer slots a sequence needs to take part in a decode step (one token can flush
+/// several pieces of text).
+const STEP_ROOM: usize = 4;
 
 impl ChatService {
     /// Loads the model (blocking: call it at start-up or through `spawn_blocking`) and starts
@@ -74,6 +100,23 @@ impl ChatService {
         device: &Device,
         queue_capacity: usize,
         max_sequences: usize,
+    ) -> Result<Self> {
+        Self::start_with_limits(
+            config,
+            device,
+            queue_capacity,
+            max_sequences,
+            WorkerLimits::default(),
+        )
+    }
+
+    /// [`ChatService::start`] with explicit limits for slow consumers.
+    pub fn start_with_limits(
+        config: &ModelConfig,
+        device: &Device,
+        queue_capacity: usize,
+        max_sequences: usize,
+        limits: WorkerLimits,
     ) -> Result<Self> {
         let model = LocalModel::load(config, device)?;
         let tokenizer = model.tokenizer().clone();
@@ -85,10 +128,11 @@ impl ChatService {
         let c = counters.clone();
         thread::Builder::new()
             .name("deep-recall-chat".into())
-            .spawn(move || worker(model, rx, c, max_sequences))
+            .spawn(move || worker(model, rx, c, max_sequences, limits))
             .map_err(|e| Error::Internal(format!("spawn chat worker: {e}")))?;
         Ok(Self {
             queue: tx,
+            stream_buffer: limits.stream_buffer.max(STEP_ROOM),
             counters,
             tokenizer,
             template,
@@ -143,7 +187,7 @@ impl ChatService {
                 self.context_length
             )));
         }
-        let (events, rx) = mpsc::channel(STREAM_BUFFER);
+        let (events, rx) = mpsc::channel(self.stream_buffer);
         self.counters.waiting.fetch_add(1, Ordering::Relaxed);
         let sent = self
             .queue
@@ -180,12 +224,16 @@ struct Active {
     seq: Sequence,
     events: mpsc::Sender<Result<ChatEvent>>,
     next: u32,
+    /// Since when the consumer has left no room for the next step.
+    stalled_since: Option<Instant>,
 }
 
+/// Hands text to the consumer without ever waiting: a full buffer (the consumer is gone or
+/// too far behind) ends the sequence.
 fn delta_sender(events: &mpsc::Sender<Result<ChatEvent>>) -> impl FnMut(&str) -> bool + '_ {
     move |piece: &str| {
         events
-            .blocking_send(Ok(ChatEvent::Delta {
+            .try_send(Ok(ChatEvent::Delta {
                 text: piece.to_owned(),
             }))
             .is_ok()
@@ -200,18 +248,20 @@ fn worker(
     mut rx: mpsc::Receiver<Job>,
     counters: Arc<Counters>,
     max_active: usize,
+    limits: WorkerLimits,
 ) {
     let mut active: Vec<Active> = Vec::new();
+    // The last event fits: a sequence only steps with room to spare.
     let done = |seq: &Sequence, events: &mpsc::Sender<Result<ChatEvent>>| {
         counters.waiting.fetch_sub(1, Ordering::Relaxed);
         let completion = seq.completion();
         if completion.finish_reason != FinishReason::Cancelled {
-            let _ = events.blocking_send(Ok(ChatEvent::Done { completion }));
+            let _ = events.try_send(Ok(ChatEvent::Done { completion }));
         }
     };
     let failed = |e: Error, events: &mpsc::Sender<Result<ChatEvent>>| {
         counters.waiting.fetch_sub(1, Ordering::Relaxed);
-        let _ = events.blocking_send(Err(e));
+        let _ = events.try_send(Err(e));
     };
     loop {
         let mut incoming = Vec::new();
@@ -242,36 +292,62 @@ fn worker(
                     seq,
                     events: job.events,
                     next,
+                    stalled_since: None,
                 }),
                 Ok((seq, None)) => done(&seq, &job.events),
                 Err(e) => failed(e, &job.events),
             }
         }
-        counters.active.store(active.len(), Ordering::Relaxed);
-        if active.is_empty() {
+        // Sequences whose consumers left no room sit this step out; one stuck too long, or
+        // whose consumer is gone, is cancelled.
+        let now = Instant::now();
+        let mut ready = Vec::with_capacity(active.len());
+        let mut waiting = Vec::new();
+        for mut a in active.drain(..) {
+            if a.events.is_closed() {
+                counters.waiting.fetch_sub(1, Ordering::Relaxed);
+            } else if a.events.capacity() >= STEP_ROOM {
+                a.stalled_since = None;
+                ready.push(a);
+            } else if now.duration_since(*a.stalled_since.get_or_insert(now)) > limits.stall_limit {
+                tracing::warn!("a chat stream's consumer stopped reading: cancelled");
+                counters.waiting.fetch_sub(1, Ordering::Relaxed);
+            } else {
+                waiting.push(a);
+            }
+        }
+        counters
+            .active
+            .store(ready.len() + waiting.len(), Ordering::Relaxed);
+        if ready.is_empty() {
+            active = waiting;
+            if !active.is_empty() {
+                thread::sleep(Duration::from_millis(5));
+            }
             continue;
         }
-        let tokens: Vec<u32> = active.iter().map(|a| a.next).collect();
+        let tokens: Vec<u32> = ready.iter().map(|a| a.next).collect();
         let step = {
             let mut caches: Vec<&mut KvCache> =
-                active.iter_mut().map(|a| &mut a.seq.cache).collect();
+                ready.iter_mut().map(|a| &mut a.seq.cache).collect();
             model.decoder().decode(&tokens, &mut caches)
         };
         let logits = match step {
             Ok(l) => l,
             Err(e) => {
                 let message = e.to_string();
-                for a in active.drain(..) {
+                for a in ready.drain(..) {
                     failed(
                         Error::Internal(format!("decode step: {message}")),
                         &a.events,
                     );
                 }
+                active = waiting;
                 continue;
             }
         };
-        let mut still = Vec::with_capacity(active.len());
-        for (row, mut a) in active.drain(..).enumerate() {
+        let mut still = waiting;
+        for (row, mut a) in ready.drain(..).enumerate() {
             let accepted = logits
                 .get(row)
                 .map_err(Error::from)

@@ -130,7 +130,9 @@ mod service {
     use std::time::{Duration, Instant};
 
     use recall_core::context::{ChatTurn, SummaryPolicy};
-    use recall_core::llm::{ChatEvent, ChatService, ChatSummarizer, GenerationParams, ModelConfig};
+    use recall_core::llm::{
+        ChatEvent, ChatService, ChatSummarizer, GenerationParams, ModelConfig, WorkerLimits,
+    };
     use recall_core::types::{NewMessage, Role};
 
     use crate::fixtures::{minilm_dir, models_dir};
@@ -202,6 +204,61 @@ mod service {
             "{:?}",
             started.elapsed()
         );
+        assert_eq!(chat.queue_depth(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_consumer_that_stops_reading_stalls_nobody_and_is_cancelled() {
+        let config = ModelConfig {
+            path: recall_core::llm::local::default_model_path(&models_dir()),
+            dequantize: true,
+            ..ModelConfig::new("")
+        };
+        let limits = WorkerLimits {
+            stream_buffer: 8,
+            stall_limit: Duration::from_secs(2),
+        };
+        let chat = ChatService::start_with_limits(&config, &candle_core::Device::Cpu, 4, 8, limits)
+            .unwrap();
+        let long = GenerationParams {
+            max_tokens: 300,
+            ..GenerationParams::default()
+        };
+        // A stream nobody reads: its buffer fills after a few tokens.
+        let mut stuck = chat
+            .stream(&ask("Write a long story about a dragon."), &long)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Another user's answer is served in full meanwhile (the worker never waits).
+        let started = Instant::now();
+        let other = tokio::time::timeout(
+            Duration::from_secs(60),
+            chat.complete(
+                &ask("Name three colours."),
+                &GenerationParams {
+                    max_tokens: 24,
+                    ..GenerationParams::default()
+                },
+            ),
+        )
+        .await
+        .expect("the other stream was stalled")
+        .unwrap();
+        assert!(other.completion_tokens >= 1);
+        assert!(started.elapsed() < Duration::from_secs(20));
+        // The stuck one is cancelled after the stall limit: its buffer holds what was made
+        // before, then it ends without a final result.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut deltas = 0;
+        while let Some(event) = stuck.recv().await {
+            match event.unwrap() {
+                ChatEvent::Delta { .. } => deltas += 1,
+                ChatEvent::Done { .. } => panic!("a cancelled stream has no final result"),
+            }
+        }
+        assert!((1..=8).contains(&deltas), "{deltas} buffered deltas");
+        assert_eq!(chat.active_sequences(), 0);
         assert_eq!(chat.queue_depth(), 0);
     }
 
