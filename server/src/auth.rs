@@ -24,6 +24,9 @@ pub struct Principal {
     pub admin: bool,
     /// How the caller proved it.
     pub method: AuthMethod,
+    /// When the credentials stop being valid (a JWT's `exp`, seconds since the epoch);
+    /// connections that outlive them are closed.
+    pub expires_at: Option<u64>,
 }
 
 /// How a caller authenticated.
@@ -64,6 +67,7 @@ pub struct Credentials<'a> {
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    exp: u64,
     #[serde(default)]
     role: Option<String>,
 }
@@ -128,22 +132,36 @@ impl Authenticator {
         self.anonymous
     }
 
-    /// Who the credentials belong to.
+    /// Who the credentials belong to. `X-User-Id` only names the user of an anonymous
+    /// request: next to a token or key it must name the same user, or the request is refused.
     pub fn authenticate(&self, c: &Credentials<'_>) -> Result<Principal, AuthError> {
-        if let Some(h) = c.authorization {
+        let offered = if let Some(h) = c.authorization {
             let token = h
                 .strip_prefix("Bearer ")
                 .or_else(|| h.strip_prefix("bearer "))
                 .ok_or_else(|| AuthError::Invalid("expected a Bearer token".into()))?
                 .trim();
-            // A JWT has three dot-separated parts; anything else is tried as an API key.
-            if token.split('.').count() == 3 {
-                return self.jwt(token);
+            // A configured API key wins (keys may contain dots); else three dot-separated
+            // parts are a JWT, and anything else an unknown key.
+            Some(match self.known_api_key(token) {
+                Some(p) => p,
+                None if token.split('.').count() == 3 => self.jwt(token)?,
+                None => self.api_key(token)?,
+            })
+        } else if let Some(k) = c.api_key {
+            Some(self.api_key(k.trim())?)
+        } else {
+            None
+        };
+        if let Some(p) = offered {
+            if c.user_id.is_some_and(|u| u.trim() != p.user) {
+                return Err(AuthError::Invalid(
+                    "X-User-Id names another user than the credentials (it is for anonymous \
+                     development mode only)"
+                        .into(),
+                ));
             }
-            return self.api_key(token);
-        }
-        if let Some(k) = c.api_key {
-            return self.api_key(k.trim());
+            return Ok(p);
         }
         if self.anonymous {
             let user = c
@@ -162,6 +180,7 @@ impl Authenticator {
                 user: user.to_owned(),
                 admin: false,
                 method: AuthMethod::Anonymous,
+                expires_at: None,
             });
         }
         Err(AuthError::Missing)
@@ -185,6 +204,7 @@ impl Authenticator {
         })?;
         let mut validation = Validation::new(header.alg);
         validation.leeway = 5;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         if let Some(iss) = &self.issuer {
             validation.set_issuer(&[iss]);
@@ -197,6 +217,7 @@ impl Authenticator {
             use jsonwebtoken::errors::ErrorKind as K;
             AuthError::Invalid(match e.kind() {
                 K::ExpiredSignature => "the token has expired".into(),
+                K::ImmatureSignature => "the token is not valid yet (nbf)".into(),
                 K::InvalidSignature => "bad token signature".into(),
                 _ => format!("token rejected: {e}"),
             })
@@ -211,18 +232,24 @@ impl Authenticator {
             user: sub.to_owned(),
             admin: data.claims.role.as_deref() == Some("admin"),
             method: AuthMethod::Jwt,
+            expires_at: Some(data.claims.exp),
         })
     }
 
-    fn api_key(&self, key: &str) -> Result<Principal, AuthError> {
-        match self.api_keys.get(&hash_api_key(key)) {
-            Some((user, admin)) => Ok(Principal {
+    fn known_api_key(&self, key: &str) -> Option<Principal> {
+        self.api_keys
+            .get(&hash_api_key(key))
+            .map(|(user, admin)| Principal {
                 user: user.clone(),
                 admin: *admin,
                 method: AuthMethod::ApiKey,
-            }),
-            None => Err(AuthError::Invalid("unknown API key".into())),
-        }
+                expires_at: None,
+            })
+    }
+
+    fn api_key(&self, key: &str) -> Result<Principal, AuthError> {
+        self.known_api_key(key)
+            .ok_or_else(|| AuthError::Invalid("unknown API key".into()))
     }
 }
 
@@ -439,6 +466,60 @@ mod tests {
             check(&confused).is_err(),
             "HS256 accepted with only an RS256 key"
         );
+    }
+
+    #[test]
+    fn nbf_dotted_keys_and_x_user_id_next_to_credentials() {
+        let secret = b"0123456789abcdef-secret";
+        let hs = r#"{"alg":"HS256","typ":"JWT"}"#;
+        let exp = now() + 600;
+        let a = Authenticator::new(&AuthSettings {
+            jwt_secret: Some("0123456789abcdef-secret".into()),
+            api_keys: vec![ApiKeySettings {
+                sha256: hash_api_key("dr.key.with-dots"),
+                user: "svc".into(),
+                admin: false,
+            }],
+            allow_anonymous: true,
+            ..AuthSettings::default()
+        })
+        .unwrap();
+        let with = |authorization: &str, user_id: Option<&str>| {
+            a.authenticate(&Credentials {
+                authorization: Some(authorization),
+                user_id,
+                ..Default::default()
+            })
+        };
+        // A token that is not valid yet is refused; one whose time has come is accepted.
+        let later = token(
+            hs,
+            &format!(r#"{{"sub":"alice","exp":{exp},"nbf":{}}}"#, now() + 300),
+            secret,
+        );
+        let err = with(&bearer(&later), None).unwrap_err().to_string();
+        assert!(err.contains("not valid yet"), "{err}");
+        let now_valid = token(
+            hs,
+            &format!(r#"{{"sub":"alice","exp":{exp},"nbf":{}}}"#, now() - 1),
+            secret,
+        );
+        let p = with(&bearer(&now_valid), None).unwrap();
+        assert_eq!((p.user.as_str(), p.expires_at), ("alice", Some(exp)));
+        // An API key with two dots is a key, not a malformed JWT.
+        let p = with(&bearer("dr.key.with-dots"), None).unwrap();
+        assert_eq!((p.user.as_str(), p.method), ("svc", AuthMethod::ApiKey));
+        assert_eq!(p.expires_at, None);
+        // Next to credentials, X-User-Id may only repeat their user: never switch it.
+        assert_eq!(
+            with(&bearer(&now_valid), Some("alice")).unwrap().user,
+            "alice"
+        );
+        let err = with(&bearer(&now_valid), Some("mallory")).unwrap_err();
+        assert!(err.to_string().contains("X-User-Id"), "{err}");
+        assert!(with(&bearer("dr.key.with-dots"), Some("mallory")).is_err());
+        // A bad token never falls back to X-User-Id, even in anonymous mode.
+        assert!(with("Bearer not.a.token", Some("mallory")).is_err());
     }
 
     #[test]

@@ -153,10 +153,13 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum KeysCommand {
-    /// Print the SHA-256 of a key, as `auth.api_keys[].sha256` in the settings wants it.
+    /// Print the SHA-256 of a key, as `auth.api_keys[].sha256` in the settings wants it. The
+    /// key is read from standard input (or --file), never from the command line, where other
+    /// users of the machine could see it.
     Hash {
-        /// The key.
-        key: String,
+        /// A file holding the key (surrounding whitespace is ignored).
+        #[arg(long)]
+        file: Option<PathBuf>,
     },
 }
 
@@ -239,6 +242,26 @@ fn init_logging(settings: &Settings, serve: bool) {
     };
 }
 
+/// A secret from a file, or from standard input.
+fn read_key(file: Option<&std::path::Path>) -> recall_core::Result<String> {
+    let text = match file {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?,
+        None => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .map_err(|e| Error::io("standard input", e))?;
+            text
+        }
+    };
+    let key = text.trim();
+    if key.is_empty() {
+        return Err(Error::invalid(
+            "no key: pipe it in (`deep-recall keys hash < key.txt`) or give --file",
+        ));
+    }
+    Ok(key.to_owned())
+}
+
 /// Runs the command line; returns the process exit code.
 pub async fn run(cli: Cli) -> i32 {
     let json = cli.global.json;
@@ -270,9 +293,10 @@ async fn dispatch(cli: Cli) -> recall_core::Result<()> {
             return Ok(());
         }
         Command::Keys {
-            command: KeysCommand::Hash { key },
+            command: KeysCommand::Hash { file },
         } => {
-            println!("{}", crate::auth::hash_api_key(key));
+            let key = read_key(file.as_deref())?;
+            println!("{}", crate::auth::hash_api_key(&key));
             return Ok(());
         }
         _ => {}

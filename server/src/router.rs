@@ -10,11 +10,13 @@ use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
 use async_graphql::{Data, Response as GqlResponse};
 use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
 use axum::Router;
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use futures::{SinkExt, StreamExt};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 
@@ -53,8 +55,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/graphql", get(graphql_get).post(graphql_post))
         .nest("/v1", rest::routes().with_state(state.clone()))
         .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics));
+        .route("/ready", get(ready));
+    // On the main address unless the settings give it one of its own.
+    let app = if state.settings.metrics.bind.is_none() {
+        app.route("/metrics", get(metrics))
+    } else {
+        app
+    };
     crate::web::mount(app, &state.settings.web)
         .layer(middleware::from_fn_with_state(server.clone(), access_log))
         .layer(RequestBodyLimitLayer::new(
@@ -230,7 +237,14 @@ async fn graphql_get(State(server): State<Server>, req: Request) -> Response {
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |socket| async move {
             let init_state = state.clone();
-            let ws = GraphQLWebSocket::new(socket, schema, protocol)
+            // The socket's writes go through a bounded queue to a writer task that gives up
+            // on a client that does not read (WS_WRITE_TIMEOUT): the connection ends, and its
+            // subscriptions with it, instead of holding memory for it.
+            let (sink, incoming) = socket.split();
+            let (outgoing, queue) = futures::channel::mpsc::channel::<WsMessage>(WS_QUEUE);
+            let writer = tokio::spawn(write_socket(sink, queue));
+            let (expiry_tx, expiry) = tokio::sync::oneshot::channel::<Option<u64>>();
+            let ws = GraphQLWebSocket::new_with_pair(outgoing.clone(), incoming, schema, protocol)
                 .on_connection_init(move |payload| async move {
                     // Credentials from the connection_init payload (browsers cannot set
                     // headers on WebSockets), else from the upgrade request's headers.
@@ -246,6 +260,7 @@ async fn graphql_get(State(server): State<Server>, req: Request) -> Response {
                     .map_err(|e| {
                         async_graphql::Error::new(format!("{}: {}", e.code.as_str(), e.message))
                     })?;
+                    let _ = expiry_tx.send(principal.expires_at);
                     let mut data = Data::default();
                     data.insert(principal);
                     data.insert(crate::graphql::OverWebSocket { ip });
@@ -254,6 +269,7 @@ async fn graphql_get(State(server): State<Server>, req: Request) -> Response {
                 .keepalive_timeout(Duration::from_secs(60))
                 .serve();
             let shutdown = state.clone();
+            let mut closing = outgoing;
             tokio::select! {
                 () = ws => {}
                 () = async move {
@@ -264,8 +280,56 @@ async fn graphql_get(State(server): State<Server>, req: Request) -> Response {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 } => {}
+                () = token_expiry(expiry) => {
+                    // The credentials ran out: the connection (and every stream on it) ends.
+                    let frame = CloseFrame {
+                        code: 4403,
+                        reason: "UNAUTHENTICATED: the token has expired".into(),
+                    };
+                    let _ = closing.send(WsMessage::Close(Some(frame))).await;
+                }
             }
+            drop(closing);
+            let _ = writer.await;
         })
+}
+
+/// Messages queued for a WebSocket before its handler waits for the writer.
+const WS_QUEUE: usize = 64;
+/// How long one message may take to reach a client before the connection is dropped.
+const WS_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Writes queued messages to the socket until the queue ends, a close frame is sent, or the
+/// client stops reading for [`WS_WRITE_TIMEOUT`].
+async fn write_socket(
+    mut sink: futures::stream::SplitSink<WebSocket, WsMessage>,
+    mut queue: futures::channel::mpsc::Receiver<WsMessage>,
+) {
+    while let Some(message) = queue.next().await {
+        let close = matches!(message, WsMessage::Close(_));
+        match tokio::time::timeout(WS_WRITE_TIMEOUT, sink.send(message)).await {
+            Ok(Ok(())) if !close => {}
+            Ok(Ok(())) => break,
+            Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::warn!("a WebSocket client stopped reading: connection dropped");
+                return;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), sink.close()).await;
+}
+
+/// Resolves when the connection's credentials expire (never for credentials without an
+/// expiry, or before `connection_init` succeeded).
+async fn token_expiry(expiry: tokio::sync::oneshot::Receiver<Option<u64>>) {
+    let Ok(Some(exp)) = expiry.await else {
+        return std::future::pending().await;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    tokio::time::sleep(Duration::from_secs(exp.saturating_sub(now))).await;
 }
 
 /// Credentials named in a `connection_init` payload.
@@ -327,8 +391,30 @@ async fn ready(State(server): State<Server>) -> Response {
     }
 }
 
-async fn metrics(State(server): State<Server>) -> Response {
-    let state = &server.state;
+impl axum::extract::FromRef<Server> for Arc<AppState> {
+    fn from_ref(server: &Server) -> Self {
+        server.state.clone()
+    }
+}
+
+/// `/metrics` alone, for the separate address of `metrics.bind`.
+pub fn metrics_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if state.settings.metrics.require_admin {
+        match state.authenticate(&headers) {
+            Ok(p) if p.admin => {}
+            Ok(_) => {
+                return ApiError::new(Code::Forbidden, "the metrics are for operators")
+                    .into_response();
+            }
+            Err(e) => return e.into_response(),
+        }
+    }
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         state.metrics.render(state.gauges()),

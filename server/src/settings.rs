@@ -46,6 +46,8 @@ pub struct Settings {
     pub mcp: McpSettings,
     /// The web chat UI at `/`.
     pub web: WebSettings,
+    /// Who may read `/metrics`, and where.
+    pub metrics: MetricsSettings,
 }
 
 impl Default for Settings {
@@ -64,6 +66,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             mcp: McpSettings::default(),
             web: WebSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -195,11 +198,15 @@ pub struct AuthSettings {
     pub jwt_issuer: Option<String>,
     /// Expected `aud` claim, when set.
     pub jwt_audience: Option<String>,
-    /// Service API keys, stored as SHA-256 hashes (`deep-recall keys hash KEY` prints one).
+    /// Service API keys, stored as SHA-256 hashes (`deep-recall keys hash < key.txt` prints one).
     pub api_keys: Vec<ApiKeySettings>,
     /// Let requests without credentials in (local development only); the `X-User-Id` header
-    /// (or the REST `user` field) then names the user.
+    /// (or the REST `user` field) then names the user. Refused on an address other than
+    /// loopback unless `dangerously_allow_anonymous_on_network` is set too.
     pub allow_anonymous: bool,
+    /// Allow anonymous mode on a non-loopback address, where anyone who reaches the server
+    /// can read and delete any user's memory by naming them.
+    pub dangerously_allow_anonymous_on_network: bool,
 }
 
 impl fmt::Debug for AuthSettings {
@@ -214,6 +221,10 @@ impl fmt::Debug for AuthSettings {
             .field("jwt_audience", &self.jwt_audience)
             .field("api_keys", &self.api_keys.len())
             .field("allow_anonymous", &self.allow_anonymous)
+            .field(
+                "dangerously_allow_anonymous_on_network",
+                &self.dangerously_allow_anonymous_on_network,
+            )
             .finish()
     }
 }
@@ -407,6 +418,17 @@ impl Default for McpSettings {
             allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
         }
     }
+}
+
+/// The Prometheus endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Serve `/metrics` on this address only (an internal port for the scraper) instead of
+    /// the main one.
+    pub bind: Option<SocketAddr>,
+    /// Require an admin credential (a JWT with `role: "admin"` or an admin API key).
+    pub require_admin: bool,
 }
 
 /// The web chat UI, served at `/` from its built assets.

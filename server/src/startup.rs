@@ -115,6 +115,30 @@ pub async fn state(settings: Settings, with_chat: bool) -> Result<AppState> {
     AppState::new(settings, engine, chat)
 }
 
+/// `/metrics` on its own address; the task ends with the returned guard.
+async fn serve_metrics(bind: SocketAddr, state: Arc<AppState>) -> Result<AbortOnDrop> {
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|e| Error::Unavailable {
+            message: format!("cannot listen on {bind} for the metrics"),
+            source: Some(Box::new(e)),
+        })?;
+    tracing::info!(%bind, "metrics on their own address");
+    let app = crate::router::metrics_router(state);
+    Ok(AbortOnDrop(tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    })))
+}
+
+/// Stops a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Refuses settings that leave no way to authenticate.
 fn check_auth(settings: &Settings) -> Result<()> {
     let a = &settings.auth;
@@ -127,6 +151,26 @@ fn check_auth(settings: &Settings) -> Result<()> {
             "no way to authenticate: give --jwt-secret, --jwt-public-key or API keys in the \
              config, or --allow-anonymous for local development",
         ));
+    }
+    if a.allow_anonymous {
+        if !settings.bind.ip().is_loopback() && !a.dangerously_allow_anonymous_on_network {
+            return Err(Error::invalid(format!(
+                "anonymous mode (--allow-anonymous) on {}, an address other machines can reach, \
+                 would let anyone read and delete any user's memory by naming them: bind to \
+                 127.0.0.1, or add --dangerously-allow-anonymous-on-network if that is really \
+                 meant",
+                settings.bind
+            )));
+        }
+        tracing::warn!(
+            bind = %settings.bind,
+            "anonymous mode: requests without credentials act as the user X-User-Id names \
+             (local development only)"
+        );
+        eprintln!(
+            "deep-recall: WARNING: anonymous mode: anyone who reaches {} can act as any user",
+            settings.bind
+        );
     }
     Ok(())
 }
@@ -179,6 +223,10 @@ pub async fn run(
         )
     });
     let state = Arc::new(AppState::new(settings, engine, chat)?);
+    let _metrics = match state.settings.metrics.bind {
+        Some(bind) => Some(serve_metrics(bind, state.clone()).await?),
+        None => None,
+    };
     on_listen(addr);
     let served = crate::router::serve(listener, state, shutdown)
         .await

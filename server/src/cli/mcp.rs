@@ -46,6 +46,7 @@ pub(super) async fn run(mut settings: Settings, args: &McpArgs) -> recall_core::
             user: user.to_owned(),
             admin: false,
             method: AuthMethod::Local,
+            expires_at: None,
         },
     );
     let running = server

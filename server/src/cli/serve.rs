@@ -25,6 +25,10 @@ pub struct ServeArgs {
     /// [auth.allow_anonymous].
     #[arg(long)]
     allow_anonymous: bool,
+    /// Allow --allow-anonymous on an address other machines can reach, where anyone can act
+    /// as any user [auth.dangerously_allow_anonymous_on_network].
+    #[arg(long)]
+    dangerously_allow_anonymous_on_network: bool,
     /// Serve GraphiQL on GET /graphql [graphiql].
     #[arg(long)]
     graphiql: bool,
@@ -50,6 +54,8 @@ pub(super) async fn run(mut settings: Settings, args: &ServeArgs) -> recall_core
         settings.auth.jwt_public_key = args.jwt_public_key.clone();
     }
     settings.auth.allow_anonymous |= args.allow_anonymous;
+    settings.auth.dangerously_allow_anonymous_on_network |=
+        args.dangerously_allow_anonymous_on_network;
     settings.graphiql |= args.graphiql;
     if args.chat_model.is_some() {
         settings.chat.model = args.chat_model.clone();

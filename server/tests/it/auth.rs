@@ -1,7 +1,7 @@
 //! Authentication at the door and CORS: hostile credentials are refused, each with its case.
 use serde_json::json;
 
-use super::fixtures::{SECRET, Server, Store, code, gql, now, token};
+use super::fixtures::{SECRET, Server, Store, Ws, code, gql, now, token};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_credentials_and_foreign_origins_are_refused() {
@@ -85,4 +85,100 @@ async fn hostile_credentials_and_foreign_origins_are_refused() {
     )
     .await;
     assert_eq!(code(&body), "FORBIDDEN");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_ends_when_its_token_expires() {
+    let store = Store::embedded();
+    let server = Server::start(&store, &["--no-chat"], &[]);
+    // A token valid for three more seconds; the subscription starts fine.
+    let issued = std::time::Instant::now();
+    let short = token("erin", false, 3);
+    let mut ws = Ws::as_user(&server, &short).await;
+    ws.subscribe(
+        "events",
+        "subscription { memoryEvents { memoryId action } }",
+        json!({}),
+    )
+    .await;
+    // A token without that limit keeps its connection.
+    let long = token("erin", false, 600);
+    let mut other = Ws::as_user(&server, &long).await;
+    other
+        .subscribe(
+            "events",
+            "subscription { memoryEvents { memoryId action } }",
+            json!({}),
+        )
+        .await;
+    let closed = ws.next().await;
+    let waited = issued.elapsed();
+    assert_eq!(
+        closed,
+        Err("4403 UNAUTHENTICATED: the token has expired".to_owned()),
+        "after {waited:?}"
+    );
+    // `exp` is in whole seconds: between two and three seconds after issue, plus slack.
+    assert!(
+        waited >= std::time::Duration::from_secs(2) && waited < std::time::Duration::from_secs(12),
+        "{waited:?}"
+    );
+    // The other connection still delivers events.
+    let (_, body) = gql(
+        &server,
+        Some(&long),
+        "mutation { addMemory(input: { content: \"still here\" }) { id } }",
+        json!({}),
+    )
+    .await;
+    assert!(body["errors"].is_null(), "{body}");
+    let event = other.next().await.unwrap();
+    assert_eq!(
+        event["payload"]["data"]["memoryEvents"]["action"], "ADDED",
+        "{event}"
+    );
+}
+
+#[test]
+fn anonymous_mode_stays_on_loopback_unless_told_loudly() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = |extra: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_deep-recall"));
+        cmd.args(["--data-dir", dir.path().to_str().unwrap()])
+            .arg("--models-dir")
+            .arg(recall_core::testing::models_dir())
+            .args(["serve", "--no-chat", "--allow-anonymous"])
+            .args(extra)
+            .env_remove("DATABASE_URL")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd
+    };
+    // On every interface: refused before anything is opened.
+    let out = serve(&["--bind", "0.0.0.0:0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--dangerously-allow-anonymous-on-network"),
+        "{err}"
+    );
+    // With the loud flag it starts, and says so.
+    let mut child = serve(&[
+        "--bind",
+        "0.0.0.0:0",
+        "--dangerously-allow-anonymous-on-network",
+    ])
+    .spawn()
+    .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(line.starts_with("deep-recall: listening on"), "{line}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("WARNING: anonymous mode"), "{err}");
 }

@@ -323,3 +323,53 @@ async fn acknowledged_messages_survive_a_kill_mid_stream() {
         "Write a long story about a lighthouse keeper."
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_holds_up_nobody_else() {
+    let store = Store::embedded();
+    let server = Server::start(
+        &store,
+        &[],
+        &[("DEEP_RECALL__CHAT__SUMMARY_TRIGGER_MESSAGES", "0")],
+    );
+    // A slow client asks for a long answer, then does not read for a while.
+    let mut slow = Ws::as_user(&server, &token("slow", false, 600)).await;
+    slow.subscribe(
+        "s",
+        CHAT_SUB,
+        json!({ "i": { "session": "s", "message": "Tell me a long story about the sea.", "maxTokens": 160 } }),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Meanwhile another user's answer streams in full, promptly.
+    let started = std::time::Instant::now();
+    let mut quick = Ws::as_user(&server, &token("quick", false, 600)).await;
+    let (deltas, result) = tokio::time::timeout(
+        Duration::from_secs(60),
+        quick.chat(
+            "q",
+            json!({ "session": "q", "message": "Say hello.", "maxTokens": 12 }),
+        ),
+    )
+    .await
+    .expect("the other user's answer was held up");
+    assert_eq!(result["text"].as_str().unwrap(), deltas.concat());
+    let took = started.elapsed();
+    // The slow client then reads everything, in order, to the final result.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut index = 0;
+    let mut text = String::new();
+    loop {
+        let m = slow.next().await.unwrap();
+        let e = &m["payload"]["data"]["chat"];
+        assert_eq!(e["index"], index, "in order: {m}");
+        if e["done"] == true {
+            assert_eq!(e["result"]["text"].as_str().unwrap(), text);
+            break;
+        }
+        text += e["delta"].as_str().unwrap();
+        index += 1;
+    }
+    assert!(index > 12, "the long answer streamed: {index} deltas");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+}

@@ -562,3 +562,38 @@ fn generate_runs_a_safetensors_model_directory() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn keys_hash_reads_the_key_from_stdin_or_a_file_never_argv() {
+    use std::io::Write;
+    let hash = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_deep-recall"))
+            .args(["keys", "hash"])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    // sha256("svc-key-1"), as `auth::hash_api_key` computes it.
+    let expected = recall_server::auth::hash_api_key("svc-key-1");
+    let out = hash(&[], "svc-key-1\n");
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), expected);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("key.txt");
+    std::fs::write(&file, "  svc-key-1  \n").unwrap();
+    let out = hash(&["--file", file.to_str().unwrap()], "");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), expected);
+    // On the command line it is refused; an empty key too.
+    assert_eq!(hash(&["svc-key-1"], "").status.code(), Some(2));
+    assert_eq!(hash(&[], "\n").status.code(), Some(2));
+}

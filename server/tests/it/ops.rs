@@ -205,3 +205,47 @@ async fn the_web_ui_is_served_at_the_root_or_explained() {
     let (status, _, _) = get(format!("{}/v1/models", server.base)).await;
     assert_eq!(status, 401, "the API keeps its routes");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_can_require_an_operator_or_move_to_their_own_address() {
+    let store = Store::embedded();
+    let status = |url: String, auth: Option<String>| async move {
+        let mut req = reqwest::Client::new().get(url);
+        if let Some(t) = auth {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.unwrap().status().as_u16()
+    };
+    let server = Server::start(
+        &store,
+        &["--no-chat"],
+        &[("DEEP_RECALL__METRICS__REQUIRE_ADMIN", "true")],
+    );
+    let url = format!("{}/metrics", server.base);
+    assert_eq!(status(url.clone(), None).await, 401);
+    assert_eq!(
+        status(url.clone(), Some(token("alice", false, 60))).await,
+        403
+    );
+    assert_eq!(status(url, Some(token("op", true, 60))).await, 200);
+    drop(server);
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = Server::start(
+        &store,
+        &["--no-chat"],
+        &[("DEEP_RECALL__METRICS__BIND", &format!("127.0.0.1:{port}"))],
+    );
+    assert_eq!(status(format!("{}/metrics", server.base), None).await, 404);
+    let page = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("deep_recall_active_streams"), "{page}");
+}
