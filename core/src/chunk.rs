@@ -141,4 +141,35 @@ mod tests {
             assert!(t.is_char_boundary(a) && t.is_char_boundary(b));
         }
     }
+
+    proptest::proptest! {
+        /// For any text and limits: chunks are non-empty, in order, on character boundaries,
+        /// at most `max` tokens each, from the start of the text to its end, and consecutive
+        /// chunks leave no token out.
+        #[test]
+        fn chunks_cover_everything_within_the_limit(
+            text in "([a-zé]{1,8}[.!?]?[ \n]{1,2}){0,120}",
+            max in 1usize..40,
+            overlap in 0usize..20,
+        ) {
+            let sp = spans(&text);
+            let ranges = chunk_ranges(&text, &sp, max, overlap);
+            proptest::prop_assert!(!ranges.is_empty());
+            proptest::prop_assert_eq!(ranges[0].0, 0);
+            proptest::prop_assert_eq!(ranges.last().unwrap().1, text.len());
+            for &(a, b) in &ranges {
+                proptest::prop_assert!(a <= b && text.is_char_boundary(a) && text.is_char_boundary(b));
+                if sp.len() > max {
+                    let inside = sp.iter().filter(|&&(x, y)| x >= a && y <= b).count();
+                    proptest::prop_assert!(inside <= max, "{} tokens in {:?}", inside, (a, b));
+                }
+            }
+            for pair in ranges.windows(2) {
+                proptest::prop_assert!(pair[0].0 < pair[1].0, "chunks advance: {:?}", ranges);
+                // No gap between consecutive chunks' tokens.
+                let gap = sp.iter().any(|&(x, y)| x >= pair[0].1 && y <= pair[1].0);
+                proptest::prop_assert!(!gap, "a token fell between {:?}", pair);
+            }
+        }
+    }
 }

@@ -602,4 +602,53 @@ mod tests {
         };
         assert!(assemble(&input, &Words, &bad).is_err());
     }
+
+    proptest::proptest! {
+        /// Whatever the history, memories and window: the prompt fits the budget (or the
+        /// call is refused when the fixed part alone does not fit), the new message comes
+        /// last and whole, history stays in order, and the report counts what was sent.
+        #[test]
+        fn the_prompt_always_fits_its_budget(
+            window in 20usize..400,
+            history_words in proptest::collection::vec(1usize..30, 0..20),
+            memory_words in proptest::collection::vec(1usize..30, 0..10),
+            message_words in 1usize..15,
+            system in proptest::option::of(1usize..10),
+        ) {
+            let history: Vec<Message> = history_words
+                .iter()
+                .enumerate()
+                .map(|(i, w)| message(i as i64 + 1, *w))
+                .collect();
+            let memories: Vec<Retrieved> = memory_words
+                .iter()
+                .enumerate()
+                .map(|(i, w)| memory(100 + i as i64, *w, None))
+                .collect();
+            let sys = system.map(|n| vec!["sys"; n].join(" "));
+            let msg = vec!["ask"; message_words].join(" ");
+            let input = ContextInput {
+                system: sys.as_deref(),
+                persona: None,
+                memories: &memories,
+                summaries: &[],
+                history: &history,
+                message: &msg,
+            };
+            let b = budget(window);
+            let fixed = system.unwrap_or(0) + 1 + message_words + 1;
+            match assemble(&input, &Words, &b) {
+                Err(e) => proptest::prop_assert!(fixed > window - b.response_reserve, "{e}"),
+                Ok(out) => {
+                    proptest::prop_assert!(out.report.used <= out.report.budget);
+                    let counted: usize =
+                        out.messages.iter().map(|m| Words.count(&m.content) + 1).sum();
+                    proptest::prop_assert_eq!(out.report.used, counted);
+                    proptest::prop_assert_eq!(&out.messages.last().unwrap().content, &msg);
+                    let ids = &out.report.history.included;
+                    proptest::prop_assert!(ids.windows(2).all(|w| w[0] < w[1]));
+                }
+            }
+        }
+    }
 }

@@ -407,4 +407,51 @@ mod tests {
         let s = term_weight(w, 2.0, 5.0, 5.0);
         assert!((s - w * 4.4 / 3.2).abs() < 1e-12);
     }
+
+    proptest::proptest! {
+        /// The index against a plain model of its documents, through any sequence of
+        /// inserts, re-inserts and removals: a search finds exactly the live documents that
+        /// share a term with the query (when the limit allows), with positive scores, best
+        /// first, and never a removed one.
+        #[test]
+        fn bm25_matches_a_model_of_its_documents(
+            ops in proptest::collection::vec(
+                (0i64..12, proptest::option::of("(apple|river|stone|cloud|music|violet) {1,3}")),
+                0..60,
+            ),
+            query in "(apple|river|stone|cloud|music|lemon) {1,3}",
+        ) {
+            let mut index = Bm25Index::default();
+            let mut model: HashMap<i64, String> = HashMap::new();
+            for (id, text) in ops {
+                match text {
+                    Some(t) => {
+                        let t = t.repeat(2);
+                        index.insert(id, &t);
+                        model.insert(id, t);
+                    }
+                    None => {
+                        index.remove(id);
+                        model.remove(&id);
+                    }
+                }
+            }
+            let q = query_terms(&query);
+            let hits = index.search(&q, 100, |_| true);
+            let mut expected: Vec<i64> = model
+                .iter()
+                .filter(|(_, t)| terms(t).iter().any(|w| q.contains(w)))
+                .map(|(id, _)| *id)
+                .collect();
+            expected.sort_unstable();
+            let mut got: Vec<i64> = hits.iter().map(|(id, _)| *id).collect();
+            got.sort_unstable();
+            proptest::prop_assert_eq!(got, expected);
+            proptest::prop_assert!(hits.iter().all(|(_, s)| *s > 0.0 && s.is_finite()));
+            proptest::prop_assert!(hits.windows(2).all(|w| w[0].1 >= w[1].1));
+            // A limit and a filter only narrow the answer.
+            let few = index.search(&q, 2, |id| id % 2 == 0);
+            proptest::prop_assert!(few.len() <= 2 && few.iter().all(|(id, _)| id % 2 == 0));
+        }
+    }
 }

@@ -86,4 +86,22 @@ mod tests {
         assert!(!c.admits(c.d, 42));
         assert!(!c.admits(0.1, 99));
     }
+
+    proptest::proptest! {
+        /// Any position comes back bit for bit, and any string decodes or is a clear
+        /// `InvalidInput`, never a panic.
+        #[test]
+        fn cursors_round_trip_and_garbage_is_refused(
+            bits: u64, i: i64, t: i64, garbage in ".{0,64}",
+        ) {
+            let c = SearchCursor { d: f64::from_bits(bits), i };
+            let back: SearchCursor = decode(&encode(&c)).unwrap();
+            proptest::prop_assert_eq!((back.d.to_bits(), back.i), (bits, i));
+            let l = ListCursor { t, i };
+            proptest::prop_assert_eq!(decode::<ListCursor>(&encode(&l)).unwrap(), l);
+            if let Err(e) = decode::<ListCursor>(&garbage) {
+                proptest::prop_assert_eq!(e.kind(), crate::error::ErrorKind::InvalidInput);
+            }
+        }
+    }
 }

@@ -31,6 +31,8 @@ impl Drop for Server {
 pub enum Store {
     Embedded(tempfile::TempDir),
     Postgres(PgDb),
+    /// A database the test manages itself.
+    Url(String),
 }
 
 impl Store {
@@ -46,6 +48,7 @@ impl Store {
         match self {
             Store::Embedded(d) => vec!["--data-dir".into(), d.path().display().to_string()],
             Store::Postgres(db) => vec!["--database-url".into(), db.url.clone()],
+            Store::Url(url) => vec!["--database-url".into(), url.clone()],
         }
     }
 }

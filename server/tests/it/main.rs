@@ -4,6 +4,7 @@ mod auth;
 mod chat;
 mod cli;
 mod events;
+mod faults;
 mod fixtures;
 mod jobs;
 mod layering;
