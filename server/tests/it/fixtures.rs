@@ -197,7 +197,12 @@ pub struct Ws {
 
 impl Ws {
     pub async fn connect(server: &Server, init: Value) -> Result<Ws, String> {
-        let mut req = server.ws_url().into_client_request().unwrap();
+        Ws::connect_to(&server.ws_url(), init).await
+    }
+
+    /// Connected to the WebSocket at `url` (for tasks that do not hold the `Server`).
+    pub async fn connect_to(url: &str, init: Value) -> Result<Ws, String> {
+        let mut req = url.into_client_request().unwrap();
         req.headers_mut().insert(
             "Sec-WebSocket-Protocol",
             "graphql-transport-ws".parse().unwrap(),

@@ -3,12 +3,14 @@
 mod auth;
 mod chat;
 mod cli;
+mod crash;
 mod events;
 mod faults;
 mod fixtures;
 mod jobs;
 mod layering;
 mod limits;
+mod load;
 mod mcp;
 mod memory;
 mod ops;
