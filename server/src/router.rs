@@ -54,6 +54,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let app = app
         .route("/graphql", get(graphql_get).post(graphql_post))
         .nest("/v1", rest::routes().with_state(state.clone()))
+        .route("/openapi.json", get(openapi))
         .route("/health", get(health))
         .route("/ready", get(ready));
     // On the main address unless the settings give it one of its own.
@@ -364,6 +365,14 @@ fn init_credentials(payload: &serde_json::Value) -> Option<InitCredentials> {
         user_id: find(&["x-user-id", "userId"]),
     };
     (c.authorization.is_some() || c.api_key.is_some() || c.user_id.is_some()).then_some(c)
+}
+
+/// The OpenAPI 3.1 document of the REST routes.
+async fn openapi() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
 }
 
 async fn health() -> impl IntoResponse {

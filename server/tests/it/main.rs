@@ -3,6 +3,7 @@
 mod auth;
 mod chat;
 mod cli;
+mod conformance;
 mod crash;
 mod events;
 mod faults;
