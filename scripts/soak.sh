@@ -3,7 +3,8 @@
 #   1. kill -9 mid-ingest and mid-chat, 20 trials per case on both stores;
 #   2. 100 chat streams at once with an isolation checker;
 #   3. schemathesis against /openapi.json with 1000 cases per operation;
-#   4. a soak: a mixed load (store, search, chat; a checker user) against a server on the
+#   4. each cargo-fuzz target for FUZZ_SECONDS (300) on nightly, corpus kept in fuzz/corpus;
+#   5. a soak: a mixed load (store, search, chat; a checker user) against a server on the
 #      embedded store for SOAK_MINUTES (10), with its RSS sampled every 10 s (bench/soak.py).
 # Needs what scripts/test.sh installs (Postgres, models, the test venv with the Python client).
 #
@@ -38,6 +39,14 @@ DEEP_RECALL_LOAD_STREAMS=100 cargo test --quiet --locked -p recall-server --test
 step "API conformance: schemathesis, 1000 cases per operation"
 DEEP_RECALL_SCHEMATHESIS_EXAMPLES=1000 cargo test --quiet --locked -p recall-server --test it -- \
   conformance:: --nocapture 2>&1 | grep -E "^schemathesis:|test result|panicked|FAILED"
+
+step "fuzzing: each target for ${FUZZ_SECONDS:-300}s (cargo-fuzz, nightly)"
+for t in ingest rest_bodies graphql model_files; do
+  mkdir -p "fuzz/corpus/$t"
+  (cd fuzz && cargo +nightly fuzz run --target-dir "$target/fuzz" "$t" "corpus/$t" "seeds/$t" -- \
+    -max_total_time="${FUZZ_SECONDS:-300}" -rss_limit_mb=4096 2>&1) | grep -E "^Done|crash|panicked|ERROR" \
+    | sed "s/^/$t: /"
+done
 
 step "soak: $minutes minutes of mixed load, RSS every 10 s"
 data="$(mktemp -d)"

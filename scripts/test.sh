@@ -118,6 +118,24 @@ step "python (ruff on every file; mypy --strict where the venv has the imports)"
 "$DEEP_RECALL_TEST_PYTHON" -m mypy --strict server/tests/*.py bindings/python/python/deep_recall \
   bindings/python/tests clients/python/src/deep_recall_client clients/python/tests
 
+step "fuzzing (cargo-fuzz on nightly: each target for ${DEEP_RECALL_FUZZ_SECONDS:-15}s)"
+# nightly and cargo-fuzz are installed once when missing (rustup, ~/.cargo/bin); the sanitizer build shares the cache's target dir.
+rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+command -v cargo-fuzz >/dev/null || cargo install --quiet --locked cargo-fuzz
+fuzz_corpus="$(mktemp -d)"
+for t in ingest rest_bodies graphql model_files; do
+  mkdir -p "$fuzz_corpus/$t"
+  if ! (cd fuzz && cargo +nightly fuzz run --target-dir "$target/fuzz" "$t" "$fuzz_corpus/$t" \
+    "seeds/$t" -- -max_total_time="${DEEP_RECALL_FUZZ_SECONDS:-15}" -rss_limit_mb=4096 \
+    >"$fuzz_corpus/$t.log" 2>&1); then
+    tail -n 60 "$fuzz_corpus/$t.log"
+    echo "fuzz target $t failed (the input is in fuzz/artifacts/$t)"
+    exit 1
+  fi
+  echo "$t: $(grep -E '^Done [0-9]+ runs' "$fuzz_corpus/$t.log" || tail -n 1 "$fuzz_corpus/$t.log")"
+done
+rm -rf "$fuzz_corpus"
+
 step "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy -p recall-wasm --target wasm32-unknown-unknown --all-targets --locked -- -D warnings

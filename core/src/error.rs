@@ -95,6 +95,10 @@ impl Error {
             Error::Model { .. } => ErrorKind::Model,
             Error::Unavailable { .. } => ErrorKind::Unavailable,
             Error::Overloaded { .. } => ErrorKind::Overloaded,
+            // A full disk: retry once there is room.
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
+                ErrorKind::Unavailable
+            }
             Error::Database(_) | Error::Backend(_) | Error::Io { .. } | Error::Internal(_) => {
                 ErrorKind::Internal
             }
@@ -149,9 +153,36 @@ impl From<sea_orm::DbErr> for Error {
                 message: "database connection failed".into(),
                 source: Some(Box::new(err)),
             },
+            other if storage_full(&other) => Self::Unavailable {
+                message: "the disk is full: nothing of this request was written; free space \
+                          and retry"
+                    .into(),
+                source: Some(Box::new(other)),
+            },
             other => Self::Database(Box::new(other)),
         }
     }
+}
+
+/// Whether the database refused a write for want of space: SQLite's `SQLITE_FULL` (13) and
+/// Postgres' `disk_full` (53100). The write was rolled back; the caller may retry once there
+/// is room, so it is `Unavailable`, not an internal error.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+fn storage_full(err: &sea_orm::DbErr) -> bool {
+    use sea_orm::{DbErr, RuntimeErr};
+    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = err
+    else {
+        return false;
+    };
+    let Some(db) = e.as_database_error() else {
+        return false;
+    };
+    // SQLite reports extended codes too (the primary code is the low byte).
+    let sqlite_full = db
+        .code()
+        .and_then(|c| c.parse::<i32>().ok())
+        .is_some_and(|c| c & 0xff == 13);
+    sqlite_full || db.code().as_deref() == Some("53100")
 }
 
 impl From<tokenizers::Error> for Error {
@@ -159,5 +190,18 @@ impl From<tokenizers::Error> for Error {
         Self::Model {
             message: format!("tokenizer: {err}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_unavailable_and_other_io_errors_are_internal() {
+        let full = Error::io("/data/x", std::io::ErrorKind::StorageFull.into());
+        assert_eq!(full.kind(), ErrorKind::Unavailable);
+        let denied = Error::io("/data/x", std::io::ErrorKind::PermissionDenied.into());
+        assert_eq!(denied.kind(), ErrorKind::Internal);
     }
 }

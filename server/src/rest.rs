@@ -204,10 +204,29 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// What `/v1/chat/completions` makes of a body before anything runs: the core request (in
+/// `session`, with `default_max_tokens` when the body names none) and whether to stream.
+/// Public for the fuzz targets (`fuzz/`); the route calls the same functions.
+pub fn parse_completion(
+    body: &[u8],
+    session: String,
+    default_max_tokens: usize,
+) -> Result<(ChatRequest, bool), ApiError> {
+    let req: CompletionRequest = json_body(body)?;
+    Ok((chat_request(default_max_tokens, &req, session)?, req.stream))
+}
+
+/// What `/v1/embeddings` makes of a body: the texts and whether to answer base64. Public for
+/// the fuzz targets.
+pub fn parse_embedding(body: &[u8]) -> Result<(Vec<String>, bool), ApiError> {
+    let req: EmbeddingRequest = json_body(body)?;
+    embedding_input(req).map(|(texts, base64, _)| (texts, base64))
+}
+
 /// The core request for a completion: fields mapped, the rules are core's
 /// ([`ChatRequest::validate`]).
 fn chat_request(
-    state: &AppState,
+    default_max_tokens: usize,
     req: &CompletionRequest,
     session: String,
 ) -> Result<ChatRequest, ApiError> {
@@ -233,7 +252,7 @@ fn chat_request(
     g.max_tokens = req
         .max_completion_tokens
         .or(req.max_tokens)
-        .unwrap_or(state.settings.chat.max_tokens);
+        .unwrap_or(default_max_tokens);
     if let Some(t) = req.temperature {
         g.temperature = t;
     }
@@ -276,7 +295,7 @@ async fn completions(
         .map(str::to_owned)
         .or_else(|| req.session.clone())
         .unwrap_or_else(|| "default".into());
-    let request = chat_request(state, &req, session)?;
+    let request = chat_request(state.settings.chat.max_tokens, &req, session)?;
     let model = state
         .chat
         .as_ref()
@@ -426,19 +445,8 @@ async fn embed(
 ) -> Result<Response, ApiError> {
     let req: EmbeddingRequest = json_body(body)?;
     caller(state, headers, peer, req.user.as_deref())?;
-    let texts = match req.input {
-        EmbedInput::One(s) => vec![s],
-        EmbedInput::Many(v) => v,
-    };
-    let base64 = match req.encoding_format.as_deref() {
-        None | Some("float") => false,
-        Some("base64") => true,
-        Some(other) => return Err(bad(format!("unknown encoding_format {other:?}"))),
-    };
-    let embedded = state
-        .engine
-        .embed_texts(texts, req.model.as_deref())
-        .await?;
+    let (texts, base64, model) = embedding_input(req)?;
+    let embedded = state.engine.embed_texts(texts, model.as_deref()).await?;
     let vectors = embedded.vectors;
     let data: Vec<Value> = vectors
         .into_iter()
@@ -460,6 +468,20 @@ async fn embed(
         "usage": { "prompt_tokens": embedded.tokens, "total_tokens": embedded.tokens },
     }))
     .into_response())
+}
+
+/// The texts, the encoding (base64 or not) and the model of an embedding request.
+fn embedding_input(req: EmbeddingRequest) -> Result<(Vec<String>, bool, Option<String>), ApiError> {
+    let texts = match req.input {
+        EmbedInput::One(s) => vec![s],
+        EmbedInput::Many(v) => v,
+    };
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => return Err(bad(format!("unknown encoding_format {other:?}"))),
+    };
+    Ok((texts, base64, req.model))
 }
 
 async fn models(
