@@ -60,9 +60,12 @@ def main() -> None:
                     ],
                 )
                 client.search(f"what did soak{n} plant?", top_k=5)
-                # Steady state: the oldest of the twenty sessions goes as a new one fills.
-                client.delete_session(f"s{(i + 10) % 20}")
-                kinds = ["add", "search", "delete"]
+                # Steady state: the oldest of the twenty sessions goes as a new one fills
+                # (once there is one: s{i+10} first exists at i = 10).
+                kinds = ["add", "search"]
+                if i > 10:
+                    client.delete_session(f"s{(i + 10) % 20}")
+                    kinds.append("delete")
                 if i % 10 == 0:
                     chunks = client.chat(
                         f"chat{i % 3}", "What did I plant?", max_tokens=8
