@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-use recall_core::embed::{BertEmbedder, EmbedConfig, Embedder, EmbeddingService};
+use recall_core::embed::{BertEmbedder, EmbedConfig, Embedder, EmbeddingService, Kernels};
 use recall_core::store::{EmbeddedStore, PgStore, StoreConfig};
 use recall_core::testing::{PgDb, minilm_dir, repo_root};
 use recall_core::types::{NewMessage, Role};
@@ -101,6 +101,10 @@ fn arg(name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1).cloned())
 }
 
+fn arg_flag(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
+}
+
 fn rust_rate(model: &BertEmbedder, texts: &[String], batch: usize) -> f64 {
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     model.embed(&refs[..batch.min(refs.len())]).unwrap(); // warm-up
@@ -171,23 +175,81 @@ fn main() {
         / n as f64;
 
     let model = BertEmbedder::load(&minilm_dir(), &candle_core::Device::Cpu, 32, None).unwrap();
+    let candle = BertEmbedder::load_with(
+        &minilm_dir(),
+        &candle_core::Device::Cpu,
+        32,
+        None,
+        Kernels::Candle,
+    )
+    .unwrap();
     println!("Embedding throughput, all-MiniLM-L6-v2, {n} texts (mean {mean_words:.1} words), CPU");
     println!();
     println!(
-        "| batch | candle (sentences/s) | sentence-transformers (sentences/s) | ratio candle/ST |"
+        "| batch | ours (sentences/s) | candle-transformers (sentences/s) | sentence-transformers (sentences/s) | ours/ST | ours/candle |"
     );
-    println!("|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|");
     let py = python.as_deref().map(|p| python_rates(p, &texts_file, n));
     for batch in [1usize, 32] {
         let ours = rust_rate(&model, &texts, batch);
+        // `--profile-ours`: only our forward pass (for `perf record`).
+        if arg_flag("--profile-ours") {
+            println!("| {batch} | {ours:.1} | | | | |");
+            continue;
+        }
+        let old = rust_rate(&candle, &texts, batch);
         let theirs = py
             .as_ref()
             .and_then(|r| r.iter().find(|(b, _)| *b == batch).map(|(_, s)| *s));
         match theirs {
-            Some(t) => println!("| {batch} | {ours:.1} | {t:.1} | {:.2} |", ours / t),
-            None => println!("| {batch} | {ours:.1} | (not run) | |"),
+            Some(t) => println!(
+                "| {batch} | {ours:.1} | {old:.1} | {t:.1} | {:.2} | {:.2} |",
+                ours / t,
+                ours / old
+            ),
+            None => println!(
+                "| {batch} | {ours:.1} | {old:.1} | (not run) | | {:.2} |",
+                ours / old
+            ),
         }
     }
+    // Query embedding: a 10-word question at a time, as every search does.
+    let questions: Vec<String> = (0..200)
+        .map(|i| {
+            format!(
+                "what did {} say about {} {i}?",
+                SUBJECTS[i % SUBJECTS.len()],
+                OBJECTS[i % OBJECTS.len()]
+                    .split_whitespace()
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )
+        })
+        .collect();
+    println!();
+    println!(
+        "Query embedding latency, one question of ~10 words at a time, {} questions:",
+        questions.len()
+    );
+    println!();
+    println!("| forward | p50 (ms) | p95 (ms) |");
+    println!("|---|---:|---:|");
+    for (name, m) in [("ours", &model), ("candle-transformers", &candle)] {
+        m.embed(&[questions[0].as_str()]).unwrap();
+        let mut times: Vec<f64> = questions
+            .iter()
+            .map(|q| {
+                let started = Instant::now();
+                m.embed(&[q.as_str()]).unwrap();
+                started.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        let p = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+        println!("| {name} | {:.2} | {:.2} |", p(0.5), p(0.95));
+    }
+    drop(candle);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -9,10 +9,11 @@ use crate::device::DeviceConfig;
 use crate::error::Result;
 
 pub mod bert;
+pub mod encoder;
 #[cfg(feature = "native")]
 pub mod service;
 
-pub use bert::BertEmbedder;
+pub use bert::{BertEmbedder, Kernels};
 #[cfg(feature = "native")]
 pub use service::EmbeddingService;
 

@@ -3,8 +3,12 @@
 //!
 //! Pooling and normalisation follow the sentence-transformers files when present (mean pooling
 //! over real tokens only, or the CLS token; L2 normalisation), and default to masked mean
-//! pooling + L2 normalisation. Inputs are sorted by length and padded per batch to the longest
-//! one, so short texts do not pay for long ones.
+//! pooling + L2 normalisation.
+//!
+//! On the CPU the forward pass is our own ([`super::encoder`]): texts are packed without
+//! padding and the kernels are fused. On a GPU it is candle-transformers' BERT, with inputs
+//! sorted by length and padded per batch to the longest one, so short texts do not pay for
+//! long ones.
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
@@ -13,7 +17,23 @@ use candle_transformers::models::bert::{BertModel, Config};
 use serde::Deserialize;
 use tokenizers::{Tokenizer, TruncationParams};
 
+use super::encoder::{self, CpuBert};
 use crate::error::{Error, Result};
+
+/// Which forward pass runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kernels {
+    /// Our own packed CPU encoder on the CPU, candle's BERT on GPUs.
+    #[default]
+    Auto,
+    /// candle-transformers' BERT everywhere (for comparisons in tests and benchmarks).
+    Candle,
+}
+
+enum Forward {
+    Candle(BertModel),
+    Cpu(CpuBert),
+}
 
 /// What a model is made of, whatever it was read from.
 struct Parts<'a> {
@@ -56,7 +76,7 @@ struct ModuleEntry {
 /// A loaded BERT-family embedding model. Synchronous and CPU/GPU-bound: run it through
 /// [`crate::embed::EmbeddingService`] from async code.
 pub struct BertEmbedder {
-    model: BertModel,
+    model: Forward,
     tokenizer: Tokenizer,
     device: Device,
     dims: usize,
@@ -93,6 +113,17 @@ impl BertEmbedder {
         device: &Device,
         max_batch: usize,
         max_seq_len: Option<usize>,
+    ) -> Result<Self> {
+        Self::load_with(dir, device, max_batch, max_seq_len, Kernels::Auto)
+    }
+
+    /// [`BertEmbedder::load`] with a choice of forward pass.
+    pub fn load_with(
+        dir: &Path,
+        device: &Device,
+        max_batch: usize,
+        max_seq_len: Option<usize>,
+        kernels: Kernels,
     ) -> Result<Self> {
         if !dir.is_dir() {
             return Err(Error::model(format!(
@@ -154,6 +185,7 @@ impl BertEmbedder {
             vb,
             device,
             max_batch,
+            kernels,
         )
         .map_err(|e| match e {
             Error::Model { message } => {
@@ -188,10 +220,17 @@ impl BertEmbedder {
             vb,
             &device,
             max_batch,
+            Kernels::Auto,
         )
     }
 
-    fn build(parts: Parts<'_>, vb: VarBuilder, device: &Device, max_batch: usize) -> Result<Self> {
+    fn build(
+        parts: Parts<'_>,
+        vb: VarBuilder,
+        device: &Device,
+        max_batch: usize,
+        kernels: Kernels,
+    ) -> Result<Self> {
         let Parts {
             config,
             tokenizer_json,
@@ -215,7 +254,11 @@ impl BertEmbedder {
         let pad_id = tokenizer
             .token_to_id("[PAD]")
             .unwrap_or(config.pad_token_id as u32);
-        let model = BertModel::load(vb, &config)?;
+        let model = if device.is_cpu() && kernels == Kernels::Auto {
+            Forward::Cpu(CpuBert::load(vb, &config)?)
+        } else {
+            Forward::Candle(BertModel::load(vb, &config)?)
+        };
         Ok(Self {
             model,
             tokenizer,
@@ -259,9 +302,26 @@ impl BertEmbedder {
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(encodings[i].get_ids().len()));
         let mut out = vec![Vec::new(); texts.len()];
-        for chunk in order.chunks(self.max_batch) {
+        // Batches of at most `max_batch` texts and (packed on the CPU) `MAX_TOKENS` tokens.
+        let mut rest = &order[..];
+        while !rest.is_empty() {
+            let mut take = 0;
+            let mut tokens = 0;
+            while take < rest.len() && take < self.max_batch {
+                let len = encodings[rest[take]].get_ids().len();
+                if take > 0 && tokens + len > encoder::MAX_TOKENS {
+                    break;
+                }
+                tokens += len;
+                take += 1;
+            }
+            let (chunk, tail) = rest.split_at(take);
+            rest = tail;
             let ids: Vec<&[u32]> = chunk.iter().map(|&i| encodings[i].get_ids()).collect();
-            let vectors = self.forward(&ids)?;
+            let vectors = match &self.model {
+                Forward::Cpu(model) => self.forward_packed(model, &ids)?,
+                Forward::Candle(model) => self.forward(model, &ids)?,
+            };
             for (&i, v) in chunk.iter().zip(vectors) {
                 out[i] = v;
             }
@@ -269,7 +329,39 @@ impl BertEmbedder {
         Ok(out)
     }
 
-    fn forward(&self, ids: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+    /// The CPU encoder on packed texts, pooled and normalised per text.
+    fn forward_packed(&self, model: &CpuBert, ids: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        let hidden = model.forward(ids)?;
+        let h = self.dims;
+        let mut out = Vec::with_capacity(ids.len());
+        let mut row = 0;
+        for s in ids {
+            let rows = &hidden[row * h..(row + s.len()) * h];
+            row += s.len();
+            let mut v = match self.pooling {
+                Pooling::Cls => rows[..h].to_vec(),
+                Pooling::Mean => {
+                    let mut sum = vec![0f32; h];
+                    for r in rows.chunks_exact(h) {
+                        for (a, b) in sum.iter_mut().zip(r) {
+                            *a += b;
+                        }
+                    }
+                    let n = s.len().max(1) as f32;
+                    sum.iter_mut().for_each(|a| *a /= n);
+                    sum
+                }
+            };
+            if self.normalize {
+                let norm = v.iter().map(|a| a * a).sum::<f32>().sqrt().max(1e-12);
+                v.iter_mut().for_each(|a| *a /= norm);
+            }
+            out.push(v);
+        }
+        Ok(out)
+    }
+
+    fn forward(&self, model: &BertModel, ids: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
         let batch = ids.len();
         let len = ids.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
         let mut flat_ids = Vec::with_capacity(batch * len);
@@ -283,8 +375,7 @@ impl BertEmbedder {
         let input = Tensor::from_vec(flat_ids, (batch, len), &self.device)?;
         let mask = Tensor::from_vec(flat_mask, (batch, len), &self.device)?;
         let types = input.zeros_like()?;
-        let hidden = self
-            .model
+        let hidden = model
             .forward(&input, &types, Some(&mask))?
             .to_dtype(DType::F32)?;
         let pooled = match self.pooling {

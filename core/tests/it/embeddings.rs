@@ -192,3 +192,62 @@ async fn engine_on_both_stores() {
         t.close().await;
     }
 }
+
+/// sentence-transformers' vectors for a few texts (scripts/reference-embeddings.sh).
+fn reference() -> (Vec<String>, Vec<Vec<f32>>) {
+    let path = repo_root().join("core/tests/data/reference_embeddings.json");
+    let data: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let texts = data["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_owned())
+        .collect();
+    let vectors = data["vectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect();
+    (texts, vectors)
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
+/// Both forward passes (our packed CPU encoder and candle's BERT) give sentence-transformers'
+/// vectors, one text at a time and in a batch of mixed lengths (packed without padding).
+#[test]
+fn both_forward_passes_match_sentence_transformers() {
+    use recall_core::embed::{BertEmbedder, Kernels};
+    let (texts, want) = reference();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    for kernels in [Kernels::Auto, Kernels::Candle] {
+        let model =
+            BertEmbedder::load_with(&minilm_dir(), &candle_core::Device::Cpu, 32, None, kernels)
+                .unwrap();
+        let batched = model.embed(&refs).unwrap();
+        let mut worst = 0f32;
+        for (i, text) in refs.iter().enumerate() {
+            let alone = model.embed(&[text]).unwrap().pop().unwrap();
+            let d = max_diff(&alone, &want[i]);
+            assert!(d < 2e-6, "{kernels:?}, text {i} alone: differs by {d}");
+            let b = max_diff(&batched[i], &want[i]);
+            assert!(b < 2e-6, "{kernels:?}, text {i} in a batch: differs by {b}");
+            worst = worst.max(d).max(b);
+        }
+        eprintln!("{kernels:?}: largest difference to sentence-transformers {worst:.1e}");
+    }
+}
