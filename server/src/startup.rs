@@ -12,7 +12,7 @@ use recall_core::context::SummaryPolicy;
 use recall_core::error::{Error, Result};
 use recall_core::llm::{ChatModel, ChatSummarizer, RemoteConfig};
 use recall_core::runner::{JobRunner, JobRunnerConfig};
-use recall_core::setup::{self, ChatOptions, EngineOptions};
+use recall_core::setup::{self, ChatOptions, EngineOptions, RemoteEmbedding};
 use recall_core::store::StoreConfig;
 
 use crate::settings::Settings;
@@ -33,6 +33,22 @@ pub fn store_config(settings: &Settings) -> StoreConfig {
 /// cross-encoder and emotion classifier loaded.
 pub async fn engine(settings: &Settings) -> Result<Engine> {
     let m = &settings.models;
+    let remote_embedding = match &m.embedding_url {
+        Some(url) => Some(RemoteEmbedding {
+            provider: RemoteConfig {
+                timeout: Duration::from_secs(settings.chat.timeout_secs.max(1)),
+                max_retries: settings.chat.max_retries,
+                ..setup::remote_config(
+                    url,
+                    Some(&m.embedding),
+                    m.embedding_api_key.as_deref(),
+                    m.embedding_api_key_file.as_deref(),
+                )?
+            },
+            max_batch: m.embedding_batch.max(1),
+        }),
+        None => None,
+    };
     setup::open_engine(&EngineOptions {
         store: store_config(settings),
         models_dir: m.dir.clone(),
@@ -41,6 +57,7 @@ pub async fn engine(settings: &Settings) -> Result<Engine> {
         cross_encoder: m.cross_encoder.clone(),
         emotion_model: m.emotion.clone(),
         query_cache: settings.cache.config(),
+        remote_embedding,
     })
     .await
 }

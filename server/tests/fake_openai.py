@@ -1,6 +1,6 @@
-"""A stand-in OpenAI-compatible chat provider for the tests: a real HTTP server (Python's
-standard library only) that answers POST /v1/chat/completions whole or as server-sent events,
-fails on demand, and records every request it gets.
+"""A stand-in OpenAI-compatible provider for the tests: a real HTTP server (Python's standard
+library only) that answers POST /v1/chat/completions whole or as server-sent events and
+POST /v1/embeddings, fails on demand, and records every request it gets.
 
     python fake_openai.py LOG_FILE [--fail-first N]
 
@@ -11,9 +11,15 @@ The answer is "Remote answer: " followed by the number of messages and the last 
 first word, in three chunks when streamed, with log-probabilities unless the request's model
 is "no-logprobs". POST /control with {"fail": N} makes the next N chat requests fail with 503
 (-1: every one from now on; 0: none).
+
+Embeddings are hashed bags of words: 64 numbers, one bucket per word (MD5), L2-normalised, so
+that the same text gets the same vector and texts sharing words are close. They are listed in
+reverse order with their "index", as a provider may.
 """
 
+import hashlib
 import json
+import math
 import sys
 import threading
 from collections.abc import Iterable
@@ -22,6 +28,16 @@ from typing import Any
 
 LOCK = threading.Lock()
 STATE: dict[str, int] = {"fail": 0}
+
+
+def embed(text: str) -> list[float]:
+    v = [0.0] * 64
+    for word in text.lower().split():
+        word = word.strip(".,!?;:'\"")
+        if word:
+            v[hashlib.md5(word.encode()).digest()[0] % 64] += 1.0
+    norm = math.sqrt(sum(x * x for x in v)) or 1.0
+    return [x / norm for x in v]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -64,6 +80,17 @@ class Handler(BaseHTTPRequestHandler):
             with LOCK:
                 STATE["fail"] = int(body["fail"])
             self._json(200, {"ok": True})
+            return
+        if self.path == "/v1/embeddings" and isinstance(body, dict):
+            texts = body.get("input")
+            texts = [texts] if isinstance(texts, str) else texts
+            data = [
+                {"object": "embedding", "index": i, "embedding": embed(t)}
+                for i, t in enumerate(texts or [])
+            ]
+            self._json(
+                200, {"object": "list", "model": body.get("model"), "data": data[::-1]}
+            )
             return
         if self.path != "/v1/chat/completions" or not isinstance(body, dict):
             self._json(404, {"error": {"message": "no such route"}})

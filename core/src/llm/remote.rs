@@ -119,8 +119,14 @@ impl Breaker {
 
 /// The client; see the module documentation.
 pub struct RemoteChat {
+    provider: Provider,
+}
+
+/// An OpenAI-compatible HTTP endpoint with timeouts, retries and a circuit breaker; shared by
+/// the remote chat model and the remote embedder.
+pub(crate) struct Provider {
     client: reqwest::Client,
-    config: RemoteConfig,
+    pub(crate) config: RemoteConfig,
     breaker: Breaker,
 }
 
@@ -138,14 +144,9 @@ fn unavailable(message: String, source: Option<reqwest::Error>) -> Error {
     }
 }
 
-impl RemoteChat {
-    /// The configuration it was made with.
-    pub fn config(&self) -> &RemoteConfig {
-        &self.config
-    }
-
+impl Provider {
     /// A client for `config`.
-    pub fn new(config: RemoteConfig) -> Result<Self> {
+    pub(crate) fn new(config: RemoteConfig) -> Result<Self> {
         let client = reqwest::Client::builder()
             .connect_timeout(config.timeout.min(Duration::from_secs(10)))
             .build()
@@ -162,39 +163,6 @@ impl RemoteChat {
         })
     }
 
-    fn body(&self, turns: &[ChatTurn], params: &GenerationParams, stream: bool) -> Value {
-        let messages: Vec<Value> = turns
-            .iter()
-            .map(|t| {
-                let role = match t.role {
-                    Role::User => "user",
-                    Role::Assistant => "assistant",
-                    Role::System => "system",
-                };
-                json!({ "role": role, "content": t.content })
-            })
-            .collect();
-        let mut body = json!({
-            "model": self.config.model,
-            "messages": messages,
-            "max_tokens": params.max_tokens,
-            "temperature": params.temperature,
-            "seed": params.seed,
-            "stream": stream,
-            "logprobs": true,
-        });
-        if let Some(p) = params.top_p {
-            body["top_p"] = json!(p);
-        }
-        if !params.stop.is_empty() {
-            body["stop"] = json!(params.stop);
-        }
-        if stream {
-            body["stream_options"] = json!({ "include_usage": true });
-        }
-        body
-    }
-
     fn backoff(&self, attempt: u32, hint: Option<Duration>) -> Duration {
         let exp = self
             .config
@@ -209,11 +177,12 @@ impl RemoteChat {
         hint.unwrap_or(exp + jitter).min(self.config.max_backoff)
     }
 
-    async fn send(&self, body: &Value) -> std::result::Result<reqwest::Response, Attempt> {
-        let url = format!(
-            "{}/chat/completions",
-            self.config.base_url.trim_end_matches('/')
-        );
+    async fn send(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> std::result::Result<reqwest::Response, Attempt> {
+        let url = format!("{}{path}", self.config.base_url.trim_end_matches('/'));
         let mut req = self
             .client
             .post(&url)
@@ -258,12 +227,13 @@ impl RemoteChat {
         Err(Attempt { error, retry, wait })
     }
 
-    /// Sends with retries; counts one call for the breaker.
-    async fn call(&self, body: &Value) -> Result<reqwest::Response> {
+    /// Sends `body` to `path` (under the base URL) with retries; counts one call for the
+    /// breaker.
+    pub(crate) async fn call(&self, path: &str, body: &Value) -> Result<reqwest::Response> {
         self.breaker.admit()?;
         let mut attempt = 0u32;
         loop {
-            match self.send(body).await {
+            match self.send(path, body).await {
                 Ok(r) => return Ok(r),
                 Err(a) if a.retry && attempt < self.config.max_retries => {
                     tokio::time::sleep(self.backoff(attempt, a.wait)).await;
@@ -278,6 +248,59 @@ impl RemoteChat {
         }
     }
 
+    /// Counts a call's outcome after its answer was read (a broken or malformed answer is a
+    /// failure of the provider).
+    pub(crate) fn record(&self, ok: bool) {
+        self.breaker.record(ok);
+    }
+}
+
+impl RemoteChat {
+    /// The configuration it was made with.
+    pub fn config(&self) -> &RemoteConfig {
+        &self.provider.config
+    }
+
+    /// A client for `config`.
+    pub fn new(config: RemoteConfig) -> Result<Self> {
+        Ok(Self {
+            provider: Provider::new(config)?,
+        })
+    }
+
+    fn body(&self, turns: &[ChatTurn], params: &GenerationParams, stream: bool) -> Value {
+        let messages: Vec<Value> = turns
+            .iter()
+            .map(|t| {
+                let role = match t.role {
+                    Role::User => "user",
+                    Role::Assistant => "assistant",
+                    Role::System => "system",
+                };
+                json!({ "role": role, "content": t.content })
+            })
+            .collect();
+        let mut body = json!({
+            "model": self.provider.config.model,
+            "messages": messages,
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "seed": params.seed,
+            "stream": stream,
+            "logprobs": true,
+        });
+        if let Some(p) = params.top_p {
+            body["top_p"] = json!(p);
+        }
+        if !params.stop.is_empty() {
+            body["stop"] = json!(params.stop);
+        }
+        if stream {
+            body["stream_options"] = json!({ "include_usage": true });
+        }
+        body
+    }
+
     /// The whole answer at once.
     pub async fn complete(
         &self,
@@ -285,18 +308,18 @@ impl RemoteChat {
         params: &GenerationParams,
     ) -> Result<Completion> {
         let body = self.body(turns, params, false);
-        let resp = self.call(&body).await?;
+        let resp = self.provider.call("/chat/completions", &body).await?;
         let bytes = match resp.bytes().await {
             Ok(b) => b,
             Err(e) => {
-                self.breaker.record(false);
+                self.provider.record(false);
                 return Err(unavailable("remote answer broke off".into(), Some(e)));
             }
         };
         let v: Value = match serde_json::from_slice(&bytes) {
             Ok(v) => v,
             Err(e) => {
-                self.breaker.record(false);
+                self.provider.record(false);
                 return Err(Error::unavailable(format!(
                     "malformed answer from the remote provider: {e}"
                 )));
@@ -304,12 +327,12 @@ impl RemoteChat {
         };
         let choice = &v["choices"][0];
         let Some(text) = choice["message"]["content"].as_str() else {
-            self.breaker.record(false);
+            self.provider.record(false);
             return Err(Error::unavailable(
                 "remote provider answer has no choices[0].message.content",
             ));
         };
-        self.breaker.record(true);
+        self.provider.record(true);
         Ok(Completion {
             text: text.to_owned(),
             prompt_tokens: v["usage"]["prompt_tokens"].as_u64().unwrap_or(0) as usize,
@@ -327,10 +350,10 @@ impl RemoteChat {
         params: &GenerationParams,
     ) -> Result<mpsc::Receiver<Result<ChatEvent>>> {
         let body = self.body(turns, params, true);
-        let resp = self.call(&body).await?;
+        let resp = self.provider.call("/chat/completions", &body).await?;
         let (tx, rx) = mpsc::channel(64);
-        let idle = self.config.idle_timeout;
-        let breaker = self.breaker.clone();
+        let idle = self.provider.config.idle_timeout;
+        let breaker = self.provider.breaker.clone();
         tokio::spawn(async move {
             // The breaker learns how the stream went when it ends (a consumer that went away
             // says nothing either way).

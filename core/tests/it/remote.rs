@@ -22,6 +22,37 @@ enum Reply {
     Sse(Vec<String>, Duration),
     /// Wait this long before answering 200 with this JSON.
     Slow(Duration, Value),
+    /// Embeddings of the request's `input` by the real all-MiniLM-L6-v2 (as
+    /// text-embeddings-inference would answer), listed in reverse order with their `index`.
+    Embed,
+}
+
+/// The model the fake embedding provider runs.
+static MODEL: std::sync::LazyLock<recall_core::embed::BertEmbedder> =
+    std::sync::LazyLock::new(|| {
+        recall_core::embed::BertEmbedder::load(
+            &crate::fixtures::minilm_dir(),
+            &candle_core::Device::Cpu,
+            32,
+            None,
+        )
+        .unwrap()
+    });
+
+fn embeddings_answer(body: &Value) -> Value {
+    let texts: Vec<&str> = body["input"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let vectors = MODEL.embed(&texts).unwrap();
+    let data: Vec<Value> = vectors
+        .into_iter()
+        .enumerate()
+        .rev()
+        .map(|(i, v)| json!({ "object": "embedding", "index": i, "embedding": v }))
+        .collect();
+    json!({ "object": "list", "model": body["model"], "data": data,
+            "usage": { "prompt_tokens": 0, "total_tokens": 0 } })
 }
 
 struct Fake {
@@ -69,7 +100,7 @@ async fn fake(script: Vec<Reply>) -> Fake {
                     buf.extend_from_slice(&tmp[..n]);
                 }
                 let body: Value = serde_json::from_slice(&buf[head_end..]).unwrap_or(Value::Null);
-                seen.lock().unwrap().push(body);
+                seen.lock().unwrap().push(body.clone());
                 let reply = {
                     let mut s = script.lock().unwrap();
                     if s.len() > 1 {
@@ -93,6 +124,12 @@ async fn fake(script: Vec<Reply>) -> Fake {
                     Reply::Status(status, headers) => {
                         let _ = sock
                             .write_all(write(status, headers, "{\"error\":\"x\"}").as_bytes())
+                            .await;
+                    }
+                    Reply::Embed => {
+                        let v = embeddings_answer(&body);
+                        let _ = sock
+                            .write_all(write(200, "", &v.to_string()).as_bytes())
                             .await;
                     }
                     Reply::Slow(d, v) => {
@@ -351,5 +388,127 @@ async fn the_circuit_opens_after_repeated_failures_and_closes_after_a_good_trial
             .unwrap()
             .text,
         "back"
+    );
+}
+
+// The remote embedder (`POST /embeddings`).
+
+use recall_core::embed::{Embedder, RemoteEmbedder};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_embeddings_come_in_batches_in_order_and_equal_the_local_model() {
+    std::sync::LazyLock::force(&MODEL);
+    let f = fake(vec![Reply::Embed]).await;
+    let e = RemoteEmbedder::connect(config(&f.url), 3).await.unwrap();
+    assert_eq!(e.dims(), 384, "asked of the provider at start");
+    assert_eq!(e.model_id(), "fake-model");
+    let texts: Vec<String> = (0..7)
+        .map(|i| format!("text number {i} about {}", ["boats", "cats", "tea"][i % 3]))
+        .collect();
+    let got = e.embed(texts.clone()).await.unwrap();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let want = MODEL.embed(&refs).unwrap();
+    assert_eq!(
+        got, want,
+        "in input order, whatever order the provider lists them in"
+    );
+    let requests = f.requests.lock().unwrap().clone();
+    let sizes: Vec<usize> = requests
+        .iter()
+        .map(|r| r["input"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(sizes, [1, 3, 3, 1], "the probe, then batches of at most 3");
+    for r in &requests {
+        assert_eq!(r["model"], "fake-model");
+        assert_eq!(r["encoding_format"], "float");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_embeddings_retry_failures_and_refuse_bad_answers() {
+    std::sync::LazyLock::force(&MODEL);
+    // A 503 at start is retried.
+    let f = fake(vec![Reply::Status(503, ""), Reply::Embed]).await;
+    let e = RemoteEmbedder::connect(config(&f.url), 8).await.unwrap();
+    assert_eq!(f.requests.lock().unwrap().len(), 2);
+    assert_eq!(e.embed(vec!["a".into()]).await.unwrap()[0].len(), 384);
+
+    // A refused request is the caller's error and is not retried.
+    let f = fake(vec![Reply::Embed, Reply::Status(400, "")]).await;
+    let e = RemoteEmbedder::connect(config(&f.url), 8).await.unwrap();
+    let err = e.embed(vec!["a".into()]).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert_eq!(f.requests.lock().unwrap().len(), 2);
+
+    // Answers that do not fit: a missing vector, another dimension, an index twice, base64,
+    // no list at all.
+    let (v384, v8) = (vec![0.5f32; 384], vec![0.5f32; 8]);
+    for bad in [
+        json!({ "data": [{ "index": 0, "embedding": v384 }] }),
+        json!({ "data": [{ "index": 0, "embedding": v8 }, { "index": 1, "embedding": v8 }] }),
+        json!({ "data": [{ "index": 0, "embedding": v384 }, { "index": 0, "embedding": v384 }] }),
+        json!({ "data": [{ "index": 0, "embedding": "AAAA" }, { "index": 1, "embedding": v384 }] }),
+        json!({ "nothing": true }),
+    ] {
+        let f = fake(vec![Reply::Embed, Reply::Json(200, bad.clone())]).await;
+        let e = RemoteEmbedder::connect(config(&f.url), 8).await.unwrap();
+        let err = e.embed(vec!["a".into(), "b".into()]).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{bad}: {err}");
+        assert!(err.to_string().contains("embedding provider"), "{err}");
+    }
+
+    // Nobody there: a clear error at start.
+    let mut c = config("http://127.0.0.1:9/v1");
+    c.max_retries = 0;
+    let err = RemoteEmbedder::connect(c, 8).await.err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+}
+
+/// The engine opened with a remote embedder finds memories by meaning, as with the local model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_on_a_remote_embedder() {
+    use recall_core::SearchOptions;
+    use recall_core::setup::{EngineOptions, RemoteEmbedding, open_engine};
+    use recall_core::store::StoreConfig;
+    let f = fake(vec![Reply::Embed]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = EngineOptions::new(StoreConfig::embedded(dir.path()));
+    options.models_dir = dir.path().join("no-models-here");
+    options.remote_embedding = Some(RemoteEmbedding {
+        // The fake embeds on this machine's CPU, beside the other tests.
+        provider: RemoteConfig {
+            timeout: Duration::from_secs(60),
+            ..config(&f.url)
+        },
+        max_batch: 16,
+    });
+    let engine = open_engine(&options).await.unwrap();
+    let file = std::fs::File::open(
+        crate::fixtures::repo_root().join("examples/sample-conversation.jsonl"),
+    )
+    .unwrap();
+    let messages =
+        recall_core::ingest::parse_jsonl(std::io::BufReader::new(file), engine.limits()).unwrap();
+    engine.add_messages("alice", messages).await.unwrap();
+    let page = engine
+        .search(
+            "alice",
+            "What is she allergic to?",
+            &SearchOptions {
+                top_k: 3,
+                ..SearchOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        page.hits
+            .iter()
+            .any(|h| h.memory.content.contains("peanuts")),
+        "{:?}",
+        page.hits
+            .iter()
+            .map(|h| &h.memory.content)
+            .collect::<Vec<_>>()
     );
 }

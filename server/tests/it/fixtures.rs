@@ -386,6 +386,16 @@ impl FakeProvider {
         assert!(resp.status().is_success());
     }
 
+    /// The embedding requests it received so far: `{path, authorization, body}`.
+    pub fn embedding_requests(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.log.path())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|r| r["path"] == "/v1/embeddings")
+            .collect()
+    }
+
     /// The chat requests it received so far: `{path, authorization, body}`.
     pub fn requests(&self) -> Vec<Value> {
         std::fs::read_to_string(self.log.path())

@@ -213,3 +213,64 @@ async fn serve_and_generate_answer_with_a_remote_provider() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `[models] embedding_url`: the server embeds through the provider (its model name recorded
+/// with every vector, its key sent), and finds memories by those vectors.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_embeds_with_a_remote_provider() {
+    let fake = FakeProvider::start(0);
+    let store = Store::embedded();
+    let server = Server::start(
+        &store,
+        &["--no-chat"],
+        &[
+            ("DEEP_RECALL__MODELS__EMBEDDING_URL", &fake.url),
+            ("DEEP_RECALL__MODELS__EMBEDDING", "fake-embed"),
+            ("DEEP_RECALL__MODELS__EMBEDDING_API_KEY", "sk-embed-42"),
+            // Nothing local is loaded for embeddings.
+            ("DEEP_RECALL__MODELS__DIR", "/nonexistent"),
+        ],
+    );
+    let alice = token("alice", false, 600);
+    for content in [
+        "My grandfather was a lighthouse keeper in Brittany.",
+        "I am allergic to peanuts.",
+        "We adopted a cat named Miso.",
+    ] {
+        let (_, body) = gql(
+            &server,
+            Some(&alice),
+            "mutation($c: String!) { addMemory(input: { content: $c }) { id } }",
+            json!({ "c": content }),
+        )
+        .await;
+        assert!(body["errors"].is_null(), "{body}");
+    }
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        "{ search(query: \"a cat named Miso\", topK: 1, mode: VECTOR) { memory { content } } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        data(&body)["search"][0]["memory"]["content"],
+        "We adopted a cat named Miso.",
+        "{body}"
+    );
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        "{ health { embeddingModel } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(data(&body)["health"]["embeddingModel"], "fake-embed");
+    let requests = fake.embedding_requests();
+    // The dimension probe at start, three memories, one query.
+    assert!(requests.len() >= 5, "{requests:?}");
+    for r in &requests {
+        assert_eq!(r["authorization"], "Bearer sk-embed-42");
+        assert_eq!(r["body"]["model"], "fake-embed");
+    }
+}
