@@ -33,7 +33,7 @@ DEEP_RECALL_CRASH_TRIALS=20 cargo test --quiet --locked -p recall-server --test 
   --nocapture 2>&1 | grep -E "crash trials|test result|panicked|FAILED"
 
 step "load: 100 chat streams at once, isolation checker"
-DEEP_RECALL_LOAD_STREAMS=100 cargo test --quiet --locked -p recall-server --test it -- load:: \
+DEEP_RECALL_LOAD_MODEL=packaged DEEP_RECALL_LOAD_STREAMS=100 cargo test --quiet --locked -p recall-server --test it -- load:: \
   --nocapture 2>&1 | grep -E "^load:|test result|panicked|FAILED"
 
 step "API conformance: schemathesis, 1000 cases per operation"

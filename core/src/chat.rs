@@ -30,8 +30,8 @@ pub struct ChatRequest {
     /// Sampling and limits.
     #[serde(default)]
     pub generation: GenerationParams,
-    /// Prompt assembly and retrieval. The budget's window is capped at the model's and its
-    /// response reserve raised to `generation.max_tokens`.
+    /// Prompt assembly and retrieval. The budget's window is capped at the model's, its
+    /// response reserve at half of that window, then raised to `generation.max_tokens`.
     #[serde(default)]
     pub context: ContextOptions,
 }
@@ -207,9 +207,12 @@ impl ChatPipeline {
             )));
         }
         options.budget.context_window = window;
+        // The configured reserve takes at most half of a small model's window (512 of a
+        // 256-token window would leave no prompt); the request's max_tokens always fits.
         options.budget.response_reserve = options
             .budget
             .response_reserve
+            .min(window / 2)
             .max(request.generation.max_tokens)
             .min(window - 1);
         let (assembled, memories) = self

@@ -1,7 +1,10 @@
-//! Load: many chat subscriptions at once over graphql-ws (the packaged SmolLM2), each from its
-//! own user: no delta dropped, repeated or out of order, every stream ends with its result,
-//! and meanwhile a checker user's searches never return anyone else's words.
-//! `DEEP_RECALL_LOAD_STREAMS` sets how many (100 by default).
+//! Load: many chat subscriptions at once over graphql-ws, each from its own user: no delta
+//! dropped, repeated or out of order, every stream ends with its result, and meanwhile a
+//! checker user's searches never return anyone else's words.
+//! `DEEP_RECALL_LOAD_STREAMS` sets how many (100 by default). The chat model is the tiny test
+//! model (the streaming machinery under load, in CI's time on 2 cores); with
+//! `DEEP_RECALL_LOAD_MODEL=packaged` it is the packaged SmolLM2 (`scripts/soak.sh`, for the
+//! time-to-first-token figures).
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -19,10 +22,19 @@ fn streams() -> usize {
 #[tokio::test(flavor = "multi_thread")]
 async fn many_chat_streams_at_once_and_isolation_under_load() {
     let store = Store::embedded();
+    let models = tempfile::tempdir().unwrap();
+    let packaged = std::env::var("DEEP_RECALL_LOAD_MODEL").is_ok_and(|m| m == "packaged");
+    let tiny = recall_core::testing::tiny::write_gguf(models.path(), "llama", "llama");
+    let model_env = if packaged {
+        ("DEEP_RECALL__CHAT__MAX_SEQUENCES", "8")
+    } else {
+        ("DEEP_RECALL__CHAT__MODEL", tiny.to_str().unwrap())
+    };
     let server = Server::start(
         &store,
         &[],
         &[
+            model_env,
             ("DEEP_RECALL__CHAT__SUMMARY_TRIGGER_MESSAGES", "0"),
             ("DEEP_RECALL__CHAT__QUEUE_CAPACITY", "256"),
         ],
