@@ -236,6 +236,9 @@ fn main() {
     println!("| forward | p50 (ms) | p95 (ms) |");
     println!("|---|---:|---:|");
     for (name, m) in [("ours", &model), ("candle-transformers", &candle)] {
+        if name != "ours" && arg_flag("--profile-ours") {
+            continue;
+        }
         m.embed(&[questions[0].as_str()]).unwrap();
         let mut times: Vec<f64> = questions
             .iter()
