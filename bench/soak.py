@@ -4,10 +4,11 @@ while, through the Python client, with the server's resident memory sampled ever
     python bench/soak.py URL SERVER_PID [--minutes 10] [--workers 4]
 
 Each worker is a user of its own that, in a loop, stores messages, searches, deletes an old
-session (so that the data stays the same size and a growing RSS means a leak) and now and then
-chats a short answer; a checker user searches at the same time and must never see another
+session and now and then chats a short answer in one of three chat sessions, deleting the
+oldest (so that the data stays the same size and a growing RSS means a leak); a checker user searches at the same time and must never see another
 user's words. Prints the RSS samples, the requests done by kind, errors by code, leaks found,
-and the RSS growth (the last minute's mean against the second minute's) as one JSON object.
+and the RSS growth after warm-up (the last minute's mean against that of the minute ending
+half-way) as one JSON object.
 """
 
 from __future__ import annotations
@@ -67,8 +68,12 @@ def main() -> None:
                     client.delete_session(f"s{(i + 10) % 20}")
                     kinds.append("delete")
                 if i % 10 == 0:
+                    # Chat sessions rotate too: of three, the one used two chats ago goes.
+                    turn = i // 10
+                    if turn >= 3:
+                        client.delete_session(f"chat{(turn + 1) % 3}")
                     chunks = client.chat(
-                        f"chat{i % 3}", "What did I plant?", max_tokens=8
+                        f"chat{turn % 3}", "What did I plant?", max_tokens=8
                     )
                     if any(isinstance(c, ChatDelta) for c in list(chunks)):
                         kinds.append("chat")
@@ -110,15 +115,17 @@ def main() -> None:
         time.sleep(10)
     for t in threads:
         t.join()
-    second = [r for s, r in samples if 60 <= s < 120] or [samples[0][1]]
-    last = [r for s, r in samples if s >= samples[-1][0] - 60] or [samples[-1][1]]
+    # Growth after warm-up: the last minute against the minute that ends half-way.
+    end = samples[-1][0]
+    middle = [r for s, r in samples if end / 2 - 60 < s <= end / 2] or [samples[0][1]]
+    last = [r for s, r in samples if s > end - 60] or [samples[-1][1]]
     print(
         json.dumps(
             {
                 "minutes": args.minutes,
                 "rss_mib": samples,
                 "rss_growth_mib": round(
-                    statistics.mean(last) - statistics.mean(second), 1
+                    statistics.mean(last) - statistics.mean(middle), 1
                 ),
                 "done": dict(done),
                 "errors": dict(errors),
