@@ -2,8 +2,9 @@
 //!
 //! Each sample's conversation is ingested as one user (every turn a message, stamped with its
 //! session's date), each question with evidence is asked, and the ranks of the evidence turns
-//! give recall@k (share of evidence turns in the top k), hit@k (any evidence turn in the top k)
-//! and MRR (reciprocal rank of the first evidence turn), overall and per category.
+//! give recall@k (share of evidence turns in the top k), hit@k (any evidence turn in the top k),
+//! nDCG@k (evidence turns as relevant, binary gains) and MRR (reciprocal rank of the first
+//! evidence turn), overall and per category.
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Duration, NaiveDateTime, Utc};
@@ -202,7 +203,23 @@ struct Totals {
     questions: usize,
     recall: BTreeMap<usize, f64>,
     hit: BTreeMap<usize, f64>,
+    ndcg: BTreeMap<usize, f64>,
     rr: f64,
+}
+
+/// nDCG@k with binary gains: `Σ 1/log2(rank + 1)` over the evidence in the top k, over the
+/// same sum for a ranking with all the evidence first.
+fn ndcg(k: usize, ranked: &[String], evidence: &[String]) -> f64 {
+    let gain = |rank: usize| 1.0 / ((rank + 1) as f64).log2();
+    let dcg: f64 = ranked
+        .iter()
+        .take(k)
+        .enumerate()
+        .filter(|(_, r)| evidence.contains(r))
+        .map(|(i, _)| gain(i + 1))
+        .sum();
+    let ideal: f64 = (1..=k.min(evidence.len())).map(gain).sum();
+    if ideal > 0.0 { dcg / ideal } else { 0.0 }
 }
 
 impl Totals {
@@ -213,6 +230,7 @@ impl Totals {
             let found = evidence.iter().filter(|e| top.contains(e)).count();
             *self.recall.entry(k).or_default() += found as f64 / evidence.len() as f64;
             *self.hit.entry(k).or_default() += if found > 0 { 1.0 } else { 0.0 };
+            *self.ndcg.entry(k).or_default() += ndcg(k, ranked, evidence);
         }
         if let Some(pos) = ranked.iter().position(|r| evidence.contains(r)) {
             self.rr += 1.0 / (pos + 1) as f64;
@@ -228,6 +246,9 @@ impl Totals {
         for (k, v) in &self.hit {
             m.insert(format!("hit@{k}"), json!(v / n));
         }
+        for (k, v) in &self.ndcg {
+            m.insert(format!("ndcg@{k}"), json!(v / n));
+        }
         m.insert("mrr".into(), json!(self.rr / n));
         m.insert("questions".into(), json!(self.questions));
         Value::Object(m)
@@ -242,10 +263,13 @@ async fn rank_sample(
     questions: &[Question],
     by_message: &HashMap<i64, String>,
     options: &RetrieveOptions,
+    latencies: &mut Vec<f64>,
 ) -> Result<Vec<Vec<String>>> {
     let mut out = Vec::with_capacity(questions.len());
     for q in questions {
+        let started = std::time::Instant::now();
         let hits = engine.retrieve(user, &q.question, options).await?;
+        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
         let mut ranked: Vec<String> = Vec::with_capacity(hits.len());
         for h in hits {
             if let Some(d) = h.memory.message_id.and_then(|id| by_message.get(&id))
@@ -296,49 +320,108 @@ pub async fn ingest_sample(engine: &Engine, user: &str, sample: &Sample) -> Resu
     })
 }
 
-/// Evaluates already ingested samples with one set of retrieval options. `ks` are the cut-offs
-/// (the options' `top_k` is raised to the largest). Returns the report:
-/// `{"questions", "overall": {...}, "by_category": {"1": {...}, ...}}`.
+/// What [`evaluate`] measures.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// The cut-offs (the retrieval's `top_k` is raised to the largest).
+    pub ks: Vec<usize>,
+    /// Only questions of these categories (all when empty).
+    pub categories: Vec<String>,
+    /// Add each question's ranked turn ids and evidence ranks to the report (`details`).
+    pub details: bool,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        Self {
+            ks: vec![1, 5, 10],
+            categories: vec![],
+            details: false,
+        }
+    }
+}
+
+/// Evaluates already ingested samples with one set of retrieval options. Returns the report:
+/// `{"questions", "overall": {...}, "by_category": {"1": {...}, ...}, "search_ms": {"p50",
+/// "p95"}}` (plus `details`, one entry per question, when asked for). The latencies are of
+/// whole retrievals, query embedding included.
 pub async fn evaluate(
     engine: &Engine,
     samples: &[(Sample, Ingested)],
-    ks: &[usize],
+    eval: &EvalOptions,
     options: &RetrieveOptions,
 ) -> Result<Value> {
+    let ks = &eval.ks;
     let max_k = ks.iter().copied().max().unwrap_or(10);
     let mut overall = Totals::default();
     let mut by_category: BTreeMap<String, Totals> = BTreeMap::new();
+    let mut details = Vec::new();
+    let mut latencies = Vec::new();
     for (sample, ingested) in samples {
         let opts = RetrieveOptions {
             top_k: max_k,
             now: options.now.or(ingested.end.map(|e| e + Duration::days(1))),
             ..options.clone()
         };
+        let questions: Vec<Question> = sample
+            .questions
+            .iter()
+            .filter(|q| eval.categories.is_empty() || eval.categories.contains(&q.category))
+            .cloned()
+            .collect();
         let ranked = rank_sample(
             engine,
             &ingested.user,
-            &sample.questions,
+            &questions,
             &ingested.by_message,
             &opts,
+            &mut latencies,
         )
         .await?;
-        for (q, r) in sample.questions.iter().zip(&ranked) {
+        for (q, r) in questions.iter().zip(&ranked) {
             overall.add(ks, r, &q.evidence);
             by_category
                 .entry(q.category.clone())
                 .or_default()
                 .add(ks, r, &q.evidence);
+            if eval.details {
+                let ranks: Vec<Option<usize>> = q
+                    .evidence
+                    .iter()
+                    .map(|e| r.iter().position(|x| x == e).map(|p| p + 1))
+                    .collect();
+                details.push(json!({
+                    "sample": sample.id,
+                    "category": q.category,
+                    "question": q.question,
+                    "evidence": q.evidence,
+                    "evidence_ranks": ranks,
+                    "ranked": r,
+                }));
+            }
         }
     }
     let mut cats = Map::new();
     for (c, t) in &by_category {
         cats.insert(c.clone(), t.report());
     }
-    Ok(json!({
+    latencies.sort_by(f64::total_cmp);
+    let quantile = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let mut report = json!({
         "questions": overall.questions,
         "overall": overall.report(),
         "by_category": cats,
-    }))
+        "search_ms": {"p50": quantile(0.5), "p95": quantile(0.95)},
+    });
+    if eval.details {
+        report["details"] = Value::Array(details);
+    }
+    Ok(report)
 }
 
 #[cfg(test)]
@@ -375,6 +458,11 @@ mod tests {
         assert_eq!(r["hit@1"], 0.5);
         assert_eq!(r["hit@3"], 1.0);
         assert!((r["mrr"].as_f64().unwrap() - (1.0 / 3.0 + 1.0) / 2.0).abs() < 1e-12);
+        // nDCG@3: "c" at rank 3 of an ideal with one of two found at rank 1..2: (1/log2 4) /
+        // (1 + 1/log2 3); "a" at rank 1 is ideal.
+        let first = 0.5 / (1.0 + 1.0 / 3f64.log2());
+        assert!((r["ndcg@3"].as_f64().unwrap() - (first + 1.0) / 2.0).abs() < 1e-12);
+        assert_eq!(r["ndcg@1"], 0.5);
     }
 
     #[test]

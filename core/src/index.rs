@@ -116,7 +116,8 @@ impl MemoryIndex {
 
     /// The user's memories that matter for `query` (its text and its vector), best first,
     /// ranked as the engine ranks (`options`; its filter does not apply: the index keeps no
-    /// sessions; `now` for recency).
+    /// sessions, and a user's memories in time order are one conversation for the
+    /// neighbourhood; `now` for recency and for the time the query names).
     pub fn search(
         &self,
         user: &str,
@@ -160,18 +161,84 @@ impl MemoryIndex {
                 .collect()
         };
         let mut candidates = retrieval::merge(vector_hits, text_hits);
+        let cues = retrieval::QueryCues {
+            emotion: (cfg.emotion_weight > 0.0).then(|| LexiconDetector.score(query)),
+            ..retrieval::QueryCues::read(query, now, cfg)
+        };
+        // As the engine does: a query that names a time also searches inside it.
+        for w in &cues.windows {
+            let inside = |id: i64| w.contains(u.memories[&id].0.created_at);
+            if mode != SearchMode::Vector {
+                let hits = u.lexical.search(&query_terms(query), n, inside);
+                retrieval::add_candidates(
+                    &mut candidates,
+                    hits.into_iter()
+                        .map(|(id, s)| (u.memories[&id].0.clone(), None, Some(s as f32))),
+                );
+            }
+            if mode != SearchMode::Text {
+                let mut scored: Vec<(i64, f32)> = u
+                    .memories
+                    .iter()
+                    .filter(|(id, _)| inside(**id))
+                    .map(|(id, (_, v))| (*id, cosine(query_vector, v)))
+                    .collect();
+                scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                scored.truncate(n);
+                retrieval::add_candidates(
+                    &mut candidates,
+                    scored
+                        .into_iter()
+                        .map(|(id, s)| (u.memories[&id].0.clone(), Some(s), None)),
+                );
+            }
+        }
         for c in candidates.iter_mut() {
             c.vector = Some(u.memories[&c.memory.id].1.clone());
         }
-        let query_emotion = (cfg.emotion_weight > 0.0).then(|| LexiconDetector.score(query));
-        retrieval::score(
-            &mut candidates,
-            Some(query_vector),
-            mode,
-            cfg,
-            now,
-            query_emotion,
-        );
+        retrieval::score(&mut candidates, Some(query_vector), mode, cfg, now, &cues);
+        // The neighbourhood: the index keeps one conversation per user, in time order.
+        if cfg.uses_neighbours() && !candidates.is_empty() {
+            retrieval::sort(&mut candidates);
+            let mut order: Vec<(DateTime<Utc>, i64)> = u
+                .memories
+                .values()
+                .map(|(m, _)| (m.created_at, m.id))
+                .collect();
+            order.sort();
+            let position: HashMap<i64, usize> = order
+                .iter()
+                .enumerate()
+                .map(|(i, (_, id))| (*id, i))
+                .collect();
+            let mut links = Vec::new();
+            for c in candidates.iter().take(retrieval::NEIGHBOURHOOD_CENTRES) {
+                let at = position[&c.memory.id];
+                let from = at.saturating_sub(cfg.neighbours);
+                let to = (at + cfg.neighbours).min(order.len() - 1);
+                for (_, id) in &order[from..=to] {
+                    if *id != c.memory.id {
+                        links.push((c.memory.id, *id));
+                    }
+                }
+            }
+            let before = candidates.len();
+            retrieval::add_candidates(
+                &mut candidates,
+                links
+                    .iter()
+                    .map(|(_, id)| (u.memories[id].0.clone(), None, None)),
+            );
+            for c in candidates[before..].iter_mut() {
+                let v = &u.memories[&c.memory.id].1;
+                if mode != SearchMode::Text {
+                    c.signals.similarity = Some(cosine(query_vector, v));
+                }
+                c.vector = Some(v.clone());
+            }
+            retrieval::score(&mut candidates, Some(query_vector), mode, cfg, now, &cues);
+            retrieval::apply_neighbours(&mut candidates, &links, cfg.neighbour_weight);
+        }
         Ok(retrieval::finish(candidates, options.top_k, cfg))
     }
 

@@ -70,6 +70,7 @@ pub mod store;
 pub mod testing;
 pub mod text;
 pub mod types;
+pub mod when;
 
 pub use embed::Embedder;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]

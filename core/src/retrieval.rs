@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::emotion::{Emotion, EmotionScore, emotion_match};
 use crate::error::{Error, Result};
 use crate::types::{Filter, Memory, Retrieved, Signals};
+use crate::when::TimeWindow;
 
 /// Metadata key under which the emotion detector's confidence is stored on a memory.
 pub const EMOTION_CONFIDENCE_KEY: &str = "emotion_confidence";
@@ -94,9 +95,12 @@ impl Default for Fusion {
 ///
 /// The final score is
 /// `relevance + recency_weight · recency + importance_weight · importance + emotion_weight ·
-/// emotion_match`, where relevance comes from the mode (similarity, BM25 share, or fusion),
-/// recency is `0.5^(age / half-life)`, and all three extra signals are in [0, 1]. A cross-encoder, when configured, then blends its probability into the top
-/// candidates; MMR picks the final order.
+/// emotion_match + time_weight · time + entity_weight · entity + neighbour_weight ·
+/// neighbour`, where relevance comes from the mode (similarity, BM25 share, or fusion),
+/// recency is `0.5^(age / half-life)`, and the other signals are in [0, 1] (see
+/// [`Signals`]). A cross-encoder, when configured, then blends its probability into the top
+/// candidates; MMR picks the final order. The defaults of the time, entity and
+/// neighbourhood signals come from the LoCoMo dev set (docs/benchmarks.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RankingConfig {
@@ -121,7 +125,27 @@ pub struct RankingConfig {
     pub cross_encoder_top_n: usize,
     /// Weight of the cross-encoder's probability against the score so far, in [0, 1].
     pub cross_encoder_weight: f32,
+    /// Weight of the time signal: the query names a window of time ("in May 2023", "last
+    /// week") and the memory was written in it. Such a query also searches inside its
+    /// windows for candidates.
+    pub time_weight: f32,
+    /// Weight of the entity signal: the share of the query's names and quoted phrases that
+    /// the memory mentions.
+    pub entity_weight: f32,
+    /// Turns on each side of the best candidates read as their neighbourhood (0 to
+    /// [`MAX_NEIGHBOURS`]): the neighbours join the candidates, and each candidate's score
+    /// gains `neighbour_weight` × the best relevance next to it (a question often names
+    /// the turn before its answer).
+    pub neighbours: usize,
+    /// Weight of the neighbourhood signal.
+    pub neighbour_weight: f32,
 }
+
+/// The widest neighbourhood (turns on each side).
+pub const MAX_NEIGHBOURS: usize = 5;
+
+/// How many of the best candidates have their neighbourhood read.
+pub const NEIGHBOURHOOD_CENTRES: usize = 20;
 
 impl Default for RankingConfig {
     fn default() -> Self {
@@ -136,6 +160,10 @@ impl Default for RankingConfig {
             min_score: None,
             cross_encoder_top_n: 20,
             cross_encoder_weight: 0.5,
+            time_weight: 0.2,
+            entity_weight: 0.05,
+            neighbours: 2,
+            neighbour_weight: 0.5,
         }
     }
 }
@@ -151,7 +179,8 @@ impl RankingConfig {
         }
     }
 
-    /// Relevance only: no recency, importance, emotion, MMR or cross-encoder.
+    /// Relevance only: no recency, importance, emotion, time, entities, neighbourhood, MMR
+    /// or cross-encoder.
     pub fn plain() -> Self {
         Self {
             recency_weight: 0.0,
@@ -159,8 +188,17 @@ impl RankingConfig {
             emotion_weight: 0.0,
             mmr_lambda: None,
             cross_encoder_weight: 0.0,
+            time_weight: 0.0,
+            entity_weight: 0.0,
+            neighbours: 0,
+            neighbour_weight: 0.0,
             ..Self::default()
         }
+    }
+
+    /// Whether the neighbourhood is read.
+    pub fn uses_neighbours(&self) -> bool {
+        self.neighbours > 0 && self.neighbour_weight > 0.0
     }
 
     /// Checks ranges.
@@ -171,6 +209,9 @@ impl RankingConfig {
             self.importance_weight,
             self.emotion_weight,
             self.cross_encoder_weight,
+            self.time_weight,
+            self.entity_weight,
+            self.neighbour_weight,
         ];
         if finite.iter().any(|x| !x.is_finite() || *x < 0.0) {
             return Err(Error::invalid(
@@ -179,6 +220,11 @@ impl RankingConfig {
         }
         if self.candidates == 0 {
             return Err(Error::invalid("candidates must be at least 1"));
+        }
+        if self.neighbours > MAX_NEIGHBOURS {
+            return Err(Error::invalid(format!(
+                "neighbours must be at most {MAX_NEIGHBOURS}"
+            )));
         }
         if self.recency_half_life_days == 0.0 && self.recency_weight > 0.0 {
             return Err(Error::invalid("recency half-life must be positive"));
@@ -302,6 +348,42 @@ pub fn merge(vector: Vec<(Memory, f32)>, text: Vec<(Memory, f32)>) -> Vec<Candid
     out
 }
 
+/// Adds memories found another way (inside a time window, next to a hit) as candidates with
+/// what is known of them, `(memory, similarity, bm25)`; for those already present, only what
+/// they lacked is filled in.
+pub fn add_candidates(
+    candidates: &mut Vec<Candidate>,
+    found: impl IntoIterator<Item = (Memory, Option<f32>, Option<f32>)>,
+) {
+    let mut at: HashMap<i64, usize> = candidates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.memory.id, i))
+        .collect();
+    for (memory, similarity, bm25) in found {
+        match at.get(&memory.id) {
+            Some(&i) => {
+                let s = &mut candidates[i].signals;
+                s.similarity = s.similarity.or(similarity);
+                s.bm25 = s.bm25.or(bm25);
+            }
+            None => {
+                at.insert(memory.id, candidates.len());
+                candidates.push(Candidate {
+                    memory,
+                    vector: None,
+                    signals: Signals {
+                        similarity,
+                        bm25,
+                        ..Signals::default()
+                    },
+                    score: 0.0,
+                });
+            }
+        }
+    }
+}
+
 /// Sets every candidate's relevance (and score) from the mode and fusion.
 pub fn relevance(candidates: &mut [Candidate], mode: SearchMode, fusion: Fusion) {
     let max_bm25 = candidates
@@ -342,13 +424,44 @@ pub fn memory_emotion(m: &Memory) -> Option<(Emotion, f32)> {
     Some((e, c))
 }
 
-/// Adds recency, importance and emotional match to every candidate's score.
+/// What a query says beyond its words: the windows of time and the names it mentions.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueryCues {
+    /// Windows of time ([`crate::when::windows`]).
+    pub windows: Vec<TimeWindow>,
+    /// Names and quoted phrases ([`crate::text::query_entities`]).
+    pub entities: Vec<String>,
+    /// The query's emotion, when the emotion signal is on.
+    pub emotion: Option<EmotionScore>,
+}
+
+impl QueryCues {
+    /// Reads the cues the configuration uses (the others stay empty).
+    pub fn read(query: &str, now: DateTime<Utc>, config: &RankingConfig) -> Self {
+        Self {
+            windows: if config.time_weight > 0.0 {
+                crate::when::windows(query, now)
+            } else {
+                vec![]
+            },
+            entities: if config.entity_weight > 0.0 {
+                crate::text::query_entities(query)
+            } else {
+                vec![]
+            },
+            emotion: None,
+        }
+    }
+}
+
+/// Adds recency, importance, emotional match, time and entities to every candidate's score.
 pub fn apply_signals(
     candidates: &mut [Candidate],
     config: &RankingConfig,
     now: DateTime<Utc>,
-    query_emotion: Option<EmotionScore>,
+    cues: &QueryCues,
 ) {
+    let query_emotion = cues.emotion;
     for c in candidates.iter_mut() {
         let age_days = (now - c.memory.created_at).num_seconds().max(0) as f32 / 86_400.0;
         c.signals.recency = if config.recency_half_life_days > 0.0 {
@@ -360,10 +473,42 @@ pub fn apply_signals(
         c.signals.emotion = query_emotion
             .map(|q| emotion_match(q, memory_emotion(&c.memory)))
             .unwrap_or(0.0);
+        c.signals.time = if cues.windows.iter().any(|w| w.contains(c.memory.created_at)) {
+            1.0
+        } else {
+            0.0
+        };
+        c.signals.entity = crate::text::entity_share(&cues.entities, &c.memory.content);
         c.score = c.signals.relevance
             + config.recency_weight * c.signals.recency
             + config.importance_weight * c.signals.importance
-            + config.emotion_weight * c.signals.emotion;
+            + config.emotion_weight * c.signals.emotion
+            + config.time_weight * c.signals.time
+            + config.entity_weight * c.signals.entity;
+    }
+}
+
+/// The neighbourhood signal: for each link `(a, b)` between two candidates that are next to
+/// each other in a session, each gets the other's relevance when it is the best next to it;
+/// its score gains `weight` × that. Links to memories that are not candidates are ignored.
+pub fn apply_neighbours(candidates: &mut [Candidate], links: &[(i64, i64)], weight: f32) {
+    let at: HashMap<i64, usize> = candidates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.memory.id, i))
+        .collect();
+    let mut best = vec![0f32; candidates.len()];
+    for (a, b) in links {
+        if let (Some(&i), Some(&j)) = (at.get(a), at.get(b))
+            && i != j
+        {
+            best[i] = best[i].max(candidates[j].signals.relevance);
+            best[j] = best[j].max(candidates[i].signals.relevance);
+        }
+    }
+    for (c, b) in candidates.iter_mut().zip(best) {
+        c.signals.neighbour = b;
+        c.score += weight * b;
     }
 }
 
@@ -377,7 +522,7 @@ pub fn score(
     mode: SearchMode,
     config: &RankingConfig,
     now: DateTime<Utc>,
-    query_emotion: Option<EmotionScore>,
+    cues: &QueryCues,
 ) {
     if let Some(q) = query_vector {
         for c in candidates.iter_mut() {
@@ -389,7 +534,7 @@ pub fn score(
         }
     }
     relevance(candidates, mode, config.fusion);
-    apply_signals(candidates, config, now, query_emotion);
+    apply_signals(candidates, config, now, cues);
 }
 
 /// Whether ranking with `config` in `mode` needs the candidates' stored vectors (for MMR, or
@@ -593,7 +738,11 @@ mod tests {
     ) -> Vec<i64> {
         let mut c = c;
         relevance(&mut c, SearchMode::Vector, Fusion::default());
-        apply_signals(&mut c, config, now(), emotion);
+        let cues = QueryCues {
+            emotion,
+            ..QueryCues::default()
+        };
+        apply_signals(&mut c, config, now(), &cues);
         ids(&finish(c, 10, config))
     }
 
@@ -618,7 +767,12 @@ mod tests {
     fn recency_halves_every_half_life() {
         let mut c = merge(vec![(memory(1, 30, 0.5, None), 0.5)], vec![]);
         relevance(&mut c, SearchMode::Vector, Fusion::default());
-        apply_signals(&mut c, &RankingConfig::default(), now(), None);
+        apply_signals(
+            &mut c,
+            &RankingConfig::default(),
+            now(),
+            &QueryCues::default(),
+        );
         assert!(
             (c[0].signals.recency - 0.5).abs() < 0.01,
             "{}",
@@ -747,5 +901,72 @@ mod tests {
         }
         assert_eq!("hybrid".parse::<SearchMode>().unwrap(), SearchMode::Hybrid);
         assert!("fuzzy".parse::<SearchMode>().is_err());
+    }
+
+    #[test]
+    fn neighbours_lend_their_relevance_both_ways() {
+        let m = |id| memory(id, 0, 0.5, None);
+        let mut c = merge(vec![(m(1), 0.9), (m(2), 0.2), (m(3), 0.5)], vec![]);
+        add_candidates(
+            &mut c,
+            [(m(4), Some(0.1), None), (m(1), Some(0.0), Some(2.0))],
+        );
+        assert_eq!(c.len(), 4, "a memory already present is not added twice");
+        assert_eq!(c[0].signals.similarity, Some(0.9), "what was known stays");
+        assert_eq!(
+            c[0].signals.bm25,
+            Some(2.0),
+            "what was missing is filled in"
+        );
+        c[0].signals.bm25 = None;
+        relevance(&mut c, SearchMode::Vector, Fusion::default());
+        // 1–2 are next to each other, and 2–4; 3 has a neighbour that is not a candidate.
+        apply_neighbours(&mut c, &[(1, 2), (2, 4), (3, 99)], 0.5);
+        let n: Vec<f32> = c.iter().map(|c| c.signals.neighbour).collect();
+        assert_eq!(n, vec![0.2, 0.9, 0.0, 0.2]);
+        let out = finish(c, 4, &RankingConfig::plain());
+        // 2: 0.2 + 0.45 = 0.65 now beats 3 (0.5).
+        assert_eq!(ids(&out), vec![1, 2, 3, 4]);
+        assert!((out[1].score - 0.65).abs() < 1e-6);
+    }
+
+    #[test]
+    fn time_and_entity_signals() {
+        let m = memory(1, 3, 0.5, None);
+        let at = m.created_at;
+        let mut c = merge(vec![(m, 0.5)], vec![]);
+        relevance(&mut c, SearchMode::Vector, Fusion::default());
+        let cues = QueryCues {
+            windows: vec![TimeWindow {
+                since: at - chrono::Duration::days(1),
+                until: at + chrono::Duration::days(1),
+            }],
+            entities: vec!["memory".into(), "zeta".into()],
+            emotion: None,
+        };
+        let config = RankingConfig {
+            time_weight: 0.2,
+            entity_weight: 0.1,
+            ..RankingConfig::plain()
+        };
+        apply_signals(&mut c, &config, now(), &cues);
+        assert_eq!((c[0].signals.time, c[0].signals.entity), (1.0, 0.5));
+        assert!((c[0].score - (0.5 + 0.2 + 0.05)).abs() < 1e-6);
+        // Plain ranking reads no cues.
+        let none = QueryCues::read(
+            "what did Zeta say on 1 May 2023?",
+            now(),
+            &RankingConfig::plain(),
+        );
+        assert_eq!(none, QueryCues::default());
+        let some = QueryCues::read(
+            "what did Zeta say on 1 May 2023?",
+            now(),
+            &RankingConfig::default(),
+        );
+        assert_eq!(
+            (some.windows.len(), some.entities),
+            (1, vec!["zeta".to_owned()])
+        );
     }
 }

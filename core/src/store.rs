@@ -175,6 +175,14 @@ macro_rules! delegate_store {
             ) -> $crate::error::Result<std::collections::HashMap<i64, Vec<f32>>> {
                 self.inner.vectors(user, model, ids).await
             }
+            async fn neighbours(
+                &self,
+                user: &str,
+                ids: &[i64],
+                radius: usize,
+            ) -> $crate::error::Result<Vec<(i64, $crate::types::Memory)>> {
+                self.inner.neighbours(user, ids, radius).await
+            }
             async fn add_summary(
                 &self,
                 user: &str,
@@ -345,6 +353,17 @@ pub trait MemoryStore: Send + Sync {
         model: &str,
         ids: &[i64],
     ) -> Result<std::collections::HashMap<i64, Vec<f32>>>;
+
+    /// For each of the user's message memories `ids`, the message memories up to `radius`
+    /// (at most 5) places before and after it in its session, in conversation order, as
+    /// `(id, neighbour)` pairs: the turns around a hit. Ids that are not the user's, or not
+    /// part of a session's messages, have none.
+    async fn neighbours(
+        &self,
+        user: &str,
+        ids: &[i64],
+        radius: usize,
+    ) -> Result<Vec<(i64, Memory)>>;
 
     /// Stores a summary of a session and its searchable memory, and moves the session's
     /// `summarized_through` to the summary's last message. `None` (nothing written) when the

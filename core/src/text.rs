@@ -328,6 +328,103 @@ impl Bm25Index {
     }
 }
 
+/// Capitalised words that are not names even where they do not start a sentence (months and
+/// days are time, which [`crate::when`] reads).
+const NOT_NAMES: &[&str] = &[
+    "i",
+    "i'm",
+    "i've",
+    "i'll",
+    "i'd",
+    "ok",
+    "okay",
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+];
+
+/// The most entities taken from one query.
+pub const MAX_QUERY_ENTITIES: usize = 8;
+
+/// The names and quoted phrases of a query, lowercased, in first-seen order (at most
+/// [`MAX_QUERY_ENTITIES`]): capitalised words that do not start a sentence and are not stop
+/// words ("What did *Nate* cook for *Joanna*?", possessives stripped), and phrases in double
+/// quotes ("the song \"The Four Seasons\"").
+pub fn query_entities(query: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let push = |e: String, out: &mut Vec<String>| {
+        if !e.is_empty() && !out.contains(&e) && out.len() < MAX_QUERY_ENTITIES {
+            out.push(e);
+        }
+    };
+    // Quoted phrases (straight or curly quotes).
+    let quotes = |c: char| matches!(c, '"' | '\u{201c}' | '\u{201d}');
+    for (i, part) in query.split(quotes).enumerate() {
+        if i % 2 == 1 && !part.trim().is_empty() && i < query.split(quotes).count() - 1 {
+            push(part.trim().to_lowercase(), &mut out);
+        }
+    }
+    let mut sentence_start = true;
+    for raw in query.split_whitespace() {
+        let word = raw.trim_matches(|c: char| !c.is_alphanumeric() && c != '\'');
+        let word = word
+            .strip_suffix("'s")
+            .or_else(|| word.strip_suffix("\u{2019}s"))
+            .unwrap_or(word)
+            .trim_matches('\'');
+        let capitalised = word.chars().next().is_some_and(char::is_uppercase);
+        let lower = word.to_lowercase();
+        if capitalised
+            && !sentence_start
+            && !is_stop_word(&lower)
+            && !NOT_NAMES.contains(&lower.as_str())
+        {
+            push(lower, &mut out);
+        }
+        sentence_start = raw.ends_with(['.', '?', '!', ':']) || word.is_empty() && sentence_start;
+    }
+    out
+}
+
+/// The share of `entities` (from [`query_entities`]) that `content` mentions: a phrase
+/// anywhere, a name as a whole word (case-insensitive).
+pub fn entity_share(entities: &[String], content: &str) -> f32 {
+    if entities.is_empty() {
+        return 0.0;
+    }
+    let lower = content.to_lowercase();
+    let words = lower_words(&lower);
+    let found = entities
+        .iter()
+        .filter(|e| {
+            if e.contains(' ') {
+                lower.contains(e.as_str())
+            } else {
+                words
+                    .iter()
+                    .any(|w| w == e || w.strip_suffix("'s") == Some(e.as_str()))
+            }
+        })
+        .count();
+    found as f32 / entities.len() as f32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -453,5 +550,35 @@ mod tests {
             let few = index.search(&q, 2, |id| id % 2 == 0);
             proptest::prop_assert!(few.len() <= 2 && few.iter().all(|(id, _)| id % 2 == 0));
         }
+    }
+
+    #[test]
+    fn entities_of_a_query() {
+        assert_eq!(
+            query_entities("What did Nate do for Joanna on 25 May, 2022?"),
+            vec!["nate", "joanna"]
+        );
+        assert_eq!(
+            query_entities("Would Melanie likely enjoy the song \"The Four Seasons\" by Vivaldi?"),
+            vec!["the four seasons", "melanie", "four", "seasons", "vivaldi"]
+        );
+        assert_eq!(
+            query_entities("What's Nate's favourite dish?"),
+            vec!["nate"]
+        );
+        // Sentence starts and stop words are not names; an unclosed quote is no phrase.
+        assert!(query_entities("Where do I live? Tell me. The \"thing").is_empty());
+        assert!(query_entities("").is_empty());
+    }
+
+    #[test]
+    fn entity_share_counts_whole_words() {
+        let e = query_entities("Did Nate cook for Joanna?");
+        assert_eq!(entity_share(&e, "Nate: I made Joanna's cake"), 1.0);
+        assert_eq!(entity_share(&e, "Nate: I made a cake"), 0.5);
+        assert_eq!(entity_share(&e, "Natey said hi"), 0.0);
+        assert_eq!(entity_share(&[], "anything"), 0.0);
+        let q = query_entities("the song \"Four Seasons\"");
+        assert_eq!(entity_share(&q, "I love the four seasons by Vivaldi"), 1.0);
     }
 }

@@ -454,6 +454,32 @@ pub struct Filter {
     pub until: Option<DateTime<Utc>>,
 }
 
+impl Filter {
+    /// Whether a memory passes the filter (the rule the stores apply in SQL, for memories
+    /// reached another way, such as a hit's neighbours).
+    pub fn matches(&self, m: &Memory) -> bool {
+        self.session
+            .as_ref()
+            .is_none_or(|s| m.session.as_ref() == Some(s))
+            && (self.kinds.is_empty() || self.kinds.contains(&m.kind))
+            && (self.roles.is_empty() || m.role.is_some_and(|r| self.roles.contains(&r)))
+            && self.tags.iter().all(|t| m.tags.contains(t))
+            && self.since.is_none_or(|t| m.created_at >= t)
+            && self.until.is_none_or(|t| m.created_at < t)
+    }
+
+    /// The filter narrowed to `[since, until)` as well; `None` when nothing can pass.
+    pub fn within(&self, since: DateTime<Utc>, until: DateTime<Utc>) -> Option<Filter> {
+        let since = self.since.map_or(since, |s| s.max(since));
+        let until = self.until.map_or(until, |u| u.min(until));
+        (since < until).then(|| Filter {
+            since: Some(since),
+            until: Some(until),
+            ..self.clone()
+        })
+    }
+}
+
 /// A nearest-neighbour query over one user's memories.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VectorQuery {
@@ -693,6 +719,16 @@ pub struct Signals {
     pub importance: f32,
     /// Emotional match with the query.
     pub emotion: f32,
+    /// 1 when the memory falls in a time window the query names ("in May 2023", "last
+    /// week"), else 0.
+    #[serde(default)]
+    pub time: f32,
+    /// Share of the names and quoted phrases of the query that the memory mentions.
+    #[serde(default)]
+    pub entity: f32,
+    /// The best relevance among the turns next to it in its session.
+    #[serde(default)]
+    pub neighbour: f32,
     /// The cross-encoder's probability, when it scored this memory.
     pub cross_encoder: Option<f32>,
 }

@@ -143,6 +143,59 @@ impl Engine {
                 .collect(),
             text_hits.into_iter().map(|h| (h.memory, h.score)).collect(),
         );
+        let query_emotion = if cfg.emotion_weight > 0.0 {
+            self.emotion.detect(&[query]).await?.pop()
+        } else {
+            None
+        };
+        let cues = retrieval::QueryCues {
+            emotion: query_emotion,
+            ..retrieval::QueryCues::read(query, now, cfg)
+        };
+        // A query that names a time also searches inside it: the memories of that day or
+        // month can be far down an unfiltered list.
+        for w in &cues.windows {
+            let Some(filter) = options.filter.within(w.since, w.until) else {
+                continue;
+            };
+            if mode != SearchMode::Vector {
+                let hits = self
+                    .store
+                    .text_search(
+                        user,
+                        &TextQuery {
+                            text: query.to_owned(),
+                            top_k: n,
+                            filter: filter.clone(),
+                        },
+                    )
+                    .await?;
+                retrieval::add_candidates(
+                    &mut candidates,
+                    hits.into_iter().map(|h| (h.memory, None, Some(h.score))),
+                );
+            }
+            if let Some(v) = &query_vector {
+                let hits = self
+                    .store
+                    .search(
+                        user,
+                        &VectorQuery {
+                            embedding: self.embedding(v.clone()),
+                            top_k: n,
+                            min_score: None,
+                            filter,
+                            cursor: None,
+                        },
+                    )
+                    .await?
+                    .hits;
+                retrieval::add_candidates(
+                    &mut candidates,
+                    hits.into_iter().map(|h| (h.memory, Some(h.score), None)),
+                );
+            }
+        }
         // Stored vectors: for the similarity of text-only candidates, and for MMR.
         if retrieval::needs_vectors(mode, cfg) && !candidates.is_empty() {
             let ids: Vec<i64> = candidates.iter().map(|c| c.memory.id).collect();
@@ -151,19 +204,55 @@ impl Engine {
                 c.vector = vectors.remove(&c.memory.id);
             }
         }
-        let query_emotion = if cfg.emotion_weight > 0.0 {
-            self.emotion.detect(&[query]).await?.pop()
-        } else {
-            None
-        };
         retrieval::score(
             &mut candidates,
             query_vector.as_deref(),
             mode,
             cfg,
             now,
-            query_emotion,
+            &cues,
         );
+        // The turns around the best candidates join them, and lend them their relevance.
+        if cfg.uses_neighbours() && !candidates.is_empty() {
+            retrieval::sort(&mut candidates);
+            let centres: Vec<i64> = candidates
+                .iter()
+                .take(retrieval::NEIGHBOURHOOD_CENTRES)
+                .map(|c| c.memory.id)
+                .collect();
+            let pairs = self
+                .store
+                .neighbours(user, &centres, cfg.neighbours)
+                .await?;
+            let links: Vec<(i64, i64)> = pairs.iter().map(|(c, m)| (*c, m.id)).collect();
+            let before = candidates.len();
+            retrieval::add_candidates(
+                &mut candidates,
+                pairs
+                    .into_iter()
+                    .filter(|(_, m)| options.filter.matches(m))
+                    .map(|(_, m)| (m, None, None)),
+            );
+            if let Some(q) = &query_vector
+                && candidates.len() > before
+            {
+                let ids: Vec<i64> = candidates[before..].iter().map(|c| c.memory.id).collect();
+                let mut vectors = self.store.vectors(user, &model, &ids).await?;
+                for c in candidates[before..].iter_mut() {
+                    c.vector = vectors.remove(&c.memory.id);
+                    c.signals.similarity = c.vector.as_deref().map(|v| crate::embed::cosine(q, v));
+                }
+            }
+            retrieval::score(
+                &mut candidates,
+                query_vector.as_deref(),
+                mode,
+                cfg,
+                now,
+                &cues,
+            );
+            retrieval::apply_neighbours(&mut candidates, &links, cfg.neighbour_weight);
+        }
         if let Some(reranker) = &self.reranker
             && cfg.cross_encoder_weight > 0.0
             && cfg.cross_encoder_top_n > 0

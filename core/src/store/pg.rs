@@ -251,7 +251,15 @@ impl VectorIndex for PgVectors {
         where_clause(&mut sql, q, Some(&dist));
         let lim = sql.param(q.limit as i64);
         let rows = if exact {
-            sql.text += &format!(" ORDER BY distance, e.memory_id LIMIT {lim}");
+            // The distances of every row that passes the filters, then the order: computed
+            // in a materialised step, so that the planner cannot walk the HNSW index instead
+            // (an index scan stops after `ef_search` neighbours and filters afterwards, which
+            // can leave a narrow filter, such as one day, with nothing).
+            sql.text = format!(
+                "WITH c AS MATERIALIZED ({}) \
+                 SELECT memory_id, distance FROM c ORDER BY distance, memory_id LIMIT {lim}",
+                sql.text
+            );
             db.query_all_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 sql.text,

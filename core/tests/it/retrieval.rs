@@ -2,6 +2,7 @@
 //! emotion and importance at ingest, chunking of long messages, the query cache, isolation.
 use std::sync::Arc;
 
+use chrono::{TimeZone, Utc};
 use recall_core::embed::{EmbedConfig, EmbeddingService};
 use recall_core::retrieval::{EMOTION_CONFIDENCE_KEY, RankingConfig, SearchMode};
 use recall_core::types::{Filter, NewMessage, Role};
@@ -76,6 +77,7 @@ crate::fixtures::both_backends! {
     long_messages_are_chunked_and_found;
     query_cache_hits_and_invalidates;
     retrieval_is_isolated;
+    time_entities_and_neighbours_lift_the_right_turn;
 }
 
 async fn modes_find_the_right_memory(t: &TestStore) {
@@ -280,4 +282,129 @@ async fn retrieval_is_isolated(t: &TestStore) {
                 .is_empty()
         );
     }
+}
+
+fn said(session: &str, role: Role, text: &str, at: chrono::DateTime<Utc>) -> NewMessage {
+    NewMessage {
+        created_at: Some(at),
+        ..NewMessage::new(session, role, text)
+    }
+}
+
+async fn time_entities_and_neighbours_lift_the_right_turn(t: &TestStore) {
+    let e = engine_with_chat(t).await;
+    let may = Utc.with_ymd_and_hms(2023, 5, 8, 13, 0, 0).unwrap();
+    let june = Utc.with_ymd_and_hms(2023, 6, 20, 13, 0, 0).unwrap();
+    let minute = chrono::Duration::minutes(1);
+    // One hike in May, and many more in June that read just like it.
+    let mut messages = vec![said(
+        "may",
+        Role::User,
+        "Today we go hiking in the hills.",
+        may,
+    )];
+    for i in 0..40 {
+        messages.push(said(
+            &format!("june-{i}"),
+            Role::User,
+            &format!("Where did we go hiking? The hills again, trip {i}."),
+            june + minute * i,
+        ));
+    }
+    // A question, and its answer that shares no word with what will be asked.
+    let wedding = Utc.with_ymd_and_hms(2023, 7, 2, 9, 0, 0).unwrap();
+    messages.extend([
+        said(
+            "w",
+            Role::Assistant,
+            "What a lovely family photo! How long have you been married?",
+            wedding,
+        ),
+        said(
+            "w",
+            Role::User,
+            "Five years already, time flies!",
+            wedding + minute,
+        ),
+        said(
+            "w",
+            Role::Assistant,
+            "Did you see the match on Sunday?",
+            wedding + minute * 2,
+        ),
+    ]);
+    e.add_messages("carol", messages).await.unwrap();
+    let now = Utc.with_ymd_and_hms(2023, 8, 1, 0, 0, 0).unwrap();
+    let ask = |ranking: RankingConfig, top_k: usize| RetrieveOptions {
+        top_k,
+        now: Some(now),
+        ranking: RankingConfig {
+            candidates: top_k,
+            ..ranking
+        },
+        ..RetrieveOptions::default()
+    };
+    let off = RankingConfig {
+        time_weight: 0.0,
+        entity_weight: 0.0,
+        neighbours: 0,
+        neighbour_weight: 0.0,
+        ..RankingConfig::default()
+    };
+    let on = RankingConfig {
+        time_weight: 0.2,
+        entity_weight: 0.05,
+        neighbours: 1,
+        neighbour_weight: 0.3,
+        ..RankingConfig::default()
+    };
+    // Time (by similarity alone, to leave words out of it): the May hike is not among the
+    // three best candidates without the window; with it, the window's own search finds it
+    // and the time signal puts it first.
+    let q = "Where did we go hiking in May 2023?";
+    let by_vector = |ranking: RankingConfig| RetrieveOptions {
+        mode: SearchMode::Vector,
+        ..ask(ranking, 3)
+    };
+    let hits = e
+        .retrieve("carol", q, &by_vector(off.clone()))
+        .await
+        .unwrap();
+    assert!(
+        hits.iter()
+            .all(|h| h.memory.session.as_deref() != Some("may")),
+        "{hits:?}"
+    );
+    let hits = e
+        .retrieve("carol", q, &by_vector(on.clone()))
+        .await
+        .unwrap();
+    assert_eq!(hits[0].memory.session.as_deref(), Some("may"), "{hits:?}");
+    assert_eq!(hits[0].signals.time, 1.0);
+    assert!(hits[1..].iter().all(|h| h.signals.time == 0.0));
+    // Neighbourhood: the answer turn is lifted by the question before it.
+    let q = "How many years have they been married?";
+    let answer = "Five years already, time flies!";
+    let hits = e.retrieve("carol", q, &ask(on.clone(), 2)).await.unwrap();
+    let found = hits.iter().find(|h| h.memory.content == answer);
+    let found = found.unwrap_or_else(|| panic!("{hits:?}"));
+    assert!(found.signals.neighbour > 0.0, "{found:?}");
+    let without = e.retrieve("carol", q, &ask(off.clone(), 40)).await.unwrap();
+    let plain = without.iter().find(|h| h.memory.content == answer);
+    assert!(plain.is_none_or(|h| h.signals.neighbour == 0.0));
+    // A neighbour outside the filter stays out.
+    let mut assistant_only = ask(on.clone(), 45);
+    assistant_only.filter.roles = vec![Role::Assistant];
+    let hits = e.retrieve("carol", q, &assistant_only).await.unwrap();
+    assert!(
+        hits.iter().all(|h| h.memory.role == Some(Role::Assistant)),
+        "{hits:?}"
+    );
+    // Entities: the share of the query's names a memory mentions.
+    let hits = e
+        .retrieve("alice", "What did Ana do in Montreal?", &ask(on, 2))
+        .await
+        .unwrap();
+    assert!(hits[0].memory.content.contains("Montreal"));
+    assert_eq!(hits[0].signals.entity, 1.0);
 }

@@ -162,3 +162,53 @@ async fn the_core_reproduces_the_shared_vectors() {
         }
     }
 }
+
+/// The in-memory index (the browser package's) ranks as the engine does, here natively; the
+/// wasm test checks the same in a JavaScript engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_index_reproduces_the_shared_vectors() {
+    use recall_core::Embedder;
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(path()).unwrap()).unwrap();
+    let mut config = EmbedConfig::new(minilm_dir());
+    config.device = recall_core::device::DeviceConfig::Cpu;
+    let embedder = EmbeddingService::start(&config).unwrap();
+    let mut index = recall_core::index::MemoryIndex::new();
+    for (i, m) in file["messages"].as_array().unwrap().iter().enumerate() {
+        let text = m["content"].as_str().unwrap();
+        let at = chrono::DateTime::parse_from_rfc3339(m["ts"].as_str().unwrap()).unwrap();
+        let vector = embedder.embed_one(text).await.unwrap();
+        index
+            .add(USER, i as i64, text, vector, at.to_utc())
+            .unwrap();
+    }
+    for case in file["queries"].as_array().unwrap() {
+        let query = case["query"].as_str().unwrap();
+        let mode: SearchMode = case["mode"].as_str().unwrap().parse().unwrap();
+        let top_k = case["top_k"].as_u64().unwrap() as usize;
+        let vector = embedder.embed_one(query).await.unwrap();
+        let hits = index
+            .search(
+                USER,
+                query,
+                &vector,
+                &RetrieveOptions::for_mode(mode, top_k),
+                chrono::Utc::now(),
+            )
+            .unwrap();
+        let expected = case["expected"].as_array().unwrap();
+        let got: Vec<&str> = hits.iter().map(|h| h.memory.content.as_str()).collect();
+        let want: Vec<&str> = expected
+            .iter()
+            .map(|e| e["content"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, want, "{query} ({mode})");
+        for (h, e) in hits.iter().zip(expected) {
+            let want = e["score"].as_f64().unwrap();
+            assert!(
+                (h.score as f64 - want).abs() < 1e-4,
+                "{query} ({mode}): {} vs {want}",
+                h.score
+            );
+        }
+    }
+}

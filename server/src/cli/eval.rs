@@ -6,6 +6,7 @@ use clap::Args;
 use indicatif::ProgressBar;
 use recall_core::RetrieveOptions;
 use recall_core::error::Error;
+use recall_core::eval::EvalOptions;
 use recall_core::retrieval::{RankingConfig, SearchMode};
 use recall_core::types::Actor;
 use serde_json::json;
@@ -26,8 +27,69 @@ pub(super) struct EvalArgs {
     /// separately, on the same ingested data.
     #[arg(long, value_delimiter = ',', default_value = "hybrid")]
     mode: Vec<SearchMode>,
+    /// Only questions of these categories, comma-separated (all when absent; LoCoMo's
+    /// figures use 1,2,3,4 and leave out the adversarial 5).
+    #[arg(long, value_delimiter = ',')]
+    categories: Vec<String>,
+    /// A ranking setting to vary, `name=v1,v2,...` (a field of the ranking configuration,
+    /// e.g. `neighbour_weight=0,0.1`); repeat for a matrix: every combination is reported,
+    /// on the same ingested data.
+    #[arg(long, value_name = "NAME=VALUES")]
+    vary: Vec<String>,
+    /// Also write every question's ranked turns and evidence ranks, one JSON report per
+    /// line, to this file.
+    #[arg(long)]
+    details: Option<PathBuf>,
     #[command(flatten)]
     ranking: RankingArgs,
+}
+
+/// One `--vary` axis: a ranking field and its values.
+fn parse_vary(spec: &str) -> recall_core::Result<(String, Vec<serde_json::Value>)> {
+    let (name, values) = spec
+        .split_once('=')
+        .ok_or_else(|| Error::invalid(format!("--vary {spec:?}: expected NAME=V1,V2")))?;
+    let known = serde_json::to_value(RankingConfig::default())
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    if known.get(name).is_none_or(serde_json::Value::is_object) {
+        return Err(Error::invalid(format!(
+            "--vary: {name:?} is not a ranking setting that takes a value"
+        )));
+    }
+    let values = values
+        .split(',')
+        .map(|v| {
+            serde_json::from_str(v.trim())
+                .map_err(|_| Error::invalid(format!("--vary {name}: {v:?} is not a value")))
+        })
+        .collect::<recall_core::Result<Vec<_>>>()?;
+    Ok((name.to_owned(), values))
+}
+
+/// The configurations of the matrix: `base` with every combination of the axes' values.
+fn matrix(
+    base: &RankingConfig,
+    axes: &[(String, Vec<serde_json::Value>)],
+) -> recall_core::Result<Vec<(RankingConfig, serde_json::Map<String, serde_json::Value>)>> {
+    let mut out = vec![(base.clone(), serde_json::Map::new())];
+    for (name, values) in axes {
+        let mut next = Vec::with_capacity(out.len() * values.len());
+        for (config, set) in &out {
+            for v in values {
+                let mut json =
+                    serde_json::to_value(config).map_err(|e| Error::Internal(e.to_string()))?;
+                json[name.as_str()] = v.clone();
+                let config: RankingConfig = serde_json::from_value(json)
+                    .map_err(|e| Error::invalid(format!("--vary {name}={v}: {e}")))?;
+                config.validate()?;
+                let mut set = set.clone();
+                set.insert(name.clone(), v.clone());
+                next.push((config, set));
+            }
+        }
+        out = next;
+    }
+    Ok(out)
 }
 
 pub(super) async fn run(
@@ -39,6 +101,23 @@ pub(super) async fn run(
     if ks.is_empty() || ks.contains(&0) {
         return Err(Error::invalid("--k needs cut-offs of at least 1"));
     }
+    let axes = args
+        .vary
+        .iter()
+        .map(|v| parse_vary(v))
+        .collect::<recall_core::Result<Vec<_>>>()?;
+    // Every configuration is checked before anything is ingested.
+    let mut plans = Vec::new();
+    for mode in modes {
+        for (config, varied) in matrix(&ranking.config(*mode, None)?, &axes)? {
+            plans.push((*mode, config, varied));
+        }
+    }
+    let eval = EvalOptions {
+        ks: ks.clone(),
+        categories: args.categories.clone(),
+        details: args.details.is_some(),
+    };
     let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
     let (samples, warnings) = recall_core::eval::parse_locomo(&text)?;
     for w in &warnings.bad_evidence {
@@ -64,45 +143,63 @@ pub(super) async fn run(
     bar.finish_and_clear();
     let mut reports = Vec::new();
     if outcome.is_ok() {
-        for mode in modes {
-            let options = RetrieveOptions {
-                mode: *mode,
-                ranking: match ranking.config(*mode, None) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        outcome = Err(e);
-                        break;
-                    }
-                },
-                ..RetrieveOptions::default()
-            };
-            match recall_core::eval::evaluate(&engine, &ingested, ks, &options).await {
-                Ok(mut r) => {
-                    r["mode"] = json!(mode);
-                    r["reranked"] = json!(options.ranking != RankingConfig::plain());
-                    r["store"] = json!(engine.backend());
-                    r["bad_evidence"] = json!(warnings.bad_evidence.len());
-                    r["skipped_questions"] = json!(warnings.skipped_questions);
-                    reports.push(r);
-                }
-                Err(e) => {
-                    outcome = Err(e);
-                    break;
-                }
-            }
-        }
+        outcome = evaluate_all(&engine, &ingested, &eval, &plans, &mut reports).await;
     }
     // The temporary users go whatever happened.
     for (_, i) in &ingested {
         engine.delete_user(&i.user, &Actor::cli()).await?;
     }
     outcome?;
-    for r in &reports {
+    if let Some(path) = &args.details {
+        let mut lines = String::new();
+        for r in &reports {
+            lines += &r.to_string();
+            lines.push('\n');
+        }
+        std::fs::write(path, lines).map_err(|e| Error::io(path, e))?;
+    }
+    for r in &mut reports {
+        r["bad_evidence"] = json!(warnings.bad_evidence.len());
+        r["skipped_questions"] = json!(warnings.skipped_questions);
+        if let Some(m) = r.as_object_mut() {
+            m.remove("details");
+        }
         if json {
             println!("{r}");
         } else {
             print_eval(r, ks);
         }
+    }
+    Ok(())
+}
+
+/// Every mode × every configuration of the matrix, on the same ingested samples.
+async fn evaluate_all(
+    engine: &recall_core::Engine,
+    ingested: &[(recall_core::eval::Sample, recall_core::eval::Ingested)],
+    eval: &EvalOptions,
+    plans: &[(
+        SearchMode,
+        RankingConfig,
+        serde_json::Map<String, serde_json::Value>,
+    )],
+    reports: &mut Vec<serde_json::Value>,
+) -> recall_core::Result<()> {
+    for (mode, config, varied) in plans {
+        let options = RetrieveOptions {
+            mode: *mode,
+            ranking: config.clone(),
+            ..RetrieveOptions::default()
+        };
+        let mut r = recall_core::eval::evaluate(engine, ingested, eval, &options).await?;
+        r["mode"] = json!(mode);
+        r["reranked"] = json!(options.ranking != RankingConfig::plain());
+        r["store"] = json!(engine.backend());
+        if !varied.is_empty() {
+            r["varied"] = serde_json::Value::Object(varied.clone());
+        }
+        r["ranking"] = json!(options.ranking);
+        reports.push(r);
     }
     Ok(())
 }
@@ -114,8 +211,16 @@ fn print_eval(r: &serde_json::Value, ks: &[usize]) {
     } else {
         ""
     };
+    let varied = r["varied"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!(" {k}={v}"))
+                .collect::<String>()
+        })
+        .unwrap_or_default();
     println!(
-        "mode {mode}{reranked} on the {} store: {} questions",
+        "mode {mode}{reranked}{varied} on the {} store: {} questions",
         r["store"].as_str().unwrap_or("?"),
         r["questions"]
     );
@@ -123,7 +228,13 @@ fn print_eval(r: &serde_json::Value, ks: &[usize]) {
     for k in ks {
         header += &format!(" {:>9} {:>7}", format!("recall@{k}"), format!("hit@{k}"));
     }
-    println!("{header} {:>6} {:>5}", "mrr", "n");
+    let top = ks.iter().copied().max().unwrap_or(10);
+    println!(
+        "{header} {:>8} {:>6} {:>5}",
+        format!("ndcg@{top}"),
+        "mrr",
+        "n"
+    );
     let row = |name: &str, m: &serde_json::Value| {
         let mut line = format!("{name:<10}");
         for k in ks {
@@ -134,7 +245,8 @@ fn print_eval(r: &serde_json::Value, ks: &[usize]) {
             );
         }
         println!(
-            "{line} {:>6.3} {:>5}",
+            "{line} {:>8.3} {:>6.3} {:>5}",
+            m[format!("ndcg@{top}")].as_f64().unwrap_or(0.0),
             m["mrr"].as_f64().unwrap_or(0.0),
             m["questions"]
         );

@@ -130,6 +130,18 @@ pub(super) struct RankingArgs {
     /// Weight of the cross-encoder's probability in [0, 1] (0 switches it off).
     #[arg(long)]
     cross_encoder_weight: Option<f32>,
+    /// Weight of the time signal: memories in a window the query names (0 switches it off).
+    #[arg(long)]
+    time_weight: Option<f32>,
+    /// Weight of the query's names and quoted phrases found in a memory (0 switches it off).
+    #[arg(long)]
+    entity_weight: Option<f32>,
+    /// Turns on each side of the best candidates read as their neighbourhood (0 to 5).
+    #[arg(long)]
+    neighbours: Option<usize>,
+    /// Weight of the best neighbouring turn's relevance (0 switches it off).
+    #[arg(long)]
+    neighbour_weight: Option<f32>,
 }
 
 impl RankingArgs {
@@ -188,6 +200,18 @@ impl RankingArgs {
         if let Some(w) = self.cross_encoder_weight {
             c.cross_encoder_weight = w;
         }
+        if let Some(w) = self.time_weight {
+            c.time_weight = w;
+        }
+        if let Some(w) = self.entity_weight {
+            c.entity_weight = w;
+        }
+        if let Some(n) = self.neighbours {
+            c.neighbours = n;
+        }
+        if let Some(w) = self.neighbour_weight {
+            c.neighbour_weight = w;
+        }
         c.min_score = min_score;
         c.validate()?;
         Ok(c)
@@ -200,6 +224,9 @@ impl RankingArgs {
             && self.recency_weight.is_none_or(|w| w == 0.0)
             && self.importance_weight.is_none_or(|w| w == 0.0)
             && self.emotion_weight.is_none_or(|w| w == 0.0)
+            && self.time_weight.is_none_or(|w| w == 0.0)
+            && self.entity_weight.is_none_or(|w| w == 0.0)
+            && self.neighbour_weight.is_none_or(|w| w == 0.0)
             && self.mmr.is_none_or(|l| l >= 1.0)
     }
 }

@@ -419,6 +419,88 @@ fn eval_reports_every_mode_and_hybrid_wins() {
 }
 
 #[test]
+fn eval_runs_a_matrix_of_settings_and_writes_the_details() {
+    let backend = Backend::Embedded(tempfile::tempdir().unwrap());
+    let data = repo_root().join("eval/data/recall-mini.json");
+    let dir = tempfile::tempdir().unwrap();
+    let details = dir.path().join("details.jsonl");
+    let reports = json_lines(cli(
+        &backend,
+        &[
+            "--json",
+            "eval",
+            data.to_str().unwrap(),
+            "--categories",
+            "1,2",
+            "--vary",
+            "neighbour_weight=0,0.5",
+            "--vary",
+            "time_weight=0,0.2",
+            "--details",
+            details.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(reports.len(), 4, "every combination is reported");
+    let varied: Vec<(f64, f64)> = reports
+        .iter()
+        .map(|r| {
+            let v = &r["varied"];
+            assert_eq!(
+                r["ranking"]["neighbour_weight"].as_f64(),
+                v["neighbour_weight"].as_f64()
+            );
+            (
+                v["neighbour_weight"].as_f64().unwrap(),
+                v["time_weight"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(varied, [(0.0, 0.0), (0.0, 0.2), (0.5, 0.0), (0.5, 0.2)]);
+    for r in &reports {
+        let cats = r["by_category"].as_object().unwrap();
+        assert_eq!(cats.keys().collect::<Vec<_>>(), ["1", "2"]);
+        let ndcg = r["overall"]["ndcg@10"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&ndcg));
+        assert!(r["search_ms"]["p95"].as_f64().unwrap() >= r["search_ms"]["p50"].as_f64().unwrap());
+        assert!(r.get("details").is_none(), "details go to their file");
+    }
+    // The details: one report per line, one entry per question, ranks that agree with hit@1.
+    let lines: Vec<Value> = std::fs::read_to_string(&details)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    let first = lines[0]["details"].as_array().unwrap();
+    assert_eq!(
+        first.len() as u64,
+        reports[0]["questions"].as_u64().unwrap()
+    );
+    let top_hits = first
+        .iter()
+        .filter(|q| {
+            q["evidence_ranks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r == 1)
+        })
+        .count() as f64;
+    let hit1 = reports[0]["overall"]["hit@1"].as_f64().unwrap();
+    assert!((top_hits / first.len() as f64 - hit1).abs() < 1e-9);
+    // A setting that does not exist, or a value that does not fit, is refused.
+    for bad in ["nonsense=1", "neighbours=9", "fusion=1", "time_weight"] {
+        let out = cli(&backend, &["eval", data.to_str().unwrap(), "--vary", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("vary")
+                || String::from_utf8_lossy(&out.stderr).contains("neighbours"),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
 fn eval_skips_malformed_evidence_and_refuses_broken_files() {
     let backend = Backend::Embedded(tempfile::tempdir().unwrap());
     let dir = tempfile::tempdir().unwrap();

@@ -131,3 +131,83 @@ impl<V: VectorIndex> SqlStore<V> {
             .collect())
     }
 }
+
+/// The widest neighbourhood [`SqlStore::neighbours`] reads (turns on each side).
+pub(crate) const MAX_NEIGHBOUR_RADIUS: usize = 5;
+
+impl<V: VectorIndex> SqlStore<V> {
+    /// For each of the user's message memories `ids`, the message memories up to `radius`
+    /// places before and after it in its session (conversation order: message, then memory
+    /// id), as `(id, neighbour)` pairs. Ids of other users, or of memories that are not part
+    /// of a session's messages, have no neighbours. One statement, one short index range per
+    /// side.
+    pub(crate) async fn neighbours(
+        &self,
+        user: &str,
+        ids: &[i64],
+        radius: usize,
+    ) -> Result<Vec<(i64, Memory)>> {
+        self.limits.check_page_size(ids.len().max(1))?;
+        if radius > MAX_NEIGHBOUR_RADIUS {
+            return Err(Error::invalid(format!(
+                "neighbourhood radius is at most {MAX_NEIGHBOUR_RADIUS}"
+            )));
+        }
+        if ids.is_empty() || radius == 0 {
+            return Ok(vec![]);
+        }
+        let Some(u) = self.find_user(&self.db, user).await? else {
+            return Ok(vec![]);
+        };
+        let centres = memory::Entity::find()
+            .filter(memory::Column::UserId.eq(u.id))
+            .filter(memory::Column::Id.is_in(ids.iter().copied()))
+            .filter(memory::Column::Kind.eq(MemoryKind::Message.as_str()))
+            .filter(memory::Column::SessionId.is_not_null())
+            .filter(memory::Column::MessageId.is_not_null())
+            .all(&self.db)
+            .await?;
+        if centres.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut parts = Vec::with_capacity(centres.len() * 2);
+        let mut values: Vec<DbValue> = vec![u.id.into(), (radius as i64).into()];
+        for c in &centres {
+            let (Some(s), Some(m)) = (c.session_id, c.message_id) else {
+                continue;
+            };
+            let at = values.len();
+            values.extend([c.id.into(), s.into(), m.into()]);
+            let (centre, session, message) = (at + 1, at + 2, at + 3);
+            for (cmp, order) in [("<", "DESC"), (">", "ASC")] {
+                parts.push(format!(
+                    "SELECT * FROM (SELECT ${centre} AS centre, id FROM memories \
+                     WHERE user_id = $1 AND session_id = ${session} AND kind = 'message' \
+                     AND (message_id {cmp} ${message} \
+                          OR (message_id = ${message} AND id {cmp} ${centre})) \
+                     ORDER BY message_id {order}, id {order} LIMIT $2) AS n{}",
+                    parts.len()
+                ));
+            }
+        }
+        let rows = self
+            .db
+            .query_all_raw(stmt(
+                self.db.get_database_backend(),
+                &parts.join(" UNION ALL "),
+                values,
+            ))
+            .await?;
+        let mut pairs = Vec::with_capacity(rows.len());
+        for r in rows {
+            pairs.push((r.try_get::<i64>("", "centre")?, r.try_get::<i64>("", "id")?));
+        }
+        let by_id = self
+            .memories_by_id(u.id, pairs.iter().map(|(_, n)| *n))
+            .await?;
+        Ok(pairs
+            .into_iter()
+            .filter_map(|(centre, n)| by_id.get(&n).map(|m| (centre, m.clone())))
+            .collect())
+    }
+}

@@ -9,6 +9,8 @@ crate::fixtures::both_backends! {
     text_search_ranks_by_bm25;
     text_search_filters_isolation_and_updates;
     vectors_of_memories;
+    neighbours_in_conversation_order;
+    a_narrow_filter_finds_its_rows_among_many_vectors;
 }
 
 async fn search_ranks_by_cosine(t: &TestStore) {
@@ -528,4 +530,99 @@ async fn vectors_of_memories(t: &TestStore) {
             .unwrap()
             .is_empty()
     );
+}
+
+async fn neighbours_in_conversation_order(t: &TestStore) {
+    let s = t.store();
+    let first = add_texts(t, "alice", "s1", &["a1", "a2", "a3"]).await;
+    // Another session's messages land between the turns of s1.
+    let other = add_texts(t, "alice", "s2", &["b1", "b2"]).await;
+    let rest = add_texts(t, "alice", "s1", &["a4", "a5"]).await;
+    let bob = add_texts(t, "bob", "s1", &["c1", "c2", "c3"]).await;
+    let fact = s
+        .add_memories(
+            "alice",
+            vec![NewMemory::new(
+                MemoryKind::Fact,
+                "loose",
+                emb(&[1.0, 0.0, 0.0]),
+            )],
+        )
+        .await
+        .unwrap()[0]
+        .id;
+    let names = |pairs: Vec<(i64, recall_core::types::Memory)>| -> Vec<(i64, String)> {
+        let mut v: Vec<(i64, String)> = pairs.into_iter().map(|(c, m)| (c, m.content)).collect();
+        v.sort();
+        v
+    };
+    let a3 = first[2];
+    let got = names(s.neighbours("alice", &[a3], 1).await.unwrap());
+    assert_eq!(got, vec![(a3, "a2".into()), (a3, "a4".into())]);
+    let got = names(s.neighbours("alice", &[a3], 2).await.unwrap());
+    let words: Vec<&str> = got.iter().map(|(_, w)| w.as_str()).collect();
+    assert_eq!(words, vec!["a1", "a2", "a4", "a5"]);
+    // The ends of a session have neighbours on one side; several centres at once.
+    let got = names(
+        s.neighbours("alice", &[first[0], rest[1], other[0]], 1)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(got, {
+        let mut want = vec![
+            (first[0], "a2".to_owned()),
+            (rest[1], "a4".to_owned()),
+            (other[0], "b2".to_owned()),
+        ];
+        want.sort();
+        want
+    });
+    // Another user's ids, a memory outside any session and unknown ids have none.
+    assert!(
+        s.neighbours("alice", &[bob[1], fact, 999_999], 2)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(s.neighbours("bob", &[a3], 2).await.unwrap().is_empty());
+    assert_eq!(
+        names(s.neighbours("bob", &[bob[1]], 1).await.unwrap()),
+        vec![(bob[1], "c1".into()), (bob[1], "c3".into())]
+    );
+    assert!(s.neighbours("alice", &[a3], 0).await.unwrap().is_empty());
+    assert!(s.neighbours("nobody", &[a3], 1).await.unwrap().is_empty());
+    let err = s.neighbours("alice", &[a3], 6).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+}
+
+/// A narrow filter (one month) among many model-sized vectors, all nearer the query than the
+/// one row that passes: the exact search must still find it. (On Postgres a plan that walks
+/// the HNSW index stops at `ef_search` neighbours and filters them away to nothing; this
+/// plan showed on fresh tables in `retrieval::time_entities_and_neighbours_lift_the_right_turn`.)
+async fn a_narrow_filter_finds_its_rows_among_many_vectors(t: &TestStore) {
+    let s = t.store();
+    let unit = |i: usize, noise: f32| {
+        let mut v = vec![noise; 384];
+        v[i] = 1.0;
+        v
+    };
+    let may = Utc.with_ymd_and_hms(2023, 5, 8, 13, 0, 0).unwrap();
+    let mut writes = vec![write(
+        msg("may", Role::User, "may", may, &[]),
+        &unit(1, 0.0),
+    )];
+    for i in 0..100u32 {
+        let june = Utc.with_ymd_and_hms(2023, 6, 20, 13, i % 60, 0).unwrap();
+        writes.push(write(
+            msg(&format!("june-{i}"), Role::User, "june", june, &[]),
+            &unit(0, 0.001 * i as f32),
+        ));
+    }
+    s.append_messages("carol", writes).await.unwrap();
+    let mut q = query(&unit(0, 0.0), 3);
+    q.filter.since = Some(Utc.with_ymd_and_hms(2023, 5, 1, 0, 0, 0).unwrap());
+    q.filter.until = Some(Utc.with_ymd_and_hms(2023, 6, 1, 0, 0, 0).unwrap());
+    let hits = s.search("carol", &q).await.unwrap().hits;
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!(hits[0].memory.content, "may");
 }
