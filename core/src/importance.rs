@@ -113,28 +113,6 @@ const PHATIC: &[&str] = &[
     "omg", "same", "agreed", "indeed", "exactly",
 ];
 
-const MONTHS: &[&str] = &[
-    "january",
-    "february",
-    "march",
-    "april",
-    "may",
-    "june",
-    "july",
-    "august",
-    "september",
-    "october",
-    "november",
-    "december",
-    "monday",
-    "tuesday",
-    "wednesday",
-    "thursday",
-    "friday",
-    "saturday",
-    "sunday",
-];
-
 fn salient_stems() -> &'static Vec<String> {
     static STEMS: OnceLock<Vec<String>> = OnceLock::new();
     STEMS.get_or_init(|| {
@@ -171,7 +149,7 @@ pub fn importance(text: &str, emotion: Option<EmotionScore>) -> f32 {
     // Concrete details: numbers, dates, and capitalised words that do not start a sentence.
     let numbers = words
         .iter()
-        .any(|w| w.chars().any(|c| c.is_ascii_digit()) || MONTHS.contains(w));
+        .any(|w| w.chars().any(|c| c.is_ascii_digit()) || crate::when::is_calendar_word(w));
     if numbers {
         score += 0.1;
     }

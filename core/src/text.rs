@@ -329,35 +329,8 @@ impl Bm25Index {
 }
 
 /// Capitalised words that are not names even where they do not start a sentence (months and
-/// days are time, which [`crate::when`] reads).
-const NOT_NAMES: &[&str] = &[
-    "i",
-    "i'm",
-    "i've",
-    "i'll",
-    "i'd",
-    "ok",
-    "okay",
-    "january",
-    "february",
-    "march",
-    "april",
-    "may",
-    "june",
-    "july",
-    "august",
-    "september",
-    "october",
-    "november",
-    "december",
-    "monday",
-    "tuesday",
-    "wednesday",
-    "thursday",
-    "friday",
-    "saturday",
-    "sunday",
-];
+/// days are not either: they are time, which [`crate::when`] reads).
+const NOT_NAMES: &[&str] = &["i", "i'm", "i've", "i'll", "i'd", "ok", "okay"];
 
 /// The most entities taken from one query.
 pub const MAX_QUERY_ENTITIES: usize = 8;
@@ -394,6 +367,7 @@ pub fn query_entities(query: &str) -> Vec<String> {
             && !sentence_start
             && !is_stop_word(&lower)
             && !NOT_NAMES.contains(&lower.as_str())
+            && !crate::when::is_calendar_word(&lower)
         {
             push(lower, &mut out);
         }

@@ -76,7 +76,8 @@ impl TimeWindow {
     }
 }
 
-const MONTHS: [&str; 12] = [
+/// The months, lowercase.
+pub const MONTHS: [&str; 12] = [
     "january",
     "february",
     "march",
@@ -90,6 +91,22 @@ const MONTHS: [&str; 12] = [
     "november",
     "december",
 ];
+
+/// The days of the week, lowercase.
+pub const WEEKDAYS: [&str; 7] = [
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+];
+
+/// Whether a lowercase word names a month or a day of the week.
+pub fn is_calendar_word(word: &str) -> bool {
+    MONTHS.contains(&word) || WEEKDAYS.contains(&word)
+}
 
 fn month_of(word: &str) -> Option<u32> {
     let w = word.trim_end_matches('.');
