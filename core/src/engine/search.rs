@@ -197,12 +197,8 @@ impl Engine {
             }
         }
         // Stored vectors: for the similarity of text-only candidates, and for MMR.
-        if retrieval::needs_vectors(mode, cfg) && !candidates.is_empty() {
-            let ids: Vec<i64> = candidates.iter().map(|c| c.memory.id).collect();
-            let mut vectors = self.store.vectors(user, &model, &ids).await?;
-            for c in candidates.iter_mut() {
-                c.vector = vectors.remove(&c.memory.id);
-            }
+        if retrieval::needs_vectors(mode, cfg) {
+            self.load_vectors(user, &model, &mut candidates).await?;
         }
         retrieval::score(
             &mut candidates,
@@ -233,15 +229,10 @@ impl Engine {
                     .filter(|(_, m)| options.filter.matches(m))
                     .map(|(_, m)| (m, None, None)),
             );
-            if let Some(q) = &query_vector
-                && candidates.len() > before
-            {
-                let ids: Vec<i64> = candidates[before..].iter().map(|c| c.memory.id).collect();
-                let mut vectors = self.store.vectors(user, &model, &ids).await?;
-                for c in candidates[before..].iter_mut() {
-                    c.vector = vectors.remove(&c.memory.id);
-                    c.signals.similarity = c.vector.as_deref().map(|v| crate::embed::cosine(q, v));
-                }
+            if query_vector.is_some() {
+                // `score` gives them their similarity from these.
+                self.load_vectors(user, &model, &mut candidates[before..])
+                    .await?;
             }
             retrieval::score(
                 &mut candidates,
@@ -279,6 +270,24 @@ impl Engine {
             }
         }
         Ok(retrieval::finish(candidates, options.top_k, cfg))
+    }
+
+    /// The stored vectors of the candidates (none where a memory has none for `model`).
+    async fn load_vectors(
+        &self,
+        user: &str,
+        model: &str,
+        candidates: &mut [retrieval::Candidate],
+    ) -> Result<()> {
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = candidates.iter().map(|c| c.memory.id).collect();
+        let mut vectors = self.store.vectors(user, model, &ids).await?;
+        for c in candidates.iter_mut() {
+            c.vector = vectors.remove(&c.memory.id);
+        }
+        Ok(())
     }
 
     /// Embeds texts with the engine's model (1 to [`MAX_EMBED_INPUTS`] of them, each within
