@@ -106,7 +106,16 @@ pub struct Engine {
     summarizing: Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
     summaries: Arc<summaries::Counters>,
     events: EventBus,
+    /// [`Engine::add_memory`] merges into a memory at least this similar (off by default;
+    /// [`Engine::with_dedupe`]).
+    dedupe: Option<f32>,
 }
+
+/// A similarity (cosine by default) at or above which a new free-standing memory is the same
+/// as one the user has of the same kind, for [`Engine::with_dedupe`]: "I am allergic to
+/// peanuts" and "I am allergic to peanuts." score 0.99, "my number is 1" and "my number is 2"
+/// 0.86.
+pub const DEDUPE_SIMILARITY: f32 = 0.95;
 
 impl Engine {
     /// Puts the two together, with the lexicon emotion detector, no cross-encoder and the
@@ -122,6 +131,7 @@ impl Engine {
             summarizing: Arc::default(),
             summaries: Arc::default(),
             events: EventBus::default(),
+            dedupe: None,
         }
     }
 
@@ -129,6 +139,14 @@ impl Engine {
     /// settings, jobs): operations that embed fail with a model error.
     pub fn without_models(store: Arc<dyn MemoryStore>) -> Self {
         Self::new(store, Arc::new(crate::embed::NoEmbedder))
+    }
+
+    /// Merges a new free-standing memory into one at least `similarity` alike of the same kind
+    /// (and session), e.g. [`DEDUPE_SIMILARITY`]; with `None` (the default) every
+    /// [`Engine::add_memory`] stores a new one.
+    pub fn with_dedupe(mut self, similarity: Option<f32>) -> Self {
+        self.dedupe = similarity;
+        self
     }
 
     /// Uses another emotion detector (a transformer classifier, say) at ingest and query time.

@@ -5,6 +5,7 @@ use crate::error::Error;
 use crate::retrieval;
 use crate::types::{
     AppendedMessage, MemoryPatch, Message, MessageWrite, NewMemory, NewMessage, Page, PageRequest,
+    VectorQuery,
 };
 
 /// Messages embedded between two progress reports.
@@ -127,6 +128,9 @@ impl Engine {
             .pop()
             .unwrap_or(EmotionScore::neutral(0.5));
         let (importance, emotion, metadata) = retrieval::ingest_signals(&memory.content, emotion);
+        if let Some(merged) = self.merge_duplicate(user, &memory, &vector).await? {
+            return Ok(merged);
+        }
         let stored = self
             .store
             .add_memories(
@@ -147,6 +151,78 @@ impl Engine {
             .ok_or_else(|| Error::Internal("store returned no memory".into()))?;
         self.published(user, MemoryAction::Added, &memory);
         Ok(memory)
+    }
+
+    /// Deduplication on add (when switched on, [`Engine::with_dedupe`]): when the user already
+    /// has a memory of the same kind (and session) at least that alike, the new one merges into it
+    /// instead of being stored: tags are united, the higher importance kept, and
+    /// `metadata.merged` counts the merges. Messages are a transcript and never merge.
+    async fn merge_duplicate(
+        &self,
+        user: &str,
+        memory: &NewMemoryText,
+        vector: &[f32],
+    ) -> Result<Option<Memory>> {
+        let Some(threshold) = self.dedupe else {
+            return Ok(None);
+        };
+        if memory.kind == MemoryKind::Message {
+            return Ok(None);
+        }
+        let filter = Filter {
+            session: memory.session.clone(),
+            kinds: vec![memory.kind],
+            ..Filter::default()
+        };
+        let found = self
+            .store
+            .search(
+                user,
+                &VectorQuery {
+                    embedding: self.embedding(vector.to_vec()),
+                    top_k: 1,
+                    min_score: Some(threshold),
+                    filter,
+                    cursor: None,
+                },
+            )
+            .await?;
+        let Some(hit) = found.hits.into_iter().next() else {
+            return Ok(None);
+        };
+        let old = hit.memory;
+        let mut tags = old.tags.clone();
+        for t in &memory.tags {
+            if !tags.contains(t) {
+                tags.push(t.clone());
+            }
+        }
+        let mut metadata = match old.metadata {
+            serde_json::Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        let merges = metadata.get("merged").and_then(|v| v.as_u64()).unwrap_or(0);
+        metadata.insert("merged".into(), (merges + 1).into());
+        let importance = memory
+            .importance
+            .map_or(old.importance, |i| i.max(old.importance));
+        let out = self
+            .store
+            .update_memory(
+                user,
+                old.id,
+                MemoryPatch {
+                    tags: Some(tags),
+                    metadata: Some(serde_json::Value::Object(metadata)),
+                    importance: Some(importance),
+                    ..MemoryPatch::default()
+                },
+            )
+            .await;
+        self.changed(user);
+        let merged = out?;
+        self.published(user, MemoryAction::Updated, &merged);
+        Ok(Some(merged))
     }
 
     /// Changes a memory; new text is embedded again (and replaces the old embeddings).

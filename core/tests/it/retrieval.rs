@@ -78,6 +78,7 @@ crate::fixtures::both_backends! {
     query_cache_hits_and_invalidates;
     retrieval_is_isolated;
     time_entities_and_neighbours_lift_the_right_turn;
+    near_identical_memories_merge_on_add;
 }
 
 async fn modes_find_the_right_memory(t: &TestStore) {
@@ -407,4 +408,90 @@ async fn time_entities_and_neighbours_lift_the_right_turn(t: &TestStore) {
         .unwrap();
     assert!(hits[0].memory.content.contains("Montreal"));
     assert_eq!(hits[0].signals.entity, 1.0);
+}
+
+async fn near_identical_memories_merge_on_add(t: &TestStore) {
+    use recall_core::NewMemoryText;
+    use recall_core::engine::DEDUPE_SIMILARITY;
+    use recall_core::types::MemoryKind;
+    let e = engine_with_chat(t)
+        .await
+        .with_dedupe(Some(DEDUPE_SIMILARITY));
+    let new =
+        |kind: MemoryKind, text: &str, tags: &[&str], importance: Option<f32>| NewMemoryText {
+            kind,
+            content: text.into(),
+            session: None,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            importance,
+        };
+    let first = e
+        .add_memory(
+            "carol",
+            new(
+                MemoryKind::Fact,
+                "I am allergic to peanuts",
+                &["health"],
+                Some(0.4),
+            ),
+        )
+        .await
+        .unwrap();
+    let again = e
+        .add_memory(
+            "carol",
+            new(
+                MemoryKind::Fact,
+                "I am allergic to peanuts.",
+                &["food", "health"],
+                Some(0.9),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.id, first.id, "merged into the first");
+    assert_eq!(again.content, "I am allergic to peanuts");
+    assert_eq!(again.tags, ["health", "food"]);
+    assert_eq!(again.importance, 0.9);
+    assert_eq!(again.metadata["merged"], 1);
+    // A different fact, the same text as another kind, and another user's copy stay apart.
+    let other = e
+        .add_memory(
+            "carol",
+            new(MemoryKind::Fact, "My sister lives in Porto", &[], None),
+        )
+        .await
+        .unwrap();
+    let persona = e
+        .add_memory(
+            "carol",
+            new(MemoryKind::Persona, "I am allergic to peanuts", &[], None),
+        )
+        .await
+        .unwrap();
+    let dave = e
+        .add_memory(
+            "dave",
+            new(MemoryKind::Fact, "I am allergic to peanuts", &[], None),
+        )
+        .await
+        .unwrap();
+    let ids = [first.id, other.id, persona.id, dave.id];
+    assert_eq!(
+        ids.iter().collect::<std::collections::HashSet<_>>().len(),
+        4,
+        "{ids:?}"
+    );
+    assert_eq!(e.count_memories("carol").await.unwrap(), 3);
+    // Merging can be switched off.
+    let e = e.with_dedupe(None);
+    let separate = e
+        .add_memory(
+            "carol",
+            new(MemoryKind::Fact, "I am allergic to peanuts", &[], None),
+        )
+        .await
+        .unwrap();
+    assert_ne!(separate.id, first.id);
+    assert_eq!(e.count_memories("carol").await.unwrap(), 4);
 }
