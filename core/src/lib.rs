@@ -32,6 +32,8 @@
 //! # Ok(())
 //! # }
 //! ```
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub mod backup;
 #[cfg(feature = "native")]
 pub mod cache;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::backup::{BackupSink, BackupSource, RestoreOptions, RestoreReport, Verified};
 use crate::error::{Error, Result};
 use crate::events::Fanout;
 use crate::jobs::JobQueue;
@@ -230,6 +231,22 @@ macro_rules! delegate_store {
             ) -> $crate::error::Result<$crate::types::Page<$crate::types::AuditEntry>> {
                 self.inner.audit_log(user, page).await
             }
+            async fn backup(
+                &self,
+                user: Option<&str>,
+                sink: &mut dyn $crate::backup::BackupSink,
+            ) -> $crate::error::Result<()> {
+                self.inner.backup(user, sink).await
+            }
+            async fn restore(
+                &self,
+                plan: &$crate::backup::Verified,
+                options: &$crate::backup::RestoreOptions,
+                source: &mut dyn $crate::backup::BackupSource,
+                actor: &$crate::types::Actor,
+            ) -> $crate::error::Result<$crate::backup::RestoreReport> {
+                self.inner.restore(plan, options, source, actor).await
+            }
         }
     };
 }
@@ -394,6 +411,22 @@ pub trait MemoryStore: Send + Sync {
 
     /// The audit log of the user's data, oldest first.
     async fn audit_log(&self, user: &str, page: &PageRequest) -> Result<Page<AuditEntry>>;
+
+    /// Writes every user (or one) to `sink` from one consistent snapshot, taken while
+    /// writers go on: the backup holds each user as of one instant. See [`crate::backup`].
+    async fn backup(&self, user: Option<&str>, sink: &mut dyn BackupSink) -> Result<()>;
+
+    /// Writes a backup that [`crate::backup::verify`] checked (`plan`), read again from
+    /// `source`, in one transaction: all of it or nothing. The backup's users replace the
+    /// same users in the store; a store that holds users needs `options.force` unless one
+    /// user is chosen. `actor` is written to each restored user's audit log.
+    async fn restore(
+        &self,
+        plan: &Verified,
+        options: &RestoreOptions,
+        source: &mut dyn BackupSource,
+        actor: &Actor,
+    ) -> Result<RestoreReport>;
 
     /// The channel between the replicas sharing this store (Postgres `LISTEN`/`NOTIFY`);
     /// `None` for a store that only one process uses.

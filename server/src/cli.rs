@@ -1,5 +1,6 @@
 //! The `deep-recall` command line: one file per command under `cli/`; this file holds the
 //! global flags, the settings they override, logging, dispatch and exit codes.
+mod backup;
 mod data;
 mod eval;
 mod generate;
@@ -136,6 +137,12 @@ enum Command {
     Export(data::ExportArgs),
     /// Delete everything stored about a user, at once and for good.
     Forget(data::ForgetArgs),
+    /// Write a consistent snapshot of every user (or one) to a checksummed, compressed file,
+    /// while the server runs and writes.
+    Backup(backup::BackupArgs),
+    /// Restore a backup file into the configured store (either kind, whichever made it). The
+    /// whole file is checked first; a damaged file writes nothing.
+    Restore(backup::RestoreArgs),
     /// Run the server: GraphQL at /graphql (HTTP and WebSocket), OpenAI-compatible REST under
     /// /v1, MCP at /mcp, /health, /ready and /metrics.
     Serve(serve::ServeArgs),
@@ -144,6 +151,10 @@ enum Command {
     Mcp(mcp::McpArgs),
     /// Print the GraphQL schema (SDL).
     Schema,
+    /// Print the effective settings (defaults, --config, `DEEP_RECALL__*` environment
+    /// variables and the global flags) as JSON, secrets redacted; fails like `serve` would on
+    /// an unknown key or a bad value.
+    Config,
     /// Service API keys.
     Keys {
         #[command(subcommand)]
@@ -311,8 +322,18 @@ async fn dispatch(cli: Cli) -> recall_core::Result<()> {
         Command::Generate(args) => generate::run(settings, args, g.json).await,
         Command::Export(args) => data::export(&settings, args, g.json).await,
         Command::Forget(args) => data::forget(&settings, args, g.json).await,
+        Command::Backup(args) => backup::backup(&settings, args, g.json).await,
+        Command::Restore(args) => backup::restore(&settings, args, g.json).await,
         Command::Serve(args) => serve::run(settings, args).await,
         Command::Mcp(args) => mcp::run(settings, args).await,
+        Command::Config => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&settings.redacted_json())
+                    .expect("settings serialise")
+            );
+            Ok(())
+        }
         Command::Schema | Command::Keys { .. } => Ok(()),
     }
 }

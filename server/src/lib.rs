@@ -6,7 +6,7 @@
 //! metrics.
 //!
 //! Modules depend one way, from the bottom up: [`settings`] and [`error`]; [`auth`],
-//! [`limits`], [`metrics`]; [`state`] (what every front door shares); the front doors
+//! [`limits`], [`metrics`], [`proxy`]; [`state`] (what every front door shares); the front doors
 //! [`graphql`], [`rest`] and [`mcp`], and the web UI's assets ([`web`]); [`router`] (HTTP and WebSocket); [`startup`] (the whole server as
 //! a library function); [`cli`].
 pub mod auth;
@@ -16,6 +16,7 @@ pub mod graphql;
 pub mod limits;
 pub mod mcp;
 pub mod metrics;
+pub mod proxy;
 pub mod rest;
 pub mod router;
 pub mod settings;

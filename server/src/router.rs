@@ -65,6 +65,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     };
     crate::web::mount(app, &state.settings.web)
         .layer(middleware::from_fn_with_state(server.clone(), access_log))
+        .layer(middleware::from_fn_with_state(
+            server.clone(),
+            client_address,
+        ))
         .layer(RequestBodyLimitLayer::new(
             state.settings.limits.max_body_bytes,
         ))
@@ -92,6 +96,20 @@ fn cors(origins: &[String]) -> CorsLayer {
     base.allow_origin(AllowOrigin::list(list))
 }
 
+/// Behind trusted proxies, replaces the connection's address in the request with the
+/// client's (see [`crate::proxy`]), so that per-IP limits and logs see the client.
+async fn client_address(State(server): State<Server>, mut req: Request, next: Next) -> Response {
+    let proxies = &server.state.proxies;
+    if !proxies.is_empty()
+        && let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied()
+    {
+        let client = proxies.client(peer.ip(), req.headers());
+        req.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::new(client, peer.port())));
+    }
+    next.run(req).await
+}
+
 async fn access_log(State(server): State<Server>, mut req: Request, next: Next) -> Response {
     let id = req
         .headers()
@@ -107,6 +125,11 @@ async fn access_log(State(server): State<Server>, mut req: Request, next: Next) 
         });
     req.extensions_mut().insert(RequestId(id.clone()));
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let client = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_default();
     let started = Instant::now();
     let mut resp = next.run(req).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
@@ -115,6 +138,7 @@ async fn access_log(State(server): State<Server>, mut req: Request, next: Next) 
     // No bodies and no message content here: method, path, status and time only.
     tracing::info!(
         request_id = %id,
+        client = %client,
         method = %method,
         path = %path,
         status = resp.status().as_u16(),

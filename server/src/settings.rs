@@ -34,6 +34,9 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// Allowed CORS origins (`*` allows any; empty allows none).
     pub cors_origins: Vec<String>,
+    /// Reverse proxies (CIDR blocks) whose `X-Forwarded-For` names the client, for per-IP
+    /// limits and logs; empty (the default) never reads the header.
+    pub trusted_proxies: Vec<String>,
     /// Serve GraphiQL on `GET /graphql`.
     pub graphiql: bool,
     /// The chat model: local, or a remote OpenAI-compatible provider.
@@ -60,6 +63,7 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             limits: LimitSettings::default(),
             cors_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
             graphiql: false,
             chat: ChatSettings::default(),
             jobs: JobSettings::default(),
@@ -507,8 +511,28 @@ impl Settings {
         Ok(settings)
     }
 
+    /// The effective settings as JSON, with every secret replaced by `"<redacted>"`: what
+    /// `deep-recall config` prints, for an operator to check what a deployment will run with.
+    pub fn redacted_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("settings serialise");
+        for (section, key) in [
+            ("store", "database_url"),
+            ("models", "embedding_api_key"),
+            ("auth", "jwt_secret"),
+            ("chat", "api_key"),
+        ] {
+            if let Some(field) = v.get_mut(section).and_then(|s| s.get_mut(key))
+                && !field.is_null()
+            {
+                *field = serde_json::Value::from("<redacted>");
+            }
+        }
+        v
+    }
+
     /// Checks ranges and combinations.
     pub fn validate(&self) -> recall_core::Result<()> {
+        crate::proxy::TrustedProxies::parse(&self.trusted_proxies)?;
         let l = &self.limits;
         if l.max_body_bytes < 1024 {
             return Err(Error::invalid(
@@ -600,6 +624,12 @@ mod tests {
             let debug = format!("{s:?}");
             assert!(!debug.contains("s3cret"), "secrets are redacted");
             assert!(!debug.contains("pw@db"), "database passwords are redacted");
+            let shown = s.redacted_json().to_string();
+            assert!(
+                !shown.contains("s3cret") && !shown.contains("pw@db"),
+                "{shown}"
+            );
+            assert_eq!(s.redacted_json()["limits"]["burst"], 7, "{shown}");
 
             jail.create_file("bad.toml", "[limits]\nrequests_per_minut = 10\n")?;
             let e = err(Some(Path::new("bad.toml")));

@@ -39,6 +39,8 @@ pub struct AppState {
     pub shutdown: Notify,
     /// Numbers request ids that clients did not send.
     pub next_request: AtomicU64,
+    /// The proxies whose `X-Forwarded-For` is believed.
+    pub proxies: crate::proxy::TrustedProxies,
 }
 
 impl AppState {
@@ -51,6 +53,7 @@ impl AppState {
         let auth = Authenticator::new(&settings.auth)?;
         let l = &settings.limits;
         Ok(Self {
+            proxies: crate::proxy::TrustedProxies::parse(&settings.trusted_proxies)?,
             user_rate: RateLimiter::new(l.requests_per_minute, l.burst),
             ip_rate: RateLimiter::new(l.ip_requests_per_minute, l.ip_burst),
             streams: StreamLimiter::new(l.max_streams_per_user),

@@ -1,6 +1,11 @@
 //! The user and their data rights: settings, export, deletion and the audit log. Every change
 //! here is written to the audit log by the store, in the same transaction.
+use std::path::Path;
+
 use super::*;
+use crate::backup::{
+    self, AtomicFile, BackupOptions, BackupReport, BackupWriter, RestoreOptions, RestoreReport,
+};
 use crate::types::{
     Actor, AuditEntry, DeletionReport, ExportOptions, Page, PageRequest, User, UserExport,
 };
@@ -43,6 +48,48 @@ impl Engine {
         let out = self.store.delete_user(user, actor).await;
         self.changed(user);
         out
+    }
+
+    /// Writes a backup of every user (or `options.user`) to `path`: one consistent snapshot,
+    /// taken while writers go on, in the format of [`crate::backup`]. The file appears under
+    /// its name only once complete.
+    pub async fn backup(&self, path: &Path, options: &BackupOptions) -> Result<BackupReport> {
+        let (file, out) = AtomicFile::create(path)?;
+        let mut writer = BackupWriter::new(out);
+        self.store
+            .backup(options.user.as_deref(), &mut writer)
+            .await?;
+        let (out, mut report) = writer.finish()?;
+        report.bytes = file.commit(out)?;
+        report.path = path.to_owned();
+        Ok(report)
+    }
+
+    /// Restores the backup at `path`. The whole file is checked first (format, every record,
+    /// checksum): a damaged file is [`crate::error::Error::InvalidInput`] and nothing is
+    /// written. Then everything is written in one transaction; see
+    /// [`crate::store::MemoryStore::restore`] for what replaces what.
+    pub async fn restore(
+        &self,
+        path: &Path,
+        options: &RestoreOptions,
+        actor: &Actor,
+    ) -> Result<RestoreReport> {
+        let (file, user) = (path.to_owned(), options.user.clone());
+        let plan = tokio::task::spawn_blocking(move || backup::verify(&file, user.as_deref()))
+            .await
+            .map_err(|e| crate::error::Error::Internal(format!("backup check: {e}")))??;
+        let mut source = backup::open(path, options.user.as_deref())?;
+        let report = self
+            .store
+            .restore(&plan, options, &mut source, actor)
+            .await?;
+        for user in &plan.users {
+            if options.user.as_ref().is_none_or(|u| u == user) {
+                self.changed(user);
+            }
+        }
+        Ok(report)
     }
 
     /// The audit log of the user's data, oldest first.

@@ -5,6 +5,7 @@
 //!
 //! [`SqlStore`]'s operations are inherent methods, one area per file; the backends' public
 //! stores forward the [`MemoryStore`](super::MemoryStore) trait to them.
+mod backup;
 mod data;
 mod jobs;
 mod memories;

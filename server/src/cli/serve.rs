@@ -29,6 +29,11 @@ pub struct ServeArgs {
     /// as any user [auth.dangerously_allow_anonymous_on_network].
     #[arg(long)]
     dangerously_allow_anonymous_on_network: bool,
+    /// Reverse proxies whose X-Forwarded-For names the client, as CIDR blocks separated by
+    /// commas (`10.0.0.0/8,127.0.0.1`) [trusted_proxies; none by default: the header is never
+    /// read].
+    #[arg(long, value_delimiter = ',')]
+    trusted_proxies: Option<Vec<String>>,
     /// Serve GraphiQL on GET /graphql [graphiql].
     #[arg(long)]
     graphiql: bool,
@@ -57,6 +62,9 @@ pub(super) async fn run(mut settings: Settings, args: &ServeArgs) -> recall_core
     settings.auth.dangerously_allow_anonymous_on_network |=
         args.dangerously_allow_anonymous_on_network;
     settings.graphiql |= args.graphiql;
+    if let Some(p) = &args.trusted_proxies {
+        settings.trusted_proxies = p.clone();
+    }
     if args.chat_model.is_some() {
         settings.chat.model = args.chat_model.clone();
     }

@@ -679,3 +679,158 @@ fn keys_hash_reads_the_key_from_stdin_or_a_file_never_argv() {
     assert_eq!(hash(&["svc-key-1"], "").status.code(), Some(2));
     assert_eq!(hash(&[], "\n").status.code(), Some(2));
 }
+
+/// A user moves from Postgres to the embedded store and back through a backup file; a
+/// damaged file and a restore over existing data are refused with exit code 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_and_restore_across_stores() {
+    let db = PgDb::create().await;
+    let (name, url) = (db.name.clone(), db.url.clone());
+    let pg = Backend::Postgres(db);
+    let sample = sample();
+    ok_json(cli(
+        &pg,
+        &[
+            "--json",
+            "ingest",
+            "--user",
+            "alice",
+            sample.to_str().unwrap(),
+        ],
+    ));
+    ok_json(cli(
+        &pg,
+        &[
+            "--json",
+            "ingest",
+            "--user",
+            "bob",
+            sample.to_str().unwrap(),
+        ],
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("all.backup");
+    let made = ok_json(cli(
+        &pg,
+        &["--json", "backup", "--out", file.to_str().unwrap()],
+    ));
+    let n = lines(&sample) as u64;
+    assert_eq!(made["users"], 2);
+    assert_eq!(made["memories"], 2 * n);
+    assert_eq!(made["embeddings"], 2 * n);
+    assert_eq!(made["bytes"], std::fs::metadata(&file).unwrap().len());
+
+    let laptop = Backend::Embedded(tempfile::tempdir().unwrap());
+    let restored = ok_json(cli(&laptop, &["--json", "restore", file.to_str().unwrap()]));
+    assert_eq!(restored["users"], 2);
+    assert_eq!(restored["memories"], 2 * n);
+    let query = [
+        "--json",
+        "search",
+        "--user",
+        "alice",
+        "-k",
+        "5",
+        "what is she allergic to?",
+    ];
+    assert_eq!(
+        top_contents(&ok_json(cli(&laptop, &query))),
+        top_contents(&ok_json(cli(&pg, &query)))
+    );
+    let export = |b: &Backend| {
+        let mut v = ok_json(cli(b, &["export", "--user", "alice", "--with-vectors"]));
+        v.as_object_mut().unwrap().remove("exported_at");
+        v.as_object_mut().unwrap().remove("audit");
+        v
+    };
+    assert_eq!(
+        export(&laptop),
+        export(&pg),
+        "the same data, ids and vectors"
+    );
+
+    // Over existing data: refused, then allowed for one user or with --force.
+    let again = cli(&laptop, &["restore", file.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    let one = ok_json(cli(
+        &laptop,
+        &["--json", "restore", "--user", "bob", file.to_str().unwrap()],
+    ));
+    assert_eq!(
+        (one["users"].as_u64(), one["replaced"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let forced = ok_json(cli(
+        &laptop,
+        &["--json", "restore", "--force", file.to_str().unwrap()],
+    ));
+    assert_eq!(forced["replaced"], 2);
+
+    // A truncated file: exit 2, and the store is as it was.
+    let bytes = std::fs::read(&file).unwrap();
+    let cut = dir.path().join("cut.backup");
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let fresh = Backend::Embedded(tempfile::tempdir().unwrap());
+    let bad = cli(&fresh, &["restore", cut.to_str().unwrap()]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a valid backup"));
+    let nobody = cli(&fresh, &["export", "--user", "alice"]);
+    assert_eq!(nobody.status.code(), Some(3), "nothing was written");
+
+    // And back: the embedded copy of one user into an empty Postgres database.
+    let back = dir.path().join("alice.backup");
+    ok_json(cli(
+        &laptop,
+        &[
+            "--json",
+            "backup",
+            "--user",
+            "alice",
+            "--out",
+            back.to_str().unwrap(),
+        ],
+    ));
+    let db2 = PgDb::create().await;
+    let (name2, url2) = (db2.name.clone(), db2.url.clone());
+    let pg2 = Backend::Postgres(db2);
+    ok_json(cli(&pg2, &["--json", "restore", back.to_str().unwrap()]));
+    assert_eq!(export(&pg2), export(&pg));
+    for (name, url) in [(name, url), (name2, url2)] {
+        drop(url);
+        PgDb {
+            url: String::new(),
+            name,
+        }
+        .drop_db()
+        .await;
+    }
+}
+
+/// `deep-recall config` prints what a deployment runs with, secrets redacted, and fails on an
+/// unknown key like `serve` would.
+#[test]
+fn config_shows_the_effective_settings() {
+    let run = |env: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_deep-recall"));
+        cmd.args(["--json", "config"]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let shown = ok_json(run(&[
+        ("DEEP_RECALL__BIND", "0.0.0.0:9000"),
+        ("DEEP_RECALL__AUTH__JWT_SECRET", "hunter2-hunter2"),
+        ("DEEP_RECALL__TRUSTED_PROXIES", "[\"10.0.0.0/8\"]"),
+    ]));
+    assert_eq!(shown["bind"], "0.0.0.0:9000");
+    assert_eq!(shown["auth"]["jwt_secret"], "<redacted>");
+    assert_eq!(shown["trusted_proxies"][0], "10.0.0.0/8");
+    assert!(!shown.to_string().contains("hunter2"));
+    let bad = run(&[("DEEP_RECALL__STORE__DATABSE_URL", "x")]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("databse_url"));
+    let bad = run(&[("DEEP_RECALL__TRUSTED_PROXIES", "[\"10.0.0.0/99\"]")]);
+    assert_eq!(bad.status.code(), Some(2));
+}

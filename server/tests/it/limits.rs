@@ -101,3 +101,63 @@ async fn rate_limits_and_query_limits() {
         "{m}"
     );
 }
+
+/// Behind a trusted proxy each client has its own per-IP bucket (from `X-Forwarded-For`);
+/// without one, the header is ignored and cannot be used to dodge the limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn per_ip_limits_behind_a_trusted_proxy() {
+    let store = Store::embedded();
+    let env = [
+        // One steady token and a burst of one: two requests per address, then refusals.
+        ("DEEP_RECALL__LIMITS__IP_REQUESTS_PER_MINUTE", "1"),
+        ("DEEP_RECALL__LIMITS__IP_BURST", "1"),
+    ];
+    let ask = |server: &Server, user: &'static str, from: &'static str| {
+        let url = format!("{}/graphql", server.base);
+        async move {
+            let resp = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token(user, false, 600))
+                .header("x-forwarded-for", from)
+                .json(&json!({ "query": "{ me { id } }" }))
+                .send()
+                .await
+                .unwrap();
+            resp.status().as_u16()
+        }
+    };
+    let proxied = Server::start(
+        &store,
+        &["--no-chat", "--trusted-proxies", "127.0.0.1/32"],
+        &env,
+    );
+    assert_eq!(ask(&proxied, "a", "203.0.113.1").await, 200);
+    assert_eq!(ask(&proxied, "b", "203.0.113.1").await, 200);
+    assert_eq!(
+        ask(&proxied, "c", "203.0.113.1").await,
+        429,
+        "that client's bucket is empty"
+    );
+    assert_eq!(
+        ask(&proxied, "d", "203.0.113.2").await,
+        200,
+        "another client has its own"
+    );
+    // A forged left-most entry does not help: the proxy appended the real address.
+    assert_eq!(ask(&proxied, "e", "1.1.1.1, 203.0.113.1").await, 429);
+    assert!(
+        proxied.logs().contains("\"client\":\"203.0.113.2\""),
+        "{}",
+        proxied.logs()
+    );
+    drop(proxied);
+
+    let direct = Server::start(&Store::embedded(), &["--no-chat"], &env);
+    assert_eq!(ask(&direct, "a", "203.0.113.1").await, 200);
+    assert_eq!(ask(&direct, "b", "203.0.113.2").await, 200);
+    assert_eq!(
+        ask(&direct, "c", "203.0.113.3").await,
+        429,
+        "one bucket for 127.0.0.1"
+    );
+}

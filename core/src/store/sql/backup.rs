@@ -1,0 +1,545 @@
+//! Backup and restore of whole users, row for row (see [`crate::backup`] for the file).
+use sea_orm::{AccessMode, IsolationLevel};
+
+use super::*;
+use crate::backup::{
+    AuditRow, BackupSink, BackupSource, CHUNK_ROWS, EmbeddingRow as BackupEmbedding, FORMAT,
+    Header, MemoryRow, MessageRow, ModelDims, Record, RestoreOptions, RestoreReport, SessionRow,
+    SummaryRow, Table, UserRow, VERSION, Verified,
+};
+
+/// Sends `rows` as records of at most [`CHUNK_ROWS`] rows.
+fn chunked<T: Clone>(
+    sink: &mut dyn BackupSink,
+    rows: &[T],
+    make: impl Fn(Vec<T>) -> Record,
+) -> Result<()> {
+    for chunk in rows.chunks(CHUNK_ROWS) {
+        sink.write(&make(chunk.to_vec()))?;
+    }
+    Ok(())
+}
+
+/// The id offset of each table for one restore.
+#[derive(Debug, Default)]
+struct Offsets {
+    sessions: i64,
+    messages: i64,
+    summaries: i64,
+    memories: i64,
+    audit: i64,
+}
+
+impl Offsets {
+    fn opt(v: Option<i64>, by: i64) -> Option<i64> {
+        v.map(|x| x + by)
+    }
+}
+
+impl<V: VectorIndex> SqlStore<V> {
+    /// Writes every user (or `only`) to `sink` from one snapshot of the database: a
+    /// repeatable-read, read-only transaction on Postgres, a read transaction on SQLite (in
+    /// WAL mode its first read fixes what it sees). Writers go on meanwhile.
+    pub(crate) async fn backup(&self, only: Option<&str>, sink: &mut dyn BackupSink) -> Result<()> {
+        let backend = self.db.get_database_backend();
+        let txn = match backend {
+            DbBackend::Postgres => {
+                self.db
+                    .begin_with_options(TransactionOptions {
+                        isolation_level: Some(IsolationLevel::RepeatableRead),
+                        access_mode: Some(AccessMode::ReadOnly),
+                        ..TransactionOptions::default()
+                    })
+                    .await?
+            }
+            _ => self.db.begin().await?,
+        };
+        let schema = txn
+            .query_one_raw(Statement::from_string(
+                backend,
+                "SELECT version FROM seaql_migrations ORDER BY version DESC LIMIT 1",
+            ))
+            .await?
+            .map(|r| r.try_get_by_index::<String>(0))
+            .transpose()?
+            .unwrap_or_default();
+        let users = match only {
+            Some(u) => vec![
+                self.find_user(&txn, u)
+                    .await?
+                    .ok_or_else(|| Error::not_found("user", u))?,
+            ],
+            None => {
+                user::Entity::find()
+                    .order_by_asc(user::Column::Id)
+                    .all(&txn)
+                    .await?
+            }
+        };
+        let (models_sql, values) = match &users[..] {
+            [u] if only.is_some() => (
+                "SELECT DISTINCT model, dims FROM memory_embeddings WHERE user_id = $1 \
+                 ORDER BY model, dims",
+                vec![u.id.into()],
+            ),
+            _ => (
+                "SELECT DISTINCT model, dims FROM memory_embeddings ORDER BY model, dims",
+                vec![],
+            ),
+        };
+        let models = txn
+            .query_all_raw(stmt(backend, models_sql, values))
+            .await?
+            .into_iter()
+            .map(|r| {
+                Ok(ModelDims {
+                    model: r.try_get_by_index(0)?,
+                    dims: r.try_get_by_index::<i32>(1)? as usize,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        sink.write(&Record::Header(Header {
+            format: FORMAT.into(),
+            version: VERSION,
+            schema,
+            created_at: now(),
+            backend: self.backend_name.into(),
+            metric: self.metric.as_str().into(),
+            models,
+            user: only.map(str::to_owned),
+        }))?;
+        for u in users {
+            self.backup_user(&txn, &u, sink).await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    async fn backup_user(
+        &self,
+        txn: &DatabaseTransaction,
+        u: &user::Model,
+        sink: &mut dyn BackupSink,
+    ) -> Result<()> {
+        let name = u.external_id.clone();
+        let settings = user_setting::Entity::find_by_id(u.id).one(txn).await?;
+        sink.write(&Record::User(UserRow {
+            id: name.clone(),
+            created_at: u.created_at,
+            settings_updated_at: settings.as_ref().map(|s| s.updated_at),
+            settings: settings.map(|s| s.settings),
+        }))?;
+        let sessions: Vec<SessionRow> = session::Entity::find()
+            .filter(session::Column::UserId.eq(u.id))
+            .order_by_asc(session::Column::Id)
+            .all(txn)
+            .await?
+            .into_iter()
+            .map(|s| SessionRow {
+                id: s.id,
+                external_id: s.external_id,
+                title: s.title,
+                persona: s.persona,
+                created_at: s.created_at,
+                updated_at: s.updated_at,
+                summarized_through: s.summarized_through,
+            })
+            .collect();
+        chunked(sink, &sessions, |rows| Record::Sessions {
+            user: name.clone(),
+            rows,
+        })?;
+        let mut after = 0i64;
+        loop {
+            let rows: Vec<MessageRow> = message::Entity::find()
+                .filter(message::Column::UserId.eq(u.id))
+                .filter(message::Column::Id.gt(after))
+                .order_by_asc(message::Column::Id)
+                .limit(CHUNK_ROWS as u64)
+                .all(txn)
+                .await?
+                .into_iter()
+                .map(|m| MessageRow {
+                    id: m.id,
+                    session_id: m.session_id,
+                    role: m.role,
+                    content: m.content,
+                    tags: m.tags,
+                    metadata: m.metadata,
+                    created_at: m.created_at,
+                })
+                .collect();
+            let Some(last) = rows.last() else { break };
+            after = last.id;
+            sink.write(&Record::Messages {
+                user: name.clone(),
+                rows,
+            })?;
+        }
+        let summaries: Vec<SummaryRow> = summary::Entity::find()
+            .filter(summary::Column::UserId.eq(u.id))
+            .order_by_asc(summary::Column::Id)
+            .all(txn)
+            .await?
+            .into_iter()
+            .map(|s| SummaryRow {
+                id: s.id,
+                session_id: s.session_id,
+                content: s.content,
+                first_message_id: s.first_message_id,
+                last_message_id: s.last_message_id,
+                model: s.model,
+                created_at: s.created_at,
+            })
+            .collect();
+        chunked(sink, &summaries, |rows| Record::Summaries {
+            user: name.clone(),
+            rows,
+        })?;
+        let mut after = 0i64;
+        loop {
+            let rows: Vec<MemoryRow> = memory::Entity::find()
+                .filter(memory::Column::UserId.eq(u.id))
+                .filter(memory::Column::Id.gt(after))
+                .order_by_asc(memory::Column::Id)
+                .limit(CHUNK_ROWS as u64)
+                .all(txn)
+                .await?
+                .into_iter()
+                .map(|m| MemoryRow {
+                    id: m.id,
+                    session_id: m.session_id,
+                    message_id: m.message_id,
+                    summary_id: m.summary_id,
+                    kind: m.kind,
+                    role: m.role,
+                    content: m.content,
+                    tags: m.tags,
+                    metadata: m.metadata,
+                    importance: m.importance,
+                    emotion: m.emotion,
+                    created_at: m.created_at,
+                    updated_at: m.updated_at,
+                })
+                .collect();
+            let Some(last) = rows.last() else { break };
+            after = last.id;
+            sink.write(&Record::Memories {
+                user: name.clone(),
+                rows,
+            })?;
+        }
+        let embeddings: Vec<BackupEmbedding> = self
+            .index
+            .embeddings_of(txn, u.id, true)
+            .await?
+            .into_iter()
+            .map(|(id, e)| {
+                let vector = e
+                    .vector
+                    .ok_or_else(|| internal("an embedding was read without its vector"))?;
+                Ok(BackupEmbedding::new(id, e.model, &vector))
+            })
+            .collect::<Result<_>>()?;
+        chunked(sink, &embeddings, |rows| Record::Embeddings {
+            user: name.clone(),
+            rows,
+        })?;
+        let audit: Vec<AuditRow> = audit_log::Entity::find()
+            .filter(audit_log::Column::UserExternalId.eq(name.as_str()))
+            .order_by_asc(audit_log::Column::Id)
+            .all(txn)
+            .await?
+            .into_iter()
+            .map(|a| AuditRow {
+                id: a.id,
+                actor: a.actor,
+                action: a.action,
+                detail: a.detail,
+                created_at: a.created_at,
+            })
+            .collect();
+        chunked(sink, &audit, |rows| Record::Audit {
+            user: name.clone(),
+            rows,
+        })
+    }
+
+    /// Writes the verified backup `plan` read from `source`, in one transaction: all of it, or
+    /// nothing. Users of the backup that exist in the store are replaced (their audit log
+    /// too, with a `restore` entry added); the rest of the store is left alone.
+    pub(crate) async fn restore(
+        &self,
+        plan: &Verified,
+        options: &RestoreOptions,
+        source: &mut dyn BackupSource,
+        actor: &Actor,
+    ) -> Result<RestoreReport> {
+        let selected: Vec<String> = match &options.user {
+            Some(u) if plan.has_user(u) => vec![u.clone()],
+            Some(u) => return Err(Error::not_found("user in the backup", u.clone())),
+            None => plan.users.clone(),
+        };
+        let txn = begin_write(&self.db).await?;
+        let backend = txn.get_database_backend();
+        let held = self.count_all(&txn, "SELECT count(*) FROM users").await?;
+        if held > 0 && options.user.is_none() && !options.force {
+            return Err(Error::invalid(format!(
+                "the store already holds {held} user(s): restore with --force (the backup's \
+                 users replace the same users; others stay) or choose one user with --user"
+            )));
+        }
+        let mut report = RestoreReport::default();
+        let mut reset = Vec::new();
+        for name in &selected {
+            if let Some(u) = self.find_user(&txn, name).await? {
+                user::Entity::delete_by_id(u.id).exec(&txn).await?;
+                reset.push(u.id);
+                report.replaced += 1;
+            }
+            audit_log::Entity::delete_many()
+                .filter(audit_log::Column::UserExternalId.eq(name.as_str()))
+                .exec(&txn)
+                .await?;
+        }
+        // Ids keep their values unless other rows of the store sit in the backup's ranges.
+        let mut off = Offsets::default();
+        for (table, (lo, hi)) in &plan.id_ranges {
+            let t = table.name();
+            let clash = txn
+                .query_one_raw(stmt(
+                    backend,
+                    &format!("SELECT count(*) FROM {t} WHERE id BETWEEN $1 AND $2"),
+                    vec![(*lo).into(), (*hi).into()],
+                ))
+                .await?
+                .map(|r| r.try_get_by_index::<i64>(0))
+                .transpose()?
+                .unwrap_or(0);
+            if clash == 0 {
+                continue;
+            }
+            let max = self
+                .count_all(&txn, &format!("SELECT COALESCE(max(id), 0) FROM {t}"))
+                .await? as i64;
+            let by = max - lo + 1;
+            report.ids_shifted = true;
+            match table {
+                Table::Sessions => off.sessions = by,
+                Table::Messages => off.messages = by,
+                Table::Summaries => off.summaries = by,
+                Table::Memories => off.memories = by,
+                Table::Audit => off.audit = by,
+            }
+        }
+        let mut current: Option<(String, i64)> = None;
+        while let Some(record) = source.next_record()? {
+            let uid = match (&record, &current) {
+                (Record::Header(_) | Record::End { .. }, _) | (Record::User(_), _) => 0,
+                (_, Some((_, id))) => *id,
+                (_, None) => return Err(internal("backup rows before any user")),
+            };
+            match record {
+                Record::Header(_) | Record::End { .. } => {}
+                Record::User(u) => {
+                    if !selected.contains(&u.id) {
+                        current = None;
+                        continue;
+                    }
+                    user::Entity::insert(user::ActiveModel {
+                        id: NotSet,
+                        external_id: Set(u.id.clone()),
+                        revision: Set(1),
+                        created_at: Set(u.created_at),
+                    })
+                    .exec_without_returning(&txn)
+                    .await?;
+                    let row = self
+                        .find_user(&txn, &u.id)
+                        .await?
+                        .ok_or_else(|| internal("user vanished after insert"))?;
+                    if let Some(settings) = u.settings {
+                        user_setting::Entity::insert(user_setting::ActiveModel {
+                            user_id: Set(row.id),
+                            settings: Set(settings),
+                            updated_at: Set(u.settings_updated_at.unwrap_or(u.created_at)),
+                        })
+                        .exec_without_returning(&txn)
+                        .await?;
+                    }
+                    report.users += 1;
+                    current = Some((u.id, row.id));
+                }
+                Record::Sessions { rows, .. } => {
+                    session::Entity::insert_many(rows.into_iter().map(|s| session::ActiveModel {
+                        id: Set(s.id + off.sessions),
+                        user_id: Set(uid),
+                        external_id: Set(s.external_id),
+                        title: Set(s.title),
+                        persona: Set(s.persona),
+                        created_at: Set(s.created_at),
+                        updated_at: Set(s.updated_at),
+                        summarized_through: Set(Offsets::opt(s.summarized_through, off.messages)),
+                    }))
+                    .exec_without_returning(&txn)
+                    .await?;
+                }
+                Record::Messages { rows, .. } => {
+                    report.messages += rows.len() as u64;
+                    for chunk in rows.chunks(INSERT_CHUNK) {
+                        message::Entity::insert_many(chunk.iter().cloned().map(|m| {
+                            message::ActiveModel {
+                                id: Set(m.id + off.messages),
+                                user_id: Set(uid),
+                                session_id: Set(m.session_id + off.sessions),
+                                role: Set(m.role),
+                                content: Set(m.content),
+                                tags: Set(m.tags),
+                                metadata: Set(m.metadata),
+                                created_at: Set(m.created_at),
+                            }
+                        }))
+                        .exec_without_returning(&txn)
+                        .await?;
+                    }
+                }
+                Record::Summaries { rows, .. } => {
+                    for chunk in rows.chunks(INSERT_CHUNK) {
+                        summary::Entity::insert_many(chunk.iter().cloned().map(|s| {
+                            summary::ActiveModel {
+                                id: Set(s.id + off.summaries),
+                                user_id: Set(uid),
+                                session_id: Set(s.session_id + off.sessions),
+                                content: Set(s.content),
+                                first_message_id: Set(Offsets::opt(
+                                    s.first_message_id,
+                                    off.messages,
+                                )),
+                                last_message_id: Set(Offsets::opt(s.last_message_id, off.messages)),
+                                model: Set(s.model),
+                                created_at: Set(s.created_at),
+                            }
+                        }))
+                        .exec_without_returning(&txn)
+                        .await?;
+                    }
+                }
+                Record::Memories { rows, .. } => {
+                    report.memories += rows.len() as u64;
+                    for chunk in rows.chunks(INSERT_CHUNK) {
+                        memory::Entity::insert_many(chunk.iter().cloned().map(|m| {
+                            memory::ActiveModel {
+                                id: Set(m.id + off.memories),
+                                user_id: Set(uid),
+                                session_id: Set(Offsets::opt(m.session_id, off.sessions)),
+                                message_id: Set(Offsets::opt(m.message_id, off.messages)),
+                                summary_id: Set(Offsets::opt(m.summary_id, off.summaries)),
+                                kind: Set(m.kind),
+                                role: Set(m.role),
+                                content: Set(m.content),
+                                tags: Set(m.tags),
+                                metadata: Set(m.metadata),
+                                importance: Set(m.importance),
+                                emotion: Set(m.emotion),
+                                created_at: Set(m.created_at),
+                                updated_at: Set(m.updated_at),
+                            }
+                        }))
+                        .exec_without_returning(&txn)
+                        .await?;
+                    }
+                }
+                Record::Embeddings { rows, .. } => {
+                    report.embeddings += rows.len() as u64;
+                    let vectors = rows
+                        .iter()
+                        .map(BackupEmbedding::decode)
+                        .collect::<Result<Vec<_>>>()?;
+                    let t = now();
+                    let write: Vec<EmbeddingRow<'_>> = rows
+                        .iter()
+                        .zip(&vectors)
+                        .map(|(r, v)| EmbeddingRow {
+                            memory_id: r.memory_id + off.memories,
+                            user_id: uid,
+                            model: &r.model,
+                            vector: v,
+                            created_at: t,
+                        })
+                        .collect();
+                    self.index.insert(&txn, &write).await?;
+                }
+                Record::Audit { user, rows } => {
+                    for chunk in rows.chunks(INSERT_CHUNK) {
+                        audit_log::Entity::insert_many(chunk.iter().cloned().map(|a| {
+                            audit_log::ActiveModel {
+                                id: Set(a.id + off.audit),
+                                user_external_id: Set(user.clone()),
+                                actor: Set(a.actor),
+                                action: Set(a.action),
+                                detail: Set(a.detail),
+                                created_at: Set(a.created_at),
+                            }
+                        }))
+                        .exec_without_returning(&txn)
+                        .await?;
+                    }
+                }
+            }
+        }
+        if backend == DbBackend::Postgres {
+            // Rows came with their ids: move each sequence past them.
+            for t in [
+                "users",
+                "sessions",
+                "messages",
+                "summaries",
+                "memories",
+                "audit_log",
+            ] {
+                txn.execute_raw(Statement::from_string(
+                    backend,
+                    format!(
+                        "SELECT setval(pg_get_serial_sequence('{t}', 'id'), \
+                         GREATEST((SELECT max(id) FROM {t}), 1))"
+                    ),
+                ))
+                .await?;
+            }
+        }
+        for name in &selected {
+            audit(
+                &txn,
+                name,
+                actor,
+                "restore",
+                serde_json::json!({
+                    "backup_created_at": plan.header.created_at,
+                    "backup_sha256": plan.sha256,
+                    "ids_shifted": report.ids_shifted,
+                }),
+            )
+            .await?;
+        }
+        txn.commit().await?;
+        for id in reset {
+            self.index.committed(
+                id,
+                i64::MAX,
+                Delta {
+                    reset: true,
+                    ..Delta::default()
+                },
+            );
+        }
+        Ok(report)
+    }
+
+    async fn count_all<C: ConnectionTrait>(&self, db: &C, sql: &str) -> Result<u64> {
+        let row = db
+            .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
+            .await?
+            .ok_or_else(|| internal("count returned no row"))?;
+        Ok(row.try_get_by_index::<i64>(0)? as u64)
+    }
+}

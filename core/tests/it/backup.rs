@@ -1,0 +1,464 @@
+//! Backups: a snapshot of every user restored into either store gives back the same export,
+//! row ids and vectors included; damaged files write nothing; restoring into a store that
+//! holds data needs `force` or one user; a backup taken under writes holds a consistent state.
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{TimeZone, Utc};
+use recall_core::backup::{BackupOptions, RestoreOptions};
+use recall_core::store::{self, StoreConfig};
+use recall_core::types::{
+    Actor, ExportOptions, MemoryKind, MessageWrite, NewMemory, NewMessage, NewSummary, Role,
+    UserExport, VectorQuery,
+};
+use recall_core::{Engine, ErrorKind, MemoryStore};
+use serde_json::json;
+
+use crate::fixtures::{PgDb, emb};
+
+/// A store of either kind that cleans up after itself.
+struct Place {
+    store: Arc<dyn MemoryStore>,
+    engine: Engine,
+    pg: Option<PgDb>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Pg,
+    Embedded,
+}
+
+impl Place {
+    async fn new(kind: Kind) -> Self {
+        let (config, pg, dir) = match kind {
+            Kind::Pg => {
+                let db = PgDb::create().await;
+                (StoreConfig::postgres(db.url.clone()), Some(db), None)
+            }
+            Kind::Embedded => {
+                let dir = tempfile::tempdir().unwrap();
+                (StoreConfig::embedded(dir.path()), None, Some(dir))
+            }
+        };
+        let store = store::open(&config).await.unwrap();
+        Self {
+            engine: Engine::without_models(store.clone()),
+            store,
+            pg,
+            _dir: dir,
+        }
+    }
+
+    async fn close(self) {
+        drop(self.engine);
+        drop(self.store);
+        if let Some(db) = self.pg {
+            db.drop_db().await;
+        }
+    }
+
+    async fn export(&self, user: &str) -> UserExport {
+        self.store
+            .export_user(
+                user,
+                &ExportOptions {
+                    include_vectors: true,
+                },
+                &Actor::cli(),
+            )
+            .await
+            .unwrap()
+    }
+}
+
+fn said(session: &str, role: Role, text: &str, minute: u32, v: &[f32]) -> MessageWrite {
+    MessageWrite {
+        message: NewMessage {
+            session: session.into(),
+            role,
+            content: text.into(),
+            created_at: Some(Utc.with_ymd_and_hms(2024, 5, 1, 9, minute, 0).unwrap()),
+            tags: vec!["t".into()],
+            metadata: json!({ "n": minute }),
+        },
+        memories: vec![NewMemory::new(MemoryKind::Message, text, emb(v))],
+    }
+}
+
+/// Two users with messages in two sessions, a fact, a summary, settings and a deleted
+/// memory (a gap in the ids).
+async fn populate(s: &dyn MemoryStore) {
+    for (user, base) in [("ana", 0.1f32), ("bo", 0.2)] {
+        let out = s
+            .append_messages(
+                user,
+                vec![
+                    said(
+                        "s1",
+                        Role::User,
+                        &format!("{user}: I moved to Lisbon"),
+                        1,
+                        &[base, 1.0, 0.3],
+                    ),
+                    said("s1", Role::Assistant, "Lovely city.", 2, &[0.9, base, 0.1]),
+                    said(
+                        "s2",
+                        Role::User,
+                        &format!("{user} likes tea"),
+                        3,
+                        &[0.3, 0.3, base],
+                    ),
+                ],
+            )
+            .await
+            .unwrap();
+        let facts = s
+            .add_memories(
+                user,
+                vec![
+                    NewMemory::new(MemoryKind::Fact, "lives in Lisbon", emb(&[base, 0.8, 0.2])),
+                    NewMemory::new(MemoryKind::Fact, "to be deleted", emb(&[0.5, 0.5, 0.5])),
+                ],
+            )
+            .await
+            .unwrap();
+        s.delete_memories(user, &[facts[1].id]).await.unwrap();
+        s.add_summary(
+            user,
+            NewSummary {
+                session: "s1".into(),
+                content: format!("{user} moved to Lisbon."),
+                first_message_id: Some(out[0].message.id),
+                last_message_id: Some(out[1].message.id),
+                model: Some("test-llm".into()),
+                embedding: emb(&[0.7, 0.7, base]),
+                expected_through: None,
+            },
+        )
+        .await
+        .unwrap();
+        s.put_settings(user, json!({ "theme": user }), &Actor::user(user))
+            .await
+            .unwrap();
+    }
+}
+
+/// `after` is `before` plus the audit entries of the restore and of its own export.
+fn assert_same(before: &UserExport, after: &UserExport) {
+    let mut a = after.clone();
+    let tail: Vec<&str> = a.audit[before.audit.len()..]
+        .iter()
+        .map(|e| e.action.as_str())
+        .collect();
+    assert_eq!(tail, ["restore", "export"]);
+    a.audit.truncate(before.audit.len());
+    a.exported_at = before.exported_at;
+    assert_eq!(&a, before);
+}
+
+async fn backup_to(p: &Place, path: &Path, user: Option<&str>) {
+    let report = p
+        .engine
+        .backup(
+            path,
+            &BackupOptions {
+                user: user.map(str::to_owned),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.users, if user.is_some() { 1 } else { 2 });
+    assert_eq!(report.bytes, std::fs::metadata(path).unwrap().len());
+}
+
+async fn restore(
+    p: &Place,
+    path: &Path,
+    user: Option<&str>,
+    force: bool,
+) -> recall_core::Result<recall_core::backup::RestoreReport> {
+    p.engine
+        .restore(
+            path,
+            &RestoreOptions {
+                user: user.map(str::to_owned),
+                force,
+            },
+            &Actor::cli(),
+        )
+        .await
+}
+
+async fn round_trip(from: Kind, to: Kind) {
+    let src = Place::new(from).await;
+    populate(src.store.as_ref()).await;
+    let before = [src.export("ana").await, src.export("bo").await];
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("all.backup");
+    backup_to(&src, &file, None).await;
+
+    let dst = Place::new(to).await;
+    let report = restore(&dst, &file, None, false).await.unwrap();
+    assert_eq!(
+        (report.users, report.replaced, report.ids_shifted),
+        (2, 0, false)
+    );
+    assert_eq!(report.memories, 2 * 5, "3 messages, 1 fact, 1 summary each");
+    for b in &before {
+        assert_same(b, &dst.export(&b.user.id).await);
+    }
+    // Search runs on the restored vectors and finds the same memories.
+    let q = VectorQuery::new(emb(&[0.1, 1.0, 0.3]), 3);
+    let ids = |p: &recall_core::types::SearchPage| -> Vec<i64> {
+        p.hits.iter().map(|h| h.memory.id).collect()
+    };
+    assert_eq!(
+        ids(&dst.store.search("ana", &q).await.unwrap()),
+        ids(&src.store.search("ana", &q).await.unwrap())
+    );
+    // New rows get fresh ids after the restored ones.
+    let more = dst
+        .store
+        .append_messages(
+            "ana",
+            vec![said("s1", Role::User, "more", 9, &[1.0, 0.0, 0.0])],
+        )
+        .await
+        .unwrap();
+    let last = before[0]
+        .messages
+        .iter()
+        .chain(&before[1].messages)
+        .map(|m| m.id)
+        .max()
+        .unwrap();
+    assert!(more[0].message.id > last);
+    src.close().await;
+    dst.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_postgres_to_embedded() {
+    round_trip(Kind::Pg, Kind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_embedded_to_postgres() {
+    round_trip(Kind::Embedded, Kind::Pg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_postgres_to_postgres() {
+    round_trip(Kind::Pg, Kind::Pg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_embedded_to_embedded() {
+    round_trip(Kind::Embedded, Kind::Embedded).await;
+}
+
+async fn rules(kind: Kind) {
+    let src = Place::new(kind).await;
+    populate(src.store.as_ref()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("all.backup");
+    backup_to(&src, &file, None).await;
+    let ana = src.export("ana").await;
+
+    // A store with data of its own: whole restores need force; its ids collide.
+    let dst = Place::new(kind).await;
+    dst.store
+        .append_messages(
+            "cy",
+            (0..12)
+                .map(|i| said("c", Role::User, &format!("cy {i}"), i, &[0.2, 0.1, 0.9]))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let cy = dst.export("cy").await;
+    let e = restore(&dst, &file, None, false).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(e.to_string().contains("--force"), "{e}");
+    assert!(
+        dst.store.get_user("ana").await.unwrap().is_none(),
+        "nothing written"
+    );
+
+    // One user: restored beside cy, ids moved past cy's, references kept.
+    let r = restore(&dst, &file, Some("ana"), false).await.unwrap();
+    assert_eq!((r.users, r.replaced, r.ids_shifted), (1, 0, true));
+    assert!(dst.store.get_user("bo").await.unwrap().is_none());
+    let got = dst.export("ana").await;
+    let texts = |e: &UserExport| -> Vec<String> {
+        e.memories
+            .iter()
+            .map(|m| m.memory.content.clone())
+            .collect()
+    };
+    assert_eq!(texts(&got), texts(&ana));
+    assert_eq!(got.messages.len(), ana.messages.len());
+    for m in &got.memories {
+        if let Some(id) = m.memory.message_id {
+            let msg = got
+                .messages
+                .iter()
+                .find(|x| x.id == id)
+                .expect("message of a memory");
+            assert_eq!(msg.content, m.memory.content);
+        }
+        assert_eq!(m.embeddings.len(), 1);
+    }
+    let s = &got.summaries[0];
+    assert_eq!(s.first_message_id, Some(got.messages[0].id));
+    assert_eq!(s.last_message_id, Some(got.messages[1].id));
+    assert_eq!(got.settings, json!({ "theme": "ana" }));
+    // cy is untouched but for the export audit.
+    let mut cy_after = dst.export("cy").await;
+    cy_after.audit.truncate(cy.audit.len());
+    cy_after.exported_at = cy.exported_at;
+    assert_eq!(cy_after, cy);
+
+    // Again with force: ana is replaced (not doubled), bo added.
+    let r = restore(&dst, &file, None, true).await.unwrap();
+    assert_eq!((r.users, r.replaced), (2, 1));
+    assert_eq!(dst.export("ana").await.memories.len(), ana.memories.len());
+    assert!(dst.store.get_user("bo").await.unwrap().is_some());
+
+    // A user the backup lacks.
+    let e = restore(&dst, &file, Some("zed"), false).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+
+    // One user's backup holds that user only.
+    let one = dir.path().join("bo.backup");
+    backup_to(&src, &one, Some("bo")).await;
+    let fresh = Place::new(kind).await;
+    restore(&fresh, &one, None, false).await.unwrap();
+    assert!(fresh.store.get_user("ana").await.unwrap().is_none());
+    assert!(fresh.store.get_user("bo").await.unwrap().is_some());
+    for p in [src, dst, fresh] {
+        p.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_rules_postgres() {
+    rules(Kind::Pg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_rules_embedded() {
+    rules(Kind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_backups_write_nothing() {
+    let src = Place::new(Kind::Embedded).await;
+    populate(src.store.as_ref()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("all.backup");
+    backup_to(&src, &file, None).await;
+    let good = std::fs::read(&file).unwrap();
+    let dst = Place::new(Kind::Pg).await;
+    let mut flipped = good.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x40;
+    for (what, bytes) in [
+        ("truncated", good[..good.len() - 20].to_vec()),
+        ("half", good[..good.len() / 2].to_vec()),
+        ("flipped", flipped),
+        ("empty", Vec::new()),
+        ("not a backup", b"hello\n".to_vec()),
+    ] {
+        let bad = dir.path().join(format!("{what}.backup"));
+        std::fs::write(&bad, bytes).unwrap();
+        let e = restore(&dst, &bad, None, false).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{what}: {e}");
+        assert!(e.to_string().contains("not a valid backup"), "{what}: {e}");
+    }
+    let e = restore(&dst, &dir.path().join("missing"), None, false)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("missing"), "{e}");
+    for u in ["ana", "bo"] {
+        assert!(
+            dst.store.get_user(u).await.unwrap().is_none(),
+            "nothing written"
+        );
+    }
+    // A failed backup leaves no file behind under its name.
+    let e = src
+        .engine
+        .backup(&dir.path().join("no/such/dir/x"), &BackupOptions::default())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no/such/dir"), "{e}");
+    src.close().await;
+    dst.close().await;
+}
+
+/// While one task appends messages (each with its memory and vector, one transaction each),
+/// a backup is taken: what it holds is the first `k` messages, each with its memory and
+/// vector, never a message without its memory or the reverse.
+async fn consistent_under_writes(kind: Kind) {
+    let src = Place::new(kind).await;
+    let seed: Vec<MessageWrite> = (0..1500)
+        .map(|i| said("s", Role::User, &format!("m{i}"), 0, &[1.0, i as f32, 0.5]))
+        .collect();
+    src.store.append_messages("w", seed).await.unwrap();
+    let store = src.store.clone();
+    let writer = tokio::spawn(async move {
+        for i in 1500..1700 {
+            store
+                .append_messages(
+                    "w",
+                    vec![said(
+                        "s",
+                        Role::User,
+                        &format!("m{i}"),
+                        0,
+                        &[1.0, i as f32, 0.5],
+                    )],
+                )
+                .await
+                .unwrap();
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for n in 0..3 {
+        let file = dir.path().join(format!("w{n}.backup"));
+        src.engine
+            .backup(&file, &BackupOptions::default())
+            .await
+            .unwrap();
+        files.push(file);
+    }
+    writer.await.unwrap();
+    for file in files {
+        let dst = Place::new(Kind::Embedded).await;
+        restore(&dst, &file, None, false).await.unwrap();
+        let got = dst.export("w").await;
+        let k = got.messages.len();
+        assert!((1500..=1700).contains(&k), "{k}");
+        let texts: Vec<String> = got.messages.iter().map(|m| m.content.clone()).collect();
+        let want: Vec<String> = (0..k).map(|i| format!("m{i}")).collect();
+        assert_eq!(texts, want, "a prefix of the writes");
+        assert_eq!(got.memories.len(), k, "every message with its memory");
+        assert!(got.memories.iter().all(|m| m.embeddings.len() == 1));
+        dst.close().await;
+    }
+    src.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_under_writes_is_consistent_postgres() {
+    consistent_under_writes(Kind::Pg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_under_writes_is_consistent_embedded() {
+    consistent_under_writes(Kind::Embedded).await;
+}
