@@ -8,7 +8,8 @@
 #   venv from scripts/test-venv.sh) and the official MCP Python SDK; the Python, Node and wasm
 #   packages built as a user builds them and tested (the wasm demo page in headless Chromium,
 #   installed from Debian if missing); the TypeScript SDK, the Python client and the web UI
-#   (in Chromium) against the server; the Vue example built.
+#   (in Chromium) against the server; the Vue example built; the deployment files (Docker,
+#   Compose, Kubernetes, Helm, Prometheus, Grafana) checked statically (scripts/check-deploy.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +40,9 @@ fi
 
 step "tests"
 cargo test --workspace --locked
+
+step "deployment files (deploy/: hadolint, promtool, kustomize + kubernetes-validate, Helm values, settings and flags)"
+DEEP_RECALL_BIN="$target/debug/deep-recall" scripts/check-deploy.sh
 
 step "python package (bindings/python: pip install, pytest)"
 # The same `pip install ./bindings/python` a user runs, built with the dev profile so that it
