@@ -7,7 +7,7 @@
 //!
 //! Modules depend one way, from the bottom up: [`settings`] and [`error`]; [`auth`],
 //! [`limits`], [`metrics`], [`proxy`]; [`state`] (what every front door shares); the front doors
-//! [`graphql`], [`rest`] and [`mcp`], and the web UI's assets ([`web`]); [`router`] (HTTP and WebSocket); [`startup`] (the whole server as
+//! [`graphql`], [`rest`] and [`mcp`], and the web UI's assets ([`web`]); [`router`] (HTTP and WebSocket, over [`tls`] when configured); [`startup`] (the whole server as
 //! a library function); [`cli`].
 pub mod auth;
 pub mod cli;
@@ -22,4 +22,5 @@ pub mod router;
 pub mod settings;
 pub mod startup;
 pub mod state;
+pub mod tls;
 pub mod web;

@@ -457,15 +457,20 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
 
 /// Serves until `shutdown` resolves, then stops taking connections, lets streams under way
 /// finish (for a while) and returns.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
+pub async fn serve<L>(
+    listener: L,
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    use axum::serve::ListenerExt;
     let app = router(state.clone());
     let on_shutdown = state.clone();
+    // `tap_io` gives any listener whose address is a SocketAddr the connect info.
     axum::serve(
-        listener,
+        listener.tap_io(|_| ()),
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async move {

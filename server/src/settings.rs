@@ -51,6 +51,8 @@ pub struct Settings {
     pub web: WebSettings,
     /// Who may read `/metrics`, and where.
     pub metrics: MetricsSettings,
+    /// HTTPS on the main address.
+    pub tls: TlsSettings,
 }
 
 impl Default for Settings {
@@ -71,8 +73,20 @@ impl Default for Settings {
             mcp: McpSettings::default(),
             web: WebSettings::default(),
             metrics: MetricsSettings::default(),
+            tls: TlsSettings::default(),
         }
     }
+}
+
+/// HTTPS with rustls: both files, or neither (plain HTTP, for a proxy that terminates TLS).
+/// The files are read again on SIGHUP.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain (leaf first).
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
 }
 
 /// Which store, and where.
@@ -533,6 +547,12 @@ impl Settings {
     /// Checks ranges and combinations.
     pub fn validate(&self) -> recall_core::Result<()> {
         crate::proxy::TrustedProxies::parse(&self.trusted_proxies)?;
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(Error::invalid(
+                "tls: give both a certificate (tls.cert, --tls-cert) and a key (tls.key, \
+                 --tls-key), or neither",
+            ));
+        }
         let l = &self.limits;
         if l.max_body_bytes < 1024 {
             return Err(Error::invalid(

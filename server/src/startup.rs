@@ -204,6 +204,11 @@ pub async fn run(
 ) -> Result<()> {
     check_auth(&settings)?;
     tracing::info!(settings = ?settings, "starting");
+    // A broken certificate stops the start before the models load.
+    let certs = match (&settings.tls.cert, &settings.tls.key) {
+        (Some(cert), Some(key)) => Some(crate::tls::Certificates::open(cert, key)?),
+        _ => None,
+    };
     let engine = engine(&settings).await?;
     let chat = if with_chat {
         Some(chat_pipeline(&settings, engine.clone()).await?)
@@ -244,10 +249,21 @@ pub async fn run(
         Some(bind) => Some(serve_metrics(bind, state.clone()).await?),
         None => None,
     };
-    on_listen(addr);
-    let served = crate::router::serve(listener, state, shutdown)
-        .await
-        .map_err(|e| Error::Internal(format!("server: {e}")));
+    let served = match certs {
+        Some(certs) => {
+            #[cfg(unix)]
+            let _reload = AbortOnDrop(certs.reload_on_sighup()?);
+            let listener = crate::tls::TlsListener::new(listener, certs)
+                .map_err(|e| Error::Internal(format!("tls listener: {e}")))?;
+            on_listen(addr);
+            crate::router::serve(listener, state, shutdown).await
+        }
+        None => {
+            on_listen(addr);
+            crate::router::serve(listener, state, shutdown).await
+        }
+    }
+    .map_err(|e| Error::Internal(format!("server: {e}")));
     if let Some(runner) = runner {
         runner.stop().await;
     }

@@ -34,6 +34,12 @@ pub struct ServeArgs {
     /// read].
     #[arg(long, value_delimiter = ',')]
     trusted_proxies: Option<Vec<String>>,
+    /// PEM certificate chain for HTTPS; with --tls-key [tls.cert]. Reloaded on SIGHUP.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS; with --tls-cert [tls.key].
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Serve GraphiQL on GET /graphql [graphiql].
     #[arg(long)]
     graphiql: bool,
@@ -65,6 +71,15 @@ pub(super) async fn run(mut settings: Settings, args: &ServeArgs) -> recall_core
     if let Some(p) = &args.trusted_proxies {
         settings.trusted_proxies = p.clone();
     }
+    if args.tls_cert.is_some() {
+        settings.tls.cert = args.tls_cert.clone();
+        settings.tls.key = args.tls_key.clone();
+    }
+    let scheme = if settings.tls.cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     if args.chat_model.is_some() {
         settings.chat.model = args.chat_model.clone();
     }
@@ -73,7 +88,7 @@ pub(super) async fn run(mut settings: Settings, args: &ServeArgs) -> recall_core
         settings,
         !args.no_chat,
         |addr| {
-            println!("deep-recall: listening on http://{addr}");
+            println!("deep-recall: listening on {scheme}://{addr}");
             let _ = std::io::stdout().flush();
         },
         shutdown_signal(),

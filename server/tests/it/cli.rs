@@ -833,4 +833,7 @@ fn config_shows_the_effective_settings() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("databse_url"));
     let bad = run(&[("DEEP_RECALL__TRUSTED_PROXIES", "[\"10.0.0.0/99\"]")]);
     assert_eq!(bad.status.code(), Some(2));
+    let half = run(&[("DEEP_RECALL__TLS__CERT", "/etc/ssl/chain.pem")]);
+    assert_eq!(half.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&half.stderr).contains("tls"));
 }

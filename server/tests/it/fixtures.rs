@@ -103,6 +103,16 @@ impl Server {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Sends a signal (`HUP`, say) to the process.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name}");
+    }
+
     /// Kills the process at once (no graceful shutdown).
     pub fn kill(mut self) {
         let _ = self.child.kill();

@@ -17,3 +17,4 @@ mod memory;
 mod ops;
 mod remote;
 mod rest;
+mod tls;
