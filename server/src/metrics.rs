@@ -120,10 +120,15 @@ impl Collector for Snapshot {
     }
 }
 
+/// Distinct `operation` label values kept at most; later ones are counted as `other`.
+/// GraphQL operation names come from clients, and each new label value is a new time series.
+pub const MAX_OPERATIONS: usize = 100;
+
 /// The server's metrics.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    operations: std::sync::Mutex<std::collections::HashSet<String>>,
     requests: Family<RequestLabels, Counter>,
     latency: Family<OperationLabels, Histogram, fn() -> Histogram>,
     retrieval: Histogram,
@@ -169,6 +174,7 @@ impl Default for Metrics {
         registry.register_collector(Box::new(snapshot.clone()));
         Self {
             registry,
+            operations: Default::default(),
             requests,
             latency,
             retrieval,
@@ -183,6 +189,8 @@ impl Metrics {
     /// Counts one request of `operation` over `transport` ("graphql", "rest", "ws") that ended
     /// with `outcome` ("ok" or an error code) after `took`.
     pub fn request(&self, transport: &str, operation: &str, outcome: &str, took: Duration) {
+        let operation = self.operation_label(operation);
+        let operation = operation.as_str();
         self.requests
             .get_or_create(&RequestLabels {
                 transport: transport.into(),
@@ -196,6 +204,26 @@ impl Metrics {
                 operation: operation.into(),
             })
             .observe(took.as_secs_f64());
+    }
+
+    /// `operation` as a label: itself when it is a plain name (letters, digits, `_`, `.`,
+    /// `-`; at most 64 bytes) among the first [`MAX_OPERATIONS`] seen, else `other`.
+    fn operation_label(&self, operation: &str) -> String {
+        let plain = !operation.is_empty()
+            && operation.len() <= 64
+            && operation
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if !plain {
+            return "other".into();
+        }
+        let mut known = self.operations.lock().expect("operation labels");
+        if known.contains(operation) || known.len() < MAX_OPERATIONS {
+            known.insert(operation.to_owned());
+            operation.to_owned()
+        } else {
+            "other".into()
+        }
     }
 
     /// Records one retrieval (context building) taking `took`.
@@ -226,6 +254,31 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_chosen_operation_names_cannot_grow_the_series_without_bound() {
+        let m = Metrics::default();
+        for i in 0..1000 {
+            m.request("graphql", &format!("op{i}"), "ok", Duration::from_millis(1));
+        }
+        m.request("graphql", "op0", "ok", Duration::from_millis(1));
+        m.request("graphql", "bad name\"}", "ok", Duration::from_millis(1));
+        let text = m.render(Gauges::default());
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("deep_recall_requests_total{"))
+            .count();
+        assert_eq!(series, MAX_OPERATIONS + 1, "the first 100 names and other");
+        assert!(
+            text.contains("operation=\"op0\",outcome=\"ok\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("operation=\"other\",outcome=\"ok\"} 901"),
+            "{text}"
+        );
+        assert!(!text.contains("bad name"));
+    }
 
     #[test]
     fn exposition_has_counts_cumulative_buckets_and_scrape_time_values() {
