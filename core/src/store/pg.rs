@@ -448,6 +448,9 @@ impl VectorIndex for PgVectors {
     }
 }
 
+/// The advisory lock key under which a store migrates the schema (any fixed number; "DRmg").
+const MIGRATION_LOCK: i64 = 0x4452_6d67;
+
 /// The production store: Postgres with pgvector.
 pub struct PgStore {
     inner: SqlStore<PgVectors>,
@@ -470,7 +473,6 @@ impl PgStore {
                 message: format!("cannot connect to Postgres at {}", redact_url(url)),
                 source: Some(Box::new(e)),
             })?;
-        Migrator::up(&db, None).await?;
         let index = PgVectors {
             db: db.clone(),
             metric: config.metric,
@@ -478,9 +480,34 @@ impl PgStore {
             indexed: Mutex::new(HashSet::new()),
             counts: Mutex::new(HashMap::new()),
         };
-        if let Some(dims) = config.index_dims {
-            index.ensure_index(dims).await?;
+        // Replicas starting together take turns: the migrations and the index creation run
+        // under one advisory lock, held on a connection of its own.
+        let lock = Database::connect(
+            ConnectOptions::new(url.clone())
+                .max_connections(1)
+                .sqlx_logging(false)
+                .to_owned(),
+        )
+        .await
+        .map_err(|e| Error::Unavailable {
+            message: format!("cannot connect to Postgres at {}", redact_url(url)),
+            source: Some(Box::new(e)),
+        })?;
+        lock.execute_unprepared(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+            .await?;
+        let migrated = async {
+            Migrator::up(&db, None).await?;
+            if let Some(dims) = config.index_dims {
+                index.ensure_index(dims).await?;
+            }
+            Ok::<(), Error>(())
         }
+        .await;
+        let _ = lock
+            .execute_unprepared(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
+            .await;
+        let _ = lock.close().await;
+        migrated?;
         let fanout = Arc::new(PgFanout {
             url: url.clone(),
             db: db.clone(),

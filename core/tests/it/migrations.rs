@@ -125,3 +125,35 @@ async fn sqlite_up_down_up() {
     up_down_up(&db).await;
     db.close().await.unwrap();
 }
+
+/// Replicas that start together against a fresh database all open it: the migrations run
+/// once, under an advisory lock, and the others find them done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_migrate_once() {
+    let pg = PgDb::create().await;
+    let opens = (0..6).map(|_| {
+        let config = recall_core::store::StoreConfig::postgres(pg.url.clone());
+        tokio::spawn(async move { recall_core::store::PgStore::open(&config).await })
+    });
+    for open in futures::future::join_all(opens).await {
+        let store = open.unwrap().expect("every replica opens the store");
+        store.connection().clone().close().await.ok();
+    }
+    let db = pg.connect().await;
+    let applied: i64 = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT count(*) FROM seaql_migrations",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index(0)
+        .unwrap();
+    assert_eq!(
+        applied as usize,
+        recall_migrations::Migrator::migrations().len()
+    );
+    db.close().await.unwrap();
+    pg.drop_db().await;
+}
