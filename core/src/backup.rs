@@ -59,6 +59,9 @@ pub struct Header {
     pub models: Vec<ModelDims>,
     /// The one user backed up, or `None` for all of them.
     pub user: Option<String>,
+    /// How many users follow.
+    #[serde(default)]
+    pub users: u64,
 }
 
 /// An embedding model and its dimension.
@@ -333,6 +336,72 @@ impl Verified {
     pub fn has_user(&self, user: &str) -> bool {
         self.users.iter().any(|u| u == user)
     }
+}
+
+/// A sink that tells `on_user(done, total)` as each user starts (for job progress).
+pub struct Progress<'a, S> {
+    /// Where the records go.
+    pub inner: &'a mut S,
+    /// Called with (users started, users in the backup).
+    pub on_user: &'a mut (dyn FnMut(u64, u64) + Send),
+    total: u64,
+    done: u64,
+}
+
+impl<'a, S: BackupSink> Progress<'a, S> {
+    /// Wraps `inner`.
+    pub fn new(inner: &'a mut S, on_user: &'a mut (dyn FnMut(u64, u64) + Send)) -> Self {
+        Self {
+            inner,
+            on_user,
+            total: 0,
+            done: 0,
+        }
+    }
+}
+
+impl<S: BackupSink> BackupSink for Progress<'_, S> {
+    fn write(&mut self, record: &Record) -> Result<()> {
+        match record {
+            Record::Header(h) => self.total = h.users,
+            Record::User(_) => {
+                (self.on_user)(self.done, self.total);
+                self.done += 1;
+            }
+            _ => {}
+        }
+        self.inner.write(record)
+    }
+}
+
+/// The file name of a scheduled backup taken at `at`: `deep-recall-20261201T030000Z.backup`
+/// (names sort by time).
+pub fn scheduled_name(at: DateTime<Utc>) -> String {
+    format!("deep-recall-{}.backup", at.format("%Y%m%dT%H%M%SZ"))
+}
+
+/// Deletes all but the newest `keep` scheduled backups in `dir` (files named by
+/// [`scheduled_name`]; other files are left alone); returns the deleted paths.
+pub fn prune(dir: &Path, keep: usize) -> Result<Vec<PathBuf>> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| {
+            n.len() == scheduled_name(Utc::now()).len()
+                && n.starts_with("deep-recall-")
+                && n.ends_with(".backup")
+        })
+        .collect();
+    names.sort();
+    let surplus = names.len().saturating_sub(keep);
+    let mut gone = Vec::new();
+    for n in names.into_iter().take(surplus) {
+        let path = dir.join(n);
+        std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        gone.push(path);
+    }
+    Ok(gone)
 }
 
 /// Writes a backup: gzip, one JSON record per line, with the running SHA-256.
@@ -670,6 +739,7 @@ mod tests {
             metric: "cosine".into(),
             models: vec![],
             user: None,
+            users: 1,
         }
     }
 
@@ -698,6 +768,36 @@ mod tests {
             out.push(rec);
         }
         Ok(out)
+    }
+
+    #[test]
+    fn prune_keeps_the_newest_scheduled_backups_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = |h: u32| chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 12, 1, h, 0, 0).unwrap();
+        for h in [3, 1, 2, 4] {
+            std::fs::write(dir.path().join(scheduled_name(t(h))), b"x").unwrap();
+        }
+        std::fs::write(dir.path().join("mine.backup"), b"x").unwrap();
+        let gone = prune(dir.path(), 2).unwrap();
+        let names = |v: &[PathBuf]| -> Vec<String> {
+            v.iter()
+                .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(names(&gone), [scheduled_name(t(1)), scheduled_name(t(2))]);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                scheduled_name(t(3)),
+                scheduled_name(t(4)),
+                "mine.backup".into()
+            ]
+        );
     }
 
     #[test]

@@ -21,13 +21,24 @@ use serde_json::Value;
 pub enum JobKind {
     /// Deletes everything stored about the job's user (a scheduled `deleteMyData`).
     DeleteUser,
+    /// An operator's job: a backup of every user into a directory, keeping the newest few
+    /// (`params`: `dir`, `keep`).
+    Backup,
+    /// An operator's job: database maintenance (`Engine::optimize`).
+    Optimize,
 }
+
+/// The owner of operators' jobs ([`JobKind::is_system`]): the empty string, which is never a
+/// user's id (user ids cannot be empty), so no user can see or cancel them.
+pub const SYSTEM_USER: &str = "";
 
 impl JobKind {
     /// The stored name.
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::DeleteUser => "delete_user",
+            JobKind::Backup => "backup",
+            JobKind::Optimize => "optimize",
         }
     }
 
@@ -35,8 +46,15 @@ impl JobKind {
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "delete_user" => Ok(JobKind::DeleteUser),
+            "backup" => Ok(JobKind::Backup),
+            "optimize" => Ok(JobKind::Optimize),
             other => Err(Error::Internal(format!("unknown job kind {other:?}"))),
         }
+    }
+
+    /// Whether it is an operator's job, owned by [`SYSTEM_USER`] rather than a user.
+    pub fn is_system(self) -> bool {
+        matches!(self, JobKind::Backup | JobKind::Optimize)
     }
 }
 
@@ -151,8 +169,8 @@ pub const MAX_SCHEDULE_AHEAD: Duration = Duration::from_secs(366 * 24 * 3600);
 /// [`crate::store::MemoryStore::jobs`].
 #[async_trait]
 pub trait JobQueue: Send + Sync {
-    /// Queues a background job for the user; audited. At most one job of each kind may be
-    /// pending (queued or running) per user.
+    /// Queues a background job for the user (operators' jobs for [`SYSTEM_USER`] only);
+    /// audited. At most one job of each kind may be pending (queued or running) per user.
     async fn create_job(&self, user: &str, job: NewJob, actor: &Actor) -> Result<Job>;
 
     /// One of the user's jobs.
@@ -168,6 +186,17 @@ pub trait JobQueue: Send + Sync {
     /// For job runners (any user's job): takes the oldest due job (queued and due, or running
     /// with an expired lease) and holds it for `lease`.
     async fn claim_job(&self, worker: &str, lease: Duration) -> Result<Option<Job>>;
+
+    /// For job runners: records the progress of a claimed job (share done, 0 to 1, and what
+    /// it is doing) and renews its lease for `lease`. `None` if `worker` no longer holds it.
+    async fn report_progress(
+        &self,
+        id: i64,
+        worker: &str,
+        progress: f64,
+        message: Option<String>,
+        lease: Duration,
+    ) -> Result<Option<Job>>;
 
     /// For job runners: records how a claimed job ended. `None` if `worker` no longer holds
     /// the job (its lease ran out and another runner took it).

@@ -1,12 +1,14 @@
 //! The job runner: claims due background jobs (see [`crate::jobs`]) and runs them through the
 //! engine. Each change of a job is published on the engine's event bus, so `jobProgress`
 //! subscribers see it wherever the job runs.
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::backup::BackupOptions;
 use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::Event;
@@ -102,7 +104,30 @@ async fn run_one(engine: &Engine, config: &JobRunnerConfig) -> Result<bool> {
     let outcome = if job.attempts > config.max_attempts {
         JobOutcome::Failed(format!("gave up after {} attempts", config.max_attempts))
     } else {
-        match execute(engine, &job).await {
+        // The job reports progress into a watch; it is written to the queue (renewing the
+        // lease) and published at most every PROGRESS_EVERY.
+        let (progress, mut seen) = watch::channel((0.0f64, None::<String>));
+        let work = execute(engine, &job, &progress);
+        tokio::pin!(work);
+        let result = loop {
+            tokio::select! {
+                r = &mut work => break r,
+                _ = tokio::time::sleep(PROGRESS_EVERY) => {
+                    if seen.has_changed().unwrap_or(false) {
+                        let (share, message) = seen.borrow_and_update().clone();
+                        match queue
+                            .report_progress(job.id, &config.worker, share, message, config.lease)
+                            .await
+                        {
+                            Ok(Some(j)) => engine.publish(Event::Job(Box::new(j))),
+                            Ok(None) => {}
+                            Err(e) => tracing::warn!(job = job.id, error = %e, "job progress not recorded"),
+                        }
+                    }
+                }
+            }
+        };
+        match result {
             Ok(result) => JobOutcome::Succeeded(result),
             Err(e) if e.kind() == ErrorKind::Internal && job.attempts < config.max_attempts => {
                 // Transient (database) trouble: leave the lease to expire and try again.
@@ -118,8 +143,50 @@ async fn run_one(engine: &Engine, config: &JobRunnerConfig) -> Result<bool> {
     Ok(true)
 }
 
-async fn execute(engine: &Engine, job: &Job) -> Result<Value> {
+/// How often a running job's progress is recorded.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+type Progress = watch::Sender<(f64, Option<String>)>;
+
+fn json<T: serde::Serialize>(v: &T) -> Result<Value> {
+    serde_json::to_value(v).map_err(|e| Error::Internal(e.to_string()))
+}
+
+async fn execute(engine: &Engine, job: &Job, progress: &Progress) -> Result<Value> {
     match job.kind {
+        JobKind::Backup => {
+            let dir = PathBuf::from(job.params.get("dir").and_then(Value::as_str).unwrap_or(""));
+            let keep = job
+                .params
+                .get("keep")
+                .and_then(Value::as_u64)
+                .unwrap_or(1)
+                .max(1);
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            let path = dir.join(crate::backup::scheduled_name(chrono::Utc::now()));
+            let report = engine
+                .backup_with_progress(&path, &BackupOptions::default(), &mut |done, total| {
+                    let share = if total == 0 {
+                        0.0
+                    } else {
+                        done as f64 / total as f64
+                    };
+                    let _ = progress.send((share, Some(format!("user {} of {total}", done + 1))));
+                })
+                .await?;
+            progress.send_replace((1.0, Some("pruning old backups".into())));
+            let pruned = crate::backup::prune(&dir, keep as usize)?;
+            let mut out = json(&report)?;
+            out["pruned"] = pruned
+                .iter()
+                .map(|p| Value::from(p.display().to_string()))
+                .collect();
+            Ok(out)
+        }
+        JobKind::Optimize => {
+            progress.send_replace((0.0, Some("optimizing".into())));
+            json(&engine.optimize().await?)
+        }
         JobKind::DeleteUser => {
             let actor = job
                 .params

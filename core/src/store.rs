@@ -231,6 +231,9 @@ macro_rules! delegate_store {
             ) -> $crate::error::Result<$crate::types::Page<$crate::types::AuditEntry>> {
                 self.inner.audit_log(user, page).await
             }
+            async fn optimize(&self) -> $crate::error::Result<$crate::store::OptimizeReport> {
+                self.inner.optimize().await
+            }
             async fn backup(
                 &self,
                 user: Option<&str>,
@@ -412,6 +415,12 @@ pub trait MemoryStore: Send + Sync {
     /// The audit log of the user's data, oldest first.
     async fn audit_log(&self, user: &str, page: &PageRequest) -> Result<Page<AuditEntry>>;
 
+    /// Maintenance: Postgres rebuilds the vector and full-text indexes (`REINDEX
+    /// CONCURRENTLY`: reads and writes go on) and runs `VACUUM (ANALYZE)`; the embedded store
+    /// checkpoints its write-ahead log, runs `VACUUM` and `ANALYZE` and empties its vector
+    /// cache (users reload on their next search).
+    async fn optimize(&self) -> Result<OptimizeReport>;
+
     /// Writes every user (or one) to `sink` from one consistent snapshot, taken while
     /// writers go on: the backup holds each user as of one instant. See [`crate::backup`].
     async fn backup(&self, user: Option<&str>, sink: &mut dyn BackupSink) -> Result<()>;
@@ -436,6 +445,23 @@ pub trait MemoryStore: Send + Sync {
 
     /// The queue of background jobs on this store's database.
     fn jobs(&self) -> Arc<dyn JobQueue>;
+}
+
+/// What [`MemoryStore::optimize`] did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OptimizeReport {
+    /// `postgres` or `embedded`.
+    pub backend: String,
+    /// Indexes rebuilt.
+    pub reindexed: Vec<String>,
+    /// Size of the database before (bytes; the SQLite file, or the Postgres database).
+    pub bytes_before: u64,
+    /// And after.
+    pub bytes_after: u64,
+    /// Vectors dropped from the in-process cache.
+    pub cached_vectors_released: u64,
+    /// How long it took.
+    pub seconds: f64,
 }
 
 /// Which database to use.

@@ -7,6 +7,7 @@ mod generate;
 mod ingest;
 mod mcp;
 mod models;
+mod optimize;
 mod search;
 mod serve;
 
@@ -143,6 +144,10 @@ enum Command {
     /// Restore a backup file into the configured store (either kind, whichever made it). The
     /// whole file is checked first; a damaged file writes nothing.
     Restore(backup::RestoreArgs),
+    /// Database maintenance: Postgres rebuilds the vector and full-text indexes concurrently
+    /// (reads and writes go on) and vacuums; the embedded store checkpoints, vacuums and
+    /// analyzes its file.
+    Optimize,
     /// Run the server: GraphQL at /graphql (HTTP and WebSocket), OpenAI-compatible REST under
     /// /v1, MCP at /mcp, /health, /ready and /metrics.
     Serve(serve::ServeArgs),
@@ -324,6 +329,7 @@ async fn dispatch(cli: Cli) -> recall_core::Result<()> {
         Command::Forget(args) => data::forget(&settings, args, g.json).await,
         Command::Backup(args) => backup::backup(&settings, args, g.json).await,
         Command::Restore(args) => backup::restore(&settings, args, g.json).await,
+        Command::Optimize => optimize::run(&settings, g.json).await,
         Command::Serve(args) => serve::run(settings, args).await,
         Command::Mcp(args) => mcp::run(settings, args).await,
         Command::Config => {

@@ -53,6 +53,8 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     /// HTTPS on the main address.
     pub tls: TlsSettings,
+    /// Scheduled backups.
+    pub backup: BackupSettings,
 }
 
 impl Default for Settings {
@@ -74,7 +76,59 @@ impl Default for Settings {
             web: WebSettings::default(),
             metrics: MetricsSettings::default(),
             tls: TlsSettings::default(),
+            backup: BackupSettings::default(),
         }
+    }
+}
+
+/// Scheduled backups: a background job (one across replicas) every `every`, on the clock's
+/// multiples of it, writing `dir/deep-recall-<UTC time>.backup` and keeping the newest `keep`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupSettings {
+    /// Where backups are written (also for `runSystemJob(kind: BACKUP)`).
+    pub dir: Option<PathBuf>,
+    /// How often: a number and a unit, `s`, `m`, `h` or `d` (`24h`); none by default.
+    pub every: Option<String>,
+    /// How many scheduled backups to keep.
+    pub keep: u32,
+}
+
+impl Default for BackupSettings {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            every: None,
+            keep: 7,
+        }
+    }
+}
+
+impl BackupSettings {
+    /// `every` as a duration (validated by [`Settings::validate`]).
+    pub fn interval(&self) -> recall_core::Result<Option<std::time::Duration>> {
+        let Some(text) = self.every.as_deref() else {
+            return Ok(None);
+        };
+        let bad = || {
+            Error::invalid(format!(
+                "backup.every: {text:?} is not a number and a unit (s, m, h, d), like 24h"
+            ))
+        };
+        let t = text.trim();
+        let unit = t.chars().last().ok_or_else(bad)?;
+        let n: u64 = t[..t.len() - unit.len_utf8()].parse().map_err(|_| bad())?;
+        let secs = match unit {
+            's' => n,
+            'm' => n * 60,
+            'h' => n * 3600,
+            'd' => n * 86_400,
+            _ => return Err(bad()),
+        };
+        if secs == 0 {
+            return Err(bad());
+        }
+        Ok(Some(std::time::Duration::from_secs(secs)))
     }
 }
 
@@ -547,6 +601,12 @@ impl Settings {
     /// Checks ranges and combinations.
     pub fn validate(&self) -> recall_core::Result<()> {
         crate::proxy::TrustedProxies::parse(&self.trusted_proxies)?;
+        if self.backup.interval()?.is_some() && self.backup.dir.is_none() {
+            return Err(Error::invalid("backup.every needs backup.dir"));
+        }
+        if self.backup.keep == 0 {
+            return Err(Error::invalid("backup.keep must be at least 1"));
+        }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(Error::invalid(
                 "tls: give both a certificate (tls.cert, --tls-cert) and a key (tls.key, \
@@ -588,6 +648,9 @@ impl Settings {
         }
         self.models.device()?;
         for k in &self.auth.api_keys {
+            if k.user.trim().is_empty() {
+                return Err(Error::invalid("auth.api_keys: a key has an empty user"));
+            }
             if k.sha256.len() != 64 || hex::decode(&k.sha256).is_err() {
                 return Err(Error::invalid(format!(
                     "auth.api_keys: the key of user {:?} is not a hex SHA-256",

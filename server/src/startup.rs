@@ -9,11 +9,13 @@ use std::time::Duration;
 use recall_core::Engine;
 use recall_core::chat::ChatPipeline;
 use recall_core::context::SummaryPolicy;
-use recall_core::error::{Error, Result};
+use recall_core::error::{Error, ErrorKind, Result};
+use recall_core::jobs::JobKind;
 use recall_core::llm::{ChatModel, ChatSummarizer, RemoteConfig};
 use recall_core::runner::{JobRunner, JobRunnerConfig};
 use recall_core::setup::{self, ChatOptions, EngineOptions, RemoteEmbedding};
 use recall_core::store::StoreConfig;
+use recall_core::types::Actor;
 
 use crate::settings::Settings;
 use crate::state::AppState;
@@ -147,6 +149,35 @@ async fn serve_metrics(bind: SocketAddr, state: Arc<AppState>) -> Result<AbortOn
     })))
 }
 
+/// The scheduled backups (`backup.every`): every replica tries to queue the backup of the
+/// next multiple of `every` on the clock; the queue keeps one pending, so it runs once.
+fn backup_schedule(settings: &Settings, engine: &Engine) -> Result<Option<AbortOnDrop>> {
+    let (Some(every), Some(dir)) = (settings.backup.interval()?, settings.backup.dir.clone())
+    else {
+        return Ok(None);
+    };
+    let (engine, keep) = (engine.clone(), settings.backup.keep);
+    let step = every.as_secs().max(1) as i64;
+    Ok(Some(AbortOnDrop(tokio::spawn(async move {
+        loop {
+            let now = chrono::Utc::now().timestamp();
+            let slot = (now / step + 1) * step;
+            let at = chrono::DateTime::from_timestamp(slot, 0).unwrap_or_else(chrono::Utc::now);
+            let params = serde_json::json!({ "dir": dir.display().to_string(), "keep": keep });
+            match engine
+                .schedule_system_job(JobKind::Backup, at, params, &Actor("schedule".into()))
+                .await
+            {
+                Ok(job) => tracing::info!(job = job.id, %at, "backup scheduled"),
+                // Already pending: queued by this replica or another.
+                Err(e) if e.kind() == ErrorKind::InvalidInput => {}
+                Err(e) => tracing::warn!(error = %e, "scheduling a backup failed"),
+            }
+            tokio::time::sleep(Duration::from_secs(step.clamp(1, 30) as u64)).await;
+        }
+    }))))
+}
+
 /// Stops a task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -244,6 +275,7 @@ pub async fn run(
             },
         )
     });
+    let _backups = backup_schedule(&settings, &engine)?;
     let state = Arc::new(AppState::new(settings, engine, chat)?);
     let _metrics = match state.settings.metrics.bind {
         Some(bind) => Some(serve_metrics(bind, state.clone()).await?),

@@ -54,10 +54,24 @@ impl Engine {
     /// taken while writers go on, in the format of [`crate::backup`]. The file appears under
     /// its name only once complete.
     pub async fn backup(&self, path: &Path, options: &BackupOptions) -> Result<BackupReport> {
+        self.backup_with_progress(path, options, &mut |_, _| {})
+            .await
+    }
+
+    /// [`Engine::backup`], telling `on_user(done, total)` as each user starts.
+    pub async fn backup_with_progress(
+        &self,
+        path: &Path,
+        options: &BackupOptions,
+        on_user: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<BackupReport> {
         let (file, out) = AtomicFile::create(path)?;
         let mut writer = BackupWriter::new(out);
         self.store
-            .backup(options.user.as_deref(), &mut writer)
+            .backup(
+                options.user.as_deref(),
+                &mut backup::Progress::new(&mut writer, on_user),
+            )
             .await?;
         let (out, mut report) = writer.finish()?;
         report.bytes = file.commit(out)?;
@@ -90,6 +104,12 @@ impl Engine {
             }
         }
         Ok(report)
+    }
+
+    /// Database maintenance; see [`crate::store::MemoryStore::optimize`]. Cached query
+    /// results are unaffected (the data does not change).
+    pub async fn optimize(&self) -> Result<crate::store::OptimizeReport> {
+        self.store.optimize().await
     }
 
     /// The audit log of the user's data, oldest first.

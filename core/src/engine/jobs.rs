@@ -1,7 +1,7 @@
 //! Background jobs of a user: scheduled, watched, cancelled.
 use super::*;
 use crate::error::Error;
-use crate::jobs::{self, Job, JobKind, NewJob};
+use crate::jobs::{self, Job, JobKind, NewJob, SYSTEM_USER};
 use crate::types::{Actor, Page, PageRequest};
 
 impl Engine {
@@ -36,6 +36,48 @@ impl Engine {
             .await?;
         self.publish(Event::Job(Box::new(job.clone())));
         Ok(job)
+    }
+
+    /// Queues an operator's job ([`JobKind::is_system`]: a backup into a directory, keeping
+    /// the newest `keep`; maintenance) to run at `at`. One of each kind pending at a time:
+    /// replicas that schedule the same job find it pending ([`crate::Error::InvalidInput`]).
+    pub async fn schedule_system_job(
+        &self,
+        kind: JobKind,
+        at: DateTime<Utc>,
+        params: Value,
+        actor: &Actor,
+    ) -> Result<Job> {
+        if kind == JobKind::Backup {
+            let dir = params.get("dir").and_then(Value::as_str).unwrap_or("");
+            if dir.is_empty() {
+                return Err(Error::invalid(
+                    "a backup job needs a directory (backup.dir)",
+                ));
+            }
+            if params.get("keep").and_then(Value::as_u64).unwrap_or(0) == 0 {
+                return Err(Error::invalid("a backup job must keep at least one file"));
+            }
+        }
+        let job = self
+            .jobs
+            .create_job(
+                SYSTEM_USER,
+                NewJob {
+                    kind,
+                    run_at: at,
+                    params,
+                },
+                actor,
+            )
+            .await?;
+        self.publish(Event::Job(Box::new(job.clone())));
+        Ok(job)
+    }
+
+    /// One of the operators' jobs.
+    pub async fn system_job(&self, id: i64) -> Result<Option<Job>> {
+        self.jobs.get_job(SYSTEM_USER, id).await
     }
 
     /// One of the user's jobs.

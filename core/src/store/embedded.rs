@@ -571,6 +571,17 @@ impl VectorIndex for LocalVectors {
         true
     }
 
+    fn compact(&self) -> usize {
+        let mut cache = self.cache.lock().expect("vector cache");
+        let released = cache
+            .users
+            .values()
+            .map(|e| e.vectors.read().expect("user vectors").len())
+            .sum();
+        cache.users.clear();
+        released
+    }
+
     fn committed(&self, user_id: i64, revision: i64, delta: Delta) {
         let mut cache = self.cache.lock().expect("vector cache");
         let Some(entry) = cache.users.get(&user_id) else {

@@ -8,6 +8,7 @@
 mod backup;
 mod data;
 mod jobs;
+mod maintenance;
 mod memories;
 mod messages;
 mod search;
@@ -151,6 +152,12 @@ pub(crate) trait VectorIndex: Send + Sync + 'static {
         user_id: i64,
         with_vectors: bool,
     ) -> Result<Vec<(i64, ExportedEmbedding)>>;
+
+    /// Frees what the index holds in memory (an in-process cache reloads on demand); how
+    /// many vectors it released.
+    fn compact(&self) -> usize {
+        0
+    }
 
     /// Whether [`VectorIndex::committed`] wants the `added` rows (they cost a copy).
     fn tracks_changes(&self) -> bool {

@@ -2,13 +2,14 @@
 use async_graphql::{Context, ID, Json, MergedObject, Object};
 use chrono::{DateTime, Utc};
 use recall_core::chat::ChatRequest;
+use recall_core::jobs::JobKind as CoreJobKind;
 use recall_core::types::{Actor, ExportOptions, NewMessage, SessionPatch};
 use recall_core::{MemoryUpdate, NewMemoryText, RetrieveOptions};
 
 use super::error::{Code, GqlResult, IntoGql, error};
 use super::types::{
     ChatInput, ChatResult, DeletionReport, Job, Memory, MemoryInput, MemoryUpdateInput, Message,
-    MessageInput, Session, parse_id,
+    MessageInput, Session, SystemJobKind, parse_id,
 };
 use super::{admin, caller};
 use crate::auth::Principal;
@@ -229,6 +230,34 @@ impl DataMutation {
         Ok(state
             .engine
             .cancel_job(&p.user, id, &actor(p))
+            .await
+            .gql()?
+            .into())
+    }
+
+    /// Starts an operator's job now (admin only): a backup of every user into
+    /// `backup.dir`, or database maintenance. Watch it with `jobProgress(id, system: true)`.
+    /// One of each kind at a time.
+    async fn run_system_job(&self, ctx: &Context<'_>, kind: SystemJobKind) -> GqlResult<Job> {
+        let (state, p) = admin(ctx)?;
+        let (kind, params) = match kind {
+            SystemJobKind::Backup => {
+                let Some(dir) = &state.settings.backup.dir else {
+                    return Err(error(Code::BadInput, "no backup directory: set backup.dir"));
+                };
+                (
+                    CoreJobKind::Backup,
+                    serde_json::json!({
+                        "dir": dir.display().to_string(),
+                        "keep": state.settings.backup.keep,
+                    }),
+                )
+            }
+            SystemJobKind::Optimize => (CoreJobKind::Optimize, serde_json::json!({})),
+        };
+        Ok(state
+            .engine
+            .schedule_system_job(kind, chrono::Utc::now(), params, &actor(p))
             .await
             .gql()?
             .into())

@@ -3,13 +3,13 @@ use async_graphql::{Context, ID, MergedSubscription, Subscription as Subscriptio
 use futures::Stream;
 use recall_core::chat::ChatUpdate;
 use recall_core::events::{Event, Received};
-use recall_core::jobs::Job as CoreJob;
+use recall_core::jobs::{Job as CoreJob, SYSTEM_USER};
 
-use super::caller;
 use super::error::IntoGql;
 use super::error::{GqlResult, core};
 use super::mutation::chat_request;
 use super::types::{ChatEvent, ChatInput, Job, MemoryEvent, parse_id};
+use super::{admin, caller};
 
 /// All subscriptions.
 #[derive(MergedSubscription, Default)]
@@ -110,24 +110,32 @@ pub struct JobSubscription;
 #[SubscriptionDerive]
 impl JobSubscription {
     /// One of the caller's jobs as it changes: its state now, then every change (progress,
-    /// status); the stream ends after a final status (succeeded, failed, cancelled).
+    /// status); the stream ends after a final status (succeeded, failed, cancelled). With
+    /// `system: true` (admins only), one of the operators' jobs (`runSystemJob`, scheduled
+    /// backups).
     async fn job_progress(
         &self,
         ctx: &Context<'_>,
         id: ID,
+        #[graphql(default = false)] system: bool,
     ) -> async_graphql::Result<impl Stream<Item = Job> + use<>> {
-        let (state, p) = caller(ctx)?;
+        let (state, p) = if system { admin(ctx)? } else { caller(ctx)? };
+        let owner = if system {
+            SYSTEM_USER.to_owned()
+        } else {
+            p.user.clone()
+        };
         let id = parse_id("job", &id)?;
         // Subscribe before reading the job, so that no change between the two is missed.
-        let sub = state.engine.events().subscribe(&p.user);
-        let Some(now) = state.engine.job(&p.user, id).await.gql()? else {
+        let sub = state.engine.events().subscribe(&owner);
+        let Some(now) = state.engine.job(&owner, id).await.gql()? else {
             return Err(super::error::error(
                 super::error::Code::NotFound,
                 format!("job not found: {id}"),
             ));
         };
         let engine = state.engine.clone();
-        let user = p.user.clone();
+        let user = owner;
         Ok(futures::stream::unfold(
             (sub, Some(now.clone()), Some(now)),
             move |(mut sub, first, mut last): (_, Option<CoreJob>, Option<CoreJob>)| {

@@ -574,6 +574,19 @@ impl From<core::DeletionReport> for DeletionReport {
 pub enum JobKind {
     /// Deletes everything stored about the user (a scheduled `deleteMyData`).
     DeleteUser,
+    /// An operator's backup of every user (admin; `backup.dir`).
+    Backup,
+    /// An operator's database maintenance (admin).
+    Optimize,
+}
+
+/// Operators' jobs that `runSystemJob` starts.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum SystemJobKind {
+    /// A backup of every user into `backup.dir`, keeping the newest `backup.keep`.
+    Backup,
+    /// Database maintenance: rebuild the vector and full-text indexes, vacuum.
+    Optimize,
 }
 
 /// Where a background job is.
@@ -591,7 +604,7 @@ pub enum JobStatus {
     Cancelled,
 }
 
-/// A background job of the caller's.
+/// A background job of the caller's (or, for admins, an operator's job).
 #[derive(SimpleObject, Debug, Clone)]
 pub struct Job {
     /// Its id.
@@ -628,6 +641,8 @@ impl From<CoreJob> for Job {
             id: ID(j.id.to_string()),
             kind: match j.kind {
                 CoreJobKind::DeleteUser => JobKind::DeleteUser,
+                CoreJobKind::Backup => JobKind::Backup,
+                CoreJobKind::Optimize => JobKind::Optimize,
             },
             status: match j.status {
                 CoreJobStatus::Queued => JobStatus::Queued,

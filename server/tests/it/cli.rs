@@ -767,6 +767,25 @@ async fn backup_and_restore_across_stores() {
     ));
     assert_eq!(forced["replaced"], 2);
 
+    // Maintenance on both stores keeps the data searchable.
+    for b in [&pg, &laptop] {
+        let done = ok_json(cli(b, &["--json", "optimize"]));
+        assert!(done["bytes_after"].as_u64().unwrap() > 0, "{done}");
+        assert_eq!(
+            top_contents(&ok_json(cli(b, &query)))[0],
+            top_contents(&ok_json(cli(&pg, &query)))[0]
+        );
+    }
+    let rebuilt = ok_json(cli(&pg, &["--json", "optimize"]))["reindexed"].clone();
+    let rebuilt: Vec<&str> = rebuilt
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(rebuilt.contains(&"ix_memories_tsv"), "{rebuilt:?}");
+    assert!(rebuilt.iter().any(|n| n.contains("hnsw")), "{rebuilt:?}");
+
     // A truncated file: exit 2, and the store is as it was.
     let bytes = std::fs::read(&file).unwrap();
     let cut = dir.path().join("cut.backup");

@@ -189,3 +189,132 @@ async fn scheduled_deletion_and_job_progress_across_replicas() {
         db.drop_db().await;
     }
 }
+
+/// Scheduled backups on two replicas over one Postgres: each slot's backup runs once, old
+/// files are pruned to `keep`, and a file restores. Admins run and watch operators' jobs
+/// (progress over graphql-ws); users can neither start nor see them.
+#[tokio::test(flavor = "multi_thread")]
+async fn scheduled_backups_and_operators_jobs() {
+    let store = Store::postgres().await;
+    let backups = tempfile::tempdir().unwrap();
+    let dir = backups.path().to_str().unwrap();
+    let env = [
+        ("DEEP_RECALL__JOBS__POLL_MS", "100"),
+        ("DEEP_RECALL__BACKUP__DIR", dir),
+        ("DEEP_RECALL__BACKUP__EVERY", "1s"),
+        ("DEEP_RECALL__BACKUP__KEEP", "2"),
+    ];
+    let a = Server::start(&store, &["--no-chat"], &env);
+    let b = Server::start(&store, &["--no-chat"], &env);
+    let alice = token("alice", false, 600);
+    add(
+        &a,
+        &alice,
+        "s",
+        "Alice keeps her passport in the desk drawer",
+    )
+    .await;
+
+    // Several slots pass; every run is recorded by one replica only.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let files: Vec<String> = std::fs::read_dir(backups.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(files.len(), 2, "pruned to keep = 2: {files:?}");
+    assert!(
+        files
+            .iter()
+            .all(|f| f.starts_with("deep-recall-") && f.ends_with(".backup"))
+    );
+    let ran = |s: &Server| s.logs().matches("backup scheduled").count();
+    assert!(ran(&a) + ran(&b) >= 3, "a: {}\nb: {}", a.logs(), b.logs());
+    let newest = files.iter().max().unwrap();
+    let restored = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_deep-recall"))
+        .arg("--data-dir")
+        .arg(restored.path())
+        .args(["--json", "restore"])
+        .arg(backups.path().join(newest))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["users"], 1, "{report}");
+
+    // An admin starts maintenance and watches it to the end.
+    let admin = token("ops", true, 600);
+    let run =
+        format!("mutation($k: SystemJobKind!) {{ runSystemJob(kind: $k) {{ {JOB_FIELDS} }} }}");
+    let (_, body) = gql(&a, Some(&admin), &run, json!({ "k": "OPTIMIZE" })).await;
+    let job = data(&body)["runSystemJob"].clone();
+    assert_eq!(job["kind"], "OPTIMIZE", "{body}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    let init = |t: &str| json!({ "authorization": format!("Bearer {t}") });
+    let mut watch = Ws::connect(&b, init(&admin)).await.unwrap();
+    watch
+        .subscribe(
+            "job",
+            &format!(
+                "subscription($id: ID!) {{ jobProgress(id: $id, system: true) {{ {JOB_FIELDS} }} }}"
+            ),
+            json!({ "id": id }),
+        )
+        .await;
+    let done = loop {
+        let m = watch.next().await.unwrap();
+        assert_eq!(m["type"], "next", "{m}");
+        let j = m["payload"]["data"]["jobProgress"].clone();
+        if j["status"] == "SUCCEEDED" {
+            break j;
+        }
+        assert!(j["status"] == "QUEUED" || j["status"] == "RUNNING", "{j}");
+    };
+    assert_eq!(done["result"]["backend"], "postgres", "{done}");
+    assert!(
+        done["result"]["reindexed"].as_array().unwrap().len() >= 2,
+        "{done}"
+    );
+
+    // Users: refused, and the operators' job is not theirs to see.
+    let (_, body) = gql(&a, Some(&alice), &run, json!({ "k": "BACKUP" })).await;
+    assert_eq!(code(&body), "FORBIDDEN", "{body}");
+    let (_, body) = gql(
+        &a,
+        Some(&alice),
+        "query($id: ID!) { job(id: $id) { id } }",
+        json!({ "id": id }),
+    )
+    .await;
+    assert!(data(&body)["job"].is_null(), "{body}");
+    let mut peek = Ws::connect(&a, init(&alice)).await.unwrap();
+    for system in [false, true] {
+        peek.subscribe(
+            "p",
+            "subscription($id: ID!, $s: Boolean!) { jobProgress(id: $id, system: $s) { id } }",
+            json!({ "id": id, "s": system }),
+        )
+        .await;
+        let refused = peek.next().await.unwrap();
+        let want = if system { "FORBIDDEN" } else { "NOT_FOUND" };
+        assert_eq!(
+            refused["payload"]["errors"][0]["extensions"]["code"], want,
+            "{refused}"
+        );
+        assert_eq!(peek.next().await.unwrap()["type"], "complete");
+    }
+    drop((a, b));
+
+    // Without backup.dir a backup cannot be started.
+    let c = Server::start(&store, &["--no-chat"], &[]);
+    let (_, body) = gql(&c, Some(&admin), &run, json!({ "k": "BACKUP" })).await;
+    assert_eq!(code(&body), "BAD_INPUT", "{body}");
+    drop(c);
+    if let Store::Postgres(db) = store {
+        db.drop_db().await;
+    }
+}

@@ -107,6 +107,7 @@ impl<V: VectorIndex> SqlStore<V> {
             metric: self.metric.as_str().into(),
             models,
             user: only.map(str::to_owned),
+            users: users.len() as u64,
         }))?;
         for u in users {
             self.backup_user(&txn, &u, sink).await?;

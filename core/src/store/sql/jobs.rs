@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::jobs::{Job, JobKind, JobOutcome, JobStatus, NewJob};
+use crate::jobs::{Job, JobKind, JobOutcome, JobStatus, NewJob, SYSTEM_USER};
 use crate::store::entity::job;
 
 /// The [`JobQueue`] of both SQL backends.
@@ -36,13 +36,36 @@ fn job_to_api(m: job::Model) -> Result<Job> {
     })
 }
 
+impl SqlJobQueue {
+    /// A user's id, or [`SYSTEM_USER`] for operators' jobs.
+    fn check_owner(&self, user: &str) -> Result<()> {
+        if user == SYSTEM_USER {
+            return Ok(());
+        }
+        self.limits.check_user_id(user)
+    }
+}
+
 /// Longest error text kept on a failed job.
 const MAX_JOB_ERROR: usize = 2000;
 
 #[async_trait]
 impl JobQueue for SqlJobQueue {
     async fn create_job(&self, user: &str, new: NewJob, actor: &Actor) -> Result<Job> {
-        self.limits.check_user_id(user)?;
+        if new.kind.is_system() != (user == SYSTEM_USER) {
+            return Err(Error::invalid(format!(
+                "{} jobs belong to {}",
+                new.kind.as_str(),
+                if new.kind.is_system() {
+                    "the operators"
+                } else {
+                    "a user"
+                }
+            )));
+        }
+        if !new.kind.is_system() {
+            self.limits.check_user_id(user)?;
+        }
         if !new.params.is_object() {
             return Err(Error::invalid("job parameters must be a JSON object"));
         }
@@ -114,7 +137,7 @@ impl JobQueue for SqlJobQueue {
     }
 
     async fn get_job(&self, user: &str, id: i64) -> Result<Option<Job>> {
-        self.limits.check_user_id(user)?;
+        self.check_owner(user)?;
         job::Entity::find_by_id(id)
             .filter(job::Column::UserExternalId.eq(user))
             .one(&self.db)
@@ -124,7 +147,7 @@ impl JobQueue for SqlJobQueue {
     }
 
     async fn list_jobs(&self, user: &str, page: &PageRequest) -> Result<Page<Job>> {
-        self.limits.check_user_id(user)?;
+        self.check_owner(user)?;
         let after = page_start(&self.limits, page)?;
         let keyset = Keyset {
             time: None,
@@ -141,7 +164,7 @@ impl JobQueue for SqlJobQueue {
     }
 
     async fn cancel_job(&self, user: &str, id: i64, actor: &Actor) -> Result<Job> {
-        self.limits.check_user_id(user)?;
+        self.check_owner(user)?;
         let txn = begin_write(&self.db).await?;
         let Some(row) = job::Entity::find_by_id(id)
             .filter(job::Column::UserExternalId.eq(user))
@@ -213,6 +236,45 @@ impl JobQueue for SqlJobQueue {
         change.attempts = Set(attempts + 1);
         change.started_at_us = Set(started.or(Some(t)));
         change.updated_at_us = Set(t);
+        let row = sea_orm::ActiveModelTrait::update(change, &txn).await?;
+        txn.commit().await?;
+        job_to_api(row).map(Some)
+    }
+
+    async fn report_progress(
+        &self,
+        id: i64,
+        worker: &str,
+        progress: f64,
+        message: Option<String>,
+        lease: Duration,
+    ) -> Result<Option<Job>> {
+        let txn = begin_write(&self.db).await?;
+        let Some(row) = job::Entity::find_by_id(id).one(&txn).await? else {
+            txn.commit().await?;
+            return Ok(None);
+        };
+        if row.status != JobStatus::Running.as_str() || row.locked_by.as_deref() != Some(worker) {
+            txn.commit().await?;
+            return Ok(None);
+        }
+        let t = now();
+        let mut change: job::ActiveModel = row.into();
+        change.progress = Set(progress.clamp(0.0, 1.0));
+        change.message = Set(message.map(|mut m| {
+            if m.len() > MAX_JOB_ERROR {
+                let mut cut = MAX_JOB_ERROR;
+                while !m.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                m.truncate(cut);
+            }
+            m
+        }));
+        change.updated_at_us = Set(micros(t));
+        change.locked_until_us = Set(Some(
+            micros(t) + i64::try_from(lease.as_micros()).unwrap_or(i64::MAX / 2),
+        ));
         let row = sea_orm::ActiveModelTrait::update(change, &txn).await?;
         txn.commit().await?;
         job_to_api(row).map(Some)

@@ -5,6 +5,7 @@ crate::fixtures::both_backends! {
     export_everything;
     forget_user;
     settings_and_audit;
+    optimize_keeps_everything;
 }
 
 async fn export_everything(t: &TestStore) {
@@ -252,4 +253,61 @@ async fn settings_and_audit(t: &TestStore) {
             .items
             .is_empty()
     );
+}
+
+async fn optimize_keeps_everything(t: &TestStore) {
+    let s = t.store();
+    s.append_messages(
+        "u",
+        vec![
+            write(
+                msg("s1", Role::User, "dolphins swim at dawn", at(1, 1), &[]),
+                &[1.0, 0.0],
+            ),
+            write(
+                msg("s1", Role::User, "the ferry was late", at(1, 2), &[]),
+                &[0.0, 1.0],
+            ),
+        ],
+    )
+    .await
+    .unwrap();
+    let ids = |p: &recall_core::types::SearchPage| -> Vec<i64> {
+        p.hits.iter().map(|h| h.memory.id).collect()
+    };
+    let before = ids(&s.search("u", &query(&[0.9, 0.1], 2)).await.unwrap());
+    let report = s.optimize().await.unwrap();
+    assert_eq!(report.backend, s.backend());
+    assert!(
+        report.bytes_before > 0 && report.bytes_after > 0,
+        "{report:?}"
+    );
+    match t {
+        TestStore::Pg(..) => {
+            assert!(
+                report.reindexed.iter().any(|n| n == "ix_memories_tsv"),
+                "{report:?}"
+            );
+            assert!(
+                report.reindexed.iter().any(|n| n.contains("hnsw")),
+                "{report:?}"
+            );
+        }
+        TestStore::Embedded(..) => {
+            assert!(report.reindexed.is_empty());
+            assert_eq!(
+                report.cached_vectors_released, 2,
+                "the search loaded u's vectors"
+            );
+        }
+    }
+    assert_eq!(
+        ids(&s.search("u", &query(&[0.9, 0.1], 2)).await.unwrap()),
+        before
+    );
+    let hits = s
+        .text_search("u", &TextQuery::new("dolphin", 10))
+        .await
+        .unwrap();
+    assert_eq!(hits.len(), 1);
 }
