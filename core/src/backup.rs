@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::crypto::{self, DataKey, DecryptReader, EncryptWriter};
 use crate::error::{Error, Result};
 
 /// The format marker in every backup's header.
@@ -287,6 +288,8 @@ pub struct BackupReport {
     pub bytes: u64,
     /// The SHA-256 of its records, as in its `end` record.
     pub sha256: String,
+    /// The id of the data key it is encrypted with, if it is.
+    pub encrypted_with: Option<String>,
 }
 
 /// How to restore.
@@ -601,12 +604,74 @@ fn check_header(h: &Header) -> Result<()> {
     Ok(())
 }
 
+/// The bytes of a backup file under its encryption: decrypted with `key` when the file was
+/// encrypted (a missing or different key is a clear error), as they are otherwise.
+fn input(path: &Path, key: Option<&DataKey>) -> Result<Box<dyn Read + Send>> {
+    let mut file = BufReader::new(File::open(path).map_err(|e| Error::io(path, e))?);
+    match crypto::read_header(&mut file).map_err(|e| Error::io(path, e))? {
+        crypto::Header::Plain(first) => Ok(Box::new(std::io::Cursor::new(first).chain(file))),
+        crypto::Header::Encrypted { key_id, prefix } => match key {
+            None => Err(Error::invalid(format!(
+                "the backup is encrypted with data key {key_id}: give that key \
+                 (--encryption-key-file)"
+            ))),
+            Some(k) if k.id() != key_id => Err(Error::invalid(format!(
+                "the backup is encrypted with data key {key_id}, not with the key given ({})",
+                k.id()
+            ))),
+            Some(k) => Ok(Box::new(DecryptReader::new(file, k, &prefix))),
+        },
+    }
+}
+
+/// Where a backup's bytes go: the file, through the data key's encryption when there is one.
+pub enum Output {
+    /// Unencrypted.
+    Plain(BufWriter<File>),
+    /// Encrypted with the data key.
+    Encrypted(Box<EncryptWriter<BufWriter<File>>>),
+}
+
+impl Output {
+    /// Over `out`, encrypted when `key` is given.
+    pub fn new(out: BufWriter<File>, key: Option<&DataKey>) -> Result<Self> {
+        Ok(match key {
+            Some(k) => Self::Encrypted(Box::new(EncryptWriter::new(out, k).map_err(io)?)),
+            None => Self::Plain(out),
+        })
+    }
+
+    /// Ends the encryption; the file.
+    pub fn finish(self) -> Result<BufWriter<File>> {
+        match self {
+            Self::Plain(out) => Ok(out),
+            Self::Encrypted(enc) => enc.finish().map_err(io),
+        }
+    }
+}
+
+impl Write for Output {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Plain(out) => out.write(buf),
+            Self::Encrypted(enc) => enc.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Self::Plain(out) => out.flush(),
+            Self::Encrypted(enc) => enc.flush(),
+        }
+    }
+}
+
 /// Reads the whole file once and checks it: gzip stream, every record, the order of the
-/// records (a user's rows after that user's row), the count and the checksum. `user` keeps
-/// the id ranges of that user only. Nothing is written anywhere.
-pub fn verify(path: &Path, user: Option<&str>) -> Result<Verified> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut reader = BackupReader::new(BufReader::new(file));
+/// records (a user's rows after that user's row), the count and the checksum, and, for an
+/// encrypted file, every chunk's authentication with `key`. `user` keeps the id ranges of
+/// that user only. Nothing is written anywhere.
+pub fn verify(path: &Path, user: Option<&str>, key: Option<&DataKey>) -> Result<Verified> {
+    let mut reader = BackupReader::new(input(path, key)?);
     let mut header = None;
     let mut users: Vec<String> = Vec::new();
     let mut ranges: BTreeMap<Table, (i64, i64)> = BTreeMap::new();
@@ -676,9 +741,12 @@ pub fn verify(path: &Path, user: Option<&str>) -> Result<Verified> {
 }
 
 /// Opens a verified backup for reading its records (the header first).
-pub fn open(path: &Path, user: Option<&str>) -> Result<BackupReader<BufReader<File>>> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    Ok(BackupReader::new(BufReader::new(file)).only(user.map(str::to_owned)))
+pub fn open(
+    path: &Path,
+    user: Option<&str>,
+    key: Option<&DataKey>,
+) -> Result<BackupReader<Box<dyn Read + Send>>> {
+    Ok(BackupReader::new(input(path, key)?).only(user.map(str::to_owned)))
 }
 
 /// A file written next to `path` and moved over it only once complete and synced, so that a

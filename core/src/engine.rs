@@ -109,6 +109,8 @@ pub struct Engine {
     /// [`Engine::add_memory`] merges into a memory at least this similar (off by default;
     /// [`Engine::with_dedupe`]).
     dedupe: Option<f32>,
+    /// The data key: backups are encrypted with it (see [`Engine::with_data_key`]).
+    data_key: Option<Arc<crate::crypto::DataKey>>,
 }
 
 /// A similarity (cosine by default) at or above which a new free-standing memory is the same
@@ -132,6 +134,7 @@ impl Engine {
             summaries: Arc::default(),
             events: EventBus::default(),
             dedupe: None,
+            data_key: None,
         }
     }
 
@@ -139,6 +142,18 @@ impl Engine {
     /// settings, jobs): operations that embed fail with a model error.
     pub fn without_models(store: Arc<dyn MemoryStore>) -> Self {
         Self::new(store, Arc::new(crate::embed::NoEmbedder))
+    }
+
+    /// Encrypts backups with the data key (AES-256-GCM, [`crate::crypto`]); restores then
+    /// read files encrypted with it (and unencrypted ones).
+    pub fn with_data_key(mut self, key: Option<Arc<crate::crypto::DataKey>>) -> Self {
+        self.data_key = key;
+        self
+    }
+
+    /// The data key, if one was given.
+    pub fn data_key(&self) -> Option<&crate::crypto::DataKey> {
+        self.data_key.as_deref()
     }
 
     /// Merges a new free-standing memory into one at least `similarity` alike of the same kind

@@ -40,6 +40,8 @@ pub mod cache;
 pub mod chat;
 pub mod chunk;
 pub mod context;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub mod crypto;
 pub mod device;
 pub mod embed;
 pub mod emotion;

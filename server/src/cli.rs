@@ -76,6 +76,11 @@ struct Global {
     #[arg(long, global = true)]
     emotion_model: Option<PathBuf>,
 
+    /// The data key: a file of 32 random bytes (raw or hex); backups are encrypted with it and
+    /// restores read it [encryption.key_file].
+    #[arg(long, global = true, env = "DEEP_RECALL_ENCRYPTION_KEY_FILE")]
+    encryption_key_file: Option<PathBuf>,
+
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -109,6 +114,9 @@ impl Global {
         }
         if let Some(dir) = &self.emotion_model {
             s.models.emotion = Some(dir.clone());
+        }
+        if let Some(file) = &self.encryption_key_file {
+            s.encryption.key_file = Some(file.clone());
         }
         s.validate()?;
         Ok(s)

@@ -55,6 +55,8 @@ pub struct Settings {
     pub tls: TlsSettings,
     /// Scheduled backups.
     pub backup: BackupSettings,
+    /// The data key.
+    pub encryption: EncryptionSettings,
 }
 
 impl Default for Settings {
@@ -77,8 +79,18 @@ impl Default for Settings {
             metrics: MetricsSettings::default(),
             tls: TlsSettings::default(),
             backup: BackupSettings::default(),
+            encryption: EncryptionSettings::default(),
         }
     }
+}
+
+/// The data key: a file of 32 random bytes (raw, or 64 hex digits). Backups are encrypted
+/// with it (AES-256-GCM); keep a copy apart from them, or they cannot be restored.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EncryptionSettings {
+    /// The key file (`--encryption-key-file`, `DEEP_RECALL_ENCRYPTION_KEY_FILE`).
+    pub key_file: Option<PathBuf>,
 }
 
 /// Scheduled backups: a background job (one across replicas) every `every`, on the clock's

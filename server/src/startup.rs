@@ -9,6 +9,7 @@ use std::time::Duration;
 use recall_core::Engine;
 use recall_core::chat::ChatPipeline;
 use recall_core::context::SummaryPolicy;
+use recall_core::crypto::DataKey;
 use recall_core::error::{Error, ErrorKind, Result};
 use recall_core::jobs::JobKind;
 use recall_core::llm::{ChatModel, ChatSummarizer, RemoteConfig};
@@ -62,12 +63,27 @@ pub async fn engine(settings: &Settings) -> Result<Engine> {
         remote_embedding,
     })
     .await
+    .and_then(|e| Ok(e.with_data_key(data_key(settings)?)))
+}
+
+/// The data key of `encryption.key_file`, if set: a missing or malformed file is an error at
+/// start, not later.
+pub fn data_key(settings: &Settings) -> Result<Option<Arc<DataKey>>> {
+    settings
+        .encryption
+        .key_file
+        .as_deref()
+        .map(|path| DataKey::from_file(path).map(Arc::new))
+        .transpose()
 }
 
 /// The engine over the configured store with no model loaded, for commands that only manage
 /// data (export, forget): they work where the models are missing.
 pub async fn data_engine(settings: &Settings) -> Result<Engine> {
-    setup::open_data_engine(&store_config(settings)).await
+    let key = data_key(settings)?;
+    Ok(setup::open_data_engine(&store_config(settings))
+        .await?
+        .with_data_key(key))
 }
 
 /// The chat model the settings name: the remote provider when `chat.url` is set, else the

@@ -66,7 +66,8 @@ impl Engine {
         on_user: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<BackupReport> {
         let (file, out) = AtomicFile::create(path)?;
-        let mut writer = BackupWriter::new(out);
+        let key = self.data_key();
+        let mut writer = BackupWriter::new(backup::Output::new(out, key)?);
         self.store
             .backup(
                 options.user.as_deref(),
@@ -74,7 +75,8 @@ impl Engine {
             )
             .await?;
         let (out, mut report) = writer.finish()?;
-        report.bytes = file.commit(out)?;
+        report.bytes = file.commit(out.finish()?)?;
+        report.encrypted_with = key.map(|k| k.id());
         report.path = path.to_owned();
         Ok(report)
     }
@@ -89,11 +91,13 @@ impl Engine {
         options: &RestoreOptions,
         actor: &Actor,
     ) -> Result<RestoreReport> {
-        let (file, user) = (path.to_owned(), options.user.clone());
-        let plan = tokio::task::spawn_blocking(move || backup::verify(&file, user.as_deref()))
-            .await
-            .map_err(|e| crate::error::Error::Internal(format!("backup check: {e}")))??;
-        let mut source = backup::open(path, options.user.as_deref())?;
+        let (file, user, key) = (path.to_owned(), options.user.clone(), self.data_key.clone());
+        let plan = tokio::task::spawn_blocking(move || {
+            backup::verify(&file, user.as_deref(), key.as_deref())
+        })
+        .await
+        .map_err(|e| crate::error::Error::Internal(format!("backup check: {e}")))??;
+        let mut source = backup::open(path, options.user.as_deref(), self.data_key())?;
         let report = self
             .store
             .restore(&plan, options, &mut source, actor)

@@ -462,3 +462,50 @@ async fn backup_under_writes_is_consistent_postgres() {
 async fn backup_under_writes_is_consistent_embedded() {
     consistent_under_writes(Kind::Embedded).await;
 }
+
+/// With a data key, the backup is encrypted (AES-256-GCM): it restores with that key only,
+/// and an altered byte anywhere is refused before anything is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_backups_need_their_key() {
+    use recall_core::crypto::{DataKey, MAGIC};
+    let key = Arc::new(DataKey::from_bytes([42; 32]));
+    let mut src = Place::new(Kind::Embedded).await;
+    src.engine = Engine::without_models(src.store.clone()).with_data_key(Some(key.clone()));
+    populate(src.store.as_ref()).await;
+    let before = src.export("ana").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sealed.backup");
+    let report = src
+        .engine
+        .backup(&file, &BackupOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.encrypted_with, Some(key.id()));
+    let bytes = std::fs::read(&file).unwrap();
+    assert_eq!(&bytes[..8], MAGIC);
+
+    let mut dst = Place::new(Kind::Pg).await;
+    let e = restore(&dst, &file, None, false).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert!(e.to_string().contains(&key.id()), "names the key: {e}");
+    dst.engine = Engine::without_models(dst.store.clone())
+        .with_data_key(Some(Arc::new(DataKey::from_bytes([43; 32]))));
+    let e = restore(&dst, &file, None, false).await.unwrap_err();
+    assert!(e.to_string().contains("not with the key given"), "{e}");
+    dst.engine = Engine::without_models(dst.store.clone()).with_data_key(Some(key.clone()));
+    let mut altered = bytes.clone();
+    let at = altered.len() - 40;
+    altered[at] ^= 1;
+    let bad = dir.path().join("altered.backup");
+    std::fs::write(&bad, altered).unwrap();
+    let e = restore(&dst, &bad, None, false).await.unwrap_err();
+    assert!(e.to_string().contains("not a valid backup"), "{e}");
+    assert!(
+        dst.store.get_user("ana").await.unwrap().is_none(),
+        "nothing written"
+    );
+    restore(&dst, &file, None, false).await.unwrap();
+    assert_same(&before, &dst.export("ana").await);
+    src.close().await;
+    dst.close().await;
+}

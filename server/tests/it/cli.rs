@@ -797,6 +797,34 @@ async fn backup_and_restore_across_stores() {
     let nobody = cli(&fresh, &["export", "--user", "alice"]);
     assert_eq!(nobody.status.code(), Some(3), "nothing was written");
 
+    // With the data key: encrypted, and unreadable without it.
+    let key_file = dir.path().join("data.key");
+    std::fs::write(&key_file, "ab".repeat(32)).unwrap();
+    let sealed = dir.path().join("sealed.backup");
+    let made = ok_json(cli(
+        &laptop,
+        &[
+            "--json",
+            "--encryption-key-file",
+            key_file.to_str().unwrap(),
+            "backup",
+            "--out",
+            sealed.to_str().unwrap(),
+        ],
+    ));
+    assert!(made["encrypted_with"].is_string(), "{made}");
+    let other = Backend::Embedded(tempfile::tempdir().unwrap());
+    let refused = cli(&other, &["restore", sealed.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("encrypted with data key"));
+    let mut with_env = Command::new(env!("CARGO_BIN_EXE_deep-recall"));
+    with_env
+        .args(other.args())
+        .args(["--json", "restore", sealed.to_str().unwrap()])
+        .env("DEEP_RECALL_ENCRYPTION_KEY_FILE", &key_file);
+    let opened = ok_json(with_env.output().unwrap());
+    assert_eq!(opened["users"], 2);
+
     // And back: the embedded copy of one user into an empty Postgres database.
     let back = dir.path().join("alice.backup");
     ok_json(cli(
