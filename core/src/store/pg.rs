@@ -175,6 +175,10 @@ fn filter_clause(sql: &mut Sql, f: &ResolvedFilter) {
 
 #[async_trait]
 impl VectorIndex for PgVectors {
+    async fn prepare(&self, dims: usize) -> Result<()> {
+        self.ensure_index(dims).await
+    }
+
     async fn insert(&self, txn: &DatabaseTransaction, rows: &[EmbeddingRow<'_>]) -> Result<()> {
         for dims in rows.iter().map(|r| r.vector.len()).collect::<HashSet<_>>() {
             self.ensure_index(dims).await?;

@@ -153,6 +153,13 @@ pub(crate) trait VectorIndex: Send + Sync + 'static {
         with_vectors: bool,
     ) -> Result<Vec<(i64, ExportedEmbedding)>>;
 
+    /// Readies the index for vectors of `dims` dimensions before a transaction writes them
+    /// (Postgres creates its HNSW index for them on its own connection, which must not wait
+    /// on a transaction that holds locks on the embeddings).
+    async fn prepare(&self, _dims: usize) -> Result<()> {
+        Ok(())
+    }
+
     /// Frees what the index holds in memory (an in-process cache reloads on demand); how
     /// many vectors it released.
     fn compact(&self) -> usize {

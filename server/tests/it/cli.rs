@@ -843,6 +843,14 @@ async fn backup_and_restore_across_stores() {
     let pg2 = Backend::Postgres(db2);
     ok_json(cli(&pg2, &["--json", "restore", back.to_str().unwrap()]));
     assert_eq!(export(&pg2), export(&pg));
+    // Again over itself, in a fresh process (its index creation must not wait on the
+    // restore's own deletions).
+    let again = ok_json(cli(
+        &pg2,
+        &["--json", "restore", "--force", back.to_str().unwrap()],
+    ));
+    assert_eq!(again["replaced"], 1);
+    assert_eq!(export(&pg2), export(&pg));
     for (name, url) in [(name, url), (name2, url2)] {
         drop(url);
         PgDb {

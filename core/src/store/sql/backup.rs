@@ -281,6 +281,11 @@ impl<V: VectorIndex> SqlStore<V> {
             Some(u) => return Err(Error::not_found("user in the backup", u.clone())),
             None => plan.users.clone(),
         };
+        // Before the transaction: a replaced user's rows are deleted in it, and Postgres's
+        // index creation would wait for it while it waits for the index (a deadlock).
+        for m in &plan.header.models {
+            self.index.prepare(m.dims).await?;
+        }
         let txn = begin_write(&self.db).await?;
         let backend = txn.get_database_backend();
         let held = self.count_all(&txn, "SELECT count(*) FROM users").await?;

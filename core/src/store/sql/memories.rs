@@ -98,6 +98,11 @@ impl<V: VectorIndex> SqlStore<V> {
         if let Some(metadata) = &patch.metadata {
             self.limits.check_metadata(metadata)?;
         }
+        // Outside the transaction, which deletes the old vector first (see
+        // VectorIndex::prepare).
+        if let Some(e) = &patch.embedding {
+            self.index.prepare(e.vector.len()).await?;
+        }
         if let Some(importance) = patch.importance {
             check_importance(importance)?;
         }
