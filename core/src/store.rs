@@ -454,6 +454,9 @@ pub struct OptimizeReport {
     pub backend: String,
     /// Indexes rebuilt.
     pub reindexed: Vec<String>,
+    /// Invalid leftovers of an interrupted rebuild, dropped (Postgres).
+    #[serde(default)]
+    pub dropped_invalid: Vec<String>,
     /// Size of the database before (bytes; the SQLite file, or the Postgres database).
     pub bytes_before: u64,
     /// And after.

@@ -24,20 +24,39 @@ impl<V: VectorIndex> SqlStore<V> {
             DbBackend::Postgres => {
                 let size = "SELECT pg_database_size(current_database())";
                 report.bytes_before = self.scalar(size).await? as u64;
-                let names = self
-                    .db
-                    .query_all_raw(Statement::from_string(
-                        DbBackend::Postgres,
-                        "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() \
-                         AND tablename IN ('memory_embeddings', 'memories') \
-                         AND (indexdef LIKE '%USING hnsw%' OR indexdef LIKE '%USING gin%') \
-                         ORDER BY indexname",
-                    ))
-                    .await?
-                    .into_iter()
-                    .map(|r| r.try_get_by_index::<String>(0))
-                    .collect::<std::result::Result<Vec<_>, _>>()?;
-                for name in names {
+                let names = |sql: &'static str| async move {
+                    self.db
+                        .query_all_raw(Statement::from_string(DbBackend::Postgres, sql))
+                        .await?
+                        .into_iter()
+                        .map(|r| r.try_get_by_index::<String>(0).map_err(Error::from))
+                        .collect::<Result<Vec<_>>>()
+                };
+                // What an interrupted REINDEX CONCURRENTLY leaves behind: invalid copies.
+                for name in names(
+                    "SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+                     WHERE NOT i.indisvalid AND c.relnamespace = current_schema()::regnamespace \
+                     AND (c.relname LIKE '%\\_ccnew%' OR c.relname LIKE '%\\_ccold%') \
+                     ORDER BY 1",
+                )
+                .await?
+                {
+                    self.db
+                        .execute_unprepared(&format!(
+                            "DROP INDEX CONCURRENTLY IF EXISTS \"{}\"",
+                            name.replace('"', "\"\"")
+                        ))
+                        .await?;
+                    report.dropped_invalid.push(name);
+                }
+                for name in names(
+                    "SELECT indexname::text FROM pg_indexes WHERE schemaname = current_schema() \
+                     AND tablename IN ('memory_embeddings', 'memories') \
+                     AND (indexdef LIKE '%USING hnsw%' OR indexdef LIKE '%USING gin%') \
+                     ORDER BY indexname",
+                )
+                .await?
+                {
                     // Outside a transaction (autocommit), as CONCURRENTLY requires.
                     self.db
                         .execute_unprepared(&format!(

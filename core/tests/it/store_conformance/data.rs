@@ -256,6 +256,7 @@ async fn settings_and_audit(t: &TestStore) {
 }
 
 async fn optimize_keeps_everything(t: &TestStore) {
+    use sea_orm::ConnectionTrait;
     let s = t.store();
     s.append_messages(
         "u",
@@ -276,8 +277,35 @@ async fn optimize_keeps_everything(t: &TestStore) {
         p.hits.iter().map(|h| h.memory.id).collect()
     };
     let before = ids(&s.search("u", &query(&[0.9, 0.1], 2)).await.unwrap());
+    if let TestStore::Pg(..) = t {
+        // What an interrupted REINDEX CONCURRENTLY leaves: an invalid index named *_ccnew
+        // (made here by a concurrent unique index that fails on duplicates).
+        let e = t
+            .connection()
+            .execute_unprepared(
+                "CREATE UNIQUE INDEX CONCURRENTLY ix_memories_tsv_ccnew ON memories (user_id)",
+            )
+            .await;
+        assert!(e.is_err());
+    }
     let report = s.optimize().await.unwrap();
     assert_eq!(report.backend, s.backend());
+    if let TestStore::Pg(..) = t {
+        assert_eq!(
+            report.dropped_invalid,
+            ["ix_memories_tsv_ccnew"],
+            "{report:?}"
+        );
+        assert!(
+            !report.reindexed.iter().any(|n| n.contains("ccnew")),
+            "{report:?}"
+        );
+        assert_eq!(
+            t.count_rows("pg_indexes WHERE indexname LIKE '%ccnew'")
+                .await,
+            0
+        );
+    }
     assert!(
         report.bytes_before > 0 && report.bytes_after > 0,
         "{report:?}"
