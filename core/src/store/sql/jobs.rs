@@ -46,7 +46,27 @@ impl SqlJobQueue {
     }
 }
 
-/// Longest error text kept on a failed job.
+/// The job, if `worker` holds it (running under its lease); `None` when another runner took
+/// it over after this one's lease ran out, or it is gone.
+async fn held_by(txn: &DatabaseTransaction, id: i64, worker: &str) -> Result<Option<job::Model>> {
+    Ok(job::Entity::find_by_id(id).one(txn).await?.filter(|row| {
+        row.status == JobStatus::Running.as_str() && row.locked_by.as_deref() == Some(worker)
+    }))
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn clip(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}
+
+/// Longest error (or progress message) text kept on a job.
 const MAX_JOB_ERROR: usize = 2000;
 
 #[async_trait]
@@ -250,27 +270,14 @@ impl JobQueue for SqlJobQueue {
         lease: Duration,
     ) -> Result<Option<Job>> {
         let txn = begin_write(&self.db).await?;
-        let Some(row) = job::Entity::find_by_id(id).one(&txn).await? else {
+        let Some(row) = held_by(&txn, id, worker).await? else {
             txn.commit().await?;
             return Ok(None);
         };
-        if row.status != JobStatus::Running.as_str() || row.locked_by.as_deref() != Some(worker) {
-            txn.commit().await?;
-            return Ok(None);
-        }
         let t = now();
         let mut change: job::ActiveModel = row.into();
         change.progress = Set(progress.clamp(0.0, 1.0));
-        change.message = Set(message.map(|mut m| {
-            if m.len() > MAX_JOB_ERROR {
-                let mut cut = MAX_JOB_ERROR;
-                while !m.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                m.truncate(cut);
-            }
-            m
-        }));
+        change.message = Set(message.map(|m| clip(m, MAX_JOB_ERROR)));
         change.updated_at_us = Set(micros(t));
         change.locked_until_us = Set(Some(
             micros(t) + i64::try_from(lease.as_micros()).unwrap_or(i64::MAX / 2),
@@ -282,15 +289,10 @@ impl JobQueue for SqlJobQueue {
 
     async fn finish_job(&self, id: i64, worker: &str, outcome: JobOutcome) -> Result<Option<Job>> {
         let txn = begin_write(&self.db).await?;
-        let Some(row) = job::Entity::find_by_id(id).one(&txn).await? else {
+        let Some(row) = held_by(&txn, id, worker).await? else {
             txn.commit().await?;
             return Ok(None);
         };
-        if row.status != JobStatus::Running.as_str() || row.locked_by.as_deref() != Some(worker) {
-            // Another runner took it over after this one's lease ran out.
-            txn.commit().await?;
-            return Ok(None);
-        }
         let t = micros(now());
         let mut change: job::ActiveModel = row.into();
         match outcome {
@@ -300,16 +302,8 @@ impl JobQueue for SqlJobQueue {
                 change.result = Set(Some(result));
             }
             JobOutcome::Failed(error) => {
-                let mut error = error;
-                if error.len() > MAX_JOB_ERROR {
-                    let mut cut = MAX_JOB_ERROR;
-                    while !error.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    error.truncate(cut);
-                }
                 change.status = Set(JobStatus::Failed.as_str().to_owned());
-                change.error = Set(Some(error));
+                change.error = Set(Some(clip(error, MAX_JOB_ERROR)));
             }
         }
         change.locked_by = Set(None);
