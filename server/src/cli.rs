@@ -229,6 +229,18 @@ fn spinner_style() -> indicatif::ProgressStyle {
     .progress_chars("=> ")
 }
 
+/// Prints a command's report: as one line of JSON with `--json`, else the text `line` makes.
+fn print_report<T: serde::Serialize>(json: bool, report: &T, line: impl FnOnce(&T) -> String) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(report).expect("report serialises")
+        );
+    } else {
+        println!("{}", line(report));
+    }
+}
+
 /// Exit codes: 0 success, 1 internal failure, 2 bad input (also bad flags), 3 not found,
 /// 4 model files missing or broken, 5 a service (database, network) unavailable or overloaded.
 pub fn exit_code(err: &Error) -> i32 {

@@ -47,23 +47,18 @@ pub(super) async fn backup(
             },
         )
         .await?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).expect("report serialises")
-        );
-    } else {
-        println!(
+    super::print_report(json, &report, |r| {
+        format!(
             "backed up {} users ({} messages, {} memories, {} vectors) to {} ({} bytes, sha256 {})",
-            report.users,
-            report.messages,
-            report.memories,
-            report.embeddings,
-            report.path.display(),
-            report.bytes,
-            report.sha256
-        );
-    }
+            r.users,
+            r.messages,
+            r.memories,
+            r.embeddings,
+            r.path.display(),
+            r.bytes,
+            r.sha256
+        )
+    });
     Ok(())
 }
 
@@ -83,25 +78,20 @@ pub(super) async fn restore(
             &Actor::cli(),
         )
         .await?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).expect("report serialises")
-        );
-    } else {
-        println!(
+    super::print_report(json, &report, |r| {
+        format!(
             "restored {} users ({} replaced; {} messages, {} memories, {} vectors){}",
-            report.users,
-            report.replaced,
-            report.messages,
-            report.memories,
-            report.embeddings,
-            if report.ids_shifted {
+            r.users,
+            r.replaced,
+            r.messages,
+            r.memories,
+            r.embeddings,
+            if r.ids_shifted {
                 "; row ids moved past the store's own"
             } else {
                 ""
             }
-        );
-    }
+        )
+    });
     Ok(())
 }
