@@ -555,8 +555,13 @@ def check_helm():
                     fail(f"helm: {rel(tpl)} uses .Values.{path}, which values.yaml lacks")
                     break
                 node = node[part]
-        for m in re.finditer(r"- name: (DEEP_RECALL__\w+)\s*\n\s*(value: \"?([^\"\n{]*)\"?|valueFrom:)", text):
-            literal_env[m.group(1)] = m.group(3) if m.group(3) is not None else EXAMPLES.get(m.group(1), "example")
+        for m in re.finditer(r"- name: (DEEP_RECALL__\w+)\s*\n\s*(value: ([^\n]*)|valueFrom:)", text):
+            value = m.group(3)
+            # A plain YAML scalar (quoted or not) is taken as written; templated ones get the example.
+            if value is not None and "{{" not in value:
+                literal_env[m.group(1)] = str(yaml.safe_load(value))
+            else:
+                literal_env[m.group(1)] = EXAMPLES.get(m.group(1), "example")
     config = values.get("config") or {}
     bad = [k for k in config if not k.startswith("DEEP_RECALL__")]
     if bad:
