@@ -11,8 +11,10 @@ use std::path::Path;
 
 use aes_gcm::aead::rand_core::RngCore;
 use aes_gcm::aead::stream::{DecryptorBE32, EncryptorBE32};
-use aes_gcm::aead::{KeyInit, OsRng};
+use aes_gcm::aead::{Aead, KeyInit, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Key};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
@@ -254,6 +256,141 @@ impl<R: Read> Read for DecryptReader<R> {
     }
 }
 
+/// The keys that seal stored fields (encryption at rest): the current key, with which every
+/// write is sealed, and previous keys, which only open rows not yet rotated (see
+/// `deep-recall keys rotate`). With no current key, writes are stored in the clear.
+///
+/// A sealed field is `base64(nonce (12 bytes) | AES-256-GCM ciphertext and tag)`; the name of
+/// its column is the associated data, so a value moved to another column fails to open. The
+/// row stores the id of the key that sealed it.
+#[derive(Debug, Default, Clone)]
+pub struct Keyring {
+    current: Option<DataKey>,
+    previous: Vec<DataKey>,
+}
+
+impl PartialEq for Keyring {
+    fn eq(&self, other: &Self) -> bool {
+        let ids = |k: &Keyring| k.previous.iter().map(DataKey::id).collect::<Vec<_>>();
+        self.current_id() == other.current_id() && ids(self) == ids(other)
+    }
+}
+
+impl Keyring {
+    /// A keyring sealing with `current` (if any) that can also open rows of `previous`.
+    pub fn new(current: Option<DataKey>, previous: Vec<DataKey>) -> Self {
+        Self { current, previous }
+    }
+
+    /// The current key's id: the key new writes are sealed with.
+    pub fn current_id(&self) -> Option<String> {
+        self.current.as_ref().map(DataKey::id)
+    }
+
+    /// Whether any key is set (rows may be sealed).
+    pub fn is_empty(&self) -> bool {
+        self.current.is_none() && self.previous.is_empty()
+    }
+
+    /// Whether the key with this id is in the ring.
+    pub fn knows(&self, id: &str) -> bool {
+        self.key(id).is_some()
+    }
+
+    fn key(&self, id: &str) -> Option<&DataKey> {
+        self.current
+            .iter()
+            .chain(&self.previous)
+            .find(|k| k.id() == id)
+    }
+
+    /// Seals `text` for `column` with the current key; the text itself with none.
+    pub fn seal(&self, column: &str, text: &str) -> Result<String> {
+        let Some(key) = &self.current else {
+            return Ok(text.to_owned());
+        };
+        let mut nonce = [0u8; 12];
+        OsRng.fill_bytes(&mut nonce);
+        let sealed = key
+            .cipher()
+            .encrypt(
+                (&nonce).into(),
+                Payload {
+                    msg: text.as_bytes(),
+                    aad: column.as_bytes(),
+                },
+            )
+            .map_err(|_| Error::Internal("encryption failed".into()))?;
+        let mut out = Vec::with_capacity(12 + sealed.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Ok(BASE64.encode(out))
+    }
+
+    /// Opens a field of `column` sealed with the key `key_id` (`None`: stored in the clear).
+    pub fn open(&self, key_id: Option<&str>, column: &str, stored: &str) -> Result<String> {
+        let Some(id) = key_id else {
+            return Ok(stored.to_owned());
+        };
+        let key = self.key(id).ok_or_else(|| unknown_key(id))?;
+        let damaged = || Error::Internal(format!("a sealed {column} value does not open"));
+        let bytes = BASE64.decode(stored).map_err(|_| damaged())?;
+        if bytes.len() < 12 + 16 {
+            return Err(damaged());
+        }
+        let (nonce, sealed) = bytes.split_at(12);
+        let plain = key
+            .cipher()
+            .decrypt(
+                nonce.into(),
+                Payload {
+                    msg: sealed,
+                    aad: column.as_bytes(),
+                },
+            )
+            .map_err(|_| damaged())?;
+        String::from_utf8(plain).map_err(|_| damaged())
+    }
+
+    /// Seals a JSON value as a JSON string (kept as it is with no current key).
+    pub fn seal_json(&self, column: &str, value: &serde_json::Value) -> Result<serde_json::Value> {
+        if self.current.is_none() {
+            return Ok(value.clone());
+        }
+        Ok(serde_json::Value::String(
+            self.seal(column, &value.to_string())?,
+        ))
+    }
+
+    /// Opens a JSON value sealed by [`Keyring::seal_json`].
+    pub fn open_json(
+        &self,
+        key_id: Option<&str>,
+        column: &str,
+        stored: serde_json::Value,
+    ) -> Result<serde_json::Value> {
+        if key_id.is_none() {
+            return Ok(stored);
+        }
+        let serde_json::Value::String(sealed) = stored else {
+            return Err(Error::Internal(format!(
+                "a sealed {column} value is not a string"
+            )));
+        };
+        serde_json::from_str(&self.open(key_id, column, &sealed)?)
+            .map_err(|_| Error::Internal(format!("a sealed {column} value is not JSON")))
+    }
+}
+
+/// The error for data sealed with a key that was not given.
+pub fn unknown_key(id: &str) -> Error {
+    Error::invalid(format!(
+        "the store holds data encrypted with key {id}, which was not given: pass that key with \
+         --encryption-key-file (or, while rotating, as a previous key: \
+         --previous-encryption-key-file)"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,5 +470,60 @@ mod tests {
                 .to_string()
                 .contains("32 random bytes")
         );
+    }
+
+    #[test]
+    fn keyring_seals_fields_per_column_and_key() {
+        let old = DataKey::from_bytes([1; 32]);
+        let new = DataKey::from_bytes([2; 32]);
+        let ring = Keyring::new(Some(new.clone()), vec![old.clone()]);
+        let sealed = ring.seal("memories.content", "my pin is 4417").unwrap();
+        assert!(!sealed.contains("4417"));
+        assert_ne!(
+            sealed,
+            ring.seal("memories.content", "my pin is 4417").unwrap()
+        );
+        let id = ring.current_id().unwrap();
+        assert_eq!(
+            ring.open(Some(&id), "memories.content", &sealed).unwrap(),
+            "my pin is 4417"
+        );
+        // Another column, a damaged value, or a key not in the ring: an error, not garbage.
+        assert!(ring.open(Some(&id), "messages.content", &sealed).is_err());
+        let mut bad = sealed.clone().into_bytes();
+        bad[20] = if bad[20] == b'A' { b'B' } else { b'A' };
+        assert!(
+            ring.open(
+                Some(&id),
+                "memories.content",
+                std::str::from_utf8(&bad).unwrap()
+            )
+            .is_err()
+        );
+        let only_old = Keyring::new(Some(old.clone()), vec![]);
+        let e = only_old
+            .open(Some(&id), "memories.content", &sealed)
+            .unwrap_err();
+        assert!(e.to_string().contains(&id), "{e}");
+        // Rows of the previous key still open; clear rows pass through.
+        let by_old = only_old.seal("memories.content", "x").unwrap();
+        assert_eq!(
+            ring.open(Some(&old.id()), "memories.content", &by_old)
+                .unwrap(),
+            "x"
+        );
+        assert_eq!(
+            ring.open(None, "memories.content", "clear").unwrap(),
+            "clear"
+        );
+        let meta = serde_json::json!({"source": "diary", "n": 3});
+        let sealed = ring.seal_json("memories.metadata", &meta).unwrap();
+        assert!(sealed.is_string());
+        assert_eq!(
+            ring.open_json(Some(&id), "memories.metadata", sealed)
+                .unwrap(),
+            meta
+        );
+        assert_eq!(Keyring::default().seal("c", "t").unwrap(), "t");
     }
 }

@@ -26,6 +26,9 @@ pub enum JobKind {
     Backup,
     /// An operator's job: database maintenance (`Engine::optimize`).
     Optimize,
+    /// An operator's job: re-seal every row with the current data key
+    /// (`Engine::rotate_keys`).
+    RotateKeys,
 }
 
 /// The owner of operators' jobs ([`JobKind::is_system`]): the empty string, which is never a
@@ -39,6 +42,7 @@ impl JobKind {
             JobKind::DeleteUser => "delete_user",
             JobKind::Backup => "backup",
             JobKind::Optimize => "optimize",
+            JobKind::RotateKeys => "rotate_keys",
         }
     }
 
@@ -48,13 +52,17 @@ impl JobKind {
             "delete_user" => Ok(JobKind::DeleteUser),
             "backup" => Ok(JobKind::Backup),
             "optimize" => Ok(JobKind::Optimize),
+            "rotate_keys" => Ok(JobKind::RotateKeys),
             other => Err(Error::Internal(format!("unknown job kind {other:?}"))),
         }
     }
 
     /// Whether it is an operator's job, owned by [`SYSTEM_USER`] rather than a user.
     pub fn is_system(self) -> bool {
-        matches!(self, JobKind::Backup | JobKind::Optimize)
+        matches!(
+            self,
+            JobKind::Backup | JobKind::Optimize | JobKind::RotateKeys
+        )
     }
 }
 

@@ -187,6 +187,19 @@ async fn execute(engine: &Engine, job: &Job, progress: &Progress) -> Result<Valu
             progress.send_replace((0.0, Some("optimizing".into())));
             json(&engine.optimize().await?)
         }
+        JobKind::RotateKeys => {
+            let report = engine
+                .rotate_keys(&mut |done, total| {
+                    let share = if total == 0 {
+                        1.0
+                    } else {
+                        done as f64 / total as f64
+                    };
+                    let _ = progress.send((share, Some(format!("{done} of {total} rows"))));
+                })
+                .await?;
+            json(&report)
+        }
         JobKind::DeleteUser => {
             let actor = job
                 .params

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::backup::{BackupSink, BackupSource, RestoreOptions, RestoreReport, Verified};
+use crate::crypto::Keyring;
 use crate::error::{Error, Result};
 use crate::events::Fanout;
 use crate::jobs::JobQueue;
@@ -234,6 +235,12 @@ macro_rules! delegate_store {
             async fn optimize(&self) -> $crate::error::Result<$crate::store::OptimizeReport> {
                 self.inner.optimize().await
             }
+            async fn rotate_keys(
+                &self,
+                on_rows: &mut (dyn FnMut(u64, u64) + Send),
+            ) -> $crate::error::Result<$crate::store::KeyRotationReport> {
+                self.inner.rotate_keys(on_rows).await
+            }
             async fn backup(
                 &self,
                 user: Option<&str>,
@@ -421,6 +428,15 @@ pub trait MemoryStore: Send + Sync {
     /// cache (users reload on their next search).
     async fn optimize(&self) -> Result<OptimizeReport>;
 
+    /// Encryption at rest: re-seals every row not under the current data key with it (with
+    /// none, opens sealed rows into the clear), in batches, then retires the key ids no row
+    /// uses. Resumable: run again, it picks up what is left. `on_rows(done, total)` reports
+    /// progress.
+    async fn rotate_keys(
+        &self,
+        on_rows: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<KeyRotationReport>;
+
     /// Writes every user (or one) to `sink` from one consistent snapshot, taken while
     /// writers go on: the backup holds each user as of one instant. See [`crate::backup`].
     async fn backup(&self, user: Option<&str>, sink: &mut dyn BackupSink) -> Result<()>;
@@ -445,6 +461,23 @@ pub trait MemoryStore: Send + Sync {
 
     /// The queue of background jobs on this store's database.
     fn jobs(&self) -> Arc<dyn JobQueue>;
+}
+
+/// What [`MemoryStore::rotate_keys`] did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct KeyRotationReport {
+    /// The key every row is now sealed with (`None`: rows were opened into the clear).
+    pub key_id: Option<String>,
+    /// Rows re-sealed (messages, memories and summaries).
+    pub resealed: u64,
+    /// Key ids no row uses any more, dropped from the store's registry: their key files
+    /// are no longer needed.
+    pub retired: Vec<String>,
+    /// Rows still under another key (written meanwhile by a replica that does not have the
+    /// new key yet): run the rotation again once every replica does.
+    pub remaining: u64,
+    /// How long it took.
+    pub seconds: f64,
 }
 
 /// What [`MemoryStore::optimize`] did.
@@ -512,6 +545,10 @@ pub struct StoreConfig {
     /// Embedding dimension to make sure an index exists for at open (Postgres).
     #[serde(default)]
     pub index_dims: Option<usize>,
+    /// The data keys that seal stored text and metadata (encryption at rest); none by
+    /// default. Never serialized.
+    #[serde(skip)]
+    pub keys: Arc<Keyring>,
 }
 
 fn default_max_connections() -> u32 {
@@ -548,6 +585,7 @@ impl StoreConfig {
             exact_search_threshold: default_exact_search_threshold(),
             max_cached_vectors: default_cache_vectors(),
             index_dims: None,
+            keys: Arc::default(),
         }
     }
 

@@ -5,6 +5,7 @@ mod data;
 mod eval;
 mod generate;
 mod ingest;
+mod keys;
 mod mcp;
 mod models;
 mod optimize;
@@ -76,10 +77,16 @@ struct Global {
     #[arg(long, global = true)]
     emotion_model: Option<PathBuf>,
 
-    /// The data key: a file of 32 random bytes (raw or hex); backups are encrypted with it and
-    /// restores read it [encryption.key_file].
+    /// The data key: a file of 32 random bytes (raw or hex); stored text, metadata and
+    /// summaries are sealed with it (encryption at rest), and so are backups
+    /// [encryption.key_file].
     #[arg(long, global = true, env = "DEEP_RECALL_ENCRYPTION_KEY_FILE")]
     encryption_key_file: Option<PathBuf>,
+
+    /// A key being rotated away from: it only opens rows not yet re-sealed by `keys rotate`;
+    /// repeat for several [encryption.previous_key_files].
+    #[arg(long, global = true)]
+    previous_encryption_key_file: Vec<PathBuf>,
 
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
@@ -117,6 +124,9 @@ impl Global {
         }
         if let Some(file) = &self.encryption_key_file {
             s.encryption.key_file = Some(file.clone());
+        }
+        if !self.previous_encryption_key_file.is_empty() {
+            s.encryption.previous_key_files = self.previous_encryption_key_file.clone();
         }
         s.validate()?;
         Ok(s)
@@ -168,7 +178,7 @@ enum Command {
     /// variables and the global flags) as JSON, secrets redacted; fails like `serve` would on
     /// an unknown key or a bad value.
     Config,
-    /// Service API keys.
+    /// Service API keys, and rotation of the data key.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
@@ -185,6 +195,11 @@ enum KeysCommand {
         #[arg(long)]
         file: Option<PathBuf>,
     },
+    /// Re-seal every stored message, memory and summary with the current data key
+    /// (--encryption-key-file), opening old rows with --previous-encryption-key-file; without
+    /// a current key, open every sealed row into the clear. Resumable: run it again after an
+    /// interruption. Key ids no row uses any more are retired.
+    Rotate,
 }
 
 /// Flags that choose a remote OpenAI-compatible chat provider (`serve`, `generate`).
@@ -350,6 +365,9 @@ async fn dispatch(cli: Cli) -> recall_core::Result<()> {
         Command::Backup(args) => backup::backup(&settings, args, g.json).await,
         Command::Restore(args) => backup::restore(&settings, args, g.json).await,
         Command::Optimize => optimize::run(&settings, g.json).await,
+        Command::Keys {
+            command: KeysCommand::Rotate,
+        } => keys::rotate(&settings, g.json).await,
         Command::Serve(args) => serve::run(settings, args).await,
         Command::Mcp(args) => mcp::run(settings, args).await,
         Command::Config => {
@@ -360,6 +378,9 @@ async fn dispatch(cli: Cli) -> recall_core::Result<()> {
             );
             Ok(())
         }
-        Command::Schema | Command::Keys { .. } => Ok(()),
+        Command::Schema
+        | Command::Keys {
+            command: KeysCommand::Hash { .. },
+        } => Ok(()),
     }
 }

@@ -84,13 +84,17 @@ impl Default for Settings {
     }
 }
 
-/// The data key: a file of 32 random bytes (raw, or 64 hex digits). Backups are encrypted
-/// with it (AES-256-GCM); keep a copy apart from them, or they cannot be restored.
+/// The data key: a file of 32 random bytes (raw, or 64 hex digits). With it, stored message
+/// and memory text, metadata and summaries are sealed (AES-256-GCM), and so are backups; keep
+/// a copy apart from them, or they cannot be read.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EncryptionSettings {
     /// The key file (`--encryption-key-file`, `DEEP_RECALL_ENCRYPTION_KEY_FILE`).
     pub key_file: Option<PathBuf>,
+    /// Keys being rotated away from: they only open rows that `deep-recall keys rotate` has
+    /// not re-sealed yet (`--previous-encryption-key-file`, repeatable).
+    pub previous_key_files: Vec<PathBuf>,
 }
 
 /// Scheduled backups: a background job (one across replicas) every `every`, on the clock's

@@ -9,7 +9,7 @@ use std::time::Duration;
 use recall_core::Engine;
 use recall_core::chat::ChatPipeline;
 use recall_core::context::SummaryPolicy;
-use recall_core::crypto::DataKey;
+use recall_core::crypto::{DataKey, Keyring};
 use recall_core::error::{Error, ErrorKind, Result};
 use recall_core::jobs::JobKind;
 use recall_core::llm::{ChatModel, ChatSummarizer, RemoteConfig};
@@ -21,15 +21,26 @@ use recall_core::types::Actor;
 use crate::settings::Settings;
 use crate::state::AppState;
 
-/// The store the settings name (not yet opened).
-pub fn store_config(settings: &Settings) -> StoreConfig {
+/// The store the settings name (not yet opened), with its data keys: a missing or malformed
+/// key file is an error here, at start.
+pub fn store_config(settings: &Settings) -> Result<StoreConfig> {
     let s = &settings.store;
     let mut config = match &s.database_url {
         Some(url) => StoreConfig::postgres(url.clone()),
         None => StoreConfig::embedded(s.data_dir.clone()),
     };
     config.max_connections = s.max_connections;
-    config.with_metric(s.metric)
+    let previous = settings
+        .encryption
+        .previous_key_files
+        .iter()
+        .map(|path| DataKey::from_file(path))
+        .collect::<Result<Vec<_>>>()?;
+    config.keys = Arc::new(Keyring::new(
+        data_key(settings)?.map(|k| (*k).clone()),
+        previous,
+    ));
+    Ok(config.with_metric(s.metric))
 }
 
 /// The engine over the configured store, with the embedding model and the optional
@@ -53,7 +64,7 @@ pub async fn engine(settings: &Settings) -> Result<Engine> {
         None => None,
     };
     setup::open_engine(&EngineOptions {
-        store: store_config(settings),
+        store: store_config(settings)?,
         models_dir: m.dir.clone(),
         embedding_model: m.embedding.clone(),
         device: m.device()?,
@@ -81,7 +92,7 @@ pub fn data_key(settings: &Settings) -> Result<Option<Arc<DataKey>>> {
 /// data (export, forget): they work where the models are missing.
 pub async fn data_engine(settings: &Settings) -> Result<Engine> {
     let key = data_key(settings)?;
-    Ok(setup::open_data_engine(&store_config(settings))
+    Ok(setup::open_data_engine(&store_config(settings)?)
         .await?
         .with_data_key(key))
 }

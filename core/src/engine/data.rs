@@ -110,6 +110,16 @@ impl Engine {
         Ok(report)
     }
 
+    /// Re-seals every stored row with the current data key; see
+    /// [`crate::store::MemoryStore::rotate_keys`]. Stored text does not change, so no cache is
+    /// dropped.
+    pub async fn rotate_keys(
+        &self,
+        on_rows: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<crate::store::KeyRotationReport> {
+        self.store.rotate_keys(on_rows).await
+    }
+
     /// Database maintenance; see [`crate::store::MemoryStore::optimize`]. Cached query
     /// results are unaffected (the data does not change).
     pub async fn optimize(&self) -> Result<crate::store::OptimizeReport> {

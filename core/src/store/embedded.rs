@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use recall_migrations::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
@@ -21,14 +20,16 @@ use sea_orm::{
 };
 
 use super::cursor::SearchCursor;
+use super::sql::keys::MEMORY_CONTENT;
 use super::sql::{
-    Delta, EmbeddingRow, IndexQuery, IndexedMemory, ResolvedFilter, SqlStore, TextIndexQuery,
-    VectorIndex, stmt,
+    Delta, EmbeddingRow, IndexQuery, IndexedMemory, Meta, SqlStore, TextIndexQuery, VectorIndex,
+    stmt,
 };
 use super::{StoreConfig, StoreLocation};
+use crate::crypto::Keyring;
 use crate::error::{Error, Result};
 use crate::text::{Bm25Index, query_terms};
-use crate::types::{ExportedEmbedding, MemoryKind, Metric, Role};
+use crate::types::{ExportedEmbedding, Metric};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "deep-recall.sqlite3";
@@ -90,37 +91,6 @@ fn l2(a: &[f32], b: &[f32]) -> f32 {
         sum += (x - y) * (x - y);
     }
     sum.sqrt()
-}
-
-/// Filter fields of one cached memory.
-#[derive(Debug, Clone)]
-struct Meta {
-    id: i64,
-    session_id: Option<i64>,
-    kind: MemoryKind,
-    role: Option<Role>,
-    tags: Box<[String]>,
-    created_at: DateTime<Utc>,
-}
-
-impl Meta {
-    fn matches(&self, f: &ResolvedFilter) -> bool {
-        if f.session_id.is_some() && self.session_id != f.session_id {
-            return false;
-        }
-        if !f.kinds.is_empty() && !f.kinds.contains(&self.kind) {
-            return false;
-        }
-        if !f.roles.is_empty() && !self.role.is_some_and(|r| f.roles.contains(&r)) {
-            return false;
-        }
-        if f.since.is_some_and(|t| self.created_at < t)
-            || f.until.is_some_and(|t| self.created_at >= t)
-        {
-            return false;
-        }
-        f.tags.iter().all(|t| self.tags.contains(t))
-    }
 }
 
 /// One model's vectors of one user, stored contiguously.
@@ -227,6 +197,8 @@ struct Cache {
 /// The in-process vector side of [`EmbeddedStore`].
 pub(crate) struct LocalVectors {
     metric: Metric,
+    /// Opens sealed memory text for the full-text index.
+    keys: Arc<Keyring>,
     max_vectors: usize,
     cache: Mutex<Cache>,
 }
@@ -284,7 +256,7 @@ impl LocalVectors {
                 }
             }
         }
-        let loaded = load_user(db, user_id).await?;
+        let loaded = load_user(db, &self.keys, user_id).await?;
         let mut cache = self.cache.lock().expect("vector cache");
         cache.tick += 1;
         let tick = cache.tick;
@@ -330,7 +302,7 @@ impl LocalVectors {
     }
 }
 
-async fn load_user(db: &DatabaseConnection, user_id: i64) -> Result<UserVectors> {
+async fn load_user(db: &DatabaseConnection, keys: &Keyring, user_id: i64) -> Result<UserVectors> {
     // One read transaction: the revision and the rows come from the same snapshot.
     let txn = db.begin().await?;
     let revision: i64 = txn
@@ -347,7 +319,7 @@ async fn load_user(db: &DatabaseConnection, user_id: i64) -> Result<UserVectors>
         .query_all_raw(stmt(
             DbBackend::Sqlite,
             "SELECT e.memory_id, e.model, e.embedding, m.session_id, m.kind, m.role, m.tags, \
-             m.created_at, m.content FROM memory_embeddings e JOIN memories m ON m.id = e.memory_id \
+             m.created_at, m.content, m.key_id FROM memory_embeddings e JOIN memories m ON m.id = e.memory_id \
              WHERE e.user_id = $1 AND m.user_id = $1 ORDER BY e.memory_id",
             vec![user_id.into()],
         ))
@@ -377,7 +349,11 @@ async fn load_user(db: &DatabaseConnection, user_id: i64) -> Result<UserVectors>
                 })
                 .unwrap_or_default(),
             created_at: r.try_get_by_index(7)?,
-            content: r.try_get_by_index(8)?,
+            content: keys.open(
+                r.try_get_by_index::<Option<String>>(9)?.as_deref(),
+                MEMORY_CONTENT,
+                &r.try_get_by_index::<String>(8)?,
+            )?,
         });
     }
     Ok(user)
@@ -639,11 +615,12 @@ impl EmbeddedStore {
                 source: Some(Box::new(e)),
             })?;
         Migrator::up(&db, None).await?;
-        Ok(Self {
+        let store = Self {
             inner: SqlStore::new(
                 db,
                 LocalVectors {
                     metric: config.metric,
+                    keys: config.keys.clone(),
                     max_vectors: config.max_cached_vectors,
                     cache: Mutex::new(Cache::default()),
                 },
@@ -651,8 +628,11 @@ impl EmbeddedStore {
                 config.limits.clone(),
                 "embedded",
                 None,
+                config.keys.clone(),
             ),
-        })
+        };
+        store.inner.check_keys().await?;
+        Ok(store)
     }
 
     /// The underlying connection (for maintenance and tests).
@@ -666,6 +646,8 @@ super::delegate_store!(EmbeddedStore);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::MemoryKind;
+    use chrono::Utc;
 
     #[test]
     fn dot_and_l2_match_naive() {

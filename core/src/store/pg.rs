@@ -11,7 +11,9 @@
 //! the user's rows, sorted by distance); above it, the HNSW index is used with pgvector's
 //! iterative scan, so that filters do not starve the result.
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
+
+use chrono::{DateTime, Utc};
 
 use async_trait::async_trait;
 use recall_migrations::{Migrator, MigratorTrait};
@@ -24,10 +26,14 @@ use sea_orm::{
 use super::StoreConfig;
 use super::StoreLocation;
 use super::cursor::SearchCursor;
-use super::sql::{EmbeddingRow, IndexQuery, ResolvedFilter, SqlStore, TextIndexQuery, VectorIndex};
+use super::sql::keys::MEMORY_CONTENT;
+use super::sql::{
+    EmbeddingRow, IndexQuery, Meta, ResolvedFilter, SqlStore, TextIndexQuery, VectorIndex,
+};
+use crate::crypto::Keyring;
 use crate::error::{Error, Result};
 use crate::events::{Fanout, FanoutListener};
-use crate::text::{BM25_B, BM25_K1};
+use crate::text::{BM25_B, BM25_K1, Bm25Index, query_terms};
 use crate::types::{ExportedEmbedding, Metric};
 use sea_orm::sqlx::postgres::PgListener;
 
@@ -62,6 +68,39 @@ pub(crate) struct PgVectors {
     indexed: Mutex<HashSet<usize>>,
     /// Memory count per user at a revision (BM25's document count).
     counts: Mutex<HashMap<i64, (i64, u64)>>,
+    /// Opens sealed memory text (encryption at rest).
+    keys: Arc<Keyring>,
+    /// With a data key set: each searched user's full-text index, built in process from the
+    /// opened text (Postgres indexes clear rows only).
+    texts: Mutex<HashMap<i64, Arc<RwLock<UserText>>>>,
+}
+
+/// Memories held in [`PgVectors::texts`] at most, over all users; past it, the other users
+/// are dropped.
+const MAX_TEXT_DOCS: usize = 1_000_000;
+
+/// One user's in-process full-text index, as of a revision.
+#[derive(Default)]
+struct UserText {
+    revision: i64,
+    index: Bm25Index,
+    docs: HashMap<i64, Meta>,
+    /// Each memory's `updated_at` when it was indexed.
+    stamps: HashMap<i64, DateTime<Utc>>,
+}
+
+impl UserText {
+    fn put(&mut self, meta: Meta, stamp: DateTime<Utc>, content: &str) {
+        self.index.insert(meta.id, content);
+        self.stamps.insert(meta.id, stamp);
+        self.docs.insert(meta.id, meta);
+    }
+
+    fn remove(&mut self, id: i64) {
+        self.index.remove(id);
+        self.stamps.remove(&id);
+        self.docs.remove(&id);
+    }
 }
 
 impl PgVectors {
@@ -91,6 +130,165 @@ impl PgVectors {
         }
         counts.insert(user_id, (revision, n as u64));
         Ok(n as u64)
+    }
+
+    /// The user's in-process full-text index at `revision` or later. A user not held is
+    /// loaded whole; a held one is brought up to date from the ids and `updated_at` of the
+    /// user's rows: only new and changed rows are read (and opened) again, deleted ones are
+    /// dropped. The revision is read before the rows, so the rows are at least that new.
+    async fn user_text(
+        &self,
+        db: &DatabaseConnection,
+        user_id: i64,
+        revision: i64,
+    ) -> Result<Arc<RwLock<UserText>>> {
+        let held = self
+            .texts
+            .lock()
+            .expect("text cache")
+            .get(&user_id)
+            .cloned();
+        if let Some(t) = &held
+            && t.read().expect("user text").revision >= revision
+        {
+            return Ok(t.clone());
+        }
+        let revision: i64 = db
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT revision FROM users WHERE id = $1",
+                [user_id.into()],
+            ))
+            .await?
+            .map(|r| r.try_get_by_index(0))
+            .transpose()?
+            .unwrap_or(0);
+        let Some(held) = held else {
+            let rows = self.text_rows(db, user_id, None).await?;
+            let mut text = UserText {
+                revision,
+                ..UserText::default()
+            };
+            for (meta, stamp, content) in rows {
+                text.put(meta, stamp, &content);
+            }
+            let text = Arc::new(RwLock::new(text));
+            let mut texts = self.texts.lock().expect("text cache");
+            let size: usize = texts
+                .values()
+                .map(|t| t.read().expect("user text").docs.len())
+                .sum();
+            if size + text.read().expect("user text").docs.len() > MAX_TEXT_DOCS {
+                texts.clear();
+            }
+            texts.insert(user_id, text.clone());
+            return Ok(text);
+        };
+        let stamps: Vec<(i64, DateTime<Utc>)> = db
+            .query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT id, updated_at FROM memories WHERE user_id = $1",
+                [user_id.into()],
+            ))
+            .await?
+            .into_iter()
+            .map(|r| Ok((r.try_get_by_index(0)?, r.try_get_by_index(1)?)))
+            .collect::<Result<_>>()?;
+        let (stale, gone) = {
+            let t = held.read().expect("user text");
+            let now: HashSet<i64> = stamps.iter().map(|(id, _)| *id).collect();
+            let stale: Vec<i64> = stamps
+                .iter()
+                .filter(|(id, at)| t.stamps.get(id) != Some(at))
+                .map(|(id, _)| *id)
+                .collect();
+            let gone: Vec<i64> = t
+                .stamps
+                .keys()
+                .filter(|id| !now.contains(id))
+                .copied()
+                .collect();
+            (stale, gone)
+        };
+        let rows = self.text_rows(db, user_id, Some(&stale)).await?;
+        let mut t = held.write().expect("user text");
+        if t.revision < revision {
+            for id in gone.iter().chain(&stale) {
+                t.remove(*id);
+            }
+            for (meta, stamp, content) in rows {
+                t.put(meta, stamp, &content);
+            }
+            t.revision = revision;
+        }
+        drop(t);
+        Ok(held)
+    }
+
+    /// The user's memories (all, or these ids) for the full-text index, their text opened.
+    async fn text_rows(
+        &self,
+        db: &DatabaseConnection,
+        user_id: i64,
+        ids: Option<&[i64]>,
+    ) -> Result<Vec<(Meta, DateTime<Utc>, String)>> {
+        let select = "SELECT id, session_id, kind, role, tags, created_at, content, key_id, \
+                      updated_at FROM memories WHERE user_id = $1";
+        let mut rows = Vec::new();
+        match ids {
+            None => {
+                rows = db
+                    .query_all_raw(Statement::from_sql_and_values(
+                        DbBackend::Postgres,
+                        select,
+                        [user_id.into()],
+                    ))
+                    .await?;
+            }
+            Some(ids) => {
+                for chunk in ids.chunks(CHUNK) {
+                    let mut values: Vec<DbValue> = vec![user_id.into()];
+                    values.extend(chunk.iter().map(|id| DbValue::from(*id)));
+                    let list: Vec<String> =
+                        (2..=chunk.len() + 1).map(|i| format!("${i}")).collect();
+                    rows.extend(
+                        db.query_all_raw(Statement::from_sql_and_values(
+                            DbBackend::Postgres,
+                            format!("{select} AND id IN ({})", list.join(", ")),
+                            values,
+                        ))
+                        .await?,
+                    );
+                }
+            }
+        }
+        rows.into_iter()
+            .map(|r| {
+                let kind: String = r.try_get_by_index(2)?;
+                let role: Option<String> = r.try_get_by_index(3)?;
+                let tags: serde_json::Value = r.try_get_by_index(4)?;
+                let key_id: Option<String> = r.try_get_by_index(7)?;
+                let content = self.keys.open(
+                    key_id.as_deref(),
+                    MEMORY_CONTENT,
+                    &r.try_get_by_index::<String>(6)?,
+                )?;
+                let meta = Meta {
+                    id: r.try_get_by_index(0)?,
+                    session_id: r.try_get_by_index(1)?,
+                    kind: kind.parse()?,
+                    role: role.as_deref().map(str::parse).transpose()?,
+                    tags: tags
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|t| t.as_str().map(str::to_owned))
+                        .collect(),
+                    created_at: r.try_get_by_index(5)?,
+                };
+                Ok((meta, r.try_get_by_index(8)?, content))
+            })
+            .collect()
     }
 
     async fn ensure_index(&self, dims: usize) -> Result<()> {
@@ -303,6 +501,14 @@ impl VectorIndex for PgVectors {
         db: &DatabaseConnection,
         q: &TextIndexQuery<'_>,
     ) -> Result<Vec<(i64, f64)>> {
+        if !self.keys.is_empty() {
+            // Sealed rows have no `tsv`: the user's text is opened and indexed in process.
+            let text = self.user_text(db, q.user_id, q.revision).await?;
+            let text = text.read().expect("user text");
+            return Ok(text.index.search(&query_terms(q.text), q.limit, |id| {
+                text.docs.get(&id).is_some_and(|m| m.matches(q.filter))
+            }));
+        }
         // BM25 over the user's memories that share a lexeme with the query, found through the
         // GIN index on `tsv`, in one pass over the matching rows. Chat messages rarely repeat
         // a word, so a term counts once per memory (binary term frequency); a memory's length
@@ -483,6 +689,8 @@ impl PgStore {
             exact_threshold: config.exact_search_threshold,
             indexed: Mutex::new(HashSet::new()),
             counts: Mutex::new(HashMap::new()),
+            keys: config.keys.clone(),
+            texts: Mutex::new(HashMap::new()),
         };
         // Replicas starting together take turns: the migrations and the index creation run
         // under one advisory lock, held on a connection of its own.
@@ -516,7 +724,7 @@ impl PgStore {
             url: url.clone(),
             db: db.clone(),
         });
-        Ok(Self {
+        let store = Self {
             inner: SqlStore::new(
                 db,
                 index,
@@ -524,8 +732,11 @@ impl PgStore {
                 config.limits.clone(),
                 "postgres",
                 Some(fanout),
+                config.keys.clone(),
             ),
-        })
+        };
+        store.inner.check_keys().await?;
+        Ok(store)
     }
 
     /// The underlying connection (for maintenance and tests).

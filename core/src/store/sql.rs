@@ -8,6 +8,7 @@
 mod backup;
 mod data;
 mod jobs;
+pub(crate) mod keys;
 mod maintenance;
 mod memories;
 mod messages;
@@ -16,6 +17,7 @@ mod sessions;
 mod summaries;
 
 pub(crate) use jobs::SqlJobQueue;
+pub(crate) use keys::{open_memory, open_message, open_summary};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -32,6 +34,7 @@ use serde_json::Value;
 
 use super::cursor::{self, ListCursor, SearchCursor};
 use super::entity::{audit_log, memory, message, session, summary, user, user_setting};
+use crate::crypto::Keyring;
 use crate::error::{Error, Result};
 use crate::events::Fanout;
 use crate::jobs::JobQueue;
@@ -55,6 +58,37 @@ pub(crate) struct ResolvedFilter {
     pub tags: Vec<String>,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
+}
+
+/// Filter fields of one cached memory.
+#[derive(Debug, Clone)]
+pub(crate) struct Meta {
+    pub id: i64,
+    pub session_id: Option<i64>,
+    pub kind: MemoryKind,
+    pub role: Option<Role>,
+    pub tags: Box<[String]>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Meta {
+    pub(crate) fn matches(&self, f: &ResolvedFilter) -> bool {
+        if f.session_id.is_some() && self.session_id != f.session_id {
+            return false;
+        }
+        if !f.kinds.is_empty() && !f.kinds.contains(&self.kind) {
+            return false;
+        }
+        if !f.roles.is_empty() && !self.role.is_some_and(|r| f.roles.contains(&r)) {
+            return false;
+        }
+        if f.since.is_some_and(|t| self.created_at < t)
+            || f.until.is_some_and(|t| self.created_at >= t)
+        {
+            return false;
+        }
+        f.tags.iter().all(|t| self.tags.contains(t))
+    }
 }
 
 /// A nearest-neighbour query handed to a [`VectorIndex`].
@@ -187,6 +221,10 @@ pub(crate) struct SqlStore<V> {
     pub fanout: Option<Arc<dyn Fanout>>,
     /// The job queue, on the same database.
     pub jobs: Arc<SqlJobQueue>,
+    /// The data keys that seal stored text (encryption at rest; see `keys.rs`).
+    pub keys: Arc<Keyring>,
+    /// Whether the current key is known to be in the store's registry.
+    pub key_registered: std::sync::atomic::AtomicBool,
 }
 
 impl<V: VectorIndex> SqlStore<V> {
@@ -198,6 +236,7 @@ impl<V: VectorIndex> SqlStore<V> {
         limits: Limits,
         backend_name: &'static str,
         fanout: Option<Arc<dyn Fanout>>,
+        keys: Arc<Keyring>,
     ) -> Self {
         let jobs = Arc::new(SqlJobQueue {
             db: db.clone(),
@@ -211,6 +250,8 @@ impl<V: VectorIndex> SqlStore<V> {
             backend_name,
             fanout,
             jobs,
+            keys,
+            key_registered: Default::default(),
         }
     }
 }
@@ -510,6 +551,7 @@ impl<V: VectorIndex> SqlStore<V> {
     }
 
     fn memory_to_api(&self, m: memory::Model, sessions: &HashMap<i64, String>) -> Result<Memory> {
+        let m = open_memory(&self.keys, m)?;
         Ok(Memory {
             id: m.id,
             kind: m.kind.parse()?,
@@ -563,6 +605,7 @@ impl<V: VectorIndex> SqlStore<V> {
     }
 
     fn message_to_api(&self, m: message::Model, session: &str) -> Result<Message> {
+        let m = open_message(&self.keys, m)?;
         Ok(Message {
             id: m.id,
             session: session.to_owned(),

@@ -5,6 +5,7 @@ mod chat_tokenizer;
 mod classifier;
 mod context;
 mod embeddings;
+mod encryption;
 mod fixtures;
 mod jobs;
 mod llm;

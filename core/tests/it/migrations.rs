@@ -4,7 +4,8 @@ use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statemen
 
 use crate::fixtures::PgDb;
 
-const TABLES: [&str; 9] = [
+const TABLES: [&str; 10] = [
+    "encryption_keys",
     "jobs",
     "users",
     "sessions",

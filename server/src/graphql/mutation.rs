@@ -254,6 +254,7 @@ impl DataMutation {
                 )
             }
             SystemJobKind::Optimize => (CoreJobKind::Optimize, serde_json::json!({})),
+            SystemJobKind::RotateKeys => (CoreJobKind::RotateKeys, serde_json::json!({})),
         };
         Ok(state
             .engine

@@ -578,6 +578,8 @@ pub enum JobKind {
     Backup,
     /// An operator's database maintenance (admin).
     Optimize,
+    /// An operator's rotation of the data key (admin).
+    RotateKeys,
 }
 
 /// Operators' jobs that `runSystemJob` starts.
@@ -587,6 +589,9 @@ pub enum SystemJobKind {
     Backup,
     /// Database maintenance: rebuild the vector and full-text indexes, vacuum.
     Optimize,
+    /// Re-seal every stored row with the current data key (`encryption.key_file`), opening
+    /// old rows with `encryption.previous_key_files`.
+    RotateKeys,
 }
 
 /// Where a background job is.
@@ -643,6 +648,7 @@ impl From<CoreJob> for Job {
                 CoreJobKind::DeleteUser => JobKind::DeleteUser,
                 CoreJobKind::Backup => JobKind::Backup,
                 CoreJobKind::Optimize => JobKind::Optimize,
+                CoreJobKind::RotateKeys => JobKind::RotateKeys,
             },
             status: match j.status {
                 CoreJobStatus::Queued => JobStatus::Queued,

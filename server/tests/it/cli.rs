@@ -862,6 +862,84 @@ async fn backup_and_restore_across_stores() {
     }
 }
 
+/// Encryption at rest from the command line: what `ingest` stores with a data key is sealed
+/// in the SQLite file yet searchable; without the key, or with another, the store does not
+/// open and the error names the missing key; `keys rotate` moves every row to a new key.
+#[test]
+fn data_key_seals_the_store_and_rotates() {
+    let store = tempfile::TempDir::new().unwrap();
+    let backend = Backend::Embedded(store);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.key"), dir.path().join("b.key"));
+    std::fs::write(&a, [7u8; 32]).unwrap();
+    std::fs::write(&b, "cd".repeat(32)).unwrap();
+    let with = |keys: &[(&str, &Path)], args: &[&str]| {
+        let mut all: Vec<&str> = Vec::new();
+        for (flag, file) in keys {
+            all.push(flag);
+            all.push(file.to_str().unwrap());
+        }
+        all.extend_from_slice(args);
+        cli(&backend, &all)
+    };
+    let sample = sample();
+    let n = lines(&sample) as u64;
+    ok_json(with(
+        &[("--encryption-key-file", &a)],
+        &[
+            "--json",
+            "ingest",
+            "--user",
+            "alice",
+            sample.to_str().unwrap(),
+        ],
+    ));
+    let Backend::Embedded(path) = &backend else {
+        unreachable!()
+    };
+    let raw = || {
+        std::fs::read_dir(path.path())
+            .unwrap()
+            .map(|e| {
+                String::from_utf8_lossy(&std::fs::read(e.unwrap().path()).unwrap()).into_owned()
+            })
+            .collect::<String>()
+    };
+    assert!(!raw().contains("peanut"), "message text in the clear");
+    let query = [
+        "--json",
+        "search",
+        "--user",
+        "alice",
+        "-k",
+        "3",
+        "what is she allergic to?",
+    ];
+    let found = ok_json(with(&[("--encryption-key-file", &a)], &query));
+    assert!(top_contents(&found)[0].contains("peanuts"), "{found}");
+
+    let id_a = recall_core::crypto::DataKey::from_bytes([7u8; 32]).id();
+    for keys in [vec![], vec![("--encryption-key-file", b.as_path())]] {
+        let refused = with(&keys, &query);
+        assert_eq!(refused.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains(&id_a), "{stderr}");
+    }
+
+    let rotated = ok_json(with(
+        &[
+            ("--encryption-key-file", &b),
+            ("--previous-encryption-key-file", &a),
+        ],
+        &["--json", "keys", "rotate"],
+    ));
+    assert_eq!(rotated["resealed"], 2 * n, "{rotated}");
+    assert_eq!(rotated["retired"], serde_json::json!([id_a]));
+    let found = ok_json(with(&[("--encryption-key-file", &b)], &query));
+    assert!(top_contents(&found)[0].contains("peanuts"), "{found}");
+    assert!(!raw().contains("peanut"));
+}
+
 /// `deep-recall config` prints what a deployment runs with, secrets redacted, and fails on an
 /// unknown key like `serve` would.
 #[test]

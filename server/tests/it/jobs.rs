@@ -314,6 +314,80 @@ async fn scheduled_backups_and_operators_jobs() {
     let (_, body) = gql(&c, Some(&admin), &run, json!({ "k": "BACKUP" })).await;
     assert_eq!(code(&body), "BAD_INPUT", "{body}");
     drop(c);
+
+    // With a data key, an admin seals the rows written in the clear.
+    let key = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(key.path(), [5u8; 32]).unwrap();
+    let key_env = [(
+        "DEEP_RECALL_ENCRYPTION_KEY_FILE",
+        key.path().to_str().unwrap(),
+    )];
+    let d = Server::start(&store, &["--no-chat"], &key_env);
+    let (_, body) = gql(&d, Some(&admin), &run, json!({ "k": "ROTATE_KEYS" })).await;
+    let id = data(&body)["runSystemJob"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut watch = Ws::connect(&d, init(&admin)).await.unwrap();
+    watch
+        .subscribe(
+            "job",
+            &format!(
+                "subscription($id: ID!) {{ jobProgress(id: $id, system: true) {{ {JOB_FIELDS} }} }}"
+            ),
+            json!({ "id": id }),
+        )
+        .await;
+    let done = loop {
+        let j = watch.next().await.unwrap()["payload"]["data"]["jobProgress"].clone();
+        if j["status"] == "SUCCEEDED" {
+            break j;
+        }
+        assert!(j["status"] == "QUEUED" || j["status"] == "RUNNING", "{j}");
+    };
+    let key_id = recall_core::crypto::DataKey::from_bytes([5u8; 32]).id();
+    assert_eq!(done["result"]["key_id"], key_id.as_str(), "{done}");
+    assert!(done["result"]["resealed"].as_u64().unwrap() >= 1, "{done}");
+    let (_, body) = gql(
+        &d,
+        Some(&alice),
+        "{ search(query: \"where is the passport?\", topK: 1) { memory { content } } }",
+        json!({}),
+    )
+    .await;
+    let top = &data(&body)["search"][0]["memory"]["content"];
+    assert!(top.as_str().unwrap().contains("desk drawer"), "{body}");
+    drop(d);
+    // Now the key is needed: a server without it refuses to start, naming the key.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_deep-recall"));
+    let Store::Postgres(db) = &store else {
+        unreachable!()
+    };
+    let mut refused = cmd
+        .args(["--database-url", &db.url, "--models-dir"])
+        .arg(recall_core::testing::models_dir())
+        .args([
+            "serve",
+            "--no-chat",
+            "--allow-anonymous",
+            "--bind",
+            "127.0.0.1:0",
+        ])
+        .env_remove("DEEP_RECALL_ENCRYPTION_KEY_FILE")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It must exit by itself; a server that started is killed and fails the test.
+    let started = std::time::Instant::now();
+    while refused.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = refused.kill();
+    let refused = refused.wait_with_output().unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains(&key_id), "{stderr}");
     if let Store::Postgres(db) = store {
         db.drop_db().await;
     }

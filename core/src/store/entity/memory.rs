@@ -17,6 +17,8 @@ pub struct Model {
     pub importance: f32,
     pub emotion: Option<String>,
     pub created_at: DateTimeUtc,
+    /// The data key that sealed the row's text and metadata (NULL: in the clear).
+    pub key_id: Option<String>,
     pub updated_at: DateTimeUtc,
 }
 

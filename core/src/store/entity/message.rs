@@ -12,6 +12,8 @@ pub struct Model {
     pub tags: Json,
     pub metadata: Json,
     pub created_at: DateTimeUtc,
+    /// The data key that sealed the row's text and metadata (NULL: in the clear).
+    pub key_id: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -12,6 +12,8 @@ pub struct Model {
     pub last_message_id: Option<i64>,
     pub model: Option<String>,
     pub created_at: DateTimeUtc,
+    /// The data key that sealed the row's text and metadata (NULL: in the clear).
+    pub key_id: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,6 +1,9 @@
 //! Backup and restore of whole users, row for row (see [`crate::backup`] for the file).
 use sea_orm::{AccessMode, IsolationLevel};
 
+use super::keys::{
+    MEMORY_CONTENT, MEMORY_METADATA, MESSAGE_CONTENT, MESSAGE_METADATA, SUMMARY_CONTENT,
+};
 use super::*;
 use crate::backup::{
     AuditRow, BackupSink, BackupSource, CHUNK_ROWS, EmbeddingRow as BackupEmbedding, FORMAT,
@@ -160,16 +163,19 @@ impl<V: VectorIndex> SqlStore<V> {
                 .all(txn)
                 .await?
                 .into_iter()
-                .map(|m| MessageRow {
-                    id: m.id,
-                    session_id: m.session_id,
-                    role: m.role,
-                    content: m.content,
-                    tags: m.tags,
-                    metadata: m.metadata,
-                    created_at: m.created_at,
+                .map(|m| {
+                    let m = open_message(&self.keys, m)?;
+                    Ok(MessageRow {
+                        id: m.id,
+                        session_id: m.session_id,
+                        role: m.role,
+                        content: m.content,
+                        tags: m.tags,
+                        metadata: m.metadata,
+                        created_at: m.created_at,
+                    })
                 })
-                .collect();
+                .collect::<Result<_>>()?;
             let Some(last) = rows.last() else { break };
             after = last.id;
             sink.write(&Record::Messages {
@@ -183,16 +189,19 @@ impl<V: VectorIndex> SqlStore<V> {
             .all(txn)
             .await?
             .into_iter()
-            .map(|s| SummaryRow {
-                id: s.id,
-                session_id: s.session_id,
-                content: s.content,
-                first_message_id: s.first_message_id,
-                last_message_id: s.last_message_id,
-                model: s.model,
-                created_at: s.created_at,
+            .map(|s| {
+                let s = open_summary(&self.keys, s)?;
+                Ok(SummaryRow {
+                    id: s.id,
+                    session_id: s.session_id,
+                    content: s.content,
+                    first_message_id: s.first_message_id,
+                    last_message_id: s.last_message_id,
+                    model: s.model,
+                    created_at: s.created_at,
+                })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         chunked(sink, &summaries, |rows| Record::Summaries {
             user: name.clone(),
             rows,
@@ -207,22 +216,25 @@ impl<V: VectorIndex> SqlStore<V> {
                 .all(txn)
                 .await?
                 .into_iter()
-                .map(|m| MemoryRow {
-                    id: m.id,
-                    session_id: m.session_id,
-                    message_id: m.message_id,
-                    summary_id: m.summary_id,
-                    kind: m.kind,
-                    role: m.role,
-                    content: m.content,
-                    tags: m.tags,
-                    metadata: m.metadata,
-                    importance: m.importance,
-                    emotion: m.emotion,
-                    created_at: m.created_at,
-                    updated_at: m.updated_at,
+                .map(|m| {
+                    let m = open_memory(&self.keys, m)?;
+                    Ok(MemoryRow {
+                        id: m.id,
+                        session_id: m.session_id,
+                        message_id: m.message_id,
+                        summary_id: m.summary_id,
+                        kind: m.kind,
+                        role: m.role,
+                        content: m.content,
+                        tags: m.tags,
+                        metadata: m.metadata,
+                        importance: m.importance,
+                        emotion: m.emotion,
+                        created_at: m.created_at,
+                        updated_at: m.updated_at,
+                    })
                 })
-                .collect();
+                .collect::<Result<_>>()?;
             let Some(last) = rows.last() else { break };
             after = last.id;
             sink.write(&Record::Memories {
@@ -286,6 +298,7 @@ impl<V: VectorIndex> SqlStore<V> {
         for m in &plan.header.models {
             self.index.prepare(m.dims).await?;
         }
+        self.register_key().await?;
         let txn = begin_write(&self.db).await?;
         let backend = txn.get_database_backend();
         let held = self.count_all(&txn, "SELECT count(*) FROM users").await?;
@@ -393,66 +406,87 @@ impl<V: VectorIndex> SqlStore<V> {
                 Record::Messages { rows, .. } => {
                     report.messages += rows.len() as u64;
                     for chunk in rows.chunks(INSERT_CHUNK) {
-                        message::Entity::insert_many(chunk.iter().cloned().map(|m| {
-                            message::ActiveModel {
-                                id: Set(m.id + off.messages),
-                                user_id: Set(uid),
-                                session_id: Set(m.session_id + off.sessions),
-                                role: Set(m.role),
-                                content: Set(m.content),
-                                tags: Set(m.tags),
-                                metadata: Set(m.metadata),
-                                created_at: Set(m.created_at),
-                            }
-                        }))
-                        .exec_without_returning(&txn)
-                        .await?;
+                        let models = chunk
+                            .iter()
+                            .cloned()
+                            .map(|m| {
+                                Ok(message::ActiveModel {
+                                    id: Set(m.id + off.messages),
+                                    user_id: Set(uid),
+                                    session_id: Set(m.session_id + off.sessions),
+                                    role: Set(m.role),
+                                    content: Set(self.seal(MESSAGE_CONTENT, &m.content)?),
+                                    tags: Set(m.tags),
+                                    metadata: Set(self.seal_json(MESSAGE_METADATA, &m.metadata)?),
+                                    created_at: Set(m.created_at),
+                                    key_id: Set(self.key_id()),
+                                })
+                            })
+                            .collect::<Result<Vec<_>>>()?;
+                        message::Entity::insert_many(models)
+                            .exec_without_returning(&txn)
+                            .await?;
                     }
                 }
                 Record::Summaries { rows, .. } => {
                     for chunk in rows.chunks(INSERT_CHUNK) {
-                        summary::Entity::insert_many(chunk.iter().cloned().map(|s| {
-                            summary::ActiveModel {
-                                id: Set(s.id + off.summaries),
-                                user_id: Set(uid),
-                                session_id: Set(s.session_id + off.sessions),
-                                content: Set(s.content),
-                                first_message_id: Set(Offsets::opt(
-                                    s.first_message_id,
-                                    off.messages,
-                                )),
-                                last_message_id: Set(Offsets::opt(s.last_message_id, off.messages)),
-                                model: Set(s.model),
-                                created_at: Set(s.created_at),
-                            }
-                        }))
-                        .exec_without_returning(&txn)
-                        .await?;
+                        let models = chunk
+                            .iter()
+                            .cloned()
+                            .map(|s| {
+                                Ok(summary::ActiveModel {
+                                    id: Set(s.id + off.summaries),
+                                    user_id: Set(uid),
+                                    session_id: Set(s.session_id + off.sessions),
+                                    content: Set(self.seal(SUMMARY_CONTENT, &s.content)?),
+                                    first_message_id: Set(Offsets::opt(
+                                        s.first_message_id,
+                                        off.messages,
+                                    )),
+                                    last_message_id: Set(Offsets::opt(
+                                        s.last_message_id,
+                                        off.messages,
+                                    )),
+                                    model: Set(s.model),
+                                    created_at: Set(s.created_at),
+                                    key_id: Set(self.key_id()),
+                                })
+                            })
+                            .collect::<Result<Vec<_>>>()?;
+                        summary::Entity::insert_many(models)
+                            .exec_without_returning(&txn)
+                            .await?;
                     }
                 }
                 Record::Memories { rows, .. } => {
                     report.memories += rows.len() as u64;
                     for chunk in rows.chunks(INSERT_CHUNK) {
-                        memory::Entity::insert_many(chunk.iter().cloned().map(|m| {
-                            memory::ActiveModel {
-                                id: Set(m.id + off.memories),
-                                user_id: Set(uid),
-                                session_id: Set(Offsets::opt(m.session_id, off.sessions)),
-                                message_id: Set(Offsets::opt(m.message_id, off.messages)),
-                                summary_id: Set(Offsets::opt(m.summary_id, off.summaries)),
-                                kind: Set(m.kind),
-                                role: Set(m.role),
-                                content: Set(m.content),
-                                tags: Set(m.tags),
-                                metadata: Set(m.metadata),
-                                importance: Set(m.importance),
-                                emotion: Set(m.emotion),
-                                created_at: Set(m.created_at),
-                                updated_at: Set(m.updated_at),
-                            }
-                        }))
-                        .exec_without_returning(&txn)
-                        .await?;
+                        let models = chunk
+                            .iter()
+                            .cloned()
+                            .map(|m| {
+                                Ok(memory::ActiveModel {
+                                    id: Set(m.id + off.memories),
+                                    user_id: Set(uid),
+                                    session_id: Set(Offsets::opt(m.session_id, off.sessions)),
+                                    message_id: Set(Offsets::opt(m.message_id, off.messages)),
+                                    summary_id: Set(Offsets::opt(m.summary_id, off.summaries)),
+                                    kind: Set(m.kind),
+                                    role: Set(m.role),
+                                    content: Set(self.seal(MEMORY_CONTENT, &m.content)?),
+                                    tags: Set(m.tags),
+                                    metadata: Set(self.seal_json(MEMORY_METADATA, &m.metadata)?),
+                                    importance: Set(m.importance),
+                                    emotion: Set(m.emotion),
+                                    created_at: Set(m.created_at),
+                                    updated_at: Set(m.updated_at),
+                                    key_id: Set(self.key_id()),
+                                })
+                            })
+                            .collect::<Result<Vec<_>>>()?;
+                        memory::Entity::insert_many(models)
+                            .exec_without_returning(&txn)
+                            .await?;
                     }
                 }
                 Record::Embeddings { rows, .. } => {

@@ -116,16 +116,19 @@ impl<V: VectorIndex> SqlStore<V> {
             .all(&txn)
             .await?
             .into_iter()
-            .map(|m| Summary {
-                id: m.id,
-                session: names.get(&m.session_id).cloned().unwrap_or_default(),
-                content: m.content,
-                first_message_id: m.first_message_id,
-                last_message_id: m.last_message_id,
-                model: m.model,
-                created_at: m.created_at,
+            .map(|m| {
+                let m = open_summary(&self.keys, m)?;
+                Ok(Summary {
+                    id: m.id,
+                    session: names.get(&m.session_id).cloned().unwrap_or_default(),
+                    content: m.content,
+                    first_message_id: m.first_message_id,
+                    last_message_id: m.last_message_id,
+                    model: m.model,
+                    created_at: m.created_at,
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         let settings = user_setting::Entity::find_by_id(u.id)
             .one(&txn)
             .await?

@@ -1,4 +1,5 @@
 //! Free-standing memories: add, read, change, delete, list.
+use super::keys::{MEMORY_CONTENT, MEMORY_METADATA};
 use super::*;
 
 impl<V: VectorIndex> SqlStore<V> {
@@ -16,6 +17,7 @@ impl<V: VectorIndex> SqlStore<V> {
         if memories.is_empty() {
             return Ok(Vec::new());
         }
+        self.register_key().await?;
         let txn = begin_write(&self.db).await?;
         let u = self.ensure_user(&txn, user).await?;
         let mut sessions: HashMap<String, i64> = HashMap::new();
@@ -31,7 +33,7 @@ impl<V: VectorIndex> SqlStore<V> {
         let rows = memories
             .iter()
             .map(|new| {
-                (
+                Ok((
                     memory::ActiveModel {
                         id: NotSet,
                         user_id: Set(u.id),
@@ -40,18 +42,19 @@ impl<V: VectorIndex> SqlStore<V> {
                         summary_id: Set(None),
                         kind: Set(new.kind.as_str().to_owned()),
                         role: Set(new.role.map(|r| r.as_str().to_owned())),
-                        content: Set(new.content.clone()),
+                        content: Set(self.seal(MEMORY_CONTENT, &new.content)?),
                         tags: Set(tags_json(&new.tags)),
-                        metadata: Set(metadata_json(&new.metadata)),
+                        metadata: Set(self.seal_json(MEMORY_METADATA, &new.metadata)?),
                         importance: Set(new.importance.unwrap_or(0.5)),
                         emotion: Set(new.emotion.clone()),
                         created_at: Set(new.created_at.map_or(t, |c| c.trunc_subsecs(6))),
                         updated_at: Set(t),
+                        key_id: Set(self.key_id()),
                     },
                     new,
-                )
+                ))
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         let mut delta = Delta::default();
         let stored = self.insert_memories(&txn, u.id, rows, &mut delta).await?;
         let revision = self.bump_revision(&txn, u.id).await?;
@@ -106,6 +109,7 @@ impl<V: VectorIndex> SqlStore<V> {
         if let Some(importance) = patch.importance {
             check_importance(importance)?;
         }
+        self.register_key().await?;
         let txn = begin_write(&self.db).await?;
         let not_found = || Error::not_found("memory", id.to_string());
         let u = self.find_user(&txn, user).await?.ok_or_else(not_found)?;
@@ -116,15 +120,19 @@ impl<V: VectorIndex> SqlStore<V> {
             .await?
             .ok_or_else(not_found)?;
         let t = now();
+        // Sealed fields are written again whole, under the current key.
+        let m = open_memory(&self.keys, m)?;
+        let content = self.seal(MEMORY_CONTENT, patch.content.as_ref().unwrap_or(&m.content))?;
+        let metadata = self.seal_json(
+            MEMORY_METADATA,
+            patch.metadata.as_ref().unwrap_or(&m.metadata),
+        )?;
         let mut am: memory::ActiveModel = m.into();
-        if let Some(content) = patch.content {
-            am.content = Set(content);
-        }
+        am.content = Set(content);
+        am.metadata = Set(metadata);
+        am.key_id = Set(self.key_id());
         if let Some(tags) = &patch.tags {
             am.tags = Set(tags_json(tags));
-        }
-        if let Some(metadata) = &patch.metadata {
-            am.metadata = Set(metadata_json(metadata));
         }
         if let Some(importance) = patch.importance {
             am.importance = Set(importance);

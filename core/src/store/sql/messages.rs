@@ -1,6 +1,7 @@
 //! Messages: appended with the memories made from them, listed in order.
 use sea_orm::PaginatorTrait;
 
+use super::keys::{MEMORY_CONTENT, MEMORY_METADATA, MESSAGE_CONTENT, MESSAGE_METADATA};
 use super::*;
 
 impl<V: VectorIndex> SqlStore<V> {
@@ -24,6 +25,7 @@ impl<V: VectorIndex> SqlStore<V> {
             return Ok(Vec::new());
         }
 
+        self.register_key().await?;
         let txn = begin_write(&self.db).await?;
         let u = self.ensure_user(&txn, user).await?;
         let mut sessions: HashMap<String, i64> = HashMap::new();
@@ -36,16 +38,22 @@ impl<V: VectorIndex> SqlStore<V> {
         let t = now();
         let mut messages = Vec::with_capacity(writes.len());
         for chunk in writes.chunks(INSERT_CHUNK) {
-            let models = chunk.iter().map(|w| message::ActiveModel {
-                id: NotSet,
-                user_id: Set(u.id),
-                session_id: Set(sessions[&w.message.session]),
-                role: Set(w.message.role.as_str().to_owned()),
-                content: Set(w.message.content.clone()),
-                tags: Set(tags_json(&w.message.tags)),
-                metadata: Set(metadata_json(&w.message.metadata)),
-                created_at: Set(w.message.created_at.map_or(t, |c| c.trunc_subsecs(6))),
-            });
+            let models = chunk
+                .iter()
+                .map(|w| {
+                    Ok(message::ActiveModel {
+                        id: NotSet,
+                        user_id: Set(u.id),
+                        session_id: Set(sessions[&w.message.session]),
+                        role: Set(w.message.role.as_str().to_owned()),
+                        content: Set(self.seal(MESSAGE_CONTENT, &w.message.content)?),
+                        tags: Set(tags_json(&w.message.tags)),
+                        metadata: Set(self.seal_json(MESSAGE_METADATA, &w.message.metadata)?),
+                        created_at: Set(w.message.created_at.map_or(t, |c| c.trunc_subsecs(6))),
+                        key_id: Set(self.key_id()),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
             let mut inserted = message::Entity::insert_many(models)
                 .exec_with_returning(&txn)
                 .await?;
@@ -74,15 +82,16 @@ impl<V: VectorIndex> SqlStore<V> {
                         summary_id: Set(None),
                         kind: Set(new.kind.as_str().to_owned()),
                         role: Set(Some(new.role.unwrap_or(w.message.role).as_str().to_owned())),
-                        content: Set(new.content.clone()),
+                        content: Set(self.seal(MEMORY_CONTENT, &new.content)?),
                         tags: Set(tags_json(tags)),
-                        metadata: Set(metadata_json(&new.metadata)),
+                        metadata: Set(self.seal_json(MEMORY_METADATA, &new.metadata)?),
                         importance: Set(new.importance.unwrap_or(0.5)),
                         emotion: Set(new.emotion.clone()),
                         created_at: Set(new
                             .created_at
                             .map_or(m.created_at, |c| c.trunc_subsecs(6))),
                         updated_at: Set(t),
+                        key_id: Set(self.key_id()),
                     },
                     new,
                 ));

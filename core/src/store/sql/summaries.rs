@@ -1,10 +1,12 @@
 //! Rolling summaries of sessions.
+use super::keys::{MEMORY_CONTENT, MEMORY_METADATA, SUMMARY_CONTENT};
 use super::*;
 
 impl<V: VectorIndex> SqlStore<V> {
     pub(crate) async fn add_summary(&self, user: &str, new: NewSummary) -> Result<Option<Summary>> {
         self.limits.check_content(&new.content)?;
         check_embedding(&new.embedding.model, &new.embedding.vector)?;
+        self.register_key().await?;
         let txn = begin_write(&self.db).await?;
         let u = self
             .find_user(&txn, user)
@@ -60,11 +62,12 @@ impl<V: VectorIndex> SqlStore<V> {
             id: NotSet,
             user_id: Set(u.id),
             session_id: Set(s.id),
-            content: Set(new.content.clone()),
+            content: Set(self.seal(SUMMARY_CONTENT, &new.content)?),
             first_message_id: Set(new.first_message_id),
             last_message_id: Set(new.last_message_id),
             model: Set(new.model.clone()),
             created_at: Set(t),
+            key_id: Set(self.key_id()),
         })
         .exec_with_returning(&txn)
         .await?;
@@ -84,13 +87,14 @@ impl<V: VectorIndex> SqlStore<V> {
             summary_id: Set(Some(stored.id)),
             kind: Set(MemoryKind::Summary.as_str().to_owned()),
             role: Set(None),
-            content: Set(new.content.clone()),
+            content: Set(self.seal(MEMORY_CONTENT, &new.content)?),
             tags: Set(tags_json(&[])),
-            metadata: Set(metadata_json(&Value::Null)),
+            metadata: Set(self.seal_json(MEMORY_METADATA, &Value::Null)?),
             importance: Set(0.5),
             emotion: Set(None),
             created_at: Set(t),
             updated_at: Set(t),
+            key_id: Set(self.key_id()),
         };
         let mut delta = Delta::default();
         self.insert_memories(&txn, u.id, vec![(row, &memory)], &mut delta)
@@ -101,7 +105,7 @@ impl<V: VectorIndex> SqlStore<V> {
         Ok(Some(Summary {
             id: stored.id,
             session: new.session,
-            content: stored.content,
+            content: new.content,
             first_message_id: stored.first_message_id,
             last_message_id: stored.last_message_id,
             model: stored.model,
@@ -122,17 +126,19 @@ impl<V: VectorIndex> SqlStore<V> {
             .order_by_asc(summary::Column::Id)
             .all(&self.db)
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|m| Summary {
-                id: m.id,
-                session: session.to_owned(),
-                content: m.content,
-                first_message_id: m.first_message_id,
-                last_message_id: m.last_message_id,
-                model: m.model,
-                created_at: m.created_at,
+        rows.into_iter()
+            .map(|m| {
+                let m = open_summary(&self.keys, m)?;
+                Ok(Summary {
+                    id: m.id,
+                    session: session.to_owned(),
+                    content: m.content,
+                    first_message_id: m.first_message_id,
+                    last_message_id: m.last_message_id,
+                    model: m.model,
+                    created_at: m.created_at,
+                })
             })
-            .collect())
+            .collect()
     }
 }

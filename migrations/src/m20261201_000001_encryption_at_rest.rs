@@ -1,0 +1,114 @@
+//! Encryption at rest: `messages`, `memories` and `summaries` get a `key_id` column, the id of
+//! the data key that sealed the row's text and metadata (NULL: stored in the clear), and
+//! `encryption_keys` lists every key id that may still be in use, so that a store opened
+//! without one of them fails at start instead of returning garbage. On Postgres the generated
+//! `tsv` column now covers clear rows only: sealed rows are searched by an in-process index.
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::schema::*;
+use sea_orm_migration::sea_orm::DbBackend;
+
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+#[derive(DeriveIden)]
+enum Messages {
+    Table,
+    KeyId,
+}
+
+#[derive(DeriveIden)]
+enum Memories {
+    Table,
+    KeyId,
+}
+
+#[derive(DeriveIden)]
+enum Summaries {
+    Table,
+    KeyId,
+}
+
+#[derive(DeriveIden)]
+enum EncryptionKeys {
+    Table,
+    KeyId,
+    CreatedAt,
+}
+
+fn tables() -> [DynIden; 3] {
+    [
+        Messages::Table.into_iden(),
+        Memories::Table.into_iden(),
+        Summaries::Table.into_iden(),
+    ]
+}
+
+fn key_ids() -> [DynIden; 3] {
+    [
+        Messages::KeyId.into_iden(),
+        Memories::KeyId.into_iden(),
+        Summaries::KeyId.into_iden(),
+    ]
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for (table, column) in tables().into_iter().zip(key_ids()) {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(table)
+                        .add_column(string_len_null(column, 16))
+                        .to_owned(),
+                )
+                .await?;
+        }
+        manager
+            .create_table(
+                Table::create()
+                    .table(EncryptionKeys::Table)
+                    .col(string_len(EncryptionKeys::KeyId, 16).primary_key())
+                    .col(timestamp_with_time_zone(EncryptionKeys::CreatedAt))
+                    .to_owned(),
+            )
+            .await?;
+        if manager.get_database_backend() == DbBackend::Postgres {
+            manager
+                .get_connection()
+                .execute_unprepared(
+                    "DROP INDEX IF EXISTS ix_memories_tsv; \
+                     ALTER TABLE memories DROP COLUMN tsv; \
+                     ALTER TABLE memories ADD COLUMN tsv tsvector GENERATED ALWAYS AS \
+                     (CASE WHEN key_id IS NULL THEN to_tsvector('english', content) END) STORED; \
+                     CREATE INDEX ix_memories_tsv ON memories USING gin (tsv)",
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        if manager.get_database_backend() == DbBackend::Postgres {
+            manager
+                .get_connection()
+                .execute_unprepared(
+                    "DROP INDEX IF EXISTS ix_memories_tsv; \
+                     ALTER TABLE memories DROP COLUMN tsv; \
+                     ALTER TABLE memories ADD COLUMN tsv tsvector GENERATED ALWAYS AS \
+                     (to_tsvector('english', content)) STORED; \
+                     CREATE INDEX ix_memories_tsv ON memories USING gin (tsv)",
+                )
+                .await?;
+        }
+        manager
+            .drop_table(Table::drop().table(EncryptionKeys::Table).to_owned())
+            .await?;
+        for (table, column) in tables().into_iter().zip(key_ids()) {
+            manager
+                .alter_table(Table::alter().table(table).drop_column(column).to_owned())
+                .await?;
+        }
+        Ok(())
+    }
+}
