@@ -13,6 +13,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::mpsc;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::context::{ContextReport, Summarizer, SummaryPolicy};
 use crate::engine::{ContextOptions, Engine};
@@ -192,6 +194,12 @@ impl ChatPipeline {
     }
 
     /// Starts a chat turn for `user`; see the module documentation.
+    #[tracing::instrument(
+        name = "chat",
+        level = "info",
+        skip_all,
+        fields(model = self.model.name(), max_tokens = request.generation.max_tokens)
+    )]
     pub async fn stream(&self, user: &str, request: ChatRequest) -> Result<ChatStream> {
         request.validate()?;
         let started = Instant::now();
@@ -257,95 +265,114 @@ impl ChatPipeline {
             .map(|a| a.message.id)
             .ok_or_else(|| Error::Internal("the store returned no message".into()))?;
 
+        // Generation outlives this call: its span follows the answer to its end.
+        let generation = tracing::info_span!(
+            "generation",
+            model = self.model.name(),
+            prompt_messages = assembled.messages.len(),
+            prompt_tokens = Empty,
+            completion_tokens = Empty,
+            first_token_ms = Empty,
+            finish_reason = Empty,
+        );
         let mut answer = self
             .model
             .stream(&assembled.messages, &request.generation)
+            .instrument(generation.clone())
             .await?;
         let (tx, updates) = mpsc::channel(BUFFER);
         let this = self.clone();
         let user = user.to_owned();
         let report = assembled.report;
-        tokio::spawn(async move {
-            let mut first_token_ms = None;
-            while let Some(event) = answer.recv().await {
-                match event {
-                    Ok(ChatEvent::Delta { text }) => {
-                        first_token_ms.get_or_insert_with(|| ms(started));
-                        if tx.send(Ok(ChatUpdate::Delta { text })).await.is_err() {
-                            // The consumer went away: dropping `answer` stops the model.
+        tokio::spawn(
+            async move {
+                let mut first_token_ms = None;
+                while let Some(event) = answer.recv().await {
+                    match event {
+                        Ok(ChatEvent::Delta { text }) => {
+                            first_token_ms.get_or_insert_with(|| ms(started));
+                            if tx.send(Ok(ChatUpdate::Delta { text })).await.is_err() {
+                                // The consumer went away: dropping `answer` stops the model.
+                                return;
+                            }
+                        }
+                        Ok(ChatEvent::Done { completion }) => {
+                            let span = tracing::Span::current();
+                            span.record("prompt_tokens", completion.prompt_tokens);
+                            span.record("completion_tokens", completion.completion_tokens);
+                            span.record("first_token_ms", first_token_ms.unwrap_or(ms(started)));
+                            span.record("finish_reason", format!("{:?}", completion.finish_reason));
+                            let reply = if completion.text.trim().is_empty() {
+                                Ok(None)
+                            } else {
+                                let mut m = NewMessage::new(
+                                    &request.session,
+                                    Role::Assistant,
+                                    &completion.text,
+                                );
+                                m.metadata = json!({
+                                    "model": this.model.name(),
+                                    "finish_reason": completion.finish_reason,
+                                    "confidence": completion.confidence,
+                                });
+                                this.engine
+                                    .add_messages(&user, vec![m])
+                                    .await
+                                    .map(|a| a.first().map(|a| a.message.id))
+                            };
+                            let reply_id = match reply {
+                                Ok(id) => id,
+                                Err(e) => {
+                                    let _ = tx.send(Err(e)).await;
+                                    return;
+                                }
+                            };
+                            if let Some((summarizer, policy)) = &this.summarizer {
+                                this.engine.spawn_summarize_if_due(
+                                    &user,
+                                    &request.session,
+                                    summarizer.clone(),
+                                    *policy,
+                                );
+                            }
+                            let total_ms = ms(started);
+                            let result = ChatResult {
+                                session: request.session.clone(),
+                                message_id,
+                                reply_id,
+                                text: completion.text,
+                                context: context.clone(),
+                                report: report.clone(),
+                                usage: Usage {
+                                    prompt_tokens: completion.prompt_tokens,
+                                    completion_tokens: completion.completion_tokens,
+                                    total_tokens: completion.prompt_tokens
+                                        + completion.completion_tokens,
+                                },
+                                latency: Latency {
+                                    retrieval_ms,
+                                    first_token_ms: first_token_ms.unwrap_or(total_ms),
+                                    total_ms,
+                                },
+                                confidence: completion.confidence,
+                                finish_reason: completion.finish_reason,
+                                model: this.model.name().to_owned(),
+                            };
+                            let _ = tx.send(Ok(ChatUpdate::Done(Box::new(result)))).await;
+                            return;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
                             return;
                         }
                     }
-                    Ok(ChatEvent::Done { completion }) => {
-                        let reply = if completion.text.trim().is_empty() {
-                            Ok(None)
-                        } else {
-                            let mut m = NewMessage::new(
-                                &request.session,
-                                Role::Assistant,
-                                &completion.text,
-                            );
-                            m.metadata = json!({
-                                "model": this.model.name(),
-                                "finish_reason": completion.finish_reason,
-                                "confidence": completion.confidence,
-                            });
-                            this.engine
-                                .add_messages(&user, vec![m])
-                                .await
-                                .map(|a| a.first().map(|a| a.message.id))
-                        };
-                        let reply_id = match reply {
-                            Ok(id) => id,
-                            Err(e) => {
-                                let _ = tx.send(Err(e)).await;
-                                return;
-                            }
-                        };
-                        if let Some((summarizer, policy)) = &this.summarizer {
-                            this.engine.spawn_summarize_if_due(
-                                &user,
-                                &request.session,
-                                summarizer.clone(),
-                                *policy,
-                            );
-                        }
-                        let total_ms = ms(started);
-                        let result = ChatResult {
-                            session: request.session.clone(),
-                            message_id,
-                            reply_id,
-                            text: completion.text,
-                            context: context.clone(),
-                            report: report.clone(),
-                            usage: Usage {
-                                prompt_tokens: completion.prompt_tokens,
-                                completion_tokens: completion.completion_tokens,
-                                total_tokens: completion.prompt_tokens
-                                    + completion.completion_tokens,
-                            },
-                            latency: Latency {
-                                retrieval_ms,
-                                first_token_ms: first_token_ms.unwrap_or(total_ms),
-                                total_ms,
-                            },
-                            confidence: completion.confidence,
-                            finish_reason: completion.finish_reason,
-                            model: this.model.name().to_owned(),
-                        };
-                        let _ = tx.send(Ok(ChatUpdate::Done(Box::new(result)))).await;
-                        return;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
                 }
+                let _ = tx
+                    .send(Err(Error::unavailable("the chat model stopped mid-answer")))
+                    .await;
             }
-            let _ = tx
-                .send(Err(Error::unavailable("the chat model stopped mid-answer")))
-                .await;
-        });
+            .instrument(generation),
+        );
         Ok(ChatStream {
             message_id,
             retrieval_ms,

@@ -88,6 +88,11 @@ struct Global {
     #[arg(long, global = true)]
     previous_encryption_key_file: Vec<PathBuf>,
 
+    /// Export OpenTelemetry traces to this OTLP/HTTP collector (`http://collector:4318`)
+    /// [telemetry.otlp_endpoint; off by default].
+    #[arg(long, global = true)]
+    otlp_endpoint: Option<String>,
+
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -124,6 +129,9 @@ impl Global {
         }
         if let Some(file) = &self.encryption_key_file {
             s.encryption.key_file = Some(file.clone());
+        }
+        if let Some(url) = &self.otlp_endpoint {
+            s.telemetry.otlp_endpoint = Some(url.clone());
         }
         if !self.previous_encryption_key_file.is_empty() {
             s.encryption.previous_key_files = self.previous_encryption_key_file.clone();
@@ -270,7 +278,15 @@ pub fn exit_code(err: &Error) -> i32 {
 
 /// Starts logging to standard error: the server logs JSON at info level (request ids, no
 /// message content), the other commands warnings as text, unless `log` says otherwise.
-fn init_logging(settings: &Settings, serve: bool) {
+/// Logging to standard error and, when configured, OpenTelemetry traces; the returned guard
+/// sends the buffered spans when the command ends.
+fn init_logging(
+    settings: &Settings,
+    serve: bool,
+) -> recall_core::Result<Option<crate::telemetry::Telemetry>> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = settings
         .log
         .filter
@@ -282,15 +298,25 @@ fn init_logging(settings: &Settings, serve: bool) {
         Some(LogFormat::Text) => false,
         None => serve,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second initialisation (a library user who set up logging) is not an error.
-    let _ = if json {
-        builder.json().flatten_event(true).try_init()
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = if json {
+        fmt.json().flatten_event(true).with_filter(filter).boxed()
     } else {
-        builder.try_init()
+        fmt.with_filter(filter).boxed()
     };
+    let (telemetry, traces) = match crate::telemetry::Telemetry::start(&settings.telemetry)? {
+        Some((t, layer)) => (
+            Some(t),
+            Some(layer.with_filter(tracing_subscriber::filter::LevelFilter::INFO)),
+        ),
+        None => (None, None),
+    };
+    // A second initialisation (a library user who set up logging) is not an error.
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(traces)
+        .try_init();
+    Ok(telemetry)
 }
 
 /// A secret from a file, or from standard input.
@@ -353,7 +379,16 @@ async fn dispatch(cli: Cli) -> recall_core::Result<()> {
         _ => {}
     }
     let settings = g.settings()?;
-    init_logging(&settings, matches!(cli.command, Command::Serve(_)));
+    let telemetry = init_logging(&settings, matches!(cli.command, Command::Serve(_)))?;
+    let out = run_command(&cli, settings).await;
+    if let Some(t) = telemetry {
+        let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+    }
+    out
+}
+
+async fn run_command(cli: &Cli, settings: Settings) -> recall_core::Result<()> {
+    let g = &cli.global;
     match &cli.command {
         Command::Models { command } => models::run(&settings, command, g.json).await,
         Command::Ingest(args) => ingest::run(&settings, args, g.json).await,

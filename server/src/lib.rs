@@ -22,5 +22,6 @@ pub mod router;
 pub mod settings;
 pub mod startup;
 pub mod state;
+pub mod telemetry;
 pub mod tls;
 pub mod web;

@@ -19,6 +19,7 @@ use axum::routing::get;
 use futures::{SinkExt, StreamExt};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
+use tracing::Instrument;
 
 use crate::auth::Credentials;
 use crate::error::{ApiError, Code, retry_after_value};
@@ -131,7 +132,21 @@ async fn access_log(State(server): State<Server>, mut req: Request, next: Next) 
         .map(|c| c.0.ip().to_string())
         .unwrap_or_default();
     let started = Instant::now();
-    let mut resp = next.run(req).await;
+    // The span of the request (exported as a trace root, or under the caller's
+    // `traceparent`, when telemetry is on); no bodies and no content in it either.
+    let span = tracing::info_span!(
+        "request",
+        http.request.method = %method,
+        url.path = %path,
+        request_id = %id,
+        http.response.status_code = tracing::field::Empty,
+    );
+    {
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let _ = span.set_parent(crate::telemetry::remote_context(req.headers()));
+    }
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    span.record("http.response.status_code", resp.status().as_u16());
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }

@@ -45,6 +45,8 @@ pub struct Settings {
     pub jobs: JobSettings,
     /// Logs.
     pub log: LogSettings,
+    /// OpenTelemetry traces.
+    pub telemetry: TelemetrySettings,
     /// The MCP endpoint at `/mcp`.
     pub mcp: McpSettings,
     /// The web chat UI at `/`.
@@ -74,6 +76,7 @@ impl Default for Settings {
             chat: ChatSettings::default(),
             jobs: JobSettings::default(),
             log: LogSettings::default(),
+            telemetry: TelemetrySettings::default(),
             mcp: McpSettings::default(),
             web: WebSettings::default(),
             metrics: MetricsSettings::default(),
@@ -502,6 +505,30 @@ impl Default for JobSettings {
     }
 }
 
+/// OpenTelemetry traces (see `crate::telemetry`); off without an endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// The OTLP/HTTP collector: its base URL (`http://otel-collector:4318`, spans go to
+    /// `/v1/traces`) or the full traces URL (`--otlp-endpoint`).
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the spans.
+    pub service_name: String,
+    /// The share of traces kept (0 to 1) when the caller did not decide; a caller's sampled
+    /// `traceparent` is followed.
+    pub sample_ratio: f64,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "deep-recall".into(),
+            sample_ratio: 1.0,
+        }
+    }
+}
+
 /// Logs (to standard error).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -628,6 +655,20 @@ impl Settings {
                 "tls: give both a certificate (tls.cert, --tls-cert) and a key (tls.key, \
                  --tls-key), or neither",
             ));
+        }
+        let t = &self.telemetry;
+        if !(0.0..=1.0).contains(&t.sample_ratio) {
+            return Err(Error::invalid(
+                "telemetry.sample_ratio must be between 0 and 1",
+            ));
+        }
+        if let Some(url) = &t.otlp_endpoint
+            && !url.starts_with("http://")
+        {
+            return Err(Error::invalid(format!(
+                "telemetry.otlp_endpoint {url:?}: an http:// URL of the OTLP/HTTP collector \
+                 (a sidecar or an in-cluster service; https is not supported yet)"
+            )));
         }
         let l = &self.limits;
         if l.max_body_bytes < 1024 {

@@ -50,6 +50,7 @@ impl Engine {
 
     /// [`Engine::build_context`], also returning the memories retrieved for the message
     /// (best first; the report says which of them fitted).
+    #[tracing::instrument(name = "context", level = "info", skip_all)]
     pub async fn context_with_memories(
         &self,
         user: &str,

@@ -4,6 +4,8 @@ use super::*;
 use crate::error::Error;
 use crate::retrieval::{self, SearchMode};
 use crate::types::{Retrieved, SearchPage, TextQuery, VectorQuery};
+use tracing::Instrument;
+use tracing::field::Empty;
 
 /// Texts per [`Engine::embed_texts`] call at most.
 pub const MAX_EMBED_INPUTS: usize = 256;
@@ -21,6 +23,7 @@ pub struct Embeddings {
 
 impl Engine {
     /// Semantic search over the user's memories.
+    #[tracing::instrument(name = "search", level = "info", skip_all, fields(top_k = options.top_k))]
     pub async fn search(
         &self,
         user: &str,
@@ -32,7 +35,11 @@ impl Engine {
         limits.check_content(text)?;
         limits.check_page_size(options.top_k)?;
         limits.check_filter(&options.filter)?;
-        let vector = self.embedder.embed_one(text).await?;
+        let vector = self
+            .embedder
+            .embed_one(text)
+            .instrument(tracing::info_span!("embed_query"))
+            .await?;
         self.store
             .search(
                 user,
@@ -51,6 +58,12 @@ impl Engine {
     /// re-ranked with the configured signals (and the cross-encoder, when there is one),
     /// thresholded and diversified. Repeated queries are answered from the query cache until
     /// the user's memories change.
+    #[tracing::instrument(
+        name = "retrieval",
+        level = "info",
+        skip_all,
+        fields(mode = options.mode.as_str(), top_k = options.top_k, cached = Empty, hits = Empty)
+    )]
     pub async fn retrieve(
         &self,
         user: &str,
@@ -71,11 +84,16 @@ impl Engine {
         let now = *options.now.get_or_insert_with(|| self.cache.now());
         let key = serde_json::to_string(&(query, &options))
             .map_err(|e| Error::Internal(format!("cache key: {e}")))?;
+        let span = tracing::Span::current();
         if let Some(hit) = self.cache.get(user, &key) {
+            span.record("cached", true);
+            span.record("hits", hit.len());
             return Ok(hit);
         }
+        span.record("cached", false);
         let generation = self.cache.generation(user);
         let out = self.retrieve_uncached(user, query, &options, now).await?;
+        span.record("hits", out.len());
         self.cache.put(user, &key, generation, out.clone());
         Ok(out)
     }
@@ -103,14 +121,20 @@ impl Engine {
                     top_k: n,
                     filter: options.filter.clone(),
                 };
-                Some(tokio::spawn(async move {
-                    store.text_search(&user, &query).await
-                }))
+                let span = tracing::info_span!("text_search", top_k = n);
+                Some(tokio::spawn(
+                    async move { store.text_search(&user, &query).await }.instrument(span),
+                ))
             }
         };
         let query_vector = match mode {
             SearchMode::Text => None,
-            _ => Some(self.embedder.embed_one(query).await?),
+            _ => Some(
+                self.embedder
+                    .embed_one(query)
+                    .instrument(tracing::info_span!("embed_query"))
+                    .await?,
+            ),
         };
         let vector_hits = match &query_vector {
             Some(v) => {
@@ -125,6 +149,7 @@ impl Engine {
                             cursor: None,
                         },
                     )
+                    .instrument(tracing::info_span!("vector_search", top_k = n))
                     .await?
                     .hits
             }
@@ -254,7 +279,10 @@ impl Engine {
                 .iter()
                 .map(|c| c.memory.content.clone())
                 .collect();
-            let logits = reranker.score(query, docs).await?;
+            let logits = reranker
+                .score(query, docs)
+                .instrument(tracing::info_span!("rerank", candidates = top))
+                .await?;
             retrieval::apply_cross_encoder(
                 &mut candidates[..top],
                 &logits,

@@ -17,4 +17,5 @@ mod memory;
 mod ops;
 mod remote;
 mod rest;
+mod telemetry;
 mod tls;
