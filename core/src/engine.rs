@@ -7,6 +7,7 @@ mod fanout;
 mod jobs;
 mod memories;
 mod prompt;
+mod reembed;
 mod search;
 mod sessions;
 mod summaries;
@@ -32,6 +33,7 @@ use crate::store::MemoryStore;
 use crate::types::{Embedding, Filter, Memory, MemoryKind};
 
 pub use fanout::FanoutHandle;
+pub use reembed::{ReembedOptions, ReembedReport};
 pub use search::{Embeddings, MAX_EMBED_INPUTS};
 pub use summaries::SummaryStats;
 
@@ -111,6 +113,9 @@ pub struct Engine {
     dedupe: Option<f32>,
     /// The data key: backups are encrypted with it (see [`Engine::with_data_key`]).
     data_key: Option<Arc<crate::crypto::DataKey>>,
+    /// While a change of embedding model is rolled out: the model being left, which users
+    /// not yet re-embedded search with (see [`Engine::reembed`]).
+    previous_embedder: Option<Arc<dyn Embedder>>,
 }
 
 /// A similarity (cosine by default) at or above which a new free-standing memory is the same
@@ -135,6 +140,7 @@ impl Engine {
             events: EventBus::default(),
             dedupe: None,
             data_key: None,
+            previous_embedder: None,
         }
     }
 
@@ -149,6 +155,38 @@ impl Engine {
     pub fn with_data_key(mut self, key: Option<Arc<crate::crypto::DataKey>>) -> Self {
         self.data_key = key;
         self
+    }
+
+    /// Rolls out a change of embedding model: `previous` is the model the stored vectors
+    /// were made with. Each user keeps searching (and writing) with it until
+    /// [`Engine::reembed`] has given every memory of theirs a vector of the configured model
+    /// and switched them over.
+    pub fn with_previous_embedder(mut self, previous: Option<Arc<dyn Embedder>>) -> Self {
+        self.previous_embedder = previous.filter(|p| p.model_id() != self.embedder.model_id());
+        self
+    }
+
+    /// The model being left while a re-embedding runs.
+    pub fn previous_embedder(&self) -> Option<&Arc<dyn Embedder>> {
+        self.previous_embedder.as_ref()
+    }
+
+    /// This engine with the embedder of the user's searches: the configured one, or, while
+    /// a change of model is rolled out and the user has not been switched yet, the previous
+    /// one.
+    pub(crate) async fn scoped(&self, user: &str) -> Result<std::borrow::Cow<'_, Engine>> {
+        let Some(previous) = &self.previous_embedder else {
+            return Ok(std::borrow::Cow::Borrowed(self));
+        };
+        match self.store.embedding_model(user).await? {
+            // Switched (or on a model this engine does not know): the configured embedder.
+            Some(m) if m != previous.model_id() => Ok(std::borrow::Cow::Borrowed(self)),
+            _ => {
+                let mut this = self.clone();
+                this.embedder = previous.clone();
+                Ok(std::borrow::Cow::Owned(this))
+            }
+        }
     }
 
     /// The data key, if one was given.

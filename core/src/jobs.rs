@@ -29,6 +29,9 @@ pub enum JobKind {
     /// An operator's job: re-seal every row with the current data key
     /// (`Engine::rotate_keys`).
     RotateKeys,
+    /// An operator's job: give every memory a vector of the configured embedding model and
+    /// switch each user to it (`Engine::reembed`; `params`: `batch`, `pause_ms`).
+    Reembed,
 }
 
 /// The owner of operators' jobs ([`JobKind::is_system`]): the empty string, which is never a
@@ -43,6 +46,7 @@ impl JobKind {
             JobKind::Backup => "backup",
             JobKind::Optimize => "optimize",
             JobKind::RotateKeys => "rotate_keys",
+            JobKind::Reembed => "reembed",
         }
     }
 
@@ -53,6 +57,7 @@ impl JobKind {
             "backup" => Ok(JobKind::Backup),
             "optimize" => Ok(JobKind::Optimize),
             "rotate_keys" => Ok(JobKind::RotateKeys),
+            "reembed" => Ok(JobKind::Reembed),
             other => Err(Error::Internal(format!("unknown job kind {other:?}"))),
         }
     }
@@ -61,7 +66,7 @@ impl JobKind {
     pub fn is_system(self) -> bool {
         matches!(
             self,
-            JobKind::Backup | JobKind::Optimize | JobKind::RotateKeys
+            JobKind::Backup | JobKind::Optimize | JobKind::RotateKeys | JobKind::Reembed
         )
     }
 }

@@ -187,6 +187,33 @@ async fn execute(engine: &Engine, job: &Job, progress: &Progress) -> Result<Valu
             progress.send_replace((0.0, Some("optimizing".into())));
             json(&engine.optimize().await?)
         }
+        JobKind::Reembed => {
+            let defaults = crate::engine::ReembedOptions::default();
+            let options = crate::engine::ReembedOptions {
+                batch: job
+                    .params
+                    .get("batch")
+                    .and_then(Value::as_u64)
+                    .map_or(defaults.batch, |b| b as usize),
+                pause: job
+                    .params
+                    .get("pause_ms")
+                    .and_then(Value::as_u64)
+                    .map_or(defaults.pause, std::time::Duration::from_millis),
+                ..defaults
+            };
+            let report = engine
+                .reembed(&options, &mut |done, total| {
+                    let share = if total == 0 {
+                        1.0
+                    } else {
+                        done as f64 / total as f64
+                    };
+                    let _ = progress.send((share, Some(format!("{done} of {total} memories"))));
+                })
+                .await?;
+            json(&report)
+        }
         JobKind::RotateKeys => {
             let report = engine
                 .rotate_keys(&mut |done, total| {

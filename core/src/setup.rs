@@ -43,6 +43,11 @@ pub struct EngineOptions {
     /// `device` are then unused for embeddings).
     #[serde(default)]
     pub remote_embedding: Option<RemoteEmbedding>,
+    /// The local embedding model being left while a change of model is rolled out (a
+    /// directory name under `models_dir`, or a path): users not yet re-embedded keep
+    /// searching with it (see [`Engine::reembed`]).
+    #[serde(default)]
+    pub previous_embedding_model: Option<String>,
 }
 
 /// A remote embedding provider (the OpenAI embeddings API): where, and how many texts a request.
@@ -64,6 +69,7 @@ impl EngineOptions {
             device: DeviceConfig::default(),
             cross_encoder: None,
             remote_embedding: None,
+            previous_embedding_model: None,
             emotion_model: None,
             query_cache: QueryCacheConfig::default(),
         }
@@ -102,6 +108,13 @@ pub async fn open_engine(options: &EngineOptions) -> Result<Engine> {
     };
     let store = store::open(&options.store.clone().with_index_dims(embedder.dims())).await?;
     let mut engine = Engine::new(store, embedder).with_query_cache(options.query_cache);
+    if let Some(previous) = &options.previous_embedding_model {
+        let mut config = EmbedConfig::new(model_path(&options.models_dir, previous));
+        config.device = options.device;
+        let previous: Arc<dyn Embedder> =
+            Arc::new(blocking(move || EmbeddingService::start(&config)).await?);
+        engine = engine.with_previous_embedder(Some(previous));
+    }
     let device = crate::device::select(options.device)?;
     if let Some(dir) = options.cross_encoder.clone() {
         let device = device.clone();

@@ -18,9 +18,10 @@ use crate::events::Fanout;
 use crate::jobs::JobQueue;
 use crate::limits::Limits;
 use crate::types::{
-    Actor, AppendedMessage, AuditEntry, DeletedMemory, DeletionReport, ExportOptions, Filter,
-    Memory, MemoryPatch, Message, MessageWrite, Metric, NewMemory, NewSummary, Page, PageRequest,
-    SearchPage, Session, SessionPatch, Summary, TextHit, TextQuery, User, UserExport, VectorQuery,
+    Actor, AppendedMessage, AuditEntry, DeletedMemory, DeletionReport, Embedding, ExportOptions,
+    Filter, Memory, MemoryPatch, Message, MessageWrite, Metric, NewMemory, NewSummary, Page,
+    PageRequest, SearchPage, Session, SessionPatch, Summary, TextHit, TextQuery, User, UserExport,
+    VectorQuery,
 };
 
 /// Implements [`MemoryStore`] for a wrapper `struct X { inner: SqlStore<_> }` by forwarding to
@@ -235,6 +236,38 @@ macro_rules! delegate_store {
             async fn optimize(&self) -> $crate::error::Result<$crate::store::OptimizeReport> {
                 self.inner.optimize().await
             }
+            async fn embedding_model(&self, user: &str) -> $crate::error::Result<Option<String>> {
+                self.inner.embedding_model(user).await
+            }
+            async fn user_ids(
+                &self,
+                after: Option<&str>,
+                limit: usize,
+            ) -> $crate::error::Result<Vec<String>> {
+                self.inner.user_ids(after, limit).await
+            }
+            async fn missing_embeddings(
+                &self,
+                user: &str,
+                model: &str,
+                limit: usize,
+            ) -> $crate::error::Result<(Vec<(i64, String)>, u64)> {
+                self.inner.missing_embeddings(user, model, limit).await
+            }
+            async fn add_embeddings(
+                &self,
+                user: &str,
+                rows: Vec<(i64, $crate::types::Embedding)>,
+            ) -> $crate::error::Result<u64> {
+                self.inner.add_embeddings(user, rows).await
+            }
+            async fn switch_embedding_model(
+                &self,
+                user: &str,
+                model: &str,
+            ) -> $crate::error::Result<bool> {
+                self.inner.switch_embedding_model(user, model).await
+            }
             async fn rotate_keys(
                 &self,
                 on_rows: &mut (dyn FnMut(u64, u64) + Send),
@@ -427,6 +460,29 @@ pub trait MemoryStore: Send + Sync {
     /// checkpoints its write-ahead log, runs `VACUUM` and `ANALYZE` and empties its vector
     /// cache (users reload on their next search).
     async fn optimize(&self) -> Result<OptimizeReport>;
+
+    /// The embedding model the user's searches use, once a re-embedding recorded one.
+    async fn embedding_model(&self, user: &str) -> Result<Option<String>>;
+
+    /// Users by external id, after `after`, at most `limit` (for operators' jobs).
+    async fn user_ids(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>>;
+
+    /// Re-embedding: the user's memories with no vector of `model` (id and text), by id, at
+    /// most `limit`, and how many there are in all.
+    async fn missing_embeddings(
+        &self,
+        user: &str,
+        model: &str,
+        limit: usize,
+    ) -> Result<(Vec<(i64, String)>, u64)>;
+
+    /// Re-embedding: adds vectors of a new model to some of the user's memories (their own
+    /// only), unseen by searches until [`MemoryStore::switch_embedding_model`].
+    async fn add_embeddings(&self, user: &str, rows: Vec<(i64, Embedding)>) -> Result<u64>;
+
+    /// Re-embedding: if every memory of the user has a vector of `model`, moves their
+    /// searches to it and drops their other vectors, atomically; `false` otherwise.
+    async fn switch_embedding_model(&self, user: &str, model: &str) -> Result<bool>;
 
     /// Encryption at rest: re-seals every row not under the current data key with it (with
     /// none, opens sealed rows into the clear), in batches, then retires the key ids no row

@@ -9,6 +9,7 @@ mod keys;
 mod mcp;
 mod models;
 mod optimize;
+mod reembed;
 mod search;
 mod serve;
 
@@ -63,6 +64,11 @@ struct Global {
     #[arg(long, global = true)]
     embedding_model: Option<String>,
 
+    /// While changing the embedding model: the model the stored vectors were made with; users
+    /// search with it until re-embedded [models.previous_embedding].
+    #[arg(long, global = true)]
+    previous_embedding_model: Option<String>,
+
     /// Where models run: auto, cpu, cuda[:N] or metal[:N] [models.device; default auto].
     #[arg(long, global = true)]
     device: Option<String>,
@@ -114,6 +120,9 @@ impl Global {
         }
         if let Some(dir) = &self.models_dir {
             s.models.dir = dir.clone();
+        }
+        if let Some(m) = &self.previous_embedding_model {
+            s.models.previous_embedding = Some(m.clone());
         }
         if let Some(m) = &self.embedding_model {
             s.models.embedding = m.clone();
@@ -174,6 +183,10 @@ enum Command {
     /// (reads and writes go on) and vacuums; the embedded store checkpoints, vacuums and
     /// analyzes its file.
     Optimize,
+    /// After changing the embedding model (--embedding-model, with the old one as
+    /// --previous-embedding-model): give every memory a vector of the new model and switch
+    /// each user to it, dropping the old vectors. Resumable.
+    Reembed,
     /// Run the server: GraphQL at /graphql (HTTP and WebSocket), OpenAI-compatible REST under
     /// /v1, MCP at /mcp, /health, /ready and /metrics.
     Serve(serve::ServeArgs),
@@ -400,6 +413,7 @@ async fn run_command(cli: &Cli, settings: Settings) -> recall_core::Result<()> {
         Command::Backup(args) => backup::backup(&settings, args, g.json).await,
         Command::Restore(args) => backup::restore(&settings, args, g.json).await,
         Command::Optimize => optimize::run(&settings, g.json).await,
+        Command::Reembed => reembed::run(&settings, g.json).await,
         Command::Keys {
             command: KeysCommand::Rotate,
         } => keys::rotate(&settings, g.json).await,

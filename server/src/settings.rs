@@ -222,6 +222,14 @@ pub struct ModelSettings {
     pub embedding_batch: usize,
     /// Where models run: `auto`, `cpu`, `cuda[:N]` or `metal[:N]`.
     pub device: String,
+    /// While changing the embedding model: the local model the stored vectors were made with
+    /// (`--previous-embedding-model`). Both are loaded; users keep searching with this one
+    /// until the re-embedding job, queued at start, has moved them to `embedding`.
+    pub previous_embedding: Option<String>,
+    /// Re-embedding: memories per batch.
+    pub reembed_batch: usize,
+    /// Re-embedding: pause after each batch, in milliseconds (leaves the CPU to requests).
+    pub reembed_pause_ms: u64,
     /// Cross-encoder directory to re-rank the top candidates of every search.
     pub cross_encoder: Option<PathBuf>,
     /// Emotion classifier directory, instead of the built-in lexicon.
@@ -242,6 +250,9 @@ impl Default for ModelSettings {
             embedding_api_key_file: None,
             embedding_batch: recall_core::embed::remote::DEFAULT_REMOTE_BATCH,
             device: "auto".to_owned(),
+            previous_embedding: None,
+            reembed_batch: 64,
+            reembed_pause_ms: 50,
             cross_encoder: None,
             emotion: None,
             wheel_dir: None,
@@ -263,6 +274,9 @@ impl fmt::Debug for ModelSettings {
             .field("embedding_api_key_file", &self.embedding_api_key_file)
             .field("embedding_batch", &self.embedding_batch)
             .field("device", &self.device)
+            .field("previous_embedding", &self.previous_embedding)
+            .field("reembed_batch", &self.reembed_batch)
+            .field("reembed_pause_ms", &self.reembed_pause_ms)
             .field("cross_encoder", &self.cross_encoder)
             .field("emotion", &self.emotion)
             .field("wheel_dir", &self.wheel_dir)

@@ -72,6 +72,7 @@ pub async fn engine(settings: &Settings) -> Result<Engine> {
         emotion_model: m.emotion.clone(),
         query_cache: settings.cache.config(),
         remote_embedding,
+        previous_embedding_model: m.previous_embedding.clone(),
     })
     .await
     .and_then(|e| Ok(e.with_data_key(data_key(settings)?)))
@@ -205,6 +206,31 @@ fn backup_schedule(settings: &Settings, engine: &Engine) -> Result<Option<AbortO
     }))))
 }
 
+/// With `models.previous_embedding` set, queues the re-embedding job now (the queue keeps one
+/// pending across replicas; one already queued or running is left alone).
+async fn queue_reembed(settings: &Settings, engine: &Engine) {
+    if engine.previous_embedder().is_none() {
+        return;
+    }
+    let params = serde_json::json!({
+        "batch": settings.models.reembed_batch.max(1),
+        "pause_ms": settings.models.reembed_pause_ms,
+    });
+    match engine
+        .schedule_system_job(
+            JobKind::Reembed,
+            chrono::Utc::now(),
+            params,
+            &Actor("schedule".into()),
+        )
+        .await
+    {
+        Ok(job) => tracing::info!(job = job.id, "re-embedding queued"),
+        Err(e) if e.kind() == ErrorKind::InvalidInput => {}
+        Err(e) => tracing::warn!(error = %e, "queueing the re-embedding failed"),
+    }
+}
+
 /// Stops a task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -303,6 +329,7 @@ pub async fn run(
         )
     });
     let _backups = backup_schedule(&settings, &engine)?;
+    queue_reembed(&settings, &engine).await;
     let state = Arc::new(AppState::new(settings, engine, chat)?);
     let _metrics = match state.settings.metrics.bind {
         Some(bind) => Some(serve_metrics(bind, state.clone()).await?),

@@ -33,6 +33,7 @@ impl Engine {
     ) -> Result<Vec<AppendedMessage>> {
         let limits = self.store.limits();
         limits.check_user_id(user)?;
+        let this = self.scoped(user).await?;
         for (i, m) in messages.iter().enumerate() {
             limits
                 .check_message(m)
@@ -42,11 +43,11 @@ impl Engine {
         let chunking = ChunkConfig::default();
         let max = chunking
             .max_tokens
-            .or(self.embedder.max_tokens())
+            .or(this.embedder.max_tokens())
             .unwrap_or(usize::MAX);
         let mut pieces: Vec<(usize, String)> = Vec::with_capacity(messages.len());
         for (i, m) in messages.iter().enumerate() {
-            let ranges = match self.embedder.token_spans(&m.content) {
+            let ranges = match this.embedder.token_spans(&m.content) {
                 Some(spans) if spans.len() > max => {
                     chunk_ranges(&m.content, &spans, max, chunking.overlap_tokens)
                 }
@@ -64,7 +65,7 @@ impl Engine {
         let mut done = 0usize;
         for chunk in pieces.chunks(PROGRESS_STEP) {
             vectors.extend(
-                self.embedder
+                this.embedder
                     .embed(chunk.iter().map(|(_, t)| t.clone()).collect())
                     .await?,
             );
@@ -90,7 +91,7 @@ impl Engine {
                 importance: Some(importance),
                 emotion: Some(emotion),
                 metadata,
-                ..NewMemory::new(MemoryKind::Message, text, self.embedding(vector))
+                ..NewMemory::new(MemoryKind::Message, text, this.embedding(vector))
             });
         }
         let writes = messages
@@ -120,7 +121,8 @@ impl Engine {
     pub async fn add_memory(&self, user: &str, memory: NewMemoryText) -> Result<Memory> {
         self.store.limits().check_user_id(user)?;
         self.store.limits().check_content(&memory.content)?;
-        let vector = self.embedder.embed_one(&memory.content).await?;
+        let this = self.scoped(user).await?;
+        let vector = this.embedder.embed_one(&memory.content).await?;
         let emotion = self
             .emotion
             .detect(&[memory.content.as_str()])
@@ -128,7 +130,7 @@ impl Engine {
             .pop()
             .unwrap_or(EmotionScore::neutral(0.5));
         let (importance, emotion, metadata) = retrieval::ingest_signals(&memory.content, emotion);
-        if let Some(merged) = self.merge_duplicate(user, &memory, &vector).await? {
+        if let Some(merged) = this.merge_duplicate(user, &memory, &vector).await? {
             return Ok(merged);
         }
         let stored = self
@@ -141,7 +143,7 @@ impl Engine {
                     importance: Some(memory.importance.unwrap_or(importance)),
                     emotion: Some(emotion),
                     metadata,
-                    ..NewMemory::new(memory.kind, memory.content, self.embedding(vector))
+                    ..NewMemory::new(memory.kind, memory.content, this.embedding(vector))
                 }],
             )
             .await;
@@ -229,10 +231,11 @@ impl Engine {
     pub async fn update_memory(&self, user: &str, id: i64, update: MemoryUpdate) -> Result<Memory> {
         let limits = self.store.limits();
         limits.check_user_id(user)?;
+        let this = self.scoped(user).await?;
         let embedding = match &update.content {
             Some(text) => {
                 limits.check_content(text)?;
-                Some(self.embedding(self.embedder.embed_one(text).await?))
+                Some(this.embedding(this.embedder.embed_one(text).await?))
             }
             None => None,
         };

@@ -35,7 +35,8 @@ impl Engine {
         limits.check_content(text)?;
         limits.check_page_size(options.top_k)?;
         limits.check_filter(&options.filter)?;
-        let vector = self
+        let this = self.scoped(user).await?;
+        let vector = this
             .embedder
             .embed_one(text)
             .instrument(tracing::info_span!("embed_query"))
@@ -44,7 +45,7 @@ impl Engine {
             .search(
                 user,
                 &VectorQuery {
-                    embedding: self.embedding(vector),
+                    embedding: this.embedding(vector),
                     top_k: options.top_k,
                     min_score: options.min_score,
                     filter: options.filter.clone(),
@@ -92,7 +93,11 @@ impl Engine {
         }
         span.record("cached", false);
         let generation = self.cache.generation(user);
-        let out = self.retrieve_uncached(user, query, &options, now).await?;
+        let out = self
+            .scoped(user)
+            .await?
+            .retrieve_uncached(user, query, &options, now)
+            .await?;
         span.record("hits", out.len());
         self.cache.put(user, &key, generation, out.clone());
         Ok(out)

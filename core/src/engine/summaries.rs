@@ -90,6 +90,7 @@ impl Engine {
         summarizer: &dyn Summarizer,
         policy: SummaryPolicy,
     ) -> Result<Option<Summary>> {
+        let this = self.scoped(user).await?;
         let mut written = None;
         for fold in 0..MAX_FOLDS {
             let Some(s) = self.store.get_session(user, session).await? else {
@@ -130,7 +131,7 @@ impl Engine {
                     "the summarizer returned an empty summary".into(),
                 ));
             }
-            let vector = self.embedder.embed_one(text).await?;
+            let vector = this.embedder.embed_one(text).await?;
             let stored = self
                 .store
                 .add_summary(
@@ -141,7 +142,7 @@ impl Engine {
                         first_message_id: Some(first),
                         last_message_id: Some(last),
                         model: Some(summarizer.model_id().to_owned()),
-                        embedding: self.embedding(vector),
+                        embedding: this.embedding(vector),
                         expected_through: s.summarized_through,
                     },
                 )

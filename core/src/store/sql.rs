@@ -12,6 +12,7 @@ pub(crate) mod keys;
 mod maintenance;
 mod memories;
 mod messages;
+mod reembed;
 mod search;
 mod sessions;
 mod summaries;
@@ -454,6 +455,7 @@ impl<V: VectorIndex> SqlStore<V> {
             external_id: Set(user.to_owned()),
             revision: Set(0),
             created_at: Set(now()),
+            embedding_model: NotSet,
         })
         .on_conflict(
             OnConflict::column(user::Column::ExternalId)

@@ -10,6 +10,7 @@ mod fixtures;
 mod jobs;
 mod llm;
 mod migrations;
+mod reembed;
 mod remote;
 mod retrieval;
 mod store_conformance;

@@ -255,6 +255,13 @@ impl DataMutation {
             }
             SystemJobKind::Optimize => (CoreJobKind::Optimize, serde_json::json!({})),
             SystemJobKind::RotateKeys => (CoreJobKind::RotateKeys, serde_json::json!({})),
+            SystemJobKind::Reembed => (
+                CoreJobKind::Reembed,
+                serde_json::json!({
+                    "batch": state.settings.models.reembed_batch.max(1),
+                    "pause_ms": state.settings.models.reembed_pause_ms,
+                }),
+            ),
         };
         Ok(state
             .engine

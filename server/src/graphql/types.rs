@@ -580,6 +580,8 @@ pub enum JobKind {
     Optimize,
     /// An operator's rotation of the data key (admin).
     RotateKeys,
+    /// Re-embedding after a change of embedding model (admin, or queued at start).
+    Reembed,
 }
 
 /// Operators' jobs that `runSystemJob` starts.
@@ -592,6 +594,9 @@ pub enum SystemJobKind {
     /// Re-seal every stored row with the current data key (`encryption.key_file`), opening
     /// old rows with `encryption.previous_key_files`.
     RotateKeys,
+    /// Give every memory a vector of the configured embedding model and switch each user to
+    /// it (`models.previous_embedding` is what they used before).
+    Reembed,
 }
 
 /// Where a background job is.
@@ -649,6 +654,7 @@ impl From<CoreJob> for Job {
                 CoreJobKind::Backup => JobKind::Backup,
                 CoreJobKind::Optimize => JobKind::Optimize,
                 CoreJobKind::RotateKeys => JobKind::RotateKeys,
+                CoreJobKind::Reembed => JobKind::Reembed,
             },
             status: match j.status {
                 CoreJobStatus::Queued => JobStatus::Queued,

@@ -392,3 +392,115 @@ async fn scheduled_backups_and_operators_jobs() {
         db.drop_db().await;
     }
 }
+
+/// A change of embedding model rolled out by the server: started with the new model and the
+/// old one as previous, it queues the re-embedding job itself; searches answer throughout, and
+/// at the end every memory has a vector of the new model only.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_embedding_model_is_rolled_out_in_the_background() {
+    let store = Store::embedded();
+    let a = Server::start(&store, &["--no-chat"], &[]);
+    let alice = token("alice", false, 600);
+    for text in [
+        "Alice keeps her passport in the desk drawer",
+        "Alice's sister lives in Porto",
+        "Alice adopted a cat named Miso",
+    ] {
+        add(&a, &alice, "s", text).await;
+    }
+    let query = "{ search(query: \"where is the passport?\", topK: 1) { memory { content } } }";
+    let top = |s: &Server| {
+        let (s, alice) = (s.base.clone(), alice.clone());
+        async move {
+            let body: Value = reqwest::Client::new()
+                .post(format!("{s}/graphql"))
+                .bearer_auth(&alice)
+                .json(&json!({ "query": query }))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            data(&body)["search"][0]["memory"]["content"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let before = top(&a).await;
+    assert!(before.contains("passport"));
+    drop(a);
+
+    // The second model: MiniLM cut to two layers, in a directory of its own.
+    let root = tempfile::tempdir().unwrap();
+    let src = recall_core::testing::minilm_dir();
+    let two = root.path().join("minilm-2-layers");
+    std::fs::create_dir_all(&two).unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != "config.json" {
+            std::os::unix::fs::symlink(entry.path(), two.join(entry.file_name())).unwrap();
+        }
+    }
+    let mut config: Value =
+        serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+    config["num_hidden_layers"] = 2.into();
+    std::fs::write(two.join("config.json"), config.to_string()).unwrap();
+
+    let b = Server::start(
+        &store,
+        &[
+            "--no-chat",
+            "--embedding-model",
+            two.to_str().unwrap(),
+            "--previous-embedding-model",
+            "all-MiniLM-L6-v2",
+        ],
+        &[("DEEP_RECALL__JOBS__POLL_MS", "100")],
+    );
+    assert_eq!(
+        top(&b).await,
+        before,
+        "answered while the job runs or waits"
+    );
+    let Store::Embedded(dir) = &store else {
+        unreachable!()
+    };
+    let models = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_deep-recall"))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["export", "--user", "alice"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let export: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut models: Vec<String> = export["memories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|m| m["embeddings"].as_array().unwrap().clone())
+            .map(|e| e["model"].as_str().unwrap().to_owned())
+            .collect();
+        models.sort();
+        models.dedup();
+        models
+    };
+    let started = std::time::Instant::now();
+    while models() != ["minilm-2-layers"] {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not re-embedded: {:?}\n{}",
+            models(),
+            b.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(b.logs().contains("re-embedding queued"), "{}", b.logs());
+    assert_eq!(top(&b).await, before, "the new model finds it too");
+}

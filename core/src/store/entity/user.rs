@@ -10,6 +10,8 @@ pub struct Model {
     /// Bumped by every write to the user's memories (keeps in-process caches coherent).
     pub revision: i64,
     pub created_at: DateTimeUtc,
+    /// The embedding model the user's searches use (NULL: the configured one).
+    pub embedding_model: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

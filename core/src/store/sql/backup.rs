@@ -370,6 +370,7 @@ impl<V: VectorIndex> SqlStore<V> {
                         external_id: Set(u.id.clone()),
                         revision: Set(1),
                         created_at: Set(u.created_at),
+                        embedding_model: NotSet,
                     })
                     .exec_without_returning(&txn)
                     .await?;

@@ -1,0 +1,222 @@
+//! Re-embedding after a change of embedding model, on both stores, with the packaged MiniLM
+//! and a second model directory (the same weights cut to two layers: other vectors): users
+//! keep searching with the old model until every memory of theirs has a vector of the new one,
+//! then switch at once; the old vectors are dropped; a second run has nothing to do.
+use std::sync::Arc;
+use std::time::Duration;
+
+use recall_core::embed::{EmbedConfig, Embedder, EmbeddingService};
+use recall_core::engine::ReembedOptions;
+use recall_core::store::{self, StoreConfig};
+use recall_core::types::{Actor, Embedding, ExportOptions, MemoryKind, NewMessage, Role};
+use recall_core::{Engine, MemoryStore, NewMemoryText, SearchOptions};
+
+use crate::fixtures::{PgDb, minilm_dir};
+
+fn fact(text: &str) -> NewMemoryText {
+    NewMemoryText {
+        kind: MemoryKind::Fact,
+        content: text.into(),
+        session: None,
+        tags: vec![],
+        importance: None,
+    }
+}
+
+fn embedder(dir: &std::path::Path) -> Arc<dyn Embedder> {
+    let mut config = EmbedConfig::new(dir);
+    config.device = recall_core::device::DeviceConfig::Cpu;
+    Arc::new(EmbeddingService::start(&config).unwrap())
+}
+
+/// MiniLM with only its first two layers, in a directory of its own.
+fn two_layer_minilm(root: &std::path::Path) -> std::path::PathBuf {
+    let src = minilm_dir();
+    let dir = root.join("minilm-2-layers");
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != "config.json" {
+            std::os::unix::fs::symlink(entry.path(), dir.join(entry.file_name())).unwrap();
+        }
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+    config["num_hidden_layers"] = 2.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    dir
+}
+
+async fn models_of(store: &dyn MemoryStore, user: &str) -> Vec<String> {
+    let export = store
+        .export_user(
+            user,
+            &ExportOptions {
+                include_vectors: false,
+            },
+            &Actor::cli(),
+        )
+        .await
+        .unwrap();
+    let mut models: Vec<String> = export
+        .memories
+        .iter()
+        .flat_map(|m| m.embeddings.iter().map(|e| e.model.clone()))
+        .collect();
+    models.sort();
+    models.dedup();
+    models
+}
+
+async fn top(engine: &Engine, user: &str, query: &str) -> (String, f32) {
+    let page = engine
+        .search(
+            user,
+            query,
+            &SearchOptions {
+                top_k: 1,
+                ..SearchOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    let hit = &page.hits[0];
+    (hit.memory.content.clone(), hit.score)
+}
+
+async fn reembedding(pg: bool) {
+    let root = tempfile::tempdir().unwrap();
+    let db = if pg { Some(PgDb::create().await) } else { None };
+    let config = match &db {
+        Some(db) => StoreConfig::postgres(db.url.clone()),
+        None => StoreConfig::embedded(root.path().join("store")),
+    };
+    let old = embedder(&minilm_dir());
+    let new = embedder(&two_layer_minilm(root.path()));
+    assert_ne!(old.model_id(), new.model_id());
+    let s: Arc<dyn MemoryStore> = store::open(&config).await.unwrap();
+    let before = Engine::new(s.clone(), old.clone());
+    before
+        .add_messages(
+            "ana",
+            vec![
+                NewMessage::new("s", Role::User, "I adopted a cat named Miso last spring."),
+                NewMessage::new("s", Role::User, "My sister lives in Porto."),
+                NewMessage::new("s", Role::User, "I am allergic to peanuts."),
+            ],
+        )
+        .await
+        .unwrap();
+    before
+        .add_memory("bo", fact("Bo plays the cello"))
+        .await
+        .unwrap();
+    let (cat, old_score) = top(&before, "ana", "what is the name of my cat?").await;
+    assert!(cat.contains("Miso"));
+
+    // The new model is configured, the old one kept: until re-embedded, ana searches and
+    // writes with the old one.
+    let engine = Engine::new(s.clone(), new.clone()).with_previous_embedder(Some(old.clone()));
+    assert_eq!(
+        top(&engine, "ana", "what is the name of my cat?").await,
+        (cat.clone(), old_score)
+    );
+    engine
+        .add_memory("ana", fact("Ana runs on Sundays"))
+        .await
+        .unwrap();
+    assert_eq!(
+        models_of(s.as_ref(), "ana").await,
+        vec![old.model_id().to_owned()]
+    );
+    // Vectors for memories of another user are not written.
+    let ana_ids: Vec<i64> = s
+        .missing_embeddings("ana", new.model_id(), 10)
+        .await
+        .unwrap()
+        .0
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(ana_ids.len(), 4);
+    let foreign = Embedding {
+        model: new.model_id().into(),
+        vector: vec![0.1; 384],
+    };
+    assert_eq!(
+        s.add_embeddings("bo", vec![(ana_ids[0], foreign.clone())])
+            .await
+            .unwrap(),
+        0
+    );
+    // One of ana's done ahead (as by an interrupted run): it is not embedded again.
+    let v = new
+        .embed_one("I adopted a cat named Miso last spring.")
+        .await
+        .unwrap();
+    let done_ahead = Embedding {
+        model: new.model_id().into(),
+        vector: v,
+    };
+    assert_eq!(
+        s.add_embeddings("ana", vec![(ana_ids[0], done_ahead)])
+            .await
+            .unwrap(),
+        1
+    );
+    // Not switched yet: searches still use the old vectors.
+    assert_eq!(s.embedding_model("ana").await.unwrap(), None);
+
+    let options = ReembedOptions {
+        batch: 2,
+        pause: Duration::ZERO,
+        grace: Duration::ZERO,
+    };
+    let mut seen = Vec::new();
+    let report = engine
+        .reembed(&options, &mut |done, total| seen.push((done, total)))
+        .await
+        .unwrap();
+    assert_eq!(report.embedded, 4, "3 of ana's and bo's one: {report:?}");
+    assert_eq!(report.users_switched, 2);
+    assert_eq!(seen.last(), Some(&(4, 4)));
+    for user in ["ana", "bo"] {
+        assert_eq!(
+            s.embedding_model(user).await.unwrap().as_deref(),
+            Some(new.model_id())
+        );
+        assert_eq!(
+            models_of(s.as_ref(), user).await,
+            vec![new.model_id().to_owned()],
+            "the old vectors are dropped"
+        );
+    }
+    let (found, new_score) = top(&engine, "ana", "what is the name of my cat?").await;
+    assert_eq!(found, cat);
+    assert_ne!(new_score, old_score, "scored by the new model");
+    // New writes go to the new model only; a second run has nothing to do.
+    engine
+        .add_memory("ana", fact("Ana's train leaves at nine"))
+        .await
+        .unwrap();
+    assert_eq!(
+        models_of(s.as_ref(), "ana").await,
+        vec![new.model_id().to_owned()]
+    );
+    let again = engine.reembed(&options, &mut |_, _| {}).await.unwrap();
+    assert_eq!((again.embedded, again.users_already), (0, 2));
+    drop((engine, before, s));
+    if let Some(db) = db {
+        db.drop_db().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_reembeds_and_switches() {
+    reembedding(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_reembeds_and_switches() {
+    reembedding(true).await;
+}
