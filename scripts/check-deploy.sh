@@ -198,6 +198,8 @@ EXAMPLES = {
     "DEEP_RECALL__METRICS__REQUIRE_ADMIN": "true",
     "DEEP_RECALL__BIND": "0.0.0.0:8080",
     "DEEP_RECALL__TELEMETRY__OTLP_ENDPOINT": "http://otel-collector:4318",
+    "DEEP_RECALL__BACKUP__EVERY": "24h",
+    "DEEP_RECALL__BACKUP__KEEP": "7",
 }
 # Values tried on a name that has no example, to tell whether it is a setting at all.
 GENERIC_VALUES = ["1", "true", "example", "0.0.0.0:1", "[]"]
