@@ -148,6 +148,16 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 type Progress = watch::Sender<(f64, Option<String>)>;
 
+/// Records `done` of `total` (a share of 1 when there is nothing to do) with a message.
+fn tell(progress: &Progress, done: u64, total: u64, message: String) {
+    let share = if total == 0 {
+        1.0
+    } else {
+        done as f64 / total as f64
+    };
+    let _ = progress.send((share, Some(message)));
+}
+
 fn json<T: serde::Serialize>(v: &T) -> Result<Value> {
     serde_json::to_value(v).map_err(|e| Error::Internal(e.to_string()))
 }
@@ -166,12 +176,12 @@ async fn execute(engine: &Engine, job: &Job, progress: &Progress) -> Result<Valu
             let path = dir.join(crate::backup::scheduled_name(chrono::Utc::now()));
             let report = engine
                 .backup_with_progress(&path, &BackupOptions::default(), &mut |done, total| {
-                    let share = if total == 0 {
-                        0.0
-                    } else {
-                        done as f64 / total as f64
-                    };
-                    let _ = progress.send((share, Some(format!("user {} of {total}", done + 1))));
+                    tell(
+                        progress,
+                        done,
+                        total,
+                        format!("user {} of {total}", done + 1),
+                    );
                 })
                 .await?;
             progress.send_replace((1.0, Some("pruning old backups".into())));
@@ -204,12 +214,7 @@ async fn execute(engine: &Engine, job: &Job, progress: &Progress) -> Result<Valu
             };
             let report = engine
                 .reembed(&options, &mut |done, total| {
-                    let share = if total == 0 {
-                        1.0
-                    } else {
-                        done as f64 / total as f64
-                    };
-                    let _ = progress.send((share, Some(format!("{done} of {total} memories"))));
+                    tell(progress, done, total, format!("{done} of {total} memories"));
                 })
                 .await?;
             json(&report)
@@ -217,12 +222,7 @@ async fn execute(engine: &Engine, job: &Job, progress: &Progress) -> Result<Valu
         JobKind::RotateKeys => {
             let report = engine
                 .rotate_keys(&mut |done, total| {
-                    let share = if total == 0 {
-                        1.0
-                    } else {
-                        done as f64 / total as f64
-                    };
-                    let _ = progress.send((share, Some(format!("{done} of {total} rows"))));
+                    tell(progress, done, total, format!("{done} of {total} rows"));
                 })
                 .await?;
             json(&report)

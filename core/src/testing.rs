@@ -26,6 +26,28 @@ pub fn models_dir() -> PathBuf {
 }
 
 /// The default embedding model's directory; fails the test with advice when it is missing.
+/// A second embedding model for tests of a change of model: MiniLM cut to its first two
+/// layers (other vectors, same dimension), written as `root/minilm-2-layers` (the weights are
+/// linked, not copied).
+pub fn two_layer_minilm(root: &std::path::Path) -> PathBuf {
+    let src = minilm_dir();
+    let dir = root.join("minilm-2-layers");
+    std::fs::create_dir_all(&dir).expect("model directory");
+    for entry in std::fs::read_dir(&src).expect("MiniLM directory") {
+        let entry = entry.expect("MiniLM file");
+        if entry.file_name() != "config.json" {
+            std::os::unix::fs::symlink(entry.path(), dir.join(entry.file_name()))
+                .expect("link a MiniLM file");
+        }
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("config.json")).expect("MiniLM config"))
+            .expect("MiniLM config is JSON");
+    config["num_hidden_layers"] = 2.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).expect("write the config");
+    dir
+}
+
 pub fn minilm_dir() -> PathBuf {
     let dir = models_dir().join("all-MiniLM-L6-v2");
     assert!(

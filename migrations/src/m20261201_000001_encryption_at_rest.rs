@@ -51,6 +51,16 @@ fn key_ids() -> [DynIden; 3] {
     ]
 }
 
+/// Replaces the generated `tsv` column (and its GIN index) with one computed by `expr`.
+fn tsv(expr: &str) -> String {
+    format!(
+        "DROP INDEX IF EXISTS ix_memories_tsv; \
+         ALTER TABLE memories DROP COLUMN tsv; \
+         ALTER TABLE memories ADD COLUMN tsv tsvector GENERATED ALWAYS AS ({expr}) STORED; \
+         CREATE INDEX ix_memories_tsv ON memories USING gin (tsv)"
+    )
+}
+
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -76,13 +86,9 @@ impl MigrationTrait for Migration {
         if manager.get_database_backend() == DbBackend::Postgres {
             manager
                 .get_connection()
-                .execute_unprepared(
-                    "DROP INDEX IF EXISTS ix_memories_tsv; \
-                     ALTER TABLE memories DROP COLUMN tsv; \
-                     ALTER TABLE memories ADD COLUMN tsv tsvector GENERATED ALWAYS AS \
-                     (CASE WHEN key_id IS NULL THEN to_tsvector('english', content) END) STORED; \
-                     CREATE INDEX ix_memories_tsv ON memories USING gin (tsv)",
-                )
+                .execute_unprepared(&tsv(
+                    "CASE WHEN key_id IS NULL THEN to_tsvector('english', content) END",
+                ))
                 .await?;
         }
         Ok(())
@@ -92,13 +98,7 @@ impl MigrationTrait for Migration {
         if manager.get_database_backend() == DbBackend::Postgres {
             manager
                 .get_connection()
-                .execute_unprepared(
-                    "DROP INDEX IF EXISTS ix_memories_tsv; \
-                     ALTER TABLE memories DROP COLUMN tsv; \
-                     ALTER TABLE memories ADD COLUMN tsv tsvector GENERATED ALWAYS AS \
-                     (to_tsvector('english', content)) STORED; \
-                     CREATE INDEX ix_memories_tsv ON memories USING gin (tsv)",
-                )
+                .execute_unprepared(&tsv("to_tsvector('english', content)"))
                 .await?;
         }
         manager

@@ -149,6 +149,16 @@ pub(crate) struct Delta {
     pub reset: bool,
 }
 
+impl Delta {
+    /// Forget everything cached for the user.
+    pub fn reset() -> Self {
+        Self {
+            reset: true,
+            ..Self::default()
+        }
+    }
+}
+
 /// Vector storage and nearest-neighbour search of one backend.
 #[async_trait]
 pub(crate) trait VectorIndex: Send + Sync + 'static {

@@ -12,6 +12,7 @@ use recall_core::types::{Actor, Embedding, ExportOptions, MemoryKind, NewMessage
 use recall_core::{Engine, MemoryStore, NewMemoryText, SearchOptions};
 
 use crate::fixtures::{PgDb, minilm_dir};
+use recall_core::testing::two_layer_minilm;
 
 fn fact(text: &str) -> NewMemoryText {
     NewMemoryText {
@@ -27,24 +28,6 @@ fn embedder(dir: &std::path::Path) -> Arc<dyn Embedder> {
     let mut config = EmbedConfig::new(dir);
     config.device = recall_core::device::DeviceConfig::Cpu;
     Arc::new(EmbeddingService::start(&config).unwrap())
-}
-
-/// MiniLM with only its first two layers, in a directory of its own.
-fn two_layer_minilm(root: &std::path::Path) -> std::path::PathBuf {
-    let src = minilm_dir();
-    let dir = root.join("minilm-2-layers");
-    std::fs::create_dir_all(&dir).unwrap();
-    for entry in std::fs::read_dir(&src).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_name() != "config.json" {
-            std::os::unix::fs::symlink(entry.path(), dir.join(entry.file_name())).unwrap();
-        }
-    }
-    let mut config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
-    config["num_hidden_layers"] = 2.into();
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    dir
 }
 
 async fn models_of(store: &dyn MemoryStore, user: &str) -> Vec<String> {

@@ -8,6 +8,30 @@ use super::fixtures::{Server, Store, Ws, add, code, data, gql, token};
 
 const JOB_FIELDS: &str = "id kind status progress result error attempts runAt startedAt finishedAt";
 
+/// Follows an operator's job over `jobProgress` until it succeeds; its last state.
+async fn watch_system_job(server: &Server, admin: &str, id: &str) -> Value {
+    let init = json!({ "authorization": format!("Bearer {admin}") });
+    let mut watch = Ws::connect(server, init).await.unwrap();
+    watch
+        .subscribe(
+            "job",
+            &format!(
+                "subscription($id: ID!) {{ jobProgress(id: $id, system: true) {{ {JOB_FIELDS} }} }}"
+            ),
+            json!({ "id": id }),
+        )
+        .await;
+    loop {
+        let m = watch.next().await.unwrap();
+        assert_eq!(m["type"], "next", "{m}");
+        let j = m["payload"]["data"]["jobProgress"].clone();
+        if j["status"] == "SUCCEEDED" {
+            return j;
+        }
+        assert!(j["status"] == "QUEUED" || j["status"] == "RUNNING", "{j}");
+    }
+}
+
 /// Two replicas over one Postgres database: memory events and job progress reach a
 /// subscriber on the other replica; a scheduled deletion runs at its time, once; another
 /// user's job ids are refused everywhere.
@@ -255,25 +279,7 @@ async fn scheduled_backups_and_operators_jobs() {
     assert_eq!(job["kind"], "OPTIMIZE", "{body}");
     let id = job["id"].as_str().unwrap().to_owned();
     let init = |t: &str| json!({ "authorization": format!("Bearer {t}") });
-    let mut watch = Ws::connect(&b, init(&admin)).await.unwrap();
-    watch
-        .subscribe(
-            "job",
-            &format!(
-                "subscription($id: ID!) {{ jobProgress(id: $id, system: true) {{ {JOB_FIELDS} }} }}"
-            ),
-            json!({ "id": id }),
-        )
-        .await;
-    let done = loop {
-        let m = watch.next().await.unwrap();
-        assert_eq!(m["type"], "next", "{m}");
-        let j = m["payload"]["data"]["jobProgress"].clone();
-        if j["status"] == "SUCCEEDED" {
-            break j;
-        }
-        assert!(j["status"] == "QUEUED" || j["status"] == "RUNNING", "{j}");
-    };
+    let done = watch_system_job(&b, &admin, &id).await;
     assert_eq!(done["result"]["backend"], "postgres", "{done}");
     assert!(
         done["result"]["reindexed"].as_array().unwrap().len() >= 2,
@@ -328,23 +334,7 @@ async fn scheduled_backups_and_operators_jobs() {
         .as_str()
         .unwrap()
         .to_owned();
-    let mut watch = Ws::connect(&d, init(&admin)).await.unwrap();
-    watch
-        .subscribe(
-            "job",
-            &format!(
-                "subscription($id: ID!) {{ jobProgress(id: $id, system: true) {{ {JOB_FIELDS} }} }}"
-            ),
-            json!({ "id": id }),
-        )
-        .await;
-    let done = loop {
-        let j = watch.next().await.unwrap()["payload"]["data"]["jobProgress"].clone();
-        if j["status"] == "SUCCEEDED" {
-            break j;
-        }
-        assert!(j["status"] == "QUEUED" || j["status"] == "RUNNING", "{j}");
-    };
+    let done = watch_system_job(&d, &admin, &id).await;
     let key_id = recall_core::crypto::DataKey::from_bytes([5u8; 32]).id();
     assert_eq!(done["result"]["key_id"], key_id.as_str(), "{done}");
     assert!(done["result"]["resealed"].as_u64().unwrap() >= 1, "{done}");
@@ -432,22 +422,8 @@ async fn a_new_embedding_model_is_rolled_out_in_the_background() {
     assert!(before.contains("passport"));
     drop(a);
 
-    // The second model: MiniLM cut to two layers, in a directory of its own.
     let root = tempfile::tempdir().unwrap();
-    let src = recall_core::testing::minilm_dir();
-    let two = root.path().join("minilm-2-layers");
-    std::fs::create_dir_all(&two).unwrap();
-    for entry in std::fs::read_dir(&src).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_name() != "config.json" {
-            std::os::unix::fs::symlink(entry.path(), two.join(entry.file_name())).unwrap();
-        }
-    }
-    let mut config: Value =
-        serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
-    config["num_hidden_layers"] = 2.into();
-    std::fs::write(two.join("config.json"), config.to_string()).unwrap();
-
+    let two = recall_core::testing::two_layer_minilm(root.path());
     let b = Server::start(
         &store,
         &[

@@ -564,14 +564,7 @@ impl<V: VectorIndex> SqlStore<V> {
         }
         txn.commit().await?;
         for id in reset {
-            self.index.committed(
-                id,
-                i64::MAX,
-                Delta {
-                    reset: true,
-                    ..Delta::default()
-                },
-            );
+            self.index.committed(id, i64::MAX, Delta::reset());
         }
         Ok(report)
     }

@@ -234,14 +234,7 @@ impl<V: VectorIndex> SqlStore<V> {
         )
         .await?;
         txn.commit().await?;
-        self.index.committed(
-            u.id,
-            i64::MAX,
-            Delta {
-                reset: true,
-                ..Delta::default()
-            },
-        );
+        self.index.committed(u.id, i64::MAX, Delta::reset());
         Ok(report)
     }
 

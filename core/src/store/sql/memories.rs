@@ -164,14 +164,7 @@ impl<V: VectorIndex> SqlStore<V> {
         }
         let revision = self.bump_revision(&txn, u.id).await?;
         txn.commit().await?;
-        self.index.committed(
-            u.id,
-            revision,
-            Delta {
-                reset: true,
-                ..Delta::default()
-            },
-        );
+        self.index.committed(u.id, revision, Delta::reset());
         Ok(self
             .memories_to_api(&self.db, u.id, vec![updated])
             .await?

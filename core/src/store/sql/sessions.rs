@@ -120,14 +120,7 @@ impl<V: VectorIndex> SqlStore<V> {
             .await?;
         let revision = self.bump_revision(&txn, u.id).await?;
         txn.commit().await?;
-        self.index.committed(
-            u.id,
-            revision,
-            Delta {
-                reset: true,
-                ..Delta::default()
-            },
-        );
+        self.index.committed(u.id, revision, Delta::reset());
         Ok(Some(gone))
     }
 }
