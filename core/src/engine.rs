@@ -3,6 +3,7 @@
 //! that each write embeds what it stores, publishes its events and keeps the query cache
 //! honest. Its operations are split by area into the child modules.
 mod data;
+mod deep_memory;
 mod fanout;
 mod jobs;
 mod memories;
@@ -32,6 +33,7 @@ use crate::retrieval::RetrieveOptions;
 use crate::store::MemoryStore;
 use crate::types::{Embedding, Filter, Memory, MemoryKind};
 
+pub use deep_memory::TrainProgress;
 pub use fanout::FanoutHandle;
 pub use reembed::{ReembedOptions, ReembedReport};
 pub use search::{Embeddings, MAX_EMBED_INPUTS};
@@ -116,6 +118,10 @@ pub struct Engine {
     /// While a change of embedding model is rolled out: the model being left, which users
     /// not yet re-embedded search with (see [`Engine::reembed`]).
     previous_embedder: Option<Arc<dyn Embedder>>,
+    /// The chat model that writes deep memory questions ([`Engine::with_llm`]).
+    llm: Option<Arc<dyn crate::llm::ChatModel>>,
+    /// Users' query adapters as searches use them.
+    adapters: deep_memory::AdapterCache,
 }
 
 /// A similarity (cosine by default) at or above which a new free-standing memory is the same
@@ -141,6 +147,8 @@ impl Engine {
             dedupe: None,
             data_key: None,
             previous_embedder: None,
+            llm: None,
+            adapters: Arc::default(),
         }
     }
 

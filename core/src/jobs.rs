@@ -32,6 +32,22 @@ pub enum JobKind {
     /// An operator's job: give every memory a vector of the configured embedding model and
     /// switch each user to it (`Engine::reembed`; `params`: `batch`, `pause_ms`).
     Reembed,
+    /// Has the chat model write deep memory pairs for the job's user (`params`:
+    /// [`crate::deep_memory::GenerateOptions`]).
+    DeepMemoryGenerate,
+    /// Trains the job's user's query adapter (`params`: [`DeepMemoryTrainParams`]).
+    DeepMemoryTrain,
+}
+
+/// Parameters of a [`JobKind::DeepMemoryTrain`] job.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeepMemoryTrainParams {
+    /// How to train.
+    pub options: crate::deep_memory::TrainOptions,
+    /// Write pairs for memories that have none first (a retraining after new memories
+    /// arrived), when the job runner has a chat model.
+    pub generate: Option<crate::deep_memory::GenerateOptions>,
 }
 
 /// The owner of operators' jobs ([`JobKind::is_system`]): the empty string, which is never a
@@ -47,6 +63,8 @@ impl JobKind {
             JobKind::Optimize => "optimize",
             JobKind::RotateKeys => "rotate_keys",
             JobKind::Reembed => "reembed",
+            JobKind::DeepMemoryGenerate => "deep_memory_generate",
+            JobKind::DeepMemoryTrain => "deep_memory_train",
         }
     }
 
@@ -58,6 +76,8 @@ impl JobKind {
             "optimize" => Ok(JobKind::Optimize),
             "rotate_keys" => Ok(JobKind::RotateKeys),
             "reembed" => Ok(JobKind::Reembed),
+            "deep_memory_generate" => Ok(JobKind::DeepMemoryGenerate),
+            "deep_memory_train" => Ok(JobKind::DeepMemoryTrain),
             other => Err(Error::Internal(format!("unknown job kind {other:?}"))),
         }
     }

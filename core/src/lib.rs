@@ -42,6 +42,7 @@ pub mod chunk;
 pub mod context;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub mod crypto;
+pub mod deep_memory;
 pub mod device;
 pub mod embed;
 pub mod emotion;

@@ -227,6 +227,78 @@ async fn execute(engine: &Engine, job: &Job, progress: &Progress) -> Result<Valu
                 .await?;
             json(&report)
         }
+        JobKind::DeepMemoryGenerate => {
+            let options: crate::deep_memory::GenerateOptions =
+                serde_json::from_value(job.params.clone())
+                    .map_err(|e| Error::invalid(format!("job parameters: {e}")))?;
+            let report = engine
+                .deep_memory_generate(&job.user, &options, &mut |done, total, pairs| {
+                    tell(
+                        progress,
+                        done,
+                        total,
+                        format!("{done} of {total} memories, {pairs} pairs"),
+                    );
+                })
+                .await?;
+            json(&report)
+        }
+        JobKind::DeepMemoryTrain => {
+            let params: crate::jobs::DeepMemoryTrainParams =
+                serde_json::from_value(job.params.clone())
+                    .map_err(|e| Error::invalid(format!("job parameters: {e}")))?;
+            let mut out = serde_json::Map::new();
+            if let (Some(generate), true) = (&params.generate, engine.has_llm()) {
+                let report = engine
+                    .deep_memory_generate(&job.user, generate, &mut |done, total, pairs| {
+                        tell(
+                            progress,
+                            done,
+                            total,
+                            format!("writing pairs: {done} of {total} memories, {pairs} pairs"),
+                        );
+                    })
+                    .await?;
+                out.insert("generated".into(), json(&report)?);
+            }
+            let stored = engine
+                .deep_memory_train(&job.user, &params.options, &mut |p| match p {
+                    crate::engine::TrainProgress::Embedding { done, total } => tell(
+                        progress,
+                        0,
+                        1,
+                        format!("embedding questions: {done} of {total}"),
+                    ),
+                    crate::engine::TrainProgress::Epoch {
+                        epoch,
+                        epochs,
+                        loss,
+                    } => tell(
+                        progress,
+                        epoch as u64,
+                        epochs as u64,
+                        format!("epoch {epoch} of {epochs}, loss {loss:.4}"),
+                    ),
+                    crate::engine::TrainProgress::Evaluated(e) => {
+                        let _ = progress.send((
+                            1.0,
+                            Some(format!(
+                                "held-out recall@10 {:.3} -> {:.3}, MRR {:.3} -> {:.3} ({} pairs)",
+                                e.before.recall_at_10,
+                                e.after.recall_at_10,
+                                e.before.mrr,
+                                e.after.mrr,
+                                e.pairs
+                            )),
+                        ));
+                    }
+                })
+                .await?;
+            out.insert("version".into(), Value::from(stored.version));
+            out.insert("enabled".into(), Value::from(stored.enabled));
+            out.insert("report".into(), json(&stored.report)?);
+            Ok(Value::Object(out))
+        }
         JobKind::DeleteUser => {
             let actor = job
                 .params

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::backup::{BackupSink, BackupSource, RestoreOptions, RestoreReport, Verified};
 use crate::crypto::Keyring;
+use crate::deep_memory::{NewTrainingPair, PairSource, StoredAdapter, TrainingPair};
 use crate::error::{Error, Result};
 use crate::events::Fanout;
 use crate::jobs::JobQueue;
@@ -290,6 +291,53 @@ macro_rules! delegate_store {
             ) -> $crate::error::Result<$crate::backup::RestoreReport> {
                 self.inner.restore(plan, options, source, actor).await
             }
+            async fn add_training_pairs(
+                &self,
+                user: &str,
+                pairs: Vec<$crate::deep_memory::NewTrainingPair>,
+            ) -> $crate::error::Result<u64> {
+                self.inner.add_training_pairs(user, pairs).await
+            }
+            async fn training_pairs(
+                &self,
+                user: &str,
+            ) -> $crate::error::Result<Vec<$crate::deep_memory::TrainingPair>> {
+                self.inner.training_pairs(user).await
+            }
+            async fn delete_training_pairs(
+                &self,
+                user: &str,
+                source: Option<$crate::deep_memory::PairSource>,
+            ) -> $crate::error::Result<u64> {
+                self.inner.delete_training_pairs(user, source).await
+            }
+            async fn put_adapter(
+                &self,
+                user: &str,
+                adapter: $crate::deep_memory::StoredAdapter,
+            ) -> $crate::error::Result<$crate::deep_memory::StoredAdapter> {
+                self.inner.put_adapter(user, adapter).await
+            }
+            async fn get_adapter(
+                &self,
+                user: &str,
+            ) -> $crate::error::Result<Option<$crate::deep_memory::StoredAdapter>> {
+                self.inner.get_adapter(user).await
+            }
+            async fn set_adapter_enabled(
+                &self,
+                user: &str,
+                enabled: bool,
+            ) -> $crate::error::Result<bool> {
+                self.inner.set_adapter_enabled(user, enabled).await
+            }
+            async fn enabled_adapters(
+                &self,
+                after: Option<&str>,
+                limit: usize,
+            ) -> $crate::error::Result<Vec<(String, u64)>> {
+                self.inner.enabled_adapters(after, limit).await
+            }
         }
     };
 }
@@ -508,6 +556,34 @@ pub trait MemoryStore: Send + Sync {
         source: &mut dyn BackupSource,
         actor: &Actor,
     ) -> Result<RestoreReport>;
+
+    /// Stores (question, memory) pairs for the user's deep memory, the questions sealed like
+    /// memories; pairs naming a memory that is not the user's are skipped. How many were
+    /// stored. At most [`crate::deep_memory::MAX_PAIRS_PER_USER`] per user.
+    async fn add_training_pairs(&self, user: &str, pairs: Vec<NewTrainingPair>) -> Result<u64>;
+
+    /// The user's deep memory pairs, oldest first.
+    async fn training_pairs(&self, user: &str) -> Result<Vec<TrainingPair>>;
+
+    /// Deletes the user's pairs of one source (all with `None`); how many.
+    async fn delete_training_pairs(&self, user: &str, source: Option<PairSource>) -> Result<u64>;
+
+    /// Replaces the user's query adapter with `adapter`, one version up; what was stored.
+    async fn put_adapter(&self, user: &str, adapter: StoredAdapter) -> Result<StoredAdapter>;
+
+    /// The user's query adapter, if any.
+    async fn get_adapter(&self, user: &str) -> Result<Option<StoredAdapter>>;
+
+    /// Turns the user's adapter on or off; false when there is none.
+    async fn set_adapter_enabled(&self, user: &str, enabled: bool) -> Result<bool>;
+
+    /// Users with an enabled adapter (external ids after `after`, at most `limit`, in
+    /// order), each with the number of memories the adapter was trained with.
+    async fn enabled_adapters(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>>;
 
     /// The channel between the replicas sharing this store (Postgres `LISTEN`/`NOTIFY`);
     /// `None` for a store that only one process uses.

@@ -2,6 +2,7 @@
 //! global flags, the settings they override, logging, dispatch and exit codes.
 mod backup;
 mod data;
+mod deep_memory;
 mod eval;
 mod generate;
 mod ingest;
@@ -187,6 +188,9 @@ enum Command {
     /// --previous-embedding-model): give every memory a vector of the new model and switch
     /// each user to it, dropping the old vectors. Resumable.
     Reembed,
+    /// A user's deep memory: a query adapter trained on questions their memories answer
+    /// (generate, train, eval, enable, disable, status).
+    DeepMemory(deep_memory::DeepMemoryArgs),
     /// Run the server: GraphQL at /graphql (HTTP and WebSocket), OpenAI-compatible REST under
     /// /v1, MCP at /mcp, /health, /ready and /metrics.
     Serve(serve::ServeArgs),
@@ -414,6 +418,7 @@ async fn run_command(cli: &Cli, settings: Settings) -> recall_core::Result<()> {
         Command::Restore(args) => backup::restore(&settings, args, g.json).await,
         Command::Optimize => optimize::run(&settings, g.json).await,
         Command::Reembed => reembed::run(&settings, g.json).await,
+        Command::DeepMemory(args) => deep_memory::run(&settings, args, g.json).await,
         Command::Keys {
             command: KeysCommand::Rotate,
         } => keys::rotate(&settings, g.json).await,

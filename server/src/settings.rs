@@ -59,6 +59,8 @@ pub struct Settings {
     pub backup: BackupSettings,
     /// The data key.
     pub encryption: EncryptionSettings,
+    /// Per-user query adapters.
+    pub deep_memory: DeepMemorySettings,
 }
 
 impl Default for Settings {
@@ -73,6 +75,7 @@ impl Default for Settings {
             cors_origins: Vec::new(),
             trusted_proxies: Vec::new(),
             graphiql: false,
+            deep_memory: DeepMemorySettings::default(),
             chat: ChatSettings::default(),
             jobs: JobSettings::default(),
             log: LogSettings::default(),
@@ -515,6 +518,43 @@ impl Default for JobSettings {
             poll_ms: 1000,
             lease_secs: 60,
             fanout: true,
+        }
+    }
+}
+
+/// Deep memory: per-user query adapters (see `recall_core::deep_memory`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeepMemorySettings {
+    /// Retrain a user's adapter (writing pairs for their new memories first) once they have
+    /// this many memories more than it was trained with; 0 never does.
+    pub retrain_after: u64,
+    /// How often to look for adapters due for retraining, in seconds.
+    pub check_secs: u64,
+    /// Questions the chat model writes per memory (1 to 5).
+    pub questions_per_memory: usize,
+    /// Pause after each question, in milliseconds, to leave the chat model to live chat.
+    pub pause_ms: u64,
+}
+
+impl Default for DeepMemorySettings {
+    fn default() -> Self {
+        Self {
+            retrain_after: 200,
+            check_secs: 600,
+            questions_per_memory: 1,
+            pause_ms: 0,
+        }
+    }
+}
+
+impl DeepMemorySettings {
+    /// The options of a question-writing job.
+    pub fn generate(&self) -> recall_core::deep_memory::GenerateOptions {
+        recall_core::deep_memory::GenerateOptions {
+            questions_per_memory: self.questions_per_memory,
+            pause_ms: self.pause_ms,
+            ..Default::default()
         }
     }
 }

@@ -206,6 +206,47 @@ fn backup_schedule(settings: &Settings, engine: &Engine) -> Result<Option<AbortO
     }))))
 }
 
+/// Retraining of deep memory adapters (`deep_memory.retrain_after`): every
+/// `deep_memory.check_secs`, queues a training (writing pairs for new memories first) for each
+/// user whose adapter is on and who has that many memories more than it was trained with. The
+/// queue keeps one pending per user, so replicas that look at the same time queue it once.
+fn retrain_schedule(settings: &Settings, engine: &Engine) -> Option<AbortOnDrop> {
+    let d = settings.deep_memory.clone();
+    if d.retrain_after == 0 {
+        return None;
+    }
+    let engine = engine.clone();
+    let every = Duration::from_secs(d.check_secs.max(1));
+    Some(AbortOnDrop(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let due = match engine.deep_memory_due(d.retrain_after).await {
+                Ok(due) => due,
+                Err(e) => {
+                    tracing::warn!(error = %e, "looking for deep memory retraining failed");
+                    continue;
+                }
+            };
+            for user in due {
+                let params = serde_json::json!({ "generate": d.generate() });
+                match engine
+                    .queue_deep_memory_job(
+                        &user,
+                        JobKind::DeepMemoryTrain,
+                        params,
+                        &Actor("schedule".into()),
+                    )
+                    .await
+                {
+                    Ok(job) => tracing::info!(job = job.id, "deep memory retraining queued"),
+                    Err(e) if e.kind() == ErrorKind::InvalidInput => {}
+                    Err(e) => tracing::warn!(error = %e, "queueing a retraining failed"),
+                }
+            }
+        }
+    })))
+}
+
 /// With `models.previous_embedding` set, queues the re-embedding job now (the queue keeps one
 /// pending across replicas; one already queued or running is left alone).
 async fn queue_reembed(settings: &Settings, engine: &Engine) {
@@ -315,7 +356,9 @@ pub async fn run(
     };
     let runner = settings.jobs.run.then(|| {
         JobRunner::start(
-            engine.clone(),
+            engine
+                .clone()
+                .with_llm(chat.as_ref().map(|c| c.model().clone())),
             JobRunnerConfig {
                 worker: format!(
                     "{}-{}",
@@ -329,6 +372,7 @@ pub async fn run(
         )
     });
     let _backups = backup_schedule(&settings, &engine)?;
+    let _retrain = retrain_schedule(&settings, &engine);
     queue_reembed(&settings, &engine).await;
     let state = Arc::new(AppState::new(settings, engine, chat)?);
     let _metrics = match state.settings.metrics.bind {

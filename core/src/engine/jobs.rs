@@ -75,6 +75,56 @@ impl Engine {
         Ok(job)
     }
 
+    /// Queues a deep memory job for the user to run now: writing pairs
+    /// ([`JobKind::DeepMemoryGenerate`], `params` a [`crate::deep_memory::GenerateOptions`])
+    /// or training ([`JobKind::DeepMemoryTrain`], `params` a
+    /// [`jobs::DeepMemoryTrainParams`]). One of each kind pending per user.
+    pub async fn queue_deep_memory_job(
+        &self,
+        user: &str,
+        kind: JobKind,
+        params: Value,
+        actor: &Actor,
+    ) -> Result<Job> {
+        self.limits().check_user_id(user)?;
+        let bad = |e: serde_json::Error| Error::invalid(format!("deep memory job: {e}"));
+        match kind {
+            JobKind::DeepMemoryGenerate => {
+                serde_json::from_value::<crate::deep_memory::GenerateOptions>(params.clone())
+                    .map_err(bad)?
+                    .validate()?;
+            }
+            JobKind::DeepMemoryTrain => {
+                let p: jobs::DeepMemoryTrainParams =
+                    serde_json::from_value(params.clone()).map_err(bad)?;
+                p.options.validate()?;
+                if let Some(g) = &p.generate {
+                    g.validate()?;
+                }
+            }
+            other => {
+                return Err(Error::invalid(format!(
+                    "{} is not a deep memory job",
+                    other.as_str()
+                )));
+            }
+        }
+        let job = self
+            .jobs
+            .create_job(
+                user,
+                NewJob {
+                    kind,
+                    run_at: Utc::now(),
+                    params,
+                },
+                actor,
+            )
+            .await?;
+        self.publish(Event::Job(Box::new(job.clone())));
+        Ok(job)
+    }
+
     /// One of the operators' jobs.
     pub async fn system_job(&self, id: i64) -> Result<Option<Job>> {
         self.jobs.get_job(SYSTEM_USER, id).await

@@ -41,6 +41,7 @@ impl Engine {
             .embed_one(text)
             .instrument(tracing::info_span!("embed_query"))
             .await?;
+        let vector = this.adapt_query(user, vector).await?;
         self.store
             .search(
                 user,
@@ -134,12 +135,14 @@ impl Engine {
         };
         let query_vector = match mode {
             SearchMode::Text => None,
-            _ => Some(
-                self.embedder
+            _ => {
+                let v = self
+                    .embedder
                     .embed_one(query)
                     .instrument(tracing::info_span!("embed_query"))
-                    .await?,
-            ),
+                    .await?;
+                Some(self.adapt_query(user, v).await?)
+            }
         };
         let vector_hits = match &query_vector {
             Some(v) => {

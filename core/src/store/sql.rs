@@ -7,6 +7,7 @@
 //! stores forward the [`MemoryStore`](super::MemoryStore) trait to them.
 mod backup;
 mod data;
+mod deep_memory;
 mod jobs;
 pub(crate) mod keys;
 mod maintenance;

@@ -40,6 +40,18 @@ pub(super) struct EvalArgs {
     /// line, to this file.
     #[arg(long)]
     details: Option<PathBuf>,
+    /// Deep memory: after the plain run, have the chat model write questions for every
+    /// turn of each sample, train each sample's adapter, turn it on where it helps on the
+    /// held-out pairs, and evaluate again (reports say `"deep_memory": true`); a summary of
+    /// the pairs and the training follows.
+    #[arg(long)]
+    deep_memory: bool,
+    /// Deep memory: questions per turn.
+    #[arg(long, default_value_t = 1)]
+    deep_memory_questions: usize,
+    /// Deep memory: pairs per sample at most.
+    #[arg(long, default_value_t = 5000)]
+    deep_memory_max_pairs: usize,
     #[command(flatten)]
     ranking: RankingArgs,
 }
@@ -145,6 +157,17 @@ pub(super) async fn run(
     if outcome.is_ok() {
         outcome = evaluate_all(&engine, &ingested, &eval, &plans, &mut reports).await;
     }
+    let mut deep = Vec::new();
+    if outcome.is_ok() && args.deep_memory {
+        outcome = deep_memory(settings, args, &engine, &ingested, &mut deep).await;
+        if outcome.is_ok() {
+            let before = reports.len();
+            outcome = evaluate_all(&engine, &ingested, &eval, &plans, &mut reports).await;
+            for r in &mut reports[before..] {
+                r["deep_memory"] = json!(true);
+            }
+        }
+    }
     // The temporary users go whatever happened.
     for (_, i) in &ingested {
         engine.delete_user(&i.user, &Actor::cli()).await?;
@@ -169,6 +192,86 @@ pub(super) async fn run(
         } else {
             print_eval(r, ks);
         }
+    }
+    for d in &deep {
+        if json {
+            println!("{d}");
+        } else {
+            let e = &d["held_out"];
+            println!(
+                "deep memory {}: {} pairs in {:.0}s ({:.2}/s), trained in {:.1}s; held-out \
+                 recall@10 {:.3} -> {:.3}, MRR {:.3} -> {:.3} ({} pairs); {}",
+                d["sample"].as_str().unwrap_or("?"),
+                d["pairs"],
+                d["generate_seconds"].as_f64().unwrap_or(0.0),
+                d["pairs_per_second"].as_f64().unwrap_or(0.0),
+                d["train_seconds"].as_f64().unwrap_or(0.0),
+                e["before"]["recall@10"].as_f64().unwrap_or(0.0),
+                e["after"]["recall@10"].as_f64().unwrap_or(0.0),
+                e["before"]["mrr"].as_f64().unwrap_or(0.0),
+                e["after"]["mrr"].as_f64().unwrap_or(0.0),
+                e["pairs"],
+                if d["enabled"] == json!(true) {
+                    "on"
+                } else {
+                    "off (did not help)"
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Writes pairs for every sample with the chat model, trains its adapter and turns it on
+/// where it helps; one summary per sample.
+async fn deep_memory(
+    settings: &Settings,
+    args: &EvalArgs,
+    engine: &recall_core::Engine,
+    ingested: &[(recall_core::eval::Sample, recall_core::eval::Ingested)],
+    out: &mut Vec<serde_json::Value>,
+) -> recall_core::Result<()> {
+    let generate = recall_core::deep_memory::GenerateOptions {
+        questions_per_memory: args.deep_memory_questions,
+        max_pairs: args.deep_memory_max_pairs,
+        ..recall_core::deep_memory::GenerateOptions::default()
+    };
+    generate.validate()?;
+    let model = startup::chat_model(settings, generate.concurrency, true).await?;
+    let engine = engine.clone().with_llm(Some(model));
+    for (s, i) in ingested {
+        let bar = ProgressBar::new(0).with_style(spinner_style());
+        bar.set_message(format!("{}: writing questions", s.id));
+        let report = engine
+            .deep_memory_generate(&i.user, &generate, &mut |done, total, _| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
+            .await?;
+        bar.set_message(format!("{}: training", s.id));
+        let stored = engine
+            .deep_memory_train(
+                &i.user,
+                &recall_core::deep_memory::TrainOptions::default(),
+                &mut |_| {},
+            )
+            .await?;
+        bar.finish_and_clear();
+        let enabled = engine.deep_memory_enable(&i.user).await.is_ok();
+        out.push(json!({
+            "deep_memory_summary": true,
+            "sample": s.id,
+            "pairs": report.pairs,
+            "rejected": report.rejected,
+            "model": report.model,
+            "generate_seconds": report.seconds,
+            "pairs_per_second": report.pairs_per_second,
+            "train_seconds": stored.report.seconds,
+            "train_pairs": stored.report.train_pairs,
+            "best_epoch": stored.report.best_epoch,
+            "held_out": stored.report.evaluation,
+            "enabled": enabled,
+        }));
     }
     Ok(())
 }
@@ -219,8 +322,13 @@ fn print_eval(r: &serde_json::Value, ks: &[usize]) {
                 .collect::<String>()
         })
         .unwrap_or_default();
+    let deep = if r["deep_memory"] == json!(true) {
+        " with deep memory"
+    } else {
+        ""
+    };
     println!(
-        "mode {mode}{reranked}{varied} on the {} store: {} questions",
+        "mode {mode}{reranked}{varied}{deep} on the {} store: {} questions",
         r["store"].as_str().unwrap_or("?"),
         r["questions"]
     );

@@ -3,6 +3,7 @@
 //!
 //! Every resolver acts on the authenticated caller's data only: the user comes from the
 //! request's [`Principal`], never from an argument.
+pub mod deep_memory;
 pub mod error;
 pub mod mutation;
 pub mod query;

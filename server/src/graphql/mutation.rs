@@ -18,12 +18,18 @@ use crate::state::AppState;
 
 /// All mutations.
 #[derive(MergedObject, Default)]
-pub struct Mutation(SessionMutation, MemoryMutation, DataMutation, ChatMutation);
+pub struct Mutation(
+    SessionMutation,
+    MemoryMutation,
+    DataMutation,
+    ChatMutation,
+    super::deep_memory::DeepMemoryMutation,
+);
 
 /// Messages per `addMessages` call at most.
 const MAX_MESSAGES_PER_CALL: usize = 1000;
 
-fn actor(p: &Principal) -> Actor {
+pub(super) fn actor(p: &Principal) -> Actor {
     Actor(if p.admin {
         format!("admin:{}", p.user)
     } else {

@@ -12,7 +12,14 @@ use super::{admin, caller};
 
 /// All queries.
 #[derive(MergedObject, Default)]
-pub struct Query(UserQuery, MemoryQuery, SearchQuery, JobQuery, SystemQuery);
+pub struct Query(
+    UserQuery,
+    MemoryQuery,
+    SearchQuery,
+    JobQuery,
+    SystemQuery,
+    super::deep_memory::DeepMemoryQuery,
+);
 
 /// Page size when `first` is absent.
 const DEFAULT_PAGE: i32 = 20;

@@ -582,6 +582,11 @@ pub enum JobKind {
     RotateKeys,
     /// Re-embedding after a change of embedding model (admin, or queued at start).
     Reembed,
+    /// The chat model writes deep memory pairs (`deepMemoryGenerate`).
+    DeepMemoryGenerate,
+    /// The training of the user's query adapter (`deepMemoryTrain`, or a retraining after
+    /// new memories).
+    DeepMemoryTrain,
 }
 
 /// Operators' jobs that `runSystemJob` starts.
@@ -655,6 +660,8 @@ impl From<CoreJob> for Job {
                 CoreJobKind::Optimize => JobKind::Optimize,
                 CoreJobKind::RotateKeys => JobKind::RotateKeys,
                 CoreJobKind::Reembed => JobKind::Reembed,
+                CoreJobKind::DeepMemoryGenerate => JobKind::DeepMemoryGenerate,
+                CoreJobKind::DeepMemoryTrain => JobKind::DeepMemoryTrain,
             },
             status: match j.status {
                 CoreJobStatus::Queued => JobStatus::Queued,

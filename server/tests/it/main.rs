@@ -5,6 +5,7 @@ mod chat;
 mod cli;
 mod conformance;
 mod crash;
+mod deep_memory;
 mod events;
 mod faults;
 mod fixtures;

@@ -1,11 +1,11 @@
 //! Encryption at rest: rows sealed and opened with the store's [`Keyring`], the registry of
 //! key ids that may be in use (`encryption_keys`), and key rotation.
 //!
-//! Sealed: the text and metadata of messages and memories, and the text of summaries; the
-//! row's `key_id` names the key (NULL: in the clear). Everything else stays readable to
-//! whoever reads the database: ids, user and session names, session titles and personas,
-//! roles, kinds, tags, importance, emotions, timestamps, settings, the audit log, and the
-//! embedding vectors. Postgres keeps no full-text index of sealed rows (its generated `tsv`
+//! Sealed: the text and metadata of messages and memories, the text of summaries, and the
+//! questions of deep memory pairs; the row's `key_id` names the key (NULL: in the clear).
+//! Everything else stays readable to whoever reads the database: ids, user and session names,
+//! session titles and personas, roles, kinds, tags, importance, emotions, timestamps,
+//! settings, the audit log, the embedding vectors and the weights of query adapters. Postgres keeps no full-text index of sealed rows (its generated `tsv`
 //! column covers clear rows only); they are searched in process (see `pg.rs`).
 use std::time::Instant;
 
@@ -18,6 +18,7 @@ pub(crate) const MESSAGE_METADATA: &str = "messages.metadata";
 pub(crate) const MEMORY_CONTENT: &str = "memories.content";
 pub(crate) const MEMORY_METADATA: &str = "memories.metadata";
 pub(crate) const SUMMARY_CONTENT: &str = "summaries.content";
+pub(crate) const DEEP_MEMORY_QUESTION: &str = "deep_memory_pairs.content";
 
 /// Rows re-sealed per transaction by a rotation.
 const ROTATE_BATCH: usize = 256;
@@ -29,7 +30,7 @@ struct Sealed {
     metadata: Option<&'static str>,
 }
 
-const SEALED: [Sealed; 3] = [
+const SEALED: [Sealed; 4] = [
     Sealed {
         table: "messages",
         content: MESSAGE_CONTENT,
@@ -43,6 +44,11 @@ const SEALED: [Sealed; 3] = [
     Sealed {
         table: "summaries",
         content: SUMMARY_CONTENT,
+        metadata: None,
+    },
+    Sealed {
+        table: "deep_memory_pairs",
+        content: DEEP_MEMORY_QUESTION,
         metadata: None,
     },
 ];

@@ -1,0 +1,367 @@
+//! Deep memory on both stores with the packaged MiniLM: pairs written by a chat model
+//! (resumable, deduplicated, with provenance), the user's own pairs, training that lifts
+//! held-out recall, enabling only when it helps, searches that use the adapter while it is on,
+//! an adapter that survives a restart, and no path to another user's memories.
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use recall_core::context::{ChatTurn, TokenCounter};
+use recall_core::deep_memory::{GenerateOptions, PairSource, TrainOptions};
+use recall_core::embed::{EmbedConfig, Embedder, EmbeddingService};
+use recall_core::error::ErrorKind;
+use recall_core::llm::{
+    ApproxCounter, ChatEvent, ChatModel, Completion, FinishReason, GenerationParams,
+};
+use recall_core::store::{self, StoreConfig};
+use recall_core::types::{Actor, MemoryKind};
+use recall_core::{Engine, MemoryStore, NewMemoryText, SearchOptions};
+use tokio::sync::mpsc;
+
+use crate::fixtures::{PgDb, minilm_dir};
+
+const NAMES: [&str; 12] = [
+    "Ana", "Bruno", "Chloe", "Dmitri", "Esme", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Keiko",
+    "Lars",
+];
+
+/// (memory, question) templates: the question names the person and the subject, not the
+/// answer.
+const FACTS: [(&str, &str); 6] = [
+    ("{n} moved to {c} last spring.", "Where did {n} move to?"),
+    (
+        "{n}'s dog is a beagle called {p}.",
+        "What is the name of {n}'s dog?",
+    ),
+    (
+        "{n} works as a {j} at the hospital.",
+        "What does {n} do for a living?",
+    ),
+    ("{n} is allergic to {a}.", "What is {n} allergic to?"),
+    (
+        "{n} plays the {i} in a band on Fridays.",
+        "Which instrument does {n} play?",
+    ),
+    (
+        "{n}'s birthday is on the {d} of March.",
+        "When is {n}'s birthday?",
+    ),
+];
+
+/// Every question comes wrapped in the app's template, which pulls all query vectors one way,
+/// toward each person's memory of the help desk ([`DESK`]): what the adapter can learn to
+/// undo.
+const TEMPLATE: &str = "Ticket from the in-app help desk, travel booking and payments queue, \
+                        priority normal, customer wrote:";
+
+/// A memory of each person that the template matches (no question is about it).
+const DESK: &str = "{n} asked the in-app help desk about a travel booking and a payment.";
+
+fn facts() -> Vec<(String, String)> {
+    let fill = |t: &str, n: &str, k: usize| {
+        t.replace("{n}", n)
+            .replace("{c}", ["Porto", "Oslo", "Lima", "Quito"][k % 4])
+            .replace("{p}", ["Rex", "Momo", "Pip", "Olive"][k % 4])
+            .replace("{j}", ["nurse", "surgeon", "porter", "cook"][k % 4])
+            .replace("{a}", ["peanuts", "penicillin", "cats", "pollen"][k % 4])
+            .replace("{i}", ["drums", "cello", "bass", "trumpet"][k % 4])
+            .replace("{d}", ["third", "ninth", "twelfth", "twentieth"][k % 4])
+    };
+    let mut out = Vec::new();
+    for (k, n) in NAMES.iter().enumerate() {
+        for (m, q) in FACTS {
+            out.push((fill(m, n, k), format!("{TEMPLATE} {}", fill(q, n, k))));
+        }
+    }
+    out
+}
+
+/// A chat model that knows the question for each note (a stand-in for the local model, whose
+/// questions are not the point here); it answers "?" for notes it does not know.
+struct QuestionWriter {
+    questions: HashMap<String, String>,
+}
+
+#[async_trait]
+impl ChatModel for QuestionWriter {
+    fn name(&self) -> &str {
+        "question-writer"
+    }
+    fn context_length(&self) -> usize {
+        4096
+    }
+    fn token_counter(&self) -> &dyn TokenCounter {
+        &ApproxCounter
+    }
+    async fn stream(
+        &self,
+        turns: &[ChatTurn],
+        _params: &GenerationParams,
+    ) -> recall_core::Result<mpsc::Receiver<recall_core::Result<ChatEvent>>> {
+        let prompt = &turns.last().unwrap().content;
+        let note = prompt
+            .strip_prefix("Note: ")
+            .and_then(|p| p.strip_suffix("\nQuestion:"))
+            .unwrap_or_default();
+        let text = self.questions.get(note).cloned().unwrap_or("?".into());
+        let (tx, rx) = mpsc::channel(2);
+        tx.send(Ok(ChatEvent::Done {
+            completion: Completion {
+                text,
+                prompt_tokens: 1,
+                completion_tokens: 1,
+                finish_reason: FinishReason::Stop,
+                confidence: 0.0,
+            },
+        }))
+        .await
+        .unwrap();
+        Ok(rx)
+    }
+}
+
+fn minilm() -> Arc<dyn Embedder> {
+    let mut config = EmbedConfig::new(minilm_dir());
+    config.device = recall_core::device::DeviceConfig::Cpu;
+    Arc::new(EmbeddingService::start(&config).unwrap())
+}
+
+fn fact(text: &str) -> NewMemoryText {
+    NewMemoryText {
+        kind: MemoryKind::Fact,
+        content: text.into(),
+        session: None,
+        tags: vec![],
+        importance: None,
+    }
+}
+
+async fn top_score(engine: &Engine, user: &str, query: &str) -> (i64, f32) {
+    let page = engine
+        .search(
+            user,
+            query,
+            &SearchOptions {
+                top_k: 1,
+                ..SearchOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    (page.hits[0].memory.id, page.hits[0].score)
+}
+
+async fn deep_memory(pg: bool) {
+    let root = tempfile::tempdir().unwrap();
+    let db = if pg { Some(PgDb::create().await) } else { None };
+    let config = match &db {
+        Some(db) => StoreConfig::postgres(db.url.clone()),
+        None => StoreConfig::embedded(root.path().join("store")),
+    };
+    let embedder = minilm();
+    let facts = facts();
+    let writer = Arc::new(QuestionWriter {
+        questions: facts.iter().cloned().collect(),
+    });
+    let open = |store: Arc<dyn MemoryStore>| {
+        Engine::new(store, embedder.clone()).with_llm(Some(writer.clone() as Arc<dyn ChatModel>))
+    };
+    let engine = open(store::open(&config).await.unwrap());
+    let mut ids = HashMap::new();
+    for (memory, _) in &facts {
+        let m = engine.add_memory("alice", fact(memory)).await.unwrap();
+        ids.insert(memory.clone(), m.id);
+    }
+    for n in NAMES {
+        engine
+            .add_memory("alice", fact(&DESK.replace("{n}", n)))
+            .await
+            .unwrap();
+    }
+    let memories = facts.len() + NAMES.len();
+    // Someone else, whose memories answer the same questions about other people.
+    let bob_memory = engine
+        .add_memory("bob", fact("Ana moved to Berlin last spring."))
+        .await
+        .unwrap();
+    for i in 0..10 {
+        engine
+            .add_memory("bob", fact(&format!("Bob's locker number is {i}{i}7.")))
+            .await
+            .unwrap();
+    }
+
+    // Nothing trained: a clear error, no adapter in use.
+    let err = engine.deep_memory_enable("alice").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("no deep memory adapter"), "{err}");
+    assert!(!engine.deep_memory_status("alice").await.unwrap().trained);
+
+    // The model writes one question per memory, with provenance; a second run has nothing
+    // left to do.
+    let mut seen = Vec::new();
+    let report = engine
+        .deep_memory_generate("alice", &GenerateOptions::default(), &mut |d, t, p| {
+            seen.push((d, t, p))
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.pairs, facts.len() as u64, "{report:?}");
+    assert_eq!(report.rejected, NAMES.len() as u64, "{report:?}");
+    assert_eq!(seen.last(), Some(&(84, 84, 72)));
+    let again = engine
+        .deep_memory_generate("alice", &GenerateOptions::default(), &mut |_, _, _| {})
+        .await
+        .unwrap();
+    assert_eq!((again.pairs, again.skipped), (0, facts.len() as u64));
+    let pairs = engine.deep_memory_pairs("alice").await.unwrap();
+    assert_eq!(pairs.len(), facts.len());
+    for p in &pairs {
+        assert_eq!(p.source, PairSource::Generated);
+        assert_eq!(p.model.as_deref(), Some("question-writer"));
+        assert_eq!(
+            p.prompt_version,
+            Some(recall_core::deep_memory::PROMPT_VERSION)
+        );
+    }
+    assert!(engine.deep_memory_pairs("bob").await.unwrap().is_empty());
+
+    // A user's own pair must name a memory of theirs.
+    let err = engine
+        .deep_memory_add_pairs("alice", vec![("Where did Ana go?".into(), bob_memory.id)])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    let err = engine
+        .deep_memory_add_pairs("alice", vec![("  ".into(), ids[&facts[0].0])])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    let added = engine
+        .deep_memory_add_pairs(
+            "alice",
+            vec![(format!("{TEMPLATE} Ana's new city?"), ids[&facts[0].0])],
+        )
+        .await
+        .unwrap();
+    assert_eq!(added, 1);
+
+    // Training lifts held-out recall, on alice's memories only.
+    let mut epochs = 0;
+    let stored = engine
+        .deep_memory_train("alice", &TrainOptions::default(), &mut |p| {
+            if let recall_core::engine::TrainProgress::Epoch { .. } = p {
+                epochs += 1
+            }
+        })
+        .await
+        .unwrap();
+    let e = &stored.report.evaluation;
+    eprintln!("held-out: {e:?}");
+    assert_eq!(epochs, TrainOptions::default().epochs);
+    assert_eq!(stored.report.memories, memories);
+    assert!(e.pairs >= 5, "{e:?}");
+    assert!(e.after.mrr > e.before.mrr, "{e:?}");
+    assert!(e.helps(), "{e:?}");
+    assert!(!stored.enabled, "a new adapter starts off");
+
+    // Searches use it while it is on, and not once it is off.
+    let (_, held_question) = facts
+        .iter()
+        .find(|(m, _)| recall_core::deep_memory::held_out(ids[m]))
+        .unwrap();
+    let plain = top_score(&engine, "alice", held_question).await;
+    let status = engine.deep_memory_enable("alice").await.unwrap();
+    assert!(status.enabled && status.active, "{status:?}");
+    assert_eq!(status.version, Some(1));
+    let adapted = top_score(&engine, "alice", held_question).await;
+    assert_ne!(plain.1, adapted.1);
+    // Bob has no adapter: his searches are untouched.
+    let bob_before = top_score(&engine, "bob", held_question).await;
+    assert_eq!(bob_before.0, bob_memory.id);
+    engine.deep_memory_disable("alice").await.unwrap();
+    assert_eq!(top_score(&engine, "alice", held_question).await, plain);
+    engine.deep_memory_enable("alice").await.unwrap();
+    let evaluation = engine.deep_memory_evaluate("alice").await.unwrap();
+    assert_eq!(evaluation.after, e.after);
+
+    // A restart keeps the adapter, on.
+    drop(engine);
+    let engine = open(store::open(&config).await.unwrap());
+    let status = engine.deep_memory_status("alice").await.unwrap();
+    assert!(status.trained && status.active, "{status:?}");
+    assert_eq!(status.pairs, facts.len() as u64 + 1);
+    assert_eq!(top_score(&engine, "alice", held_question).await, adapted);
+
+    // Another embedding model: the adapter is not used, and says why.
+    let other = Engine::new(store::open(&config).await.unwrap(), {
+        let mut c = EmbedConfig::new(recall_core::testing::two_layer_minilm(root.path()));
+        c.device = recall_core::device::DeviceConfig::Cpu;
+        Arc::new(EmbeddingService::start(&c).unwrap())
+    });
+    let status = other.deep_memory_status("alice").await.unwrap();
+    assert!(status.enabled && !status.active, "{status:?}");
+    assert!(status.inactive_reason.unwrap().contains("train it again"));
+    assert_eq!(
+        other.deep_memory_enable("alice").await.unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+
+    // Deleting the user deletes the pairs and the adapter.
+    engine.delete_user("alice", &Actor::cli()).await.unwrap();
+    let status = engine.deep_memory_status("alice").await.unwrap();
+    assert_eq!((status.pairs, status.trained), (0, false));
+    if let Some(db) = db {
+        db.drop_db().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_memory_on_the_embedded_store() {
+    deep_memory(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_memory_on_postgres() {
+    deep_memory(true).await;
+}
+
+/// The packaged chat model writes questions that the pipeline accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_packaged_chat_model_writes_questions() {
+    use recall_core::llm::{ChatService, ModelConfig};
+    let root = tempfile::tempdir().unwrap();
+    let config = ModelConfig {
+        path: recall_core::llm::local::default_model_path(&crate::fixtures::models_dir()),
+        dequantize: true,
+        ..ModelConfig::new("")
+    };
+    let chat = ChatService::start(&config, &candle_core::Device::Cpu, 2, 4).unwrap();
+    let engine = Engine::new(
+        store::open(&StoreConfig::embedded(root.path().join("s")))
+            .await
+            .unwrap(),
+        minilm(),
+    )
+    .with_llm(Some(Arc::new(chat)));
+    for text in [
+        "I live in Porto with my partner Rui.",
+        "My daughter Lia started school in September.",
+        "I am allergic to penicillin.",
+    ] {
+        engine.add_memory("carol", fact(text)).await.unwrap();
+    }
+    let report = engine
+        .deep_memory_generate("carol", &GenerateOptions::default(), &mut |_, _, _| {})
+        .await
+        .unwrap();
+    let pairs = engine.deep_memory_pairs("carol").await.unwrap();
+    eprintln!("{report:?}: {pairs:#?}");
+    assert!(report.pairs >= 2, "{report:?}");
+    assert_eq!(report.pairs + report.rejected, 3);
+    assert!(
+        pairs
+            .iter()
+            .all(|p| p.model.as_deref() == Some(report.model.as_str()))
+    );
+}
