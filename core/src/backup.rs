@@ -5,7 +5,8 @@
 //! A gzip stream of JSON lines ([`Record`]s): a [`Header`] (format version, the schema
 //! migration the data was read under, the embedding models and dimensions present), then per
 //! user their row, settings, sessions, messages, summaries, memories, embeddings (vectors as
-//! base64 little-endian `f32`, exact on both stores) and audit log, in chunks of at most
+//! base64 little-endian `f32`, exact on both stores), audit log, deep memory pairs and query
+//! adapter, in chunks of at most
 //! [`CHUNK_ROWS`] rows, then an `end` record with the number of records before it and the
 //! SHA-256 of every byte before it (uncompressed). A file that is truncated, altered or not
 //! a backup fails [`verify`] with [`Error::InvalidInput`], before anything is written.
@@ -176,6 +177,87 @@ impl EmbeddingRow {
     }
 }
 
+/// A deep memory pair (its own id is not kept; its memory's is).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairRow {
+    pub memory_id: i64,
+    pub question: String,
+    pub source: crate::deep_memory::PairSource,
+    pub model: Option<String>,
+    pub prompt_version: Option<u32>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A user's query adapter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdapterRow {
+    pub embedding_model: String,
+    pub version: u32,
+    pub dims: usize,
+    pub rank: usize,
+    /// Base64 of the little-endian `f32` weights (`U` then `V`).
+    pub weights: String,
+    pub report: crate::deep_memory::TrainingReport,
+    pub enabled: bool,
+    pub memories: u64,
+    pub pairs: u64,
+    pub trained_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl AdapterRow {
+    /// The row of a stored adapter.
+    pub fn new(a: &crate::deep_memory::StoredAdapter) -> Self {
+        let bytes: Vec<u8> = a
+            .adapter
+            .weights()
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        Self {
+            embedding_model: a.embedding_model.clone(),
+            version: a.version,
+            dims: a.adapter.dims(),
+            rank: a.adapter.rank(),
+            weights: B64.encode(bytes),
+            report: a.report.clone(),
+            enabled: a.enabled,
+            memories: a.memories,
+            pairs: a.pairs,
+            trained_at: a.trained_at,
+            updated_at: a.updated_at,
+        }
+    }
+
+    /// The stored adapter it holds.
+    pub fn decode(&self) -> Result<crate::deep_memory::StoredAdapter> {
+        let bytes = B64
+            .decode(&self.weights)
+            .map_err(|e| Error::invalid(format!("backup: adapter weights are not base64: {e}")))?;
+        if !bytes.len().is_multiple_of(4) {
+            return Err(Error::invalid(
+                "backup: adapter weights have a broken length",
+            ));
+        }
+        let weights = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Ok(crate::deep_memory::StoredAdapter {
+            embedding_model: self.embedding_model.clone(),
+            version: self.version,
+            adapter: crate::deep_memory::Adapter::from_weights(self.dims, self.rank, weights)
+                .map_err(|_| Error::invalid("backup: adapter weights do not fit its shape"))?,
+            report: self.report.clone(),
+            enabled: self.enabled,
+            memories: self.memories,
+            pairs: self.pairs,
+            trained_at: self.trained_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
 /// An audit log row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRow {
@@ -216,6 +298,14 @@ pub enum Record {
     Audit {
         user: String,
         rows: Vec<AuditRow>,
+    },
+    DeepMemoryPairs {
+        user: String,
+        rows: Vec<PairRow>,
+    },
+    DeepMemoryAdapter {
+        user: String,
+        row: AdapterRow,
     },
     /// The last line: how many records came before it and the SHA-256 (hex) of their bytes.
     End {
@@ -585,7 +675,9 @@ pub fn record_user(record: &Record) -> Option<&str> {
         | Record::Summaries { user, .. }
         | Record::Memories { user, .. }
         | Record::Embeddings { user, .. }
-        | Record::Audit { user, .. } => Some(user),
+        | Record::Audit { user, .. }
+        | Record::DeepMemoryPairs { user, .. }
+        | Record::DeepMemoryAdapter { user, .. } => Some(user),
         Record::Header(_) | Record::End { .. } => None,
     }
 }
@@ -722,6 +814,10 @@ pub fn verify(path: &Path, user: Option<&str>, key: Option<&DataKey>) -> Result<
                     r.decode()?;
                 }
             }
+            Record::DeepMemoryAdapter { row, .. } => {
+                row.decode()?;
+            }
+            Record::DeepMemoryPairs { .. } => {}
             Record::End { .. } => {}
         }
     }

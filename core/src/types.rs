@@ -656,6 +656,9 @@ pub struct UserExport {
     pub summaries: Vec<Summary>,
     /// The audit log of the user's data, oldest first.
     pub audit: Vec<AuditEntry>,
+    /// Deep memory pairs: questions that the user's memories answer, oldest first.
+    #[serde(default)]
+    pub deep_memory_pairs: Vec<crate::deep_memory::TrainingPair>,
 }
 
 /// The format marker of [`UserExport`].

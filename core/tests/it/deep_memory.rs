@@ -307,6 +307,57 @@ async fn deep_memory(pg: bool) {
         ErrorKind::InvalidInput
     );
 
+    // A backup carries the pairs and the adapter, into a store of the other kind.
+    let file = root.path().join("dm.backup");
+    engine
+        .backup(&file, &recall_core::backup::BackupOptions::default())
+        .await
+        .unwrap();
+    let other_db = if pg { None } else { Some(PgDb::create().await) };
+    let other_config = match &other_db {
+        Some(db) => StoreConfig::postgres(db.url.clone()),
+        None => StoreConfig::embedded(root.path().join("restored")),
+    };
+    let restored = open(store::open(&other_config).await.unwrap());
+    restored
+        .restore(
+            &file,
+            &recall_core::backup::RestoreOptions::default(),
+            &Actor::cli(),
+        )
+        .await
+        .unwrap();
+    let (a, b) = (
+        engine.deep_memory_status("alice").await.unwrap(),
+        restored.deep_memory_status("alice").await.unwrap(),
+    );
+    assert_eq!(
+        (b.pairs, b.trained, b.active, b.version, &b.report),
+        (a.pairs, a.trained, a.active, a.version, &a.report)
+    );
+    let questions = |e: &Engine| {
+        let e = e.clone();
+        async move {
+            let mut q: Vec<String> = e
+                .deep_memory_pairs("alice")
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|p| p.question)
+                .collect();
+            q.sort();
+            q
+        }
+    };
+    assert_eq!(questions(&engine).await, questions(&restored).await);
+    let again = top_score(&restored, "alice", held_question).await;
+    assert_eq!(again.0, adapted.0);
+    assert!((again.1 - adapted.1).abs() < 1e-4, "{again:?} {adapted:?}");
+    drop(restored);
+    if let Some(db) = other_db {
+        db.drop_db().await;
+    }
+
     // Deleting the user deletes the pairs and the adapter.
     engine.delete_user("alice", &Actor::cli()).await.unwrap();
     let status = engine.deep_memory_status("alice").await.unwrap();

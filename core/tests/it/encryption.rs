@@ -150,6 +150,20 @@ async fn write_secrets(s: &dyn MemoryStore, user: &str) {
     )
     .await
     .unwrap();
+    let stored = s
+        .add_training_pairs(
+            user,
+            vec![recall_core::deep_memory::NewTrainingPair {
+                memory_id: fact[0].id,
+                question: format!("pair: {SECRET}?"),
+                source: recall_core::deep_memory::PairSource::User,
+                model: None,
+                prompt_version: None,
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored, 1);
     s.add_summary(
         user,
         NewSummary {
@@ -196,6 +210,9 @@ async fn assert_readable(s: &dyn MemoryStore, user: &str) {
         .unwrap();
     assert_eq!(fact.memory.metadata, json!({ "source": SECRET }));
     assert_eq!(export.summaries[0].content, format!("summary: {SECRET}"));
+    let pairs = s.training_pairs(user).await.unwrap();
+    assert_eq!(pairs[0].question, format!("pair: {SECRET}?"));
+    assert_eq!(export.deep_memory_pairs, pairs);
     let summaries = s.list_summaries(user, "gym").await.unwrap();
     assert_eq!(summaries[0].content, format!("summary: {SECRET}"));
 
@@ -293,9 +310,9 @@ async fn rotation(pg: bool) {
         .rotate_keys(&mut |done, total| seen.push((done, total)))
         .await
         .unwrap();
-    // ana's 1 message, 3 memories and 1 summary were in the clear.
-    assert_eq!(report.resealed, 5);
-    assert_eq!(seen.last(), Some(&(5, 5)));
+    // ana's 1 message, 3 memories, 1 summary and 1 deep memory pair were in the clear.
+    assert_eq!(report.resealed, 6);
+    assert_eq!(seen.last(), Some(&(6, 6)));
     assert_eq!(report.key_id, Some(key(1).id()));
     drop(s);
     assert_absent(&place.raw().await, "after sealing the clear rows");
@@ -304,7 +321,7 @@ async fn rotation(pg: bool) {
     let s = place.open(ring(Some(2), &[1])).await;
     write_secrets(s.as_ref(), "cy").await;
     let report = s.rotate_keys(&mut |_, _| {}).await.unwrap();
-    assert_eq!(report.resealed, 10);
+    assert_eq!(report.resealed, 12);
     assert_eq!(report.retired, vec![key(1).id()]);
     assert_eq!(report.remaining, 0);
     // Run again: nothing left to do.
@@ -320,7 +337,7 @@ async fn rotation(pg: bool) {
     // Key 2 → clear: every row opened, then the store needs no key.
     let s = place.open(ring(None, &[2])).await;
     let report = s.rotate_keys(&mut |_, _| {}).await.unwrap();
-    assert_eq!((report.resealed, report.key_id), (15, None));
+    assert_eq!((report.resealed, report.key_id), (18, None));
     drop(s);
     let s = place.open(ring(None, &[])).await;
     for user in ["ana", "bo", "cy"] {

@@ -4,7 +4,9 @@ use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statemen
 
 use crate::fixtures::PgDb;
 
-const TABLES: [&str; 10] = [
+const TABLES: [&str; 12] = [
+    "deep_memory_pairs",
+    "deep_memory_adapters",
     "encryption_keys",
     "jobs",
     "users",

@@ -2,13 +2,14 @@
 use sea_orm::{AccessMode, IsolationLevel};
 
 use super::keys::{
-    MEMORY_CONTENT, MEMORY_METADATA, MESSAGE_CONTENT, MESSAGE_METADATA, SUMMARY_CONTENT,
+    DEEP_MEMORY_QUESTION, MEMORY_CONTENT, MEMORY_METADATA, MESSAGE_CONTENT, MESSAGE_METADATA,
+    SUMMARY_CONTENT,
 };
 use super::*;
 use crate::backup::{
-    AuditRow, BackupSink, BackupSource, CHUNK_ROWS, EmbeddingRow as BackupEmbedding, FORMAT,
-    Header, MemoryRow, MessageRow, ModelDims, Record, RestoreOptions, RestoreReport, SessionRow,
-    SummaryRow, Table, UserRow, VERSION, Verified,
+    AdapterRow, AuditRow, BackupSink, BackupSource, CHUNK_ROWS, EmbeddingRow as BackupEmbedding,
+    FORMAT, Header, MemoryRow, MessageRow, ModelDims, PairRow, Record, RestoreOptions,
+    RestoreReport, SessionRow, SummaryRow, Table, UserRow, VERSION, Verified,
 };
 
 /// Sends `rows` as records of at most [`CHUNK_ROWS`] rows.
@@ -275,7 +276,31 @@ impl<V: VectorIndex> SqlStore<V> {
         chunked(sink, &audit, |rows| Record::Audit {
             user: name.clone(),
             rows,
-        })
+        })?;
+        let pairs: Vec<PairRow> = self
+            .pairs_of(txn, u.id)
+            .await?
+            .into_iter()
+            .map(|p| PairRow {
+                memory_id: p.memory_id,
+                question: p.question,
+                source: p.source,
+                model: p.model,
+                prompt_version: p.prompt_version,
+                created_at: p.created_at,
+            })
+            .collect();
+        chunked(sink, &pairs, |rows| Record::DeepMemoryPairs {
+            user: name.clone(),
+            rows,
+        })?;
+        if let Some(a) = Self::adapter_of(txn, u.id).await? {
+            sink.write(&Record::DeepMemoryAdapter {
+                user: name.clone(),
+                row: AdapterRow::new(&a),
+            })?;
+        }
+        Ok(())
     }
 
     /// Writes the verified backup `plan` read from `source`, in one transaction: all of it, or
@@ -509,6 +534,30 @@ impl<V: VectorIndex> SqlStore<V> {
                         })
                         .collect();
                     self.index.insert(&txn, &write).await?;
+                }
+                Record::DeepMemoryPairs { rows, .. } => {
+                    for p in rows {
+                        txn.execute_raw(stmt(
+                            backend,
+                            "INSERT INTO deep_memory_pairs (user_id, memory_id, content, key_id, \
+                             source, model, prompt_version, created_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                            vec![
+                                uid.into(),
+                                (p.memory_id + off.memories).into(),
+                                self.seal(DEEP_MEMORY_QUESTION, &p.question)?.into(),
+                                self.key_id().into(),
+                                p.source.as_str().into(),
+                                p.model.into(),
+                                p.prompt_version.map(|v| v as i32).into(),
+                                p.created_at.into(),
+                            ],
+                        ))
+                        .await?;
+                    }
+                }
+                Record::DeepMemoryAdapter { row, .. } => {
+                    Self::insert_adapter(&txn, uid, &row.decode()?).await?;
                 }
                 Record::Audit { user, rows } => {
                     for chunk in rows.chunks(INSERT_CHUNK) {

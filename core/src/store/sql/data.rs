@@ -155,6 +155,7 @@ impl<V: VectorIndex> SqlStore<V> {
             .map(audit_to_api)
             .collect();
         txn.commit().await?;
+        let deep_memory_pairs = self.training_pairs(user).await?;
         Ok(UserExport {
             format: EXPORT_FORMAT.to_owned(),
             exported_at: now(),
@@ -168,6 +169,7 @@ impl<V: VectorIndex> SqlStore<V> {
             memories,
             summaries,
             audit,
+            deep_memory_pairs,
         })
     }
 

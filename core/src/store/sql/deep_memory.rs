@@ -84,13 +84,21 @@ impl<V: VectorIndex> SqlStore<V> {
         let Some(u) = self.find_user(&self.db, user).await? else {
             return Ok(vec![]);
         };
-        let rows = self
-            .db
+        self.pairs_of(&self.db, u.id).await
+    }
+
+    /// The pairs of the user with row id `uid`, oldest first, read through `db`.
+    pub(crate) async fn pairs_of<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        uid: i64,
+    ) -> Result<Vec<TrainingPair>> {
+        let rows = db
             .query_all_raw(stmt(
-                self.db.get_database_backend(),
+                db.get_database_backend(),
                 "SELECT id, memory_id, content, key_id, source, model, prompt_version, created_at \
                  FROM deep_memory_pairs WHERE user_id = $1 ORDER BY id",
-                vec![u.id.into()],
+                vec![uid.into()],
             ))
             .await?;
         rows.into_iter()
@@ -163,21 +171,32 @@ impl<V: VectorIndex> SqlStore<V> {
         adapter.version = version.max(0) as u32 + 1;
         adapter.updated_at = now();
         adapter.trained_at = adapter.trained_at.trunc_subsecs(6);
-        let metrics =
-            serde_json::to_string(&adapter.report).map_err(|e| internal(e.to_string()))?;
         txn.execute_raw(stmt(
             backend,
             "DELETE FROM deep_memory_adapters WHERE user_id = $1",
             vec![u.id.into()],
         ))
         .await?;
-        txn.execute_raw(stmt(
-            backend,
+        Self::insert_adapter(&txn, u.id, &adapter).await?;
+        txn.commit().await?;
+        Ok(adapter)
+    }
+
+    /// Writes an adapter row for the user with row id `uid` (who has none) through `db`.
+    pub(crate) async fn insert_adapter<C: ConnectionTrait>(
+        db: &C,
+        uid: i64,
+        adapter: &StoredAdapter,
+    ) -> Result<()> {
+        let metrics =
+            serde_json::to_string(&adapter.report).map_err(|e| internal(e.to_string()))?;
+        db.execute_raw(stmt(
+            db.get_database_backend(),
             "INSERT INTO deep_memory_adapters (user_id, embedding_model, version, dims, rank, \
              weights, metrics, enabled, memories, pairs, trained_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             vec![
-                u.id.into(),
+                uid.into(),
                 adapter.embedding_model.clone().into(),
                 (adapter.version as i32).into(),
                 (adapter.adapter.dims() as i32).into(),
@@ -192,8 +211,7 @@ impl<V: VectorIndex> SqlStore<V> {
             ],
         ))
         .await?;
-        txn.commit().await?;
-        Ok(adapter)
+        Ok(())
     }
 
     /// The user's adapter, if they have one.
@@ -201,14 +219,21 @@ impl<V: VectorIndex> SqlStore<V> {
         let Some(u) = self.find_user(&self.db, user).await? else {
             return Ok(None);
         };
-        let Some(r) = self
-            .db
+        Self::adapter_of(&self.db, u.id).await
+    }
+
+    /// The adapter of the user with row id `uid`, read through `db`.
+    pub(crate) async fn adapter_of<C: ConnectionTrait>(
+        db: &C,
+        uid: i64,
+    ) -> Result<Option<StoredAdapter>> {
+        let Some(r) = db
             .query_one_raw(stmt(
-                self.db.get_database_backend(),
+                db.get_database_backend(),
                 "SELECT embedding_model, version, dims, rank, weights, metrics, enabled, \
                  memories, pairs, trained_at, updated_at \
                  FROM deep_memory_adapters WHERE user_id = $1",
-                vec![u.id.into()],
+                vec![uid.into()],
             ))
             .await?
         else {
