@@ -200,7 +200,7 @@ impl Default for GenerateOptions {
             max_pairs: 5_000,
             pause_ms: 0,
             concurrency: 4,
-            max_tokens: 40,
+            max_tokens: 32,
             min_memory_chars: 12,
         }
     }
@@ -804,15 +804,17 @@ pub fn question_prompt(memory: &str) -> Vec<crate::context::ChatTurn> {
     ]
 }
 
-/// The question in a model's reply: its first line, without quotes, labels or list marks;
-/// `None` when nothing usable is left (too short, too long, or the note itself).
+/// The question in a model's reply: its first line up to its first question mark, without
+/// quotes, labels or list marks; `None` when there is no question (a reply that is not one,
+/// too short, too long, or the note itself).
 pub fn parse_question(reply: &str, memory: &str) -> Option<String> {
     let line = reply.lines().map(str::trim).find(|l| !l.is_empty())?;
     let mut q = line;
     for label in ["Question:", "question:", "Q:", "-", "*", "1."] {
         q = q.strip_prefix(label).unwrap_or(q).trim();
     }
-    let q = q.trim_matches(|c| c == '"' || c == '\'' || c == '`').trim();
+    let q = q.trim_start_matches(['"', '\'', '`']);
+    let q = q[..=q.find('?')?].trim();
     let letters = q.chars().filter(|c| c.is_alphabetic()).count();
     if letters < 8 || q.chars().count() > MAX_QUESTION_CHARS {
         return None;
@@ -866,6 +868,15 @@ mod tests {
         assert_eq!(parse_question("  \n", "x"), None);
         assert_eq!(parse_question("Why?", "x"), None);
         assert_eq!(parse_question("I live in Porto.", "I live in Porto"), None);
+        assert_eq!(
+            parse_question("Ana: Thanks, see you on Friday!", "x"),
+            None,
+            "not a question"
+        );
+        assert_eq!(
+            parse_question("What is your plan? And more words", "x").as_deref(),
+            Some("What is your plan?")
+        );
         assert_eq!(normalized("Where  do I LIVE?"), "where do i live");
     }
 

@@ -127,6 +127,16 @@ async fn run_one(engine: &Engine, config: &JobRunnerConfig) -> Result<bool> {
                 }
             }
         };
+        // What the job said last is kept with it (a job quicker than PROGRESS_EVERY too).
+        if seen.has_changed().unwrap_or(false) {
+            let (share, message) = seen.borrow_and_update().clone();
+            if let Ok(Some(j)) = queue
+                .report_progress(job.id, &config.worker, share, message, config.lease)
+                .await
+            {
+                engine.publish(Event::Job(Box::new(j)));
+            }
+        }
         match result {
             Ok(result) => JobOutcome::Succeeded(result),
             Err(e) if e.kind() == ErrorKind::Internal && job.attempts < config.max_attempts => {

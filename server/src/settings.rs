@@ -533,8 +533,11 @@ pub struct DeepMemorySettings {
     pub check_secs: u64,
     /// Questions the chat model writes per memory (1 to 5).
     pub questions_per_memory: usize,
-    /// Pause after each question, in milliseconds, to leave the chat model to live chat.
+    /// Pause after each group of questions, in milliseconds, to leave the chat model to live
+    /// chat.
     pub pause_ms: u64,
+    /// Questions a job writes at most (`deepMemoryGenerate` may ask for fewer).
+    pub max_pairs_per_run: usize,
 }
 
 impl Default for DeepMemorySettings {
@@ -544,6 +547,7 @@ impl Default for DeepMemorySettings {
             check_secs: 600,
             questions_per_memory: 1,
             pause_ms: 0,
+            max_pairs_per_run: 5000,
         }
     }
 }
@@ -554,6 +558,7 @@ impl DeepMemorySettings {
         recall_core::deep_memory::GenerateOptions {
             questions_per_memory: self.questions_per_memory,
             pause_ms: self.pause_ms,
+            max_pairs: self.max_pairs_per_run,
             ..Default::default()
         }
     }

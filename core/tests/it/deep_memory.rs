@@ -358,6 +358,33 @@ async fn deep_memory(pg: bool) {
         db.drop_db().await;
     }
 
+    // Retraining is due once enough new memories arrived (for alice, whose adapter is on).
+    assert!(engine.deep_memory_due(3).await.unwrap().is_empty());
+    for i in 0..3 {
+        engine
+            .add_memory("alice", fact(&format!("Lars bought {i} new plants.")))
+            .await
+            .unwrap();
+        engine
+            .add_memory("bob", fact(&format!("Bob sold {i} old bikes.")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(engine.deep_memory_due(3).await.unwrap(), vec!["alice"]);
+    assert!(engine.deep_memory_due(4).await.unwrap().is_empty());
+
+    // Training with nothing to train on is refused clearly.
+    let err = engine
+        .deep_memory_train("nobody", &TrainOptions::default(), &mut |_| {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    let err = engine
+        .deep_memory_train("bob", &TrainOptions::default(), &mut |_| {})
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("training pairs"), "{err}");
+
     // Deleting the user deletes the pairs and the adapter.
     engine.delete_user("alice", &Actor::cli()).await.unwrap();
     let status = engine.deep_memory_status("alice").await.unwrap();

@@ -123,7 +123,8 @@ impl From<dm::DeepMemoryStatus> for DeepMemoryStatus {
 pub struct DeepMemoryGenerateInput {
     /// Questions per memory, 1 to 5 (default: the server's `deep_memory.questions_per_memory`).
     pub questions_per_memory: Option<u32>,
-    /// Pairs written in this run at most (default 5000).
+    /// Pairs written in this run at most (default and most: the server's
+    /// `deep_memory.max_pairs_per_run`).
     pub max_pairs: Option<u32>,
 }
 
@@ -190,7 +191,7 @@ impl DeepMemoryMutation {
         let base = state.settings.deep_memory.generate();
         let options = dm::GenerateOptions {
             questions_per_memory: or(input.questions_per_memory, base.questions_per_memory),
-            max_pairs: or(input.max_pairs, base.max_pairs),
+            max_pairs: or(input.max_pairs, base.max_pairs).min(base.max_pairs),
             ..base
         };
         let params =

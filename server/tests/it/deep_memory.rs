@@ -87,7 +87,17 @@ async fn top(server: &Server, user: &str, q: &str) -> (String, f64) {
 #[tokio::test(flavor = "multi_thread")]
 async fn deep_memory_from_graphql_and_the_cli() {
     let store = Store::embedded();
-    let server = Server::start(&store, &[], &[("DEEP_RECALL__JOBS__POLL_MS", "100")]);
+    let server = Server::start(
+        &store,
+        &[],
+        &[
+            ("DEEP_RECALL__JOBS__POLL_MS", "100"),
+            // Retrain after two new memories, looking every second, two questions per job.
+            ("DEEP_RECALL__DEEP_MEMORY__RETRAIN_AFTER", "2"),
+            ("DEEP_RECALL__DEEP_MEMORY__CHECK_SECS", "1"),
+            ("DEEP_RECALL__DEEP_MEMORY__MAX_PAIRS_PER_RUN", "2"),
+        ],
+    );
     let alice = token("alice", false, 600);
     let bob = token("bob", false, 600);
     let add = "mutation($c: String!) { addMemory(input: { content: $c }) { id } }";
@@ -122,22 +132,22 @@ async fn deep_memory_from_graphql_and_the_cli() {
     let (_, body) = gql(&server, Some(&alice), enable, json!({})).await;
     assert_eq!(code(&body), "BAD_INPUT", "{body}");
 
-    // The packaged chat model writes questions in a job (bounded to three here).
+    // The packaged chat model writes questions in a job (at most the server's two here).
     let (_, body) = gql(
         &server,
         Some(&alice),
-        &format!("mutation {{ deepMemoryGenerate(input: {{ maxPairs: 3 }}) {{ {JOB} }} }}"),
+        &format!("mutation {{ deepMemoryGenerate(input: {{ maxPairs: 5 }}) {{ {JOB} }} }}"),
         json!({}),
     )
     .await;
     let job = data(&body)["deepMemoryGenerate"].clone();
     assert_eq!(job["kind"], "DEEP_MEMORY_GENERATE", "{body}");
     let (_, done) = watch(&server, &alice, job["id"].as_str().unwrap()).await;
-    assert_eq!(done["result"]["pairs"], 3, "{done}");
+    assert_eq!(done["result"]["pairs"], 2, "{done}");
     let (_, body) = gql(&server, Some(&alice), status, json!({})).await;
     assert_eq!(
         data(&body)["deepMemoryStatus"]["generatedPairs"],
-        3,
+        2,
         "{body}"
     );
 
@@ -173,8 +183,12 @@ async fn deep_memory_from_graphql_and_the_cli() {
     let job = data(&body)["deepMemoryTrain"].clone();
     assert_eq!(job["kind"], "DEEP_MEMORY_TRAIN", "{body}");
     let (messages, done) = watch(&server, &alice, job["id"].as_str().unwrap()).await;
+    // The last word is the evaluation (epochs are reported as they end, at most four times a
+    // second: this training is quicker than that).
     assert!(
-        messages.iter().any(|m| m.starts_with("epoch ")),
+        messages
+            .last()
+            .is_some_and(|m| m.starts_with("held-out recall@10")),
         "{messages:?}"
     );
     assert_eq!(done["result"]["version"], 1, "{done}");
@@ -215,6 +229,40 @@ async fn deep_memory_from_graphql_and_the_cli() {
     .await;
     assert_eq!(data(&body)["deepMemoryDisable"]["enabled"], false, "{body}");
     assert_eq!(top(&server, &alice, &question).await, plain);
+    gql(&server, Some(&alice), enable, json!({})).await;
+
+    // Two new memories: the server retrains on its own (writing their questions first).
+    for c in [
+        "Keiko took up archery in June.",
+        "Lars repainted his boat green.",
+    ] {
+        gql(&server, Some(&alice), add, json!({ "c": c })).await;
+    }
+    let retrained = loop {
+        let (_, body) = gql(
+            &server,
+            Some(&alice),
+            "query { jobs(first: 5) { edges { node { kind status result } } } }",
+            json!({}),
+        )
+        .await;
+        let job = data(&body)["jobs"]["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["node"].clone())
+            .find(|j| {
+                j["kind"] == "DEEP_MEMORY_TRAIN"
+                    && (j["status"] != "SUCCEEDED" || j["result"]["version"] == 2)
+            });
+        match job {
+            Some(j) if j["status"] == "SUCCEEDED" => break j,
+            Some(j) => assert!(j["status"] == "QUEUED" || j["status"] == "RUNNING", "{j}"),
+            None => {}
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(retrained["result"]["generated"]["pairs"], 2, "{retrained}");
     gql(&server, Some(&alice), enable, json!({})).await;
     drop(server);
 
@@ -263,7 +311,7 @@ async fn deep_memory_from_graphql_and_the_cli() {
     let (rc, out, err) = cli(&["train", "--user", "alice", "--epochs", "10"]);
     assert_eq!(rc, Some(0), "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["version"], 2, "{v}");
+    assert_eq!(v["version"], 3, "{v}");
     let (rc, out, _) = cli(&["disable", "--user", "alice"]);
     assert_eq!(rc, Some(0));
     assert_eq!(
