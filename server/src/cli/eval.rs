@@ -52,8 +52,32 @@ pub(super) struct EvalArgs {
     /// Deep memory: pairs per sample at most.
     #[arg(long, default_value_t = 5000)]
     deep_memory_max_pairs: usize,
+    /// Deep memory: where the pairs come from: `generated` (the chat model writes them), or
+    /// `questions` (half of each sample's questions, by a hash of their text, become the
+    /// user's own pairs with their evidence turns, as clicks on search results would; every
+    /// report, with and without deep memory, then judges only the other half).
+    #[arg(long, value_enum, default_value = "generated")]
+    deep_memory_pairs: PairsFrom,
     #[command(flatten)]
     ranking: RankingArgs,
+}
+
+/// Where `eval --deep-memory` takes its pairs from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PairsFrom {
+    /// The chat model writes a question per turn.
+    Generated,
+    /// Half of the benchmark's own questions, with their evidence.
+    Questions,
+}
+
+/// Whether a question is in the half that `--deep-memory-pairs questions` trains on (FNV-1a
+/// of its text).
+fn trains_on(question: &str) -> bool {
+    let h = question.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    h % 2 == 0
 }
 
 /// One `--vary` axis: a ranking field and its values.
@@ -153,19 +177,36 @@ pub(super) async fn run(
         bar.inc(1);
     }
     bar.finish_and_clear();
+    // Pairs from the questions: their half is set aside, every report judges the other.
+    let from_questions = args.deep_memory && args.deep_memory_pairs == PairsFrom::Questions;
+    let mut training: Vec<Vec<recall_core::eval::Question>> = Vec::new();
+    if from_questions {
+        for (s, _) in &mut ingested {
+            let (train, judge) = std::mem::take(&mut s.questions)
+                .into_iter()
+                .partition(|q| trains_on(&q.question));
+            s.questions = judge;
+            training.push(train);
+        }
+    }
     let mut reports = Vec::new();
     if outcome.is_ok() {
         outcome = evaluate_all(&engine, &ingested, &eval, &plans, &mut reports).await;
     }
     let mut deep = Vec::new();
     if outcome.is_ok() && args.deep_memory {
-        outcome = deep_memory(settings, args, &engine, &ingested, &mut deep).await;
+        outcome = deep_memory(settings, args, &engine, &ingested, &training, &mut deep).await;
         if outcome.is_ok() {
             let before = reports.len();
             outcome = evaluate_all(&engine, &ingested, &eval, &plans, &mut reports).await;
             for r in &mut reports[before..] {
                 r["deep_memory"] = json!(true);
             }
+        }
+    }
+    if from_questions {
+        for r in &mut reports {
+            r["questions_judged"] = json!("the half not trained on");
         }
     }
     // The temporary users go whatever happened.
@@ -196,6 +237,12 @@ pub(super) async fn run(
     for d in &deep {
         if json {
             println!("{d}");
+        } else if let Some(err) = d["error"].as_str() {
+            println!(
+                "deep memory {}: {} pairs; not trained: {err}",
+                d["sample"].as_str().unwrap_or("?"),
+                d["pairs"]
+            );
         } else {
             let e = &d["held_out"];
             println!(
@@ -229,6 +276,7 @@ async fn deep_memory(
     args: &EvalArgs,
     engine: &recall_core::Engine,
     ingested: &[(recall_core::eval::Sample, recall_core::eval::Ingested)],
+    training: &[Vec<recall_core::eval::Question>],
     out: &mut Vec<serde_json::Value>,
 ) -> recall_core::Result<()> {
     let generate = recall_core::deep_memory::GenerateOptions {
@@ -237,28 +285,36 @@ async fn deep_memory(
         ..recall_core::deep_memory::GenerateOptions::default()
     };
     generate.validate()?;
-    let model = startup::chat_model(settings, generate.concurrency, true).await?;
-    let engine = engine.clone().with_llm(Some(model));
-    for (s, i) in ingested {
+    let engine = if args.deep_memory_pairs == PairsFrom::Generated {
+        let model = startup::chat_model(settings, generate.concurrency, true).await?;
+        engine.clone().with_llm(Some(model))
+    } else {
+        engine.clone()
+    };
+    for (n, (s, i)) in ingested.iter().enumerate() {
         let bar = ProgressBar::new(0).with_style(spinner_style());
         bar.set_message(format!("{}: writing questions", s.id));
-        let report = engine
-            .deep_memory_generate(&i.user, &generate, &mut |done, total, _| {
-                bar.set_length(total);
-                bar.set_position(done);
-            })
-            .await?;
+        let report = match training.get(n) {
+            Some(questions) => question_pairs(&engine, s, i, questions, &args.categories).await?,
+            None => {
+                engine
+                    .deep_memory_generate(&i.user, &generate, &mut |done, total, _| {
+                        bar.set_length(total);
+                        bar.set_position(done);
+                    })
+                    .await?
+            }
+        };
         bar.set_message(format!("{}: training", s.id));
-        let stored = engine
+        let trained = engine
             .deep_memory_train(
                 &i.user,
                 &recall_core::deep_memory::TrainOptions::default(),
                 &mut |_| {},
             )
-            .await?;
+            .await;
         bar.finish_and_clear();
-        let enabled = engine.deep_memory_enable(&i.user).await.is_ok();
-        out.push(json!({
+        let mut summary = json!({
             "deep_memory_summary": true,
             "sample": s.id,
             "pairs": report.pairs,
@@ -266,14 +322,82 @@ async fn deep_memory(
             "model": report.model,
             "generate_seconds": report.seconds,
             "pairs_per_second": report.pairs_per_second,
-            "train_seconds": stored.report.seconds,
-            "train_pairs": stored.report.train_pairs,
-            "best_epoch": stored.report.best_epoch,
-            "held_out": stored.report.evaluation,
-            "enabled": enabled,
-        }));
+            "enabled": false,
+        });
+        match trained {
+            Ok(stored) => {
+                summary["enabled"] = json!(engine.deep_memory_enable(&i.user).await.is_ok());
+                summary["train_seconds"] = json!(stored.report.seconds);
+                summary["train_pairs"] = json!(stored.report.train_pairs);
+                summary["best_epoch"] = json!(stored.report.best_epoch);
+                summary["held_out"] = json!(stored.report.evaluation);
+            }
+            // Too few pairs to train on: the sample goes without.
+            Err(e) if e.kind() == recall_core::error::ErrorKind::InvalidInput => {
+                summary["error"] = json!(e.to_string());
+            }
+            Err(e) => return Err(e),
+        }
+        out.push(summary);
     }
     Ok(())
+}
+
+/// Adds a sample's training questions (of the chosen categories) as the user's own pairs,
+/// one per evidence turn.
+async fn question_pairs(
+    engine: &recall_core::Engine,
+    sample: &recall_core::eval::Sample,
+    ingested: &recall_core::eval::Ingested,
+    questions: &[recall_core::eval::Question],
+    categories: &[String],
+) -> recall_core::Result<recall_core::deep_memory::GenerateReport> {
+    let started = std::time::Instant::now();
+    // Turn id → the ids of its memories.
+    let mut by_turn: std::collections::HashMap<&str, Vec<i64>> = Default::default();
+    let mut page = recall_core::types::PageRequest {
+        first: 500,
+        after: None,
+    };
+    loop {
+        let got = engine
+            .memories(&ingested.user, &Default::default(), &page)
+            .await?;
+        for m in &got.items {
+            if let Some(turn) = m.message_id.and_then(|id| ingested.by_message.get(&id)) {
+                by_turn.entry(turn.as_str()).or_default().push(m.id);
+            }
+        }
+        match got.next_cursor {
+            Some(c) => page.after = Some(c),
+            None => break,
+        }
+    }
+    let pairs: Vec<(String, i64)> = questions
+        .iter()
+        .filter(|q| categories.is_empty() || categories.contains(&q.category))
+        .flat_map(|q| {
+            q.evidence
+                .iter()
+                .flat_map(|e| by_turn.get(e.as_str()).into_iter().flatten())
+                .map(|id| (q.question.clone(), *id))
+        })
+        .collect();
+    let mut stored = 0;
+    for chunk in pairs.chunks(recall_core::deep_memory::MAX_PAIRS_PER_CALL) {
+        stored += engine
+            .deep_memory_add_pairs(&ingested.user, chunk.to_vec())
+            .await?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(recall_core::deep_memory::GenerateReport {
+        memories: by_turn.len() as u64,
+        pairs: stored,
+        model: format!("{} questions", sample.id),
+        seconds,
+        pairs_per_second: stored as f64 / seconds.max(1e-9),
+        ..Default::default()
+    })
 }
 
 /// Every mode × every configuration of the matrix, on the same ingested samples.

@@ -418,6 +418,58 @@ fn eval_reports_every_mode_and_hybrid_wins() {
     assert!(export["hits"].as_array().unwrap().is_empty());
 }
 
+/// `eval --deep-memory` with half of the questions as the users' own pairs: every report
+/// judges the other half, before and after, and each sample gets a training summary.
+#[test]
+fn eval_measures_deep_memory_on_the_half_it_did_not_train_on() {
+    let backend = Backend::Embedded(tempfile::tempdir().unwrap());
+    let data = repo_root().join("eval/data/recall-mini.json");
+    let lines = json_lines(cli(
+        &backend,
+        &[
+            "--json",
+            "eval",
+            data.to_str().unwrap(),
+            "--mode",
+            "vector",
+            "--deep-memory",
+            "--deep-memory-pairs",
+            "questions",
+        ],
+    ));
+    let (summaries, reports): (Vec<&Value>, Vec<&Value>) =
+        lines.iter().partition(|l| l["deep_memory_summary"] == true);
+    assert_eq!(reports.len(), 2, "{lines:?}");
+    let (plain, deep) = (reports[0], reports[1]);
+    assert_eq!(deep["deep_memory"], true);
+    assert!(plain.get("deep_memory").is_none());
+    // The same questions, fewer than all 110.
+    assert_eq!(plain["questions"], deep["questions"]);
+    let judged = plain["questions"].as_u64().unwrap();
+    assert!((20..90).contains(&judged), "{judged}");
+    // One summary per sample: trained and judged, or too few pairs to train on.
+    assert_eq!(summaries.len(), 5, "{summaries:?}");
+    let mut trained = 0;
+    for s in &summaries {
+        assert!(s["pairs"].as_u64().unwrap() > 0, "{s}");
+        if let Some(err) = s["error"].as_str() {
+            assert!(err.contains("training pairs"), "{s}");
+            assert_eq!(s["enabled"], false);
+            continue;
+        }
+        trained += 1;
+        let e = &s["held_out"];
+        for k in ["recall@1", "recall@5", "recall@10", "mrr"] {
+            assert!(
+                e["before"][k].is_number() && e["after"][k].is_number(),
+                "{s}"
+            );
+        }
+        assert!(s["enabled"].is_boolean());
+    }
+    assert!(trained > 0, "{summaries:?}");
+}
+
 #[test]
 fn eval_runs_a_matrix_of_settings_and_writes_the_details() {
     let backend = Backend::Embedded(tempfile::tempdir().unwrap());
