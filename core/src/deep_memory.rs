@@ -776,12 +776,14 @@ fn mine_hard_negatives(
             .narrow(0, start, end - start)?
             .matmul(&memories.matrix.t()?)?
             .to_vec2()?;
+        // One buffer of every memory's position, reused row after row; each row keeps its k.
+        let mut idx: Vec<usize> = Vec::with_capacity(memories.len());
         for (row, &answer) in scores.iter().zip(&train.answers[start..end]) {
-            let mut idx: Vec<usize> = (0..row.len()).filter(|&m| m != answer).collect();
+            idx.clear();
+            idx.extend((0..row.len()).filter(|&m| m != answer));
             let k = k.min(idx.len());
             idx.select_nth_unstable_by(k.saturating_sub(1), |a, b| row[*b].total_cmp(&row[*a]));
-            idx.truncate(k);
-            out.push(idx);
+            out.push(idx[..k].to_vec());
         }
     }
     Ok(out)

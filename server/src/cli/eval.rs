@@ -58,6 +58,15 @@ pub(super) struct EvalArgs {
     /// report, with and without deep memory, then judges only the other half).
     #[arg(long, value_enum, default_value = "generated")]
     deep_memory_pairs: PairsFrom,
+    /// Deep memory: training epochs.
+    #[arg(long, default_value_t = recall_core::deep_memory::TrainOptions::default().epochs)]
+    deep_memory_epochs: usize,
+    /// Deep memory: rank of the adapters.
+    #[arg(long, default_value_t = recall_core::deep_memory::TrainOptions::default().rank)]
+    deep_memory_rank: usize,
+    /// Deep memory: learning rate.
+    #[arg(long, default_value_t = recall_core::deep_memory::TrainOptions::default().learning_rate)]
+    deep_memory_learning_rate: f64,
     #[command(flatten)]
     ranking: RankingArgs,
 }
@@ -285,6 +294,13 @@ async fn deep_memory(
         ..recall_core::deep_memory::GenerateOptions::default()
     };
     generate.validate()?;
+    let train = recall_core::deep_memory::TrainOptions {
+        epochs: args.deep_memory_epochs,
+        rank: args.deep_memory_rank,
+        learning_rate: args.deep_memory_learning_rate,
+        ..Default::default()
+    };
+    train.validate()?;
     let engine = if args.deep_memory_pairs == PairsFrom::Generated {
         let model = startup::chat_model(settings, generate.concurrency, true).await?;
         engine.clone().with_llm(Some(model))
@@ -306,13 +322,7 @@ async fn deep_memory(
             }
         };
         bar.set_message(format!("{}: training", s.id));
-        let trained = engine
-            .deep_memory_train(
-                &i.user,
-                &recall_core::deep_memory::TrainOptions::default(),
-                &mut |_| {},
-            )
-            .await;
+        let trained = engine.deep_memory_train(&i.user, &train, &mut |_| {}).await;
         bar.finish_and_clear();
         let mut summary = json!({
             "deep_memory_summary": true,
