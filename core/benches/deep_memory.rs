@@ -13,39 +13,9 @@
 use std::time::Instant;
 
 use recall_core::deep_memory::{self as dm, MemorySet, Questions, TrainOptions};
+use recall_core::testing::bench::{Rng, arg_or as arg};
 
 const DIMS: usize = 384;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn gauss(&mut self) -> f32 {
-        // The sum of four uniforms, centred: close enough to normal here.
-        (0..4)
-            .map(|_| (self.next() % 10_000) as f32 / 10_000.0)
-            .sum::<f32>()
-            - 2.0
-    }
-    fn unit(&mut self) -> Vec<f32> {
-        let v: Vec<f32> = (0..DIMS).map(|_| self.gauss()).collect();
-        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        v.into_iter().map(|x| x / n).collect()
-    }
-}
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_owned())
-}
 
 fn main() {
     let epochs: usize = arg("--epochs", "40").parse().expect("--epochs N");
@@ -62,9 +32,10 @@ fn main() {
     println!("|---:|---:|---:|---:|---:|---:|---|---:|");
     for (memories, pairs) in sizes {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ memories as u64);
-        let vectors: Vec<(i64, Vec<f32>)> =
-            (0..memories as i64).map(|id| (id, rng.unit())).collect();
-        let shift: Vec<f32> = rng.unit().into_iter().map(|x| x * 8.0).collect();
+        let vectors: Vec<(i64, Vec<f32>)> = (0..memories as i64)
+            .map(|id| (id, rng.unit_vector(DIMS)))
+            .collect();
+        let shift: Vec<f32> = rng.unit_vector(DIMS).into_iter().map(|x| x * 8.0).collect();
         let set = MemorySet::new(vectors.clone()).unwrap();
         let (mut train, mut held) = (
             Questions {
@@ -77,7 +48,7 @@ fn main() {
             },
         );
         for _ in 0..pairs {
-            let id = (rng.next() % memories as u64) as i64;
+            let id = (rng.next_u64() % memories as u64) as i64;
             let q: Vec<f32> = vectors[id as usize]
                 .1
                 .iter()

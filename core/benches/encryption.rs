@@ -16,6 +16,7 @@ use recall_core::MemoryStore;
 use recall_core::crypto::{DataKey, Keyring};
 use recall_core::store::{self, StoreConfig};
 use recall_core::testing::PgDb;
+use recall_core::testing::bench::{Rng, arg_or as arg, list};
 use recall_core::types::{Embedding, MemoryKind, NewMemory, TextQuery, VectorQuery};
 
 const DIMS: usize = 384;
@@ -26,42 +27,14 @@ const WORDS: [&str; 24] = [
     "flight", "museum", "painting", "coffee", "bakery", "library", "novel",
 ];
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
+/// A 12-word sentence over [`WORDS`].
+fn sentence(rng: &mut Rng, i: usize) -> String {
+    let mut s = format!("note {i}:");
+    for _ in 0..12 {
+        s.push(' ');
+        s.push_str(WORDS[(rng.next_u64() % WORDS.len() as u64) as usize]);
     }
-    fn unit_vector(&mut self) -> Vec<f32> {
-        let v: Vec<f32> = (0..DIMS)
-            .map(|_| (self.next() % 10_000) as f32 / 5_000.0 - 1.0)
-            .collect();
-        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        v.into_iter().map(|x| x / n).collect()
-    }
-    fn sentence(&mut self, i: usize) -> String {
-        let mut s = format!("note {i}:");
-        for _ in 0..12 {
-            s.push(' ');
-            s.push_str(WORDS[(self.next() % WORDS.len() as u64) as usize]);
-        }
-        s
-    }
-}
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_owned())
-}
-
-fn list(name: &str, default: &str) -> Vec<String> {
-    arg(name, default).split(',').map(str::to_owned).collect()
+    s
 }
 
 fn p50(mut v: Vec<f64>) -> f64 {
@@ -72,10 +45,10 @@ fn p50(mut v: Vec<f64>) -> f64 {
 fn memory(rng: &mut Rng, i: usize) -> NewMemory {
     NewMemory::new(
         MemoryKind::Fact,
-        rng.sentence(i),
+        sentence(rng, i),
         Embedding {
             model: MODEL.into(),
-            vector: rng.unit_vector(),
+            vector: rng.unit_vector(DIMS),
         },
     )
 }
@@ -109,7 +82,7 @@ async fn run(store: &dyn MemoryStore, size: usize, queries: usize) -> Row {
         let v = VectorQuery::new(
             Embedding {
                 model: MODEL.into(),
-                vector: rng.unit_vector(),
+                vector: rng.unit_vector(DIMS),
             },
             10,
         );

@@ -13,45 +13,11 @@ use std::time::Instant;
 use recall_core::MemoryStore;
 use recall_core::store::{EmbeddedStore, PgStore, StoreConfig};
 use recall_core::testing::PgDb;
+use recall_core::testing::bench::{Rng, arg_or as arg, list};
 use recall_core::types::{Embedding, MemoryKind, NewMemory, VectorQuery};
 
 const DIMS: usize = 384;
 const MODEL: &str = "bench-model";
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    /// Roughly normal, from the sum of uniforms.
-    fn gauss(&mut self) -> f32 {
-        (0..4)
-            .map(|_| (self.next() % 10_000) as f32 / 10_000.0)
-            .sum::<f32>()
-            - 2.0
-    }
-    fn unit_vector(&mut self) -> Vec<f32> {
-        let v: Vec<f32> = (0..DIMS).map(|_| self.gauss()).collect();
-        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        v.into_iter().map(|x| x / n).collect()
-    }
-}
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_owned())
-}
-
-fn list(name: &str, default: &str) -> Vec<String> {
-    arg(name, default).split(',').map(str::to_owned).collect()
-}
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -72,7 +38,7 @@ async fn fill(store: &dyn MemoryStore, total: usize, users: usize, rng: &mut Rng
                         format!("memory {i} of user {u}"),
                         Embedding {
                             model: MODEL.into(),
-                            vector: rng.unit_vector(),
+                            vector: rng.unit_vector(DIMS),
                         },
                     )
                 })
@@ -97,7 +63,7 @@ async fn measure(
         let q = VectorQuery::new(
             Embedding {
                 model: MODEL.into(),
-                vector: rng.unit_vector(),
+                vector: rng.unit_vector(DIMS),
             },
             10,
         );
@@ -109,7 +75,7 @@ async fn measure(
         let q = VectorQuery::new(
             Embedding {
                 model: MODEL.into(),
-                vector: query_rng.unit_vector(),
+                vector: query_rng.unit_vector(DIMS),
             },
             10,
         );

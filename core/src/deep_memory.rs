@@ -789,25 +789,6 @@ fn mine_hard_negatives(
     Ok(out)
 }
 
-/// The prompt that asks the chat model for one question the memory answers.
-pub fn question_prompt(memory: &str) -> Vec<crate::context::ChatTurn> {
-    use crate::context::ChatTurn;
-    use crate::types::Role;
-    vec![
-        ChatTurn {
-            role: Role::System,
-            content: "You write search questions. Given a note from a person's memory, write \
-                      one short question, asked by that person, that the note answers. Reply \
-                      with the question only."
-                .into(),
-        },
-        ChatTurn {
-            role: Role::User,
-            content: format!("Note: {memory}\nQuestion:"),
-        },
-    ]
-}
-
 /// The question in a model's reply: its first line up to its first question mark, without
 /// quotes, labels or list marks; `None` when there is no question (a reply that is not one,
 /// too short, too long, or the note itself).

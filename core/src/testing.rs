@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 
+pub mod bench;
+pub mod deep_memory;
 pub mod tiny;
 
 /// The repository root.

@@ -190,7 +190,7 @@ impl Engine {
                 let model = model.clone();
                 async move {
                     model
-                        .complete(&dm::question_prompt(&memory.content), &params)
+                        .complete(&question_prompt(&memory.content), &params)
                         .await
                 }
             }))
@@ -590,4 +590,22 @@ impl Engine {
             _ => Ok(vector),
         }
     }
+}
+
+/// The prompt that asks the chat model for one question the memory answers (version
+/// [`dm::PROMPT_VERSION`]).
+fn question_prompt(memory: &str) -> Vec<ChatTurn> {
+    vec![
+        ChatTurn {
+            role: crate::types::Role::System,
+            content: "You write search questions. Given a note from a person's memory, write \
+                      one short question, asked by that person, that the note answers. Reply \
+                      with the question only."
+                .into(),
+        },
+        ChatTurn {
+            role: crate::types::Role::User,
+            content: format!("Note: {memory}\nQuestion:"),
+        },
+    ]
 }

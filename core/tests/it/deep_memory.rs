@@ -8,73 +8,18 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use recall_core::context::{ChatTurn, TokenCounter};
 use recall_core::deep_memory::{GenerateOptions, PairSource, TrainOptions};
-use recall_core::embed::{EmbedConfig, Embedder, EmbeddingService};
+use recall_core::embed::Embedder;
 use recall_core::error::ErrorKind;
 use recall_core::llm::{
     ApproxCounter, ChatEvent, ChatModel, Completion, FinishReason, GenerationParams,
 };
 use recall_core::store::{self, StoreConfig};
-use recall_core::types::{Actor, MemoryKind};
-use recall_core::{Engine, MemoryStore, NewMemoryText, SearchOptions};
+use recall_core::types::Actor;
+use recall_core::{Engine, MemoryStore};
 use tokio::sync::mpsc;
 
-use crate::fixtures::{PgDb, minilm_dir};
-
-const NAMES: [&str; 12] = [
-    "Ana", "Bruno", "Chloe", "Dmitri", "Esme", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Keiko",
-    "Lars",
-];
-
-/// (memory, question) templates: the question names the person and the subject, not the
-/// answer.
-const FACTS: [(&str, &str); 6] = [
-    ("{n} moved to {c} last spring.", "Where did {n} move to?"),
-    (
-        "{n}'s dog is a beagle called {p}.",
-        "What is the name of {n}'s dog?",
-    ),
-    (
-        "{n} works as a {j} at the hospital.",
-        "What does {n} do for a living?",
-    ),
-    ("{n} is allergic to {a}.", "What is {n} allergic to?"),
-    (
-        "{n} plays the {i} in a band on Fridays.",
-        "Which instrument does {n} play?",
-    ),
-    (
-        "{n}'s birthday is on the {d} of March.",
-        "When is {n}'s birthday?",
-    ),
-];
-
-/// Every question comes wrapped in the app's template, which pulls all query vectors one way,
-/// toward each person's memory of the help desk ([`DESK`]): what the adapter can learn to
-/// undo.
-const TEMPLATE: &str = "Ticket from the in-app help desk, travel booking and payments queue, \
-                        priority normal, customer wrote:";
-
-/// A memory of each person that the template matches (no question is about it).
-const DESK: &str = "{n} asked the in-app help desk about a travel booking and a payment.";
-
-fn facts() -> Vec<(String, String)> {
-    let fill = |t: &str, n: &str, k: usize| {
-        t.replace("{n}", n)
-            .replace("{c}", ["Porto", "Oslo", "Lima", "Quito"][k % 4])
-            .replace("{p}", ["Rex", "Momo", "Pip", "Olive"][k % 4])
-            .replace("{j}", ["nurse", "surgeon", "porter", "cook"][k % 4])
-            .replace("{a}", ["peanuts", "penicillin", "cats", "pollen"][k % 4])
-            .replace("{i}", ["drums", "cello", "bass", "trumpet"][k % 4])
-            .replace("{d}", ["third", "ninth", "twelfth", "twentieth"][k % 4])
-    };
-    let mut out = Vec::new();
-    for (k, n) in NAMES.iter().enumerate() {
-        for (m, q) in FACTS {
-            out.push((fill(m, n, k), format!("{TEMPLATE} {}", fill(q, n, k))));
-        }
-    }
-    out
-}
+use crate::fixtures::{PgDb, cpu_embedder, fact, minilm_dir, top_hit};
+use recall_core::testing::deep_memory::{NAMES, TEMPLATE, desk, facts};
 
 /// A chat model that knows the question for each note (a stand-in for the local model, whose
 /// questions are not the point here); it answers "?" for notes it does not know.
@@ -121,34 +66,12 @@ impl ChatModel for QuestionWriter {
 }
 
 fn minilm() -> Arc<dyn Embedder> {
-    let mut config = EmbedConfig::new(minilm_dir());
-    config.device = recall_core::device::DeviceConfig::Cpu;
-    Arc::new(EmbeddingService::start(&config).unwrap())
-}
-
-fn fact(text: &str) -> NewMemoryText {
-    NewMemoryText {
-        kind: MemoryKind::Fact,
-        content: text.into(),
-        session: None,
-        tags: vec![],
-        importance: None,
-    }
+    cpu_embedder(&minilm_dir())
 }
 
 async fn top_score(engine: &Engine, user: &str, query: &str) -> (i64, f32) {
-    let page = engine
-        .search(
-            user,
-            query,
-            &SearchOptions {
-                top_k: 1,
-                ..SearchOptions::default()
-            },
-        )
-        .await
-        .unwrap();
-    (page.hits[0].memory.id, page.hits[0].score)
+    let (memory, score) = top_hit(engine, user, query).await;
+    (memory.id, score)
 }
 
 async fn deep_memory(pg: bool) {
@@ -159,7 +82,7 @@ async fn deep_memory(pg: bool) {
         None => StoreConfig::embedded(root.path().join("store")),
     };
     let embedder = minilm();
-    let facts = facts();
+    let facts = facts(NAMES.len(), 6);
     let writer = Arc::new(QuestionWriter {
         questions: facts.iter().cloned().collect(),
     });
@@ -173,10 +96,7 @@ async fn deep_memory(pg: bool) {
         ids.insert(memory.clone(), m.id);
     }
     for n in NAMES {
-        engine
-            .add_memory("alice", fact(&DESK.replace("{n}", n)))
-            .await
-            .unwrap();
+        engine.add_memory("alice", fact(&desk(n))).await.unwrap();
     }
     let memories = facts.len() + NAMES.len();
     // Someone else, whose memories answer the same questions about other people.
@@ -294,11 +214,10 @@ async fn deep_memory(pg: bool) {
     assert_eq!(top_score(&engine, "alice", held_question).await, adapted);
 
     // Another embedding model: the adapter is not used, and says why.
-    let other = Engine::new(store::open(&config).await.unwrap(), {
-        let mut c = EmbedConfig::new(recall_core::testing::two_layer_minilm(root.path()));
-        c.device = recall_core::device::DeviceConfig::Cpu;
-        Arc::new(EmbeddingService::start(&c).unwrap())
-    });
+    let other = Engine::new(
+        store::open(&config).await.unwrap(),
+        cpu_embedder(&recall_core::testing::two_layer_minilm(root.path())),
+    );
     let status = other.deep_memory_status("alice").await.unwrap();
     assert!(status.enabled && !status.active, "{status:?}");
     assert!(status.inactive_reason.unwrap().contains("train it again"));

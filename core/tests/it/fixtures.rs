@@ -163,3 +163,42 @@ macro_rules! both_backends {
     };
 }
 pub(crate) use both_backends;
+
+/// The embedding model in `dir`, on the CPU.
+pub fn cpu_embedder(dir: &std::path::Path) -> std::sync::Arc<dyn recall_core::Embedder> {
+    let mut config = recall_core::embed::EmbedConfig::new(dir);
+    config.device = recall_core::device::DeviceConfig::Cpu;
+    std::sync::Arc::new(recall_core::embed::EmbeddingService::start(&config).unwrap())
+}
+
+/// A fact to add through the engine.
+pub fn fact(text: &str) -> recall_core::NewMemoryText {
+    recall_core::NewMemoryText {
+        kind: recall_core::types::MemoryKind::Fact,
+        content: text.into(),
+        session: None,
+        tags: vec![],
+        importance: None,
+    }
+}
+
+/// The best hit of a plain similarity search, with its score.
+pub async fn top_hit(
+    engine: &recall_core::Engine,
+    user: &str,
+    query: &str,
+) -> (recall_core::types::Memory, f32) {
+    let page = engine
+        .search(
+            user,
+            query,
+            &recall_core::SearchOptions {
+                top_k: 1,
+                ..recall_core::SearchOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    let hit = page.hits.into_iter().next().expect("a hit");
+    (hit.memory, hit.score)
+}

@@ -4,30 +4,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use recall_core::embed::{EmbedConfig, EmbeddingService};
 use recall_core::events::{Event, Received, Subscription};
 use recall_core::jobs::{Job, JobKind, JobStatus};
 use recall_core::runner::{JobRunner, JobRunnerConfig};
 use recall_core::types::Actor;
-use recall_core::types::{MemoryKind, PageRequest};
-use recall_core::{Embedder, Engine, NewMemoryText, RetrieveOptions, StoreConfig};
+use recall_core::types::PageRequest;
+use recall_core::{Embedder, Engine, RetrieveOptions, StoreConfig};
 
-use crate::fixtures::{PgDb, minilm_dir};
+use crate::fixtures::{PgDb, cpu_embedder, fact, minilm_dir};
 
 fn embedder() -> Arc<dyn Embedder> {
-    let mut config = EmbedConfig::new(minilm_dir());
-    config.device = recall_core::device::DeviceConfig::Cpu;
-    Arc::new(EmbeddingService::start(&config).unwrap())
-}
-
-fn fact(text: &str) -> NewMemoryText {
-    NewMemoryText {
-        kind: MemoryKind::Fact,
-        content: text.into(),
-        session: None,
-        tags: vec![],
-        importance: None,
-    }
+    cpu_embedder(&minilm_dir())
 }
 
 fn runner(engine: &Engine, worker: &str) -> JobRunner {

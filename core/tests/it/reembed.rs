@@ -5,29 +5,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use recall_core::embed::{EmbedConfig, Embedder, EmbeddingService};
+use recall_core::embed::Embedder;
 use recall_core::engine::ReembedOptions;
 use recall_core::store::{self, StoreConfig};
-use recall_core::types::{Actor, Embedding, ExportOptions, MemoryKind, NewMessage, Role};
-use recall_core::{Engine, MemoryStore, NewMemoryText, SearchOptions};
+use recall_core::types::{Actor, Embedding, ExportOptions, NewMessage, Role};
+use recall_core::{Engine, MemoryStore};
 
-use crate::fixtures::{PgDb, minilm_dir};
+use crate::fixtures::{PgDb, cpu_embedder, fact, minilm_dir, top_hit};
 use recall_core::testing::two_layer_minilm;
 
-fn fact(text: &str) -> NewMemoryText {
-    NewMemoryText {
-        kind: MemoryKind::Fact,
-        content: text.into(),
-        session: None,
-        tags: vec![],
-        importance: None,
-    }
-}
-
 fn embedder(dir: &std::path::Path) -> Arc<dyn Embedder> {
-    let mut config = EmbedConfig::new(dir);
-    config.device = recall_core::device::DeviceConfig::Cpu;
-    Arc::new(EmbeddingService::start(&config).unwrap())
+    cpu_embedder(dir)
 }
 
 async fn models_of(store: &dyn MemoryStore, user: &str) -> Vec<String> {
@@ -52,19 +40,8 @@ async fn models_of(store: &dyn MemoryStore, user: &str) -> Vec<String> {
 }
 
 async fn top(engine: &Engine, user: &str, query: &str) -> (String, f32) {
-    let page = engine
-        .search(
-            user,
-            query,
-            &SearchOptions {
-                top_k: 1,
-                ..SearchOptions::default()
-            },
-        )
-        .await
-        .unwrap();
-    let hit = &page.hits[0];
-    (hit.memory.content.clone(), hit.score)
+    let (memory, score) = top_hit(engine, user, query).await;
+    (memory.content, score)
 }
 
 async fn reembedding(pg: bool) {

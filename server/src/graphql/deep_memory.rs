@@ -5,10 +5,9 @@ use chrono::{DateTime, Utc};
 use recall_core::deep_memory as dm;
 use recall_core::jobs::{DeepMemoryTrainParams, JobKind as CoreJobKind};
 
-use super::caller;
 use super::error::{Code, GqlResult, IntoGql, error};
 use super::types::{Job, parse_id};
-use crate::graphql::mutation::actor;
+use super::{actor, caller};
 
 /// Held-out recall figures.
 #[derive(SimpleObject, Debug, Clone)]

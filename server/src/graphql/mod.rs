@@ -93,6 +93,15 @@ pub fn sdl() -> String {
 }
 
 /// The server state and the caller of a request.
+/// Who a write is recorded as in the audit log: `user:ID`, or `admin:ID` for operators.
+pub(crate) fn actor(p: &Principal) -> recall_core::types::Actor {
+    recall_core::types::Actor(if p.admin {
+        format!("admin:{}", p.user)
+    } else {
+        format!("user:{}", p.user)
+    })
+}
+
 pub(crate) fn caller<'a>(ctx: &'a Context<'_>) -> GqlResult<(&'a Arc<AppState>, &'a Principal)> {
     let state = ctx
         .data::<Arc<AppState>>()

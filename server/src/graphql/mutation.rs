@@ -3,7 +3,7 @@ use async_graphql::{Context, ID, Json, MergedObject, Object};
 use chrono::{DateTime, Utc};
 use recall_core::chat::ChatRequest;
 use recall_core::jobs::JobKind as CoreJobKind;
-use recall_core::types::{Actor, ExportOptions, NewMessage, SessionPatch};
+use recall_core::types::{ExportOptions, NewMessage, SessionPatch};
 use recall_core::{MemoryUpdate, NewMemoryText, RetrieveOptions};
 
 use super::error::{Code, GqlResult, IntoGql, error};
@@ -11,8 +11,7 @@ use super::types::{
     ChatInput, ChatResult, DeletionReport, Job, Memory, MemoryInput, MemoryUpdateInput, Message,
     MessageInput, Session, SystemJobKind, parse_id,
 };
-use super::{admin, caller};
-use crate::auth::Principal;
+use super::{actor, admin, caller};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -28,14 +27,6 @@ pub struct Mutation(
 
 /// Messages per `addMessages` call at most.
 const MAX_MESSAGES_PER_CALL: usize = 1000;
-
-pub(super) fn actor(p: &Principal) -> Actor {
-    Actor(if p.admin {
-        format!("admin:{}", p.user)
-    } else {
-        format!("user:{}", p.user)
-    })
-}
 
 /// Sessions.
 #[derive(Default)]

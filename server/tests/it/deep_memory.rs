@@ -7,39 +7,8 @@ use std::process::Command;
 use serde_json::{Value, json};
 
 use super::fixtures::{Server, Store, Ws, code, data, gql, token};
+use recall_core::testing::deep_memory::{NAMES, desk, facts};
 use recall_core::testing::models_dir;
-
-const NAMES: [&str; 10] = [
-    "Ana", "Bruno", "Chloe", "Dmitri", "Esme", "Farid", "Greta", "Hugo", "Ines", "Jonas",
-];
-const FACTS: [(&str, &str); 5] = [
-    ("{n} moved to {c} last spring.", "Where did {n} move to?"),
-    (
-        "{n}'s dog is a beagle called {p}.",
-        "What is the name of {n}'s dog?",
-    ),
-    (
-        "{n} works as a {j} at the hospital.",
-        "What does {n} do for a living?",
-    ),
-    ("{n} is allergic to {a}.", "What is {n} allergic to?"),
-    (
-        "{n} plays the {i} in a band on Fridays.",
-        "Which instrument does {n} play?",
-    ),
-];
-const TEMPLATE: &str = "Ticket from the in-app help desk, travel booking and payments queue, \
-                        priority normal, customer wrote:";
-const DESK: &str = "{n} asked the in-app help desk about a travel booking and a payment.";
-
-fn fill(t: &str, n: &str, k: usize) -> String {
-    t.replace("{n}", n)
-        .replace("{c}", ["Porto", "Oslo", "Lima", "Quito"][k % 4])
-        .replace("{p}", ["Rex", "Momo", "Pip", "Olive"][k % 4])
-        .replace("{j}", ["nurse", "surgeon", "porter", "cook"][k % 4])
-        .replace("{a}", ["peanuts", "penicillin", "cats", "pollen"][k % 4])
-        .replace("{i}", ["drums", "cello", "bass", "trumpet"][k % 4])
-}
 
 const JOB: &str = "id kind status progress message result error";
 
@@ -101,22 +70,22 @@ async fn deep_memory_from_graphql_and_the_cli() {
     let alice = token("alice", false, 600);
     let bob = token("bob", false, 600);
     let add = "mutation($c: String!) { addMemory(input: { content: $c }) { id } }";
+    // Ten people, five facts each (50 pairs), and each one's memory of the help desk.
+    let facts = facts(10, 5);
     let mut pairs = Vec::new();
-    for (k, n) in NAMES.iter().enumerate() {
-        for (m, q) in FACTS {
-            let (_, body) = gql(&server, Some(&alice), add, json!({ "c": fill(m, n, k) })).await;
-            let id = data(&body)["addMemory"]["id"].as_str().unwrap().to_owned();
-            pairs.push(
-                json!({ "question": format!("{TEMPLATE} {}", fill(q, n, k)), "memoryId": id }),
-            );
+    for (i, (memory, question)) in facts.iter().enumerate() {
+        let (_, body) = gql(&server, Some(&alice), add, json!({ "c": memory })).await;
+        let id = data(&body)["addMemory"]["id"].as_str().unwrap().to_owned();
+        pairs.push(json!({ "question": question, "memoryId": id }));
+        if i % 5 == 4 {
+            gql(
+                &server,
+                Some(&alice),
+                add,
+                json!({ "c": desk(NAMES[i / 5]) }),
+            )
+            .await;
         }
-        gql(
-            &server,
-            Some(&alice),
-            add,
-            json!({ "c": DESK.replace("{n}", n) }),
-        )
-        .await;
     }
     let (_, body) = gql(&server, Some(&bob), add, json!({ "c": "Bob keeps bees." })).await;
     let bobs = data(&body)["addMemory"]["id"].as_str().unwrap().to_owned();
@@ -207,7 +176,8 @@ async fn deep_memory_from_graphql_and_the_cli() {
     );
 
     // On: searches use it; off: they do not. Bob is untouched.
-    let question = format!("{TEMPLATE} {}", fill(FACTS[3].1, NAMES[7], 7));
+    // What is Hugo allergic to?
+    let question = facts[7 * 5 + 3].1.clone();
     let plain = top(&server, &alice, &question).await;
     let bob_plain = top(&server, &bob, &question).await;
     let (_, body) = gql(&server, Some(&alice), enable, json!({})).await;
