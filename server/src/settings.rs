@@ -177,6 +177,13 @@ pub struct StoreSettings {
     pub metric: Metric,
     /// Largest connection pool.
     pub max_connections: u32,
+    /// Deduplication on add: a new free-standing memory (a fact, not a message) merges into
+    /// the user's memory of the same kind and session that is at least this similar (tags
+    /// united, the higher importance kept, `metadata.merged` counted) instead of being stored
+    /// again; absent (the default): every add stores a new memory. 0.95 merges "I am allergic
+    /// to peanuts" into "I am allergic to peanuts." (0.99) and keeps "my number is 1" and "my
+    /// number is 2" (0.86) apart.
+    pub dedupe_similarity: Option<f32>,
 }
 
 impl Default for StoreSettings {
@@ -186,6 +193,7 @@ impl Default for StoreSettings {
             data_dir: PathBuf::from("data"),
             metric: Metric::default(),
             max_connections: 16,
+            dedupe_similarity: None,
         }
     }
 }
@@ -200,6 +208,7 @@ impl fmt::Debug for StoreSettings {
             .field("data_dir", &self.data_dir)
             .field("metric", &self.metric)
             .field("max_connections", &self.max_connections)
+            .field("dedupe_similarity", &self.dedupe_similarity)
             .finish()
     }
 }
@@ -714,6 +723,14 @@ impl Settings {
                 "tls: give both a certificate (tls.cert, --tls-cert) and a key (tls.key, \
                  --tls-key), or neither",
             ));
+        }
+        if let Some(d) = self.store.dedupe_similarity
+            && !(d > 0.0 && d <= 1.0)
+        {
+            return Err(Error::invalid(format!(
+                "store.dedupe_similarity {d}: a similarity in (0, 1], 0.95 for near-identical \
+                 text"
+            )));
         }
         let t = &self.telemetry;
         if !(0.0..=1.0).contains(&t.sample_ratio) {

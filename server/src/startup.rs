@@ -75,7 +75,10 @@ pub async fn engine(settings: &Settings) -> Result<Engine> {
         previous_embedding_model: m.previous_embedding.clone(),
     })
     .await
-    .and_then(|e| Ok(e.with_data_key(data_key(settings)?)))
+    .and_then(|e| {
+        Ok(e.with_data_key(data_key(settings)?)
+            .with_dedupe(settings.store.dedupe_similarity))
+    })
 }
 
 /// The data key of `encryption.key_file`, if set: a missing or malformed file is an error at

@@ -271,3 +271,66 @@ async fn memory_api_and_isolation_postgres() {
     let store = Store::postgres().await;
     memory_api_and_isolation(store).await;
 }
+
+/// `store.dedupe_similarity`: a near-identical fact merges into the one stored (same id, tags
+/// united, the merge counted); a different one does not; without the setting both are stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn near_identical_facts_merge_when_deduplication_is_on() {
+    let add = "mutation($c: String!, $t: [String!]!) { addMemory(input: { content: $c, tags: $t }) \
+               { id tags metadata } }";
+    let alice = token("alice", false, 600);
+    for dedupe in [true, false] {
+        let store = Store::embedded();
+        let env: &[(&str, &str)] = if dedupe {
+            &[("DEEP_RECALL__STORE__DEDUPE_SIMILARITY", "0.95")]
+        } else {
+            &[]
+        };
+        let server = Server::start(&store, &["--no-chat"], env);
+        let first = gql(
+            &server,
+            Some(&alice),
+            add,
+            json!({ "c": "I am allergic to peanuts", "t": ["health"] }),
+        )
+        .await
+        .1;
+        let again = gql(
+            &server,
+            Some(&alice),
+            add,
+            json!({ "c": "I am allergic to peanuts.", "t": ["food"] }),
+        )
+        .await
+        .1;
+        let other = gql(
+            &server,
+            Some(&alice),
+            add,
+            json!({ "c": "I am allergic to penicillin", "t": [] }),
+        )
+        .await
+        .1;
+        let (first, again, other) = (
+            &data(&first)["addMemory"],
+            &data(&again)["addMemory"],
+            &data(&other)["addMemory"],
+        );
+        assert_ne!(first["id"], other["id"]);
+        if dedupe {
+            assert_eq!(first["id"], again["id"], "{again}");
+            assert_eq!(again["tags"], json!(["health", "food"]));
+            assert_eq!(again["metadata"]["merged"], 1, "{again}");
+        } else {
+            assert_ne!(first["id"], again["id"]);
+        }
+    }
+    // A similarity out of range stops the start.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_deep-recall"))
+        .args(["config"])
+        .env("DEEP_RECALL__STORE__DEDUPE_SIMILARITY", "1.5")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("dedupe_similarity"));
+}
