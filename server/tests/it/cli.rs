@@ -6,7 +6,7 @@ use serde_json::Value;
 
 /// One store for a test: the embedded store in a temporary directory, or a fresh Postgres
 /// database.
-enum Backend {
+pub(super) enum Backend {
     Embedded(tempfile::TempDir),
     Postgres(PgDb),
 }
@@ -20,7 +20,7 @@ impl Backend {
     }
 }
 
-fn cli(backend: &Backend, args: &[&str]) -> Output {
+pub(super) fn cli(backend: &Backend, args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_deep-recall"));
     cmd.args(backend.args())
         .arg("--models-dir")
@@ -33,7 +33,7 @@ fn cli(backend: &Backend, args: &[&str]) -> Output {
     cmd.output().expect("run deep-recall")
 }
 
-fn ok_json(out: Output) -> Value {
+pub(super) fn ok_json(out: Output) -> Value {
     assert!(
         out.status.success(),
         "exit {:?}\nstdout: {}\nstderr: {}",
@@ -340,7 +340,7 @@ fn models_list_reports_presence() {
 }
 
 /// JSON lines on stdout, one report per mode.
-fn json_lines(out: Output) -> Vec<Value> {
+pub(super) fn json_lines(out: Output) -> Vec<Value> {
     assert!(
         out.status.success(),
         "exit {:?}\nstderr: {}",
@@ -352,250 +352,6 @@ fn json_lines(out: Output) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON report per line"))
         .collect()
-}
-
-#[test]
-fn eval_reports_every_mode_and_hybrid_wins() {
-    let backend = Backend::Embedded(tempfile::tempdir().unwrap());
-    let data = repo_root().join("eval/data/recall-mini.json");
-    let reports = json_lines(cli(
-        &backend,
-        &[
-            "--json",
-            "eval",
-            data.to_str().unwrap(),
-            "--k",
-            "1,5,10",
-            "--mode",
-            "vector,text,hybrid",
-        ],
-    ));
-    assert_eq!(reports.len(), 3);
-    let mrr = |r: &Value| r["overall"]["mrr"].as_f64().unwrap();
-    for r in &reports {
-        assert_eq!(r["questions"], 110);
-        for key in [
-            "recall@1",
-            "recall@5",
-            "recall@10",
-            "hit@1",
-            "hit@5",
-            "hit@10",
-            "mrr",
-        ] {
-            let v = r["overall"][key].as_f64().unwrap();
-            assert!((0.0..=1.0).contains(&v), "{key} = {v}");
-        }
-        assert!(r["overall"]["recall@1"].as_f64() <= r["overall"]["recall@10"].as_f64());
-        let cats = r["by_category"].as_object().unwrap();
-        assert_eq!(cats.keys().collect::<Vec<_>>(), ["1", "2", "3", "4", "5"]);
-        let n: u64 = cats
-            .values()
-            .map(|c| c["questions"].as_u64().unwrap())
-            .sum();
-        assert_eq!(n, 110);
-    }
-    let (vector, text, hybrid) = (&reports[0], &reports[1], &reports[2]);
-    assert_eq!(
-        (vector["mode"].as_str(), hybrid["reranked"].as_bool()),
-        (Some("vector"), Some(true))
-    );
-    // The yardstick of the retrieval issue: hybrid with re-ranking beats both pure modes.
-    assert!(
-        mrr(hybrid) > mrr(vector) && mrr(hybrid) > mrr(text),
-        "{reports:?}"
-    );
-    for k in ["recall@5", "recall@10"] {
-        let h = hybrid["overall"][k].as_f64().unwrap();
-        assert!(h > vector["overall"][k].as_f64().unwrap(), "{k}");
-        assert!(h > text["overall"][k].as_f64().unwrap(), "{k}");
-    }
-    // The temporary users are gone.
-    let export = ok_json(cli(
-        &backend,
-        &["--json", "search", "--user", "eval", "anything"],
-    ));
-    assert!(export["hits"].as_array().unwrap().is_empty());
-}
-
-/// `eval --deep-memory` with half of the questions as the users' own pairs: every report
-/// judges the other half, before and after, and each sample gets a training summary.
-#[test]
-fn eval_measures_deep_memory_on_the_half_it_did_not_train_on() {
-    let backend = Backend::Embedded(tempfile::tempdir().unwrap());
-    let data = repo_root().join("eval/data/recall-mini.json");
-    let lines = json_lines(cli(
-        &backend,
-        &[
-            "--json",
-            "eval",
-            data.to_str().unwrap(),
-            "--mode",
-            "vector",
-            "--deep-memory",
-            "--deep-memory-pairs",
-            "questions",
-        ],
-    ));
-    let (summaries, reports): (Vec<&Value>, Vec<&Value>) =
-        lines.iter().partition(|l| l["deep_memory_summary"] == true);
-    assert_eq!(reports.len(), 2, "{lines:?}");
-    let (plain, deep) = (reports[0], reports[1]);
-    assert_eq!(deep["deep_memory"], true);
-    assert!(plain.get("deep_memory").is_none());
-    // The same questions, fewer than all 110.
-    assert_eq!(plain["questions"], deep["questions"]);
-    let judged = plain["questions"].as_u64().unwrap();
-    assert!((20..90).contains(&judged), "{judged}");
-    // One summary per sample: trained and judged, or too few pairs to train on.
-    assert_eq!(summaries.len(), 5, "{summaries:?}");
-    let mut trained = 0;
-    for s in &summaries {
-        assert!(s["pairs"].as_u64().unwrap() > 0, "{s}");
-        if let Some(err) = s["error"].as_str() {
-            assert!(err.contains("training pairs"), "{s}");
-            assert_eq!(s["enabled"], false);
-            continue;
-        }
-        trained += 1;
-        let e = &s["held_out"];
-        for k in ["recall@1", "recall@5", "recall@10", "mrr"] {
-            assert!(
-                e["before"][k].is_number() && e["after"][k].is_number(),
-                "{s}"
-            );
-        }
-        assert!(s["enabled"].is_boolean());
-    }
-    assert!(trained > 0, "{summaries:?}");
-}
-
-#[test]
-fn eval_runs_a_matrix_of_settings_and_writes_the_details() {
-    let backend = Backend::Embedded(tempfile::tempdir().unwrap());
-    let data = repo_root().join("eval/data/recall-mini.json");
-    let dir = tempfile::tempdir().unwrap();
-    let details = dir.path().join("details.jsonl");
-    let reports = json_lines(cli(
-        &backend,
-        &[
-            "--json",
-            "eval",
-            data.to_str().unwrap(),
-            "--categories",
-            "1,2",
-            "--vary",
-            "neighbour_weight=0,0.5",
-            "--vary",
-            "time_weight=0,0.2",
-            "--details",
-            details.to_str().unwrap(),
-        ],
-    ));
-    assert_eq!(reports.len(), 4, "every combination is reported");
-    let varied: Vec<(f64, f64)> = reports
-        .iter()
-        .map(|r| {
-            let v = &r["varied"];
-            assert_eq!(
-                r["ranking"]["neighbour_weight"].as_f64(),
-                v["neighbour_weight"].as_f64()
-            );
-            (
-                v["neighbour_weight"].as_f64().unwrap(),
-                v["time_weight"].as_f64().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(varied, [(0.0, 0.0), (0.0, 0.2), (0.5, 0.0), (0.5, 0.2)]);
-    for r in &reports {
-        let cats = r["by_category"].as_object().unwrap();
-        assert_eq!(cats.keys().collect::<Vec<_>>(), ["1", "2"]);
-        let ndcg = r["overall"]["ndcg@10"].as_f64().unwrap();
-        assert!((0.0..=1.0).contains(&ndcg));
-        assert!(r["search_ms"]["p95"].as_f64().unwrap() >= r["search_ms"]["p50"].as_f64().unwrap());
-        assert!(r.get("details").is_none(), "details go to their file");
-    }
-    // The details: one report per line, one entry per question, ranks that agree with hit@1.
-    let lines: Vec<Value> = std::fs::read_to_string(&details)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(lines.len(), 4);
-    let first = lines[0]["details"].as_array().unwrap();
-    assert_eq!(
-        first.len() as u64,
-        reports[0]["questions"].as_u64().unwrap()
-    );
-    let top_hits = first
-        .iter()
-        .filter(|q| {
-            q["evidence_ranks"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|r| r == 1)
-        })
-        .count() as f64;
-    let hit1 = reports[0]["overall"]["hit@1"].as_f64().unwrap();
-    assert!((top_hits / first.len() as f64 - hit1).abs() < 1e-9);
-    // A setting that does not exist, or a value that does not fit, is refused.
-    for bad in ["nonsense=1", "neighbours=9", "fusion=1", "time_weight"] {
-        let out = cli(&backend, &["eval", data.to_str().unwrap(), "--vary", bad]);
-        assert_eq!(out.status.code(), Some(2), "{bad}");
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("vary")
-                || String::from_utf8_lossy(&out.stderr).contains("neighbours"),
-            "{bad}"
-        );
-    }
-}
-
-#[test]
-fn eval_skips_malformed_evidence_and_refuses_broken_files() {
-    let backend = Backend::Embedded(tempfile::tempdir().unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("tiny.json");
-    let data = serde_json::json!([{
-        "sample_id": "tiny",
-        "conversation": {
-            "speaker_a": "Ana", "speaker_b": "Ben",
-            "session_1_date_time": "9:00 am on 2 March, 2024",
-            "session_1": [
-                {"speaker": "Ana", "dia_id": "D1:1", "text": "My cat is called Miso."},
-                {"speaker": "Ben", "dia_id": "D1:2", "text": "I am flying to Oslo on Friday."}
-            ]
-        },
-        "qa": [
-            {"question": "What is Ana's cat called?", "answer": "Miso", "evidence": ["D1:1", "D1"], "category": 4},
-            {"question": "Where is Ben flying?", "answer": "Oslo", "evidence": ["D7:7"], "category": 4}
-        ]
-    }]);
-    std::fs::write(&file, data.to_string()).unwrap();
-    let out = cli(
-        &backend,
-        &["--json", "eval", file.to_str().unwrap(), "--k", "1"],
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    let reports = json_lines(out);
-    assert_eq!(reports[0]["questions"], 1);
-    assert_eq!(reports[0]["bad_evidence"], 2);
-    assert_eq!(reports[0]["skipped_questions"], 1);
-    assert_eq!(reports[0]["overall"]["hit@1"], 1.0);
-    assert!(
-        reports[0]["overall"].get("recall@5").is_none(),
-        "keys follow --k"
-    );
-    assert!(
-        stderr.contains("tiny: D1") && stderr.contains("tiny: D7:7"),
-        "{stderr}"
-    );
-
-    std::fs::write(&file, "{\"not\": \"a list\"}").unwrap();
-    let out = cli(&backend, &["eval", file.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("list of samples"));
 }
 
 #[test]

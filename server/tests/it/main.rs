@@ -6,6 +6,7 @@ mod cli;
 mod conformance;
 mod crash;
 mod deep_memory;
+mod eval;
 mod events;
 mod faults;
 mod fixtures;
