@@ -191,6 +191,8 @@ pub struct GenerateOptions {
     pub max_tokens: usize,
     /// Memories shorter than this (characters) get no questions.
     pub min_memory_chars: usize,
+    /// Only memories stored after this time (a retraining asks about the new ones only).
+    pub since: Option<DateTime<Utc>>,
 }
 
 impl Default for GenerateOptions {
@@ -202,6 +204,7 @@ impl Default for GenerateOptions {
             concurrency: 4,
             max_tokens: 32,
             min_memory_chars: 12,
+            since: None,
         }
     }
 }
@@ -237,8 +240,8 @@ impl GenerateOptions {
 pub struct GenerateReport {
     /// Memories the model was asked about.
     pub memories: u64,
-    /// Memories skipped: they had generated pairs already (an earlier run), or were too
-    /// short.
+    /// Memories skipped: they had generated pairs already (an earlier run), were too short,
+    /// or older than `since`.
     pub skipped: u64,
     /// Pairs stored.
     pub pairs: u64,

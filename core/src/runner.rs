@@ -259,8 +259,14 @@ async fn execute(engine: &Engine, job: &Job, progress: &Progress) -> Result<Valu
                     .map_err(|e| Error::invalid(format!("job parameters: {e}")))?;
             let mut out = serde_json::Map::new();
             if let (Some(generate), true) = (&params.generate, engine.has_llm()) {
+                // A retraining asks about the memories stored since the last training only
+                // (older ones were asked then, whatever the model made of them).
+                let mut generate = generate.clone();
+                if generate.since.is_none() {
+                    generate.since = engine.deep_memory_status(&job.user).await?.trained_at;
+                }
                 let report = engine
-                    .deep_memory_generate(&job.user, generate, &mut |done, total, pairs| {
+                    .deep_memory_generate(&job.user, &generate, &mut |done, total, pairs| {
                         tell(
                             progress,
                             done,

@@ -164,7 +164,9 @@ impl Engine {
             .min(dm::MAX_PAIRS_PER_USER.saturating_sub(held));
         on_progress(0, total, 0);
         let (todo, skipped): (Vec<&Memory>, Vec<&Memory>) = memories.iter().partition(|m| {
-            !done_before.contains(&m.id) && m.content.chars().count() >= options.min_memory_chars
+            !done_before.contains(&m.id)
+                && m.content.chars().count() >= options.min_memory_chars
+                && options.since.is_none_or(|t| m.created_at > t)
         });
         report.skipped = skipped.len() as u64;
         let mut done = report.skipped;
