@@ -5,9 +5,14 @@
 //!
 //! ```sh
 //! scripts/bench-venv.sh     # once: the Python reference (transformers + gguf + accelerate)
+//! scripts/llama-cpp-venv.sh    # once: llama.cpp (llama-cpp-python, built from source)
 //! cargo bench -p recall-core --features testing --bench llm -- \
-//!     [--python ~/.cache/deep-recall/bench-venv/bin/python] [--new-tokens 64]
+//!     [--python ~/.cache/deep-recall/bench-venv/bin/python] \
+//!     [--llama-cpp ~/.cache/deep-recall/llama-venv/bin/python] [--new-tokens 64] [--dequantize]
 //! ```
+//!
+//! The packaged model's Q4_1 weights stay quantized (the project's AVX2 kernels) unless
+//! `--dequantize` turns them into F32 at load.
 //!
 //! With `--shape llama-1b` (or `tiny`) it measures a model of that shape with random weights
 //! instead (written once into `--model-dir`, BF16 safetensors), on `--device cpu|cuda|metal`,
@@ -46,9 +51,10 @@ fn main() {
     }
     let new_tokens: usize = arg("--new-tokens").map_or(64, |s| s.parse().unwrap());
     let path = recall_core::llm::local::default_model_path(&models_dir());
+    let dequantize = std::env::args().any(|a| a == "--dequantize");
     let config = ModelConfig {
         path: path.clone(),
-        dequantize: true,
+        dequantize,
         ..ModelConfig::new("")
     };
     let turns = vec![ChatTurn {
@@ -66,7 +72,12 @@ fn main() {
     let ids = model.encode(&model.template().render(&turns)).unwrap();
     let (ttft_ms, prefill, decode) = one_stream(&mut model, &ids, &params);
     println!(
-        "SmolLM2-135M-Instruct (Q4_1 dequantized to F32), CPU, prompt {} tokens, {new_tokens} new tokens",
+        "SmolLM2-135M-Instruct ({}), CPU, prompt {} tokens, {new_tokens} new tokens",
+        if dequantize {
+            "Q4_1 dequantized to F32"
+        } else {
+            "Q4_1 kept quantized"
+        },
         ids.len()
     );
     println!();
@@ -98,6 +109,17 @@ fn main() {
         let path = path.to_string_lossy();
         reference(
             &python,
+            &["--gguf", &path],
+            &ids,
+            new_tokens,
+            (prefill, decode),
+        );
+    }
+    if let Some(python) = arg("--llama-cpp") {
+        let path = path.to_string_lossy();
+        compare(
+            &python,
+            "bench/llama_cpp_generate.py",
             &["--gguf", &path],
             &ids,
             new_tokens,
@@ -240,7 +262,20 @@ fn shaped(name: &str) {
 /// Runs `bench/hf_generate.py` (transformers) on the same model, prompt ids and answer length,
 /// and prints its row and the ratios to `ours` (prefill, decode tokens/s).
 fn reference(python: &str, model: &[&str], ids: &[u32], new_tokens: usize, ours: (f64, f64)) {
-    let script = recall_core::testing::repo_root().join("bench/hf_generate.py");
+    compare(python, "bench/hf_generate.py", model, ids, new_tokens, ours)
+}
+
+/// Runs a reference script (`bench/*.py`) on the same model, prompt ids and answer length,
+/// and prints its row and the ratios to `ours` (prefill, decode tokens/s).
+fn compare(
+    python: &str,
+    script: &str,
+    model: &[&str],
+    ids: &[u32],
+    new_tokens: usize,
+    ours: (f64, f64),
+) {
+    let script = recall_core::testing::repo_root().join(script);
     let id_list: Vec<String> = ids.iter().map(u32::to_string).collect();
     let out = std::process::Command::new(python)
         .arg(script)
@@ -256,14 +291,22 @@ fn reference(python: &str, model: &[&str], ids: &[u32], new_tokens: usize, ours:
         Ok(v) => {
             let hf_prefill = v["prefill_tokens_per_s"].as_f64().unwrap_or(0.0);
             let hf_decode = v["decode_tokens_per_s"].as_f64().unwrap_or(0.0);
+            let engine = v["engine"].as_str().unwrap_or("transformers");
+            let label = if engine == "transformers" {
+                format!(
+                    "transformers (PyTorch, {})",
+                    v["dtype"].as_str().unwrap_or("?")
+                )
+            } else {
+                format!("{engine} (2 threads)")
+            };
             println!(
-                "| transformers (PyTorch, {}) | 1 | {hf_prefill:.0} | {:.0} | {hf_decode:.1} | {hf_decode:.1} |",
-                v["dtype"].as_str().unwrap_or("?"),
+                "| {label} | 1 | {hf_prefill:.0} | {:.0} | {hf_decode:.1} | {hf_decode:.1} |",
                 v["ttft_ms"].as_f64().unwrap_or(0.0)
             );
             println!();
             println!(
-                "Ratio deep-recall / transformers, one stream: prefill {:.2}, decode {:.2}",
+                "Ratio deep-recall / {engine}, one stream: prefill {:.2}, decode {:.2}",
                 ours.0 / hf_prefill,
                 ours.1 / hf_decode
             );

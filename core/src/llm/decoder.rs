@@ -10,11 +10,13 @@
 //! query/key/value and gate/up as fused matrices (split at load), Llama 3 rescales its rotary
 //! frequencies, and GGUF `llama` files store query/key rows permuted for interleaved rotary
 //! embeddings where every other source uses the split-halves form.
-use candle_core::quantized::{QMatMul, gguf_file};
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor, gguf_file};
 use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
-use candle_nn::Embedding;
 
 use crate::error::{Error, Result};
+use recall_kernels::{Q4_1Matrix, QLinear};
 
 /// The model families this decoder runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,14 +88,132 @@ pub struct Arch {
     pub max_len: usize,
 }
 
+/// A weight matrix (out × in): candle's (dense or quantized, any device), or one of the
+/// project's own CPU kernels where candle's is slow ([`super::quant`]).
+pub(crate) enum Linear {
+    Candle(QMatMul),
+    Q4_1(QLinear),
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Linear::Candle(m) => m.forward(x)?,
+            Linear::Q4_1(m) => m.forward(x)?,
+        })
+    }
+
+    fn rows(&self) -> Result<usize> {
+        Ok(match self {
+            Linear::Candle(QMatMul::QTensor(q)) => q.shape().dims2()?.0,
+            Linear::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.dim(0)?,
+            Linear::Q4_1(m) => m.0.rows(),
+        })
+    }
+
+    /// One matrix for several that read the same input (q/k/v, gate/up), so that one
+    /// multiplication (one pass over the input, one parallel region) serves them all; `None`
+    /// when their storage differs.
+    fn stack(parts: &[Linear]) -> Result<Option<Linear>> {
+        if let Some(q4) = parts
+            .iter()
+            .map(|p| match p {
+                Linear::Q4_1(m) => Some(&m.0),
+                Linear::Candle(_) => None,
+            })
+            .collect::<Option<Vec<_>>>()
+        {
+            let owned: Vec<&Q4_1Matrix> = q4.iter().map(|m| m.as_ref()).collect();
+            return Ok(Some(Linear::Q4_1(QLinear(Arc::new(Q4_1Matrix::stack(
+                &owned,
+            )?)))));
+        }
+        if let Some(dense) = parts
+            .iter()
+            .map(|p| match p {
+                Linear::Candle(QMatMul::Tensor(t)) => Some(t),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+        {
+            return Ok(Some(Linear::Candle(QMatMul::Tensor(Tensor::cat(
+                &dense, 0,
+            )?))));
+        }
+        let Some(quant) = parts
+            .iter()
+            .map(|p| match p {
+                Linear::Candle(QMatMul::QTensor(q)) => Some(q),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+        else {
+            return Ok(None);
+        };
+        let dtype = quant[0].dtype();
+        let cols = quant[0].shape().dims2()?.1;
+        let mut rows = 0;
+        let mut bytes = Vec::new();
+        for q in &quant {
+            let (r, c) = q.shape().dims2()?;
+            if q.dtype() != dtype || c != cols {
+                return Ok(None);
+            }
+            rows += r;
+            bytes.extend_from_slice(&q.data()?);
+        }
+        let device = quant[0].device();
+        let storage = QStorage::from_data(std::borrow::Cow::Owned(bytes), &device, dtype)?;
+        Ok(Some(Linear::Candle(QMatMul::from_qtensor(QTensor::new(
+            storage,
+            (rows, cols),
+        )?)?)))
+    }
+}
+
+/// Matrices that read the same input, fused into one where their storage allows.
+struct Fused {
+    parts: Vec<Linear>,
+    /// The fused matrix and the row count of each part.
+    fused: Option<(Linear, Vec<usize>)>,
+}
+
+impl Fused {
+    fn new(parts: Vec<Linear>) -> Result<Self> {
+        let fused = match Linear::stack(&parts)? {
+            Some(f) => Some((f, parts.iter().map(Linear::rows).collect::<Result<_>>()?)),
+            None => None,
+        };
+        // Once fused, the separate matrices are not needed.
+        let parts = if fused.is_some() { vec![] } else { parts };
+        Ok(Self { parts, fused })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        match &self.fused {
+            Some((m, rows)) => {
+                let y = m.forward(x)?;
+                let mut at = 0;
+                rows.iter()
+                    .map(|&r| {
+                        let part = y.narrow(D::Minus1, at, r)?;
+                        at += r;
+                        Ok(part)
+                    })
+                    .collect()
+            }
+            None => self.parts.iter().map(|p| p.forward(x)).collect(),
+        }
+    }
+}
+
 struct Layer {
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
-    w1: QMatMul,
-    w2: QMatMul,
-    w3: QMatMul,
+    /// Query, key and value projections.
+    qkv: Fused,
+    wo: Linear,
+    /// Gate and up projections.
+    gate_up: Fused,
+    w2: Linear,
     bq: Option<Tensor>,
     bk: Option<Tensor>,
     bv: Option<Tensor>,
@@ -103,11 +223,80 @@ struct Layer {
     ffn_norm: Tensor,
 }
 
-/// The attention keys and values of one sequence.
-#[derive(Default, Clone)]
+/// The attention keys and values of one sequence: per layer, buffers of
+/// (kv heads, capacity, head dim) written in place; the capacity doubles when a sequence
+/// outgrows it (so appending a token copies nothing, and growing costs amortised O(1)).
+#[derive(Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     len: usize,
+}
+
+/// A fork: the copy has its own buffers (both can go on from here independently).
+impl Clone for KvCache {
+    fn clone(&self) -> Self {
+        Self {
+            layers: self
+                .layers
+                .iter()
+                .map(|l| {
+                    l.as_ref().map(|(k, v)| {
+                        (
+                            k.copy().expect("copying a CPU or GPU buffer"),
+                            v.copy().expect("copying a CPU or GPU buffer"),
+                        )
+                    })
+                })
+                .collect(),
+            len: self.len,
+        }
+    }
+}
+
+/// Token positions a new KV buffer holds at first.
+const KV_INITIAL: usize = 256;
+
+impl KvCache {
+    /// Appends `k` and `v` (kv heads, seq, head dim) at position `pos` of layer `li`; the
+    /// keys and values of positions 0..pos+seq, as views of the buffers.
+    fn append(
+        &mut self,
+        li: usize,
+        pos: usize,
+        k: &Tensor,
+        v: &Tensor,
+        max_len: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        let (kv_heads, seq, head_dim) = k.dims3()?;
+        let need = pos + seq;
+        let cap = self.layers[li]
+            .as_ref()
+            .map_or(0, |(kb, _)| kb.dim(1).unwrap_or(0));
+        if need > cap {
+            let new_cap = need
+                .max(KV_INITIAL)
+                .next_power_of_two()
+                .min(max_len)
+                .max(need);
+            let grow = |old: Option<&Tensor>| -> Result<Tensor> {
+                let buf = Tensor::zeros((kv_heads, new_cap, head_dim), k.dtype(), k.device())?;
+                if let Some(old) = old
+                    && pos > 0
+                {
+                    buf.slice_set(&old.narrow(1, 0, pos)?.contiguous()?, 1, 0)?;
+                }
+                Ok(buf)
+            };
+            let old = self.layers[li].take();
+            let kb = grow(old.as_ref().map(|(kb, _)| kb))?;
+            let vb = grow(old.as_ref().map(|(_, vb)| vb))?;
+            self.layers[li] = Some((kb, vb));
+        }
+        let (kb, vb) = self.layers[li].as_ref().expect("buffers exist");
+        kb.slice_set(&k.contiguous()?, 1, pos)?;
+        vb.slice_set(&v.contiguous()?, 1, pos)?;
+        Ok((kb.narrow(1, 0, need)?, vb.narrow(1, 0, need)?))
+    }
 }
 
 impl KvCache {
@@ -125,20 +314,41 @@ impl KvCache {
 /// See the module documentation.
 pub struct Decoder {
     arch: Arch,
-    embed: Embedding,
+    embed: Embed,
     layers: Vec<Layer>,
     norm: Tensor,
-    output: QMatMul,
+    output: Linear,
     cos: Tensor,
     sin: Tensor,
     dtype: DType,
     device: Device,
 }
 
+/// The token embedding table: dense, or quantized rows (dequantized as they are looked up).
+pub(crate) enum Embed {
+    Dense(Tensor),
+    Quantized(Arc<QTensor>),
+}
+
+impl Embed {
+    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Embed::Dense(w) => {
+                let mut dims = ids.dims().to_vec();
+                dims.push(w.dim(1)?);
+                w.index_select(&ids.flatten_all()?, 0)?.reshape(dims)?
+            }
+            Embed::Quantized(q) => q.embedding(ids)?,
+        })
+    }
+}
+
 /// Where weights come from, by logical name.
 pub(crate) trait Weights {
     /// A weight matrix (out × in) ready to multiply.
-    fn matrix(&mut self, name: &str) -> Result<QMatMul>;
+    fn matrix(&mut self, name: &str) -> Result<Linear>;
+    /// The token embedding table (kept quantized where the source is).
+    fn embedding(&mut self, name: &str) -> Result<Embed>;
     /// A dense tensor (norms, biases, embeddings, fused matrices to split).
     fn dense(&mut self, name: &str) -> Result<Tensor>;
     /// Whether the weight exists.
@@ -170,17 +380,42 @@ pub(crate) struct GgufWeights<'a, R> {
     pub dequantize: bool,
 }
 
-impl<R: std::io::Read + std::io::Seek> Weights for GgufWeights<'_, R> {
-    fn matrix(&mut self, name: &str) -> Result<QMatMul> {
-        let q = self
-            .ct
+impl<R: std::io::Read + std::io::Seek> GgufWeights<'_, R> {
+    fn qtensor(&mut self, name: &str) -> Result<QTensor> {
+        self.ct
             .tensor(self.reader, name, self.device)
-            .map_err(|e| Error::model(format!("tensor {name}: {e}")))?;
+            .map_err(|e| Error::model(format!("tensor {name}: {e}")))
+    }
+}
+
+impl<R: std::io::Read + std::io::Seek> Weights for GgufWeights<'_, R> {
+    fn matrix(&mut self, name: &str) -> Result<Linear> {
+        let q = self.qtensor(name)?;
         Ok(if self.dequantize {
-            QMatMul::Tensor(q.dequantize(self.device)?)
+            Linear::Candle(QMatMul::Tensor(q.dequantize(self.device)?))
+        } else if q.dtype() == GgmlDType::Q4_1 && self.device.is_cpu() {
+            let (rows, cols) = q.shape().dims2()?;
+            Linear::Q4_1(QLinear(Arc::new(Q4_1Matrix::from_bytes(
+                &q.data()?,
+                rows,
+                cols,
+            )?)))
         } else {
-            QMatMul::from_qtensor(q)?
+            Linear::Candle(QMatMul::from_qtensor(q)?)
         })
+    }
+
+    fn embedding(&mut self, name: &str) -> Result<Embed> {
+        let q = self.qtensor(name)?;
+        Ok(
+            if self.dequantize
+                || matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
+            {
+                Embed::Dense(q.dequantize(self.device)?)
+            } else {
+                Embed::Quantized(Arc::new(q))
+            },
+        )
     }
 
     fn dense(&mut self, name: &str) -> Result<Tensor> {
@@ -237,8 +472,12 @@ impl SafetensorsWeights {
 }
 
 impl Weights for SafetensorsWeights {
-    fn matrix(&mut self, name: &str) -> Result<QMatMul> {
-        Ok(QMatMul::Tensor(self.dense(name)?))
+    fn matrix(&mut self, name: &str) -> Result<Linear> {
+        Ok(Linear::Candle(QMatMul::Tensor(self.dense(name)?)))
+    }
+
+    fn embedding(&mut self, name: &str) -> Result<Embed> {
+        Ok(Embed::Dense(self.dense(name)?))
     }
 
     fn dense(&mut self, name: &str) -> Result<Tensor> {
@@ -409,37 +648,45 @@ impl Decoder {
                 arch.heads, arch.kv_heads
             )));
         }
-        let embed_weights = weights.dense("token_embd.weight")?.to_dtype(dtype)?;
+        let embed = match weights.embedding("token_embd.weight")? {
+            Embed::Dense(w) => Embed::Dense(w.to_dtype(dtype)?),
+            quantized => quantized,
+        };
+        // Tied output matrix: the embedding table, kept in its own storage.
         let output = if weights.has("output.weight") {
             weights.matrix("output.weight")?
         } else {
-            QMatMul::Tensor(embed_weights.clone())
+            match &embed {
+                Embed::Dense(w) => Linear::Candle(QMatMul::Tensor(w.clone())),
+                Embed::Quantized(q) => Linear::Candle(QMatMul::from_arc(q.clone())?),
+            }
         };
         let norm = weights.dense("output_norm.weight")?.to_dtype(dtype)?;
         let q_rows = arch.heads * arch.head_dim;
         let kv_rows = arch.kv_heads * arch.head_dim;
+        let dense_in =
+            |t: Tensor| -> Result<Linear> { Ok(Linear::Candle(QMatMul::Tensor(t.contiguous()?))) };
         let mut layers = Vec::with_capacity(arch.layers);
         for i in 0..arch.layers {
             let n = |what: &str| format!("blk.{i}.{what}");
-            let (wq, wk, wv) = if weights.has(&n("attn_qkv.weight")) {
+            let qkv = if weights.has(&n("attn_qkv.weight")) {
                 let qkv = weights.dense(&n("attn_qkv.weight"))?.to_dtype(dtype)?;
-                (
-                    QMatMul::Tensor(qkv.narrow(0, 0, q_rows)?.contiguous()?),
-                    QMatMul::Tensor(qkv.narrow(0, q_rows, kv_rows)?.contiguous()?),
-                    QMatMul::Tensor(qkv.narrow(0, q_rows + kv_rows, kv_rows)?.contiguous()?),
-                )
+                Fused {
+                    parts: vec![],
+                    fused: Some((dense_in(qkv)?, vec![q_rows, kv_rows, kv_rows])),
+                }
             } else {
-                (
+                Fused::new(vec![
                     weights.matrix(&n("attn_q.weight"))?,
                     weights.matrix(&n("attn_k.weight"))?,
                     weights.matrix(&n("attn_v.weight"))?,
-                )
+                ])?
             };
-            let (w1, w3) = if weights.has(&n("ffn_gate.weight")) {
-                (
+            let gate_up = if weights.has(&n("ffn_gate.weight")) {
+                Fused::new(vec![
                     weights.matrix(&n("ffn_gate.weight"))?,
                     weights.matrix(&n("ffn_up.weight"))?,
-                )
+                ])?
             } else {
                 // Phi-3: gate and up in one matrix (Hugging Face `gate_up_proj`; GGUF puts
                 // both halves in `ffn_up`).
@@ -450,10 +697,10 @@ impl Decoder {
                 };
                 let both = weights.dense(&fused)?.to_dtype(dtype)?;
                 let half = both.dim(0)? / 2;
-                (
-                    QMatMul::Tensor(both.narrow(0, 0, half)?.contiguous()?),
-                    QMatMul::Tensor(both.narrow(0, half, half)?.contiguous()?),
-                )
+                Fused {
+                    parts: vec![],
+                    fused: Some((dense_in(both)?, vec![half, half])),
+                }
             };
             let mut optional = |what: &str| -> Result<Option<Tensor>> {
                 let name = n(what);
@@ -478,13 +725,10 @@ impl Decoder {
                 ));
             }
             layers.push(Layer {
-                wq,
-                wk,
-                wv,
+                qkv,
                 wo: weights.matrix(&n("attn_output.weight"))?,
-                w1,
+                gate_up,
                 w2: weights.matrix(&n("ffn_down.weight"))?,
-                w3,
                 bq,
                 bk,
                 bv,
@@ -509,7 +753,7 @@ impl Decoder {
             .reshape((arch.max_len, 1))?;
         let angles = positions.matmul(&freqs.reshape((1, freqs.elem_count()))?)?;
         Ok(Self {
-            embed: Embedding::new(embed_weights, arch.hidden),
+            embed,
             layers,
             norm,
             output,
@@ -578,33 +822,37 @@ impl Decoder {
             .contiguous()?;
         let q = self.rope(&q, pos)?;
         let k = self.rope(&k, pos)?;
-        let (k, v) = match &cache.layers[li] {
-            Some((kc, vc)) => (Tensor::cat(&[kc, &k], 2)?, Tensor::cat(&[vc, &v], 2)?),
-            None => (k, v),
-        };
-        cache.layers[li] = Some((k.clone(), v.clone()));
+        let (k, v) = cache.append(li, pos, &k.squeeze(0)?, &v.squeeze(0)?, a.max_len)?;
+        // Grouped-query attention without copying the shared keys: the `rep` query heads of
+        // one key/value head are rows of one matrix multiplication with it.
         let rep = a.heads / a.kv_heads;
-        let k = candle_transformers::utils::repeat_kv(k, rep)?;
-        let v = candle_transformers::utils::repeat_kv(v, rep)?;
+        let total = pos + seq;
+        let q = q.reshape((a.kv_heads, rep * seq, a.head_dim))?;
         let att = (q.matmul(&k.t()?)? / (a.head_dim as f64).sqrt())?;
         let att = if seq > 1 {
             // Causal mask: position pos+i sees keys up to pos+i.
-            let total = pos + seq;
             let mask: Vec<f32> = (0..seq)
                 .flat_map(|i| {
                     (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 })
                 })
                 .collect();
             let mask = Tensor::from_vec(mask, (seq, total), &self.device)?.to_dtype(self.dtype)?;
-            att.broadcast_add(&mask)?
+            att.reshape((a.kv_heads, rep, seq, total))?
+                .broadcast_add(&mask)?
+                .reshape((a.kv_heads, rep * seq, total))?
         } else {
             att
         };
         // Softmax in F32 (half precision loses the small weights).
-        let att =
-            candle_nn::ops::softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(self.dtype)?;
-        let y = att.matmul(&v.contiguous()?)?;
-        Ok(y.transpose(1, 2)?.reshape((1, seq, a.heads * a.head_dim))?)
+        let att = if self.dtype == DType::F32 {
+            candle_nn::ops::softmax_last_dim(&att)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(self.dtype)?
+        };
+        let y = att.matmul(&v)?;
+        Ok(y.reshape((1, a.heads, seq, a.head_dim))?
+            .transpose(1, 2)?
+            .reshape((1, seq, a.heads * a.head_dim))?)
     }
 
     /// Runs `xs` (batch, seq, hidden) through the layers; each row of the batch is one
@@ -621,9 +869,14 @@ impl Decoder {
         for (li, layer) in self.layers.iter().enumerate() {
             let residual = xs.clone();
             let h = candle_nn::ops::rms_norm(&xs, &layer.attn_norm, eps)?;
-            let q = bias(layer.wq.forward(&h)?, &layer.bq)?;
-            let k = bias(layer.wk.forward(&h)?, &layer.bk)?;
-            let v = bias(layer.wv.forward(&h)?, &layer.bv)?;
+            let [q, k, v]: [Tensor; 3] = layer
+                .qkv
+                .forward(&h)?
+                .try_into()
+                .map_err(|_| Error::Internal("q/k/v projection has three parts".into()))?;
+            let q = bias(q, &layer.bq)?;
+            let k = bias(k, &layer.bk)?;
+            let v = bias(v, &layer.bv)?;
             let mut ys = Vec::with_capacity(batch);
             for (b, cache) in caches.iter_mut().enumerate() {
                 ys.push(self.attend(
@@ -638,8 +891,12 @@ impl Decoder {
             let y = Tensor::cat(&ys, 0)?;
             let xs1 = (layer.wo.forward(&y)? + residual)?;
             let h = candle_nn::ops::rms_norm(&xs1, &layer.ffn_norm, eps)?;
-            let gate = candle_nn::ops::silu(&layer.w1.forward(&h)?)?;
-            let up = layer.w3.forward(&h)?;
+            let [gate, up]: [Tensor; 2] = layer
+                .gate_up
+                .forward(&h)?
+                .try_into()
+                .map_err(|_| Error::Internal("gate/up projection has two parts".into()))?;
+            let gate = candle_nn::ops::silu(&gate)?;
             xs = (layer.w2.forward(&(gate * up)?)? + xs1)?;
         }
         for c in caches.iter_mut() {

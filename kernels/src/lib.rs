@@ -1,0 +1,8 @@
+//! Deep Recall's CPU kernels where candle 0.11 has no fast one, as candle custom ops.
+//!
+//! A crate of its own so that it is compiled with optimisations in every profile (see the
+//! workspace `Cargo.toml`): SIMD intrinsics unoptimised are slower than scalar code, and the
+//! model tests run through them.
+pub mod q4_1;
+
+pub use q4_1::{Q4_1Matrix, QLinear};
