@@ -18,8 +18,9 @@ use crate::llm::{ChatModel, ChatService, ModelConfig, RemoteChat, RemoteConfig};
 use crate::rerank::{ClassifierEmotionDetector, CrossEncoder};
 use crate::store::{self, StoreConfig};
 
-/// GGUF files up to this size are dequantized at load on the CPU (F32 weights take about 8
-/// bytes per Q4 byte: a 400 MB file becomes about 3 GB).
+/// GGUF files up to this size whose formats have no fast quantized CPU kernel (Q5_0, Q5_1)
+/// are dequantized at load on the CPU (F32 weights take about 8 bytes per Q4 byte: a 400 MB
+/// file becomes about 3 GB).
 pub const DEQUANTIZE_MAX_BYTES: u64 = 400 * 1024 * 1024;
 
 /// What [`open_engine`] opens.
@@ -148,7 +149,8 @@ pub struct ChatOptions {
     pub queue_capacity: usize,
     /// Sequences the local model decodes together at most.
     pub max_sequences: usize,
-    /// Turn small quantized files into F32 at load on the CPU (much faster there).
+    /// Turn small quantized files without fast CPU kernels (Q5_0, Q5_1) into F32 at load on
+    /// the CPU (faster there); files in other formats stay quantized.
     pub dequantize: bool,
     /// A remote OpenAI-compatible provider instead of the local model.
     pub remote: Option<RemoteConfig>,
@@ -210,9 +212,10 @@ pub async fn open_chat_model(options: &ChatOptions) -> Result<Arc<dyn ChatModel>
     let path = chat_model_path(&options.models_dir, options.model.as_deref())?;
     let device = crate::device::select(options.device)?;
     let small = std::fs::metadata(&path).is_ok_and(|m| m.len() <= DEQUANTIZE_MAX_BYTES);
+    let slow_format = path.is_file() && !crate::llm::local::has_fast_cpu_kernels(&path)?;
     let config = ModelConfig {
         path,
-        dequantize: options.dequantize && small && device.is_cpu(),
+        dequantize: options.dequantize && small && slow_format && device.is_cpu(),
         ..ModelConfig::new("")
     };
     let (queue, sequences) = (options.queue_capacity.max(1), options.max_sequences.max(1));

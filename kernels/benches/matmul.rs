@@ -48,7 +48,10 @@ fn main() {
                     let ours = QLinear(std::sync::Arc::new(
                         Q4_1Matrix::from_bytes(&q.data().unwrap(), rows, cols).unwrap(),
                     ));
-                    report("recall-kernels Q4_1", time(|| drop(ours.forward(&x).unwrap())));
+                    report(
+                        "recall-kernels Q4_1",
+                        time(|| drop(ours.forward(&x).unwrap())),
+                    );
                     if rows * m > 4096 {
                         // candle's scalar Q4_1 is slow on the large shapes; skip it there.
                         continue;

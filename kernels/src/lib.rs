@@ -3,6 +3,8 @@
 //! A crate of its own so that it is compiled with optimisations in every profile (see the
 //! workspace `Cargo.toml`): SIMD intrinsics unoptimised are slower than scalar code, and the
 //! model tests run through them.
+pub mod attention;
 pub mod q4_1;
 
+pub use attention::CachedAttention;
 pub use q4_1::{Q4_1Matrix, QLinear};

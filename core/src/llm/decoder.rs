@@ -16,7 +16,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor, gguf_file};
 use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
 
 use crate::error::{Error, Result};
-use recall_kernels::{Q4_1Matrix, QLinear};
+use recall_kernels::{CachedAttention, Q4_1Matrix, QLinear};
 
 /// The model families this decoder runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,6 +252,10 @@ impl Clone for KvCache {
         }
     }
 }
+
+/// New positions per sequence up to which attention runs as one fused CPU pass
+/// ([`CachedAttention`]); longer prompts go through matrix multiplications.
+const FUSED_ATTENTION_MAX_SEQ: usize = 16;
 
 /// Token positions a new KV buffer holds at first.
 const KV_INITIAL: usize = 256;
@@ -828,7 +832,20 @@ impl Decoder {
         let rep = a.heads / a.kv_heads;
         let total = pos + seq;
         let q = q.reshape((a.kv_heads, rep * seq, a.head_dim))?;
-        let att = (q.matmul(&k.t()?)? / (a.head_dim as f64).sqrt())?;
+        let scale = 1.0 / (a.head_dim as f64).sqrt();
+        if self.device.is_cpu() && self.dtype == DType::F32 && seq <= FUSED_ATTENTION_MAX_SEQ {
+            // Decode steps: one fused pass over the cache (no score matrix or mask).
+            let y = CachedAttention {
+                seq,
+                scale: scale as f32,
+            }
+            .forward(&q, &k, &v)?;
+            return Ok(y
+                .reshape((1, a.heads, seq, a.head_dim))?
+                .transpose(1, 2)?
+                .reshape((1, seq, a.heads * a.head_dim))?);
+        }
+        let att = (q.matmul(&k.t()?)? * scale)?;
         let att = if seq > 1 {
             // Causal mask: position pos+i sees keys up to pos+i.
             let mask: Vec<f32> = (0..seq)

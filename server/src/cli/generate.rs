@@ -45,8 +45,9 @@ pub(super) struct GenerateArgs {
     /// A system prompt.
     #[arg(long)]
     system: Option<String>,
-    /// Keep quantized weights as they are (by default small models are turned into F32
-    /// at load on the CPU, which is much faster there).
+    /// Keep quantized weights as they are even in formats without a fast CPU kernel (by
+    /// default small Q5_0/Q5_1 models are turned into F32 at load on the CPU, faster there;
+    /// Q4_0, Q4_1, Q8_0 and k-quant files always stay quantized).
     #[arg(long)]
     no_dequantize: bool,
     /// The user's message.
