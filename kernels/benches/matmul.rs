@@ -1,6 +1,6 @@
-//! Quantized matrix × vector speed on SmolLM2-135M's shapes: the project's Q4_1 kernel against
-//! candle's own quantized matmul on the same matrix in Q4_0 and Q8_0 (its AVX2 kernels) and
-//! in Q4_1 (its scalar fallback), one and four input rows, as GB/s of weights read.
+//! Quantized matrix × vector speed on SmolLM2-135M's shapes: the project's Q4_1 and Q8_0
+//! kernels against candle's own quantized matmul on the same matrices (and on Q4_0), one and
+//! four input rows, as GB/s of weights read.
 //!
 //! ```sh
 //! cargo bench -p recall-kernels --bench matmul
@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
-use recall_kernels::{Q4_1Matrix, QLinear};
+use recall_kernels::{Format, QLinear, QMatrix};
 
 fn time(mut f: impl FnMut()) -> f64 {
     for _ in 0..20 {
@@ -44,18 +44,23 @@ fn main() {
                         bytes / secs / 1e9
                     )
                 };
-                if dtype == GgmlDType::Q4_1 {
+                let format = match dtype {
+                    GgmlDType::Q4_1 => Some(Format::Q4_1),
+                    GgmlDType::Q8_0 => Some(Format::Q8_0),
+                    _ => None,
+                };
+                if let Some(format) = format {
                     let ours = QLinear(std::sync::Arc::new(
-                        Q4_1Matrix::from_bytes(&q.data().unwrap(), rows, cols).unwrap(),
+                        QMatrix::from_bytes(format, &q.data().unwrap(), rows, cols).unwrap(),
                     ));
                     report(
-                        "recall-kernels Q4_1",
+                        &format!("recall-kernels {format:?}"),
                         time(|| drop(ours.forward(&x).unwrap())),
                     );
-                    if rows * m > 4096 {
-                        // candle's scalar Q4_1 is slow on the large shapes; skip it there.
-                        continue;
-                    }
+                }
+                // candle's scalar Q4_1 is slow on the large shapes; skip it there.
+                if dtype == GgmlDType::Q4_1 && rows * m > 4096 {
+                    continue;
                 }
                 let theirs = QMatMul::from_qtensor(q).unwrap();
                 report(

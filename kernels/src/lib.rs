@@ -4,7 +4,7 @@
 //! workspace `Cargo.toml`): SIMD intrinsics unoptimised are slower than scalar code, and the
 //! model tests run through them.
 pub mod attention;
-pub mod q4_1;
+pub mod quant;
 
 pub use attention::CachedAttention;
-pub use q4_1::{Q4_1Matrix, QLinear};
+pub use quant::{Format, QLinear, QMatrix};

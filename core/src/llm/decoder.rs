@@ -16,7 +16,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor, gguf_file};
 use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
 
 use crate::error::{Error, Result};
-use recall_kernels::{CachedAttention, Q4_1Matrix, QLinear};
+use recall_kernels::{CachedAttention, Format, QLinear, QMatrix};
 
 /// The model families this decoder runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,14 +92,14 @@ pub struct Arch {
 /// project's own CPU kernels where candle's is slow ([`super::quant`]).
 pub(crate) enum Linear {
     Candle(QMatMul),
-    Q4_1(QLinear),
+    Kernel(QLinear),
 }
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
             Linear::Candle(m) => m.forward(x)?,
-            Linear::Q4_1(m) => m.forward(x)?,
+            Linear::Kernel(m) => m.forward(x)?,
         })
     }
 
@@ -107,7 +107,7 @@ impl Linear {
         Ok(match self {
             Linear::Candle(QMatMul::QTensor(q)) => q.shape().dims2()?.0,
             Linear::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.dim(0)?,
-            Linear::Q4_1(m) => m.0.rows(),
+            Linear::Kernel(m) => m.0.rows(),
         })
     }
 
@@ -115,17 +115,19 @@ impl Linear {
     /// multiplication (one pass over the input, one parallel region) serves them all; `None`
     /// when their storage differs.
     fn stack(parts: &[Linear]) -> Result<Option<Linear>> {
-        if let Some(q4) = parts
+        if let Some(own) = parts
             .iter()
             .map(|p| match p {
-                Linear::Q4_1(m) => Some(&m.0),
+                Linear::Kernel(m) => Some(m.0.as_ref()),
                 Linear::Candle(_) => None,
             })
             .collect::<Option<Vec<_>>>()
         {
-            let owned: Vec<&Q4_1Matrix> = q4.iter().map(|m| m.as_ref()).collect();
-            return Ok(Some(Linear::Q4_1(QLinear(Arc::new(Q4_1Matrix::stack(
-                &owned,
+            if own.iter().any(|m| m.format() != own[0].format()) {
+                return Ok(None);
+            }
+            return Ok(Some(Linear::Kernel(QLinear(Arc::new(QMatrix::stack(
+                &own,
             )?)))));
         }
         if let Some(dense) = parts
@@ -332,6 +334,7 @@ pub struct Decoder {
 pub(crate) enum Embed {
     Dense(Tensor),
     Quantized(Arc<QTensor>),
+    Kernel(Arc<QMatrix>),
 }
 
 impl Embed {
@@ -343,6 +346,12 @@ impl Embed {
                 w.index_select(&ids.flatten_all()?, 0)?.reshape(dims)?
             }
             Embed::Quantized(q) => q.embedding(ids)?,
+            Embed::Kernel(m) => {
+                let mut dims = ids.dims().to_vec();
+                dims.push(m.cols());
+                let rows = m.select_rows(&ids.flatten_all()?.to_vec1::<u32>()?)?;
+                Tensor::from_vec(rows, dims, ids.device())?
+            }
         })
     }
 }
@@ -390,36 +399,49 @@ impl<R: std::io::Read + std::io::Seek> GgufWeights<'_, R> {
             .tensor(self.reader, name, self.device)
             .map_err(|e| Error::model(format!("tensor {name}: {e}")))
     }
+
+    /// The matrix in the project's own kernels where they serve its format on this device.
+    fn kernel(&self, q: &QTensor) -> Result<Option<Arc<QMatrix>>> {
+        let format = match q.dtype() {
+            GgmlDType::Q4_1 => Format::Q4_1,
+            GgmlDType::Q8_0 => Format::Q8_0,
+            _ => return Ok(None),
+        };
+        if !self.device.is_cpu() {
+            return Ok(None);
+        }
+        let (rows, cols) = q.shape().dims2()?;
+        Ok(Some(Arc::new(QMatrix::from_bytes(
+            format,
+            &q.data()?,
+            rows,
+            cols,
+        )?)))
+    }
 }
 
 impl<R: std::io::Read + std::io::Seek> Weights for GgufWeights<'_, R> {
     fn matrix(&mut self, name: &str) -> Result<Linear> {
         let q = self.qtensor(name)?;
-        Ok(if self.dequantize {
-            Linear::Candle(QMatMul::Tensor(q.dequantize(self.device)?))
-        } else if q.dtype() == GgmlDType::Q4_1 && self.device.is_cpu() {
-            let (rows, cols) = q.shape().dims2()?;
-            Linear::Q4_1(QLinear(Arc::new(Q4_1Matrix::from_bytes(
-                &q.data()?,
-                rows,
-                cols,
-            )?)))
-        } else {
-            Linear::Candle(QMatMul::from_qtensor(q)?)
+        if self.dequantize {
+            return Ok(Linear::Candle(QMatMul::Tensor(q.dequantize(self.device)?)));
+        }
+        Ok(match self.kernel(&q)? {
+            Some(m) => Linear::Kernel(QLinear(m)),
+            None => Linear::Candle(QMatMul::from_qtensor(q)?),
         })
     }
 
     fn embedding(&mut self, name: &str) -> Result<Embed> {
         let q = self.qtensor(name)?;
-        Ok(
-            if self.dequantize
-                || matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
-            {
-                Embed::Dense(q.dequantize(self.device)?)
-            } else {
-                Embed::Quantized(Arc::new(q))
-            },
-        )
+        if self.dequantize || matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
+        {
+            return Ok(Embed::Dense(q.dequantize(self.device)?));
+        }
+        Ok(match self.kernel(&q)? {
+            Some(m) => Embed::Kernel(m),
+            None => Embed::Quantized(Arc::new(q)),
+        })
     }
 
     fn dense(&mut self, name: &str) -> Result<Tensor> {
@@ -663,6 +685,7 @@ impl Decoder {
             match &embed {
                 Embed::Dense(w) => Linear::Candle(QMatMul::Tensor(w.clone())),
                 Embed::Quantized(q) => Linear::Candle(QMatMul::from_arc(q.clone())?),
+                Embed::Kernel(m) => Linear::Kernel(QLinear(m.clone())),
             }
         };
         let norm = weights.dense("output_norm.weight")?.to_dtype(dtype)?;

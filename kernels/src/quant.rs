@@ -1,0 +1,758 @@
+//! Quantized matrix products for the CPU: Q4_1 (the packaged SmolLM2's matrices), whose
+//! candle `vec_dot` is the scalar fallback on x86, and Q8_0 (its embedding table and tied
+//! output matrix), whose candle matmul reads the whole matrix again for every input row.
+//! Weights stay in their GGUF blocks (20 or 34 bytes per 32 values); activations are quantized
+//! per row to Q8_1 blocks (llama.cpp's scheme), and one block's dot product is an integer sum,
+//! so the AVX2 kernels and the scalar references agree up to the order of the float additions
+//! of the per-block terms. Several input rows (batched decode, prefill) are taken four at a
+//! time, each weight block loaded and unpacked once for the four.
+//!
+//! [`QLinear`] wraps a matrix as a candle custom op, so the decoder calls it like any other
+//! `QMatMul`; the work is split over candle's own CPU thread pool (the barrier pool its
+//! quantized matmuls use), so the two never compete for the cores.
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, bail};
+use half::f16;
+
+/// Values per block.
+pub const QK: usize = 32;
+
+/// A GGUF Q4_1 block: `value = d · q + m` for 4-bit `q`; byte `j` holds value `j` in its low
+/// nibble and value `j + 16` in its high one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockQ4_1 {
+    /// Scale.
+    pub d: f16,
+    /// Minimum.
+    pub m: f16,
+    /// Packed 4-bit values.
+    pub qs: [u8; QK / 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
+
+/// A GGUF Q8_0 block: `value = d · q` for signed 8-bit `q`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockQ8_0 {
+    /// Scale.
+    pub d: f16,
+    /// Signed 8-bit values.
+    pub qs: [i8; QK],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
+
+/// A Q8_1 block of activations: `value ≈ d · q`, with `s = d · Σq` kept for the minimum term
+/// of the Q4_1 dot product.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockQ8_1 {
+    /// Scale.
+    pub d: f16,
+    /// `d` times the sum of `qs`.
+    pub s: f16,
+    /// Signed 8-bit values.
+    pub qs: [i8; QK],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ8_1>() == 36);
+
+impl Default for BlockQ8_1 {
+    fn default() -> Self {
+        Self {
+            d: f16::ZERO,
+            s: f16::ZERO,
+            qs: [0; QK],
+        }
+    }
+}
+
+/// Quantizes `x` (a multiple of 32 values) to Q8_1 blocks (round to nearest, scale = max |x| / 127).
+pub fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
+    debug_assert_eq!(x.len(), out.len() * QK);
+    for (block, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, &v) in block.qs.iter_mut().zip(xs) {
+            let r = (v * id).round() as i32;
+            *q = r as i8;
+            sum += r;
+        }
+        block.d = f16::from_f32(d);
+        block.s = f16::from_f32(d * sum as f32);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    use std::sync::OnceLock;
+    static AVX2: OnceLock<bool> = OnceLock::new();
+    *AVX2.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+    })
+}
+
+/// A block format of weight matrices, multiplied with Q8_1 activations.
+pub trait WeightBlock: Copy + Send + Sync + 'static {
+    /// Bytes of one block in a GGUF file.
+    const BYTES: usize;
+    /// A block from its GGUF bytes (little-endian).
+    fn parse(bytes: &[u8]) -> Self;
+    /// The 32 values of the block.
+    fn values(&self) -> [f32; QK];
+    /// The dot product of a row of blocks with a row of activations, in plain Rust: the
+    /// reference the SIMD kernels are tested against.
+    fn dot_scalar(w: &[Self], x: &[BlockQ8_1]) -> f32;
+    /// The same with the CPU's SIMD where it has it.
+    fn dot(w: &[Self], x: &[BlockQ8_1]) -> f32;
+    /// Four dot products of one weight row with four activation rows.
+    fn dot4(w: &[Self], x: [&[BlockQ8_1]; 4]) -> [f32; 4];
+}
+
+impl WeightBlock for BlockQ4_1 {
+    const BYTES: usize = 20;
+
+    fn parse(b: &[u8]) -> Self {
+        Self {
+            d: f16::from_le_bytes([b[0], b[1]]),
+            m: f16::from_le_bytes([b[2], b[3]]),
+            qs: b[4..20].try_into().expect("16 bytes"),
+        }
+    }
+
+    fn values(&self) -> [f32; QK] {
+        let (d, m) = (self.d.to_f32(), self.m.to_f32());
+        std::array::from_fn(|i| {
+            let q = if i < QK / 2 {
+                self.qs[i] & 0x0F
+            } else {
+                self.qs[i - QK / 2] >> 4
+            };
+            q as f32 * d + m
+        })
+    }
+
+    fn dot_scalar(w: &[Self], x: &[BlockQ8_1]) -> f32 {
+        let mut sum = 0f32;
+        for (a, b) in w.iter().zip(x) {
+            let mut sumi = 0i32;
+            for j in 0..QK / 2 {
+                let lo = (a.qs[j] & 0x0F) as i32;
+                let hi = (a.qs[j] >> 4) as i32;
+                sumi += lo * b.qs[j] as i32 + hi * b.qs[j + QK / 2] as i32;
+            }
+            sum += sumi as f32 * a.d.to_f32() * b.d.to_f32() + a.m.to_f32() * b.s.to_f32();
+        }
+        sum
+    }
+
+    fn dot(w: &[Self], x: &[BlockQ8_1]) -> f32 {
+        debug_assert_eq!(w.len(), x.len());
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { avx2::q4_1::dot(w, x) };
+        }
+        Self::dot_scalar(w, x)
+    }
+
+    fn dot4(w: &[Self], x: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            // SAFETY: as above; every row has w.len() blocks.
+            return unsafe { avx2::q4_1::dot4(w, x) };
+        }
+        x.map(|x| Self::dot_scalar(w, x))
+    }
+}
+
+impl WeightBlock for BlockQ8_0 {
+    const BYTES: usize = 34;
+
+    fn parse(b: &[u8]) -> Self {
+        Self {
+            d: f16::from_le_bytes([b[0], b[1]]),
+            qs: std::array::from_fn(|i| b[2 + i] as i8),
+        }
+    }
+
+    fn values(&self) -> [f32; QK] {
+        let d = self.d.to_f32();
+        self.qs.map(|q| q as f32 * d)
+    }
+
+    fn dot_scalar(w: &[Self], x: &[BlockQ8_1]) -> f32 {
+        let mut sum = 0f32;
+        for (a, b) in w.iter().zip(x) {
+            let sumi: i32 =
+                a.qs.iter()
+                    .zip(&b.qs)
+                    .map(|(&p, &q)| p as i32 * q as i32)
+                    .sum();
+            sum += sumi as f32 * a.d.to_f32() * b.d.to_f32();
+        }
+        sum
+    }
+
+    fn dot(w: &[Self], x: &[BlockQ8_1]) -> f32 {
+        debug_assert_eq!(w.len(), x.len());
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { avx2::q8_0::dot(w, x) };
+        }
+        Self::dot_scalar(w, x)
+    }
+
+    fn dot4(w: &[Self], x: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            // SAFETY: as above; every row has w.len() blocks.
+            return unsafe { avx2::q8_0::dot4(w, x) };
+        }
+        x.map(|x| Self::dot_scalar(w, x))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn hsum(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps::<1>(v);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// The two f16 values at `p`, as f32 lanes 0 and 1.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn halves(p: *const u8) -> __m128 {
+        // SAFETY: the caller points at 4 readable bytes.
+        _mm_cvtph_ps(_mm_cvtsi32_si128(unsafe {
+            (p as *const i32).read_unaligned()
+        }))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load32(p: *const i8) -> __m256i {
+        // SAFETY: the caller points at 32 readable bytes.
+        unsafe { _mm256_loadu_si256(p as *const __m256i) }
+    }
+
+    /// Σ u·s over 32 unsigned × signed byte pairs, as 8 f32 partial sums (the pairs must not
+    /// overflow i16 when two are added: |u·s| ≤ 16383).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn products(u: __m256i, s: __m256i) -> __m256 {
+        let p16 = _mm256_maddubs_epi16(u, s);
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
+    }
+
+    pub(super) mod q4_1 {
+        use super::super::{BlockQ4_1, BlockQ8_1};
+        use super::*;
+
+        /// 32 unsigned 4-bit values in the order of the block (low nibbles, then high ones).
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn nibbles(a: &BlockQ4_1) -> __m256i {
+            // SAFETY: qs is 16 bytes.
+            let raw = unsafe { _mm_loadu_si128(a.qs.as_ptr() as *const __m128i) };
+            let both = _mm256_set_m128i(_mm_srli_epi16::<4>(raw), raw);
+            _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+        }
+
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub(crate) unsafe fn dot(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
+            let mut acc = _mm256_setzero_ps();
+            let mut mins = _mm_setzero_ps();
+            for (a, b) in w.iter().zip(x) {
+                // SAFETY: both blocks start with two f16 values and hold 16/32 quant bytes.
+                unsafe {
+                    // (d_w·d_x, m_w·s_x) in lanes 0 and 1.
+                    let ds = _mm_mul_ps(
+                        halves(a as *const _ as *const u8),
+                        halves(b as *const _ as *const u8),
+                    );
+                    mins = _mm_add_ps(mins, ds);
+                    let p = products(nibbles(a), load32(b.qs.as_ptr()));
+                    acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(ds), p, acc);
+                }
+            }
+            // Lane 1 of `mins` holds Σ m_w·s_x (lane 0 collected the d products, unused).
+            hsum(acc) + _mm_cvtss_f32(_mm_movehdup_ps(mins))
+        }
+
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub(crate) unsafe fn dot4(w: &[BlockQ4_1], x: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut mins = [_mm_setzero_ps(); 4];
+            for (i, a) in w.iter().enumerate() {
+                // SAFETY: as in `dot`; every row of `x` has w.len() blocks.
+                unsafe {
+                    let sw = halves(a as *const _ as *const u8);
+                    let qw = nibbles(a);
+                    for r in 0..4 {
+                        let b = x[r].get_unchecked(i);
+                        let ds = _mm_mul_ps(sw, halves(b as *const _ as *const u8));
+                        mins[r] = _mm_add_ps(mins[r], ds);
+                        let p = products(qw, load32(b.qs.as_ptr()));
+                        acc[r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(ds), p, acc[r]);
+                    }
+                }
+            }
+            std::array::from_fn(|r| hsum(acc[r]) + _mm_cvtss_f32(_mm_movehdup_ps(mins[r])))
+        }
+    }
+
+    pub(super) mod q8_0 {
+        use super::super::{BlockQ8_0, BlockQ8_1};
+        use super::*;
+
+        /// The scale of a Q8_0 block (its first f16) as an f32 lane 0.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn scale(a: &BlockQ8_0) -> __m128 {
+            // SAFETY: a block is 34 bytes; the second f16 read is the first two quant bytes
+            // (unused).
+            unsafe { halves(a as *const _ as *const u8) }
+        }
+
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub(crate) unsafe fn dot(w: &[BlockQ8_0], x: &[BlockQ8_1]) -> f32 {
+            let mut acc = _mm256_setzero_ps();
+            for (a, b) in w.iter().zip(x) {
+                // SAFETY: the blocks hold 32 quant bytes each.
+                unsafe {
+                    let d = _mm_mul_ps(scale(a), halves(b as *const _ as *const u8));
+                    let qa = load32(a.qs.as_ptr());
+                    let qb = load32(b.qs.as_ptr());
+                    // |a| × (b with a's sign): an unsigned × signed product with a·b's value.
+                    let p = products(_mm256_sign_epi8(qa, qa), _mm256_sign_epi8(qb, qa));
+                    acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(d), p, acc);
+                }
+            }
+            hsum(acc)
+        }
+
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub(crate) unsafe fn dot4(w: &[BlockQ8_0], x: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for (i, a) in w.iter().enumerate() {
+                // SAFETY: as in `dot`; every row of `x` has w.len() blocks.
+                unsafe {
+                    let sw = scale(a);
+                    let qa = load32(a.qs.as_ptr());
+                    let ua = _mm256_sign_epi8(qa, qa);
+                    for r in 0..4 {
+                        let b = x[r].get_unchecked(i);
+                        let d = _mm_mul_ps(sw, halves(b as *const _ as *const u8));
+                        let p = products(ua, _mm256_sign_epi8(load32(b.qs.as_ptr()), qa));
+                        acc[r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(d), p, acc[r]);
+                    }
+                }
+            }
+            std::array::from_fn(|r| hsum(acc[r]))
+        }
+    }
+}
+
+/// A matrix of `rows × cols` (one row per output) in blocks of one format.
+pub struct Blocks<B> {
+    rows: usize,
+    cols: usize,
+    blocks: Vec<B>,
+}
+
+impl<B: WeightBlock> Blocks<B> {
+    fn from_bytes(bytes: &[u8], rows: usize, cols: usize) -> Result<Self> {
+        if !cols.is_multiple_of(QK) {
+            bail!("a quantized matrix needs a multiple of {QK} columns, not {cols}");
+        }
+        if bytes.len() != rows * cols / QK * B::BYTES {
+            bail!(
+                "{} bytes are not a {rows}×{cols} matrix of this format",
+                bytes.len()
+            );
+        }
+        Ok(Self {
+            rows,
+            cols,
+            blocks: bytes.chunks_exact(B::BYTES).map(B::parse).collect(),
+        })
+    }
+
+    fn row(&self, r: usize) -> &[B] {
+        let per = self.cols / QK;
+        &self.blocks[r * per..(r + 1) * per]
+    }
+
+    fn row_values(&self, r: usize, out: &mut [f32]) {
+        for (b, o) in self.row(r).iter().zip(out.chunks_exact_mut(QK)) {
+            o.copy_from_slice(&b.values());
+        }
+    }
+
+    fn matmul(&self, xq: &[BlockQ8_1], m: usize, out: &mut [f32]) {
+        let per = self.cols / QK;
+        let n = self.rows;
+        let out_ptr = out.as_mut_ptr() as usize;
+        // Work items are tiles of weight rows; each item computes its rows for every input
+        // row, four input rows per pass over a weight row (which stays in L1).
+        const TILE: usize = 4;
+        let items = n.div_ceil(TILE);
+        candle_core::utils::barrier_pool().execute_chunked(items, |range| {
+            let out = out_ptr as *mut f32;
+            for item in range {
+                for r in item * TILE..n.min(item * TILE + TILE) {
+                    let w = self.row(r);
+                    let mut i = 0;
+                    while i + 4 <= m {
+                        let rows = [0, 1, 2, 3].map(|j| &xq[(i + j) * per..(i + j + 1) * per]);
+                        for (j, v) in B::dot4(w, rows).into_iter().enumerate() {
+                            // SAFETY: (i + j, r) is written by this item only, inside `out`.
+                            unsafe { *out.add((i + j) * n + r) = v };
+                        }
+                        i += 4;
+                    }
+                    for i in i..m {
+                        let v = B::dot(w, &xq[i * per..(i + 1) * per]);
+                        // SAFETY: as above.
+                        unsafe { *out.add(i * n + r) = v };
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The block formats with kernels here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// 4-bit values with a scale and a minimum per 32 (20 bytes).
+    Q4_1,
+    /// 8-bit values with a scale per 32 (34 bytes).
+    Q8_0,
+}
+
+/// A quantized matrix of `rows × cols` (one row per output), in its GGUF blocks.
+pub enum QMatrix {
+    /// Q4_1 blocks.
+    Q4_1(Blocks<BlockQ4_1>),
+    /// Q8_0 blocks.
+    Q8_0(Blocks<BlockQ8_0>),
+}
+
+macro_rules! each {
+    ($m:expr, $b:ident => $e:expr) => {
+        match $m {
+            QMatrix::Q4_1($b) => $e,
+            QMatrix::Q8_0($b) => $e,
+        }
+    };
+}
+
+impl QMatrix {
+    /// A matrix from the raw bytes of a GGUF tensor of `rows × cols` in `format`.
+    pub fn from_bytes(format: Format, bytes: &[u8], rows: usize, cols: usize) -> Result<Self> {
+        Ok(match format {
+            Format::Q4_1 => QMatrix::Q4_1(Blocks::from_bytes(bytes, rows, cols)?),
+            Format::Q8_0 => QMatrix::Q8_0(Blocks::from_bytes(bytes, rows, cols)?),
+        })
+    }
+
+    /// The block format.
+    pub fn format(&self) -> Format {
+        match self {
+            QMatrix::Q4_1(_) => Format::Q4_1,
+            QMatrix::Q8_0(_) => Format::Q8_0,
+        }
+    }
+
+    /// Stacks matrices of one format and width (fused q/k/v or gate/up projections).
+    pub fn stack(parts: &[&QMatrix]) -> Result<Self> {
+        fn cat<B: WeightBlock>(parts: Vec<&Blocks<B>>) -> Result<Blocks<B>> {
+            let cols = parts.first().map_or(0, |p| p.cols);
+            if parts.iter().any(|p| p.cols != cols) {
+                bail!("stacked matrices must have the same width");
+            }
+            Ok(Blocks {
+                rows: parts.iter().map(|p| p.rows).sum(),
+                cols,
+                blocks: parts
+                    .iter()
+                    .flat_map(|p| p.blocks.iter().copied())
+                    .collect(),
+            })
+        }
+        let format = parts.first().map(|p| p.format());
+        if parts.iter().any(|p| Some(p.format()) != format) {
+            bail!("stacked matrices must have the same format");
+        }
+        Ok(match format {
+            Some(Format::Q8_0) => QMatrix::Q8_0(cat(parts
+                .iter()
+                .filter_map(|p| match p {
+                    QMatrix::Q8_0(b) => Some(b),
+                    _ => None,
+                })
+                .collect())?),
+            _ => QMatrix::Q4_1(cat(parts
+                .iter()
+                .filter_map(|p| match p {
+                    QMatrix::Q4_1(b) => Some(b),
+                    _ => None,
+                })
+                .collect())?),
+        })
+    }
+
+    /// Output rows.
+    pub fn rows(&self) -> usize {
+        each!(self, b => b.rows)
+    }
+
+    /// Input columns.
+    pub fn cols(&self) -> usize {
+        each!(self, b => b.cols)
+    }
+
+    /// The matrix in F32, row-major (the reference for tests).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let (rows, cols) = (self.rows(), self.cols());
+        let mut out = vec![0f32; rows * cols];
+        for (r, o) in out.chunks_exact_mut(cols).enumerate() {
+            each!(self, b => b.row_values(r, o));
+        }
+        out
+    }
+
+    /// Rows `ids` in F32 (an embedding lookup): `ids.len() × cols`, row-major.
+    pub fn select_rows(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let cols = self.cols();
+        let mut out = vec![0f32; ids.len() * cols];
+        for (&id, o) in ids.iter().zip(out.chunks_exact_mut(cols)) {
+            if id as usize >= self.rows() {
+                bail!("row {id} of a matrix of {} rows", self.rows());
+            }
+            each!(self, b => b.row_values(id as usize, o));
+        }
+        Ok(out)
+    }
+
+    /// `out = x · selfᵀ` for `x` of `m × cols` (row-major): `out` is `m × rows`.
+    pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        let (rows, cols) = (self.rows(), self.cols());
+        assert_eq!(x.len(), m * cols, "lhs is not m × cols");
+        assert_eq!(out.len(), m * rows, "out is not m × rows");
+        let per = cols / QK;
+        let mut xq = vec![BlockQ8_1::default(); m * per];
+        for (row, q) in x.chunks_exact(cols).zip(xq.chunks_exact_mut(per)) {
+            quantize_q8_1(row, q);
+        }
+        each!(self, b => b.matmul(&xq, m, out));
+    }
+}
+
+/// A quantized matrix as a candle op: `x (…, cols) → (…, rows)`, F32, CPU.
+#[derive(Clone)]
+pub struct QLinear(pub Arc<QMatrix>);
+
+impl QLinear {
+    /// Applies the matrix to `x`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.apply_op1_no_bwd(self)
+    }
+}
+
+impl CustomOp1 for QLinear {
+    fn name(&self) -> &'static str {
+        "quantized-linear"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let w = &self.0;
+        let CpuStorage::F32(data) = storage else {
+            bail!("{} takes F32 input", self.name());
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("{} takes contiguous input", self.name());
+        };
+        let dims = layout.shape().dims();
+        if dims.last() != Some(&w.cols()) {
+            bail!(
+                "{}: input {:?} does not end in {} columns",
+                self.name(),
+                dims,
+                w.cols()
+            );
+        }
+        let m = (end - start) / w.cols();
+        let mut out = vec![0f32; m * w.rows()];
+        w.matmul(&data[start..end], m, &mut out);
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("dims end in cols") = w.rows();
+        Ok((CpuStorage::F32(out), Shape::from(shape)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deterministic pseudo-random stream (tests need no seedable RNG crate).
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self) -> u32 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) as u32
+        }
+        fn float(&mut self) -> f32 {
+            self.next() as f32 / (1u64 << 31) as f32 * 2.0 - 1.0
+        }
+    }
+
+    /// Random blocks: scales and minimums in the range real models have, and every quant
+    /// value (Q8_0 down to -127; -128 is not produced by GGUF quantizers).
+    fn random(format: Format, rows: usize, cols: usize, rng: &mut Lcg) -> QMatrix {
+        let mut bytes = Vec::new();
+        for _ in 0..rows * cols / QK {
+            let d = f16::from_f32(rng.float().abs() * 0.05 + 1e-3);
+            bytes.extend(d.to_le_bytes());
+            match format {
+                Format::Q4_1 => {
+                    bytes.extend(f16::from_f32(rng.float() * 0.4).to_le_bytes());
+                    bytes.extend((0..16).map(|_| rng.next() as u8));
+                }
+                Format::Q8_0 => bytes.extend(
+                    (0..32)
+                        .map(|_| (rng.next() % 255) as i32 - 127)
+                        .map(|q| q as u8),
+                ),
+            }
+        }
+        QMatrix::from_bytes(format, &bytes, rows, cols).unwrap()
+    }
+
+    fn dots(w: &QMatrix, xq: &[BlockQ8_1]) -> (f32, f32, [f32; 4]) {
+        each!(w, b => {
+            let row = b.row(0);
+            (
+                WeightBlock::dot_scalar(row, xq),
+                WeightBlock::dot(row, xq),
+                WeightBlock::dot4(row, [xq, xq, xq, xq]),
+            )
+        })
+    }
+
+    #[test]
+    fn simd_dot_products_match_the_scalar_reference() {
+        let mut rng = Lcg(7);
+        for format in [Format::Q4_1, Format::Q8_0] {
+            // 576 columns (SmolLM2's width, 18 blocks), odd block counts and a single block.
+            for cols in [32, 96, 576, 1536] {
+                let w = random(format, 1, cols, &mut rng);
+                for _ in 0..20 {
+                    let x: Vec<f32> = (0..cols).map(|_| rng.float() * 3.0).collect();
+                    let mut xq = vec![BlockQ8_1::default(); cols / QK];
+                    quantize_q8_1(&x, &mut xq);
+                    let (reference, fast, four) = dots(&w, &xq);
+                    let close = |v: f32| (v - reference).abs() <= 1e-5 * reference.abs().max(1.0);
+                    assert!(close(fast), "{format:?} {cols}: {fast} vs {reference}");
+                    assert!(four.into_iter().all(close), "{format:?} {cols}: {four:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_agrees_with_the_dequantized_matrix() {
+        let mut rng = Lcg(11);
+        for format in [Format::Q4_1, Format::Q8_0] {
+            // Odd shapes: 7 output rows (no full tile), 576 columns, 1–9 input rows.
+            for (rows, cols, m) in [(7, 576, 1), (193, 576, 5), (64, 1536, 9), (3, 32, 4)] {
+                let w = random(format, rows, cols, &mut rng);
+                let dense = w.dequantize();
+                let x: Vec<f32> = (0..m * cols).map(|_| rng.float()).collect();
+                let mut out = vec![0f32; m * rows];
+                w.matmul(&x, m, &mut out);
+                for i in 0..m {
+                    let xi = &x[i * cols..(i + 1) * cols];
+                    let amax = xi.iter().fold(0f32, |a, v| a.max(v.abs()));
+                    for r in 0..rows {
+                        let wr = &dense[r * cols..(r + 1) * cols];
+                        let exact: f32 = wr.iter().zip(xi).map(|(a, b)| a * b).sum();
+                        // The only difference is the 8-bit rounding of x: half a step
+                        // (amax / 254) per value plus the f16 rounding of the step (127 · 2⁻¹¹
+                        // of a step), times |w|, and for Q4_1 the f16 rounding of each block's
+                        // d·Σq (times |m| ≤ 0.4).
+                        let step = amax / 127.0;
+                        let bound: f32 = wr.iter().map(|v| v.abs()).sum::<f32>() * step * 0.57
+                            + (cols / QK) as f32 * 0.4 * 32.0 * amax / 2048.0
+                            + 1e-4;
+                        let got = out[i * rows + r];
+                        assert!(
+                            (got - exact).abs() <= bound,
+                            "{format:?} {rows}×{cols}, row {i}, col {r}: {got} vs {exact}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rows_stack_and_select_like_the_dense_matrix() {
+        let mut rng = Lcg(5);
+        for format in [Format::Q4_1, Format::Q8_0] {
+            let (a, b) = (
+                random(format, 3, 64, &mut rng),
+                random(format, 2, 64, &mut rng),
+            );
+            let both = QMatrix::stack(&[&a, &b]).unwrap();
+            assert_eq!((both.rows(), both.cols()), (5, 64));
+            let dense = [a.dequantize(), b.dequantize()].concat();
+            assert_eq!(both.dequantize(), dense);
+            let picked = both.select_rows(&[4, 0, 4]).unwrap();
+            assert_eq!(picked[..64], dense[4 * 64..5 * 64]);
+            assert_eq!(picked[64..128], dense[..64]);
+            assert!(both.select_rows(&[5]).is_err());
+        }
+        let (a, b) = (
+            random(Format::Q4_1, 1, 64, &mut rng),
+            random(Format::Q8_0, 1, 64, &mut rng),
+        );
+        assert!(QMatrix::stack(&[&a, &b]).is_err());
+        let c = random(Format::Q4_1, 1, 96, &mut rng);
+        assert!(QMatrix::stack(&[&a, &c]).is_err());
+    }
+
+    #[test]
+    fn the_candle_op_keeps_the_leading_dimensions() {
+        let mut rng = Lcg(3);
+        let w = Arc::new(random(Format::Q4_1, 10, 64, &mut rng));
+        let x = Tensor::rand(-1f32, 1f32, (2, 3, 64), &candle_core::Device::Cpu).unwrap();
+        let y = QLinear(w.clone()).forward(&x).unwrap();
+        assert_eq!(y.dims(), &[2, 3, 10]);
+        let flat: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        let mut out = vec![0f32; 6 * 10];
+        w.matmul(&flat, 6, &mut out);
+        assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), out);
+        let bad = Tensor::zeros((2, 63), candle_core::DType::F32, &candle_core::Device::Cpu);
+        assert!(QLinear(w).forward(&bad.unwrap()).is_err());
+    }
+}
