@@ -6,6 +6,10 @@
 //! of every active sequence through the weights together, with one KV cache per sequence —
 //! and new requests join between steps, up to `max_sequences` at once.
 //!
+//! Chunked prefill: a new prompt is read [`WorkerLimits::prefill_chunk`] tokens at a time, one
+//! chunk between two decode steps, so a long prompt never freezes the streams already running
+//! for more than one chunk. Prompts waiting to be read take their turns in arrival order.
+//!
 //! Slow consumers: the worker never waits for one. Each stream has a bounded buffer; a
 //! sequence whose buffer is nearly full sits out decode steps (the others go on) until its
 //! consumer reads, and one that stays stuck longer than [`WorkerLimits::stall_limit`] is
@@ -77,6 +81,8 @@ pub struct WorkerLimits {
     pub stream_buffer: usize,
     /// How long a sequence may wait for its consumer to read before it is cancelled.
     pub stall_limit: Duration,
+    /// Prompt tokens read between two decode steps while other streams are running.
+    pub prefill_chunk: usize,
 }
 
 impl Default for WorkerLimits {
@@ -84,6 +90,8 @@ impl Default for WorkerLimits {
         Self {
             stream_buffer: 256,
             stall_limit: Duration::from_secs(30),
+            // About a tenth of a second of prefill for SmolLM2-135M on two cores.
+            prefill_chunk: 48,
         }
     }
 }
@@ -228,6 +236,15 @@ struct Active {
     stalled_since: Option<Instant>,
 }
 
+/// A request whose prompt is being read, chunk by chunk.
+struct Prefilling {
+    seq: Sequence,
+    events: mpsc::Sender<Result<ChatEvent>>,
+    prompt: Vec<u32>,
+    /// Prompt tokens read so far.
+    done: usize,
+}
+
 /// Hands text to the consumer without ever waiting: a full buffer (the consumer is gone or
 /// too far behind) ends the sequence.
 fn delta_sender(events: &mpsc::Sender<Result<ChatEvent>>) -> impl FnMut(&str) -> bool + '_ {
@@ -241,8 +258,9 @@ fn delta_sender(events: &mpsc::Sender<Result<ChatEvent>>) -> impl FnMut(&str) ->
 }
 
 /// The scheduler: admits waiting requests between decode steps (up to `max_active`
-/// sequences), reads each new prompt, then runs one decode step for every active sequence
-/// together. A sequence leaves when it finishes or its consumer goes away.
+/// sequences), reads one chunk of the oldest unread prompt, then runs one decode step for
+/// every active sequence together. A sequence leaves when it finishes or its consumer goes
+/// away.
 fn worker(
     model: LocalModel,
     mut rx: mpsc::Receiver<Job>,
@@ -251,6 +269,8 @@ fn worker(
     limits: WorkerLimits,
 ) {
     let mut active: Vec<Active> = Vec::new();
+    let mut reading: std::collections::VecDeque<Prefilling> = Default::default();
+    let chunk = limits.prefill_chunk.max(1);
     // The last event fits: a sequence only steps with room to spare.
     let done = |seq: &Sequence, events: &mpsc::Sender<Result<ChatEvent>>| {
         counters.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -264,38 +284,48 @@ fn worker(
         let _ = events.try_send(Err(e));
     };
     loop {
-        let mut incoming = Vec::new();
-        if active.is_empty() {
+        if active.is_empty() && reading.is_empty() {
             match rx.blocking_recv() {
-                Some(job) => incoming.push(job),
+                Some(job) => reading.extend(admit(&model, job, &counters, &failed)),
                 None => return,
             }
         }
-        while active.len() + incoming.len() < max_active.max(1) {
+        while active.len() + reading.len() < max_active.max(1) {
             match rx.try_recv() {
-                Ok(job) => incoming.push(job),
+                Ok(job) => reading.extend(admit(&model, job, &counters, &failed)),
                 Err(_) => break,
             }
         }
-        for job in incoming {
-            if job.events.is_closed() {
+        // One chunk of the oldest prompt (all of it when nothing else is running).
+        if let Some(mut p) = reading.pop_front() {
+            let budget = if active.is_empty() { usize::MAX } else { chunk };
+            let end = p.prompt.len().min(p.done.saturating_add(budget));
+            if p.events.is_closed() {
                 counters.waiting.fetch_sub(1, Ordering::Relaxed);
-                continue;
-            }
-            let started = Sequence::new(&model, &job.prompt, &job.params).and_then(|mut seq| {
-                let logits = model.decoder().prefill(&job.prompt, &mut seq.cache)?;
-                let next = seq.accept(&model, &logits, &mut delta_sender(&job.events))?;
-                Ok((seq, next))
-            });
-            match started {
-                Ok((seq, Some(next))) => active.push(Active {
-                    seq,
-                    events: job.events,
-                    next,
-                    stalled_since: None,
-                }),
-                Ok((seq, None)) => done(&seq, &job.events),
-                Err(e) => failed(e, &job.events),
+            } else {
+                let read = model
+                    .decoder()
+                    .prefill(&p.prompt[p.done..end], &mut p.seq.cache);
+                match read {
+                    Err(e) => failed(e, &p.events),
+                    Ok(_) if end < p.prompt.len() => {
+                        p.done = end;
+                        reading.push_front(p);
+                    }
+                    Ok(logits) => {
+                        let accepted = p.seq.accept(&model, &logits, &mut delta_sender(&p.events));
+                        match accepted {
+                            Ok(Some(next)) => active.push(Active {
+                                seq: p.seq,
+                                events: p.events,
+                                next,
+                                stalled_since: None,
+                            }),
+                            Ok(None) => done(&p.seq, &p.events),
+                            Err(e) => failed(e, &p.events),
+                        }
+                    }
+                }
             }
         }
         // Sequences whose consumers left no room sit this step out; one stuck too long, or
@@ -321,7 +351,7 @@ fn worker(
             .store(ready.len() + waiting.len(), Ordering::Relaxed);
         if ready.is_empty() {
             active = waiting;
-            if !active.is_empty() {
+            if !active.is_empty() && reading.is_empty() {
                 thread::sleep(Duration::from_millis(5));
             }
             continue;
@@ -363,6 +393,32 @@ fn worker(
         }
         active = still;
         counters.active.store(active.len(), Ordering::Relaxed);
+    }
+}
+
+/// A new request: its sequence, ready for its prompt to be read (`None` when its consumer has
+/// already gone or the request is refused, which `failed` reports).
+fn admit(
+    model: &LocalModel,
+    job: Job,
+    counters: &Counters,
+    failed: &dyn Fn(Error, &mpsc::Sender<Result<ChatEvent>>),
+) -> Option<Prefilling> {
+    if job.events.is_closed() {
+        counters.waiting.fetch_sub(1, Ordering::Relaxed);
+        return None;
+    }
+    match Sequence::new(model, &job.prompt, &job.params) {
+        Ok(seq) => Some(Prefilling {
+            seq,
+            events: job.events,
+            prompt: job.prompt,
+            done: 0,
+        }),
+        Err(e) => {
+            failed(e, &job.events);
+            None
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! Generation with the packaged SmolLM2-135M-Instruct (dequantized at load, CPU).
+//! Generation with the packaged SmolLM2-135M-Instruct (its Q4_1 weights kept quantized, CPU).
 use candle_core::Device;
 use recall_core::ErrorKind;
 use recall_core::context::ChatTurn;
@@ -10,7 +10,7 @@ use crate::fixtures::models_dir;
 fn smollm() -> LocalModel {
     let config = ModelConfig {
         path: recall_core::llm::local::default_model_path(&models_dir()),
-        dequantize: true,
+        dequantize: false,
         ..ModelConfig::new("")
     };
     LocalModel::load(&config, &Device::Cpu).unwrap()
@@ -140,7 +140,7 @@ mod service {
     fn service() -> ChatService {
         let config = ModelConfig {
             path: recall_core::llm::local::default_model_path(&models_dir()),
-            dequantize: true,
+            dequantize: false,
             ..ModelConfig::new("")
         };
         ChatService::start(&config, &candle_core::Device::Cpu, 4, 8).unwrap()
@@ -211,12 +211,12 @@ mod service {
     async fn a_consumer_that_stops_reading_stalls_nobody_and_is_cancelled() {
         let config = ModelConfig {
             path: recall_core::llm::local::default_model_path(&models_dir()),
-            dequantize: true,
             ..ModelConfig::new("")
         };
         let limits = WorkerLimits {
             stream_buffer: 8,
             stall_limit: Duration::from_secs(2),
+            ..WorkerLimits::default()
         };
         let chat = ChatService::start_with_limits(&config, &candle_core::Device::Cpu, 4, 8, limits)
             .unwrap();
@@ -260,6 +260,72 @@ mod service {
         assert!((1..=8).contains(&deltas), "{deltas} buffered deltas");
         assert_eq!(chat.active_sequences(), 0);
         assert_eq!(chat.queue_depth(), 0);
+    }
+
+    /// A long prompt arriving while another answer streams is read in chunks between that
+    /// answer's decode steps: the running stream keeps getting tokens meanwhile.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_new_prompt_does_not_freeze_the_running_streams() {
+        let config = ModelConfig {
+            path: recall_core::llm::local::default_model_path(&models_dir()),
+            ..ModelConfig::new("")
+        };
+        let limits = WorkerLimits {
+            prefill_chunk: 8,
+            ..WorkerLimits::default()
+        };
+        let chat = Arc::new(
+            ChatService::start_with_limits(&config, &candle_core::Device::Cpu, 4, 4, limits)
+                .unwrap(),
+        );
+        let long = GenerationParams {
+            max_tokens: 200,
+            min_tokens: 200,
+            ..GenerationParams::default()
+        };
+        let mut running = chat
+            .stream(&ask("Write a long story about a dragon."), &long)
+            .await
+            .unwrap();
+        // Once it streams, count its tokens in the background.
+        assert!(matches!(
+            running.recv().await.unwrap().unwrap(),
+            ChatEvent::Delta { .. }
+        ));
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = seen.clone();
+        let reader = tokio::spawn(async move {
+            while let Some(e) = running.recv().await {
+                if let ChatEvent::Delta { .. } = e.unwrap() {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        });
+        // A prompt of ~250 tokens: about 30 chunks of 8.
+        let story = "My grandmother kept bees behind the old mill, and every summer we \
+                     helped her move the hives to the lavender fields by the river. "
+            .repeat(9);
+        let before = seen.load(std::sync::atomic::Ordering::SeqCst);
+        let mut second = chat
+            .stream(
+                &ask(&format!("{story}Where were the hives moved?")),
+                &GenerationParams {
+                    max_tokens: 8,
+                    ..GenerationParams::default()
+                },
+            )
+            .await
+            .unwrap();
+        let first = second.recv().await.unwrap().unwrap();
+        assert!(matches!(first, ChatEvent::Delta { .. }));
+        let during = seen.load(std::sync::atomic::Ordering::SeqCst) - before;
+        // Read whole, the prompt would have held the running stream for one step at most.
+        assert!(
+            during >= 15,
+            "the running stream got {during} pieces while the prompt was read"
+        );
+        while second.recv().await.is_some() {}
+        reader.await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
