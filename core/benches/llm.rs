@@ -1,7 +1,9 @@
 //! Local generation speed with the packaged SmolLM2-135M-Instruct on the CPU: prefill and
-//! decode tokens/s and time to first token, one stream and 4 or 8 concurrent streams through
-//! the `ChatService` (aggregate throughput), and Hugging Face transformers on the same GGUF
-//! file, prompt and answer length in the same run when a Python with it is given.
+//! decode tokens/s and time to first token of one stream; continuous batching through the
+//! `ChatService` (aggregate decode tokens/s with 1, 4, 8 and 16 streams, and the time to first
+//! token of new requests while the others decode); and, in the same run, llama.cpp and/or
+//! Hugging Face transformers on the same GGUF file, prompt and answer length when a Python
+//! with them is given.
 //!
 //! ```sh
 //! scripts/bench-venv.sh     # once: the Python reference (transformers + gguf + accelerate)
@@ -90,21 +92,6 @@ fn main() {
     );
     drop(model);
 
-    // Concurrent streams through the service (continuous batching).
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let service = Arc::new(ChatService::start(&config, &Device::Cpu, 16, 8).unwrap());
-    for n in [4usize, 8] {
-        let (agg, ttft) = concurrent(&rt, &service, n, &turns, &params);
-        println!(
-            "| deep-recall (candle) | {n} | - | {ttft:.0} (mean) | {:.1} | {agg:.1} |",
-            agg / n as f64
-        );
-    }
-
     if let Some(python) = arg("--python") {
         let path = path.to_string_lossy();
         reference(
@@ -126,6 +113,137 @@ fn main() {
             (prefill, decode),
         );
     }
+
+    // Concurrent streams through the service (continuous batching): steady-state decode
+    // throughput with n streams running, and the time to first token of a new request while
+    // n - 1 others are decoding.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let service = Arc::new(ChatService::start(&config, &Device::Cpu, 64, 16).unwrap());
+    println!();
+    println!(
+        "Continuous batching (ChatService, max 16 sequences): n streams of {new_tokens} tokens \
+         started together, aggregate decode tokens/s while all n run; TTFT of 12 new requests \
+         (one at a time) while n - 1 streams decode"
+    );
+    println!();
+    println!(
+        "| streams | aggregate decode (tokens/s) | × one stream | TTFT p50 (ms) | TTFT p95 (ms) |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    let mut single = None;
+    for n in [1usize, 4, 8, 16] {
+        let agg = steady(&rt, &service, n, &turns, &params);
+        let (p50, p95) = ttft_under_load(&rt, &service, n - 1, &turns, &params);
+        let base = *single.get_or_insert(agg);
+        println!(
+            "| {n} | {agg:.1} | {:.2} | {p50:.0} | {p95:.0} |",
+            agg / base
+        );
+    }
+    println!();
+}
+
+/// One streamed request: (time of its first piece, time of its end, tokens), from `t0`.
+async fn timed(
+    service: Arc<ChatService>,
+    turns: Vec<ChatTurn>,
+    params: GenerationParams,
+    t0: Instant,
+) -> (f64, f64, usize) {
+    let mut rx = service.stream(&turns, &params).await.unwrap();
+    let (mut first, mut tokens) = (None, 0);
+    while let Some(e) = rx.recv().await {
+        match e.unwrap() {
+            ChatEvent::Delta { .. } => {
+                first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
+            }
+            ChatEvent::Done { completion } => tokens = completion.completion_tokens,
+        }
+    }
+    let end = t0.elapsed().as_secs_f64();
+    (first.unwrap_or(end), end, tokens)
+}
+
+/// Aggregate decode tokens/s while all of `n` streams started together are running: the
+/// window from the last first token to the first end, each stream's tokens in it counted at
+/// its own mean rate.
+fn steady(
+    rt: &tokio::runtime::Runtime,
+    service: &Arc<ChatService>,
+    n: usize,
+    turns: &[ChatTurn],
+    params: &GenerationParams,
+) -> f64 {
+    rt.block_on(async {
+        let t0 = Instant::now();
+        let tasks: Vec<_> = (0..n)
+            .map(|_| tokio::spawn(timed(service.clone(), turns.to_vec(), params.clone(), t0)))
+            .collect();
+        let mut runs = Vec::new();
+        for t in tasks {
+            runs.push(t.await.unwrap());
+        }
+        let start = runs.iter().map(|r| r.0).fold(0.0, f64::max);
+        let end = runs.iter().map(|r| r.1).fold(f64::MAX, f64::min);
+        let window = (end - start).max(1e-9);
+        runs.iter()
+            .map(|(first, done, tokens)| *tokens as f64 / (done - first) * window)
+            .sum::<f64>()
+            / window
+    })
+}
+
+/// Time to first token (p50, p95 in ms) of 12 requests made one after another while
+/// `background` long streams decode.
+fn ttft_under_load(
+    rt: &tokio::runtime::Runtime,
+    service: &Arc<ChatService>,
+    background: usize,
+    turns: &[ChatTurn],
+    params: &GenerationParams,
+) -> (f64, f64) {
+    rt.block_on(async {
+        let long = GenerationParams {
+            max_tokens: 100_000,
+            min_tokens: 100_000,
+            ..params.clone()
+        };
+        let mut streams = Vec::new();
+        for _ in 0..background {
+            let mut rx = service.stream(turns, &long).await.unwrap();
+            rx.recv().await; // decoding
+            streams.push(tokio::spawn(
+                async move { while rx.recv().await.is_some() {} },
+            ));
+        }
+        let probe = GenerationParams {
+            max_tokens: 2,
+            min_tokens: 2,
+            ..params.clone()
+        };
+        let mut ttft = Vec::new();
+        for _ in 0..12 {
+            let t0 = Instant::now();
+            let (first, _, _) = timed(service.clone(), turns.to_vec(), probe.clone(), t0).await;
+            ttft.push(first * 1000.0);
+        }
+        for s in streams {
+            s.abort();
+        }
+        // Let the worker notice the dropped streams before the next measurement.
+        while service.queue_depth() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        ttft.sort_by(f64::total_cmp);
+        (
+            ttft[ttft.len() / 2],
+            ttft[(ttft.len() * 95).div_ceil(100) - 1],
+        )
+    })
 }
 
 /// Streams through the service at once: aggregate tokens/s and mean time to first token (ms).
