@@ -1,39 +1,108 @@
-//! Causal attention of a few new positions against a sequence's KV cache, as one candle op
-//! (F32, CPU): scores, softmax and the weighted sum of values in one pass per query row, with
-//! no score matrix, mask tensor or repeated key/value heads allocated. It reads the cache
-//! buffers in place (a narrowed view of a larger buffer is fine), and grouped-query attention
-//! is native: the query rows of one key/value head are consecutive.
-//!
-//! Decode steps (one to a few new positions) are what it is for; a long prompt is better
-//! served by matrix multiplications (the decoder keeps that path for prefill).
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
+//! Attention over KV caches kept in host memory, for decode steps and short prompt chunks on
+//! the CPU: every sequence of a batch in one parallel pass (each with its own cache and
+//! length), scores, softmax and the weighted sum of values per query row, without a score
+//! matrix, mask, repeated key/value heads or any per-sequence tensor operation. Grouped-query
+//! attention is native: query head `h` reads key/value head `h / (heads / kv_heads)`.
 
-/// See the module documentation.
-#[derive(Debug, Clone, Copy)]
-pub struct CachedAttention {
-    /// New positions per sequence (the last `seq` of the cache's `len` positions).
-    pub seq: usize,
-    /// Multiplier of the scores (1/√head_dim).
-    pub scale: f32,
+/// One sequence's keys and values for one layer: (kv heads, capacity, head dim) each,
+/// row-major; the capacity doubles when the sequence outgrows it.
+#[derive(Debug, Clone, Default)]
+pub struct HostKv {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    cap: usize,
+    heads: usize,
+    dim: usize,
 }
 
-impl CachedAttention {
-    /// `q`: (kv heads, rep × seq, head dim), row `h·seq + i` being query head `h` of the group
-    /// at new position `i`; `k`, `v`: (kv heads, len, head dim). Returns `q`'s shape.
-    pub fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        q.apply_op3_no_bwd(k, v, self)
+/// Positions a cache holds at first.
+const INITIAL: usize = 256;
+
+impl HostKv {
+    /// An empty cache of `heads` key/value heads of width `dim`.
+    pub fn new(heads: usize, dim: usize) -> Self {
+        Self {
+            heads,
+            dim,
+            ..Self::default()
+        }
+    }
+
+    /// Positions it has room for.
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    fn grow(&mut self, need: usize) {
+        if need <= self.cap {
+            return;
+        }
+        let cap = need.max(INITIAL).next_power_of_two();
+        let (h, d, old) = (self.heads, self.dim, self.cap);
+        let regrow = |buf: &mut Vec<f32>| {
+            let mut new = vec![0f32; h * cap * d];
+            for head in 0..h {
+                new[head * cap * d..][..old * d].copy_from_slice(&buf[head * old * d..][..old * d]);
+            }
+            *buf = new;
+        };
+        regrow(&mut self.k);
+        regrow(&mut self.v);
+        self.cap = cap;
+    }
+
+    /// Writes the keys and values of `seq` new positions from `pos` on: `k` and `v` are
+    /// (seq, heads, dim) row-major, as projections produce them.
+    pub fn write(&mut self, pos: usize, seq: usize, k: &[f32], v: &[f32]) {
+        let (h, d) = (self.heads, self.dim);
+        assert_eq!(k.len(), seq * h * d, "keys are not (seq, heads, dim)");
+        assert_eq!(v.len(), seq * h * d, "values are not (seq, heads, dim)");
+        self.grow(pos + seq);
+        let cap = self.cap;
+        for i in 0..seq {
+            for head in 0..h {
+                let at = (head * cap + pos + i) * d;
+                let from = (i * h + head) * d;
+                self.k[at..at + d].copy_from_slice(&k[from..from + d]);
+                self.v[at..at + d].copy_from_slice(&v[from..from + d]);
+            }
+        }
+    }
+
+    /// Positions `0..len` of the keys and of the values, each (heads, len, dim) row-major (for
+    /// the matrix-multiplication path of long prompts).
+    pub fn read(&self, len: usize) -> (Vec<f32>, Vec<f32>) {
+        assert!(
+            len <= self.cap,
+            "{len} positions of a cache of {}",
+            self.cap
+        );
+        let (h, d, cap) = (self.heads, self.dim, self.cap);
+        let take = |buf: &[f32]| -> Vec<f32> {
+            (0..h)
+                .flat_map(|head| buf[head * cap * d..][..len * d].iter().copied())
+                .collect()
+        };
+        (take(&self.k), take(&self.v))
+    }
+
+    fn key(&self, head: usize, j: usize) -> &[f32] {
+        &self.k[(head * self.cap + j) * self.dim..][..self.dim]
+    }
+
+    fn value(&self, head: usize, j: usize) -> &[f32] {
+        &self.v[(head * self.cap + j) * self.dim..][..self.dim]
     }
 }
 
-/// The element offset of `(g, 0, 0)` and the row stride of a (groups, rows, dim) view whose
-/// rows are contiguous.
-fn view(layout: &Layout, what: &str) -> Result<(usize, usize, usize)> {
-    let stride = layout.stride();
-    let dims = layout.shape().dims();
-    if dims.len() != 3 || stride[2] != 1 {
-        bail!("attention: {what} must be (groups, rows, dim) with contiguous rows");
-    }
-    Ok((layout.start_offset(), stride[0], stride[1]))
+/// The new positions of one sequence.
+pub struct Query<'a> {
+    /// Queries, (heads, seq, dim) row-major.
+    pub q: &'a [f32],
+    /// Its cache, holding the new positions already.
+    pub kv: &'a HostKv,
+    /// Positions cached, the new ones included (the new ones are the last `seq`).
+    pub len: usize,
 }
 
 #[inline]
@@ -51,172 +120,221 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-impl CustomOp3 for CachedAttention {
-    fn name(&self) -> &'static str {
-        "cached-attention"
+/// Causal attention of `seq` new positions for every sequence of `batch` (`heads` query
+/// heads of width `dim`, scores scaled by `scale`): `out` receives each sequence's
+/// (heads, seq, dim) in turn.
+pub fn attend(
+    batch: &[Query<'_>],
+    heads: usize,
+    seq: usize,
+    dim: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    assert_eq!(
+        out.len(),
+        batch.len() * heads * seq * dim,
+        "out is not batch × heads × seq × dim"
+    );
+    for b in batch {
+        assert_eq!(
+            b.q.len(),
+            heads * seq * dim,
+            "queries are not (heads, seq, dim)"
+        );
+        assert!(
+            b.len >= seq && b.len <= b.kv.cap,
+            "{} positions cached",
+            b.len
+        );
+        assert_eq!(b.kv.dim, dim, "head widths differ");
+        assert!(
+            b.kv.heads > 0 && heads.is_multiple_of(b.kv.heads),
+            "heads do not group"
+        );
     }
-
-    fn cpu_fwd(
-        &self,
-        qs: &CpuStorage,
-        ql: &Layout,
-        ks: &CpuStorage,
-        kl: &Layout,
-        vs: &CpuStorage,
-        vl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) = (qs, ks, vs) else {
-            bail!("attention takes F32 tensors");
-        };
-        let (groups, rows, dim) = ql.shape().dims3()?;
-        let (kg, len, kd) = kl.shape().dims3()?;
-        if vl.shape().dims3()? != (kg, len, kd) || kg != groups || kd != dim {
-            bail!(
-                "attention: q {:?}, k {:?}, v {:?} do not fit",
-                ql.shape(),
-                kl.shape(),
-                vl.shape()
-            );
+    let rows = heads * seq;
+    let out_ptr = out.as_mut_ptr() as usize;
+    let work = |item: usize, scores: &mut Vec<f32>| {
+        let (s, r) = (item / rows, item % rows);
+        let Query { q, kv, len } = &batch[s];
+        let (head, i) = (r / seq, r % seq);
+        let kv_head = head / (heads / kv.heads);
+        // Causal: new position i sees the cache up to len - seq + i.
+        let visible = len - seq + i + 1;
+        let qrow = &q[r * dim..][..dim];
+        scores.clear();
+        let mut max = f32::NEG_INFINITY;
+        for j in 0..visible {
+            let x = dot(qrow, kv.key(kv_head, j)) * scale;
+            max = max.max(x);
+            scores.push(x);
         }
-        let seq = self.seq;
-        if seq == 0 || !rows.is_multiple_of(seq) || seq > len {
-            bail!("attention: {rows} query rows, {seq} new positions, {len} cached");
+        let mut sum = 0f32;
+        for x in scores.iter_mut() {
+            *x = (*x - max).exp();
+            sum += *x;
         }
-        let (q0, qg, qr) = view(ql, "q")?;
-        let (k0, kgs, kr) = view(kl, "k")?;
-        let (v0, vgs, vr) = view(vl, "v")?;
-        let pos = len - seq;
-        let mut out = vec![0f32; groups * rows * dim];
-        let out_ptr = out.as_mut_ptr() as usize;
-        let work = |item: usize, scores: &mut Vec<f32>| {
-            let (g, r) = (item / rows, item % rows);
-            // Causal: new position i sees the cache up to pos + i.
-            let visible = pos + r % seq + 1;
-            let qrow = &q[q0 + g * qg + r * qr..][..dim];
-            scores.clear();
-            let mut max = f32::NEG_INFINITY;
-            for j in 0..visible {
-                let s = dot(qrow, &k[k0 + g * kgs + j * kr..][..dim]) * self.scale;
-                max = max.max(s);
-                scores.push(s);
+        // SAFETY: row `item` of `out` is written by this item only, inside `out`.
+        let o =
+            unsafe { std::slice::from_raw_parts_mut((out_ptr as *mut f32).add(item * dim), dim) };
+        o.fill(0.0);
+        for (j, p) in scores.iter().enumerate() {
+            for (o, x) in o.iter_mut().zip(kv.value(kv_head, j)) {
+                *o += p * x;
             }
-            let mut sum = 0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            // SAFETY: row (g, r) of `out` is written by this item only.
-            let o = unsafe {
-                std::slice::from_raw_parts_mut((out_ptr as *mut f32).add(item * dim), dim)
-            };
-            for (j, p) in scores.iter().enumerate() {
-                let vrow = &v[v0 + g * vgs + j * vr..][..dim];
-                for (o, x) in o.iter_mut().zip(vrow) {
-                    *o += p * x;
-                }
-            }
-            let inv = 1.0 / sum;
-            o.iter_mut().for_each(|x| *x *= inv);
-        };
-        let items = groups * rows;
-        // Below ~64k multiply-adds the pool's start-up costs more than a second core saves.
-        if items * len * dim < 1 << 16 {
-            let mut scores = Vec::with_capacity(len);
-            (0..items).for_each(|i| work(i, &mut scores));
-        } else {
-            candle_core::utils::barrier_pool().execute_chunked(items, |range| {
-                let mut scores = Vec::with_capacity(len);
-                range.for_each(|i| work(i, &mut scores));
-            });
         }
-        Ok((CpuStorage::F32(out), Shape::from((groups, rows, dim))))
+        let inv = 1.0 / sum;
+        o.iter_mut().for_each(|x| *x *= inv);
+    };
+    let items = batch.len() * rows;
+    let cost: usize = batch.iter().map(|b| b.len).sum::<usize>() * rows * dim;
+    // Below ~64k multiply-adds the pool's start-up costs more than a second core saves.
+    if cost < 1 << 16 {
+        let mut scores = Vec::new();
+        (0..items).for_each(|i| work(i, &mut scores));
+    } else {
+        candle_core::utils::barrier_pool().execute_chunked(items, |range| {
+            let mut scores = Vec::new();
+            range.for_each(|i| work(i, &mut scores));
+        });
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{D, Device, IndexOp};
-
     use super::*;
 
-    /// The same attention from candle's operations: repeated heads, masked scores, softmax.
-    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, seq: usize, scale: f32) -> Tensor {
-        let (groups, rows, _) = q.dims3().unwrap();
-        let len = k.dim(1).unwrap();
-        let pos = len - seq;
-        let mask: Vec<f32> = (0..rows)
-            .flat_map(|r| {
-                (0..len).map(move |j| {
-                    if j > pos + r % seq {
-                        f32::NEG_INFINITY
-                    } else {
-                        0.0
-                    }
-                })
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (1, rows, len), &Device::Cpu).unwrap();
-        let att = (q.matmul(&k.t().unwrap()).unwrap() * scale as f64).unwrap();
-        let att = att.broadcast_add(&mask).unwrap();
-        let att = candle_nn_softmax(&att);
-        let _ = groups;
-        att.matmul(&v.contiguous().unwrap()).unwrap()
+    struct Lcg(u64);
+    impl Lcg {
+        fn float(&mut self) -> f32 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        }
+        fn vec(&mut self, n: usize) -> Vec<f32> {
+            (0..n).map(|_| self.float()).collect()
+        }
     }
 
-    fn candle_nn_softmax(x: &Tensor) -> Tensor {
-        let max = x.max_keepdim(D::Minus1).unwrap();
-        let e = x.broadcast_sub(&max).unwrap().exp().unwrap();
-        e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap()
+    /// Textbook attention in f64: all keys (seq, kv_heads, dim) at once, masked softmax.
+    fn reference(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        heads: usize,
+        kvh: usize,
+        seq: usize,
+        len: usize,
+        dim: usize,
+        scale: f32,
+    ) -> Vec<f32> {
+        let mut out = vec![0f32; heads * seq * dim];
+        for h in 0..heads {
+            let g = h / (heads / kvh);
+            for i in 0..seq {
+                let qrow = &q[(h * seq + i) * dim..][..dim];
+                let visible = len - seq + i + 1;
+                let s: Vec<f64> = (0..visible)
+                    .map(|j| {
+                        let krow = &k[(j * kvh + g) * dim..][..dim];
+                        qrow.iter()
+                            .zip(krow)
+                            .map(|(a, b)| *a as f64 * *b as f64)
+                            .sum::<f64>()
+                            * scale as f64
+                    })
+                    .collect();
+                let max = s.iter().cloned().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+                let total: f64 = e.iter().sum();
+                for d in 0..dim {
+                    let x: f64 = (0..visible)
+                        .map(|j| e[j] * v[(j * kvh + g) * dim + d] as f64)
+                        .sum();
+                    out[(h * seq + i) * dim + d] = (x / total) as f32;
+                }
+            }
+        }
+        out
     }
 
     #[test]
-    fn matches_masked_softmax_attention_on_views_of_larger_buffers() {
-        let cpu = Device::Cpu;
-        // (groups, rep, seq, len, dim): decode, a few new positions, odd head widths, and a
-        // case large enough to use the thread pool.
-        for (groups, rep, seq, len, dim) in [
-            (3, 3, 1, 1, 64),
-            (3, 3, 1, 37, 64),
-            (2, 4, 5, 12, 20),
-            (1, 1, 3, 3, 7),
-            (4, 2, 2, 300, 128),
+    fn batches_of_sequences_match_textbook_attention() {
+        let mut rng = Lcg(1);
+        // (heads, kv heads, new positions, cached lengths per sequence, dim): decode steps of
+        // sequences of different lengths, prompt chunks, odd widths, one past a regrowth.
+        for (heads, kvh, seq, lens, dim) in [
+            (9, 3, 1, vec![1, 37, 300], 64),
+            (4, 4, 5, vec![12], 20),
+            (2, 1, 3, vec![3, 7], 7),
+            (8, 2, 1, vec![257, 600], 128),
         ] {
-            let q = Tensor::randn(0f32, 1.0, (groups, rep * seq, dim), &cpu).unwrap();
-            // The cache: a buffer with room for more positions, narrowed to `len`.
-            let kb = Tensor::randn(0f32, 1.0, (groups, len + 9, dim), &cpu).unwrap();
-            let vb = Tensor::randn(0f32, 1.0, (groups, len + 9, dim), &cpu).unwrap();
-            let (k, v) = (kb.narrow(1, 0, len).unwrap(), vb.narrow(1, 0, len).unwrap());
             let scale = 1.0 / (dim as f32).sqrt();
-            let got = CachedAttention { seq, scale }.forward(&q, &k, &v).unwrap();
-            let want = reference(&q, &k, &v, seq, scale);
-            let diff = (got - &want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(
-                diff < 1e-5,
-                "{groups}×{rep}×{seq}, len {len}, dim {dim}: {diff}"
-            );
-            assert_eq!(want.i(0).unwrap().dims(), &[rep * seq, dim]);
+            let mut caches = Vec::new();
+            let mut all = Vec::new();
+            for &len in &lens {
+                // Written in two parts (the prompt, then the new positions) as the decoder does.
+                let k = rng.vec(len * kvh * dim);
+                let v = rng.vec(len * kvh * dim);
+                let mut kv = HostKv::new(kvh, dim);
+                let split = (len - seq) * kvh * dim;
+                if len > seq {
+                    kv.write(0, len - seq, &k[..split], &v[..split]);
+                }
+                kv.write(len - seq, seq, &k[split..], &v[split..]);
+                let (rk, rv) = kv.read(len);
+                assert_eq!(rk.len(), kvh * len * dim);
+                assert_eq!(rk[..dim], k[..dim]); // head 0, position 0
+                assert_eq!(
+                    rv[(len - 1) * dim..][..dim],
+                    v[(len - 1) * kvh * dim..][..dim]
+                );
+                caches.push(kv);
+                all.push((k, v, rng.vec(heads * seq * dim)));
+            }
+            let batch: Vec<Query> = caches
+                .iter()
+                .zip(&all)
+                .zip(&lens)
+                .map(|((kv, (_, _, q)), &len)| Query { q, kv, len })
+                .collect();
+            let mut out = vec![f32::NAN; lens.len() * heads * seq * dim];
+            attend(&batch, heads, seq, dim, scale, &mut out);
+            for (b, ((k, v, q), &len)) in all.iter().zip(&lens).enumerate() {
+                let want = reference(q, k, v, heads, kvh, seq, len, dim, scale);
+                let got = &out[b * heads * seq * dim..][..heads * seq * dim];
+                let diff = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(
+                    diff < 1e-5,
+                    "{heads}/{kvh} heads, seq {seq}, len {len}, dim {dim}: {diff}"
+                );
+            }
         }
     }
 
     #[test]
-    fn shapes_that_do_not_fit_are_errors() {
-        let cpu = Device::Cpu;
-        let q = Tensor::zeros((2, 3, 8), candle_core::DType::F32, &cpu).unwrap();
-        let k = Tensor::zeros((2, 4, 8), candle_core::DType::F32, &cpu).unwrap();
-        let op = |seq| CachedAttention { seq, scale: 1.0 };
-        assert!(op(1).forward(&q, &k, &k).is_ok());
-        assert!(op(2).forward(&q, &k, &k).is_err()); // 3 rows are not whole positions
-        assert!(op(5).forward(&q, &k, &k).is_err()); // more new positions than cached
-        let k7 = Tensor::zeros((2, 4, 7), candle_core::DType::F32, &cpu).unwrap();
-        assert!(op(1).forward(&q, &k7, &k7).is_err());
+    fn a_copy_is_independent_and_growth_keeps_the_contents() {
+        let mut a = HostKv::new(2, 4);
+        a.write(0, 1, &[1.0; 8], &[2.0; 8]);
+        let mut b = a.clone();
+        b.write(1, 1, &[3.0; 8], &[4.0; 8]);
+        assert_eq!(a.capacity(), INITIAL);
+        for pos in 2..INITIAL + 5 {
+            a.write(pos, 1, &[pos as f32; 8], &[0.0; 8]);
+        }
+        assert_eq!(a.capacity(), 2 * INITIAL);
+        let (k, _) = a.read(INITIAL + 5);
+        assert_eq!(k[..4], [1.0; 4]);
+        assert_eq!(k[4..8], [0.0; 4]); // position 1 was never written in `a`
+        assert_eq!(k[(INITIAL + 4) * 4], (INITIAL + 4) as f32);
+        let (kb, vb) = b.read(2);
+        assert_eq!((kb[4], vb[4]), (3.0, 4.0));
     }
 }

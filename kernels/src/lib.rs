@@ -6,5 +6,5 @@
 pub mod attention;
 pub mod quant;
 
-pub use attention::CachedAttention;
+pub use attention::{HostKv, Query, attend};
 pub use quant::{Format, QLinear, QMatrix};

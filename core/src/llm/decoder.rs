@@ -16,12 +16,12 @@ mod weights;
 
 use candle_core::quantized::QMatMul;
 use candle_core::{D, DType, Device, IndexOp, Tensor};
-use recall_kernels::{CachedAttention, QLinear};
+use recall_kernels::{HostKv, QLinear, Query};
 
 use crate::error::{Error, Result};
 pub use arch::{Arch, Family, RopeStyle};
-use cache::FUSED_ATTENTION_MAX_SEQ;
 pub use cache::KvCache;
+use cache::{FUSED_ATTENTION_MAX_SEQ, LayerKv};
 pub(crate) use weights::{Embed, Fused, GgufWeights, Linear, SafetensorsWeights, Weights};
 
 struct Layer {
@@ -192,8 +192,17 @@ impl Decoder {
 
     /// An empty cache for a new sequence.
     pub fn new_cache(&self) -> KvCache {
+        let host = self.device.is_cpu() && self.dtype == DType::F32;
         KvCache {
-            layers: vec![None; self.layers.len()],
+            layers: (0..self.layers.len())
+                .map(|_| {
+                    if host {
+                        LayerKv::Host(HostKv::new(self.arch.kv_heads, self.arch.head_dim))
+                    } else {
+                        LayerKv::Device(None)
+                    }
+                })
+                .collect(),
             len: 0,
         }
     }
@@ -249,18 +258,6 @@ impl Decoder {
         let total = pos + seq;
         let q = q.reshape((a.kv_heads, rep * seq, a.head_dim))?;
         let scale = 1.0 / (a.head_dim as f64).sqrt();
-        if self.device.is_cpu() && self.dtype == DType::F32 && seq <= FUSED_ATTENTION_MAX_SEQ {
-            // Decode steps: one fused pass over the cache (no score matrix or mask).
-            let y = CachedAttention {
-                seq,
-                scale: scale as f32,
-            }
-            .forward(&q, &k, &v)?;
-            return Ok(y
-                .reshape((1, a.heads, seq, a.head_dim))?
-                .transpose(1, 2)?
-                .reshape((1, seq, a.heads * a.head_dim))?);
-        }
         let att = (q.matmul(&k.t()?)? * scale)?;
         let att = if seq > 1 {
             // Causal mask: position pos+i sees keys up to pos+i.
@@ -288,6 +285,86 @@ impl Decoder {
             .reshape((1, seq, a.heads * a.head_dim))?)
     }
 
+    /// Attention of every sequence of a step at once on host caches: q, k, v are
+    /// (batch, seq, heads × head_dim); each sequence's new positions follow its cache.
+    fn attend_host(
+        &self,
+        layer: &Layer,
+        li: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        caches: &mut [&mut KvCache],
+    ) -> Result<Tensor> {
+        let a = &self.arch;
+        let (batch, seq, _) = q.dims3()?;
+        let mut q = q.reshape((batch, seq, a.heads, a.head_dim))?;
+        let mut k = k.reshape((batch, seq, a.kv_heads, a.head_dim))?;
+        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+            q = candle_nn::ops::rms_norm(&q.contiguous()?, qn, a.eps as f32)?;
+            k = candle_nn::ops::rms_norm(&k.contiguous()?, kn, a.eps as f32)?;
+        }
+        // Rotary embeddings at each sequence's own positions.
+        let (cos, sin) = if batch == 1 {
+            let pos = caches[0].len;
+            (self.cos.narrow(0, pos, seq)?, self.sin.narrow(0, pos, seq)?)
+        } else {
+            let at: Vec<u32> = caches
+                .iter()
+                .flat_map(|c| (c.len..c.len + seq).map(|p| p as u32))
+                .collect();
+            let at = Tensor::new(at.as_slice(), &self.device)?;
+            let half = a.head_dim / 2;
+            (
+                self.cos.index_select(&at, 0)?.reshape((batch, seq, half))?,
+                self.sin.index_select(&at, 0)?.reshape((batch, seq, half))?,
+            )
+        };
+        let rope = |x: &Tensor| -> Result<Tensor> {
+            let x = x.transpose(1, 2)?.contiguous()?;
+            Ok(match a.rope_style {
+                RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x, &cos, &sin)?,
+                RopeStyle::Halves => candle_nn::rotary_emb::rope(&x, &cos, &sin)?,
+            })
+        };
+        // q: (batch, heads, seq, dim); k back to (batch, seq, kv heads, dim) for the cache.
+        let q = rope(&q)?.flatten_all()?.to_vec1::<f32>()?;
+        let k = rope(&k)?.transpose(1, 2)?.flatten_all()?.to_vec1::<f32>()?;
+        let v = v.flatten_all()?.to_vec1::<f32>()?;
+        let per_kv = seq * a.kv_heads * a.head_dim;
+        let per_q = a.heads * seq * a.head_dim;
+        for (b, cache) in caches.iter_mut().enumerate() {
+            let pos = cache.len;
+            let LayerKv::Host(h) = &mut cache.layers[li] else {
+                return Err(Error::Internal("a device cache in a host step".into()));
+            };
+            h.write(
+                pos,
+                seq,
+                &k[b * per_kv..][..per_kv],
+                &v[b * per_kv..][..per_kv],
+            );
+        }
+        let queries = caches
+            .iter()
+            .enumerate()
+            .map(|(b, cache)| match &cache.layers[li] {
+                LayerKv::Host(kv) => Ok(Query {
+                    q: &q[b * per_q..][..per_q],
+                    kv,
+                    len: cache.len + seq,
+                }),
+                LayerKv::Device(_) => Err(Error::Internal("a device cache in a host step".into())),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut out = vec![0f32; batch * per_q];
+        let scale = 1.0 / (a.head_dim as f32).sqrt();
+        recall_kernels::attend(&queries, a.heads, seq, a.head_dim, scale, &mut out);
+        let y = Tensor::from_vec(out, (batch, a.heads, seq, a.head_dim), &self.device)?;
+        Ok(y.transpose(1, 2)?
+            .reshape((batch, seq, a.heads * a.head_dim))?)
+    }
+
     /// Runs `xs` (batch, seq, hidden) through the layers; each row of the batch is one
     /// sequence with its own cache (for batch > 1, seq must be 1).
     fn layers(&self, mut xs: Tensor, caches: &mut [&mut KvCache]) -> Result<Tensor> {
@@ -310,18 +387,23 @@ impl Decoder {
             let q = bias(q, &layer.bq)?;
             let k = bias(k, &layer.bk)?;
             let v = bias(v, &layer.bv)?;
-            let mut ys = Vec::with_capacity(batch);
-            for (b, cache) in caches.iter_mut().enumerate() {
-                ys.push(self.attend(
-                    layer,
-                    li,
-                    &q.i(b..b + 1)?,
-                    &k.i(b..b + 1)?,
-                    &v.i(b..b + 1)?,
-                    cache,
-                )?);
-            }
-            let y = Tensor::cat(&ys, 0)?;
+            let seq = xs.dim(1)?;
+            let y = if caches.iter().all(|c| c.is_host()) && seq <= FUSED_ATTENTION_MAX_SEQ {
+                self.attend_host(layer, li, &q, &k, &v, caches)?
+            } else {
+                let mut ys = Vec::with_capacity(batch);
+                for (b, cache) in caches.iter_mut().enumerate() {
+                    ys.push(self.attend(
+                        layer,
+                        li,
+                        &q.i(b..b + 1)?,
+                        &k.i(b..b + 1)?,
+                        &v.i(b..b + 1)?,
+                        cache,
+                    )?);
+                }
+                Tensor::cat(&ys, 0)?
+            };
             let xs1 = (layer.wo.forward(&y)? + residual)?;
             let h = candle_nn::ops::rms_norm(&xs1, &layer.ffn_norm, eps)?;
             let [gate, up]: [Tensor; 2] = layer

@@ -1,15 +1,26 @@
 //! The attention keys and values of one sequence.
 use candle_core::Tensor;
+use recall_kernels::HostKv;
 
 use crate::error::Result;
 
-/// The attention keys and values of one sequence: per layer, buffers of
-/// (kv heads, capacity, head dim) written in place; the capacity doubles when a sequence
-/// outgrows it (so appending a token copies nothing, and growing costs amortised O(1)).
+/// The attention keys and values of one sequence, per layer. On the CPU in F32 they live in
+/// host buffers that the project's attention kernel reads in place (`recall_kernels::HostKv`);
+/// elsewhere in device tensors of (kv heads, capacity, head dim) written in place. Either way
+/// the capacity doubles when a sequence outgrows it, so appending a token copies nothing and
+/// growing costs amortised O(1).
 #[derive(Default)]
 pub struct KvCache {
-    pub(super) layers: Vec<Option<(Tensor, Tensor)>>,
+    pub(super) layers: Vec<LayerKv>,
     pub(super) len: usize,
+}
+
+/// One layer's keys and values.
+pub(super) enum LayerKv {
+    /// Device tensors (none before the first token).
+    Device(Option<(Tensor, Tensor)>),
+    /// Host buffers.
+    Host(HostKv),
 }
 
 /// A fork: the copy has its own buffers (both can go on from here independently).
@@ -19,13 +30,14 @@ impl Clone for KvCache {
             layers: self
                 .layers
                 .iter()
-                .map(|l| {
-                    l.as_ref().map(|(k, v)| {
+                .map(|l| match l {
+                    LayerKv::Device(t) => LayerKv::Device(t.as_ref().map(|(k, v)| {
                         (
                             k.copy().expect("copying a CPU or GPU buffer"),
                             v.copy().expect("copying a CPU or GPU buffer"),
                         )
-                    })
+                    })),
+                    LayerKv::Host(h) => LayerKv::Host(h.clone()),
                 })
                 .collect(),
             len: self.len,
@@ -33,16 +45,22 @@ impl Clone for KvCache {
     }
 }
 
-/// New positions per sequence up to which attention runs as one fused CPU pass
-/// ([`recall_kernels::CachedAttention`]); longer prompts go through matrix multiplications.
+/// New positions per sequence up to which attention runs in the project's CPU kernel, all
+/// sequences of a step together (`recall_kernels::attend`); longer prompt chunks go through
+/// matrix multiplications.
 pub(super) const FUSED_ATTENTION_MAX_SEQ: usize = 16;
 
-/// Token positions a new KV buffer holds at first.
+/// Token positions a new device buffer holds at first.
 const KV_INITIAL: usize = 256;
 
 impl KvCache {
+    /// Whether its layers live in host buffers.
+    pub(super) fn is_host(&self) -> bool {
+        matches!(self.layers.first(), Some(LayerKv::Host(_)))
+    }
+
     /// Appends `k` and `v` (kv heads, seq, head dim) at position `pos` of layer `li`; the
-    /// keys and values of positions 0..pos+seq, as views of the buffers.
+    /// keys and values of positions 0..pos+seq, each (kv heads, pos+seq, head dim).
     pub(super) fn append(
         &mut self,
         li: usize,
@@ -53,33 +71,49 @@ impl KvCache {
     ) -> Result<(Tensor, Tensor)> {
         let (kv_heads, seq, head_dim) = k.dims3()?;
         let need = pos + seq;
-        let cap = self.layers[li]
-            .as_ref()
-            .map_or(0, |(kb, _)| kb.dim(1).unwrap_or(0));
-        if need > cap {
-            let new_cap = need
-                .max(KV_INITIAL)
-                .next_power_of_two()
-                .min(max_len)
-                .max(need);
-            let grow = |old: Option<&Tensor>| -> Result<Tensor> {
-                let buf = Tensor::zeros((kv_heads, new_cap, head_dim), k.dtype(), k.device())?;
-                if let Some(old) = old
-                    && pos > 0
-                {
-                    buf.slice_set(&old.narrow(1, 0, pos)?.contiguous()?, 1, 0)?;
+        match &mut self.layers[li] {
+            LayerKv::Host(h) => {
+                // (seq, kv heads, head dim) rows, as the buffers take them.
+                let rows = |t: &Tensor| -> Result<Vec<f32>> {
+                    Ok(t.transpose(0, 1)?.flatten_all()?.to_vec1::<f32>()?)
+                };
+                h.write(pos, seq, &rows(k)?, &rows(v)?);
+                let (kb, vb) = h.read(need);
+                let shape = (kv_heads, need, head_dim);
+                Ok((
+                    Tensor::from_vec(kb, shape, k.device())?,
+                    Tensor::from_vec(vb, shape, k.device())?,
+                ))
+            }
+            LayerKv::Device(slot) => {
+                let cap = slot.as_ref().map_or(0, |(kb, _)| kb.dim(1).unwrap_or(0));
+                if need > cap {
+                    let new_cap = need
+                        .max(KV_INITIAL)
+                        .next_power_of_two()
+                        .min(max_len)
+                        .max(need);
+                    let grow = |old: Option<&Tensor>| -> Result<Tensor> {
+                        let buf =
+                            Tensor::zeros((kv_heads, new_cap, head_dim), k.dtype(), k.device())?;
+                        if let Some(old) = old
+                            && pos > 0
+                        {
+                            buf.slice_set(&old.narrow(1, 0, pos)?.contiguous()?, 1, 0)?;
+                        }
+                        Ok(buf)
+                    };
+                    let old = slot.take();
+                    let kb = grow(old.as_ref().map(|(kb, _)| kb))?;
+                    let vb = grow(old.as_ref().map(|(_, vb)| vb))?;
+                    *slot = Some((kb, vb));
                 }
-                Ok(buf)
-            };
-            let old = self.layers[li].take();
-            let kb = grow(old.as_ref().map(|(kb, _)| kb))?;
-            let vb = grow(old.as_ref().map(|(_, vb)| vb))?;
-            self.layers[li] = Some((kb, vb));
+                let (kb, vb) = slot.as_ref().expect("buffers exist");
+                kb.slice_set(&k.contiguous()?, 1, pos)?;
+                vb.slice_set(&v.contiguous()?, 1, pos)?;
+                Ok((kb.narrow(1, 0, need)?, vb.narrow(1, 0, need)?))
+            }
         }
-        let (kb, vb) = self.layers[li].as_ref().expect("buffers exist");
-        kb.slice_set(&k.contiguous()?, 1, pos)?;
-        vb.slice_set(&v.contiguous()?, 1, pos)?;
-        Ok((kb.narrow(1, 0, need)?, vb.narrow(1, 0, need)?))
     }
 }
 
