@@ -220,15 +220,12 @@ mod tests {
     }
 
     /// Textbook attention in f64: all keys (seq, kv_heads, dim) at once, masked softmax.
+    /// `shape`: (heads, kv heads, new positions, cached length, dim).
     fn reference(
         q: &[f32],
         k: &[f32],
         v: &[f32],
-        heads: usize,
-        kvh: usize,
-        seq: usize,
-        len: usize,
-        dim: usize,
+        (heads, kvh, seq, len, dim): (usize, usize, usize, usize, usize),
         scale: f32,
     ) -> Vec<f32> {
         let mut out = vec![0f32; heads * seq * dim];
@@ -304,7 +301,7 @@ mod tests {
             let mut out = vec![f32::NAN; lens.len() * heads * seq * dim];
             attend(&batch, heads, seq, dim, scale, &mut out);
             for (b, ((k, v, q), &len)) in all.iter().zip(&lens).enumerate() {
-                let want = reference(q, k, v, heads, kvh, seq, len, dim, scale);
+                let want = reference(q, k, v, (heads, kvh, seq, len, dim), scale);
                 let got = &out[b * heads * seq * dim..][..heads * seq * dim];
                 let diff = got
                     .iter()

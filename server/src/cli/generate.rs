@@ -1,6 +1,7 @@
 //! `deep-recall generate`: one answer from the chat model (local, or the remote provider of
 //! `--chat-url`), streamed to standard output.
 use std::io::Write;
+use std::time::Instant;
 
 use clap::Args;
 use recall_core::context::ChatTurn;
@@ -45,6 +46,10 @@ pub(super) struct GenerateArgs {
     /// A system prompt.
     #[arg(long)]
     system: Option<String>,
+    /// Tokens to generate before the end of the answer may come (for timing a fixed-length
+    /// decode; at most --max-tokens).
+    #[arg(long, default_value_t = 0)]
+    min_tokens: usize,
     /// Keep quantized weights as they are even in formats without a fast CPU kernel (by
     /// default small Q5_0/Q5_1 models are turned into F32 at load on the CPU, faster there;
     /// Q4_0, Q4_1, Q8_0 and k-quant files always stay quantized).
@@ -65,6 +70,7 @@ pub(super) async fn run(
     args.remote.apply(&mut settings)?;
     let params = GenerationParams {
         max_tokens: args.max_tokens,
+        min_tokens: args.min_tokens,
         temperature: args.temperature,
         top_p: args.top_p,
         top_k: args.top_k,
@@ -86,11 +92,14 @@ pub(super) async fn run(
         content: args.prompt.clone(),
     });
     let model = startup::chat_model(&settings, 1, !args.no_dequantize).await?;
+    let started = Instant::now();
+    let mut first = None;
     let mut events = model.stream(&turns, &params).await?;
     let mut out = std::io::stdout();
     while let Some(event) = events.recv().await {
         match event? {
             ChatEvent::Delta { text } => {
+                first.get_or_insert_with(|| started.elapsed());
                 if !json {
                     let _ = write!(out, "{text}");
                     let _ = out.flush();
@@ -101,6 +110,18 @@ pub(super) async fn run(
                     let mut v = serde_json::to_value(&completion)
                         .map_err(|e| Error::Internal(format!("serialise: {e}")))?;
                     v["model"] = json!(model.name());
+                    // Speed as this client saw it: the first piece of text ends the prompt's
+                    // reading (and the first token); the rest is decoding.
+                    let total = started.elapsed().as_secs_f64();
+                    let ttft = first.map_or(total, |t| t.as_secs_f64());
+                    let decoded = completion.completion_tokens.saturating_sub(1) as f64;
+                    v["ttft_ms"] = json!(ttft * 1000.0);
+                    v["prefill_tokens_per_s"] = json!(completion.prompt_tokens as f64 / ttft);
+                    v["decode_tokens_per_s"] = json!(if total > ttft {
+                        decoded / (total - ttft)
+                    } else {
+                        0.0
+                    });
                     println!("{v}");
                 } else {
                     println!();

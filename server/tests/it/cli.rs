@@ -413,6 +413,33 @@ fn generate_streams_an_answer_from_the_packaged_model() {
     assert_eq!(v["finish_reason"], "length");
     assert!(v["prompt_tokens"].as_u64().unwrap() > 0);
     assert!(v["confidence"].as_f64().unwrap() < 0.0);
+    // A fixed-length decode for timing: the end of the turn is held back for --min-tokens,
+    // and the speed is reported beside the usage.
+    let v = ok_json(cli(
+        &backend,
+        &[
+            "--json",
+            "generate",
+            "--max-tokens",
+            "24",
+            "--min-tokens",
+            "24",
+            "Say hi.",
+        ],
+    ));
+    assert_eq!(v["completion_tokens"], 24);
+    for key in ["ttft_ms", "prefill_tokens_per_s", "decode_tokens_per_s"] {
+        assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key}: {v}");
+    }
+    let too_many = cli(
+        &backend,
+        &["generate", "--max-tokens", "4", "--min-tokens", "5", "hi"],
+    );
+    assert_eq!(
+        too_many.status.code(),
+        Some(2),
+        "min over max is a usage error"
+    );
     let missing = cli(&backend, &["generate", "--model", "/nope/x.gguf", "hi"]);
     assert_eq!(missing.status.code(), Some(4));
 }
