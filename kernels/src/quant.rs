@@ -76,7 +76,9 @@ pub fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         let mut sum = 0i32;
         for (q, &v) in block.qs.iter_mut().zip(xs) {
-            let r = (v * id).round() as i32;
+            // Round half away from zero, inline (f32::round is a libm call).
+            let x = v * id;
+            let r = (x + 0.5f32.copysign(x)) as i32;
             *q = r as i8;
             sum += r;
         }
