@@ -5,8 +5,11 @@
 //! ```text
 //! cargo bench -p recall-server --bench load -- [--users 100] [--seconds 20] [--messages 20]
 //!     [--chat-every 10] [--max-tokens 16] [--think-ms 0] [--sweep 1,2,4,8,16]
-//!     [--database-url URL]
+//!     [--database-url URL] [--start-only]
 //! ```
+//!
+//! It first reports the start-up: seconds from the process start to `/ready`, and the server's
+//! resident memory with the default models loaded (`--start-only` stops there).
 //!
 //! Phases: seed every user with `--messages` messages (embedded on the server); search only
 //! at each concurrency of `--sweep` (closed loop, no pause) to find the throughput at which
@@ -33,6 +36,7 @@ struct Args {
     think_ms: u64,
     sweep: Vec<usize>,
     database_url: Option<String>,
+    start_only: bool,
 }
 
 fn args() -> Args {
@@ -45,6 +49,7 @@ fn args() -> Args {
         think_ms: 0,
         sweep: vec![1, 2, 4, 8, 16],
         database_url: None,
+        start_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -58,6 +63,7 @@ fn args() -> Args {
             "--think-ms" => a.think_ms = val().parse().unwrap(),
             "--sweep" => a.sweep = val().split(',').map(|v| v.parse().unwrap()).collect(),
             "--database-url" => a.database_url = Some(val()),
+            "--start-only" => a.start_only = true,
             "--bench" => {}
             other => panic!("unknown flag {other}"),
         }
@@ -304,7 +310,31 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // Start-up: from the process start to /ready answering 200, and the resident memory with
+    // the default models (embedding and chat) loaded, before any request.
+    let spawned = Instant::now();
     let server = start(&a, data.path());
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let url = format!("{}/ready", server.base);
+        while !http
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let ready = spawned.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(500));
+    println!(
+        "start: /ready after {ready:.2} s; server RSS {:.0} MiB with the default models loaded, idle",
+        server.rss_mib().0
+    );
+    if a.start_only {
+        return;
+    }
     let users: Vec<(String, String)> = (0..a.users)
         .map(|i| {
             let u = format!("load-user-{i}");
