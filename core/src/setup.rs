@@ -18,7 +18,7 @@ use crate::llm::{ChatModel, ChatService, ModelConfig, RemoteChat, RemoteConfig};
 use crate::rerank::{ClassifierEmotionDetector, CrossEncoder};
 use crate::store::{self, StoreConfig};
 
-/// GGUF files up to this size whose formats have no fast quantized CPU kernel (Q5_0, Q5_1)
+/// GGUF files up to this size whose formats have no fast quantized CPU kernel (Q5_1)
 /// are dequantized at load on the CPU (F32 weights take about 8 bytes per Q4 byte: a 400 MB
 /// file becomes about 3 GB).
 pub const DEQUANTIZE_MAX_BYTES: u64 = 400 * 1024 * 1024;
@@ -149,7 +149,7 @@ pub struct ChatOptions {
     pub queue_capacity: usize,
     /// Sequences the local model decodes together at most.
     pub max_sequences: usize,
-    /// Turn small quantized files without fast CPU kernels (Q5_0, Q5_1) into F32 at load on
+    /// Turn small quantized files without fast CPU kernels (Q5_1) into F32 at load on
     /// the CPU (faster there); files in other formats stay quantized.
     pub dequantize: bool,
     /// A remote OpenAI-compatible provider instead of the local model.

@@ -1,6 +1,6 @@
-//! Quantized matrix × vector speed on SmolLM2-135M's shapes: the project's Q4_1 and Q8_0
-//! kernels against candle's own quantized matmul on the same matrices (and on Q4_0), one and
-//! four input rows, as GB/s of weights read.
+//! Quantized matrix × vector speed on SmolLM2-135M's shapes: the project's Q4_0, Q4_1, Q5_0
+//! and Q8_0 kernels against candle's own quantized matmul on the same matrices, one and four
+//! input rows, as GB/s of weights read.
 //!
 //! ```sh
 //! cargo bench -p recall-kernels --bench matmul
@@ -34,7 +34,12 @@ fn main() {
         let dense = Tensor::randn(0f32, 0.05, (rows, cols), &cpu).unwrap();
         for m in [1usize, 4] {
             let x = Tensor::randn(0f32, 1.0, (m, cols), &cpu).unwrap();
-            for dtype in [GgmlDType::Q4_1, GgmlDType::Q4_0, GgmlDType::Q8_0] {
+            for dtype in [
+                GgmlDType::Q4_1,
+                GgmlDType::Q4_0,
+                GgmlDType::Q5_0,
+                GgmlDType::Q8_0,
+            ] {
                 let q = QTensor::quantize(&dense, dtype).unwrap();
                 let bytes = q.storage_size_in_bytes() as f64;
                 let report = |name: &str, secs: f64| {
@@ -47,6 +52,8 @@ fn main() {
                 let format = match dtype {
                     GgmlDType::Q4_1 => Some(Format::Q4_1),
                     GgmlDType::Q8_0 => Some(Format::Q8_0),
+                    GgmlDType::Q4_0 => Some(Format::Q4_0),
+                    GgmlDType::Q5_0 => Some(Format::Q5_0),
                     _ => None,
                 };
                 if let Some(format) = format {
@@ -58,8 +65,8 @@ fn main() {
                         time(|| drop(ours.forward(&x).unwrap())),
                     );
                 }
-                // candle's scalar Q4_1 is slow on the large shapes; skip it there.
-                if dtype == GgmlDType::Q4_1 && rows * m > 4096 {
+                // candle's scalar Q4_1 and Q5_0 are slow on the large shapes; skip them there.
+                if matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_0) && rows * m > 4096 {
                     continue;
                 }
                 let theirs = QMatMul::from_qtensor(q).unwrap();

@@ -103,7 +103,7 @@ pub async fn data_engine(settings: &Settings) -> Result<Engine> {
 
 /// The chat model the settings name: the remote provider when `chat.url` is set, else the
 /// local model on its worker thread (`sequences` decoded together). Small quantized files in
-/// formats without fast CPU kernels (Q5_0, Q5_1) are turned into F32 at load on the CPU unless
+/// formats without fast CPU kernels (Q5_1) are turned into F32 at load on the CPU unless
 /// `dequantize` is false.
 pub async fn chat_model(
     settings: &Settings,

@@ -20,7 +20,7 @@ pub struct ModelConfig {
     /// A `.gguf` file, or a directory with config.json, *.safetensors and tokenizer.json.
     pub path: PathBuf,
     /// GGUF: turn quantized weights into F32 at load (4 bytes per weight): faster on the CPU
-    /// only for formats without a fast quantized kernel (Q5_0, Q5_1; see
+    /// only for formats without a fast quantized kernel (Q5_1, Q8_1; see
     /// [`has_fast_cpu_kernels`]), and the F32 reference the quantized kernels are tested
     /// against.
     #[serde(default)]
@@ -47,7 +47,7 @@ impl ModelConfig {
 }
 
 /// Whether every matrix of a GGUF file is in a format with a fast quantized CPU kernel
-/// (Q4_0, Q4_1, Q8_0, Q2_K–Q6_K; candle's or the project's own, `recall-kernels`) or is
+/// (Q4_0, Q4_1, Q5_0, Q8_0 in the project's own `recall-kernels`; Q2_K–Q6_K in candle) or is
 /// already dense: such files stay quantized in memory. Reads the header only.
 pub fn has_fast_cpu_kernels(path: &Path) -> Result<bool> {
     use candle_core::quantized::GgmlDType as G;
@@ -57,7 +57,7 @@ pub fn has_fast_cpu_kernels(path: &Path) -> Result<bool> {
     Ok(ct.tensor_infos.values().all(|t| {
         matches!(
             t.ggml_dtype,
-            G::F32 | G::F16 | G::BF16 | G::Q4_0 | G::Q4_1 | G::Q8_0
+            G::F32 | G::F16 | G::BF16 | G::Q4_0 | G::Q4_1 | G::Q5_0 | G::Q8_0
         ) || matches!(t.ggml_dtype, G::Q2K | G::Q3K | G::Q4K | G::Q5K | G::Q6K)
     }))
 }

@@ -51,8 +51,8 @@ pub(super) struct GenerateArgs {
     #[arg(long, default_value_t = 0)]
     min_tokens: usize,
     /// Keep quantized weights as they are even in formats without a fast CPU kernel (by
-    /// default small Q5_0/Q5_1 models are turned into F32 at load on the CPU, faster there;
-    /// Q4_0, Q4_1, Q8_0 and k-quant files always stay quantized).
+    /// default small Q5_1 models are turned into F32 at load on the CPU, faster there;
+    /// Q4_0, Q4_1, Q5_0, Q8_0 and k-quant files always stay quantized).
     #[arg(long)]
     no_dequantize: bool,
     /// The user's message.

@@ -189,6 +189,8 @@ impl<R: std::io::Read + std::io::Seek> GgufWeights<'_, R> {
         let format = match q.dtype() {
             GgmlDType::Q4_1 => Format::Q4_1,
             GgmlDType::Q8_0 => Format::Q8_0,
+            GgmlDType::Q4_0 => Format::Q4_0,
+            GgmlDType::Q5_0 => Format::Q5_0,
             _ => return Ok(None),
         };
         if !self.device.is_cpu() {
