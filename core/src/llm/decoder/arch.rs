@@ -100,14 +100,14 @@ impl Arch {
         let key = |k: &str| format!("{arch}.{k}");
         let heads = md_usize(ct, &key("attention.head_count"))?;
         let hidden = md_usize(ct, &key("embedding_length"))?;
-        let head_dim = md_usize(ct, &key("attention.key_length")).unwrap_or(hidden / heads);
+        let head_dim = md_usize(ct, &key("attention.key_length")).unwrap_or(hidden / heads.max(1));
         let rope_dim = md_usize(ct, &key("rope.dimension_count")).unwrap_or(head_dim);
         if rope_dim != head_dim {
             return Err(Error::model(format!(
                 "partial rotary embeddings ({rope_dim} of {head_dim}) are not supported"
             )));
         }
-        Ok(Self {
+        Self {
             family,
             hidden,
             layers: md_usize(ct, &key("block_count"))?,
@@ -124,7 +124,8 @@ impl Arch {
             },
             rope_factors: None,
             max_len,
-        })
+        }
+        .checked()
     }
 
     /// The shape of a Hugging Face model, from its config.json.
@@ -140,7 +141,7 @@ impl Arch {
         let family = Family::parse(model_type)?;
         let hidden = int("hidden_size")?;
         let heads = int("num_attention_heads")?;
-        let head_dim = int("head_dim").unwrap_or(hidden / heads);
+        let head_dim = int("head_dim").unwrap_or(hidden / heads.max(1));
         if let Some(p) = get("partial_rotary_factor").and_then(|v| v.as_f64())
             && p != 1.0
         {
@@ -194,7 +195,26 @@ impl Arch {
         {
             arch.max_len = arch.max_len.min(w as usize);
         }
-        Ok(arch)
+        arch.checked()
+    }
+
+    /// Refuses shapes no model has (zero sizes, heads that do not group, odd head widths),
+    /// which would otherwise divide by zero or index out of bounds later.
+    fn checked(self) -> Result<Self> {
+        let bad = |what: &str| Err(Error::model(format!("model metadata: {what}")));
+        if self.hidden == 0 || self.layers == 0 || self.max_len == 0 {
+            return bad("zero width, layers or context");
+        }
+        if self.heads == 0 || self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
+            return bad(&format!(
+                "{} query heads cannot share {} key/value heads",
+                self.heads, self.kv_heads
+            ));
+        }
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
+            return bad(&format!("head width {} (must be even)", self.head_dim));
+        }
+        Ok(self)
     }
 }
 
@@ -227,4 +247,33 @@ fn llama3_factors(scaling: &serde_json::Value, arch: &Arch) -> Result<Vec<f32>> 
             (freq / scaled) as f32
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn impossible_shapes_are_model_errors() {
+        let config = |heads: u64, kv: u64, head_dim: u64| {
+            serde_json::json!({
+                "model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
+                "num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": head_dim,
+            })
+        };
+        assert!(Arch::from_config(&config(4, 2, 16), 128).is_ok());
+        for (heads, kv, dim) in [(0, 0, 16), (4, 0, 16), (4, 3, 16), (4, 2, 0), (4, 2, 15)] {
+            let err = Arch::from_config(&config(heads, kv, dim), 128).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::Model, "{heads}/{kv}/{dim}");
+        }
+        // A GGUF file the fuzzer found (no heads, no head width): refused, not a division by
+        // zero.
+        let bytes = include_bytes!("../../../../fuzz/seeds/model_files/zero-heads.gguf");
+        let ct = gguf_file::Content::read(&mut std::io::Cursor::new(&bytes[..])).unwrap();
+        assert!(Arch::from_gguf(&ct, 512).is_err());
+        // No head width given and no heads: refused, not a division by zero.
+        let mut c = config(0, 0, 16);
+        c.as_object_mut().unwrap().remove("head_dim");
+        assert!(Arch::from_config(&c, 128).is_err());
+    }
 }
