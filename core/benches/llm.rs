@@ -256,27 +256,16 @@ fn concurrent(
 ) -> (f64, f64) {
     rt.block_on(async {
         let started = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..n {
-            let (s, turns, params) = (service.clone(), turns.to_vec(), params.clone());
-            tasks.push(tokio::spawn(async move {
-                let t0 = Instant::now();
-                let mut rx = s.stream(&turns, &params).await.unwrap();
-                let (mut first, mut tokens) = (None, 0);
-                while let Some(e) = rx.recv().await {
-                    match e.unwrap() {
-                        ChatEvent::Delta { .. } => {
-                            first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
-                        }
-                        ChatEvent::Done { completion } => tokens = completion.completion_tokens,
-                    }
-                }
-                (tokens, first.unwrap_or(0.0))
-            }));
-        }
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let (s, turns, params) = (service.clone(), turns.to_vec(), params.clone());
+                // Each stream's own clock: its time to first token from its own request.
+                tokio::spawn(async move { timed(s, turns, params, Instant::now()).await })
+            })
+            .collect();
         let (mut total, mut ttft) = (0, 0.0);
         for t in tasks {
-            let (tokens, first) = t.await.unwrap();
+            let (first, _, tokens) = t.await.unwrap();
             total += tokens;
             ttft += first;
         }

@@ -105,9 +105,10 @@ pub struct Query<'a> {
     pub len: usize,
 }
 
+/// The dot product of two equally long F32 slices, in eight independent lanes so that the
+/// compiler vectorises it without reassociating.
 #[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent lanes, so the compiler vectorises without reassociating.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ra, rb) = (ca.remainder(), cb.remainder());

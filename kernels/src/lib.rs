@@ -6,5 +6,5 @@
 pub mod attention;
 pub mod quant;
 
-pub use attention::{HostKv, Query, attend};
+pub use attention::{HostKv, Query, attend, dot};
 pub use quant::{Format, QLinear, QMatrix};
