@@ -140,6 +140,31 @@ pub trait WeightBlock: Copy + Send + Sync + 'static {
     fn dot4(w: &[Self], x: [&[BlockQ8_1]; 4]) -> [f32; 4];
 }
 
+/// `dot` and `dot4` of a [`WeightBlock`] impl: the AVX2 kernels of module `avx2::$m` where
+/// the CPU has them, the scalar reference elsewhere.
+macro_rules! simd_dispatch {
+    ($m:ident) => {
+        fn dot(w: &[Self], x: &[BlockQ8_1]) -> f32 {
+            debug_assert_eq!(w.len(), x.len());
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2() {
+                // SAFETY: the CPU has the features the function is compiled for.
+                return unsafe { avx2::$m::dot(w, x) };
+            }
+            Self::dot_scalar(w, x)
+        }
+
+        fn dot4(w: &[Self], x: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2() {
+                // SAFETY: as above; every row has w.len() blocks.
+                return unsafe { avx2::$m::dot4(w, x) };
+            }
+            x.map(|x| Self::dot_scalar(w, x))
+        }
+    };
+}
+
 impl WeightBlock for BlockQ4_1 {
     const BYTES: usize = 20;
 
@@ -177,24 +202,7 @@ impl WeightBlock for BlockQ4_1 {
         sum
     }
 
-    fn dot(w: &[Self], x: &[BlockQ8_1]) -> f32 {
-        debug_assert_eq!(w.len(), x.len());
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { avx2::q4_1::dot(w, x) };
-        }
-        Self::dot_scalar(w, x)
-    }
-
-    fn dot4(w: &[Self], x: [&[BlockQ8_1]; 4]) -> [f32; 4] {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: as above; every row has w.len() blocks.
-            return unsafe { avx2::q4_1::dot4(w, x) };
-        }
-        x.map(|x| Self::dot_scalar(w, x))
-    }
+    simd_dispatch!(q4_1);
 }
 
 /// The unsigned quant `j` (0..32) of a block packed like Q4_1, with an optional fifth bit.
@@ -239,24 +247,7 @@ impl WeightBlock for BlockQ4_0 {
             .sum()
     }
 
-    fn dot(w: &[Self], x: &[BlockQ8_1]) -> f32 {
-        debug_assert_eq!(w.len(), x.len());
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { avx2::q4_0::dot(w, x) };
-        }
-        Self::dot_scalar(w, x)
-    }
-
-    fn dot4(w: &[Self], x: [&[BlockQ8_1]; 4]) -> [f32; 4] {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: as above; every row has w.len() blocks.
-            return unsafe { avx2::q4_0::dot4(w, x) };
-        }
-        x.map(|x| Self::dot_scalar(w, x))
-    }
+    simd_dispatch!(q4_0);
 }
 
 impl WeightBlock for BlockQ5_0 {
@@ -285,24 +276,7 @@ impl WeightBlock for BlockQ5_0 {
             .sum()
     }
 
-    fn dot(w: &[Self], x: &[BlockQ8_1]) -> f32 {
-        debug_assert_eq!(w.len(), x.len());
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { avx2::q5_0::dot(w, x) };
-        }
-        Self::dot_scalar(w, x)
-    }
-
-    fn dot4(w: &[Self], x: [&[BlockQ8_1]; 4]) -> [f32; 4] {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: as above; every row has w.len() blocks.
-            return unsafe { avx2::q5_0::dot4(w, x) };
-        }
-        x.map(|x| Self::dot_scalar(w, x))
-    }
+    simd_dispatch!(q5_0);
 }
 
 impl WeightBlock for BlockQ8_0 {
@@ -333,24 +307,7 @@ impl WeightBlock for BlockQ8_0 {
         sum
     }
 
-    fn dot(w: &[Self], x: &[BlockQ8_1]) -> f32 {
-        debug_assert_eq!(w.len(), x.len());
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { avx2::q8_0::dot(w, x) };
-        }
-        Self::dot_scalar(w, x)
-    }
-
-    fn dot4(w: &[Self], x: [&[BlockQ8_1]; 4]) -> [f32; 4] {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: as above; every row has w.len() blocks.
-            return unsafe { avx2::q8_0::dot4(w, x) };
-        }
-        x.map(|x| Self::dot_scalar(w, x))
-    }
+    simd_dispatch!(q8_0);
 }
 
 #[cfg(target_arch = "x86_64")]
