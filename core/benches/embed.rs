@@ -12,7 +12,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-use recall_core::embed::{BertEmbedder, EmbedConfig, Embedder, EmbeddingService, Kernels};
+use recall_core::embed::{
+    BertEmbedder, EmbedConfig, Embedder, EmbeddingService, Kernels, Precision, cosine,
+};
 use recall_core::store::{EmbeddedStore, PgStore, StoreConfig};
 use recall_core::testing::{PgDb, minilm_dir, repo_root};
 use recall_core::types::{NewMessage, Role};
@@ -174,44 +176,72 @@ fn main() {
         .sum::<usize>() as f64
         / n as f64;
 
-    let model = BertEmbedder::load(&minilm_dir(), &candle_core::Device::Cpu, 32, None).unwrap();
-    let candle = BertEmbedder::load_with(
-        &minilm_dir(),
-        &candle_core::Device::Cpu,
-        32,
-        None,
-        Kernels::Candle,
-    )
-    .unwrap();
-    println!("Embedding throughput, all-MiniLM-L6-v2, {n} texts (mean {mean_words:.1} words), CPU");
+    let load = |kernels, precision| {
+        BertEmbedder::load_with(
+            &minilm_dir(),
+            &candle_core::Device::Cpu,
+            32,
+            None,
+            kernels,
+            precision,
+        )
+        .unwrap()
+    };
+    let model = load(Kernels::Auto, Precision::F32);
+    let int8 = load(Kernels::Auto, Precision::Int8);
+    let candle = load(Kernels::Candle, Precision::F32);
+    // `--profile-ours [f32|int8]`: only our forward pass at that precision (for `perf record`).
+    let profile: Option<Precision> = arg_flag("--profile-ours")
+        .then(|| arg("--profile-ours").and_then(|p| p.parse().ok()))
+        .map(Option::unwrap_or_default);
+    println!(
+        "Embedding throughput, all-MiniLM-L6-v2, {n} texts (mean {mean_words:.1} words), CPU, \
+         int8 kernel {}",
+        recall_kernels::int8::kernel()
+    );
     println!();
     println!(
-        "| batch | ours (sentences/s) | candle-transformers (sentences/s) | sentence-transformers (sentences/s) | ours/ST | ours/candle |"
+        "| batch | ours F32 (sentences/s) | ours int8 | candle-transformers | sentence-transformers | F32/ST | int8/ST | F32/candle |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     let py = python.as_deref().map(|p| python_rates(p, &texts_file, n));
     for batch in [1usize, 32] {
-        let ours = rust_rate(&model, &texts, batch);
-        // `--profile-ours`: only our forward pass (for `perf record`).
-        if arg_flag("--profile-ours") {
-            println!("| {batch} | {ours:.1} | | | | |");
+        if let Some(p) = profile {
+            let m = if p == Precision::Int8 { &int8 } else { &model };
+            println!(
+                "| {batch} | {:.1} ({p}) | | | | | | |",
+                rust_rate(m, &texts, batch)
+            );
             continue;
         }
+        let ours = rust_rate(&model, &texts, batch);
+        let ours8 = rust_rate(&int8, &texts, batch);
         let old = rust_rate(&candle, &texts, batch);
         let theirs = py
             .as_ref()
             .and_then(|r| r.iter().find(|(b, _)| *b == batch).map(|(_, s)| *s));
         match theirs {
             Some(t) => println!(
-                "| {batch} | {ours:.1} | {old:.1} | {t:.1} | {:.2} | {:.2} |",
+                "| {batch} | {ours:.1} | {ours8:.1} | {old:.1} | {t:.1} | {:.2} | {:.2} | {:.2} |",
                 ours / t,
+                ours8 / t,
                 ours / old
             ),
             None => println!(
-                "| {batch} | {ours:.1} | {old:.1} | (not run) | | {:.2} |",
+                "| {batch} | {ours:.1} | {ours8:.1} | {old:.1} | (not run) | | | {:.2} |",
                 ours / old
             ),
         }
+    }
+    if profile.is_none() {
+        // How far int8 moves the vectors, on the benchmark's own texts.
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let (a, b) = (model.embed(&refs).unwrap(), int8.embed(&refs).unwrap());
+        let cos: Vec<f32> = a.iter().zip(&b).map(|(x, y)| cosine(x, y)).collect();
+        let min = cos.iter().copied().fold(1f32, f32::min);
+        let mean = cos.iter().sum::<f32>() / cos.len() as f32;
+        println!();
+        println!("int8 against F32 on these texts: cosine mean {mean:.5}, lowest {min:.5}");
     }
     // Query embedding: a 10-word question at a time, as every search does.
     let questions: Vec<String> = (0..200)
@@ -235,8 +265,12 @@ fn main() {
     println!();
     println!("| forward | p50 (ms) | p95 (ms) |");
     println!("|---|---:|---:|");
-    for (name, m) in [("ours", &model), ("candle-transformers", &candle)] {
-        if name != "ours" && arg_flag("--profile-ours") {
+    for (name, m) in [
+        ("ours F32", &model),
+        ("ours int8", &int8),
+        ("candle-transformers", &candle),
+    ] {
+        if profile.is_some() {
             continue;
         }
         m.embed(&[questions[0].as_str()]).unwrap();
@@ -279,27 +313,33 @@ fn main() {
     println!();
     println!("Ingest throughput, {ingest_n} messages in calls of 100, embedding included");
     println!();
-    println!("| store | messages/s |");
-    println!("|---|---:|");
-    rt.block_on(async {
-        let embedder: Arc<dyn Embedder> =
-            Arc::new(EmbeddingService::start(&EmbedConfig::new(minilm_dir())).unwrap());
-        let data = tempfile::tempdir().unwrap();
-        let embedded: Arc<dyn MemoryStore> = Arc::new(
-            EmbeddedStore::open(&StoreConfig::embedded(data.path()))
+    println!("| store | precision | messages/s |");
+    println!("|---|---|---:|");
+    for precision in [Precision::F32, Precision::Int8] {
+        if profile.is_some() {
+            break;
+        }
+        rt.block_on(async {
+            let mut config = EmbedConfig::new(minilm_dir());
+            config.precision = precision;
+            let embedder: Arc<dyn Embedder> = Arc::new(EmbeddingService::start(&config).unwrap());
+            let data = tempfile::tempdir().unwrap();
+            let embedded: Arc<dyn MemoryStore> = Arc::new(
+                EmbeddedStore::open(&StoreConfig::embedded(data.path()))
+                    .await
+                    .unwrap(),
+            );
+            let rate = ingest_rate(&Engine::new(embedded, embedder.clone()), &messages).await;
+            println!("| embedded | {precision} | {rate:.1} |");
+            let db = PgDb::create().await;
+            let pg = PgStore::open(&StoreConfig::postgres(db.url.clone()))
                 .await
-                .unwrap(),
-        );
-        let rate = ingest_rate(&Engine::new(embedded, embedder.clone()), &messages).await;
-        println!("| embedded | {rate:.1} |");
-        let db = PgDb::create().await;
-        let pg = PgStore::open(&StoreConfig::postgres(db.url.clone()))
-            .await
-            .unwrap();
-        let conn = pg.connection().clone();
-        let rate = ingest_rate(&Engine::new(Arc::new(pg), embedder.clone()), &messages).await;
-        println!("| postgres | {rate:.1} |");
-        conn.close().await.ok();
-        db.drop_db().await;
-    });
+                .unwrap();
+            let conn = pg.connection().clone();
+            let rate = ingest_rate(&Engine::new(Arc::new(pg), embedder.clone()), &messages).await;
+            println!("| postgres | {precision} | {rate:.1} |");
+            conn.close().await.ok();
+            db.drop_db().await;
+        });
+    }
 }

@@ -21,6 +21,49 @@ pub use remote::RemoteEmbedder;
 #[cfg(feature = "native")]
 pub use service::EmbeddingService;
 
+/// The arithmetic of the local embedder's dense layers on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// F32 throughout: sentence-transformers' vectors to about 1e-6.
+    #[default]
+    F32,
+    /// Dense-layer weights quantized to int8 per output channel at load, their inputs per
+    /// row: about twice the speed (four times the matrix throughput on CPUs with AVX-512
+    /// VNNI), a quarter of the weight memory, vectors at cosine ≥ 0.99 to the F32 ones. On
+    /// GPUs, where candle's BERT runs in F16, it changes nothing.
+    Int8,
+}
+
+impl Precision {
+    /// The name used in settings and flags.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Int8 => "int8",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Ok(Precision::F32),
+            "int8" | "i8" => Ok(Precision::Int8),
+            other => Err(crate::error::Error::invalid(format!(
+                "unknown embedding precision {other:?} (expected f32 or int8)"
+            ))),
+        }
+    }
+}
+
 /// The default embedding model: all-MiniLM-L6-v2 (384 dimensions).
 pub const DEFAULT_EMBEDDING_MODEL: &str = "all-MiniLM-L6-v2";
 
@@ -98,6 +141,9 @@ pub struct EmbedConfig {
     pub queue_capacity: usize,
     /// Longest input in tokens (longer texts are truncated); the model's own limit when absent.
     pub max_seq_len: Option<usize>,
+    /// The arithmetic of the dense layers on the CPU.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 fn default_max_batch() -> usize {
@@ -117,6 +163,7 @@ impl EmbedConfig {
             max_batch: default_max_batch(),
             queue_capacity: default_queue(),
             max_seq_len: None,
+            precision: Precision::default(),
         }
     }
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::cache::QueryCacheConfig;
 use crate::device::DeviceConfig;
 use crate::embed::{
-    DEFAULT_EMBEDDING_MODEL, EmbedConfig, Embedder, EmbeddingService, RemoteEmbedder,
+    DEFAULT_EMBEDDING_MODEL, EmbedConfig, Embedder, EmbeddingService, Precision, RemoteEmbedder,
 };
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -34,6 +34,10 @@ pub struct EngineOptions {
     pub embedding_model: String,
     /// Where models run.
     pub device: DeviceConfig,
+    /// The local embedder's arithmetic on the CPU (int8: about twice as fast, cosine ≥ 0.99
+    /// to the F32 vectors).
+    #[serde(default)]
+    pub embedding_precision: Precision,
     /// A cross-encoder directory, to re-rank the top candidates of every retrieval.
     pub cross_encoder: Option<PathBuf>,
     /// An emotion classifier directory, instead of the built-in lexicon.
@@ -68,6 +72,7 @@ impl EngineOptions {
             models_dir: PathBuf::from("models"),
             embedding_model: DEFAULT_EMBEDDING_MODEL.to_owned(),
             device: DeviceConfig::default(),
+            embedding_precision: Precision::default(),
             cross_encoder: None,
             remote_embedding: None,
             previous_embedding_model: None,
@@ -104,6 +109,7 @@ pub async fn open_engine(options: &EngineOptions) -> Result<Engine> {
             let mut config =
                 EmbedConfig::new(model_path(&options.models_dir, &options.embedding_model));
             config.device = options.device;
+            config.precision = options.embedding_precision;
             Arc::new(blocking(move || EmbeddingService::start(&config)).await?)
         }
     };
@@ -112,6 +118,7 @@ pub async fn open_engine(options: &EngineOptions) -> Result<Engine> {
     if let Some(previous) = &options.previous_embedding_model {
         let mut config = EmbedConfig::new(model_path(&options.models_dir, previous));
         config.device = options.device;
+        config.precision = options.embedding_precision;
         let previous: Arc<dyn Embedder> =
             Arc::new(blocking(move || EmbeddingService::start(&config)).await?);
         engine = engine.with_previous_embedder(Some(previous));

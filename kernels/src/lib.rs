@@ -4,7 +4,9 @@
 //! workspace `Cargo.toml`): SIMD intrinsics unoptimised are slower than scalar code, and the
 //! model tests run through them.
 pub mod attention;
+pub mod int8;
 pub mod quant;
 
 pub use attention::{HostKv, Query, attend, dot};
+pub use int8::{I8Matrix, QuantizedRows};
 pub use quant::{Format, QLinear, QMatrix};

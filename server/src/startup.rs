@@ -68,6 +68,7 @@ pub async fn engine(settings: &Settings) -> Result<Engine> {
         models_dir: m.dir.clone(),
         embedding_model: m.embedding.clone(),
         device: m.device()?,
+        embedding_precision: m.embedding_precision,
         cross_encoder: m.cross_encoder.clone(),
         emotion_model: m.emotion.clone(),
         query_cache: settings.cache.config(),

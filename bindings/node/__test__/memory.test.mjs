@@ -148,6 +148,23 @@ test('missing models and an unreachable database', async () => {
   )
 })
 
+test('int8 embeddings find the same memory; an unknown precision is refused', async () => {
+  const m = await Memory.open({ dataDir: tempDir(), modelsDir, device: 'cpu', embeddingPrecision: 'int8' })
+  await m.addMessages('ines', 's', [
+    { role: 'user', content: 'My dog Biscuit is a beagle.' },
+    { role: 'user', content: 'I work night shifts at the hospital.' },
+  ])
+  const hits = await m.search('ines', 'What breed is my pet?', { topK: 1, mode: 'vector' })
+  assert.deepEqual(
+    hits.map((h) => h.content),
+    ['My dog Biscuit is a beagle.'],
+  )
+  await assert.rejects(
+    Memory.open({ dataDir: tempDir(), modelsDir, embeddingPrecision: 'int4' }),
+    (err) => err instanceof InvalidInputError && /precision/.test(err.message),
+  )
+})
+
 test('chat streams deltas, then the result', async () => {
   const m = await Memory.open({ dataDir: tempDir(), modelsDir, device: 'cpu' })
   await m.addMessages('maya', 'facts', [{ role: 'user', content: 'My favourite city is Paris.' }])

@@ -7,6 +7,7 @@ use napi_derive::napi;
 use recall_core::chat::{ChatPipeline, ChatRequest};
 use recall_core::context::SummaryPolicy;
 use recall_core::device::DeviceConfig;
+use recall_core::embed::Precision;
 use recall_core::llm::ChatSummarizer;
 use recall_core::retrieval::SearchMode;
 use recall_core::setup::{self, ChatOptions, EngineOptions};
@@ -28,6 +29,7 @@ struct Options {
     database_url: Option<String>,
     models_dir: Option<PathBuf>,
     device: Option<String>,
+    embedding_precision: Option<String>,
     chat_model: Option<String>,
     chat_url: Option<String>,
     chat_model_name: Option<String>,
@@ -87,6 +89,12 @@ impl Engine {
     pub async fn open(options: String) -> napi::Result<Engine> {
         let o: Options = serde_json::from_str(&options).map_err(json_err)?;
         let device: DeviceConfig = o.device.as_deref().unwrap_or("auto").parse().js()?;
+        let embedding_precision: Precision = o
+            .embedding_precision
+            .as_deref()
+            .unwrap_or("f32")
+            .parse()
+            .js()?;
         let store = match &o.database_url {
             Some(url) => StoreConfig::postgres(url.clone()),
             None => StoreConfig::embedded(o.data_dir.clone().unwrap_or_else(|| "data".into())),
@@ -114,6 +122,7 @@ impl Engine {
         let engine = setup::open_engine(&EngineOptions {
             models_dir,
             device,
+            embedding_precision,
             ..EngineOptions::new(store)
         })
         .await

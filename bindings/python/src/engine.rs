@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 use recall_core::chat::{ChatPipeline, ChatRequest};
 use recall_core::context::SummaryPolicy;
 use recall_core::device::DeviceConfig;
+use recall_core::embed::Precision;
 use recall_core::llm::ChatSummarizer;
 use recall_core::retrieval::SearchMode;
 use recall_core::setup::{self, ChatOptions, EngineOptions};
@@ -30,6 +31,7 @@ struct Options {
     models_dir: Option<PathBuf>,
     #[serde(default)]
     device: Option<String>,
+    embedding_precision: Option<String>,
     chat_model: Option<String>,
     chat_url: Option<String>,
     chat_model_name: Option<String>,
@@ -86,6 +88,12 @@ impl Engine {
     fn new(py: Python<'_>, options: &str) -> PyResult<Self> {
         let o: Options = serde_json::from_str(options).map_err(json_err)?;
         let device: DeviceConfig = o.device.as_deref().unwrap_or("auto").parse().py()?;
+        let embedding_precision: Precision = o
+            .embedding_precision
+            .as_deref()
+            .unwrap_or("f32")
+            .parse()
+            .py()?;
         let store = match &o.database_url {
             Some(url) => StoreConfig::postgres(url.clone()),
             None => StoreConfig::embedded(o.data_dir.clone().unwrap_or_else(|| "data".into())),
@@ -113,6 +121,7 @@ impl Engine {
         let engine_options = EngineOptions {
             models_dir,
             device,
+            embedding_precision,
             ..EngineOptions::new(store)
         };
         py.detach(|| {

@@ -221,3 +221,30 @@ def test_the_shared_vectors(tmp_path: object) -> None:
         assert [h.content for h in hits] == [e["content"] for e in expected], case
         for h, e in zip(hits, expected):
             assert h.score == pytest.approx(e["score"], abs=1e-4), case
+
+
+def test_int8_embeddings_find_the_same_memory(tmp_path: object) -> None:
+    """`embedding_precision="int8"` loads the int8 forward pass; a search still finds the
+    memory that answers, and an unknown precision is an InvalidInput before anything opens."""
+    m = Memory(
+        data_dir=f"{tmp_path}/data",
+        models_dir=models_dir(),
+        device="cpu",
+        embedding_precision="int8",
+    )
+    m.add_messages(
+        "ines",
+        "s",
+        [
+            {"role": "user", "content": "My dog Biscuit is a beagle."},
+            {"role": "user", "content": "I work night shifts at the hospital."},
+        ],
+    )
+    hits = m.search("ines", "What breed is my pet?", top_k=1, mode="vector")
+    assert [h.content for h in hits] == ["My dog Biscuit is a beagle."]
+    with pytest.raises(InvalidInput, match="precision"):
+        Memory(
+            data_dir=f"{tmp_path}/other",
+            models_dir=models_dir(),
+            embedding_precision="int4",
+        )

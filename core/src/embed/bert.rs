@@ -17,6 +17,7 @@ use candle_transformers::models::bert::{BertModel, Config};
 use serde::Deserialize;
 use tokenizers::{Tokenizer, TruncationParams};
 
+use super::Precision;
 use super::encoder::{self, CpuBert};
 use crate::error::{Error, Result};
 
@@ -114,16 +115,25 @@ impl BertEmbedder {
         max_batch: usize,
         max_seq_len: Option<usize>,
     ) -> Result<Self> {
-        Self::load_with(dir, device, max_batch, max_seq_len, Kernels::Auto)
+        Self::load_with(
+            dir,
+            device,
+            max_batch,
+            max_seq_len,
+            Kernels::Auto,
+            Precision::F32,
+        )
     }
 
-    /// [`BertEmbedder::load`] with a choice of forward pass.
+    /// [`BertEmbedder::load`] with a choice of forward pass and of the CPU arithmetic
+    /// (`precision` applies to our own forward pass, [`Kernels::Auto`] on the CPU).
     pub fn load_with(
         dir: &Path,
         device: &Device,
         max_batch: usize,
         max_seq_len: Option<usize>,
         kernels: Kernels,
+        precision: Precision,
     ) -> Result<Self> {
         if !dir.is_dir() {
             return Err(Error::model(format!(
@@ -185,7 +195,7 @@ impl BertEmbedder {
             vb,
             device,
             max_batch,
-            kernels,
+            (kernels, precision),
         )
         .map_err(|e| match e {
             Error::Model { message } => {
@@ -220,7 +230,7 @@ impl BertEmbedder {
             vb,
             &device,
             max_batch,
-            Kernels::Auto,
+            (Kernels::Auto, Precision::F32),
         )
     }
 
@@ -229,7 +239,7 @@ impl BertEmbedder {
         vb: VarBuilder,
         device: &Device,
         max_batch: usize,
-        kernels: Kernels,
+        (kernels, precision): (Kernels, Precision),
     ) -> Result<Self> {
         let Parts {
             config,
@@ -255,7 +265,7 @@ impl BertEmbedder {
             .token_to_id("[PAD]")
             .unwrap_or(config.pad_token_id as u32);
         let model = if device.is_cpu() && kernels == Kernels::Auto {
-            Forward::Cpu(CpuBert::load(vb, &config)?)
+            Forward::Cpu(CpuBert::load(vb, &config, precision)?)
         } else {
             Forward::Candle(BertModel::load(vb, &config)?)
         };

@@ -15,25 +15,48 @@
 //!
 //! The arithmetic is that of the reference (F32, exact-erf GELU, the same layer norm): vectors
 //! agree with candle's BERT and with sentence-transformers to about 1e-6.
+//!
+//! With [`Precision::Int8`] the dense layers' weights are quantized to int8 per output channel
+//! at load and their inputs per row as they arrive (`recall_kernels::int8`: integer dot
+//! products, AVX-512 VNNI or AVX2); embeddings, attention, GELU and layer norm stay F32.
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config, HiddenAct};
 use rayon::prelude::*;
 use recall_kernels::dot;
+use recall_kernels::int8::{self, I8Matrix, QuantizedRows};
 
+use super::Precision;
 use crate::error::{Error, Result};
 
 /// Most tokens in one forward pass; longer batches are split by the caller. Bounds the
 /// activations at `MAX_TOKENS × intermediate_size × 4` bytes (48 MiB for MiniLM).
 pub const MAX_TOKENS: usize = 8192;
 
-/// A dense layer: `y = x · Wᵀ + b`. `w` holds `Wᵀ` (`in × out`, row-major): read that way, the
-/// matrix kernel needs no repacking of the weights, which doubles its speed on a few rows.
+/// A dense layer: `y = x · Wᵀ + b`.
 struct Linear {
-    w: Vec<f32>,
+    w: Weights,
     b: Vec<f32>,
     n_in: usize,
     n_out: usize,
+}
+
+enum Weights {
+    /// `Wᵀ` (`in × out`, row-major): read that way, the matrix kernel needs no repacking of
+    /// the weights, which doubles its speed on a few rows.
+    F32(Vec<f32>),
+    Int8(I8Matrix),
+}
+
+impl Linear {
+    /// The same layer with int8 weights.
+    fn quantized(self) -> Self {
+        let w = match self.w {
+            Weights::F32(w) => Weights::Int8(I8Matrix::quantize(&w, self.n_in, self.n_out)),
+            q => q,
+        };
+        Self { w, ..self }
+    }
 }
 
 struct LayerNorm {
@@ -74,7 +97,7 @@ fn tensor_vec(t: Tensor) -> Result<Vec<f32>> {
 
 fn linear(vb: &VarBuilder, n_in: usize, n_out: usize) -> Result<Linear> {
     Ok(Linear {
-        w: tensor_vec(vb.get((n_out, n_in), "weight")?.t()?)?,
+        w: Weights::F32(tensor_vec(vb.get((n_out, n_in), "weight")?.t()?)?),
         b: tensor_vec(vb.get(n_out, "bias")?)?,
         n_in,
         n_out,
@@ -96,8 +119,9 @@ fn layer_norm(vb: &VarBuilder, n: usize, eps: f64) -> Result<LayerNorm> {
 
 impl CpuBert {
     /// Reads the weights of a BERT checkpoint (the names of Hugging Face's `BertModel`, with or
-    /// without a `bert.` prefix) from an F32 CPU var builder.
-    pub fn load(vb: VarBuilder, config: &Config) -> Result<Self> {
+    /// without a `bert.` prefix) from an F32 CPU var builder; with [`Precision::Int8`] the
+    /// dense layers are quantized.
+    pub fn load(vb: VarBuilder, config: &Config, precision: Precision) -> Result<Self> {
         let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
             vb.pp("bert")
         } else {
@@ -129,27 +153,40 @@ impl CpuBert {
                 linear(&a.pp("self.value"), h, h)?,
             );
             // Wᵀ of the three side by side: each input row holds its q, k and v columns.
+            let [Weights::F32(qw), Weights::F32(kw), Weights::F32(vw)] = [&q.w, &k.w, &v.w] else {
+                unreachable!("read as F32")
+            };
             let w = (0..h)
                 .flat_map(|r| {
-                    [&q.w, &k.w, &v.w]
+                    [qw, kw, vw]
                         .into_iter()
                         .flat_map(move |m| m[r * h..(r + 1) * h].iter().copied())
                 })
                 .collect();
             let qkv = Linear {
-                w,
+                w: Weights::F32(w),
                 b: [q.b, k.b, v.b].concat(),
                 n_in: h,
                 n_out: 3 * h,
             };
-            layers.push(Layer {
+            let mut layer = Layer {
                 qkv,
                 attn_out: linear(&a.pp("output.dense"), h, h)?,
                 attn_norm: layer_norm(&a.pp("output.LayerNorm"), h, config.layer_norm_eps)?,
                 ffn_in: linear(&l.pp("intermediate.dense"), h, config.intermediate_size)?,
                 ffn_out: linear(&l.pp("output.dense"), config.intermediate_size, h)?,
                 ffn_norm: layer_norm(&l.pp("output.LayerNorm"), h, config.layer_norm_eps)?,
-            });
+            };
+            if precision == Precision::Int8 {
+                layer = Layer {
+                    qkv: layer.qkv.quantized(),
+                    attn_out: layer.attn_out.quantized(),
+                    ffn_in: layer.ffn_in.quantized(),
+                    ffn_out: layer.ffn_out.quantized(),
+                    ..layer
+                };
+            }
+            layers.push(layer);
         }
         Ok(Self {
             word,
@@ -243,6 +280,10 @@ fn dense(
         assert_eq!(res.len(), m * n);
     }
     let threads = rayon::current_num_threads().max(1);
+    let quantized = match &l.w {
+        Weights::F32(_) => None,
+        Weights::Int8(_) => Some(quantize_inputs(x, m, k, threads)),
+    };
     let out_ptr = SendPtr(out.as_mut_ptr());
     // One block of rows or of output columns a thread: rows when there are many (each thread
     // then reads the whole weight matrix once), columns when there are few (each thread reads
@@ -274,30 +315,18 @@ fn dense(
                 }
             }
         }
-        // SAFETY: as above for `out`; `x` is m × k and `w` is k × n, both row-major, read in
-        // bounds.
-        unsafe {
-            gemm::gemm(
-                r1 - r0,
-                c1 - c0,
-                k,
-                out_ptr.get().add(r0 * n + c0),
-                1,
-                n as isize,
-                true,
-                x.as_ptr().add(r0 * k),
-                1,
-                k as isize,
-                l.w.as_ptr().add(c0),
-                1,
-                n as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
+        match (&l.w, &quantized) {
+            (Weights::F32(w), _) => {
+                // SAFETY: as above for `out`; `x` is m × k and `w` is k × n, both row-major,
+                // read in bounds.
+                unsafe { f32_product(x, k, w, n, out_ptr, (r0, r1, c0, c1)) }
+            }
+            (Weights::Int8(w), Some(xq)) => {
+                // SAFETY: this part alone writes rows r0..r1 × columns c0..c1 of `out`; c0 is
+                // a multiple of 16.
+                unsafe { w.matmul_acc_raw(xq, r0..r1, c0..c1, out_ptr.get().add(c0), n) }
+            }
+            (Weights::Int8(_), None) => unreachable!("inputs quantized above"),
         }
         if let Some(act) = act {
             if by_rows {
@@ -314,6 +343,59 @@ fn dense(
     } else {
         (0..parts).into_par_iter().for_each(run);
     }
+}
+
+/// `out[r0..r1][c0..c1] += x[r0..r1] · w[.., c0..c1]` with the `gemm` crate's F32 kernel
+/// (`x` is `m × k`, `w` is `k × n`, `out` is `m × n`, all row-major).
+///
+/// # Safety
+/// The part's rows and columns are in bounds and written by no one else meanwhile.
+unsafe fn f32_product(
+    x: &[f32],
+    k: usize,
+    w: &[f32],
+    n: usize,
+    out: SendPtr,
+    (r0, r1, c0, c1): (usize, usize, usize, usize),
+) {
+    // SAFETY: forwarded from the caller; reads are in bounds of `x` and `w`.
+    unsafe {
+        gemm::gemm(
+            r1 - r0,
+            c1 - c0,
+            k,
+            out.get().add(r0 * n + c0),
+            1,
+            n as isize,
+            true,
+            x.as_ptr().add(r0 * k),
+            1,
+            k as isize,
+            w.as_ptr().add(c0),
+            1,
+            n as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// The `m` rows of `x` quantized for an int8 product, split over the pool when they are many.
+fn quantize_inputs(x: &[f32], m: usize, k: usize, threads: usize) -> QuantizedRows {
+    let mut q = QuantizedRows::default();
+    q.reset(m, k);
+    let kp = q.row_bytes();
+    let (data, scales, zeros) = q.parts_mut();
+    let rows = m.div_ceil(threads).max(64);
+    x.par_chunks(rows * k)
+        .zip(data.par_chunks_mut(rows * kp))
+        .zip(scales.par_chunks_mut(rows).zip(zeros.par_chunks_mut(rows)))
+        .for_each(|((x, data), (scales, zeros))| int8::quantize_rows(x, k, data, scales, zeros));
+    q
 }
 
 /// `len` values of a buffer from `at`, for a part that owns them.

@@ -30,11 +30,13 @@ impl EmbeddingService {
     /// the worker thread.
     pub fn start(config: &EmbedConfig) -> Result<Self> {
         let device = device::select(config.device)?;
-        let model = BertEmbedder::load(
+        let model = BertEmbedder::load_with(
             &config.model_dir,
             &device,
             config.max_batch,
             config.max_seq_len,
+            super::Kernels::Auto,
+            config.precision,
         )?;
         let model_id = config.model_id.clone().unwrap_or_else(|| {
             config

@@ -231,13 +231,19 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 /// vectors, one text at a time and in a batch of mixed lengths (packed without padding).
 #[test]
 fn both_forward_passes_match_sentence_transformers() {
-    use recall_core::embed::{BertEmbedder, Kernels};
+    use recall_core::embed::{BertEmbedder, Kernels, Precision};
     let (texts, want) = reference();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     for kernels in [Kernels::Auto, Kernels::Candle] {
-        let model =
-            BertEmbedder::load_with(&minilm_dir(), &candle_core::Device::Cpu, 32, None, kernels)
-                .unwrap();
+        let model = BertEmbedder::load_with(
+            &minilm_dir(),
+            &candle_core::Device::Cpu,
+            32,
+            None,
+            kernels,
+            Precision::F32,
+        )
+        .unwrap();
         let batched = model.embed(&refs).unwrap();
         let mut worst = 0f32;
         for (i, text) in refs.iter().enumerate() {
@@ -249,5 +255,76 @@ fn both_forward_passes_match_sentence_transformers() {
             worst = worst.max(d).max(b);
         }
         eprintln!("{kernels:?}: largest difference to sentence-transformers {worst:.1e}");
+    }
+}
+
+/// The int8 forward pass: every reference vector within cosine 0.99 of sentence-transformers'
+/// (the bar), a vector that does not depend on the batch it was embedded in (rows are
+/// quantized one by one and the integer sums are exact), and the F32 model's ranking of a few
+/// plain retrieval pairs kept.
+#[test]
+fn int8_vectors_stay_close_to_sentence_transformers() {
+    use recall_core::embed::{BertEmbedder, Kernels, Precision, cosine};
+    let (texts, want) = reference();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let load = |precision| {
+        BertEmbedder::load_with(
+            &minilm_dir(),
+            &candle_core::Device::Cpu,
+            32,
+            None,
+            Kernels::Auto,
+            precision,
+        )
+        .unwrap()
+    };
+    // CPUs whose best int8 kernel is AVX2 get seven-bit weights (recall_kernels::int8): the
+    // three-token "ok" then comes to 0.989, every other reference text above 0.996.
+    let bar = if recall_kernels::int8::weight_max() == recall_kernels::int8::WEIGHT_MAX {
+        0.99
+    } else {
+        0.985
+    };
+    let int8 = load(Precision::Int8);
+    let batched = int8.embed(&refs).unwrap();
+    let mut worst = 1f32;
+    for (i, text) in refs.iter().enumerate() {
+        let alone = int8.embed(&[text]).unwrap().pop().unwrap();
+        assert_eq!(alone, batched[i], "text {i}: the batch changed the vector");
+        let c = cosine(&alone, &want[i]);
+        assert!(c >= bar, "text {i}: cosine {c} to sentence-transformers");
+        assert!(
+            c < 1.0 - 1e-7,
+            "text {i}: identical vectors mean nothing was quantized"
+        );
+        worst = worst.min(c);
+    }
+    eprintln!(
+        "int8 ({}): lowest cosine to sentence-transformers {worst:.5}",
+        recall_kernels::int8::kernel()
+    );
+
+    // Which memory answers which question: the same under both precisions.
+    let memories = [
+        "I adopted a grey cat called Miso last spring.",
+        "My brother works as a nurse in Manchester.",
+        "We spent two weeks hiking in the Dolomites in August.",
+        "I'm learning to play the cello, lessons are on Thursdays.",
+    ];
+    let questions = [
+        "What is the name of my pet?",
+        "Where does my sibling work?",
+        "Which mountains did we walk in during the summer?",
+        "What instrument am I studying?",
+    ];
+    let f32 = load(Precision::F32);
+    for model in [&f32, &int8] {
+        let m = model.embed(&memories).unwrap();
+        for (qi, q) in model.embed(&questions).unwrap().iter().enumerate() {
+            let best = (0..m.len())
+                .max_by(|&a, &b| cosine(q, &m[a]).total_cmp(&cosine(q, &m[b])))
+                .unwrap();
+            assert_eq!(best, qi, "{:?}", questions[qi]);
+        }
     }
 }
