@@ -4,12 +4,14 @@
 //!
 //! Texts are synthetic sentences over a Zipf-distributed vocabulary whose most frequent ranks
 //! are English function words, as in real text (so that BM25 sees realistic posting-list
-//! lengths); vectors come from a hashing embedder, since latency does not depend on
-//! what vectors mean. The cost of embedding the query with the real model is reported apart.
+//! lengths); stored vectors come from a hashing embedder, since latency does not depend on
+//! what vectors mean. Queries are embedded by the real model (all-MiniLM-L6-v2 on the CPU,
+//! `--query-embedder f32` or `int8`), so the figures include what every search pays for it;
+//! `--query-embedder hash` leaves it out.
 //!
 //! ```sh
 //! cargo bench -p recall-core --features testing --bench retrieval -- [--size 100000]
-//!     [--queries 200] [--backends embedded,postgres]
+//!     [--queries 200] [--backends embedded,postgres] [--query-embedder f32|int8|hash]
 //! ```
 use std::sync::Arc;
 use std::time::Instant;
@@ -54,6 +56,23 @@ fn hash_vector(text: &str) -> Vec<f32> {
 }
 
 struct HashEmbedder;
+
+/// Embeds queries with a real model, under the hashing embedder's model id (the stored
+/// vectors' model), so that a search pays for a real query embedding.
+struct QueryEmbedder(EmbeddingService);
+
+#[async_trait]
+impl Embedder for QueryEmbedder {
+    fn model_id(&self) -> &str {
+        MODEL
+    }
+    fn dims(&self) -> usize {
+        DIMS
+    }
+    async fn embed(&self, texts: Vec<String>) -> recall_core::Result<Vec<Vec<f32>>> {
+        self.0.embed(texts).await
+    }
+}
 
 #[async_trait]
 impl Embedder for HashEmbedder {
@@ -234,6 +253,12 @@ fn minilm_cross_encoder(dir: &std::path::Path) -> CrossEncoder {
 fn main() {
     let size: usize = arg("--size", "100000").parse().unwrap();
     let queries: usize = arg("--queries", "200").parse().unwrap();
+    let query_embedder = arg("--query-embedder", "f32");
+    // Which measurements: vector, text, hybrid, reranked, cross (the cross-encoder rows).
+    let only: Vec<String> = arg("--runs", "vector,text,hybrid,reranked,cross")
+        .split(',')
+        .map(str::to_owned)
+        .collect();
     let backends: Vec<String> = arg("--backends", "embedded,postgres")
         .split(',')
         .map(str::to_owned)
@@ -244,8 +269,18 @@ fn main() {
         .build()
         .unwrap();
     let vocab = Vocabulary::new(20_000, &mut Rng(3));
+    let embedder: Arc<dyn Embedder> = match query_embedder.as_str() {
+        "hash" => Arc::new(HashEmbedder),
+        precision => {
+            let mut config = EmbedConfig::new(minilm_dir());
+            config.device = recall_core::device::DeviceConfig::Cpu;
+            config.precision = precision.parse().unwrap();
+            Arc::new(QueryEmbedder(EmbeddingService::start(&config).unwrap()))
+        }
+    };
     println!(
-        "Retrieval latency, {size} memories of one user, top-10, query cache off, {queries} queries"
+        "Retrieval latency, {size} memories of one user, top-10, query cache off, {queries} \
+         queries, query embedding: {query_embedder}"
     );
     println!();
     println!("| store | insert (rows/s) | mode | p50 (ms) | p95 (ms) | mean (ms) |");
@@ -273,22 +308,26 @@ fn main() {
                 other => panic!("unknown backend {other}"),
             };
             let rate = fill(store.as_ref(), size, &vocab).await;
-            let engine = Engine::new(store.clone(), Arc::new(HashEmbedder))
+            let engine = Engine::new(store.clone(), embedder.clone())
                 .with_query_cache(QueryCacheConfig {
                     capacity: 0,
                     ..QueryCacheConfig::default()
                 });
             let runs = [
-                ("vector", SearchMode::Vector, RankingConfig::plain()),
-                ("text", SearchMode::Text, RankingConfig::plain()),
-                ("hybrid", SearchMode::Hybrid, RankingConfig::plain()),
+                ("vector", "vector", SearchMode::Vector, RankingConfig::plain()),
+                ("text", "text", SearchMode::Text, RankingConfig::plain()),
+                ("hybrid", "hybrid", SearchMode::Hybrid, RankingConfig::plain()),
                 (
+                    "reranked",
                     "hybrid + re-ranking",
                     SearchMode::Hybrid,
                     RankingConfig::default(),
                 ),
             ];
-            for (name, mode, ranking) in runs {
+            for (key, name, mode, ranking) in runs {
+                if !only.iter().any(|o| o == key) {
+                    continue;
+                }
                 let t = measure(&engine, &vocab, queries, mode, ranking).await;
                 println!(
                     "| {backend} | {rate:.0} | {name} | {:.2} | {:.2} | {:.2} |",
@@ -301,7 +340,10 @@ fn main() {
             // all-MiniLM-L6-v2 encoder plus a pooler and a one-output head with random
             // weights (no packaged cross-encoder exists; the cost does not depend on the
             // weights).
-            if backend == "embedded" && minilm_dir().join("model.safetensors").exists() {
+            if backend == "embedded"
+                && only.iter().any(|o| o == "cross")
+                && minilm_dir().join("model.safetensors").exists()
+            {
                 let ce_dir = tempfile::tempdir().unwrap();
                 let ce = minilm_cross_encoder(ce_dir.path());
                 let with_ce = engine.clone().with_reranker(Arc::new(ce));

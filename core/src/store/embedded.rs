@@ -697,4 +697,45 @@ mod tests {
         mv.remove(42);
         assert_eq!(mv.len(), 2);
     }
+
+    /// Rows fetched by id are looked up by primary key, not found by walking the user's whole
+    /// index range (which made every search on a large user cost a scan of their memories).
+    #[tokio::test]
+    async fn rows_by_id_are_looked_up_by_key() {
+        use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryTrait};
+
+        use super::super::entity::memory;
+        use super::super::sql::owned;
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&StoreConfig::embedded(dir.path()))
+            .await
+            .unwrap();
+        let db = store.connection();
+        let select = memory::Entity::find()
+            .filter(owned(memory::Column::UserId, 1))
+            // As many ids as a search fetches (with a few, SQLite picks the key on its own).
+            .filter(memory::Column::Id.is_in(1..=50i64))
+            .build(db.get_database_backend());
+        let plan = db
+            .query_all_raw(sea_orm::Statement::from_sql_and_values(
+                db.get_database_backend(),
+                format!("EXPLAIN QUERY PLAN {}", select.sql),
+                select.values.map(|v| v.0).unwrap_or_default(),
+            ))
+            .await
+            .unwrap();
+        let details: Vec<String> = plan
+            .iter()
+            .map(|r| r.try_get::<String>("", "detail").unwrap())
+            .collect();
+        assert!(
+            details.iter().any(|d| d.contains("PRIMARY KEY")),
+            "{details:?}"
+        );
+        assert!(
+            !details.iter().any(|d| d.contains("ix_memories_user")),
+            "{details:?}"
+        );
+    }
 }

@@ -51,6 +51,16 @@ use crate::types::{
 /// Rows per multi-row INSERT (well under both backends' bound-parameter limits).
 const INSERT_CHUNK: usize = 500;
 
+/// `user_id = ?` for statements that also select rows by primary key (`id IN (…)`), written
+/// `user_id + 0 = ?` so that no index on the user column can serve it: without statistics
+/// SQLite otherwise walks the user's whole index range (every memory of theirs) and tests each
+/// row against the id list, where looking the ids up by key touches only them. Postgres plans
+/// the same statement on the primary key either way.
+pub(crate) fn owned(user_column: impl sea_orm::ColumnTrait, user_id: i64) -> Expr {
+    use sea_orm::sea_query::ExprTrait;
+    Expr::col(user_column).add(0i64).eq(user_id)
+}
+
 /// A filter with the session resolved to its row id.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ResolvedFilter {
@@ -554,7 +564,7 @@ impl<V: VectorIndex> SqlStore<V> {
         let mut names = HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(INSERT_CHUNK) {
             let rows = session::Entity::find()
-                .filter(session::Column::UserId.eq(user_id))
+                .filter(owned(session::Column::UserId, user_id))
                 .filter(session::Column::Id.is_in(chunk.iter().copied()))
                 .all(db)
                 .await?;
@@ -605,7 +615,7 @@ impl<V: VectorIndex> SqlStore<V> {
         ids: impl IntoIterator<Item = i64>,
     ) -> Result<HashMap<i64, Memory>> {
         let rows = memory::Entity::find()
-            .filter(memory::Column::UserId.eq(user_id))
+            .filter(owned(memory::Column::UserId, user_id))
             .filter(memory::Column::Id.is_in(ids))
             .all(&self.db)
             .await?;

@@ -183,7 +183,7 @@ impl<V: VectorIndex> SqlStore<V> {
         let mut deleted = 0;
         for chunk in ids.chunks(INSERT_CHUNK) {
             deleted += memory::Entity::delete_many()
-                .filter(memory::Column::UserId.eq(u.id))
+                .filter(owned(memory::Column::UserId, u.id))
                 .filter(memory::Column::Id.is_in(chunk.iter().copied()))
                 .exec(&txn)
                 .await?

@@ -102,7 +102,7 @@ impl<V: VectorIndex> SqlStore<V> {
         let memories = self.insert_memories(&txn, u.id, rows, &mut delta).await?;
         session::Entity::update_many()
             .col_expr(session::Column::UpdatedAt, Expr::value(t))
-            .filter(session::Column::UserId.eq(u.id))
+            .filter(owned(session::Column::UserId, u.id))
             .filter(session::Column::Id.is_in(sessions.values().copied()))
             .exec(&txn)
             .await?;

@@ -97,7 +97,7 @@ impl<V: VectorIndex> SqlStore<V> {
             return Ok(0);
         };
         let owned: HashMap<i64, DateTime<Utc>> = memory::Entity::find()
-            .filter(memory::Column::UserId.eq(u.id))
+            .filter(owned(memory::Column::UserId, u.id))
             .filter(memory::Column::Id.is_in(rows.iter().map(|(id, _)| *id)))
             .all(&txn)
             .await?

@@ -160,7 +160,7 @@ impl<V: VectorIndex> SqlStore<V> {
             return Ok(vec![]);
         };
         let centres = memory::Entity::find()
-            .filter(memory::Column::UserId.eq(u.id))
+            .filter(owned(memory::Column::UserId, u.id))
             .filter(memory::Column::Id.is_in(ids.iter().copied()))
             .filter(memory::Column::Kind.eq(MemoryKind::Message.as_str()))
             .filter(memory::Column::SessionId.is_not_null())
