@@ -24,14 +24,23 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx]
 }
 
-async fn fill(store: &dyn MemoryStore, total: usize, users: usize, rng: &mut Rng) -> f64 {
+/// Users with at least this many memories keep their vectors in the benchmark, for an exact
+/// reference (the embedded store searches them through int8 codes first).
+const KEEP_VECTORS_MIN: usize = 8_192;
+
+/// Each user's (id, vector) pairs, for users with [`KEEP_VECTORS_MIN`] memories or more.
+type Kept = Vec<Vec<(i64, Vec<f32>)>>;
+
+async fn fill(store: &dyn MemoryStore, total: usize, users: usize, rng: &mut Rng) -> (f64, Kept) {
     let per_user = total / users;
+    let keep = per_user >= KEEP_VECTORS_MIN;
+    let mut kept: Kept = vec![Vec::new(); if keep { users } else { 0 }];
     let started = Instant::now();
     for u in 0..users {
         let mut left = per_user;
         while left > 0 {
             let n = left.min(1000);
-            let rows = (0..n)
+            let rows: Vec<NewMemory> = (0..n)
                 .map(|i| {
                     NewMemory::new(
                         MemoryKind::Fact,
@@ -43,11 +52,29 @@ async fn fill(store: &dyn MemoryStore, total: usize, users: usize, rng: &mut Rng
                     )
                 })
                 .collect();
-            store.add_memories(&format!("user{u}"), rows).await.unwrap();
+            let vectors: Vec<Vec<f32>> = if keep {
+                rows.iter().map(|r| r.embedding.vector.clone()).collect()
+            } else {
+                vec![]
+            };
+            let stored = store.add_memories(&format!("user{u}"), rows).await.unwrap();
+            if let Some(k) = kept.get_mut(u) {
+                k.extend(stored.iter().map(|m| m.id).zip(vectors));
+            }
             left -= n;
         }
     }
-    started.elapsed().as_secs_f64()
+    (started.elapsed().as_secs_f64(), kept)
+}
+
+/// The exact top 10 by cosine of `query` among a user's kept vectors.
+fn exact_top10(kept: &[(i64, Vec<f32>)], query: &[f32]) -> Vec<i64> {
+    let mut scored: Vec<(f32, i64)> = kept
+        .iter()
+        .map(|(id, v)| (v.iter().zip(query).map(|(a, b)| a * b).sum::<f32>(), *id))
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    scored.iter().take(10).map(|s| s.1).collect()
 }
 
 async fn measure(
@@ -55,9 +82,10 @@ async fn measure(
     users: usize,
     queries: usize,
     rng: &mut Rng,
-) -> (Vec<f64>, Vec<Vec<i64>>) {
+) -> (Vec<f64>, Vec<Vec<i64>>, Vec<(usize, Vec<f32>)>) {
     let mut times = Vec::with_capacity(queries);
     let mut results = Vec::with_capacity(queries);
+    let mut asked = Vec::with_capacity(queries);
     // Warm-up: one query per user (loads caches, as a running server would have them).
     for u in 0..users {
         let q = VectorQuery::new(
@@ -71,7 +99,8 @@ async fn measure(
     }
     let mut query_rng = Rng(0x5eed);
     for i in 0..queries {
-        let user = format!("user{}", (i * 7919) % users);
+        let u = (i * 7919) % users;
+        let user = format!("user{u}");
         let q = VectorQuery::new(
             Embedding {
                 model: MODEL.into(),
@@ -84,9 +113,10 @@ async fn measure(
         times.push(t.elapsed().as_secs_f64() * 1000.0);
         assert_eq!(page.hits.len(), 10);
         results.push(page.hits.iter().map(|h| h.memory.id).collect());
+        asked.push((u, q.embedding.vector));
     }
     times.sort_by(f64::total_cmp);
-    (times, results)
+    (times, results, asked)
 }
 
 fn main() {
@@ -114,15 +144,32 @@ fn main() {
             for &size in &sizes {
                 for &users in &user_counts {
                     let mut rng = Rng(42 + size as u64 + users as u64);
-                    let mut notes = String::new();
+                    let notes: String;
                     let (insert_s, times) = match backend.as_str() {
                         "embedded" => {
                             let dir = tempfile::tempdir().unwrap();
                             let store = EmbeddedStore::open(&StoreConfig::embedded(dir.path()))
                                 .await
                                 .unwrap();
-                            let insert_s = fill(&store, size, users, &mut rng).await;
-                            let (times, _) = measure(&store, users, queries, &mut rng).await;
+                            let (insert_s, kept) = fill(&store, size, users, &mut rng).await;
+                            let (times, got, asked) =
+                                measure(&store, users, queries, &mut rng).await;
+                            notes = if kept.is_empty() {
+                                "exact, in-process".into()
+                            } else {
+                                let hit: usize = got
+                                    .iter()
+                                    .zip(&asked)
+                                    .map(|(g, (u, q))| {
+                                        let want = exact_top10(&kept[*u], q);
+                                        g.iter().filter(|id| want.contains(id)).count()
+                                    })
+                                    .sum();
+                                format!(
+                                    "in-process, int8 first pass + F32 re-scoring; recall@10 vs exact {:.3}",
+                                    hit as f64 / (10 * queries) as f64
+                                )
+                            };
                             (insert_s, times)
                         }
                         "postgres" => {
@@ -132,14 +179,14 @@ fn main() {
                             )
                             .await
                             .unwrap();
-                            let insert_s = fill(&store, size, users, &mut rng).await;
+                            let (insert_s, _) = fill(&store, size, users, &mut rng).await;
                             sea_orm::ConnectionTrait::execute_unprepared(
                                 store.connection(),
                                 "ANALYZE",
                             )
                             .await
                             .unwrap();
-                            let (times, got) = measure(&store, users, queries, &mut rng).await;
+                            let (times, got, _) = measure(&store, users, queries, &mut rng).await;
                             let per_user = size / users;
                             if per_user > StoreConfig::postgres("").exact_search_threshold as usize
                             {
@@ -147,7 +194,7 @@ fn main() {
                                 let mut exact_cfg = StoreConfig::postgres(db.url.clone());
                                 exact_cfg.exact_search_threshold = u64::MAX;
                                 let exact = PgStore::open(&exact_cfg).await.unwrap();
-                                let (exact_times, want) =
+                                let (exact_times, want, _) =
                                     measure(&exact, users, queries, &mut rng).await;
                                 let hit: usize = got
                                     .iter()
@@ -168,9 +215,6 @@ fn main() {
                         }
                         other => panic!("unknown backend {other}"),
                     };
-                    if backend == "embedded" {
-                        notes = "exact, in-process".into();
-                    }
                     println!(
                         "| {backend} | {size} | {users} | {:.0} | {:.2} | {:.2} | {:.2} | {notes} |",
                         size as f64 / insert_s,

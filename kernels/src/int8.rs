@@ -341,6 +341,51 @@ fn quantize_row_scalar(row: &[f32], inv: f32, z: f32, q: &mut [u8]) {
     }
 }
 
+/// A vector as int8 codes for approximate search: `v ≈ scale · code`, `code ∈ [-127, 127]`
+/// (symmetric, one scale a vector); returns the scale (0 for the zero vector).
+pub fn quantize_vector(v: &[f32], code: &mut [i8]) -> f32 {
+    assert_eq!(v.len(), code.len());
+    let amax = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    if amax == 0.0 || !amax.is_finite() {
+        code.fill(0);
+        return 0.0;
+    }
+    let inv = 127.0 / amax;
+    for (c, &x) in code.iter_mut().zip(v) {
+        *c = (x * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+    }
+    amax / 127.0
+}
+
+/// `out[i] = Σ_j query[j] · codes[i·d + j]` for the `out.len()` vectors of `d = query.len()`
+/// codes each in `codes`: exact integer dot products (codes in [-127, 127]), AVX2 where the CPU
+/// has it.
+pub fn dots_i8(query: &[i8], codes: &[i8], out: &mut [i32]) {
+    let d = query.len();
+    assert_eq!(
+        codes.len(),
+        d * out.len(),
+        "{} vectors of {d} codes",
+        out.len()
+    );
+    #[cfg(target_arch = "x86_64")]
+    if features::avx2() {
+        // SAFETY: the CPU has AVX2; the lengths are checked above.
+        return unsafe { avx2::dots_i8(query, codes, out) };
+    }
+    dots_i8_scalar(query, codes, out)
+}
+
+fn dots_i8_scalar(query: &[i8], codes: &[i8], out: &mut [i32]) {
+    for (o, v) in out.iter_mut().zip(codes.chunks_exact(query.len().max(1))) {
+        *o = query
+            .iter()
+            .zip(v)
+            .map(|(&a, &b)| i32::from(a) * i32::from(b))
+            .sum();
+    }
+}
+
 /// One product: what the kernels share.
 struct Job<'a> {
     w: &'a I8Matrix,
@@ -510,6 +555,43 @@ mod avx2 {
     use super::{BLOCK, Job};
 
     tiled!("avx2", tile, 4, 2);
+
+    /// See `super::dots_i8`. The query's magnitudes go in as unsigned bytes and its signs onto
+    /// each vector's codes (`vpsignb`), so that `vpmaddubsw` multiplies u8 × i8 pairs: at most
+    /// 2 · 127 · 127, no saturation.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn dots_i8(query: &[i8], codes: &[i8], out: &mut [i32]) {
+        let d = query.len();
+        let full = d / 32 * 32;
+        let ones = _mm256_set1_epi16(1);
+        let q: Vec<__m256i> = query[..full]
+            .chunks_exact(32)
+            // SAFETY: each chunk is 32 bytes.
+            .map(|c| unsafe { _mm256_loadu_si256(c.as_ptr() as *const __m256i) })
+            .collect();
+        let qabs: Vec<__m256i> = q.iter().map(|&v| _mm256_abs_epi8(v)).collect();
+        for (o, v) in out.iter_mut().zip(codes.chunks_exact(d.max(1))) {
+            let mut acc = _mm256_setzero_si256();
+            for (i, (&qs, &qa)) in q.iter().zip(&qabs).enumerate() {
+                // SAFETY: v holds d ≥ full bytes.
+                let w = unsafe { _mm256_loadu_si256(v.as_ptr().add(32 * i) as *const __m256i) };
+                let p = _mm256_maddubs_epi16(qa, _mm256_sign_epi8(w, qs));
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
+            }
+            let s = _mm_add_epi32(
+                _mm256_castsi256_si128(acc),
+                _mm256_extracti128_si256::<1>(acc),
+            );
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+            let tail: i32 = query[full..]
+                .iter()
+                .zip(&v[full..])
+                .map(|(&a, &b)| i32::from(a) * i32::from(b))
+                .sum();
+            *o = _mm_cvtsi128_si32(s) + tail;
+        }
+    }
 
     #[target_feature(enable = "avx2")]
     pub(super) fn min_max(row: &[f32]) -> (f32, f32) {
@@ -739,6 +821,39 @@ mod tests {
                 assert_eq!(fast, slow, "k = {k}, inv = {inv}, z = {z}");
             }
         }
+    }
+
+    #[test]
+    fn vector_codes_and_their_dot_products() {
+        for d in [1, 31, 32, 100, 384] {
+            let q = values(d, d as u64);
+            let mut qc = vec![0i8; d];
+            let qs = quantize_vector(&q, &mut qc);
+            assert!(
+                qc.iter().any(|&c| c == 127 || c == -127),
+                "the range is used"
+            );
+            for (x, &c) in q.iter().zip(&qc) {
+                assert!((x - qs * f32::from(c)).abs() <= qs * 0.5 + 1e-7);
+            }
+            // Extremes included: -127 · -127 pairs would saturate a careless kernel.
+            let n = 9;
+            let mut codes: Vec<i8> = values(n * d, 99)
+                .iter()
+                .map(|v| (v * 127.0) as i8)
+                .collect();
+            codes[..d].iter_mut().zip(&qc).for_each(|(c, &q)| *c = q);
+            let mut fast = vec![0i32; n];
+            let mut slow = vec![0i32; n];
+            dots_i8(&qc, &codes, &mut fast);
+            dots_i8_scalar(&qc, &codes, &mut slow);
+            assert_eq!(fast, slow, "d = {d}");
+            let self_dot: i32 = qc.iter().map(|&c| i32::from(c) * i32::from(c)).sum();
+            assert_eq!(fast[0], self_dot);
+        }
+        let mut zero = [5i8; 4];
+        assert_eq!(quantize_vector(&[0.0; 4], &mut zero), 0.0);
+        assert_eq!(zero, [0; 4]);
     }
 
     #[test]

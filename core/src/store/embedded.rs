@@ -30,6 +30,7 @@ use crate::crypto::Keyring;
 use crate::error::{Error, Result};
 use crate::text::{Bm25Index, query_terms};
 use crate::types::{ExportedEmbedding, Metric};
+use recall_kernels::int8;
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "deep-recall.sqlite3";
@@ -41,6 +42,19 @@ const CHUNK: usize = 500;
 const PARALLEL_SCAN_MIN: usize = 16_384;
 /// Threads of one parallel scan at most.
 const MAX_SCAN_THREADS: usize = 4;
+/// Users with at least this many vectors of one model are searched through int8 codes first
+/// (a quarter of the bytes to read), the best candidates then re-scored in F32.
+const APPROX_SCAN_MIN: usize = 8_192;
+/// Vectors whose approximate dot products are computed at once.
+const APPROX_BLOCK: usize = 512;
+
+/// Candidates re-scored in F32 for a query of `limit` rows: approximate distances are off by
+/// about 1e-3, far less than the gaps that separate the top `limit` from the rest, so twice
+/// as many (and at least 32 more) hold the exact top `limit` (recall 1.0 in the tests and the
+/// store benchmark).
+fn rescored(limit: usize) -> usize {
+    (2 * limit).max(limit + 32)
+}
 
 fn to_blob(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -100,6 +114,10 @@ struct ModelVectors {
     meta: Vec<Meta>,
     data: Vec<f32>,
     norms: Vec<f32>,
+    /// The vectors as int8 codes (`recall_kernels::int8::quantize_vector`), `dims` a vector,
+    /// and their scales: for the approximate first pass over large users.
+    codes: Vec<i8>,
+    code_scales: Vec<f32>,
     position: HashMap<i64, usize>,
 }
 
@@ -112,6 +130,10 @@ impl ModelVectors {
         self.meta.push(meta);
         self.norms.push(dot(vector, vector).sqrt());
         self.data.extend_from_slice(vector);
+        let at = self.codes.len();
+        self.codes.resize(at + vector.len(), 0);
+        self.code_scales
+            .push(int8::quantize_vector(vector, &mut self.codes[at..]));
     }
 
     fn remove(&mut self, id: i64) {
@@ -122,13 +144,17 @@ impl ModelVectors {
         if pos != last {
             let d = self.dims;
             self.data.copy_within(last * d..(last + 1) * d, pos * d);
+            self.codes.copy_within(last * d..(last + 1) * d, pos * d);
             self.meta.swap(pos, last);
             self.norms.swap(pos, last);
+            self.code_scales.swap(pos, last);
             self.position.insert(self.meta[pos].id, pos);
         }
         self.meta.pop();
         self.norms.pop();
+        self.code_scales.pop();
         self.data.truncate(last * self.dims);
+        self.codes.truncate(last * self.dims);
     }
 
     fn len(&self) -> usize {
@@ -221,7 +247,36 @@ impl Ord for Candidate {
     }
 }
 
+/// Adds `c` to a heap of the `limit` smallest candidates.
+fn keep(heap: &mut BinaryHeap<Candidate>, c: Candidate, limit: usize) {
+    if heap.len() < limit {
+        heap.push(c);
+    } else if heap.peek().is_some_and(|top| c < *top) {
+        heap.pop();
+        heap.push(c);
+    }
+}
+
 impl LocalVectors {
+    /// The distance for an (approximate) dot product `dot` of the query and a vector, given
+    /// their norms.
+    fn rough_distance(&self, dot: f32, q_norm: f32, v_norm: f32) -> f64 {
+        match self.metric {
+            Metric::Cosine => {
+                let denom = q_norm * v_norm;
+                if denom == 0.0 {
+                    1.0
+                } else {
+                    1.0 - (dot / denom) as f64
+                }
+            }
+            Metric::L2 => (q_norm * q_norm + v_norm * v_norm - 2.0 * dot)
+                .max(0.0)
+                .sqrt() as f64,
+            Metric::Dot => -(dot as f64),
+        }
+    }
+
     fn distance(&self, q: &[f32], q_norm: f32, v: &[f32], v_norm: f32) -> f64 {
         match self.metric {
             Metric::Cosine => {
@@ -410,8 +465,16 @@ impl VectorIndex for LocalVectors {
             )));
         }
         let q_norm = dot(q.vector, q.vector).sqrt();
-        let scan = |range: std::ops::Range<usize>| {
-            let mut heap: BinaryHeap<Candidate> = BinaryHeap::with_capacity(q.limit + 1);
+        let n = mv.len();
+        // Deep pages (a cursor) take the exact scan: the approximate pass cannot place the
+        // cursor's boundary exactly.
+        let approx = n >= APPROX_SCAN_MIN && q.after.is_none();
+        let pool = if approx { rescored(q.limit) } else { q.limit };
+        let mut q_code = vec![0i8; if approx { mv.dims } else { 0 }];
+        let q_scale = int8::quantize_vector(if approx { q.vector } else { &[] }, &mut q_code);
+        // Exact distances, with every condition of the query.
+        let exact = |range: std::ops::Range<usize>| {
+            let mut heap: BinaryHeap<Candidate> = BinaryHeap::with_capacity(pool + 1);
             for i in range {
                 let meta = &mv.meta[i];
                 if !meta.matches(q.filter) {
@@ -425,17 +488,38 @@ impl VectorIndex for LocalVectors {
                 if q.after.is_some_and(|c: SearchCursor| !c.admits(d, meta.id)) {
                     continue;
                 }
-                let c = Candidate(d, meta.id);
-                if heap.len() < q.limit {
-                    heap.push(c);
-                } else if heap.peek().is_some_and(|top| c < *top) {
-                    heap.pop();
-                    heap.push(c);
-                }
+                keep(&mut heap, Candidate(d, meta.id), pool);
             }
             heap
         };
-        let n = mv.len();
+        // Approximate distances from the int8 codes: the `pool` best positions (stored in
+        // the candidates' id slot), re-scored below.
+        let rough = |range: std::ops::Range<usize>| {
+            let mut heap: BinaryHeap<Candidate> = BinaryHeap::with_capacity(pool + 1);
+            let mut dots = vec![0i32; APPROX_BLOCK];
+            let mut start = range.start;
+            while start < range.end {
+                let end = (start + APPROX_BLOCK).min(range.end);
+                let dots = &mut dots[..end - start];
+                int8::dots_i8(&q_code, &mv.codes[start * mv.dims..end * mv.dims], dots);
+                for (i, &raw) in (start..end).zip(dots.iter()) {
+                    if !mv.meta[i].matches(q.filter) {
+                        continue;
+                    }
+                    let d = self.rough_distance(
+                        raw as f32 * q_scale * mv.code_scales[i],
+                        q_norm,
+                        mv.norms[i],
+                    );
+                    keep(&mut heap, Candidate(d, i as i64), pool);
+                }
+                start = end;
+            }
+            heap
+        };
+        let scan = |range: std::ops::Range<usize>| {
+            if approx { rough(range) } else { exact(range) }
+        };
         let threads = if n >= PARALLEL_SCAN_MIN {
             std::thread::available_parallelism()
                 .map_or(1, |p| p.get())
@@ -461,10 +545,26 @@ impl VectorIndex for LocalVectors {
             });
             let mut merged: Vec<Candidate> = heaps.into_iter().flatten().collect();
             merged.sort();
-            merged.truncate(q.limit);
+            merged.truncate(pool);
             merged.into_iter().collect::<BinaryHeap<_>>()
         } else {
             scan(0..n)
+        };
+        let heap = if approx {
+            // Re-score the pool exactly, with the conditions the first pass left out.
+            let mut best = BinaryHeap::with_capacity(q.limit + 1);
+            for Candidate(_, pos) in heap {
+                let i = pos as usize;
+                let v = &mv.data[i * mv.dims..(i + 1) * mv.dims];
+                let d = self.distance(q.vector, q_norm, v, mv.norms[i]);
+                if q.max_distance.is_some_and(|max| d > max) {
+                    continue;
+                }
+                keep(&mut best, Candidate(d, mv.meta[i].id), q.limit);
+            }
+            best
+        } else {
+            heap
         };
         Ok(heap
             .into_sorted_vec()

@@ -327,44 +327,76 @@ fn embedded_survives_kill() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_parallel_scan_is_exact() {
-    // Enough vectors for the parallel scan; the answer must equal a brute-force ranking.
-    let t = TestStore::embedded(recall_core::types::Metric::Cosine).await;
+async fn embedded_large_user_search_is_exact() {
+    // Enough vectors for the parallel scan and for the int8 first pass (re-scored in F32):
+    // every answer must equal a brute-force ranking, under each metric, with a filter, a
+    // score threshold and a second page.
+    use recall_core::types::Metric;
     let n = 20_000u64;
-    let rows: Vec<NewMemory> = (0..n)
-        .map(|i| fact(i, Some(if i % 3 == 0 { "third" } else { "rest" })))
-        .collect();
-    let stored = t.store().add_memories("big", rows).await.unwrap();
-    let q = pseudo_vector(424_242, 32);
-    let cos = |v: &[f32]| {
-        let dot: f32 = v.iter().zip(&q).map(|(a, b)| a * b).sum();
-        let n = |x: &[f32]| x.iter().map(|a| a * a).sum::<f32>().sqrt();
-        dot / (n(v) * n(&q))
-    };
-    for session in [None, Some("third")] {
-        let mut want: Vec<(f32, i64)> = stored
-            .iter()
-            .zip(0..n)
-            .filter(|(_, i)| session.is_none() || i % 3 == 0)
-            .map(|(m, i)| (cos(&pseudo_vector(i, 32)), m.id))
+    let dims = 48;
+    for metric in [Metric::Cosine, Metric::L2, Metric::Dot] {
+        let t = TestStore::embedded(metric).await;
+        let rows: Vec<NewMemory> = (0..n)
+            .map(|i| NewMemory {
+                session: Some(if i % 3 == 0 { "third" } else { "rest" }.to_owned()),
+                ..NewMemory::new(
+                    MemoryKind::Fact,
+                    format!("f{i}"),
+                    emb(&pseudo_vector(i, dims)),
+                )
+            })
             .collect();
-        want.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        let mut query = VectorQuery::new(emb(&q), 25);
-        query.filter = Filter {
-            session: session.map(str::to_owned),
-            ..Filter::default()
-        };
-        let got: Vec<i64> = t
-            .store()
-            .search("big", &query)
-            .await
-            .unwrap()
-            .hits
-            .iter()
-            .map(|h| h.memory.id)
-            .collect();
-        let want: Vec<i64> = want.iter().take(25).map(|w| w.1).collect();
-        assert_eq!(got, want, "session {session:?}");
+        let stored = t.store().add_memories("big", rows).await.unwrap();
+        for qi in 0..12u64 {
+            let q = pseudo_vector(424_242 + qi, dims);
+            let score = |v: &[f32]| -> f32 {
+                let dot: f32 = v.iter().zip(&q).map(|(a, b)| a * b).sum();
+                let norm = |x: &[f32]| x.iter().map(|a| a * a).sum::<f32>().sqrt();
+                match metric {
+                    Metric::Cosine => dot / (norm(v) * norm(&q)),
+                    Metric::Dot => dot,
+                    Metric::L2 => {
+                        let d: f32 = v.iter().zip(&q).map(|(a, b)| (a - b) * (a - b)).sum();
+                        1.0 / (1.0 + d.sqrt())
+                    }
+                }
+            };
+            let session = (qi % 2 == 1).then_some("third");
+            let mut want: Vec<(f32, i64)> = stored
+                .iter()
+                .zip(0..n)
+                .filter(|(_, i)| session.is_none() || i % 3 == 0)
+                .map(|(m, i)| (score(&pseudo_vector(i, dims)), m.id))
+                .collect();
+            want.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            let mut query = VectorQuery::new(emb(&q), 25);
+            query.filter = Filter {
+                session: session.map(str::to_owned),
+                ..Filter::default()
+            };
+            let page = t.store().search("big", &query).await.unwrap();
+            let got: Vec<i64> = page.hits.iter().map(|h| h.memory.id).collect();
+            let ids =
+                |r: std::ops::Range<usize>| -> Vec<i64> { want[r].iter().map(|w| w.1).collect() };
+            assert_eq!(
+                got,
+                ids(0..25),
+                "{metric:?}, query {qi}, session {session:?}"
+            );
+            // The next page (the cursor takes the exact path) continues the ranking.
+            query.cursor = page.next_cursor.clone();
+            let next = t.store().search("big", &query).await.unwrap();
+            let got: Vec<i64> = next.hits.iter().map(|h| h.memory.id).collect();
+            assert_eq!(got, ids(25..50), "{metric:?}, query {qi}: second page");
+            // A threshold between the 10th and the 11th score keeps exactly the first 10.
+            query.cursor = None;
+            query.min_score = Some((want[9].0 + want[10].0) / 2.0);
+            if want[9].0 > want[10].0 {
+                let kept = t.store().search("big", &query).await.unwrap();
+                let got: Vec<i64> = kept.hits.iter().map(|h| h.memory.id).collect();
+                assert_eq!(got, ids(0..10), "{metric:?}, query {qi}: min_score");
+            }
+        }
+        t.close().await;
     }
-    t.close().await;
 }
