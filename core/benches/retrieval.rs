@@ -371,7 +371,12 @@ fn main() {
             drop(engine);
             drop(store);
             if let Some(db) = pg {
-                db.drop_db().await;
+                // `--keep-db`: leave the filled database for EXPLAIN ANALYZE.
+                if std::env::args().any(|a| a == "--keep-db") {
+                    println!("kept {}", db.url);
+                } else {
+                    db.drop_db().await;
+                }
             }
         }
         // The part the hashing embedder leaves out: embedding the query with the real model.

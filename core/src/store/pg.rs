@@ -68,6 +68,9 @@ pub(crate) struct PgVectors {
     indexed: Mutex<HashSet<usize>>,
     /// Memory count per user at a revision (BM25's document count).
     counts: Mutex<HashMap<i64, (i64, u64)>>,
+    /// Per user and model at a revision: how many vectors an unfiltered search would see,
+    /// counted no further than the exact-search threshold.
+    vector_counts: Mutex<HashMap<(i64, String), (i64, i64)>>,
     /// Opens sealed memory text (encryption at rest).
     keys: Arc<Keyring>,
     /// With a data key set: each searched user's full-text index, built in process from the
@@ -416,25 +419,52 @@ impl VectorIndex for PgVectors {
         let dims = q.vector.len();
         let op = operator(self.metric);
 
-        // How many rows pass the filters, counted no further than the threshold.
-        let mut count = Sql {
-            text: "SELECT count(*) FROM (SELECT 1 FROM memory_embeddings e \
-                   JOIN memories m ON m.id = e.memory_id"
-                .into(),
-            values: vec![],
+        // How many rows pass the filters, counted no further than the threshold; without
+        // filters the count of the user's revision is kept, so that a large user's searches
+        // do not each walk 20k rows to learn again that the index is the way.
+        let unfiltered = q.filter.is_empty();
+        let key = (q.user_id, q.model.to_owned());
+        let cached = unfiltered
+            .then(|| {
+                self.vector_counts
+                    .lock()
+                    .expect("vector count cache")
+                    .get(&key)
+                    .and_then(|(rev, n)| (*rev == q.revision).then_some(*n))
+            })
+            .flatten();
+        let candidates: i64 = match cached {
+            Some(n) => n,
+            None => {
+                let mut count = Sql {
+                    text: "SELECT count(*) FROM (SELECT 1 FROM memory_embeddings e \
+                           JOIN memories m ON m.id = e.memory_id"
+                        .into(),
+                    values: vec![],
+                };
+                where_clause(&mut count, q, None);
+                let limit =
+                    count.param(self.exact_threshold.saturating_add(1).min(i64::MAX as u64) as i64);
+                count.text += &format!(" LIMIT {limit}) c");
+                let n: i64 = db
+                    .query_one_raw(Statement::from_sql_and_values(
+                        DbBackend::Postgres,
+                        count.text,
+                        count.values,
+                    ))
+                    .await?
+                    .ok_or_else(|| Error::Internal("count returned no row".into()))?
+                    .try_get_by_index(0)?;
+                if unfiltered {
+                    let mut counts = self.vector_counts.lock().expect("vector count cache");
+                    if counts.len() > 10_000 {
+                        counts.clear();
+                    }
+                    counts.insert(key, (q.revision, n));
+                }
+                n
+            }
         };
-        where_clause(&mut count, q, None);
-        let limit = count.param(self.exact_threshold.saturating_add(1).min(i64::MAX as u64) as i64);
-        count.text += &format!(" LIMIT {limit}) c");
-        let candidates: i64 = db
-            .query_one_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                count.text,
-                count.values,
-            ))
-            .await?
-            .ok_or_else(|| Error::Internal("count returned no row".into()))?
-            .try_get_by_index(0)?;
         if candidates == 0 {
             return Ok(vec![]);
         }
@@ -689,6 +719,7 @@ impl PgStore {
             exact_threshold: config.exact_search_threshold,
             indexed: Mutex::new(HashSet::new()),
             counts: Mutex::new(HashMap::new()),
+            vector_counts: Mutex::new(HashMap::new()),
             keys: config.keys.clone(),
             texts: Mutex::new(HashMap::new()),
         };

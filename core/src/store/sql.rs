@@ -83,6 +83,18 @@ pub(crate) struct Meta {
     pub created_at: DateTime<Utc>,
 }
 
+impl ResolvedFilter {
+    /// No condition at all.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.session_id.is_none()
+            && self.kinds.is_empty()
+            && self.roles.is_empty()
+            && self.tags.is_empty()
+            && self.since.is_none()
+            && self.until.is_none()
+    }
+}
+
 impl Meta {
     pub(crate) fn matches(&self, f: &ResolvedFilter) -> bool {
         if f.session_id.is_some() && self.session_id != f.session_id {

@@ -16,7 +16,9 @@ pub fn emb(v: &[f32]) -> Embedding {
     }
 }
 
-/// A store under test with whatever keeps it alive.
+/// A store under test with whatever keeps it alive. (A handful exist at a time: the size of
+/// the larger variant does not matter.)
+#[allow(clippy::large_enum_variant)]
 pub enum TestStore {
     Pg(PgStore, PgDb),
     Embedded(EmbeddedStore, tempfile::TempDir),
