@@ -205,7 +205,12 @@ fn main() {
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     let py = python.as_deref().map(|p| python_rates(p, &texts_file, n));
+    // `--ingest-only f32|int8`: only the ingest part, at that precision (for `perf record`).
+    let ingest_only: Option<Precision> = arg("--ingest-only").map(|p| p.parse().unwrap());
     for batch in [1usize, 32] {
+        if ingest_only.is_some() {
+            break;
+        }
         if let Some(p) = profile {
             let m = if p == Precision::Int8 { &int8 } else { &model };
             println!(
@@ -233,7 +238,7 @@ fn main() {
             ),
         }
     }
-    if profile.is_none() {
+    if profile.is_none() && ingest_only.is_none() {
         // How far int8 moves the vectors, on the benchmark's own texts.
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let (a, b) = (model.embed(&refs).unwrap(), int8.embed(&refs).unwrap());
@@ -270,7 +275,7 @@ fn main() {
         ("ours int8", &int8),
         ("candle-transformers", &candle),
     ] {
-        if profile.is_some() {
+        if profile.is_some() || ingest_only.is_some() {
             continue;
         }
         m.embed(&[questions[0].as_str()]).unwrap();
@@ -316,8 +321,8 @@ fn main() {
     println!("| store | precision | messages/s |");
     println!("|---|---|---:|");
     for precision in [Precision::F32, Precision::Int8] {
-        if profile.is_some() {
-            break;
+        if profile.is_some() || ingest_only.is_some_and(|p| p != precision) {
+            continue;
         }
         rt.block_on(async {
             let mut config = EmbedConfig::new(minilm_dir());

@@ -13,6 +13,7 @@ mod m20261130_000002_memory_neighbours_index;
 mod m20261201_000001_encryption_at_rest;
 mod m20261201_000002_user_embedding_model;
 mod m20261201_000003_deep_memory;
+mod m20261201_000004_memory_updated_index;
 
 /// The embedding dimension of the default model (all-MiniLM-L6-v2). Postgres gets an HNSW index
 /// for it in the first migration; indexes for other dimensions and metrics are created by the
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000001_encryption_at_rest::Migration),
             Box::new(m20261201_000002_user_embedding_model::Migration),
             Box::new(m20261201_000003_deep_memory::Migration),
+            Box::new(m20261201_000004_memory_updated_index::Migration),
         ]
     }
 }

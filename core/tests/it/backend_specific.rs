@@ -400,3 +400,96 @@ async fn embedded_large_user_search_is_exact() {
         t.close().await;
     }
 }
+
+/// Postgres searches the full text of users above the exact-search threshold in process; the
+/// index follows updates, deletions and additions, including another replica's, and finds what
+/// the SQL statement finds for smaller users.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_large_user_text_search_follows_every_replica() {
+    use recall_core::types::{MemoryPatch, TextQuery};
+    let db = PgDb::create().await;
+    let mut config = StoreConfig::postgres(db.url.clone());
+    config.exact_search_threshold = 3;
+    let a = PgStore::open(&config).await.unwrap();
+    let b = PgStore::open(&config).await.unwrap();
+    let sql = PgStore::open(&StoreConfig::postgres(db.url.clone()))
+        .await
+        .unwrap();
+    let texts = [
+        "a gym in Zanzibar with a pool",
+        "Zanzibar spice tours on Sunday",
+        "my locker code is 4411",
+        "the ferry to Zanzibar leaves at nine",
+        "groceries: rice, lentils, limes",
+    ];
+    let rows = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| NewMemory::new(MemoryKind::Fact, *t, emb(&pseudo_vector(i as u64, 8))))
+        .collect();
+    let all: Vec<i64> = a
+        .add_memories("ana", rows)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    async fn found(s: &PgStore) -> Vec<i64> {
+        let mut ids: Vec<i64> = s
+            .text_search("ana", &TextQuery::new("Zanzibar", 10))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|h| h.memory.id)
+            .collect();
+        ids.sort();
+        ids
+    }
+    let zanzibar = vec![all[0], all[1], all[3]];
+    assert_eq!(found(&a).await, zanzibar);
+    assert_eq!(found(&b).await, zanzibar);
+    // The same rows through the SQL statement (a threshold the user is under).
+    assert_eq!(found(&sql).await, zanzibar);
+    b.update_memory(
+        "ana",
+        all[0],
+        MemoryPatch {
+            content: Some("nothing to see".into()),
+            embedding: Some(emb(&pseudo_vector(50, 8))),
+            ..MemoryPatch::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(found(&a).await, vec![all[1], all[3]]);
+    b.delete_memories("ana", &[all[1]]).await.unwrap();
+    assert_eq!(found(&a).await, vec![all[3]]);
+    let added = b
+        .add_memories(
+            "ana",
+            vec![NewMemory::new(
+                MemoryKind::Fact,
+                "a second gym in Zanzibar",
+                emb(&pseudo_vector(99, 8)),
+            )],
+        )
+        .await
+        .unwrap();
+    assert_eq!(found(&a).await, vec![all[3], added[0].id]);
+    // Other users' rows never enter a user's index.
+    a.add_memories(
+        "bo",
+        vec![NewMemory::new(
+            MemoryKind::Fact,
+            "Zanzibar again",
+            emb(&pseudo_vector(7, 8)),
+        )],
+    )
+    .await
+    .unwrap();
+    assert_eq!(found(&a).await, vec![all[3], added[0].id]);
+    for s in [a, b, sql] {
+        s.connection().clone().close().await.ok();
+    }
+    db.drop_db().await;
+}
