@@ -115,6 +115,12 @@ impl I8Matrix {
         self.n
     }
 
+    /// The largest weight magnitude of the quantized matrix (`WEIGHT_MAX` or
+    /// `WEIGHT_MAX_AVX2`).
+    pub fn weight_range(&self) -> i32 {
+        self.max
+    }
+
     /// The dequantized weight of input `i` to output `c`.
     pub fn weight(&self, i: usize, c: usize) -> f32 {
         let (j, lane) = (c / BLOCK, c % BLOCK);
@@ -449,13 +455,46 @@ mod features {
     }
 }
 
-/// The tiling both SIMD kernels share: tiles of `R` rows × `B` blocks of 8 columns, the
-/// micro-kernel `$tile::<R, B>(job, r0, j0)` runs over the whole input; columns are taken a
-/// panel of `B` blocks at a time and, inside a panel, rows in tiles, so the panel's weights
-/// stay in cache while the inputs stream.
+/// The tiling both SIMD kernels share: tiles of up to `$mr` rows × `$nb` blocks of 8 columns;
+/// the micro-kernel `tile::<R, B>(job, r0, j0)` runs over the whole input, adding four u8 × i8
+/// products into each i32 lane with `|sum, a, w| …` (`a`: four input bytes broadcast, `w`: a
+/// block's 4 × 8 weights). Columns are taken a panel of `$nb` blocks at a time and, inside a
+/// panel, rows in tiles, so the panel's weights stay in cache while the inputs stream.
 #[cfg(target_arch = "x86_64")]
 macro_rules! tiled {
-    ($feature:literal, $tile:ident, $mr:literal, $nb:literal) => {
+    ($feature:literal, $mr:literal, $nb:literal, |$sum:ident, $a:ident, $w:ident| $madd:expr) => {
+        #[inline]
+        #[target_feature(enable = $feature)]
+        unsafe fn tile<const R: usize, const B: usize>(job: &Job<'_>, r0: usize, j0: usize) {
+            let (w, x) = (job.w, job.x);
+            let mut acc = [[_mm256_setzero_si256(); B]; R];
+            let wp = w.packed.as_ptr();
+            let up = x.data.as_ptr();
+            for g in 0..w.kp / 4 {
+                let mut wv = [_mm256_setzero_si256(); B];
+                for (b, v) in wv.iter_mut().enumerate() {
+                    // SAFETY: block j0 + b exists; group g is inside it.
+                    *v = unsafe {
+                        _mm256_loadu_si256(
+                            wp.add((j0 + b) * BLOCK * w.kp + g * 32) as *const __m256i
+                        )
+                    };
+                }
+                for (i, row) in acc.iter_mut().enumerate() {
+                    // SAFETY: row r0 + i exists; 4 bytes at 4g are inside it.
+                    let $a = _mm256_set1_epi32(unsafe {
+                        (up.add((r0 + i) * x.kp + 4 * g) as *const i32).read_unaligned()
+                    });
+                    for (s, &$w) in row.iter_mut().zip(&wv) {
+                        let $sum = *s;
+                        *s = $madd;
+                    }
+                }
+            }
+            // SAFETY: forwarded from the caller.
+            unsafe { store(job, r0, j0, &acc) }
+        }
+
         /// # Safety
         /// The CPU has the features; the caller of the product vouches for `job.out`.
         #[target_feature(enable = $feature)]
@@ -480,10 +519,10 @@ macro_rules! tiled {
             macro_rules! by_blocks {
                 ($r:literal) => {
                     match nb {
-                        1 => $tile::<$r, 1>(job, r0, j0),
-                        2 => $tile::<$r, 2>(job, r0, j0),
-                        3 if $nb >= 3 => $tile::<$r, 3>(job, r0, j0),
-                        _ if $nb >= 4 => $tile::<$r, 4>(job, r0, j0),
+                        1 => tile::<$r, 1>(job, r0, j0),
+                        2 => tile::<$r, 2>(job, r0, j0),
+                        3 if $nb >= 3 => tile::<$r, 3>(job, r0, j0),
+                        _ if $nb >= 4 => tile::<$r, 4>(job, r0, j0),
                         _ => unreachable!(),
                     }
                 };
@@ -554,7 +593,11 @@ mod avx2 {
 
     use super::{BLOCK, Job};
 
-    tiled!("avx2", tile, 4, 2);
+    // Σ of four u8 × i8 products into each i32 lane: pairs to i16, then pairs of those.
+    tiled!("avx2", 4, 2, |sum, a, w| _mm256_add_epi32(
+        sum,
+        _mm256_madd_epi16(_mm256_maddubs_epi16(a, w), _mm256_set1_epi16(1))
+    ));
 
     /// See `super::dots_i8`. The query's magnitudes go in as unsigned bytes and its signs onto
     /// each vector's codes (`vpsignb`), so that `vpmaddubsw` multiplies u8 × i8 pairs: at most
@@ -640,37 +683,6 @@ mod avx2 {
         }
         super::quantize_row_scalar(&row[n..], inv, z, &mut q[n..]);
     }
-
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn tile<const R: usize, const B: usize>(job: &Job<'_>, r0: usize, j0: usize) {
-        let (w, x) = (job.w, job.x);
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_si256(); B]; R];
-        let wp = w.packed.as_ptr();
-        let up = x.data.as_ptr();
-        for g in 0..w.kp / 4 {
-            let mut wv = [_mm256_setzero_si256(); B];
-            for (b, v) in wv.iter_mut().enumerate() {
-                // SAFETY: block j0 + b exists; group g is inside it.
-                *v = unsafe {
-                    _mm256_loadu_si256(wp.add((j0 + b) * BLOCK * w.kp + g * 32) as *const __m256i)
-                };
-            }
-            for (i, row) in acc.iter_mut().enumerate() {
-                // SAFETY: row r0 + i exists; 4 bytes at 4g are inside it.
-                let a = _mm256_set1_epi32(unsafe {
-                    (up.add((r0 + i) * x.kp + 4 * g) as *const i32).read_unaligned()
-                });
-                for (s, &v) in row.iter_mut().zip(&wv) {
-                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(a, v), ones);
-                    *s = _mm256_add_epi32(*s, p);
-                }
-            }
-        }
-        // SAFETY: forwarded from the caller.
-        unsafe { store(job, r0, j0, &acc) }
-    }
 }
 
 /// AVX-512 VNNI on 256-bit registers (`vpdpbusd`: four u8 × i8 products summed into each i32
@@ -681,36 +693,9 @@ mod vnni {
 
     use super::{BLOCK, Job};
 
-    tiled!("avx2,avx512f,avx512vl,avx512vnni", tile, 6, 4);
-
-    #[inline]
-    #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
-    unsafe fn tile<const R: usize, const B: usize>(job: &Job<'_>, r0: usize, j0: usize) {
-        let (w, x) = (job.w, job.x);
-        let mut acc = [[_mm256_setzero_si256(); B]; R];
-        let wp = w.packed.as_ptr();
-        let up = x.data.as_ptr();
-        for g in 0..w.kp / 4 {
-            let mut wv = [_mm256_setzero_si256(); B];
-            for (b, v) in wv.iter_mut().enumerate() {
-                // SAFETY: block j0 + b exists; group g is inside it.
-                *v = unsafe {
-                    _mm256_loadu_si256(wp.add((j0 + b) * BLOCK * w.kp + g * 32) as *const __m256i)
-                };
-            }
-            for (i, row) in acc.iter_mut().enumerate() {
-                // SAFETY: row r0 + i exists; 4 bytes at 4g are inside it.
-                let a = _mm256_set1_epi32(unsafe {
-                    (up.add((r0 + i) * x.kp + 4 * g) as *const i32).read_unaligned()
-                });
-                for (s, &v) in row.iter_mut().zip(&wv) {
-                    *s = _mm256_dpbusd_epi32(*s, a, v);
-                }
-            }
-        }
-        // SAFETY: forwarded from the caller.
-        unsafe { store(job, r0, j0, &acc) }
-    }
+    tiled!("avx2,avx512f,avx512vl,avx512vnni", 6, 4, |sum, a, w| {
+        _mm256_dpbusd_epi32(sum, a, w)
+    });
 }
 
 #[cfg(test)]

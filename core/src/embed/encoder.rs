@@ -23,7 +23,6 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config, HiddenAct};
 use rayon::prelude::*;
-use recall_kernels::dot;
 use recall_kernels::int8::{self, I8Matrix, QuantizedRows};
 
 use super::Precision;
@@ -427,7 +426,7 @@ fn attention(qkv: &[f32], starts: &[usize], h: usize, heads: usize, ctx: &mut [f
         .collect();
     pairs
         .into_par_iter()
-        .for_each_init(Vec::new, |scores, (s, hd)| {
+        .for_each_init(Scratch::default, |scratch, (s, hd)| {
             let (a, b) = (starts[s], starts[s + 1]);
             // SAFETY: (tokens a..b, head hd) owns ctx[i·h + hd·d ..][..d] for i in a..b; pairs
             // are distinct.
@@ -441,7 +440,7 @@ fn attention(qkv: &[f32], starts: &[usize], h: usize, heads: usize, ctx: &mut [f
                 off: hd * d,
                 scale,
             };
-            pair.run(a, b, scores, out);
+            pair.run(a, b, scratch, out);
         });
 }
 
@@ -460,7 +459,7 @@ impl Pair<'_> {
         &self,
         a: usize,
         b: usize,
-        scores: &mut Vec<f32>,
+        scratch: &mut Scratch,
         out: impl Fn(usize) -> &'o mut [f32],
     ) {
         #[cfg(target_arch = "x86_64")]
@@ -471,16 +470,16 @@ impl Pair<'_> {
                     p: &Pair<'_>,
                     a: usize,
                     b: usize,
-                    scores: &mut Vec<f32>,
+                    scratch: &mut Scratch,
                     out: impl Fn(usize) -> &'o mut [f32],
                 ) {
-                    p.body(a, b, scores, out)
+                    p.body(a, b, scratch, out)
                 }
                 // SAFETY: the CPU has AVX2 and FMA (checked above).
-                return unsafe { wide(self, a, b, scores, out) };
+                return unsafe { wide(self, a, b, scratch, out) };
             }
         }
-        self.body(a, b, scores, out)
+        self.body(a, b, scratch, out)
     }
 
     #[inline(always)]
@@ -488,17 +487,34 @@ impl Pair<'_> {
         &self,
         a: usize,
         b: usize,
-        scores: &mut Vec<f32>,
+        scratch: &mut Scratch,
         out: impl Fn(usize) -> &'o mut [f32],
     ) {
         let (h, d, off) = (self.h, self.d, self.off);
         let len = b - a;
+        // The keys transposed (`d × len`): a query's scores are then `d` multiply-adds of
+        // whole rows, vectorised across keys, with no horizontal sum per key.
+        let Scratch { scores, keys } = scratch;
+        keys.clear();
+        keys.resize(d * len, 0.0);
+        for j in 0..len {
+            let k = &self.qkv[(a + j) * 3 * h + h + off..][..d];
+            for (t, &v) in k.iter().enumerate() {
+                keys[t * len + j] = v;
+            }
+        }
         scores.clear();
         scores.resize(len, 0.0);
         for i in a..b {
             let q = &self.qkv[i * 3 * h + off..][..d];
-            for (j, sc) in scores.iter_mut().enumerate() {
-                *sc = dot(q, &self.qkv[(a + j) * 3 * h + h + off..][..d]) * self.scale;
+            scores.fill(0.0);
+            for (t, &qv) in q.iter().enumerate() {
+                for (sc, &k) in scores.iter_mut().zip(&keys[t * len..(t + 1) * len]) {
+                    *sc += qv * k;
+                }
+            }
+            for sc in scores.iter_mut() {
+                *sc *= self.scale;
             }
             softmax(scores);
             let acc = out(i);
@@ -511,6 +527,13 @@ impl Pair<'_> {
             }
         }
     }
+}
+
+/// Per-thread buffers of [`Pair::run`].
+#[derive(Default)]
+struct Scratch {
+    scores: Vec<f32>,
+    keys: Vec<f32>,
 }
 
 #[inline(always)]

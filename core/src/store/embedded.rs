@@ -258,9 +258,9 @@ fn keep(heap: &mut BinaryHeap<Candidate>, c: Candidate, limit: usize) {
 }
 
 impl LocalVectors {
-    /// The distance for an (approximate) dot product `dot` of the query and a vector, given
-    /// their norms.
-    fn rough_distance(&self, dot: f32, q_norm: f32, v_norm: f32) -> f64 {
+    /// The distance for a dot product `dot` of the query and a vector (exact, or from their
+    /// int8 codes), given their norms.
+    fn distance_from_dot(&self, dot: f32, q_norm: f32, v_norm: f32) -> f64 {
         match self.metric {
             Metric::Cosine => {
                 let denom = q_norm * v_norm;
@@ -277,18 +277,12 @@ impl LocalVectors {
         }
     }
 
+    /// The exact distance of the query and a vector.
     fn distance(&self, q: &[f32], q_norm: f32, v: &[f32], v_norm: f32) -> f64 {
         match self.metric {
-            Metric::Cosine => {
-                let denom = q_norm * v_norm;
-                if denom == 0.0 {
-                    1.0
-                } else {
-                    1.0 - (dot(q, v) / denom) as f64
-                }
-            }
+            // Computed directly: the expansion through the dot product loses digits.
             Metric::L2 => l2(q, v) as f64,
-            Metric::Dot => -(dot(q, v) as f64),
+            Metric::Cosine | Metric::Dot => self.distance_from_dot(dot(q, v), q_norm, v_norm),
         }
     }
 
@@ -506,7 +500,7 @@ impl VectorIndex for LocalVectors {
                     if !mv.meta[i].matches(q.filter) {
                         continue;
                     }
-                    let d = self.rough_distance(
+                    let d = self.distance_from_dot(
                         raw as f32 * q_scale * mv.code_scales[i],
                         q_norm,
                         mv.norms[i],
