@@ -59,19 +59,36 @@ impl Engine {
                     .map(|(a, b)| (i, m.content[a..b].to_owned())),
             );
         }
-        let texts: Vec<&str> = pieces.iter().map(|(_, t)| t.as_str()).collect();
-        let emotions = self.emotion.detect(&texts).await?;
-        let mut vectors = Vec::with_capacity(pieces.len());
-        let mut done = 0usize;
-        for chunk in pieces.chunks(PROGRESS_STEP) {
-            vectors.extend(
-                this.embedder
-                    .embed(chunk.iter().map(|(_, t)| t.clone()).collect())
-                    .await?,
-            );
-            done = chunk.last().map_or(done, |(i, _)| i + 1);
-            progress(done);
-        }
+        // The embedding runs on the embedder's threads while this task scores the pieces
+        // (emotion, importance): the embedding future is polled first, so its first request
+        // is queued before the scoring takes this thread.
+        let embedding = async {
+            let mut vectors = Vec::with_capacity(pieces.len());
+            let mut done = 0usize;
+            for chunk in pieces.chunks(PROGRESS_STEP) {
+                vectors.extend(
+                    this.embedder
+                        .embed(chunk.iter().map(|(_, t)| t.clone()).collect())
+                        .await?,
+                );
+                done = chunk.last().map_or(done, |(i, _)| i + 1);
+                progress(done);
+            }
+            Ok::<_, Error>(vectors)
+        };
+        let scoring = async {
+            let texts: Vec<&str> = pieces.iter().map(|(_, t)| t.as_str()).collect();
+            let emotions = self.emotion.detect(&texts).await?;
+            Ok::<_, Error>(
+                texts
+                    .iter()
+                    .zip(emotions)
+                    .map(|(text, emotion)| retrieval::ingest_signals(text, emotion))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let (vectors, signals) = tokio::join!(embedding, scoring);
+        let (vectors, signals) = (vectors?, signals?);
         let mut memories: Vec<Vec<NewMemory>> = vec![Vec::new(); messages.len()];
         let counts: Vec<usize> = {
             let mut c = vec![0usize; messages.len()];
@@ -80,9 +97,10 @@ impl Engine {
             }
             c
         };
-        for (((i, text), vector), emotion) in pieces.into_iter().zip(vectors).zip(emotions) {
+        for (((i, text), vector), (importance, emotion, mut metadata)) in
+            pieces.into_iter().zip(vectors).zip(signals)
+        {
             let n = memories[i].len();
-            let (importance, emotion, mut metadata) = retrieval::ingest_signals(&text, emotion);
             if counts[i] > 1 {
                 metadata["chunk"] = json!(n);
                 metadata["chunks"] = json!(counts[i]);
