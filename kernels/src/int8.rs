@@ -160,31 +160,10 @@ impl I8Matrix {
         out: *mut f32,
         ldo: usize,
     ) {
-        assert_eq!(
-            x.k, self.k,
-            "inputs of {} values for {} weights",
-            x.k, self.k
-        );
-        assert!(
-            rows.end <= x.len() && rows.start <= rows.end,
-            "rows {rows:?}"
-        );
-        assert!(
-            cols.start.is_multiple_of(BLOCK) && cols.start <= cols.end && cols.end <= self.n,
-            "columns {cols:?} of {}",
-            self.n
-        );
-        if rows.is_empty() || cols.is_empty() {
+        let job = self.job(x, rows, cols, out, ldo);
+        if job.rows.is_empty() || job.cols.is_empty() {
             return;
         }
-        let job = Job {
-            w: self,
-            x,
-            rows,
-            cols,
-            out,
-            ldo,
-        };
         #[cfg(target_arch = "x86_64")]
         {
             if features::vnni() {
@@ -200,6 +179,39 @@ impl I8Matrix {
         unsafe { job.scalar() }
     }
 
+    /// A product of this matrix, its ranges checked (see [`I8Matrix::matmul_acc_raw`]).
+    fn job<'a>(
+        &'a self,
+        x: &'a QuantizedRows,
+        rows: Range<usize>,
+        cols: Range<usize>,
+        out: *mut f32,
+        ldo: usize,
+    ) -> Job<'a> {
+        assert_eq!(
+            x.k, self.k,
+            "inputs of {} values for {} weights",
+            x.k, self.k
+        );
+        assert!(
+            rows.end <= x.len() && rows.start <= rows.end,
+            "rows {rows:?}"
+        );
+        assert!(
+            cols.start.is_multiple_of(BLOCK) && cols.start <= cols.end && cols.end <= self.n,
+            "columns {cols:?} of {}",
+            self.n
+        );
+        Job {
+            w: self,
+            x,
+            rows,
+            cols,
+            out,
+            ldo,
+        }
+    }
+
     /// The same product in plain Rust, whatever the CPU: the reference of the tests.
     ///
     /// # Safety
@@ -212,16 +224,7 @@ impl I8Matrix {
         out: *mut f32,
         ldo: usize,
     ) {
-        assert_eq!(x.k, self.k);
-        assert!(rows.end <= x.len() && cols.end <= self.n && cols.start.is_multiple_of(BLOCK));
-        let job = Job {
-            w: self,
-            x,
-            rows,
-            cols,
-            out,
-            ldo,
-        };
+        let job = self.job(x, rows, cols, out, ldo);
         // SAFETY: the caller vouches for `out`.
         unsafe { job.scalar() }
     }
