@@ -119,6 +119,10 @@ async function run(call) {
  * @property {string} [chatUrl] a remote OpenAI-compatible provider instead (`http://.../v1`)
  * @property {string} [chatModelName] the model name the provider knows
  * @property {string} [chatApiKey] the provider's API key
+ * @property {number} [dedupeSimilarity] `addMemory` merges a new fact into one of the user's
+ *   at least this similar (0.95 for near-identical text) instead of storing it again
+ * @property {Record<string, number>} [tagTtlSeconds] memories with one of these tags expire
+ *   that many seconds after they are stored (`{ scratch: 86400 }`)
  */
 
 /**
@@ -131,10 +135,63 @@ async function run(call) {
  */
 
 /**
+ * @typedef {object} MetadataCondition
+ * @property {string} key a dotted path into the metadata (`project`, `source.app`)
+ * @property {'eq' | 'ne' | 'in' | 'gt' | 'gte' | 'lt' | 'lte' | 'contains' | 'exists'} op
+ * @property {unknown} [value] any JSON (an array for `in`, a number or an ISO time for the
+ *   comparisons, a boolean for `exists`)
+ */
+
+/**
+ * @typedef {object} Filter
+ * @property {string} [session]
+ * @property {Array<'message' | 'fact' | 'persona' | 'summary'>} [kinds]
+ * @property {Array<'user' | 'assistant' | 'system'>} [roles]
+ * @property {string[]} [tags] every one of these
+ * @property {string | Date} [since] written at or after
+ * @property {string | Date} [until] written before
+ * @property {string | Date} [asOf] what was true then (written by then, neither superseded nor
+ *   expired by then) instead of what is current
+ * @property {boolean} [includeSuperseded] the replaced memories too
+ * @property {MetadataCondition[]} [metadata] all must hold
+ */
+
+/**
  * @typedef {object} SearchOptions
  * @property {number} [topK] results (10)
  * @property {'hybrid' | 'vector' | 'text'} [mode] retrievers (`hybrid`: fused and re-ranked)
  * @property {string} [session] only this session
+ * @property {Filter} [filter]
+ */
+
+/**
+ * @typedef {object} NewMemory
+ * @property {string} content
+ * @property {'fact' | 'persona' | 'message' | 'summary'} [kind] `fact` by default
+ * @property {string} [session]
+ * @property {string[]} [tags]
+ * @property {number} [importance] in [0, 1] (estimated when absent)
+ * @property {Record<string, unknown>} [metadata] for metadata conditions
+ * @property {string | Date} [expiresAt] when it stops being returned (then purged)
+ * @property {number} [ttlSeconds] or: expires this long after it is stored
+ * @property {number} [supersedes] a current memory this one replaces (kept as history)
+ */
+
+/**
+ * @typedef {object} StoredMemory
+ * @property {number} id
+ * @property {string} kind
+ * @property {string} content
+ * @property {string | null} session
+ * @property {string | null} role
+ * @property {string[]} tags
+ * @property {Record<string, unknown>} metadata
+ * @property {number} importance
+ * @property {Date} createdAt
+ * @property {Date | null} expiresAt
+ * @property {number | null} supersedes the memory it replaced
+ * @property {number | null} supersededBy the memory that replaced it
+ * @property {Date | null} supersededAt
  */
 
 /**
@@ -185,6 +242,33 @@ async function run(call) {
  */
 function toHit(h) {
   return { ...h, createdAt: new Date(h.createdAt) }
+}
+
+/**
+ * @param {any} m
+ * @returns {StoredMemory}
+ */
+function toMemory(m) {
+  /** @param {string | null} t */
+  const time = (t) => (t === null || t === undefined ? null : new Date(t))
+  return {
+    ...m,
+    createdAt: new Date(m.createdAt),
+    expiresAt: time(m.expiresAt),
+    supersededAt: time(m.supersededAt),
+  }
+}
+
+/**
+ * JSON with `Date`s as ISO times.
+ * @param {unknown} value
+ * @returns {string}
+ */
+function encode(value) {
+  return JSON.stringify(value, function (key, v) {
+    const raw = this[key]
+    return raw instanceof Date ? raw.toISOString() : v
+  })
 }
 
 /**
@@ -262,8 +346,40 @@ class Memory {
    * @returns {Promise<Hit[]>}
    */
   async search(user, query, options = {}) {
-    const json = await run(() => this.engine.search(user, query, JSON.stringify(options)))
+    const json = await run(() => this.engine.search(user, query, encode(options)))
     return JSON.parse(json).map(toHit)
+  }
+
+  /**
+   * Stores a memory (a fact by default); with `supersedes`, it replaces one of the user's
+   * current memories, which is kept as history and no longer found.
+   * @param {string} user
+   * @param {NewMemory} memory
+   * @returns {Promise<StoredMemory>}
+   */
+  async addMemory(user, memory) {
+    return toMemory(JSON.parse(await run(() => this.engine.addMemory(user, encode(memory)))))
+  }
+
+  /**
+   * The memories `id` replaced, itself, and those that replaced it, oldest first.
+   * @param {string} user
+   * @param {number} id
+   * @returns {Promise<StoredMemory[]>}
+   */
+  async memoryHistory(user, id) {
+    return JSON.parse(await run(() => this.engine.memoryHistory(user, id))).map(toMemory)
+  }
+
+  /**
+   * Deletes the user's memories with these ids; returns how many there were. A memory that a
+   * deleted one had replaced is current again.
+   * @param {string} user
+   * @param {number[]} ids
+   * @returns {Promise<number>}
+   */
+  async deleteMemories(user, ids) {
+    return run(() => this.engine.deleteMemories(user, ids))
   }
 
   /**

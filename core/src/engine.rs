@@ -35,6 +35,7 @@ use crate::types::{Embedding, Filter, Memory, MemoryKind};
 
 pub use deep_memory::TrainProgress;
 pub use fanout::FanoutHandle;
+pub use memories::MAX_HISTORY;
 pub use reembed::{ReembedOptions, ReembedReport};
 pub use search::{Embeddings, MAX_EMBED_INPUTS};
 pub use summaries::SummaryStats;
@@ -113,6 +114,8 @@ pub struct Engine {
     /// [`Engine::add_memory`] merges into a memory at least this similar (off by default;
     /// [`Engine::with_dedupe`]).
     dedupe: Option<f32>,
+    /// Time to live in seconds of memories by tag ([`Engine::with_tag_ttl`]).
+    tag_ttl: Arc<std::collections::BTreeMap<String, u64>>,
     /// The data key: backups are encrypted with it (see [`Engine::with_data_key`]).
     data_key: Option<Arc<crate::crypto::DataKey>>,
     /// While a change of embedding model is rolled out: the model being left, which users
@@ -145,6 +148,7 @@ impl Engine {
             summaries: Arc::default(),
             events: EventBus::default(),
             dedupe: None,
+            tag_ttl: Arc::default(),
             data_key: None,
             previous_embedder: None,
             llm: None,
@@ -208,6 +212,21 @@ impl Engine {
     pub fn with_dedupe(mut self, similarity: Option<f32>) -> Self {
         self.dedupe = similarity;
         self
+    }
+
+    /// Memories (and the memories of messages) with one of these tags expire that many
+    /// seconds after they are stored, the shortest when several apply, unless they are given
+    /// their own expiry. Fails on a TTL of zero or longer than [`MAX_TTL_SECONDS`].
+    pub fn with_tag_ttl(
+        mut self,
+        ttl: std::collections::BTreeMap<String, u64>,
+    ) -> crate::error::Result<Self> {
+        for (tag, secs) in &ttl {
+            check_ttl(*secs)
+                .map_err(|e| crate::error::Error::invalid(format!("TTL of tag `{tag}`: {e}")))?;
+        }
+        self.tag_ttl = Arc::new(ttl);
+        Ok(self)
     }
 
     /// Uses another emotion detector (a transformer classifier, say) at ingest and query time.
@@ -300,8 +319,32 @@ impl Engine {
     }
 }
 
+/// The longest time to live of a memory: 100 years.
+pub const MAX_TTL_SECONDS: u64 = 100 * 365 * 86_400;
+
+/// Checks a deduplication threshold for [`Engine::with_dedupe`]: a similarity in (0, 1].
+pub fn check_dedupe_similarity(similarity: f32) -> Result<()> {
+    if !(similarity > 0.0 && similarity <= 1.0) {
+        return Err(crate::error::Error::invalid(format!(
+            "dedupe_similarity {similarity}: a similarity in (0, 1], {DEDUPE_SIMILARITY} for \
+             near-identical text"
+        )));
+    }
+    Ok(())
+}
+
+fn check_ttl(secs: u64) -> Result<()> {
+    if secs == 0 || secs > MAX_TTL_SECONDS {
+        return Err(crate::error::Error::invalid(format!(
+            "a time to live is 1 to {MAX_TTL_SECONDS} seconds, not {secs}"
+        )));
+    }
+    Ok(())
+}
+
 /// A memory given as text, for [`Engine::add_memory`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewMemoryText {
     /// What it is.
     pub kind: MemoryKind,
@@ -314,6 +357,21 @@ pub struct NewMemoryText {
     pub tags: Vec<String>,
     /// Importance in [0, 1].
     pub importance: Option<f32>,
+    /// A JSON object (or null) to search by with metadata filters; the engine adds its own
+    /// signals (`emotion_confidence`) beside the caller's keys.
+    #[serde(default)]
+    pub metadata: Value,
+    /// When it expires: no longer returned from then on, and deleted by the purge.
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Expires this many seconds after it is stored (instead of `expires_at`). Without
+    /// either, the shortest TTL of its tags applies ([`Engine::with_tag_ttl`]), if any.
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+    /// One of the user's current memories that this one replaces ("moved to Berlin" for
+    /// "lives in Paris"): the old one is kept as history and no longer returned by default.
+    #[serde(default)]
+    pub supersedes: Option<i64>,
 }
 
 /// Changes to a memory for [`Engine::update_memory`]; `None` leaves a field as it is.
@@ -327,4 +385,7 @@ pub struct MemoryUpdate {
     pub metadata: Option<Value>,
     /// New importance in [0, 1].
     pub importance: Option<f32>,
+    /// New expiry (`Some(None)`: never expires).
+    #[serde(default)]
+    pub expires_at: Option<Option<DateTime<Utc>>>,
 }

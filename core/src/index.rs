@@ -84,6 +84,10 @@ impl MemoryIndex {
             emotion: Some(emotion),
             created_at,
             updated_at: created_at,
+            expires_at: None,
+            supersedes: None,
+            superseded_by: None,
+            superseded_at: None,
         };
         u.lexical.insert(id, text);
         u.memories.insert(id, (memory, vector));

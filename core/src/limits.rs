@@ -6,6 +6,14 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::types::{Filter, NewMemory, NewMessage};
 
+/// Most metadata conditions in one filter.
+pub const MAX_METADATA_CONDITIONS: usize = 16;
+
+/// Most candidates a search with metadata conditions reads and tests (the conditions are
+/// checked in process, on the opened metadata; sealed rows cannot be tested in SQL). A filter
+/// that passes fewer than `top_k` of them returns what passed.
+pub const MAX_METADATA_SCAN: usize = 20_000;
+
 /// Size limits on stored data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -183,6 +191,14 @@ impl Limits {
             && since > until
         {
             return Err(Error::invalid("filter `since` is after `until`"));
+        }
+        if filter.metadata.len() > MAX_METADATA_CONDITIONS {
+            return Err(Error::invalid(format!(
+                "a filter has at most {MAX_METADATA_CONDITIONS} metadata conditions"
+            )));
+        }
+        for c in &filter.metadata {
+            c.validate()?;
         }
         self.check_tags(&filter.tags)
     }

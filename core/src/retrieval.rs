@@ -673,6 +673,10 @@ mod tests {
             emotion: emotion.map(str::to_owned),
             created_at: t,
             updated_at: t,
+            expires_at: None,
+            supersedes: None,
+            superseded_by: None,
+            superseded_at: None,
         }
     }
 

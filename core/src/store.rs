@@ -157,6 +157,13 @@ macro_rules! delegate_store {
             async fn count_memories(&self, user: &str) -> $crate::error::Result<u64> {
                 self.inner.count_memories(user).await
             }
+            async fn purge_expired(
+                &self,
+                now: chrono::DateTime<chrono::Utc>,
+                limit: usize,
+            ) -> $crate::error::Result<Vec<(String, Vec<$crate::types::DeletedMemory>)>> {
+                self.inner.purge_expired(now, limit).await
+            }
             async fn search(
                 &self,
                 user: &str,
@@ -446,6 +453,16 @@ pub trait MemoryStore: Send + Sync {
 
     /// How many memories the user has.
     async fn count_memories(&self, user: &str) -> Result<u64>;
+
+    /// Deletes up to `limit` memories (of any users) that expired at or before `now`,
+    /// soonest expired first, one transaction per user; returns what went, by user. A
+    /// memory that an expired one had superseded stays superseded (it was replaced, not
+    /// restored).
+    async fn purge_expired(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<DeletedMemory>)>>;
 
     /// Nearest memories to the query embedding, best first, with cursor pagination.
     async fn search(&self, user: &str, query: &VectorQuery) -> Result<SearchPage>;

@@ -14,6 +14,7 @@ mod m20261201_000001_encryption_at_rest;
 mod m20261201_000002_user_embedding_model;
 mod m20261201_000003_deep_memory;
 mod m20261201_000004_memory_updated_index;
+mod m20261201_000005_memory_validity;
 
 /// The embedding dimension of the default model (all-MiniLM-L6-v2). Postgres gets an HNSW index
 /// for it in the first migration; indexes for other dimensions and metrics are created by the
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000002_user_embedding_model::Migration),
             Box::new(m20261201_000003_deep_memory::Migration),
             Box::new(m20261201_000004_memory_updated_index::Migration),
+            Box::new(m20261201_000005_memory_validity::Migration),
         ]
     }
 }

@@ -22,7 +22,9 @@ use recall_core::RetrieveOptions;
 use recall_core::chat::{ChatRequest, ChatResult};
 use recall_core::engine::NewMemoryText;
 use recall_core::retrieval::SearchMode;
-use recall_core::types::{Filter, Memory, MemoryKind, PageRequest, Retrieved, Session};
+use recall_core::types::{
+    Filter, Memory, MemoryKind, MetadataCondition, MetadataOp, PageRequest, Retrieved, Session,
+};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::IntoCallToolResult;
 use rmcp::handler::server::wrapper::{Json, Parameters};
@@ -153,6 +155,34 @@ pub struct AddMemoryArgs {
     /// How much it matters, from 0 to 1 (estimated from the text when absent).
     #[serde(default)]
     pub importance: Option<f32>,
+    /// The id of a memory this one replaces (an old fact that changed: "moved to Berlin"
+    /// replaces "lives in Paris"); the old one is kept as history and no longer found.
+    #[serde(default)]
+    pub supersedes: Option<String>,
+    /// Forget it this many seconds from now.
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+    /// A JSON object of labels with values, for metadata conditions in searches.
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// A condition on a memory's metadata.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ConditionArg {
+    /// A dotted path into the metadata (`project`, `source.app`).
+    pub key: String,
+    /// eq, ne, in, gt, gte, lt, lte, contains or exists.
+    pub op: String,
+    /// What to compare with: any JSON (an array for `in`, a boolean for `exists`).
+    #[serde(default)]
+    pub value: serde_json::Value,
+}
+
+fn memory_id(id: &str) -> Result<i64, ToolError> {
+    id.trim()
+        .parse()
+        .map_err(|_| bad_input(format!("memory id {id:?} is not a number")))
 }
 
 /// Arguments of `search_memories`.
@@ -169,6 +199,12 @@ pub struct SearchArgs {
     /// Only memories of this conversation.
     #[serde(default)]
     pub session: Option<String>,
+    /// Only memories whose metadata meets every one of these conditions.
+    #[serde(default)]
+    pub metadata: Vec<ConditionArg>,
+    /// What was true at this time (RFC 3339) instead of what is current.
+    #[serde(default)]
+    pub as_of: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Arguments of `list_sessions`.
@@ -224,6 +260,12 @@ pub struct MemoryOut {
     pub tags: Vec<String>,
     /// When it was written (RFC 3339).
     pub created_at: String,
+    /// The memory it replaced, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub supersedes: Option<String>,
+    /// When it will be forgotten (RFC 3339), if ever.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
 }
 
 impl From<Memory> for MemoryOut {
@@ -236,6 +278,8 @@ impl From<Memory> for MemoryOut {
             role: m.role.map(|r| r.to_string()),
             tags: m.tags,
             created_at: m.created_at.to_rfc3339(),
+            supersedes: m.supersedes.map(|i| i.to_string()),
+            expires_at: m.expires_at.map(|t| t.to_rfc3339()),
         }
     }
 }
@@ -456,6 +500,10 @@ impl McpServer {
                         session: args.session,
                         tags: args.tags,
                         importance: args.importance,
+                        metadata: args.metadata.unwrap_or_default(),
+                        expires_at: None,
+                        ttl_seconds: args.ttl_seconds,
+                        supersedes: args.supersedes.as_deref().map(memory_id).transpose()?,
                     },
                 )
                 .await?;
@@ -483,9 +531,22 @@ impl McpServer {
             if top_k == 0 || top_k > MAX_TOP_K {
                 return Err(bad_input(format!("top_k must be 1 to {MAX_TOP_K}")));
             }
+            let metadata = args
+                .metadata
+                .into_iter()
+                .map(|c| {
+                    Ok(MetadataCondition::new(
+                        c.key,
+                        c.op.parse::<MetadataOp>()?,
+                        c.value,
+                    ))
+                })
+                .collect::<recall_core::Result<Vec<_>>>()?;
             let options = RetrieveOptions {
                 filter: Filter {
                     session: args.session,
+                    as_of: args.as_of,
+                    metadata,
                     ..Filter::default()
                 },
                 ..RetrieveOptions::for_mode(args.mode.unwrap_or_default().into(), top_k as usize)
@@ -553,11 +614,7 @@ impl McpServer {
         let started = Instant::now();
         let r = async {
             let p = self.caller(&ctx)?;
-            let id: i64 = args
-                .id
-                .trim()
-                .parse()
-                .map_err(|_| bad_input(format!("memory id {:?} is not a number", args.id)))?;
+            let id = memory_id(&args.id)?;
             if self.state.engine.delete_memories(&p.user, &[id]).await? == 0 {
                 return Err(ToolError(ApiError::new(
                     Code::NotFound,

@@ -3,6 +3,7 @@
 //! `DEEP_RECALL__LIMITS__REQUESTS_PER_MINUTE=600` or `DEEP_RECALL__STORE__DATABASE_URL=...`),
 //! then command-line flags. Unknown keys are errors. Secrets are redacted in `Debug` output
 //! and never logged.
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -184,6 +185,13 @@ pub struct StoreSettings {
     /// to peanuts" into "I am allergic to peanuts." (0.99) and keeps "my number is 1" and "my
     /// number is 2" (0.86) apart.
     pub dedupe_similarity: Option<f32>,
+    /// Time to live by tag, in seconds: a memory (or a message's memory) with one of these
+    /// tags expires that long after it is stored, unless it is given its own expiry. For
+    /// example `{ "scratch" = 86400 }`.
+    pub tag_ttl_seconds: BTreeMap<String, u64>,
+    /// How often the server deletes expired memories (seconds; 0: never, reads leave them
+    /// out all the same).
+    pub purge_every_secs: u64,
 }
 
 impl Default for StoreSettings {
@@ -194,6 +202,8 @@ impl Default for StoreSettings {
             metric: Metric::default(),
             max_connections: 16,
             dedupe_similarity: None,
+            tag_ttl_seconds: BTreeMap::new(),
+            purge_every_secs: 60,
         }
     }
 }
@@ -209,6 +219,8 @@ impl fmt::Debug for StoreSettings {
             .field("metric", &self.metric)
             .field("max_connections", &self.max_connections)
             .field("dedupe_similarity", &self.dedupe_similarity)
+            .field("tag_ttl_seconds", &self.tag_ttl_seconds)
+            .field("purge_every_secs", &self.purge_every_secs)
             .finish()
     }
 }
@@ -730,11 +742,20 @@ impl Settings {
             ));
         }
         if let Some(d) = self.store.dedupe_similarity
-            && !(d > 0.0 && d <= 1.0)
+            && let Err(Error::InvalidInput { message }) =
+                recall_core::engine::check_dedupe_similarity(d)
+        {
+            return Err(Error::invalid(format!("store.{message}")));
+        }
+        let max_ttl = recall_core::engine::MAX_TTL_SECONDS;
+        if let Some((tag, secs)) = self
+            .store
+            .tag_ttl_seconds
+            .iter()
+            .find(|(_, s)| **s == 0 || **s > max_ttl)
         {
             return Err(Error::invalid(format!(
-                "store.dedupe_similarity {d}: a similarity in (0, 1], 0.95 for near-identical \
-                 text"
+                "store.tag_ttl_seconds.{tag} = {secs}: a time to live is 1 to {max_ttl} seconds"
             )));
         }
         let t = &self.telemetry;

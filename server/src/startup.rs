@@ -77,8 +77,9 @@ pub async fn engine(settings: &Settings) -> Result<Engine> {
     })
     .await
     .and_then(|e| {
-        Ok(e.with_data_key(data_key(settings)?)
-            .with_dedupe(settings.store.dedupe_similarity))
+        e.with_data_key(data_key(settings)?)
+            .with_dedupe(settings.store.dedupe_similarity)
+            .with_tag_ttl(settings.store.tag_ttl_seconds.clone())
     })
 }
 
@@ -210,6 +211,29 @@ fn backup_schedule(settings: &Settings, engine: &Engine) -> Result<Option<AbortO
         }
     }))))
 }
+
+/// The purge of expired memories (`store.purge_every_secs`). Replicas may purge at the same
+/// time: each deletion checks the expiry again in its own transaction.
+fn purge_schedule(settings: &Settings, engine: &Engine) -> Option<AbortOnDrop> {
+    let every = settings.store.purge_every_secs;
+    if every == 0 {
+        return None;
+    }
+    let engine = engine.clone();
+    Some(AbortOnDrop(tokio::spawn(async move {
+        loop {
+            match engine.purge_expired(PURGE_BATCH).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "expired memories deleted"),
+                Err(e) => tracing::warn!(error = %e, "purging expired memories failed"),
+            }
+            tokio::time::sleep(Duration::from_secs(every)).await;
+        }
+    })))
+}
+
+/// Expired memories deleted per statement batch.
+const PURGE_BATCH: usize = 500;
 
 /// Retraining of deep memory adapters (`deep_memory.retrain_after`): every
 /// `deep_memory.check_secs`, queues a training (writing pairs for new memories first) for each
@@ -378,6 +402,7 @@ pub async fn run(
     });
     let _backups = backup_schedule(&settings, &engine)?;
     let _retrain = retrain_schedule(&settings, &engine);
+    let _purge = purge_schedule(&settings, &engine);
     queue_reembed(&settings, &engine).await;
     let state = Arc::new(AppState::new(settings, engine, chat)?);
     let _metrics = match state.settings.metrics.bind {

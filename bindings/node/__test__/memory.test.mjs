@@ -116,6 +116,54 @@ for (const [kind, open] of stores) {
       assert.deepEqual(await m.search(u, 'hi'), [], 'nothing half-written')
     })
 
+    test('memories stay true: supersede, history, expiry, metadata conditions', async () => {
+      const m = await get()
+      const alice = user('true-alice')
+      const bob = user('true-bob')
+      const paris = await m.addMemory(alice, {
+        content: 'Alice lives in Paris.',
+        metadata: { topic: 'home' },
+      })
+      assert.equal(paris.kind, 'fact')
+      assert.ok(paris.createdAt instanceof Date && paris.expiresAt === null)
+      const berlin = await m.addMemory(alice, {
+        content: 'Alice moved to Berlin.',
+        supersedes: paris.id,
+        metadata: { topic: 'home', priority: 3 },
+      })
+      assert.equal(berlin.supersedes, paris.id)
+      const now = (await m.search(alice, 'Where does Alice live?')).map((h) => h.memoryId)
+      assert.ok(now.includes(berlin.id) && !now.includes(paris.id), String(now))
+      const history = await m.memoryHistory(alice, berlin.id)
+      assert.deepEqual(history.map((x) => x.id), [paris.id, berlin.id])
+      assert.equal(history[0].supersededBy, berlin.id)
+      // A millisecond after Paris was stored (a Date holds milliseconds; the store keeps
+      // microseconds): Paris, and nothing written later.
+      const then = await m.search(alice, 'Where does Alice live?', {
+        filter: { asOf: new Date(paris.createdAt.getTime() + 1) },
+      })
+      assert.deepEqual(then.map((h) => h.memoryId), [paris.id])
+      const high = await m.search(alice, 'Alice', {
+        filter: { metadata: [{ key: 'priority', op: 'gte', value: 2 }] },
+      })
+      assert.deepEqual(high.map((h) => h.memoryId), [berlin.id])
+      const brief = await m.addMemory(alice, { content: 'Parking spot B12.', ttlSeconds: 3600 })
+      assert.ok(brief.expiresAt instanceof Date && brief.expiresAt > brief.createdAt)
+      for (const bad of [
+        () => m.addMemory(alice, { content: 'x', ttlSeconds: 0 }),
+        () => m.addMemory(alice, { content: 'x', ttl: 5 }),
+        () => m.search(alice, 'x', { filter: { metadata: [{ key: 'p', op: 'bigger', value: 1 }] } }),
+        () => m.search(alice, 'x', { filter: { asOff: new Date() } }),
+      ]) {
+        await assert.rejects(bad(), InvalidInputError)
+      }
+      await assert.rejects(m.addMemory(bob, { content: 'takeover', supersedes: berlin.id }), NotFoundError)
+      await assert.rejects(m.memoryHistory(bob, berlin.id), NotFoundError)
+      assert.equal(await m.deleteMemories(alice, [berlin.id]), 1)
+      const back = (await m.search(alice, 'Where does Alice live?')).map((h) => h.memoryId)
+      assert.ok(back.includes(paris.id), String(back))
+    })
+
     test('calls run together', async () => {
       const m = await get()
       const u = user('together')
@@ -136,6 +184,29 @@ for (const [kind, open] of stores) {
     })
   })
 }
+
+test('deduplication and tag TTLs are options', async () => {
+  const m = await Memory.open({
+    dataDir: tempDir(),
+    modelsDir,
+    device: 'cpu',
+    dedupeSimilarity: 0.95,
+    tagTtlSeconds: { scratch: 60 },
+  })
+  const first = await m.addMemory('u', { content: 'I am allergic to peanuts' })
+  const again = await m.addMemory('u', { content: 'I am allergic to peanuts.' })
+  assert.equal(again.id, first.id)
+  assert.equal(again.metadata.merged, 1)
+  const note = await m.addMemory('u', { content: 'Scratch: call the plumber', tags: ['scratch'] })
+  assert.ok(note.expiresAt instanceof Date)
+  assert.ok(note.expiresAt.getTime() - note.createdAt.getTime() <= 61_000)
+  for (const bad of [{ dedupeSimilarity: 1.5 }, { tagTtlSeconds: { x: 0 } }]) {
+    await assert.rejects(
+      Memory.open({ dataDir: tempDir(), modelsDir, device: 'cpu', ...bad }),
+      InvalidInputError,
+    )
+  }
+})
 
 test('missing models and an unreachable database', async () => {
   await assert.rejects(

@@ -1,8 +1,10 @@
 //! `Engine`: core's `Engine` (and, on first use, a chat pipeline) for one `Memory` of the
 //! package. Every method is async and runs off the JavaScript thread.
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use napi_derive::napi;
 use recall_core::chat::{ChatPipeline, ChatRequest};
 use recall_core::context::SummaryPolicy;
@@ -12,14 +14,14 @@ use recall_core::llm::ChatSummarizer;
 use recall_core::retrieval::SearchMode;
 use recall_core::setup::{self, ChatOptions, EngineOptions};
 use recall_core::store::StoreConfig;
-use recall_core::types::{Actor, ExportOptions, Filter};
-use recall_core::{Engine as CoreEngine, RetrieveOptions};
+use recall_core::types::{Actor, ExportOptions, Filter, MemoryKind, MetadataCondition, Role};
+use recall_core::{Engine as CoreEngine, NewMemoryText, RetrieveOptions};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use crate::chat::ChatStream;
 use crate::error::{IntoJs, json as json_err};
-use crate::types::{hit, result};
+use crate::types::{hit, memory, result};
 
 /// What `Memory.open(...)` was given.
 #[derive(Debug, Default, Deserialize)]
@@ -34,6 +36,9 @@ struct Options {
     chat_url: Option<String>,
     chat_model_name: Option<String>,
     chat_api_key: Option<String>,
+    dedupe_similarity: Option<f32>,
+    #[serde(default)]
+    tag_ttl_seconds: BTreeMap<String, u64>,
 }
 
 /// Search options, as the package sends them.
@@ -43,6 +48,61 @@ struct SearchParams {
     top_k: Option<usize>,
     mode: Option<String>,
     session: Option<String>,
+    filter: Option<FilterParams>,
+}
+
+/// Core's `Filter`, in the package's camelCase.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct FilterParams {
+    session: Option<String>,
+    #[serde(default)]
+    kinds: Vec<MemoryKind>,
+    #[serde(default)]
+    roles: Vec<Role>,
+    #[serde(default)]
+    tags: Vec<String>,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+    as_of: Option<DateTime<Utc>>,
+    #[serde(default)]
+    include_superseded: bool,
+    #[serde(default)]
+    metadata: Vec<MetadataCondition>,
+}
+
+impl From<FilterParams> for Filter {
+    fn from(f: FilterParams) -> Self {
+        Self {
+            session: f.session,
+            kinds: f.kinds,
+            roles: f.roles,
+            tags: f.tags,
+            since: f.since,
+            until: f.until,
+            as_of: f.as_of,
+            include_superseded: f.include_superseded,
+            metadata: f.metadata,
+        }
+    }
+}
+
+/// Core's `NewMemoryText`, in the package's camelCase.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct MemoryParams {
+    content: String,
+    #[serde(default)]
+    kind: MemoryKind,
+    session: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    importance: Option<f32>,
+    #[serde(default)]
+    metadata: serde_json::Value,
+    expires_at: Option<DateTime<Utc>>,
+    ttl_seconds: Option<u64>,
+    supersedes: Option<i64>,
 }
 
 /// A chat request as the package sends it (core's `ChatRequest` in JSON), checked.
@@ -119,6 +179,9 @@ impl Engine {
             remote,
             ..ChatOptions::new(&models_dir)
         };
+        if let Some(d) = o.dedupe_similarity {
+            recall_core::engine::check_dedupe_similarity(d).js()?;
+        }
         let engine = setup::open_engine(&EngineOptions {
             models_dir,
             device,
@@ -126,6 +189,10 @@ impl Engine {
             ..EngineOptions::new(store)
         })
         .await
+        .and_then(|e| {
+            e.with_dedupe(o.dedupe_similarity)
+                .with_tag_ttl(o.tag_ttl_seconds)
+        })
         .js()?;
         Ok(Engine {
             engine,
@@ -158,15 +225,49 @@ impl Engine {
     ) -> napi::Result<String> {
         let p: SearchParams = serde_json::from_str(&options).map_err(json_err)?;
         let mode: SearchMode = p.mode.as_deref().unwrap_or("hybrid").parse().js()?;
+        let mut filter: Filter = p.filter.map(Into::into).unwrap_or_default();
+        if p.session.is_some() {
+            filter.session = p.session;
+        }
         let options = RetrieveOptions {
-            filter: Filter {
-                session: p.session,
-                ..Filter::default()
-            },
+            filter,
             ..RetrieveOptions::for_mode(mode, p.top_k.unwrap_or(10))
         };
         let hits = self.engine.retrieve(&user, &query, &options).await.js()?;
         serde_json::to_string(&hits.iter().map(hit).collect::<Vec<_>>()).map_err(json_err)
+    }
+
+    /// Stores a memory (`memory` JSON); the stored memory as JSON.
+    #[napi]
+    pub async fn add_memory(&self, user: String, memory_json: String) -> napi::Result<String> {
+        let m: MemoryParams = serde_json::from_str(&memory_json).map_err(json_err)?;
+        let new = NewMemoryText {
+            kind: m.kind,
+            content: m.content,
+            session: m.session,
+            tags: m.tags,
+            importance: m.importance,
+            metadata: m.metadata,
+            expires_at: m.expires_at,
+            ttl_seconds: m.ttl_seconds,
+            supersedes: m.supersedes,
+        };
+        let stored = self.engine.add_memory(&user, new).await.js()?;
+        serde_json::to_string(&memory(&stored)).map_err(json_err)
+    }
+
+    /// A memory's supersede history, oldest first (a JSON list of memories).
+    #[napi]
+    pub async fn memory_history(&self, user: String, id: i64) -> napi::Result<String> {
+        let history = self.engine.memory_history(&user, id).await.js()?;
+        serde_json::to_string(&history.iter().map(memory).collect::<Vec<_>>()).map_err(json_err)
+    }
+
+    /// Deletes the user's memories with these ids; returns how many there were.
+    #[napi]
+    pub async fn delete_memories(&self, user: String, ids: Vec<i64>) -> napi::Result<i64> {
+        let n = self.engine.delete_memories(&user, &ids).await.js()?;
+        Ok(n as i64)
     }
 
     /// Everything stored about the user (JSON, as `deep-recall export` prints it).

@@ -20,6 +20,26 @@ pub fn hit(r: &Retrieved) -> Value {
     })
 }
 
+/// A stored memory.
+pub fn memory(m: &recall_core::types::Memory) -> Value {
+    let time = |t: &chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
+    json!({
+        "id": m.id,
+        "kind": m.kind,
+        "content": m.content,
+        "session": m.session,
+        "role": m.role,
+        "tags": m.tags,
+        "metadata": m.metadata,
+        "importance": m.importance,
+        "createdAt": time(&m.created_at),
+        "expiresAt": m.expires_at.as_ref().map(time),
+        "supersedes": m.supersedes,
+        "supersededBy": m.superseded_by,
+        "supersededAt": m.superseded_at.as_ref().map(time),
+    })
+}
+
 /// A chat result.
 pub fn result(r: &ChatResult) -> Value {
     let context: Vec<Value> = r

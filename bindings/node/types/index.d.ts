@@ -37,6 +37,16 @@ export type OpenOptions = {
      * the provider's API key
      */
     chatApiKey?: string | undefined;
+    /**
+     * `addMemory` merges a new fact into one of the user's
+     * at least this similar (0.95 for near-identical text) instead of storing it again
+     */
+    dedupeSimilarity?: number | undefined;
+    /**
+     * memories with one of these tags expire
+     * that many seconds after they are stored (`{ scratch: 86400 }`)
+     */
+    tagTtlSeconds?: Record<string, number> | undefined;
 };
 export type Message = {
     role: "user" | "assistant" | "system";
@@ -47,6 +57,48 @@ export type Message = {
     ts?: string | Date | undefined;
     tags?: string[] | undefined;
     metadata?: Record<string, unknown> | undefined;
+};
+export type MetadataCondition = {
+    /**
+     * a dotted path into the metadata (`project`, `source.app`)
+     */
+    key: string;
+    op: "eq" | "ne" | "in" | "gt" | "gte" | "lt" | "lte" | "contains" | "exists";
+    /**
+     * any JSON (an array for `in`, a number or an ISO time for the
+     * comparisons, a boolean for `exists`)
+     */
+    value?: unknown;
+};
+export type Filter = {
+    session?: string | undefined;
+    kinds?: ("message" | "fact" | "persona" | "summary")[] | undefined;
+    roles?: ("user" | "assistant" | "system")[] | undefined;
+    /**
+     * every one of these
+     */
+    tags?: string[] | undefined;
+    /**
+     * written at or after
+     */
+    since?: string | Date | undefined;
+    /**
+     * written before
+     */
+    until?: string | Date | undefined;
+    /**
+     * what was true then (written by then, neither superseded nor
+     * expired by then) instead of what is current
+     */
+    asOf?: string | Date | undefined;
+    /**
+     * the replaced memories too
+     */
+    includeSuperseded?: boolean | undefined;
+    /**
+     * all must hold
+     */
+    metadata?: MetadataCondition[] | undefined;
 };
 export type SearchOptions = {
     /**
@@ -61,6 +113,57 @@ export type SearchOptions = {
      * only this session
      */
     session?: string | undefined;
+    filter?: Filter | undefined;
+};
+export type NewMemory = {
+    content: string;
+    /**
+     * `fact` by default
+     */
+    kind?: "message" | "fact" | "persona" | "summary" | undefined;
+    session?: string | undefined;
+    tags?: string[] | undefined;
+    /**
+     * in [0, 1] (estimated when absent)
+     */
+    importance?: number | undefined;
+    /**
+     * for metadata conditions
+     */
+    metadata?: Record<string, unknown> | undefined;
+    /**
+     * when it stops being returned (then purged)
+     */
+    expiresAt?: string | Date | undefined;
+    /**
+     * or: expires this long after it is stored
+     */
+    ttlSeconds?: number | undefined;
+    /**
+     * a current memory this one replaces (kept as history)
+     */
+    supersedes?: number | undefined;
+};
+export type StoredMemory = {
+    id: number;
+    kind: string;
+    content: string;
+    session: string | null;
+    role: string | null;
+    tags: string[];
+    metadata: Record<string, unknown>;
+    importance: number;
+    createdAt: Date;
+    expiresAt: Date | null;
+    /**
+     * the memory it replaced
+     */
+    supersedes: number | null;
+    /**
+     * the memory that replaced it
+     */
+    supersededBy: number | null;
+    supersededAt: Date | null;
 };
 export type Hit = {
     memoryId: number;
@@ -142,6 +245,29 @@ export class Memory {
      * @returns {Promise<Hit[]>}
      */
     search(user: string, query: string, options?: SearchOptions): Promise<Hit[]>;
+    /**
+     * Stores a memory (a fact by default); with `supersedes`, it replaces one of the user's
+     * current memories, which is kept as history and no longer found.
+     * @param {string} user
+     * @param {NewMemory} memory
+     * @returns {Promise<StoredMemory>}
+     */
+    addMemory(user: string, memory: NewMemory): Promise<StoredMemory>;
+    /**
+     * The memories `id` replaced, itself, and those that replaced it, oldest first.
+     * @param {string} user
+     * @param {number} id
+     * @returns {Promise<StoredMemory[]>}
+     */
+    memoryHistory(user: string, id: number): Promise<StoredMemory[]>;
+    /**
+     * Deletes the user's memories with these ids; returns how many there were. A memory that a
+     * deleted one had replaced is current again.
+     * @param {string} user
+     * @param {number[]} ids
+     * @returns {Promise<number>}
+     */
+    deleteMemories(user: string, ids: number[]): Promise<number>;
     /**
      * Everything stored about the user, as `deep-recall export` prints it.
      * @param {string} user

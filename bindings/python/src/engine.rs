@@ -1,6 +1,7 @@
 //! `Engine`: core's `Engine` (and, on first use, a chat pipeline) behind a tokio runtime of its
 //! own. Every call releases the GIL while Rust works, so Python threads (and the asyncio
 //! wrapper's executor) run calls at the same time.
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -14,13 +15,13 @@ use recall_core::retrieval::SearchMode;
 use recall_core::setup::{self, ChatOptions, EngineOptions};
 use recall_core::store::StoreConfig;
 use recall_core::types::{Actor, ExportOptions, Filter};
-use recall_core::{Engine as CoreEngine, RetrieveOptions};
+use recall_core::{Engine as CoreEngine, NewMemoryText, RetrieveOptions};
 use serde::Deserialize;
 use tokio::runtime::Runtime;
 
 use crate::chat::ChatStream;
-use crate::error::{IntoPy, json as json_err};
-use crate::types::{hit, result};
+use crate::error::{IntoPy, bad_json, json as json_err};
+use crate::types::{hit, memory, result};
 
 /// What `Memory(...)` was given.
 #[derive(Debug, Default, Deserialize)]
@@ -36,6 +37,9 @@ struct Options {
     chat_url: Option<String>,
     chat_model_name: Option<String>,
     chat_api_key: Option<String>,
+    dedupe_similarity: Option<f32>,
+    #[serde(default)]
+    tag_ttl_seconds: BTreeMap<String, u64>,
 }
 
 /// A chat request as the package sends it (core's `ChatRequest` in JSON), checked.
@@ -88,6 +92,9 @@ impl Engine {
     fn new(py: Python<'_>, options: &str) -> PyResult<Self> {
         let o: Options = serde_json::from_str(options).map_err(json_err)?;
         let device: DeviceConfig = o.device.as_deref().unwrap_or("auto").parse().py()?;
+        if let Some(d) = o.dedupe_similarity {
+            recall_core::engine::check_dedupe_similarity(d).py()?;
+        }
         let embedding_precision: Precision = o
             .embedding_precision
             .as_deref()
@@ -131,7 +138,13 @@ impl Engine {
                 .enable_all()
                 .build()
                 .map_err(|e| crate::error::DeepRecallError::new_err(format!("runtime: {e}")))?;
-            let engine = runtime.block_on(setup::open_engine(&engine_options)).py()?;
+            let engine = runtime
+                .block_on(setup::open_engine(&engine_options))
+                .and_then(|e| {
+                    e.with_dedupe(o.dedupe_similarity)
+                        .with_tag_ttl(o.tag_ttl_seconds)
+                })
+                .py()?;
             Ok(Self {
                 runtime: Arc::new(runtime),
                 engine,
@@ -160,8 +173,44 @@ impl Engine {
         })
     }
 
-    /// Retrieves the user's memories for `query` (JSON list of hits).
-    #[pyo3(signature = (user, query, top_k, mode, session=None))]
+    /// Stores a memory (`memory_json` is core's `NewMemoryText` as JSON); the stored memory
+    /// as JSON.
+    fn add_memory(&self, py: Python<'_>, user: &str, memory_json: &str) -> PyResult<String> {
+        let new: NewMemoryText =
+            serde_json::from_str(memory_json).map_err(|e| bad_json("memory", e))?;
+        py.detach(|| {
+            let stored = self
+                .runtime
+                .block_on(self.engine.add_memory(user, new))
+                .py()?;
+            serde_json::to_string(&memory(&stored)).map_err(json_err)
+        })
+    }
+
+    /// A memory's supersede history, oldest first (JSON list of memories).
+    fn memory_history(&self, py: Python<'_>, user: &str, id: i64) -> PyResult<String> {
+        py.detach(|| {
+            let history = self
+                .runtime
+                .block_on(self.engine.memory_history(user, id))
+                .py()?;
+            serde_json::to_string(&history.iter().map(memory).collect::<Vec<_>>()).map_err(json_err)
+        })
+    }
+
+    /// Deletes the user's memories with these ids; returns how many there were.
+    fn delete_memories(&self, py: Python<'_>, user: &str, ids: Vec<i64>) -> PyResult<u64> {
+        py.detach(|| {
+            self.runtime
+                .block_on(self.engine.delete_memories(user, &ids))
+                .py()
+        })
+    }
+
+    /// Retrieves the user's memories for `query` (JSON list of hits); `filter` is core's
+    /// `Filter` as JSON.
+    #[pyo3(signature = (user, query, top_k, mode, session=None, filter=None))]
+    #[allow(clippy::too_many_arguments)]
     fn search(
         &self,
         py: Python<'_>,
@@ -170,13 +219,18 @@ impl Engine {
         top_k: usize,
         mode: &str,
         session: Option<String>,
+        filter: Option<&str>,
     ) -> PyResult<String> {
         let mode: SearchMode = mode.parse().py()?;
+        let mut filter: Filter = match filter {
+            Some(f) => serde_json::from_str(f).map_err(|e| bad_json("filter", e))?,
+            None => Filter::default(),
+        };
+        if session.is_some() {
+            filter.session = session;
+        }
         let options = RetrieveOptions {
-            filter: Filter {
-                session,
-                ..Filter::default()
-            },
+            filter,
             ..RetrieveOptions::for_mode(mode, top_k)
         };
         py.detach(|| {

@@ -64,6 +64,11 @@ pub fn json(err: serde_json::Error) -> PyErr {
     DeepRecallError::new_err(format!("JSON: {err}"))
 }
 
+/// Input the caller gave that is not the JSON it should be: [`InvalidInput`].
+pub fn bad_json(what: &str, err: serde_json::Error) -> PyErr {
+    InvalidInput::new_err(format!("{what}: {err}"))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("DeepRecallError", py.get_type::<DeepRecallError>())?;

@@ -2,7 +2,7 @@
 //! package).
 use chrono::SecondsFormat;
 use recall_core::chat::ChatResult;
-use recall_core::types::Retrieved;
+use recall_core::types::{Memory, Retrieved};
 use serde_json::{Value, json};
 
 /// A retrieved memory as the package decodes it.
@@ -17,6 +17,26 @@ pub fn hit(r: &Retrieved) -> Value {
         "kind": m.kind,
         "created_at": m.created_at.to_rfc3339_opts(SecondsFormat::Micros, false),
         "tags": m.tags,
+    })
+}
+
+/// A stored memory as the package decodes it.
+pub fn memory(m: &Memory) -> Value {
+    let time = |t: &chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(SecondsFormat::Micros, false);
+    json!({
+        "id": m.id,
+        "kind": m.kind,
+        "content": m.content,
+        "session": m.session,
+        "role": m.role,
+        "tags": m.tags,
+        "metadata": m.metadata,
+        "importance": m.importance,
+        "created_at": time(&m.created_at),
+        "expires_at": m.expires_at.as_ref().map(time),
+        "supersedes": m.supersedes,
+        "superseded_by": m.superseded_by,
+        "superseded_at": m.superseded_at.as_ref().map(time),
     })
 }
 

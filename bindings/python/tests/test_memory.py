@@ -19,6 +19,7 @@ from deep_recall import (
     Memory,
     ModelError,
     NotFound,
+    StoredMemory,
     Unavailable,
 )
 
@@ -248,3 +249,72 @@ def test_int8_embeddings_find_the_same_memory(tmp_path: object) -> None:
             models_dir=models_dir(),
             embedding_precision="int4",
         )
+
+
+def test_memories_stay_true(store: Store, tmp_path: object) -> None:
+    m = store.memory
+    alice, bob = store.user("alice"), store.user("bob")
+    paris = m.add_memory(alice, "Alice lives in Paris.", metadata={"topic": "home"})
+    assert isinstance(paris, StoredMemory) and paris.kind == "fact"
+    assert paris.metadata["topic"] == "home"
+    berlin = m.add_memory(
+        alice,
+        "Alice moved to Berlin.",
+        supersedes=paris.id,
+        metadata={"topic": "home", "priority": 3},
+    )
+    assert berlin.supersedes == paris.id
+    hits = m.search(alice, "Where does Alice live?")
+    assert berlin.id in [h.memory_id for h in hits]
+    assert paris.id not in [h.memory_id for h in hits]
+    # History, and what was true when Paris was stored.
+    assert [h.id for h in m.memory_history(alice, berlin.id)] == [paris.id, berlin.id]
+    then = m.search(alice, "Where does Alice live?", filter={"as_of": paris.created_at})
+    assert [h.memory_id for h in then] == [paris.id]
+    # Metadata conditions.
+    high = m.search(
+        alice,
+        "Alice",
+        filter={"metadata": [{"key": "priority", "op": "gte", "value": 2}]},
+    )
+    assert [h.memory_id for h in high] == [berlin.id]
+    # Expiry.
+    brief = m.add_memory(alice, "Parking spot B12 today.", ttl_seconds=3600)
+    assert brief.expires_at is not None and brief.expires_at > paris.created_at
+    # Bad input is a typed exception and writes nothing; Bob cannot reach Alice's memory.
+    with pytest.raises(InvalidInput):
+        m.add_memory(alice, "x", ttl_seconds=0)
+    with pytest.raises(InvalidInput):
+        m.search(
+            alice, "x", filter={"metadata": [{"key": "p", "op": "bigger", "value": 1}]}
+        )
+    with pytest.raises(InvalidInput):
+        m.search(alice, "x", filter={"as_off": "2024-01-01T00:00:00Z"})
+    with pytest.raises(NotFound):
+        m.add_memory(bob, "Bob's takeover", supersedes=berlin.id)
+    with pytest.raises(NotFound):
+        m.memory_history(bob, berlin.id)
+    # Deleting the replacement makes the old fact current again.
+    assert m.delete_memories(alice, [berlin.id]) == 1
+    hits = m.search(alice, "Where does Alice live?")
+    assert paris.id in [h.memory_id for h in hits]
+
+
+def test_deduplication_and_tag_ttl_are_options(tmp_path: object) -> None:
+    data = str(tmp_path) + "/data"
+    m = Memory(
+        data_dir=data,
+        models_dir=models_dir(),
+        device="cpu",
+        dedupe_similarity=0.95,
+        tag_ttl_seconds={"scratch": 60},
+    )
+    first = m.add_memory("u", "I am allergic to peanuts")
+    again = m.add_memory("u", "I am allergic to peanuts.")
+    assert again.id == first.id and again.metadata["merged"] == 1
+    note = m.add_memory("u", "Scratch: call the plumber", tags=["scratch"])
+    assert note.expires_at is not None
+    assert (note.expires_at - note.created_at).total_seconds() <= 61
+    for bad in [{"dedupe_similarity": 1.5}, {"tag_ttl_seconds": {"x": 0}}]:
+        with pytest.raises(InvalidInput):
+            Memory(data_dir=data + "2", models_dir=models_dir(), device="cpu", **bad)  # type: ignore[arg-type]

@@ -96,6 +96,36 @@ def test_delete_memory_then_it_is_gone(client: DeepRecall) -> None:
     assert e.value.code == "NOT_FOUND" and e.value.status == 200
 
 
+def test_a_replaced_fact_stays_as_history(client: DeepRecall, server: Server) -> None:
+    paris = client.add_memory("Hana lives in Paris.", metadata={"topic": "home"})
+    berlin = client.add_memory(
+        "Hana moved to Berlin.",
+        supersedes=paris.id,
+        metadata={"topic": "home", "priority": 3},
+    )
+    assert berlin.supersedes == paris.id
+    found = [h.memory.id for h in client.search("Where does Hana live?")]
+    assert berlin.id in found and paris.id not in found
+    history = client.memory_history(berlin.id)
+    assert [m.id for m in history] == [paris.id, berlin.id]
+    assert history[0].superseded_by == berlin.id
+    then = client.search("Where does Hana live?", as_of=paris.created_at)
+    assert [h.memory.id for h in then] == [paris.id]
+    high = client.search(
+        "Hana", metadata=[{"key": "priority", "op": "gte", "value": 2}]
+    )
+    assert [h.memory.id for h in high] == [berlin.id]
+    brief = client.add_memory("Parking spot B12.", ttl_seconds=3600)
+    assert brief.expires_at is not None and brief.expires_at > brief.created_at
+    with pytest.raises(DeepRecallError) as e:
+        client.add_memory("x", ttl_seconds=0)
+    assert e.value.code == "BAD_INPUT"
+    with DeepRecall(server.url, token=make_token("other-user")) as other:
+        with pytest.raises(DeepRecallError) as e:
+            other.add_memory("takeover", supersedes=berlin.id)
+        assert e.value.code == "NOT_FOUND"
+
+
 def test_bad_input_is_bad_input(client: DeepRecall) -> None:
     with pytest.raises(DeepRecallError) as e:
         client.search("anything", top_k=-1)

@@ -17,6 +17,7 @@ import {
   MeDocument,
   MemoriesDocument,
   MemoryEventsDocument,
+  MemoryHistoryDocument,
   MessagesDocument,
   SearchDocument,
   SessionsDocument,
@@ -33,6 +34,7 @@ import {
   type MemoryEvent,
   type MemoryFilter,
   type MemoryKind,
+  type MetadataCondition,
   type Message,
   type NewMessage,
   type SearchHit,
@@ -82,6 +84,10 @@ export interface SearchOptions {
   kinds?: MemoryKind[];
   /** Only memories with all these tags. */
   tags?: string[];
+  /** What was true then, instead of what is current. */
+  asOf?: string | Date;
+  /** Conditions on the metadata, all of which must hold. */
+  metadata?: MetadataCondition[];
 }
 
 /** Options of `addMemory`. */
@@ -92,6 +98,14 @@ export interface AddMemoryOptions {
   tags?: string[];
   /** In [0, 1]; estimated from the text when absent. */
   importance?: number;
+  /** A JSON object to filter by (`metadata` conditions). */
+  metadata?: Record<string, unknown>;
+  /** When it expires (then no longer returned, and purged). */
+  expiresAt?: string | Date;
+  /** Or: expires this many seconds after it is stored. */
+  ttlSeconds?: number;
+  /** The id of a current memory that this one replaces (kept as history). */
+  supersedes?: string;
 }
 
 /** Options of `chat`. */
@@ -322,7 +336,13 @@ export class DeepRecall {
         query,
         topK: options.topK ?? 10,
         mode: upper(options.mode ?? 'hybrid'),
-        filter: filter({ session: options.session, kinds: options.kinds, tags: options.tags }),
+        filter: filter({
+          session: options.session,
+          kinds: options.kinds,
+          tags: options.tags,
+          asOf: options.asOf,
+          metadata: options.metadata,
+        }),
       },
       'query',
     );
@@ -359,11 +379,21 @@ export class DeepRecall {
           session: options.session,
           tags: options.tags,
           importance: options.importance,
+          metadata: options.metadata,
+          expiresAt: time(options.expiresAt),
+          ttlSeconds: options.ttlSeconds,
+          supersedes: options.supersedes,
         },
       },
       'mutation',
     );
     return memory(addMemory);
+  }
+
+  /** The memories `id` replaced, itself, and those that replaced it, oldest first. */
+  async memoryHistory(id: string): Promise<Memory[]> {
+    const { memoryHistory } = await this.#request(MemoryHistoryDocument, { id }, 'query');
+    return memoryHistory.map(memory);
   }
 
   /** Every session of the caller, newest first, fetched a page at a time. */

@@ -25,6 +25,8 @@ export type {
   MemoryFilter,
   MemoryKind,
   Message,
+  MetadataCondition,
+  MetadataOp,
   NewMessage,
   Role,
   SearchHit,

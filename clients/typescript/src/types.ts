@@ -31,6 +31,14 @@ export interface Memory {
   /** When its source was written (RFC 3339). */
   createdAt: string;
   updatedAt: string;
+  /** When it stops being returned (and is purged); null: never. */
+  expiresAt: string | null;
+  /** The memory it replaced. */
+  supersedes: string | null;
+  /** The memory that replaced it (searches return that one instead). */
+  supersededBy: string | null;
+  /** Since when it is no longer current. */
+  supersededAt: string | null;
 }
 
 /** A search result. */
@@ -159,6 +167,24 @@ export interface MemoryFilter {
   since?: string | Date;
   /** Written before. */
   until?: string | Date;
+  /** What was true then (written by then, neither superseded nor expired by then). */
+  asOf?: string | Date;
+  /** The replaced memories too. */
+  includeSuperseded?: boolean;
+  /** Conditions on the metadata, all of which must hold. */
+  metadata?: MetadataCondition[];
+}
+
+/** A comparison of a metadata value. */
+export type MetadataOp = Lowercase<gql.MetadataOp>;
+
+/** One condition on a memory's metadata: `{ key: 'priority', op: 'gte', value: 2 }`. */
+export interface MetadataCondition {
+  /** A dotted path into the metadata (`source.app`). */
+  key: string;
+  op: MetadataOp;
+  /** Any JSON: an array for `in`, a number or an RFC 3339 time to compare, a boolean for `exists`. */
+  value?: unknown;
 }
 
 export function lower<T extends string>(value: T): Lowercase<T> {
@@ -201,5 +227,8 @@ export function filter(f: MemoryFilter | undefined): gql.MemoryFilter | undefine
     tags: f.tags,
     since: time(f.since),
     until: time(f.until),
+    asOf: time(f.asOf),
+    includeSuperseded: f.includeSuperseded,
+    metadata: f.metadata?.map((c) => ({ key: c.key, op: upper(c.op), value: c.value })),
   };
 }

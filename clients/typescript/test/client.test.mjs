@@ -105,6 +105,29 @@ describe('against a real server', () => {
     await rejects(dan.deleteMemory(m.id), 'NOT_FOUND');
   });
 
+  test('a replaced fact leaves search and stays as history; metadata and TTLs', async () => {
+    const fay = client('fay');
+    const paris = await fay.addMemory('Fay lives in Paris.', { metadata: { topic: 'home' } });
+    const berlin = await fay.addMemory('Fay moved to Berlin.', {
+      supersedes: paris.id,
+      metadata: { topic: 'home', priority: 3 },
+    });
+    assert.equal(berlin.supersedes, paris.id);
+    const now = (await fay.search('Where does Fay live?')).map((h) => h.memory.id);
+    assert.ok(now.includes(berlin.id) && !now.includes(paris.id), String(now));
+    const history = await fay.memoryHistory(berlin.id);
+    assert.deepEqual(history.map((m) => m.id), [paris.id, berlin.id]);
+    assert.equal(history[0].supersededBy, berlin.id);
+    const then = await fay.search('Where does Fay live?', { asOf: paris.createdAt });
+    assert.deepEqual(then.map((h) => h.memory.id), [paris.id]);
+    const high = await fay.search('Fay', { metadata: [{ key: 'priority', op: 'gte', value: 2 }] });
+    assert.deepEqual(high.map((h) => h.memory.id), [berlin.id]);
+    const brief = await fay.addMemory('Parking spot B12.', { ttlSeconds: 3600 });
+    assert.ok(brief.expiresAt !== null && brief.expiresAt > brief.createdAt);
+    await rejects(fay.addMemory('x', { ttlSeconds: 0 }), 'BAD_INPUT');
+    await rejects(client('gus').addMemory('takeover', { supersedes: berlin.id }), 'NOT_FOUND');
+  });
+
   test('bad input and bad credentials are typed errors', async () => {
     const erin = client('erin');
     await rejects(erin.search('x', { topK: -1 }), 'BAD_INPUT');

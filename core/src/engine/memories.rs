@@ -11,6 +11,9 @@ use crate::types::{
 /// Messages embedded between two progress reports.
 const PROGRESS_STEP: usize = 256;
 
+/// Longest supersede history [`Engine::memory_history`] reads on each side of a memory.
+pub const MAX_HISTORY: usize = 1000;
+
 impl Engine {
     /// Stores messages, each also as a searchable memory, in one transaction. The store checks
     /// every message before the (slow) embedding starts, so bad input costs nothing.
@@ -89,6 +92,11 @@ impl Engine {
         };
         let (vectors, signals) = tokio::join!(embedding, scoring);
         let (vectors, signals) = (vectors?, signals?);
+        let now = Utc::now();
+        let expiries: Vec<Option<DateTime<Utc>>> = messages
+            .iter()
+            .map(|m| self.expiry(now, &m.tags, None, None))
+            .collect::<Result<_>>()?;
         let mut memories: Vec<Vec<NewMemory>> = vec![Vec::new(); messages.len()];
         let counts: Vec<usize> = {
             let mut c = vec![0usize; messages.len()];
@@ -109,6 +117,7 @@ impl Engine {
                 importance: Some(importance),
                 emotion: Some(emotion),
                 metadata,
+                expires_at: expiries[i],
                 ..NewMemory::new(MemoryKind::Message, text, this.embedding(vector))
             });
         }
@@ -139,6 +148,13 @@ impl Engine {
     pub async fn add_memory(&self, user: &str, memory: NewMemoryText) -> Result<Memory> {
         self.store.limits().check_user_id(user)?;
         self.store.limits().check_content(&memory.content)?;
+        self.store.limits().check_metadata(&memory.metadata)?;
+        let expires_at = self.expiry(
+            Utc::now(),
+            &memory.tags,
+            memory.expires_at,
+            memory.ttl_seconds,
+        )?;
         let this = self.scoped(user).await?;
         let vector = this.embedder.embed_one(&memory.content).await?;
         let emotion = self
@@ -147,8 +163,16 @@ impl Engine {
             .await?
             .pop()
             .unwrap_or(EmotionScore::neutral(0.5));
-        let (importance, emotion, metadata) = retrieval::ingest_signals(&memory.content, emotion);
-        if let Some(merged) = this.merge_duplicate(user, &memory, &vector).await? {
+        let (importance, emotion, mut metadata) =
+            retrieval::ingest_signals(&memory.content, emotion);
+        // The caller's keys, beside (and over) the engine's signals.
+        if let (Value::Object(signals), Value::Object(own)) = (&mut metadata, &memory.metadata) {
+            signals.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        // A memory that replaces another is stored as given, never merged.
+        if memory.supersedes.is_none()
+            && let Some(merged) = this.merge_duplicate(user, &memory, &vector).await?
+        {
             return Ok(merged);
         }
         let stored = self
@@ -161,6 +185,8 @@ impl Engine {
                     importance: Some(memory.importance.unwrap_or(importance)),
                     emotion: Some(emotion),
                     metadata,
+                    expires_at,
+                    supersedes: memory.supersedes,
                     ..NewMemory::new(memory.kind, memory.content, this.embedding(vector))
                 }],
             )
@@ -262,6 +288,9 @@ impl Engine {
         {
             return Err(Error::invalid("importance must be in [0, 1]"));
         }
+        if let Some(Some(t)) = update.expires_at {
+            self.expiry(Utc::now(), &[], Some(t), None)?;
+        }
         let out = self
             .store
             .update_memory(
@@ -274,6 +303,7 @@ impl Engine {
                     metadata: update.metadata,
                     importance: update.importance,
                     emotion: None,
+                    expires_at: update.expires_at,
                 },
             )
             .await;
@@ -306,6 +336,100 @@ impl Engine {
     /// One of the user's memories.
     pub async fn memory(&self, user: &str, id: i64) -> Result<Option<Memory>> {
         self.store.get_memory(user, id).await
+    }
+
+    /// A memory's supersede history, oldest first: the memories it replaced, itself, and
+    /// those that replaced it (at most [`MAX_HISTORY`] each way; memories that expired and
+    /// were purged end it). [`Error::NotFound`] when the user has no such memory.
+    pub async fn memory_history(&self, user: &str, id: i64) -> Result<Vec<Memory>> {
+        let memory = self
+            .store
+            .get_memory(user, id)
+            .await?
+            .ok_or_else(|| Error::not_found("memory", id.to_string()))?;
+        let mut before = Vec::new();
+        let mut next = memory.supersedes;
+        while let Some(id) = next.filter(|_| before.len() < MAX_HISTORY) {
+            let Some(m) = self.store.get_memory(user, id).await? else {
+                break;
+            };
+            next = m.supersedes;
+            before.push(m);
+        }
+        before.reverse();
+        let mut after = Vec::new();
+        let mut next = memory.superseded_by;
+        while let Some(id) = next.filter(|_| after.len() < MAX_HISTORY) {
+            let Some(m) = self.store.get_memory(user, id).await? else {
+                break;
+            };
+            next = m.superseded_by;
+            after.push(m);
+        }
+        before.push(memory);
+        before.extend(after);
+        Ok(before)
+    }
+
+    /// Deletes memories whose time ran out (of every user), `batch` at a time until none
+    /// is left, announcing each deletion; returns how many went. The server runs it on a
+    /// schedule; reads leave expired memories out before it does.
+    pub async fn purge_expired(&self, batch: usize) -> Result<u64> {
+        let mut purged = 0u64;
+        loop {
+            let gone = self.store.purge_expired(Utc::now(), batch).await?;
+            let mut n = 0;
+            for (user, memories) in gone {
+                self.changed(&user);
+                n += memories.len();
+                for m in memories {
+                    self.publish_memory(MemoryEvent {
+                        user: user.clone(),
+                        action: MemoryAction::Deleted,
+                        memory_id: m.id,
+                        kind: Some(m.kind),
+                        memory: None,
+                    });
+                }
+            }
+            purged += n as u64;
+            if n < batch {
+                return Ok(purged);
+            }
+        }
+    }
+
+    /// When a memory stored now expires: at `at`, or `ttl` seconds from now, or after the
+    /// shortest TTL of its tags; never when none applies.
+    pub(crate) fn expiry(
+        &self,
+        now: DateTime<Utc>,
+        tags: &[String],
+        at: Option<DateTime<Utc>>,
+        ttl: Option<u64>,
+    ) -> Result<Option<DateTime<Utc>>> {
+        let after = |secs: u64| now + chrono::Duration::seconds(secs as i64);
+        match (at, ttl) {
+            (Some(_), Some(_)) => Err(Error::invalid(
+                "give a memory `expires_at` or `ttl_seconds`, not both",
+            )),
+            (Some(t), None) if t <= now => Err(Error::invalid(format!(
+                "expires_at {t} is not in the future (delete the memory instead)"
+            ))),
+            (Some(t), None) if t > after(MAX_TTL_SECONDS) => Err(Error::invalid(format!(
+                "expires_at {t} is more than {MAX_TTL_SECONDS} seconds away"
+            ))),
+            (Some(t), None) => Ok(Some(t)),
+            (None, Some(secs)) => {
+                check_ttl(secs)?;
+                Ok(Some(after(secs)))
+            }
+            (None, None) => Ok(tags
+                .iter()
+                .filter_map(|t| self.tag_ttl.get(t))
+                .min()
+                .map(|&secs| after(secs))),
+        }
     }
 
     /// The user's memories matching `filter`, newest first.

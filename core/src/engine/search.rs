@@ -87,7 +87,10 @@ impl Engine {
         let key = serde_json::to_string(&(query, &options))
             .map_err(|e| Error::Internal(format!("cache key: {e}")))?;
         let span = tracing::Span::current();
-        if let Some(hit) = self.cache.get(user, &key) {
+        if let Some(mut hit) = self.cache.get(user, &key) {
+            // A memory that expired since the answer was cached is left out (no write
+            // invalidated the cache for it).
+            hit.retain(|r| options.filter.valid(&r.memory));
             span.record("cached", true);
             span.record("hits", hit.len());
             return Ok(hit);

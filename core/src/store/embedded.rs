@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use recall_migrations::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
@@ -187,6 +188,8 @@ impl UserVectors {
             role: m.role,
             tags: m.tags.into_boxed_slice(),
             created_at: m.created_at,
+            expires_at: m.expires_at,
+            superseded_at: m.superseded_at,
         };
         if !self.docs.contains_key(&meta.id) {
             self.lexical.insert(meta.id, &m.content);
@@ -200,6 +203,18 @@ impl UserVectors {
             return;
         }
         entry.push(meta, &m.vector);
+    }
+
+    /// Records that a memory was superseded (at `at`), or is current again (`None`).
+    fn supersede(&mut self, id: i64, at: Option<DateTime<Utc>>) {
+        for mv in self.models.values_mut() {
+            if let Some(&pos) = mv.position.get(&id) {
+                mv.meta[pos].superseded_at = at;
+            }
+        }
+        if let Some(meta) = self.docs.get_mut(&id) {
+            meta.superseded_at = at;
+        }
     }
 
     fn remove(&mut self, id: i64) {
@@ -370,7 +385,8 @@ async fn load_user(db: &DatabaseConnection, keys: &Keyring, user_id: i64) -> Res
         .query_all_raw(stmt(
             DbBackend::Sqlite,
             "SELECT e.memory_id, e.model, e.embedding, m.session_id, m.kind, m.role, m.tags, \
-             m.created_at, m.content, m.key_id FROM memory_embeddings e JOIN memories m ON m.id = e.memory_id \
+             m.created_at, m.content, m.key_id, m.expires_at, m.superseded_at \
+             FROM memory_embeddings e JOIN memories m ON m.id = e.memory_id \
              WHERE e.user_id = $1 AND m.user_id = $1 ORDER BY e.memory_id",
             vec![user_id.into()],
         ))
@@ -400,6 +416,8 @@ async fn load_user(db: &DatabaseConnection, keys: &Keyring, user_id: i64) -> Res
                 })
                 .unwrap_or_default(),
             created_at: r.try_get_by_index(7)?,
+            expires_at: r.try_get_by_index(10)?,
+            superseded_at: r.try_get_by_index(11)?,
             content: keys.open(
                 r.try_get_by_index::<Option<String>>(9)?.as_deref(),
                 MEMORY_CONTENT,
@@ -672,6 +690,9 @@ impl VectorIndex for LocalVectors {
         for m in delta.added {
             user.add(m);
         }
+        for (id, at) in delta.superseded {
+            user.supersede(id, at);
+        }
         user.revision = revision;
         drop(user);
         self.evict(&mut cache, user_id);
@@ -778,6 +799,8 @@ mod tests {
             session_id: None,
             kind: MemoryKind::Fact,
             role: None,
+            expires_at: None,
+            superseded_at: None,
             tags: Box::new([]),
             created_at: Utc::now(),
         };

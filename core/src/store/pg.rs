@@ -292,7 +292,7 @@ impl PgVectors {
         ids: Option<&[i64]>,
     ) -> Result<Vec<(Meta, DateTime<Utc>, String)>> {
         let select = "SELECT id, session_id, kind, role, tags, created_at, content, key_id, \
-                      updated_at FROM memories WHERE user_id = $1";
+                      updated_at, expires_at, superseded_at FROM memories WHERE user_id = $1";
         let mut rows = Vec::new();
         match ids {
             None => {
@@ -344,6 +344,8 @@ impl PgVectors {
                         .filter_map(|t| t.as_str().map(str::to_owned))
                         .collect(),
                     created_at: r.try_get_by_index(5)?,
+                    expires_at: r.try_get_by_index(9)?,
+                    superseded_at: r.try_get_by_index(10)?,
                 };
                 Ok((meta, r.try_get_by_index(8)?, content))
             })
@@ -428,6 +430,18 @@ fn filter_clause(sql: &mut Sql, f: &ResolvedFilter) {
         let p = sql.param(t);
         sql.text += &format!(" AND m.created_at < {p}");
     }
+    // The validity rule (see `Filter::valid`).
+    let at = sql.param(f.as_of.unwrap_or(f.now));
+    if f.as_of.is_some() {
+        sql.text += &format!(" AND m.created_at <= {at}");
+    }
+    if !f.include_superseded {
+        sql.text += &match f.as_of {
+            None => " AND m.superseded_at IS NULL".to_owned(),
+            Some(_) => format!(" AND (m.superseded_at IS NULL OR m.superseded_at > {at})"),
+        };
+    }
+    sql.text += &format!(" AND (m.expires_at IS NULL OR m.expires_at > {at})");
 }
 
 #[async_trait]

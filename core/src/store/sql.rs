@@ -40,12 +40,13 @@ use crate::crypto::Keyring;
 use crate::error::{Error, Result};
 use crate::events::Fanout;
 use crate::jobs::JobQueue;
-use crate::limits::{Limits, check_embedding, check_importance};
+use crate::limits::{Limits, MAX_METADATA_SCAN, check_embedding, check_importance};
 use crate::types::{
     Actor, AppendedMessage, AuditEntry, DeletedMemory, DeletionReport, EXPORT_FORMAT,
     ExportOptions, ExportedEmbedding, ExportedMemory, Filter, Memory, MemoryKind, MemoryPatch,
-    Message, MessageWrite, Metric, NewMemory, NewSummary, Page, PageRequest, Role, SearchHit,
-    SearchPage, Session, SessionPatch, Summary, TextHit, TextQuery, User, UserExport, VectorQuery,
+    Message, MessageWrite, MetadataCondition, Metric, NewMemory, NewSummary, Page, PageRequest,
+    Role, SearchHit, SearchPage, Session, SessionPatch, Summary, TextHit, TextQuery, User,
+    UserExport, VectorQuery,
 };
 
 /// Rows per multi-row INSERT (well under both backends' bound-parameter limits).
@@ -70,6 +71,12 @@ pub(crate) struct ResolvedFilter {
     pub tags: Vec<String>,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
+    /// The validity rule ([`Filter::valid`]): as of this time, or current at `now`.
+    pub as_of: Option<DateTime<Utc>>,
+    pub now: DateTime<Utc>,
+    pub include_superseded: bool,
+    /// Checked in process on the opened metadata by [`SqlStore`], never by an index.
+    pub metadata: Vec<MetadataCondition>,
 }
 
 /// Filter fields of one cached memory.
@@ -81,10 +88,14 @@ pub(crate) struct Meta {
     pub role: Option<Role>,
     pub tags: Box<[String]>,
     pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub superseded_at: Option<DateTime<Utc>>,
 }
 
 impl ResolvedFilter {
-    /// No condition at all.
+    /// No condition beyond the default validity rule (current now), which leaves out the
+    /// few memories that were superseded or have expired: counts kept for unfiltered searches
+    /// are of the current memories at a revision, and expiry only ever lowers them.
     pub(crate) fn is_empty(&self) -> bool {
         self.session_id.is_none()
             && self.kinds.is_empty()
@@ -92,6 +103,28 @@ impl ResolvedFilter {
             && self.tags.is_empty()
             && self.since.is_none()
             && self.until.is_none()
+            && self.as_of.is_none()
+            && !self.include_superseded
+    }
+
+    /// The validity rule of [`Filter::valid`] on a memory's times.
+    pub(crate) fn valid(
+        &self,
+        created_at: DateTime<Utc>,
+        expires_at: Option<DateTime<Utc>>,
+        superseded_at: Option<DateTime<Utc>>,
+    ) -> bool {
+        match self.as_of {
+            None => {
+                (self.include_superseded || superseded_at.is_none())
+                    && expires_at.is_none_or(|e| e > self.now)
+            }
+            Some(t) => {
+                created_at <= t
+                    && (self.include_superseded || superseded_at.is_none_or(|s| s > t))
+                    && expires_at.is_none_or(|e| e > t)
+            }
+        }
     }
 }
 
@@ -111,7 +144,8 @@ impl Meta {
         {
             return false;
         }
-        f.tags.iter().all(|t| self.tags.contains(t))
+        f.valid(self.created_at, self.expires_at, self.superseded_at)
+            && f.tags.iter().all(|t| self.tags.contains(t))
     }
 }
 
@@ -158,6 +192,8 @@ pub(crate) struct IndexedMemory {
     pub role: Option<Role>,
     pub tags: Vec<String>,
     pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub superseded_at: Option<DateTime<Utc>>,
     pub content: String,
     pub model: String,
     pub vector: Vec<f32>,
@@ -168,6 +204,8 @@ pub(crate) struct IndexedMemory {
 pub(crate) struct Delta {
     pub added: Vec<IndexedMemory>,
     pub removed: Vec<i64>,
+    /// Memories whose `superseded_at` changed (to the new value).
+    pub superseded: Vec<(i64, Option<DateTime<Utc>>)>,
     /// Forget everything cached for the user.
     pub reset: bool,
 }
@@ -601,6 +639,10 @@ impl<V: VectorIndex> SqlStore<V> {
             content: m.content,
             created_at: m.created_at,
             updated_at: m.updated_at,
+            expires_at: m.expires_at,
+            supersedes: m.supersedes,
+            superseded_by: m.superseded_by,
+            superseded_at: m.superseded_at,
         })
     }
 
@@ -673,6 +715,10 @@ impl<V: VectorIndex> SqlStore<V> {
             tags: filter.tags.clone(),
             since: filter.since,
             until: filter.until,
+            as_of: filter.as_of,
+            now: now(),
+            include_superseded: filter.include_superseded,
+            metadata: filter.metadata.clone(),
         }))
     }
 
@@ -701,7 +747,23 @@ impl<V: VectorIndex> SqlStore<V> {
                 &f.tags,
             ));
         }
-        cond
+        let at = f.as_of.unwrap_or(f.now);
+        if let Some(t) = f.as_of {
+            cond = cond.add(memory::Column::CreatedAt.lte(t));
+        }
+        if !f.include_superseded {
+            cond = cond.add(match f.as_of {
+                None => Condition::all().add(memory::Column::SupersededAt.is_null()),
+                Some(t) => Condition::any()
+                    .add(memory::Column::SupersededAt.is_null())
+                    .add(memory::Column::SupersededAt.gt(t)),
+            });
+        }
+        cond.add(
+            Condition::any()
+                .add(memory::Column::ExpiresAt.is_null())
+                .add(memory::Column::ExpiresAt.gt(at)),
+        )
     }
 
     /// Writes memories (already validated) for one user, returning the stored rows in input
@@ -713,6 +775,7 @@ impl<V: VectorIndex> SqlStore<V> {
         rows: Vec<(memory::ActiveModel, &NewMemory)>,
         delta: &mut Delta,
     ) -> Result<Vec<memory::Model>> {
+        let replaced = self.check_supersedes(txn, user_id, &rows).await?;
         let mut stored = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(INSERT_CHUNK) {
             let models = chunk.iter().map(|(am, _)| am.clone());
@@ -746,6 +809,8 @@ impl<V: VectorIndex> SqlStore<V> {
                         role: m.role.as_deref().map(str::parse).transpose()?,
                         tags: tags_from_json(&m.tags),
                         created_at: m.created_at,
+                        expires_at: m.expires_at,
+                        superseded_at: None,
                         content: new.content.clone(),
                         model: new.embedding.model.clone(),
                         vector: new.embedding.vector.clone(),
@@ -754,7 +819,61 @@ impl<V: VectorIndex> SqlStore<V> {
             }
             stored.extend(inserted);
         }
+        // Each replaced memory is no longer current from the time of the one that replaced
+        // it (never before it was itself written).
+        for m in &stored {
+            let Some(old) = m.supersedes else { continue };
+            let at = m.created_at.max(replaced[&old]);
+            memory::Entity::update_many()
+                .col_expr(memory::Column::SupersededBy, Expr::value(m.id))
+                .col_expr(memory::Column::SupersededAt, Expr::value(at))
+                .col_expr(memory::Column::UpdatedAt, Expr::value(now()))
+                .filter(memory::Column::UserId.eq(user_id))
+                .filter(memory::Column::Id.eq(old))
+                .exec(txn)
+                .await?;
+            delta.superseded.push((old, Some(at)));
+        }
         Ok(stored)
+    }
+
+    /// The memories that `rows` supersede must be the user's, current, and named once: their
+    /// creation times by id.
+    async fn check_supersedes(
+        &self,
+        txn: &DatabaseTransaction,
+        user_id: i64,
+        rows: &[(memory::ActiveModel, &NewMemory)],
+    ) -> Result<HashMap<i64, DateTime<Utc>>> {
+        let ids: Vec<i64> = rows.iter().filter_map(|(_, n)| n.supersedes).collect();
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let unique: HashSet<i64> = ids.iter().copied().collect();
+        if unique.len() != ids.len() {
+            return Err(Error::invalid("two new memories supersede the same memory"));
+        }
+        let mut found = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(INSERT_CHUNK) {
+            for m in memory::Entity::find()
+                .filter(owned(memory::Column::UserId, user_id))
+                .filter(memory::Column::Id.is_in(chunk.iter().copied()))
+                .all(txn)
+                .await?
+            {
+                if let Some(by) = m.superseded_by {
+                    return Err(Error::invalid(format!(
+                        "memory {} was already superseded by memory {by}: supersede that one",
+                        m.id
+                    )));
+                }
+                found.insert(m.id, m.created_at);
+            }
+        }
+        match ids.iter().find(|id| !found.contains_key(id)) {
+            Some(missing) => Err(Error::not_found("memory", missing.to_string())),
+            None => Ok(found),
+        }
     }
 
     async fn count<C: ConnectionTrait>(&self, db: &C, sql: &str, user_id: i64) -> Result<u64> {

@@ -203,6 +203,7 @@ async fn memory_events_reach_their_owner_only() {
         session: None,
         tags: vec![],
         importance: None,
+        ..Default::default()
     };
     engine
         .add_memory("bob", fact("Bob's private fact"))

@@ -139,6 +139,7 @@ async fn engine_finds_relevant_memories(t: &TestStore, engine: Engine) {
                 session: None,
                 tags: vec![],
                 importance: Some(0.9),
+                ..Default::default()
             },
         )
         .await

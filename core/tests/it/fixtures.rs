@@ -181,6 +181,7 @@ pub fn fact(text: &str) -> recall_core::NewMemoryText {
         session: None,
         tags: vec![],
         importance: None,
+        ..Default::default()
     }
 }
 

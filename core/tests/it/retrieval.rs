@@ -79,6 +79,7 @@ crate::fixtures::both_backends! {
     retrieval_is_isolated;
     time_entities_and_neighbours_lift_the_right_turn;
     near_identical_memories_merge_on_add;
+    memories_stay_true_through_the_engine;
 }
 
 async fn modes_find_the_right_memory(t: &TestStore) {
@@ -424,6 +425,7 @@ async fn near_identical_memories_merge_on_add(t: &TestStore) {
             session: None,
             tags: tags.iter().map(|t| t.to_string()).collect(),
             importance,
+            ..Default::default()
         };
     let first = e
         .add_memory(
@@ -494,4 +496,172 @@ async fn near_identical_memories_merge_on_add(t: &TestStore) {
         .unwrap();
     assert_ne!(separate.id, first.id);
     assert_eq!(e.count_memories("carol").await.unwrap(), 4);
+}
+
+async fn memories_stay_true_through_the_engine(t: &TestStore) {
+    use recall_core::NewMemoryText;
+    use recall_core::types::{MetadataCondition, MetadataOp};
+    let e = engine_with_chat(t)
+        .await
+        .with_dedupe(Some(recall_core::engine::DEDUPE_SIMILARITY))
+        .with_tag_ttl([("scratch".to_owned(), 3600u64)].into())
+        .unwrap();
+    let fact = |text: &str| NewMemoryText {
+        content: text.into(),
+        ..Default::default()
+    };
+    let paris = e
+        .add_memory(
+            "alice",
+            NewMemoryText {
+                metadata: serde_json::json!({"topic": "home", "confidence": 0.9}),
+                ..fact("Alice lives in Paris.")
+            },
+        )
+        .await
+        .unwrap();
+    // The caller's metadata sits beside the engine's signals.
+    assert_eq!(paris.metadata["topic"], "home");
+    assert!(paris.metadata[EMOTION_CONFIDENCE_KEY].is_number());
+    // A replacement is stored as given, never merged into the one it replaces (even when
+    // the text is nearly the same).
+    let berlin = e
+        .add_memory(
+            "alice",
+            NewMemoryText {
+                supersedes: Some(paris.id),
+                ..fact("Alice lives in Paris!")
+            },
+        )
+        .await
+        .unwrap();
+    assert_ne!(berlin.id, paris.id);
+    let berlin = e
+        .update_memory(
+            "alice",
+            berlin.id,
+            recall_core::MemoryUpdate {
+                content: Some("Alice moved to Berlin.".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    for mode in [SearchMode::Vector, SearchMode::Text, SearchMode::Hybrid] {
+        let hits = e
+            .retrieve(
+                "alice",
+                "Where does Alice live? Paris or Berlin?",
+                &options(mode, RankingConfig::default()),
+            )
+            .await
+            .unwrap();
+        assert!(
+            hits.iter().all(|h| h.memory.id != paris.id),
+            "{mode}: {hits:?}"
+        );
+        assert!(
+            hits.iter().any(|h| h.memory.id == berlin.id),
+            "{mode}: {hits:?}"
+        );
+    }
+    let history = e.memory_history("alice", berlin.id).await.unwrap();
+    assert_eq!(
+        history.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![paris.id, berlin.id]
+    );
+    assert_eq!(e.memory_history("alice", paris.id).await.unwrap(), history);
+    let err = e.memory_history("bob", paris.id).await.unwrap_err();
+    assert_eq!(err.kind(), recall_core::ErrorKind::NotFound);
+
+    // Metadata conditions through hybrid retrieval.
+    let on_topic = RetrieveOptions {
+        filter: Filter {
+            metadata: vec![MetadataCondition::new(
+                "topic",
+                MetadataOp::Eq,
+                "home".into(),
+            )],
+            include_superseded: true,
+            ..Filter::default()
+        },
+        ..options(SearchMode::Hybrid, RankingConfig::default())
+    };
+    let hits = e
+        .retrieve("alice", "Where does Alice live?", &on_topic)
+        .await
+        .unwrap();
+    assert_eq!(
+        hits.iter().map(|h| h.memory.id).collect::<Vec<_>>(),
+        vec![paris.id]
+    );
+
+    // Expiry: a TTL, a tag's TTL, and refusals.
+    let before = Utc::now();
+    let brief = e
+        .add_memory(
+            "alice",
+            NewMemoryText {
+                ttl_seconds: Some(60),
+                ..fact("The parking spot today is B12.")
+            },
+        )
+        .await
+        .unwrap();
+    let expires = brief.expires_at.expect("an expiry");
+    assert!(
+        expires >= before + chrono::Duration::seconds(59)
+            && expires <= Utc::now() + chrono::Duration::seconds(61)
+    );
+    let tagged = e
+        .add_memory(
+            "alice",
+            NewMemoryText {
+                tags: vec!["scratch".into()],
+                ..fact("Scratch note: call the plumber.")
+            },
+        )
+        .await
+        .unwrap();
+    let expires = tagged.expires_at.expect("the tag's TTL");
+    assert!(expires >= before + chrono::Duration::seconds(3599));
+    let messages = e
+        .add_messages(
+            "alice",
+            vec![NewMessage {
+                tags: vec!["scratch".into()],
+                ..NewMessage::new("s2", Role::User, "Remember the gate code 4411 for today.")
+            }],
+        )
+        .await
+        .unwrap();
+    let m = e
+        .memory("alice", messages[0].memory_ids[0])
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        m.expires_at.is_some(),
+        "message memories take their tags' TTL"
+    );
+    for bad in [
+        NewMemoryText {
+            ttl_seconds: Some(0),
+            ..fact("x")
+        },
+        NewMemoryText {
+            expires_at: Some(Utc::now() - chrono::Duration::seconds(1)),
+            ..fact("x")
+        },
+        NewMemoryText {
+            expires_at: Some(Utc::now() + chrono::Duration::hours(1)),
+            ttl_seconds: Some(60),
+            ..fact("x")
+        },
+    ] {
+        let err = e.add_memory("alice", bad).await.unwrap_err();
+        assert_eq!(err.kind(), recall_core::ErrorKind::InvalidInput, "{err}");
+    }
+    let zero = [("x".to_owned(), 0u64)].into();
+    assert!(e.clone().with_tag_ttl(zero).is_err());
 }

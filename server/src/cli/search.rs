@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use clap::Args;
 use recall_core::error::Error;
 use recall_core::retrieval::{Fusion, RankingConfig, SearchMode};
-use recall_core::types::{Filter, MemoryKind, Role, SearchPage};
+use recall_core::types::{Filter, MemoryKind, MetadataCondition, Role, SearchPage};
 use recall_core::{Engine, RetrieveOptions, SearchOptions};
 use serde_json::json;
 
@@ -37,6 +37,18 @@ pub(super) struct SearchArgs {
     /// Only memories before this time (RFC 3339).
     #[arg(long)]
     until: Option<DateTime<Utc>>,
+    /// What was true at this time (RFC 3339): memories written by then and neither
+    /// superseded nor expired by then.
+    #[arg(long)]
+    as_of: Option<DateTime<Utc>>,
+    /// Superseded memories too.
+    #[arg(long)]
+    include_superseded: bool,
+    /// A condition on the metadata, `KEY OP VALUE` (OP: eq, ne, in, gt, gte, lt, lte,
+    /// contains, exists; VALUE as JSON or a plain string), e.g. `--where 'priority gte 2'`;
+    /// repeatable, all must hold.
+    #[arg(long = "where", value_name = "KEY OP VALUE")]
+    conditions: Vec<MetadataCondition>,
     /// Drop results scoring below this (raw similarity in plain vector mode).
     #[arg(long)]
     min_score: Option<f32>,
@@ -64,6 +76,9 @@ pub(super) async fn run(
         tags: args.tag.clone(),
         since: args.since,
         until: args.until,
+        as_of: args.as_of,
+        include_superseded: args.include_superseded,
+        metadata: args.conditions.clone(),
     };
     if args.ranking.is_plain_vector(args.mode) {
         let options = SearchOptions {

@@ -1,5 +1,5 @@
 //! Mutations, by domain.
-use async_graphql::{Context, ID, Json, MergedObject, Object};
+use async_graphql::{Context, ID, Json, MaybeUndefined, MergedObject, Object};
 use chrono::{DateTime, Utc};
 use recall_core::chat::ChatRequest;
 use recall_core::jobs::JobKind as CoreJobKind;
@@ -112,6 +112,13 @@ impl MemoryMutation {
                     session: input.session,
                     tags: input.tags,
                     importance: input.importance,
+                    metadata: input.metadata.map_or(serde_json::Value::Null, |j| j.0),
+                    expires_at: input.expires_at,
+                    ttl_seconds: input.ttl_seconds,
+                    supersedes: input
+                        .supersedes
+                        .map(|id| parse_id("memory", &id))
+                        .transpose()?,
                 },
             )
             .await
@@ -138,6 +145,11 @@ impl MemoryMutation {
                     tags: input.tags,
                     metadata: input.metadata.map(|j| j.0),
                     importance: input.importance,
+                    expires_at: match input.expires_at {
+                        MaybeUndefined::Undefined => None,
+                        MaybeUndefined::Null => Some(None),
+                        MaybeUndefined::Value(t) => Some(Some(t)),
+                    },
                 },
             )
             .await

@@ -162,6 +162,21 @@ impl MemoryQuery {
             .gql()?
             .map(Into::into))
     }
+
+    /// A memory's supersede history, oldest first: the memories it replaced, itself, and
+    /// those that replaced it. NOT_FOUND when the caller has no such memory.
+    async fn memory_history(&self, ctx: &Context<'_>, id: ID) -> GqlResult<Vec<Memory>> {
+        let (state, p) = caller(ctx)?;
+        let id = parse_id("memory", &id)?;
+        Ok(state
+            .engine
+            .memory_history(&p.user, id)
+            .await
+            .gql()?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
 }
 
 /// Search.

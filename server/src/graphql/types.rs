@@ -1,5 +1,5 @@
 //! GraphQL types, mapped from core types (core types carry no GraphQL derives).
-use async_graphql::{Enum, ID, InputObject, Json, SimpleObject};
+use async_graphql::{Enum, ID, InputObject, Json, MaybeUndefined, SimpleObject};
 use chrono::{DateTime, Utc};
 use recall_core::chat::{ChatResult as CoreChatResult, ContextMemory as CoreContextMemory};
 use recall_core::events::{MemoryAction as CoreAction, MemoryEvent as CoreMemoryEvent};
@@ -220,6 +220,14 @@ pub struct Memory {
     pub created_at: DateTime<Utc>,
     /// Last changed.
     pub updated_at: DateTime<Utc>,
+    /// When it stops being returned (and is purged); never when null.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The memory this one replaced.
+    pub supersedes: Option<ID>,
+    /// The memory that replaced this one (searches return that one instead).
+    pub superseded_by: Option<ID>,
+    /// Since when it is no longer current.
+    pub superseded_at: Option<DateTime<Utc>>,
 }
 
 impl From<core::Memory> for Memory {
@@ -237,6 +245,10 @@ impl From<core::Memory> for Memory {
             emotion: m.emotion,
             created_at: m.created_at,
             updated_at: m.updated_at,
+            expires_at: m.expires_at,
+            supersedes: m.supersedes.map(|i| ID(i.to_string())),
+            superseded_by: m.superseded_by.map(|i| ID(i.to_string())),
+            superseded_at: m.superseded_at,
         }
     }
 }
@@ -283,6 +295,15 @@ pub struct MemoryFilter {
     pub since: Option<DateTime<Utc>>,
     /// Written before.
     pub until: Option<DateTime<Utc>>,
+    /// What was true at this time: memories written by then and neither superseded nor
+    /// expired by then (null: what is current now).
+    pub as_of: Option<DateTime<Utc>>,
+    /// Superseded memories too (the whole history; expired ones never).
+    #[graphql(default)]
+    pub include_superseded: bool,
+    /// Conditions on the metadata, all of which must hold.
+    #[graphql(default)]
+    pub metadata: Vec<MetadataCondition>,
 }
 
 impl From<MemoryFilter> for core::Filter {
@@ -294,6 +315,69 @@ impl From<MemoryFilter> for core::Filter {
             tags: f.tags,
             since: f.since,
             until: f.until,
+            as_of: f.as_of,
+            include_superseded: f.include_superseded,
+            metadata: f.metadata.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+/// A comparison of a metadata value.
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum MetadataOp {
+    /// Equal (numbers by value).
+    Eq,
+    /// Absent or not equal.
+    Ne,
+    /// Equal to one of an array's values.
+    In,
+    /// Greater than a number, or later than an RFC 3339 time.
+    Gt,
+    /// Greater than or equal.
+    Gte,
+    /// Less than.
+    Lt,
+    /// Less than or equal.
+    Lte,
+    /// An array holding the value, or a string holding it.
+    Contains,
+    /// Present (`true`) or absent (`false`).
+    Exists,
+}
+
+impl From<MetadataOp> for core::MetadataOp {
+    fn from(op: MetadataOp) -> Self {
+        match op {
+            MetadataOp::Eq => Self::Eq,
+            MetadataOp::Ne => Self::Ne,
+            MetadataOp::In => Self::In,
+            MetadataOp::Gt => Self::Gt,
+            MetadataOp::Gte => Self::Gte,
+            MetadataOp::Lt => Self::Lt,
+            MetadataOp::Lte => Self::Lte,
+            MetadataOp::Contains => Self::Contains,
+            MetadataOp::Exists => Self::Exists,
+        }
+    }
+}
+
+/// One condition on a memory's metadata: `{key: "project", op: EQ, value: "apollo"}`.
+#[derive(InputObject, Debug, Clone)]
+pub struct MetadataCondition {
+    /// A dotted path into the metadata object (`source.app`).
+    pub key: String,
+    /// The comparison.
+    pub op: MetadataOp,
+    /// What to compare with (any JSON; an array for IN, a boolean for EXISTS).
+    pub value: Option<Json<serde_json::Value>>,
+}
+
+impl From<MetadataCondition> for core::MetadataCondition {
+    fn from(c: MetadataCondition) -> Self {
+        Self {
+            key: c.key,
+            op: c.op.into(),
+            value: c.value.map_or(serde_json::Value::Null, |j| j.0),
         }
     }
 }
@@ -344,6 +428,15 @@ pub struct MemoryInput {
     pub tags: Vec<String>,
     /// Importance in [0, 1] (estimated when absent).
     pub importance: Option<f32>,
+    /// A JSON object to filter by (`metadata` conditions of a filter).
+    pub metadata: Option<Json<serde_json::Value>>,
+    /// When it expires (no longer returned, then purged).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Expires this many seconds after it is stored (instead of `expiresAt`).
+    pub ttl_seconds: Option<u64>,
+    /// A current memory of the user's that this one replaces: that one is kept as history
+    /// (`memoryHistory`, filters with `asOf` or `includeSuperseded`).
+    pub supersedes: Option<ID>,
 }
 
 /// Changes to a memory; absent fields stay as they are.
@@ -357,6 +450,8 @@ pub struct MemoryUpdateInput {
     pub metadata: Option<Json<serde_json::Value>>,
     /// New importance in [0, 1].
     pub importance: Option<f32>,
+    /// New expiry; null: never expires.
+    pub expires_at: MaybeUndefined<DateTime<Utc>>,
 }
 
 /// One chat turn.

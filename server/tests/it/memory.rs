@@ -334,3 +334,191 @@ async fn near_identical_facts_merge_when_deduplication_is_on() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("dedupe_similarity"));
 }
+
+/// Memories that stay true, over GraphQL: a replacement hides the fact it replaces from
+/// search (history and `asOf` still reach it), TTLs, and metadata conditions with operators.
+async fn memories_stay_true(store: Store) {
+    let server = Server::start(&store, &["--no-chat"], &[]);
+    let alice = token("alice", false, 600);
+    let bob = token("bob", false, 600);
+    let add = "mutation($i: MemoryInput!) { addMemory(input: $i) { id createdAt expiresAt \
+               supersedes supersededBy metadata } }";
+    let added = |body: &serde_json::Value| data(body)["addMemory"].clone();
+
+    let paris = added(
+        &gql(
+            &server,
+            Some(&alice),
+            add,
+            json!({ "i": { "content": "Alice lives in Paris", "metadata": { "topic": "home" } } }),
+        )
+        .await
+        .1,
+    );
+    let berlin = added(
+        &gql(
+            &server,
+            Some(&alice),
+            add,
+            json!({ "i": { "content": "Alice moved to Berlin", "supersedes": paris["id"],
+                           "metadata": { "topic": "home", "priority": 3 } } }),
+        )
+        .await
+        .1,
+    );
+    assert_eq!(berlin["supersedes"], paris["id"]);
+    let brief = added(
+        &gql(
+            &server,
+            Some(&alice),
+            add,
+            json!({ "i": { "content": "Parking spot B12 today", "ttlSeconds": 3600,
+                           "metadata": { "priority": 1, "labels": ["car"] } } }),
+        )
+        .await
+        .1,
+    );
+    assert!(brief["expiresAt"].is_string(), "{brief}");
+
+    let search = "query($q: String!, $f: MemoryFilter) { search(query: $q, topK: 10, filter: $f) \
+                  { memory { id } } }";
+    let found = |body: &serde_json::Value| -> Vec<String> {
+        data(body)["search"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["memory"]["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        search,
+        json!({ "q": "Where does Alice live?" }),
+    )
+    .await;
+    let now = found(&body);
+    assert!(
+        now.contains(&berlin["id"].as_str().unwrap().to_owned()),
+        "{body}"
+    );
+    assert!(
+        !now.contains(&paris["id"].as_str().unwrap().to_owned()),
+        "{body}"
+    );
+    // As of the moment Paris was stored: Paris, and nothing written later.
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        search,
+        json!({ "q": "Where does Alice live?", "f": { "asOf": paris["createdAt"] } }),
+    )
+    .await;
+    assert_eq!(found(&body), vec![paris["id"].as_str().unwrap()], "{body}");
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        "query($id: ID!) { memoryHistory(id: $id) { id supersededBy } }",
+        json!({ "id": paris["id"] }),
+    )
+    .await;
+    let history = data(&body)["memoryHistory"].as_array().unwrap().clone();
+    assert_eq!(history.len(), 2, "{body}");
+    assert_eq!(history[0]["supersededBy"], berlin["id"]);
+
+    // Metadata conditions, in search and in the listing.
+    for (conditions, want) in [
+        (
+            json!([{ "key": "priority", "op": "GTE", "value": 2 }]),
+            vec![&berlin],
+        ),
+        (
+            json!([{ "key": "labels", "op": "CONTAINS", "value": "car" }]),
+            vec![&brief],
+        ),
+        (
+            json!([{ "key": "topic", "op": "IN", "value": ["home", "work"] }]),
+            vec![&berlin],
+        ),
+    ] {
+        let want: Vec<&str> = want.iter().map(|m| m["id"].as_str().unwrap()).collect();
+        let f = json!({ "metadata": conditions });
+        let (_, body) = gql(
+            &server,
+            Some(&alice),
+            search,
+            json!({ "q": "Alice Paris Berlin parking", "f": f }),
+        )
+        .await;
+        assert_eq!(found(&body), want, "{conditions}: {body}");
+        let (_, body) = gql(
+            &server,
+            Some(&alice),
+            "query($f: MemoryFilter) { memories(filter: $f, first: 10) { edges { node { id } } } }",
+            json!({ "f": f }),
+        )
+        .await;
+        let listed: Vec<&str> = data(&body)["memories"]["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["node"]["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(listed, want, "{conditions}: {body}");
+    }
+
+    // Bad input has typed errors and writes nothing; Bob cannot supersede Alice's memory.
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        search,
+        json!({ "q": "x", "f": { "metadata": [{ "key": "priority", "op": "GT", "value": "soon" }] } }),
+    )
+    .await;
+    assert_eq!(code(&body), "BAD_INPUT", "{body}");
+    for input in [
+        json!({ "content": "x", "ttlSeconds": 0 }),
+        json!({ "content": "x", "ttlSeconds": 60, "expiresAt": "2999-01-01T00:00:00Z" }),
+        json!({ "content": "x", "supersedes": "not-a-number" }),
+    ] {
+        let (_, body) = gql(&server, Some(&alice), add, json!({ "i": input })).await;
+        assert_eq!(code(&body), "BAD_INPUT", "{input}: {body}");
+    }
+    let (_, body) = gql(
+        &server,
+        Some(&bob),
+        add,
+        json!({ "i": { "content": "Bob's takeover", "supersedes": berlin["id"] } }),
+    )
+    .await;
+    assert_eq!(code(&body), "NOT_FOUND", "{body}");
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        "query($id: ID!) { memory(id: $id) { supersededBy } }",
+        json!({ "id": berlin["id"] }),
+    )
+    .await;
+    assert!(data(&body)["memory"]["supersededBy"].is_null(), "{body}");
+
+    // An expiry can be lifted.
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        "mutation($id: ID!) { updateMemory(id: $id, input: { expiresAt: null }) { expiresAt } }",
+        json!({ "id": brief["id"] }),
+    )
+    .await;
+    assert!(data(&body)["updateMemory"]["expiresAt"].is_null(), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memories_stay_true_embedded() {
+    memories_stay_true(Store::embedded()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memories_stay_true_postgres() {
+    let store = Store::postgres().await;
+    memories_stay_true(store).await;
+}

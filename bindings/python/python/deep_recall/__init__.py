@@ -41,6 +41,7 @@ __all__ = [
     "Memory",
     "ModelError",
     "NotFound",
+    "StoredMemory",
     "Unavailable",
     "Usage",
 ]
@@ -73,6 +74,55 @@ class Hit:
             created_at=datetime.fromisoformat(str(v["created_at"])),
             tags=list(v.get("tags") or []),
         )
+
+
+def _time(v: Any) -> datetime | None:
+    return None if v is None else datetime.fromisoformat(str(v))
+
+
+@dataclass(frozen=True)
+class StoredMemory:
+    """A stored memory. ``supersedes``/``superseded_by`` link the facts it replaced and that
+    replaced it; ``expires_at`` is when it stops being returned (never when None)."""
+
+    id: int
+    kind: str
+    content: str
+    session: str | None
+    role: str | None
+    tags: list[str]
+    metadata: dict[str, Any]
+    importance: float
+    created_at: datetime
+    expires_at: datetime | None
+    supersedes: int | None
+    superseded_by: int | None
+    superseded_at: datetime | None
+
+    @classmethod
+    def _from(cls, v: Mapping[str, Any]) -> StoredMemory:
+        return cls(
+            id=int(v["id"]),
+            kind=str(v["kind"]),
+            content=str(v["content"]),
+            session=v.get("session"),
+            role=v.get("role"),
+            tags=list(v.get("tags") or []),
+            metadata=dict(v.get("metadata") or {}),
+            importance=float(v["importance"]),
+            created_at=datetime.fromisoformat(str(v["created_at"])),
+            expires_at=_time(v.get("expires_at")),
+            supersedes=v.get("supersedes"),
+            superseded_by=v.get("superseded_by"),
+            superseded_at=_time(v.get("superseded_at")),
+        )
+
+
+Filter = Mapping[str, Any]
+"""Narrows a search: ``{"tags"?: [str], "kinds"?: [str], "roles"?: [str], "since"?, "until"?,
+"as_of"?: time, "include_superseded"?: bool, "metadata"?: [{"key": "priority", "op": "gte",
+"value": 2}]}`` (times as RFC 3339 strings or aware datetimes; ops: eq, ne, in, gt, gte, lt,
+lte, contains, exists)."""
 
 
 @dataclass(frozen=True)
@@ -121,7 +171,9 @@ datetime, "tags"?: list[str], "metadata"?: dict}``."""
 def _json_default(value: object) -> str:
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            raise InvalidInput("a message's ts needs a timezone")
+            raise InvalidInput(
+                "a time (a message's ts, an expiry, a filter's time) needs a timezone"
+            )
         return value.isoformat()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
@@ -169,6 +221,8 @@ class Memory:
         chat_url: str | None = None,
         chat_model_name: str | None = None,
         chat_api_key: str | None = None,
+        dedupe_similarity: float | None = None,
+        tag_ttl_seconds: Mapping[str, int] | None = None,
     ) -> None:
         options = {
             "data_dir": data_dir,
@@ -180,6 +234,8 @@ class Memory:
             "chat_url": chat_url,
             "chat_model_name": chat_model_name,
             "chat_api_key": chat_api_key,
+            "dedupe_similarity": dedupe_similarity,
+            "tag_ttl_seconds": dict(tag_ttl_seconds or {}),
         }
         self._engine = _native.Engine(json.dumps(options))
 
@@ -197,11 +253,57 @@ class Memory:
         top_k: int = 10,
         mode: str = "hybrid",
         session: str | None = None,
+        filter: Filter | None = None,
     ) -> list[Hit]:
         """The user's memories that matter for ``query``, best first (``mode``: hybrid,
-        vector or text)."""
-        hits = json.loads(self._engine.search(user, query, top_k, mode, session))
+        vector or text), narrowed by ``filter`` (see ``Filter``)."""
+        encoded = None if filter is None else json.dumps(filter, default=_json_default)
+        hits = json.loads(
+            self._engine.search(user, query, top_k, mode, session, encoded)
+        )
         return [Hit._from(h) for h in hits]
+
+    def add_memory(
+        self,
+        user: str,
+        content: str,
+        *,
+        kind: str = "fact",
+        session: str | None = None,
+        tags: Sequence[str] = (),
+        importance: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        expires_at: datetime | None = None,
+        ttl_seconds: int | None = None,
+        supersedes: int | None = None,
+    ) -> StoredMemory:
+        """Stores a memory (a fact by default). ``supersedes`` names a current memory that this
+        one replaces (kept as history, no longer found); ``ttl_seconds`` or ``expires_at`` make
+        it expire."""
+        memory = {
+            "kind": kind,
+            "content": content,
+            "session": session,
+            "tags": list(tags),
+            "importance": importance,
+            "metadata": dict(metadata) if metadata is not None else None,
+            "expires_at": expires_at,
+            "ttl_seconds": ttl_seconds,
+            "supersedes": supersedes,
+        }
+        encoded = json.dumps(memory, default=_json_default)
+        return StoredMemory._from(json.loads(self._engine.add_memory(user, encoded)))
+
+    def memory_history(self, user: str, memory_id: int) -> list[StoredMemory]:
+        """The memories ``memory_id`` replaced, itself, and those that replaced it, oldest
+        first (``NotFound`` when the user has no such memory)."""
+        history = json.loads(self._engine.memory_history(user, memory_id))
+        return [StoredMemory._from(m) for m in history]
+
+    def delete_memories(self, user: str, ids: Sequence[int]) -> int:
+        """Deletes the user's memories with these ids; returns how many there were. A fact
+        that a deleted one had replaced is current again."""
+        return self._engine.delete_memories(user, list(ids))
 
     def export(self, user: str) -> dict[str, Any]:
         """Everything stored about the user, as ``deep-recall export`` prints it."""
@@ -301,8 +403,20 @@ class AsyncMemory:
         top_k: int = 10,
         mode: str = "hybrid",
         session: str | None = None,
+        filter: Filter | None = None,
     ) -> list[Hit]:
-        return await self._run(self._memory.search, user, query, top_k, mode, session)
+        return await self._run(
+            self._memory.search, user, query, top_k, mode, session, filter
+        )
+
+    async def add_memory(self, user: str, content: str, **kwargs: Any) -> StoredMemory:
+        return await self._run(self._memory.add_memory, user, content, **kwargs)
+
+    async def memory_history(self, user: str, memory_id: int) -> list[StoredMemory]:
+        return await self._run(self._memory.memory_history, user, memory_id)
+
+    async def delete_memories(self, user: str, ids: Sequence[int]) -> int:
+        return await self._run(self._memory.delete_memories, user, ids)
 
     async def export(self, user: str) -> dict[str, Any]:
         return await self._run(self._memory.export, user)

@@ -132,9 +132,14 @@ class AsyncDeepRecall:
         session: str | None = None,
         kinds: Sequence[t.MemoryKind] | None = None,
         tags: Sequence[str] | None = None,
+        as_of: t.Time | None = None,
+        metadata: Sequence[t.MetadataCondition] | None = None,
     ) -> list[t.SearchHit]:
-        """The caller's memories that matter for `query`, best first."""
-        return await self._send(ops.search(query, top_k, mode, session, kinds, tags))
+        """The caller's memories that matter for `query`, best first; `as_of` asks what was
+        true then, `metadata` conditions must all hold."""
+        return await self._send(
+            ops.search(query, top_k, mode, session, kinds, tags, as_of, metadata)
+        )
 
     async def add_messages(
         self, session: str, messages: Sequence[t.NewMessage]
@@ -151,11 +156,31 @@ class AsyncDeepRecall:
         session: str | None = None,
         tags: Sequence[str] | None = None,
         importance: float | None = None,
+        metadata: t.Json | None = None,
+        expires_at: t.Time | None = None,
+        ttl_seconds: int | None = None,
+        supersedes: str | None = None,
     ) -> t.Memory:
-        """Adds a memory (a fact by default; importance in [0, 1], estimated when absent)."""
+        """Adds a memory (a fact by default; importance in [0, 1], estimated when absent).
+        `supersedes` names a current memory it replaces (kept as history, no longer found);
+        `ttl_seconds` or `expires_at` make it expire."""
         return await self._send(
-            ops.add_memory(content, kind, session, tags, importance)
+            ops.add_memory(
+                content,
+                kind,
+                session,
+                tags,
+                importance,
+                metadata,
+                expires_at,
+                ttl_seconds,
+                supersedes,
+            )
         )
+
+    async def memory_history(self, id: str) -> list[t.Memory]:
+        """The memories `id` replaced, itself, and those that replaced it, oldest first."""
+        return await self._send(ops.memory_history(id))
 
     def sessions(self, *, page_size: int = 50) -> AsyncIterator[t.Session]:
         """Every session of the caller, newest first, fetched `page_size` at a time."""

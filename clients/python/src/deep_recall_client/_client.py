@@ -117,9 +117,14 @@ class DeepRecall:
         session: str | None = None,
         kinds: Sequence[t.MemoryKind] | None = None,
         tags: Sequence[str] | None = None,
+        as_of: t.Time | None = None,
+        metadata: Sequence[t.MetadataCondition] | None = None,
     ) -> list[t.SearchHit]:
-        """The caller's memories that matter for `query`, best first."""
-        return self._send(ops.search(query, top_k, mode, session, kinds, tags))
+        """The caller's memories that matter for `query`, best first; `as_of` asks what was
+        true then, `metadata` conditions must all hold."""
+        return self._send(
+            ops.search(query, top_k, mode, session, kinds, tags, as_of, metadata)
+        )
 
     def add_messages(
         self, session: str, messages: Sequence[t.NewMessage]
@@ -136,9 +141,31 @@ class DeepRecall:
         session: str | None = None,
         tags: Sequence[str] | None = None,
         importance: float | None = None,
+        metadata: t.Json | None = None,
+        expires_at: t.Time | None = None,
+        ttl_seconds: int | None = None,
+        supersedes: str | None = None,
     ) -> t.Memory:
-        """Adds a memory (a fact by default; importance in [0, 1], estimated when absent)."""
-        return self._send(ops.add_memory(content, kind, session, tags, importance))
+        """Adds a memory (a fact by default; importance in [0, 1], estimated when absent).
+        `supersedes` names a current memory it replaces (kept as history, no longer found);
+        `ttl_seconds` or `expires_at` make it expire."""
+        return self._send(
+            ops.add_memory(
+                content,
+                kind,
+                session,
+                tags,
+                importance,
+                metadata,
+                expires_at,
+                ttl_seconds,
+                supersedes,
+            )
+        )
+
+    def memory_history(self, id: str) -> list[t.Memory]:
+        """The memories `id` replaced, itself, and those that replaced it, oldest first."""
+        return self._send(ops.memory_history(id))
 
     def sessions(self, *, page_size: int = 50) -> Iterator[t.Session]:
         """Every session of the caller, newest first, fetched `page_size` at a time."""

@@ -14,6 +14,7 @@ T = TypeVar("T")
 _MEMORY = """
 fragment MemoryFields on Memory {
   id kind content session messageId role tags metadata importance emotion createdAt updatedAt
+  expiresAt supersedes supersededBy supersededAt
 }"""
 _MESSAGE = """
 fragment MessageFields on Message { id session role content tags metadata createdAt }"""
@@ -79,8 +80,17 @@ def _filter(
     tags: Sequence[str] | None = None,
     since: t.Time | None = None,
     until: t.Time | None = None,
+    as_of: t.Time | None = None,
+    metadata: Sequence[t.MetadataCondition] | None = None,
 ) -> t.Json | None:
     f: t.Json = {}
+    if as_of is not None:
+        f["asOf"] = t.time(as_of)
+    if metadata:
+        f["metadata"] = [
+            {"key": c["key"], "op": t.upper(c["op"]), "value": c.get("value")}
+            for c in metadata
+        ]
     if session is not None:
         f["session"] = session
     if kinds:
@@ -113,6 +123,8 @@ def search(
     session: str | None,
     kinds: Sequence[t.MemoryKind] | None,
     tags: Sequence[str] | None,
+    as_of: t.Time | None = None,
+    metadata: Sequence[t.MetadataCondition] | None = None,
 ) -> Operation[list[t.SearchHit]]:
     return Operation(
         "Search",
@@ -126,7 +138,9 @@ def search(
             "query": query,
             "topK": top_k,
             "mode": t.upper(mode),
-            "filter": _filter(session=session, kinds=kinds, tags=tags),
+            "filter": _filter(
+                session=session, kinds=kinds, tags=tags, as_of=as_of, metadata=metadata
+            ),
         },
         False,
         lambda d: [t.search_hit(h) for h in d["search"]],
@@ -169,8 +183,20 @@ def add_memory(
     session: str | None,
     tags: Sequence[str] | None,
     importance: float | None,
+    metadata: t.Json | None = None,
+    expires_at: t.Time | None = None,
+    ttl_seconds: int | None = None,
+    supersedes: str | None = None,
 ) -> Operation[t.Memory]:
     memory_input: t.Json = {"content": content, "kind": t.upper(kind)}
+    if metadata is not None:
+        memory_input["metadata"] = metadata
+    if expires_at is not None:
+        memory_input["expiresAt"] = t.time(expires_at)
+    if ttl_seconds is not None:
+        memory_input["ttlSeconds"] = ttl_seconds
+    if supersedes is not None:
+        memory_input["supersedes"] = supersedes
     if session is not None:
         memory_input["session"] = session
     if tags is not None:
@@ -246,6 +272,19 @@ def memories(
         },
         False,
         lambda d: _page(d["memories"], t.memory),
+    )
+
+
+def memory_history(id: str) -> Operation[list[t.Memory]]:
+    return Operation(
+        "MemoryHistory",
+        """query MemoryHistory($id: ID!) {
+  memoryHistory(id: $id) { ...MemoryFields }
+}"""
+        + _MEMORY,
+        {"id": id},
+        False,
+        lambda d: [t.memory(m) for m in d["memoryHistory"]],
     )
 
 

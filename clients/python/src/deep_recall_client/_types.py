@@ -17,6 +17,8 @@ FinishReason = Literal["stop", "length", "cancelled"]
 """Why an answer ended."""
 MemoryAction = Literal["added", "updated", "deleted"]
 """What happened to a memory."""
+MetadataOp = Literal["eq", "ne", "in", "gt", "gte", "lt", "lte", "contains", "exists"]
+"""A comparison of a metadata value."""
 
 Json = dict[str, Any]
 """A JSON object."""
@@ -34,6 +36,7 @@ class Memory:
         "content",
         "created_at",
         "emotion",
+        "expires_at",
         "id",
         "importance",
         "kind",
@@ -41,6 +44,9 @@ class Memory:
         "metadata",
         "role",
         "session",
+        "superseded_at",
+        "superseded_by",
+        "supersedes",
         "tags",
         "updated_at",
     )
@@ -62,6 +68,27 @@ class Memory:
     created_at: str
     """When its source was written (RFC 3339)."""
     updated_at: str
+    expires_at: str | None
+    """When it stops being returned (and is purged); None: never."""
+    supersedes: str | None
+    """The memory it replaced."""
+    superseded_by: str | None
+    """The memory that replaced it (searches return that one instead)."""
+    superseded_at: str | None
+    """Since when it is no longer current."""
+
+
+class _MetadataConditionRequired(TypedDict):
+    key: str
+    op: MetadataOp
+
+
+class MetadataCondition(_MetadataConditionRequired, total=False):
+    """A condition on a memory's metadata: ``{"key": "priority", "op": "gte", "value": 2}``
+    (``key`` a dotted path; ``value`` any JSON: a list for ``in``, a number or an RFC 3339 time
+    to compare, a bool for ``exists``)."""
+
+    value: Any
 
 
 @dataclass(frozen=True)
@@ -253,6 +280,10 @@ def memory(d: Json) -> Memory:
         emotion=d.get("emotion"),
         created_at=d["createdAt"],
         updated_at=d["updatedAt"],
+        expires_at=d.get("expiresAt"),
+        supersedes=d.get("supersedes"),
+        superseded_by=d.get("supersededBy"),
+        superseded_at=d.get("supersededAt"),
     )
 
 

@@ -51,8 +51,17 @@ export type MemoryAction =
 
 /** Narrows listings and searches. */
 export type MemoryFilter = {
+  /**
+   * What was true at this time: memories written by then and neither superseded nor
+   * expired by then (null: what is current now).
+   */
+  asOf?: string | null | undefined;
+  /** Superseded memories too (the whole history; expired ones never). */
+  includeSuperseded?: boolean;
   /** Only these kinds. */
   kinds?: Array<MemoryKind>;
+  /** Conditions on the metadata, all of which must hold. */
+  metadata?: Array<MetadataCondition>;
   /** Only these roles. */
   roles?: Array<Role>;
   /** Only this session. */
@@ -69,14 +78,25 @@ export type MemoryFilter = {
 export type MemoryInput = {
   /** The text. */
   content: string;
+  /** When it expires (no longer returned, then purged). */
+  expiresAt?: string | null | undefined;
   /** Importance in [0, 1] (estimated when absent). */
   importance?: number | null | undefined;
   /** What it is (a fact by default). */
   kind?: MemoryKind;
+  /** A JSON object to filter by (`metadata` conditions of a filter). */
+  metadata?: unknown;
   /** The session it belongs to. */
   session?: string | null | undefined;
+  /**
+   * A current memory of the user's that this one replaces: that one is kept as history
+   * (`memoryHistory`, filters with `asOf` or `includeSuperseded`).
+   */
+  supersedes?: string | null | undefined;
   /** Labels. */
   tags?: Array<string>;
+  /** Expires this many seconds after it is stored (instead of `expiresAt`). */
+  ttlSeconds?: number | null | undefined;
 };
 
 /** What a memory is. */
@@ -106,6 +126,37 @@ export type MessageInput = {
   tags?: Array<string>;
 };
 
+/** One condition on a memory's metadata: `{key: "project", op: EQ, value: "apollo"}`. */
+export type MetadataCondition = {
+  /** A dotted path into the metadata object (`source.app`). */
+  key: string;
+  /** The comparison. */
+  op: MetadataOp;
+  /** What to compare with (any JSON; an array for IN, a boolean for EXISTS). */
+  value?: unknown;
+};
+
+/** A comparison of a metadata value. */
+export type MetadataOp =
+  /** An array holding the value, or a string holding it. */
+  | 'CONTAINS'
+  /** Equal (numbers by value). */
+  | 'EQ'
+  /** Present (`true`) or absent (`false`). */
+  | 'EXISTS'
+  /** Greater than a number, or later than an RFC 3339 time. */
+  | 'GT'
+  /** Greater than or equal. */
+  | 'GTE'
+  /** Equal to one of an array's values. */
+  | 'IN'
+  /** Less than. */
+  | 'LT'
+  /** Less than or equal. */
+  | 'LTE'
+  /** Absent or not equal. */
+  | 'NE';
+
 /** Who wrote a message. */
 export type Role =
   /** The assistant. */
@@ -124,7 +175,7 @@ export type SearchMode =
   /** Embedding similarity; scores are raw cosine similarities. */
   | 'VECTOR';
 
-export type MemoryFieldsFragment = { id: string, kind: MemoryKind, content: string, session: string | null, messageId: string | null, role: Role | null, tags: Array<string>, metadata: unknown, importance: number, emotion: string | null, createdAt: string, updatedAt: string };
+export type MemoryFieldsFragment = { id: string, kind: MemoryKind, content: string, session: string | null, messageId: string | null, role: Role | null, tags: Array<string>, metadata: unknown, importance: number, emotion: string | null, createdAt: string, updatedAt: string, expiresAt: string | null, supersedes: string | null, supersededBy: string | null, supersededAt: string | null };
 
 export type MessageFieldsFragment = { id: string, session: string, role: Role, content: string, tags: Array<string>, metadata: unknown, createdAt: string };
 
@@ -143,7 +194,7 @@ export type SearchQueryVariables = Exact<{
 }>;
 
 
-export type SearchQuery = { search: Array<{ score: number, similarity: number | null, bm25: number | null, memory: { id: string, kind: MemoryKind, content: string, session: string | null, messageId: string | null, role: Role | null, tags: Array<string>, metadata: unknown, importance: number, emotion: string | null, createdAt: string, updatedAt: string } }> };
+export type SearchQuery = { search: Array<{ score: number, similarity: number | null, bm25: number | null, memory: { id: string, kind: MemoryKind, content: string, session: string | null, messageId: string | null, role: Role | null, tags: Array<string>, metadata: unknown, importance: number, emotion: string | null, createdAt: string, updatedAt: string, expiresAt: string | null, supersedes: string | null, supersededBy: string | null, supersededAt: string | null } }> };
 
 export type SessionsQueryVariables = Exact<{
   first?: number | null | undefined;
@@ -169,7 +220,7 @@ export type MemoriesQueryVariables = Exact<{
 }>;
 
 
-export type MemoriesQuery = { memories: { pageInfo: { hasNextPage: boolean, endCursor: string | null }, nodes: Array<{ id: string, kind: MemoryKind, content: string, session: string | null, messageId: string | null, role: Role | null, tags: Array<string>, metadata: unknown, importance: number, emotion: string | null, createdAt: string, updatedAt: string }> } };
+export type MemoriesQuery = { memories: { pageInfo: { hasNextPage: boolean, endCursor: string | null }, nodes: Array<{ id: string, kind: MemoryKind, content: string, session: string | null, messageId: string | null, role: Role | null, tags: Array<string>, metadata: unknown, importance: number, emotion: string | null, createdAt: string, updatedAt: string, expiresAt: string | null, supersedes: string | null, supersededBy: string | null, supersededAt: string | null }> } };
 
 export type AddMessagesMutationVariables = Exact<{
   messages: Array<MessageInput> | MessageInput;
@@ -183,7 +234,14 @@ export type AddMemoryMutationVariables = Exact<{
 }>;
 
 
-export type AddMemoryMutation = { addMemory: { id: string, kind: MemoryKind, content: string, session: string | null, messageId: string | null, role: Role | null, tags: Array<string>, metadata: unknown, importance: number, emotion: string | null, createdAt: string, updatedAt: string } };
+export type AddMemoryMutation = { addMemory: { id: string, kind: MemoryKind, content: string, session: string | null, messageId: string | null, role: Role | null, tags: Array<string>, metadata: unknown, importance: number, emotion: string | null, createdAt: string, updatedAt: string, expiresAt: string | null, supersedes: string | null, supersededBy: string | null, supersededAt: string | null } };
+
+export type MemoryHistoryQueryVariables = Exact<{
+  id: string;
+}>;
+
+
+export type MemoryHistoryQuery = { memoryHistory: Array<{ id: string, kind: MemoryKind, content: string, session: string | null, messageId: string | null, role: Role | null, tags: Array<string>, metadata: unknown, importance: number, emotion: string | null, createdAt: string, updatedAt: string, expiresAt: string | null, supersedes: string | null, supersededBy: string | null, supersededAt: string | null }> };
 
 export type DeleteMemoryMutationVariables = Exact<{
   id: string;
@@ -219,7 +277,7 @@ export type ChatSubscription = { chat: { messageId: string, index: number, delta
 export type MemoryEventsSubscriptionVariables = Exact<{ [key: string]: never; }>;
 
 
-export type MemoryEventsSubscription = { memoryEvents: { action: MemoryAction, memoryId: string, kind: MemoryKind | null, memory: { id: string, kind: MemoryKind, content: string, session: string | null, messageId: string | null, role: Role | null, tags: Array<string>, metadata: unknown, importance: number, emotion: string | null, createdAt: string, updatedAt: string } | null } };
+export type MemoryEventsSubscription = { memoryEvents: { action: MemoryAction, memoryId: string, kind: MemoryKind | null, memory: { id: string, kind: MemoryKind, content: string, session: string | null, messageId: string | null, role: Role | null, tags: Array<string>, metadata: unknown, importance: number, emotion: string | null, createdAt: string, updatedAt: string, expiresAt: string | null, supersedes: string | null, supersededBy: string | null, supersededAt: string | null } | null } };
 
 export class TypedDocumentString<TResult, TVariables>
   extends String
@@ -253,6 +311,10 @@ export const MemoryFieldsFragmentDoc = new TypedDocumentString(`
   emotion
   createdAt
   updatedAt
+  expiresAt
+  supersedes
+  supersededBy
+  supersededAt
 }
     `, {"fragmentName":"MemoryFields"}) as unknown as TypedDocumentString<MemoryFieldsFragment, unknown>;
 export const MessageFieldsFragmentDoc = new TypedDocumentString(`
@@ -309,6 +371,10 @@ export const SearchDocument = new TypedDocumentString(`
   emotion
   createdAt
   updatedAt
+  expiresAt
+  supersedes
+  supersededBy
+  supersededAt
 }`) as unknown as TypedDocumentString<SearchQuery, SearchQueryVariables>;
 export const SessionsDocument = new TypedDocumentString(`
     query Sessions($first: Int, $after: String) {
@@ -375,6 +441,10 @@ export const MemoriesDocument = new TypedDocumentString(`
   emotion
   createdAt
   updatedAt
+  expiresAt
+  supersedes
+  supersededBy
+  supersededAt
 }`) as unknown as TypedDocumentString<MemoriesQuery, MemoriesQueryVariables>;
 export const AddMessagesDocument = new TypedDocumentString(`
     mutation AddMessages($messages: [MessageInput!]!) {
@@ -410,7 +480,35 @@ export const AddMemoryDocument = new TypedDocumentString(`
   emotion
   createdAt
   updatedAt
+  expiresAt
+  supersedes
+  supersededBy
+  supersededAt
 }`) as unknown as TypedDocumentString<AddMemoryMutation, AddMemoryMutationVariables>;
+export const MemoryHistoryDocument = new TypedDocumentString(`
+    query MemoryHistory($id: ID!) {
+  memoryHistory(id: $id) {
+    ...MemoryFields
+  }
+}
+    fragment MemoryFields on Memory {
+  id
+  kind
+  content
+  session
+  messageId
+  role
+  tags
+  metadata
+  importance
+  emotion
+  createdAt
+  updatedAt
+  expiresAt
+  supersedes
+  supersededBy
+  supersededAt
+}`) as unknown as TypedDocumentString<MemoryHistoryQuery, MemoryHistoryQueryVariables>;
 export const DeleteMemoryDocument = new TypedDocumentString(`
     mutation DeleteMemory($id: ID!) {
   deleteMemory(id: $id)
@@ -497,4 +595,8 @@ export const MemoryEventsDocument = new TypedDocumentString(`
   emotion
   createdAt
   updatedAt
+  expiresAt
+  supersedes
+  supersededBy
+  supersededAt
 }`) as unknown as TypedDocumentString<MemoryEventsSubscription, MemoryEventsSubscriptionVariables>;

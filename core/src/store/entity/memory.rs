@@ -20,6 +20,14 @@ pub struct Model {
     /// The data key that sealed the row's text and metadata (NULL: in the clear).
     pub key_id: Option<String>,
     pub updated_at: DateTimeUtc,
+    /// When the memory stops being returned (and the purge deletes it).
+    pub expires_at: Option<DateTimeUtc>,
+    /// The memory this one replaced.
+    pub supersedes: Option<i64>,
+    /// The memory that replaced this one.
+    pub superseded_by: Option<i64>,
+    /// Since when this memory is no longer current.
+    pub superseded_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

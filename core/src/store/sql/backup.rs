@@ -233,6 +233,10 @@ impl<V: VectorIndex> SqlStore<V> {
                         emotion: m.emotion,
                         created_at: m.created_at,
                         updated_at: m.updated_at,
+                        expires_at: m.expires_at,
+                        supersedes: m.supersedes,
+                        superseded_by: m.superseded_by,
+                        superseded_at: m.superseded_at,
                     })
                 })
                 .collect::<Result<_>>()?;
@@ -507,6 +511,10 @@ impl<V: VectorIndex> SqlStore<V> {
                                     created_at: Set(m.created_at),
                                     updated_at: Set(m.updated_at),
                                     key_id: Set(self.key_id()),
+                                    expires_at: Set(m.expires_at),
+                                    supersedes: Set(Offsets::opt(m.supersedes, off.memories)),
+                                    superseded_by: Set(Offsets::opt(m.superseded_by, off.memories)),
+                                    superseded_at: Set(m.superseded_at),
                                 })
                             })
                             .collect::<Result<Vec<_>>>()?;

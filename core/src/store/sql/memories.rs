@@ -1,4 +1,6 @@
 //! Free-standing memories: add, read, change, delete, list.
+use std::collections::BTreeMap;
+
 use super::keys::{MEMORY_CONTENT, MEMORY_METADATA};
 use super::*;
 
@@ -50,6 +52,10 @@ impl<V: VectorIndex> SqlStore<V> {
                         created_at: Set(new.created_at.map_or(t, |c| c.trunc_subsecs(6))),
                         updated_at: Set(t),
                         key_id: Set(self.key_id()),
+                        expires_at: Set(new.expires_at.map(|e| e.trunc_subsecs(6))),
+                        supersedes: Set(new.supersedes),
+                        superseded_by: Set(None),
+                        superseded_at: Set(None),
                     },
                     new,
                 ))
@@ -140,6 +146,9 @@ impl<V: VectorIndex> SqlStore<V> {
         if let Some(emotion) = patch.emotion {
             am.emotion = Set(emotion);
         }
+        if let Some(expires_at) = patch.expires_at {
+            am.expires_at = Set(expires_at.map(|e| e.trunc_subsecs(6)));
+        }
         am.updated_at = Set(t);
         let updated = memory::Entity::update(am).exec(&txn).await?;
         if let Some(e) = &patch.embedding {
@@ -180,6 +189,11 @@ impl<V: VectorIndex> SqlStore<V> {
         let Some(u) = self.find_user(&txn, user).await? else {
             return Ok(0);
         };
+        let mut delta = Delta {
+            removed: ids.to_vec(),
+            ..Delta::default()
+        };
+        self.relink_superseded(&txn, u.id, ids, &mut delta).await?;
         let mut deleted = 0;
         for chunk in ids.chunks(INSERT_CHUNK) {
             deleted += memory::Entity::delete_many()
@@ -191,15 +205,91 @@ impl<V: VectorIndex> SqlStore<V> {
         }
         let revision = self.bump_revision(&txn, u.id).await?;
         txn.commit().await?;
-        self.index.committed(
-            u.id,
-            revision,
-            Delta {
-                removed: ids.to_vec(),
-                ..Delta::default()
-            },
-        );
+        self.index.committed(u.id, revision, delta);
         Ok(deleted)
+    }
+
+    /// Keeps supersede chains whole when memories `ids` are deleted (by hand, not by
+    /// expiry): across each run of deleted memories, the memory before it is now superseded
+    /// by the one after it, or current again when nothing after it survives.
+    pub(crate) async fn relink_superseded(
+        &self,
+        txn: &DatabaseTransaction,
+        user_id: i64,
+        ids: &[i64],
+        delta: &mut Delta,
+    ) -> Result<()> {
+        let mut links: HashMap<i64, (Option<i64>, Option<i64>)> = HashMap::new();
+        for chunk in ids.chunks(INSERT_CHUNK) {
+            let rows = memory::Entity::find()
+                .select_only()
+                .column(memory::Column::Id)
+                .column(memory::Column::Supersedes)
+                .column(memory::Column::SupersededBy)
+                .filter(owned(memory::Column::UserId, user_id))
+                .filter(memory::Column::Id.is_in(chunk.iter().copied()))
+                .filter(
+                    Condition::any()
+                        .add(memory::Column::Supersedes.is_not_null())
+                        .add(memory::Column::SupersededBy.is_not_null()),
+                )
+                .into_tuple::<(i64, Option<i64>, Option<i64>)>()
+                .all(txn)
+                .await?;
+            links.extend(
+                rows.into_iter()
+                    .map(|(id, before, after)| (id, (before, after))),
+            );
+        }
+        let gone: HashSet<i64> = ids.iter().copied().collect();
+        for (&id, &(before, _)) in &links {
+            // Each run of deleted memories once, from its first.
+            if before.is_some_and(|b| gone.contains(&b)) {
+                continue;
+            }
+            let mut after = links[&id].1;
+            let mut steps = 0;
+            while let Some(a) = after.filter(|a| gone.contains(a)) {
+                after = links.get(&a).and_then(|l| l.1);
+                steps += 1;
+                if steps > links.len() {
+                    return Err(internal("a supersede chain loops"));
+                }
+            }
+            let set = |id: i64, column: memory::Column, value: Option<i64>| {
+                memory::Entity::update_many()
+                    .col_expr(column, Expr::value(value))
+                    .col_expr(memory::Column::UpdatedAt, Expr::value(now()))
+                    .filter(memory::Column::UserId.eq(user_id))
+                    .filter(memory::Column::Id.eq(id))
+                    .exec(txn)
+            };
+            match (before, after) {
+                (Some(b), Some(a)) => {
+                    set(b, memory::Column::SupersededBy, Some(a)).await?;
+                    set(a, memory::Column::Supersedes, Some(b)).await?;
+                }
+                (Some(b), None) => {
+                    memory::Entity::update_many()
+                        .col_expr(memory::Column::SupersededBy, Expr::value(None::<i64>))
+                        .col_expr(
+                            memory::Column::SupersededAt,
+                            Expr::value(None::<DateTime<Utc>>),
+                        )
+                        .col_expr(memory::Column::UpdatedAt, Expr::value(now()))
+                        .filter(memory::Column::UserId.eq(user_id))
+                        .filter(memory::Column::Id.eq(b))
+                        .exec(txn)
+                        .await?;
+                    delta.superseded.push((b, None));
+                }
+                (None, Some(a)) => {
+                    set(a, memory::Column::Supersedes, None).await?;
+                }
+                (None, None) => {}
+            }
+        }
+        Ok(())
     }
 
     pub(crate) async fn list_memories(
@@ -222,16 +312,134 @@ impl<V: VectorIndex> SqlStore<V> {
             descending: true,
         };
         let q = memory::Entity::find().filter(self.memory_condition(u.id, &f));
-        let page = keyset_page(&self.db, q, page.first, after, keyset, |m| ListCursor {
+        let key_of = |m: &memory::Model| ListCursor {
             t: micros(m.created_at),
             i: m.id,
-        })
-        .await?;
+        };
+        if f.metadata.is_empty() {
+            let page = keyset_page(&self.db, q, page.first, after, keyset, key_of).await?;
+            return Ok(Page {
+                items: self.memories_to_api(&self.db, u.id, page.items).await?,
+                next_cursor: page.next_cursor,
+                cursors: page.cursors,
+            });
+        }
+        // Metadata conditions are tested on the opened rows, a batch at a time, until the
+        // page is full, the rows run out, or MAX_METADATA_SCAN rows were read (then the
+        // cursor continues from the last row read).
+        let batch = (page.first * 4).clamp(64, 1000);
+        let mut position = after;
+        let (mut items, mut cursors) = (Vec::new(), Vec::new());
+        let mut scanned = 0usize;
+        let next_cursor = 'scan: loop {
+            let keyset = Keyset {
+                time: Some(memory::Column::CreatedAt),
+                id: memory::Column::Id,
+                descending: true,
+            };
+            let rows = keyset_page(&self.db, q.clone(), batch, position, keyset, key_of).await?;
+            let last_batch = rows.next_cursor.is_none();
+            let keys: Vec<ListCursor> = rows.items.iter().map(key_of).collect();
+            let opened = self.memories_to_api(&self.db, u.id, rows.items).await?;
+            for (m, key) in opened.into_iter().zip(keys) {
+                scanned += 1;
+                if f.metadata.iter().all(|c| c.matches(&m.metadata)) {
+                    if items.len() == page.first {
+                        // One more passes: the page is full and another follows.
+                        break 'scan cursors.last().cloned();
+                    }
+                    items.push(m);
+                    cursors.push(cursor::encode(&key));
+                }
+                position = Some(key);
+            }
+            if last_batch {
+                break None;
+            }
+            if scanned >= MAX_METADATA_SCAN {
+                break position.map(|p| cursor::encode(&p));
+            }
+        };
         Ok(Page {
-            items: self.memories_to_api(&self.db, u.id, page.items).await?,
-            next_cursor: page.next_cursor,
-            cursors: page.cursors,
+            items,
+            next_cursor,
+            cursors,
         })
+    }
+
+    pub(crate) async fn purge_expired(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<DeletedMemory>)>> {
+        self.limits.check_page_size(limit)?;
+        let due = memory::Entity::find()
+            .select_only()
+            .column(memory::Column::UserId)
+            .column(memory::Column::Id)
+            .column(memory::Column::Kind)
+            .filter(memory::Column::ExpiresAt.lte(now))
+            .order_by_asc(memory::Column::ExpiresAt)
+            .order_by_asc(memory::Column::Id)
+            .limit(limit as u64)
+            .into_tuple::<(i64, i64, String)>()
+            .all(&self.db)
+            .await?;
+        let mut by_user: BTreeMap<i64, Vec<(i64, String)>> = BTreeMap::new();
+        for (user_id, id, kind) in due {
+            by_user.entry(user_id).or_default().push((id, kind));
+        }
+        let mut out = Vec::with_capacity(by_user.len());
+        for (user_id, rows) in by_user {
+            let txn = begin_write(&self.db).await?;
+            let Some(u) = user::Entity::find_by_id(user_id).one(&txn).await? else {
+                continue;
+            };
+            let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
+            // Expiry is checked again inside the transaction: a memory given a later expiry
+            // since the first read stays.
+            let gone: HashSet<i64> = memory::Entity::find()
+                .select_only()
+                .column(memory::Column::Id)
+                .filter(memory::Column::UserId.eq(user_id))
+                .filter(memory::Column::Id.is_in(ids.iter().copied()))
+                .filter(memory::Column::ExpiresAt.lte(now))
+                .into_tuple::<i64>()
+                .all(&txn)
+                .await?
+                .into_iter()
+                .collect();
+            if gone.is_empty() {
+                continue;
+            }
+            memory::Entity::delete_many()
+                .filter(memory::Column::UserId.eq(user_id))
+                .filter(memory::Column::Id.is_in(gone.iter().copied()))
+                .exec(&txn)
+                .await?;
+            let revision = self.bump_revision(&txn, user_id).await?;
+            txn.commit().await?;
+            self.index.committed(
+                user_id,
+                revision,
+                Delta {
+                    removed: gone.iter().copied().collect(),
+                    ..Delta::default()
+                },
+            );
+            let deleted = rows
+                .into_iter()
+                .filter(|(id, _)| gone.contains(id))
+                .map(|(id, kind)| {
+                    Ok(DeletedMemory {
+                        id,
+                        kind: kind.parse()?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            out.push((u.external_id, deleted));
+        }
+        Ok(out)
     }
 
     pub(crate) async fn count_memories(&self, user: &str) -> Result<u64> {

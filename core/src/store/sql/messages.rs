@@ -92,6 +92,10 @@ impl<V: VectorIndex> SqlStore<V> {
                             .map_or(m.created_at, |c| c.trunc_subsecs(6))),
                         updated_at: Set(t),
                         key_id: Set(self.key_id()),
+                        expires_at: Set(new.expires_at.map(|e| e.trunc_subsecs(6))),
+                        supersedes: Set(new.supersedes),
+                        superseded_by: Set(None),
+                        superseded_at: Set(None),
                     },
                     new,
                 ));

@@ -26,6 +26,9 @@ impl<V: VectorIndex> SqlStore<V> {
         let Some(filter) = self.resolve_filter(&self.db, u.id, &query.filter).await? else {
             return Ok(empty);
         };
+        if !filter.metadata.is_empty() {
+            return self.search_metadata(u, query, &filter, after).await;
+        }
         let mut found = self
             .index
             .search(
@@ -70,6 +73,75 @@ impl<V: VectorIndex> SqlStore<V> {
         })
     }
 
+    /// [`SqlStore::search`] with metadata conditions, which are tested on the opened rows: the
+    /// nearest rows are read in batches until `top_k` pass and one more is seen, the rows run
+    /// out, or [`MAX_METADATA_SCAN`] were read (then the cursor continues after the last row
+    /// read, with what passed so far).
+    async fn search_metadata(
+        &self,
+        u: user::Model,
+        query: &VectorQuery,
+        filter: &ResolvedFilter,
+        mut position: Option<SearchCursor>,
+    ) -> Result<SearchPage> {
+        let batch = (query.top_k * 4).clamp(64, 1000);
+        let mut hits: Vec<SearchHit> = Vec::new();
+        let mut returned: Option<SearchCursor> = None;
+        let mut scanned = 0usize;
+        let next = 'scan: loop {
+            let mut found = self
+                .index
+                .search(
+                    &self.db,
+                    &IndexQuery {
+                        user_id: u.id,
+                        revision: u.revision,
+                        model: &query.embedding.model,
+                        vector: &query.embedding.vector,
+                        limit: batch + 1,
+                        max_distance: query.min_score.map(|s| self.metric.max_distance(s as f64)),
+                        filter,
+                        after: position,
+                    },
+                )
+                .await?;
+            let last_batch = found.len() <= batch;
+            found.truncate(batch);
+            let mut by_id = self
+                .memories_by_id(u.id, found.iter().map(|(id, _)| *id))
+                .await?;
+            for (id, distance) in found {
+                scanned += 1;
+                let here = SearchCursor { d: distance, i: id };
+                // A memory deleted between the two reads is skipped.
+                if let Some(memory) = by_id.remove(&id)
+                    && filter.metadata.iter().all(|c| c.matches(&memory.metadata))
+                {
+                    if hits.len() == query.top_k {
+                        break 'scan returned;
+                    }
+                    hits.push(SearchHit {
+                        memory,
+                        score: self.metric.score(distance) as f32,
+                        distance: distance as f32,
+                    });
+                    returned = Some(here);
+                }
+                position = Some(here);
+            }
+            if last_batch {
+                break None;
+            }
+            if scanned >= MAX_METADATA_SCAN {
+                break position;
+            }
+        };
+        Ok(SearchPage {
+            hits,
+            next_cursor: next.map(|c| cursor::encode(&c)),
+        })
+    }
+
     pub(crate) async fn text_search(&self, user: &str, query: &TextQuery) -> Result<Vec<TextHit>> {
         self.limits.check_page_size(query.top_k)?;
         self.limits.check_filter(&query.filter)?;
@@ -83,31 +155,53 @@ impl<V: VectorIndex> SqlStore<V> {
         if crate::text::query_terms(&query.text).is_empty() {
             return Ok(vec![]);
         }
-        let found = self
-            .index
-            .text_search(
-                &self.db,
-                &TextIndexQuery {
-                    user_id: u.id,
-                    revision: u.revision,
-                    text: &query.text,
-                    limit: query.top_k,
-                    filter: &filter,
-                },
-            )
-            .await?;
-        let mut by_id = self
-            .memories_by_id(u.id, found.iter().map(|(id, _)| *id))
-            .await?;
-        Ok(found
-            .into_iter()
-            .filter_map(|(id, score)| {
-                by_id.remove(&id).map(|memory| TextHit {
-                    memory,
-                    score: score as f32,
+        // With metadata conditions (tested on the opened rows), more of the best matches are
+        // read, four times as many each round, until `top_k` pass or the matches run out
+        // (at most MAX_METADATA_SCAN).
+        let mut limit = if filter.metadata.is_empty() {
+            query.top_k
+        } else {
+            (query.top_k * 4).clamp(64, MAX_METADATA_SCAN)
+        };
+        loop {
+            let found = self
+                .index
+                .text_search(
+                    &self.db,
+                    &TextIndexQuery {
+                        user_id: u.id,
+                        revision: u.revision,
+                        text: &query.text,
+                        limit,
+                        filter: &filter,
+                    },
+                )
+                .await?;
+            let exhausted = found.len() < limit;
+            let mut by_id = self
+                .memories_by_id(u.id, found.iter().map(|(id, _)| *id))
+                .await?;
+            let hits: Vec<TextHit> = found
+                .into_iter()
+                .filter_map(|(id, score)| {
+                    by_id.remove(&id).map(|memory| TextHit {
+                        memory,
+                        score: score as f32,
+                    })
                 })
-            })
-            .collect())
+                .filter(|h| {
+                    filter
+                        .metadata
+                        .iter()
+                        .all(|c| c.matches(&h.memory.metadata))
+                })
+                .take(query.top_k)
+                .collect();
+            if hits.len() == query.top_k || exhausted || limit >= MAX_METADATA_SCAN {
+                return Ok(hits);
+            }
+            limit = (limit * 4).min(MAX_METADATA_SCAN);
+        }
     }
 
     pub(crate) async fn vectors(

@@ -113,6 +113,9 @@ impl<V: VectorIndex> SqlStore<V> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let ids: Vec<i64> = gone.iter().map(|m| m.id).collect();
+        self.relink_superseded(&txn, u.id, &ids, &mut Delta::default())
+            .await?;
         session::Entity::delete_many()
             .filter(session::Column::Id.eq(s.id))
             .filter(session::Column::UserId.eq(u.id))

@@ -95,6 +95,10 @@ impl<V: VectorIndex> SqlStore<V> {
             created_at: Set(t),
             updated_at: Set(t),
             key_id: Set(self.key_id()),
+            expires_at: Set(None),
+            supersedes: Set(None),
+            superseded_by: Set(None),
+            superseded_at: Set(None),
         };
         let mut delta = Delta::default();
         self.insert_memories(&txn, u.id, vec![(row, &memory)], &mut delta)

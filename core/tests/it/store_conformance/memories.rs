@@ -147,6 +147,7 @@ async fn memory_updates(t: &TestStore) {
                 importance: Some(0.9),
                 emotion: Some(Some("joy".into())),
                 metadata: Some(json!({"k": 1})),
+                expires_at: None,
             },
         )
         .await

@@ -5,6 +5,7 @@ mod jobs;
 mod memories;
 mod search;
 mod sessions;
+mod validity;
 
 pub use chrono::SubsecRound;
 pub use chrono::{DateTime, Duration, TimeZone, Utc};

@@ -1,0 +1,75 @@
+//! Memories that stay true: a memory can expire (`expires_at`, from a TTL given when it is
+//! stored or from its tags), and a new memory can supersede an old one (`supersedes` on the
+//! new, `superseded_by` and `superseded_at` on the old). Search reads the current memories;
+//! history stays queryable as of a time. Expired memories are deleted by the purge, found
+//! through `ix_memories_expires`.
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::schema::*;
+
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+#[derive(DeriveIden, Clone, Copy)]
+enum Memories {
+    Table,
+    ExpiresAt,
+    Supersedes,
+    SupersededBy,
+    SupersededAt,
+}
+
+const NAME: &str = "ix_memories_expires";
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // One column a statement: SQLite alters a table one change at a time.
+        for column in [
+            timestamp_with_time_zone_null(Memories::ExpiresAt),
+            big_integer_null(Memories::Supersedes),
+            big_integer_null(Memories::SupersededBy),
+            timestamp_with_time_zone_null(Memories::SupersededAt),
+        ] {
+            let mut column = column;
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(Memories::Table)
+                        .add_column(&mut column)
+                        .to_owned(),
+                )
+                .await?;
+        }
+        manager
+            .create_index(
+                Index::create()
+                    .name(NAME)
+                    .table(Memories::Table)
+                    .col(Memories::ExpiresAt)
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_index(Index::drop().name(NAME).table(Memories::Table).to_owned())
+            .await?;
+        for column in [
+            Memories::SupersededAt,
+            Memories::SupersededBy,
+            Memories::Supersedes,
+            Memories::ExpiresAt,
+        ] {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(Memories::Table)
+                        .drop_column(column)
+                        .to_owned(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
