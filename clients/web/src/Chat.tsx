@@ -15,10 +15,15 @@ interface Turn {
 
 const SESSIONS_SHOWN = 200;
 
+/** A new session's id: its time (readable in the list) and a random suffix, so that two new
+ * chats in the same second are two sessions. */
 function newSessionId(): string {
   const d = new Date();
   const pad = (n: number) => String(n).padStart(2, '0');
-  return `chat-${d.getFullYear()}${pad(d.getMonth() + 1)}${pad(d.getDate())}-${pad(d.getHours())}${pad(d.getMinutes())}${pad(d.getSeconds())}`;
+  const suffix = Array.from(crypto.getRandomValues(new Uint8Array(3)), (b) =>
+    b.toString(16).padStart(2, '0'),
+  ).join('');
+  return `chat-${d.getFullYear()}${pad(d.getMonth() + 1)}${pad(d.getDate())}-${pad(d.getHours())}${pad(d.getMinutes())}${pad(d.getSeconds())}-${suffix}`;
 }
 
 export function formatDate(iso: string): string {
