@@ -2,7 +2,8 @@
 //! and counted with the model's own tokenizer.
 //!
 //! The budget is the context window less the response reserve. The system prompt, persona
-//! and the new message are never cut (if they alone do not fit, that is an error). What is
+//! and the new message are never cut (if they alone do not fit, that is an error); a persona
+//! card longer than its share comes as its most relevant chunks ([`fit_persona`]). What is
 //! left is shared between summaries of earlier history, retrieved memories and recent history
 //! by configurable shares; a part that needs less than its share leaves the rest to recent
 //! history. Recent history is taken newest first, in whole messages, and given back in
@@ -47,6 +48,9 @@ pub struct ContextBudget {
     /// Tokens the chat template adds around each message (ChatML: `<|im_start|>`, the role,
     /// a newline, `<|im_end|>`, a newline).
     pub per_message_overhead: usize,
+    /// Share of the whole prompt budget a persona card may take: one that fits goes in
+    /// whole; a longer one as its opening and its chunks most relevant to the message.
+    pub persona_share: f32,
 }
 
 impl Default for ContextBudget {
@@ -58,6 +62,7 @@ impl Default for ContextBudget {
             summary_share: 0.15,
             history_share: 0.55,
             per_message_overhead: 5,
+            persona_share: 0.25,
         }
     }
 }
@@ -71,6 +76,9 @@ impl ContextBudget {
             return Err(Error::invalid(
                 "context shares must be non-negative and sum to at most 1",
             ));
+        }
+        if !(0.0..=1.0).contains(&self.persona_share) {
+            return Err(Error::invalid("the persona share must be between 0 and 1"));
         }
         if self.response_reserve >= self.context_window {
             return Err(Error::invalid(
@@ -139,6 +147,57 @@ pub struct ContextReport {
     pub summaries: PartReport,
     /// Recent history.
     pub history: PartReport,
+    /// The persona: its chunks (memory ids; for a card not stored, minus its position plus
+    /// one) when it came in part, nothing listed when it came whole.
+    #[serde(default)]
+    pub persona: PartReport,
+}
+
+/// One chunk of a persona card, in the card's order, scored against the new message.
+#[derive(Debug, Clone, Copy)]
+pub struct PersonaChunk<'a> {
+    /// The persona memory's id (for a card not stored: minus its position, minus one).
+    pub id: i64,
+    /// The text.
+    pub text: &'a str,
+    /// Similarity to the message (higher is closer).
+    pub score: f32,
+}
+
+/// A persona card for the prompt within `budget` tokens: the card's first chunk (its
+/// opening, usually the name) and then the chunks most similar to the message, as many as
+/// fit, joined in the card's order. Returns the text and what went in and what did not.
+pub fn fit_persona(
+    chunks: &[PersonaChunk<'_>],
+    counter: &dyn TokenCounter,
+    budget: usize,
+) -> (String, PartReport) {
+    let mut report = PartReport {
+        budget,
+        ..PartReport::default()
+    };
+    let cost: Vec<usize> = chunks.iter().map(|c| counter.count(c.text) + 1).collect();
+    let mut order: Vec<usize> = (1..chunks.len()).collect();
+    order.sort_by(|&a, &b| chunks[b].score.total_cmp(&chunks[a].score).then(a.cmp(&b)));
+    let mut taken = vec![false; chunks.len()];
+    let mut used = 0;
+    for i in (!chunks.is_empty()).then_some(0).into_iter().chain(order) {
+        if used + cost[i] <= budget {
+            used += cost[i];
+            taken[i] = true;
+        }
+    }
+    let mut text = Vec::new();
+    for (c, &t) in chunks.iter().zip(&taken) {
+        if t {
+            report.included.push(c.id);
+            text.push(c.text);
+        } else {
+            report.dropped.push(c.id);
+        }
+    }
+    report.tokens = used;
+    (text.join("\n"), report)
 }
 
 /// The prompt and its report.
@@ -355,6 +414,7 @@ pub fn assemble(
             memories,
             summaries,
             history,
+            persona: PartReport::default(),
         },
     })
 }
@@ -470,6 +530,7 @@ mod tests {
             summary_share: 0.2,
             history_share: 0.5,
             per_message_overhead: 1,
+            persona_share: 0.25,
         }
     }
 

@@ -63,6 +63,7 @@ pub mod limits;
 pub mod llm;
 #[cfg(feature = "native")]
 pub mod models;
+pub mod persona;
 pub mod rerank;
 pub mod retrieval;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]

@@ -1,17 +1,72 @@
 //! Sessions (conversations): created, renamed, listed, deleted with everything in them.
 use super::*;
 use crate::error::Error;
-use crate::types::{Page, PageRequest, Session, SessionPatch};
+use crate::persona;
+use crate::types::{NewMemory, Page, PageRequest, Session, SessionPatch};
 
 impl Engine {
-    /// Creates the session if needed and applies `patch` (title, persona).
+    /// Creates the session if needed and applies `patch` (title, persona). A new persona
+    /// card is stored as the session's `persona` memories too, one per chunk
+    /// ([`crate::persona`]), replacing those of the card before.
     pub async fn create_session(
         &self,
         user: &str,
         session: &str,
         patch: SessionPatch,
     ) -> Result<Session> {
-        self.store.upsert_session(user, session, patch).await
+        let persona = patch.persona.clone();
+        let stored = self.store.upsert_session(user, session, patch).await?;
+        if let Some(card) = persona {
+            self.index_persona(user, session, card.as_deref()).await?;
+        }
+        Ok(stored)
+    }
+
+    /// Replaces the session's persona memories with the chunks of `card` (none for `None`).
+    async fn index_persona(&self, user: &str, session: &str, card: Option<&str>) -> Result<()> {
+        let old = self
+            .store
+            .list_memories(
+                user,
+                &Filter {
+                    session: Some(session.to_owned()),
+                    kinds: vec![MemoryKind::Persona],
+                    include_superseded: true,
+                    ..Filter::default()
+                },
+                &PageRequest {
+                    first: persona::MAX_PERSONA_CHUNKS * 2,
+                    after: None,
+                },
+            )
+            .await?;
+        let ids: Vec<i64> = old.items.iter().map(|m| m.id).collect();
+        if !ids.is_empty() {
+            self.delete_memories(user, &ids).await?;
+        }
+        let pieces = card.map(persona::chunks).unwrap_or_default();
+        if pieces.is_empty() {
+            return Ok(());
+        }
+        let this = self.scoped(user).await?;
+        let vectors = this.embedder.embed(pieces.clone()).await?;
+        let n = pieces.len();
+        let memories = pieces
+            .into_iter()
+            .zip(vectors)
+            .enumerate()
+            .map(|(i, (text, vector))| NewMemory {
+                session: Some(session.to_owned()),
+                metadata: json!({ persona::PERSONA_CHUNK_KEY: i, "persona_chunks": n }),
+                ..NewMemory::new(MemoryKind::Persona, text, this.embedding(vector))
+            })
+            .collect();
+        let out = self.store.add_memories(user, memories).await;
+        self.changed(user);
+        for m in &out? {
+            self.published(user, MemoryAction::Added, m);
+        }
+        Ok(())
     }
 
     /// Changes an existing session's title; [`Error::NotFound`] if the user has no such

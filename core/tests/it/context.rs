@@ -272,3 +272,155 @@ async fn memory_events_reach_their_owner_only() {
     let more = tokio::time::timeout(std::time::Duration::from_millis(200), bob.next()).await;
     assert!(more.is_err(), "Bob saw another user's event: {more:?}");
 }
+
+/// A persona card longer than its share: stored as the session's persona memories, and the
+/// prompt carries its opening and the chunks that matter for the message, within the share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_persona_card_comes_as_its_relevant_chunks() {
+    use recall_core::types::{Filter, PageRequest, SessionPatch};
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path()).await;
+    let tok = smollm();
+    let mut card = String::from(
+        "You are Captain Mira Okafor, the calm commander of the research ship Heron.\n",
+    );
+    for i in 0..40 {
+        card += &format!("Log entry {i}: the crew charted reef number {i} and counted its fish.\n");
+    }
+    card += "Mira's favourite drink is cardamom tea, brewed strong, never with sugar.\n";
+    for i in 40..60 {
+        card += &format!("Log entry {i}: the crew charted reef number {i} and counted its fish.\n");
+    }
+    let set = |card: Option<String>| SessionPatch {
+        title: None,
+        persona: Some(card),
+    };
+    e.create_session("alice", "voyage", set(Some(card.clone())))
+        .await
+        .unwrap();
+    let personas = |user: &'static str| {
+        let e = e.clone();
+        async move {
+            e.memories(
+                user,
+                &Filter {
+                    kinds: vec![MemoryKind::Persona],
+                    ..Filter::default()
+                },
+                &PageRequest {
+                    first: 500,
+                    after: None,
+                },
+            )
+            .await
+            .unwrap()
+            .items
+        }
+    };
+    let stored = personas("alice").await;
+    assert_eq!(stored.len(), recall_core::persona::chunks(&card).len());
+    assert!(stored.len() > 5, "{}", stored.len());
+    assert!(
+        stored
+            .iter()
+            .all(|m| m.session.as_deref() == Some("voyage"))
+    );
+
+    e.add_messages(
+        "alice",
+        vec![NewMessage::new(
+            "voyage",
+            Role::User,
+            "I brought biscuits for the crew.",
+        )],
+    )
+    .await
+    .unwrap();
+    let options = ContextOptions {
+        budget: ContextBudget {
+            context_window: 1024,
+            response_reserve: 128,
+            ..ContextBudget::default()
+        },
+        ..ContextOptions::default()
+    };
+    let (ctx, memories) = e
+        .context_with_memories(
+            "alice",
+            "voyage",
+            "What do you like to drink?",
+            &tok,
+            &options,
+        )
+        .await
+        .unwrap();
+    let system = &ctx.messages[0].content;
+    assert!(
+        system.starts_with("You are Captain Mira Okafor"),
+        "{system}"
+    );
+    assert!(system.contains("cardamom tea"), "{system}");
+    let r = &ctx.report.persona;
+    assert_eq!(r.budget, (896.0 * 0.25) as usize);
+    assert!(r.tokens <= r.budget && r.tokens > 0, "{r:?}");
+    assert!(r.included.len() >= 2 && !r.dropped.is_empty(), "{r:?}");
+    let ids: Vec<i64> = stored.iter().map(|m| m.id).collect();
+    assert!(
+        r.included
+            .iter()
+            .chain(&r.dropped)
+            .all(|id| ids.contains(id))
+    );
+    assert!(ctx.report.used <= ctx.report.budget);
+    // The persona's chunks are not memories about the user.
+    assert!(
+        memories
+            .iter()
+            .all(|m| m.memory.kind != MemoryKind::Persona)
+    );
+
+    // A card given with the request is excerpted the same way, from chunks embedded now.
+    let given = ContextOptions {
+        persona: Some(card.clone()),
+        ..options.clone()
+    };
+    let ctx = e
+        .build_context("bob", "s", "What do you like to drink?", &tok, &given)
+        .await
+        .unwrap();
+    assert!(ctx.messages[0].content.contains("cardamom tea"));
+    assert!(ctx.report.persona.included.iter().all(|&id| id < 0));
+    assert!(personas("bob").await.is_empty(), "Bob stored no card");
+
+    // A new card replaces the chunks (a short one goes in whole); clearing it removes them.
+    e.create_session(
+        "alice",
+        "voyage",
+        set(Some("You are Ada, a gardener.".into())),
+    )
+    .await
+    .unwrap();
+    let stored = personas("alice").await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].content, "You are Ada, a gardener.");
+    let ctx = e
+        .build_context(
+            "alice",
+            "voyage",
+            "What do you like to drink?",
+            &tok,
+            &options,
+        )
+        .await
+        .unwrap();
+    assert!(
+        ctx.messages[0]
+            .content
+            .starts_with("You are Ada, a gardener.")
+    );
+    assert!(ctx.report.persona.included.is_empty() && ctx.report.persona.dropped.is_empty());
+    e.create_session("alice", "voyage", set(None))
+        .await
+        .unwrap();
+    assert!(personas("alice").await.is_empty());
+}
