@@ -69,7 +69,7 @@ impl MemoryIndex {
             )));
         }
         let (importance, emotion, metadata) =
-            retrieval::ingest_signals(text, LexiconDetector.score(text));
+            retrieval::ingest_signals(text, LexiconDetector.score(text), created_at);
         let memory = Memory {
             id,
             kind: MemoryKind::Message,

@@ -7,6 +7,10 @@
 //! caller's "now". A date written without a year ("in June") could be any June, so it yields
 //! one window per year for the last [`YEARS_BACK`] years. Windows of a day are widened by a
 //! day on each side: the query's time zone is not known.
+//!
+//! The same parser reads the date text of a memory against the time it was written
+//! ([`mentions`]: "I went camping last week", said on 16 August 2023, names 7–13 August), so
+//! that a question about a time finds what happened then and not only what was said then.
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +19,18 @@ pub const YEARS_BACK: i32 = 3;
 
 /// The most windows one query yields.
 pub const MAX_WINDOWS: usize = 6;
+
+/// The most windows a memory's text is given ([`mentions`]).
+pub const MAX_MENTIONS: usize = 3;
+
+/// What the text is: a question, or something said at a known time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// A query: a date without a year stands for each of the recent years.
+    Query,
+    /// A memory: only what resolves to one span counts, and the day it was said adds nothing.
+    Memory,
+}
 
 /// A half-open span of time, `[since, until)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +58,11 @@ impl TimeWindow {
     /// A calendar day, widened by a day on each side.
     fn day(d: NaiveDate) -> Self {
         Self::days(d - Duration::days(1), d + Duration::days(2))
+    }
+
+    /// A calendar day as it is.
+    fn exact_day(d: NaiveDate) -> Self {
+        Self::days(d, d + Duration::days(1))
     }
 
     fn month(year: i32, month: u32) -> Option<Self> {
@@ -172,6 +193,29 @@ fn iso_date(word: &str) -> Option<NaiveDate> {
 /// The windows of time a query names, earliest-mentioned first (at most [`MAX_WINDOWS`]);
 /// empty when it names none.
 pub fn windows(query: &str, now: DateTime<Utc>) -> Vec<TimeWindow> {
+    scan(query, now, Reading::Query)
+}
+
+/// The windows of time a memory's text names, resolved against `said_at`, the time it was
+/// written: "yesterday", "last week", "two months ago", "last Saturday", "next month",
+/// "on 3 May 2023". Expressions that do not resolve to one span ("in June", "on Friday")
+/// and windows that hold `said_at` itself ("today", "this year") are left out; at most
+/// [`MAX_MENTIONS`], earliest-mentioned first.
+pub fn mentions(text: &str, said_at: DateTime<Utc>) -> Vec<TimeWindow> {
+    let mut out = scan(text, said_at, Reading::Memory);
+    out.retain(|w| !w.contains(said_at));
+    out.truncate(MAX_MENTIONS);
+    out
+}
+
+fn scan(query: &str, now: DateTime<Utc>, reading: Reading) -> Vec<TimeWindow> {
+    let ambiguous_ok = reading == Reading::Query;
+    // A query's days are widened (its time zone is not known); a memory's are the days it
+    // names, so that "yesterday" does not reach the day it was said.
+    let day_window: fn(NaiveDate) -> TimeWindow = match reading {
+        Reading::Query => TimeWindow::day,
+        Reading::Memory => TimeWindow::exact_day,
+    };
     let words: Vec<String> = query
         .split(|c: char| c.is_whitespace() || matches!(c, ',' | '?' | '!' | '(' | ')' | '"'))
         .filter(|w| !w.is_empty())
@@ -191,7 +235,7 @@ pub fn windows(query: &str, now: DateTime<Utc>) -> Vec<TimeWindow> {
         let w = word(i);
         // ISO dates.
         if let Some(d) = iso_date(w) {
-            push(TimeWindow::day(d), &mut out);
+            push(day_window(d), &mut out);
             i += 1;
             continue;
         }
@@ -204,7 +248,9 @@ pub fn windows(query: &str, now: DateTime<Utc>) -> Vec<TimeWindow> {
             };
             if let Some(m) = month_of(word(m_at)) {
                 let year = year_of(word(m_at + 1));
-                dated(d, m, year, today, &mut out, &mut push);
+                if year.is_some() || ambiguous_ok {
+                    dated(d, m, year, today, day_window, &mut out, &mut push);
+                }
                 i += 2 + of + usize::from(year.is_some());
                 continue;
             }
@@ -213,7 +259,9 @@ pub fn windows(query: &str, now: DateTime<Utc>) -> Vec<TimeWindow> {
             // Month Day [Year] ("may 25, 2022").
             if let Some(d) = day_of(word(i + 1)) {
                 let year = year_of(word(i + 2));
-                dated(d, m, year, today, &mut out, &mut push);
+                if year.is_some() || ambiguous_ok {
+                    dated(d, m, year, today, day_window, &mut out, &mut push);
+                }
                 i += 2 + usize::from(year.is_some());
                 continue;
             }
@@ -226,7 +274,9 @@ pub fn windows(query: &str, now: DateTime<Utc>) -> Vec<TimeWindow> {
                 continue;
             }
             // A bare month after a preposition ("in june", "early may").
-            if TIME_PREPOSITIONS.contains(&prev(i)) || matches!(prev(i), "this" | "last") {
+            if ambiguous_ok
+                && (TIME_PREPOSITIONS.contains(&prev(i)) || matches!(prev(i), "this" | "last"))
+            {
                 for y in recent_years(today, m, 1) {
                     if let Some(win) = TimeWindow::month(y, m) {
                         push(win, &mut out);
@@ -244,7 +294,9 @@ pub fn windows(query: &str, now: DateTime<Utc>) -> Vec<TimeWindow> {
                 i += 2;
                 continue;
             }
-            if TIME_PREPOSITIONS.contains(&prev(i)) || matches!(prev(i), "this" | "last") {
+            if ambiguous_ok
+                && (TIME_PREPOSITIONS.contains(&prev(i)) || matches!(prev(i), "this" | "last"))
+            {
                 for y in recent_years(today, first, count) {
                     if let Some(win) = TimeWindow::months(y, first, count) {
                         push(win, &mut out);
@@ -265,42 +317,73 @@ pub fn windows(query: &str, now: DateTime<Utc>) -> Vec<TimeWindow> {
         }
         // Relative expressions.
         match (w, word(i + 1)) {
-            ("yesterday", _) => push(TimeWindow::day(today - Duration::days(1)), &mut out),
-            ("today" | "tonight", _) => push(TimeWindow::day(today), &mut out),
-            ("last" | "this" | "past", unit @ ("week" | "weekend" | "month" | "year")) => {
+            ("yesterday", _) | ("last", "night") => {
+                push(day_window(today - Duration::days(1)), &mut out)
+            }
+            ("today" | "tonight", _) => push(day_window(today), &mut out),
+            ("tomorrow", _) => push(day_window(today + Duration::days(1)), &mut out),
+            ("last" | "this" | "past" | "next", unit @ ("week" | "weekend" | "month" | "year")) => {
                 if let Some(win) = relative_period(w, unit, today) {
                     push(win, &mut out);
                 }
                 i += 2;
                 continue;
             }
+            // "last saturday": the latest one before today; "next friday": the first after.
+            ("last" | "next", day) if WEEKDAYS.contains(&day) => {
+                let target = WEEKDAYS.iter().position(|d| *d == day).unwrap_or(0) as i64;
+                let now_wd = i64::from(today.weekday().num_days_from_monday());
+                let offset = if w == "last" {
+                    -((now_wd - target - 1).rem_euclid(7) + 1)
+                } else {
+                    (target - now_wd - 1).rem_euclid(7) + 1
+                };
+                push(day_window(today + Duration::days(offset)), &mut out);
+                i += 2;
+                continue;
+            }
             _ => {}
+        }
+        // "in N days/weeks/months" (ahead).
+        if w == "in"
+            && let Some(n) = number_of(word(i + 1))
+            && let Some((ahead, slack)) = span_of(word(i + 2).trim_end_matches('s'), n)
+        {
+            let centre = today + ahead;
+            push(
+                TimeWindow::days(centre - slack, centre + slack + Duration::days(1)),
+                &mut out,
+            );
+            i += 3;
+            continue;
         }
         // "N days/weeks/months/years ago".
         if let Some(n) = number_of(w)
             && word(i + 2) == "ago"
+            && let Some((back, slack)) = span_of(word(i + 1).trim_end_matches('s'), n)
         {
-            let unit = word(i + 1).trim_end_matches('s');
-            let back = match unit {
-                "day" => Some((Duration::days(n), Duration::days(1))),
-                "week" => Some((Duration::weeks(n), Duration::days(4))),
-                "month" => Some((Duration::days(30 * n), Duration::days(16))),
-                "year" => Some((Duration::days(365 * n), Duration::days(183))),
-                _ => None,
-            };
-            if let Some((back, slack)) = back {
-                let centre = today - back;
-                push(
-                    TimeWindow::days(centre - slack, centre + slack + Duration::days(1)),
-                    &mut out,
-                );
-                i += 3;
-                continue;
-            }
+            let centre = today - back;
+            push(
+                TimeWindow::days(centre - slack, centre + slack + Duration::days(1)),
+                &mut out,
+            );
+            i += 3;
+            continue;
         }
         i += 1;
     }
     out
+}
+
+/// `n` units of time, and the slack either side of the day they reach.
+fn span_of(unit: &str, n: i64) -> Option<(Duration, Duration)> {
+    match unit {
+        "day" => Some((Duration::days(n), Duration::days(1))),
+        "week" => Some((Duration::weeks(n), Duration::days(4))),
+        "month" => Some((Duration::days(30 * n), Duration::days(16))),
+        "year" => Some((Duration::days(365 * n), Duration::days(183))),
+        _ => None,
+    }
 }
 
 /// A day and month with or without a year (without: each of the recent years in which that
@@ -310,19 +393,20 @@ fn dated(
     m: u32,
     year: Option<i32>,
     today: NaiveDate,
+    day_window: fn(NaiveDate) -> TimeWindow,
     out: &mut Vec<TimeWindow>,
     push: &mut impl FnMut(TimeWindow, &mut Vec<TimeWindow>),
 ) {
     match year {
         Some(y) => {
             if let Some(date) = NaiveDate::from_ymd_opt(y, m, d) {
-                push(TimeWindow::day(date), out);
+                push(day_window(date), out);
             }
         }
         None => {
             for y in recent_years(today, m, 1) {
                 if let Some(date) = NaiveDate::from_ymd_opt(y, m, d) {
-                    push(TimeWindow::day(date), out);
+                    push(day_window(date), out);
                 }
             }
         }
@@ -341,7 +425,12 @@ fn recent_years(today: NaiveDate, first: u32, _count: u32) -> Vec<i32> {
 }
 
 fn relative_period(which: &str, unit: &str, today: NaiveDate) -> Option<TimeWindow> {
-    let back = i64::from(which == "last");
+    // Periods back (negative: ahead).
+    let back = match which {
+        "last" => 1,
+        "next" => -1,
+        _ => 0,
+    };
     match unit {
         "week" | "weekend" => {
             let monday = today - Duration::days(i64::from(today.weekday().num_days_from_monday()));
@@ -361,16 +450,12 @@ fn relative_period(which: &str, unit: &str, today: NaiveDate) -> Option<TimeWind
                     today + Duration::days(1),
                 ));
             }
-            let (mut y, mut m) = (today.year(), today.month());
-            if back == 1 {
-                if m == 1 {
-                    y -= 1;
-                    m = 12;
-                } else {
-                    m -= 1;
-                }
-            }
-            TimeWindow::month(y, m)
+            // Months since year 0, moved back or ahead.
+            let months = i64::from(today.year()) * 12 + i64::from(today.month0()) - back;
+            TimeWindow::month(
+                i32::try_from(months.div_euclid(12)).ok()?,
+                u32::try_from(months.rem_euclid(12)).ok()? + 1,
+            )
         }
         "year" => {
             if which == "past" {
@@ -491,6 +576,89 @@ mod tests {
             spans("2 weeks ago"),
             vec![(day(2023, 7, 29), day(2023, 8, 7))]
         );
+    }
+
+    #[test]
+    fn ahead_of_now_and_named_weekdays() {
+        // Wednesday 16 August 2023.
+        assert_eq!(
+            spans("tomorrow"),
+            vec![(day(2023, 8, 16), day(2023, 8, 19))]
+        );
+        assert_eq!(
+            spans("next week"),
+            vec![(day(2023, 8, 21), day(2023, 8, 28))]
+        );
+        assert_eq!(
+            spans("next month"),
+            vec![(day(2023, 9, 1), day(2023, 10, 1))]
+        );
+        assert_eq!(spans("next year"), vec![(day(2024, 1, 1), day(2025, 1, 1))]);
+        assert_eq!(
+            spans("in two weeks"),
+            vec![(day(2023, 8, 26), day(2023, 9, 4))]
+        );
+        // Saturday 12 August, Wednesday 9 August (a week back), Friday 18 August.
+        assert_eq!(
+            spans("last Saturday"),
+            vec![(day(2023, 8, 11), day(2023, 8, 14))]
+        );
+        assert_eq!(
+            spans("last wednesday"),
+            vec![(day(2023, 8, 8), day(2023, 8, 11))]
+        );
+        assert_eq!(
+            spans("next Friday"),
+            vec![(day(2023, 8, 17), day(2023, 8, 20))]
+        );
+        assert_eq!(
+            spans("last night"),
+            vec![(day(2023, 8, 14), day(2023, 8, 17))]
+        );
+        // "last month" in January is December of the year before.
+        assert_eq!(
+            windows("last month", day(2024, 1, 10)),
+            vec![TimeWindow::month(2023, 12).unwrap()]
+        );
+    }
+
+    #[test]
+    fn a_memory_s_dates_resolve_against_when_it_was_said() {
+        let said = now();
+        let got = |t: &str| -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+            mentions(t, said)
+                .into_iter()
+                .map(|w| (w.since, w.until))
+                .collect()
+        };
+        assert_eq!(
+            got("Caroline: I went to a support group yesterday, it was great"),
+            vec![(day(2023, 8, 15), day(2023, 8, 16))]
+        );
+        assert_eq!(
+            got("My colleagues and I went to a convention together last month."),
+            vec![(day(2023, 7, 1), day(2023, 8, 1))]
+        );
+        assert_eq!(
+            got("We got married on 3 May 2019 and moved two years ago"),
+            vec![
+                (day(2019, 5, 3), day(2019, 5, 4)),
+                (day(2021, 2, 14), day(2022, 2, 16)),
+            ]
+        );
+        // What does not resolve to one span, and what holds the day it was said, adds nothing.
+        for t in [
+            "I love camping in June",
+            "See you on Friday",
+            "What a day today, and this year has been long",
+            "Nothing about time here",
+            "my birthday is on 25 May",
+        ] {
+            assert!(got(t).is_empty(), "{t}: {:?}", got(t));
+        }
+        // At most three.
+        let many = "yesterday, last week, last month, last year and two years ago";
+        assert_eq!(mentions(many, said).len(), MAX_MENTIONS);
     }
 
     #[test]

@@ -79,20 +79,23 @@ impl Engine {
             }
             Ok::<_, Error>(vectors)
         };
+        let now = Utc::now();
         let scoring = async {
             let texts: Vec<&str> = pieces.iter().map(|(_, t)| t.as_str()).collect();
             let emotions = self.emotion.detect(&texts).await?;
             Ok::<_, Error>(
-                texts
+                pieces
                     .iter()
                     .zip(emotions)
-                    .map(|(text, emotion)| retrieval::ingest_signals(text, emotion))
+                    .map(|((i, text), emotion)| {
+                        let said_at = messages[*i].created_at.unwrap_or(now);
+                        retrieval::ingest_signals(text, emotion, said_at)
+                    })
                     .collect::<Vec<_>>(),
             )
         };
         let (vectors, signals) = tokio::join!(embedding, scoring);
         let (vectors, signals) = (vectors?, signals?);
-        let now = Utc::now();
         let expiries: Vec<Option<DateTime<Utc>>> = messages
             .iter()
             .map(|m| self.expiry(now, &m.tags, None, None))
@@ -164,7 +167,7 @@ impl Engine {
             .pop()
             .unwrap_or(EmotionScore::neutral(0.5));
         let (importance, emotion, mut metadata) =
-            retrieval::ingest_signals(&memory.content, emotion);
+            retrieval::ingest_signals(&memory.content, emotion, Utc::now());
         // The caller's keys, beside (and over) the engine's signals.
         if let (Value::Object(signals), Value::Object(own)) = (&mut metadata, &memory.metadata) {
             signals.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -291,6 +294,21 @@ impl Engine {
         if let Some(Some(t)) = update.expires_at {
             self.expiry(Utc::now(), &[], Some(t), None)?;
         }
+        // The times the text names follow the text (read against when it was first written),
+        // and survive new metadata.
+        let metadata = if update.content.is_some() || update.metadata.is_some() {
+            match self.store.get_memory(user, id).await? {
+                Some(old) => {
+                    let text = update.content.as_deref().unwrap_or(&old.content);
+                    let mut m = update.metadata.clone().unwrap_or(old.metadata.clone());
+                    retrieval::set_event_windows(&mut m, text, old.created_at);
+                    Some(m)
+                }
+                None => update.metadata,
+            }
+        } else {
+            None
+        };
         let out = self
             .store
             .update_memory(
@@ -300,7 +318,7 @@ impl Engine {
                     content: update.content,
                     embedding,
                     tags: update.tags,
-                    metadata: update.metadata,
+                    metadata,
                     importance: update.importance,
                     emotion: None,
                     expires_at: update.expires_at,

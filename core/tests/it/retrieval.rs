@@ -78,6 +78,7 @@ crate::fixtures::both_backends! {
     query_cache_hits_and_invalidates;
     retrieval_is_isolated;
     time_entities_and_neighbours_lift_the_right_turn;
+    dates_in_a_memory_count_for_questions_about_then;
     near_identical_memories_merge_on_add;
     memories_stay_true_through_the_engine;
 }
@@ -409,6 +410,97 @@ async fn time_entities_and_neighbours_lift_the_right_turn(t: &TestStore) {
         .unwrap();
     assert!(hits[0].memory.content.contains("Montreal"));
     assert_eq!(hits[0].signals.entity, 1.0);
+}
+
+async fn dates_in_a_memory_count_for_questions_about_then(t: &TestStore) {
+    use recall_core::MemoryUpdate;
+    use recall_core::retrieval::{EVENT_WINDOWS_KEY, event_windows};
+    use recall_core::when::TimeWindow;
+    let e = engine_with_chat(t).await;
+    let day = |m: u32, d: u32| Utc.with_ymd_and_hms(2023, m, d, 0, 0, 0).unwrap();
+    let month = |m: u32| TimeWindow {
+        since: day(m, 1),
+        until: day(m + 1, 1),
+    };
+    // Said in July about June; said in July about July; said in June.
+    let told = "My colleagues and I went to a convention together last month.";
+    let later = "My colleagues and I went to a convention together, it was great.";
+    e.add_messages(
+        "dora",
+        vec![
+            said("s2", Role::User, told, day(7, 3)),
+            said("s3", Role::User, later, day(7, 20)),
+            said("s1", Role::User, "The garden is full of roses.", day(6, 10)),
+        ],
+    )
+    .await
+    .unwrap();
+    let hits = e
+        .retrieve(
+            "dora",
+            "What did I attend with my colleagues in June 2023?",
+            &RetrieveOptions {
+                top_k: 3,
+                now: Some(day(8, 1)),
+                ..RetrieveOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    let hit = |text: &str| {
+        hits.iter()
+            .find(|h| h.memory.content.ends_with(text))
+            .unwrap_or_else(|| panic!("{text}: {hits:?}"))
+    };
+    // "last month", said on 3 July, is June: the memory was written outside the window and
+    // still belongs to it, ahead of the same words without a date.
+    let june = hit(told);
+    assert_eq!(event_windows(&june.memory), vec![month(6)]);
+    assert_eq!(june.signals.time, 1.0);
+    assert_eq!(hit(later).signals.time, 0.0);
+    assert!(hit(later).memory.metadata.get(EVENT_WINDOWS_KEY).is_none());
+    assert_eq!(hit("roses.").signals.time, 1.0);
+    assert_eq!(hits[0].memory.id, june.memory.id, "{hits:?}");
+    // The windows follow the text (read against the day it was first written), and survive
+    // new metadata.
+    let id = june.memory.id;
+    let m = e
+        .update_memory(
+            "dora",
+            id,
+            MemoryUpdate {
+                content: Some("We are going to a convention next month.".into()),
+                ..MemoryUpdate::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(event_windows(&m), vec![month(8)]);
+    let m = e
+        .update_memory(
+            "dora",
+            id,
+            MemoryUpdate {
+                metadata: Some(serde_json::json!({"source": "chat"})),
+                ..MemoryUpdate::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(m.metadata["source"], "chat");
+    assert_eq!(event_windows(&m), vec![month(8)]);
+    let m = e
+        .update_memory(
+            "dora",
+            id,
+            MemoryUpdate {
+                content: Some("We went to a convention.".into()),
+                ..MemoryUpdate::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(m.metadata.get(EVENT_WINDOWS_KEY).is_none(), "{m:?}");
 }
 
 async fn near_identical_memories_merge_on_add(t: &TestStore) {
