@@ -11,7 +11,11 @@
 //! cargo bench -p recall-core --features testing --bench llm -- \
 //!     [--python ~/.cache/deep-recall/bench-venv/bin/python] \
 //!     [--llama-cpp ~/.cache/deep-recall/llama-venv/bin/python] [--new-tokens 64] [--dequantize]
+//!     [--gguf models/gemma-3-270m/gemma-3-270m-q4_k_m.gguf] [--one-stream]
 //! ```
+//!
+//! `--gguf` measures another GGUF file instead of the packaged SmolLM2; `--one-stream` leaves
+//! out the continuous-batching part.
 //!
 //! The packaged model's Q4_1 weights stay quantized (the project's AVX2 kernels) unless
 //! `--dequantize` turns them into F32 at load.
@@ -52,7 +56,13 @@ fn main() {
         return shaped(&shape);
     }
     let new_tokens: usize = arg("--new-tokens").map_or(64, |s| s.parse().unwrap());
-    let path = recall_core::llm::local::default_model_path(&models_dir());
+    let path = arg("--gguf").map_or_else(
+        || recall_core::llm::local::default_model_path(&models_dir()),
+        std::path::PathBuf::from,
+    );
+    let name = path
+        .file_stem()
+        .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
     let dequantize = std::env::args().any(|a| a == "--dequantize");
     let config = ModelConfig {
         path: path.clone(),
@@ -74,11 +84,11 @@ fn main() {
     let ids = model.encode(&model.template().render(&turns)).unwrap();
     let (ttft_ms, prefill, decode) = one_stream(&mut model, &ids, &params);
     println!(
-        "SmolLM2-135M-Instruct ({}), CPU, prompt {} tokens, {new_tokens} new tokens",
+        "{name} ({}), CPU, prompt {} tokens, {new_tokens} new tokens",
         if dequantize {
-            "Q4_1 dequantized to F32"
+            "dequantized to F32"
         } else {
-            "Q4_1 kept quantized"
+            "kept quantized"
         },
         ids.len()
     );
@@ -114,6 +124,9 @@ fn main() {
         );
     }
 
+    if std::env::args().any(|a| a == "--one-stream") {
+        return;
+    }
     // Concurrent streams through the service (continuous batching): steady-state decode
     // throughput with n streams running, and the time to first token of a new request while
     // n - 1 others are decoding.

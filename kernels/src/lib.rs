@@ -7,6 +7,6 @@ pub mod attention;
 pub mod int8;
 pub mod quant;
 
-pub use attention::{HostKv, Query, attend, dot};
+pub use attention::{HostKv, Query, attend, attend_window, dot};
 pub use int8::{I8Matrix, QuantizedRows};
 pub use quant::{Format, QLinear, QMatrix};

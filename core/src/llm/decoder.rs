@@ -1,5 +1,6 @@
 //! The decoder-only transformer behind every local chat model — the Llama, Mistral, Qwen2,
-//! Qwen3 and Phi-3 families, from GGUF (quantized) or safetensors weights — with one KV cache
+//! Qwen3, Phi-3 and Gemma 3 families, from GGUF (quantized) or safetensors weights (Gemma 3:
+//! GGUF) — with one KV cache
 //! per sequence, so that several sequences can share a decode step: their next tokens go
 //! through every weight matrix together (one matrix multiplication for the batch), while
 //! attention reads each sequence's own cache. This is what continuous batching needs;
@@ -9,7 +10,10 @@
 //! query/key/value projections, Qwen3 normalises queries and keys per head, Phi-3 stores
 //! query/key/value and gate/up as fused matrices (split at load), Llama 3 rescales its rotary
 //! frequencies, and GGUF `llama` files store query/key rows permuted for interleaved rotary
-//! embeddings where every other source uses the split-halves form.
+//! embeddings where every other source uses the split-halves form. Gemma 3 scales its
+//! embeddings by √hidden, normalises queries and keys, normalises the attention's and the
+//! MLP's outputs before adding them back, uses GELU, and lets five layers in six attend to a
+//! sliding window of the latest 512 positions with their own rotary base.
 mod arch;
 mod cache;
 mod weights;
@@ -38,6 +42,13 @@ struct Layer {
     k_norm: Option<Tensor>,
     attn_norm: Tensor,
     ffn_norm: Tensor,
+    /// Norms of the attention's and the MLP's outputs (Gemma 3).
+    post_attn_norm: Option<Tensor>,
+    post_ffn_norm: Option<Tensor>,
+    /// The sliding window this layer attends through, if any.
+    window: Option<usize>,
+    /// Which rotary tables it uses: the windowed layers' own (Gemma 3) or the model's.
+    local_rope: bool,
 }
 
 /// See the module documentation.
@@ -49,6 +60,8 @@ pub struct Decoder {
     output: Linear,
     cos: Tensor,
     sin: Tensor,
+    /// Rotary tables of the sliding-window layers, when their base differs.
+    local: Option<(Tensor, Tensor)>,
     dtype: DType,
     device: Device,
 }
@@ -139,11 +152,25 @@ impl Decoder {
                 optional("attn_q_norm.weight")?,
                 optional("attn_k_norm.weight")?,
             );
-            if arch.family == Family::Qwen3 && (q_norm.is_none() || k_norm.is_none()) {
+            if matches!(arch.family, Family::Qwen3 | Family::Gemma3)
+                && (q_norm.is_none() || k_norm.is_none())
+            {
                 return Err(Error::model(
-                    "a qwen3 model needs q_norm and k_norm weights",
+                    "a qwen3 or gemma3 model needs q_norm and k_norm weights",
                 ));
             }
+            let (post_attn_norm, post_ffn_norm) = (
+                optional("post_attention_norm.weight")?,
+                optional("post_ffw_norm.weight")?,
+            );
+            if arch.family == Family::Gemma3
+                && (post_attn_norm.is_none() || post_ffn_norm.is_none())
+            {
+                return Err(Error::model(
+                    "a gemma3 model needs post_attention_norm and post_ffw_norm weights",
+                ));
+            }
+            let window = arch.window_of(i);
             layers.push(Layer {
                 qkv,
                 wo: weights.matrix(&n("attn_output.weight"))?,
@@ -156,29 +183,45 @@ impl Decoder {
                 k_norm,
                 attn_norm: weights.dense(&n("attn_norm.weight"))?.to_dtype(dtype)?,
                 ffn_norm: weights.dense(&n("ffn_norm.weight"))?.to_dtype(dtype)?,
+                post_attn_norm,
+                post_ffn_norm,
+                window: window.map(|(w, _)| w),
+                local_rope: window.is_some_and(|(_, theta)| theta != arch.rope_theta),
             });
         }
-        let mut freqs: Vec<f32> = (0..arch.head_dim)
-            .step_by(2)
-            .map(|i| 1f32 / arch.rope_theta.powf(i as f32 / arch.head_dim as f32))
-            .collect();
-        if let Some(factors) = &arch.rope_factors {
-            for (f, d) in freqs.iter_mut().zip(factors) {
-                *f /= d;
+        let tables = |theta: f32, factors: Option<&Vec<f32>>| -> Result<(Tensor, Tensor)> {
+            let mut freqs: Vec<f32> = (0..arch.head_dim)
+                .step_by(2)
+                .map(|i| 1f32 / theta.powf(i as f32 / arch.head_dim as f32))
+                .collect();
+            if let Some(factors) = factors {
+                for (f, d) in freqs.iter_mut().zip(factors) {
+                    *f /= d;
+                }
             }
-        }
-        let freqs = Tensor::new(freqs.as_slice(), device)?;
-        let positions = Tensor::arange(0u32, arch.max_len as u32, device)?
-            .to_dtype(DType::F32)?
-            .reshape((arch.max_len, 1))?;
-        let angles = positions.matmul(&freqs.reshape((1, freqs.elem_count()))?)?;
+            let freqs = Tensor::new(freqs.as_slice(), device)?;
+            let positions = Tensor::arange(0u32, arch.max_len as u32, device)?
+                .to_dtype(DType::F32)?
+                .reshape((arch.max_len, 1))?;
+            let angles = positions.matmul(&freqs.reshape((1, freqs.elem_count()))?)?;
+            Ok((
+                angles.cos()?.to_dtype(dtype)?,
+                angles.sin()?.to_dtype(dtype)?,
+            ))
+        };
+        let (cos, sin) = tables(arch.rope_theta, arch.rope_factors.as_ref())?;
+        let local = match arch.sliding {
+            Some((_, theta)) if theta != arch.rope_theta => Some(tables(theta, None)?),
+            _ => None,
+        };
         Ok(Self {
             embed,
             layers,
             norm,
             output,
-            cos: angles.cos()?.to_dtype(dtype)?,
-            sin: angles.sin()?.to_dtype(dtype)?,
+            cos,
+            sin,
+            local,
             dtype,
             device: device.clone(),
             arch,
@@ -212,10 +255,19 @@ impl Decoder {
         self.arch.max_len
     }
 
-    fn rope(&self, x: &Tensor, pos: usize) -> Result<Tensor> {
+    /// The rotary tables of a layer.
+    fn tables(&self, layer: &Layer) -> (&Tensor, &Tensor) {
+        match (&self.local, layer.local_rope) {
+            (Some((cos, sin)), true) => (cos, sin),
+            _ => (&self.cos, &self.sin),
+        }
+    }
+
+    fn rope(&self, layer: &Layer, x: &Tensor, pos: usize) -> Result<Tensor> {
         let seq = x.dim(2)?;
-        let cos = self.cos.narrow(0, pos, seq)?;
-        let sin = self.sin.narrow(0, pos, seq)?;
+        let (cos, sin) = self.tables(layer);
+        let cos = cos.narrow(0, pos, seq)?;
+        let sin = sin.narrow(0, pos, seq)?;
         let x = x.contiguous()?;
         Ok(match self.arch.rope_style {
             RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x, &cos, &sin)?,
@@ -249,21 +301,23 @@ impl Decoder {
             .reshape((1, seq, a.kv_heads, a.head_dim))?
             .transpose(1, 2)?
             .contiguous()?;
-        let q = self.rope(&q, pos)?;
-        let k = self.rope(&k, pos)?;
+        let q = self.rope(layer, &q, pos)?;
+        let k = self.rope(layer, &k, pos)?;
         let (k, v) = cache.append(li, pos, &k.squeeze(0)?, &v.squeeze(0)?, a.max_len)?;
         // Grouped-query attention without copying the shared keys: the `rep` query heads of
         // one key/value head are rows of one matrix multiplication with it.
         let rep = a.heads / a.kv_heads;
         let total = pos + seq;
         let q = q.reshape((a.kv_heads, rep * seq, a.head_dim))?;
-        let scale = 1.0 / (a.head_dim as f64).sqrt();
+        let scale = a.attention_scale();
         let att = (q.matmul(&k.t()?)? * scale)?;
-        let att = if seq > 1 {
-            // Causal mask: position pos+i sees keys up to pos+i.
+        // Position pos+i sees keys up to pos+i, and in a window the `window` ending there.
+        let hidden =
+            |i: usize, j: usize| j > pos + i || layer.window.is_some_and(|w| j + w <= pos + i);
+        let att = if seq > 1 || (0..total).any(|j| hidden(0, j)) {
             let mask: Vec<f32> = (0..seq)
                 .flat_map(|i| {
-                    (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 })
+                    (0..total).map(move |j| if hidden(i, j) { f32::NEG_INFINITY } else { 0.0 })
                 })
                 .collect();
             let mask = Tensor::from_vec(mask, (seq, total), &self.device)?.to_dtype(self.dtype)?;
@@ -305,9 +359,10 @@ impl Decoder {
             k = candle_nn::ops::rms_norm(&k.contiguous()?, kn, a.eps as f32)?;
         }
         // Rotary embeddings at each sequence's own positions.
+        let (cos_t, sin_t) = self.tables(layer);
         let (cos, sin) = if batch == 1 {
             let pos = caches[0].len;
-            (self.cos.narrow(0, pos, seq)?, self.sin.narrow(0, pos, seq)?)
+            (cos_t.narrow(0, pos, seq)?, sin_t.narrow(0, pos, seq)?)
         } else {
             let at: Vec<u32> = caches
                 .iter()
@@ -316,8 +371,8 @@ impl Decoder {
             let at = Tensor::new(at.as_slice(), &self.device)?;
             let half = a.head_dim / 2;
             (
-                self.cos.index_select(&at, 0)?.reshape((batch, seq, half))?,
-                self.sin.index_select(&at, 0)?.reshape((batch, seq, half))?,
+                cos_t.index_select(&at, 0)?.reshape((batch, seq, half))?,
+                sin_t.index_select(&at, 0)?.reshape((batch, seq, half))?,
             )
         };
         let rope = |x: &Tensor| -> Result<Tensor> {
@@ -358,8 +413,16 @@ impl Decoder {
             })
             .collect::<Result<Vec<_>>>()?;
         let mut out = vec![0f32; batch * per_q];
-        let scale = 1.0 / (a.head_dim as f32).sqrt();
-        recall_kernels::attend(&queries, a.heads, seq, a.head_dim, scale, &mut out);
+        let scale = a.attention_scale() as f32;
+        recall_kernels::attend_window(
+            &queries,
+            a.heads,
+            seq,
+            a.head_dim,
+            scale,
+            layer.window,
+            &mut out,
+        );
         let y = Tensor::from_vec(out, (batch, a.heads, seq, a.head_dim), &self.device)?;
         Ok(y.transpose(1, 2)?
             .reshape((batch, seq, a.heads * a.head_dim))?)
@@ -404,20 +467,42 @@ impl Decoder {
                 }
                 Tensor::cat(&ys, 0)?
             };
-            let xs1 = (layer.wo.forward(&y)? + residual)?;
+            let mut y = layer.wo.forward(&y)?;
+            if let Some(n) = &layer.post_attn_norm {
+                y = candle_nn::ops::rms_norm(&y, n, eps)?;
+            }
+            let xs1 = (y + residual)?;
             let h = candle_nn::ops::rms_norm(&xs1, &layer.ffn_norm, eps)?;
             let [gate, up]: [Tensor; 2] = layer
                 .gate_up
                 .forward(&h)?
                 .try_into()
                 .map_err(|_| Error::Internal("gate/up projection has two parts".into()))?;
-            let gate = candle_nn::ops::silu(&gate)?;
-            xs = (layer.w2.forward(&(gate * up)?)? + xs1)?;
+            let gate = if self.arch.gelu() {
+                // The tanh approximation, as Gemma's `gelu_pytorch_tanh`.
+                gate.gelu()?
+            } else {
+                candle_nn::ops::silu(&gate)?
+            };
+            let mut y = layer.w2.forward(&(gate * up)?)?;
+            if let Some(n) = &layer.post_ffn_norm {
+                y = candle_nn::ops::rms_norm(&y, n, eps)?;
+            }
+            xs = (y + xs1)?;
         }
         for c in caches.iter_mut() {
             c.len += xs.dim(1)?;
         }
         Ok(xs)
+    }
+
+    /// The embeddings of `input`'s tokens (scaled, for Gemma).
+    fn embed(&self, input: &Tensor) -> Result<Tensor> {
+        let xs = self.embed.forward(input)?;
+        Ok(match self.arch.embed_scale() {
+            Some(s) => (xs * s)?,
+            None => xs,
+        })
     }
 
     fn logits(&self, xs: &Tensor) -> Result<Tensor> {
@@ -440,7 +525,7 @@ impl Decoder {
             )));
         }
         let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
-        let xs = self.embed.forward(&input)?;
+        let xs = self.embed(&input)?;
         let xs = self.layers(xs, &mut [cache])?;
         Ok(self.logits(&xs)?.squeeze(0)?)
     }
@@ -457,7 +542,7 @@ impl Decoder {
             ));
         }
         let input = Tensor::new(tokens, &self.device)?.unsqueeze(1)?;
-        let xs = self.embed.forward(&input)?;
+        let xs = self.embed(&input)?;
         let xs = self.layers(xs, caches)?;
         let logits = self.logits(&xs)?;
         Ok(logits.reshape((tokens.len(), logits.dim(D::Minus1)?))?)

@@ -273,8 +273,12 @@ impl LocalModel {
         let ct = gguf_file::Content::read(&mut file)
             .map_err(|e| Error::model(format!("{}: not a GGUF file: {e}", path.display())))?;
         let text = |k: &str| ct.metadata.get(k).and_then(|v| v.to_string().ok()).cloned();
-        let template = ChatTemplate::detect(text("tokenizer.chat_template").as_deref());
         let arch_name = text("general.architecture").unwrap_or_default();
+        let template = match text("tokenizer.chat_template") {
+            // Gemma files without a template (base models) still speak Gemma's turns.
+            None if arch_name == "gemma3" => ChatTemplate::Gemma,
+            jinja => ChatTemplate::detect(jinja.as_deref()),
+        };
         let context_length = ct
             .metadata
             .get(&format!("{arch_name}.context_length"))

@@ -16,6 +16,9 @@ pub enum ChatTemplate {
     Mistral,
     /// Phi-3: `<|role|>\ncontent<|end|>\n`.
     Phi3,
+    /// Gemma: `<start_of_turn>user\ncontent<end_of_turn>\n`, the assistant as `model`, the
+    /// system prompt folded into the first user turn.
+    Gemma,
 }
 
 impl ChatTemplate {
@@ -26,6 +29,7 @@ impl ChatTemplate {
             Some(t) if t.contains("<|start_header_id|>") => ChatTemplate::Llama3,
             Some(t) if t.contains("[INST]") => ChatTemplate::Mistral,
             Some(t) if t.contains("<|assistant|>") && t.contains("<|end|>") => ChatTemplate::Phi3,
+            Some(t) if t.contains("<start_of_turn>") => ChatTemplate::Gemma,
             _ => ChatTemplate::ChatMl,
         }
     }
@@ -37,6 +41,7 @@ impl ChatTemplate {
             ChatTemplate::Llama3 => &["<|eot_id|>", "<|end_of_text|>"],
             ChatTemplate::Mistral => &["</s>"],
             ChatTemplate::Phi3 => &["<|end|>", "<|endoftext|>"],
+            ChatTemplate::Gemma => &["<end_of_turn>", "<eos>"],
         }
     }
 
@@ -89,6 +94,28 @@ impl ChatTemplate {
                 }
                 out += "<|assistant|>\n";
             }
+            ChatTemplate::Gemma => {
+                out += "<bos>";
+                let mut system: Option<&str> = None;
+                for t in turns {
+                    let (who, text) = match t.role {
+                        Role::System => {
+                            system = Some(t.content.as_str());
+                            continue;
+                        }
+                        Role::User => (
+                            "user",
+                            match system.take() {
+                                Some(s) => format!("{s}\n\n{}", t.content.trim()),
+                                None => t.content.trim().to_owned(),
+                            },
+                        ),
+                        Role::Assistant => ("model", t.content.trim().to_owned()),
+                    };
+                    out += &format!("<start_of_turn>{who}\n{text}<end_of_turn>\n");
+                }
+                out += "<start_of_turn>model\n";
+            }
         }
         out
     }
@@ -131,6 +158,23 @@ mod tests {
             ChatTemplate::Phi3.render(&turns()),
             "<|system|>\nBe brief.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\n"
         );
+        let mut more = turns();
+        more.extend([
+            ChatTurn {
+                role: Role::Assistant,
+                content: "Hello.".into(),
+            },
+            ChatTurn {
+                role: Role::User,
+                content: "Bye".into(),
+            },
+        ]);
+        assert_eq!(
+            ChatTemplate::Gemma.render(&more),
+            "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n\
+             <start_of_turn>model\nHello.<end_of_turn>\n\
+             <start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
+        );
     }
 
     #[test]
@@ -153,6 +197,10 @@ mod tests {
                 "{{'<|' + m['role'] + '|>'}}{{'<|end|>'}}<|assistant|>"
             )),
             ChatTemplate::Phi3
+        );
+        assert_eq!(
+            ChatTemplate::detect(Some("{{ '<start_of_turn>' + role + '\n' }}")),
+            ChatTemplate::Gemma
         );
     }
 }

@@ -109,32 +109,52 @@ fn sentencepiece(ct: &gguf_file::Content) -> Result<Tokenizer> {
         .enumerate()
         .map(|(i, t)| (t.clone(), serde_json::json!(i)))
         .collect();
+    // Control tokens, and user-defined pieces (Gemma's runs of spaces and newlines), which
+    // SentencePiece matches whole in the raw text.
     let added: Vec<serde_json::Value> = tokens
         .iter()
         .enumerate()
-        .filter(|(i, _)| types.get(*i) == Some(&CONTROL))
-        .map(|(i, t)| {
-            serde_json::json!({ "id": i, "content": t, "single_word": false, "lstrip": false,
-                                "rstrip": false, "normalized": false, "special": true })
+        .filter_map(|(i, t)| {
+            let special = match types.get(i) {
+                Some(&CONTROL) => true,
+                Some(&USER_DEFINED) => false,
+                _ => return None,
+            };
+            Some(
+                serde_json::json!({ "id": i, "content": t, "single_word": false,
+                                     "lstrip": false, "rstrip": false, "normalized": false,
+                                     "special": special }),
+            )
         })
         .collect();
+    // A space in front of the text, unless the file says otherwise (Gemma).
+    let prefix = ct
+        .metadata
+        .get("tokenizer.ggml.add_space_prefix")
+        .and_then(|v| v.to_bool().ok())
+        .unwrap_or(true);
+    let mut normalizers = vec![serde_json::json!(
+        { "type": "Replace", "pattern": { "String": " " }, "content": "▁" }
+    )];
+    let mut decoders = vec![
+        serde_json::json!({ "type": "Replace", "pattern": { "String": "▁" }, "content": " " }),
+        serde_json::json!({ "type": "ByteFallback" }),
+        serde_json::json!({ "type": "Fuse" }),
+    ];
+    if prefix {
+        normalizers.insert(0, serde_json::json!({ "type": "Prepend", "prepend": "▁" }));
+        decoders
+            .push(serde_json::json!({ "type": "Strip", "content": " ", "start": 1, "stop": 0 }));
+    }
     let spec = serde_json::json!({
         "version": "1.0",
         "truncation": null,
         "padding": null,
         "added_tokens": added,
-        "normalizer": { "type": "Sequence", "normalizers": [
-            { "type": "Prepend", "prepend": "▁" },
-            { "type": "Replace", "pattern": { "String": " " }, "content": "▁" }
-        ]},
+        "normalizer": { "type": "Sequence", "normalizers": normalizers },
         "pre_tokenizer": null,
         "post_processor": null,
-        "decoder": { "type": "Sequence", "decoders": [
-            { "type": "Replace", "pattern": { "String": "▁" }, "content": " " },
-            { "type": "ByteFallback" },
-            { "type": "Fuse" },
-            { "type": "Strip", "content": " ", "start": 1, "stop": 0 }
-        ]},
+        "decoder": { "type": "Sequence", "decoders": decoders },
         "model": {
             "type": "BPE",
             "dropout": null,

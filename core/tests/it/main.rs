@@ -8,6 +8,7 @@ mod deep_memory;
 mod embeddings;
 mod encryption;
 mod fixtures;
+mod gemma;
 mod jobs;
 mod llm;
 mod migrations;

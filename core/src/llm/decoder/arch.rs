@@ -16,6 +16,10 @@ pub enum Family {
     Qwen3,
     /// Phi-3 / Phi-3.5 / Phi-4-mini: fused qkv and gate/up matrices.
     Phi3,
+    /// Gemma 3: scaled embeddings, normalised queries and keys, norms after attention and
+    /// the MLP as well as before, GELU, and sliding-window attention in five layers of six
+    /// (with their own rotary base).
+    Gemma3,
 }
 
 impl Family {
@@ -27,10 +31,11 @@ impl Family {
             "qwen2" => Family::Qwen2,
             "qwen3" => Family::Qwen3,
             "phi3" => Family::Phi3,
+            "gemma3" | "gemma3_text" => Family::Gemma3,
             other => {
                 return Err(Error::model(format!(
                     "model architecture {other:?} is not supported \
-                     (llama, mistral, qwen2, qwen3 and phi3 are)"
+                     (llama, mistral, qwen2, qwen3, phi3 and gemma3 are)"
                 )));
             }
         })
@@ -71,7 +76,16 @@ pub struct Arch {
     pub rope_factors: Option<Vec<f32>>,
     /// Tokens a sequence can hold (the cos/sin tables are built for this many).
     pub max_len: usize,
+    /// Sliding-window attention: the window, and the rotary base of the windowed layers
+    /// (Gemma 3; every [`Arch::GLOBAL_EVERY`]th layer sees the whole sequence).
+    pub sliding: Option<(usize, f32)>,
+    /// The width whose inverse square root scales attention scores, when it is not the
+    /// head's (Gemma's `query_pre_attn_scalar`).
+    pub query_scalar: Option<usize>,
 }
+
+/// Gemma 3's rotary base in its sliding-window layers.
+const GEMMA3_LOCAL_ROPE_THETA: f32 = 10_000.0;
 
 fn md<'a>(ct: &'a gguf_file::Content, key: &str) -> Option<&'a gguf_file::Value> {
     ct.metadata.get(key)
@@ -90,6 +104,30 @@ fn md_f32(ct: &gguf_file::Content, key: &str) -> Option<f32> {
 }
 
 impl Arch {
+    /// Gemma 3: one layer in this many attends to the whole sequence, the others to a window.
+    pub const GLOBAL_EVERY: usize = 6;
+
+    /// Whether layer `i` attends through the sliding window (and with which rotary base).
+    pub fn window_of(&self, layer: usize) -> Option<(usize, f32)> {
+        self.sliding
+            .filter(|_| !(layer + 1).is_multiple_of(Self::GLOBAL_EVERY))
+    }
+
+    /// The embeddings' scale (Gemma multiplies them by √hidden).
+    pub fn embed_scale(&self) -> Option<f64> {
+        (self.family == Family::Gemma3).then(|| (self.hidden as f64).sqrt())
+    }
+
+    /// The factor of attention scores.
+    pub fn attention_scale(&self) -> f64 {
+        1.0 / (self.query_scalar.unwrap_or(self.head_dim) as f64).sqrt()
+    }
+
+    /// The MLP's activation is GELU (tanh approximation) rather than SiLU.
+    pub fn gelu(&self) -> bool {
+        self.family == Family::Gemma3
+    }
+
     /// The shape of a GGUF model, from its metadata.
     pub fn from_gguf(ct: &gguf_file::Content, max_len: usize) -> Result<Self> {
         let arch = md(ct, "general.architecture")
@@ -124,6 +162,13 @@ impl Arch {
             },
             rope_factors: None,
             max_len,
+            sliding: (family == Family::Gemma3)
+                .then(|| md_usize(ct, &key("attention.sliding_window")).ok())
+                .flatten()
+                .map(|w| (w, GEMMA3_LOCAL_ROPE_THETA)),
+            // As llama.cpp reads Gemma 3 files: 27B (62 layers) scales by hidden / heads.
+            query_scalar: (family == Family::Gemma3 && md_usize(ct, &key("block_count"))? == 62)
+                .then(|| hidden / heads.max(1)),
         }
         .checked()
     }
@@ -165,7 +210,16 @@ impl Arch {
             rope_style: RopeStyle::Halves,
             rope_factors: None,
             max_len,
+            sliding: None,
+            query_scalar: None,
         };
+        if family == Family::Gemma3 {
+            // Hugging Face stores Gemma's norms as offsets from one; GGUF files have them
+            // added in, and that is the form this decoder reads.
+            return Err(Error::model(
+                "Gemma 3 runs from a GGUF file here (its safetensors norms differ)",
+            ));
+        }
         let scaling = get("rope_scaling").or_else(|| {
             get("rope_parameters").filter(|r| {
                 r.get("rope_type")
@@ -213,6 +267,9 @@ impl Arch {
         }
         if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return bad(&format!("head width {} (must be even)", self.head_dim));
+        }
+        if self.sliding.is_some_and(|(w, _)| w == 0) {
+            return bad("a sliding window of no tokens");
         }
         Ok(self)
     }
@@ -271,6 +328,11 @@ mod tests {
         let bytes = include_bytes!("../../../../fuzz/seeds/model_files/zero-heads.gguf");
         let ct = gguf_file::Content::read(&mut std::io::Cursor::new(&bytes[..])).unwrap();
         assert!(Arch::from_gguf(&ct, 512).is_err());
+        // Gemma 3 from safetensors (norms stored as offsets from one) is refused, not misread.
+        let mut gemma = config(4, 1, 16);
+        gemma["model_type"] = "gemma3_text".into();
+        let err = Arch::from_config(&gemma, 128).unwrap_err();
+        assert!(err.to_string().contains("GGUF"), "{err}");
         // No head width given and no heads: refused, not a division by zero.
         let mut c = config(0, 0, 16);
         c.as_object_mut().unwrap().remove("head_dim");
