@@ -22,6 +22,31 @@ use crate::error::{Error, Result};
 use crate::llm::{ChatEvent, ChatModel, FinishReason, GenerationParams};
 use crate::types::{MemoryKind, NewMessage, Role};
 
+/// `options` with the budget fitted to `model`: the window capped at the model's, the
+/// response reserve at most half of it (512 of a 256-token window would leave no prompt) and
+/// at least `max_tokens`, which must leave room for a prompt.
+pub fn fit_to_model(
+    options: &ContextOptions,
+    model: &dyn ChatModel,
+    max_tokens: usize,
+) -> Result<ContextOptions> {
+    let mut options = options.clone();
+    let window = options.budget.context_window.min(model.context_length());
+    if max_tokens >= window {
+        return Err(Error::invalid(format!(
+            "max_tokens {max_tokens} leaves no room for the prompt in the model's {window}-token context"
+        )));
+    }
+    options.budget.context_window = window;
+    options.budget.response_reserve = options
+        .budget
+        .response_reserve
+        .min(window / 2)
+        .max(max_tokens)
+        .min(window - 1);
+    Ok(options)
+}
+
 /// One chat turn to answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatRequest {
@@ -203,26 +228,11 @@ impl ChatPipeline {
     pub async fn stream(&self, user: &str, request: ChatRequest) -> Result<ChatStream> {
         request.validate()?;
         let started = Instant::now();
-        let mut options = request.context.clone();
-        let window = options
-            .budget
-            .context_window
-            .min(self.model.context_length());
-        if request.generation.max_tokens >= window {
-            return Err(Error::invalid(format!(
-                "max_tokens {} leaves no room for the prompt in the model's {window}-token context",
-                request.generation.max_tokens
-            )));
-        }
-        options.budget.context_window = window;
-        // The configured reserve takes at most half of a small model's window (512 of a
-        // 256-token window would leave no prompt); the request's max_tokens always fits.
-        options.budget.response_reserve = options
-            .budget
-            .response_reserve
-            .min(window / 2)
-            .max(request.generation.max_tokens)
-            .min(window - 1);
+        let options = fit_to_model(
+            &request.context,
+            self.model.as_ref(),
+            request.generation.max_tokens,
+        )?;
         let (assembled, memories) = self
             .engine
             .context_with_memories(

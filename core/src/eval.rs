@@ -16,6 +16,9 @@ use crate::error::{Error, Result};
 use crate::retrieval::RetrieveOptions;
 use crate::types::{NewMessage, Role};
 
+mod answers;
+pub use answers::{AnswerOptions, answer_f1, evaluate_answers, normalize_answer};
+
 /// One conversation and its questions.
 #[derive(Debug, Clone)]
 pub struct Sample {
@@ -53,6 +56,8 @@ pub struct Question {
     pub category: String,
     /// Evidence turn ids that exist in the conversation.
     pub evidence: Vec<String>,
+    /// The reference answer, when the dataset gives one.
+    pub answer: Option<String>,
 }
 
 /// Problems found while reading a dataset that did not stop it.
@@ -182,10 +187,16 @@ pub fn parse_locomo(text: &str) -> Result<(Vec<Sample>, DatasetWarnings)> {
                 warnings.skipped_questions += 1;
                 continue;
             }
+            let answer = match q.get("answer") {
+                Some(Value::String(a)) => Some(a.clone()),
+                Some(Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            };
             questions.push(Question {
                 question: question.to_owned(),
                 category,
                 evidence,
+                answer,
             });
         }
         samples.push(Sample {

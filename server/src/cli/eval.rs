@@ -67,6 +67,16 @@ pub(super) struct EvalArgs {
     /// Deep memory: learning rate.
     #[arg(long, default_value_t = recall_core::deep_memory::TrainOptions::default().learning_rate)]
     deep_memory_learning_rate: f64,
+    /// Also ask the chat model (`chat.model`, e.g. `DEEP_RECALL__CHAT__MODEL=gemma-3-270m`,
+    /// or `chat.url`) every question that has a reference answer, with the prompt the chat
+    /// pipeline builds (the memories retrieved for it, no history), and score the answers:
+    /// LoCoMo's token F1, whether the reference is in the answer, and whether an evidence turn
+    /// was in the prompt. Greedy, 48 tokens at most.
+    #[arg(long)]
+    answers: bool,
+    /// Answers: questions per category and sample at most (the first ones).
+    #[arg(long)]
+    answers_per_category: Option<usize>,
     #[command(flatten)]
     ranking: RankingArgs,
 }
@@ -218,6 +228,10 @@ pub(super) async fn run(
             r["questions_judged"] = json!("the half not trained on");
         }
     }
+    let mut answered = Vec::new();
+    if outcome.is_ok() && args.answers {
+        outcome = answers(settings, args, &engine, &ingested, &mut answered).await;
+    }
     // The temporary users go whatever happened.
     for (_, i) in &ingested {
         engine.delete_user(&i.user, &Actor::cli()).await?;
@@ -225,7 +239,7 @@ pub(super) async fn run(
     outcome?;
     if let Some(path) = &args.details {
         let mut lines = String::new();
-        for r in &reports {
+        for r in reports.iter().chain(&answered) {
             lines += &r.to_string();
             lines.push('\n');
         }
@@ -241,6 +255,16 @@ pub(super) async fn run(
             println!("{r}");
         } else {
             print_eval(r, ks);
+        }
+    }
+    for r in &mut answered {
+        if let Some(m) = r.as_object_mut() {
+            m.remove("details");
+        }
+        if json {
+            println!("{r}");
+        } else {
+            print_answers(r);
         }
     }
     for d in &deep {
@@ -500,4 +524,66 @@ fn print_eval(r: &serde_json::Value, ks: &[usize]) {
     }
     row("overall", &r["overall"]);
     println!();
+}
+
+/// `eval --answers`: the chat model answers every chosen question; one report.
+async fn answers(
+    settings: &Settings,
+    args: &EvalArgs,
+    engine: &recall_core::Engine,
+    ingested: &[(recall_core::eval::Sample, recall_core::eval::Ingested)],
+    out: &mut Vec<serde_json::Value>,
+) -> recall_core::Result<()> {
+    let model = startup::chat_model(settings, 1, true).await?;
+    let mode = args.mode.first().copied().unwrap_or(SearchMode::Hybrid);
+    let mut options = recall_core::eval::AnswerOptions {
+        categories: args.categories.clone(),
+        per_category: args.answers_per_category.unwrap_or(usize::MAX),
+        details: args.details.is_some(),
+        ..Default::default()
+    };
+    options.context.retrieve = RetrieveOptions {
+        mode,
+        ranking: args.ranking.config(mode, None)?,
+        ..options.context.retrieve
+    };
+    let bar = ProgressBar::new_spinner().with_style(spinner_style());
+    bar.set_message(format!("answering with {}", model.name()));
+    let report =
+        recall_core::eval::evaluate_answers(engine, model.as_ref(), ingested, &options).await;
+    bar.finish_and_clear();
+    let mut report = report?;
+    report["answers"] = json!(true);
+    report["mode"] = json!(mode);
+    out.push(report);
+    Ok(())
+}
+
+fn print_answers(r: &serde_json::Value) {
+    println!(
+        "answers by {} ({} questions; answer p50 {:.0} ms, p95 {:.0} ms)",
+        r["model"].as_str().unwrap_or("?"),
+        r["questions"],
+        r["answer_ms"]["p50"].as_f64().unwrap_or(0.0),
+        r["answer_ms"]["p95"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "{:<10} {:>8} {:>9} {:>19} {:>5}",
+        "category", "f1", "contains", "evidence in prompt", "n"
+    );
+    let row = |name: &str, v: &serde_json::Value| {
+        println!(
+            "{name:<10} {:>8.3} {:>9.3} {:>19.3} {:>5}",
+            v["f1"].as_f64().unwrap_or(0.0),
+            v["contains"].as_f64().unwrap_or(0.0),
+            v["evidence_in_prompt"].as_f64().unwrap_or(0.0),
+            v["questions"]
+        );
+    };
+    if let Some(cats) = r["by_category"].as_object() {
+        for (c, v) in cats {
+            row(c, v);
+        }
+    }
+    row("overall", &r["overall"]);
 }

@@ -21,7 +21,13 @@ impl Backend {
 }
 
 pub(super) fn cli(backend: &Backend, args: &[&str]) -> Output {
+    cli_with(backend, args, &[])
+}
+
+/// [`cli`] with environment variables set (settings as `DEEP_RECALL__*`).
+pub(super) fn cli_with(backend: &Backend, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_deep-recall"));
+    cmd.envs(env.iter().copied());
     cmd.args(backend.args())
         .arg("--models-dir")
         .arg(models_dir())

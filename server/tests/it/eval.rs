@@ -1,8 +1,8 @@
 //! `deep-recall eval`: retrieval quality on a LoCoMo-format benchmark through the command line
-//! (modes, the settings matrix and its details, deep memory, malformed files).
+//! (modes, the settings matrix and its details, deep memory, answers, malformed files).
 use serde_json::Value;
 
-use super::cli::{Backend, cli, json_lines, ok_json};
+use super::cli::{Backend, cli, cli_with, json_lines, ok_json};
 use recall_core::testing::repo_root;
 
 #[test]
@@ -62,6 +62,81 @@ fn eval_reports_every_mode_and_hybrid_wins() {
         assert!(h > text["overall"][k].as_f64().unwrap(), "{k}");
     }
     // The temporary users are gone.
+    let export = ok_json(cli(
+        &backend,
+        &["--json", "search", "--user", "eval", "anything"],
+    ));
+    assert!(export["hits"].as_array().unwrap().is_empty());
+}
+
+/// `eval --answers`: the chat model (the tiny test model here: its answers are noise, the
+/// pipeline is what is checked) answers the first question of a category in each
+/// conversation, with the retrieved memories in its prompt; F1 and the rest are reported,
+/// and the details carry each answer beside its reference.
+#[test]
+fn eval_scores_the_chat_model_s_answers() {
+    let backend = Backend::Embedded(tempfile::tempdir().unwrap());
+    let data = repo_root().join("eval/data/recall-mini.json");
+    let details = tempfile::NamedTempFile::new().unwrap();
+    let reports = json_lines(cli_with(
+        &backend,
+        &[
+            "--json",
+            "eval",
+            data.to_str().unwrap(),
+            "--categories",
+            "4",
+            "--answers",
+            "--answers-per-category",
+            "1",
+            "--details",
+            details.path().to_str().unwrap(),
+        ],
+        &[("DEEP_RECALL__CHAT__MODEL", "tiny-llama-gguf")],
+    ));
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    let answers = &reports[1];
+    assert_eq!(answers["answers"], true);
+    assert!(
+        answers["model"].as_str().unwrap().contains("tiny"),
+        "{answers}"
+    );
+    // One question of category 4 from each of the five conversations.
+    assert_eq!(answers["questions"], 5);
+    let cats = answers["by_category"].as_object().unwrap();
+    assert_eq!(cats.keys().collect::<Vec<_>>(), ["4"]);
+    for key in ["f1", "contains", "evidence_in_prompt"] {
+        let v = answers["overall"][key].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&v), "{key} = {v}");
+    }
+    assert!(answers.get("details").is_none());
+    // The details: the retrieval report, then the answers with their references.
+    let text = std::fs::read_to_string(details.path()).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let asked = lines[1]["details"].as_array().unwrap();
+    assert_eq!(asked.len(), 5);
+    let dataset: Value = serde_json::from_str(&std::fs::read_to_string(&data).unwrap()).unwrap();
+    for a in asked {
+        let sample = dataset
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["sample_id"] == a["sample"])
+            .unwrap_or_else(|| panic!("{a}"));
+        let first = sample["qa"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["category"] == 4)
+            .unwrap();
+        assert_eq!(a["question"], first["question"]);
+        assert_eq!(a["reference"], first["answer"]);
+        assert!(a["answer"].is_string() && a["f1"].is_number(), "{a}");
+    }
+    // Nothing was stored: the temporary users are gone with their questions.
     let export = ok_json(cli(
         &backend,
         &["--json", "search", "--user", "eval", "anything"],
