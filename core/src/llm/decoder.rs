@@ -479,8 +479,16 @@ impl Decoder {
                 .try_into()
                 .map_err(|_| Error::Internal("gate/up projection has two parts".into()))?;
             let gate = if self.arch.gelu() {
-                // The tanh approximation, as Gemma's `gelu_pytorch_tanh`.
-                gate.gelu()?
+                // The tanh approximation, as Gemma's `gelu_pytorch_tanh`: on the CPU the
+                // encoder's vectorised pass (candle's calls a scalar tanh per element).
+                if self.device.is_cpu() && self.dtype == DType::F32 {
+                    let shape = gate.shape().clone();
+                    let mut v = gate.flatten_all()?.to_vec1::<f32>()?;
+                    crate::embed::encoder::math::gelu_tanh_in_place(&mut v);
+                    Tensor::from_vec(v, shape, &self.device)?
+                } else {
+                    gate.gelu()?
+                }
             } else {
                 candle_nn::ops::silu(&gate)?
             };
