@@ -61,6 +61,7 @@ pub mod jobs;
 pub mod limits;
 #[cfg(feature = "native")]
 pub mod llm;
+pub(crate) mod math;
 #[cfg(feature = "native")]
 pub mod models;
 pub mod persona;

@@ -484,7 +484,7 @@ impl Decoder {
                 if self.device.is_cpu() && self.dtype == DType::F32 {
                     let shape = gate.shape().clone();
                     let mut v = gate.flatten_all()?.to_vec1::<f32>()?;
-                    crate::embed::encoder::math::gelu_tanh_in_place(&mut v);
+                    crate::math::gelu_tanh_in_place(&mut v);
                     Tensor::from_vec(v, shape, &self.device)?
                 } else {
                     gate.gelu()?
