@@ -145,7 +145,7 @@ async function run(call) {
 /**
  * @typedef {object} Filter
  * @property {string} [session]
- * @property {Array<'message' | 'fact' | 'persona' | 'summary'>} [kinds]
+ * @property {Array<'message' | 'fact' | 'persona' | 'summary' | 'key'>} [kinds]
  * @property {Array<'user' | 'assistant' | 'system'>} [roles]
  * @property {string[]} [tags] every one of these
  * @property {string | Date} [since] written at or after
@@ -192,6 +192,7 @@ async function run(call) {
  * @property {number | null} supersedes the memory it replaced
  * @property {number | null} supersededBy the memory that replaced it
  * @property {Date | null} supersededAt
+ * @property {number | null} keyFor for a key (kind `key`): the memory it is for
  */
 
 /**
@@ -201,7 +202,7 @@ async function run(call) {
  * @property {number} score higher is better
  * @property {string | null} session
  * @property {string | null} role
- * @property {string} kind `message`, `fact`, `persona` or `summary`
+ * @property {string} kind `message`, `fact`, `persona`, `summary` or `key`
  * @property {Date} createdAt
  * @property {string[]} tags
  */

@@ -615,6 +615,7 @@ mod tests {
             created_at: Utc::now(),
             settings: None,
             settings_updated_at: None,
+            memory_keys: false,
         }))
         .unwrap();
         w.write(&Record::Embeddings {

@@ -516,6 +516,7 @@ mod tests {
                 supersedes: None,
                 superseded_by: None,
                 superseded_at: None,
+                key_for: None,
             },
             score: 1.0,
             signals: Signals::default(),

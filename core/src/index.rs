@@ -88,6 +88,7 @@ impl MemoryIndex {
             supersedes: None,
             superseded_by: None,
             superseded_at: None,
+            key_for: None,
         };
         u.lexical.insert(id, text);
         u.memories.insert(id, (memory, vector));

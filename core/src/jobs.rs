@@ -37,6 +37,9 @@ pub enum JobKind {
     DeepMemoryGenerate,
     /// Trains the job's user's query adapter (`params`: [`DeepMemoryTrainParams`]).
     DeepMemoryTrain,
+    /// Has the chat model write extra keys for the job's user's memories (`params`:
+    /// [`crate::memory_keys::KeyOptions`]).
+    MemoryKeys,
 }
 
 /// Parameters of a [`JobKind::DeepMemoryTrain`] job.
@@ -65,6 +68,7 @@ impl JobKind {
             JobKind::Reembed => "reembed",
             JobKind::DeepMemoryGenerate => "deep_memory_generate",
             JobKind::DeepMemoryTrain => "deep_memory_train",
+            JobKind::MemoryKeys => "memory_keys",
         }
     }
 
@@ -78,6 +82,7 @@ impl JobKind {
             "reembed" => Ok(JobKind::Reembed),
             "deep_memory_generate" => Ok(JobKind::DeepMemoryGenerate),
             "deep_memory_train" => Ok(JobKind::DeepMemoryTrain),
+            "memory_keys" => Ok(JobKind::MemoryKeys),
             other => Err(Error::Internal(format!("unknown job kind {other:?}"))),
         }
     }

@@ -62,6 +62,7 @@ pub mod limits;
 #[cfg(feature = "native")]
 pub mod llm;
 pub(crate) mod math;
+pub mod memory_keys;
 #[cfg(feature = "native")]
 pub mod models;
 pub mod persona;

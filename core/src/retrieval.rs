@@ -686,6 +686,7 @@ mod tests {
             supersedes: None,
             superseded_by: None,
             superseded_at: None,
+            key_for: None,
         }
     }
 

@@ -253,6 +253,22 @@ async fn execute(engine: &Engine, job: &Job, progress: &Progress) -> Result<Valu
                 .await?;
             json(&report)
         }
+        JobKind::MemoryKeys => {
+            let options: crate::memory_keys::KeyOptions =
+                serde_json::from_value(job.params.clone())
+                    .map_err(|e| Error::invalid(format!("job parameters: {e}")))?;
+            let report = engine
+                .write_memory_keys(&job.user, &options, &mut |done, total, keys| {
+                    tell(
+                        progress,
+                        done,
+                        total,
+                        format!("{done} of {total} memories, {keys} keys"),
+                    );
+                })
+                .await?;
+            json(&report)
+        }
         JobKind::DeepMemoryTrain => {
             let params: crate::jobs::DeepMemoryTrainParams =
                 serde_json::from_value(job.params.clone())

@@ -345,6 +345,27 @@ macro_rules! delegate_store {
             ) -> $crate::error::Result<Vec<(String, u64)>> {
                 self.inner.enabled_adapters(after, limit).await
             }
+            async fn set_memory_keys(
+                &self,
+                user: &str,
+                enabled: bool,
+            ) -> $crate::error::Result<bool> {
+                self.inner.set_memory_keys(user, enabled).await
+            }
+            async fn advance_memory_keys(
+                &self,
+                user: &str,
+                through: i64,
+            ) -> $crate::error::Result<bool> {
+                self.inner.advance_memory_keys(user, through).await
+            }
+            async fn memory_keys_users(
+                &self,
+                after: Option<&str>,
+                limit: usize,
+            ) -> $crate::error::Result<Vec<String>> {
+                self.inner.memory_keys_users(after, limit).await
+            }
         }
     };
 }
@@ -601,6 +622,18 @@ pub trait MemoryStore: Send + Sync {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, u64)>>;
+
+    /// Turns the background key writing on or off for the user (see
+    /// [`crate::types::MemoryKind::Key`]); false when the user is unknown.
+    async fn set_memory_keys(&self, user: &str, enabled: bool) -> Result<bool>;
+
+    /// Records that the key job has read the user's memories up to `through` (by id; see
+    /// [`crate::types::User::memory_keys_through`]); never moves back. False when the user is
+    /// unknown or their keys are off.
+    async fn advance_memory_keys(&self, user: &str, through: i64) -> Result<bool>;
+
+    /// Users with key writing on (external ids after `after`, at most `limit`, in order).
+    async fn memory_keys_users(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>>;
 
     /// The channel between the replicas sharing this store (Postgres `LISTEN`/`NOTIFY`);
     /// `None` for a store that only one process uses.

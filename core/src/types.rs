@@ -69,9 +69,22 @@ pub enum MemoryKind {
     Persona,
     /// A summary of older history.
     Summary,
+    /// An extra key of another memory (`key_for`): text written about it in the background
+    /// (an extracted fact with names and dates resolved). Search finds keys and returns the
+    /// memory they point at, never the key itself.
+    Key,
 }
 
 impl MemoryKind {
+    /// Every kind.
+    pub const ALL: [MemoryKind; 5] = [
+        MemoryKind::Message,
+        MemoryKind::Fact,
+        MemoryKind::Persona,
+        MemoryKind::Summary,
+        MemoryKind::Key,
+    ];
+
     /// The lowercase name stored in the database.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -79,6 +92,7 @@ impl MemoryKind {
             MemoryKind::Fact => "fact",
             MemoryKind::Persona => "persona",
             MemoryKind::Summary => "summary",
+            MemoryKind::Key => "key",
         }
     }
 }
@@ -91,8 +105,9 @@ impl FromStr for MemoryKind {
             "fact" => Ok(MemoryKind::Fact),
             "persona" => Ok(MemoryKind::Persona),
             "summary" => Ok(MemoryKind::Summary),
+            "key" => Ok(MemoryKind::Key),
             other => Err(Error::invalid(format!(
-                "unknown memory kind {other:?} (expected message, fact, persona or summary)"
+                "unknown memory kind {other:?} (expected message, fact, persona, summary or key)"
             ))),
         }
     }
@@ -169,6 +184,12 @@ pub struct User {
     pub id: String,
     /// When the user was first seen.
     pub created_at: DateTime<Utc>,
+    /// Whether the background job writes extra keys for the user's memories.
+    #[serde(default)]
+    pub memory_keys: bool,
+    /// The last of their memories (by id) the key job has read: later ones wait for it.
+    #[serde(default)]
+    pub memory_keys_through: Option<i64>,
 }
 
 /// A conversation.
@@ -310,6 +331,9 @@ pub struct Memory {
     /// Since when it is no longer current (the time of the memory that replaced it).
     #[serde(default)]
     pub superseded_at: Option<DateTime<Utc>>,
+    /// For a key ([`MemoryKind::Key`]): the memory it points at.
+    #[serde(default)]
+    pub key_for: Option<i64>,
 }
 
 impl Memory {
@@ -355,6 +379,10 @@ pub struct NewMemory {
     /// history (see [`Filter::as_of`]) and no longer returned by default.
     #[serde(default)]
     pub supersedes: Option<i64>,
+    /// For a key ([`MemoryKind::Key`]): the user's memory it points at (written by the
+    /// keys job only).
+    #[serde(default)]
+    pub key_for: Option<i64>,
 }
 
 impl NewMemory {
@@ -373,6 +401,7 @@ impl NewMemory {
             embedding,
             expires_at: None,
             supersedes: None,
+            key_for: None,
         }
     }
 }

@@ -15,6 +15,7 @@ mod m20261201_000002_user_embedding_model;
 mod m20261201_000003_deep_memory;
 mod m20261201_000004_memory_updated_index;
 mod m20261201_000005_memory_validity;
+mod m20261202_000001_memory_keys;
 
 /// The embedding dimension of the default model (all-MiniLM-L6-v2). Postgres gets an HNSW index
 /// for it in the first migration; indexes for other dimensions and metrics are created by the
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000003_deep_memory::Migration),
             Box::new(m20261201_000004_memory_updated_index::Migration),
             Box::new(m20261201_000005_memory_validity::Migration),
+            Box::new(m20261202_000001_memory_keys::Migration),
         ]
     }
 }

@@ -62,6 +62,8 @@ pub struct Settings {
     pub encryption: EncryptionSettings,
     /// Per-user query adapters.
     pub deep_memory: DeepMemorySettings,
+    /// Extra keys written by the chat model for users who turn them on.
+    pub memory_keys: MemoryKeySettings,
 }
 
 impl Default for Settings {
@@ -77,6 +79,7 @@ impl Default for Settings {
             trusted_proxies: Vec::new(),
             graphiql: false,
             deep_memory: DeepMemorySettings::default(),
+            memory_keys: MemoryKeySettings::default(),
             chat: ChatSettings::default(),
             jobs: JobSettings::default(),
             log: LogSettings::default(),
@@ -585,6 +588,42 @@ impl DeepMemorySettings {
             questions_per_memory: self.questions_per_memory,
             pause_ms: self.pause_ms,
             max_pairs: self.max_pairs_per_run,
+            ..Default::default()
+        }
+    }
+}
+
+/// Extra keys (see `recall_core::memory_keys`): written in the background by the chat model
+/// for the users who turn them on (`memoryKeysEnable`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryKeySettings {
+    /// How often to queue the key job of each user with keys on, so that new memories get
+    /// theirs, in seconds; 0 never does (then only `memoryKeysWrite` queues it).
+    pub check_secs: u64,
+    /// Pause after each group of memories, in milliseconds, to leave the chat model to live
+    /// chat.
+    pub pause_ms: u64,
+    /// Keys a job writes at most (`memoryKeysWrite` may ask for fewer).
+    pub max_keys_per_run: usize,
+}
+
+impl Default for MemoryKeySettings {
+    fn default() -> Self {
+        Self {
+            check_secs: 600,
+            pause_ms: 0,
+            max_keys_per_run: 10_000,
+        }
+    }
+}
+
+impl MemoryKeySettings {
+    /// The options of a key job.
+    pub fn options(&self) -> recall_core::memory_keys::KeyOptions {
+        recall_core::memory_keys::KeyOptions {
+            pause_ms: self.pause_ms,
+            max_keys: self.max_keys_per_run,
             ..Default::default()
         }
     }

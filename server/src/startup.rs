@@ -276,6 +276,40 @@ fn retrain_schedule(settings: &Settings, engine: &Engine) -> Option<AbortOnDrop>
     })))
 }
 
+/// Every `memory_keys.check_secs`, queues the key job of each user with keys on (their new
+/// memories get keys). The queue keeps one pending per user, so replicas that look at the
+/// same time queue it once; a job with nothing to do ends at once.
+fn keys_schedule(settings: &Settings, engine: &Engine) -> Option<AbortOnDrop> {
+    let k = settings.memory_keys.clone();
+    if k.check_secs == 0 {
+        return None;
+    }
+    let engine = engine.clone();
+    let every = Duration::from_secs(k.check_secs);
+    Some(AbortOnDrop(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let users = match engine.memory_keys_users().await {
+                Ok(users) => users,
+                Err(e) => {
+                    tracing::warn!(error = %e, "looking for users with keys on failed");
+                    continue;
+                }
+            };
+            for user in users {
+                match engine
+                    .queue_memory_keys_job(&user, &k.options(), &Actor("schedule".into()))
+                    .await
+                {
+                    Ok(job) => tracing::debug!(job = job.id, "key job queued"),
+                    Err(e) if e.kind() == ErrorKind::InvalidInput => {}
+                    Err(e) => tracing::warn!(error = %e, "queueing a key job failed"),
+                }
+            }
+        }
+    })))
+}
+
 /// With `models.previous_embedding` set, queues the re-embedding job now (the queue keeps one
 /// pending across replicas; one already queued or running is left alone).
 async fn queue_reembed(settings: &Settings, engine: &Engine) {
@@ -402,6 +436,9 @@ pub async fn run(
     });
     let _backups = backup_schedule(&settings, &engine)?;
     let _retrain = retrain_schedule(&settings, &engine);
+    let _keys = (chat.is_some())
+        .then(|| keys_schedule(&settings, &engine))
+        .flatten();
     let _purge = purge_schedule(&settings, &engine);
     queue_reembed(&settings, &engine).await;
     let state = Arc::new(AppState::new(settings, engine, chat)?);

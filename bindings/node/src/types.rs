@@ -37,6 +37,7 @@ pub fn memory(m: &recall_core::types::Memory) -> Value {
         "supersedes": m.supersedes,
         "supersededBy": m.superseded_by,
         "supersededAt": m.superseded_at.as_ref().map(time),
+        "keyFor": m.key_for,
     })
 }
 

@@ -72,7 +72,7 @@ export type MetadataCondition = {
 };
 export type Filter = {
     session?: string | undefined;
-    kinds?: ("message" | "fact" | "persona" | "summary")[] | undefined;
+    kinds?: ("message" | "fact" | "persona" | "summary" | "key")[] | undefined;
     roles?: ("user" | "assistant" | "system")[] | undefined;
     /**
      * every one of these
@@ -164,6 +164,10 @@ export type StoredMemory = {
      */
     supersededBy: number | null;
     supersededAt: Date | null;
+    /**
+     * for a key (kind `key`): the memory it is for
+     */
+    keyFor: number | null;
 };
 export type Hit = {
     memoryId: number;
@@ -175,7 +179,7 @@ export type Hit = {
     session: string | null;
     role: string | null;
     /**
-     * `message`, `fact`, `persona` or `summary`
+     * `message`, `fact`, `persona`, `summary` or `key`
      */
     kind: string;
     createdAt: Date;

@@ -37,6 +37,7 @@ pub fn memory(m: &Memory) -> Value {
         "supersedes": m.supersedes,
         "superseded_by": m.superseded_by,
         "superseded_at": m.superseded_at.as_ref().map(time),
+        "key_for": m.key_for,
     })
 }
 

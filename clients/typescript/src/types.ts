@@ -39,6 +39,8 @@ export interface Memory {
   supersededBy: string | null;
   /** Since when it is no longer current. */
   supersededAt: string | null;
+  /** For a key (kind `key`): the memory it is for. */
+  keyFor: string | null;
 }
 
 /** A search result. */

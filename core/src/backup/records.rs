@@ -52,6 +52,9 @@ pub struct UserRow {
     pub settings: Option<Value>,
     /// When the settings last changed.
     pub settings_updated_at: Option<DateTime<Utc>>,
+    /// Whether the background job writes extra keys for their memories.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub memory_keys: bool,
 }
 
 /// A session row.
@@ -114,6 +117,8 @@ pub struct MemoryRow {
     pub superseded_by: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub superseded_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_for: Option<i64>,
 }
 
 /// One memory's vector of one model.

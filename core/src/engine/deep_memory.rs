@@ -235,18 +235,22 @@ impl Engine {
         Ok(report)
     }
 
-    /// Every memory of the user, by the store's listing order.
-    async fn all_memories(&self, user: &str) -> Result<Vec<Memory>> {
+    /// Every memory of the user but their keys, by the store's listing order.
+    pub(super) async fn all_memories(&self, user: &str) -> Result<Vec<Memory>> {
+        let filter = Filter {
+            kinds: MemoryKind::ALL
+                .into_iter()
+                .filter(|k| *k != MemoryKind::Key)
+                .collect(),
+            ..Filter::default()
+        };
         let mut out = Vec::new();
         let mut page = PageRequest {
             first: LIST_PAGE,
             after: None,
         };
         loop {
-            let got = self
-                .store
-                .list_memories(user, &Filter::default(), &page)
-                .await?;
+            let got = self.store.list_memories(user, &filter, &page).await?;
             out.extend(got.items);
             if out.len() > dm::MAX_TRAIN_MEMORIES {
                 return Err(Error::invalid(format!(

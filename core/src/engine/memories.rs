@@ -150,6 +150,11 @@ impl Engine {
     /// Stores a free-standing memory (a fact, by default).
     pub async fn add_memory(&self, user: &str, memory: NewMemoryText) -> Result<Memory> {
         self.store.limits().check_user_id(user)?;
+        if memory.kind == MemoryKind::Key {
+            return Err(crate::error::Error::invalid(
+                "keys are written by the key job (turn keys on), not added",
+            ));
+        }
         self.store.limits().check_content(&memory.content)?;
         self.store.limits().check_metadata(&memory.metadata)?;
         let expires_at = self.expiry(

@@ -42,18 +42,39 @@ impl Engine {
             .instrument(tracing::info_span!("embed_query"))
             .await?;
         let vector = this.adapt_query(user, vector).await?;
-        self.store
+        let mut page = self
+            .store
             .search(
                 user,
                 &VectorQuery {
                     embedding: this.embedding(vector),
                     top_k: options.top_k,
                     min_score: options.min_score,
-                    filter: options.filter.clone(),
+                    filter: keys::with_keys(&options.filter).into_owned(),
                     cursor: options.cursor.clone(),
                 },
             )
-            .await
+            .await?;
+        // A key's match is its memory's.
+        let hits = self
+            .resolve_keys(
+                user,
+                page.hits
+                    .drain(..)
+                    .map(|h| (h.memory, (h.score, h.distance)))
+                    .collect(),
+                &options.filter,
+            )
+            .await?;
+        page.hits = hits
+            .into_iter()
+            .map(|(memory, (score, distance))| crate::types::SearchHit {
+                memory,
+                score,
+                distance,
+            })
+            .collect();
+        Ok(page)
     }
 
     /// The memories that matter for `query`: candidates from the mode's retrievers, fused,
@@ -116,6 +137,20 @@ impl Engine {
     ) -> Result<Vec<Retrieved>> {
         let cfg = &options.ranking;
         let n = cfg.candidates.max(options.top_k);
+        // Keys are searched with the memories; each found key stands for its memory. A user
+        // with keys has up to twice the rows: twice as many are read, so that as many
+        // memories as without keys remain once keys are replaced by their memories.
+        let store_filter = keys::with_keys(&options.filter).into_owned();
+        let keyed = self
+            .store
+            .get_user(user)
+            .await?
+            .is_some_and(|u| u.memory_keys);
+        let fetch = if keyed {
+            (2 * n).min(self.limits().max_page_size).max(n)
+        } else {
+            n
+        };
         let mode = options.mode;
         let model = self.embedder.model_id().to_owned();
         // The full-text search runs on its own task while the query is embedded and the
@@ -127,10 +162,10 @@ impl Engine {
                 let user = user.to_owned();
                 let query = TextQuery {
                     text: query.to_owned(),
-                    top_k: n,
-                    filter: options.filter.clone(),
+                    top_k: fetch,
+                    filter: store_filter.clone(),
                 };
-                let span = tracing::info_span!("text_search", top_k = n);
+                let span = tracing::info_span!("text_search", top_k = fetch);
                 Some(tokio::spawn(
                     async move { store.text_search(&user, &query).await }.instrument(span),
                 ))
@@ -154,13 +189,13 @@ impl Engine {
                         user,
                         &VectorQuery {
                             embedding: self.embedding(v.clone()),
-                            top_k: n,
+                            top_k: fetch,
                             min_score: None,
-                            filter: options.filter.clone(),
+                            filter: store_filter.clone(),
                             cursor: None,
                         },
                     )
-                    .instrument(tracing::info_span!("vector_search", top_k = n))
+                    .instrument(tracing::info_span!("vector_search", top_k = fetch))
                     .await?
                     .hits
             }
@@ -172,13 +207,26 @@ impl Engine {
                 .map_err(|e| Error::Internal(format!("text search task: {e}")))??,
             None => vec![],
         };
-        let mut candidates = retrieval::merge(
-            vector_hits
-                .into_iter()
-                .map(|h| (h.memory, h.score))
-                .collect(),
-            text_hits.into_iter().map(|h| (h.memory, h.score)).collect(),
-        );
+        let mut vector_hits = self
+            .resolve_keys(
+                user,
+                vector_hits
+                    .into_iter()
+                    .map(|h| (h.memory, h.score))
+                    .collect(),
+                &options.filter,
+            )
+            .await?;
+        let mut text_hits = self
+            .resolve_keys(
+                user,
+                text_hits.into_iter().map(|h| (h.memory, h.score)).collect(),
+                &options.filter,
+            )
+            .await?;
+        vector_hits.truncate(n);
+        text_hits.truncate(n);
+        let mut candidates = retrieval::merge(vector_hits, text_hits);
         let query_emotion = if cfg.emotion_weight > 0.0 {
             self.emotion.detect(&[query]).await?.pop()
         } else {
@@ -191,7 +239,7 @@ impl Engine {
         // A query that names a time also searches inside it: the memories of that day or
         // month can be far down an unfiltered list.
         for w in &cues.windows {
-            let Some(filter) = options.filter.within(w.since, w.until) else {
+            let Some(filter) = store_filter.within(w.since, w.until) else {
                 continue;
             };
             if mode != SearchMode::Vector {
@@ -201,14 +249,21 @@ impl Engine {
                         user,
                         &TextQuery {
                             text: query.to_owned(),
-                            top_k: n,
+                            top_k: fetch,
                             filter: filter.clone(),
                         },
                     )
                     .await?;
+                let hits = self
+                    .resolve_keys(
+                        user,
+                        hits.into_iter().map(|h| (h.memory, h.score)).collect(),
+                        &options.filter,
+                    )
+                    .await?;
                 retrieval::add_candidates(
                     &mut candidates,
-                    hits.into_iter().map(|h| (h.memory, None, Some(h.score))),
+                    hits.into_iter().take(n).map(|(m, s)| (m, None, Some(s))),
                 );
             }
             if let Some(v) = &query_vector {
@@ -218,7 +273,7 @@ impl Engine {
                         user,
                         &VectorQuery {
                             embedding: self.embedding(v.clone()),
-                            top_k: n,
+                            top_k: fetch,
                             min_score: None,
                             filter,
                             cursor: None,
@@ -226,9 +281,16 @@ impl Engine {
                     )
                     .await?
                     .hits;
+                let hits = self
+                    .resolve_keys(
+                        user,
+                        hits.into_iter().map(|h| (h.memory, h.score)).collect(),
+                        &options.filter,
+                    )
+                    .await?;
                 retrieval::add_candidates(
                     &mut candidates,
-                    hits.into_iter().map(|h| (h.memory, Some(h.score), None)),
+                    hits.into_iter().take(n).map(|(m, s)| (m, Some(s), None)),
                 );
             }
         }

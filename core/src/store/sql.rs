@@ -527,6 +527,8 @@ impl<V: VectorIndex> SqlStore<V> {
             revision: Set(0),
             created_at: Set(now()),
             embedding_model: NotSet,
+            memory_keys: Set(false),
+            memory_keys_through: Set(None),
         })
         .on_conflict(
             OnConflict::column(user::Column::ExternalId)
@@ -643,6 +645,7 @@ impl<V: VectorIndex> SqlStore<V> {
             supersedes: m.supersedes,
             superseded_by: m.superseded_by,
             superseded_at: m.superseded_at,
+            key_for: m.key_for,
         })
     }
 
@@ -776,6 +779,7 @@ impl<V: VectorIndex> SqlStore<V> {
         delta: &mut Delta,
     ) -> Result<Vec<memory::Model>> {
         let replaced = self.check_supersedes(txn, user_id, &rows).await?;
+        self.check_key_targets(txn, user_id, &rows).await?;
         let mut stored = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(INSERT_CHUNK) {
             let models = chunk.iter().map(|(am, _)| am.clone());
@@ -873,6 +877,51 @@ impl<V: VectorIndex> SqlStore<V> {
         match ids.iter().find(|id| !found.contains_key(id)) {
             Some(missing) => Err(Error::not_found("memory", missing.to_string())),
             None => Ok(found),
+        }
+    }
+
+    /// A key ([`MemoryKind::Key`]) points at one of the user's memories that is not itself a
+    /// key, and only a key points at a memory.
+    async fn check_key_targets(
+        &self,
+        txn: &DatabaseTransaction,
+        user_id: i64,
+        rows: &[(memory::ActiveModel, &NewMemory)],
+    ) -> Result<()> {
+        let mut ids = Vec::new();
+        for (_, n) in rows {
+            match (n.kind, n.key_for) {
+                (MemoryKind::Key, Some(id)) => ids.push(id),
+                (MemoryKind::Key, None) => {
+                    return Err(Error::invalid("a key must name the memory it is for"));
+                }
+                (_, Some(_)) => {
+                    return Err(Error::invalid(
+                        "only a memory of kind key points at another",
+                    ));
+                }
+                (_, None) => {}
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let mut found = HashSet::with_capacity(ids.len());
+        for chunk in ids.chunks(INSERT_CHUNK) {
+            found.extend(
+                memory::Entity::find()
+                    .select_only()
+                    .column(memory::Column::Id)
+                    .filter(owned(memory::Column::UserId, user_id))
+                    .filter(memory::Column::Id.is_in(chunk.iter().copied()))
+                    .filter(memory::Column::Kind.ne(MemoryKind::Key.as_str()))
+                    .into_tuple::<i64>()
+                    .all(txn)
+                    .await?,
+            );
+        }
+        match ids.iter().find(|id| !found.contains(id)) {
+            Some(missing) => Err(Error::not_found("memory", missing.to_string())),
+            None => Ok(()),
         }
     }
 

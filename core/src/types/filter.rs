@@ -401,6 +401,7 @@ mod tests {
             supersedes: None,
             superseded_by: Some(2),
             superseded_at: Some(t(5)),
+            key_for: None,
         };
         let at = |h: u32| Filter {
             as_of: Some(t(h)),

@@ -11,6 +11,7 @@ mod fixtures;
 mod gemma;
 mod jobs;
 mod llm;
+mod memory_keys;
 mod migrations;
 mod reembed;
 mod remote;

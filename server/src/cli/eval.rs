@@ -77,6 +77,17 @@ pub(super) struct EvalArgs {
     /// Answers: questions per category and sample at most (the first ones).
     #[arg(long)]
     answers_per_category: Option<usize>,
+    /// Extra keys: after the plain run, turn keys on for every sample, have the chat model
+    /// (`chat.model`) write a key for every turn, and evaluate again (reports say
+    /// `"keys": true`); a summary of the keys written follows.
+    #[arg(long)]
+    keys: bool,
+    /// Keys: each key holds its turn's text after the fact ("K = V + fact").
+    #[arg(long)]
+    keys_with_text: bool,
+    /// Keys: turns asked about at once.
+    #[arg(long, default_value_t = recall_core::memory_keys::KeyOptions::default().concurrency)]
+    keys_concurrency: usize,
     #[command(flatten)]
     ranking: RankingArgs,
 }
@@ -223,6 +234,17 @@ pub(super) async fn run(
             }
         }
     }
+    let mut keyed = Vec::new();
+    if outcome.is_ok() && args.keys {
+        outcome = keys(settings, args, &engine, &ingested, &mut keyed).await;
+        if outcome.is_ok() {
+            let before = reports.len();
+            outcome = evaluate_all(&engine, &ingested, &eval, &plans, &mut reports).await;
+            for r in &mut reports[before..] {
+                r["keys"] = json!(true);
+            }
+        }
+    }
     if from_questions {
         for r in &mut reports {
             r["questions_judged"] = json!("the half not trained on");
@@ -239,7 +261,7 @@ pub(super) async fn run(
     outcome?;
     if let Some(path) = &args.details {
         let mut lines = String::new();
-        for r in reports.iter().chain(&answered) {
+        for r in reports.iter().chain(&answered).chain(&keyed) {
             lines += &r.to_string();
             lines.push('\n');
         }
@@ -265,6 +287,28 @@ pub(super) async fn run(
             println!("{r}");
         } else {
             print_answers(r);
+        }
+    }
+    for k in &keyed {
+        if json {
+            println!("{k}");
+        } else {
+            println!(
+                "keys {}: {} keys for {} turns ({} rejected) by {} in {:.0}s",
+                k["sample"].as_str().unwrap_or("?"),
+                k["keys"],
+                k["memories"],
+                k["rejected"],
+                k["model"].as_str().unwrap_or("?"),
+                k["seconds"].as_f64().unwrap_or(0.0),
+            );
+            for e in k["examples"].as_array().into_iter().flatten().take(3) {
+                println!(
+                    "  {:?}\n    -> {:?}",
+                    e["turn"].as_str().unwrap_or(""),
+                    e["key"].as_str().unwrap_or("")
+                );
+            }
         }
     }
     for d in &deep {
@@ -524,6 +568,58 @@ fn print_eval(r: &serde_json::Value, ks: &[usize]) {
     }
     row("overall", &r["overall"]);
     println!();
+}
+
+/// `eval --keys`: keys on for every sample, and a key written for every turn; a summary per
+/// sample.
+async fn keys(
+    settings: &Settings,
+    args: &EvalArgs,
+    engine: &recall_core::Engine,
+    ingested: &[(recall_core::eval::Sample, recall_core::eval::Ingested)],
+    out: &mut Vec<serde_json::Value>,
+) -> recall_core::Result<()> {
+    let options = recall_core::memory_keys::KeyOptions {
+        concurrency: args.keys_concurrency,
+        with_text: args.keys_with_text,
+        max_keys: recall_core::memory_keys::MAX_KEYS_PER_RUN,
+        ..Default::default()
+    };
+    options.validate()?;
+    let model = startup::chat_model(settings, options.concurrency, true).await?;
+    let engine = engine.clone().with_llm(Some(model));
+    for (s, i) in ingested {
+        let bar = ProgressBar::new(0).with_style(spinner_style());
+        bar.set_message(format!("{}: writing keys", s.id));
+        engine.set_memory_keys(&i.user, true).await?;
+        let report = engine
+            .write_memory_keys(&i.user, &options, &mut |done, total, _| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
+            .await?;
+        bar.finish_and_clear();
+        let mut r = serde_json::to_value(&report).map_err(|e| Error::Internal(e.to_string()))?;
+        r["sample"] = json!(s.id);
+        // A few keys beside their turns, to judge the model by.
+        let filter = recall_core::types::Filter {
+            kinds: vec![recall_core::types::MemoryKind::Key],
+            ..Default::default()
+        };
+        let page = recall_core::types::PageRequest {
+            first: 8,
+            after: None,
+        };
+        let mut examples = Vec::new();
+        for k in engine.memories(&i.user, &filter, &page).await?.items {
+            if let Some(m) = engine.memory(&i.user, k.key_for.unwrap_or(0)).await? {
+                examples.push(json!({ "turn": m.content, "key": k.content }));
+            }
+        }
+        r["examples"] = json!(examples);
+        out.push(r);
+    }
+    Ok(())
 }
 
 /// `eval --answers`: the chat model answers every chosen question; one report.

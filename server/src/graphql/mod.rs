@@ -5,6 +5,7 @@
 //! request's [`Principal`], never from an argument.
 pub mod deep_memory;
 pub mod error;
+pub mod memory_keys;
 pub mod mutation;
 pub mod query;
 pub mod subscription;

@@ -23,6 +23,7 @@ pub struct Mutation(
     DataMutation,
     ChatMutation,
     super::deep_memory::DeepMemoryMutation,
+    super::memory_keys::MemoryKeysMutation,
 );
 
 /// Messages per `addMessages` call at most.

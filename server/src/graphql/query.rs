@@ -19,6 +19,7 @@ pub struct Query(
     JobQuery,
     SystemQuery,
     super::deep_memory::DeepMemoryQuery,
+    super::memory_keys::MemoryKeysQuery,
 );
 
 /// Page size when `first` is absent.

@@ -53,6 +53,9 @@ pub enum MemoryKind {
     Persona,
     /// A summary of older history.
     Summary,
+    /// An extra key of another memory (`keyFor`), written by the key job; searches return
+    /// the memory it is for.
+    Key,
 }
 
 impl From<core::MemoryKind> for MemoryKind {
@@ -62,6 +65,7 @@ impl From<core::MemoryKind> for MemoryKind {
             core::MemoryKind::Fact => MemoryKind::Fact,
             core::MemoryKind::Persona => MemoryKind::Persona,
             core::MemoryKind::Summary => MemoryKind::Summary,
+            core::MemoryKind::Key => MemoryKind::Key,
         }
     }
 }
@@ -73,6 +77,7 @@ impl From<MemoryKind> for core::MemoryKind {
             MemoryKind::Fact => core::MemoryKind::Fact,
             MemoryKind::Persona => core::MemoryKind::Persona,
             MemoryKind::Summary => core::MemoryKind::Summary,
+            MemoryKind::Key => core::MemoryKind::Key,
         }
     }
 }
@@ -228,6 +233,8 @@ pub struct Memory {
     pub superseded_by: Option<ID>,
     /// Since when it is no longer current.
     pub superseded_at: Option<DateTime<Utc>>,
+    /// For a key (kind `KEY`): the memory it is for.
+    pub key_for: Option<ID>,
 }
 
 impl From<core::Memory> for Memory {
@@ -249,6 +256,7 @@ impl From<core::Memory> for Memory {
             supersedes: m.supersedes.map(|i| ID(i.to_string())),
             superseded_by: m.superseded_by.map(|i| ID(i.to_string())),
             superseded_at: m.superseded_at,
+            key_for: m.key_for.map(|i| ID(i.to_string())),
         }
     }
 }
@@ -682,6 +690,8 @@ pub enum JobKind {
     /// The training of the user's query adapter (`deepMemoryTrain`, or a retraining after
     /// new memories).
     DeepMemoryTrain,
+    /// The chat model writes extra keys for the user's memories (`memoryKeysWrite`).
+    MemoryKeys,
 }
 
 /// Operators' jobs that `runSystemJob` starts.
@@ -757,6 +767,7 @@ impl From<CoreJob> for Job {
                 CoreJobKind::Reembed => JobKind::Reembed,
                 CoreJobKind::DeepMemoryGenerate => JobKind::DeepMemoryGenerate,
                 CoreJobKind::DeepMemoryTrain => JobKind::DeepMemoryTrain,
+                CoreJobKind::MemoryKeys => JobKind::MemoryKeys,
             },
             status: match j.status {
                 CoreJobStatus::Queued => JobStatus::Queued,

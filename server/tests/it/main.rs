@@ -16,6 +16,7 @@ mod limits;
 mod load;
 mod mcp;
 mod memory;
+mod memory_keys;
 mod ops;
 mod remote;
 mod rest;

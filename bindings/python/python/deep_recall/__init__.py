@@ -98,6 +98,7 @@ class StoredMemory:
     supersedes: int | None
     superseded_by: int | None
     superseded_at: datetime | None
+    key_for: int | None
 
     @classmethod
     def _from(cls, v: Mapping[str, Any]) -> StoredMemory:
@@ -115,6 +116,7 @@ class StoredMemory:
             supersedes=v.get("supersedes"),
             superseded_by=v.get("superseded_by"),
             superseded_at=_time(v.get("superseded_at")),
+            key_for=v.get("key_for"),
         )
 
 

@@ -14,7 +14,7 @@ T = TypeVar("T")
 _MEMORY = """
 fragment MemoryFields on Memory {
   id kind content session messageId role tags metadata importance emotion createdAt updatedAt
-  expiresAt supersedes supersededBy supersededAt
+  expiresAt supersedes supersededBy supersededAt keyFor
 }"""
 _MESSAGE = """
 fragment MessageFields on Message { id session role content tags metadata createdAt }"""

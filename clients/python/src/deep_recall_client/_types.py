@@ -9,7 +9,7 @@ from typing import Any, Literal, TypedDict, Union
 
 Role = Literal["user", "assistant", "system"]
 """Who wrote a message."""
-MemoryKind = Literal["message", "fact", "persona", "summary"]
+MemoryKind = Literal["message", "fact", "persona", "summary", "key"]
 """What a memory is."""
 SearchMode = Literal["hybrid", "vector", "text"]
 """Which retrievers a search uses."""
@@ -39,6 +39,7 @@ class Memory:
         "expires_at",
         "id",
         "importance",
+        "key_for",
         "kind",
         "message_id",
         "metadata",
@@ -76,6 +77,8 @@ class Memory:
     """The memory that replaced it (searches return that one instead)."""
     superseded_at: str | None
     """Since when it is no longer current."""
+    key_for: str | None
+    """For a key (kind ``key``): the memory it is for."""
 
 
 class _MetadataConditionRequired(TypedDict):
@@ -284,6 +287,7 @@ def memory(d: Json) -> Memory:
         supersedes=d.get("supersedes"),
         superseded_by=d.get("supersededBy"),
         superseded_at=d.get("supersededAt"),
+        key_for=d.get("keyFor"),
     )
 
 

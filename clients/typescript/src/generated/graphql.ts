@@ -103,6 +103,11 @@ export type MemoryInput = {
 export type MemoryKind =
   /** A fact about the user. */
   | 'FACT'
+  /**
+   * An extra key of another memory (`keyFor`), written by the key job; searches return
+   * the memory it is for.
+   */
+  | 'KEY'
   /** A message or a chunk of one. */
   | 'MESSAGE'
   /** A persona chunk. */
@@ -175,7 +180,7 @@ export type SearchMode =
   /** Embedding similarity; scores are raw cosine similarities. */
   | 'VECTOR';
 
-export type MemoryFieldsFragment = { id: string, kind: MemoryKind, content: string, session: string | null, messageId: string | null, role: Role | null, tags: Array<string>, metadata: unknown, importance: number, emotion: string | null, createdAt: string, updatedAt: string, expiresAt: string | null, supersedes: string | null, supersededBy: string | null, supersededAt: string | null };
+export type MemoryFieldsFragment = { id: string, kind: MemoryKind, content: string, session: string | null, messageId: string | null, role: Role | null, tags: Array<string>, metadata: unknown, importance: number, emotion: string | null, createdAt: string, updatedAt: string, expiresAt: string | null, supersedes: string | null, supersededBy: string | null, supersededAt: string | null, keyFor: string | null };
 
 export type MessageFieldsFragment = { id: string, session: string, role: Role, content: string, tags: Array<string>, metadata: unknown, createdAt: string };
 
@@ -194,7 +199,7 @@ export type SearchQueryVariables = Exact<{
 }>;
 
 
-export type SearchQuery = { search: Array<{ score: number, similarity: number | null, bm25: number | null, memory: { id: string, kind: MemoryKind, content: string, session: string | null, messageId: string | null, role: Role | null, tags: Array<string>, metadata: unknown, importance: number, emotion: string | null, createdAt: string, updatedAt: string, expiresAt: string | null, supersedes: string | null, supersededBy: string | null, supersededAt: string | null } }> };
+export type SearchQuery = { search: Array<{ score: number, similarity: number | null, bm25: number | null, memory: { id: string, kind: MemoryKind, content: string, session: string | null, messageId: string | null, role: Role | null, tags: Array<string>, metadata: unknown, importance: number, emotion: string | null, createdAt: string, updatedAt: string, expiresAt: string | null, supersedes: string | null, supersededBy: string | null, supersededAt: string | null, keyFor: string | null } }> };
 
 export type SessionsQueryVariables = Exact<{
   first?: number | null | undefined;
@@ -220,7 +225,7 @@ export type MemoriesQueryVariables = Exact<{
 }>;
 
 
-export type MemoriesQuery = { memories: { pageInfo: { hasNextPage: boolean, endCursor: string | null }, nodes: Array<{ id: string, kind: MemoryKind, content: string, session: string | null, messageId: string | null, role: Role | null, tags: Array<string>, metadata: unknown, importance: number, emotion: string | null, createdAt: string, updatedAt: string, expiresAt: string | null, supersedes: string | null, supersededBy: string | null, supersededAt: string | null }> } };
+export type MemoriesQuery = { memories: { pageInfo: { hasNextPage: boolean, endCursor: string | null }, nodes: Array<{ id: string, kind: MemoryKind, content: string, session: string | null, messageId: string | null, role: Role | null, tags: Array<string>, metadata: unknown, importance: number, emotion: string | null, createdAt: string, updatedAt: string, expiresAt: string | null, supersedes: string | null, supersededBy: string | null, supersededAt: string | null, keyFor: string | null }> } };
 
 export type AddMessagesMutationVariables = Exact<{
   messages: Array<MessageInput> | MessageInput;
@@ -234,14 +239,14 @@ export type AddMemoryMutationVariables = Exact<{
 }>;
 
 
-export type AddMemoryMutation = { addMemory: { id: string, kind: MemoryKind, content: string, session: string | null, messageId: string | null, role: Role | null, tags: Array<string>, metadata: unknown, importance: number, emotion: string | null, createdAt: string, updatedAt: string, expiresAt: string | null, supersedes: string | null, supersededBy: string | null, supersededAt: string | null } };
+export type AddMemoryMutation = { addMemory: { id: string, kind: MemoryKind, content: string, session: string | null, messageId: string | null, role: Role | null, tags: Array<string>, metadata: unknown, importance: number, emotion: string | null, createdAt: string, updatedAt: string, expiresAt: string | null, supersedes: string | null, supersededBy: string | null, supersededAt: string | null, keyFor: string | null } };
 
 export type MemoryHistoryQueryVariables = Exact<{
   id: string;
 }>;
 
 
-export type MemoryHistoryQuery = { memoryHistory: Array<{ id: string, kind: MemoryKind, content: string, session: string | null, messageId: string | null, role: Role | null, tags: Array<string>, metadata: unknown, importance: number, emotion: string | null, createdAt: string, updatedAt: string, expiresAt: string | null, supersedes: string | null, supersededBy: string | null, supersededAt: string | null }> };
+export type MemoryHistoryQuery = { memoryHistory: Array<{ id: string, kind: MemoryKind, content: string, session: string | null, messageId: string | null, role: Role | null, tags: Array<string>, metadata: unknown, importance: number, emotion: string | null, createdAt: string, updatedAt: string, expiresAt: string | null, supersedes: string | null, supersededBy: string | null, supersededAt: string | null, keyFor: string | null }> };
 
 export type DeleteMemoryMutationVariables = Exact<{
   id: string;
@@ -277,7 +282,7 @@ export type ChatSubscription = { chat: { messageId: string, index: number, delta
 export type MemoryEventsSubscriptionVariables = Exact<{ [key: string]: never; }>;
 
 
-export type MemoryEventsSubscription = { memoryEvents: { action: MemoryAction, memoryId: string, kind: MemoryKind | null, memory: { id: string, kind: MemoryKind, content: string, session: string | null, messageId: string | null, role: Role | null, tags: Array<string>, metadata: unknown, importance: number, emotion: string | null, createdAt: string, updatedAt: string, expiresAt: string | null, supersedes: string | null, supersededBy: string | null, supersededAt: string | null } | null } };
+export type MemoryEventsSubscription = { memoryEvents: { action: MemoryAction, memoryId: string, kind: MemoryKind | null, memory: { id: string, kind: MemoryKind, content: string, session: string | null, messageId: string | null, role: Role | null, tags: Array<string>, metadata: unknown, importance: number, emotion: string | null, createdAt: string, updatedAt: string, expiresAt: string | null, supersedes: string | null, supersededBy: string | null, supersededAt: string | null, keyFor: string | null } | null } };
 
 export class TypedDocumentString<TResult, TVariables>
   extends String
@@ -315,6 +320,7 @@ export const MemoryFieldsFragmentDoc = new TypedDocumentString(`
   supersedes
   supersededBy
   supersededAt
+  keyFor
 }
     `, {"fragmentName":"MemoryFields"}) as unknown as TypedDocumentString<MemoryFieldsFragment, unknown>;
 export const MessageFieldsFragmentDoc = new TypedDocumentString(`
@@ -375,6 +381,7 @@ export const SearchDocument = new TypedDocumentString(`
   supersedes
   supersededBy
   supersededAt
+  keyFor
 }`) as unknown as TypedDocumentString<SearchQuery, SearchQueryVariables>;
 export const SessionsDocument = new TypedDocumentString(`
     query Sessions($first: Int, $after: String) {
@@ -445,6 +452,7 @@ export const MemoriesDocument = new TypedDocumentString(`
   supersedes
   supersededBy
   supersededAt
+  keyFor
 }`) as unknown as TypedDocumentString<MemoriesQuery, MemoriesQueryVariables>;
 export const AddMessagesDocument = new TypedDocumentString(`
     mutation AddMessages($messages: [MessageInput!]!) {
@@ -484,6 +492,7 @@ export const AddMemoryDocument = new TypedDocumentString(`
   supersedes
   supersededBy
   supersededAt
+  keyFor
 }`) as unknown as TypedDocumentString<AddMemoryMutation, AddMemoryMutationVariables>;
 export const MemoryHistoryDocument = new TypedDocumentString(`
     query MemoryHistory($id: ID!) {
@@ -508,6 +517,7 @@ export const MemoryHistoryDocument = new TypedDocumentString(`
   supersedes
   supersededBy
   supersededAt
+  keyFor
 }`) as unknown as TypedDocumentString<MemoryHistoryQuery, MemoryHistoryQueryVariables>;
 export const DeleteMemoryDocument = new TypedDocumentString(`
     mutation DeleteMemory($id: ID!) {
@@ -599,4 +609,5 @@ export const MemoryEventsDocument = new TypedDocumentString(`
   supersedes
   supersededBy
   supersededAt
+  keyFor
 }`) as unknown as TypedDocumentString<MemoryEventsSubscription, MemoryEventsSubscriptionVariables>;

@@ -28,6 +28,8 @@ pub struct Model {
     pub superseded_by: Option<i64>,
     /// Since when this memory is no longer current.
     pub superseded_at: Option<DateTimeUtc>,
+    /// The memory this key points at (a memory of kind `key`).
+    pub key_for: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -12,6 +12,10 @@ pub struct Model {
     pub created_at: DateTimeUtc,
     /// The embedding model the user's searches use (NULL: the configured one).
     pub embedding_model: Option<String>,
+    /// Whether the background job writes extra keys for the user's memories.
+    pub memory_keys: bool,
+    /// The last memory (by id) the key job has read.
+    pub memory_keys_through: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -133,6 +133,7 @@ impl<V: VectorIndex> SqlStore<V> {
             created_at: u.created_at,
             settings_updated_at: settings.as_ref().map(|s| s.updated_at),
             settings: settings.map(|s| s.settings),
+            memory_keys: u.memory_keys,
         }))?;
         let sessions: Vec<SessionRow> = session::Entity::find()
             .filter(session::Column::UserId.eq(u.id))
@@ -237,6 +238,7 @@ impl<V: VectorIndex> SqlStore<V> {
                         supersedes: m.supersedes,
                         superseded_by: m.superseded_by,
                         superseded_at: m.superseded_at,
+                        key_for: m.key_for,
                     })
                 })
                 .collect::<Result<_>>()?;
@@ -400,6 +402,10 @@ impl<V: VectorIndex> SqlStore<V> {
                         revision: Set(1),
                         created_at: Set(u.created_at),
                         embedding_model: NotSet,
+                        memory_keys: Set(u.memory_keys),
+                        // Restored keys keep their ids' order; the job reads everything again
+                        // and skips memories that have keys.
+                        memory_keys_through: Set(None),
                     })
                     .exec_without_returning(&txn)
                     .await?;
@@ -515,6 +521,7 @@ impl<V: VectorIndex> SqlStore<V> {
                                     supersedes: Set(Offsets::opt(m.supersedes, off.memories)),
                                     superseded_by: Set(Offsets::opt(m.superseded_by, off.memories)),
                                     superseded_at: Set(m.superseded_at),
+                                    key_for: Set(Offsets::opt(m.key_for, off.memories)),
                                 })
                             })
                             .collect::<Result<Vec<_>>>()?;

@@ -162,6 +162,8 @@ impl<V: VectorIndex> SqlStore<V> {
             user: User {
                 id: u.external_id,
                 created_at: u.created_at,
+                memory_keys: u.memory_keys,
+                memory_keys_through: u.memory_keys_through,
             },
             settings,
             sessions: sessions.into_iter().map(session_to_api).collect(),

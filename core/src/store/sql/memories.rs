@@ -56,6 +56,7 @@ impl<V: VectorIndex> SqlStore<V> {
                         supersedes: Set(new.supersedes),
                         superseded_by: Set(None),
                         superseded_at: Set(None),
+                        key_for: Set(new.key_for),
                     },
                     new,
                 ))
@@ -151,6 +152,22 @@ impl<V: VectorIndex> SqlStore<V> {
         }
         am.updated_at = Set(t);
         let updated = memory::Entity::update(am).exec(&txn).await?;
+        // Its keys were written about the old text: they go with it (the keys job writes new
+        // ones). Kept keys expire with it.
+        if patch.content.is_some() {
+            let keys = self.keys_of(&txn, u.id, &[id]).await?;
+            self.delete_rows(&txn, u.id, &keys).await?;
+        } else if let Some(expires_at) = patch.expires_at {
+            memory::Entity::update_many()
+                .col_expr(
+                    memory::Column::ExpiresAt,
+                    Expr::value(expires_at.map(|e| e.trunc_subsecs(6))),
+                )
+                .filter(memory::Column::UserId.eq(u.id))
+                .filter(memory::Column::KeyFor.eq(id))
+                .exec(&txn)
+                .await?;
+        }
         if let Some(e) = &patch.embedding {
             txn.execute_raw(stmt(
                 txn.get_database_backend(),
@@ -189,23 +206,60 @@ impl<V: VectorIndex> SqlStore<V> {
         let Some(u) = self.find_user(&txn, user).await? else {
             return Ok(0);
         };
+        // Their keys go with them.
+        let keys = self.keys_of(&txn, u.id, ids).await?;
         let mut delta = Delta {
-            removed: ids.to_vec(),
+            removed: ids.iter().chain(&keys).copied().collect(),
             ..Delta::default()
         };
         self.relink_superseded(&txn, u.id, ids, &mut delta).await?;
-        let mut deleted = 0;
-        for chunk in ids.chunks(INSERT_CHUNK) {
-            deleted += memory::Entity::delete_many()
-                .filter(owned(memory::Column::UserId, u.id))
-                .filter(memory::Column::Id.is_in(chunk.iter().copied()))
-                .exec(&txn)
-                .await?
-                .rows_affected;
-        }
+        self.delete_rows(&txn, u.id, &keys).await?;
+        let deleted = self.delete_rows(&txn, u.id, ids).await?;
         let revision = self.bump_revision(&txn, u.id).await?;
         txn.commit().await?;
         self.index.committed(u.id, revision, delta);
+        Ok(deleted)
+    }
+
+    /// The keys ([`MemoryKind::Key`]) of some of the user's memories.
+    pub(crate) async fn keys_of(
+        &self,
+        txn: &DatabaseTransaction,
+        user_id: i64,
+        ids: &[i64],
+    ) -> Result<Vec<i64>> {
+        let mut keys = Vec::new();
+        for chunk in ids.chunks(INSERT_CHUNK) {
+            keys.extend(
+                memory::Entity::find()
+                    .select_only()
+                    .column(memory::Column::Id)
+                    .filter(memory::Column::UserId.eq(user_id))
+                    .filter(memory::Column::KeyFor.is_in(chunk.iter().copied()))
+                    .into_tuple::<i64>()
+                    .all(txn)
+                    .await?,
+            );
+        }
+        Ok(keys)
+    }
+
+    /// Deletes memory rows of the user by id; how many.
+    async fn delete_rows(
+        &self,
+        txn: &DatabaseTransaction,
+        user_id: i64,
+        ids: &[i64],
+    ) -> Result<u64> {
+        let mut deleted = 0;
+        for chunk in ids.chunks(INSERT_CHUNK) {
+            deleted += memory::Entity::delete_many()
+                .filter(owned(memory::Column::UserId, user_id))
+                .filter(memory::Column::Id.is_in(chunk.iter().copied()))
+                .exec(txn)
+                .await?
+                .rows_affected;
+        }
         Ok(deleted)
     }
 
@@ -412,18 +466,23 @@ impl<V: VectorIndex> SqlStore<V> {
             if gone.is_empty() {
                 continue;
             }
-            memory::Entity::delete_many()
-                .filter(memory::Column::UserId.eq(user_id))
-                .filter(memory::Column::Id.is_in(gone.iter().copied()))
-                .exec(&txn)
-                .await?;
+            let ids: Vec<i64> = gone.iter().copied().collect();
+            // Their keys go with them.
+            let keys: Vec<i64> = self
+                .keys_of(&txn, user_id, &ids)
+                .await?
+                .into_iter()
+                .filter(|k| !gone.contains(k))
+                .collect();
+            self.delete_rows(&txn, user_id, &keys).await?;
+            self.delete_rows(&txn, user_id, &ids).await?;
             let revision = self.bump_revision(&txn, user_id).await?;
             txn.commit().await?;
             self.index.committed(
                 user_id,
                 revision,
                 Delta {
-                    removed: gone.iter().copied().collect(),
+                    removed: ids.iter().chain(&keys).copied().collect(),
                     ..Delta::default()
                 },
             );
@@ -436,6 +495,12 @@ impl<V: VectorIndex> SqlStore<V> {
                         kind: kind.parse()?,
                     })
                 })
+                .chain(keys.iter().map(|&id| {
+                    Ok(DeletedMemory {
+                        id,
+                        kind: MemoryKind::Key,
+                    })
+                }))
                 .collect::<Result<Vec<_>>>()?;
             out.push((u.external_id, deleted));
         }

@@ -95,6 +95,7 @@ impl<V: VectorIndex> SqlStore<V> {
                         expires_at: Set(new.expires_at.map(|e| e.trunc_subsecs(6))),
                         supersedes: Set(new.supersedes),
                         superseded_by: Set(None),
+                        key_for: Set(None),
                         superseded_at: Set(None),
                     },
                     new,

@@ -7,6 +7,8 @@ impl<V: VectorIndex> SqlStore<V> {
         Ok(User {
             id: m.external_id,
             created_at: m.created_at,
+            memory_keys: m.memory_keys,
+            memory_keys_through: m.memory_keys_through,
         })
     }
 
@@ -14,6 +16,8 @@ impl<V: VectorIndex> SqlStore<V> {
         Ok(self.find_user(&self.db, user).await?.map(|m| User {
             id: m.external_id,
             created_at: m.created_at,
+            memory_keys: m.memory_keys,
+            memory_keys_through: m.memory_keys_through,
         }))
     }
 

@@ -98,6 +98,7 @@ impl<V: VectorIndex> SqlStore<V> {
             expires_at: Set(None),
             supersedes: Set(None),
             superseded_by: Set(None),
+            key_for: Set(None),
             superseded_at: Set(None),
         };
         let mut delta = Delta::default();

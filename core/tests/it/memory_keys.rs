@@ -1,0 +1,377 @@
+//! Extra keys on both stores with the packaged MiniLM: off until the user turns them on; the
+//! job writes one per message (resumable, rate-limited, through the job runner with
+//! progress); a key's match brings back its message, never the key; keys go with their
+//! memory and when keys are turned off; and another user's keys never touch a user's ranking.
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{TimeZone, Utc};
+use recall_core::context::{ChatTurn, TokenCounter};
+use recall_core::embed::Embedder;
+use recall_core::error::ErrorKind;
+use recall_core::jobs::JobStatus;
+use recall_core::llm::{
+    ApproxCounter, ChatEvent, ChatModel, Completion, FinishReason, GenerationParams,
+};
+use recall_core::memory_keys::KeyOptions;
+use recall_core::retrieval::{RetrieveOptions, SearchMode};
+use recall_core::runner::{JobRunner, JobRunnerConfig};
+use recall_core::store::{self, StoreConfig};
+use recall_core::types::{Actor, Filter, Memory, MemoryKind, NewMessage, PageRequest, Role};
+use recall_core::{Engine, MemoryUpdate, SearchOptions};
+use tokio::sync::mpsc;
+
+use crate::fixtures::{PgDb, cpu_embedder, fact, minilm_dir};
+
+/// A chat model that knows the fact in some messages (a stand-in for the local model, whose
+/// facts are not the point here) and answers "?" for the rest.
+struct FactWriter {
+    facts: HashMap<&'static str, &'static str>,
+}
+
+#[async_trait]
+impl ChatModel for FactWriter {
+    fn name(&self) -> &str {
+        "fact-writer"
+    }
+    fn context_length(&self) -> usize {
+        4096
+    }
+    fn token_counter(&self) -> &dyn TokenCounter {
+        &ApproxCounter
+    }
+    async fn stream(
+        &self,
+        turns: &[ChatTurn],
+        _params: &GenerationParams,
+    ) -> recall_core::Result<mpsc::Receiver<recall_core::Result<ChatEvent>>> {
+        let prompt = &turns.last().unwrap().content;
+        let text = self
+            .facts
+            .iter()
+            .find(|(message, _)| prompt.contains(&format!("): {message}")))
+            .map_or("?", |(_, f)| *f)
+            .to_owned();
+        let (tx, rx) = mpsc::channel(2);
+        tx.send(Ok(ChatEvent::Done {
+            completion: Completion {
+                text,
+                prompt_tokens: 1,
+                completion_tokens: 1,
+                finish_reason: FinishReason::Stop,
+                confidence: 0.0,
+            },
+        }))
+        .await
+        .unwrap();
+        Ok(rx)
+    }
+}
+
+/// The conversation: (speaker line, the fact the model reads in it).
+const TURNS: [(&str, Option<&str>); 6] = [
+    ("Melanie: What did you get up to this weekend?", None),
+    (
+        "Caroline: I finally signed the papers for the little guy, he sleeps on my feet now!",
+        Some("Caroline adopted a puppy from the animal shelter."),
+    ),
+    (
+        "Caroline: My sister's puppy chewed through my favourite shoes again.",
+        None,
+    ),
+    (
+        "Caroline: I have been painting sunsets by the lake again.",
+        Some("Caroline paints sunsets at the lake."),
+    ),
+    (
+        "Melanie: Work has been hectic, the quarterly review is next week.",
+        Some("Melanie has a quarterly review at work."),
+    ),
+    (
+        "Caroline: The pottery class starts on Thursday evening.",
+        Some("Caroline takes a pottery class on Thursday evenings."),
+    ),
+];
+
+const QUESTION: &str = "Did Caroline adopt a puppy?";
+
+fn minilm() -> Arc<dyn Embedder> {
+    cpu_embedder(&minilm_dir())
+}
+
+async fn ingest(engine: &Engine, user: &str) -> Vec<Memory> {
+    let t = Utc.with_ymd_and_hms(2023, 5, 8, 13, 0, 0).unwrap();
+    let messages = TURNS
+        .iter()
+        .enumerate()
+        .map(|(i, (text, _))| NewMessage {
+            created_at: Some(t + chrono::Duration::minutes(i as i64)),
+            ..NewMessage::new(
+                "s1",
+                if i % 2 == 0 {
+                    Role::User
+                } else {
+                    Role::Assistant
+                },
+                *text,
+            )
+        })
+        .collect();
+    let out = engine.add_messages(user, messages).await.unwrap();
+    let mut memories = Vec::new();
+    for id in out.iter().flat_map(|a| &a.memory_ids) {
+        memories.push(engine.memory(user, *id).await.unwrap().unwrap());
+    }
+    assert_eq!(memories.len(), TURNS.len());
+    memories
+}
+
+async fn ranking(engine: &Engine, user: &str, query: &str, filter: Filter) -> Vec<Memory> {
+    let options = RetrieveOptions {
+        filter,
+        ..RetrieveOptions::for_mode(SearchMode::Hybrid, 10)
+    };
+    engine
+        .retrieve(user, query, &options)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.memory)
+        .collect()
+}
+
+async fn keys_of(engine: &Engine, user: &str) -> Vec<Memory> {
+    let filter = Filter {
+        kinds: vec![MemoryKind::Key],
+        ..Filter::default()
+    };
+    engine
+        .memories(
+            user,
+            &filter,
+            &PageRequest {
+                first: 100,
+                after: None,
+            },
+        )
+        .await
+        .unwrap()
+        .items
+}
+
+async fn memory_keys(pg: bool) {
+    let root = tempfile::tempdir().unwrap();
+    let db = if pg { Some(PgDb::create().await) } else { None };
+    let config = match &db {
+        Some(db) => StoreConfig::postgres(db.url.clone()),
+        None => StoreConfig::embedded(root.path().join("store")),
+    };
+    let writer = Arc::new(FactWriter {
+        facts: TURNS
+            .iter()
+            .filter_map(|(m, f)| f.map(|f| (*m, f)))
+            .collect(),
+    });
+    let engine = Engine::new(store::open(&config).await.unwrap(), minilm())
+        .with_llm(Some(writer as Arc<dyn ChatModel>));
+    let alice = ingest(&engine, "alice").await;
+    let adopted = alice[1].clone();
+    // Bob said the same things; he never turns keys on.
+    ingest(&engine, "bob").await;
+    let bob_before = ranking(&engine, "bob", QUESTION, Filter::default()).await;
+
+    // Without keys her sister's puppy outranks the adoption, which never says "puppy".
+    let before = ranking(&engine, "alice", QUESTION, Filter::default()).await;
+    assert_ne!(before[0].id, adopted.id, "{:?}", before[0].content);
+
+    // Off by default: the job refuses, and nobody adds a key by hand.
+    let status = engine.memory_keys_status("alice").await.unwrap();
+    assert!(!status.enabled);
+    let err = engine
+        .write_memory_keys("alice", &KeyOptions::default(), &mut |_, _, _| {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    let err = engine
+        .queue_memory_keys_job("alice", &KeyOptions::default(), &Actor("test".into()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    let err = engine
+        .add_memory(
+            "alice",
+            recall_core::NewMemoryText {
+                kind: MemoryKind::Key,
+                ..fact("Caroline adopted a puppy.")
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+
+    // On: the job runs through the runner, one group at a time, and reports progress.
+    let status = engine.set_memory_keys("alice", true).await.unwrap();
+    assert!(status.enabled && status.keys == 0, "{status:?}");
+    let runner = JobRunner::start(
+        engine.clone(),
+        JobRunnerConfig {
+            worker: "keys-test".into(),
+            poll_interval: Duration::from_millis(50),
+            ..JobRunnerConfig::default()
+        },
+    );
+    let options = KeyOptions {
+        concurrency: 2,
+        pause_ms: 20,
+        ..KeyOptions::default()
+    };
+    let job = engine
+        .queue_memory_keys_job("alice", &options, &Actor("test".into()))
+        .await
+        .unwrap();
+    let job = loop {
+        let j = engine.job("alice", job.id).await.unwrap().unwrap();
+        if j.status.is_final() {
+            break j;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    runner.stop().await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
+    assert_eq!(job.progress, 1.0, "{job:?}");
+    let result = job.result.unwrap();
+    assert_eq!(result["keys"], 4, "{result}");
+    assert_eq!(result["rejected"], 2, "{result}");
+    assert_eq!(result["left"], 0, "{result}");
+
+    // The keys point at their messages and carry the day they were said.
+    let keys = keys_of(&engine, "alice").await;
+    assert_eq!(keys.len(), 4);
+    let key = keys.iter().find(|k| k.key_for == Some(adopted.id)).unwrap();
+    assert_eq!(
+        key.content,
+        "Caroline adopted a puppy from the animal shelter. (said on Monday, 8 May 2023)"
+    );
+    assert_eq!(key.session.as_deref(), Some("s1"));
+    assert_eq!(key.created_at, adopted.created_at);
+    assert_eq!(key.metadata["model"], "fact-writer");
+    assert_eq!(engine.memory_keys_status("alice").await.unwrap().keys, 4);
+
+    // A second run has nothing left to do (the two without a fact are not asked again).
+    let again = engine
+        .write_memory_keys("alice", &KeyOptions::default(), &mut |_, _, _| {})
+        .await
+        .unwrap();
+    assert_eq!((again.keys, again.skipped, again.memories), (0, 6, 0));
+    assert_eq!(
+        engine
+            .user("alice")
+            .await
+            .unwrap()
+            .unwrap()
+            .memory_keys_through,
+        Some(alice.iter().map(|m| m.id).max().unwrap())
+    );
+
+    // The key's match is the message's: it now ranks first, and no key is ever returned.
+    let after = ranking(&engine, "alice", QUESTION, Filter::default()).await;
+    assert_eq!(after[0].id, adopted.id, "{:?}", after[0].content);
+    assert!(after.iter().all(|m| m.kind != MemoryKind::Key));
+    let mut ids: Vec<i64> = after.iter().map(|m| m.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), after.len(), "each memory once");
+    let page = engine
+        .search("alice", QUESTION, &SearchOptions::default())
+        .await
+        .unwrap();
+    assert!(page.hits.iter().all(|h| h.memory.kind != MemoryKind::Key));
+    assert_eq!(page.hits[0].memory.id, adopted.id);
+    // A filter on the message's kind still reads keys; one on another kind does not.
+    let messages = Filter {
+        kinds: vec![MemoryKind::Message],
+        ..Filter::default()
+    };
+    assert_eq!(
+        ranking(&engine, "alice", QUESTION, messages).await[0].id,
+        adopted.id
+    );
+    let in_other_session = Filter {
+        session: Some("elsewhere".into()),
+        ..Filter::default()
+    };
+    assert!(
+        ranking(&engine, "alice", QUESTION, in_other_session)
+            .await
+            .is_empty()
+    );
+
+    // Another user's keys touch nothing of Bob's: the same ranking, his memories only.
+    let bob_after = ranking(&engine, "bob", QUESTION, Filter::default()).await;
+    let bob_ids = |r: &[Memory]| r.iter().map(|m| m.id).collect::<Vec<_>>();
+    assert_eq!(bob_ids(&bob_after), bob_ids(&bob_before));
+    let alice_ids: Vec<i64> = alice
+        .iter()
+        .map(|m| m.id)
+        .chain(keys.iter().map(|k| k.id))
+        .collect();
+    assert!(bob_after.iter().all(|m| !alice_ids.contains(&m.id)));
+    assert_eq!(engine.memory_keys_status("bob").await.unwrap().keys, 0);
+
+    // New text drops the keys written about the old; deletion takes them along.
+    let painting = &alice[3];
+    engine
+        .update_memory(
+            "alice",
+            painting.id,
+            MemoryUpdate {
+                content: Some("Caroline: I sold my first painting.".into()),
+                ..MemoryUpdate::default()
+            },
+        )
+        .await
+        .unwrap();
+    let keys = keys_of(&engine, "alice").await;
+    assert_eq!(keys.len(), 3);
+    assert!(keys.iter().all(|k| k.key_for != Some(painting.id)));
+    engine
+        .delete_memories("alice", &[adopted.id])
+        .await
+        .unwrap();
+    let keys = keys_of(&engine, "alice").await;
+    assert_eq!(keys.len(), 2);
+    assert!(keys.iter().all(|k| k.key_for != Some(adopted.id)));
+    let gone = ranking(&engine, "alice", QUESTION, Filter::default()).await;
+    assert!(
+        gone.iter()
+            .all(|m| m.id != adopted.id && m.kind != MemoryKind::Key)
+    );
+
+    // Off: the keys are deleted and the job refuses again.
+    let status = engine.set_memory_keys("alice", false).await.unwrap();
+    assert!(!status.enabled && status.keys == 0, "{status:?}");
+    assert!(keys_of(&engine, "alice").await.is_empty());
+    assert_eq!(
+        engine
+            .write_memory_keys("alice", &KeyOptions::default(), &mut |_, _, _| {})
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidInput
+    );
+    if let Some(db) = db {
+        db.drop_db().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_on_the_embedded_store() {
+    memory_keys(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_on_postgres() {
+    memory_keys(true).await;
+}

@@ -1,0 +1,102 @@
+//! Extra keys (see `recall_core::memory_keys`): turning them on and off for the caller, the
+//! job that writes them, and where they stand.
+use async_graphql::{Context, InputObject, Object, SimpleObject};
+use recall_core::memory_keys::{KeyOptions, KeyStatus};
+
+use super::error::{Code, GqlResult, IntoGql, error};
+use super::types::Job;
+use super::{actor, caller};
+
+/// Whether the caller's keys are on, and how many they have.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct MemoryKeysStatus {
+    /// The key job writes keys for the caller's memories, and searches use them.
+    pub enabled: bool,
+    /// Keys stored (memories of kind `KEY`).
+    pub keys: u64,
+}
+
+impl From<KeyStatus> for MemoryKeysStatus {
+    fn from(s: KeyStatus) -> Self {
+        Self {
+            enabled: s.enabled,
+            keys: s.keys,
+        }
+    }
+}
+
+/// How a key job runs; absent fields take the server's defaults.
+#[derive(InputObject, Debug, Clone, Default)]
+pub struct MemoryKeysWriteInput {
+    /// Keys written in this run at most.
+    pub max_keys: Option<u32>,
+    /// Pause after each group of memories, in milliseconds (a rate limit).
+    pub pause_ms: Option<u32>,
+}
+
+/// Key queries.
+#[derive(Default)]
+pub struct MemoryKeysQuery;
+
+#[Object]
+impl MemoryKeysQuery {
+    /// Whether the caller's keys are on, and how many they have.
+    async fn memory_keys_status(&self, ctx: &Context<'_>) -> GqlResult<MemoryKeysStatus> {
+        let (state, p) = caller(ctx)?;
+        Ok(state.engine.memory_keys_status(&p.user).await.gql()?.into())
+    }
+}
+
+/// Key mutations.
+#[derive(Default)]
+pub struct MemoryKeysMutation;
+
+#[Object]
+impl MemoryKeysMutation {
+    /// Turns the caller's keys on (then queue `memoryKeysWrite`) or off (their keys are
+    /// deleted; they are written again when turned back on).
+    async fn memory_keys_enable(
+        &self,
+        ctx: &Context<'_>,
+        enabled: bool,
+    ) -> GqlResult<MemoryKeysStatus> {
+        let (state, p) = caller(ctx)?;
+        Ok(state
+            .engine
+            .set_memory_keys(&p.user, enabled)
+            .await
+            .gql()?
+            .into())
+    }
+
+    /// Queues a job in which the chat model writes a key for each of the caller's messages
+    /// and facts that has none. Keys must be on. Watch it with `jobProgress`.
+    async fn memory_keys_write(
+        &self,
+        ctx: &Context<'_>,
+        input: Option<MemoryKeysWriteInput>,
+    ) -> GqlResult<Job> {
+        let (state, p) = caller(ctx)?;
+        if state.chat.is_none() {
+            return Err(error(
+                Code::Unavailable,
+                "no chat model is loaded to write keys",
+            ));
+        }
+        let input = input.unwrap_or_default();
+        let base = state.settings.memory_keys.options();
+        let options = KeyOptions {
+            max_keys: input
+                .max_keys
+                .map_or(base.max_keys, |v| (v as usize).min(base.max_keys)),
+            pause_ms: input.pause_ms.map_or(base.pause_ms, u64::from),
+            ..base
+        };
+        Ok(state
+            .engine
+            .queue_memory_keys_job(&p.user, &options, &actor(p))
+            .await
+            .gql()?
+            .into())
+    }
+}

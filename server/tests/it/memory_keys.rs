@@ -1,0 +1,254 @@
+//! Extra keys through GraphQL with the packaged chat model: off until turned on (typed
+//! errors), a key job followed over `jobProgress`, keys listed with the memory they are for
+//! and never returned by search, the schedule that keys new messages, nothing of Alice's in
+//! Bob's results, and keys deleted when turned off.
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::fixtures::{Server, Store, Ws, code, data, gql, token};
+
+const JOB: &str = "id kind status progress message result error";
+const STATUS: &str = "{ enabled keys }";
+
+const TURNS: [&str; 4] = [
+    "I adopted a puppy from the shelter last weekend, his name is Biscuit.",
+    "My sister Anna moved to Lisbon in March for her new job.",
+    "The pottery class I signed up for starts on Thursday evening.",
+    "We are driving to the lake house for my birthday in July.",
+];
+
+async fn add_messages(server: &Server, user: &str, texts: &[&str]) -> Vec<String> {
+    let messages: Vec<Value> = texts
+        .iter()
+        .map(|t| json!({ "session": "s1", "role": "USER", "content": t }))
+        .collect();
+    let (_, body) = gql(
+        server,
+        Some(user),
+        "mutation($m: [MessageInput!]!) { addMessages(messages: $m) { id } }",
+        json!({ "m": messages }),
+    )
+    .await;
+    data(&body)["addMessages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The caller's keys: (key text, the memory it is for).
+async fn keys(server: &Server, user: &str) -> Vec<(String, String)> {
+    let (_, body) = gql(
+        server,
+        Some(user),
+        "{ memories(filter: { kinds: [KEY] }, first: 100) { nodes { kind content keyFor } } }",
+        json!({}),
+    )
+    .await;
+    data(&body)["memories"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            assert_eq!(m["kind"], "KEY", "{m}");
+            (
+                m["content"].as_str().unwrap().to_owned(),
+                m["keyFor"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The ids of the memories (all kinds but keys) of the caller.
+async fn memory_ids(server: &Server, user: &str) -> Vec<String> {
+    let (_, body) = gql(
+        server,
+        Some(user),
+        "{ memories(filter: { kinds: [MESSAGE, FACT] }, first: 100) { nodes { id } } }",
+        json!({}),
+    )
+    .await;
+    data(&body)["memories"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn status(server: &Server, user: &str) -> Value {
+    let (_, body) = gql(
+        server,
+        Some(user),
+        &format!("{{ memoryKeysStatus {STATUS} }}"),
+        json!({}),
+    )
+    .await;
+    data(&body)["memoryKeysStatus"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_from_graphql() {
+    let store = Store::embedded();
+    let server = Server::start(
+        &store,
+        &[],
+        &[
+            ("DEEP_RECALL__JOBS__POLL_MS", "100"),
+            ("DEEP_RECALL__MEMORY_KEYS__CHECK_SECS", "1"),
+        ],
+    );
+    let alice = token("alice", false, 600);
+    let bob = token("bob", false, 600);
+    add_messages(&server, &alice, &TURNS).await;
+    add_messages(&server, &bob, &TURNS).await;
+    let search = |user: String| {
+        let server = &server;
+        async move {
+            let (_, body) = gql(
+                server,
+                Some(&user),
+                "{ search(query: \"Did I get a dog?\", topK: 10) { memory { id kind } } }",
+                json!({}),
+            )
+            .await;
+            data(&body)["search"].as_array().unwrap().clone()
+        }
+    };
+    let bob_before = search(bob.clone()).await;
+
+    // Off by default: no job, and no key added by hand.
+    assert_eq!(
+        status(&server, &alice).await,
+        json!({ "enabled": false, "keys": 0 })
+    );
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        &format!("mutation {{ memoryKeysWrite {{ {JOB} }} }}"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(code(&body), "BAD_INPUT", "{body}");
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        "mutation { addMemory(input: { content: \"a key\", kind: KEY }) { id } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(code(&body), "BAD_INPUT", "{body}");
+
+    // On, then a job that the packaged model runs, followed over jobProgress.
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        &format!("mutation {{ memoryKeysEnable(enabled: true) {STATUS} }}"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(data(&body)["memoryKeysEnable"]["enabled"], true);
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        &format!("mutation {{ memoryKeysWrite(input: {{ pauseMs: 10 }}) {{ {JOB} }} }}"),
+        json!({}),
+    )
+    .await;
+    let job = data(&body)["memoryKeysWrite"].clone();
+    assert_eq!(job["kind"], "MEMORY_KEYS", "{job}");
+    let mut ws = Ws::as_user(&server, &alice).await;
+    ws.subscribe(
+        "job",
+        &format!("subscription($id: ID!) {{ jobProgress(id: $id) {{ {JOB} }} }}"),
+        json!({ "id": job["id"] }),
+    )
+    .await;
+    let done = loop {
+        let m = ws.next().await.unwrap();
+        let j = m["payload"]["data"]["jobProgress"].clone();
+        match j["status"].as_str() {
+            Some("SUCCEEDED") => break j,
+            Some("QUEUED") | Some("RUNNING") => {}
+            _ => panic!("job ended badly: {j}"),
+        }
+    };
+    assert_eq!(done["progress"], 1.0, "{done}");
+    let result = &done["result"];
+    let written = result["keys"].as_u64().unwrap();
+    assert_eq!(
+        written + result["rejected"].as_u64().unwrap(),
+        TURNS.len() as u64,
+        "{result}"
+    );
+    assert!(written > 0, "the packaged model wrote no key: {result}");
+
+    // Each key points at one of Alice's messages and says when it was said.
+    let own = memory_ids(&server, &alice).await;
+    let found = keys(&server, &alice).await;
+    assert_eq!(found.len() as u64, written);
+    for (text, target) in &found {
+        assert!(own.contains(target), "{target} not Alice's");
+        assert!(text.contains("(said on "), "{text}");
+    }
+    assert_eq!(status(&server, &alice).await["keys"], written);
+
+    // Search returns memories, never keys; Bob's results are his own and unchanged.
+    for hit in search(alice.clone()).await {
+        assert_ne!(hit["memory"]["kind"], "KEY", "{hit}");
+        assert!(own.contains(&hit["memory"]["id"].as_str().unwrap().to_owned()));
+    }
+    assert_eq!(search(bob.clone()).await, bob_before);
+    assert_eq!(
+        status(&server, &bob).await,
+        json!({ "enabled": false, "keys": 0 })
+    );
+    assert!(keys(&server, &bob).await.is_empty());
+
+    // A new message gets its key from the schedule (every second here).
+    let new = add_messages(
+        &server,
+        &alice,
+        &["My brother Tom just finished his marathon in Chicago."],
+    )
+    .await;
+    let _ = new;
+    // The scheduled job asks about it (and only it): a job that read one memory.
+    let started = Instant::now();
+    loop {
+        let (_, body) = gql(
+            &server,
+            Some(&alice),
+            "{ jobs(first: 50) { nodes { kind status result } } }",
+            json!({}),
+        )
+        .await;
+        let jobs = data(&body)["jobs"]["nodes"].as_array().unwrap().clone();
+        if jobs.iter().any(|j| {
+            j["kind"] == "MEMORY_KEYS" && j["status"] == "SUCCEEDED" && j["result"]["memories"] == 1
+        }) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no scheduled key job read the new message: {jobs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Off: every key goes.
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        &format!("mutation {{ memoryKeysEnable(enabled: false) {STATUS} }}"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        data(&body)["memoryKeysEnable"],
+        json!({ "enabled": false, "keys": 0 })
+    );
+    assert!(keys(&server, &alice).await.is_empty());
+}
