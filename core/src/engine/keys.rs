@@ -164,7 +164,7 @@ impl Engine {
             let mut facts = Vec::new();
             for (m, reply) in group.iter().zip(replies) {
                 report.memories += 1;
-                match mk::parse_fact(&reply?.text, m) {
+                match mk::parse_fact(&reply?.text, m, previous.get(&m.id).copied()) {
                     Some(fact) if report.keys as usize + facts.len() < options.max_keys => {
                         facts.push((*m, mk::key_text(&fact, m, options.with_text)))
                     }

@@ -12,6 +12,7 @@ mod jobs;
 pub(crate) mod keys;
 mod maintenance;
 mod memories;
+mod memory_keys;
 mod messages;
 mod reembed;
 mod search;

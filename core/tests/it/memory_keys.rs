@@ -252,7 +252,10 @@ async fn memory_keys(pg: bool) {
     let key = keys.iter().find(|k| k.key_for == Some(adopted.id)).unwrap();
     assert_eq!(
         key.content,
-        "Caroline adopted a puppy from the animal shelter. (said on Monday, 8 May 2023)"
+        format!(
+            "Caroline adopted a puppy from the animal shelter. (said on Monday, 8 May 2023)\n{}",
+            adopted.content
+        )
     );
     assert_eq!(key.session.as_deref(), Some("s1"));
     assert_eq!(key.created_at, adopted.created_at);

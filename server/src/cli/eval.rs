@@ -82,9 +82,10 @@ pub(super) struct EvalArgs {
     /// `"keys": true`); a summary of the keys written follows.
     #[arg(long)]
     keys: bool,
-    /// Keys: each key holds its turn's text after the fact ("K = V + fact").
+    /// Keys: the fact alone, without the turn's text after it (which keys hold by default,
+    /// "K = V + fact").
     #[arg(long)]
-    keys_with_text: bool,
+    keys_fact_only: bool,
     /// Keys: turns asked about at once.
     #[arg(long, default_value_t = recall_core::memory_keys::KeyOptions::default().concurrency)]
     keys_concurrency: usize,
@@ -581,7 +582,7 @@ async fn keys(
 ) -> recall_core::Result<()> {
     let options = recall_core::memory_keys::KeyOptions {
         concurrency: args.keys_concurrency,
-        with_text: args.keys_with_text,
+        with_text: !args.keys_fact_only,
         max_keys: recall_core::memory_keys::MAX_KEYS_PER_RUN,
         ..Default::default()
     };

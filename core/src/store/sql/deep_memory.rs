@@ -277,59 +277,6 @@ impl<V: VectorIndex> SqlStore<V> {
             > 0)
     }
 
-    /// Turns the user's key writing on or off; false when the user is unknown.
-    pub(crate) async fn set_memory_keys(&self, user: &str, enabled: bool) -> Result<bool> {
-        let Some(u) = self.find_user(&self.db, user).await? else {
-            return Ok(false);
-        };
-        // Turned off or on, the job starts over from the first memory.
-        user::Entity::update_many()
-            .col_expr(user::Column::MemoryKeys, Expr::value(enabled))
-            .col_expr(user::Column::MemoryKeysThrough, Expr::value(None::<i64>))
-            .filter(user::Column::Id.eq(u.id))
-            .exec(&self.db)
-            .await?;
-        Ok(true)
-    }
-
-    /// Records that the key job has read the user's memories up to `through` (by id); never
-    /// moves back. False when the user is unknown or their keys are off.
-    pub(crate) async fn advance_memory_keys(&self, user: &str, through: i64) -> Result<bool> {
-        let Some(u) = self.find_user(&self.db, user).await? else {
-            return Ok(false);
-        };
-        let done = user::Entity::update_many()
-            .col_expr(user::Column::MemoryKeysThrough, Expr::value(through))
-            .filter(user::Column::Id.eq(u.id))
-            .filter(user::Column::MemoryKeys.eq(true))
-            .filter(
-                Condition::any()
-                    .add(user::Column::MemoryKeysThrough.is_null())
-                    .add(user::Column::MemoryKeysThrough.lt(through)),
-            )
-            .exec(&self.db)
-            .await?;
-        Ok(done.rows_affected > 0)
-    }
-
-    /// Users with key writing on, by external id after `after`, at most `limit`.
-    pub(crate) async fn memory_keys_users(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<String>> {
-        let mut q = user::Entity::find()
-            .select_only()
-            .column(user::Column::ExternalId)
-            .filter(user::Column::MemoryKeys.eq(true))
-            .order_by_asc(user::Column::ExternalId)
-            .limit(limit as u64);
-        if let Some(a) = after {
-            q = q.filter(user::Column::ExternalId.gt(a));
-        }
-        Ok(q.into_tuple::<String>().all(&self.db).await?)
-    }
-
     /// Users with an enabled adapter, by external id after `after`, at most `limit`, with the
     /// number of memories their adapter was trained with.
     pub(crate) async fn enabled_adapters(
