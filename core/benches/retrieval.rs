@@ -160,9 +160,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn fill(store: &dyn MemoryStore, size: usize, vocab: &Vocabulary) -> f64 {
+async fn fill(store: &dyn MemoryStore, size: usize, vocab: &Vocabulary) -> (f64, Vec<i64>) {
     let mut rng = Rng(7);
     let started = Instant::now();
+    let mut ids = Vec::with_capacity(size);
     let mut left = size;
     while left > 0 {
         let n = left.min(1000);
@@ -186,10 +187,47 @@ async fn fill(store: &dyn MemoryStore, size: usize, vocab: &Vocabulary) -> f64 {
                 }
             })
             .collect();
-        store.add_memories("user", rows).await.unwrap();
+        ids.extend(
+            store
+                .add_memories("user", rows)
+                .await
+                .unwrap()
+                .iter()
+                .map(|m| m.id),
+        );
         left -= n;
     }
-    size as f64 / started.elapsed().as_secs_f64()
+    (size as f64 / started.elapsed().as_secs_f64(), ids)
+}
+
+/// Turns keys on for the user and gives every memory one key (a sentence of its own), as
+/// the key job would; keys per second.
+async fn add_keys(store: &dyn MemoryStore, ids: &[i64], vocab: &Vocabulary) -> f64 {
+    let mut rng = Rng(13);
+    let started = Instant::now();
+    store.set_memory_keys("user", true).await.unwrap();
+    for chunk in ids.chunks(1000) {
+        let rows = chunk
+            .iter()
+            .map(|&id| {
+                let text = vocab.sentence(&mut rng);
+                let vector = hash_vector(&text);
+                NewMemory {
+                    key_for: Some(id),
+                    ..NewMemory::new(
+                        MemoryKind::Key,
+                        text,
+                        Embedding {
+                            model: MODEL.into(),
+                            vector,
+                        },
+                    )
+                }
+            })
+            .collect();
+        store.add_memories("user", rows).await.unwrap();
+    }
+    ids.len() as f64 / started.elapsed().as_secs_f64()
 }
 
 async fn measure(
@@ -254,7 +292,8 @@ fn main() {
     let size: usize = arg("--size", "100000").parse().unwrap();
     let queries: usize = arg("--queries", "200").parse().unwrap();
     let query_embedder = arg("--query-embedder", "f32");
-    // Which measurements: vector, text, hybrid, reranked, cross (the cross-encoder rows).
+    // Which measurements: vector, text, hybrid, reranked, cross (the cross-encoder rows),
+    // keys (hybrid + re-ranking again after a key was added for every memory).
     let only: Vec<String> = arg("--runs", "vector,text,hybrid,reranked,cross")
         .split(',')
         .map(str::to_owned)
@@ -307,7 +346,7 @@ fn main() {
                 }
                 other => panic!("unknown backend {other}"),
             };
-            let rate = fill(store.as_ref(), size, &vocab).await;
+            let (rate, ids) = fill(store.as_ref(), size, &vocab).await;
             let engine = Engine::new(store.clone(), embedder.clone())
                 .with_query_cache(QueryCacheConfig {
                     capacity: 0,
@@ -367,6 +406,25 @@ fn main() {
                         t.iter().sum::<f64>() / t.len() as f64
                     );
                 }
+            }
+            // The same user with a key for every memory (twice the rows, twice the
+            // candidates read; each key hit replaced by its memory).
+            if only.iter().any(|o| o == "keys") {
+                let key_rate = add_keys(store.as_ref(), &ids, &vocab).await;
+                let t = measure(
+                    &engine,
+                    &vocab,
+                    queries,
+                    SearchMode::Hybrid,
+                    RankingConfig::default(),
+                )
+                .await;
+                println!(
+                    "| {backend} | {key_rate:.0} (keys) | hybrid + re-ranking, a key per memory | {:.2} | {:.2} | {:.2} |",
+                    percentile(&t, 0.5),
+                    percentile(&t, 0.95),
+                    t.iter().sum::<f64>() / t.len() as f64
+                );
             }
             drop(engine);
             drop(store);

@@ -135,6 +135,13 @@ macro_rules! delegate_store {
             ) -> $crate::error::Result<Option<$crate::types::Memory>> {
                 self.inner.get_memory(user, id).await
             }
+            async fn get_memories(
+                &self,
+                user: &str,
+                ids: &[i64],
+            ) -> $crate::error::Result<Vec<$crate::types::Memory>> {
+                self.inner.get_memories(user, ids).await
+            }
             async fn update_memory(
                 &self,
                 user: &str,
@@ -457,6 +464,9 @@ pub trait MemoryStore: Send + Sync {
 
     /// One memory.
     async fn get_memory(&self, user: &str, id: i64) -> Result<Option<Memory>>;
+
+    /// Those of `ids` that are the user's memories (any order; at most a page of ids).
+    async fn get_memories(&self, user: &str, ids: &[i64]) -> Result<Vec<Memory>>;
 
     /// Changes a memory. [`Error::NotFound`] if the user has no such memory.
     async fn update_memory(&self, user: &str, id: i64, patch: MemoryPatch) -> Result<Memory>;

@@ -263,22 +263,40 @@ impl Engine {
         if !hits.iter().any(|(m, _)| m.kind == MemoryKind::Key) {
             return Ok(hits);
         }
-        let mut targets: HashMap<i64, Option<Memory>> = HashMap::new();
+        let mut wanted: Vec<i64> = hits.iter().filter_map(|(m, _)| m.key_for).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        // The memories are read at once (by primary key), those already among the hits
+        // taken from there.
+        let mut targets: HashMap<i64, Option<Memory>> = HashMap::with_capacity(wanted.len());
         for (m, _) in &hits {
-            if let Some(t) = m.key_for
-                && !targets.contains_key(&t)
-            {
-                let found = self.store.get_memory(user, t).await?;
-                targets.insert(t, found.filter(|t| filter.matches(t)));
+            if wanted.binary_search(&m.id).is_ok() {
+                targets.insert(m.id, Some(m.clone()));
+            }
+        }
+        let missing: Vec<i64> = wanted
+            .iter()
+            .copied()
+            .filter(|id| !targets.contains_key(id))
+            .collect();
+        let page = self.limits().max_page_size.max(1);
+        for chunk in missing.chunks(page) {
+            for t in self.store.get_memories(user, chunk).await? {
+                targets.insert(t.id, Some(t));
+            }
+        }
+        for t in targets.values_mut() {
+            if t.as_ref().is_some_and(|t| !filter.matches(t)) {
+                *t = None;
             }
         }
         let mut seen = HashSet::with_capacity(hits.len());
         let mut out = Vec::with_capacity(hits.len());
         for (m, score) in hits {
             let m = match (m.kind, m.key_for) {
-                (MemoryKind::Key, Some(t)) => match &targets[&t] {
-                    Some(target) => target.clone(),
-                    None => continue,
+                (MemoryKind::Key, Some(t)) => match targets.get(&t) {
+                    Some(Some(target)) => target.clone(),
+                    _ => continue,
                 },
                 (MemoryKind::Key, None) => continue,
                 _ => m,

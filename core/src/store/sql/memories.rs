@@ -85,6 +85,22 @@ impl<V: VectorIndex> SqlStore<V> {
         Ok(self.memories_to_api(&self.db, u.id, vec![m]).await?.pop())
     }
 
+    pub(crate) async fn get_memories(&self, user: &str, ids: &[i64]) -> Result<Vec<Memory>> {
+        self.limits.check_page_size(ids.len())?;
+        let Some(u) = self.find_user(&self.db, user).await? else {
+            return Ok(Vec::new());
+        };
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let found = memory::Entity::find()
+            .filter(owned(memory::Column::UserId, u.id))
+            .filter(memory::Column::Id.is_in(ids.iter().copied()))
+            .all(&self.db)
+            .await?;
+        self.memories_to_api(&self.db, u.id, found).await
+    }
+
     pub(crate) async fn update_memory(
         &self,
         user: &str,
