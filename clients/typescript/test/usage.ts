@@ -6,7 +6,7 @@ export async function usage(token: string): Promise<string> {
   const dr = new DeepRecall({ url: 'http://localhost:8080', getToken: async () => token });
   await dr.addMessages('s1', [{ role: 'user', content: 'I live in Lisbon.', tags: ['home'] }]);
   const hits: SearchHit[] = await dr.search('Where do I live?', { topK: 3, mode: 'hybrid' });
-  const kind: 'message' | 'fact' | 'persona' | 'summary' = hits[0]!.memory.kind;
+  const kind: 'message' | 'fact' | 'persona' | 'summary' | 'key' = hits[0]!.memory.kind;
   let final: ChatFinal | undefined;
   let text = '';
   for await (const chunk of dr.chat('s2', 'Where do I live?', { maxTokens: 32 })) {
