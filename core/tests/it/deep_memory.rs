@@ -5,63 +5,29 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use recall_core::context::{ChatTurn, TokenCounter};
 use recall_core::deep_memory::{GenerateOptions, PairSource, TrainOptions};
 use recall_core::embed::Embedder;
 use recall_core::error::ErrorKind;
-use recall_core::llm::{
-    ApproxCounter, ChatEvent, ChatModel, Completion, FinishReason, GenerationParams,
-};
+use recall_core::llm::ChatModel;
 use recall_core::store::{self, StoreConfig};
 use recall_core::types::Actor;
 use recall_core::{Engine, MemoryStore};
-use tokio::sync::mpsc;
 
-use crate::fixtures::{PgDb, cpu_embedder, fact, minilm_dir, top_hit};
+use crate::fixtures::{PgDb, ScriptedChat, cpu_embedder, fact, minilm_dir, top_hit};
 use recall_core::testing::deep_memory::{NAMES, TEMPLATE, desk, facts};
 
 /// A chat model that knows the question for each note (a stand-in for the local model, whose
 /// questions are not the point here); it answers "?" for notes it does not know.
-struct QuestionWriter {
-    questions: HashMap<String, String>,
-}
-
-#[async_trait]
-impl ChatModel for QuestionWriter {
-    fn name(&self) -> &str {
-        "question-writer"
-    }
-    fn context_length(&self) -> usize {
-        4096
-    }
-    fn token_counter(&self) -> &dyn TokenCounter {
-        &ApproxCounter
-    }
-    async fn stream(
-        &self,
-        turns: &[ChatTurn],
-        _params: &GenerationParams,
-    ) -> recall_core::Result<mpsc::Receiver<recall_core::Result<ChatEvent>>> {
-        let prompt = &turns.last().unwrap().content;
-        let note = prompt
-            .strip_prefix("Note: ")
-            .and_then(|p| p.strip_suffix("\nQuestion:"))
-            .unwrap_or_default();
-        let text = self.questions.get(note).cloned().unwrap_or("?".into());
-        let (tx, rx) = mpsc::channel(2);
-        tx.send(Ok(ChatEvent::Done {
-            completion: Completion {
-                text,
-                prompt_tokens: 1,
-                completion_tokens: 1,
-                finish_reason: FinishReason::Stop,
-                confidence: 0.0,
-            },
-        }))
-        .await
-        .unwrap();
-        Ok(rx)
+fn question_writer(questions: HashMap<String, String>) -> ScriptedChat {
+    ScriptedChat {
+        name: "question-writer",
+        reply: Box::new(move |prompt| {
+            let note = prompt
+                .strip_prefix("Note: ")
+                .and_then(|p| p.strip_suffix("\nQuestion:"))
+                .unwrap_or_default();
+            questions.get(note).cloned().unwrap_or("?".into())
+        }),
     }
 }
 
@@ -83,9 +49,7 @@ async fn deep_memory(pg: bool) {
     };
     let embedder = minilm();
     let facts = facts(NAMES.len(), 6);
-    let writer = Arc::new(QuestionWriter {
-        questions: facts.iter().cloned().collect(),
-    });
+    let writer = Arc::new(question_writer(facts.iter().cloned().collect()));
     let open = |store: Arc<dyn MemoryStore>| {
         Engine::new(store, embedder.clone()).with_llm(Some(writer.clone() as Arc<dyn ChatModel>))
     };

@@ -205,3 +205,45 @@ pub async fn top_hit(
     let hit = page.hits.into_iter().next().expect("a hit");
     (hit.memory, hit.score)
 }
+
+/// A chat model whose answer is a function of the last turn's text: a stand-in for the local
+/// model in tests where what it writes is not the point.
+pub struct ScriptedChat {
+    pub name: &'static str,
+    pub reply: Box<dyn Fn(&str) -> String + Send + Sync>,
+}
+
+#[async_trait::async_trait]
+impl recall_core::llm::ChatModel for ScriptedChat {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn context_length(&self) -> usize {
+        4096
+    }
+    fn token_counter(&self) -> &dyn recall_core::context::TokenCounter {
+        &recall_core::llm::ApproxCounter
+    }
+    async fn stream(
+        &self,
+        turns: &[recall_core::context::ChatTurn],
+        _params: &recall_core::llm::GenerationParams,
+    ) -> recall_core::Result<
+        tokio::sync::mpsc::Receiver<recall_core::Result<recall_core::llm::ChatEvent>>,
+    > {
+        let text = (self.reply)(&turns.last().expect("a turn").content);
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tx.send(Ok(recall_core::llm::ChatEvent::Done {
+            completion: recall_core::llm::Completion {
+                text,
+                prompt_tokens: 1,
+                completion_tokens: 1,
+                finish_reason: recall_core::llm::FinishReason::Stop,
+                confidence: 0.0,
+            },
+        }))
+        .await
+        .expect("the receiver is here");
+        Ok(rx)
+    }
+}

@@ -2,71 +2,36 @@
 //! job writes one per message (resumable, rate-limited, through the job runner with
 //! progress); a key's match brings back its message, never the key; keys go with their
 //! memory and when keys are turned off; and another user's keys never touch a user's ranking.
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
-use recall_core::context::{ChatTurn, TokenCounter};
 use recall_core::embed::Embedder;
 use recall_core::error::ErrorKind;
 use recall_core::jobs::JobStatus;
-use recall_core::llm::{
-    ApproxCounter, ChatEvent, ChatModel, Completion, FinishReason, GenerationParams,
-};
+use recall_core::llm::ChatModel;
 use recall_core::memory_keys::KeyOptions;
 use recall_core::retrieval::{RetrieveOptions, SearchMode};
 use recall_core::runner::{JobRunner, JobRunnerConfig};
 use recall_core::store::{self, StoreConfig};
 use recall_core::types::{Actor, Filter, Memory, MemoryKind, NewMessage, PageRequest, Role};
 use recall_core::{Engine, MemoryUpdate, SearchOptions};
-use tokio::sync::mpsc;
 
-use crate::fixtures::{PgDb, cpu_embedder, fact, minilm_dir};
+use crate::fixtures::{PgDb, ScriptedChat, cpu_embedder, fact, minilm_dir};
 
 /// A chat model that knows the fact in some messages (a stand-in for the local model, whose
 /// facts are not the point here) and answers "?" for the rest.
-struct FactWriter {
-    facts: HashMap<&'static str, &'static str>,
-}
-
-#[async_trait]
-impl ChatModel for FactWriter {
-    fn name(&self) -> &str {
-        "fact-writer"
-    }
-    fn context_length(&self) -> usize {
-        4096
-    }
-    fn token_counter(&self) -> &dyn TokenCounter {
-        &ApproxCounter
-    }
-    async fn stream(
-        &self,
-        turns: &[ChatTurn],
-        _params: &GenerationParams,
-    ) -> recall_core::Result<mpsc::Receiver<recall_core::Result<ChatEvent>>> {
-        let prompt = &turns.last().unwrap().content;
-        let text = self
-            .facts
-            .iter()
-            .find(|(message, _)| prompt.contains(&format!("): {message}")))
-            .map_or("?", |(_, f)| *f)
-            .to_owned();
-        let (tx, rx) = mpsc::channel(2);
-        tx.send(Ok(ChatEvent::Done {
-            completion: Completion {
-                text,
-                prompt_tokens: 1,
-                completion_tokens: 1,
-                finish_reason: FinishReason::Stop,
-                confidence: 0.0,
-            },
-        }))
-        .await
-        .unwrap();
-        Ok(rx)
+fn fact_writer() -> ScriptedChat {
+    ScriptedChat {
+        name: "fact-writer",
+        reply: Box::new(|prompt| {
+            TURNS
+                .iter()
+                .find(|(message, fact)| fact.is_some() && prompt.contains(&format!("): {message}")))
+                .and_then(|(_, fact)| *fact)
+                .unwrap_or("?")
+                .to_owned()
+        }),
     }
 }
 
@@ -168,12 +133,7 @@ async fn memory_keys(pg: bool) {
         Some(db) => StoreConfig::postgres(db.url.clone()),
         None => StoreConfig::embedded(root.path().join("store")),
     };
-    let writer = Arc::new(FactWriter {
-        facts: TURNS
-            .iter()
-            .filter_map(|(m, f)| f.map(|f| (*m, f)))
-            .collect(),
-    });
+    let writer = Arc::new(fact_writer());
     let engine = Engine::new(store::open(&config).await.unwrap(), minilm())
         .with_llm(Some(writer as Arc<dyn ChatModel>));
     let alice = ingest(&engine, "alice").await;
