@@ -1,7 +1,7 @@
 //! Extra keys (see [`crate::memory_keys`]): turning them on and off per user, the job that
 //! writes them with the chat model, and how searches read a key's match as its memory's.
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -41,7 +41,7 @@ impl Engine {
         }
         self.store.set_memory_keys(user, enabled).await?;
         if !enabled {
-            let keys: Vec<i64> = self.user_keys(user).await?.into_keys().collect();
+            let keys: Vec<i64> = self.user_keys(user).await?.iter().map(|k| k.id).collect();
             for chunk in keys.chunks(DELETE_BATCH) {
                 self.delete_memories(user, chunk).await?;
             }
@@ -59,7 +59,12 @@ impl Engine {
     ) -> Result<Job> {
         self.limits().check_user_id(user)?;
         options.validate()?;
-        if !self.memory_keys_status(user).await?.enabled {
+        if !self
+            .store
+            .get_user(user)
+            .await?
+            .is_some_and(|u| u.memory_keys)
+        {
             return Err(Error::invalid(
                 "keys are off for this user: turn them on first",
             ));
@@ -97,10 +102,12 @@ impl Engine {
         }
     }
 
-    /// Has the chat model write a key for each of the user's messages and facts that has none
-    /// (see [`crate::memory_keys`]): resumable (memories with a key are skipped), bounded by
-    /// `options.max_keys`, paced by `options.pause_ms`, and stopped when the user turns keys
-    /// off. `on_progress(memories done, of, keys)`.
+    /// Has the chat model write the keys the user's memories lack (see
+    /// [`crate::memory_keys`]): a fact for each message and fact, and a topic for each window
+    /// of a session's new turns. Resumable (memories with a key of the kind are skipped, and
+    /// those the model had nothing for are not asked again), bounded by `options.max_keys`,
+    /// paced by `options.pause_ms`, and stopped when the user turns keys off.
+    /// `on_progress(memories done, of, keys)`.
     pub async fn write_memory_keys(
         &self,
         user: &str,
@@ -112,7 +119,7 @@ impl Engine {
         let Some(model) = self.llm.clone() else {
             return Err(Error::unavailable("no chat model is loaded to write keys"));
         };
-        let through = match self.store.get_user(user).await? {
+        let mut through = match self.store.get_user(user).await? {
             Some(u) if u.memory_keys => u.memory_keys_through,
             _ => {
                 return Err(Error::invalid(
@@ -121,22 +128,25 @@ impl Engine {
             }
         };
         let started = Instant::now();
-        let keyed: HashSet<i64> = self.user_keys(user).await?.into_values().collect();
+        let mut fact_keyed = HashSet::new();
+        let mut session_keyed = HashSet::new();
+        for k in self.user_keys(user).await? {
+            if k.source == mk::SESSION_KEY {
+                session_keyed.insert(k.target);
+            } else {
+                fact_keyed.insert(k.target);
+            }
+        }
         let memories = self.all_memories(user).await?;
         let previous = previous_turns(&memories);
         let total = memories.len() as u64;
-        // Memories are read in the order they were stored, from where the last run stopped;
-        // those the model had no fact for are not asked again.
-        let (mut todo, skipped): (Vec<&Memory>, Vec<&Memory>) = memories.iter().partition(|m| {
-            mk::KEYED_KINDS.contains(&m.kind)
-                && through.is_none_or(|t| m.id > t)
-                && !keyed.contains(&m.id)
-                && m.content.chars().count() >= options.min_memory_chars
-        });
-        todo.sort_by_key(|m| m.id);
+        let units = key_units(&memories, through, &fact_keyed, &session_keyed, options);
+        // Memories are read in the order they were stored, from where the last run stopped.
+        // The watermark moves up to the first memory not yet done.
+        let mut pending: BTreeSet<i64> = units.iter().flat_map(|u| u.ids()).collect();
         let mut report = KeyReport {
             model: model.name().to_owned(),
-            skipped: skipped.len() as u64,
+            skipped: total - pending.len() as u64,
             ..KeyReport::default()
         };
         let mut done = report.skipped;
@@ -148,44 +158,66 @@ impl Engine {
             stop: vec!["\n".into()],
             ..GenerationParams::default()
         };
-        let mut asked = 0usize;
-        for group in todo.chunks(options.concurrency) {
-            if report.keys as usize >= options.max_keys {
+        let ask = |turns: Vec<crate::context::ChatTurn>| {
+            let model = model.clone();
+            let params = params.clone();
+            async move { model.complete(&turns, &params).await }
+        };
+        let last_id = pending.last().copied();
+        for unit in &units {
+            let room = options.max_keys.saturating_sub(report.keys as usize);
+            if room == 0 {
                 break;
             }
-            asked += group.len();
-            let replies = futures::future::join_all(group.iter().map(|m| {
-                let turns = mk::fact_prompt(m, previous.get(&m.id).copied());
-                let model = model.clone();
-                let params = params.clone();
-                async move { model.complete(&turns, &params).await }
-            }))
-            .await;
-            let mut facts = Vec::new();
-            for (m, reply) in group.iter().zip(replies) {
-                report.memories += 1;
-                match mk::parse_fact(&reply?.text, m, previous.get(&m.id).copied()) {
-                    Some(fact) if report.keys as usize + facts.len() < options.max_keys => {
-                        facts.push((*m, mk::key_text(&fact, m, options.with_text)))
+            // The unit's keys: (memory, text, source).
+            let mut keys: Vec<(&Memory, String, &str)> = Vec::new();
+            for group in unit.facts.chunks(options.concurrency) {
+                let replies = futures::future::join_all(
+                    group
+                        .iter()
+                        .map(|m| ask(mk::fact_prompt(m, previous.get(&m.id).copied()))),
+                )
+                .await;
+                for (m, reply) in group.iter().zip(replies) {
+                    report.memories += 1;
+                    match mk::parse_fact(&reply?.text, m, previous.get(&m.id).copied()) {
+                        Some(fact) => {
+                            keys.push((*m, mk::key_text(&fact, m, options.with_text), mk::FACT_KEY))
+                        }
+                        None => report.rejected += 1,
                     }
-                    Some(_) => {}
-                    None => report.rejected += 1,
                 }
             }
+            if !unit.window.is_empty() {
+                report.windows += 1;
+                let reply = ask(mk::topic_prompt(&unit.window)).await?;
+                match mk::parse_topic(&reply.text, &unit.window) {
+                    Some(topic) => keys.extend(
+                        unit.window
+                            .iter()
+                            .map(|m| (*m, mk::session_key_text(&topic, m), mk::SESSION_KEY)),
+                    ),
+                    None => report.rejected_windows += 1,
+                }
+            }
+            // A unit whose keys do not all fit is left for the next run (what it wrote is
+            // kept, and skipped then).
+            let cut = keys.len() > room;
+            keys.truncate(room);
             let vectors = this
                 .embedder
-                .embed(facts.iter().map(|(_, f)| f.clone()).collect())
+                .embed(keys.iter().map(|(_, text, _)| text.clone()).collect())
                 .await?;
             let mut written = Vec::new();
-            for ((m, fact), vector) in facts.into_iter().zip(vectors) {
+            for ((m, text, source), vector) in keys.into_iter().zip(vectors) {
                 let key = NewMemory {
                     kind: MemoryKind::Key,
-                    content: fact,
+                    content: text,
                     session: m.session.clone(),
                     role: m.role,
                     tags: m.tags.clone(),
                     metadata: json!({
-                        "key": "fact",
+                        "key": source,
                         "model": model.name(),
                         "prompt_version": mk::PROMPT_VERSION,
                     }),
@@ -201,6 +233,9 @@ impl Engine {
                 match self.store.add_memories(user, vec![key]).await {
                     Ok(stored) => {
                         report.keys += stored.len() as u64;
+                        if source == mk::SESSION_KEY {
+                            report.session_keys += stored.len() as u64;
+                        }
                         written.extend(stored.iter().map(|k| k.id));
                     }
                     Err(e) if e.kind() == ErrorKind::NotFound => {}
@@ -208,26 +243,47 @@ impl Engine {
                 }
             }
             self.changed(user);
-            // Keys turned off meanwhile: this group's keys go too, and the run stops.
-            let last = group.last().map_or(0, |m| m.id);
-            if !self.store.advance_memory_keys(user, last).await? {
-                self.delete_memories(user, &written).await?;
-                report.keys -= written.len() as u64;
+            if cut {
                 break;
             }
-            done += group.len() as u64;
+            let ids = unit.ids();
+            for id in &ids {
+                pending.remove(id);
+            }
+            // Keys turned off meanwhile: this unit's keys go too, and the run stops.
+            let upto = match pending.first() {
+                Some(first) => first - 1,
+                None => last_id.unwrap_or(0),
+            };
+            let on = if through.is_none_or(|t| upto > t) {
+                through = Some(upto);
+                self.store.advance_memory_keys(user, upto).await?
+            } else {
+                self.store
+                    .get_user(user)
+                    .await?
+                    .is_some_and(|u| u.memory_keys)
+            };
+            if !on {
+                let gone = written.len() as u64;
+                self.delete_memories(user, &written).await?;
+                report.keys -= gone;
+                report.session_keys = report.session_keys.min(report.keys);
+                break;
+            }
+            done += ids.len() as u64;
             on_progress(done, total, report.keys);
             if options.pause_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(options.pause_ms)).await;
             }
         }
-        report.left = (todo.len() - asked) as u64;
+        report.left = pending.len() as u64;
         report.seconds = started.elapsed().as_secs_f64();
         Ok(report)
     }
 
-    /// The user's keys: key id → the memory it is for.
-    async fn user_keys(&self, user: &str) -> Result<HashMap<i64, i64>> {
+    /// The user's keys: each with the memory it is for and its source.
+    async fn user_keys(&self, user: &str) -> Result<Vec<KeyRef>> {
         let filter = Filter {
             kinds: vec![MemoryKind::Key],
             include_superseded: true,
@@ -237,14 +293,19 @@ impl Engine {
             first: LIST_PAGE,
             after: None,
         };
-        let mut out = HashMap::new();
+        let mut out = Vec::new();
         loop {
             let got = self.store.list_memories(user, &filter, &page).await?;
-            out.extend(
-                got.items
-                    .iter()
-                    .filter_map(|m| m.key_for.map(|target| (m.id, target))),
-            );
+            out.extend(got.items.iter().filter_map(|m| {
+                Some(KeyRef {
+                    id: m.id,
+                    target: m.key_for?,
+                    source: match m.metadata["key"].as_str() {
+                        Some(mk::SESSION_KEY) => mk::SESSION_KEY,
+                        _ => mk::FACT_KEY,
+                    },
+                })
+            }));
             match got.next_cursor {
                 Some(c) => page.after = Some(c),
                 None => return Ok(out),
@@ -335,4 +396,87 @@ fn previous_turns(memories: &[Memory]) -> HashMap<i64, &Memory> {
         .filter(|w| w[0].session == w[1].session)
         .map(|w| (w[1].id, w[0]))
         .collect()
+}
+
+/// A key of the user's: its id, the memory it is for, and its source.
+struct KeyRef {
+    id: i64,
+    target: i64,
+    source: &'static str,
+}
+
+/// What the job asks about together: the memories it wants a fact for, and a window of a
+/// session it wants a topic for (empty when none; its turns' facts are asked with it).
+struct KeyUnit<'a> {
+    facts: Vec<&'a Memory>,
+    window: Vec<&'a Memory>,
+}
+
+impl KeyUnit<'_> {
+    fn ids(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self
+            .facts
+            .iter()
+            .chain(&self.window)
+            .map(|m| m.id)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+}
+
+/// The run's work, in the order the memories were stored: the new turns of each session in
+/// windows (with their facts), then the other memories that want a fact, in groups of
+/// `options.concurrency`. New: after the watermark `through`, without a key of the kind, and
+/// at least `options.min_memory_chars` long.
+fn key_units<'a>(
+    memories: &'a [Memory],
+    through: Option<i64>,
+    fact_keyed: &HashSet<i64>,
+    session_keyed: &HashSet<i64>,
+    options: &KeyOptions,
+) -> Vec<KeyUnit<'a>> {
+    let fresh = |m: &Memory| {
+        through.is_none_or(|t| m.id > t) && m.content.chars().count() >= options.min_memory_chars
+    };
+    let wants_fact = |m: &Memory| {
+        options.facts
+            && mk::KEYED_KINDS.contains(&m.kind)
+            && fresh(m)
+            && !fact_keyed.contains(&m.id)
+    };
+    let mut turns: Vec<&Memory> = memories
+        .iter()
+        .filter(|m| {
+            options.sessions
+                && m.kind == MemoryKind::Message
+                && m.session.is_some()
+                && fresh(m)
+                && !session_keyed.contains(&m.id)
+        })
+        .collect();
+    turns.sort_by(|a, b| (&a.session, a.message_id, a.id).cmp(&(&b.session, b.message_id, b.id)));
+    let mut units = Vec::new();
+    let mut in_window = HashSet::new();
+    for session in turns.chunk_by(|a, b| a.session == b.session) {
+        for window in mk::session_windows(session, options.session_turns) {
+            in_window.extend(window.iter().map(|m| m.id));
+            units.push(KeyUnit {
+                facts: window.iter().copied().filter(|m| wants_fact(m)).collect(),
+                window,
+            });
+        }
+    }
+    let mut rest: Vec<&Memory> = memories
+        .iter()
+        .filter(|m| wants_fact(m) && !in_window.contains(&m.id))
+        .collect();
+    rest.sort_by_key(|m| m.id);
+    units.extend(rest.chunks(options.concurrency).map(|c| KeyUnit {
+        facts: c.to_vec(),
+        window: vec![],
+    }));
+    units.sort_by_key(|u| u.ids().first().copied());
+    units
 }

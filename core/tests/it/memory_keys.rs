@@ -19,12 +19,23 @@ use recall_core::{Engine, MemoryUpdate, SearchOptions};
 
 use crate::fixtures::{PgDb, ScriptedChat, cpu_embedder, fact, minilm_dir};
 
-/// A chat model that knows the fact in some messages (a stand-in for the local model, whose
-/// facts are not the point here) and answers "?" for the rest.
+/// A chat model that knows the fact in some messages and the topic of some stretches of
+/// conversation (a stand-in for the local model, whose facts are not the point here) and
+/// answers "?" for the rest.
 fn fact_writer() -> ScriptedChat {
     ScriptedChat {
         name: "fact-writer",
         reply: Box::new(|prompt| {
+            if prompt.ends_with("Topic:") {
+                return if prompt.contains("Rome") {
+                    "Caroline and Melanie plan Caroline's trip to Rome in June."
+                } else if prompt.contains("weekend") {
+                    "Caroline and Melanie catch up on their weekend."
+                } else {
+                    "?"
+                }
+                .to_owned();
+            }
             TURNS
                 .iter()
                 .find(|(message, fact)| fact.is_some() && prompt.contains(&format!("): {message}")))
@@ -34,6 +45,13 @@ fn fact_writer() -> ScriptedChat {
         }),
     }
 }
+
+/// A second session, about a trip: only its first turn names the city.
+const TRIP: [&str; 3] = [
+    "Caroline: I booked my flights to Rome for June!",
+    "Melanie: Which museums are you going to see there?",
+    "Caroline: The Vatican museums and the Borghese gallery, I hope.",
+];
 
 /// The conversation: (speaker line, the fact the model reads in it).
 const TURNS: [(&str, Option<&str>); 6] = [
@@ -93,6 +111,37 @@ async fn ingest(engine: &Engine, user: &str) -> Vec<Memory> {
     memories
 }
 
+async fn ingest_trip(engine: &Engine, user: &str) -> Vec<i64> {
+    let t = Utc.with_ymd_and_hms(2023, 5, 20, 9, 0, 0).unwrap();
+    let messages = TRIP
+        .iter()
+        .enumerate()
+        .map(|(i, text)| NewMessage {
+            created_at: Some(t + chrono::Duration::minutes(i as i64)),
+            ..NewMessage::new("s2", Role::User, *text)
+        })
+        .collect();
+    let out = engine.add_messages(user, messages).await.unwrap();
+    out.iter().flat_map(|a| a.memory_ids.clone()).collect()
+}
+
+/// The ids of the memories a full-text search for `query` finds.
+async fn text_found(engine: &Engine, user: &str, query: &str) -> Vec<i64> {
+    let mut ids: Vec<i64> = engine
+        .retrieve(
+            user,
+            query,
+            &RetrieveOptions::for_mode(SearchMode::Text, 10),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.memory.id)
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
 async fn ranking(engine: &Engine, user: &str, query: &str, filter: Filter) -> Vec<Memory> {
     let options = RetrieveOptions {
         filter,
@@ -137,10 +186,14 @@ async fn memory_keys(pg: bool) {
     let engine = Engine::new(store::open(&config).await.unwrap(), minilm())
         .with_llm(Some(writer as Arc<dyn ChatModel>));
     let alice = ingest(&engine, "alice").await;
+    let trip = ingest_trip(&engine, "alice").await;
     let adopted = alice[1].clone();
     // Bob said the same things; he never turns keys on.
     ingest(&engine, "bob").await;
+    let bob_trip = ingest_trip(&engine, "bob").await;
     let bob_before = ranking(&engine, "bob", QUESTION, Filter::default()).await;
+    // Only the first turn of the trip names Rome.
+    assert_eq!(text_found(&engine, "alice", "Rome").await, trip[..1]);
 
     // Without keys her sister's puppy outranks the adoption, which never says "puppy".
     let before = ranking(&engine, "alice", QUESTION, Filter::default()).await;
@@ -185,6 +238,8 @@ async fn memory_keys(pg: bool) {
     let options = KeyOptions {
         concurrency: 2,
         pause_ms: 20,
+        sessions: true,
+        session_turns: 4,
         ..KeyOptions::default()
     };
     let job = engine
@@ -201,15 +256,24 @@ async fn memory_keys(pg: bool) {
     runner.stop().await;
     assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
     assert_eq!(job.progress, 1.0, "{job:?}");
+    // Facts for four turns (the other five have none); topics for three windows (the weekend
+    // in two of three turns, the trip), of which the model knows two.
     let result = job.result.unwrap();
-    assert_eq!(result["keys"], 4, "{result}");
-    assert_eq!(result["rejected"], 2, "{result}");
+    assert_eq!(result["keys"], 10, "{result}");
+    assert_eq!(result["rejected"], 5, "{result}");
+    assert_eq!(result["session_keys"], 6, "{result}");
+    assert_eq!(result["windows"], 3, "{result}");
+    assert_eq!(result["rejected_windows"], 1, "{result}");
     assert_eq!(result["left"], 0, "{result}");
 
     // The keys point at their messages and carry the day they were said.
     let keys = keys_of(&engine, "alice").await;
-    assert_eq!(keys.len(), 4);
-    let key = keys.iter().find(|k| k.key_for == Some(adopted.id)).unwrap();
+    assert_eq!(keys.len(), 10);
+    let is_session = |k: &Memory| k.metadata["key"] == "session";
+    let key = keys
+        .iter()
+        .find(|k| k.key_for == Some(adopted.id) && !is_session(k))
+        .unwrap();
     assert_eq!(
         key.content,
         format!(
@@ -220,14 +284,47 @@ async fn memory_keys(pg: bool) {
     assert_eq!(key.session.as_deref(), Some("s1"));
     assert_eq!(key.created_at, adopted.created_at);
     assert_eq!(key.metadata["model"], "fact-writer");
-    assert_eq!(engine.memory_keys_status("alice").await.unwrap().keys, 4);
+    assert_eq!(key.metadata["key"], "fact");
+    // Session keys: the window's topic for each of its turns, then the turn.
+    let mut session_keyed: Vec<i64> = keys
+        .iter()
+        .filter(|k| is_session(k))
+        .filter_map(|k| k.key_for)
+        .collect();
+    session_keyed.sort_unstable();
+    let mut expected: Vec<i64> = alice[..3]
+        .iter()
+        .map(|m| m.id)
+        .chain(trip.clone())
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(session_keyed, expected);
+    let museums = keys.iter().find(|k| k.key_for == Some(trip[1])).unwrap();
+    assert_eq!(
+        museums.content,
+        format!(
+            "Caroline and Melanie plan Caroline's trip to Rome in June. (conversation of \
+             Saturday, 20 May 2023)\n{}",
+            TRIP[1]
+        )
+    );
+    assert_eq!(museums.session.as_deref(), Some("s2"));
+    assert_eq!(engine.memory_keys_status("alice").await.unwrap().keys, 10);
 
-    // A second run has nothing left to do (the two without a fact are not asked again).
+    // Every turn of the trip is found by the city's name now; Bob's are as before.
+    assert_eq!(text_found(&engine, "alice", "Rome").await, trip);
+    assert_eq!(text_found(&engine, "bob", "Rome").await, bob_trip[..1]);
+
+    // A second run has nothing left to do (turns without a fact or topic are not asked
+    // again).
     let again = engine
         .write_memory_keys("alice", &KeyOptions::default(), &mut |_, _, _| {})
         .await
         .unwrap();
-    assert_eq!((again.keys, again.skipped, again.memories), (0, 6, 0));
+    assert_eq!(
+        (again.keys, again.skipped, again.memories, again.windows),
+        (0, 9, 0, 0)
+    );
     assert_eq!(
         engine
             .user("alice")
@@ -235,7 +332,7 @@ async fn memory_keys(pg: bool) {
             .unwrap()
             .unwrap()
             .memory_keys_through,
-        Some(alice.iter().map(|m| m.id).max().unwrap())
+        trip.iter().max().copied()
     );
 
     // The key's match is the message's: it now ranks first, and no key is ever returned.
@@ -297,14 +394,14 @@ async fn memory_keys(pg: bool) {
         .await
         .unwrap();
     let keys = keys_of(&engine, "alice").await;
-    assert_eq!(keys.len(), 3);
+    assert_eq!(keys.len(), 9);
     assert!(keys.iter().all(|k| k.key_for != Some(painting.id)));
     engine
         .delete_memories("alice", &[adopted.id])
         .await
         .unwrap();
     let keys = keys_of(&engine, "alice").await;
-    assert_eq!(keys.len(), 2);
+    assert_eq!(keys.len(), 7);
     assert!(keys.iter().all(|k| k.key_for != Some(adopted.id)));
     let gone = ranking(&engine, "alice", QUESTION, Filter::default()).await;
     assert!(

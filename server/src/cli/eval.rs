@@ -1,4 +1,5 @@
 //! `deep-recall eval`: retrieval quality on a LoCoMo-format benchmark, per category.
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use chrono::Utc;
@@ -78,7 +79,8 @@ pub(super) struct EvalArgs {
     #[arg(long)]
     answers_per_category: Option<usize>,
     /// Extra keys: after the plain run, turn keys on for every sample, have the chat model
-    /// (`chat.model`) write a key for every turn, and evaluate again (reports say
+    /// (`chat.model`) write keys for every turn (a fact; `--keys-sessions`: its session window's topic), and
+    /// evaluate again (reports say
     /// `"keys": true`); a summary of the keys written follows.
     #[arg(long)]
     keys: bool,
@@ -86,6 +88,12 @@ pub(super) struct EvalArgs {
     /// "K = V + fact").
     #[arg(long)]
     keys_fact_only: bool,
+    /// Keys: no facts (with `--keys-sessions`: only session keys).
+    #[arg(long)]
+    keys_no_facts: bool,
+    /// Keys: session keys too (the topic of each stretch of a session, off by default).
+    #[arg(long)]
+    keys_sessions: bool,
     /// Keys: turns asked about at once.
     #[arg(long, default_value_t = recall_core::memory_keys::KeyOptions::default().concurrency)]
     keys_concurrency: usize,
@@ -295,15 +303,19 @@ pub(super) async fn run(
             println!("{k}");
         } else {
             println!(
-                "keys {}: {} keys for {} turns ({} rejected) by {} in {:.0}s",
+                "keys {}: {} keys ({} from {} session windows, {} rejected) for {} turns ({} \
+                 rejected) by {} in {:.0}s",
                 k["sample"].as_str().unwrap_or("?"),
                 k["keys"],
+                k["session_keys"],
+                k["windows"],
+                k["rejected_windows"],
                 k["memories"],
                 k["rejected"],
                 k["model"].as_str().unwrap_or("?"),
                 k["seconds"].as_f64().unwrap_or(0.0),
             );
-            for e in k["examples"].as_array().into_iter().flatten().take(3) {
+            for e in k["examples"].as_array().into_iter().flatten() {
                 println!(
                     "  {:?}\n    -> {:?}",
                     e["turn"].as_str().unwrap_or(""),
@@ -583,6 +595,8 @@ async fn keys(
     let options = recall_core::memory_keys::KeyOptions {
         concurrency: args.keys_concurrency,
         with_text: !args.keys_fact_only,
+        facts: !args.keys_no_facts,
+        sessions: args.keys_sessions,
         max_keys: recall_core::memory_keys::MAX_KEYS_PER_RUN,
         ..Default::default()
     };
@@ -608,11 +622,18 @@ async fn keys(
             ..Default::default()
         };
         let page = recall_core::types::PageRequest {
-            first: 8,
+            first: 64,
             after: None,
         };
         let mut examples = Vec::new();
+        let mut per_source: HashMap<String, usize> = HashMap::new();
         for k in engine.memories(&i.user, &filter, &page).await?.items {
+            let source = k.metadata["key"].as_str().unwrap_or("").to_owned();
+            let n = per_source.entry(source).or_default();
+            *n += 1;
+            if *n > 3 {
+                continue;
+            }
             if let Some(m) = engine.memory(&i.user, k.key_for.unwrap_or(0)).await? {
                 examples.push(json!({ "turn": m.content, "key": k.content }));
             }

@@ -177,12 +177,15 @@ async fn keys_from_graphql() {
     };
     assert_eq!(done["progress"], 1.0, "{done}");
     let result = &done["result"];
+    // A fact asked for each turn (session keys are off by default).
     let written = result["keys"].as_u64().unwrap();
     assert_eq!(
         written + result["rejected"].as_u64().unwrap(),
         TURNS.len() as u64,
         "{result}"
     );
+    assert_eq!(result["windows"], 0, "{result}");
+    assert_eq!(result["session_keys"], 0, "{result}");
     assert!(written > 0, "the packaged model wrote no key: {result}");
 
     // Each key points at one of Alice's messages and says when it was said.
