@@ -29,6 +29,16 @@ pub const PROMPT_VERSION: u32 = 1;
 pub const FACT_KEY: &str = "fact";
 /// A key's source: the topic of the stretch of the session its memory belongs to.
 pub const SESSION_KEY: &str = "session";
+/// What the key job reads memories for; each has its own watermark (the last memory read,
+/// [`crate::types::User::memory_keys_through`] and `memory_sessions_through`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyPass {
+    /// A fact for each message and fact.
+    Facts,
+    /// A topic for each stretch of a session.
+    Sessions,
+}
+
 /// Characters of a key at most.
 pub const MAX_KEY_CHARS: usize = 400;
 /// Keys written per run at most.

@@ -362,9 +362,10 @@ macro_rules! delegate_store {
             async fn advance_memory_keys(
                 &self,
                 user: &str,
+                pass: $crate::memory_keys::KeyPass,
                 through: i64,
             ) -> $crate::error::Result<bool> {
-                self.inner.advance_memory_keys(user, through).await
+                self.inner.advance_memory_keys(user, pass, through).await
             }
             async fn memory_keys_users(
                 &self,
@@ -637,10 +638,15 @@ pub trait MemoryStore: Send + Sync {
     /// [`crate::types::MemoryKind::Key`]); false when the user is unknown.
     async fn set_memory_keys(&self, user: &str, enabled: bool) -> Result<bool>;
 
-    /// Records that the key job has read the user's memories up to `through` (by id; see
-    /// [`crate::types::User::memory_keys_through`]); never moves back. False when the user is
-    /// unknown or their keys are off.
-    async fn advance_memory_keys(&self, user: &str, through: i64) -> Result<bool>;
+    /// Records that the key job has read the user's memories up to `through` (by id) for
+    /// `pass` (see [`crate::types::User::memory_keys_through`]); never moves back. False when
+    /// the user is unknown or their keys are off.
+    async fn advance_memory_keys(
+        &self,
+        user: &str,
+        pass: crate::memory_keys::KeyPass,
+        through: i64,
+    ) -> Result<bool>;
 
     /// Users with key writing on (external ids after `after`, at most `limit`, in order).
     async fn memory_keys_users(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>>;

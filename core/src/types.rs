@@ -187,9 +187,13 @@ pub struct User {
     /// Whether the background job writes extra keys for the user's memories.
     #[serde(default)]
     pub memory_keys: bool,
-    /// The last of their memories (by id) the key job has read: later ones wait for it.
+    /// The last of their memories (by id) the key job has read for facts: later ones wait
+    /// for it.
     #[serde(default)]
     pub memory_keys_through: Option<i64>,
+    /// The last of their memories (by id) the key job has read for session topics.
+    #[serde(default)]
+    pub memory_sessions_through: Option<i64>,
 }
 
 /// A conversation.

@@ -606,6 +606,11 @@ pub struct MemoryKeySettings {
     pub pause_ms: u64,
     /// Keys a job writes at most (`memoryKeysWrite` may ask for fewer).
     pub max_keys_per_run: usize,
+    /// Facts: a key for each message and fact, from what the model reads in it alone.
+    pub facts: bool,
+    /// Session keys: a key for each turn, from the topic the model gives its stretch of the
+    /// session (off by default: they lowered recall on the dev data, docs/benchmarks.md).
+    pub sessions: bool,
 }
 
 impl Default for MemoryKeySettings {
@@ -614,6 +619,8 @@ impl Default for MemoryKeySettings {
             check_secs: 600,
             pause_ms: 0,
             max_keys_per_run: 10_000,
+            facts: true,
+            sessions: false,
         }
     }
 }
@@ -624,6 +631,8 @@ impl MemoryKeySettings {
         recall_core::memory_keys::KeyOptions {
             pause_ms: self.pause_ms,
             max_keys: self.max_keys_per_run,
+            facts: self.facts,
+            sessions: self.sessions,
             ..Default::default()
         }
     }
@@ -797,6 +806,9 @@ impl Settings {
                 "store.tag_ttl_seconds.{tag} = {secs}: a time to live is 1 to {max_ttl} seconds"
             )));
         }
+        if let Err(Error::InvalidInput { message }) = self.memory_keys.options().validate() {
+            return Err(Error::invalid(format!("memory_keys: {message}")));
+        }
         let t = &self.telemetry;
         if !(0.0..=1.0).contains(&t.sample_ratio) {
             return Err(Error::invalid(
@@ -928,6 +940,14 @@ mod tests {
             jail.set_env("DEEP_RECALL__MODELS__DEVICE", "tpu");
             let e = err(None);
             assert!(e.contains("tpu"), "{e}");
+            jail.clear_env();
+            jail.set_env("DEEP_RECALL__MEMORY_KEYS__SESSIONS", "true");
+            let keys = Settings::load(None).unwrap().memory_keys.options();
+            assert!(keys.facts && keys.sessions, "{keys:?}");
+            jail.set_env("DEEP_RECALL__MEMORY_KEYS__FACTS", "false");
+            jail.set_env("DEEP_RECALL__MEMORY_KEYS__SESSIONS", "false");
+            let e = err(None);
+            assert!(e.contains("memory_keys") && e.contains("neither"), "{e}");
             Ok(())
         });
     }

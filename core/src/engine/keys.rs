@@ -119,8 +119,9 @@ impl Engine {
         let Some(model) = self.llm.clone() else {
             return Err(Error::unavailable("no chat model is loaded to write keys"));
         };
+        // Each pass has its own watermark: a job with session keys off leaves theirs alone.
         let mut through = match self.store.get_user(user).await? {
-            Some(u) if u.memory_keys => u.memory_keys_through,
+            Some(u) if u.memory_keys => [u.memory_keys_through, u.memory_sessions_through],
             _ => {
                 return Err(Error::invalid(
                     "keys are off for this user: turn them on first",
@@ -142,8 +143,23 @@ impl Engine {
         let total = memories.len() as u64;
         let units = key_units(&memories, through, &fact_keyed, &session_keyed, options);
         // Memories are read in the order they were stored, from where the last run stopped.
-        // The watermark moves up to the first memory not yet done.
+        // Each pass's watermark moves up to the first memory it has not done yet.
         let mut pending: BTreeSet<i64> = units.iter().flat_map(|u| u.ids()).collect();
+        let mut pass_pending: [BTreeSet<i64>; 2] = [
+            units
+                .iter()
+                .flat_map(|u| u.facts.iter().map(|m| m.id))
+                .collect(),
+            units
+                .iter()
+                .flat_map(|u| u.window.iter().map(|m| m.id))
+                .collect(),
+        ];
+        let pass_last = pass_pending.clone().map(|p| p.last().copied());
+        let passes = [
+            (mk::KeyPass::Facts, options.facts),
+            (mk::KeyPass::Sessions, options.sessions),
+        ];
         let mut report = KeyReport {
             model: model.name().to_owned(),
             skipped: total - pending.len() as u64,
@@ -163,7 +179,6 @@ impl Engine {
             let params = params.clone();
             async move { model.complete(&turns, &params).await }
         };
-        let last_id = pending.last().copied();
         for unit in &units {
             let room = options.max_keys.saturating_sub(report.keys as usize);
             if room == 0 {
@@ -250,19 +265,35 @@ impl Engine {
             for id in &ids {
                 pending.remove(id);
             }
+            for m in &unit.facts {
+                pass_pending[0].remove(&m.id);
+            }
+            for m in &unit.window {
+                pass_pending[1].remove(&m.id);
+            }
             // Keys turned off meanwhile: this unit's keys go too, and the run stops.
-            let upto = match pending.first() {
-                Some(first) => first - 1,
-                None => last_id.unwrap_or(0),
-            };
-            let on = if through.is_none_or(|t| upto > t) {
-                through = Some(upto);
-                self.store.advance_memory_keys(user, upto).await?
-            } else {
-                self.store
+            let mut on = None;
+            for (i, (pass, wanted)) in passes.into_iter().enumerate() {
+                if !wanted {
+                    continue;
+                }
+                let upto = match pass_pending[i].first() {
+                    Some(first) => first - 1,
+                    None => pass_last[i].unwrap_or(0),
+                };
+                if through[i].is_none_or(|t| upto > t) {
+                    through[i] = Some(upto);
+                    let advanced = self.store.advance_memory_keys(user, pass, upto).await?;
+                    on = Some(on.unwrap_or(true) && advanced);
+                }
+            }
+            let on = match on {
+                Some(on) => on,
+                None => self
+                    .store
                     .get_user(user)
                     .await?
-                    .is_some_and(|u| u.memory_keys)
+                    .is_some_and(|u| u.memory_keys),
             };
             if !on {
                 let gone = written.len() as u64;
@@ -428,22 +459,22 @@ impl KeyUnit<'_> {
 
 /// The run's work, in the order the memories were stored: the new turns of each session in
 /// windows (with their facts), then the other memories that want a fact, in groups of
-/// `options.concurrency`. New: after the watermark `through`, without a key of the kind, and
+/// `options.concurrency`. New: after the watermark of its pass (`through`: facts, sessions), without a key of the kind, and
 /// at least `options.min_memory_chars` long.
 fn key_units<'a>(
     memories: &'a [Memory],
-    through: Option<i64>,
+    through: [Option<i64>; 2],
     fact_keyed: &HashSet<i64>,
     session_keyed: &HashSet<i64>,
     options: &KeyOptions,
 ) -> Vec<KeyUnit<'a>> {
-    let fresh = |m: &Memory| {
+    let fresh = |m: &Memory, through: Option<i64>| {
         through.is_none_or(|t| m.id > t) && m.content.chars().count() >= options.min_memory_chars
     };
     let wants_fact = |m: &Memory| {
         options.facts
             && mk::KEYED_KINDS.contains(&m.kind)
-            && fresh(m)
+            && fresh(m, through[0])
             && !fact_keyed.contains(&m.id)
     };
     let mut turns: Vec<&Memory> = memories
@@ -452,7 +483,7 @@ fn key_units<'a>(
             options.sessions
                 && m.kind == MemoryKind::Message
                 && m.session.is_some()
-                && fresh(m)
+                && fresh(m, through[1])
                 && !session_keyed.contains(&m.id)
         })
         .collect();

@@ -530,6 +530,7 @@ impl<V: VectorIndex> SqlStore<V> {
             embedding_model: NotSet,
             memory_keys: Set(false),
             memory_keys_through: Set(None),
+            memory_sessions_through: Set(None),
         })
         .on_conflict(
             OnConflict::column(user::Column::ExternalId)

@@ -435,3 +435,101 @@ async fn keys_on_the_embedded_store() {
 async fn keys_on_postgres() {
     memory_keys(true).await;
 }
+
+/// Facts and session topics each have their own watermark: a job without session keys
+/// leaves them to a later one that has them (turned on later, they still read the turns
+/// stored before), and neither pass asks again what the other already read.
+async fn passes_have_their_own_watermarks(pg: bool) {
+    let root = tempfile::tempdir().unwrap();
+    let db = if pg { Some(PgDb::create().await) } else { None };
+    let config = match &db {
+        Some(db) => StoreConfig::postgres(db.url.clone()),
+        None => StoreConfig::embedded(root.path().join("store")),
+    };
+    let engine = Engine::new(store::open(&config).await.unwrap(), minilm())
+        .with_llm(Some(Arc::new(fact_writer()) as Arc<dyn ChatModel>));
+    let alice = ingest(&engine, "alice").await;
+    let trip = ingest_trip(&engine, "alice").await;
+    let last = *trip.iter().max().unwrap();
+    engine.set_memory_keys("alice", true).await.unwrap();
+    let watermarks = || async {
+        let u = engine.user("alice").await.unwrap().unwrap();
+        (u.memory_keys_through, u.memory_sessions_through)
+    };
+    let run = |options: KeyOptions| {
+        let engine = engine.clone();
+        async move {
+            engine
+                .write_memory_keys("alice", &options, &mut |_, _, _| {})
+                .await
+                .unwrap()
+        }
+    };
+    let sessions = KeyOptions {
+        session_turns: 4,
+        sessions: true,
+        ..KeyOptions::default()
+    };
+
+    // Facts only (the default): four facts, no window read, the sessions' watermark unset.
+    let facts = run(KeyOptions::default()).await;
+    assert_eq!((facts.keys, facts.memories, facts.windows), (4, 9, 0));
+    assert_eq!(watermarks().await, (Some(last), None));
+
+    // Session keys only, later: every turn stored before is read for its topic, no fact is
+    // asked again.
+    let topics = KeyOptions {
+        facts: false,
+        ..sessions.clone()
+    };
+    let report = run(topics).await;
+    assert_eq!(
+        (
+            report.keys,
+            report.session_keys,
+            report.memories,
+            report.windows,
+            report.rejected_windows
+        ),
+        (6, 6, 0, 3, 1)
+    );
+    assert_eq!(watermarks().await, (Some(last), Some(last)));
+
+    // Both: nothing is left to read.
+    let again = run(sessions.clone()).await;
+    assert_eq!(
+        (again.keys, again.memories, again.windows, again.skipped),
+        (0, 0, 0, (alice.len() + trip.len()) as u64)
+    );
+
+    // A new turn: read by each pass once.
+    let t = Utc.with_ymd_and_hms(2023, 5, 20, 9, 30, 0).unwrap();
+    let added = engine
+        .add_messages(
+            "alice",
+            vec![NewMessage {
+                created_at: Some(t),
+                ..NewMessage::new("s2", Role::User, "Caroline: Rome in June will be hot.")
+            }],
+        )
+        .await
+        .unwrap();
+    let new = added[0].memory_ids[0];
+    let once = run(sessions.clone()).await;
+    assert_eq!((once.memories, once.windows), (1, 1));
+    assert_eq!(watermarks().await, (Some(new), Some(new)));
+    assert_eq!(run(sessions).await.windows, 0);
+    if let Some(db) = db {
+        db.drop_db().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watermarks_on_the_embedded_store() {
+    passes_have_their_own_watermarks(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watermarks_on_postgres() {
+    passes_have_their_own_watermarks(true).await;
+}

@@ -32,6 +32,11 @@ pub struct MemoryKeysWriteInput {
     pub max_keys: Option<u32>,
     /// Pause after each group of memories, in milliseconds (a rate limit).
     pub pause_ms: Option<u32>,
+    /// Facts: a key for each message and fact from what the model reads in it alone.
+    pub facts: Option<bool>,
+    /// Session keys: a key for each turn from the topic the model gives its stretch of the
+    /// session. Turning both kinds off is refused (`BAD_INPUT`).
+    pub sessions: Option<bool>,
 }
 
 /// Key queries.
@@ -90,6 +95,8 @@ impl MemoryKeysMutation {
                 .max_keys
                 .map_or(base.max_keys, |v| (v as usize).min(base.max_keys)),
             pause_ms: input.pause_ms.map_or(base.pause_ms, u64::from),
+            facts: input.facts.unwrap_or(base.facts),
+            sessions: input.sessions.unwrap_or(base.sessions),
             ..base
         };
         Ok(state

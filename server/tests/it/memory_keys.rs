@@ -255,3 +255,78 @@ async fn keys_from_graphql() {
     );
     assert!(keys(&server, &alice).await.is_empty());
 }
+
+/// Which keys a job writes: the server's `memory_keys.facts`/`sessions`, or the job's own
+/// `facts`/`sessions` (not neither: a typed error).
+#[tokio::test(flavor = "multi_thread")]
+async fn session_keys_from_settings_and_input() {
+    let store = Store::embedded();
+    let server = Server::start(
+        &store,
+        &[],
+        &[
+            ("DEEP_RECALL__JOBS__POLL_MS", "100"),
+            ("DEEP_RECALL__MEMORY_KEYS__CHECK_SECS", "0"),
+            ("DEEP_RECALL__MEMORY_KEYS__SESSIONS", "true"),
+        ],
+    );
+    let alice = token("alice", false, 600);
+    add_messages(&server, &alice, &TURNS).await;
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        &format!("mutation {{ memoryKeysEnable(enabled: true) {STATUS} }}"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(data(&body)["memoryKeysEnable"]["enabled"], true);
+    let write = |input: &'static str| {
+        let server = &server;
+        let alice = alice.clone();
+        async move {
+            let (_, body) = gql(
+                server,
+                Some(&alice),
+                &format!("mutation {{ memoryKeysWrite(input: {input}) {{ {JOB} }} }}"),
+                json!({}),
+            )
+            .await;
+            body
+        }
+    };
+    let body = write("{ facts: false, sessions: false }").await;
+    assert_eq!(code(&body), "BAD_INPUT", "{body}");
+
+    // Topics only (sessions from the settings, facts off for this job): the session's four
+    // turns are one window, no fact is asked.
+    let body = write("{ facts: false }").await;
+    let id = data(&body)["memoryKeysWrite"]["id"].clone();
+    let started = Instant::now();
+    let result = loop {
+        let (_, body) = gql(
+            &server,
+            Some(&alice),
+            "query($id: ID!) { job(id: $id) { status result } }",
+            json!({ "id": id }),
+        )
+        .await;
+        let job = data(&body)["job"].clone();
+        match job["status"].as_str() {
+            Some("SUCCEEDED") => break job["result"].clone(),
+            Some("QUEUED") | Some("RUNNING") => {}
+            _ => panic!("job ended badly: {job}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "{job}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(result["windows"], 1, "{result}");
+    assert_eq!(result["memories"], 0, "{result}");
+    assert_eq!(result["keys"], result["session_keys"], "{result}");
+    let own = memory_ids(&server, &alice).await;
+    let found = keys(&server, &alice).await;
+    assert_eq!(found.len() as u64, result["keys"].as_u64().unwrap());
+    for (text, target) in &found {
+        assert!(own.contains(target), "{target} not Alice's");
+        assert!(text.contains("(conversation of "), "{text}");
+    }
+}

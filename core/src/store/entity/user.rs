@@ -14,8 +14,10 @@ pub struct Model {
     pub embedding_model: Option<String>,
     /// Whether the background job writes extra keys for the user's memories.
     pub memory_keys: bool,
-    /// The last memory (by id) the key job has read.
+    /// The last memory (by id) the key job has read for facts.
     pub memory_keys_through: Option<i64>,
+    /// The last memory (by id) the key job has read for session topics.
+    pub memory_sessions_through: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

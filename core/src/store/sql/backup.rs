@@ -406,6 +406,7 @@ impl<V: VectorIndex> SqlStore<V> {
                         // Restored keys keep their ids' order; the job reads everything again
                         // and skips memories that have keys.
                         memory_keys_through: Set(None),
+                        memory_sessions_through: Set(None),
                     })
                     .exec_without_returning(&txn)
                     .await?;

@@ -164,6 +164,7 @@ impl<V: VectorIndex> SqlStore<V> {
                 created_at: u.created_at,
                 memory_keys: u.memory_keys,
                 memory_keys_through: u.memory_keys_through,
+                memory_sessions_through: u.memory_sessions_through,
             },
             settings,
             sessions: sessions.into_iter().map(session_to_api).collect(),

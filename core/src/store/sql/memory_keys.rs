@@ -1,6 +1,7 @@
 //! Extra keys (see [`crate::memory_keys`]): whether a user has them on, and how far the key
 //! job has read. The keys themselves are memories (kind `key`, `key_for`; see `memories.rs`).
 use super::*;
+use crate::memory_keys::KeyPass;
 
 impl<V: VectorIndex> SqlStore<V> {
     /// Turns the user's key writing on or off; false when the user is unknown.
@@ -12,26 +13,39 @@ impl<V: VectorIndex> SqlStore<V> {
         user::Entity::update_many()
             .col_expr(user::Column::MemoryKeys, Expr::value(enabled))
             .col_expr(user::Column::MemoryKeysThrough, Expr::value(None::<i64>))
+            .col_expr(
+                user::Column::MemorySessionsThrough,
+                Expr::value(None::<i64>),
+            )
             .filter(user::Column::Id.eq(u.id))
             .exec(&self.db)
             .await?;
         Ok(true)
     }
 
-    /// Records that the key job has read the user's memories up to `through` (by id); never
-    /// moves back. False when the user is unknown or their keys are off.
-    pub(crate) async fn advance_memory_keys(&self, user: &str, through: i64) -> Result<bool> {
+    /// Records that the key job has read the user's memories up to `through` (by id) for
+    /// `pass`; never moves back. False when the user is unknown or their keys are off.
+    pub(crate) async fn advance_memory_keys(
+        &self,
+        user: &str,
+        pass: KeyPass,
+        through: i64,
+    ) -> Result<bool> {
         let Some(u) = self.find_user(&self.db, user).await? else {
             return Ok(false);
         };
+        let column = match pass {
+            KeyPass::Facts => user::Column::MemoryKeysThrough,
+            KeyPass::Sessions => user::Column::MemorySessionsThrough,
+        };
         let done = user::Entity::update_many()
-            .col_expr(user::Column::MemoryKeysThrough, Expr::value(through))
+            .col_expr(column, Expr::value(through))
             .filter(user::Column::Id.eq(u.id))
             .filter(user::Column::MemoryKeys.eq(true))
             .filter(
                 Condition::any()
-                    .add(user::Column::MemoryKeysThrough.is_null())
-                    .add(user::Column::MemoryKeysThrough.lt(through)),
+                    .add(column.is_null())
+                    .add(column.lt(through)),
             )
             .exec(&self.db)
             .await?;

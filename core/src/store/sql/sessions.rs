@@ -9,6 +9,7 @@ impl<V: VectorIndex> SqlStore<V> {
             created_at: m.created_at,
             memory_keys: m.memory_keys,
             memory_keys_through: m.memory_keys_through,
+            memory_sessions_through: m.memory_sessions_through,
         })
     }
 
@@ -18,6 +19,7 @@ impl<V: VectorIndex> SqlStore<V> {
             created_at: m.created_at,
             memory_keys: m.memory_keys,
             memory_keys_through: m.memory_keys_through,
+            memory_sessions_through: m.memory_sessions_through,
         }))
     }
 
