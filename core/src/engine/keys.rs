@@ -224,6 +224,7 @@ impl Engine {
                 .embed(keys.iter().map(|(_, text, _)| text.clone()).collect())
                 .await?;
             let mut written = Vec::new();
+            let mut written_topics = 0;
             for ((m, text, source), vector) in keys.into_iter().zip(vectors) {
                 let key = NewMemory {
                     kind: MemoryKind::Key,
@@ -250,6 +251,7 @@ impl Engine {
                         report.keys += stored.len() as u64;
                         if source == mk::SESSION_KEY {
                             report.session_keys += stored.len() as u64;
+                            written_topics += stored.len() as u64;
                         }
                         written.extend(stored.iter().map(|k| k.id));
                     }
@@ -299,7 +301,7 @@ impl Engine {
                 let gone = written.len() as u64;
                 self.delete_memories(user, &written).await?;
                 report.keys -= gone;
-                report.session_keys = report.session_keys.min(report.keys);
+                report.session_keys -= written_topics;
                 break;
             }
             done += ids.len() as u64;

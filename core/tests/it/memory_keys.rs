@@ -533,3 +533,59 @@ async fn watermarks_on_the_embedded_store() {
 async fn watermarks_on_postgres() {
     passes_have_their_own_watermarks(true).await;
 }
+
+/// Keys turned off while a job runs: the group being written is taken back, the report
+/// counts only what earlier groups wrote (topics included), and no key is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_turned_off_during_a_run() {
+    let root = tempfile::tempdir().unwrap();
+    let store = store::open(&StoreConfig::embedded(root.path().join("store")))
+        .await
+        .unwrap();
+    // The model stops at the first prompt about the trip (the last group) until told to go.
+    let (reached_tx, reached_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let gate = std::sync::Mutex::new(Some((reached_tx, go_rx)));
+    let inner = fact_writer();
+    let model = ScriptedChat {
+        name: "fact-writer",
+        reply: Box::new(move |prompt| {
+            if prompt.contains("Rome")
+                && let Some((reached, go)) = gate.lock().unwrap().take()
+            {
+                reached.send(()).unwrap();
+                go.recv().unwrap();
+            }
+            (inner.reply)(prompt)
+        }),
+    };
+    let engine = Engine::new(store, minilm()).with_llm(Some(Arc::new(model) as Arc<dyn ChatModel>));
+    ingest(&engine, "alice").await;
+    ingest_trip(&engine, "alice").await;
+    engine.set_memory_keys("alice", true).await.unwrap();
+    let options = KeyOptions {
+        sessions: true,
+        session_turns: 4,
+        ..KeyOptions::default()
+    };
+    let job = tokio::spawn({
+        let engine = engine.clone();
+        async move {
+            engine
+                .write_memory_keys("alice", &options, &mut |_, _, _| {})
+                .await
+        }
+    });
+    tokio::task::spawn_blocking(move || reached_rx.recv().unwrap())
+        .await
+        .unwrap();
+    engine.set_memory_keys("alice", false).await.unwrap();
+    go_tx.send(()).unwrap();
+    let report = job.await.unwrap().unwrap();
+    // The two windows of the first session: four facts and the weekend's three topics; the
+    // trip's three topics were written, then taken back.
+    assert_eq!((report.keys, report.session_keys), (7, 3), "{report:?}");
+    assert_eq!(report.windows, 3, "{report:?}");
+    assert!(keys_of(&engine, "alice").await.is_empty());
+    assert!(!engine.memory_keys_status("alice").await.unwrap().enabled);
+}
