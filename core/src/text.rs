@@ -508,7 +508,10 @@ mod tests {
             ix.insert(i, "shared word");
         }
         let hits = ix.search(&query_terms("shared"), 3, |id| id >= 90);
-        assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), vec![90, 91, 92]);
+        assert_eq!(
+            hits.iter().map(|h| h.0).collect::<Vec<_>>(),
+            vec![90, 91, 92]
+        );
         assert!(ix.search(&query_terms("shared"), 3, |_| false).is_empty());
     }
 
