@@ -138,8 +138,9 @@ impl Engine {
         let cfg = &options.ranking;
         let n = cfg.candidates.max(options.top_k);
         // Keys are searched with the memories; each found key stands for its memory. A user
-        // with keys has up to twice the rows: twice as many are read, so that as many
-        // memories as without keys remain once keys are replaced by their memories.
+        // with keys has up to twice the rows: half as many again are read (a key and its
+        // memory often both match, so twice as many was more than the lists keep; on the
+        // dev data 1.5× and 2× ranked alike, docs/benchmarks.md).
         let store_filter = keys::with_keys(&options.filter).into_owned();
         let keyed = self
             .store
@@ -147,7 +148,7 @@ impl Engine {
             .await?
             .is_some_and(|u| u.memory_keys);
         let fetch = if keyed {
-            (2 * n).min(self.limits().max_page_size).max(n)
+            (n + n / 2).min(self.limits().max_page_size).max(n)
         } else {
             n
         };
