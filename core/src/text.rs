@@ -209,7 +209,6 @@ pub fn term_weight(idf: f64, tf: f64, doc_len: f64, avg_len: f64) -> f64 {
 #[derive(Debug)]
 struct Doc {
     id: i64,
-    len: u32,
     terms: Box<[(u32, u16)]>,
 }
 
@@ -268,7 +267,6 @@ impl Bm25Index {
         self.by_id.insert(id, slot);
         self.slots[slot as usize] = Some(Doc {
             id,
-            len,
             terms: terms.into_boxed_slice(),
         });
     }
@@ -281,8 +279,7 @@ impl Bm25Index {
         let Some(doc) = self.slots[slot as usize].take() else {
             return;
         };
-        self.total_len -= u64::from(doc.len);
-        self.lens[slot as usize] = 0;
+        self.total_len -= u64::from(std::mem::take(&mut self.lens[slot as usize]));
         for &(tid, _) in doc.terms.iter() {
             self.postings[tid as usize].retain(|(s, _)| *s != slot);
         }

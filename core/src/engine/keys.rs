@@ -155,7 +155,7 @@ impl Engine {
                 .flat_map(|u| u.window.iter().map(|m| m.id))
                 .collect(),
         ];
-        let pass_last = pass_pending.clone().map(|p| p.last().copied());
+        let pass_last = pass_pending.each_ref().map(|p| p.last().copied());
         let passes = [
             (mk::KeyPass::Facts, options.facts),
             (mk::KeyPass::Sessions, options.sessions),
@@ -461,8 +461,8 @@ impl KeyUnit<'_> {
 
 /// The run's work, in the order the memories were stored: the new turns of each session in
 /// windows (with their facts), then the other memories that want a fact, in groups of
-/// `options.concurrency`. New: after the watermark of its pass (`through`: facts, sessions), without a key of the kind, and
-/// at least `options.min_memory_chars` long.
+/// `options.concurrency`. New: after the watermark of its pass (`through`: facts, sessions),
+/// without a key of the kind, and at least `options.min_memory_chars` long.
 fn key_units<'a>(
     memories: &'a [Memory],
     through: [Option<i64>; 2],
