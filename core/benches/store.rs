@@ -5,8 +5,10 @@
 //!
 //! ```sh
 //! cargo bench -p recall-core --bench store -- [--sizes 10000,100000] [--users 1,1000]
-//!     [--queries 200] [--backends embedded,postgres]
+//!     [--queries 200] [--backends embedded,postgres] [--bulk]
 //! ```
+//! `--bulk` fills each store as a bulk load (`MemoryStore::begin_bulk_load`: Postgres builds
+//! its HNSW index once after the rows); the insert rate then includes the index build.
 //! Postgres comes from `DATABASE_URL` or `scripts/pg.sh` (see `recall_core::testing`).
 use std::time::Instant;
 
@@ -35,7 +37,11 @@ async fn fill(store: &dyn MemoryStore, total: usize, users: usize, rng: &mut Rng
     let per_user = total / users;
     let keep = per_user >= KEEP_VECTORS_MIN;
     let mut kept: Kept = vec![Vec::new(); if keep { users } else { 0 }];
+    let bulk = std::env::args().any(|a| a == "--bulk");
     let started = Instant::now();
+    if bulk {
+        store.begin_bulk_load().await.unwrap();
+    }
     for u in 0..users {
         let mut left = per_user;
         while left > 0 {
@@ -63,6 +69,16 @@ async fn fill(store: &dyn MemoryStore, total: usize, users: usize, rng: &mut Rng
             }
             left -= n;
         }
+    }
+    if bulk {
+        let loaded = started.elapsed().as_secs_f64();
+        let built = store.end_bulk_load().await.unwrap();
+        eprintln!(
+            "{}: {total} rows in {loaded:.1} s ({:.0} rows/s), then {built:?} built in {:.1} s",
+            store.backend(),
+            total as f64 / loaded,
+            started.elapsed().as_secs_f64() - loaded
+        );
     }
     (started.elapsed().as_secs_f64(), kept)
 }

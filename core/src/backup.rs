@@ -107,6 +107,10 @@ pub struct RestoreReport {
     pub embeddings: u64,
     /// Whether row ids had to move to avoid the store's other rows.
     pub ids_shifted: bool,
+    /// Vector indexes built after the rows, in one pass (Postgres, restoring into a store
+    /// that held no vectors: see [`crate::store::MemoryStore::begin_bulk_load`]).
+    #[serde(default)]
+    pub indexes_built: Vec<String>,
 }
 
 /// What [`verify`] learnt about a backup file: enough to plan a restore.

@@ -267,6 +267,18 @@ pub(crate) trait VectorIndex: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Bulk loading: stops keeping the approximate index up to date row by row until
+    /// [`VectorIndex::resume`] builds it in one pass (Postgres drops its HNSW indexes;
+    /// searches stay correct meanwhile, scanning exactly). An error when one is under way.
+    async fn suspend(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Ends a bulk load: builds what [`VectorIndex::suspend`] took down; the indexes built.
+    async fn resume(&self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
     /// Frees what the index holds in memory (an in-process cache reloads on demand); how
     /// many vectors it released.
     fn compact(&self) -> usize {

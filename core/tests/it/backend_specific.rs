@@ -130,6 +130,124 @@ async fn postgres_hnsw_path_agrees_with_exact_path() {
     db.drop_db().await;
 }
 
+/// The HNSW indexes on `memory_embeddings`, with whether each is valid.
+async fn hnsw_indexes(store: &PgStore) -> Vec<(String, bool)> {
+    use sea_orm::ConnectionTrait;
+    store
+        .connection()
+        .query_all_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT c.relname::text, i.indisvalid FROM pg_index i \
+             JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam \
+             WHERE i.indrelid = 'memory_embeddings'::regclass AND a.amname = 'hnsw' \
+             ORDER BY 1",
+        ))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            (
+                r.try_get_by_index(0).unwrap(),
+                r.try_get_by_index(1).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_bulk_load_builds_the_index_after_the_rows() {
+    let db = PgDb::create().await;
+    let mut config = StoreConfig::postgres(db.url.clone());
+    config.exact_search_threshold = 0;
+    let store = PgStore::open(&config).await.unwrap();
+    let cosine_384 = "ix_memory_embeddings_hnsw_cosine_384".to_owned();
+    assert_eq!(hnsw_indexes(&store).await, vec![(cosine_384.clone(), true)]);
+
+    store.begin_bulk_load().await.unwrap();
+    let again = store.begin_bulk_load().await.unwrap_err();
+    assert_eq!(
+        again.kind(),
+        recall_core::ErrorKind::InvalidInput,
+        "{again}"
+    );
+    assert!(
+        hnsw_indexes(&store).await.is_empty(),
+        "dropped for the load"
+    );
+    let big: Vec<NewMemory> = (0..2000).map(|i| fact(i, None)).collect();
+    store.add_memories("big", big).await.unwrap();
+    for u in 0..5 {
+        let rows = (0..20).map(|i| fact(100_000 + u * 100 + i, None)).collect();
+        store
+            .add_memories(&format!("small{u}"), rows)
+            .await
+            .unwrap();
+    }
+    assert!(
+        hnsw_indexes(&store).await.is_empty(),
+        "writes during the load do not build it"
+    );
+    // Searches stay right meanwhile: with no index, the approximate path is an exact scan.
+    let mut exact_config = StoreConfig::postgres(db.url.clone());
+    exact_config.exact_search_threshold = u64::MAX;
+    exact_config.index_dims = None;
+    let exact = PgStore::open(&exact_config).await.unwrap();
+    let ids = |p: recall_core::types::SearchPage| -> Vec<i64> {
+        p.hits.iter().map(|h| h.memory.id).collect()
+    };
+    let queries: Vec<VectorQuery> = (0..10u64)
+        .map(|qi| VectorQuery::new(emb(&pseudo_vector(900_000 + qi, 32)), 10))
+        .collect();
+    let mut truth = Vec::new();
+    for q in &queries {
+        let want = ids(exact.search("big", q).await.unwrap());
+        assert_eq!(ids(store.search("big", q).await.unwrap()), want);
+        truth.push(want);
+    }
+    assert!(hnsw_indexes(&store).await.is_empty());
+
+    let built = store.end_bulk_load().await.unwrap();
+    let cosine_32 = "ix_memory_embeddings_hnsw_cosine_32".to_owned();
+    assert_eq!(built, vec![cosine_384.clone(), cosine_32.clone()]);
+    assert_eq!(
+        hnsw_indexes(&store).await,
+        vec![(cosine_32, true), (cosine_384, true)]
+    );
+    assert!(
+        store.end_bulk_load().await.unwrap().is_empty(),
+        "none under way"
+    );
+    // The index answers as the exact scan does.
+    let mut overlap = 0;
+    for (q, want) in queries.iter().zip(&truth) {
+        let got = ids(store.search("big", q).await.unwrap());
+        assert_eq!(got.len(), 10);
+        overlap += got.iter().filter(|id| want.contains(id)).count();
+    }
+    assert!(
+        overlap >= 90,
+        "HNSW recall@10 after the build: {overlap}/100"
+    );
+    // Small users still see only their own rows.
+    let q = VectorQuery::new(emb(&pseudo_vector(7, 32)), 30);
+    let hits = store.search("small2", &q).await.unwrap().hits;
+    assert!(hits.len() >= 18);
+    let theirs: Vec<i64> = exact
+        .list_memories("small2", &Filter::default(), &Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(theirs.len(), 20);
+    assert!(hits.iter().all(|h| theirs.contains(&h.memory.id)));
+
+    exact.connection().clone().close().await.ok();
+    store.connection().clone().close().await.ok();
+    db.drop_db().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_open_creates_index_for_configured_metric_and_dims() {
     let db = PgDb::create().await;

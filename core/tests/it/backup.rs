@@ -206,6 +206,17 @@ async fn round_trip(from: Kind, to: Kind) {
         (2, 0, false)
     );
     assert_eq!(report.memories, 2 * 5, "3 messages, 1 fact, 1 summary each");
+    // Into an empty Postgres store the vector indexes are built once, after the rows.
+    match to {
+        Kind::Pg => assert!(
+            report
+                .indexes_built
+                .contains(&"ix_memory_embeddings_hnsw_cosine_384".to_owned()),
+            "{:?}",
+            report.indexes_built
+        ),
+        Kind::Embedded => assert!(report.indexes_built.is_empty()),
+    }
     for b in &before {
         assert_same(b, &dst.export(&b.user.id).await);
     }

@@ -80,7 +80,7 @@ pub(super) async fn restore(
         .await?;
     super::print_report(json, &report, |r| {
         format!(
-            "restored {} users ({} replaced; {} messages, {} memories, {} vectors){}",
+            "restored {} users ({} replaced; {} messages, {} memories, {} vectors){}{}",
             r.users,
             r.replaced,
             r.messages,
@@ -90,6 +90,11 @@ pub(super) async fn restore(
                 "; row ids moved past the store's own"
             } else {
                 ""
+            },
+            if r.indexes_built.is_empty() {
+                String::new()
+            } else {
+                format!("; built {} after the rows", r.indexes_built.join(", "))
             }
         )
     });

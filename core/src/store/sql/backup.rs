@@ -319,6 +319,34 @@ impl<V: VectorIndex> SqlStore<V> {
         source: &mut dyn BackupSource,
         actor: &Actor,
     ) -> Result<RestoreReport> {
+        // Into a store that holds no vectors yet (a new server, a move from one store to the
+        // other) the vector index is built once after the rows, not row by row.
+        let bulk = self
+            .count_all(
+                &self.db,
+                "SELECT count(*) FROM (SELECT 1 FROM memory_embeddings LIMIT 1) AS any_row",
+            )
+            .await?
+            == 0;
+        if !bulk {
+            return self.restore_rows(plan, options, source, actor).await;
+        }
+        self.index.suspend().await?;
+        let restored = self.restore_rows(plan, options, source, actor).await;
+        // Built again whether or not the rows went in.
+        let built = self.index.resume().await;
+        let mut report = restored?;
+        report.indexes_built = built?;
+        Ok(report)
+    }
+
+    async fn restore_rows(
+        &self,
+        plan: &Verified,
+        options: &RestoreOptions,
+        source: &mut dyn BackupSource,
+        actor: &Actor,
+    ) -> Result<RestoreReport> {
         let selected: Vec<String> = match &options.user {
             Some(u) if plan.has_user(u) => vec![u.clone()],
             Some(u) => return Err(Error::not_found("user in the backup", u.clone())),

@@ -14,6 +14,14 @@ impl<V: VectorIndex> SqlStore<V> {
         Ok(row.try_get_by_index::<i64>(0)?)
     }
 
+    pub(crate) async fn begin_bulk_load(&self) -> Result<()> {
+        self.index.suspend().await
+    }
+
+    pub(crate) async fn end_bulk_load(&self) -> Result<Vec<String>> {
+        self.index.resume().await
+    }
+
     pub(crate) async fn optimize(&self) -> Result<OptimizeReport> {
         let started = Instant::now();
         let mut report = OptimizeReport {
