@@ -32,25 +32,20 @@ use super::sql::{
 };
 use crate::crypto::Keyring;
 use crate::error::{Error, Result};
-use crate::events::{Fanout, FanoutListener};
 use crate::text::{BM25_B, BM25_K1, Bm25Index, query_terms};
 use crate::types::{ExportedEmbedding, Metric};
-use sea_orm::sqlx::AssertSqlSafe;
-use sea_orm::sqlx::postgres::PgListener;
+
+mod fanout;
+mod hnsw;
+
+pub use fanout::{EVENTS_CHANNEL, PgFanout};
+use hnsw::BulkLoad;
 
 /// Rows per multi-row INSERT of embeddings.
 const CHUNK: usize = 500;
 
 /// Distinct query lexemes used by full-text search at most.
 const MAX_QUERY_TERMS: usize = 32;
-
-fn opclass(metric: Metric) -> &'static str {
-    match metric {
-        Metric::Cosine => "vector_cosine_ops",
-        Metric::L2 => "vector_l2_ops",
-        Metric::Dot => "vector_ip_ops",
-    }
-}
 
 fn operator(metric: Metric) -> &'static str {
     match metric {
@@ -81,17 +76,6 @@ pub(crate) struct PgVectors {
     /// opened text (Postgres indexes clear rows only).
     texts: Mutex<HashMap<i64, Arc<RwLock<UserText>>>>,
 }
-
-/// What a bulk load took down (see [`PgVectors::bulk`]).
-#[derive(Default)]
-struct BulkLoad {
-    dropped: Vec<(String, String)>,
-    dims: HashSet<usize>,
-}
-
-/// `maintenance_work_mem` for an index build at most (MiB): what fits of the graph is built
-/// in memory, the rest on disk (slower, as inserts are).
-const MAX_BUILD_MEMORY_MB: u64 = 4096;
 
 /// Memories held in [`PgVectors::texts`] at most, over all users; past it, the other users
 /// are dropped.
@@ -366,117 +350,6 @@ impl PgVectors {
             })
             .collect()
     }
-
-    /// Drops the index `name` if an interrupted concurrent build left it invalid (which
-    /// `CREATE INDEX IF NOT EXISTS` would take for done).
-    async fn drop_if_invalid(&self, name: &str) -> Result<()> {
-        let invalid = self
-            .db
-            .query_one_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
-                 WHERE c.relname = $1 AND c.relnamespace = current_schema()::regnamespace \
-                 AND NOT i.indisvalid",
-                [name.into()],
-            ))
-            .await?
-            .is_some();
-        if invalid {
-            self.db
-                .execute_unprepared(&format!("DROP INDEX IF EXISTS {}", quoted(name)))
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Builds an index in one pass (`CREATE INDEX CONCURRENTLY ...` in `sql`: reads and
-    /// writes go on), on a connection of its own with room for the graph in memory.
-    async fn build_index(&self, name: &str, sql: &str) -> Result<()> {
-        self.drop_if_invalid(name).await?;
-        let (rows, dims) = self
-            .db
-            .query_one_raw(Statement::from_string(
-                DbBackend::Postgres,
-                "SELECT count(*), COALESCE(max(dims), 0)::bigint FROM memory_embeddings",
-            ))
-            .await?
-            .map(|r| Ok::<_, Error>((r.try_get_by_index::<i64>(0)?, r.try_get_by_index::<i64>(1)?)))
-            .transpose()?
-            .unwrap_or((0, 0));
-        // A graph node: the vector plus up to 2m = 32 neighbours and bookkeeping.
-        let bytes = rows.max(0) as u64 * (dims.max(0) as u64 * 4 + 512);
-        let mb = ((bytes * 5 / 4) >> 20).clamp(64, MAX_BUILD_MEMORY_MB);
-        let sqlx_err = |e: sea_orm::sqlx::Error| {
-            Error::from(sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(
-                Arc::new(e),
-            )))
-        };
-        let pool = self.db.get_postgres_connection_pool();
-        let mut conn = pool.acquire().await.map_err(sqlx_err)?;
-        let built = async {
-            // Both statements are ours: a number and an index definition.
-            sea_orm::sqlx::raw_sql(AssertSqlSafe(format!(
-                "SET maintenance_work_mem = '{mb}MB'"
-            )))
-            .execute(&mut *conn)
-            .await?;
-            let built = sea_orm::sqlx::raw_sql(AssertSqlSafe(sql))
-                .execute(&mut *conn)
-                .await;
-            sea_orm::sqlx::raw_sql("RESET maintenance_work_mem")
-                .execute(&mut *conn)
-                .await?;
-            built
-        }
-        .await;
-        drop(conn);
-        if let Err(e) = built {
-            // What a failed concurrent build leaves is invalid: gone, the next write or
-            // search builds it again.
-            let _ = self.drop_if_invalid(name).await;
-            return Err(sqlx_err(e));
-        }
-        Ok(())
-    }
-
-    async fn ensure_index(&self, dims: usize) -> Result<()> {
-        if self.indexed.lock().expect("index set").contains(&dims) {
-            return Ok(());
-        }
-        if let Some(bulk) = self.bulk.lock().expect("bulk load").as_mut() {
-            bulk.dims.insert(dims);
-            return Ok(());
-        }
-        let name = index_name(self.metric, dims);
-        self.drop_if_invalid(&name).await?;
-        self.db
-            .execute_unprepared(&format!(
-                "CREATE INDEX IF NOT EXISTS {name} {}",
-                index_body(self.metric, dims)
-            ))
-            .await?;
-        self.indexed.lock().expect("index set").insert(dims);
-        Ok(())
-    }
-}
-
-/// The name of the HNSW index for `dims`-dimensional vectors under `metric`.
-fn index_name(metric: Metric, dims: usize) -> String {
-    format!("ix_memory_embeddings_hnsw_{}_{dims}", metric.as_str())
-}
-
-/// What follows `CREATE INDEX name` for that index: a partial expression index, so that
-/// vectors of several models can share the column.
-fn index_body(metric: Metric, dims: usize) -> String {
-    format!(
-        "ON memory_embeddings USING hnsw ((embedding::vector({dims})) {}) WHERE dims = {dims}",
-        opclass(metric)
-    )
-}
-
-/// `name` as a quoted SQL identifier.
-fn quoted(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// A `WHERE` clause builder with numbered parameters.
@@ -561,87 +434,11 @@ impl VectorIndex for PgVectors {
     }
 
     async fn suspend(&self) -> Result<()> {
-        {
-            let mut bulk = self.bulk.lock().expect("bulk load");
-            if bulk.is_some() {
-                return Err(Error::invalid("a bulk load is already under way"));
-            }
-            *bulk = Some(BulkLoad::default());
-        }
-        self.indexed.lock().expect("index set").clear();
-        let dropped = async {
-            let rows = self
-                .db
-                .query_all_raw(Statement::from_string(
-                    DbBackend::Postgres,
-                    "SELECT indexname::text, indexdef::text FROM pg_indexes \
-                     WHERE schemaname = current_schema() AND tablename = 'memory_embeddings' \
-                     AND indexdef LIKE '%USING hnsw%' ORDER BY indexname",
-                ))
-                .await?;
-            let mut dropped = Vec::new();
-            for r in rows {
-                let (name, def): (String, String) =
-                    (r.try_get_by_index(0)?, r.try_get_by_index(1)?);
-                self.db
-                    .execute_unprepared(&format!(
-                        "DROP INDEX CONCURRENTLY IF EXISTS {}",
-                        quoted(&name)
-                    ))
-                    .await?;
-                dropped.push((name, def));
-            }
-            Ok::<_, Error>(dropped)
-        }
-        .await;
-        let mut bulk = self.bulk.lock().expect("bulk load");
-        match dropped {
-            Ok(dropped) => {
-                if let Some(b) = bulk.as_mut() {
-                    b.dropped = dropped;
-                }
-                Ok(())
-            }
-            Err(e) => {
-                // What was dropped is built again by the next write or search.
-                *bulk = None;
-                Err(e)
-            }
-        }
+        self.begin_bulk().await
     }
 
     async fn resume(&self) -> Result<Vec<String>> {
-        let Some(bulk) = self.bulk.lock().expect("bulk load").take() else {
-            return Ok(Vec::new());
-        };
-        let mut builds: Vec<(String, String)> = bulk
-            .dropped
-            .into_iter()
-            .filter_map(|(name, def)| {
-                // pg_indexes gives `CREATE INDEX name ON ...`.
-                let rest = def.strip_prefix("CREATE INDEX ")?;
-                Some((
-                    name,
-                    format!("CREATE INDEX CONCURRENTLY IF NOT EXISTS {rest}"),
-                ))
-            })
-            .collect();
-        for dims in bulk.dims {
-            let name = index_name(self.metric, dims);
-            if !builds.iter().any(|(n, _)| *n == name) {
-                let sql = format!(
-                    "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} {}",
-                    index_body(self.metric, dims)
-                );
-                builds.push((name, sql));
-            }
-        }
-        let mut built = Vec::with_capacity(builds.len());
-        for (name, sql) in builds {
-            self.build_index(&name, &sql).await?;
-            built.push(name);
-        }
-        Ok(built)
+        self.end_bulk().await
     }
 
     async fn insert(&self, txn: &DatabaseTransaction, rows: &[EmbeddingRow<'_>]) -> Result<()> {
@@ -1044,73 +841,6 @@ impl PgStore {
     /// The underlying connection (for maintenance and tests).
     pub fn connection(&self) -> &DatabaseConnection {
         &self.inner.db
-    }
-}
-
-/// The Postgres channel that carries events between replicas.
-pub const EVENTS_CHANNEL: &str = "deep_recall_events";
-
-/// Largest `NOTIFY` payload Postgres takes (8000 bytes, less a margin).
-const MAX_NOTIFY_BYTES: usize = 7900;
-
-/// Events between the replicas of one database through `LISTEN`/`NOTIFY` on
-/// [`EVENTS_CHANNEL`]. Sending uses the store's pool; each listener holds one connection of
-/// its own.
-pub struct PgFanout {
-    url: String,
-    db: DatabaseConnection,
-}
-
-#[async_trait]
-impl Fanout for PgFanout {
-    async fn notify(&self, payload: &str) -> Result<()> {
-        if payload.len() > MAX_NOTIFY_BYTES {
-            return Err(Error::invalid(format!(
-                "event of {} bytes is over the {MAX_NOTIFY_BYTES}-byte NOTIFY limit",
-                payload.len()
-            )));
-        }
-        self.db
-            .execute_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT pg_notify($1, $2)",
-                [EVENTS_CHANNEL.into(), payload.into()],
-            ))
-            .await?;
-        Ok(())
-    }
-
-    async fn listen(&self) -> Result<Box<dyn FanoutListener>> {
-        let unavailable = |e: sea_orm::sqlx::Error| Error::Unavailable {
-            message: format!("cannot listen on Postgres at {}", redact_url(&self.url)),
-            source: Some(Box::new(e)),
-        };
-        let mut listener = PgListener::connect(&self.url).await.map_err(unavailable)?;
-        listener.listen(EVENTS_CHANNEL).await.map_err(unavailable)?;
-        Ok(Box::new(PgEvents { listener }))
-    }
-}
-
-struct PgEvents {
-    listener: PgListener,
-}
-
-#[async_trait]
-impl FanoutListener for PgEvents {
-    async fn recv(&mut self) -> Result<String> {
-        // `try_recv` reports a lost connection (as `None`) instead of silently reconnecting,
-        // so that the caller knows events may have been missed.
-        match self.listener.try_recv().await {
-            Ok(Some(n)) => Ok(n.payload().to_owned()),
-            Ok(None) => Err(Error::Unavailable {
-                message: "the LISTEN connection to Postgres was lost".into(),
-                source: None,
-            }),
-            Err(e) => Err(Error::Unavailable {
-                message: "LISTEN on Postgres failed".into(),
-                source: Some(Box::new(e)),
-            }),
-        }
     }
 }
 

@@ -18,11 +18,15 @@ mod reembed;
 mod search;
 mod sessions;
 mod summaries;
+mod vector_index;
 
 pub(crate) use jobs::SqlJobQueue;
 pub(crate) use keys::{open_memory, open_message, open_summary};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+pub(crate) use vector_index::{
+    Delta, EmbeddingRow, IndexQuery, IndexedMemory, TextIndexQuery, VectorIndex,
+};
 
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
@@ -148,151 +152,6 @@ impl Meta {
         f.valid(self.created_at, self.expires_at, self.superseded_at)
             && f.tags.iter().all(|t| self.tags.contains(t))
     }
-}
-
-/// A nearest-neighbour query handed to a [`VectorIndex`].
-pub(crate) struct IndexQuery<'a> {
-    pub user_id: i64,
-    /// The user's revision when the query started.
-    pub revision: i64,
-    pub model: &'a str,
-    pub vector: &'a [f32],
-    /// Rows to return at most.
-    pub limit: usize,
-    pub max_distance: Option<f64>,
-    pub filter: &'a ResolvedFilter,
-    pub after: Option<SearchCursor>,
-}
-
-/// A full-text query handed to a [`VectorIndex`].
-pub(crate) struct TextIndexQuery<'a> {
-    pub user_id: i64,
-    /// The user's revision when the query started.
-    pub revision: i64,
-    pub text: &'a str,
-    /// Rows to return at most.
-    pub limit: usize,
-    pub filter: &'a ResolvedFilter,
-}
-
-/// One embedding to write.
-pub(crate) struct EmbeddingRow<'a> {
-    pub memory_id: i64,
-    pub user_id: i64,
-    pub model: &'a str,
-    pub vector: &'a [f32],
-    pub created_at: DateTime<Utc>,
-}
-
-/// What an in-process index needs to know about a memory.
-#[derive(Debug, Clone)]
-pub(crate) struct IndexedMemory {
-    pub memory_id: i64,
-    pub session_id: Option<i64>,
-    pub kind: MemoryKind,
-    pub role: Option<Role>,
-    pub tags: Vec<String>,
-    pub created_at: DateTime<Utc>,
-    pub expires_at: Option<DateTime<Utc>>,
-    pub superseded_at: Option<DateTime<Utc>>,
-    pub content: String,
-    pub model: String,
-    pub vector: Vec<f32>,
-}
-
-/// A committed change to a user's memories, for indexes that cache them.
-#[derive(Debug, Default)]
-pub(crate) struct Delta {
-    pub added: Vec<IndexedMemory>,
-    pub removed: Vec<i64>,
-    /// Memories whose `superseded_at` changed (to the new value).
-    pub superseded: Vec<(i64, Option<DateTime<Utc>>)>,
-    /// Forget everything cached for the user.
-    pub reset: bool,
-}
-
-impl Delta {
-    /// Forget everything cached for the user.
-    pub fn reset() -> Self {
-        Self {
-            reset: true,
-            ..Self::default()
-        }
-    }
-}
-
-/// Vector storage and nearest-neighbour search of one backend.
-#[async_trait]
-pub(crate) trait VectorIndex: Send + Sync + 'static {
-    /// Writes embedding rows inside the caller's transaction.
-    async fn insert(&self, txn: &DatabaseTransaction, rows: &[EmbeddingRow<'_>]) -> Result<()>;
-
-    /// The nearest memories of one user: `(memory id, distance)`, ordered by distance then id.
-    async fn search(
-        &self,
-        db: &DatabaseConnection,
-        query: &IndexQuery<'_>,
-    ) -> Result<Vec<(i64, f64)>>;
-
-    /// The best full-text matches of one user: `(memory id, BM25 score)`, best first, then by
-    /// id.
-    async fn text_search(
-        &self,
-        db: &DatabaseConnection,
-        query: &TextIndexQuery<'_>,
-    ) -> Result<Vec<(i64, f64)>>;
-
-    /// The vectors of some of a user's memories for one model.
-    async fn vectors_of(
-        &self,
-        db: &DatabaseConnection,
-        user_id: i64,
-        revision: i64,
-        model: &str,
-        ids: &[i64],
-    ) -> Result<Vec<(i64, Vec<f32>)>>;
-
-    /// The embeddings of a user's memories, for export.
-    async fn embeddings_of(
-        &self,
-        db: &DatabaseTransaction,
-        user_id: i64,
-        with_vectors: bool,
-    ) -> Result<Vec<(i64, ExportedEmbedding)>>;
-
-    /// Readies the index for vectors of `dims` dimensions before a transaction writes them
-    /// (Postgres creates its HNSW index for them on its own connection, which must not wait
-    /// on a transaction that holds locks on the embeddings).
-    async fn prepare(&self, _dims: usize) -> Result<()> {
-        Ok(())
-    }
-
-    /// Bulk loading: stops keeping the approximate index up to date row by row until
-    /// [`VectorIndex::resume`] builds it in one pass (Postgres drops its HNSW indexes;
-    /// searches stay correct meanwhile, scanning exactly). An error when one is under way.
-    async fn suspend(&self) -> Result<()> {
-        Ok(())
-    }
-
-    /// Ends a bulk load: builds what [`VectorIndex::suspend`] took down; the indexes built.
-    async fn resume(&self) -> Result<Vec<String>> {
-        Ok(Vec::new())
-    }
-
-    /// Frees what the index holds in memory (an in-process cache reloads on demand); how
-    /// many vectors it released.
-    fn compact(&self) -> usize {
-        0
-    }
-
-    /// Whether [`VectorIndex::committed`] wants the `added` rows (they cost a copy).
-    fn tracks_changes(&self) -> bool {
-        false
-    }
-
-    /// Called after a transaction that changed the user's memories has committed and moved
-    /// the user to `revision`.
-    fn committed(&self, _user_id: i64, _revision: i64, _delta: Delta) {}
 }
 
 /// A store over a sea-orm connection with the vector index `V`.
