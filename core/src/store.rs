@@ -566,11 +566,12 @@ pub trait MemoryStore: Send + Sync {
 
     /// Starts a bulk load: the approximate vector index is no longer kept up to date row
     /// by row, and [`MemoryStore::end_bulk_load`] builds it again in one pass — on
-    /// Postgres ~5× faster than inserting into pgvector's HNSW graph row by row, and more
-    /// as the table grows. Postgres drops its HNSW indexes (every user's: meanwhile the
+    /// Postgres ~7× faster end to end than inserting into pgvector's HNSW graph row by row
+    /// (20k and 100k rows, docs/benchmarks.md). Postgres drops its HNSW indexes (every user's: meanwhile the
     /// searches of users above [`StoreConfig::exact_search_threshold`] scan their vectors
-    /// exactly, correct but slower; a process that dies before the end leaves them to be
-    /// built by the next [`crate::store::PgStore::open`]). The embedded store has nothing
+    /// exactly, correct but slower; a process that dies before the end leaves the
+    /// configured one to the next [`crate::store::PgStore::open`] and the others to the
+    /// first write or search that needs them). The embedded store has nothing
     /// to do. [`Error::InvalidInput`] when this store is already loading.
     async fn begin_bulk_load(&self) -> Result<()>;
 
