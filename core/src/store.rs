@@ -391,6 +391,7 @@ pub mod embedded;
 pub(crate) mod entity;
 #[cfg(feature = "postgres")]
 pub mod pg;
+mod scan;
 mod sql;
 
 #[cfg(feature = "sqlite")]

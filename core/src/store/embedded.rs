@@ -8,8 +8,7 @@
 //! than 8,192 vectors of a model; for larger users through int8 codes first (a quarter of the
 //! bytes), the best candidates re-scored exactly. 100k memories of one user answer in a few
 //! milliseconds, a million in ~15 ms (docs/benchmarks.md), as long as they fit the cache.
-use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -22,7 +21,7 @@ use sea_orm::{
     TransactionTrait, Value as DbValue,
 };
 
-use super::cursor::SearchCursor;
+use super::scan::ModelVectors;
 use super::sql::keys::MEMORY_CONTENT;
 use super::sql::{
     Delta, EmbeddingRow, IndexQuery, IndexedMemory, Meta, SqlStore, TextIndexQuery, VectorIndex,
@@ -33,31 +32,12 @@ use crate::crypto::Keyring;
 use crate::error::{Error, Result};
 use crate::text::{Bm25Index, query_terms};
 use crate::types::{ExportedEmbedding, Metric};
-use recall_kernels::int8;
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "deep-recall.sqlite3";
 
 /// Rows per multi-row INSERT of embeddings.
 const CHUNK: usize = 500;
-
-/// Users with at least this many vectors of one model are scanned by several threads.
-const PARALLEL_SCAN_MIN: usize = 16_384;
-/// Threads of one parallel scan at most.
-const MAX_SCAN_THREADS: usize = 4;
-/// Users with at least this many vectors of one model are searched through int8 codes first
-/// (a quarter of the bytes to read), the best candidates then re-scored in F32.
-const APPROX_SCAN_MIN: usize = 8_192;
-/// Vectors whose approximate dot products are computed at once.
-const APPROX_BLOCK: usize = 512;
-
-/// Candidates re-scored in F32 for a query of `limit` rows: approximate distances are off by
-/// about 1e-3, far less than the gaps that separate the top `limit` from the rest, so twice
-/// as many (and at least 32 more) hold the exact top `limit` (recall 1.0 in the tests and the
-/// store benchmark).
-fn rescored(limit: usize) -> usize {
-    (2 * limit).max(limit + 32)
-}
 
 fn to_blob(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -72,97 +52,6 @@ fn from_blob(b: &[u8]) -> Result<Vec<f32>> {
     Ok(b.chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect())
-}
-
-/// Dot product written so that the compiler vectorises it (8 independent accumulators).
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        sum += x * y;
-    }
-    sum
-}
-
-fn l2(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            let d = x[i] - y[i];
-            acc[i] += d * d;
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        sum += (x - y) * (x - y);
-    }
-    sum.sqrt()
-}
-
-/// One model's vectors of one user, stored contiguously.
-#[derive(Debug, Default)]
-struct ModelVectors {
-    dims: usize,
-    meta: Vec<Meta>,
-    data: Vec<f32>,
-    norms: Vec<f32>,
-    /// The vectors as int8 codes (`recall_kernels::int8::quantize_vector`), `dims` a vector,
-    /// and their scales: for the approximate first pass over large users.
-    codes: Vec<i8>,
-    code_scales: Vec<f32>,
-    position: HashMap<i64, usize>,
-}
-
-impl ModelVectors {
-    fn push(&mut self, meta: Meta, vector: &[f32]) {
-        if self.position.contains_key(&meta.id) {
-            self.remove(meta.id);
-        }
-        self.position.insert(meta.id, self.meta.len());
-        self.meta.push(meta);
-        self.norms.push(dot(vector, vector).sqrt());
-        self.data.extend_from_slice(vector);
-        let at = self.codes.len();
-        self.codes.resize(at + vector.len(), 0);
-        self.code_scales
-            .push(int8::quantize_vector(vector, &mut self.codes[at..]));
-    }
-
-    fn remove(&mut self, id: i64) {
-        let Some(pos) = self.position.remove(&id) else {
-            return;
-        };
-        let last = self.meta.len() - 1;
-        if pos != last {
-            let d = self.dims;
-            self.data.copy_within(last * d..(last + 1) * d, pos * d);
-            self.codes.copy_within(last * d..(last + 1) * d, pos * d);
-            self.meta.swap(pos, last);
-            self.norms.swap(pos, last);
-            self.code_scales.swap(pos, last);
-            self.position.insert(self.meta[pos].id, pos);
-        }
-        self.meta.pop();
-        self.norms.pop();
-        self.code_scales.pop();
-        self.data.truncate(last * self.dims);
-        self.codes.truncate(last * self.dims);
-    }
-
-    fn len(&self) -> usize {
-        self.meta.len()
-    }
 }
 
 /// Everything cached for one user: vectors per embedding model, and the full-text index.
@@ -246,63 +135,7 @@ pub(crate) struct LocalVectors {
     cache: Mutex<Cache>,
 }
 
-/// A candidate in the top-k heap: ordered by (distance, id), largest on top.
-#[derive(PartialEq)]
-struct Candidate(f64, i64);
-
-impl Eq for Candidate {}
-
-impl PartialOrd for Candidate {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Candidate {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.0.total_cmp(&other.0).then(self.1.cmp(&other.1))
-    }
-}
-
-/// Adds `c` to a heap of the `limit` smallest candidates.
-fn keep(heap: &mut BinaryHeap<Candidate>, c: Candidate, limit: usize) {
-    if heap.len() < limit {
-        heap.push(c);
-    } else if heap.peek().is_some_and(|top| c < *top) {
-        heap.pop();
-        heap.push(c);
-    }
-}
-
 impl LocalVectors {
-    /// The distance for a dot product `dot` of the query and a vector (exact, or from their
-    /// int8 codes), given their norms.
-    fn distance_from_dot(&self, dot: f32, q_norm: f32, v_norm: f32) -> f64 {
-        match self.metric {
-            Metric::Cosine => {
-                let denom = q_norm * v_norm;
-                if denom == 0.0 {
-                    1.0
-                } else {
-                    1.0 - (dot / denom) as f64
-                }
-            }
-            Metric::L2 => (q_norm * q_norm + v_norm * v_norm - 2.0 * dot)
-                .max(0.0)
-                .sqrt() as f64,
-            Metric::Dot => -(dot as f64),
-        }
-    }
-
-    /// The exact distance of the query and a vector.
-    fn distance(&self, q: &[f32], q_norm: f32, v: &[f32], v_norm: f32) -> f64 {
-        match self.metric {
-            // Computed directly: the expansion through the dot product loses digits.
-            Metric::L2 => l2(q, v) as f64,
-            Metric::Cosine | Metric::Dot => self.distance_from_dot(dot(q, v), q_norm, v_norm),
-        }
-    }
-
     /// The cached vectors of a user at `revision` or later, loading them if needed.
     async fn user_vectors(
         &self,
@@ -470,121 +303,7 @@ impl VectorIndex for LocalVectors {
         let Some(mv) = user.models.get(q.model) else {
             return Ok(vec![]);
         };
-        if mv.dims != q.vector.len() {
-            return Err(Error::invalid(format!(
-                "query has {} dimensions but model {} has {}",
-                q.vector.len(),
-                q.model,
-                mv.dims
-            )));
-        }
-        let q_norm = dot(q.vector, q.vector).sqrt();
-        let n = mv.len();
-        // Deep pages (a cursor) take the exact scan: the approximate pass cannot place the
-        // cursor's boundary exactly.
-        let approx = n >= APPROX_SCAN_MIN && q.after.is_none();
-        let pool = if approx { rescored(q.limit) } else { q.limit };
-        let mut q_code = vec![0i8; if approx { mv.dims } else { 0 }];
-        let q_scale = int8::quantize_vector(if approx { q.vector } else { &[] }, &mut q_code);
-        // Exact distances, with every condition of the query.
-        let exact = |range: std::ops::Range<usize>| {
-            let mut heap: BinaryHeap<Candidate> = BinaryHeap::with_capacity(pool + 1);
-            for i in range {
-                let meta = &mv.meta[i];
-                if !meta.matches(q.filter) {
-                    continue;
-                }
-                let v = &mv.data[i * mv.dims..(i + 1) * mv.dims];
-                let d = self.distance(q.vector, q_norm, v, mv.norms[i]);
-                if q.max_distance.is_some_and(|max| d > max) {
-                    continue;
-                }
-                if q.after.is_some_and(|c: SearchCursor| !c.admits(d, meta.id)) {
-                    continue;
-                }
-                keep(&mut heap, Candidate(d, meta.id), pool);
-            }
-            heap
-        };
-        // Approximate distances from the int8 codes: the `pool` best positions (stored in
-        // the candidates' id slot), re-scored below.
-        let rough = |range: std::ops::Range<usize>| {
-            let mut heap: BinaryHeap<Candidate> = BinaryHeap::with_capacity(pool + 1);
-            let mut dots = vec![0i32; APPROX_BLOCK];
-            let mut start = range.start;
-            while start < range.end {
-                let end = (start + APPROX_BLOCK).min(range.end);
-                let dots = &mut dots[..end - start];
-                int8::dots_i8(&q_code, &mv.codes[start * mv.dims..end * mv.dims], dots);
-                for (i, &raw) in (start..end).zip(dots.iter()) {
-                    if !mv.meta[i].matches(q.filter) {
-                        continue;
-                    }
-                    let d = self.distance_from_dot(
-                        raw as f32 * q_scale * mv.code_scales[i],
-                        q_norm,
-                        mv.norms[i],
-                    );
-                    keep(&mut heap, Candidate(d, i as i64), pool);
-                }
-                start = end;
-            }
-            heap
-        };
-        let scan = |range: std::ops::Range<usize>| {
-            if approx { rough(range) } else { exact(range) }
-        };
-        let threads = if n >= PARALLEL_SCAN_MIN {
-            std::thread::available_parallelism()
-                .map_or(1, |p| p.get())
-                .min(MAX_SCAN_THREADS)
-        } else {
-            1
-        };
-        // Large users are scanned in parallel slices (the scan is bound by memory bandwidth,
-        // which one core does not saturate); the per-slice top-k heaps are then merged.
-        let heap = if threads > 1 {
-            let per = n.div_ceil(threads);
-            let heaps: Vec<BinaryHeap<Candidate>> = std::thread::scope(|s| {
-                let handles: Vec<_> = (0..threads)
-                    .map(|t| {
-                        let range = (t * per).min(n)..((t + 1) * per).min(n);
-                        s.spawn(move || scan(range))
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("scan thread"))
-                    .collect()
-            });
-            let mut merged: Vec<Candidate> = heaps.into_iter().flatten().collect();
-            merged.sort();
-            merged.truncate(pool);
-            merged.into_iter().collect::<BinaryHeap<_>>()
-        } else {
-            scan(0..n)
-        };
-        let heap = if approx {
-            // Re-score the pool exactly, with the conditions the first pass left out.
-            let mut best = BinaryHeap::with_capacity(q.limit + 1);
-            for Candidate(_, pos) in heap {
-                let i = pos as usize;
-                let v = &mv.data[i * mv.dims..(i + 1) * mv.dims];
-                let d = self.distance(q.vector, q_norm, v, mv.norms[i]);
-                if q.max_distance.is_some_and(|max| d > max) {
-                    continue;
-                }
-                keep(&mut best, Candidate(d, mv.meta[i].id), q.limit);
-            }
-            best
-        } else {
-            heap
-        };
-        Ok(heap
-            .into_sorted_vec()
-            .into_iter()
-            .map(|Candidate(d, id)| (id, d))
-            .collect())
+        mv.search(self.metric, q)
     }
 
     async fn text_search(
@@ -763,58 +482,12 @@ super::delegate_store!(EmbeddedStore);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::MemoryKind;
-    use chrono::Utc;
-
-    #[test]
-    fn dot_and_l2_match_naive() {
-        let a: Vec<f32> = (0..19).map(|i| i as f32 * 0.5 - 3.0).collect();
-        let b: Vec<f32> = (0..19).map(|i| (i as f32).sin()).collect();
-        let naive_dot: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-        let naive_l2: f32 = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y) * (x - y))
-            .sum::<f32>()
-            .sqrt();
-        assert!((dot(&a, &b) - naive_dot).abs() < 1e-4);
-        assert!((l2(&a, &b) - naive_l2).abs() < 1e-4);
-    }
 
     #[test]
     fn blob_round_trip() {
         let v = vec![1.5f32, -0.25, 3.0e-8];
         assert_eq!(from_blob(&to_blob(&v)).unwrap(), v);
         assert!(from_blob(&[1, 2, 3]).is_err());
-    }
-
-    #[test]
-    fn model_vectors_remove_keeps_positions_consistent() {
-        let mut mv = ModelVectors {
-            dims: 2,
-            ..Default::default()
-        };
-        let meta = |id| Meta {
-            id,
-            session_id: None,
-            kind: MemoryKind::Fact,
-            role: None,
-            expires_at: None,
-            superseded_at: None,
-            tags: Box::new([]),
-            created_at: Utc::now(),
-        };
-        mv.push(meta(1), &[1.0, 0.0]);
-        mv.push(meta(2), &[0.0, 1.0]);
-        mv.push(meta(3), &[1.0, 1.0]);
-        mv.remove(1);
-        assert_eq!(mv.len(), 2);
-        let pos3 = mv.position[&3];
-        assert_eq!(&mv.data[pos3 * 2..pos3 * 2 + 2], &[1.0, 1.0]);
-        let pos2 = mv.position[&2];
-        assert_eq!(&mv.data[pos2 * 2..pos2 * 2 + 2], &[0.0, 1.0]);
-        mv.remove(42);
-        assert_eq!(mv.len(), 2);
     }
 
     /// Rows fetched by id are looked up by primary key, not found by walking the user's whole
