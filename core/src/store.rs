@@ -759,10 +759,18 @@ pub struct StoreConfig {
     /// it the HNSW index is used.
     #[serde(default = "default_exact_search_threshold")]
     pub exact_search_threshold: u64,
-    /// Embedded store: most vectors kept in memory across all users (least recently used
-    /// users are dropped first).
+    /// Most vectors kept in memory across all users (least recently used users are dropped
+    /// first): the embedded store's vector cache; on Postgres, the memories and vectors of
+    /// the users searched in process.
     #[serde(default = "default_cache_vectors")]
     pub max_cached_vectors: usize,
+    /// Postgres: users with more memories than this are searched in process, as the
+    /// embedded store searches every user (vectors and full text read once and held by the
+    /// server, kept current by revision; exact, int8 first pass from 8,192 vectors), while
+    /// their vectors fit [`StoreConfig::max_cached_vectors`]; `u64::MAX` leaves every search
+    /// to Postgres.
+    #[serde(default = "default_in_process_search_threshold")]
+    pub in_process_search_threshold: u64,
     /// Embedding dimension to make sure an index exists for at open (Postgres).
     #[serde(default)]
     pub index_dims: Option<usize>,
@@ -783,6 +791,9 @@ fn default_exact_search_threshold() -> u64 {
 }
 fn default_cache_vectors() -> usize {
     2_000_000
+}
+fn default_in_process_search_threshold() -> u64 {
+    4_096
 }
 
 impl StoreConfig {
@@ -805,6 +816,7 @@ impl StoreConfig {
             acquire_timeout: default_acquire_timeout(),
             exact_search_threshold: default_exact_search_threshold(),
             max_cached_vectors: default_cache_vectors(),
+            in_process_search_threshold: default_in_process_search_threshold(),
             index_dims: None,
             keys: Arc::default(),
         }

@@ -6,14 +6,15 @@
 //! migration creates the one for the default model (384, cosine) and [`PgStore::open`] creates
 //! the one the configuration needs, if missing.
 //!
-//! A search counts the rows that pass the user's filters, up to
-//! [`StoreConfig::exact_search_threshold`]. At or below it, the search is exact (a b-tree scan of
-//! the user's rows, sorted by distance); above it, the HNSW index is used with pgvector's
-//! iterative scan, so that filters do not starve the result.
+//! Users with more memories than [`StoreConfig::in_process_search_threshold`] (4,096) are
+//! searched in process by the server, exactly, as the embedded store searches (see [`held`]).
+//! For the others (and the users too large to hold), a search counts the rows that pass the
+//! user's filters, up to [`StoreConfig::exact_search_threshold`]. At or below it, the search is
+//! exact (a b-tree scan of the user's rows, sorted by distance); above it, the HNSW index is
+//! used with pgvector's iterative scan, so that filters do not starve the result.
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
-
-use chrono::{DateTime, Utc};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use recall_migrations::{Migrator, MigratorTrait};
@@ -26,16 +27,14 @@ use sea_orm::{
 use super::StoreConfig;
 use super::StoreLocation;
 use super::cursor::SearchCursor;
-use super::sql::keys::MEMORY_CONTENT;
-use super::sql::{
-    EmbeddingRow, IndexQuery, Meta, ResolvedFilter, SqlStore, TextIndexQuery, VectorIndex,
-};
+use super::sql::{EmbeddingRow, IndexQuery, ResolvedFilter, SqlStore, TextIndexQuery, VectorIndex};
 use crate::crypto::Keyring;
 use crate::error::{Error, Result};
-use crate::text::{BM25_B, BM25_K1, Bm25Index, query_terms};
+use crate::text::{BM25_B, BM25_K1, query_terms};
 use crate::types::{ExportedEmbedding, Metric};
 
 mod fanout;
+mod held;
 mod hnsw;
 
 pub use fanout::{EVENTS_CHANNEL, PgFanout};
@@ -72,45 +71,14 @@ pub(crate) struct PgVectors {
     vector_counts: Mutex<HashMap<(i64, String), (i64, i64)>>,
     /// Opens sealed memory text (encryption at rest).
     keys: Arc<Keyring>,
-    /// With a data key set: each searched user's full-text index, built in process from the
-    /// opened text (Postgres indexes clear rows only).
-    texts: Mutex<HashMap<i64, Arc<RwLock<UserText>>>>,
-}
-
-/// Memories held in [`PgVectors::texts`] at most, over all users; past it, the other users
-/// are dropped.
-const MAX_TEXT_DOCS: usize = 1_000_000;
-
-/// One user's in-process full-text index, as of a revision.
-#[derive(Default)]
-struct UserText {
-    revision: i64,
-    index: Bm25Index,
-    docs: HashMap<i64, Meta>,
-    /// Each memory's `updated_at` when it was indexed.
-    stamps: HashMap<i64, DateTime<Utc>>,
-    /// The newest of `stamps`.
-    newest: Option<DateTime<Utc>>,
-}
-
-/// How far apart the clocks of the servers writing one database may be: an in-process
-/// full-text index is brought up to date from the rows written since its newest row less this
-/// margin (and a count that reveals deletions).
-const CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
-
-impl UserText {
-    fn put(&mut self, meta: Meta, stamp: DateTime<Utc>, content: &str) {
-        self.index.insert(meta.id, content);
-        self.stamps.insert(meta.id, stamp);
-        self.docs.insert(meta.id, meta);
-        self.newest = self.newest.max(Some(stamp));
-    }
-
-    fn remove(&mut self, id: i64) {
-        self.index.remove(id);
-        self.stamps.remove(&id);
-        self.docs.remove(&id);
-    }
+    /// Users searched in process (see [`held`]): those with more memories than this, and
+    /// every user when text is sealed (Postgres indexes clear text only).
+    in_process_threshold: u64,
+    /// Memories and vectors held in process at most, over all users.
+    max_held: usize,
+    held: Mutex<HashMap<i64, held::Held>>,
+    /// Orders the searches of held users (least recently searched are dropped first).
+    tick: AtomicU64,
 }
 
 impl PgVectors {
@@ -140,215 +108,6 @@ impl PgVectors {
         }
         counts.insert(user_id, (revision, n as u64));
         Ok(n as u64)
-    }
-
-    /// The user's in-process full-text index at `revision` or later. A user not held is
-    /// loaded whole; a held one is brought up to date from the ids and `updated_at` of the
-    /// user's rows: only new and changed rows are read (and opened) again, deleted ones are
-    /// dropped. The revision is read before the rows, so the rows are at least that new.
-    async fn user_text(
-        &self,
-        db: &DatabaseConnection,
-        user_id: i64,
-        revision: i64,
-    ) -> Result<Arc<RwLock<UserText>>> {
-        let held = self
-            .texts
-            .lock()
-            .expect("text cache")
-            .get(&user_id)
-            .cloned();
-        if let Some(t) = &held
-            && t.read().expect("user text").revision >= revision
-        {
-            return Ok(t.clone());
-        }
-        let revision: i64 = db
-            .query_one_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT revision FROM users WHERE id = $1",
-                [user_id.into()],
-            ))
-            .await?
-            .map(|r| r.try_get_by_index(0))
-            .transpose()?
-            .unwrap_or(0);
-        let Some(held) = held else {
-            let rows = self.text_rows(db, user_id, None).await?;
-            let mut text = UserText {
-                revision,
-                ..UserText::default()
-            };
-            for (meta, stamp, content) in rows {
-                text.put(meta, stamp, &content);
-            }
-            let text = Arc::new(RwLock::new(text));
-            let mut texts = self.texts.lock().expect("text cache");
-            let size: usize = texts
-                .values()
-                .map(|t| t.read().expect("user text").docs.len())
-                .sum();
-            if size + text.read().expect("user text").docs.len() > MAX_TEXT_DOCS {
-                texts.clear();
-            }
-            texts.insert(user_id, text.clone());
-            return Ok(text);
-        };
-        // The rows written since the newest one held (less the clocks' margin), through
-        // `ix_memories_user_updated`; when the held rows plus the new ones do not make the
-        // user's count, some were deleted, and every row's stamp is compared instead.
-        let since = held
-            .read()
-            .expect("user text")
-            .newest
-            .map(|t| t - CLOCK_SKEW);
-        let recent = match since {
-            Some(since) => Some(
-                self.stamps(
-                    db,
-                    "SELECT id, updated_at FROM memories WHERE user_id = $1 AND updated_at >= $2",
-                    vec![user_id.into(), since.into()],
-                )
-                .await?,
-            ),
-            None => None,
-        };
-        let total = self.memory_count(db, user_id, revision).await?;
-        let quick = recent.and_then(|recent| {
-            let t = held.read().expect("user text");
-            let stale: Vec<i64> = recent
-                .iter()
-                .filter(|(id, at)| t.stamps.get(id) != Some(at))
-                .map(|(id, _)| *id)
-                .collect();
-            let added = stale.iter().filter(|id| !t.stamps.contains_key(id)).count();
-            ((t.stamps.len() + added) as u64 == total).then_some(stale)
-        });
-        let (stale, gone) = match quick {
-            Some(stale) => (stale, vec![]),
-            None => {
-                let stamps = self
-                    .stamps(
-                        db,
-                        "SELECT id, updated_at FROM memories WHERE user_id = $1",
-                        vec![user_id.into()],
-                    )
-                    .await?;
-                let t = held.read().expect("user text");
-                let now: HashSet<i64> = stamps.iter().map(|(id, _)| *id).collect();
-                let stale: Vec<i64> = stamps
-                    .iter()
-                    .filter(|(id, at)| t.stamps.get(id) != Some(at))
-                    .map(|(id, _)| *id)
-                    .collect();
-                let gone: Vec<i64> = t
-                    .stamps
-                    .keys()
-                    .filter(|id| !now.contains(id))
-                    .copied()
-                    .collect();
-                (stale, gone)
-            }
-        };
-        let rows = self.text_rows(db, user_id, Some(&stale)).await?;
-        let mut t = held.write().expect("user text");
-        if t.revision < revision {
-            for id in gone.iter().chain(&stale) {
-                t.remove(*id);
-            }
-            for (meta, stamp, content) in rows {
-                t.put(meta, stamp, &content);
-            }
-            t.revision = revision;
-        }
-        drop(t);
-        Ok(held)
-    }
-
-    /// `(id, updated_at)` rows of a statement.
-    async fn stamps(
-        &self,
-        db: &DatabaseConnection,
-        sql: &str,
-        values: Vec<DbValue>,
-    ) -> Result<Vec<(i64, DateTime<Utc>)>> {
-        db.query_all_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            sql,
-            values,
-        ))
-        .await?
-        .into_iter()
-        .map(|r| Ok((r.try_get_by_index(0)?, r.try_get_by_index(1)?)))
-        .collect()
-    }
-
-    /// The user's memories (all, or these ids) for the full-text index, their text opened.
-    async fn text_rows(
-        &self,
-        db: &DatabaseConnection,
-        user_id: i64,
-        ids: Option<&[i64]>,
-    ) -> Result<Vec<(Meta, DateTime<Utc>, String)>> {
-        let select = "SELECT id, session_id, kind, role, tags, created_at, content, key_id, \
-                      updated_at, expires_at, superseded_at FROM memories WHERE user_id = $1";
-        let mut rows = Vec::new();
-        match ids {
-            None => {
-                rows = db
-                    .query_all_raw(Statement::from_sql_and_values(
-                        DbBackend::Postgres,
-                        select,
-                        [user_id.into()],
-                    ))
-                    .await?;
-            }
-            Some(ids) => {
-                for chunk in ids.chunks(CHUNK) {
-                    let mut values: Vec<DbValue> = vec![user_id.into()];
-                    values.extend(chunk.iter().map(|id| DbValue::from(*id)));
-                    let list: Vec<String> =
-                        (2..=chunk.len() + 1).map(|i| format!("${i}")).collect();
-                    rows.extend(
-                        db.query_all_raw(Statement::from_sql_and_values(
-                            DbBackend::Postgres,
-                            format!("{select} AND id IN ({})", list.join(", ")),
-                            values,
-                        ))
-                        .await?,
-                    );
-                }
-            }
-        }
-        rows.into_iter()
-            .map(|r| {
-                let kind: String = r.try_get_by_index(2)?;
-                let role: Option<String> = r.try_get_by_index(3)?;
-                let tags: serde_json::Value = r.try_get_by_index(4)?;
-                let key_id: Option<String> = r.try_get_by_index(7)?;
-                let content = self.keys.open(
-                    key_id.as_deref(),
-                    MEMORY_CONTENT,
-                    &r.try_get_by_index::<String>(6)?,
-                )?;
-                let meta = Meta {
-                    id: r.try_get_by_index(0)?,
-                    session_id: r.try_get_by_index(1)?,
-                    kind: kind.parse()?,
-                    role: role.as_deref().map(str::parse).transpose()?,
-                    tags: tags
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|t| t.as_str().map(str::to_owned))
-                        .collect(),
-                    created_at: r.try_get_by_index(5)?,
-                    expires_at: r.try_get_by_index(9)?,
-                    superseded_at: r.try_get_by_index(10)?,
-                };
-                Ok((meta, r.try_get_by_index(8)?, content))
-            })
-            .collect()
     }
 }
 
@@ -441,6 +200,10 @@ impl VectorIndex for PgVectors {
         self.end_bulk().await
     }
 
+    fn compact(&self) -> usize {
+        self.release()
+    }
+
     async fn insert(&self, txn: &DatabaseTransaction, rows: &[EmbeddingRow<'_>]) -> Result<()> {
         for dims in rows.iter().map(|r| r.vector.len()).collect::<HashSet<_>>() {
             self.ensure_index(dims).await?;
@@ -479,6 +242,18 @@ impl VectorIndex for PgVectors {
     async fn search(&self, db: &DatabaseConnection, q: &IndexQuery<'_>) -> Result<Vec<(i64, f64)>> {
         let dims = q.vector.len();
         let op = operator(self.metric);
+
+        // Large users are searched in process: exact, and an order of magnitude faster than
+        // Postgres's scan of their rows (or recall-bound HNSW).
+        if self.held_vectors(db, q.user_id, q.revision).await? {
+            let user = self.held_user(db, q.user_id, q.revision, true).await?;
+            let user = user.read().expect("held user");
+            return match user.vectors.as_ref().and_then(|m| m.get(q.model)) {
+                // As the statement below: other dimensions than the model's match nothing.
+                Some(mv) if mv.dims == dims => mv.search(self.metric, q),
+                _ => Ok(vec![]),
+            };
+        }
 
         // How many rows pass the filters, counted no further than the threshold; without
         // filters the count of the user's revision is kept, so that a large user's searches
@@ -598,12 +373,13 @@ impl VectorIndex for PgVectors {
         // for a frequent word is tens of thousands of rows (42 ms at p95 for 100k memories
         // of one user), where the in-process index answers in about a millisecond.
         if !self.keys.is_empty()
-            || self.memory_count(db, q.user_id, q.revision).await? > self.exact_threshold
+            || self.memory_count(db, q.user_id, q.revision).await?
+                > self.exact_threshold.min(self.in_process_threshold)
         {
-            let text = self.user_text(db, q.user_id, q.revision).await?;
-            let text = text.read().expect("user text");
-            return Ok(text.index.search(&query_terms(q.text), q.limit, |id| {
-                text.docs.get(&id).is_some_and(|m| m.matches(q.filter))
+            let user = self.held_user(db, q.user_id, q.revision, false).await?;
+            let user = user.read().expect("held user");
+            return Ok(user.index.search(&query_terms(q.text), q.limit, |id| {
+                user.docs.get(&id).is_some_and(|m| m.matches(q.filter))
             }));
         }
         // BM25 over the user's memories that share a lexeme with the query, found through the
@@ -789,7 +565,10 @@ impl PgStore {
             counts: Mutex::new(HashMap::new()),
             vector_counts: Mutex::new(HashMap::new()),
             keys: config.keys.clone(),
-            texts: Mutex::new(HashMap::new()),
+            in_process_threshold: config.in_process_search_threshold,
+            max_held: config.max_cached_vectors,
+            held: Mutex::new(HashMap::new()),
+            tick: AtomicU64::new(0),
         };
         // Replicas starting together take turns: the migrations and the index creation run
         // under one advisory lock, held on a connection of its own.

@@ -611,3 +611,209 @@ async fn postgres_large_user_text_search_follows_every_replica() {
     }
     db.drop_db().await;
 }
+
+/// Postgres holds the vectors of users above the in-process threshold and searches them in
+/// process: the answers equal Postgres's exact statement (filters, score threshold, second
+/// page, every metric), follow another replica's updates, deletions, additions and
+/// re-embedding, and never include another user's rows; `optimize` releases what is held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_large_user_vector_search_is_held_and_follows_every_replica() {
+    use recall_core::types::{Embedding, MemoryPatch, Metric};
+    let dims = 16;
+    for metric in [Metric::Cosine, Metric::L2, Metric::Dot] {
+        let db = PgDb::create().await;
+        let mut held = StoreConfig::postgres(db.url.clone()).with_metric(metric);
+        held.in_process_search_threshold = 50;
+        let a = PgStore::open(&held).await.unwrap();
+        let b = PgStore::open(&held).await.unwrap();
+        let mut exact = StoreConfig::postgres(db.url.clone()).with_metric(metric);
+        exact.in_process_search_threshold = u64::MAX;
+        exact.exact_search_threshold = u64::MAX;
+        let sql = PgStore::open(&exact).await.unwrap();
+
+        let rows: Vec<NewMemory> = (0..400)
+            .map(|i| fact(i, Some(if i % 3 == 0 { "third" } else { "rest" })))
+            .map(|m| NewMemory {
+                embedding: emb(&pseudo_vector(m.content[1..].parse().unwrap(), dims)),
+                ..m
+            })
+            .collect();
+        let big: Vec<i64> = a
+            .add_memories("big", rows)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        // A small user (under the threshold: Postgres answers) whose vectors sit close to the
+        // queries.
+        let small: Vec<i64> = a
+            .add_memories(
+                "small",
+                (0..20)
+                    .map(|i| {
+                        NewMemory::new(
+                            MemoryKind::Fact,
+                            format!("s{i}"),
+                            emb(&pseudo_vector(7_000 + i % 4, dims)),
+                        )
+                    })
+                    .collect(),
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.id)
+            .collect();
+
+        // Every query both ways; `held` names the store under test.
+        async fn same(
+            held: &PgStore,
+            sql: &PgStore,
+            user: &str,
+            model: &str,
+            seed: u64,
+            dims: usize,
+            what: &str,
+        ) -> Vec<i64> {
+            let mut q = VectorQuery::new(
+                Embedding {
+                    model: model.into(),
+                    vector: pseudo_vector(seed, dims),
+                },
+                15,
+            );
+            for session in [None, Some("third")] {
+                q.filter = Filter {
+                    session: session.map(str::to_owned),
+                    ..Filter::default()
+                };
+                q.cursor = None;
+                q.min_score = None;
+                let want = sql.search(user, &q).await.unwrap();
+                let got = held.search(user, &q).await.unwrap();
+                let ids = |p: &recall_core::types::SearchPage| -> Vec<i64> {
+                    p.hits.iter().map(|h| h.memory.id).collect()
+                };
+                assert_eq!(ids(&got), ids(&want), "{what}, session {session:?}");
+                for (g, w) in got.hits.iter().zip(&want.hits) {
+                    assert!(
+                        (g.score - w.score).abs() < 1e-4,
+                        "{what}: scores {} and {}",
+                        g.score,
+                        w.score
+                    );
+                }
+                if want.hits.len() == 15 {
+                    // Each from its own cursor (a cursor holds a distance, which the two
+                    // paths compute in a different order of additions).
+                    q.cursor = got.next_cursor.clone();
+                    let got2 = held.search(user, &q).await.unwrap();
+                    q.cursor = want.next_cursor.clone();
+                    let want2 = sql.search(user, &q).await.unwrap();
+                    assert_eq!(ids(&got2), ids(&want2), "{what}: second page");
+                    q.cursor = None;
+                    q.min_score = Some((want.hits[4].score + want.hits[5].score) / 2.0);
+                    assert_eq!(
+                        ids(&held.search(user, &q).await.unwrap()),
+                        ids(&sql.search(user, &q).await.unwrap()),
+                        "{what}: min_score"
+                    );
+                }
+            }
+            let q = VectorQuery::new(
+                Embedding {
+                    model: model.into(),
+                    vector: pseudo_vector(seed, dims),
+                },
+                15,
+            );
+            sql.search(user, &q)
+                .await
+                .unwrap()
+                .hits
+                .iter()
+                .map(|h| h.memory.id)
+                .collect()
+        }
+        let m = crate::fixtures::TEST_MODEL;
+        for seed in 0..6 {
+            let top = same(&a, &sql, "big", m, 7_000 + seed % 4, dims, "loaded").await;
+            assert!(top.iter().all(|id| big.contains(id)), "another user's row");
+        }
+        let small_top = same(&a, &sql, "small", m, 7_000, dims, "small user").await;
+        assert!(small_top.iter().all(|id| small.contains(id)));
+
+        // Another replica moves the best match away, deletes the next two, adds one.
+        let top = same(&a, &sql, "big", m, 123, dims, "before").await;
+        b.update_memory(
+            "big",
+            top[0],
+            MemoryPatch {
+                content: Some("moved".into()),
+                embedding: Some(emb(&pseudo_vector(9_999, dims))),
+                ..MemoryPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+        b.delete_memories("big", &top[1..3]).await.unwrap();
+        let added = b
+            .add_memories(
+                "big",
+                vec![NewMemory::new(
+                    MemoryKind::Fact,
+                    "new",
+                    emb(&pseudo_vector(123, dims)),
+                )],
+            )
+            .await
+            .unwrap();
+        let after = same(
+            &a,
+            &sql,
+            "big",
+            m,
+            123,
+            dims,
+            "after the other replica's writes",
+        )
+        .await;
+        assert_eq!(after[0], added[0].id);
+        assert!(!after.contains(&top[0]) && !after.contains(&top[1]) && !after.contains(&top[2]));
+
+        // The other replica re-embeds the user into a new model and switches to it.
+        let missing = b
+            .missing_embeddings("big", "other-model", 1_000)
+            .await
+            .unwrap()
+            .0;
+        let vectors = missing
+            .iter()
+            .map(|(id, _)| {
+                (
+                    *id,
+                    Embedding {
+                        model: "other-model".into(),
+                        vector: pseudo_vector(*id as u64 * 31, dims),
+                    },
+                )
+            })
+            .collect();
+        b.add_embeddings("big", vectors).await.unwrap();
+        assert!(
+            b.switch_embedding_model("big", "other-model")
+                .await
+                .unwrap()
+        );
+        same(&a, &sql, "big", "other-model", 77, dims, "re-embedded").await;
+
+        // What was held is released by `optimize`: the big user's vectors.
+        let report = a.optimize().await.unwrap();
+        assert_eq!(report.cached_vectors_released, 399, "{metric:?}");
+        for s in [a, b, sql] {
+            s.connection().clone().close().await.ok();
+        }
+        db.drop_db().await;
+    }
+}
