@@ -11,9 +11,13 @@
 //!
 //! ```sh
 //! cargo bench -p recall-core --features testing --bench retrieval -- [--size 100000]
-//!     [--queries 200] [--backends embedded,postgres] [--query-embedder f32|int8|hash]
+//!     [--queries 200] [--backends embedded,postgres,postgres-statement]
+//!     [--query-embedder f32|int8|hash]
 //!     [--bulk]
 //! ```
+//!
+//! `postgres-statement` is Postgres with every search left to its SQL statements (users above
+//! `StoreConfig::in_process_search_threshold` are otherwise searched in process).
 //!
 //! `--bulk` fills the store as a bulk load (`MemoryStore::begin_bulk_load`: Postgres builds
 //! its HNSW index once after the rows); the insert rate then includes the index build.
@@ -357,13 +361,14 @@ fn main() {
                         .await
                         .unwrap(),
                 ),
-                "postgres" => {
+                "postgres" | "postgres-statement" => {
                     let db = PgDb::create().await;
-                    let s = PgStore::open(
-                        &StoreConfig::postgres(db.url.clone()).with_index_dims(DIMS),
-                    )
-                    .await
-                    .unwrap();
+                    let mut config = StoreConfig::postgres(db.url.clone()).with_index_dims(DIMS);
+                    if backend == "postgres-statement" {
+                        // Every search left to Postgres's statements (no user held in process).
+                        config.in_process_search_threshold = u64::MAX;
+                    }
+                    let s = PgStore::open(&config).await.unwrap();
                     pg = Some(db);
                     Arc::new(s)
                 }

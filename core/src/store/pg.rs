@@ -461,10 +461,13 @@ impl VectorIndex for PgVectors {
         &self,
         db: &DatabaseConnection,
         user_id: i64,
-        _revision: i64,
+        revision: i64,
         model: &str,
         ids: &[i64],
     ) -> Result<Vec<(i64, Vec<f32>)>> {
+        if let Some(found) = self.held_vectors_of(user_id, revision, model, ids) {
+            return Ok(found);
+        }
         let mut sql = Sql {
             text: String::new(),
             values: vec![],

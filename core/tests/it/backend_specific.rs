@@ -780,6 +780,14 @@ async fn postgres_large_user_vector_search_is_held_and_follows_every_replica() {
         )
         .await;
         assert_eq!(after[0], added[0].id);
+        // Stored vectors (re-ranking reads them) come from what is held, as Postgres has them.
+        let mut asked = after.clone();
+        asked.extend(&top[..3]);
+        assert_eq!(
+            a.vectors("big", m, &asked).await.unwrap(),
+            sql.vectors("big", m, &asked).await.unwrap()
+        );
+        assert_eq!(a.vectors("big", m, &asked).await.unwrap().len(), 16);
         assert!(!after.contains(&top[0]) && !after.contains(&top[1]) && !after.contains(&top[2]));
 
         // The other replica re-embeds the user into a new model and switches to it.

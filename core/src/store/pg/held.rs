@@ -302,6 +302,39 @@ impl PgVectors {
         Ok(held)
     }
 
+    /// Vectors of some of a held user's memories, when the user's vectors are held at
+    /// `revision` or later (`None`: ask Postgres).
+    pub(super) fn held_vectors_of(
+        &self,
+        user_id: i64,
+        revision: i64,
+        model: &str,
+        ids: &[i64],
+    ) -> Option<Vec<(i64, Vec<f32>)>> {
+        let user = self
+            .held
+            .lock()
+            .expect("held users")
+            .get(&user_id)?
+            .user
+            .clone();
+        let user = user.read().expect("held user");
+        if user.revision < revision {
+            return None;
+        }
+        let Some(mv) = user.vectors.as_ref()?.get(model) else {
+            return Some(vec![]);
+        };
+        Some(
+            ids.iter()
+                .filter_map(|id| {
+                    let pos = *mv.position.get(id)?;
+                    Some((*id, mv.data[pos * mv.dims..(pos + 1) * mv.dims].to_vec()))
+                })
+                .collect(),
+        )
+    }
+
     /// Reads every vector of a user being loaded.
     async fn read_vectors(
         &self,

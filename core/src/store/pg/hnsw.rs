@@ -226,6 +226,11 @@ impl PgVectors {
             self.build_index(&name, &sql).await?;
             built.push(name);
         }
+        // The planner's statistics still describe the tables before the load (autovacuum
+        // catches up later): plans chosen for a few rows would scan many.
+        self.db
+            .execute_unprepared("ANALYZE memories, memory_embeddings")
+            .await?;
         Ok(built)
     }
 }
