@@ -181,6 +181,14 @@ pub struct StoreSettings {
     pub metric: Metric,
     /// Largest connection pool.
     pub max_connections: u32,
+    /// Most vectors held in memory over all users: the embedded store's vector cache; on
+    /// Postgres, the memories and vectors of the users searched in process (about 2 KB
+    /// each with 384 dimensions). Least recently searched users are dropped first.
+    pub max_cached_vectors: usize,
+    /// Postgres: users with more memories than this are searched in process by the server
+    /// (vectors and full text held; exact, ~10× faster than Postgres's own scan at 20k);
+    /// the others, and users too large for `max_cached_vectors`, by Postgres.
+    pub in_process_search_threshold: u64,
     /// Deduplication on add: a new free-standing memory (a fact, not a message) merges into
     /// the user's memory of the same kind and session that is at least this similar (tags
     /// united, the higher importance kept, `metadata.merged` counted) instead of being stored
@@ -204,6 +212,8 @@ impl Default for StoreSettings {
             data_dir: PathBuf::from("data"),
             metric: Metric::default(),
             max_connections: 16,
+            max_cached_vectors: 2_000_000,
+            in_process_search_threshold: 4_096,
             dedupe_similarity: None,
             tag_ttl_seconds: BTreeMap::new(),
             purge_every_secs: 60,
@@ -221,6 +231,11 @@ impl fmt::Debug for StoreSettings {
             .field("data_dir", &self.data_dir)
             .field("metric", &self.metric)
             .field("max_connections", &self.max_connections)
+            .field("max_cached_vectors", &self.max_cached_vectors)
+            .field(
+                "in_process_search_threshold",
+                &self.in_process_search_threshold,
+            )
             .field("dedupe_similarity", &self.dedupe_similarity)
             .field("tag_ttl_seconds", &self.tag_ttl_seconds)
             .field("purge_every_secs", &self.purge_every_secs)

@@ -30,6 +30,8 @@ pub fn store_config(settings: &Settings) -> Result<StoreConfig> {
         None => StoreConfig::embedded(s.data_dir.clone()),
     };
     config.max_connections = s.max_connections;
+    config.max_cached_vectors = s.max_cached_vectors;
+    config.in_process_search_threshold = s.in_process_search_threshold;
     let previous = settings
         .encryption
         .previous_key_files

@@ -825,3 +825,42 @@ async fn postgres_large_user_vector_search_is_held_and_follows_every_replica() {
         db.drop_db().await;
     }
 }
+
+/// Postgres holds no more than `max_cached_vectors` (memories plus vectors): searching one
+/// held user after another drops the least recently searched, a user too large to hold is
+/// searched by Postgres, and every answer stays Postgres's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_held_users_fit_the_limit() {
+    let db = PgDb::create().await;
+    let mut held = StoreConfig::postgres(db.url.clone());
+    held.in_process_search_threshold = 5;
+    held.max_cached_vectors = 40;
+    let store = PgStore::open(&held).await.unwrap();
+    let mut exact = StoreConfig::postgres(db.url.clone());
+    exact.in_process_search_threshold = u64::MAX;
+    let sql = PgStore::open(&exact).await.unwrap();
+    // Two users of 15 memories (30 held each: one fits at a time) and one of 25 (50: never).
+    for (user, n, base) in [("ann", 15, 0), ("ben", 15, 100), ("cat", 25, 200)] {
+        let rows = (0..n).map(|i| fact(base + i, None)).collect();
+        store.add_memories(user, rows).await.unwrap();
+    }
+    for round in 0..3u64 {
+        for user in ["ann", "ben", "cat"] {
+            let q = VectorQuery::new(emb(&pseudo_vector(5_000 + round, 32)), 5);
+            let ids = |p: recall_core::types::SearchPage| -> Vec<i64> {
+                p.hits.iter().map(|h| h.memory.id).collect()
+            };
+            assert_eq!(
+                ids(store.search(user, &q).await.unwrap()),
+                ids(sql.search(user, &q).await.unwrap()),
+                "{user}, round {round}"
+            );
+        }
+    }
+    // Only the last held user is still held: its 15 vectors are what optimize releases.
+    assert_eq!(store.optimize().await.unwrap().cached_vectors_released, 15);
+    for s in [store, sql] {
+        s.connection().clone().close().await.ok();
+    }
+    db.drop_db().await;
+}
