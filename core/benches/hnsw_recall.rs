@@ -1,0 +1,151 @@
+//! Recall of Postgres's HNSW path against its exact scan on real sentence embeddings (the
+//! store benchmark's uniform random vectors have no neighbourhoods, the worst case for a graph
+//! index). Texts are chat turns of a LoCoMo file recombined (the first half of one turn's
+//! words, the second half of another's) so that there are as many as asked, embedded by
+//! all-MiniLM-L6-v2 (int8, for speed); the queries are the file's questions, embedded the
+//! same way. Every search is left to Postgres's statements (no user held in process).
+//!
+//! ```sh
+//! cargo bench -p recall-core --features testing --bench hnsw_recall -- [--size 100000]
+//!     [--data ../shared/data/locomo-dev/locomo-dev.json] [--top-k 10,50] [--queries 200]
+//! ```
+//! The data is read where it lies (its licence allows use in benchmarks, not copies).
+use std::time::Instant;
+
+use recall_core::{Embedder, MemoryStore};
+use recall_core::embed::{EmbedConfig, EmbeddingService};
+use recall_core::store::{PgStore, StoreConfig};
+use recall_core::testing::bench::{Rng, arg_or as arg, list};
+use recall_core::testing::{PgDb, minilm_dir};
+use recall_core::types::{Embedding, MemoryKind, NewMemory, VectorQuery};
+
+const MODEL: &str = "all-MiniLM-L6-v2";
+
+fn main() {
+    let size: usize = arg("--size", "100000").parse().unwrap();
+    let data = arg("--data", "../../shared/data/locomo-dev/locomo-dev.json");
+    let queries: usize = arg("--queries", "200").parse().unwrap();
+    let top_ks: Vec<usize> = list("--top-k", "10,50")
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let text = std::fs::read_to_string(&data)
+        .unwrap_or_else(|e| panic!("cannot read {data}: {e} (pass --data)"));
+    let (samples, _) = recall_core::eval::parse_locomo(&text).unwrap();
+    let turns: Vec<Vec<&str>> = samples
+        .iter()
+        .flat_map(|s| &s.turns)
+        .map(|t| t.text.split_whitespace().collect())
+        .filter(|w: &Vec<&str>| w.len() >= 4)
+        .collect();
+    let questions: Vec<String> = samples
+        .iter()
+        .flat_map(|s| &s.questions)
+        .map(|q| q.question.clone())
+        .take(queries)
+        .collect();
+    let mut rng = Rng(7);
+    let mut pick = |n: usize| (rng.next_u64() % n as u64) as usize;
+    let texts: Vec<String> = (0..size)
+        .map(|_| {
+            let a = &turns[pick(turns.len())];
+            let b = &turns[pick(turns.len())];
+            let mut words: Vec<&str> = a[..a.len() / 2].to_vec();
+            words.extend_from_slice(&b[b.len() / 2..]);
+            words.join(" ")
+        })
+        .collect();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut config = EmbedConfig::new(minilm_dir());
+        config.device = recall_core::device::DeviceConfig::Cpu;
+        config.precision = "int8".parse().unwrap();
+        let embedder = EmbeddingService::start(&config).unwrap();
+        let t = Instant::now();
+        let mut vectors = Vec::with_capacity(size);
+        for chunk in texts.chunks(256) {
+            vectors.extend(embedder.embed(chunk.to_vec()).await.unwrap());
+        }
+        println!(
+            "embedded {size} texts in {:.0} s ({} turns recombined)",
+            t.elapsed().as_secs_f64(),
+            turns.len()
+        );
+        let query_vectors = embedder.embed(questions.clone()).await.unwrap();
+
+        let db = PgDb::create().await;
+        let mut statements = StoreConfig::postgres(db.url.clone()).with_index_dims(384);
+        statements.in_process_search_threshold = u64::MAX;
+        let approx = PgStore::open(&statements).await.unwrap();
+        let t = Instant::now();
+        approx.begin_bulk_load().await.unwrap();
+        for (texts, vectors) in texts.chunks(1000).zip(vectors.chunks(1000)) {
+            let rows = texts
+                .iter()
+                .zip(vectors)
+                .map(|(t, v)| {
+                    NewMemory::new(
+                        MemoryKind::Fact,
+                        t.clone(),
+                        Embedding {
+                            model: MODEL.into(),
+                            vector: v.clone(),
+                        },
+                    )
+                })
+                .collect();
+            approx.add_memories("user0", rows).await.unwrap();
+        }
+        approx.end_bulk_load().await.unwrap();
+        println!("loaded and indexed in {:.0} s", t.elapsed().as_secs_f64());
+        let mut exact = statements.clone();
+        exact.exact_search_threshold = u64::MAX;
+        let exact = PgStore::open(&exact).await.unwrap();
+
+        println!(
+            "| memories | top k | queries | recall@k vs exact | HNSW p50 (ms) | exact p50 (ms) |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|");
+        for &k in &top_ks {
+            let (mut hit, mut times, mut exact_times) = (0usize, vec![], vec![]);
+            for v in &query_vectors {
+                let q = VectorQuery::new(
+                    Embedding {
+                        model: MODEL.into(),
+                        vector: v.clone(),
+                    },
+                    k,
+                );
+                let t = Instant::now();
+                let got = approx.search("user0", &q).await.unwrap();
+                times.push(t.elapsed().as_secs_f64() * 1000.0);
+                let t = Instant::now();
+                let want = exact.search("user0", &q).await.unwrap();
+                exact_times.push(t.elapsed().as_secs_f64() * 1000.0);
+                hit += got
+                    .hits
+                    .iter()
+                    .filter(|h| want.hits.iter().any(|w| w.memory.id == h.memory.id))
+                    .count();
+            }
+            times.sort_by(f64::total_cmp);
+            exact_times.sort_by(f64::total_cmp);
+            println!(
+                "| {size} | {k} | {} | {:.3} | {:.1} | {:.1} |",
+                query_vectors.len(),
+                hit as f64 / (k * query_vectors.len()) as f64,
+                times[times.len() / 2],
+                exact_times[exact_times.len() / 2]
+            );
+        }
+        for s in [approx, exact] {
+            s.connection().clone().close().await.ok();
+        }
+        db.drop_db().await;
+    });
+}
