@@ -12,12 +12,12 @@
 //! The data is read where it lies (its licence allows use in benchmarks, not copies).
 use std::time::Instant;
 
-use recall_core::{Embedder, MemoryStore};
 use recall_core::embed::{EmbedConfig, EmbeddingService};
 use recall_core::store::{PgStore, StoreConfig};
 use recall_core::testing::bench::{Rng, arg_or as arg, list};
 use recall_core::testing::{PgDb, minilm_dir};
 use recall_core::types::{Embedding, MemoryKind, NewMemory, VectorQuery};
+use recall_core::{Embedder, MemoryStore};
 
 const MODEL: &str = "all-MiniLM-L6-v2";
 

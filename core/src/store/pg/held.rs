@@ -10,8 +10,9 @@
 //! Several servers may write one database, so what is held is checked against the user's
 //! `revision` at each search, and brought up to date from the rows written since its newest
 //! row (by `updated_at`, with a margin for the servers' clocks) and a count that reveals
-//! deletions; vectors that change without their memory (re-embedding into a new model) show
-//! in a per-model count. Users least recently searched are dropped when the memories and
+//! deletions; a re-embedding that switches the user to another model makes their vectors be
+//! read again (vectors added for a model before the switch are not searched, as on the
+//! embedded store). Users least recently searched are dropped when the memories and
 //! vectors held pass [`crate::store::StoreConfig::max_cached_vectors`].
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering as AtomicOrdering;
@@ -43,6 +44,8 @@ pub(super) struct HeldUser {
     /// Vectors per embedding model, read by the user's first vector search (full-text
     /// searches do not need them).
     pub vectors: Option<HashMap<String, ModelVectors>>,
+    /// The user's `embedding_model` when read.
+    model: Option<String>,
 }
 
 /// A held user and when it was last searched.
@@ -86,23 +89,6 @@ impl HeldUser {
         if mv.dims == vector.len() {
             mv.push(meta.clone(), vector);
         }
-    }
-
-    /// One model's vectors built from rows `(memory id, model, vector)` of memories held.
-    fn model_vectors(&self, rows: Vec<(i64, String, Vec<f32>)>) -> ModelVectors {
-        let mut mv = ModelVectors::default();
-        for (id, _, vector) in rows {
-            let Some(meta) = self.docs.get(&id) else {
-                continue;
-            };
-            if mv.dims == 0 {
-                mv.dims = vector.len();
-            }
-            if mv.dims == vector.len() {
-                mv.push(meta.clone(), &vector);
-            }
-        }
-        mv
     }
 
     /// Memories and vectors held.
@@ -156,20 +142,23 @@ impl PgVectors {
                 return Ok(h.clone());
             }
         }
-        let revision: i64 = db
+        // The user's embedding model moves when a re-embedding switches them (their vectors
+        // of other models are then deleted): held vectors are read again.
+        let (revision, model): (i64, Option<String>) = db
             .query_one_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                "SELECT revision FROM users WHERE id = $1",
+                "SELECT revision, embedding_model FROM users WHERE id = $1",
                 [user_id.into()],
             ))
             .await?
-            .map(|r| r.try_get_by_index(0))
+            .map(|r| Ok::<_, crate::error::Error>((r.try_get_by_index(0)?, r.try_get_by_index(1)?)))
             .transpose()?
-            .unwrap_or(0);
+            .unwrap_or((0, None));
         let Some(held) = held else {
             let rows = self.text_rows(db, user_id, None).await?;
             let mut user = HeldUser {
                 revision,
+                model,
                 ..HeldUser::default()
             };
             for (meta, stamp, content) in rows {
@@ -239,19 +228,13 @@ impl PgVectors {
             }
         };
         let had_vectors = held.read().expect("held user").vectors.is_some();
-        let counts = if had_vectors {
-            Some(self.model_counts(db, user_id).await?)
-        } else {
-            None
-        };
         let rows = self.text_rows(db, user_id, Some(&stale)).await?;
         let vector_rows = if had_vectors {
             self.vector_rows(db, user_id, Some(&stale), None).await?
         } else {
             vec![]
         };
-        let mut reread = Vec::new();
-        let seen = {
+        let (seen, has_vectors) = {
             let mut t = held.write().expect("held user");
             if t.revision < revision {
                 for id in gone.iter().chain(&stale) {
@@ -263,34 +246,18 @@ impl PgVectors {
                 for (id, model, vector) in vector_rows {
                     t.put_vector(id, model, &vector);
                 }
-                if let (Some(models), Some(counts)) = (t.vectors.as_mut(), counts) {
-                    // Vectors written or deleted without their memory changing (a model
-                    // re-embedded into, or retired): that model is read again.
-                    models.retain(|m, _| counts.contains_key(m));
-                    for (model, n) in counts {
-                        if models.get(&model).map_or(0, ModelVectors::len) != n {
-                            reread.push(model);
-                        }
-                    }
+                if t.model != model {
+                    t.vectors = None;
+                    t.model = model;
                 }
                 t.revision = revision;
             }
-            t.revision
+            (t.revision, t.vectors.is_some())
         };
-        for model in reread {
-            let rows = self.vector_rows(db, user_id, None, Some(&model)).await?;
-            let mut t = held.write().expect("held user");
-            // Read while nothing else changed the user (else the next search reads again).
-            if t.revision == seen {
-                let fresh = t.model_vectors(rows);
-                if let Some(models) = t.vectors.as_mut() {
-                    models.insert(model, fresh);
-                }
-            }
-        }
-        if with_vectors && !had_vectors {
+        if with_vectors && !has_vectors {
             let rows = self.vector_rows(db, user_id, None, None).await?;
             let mut t = held.write().expect("held user");
+            // Only onto the rows they were read after (else the next search reads again).
             if t.vectors.is_none() && t.revision == seen {
                 t.vectors = Some(HashMap::new());
                 for (id, model, vector) in rows {
@@ -412,28 +379,6 @@ impl PgVectors {
         .await?
         .into_iter()
         .map(|r| Ok((r.try_get_by_index(0)?, r.try_get_by_index(1)?)))
-        .collect()
-    }
-
-    /// How many vectors the user has of each model.
-    async fn model_counts(
-        &self,
-        db: &DatabaseConnection,
-        user_id: i64,
-    ) -> Result<HashMap<String, usize>> {
-        db.query_all_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT model, count(*) FROM memory_embeddings WHERE user_id = $1 GROUP BY model",
-            [user_id.into()],
-        ))
-        .await?
-        .into_iter()
-        .map(|r| {
-            Ok((
-                r.try_get_by_index(0)?,
-                r.try_get_by_index::<i64>(1)? as usize,
-            ))
-        })
         .collect()
     }
 
