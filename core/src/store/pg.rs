@@ -204,6 +204,14 @@ impl VectorIndex for PgVectors {
         self.release()
     }
 
+    fn tracks_changes(&self) -> bool {
+        true
+    }
+
+    fn committed(&self, user_id: i64, revision: i64, delta: super::sql::Delta) {
+        self.apply(user_id, revision, delta);
+    }
+
     async fn insert(&self, txn: &DatabaseTransaction, rows: &[EmbeddingRow<'_>]) -> Result<()> {
         for dims in rows.iter().map(|r| r.vector.len()).collect::<HashSet<_>>() {
             self.ensure_index(dims).await?;

@@ -790,6 +790,27 @@ async fn postgres_large_user_vector_search_is_held_and_follows_every_replica() {
         assert_eq!(a.vectors("big", m, &asked).await.unwrap().len(), 16);
         assert!(!after.contains(&top[0]) && !after.contains(&top[1]) && !after.contains(&top[2]));
 
+        // This replica's own writes (applied to what it holds): an addition that supersedes
+        // the best match, and a deletion.
+        let replacement = a
+            .add_memories(
+                "big",
+                vec![NewMemory {
+                    supersedes: Some(after[0]),
+                    ..NewMemory::new(
+                        MemoryKind::Fact,
+                        "replacement",
+                        emb(&pseudo_vector(123, dims)),
+                    )
+                }],
+            )
+            .await
+            .unwrap();
+        a.delete_memories("big", &after[1..2]).await.unwrap();
+        let own = same(&a, &sql, "big", m, 123, dims, "after its own writes").await;
+        assert!(own.contains(&replacement[0].id));
+        assert!(!own.contains(&after[0]) && !own.contains(&after[1]));
+
         // The other replica re-embeds the user into a new model and switches to it.
         let missing = b
             .missing_embeddings("big", "other-model", 1_000)

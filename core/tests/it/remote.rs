@@ -399,7 +399,11 @@ use recall_core::embed::{Embedder, RemoteEmbedder};
 async fn remote_embeddings_come_in_batches_in_order_and_equal_the_local_model() {
     std::sync::LazyLock::force(&MODEL);
     let f = fake(vec![Reply::Embed]).await;
-    let e = RemoteEmbedder::connect(config(&f.url), 3).await.unwrap();
+    // The fake provider embeds with the real model: on a busy machine that can pass the
+    // short timeout the retry tests use, and a retried batch would be counted twice.
+    let mut c = config(&f.url);
+    c.timeout = Duration::from_secs(30);
+    let e = RemoteEmbedder::connect(c, 3).await.unwrap();
     assert_eq!(e.dims(), 384, "asked of the provider at start");
     assert_eq!(e.model_id(), "fake-model");
     let texts: Vec<String> = (0..7)

@@ -25,8 +25,8 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, Value a
 use super::{CHUNK, PgVectors};
 use crate::error::Result;
 use crate::store::scan::ModelVectors;
-use crate::store::sql::Meta;
 use crate::store::sql::keys::MEMORY_CONTENT;
+use crate::store::sql::{Delta, Meta};
 use crate::text::Bm25Index;
 
 /// One user's memories held in process, as of a revision.
@@ -300,6 +300,64 @@ impl PgVectors {
                 })
                 .collect(),
         )
+    }
+
+    /// This server's own committed change to a user: applied to what is held when it is
+    /// the next revision (no statement for the next search to run); anything else (another
+    /// replica's change came between, or a change the delta cannot describe) is left to
+    /// the next search's refresh. Memories added here have no `updated_at` stamp, so a later
+    /// refresh reads them once more.
+    pub(super) fn apply(&self, user_id: i64, revision: i64, delta: Delta) {
+        if delta.reset {
+            return;
+        }
+        let Some(user) = self
+            .held
+            .lock()
+            .expect("held users")
+            .get(&user_id)
+            .map(|h| h.user.clone())
+        else {
+            return;
+        };
+        {
+            let mut t = user.write().expect("held user");
+            if t.revision != revision - 1 {
+                return;
+            }
+            for id in &delta.removed {
+                t.remove(*id);
+            }
+            for m in delta.added {
+                let meta = Meta {
+                    id: m.memory_id,
+                    session_id: m.session_id,
+                    kind: m.kind,
+                    role: m.role,
+                    tags: m.tags.into_boxed_slice(),
+                    created_at: m.created_at,
+                    expires_at: m.expires_at,
+                    superseded_at: m.superseded_at,
+                };
+                if !t.docs.contains_key(&meta.id) {
+                    t.index.insert(meta.id, &m.content);
+                    t.docs.insert(meta.id, meta);
+                }
+                t.put_vector(m.memory_id, m.model, &m.vector);
+            }
+            for (id, at) in delta.superseded {
+                if let Some(meta) = t.docs.get_mut(&id) {
+                    meta.superseded_at = at;
+                }
+                for mv in t.vectors.iter_mut().flat_map(HashMap::values_mut) {
+                    if let Some(&pos) = mv.position.get(&id) {
+                        mv.meta[pos].superseded_at = at;
+                    }
+                }
+            }
+            t.revision = revision;
+        }
+        self.evict(user_id);
     }
 
     /// Reads every vector of a user being loaded.
