@@ -8,6 +8,7 @@
 //! ```sh
 //! cargo bench -p recall-core --features testing --bench hnsw_recall -- [--size 100000]
 //!     [--data ../shared/data/locomo-dev/locomo-dev.json] [--top-k 10,50] [--queries 200]
+//!     [--ef 40,100,200,400] [--cache /tmp/vectors.bin]
 //! ```
 //! The data is read where it lies (its licence allows use in benchmarks, not copies).
 use std::time::Instant;
@@ -18,6 +19,8 @@ use recall_core::testing::bench::{Rng, arg_or as arg, list};
 use recall_core::testing::{PgDb, minilm_dir};
 use recall_core::types::{Embedding, MemoryKind, NewMemory, VectorQuery};
 use recall_core::{Embedder, MemoryStore};
+use sea_orm::prelude::PgVector;
+use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
 
 const MODEL: &str = "all-MiniLM-L6-v2";
 
@@ -66,16 +69,42 @@ fn main() {
         config.device = recall_core::device::DeviceConfig::Cpu;
         config.precision = "int8".parse().unwrap();
         let embedder = EmbeddingService::start(&config).unwrap();
-        let t = Instant::now();
-        let mut vectors = Vec::with_capacity(size);
-        for chunk in texts.chunks(256) {
-            vectors.extend(embedder.embed(chunk.to_vec()).await.unwrap());
-        }
-        println!(
-            "embedded {size} texts in {:.0} s ({} turns recombined)",
-            t.elapsed().as_secs_f64(),
-            turns.len()
-        );
+        // `--cache FILE` keeps the vectors between runs (embedding 100k texts takes minutes).
+        let cache = std::env::args()
+            .position(|a| a == "--cache")
+            .and_then(|i| std::env::args().nth(i + 1));
+        let cached: Option<Vec<Vec<f32>>> = cache.as_ref().and_then(|path| {
+            let bytes = std::fs::read(path).ok()?;
+            let floats: Vec<f32> = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            (floats.len() == size * 384).then(|| floats.chunks(384).map(<[f32]>::to_vec).collect())
+        });
+        let vectors = match cached {
+            Some(v) => v,
+            None => {
+                let t = Instant::now();
+                let mut vectors = Vec::with_capacity(size);
+                for chunk in texts.chunks(256) {
+                    vectors.extend(embedder.embed(chunk.to_vec()).await.unwrap());
+                }
+                println!(
+                    "embedded {size} texts in {:.0} s ({} turns recombined)",
+                    t.elapsed().as_secs_f64(),
+                    turns.len()
+                );
+                if let Some(path) = &cache {
+                    let bytes: Vec<u8> = vectors
+                        .iter()
+                        .flatten()
+                        .flat_map(|x| x.to_le_bytes())
+                        .collect();
+                    std::fs::write(path, bytes).unwrap();
+                }
+                vectors
+            }
+        };
         let query_vectors = embedder.embed(questions.clone()).await.unwrap();
 
         let db = PgDb::create().await;
@@ -141,6 +170,58 @@ fn main() {
                 hit as f64 / (k * query_vectors.len()) as f64,
                 times[times.len() / 2],
                 exact_times[exact_times.len() / 2]
+            );
+        }
+        // pgvector's `hnsw.ef_search` (the store uses max(40, k)): recall@10 as it grows.
+        let efs: Vec<usize> = list("--ef", "40,100,200,400")
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let mut wants = Vec::new();
+        for v in &query_vectors {
+            let q = VectorQuery::new(
+                Embedding {
+                    model: MODEL.into(),
+                    vector: v.clone(),
+                },
+                10,
+            );
+            let want = exact.search("user0", &q).await.unwrap();
+            wants.push(want.hits.iter().map(|h| h.memory.id).collect::<Vec<i64>>());
+        }
+        println!();
+        println!("| memories | ef_search | recall@10 vs exact | p50 (ms) |");
+        println!("|---:|---:|---:|---:|");
+        let conn = approx.connection();
+        for ef in efs {
+            let (mut hit, mut times) = (0usize, vec![]);
+            for (v, want) in query_vectors.iter().zip(&wants) {
+                let t = Instant::now();
+                let txn = conn.begin().await.unwrap();
+                txn.execute_unprepared(&format!("SET LOCAL hnsw.ef_search = {ef}"))
+                    .await
+                    .unwrap();
+                let rows = txn
+                    .query_all_raw(Statement::from_sql_and_values(
+                        DbBackend::Postgres,
+                        "SELECT memory_id FROM memory_embeddings WHERE dims = 384 \
+                         ORDER BY embedding::vector(384) <=> $1::vector(384) LIMIT 10",
+                        [PgVector::from(v.clone()).into()],
+                    ))
+                    .await
+                    .unwrap();
+                txn.commit().await.unwrap();
+                times.push(t.elapsed().as_secs_f64() * 1000.0);
+                hit += rows
+                    .iter()
+                    .filter(|r| want.contains(&r.try_get_by_index::<i64>(0).unwrap()))
+                    .count();
+            }
+            times.sort_by(f64::total_cmp);
+            println!(
+                "| {size} | {ef} | {:.3} | {:.1} |",
+                hit as f64 / (10 * wants.len()) as f64,
+                times[times.len() / 2]
             );
         }
         for s in [approx, exact] {
