@@ -275,15 +275,31 @@ impl Ws {
             .unwrap();
     }
 
-    /// The next protocol message (pings are answered); Err with the close reason.
+    /// The next protocol message (pings are answered); Err with the close reason. While
+    /// nothing comes, the client pings every 20 s, as graphql-ws clients do (the server
+    /// closes a connection silent for 60 s: a long job on a busy machine would lose it), and
+    /// gives up after 5 minutes.
     pub async fn next(&mut self) -> Result<Value, String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
         loop {
-            let msg = tokio::time::timeout(Duration::from_secs(60), self.socket.next())
-                .await
-                .map_err(|_| "timed out".to_owned())?;
+            let msg = match tokio::time::timeout(Duration::from_secs(20), self.socket.next()).await
+            {
+                Ok(msg) => msg,
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    let _ = self
+                        .socket
+                        .send(WsMessage::text(r#"{"type":"ping"}"#))
+                        .await;
+                    continue;
+                }
+                Err(_) => return Err("timed out".into()),
+            };
             match msg {
                 Some(Ok(WsMessage::Text(t))) => {
                     let v: Value = serde_json::from_str(&t).unwrap();
+                    if v["type"] == "pong" {
+                        continue;
+                    }
                     if v["type"] == "ping" {
                         let _ = self
                             .socket
