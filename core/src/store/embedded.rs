@@ -70,16 +70,7 @@ impl UserVectors {
     }
 
     fn add(&mut self, m: IndexedMemory) {
-        let meta = Meta {
-            id: m.memory_id,
-            session_id: m.session_id,
-            kind: m.kind,
-            role: m.role,
-            tags: m.tags.into_boxed_slice(),
-            created_at: m.created_at,
-            expires_at: m.expires_at,
-            superseded_at: m.superseded_at,
-        };
+        let meta = m.meta();
         if !self.docs.contains_key(&meta.id) {
             self.lexical.insert(meta.id, &m.content);
             self.docs.insert(meta.id, meta.clone());
@@ -331,13 +322,7 @@ impl VectorIndex for LocalVectors {
         let Some(mv) = user.models.get(model) else {
             return Ok(vec![]);
         };
-        Ok(ids
-            .iter()
-            .filter_map(|id| {
-                let pos = *mv.position.get(id)?;
-                Some((*id, mv.data[pos * mv.dims..(pos + 1) * mv.dims].to_vec()))
-            })
-            .collect())
+        Ok(mv.vectors_of(ids))
     }
 
     async fn embeddings_of(

@@ -176,6 +176,19 @@ impl ModelVectors {
         self.meta.len()
     }
 
+    /// The vectors of these memories (those held).
+    pub fn vectors_of(&self, ids: &[i64]) -> Vec<(i64, Vec<f32>)> {
+        ids.iter()
+            .filter_map(|id| {
+                let pos = *self.position.get(id)?;
+                Some((
+                    *id,
+                    self.data[pos * self.dims..(pos + 1) * self.dims].to_vec(),
+                ))
+            })
+            .collect()
+    }
+
     /// The nearest of these vectors to the query, with every condition of the query:
     /// `(memory id, distance)`, ordered by distance then id.
     pub fn search(&self, metric: Metric, q: &IndexQuery<'_>) -> Result<Vec<(i64, f64)>> {

@@ -230,7 +230,7 @@ impl PgVectors {
         let had_vectors = held.read().expect("held user").vectors.is_some();
         let rows = self.text_rows(db, user_id, Some(&stale)).await?;
         let vector_rows = if had_vectors {
-            self.vector_rows(db, user_id, Some(&stale), None).await?
+            self.vector_rows(db, user_id, Some(&stale)).await?
         } else {
             vec![]
         };
@@ -246,7 +246,9 @@ impl PgVectors {
                 for (id, model, vector) in vector_rows {
                     t.put_vector(id, model, &vector);
                 }
-                if t.model != model {
+                // Vectors another search read meanwhile lack the changed rows' new vectors;
+                // so do all of them after a switch of model: read again.
+                if t.model != model || !had_vectors {
                     t.vectors = None;
                     t.model = model;
                 }
@@ -255,7 +257,7 @@ impl PgVectors {
             (t.revision, t.vectors.is_some())
         };
         if with_vectors && !has_vectors {
-            let rows = self.vector_rows(db, user_id, None, None).await?;
+            let rows = self.vector_rows(db, user_id, None).await?;
             let mut t = held.write().expect("held user");
             // Only onto the rows they were read after (else the next search reads again).
             if t.vectors.is_none() && t.revision == seen {
@@ -292,14 +294,7 @@ impl PgVectors {
         let Some(mv) = user.vectors.as_ref()?.get(model) else {
             return Some(vec![]);
         };
-        Some(
-            ids.iter()
-                .filter_map(|id| {
-                    let pos = *mv.position.get(id)?;
-                    Some((*id, mv.data[pos * mv.dims..(pos + 1) * mv.dims].to_vec()))
-                })
-                .collect(),
-        )
+        Some(mv.vectors_of(ids))
     }
 
     /// This server's own committed change to a user: applied to what is held when it is
@@ -329,16 +324,7 @@ impl PgVectors {
                 t.remove(*id);
             }
             for m in delta.added {
-                let meta = Meta {
-                    id: m.memory_id,
-                    session_id: m.session_id,
-                    kind: m.kind,
-                    role: m.role,
-                    tags: m.tags.into_boxed_slice(),
-                    created_at: m.created_at,
-                    expires_at: m.expires_at,
-                    superseded_at: m.superseded_at,
-                };
+                let meta = m.meta();
                 if !t.docs.contains_key(&meta.id) {
                     t.index.insert(meta.id, &m.content);
                     t.docs.insert(meta.id, meta);
@@ -368,7 +354,7 @@ impl PgVectors {
         user: &mut HeldUser,
     ) -> Result<()> {
         user.vectors = Some(HashMap::new());
-        for (id, model, vector) in self.vector_rows(db, user_id, None, None).await? {
+        for (id, model, vector) in self.vector_rows(db, user_id, None).await? {
             user.put_vector(id, model, &vector);
         }
         Ok(())
@@ -440,54 +426,17 @@ impl PgVectors {
         .collect()
     }
 
-    /// The user's vectors `(memory id, model, vector)`: all, or of these memories, or of one
-    /// model.
+    /// The user's vectors `(memory id, model, vector)`: all, or of these memories.
     async fn vector_rows(
         &self,
         db: &DatabaseConnection,
         user_id: i64,
         ids: Option<&[i64]>,
-        model: Option<&str>,
     ) -> Result<Vec<(i64, String, Vec<f32>)>> {
         let select = "SELECT memory_id, model, embedding FROM memory_embeddings WHERE user_id = $1";
-        let mut rows = Vec::new();
-        match (ids, model) {
-            (Some(ids), _) => {
-                for chunk in ids.chunks(CHUNK) {
-                    let mut values: Vec<DbValue> = vec![user_id.into()];
-                    values.extend(chunk.iter().map(|id| DbValue::from(*id)));
-                    let list: Vec<String> =
-                        (2..=chunk.len() + 1).map(|i| format!("${i}")).collect();
-                    rows.extend(
-                        db.query_all_raw(Statement::from_sql_and_values(
-                            DbBackend::Postgres,
-                            format!("{select} AND memory_id IN ({})", list.join(", ")),
-                            values,
-                        ))
-                        .await?,
-                    );
-                }
-            }
-            (None, Some(model)) => {
-                rows = db
-                    .query_all_raw(Statement::from_sql_and_values(
-                        DbBackend::Postgres,
-                        format!("{select} AND model = $2"),
-                        [user_id.into(), model.to_owned().into()],
-                    ))
-                    .await?;
-            }
-            (None, None) => {
-                rows = db
-                    .query_all_raw(Statement::from_sql_and_values(
-                        DbBackend::Postgres,
-                        select,
-                        [user_id.into()],
-                    ))
-                    .await?;
-            }
-        }
-        rows.into_iter()
+        rows_of(db, select, "memory_id", user_id, ids)
+            .await?
+            .into_iter()
             .map(|r| {
                 Ok((
                     r.try_get_by_index(0)?,
@@ -507,34 +456,7 @@ impl PgVectors {
     ) -> Result<Vec<(Meta, DateTime<Utc>, String)>> {
         let select = "SELECT id, session_id, kind, role, tags, created_at, content, key_id, \
                       updated_at, expires_at, superseded_at FROM memories WHERE user_id = $1";
-        let mut rows = Vec::new();
-        match ids {
-            None => {
-                rows = db
-                    .query_all_raw(Statement::from_sql_and_values(
-                        DbBackend::Postgres,
-                        select,
-                        [user_id.into()],
-                    ))
-                    .await?;
-            }
-            Some(ids) => {
-                for chunk in ids.chunks(CHUNK) {
-                    let mut values: Vec<DbValue> = vec![user_id.into()];
-                    values.extend(chunk.iter().map(|id| DbValue::from(*id)));
-                    let list: Vec<String> =
-                        (2..=chunk.len() + 1).map(|i| format!("${i}")).collect();
-                    rows.extend(
-                        db.query_all_raw(Statement::from_sql_and_values(
-                            DbBackend::Postgres,
-                            format!("{select} AND id IN ({})", list.join(", ")),
-                            values,
-                        ))
-                        .await?,
-                    );
-                }
-            }
-        }
+        let rows = rows_of(db, select, "id", user_id, ids).await?;
         rows.into_iter()
             .map(|r| {
                 let kind: String = r.try_get_by_index(2)?;
@@ -565,4 +487,39 @@ impl PgVectors {
             })
             .collect()
     }
+}
+
+/// The rows of a statement over one user's rows (`select` takes the user as `$1`): all, or
+/// those whose `id_column` is one of `ids` (in chunks).
+async fn rows_of(
+    db: &DatabaseConnection,
+    select: &str,
+    id_column: &str,
+    user_id: i64,
+    ids: Option<&[i64]>,
+) -> Result<Vec<sea_orm::QueryResult>> {
+    let Some(ids) = ids else {
+        return Ok(db
+            .query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                select,
+                [user_id.into()],
+            ))
+            .await?);
+    };
+    let mut rows = Vec::new();
+    for chunk in ids.chunks(CHUNK) {
+        let mut values: Vec<DbValue> = vec![user_id.into()];
+        values.extend(chunk.iter().map(|id| DbValue::from(*id)));
+        let list: Vec<String> = (2..=chunk.len() + 1).map(|i| format!("${i}")).collect();
+        rows.extend(
+            db.query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                format!("{select} AND {id_column} IN ({})", list.join(", ")),
+                values,
+            ))
+            .await?,
+        );
+    }
+    Ok(rows)
 }

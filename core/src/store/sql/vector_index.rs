@@ -52,6 +52,22 @@ pub(crate) struct IndexedMemory {
     pub vector: Vec<f32>,
 }
 
+impl IndexedMemory {
+    /// The fields filters need.
+    pub fn meta(&self) -> Meta {
+        Meta {
+            id: self.memory_id,
+            session_id: self.session_id,
+            kind: self.kind,
+            role: self.role,
+            tags: self.tags.clone().into_boxed_slice(),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            superseded_at: self.superseded_at,
+        }
+    }
+}
+
 /// A committed change to a user's memories, for indexes that cache them.
 #[derive(Debug, Default)]
 pub(crate) struct Delta {
