@@ -19,8 +19,10 @@ use serde_json::json;
 use crate::fixtures::{PgDb, emb};
 
 const SECRET: &str = "my locker code at the Zanzibar gym is 4417";
-/// Words of the secret that no clear column holds.
-const TELLS: [&str; 4] = ["Zanzibar", "zanzibar", "4417", "locker"];
+/// Words of the secret that no clear column holds. The number is looked for with its
+/// neighbour or as a full-text lexeme (`'4417'`): four bare digits turn up by chance in hex
+/// ciphertext, UUIDs, microseconds and vector components (CI: "4417" found in a dump).
+const TELLS: [&str; 5] = ["Zanzibar", "zanzibar", "locker", "is 4417", "'4417'"];
 
 enum Where {
     Pg(PgDb),
