@@ -6,6 +6,7 @@
 pub mod attention;
 pub mod int8;
 pub mod quant;
+pub mod sgemm;
 
 pub use attention::{HostKv, Query, attend, attend_window, dot};
 pub use int8::{I8Matrix, QuantizedRows};

@@ -357,6 +357,17 @@ unsafe fn f32_product(
     out: SendPtr,
     (r0, r1, c0, c1): (usize, usize, usize, usize),
 ) {
+    // A few rows against a matrix of short rows: the project's kernel reads the weights in
+    // place, where `gemm` packs them first (`cargo bench -p recall-kernels --bench sgemm`:
+    // 1.1–1.4× at 8–24 rows of 384 inputs, a tie or worse with 1,536 inputs, one row, or
+    // ~96 rows and more). `DEEP_RECALL_NO_SGEMM=1` keeps `gemm` everywhere (for comparisons).
+    let rows = r1 - r0;
+    if (2..=32).contains(&rows) && k <= 512 && few_rows_kernel() {
+        // SAFETY: forwarded from the caller; `out` at row 0, column c0, has stride n.
+        return unsafe {
+            recall_kernels::sgemm::matmul_acc_raw(x, k, w, n, r0..r1, c0..c1, out.get().add(c0), n)
+        };
+    }
     // SAFETY: forwarded from the caller; reads are in bounds of `x` and `w`.
     unsafe {
         gemm::gemm(
@@ -381,6 +392,13 @@ unsafe fn f32_product(
             gemm::Parallelism::None,
         );
     }
+}
+
+/// Whether F32 products of a few rows use `recall_kernels::sgemm` (unless
+/// `DEEP_RECALL_NO_SGEMM` is set).
+fn few_rows_kernel() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("DEEP_RECALL_NO_SGEMM").is_none())
 }
 
 /// The `m` rows of `x` quantized for an int8 product, split over the pool when they are many.

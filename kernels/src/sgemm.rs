@@ -1,0 +1,301 @@
+//! F32 products of a few input rows with a row-major `k × n` matrix, for the embedder's query
+//! path: a search embeds one ~15-token question, and a general matrix kernel spends as long
+//! preparing (packing) the weights as multiplying them at that size.
+//!
+//! The kernel reads the matrix in place: columns a panel of 16 at a time (one 64-byte line of
+//! each matrix row), and inside a panel the input rows in tiles of up to six, twelve AVX2
+//! accumulators each, so the panel's weights come from memory once and from cache for the
+//! other tiles. Each output is a plain left-to-right sum of `x[r][i] · w[i][c]` in F32 with
+//! fused multiply-adds, so the numbers differ from another kernel's only in rounding.
+use std::ops::Range;
+
+/// Columns in a panel: one 64-byte cache line of F32 weights.
+const PANEL: usize = 16;
+/// Rows in a tile (twelve accumulators, two weight registers and a broadcast of sixteen).
+const TILE: usize = 6;
+
+/// `out[r·ldo + c − cols.start] += Σ_i x[r·k + i] · w[i·n + c]` for `r` in `rows` and `c` in
+/// `cols` (`out` points at the output of row 0, column `cols.start`).
+///
+/// # Safety
+/// `out` must be valid for writes at every `r·ldo + c − cols.start` for `r` in `rows` and `c`
+/// in `cols`, and no other thread may access those places meanwhile.
+///
+/// # Panics
+/// When `x` is shorter than `rows.end × k`, `w` is not `k × n`, or `cols` ends past `n`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn matmul_acc_raw(
+    x: &[f32],
+    k: usize,
+    w: &[f32],
+    n: usize,
+    rows: Range<usize>,
+    cols: Range<usize>,
+    out: *mut f32,
+    ldo: usize,
+) {
+    assert!(
+        x.len() >= rows.end * k,
+        "{} inputs for {rows:?} × {k}",
+        x.len()
+    );
+    assert_eq!(w.len(), k * n, "weights of {k} × {n}");
+    assert!(
+        cols.start <= cols.end && cols.end <= n && rows.start <= rows.end,
+        "columns {cols:?} of {n}, rows {rows:?}"
+    );
+    if rows.is_empty() || cols.is_empty() || k == 0 {
+        return;
+    }
+    let job = Job {
+        x,
+        k,
+        w,
+        n,
+        rows,
+        cols,
+        out,
+        ldo,
+    };
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: the CPU has the features; the caller vouches for `out`.
+        return unsafe { avx2::run(&job) };
+    }
+    // SAFETY: the caller vouches for `out`.
+    unsafe { job.scalar(job.cols.clone()) }
+}
+
+/// Whether the SIMD kernel runs on this CPU (otherwise plain Rust does).
+pub fn kernel() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        return "AVX2+FMA";
+    }
+    "scalar"
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2_fma() -> bool {
+    static F: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *F.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    })
+}
+
+/// One product's operands, checked.
+struct Job<'a> {
+    x: &'a [f32],
+    k: usize,
+    w: &'a [f32],
+    n: usize,
+    rows: Range<usize>,
+    cols: Range<usize>,
+    out: *mut f32,
+    ldo: usize,
+}
+
+impl Job<'_> {
+    /// The columns `cols` (inside the job's) in plain Rust, summed in the same order.
+    ///
+    /// # Safety
+    /// As [`matmul_acc_raw`].
+    unsafe fn scalar(&self, cols: Range<usize>) {
+        for r in self.rows.clone() {
+            let xr = &self.x[r * self.k..][..self.k];
+            for c in cols.clone() {
+                let mut s = 0f32;
+                for (i, &v) in xr.iter().enumerate() {
+                    s = v.mul_add(self.w[i * self.n + c], s);
+                }
+                // SAFETY: the caller vouches for this place.
+                unsafe { *self.out.add(r * self.ldo + c - self.cols.start) += s };
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{Job, PANEL, TILE};
+
+    /// # Safety
+    /// The CPU has AVX2 and FMA; the caller of the product vouches for `job.out`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn run(job: &Job<'_>) {
+        let simd_end = job.cols.start + (job.cols.len() / 8) * 8;
+        let mut c0 = job.cols.start;
+        while c0 < simd_end {
+            let blocks = ((simd_end - c0) / 8).min(PANEL / 8);
+            let mut r0 = job.rows.start;
+            while r0 < job.rows.end {
+                let mr = (job.rows.end - r0).min(TILE);
+                // SAFETY: the tile lies inside the job's rows and columns.
+                unsafe { dispatch(job, r0, c0, mr, blocks) };
+                r0 += mr;
+            }
+            c0 += blocks * 8;
+        }
+        if simd_end < job.cols.end {
+            // SAFETY: forwarded from the caller.
+            unsafe { job.scalar(simd_end..job.cols.end) };
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dispatch(job: &Job<'_>, r0: usize, c0: usize, mr: usize, blocks: usize) {
+        macro_rules! by_blocks {
+            ($r:literal) => {
+                if blocks == 2 {
+                    tile::<$r, 2>(job, r0, c0)
+                } else {
+                    tile::<$r, 1>(job, r0, c0)
+                }
+            };
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match mr {
+                1 => by_blocks!(1),
+                2 => by_blocks!(2),
+                3 => by_blocks!(3),
+                4 => by_blocks!(4),
+                5 => by_blocks!(5),
+                _ => by_blocks!(6),
+            }
+        }
+    }
+
+    /// The `R × 8B` outputs at rows `r0..`, columns `c0..`, over the whole input.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile<const R: usize, const B: usize>(job: &Job<'_>, r0: usize, c0: usize) {
+        let mut acc = [[_mm256_setzero_ps(); B]; R];
+        let (k, n) = (job.k, job.n);
+        let xp = job.x.as_ptr();
+        let wp = job.w.as_ptr();
+        for i in 0..k {
+            let mut wv = [_mm256_setzero_ps(); B];
+            for (b, v) in wv.iter_mut().enumerate() {
+                // SAFETY: row i, columns c0 + 8b.. c0 + 8b + 8 lie inside the k × n weights
+                // (the caller's tile ends inside the job's columns).
+                *v = unsafe { _mm256_loadu_ps(wp.add(i * n + c0 + 8 * b)) };
+            }
+            for (j, row) in acc.iter_mut().enumerate() {
+                // SAFETY: row r0 + j < rows.end and x holds rows.end × k values.
+                let a = _mm256_set1_ps(unsafe { *xp.add((r0 + j) * k + i) });
+                for (s, &v) in row.iter_mut().zip(&wv) {
+                    *s = _mm256_fmadd_ps(a, v, *s);
+                }
+            }
+        }
+        for (j, row) in acc.iter().enumerate() {
+            for (b, &sum) in row.iter().enumerate() {
+                // SAFETY: the caller vouches for the job's outputs; this tile is inside them.
+                unsafe {
+                    let o = job
+                        .out
+                        .add((r0 + j) * job.ldo + c0 + 8 * b - job.cols.start);
+                    _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), sum));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn products_agree_with_a_double_precision_sum() {
+        // Rows and columns with remainders everywhere (tiles of 6 rows, panels of 16 and
+        // blocks of 8 columns), a sub-range of rows and columns, a wider output stride.
+        for (m, k, n) in [
+            (1, 1, 1),
+            (7, 30, 21),
+            (14, 384, 72),
+            (13, 101, 40),
+            (20, 64, 9),
+        ] {
+            let w = values(k * n, 7 + k as u64);
+            let x = values(m * k, 3 + m as u64);
+            for (rows, cols) in [(0..m, 0..n), (m / 3..m, n / 5..n - n / 4)] {
+                let ldo = n + 3;
+                let base = values(m * ldo, 11);
+                let mut out = base.clone();
+                // SAFETY: out holds m rows of ldo ≥ n values; this thread alone writes.
+                unsafe {
+                    matmul_acc_raw(
+                        &x,
+                        k,
+                        &w,
+                        n,
+                        rows.clone(),
+                        cols.clone(),
+                        out.as_mut_ptr().add(cols.start),
+                        ldo,
+                    )
+                };
+                for r in 0..m {
+                    for c in 0..ldo {
+                        let at = r * ldo + c;
+                        if !(rows.contains(&r) && c >= cols.start && c < cols.end) {
+                            assert_eq!(out[at], base[at], "({r}, {c}) untouched");
+                            continue;
+                        }
+                        let want = f64::from(base[at])
+                            + (0..k)
+                                .map(|i| f64::from(x[r * k + i]) * f64::from(w[i * n + c]))
+                                .sum::<f64>();
+                        let err = (f64::from(out[at]) - want).abs();
+                        assert!(
+                            err <= 1e-5 * (k as f64).sqrt(),
+                            "({r}, {c}) of {m}×{k}×{n}: {err}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_simd_kernel_sums_like_the_scalar_one() {
+        // Both sum left to right with fused multiply-adds: the same numbers, bit for bit.
+        let (m, k, n) = (9, 200, 48);
+        let w = values(k * n, 5);
+        let x = values(m * k, 6);
+        let mut simd = vec![0.5f32; m * n];
+        let mut scalar = simd.clone();
+        // SAFETY: both outputs hold m × n values.
+        unsafe {
+            matmul_acc_raw(&x, k, &w, n, 0..m, 0..n, simd.as_mut_ptr(), n);
+            Job {
+                x: &x,
+                k,
+                w: &w,
+                n,
+                rows: 0..m,
+                cols: 0..n,
+                out: scalar.as_mut_ptr(),
+                ldo: n,
+            }
+            .scalar(0..n);
+        }
+        assert_eq!(simd, scalar);
+    }
+}
