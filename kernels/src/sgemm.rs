@@ -9,8 +9,10 @@
 //! fused multiply-adds, so the numbers differ from another kernel's only in rounding.
 use std::ops::Range;
 
+#[cfg(target_arch = "x86_64")]
 /// Columns in a panel: one 64-byte cache line of F32 weights.
 const PANEL: usize = 16;
+#[cfg(target_arch = "x86_64")]
 /// Rows in a tile (twelve accumulators, two weight registers and a broadcast of sixteen).
 const TILE: usize = 6;
 
