@@ -5,7 +5,10 @@
 //! ```sh
 //! scripts/bench-venv.sh            # once: a venv with CPU PyTorch + sentence-transformers
 //! cargo bench -p recall-core --bench embed -- [--texts 512] [--python PATH] [--ingest 1000]
+//!     [--query-only [--repeat 1]]
 //! ```
+//! `--query-only` measures only our query embedding (each question `--repeat` times), for
+//! `perf record` and quick comparisons.
 //! Without `--python` (or `DEEP_RECALL_BENCH_PYTHON`) the Python side is skipped.
 use std::path::PathBuf;
 use std::process::Command;
@@ -207,8 +210,10 @@ fn main() {
     let py = python.as_deref().map(|p| python_rates(p, &texts_file, n));
     // `--ingest-only f32|int8`: only the ingest part, at that precision (for `perf record`).
     let ingest_only: Option<Precision> = arg("--ingest-only").map(|p| p.parse().unwrap());
+    let query_only = arg_flag("--query-only");
+    let repeat: usize = arg("--repeat").map_or(1, |s| s.parse().unwrap());
     for batch in [1usize, 32] {
-        if ingest_only.is_some() {
+        if ingest_only.is_some() || query_only {
             break;
         }
         if let Some(p) = profile {
@@ -238,7 +243,7 @@ fn main() {
             ),
         }
     }
-    if profile.is_none() && ingest_only.is_none() {
+    if profile.is_none() && ingest_only.is_none() && !query_only {
         // How far int8 moves the vectors, on the benchmark's own texts.
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let (a, b) = (model.embed(&refs).unwrap(), int8.embed(&refs).unwrap());
@@ -275,12 +280,13 @@ fn main() {
         ("ours int8", &int8),
         ("candle-transformers", &candle),
     ] {
-        if profile.is_some() || ingest_only.is_some() {
+        if profile.is_some() || ingest_only.is_some() || (query_only && name.starts_with("candle"))
+        {
             continue;
         }
         m.embed(&[questions[0].as_str()]).unwrap();
-        let mut times: Vec<f64> = questions
-            .iter()
+        let mut times: Vec<f64> = (0..repeat)
+            .flat_map(|_| &questions)
             .map(|q| {
                 let started = Instant::now();
                 m.embed(&[q.as_str()]).unwrap();
@@ -321,7 +327,7 @@ fn main() {
     println!("| store | precision | messages/s |");
     println!("|---|---|---:|");
     for precision in [Precision::F32, Precision::Int8] {
-        if profile.is_some() || ingest_only.is_some_and(|p| p != precision) {
+        if profile.is_some() || query_only || ingest_only.is_some_and(|p| p != precision) {
             continue;
         }
         rt.block_on(async {

@@ -759,6 +759,12 @@ pub struct StoreConfig {
     /// it the HNSW index is used.
     #[serde(default = "default_exact_search_threshold")]
     pub exact_search_threshold: u64,
+    /// Postgres: the candidate list of the HNSW search (pgvector's `hnsw.ef_search`; raised
+    /// to the page size when that is larger, at most 1,000). Larger finds more of the exact
+    /// neighbours and costs more: 400 by default, recall@10 0.995 against an exact search at
+    /// 100k real embeddings (200: 0.987; docs/benchmarks.md, "HNSW recall on real embeddings").
+    #[serde(default = "default_hnsw_ef_search")]
+    pub hnsw_ef_search: u32,
     /// Most vectors kept in memory across all users (least recently used users are dropped
     /// first): the embedded store's vector cache; on Postgres, the memories and vectors of
     /// the users searched in process.
@@ -789,6 +795,9 @@ fn default_acquire_timeout() -> std::time::Duration {
 fn default_exact_search_threshold() -> u64 {
     20_000
 }
+fn default_hnsw_ef_search() -> u32 {
+    400
+}
 fn default_cache_vectors() -> usize {
     2_000_000
 }
@@ -815,6 +824,7 @@ impl StoreConfig {
             max_connections: default_max_connections(),
             acquire_timeout: default_acquire_timeout(),
             exact_search_threshold: default_exact_search_threshold(),
+            hnsw_ef_search: default_hnsw_ef_search(),
             max_cached_vectors: default_cache_vectors(),
             in_process_search_threshold: default_in_process_search_threshold(),
             index_dims: None,

@@ -3,9 +3,9 @@
 //! preparing (packing) the weights as multiplying them at that size.
 //!
 //! The kernel reads the matrix in place: columns a panel of 16 at a time (one 64-byte line of
-//! each matrix row), and inside a panel the input rows in tiles of up to six, twelve AVX2
-//! accumulators each, so the panel's weights come from memory once and from cache for the
-//! other tiles. Each output is a plain left-to-right sum of `x[r][i] · w[i][c]` in F32 with
+//! each matrix row), and inside a panel 256 matrix rows at a time (16 KB) for every tile of
+//! up to six input rows (twelve AVX2 accumulators each, carried between the parts), so the
+//! panel's weights come from memory once and from the first-level cache for the other tiles. Each output is a plain left-to-right sum of `x[r][i] · w[i][c]` in F32 with
 //! fused multiply-adds, so the numbers differ from another kernel's only in rounding.
 use std::ops::Range;
 
@@ -15,6 +15,12 @@ const PANEL: usize = 16;
 #[cfg(target_arch = "x86_64")]
 /// Rows in a tile (twelve accumulators, two weight registers and a broadcast of sixteen).
 const TILE: usize = 6;
+#[cfg(target_arch = "x86_64")]
+/// Rows whose sums are carried from one part of the weights to the next (six tiles).
+const GROUP: usize = 6 * TILE;
+#[cfg(target_arch = "x86_64")]
+/// Weight rows in a part: 256 lines of a panel, 16 KB, half the first-level cache.
+const KBLOCK: usize = 256;
 
 /// `out[r·ldo + c − cols.start] += Σ_i x[r·k + i] · w[i·n + c]` for `r` in `rows` and `c` in
 /// `cols` (`out` points at the output of row 0, column `cols.start`).
@@ -121,7 +127,10 @@ impl Job<'_> {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{Job, PANEL, TILE};
+    use super::{GROUP, Job, KBLOCK, PANEL, TILE};
+
+    /// The accumulators of one tile (up to `TILE` rows × two blocks of eight columns).
+    type Acc = [[__m256; 2]; TILE];
 
     /// # Safety
     /// The CPU has AVX2 and FMA; the caller of the product vouches for `job.out`.
@@ -131,12 +140,50 @@ mod avx2 {
         let mut c0 = job.cols.start;
         while c0 < simd_end {
             let blocks = ((simd_end - c0) / 8).min(PANEL / 8);
-            let mut r0 = job.rows.start;
-            while r0 < job.rows.end {
-                let mr = (job.rows.end - r0).min(TILE);
-                // SAFETY: the tile lies inside the job's rows and columns.
-                unsafe { dispatch(job, r0, c0, mr, blocks) };
-                r0 += mr;
+            let mut g0 = job.rows.start;
+            while g0 < job.rows.end {
+                let g1 = (g0 + GROUP).min(job.rows.end);
+                let mut acc: [Acc; GROUP / TILE] = [[[_mm256_setzero_ps(); 2]; TILE]; GROUP / TILE];
+                // The panel `KBLOCK` weight rows at a time, every tile of the group over each
+                // part: a part (16 KB) comes from memory for the first tile and stays in the
+                // first-level cache for the others, however long the rows.
+                let mut i0 = 0;
+                while i0 < job.k {
+                    let i1 = (i0 + KBLOCK).min(job.k);
+                    let mut r0 = g0;
+                    for tile_acc in acc.iter_mut() {
+                        if r0 >= g1 {
+                            break;
+                        }
+                        let mr = (g1 - r0).min(TILE);
+                        // SAFETY: the tile lies inside the job's rows and columns, its
+                        // weights rows i0..i1 inside the k × n matrix.
+                        unsafe { dispatch(job, r0, c0, mr, blocks, (i0, i1), tile_acc) };
+                        r0 += mr;
+                    }
+                    i0 = i1;
+                }
+                let mut r0 = g0;
+                for tile_acc in &acc {
+                    if r0 >= g1 {
+                        break;
+                    }
+                    let mr = (g1 - r0).min(TILE);
+                    for (j, row) in tile_acc.iter().take(mr).enumerate() {
+                        for (b, &sum) in row.iter().take(blocks).enumerate() {
+                            // SAFETY: the caller vouches for the job's outputs; this tile
+                            // is inside them.
+                            unsafe {
+                                let o = job
+                                    .out
+                                    .add((r0 + j) * job.ldo + c0 + 8 * b - job.cols.start);
+                                _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), sum));
+                            }
+                        }
+                    }
+                    r0 += mr;
+                }
+                g0 = g1;
             }
             c0 += blocks * 8;
         }
@@ -147,13 +194,21 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn dispatch(job: &Job<'_>, r0: usize, c0: usize, mr: usize, blocks: usize) {
+    unsafe fn dispatch(
+        job: &Job<'_>,
+        r0: usize,
+        c0: usize,
+        mr: usize,
+        blocks: usize,
+        ks: (usize, usize),
+        acc: &mut Acc,
+    ) {
         macro_rules! by_blocks {
             ($r:literal) => {
                 if blocks == 2 {
-                    tile::<$r, 2>(job, r0, c0)
+                    tile::<$r, 2>(job, r0, c0, ks, acc)
                 } else {
-                    tile::<$r, 1>(job, r0, c0)
+                    tile::<$r, 1>(job, r0, c0, ks, acc)
                 }
             };
         }
@@ -170,15 +225,25 @@ mod avx2 {
         }
     }
 
-    /// The `R × 8B` outputs at rows `r0..`, columns `c0..`, over the whole input.
+    /// Adds to the accumulators of the `R × 8B` outputs at rows `r0..`, columns `c0..` the
+    /// products over inputs `ks.0..ks.1`.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile<const R: usize, const B: usize>(job: &Job<'_>, r0: usize, c0: usize) {
+    unsafe fn tile<const R: usize, const B: usize>(
+        job: &Job<'_>,
+        r0: usize,
+        c0: usize,
+        (i0, i1): (usize, usize),
+        out: &mut Acc,
+    ) {
         let mut acc = [[_mm256_setzero_ps(); B]; R];
+        for (a, o) in acc.iter_mut().zip(out.iter()) {
+            a.copy_from_slice(&o[..B]);
+        }
         let (k, n) = (job.k, job.n);
         let xp = job.x.as_ptr();
         let wp = job.w.as_ptr();
-        for i in 0..k {
+        for i in i0..i1 {
             let mut wv = [_mm256_setzero_ps(); B];
             for (b, v) in wv.iter_mut().enumerate() {
                 // SAFETY: row i, columns c0 + 8b.. c0 + 8b + 8 lie inside the k × n weights
@@ -193,16 +258,8 @@ mod avx2 {
                 }
             }
         }
-        for (j, row) in acc.iter().enumerate() {
-            for (b, &sum) in row.iter().enumerate() {
-                // SAFETY: the caller vouches for the job's outputs; this tile is inside them.
-                unsafe {
-                    let o = job
-                        .out
-                        .add((r0 + j) * job.ldo + c0 + 8 * b - job.cols.start);
-                    _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), sum));
-                }
-            }
+        for (a, o) in acc.iter().zip(out.iter_mut()) {
+            o[..B].copy_from_slice(a);
         }
     }
 }
@@ -225,14 +282,16 @@ mod tests {
 
     #[test]
     fn products_agree_with_a_double_precision_sum() {
-        // Rows and columns with remainders everywhere (tiles of 6 rows, panels of 16 and
-        // blocks of 8 columns), a sub-range of rows and columns, a wider output stride.
+        // Rows and columns with remainders everywhere (tiles of 6 rows, groups of 36, panels
+        // of 16 and blocks of 8 columns, parts of 256 inputs), a sub-range of rows and
+        // columns, a wider output stride.
         for (m, k, n) in [
             (1, 1, 1),
             (7, 30, 21),
             (14, 384, 72),
             (13, 101, 40),
             (20, 64, 9),
+            (41, 600, 24),
         ] {
             let w = values(k * n, 7 + k as u64);
             let x = values(m * k, 3 + m as u64);
@@ -278,7 +337,8 @@ mod tests {
     #[test]
     fn the_simd_kernel_sums_like_the_scalar_one() {
         // Both sum left to right with fused multiply-adds: the same numbers, bit for bit.
-        let (m, k, n) = (9, 200, 48);
+        // Several parts of the inputs and two groups of rows: the sums carry over.
+        let (m, k, n) = (40, 700, 48);
         let w = values(k * n, 5);
         let x = values(m * k, 6);
         let mut simd = vec![0.5f32; m * n];

@@ -189,6 +189,10 @@ pub struct StoreSettings {
     /// (vectors and full text held; exact, ~10× faster than Postgres's own scan at 20k);
     /// the others, and users too large for `max_cached_vectors`, by Postgres.
     pub in_process_search_threshold: u64,
+    /// Postgres: pgvector's `hnsw.ef_search` for the users searched through the HNSW index
+    /// (above `exact_search_threshold` rows and not held in process), 1–1,000: larger finds
+    /// more of the exact neighbours and costs more.
+    pub hnsw_ef_search: u32,
     /// Deduplication on add: a new free-standing memory (a fact, not a message) merges into
     /// the user's memory of the same kind and session that is at least this similar (tags
     /// united, the higher importance kept, `metadata.merged` counted) instead of being stored
@@ -214,6 +218,7 @@ impl Default for StoreSettings {
             max_connections: 16,
             max_cached_vectors: 2_000_000,
             in_process_search_threshold: 4_096,
+            hnsw_ef_search: 400,
             dedupe_similarity: None,
             tag_ttl_seconds: BTreeMap::new(),
             purge_every_secs: 60,
@@ -236,6 +241,7 @@ impl fmt::Debug for StoreSettings {
                 "in_process_search_threshold",
                 &self.in_process_search_threshold,
             )
+            .field("hnsw_ef_search", &self.hnsw_ef_search)
             .field("dedupe_similarity", &self.dedupe_similarity)
             .field("tag_ttl_seconds", &self.tag_ttl_seconds)
             .field("purge_every_secs", &self.purge_every_secs)
@@ -871,6 +877,11 @@ impl Settings {
         if self.store.max_connections == 0 {
             return Err(Error::invalid("store.max_connections must be positive"));
         }
+        if !(1..=1000).contains(&self.store.hnsw_ef_search) {
+            return Err(Error::invalid(
+                "store.hnsw_ef_search must be between 1 and 1000",
+            ));
+        }
         self.models.device()?;
         for k in &self.auth.api_keys {
             if k.user.trim().is_empty() {
@@ -955,6 +966,12 @@ mod tests {
             jail.set_env("DEEP_RECALL__MODELS__DEVICE", "tpu");
             let e = err(None);
             assert!(e.contains("tpu"), "{e}");
+            jail.clear_env();
+            jail.set_env("DEEP_RECALL__STORE__HNSW_EF_SEARCH", "0");
+            let e = err(None);
+            assert!(e.contains("hnsw_ef_search"), "{e}");
+            jail.set_env("DEEP_RECALL__STORE__HNSW_EF_SEARCH", "400");
+            assert_eq!(Settings::load(None).unwrap().store.hnsw_ef_search, 400);
             jail.clear_env();
             jail.set_env("DEEP_RECALL__MEMORY_KEYS__SESSIONS", "true");
             let keys = Settings::load(None).unwrap().memory_keys.options();

@@ -32,6 +32,7 @@ pub fn store_config(settings: &Settings) -> Result<StoreConfig> {
     config.max_connections = s.max_connections;
     config.max_cached_vectors = s.max_cached_vectors;
     config.in_process_search_threshold = s.in_process_search_threshold;
+    config.hnsw_ef_search = s.hnsw_ef_search;
     let previous = settings
         .encryption
         .previous_key_files

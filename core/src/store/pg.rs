@@ -59,6 +59,8 @@ pub(crate) struct PgVectors {
     db: DatabaseConnection,
     metric: Metric,
     exact_threshold: u64,
+    /// pgvector's `hnsw.ef_search` for the approximate path (raised to the page size).
+    ef_search: u32,
     /// Dimensions whose index is known to exist.
     indexed: Mutex<HashSet<usize>>,
     /// During a bulk load: the HNSW indexes dropped for it (name, definition) and the
@@ -350,7 +352,7 @@ impl VectorIndex for PgVectors {
                 sql.text
             );
             let txn = db.begin().await?;
-            let ef = q.limit.clamp(40, 1000);
+            let ef = q.limit.max(self.ef_search as usize).clamp(1, 1000);
             txn.execute_unprepared(&format!(
                 "SET LOCAL hnsw.iterative_scan = relaxed_order; SET LOCAL hnsw.ef_search = {ef}"
             ))
@@ -571,6 +573,7 @@ impl PgStore {
             db: db.clone(),
             metric: config.metric,
             exact_threshold: config.exact_search_threshold,
+            ef_search: config.hnsw_ef_search,
             indexed: Mutex::new(HashSet::new()),
             bulk: Mutex::new(None),
             counts: Mutex::new(HashMap::new()),
