@@ -23,14 +23,10 @@ const GROUP: usize = 6 * TILE;
 const KBLOCK: usize = 256;
 
 /// `out[r·ldo + c − cols.start] += Σ_i x[r·k + i] · w[i·n + c]` for `r` in `rows` and `c` in
-/// `cols` (`out` points at the output of row 0, column `cols.start`).
+/// `cols` (`out` points at the output of row 0, column `cols.start`), one sum.
 ///
 /// # Safety
-/// `out` must be valid for writes at every `r·ldo + c − cols.start` for `r` in `rows` and `c`
-/// in `cols`, and no other thread may access those places meanwhile.
-///
-/// # Panics
-/// When `x` is shorter than `rows.end × k`, `w` is not `k × n`, or `cols` ends past `n`.
+/// As [`matmul_acc_blocks`].
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn matmul_acc_raw(
     x: &[f32],
@@ -42,6 +38,34 @@ pub unsafe fn matmul_acc_raw(
     out: *mut f32,
     ldo: usize,
 ) {
+    // SAFETY: forwarded from the caller.
+    unsafe { matmul_acc_blocks(x, k, w, n, rows, cols, out, ldo, usize::MAX) }
+}
+
+/// As [`matmul_acc_raw`], with the inputs in blocks of `kc`: each block's sum (left to right,
+/// from zero) is added to the output in turn — as a kernel that splits long sums for its
+/// caches does, so that the two agree to the bit.
+///
+/// # Safety
+/// `out` must be valid for writes at every `r·ldo + c − cols.start` for `r` in `rows` and `c`
+/// in `cols`, and no other thread may access those places meanwhile.
+///
+/// # Panics
+/// When `x` is shorter than `rows.end × k`, `w` is not `k × n`, `cols` ends past `n`, or `kc`
+/// is zero.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn matmul_acc_blocks(
+    x: &[f32],
+    k: usize,
+    w: &[f32],
+    n: usize,
+    rows: Range<usize>,
+    cols: Range<usize>,
+    out: *mut f32,
+    ldo: usize,
+    kc: usize,
+) {
+    assert!(kc > 0, "blocks of no inputs");
     assert!(
         x.len() >= rows.end * k,
         "{} inputs for {rows:?} × {k}",
@@ -64,6 +88,7 @@ pub unsafe fn matmul_acc_raw(
         cols,
         out,
         ldo,
+        kc,
     };
     #[cfg(target_arch = "x86_64")]
     if avx2_fma() {
@@ -101,6 +126,8 @@ struct Job<'a> {
     cols: Range<usize>,
     out: *mut f32,
     ldo: usize,
+    /// Inputs whose products are summed apart.
+    kc: usize,
 }
 
 impl Job<'_> {
@@ -112,12 +139,14 @@ impl Job<'_> {
         for r in self.rows.clone() {
             let xr = &self.x[r * self.k..][..self.k];
             for c in cols.clone() {
-                let mut s = 0f32;
-                for (i, &v) in xr.iter().enumerate() {
-                    s = v.mul_add(self.w[i * self.n + c], s);
+                for (b, block) in xr.chunks(self.kc).enumerate() {
+                    let mut s = 0f32;
+                    for (i, &v) in block.iter().enumerate() {
+                        s = v.mul_add(self.w[(b * self.kc + i) * self.n + c], s);
+                    }
+                    // SAFETY: the caller vouches for this place.
+                    unsafe { *self.out.add(r * self.ldo + c - self.cols.start) += s };
                 }
-                // SAFETY: the caller vouches for this place.
-                unsafe { *self.out.add(r * self.ldo + c - self.cols.start) += s };
             }
         }
     }
@@ -128,6 +157,19 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{GROUP, Job, KBLOCK, PANEL, TILE};
+
+    /// Weight rows between the one a panel's first tile reads and the one it asks the memory
+    /// for (`cargo bench -p recall-kernels --bench sgemm`: 16–32 alike, 1.1–1.5× faster at 8–14
+    /// rows than none; 128 and more lose most of it).
+    const AHEAD: usize = 24;
+
+    /// Rows of tile `t` when `rows` are split into as few tiles of at most `TILE` as can hold
+    /// them, as evenly as possible (14 rows: 5, 5, 4 rather than 6, 6, 2 — a tile of one or two
+    /// rows waits on its few accumulators' latency).
+    fn tile_rows(rows: usize, t: usize) -> usize {
+        let tiles = rows.div_ceil(TILE);
+        rows / tiles + usize::from(t < rows % tiles)
+    }
 
     /// The accumulators of one tile (up to `TILE` rows × two blocks of eight columns).
     type Acc = [[__m256; 2]; TILE];
@@ -149,39 +191,25 @@ mod avx2 {
                 // first-level cache for the others, however long the rows.
                 let mut i0 = 0;
                 while i0 < job.k {
-                    let i1 = (i0 + KBLOCK).min(job.k);
+                    // The sum of each `kc` inputs goes to the output on its own.
+                    let block_end = (i0 / job.kc + 1).saturating_mul(job.kc).min(job.k);
+                    let i1 = (i0 + KBLOCK).min(block_end);
                     let mut r0 = g0;
-                    for tile_acc in acc.iter_mut() {
+                    for (t, tile_acc) in acc.iter_mut().enumerate() {
                         if r0 >= g1 {
                             break;
                         }
-                        let mr = (g1 - r0).min(TILE);
+                        let mr = tile_rows(g1 - g0, t);
                         // SAFETY: the tile lies inside the job's rows and columns, its
                         // weights rows i0..i1 inside the k × n matrix.
-                        unsafe { dispatch(job, r0, c0, mr, blocks, (i0, i1), tile_acc) };
+                        unsafe { dispatch(job, r0, c0, mr, blocks, (i0, i1), t == 0, tile_acc) };
                         r0 += mr;
                     }
                     i0 = i1;
-                }
-                let mut r0 = g0;
-                for tile_acc in &acc {
-                    if r0 >= g1 {
-                        break;
+                    if i1 == block_end {
+                        // SAFETY: the group's rows and the panel's columns are the job's.
+                        unsafe { flush(job, (g0, g1), c0, blocks, &mut acc) };
                     }
-                    let mr = (g1 - r0).min(TILE);
-                    for (j, row) in tile_acc.iter().take(mr).enumerate() {
-                        for (b, &sum) in row.iter().take(blocks).enumerate() {
-                            // SAFETY: the caller vouches for the job's outputs; this tile
-                            // is inside them.
-                            unsafe {
-                                let o = job
-                                    .out
-                                    .add((r0 + j) * job.ldo + c0 + 8 * b - job.cols.start);
-                                _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), sum));
-                            }
-                        }
-                    }
-                    r0 += mr;
                 }
                 g0 = g1;
             }
@@ -193,6 +221,43 @@ mod avx2 {
         }
     }
 
+    /// Adds the sums of the group of rows `g0..g1` in the panel at `c0` to the output, and
+    /// starts them again at zero.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; the rows and columns are inside the job's.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn flush(
+        job: &Job<'_>,
+        (g0, g1): (usize, usize),
+        c0: usize,
+        blocks: usize,
+        acc: &mut [Acc; GROUP / TILE],
+    ) {
+        let mut r0 = g0;
+        for (t, tile_acc) in acc.iter_mut().enumerate() {
+            if r0 >= g1 {
+                break;
+            }
+            let mr = tile_rows(g1 - g0, t);
+            for (j, row) in tile_acc.iter_mut().take(mr).enumerate() {
+                for (b, sum) in row.iter_mut().take(blocks).enumerate() {
+                    // SAFETY: the caller vouches for the job's outputs; this tile is inside
+                    // them.
+                    unsafe {
+                        let o = job
+                            .out
+                            .add((r0 + j) * job.ldo + c0 + 8 * b - job.cols.start);
+                        _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), *sum));
+                    }
+                    *sum = _mm256_setzero_ps();
+                }
+            }
+            r0 += mr;
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn dispatch(
         job: &Job<'_>,
@@ -201,14 +266,16 @@ mod avx2 {
         mr: usize,
         blocks: usize,
         ks: (usize, usize),
+        first: bool,
         acc: &mut Acc,
     ) {
         macro_rules! by_blocks {
             ($r:literal) => {
-                if blocks == 2 {
-                    tile::<$r, 2>(job, r0, c0, ks, acc)
-                } else {
-                    tile::<$r, 1>(job, r0, c0, ks, acc)
+                match (blocks == 2, first) {
+                    (true, true) => tile::<$r, 2, true>(job, r0, c0, ks, acc),
+                    (true, false) => tile::<$r, 2, false>(job, r0, c0, ks, acc),
+                    (false, true) => tile::<$r, 1, true>(job, r0, c0, ks, acc),
+                    (false, false) => tile::<$r, 1, false>(job, r0, c0, ks, acc),
                 }
             };
         }
@@ -229,7 +296,7 @@ mod avx2 {
     /// products over inputs `ks.0..ks.1`.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile<const R: usize, const B: usize>(
+    unsafe fn tile<const R: usize, const B: usize, const FETCH: bool>(
         job: &Job<'_>,
         r0: usize,
         c0: usize,
@@ -244,6 +311,13 @@ mod avx2 {
         let xp = job.x.as_ptr();
         let wp = job.w.as_ptr();
         for i in i0..i1 {
+            if FETCH && i + AHEAD < k {
+                // The weight rows AHEAD further on, asked for now: each row of a panel is
+                // another page of the matrix, which the hardware prefetchers do not follow.
+                let p = wp.wrapping_add((i + AHEAD) * n + c0) as *const i8;
+                _mm_prefetch::<_MM_HINT_T0>(p);
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(8 * 4 * B - 1));
+            }
             let mut wv = [_mm256_setzero_ps(); B];
             for (b, v) in wv.iter_mut().enumerate() {
                 // SAFETY: row i, columns c0 + 8b.. c0 + 8b + 8 lie inside the k × n weights
@@ -337,27 +411,45 @@ mod tests {
     #[test]
     fn the_simd_kernel_sums_like_the_scalar_one() {
         // Both sum left to right with fused multiply-adds: the same numbers, bit for bit.
-        // Several parts of the inputs and two groups of rows: the sums carry over.
-        let (m, k, n) = (40, 700, 48);
+        // Several parts of the inputs and two groups of rows: the sums carry over; blocks of
+        // inputs summed apart, on and off the parts' edges.
+        let (k, n) = (700, 48);
         let w = values(k * n, 5);
-        let x = values(m * k, 6);
-        let mut simd = vec![0.5f32; m * n];
-        let mut scalar = simd.clone();
-        // SAFETY: both outputs hold m × n values.
-        unsafe {
-            matmul_acc_raw(&x, k, &w, n, 0..m, 0..n, simd.as_mut_ptr(), n);
-            Job {
-                x: &x,
-                k,
-                w: &w,
-                n,
-                rows: 0..m,
-                cols: 0..n,
-                out: scalar.as_mut_ptr(),
-                ldo: n,
+        for m in [40, 14, 7] {
+            let x = values(m * k, 6 + m as u64);
+            for kc in [usize::MAX, 512, 256, 300, 1] {
+                let mut simd = vec![0.5f32; m * n];
+                let mut scalar = simd.clone();
+                let mut want = simd.clone();
+                for r in 0..m {
+                    for c in 0..n {
+                        for block in (0..k).collect::<Vec<_>>().chunks(kc) {
+                            let s = block
+                                .iter()
+                                .fold(0f32, |s, &i| x[r * k + i].mul_add(w[i * n + c], s));
+                            want[r * n + c] += s;
+                        }
+                    }
+                }
+                // SAFETY: both outputs hold m × n values.
+                unsafe {
+                    matmul_acc_blocks(&x, k, &w, n, 0..m, 0..n, simd.as_mut_ptr(), n, kc);
+                    Job {
+                        x: &x,
+                        k,
+                        w: &w,
+                        n,
+                        rows: 0..m,
+                        cols: 0..n,
+                        out: scalar.as_mut_ptr(),
+                        ldo: n,
+                        kc,
+                    }
+                    .scalar(0..n);
+                }
+                assert_eq!(simd, want, "{m} rows, blocks of {kc}");
+                assert_eq!(scalar, want, "{m} rows, blocks of {kc} (scalar)");
             }
-            .scalar(0..n);
         }
-        assert_eq!(simd, scalar);
     }
 }

@@ -206,6 +206,14 @@ impl CpuBert {
     /// tokens), packed: the rows of text `i` follow those of text `i - 1`, `hidden` values a
     /// row.
     pub fn forward(&self, ids: &[&[u32]]) -> Result<Vec<f32>> {
+        // On a thread of the pool: each product's parts are then a fork the other thread
+        // takes from this one, where from outside every product was a job sent to the pool
+        // with the caller asleep until it ended (two thread wake-ups per product, ~40 per
+        // ~15-token query).
+        rayon::scope(|_| self.forward_here(ids))
+    }
+
+    fn forward_here(&self, ids: &[&[u32]]) -> Result<Vec<f32>> {
         let h = self.hidden;
         let total: usize = ids.iter().map(|s| s.len()).sum();
         let mut starts = Vec::with_capacity(ids.len() + 1);
@@ -344,8 +352,8 @@ fn dense(
     }
 }
 
-/// `out[r0..r1][c0..c1] += x[r0..r1] · w[.., c0..c1]` with the `gemm` crate's F32 kernel
-/// (`x` is `m × k`, `w` is `k × n`, `out` is `m × n`, all row-major).
+/// `out[r0..r1][c0..c1] += x[r0..r1] · w[.., c0..c1]` in F32, with the project's few-rows
+/// kernel or the `gemm` crate's (`x` is `m × k`, `w` is `k × n`, `out` is `m × n`, all row-major).
 ///
 /// # Safety
 /// The part's rows and columns are in bounds and written by no one else meanwhile.
@@ -357,17 +365,46 @@ unsafe fn f32_product(
     out: SendPtr,
     (r0, r1, c0, c1): (usize, usize, usize, usize),
 ) {
-    // A few rows against a matrix of short rows: the project's kernel reads the weights in
-    // place, where `gemm` packs them first (`cargo bench -p recall-kernels --bench sgemm`:
-    // 1.1–1.4× at 8–24 rows of 384 inputs, a tie or worse with 1,536 inputs, one row, or
-    // ~96 rows and more). `DEEP_RECALL_NO_SGEMM=1` keeps `gemm` everywhere (for comparisons).
+    // A few rows: the project's kernel reads the weights in place, where `gemm` packs them
+    // first (`cargo bench -p recall-kernels --bench sgemm`: 1.2–2× at 8–48 rows on every
+    // MiniLM shape; a loss at one row or ~96 rows and more). It sums in `gemm`'s blocks of
+    // inputs, so both give the same bits and a text's vector does not depend on how many
+    // others share its batch. `DEEP_RECALL_NO_SGEMM=1` keeps `gemm` everywhere (for
+    // comparisons).
     let rows = r1 - r0;
-    if (2..=32).contains(&rows) && k <= 512 && few_rows_kernel() {
+    if (2..=48).contains(&rows) && few_rows_kernel() {
+        let kc = gemm_sum_blocks(rows, c1 - c0, k);
         // SAFETY: forwarded from the caller; `out` at row 0, column c0, has stride n.
         return unsafe {
-            recall_kernels::sgemm::matmul_acc_raw(x, k, w, n, r0..r1, c0..c1, out.get().add(c0), n)
+            recall_kernels::sgemm::matmul_acc_blocks(
+                x,
+                k,
+                w,
+                n,
+                r0..r1,
+                c0..c1,
+                out.get().add(c0),
+                n,
+                kc,
+            )
         };
     }
+    // SAFETY: forwarded from the caller.
+    unsafe { gemm_product(x, k, w, n, out, (r0, r1, c0, c1)) }
+}
+
+/// [`f32_product`] with the `gemm` crate's kernel.
+///
+/// # Safety
+/// As [`f32_product`].
+unsafe fn gemm_product(
+    x: &[f32],
+    k: usize,
+    w: &[f32],
+    n: usize,
+    out: SendPtr,
+    (r0, r1, c0, c1): (usize, usize, usize, usize),
+) {
     // SAFETY: forwarded from the caller; reads are in bounds of `x` and `w`.
     unsafe {
         gemm::gemm(
@@ -394,11 +431,37 @@ unsafe fn f32_product(
     }
 }
 
-/// Whether F32 products of a few rows use `recall_kernels::sgemm` (unless
-/// `DEEP_RECALL_NO_SGEMM` is set).
+/// Whether F32 products of a few rows use `recall_kernels::sgemm`: where it has SIMD code
+/// (x86-64 with AVX2 and FMA, as `gemm`'s kernel there) and `DEEP_RECALL_NO_SGEMM` is unset.
 fn few_rows_kernel() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("DEEP_RECALL_NO_SGEMM").is_none())
+    *ON.get_or_init(|| {
+        cfg!(target_arch = "x86_64")
+            && recall_kernels::sgemm::kernel() != "scalar"
+            && std::env::var_os("DEEP_RECALL_NO_SGEMM").is_none()
+    })
+}
+
+/// How many inputs `gemm` sums before adding the sum to a row-major `rows × cols` output
+/// (its F32 AVX2+FMA kernel, by its own rule from the first-level cache: 512 here, and never
+/// fewer).
+fn gemm_sum_blocks(rows: usize, cols: usize, k: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // `gemm` turns a row-major output around: its rows are our columns.
+        let (m, n) = (cols, rows);
+        if m <= 64 && n <= 64 {
+            k.min(512)
+        } else {
+            use gemm_f32::microkernel::fma::f32::{MR_DIV_N, NR};
+            gemm_common::cache::kernel_params(m, n, k, MR_DIV_N * 8, NR, 4).kc
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (rows, cols);
+        k
+    }
 }
 
 /// The `m` rows of `x` quantized for an int8 product, split over the pool when they are many.
@@ -590,5 +653,54 @@ fn activate(x: &mut [f32], act: HiddenAct) {
         HiddenAct::Gelu => crate::math::gelu_erf_in_place(x),
         HiddenAct::GeluApproximate => crate::math::gelu_tanh_in_place(x),
         HiddenAct::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 2001)
+            .map(|v| v as f32 / 1000.0 - 1.0)
+            .collect()
+    }
+
+    /// The few-rows kernel and `gemm` give the same bits on MiniLM's shapes (and a long odd
+    /// sum), one part of all the columns or half of them, so a text's vector is the same
+    /// whether its batch is small (ours) or large (`gemm`).
+    #[test]
+    fn the_few_rows_kernel_matches_gemm_to_the_bit() {
+        if !few_rows_kernel() {
+            return;
+        }
+        for (k, n) in [
+            (384, 1152),
+            (384, 384),
+            (384, 1536),
+            (1536, 384),
+            (1300, 96),
+        ] {
+            let w = values(k * n, 7);
+            for m in [2, 15, 24, 48] {
+                let x = values(m * k, 11 + m as u32);
+                for (c0, c1) in [(0, n), (0, n / 2), (n / 2, n)] {
+                    let mut ours = values(m * n, 3);
+                    let mut theirs = ours.clone();
+                    let part = (0, m, c0, c1);
+                    // SAFETY: both outputs hold m × n values; this thread alone writes.
+                    unsafe {
+                        f32_product(&x, k, &w, n, SendPtr(ours.as_mut_ptr()), part);
+                        gemm_product(&x, k, &w, n, SendPtr(theirs.as_mut_ptr()), part);
+                    }
+                    assert!(
+                        ours == theirs,
+                        "{m} rows × {k} × columns {c0}..{c1} of {n}: blocks of {}",
+                        gemm_sum_blocks(m, c1 - c0, k)
+                    );
+                }
+            }
+        }
     }
 }
