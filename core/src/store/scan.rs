@@ -137,6 +137,16 @@ pub(crate) struct ModelVectors {
 }
 
 impl ModelVectors {
+    /// Room for `n` more vectors of `dims` (a user read whole: no regrowth and copies).
+    pub fn reserve(&mut self, n: usize, dims: usize) {
+        self.meta.reserve(n);
+        self.norms.reserve(n);
+        self.code_scales.reserve(n);
+        self.position.reserve(n);
+        self.data.reserve(n * dims);
+        self.codes.reserve(n * dims);
+    }
+
     pub fn push(&mut self, meta: Meta, vector: &[f32]) {
         if self.position.contains_key(&meta.id) {
             self.remove(meta.id);

@@ -61,11 +61,42 @@ async fn postgres_hnsw_path_agrees_with_exact_path() {
             .unwrap();
     }
 
-    let recall = recall_at_10(&exact, &approx).await;
+    // Random vectors of 256 dimensions: no neighbourhoods, a graph index's worst case.
+    let wide: Vec<NewMemory> = (0..3000)
+        .map(|i| {
+            NewMemory::new(
+                MemoryKind::Fact,
+                format!("w{i}"),
+                emb(&pseudo_vector(i, 256)),
+            )
+        })
+        .collect();
+    exact.add_memories("wide", wide).await.unwrap();
+    // Statistics as a settled table has them: the planner then takes the HNSW index (with
+    // none, or stale ones, it may scan and sort, and every search here would be exact).
+    sea_orm::ConnectionTrait::execute_unprepared(exact.connection(), "ANALYZE")
+        .await
+        .unwrap();
+
+    let recall = recall_at_10(&exact, &approx, "big", 32).await;
     assert!(
         recall >= 0.98,
         "HNSW recall@10 against exact search is {recall} (ef_search 400)"
     );
+    // The setting reaches pgvector: on the random vectors the shortest candidate list
+    // (raised to the page size, 10) finds far fewer of the true neighbours than the default.
+    let mut narrow = config.clone();
+    narrow.hnsw_ef_search = 1;
+    let narrow = PgStore::open(&narrow).await.unwrap();
+    let (low, high) = (
+        recall_at_10(&exact, &narrow, "wide", 256).await,
+        recall_at_10(&exact, &approx, "wide", 256).await,
+    );
+    assert!(
+        low + 0.1 < high,
+        "recall@10 with ef_search 1 is {low}, with 400 {high}: the setting is not applied"
+    );
+    narrow.connection().clone().close().await.ok();
     // A selective filter on the HNSW path still fills the page with matching rows.
     let mut q = VectorQuery::new(emb(&pseudo_vector(1, 32)), 20);
     q.filter = Filter {
@@ -106,16 +137,16 @@ async fn postgres_hnsw_path_agrees_with_exact_path() {
     db.drop_db().await;
 }
 
-/// Recall@10 of `approx` against `exact` on user "big", 20 queries.
-async fn recall_at_10(exact: &PgStore, approx: &PgStore) -> f64 {
+/// Recall@10 of `approx` against `exact` on a user's vectors of `dims`, 20 queries.
+async fn recall_at_10(exact: &PgStore, approx: &PgStore, user: &str, dims: usize) -> f64 {
     let ids = |p: recall_core::types::SearchPage| -> Vec<i64> {
         p.hits.iter().map(|h| h.memory.id).collect()
     };
     let mut overlap = 0;
     for qi in 0..20u64 {
-        let q = VectorQuery::new(emb(&pseudo_vector(900_000 + qi, 32)), 10);
-        let a = ids(exact.search("big", &q).await.unwrap());
-        let b = ids(approx.search("big", &q).await.unwrap());
+        let q = VectorQuery::new(emb(&pseudo_vector(900_000 + qi, dims)), 10);
+        let a = ids(exact.search(user, &q).await.unwrap());
+        let b = ids(approx.search(user, &q).await.unwrap());
         assert_eq!(a.len(), 10);
         assert_eq!(b.len(), 10);
         overlap += b.iter().filter(|id| a.contains(id)).count();

@@ -91,6 +91,26 @@ impl HeldUser {
         }
     }
 
+    /// Vectors read for the memories held: room is made for each model's first.
+    fn put_vectors(&mut self, rows: Vec<(i64, String, Vec<f32>)>) {
+        let Some(models) = self.vectors.as_mut() else {
+            return;
+        };
+        let mut counts: HashMap<&str, (usize, usize)> = HashMap::new();
+        for (_, model, vector) in &rows {
+            counts.entry(model).or_insert((0, vector.len())).0 += 1;
+        }
+        for (model, (n, dims)) in counts {
+            let mv = models.entry(model.to_owned()).or_default();
+            if mv.dims == 0 || mv.dims == dims {
+                mv.reserve(n, dims);
+            }
+        }
+        for (id, model, vector) in rows {
+            self.put_vector(id, model, &vector);
+        }
+    }
+
     /// Memories and vectors held.
     pub fn size(&self) -> usize {
         self.docs.len()
@@ -155,17 +175,33 @@ impl PgVectors {
             .transpose()?
             .unwrap_or((0, None));
         let Some(held) = held else {
-            let rows = self.text_rows(db, user_id, None).await?;
-            let mut user = HeldUser {
-                revision,
-                model,
-                ..HeldUser::default()
+            // Text and vectors are read side by side (two connections), and the text is
+            // indexed on a thread of its own while the vectors arrive.
+            let text = async {
+                let rows = self.text_rows(db, user_id, None).await?;
+                tokio::task::spawn_blocking(move || {
+                    let mut user = HeldUser {
+                        revision,
+                        model,
+                        ..HeldUser::default()
+                    };
+                    for (meta, stamp, content) in rows {
+                        user.put(meta, stamp, &content);
+                    }
+                    user
+                })
+                .await
+                .map_err(|e| crate::error::Error::Internal(format!("indexing a user: {e}")))
             };
-            for (meta, stamp, content) in rows {
-                user.put(meta, stamp, &content);
-            }
-            if with_vectors {
-                self.read_vectors(db, user_id, &mut user).await?;
+            let (mut user, vector_rows) = tokio::try_join!(text, async {
+                match with_vectors {
+                    true => self.vector_rows(db, user_id, None).await.map(Some),
+                    false => Ok(None),
+                }
+            })?;
+            if let Some(vector_rows) = vector_rows {
+                user.vectors = Some(HashMap::new());
+                user.put_vectors(vector_rows);
             }
             let user = Arc::new(RwLock::new(user));
             self.hold(user_id, user.clone());
@@ -243,9 +279,7 @@ impl PgVectors {
                 for (meta, stamp, content) in rows {
                     t.put(meta, stamp, &content);
                 }
-                for (id, model, vector) in vector_rows {
-                    t.put_vector(id, model, &vector);
-                }
+                t.put_vectors(vector_rows);
                 // Vectors another search read meanwhile lack the changed rows' new vectors;
                 // so do all of them after a switch of model: read again.
                 if t.model != model || !had_vectors {
@@ -262,9 +296,7 @@ impl PgVectors {
             // Only onto the rows they were read after (else the next search reads again).
             if t.vectors.is_none() && t.revision == seen {
                 t.vectors = Some(HashMap::new());
-                for (id, model, vector) in rows {
-                    t.put_vector(id, model, &vector);
-                }
+                t.put_vectors(rows);
             }
         }
         self.evict(user_id);
@@ -344,20 +376,6 @@ impl PgVectors {
             t.revision = revision;
         }
         self.evict(user_id);
-    }
-
-    /// Reads every vector of a user being loaded.
-    async fn read_vectors(
-        &self,
-        db: &DatabaseConnection,
-        user_id: i64,
-        user: &mut HeldUser,
-    ) -> Result<()> {
-        user.vectors = Some(HashMap::new());
-        for (id, model, vector) in self.vector_rows(db, user_id, None).await? {
-            user.put_vector(id, model, &vector);
-        }
-        Ok(())
     }
 
     /// Holds a user just read, dropping the least recently searched others past the limit.
@@ -441,7 +459,7 @@ impl PgVectors {
                 Ok((
                     r.try_get_by_index(0)?,
                     r.try_get_by_index(1)?,
-                    r.try_get_by_index::<PgVector>(2)?.to_vec(),
+                    Vec::from(r.try_get_by_index::<PgVector>(2)?),
                 ))
             })
             .collect()
