@@ -11,11 +11,12 @@
 //! cargo bench -p recall-core --features testing --bench llm -- \
 //!     [--python ~/.cache/deep-recall/bench-venv/bin/python] \
 //!     [--llama-cpp ~/.cache/deep-recall/llama-venv/bin/python] [--new-tokens 64] [--dequantize]
-//!     [--gguf models/gemma-3-270m/gemma-3-270m-q4_k_m.gguf] [--one-stream]
+//!     [--gguf models/gemma-3-270m/gemma-3-270m-q4_k_m.gguf] [--one-stream] [--conversation 8]
 //! ```
 //!
 //! `--gguf` measures another GGUF file instead of the packaged SmolLM2; `--one-stream` leaves
-//! out the continuous-batching part.
+//! out the service parts; `--conversation N` sets the turns of the conversation timed with and
+//! without prefix reuse (0: none).
 //!
 //! The packaged model's Q4_1 weights stay quantized (the project's AVX2 kernels) unless
 //! `--dequantize` turns them into F32 at load.
@@ -34,7 +35,9 @@ use std::time::Instant;
 
 use candle_core::Device;
 use recall_core::context::ChatTurn;
-use recall_core::llm::{ChatEvent, ChatService, GenerationParams, LocalModel, ModelConfig};
+use recall_core::llm::{
+    ChatEvent, ChatService, GenerationParams, LocalModel, ModelConfig, WorkerLimits,
+};
 use recall_core::testing::models_dir;
 use recall_core::types::Role;
 
@@ -127,15 +130,54 @@ fn main() {
     if std::env::args().any(|a| a == "--one-stream") {
         return;
     }
-    // Concurrent streams through the service (continuous batching): steady-state decode
-    // throughput with n streams running, and the time to first token of a new request while
-    // n - 1 others are decoding.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let service = Arc::new(ChatService::start(&config, &Device::Cpu, 64, 16).unwrap());
+    // A conversation sent whole at every turn (as OpenAI-style clients do), with and without
+    // prefix reuse.
+    let turns_n: usize = arg("--conversation").map_or(8, |s| s.parse().unwrap());
+    if turns_n > 0 {
+        println!();
+        println!(
+            "A conversation of {turns_n} turns sent whole at each turn (answers of up to 48 \
+             tokens, greedy): time to first token per turn"
+        );
+        println!();
+        println!(
+            "| prefix reuse | TTFT turn 1 (ms) | TTFT turns 2–{turns_n}, mean (ms) | last prompt (tokens) | tokens reused |"
+        );
+        println!("|---|---:|---:|---:|---:|");
+        for bytes in [0, WorkerLimits::default().prefix_cache_bytes] {
+            let limits = WorkerLimits {
+                prefix_cache_bytes: bytes,
+                ..WorkerLimits::default()
+            };
+            let service = Arc::new(
+                ChatService::start_with_limits(&config, &Device::Cpu, 4, 4, limits).unwrap(),
+            );
+            let (ttft, last) = conversation(&rt, &service, turns_n);
+            let later = &ttft[1..];
+            println!(
+                "| {} | {:.0} | {:.0} | {last} | {} |",
+                if bytes > 0 { "on" } else { "off" },
+                ttft[0],
+                later.iter().sum::<f64>() / later.len().max(1) as f64,
+                service.prefix_tokens_reused()
+            );
+        }
+    }
+    // Concurrent streams through the service (continuous batching): steady-state decode
+    // throughput with n streams running, and the time to first token of a new request while
+    // n - 1 others are decoding. Every stream sends the same prompt, so prefix reuse is off
+    // here (it would serve the probes from the finished streams' caches).
+    let limits = WorkerLimits {
+        prefix_cache_bytes: 0,
+        ..WorkerLimits::default()
+    };
+    let service =
+        Arc::new(ChatService::start_with_limits(&config, &Device::Cpu, 64, 16, limits).unwrap());
     println!();
     println!(
         "Continuous batching (ChatService, max 16 sequences): n streams of {new_tokens} tokens \
@@ -158,6 +200,60 @@ fn main() {
         );
     }
     println!();
+}
+
+/// The user's side of the measured conversation.
+const CONVERSATION: [&str; 8] = [
+    "Hi! I'm Ana. I moved to Porto last spring and I'm still learning Portuguese.",
+    "What are some good ways to practise speaking with locals?",
+    "I also started running along the river in the mornings. Any tips for a beginner?",
+    "My sister visits next month. What should we see in two days?",
+    "She is vegetarian. Which local dishes could she try?",
+    "We might take a day trip too. Is the Douro valley worth it?",
+    "How do I get there without a car?",
+    "Thanks! Can you sum up what we talked about?",
+];
+
+/// A conversation of `n` turns, each sent whole (every earlier turn and answer, then the new
+/// message): the time to first token of each turn (ms) and the last prompt's tokens.
+fn conversation(
+    rt: &tokio::runtime::Runtime,
+    service: &Arc<ChatService>,
+    n: usize,
+) -> (Vec<f64>, usize) {
+    rt.block_on(async {
+        let params = GenerationParams {
+            max_tokens: 48,
+            ..GenerationParams::default()
+        };
+        let (mut turns, mut ttft, mut last) = (Vec::new(), Vec::new(), 0);
+        for i in 0..n {
+            turns.push(ChatTurn {
+                role: Role::User,
+                content: CONVERSATION[i % CONVERSATION.len()].into(),
+            });
+            let t0 = Instant::now();
+            let mut rx = service.stream(&turns, &params).await.unwrap();
+            let mut first = None;
+            let mut answer = None;
+            while let Some(e) = rx.recv().await {
+                match e.unwrap() {
+                    ChatEvent::Delta { .. } => {
+                        first.get_or_insert_with(|| t0.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    ChatEvent::Done { completion } => answer = Some(completion),
+                }
+            }
+            let answer = answer.expect("a finished answer");
+            ttft.push(first.unwrap_or_else(|| t0.elapsed().as_secs_f64() * 1000.0));
+            last = answer.prompt_tokens;
+            turns.push(ChatTurn {
+                role: Role::Assistant,
+                content: answer.text,
+            });
+        }
+        (ttft, last)
+    })
 }
 
 /// One streamed request: (time of its first piece, time of its end, tokens), from `t0`.

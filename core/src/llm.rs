@@ -6,6 +6,7 @@
 //! server only see that trait.
 pub mod decoder;
 pub mod local;
+pub mod prefix;
 pub mod remote;
 pub mod service;
 pub mod template;

@@ -33,6 +33,11 @@ impl HostKv {
         self.cap
     }
 
+    /// Bytes its buffers hold.
+    pub fn bytes(&self) -> usize {
+        (self.k.len() + self.v.len()) * std::mem::size_of::<f32>()
+    }
+
     fn grow(&mut self, need: usize) {
         if need <= self.cap {
             return;

@@ -656,6 +656,14 @@ impl Sequence {
         self.finish = Some(reason);
     }
 
+    /// The tokens its cache holds, and the cache: the prompt and every generated token but
+    /// the last (which was never fed back).
+    pub fn into_cached(self) -> (Vec<u32>, KvCache) {
+        let mut tokens = self.all;
+        tokens.truncate(self.cache.len());
+        (tokens, self.cache)
+    }
+
     /// Whether it has ended.
     pub fn is_finished(&self) -> bool {
         self.finish.is_some()

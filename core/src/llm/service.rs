@@ -10,6 +10,10 @@
 //! chunk between two decode steps, so a long prompt never freezes the streams already running
 //! for more than one chunk. Prompts waiting to be read take their turns in arrival order.
 //!
+//! Prefix reuse: the caches of the last finished sequences are kept ([`super::prefix`],
+//! [`WorkerLimits::prefix_cache_bytes`]); a new prompt that begins with one's tokens is read
+//! from where they part (a conversation's next turn reads only the new messages).
+//!
 //! Slow consumers: the worker never waits for one. Each stream has a bounded buffer; a
 //! sequence whose buffer is nearly full sits out decode steps (the others go on) until its
 //! consumer reads, and one that stays stuck longer than [`WorkerLimits::stall_limit`] is
@@ -28,6 +32,7 @@ use tokio::sync::mpsc;
 use super::ChatModel;
 use super::decoder::KvCache;
 use super::local::{Completion, FinishReason, GenerationParams, LocalModel, ModelConfig, Sequence};
+use super::prefix::PrefixCache;
 use super::template::ChatTemplate;
 use crate::context::{ChatTurn, Summarizer};
 use crate::error::{Error, Result};
@@ -61,6 +66,8 @@ struct Counters {
     waiting: AtomicUsize,
     /// Sequences in the current batch.
     active: AtomicUsize,
+    /// Prompt tokens taken from held caches instead of read, since the start.
+    reused: AtomicUsize,
 }
 
 /// See the module documentation.
@@ -83,6 +90,9 @@ pub struct WorkerLimits {
     pub stall_limit: Duration,
     /// Prompt tokens read between two decode steps while other streams are running.
     pub prefill_chunk: usize,
+    /// Bytes of finished sequences' attention caches kept for prompts that begin with the
+    /// same tokens ([`super::prefix`]; 0: none).
+    pub prefix_cache_bytes: usize,
 }
 
 impl Default for WorkerLimits {
@@ -92,6 +102,8 @@ impl Default for WorkerLimits {
             stall_limit: Duration::from_secs(30),
             // About a tenth of a second of prefill for SmolLM2-135M on two cores.
             prefill_chunk: 48,
+            // ~1,400 tokens of SmolLM2-135M (46 KB a token).
+            prefix_cache_bytes: 64 << 20,
         }
     }
 }
@@ -172,6 +184,12 @@ impl ChatService {
     /// Sequences in the current decode batch.
     pub fn active_sequences(&self) -> usize {
         self.counters.active.load(Ordering::Relaxed)
+    }
+
+    /// Prompt tokens taken from the caches of earlier sequences instead of read (prefix
+    /// reuse), since the start.
+    pub fn prefix_tokens_reused(&self) -> usize {
+        self.counters.reused.load(Ordering::Relaxed)
     }
 
     /// Streams the assistant's answer to a conversation: `Delta`s, then `Done`. Dropping
@@ -270,6 +288,7 @@ fn worker(
 ) {
     let mut active: Vec<Active> = Vec::new();
     let mut reading: std::collections::VecDeque<Prefilling> = Default::default();
+    let mut prefixes = PrefixCache::new(limits.prefix_cache_bytes);
     let chunk = limits.prefill_chunk.max(1);
     // The last event fits: a sequence only steps with room to spare.
     let done = |seq: &Sequence, events: &mpsc::Sender<Result<ChatEvent>>| {
@@ -298,6 +317,14 @@ fn worker(
         }
         // One chunk of the oldest prompt (all of it when nothing else is running).
         if let Some(mut p) = reading.pop_front() {
+            // A prompt not read yet starts from a held cache of its first tokens.
+            if p.done == 0
+                && let Some((n, cache)) = prefixes.fork(&p.prompt)
+            {
+                p.seq.cache = cache;
+                p.done = n;
+                counters.reused.fetch_add(n, Ordering::Relaxed);
+            }
             let budget = if active.is_empty() { usize::MAX } else { chunk };
             let end = p.prompt.len().min(p.done.saturating_add(budget));
             if p.events.is_closed() {
@@ -321,7 +348,11 @@ fn worker(
                                 next,
                                 stalled_since: None,
                             }),
-                            Ok(None) => done(&p.seq, &p.events),
+                            Ok(None) => {
+                                done(&p.seq, &p.events);
+                                let (tokens, cache) = p.seq.into_cached();
+                                prefixes.keep(tokens, cache);
+                            }
                             Err(e) => failed(e, &p.events),
                         }
                     }
@@ -387,7 +418,11 @@ fn worker(
                     a.next = next;
                     still.push(a);
                 }
-                Ok(None) => done(&a.seq, &a.events),
+                Ok(None) => {
+                    done(&a.seq, &a.events);
+                    let (tokens, cache) = a.seq.into_cached();
+                    prefixes.keep(tokens, cache);
+                }
                 Err(e) => failed(e, &a.events),
             }
         }

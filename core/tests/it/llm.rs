@@ -262,6 +262,60 @@ mod service {
         assert_eq!(chat.queue_depth(), 0);
     }
 
+    /// A conversation's next turn begins with the previous prompt and answer: it is read from
+    /// the cache the first turn left, and answered as a worker without prefix reuse answers
+    /// it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_next_turn_is_read_from_the_previous_turns_cache() {
+        let config = ModelConfig {
+            path: recall_core::llm::local::default_model_path(&models_dir()),
+            ..ModelConfig::new("")
+        };
+        let start = |prefix_cache_bytes| {
+            let limits = WorkerLimits {
+                prefix_cache_bytes,
+                ..WorkerLimits::default()
+            };
+            ChatService::start_with_limits(&config, &candle_core::Device::Cpu, 4, 4, limits)
+                .unwrap()
+        };
+        let (reuse, fresh) = (start(64 << 20), start(0));
+        let params = GenerationParams {
+            max_tokens: 24,
+            ..GenerationParams::default()
+        };
+        let mut turns = ask("My name is Ana and I live in Porto. What is the capital of France?");
+        let a = reuse.complete(&turns, &params).await.unwrap();
+        let b = fresh.complete(&turns, &params).await.unwrap();
+        assert_eq!(a.text, b.text);
+        assert_eq!(reuse.prefix_tokens_reused(), 0, "nothing was held yet");
+        turns.push(ChatTurn {
+            role: Role::Assistant,
+            content: a.text.clone(),
+        });
+        turns.push(ChatTurn {
+            role: Role::User,
+            content: "Thank you. And in which city do I live?".into(),
+        });
+        let a2 = reuse.complete(&turns, &params).await.unwrap();
+        let b2 = fresh.complete(&turns, &params).await.unwrap();
+        let reused = reuse.prefix_tokens_reused();
+        assert!(
+            reused >= a.prompt_tokens && reused < a2.prompt_tokens,
+            "{reused} of {} prompt tokens reused (the first prompt had {})",
+            a2.prompt_tokens,
+            a.prompt_tokens
+        );
+        assert_eq!(fresh.prefix_tokens_reused(), 0);
+        assert_eq!(a2.text, b2.text);
+        // An unrelated prompt shares too little to fork.
+        reuse
+            .complete(&ask("Name three colours."), &params)
+            .await
+            .unwrap();
+        assert_eq!(reuse.prefix_tokens_reused(), reused);
+    }
+
     /// A long prompt arriving while another answer streams is read in chunks between that
     /// answer's decode steps: the running stream keeps getting tokens meanwhile.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -127,4 +127,31 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// A cache with no buffers that claims `len` positions (for tests of bookkeeping).
+    #[cfg(test)]
+    pub(crate) fn claiming(len: usize) -> Self {
+        Self {
+            layers: Vec::new(),
+            len,
+        }
+    }
+
+    /// Keeps the first `len` positions (a fork that goes on from there overwrites the rest).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Bytes its buffers hold (room not yet used included).
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| match l {
+                LayerKv::Host(h) => h.bytes(),
+                LayerKv::Device(t) => t.as_ref().map_or(0, |(k, v)| {
+                    (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes()
+                }),
+            })
+            .sum()
+    }
 }
