@@ -14,7 +14,7 @@ use crate::embed::{
 };
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::llm::{ChatModel, ChatService, ModelConfig, RemoteChat, RemoteConfig};
+use crate::llm::{ChatModel, ChatService, ModelConfig, RemoteChat, RemoteConfig, WorkerLimits};
 use crate::rerank::{ClassifierEmotionDetector, CrossEncoder};
 use crate::store::{self, StoreConfig};
 
@@ -156,6 +156,9 @@ pub struct ChatOptions {
     pub queue_capacity: usize,
     /// Sequences the local model decodes together at most.
     pub max_sequences: usize,
+    /// MiB of finished sequences' attention caches the local model keeps for prompts that
+    /// begin with the same tokens (prefix reuse, [`crate::llm::prefix`]; 0: none).
+    pub prefix_cache_mib: usize,
     /// Turn small quantized files without fast CPU kernels (Q5_1) into F32 at load on
     /// the CPU (faster there); files in other formats stay quantized.
     pub dequantize: bool,
@@ -172,6 +175,7 @@ impl ChatOptions {
             device: DeviceConfig::default(),
             queue_capacity: 64,
             max_sequences: 1,
+            prefix_cache_mib: 64,
             dequantize: true,
             remote: None,
         }
@@ -226,7 +230,14 @@ pub async fn open_chat_model(options: &ChatOptions) -> Result<Arc<dyn ChatModel>
         ..ModelConfig::new("")
     };
     let (queue, sequences) = (options.queue_capacity.max(1), options.max_sequences.max(1));
-    let service = blocking(move || ChatService::start(&config, &device, queue, sequences)).await?;
+    let limits = WorkerLimits {
+        prefix_cache_bytes: options.prefix_cache_mib.saturating_mul(1 << 20),
+        ..WorkerLimits::default()
+    };
+    let service = blocking(move || {
+        ChatService::start_with_limits(&config, &device, queue, sequences, limits)
+    })
+    .await?;
     Ok(Arc::new(service))
 }
 

@@ -487,6 +487,9 @@ pub struct ChatSettings {
     pub queue_capacity: usize,
     /// Sequences decoded together at most.
     pub max_sequences: usize,
+    /// MiB of finished answers' attention caches kept for prompts that begin with the same
+    /// tokens (a conversation's next turn then reads only its new messages; 0: none).
+    pub prefix_cache_mib: usize,
     /// Tokens per answer when the request does not say.
     pub max_tokens: usize,
     /// Summarise a session once this many messages are not yet in a summary (0: never).
@@ -514,6 +517,7 @@ impl Default for ChatSettings {
             model: None,
             queue_capacity: 64,
             max_sequences: 8,
+            prefix_cache_mib: 64,
             max_tokens: 256,
             summary_trigger_messages: 40,
             url: None,
@@ -533,6 +537,7 @@ impl fmt::Debug for ChatSettings {
             .field("model", &self.model)
             .field("queue_capacity", &self.queue_capacity)
             .field("max_sequences", &self.max_sequences)
+            .field("prefix_cache_mib", &self.prefix_cache_mib)
             .field("max_tokens", &self.max_tokens)
             .field("summary_trigger_messages", &self.summary_trigger_messages)
             .field("url", &self.url)
@@ -759,6 +764,9 @@ impl Default for WebSettings {
 /// Environment variables read by [`Settings::load`] start with this.
 pub const ENV_PREFIX: &str = "DEEP_RECALL__";
 
+/// Largest `chat.prefix_cache_mib` (64 GiB).
+const MAX_PREFIX_CACHE_MIB: usize = 1 << 16;
+
 impl Settings {
     /// Defaults, then `file` (TOML) when given, then the `DEEP_RECALL__*` environment
     /// variables; validated.
@@ -866,6 +874,11 @@ impl Settings {
                 "chat.queue_capacity and chat.max_sequences must be positive",
             ));
         }
+        if c.prefix_cache_mib > MAX_PREFIX_CACHE_MIB {
+            return Err(Error::invalid(format!(
+                "chat.prefix_cache_mib is at most {MAX_PREFIX_CACHE_MIB}"
+            )));
+        }
         if c.api_key.is_some() && c.api_key_file.is_some() {
             return Err(Error::invalid(
                 "give chat.api_key or chat.api_key_file, not both",
@@ -972,6 +985,12 @@ mod tests {
             assert!(e.contains("hnsw_ef_search"), "{e}");
             jail.set_env("DEEP_RECALL__STORE__HNSW_EF_SEARCH", "400");
             assert_eq!(Settings::load(None).unwrap().store.hnsw_ef_search, 400);
+            jail.clear_env();
+            jail.set_env("DEEP_RECALL__CHAT__PREFIX_CACHE_MIB", "70000");
+            let e = err(None);
+            assert!(e.contains("prefix_cache_mib"), "{e}");
+            jail.set_env("DEEP_RECALL__CHAT__PREFIX_CACHE_MIB", "0");
+            assert_eq!(Settings::load(None).unwrap().chat.prefix_cache_mib, 0);
             jail.clear_env();
             jail.set_env("DEEP_RECALL__MEMORY_KEYS__SESSIONS", "true");
             let keys = Settings::load(None).unwrap().memory_keys.options();

@@ -136,6 +136,7 @@ pub async fn chat_model(
         device: settings.models.device()?,
         queue_capacity: c.queue_capacity,
         max_sequences: sequences,
+        prefix_cache_mib: c.prefix_cache_mib,
         dequantize,
         remote,
     })
