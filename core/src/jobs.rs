@@ -51,6 +51,10 @@ pub struct DeepMemoryTrainParams {
     /// Write pairs for memories that have none first (a retraining after new memories
     /// arrived), when the job runner has a chat model.
     pub generate: Option<crate::deep_memory::GenerateOptions>,
+    /// A scheduled retraining: runs only while the user is still due, this many memories
+    /// past their adapter's training ([`crate::Engine::deep_memory_is_due`]); another
+    /// retraining may have ended between the schedule's look and its queueing.
+    pub due_after: Option<u64>,
 }
 
 /// The owner of operators' jobs ([`JobKind::is_system`]): the empty string, which is never a

@@ -274,6 +274,15 @@ async fn execute(engine: &Engine, job: &Job, progress: &Progress) -> Result<Valu
                 serde_json::from_value(job.params.clone())
                     .map_err(|e| Error::invalid(format!("job parameters: {e}")))?;
             let mut out = serde_json::Map::new();
+            if let Some(n) = params.due_after
+                && !engine.deep_memory_is_due(&job.user, n).await?
+            {
+                out.insert(
+                    "skipped".into(),
+                    Value::from("no longer due: retrained since it was queued"),
+                );
+                return Ok(Value::Object(out));
+            }
             if let (Some(generate), true) = (&params.generate, engine.has_llm()) {
                 // A retraining asks about the memories stored since the last training only
                 // (older ones were asked then, whatever the model made of them).

@@ -261,7 +261,10 @@ fn retrain_schedule(settings: &Settings, engine: &Engine) -> Option<AbortOnDrop>
                 }
             };
             for user in due {
-                let params = serde_json::json!({ "generate": d.generate() });
+                let params = serde_json::json!({
+                    "generate": d.generate(),
+                    "due_after": d.retrain_after,
+                });
                 match engine
                     .queue_deep_memory_job(
                         &user,

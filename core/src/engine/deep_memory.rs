@@ -528,6 +528,18 @@ impl Engine {
         Ok(status)
     }
 
+    /// Whether `user`'s adapter is on and they have at least `threshold` memories more than
+    /// when it was trained (one user of [`Self::deep_memory_due`]).
+    pub async fn deep_memory_is_due(&self, user: &str, threshold: u64) -> Result<bool> {
+        self.limits().check_user_id(user)?;
+        Ok(match self.store.get_adapter(user).await? {
+            Some(a) if a.enabled => {
+                self.store.count_memories(user).await? >= a.memories + threshold
+            }
+            _ => false,
+        })
+    }
+
     /// Users whose adapter is on and who have at least `threshold` memories more than when it
     /// was trained: due for retraining.
     pub async fn deep_memory_due(&self, threshold: u64) -> Result<Vec<String>> {

@@ -255,6 +255,53 @@ async fn deep_memory(pg: bool) {
     }
     assert_eq!(engine.deep_memory_due(3).await.unwrap(), vec!["alice"]);
     assert!(engine.deep_memory_due(4).await.unwrap().is_empty());
+    assert!(engine.deep_memory_is_due("alice", 3).await.unwrap());
+    assert!(!engine.deep_memory_is_due("alice", 4).await.unwrap());
+    assert!(
+        !engine.deep_memory_is_due("bob", 0).await.unwrap(),
+        "no adapter"
+    );
+    // A scheduled retraining that is no longer due when it runs (another one ended between
+    // the schedule's look and its queueing) does nothing.
+    let version = engine.deep_memory_status("alice").await.unwrap().version;
+    let job = engine
+        .queue_deep_memory_job(
+            "alice",
+            recall_core::jobs::JobKind::DeepMemoryTrain,
+            serde_json::json!({ "due_after": 4 }),
+            &Actor("schedule".into()),
+        )
+        .await
+        .unwrap();
+    let runner = recall_core::runner::JobRunner::start(
+        engine.clone(),
+        recall_core::runner::JobRunnerConfig {
+            worker: "w".into(),
+            poll_interval: std::time::Duration::from_millis(50),
+            ..Default::default()
+        },
+    );
+    let done = loop {
+        let j = engine.job("alice", job.id).await.unwrap().unwrap();
+        if j.status == recall_core::jobs::JobStatus::Succeeded {
+            break j;
+        }
+        assert!(
+            matches!(
+                j.status,
+                recall_core::jobs::JobStatus::Queued | recall_core::jobs::JobStatus::Running
+            ),
+            "{j:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    runner.stop().await;
+    let result = done.result.unwrap();
+    assert!(result["skipped"].is_string(), "{result}");
+    assert_eq!(
+        engine.deep_memory_status("alice").await.unwrap().version,
+        version
+    );
 
     // Training with nothing to train on is refused clearly.
     let err = engine

@@ -223,7 +223,7 @@ impl DeepMemoryMutation {
         };
         let params = serde_json::to_value(DeepMemoryTrainParams {
             options,
-            generate: None,
+            ..DeepMemoryTrainParams::default()
         })
         .map_err(|e| error(Code::Internal, e.to_string()))?;
         Ok(state
