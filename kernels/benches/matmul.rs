@@ -1,6 +1,7 @@
-//! Quantized matrix × vector speed on SmolLM2-135M's shapes: the project's Q4_0, Q4_1, Q5_0
-//! and Q8_0 kernels against candle's own quantized matmul on the same matrices, one and four
-//! input rows, as GB/s of weights read.
+//! Quantized matrix × vector speed on SmolLM2-135M's and Gemma 3 270M's shapes: the project's
+//! Q4_0, Q4_1, Q5_0 and Q8_0 kernels against candle's own quantized matmul on the same
+//! matrices, 1 and 4 input rows (decode, batched decode) and 16 and 64 (prefill), as GB/s of
+//! weights read. `DEEP_RECALL_NO_VNNI=1` measures the AVX2 kernels on a CPU with AVX-512 VNNI.
 //!
 //! ```sh
 //! cargo bench -p recall-kernels --bench matmul
@@ -30,9 +31,21 @@ fn main() {
     let cpu = Device::Cpu;
     println!("| shape (out × in) | rows | kernel | µs | GB/s |");
     println!("|---|---:|---|---:|---:|");
-    for (rows, cols) in [(960, 576), (3072, 576), (576, 1536), (49152, 576)] {
+    // SmolLM2: q/k/v, gate+up, down, output; Gemma 3 270M: gate+up, down.
+    for (rows, cols) in [
+        (960, 576),
+        (3072, 576),
+        (576, 1536),
+        (49152, 576),
+        (4096, 640),
+        (640, 2048),
+    ] {
         let dense = Tensor::randn(0f32, 0.05, (rows, cols), &cpu).unwrap();
-        for m in [1usize, 4] {
+        for m in [1usize, 4, 16, 64] {
+            // The output matrix is read for one row at a time (the last prompt position).
+            if rows > 10_000 && m > 4 {
+                continue;
+            }
             let x = Tensor::randn(0f32, 1.0, (m, cols), &cpu).unwrap();
             for dtype in [
                 GgmlDType::Q4_1,
@@ -66,7 +79,7 @@ fn main() {
                     );
                 }
                 // candle's scalar Q4_1 and Q5_0 are slow on the large shapes; skip them there.
-                if matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_0) && rows * m > 4096 {
+                if matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_0) && rows * m > 4096 || m > 16 {
                     continue;
                 }
                 let theirs = QMatMul::from_qtensor(q).unwrap();

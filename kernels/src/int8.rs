@@ -14,6 +14,8 @@
 //! Kernels: AVX-512 VNNI (`vpdpbusd` on 256-bit registers: 32 products an instruction) where
 //! the CPU has it, AVX2 (`vpmaddubsw` + `vpmaddwd`) on other x86-64 CPUs, plain Rust
 //! elsewhere; all give the same numbers.
+#[cfg(target_arch = "x86_64")]
+use crate::features;
 use std::ops::Range;
 
 /// Largest weight magnitude the AVX2 kernel takes (see the module documentation).
@@ -457,25 +459,6 @@ impl Job<'_> {
                 }
             }
         }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod features {
-    use std::sync::OnceLock;
-
-    pub fn avx2() -> bool {
-        static F: OnceLock<bool> = OnceLock::new();
-        *F.get_or_init(|| std::arch::is_x86_feature_detected!("avx2"))
-    }
-
-    pub fn vnni() -> bool {
-        static F: OnceLock<bool> = OnceLock::new();
-        *F.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx512vnni")
-                && std::arch::is_x86_feature_detected!("avx512vl")
-                && std::env::var_os("DEEP_RECALL_NO_VNNI").is_none()
-        })
     }
 }
 

@@ -4,6 +4,8 @@
 //! workspace `Cargo.toml`): SIMD intrinsics unoptimised are slower than scalar code, and the
 //! model tests run through them.
 pub mod attention;
+#[cfg(target_arch = "x86_64")]
+mod features;
 pub mod int8;
 pub mod quant;
 pub mod sgemm;

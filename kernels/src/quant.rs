@@ -3,9 +3,11 @@
 //! output matrix), whose candle matmul reads the whole matrix again for every input row.
 //! Weights stay in their GGUF blocks (20 or 34 bytes per 32 values); activations are quantized
 //! per row to Q8_1 blocks (llama.cpp's scheme), and one block's dot product is an integer sum,
-//! so the AVX2 kernels and the scalar references agree up to the order of the float additions
-//! of the per-block terms. Several input rows (batched decode, prefill) are taken four at a
-//! time, each weight block loaded and unpacked once for the four.
+//! so the SIMD kernels (AVX2, and AVX-512 VNNI where the CPU has it) and the scalar references
+//! agree up to the order of the float operations on the per-block terms. Several input rows
+//! (batched decode, prefill) are taken eight or four at a time as a [`Panel`], each weight
+//! block loaded and unpacked once for the panel, the panel's block scales converted to f32
+//! once per product.
 //!
 //! [`QLinear`] wraps a matrix as a candle custom op, so the decoder calls it like any other
 //! `QMatMul`; the work is split over candle's own CPU thread pool (the barrier pool its
@@ -92,8 +94,21 @@ impl Default for BlockQ8_1 {
     }
 }
 
-/// Quantizes `x` (a multiple of 32 values) to Q8_1 blocks (round to nearest, scale = max |x| / 127).
+/// Quantizes `x` (a multiple of 32 values) to Q8_1 blocks (round half away from zero, scale =
+/// max |x| / 127, NaN values quantized to 0 and left out of the maximum), with AVX2 where the
+/// CPU has it (the same bytes as [`quantize_q8_1_scalar`]).
 pub fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
+    assert_eq!(x.len(), out.len() * QK, "x is not whole blocks");
+    #[cfg(target_arch = "x86_64")]
+    if crate::features::avx2() {
+        // SAFETY: the CPU has AVX2; x holds out.len() blocks.
+        return unsafe { avx2::quantize_q8_1(x, out) };
+    }
+    quantize_q8_1_scalar(x, out)
+}
+
+/// [`quantize_q8_1`] in plain Rust: the reference the SIMD version is tested against.
+pub fn quantize_q8_1_scalar(x: &[f32], out: &mut [BlockQ8_1]) {
     debug_assert_eq!(x.len(), out.len() * QK);
     for (block, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
         let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
@@ -112,15 +127,35 @@ pub fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
-    use std::sync::OnceLock;
-    static AVX2: OnceLock<bool> = OnceLock::new();
-    *AVX2.get_or_init(|| {
-        std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
-    })
+/// `R` activation rows (4 or 8) for the multi-row kernels: their blocks, and each block's
+/// `d` and `s` as f32 (`d[i][r]`, `s[i][r]`: block `i` of row `r`), converted once per
+/// product rather than once per weight row.
+pub struct Panel<'a, const R: usize> {
+    q: [&'a [BlockQ8_1]; R],
+    d: Vec<[f32; R]>,
+    s: Vec<[f32; R]>,
+}
+
+impl<'a, const R: usize> Panel<'a, R> {
+    /// The rows (of equal length); `R` is 4 or 8.
+    pub fn new(q: [&'a [BlockQ8_1]; R]) -> Self {
+        assert!(R == 4 || R == 8, "panels are 4 or 8 rows");
+        let n = q[0].len();
+        assert!(q.iter().all(|r| r.len() == n), "rows of unequal length");
+        let d = (0..n).map(|i| q.map(|r| r[i].d.to_f32())).collect();
+        let s = (0..n).map(|i| q.map(|r| r[i].s.to_f32())).collect();
+        Self { q, d, s }
+    }
+
+    /// Blocks per row.
+    pub fn len(&self) -> usize {
+        self.d.len()
+    }
+
+    /// Whether the rows are empty.
+    pub fn is_empty(&self) -> bool {
+        self.d.is_empty()
+    }
 }
 
 /// A block format of weight matrices, multiplied with Q8_1 activations.
@@ -136,31 +171,48 @@ pub trait WeightBlock: Copy + Send + Sync + 'static {
     fn dot_scalar(w: &[Self], x: &[BlockQ8_1]) -> f32;
     /// The same with the CPU's SIMD where it has it.
     fn dot(w: &[Self], x: &[BlockQ8_1]) -> f32;
-    /// Four dot products of one weight row with four activation rows.
-    fn dot4(w: &[Self], x: [&[BlockQ8_1]; 4]) -> [f32; 4];
+    /// The dot products of one weight row with a panel of activation rows.
+    fn dotn<const R: usize>(w: &[Self], x: &Panel<R>) -> [f32; R];
 }
 
-/// `dot` and `dot4` of a [`WeightBlock`] impl: the AVX2 kernels of module `avx2::$m` where
-/// the CPU has them, the scalar reference elsewhere.
+/// `dot` and `dotn` of a [`WeightBlock`] impl: the kernels of module `avx2::$m` where the
+/// CPU has AVX-512 VNNI (`vnni`) or AVX2 (`avx2`), the scalar reference elsewhere.
 macro_rules! simd_dispatch {
     ($m:ident) => {
         fn dot(w: &[Self], x: &[BlockQ8_1]) -> f32 {
             debug_assert_eq!(w.len(), x.len());
             #[cfg(target_arch = "x86_64")]
-            if has_avx2() {
-                // SAFETY: the CPU has the features the function is compiled for.
-                return unsafe { avx2::$m::dot(w, x) };
+            {
+                if crate::features::vnni() {
+                    // SAFETY: the CPU has the features the function is compiled for.
+                    return unsafe { avx2::$m::vnni::dot(w, x) };
+                }
+                if crate::features::avx2() {
+                    // SAFETY: as above.
+                    return unsafe { avx2::$m::avx2::dot(w, x) };
+                }
             }
             Self::dot_scalar(w, x)
         }
 
-        fn dot4(w: &[Self], x: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+        fn dotn<const R: usize>(w: &[Self], x: &Panel<R>) -> [f32; R] {
+            assert_eq!(
+                w.len(),
+                x.len(),
+                "weight and activation rows differ in length"
+            );
             #[cfg(target_arch = "x86_64")]
-            if has_avx2() {
-                // SAFETY: as above; every row has w.len() blocks.
-                return unsafe { avx2::$m::dot4(w, x) };
+            {
+                if crate::features::vnni() {
+                    // SAFETY: as above; every row of `x` has w.len() blocks.
+                    return unsafe { avx2::$m::vnni::dotn(w, x) };
+                }
+                if crate::features::avx2() {
+                    // SAFETY: as above.
+                    return unsafe { avx2::$m::avx2::dotn(w, x) };
+                }
             }
-            x.map(|x| Self::dot_scalar(w, x))
+            x.q.map(|x| Self::dot_scalar(w, x))
         }
     };
 }
@@ -354,27 +406,48 @@ impl<B: WeightBlock> Blocks<B> {
         let n = self.rows;
         let out_ptr = out.as_mut_ptr() as usize;
         // Work items are tiles of weight rows; each item computes its rows for every input
-        // row, four input rows per pass over a weight row (which stays in L1).
+        // row, eight input rows per pass over a weight row (which stays in L1; then four, then
+        // one at a time for what is left), input rows taken sixteen at a time so that they too
+        // stay in L1 while the tile's weight rows pass over them (a long prompt's rows would
+        // otherwise stream from L2 once per weight row).
         const TILE: usize = 4;
+        const CHUNK: usize = 2;
         let items = n.div_ceil(TILE);
+        let rows = |i: usize| &xq[i * per..][..per];
+        let eights: Vec<Panel<8>> = (0..m / 8)
+            .map(|g| Panel::new(std::array::from_fn(|j| rows(8 * g + j))))
+            .collect();
+        let done = eights.len() * 8;
+        let four =
+            (m - done >= 4).then(|| Panel::<4>::new(std::array::from_fn(|j| rows(done + j))));
+        let singles = done + if four.is_some() { 4 } else { 0 }..m;
         candle_core::utils::barrier_pool().execute_chunked(items, |range| {
             let out = out_ptr as *mut f32;
+            // SAFETY (every write below): (i, r) for r in this item's tile is written by this
+            // item only, inside `out` (m × n).
+            let put = |i: usize, r: usize, v: f32| unsafe { *out.add(i * n + r) = v };
             for item in range {
-                for r in item * TILE..n.min(item * TILE + TILE) {
-                    let w = self.row(r);
-                    let mut i = 0;
-                    while i + 4 <= m {
-                        let rows = [0, 1, 2, 3].map(|j| &xq[(i + j) * per..(i + j + 1) * per]);
-                        for (j, v) in B::dot4(w, rows).into_iter().enumerate() {
-                            // SAFETY: (i + j, r) is written by this item only, inside `out`.
-                            unsafe { *out.add((i + j) * n + r) = v };
+                let tile = item * TILE..n.min(item * TILE + TILE);
+                for (c, chunk) in eights.chunks(CHUNK).enumerate() {
+                    for r in tile.clone() {
+                        let w = self.row(r);
+                        for (k, panel) in chunk.iter().enumerate() {
+                            let first = 8 * (c * CHUNK + k);
+                            for (j, v) in B::dotn(w, panel).into_iter().enumerate() {
+                                put(first + j, r, v);
+                            }
                         }
-                        i += 4;
                     }
-                    for i in i..m {
-                        let v = B::dot(w, &xq[i * per..(i + 1) * per]);
-                        // SAFETY: as above.
-                        unsafe { *out.add(i * n + r) = v };
+                }
+                for r in tile {
+                    let w = self.row(r);
+                    if let Some(panel) = &four {
+                        for (j, v) in B::dotn(w, panel).into_iter().enumerate() {
+                            put(done + j, r, v);
+                        }
+                    }
+                    for i in singles.clone() {
+                        put(i, r, B::dot(w, rows(i)));
                     }
                 }
             }
@@ -614,15 +687,64 @@ mod tests {
 
     const ALL: [Format; 4] = [Format::Q4_0, Format::Q4_1, Format::Q5_0, Format::Q8_0];
 
-    fn dots(w: &QMatrix, xq: &[BlockQ8_1]) -> (f32, f32, [f32; 4]) {
-        each!(w, b => {
-            let row = b.row(0);
-            (
-                WeightBlock::dot_scalar(row, xq),
-                WeightBlock::dot(row, xq),
-                WeightBlock::dot4(row, [xq, xq, xq, xq]),
-            )
-        })
+    type Results = Vec<(String, Vec<f32>)>;
+
+    /// Row 0 of `w` with each of eight rows of `x`: the scalar reference, then, for every
+    /// kernel this CPU runs (the dispatched one, and each SIMD variant it supports), `dot` of
+    /// each row, `dotn` of the first four and `dotn` of the eight (named results, in row
+    /// order).
+    fn dots(w: &QMatrix, x: [&[BlockQ8_1]; 8]) -> ([f32; 8], Results) {
+        macro_rules! variants {
+            ($b:ident, $m:ident) => {{
+                let row = $b.row(0);
+                let four = Panel::<4>::new([x[0], x[1], x[2], x[3]]);
+                let eight = Panel::<8>::new(x);
+                let mut got: Results = Vec::new();
+                let mut add = |name: &str, one: [f32; 8], four: [f32; 4], eight: [f32; 8]| {
+                    got.push((format!("{name} dot"), one.to_vec()));
+                    got.push((format!("{name} dotn 4"), four.to_vec()));
+                    got.push((format!("{name} dotn 8"), eight.to_vec()));
+                };
+                add(
+                    "dispatched",
+                    x.map(|x| WeightBlock::dot(row, x)),
+                    WeightBlock::dotn(row, &four),
+                    WeightBlock::dotn(row, &eight),
+                );
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if crate::features::avx2() {
+                        // SAFETY: the CPU has AVX2.
+                        unsafe {
+                            add(
+                                "avx2",
+                                x.map(|x| avx2::$m::avx2::dot(row, x)),
+                                avx2::$m::avx2::dotn(row, &four),
+                                avx2::$m::avx2::dotn(row, &eight),
+                            )
+                        }
+                    }
+                    if crate::features::vnni() {
+                        // SAFETY: the CPU has AVX-512 VNNI.
+                        unsafe {
+                            add(
+                                "vnni",
+                                x.map(|x| avx2::$m::vnni::dot(row, x)),
+                                avx2::$m::vnni::dotn(row, &four),
+                                avx2::$m::vnni::dotn(row, &eight),
+                            )
+                        }
+                    }
+                }
+                (x.map(|x| WeightBlock::dot_scalar(row, x)), got)
+            }};
+        }
+        match w {
+            QMatrix::Q4_0(b) => variants!(b, q4_0),
+            QMatrix::Q4_1(b) => variants!(b, q4_1),
+            QMatrix::Q5_0(b) => variants!(b, q5_0),
+            QMatrix::Q8_0(b) => variants!(b, q8_0),
+        }
     }
 
     #[test]
@@ -632,15 +754,73 @@ mod tests {
             // 576 columns (SmolLM2's width, 18 blocks), odd block counts and a single block.
             for cols in [32, 96, 576, 1536] {
                 let w = random(format, 1, cols, &mut rng);
-                for _ in 0..20 {
-                    let x: Vec<f32> = (0..cols).map(|_| rng.float() * 3.0).collect();
-                    let mut xq = vec![BlockQ8_1::default(); cols / QK];
-                    quantize_q8_1(&x, &mut xq);
-                    let (reference, fast, four) = dots(&w, &xq);
-                    let close = |v: f32| (v - reference).abs() <= 1e-5 * reference.abs().max(1.0);
-                    assert!(close(fast), "{format:?} {cols}: {fast} vs {reference}");
-                    assert!(four.into_iter().all(close), "{format:?} {cols}: {four:?}");
+                for _ in 0..10 {
+                    let xq: Vec<Vec<BlockQ8_1>> = (0..8)
+                        .map(|_| {
+                            let x: Vec<f32> = (0..cols).map(|_| rng.float() * 3.0).collect();
+                            let mut xq = vec![BlockQ8_1::default(); cols / QK];
+                            quantize_q8_1(&x, &mut xq);
+                            xq
+                        })
+                        .collect();
+                    let (reference, got) = dots(&w, std::array::from_fn(|r| &xq[r][..]));
+                    for (kernel, values) in got {
+                        for (r, v) in values.into_iter().enumerate() {
+                            // The kernels add the per-block terms in another order (and
+                            // scale them in another order): a rounding error that grows
+                            // with the number of blocks.
+                            let tolerance =
+                                1e-5 * ((cols / QK) as f32).sqrt() * reference[r].abs().max(1.0);
+                            assert!(
+                                (v - reference[r]).abs() <= tolerance,
+                                "{format:?} {cols} {kernel} row {r}: {v} vs {}",
+                                reference[r]
+                            );
+                        }
+                    }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn simd_quantization_gives_the_scalar_bytes() {
+        let mut rng = Lcg(13);
+        let mut rows: Vec<Vec<f32>> = (0..50)
+            .map(|i| (0..96).map(|_| rng.float() * (i as f32 + 0.5)).collect())
+            .collect();
+        // Zeros; exact ties (the largest value 127, so that the scale is 1); NaN and infinity.
+        rows.push(vec![0.0; 64]);
+        rows.push(
+            (0..64)
+                .map(|j| [127.0, 2.5, -3.5, 0.5, -0.5, -0.0][j % 6])
+                .collect(),
+        );
+        rows.push(
+            (0..64)
+                .map(|j| {
+                    if j % 7 == 3 {
+                        f32::NAN
+                    } else {
+                        j as f32 - 30.0
+                    }
+                })
+                .collect(),
+        );
+        rows.push(
+            (0..32)
+                .map(|j| if j == 5 { f32::INFINITY } else { 1.0 })
+                .collect(),
+        );
+        for row in rows {
+            let mut fast = vec![BlockQ8_1::default(); row.len() / QK];
+            let mut reference = fast.clone();
+            quantize_q8_1(&row, &mut fast);
+            quantize_q8_1_scalar(&row, &mut reference);
+            for (a, b) in fast.iter().zip(&reference) {
+                assert_eq!(a.qs, b.qs, "{row:?}");
+                assert_eq!(a.d.to_bits(), b.d.to_bits(), "{row:?}");
+                assert_eq!(a.s.to_bits(), b.s.to_bits(), "{row:?}");
             }
         }
     }
@@ -649,8 +829,16 @@ mod tests {
     fn matmul_agrees_with_the_dequantized_matrix() {
         let mut rng = Lcg(11);
         for format in ALL {
-            // Odd shapes: 7 output rows (no full tile), 576 columns, 1–9 input rows.
-            for (rows, cols, m) in [(7, 576, 1), (193, 576, 5), (64, 1536, 9), (3, 32, 4)] {
+            // Odd shapes: 7 output rows (no full tile), 576 columns, 1–9 input rows (one row,
+            // four and one, eight and one), and 45 (a prompt: two chunks of eight-row panels,
+            // the second short, then four rows and one left over).
+            for (rows, cols, m) in [
+                (7, 576, 1),
+                (193, 576, 5),
+                (64, 1536, 9),
+                (3, 32, 4),
+                (37, 640, 45),
+            ] {
                 let w = random(format, rows, cols, &mut rng);
                 let dense = w.dequantize();
                 let x: Vec<f32> = (0..m * cols).map(|_| rng.float()).collect();
