@@ -61,7 +61,7 @@ pub mod jobs;
 pub mod limits;
 #[cfg(feature = "native")]
 pub mod llm;
-pub(crate) mod math;
+pub(crate) use recall_kernels::math;
 pub mod memory_keys;
 #[cfg(feature = "native")]
 pub mod models;

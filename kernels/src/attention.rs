@@ -193,11 +193,11 @@ pub fn attend_window(
             max = max.max(x);
             scores.push(x);
         }
-        let mut sum = 0f32;
         for x in scores.iter_mut() {
-            *x = (*x - max).exp();
-            sum += *x;
+            *x -= max;
         }
+        crate::math::exp_in_place(scores);
+        let sum: f32 = scores.iter().sum();
         // SAFETY: row `item` of `out` is written by this item only, inside `out`.
         let o =
             unsafe { std::slice::from_raw_parts_mut((out_ptr as *mut f32).add(item * dim), dim) };

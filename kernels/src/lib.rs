@@ -7,6 +7,7 @@ pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod features;
 pub mod int8;
+pub mod math;
 pub mod quant;
 pub mod sgemm;
 

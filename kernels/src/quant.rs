@@ -133,6 +133,8 @@ pub fn quantize_q8_1_scalar(x: &[f32], out: &mut [BlockQ8_1]) {
 pub struct Panel<'a, const R: usize> {
     q: [&'a [BlockQ8_1]; R],
     d: Vec<[f32; R]>,
+    // Read by the SIMD kernels only (the scalar reference reads the blocks).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     s: Vec<[f32; R]>,
 }
 

@@ -1,6 +1,7 @@
 //! Element-wise functions written so that the compiler vectorises them: no branches, no libm.
 //! Each has one generic body, compiled twice on x86-64 (baseline SSE2 and AVX2+FMA) and picked
-//! at run time. Shared by the embedder (GELU, softmax) and the chat decoder (Gemma's GELU).
+//! at run time. Shared by the embedder (GELU, softmax), the chat decoder (Gemma's GELU) and
+//! the attention kernel (softmax).
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 // ln 2 in two parts, so that n·ln2 is exact in the high part (Cody and Waite).
 const LN2_HI: f32 = 0.693_145_75;
