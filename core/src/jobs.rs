@@ -240,7 +240,15 @@ pub trait JobQueue: Send + Sync {
         lease: Duration,
     ) -> Result<Option<Job>>;
 
-    /// For job runners: records how a claimed job ended. `None` if `worker` no longer holds
-    /// the job (its lease ran out and another runner took it).
-    async fn finish_job(&self, id: i64, worker: &str, outcome: JobOutcome) -> Result<Option<Job>>;
+    /// For job runners: records how a claimed job ended, with its last progress message when
+    /// `message` is given (in the same write, so that a job's last word is never lost to a
+    /// failed progress write). `None` if `worker` no longer holds the job (its lease ran out
+    /// and another runner took it).
+    async fn finish_job(
+        &self,
+        id: i64,
+        worker: &str,
+        outcome: JobOutcome,
+        message: Option<String>,
+    ) -> Result<Option<Job>>;
 }

@@ -101,6 +101,7 @@ async fn run_one(engine: &Engine, config: &JobRunnerConfig) -> Result<bool> {
         return Ok(false);
     };
     engine.publish(Event::Job(Box::new(job.clone())));
+    let mut last_word = None;
     let outcome = if job.attempts > config.max_attempts {
         JobOutcome::Failed(format!("gave up after {} attempts", config.max_attempts))
     } else {
@@ -127,16 +128,13 @@ async fn run_one(engine: &Engine, config: &JobRunnerConfig) -> Result<bool> {
                 }
             }
         };
-        // What the job said last is kept with it (a job quicker than PROGRESS_EVERY too).
-        if seen.has_changed().unwrap_or(false) {
-            let (share, message) = seen.borrow_and_update().clone();
-            if let Ok(Some(j)) = queue
-                .report_progress(job.id, &config.worker, share, message, config.lease)
-                .await
-            {
-                engine.publish(Event::Job(Box::new(j)));
-            }
-        }
+        // What the job said last and has not been recorded is written with its outcome (a
+        // job quicker than PROGRESS_EVERY too).
+        last_word = if seen.has_changed().unwrap_or(false) {
+            seen.borrow_and_update().1.clone()
+        } else {
+            None
+        };
         match result {
             Ok(result) => JobOutcome::Succeeded(result),
             Err(e) if e.kind() == ErrorKind::Internal && job.attempts < config.max_attempts => {
@@ -147,7 +145,10 @@ async fn run_one(engine: &Engine, config: &JobRunnerConfig) -> Result<bool> {
             Err(e) => JobOutcome::Failed(e.to_string()),
         }
     };
-    if let Some(done) = queue.finish_job(job.id, &config.worker, outcome).await? {
+    if let Some(done) = queue
+        .finish_job(job.id, &config.worker, outcome, last_word)
+        .await?
+    {
         engine.publish(Event::Job(Box::new(done)));
     }
     Ok(true)

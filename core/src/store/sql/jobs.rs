@@ -287,7 +287,13 @@ impl JobQueue for SqlJobQueue {
         job_to_api(row).map(Some)
     }
 
-    async fn finish_job(&self, id: i64, worker: &str, outcome: JobOutcome) -> Result<Option<Job>> {
+    async fn finish_job(
+        &self,
+        id: i64,
+        worker: &str,
+        outcome: JobOutcome,
+        message: Option<String>,
+    ) -> Result<Option<Job>> {
         let txn = begin_write(&self.db).await?;
         let Some(row) = held_by(&txn, id, worker).await? else {
             txn.commit().await?;
@@ -305,6 +311,9 @@ impl JobQueue for SqlJobQueue {
                 change.status = Set(JobStatus::Failed.as_str().to_owned());
                 change.error = Set(Some(clip(error, MAX_JOB_ERROR)));
             }
+        }
+        if let Some(m) = message {
+            change.message = Set(Some(clip(m, MAX_JOB_ERROR)));
         }
         change.locked_by = Set(None);
         change.locked_until_us = Set(None);

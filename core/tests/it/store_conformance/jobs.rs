@@ -110,23 +110,31 @@ async fn jobs_lifecycle(t: &TestStore) {
         "a running job cannot be cancelled"
     );
     assert_eq!(
-        s.finish_job(due.id, "w2", JobOutcome::Succeeded(json!({})))
+        s.finish_job(due.id, "w2", JobOutcome::Succeeded(json!({})), None)
             .await
             .unwrap(),
         None,
         "only the holder finishes a job"
     );
+    let lease = std::time::Duration::from_secs(60);
+    s.report_progress(due.id, "w1", 0.5, Some("deleting".into()), lease)
+        .await
+        .unwrap()
+        .expect("the holder reports progress");
+    // The job's last word is written with its outcome.
     let done = s
         .finish_job(
             due.id,
             "w1",
             JobOutcome::Succeeded(json!({ "memories": 3 })),
+            Some("3 memories deleted".into()),
         )
         .await
         .unwrap()
         .unwrap();
     assert_eq!(done.status, JobStatus::Succeeded);
     assert_eq!(done.progress, 1.0);
+    assert_eq!(done.message.as_deref(), Some("3 memories deleted"));
     assert_eq!(done.result, Some(json!({ "memories": 3 })));
     assert!(done.finished_at.is_some());
 
@@ -191,18 +199,33 @@ async fn job_leases(t: &TestStore) {
     assert_eq!(second.attempts, 2);
     assert_eq!(second.started_at, first.started_at);
     assert_eq!(
-        s.finish_job(job.id, "w1", JobOutcome::Succeeded(json!({})))
+        s.finish_job(job.id, "w1", JobOutcome::Succeeded(json!({})), None)
             .await
             .unwrap(),
         None,
         "the runner that lost its lease cannot finish the job"
     );
+    s.report_progress(
+        job.id,
+        "w2",
+        0.25,
+        Some("halfway".into()),
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .unwrap()
+    .expect("the new holder reports progress");
     let failed = s
-        .finish_job(job.id, "w2", JobOutcome::Failed("é".repeat(3000)))
+        .finish_job(job.id, "w2", JobOutcome::Failed("é".repeat(3000)), None)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(failed.status, JobStatus::Failed);
+    assert_eq!(
+        failed.message.as_deref(),
+        Some("halfway"),
+        "without a last word the last progress message stays"
+    );
     let error = failed.error.unwrap();
     assert!(
         error.len() <= 2000 && error.starts_with("éé"),
