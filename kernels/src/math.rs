@@ -52,12 +52,12 @@ macro_rules! dispatch {
         pub fn $name(xs: &mut [f32]) {
             #[cfg(target_arch = "x86_64")]
             {
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                if crate::features::avx2() {
                     #[target_feature(enable = "avx2,fma")]
                     unsafe fn wide(xs: &mut [f32]) {
                         $body(xs)
                     }
-                    // SAFETY: the CPU has AVX2 and FMA (checked above).
+                    // SAFETY: the CPU has AVX2 and FMA (`features::avx2`).
                     return unsafe { wide(xs) };
                 }
             }
