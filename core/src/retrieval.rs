@@ -98,8 +98,8 @@ impl Default for Fusion {
 ///
 /// The final score is
 /// `relevance + recency_weight · recency + importance_weight · importance + emotion_weight ·
-/// emotion_match + time_weight · time + entity_weight · entity + neighbour_weight ·
-/// neighbour`, where relevance comes from the mode (similarity, BM25 share, or fusion),
+/// emotion_match + time_weight · time + entity_weight · entity + speaker_weight · speaker +
+/// neighbour_weight · neighbour`, where relevance comes from the mode (similarity, BM25 share, or fusion),
 /// recency is `0.5^(age / half-life)`, and the other signals are in [0, 1] (see
 /// [`Signals`]). A cross-encoder, when configured, then blends its probability into the top
 /// candidates; MMR picks the final order. The defaults of the time, entity and
@@ -135,6 +135,15 @@ pub struct RankingConfig {
     /// Weight of the entity signal: the share of the query's names and quoted phrases that
     /// the memory mentions.
     pub entity_weight: f32,
+    /// Weight of the speaker signal: the memory was said by someone the query names (its
+    /// text starts with their label, "Melanie: …"; [`crate::text::said_by_named`]). A
+    /// question about a person is mostly answered by what they said, not by the turns that
+    /// address them.
+    pub speaker_weight: f32,
+    /// Subtracted from the score of a memory that ends with a question: a question asks
+    /// rather than tells, and in a conversation the answer is usually the next turn (which
+    /// the neighbourhood signal still lifts through the question's relevance).
+    pub question_penalty: f32,
     /// Turns on each side of the best candidates read as their neighbourhood (0 to
     /// [`MAX_NEIGHBOURS`]): the neighbours join the candidates, and each candidate's score
     /// gains `neighbour_weight` × the best relevance next to it (a question often names
@@ -165,6 +174,8 @@ impl Default for RankingConfig {
             cross_encoder_weight: 0.5,
             time_weight: 0.2,
             entity_weight: 0.05,
+            speaker_weight: 0.1,
+            question_penalty: 0.1,
             neighbours: 2,
             neighbour_weight: 0.5,
         }
@@ -193,6 +204,8 @@ impl RankingConfig {
             cross_encoder_weight: 0.0,
             time_weight: 0.0,
             entity_weight: 0.0,
+            speaker_weight: 0.0,
+            question_penalty: 0.0,
             neighbours: 0,
             neighbour_weight: 0.0,
             ..Self::default()
@@ -214,6 +227,8 @@ impl RankingConfig {
             self.cross_encoder_weight,
             self.time_weight,
             self.entity_weight,
+            self.speaker_weight,
+            self.question_penalty,
             self.neighbour_weight,
         ];
         if finite.iter().any(|x| !x.is_finite() || *x < 0.0) {
@@ -447,7 +462,7 @@ impl QueryCues {
             } else {
                 vec![]
             },
-            entities: if config.entity_weight > 0.0 {
+            entities: if config.entity_weight > 0.0 || config.speaker_weight > 0.0 {
                 crate::text::query_entities(query)
             } else {
                 vec![]
@@ -457,7 +472,8 @@ impl QueryCues {
     }
 }
 
-/// Adds recency, importance, emotional match, time and entities to every candidate's score.
+/// Adds recency, importance, emotional match, time, entities and the speaker to every
+/// candidate's score.
 pub fn apply_signals(
     candidates: &mut [Candidate],
     config: &RankingConfig,
@@ -482,12 +498,23 @@ pub fn apply_signals(
             0.0
         };
         c.signals.entity = crate::text::entity_share(&cues.entities, &c.memory.content);
-        c.score = c.signals.relevance
+        c.signals.speaker = if crate::text::said_by_named(&cues.entities, &c.memory.content) {
+            1.0
+        } else {
+            0.0
+        };
+        c.signals.question = if crate::text::ends_with_question(&c.memory.content) {
+            1.0
+        } else {
+            0.0
+        };
+        c.score = c.signals.relevance - config.question_penalty * c.signals.question
             + config.recency_weight * c.signals.recency
             + config.importance_weight * c.signals.importance
             + config.emotion_weight * c.signals.emotion
             + config.time_weight * c.signals.time
-            + config.entity_weight * c.signals.entity;
+            + config.entity_weight * c.signals.entity
+            + config.speaker_weight * c.signals.speaker;
     }
 }
 

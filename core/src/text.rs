@@ -432,6 +432,51 @@ pub fn entity_share(entities: &[String], content: &str) -> f32 {
     found as f32 / entities.len() as f32
 }
 
+/// The longest speaker label read at the start of a memory (bytes before the colon).
+const MAX_SPEAKER_LABEL: usize = 40;
+
+/// The speaker a memory's text names at its start, the way transcripts and group chats
+/// write a turn ("Melanie: I painted a lake…", "Dr. Lee: …"): one to three words before a
+/// colon and a space, each starting with a capital letter, letters, digits and `.'-` only.
+/// `None` for any other text.
+pub fn speaker_label(content: &str) -> Option<&str> {
+    let (label, rest) = content.split_once(':')?;
+    if label.is_empty() || label.len() > MAX_SPEAKER_LABEL || !rest.starts_with(' ') {
+        return None;
+    }
+    let words: Vec<&str> = label.split(' ').collect();
+    let word_ok = |w: &&str| {
+        w.chars().next().is_some_and(char::is_uppercase)
+            && w.chars()
+                .all(|c| c.is_alphanumeric() || matches!(c, '.' | '\'' | '-'))
+    };
+    (words.len() <= 3 && words.iter().all(word_ok)).then_some(label)
+}
+
+/// Whether a text ends with a question (its last character other than a closing quote,
+/// bracket, emoji or space is a question mark).
+pub fn ends_with_question(content: &str) -> bool {
+    content
+        .trim_end_matches(|c: char| {
+            !(c.is_alphanumeric() || c.is_ascii_punctuation())
+                || matches!(c, '"' | '\'' | ')' | ']')
+        })
+        .ends_with('?')
+}
+
+/// Whether a memory was said by someone the query names: a name among `entities` (from
+/// [`query_entities`]) is a word of the memory's [`speaker_label`] (case-insensitive).
+pub fn said_by_named(entities: &[String], content: &str) -> bool {
+    let Some(label) = speaker_label(content) else {
+        return false;
+    };
+    let label = label.to_lowercase();
+    let words = lower_words(&label);
+    entities
+        .iter()
+        .any(|e| !e.contains(' ') && words.contains(&e.as_str()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -599,5 +644,52 @@ mod tests {
         assert_eq!(entity_share(&[], "anything"), 0.0);
         let q = query_entities("the song \"Four Seasons\"");
         assert_eq!(entity_share(&q, "I love the four seasons by Vivaldi"), 1.0);
+    }
+
+    #[test]
+    fn a_speaker_label_is_a_few_capitalised_words_before_a_colon() {
+        assert_eq!(speaker_label("Melanie: I painted a lake."), Some("Melanie"));
+        assert_eq!(speaker_label("Dr. Lee: take two."), Some("Dr. Lee"));
+        assert_eq!(
+            speaker_label("Mary-Ann O'Neil: hi"),
+            Some("Mary-Ann O'Neil")
+        );
+        // Not labels: no space after the colon, lower case, a sentence, too many words.
+        assert_eq!(speaker_label("Time: 10:30"), Some("Time"));
+        assert_eq!(speaker_label("10:30 is fine"), None);
+        assert_eq!(speaker_label("note: buy milk"), None);
+        assert_eq!(speaker_label("I said this: no"), None);
+        assert_eq!(speaker_label("The Big Red Dog: woof"), None);
+        assert_eq!(speaker_label("no colon at all"), None);
+        assert_eq!(speaker_label(": empty"), None);
+    }
+
+    #[test]
+    fn a_memory_is_said_by_a_named_speaker_only_through_its_label() {
+        let named = query_entities("What has Melanie painted?");
+        assert_eq!(named, vec!["melanie".to_owned()]);
+        assert!(said_by_named(&named, "Melanie: a horse, last week."));
+        assert!(said_by_named(&named, "MELANIE Smith: a horse."));
+        // Addressed, not said by her.
+        assert!(!said_by_named(&named, "Caroline: Thanks, Melanie!"));
+        assert!(!said_by_named(&named, "Melanie painted a horse."));
+        assert!(!said_by_named(&[], "Melanie: a horse."));
+        assert!(!said_by_named(
+            &["melanie smith".to_owned()],
+            "Melanie: a horse."
+        ));
+    }
+
+    #[test]
+    fn a_question_is_a_text_that_ends_with_a_question_mark() {
+        assert!(ends_with_question(
+            "Caroline: Love it! For walking or running?"
+        ));
+        assert!(ends_with_question("Did you see it?\u{201d} "));
+        assert!(ends_with_question("Is that yours? \u{1f60a}"));
+        assert!(ends_with_question("(really?)"));
+        assert!(!ends_with_question("Was it fun? It was."));
+        assert!(!ends_with_question("Melanie: I painted a lake."));
+        assert!(!ends_with_question(""));
     }
 }

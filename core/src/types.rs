@@ -755,6 +755,12 @@ pub struct Signals {
     /// Share of the names and quoted phrases of the query that the memory mentions.
     #[serde(default)]
     pub entity: f32,
+    /// 1 when the memory was said by someone the query names, else 0.
+    #[serde(default)]
+    pub speaker: f32,
+    /// 1 when the memory ends with a question, else 0.
+    #[serde(default)]
+    pub question: f32,
     /// The best relevance among the turns next to it in its session.
     #[serde(default)]
     pub neighbour: f32,

@@ -78,6 +78,7 @@ crate::fixtures::both_backends! {
     query_cache_hits_and_invalidates;
     retrieval_is_isolated;
     time_entities_and_neighbours_lift_the_right_turn;
+    the_named_speaker_and_statements_come_first;
     dates_in_a_memory_count_for_questions_about_then;
     near_identical_memories_merge_on_add;
     memories_stay_true_through_the_engine;
@@ -410,6 +411,105 @@ async fn time_entities_and_neighbours_lift_the_right_turn(t: &TestStore) {
         .unwrap();
     assert!(hits[0].memory.content.contains("Montreal"));
     assert_eq!(hits[0].signals.entity, 1.0);
+}
+
+/// The speaker and question signals: a question about a person prefers what that person
+/// said over turns that only address them, and statements over questions.
+async fn the_named_speaker_and_statements_come_first(t: &TestStore) {
+    let e = engine_with_chat(t).await;
+    let at = Utc.with_ymd_and_hms(2023, 5, 8, 13, 0, 0).unwrap();
+    let minute = chrono::Duration::minutes(1);
+    let turns = [
+        (
+            Role::User,
+            "Caroline: Melanie, the pottery bowl you made is lovely!",
+        ),
+        (
+            Role::Assistant,
+            "Melanie: Thanks! I finished a blue vase in class last week.",
+        ),
+        (
+            Role::User,
+            "Caroline: What pottery will you make next, Melanie?",
+        ),
+        (Role::Assistant, "Melanie: A teapot, I think."),
+    ];
+    let messages = turns
+        .iter()
+        .enumerate()
+        .map(|(i, (role, text))| said("pots", *role, text, at + minute * i as i32))
+        .collect();
+    e.add_messages("dana", messages).await.unwrap();
+    let ask = |ranking: RankingConfig| RetrieveOptions {
+        top_k: 4,
+        now: Some(at),
+        ranking: RankingConfig {
+            mmr_lambda: None,
+            neighbours: 0,
+            neighbour_weight: 0.0,
+            ..ranking
+        },
+        ..RetrieveOptions::default()
+    };
+    let off = RankingConfig {
+        speaker_weight: 0.0,
+        question_penalty: 0.0,
+        ..RankingConfig::default()
+    };
+    let q = "What pottery did Melanie make?";
+    let hits = e.retrieve("dana", q, &ask(off.clone())).await.unwrap();
+    assert_eq!(hits.len(), 4, "{hits:?}");
+    // By relevance alone a turn that addresses her (more of the question's words) wins.
+    assert!(hits[0].memory.content.starts_with("Caroline"), "{hits:?}");
+    for h in &hits {
+        let by_her = h.memory.content.starts_with("Melanie: ");
+        assert_eq!(h.signals.speaker, if by_her { 1.0 } else { 0.0 }, "{h:?}");
+        let asks = h.memory.content.ends_with('?');
+        assert_eq!(h.signals.question, if asks { 1.0 } else { 0.0 }, "{h:?}");
+    }
+    // A speaker weight above any relevance puts both of her turns first.
+    let hits = e
+        .retrieve(
+            "dana",
+            q,
+            &ask(RankingConfig {
+                speaker_weight: 1.0,
+                ..off.clone()
+            }),
+        )
+        .await
+        .unwrap();
+    assert!(
+        hits[..2]
+            .iter()
+            .all(|h| h.memory.content.starts_with("Melanie: ")),
+        "{hits:?}"
+    );
+    // The question penalty puts the question last, and costs it exactly its weight.
+    let plain = e.retrieve("dana", q, &ask(off.clone())).await.unwrap();
+    let hits = e
+        .retrieve(
+            "dana",
+            q,
+            &ask(RankingConfig {
+                question_penalty: 1.0,
+                ..off.clone()
+            }),
+        )
+        .await
+        .unwrap();
+    assert!(hits[3].memory.content.ends_with('?'), "{hits:?}");
+    let before = plain.iter().find(|h| h.memory.content.ends_with('?'));
+    let before = before.unwrap_or_else(|| panic!("{plain:?}"));
+    assert!(
+        (before.score - 1.0 - hits[3].score).abs() < 1e-5,
+        "{plain:?} {hits:?}"
+    );
+    // Only Dana's own turns are candidates.
+    assert!(
+        hits.iter()
+            .all(|h| h.memory.session.as_deref() == Some("pots"))
+    );
 }
 
 async fn dates_in_a_memory_count_for_questions_about_then(t: &TestStore) {

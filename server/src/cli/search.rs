@@ -151,6 +151,13 @@ pub(super) struct RankingArgs {
     /// Weight of the query's names and quoted phrases found in a memory (0 switches it off).
     #[arg(long)]
     entity_weight: Option<f32>,
+    /// Weight of the speaker signal: memories said by someone the query names (0 switches
+    /// it off).
+    #[arg(long)]
+    speaker_weight: Option<f32>,
+    /// Subtracted from the score of memories that end with a question (0 switches it off).
+    #[arg(long)]
+    question_penalty: Option<f32>,
     /// Turns on each side of the best candidates read as their neighbourhood (0 to 5).
     #[arg(long)]
     neighbours: Option<usize>,
@@ -221,6 +228,12 @@ impl RankingArgs {
         if let Some(w) = self.entity_weight {
             c.entity_weight = w;
         }
+        if let Some(w) = self.speaker_weight {
+            c.speaker_weight = w;
+        }
+        if let Some(w) = self.question_penalty {
+            c.question_penalty = w;
+        }
         if let Some(n) = self.neighbours {
             c.neighbours = n;
         }
@@ -241,6 +254,8 @@ impl RankingArgs {
             && self.emotion_weight.is_none_or(|w| w == 0.0)
             && self.time_weight.is_none_or(|w| w == 0.0)
             && self.entity_weight.is_none_or(|w| w == 0.0)
+            && self.speaker_weight.is_none_or(|w| w == 0.0)
+            && self.question_penalty.is_none_or(|w| w == 0.0)
             && self.neighbour_weight.is_none_or(|w| w == 0.0)
             && self.mmr.is_none_or(|l| l >= 1.0)
     }
