@@ -84,12 +84,13 @@ impl Default for Fusion {
 ///
 /// The final score is
 /// `relevance + recency_weight · recency + importance_weight · importance + emotion_weight ·
-/// emotion_match + time_weight · time + entity_weight · entity + speaker_weight · speaker +
-/// neighbour_weight · neighbour`, where relevance comes from the mode (similarity, BM25 share, or fusion),
-/// recency is `0.5^(age / half-life)`, and the other signals are in [0, 1] (see
-/// [`crate::types::Signals`]). A cross-encoder, when configured, then blends its probability into the top
-/// candidates; MMR picks the final order. The defaults of the time, entity and
-/// neighbourhood signals come from the LoCoMo dev set (docs/benchmarks.md).
+/// emotion_match + time_weight · time + entity_weight · entity + speaker_weight · speaker −
+/// question_penalty · question + neighbour_weight · neighbour`, where relevance comes from
+/// the mode (similarity, BM25 share, or fusion), recency is `0.5^(age / half-life)`, and the
+/// other signals are in [0, 1] (see [`crate::types::Signals`]). A cross-encoder, when
+/// configured, then blends its probability into the top candidates; MMR picks the final
+/// order. The defaults of the time, entity, speaker, question and neighbourhood signals come
+/// from the LoCoMo dev set (docs/benchmarks.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RankingConfig {
