@@ -722,7 +722,7 @@ impl Actor {
     }
 }
 
-/// Options of [`MemoryStore::export_user`].
+/// Options of [`MemoryStore::export_user`](crate::MemoryStore::export_user).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExportOptions {
     /// Include the embedding vectors (large) and not just their model names.

@@ -255,16 +255,16 @@ impl QuantizedRows {
     }
 
     /// Quantizes the `m = x.len() / k` rows of `x` (row-major), reusing this buffer. Rows are
-    /// independent: `parts` threads of the caller's choosing may each take a share through
-    /// [`QuantizedRows::quantize_part`] instead.
+    /// independent: threads of the caller's choosing may each take a share of
+    /// [`QuantizedRows::parts_mut`] through [`quantize_rows`] instead.
     pub fn quantize(&mut self, x: &[f32], k: usize) {
         self.reset(x.len() / k, k);
         let (data, scales, zeros) = self.parts_mut();
         quantize_rows(x, k, data, scales, zeros);
     }
 
-    /// Makes room for `m` rows of `k` inputs; their values are written by
-    /// [`QuantizedRows::quantize_part`].
+    /// Makes room for `m` rows of `k` inputs; their values are written through
+    /// [`QuantizedRows::parts_mut`] (by [`quantize_rows`]).
     pub fn reset(&mut self, m: usize, k: usize) {
         self.k = k;
         self.kp = k.next_multiple_of(4);

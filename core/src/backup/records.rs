@@ -11,9 +11,9 @@ use crate::error::{Error, Result};
 /// The first record of a backup.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Header {
-    /// [`FORMAT`].
+    /// [`FORMAT`](super::FORMAT).
     pub format: String,
-    /// [`VERSION`] of the writer.
+    /// [`VERSION`](super::VERSION) of the writer.
     pub version: u32,
     /// The last schema migration of the store the data was read from.
     pub schema: String,

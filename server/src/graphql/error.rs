@@ -20,7 +20,7 @@ pub type GqlResult<T> = async_graphql::Result<T>;
 
 /// Converts core results inside resolvers: `engine.x().await.gql()?`.
 pub trait IntoGql<T> {
-    /// Maps the error with [`core`].
+    /// Maps the error with [`core()`].
     fn gql(self) -> GqlResult<T>;
 }
 
