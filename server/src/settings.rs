@@ -619,8 +619,9 @@ impl DeepMemorySettings {
     }
 }
 
-/// Extra keys (see `recall_core::memory_keys`): written in the background by the chat model
-/// for the users who turn them on (`memoryKeysEnable`).
+/// Extra keys (see `recall_core::memory_keys`): written in the background for the users who
+/// turn them on (`memoryKeysEnable`): context keys, and with the chat model facts and
+/// session topics where these are turned on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MemoryKeySettings {
@@ -632,11 +633,15 @@ pub struct MemoryKeySettings {
     pub pause_ms: u64,
     /// Keys a job writes at most (`memoryKeysWrite` may ask for fewer).
     pub max_keys_per_run: usize,
-    /// Facts: a key for each message and fact, from what the model reads in it alone.
+    /// Facts: a key for each message and fact, from what the model reads in it alone (off by
+    /// default: the packaged model's facts did not raise recall on the dev data).
     pub facts: bool,
     /// Session keys: a key for each turn, from the topic the model gives its stretch of the
     /// session (off by default: they lowered recall on the dev data, docs/benchmarks.md).
     pub sessions: bool,
+    /// Context keys: a key for each turn holding the turn before it, then its own text;
+    /// written without the chat model (on by default: they raised recall on the dev data).
+    pub context: bool,
 }
 
 impl Default for MemoryKeySettings {
@@ -645,20 +650,22 @@ impl Default for MemoryKeySettings {
             check_secs: 600,
             pause_ms: 0,
             max_keys_per_run: 10_000,
-            facts: true,
+            facts: false,
             sessions: false,
+            context: true,
         }
     }
 }
 
 impl MemoryKeySettings {
-    /// The options of a key job.
-    pub fn options(&self) -> recall_core::memory_keys::KeyOptions {
+    /// The options of a key job; facts and session keys only with a chat model (`chat`).
+    pub fn options(&self, chat: bool) -> recall_core::memory_keys::KeyOptions {
         recall_core::memory_keys::KeyOptions {
             pause_ms: self.pause_ms,
             max_keys: self.max_keys_per_run,
-            facts: self.facts,
-            sessions: self.sessions,
+            facts: self.facts && chat,
+            sessions: self.sessions && chat,
+            context: self.context,
             ..Default::default()
         }
     }
@@ -835,7 +842,7 @@ impl Settings {
                 "store.tag_ttl_seconds.{tag} = {secs}: a time to live is 1 to {max_ttl} seconds"
             )));
         }
-        if let Err(Error::InvalidInput { message }) = self.memory_keys.options().validate() {
+        if let Err(Error::InvalidInput { message }) = self.memory_keys.options(true).validate() {
             return Err(Error::invalid(format!("memory_keys: {message}")));
         }
         let t = &self.telemetry;

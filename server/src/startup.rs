@@ -285,8 +285,9 @@ fn retrain_schedule(settings: &Settings, engine: &Engine) -> Option<AbortOnDrop>
 
 /// Every `memory_keys.check_secs`, queues the key job of each user with keys on (their new
 /// memories get keys). The queue keeps one pending per user, so replicas that look at the
-/// same time queue it once; a job with nothing to do ends at once.
-fn keys_schedule(settings: &Settings, engine: &Engine) -> Option<AbortOnDrop> {
+/// same time queue it once; a job with nothing to do ends at once. Without a chat model
+/// (`chat`) the jobs write context keys only.
+fn keys_schedule(settings: &Settings, engine: &Engine, chat: bool) -> Option<AbortOnDrop> {
     let k = settings.memory_keys.clone();
     if k.check_secs == 0 {
         return None;
@@ -305,7 +306,7 @@ fn keys_schedule(settings: &Settings, engine: &Engine) -> Option<AbortOnDrop> {
             };
             for user in users {
                 match engine
-                    .queue_memory_keys_job(&user, &k.options(), &Actor("schedule".into()))
+                    .queue_memory_keys_job(&user, &k.options(chat), &Actor("schedule".into()))
                     .await
                 {
                     Ok(job) => tracing::debug!(job = job.id, "key job queued"),
@@ -443,9 +444,7 @@ pub async fn run(
     });
     let _backups = backup_schedule(&settings, &engine)?;
     let _retrain = retrain_schedule(&settings, &engine);
-    let _keys = (chat.is_some())
-        .then(|| keys_schedule(&settings, &engine))
-        .flatten();
+    let _keys = keys_schedule(&settings, &engine, chat.is_some());
     let _purge = purge_schedule(&settings, &engine);
     queue_reembed(&settings, &engine).await;
     let state = Arc::new(AppState::new(settings, engine, chat)?);

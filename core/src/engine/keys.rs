@@ -9,7 +9,7 @@ use crate::error::{Error, ErrorKind};
 use crate::jobs::{Job, JobKind, NewJob};
 use crate::llm::GenerationParams;
 use crate::memory_keys::{self as mk, KeyOptions, KeyReport, KeyStatus};
-use crate::types::{Actor, NewMemory, PageRequest};
+use crate::types::{Actor, MetadataCondition, MetadataOp, NewMemory, PageRequest};
 
 /// Memories listed per page while loading a user's keys.
 const LIST_PAGE: usize = 500;
@@ -116,9 +116,11 @@ impl Engine {
     ) -> Result<KeyReport> {
         self.limits().check_user_id(user)?;
         options.validate()?;
-        let Some(model) = self.llm.clone() else {
+        // Context keys need no model; facts and topics do.
+        let model = self.llm.clone();
+        if model.is_none() && (options.facts || options.sessions) {
             return Err(Error::unavailable("no chat model is loaded to write keys"));
-        };
+        }
         // Each pass has its own watermark: a job with session keys off leaves theirs alone.
         let mut through = match self.store.get_user(user).await? {
             Some(u) if u.memory_keys => [u.memory_keys_through, u.memory_sessions_through],
@@ -131,20 +133,34 @@ impl Engine {
         let started = Instant::now();
         let mut fact_keyed = HashSet::new();
         let mut session_keyed = HashSet::new();
+        let mut context_keyed = HashSet::new();
         for k in self.user_keys(user).await? {
-            if k.source == mk::SESSION_KEY {
-                session_keyed.insert(k.target);
-            } else {
-                fact_keyed.insert(k.target);
-            }
+            match k.source {
+                mk::SESSION_KEY => session_keyed.insert(k.target),
+                mk::CONTEXT_KEY => context_keyed.insert(k.target),
+                _ => fact_keyed.insert(k.target),
+            };
         }
         let memories = self.all_memories(user).await?;
         let previous = previous_turns(&memories);
         let total = memories.len() as u64;
         let units = key_units(&memories, through, &fact_keyed, &session_keyed, options);
+        // Context keys: every turn with one before it in its session and no context key yet
+        // (no watermark: finding them is a pass over what is already read).
+        let mut in_context: Vec<&Memory> = if options.context {
+            memories
+                .iter()
+                .filter(|m| previous.contains_key(&m.id) && !context_keyed.contains(&m.id))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        in_context.sort_by_key(|m| m.id);
         // Memories are read in the order they were stored, from where the last run stopped.
         // Each pass's watermark moves up to the first memory it has not done yet.
         let mut pending: BTreeSet<i64> = units.iter().flat_map(|u| u.ids()).collect();
+        let in_units = pending.clone();
+        pending.extend(in_context.iter().map(|m| m.id));
         let mut pass_pending: [BTreeSet<i64>; 2] = [
             units
                 .iter()
@@ -161,13 +177,84 @@ impl Engine {
             (mk::KeyPass::Sessions, options.sessions),
         ];
         let mut report = KeyReport {
-            model: model.name().to_owned(),
+            model: model
+                .as_ref()
+                .map(|m| m.name().to_owned())
+                .unwrap_or_default(),
             skipped: total - pending.len() as u64,
             ..KeyReport::default()
         };
         let mut done = report.skipped;
         on_progress(done, total, 0);
         let this = self.scoped(user).await?;
+        for group in in_context.chunks(CONTEXT_GROUP) {
+            let room = options.max_keys.saturating_sub(report.keys as usize);
+            let group = &group[..group.len().min(room)];
+            if group.is_empty() {
+                break;
+            }
+            let texts: Vec<String> = group
+                .iter()
+                .map(|m| mk::context_key_text(previous[&m.id], m))
+                .collect();
+            let vectors = this.embedder.embed(texts.clone()).await?;
+            let mut new_keys = Vec::with_capacity(group.len());
+            for ((m, text), vector) in group.iter().zip(texts).zip(vectors) {
+                // The key quotes the turn before: it goes when that turn changes or goes
+                // (`context_of`, `drop_context_keys`), and expires with the first of the two.
+                let before = previous[&m.id];
+                let metadata = json!({ "key": mk::CONTEXT_KEY, "context_of": before.id });
+                let mut key = key_memory(m, text, metadata, this.embedding(vector));
+                key.expires_at = match (m.expires_at, before.expires_at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                new_keys.push(key);
+                if !in_units.contains(&m.id) {
+                    pending.remove(&m.id);
+                    done += 1;
+                }
+            }
+            // The group at once; when a turn was deleted since it was read, one at a time,
+            // so that only its own key is lost.
+            let mut written = Vec::new();
+            match self.store.add_memories(user, new_keys.clone()).await {
+                Ok(stored) => written.extend(stored.iter().map(|k| k.id)),
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    for key in new_keys {
+                        match self.store.add_memories(user, vec![key]).await {
+                            Ok(stored) => written.extend(stored.iter().map(|k| k.id)),
+                            Err(e) if e.kind() == ErrorKind::NotFound => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+            report.keys += written.len() as u64;
+            report.context_keys += written.len() as u64;
+            self.changed(user);
+            // Keys turned off meanwhile: this group's keys go too, and the run stops.
+            if !self
+                .store
+                .get_user(user)
+                .await?
+                .is_some_and(|u| u.memory_keys)
+            {
+                self.delete_memories(user, &written).await?;
+                report.keys -= written.len() as u64;
+                report.context_keys -= written.len() as u64;
+                report.left = pending.len() as u64;
+                report.seconds = started.elapsed().as_secs_f64();
+                return Ok(report);
+            }
+            on_progress(done, total, report.keys);
+        }
+        let Some(model) = model.filter(|_| options.facts || options.sessions) else {
+            report.left = pending.len() as u64;
+            report.seconds = started.elapsed().as_secs_f64();
+            return Ok(report);
+        };
         let params = GenerationParams {
             max_tokens: options.max_tokens,
             temperature: 0.0,
@@ -226,25 +313,12 @@ impl Engine {
             let mut written = Vec::new();
             let mut written_topics = 0;
             for ((m, text, source), vector) in keys.into_iter().zip(vectors) {
-                let key = NewMemory {
-                    kind: MemoryKind::Key,
-                    content: text,
-                    session: m.session.clone(),
-                    role: m.role,
-                    tags: m.tags.clone(),
-                    metadata: json!({
-                        "key": source,
-                        "model": model.name(),
-                        "prompt_version": mk::PROMPT_VERSION,
-                    }),
-                    importance: Some(m.importance),
-                    emotion: None,
-                    created_at: Some(m.created_at),
-                    embedding: this.embedding(vector),
-                    expires_at: m.expires_at,
-                    supersedes: None,
-                    key_for: Some(m.id),
-                };
+                let metadata = json!({
+                    "key": source,
+                    "model": model.name(),
+                    "prompt_version": mk::PROMPT_VERSION,
+                });
+                let key = key_memory(m, text, metadata, this.embedding(vector));
                 // One at a time: a memory deleted since it was read loses only its own key.
                 match self.store.add_memories(user, vec![key]).await {
                     Ok(stored) => {
@@ -315,6 +389,37 @@ impl Engine {
         Ok(report)
     }
 
+    /// Deletes the context keys that quote one of the memories `ids` (the keys of the turns
+    /// after them), so that no key keeps a memory's old or deleted text; the next run of the
+    /// job writes them again from what is there then.
+    pub(super) async fn drop_context_keys(&self, user: &str, ids: &[i64]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let filter = Filter {
+            kinds: vec![MemoryKind::Key],
+            include_superseded: true,
+            metadata: vec![MetadataCondition {
+                key: "context_of".into(),
+                op: MetadataOp::In,
+                value: json!(ids),
+            }],
+            ..Filter::default()
+        };
+        loop {
+            let page = PageRequest {
+                first: DELETE_BATCH,
+                after: None,
+            };
+            let got = self.store.list_memories(user, &filter, &page).await?;
+            let keys: Vec<i64> = got.items.iter().map(|k| k.id).collect();
+            if keys.is_empty() {
+                return Ok(());
+            }
+            self.store.delete_memories(user, &keys).await?;
+        }
+    }
+
     /// The user's keys: each with the memory it is for and its source.
     async fn user_keys(&self, user: &str) -> Result<Vec<KeyRef>> {
         let filter = Filter {
@@ -335,6 +440,7 @@ impl Engine {
                     target: m.key_for?,
                     source: match m.metadata["key"].as_str() {
                         Some(mk::SESSION_KEY) => mk::SESSION_KEY,
+                        Some(mk::CONTEXT_KEY) => mk::CONTEXT_KEY,
                         _ => mk::FACT_KEY,
                     },
                 })
@@ -415,6 +521,33 @@ pub(super) fn with_keys(filter: &Filter) -> Cow<'_, Filter> {
     let mut f = filter.clone();
     f.kinds.push(MemoryKind::Key);
     Cow::Owned(f)
+}
+
+/// Context keys embedded and stored at once.
+const CONTEXT_GROUP: usize = 64;
+
+/// A key for memory `m`: its session, role, tags, importance, time and expiry.
+fn key_memory(
+    m: &Memory,
+    text: String,
+    metadata: serde_json::Value,
+    embedding: Embedding,
+) -> NewMemory {
+    NewMemory {
+        kind: MemoryKind::Key,
+        content: text,
+        session: m.session.clone(),
+        role: m.role,
+        tags: m.tags.clone(),
+        metadata,
+        importance: Some(m.importance),
+        emotion: None,
+        created_at: Some(m.created_at),
+        embedding,
+        expires_at: m.expires_at,
+        supersedes: None,
+        key_for: Some(m.id),
+    }
 }
 
 /// For each message of a session, the one before it.

@@ -314,6 +314,7 @@ impl Engine {
         } else {
             None
         };
+        let new_text = update.content.is_some();
         let out = self
             .store
             .update_memory(
@@ -332,6 +333,10 @@ impl Engine {
             .await;
         self.changed(user);
         let memory = out?;
+        if new_text {
+            self.drop_context_keys(user, &[id]).await?;
+            self.changed(user);
+        }
         self.published(user, MemoryAction::Updated, &memory);
         Ok(memory)
     }
@@ -346,6 +351,8 @@ impl Engine {
                 existing.push(m);
             }
         }
+        let gone: Vec<i64> = existing.iter().map(|m| m.id).collect();
+        self.drop_context_keys(user, &gone).await?;
         let out = self.store.delete_memories(user, ids).await;
         self.changed(user);
         if out.is_ok() {

@@ -80,6 +80,16 @@ const TURNS: [(&str, Option<&str>); 6] = [
 
 const QUESTION: &str = "Did Caroline adopt a puppy?";
 
+/// The keys the chat model writes (facts, and topics where asked), without context keys
+/// (their own test is below).
+fn model_keys() -> KeyOptions {
+    KeyOptions {
+        facts: true,
+        context: false,
+        ..KeyOptions::default()
+    }
+}
+
 fn minilm() -> Arc<dyn Embedder> {
     cpu_embedder(&minilm_dir())
 }
@@ -203,12 +213,12 @@ async fn memory_keys(pg: bool) {
     let status = engine.memory_keys_status("alice").await.unwrap();
     assert!(!status.enabled);
     let err = engine
-        .write_memory_keys("alice", &KeyOptions::default(), &mut |_, _, _| {})
+        .write_memory_keys("alice", &model_keys(), &mut |_, _, _| {})
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
     let err = engine
-        .queue_memory_keys_job("alice", &KeyOptions::default(), &Actor("test".into()))
+        .queue_memory_keys_job("alice", &model_keys(), &Actor("test".into()))
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
@@ -240,7 +250,7 @@ async fn memory_keys(pg: bool) {
         pause_ms: 20,
         sessions: true,
         session_turns: 4,
-        ..KeyOptions::default()
+        ..model_keys()
     };
     let job = engine
         .queue_memory_keys_job("alice", &options, &Actor("test".into()))
@@ -318,7 +328,7 @@ async fn memory_keys(pg: bool) {
     // A second run has nothing left to do (turns without a fact or topic are not asked
     // again).
     let again = engine
-        .write_memory_keys("alice", &KeyOptions::default(), &mut |_, _, _| {})
+        .write_memory_keys("alice", &model_keys(), &mut |_, _, _| {})
         .await
         .unwrap();
     assert_eq!(
@@ -415,7 +425,7 @@ async fn memory_keys(pg: bool) {
     assert!(keys_of(&engine, "alice").await.is_empty());
     assert_eq!(
         engine
-            .write_memory_keys("alice", &KeyOptions::default(), &mut |_, _, _| {})
+            .write_memory_keys("alice", &model_keys(), &mut |_, _, _| {})
             .await
             .unwrap_err()
             .kind(),
@@ -468,11 +478,11 @@ async fn passes_have_their_own_watermarks(pg: bool) {
     let sessions = KeyOptions {
         session_turns: 4,
         sessions: true,
-        ..KeyOptions::default()
+        ..model_keys()
     };
 
     // Facts only (the default): four facts, no window read, the sessions' watermark unset.
-    let facts = run(KeyOptions::default()).await;
+    let facts = run(model_keys()).await;
     assert_eq!((facts.keys, facts.memories, facts.windows), (4, 9, 0));
     assert_eq!(watermarks().await, (Some(last), None));
 
@@ -566,7 +576,7 @@ async fn keys_turned_off_during_a_run() {
     let options = KeyOptions {
         sessions: true,
         session_turns: 4,
-        ..KeyOptions::default()
+        ..model_keys()
     };
     let job = tokio::spawn({
         let engine = engine.clone();
@@ -588,4 +598,147 @@ async fn keys_turned_off_during_a_run() {
     assert_eq!(report.windows, 3, "{report:?}");
     assert!(keys_of(&engine, "alice").await.is_empty());
     assert!(!engine.memory_keys_status("alice").await.unwrap().enabled);
+}
+
+/// Context keys, on one store: written without a chat model for each turn with one before it
+/// in its session (the turn before, then the turn), so a search for what the turn before
+/// said finds the turn; never for another user; gone with the turn they quote.
+async fn context_keys(pg: bool) {
+    let root = tempfile::tempdir().unwrap();
+    let db = if pg { Some(PgDb::create().await) } else { None };
+    let config = match &db {
+        Some(db) => StoreConfig::postgres(db.url.clone()),
+        None => StoreConfig::embedded(root.path().join("store")),
+    };
+    // No chat model: facts are refused, context keys (the default) are not.
+    let engine = Engine::new(store::open(&config).await.unwrap(), minilm());
+    let trip = ingest_trip(&engine, "alice").await;
+    let bob_trip = ingest_trip(&engine, "bob").await;
+    assert_eq!(text_found(&engine, "alice", "Rome").await, trip[..1]);
+    const MUSEUMS: &str = "Which museums are on the Rome trip?";
+    let place = |r: &[Memory]| r.iter().position(|m| m.id == trip[1]);
+    let before = place(&ranking(&engine, "alice", MUSEUMS, Filter::default()).await);
+    engine.set_memory_keys("alice", true).await.unwrap();
+    let facts = KeyOptions {
+        facts: true,
+        ..KeyOptions::default()
+    };
+    let err = engine
+        .write_memory_keys("alice", &facts, &mut |_, _, _| {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    let context_only = KeyOptions::default();
+    assert!(!context_only.facts && !context_only.sessions && context_only.context);
+    let mut progress = Vec::new();
+    let report = engine
+        .write_memory_keys("alice", &context_only, &mut |done, total, keys| {
+            progress.push((done, total, keys))
+        })
+        .await
+        .unwrap();
+    // The first turn of the session has none before it.
+    assert_eq!(
+        (
+            report.keys,
+            report.context_keys,
+            report.skipped,
+            report.left
+        ),
+        (2, 2, 1, 0),
+        "{report:?}"
+    );
+    assert_eq!(progress.last(), Some(&(3, 3, 2)), "{progress:?}");
+    let keys = keys_of(&engine, "alice").await;
+    let museums = keys.iter().find(|k| k.key_for == Some(trip[1])).unwrap();
+    assert_eq!(museums.content, format!("{}\n{}", TRIP[0], TRIP[1]));
+    assert_eq!(museums.metadata["key"], "context");
+    assert_eq!(museums.metadata["context_of"], trip[0]);
+    assert_eq!(museums.session.as_deref(), Some("s2"));
+
+    // "Rome" is in the first turn only; the museums question after it is found by it now,
+    // as itself (never the key). Bob's turns are as before.
+    assert_eq!(text_found(&engine, "alice", "Rome").await, trip[..2]);
+    let hits = ranking(&engine, "alice", MUSEUMS, Filter::default()).await;
+    assert!(place(&hits) < before, "{before:?} {hits:?}");
+    assert!(hits.iter().all(|m| m.kind != MemoryKind::Key));
+    assert_eq!(text_found(&engine, "bob", "Rome").await, bob_trip[..1]);
+    assert_eq!(engine.memory_keys_status("bob").await.unwrap().keys, 0);
+
+    // Nothing left to do; a new turn gets its key in the next run.
+    let again = engine
+        .write_memory_keys("alice", &context_only, &mut |_, _, _| {})
+        .await
+        .unwrap();
+    assert_eq!((again.keys, again.skipped), (0, 3), "{again:?}");
+    let t = Utc.with_ymd_and_hms(2023, 5, 20, 9, 10, 0).unwrap();
+    let more = engine
+        .add_messages(
+            "alice",
+            vec![NewMessage {
+                created_at: Some(t),
+                ..NewMessage::new("s2", Role::User, "Melanie: Send me photos of the gallery!")
+            }],
+        )
+        .await
+        .unwrap();
+    let last = more[0].memory_ids[0];
+    let again = engine
+        .write_memory_keys("alice", &context_only, &mut |_, _, _| {})
+        .await
+        .unwrap();
+    assert_eq!(again.context_keys, 1, "{again:?}");
+    let key = keys_of(&engine, "alice")
+        .await
+        .into_iter()
+        .find(|k| k.key_for == Some(last))
+        .unwrap();
+    assert_eq!(key.metadata["context_of"], trip[2]);
+
+    // Deleting the first turn takes the key that quotes it: "Rome" is in no row of hers.
+    engine.delete_memories("alice", &trip[..1]).await.unwrap();
+    assert!(text_found(&engine, "alice", "Rome").await.is_empty());
+    // New text in a turn drops the key that quotes the old (and the turn's own).
+    engine
+        .update_memory(
+            "alice",
+            trip[2],
+            MemoryUpdate {
+                content: Some("Caroline: Only the Uffizi this time.".into()),
+                ..MemoryUpdate::default()
+            },
+        )
+        .await
+        .unwrap();
+    let keys = keys_of(&engine, "alice").await;
+    assert!(keys.is_empty(), "{keys:?}");
+    assert!(text_found(&engine, "alice", "Vatican").await.is_empty());
+    // The next run keys the turns again from what is there now.
+    let again = engine
+        .write_memory_keys("alice", &context_only, &mut |_, _, _| {})
+        .await
+        .unwrap();
+    assert_eq!(again.context_keys, 2, "{again:?}");
+    let key = keys_of(&engine, "alice")
+        .await
+        .into_iter()
+        .find(|k| k.key_for == Some(last))
+        .unwrap();
+    assert_eq!(
+        key.content,
+        "Caroline: Only the Uffizi this time.\nMelanie: Send me photos of the gallery!"
+    );
+    if let Some(db) = db {
+        db.drop_db().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_keys_on_the_embedded_store() {
+    context_keys(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_keys_on_postgres() {
+    context_keys(true).await;
 }

@@ -78,8 +78,10 @@ pub(super) struct EvalArgs {
     /// Answers: questions per category and sample at most (the first ones).
     #[arg(long)]
     answers_per_category: Option<usize>,
-    /// Extra keys: after the plain run, turn keys on for every sample, have the chat model
-    /// (`chat.model`) write keys for every turn (a fact; `--keys-sessions`: its session window's topic), and
+    /// Extra keys: after the plain run, turn keys on for every sample, write a context key
+    /// for every turn with one before it (`--keys-facts`: and have the chat model,
+    /// `chat.model`, write a fact for every turn; `--keys-sessions`: its session window's
+    /// topic), and
     /// evaluate again (reports say
     /// `"keys": true`); a summary of the keys written follows.
     #[arg(long)]
@@ -88,12 +90,15 @@ pub(super) struct EvalArgs {
     /// "K = V + fact").
     #[arg(long)]
     keys_fact_only: bool,
-    /// Keys: no facts (with `--keys-sessions`: only session keys).
+    /// Keys: facts written by the chat model too (off by default, as in the job).
     #[arg(long)]
-    keys_no_facts: bool,
+    keys_facts: bool,
     /// Keys: session keys too (the topic of each stretch of a session, off by default).
     #[arg(long)]
     keys_sessions: bool,
+    /// Keys: no context keys (the turn before, then the turn; written without the model).
+    #[arg(long)]
+    keys_no_context: bool,
     /// Keys: turns asked about at once.
     #[arg(long, default_value_t = recall_core::memory_keys::KeyOptions::default().concurrency)]
     keys_concurrency: usize,
@@ -595,14 +600,20 @@ async fn keys(
     let options = recall_core::memory_keys::KeyOptions {
         concurrency: args.keys_concurrency,
         with_text: !args.keys_fact_only,
-        facts: !args.keys_no_facts,
+        facts: args.keys_facts,
         sessions: args.keys_sessions,
+        context: !args.keys_no_context,
         max_keys: recall_core::memory_keys::MAX_KEYS_PER_RUN,
         ..Default::default()
     };
     options.validate()?;
-    let model = startup::chat_model(settings, options.concurrency, true).await?;
-    let engine = engine.clone().with_llm(Some(model));
+    // Context keys alone need no chat model.
+    let model = if options.facts || options.sessions {
+        Some(startup::chat_model(settings, options.concurrency, true).await?)
+    } else {
+        None
+    };
+    let engine = engine.clone().with_llm(model);
     for (s, i) in ingested {
         let bar = ProgressBar::new(0).with_style(spinner_style());
         bar.set_message(format!("{}: writing keys", s.id));

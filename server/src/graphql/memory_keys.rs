@@ -35,8 +35,12 @@ pub struct MemoryKeysWriteInput {
     /// Facts: a key for each message and fact from what the model reads in it alone.
     pub facts: Option<bool>,
     /// Session keys: a key for each turn from the topic the model gives its stretch of the
-    /// session. Turning both kinds off is refused (`BAD_INPUT`).
+    /// session.
     pub sessions: Option<bool>,
+    /// Context keys: a key for each turn holding the turn before it, then its own text
+    /// (written without the chat model). Turning all three kinds off is refused
+    /// (`BAD_INPUT`).
+    pub context: Option<bool>,
 }
 
 /// Key queries.
@@ -74,22 +78,24 @@ impl MemoryKeysMutation {
             .into())
     }
 
-    /// Queues a job in which the chat model writes a key for each of the caller's messages
-    /// and facts that has none. Keys must be on. Watch it with `jobProgress`.
+    /// Queues a job that writes the keys the caller's memories lack: context keys for the
+    /// turns of sessions, and with the chat model facts (and session topics). Keys must be
+    /// on. Watch it with `jobProgress`.
     async fn memory_keys_write(
         &self,
         ctx: &Context<'_>,
         input: Option<MemoryKeysWriteInput>,
     ) -> GqlResult<Job> {
         let (state, p) = caller(ctx)?;
-        if state.chat.is_none() {
+        let input = input.unwrap_or_default();
+        let chat = state.chat.is_some();
+        if !chat && (input.facts == Some(true) || input.sessions == Some(true)) {
             return Err(error(
                 Code::Unavailable,
-                "no chat model is loaded to write keys",
+                "no chat model is loaded to write facts or session keys",
             ));
         }
-        let input = input.unwrap_or_default();
-        let base = state.settings.memory_keys.options();
+        let base = state.settings.memory_keys.options(chat);
         let options = KeyOptions {
             max_keys: input
                 .max_keys
@@ -97,6 +103,7 @@ impl MemoryKeysMutation {
             pause_ms: input.pause_ms.map_or(base.pause_ms, u64::from),
             facts: input.facts.unwrap_or(base.facts),
             sessions: input.sessions.unwrap_or(base.sessions),
+            context: input.context.unwrap_or(base.context),
             ..base
         };
         Ok(state

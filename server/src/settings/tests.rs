@@ -79,12 +79,22 @@ fn layers_apply_in_order_and_unknown_keys_are_refused() {
         assert_eq!(Settings::load(None).unwrap().chat.prefix_cache_mib, 0);
         jail.clear_env();
         jail.set_env("DEEP_RECALL__MEMORY_KEYS__SESSIONS", "true");
-        let keys = Settings::load(None).unwrap().memory_keys.options();
-        assert!(keys.facts && keys.sessions, "{keys:?}");
+        let keys = Settings::load(None).unwrap().memory_keys.options(true);
+        assert!(!keys.facts && keys.sessions && keys.context, "{keys:?}");
+        jail.set_env("DEEP_RECALL__MEMORY_KEYS__FACTS", "true");
+        let keys = Settings::load(None).unwrap().memory_keys.options(true);
+        assert!(keys.facts && keys.sessions && keys.context, "{keys:?}");
+        // Without a chat model only context keys are written.
+        let keys = Settings::load(None).unwrap().memory_keys.options(false);
+        assert!(!keys.facts && !keys.sessions && keys.context, "{keys:?}");
         jail.set_env("DEEP_RECALL__MEMORY_KEYS__FACTS", "false");
         jail.set_env("DEEP_RECALL__MEMORY_KEYS__SESSIONS", "false");
+        jail.set_env("DEEP_RECALL__MEMORY_KEYS__CONTEXT", "false");
         let e = err(None);
-        assert!(e.contains("memory_keys") && e.contains("neither"), "{e}");
+        assert!(
+            e.contains("memory_keys") && e.contains("at least one"),
+            "{e}"
+        );
         Ok(())
     });
 }

@@ -98,6 +98,9 @@ async fn keys_from_graphql() {
         &[
             ("DEEP_RECALL__JOBS__POLL_MS", "100"),
             ("DEEP_RECALL__MEMORY_KEYS__CHECK_SECS", "1"),
+            // Facts only here: context keys have their own test below.
+            ("DEEP_RECALL__MEMORY_KEYS__FACTS", "true"),
+            ("DEEP_RECALL__MEMORY_KEYS__CONTEXT", "false"),
         ],
     );
     let alice = token("alice", false, 600);
@@ -282,8 +285,8 @@ async fn keys_from_graphql() {
     assert!(keys(&server, &alice).await.is_empty());
 }
 
-/// Which keys a job writes: the server's `memory_keys.facts`/`sessions`, or the job's own
-/// `facts`/`sessions` (not neither: a typed error).
+/// Which keys a job writes: the server's `memory_keys.facts`/`sessions`/`context`, or the
+/// job's own (not none: a typed error).
 #[tokio::test(flavor = "multi_thread")]
 async fn session_keys_from_settings_and_input() {
     let store = Store::embedded();
@@ -294,6 +297,7 @@ async fn session_keys_from_settings_and_input() {
             ("DEEP_RECALL__JOBS__POLL_MS", "100"),
             ("DEEP_RECALL__MEMORY_KEYS__CHECK_SECS", "0"),
             ("DEEP_RECALL__MEMORY_KEYS__SESSIONS", "true"),
+            ("DEEP_RECALL__MEMORY_KEYS__CONTEXT", "false"),
         ],
     );
     let alice = token("alice", false, 600);
@@ -326,25 +330,7 @@ async fn session_keys_from_settings_and_input() {
     // Topics only (sessions from the settings, facts off for this job): the session's four
     // turns are one window, no fact is asked.
     let body = write("{ facts: false }").await;
-    let id = data(&body)["memoryKeysWrite"]["id"].clone();
-    let started = Instant::now();
-    let result = loop {
-        let (_, body) = gql(
-            &server,
-            Some(&alice),
-            "query($id: ID!) { job(id: $id) { status result } }",
-            json!({ "id": id }),
-        )
-        .await;
-        let job = data(&body)["job"].clone();
-        match job["status"].as_str() {
-            Some("SUCCEEDED") => break job["result"].clone(),
-            Some("QUEUED") | Some("RUNNING") => {}
-            _ => panic!("job ended badly: {job}"),
-        }
-        assert!(started.elapsed() < Duration::from_secs(120), "{job}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let result = finished(&server, &alice, &data(&body)["memoryKeysWrite"]["id"]).await;
     assert_eq!(result["windows"], 1, "{result}");
     assert_eq!(result["memories"], 0, "{result}");
     assert_eq!(result["keys"], result["session_keys"], "{result}");
@@ -354,5 +340,46 @@ async fn session_keys_from_settings_and_input() {
     for (text, target) in &found {
         assert!(own.contains(target), "{target} not Alice's");
         assert!(text.contains("(conversation of "), "{text}");
+    }
+
+    // Context keys asked for by the job (off in the settings): each turn after the first
+    // gets one, the turn before and then its own text, without the model.
+    let body = write("{ facts: false, sessions: false, context: true }").await;
+    let result = finished(&server, &alice, &data(&body)["memoryKeysWrite"]["id"]).await;
+    assert_eq!(result["context_keys"], 3, "{result}");
+    assert_eq!(result["keys"], 3, "{result}");
+    assert_eq!(result["memories"], 0, "{result}");
+    let context: Vec<String> = keys(&server, &alice)
+        .await
+        .into_iter()
+        .map(|(text, _)| text)
+        .filter(|t| !t.contains("(conversation of "))
+        .collect();
+    assert_eq!(context.len(), 3, "{context:?}");
+    assert!(
+        context.contains(&format!("{}\n{}", TURNS[0], TURNS[1])),
+        "{context:?}"
+    );
+}
+
+/// The result of a job, once it has succeeded.
+async fn finished(server: &Server, user: &str, id: &Value) -> Value {
+    let started = Instant::now();
+    loop {
+        let (_, body) = gql(
+            server,
+            Some(user),
+            "query($id: ID!) { job(id: $id) { status result } }",
+            json!({ "id": id }),
+        )
+        .await;
+        let job = data(&body)["job"].clone();
+        match job["status"].as_str() {
+            Some("SUCCEEDED") => return job["result"].clone(),
+            Some("QUEUED") | Some("RUNNING") => {}
+            _ => panic!("job ended badly: {job}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "{job}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
