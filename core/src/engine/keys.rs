@@ -217,13 +217,13 @@ impl Engine {
             }
             // The group at once; when a turn was deleted since it was read, one at a time,
             // so that only its own key is lost.
-            let mut written = Vec::new();
+            let mut stored = Vec::new();
             match self.store.add_memories(user, new_keys.clone()).await {
-                Ok(stored) => written.extend(stored.iter().map(|k| k.id)),
+                Ok(keys) => stored = keys,
                 Err(e) if e.kind() == ErrorKind::NotFound => {
                     for key in new_keys {
                         match self.store.add_memories(user, vec![key]).await {
-                            Ok(stored) => written.extend(stored.iter().map(|k| k.id)),
+                            Ok(keys) => stored.extend(keys),
                             Err(e) if e.kind() == ErrorKind::NotFound => {}
                             Err(e) => return Err(e),
                         }
@@ -231,6 +231,27 @@ impl Engine {
                 }
                 Err(e) => return Err(e),
             }
+            // A quoted turn deleted or changed since the job read it (a long run reads all
+            // the memories first): its keys go now; later changes find them stored.
+            let quoted: Vec<i64> = group.iter().map(|m| previous[&m.id].id).collect();
+            let current: HashMap<i64, String> = self
+                .store
+                .get_memories(user, &quoted)
+                .await?
+                .into_iter()
+                .map(|m| (m.id, m.content))
+                .collect();
+            let (written, stale): (Vec<&Memory>, Vec<&Memory>) = stored.iter().partition(|k| {
+                let before = k.metadata["context_of"].as_i64().unwrap_or_default();
+                k.key_for
+                    .and_then(|t| previous.get(&t))
+                    .is_some_and(|b| b.id == before && current.get(&before) == Some(&b.content))
+            });
+            if !stale.is_empty() {
+                let ids: Vec<i64> = stale.iter().map(|k| k.id).collect();
+                self.store.delete_memories(user, &ids).await?;
+            }
+            let written: Vec<i64> = written.iter().map(|k| k.id).collect();
             report.keys += written.len() as u64;
             report.context_keys += written.len() as u64;
             self.changed(user);
@@ -389,35 +410,47 @@ impl Engine {
         Ok(report)
     }
 
-    /// Deletes the context keys that quote one of the memories `ids` (the keys of the turns
-    /// after them), so that no key keeps a memory's old or deleted text; the next run of the
-    /// job writes them again from what is there then.
-    pub(super) async fn drop_context_keys(&self, user: &str, ids: &[i64]) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
+    /// Deletes the context keys that quote one of `memories` (the keys of the turns after
+    /// them, in the same session), so that no key keeps a memory's old or deleted text; the
+    /// next run of the job writes them again from what is there then. Only the sessions'
+    /// keys are read; memories outside a session are never quoted.
+    pub(super) async fn drop_context_keys(&self, user: &str, memories: &[Memory]) -> Result<()> {
+        let mut by_session: HashMap<&str, Vec<i64>> = HashMap::new();
+        for m in memories {
+            if let (MemoryKind::Message, Some(s)) = (m.kind, m.session.as_deref()) {
+                by_session.entry(s).or_default().push(m.id);
+            }
         }
-        let filter = Filter {
-            kinds: vec![MemoryKind::Key],
-            include_superseded: true,
-            metadata: vec![MetadataCondition {
-                key: "context_of".into(),
-                op: MetadataOp::In,
-                value: json!(ids),
-            }],
-            ..Filter::default()
-        };
-        loop {
-            let page = PageRequest {
+        for (session, ids) in by_session {
+            let filter = Filter {
+                session: Some(session.to_owned()),
+                kinds: vec![MemoryKind::Key],
+                include_superseded: true,
+                metadata: vec![MetadataCondition {
+                    key: "context_of".into(),
+                    op: MetadataOp::In,
+                    value: json!(ids),
+                }],
+                ..Filter::default()
+            };
+            let mut page = PageRequest {
                 first: DELETE_BATCH,
                 after: None,
             };
-            let got = self.store.list_memories(user, &filter, &page).await?;
-            let keys: Vec<i64> = got.items.iter().map(|k| k.id).collect();
-            if keys.is_empty() {
-                return Ok(());
+            let mut keys = Vec::new();
+            loop {
+                let got = self.store.list_memories(user, &filter, &page).await?;
+                keys.extend(got.items.iter().map(|k| k.id));
+                match got.next_cursor {
+                    Some(c) => page.after = Some(c),
+                    None => break,
+                }
             }
-            self.store.delete_memories(user, &keys).await?;
+            for chunk in keys.chunks(DELETE_BATCH) {
+                self.store.delete_memories(user, chunk).await?;
+            }
         }
+        Ok(())
     }
 
     /// The user's keys: each with the memory it is for and its source.

@@ -334,7 +334,8 @@ impl Engine {
         self.changed(user);
         let memory = out?;
         if new_text {
-            self.drop_context_keys(user, &[id]).await?;
+            self.drop_context_keys(user, std::slice::from_ref(&memory))
+                .await?;
             self.changed(user);
         }
         self.published(user, MemoryAction::Updated, &memory);
@@ -351,8 +352,7 @@ impl Engine {
                 existing.push(m);
             }
         }
-        let gone: Vec<i64> = existing.iter().map(|m| m.id).collect();
-        self.drop_context_keys(user, &gone).await?;
+        self.drop_context_keys(user, &existing).await?;
         let out = self.store.delete_memories(user, ids).await;
         self.changed(user);
         if out.is_ok() {

@@ -742,3 +742,65 @@ async fn context_keys_on_the_embedded_store() {
 async fn context_keys_on_postgres() {
     context_keys(true).await;
 }
+
+/// An embedder that deletes a memory of Alice's the first time it is asked for a context
+/// key (a text of two turns): a turn deleted while a long key job runs.
+struct DeletingEmbedder {
+    inner: Arc<dyn Embedder>,
+    engine: std::sync::OnceLock<Engine>,
+    delete: std::sync::Mutex<Option<i64>>,
+}
+
+#[async_trait::async_trait]
+impl Embedder for DeletingEmbedder {
+    fn model_id(&self) -> &str {
+        self.inner.model_id()
+    }
+    fn dims(&self) -> usize {
+        self.inner.dims()
+    }
+    async fn embed(&self, texts: Vec<String>) -> recall_core::Result<Vec<Vec<f32>>> {
+        let id = if texts.iter().any(|t| t.contains('\n')) {
+            self.delete.lock().unwrap().take()
+        } else {
+            None
+        };
+        if let (Some(id), Some(engine)) = (id, self.engine.get()) {
+            engine.delete_memories("alice", &[id]).await?;
+        }
+        self.inner.embed(texts).await
+    }
+}
+
+/// A turn deleted after the job read it and before its quoting key was stored: the key is
+/// dropped at once, and its text is in no row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_deleted_during_the_job_leaves_no_key_quoting_it() {
+    let root = tempfile::tempdir().unwrap();
+    let config = StoreConfig::embedded(root.path().join("store"));
+    let embedder = Arc::new(DeletingEmbedder {
+        inner: minilm(),
+        engine: std::sync::OnceLock::new(),
+        delete: std::sync::Mutex::new(None),
+    });
+    let engine = Engine::new(store::open(&config).await.unwrap(), embedder.clone());
+    assert!(embedder.engine.set(engine.clone()).is_ok());
+    let trip = ingest_trip(&engine, "alice").await;
+    engine.set_memory_keys("alice", true).await.unwrap();
+    *embedder.delete.lock().unwrap() = Some(trip[0]);
+    let report = engine
+        .write_memory_keys("alice", &KeyOptions::default(), &mut |_, _, _| {})
+        .await
+        .unwrap();
+    assert!(
+        embedder.delete.lock().unwrap().is_none(),
+        "the deletion ran"
+    );
+    assert!(engine.memory("alice", trip[0]).await.unwrap().is_none());
+    // The museums turn's key quoted the deleted turn: gone; the next turn's key stays.
+    assert_eq!(report.context_keys, 1, "{report:?}");
+    let keys = keys_of(&engine, "alice").await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(keys[0].key_for, Some(trip[2]));
+    assert!(text_found(&engine, "alice", "Rome").await.is_empty());
+}
