@@ -433,19 +433,12 @@ impl Engine {
                 }],
                 ..Filter::default()
             };
-            let mut page = PageRequest {
-                first: DELETE_BATCH,
-                after: None,
-            };
-            let mut keys = Vec::new();
-            loop {
-                let got = self.store.list_memories(user, &filter, &page).await?;
-                keys.extend(got.items.iter().map(|k| k.id));
-                match got.next_cursor {
-                    Some(c) => page.after = Some(c),
-                    None => break,
-                }
-            }
+            let keys: Vec<i64> = self
+                .listed(user, &filter)
+                .await?
+                .iter()
+                .map(|k| k.id)
+                .collect();
             for chunk in keys.chunks(DELETE_BATCH) {
                 self.store.delete_memories(user, chunk).await?;
             }
@@ -460,14 +453,11 @@ impl Engine {
             include_superseded: true,
             ..Filter::default()
         };
-        let mut page = PageRequest {
-            first: LIST_PAGE,
-            after: None,
-        };
-        let mut out = Vec::new();
-        loop {
-            let got = self.store.list_memories(user, &filter, &page).await?;
-            out.extend(got.items.iter().filter_map(|m| {
+        Ok(self
+            .listed(user, &filter)
+            .await?
+            .iter()
+            .filter_map(|m| {
                 Some(KeyRef {
                     id: m.id,
                     target: m.key_for?,
@@ -477,7 +467,20 @@ impl Engine {
                         _ => mk::FACT_KEY,
                     },
                 })
-            }));
+            })
+            .collect())
+    }
+
+    /// Every memory of the user's that `filter` lists, page after page.
+    async fn listed(&self, user: &str, filter: &Filter) -> Result<Vec<Memory>> {
+        let mut page = PageRequest {
+            first: LIST_PAGE,
+            after: None,
+        };
+        let mut out = Vec::new();
+        loop {
+            let got = self.store.list_memories(user, filter, &page).await?;
+            out.extend(got.items);
             match got.next_cursor {
                 Some(c) => page.after = Some(c),
                 None => return Ok(out),
