@@ -10,6 +10,7 @@
 //! A job's state travels whole (it holds no content).
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::{broadcast, mpsc};
 
@@ -73,6 +74,8 @@ pub struct EventBus {
     tx: broadcast::Sender<Event>,
     /// Events to send to the other replicas, once a fan-out is started.
     outbound: Arc<OnceLock<mpsc::UnboundedSender<WireEvent>>>,
+    /// Open [`Watch`]es (the server's own listeners, not counted as subscriptions).
+    watches: Arc<AtomicUsize>,
 }
 
 impl Default for EventBus {
@@ -80,6 +83,7 @@ impl Default for EventBus {
         Self {
             tx: broadcast::channel(CAPACITY).0,
             outbound: Arc::default(),
+            watches: Arc::default(),
         }
     }
 }
@@ -116,9 +120,45 @@ impl EventBus {
         }
     }
 
-    /// Open subscriptions.
+    /// Every user's events from now on, for the server's own work (a schedule that acts on
+    /// the users who wrote); never handed to a client, whose subscriptions are one user's.
+    pub fn watch_all(&self) -> Watch {
+        self.watches.fetch_add(1, Ordering::Relaxed);
+        Watch {
+            rx: self.tx.subscribe(),
+            watches: self.watches.clone(),
+        }
+    }
+
+    /// Open subscriptions (not counting [`Watch`]es).
     pub fn subscribers(&self) -> usize {
-        self.tx.receiver_count()
+        self.tx
+            .receiver_count()
+            .saturating_sub(self.watches.load(Ordering::Relaxed))
+    }
+}
+
+/// Every user's events ([`EventBus::watch_all`]).
+#[derive(Debug)]
+pub struct Watch {
+    rx: broadcast::Receiver<Event>,
+    watches: Arc<AtomicUsize>,
+}
+
+impl Watch {
+    /// The next event of any user; `None` once the publisher is gone.
+    pub async fn next(&mut self) -> Option<Received> {
+        match self.rx.recv().await {
+            Ok(e) => Some(Received::Event(Box::new(e))),
+            Err(broadcast::error::RecvError::Lagged(n)) => Some(Received::Lagged(n)),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.watches.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -282,5 +322,49 @@ mod tests {
                 .starts_with(sent.error.as_deref().unwrap())
         );
         assert_eq!(sent.error.unwrap().len(), MAX_WIRE_ERROR);
+    }
+
+    fn added(user: &str, id: i64) -> Event {
+        Event::Memory(Box::new(MemoryEvent {
+            user: user.into(),
+            action: MemoryAction::Added,
+            memory_id: id,
+            kind: Some(MemoryKind::Message),
+            memory: None,
+        }))
+    }
+
+    #[tokio::test]
+    async fn a_watch_hears_every_user_and_is_not_counted_as_a_subscription() {
+        let bus = EventBus::default();
+        let mut alice = bus.subscribe("alice");
+        let mut watch = bus.watch_all();
+        assert_eq!(bus.subscribers(), 1);
+        bus.publish(added("bob", 1));
+        bus.publish(added("alice", 2));
+        for (user, id) in [("bob", 1), ("alice", 2)] {
+            let Some(Received::Event(e)) = watch.next().await else {
+                panic!("an event");
+            };
+            let Event::Memory(m) = *e else {
+                panic!("a memory event");
+            };
+            assert_eq!((m.user.as_str(), m.memory_id), (user, id));
+        }
+        // Alice's subscription hears her event only.
+        let Some(Received::Event(e)) = alice.next().await else {
+            panic!("an event");
+        };
+        assert_eq!(e.user(), "alice");
+        drop(watch);
+        assert_eq!(bus.subscribers(), 1);
+        drop(alice);
+        assert_eq!(bus.subscribers(), 0);
+        // A watch that falls behind is told how far.
+        let mut watch = bus.watch_all();
+        for id in 0..(CAPACITY as i64 + 5) {
+            bus.publish(added("bob", id));
+        }
+        assert_eq!(watch.next().await, Some(Received::Lagged(5)));
     }
 }

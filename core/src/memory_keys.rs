@@ -1,6 +1,7 @@
 //! Extra keys: text written about a memory after it was stored, that search finds and that
 //! brings back the memory it was written for. A message is searchable the moment it is
-//! stored; later, when the user has turned keys on, a background job has the local chat model
+//! stored; later, when the user has keys on (the server's default for new users,
+//! `StoreConfig::memory_keys_for_new_users`), a background job has the local chat model
 //! restate each message as a standalone fact (names instead of "I" and "you", the day it was
 //! said) and stores that as a memory of kind [`MemoryKind::Key`] pointing at the message
 //! (`key_for`). Search treats a key's match as a match of its memory ("K = V + fact" in

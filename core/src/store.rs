@@ -780,6 +780,12 @@ pub struct StoreConfig {
     /// Embedding dimension to make sure an index exists for at open (Postgres).
     #[serde(default)]
     pub index_dims: Option<usize>,
+    /// Whether users seen for the first time start with extra keys on
+    /// ([`crate::types::User::memory_keys`]; the key job writes theirs, see
+    /// [`crate::memory_keys`]); off by default here, on in the server's settings. Users the
+    /// store knows keep what they have.
+    #[serde(default)]
+    pub memory_keys_for_new_users: bool,
     /// The data keys that seal stored text and metadata (encryption at rest); none by
     /// default. Never serialized.
     #[serde(skip)]
@@ -828,6 +834,7 @@ impl StoreConfig {
             max_cached_vectors: default_cache_vectors(),
             in_process_search_threshold: default_in_process_search_threshold(),
             index_dims: None,
+            memory_keys_for_new_users: false,
             keys: Arc::default(),
         }
     }

@@ -2,6 +2,7 @@
 //! a remote OpenAI-compatible provider) from [`Settings`] — through core's `setup`, which the
 //! bindings use too — and the whole server ([`run`]: fan-out, job runner, listener, graceful
 //! shutdown). The command line calls these; so can an embedding program or a test.
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +12,10 @@ use recall_core::chat::ChatPipeline;
 use recall_core::context::SummaryPolicy;
 use recall_core::crypto::{DataKey, Keyring};
 use recall_core::error::{Error, ErrorKind, Result};
+use recall_core::events::{Event, MemoryAction, Received};
 use recall_core::jobs::JobKind;
 use recall_core::llm::{ChatModel, ChatSummarizer, RemoteConfig};
+use recall_core::memory_keys::KEYED_KINDS;
 use recall_core::runner::{JobRunner, JobRunnerConfig};
 use recall_core::setup::{self, ChatOptions, EngineOptions, RemoteEmbedding};
 use recall_core::store::StoreConfig;
@@ -33,6 +36,7 @@ pub fn store_config(settings: &Settings) -> Result<StoreConfig> {
     config.max_cached_vectors = s.max_cached_vectors;
     config.in_process_search_threshold = s.in_process_search_threshold;
     config.hnsw_ef_search = s.hnsw_ef_search;
+    config.memory_keys_for_new_users = settings.memory_keys.new_users;
     let previous = settings
         .encryption
         .previous_key_files
@@ -283,35 +287,66 @@ fn retrain_schedule(settings: &Settings, engine: &Engine) -> Option<AbortOnDrop>
     })))
 }
 
-/// Every `memory_keys.check_secs`, queues the key job of each user with keys on (their new
-/// memories get keys). The queue keeps one pending per user, so replicas that look at the
-/// same time queue it once; a job with nothing to do ends at once. Without a chat model
-/// (`chat`) the jobs write context keys only.
+/// Every `memory_keys.check_secs`, queues the key job of each user with keys on who wrote a
+/// memory since the last time (their new memories get keys): the engine's events (this
+/// replica's and, over Postgres, the others') say who; a user who wrote nothing costs
+/// nothing. The first time, and after missing events (a burst the watch fell behind on),
+/// every user with keys on is queued: writes made while no server listened are found then
+/// or with the user's next write (a job keys all that lack keys). The queue keeps one pending
+/// per user, so replicas that look at the same time queue it once; a job with nothing to do
+/// ends at once. Without a chat model (`chat`) the jobs write context keys only.
 fn keys_schedule(settings: &Settings, engine: &Engine, chat: bool) -> Option<AbortOnDrop> {
     let k = settings.memory_keys.clone();
     if k.check_secs == 0 {
         return None;
     }
     let engine = engine.clone();
+    let mut watch = engine.events().watch_all();
     let every = Duration::from_secs(k.check_secs);
     Some(AbortOnDrop(tokio::spawn(async move {
+        let mut all = true;
+        let mut wrote = BTreeSet::new();
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::time::sleep(every).await;
-            let users = match engine.memory_keys_users().await {
-                Ok(users) => users,
-                Err(e) => {
-                    tracing::warn!(error = %e, "looking for users with keys on failed");
-                    continue;
-                }
-            };
-            for user in users {
-                match engine
-                    .queue_memory_keys_job(&user, &k.options(chat), &Actor("schedule".into()))
-                    .await
-                {
-                    Ok(job) => tracing::debug!(job = job.id, "key job queued"),
-                    Err(e) if e.kind() == ErrorKind::InvalidInput => {}
-                    Err(e) => tracing::warn!(error = %e, "queueing a key job failed"),
+            tokio::select! {
+                received = watch.next() => match received {
+                    Some(Received::Event(e)) => {
+                        if let Event::Memory(m) = *e
+                            && m.action != MemoryAction::Deleted
+                            && m.kind.is_some_and(|k| KEYED_KINDS.contains(&k))
+                        {
+                            wrote.insert(m.user);
+                        }
+                    }
+                    Some(Received::Lagged(_)) => all = true,
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    let users = if std::mem::take(&mut all) {
+                        wrote.clear();
+                        match engine.memory_keys_users().await {
+                            Ok(users) => users,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "looking for users with keys on failed");
+                                all = true;
+                                continue;
+                            }
+                        }
+                    } else {
+                        std::mem::take(&mut wrote).into_iter().collect()
+                    };
+                    for user in users {
+                        match engine
+                            .queue_memory_keys_job(&user, &k.options(chat), &Actor("schedule".into()))
+                            .await
+                        {
+                            Ok(job) => tracing::debug!(job = job.id, "key job queued"),
+                            // Keys off for the user, or their job already pending.
+                            Err(e) if e.kind() == ErrorKind::InvalidInput => {}
+                            Err(e) => tracing::warn!(error = %e, "queueing a key job failed"),
+                        }
+                    }
                 }
             }
         }

@@ -436,7 +436,7 @@ impl EmbeddedStore {
                 source: Some(Box::new(e)),
             })?;
         Migrator::up(&db, None).await?;
-        let store = Self {
+        let mut store = Self {
             inner: SqlStore::new(
                 db,
                 LocalVectors {
@@ -452,6 +452,7 @@ impl EmbeddedStore {
                 config.keys.clone(),
             ),
         };
+        store.inner.memory_keys_for_new_users = config.memory_keys_for_new_users;
         store.inner.check_keys().await?;
         Ok(store)
     }

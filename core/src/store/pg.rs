@@ -617,7 +617,7 @@ impl PgStore {
             url: url.clone(),
             db: db.clone(),
         });
-        let store = Self {
+        let mut store = Self {
             inner: SqlStore::new(
                 db,
                 index,
@@ -628,6 +628,7 @@ impl PgStore {
                 config.keys.clone(),
             ),
         };
+        store.inner.memory_keys_for_new_users = config.memory_keys_for_new_users;
         store.inner.check_keys().await?;
         Ok(store)
     }

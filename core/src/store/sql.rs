@@ -169,6 +169,8 @@ pub(crate) struct SqlStore<V> {
     pub keys: Arc<Keyring>,
     /// Whether the current key is known to be in the store's registry.
     pub key_registered: std::sync::atomic::AtomicBool,
+    /// Whether users seen for the first time start with extra keys on.
+    pub memory_keys_for_new_users: bool,
 }
 
 impl<V: VectorIndex> SqlStore<V> {
@@ -196,6 +198,7 @@ impl<V: VectorIndex> SqlStore<V> {
             jobs,
             keys,
             key_registered: Default::default(),
+            memory_keys_for_new_users: false,
         }
     }
 }
@@ -399,7 +402,7 @@ impl<V: VectorIndex> SqlStore<V> {
             revision: Set(0),
             created_at: Set(now()),
             embedding_model: NotSet,
-            memory_keys: Set(false),
+            memory_keys: Set(self.memory_keys_for_new_users),
             memory_keys_through: Set(None),
             memory_sessions_through: Set(None),
         })

@@ -10,7 +10,7 @@ use recall_core::embed::Embedder;
 use recall_core::error::ErrorKind;
 use recall_core::jobs::JobStatus;
 use recall_core::llm::ChatModel;
-use recall_core::memory_keys::KeyOptions;
+use recall_core::memory_keys::{KeyOptions, KeyStatus};
 use recall_core::retrieval::{RetrieveOptions, SearchMode};
 use recall_core::runner::{JobRunner, JobRunnerConfig};
 use recall_core::store::{self, StoreConfig};
@@ -803,4 +803,73 @@ async fn a_turn_deleted_during_the_job_leaves_no_key_quoting_it() {
     assert_eq!(keys.len(), 1, "{keys:?}");
     assert_eq!(keys[0].key_for, Some(trip[2]));
     assert!(text_found(&engine, "alice", "Rome").await.is_empty());
+}
+
+/// A store told to (the server's default): users seen for the first time start with keys on,
+/// so the key job writes their context keys without anyone asking; users the store knew
+/// keep keys off, and a new user may still turn them off.
+async fn new_users_start_with_keys_on(pg: bool) {
+    let root = tempfile::tempdir().unwrap();
+    let db = if pg { Some(PgDb::create().await) } else { None };
+    let mut config = match &db {
+        Some(db) => StoreConfig::postgres(db.url.clone()),
+        None => StoreConfig::embedded(root.path().join("store")),
+    };
+    assert!(!config.memory_keys_for_new_users);
+    {
+        let engine = Engine::new(store::open(&config).await.unwrap(), minilm());
+        ingest_trip(&engine, "carol").await;
+        assert!(!engine.memory_keys_status("carol").await.unwrap().enabled);
+    }
+    config.memory_keys_for_new_users = true;
+    let engine = Engine::new(store::open(&config).await.unwrap(), minilm());
+    let trip = ingest_trip(&engine, "alice").await;
+    ingest_trip(&engine, "bob").await;
+    ingest_trip(&engine, "carol").await;
+    assert_eq!(
+        engine.memory_keys_status("alice").await.unwrap(),
+        KeyStatus {
+            enabled: true,
+            keys: 0
+        }
+    );
+    assert!(!engine.memory_keys_status("carol").await.unwrap().enabled);
+    engine.set_memory_keys("bob", false).await.unwrap();
+    let report = engine
+        .write_memory_keys("alice", &KeyOptions::default(), &mut |_, _, _| {})
+        .await
+        .unwrap();
+    assert_eq!((report.context_keys, report.left), (2, 0), "{report:?}");
+    let mut targets: Vec<i64> = keys_of(&engine, "alice")
+        .await
+        .iter()
+        .filter_map(|k| k.key_for)
+        .collect();
+    targets.sort();
+    assert_eq!(targets, trip[1..]);
+    for user in ["bob", "carol"] {
+        let err = engine
+            .write_memory_keys(user, &KeyOptions::default(), &mut |_, _, _| {})
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        assert!(keys_of(&engine, user).await.is_empty());
+    }
+    assert_eq!(
+        engine.memory_keys_users().await.unwrap(),
+        vec!["alice".to_owned()]
+    );
+    if let Some(db) = db {
+        db.drop_db().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_users_start_with_keys_on_the_embedded_store() {
+    new_users_start_with_keys_on(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_users_start_with_keys_on_postgres() {
+    new_users_start_with_keys_on(true).await;
 }

@@ -78,12 +78,12 @@ pub(super) struct EvalArgs {
     /// Answers: questions per category and sample at most (the first ones).
     #[arg(long)]
     answers_per_category: Option<usize>,
-    /// Extra keys: after the plain run, turn keys on for every sample, write a context key
-    /// for every turn with one before it (`--keys-facts`: and have the chat model,
-    /// `chat.model`, write a fact for every turn; `--keys-sessions`: its session window's
-    /// topic), and
-    /// evaluate again (reports say
-    /// `"keys": true`); a summary of the keys written follows.
+    /// Extra keys: the plain run has keys off; then turn keys on for every sample, write a
+    /// context key for every turn with one before it (`--keys-facts`: and have the chat
+    /// model, `chat.model`, write a fact for every turn; `--keys-sessions`: its session
+    /// window's topic), and evaluate again (reports say `"keys": true`: with the default
+    /// settings, what a new user gets once the key job has run); a summary of the keys
+    /// written follows.
     #[arg(long)]
     keys: bool,
     /// Keys: the fact alone, without the turn's text after it (which keys hold by default,
@@ -211,7 +211,13 @@ pub(super) async fn run(
     let mut outcome = Ok(());
     for s in samples {
         let user = format!("eval-{run}-{}", s.id);
-        match recall_core::eval::ingest_sample(&engine, &user, &s).await {
+        // Keys off for the plain run whatever new users start with (`--keys` turns them on).
+        let ingest = async {
+            let i = recall_core::eval::ingest_sample(&engine, &user, &s).await?;
+            engine.set_memory_keys(&user, false).await?;
+            Ok::<_, Error>(i)
+        };
+        match ingest.await {
             Ok(i) => ingested.push((s, i)),
             Err(e) => {
                 outcome = Err(e);

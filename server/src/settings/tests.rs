@@ -78,6 +78,12 @@ fn layers_apply_in_order_and_unknown_keys_are_refused() {
         jail.set_env("DEEP_RECALL__CHAT__PREFIX_CACHE_MIB", "0");
         assert_eq!(Settings::load(None).unwrap().chat.prefix_cache_mib, 0);
         jail.clear_env();
+        // New users start with keys on unless the settings say otherwise (the store is told:
+        // tests/it/memory_keys.rs).
+        assert!(Settings::load(None).unwrap().memory_keys.new_users);
+        jail.set_env("DEEP_RECALL__MEMORY_KEYS__NEW_USERS", "false");
+        assert!(!Settings::load(None).unwrap().memory_keys.new_users);
+        jail.clear_env();
         jail.set_env("DEEP_RECALL__MEMORY_KEYS__SESSIONS", "true");
         let keys = Settings::load(None).unwrap().memory_keys.options(true);
         assert!(!keys.facts && keys.sessions && keys.context, "{keys:?}");

@@ -1,7 +1,8 @@
 //! Extra keys through GraphQL with the packaged chat model: off until turned on (typed
 //! errors), a key job followed over `jobProgress`, keys listed with the memory they are for
 //! and never returned by search, the schedule that keys new messages, nothing of Alice's in
-//! Bob's results, and keys deleted when turned off.
+//! Bob's results, and keys deleted when turned off. With the default settings new users
+//! start with keys on and the schedule writes their context keys as they write.
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -98,6 +99,8 @@ async fn keys_from_graphql() {
         &[
             ("DEEP_RECALL__JOBS__POLL_MS", "100"),
             ("DEEP_RECALL__MEMORY_KEYS__CHECK_SECS", "1"),
+            // Off until turned on here: new users' keys have their own test below.
+            ("DEEP_RECALL__MEMORY_KEYS__NEW_USERS", "false"),
             // Facts only here: context keys have their own test below.
             ("DEEP_RECALL__MEMORY_KEYS__FACTS", "true"),
             ("DEEP_RECALL__MEMORY_KEYS__CONTEXT", "false"),
@@ -380,6 +383,156 @@ async fn finished(server: &Server, user: &str, id: &Value) -> Value {
             _ => panic!("job ended badly: {job}"),
         }
         assert!(started.elapsed() < Duration::from_secs(120), "{job}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The MEMORY_KEYS jobs of the caller: (status, result).
+async fn key_jobs(server: &Server, user: &str) -> Vec<(String, Value)> {
+    let (_, body) = gql(
+        server,
+        Some(user),
+        "{ jobs(first: 100) { nodes { kind status result } } }",
+        json!({}),
+    )
+    .await;
+    data(&body)["jobs"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["kind"] == "MEMORY_KEYS")
+        .map(|j| {
+            (
+                j["status"].as_str().unwrap().to_owned(),
+                j["result"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// The caller's messages: their memory's id by text.
+async fn memory_of(server: &Server, user: &str) -> std::collections::HashMap<String, String> {
+    let (_, body) = gql(
+        server,
+        Some(user),
+        "{ memories(filter: { kinds: [MESSAGE] }, first: 100) { nodes { id content } } }",
+        json!({}),
+    )
+    .await;
+    data(&body)["memories"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["content"].as_str().unwrap().to_owned(),
+                m["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until the caller has `n` keys (at most a minute), then returns them.
+async fn wait_for_keys(server: &Server, user: &str, n: usize) -> Vec<(String, String)> {
+    let started = Instant::now();
+    loop {
+        let found = keys(server, user).await;
+        if found.len() >= n {
+            return found;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{} keys, {n} expected: {:?}",
+            found.len(),
+            key_jobs(server, user).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Default settings (the schedule every second here): a new user starts with keys on and
+/// gets a context key for each turn after the first, without asking; a user who turns keys
+/// off has none; a user who writes nothing more gets no more jobs; a new turn gets its key.
+#[tokio::test(flavor = "multi_thread")]
+async fn new_users_get_context_keys_as_they_write() {
+    let store = Store::embedded();
+    let server = Server::start(
+        &store,
+        &[],
+        &[
+            ("DEEP_RECALL__JOBS__POLL_MS", "100"),
+            ("DEEP_RECALL__MEMORY_KEYS__CHECK_SECS", "1"),
+        ],
+    );
+    let alice = token("alice", false, 600);
+    let bob = token("bob", false, 600);
+    add_messages(&server, &alice, &TURNS).await;
+    assert_eq!(status(&server, &alice).await["enabled"], true);
+    add_messages(&server, &bob, &TURNS).await;
+    let (_, body) = gql(
+        &server,
+        Some(&bob),
+        &format!("mutation {{ memoryKeysEnable(enabled: false) {STATUS} }}"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        data(&body)["memoryKeysEnable"],
+        json!({ "enabled": false, "keys": 0 })
+    );
+
+    // Each turn after the first: the turn before, then the turn.
+    let mut found = wait_for_keys(&server, &alice, 3).await;
+    found.sort_by(|a, b| a.1.cmp(&b.1));
+    let ids = memory_of(&server, &alice).await;
+    let mut expected: Vec<(String, String)> = (1..TURNS.len())
+        .map(|i| {
+            (
+                format!("{}\n{}", TURNS[i - 1], TURNS[i]),
+                ids[TURNS[i]].clone(),
+            )
+        })
+        .collect();
+    expected.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(found, expected);
+    assert_eq!(
+        status(&server, &bob).await,
+        json!({ "enabled": false, "keys": 0 })
+    );
+    assert!(keys(&server, &bob).await.is_empty());
+
+    // Nothing new written: no new job, however many times the schedule looks.
+    let started = Instant::now();
+    let jobs = loop {
+        let jobs = key_jobs(&server, &alice).await;
+        if !jobs.is_empty() && jobs.iter().all(|(status, _)| status == "SUCCEEDED") {
+            break jobs;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{jobs:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(key_jobs(&server, &alice).await.len(), jobs.len());
+
+    // A new turn: a job keys it (and only it) with the turn before.
+    const NEW: &str = "Biscuit already knows how to sit and give a paw.";
+    add_messages(&server, &alice, &[NEW]).await;
+    let found = wait_for_keys(&server, &alice, 4).await;
+    assert_eq!(found.len(), 4, "{found:?}");
+    let new = memory_of(&server, &alice).await[NEW].clone();
+    assert!(
+        found.contains(&(format!("{}\n{NEW}", TURNS[3]), new)),
+        "{found:?}"
+    );
+    let started = Instant::now();
+    loop {
+        let jobs = key_jobs(&server, &alice).await;
+        if jobs.iter().any(|(status, result)| {
+            status == "SUCCEEDED" && result["context_keys"] == 1 && result["keys"] == 1
+        }) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{jobs:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
