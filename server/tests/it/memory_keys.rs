@@ -3,6 +3,7 @@
 //! and never returned by search, the schedule that keys new messages, nothing of Alice's in
 //! Bob's results, and keys deleted when turned off. With the default settings new users
 //! start with keys on and the schedule writes their context keys as they write.
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -62,12 +63,12 @@ async fn keys(server: &Server, user: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The ids of the memories (all kinds but keys) of the caller.
-async fn memory_ids(server: &Server, user: &str) -> Vec<String> {
+/// The memories (all kinds but keys) of the caller: their id by text.
+async fn memory_of(server: &Server, user: &str) -> HashMap<String, String> {
     let (_, body) = gql(
         server,
         Some(user),
-        "{ memories(filter: { kinds: [MESSAGE, FACT] }, first: 100) { nodes { id } } }",
+        "{ memories(filter: { kinds: [MESSAGE, FACT] }, first: 100) { nodes { id content } } }",
         json!({}),
     )
     .await;
@@ -75,8 +76,18 @@ async fn memory_ids(server: &Server, user: &str) -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .map(|m| {
+            (
+                m["content"].as_str().unwrap().to_owned(),
+                m["id"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect()
+}
+
+/// The ids of the memories (all kinds but keys) of the caller.
+async fn memory_ids(server: &Server, user: &str) -> Vec<String> {
+    memory_of(server, user).await.into_values().collect()
 }
 
 async fn status(server: &Server, user: &str) -> Value {
@@ -405,28 +416,6 @@ async fn key_jobs(server: &Server, user: &str) -> Vec<(String, Value)> {
             (
                 j["status"].as_str().unwrap().to_owned(),
                 j["result"].clone(),
-            )
-        })
-        .collect()
-}
-
-/// The caller's messages: their memory's id by text.
-async fn memory_of(server: &Server, user: &str) -> std::collections::HashMap<String, String> {
-    let (_, body) = gql(
-        server,
-        Some(user),
-        "{ memories(filter: { kinds: [MESSAGE] }, first: 100) { nodes { id content } } }",
-        json!({}),
-    )
-    .await;
-    data(&body)["memories"]["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            (
-                m["content"].as_str().unwrap().to_owned(),
-                m["id"].as_str().unwrap().to_owned(),
             )
         })
         .collect()
