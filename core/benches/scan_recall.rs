@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use recall_core::embed::{EmbedConfig, EmbeddingService};
 use recall_core::store::{EmbeddedStore, StoreConfig};
-use recall_core::testing::bench::{Rng, arg_or as arg, list};
+use recall_core::testing::bench::{Rng, arg_or as arg, cached_vectors, list, recombined_turns};
 use recall_core::testing::minilm_dir;
 use recall_core::types::{Embedding, MemoryKind, NewMemory, VectorQuery};
 use recall_core::{Embedder, MemoryStore};
@@ -49,33 +49,8 @@ fn main() {
         .iter()
         .map(|s| s.parse().unwrap())
         .collect();
-    let text = std::fs::read_to_string(&data)
-        .unwrap_or_else(|e| panic!("cannot read {data}: {e} (pass --data)"));
-    let (samples, _) = recall_core::eval::parse_locomo(&text).unwrap();
-    // The same recombined texts as `hnsw_recall` (same seed, same order), so a cache serves both.
-    let turns: Vec<Vec<&str>> = samples
-        .iter()
-        .flat_map(|s| &s.turns)
-        .map(|t| t.text.split_whitespace().collect())
-        .filter(|w: &Vec<&str>| w.len() >= 4)
-        .collect();
-    let questions: Vec<String> = samples
-        .iter()
-        .flat_map(|s| &s.questions)
-        .map(|q| q.question.clone())
-        .take(queries)
-        .collect();
-    let mut rng = Rng(7);
-    let mut pick = |n: usize| (rng.next_u64() % n as u64) as usize;
-    let texts: Vec<String> = (0..size)
-        .map(|_| {
-            let a = &turns[pick(turns.len())];
-            let b = &turns[pick(turns.len())];
-            let mut words: Vec<&str> = a[..a.len() / 2].to_vec();
-            words.extend_from_slice(&b[b.len() / 2..]);
-            words.join(" ")
-        })
-        .collect();
+    // The same texts as `hnsw_recall`, so that a vector cache serves both.
+    let (texts, questions) = recombined_turns(&data, size, queries);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -87,41 +62,9 @@ fn main() {
         config.device = recall_core::device::DeviceConfig::Cpu;
         config.precision = "int8".parse().unwrap();
         let embedder = EmbeddingService::start(&config).unwrap();
-        let cache = std::env::args()
-            .position(|a| a == "--cache")
-            .and_then(|i| std::env::args().nth(i + 1));
-        let cached: Option<Vec<Vec<f32>>> = cache.as_ref().and_then(|path| {
-            let bytes = std::fs::read(path).ok()?;
-            let floats: Vec<f32> = bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            (floats.len() == size * DIMS)
-                .then(|| floats.chunks(DIMS).map(<[f32]>::to_vec).collect())
-        });
-        let embedded = match cached {
-            Some(v) => v,
-            None => {
-                let t = Instant::now();
-                let mut vectors = Vec::with_capacity(size);
-                for chunk in texts.chunks(256) {
-                    vectors.extend(embedder.embed(chunk.to_vec()).await.unwrap());
-                }
-                println!(
-                    "embedded {size} texts in {:.0} s",
-                    t.elapsed().as_secs_f64()
-                );
-                if let Some(path) = &cache {
-                    let bytes: Vec<u8> = vectors
-                        .iter()
-                        .flatten()
-                        .flat_map(|x| x.to_le_bytes())
-                        .collect();
-                    std::fs::write(path, bytes).unwrap();
-                }
-                vectors
-            }
-        };
+        let cache = arg("--cache", "");
+        let cache = (!cache.is_empty()).then_some(cache.as_str());
+        let embedded = cached_vectors(&embedder, &texts, DIMS, cache).await;
         let query_vectors = embedder.embed(questions.clone()).await.unwrap();
         // Copies beyond the first are nudged (a little noise, renormalised) so that no two rows
         // tie exactly.
