@@ -86,7 +86,7 @@ pub fn recombined_turns(data: &str, size: usize, queries: usize) -> (Vec<String>
 /// little-endian F32s, read when it holds `texts.len()` vectors of `dims`): embedding 100k
 /// texts takes minutes.
 pub async fn cached_vectors(
-    embedder: &dyn crate::Embedder,
+    embedder: &dyn crate::embed::Embedder,
     texts: &[String],
     dims: usize,
     cache: Option<&str>,
