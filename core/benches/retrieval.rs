@@ -27,11 +27,12 @@ use std::time::Instant;
 use async_trait::async_trait;
 use recall_core::cache::QueryCacheConfig;
 use recall_core::embed::{EmbedConfig, Embedder, EmbeddingService};
+use recall_core::memory_keys::KeyOptions;
 use recall_core::rerank::CrossEncoder;
 use recall_core::retrieval::{RankingConfig, SearchMode};
 use recall_core::store::{EmbeddedStore, PgStore, StoreConfig};
 use recall_core::testing::{PgDb, minilm_dir};
-use recall_core::types::{Embedding, MemoryKind, NewMemory};
+use recall_core::types::{Embedding, MemoryKind, NewMemory, NewMessage, Role};
 use recall_core::{Engine, MemoryStore, RetrieveOptions};
 
 const DIMS: usize = 384;
@@ -256,6 +257,32 @@ async fn add_keys(store: &dyn MemoryStore, ids: &[i64], vocab: &Vocabulary) -> f
     ids.len() as f64 / started.elapsed().as_secs_f64()
 }
 
+/// The context-key job on the filled user (keys on, a key per memory): its first run reads
+/// every memory and key (as every run did before the job had a context watermark), a run
+/// with nothing new reads nothing, and a run after ten new turns of a session reads those.
+async fn key_job(engine: &Engine, backend: &str) {
+    let options = KeyOptions::default();
+    let run = async |what: &str| {
+        let started = Instant::now();
+        let report = engine
+            .write_memory_keys("user", &options, &mut |_, _, _| {})
+            .await
+            .unwrap();
+        eprintln!(
+            "{backend}: key job, {what}: {:.1} ms ({} context keys written)",
+            started.elapsed().as_secs_f64() * 1000.0,
+            report.context_keys
+        );
+    };
+    run("first run (reads everything)").await;
+    run("nothing new").await;
+    let turns = (0..10)
+        .map(|i| NewMessage::new("s", Role::User, format!("a new turn, number {i}")))
+        .collect();
+    engine.add_messages("user", turns).await.unwrap();
+    run("after ten new turns").await;
+}
+
 async fn measure(
     engine: &Engine,
     vocab: &Vocabulary,
@@ -453,6 +480,7 @@ fn main() {
                     percentile(&t, 0.95),
                     t.iter().sum::<f64>() / t.len() as f64
                 );
+                key_job(&engine, backend).await;
             }
             drop(engine);
             drop(store);

@@ -55,6 +55,9 @@ pub enum KeyPass {
 pub const MAX_KEY_CHARS: usize = 400;
 /// Keys written per run at most.
 pub const MAX_KEYS_PER_RUN: usize = 100_000;
+/// Memories the key job reads at a time: it holds one range of them (and the references of
+/// the keys after its first watermark) in memory, whatever the user's size.
+pub const KEY_RANGE: usize = 1000;
 
 /// The kinds of memory that get keys: what people said and the facts stored about them.
 pub const KEYED_KINDS: [MemoryKind; 2] = [MemoryKind::Message, MemoryKind::Fact];

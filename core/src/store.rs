@@ -161,6 +161,32 @@ macro_rules! delegate_store {
             ) -> $crate::error::Result<$crate::types::Page<$crate::types::Memory>> {
                 self.inner.list_memories(user, filter, page).await
             }
+            async fn list_memories_by_id(
+                &self,
+                user: &str,
+                filter: &$crate::types::Filter,
+                after: Option<i64>,
+                first: usize,
+            ) -> $crate::error::Result<Vec<$crate::types::Memory>> {
+                self.inner
+                    .list_memories_by_id(user, filter, after, first)
+                    .await
+            }
+            async fn count_memories_after(
+                &self,
+                user: &str,
+                filter: &$crate::types::Filter,
+                after: Option<i64>,
+            ) -> $crate::error::Result<u64> {
+                self.inner.count_memories_after(user, filter, after).await
+            }
+            async fn keys_for(
+                &self,
+                user: &str,
+                targets: &[i64],
+            ) -> $crate::error::Result<Vec<$crate::types::Memory>> {
+                self.inner.keys_for(user, targets).await
+            }
             async fn count_memories(&self, user: &str) -> $crate::error::Result<u64> {
                 self.inner.count_memories(user).await
             }
@@ -373,6 +399,17 @@ macro_rules! delegate_store {
             ) -> $crate::error::Result<bool> {
                 self.inner.advance_memory_keys(user, pass, through).await
             }
+            async fn advance_context_keys(
+                &self,
+                user: &str,
+                epoch: i64,
+                through: i64,
+            ) -> $crate::error::Result<bool> {
+                self.inner.advance_context_keys(user, epoch, through).await
+            }
+            async fn rewind_context_keys(&self, user: &str, to: i64) -> $crate::error::Result<()> {
+                self.inner.rewind_context_keys(user, to).await
+            }
             async fn memory_keys_users(
                 &self,
                 after: Option<&str>,
@@ -489,6 +526,30 @@ pub trait MemoryStore: Send + Sync {
         filter: &Filter,
         page: &PageRequest,
     ) -> Result<Page<Memory>>;
+
+    /// The user's memories matching `filter` (which may hold no metadata conditions) with an
+    /// id above `after`, lowest id first, at most `first`. For jobs that read a user's
+    /// memories from a watermark.
+    async fn list_memories_by_id(
+        &self,
+        user: &str,
+        filter: &Filter,
+        after: Option<i64>,
+        first: usize,
+    ) -> Result<Vec<Memory>>;
+
+    /// How many of the user's memories match `filter` (no metadata conditions) with an id
+    /// above `after`.
+    async fn count_memories_after(
+        &self,
+        user: &str,
+        filter: &Filter,
+        after: Option<i64>,
+    ) -> Result<u64>;
+
+    /// The keys (memories of kind `key`, superseded or expired too) of those of `targets`
+    /// that are the user's memories (at most a page of ids).
+    async fn keys_for(&self, user: &str, targets: &[i64]) -> Result<Vec<Memory>>;
 
     /// How many memories the user has.
     async fn count_memories(&self, user: &str) -> Result<u64>;
@@ -670,6 +731,18 @@ pub trait MemoryStore: Send + Sync {
         pass: crate::memory_keys::KeyPass,
         through: i64,
     ) -> Result<bool>;
+
+    /// Records that the key job has read the user's memories up to `through` (by id) for
+    /// context keys, if the context watermark was not moved back since the job read it
+    /// (`epoch`, see [`crate::types::User::memory_context_epoch`]); never moves back. False
+    /// when it did not move (the user is unknown, their keys are off, the epoch is another,
+    /// or the watermark is already there).
+    async fn advance_context_keys(&self, user: &str, epoch: i64, through: i64) -> Result<bool>;
+
+    /// Moves the user's context-key watermark back to `to` where it is above it, and counts
+    /// a new epoch either way: the turns after `to` are read again by the next key job, and
+    /// a job running now cannot move the watermark past them.
+    async fn rewind_context_keys(&self, user: &str, to: i64) -> Result<()>;
 
     /// Users with key writing on (external ids after `after`, at most `limit`, in order).
     async fn memory_keys_users(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>>;

@@ -194,6 +194,14 @@ pub struct User {
     /// The last of their memories (by id) the key job has read for session topics.
     #[serde(default)]
     pub memory_sessions_through: Option<i64>,
+    /// The last of their memories (by id) the key job has read for context keys (moved back
+    /// when a turn that a context key quotes changes or goes).
+    #[serde(default)]
+    pub memory_context_through: Option<i64>,
+    /// How many times `memory_context_through` was moved back: a key job that read another
+    /// value leaves the watermark where it is.
+    #[serde(default)]
+    pub memory_context_epoch: i64,
 }
 
 /// A conversation.

@@ -17,6 +17,7 @@ mod m20261201_000004_memory_updated_index;
 mod m20261201_000005_memory_validity;
 mod m20261202_000001_memory_keys;
 mod m20261202_000002_session_keys_watermark;
+mod m20261204_000001_context_keys_watermark;
 
 /// The embedding dimension of the default model (all-MiniLM-L6-v2). Postgres gets an HNSW index
 /// for it in the first migration; indexes for other dimensions and metrics are created by the
@@ -41,6 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000005_memory_validity::Migration),
             Box::new(m20261202_000001_memory_keys::Migration),
             Box::new(m20261202_000002_session_keys_watermark::Migration),
+            Box::new(m20261204_000001_context_keys_watermark::Migration),
         ]
     }
 }

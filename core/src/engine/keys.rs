@@ -41,7 +41,7 @@ impl Engine {
         }
         self.store.set_memory_keys(user, enabled).await?;
         if !enabled {
-            let keys: Vec<i64> = self.user_keys(user).await?.iter().map(|k| k.id).collect();
+            let keys = self.user_keys(user).await?;
             for chunk in keys.chunks(DELETE_BATCH) {
                 self.delete_memories(user, chunk).await?;
             }
@@ -104,10 +104,12 @@ impl Engine {
 
     /// Has the chat model write the keys the user's memories lack (see
     /// [`crate::memory_keys`]): a fact for each message and fact, and a topic for each window
-    /// of a session's new turns. Resumable (memories with a key of the kind are skipped, and
-    /// those the model had nothing for are not asked again), bounded by `options.max_keys`,
-    /// paced by `options.pause_ms`, and stopped when the user turns keys off.
-    /// `on_progress(memories done, of, keys)`.
+    /// of a session's new turns; and, with no model, a context key for each turn with one
+    /// before it. Incremental: each pass reads only the memories after its watermark (context
+    /// keys: moved back when a turn they quote changes or goes), [`mk::KEY_RANGE`] at a time.
+    /// Resumable (memories with a key of the kind are skipped, and those the model had nothing
+    /// for are not asked again), bounded by `options.max_keys`, paced by `options.pause_ms`,
+    /// and stopped when the user turns keys off. `on_progress(memories done, of, keys)`.
     pub async fn write_memory_keys(
         &self,
         user: &str,
@@ -121,42 +123,128 @@ impl Engine {
         if model.is_none() && (options.facts || options.sessions) {
             return Err(Error::unavailable("no chat model is loaded to write keys"));
         }
-        // Each pass has its own watermark: a job with session keys off leaves theirs alone.
-        let mut through = match self.store.get_user(user).await? {
-            Some(u) if u.memory_keys => [u.memory_keys_through, u.memory_sessions_through],
+        let u = match self.store.get_user(user).await? {
+            Some(u) if u.memory_keys => u,
             _ => {
                 return Err(Error::invalid(
                     "keys are off for this user: turn them on first",
                 ));
             }
         };
+        // Each pass has its own watermark: a job with session keys off leaves theirs alone.
+        // The run reads from the lowest of those of the passes it makes (from the first
+        // memory when one of them has none).
+        let from = [
+            (options.facts, u.memory_keys_through),
+            (options.sessions, u.memory_sessions_through),
+            (options.context, u.memory_context_through),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, through)| through)
+        .min()
+        .flatten();
+        let mut run = KeyRun {
+            options,
+            model: model.filter(|_| options.facts || options.sessions),
+            through: [u.memory_keys_through, u.memory_sessions_through],
+            context: options.context.then_some(ContextMark {
+                through: u.memory_context_through,
+                epoch: u.memory_context_epoch,
+                moving: true,
+            }),
+            keyed: Default::default(),
+            report: KeyReport {
+                model: self
+                    .llm
+                    .as_ref()
+                    .map(|m| m.name().to_owned())
+                    .unwrap_or_default(),
+                ..KeyReport::default()
+            },
+            done: 0,
+            total: 0,
+        };
         let started = Instant::now();
-        let mut fact_keyed = HashSet::new();
-        let mut session_keyed = HashSet::new();
-        let mut context_keyed = HashSet::new();
-        for k in self.user_keys(user).await? {
-            match k.source {
-                mk::SESSION_KEY => session_keyed.insert(k.target),
-                mk::CONTEXT_KEY => context_keyed.insert(k.target),
-                _ => fact_keyed.insert(k.target),
+        let filter = Filter {
+            kinds: MemoryKind::ALL
+                .into_iter()
+                .filter(|k| *k != MemoryKind::Key)
+                .collect(),
+            ..Filter::default()
+        };
+        let this = self.scoped(user).await?;
+        run.total = self.store.count_memories_after(user, &filter, from).await?;
+        let mut after = from;
+        loop {
+            let memories = self
+                .store
+                .list_memories_by_id(user, &filter, after, mk::KEY_RANGE)
+                .await?;
+            let Some(last) = memories.last().map(|m| m.id) else {
+                break;
             };
+            let previous = self.turns_before(user, &memories).await?;
+            // Which of them have keys of each source already.
+            let ids: Vec<i64> = memories.iter().map(|m| m.id).collect();
+            run.keyed = Default::default();
+            for k in self.store.keys_for(user, &ids).await? {
+                let Some(target) = k.key_for else { continue };
+                let pass = match k.metadata["key"].as_str() {
+                    Some(mk::SESSION_KEY) => 1,
+                    Some(mk::CONTEXT_KEY) => 2,
+                    _ => 0,
+                };
+                run.keyed[pass].insert(target);
+            }
+            if !self
+                .key_range(user, &this, &mut run, &memories, &previous, on_progress)
+                .await?
+                || memories.len() < mk::KEY_RANGE
+            {
+                break;
+            }
+            after = Some(last);
         }
-        let memories = self.all_memories(user).await?;
-        let previous = previous_turns(&memories);
-        let total = memories.len() as u64;
-        let units = key_units(&memories, through, &fact_keyed, &session_keyed, options);
-        // Context keys: every turn with one before it in its session and no context key yet
-        // (no watermark: finding them is a pass over what is already read).
-        let mut in_context: Vec<&Memory> = if options.context {
-            memories
+        if run.done == 0 {
+            on_progress(0, run.total, 0);
+        }
+        run.report.left = run.total.saturating_sub(run.done);
+        run.report.seconds = started.elapsed().as_secs_f64();
+        Ok(run.report)
+    }
+
+    /// One range of the key job: the keys `memories` lack (those of each pass after its
+    /// watermark), then each pass's watermark moved over what it finished. False when the
+    /// run stops here (at `max_keys`, or keys were turned off).
+    async fn key_range(
+        &self,
+        user: &str,
+        this: &Engine,
+        run: &mut KeyRun<'_>,
+        memories: &[Memory],
+        previous: &HashMap<i64, Memory>,
+        on_progress: &mut (dyn FnMut(u64, u64, u64) + Send),
+    ) -> Result<bool> {
+        let options = run.options;
+        let Some(range_end) = memories.last().map(|m| m.id) else {
+            return Ok(true);
+        };
+        let units = key_units(memories, run.through, &run.keyed[0], &run.keyed[1], options);
+        // Context keys: every turn after the watermark with one before it in its session and
+        // no context key yet.
+        let mut in_context: Vec<&Memory> = match &run.context {
+            Some(c) => memories
                 .iter()
-                .filter(|m| previous.contains_key(&m.id) && !context_keyed.contains(&m.id))
-                .collect()
-        } else {
-            Vec::new()
+                .filter(|m| {
+                    c.through.is_none_or(|t| m.id > t)
+                        && previous.contains_key(&m.id)
+                        && !run.keyed[2].contains(&m.id)
+                })
+                .collect(),
+            None => Vec::new(),
         };
         in_context.sort_by_key(|m| m.id);
-        // Memories are read in the order they were stored, from where the last run stopped.
         // Each pass's watermark moves up to the first memory it has not done yet.
         let mut pending: BTreeSet<i64> = units.iter().flat_map(|u| u.ids()).collect();
         let in_units = pending.clone();
@@ -176,33 +264,28 @@ impl Engine {
             (mk::KeyPass::Facts, options.facts),
             (mk::KeyPass::Sessions, options.sessions),
         ];
-        let mut report = KeyReport {
-            model: model
-                .as_ref()
-                .map(|m| m.name().to_owned())
-                .unwrap_or_default(),
-            skipped: total - pending.len() as u64,
-            ..KeyReport::default()
-        };
-        let mut done = report.skipped;
-        on_progress(done, total, 0);
-        let this = self.scoped(user).await?;
+        let skipped = (memories.len() - pending.len()) as u64;
+        run.report.skipped += skipped;
+        run.done += skipped;
+        on_progress(run.done, run.total, run.report.keys);
+        let mut context_done = 0;
         for group in in_context.chunks(CONTEXT_GROUP) {
-            let room = options.max_keys.saturating_sub(report.keys as usize);
+            let room = options.max_keys.saturating_sub(run.report.keys as usize);
             let group = &group[..group.len().min(room)];
             if group.is_empty() {
                 break;
             }
+            context_done += group.len();
             let texts: Vec<String> = group
                 .iter()
-                .map(|m| mk::context_key_text(previous[&m.id], m))
+                .map(|m| mk::context_key_text(&previous[&m.id], m))
                 .collect();
             let vectors = this.embedder.embed(texts.clone()).await?;
             let mut new_keys = Vec::with_capacity(group.len());
             for ((m, text), vector) in group.iter().zip(texts).zip(vectors) {
                 // The key quotes the turn before: it goes when that turn changes or goes
                 // (`context_of`, `drop_context_keys`), and expires with the first of the two.
-                let before = previous[&m.id];
+                let before = &previous[&m.id];
                 let metadata = json!({ "key": mk::CONTEXT_KEY, "context_of": before.id });
                 let mut key = key_memory(m, text, metadata, this.embedding(vector));
                 key.expires_at = match (m.expires_at, before.expires_at) {
@@ -212,7 +295,7 @@ impl Engine {
                 new_keys.push(key);
                 if !in_units.contains(&m.id) {
                     pending.remove(&m.id);
-                    done += 1;
+                    run.done += 1;
                 }
             }
             // The group at once; when a turn was deleted since it was read, one at a time,
@@ -231,29 +314,44 @@ impl Engine {
                 }
                 Err(e) => return Err(e),
             }
-            // A quoted turn deleted or changed since the job read it (a long run reads all
-            // the memories first): its keys go now; later changes find them stored.
-            let quoted: Vec<i64> = group.iter().map(|m| previous[&m.id].id).collect();
+            // A turn or the one it quotes deleted or changed since the job read them: their
+            // keys go now (later changes find them stored), and the watermark goes back
+            // before their turns, which the next run keys again.
+            let read: Vec<i64> = group
+                .iter()
+                .flat_map(|m| [m.id, previous[&m.id].id])
+                .collect();
             let current: HashMap<i64, String> = self
                 .store
-                .get_memories(user, &quoted)
+                .get_memories(user, &read)
                 .await?
                 .into_iter()
                 .map(|m| (m.id, m.content))
                 .collect();
+            let as_read: HashMap<i64, &Memory> = group.iter().map(|m| (m.id, *m)).collect();
+            let unchanged = |m: &Memory| current.get(&m.id) == Some(&m.content);
             let (written, stale): (Vec<&Memory>, Vec<&Memory>) = stored.iter().partition(|k| {
                 let before = k.metadata["context_of"].as_i64().unwrap_or_default();
-                k.key_for
-                    .and_then(|t| previous.get(&t))
-                    .is_some_and(|b| b.id == before && current.get(&before) == Some(&b.content))
+                k.key_for.is_some_and(|t| {
+                    as_read.get(&t).is_some_and(|m| unchanged(m))
+                        && previous
+                            .get(&t)
+                            .is_some_and(|b| b.id == before && unchanged(b))
+                })
             });
             if !stale.is_empty() {
                 let ids: Vec<i64> = stale.iter().map(|k| k.id).collect();
                 self.store.delete_memories(user, &ids).await?;
+                if let Some(first) = stale.iter().filter_map(|k| k.key_for).min() {
+                    self.store.rewind_context_keys(user, first - 1).await?;
+                }
+                if let Some(c) = run.context.as_mut() {
+                    c.moving = false;
+                }
             }
             let written: Vec<i64> = written.iter().map(|k| k.id).collect();
-            report.keys += written.len() as u64;
-            report.context_keys += written.len() as u64;
+            run.report.keys += written.len() as u64;
+            run.report.context_keys += written.len() as u64;
             self.changed(user);
             // Keys turned off meanwhile: this group's keys go too, and the run stops.
             if !self
@@ -263,18 +361,30 @@ impl Engine {
                 .is_some_and(|u| u.memory_keys)
             {
                 self.delete_memories(user, &written).await?;
-                report.keys -= written.len() as u64;
-                report.context_keys -= written.len() as u64;
-                report.left = pending.len() as u64;
-                report.seconds = started.elapsed().as_secs_f64();
-                return Ok(report);
+                run.report.keys -= written.len() as u64;
+                run.report.context_keys -= written.len() as u64;
+                return Ok(false);
             }
-            on_progress(done, total, report.keys);
+            on_progress(run.done, run.total, run.report.keys);
         }
-        let Some(model) = model.filter(|_| options.facts || options.sessions) else {
-            report.left = pending.len() as u64;
-            report.seconds = started.elapsed().as_secs_f64();
-            return Ok(report);
+        // The context watermark moves over the turns done (unless it was moved back since
+        // the run read it: then the next run reads from there).
+        let context_cut = context_done < in_context.len();
+        if let Some(c) = run.context.as_mut().filter(|c| c.moving) {
+            let upto = match in_context.get(context_done) {
+                Some(m) => m.id - 1,
+                None => range_end,
+            };
+            if c.through.is_none_or(|t| upto > t) {
+                if self.store.advance_context_keys(user, c.epoch, upto).await? {
+                    c.through = Some(upto);
+                } else {
+                    c.moving = false;
+                }
+            }
+        }
+        let Some(model) = run.model.clone() else {
+            return Ok(!context_cut);
         };
         let params = GenerationParams {
             max_tokens: options.max_tokens,
@@ -288,9 +398,9 @@ impl Engine {
             async move { model.complete(&turns, &params).await }
         };
         for unit in &units {
-            let room = options.max_keys.saturating_sub(report.keys as usize);
+            let room = options.max_keys.saturating_sub(run.report.keys as usize);
             if room == 0 {
-                break;
+                return Ok(false);
             }
             // The unit's keys: (memory, text, source).
             let mut keys: Vec<(&Memory, String, &str)> = Vec::new();
@@ -298,21 +408,21 @@ impl Engine {
                 let replies = futures::future::join_all(
                     group
                         .iter()
-                        .map(|m| ask(mk::fact_prompt(m, previous.get(&m.id).copied()))),
+                        .map(|m| ask(mk::fact_prompt(m, previous.get(&m.id)))),
                 )
                 .await;
                 for (m, reply) in group.iter().zip(replies) {
-                    report.memories += 1;
-                    match mk::parse_fact(&reply?.text, m, previous.get(&m.id).copied()) {
+                    run.report.memories += 1;
+                    match mk::parse_fact(&reply?.text, m, previous.get(&m.id)) {
                         Some(fact) => {
                             keys.push((*m, mk::key_text(&fact, m, options.with_text), mk::FACT_KEY))
                         }
-                        None => report.rejected += 1,
+                        None => run.report.rejected += 1,
                     }
                 }
             }
             if !unit.window.is_empty() {
-                report.windows += 1;
+                run.report.windows += 1;
                 let reply = ask(mk::topic_prompt(&unit.window)).await?;
                 match mk::parse_topic(&reply.text, &unit.window) {
                     Some(topic) => keys.extend(
@@ -320,7 +430,7 @@ impl Engine {
                             .iter()
                             .map(|m| (*m, mk::session_key_text(&topic, m), mk::SESSION_KEY)),
                     ),
-                    None => report.rejected_windows += 1,
+                    None => run.report.rejected_windows += 1,
                 }
             }
             // A unit whose keys do not all fit is left for the next run (what it wrote is
@@ -343,9 +453,9 @@ impl Engine {
                 // One at a time: a memory deleted since it was read loses only its own key.
                 match self.store.add_memories(user, vec![key]).await {
                     Ok(stored) => {
-                        report.keys += stored.len() as u64;
+                        run.report.keys += stored.len() as u64;
                         if source == mk::SESSION_KEY {
-                            report.session_keys += stored.len() as u64;
+                            run.report.session_keys += stored.len() as u64;
                             written_topics += stored.len() as u64;
                         }
                         written.extend(stored.iter().map(|k| k.id));
@@ -356,7 +466,7 @@ impl Engine {
             }
             self.changed(user);
             if cut {
-                break;
+                return Ok(false);
             }
             let ids = unit.ids();
             for id in &ids {
@@ -378,8 +488,8 @@ impl Engine {
                     Some(first) => first - 1,
                     None => pass_last[i].unwrap_or(0),
                 };
-                if through[i].is_none_or(|t| upto > t) {
-                    through[i] = Some(upto);
+                if run.through[i].is_none_or(|t| upto > t) {
+                    run.through[i] = Some(upto);
                     let advanced = self.store.advance_memory_keys(user, pass, upto).await?;
                     on = Some(on.unwrap_or(true) && advanced);
                 }
@@ -395,31 +505,81 @@ impl Engine {
             if !on {
                 let gone = written.len() as u64;
                 self.delete_memories(user, &written).await?;
-                report.keys -= gone;
-                report.session_keys -= written_topics;
-                break;
+                run.report.keys -= gone;
+                run.report.session_keys -= written_topics;
+                return Ok(false);
             }
-            done += ids.len() as u64;
-            on_progress(done, total, report.keys);
+            run.done += ids.len() as u64;
+            on_progress(run.done, run.total, run.report.keys);
             if options.pause_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(options.pause_ms)).await;
             }
         }
-        report.left = pending.len() as u64;
-        report.seconds = started.elapsed().as_secs_f64();
-        Ok(report)
+        // Every unit done: the passes have read the range through its end.
+        for (i, (pass, wanted)) in passes.into_iter().enumerate() {
+            if wanted && run.through[i].is_none_or(|t| range_end > t) {
+                if !self
+                    .store
+                    .advance_memory_keys(user, pass, range_end)
+                    .await?
+                {
+                    return Ok(false);
+                }
+                run.through[i] = Some(range_end);
+            }
+        }
+        Ok(!context_cut)
+    }
+
+    /// For each message of `memories` in a session, the message before it (in conversation
+    /// order; in `memories` or the last before them).
+    async fn turns_before(&self, user: &str, memories: &[Memory]) -> Result<HashMap<i64, Memory>> {
+        let mut turns: Vec<&Memory> = memories
+            .iter()
+            .filter(|m| m.kind == MemoryKind::Message && m.session.is_some())
+            .collect();
+        turns.sort_by(|a, b| {
+            (&a.session, a.message_id, a.id).cmp(&(&b.session, b.message_id, b.id))
+        });
+        let mut out = HashMap::new();
+        let mut firsts = Vec::new();
+        for session in turns.chunk_by(|a, b| a.session == b.session) {
+            firsts.push(session[0].id);
+            for w in session.windows(2) {
+                out.insert(w[1].id, w[0].clone());
+            }
+        }
+        // The first of each session's turns here: the one before it was read by an earlier
+        // run (or there is none).
+        let now = Utc::now();
+        let order: HashMap<i64, (Option<i64>, i64)> =
+            turns.iter().map(|m| (m.id, (m.message_id, m.id))).collect();
+        for chunk in firsts.chunks(NEIGHBOUR_BATCH) {
+            for (centre, n) in self.store.neighbours(user, chunk, 1).await? {
+                if (n.message_id, n.id) < order[&centre] && n.expires_at.is_none_or(|t| t > now) {
+                    out.insert(centre, n);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Deletes the context keys that quote one of `memories` (the keys of the turns after
     /// them, in the same session), so that no key keeps a memory's old or deleted text; the
-    /// next run of the job writes them again from what is there then. Only the sessions'
-    /// keys are read; memories outside a session are never quoted.
+    /// next run of the job writes them again from what is there then (the context
+    /// watermark goes back before the first of `memories`). Only the sessions' keys are
+    /// read; memories outside a session are never quoted.
     pub(super) async fn drop_context_keys(&self, user: &str, memories: &[Memory]) -> Result<()> {
         let mut by_session: HashMap<&str, Vec<i64>> = HashMap::new();
         for m in memories {
             if let (MemoryKind::Message, Some(s)) = (m.kind, m.session.as_deref()) {
                 by_session.entry(s).or_default().push(m.id);
             }
+        }
+        // The turns after them quote something else now (and a changed turn has lost its
+        // own key): the next run reads them again.
+        if let Some(first) = by_session.values().flatten().min() {
+            self.store.rewind_context_keys(user, first - 1).await?;
         }
         for (session, ids) in by_session {
             let filter = Filter {
@@ -446,29 +606,24 @@ impl Engine {
         Ok(())
     }
 
-    /// The user's keys: each with the memory it is for and its source.
-    async fn user_keys(&self, user: &str) -> Result<Vec<KeyRef>> {
+    /// The ids of the user's keys.
+    async fn user_keys(&self, user: &str) -> Result<Vec<i64>> {
         let filter = Filter {
             kinds: vec![MemoryKind::Key],
             include_superseded: true,
             ..Filter::default()
         };
-        Ok(self
-            .listed(user, &filter)
-            .await?
-            .iter()
-            .filter_map(|m| {
-                Some(KeyRef {
-                    id: m.id,
-                    target: m.key_for?,
-                    source: match m.metadata["key"].as_str() {
-                        Some(mk::SESSION_KEY) => mk::SESSION_KEY,
-                        Some(mk::CONTEXT_KEY) => mk::CONTEXT_KEY,
-                        _ => mk::FACT_KEY,
-                    },
-                })
-            })
-            .collect())
+        let mut out = Vec::new();
+        loop {
+            let page = self
+                .store
+                .list_memories_by_id(user, &filter, out.last().copied(), LIST_PAGE)
+                .await?;
+            out.extend(page.iter().map(|m| m.id));
+            if page.len() < LIST_PAGE {
+                return Ok(out);
+            }
+        }
     }
 
     /// Every memory of the user's that `filter` lists, page after page.
@@ -561,6 +716,33 @@ pub(super) fn with_keys(filter: &Filter) -> Cow<'_, Filter> {
 
 /// Context keys embedded and stored at once.
 const CONTEXT_GROUP: usize = 64;
+/// Turns whose neighbours are asked for at once (two subqueries each).
+const NEIGHBOUR_BATCH: usize = 100;
+
+/// A key job's state across its ranges.
+struct KeyRun<'a> {
+    options: &'a KeyOptions,
+    /// The chat model, when the run writes facts or topics.
+    model: Option<Arc<dyn crate::llm::ChatModel>>,
+    /// The fact and session passes' watermarks.
+    through: [Option<i64>; 2],
+    /// The context pass's watermark (`None`: the run writes no context keys).
+    context: Option<ContextMark>,
+    /// The memories of the range with a key of each source: fact, session, context.
+    keyed: [HashSet<i64>; 3],
+    report: KeyReport,
+    /// Memories done or skipped, of `total` (those after the run's first watermark).
+    done: u64,
+    total: u64,
+}
+
+/// The context pass's watermark as the run read it (with its epoch); `moving` is false once
+/// it was moved back meanwhile: the run then leaves it there.
+struct ContextMark {
+    through: Option<i64>,
+    epoch: i64,
+    moving: bool,
+}
 
 /// A key for memory `m`: its session, role, tags, importance, time and expiry.
 fn key_memory(
@@ -584,27 +766,6 @@ fn key_memory(
         supersedes: None,
         key_for: Some(m.id),
     }
-}
-
-/// For each message of a session, the one before it.
-fn previous_turns(memories: &[Memory]) -> HashMap<i64, &Memory> {
-    let mut turns: Vec<&Memory> = memories
-        .iter()
-        .filter(|m| m.kind == MemoryKind::Message && m.session.is_some())
-        .collect();
-    turns.sort_by(|a, b| (&a.session, a.message_id, a.id).cmp(&(&b.session, b.message_id, b.id)));
-    turns
-        .windows(2)
-        .filter(|w| w[0].session == w[1].session)
-        .map(|w| (w[1].id, w[0]))
-        .collect()
-}
-
-/// A key of the user's: its id, the memory it is for, and its source.
-struct KeyRef {
-    id: i64,
-    target: i64,
-    source: &'static str,
 }
 
 /// What the job asks about together: the memories it wants a fact for, and a window of a

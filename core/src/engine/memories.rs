@@ -412,6 +412,16 @@ impl Engine {
             for (user, memories) in gone {
                 self.changed(&user);
                 n += memories.len();
+                // A context key expires with the turn it quotes: the turn after it is keyed
+                // again, quoting the one before (see `drop_context_keys`).
+                if let Some(first) = memories
+                    .iter()
+                    .filter(|m| m.kind == MemoryKind::Message)
+                    .map(|m| m.id)
+                    .min()
+                {
+                    self.store.rewind_context_keys(&user, first - 1).await?;
+                }
                 for m in memories {
                     self.publish_memory(MemoryEvent {
                         user: user.clone(),

@@ -405,6 +405,8 @@ impl<V: VectorIndex> SqlStore<V> {
             memory_keys: Set(self.memory_keys_for_new_users),
             memory_keys_through: Set(None),
             memory_sessions_through: Set(None),
+            memory_context_through: Set(None),
+            memory_context_epoch: Set(0),
         })
         .on_conflict(
             OnConflict::column(user::Column::ExternalId)

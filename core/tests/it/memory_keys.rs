@@ -325,15 +325,15 @@ async fn memory_keys(pg: bool) {
     assert_eq!(text_found(&engine, "alice", "Rome").await, trip);
     assert_eq!(text_found(&engine, "bob", "Rome").await, bob_trip[..1]);
 
-    // A second run has nothing left to do (turns without a fact or topic are not asked
-    // again).
+    // A second run has nothing left to do: it reads nothing before the watermark (turns
+    // without a fact or topic are not asked again).
     let again = engine
         .write_memory_keys("alice", &model_keys(), &mut |_, _, _| {})
         .await
         .unwrap();
     assert_eq!(
         (again.keys, again.skipped, again.memories, again.windows),
-        (0, 9, 0, 0)
+        (0, 0, 0, 0)
     );
     assert_eq!(
         engine
@@ -458,7 +458,7 @@ async fn passes_have_their_own_watermarks(pg: bool) {
     };
     let engine = Engine::new(store::open(&config).await.unwrap(), minilm())
         .with_llm(Some(Arc::new(fact_writer()) as Arc<dyn ChatModel>));
-    let alice = ingest(&engine, "alice").await;
+    ingest(&engine, "alice").await;
     let trip = ingest_trip(&engine, "alice").await;
     let last = *trip.iter().max().unwrap();
     engine.set_memory_keys("alice", true).await.unwrap();
@@ -505,11 +505,11 @@ async fn passes_have_their_own_watermarks(pg: bool) {
     );
     assert_eq!(watermarks().await, (Some(last), Some(last)));
 
-    // Both: nothing is left to read.
+    // Both: nothing is left to read (and nothing is read: both watermarks are past it).
     let again = run(sessions.clone()).await;
     assert_eq!(
         (again.keys, again.memories, again.windows, again.skipped),
-        (0, 0, 0, (alice.len() + trip.len()) as u64)
+        (0, 0, 0, 0)
     );
 
     // A new turn: read by each pass once.
@@ -665,12 +665,30 @@ async fn context_keys(pg: bool) {
     assert_eq!(text_found(&engine, "bob", "Rome").await, bob_trip[..1]);
     assert_eq!(engine.memory_keys_status("bob").await.unwrap().keys, 0);
 
-    // Nothing left to do; a new turn gets its key in the next run.
+    // The run read her memories through the last turn: the next reads none of them; a new
+    // turn gets its key in the next run, which reads only it.
+    let through = |engine: &Engine| {
+        let engine = engine.clone();
+        async move {
+            let u = engine.user("alice").await.unwrap().unwrap();
+            (u.memory_context_through, u.memory_context_epoch)
+        }
+    };
+    let (mark, epoch) = through(&engine).await;
+    assert_eq!(mark, Some(trip[2]));
+    let mut progress = Vec::new();
     let again = engine
-        .write_memory_keys("alice", &context_only, &mut |_, _, _| {})
+        .write_memory_keys("alice", &context_only, &mut |done, total, keys| {
+            progress.push((done, total, keys))
+        })
         .await
         .unwrap();
-    assert_eq!((again.keys, again.skipped), (0, 3), "{again:?}");
+    assert_eq!(
+        (again.keys, again.skipped, again.left),
+        (0, 0, 0),
+        "{again:?}"
+    );
+    assert_eq!(progress, [(0, 0, 0)]);
     let t = Utc.with_ymd_and_hms(2023, 5, 20, 9, 10, 0).unwrap();
     let more = engine
         .add_messages(
@@ -687,13 +705,14 @@ async fn context_keys(pg: bool) {
         .write_memory_keys("alice", &context_only, &mut |_, _, _| {})
         .await
         .unwrap();
-    assert_eq!(again.context_keys, 1, "{again:?}");
+    assert_eq!((again.context_keys, again.skipped), (1, 0), "{again:?}");
     let key = keys_of(&engine, "alice")
         .await
         .into_iter()
         .find(|k| k.key_for == Some(last))
         .unwrap();
     assert_eq!(key.metadata["context_of"], trip[2]);
+    assert_eq!(through(&engine).await, (Some(last), epoch));
 
     // Deleting the first turn takes the key that quotes it: "Rome" is in no row of hers.
     engine.delete_memories("alice", &trip[..1]).await.unwrap();
@@ -713,6 +732,8 @@ async fn context_keys(pg: bool) {
     let keys = keys_of(&engine, "alice").await;
     assert!(keys.is_empty(), "{keys:?}");
     assert!(text_found(&engine, "alice", "Vatican").await.is_empty());
+    // The watermark went back before the first turn changed, in a new epoch each time.
+    assert_eq!(through(&engine).await, (Some(trip[0] - 1), epoch + 2));
     // The next run keys the turns again from what is there now.
     let again = engine
         .write_memory_keys("alice", &context_only, &mut |_, _, _| {})
@@ -743,12 +764,14 @@ async fn context_keys_on_postgres() {
     context_keys(true).await;
 }
 
-/// An embedder that deletes a memory of Alice's the first time it is asked for a context
-/// key (a text of two turns): a turn deleted while a long key job runs.
+/// An embedder that deletes a memory of Alice's, or gives one new text, the first time it
+/// is asked for a context key (a text of two turns): a turn deleted or changed while a long
+/// key job runs.
 struct DeletingEmbedder {
     inner: Arc<dyn Embedder>,
     engine: std::sync::OnceLock<Engine>,
     delete: std::sync::Mutex<Option<i64>>,
+    update: std::sync::Mutex<Option<(i64, &'static str)>>,
 }
 
 #[async_trait::async_trait]
@@ -768,6 +791,23 @@ impl Embedder for DeletingEmbedder {
         if let (Some(id), Some(engine)) = (id, self.engine.get()) {
             engine.delete_memories("alice", &[id]).await?;
         }
+        let update = if texts.iter().any(|t| t.contains('\n')) {
+            self.update.lock().unwrap().take()
+        } else {
+            None
+        };
+        if let (Some((id, text)), Some(engine)) = (update, self.engine.get()) {
+            engine
+                .update_memory(
+                    "alice",
+                    id,
+                    MemoryUpdate {
+                        content: Some(text.into()),
+                        ..MemoryUpdate::default()
+                    },
+                )
+                .await?;
+        }
         self.inner.embed(texts).await
     }
 }
@@ -782,6 +822,7 @@ async fn a_turn_deleted_during_the_job_leaves_no_key_quoting_it() {
         inner: minilm(),
         engine: std::sync::OnceLock::new(),
         delete: std::sync::Mutex::new(None),
+        update: std::sync::Mutex::new(None),
     });
     let engine = Engine::new(store::open(&config).await.unwrap(), embedder.clone());
     assert!(embedder.engine.set(engine.clone()).is_ok());
@@ -803,6 +844,58 @@ async fn a_turn_deleted_during_the_job_leaves_no_key_quoting_it() {
     assert_eq!(keys.len(), 1, "{keys:?}");
     assert_eq!(keys[0].key_for, Some(trip[2]));
     assert!(text_found(&engine, "alice", "Rome").await.is_empty());
+}
+
+/// A turn given new text after the job read it and before its keys were stored: its own key
+/// (with the old text) and the key quoting it both go at once, the watermark stays before
+/// it, and the next run keys both turns from the new text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_changed_during_the_job_is_keyed_again_from_its_new_text() {
+    let root = tempfile::tempdir().unwrap();
+    let config = StoreConfig::embedded(root.path().join("store"));
+    let embedder = Arc::new(DeletingEmbedder {
+        inner: minilm(),
+        engine: std::sync::OnceLock::new(),
+        delete: std::sync::Mutex::new(None),
+        update: std::sync::Mutex::new(None),
+    });
+    let engine = Engine::new(store::open(&config).await.unwrap(), embedder.clone());
+    assert!(embedder.engine.set(engine.clone()).is_ok());
+    let trip = ingest_trip(&engine, "alice").await;
+    engine.set_memory_keys("alice", true).await.unwrap();
+    const NEW: &str = "Melanie: Are you going to the Uffizi?";
+    *embedder.update.lock().unwrap() = Some((trip[1], NEW));
+    let report = engine
+        .write_memory_keys("alice", &KeyOptions::default(), &mut |_, _, _| {})
+        .await
+        .unwrap();
+    assert!(embedder.update.lock().unwrap().is_none(), "the update ran");
+    assert_eq!(report.context_keys, 0, "{report:?}");
+    assert!(keys_of(&engine, "alice").await.is_empty());
+    assert_eq!(text_found(&engine, "alice", "museums").await, trip[2..]);
+    let u = engine.user("alice").await.unwrap().unwrap();
+    assert!(
+        u.memory_context_through.is_none_or(|t| t < trip[1]),
+        "{u:?}"
+    );
+    let again = engine
+        .write_memory_keys("alice", &KeyOptions::default(), &mut |_, _, _| {})
+        .await
+        .unwrap();
+    assert_eq!(again.context_keys, 2, "{again:?}");
+    let mut keys: Vec<(i64, String)> = keys_of(&engine, "alice")
+        .await
+        .into_iter()
+        .map(|k| (k.key_for.unwrap(), k.content))
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            (trip[1], format!("{}\n{NEW}", TRIP[0])),
+            (trip[2], format!("{NEW}\n{}", TRIP[2])),
+        ]
+    );
 }
 
 /// A store told to (the server's default): users seen for the first time start with keys on,
@@ -872,4 +965,286 @@ async fn new_users_start_with_keys_on_the_embedded_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_users_start_with_keys_on_postgres() {
     new_users_start_with_keys_on(true).await;
+}
+
+/// The store's side of the context watermark, and the listing by id the key job reads with:
+/// an old epoch never moves the watermark over turns that were moved back since; a listing
+/// is the user's own, by id, from a point.
+async fn context_watermark_in_the_store(pg: bool) {
+    let root = tempfile::tempdir().unwrap();
+    let db = if pg { Some(PgDb::create().await) } else { None };
+    let config = match &db {
+        Some(db) => StoreConfig::postgres(db.url.clone()),
+        None => StoreConfig::embedded(root.path().join("store")),
+    };
+    let store = store::open(&config).await.unwrap();
+    let engine = Engine::new(store.clone(), minilm());
+    let trip = ingest_trip(&engine, "alice").await;
+    let bob = ingest_trip(&engine, "bob").await;
+    let mark = || async {
+        let u = store.get_user("alice").await.unwrap().unwrap();
+        (u.memory_context_through, u.memory_context_epoch)
+    };
+    // Keys off: nothing moves.
+    assert!(!store.advance_context_keys("alice", 0, 10).await.unwrap());
+    engine.set_memory_keys("alice", true).await.unwrap();
+    let (through, epoch) = mark().await;
+    assert_eq!(through, None);
+    assert!(
+        store
+            .advance_context_keys("alice", epoch, 10)
+            .await
+            .unwrap()
+    );
+    assert!(!store.advance_context_keys("alice", epoch, 9).await.unwrap());
+    assert_eq!(mark().await, (Some(10), epoch));
+    // Moved back: a run that read the old epoch leaves it there; one that read the new
+    // moves it on.
+    store.rewind_context_keys("alice", 5).await.unwrap();
+    assert_eq!(mark().await, (Some(5), epoch + 1));
+    assert!(
+        !store
+            .advance_context_keys("alice", epoch, 12)
+            .await
+            .unwrap()
+    );
+    assert_eq!(mark().await, (Some(5), epoch + 1));
+    assert!(
+        store
+            .advance_context_keys("alice", epoch + 1, 12)
+            .await
+            .unwrap()
+    );
+    // A rewind above it moves nothing back but still starts a new epoch.
+    store.rewind_context_keys("alice", 20).await.unwrap();
+    assert_eq!(mark().await, (Some(12), epoch + 2));
+    // Bob's is his own; turning keys off and on starts over.
+    store.rewind_context_keys("bob", 0).await.unwrap();
+    assert_eq!(mark().await, (Some(12), epoch + 2));
+    engine.set_memory_keys("alice", false).await.unwrap();
+    engine.set_memory_keys("alice", true).await.unwrap();
+    assert_eq!(mark().await.0, None);
+
+    // The listing by id: hers only, lowest id first, from a point, with how many follow it.
+    let messages = Filter {
+        kinds: vec![MemoryKind::Message],
+        ..Filter::default()
+    };
+    let ids = |page: Vec<Memory>| page.iter().map(|m| m.id).collect::<Vec<_>>();
+    let all = store
+        .list_memories_by_id("alice", &messages, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(all), trip);
+    let count = |after| {
+        let (store, messages) = (store.clone(), messages.clone());
+        async move {
+            store
+                .count_memories_after("alice", &messages, after)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(count(None).await, 3);
+    let rest = store
+        .list_memories_by_id("alice", &messages, Some(trip[0]), 1)
+        .await
+        .unwrap();
+    assert_eq!((ids(rest), count(Some(trip[0])).await), (vec![trip[1]], 2));
+    // Bob's turns come after hers: none of them follows her last.
+    assert!(bob[0] > trip[2]);
+    let none = store
+        .list_memories_by_id("alice", &messages, Some(trip[2]), 10)
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    assert_eq!(count(Some(trip[2])).await, 0);
+    let keys = store
+        .list_memories_by_id(
+            "alice",
+            &Filter {
+                kinds: vec![MemoryKind::Key],
+                ..Filter::default()
+            },
+            None,
+            10,
+        )
+        .await
+        .unwrap();
+    assert!(keys.is_empty());
+    let with_metadata = Filter {
+        metadata: vec![recall_core::types::MetadataCondition {
+            key: "a".into(),
+            op: recall_core::types::MetadataOp::Exists,
+            value: serde_json::json!(true),
+        }],
+        ..Filter::default()
+    };
+    let err = store
+        .list_memories_by_id("alice", &with_metadata, None, 10)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+
+    // The keys of some memories: hers, asked by her; none for anyone else.
+    engine
+        .write_memory_keys("alice", &KeyOptions::default(), &mut |_, _, _| {})
+        .await
+        .unwrap();
+    let keyed = |user: &'static str| {
+        let (store, trip) = (store.clone(), trip.clone());
+        async move {
+            let mut t: Vec<i64> = store
+                .keys_for(user, &trip)
+                .await
+                .unwrap()
+                .iter()
+                .map(|k| k.key_for.unwrap())
+                .collect();
+            t.sort_unstable();
+            t
+        }
+    };
+    assert_eq!(keyed("alice").await, trip[1..]);
+    assert!(keyed("bob").await.is_empty());
+    if let Some(db) = db {
+        db.drop_db().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_watermark_in_the_embedded_store() {
+    context_watermark_in_the_store(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_watermark_in_postgres() {
+    context_watermark_in_the_store(true).await;
+}
+
+/// An embedder that costs nothing: each word hashed into one of 384 dimensions (enough
+/// for a job over thousands of turns).
+struct WordHashEmbedder;
+
+#[async_trait::async_trait]
+impl Embedder for WordHashEmbedder {
+    fn model_id(&self) -> &str {
+        "word-hash"
+    }
+    fn dims(&self) -> usize {
+        384
+    }
+    async fn embed(&self, texts: Vec<String>) -> recall_core::Result<Vec<Vec<f32>>> {
+        Ok(texts
+            .iter()
+            .map(|t| {
+                let mut v = vec![0f32; 384];
+                for w in t.split_whitespace() {
+                    let h = w.bytes().fold(7u64, |h, b| h.wrapping_mul(31) + b as u64);
+                    v[(h % 384) as usize] += 1.0;
+                }
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
+                v.iter().map(|x| x / norm).collect()
+            })
+            .collect())
+    }
+}
+
+/// A long conversation takes several of the job's ranges: every turn but the first gets its
+/// context key (the first of each range quoting the last of the range before), a run cut at
+/// `max_keys` leaves the watermark before the first turn it did not key, and the next run
+/// reads only from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_conversation_is_keyed_a_range_at_a_time() {
+    let root = tempfile::tempdir().unwrap();
+    let store = store::open(&StoreConfig::embedded(root.path().join("store")))
+        .await
+        .unwrap();
+    let engine = Engine::new(store.clone(), Arc::new(WordHashEmbedder));
+    let turns = 2 * recall_core::memory_keys::KEY_RANGE + 300;
+    let t = Utc.with_ymd_and_hms(2023, 5, 20, 9, 0, 0).unwrap();
+    let mut ids = Vec::new();
+    for chunk in (0..turns).collect::<Vec<_>>().chunks(100) {
+        let messages = chunk
+            .iter()
+            .map(|i| NewMessage {
+                created_at: Some(t + chrono::Duration::seconds(*i as i64)),
+                ..NewMessage::new("long", Role::User, format!("turn number {i} of the day"))
+            })
+            .collect();
+        for added in engine.add_messages("alice", messages).await.unwrap() {
+            ids.extend(added.memory_ids);
+        }
+    }
+    assert_eq!(ids.len(), turns);
+    engine.set_memory_keys("alice", true).await.unwrap();
+    let cut = KeyOptions {
+        max_keys: recall_core::memory_keys::KEY_RANGE + 200,
+        ..KeyOptions::default()
+    };
+    let mut progress = Vec::new();
+    let report = engine
+        .write_memory_keys("alice", &cut, &mut |done, total, keys| {
+            progress.push((done, total, keys))
+        })
+        .await
+        .unwrap();
+    let first_left = cut.max_keys + 1;
+    assert_eq!(
+        (report.context_keys, report.skipped, report.left),
+        (cut.max_keys as u64, 1, (turns - first_left) as u64),
+        "{report:?}"
+    );
+    assert_eq!(
+        progress.last(),
+        Some(&(first_left as u64, turns as u64, cut.max_keys as u64))
+    );
+    let u = store.get_user("alice").await.unwrap().unwrap();
+    assert_eq!(u.memory_context_through, Some(ids[first_left] - 1));
+    // The rest, read from there.
+    let mut progress = Vec::new();
+    let report = engine
+        .write_memory_keys("alice", &KeyOptions::default(), &mut |done, total, keys| {
+            progress.push((done, total, keys))
+        })
+        .await
+        .unwrap();
+    let rest = (turns - first_left) as u64;
+    assert_eq!(
+        (report.context_keys, report.skipped, report.left),
+        (rest, 0, 0)
+    );
+    assert_eq!(progress.last(), Some(&(rest, rest, rest)));
+    let u = store.get_user("alice").await.unwrap().unwrap();
+    assert_eq!(u.memory_context_through, ids.last().copied());
+    // Every turn but the first has one key, quoting the turn before it.
+    let only_keys = Filter {
+        kinds: vec![MemoryKind::Key],
+        ..Filter::default()
+    };
+    let mut keys = Vec::new();
+    loop {
+        let after = keys.last().map(|k: &Memory| k.id);
+        let page = store
+            .list_memories_by_id("alice", &only_keys, after, 1000)
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        keys.extend(page);
+    }
+    assert_eq!(keys.len(), turns - 1);
+    let mut quoted: Vec<(i64, i64)> = keys
+        .iter()
+        .map(|k| {
+            (
+                k.key_for.unwrap(),
+                k.metadata["context_of"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    quoted.sort_unstable();
+    let expected: Vec<(i64, i64)> = ids.windows(2).map(|w| (w[1], w[0])).collect();
+    assert_eq!(quoted, expected);
 }

@@ -18,6 +18,10 @@ pub struct Model {
     pub memory_keys_through: Option<i64>,
     /// The last memory (by id) the key job has read for session topics.
     pub memory_sessions_through: Option<i64>,
+    /// The last memory (by id) the key job has read for context keys.
+    pub memory_context_through: Option<i64>,
+    /// How many times `memory_context_through` was moved back (a changed or deleted turn).
+    pub memory_context_epoch: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

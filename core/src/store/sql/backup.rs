@@ -435,6 +435,8 @@ impl<V: VectorIndex> SqlStore<V> {
                         // and skips memories that have keys.
                         memory_keys_through: Set(None),
                         memory_sessions_through: Set(None),
+                        memory_context_through: Set(None),
+                        memory_context_epoch: Set(0),
                     })
                     .exec_without_returning(&txn)
                     .await?;

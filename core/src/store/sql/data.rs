@@ -165,6 +165,8 @@ impl<V: VectorIndex> SqlStore<V> {
                 memory_keys: u.memory_keys,
                 memory_keys_through: u.memory_keys_through,
                 memory_sessions_through: u.memory_sessions_through,
+                memory_context_through: u.memory_context_through,
+                memory_context_epoch: u.memory_context_epoch,
             },
             settings,
             sessions: sessions.into_iter().map(session_to_api).collect(),

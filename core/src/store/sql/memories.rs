@@ -523,6 +523,82 @@ impl<V: VectorIndex> SqlStore<V> {
         Ok(out)
     }
 
+    pub(crate) async fn list_memories_by_id(
+        &self,
+        user: &str,
+        filter: &Filter,
+        after: Option<i64>,
+        first: usize,
+    ) -> Result<Vec<Memory>> {
+        self.limits.check_page_size(first)?;
+        let Some((user_id, cond)) = self.condition_after(user, filter, after).await? else {
+            return Ok(Vec::new());
+        };
+        let rows = memory::Entity::find()
+            .filter(cond)
+            .order_by_asc(memory::Column::Id)
+            .limit(first as u64)
+            .all(&self.db)
+            .await?;
+        self.memories_to_api(&self.db, user_id, rows).await
+    }
+
+    pub(crate) async fn count_memories_after(
+        &self,
+        user: &str,
+        filter: &Filter,
+        after: Option<i64>,
+    ) -> Result<u64> {
+        let Some((_, cond)) = self.condition_after(user, filter, after).await? else {
+            return Ok(0);
+        };
+        Ok(sea_orm::PaginatorTrait::count(memory::Entity::find().filter(cond), &self.db).await?)
+    }
+
+    /// The condition of the user's memories matching `filter` (no metadata conditions)
+    /// with an id above `after`, with the user's row id; `None` when nothing can match.
+    async fn condition_after(
+        &self,
+        user: &str,
+        filter: &Filter,
+        after: Option<i64>,
+    ) -> Result<Option<(i64, Condition)>> {
+        self.limits.check_filter(filter)?;
+        if !filter.metadata.is_empty() {
+            return Err(Error::invalid(
+                "a listing by id takes no metadata conditions",
+            ));
+        }
+        let Some(u) = self.find_user(&self.db, user).await? else {
+            return Ok(None);
+        };
+        let Some(f) = self.resolve_filter(&self.db, u.id, filter).await? else {
+            return Ok(None);
+        };
+        let mut cond = self.memory_condition(u.id, &f);
+        if let Some(a) = after {
+            cond = cond.add(memory::Column::Id.gt(a));
+        }
+        Ok(Some((u.id, cond)))
+    }
+
+    pub(crate) async fn keys_for(&self, user: &str, targets: &[i64]) -> Result<Vec<Memory>> {
+        self.limits.check_page_size(targets.len().max(1))?;
+        let Some(u) = self.find_user(&self.db, user).await? else {
+            return Ok(Vec::new());
+        };
+        if targets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = memory::Entity::find()
+            .filter(owned(memory::Column::UserId, u.id))
+            .filter(memory::Column::Kind.eq(MemoryKind::Key.as_str()))
+            .filter(memory::Column::KeyFor.is_in(targets.iter().copied()))
+            .all(&self.db)
+            .await?;
+        self.memories_to_api(&self.db, u.id, rows).await
+    }
+
     pub(crate) async fn count_memories(&self, user: &str) -> Result<u64> {
         let Some(u) = self.find_user(&self.db, user).await? else {
             return Ok(0);

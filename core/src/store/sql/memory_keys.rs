@@ -17,6 +17,11 @@ impl<V: VectorIndex> SqlStore<V> {
                 user::Column::MemorySessionsThrough,
                 Expr::value(None::<i64>),
             )
+            .col_expr(user::Column::MemoryContextThrough, Expr::value(None::<i64>))
+            .col_expr(
+                user::Column::MemoryContextEpoch,
+                sea_orm::sea_query::ExprTrait::add(Expr::col(user::Column::MemoryContextEpoch), 1),
+            )
             .filter(user::Column::Id.eq(u.id))
             .exec(&self.db)
             .await?;
@@ -50,6 +55,50 @@ impl<V: VectorIndex> SqlStore<V> {
             .exec(&self.db)
             .await?;
         Ok(done.rows_affected > 0)
+    }
+
+    /// Records that the key job has read the user's memories up to `through` for context
+    /// keys, unless the watermark was moved back since (another `epoch`); never moves back.
+    pub(crate) async fn advance_context_keys(
+        &self,
+        user: &str,
+        epoch: i64,
+        through: i64,
+    ) -> Result<bool> {
+        let Some(u) = self.find_user(&self.db, user).await? else {
+            return Ok(false);
+        };
+        let column = user::Column::MemoryContextThrough;
+        let done = user::Entity::update_many()
+            .col_expr(column, Expr::value(through))
+            .filter(user::Column::Id.eq(u.id))
+            .filter(user::Column::MemoryKeys.eq(true))
+            .filter(user::Column::MemoryContextEpoch.eq(epoch))
+            .filter(
+                Condition::any()
+                    .add(column.is_null())
+                    .add(column.lt(through)),
+            )
+            .exec(&self.db)
+            .await?;
+        Ok(done.rows_affected > 0)
+    }
+
+    /// Moves the context watermark back to `to` where it is above, in a new epoch.
+    pub(crate) async fn rewind_context_keys(&self, user: &str, to: i64) -> Result<()> {
+        let Some(u) = self.find_user(&self.db, user).await? else {
+            return Ok(());
+        };
+        self.db
+            .execute_raw(stmt(
+                self.db.get_database_backend(),
+                "UPDATE users SET memory_context_epoch = memory_context_epoch + 1, \
+                 memory_context_through = CASE WHEN memory_context_through > $2 \
+                 THEN $2 ELSE memory_context_through END WHERE id = $1",
+                vec![u.id.into(), to.into()],
+            ))
+            .await?;
+        Ok(())
     }
 
     /// Users with key writing on, by external id after `after`, at most `limit`.

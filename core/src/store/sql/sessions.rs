@@ -10,6 +10,8 @@ impl<V: VectorIndex> SqlStore<V> {
             memory_keys: m.memory_keys,
             memory_keys_through: m.memory_keys_through,
             memory_sessions_through: m.memory_sessions_through,
+            memory_context_through: m.memory_context_through,
+            memory_context_epoch: m.memory_context_epoch,
         })
     }
 
@@ -20,6 +22,8 @@ impl<V: VectorIndex> SqlStore<V> {
             memory_keys: m.memory_keys,
             memory_keys_through: m.memory_keys_through,
             memory_sessions_through: m.memory_sessions_through,
+            memory_context_through: m.memory_context_through,
+            memory_context_epoch: m.memory_context_epoch,
         }))
     }
 
