@@ -166,13 +166,7 @@ impl Engine {
             total: 0,
         };
         let started = Instant::now();
-        let filter = Filter {
-            kinds: MemoryKind::ALL
-                .into_iter()
-                .filter(|k| *k != MemoryKind::Key)
-                .collect(),
-            ..Filter::default()
-        };
+        let filter = not_keys();
         let this = self.scoped(user).await?;
         run.total = self.store.count_memories_after(user, &filter, from).await?;
         let mut after = from;
@@ -712,6 +706,17 @@ pub(super) fn with_keys(filter: &Filter) -> Cow<'_, Filter> {
     let mut f = filter.clone();
     f.kinds.push(MemoryKind::Key);
     Cow::Owned(f)
+}
+
+/// The filter of every current memory but keys.
+pub(super) fn not_keys() -> Filter {
+    Filter {
+        kinds: MemoryKind::ALL
+            .into_iter()
+            .filter(|k| *k != MemoryKind::Key)
+            .collect(),
+        ..Filter::default()
+    }
 }
 
 /// Context keys embedded and stored at once.

@@ -4,6 +4,7 @@ mod backup;
 mod chat_tokenizer;
 mod classifier;
 mod context;
+mod context_keys;
 mod deep_memory;
 mod embeddings;
 mod encryption;
