@@ -27,7 +27,10 @@ impl Engine {
             .is_some_and(|u| u.memory_keys);
         Ok(KeyStatus {
             enabled,
-            keys: self.user_keys(user).await?.len() as u64,
+            keys: self
+                .store
+                .count_memories_after(user, &key_filter(), None)
+                .await?,
         })
     }
 
@@ -602,11 +605,7 @@ impl Engine {
 
     /// The ids of the user's keys.
     async fn user_keys(&self, user: &str) -> Result<Vec<i64>> {
-        let filter = Filter {
-            kinds: vec![MemoryKind::Key],
-            include_superseded: true,
-            ..Filter::default()
-        };
+        let filter = key_filter();
         let mut out = Vec::new();
         loop {
             let page = self
@@ -645,18 +644,31 @@ impl Engine {
         hits: Vec<(Memory, T)>,
         filter: &Filter,
     ) -> Result<Vec<(Memory, T)>> {
-        if !hits.iter().any(|(m, _)| m.kind == MemoryKind::Key) {
-            return Ok(hits);
+        let [out] = self.resolve_keys_of(user, [hits], filter).await?;
+        Ok(out)
+    }
+
+    /// [`Self::resolve_keys`] for several lists of hits at once: the memories their keys
+    /// stand for are read together, in one statement per page.
+    pub(super) async fn resolve_keys_of<T, const L: usize>(
+        &self,
+        user: &str,
+        lists: [Vec<(Memory, T)>; L],
+        filter: &Filter,
+    ) -> Result<[Vec<(Memory, T)>; L]> {
+        let all = || lists.iter().flatten();
+        if !all().any(|(m, _)| m.kind == MemoryKind::Key) {
+            return Ok(lists);
         }
-        let mut wanted: Vec<i64> = hits.iter().filter_map(|(m, _)| m.key_for).collect();
+        let mut wanted: Vec<i64> = all().filter_map(|(m, _)| m.key_for).collect();
         wanted.sort_unstable();
         wanted.dedup();
         // The memories are read at once (by primary key), those already among the hits
         // taken from there.
         let mut targets: HashMap<i64, Option<Memory>> = HashMap::with_capacity(wanted.len());
-        for (m, _) in &hits {
+        for (m, _) in all() {
             if wanted.binary_search(&m.id).is_ok() {
-                targets.insert(m.id, Some(m.clone()));
+                targets.entry(m.id).or_insert_with(|| Some(m.clone()));
             }
         }
         let missing: Vec<i64> = wanted
@@ -675,22 +687,33 @@ impl Engine {
                 *t = None;
             }
         }
-        let mut seen = HashSet::with_capacity(hits.len());
-        let mut out = Vec::with_capacity(hits.len());
-        for (m, score) in hits {
-            let m = match (m.kind, m.key_for) {
-                (MemoryKind::Key, Some(t)) => match targets.get(&t) {
-                    Some(Some(target)) => target.clone(),
-                    _ => continue,
-                },
-                (MemoryKind::Key, None) => continue,
-                _ => m,
-            };
-            if seen.insert(m.id) {
-                out.push((m, score));
+        Ok(lists.map(|hits| {
+            let mut seen = HashSet::with_capacity(hits.len());
+            let mut out = Vec::with_capacity(hits.len());
+            for (m, score) in hits {
+                let m = match (m.kind, m.key_for) {
+                    (MemoryKind::Key, Some(t)) => match targets.get(&t) {
+                        Some(Some(target)) => target.clone(),
+                        _ => continue,
+                    },
+                    (MemoryKind::Key, None) => continue,
+                    _ => m,
+                };
+                if seen.insert(m.id) {
+                    out.push((m, score));
+                }
             }
-        }
-        Ok(out)
+            out
+        }))
+    }
+}
+
+/// Every key of a user's, whatever its validity.
+fn key_filter() -> Filter {
+    Filter {
+        kinds: vec![MemoryKind::Key],
+        include_superseded: true,
+        ..Filter::default()
     }
 }
 

@@ -208,20 +208,16 @@ impl Engine {
                 .map_err(|e| Error::Internal(format!("text search task: {e}")))??,
             None => vec![],
         };
-        let mut vector_hits = self
-            .resolve_keys(
+        let [mut vector_hits, mut text_hits] = self
+            .resolve_keys_of(
                 user,
-                vector_hits
-                    .into_iter()
-                    .map(|h| (h.memory, h.score))
-                    .collect(),
-                &options.filter,
-            )
-            .await?;
-        let mut text_hits = self
-            .resolve_keys(
-                user,
-                text_hits.into_iter().map(|h| (h.memory, h.score)).collect(),
+                [
+                    vector_hits
+                        .into_iter()
+                        .map(|h| (h.memory, h.score))
+                        .collect(),
+                    text_hits.into_iter().map(|h| (h.memory, h.score)).collect(),
+                ],
                 &options.filter,
             )
             .await?;
@@ -243,9 +239,8 @@ impl Engine {
             let Some(filter) = store_filter.within(w.since, w.until) else {
                 continue;
             };
-            if mode != SearchMode::Vector {
-                let hits = self
-                    .store
+            let text_hits = if mode != SearchMode::Vector {
+                self.store
                     .text_search(
                         user,
                         &TextQuery {
@@ -254,46 +249,55 @@ impl Engine {
                             filter: filter.clone(),
                         },
                     )
-                    .await?;
-                let hits = self
-                    .resolve_keys(
-                        user,
-                        hits.into_iter().map(|h| (h.memory, h.score)).collect(),
-                        &options.filter,
-                    )
-                    .await?;
-                retrieval::add_candidates(
-                    &mut candidates,
-                    hits.into_iter().take(n).map(|(m, s)| (m, None, Some(s))),
-                );
-            }
-            if let Some(v) = &query_vector {
-                let hits = self
-                    .store
-                    .search(
-                        user,
-                        &VectorQuery {
-                            embedding: self.embedding(v.clone()),
-                            top_k: fetch,
-                            min_score: None,
-                            filter,
-                            cursor: None,
-                        },
-                    )
                     .await?
-                    .hits;
-                let hits = self
-                    .resolve_keys(
-                        user,
-                        hits.into_iter().map(|h| (h.memory, h.score)).collect(),
-                        &options.filter,
-                    )
-                    .await?;
-                retrieval::add_candidates(
-                    &mut candidates,
-                    hits.into_iter().take(n).map(|(m, s)| (m, Some(s), None)),
-                );
-            }
+            } else {
+                vec![]
+            };
+            let vector_hits = match &query_vector {
+                Some(v) => {
+                    self.store
+                        .search(
+                            user,
+                            &VectorQuery {
+                                embedding: self.embedding(v.clone()),
+                                top_k: fetch,
+                                min_score: None,
+                                filter,
+                                cursor: None,
+                            },
+                        )
+                        .await?
+                        .hits
+                }
+                None => vec![],
+            };
+            let [text_hits, vector_hits] = self
+                .resolve_keys_of(
+                    user,
+                    [
+                        text_hits.into_iter().map(|h| (h.memory, h.score)).collect(),
+                        vector_hits
+                            .into_iter()
+                            .map(|h| (h.memory, h.score))
+                            .collect(),
+                    ],
+                    &options.filter,
+                )
+                .await?;
+            retrieval::add_candidates(
+                &mut candidates,
+                text_hits
+                    .into_iter()
+                    .take(n)
+                    .map(|(m, s)| (m, None, Some(s))),
+            );
+            retrieval::add_candidates(
+                &mut candidates,
+                vector_hits
+                    .into_iter()
+                    .take(n)
+                    .map(|(m, s)| (m, Some(s), None)),
+            );
         }
         // Stored vectors: for the similarity of text-only candidates, and for MMR.
         if retrieval::needs_vectors(mode, cfg) {
