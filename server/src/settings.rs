@@ -186,8 +186,9 @@ pub struct StoreSettings {
     /// each with 384 dimensions). Least recently searched users are dropped first.
     pub max_cached_vectors: usize,
     /// Postgres: users with more memories than this are searched in process by the server
-    /// (vectors and full text held; exact, ~10× faster than Postgres's own scan at 20k);
-    /// the others, and users too large for `max_cached_vectors`, by Postgres.
+    /// (vectors and full text held; exact, ~10× faster than Postgres's own scan at 20k, and
+    /// ranked as the embedded store ranks); the others, and users too large for
+    /// `max_cached_vectors`, by Postgres. 0 (the default): every user.
     pub in_process_search_threshold: u64,
     /// Postgres: pgvector's `hnsw.ef_search` for the users searched through the HNSW index
     /// (above `exact_search_threshold` rows and not held in process), 1–1,000: larger finds
@@ -217,7 +218,7 @@ impl Default for StoreSettings {
             metric: Metric::default(),
             max_connections: 16,
             max_cached_vectors: 2_000_000,
-            in_process_search_threshold: 4_096,
+            in_process_search_threshold: 0,
             hnsw_ef_search: 400,
             dedupe_similarity: None,
             tag_ttl_seconds: BTreeMap::new(),

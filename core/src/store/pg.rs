@@ -6,9 +6,9 @@
 //! migration creates the one for the default model (384, cosine) and [`PgStore::open`] creates
 //! the one the configuration needs, if missing.
 //!
-//! Users with more memories than [`StoreConfig::in_process_search_threshold`] (4,096) are
-//! searched in process by the server, exactly, as the embedded store searches (the `held`
-//! module).
+//! Users with more memories than [`StoreConfig::in_process_search_threshold`] (0: every
+//! user, by default) are searched in process by the server, exactly, as the embedded store
+//! searches (the `held` module).
 //! For the others (and the users too large to hold), a search counts the rows that pass the
 //! user's filters, up to [`StoreConfig::exact_search_threshold`]. At or below it, the search is
 //! exact (a b-tree scan of the user's rows, sorted by distance); above it, the HNSW index is

@@ -27,6 +27,13 @@ fn pseudo_vector(seed: u64, dims: usize) -> Vec<f32> {
         .collect()
 }
 
+/// Postgres with every search left to its statements (no user held in process).
+fn statements(url: &str) -> StoreConfig {
+    let mut config = StoreConfig::postgres(url);
+    config.in_process_search_threshold = u64::MAX;
+    config
+}
+
 fn fact(i: u64, session: Option<&str>) -> NewMemory {
     NewMemory {
         session: session.map(str::to_owned),
@@ -41,10 +48,8 @@ fn fact(i: u64, session: Option<&str>) -> NewMemory {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_hnsw_path_agrees_with_exact_path() {
     let db = PgDb::create().await;
-    let exact = PgStore::open(&StoreConfig::postgres(db.url.clone()))
-        .await
-        .unwrap();
-    let mut config = StoreConfig::postgres(db.url.clone());
+    let exact = PgStore::open(&statements(&db.url)).await.unwrap();
+    let mut config = statements(&db.url);
     config.exact_search_threshold = 0;
     let approx = PgStore::open(&config).await.unwrap();
 
@@ -122,7 +127,7 @@ async fn postgres_hnsw_path_agrees_with_exact_path() {
     );
 
     // "Always exact" is a valid configuration (it once overflowed into a negative LIMIT).
-    let mut always = StoreConfig::postgres(db.url.clone());
+    let mut always = statements(&db.url);
     always.exact_search_threshold = u64::MAX;
     let always = PgStore::open(&always).await.unwrap();
     let c = always
@@ -181,7 +186,7 @@ async fn hnsw_indexes(store: &PgStore) -> Vec<(String, bool)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_bulk_load_builds_the_index_after_the_rows() {
     let db = PgDb::create().await;
-    let mut config = StoreConfig::postgres(db.url.clone());
+    let mut config = statements(&db.url);
     config.exact_search_threshold = 0;
     let store = PgStore::open(&config).await.unwrap();
     let cosine_384 = "ix_memory_embeddings_hnsw_cosine_384".to_owned();
@@ -212,7 +217,7 @@ async fn postgres_bulk_load_builds_the_index_after_the_rows() {
         "writes during the load do not build it"
     );
     // Searches stay right meanwhile: with no index, the approximate path is an exact scan.
-    let mut exact_config = StoreConfig::postgres(db.url.clone());
+    let mut exact_config = statements(&db.url);
     exact_config.exact_search_threshold = u64::MAX;
     exact_config.index_dims = None;
     let exact = PgStore::open(&exact_config).await.unwrap();
@@ -554,9 +559,7 @@ async fn postgres_large_user_text_search_follows_every_replica() {
     config.exact_search_threshold = 3;
     let a = PgStore::open(&config).await.unwrap();
     let b = PgStore::open(&config).await.unwrap();
-    let sql = PgStore::open(&StoreConfig::postgres(db.url.clone()))
-        .await
-        .unwrap();
+    let sql = PgStore::open(&statements(&db.url)).await.unwrap();
     let texts = [
         "a gym in Zanzibar with a pool",
         "Zanzibar spice tours on Sunday",

@@ -139,8 +139,28 @@ impl TestStore {
 }
 
 /// Generates `mod postgres` and `mod embedded`, each with one `#[tokio::test]` per case: the
-/// case `async fn name(t: &TestStore)` of the calling module runs against both stores.
+/// case `async fn name(t: &TestStore)` of the calling module runs against both stores. With
+/// `statements;` first, also `mod postgres_statements`: Postgres with every search left to
+/// its SQL statements (`in_process_search_threshold` at its maximum; by default every user
+/// is searched in process).
 macro_rules! both_backends {
+    (statements; $($name:ident;)*) => {
+        crate::fixtures::both_backends! { $($name;)* }
+        mod postgres_statements {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let t = crate::fixtures::TestStore::pg_with(|mut c| {
+                        c.in_process_search_threshold = u64::MAX;
+                        c
+                    })
+                    .await;
+                    super::$name(&t).await;
+                    t.close().await;
+                }
+            )*
+        }
+    };
     ($($name:ident;)*) => {
         mod postgres {
             $(

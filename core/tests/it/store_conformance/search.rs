@@ -2,6 +2,7 @@
 use super::*;
 
 crate::fixtures::both_backends! {
+    statements;
     search_ranks_by_cosine;
     search_filters;
     search_threshold_and_pages;
