@@ -3,7 +3,7 @@
 use super::*;
 use crate::error::Error;
 use crate::retrieval::{self, SearchMode};
-use crate::types::{Retrieved, SearchPage, TextQuery, VectorQuery};
+use crate::types::{Filter, Retrieved, SearchHit, SearchPage, TextQuery, VectorQuery};
 use tracing::Instrument;
 use tracing::field::Empty;
 
@@ -183,25 +183,9 @@ impl Engine {
                 Some(self.adapt_query(user, v).await?)
             }
         };
-        let vector_hits = match &query_vector {
-            Some(v) => {
-                self.store
-                    .search(
-                        user,
-                        &VectorQuery {
-                            embedding: self.embedding(v.clone()),
-                            top_k: fetch,
-                            min_score: None,
-                            filter: store_filter.clone(),
-                            cursor: None,
-                        },
-                    )
-                    .instrument(tracing::info_span!("vector_search", top_k = fetch))
-                    .await?
-                    .hits
-            }
-            None => vec![],
-        };
+        let vector_hits = self
+            .vector_hits(user, query_vector.as_deref(), fetch, store_filter.clone())
+            .await?;
         let text_hits = match text_task {
             Some(t) => t
                 .await
@@ -253,24 +237,9 @@ impl Engine {
             } else {
                 vec![]
             };
-            let vector_hits = match &query_vector {
-                Some(v) => {
-                    self.store
-                        .search(
-                            user,
-                            &VectorQuery {
-                                embedding: self.embedding(v.clone()),
-                                top_k: fetch,
-                                min_score: None,
-                                filter,
-                                cursor: None,
-                            },
-                        )
-                        .await?
-                        .hits
-                }
-                None => vec![],
-            };
+            let vector_hits = self
+                .vector_hits(user, query_vector.as_deref(), fetch, filter)
+                .await?;
             let [text_hits, vector_hits] = self
                 .resolve_keys_of(
                     user,
@@ -379,6 +348,33 @@ impl Engine {
     }
 
     /// The stored vectors of the candidates (none where a memory has none for `model`).
+    /// The store's `top_k` nearest memories to `vector` that pass `filter`; none without a
+    /// vector (text mode).
+    async fn vector_hits(
+        &self,
+        user: &str,
+        vector: Option<&[f32]>,
+        top_k: usize,
+        filter: Filter,
+    ) -> Result<Vec<SearchHit>> {
+        let Some(v) = vector else {
+            return Ok(vec![]);
+        };
+        let query = VectorQuery {
+            embedding: self.embedding(v.to_vec()),
+            top_k,
+            min_score: None,
+            filter,
+            cursor: None,
+        };
+        Ok(self
+            .store
+            .search(user, &query)
+            .instrument(tracing::info_span!("vector_search", top_k))
+            .await?
+            .hits)
+    }
+
     async fn load_vectors(
         &self,
         user: &str,
