@@ -10,6 +10,7 @@ use crate::error::Result;
 
 pub mod bert;
 pub mod encoder;
+pub mod graph;
 #[cfg(feature = "native")]
 pub mod remote;
 #[cfg(feature = "native")]

@@ -6,9 +6,9 @@
 //! pooling + L2 normalisation.
 //!
 //! On the CPU the forward pass is our own ([`super::encoder`]): texts are packed without
-//! padding and the kernels are fused. On a GPU it is candle-transformers' BERT, with inputs
-//! sorted by length and padded per batch to the longest one, so short texts do not pay for
-//! long ones.
+//! padding and the kernels are fused. On a GPU it is our graph of candle operations
+//! ([`super::graph`], F16 matrix products), with inputs sorted by length and padded per batch
+//! to the longest one, so short texts do not pay for long ones.
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
@@ -19,21 +19,26 @@ use tokenizers::{Tokenizer, TruncationParams};
 
 use super::Precision;
 use super::encoder::{self, CpuBert};
+use super::graph::GraphBert;
 use crate::error::{Error, Result};
 
 /// Which forward pass runs the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Kernels {
-    /// Our own packed CPU encoder on the CPU, candle's BERT on GPUs.
+    /// Our own packed CPU encoder on the CPU, the graph forward pass (F16) on GPUs.
     #[default]
     Auto,
-    /// candle-transformers' BERT everywhere (for comparisons in tests and benchmarks).
+    /// candle-transformers' BERT in F32 everywhere (for comparisons in tests and benchmarks).
     Candle,
+    /// The graph forward pass GPUs run, with F16 matrix products, on any device (the tests
+    /// check it on the CPU).
+    Graph,
 }
 
 enum Forward {
     Candle(BertModel),
     Cpu(CpuBert),
+    Graph(GraphBert),
 }
 
 /// What a model is made of, whatever it was read from.
@@ -176,14 +181,9 @@ impl BertEmbedder {
         let tokenizer_path = dir.join("tokenizer.json");
         let tokenizer_json = read(&tokenizer_path)?;
         let weights = weights_file(dir)?;
-        let dtype = if device.is_cpu() {
-            DType::F32
-        } else {
-            DType::F16
-        };
         // SAFETY: the weights file is memory-mapped read-only; it must not be modified while
         // the model is loaded (the models directory is written only by `models fetch`).
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], dtype, device)? };
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device)? };
         Self::build(
             Parts {
                 config,
@@ -264,10 +264,14 @@ impl BertEmbedder {
         let pad_id = tokenizer
             .token_to_id("[PAD]")
             .unwrap_or(config.pad_token_id as u32);
-        let model = if device.is_cpu() && kernels == Kernels::Auto {
-            Forward::Cpu(CpuBert::load(vb, &config, precision)?)
-        } else {
-            Forward::Candle(BertModel::load(vb, &config)?)
+        let model = match kernels {
+            Kernels::Auto if device.is_cpu() => {
+                Forward::Cpu(CpuBert::load(vb, &config, precision)?)
+            }
+            Kernels::Auto | Kernels::Graph => {
+                Forward::Graph(GraphBert::load(vb, &config, DType::F16)?)
+            }
+            Kernels::Candle => Forward::Candle(BertModel::load(vb, &config)?),
         };
         Ok(Self {
             model,
@@ -330,7 +334,7 @@ impl BertEmbedder {
             let ids: Vec<&[u32]> = chunk.iter().map(|&i| encodings[i].get_ids()).collect();
             let vectors = match &self.model {
                 Forward::Cpu(model) => self.forward_packed(model, &ids)?,
-                Forward::Candle(model) => self.forward(model, &ids)?,
+                Forward::Candle(_) | Forward::Graph(_) => self.forward(&ids)?,
             };
             for (&i, v) in chunk.iter().zip(vectors) {
                 out[i] = v;
@@ -371,7 +375,18 @@ impl BertEmbedder {
         Ok(out)
     }
 
-    fn forward(&self, model: &BertModel, ids: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+    /// A forward pass on padded inputs (candle's BERT or the graph), pooled and normalised.
+    fn forward(&self, ids: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        if let Forward::Graph(model) = &self.model
+            && ids
+                .iter()
+                .flat_map(|s| s.iter())
+                .any(|&t| t as usize >= model.vocab())
+        {
+            return Err(Error::model(
+                "the tokenizer gives token ids outside the model's vocabulary",
+            ));
+        }
         let batch = ids.len();
         let len = ids.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
         let mut flat_ids = Vec::with_capacity(batch * len);
@@ -384,10 +399,13 @@ impl BertEmbedder {
         }
         let input = Tensor::from_vec(flat_ids, (batch, len), &self.device)?;
         let mask = Tensor::from_vec(flat_mask, (batch, len), &self.device)?;
-        let types = input.zeros_like()?;
-        let hidden = model
-            .forward(&input, &types, Some(&mask))?
-            .to_dtype(DType::F32)?;
+        let hidden = match &self.model {
+            Forward::Candle(model) => model
+                .forward(&input, &input.zeros_like()?, Some(&mask))?
+                .to_dtype(DType::F32)?,
+            Forward::Graph(model) => model.forward(&input, &mask)?,
+            Forward::Cpu(_) => unreachable!("the CPU encoder runs packed"),
+        };
         let pooled = match self.pooling {
             Pooling::Cls => hidden.i((.., 0))?,
             Pooling::Mean => {

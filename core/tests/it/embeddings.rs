@@ -259,6 +259,43 @@ fn both_forward_passes_match_sentence_transformers() {
     }
 }
 
+/// The forward pass GPUs run (F16 matrix products; mask, norms and softmax in F32), checked on
+/// the CPU: every reference vector, alone and in a padded batch, within cosine 0.9999 of
+/// sentence-transformers' F32 one, and none NaN (candle-transformers' BERT, run in F16, gives
+/// NaN at every real token: its mask is `0 × f16(f32::MIN) = 0 × −∞`).
+#[test]
+fn graph_forward_in_f16_matches_sentence_transformers() {
+    use recall_core::embed::{BertEmbedder, Kernels, Precision};
+    let (texts, want) = reference();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let lengths: std::collections::BTreeSet<usize> = refs.iter().map(|t| t.len()).collect();
+    assert!(lengths.len() > 1, "the batch must need padding");
+    let model = BertEmbedder::load_with(
+        &minilm_dir(),
+        &candle_core::Device::Cpu,
+        32,
+        None,
+        Kernels::Graph,
+        Precision::F32,
+    )
+    .unwrap();
+    let batched = model.embed(&refs).unwrap();
+    let mut lowest = 1f32;
+    for (i, text) in refs.iter().enumerate() {
+        let alone = model.embed(&[text]).unwrap().pop().unwrap();
+        for (how, v) in [("alone", &alone), ("in a batch", &batched[i])] {
+            assert!(
+                v.iter().all(|x| x.is_finite()),
+                "text {i} {how}: not finite"
+            );
+            let c = cosine(v, &want[i]);
+            assert!(c >= 0.9999, "text {i} {how}: cosine {c}");
+            lowest = lowest.min(c);
+        }
+    }
+    eprintln!("graph forward pass (F16): lowest cosine to sentence-transformers {lowest:.6}");
+}
+
 /// The int8 forward pass: every reference vector within cosine 0.99 of sentence-transformers'
 /// (the bar), a vector that does not depend on the batch it was embedded in (rows are
 /// quantized one by one and the integer sums are exact), and the F32 model's ranking of a few
