@@ -349,8 +349,24 @@ fn permute(w: &Tensor, heads: usize) -> Tensor {
 /// Writes the same weights as a GGUF file (F32 tensors, llama.cpp names and metadata) into
 /// the model's directory, next to its tokenizer.json.
 pub fn write_gguf(root: &Path, name: &str, model_type: &str) -> PathBuf {
-    let dir = write_hf(root, name, model_type);
-    let shape = Shape::TINY;
+    write_hf(root, name, model_type);
+    write_shaped_gguf(root, name, model_type, &Shape::TINY, GgmlDType::F32)
+}
+
+/// Writes the weights of a model of the given shape as a GGUF file into `root/name` (which
+/// must hold its tokenizer.json, as [`write_shaped_hf`] writes it): `name.gguf` for F32, else
+/// `name-<type>.gguf` (e.g. `llama-q4k.gguf`) with the matrices quantized to `dtype` (norms and
+/// biases stay F32, as llama.cpp keeps them). Tensors are quantized in parallel.
+pub fn write_shaped_gguf(
+    root: &Path,
+    name: &str,
+    model_type: &str,
+    shape: &Shape,
+    dtype: GgmlDType,
+) -> PathBuf {
+    use rayon::prelude::*;
+    let dir = root.join(name);
+    let shape = *shape;
     let hf = tensors(name, &shape);
     let arch = model_type;
     let hd = head_dim(name, &shape);
@@ -394,8 +410,12 @@ pub fn write_gguf(root: &Path, name: &str, model_type: &str) -> PathBuf {
         }
     }
     let q: Vec<(String, QTensor)> = out
-        .into_iter()
-        .map(|(n, t)| (n, QTensor::quantize(&t, GgmlDType::F32).unwrap()))
+        .into_par_iter()
+        .map(|(n, t)| {
+            let kind = if t.rank() == 2 { dtype } else { GgmlDType::F32 };
+            let q = QTensor::quantize(&t, kind).unwrap();
+            (n, q)
+        })
         .collect();
     let u = |v: usize| gguf_file::Value::U32(v as u32);
     let meta: Vec<(String, gguf_file::Value)> = vec![
@@ -420,7 +440,10 @@ pub fn write_gguf(root: &Path, name: &str, model_type: &str) -> PathBuf {
             gguf_file::Value::F32(10_000.0),
         ),
     ];
-    let path = dir.join(format!("{name}.gguf"));
+    let path = match dtype {
+        GgmlDType::F32 => dir.join(format!("{name}.gguf")),
+        other => dir.join(format!("{name}-{other:?}.gguf").to_lowercase()),
+    };
     let mut f = std::fs::File::create(&path).unwrap();
     let meta_refs: Vec<(&str, &gguf_file::Value)> =
         meta.iter().map(|(k, v)| (k.as_str(), v)).collect();

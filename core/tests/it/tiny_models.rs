@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, IndexOp};
 use recall_core::llm::{LocalModel, ModelConfig, Precision};
-use recall_core::testing::tiny::{FAMILIES, PROMPT, config, write_gguf, write_hf};
+use recall_core::testing::tiny::{
+    FAMILIES, PROMPT, Shape, config, write_gguf, write_hf, write_shaped_gguf,
+};
 use serde_json::{Value, json};
 
 fn load(path: &Path) -> LocalModel {
@@ -93,6 +95,38 @@ fn gguf_files_match_their_safetensors() {
         let model = load(&write_gguf(root.path(), name, model_type));
         let diff = max_diff(&prompt_logits(&model), &as_f32(&reference[name]["logits"]));
         assert!(diff < 1e-3, "{name} GGUF: logits differ by {diff}");
+    }
+}
+
+/// Quantized GGUF files of the same weights (the benchmarks' `--quantize`, kept quantized at
+/// load): Q8_0 and Q4_0 (the project's kernels) and Q4_1 stay close to the F32 logits, and
+/// Q8_0 picks the same next token.
+#[test]
+fn quantized_gguf_files_stay_close_to_f32() {
+    use candle_core::quantized::GgmlDType;
+    let root = tempfile::tempdir().unwrap();
+    let f32 = prompt_logits(&load(&write_gguf(root.path(), "llama", "llama")));
+    let range = f32.iter().map(|x| x.abs()).fold(0f32, f32::max);
+    let argmax = |v: &[f32]| (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
+    for (kind, tolerance) in [
+        (GgmlDType::Q8_0, 0.02),
+        (GgmlDType::Q4_0, 0.25),
+        (GgmlDType::Q4_1, 0.25),
+    ] {
+        let path = write_shaped_gguf(root.path(), "llama", "llama", &Shape::TINY, kind);
+        assert!(
+            path.to_string_lossy()
+                .ends_with(&format!("llama-{kind:?}.gguf").to_lowercase())
+        );
+        let q = prompt_logits(&load(&path));
+        let diff = max_diff(&q, &f32);
+        assert!(
+            diff > 0.0 && diff < tolerance * range,
+            "{kind:?}: logits differ by {diff} (largest |logit| {range})"
+        );
+        if kind == GgmlDType::Q8_0 {
+            assert_eq!(argmax(&q), argmax(&f32), "{kind:?}: another next token");
+        }
     }
 }
 
