@@ -51,6 +51,15 @@ struct Layer {
     local_rope: bool,
 }
 
+/// See [`Decoder::step`].
+struct Step {
+    positions: Vec<u32>,
+    span: usize,
+    global: (Tensor, Tensor),
+    local: Option<(Tensor, Tensor)>,
+    global_mask: Tensor,
+}
+
 /// See the module documentation.
 pub struct Decoder {
     arch: Arch,
@@ -428,10 +437,134 @@ impl Decoder {
             .reshape((batch, seq, a.heads * a.head_dim))?)
     }
 
+    /// The positions of a batched decode step on device caches: each sequence's new token
+    /// position, its rotary rows, and the attention mask over the longest sequence's span.
+    fn step(&self, caches: &[&mut KvCache]) -> Result<Step> {
+        let positions: Vec<u32> = caches.iter().map(|c| c.len as u32).collect();
+        let span = caches.iter().map(|c| c.len + 1).max().unwrap_or(1);
+        let index = Tensor::new(positions.as_slice(), &self.device)?;
+        let rows = |(cos, sin): (&Tensor, &Tensor)| -> Result<(Tensor, Tensor)> {
+            Ok((
+                cos.index_select(&index, 0)?.unsqueeze(1)?,
+                sin.index_select(&index, 0)?.unsqueeze(1)?,
+            ))
+        };
+        let global = rows((&self.cos, &self.sin))?;
+        let local = match &self.local {
+            Some((cos, sin)) => Some(rows((cos, sin))?),
+            None => None,
+        };
+        let global_mask = self.step_mask(&positions, span, None)?;
+        Ok(Step {
+            positions,
+            span,
+            global,
+            local,
+            global_mask,
+        })
+    }
+
+    /// (batch, 1, 1, span) F32: 0 where a sequence's new token sees a key, −∞ elsewhere (past
+    /// its own length, or outside its window).
+    fn step_mask(&self, positions: &[u32], span: usize, window: Option<usize>) -> Result<Tensor> {
+        let mask: Vec<f32> = positions
+            .iter()
+            .flat_map(|&p| {
+                let p = p as usize;
+                (0..span).map(move |j| {
+                    if j > p || window.is_some_and(|w| j + w <= p) {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+            })
+            .collect();
+        Ok(Tensor::from_vec(
+            mask,
+            (positions.len(), 1, 1, span),
+            &self.device,
+        )?)
+    }
+
+    /// Attention of a decode step of several sequences on device caches, batched: q, k, v are
+    /// (batch, 1, heads × head_dim). Each sequence's keys and values are read over the longest
+    /// sequence's span and stacked (past its own length masked), so the products, the mask and
+    /// the softmax run once for the batch instead of once per sequence: on a GPU, where a step
+    /// is bound by kernel launches, this is what lets a batch cost little more than one stream.
+    fn attend_step(
+        &self,
+        layer: &Layer,
+        li: usize,
+        (q, k, v): (&Tensor, &Tensor, &Tensor),
+        caches: &mut [&mut KvCache],
+        step: &Step,
+    ) -> Result<Tensor> {
+        let a = &self.arch;
+        let b = caches.len();
+        let mut q = q.reshape((b, 1, a.heads, a.head_dim))?;
+        let mut k = k.reshape((b, 1, a.kv_heads, a.head_dim))?;
+        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+            q = candle_nn::ops::rms_norm(&q.contiguous()?, qn, a.eps as f32)?;
+            k = candle_nn::ops::rms_norm(&k.contiguous()?, kn, a.eps as f32)?;
+        }
+        let q = q.transpose(1, 2)?.contiguous()?;
+        let k = k.transpose(1, 2)?.contiguous()?;
+        let v = v
+            .reshape((b, 1, a.kv_heads, a.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let (cos, sin) = match (&step.local, layer.local_rope) {
+            (Some(local), true) => local,
+            _ => &step.global,
+        };
+        let (q, k) = match a.rope_style {
+            RopeStyle::Interleaved => (
+                candle_nn::rotary_emb::rope_i(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope_i(&k, cos, sin)?,
+            ),
+            RopeStyle::Halves => (
+                candle_nn::rotary_emb::rope(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope(&k, cos, sin)?,
+            ),
+        };
+        let mut keys = Vec::with_capacity(b);
+        let mut values = Vec::with_capacity(b);
+        for (i, cache) in caches.iter_mut().enumerate() {
+            let pos = cache.len;
+            let (kb, vb) =
+                cache.append_spanning(li, pos, &k.get(i)?, &v.get(i)?, step.span, a.max_len)?;
+            keys.push(kb);
+            values.push(vb);
+        }
+        let keys = Tensor::stack(&keys, 0)?;
+        let values = Tensor::stack(&values, 0)?;
+        // Grouped-query attention: the `rep` query heads of one key/value head are rows of one
+        // product with it.
+        let rep = a.heads / a.kv_heads;
+        let q = q.reshape((b, a.kv_heads, rep, a.head_dim))?;
+        let att = (q.matmul(&keys.t()?)?.to_dtype(DType::F32)? * a.attention_scale())?;
+        let mask = match layer.window {
+            Some(w) => &self.step_mask(&step.positions, step.span, Some(w))?,
+            None => &step.global_mask,
+        };
+        // Softmax in F32 (half precision loses the small weights).
+        let att = candle_nn::ops::softmax_last_dim(&att.broadcast_add(mask)?)?;
+        let y = att.to_dtype(self.dtype)?.matmul(&values)?;
+        Ok(y.reshape((b, a.heads, 1, a.head_dim))?
+            .transpose(1, 2)?
+            .reshape((b, 1, a.heads * a.head_dim))?)
+    }
+
     /// Runs `xs` (batch, seq, hidden) through the layers; each row of the batch is one
     /// sequence with its own cache (for batch > 1, seq must be 1).
     fn layers(&self, mut xs: Tensor, caches: &mut [&mut KvCache]) -> Result<Tensor> {
         let batch = xs.dim(0)?;
+        let step = if batch > 1 && xs.dim(1)? == 1 && !caches.iter().all(|c| c.is_host()) {
+            Some(self.step(caches)?)
+        } else {
+            None
+        };
         let eps = self.arch.eps as f32;
         let bias = |t: Tensor, b: &Option<Tensor>| -> Result<Tensor> {
             Ok(match b {
@@ -453,6 +586,8 @@ impl Decoder {
             let seq = xs.dim(1)?;
             let y = if caches.iter().all(|c| c.is_host()) && seq <= FUSED_ATTENTION_MAX_SEQ {
                 self.attend_host(layer, li, &q, &k, &v, caches)?
+            } else if let Some(step) = &step {
+                self.attend_step(layer, li, (&q, &k, &v), caches, step)?
             } else {
                 let mut ys = Vec::with_capacity(batch);
                 for (b, cache) in caches.iter_mut().enumerate() {

@@ -12,8 +12,12 @@ use recall_core::testing::tiny::{
 use serde_json::{Value, json};
 
 fn load(path: &Path) -> LocalModel {
+    load_as(path, Precision::F32)
+}
+
+fn load_as(path: &Path, precision: Precision) -> LocalModel {
     let config = ModelConfig {
-        precision: Precision::F32,
+        precision,
         ..ModelConfig::new(path)
     };
     LocalModel::load(&config, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -130,34 +134,59 @@ fn quantized_gguf_files_stay_close_to_f32() {
     }
 }
 
-/// Batched decoding gives every sequence the logits it gets alone, on every family.
+/// Batched decoding gives every sequence the logits it gets alone, on every family, for three
+/// steps: in F32 (the CPU's fused attention over host caches) and in F16 (device caches, the
+/// path GPUs take: one batched attention over the stacked caches, shorter sequences masked).
 #[test]
 fn batched_decode_matches_single_on_every_family() {
     let root = tempfile::tempdir().unwrap();
     for (name, model_type) in FAMILIES {
-        let model = load(&write_hf(root.path(), name, model_type));
-        let d = model.decoder();
-        let prompts: [&[u32]; 3] = [&PROMPT, &[9, 8, 7], &[50, 60, 70, 80, 90]];
-        let mut caches: Vec<_> = prompts.iter().map(|_| d.new_cache()).collect();
-        let mut alone = Vec::new();
-        for (p, c) in prompts.iter().zip(caches.iter_mut()) {
-            d.prefill(p, c).unwrap();
-            let mut c2 = c.clone();
-            alone.push(
-                d.decode(&[33], &mut [&mut c2])
-                    .unwrap()
-                    .i(0)
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap(),
-            );
-        }
-        let mut refs: Vec<_> = caches.iter_mut().collect();
-        let together = d.decode(&[33, 33, 33], &mut refs).unwrap();
-        for (row, want) in alone.iter().enumerate() {
-            let got = together.i(row).unwrap().to_vec1::<f32>().unwrap();
-            let diff = max_diff(&got, want);
-            assert!(diff < 1e-4, "{name} row {row}: {diff}");
+        let path = write_hf(root.path(), name, model_type);
+        for (precision, tolerance) in [(Precision::F32, 1e-4), (Precision::F16, 2e-2)] {
+            let model = load_as(&path, precision);
+            let d = model.decoder();
+            let prompts: [&[u32]; 3] = [&PROMPT, &[9, 8, 7], &[50, 60, 70, 80, 90]];
+            let steps: [[u32; 3]; 3] = [[33, 33, 33], [4, 40, 70], [12, 5, 95]];
+            let mut caches: Vec<_> = prompts.iter().map(|_| d.new_cache()).collect();
+            let mut alone = Vec::new();
+            for (p, c) in prompts.iter().zip(caches.iter_mut()) {
+                d.prefill(p, c).unwrap();
+                let mut c2 = c.clone();
+                let row = alone.len();
+                alone.push(
+                    steps
+                        .iter()
+                        .map(|s| {
+                            d.decode(&[s[row]], &mut [&mut c2])
+                                .unwrap()
+                                .i(0)
+                                .unwrap()
+                                .to_dtype(candle_core::DType::F32)
+                                .unwrap()
+                                .to_vec1::<f32>()
+                                .unwrap()
+                        })
+                        .collect::<Vec<_>>(),
+                );
+            }
+            for (si, s) in steps.iter().enumerate() {
+                let mut refs: Vec<_> = caches.iter_mut().collect();
+                let together = d.decode(s, &mut refs).unwrap();
+                for (row, want) in alone.iter().enumerate() {
+                    let got = together
+                        .i(row)
+                        .unwrap()
+                        .to_dtype(candle_core::DType::F32)
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap();
+                    let diff = max_diff(&got, &want[si]);
+                    assert!(
+                        diff < tolerance,
+                        "{name} {precision:?} step {si} row {row}: {diff}"
+                    );
+                }
+            }
         }
     }
 }

@@ -2,7 +2,7 @@
 use candle_core::Tensor;
 use recall_kernels::HostKv;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The attention keys and values of one sequence, per layer. On the CPU in F32 they live in
 /// host buffers that the project's attention kernel reads in place (`recall_kernels::HostKv`);
@@ -69,8 +69,30 @@ impl KvCache {
         v: &Tensor,
         max_len: usize,
     ) -> Result<(Tensor, Tensor)> {
+        let need = pos + k.dim(1)?;
+        self.append_spanning(li, pos, k, v, need, max_len)
+    }
+
+    /// [`KvCache::append`] on a device cache for a batched step: the keys and values returned
+    /// span `span` ≥ pos+seq positions (the buffers grow to hold them), so that sequences of
+    /// several lengths stack into one tensor. Positions past pos+seq hold zeros or values of an
+    /// earlier fork: finite, and the caller masks them.
+    pub(super) fn append_spanning(
+        &mut self,
+        li: usize,
+        pos: usize,
+        k: &Tensor,
+        v: &Tensor,
+        span: usize,
+        max_len: usize,
+    ) -> Result<(Tensor, Tensor)> {
         let (kv_heads, seq, head_dim) = k.dims3()?;
         let need = pos + seq;
+        if span < need || (span > need && !matches!(self.layers[li], LayerKv::Device(_))) {
+            return Err(Error::Internal(format!(
+                "a span of {span} positions for {need} cached ones"
+            )));
+        }
         match &mut self.layers[li] {
             LayerKv::Host(h) => {
                 // (seq, kv heads, head dim) rows, as the buffers take them.
@@ -87,12 +109,12 @@ impl KvCache {
             }
             LayerKv::Device(slot) => {
                 let cap = slot.as_ref().map_or(0, |(kb, _)| kb.dim(1).unwrap_or(0));
-                if need > cap {
-                    let new_cap = need
+                if span > cap {
+                    let new_cap = span
                         .max(KV_INITIAL)
                         .next_power_of_two()
                         .min(max_len)
-                        .max(need);
+                        .max(span);
                     let grow = |old: Option<&Tensor>| -> Result<Tensor> {
                         let buf =
                             Tensor::zeros((kv_heads, new_cap, head_dim), k.dtype(), k.device())?;
@@ -111,7 +133,7 @@ impl KvCache {
                 let (kb, vb) = slot.as_ref().expect("buffers exist");
                 kb.slice_set(&k.contiguous()?, 1, pos)?;
                 vb.slice_set(&v.contiguous()?, 1, pos)?;
-                Ok((kb.narrow(1, 0, need)?, vb.narrow(1, 0, need)?))
+                Ok((kb.narrow(1, 0, span)?, vb.narrow(1, 0, span)?))
             }
         }
     }
