@@ -232,7 +232,7 @@ pub async fn open_chat_model(options: &ChatOptions) -> Result<Arc<dyn ChatModel>
     let (queue, sequences) = (options.queue_capacity.max(1), options.max_sequences.max(1));
     let limits = WorkerLimits {
         prefix_cache_bytes: options.prefix_cache_mib.saturating_mul(1 << 20),
-        ..WorkerLimits::default()
+        ..WorkerLimits::for_device(&device)
     };
     let service = blocking(move || {
         ChatService::start_with_limits(&config, &device, queue, sequences, limits)

@@ -108,6 +108,18 @@ impl Default for WorkerLimits {
     }
 }
 
+impl WorkerLimits {
+    /// The defaults for a model on `device`: on a GPU prompts are read 512 tokens at a time
+    /// (a chunk there costs about what a decode step does, where 48 tokens made a 500-token
+    /// prompt wait through ten decode steps), on the CPU 48.
+    pub fn for_device(device: &Device) -> Self {
+        Self {
+            prefill_chunk: if device.is_cpu() { 48 } else { 512 },
+            ..Self::default()
+        }
+    }
+}
+
 /// Free buffer slots a sequence needs to take part in a decode step (one token can flush
 /// several pieces of text).
 const STEP_ROOM: usize = 4;
@@ -126,7 +138,7 @@ impl ChatService {
             device,
             queue_capacity,
             max_sequences,
-            WorkerLimits::default(),
+            WorkerLimits::for_device(device),
         )
     }
 
@@ -393,7 +405,10 @@ fn worker(
                 ready.iter_mut().map(|a| &mut a.seq.cache).collect();
             model.decoder().decode(&tokens, &mut caches)
         };
-        let logits = match step {
+        // All the step's logits leave the device in one copy.
+        let logits =
+            step.and_then(|l| Ok(l.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?));
+        let logits = match logits {
             Ok(l) => l,
             Err(e) => {
                 let message = e.to_string();
@@ -408,11 +423,8 @@ fn worker(
             }
         };
         let mut still = waiting;
-        for (row, mut a) in ready.drain(..).enumerate() {
-            let accepted = logits
-                .get(row)
-                .map_err(Error::from)
-                .and_then(|l| a.seq.accept(&model, &l, &mut delta_sender(&a.events)));
+        for (mut a, row) in ready.drain(..).zip(logits) {
+            let accepted = a.seq.accept_host(&model, row, &mut delta_sender(&a.events));
             match accepted {
                 Ok(Some(next)) => {
                     a.next = next;
