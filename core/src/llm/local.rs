@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file;
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
@@ -478,9 +478,13 @@ impl LocalModel {
                 .filter(|(i, _)| next[*i].is_some())
                 .map(|(_, s)| &mut s.cache)
                 .collect();
-            let logits = self.model.decode(&tokens, &mut caches)?;
-            for (row, &i) in active.iter().enumerate() {
-                next[i] = seqs[i].accept(self, &logits.get(row)?, &mut |_| true)?;
+            let logits = self
+                .model
+                .decode(&tokens, &mut caches)?
+                .to_dtype(DType::F32)?
+                .to_vec2::<f32>()?;
+            for (row, &i) in logits.into_iter().zip(&active) {
+                next[i] = seqs[i].accept_host(self, row, &mut |_| true)?;
             }
         }
         Ok(seqs.iter().map(Sequence::completion).collect())
@@ -495,6 +499,24 @@ impl LocalModel {
     pub fn stop_ids(&self) -> &[u32] {
         &self.stop_ids
     }
+}
+
+/// `log softmax(logits)[i]`, with the vectorised exp, in chunks (no allocation).
+fn log_softmax_at(logits: &[f32], i: usize) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f64;
+    let mut buf = [0f32; 1024];
+    for chunk in logits.chunks(buf.len()) {
+        let part = &mut buf[..chunk.len()];
+        for (b, &x) in part.iter_mut().zip(chunk) {
+            *b = x - max;
+        }
+        crate::math::exp_in_place(part);
+        sum += part.iter().map(|&e| e as f64).sum::<f64>();
+    }
+    logits
+        .get(i)
+        .map_or(f32::NEG_INFINITY, |&x| x - max - sum.ln() as f32)
 }
 
 /// One sequence being generated: its cache, sampler and output so far.
@@ -563,41 +585,55 @@ impl Sequence {
         logits: &Tensor,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Option<u32>> {
+        let logits = logits.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+        self.accept_host(model, logits, on_text)
+    }
+
+    /// [`Sequence::accept`] on logits already in host memory. The logits processing (the
+    /// repetition penalty, holding back end-of-sequence until `min_tokens`, sampling and the
+    /// token's log-probability) is plain host arithmetic on that copy, so a batched step
+    /// copies its logits off a GPU once for all its sequences instead of several times each.
+    pub fn accept_host(
+        &mut self,
+        model: &LocalModel,
+        mut logits: Vec<f32>,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Option<u32>> {
         if self.generated.len() >= self.max_new {
             self.end(FinishReason::Length, on_text);
             return Ok(None);
         }
         let params = &self.params;
-        let logits = logits.to_dtype(candle_core::DType::F32)?;
-        let logits = if params.repetition_penalty != 1.0 {
+        if params.repetition_penalty != 1.0 {
             let start = self.all.len().saturating_sub(params.repeat_last_n);
-            candle_transformers::utils::apply_repeat_penalty(
-                &logits,
-                params.repetition_penalty,
-                &self.all[start..],
-            )?
-        } else {
-            logits
-        };
-        let logits = if self.generated.len() < params.min_tokens && !model.stop_ids.is_empty() {
-            let mut v = logits.to_vec1::<f32>()?;
+            let mut seen = std::collections::HashSet::new();
+            for &id in &self.all[start..] {
+                if seen.insert(id)
+                    && let Some(x) = logits.get_mut(id as usize)
+                {
+                    if *x >= 0.0 {
+                        *x /= params.repetition_penalty;
+                    } else {
+                        *x *= params.repetition_penalty;
+                    }
+                }
+            }
+        }
+        if self.generated.len() < params.min_tokens {
             for &id in &model.stop_ids {
-                if let Some(x) = v.get_mut(id as usize) {
+                if let Some(x) = logits.get_mut(id as usize) {
                     *x = f32::NEG_INFINITY;
                 }
             }
-            Tensor::new(v, logits.device())?
-        } else {
-            logits
-        };
-        let next = self.sampler.sample(&logits)?;
+        }
+        let next =
+            self.sampler
+                .sample(&Tensor::from_slice(&logits, logits.len(), &Device::Cpu)?)?;
         if model.stop_ids.contains(&next) {
             self.end(FinishReason::Stop, on_text);
             return Ok(None);
         }
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?
-            .get(next as usize)?
-            .to_scalar::<f32>()?;
+        let logp = log_softmax_at(&logits, next as usize);
         self.logprob_sum += logp as f64;
         self.generated.push(next);
         self.all.push(next);
