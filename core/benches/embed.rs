@@ -9,6 +9,15 @@
 //! ```
 //! `--query-only` measures only our query embedding (each question `--repeat` times), for
 //! `perf record` and quick comparisons.
+//!
+//! On a GPU (`--features cuda`), the embedder as it runs there (the graph forward pass, F16)
+//! against sentence-transformers on the same GPU in F16, and the cosine of its vectors to our
+//! F32 CPU ones:
+//!
+//! ```sh
+//! cargo bench -p recall-core --features testing,cuda --bench embed -- --device cuda \
+//!     [--model-dir DIR] [--python python3] [--texts 4096]
+//! ```
 //! Without `--python` (or `DEEP_RECALL_BENCH_PYTHON`) the Python side is skipped.
 use std::path::PathBuf;
 use std::process::Command;
@@ -120,31 +129,44 @@ fn rust_rate(model: &BertEmbedder, texts: &[String], batch: usize) -> f64 {
     texts.len() as f64 / started.elapsed().as_secs_f64()
 }
 
-fn python_rates(python: &str, texts_file: &std::path::Path, n: usize) -> Vec<(usize, f64)> {
+/// The JSON lines `bench/st_embed.py` prints with these arguments (none when it fails).
+fn st_embed(python: &str, args: &[&std::ffi::OsStr]) -> Vec<serde_json::Value> {
     let out = Command::new(python)
         .arg(repo_root().join("bench/st_embed.py"))
-        .arg("--model-dir")
-        .arg(minilm_dir())
-        .arg("--texts")
-        .arg(texts_file)
-        .args([
-            "--batch-sizes",
-            "1,32",
-            "--threads",
-            "2",
-            "--limit",
-            &n.to_string(),
-        ])
+        .args(args)
         .output()
         .expect("run the Python benchmark");
-    assert!(
-        out.status.success(),
-        "Python benchmark failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if !out.status.success() {
+        // The table shows "(not run)" for the reference; the reason is here.
+        eprintln!(
+            "Python benchmark failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return vec![];
+    }
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .collect()
+}
+
+fn python_rates(python: &str, texts_file: &std::path::Path, n: usize) -> Vec<(usize, f64)> {
+    let n = n.to_string();
+    let dir = minilm_dir();
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "--model-dir".as_ref(),
+        dir.as_os_str(),
+        "--texts".as_ref(),
+        texts_file.as_os_str(),
+        "--batch-sizes".as_ref(),
+        "1,32".as_ref(),
+        "--threads".as_ref(),
+        "2".as_ref(),
+        "--limit".as_ref(),
+        n.as_ref(),
+    ];
+    st_embed(python, &args)
+        .into_iter()
         .filter_map(|v| {
             Some((
                 v["batch_size"].as_u64()? as usize,
@@ -165,6 +187,121 @@ async fn ingest_rate(engine: &Engine, messages: &[NewMessage]) -> f64 {
     messages.len() as f64 / started.elapsed().as_secs_f64()
 }
 
+/// 200 questions of about ten words: what a search embeds.
+fn questions() -> Vec<String> {
+    (0..200)
+        .map(|i| {
+            format!(
+                "what did {} say about {} {i}?",
+                SUBJECTS[i % SUBJECTS.len()],
+                OBJECTS[i % OBJECTS.len()]
+                    .split_whitespace()
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )
+        })
+        .collect()
+}
+
+/// p50 and p95 of one-at-a-time embedding of `questions`, in ms.
+fn query_latency(model: &BertEmbedder, questions: &[String], repeat: usize) -> (f64, f64) {
+    model.embed(&[questions[0].as_str()]).unwrap();
+    let mut times: Vec<f64> = (0..repeat)
+        .flat_map(|_| questions)
+        .map(|q| {
+            let started = Instant::now();
+            model.embed(&[q.as_str()]).unwrap();
+            started.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let p = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    (p(0.5), p(0.95))
+}
+
+/// `--device cuda[:N]`: throughput at batch 1, 32 and 128 and query latency of the embedder on
+/// that device, against sentence-transformers on the same device and weights in F16 (when a
+/// Python is given), and the cosine of its vectors to our F32 CPU ones.
+fn on_device(name: &str, texts: &[String], texts_file: &std::path::Path, python: Option<&str>) {
+    let device = recall_core::device::select(name.parse().unwrap()).unwrap();
+    let dir = arg("--model-dir").map_or_else(minilm_dir, PathBuf::from);
+    let load = |device: &candle_core::Device| {
+        BertEmbedder::load_with(&dir, device, 128, None, Kernels::Auto, Precision::F32).unwrap()
+    };
+    let (ours, cpu) = (load(&device), load(&candle_core::Device::Cpu));
+    let questions = questions();
+    let qfile = texts_file.with_file_name("questions.txt");
+    std::fs::write(&qfile, questions.join("\n")).unwrap();
+    let batches = [1usize, 32, 128];
+    let py = python.map(|p| {
+        let torch_device = if name.starts_with("cuda") {
+            "cuda"
+        } else {
+            name
+        };
+        let args: Vec<&std::ffi::OsStr> = vec![
+            "--model-dir".as_ref(),
+            dir.as_os_str(),
+            "--texts".as_ref(),
+            texts_file.as_os_str(),
+            "--batch-sizes".as_ref(),
+            "1,32,128".as_ref(),
+            "--repeat".as_ref(),
+            "3".as_ref(),
+            "--device".as_ref(),
+            torch_device.as_ref(),
+            "--dtype".as_ref(),
+            "float16".as_ref(),
+            "--queries".as_ref(),
+            qfile.as_os_str(),
+        ];
+        st_embed(p, &args)
+    });
+    let theirs = |key: &str, batch: Option<usize>| -> Option<f64> {
+        py.as_ref()?
+            .iter()
+            .filter(|v| batch.is_none_or(|b| v["batch_size"].as_u64() == Some(b as u64)))
+            .find_map(|v| v[key].as_f64())
+    };
+    println!(
+        "Embedding on {name} ({}), our graph forward pass in F16, {}, {} texts",
+        recall_core::device::describe(&device),
+        dir.display(),
+        texts.len()
+    );
+    println!();
+    println!("| batch | ours (sentences/s) | sentence-transformers F16 | ours/ST |");
+    println!("|---:|---:|---:|---:|");
+    for batch in batches {
+        let best = (0..3)
+            .map(|_| rust_rate(&ours, texts, batch))
+            .fold(0f64, f64::max);
+        match theirs("sentences_per_s", Some(batch)) {
+            Some(t) => println!("| {batch} | {best:.0} | {t:.0} | {:.2} |", best / t),
+            None => println!("| {batch} | {best:.0} | (not run) | |"),
+        }
+    }
+    let (p50, p95) = query_latency(&ours, &questions, 3);
+    println!();
+    println!("| query embedding, one ~10-word question | p50 (ms) | p95 (ms) |");
+    println!("|---|---:|---:|");
+    println!("| ours | {p50:.2} | {p95:.2} |");
+    if let (Some(a), Some(b)) = (theirs("query_p50_ms", None), theirs("query_p95_ms", None)) {
+        println!("| sentence-transformers F16 | {a:.2} | {b:.2} |");
+    }
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let (a, b) = (ours.embed(&refs).unwrap(), cpu.embed(&refs).unwrap());
+    let cos: Vec<f32> = a.iter().zip(&b).map(|(x, y)| cosine(x, y)).collect();
+    let lowest = cos.iter().copied().fold(1f32, f32::min);
+    let mean = cos.iter().sum::<f32>() / cos.len() as f32;
+    let finite = a.iter().flatten().all(|x| x.is_finite());
+    println!();
+    println!(
+        "{name} F16 against our CPU F32 on these texts: cosine mean {mean:.6}, lowest {lowest:.6}, all finite: {finite}"
+    );
+}
+
 fn main() {
     let n: usize = arg("--texts").map_or(512, |s| s.parse().unwrap());
     let ingest_n: usize = arg("--ingest").map_or(1000, |s| s.parse().unwrap());
@@ -178,6 +315,9 @@ fn main() {
         .map(|t| t.split_whitespace().count())
         .sum::<usize>() as f64
         / n as f64;
+    if let Some(device) = arg("--device").filter(|d| d != "cpu") {
+        return on_device(&device, &texts, &texts_file, python.as_deref());
+    }
 
     let load = |kernels, precision| {
         BertEmbedder::load_with(
@@ -254,19 +394,7 @@ fn main() {
         println!("int8 against F32 on these texts: cosine mean {mean:.5}, lowest {min:.5}");
     }
     // Query embedding: a 10-word question at a time, as every search does.
-    let questions: Vec<String> = (0..200)
-        .map(|i| {
-            format!(
-                "what did {} say about {} {i}?",
-                SUBJECTS[i % SUBJECTS.len()],
-                OBJECTS[i % OBJECTS.len()]
-                    .split_whitespace()
-                    .take(5)
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            )
-        })
-        .collect();
+    let questions = questions();
     println!();
     println!(
         "Query embedding latency, one question of ~10 words at a time, {} questions:",
@@ -284,18 +412,8 @@ fn main() {
         {
             continue;
         }
-        m.embed(&[questions[0].as_str()]).unwrap();
-        let mut times: Vec<f64> = (0..repeat)
-            .flat_map(|_| &questions)
-            .map(|q| {
-                let started = Instant::now();
-                m.embed(&[q.as_str()]).unwrap();
-                started.elapsed().as_secs_f64() * 1000.0
-            })
-            .collect();
-        times.sort_by(f64::total_cmp);
-        let p = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
-        println!("| {name} | {:.2} | {:.2} |", p(0.5), p(0.95));
+        let (p50, p95) = query_latency(m, &questions, repeat);
+        println!("| {name} | {p50:.2} | {p95:.2} |");
     }
     drop(candle);
 

@@ -28,12 +28,17 @@
 //!
 //! ```sh
 //! cargo bench -p recall-core --features testing,cuda --bench llm -- --shape llama-1b \
-//!     --device cuda --model-dir /tmp/llama-1b --python python3
+//!     --device cuda --model-dir /tmp/llama-1b --python python3 [--check] [--quantize q4k]
 //! ```
+//!
+//! `--quantize q4_0|q4_1|q8_0|q4k|q6k` measures a GGUF file of the same weights quantized to
+//! that type (written once beside the safetensors) instead. `--check` also loads the model on
+//! the CPU and compares the prompt's next-token logits and 16 greedy tokens with the device's
+//! (the BF16 or quantized arithmetic of the device against the CPU's F32 or quantized one).
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use recall_core::context::ChatTurn;
 use recall_core::llm::{
     ChatEvent, ChatService, GenerationParams, LocalModel, ModelConfig, WorkerLimits,
@@ -411,7 +416,32 @@ fn shaped(name: &str) {
             started.elapsed().as_secs_f64()
         );
     }
-    let config = ModelConfig::new(&dir);
+    let quantize = arg("--quantize").map(|q| {
+        use candle_core::quantized::GgmlDType as G;
+        let kind = match q.as_str() {
+            "q4_0" => G::Q4_0,
+            "q4_1" => G::Q4_1,
+            "q8_0" => G::Q8_0,
+            "q4k" => G::Q4K,
+            "q6k" => G::Q6K,
+            other => panic!("--quantize {other}: q4_0, q4_1, q8_0, q4k or q6k"),
+        };
+        let path = dir.join(format!("llama-{kind:?}.gguf").to_lowercase());
+        if !path.exists() {
+            let started = Instant::now();
+            let written = recall_core::testing::tiny::write_shaped_gguf(
+                &root, "llama", "llama", &shape, kind,
+            );
+            assert_eq!(written, path);
+            eprintln!(
+                "wrote {} in {:.0} s",
+                path.display(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+        (kind, path)
+    });
+    let config = ModelConfig::new(quantize.as_ref().map_or(&dir, |(_, p)| p));
     // The word-level tokenizer of generated models: "w{i}" is token i (ids from 5 up).
     let words: Vec<String> = (0..prompt_tokens.saturating_sub(8))
         .map(|i| format!("w{}", 5 + (i * 7919) % (shape.vocab - 5)))
@@ -429,10 +459,13 @@ fn shaped(name: &str) {
     let ids = model.encode(&model.template().render(&turns)).unwrap();
     let (ttft_ms, prefill, decode) = one_stream(&mut model, &ids, &params);
     drop(model);
+    let weights = match &quantize {
+        Some((kind, _)) => format!("GGUF {kind:?} kept quantized"),
+        None => format!("{:?}", config.precision.dtype(&device)),
+    };
     println!(
-        "{name} shape (random weights), {}, {:?}, prompt {} tokens, {new_tokens} new tokens",
+        "{name} shape (random weights), {}, {weights}, prompt {} tokens, {new_tokens} new tokens",
         recall_core::device::describe(&device),
-        config.precision.dtype(&device),
         ids.len()
     );
     println!();
@@ -450,6 +483,8 @@ fn shaped(name: &str) {
         .unwrap();
     let service = Arc::new(ChatService::start(&config, &device, 16, 8).unwrap());
     for n in [4usize, 8] {
+        // A first round untimed: a GPU meets each batch size's shapes for the first time.
+        concurrent(&rt, &service, n, &turns, &params);
         let (agg, ttft) = concurrent(&rt, &service, n, &turns, &params);
         println!(
             "| deep-recall (candle) | {n} | - | {ttft:.0} (mean) | {:.1} | {agg:.1} |",
@@ -458,7 +493,7 @@ fn shaped(name: &str) {
     }
     drop(service);
 
-    if let Some(python) = arg("--python") {
+    if let Some(python) = arg("--python").filter(|_| quantize.is_none()) {
         let torch_device = if device_name.starts_with("cuda") {
             "cuda"
         } else {
@@ -473,6 +508,99 @@ fn shaped(name: &str) {
             (prefill, decode),
         );
     }
+    if std::env::args().any(|a| a == "--check") && !device.is_cpu() {
+        agreement(&config, &device, &ids);
+    }
+}
+
+/// The prompt's next-token logits and 16 greedy tokens of the model on `device` against the same
+/// model on the CPU (at most 64 prompt tokens).
+fn agreement(config: &ModelConfig, device: &Device, ids: &[u32]) {
+    use candle_core::IndexOp;
+    let prompt = &ids[..ids.len().min(64)];
+    let run = |device: &Device| -> (Vec<f32>, Vec<u32>) {
+        let model = LocalModel::load(config, device).unwrap();
+        let d = model.decoder();
+        let mut cache = d.new_cache();
+        let mut logits = d.prefill(prompt, &mut cache).unwrap();
+        let first: Vec<f32> = logits
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let mut tokens = Vec::new();
+        for _ in 0..16 {
+            let next = logits.argmax(0).unwrap().to_scalar::<u32>().unwrap();
+            tokens.push(next);
+            logits = d.decode(&[next], &mut [&mut cache]).unwrap().i(0).unwrap();
+        }
+        (first, tokens)
+    };
+    let (cpu, cpu_tokens) = run(&Device::Cpu);
+    let (dev, dev_tokens) = run(device);
+    let diff = cpu
+        .iter()
+        .zip(&dev)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    let range = cpu.iter().map(|a| a.abs()).fold(0f32, f32::max);
+    let same = cpu_tokens
+        .iter()
+        .zip(&dev_tokens)
+        .take_while(|(a, b)| a == b)
+        .count();
+    let top = |v: &[f32]| -> Vec<usize> {
+        let mut i: Vec<usize> = (0..v.len()).collect();
+        i.sort_by(|&a, &b| v[b].total_cmp(&v[a]));
+        i.truncate(10);
+        i
+    };
+    // A batched decode step of three sequences of different lengths on the device, against
+    // each of them alone there.
+    let batched = {
+        let model = LocalModel::load(config, device).unwrap();
+        let d = model.decoder();
+        let prompts = [
+            prompt,
+            &prompt[..prompt.len() / 2],
+            &prompt[..prompt.len() / 3],
+        ];
+        let row = |t: Tensor| -> Vec<f32> {
+            t.to_dtype(candle_core::DType::F32)
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        let mut caches: Vec<_> = prompts.iter().map(|_| d.new_cache()).collect();
+        let mut alone = Vec::new();
+        for (p, c) in prompts.iter().zip(caches.iter_mut()) {
+            d.prefill(p, c).unwrap();
+            let mut own = c.clone();
+            alone.push(row(d.decode(&[7], &mut [&mut own]).unwrap().i(0).unwrap()));
+        }
+        let mut refs: Vec<_> = caches.iter_mut().collect();
+        let together = d.decode(&[7, 7, 7], &mut refs).unwrap();
+        (0..3)
+            .map(|i| {
+                row(together.i(i).unwrap())
+                    .iter()
+                    .zip(&alone[i])
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max)
+            })
+            .fold(0f32, f32::max)
+    };
+    let (ta, tb) = (top(&cpu), top(&dev));
+    let overlap = ta.iter().filter(|i| tb.contains(i)).count();
+    println!();
+    println!(
+        "{} against the CPU, {}-token prompt: next-token logits differ by at most {diff:.4} \
+         (largest |logit| {range:.3}), top-10 overlap {overlap}/10, greedy tokens equal for \
+         the first {same} of 16; a batched decode step of 3 sequences against each alone \
+         there: logits differ by at most {batched:.4}",
+        recall_core::device::describe(device),
+        prompt.len()
+    );
 }
 
 /// Runs `bench/hf_generate.py` (transformers) on the same model, prompt ids and answer length,
