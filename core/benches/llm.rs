@@ -458,6 +458,10 @@ fn shaped(name: &str) {
     let mut model = LocalModel::load(&config, &device).unwrap();
     let ids = model.encode(&model.template().render(&turns)).unwrap();
     let (ttft_ms, prefill, decode) = one_stream(&mut model, &ids, &params);
+    let steps: Vec<(usize, f64)> = [1usize, 4, 8]
+        .into_iter()
+        .map(|n| (n, step_ms(&model, &ids, n, 32)))
+        .collect();
     drop(model);
     let weights = match &quantize {
         Some((kind, _)) => format!("GGUF {kind:?} kept quantized"),
@@ -492,6 +496,16 @@ fn shaped(name: &str) {
         );
     }
     drop(service);
+    println!();
+    println!(
+        "Decode steps straight on the decoder (no scheduler, logits copied to the host), ms per \
+         step: {}",
+        steps
+            .iter()
+            .map(|(n, ms)| format!("{n} sequences {ms:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 
     if let Some(python) = arg("--python").filter(|_| quantize.is_none()) {
         let torch_device = if device_name.starts_with("cuda") {
@@ -511,6 +525,32 @@ fn shaped(name: &str) {
     if std::env::args().any(|a| a == "--check") && !device.is_cpu() {
         agreement(&config, &device, &ids);
     }
+}
+
+/// Milliseconds per decode step of `n` sequences (each after `ids`) straight on the decoder,
+/// the logits copied to the host as the scheduler does: what a batched step costs without the
+/// scheduler's work around it (admission, sampling, sending text).
+fn step_ms(model: &LocalModel, ids: &[u32], n: usize, steps: usize) -> f64 {
+    let d = model.decoder();
+    let mut first = d.new_cache();
+    d.prefill(ids, &mut first).unwrap();
+    let mut caches: Vec<_> = (0..n).map(|_| first.clone()).collect();
+    let tokens = vec![7u32; n];
+    let mut step = || {
+        let mut refs: Vec<_> = caches.iter_mut().collect();
+        d.decode(&tokens, &mut refs)
+            .unwrap()
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+    };
+    step(); // warm-up: the shapes of this batch size
+    let started = Instant::now();
+    for _ in 0..steps {
+        step();
+    }
+    started.elapsed().as_secs_f64() * 1000.0 / steps as f64
 }
 
 /// The prompt's next-token logits and 16 greedy tokens of the model on `device` against the same
