@@ -6,9 +6,7 @@
 #   scripts/gpu-bench.sh run [embed] [bf16] [q4k]   # there (repo root, .gpu/ carried): runs
 #                                                  # them (all three by default), writes $OUT/*.txt
 #
-# `pack` needs the CUDA 13.0 toolkit (the PyPI wheels) and the link folder described in
-# ../shared/NOTES.md ("Building candle's cuda feature"); it reads their paths from
-# ~/.cache/deep-recall/cuda-env.sh. `run` needs python3 with torch, transformers and
+# `pack` sets up the CUDA 13.0 toolkit from PyPI wheels first (scripts/cuda-toolkit.sh). `run` needs python3 with torch, transformers and
 # sentence-transformers (the references) and the driver; model weights are made there: the
 # embedder's are MiniLM's shape with random weights (written by transformers from the
 # carried config.json and tokenizer), the decoder's Llama 3.2 1B's shape (written by the bench).
@@ -18,7 +16,8 @@ here=$PWD
 
 pack() {
     # shellcheck disable=SC1090
-    source "$HOME/.cache/deep-recall/cuda-env.sh"
+    source "$(scripts/cuda-toolkit.sh)"
+    export CARGO_TARGET_DIR="${DEEP_RECALL_CUDA_TARGET_DIR:-$HOME/.cache/deep-recall/target-cuda}"
     cargo bench -p recall-core --features testing,cuda --bench llm --bench embed --no-run \
         --message-format=json 2>/dev/null |
         python3 -c '

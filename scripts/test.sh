@@ -9,7 +9,8 @@
 #   packages built as a user builds them and tested (the wasm demo page in headless Chromium,
 #   installed from Debian if missing); the TypeScript SDK, the Python client and the web UI
 #   (in Chromium) against the server; the Vue example built; the deployment files (Docker,
-#   Compose, Kubernetes, Helm, Prometheus, Grafana) checked statically (scripts/check-deploy.sh).
+#   Compose, Kubernetes, Helm, Prometheus, Grafana) checked statically (scripts/check-deploy.sh);
+#   the `cuda` feature compiled against the CUDA toolkit from PyPI (scripts/cuda-toolkit.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -144,5 +145,16 @@ rm -rf "$fuzz_corpus"
 step "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy -p recall-wasm --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
+
+step "cuda build (cargo check --features cuda with the CUDA 13.0 toolkit from PyPI; no GPU needed)"
+# The GPU code paths run on the lent GPU machines only (scripts/gpu-bench.sh); here they must
+# keep compiling. Its own target directory: nvcc-built kernels and other RUSTFLAGS.
+(
+  # shellcheck disable=SC1090
+  source "$(scripts/cuda-toolkit.sh)"
+  export CARGO_TARGET_DIR="${target}-cuda"
+  cargo check --locked -p recall-server --features cuda
+  cargo check --locked -p recall-core --features testing,cuda --benches
+)
 
 step "done in $((SECONDS - started))s"
