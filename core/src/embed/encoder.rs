@@ -103,12 +103,35 @@ fn linear(vb: &VarBuilder, n_in: usize, n_out: usize) -> Result<Linear> {
     })
 }
 
-fn layer_norm(vb: &VarBuilder, n: usize, eps: f64) -> Result<LayerNorm> {
-    // Old checkpoints name the parameters gamma/beta.
-    let (gamma, beta) = match (vb.get(n, "weight"), vb.get(n, "bias")) {
+/// The var builder at a BERT checkpoint's encoder (Hugging Face's `BertModel` names, with or
+/// without a `bert.` prefix), once the config's head count divides its hidden size.
+pub(super) fn checkpoint_root<'a>(vb: VarBuilder<'a>, config: &Config) -> Result<VarBuilder<'a>> {
+    let h = config.hidden_size;
+    if config.num_attention_heads == 0 || !h.is_multiple_of(config.num_attention_heads) {
+        return Err(Error::model(format!(
+            "config.json: hidden_size {h} is not a multiple of num_attention_heads {}",
+            config.num_attention_heads
+        )));
+    }
+    Ok(
+        if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
+            vb.pp("bert")
+        } else {
+            vb
+        },
+    )
+}
+
+/// A layer norm's scale and shift (old checkpoints name them gamma/beta).
+pub(super) fn norm_parameters(vb: &VarBuilder, n: usize) -> Result<(Tensor, Tensor)> {
+    Ok(match (vb.get(n, "weight"), vb.get(n, "bias")) {
         (Ok(g), Ok(b)) => (g, b),
         _ => (vb.get(n, "gamma")?, vb.get(n, "beta")?),
-    };
+    })
+}
+
+fn layer_norm(vb: &VarBuilder, n: usize, eps: f64) -> Result<LayerNorm> {
+    let (gamma, beta) = norm_parameters(vb, n)?;
     Ok(LayerNorm {
         gamma: tensor_vec(gamma)?,
         beta: tensor_vec(beta)?,
@@ -121,18 +144,8 @@ impl CpuBert {
     /// without a `bert.` prefix) from an F32 CPU var builder; with [`Precision::Int8`] the
     /// dense layers are quantized.
     pub fn load(vb: VarBuilder, config: &Config, precision: Precision) -> Result<Self> {
-        let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
-            vb.pp("bert")
-        } else {
-            vb
-        };
+        let vb = checkpoint_root(vb, config)?;
         let h = config.hidden_size;
-        if config.num_attention_heads == 0 || !h.is_multiple_of(config.num_attention_heads) {
-            return Err(Error::model(format!(
-                "config.json: hidden_size {h} is not a multiple of num_attention_heads {}",
-                config.num_attention_heads
-            )));
-        }
         let e = vb.pp("embeddings");
         let word = tensor_vec(e.get((config.vocab_size, h), "word_embeddings.weight")?)?;
         let position = tensor_vec(e.get(

@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config, HiddenAct};
 
+use super::encoder::{checkpoint_root, norm_parameters};
 use crate::error::{Error, Result};
 
 /// A dense layer: `y = x · Wᵀ + b`, `W` in the product's precision, `b` F32.
@@ -44,11 +45,7 @@ struct Norm {
 
 impl Norm {
     fn load(vb: &VarBuilder, n: usize, eps: f64) -> Result<Self> {
-        // Old checkpoints name the parameters gamma/beta.
-        let (gamma, beta) = match (vb.get(n, "weight"), vb.get(n, "bias")) {
-            (Ok(g), Ok(b)) => (g, b),
-            _ => (vb.get(n, "gamma")?, vb.get(n, "beta")?),
-        };
+        let (gamma, beta) = norm_parameters(vb, n)?;
         Ok(Self {
             gamma: gamma.to_dtype(DType::F32)?,
             beta: beta.to_dtype(DType::F32)?,
@@ -98,18 +95,8 @@ impl GraphBert {
     /// a `bert.` prefix) from a var builder on the target device; matrix products will run in
     /// `dtype`.
     pub fn load(vb: VarBuilder, config: &Config, dtype: DType) -> Result<Self> {
-        let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
-            vb.pp("bert")
-        } else {
-            vb
-        };
+        let vb = checkpoint_root(vb, config)?;
         let h = config.hidden_size;
-        if config.num_attention_heads == 0 || !h.is_multiple_of(config.num_attention_heads) {
-            return Err(Error::model(format!(
-                "config.json: hidden_size {h} is not a multiple of num_attention_heads {}",
-                config.num_attention_heads
-            )));
-        }
         let f32 = |t: Tensor| t.to_dtype(DType::F32);
         let e = vb.pp("embeddings");
         let word = f32(e.get((config.vocab_size, h), "word_embeddings.weight")?)?;
