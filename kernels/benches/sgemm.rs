@@ -5,7 +5,7 @@
 //! layer's weights were evicted by the others.
 //!
 //! ```sh
-//! cargo bench -p recall-kernels --bench sgemm
+//! cargo bench -p recall-kernels --bench sgemm [-- --rows 8,14,24]
 //! ```
 use std::time::Instant;
 
@@ -13,20 +13,36 @@ use std::time::Instant;
 const COPIES: usize = 16;
 
 fn main() {
+    // `--rows 8,14,24`: only these row counts (default: 1 to 512).
+    let args: Vec<String> = std::env::args().collect();
+    let rows: Vec<usize> = match args.iter().position(|a| a == "--rows") {
+        Some(i) => args
+            .get(i + 1)
+            .expect("--rows takes a list")
+            .split(',')
+            .map(|v| v.parse().expect("--rows takes numbers"))
+            .collect(),
+        None => vec![1, 8, 14, 24, 48, 96, 512],
+    };
+    // `--copies 1`: one copy of each matrix, so that its weights come from the caches.
+    let copies = match args.iter().position(|a| a == "--copies") {
+        Some(i) => args[i + 1].parse().expect("--copies takes a number"),
+        None => COPIES,
+    };
     println!("kernel: {}", recall_kernels::sgemm::kernel());
     println!(
         "| in × out | rows | ours (µs) | gemm (µs) | ours GMAC/s | gemm GMAC/s | gemm / ours |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for (k, n) in [(384, 1152), (384, 384), (384, 1536), (1536, 384)] {
-        let ws: Vec<Vec<f32>> = (0..COPIES)
+        let ws: Vec<Vec<f32>> = (0..copies)
             .map(|c| {
                 (0..k * n)
                     .map(|i| ((i * 7919 + c) % 201) as f32 / 1000.0 - 0.1)
                     .collect()
             })
             .collect();
-        for m in [1usize, 8, 14, 24, 48, 96, 512] {
+        for &m in &rows {
             let x: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 104_729) % 97) as f32 / 50.0 - 1.0)
                 .collect();
@@ -77,12 +93,12 @@ fn main() {
                 for w in &ws {
                     run(w);
                 }
-                let reps = ((400_000_000 / (m * k * n)).max(2) * COPIES).next_multiple_of(COPIES);
+                let reps = ((400_000_000 / (m * k * n)).max(2) * copies).next_multiple_of(copies);
                 let mut best = f64::MAX;
                 for _ in 0..5 {
                     let t = Instant::now();
                     for rep in 0..reps {
-                        run(&ws[rep % COPIES]);
+                        run(&ws[rep % copies]);
                     }
                     best = best.min(t.elapsed().as_secs_f64() / reps as f64);
                 }

@@ -4,9 +4,12 @@
 //!
 //! The kernel reads the matrix in place: columns a panel of 16 at a time (one 64-byte line of
 //! each matrix row), and inside a panel 256 matrix rows at a time (16 KB) for every tile of
-//! up to six input rows (twelve AVX2 accumulators each, carried between the parts), so the
-//! panel's weights come from memory once and from the first-level cache for the other tiles. Each output is a plain left-to-right sum of `x[r][i] · w[i][c]` in F32 with
-//! fused multiply-adds, so the numbers differ from another kernel's only in rounding.
+//! up to six input rows (twelve AVX2 accumulators each, carried between the parts). The first
+//! tile reads a part from the matrix, copies it to a contiguous buffer that the other tiles
+//! read from the first-level cache, and meanwhile asks the memory for the next part's lines,
+//! so each weight comes from memory once and memory and arithmetic overlap. Each output is a
+//! plain left-to-right sum of `x[r][i] · w[i][c]` in F32 with fused multiply-adds, so the
+//! numbers differ from another kernel's only in rounding.
 use std::ops::Range;
 
 #[cfg(target_arch = "x86_64")]
@@ -158,11 +161,6 @@ mod avx2 {
 
     use super::{GROUP, Job, KBLOCK, PANEL, TILE};
 
-    /// Weight rows between the one a panel's first tile reads and the one it asks the memory
-    /// for (`cargo bench -p recall-kernels --bench sgemm`: 16–32 alike, 1.1–1.5× faster at 8–14
-    /// rows than none; 128 and more lose most of it).
-    const AHEAD: usize = 24;
-
     /// Rows of tile `t` when `rows` are split into as few tiles of at most `TILE` as can hold
     /// them, as evenly as possible (14 rows: 5, 5, 4 rather than 6, 6, 2 — a tile of one or two
     /// rows waits on its few accumulators' latency).
@@ -174,35 +172,108 @@ mod avx2 {
     /// The accumulators of one tile (up to `TILE` rows × two blocks of eight columns).
     type Acc = [[__m256; 2]; TILE];
 
+    /// One part of a panel: the weights of rows `i0..i1`, columns `c0..c0 + 8·blocks`, and
+    /// where the part read after it lies.
+    #[derive(Clone, Copy)]
+    struct Part {
+        c0: usize,
+        i0: usize,
+        i1: usize,
+        /// The next part's first column and rows (its lines are asked for meanwhile).
+        next: Option<(usize, usize, usize)>,
+    }
+
+    /// Where a tile reads the part's weights.
+    const MATRIX: u8 = 0;
+    /// From the matrix, copying them to the part buffer for the tiles after it.
+    const COPY: u8 = 1;
+    /// From the part buffer (contiguous: the matrix's rows of a panel lie a row of the
+    /// matrix apart, and strides such as 1,536 or 6,144 bytes fall in a few of the first-level
+    /// cache's sets, which then cannot hold a part).
+    const BUFFER: u8 = 2;
+
     /// # Safety
     /// The CPU has AVX2 and FMA; the caller of the product vouches for `job.out`.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn run(job: &Job<'_>) {
         let simd_end = job.cols.start + (job.cols.len() / 8) * 8;
+        // The inputs of each tile interleaved (input i of its rows side by side), so that a
+        // tile broadcasts them from one pointer: with a pointer per row, five or six rows'
+        // pointers do not fit in the registers beside the accumulators.
+        XT.with_borrow_mut(|xt| {
+            xt.clear();
+            xt.resize(job.rows.len() * job.k, 0.0);
+            let mut g0 = job.rows.start;
+            while g0 < job.rows.end {
+                let g1 = (g0 + GROUP).min(job.rows.end);
+                let mut r0 = g0;
+                for t in 0..(g1 - g0).div_ceil(TILE) {
+                    let mr = tile_rows(g1 - g0, t);
+                    let block = &mut xt[(r0 - job.rows.start) * job.k..][..mr * job.k];
+                    for j in 0..mr {
+                        let row = &job.x[(r0 + j) * job.k..][..job.k];
+                        for (i, &v) in row.iter().enumerate() {
+                            block[i * mr + j] = v;
+                        }
+                    }
+                    r0 += mr;
+                }
+                g0 = g1;
+            }
+            // SAFETY: forwarded from the caller; xt holds every tile's inputs.
+            unsafe { run_with(job, simd_end, xt) }
+        })
+    }
+
+    thread_local! {
+        /// The interleaved inputs of the thread's current product.
+        static XT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// # Safety
+    /// As [`run`].
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_with(job: &Job<'_>, simd_end: usize, xt: &[f32]) {
+        let mut buf = [[_mm256_setzero_ps(); 2]; KBLOCK];
         let mut c0 = job.cols.start;
         while c0 < simd_end {
             let blocks = ((simd_end - c0) / 8).min(PANEL / 8);
             let mut g0 = job.rows.start;
             while g0 < job.rows.end {
                 let g1 = (g0 + GROUP).min(job.rows.end);
+                let tiles = (g1 - g0).div_ceil(TILE);
                 let mut acc: [Acc; GROUP / TILE] = [[[_mm256_setzero_ps(); 2]; TILE]; GROUP / TILE];
                 // The panel `KBLOCK` weight rows at a time, every tile of the group over each
-                // part: a part (16 KB) comes from memory for the first tile and stays in the
-                // first-level cache for the others, however long the rows.
+                // part: the first tile reads the part from the matrix (asking for the next
+                // part's lines meanwhile) and copies it to a buffer that the others read.
                 let mut i0 = 0;
                 while i0 < job.k {
                     // The sum of each `kc` inputs goes to the output on its own.
                     let block_end = (i0 / job.kc + 1).saturating_mul(job.kc).min(job.k);
                     let i1 = (i0 + KBLOCK).min(block_end);
+                    let next = if i1 < job.k {
+                        let e = (i1 / job.kc + 1).saturating_mul(job.kc).min(job.k);
+                        Some((c0, i1, (i1 + KBLOCK).min(e)))
+                    } else if c0 + PANEL < simd_end {
+                        Some((c0 + PANEL, 0, KBLOCK.min(job.kc).min(job.k)))
+                    } else {
+                        None
+                    };
+                    let part = Part { c0, i0, i1, next };
                     let mut r0 = g0;
-                    for (t, tile_acc) in acc.iter_mut().enumerate() {
-                        if r0 >= g1 {
-                            break;
-                        }
+                    for (t, tile_acc) in acc.iter_mut().take(tiles).enumerate() {
                         let mr = tile_rows(g1 - g0, t);
+                        let src = match t {
+                            0 if tiles == 1 => MATRIX,
+                            0 => COPY,
+                            _ => BUFFER,
+                        };
                         // SAFETY: the tile lies inside the job's rows and columns, its
                         // weights rows i0..i1 inside the k × n matrix.
-                        unsafe { dispatch(job, r0, c0, mr, blocks, (i0, i1), t == 0, tile_acc) };
+                        unsafe {
+                            let x = &xt[(r0 - job.rows.start) * job.k..][..mr * job.k];
+                            dispatch(job, x, mr, blocks, part, t == 0, src, tile_acc, &mut buf)
+                        };
                         r0 += mr;
                     }
                     i0 = i1;
@@ -261,21 +332,31 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     unsafe fn dispatch(
         job: &Job<'_>,
-        r0: usize,
-        c0: usize,
+        x: &[f32],
         mr: usize,
         blocks: usize,
-        ks: (usize, usize),
+        part: Part,
         first: bool,
+        src: u8,
         acc: &mut Acc,
+        buf: &mut [[__m256; 2]; KBLOCK],
     ) {
+        macro_rules! by_src {
+            ($r:literal, $b:literal, $f:literal) => {
+                match src {
+                    MATRIX => tile::<$r, $b, $f, MATRIX>(job, x, part, acc, buf),
+                    COPY => tile::<$r, $b, $f, COPY>(job, x, part, acc, buf),
+                    _ => tile::<$r, $b, $f, BUFFER>(job, x, part, acc, buf),
+                }
+            };
+        }
         macro_rules! by_blocks {
             ($r:literal) => {
                 match (blocks == 2, first) {
-                    (true, true) => tile::<$r, 2, true>(job, r0, c0, ks, acc),
-                    (true, false) => tile::<$r, 2, false>(job, r0, c0, ks, acc),
-                    (false, true) => tile::<$r, 1, true>(job, r0, c0, ks, acc),
-                    (false, false) => tile::<$r, 1, false>(job, r0, c0, ks, acc),
+                    (true, true) => by_src!($r, 2, true),
+                    (true, false) => by_src!($r, 2, false),
+                    (false, true) => by_src!($r, 1, true),
+                    (false, false) => by_src!($r, 1, false),
                 }
             };
         }
@@ -292,41 +373,60 @@ mod avx2 {
         }
     }
 
-    /// Adds to the accumulators of the `R × 8B` outputs at rows `r0..`, columns `c0..` the
-    /// products over inputs `ks.0..ks.1`.
+    /// Adds to the accumulators of the `R × 8B` outputs at rows `r0..`, columns `part.c0..`
+    /// the products over the part's inputs.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile<const R: usize, const B: usize, const FETCH: bool>(
+    unsafe fn tile<const R: usize, const B: usize, const FETCH: bool, const SRC: u8>(
         job: &Job<'_>,
-        r0: usize,
-        c0: usize,
-        (i0, i1): (usize, usize),
+        x: &[f32],
+        part: Part,
         out: &mut Acc,
+        buf: &mut [[__m256; 2]; KBLOCK],
     ) {
         let mut acc = [[_mm256_setzero_ps(); B]; R];
         for (a, o) in acc.iter_mut().zip(out.iter()) {
             a.copy_from_slice(&o[..B]);
         }
-        let (k, n) = (job.k, job.n);
-        let xp = job.x.as_ptr();
+        let (n, c0, i0, i1) = (job.n, part.c0, part.i0, part.i1);
+        assert_eq!(x.len(), R * job.k, "a tile's inputs");
+        let xp = x.as_ptr();
         let wp = job.w.as_ptr();
+        // The next part's lines, asked for into the second-level cache a few at each step of
+        // this part, so that memory works while the tiles compute (each row of a panel is
+        // another page of the matrix, which the hardware prefetchers do not follow). In
+        // `cargo bench -p recall-kernels --bench sgemm` at 14 rows, from memory: 1.2–1.7×
+        // against asking 24 rows ahead in the first tile only, and the same again into the
+        // first-level cache or without the part buffer would lose 5–15%.
+        let (nc, ni0, nlen, per) = match part.next {
+            Some((nc, a, b)) if FETCH => (nc, a, b - a, (b - a).div_ceil(i1 - i0)),
+            _ => (0, 0, 0, 0),
+        };
         for i in i0..i1 {
-            if FETCH && i + AHEAD < k {
-                // The weight rows AHEAD further on, asked for now: each row of a panel is
-                // another page of the matrix, which the hardware prefetchers do not follow.
-                let p = wp.wrapping_add((i + AHEAD) * n + c0) as *const i8;
-                _mm_prefetch::<_MM_HINT_T0>(p);
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(8 * 4 * B - 1));
+            for q in 0..per {
+                let j = (i - i0) * per + q;
+                if j < nlen {
+                    let p = wp.wrapping_add((ni0 + j) * n + nc) as *const i8;
+                    _mm_prefetch::<_MM_HINT_T1>(p);
+                    _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(8 * 4 * B - 1));
+                }
             }
             let mut wv = [_mm256_setzero_ps(); B];
             for (b, v) in wv.iter_mut().enumerate() {
-                // SAFETY: row i, columns c0 + 8b.. c0 + 8b + 8 lie inside the k × n weights
-                // (the caller's tile ends inside the job's columns).
-                *v = unsafe { _mm256_loadu_ps(wp.add(i * n + c0 + 8 * b)) };
+                *v = if SRC == BUFFER {
+                    buf[i - i0][b]
+                } else {
+                    // SAFETY: row i, columns c0 + 8b.. c0 + 8b + 8 lie inside the k × n
+                    // weights (the caller's tile ends inside the job's columns).
+                    unsafe { _mm256_loadu_ps(wp.add(i * n + c0 + 8 * b)) }
+                };
+                if SRC == COPY {
+                    buf[i - i0][b] = *v;
+                }
             }
             for (j, row) in acc.iter_mut().enumerate() {
-                // SAFETY: row r0 + j < rows.end and x holds rows.end × k values.
-                let a = _mm256_set1_ps(unsafe { *xp.add((r0 + j) * k + i) });
+                // SAFETY: i < k and j < R: inside the tile's R × k inputs.
+                let a = _mm256_set1_ps(unsafe { *xp.add(i * R + j) });
                 for (s, &v) in row.iter_mut().zip(&wv) {
                     *s = _mm256_fmadd_ps(a, v, *s);
                 }
