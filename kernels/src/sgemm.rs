@@ -272,7 +272,7 @@ mod avx2 {
                         // weights rows i0..i1 inside the k × n matrix.
                         unsafe {
                             let x = &xt[(r0 - job.rows.start) * job.k..][..mr * job.k];
-                            dispatch(job, x, mr, blocks, part, t == 0, src, tile_acc, &mut buf)
+                            dispatch(job, x, mr, blocks, part, src, tile_acc, &mut buf)
                         };
                         r0 += mr;
                     }
@@ -336,27 +336,25 @@ mod avx2 {
         mr: usize,
         blocks: usize,
         part: Part,
-        first: bool,
         src: u8,
         acc: &mut Acc,
         buf: &mut [[__m256; 2]; KBLOCK],
     ) {
         macro_rules! by_src {
-            ($r:literal, $b:literal, $f:literal) => {
+            ($r:literal, $b:literal) => {
                 match src {
-                    MATRIX => tile::<$r, $b, $f, MATRIX>(job, x, part, acc, buf),
-                    COPY => tile::<$r, $b, $f, COPY>(job, x, part, acc, buf),
-                    _ => tile::<$r, $b, $f, BUFFER>(job, x, part, acc, buf),
+                    MATRIX => tile::<$r, $b, MATRIX>(job, x, part, acc, buf),
+                    COPY => tile::<$r, $b, COPY>(job, x, part, acc, buf),
+                    _ => tile::<$r, $b, BUFFER>(job, x, part, acc, buf),
                 }
             };
         }
         macro_rules! by_blocks {
             ($r:literal) => {
-                match (blocks == 2, first) {
-                    (true, true) => by_src!($r, 2, true),
-                    (true, false) => by_src!($r, 2, false),
-                    (false, true) => by_src!($r, 1, true),
-                    (false, false) => by_src!($r, 1, false),
+                if blocks == 2 {
+                    by_src!($r, 2)
+                } else {
+                    by_src!($r, 1)
                 }
             };
         }
@@ -377,7 +375,7 @@ mod avx2 {
     /// the products over the part's inputs.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile<const R: usize, const B: usize, const FETCH: bool, const SRC: u8>(
+    unsafe fn tile<const R: usize, const B: usize, const SRC: u8>(
         job: &Job<'_>,
         x: &[f32],
         part: Part,
@@ -399,7 +397,8 @@ mod avx2 {
         // against asking 24 rows ahead in the first tile only, and the same again into the
         // first-level cache or without the part buffer would lose 5–15%.
         let (nc, ni0, nlen, per) = match part.next {
-            Some((nc, a, b)) if FETCH => (nc, a, b - a, (b - a).div_ceil(i1 - i0)),
+            // The tile that reads the part from the matrix asks for the next one.
+            Some((nc, a, b)) if SRC != BUFFER => (nc, a, b - a, (b - a).div_ceil(i1 - i0)),
             _ => (0, 0, 0, 0),
         };
         for i in i0..i1 {
