@@ -108,6 +108,8 @@ async fn run_one(engine: &Engine, config: &JobRunnerConfig) -> Result<bool> {
         // The job reports progress into a watch; it is written to the queue (renewing the
         // lease) and published at most every PROGRESS_EVERY.
         let (progress, mut seen) = watch::channel((0.0f64, None::<String>));
+        // The latest message whose progress write failed, until one succeeds.
+        let mut unrecorded = None::<String>;
         let work = execute(engine, &job, &progress);
         tokio::pin!(work);
         let result = loop {
@@ -117,23 +119,29 @@ async fn run_one(engine: &Engine, config: &JobRunnerConfig) -> Result<bool> {
                     if seen.has_changed().unwrap_or(false) {
                         let (share, message) = seen.borrow_and_update().clone();
                         match queue
-                            .report_progress(job.id, &config.worker, share, message, config.lease)
+                            .report_progress(job.id, &config.worker, share, message.clone(), config.lease)
                             .await
                         {
-                            Ok(Some(j)) => engine.publish(Event::Job(Box::new(j))),
+                            Ok(Some(j)) => {
+                                unrecorded = None;
+                                engine.publish(Event::Job(Box::new(j)));
+                            }
                             Ok(None) => {}
-                            Err(e) => tracing::warn!(job = job.id, error = %e, "job progress not recorded"),
+                            Err(e) => {
+                                tracing::warn!(job = job.id, error = %e, "job progress not recorded");
+                                unrecorded = message.or(unrecorded);
+                            }
                         }
                     }
                 }
             }
         };
         // What the job said last and has not been recorded is written with its outcome (a
-        // job quicker than PROGRESS_EVERY too).
+        // job quicker than PROGRESS_EVERY too, or one whose last progress write failed).
         last_word = if seen.has_changed().unwrap_or(false) {
-            seen.borrow_and_update().1.clone()
+            seen.borrow_and_update().1.clone().or(unrecorded)
         } else {
-            None
+            unrecorded
         };
         match result {
             Ok(result) => JobOutcome::Succeeded(result),
