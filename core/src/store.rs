@@ -91,6 +91,16 @@ macro_rules! delegate_store {
             ) -> $crate::error::Result<Vec<$crate::types::AppendedMessage>> {
                 self.inner.append_messages(user, writes).await
             }
+            async fn append_message_stream(
+                &self,
+                user: &str,
+                batches: futures::stream::BoxStream<
+                    '_,
+                    $crate::error::Result<Vec<$crate::types::MessageWrite>>,
+                >,
+            ) -> $crate::error::Result<Vec<$crate::types::AppendedMessage>> {
+                self.inner.append_message_stream(user, batches).await
+            }
             async fn list_messages(
                 &self,
                 user: &str,
@@ -480,6 +490,16 @@ pub trait MemoryStore: Send + Sync {
         &self,
         user: &str,
         writes: Vec<MessageWrite>,
+    ) -> Result<Vec<AppendedMessage>>;
+
+    /// [`MemoryStore::append_messages`] of writes that arrive in batches while they are being
+    /// made, still in one transaction: nothing is stored unless every batch is, and an error
+    /// from the stream rolls back the batches before it. A store may write each batch as it
+    /// arrives (so that writing overlaps making the next) or gather them first.
+    async fn append_message_stream(
+        &self,
+        user: &str,
+        batches: futures::stream::BoxStream<'_, Result<Vec<MessageWrite>>>,
     ) -> Result<Vec<AppendedMessage>>;
 
     /// A session's messages, oldest first.

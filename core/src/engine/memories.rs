@@ -1,4 +1,6 @@
 //! Messages and memories: written embedded and scored, announced, and read back.
+use futures::StreamExt;
+
 use super::*;
 use crate::chunk::{ChunkConfig, chunk_ranges};
 use crate::error::Error;
@@ -8,8 +10,13 @@ use crate::types::{
     VectorQuery,
 };
 
-/// Messages embedded between two progress reports.
-const PROGRESS_STEP: usize = 256;
+/// Messages in one batch of ingest's pipeline (embedded together, then written while the next
+/// batches are embedded); the embedding service's default batch.
+const PIPELINE_BATCH: usize = 32;
+
+/// Batches of ingest's pipeline in the making at once: one being embedded and the next ones'
+/// requests queued behind it, so that the embedder goes on while a batch is written.
+const PIPELINE_DEPTH: usize = 3;
 
 /// Longest supersede history [`Engine::memory_history`] reads on each side of a memory.
 pub const MAX_HISTORY: usize = 1000;
@@ -28,6 +35,11 @@ impl Engine {
 
     /// [`Engine::add_messages`], calling `progress` with the number of messages embedded so
     /// far.
+    ///
+    /// Ingest is a pipeline: the messages go through in batches, each split into pieces,
+    /// embedded and scored while the store writes the batches before it (all in the call's one
+    /// transaction), and the next batches' requests wait in the embedder's queue so that it
+    /// never waits on this task or the store.
     pub async fn add_messages_with_progress(
         &self,
         user: &str,
@@ -37,99 +49,46 @@ impl Engine {
         let limits = self.store.limits();
         limits.check_user_id(user)?;
         let this = self.scoped(user).await?;
+        let this = this.as_ref();
         for (i, m) in messages.iter().enumerate() {
             limits
                 .check_message(m)
                 .map_err(|e| Error::invalid(format!("message {}: {e}", i + 1)))?;
         }
-        // Split long messages so that no part goes unembedded; each chunk is one memory.
-        let chunking = ChunkConfig::default();
-        let max = chunking
-            .max_tokens
-            .or(this.embedder.max_tokens())
-            .unwrap_or(usize::MAX);
-        let mut pieces: Vec<(usize, String)> = Vec::with_capacity(messages.len());
-        for (i, m) in messages.iter().enumerate() {
-            let ranges = match this.embedder.token_spans(&m.content) {
-                Some(spans) if spans.len() > max => {
-                    chunk_ranges(&m.content, &spans, max, chunking.overlap_tokens)
-                }
-                _ => vec![(0, m.content.len())],
-            };
-            pieces.extend(
-                ranges
-                    .into_iter()
-                    .map(|(a, b)| (i, m.content[a..b].to_owned())),
-            );
-        }
-        // The embedding runs on the embedder's threads while this task scores the pieces
-        // (emotion, importance): the embedding future is polled first, so its first request
-        // is queued before the scoring takes this thread.
-        let embedding = async {
-            let mut vectors = Vec::with_capacity(pieces.len());
-            let mut done = 0usize;
-            for chunk in pieces.chunks(PROGRESS_STEP) {
-                vectors.extend(
-                    this.embedder
-                        .embed(chunk.iter().map(|(_, t)| t.clone()).collect())
-                        .await?,
-                );
-                done = chunk.last().map_or(done, |(i, _)| i + 1);
-                progress(done);
-            }
-            Ok::<_, Error>(vectors)
-        };
         let now = Utc::now();
-        let scoring = async {
-            let texts: Vec<&str> = pieces.iter().map(|(_, t)| t.as_str()).collect();
-            let emotions = self.emotion.detect(&texts).await?;
-            Ok::<_, Error>(
-                pieces
-                    .iter()
-                    .zip(emotions)
-                    .map(|((i, text), emotion)| {
-                        let said_at = messages[*i].created_at.unwrap_or(now);
-                        retrieval::ingest_signals(text, emotion, said_at)
-                    })
-                    .collect::<Vec<_>>(),
-            )
-        };
-        let (vectors, signals) = tokio::join!(embedding, scoring);
-        let (vectors, signals) = (vectors?, signals?);
         let expiries: Vec<Option<DateTime<Utc>>> = messages
             .iter()
             .map(|m| self.expiry(now, &m.tags, None, None))
             .collect::<Result<_>>()?;
-        let mut memories: Vec<Vec<NewMemory>> = vec![Vec::new(); messages.len()];
-        let counts: Vec<usize> = {
-            let mut c = vec![0usize; messages.len()];
-            for (i, _) in &pieces {
-                c[*i] += 1;
+        let mut batches = Vec::with_capacity(messages.len().div_ceil(PIPELINE_BATCH));
+        let (mut messages, mut expiries) = (messages.into_iter(), expiries.into_iter());
+        let mut start = 0;
+        loop {
+            let batch: Vec<(NewMessage, Option<DateTime<Utc>>)> = messages
+                .by_ref()
+                .zip(expiries.by_ref())
+                .take(PIPELINE_BATCH)
+                .collect();
+            if batch.is_empty() {
+                break;
             }
-            c
-        };
-        for (((i, text), vector), (importance, emotion, mut metadata)) in
-            pieces.into_iter().zip(vectors).zip(signals)
-        {
-            let n = memories[i].len();
-            if counts[i] > 1 {
-                metadata["chunk"] = json!(n);
-                metadata["chunks"] = json!(counts[i]);
-            }
-            memories[i].push(NewMemory {
-                importance: Some(importance),
-                emotion: Some(emotion),
-                metadata,
-                expires_at: expiries[i],
-                ..NewMemory::new(MemoryKind::Message, text, this.embedding(vector))
-            });
+            start += batch.len();
+            batches.push((start, batch));
         }
-        let writes = messages
-            .into_iter()
-            .zip(memories)
-            .map(|(message, memories)| MessageWrite { memories, message })
-            .collect();
-        let out = self.store.append_messages(user, writes).await;
+        let writes = futures::stream::iter(batches)
+            .map(|(done, batch)| async move {
+                Ok::<_, Error>((done, this.message_writes(batch, now).await?))
+            })
+            .buffered(PIPELINE_DEPTH)
+            // Reported in order (a later batch may be embedded first).
+            .map(|batch| {
+                batch.map(|(done, writes)| {
+                    progress(done);
+                    writes
+                })
+            })
+            .boxed();
+        let out = self.store.append_message_stream(user, writes).await;
         self.changed(user);
         if let Ok(appended) = &out {
             for a in appended {
@@ -145,6 +104,82 @@ impl Engine {
             }
         }
         out
+    }
+
+    /// One batch of messages made into writes: each split into pieces the embedder takes
+    /// whole (each piece a memory), embedded and scored.
+    async fn message_writes(
+        &self,
+        batch: Vec<(NewMessage, Option<DateTime<Utc>>)>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<MessageWrite>> {
+        let chunking = ChunkConfig::default();
+        let max = chunking
+            .max_tokens
+            .or(self.embedder.max_tokens())
+            .unwrap_or(usize::MAX);
+        let mut pieces: Vec<(usize, String)> = Vec::with_capacity(batch.len());
+        for (i, (m, _)) in batch.iter().enumerate() {
+            let ranges = match self.embedder.token_spans(&m.content) {
+                Some(spans) if spans.len() > max => {
+                    chunk_ranges(&m.content, &spans, max, chunking.overlap_tokens)
+                }
+                _ => vec![(0, m.content.len())],
+            };
+            pieces.extend(
+                ranges
+                    .into_iter()
+                    .map(|(a, b)| (i, m.content[a..b].to_owned())),
+            );
+        }
+        // The embedding runs on the embedder's threads while this task scores the pieces
+        // (emotion, importance): the embedding future is polled first, so its request is
+        // queued before the scoring takes this thread.
+        let embedding = self
+            .embedder
+            .embed(pieces.iter().map(|(_, t)| t.clone()).collect());
+        let scoring = async {
+            let texts: Vec<&str> = pieces.iter().map(|(_, t)| t.as_str()).collect();
+            let emotions = self.emotion.detect(&texts).await?;
+            Ok::<_, Error>(
+                pieces
+                    .iter()
+                    .zip(emotions)
+                    .map(|((i, text), emotion)| {
+                        let said_at = batch[*i].0.created_at.unwrap_or(now);
+                        retrieval::ingest_signals(text, emotion, said_at)
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let (vectors, signals) = tokio::join!(embedding, scoring);
+        let (vectors, signals) = (vectors?, signals?);
+        let mut counts = vec![0usize; batch.len()];
+        for (i, _) in &pieces {
+            counts[*i] += 1;
+        }
+        let mut memories: Vec<Vec<NewMemory>> = vec![Vec::new(); batch.len()];
+        for (((i, text), vector), (importance, emotion, mut metadata)) in
+            pieces.into_iter().zip(vectors).zip(signals)
+        {
+            let n = memories[i].len();
+            if counts[i] > 1 {
+                metadata["chunk"] = json!(n);
+                metadata["chunks"] = json!(counts[i]);
+            }
+            memories[i].push(NewMemory {
+                importance: Some(importance),
+                emotion: Some(emotion),
+                metadata,
+                expires_at: batch[i].1,
+                ..NewMemory::new(MemoryKind::Message, text, self.embedding(vector))
+            });
+        }
+        Ok(batch
+            .into_iter()
+            .zip(memories)
+            .map(|((message, _), memories)| MessageWrite { memories, message })
+            .collect())
     }
 
     /// Stores a free-standing memory (a fact, by default).

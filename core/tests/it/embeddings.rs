@@ -172,23 +172,7 @@ async fn engine_on_both_stores() {
         TestStore::pg(Metric::Cosine).await,
         TestStore::embedded(Metric::Cosine).await,
     ] {
-        let store: Arc<dyn recall_core::MemoryStore> = match &t {
-            TestStore::Pg(..) => Arc::new(
-                recall_core::store::PgStore::open(&recall_core::StoreConfig::postgres(match &t {
-                    TestStore::Pg(_, db) => db.url.clone(),
-                    _ => unreachable!(),
-                }))
-                .await
-                .unwrap(),
-            ),
-            TestStore::Embedded(_, dir) => Arc::new(
-                recall_core::store::EmbeddedStore::open(&recall_core::StoreConfig::embedded(
-                    dir.path(),
-                ))
-                .await
-                .unwrap(),
-            ),
-        };
+        let store = t.reopen().await;
         engine_finds_relevant_memories(&t, Engine::new(store, embedder.clone())).await;
         t.close().await;
     }

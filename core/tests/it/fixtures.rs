@@ -49,6 +49,22 @@ impl TestStore {
         TestStore::Embedded(store, dir)
     }
 
+    /// A second handle on the same database, shareable (what an engine takes).
+    pub async fn reopen(&self) -> std::sync::Arc<dyn MemoryStore> {
+        match self {
+            TestStore::Pg(_, db) => std::sync::Arc::new(
+                PgStore::open(&StoreConfig::postgres(db.url.clone()))
+                    .await
+                    .unwrap(),
+            ),
+            TestStore::Embedded(_, dir) => std::sync::Arc::new(
+                EmbeddedStore::open(&StoreConfig::embedded(dir.path()))
+                    .await
+                    .unwrap(),
+            ),
+        }
+    }
+
     pub fn store(&self) -> &dyn MemoryStore {
         match self {
             TestStore::Pg(s, _) => s,
@@ -60,22 +76,6 @@ impl TestStore {
         match self {
             TestStore::Pg(s, _) => s.connection(),
             TestStore::Embedded(s, _) => s.connection(),
-        }
-    }
-
-    /// The Postgres URL of this store's database.
-    pub fn url(&self) -> Option<String> {
-        match self {
-            TestStore::Pg(_, db) => Some(db.url.clone()),
-            TestStore::Embedded(..) => None,
-        }
-    }
-
-    /// The embedded store's data directory.
-    pub fn dir(&self) -> Option<std::path::PathBuf> {
-        match self {
-            TestStore::Pg(..) => None,
-            TestStore::Embedded(_, d) => Some(d.path().to_path_buf()),
         }
     }
 

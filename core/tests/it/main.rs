@@ -10,6 +10,7 @@ mod embeddings;
 mod encryption;
 mod fixtures;
 mod gemma;
+mod ingest;
 mod jobs;
 mod llm;
 mod memory_keys;

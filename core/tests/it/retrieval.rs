@@ -26,22 +26,7 @@ const CHAT: &[&str] = &[
 ];
 
 async fn engine_with_chat(t: &TestStore) -> Engine {
-    let store: Arc<dyn recall_core::MemoryStore> = match t {
-        TestStore::Pg(..) => Arc::new(
-            recall_core::store::PgStore::open(&recall_core::StoreConfig::postgres(
-                t.url().unwrap(),
-            ))
-            .await
-            .unwrap(),
-        ),
-        TestStore::Embedded(..) => Arc::new(
-            recall_core::store::EmbeddedStore::open(&recall_core::StoreConfig::embedded(
-                t.dir().unwrap(),
-            ))
-            .await
-            .unwrap(),
-        ),
-    };
+    let store = t.reopen().await;
     let engine = Engine::new(store, embedder());
     let messages = CHAT
         .iter()

@@ -1,4 +1,6 @@
 //! Messages: appended with the memories made from them, listed in order.
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use sea_orm::PaginatorTrait;
 
 use super::keys::{MEMORY_CONTENT, MEMORY_METADATA, MESSAGE_CONTENT, MESSAGE_METADATA};
@@ -10,6 +12,61 @@ impl<V: VectorIndex> SqlStore<V> {
         user: &str,
         writes: Vec<MessageWrite>,
     ) -> Result<Vec<AppendedMessage>> {
+        self.check_writes(user, &writes)?;
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut open = self.begin_append(user).await?;
+        self.append_batch(&mut open, writes).await?;
+        self.commit_append(open).await
+    }
+
+    /// [`SqlStore::append_messages`] of writes that arrive in batches, all in one transaction
+    /// (an error from the stream rolls back what came before it). On Postgres each batch is
+    /// written as it arrives, while the next one is still being made (ingest's pipeline: a
+    /// batch's rows go in while the next is embedded); SQLite has one writer at a time, so
+    /// there the batches are gathered and written at the end rather than holding its write
+    /// lock while they are made.
+    pub(crate) async fn append_message_stream(
+        &self,
+        user: &str,
+        mut batches: BoxStream<'_, Result<Vec<MessageWrite>>>,
+    ) -> Result<Vec<AppendedMessage>> {
+        self.limits.check_user_id(user)?;
+        if self.db.get_database_backend() == DbBackend::Sqlite {
+            let mut all = Vec::new();
+            while let Some(batch) = batches.next().await {
+                all.extend(batch?);
+            }
+            return self.append_messages(user, all).await;
+        }
+        let mut open = None;
+        let mut seen = 0usize;
+        while let Some(batch) = batches.next().await {
+            let batch = batch?;
+            // Message numbers in errors count from the first message of the call.
+            self.check_writes(user, &batch).map_err(|e| match e {
+                Error::InvalidInput { message } => Error::invalid(renumber(&message, seen)),
+                e => e,
+            })?;
+            seen += batch.len();
+            if batch.is_empty() {
+                continue;
+            }
+            let txn = match &mut open {
+                Some(txn) => txn,
+                None => open.insert(self.begin_append(user).await?),
+            };
+            self.append_batch(txn, batch).await?;
+        }
+        match open {
+            Some(open) => self.commit_append(open).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Every write within the limits (messages numbered from 1 in errors).
+    fn check_writes(&self, user: &str, writes: &[MessageWrite]) -> Result<()> {
         self.limits.check_user_id(user)?;
         for (i, w) in writes.iter().enumerate() {
             self.limits
@@ -21,21 +78,34 @@ impl<V: VectorIndex> SqlStore<V> {
                 })?;
             }
         }
-        if writes.is_empty() {
-            return Ok(Vec::new());
-        }
+        Ok(())
+    }
 
+    /// Opens the transaction of an append: the user's row, created if needed.
+    async fn begin_append(&self, user: &str) -> Result<OpenAppend> {
         self.register_key().await?;
         let txn = begin_write(&self.db).await?;
-        let u = self.ensure_user(&txn, user).await?;
-        let mut sessions: HashMap<String, i64> = HashMap::new();
+        let user = self.ensure_user(&txn, user).await?;
+        Ok(OpenAppend {
+            txn,
+            user,
+            at: now(),
+            sessions: HashMap::new(),
+            delta: Delta::default(),
+            out: Vec::new(),
+        })
+    }
+
+    /// Writes one batch of messages with their memories inside an open append.
+    async fn append_batch(&self, open: &mut OpenAppend, writes: Vec<MessageWrite>) -> Result<()> {
+        let (txn, uid, t) = (&open.txn, open.user.id, open.at);
         for w in &writes {
-            if !sessions.contains_key(&w.message.session) {
-                let s = self.ensure_session(&txn, u.id, &w.message.session).await?;
-                sessions.insert(w.message.session.clone(), s.id);
+            if !open.sessions.contains_key(&w.message.session) {
+                let s = self.ensure_session(txn, uid, &w.message.session).await?;
+                open.sessions.insert(w.message.session.clone(), s.id);
             }
         }
-        let t = now();
+        let sessions = &open.sessions;
         let mut messages = Vec::with_capacity(writes.len());
         for chunk in writes.chunks(INSERT_CHUNK) {
             let models = chunk
@@ -43,7 +113,7 @@ impl<V: VectorIndex> SqlStore<V> {
                 .map(|w| {
                     Ok(message::ActiveModel {
                         id: NotSet,
-                        user_id: Set(u.id),
+                        user_id: Set(uid),
                         session_id: Set(sessions[&w.message.session]),
                         role: Set(w.message.role.as_str().to_owned()),
                         content: Set(self.seal(MESSAGE_CONTENT, &w.message.content)?),
@@ -55,7 +125,7 @@ impl<V: VectorIndex> SqlStore<V> {
                 })
                 .collect::<Result<Vec<_>>>()?;
             let mut inserted = message::Entity::insert_many(models)
-                .exec_with_returning(&txn)
+                .exec_with_returning(txn)
                 .await?;
             inserted.sort_by_key(|m| m.id);
             if inserted.len() != chunk.len() {
@@ -76,7 +146,7 @@ impl<V: VectorIndex> SqlStore<V> {
                 rows.push((
                     memory::ActiveModel {
                         id: NotSet,
-                        user_id: Set(u.id),
+                        user_id: Set(uid),
                         session_id: Set(Some(m.session_id)),
                         message_id: Set(Some(m.id)),
                         summary_id: Set(None),
@@ -103,33 +173,43 @@ impl<V: VectorIndex> SqlStore<V> {
                 owners.push(m.id);
             }
         }
-        let mut delta = Delta::default();
-        let memories = self.insert_memories(&txn, u.id, rows, &mut delta).await?;
-        session::Entity::update_many()
-            .col_expr(session::Column::UpdatedAt, Expr::value(t))
-            .filter(owned(session::Column::UserId, u.id))
-            .filter(session::Column::Id.is_in(sessions.values().copied()))
-            .exec(&txn)
+        let memories = self
+            .insert_memories(txn, uid, rows, &mut open.delta)
             .await?;
-        let revision = self.bump_revision(&txn, u.id).await?;
-        txn.commit().await?;
-        self.index.committed(u.id, revision, delta);
-
         let mut by_message: HashMap<i64, Vec<i64>> = HashMap::new();
         for (owner, m) in owners.iter().zip(&memories) {
             by_message.entry(*owner).or_default().push(m.id);
         }
-        messages
-            .into_iter()
-            .zip(&writes)
-            .map(|(m, w)| {
-                let memory_ids = by_message.remove(&m.id).unwrap_or_default();
-                Ok(AppendedMessage {
-                    message: self.message_to_api(m, &w.message.session)?,
-                    memory_ids,
-                })
-            })
-            .collect()
+        for (m, w) in messages.into_iter().zip(&writes) {
+            let memory_ids = by_message.remove(&m.id).unwrap_or_default();
+            open.out.push(AppendedMessage {
+                message: self.message_to_api(m, &w.message.session)?,
+                memory_ids,
+            });
+        }
+        Ok(())
+    }
+
+    /// Ends an append: the sessions' times and the user's revision, committed; what it wrote.
+    async fn commit_append(&self, open: OpenAppend) -> Result<Vec<AppendedMessage>> {
+        let OpenAppend {
+            txn,
+            user,
+            at,
+            sessions,
+            delta,
+            out,
+        } = open;
+        session::Entity::update_many()
+            .col_expr(session::Column::UpdatedAt, Expr::value(at))
+            .filter(owned(session::Column::UserId, user.id))
+            .filter(session::Column::Id.is_in(sessions.values().copied()))
+            .exec(&txn)
+            .await?;
+        let revision = self.bump_revision(&txn, user.id).await?;
+        txn.commit().await?;
+        self.index.committed(user.id, revision, delta);
+        Ok(out)
     }
 
     pub(crate) async fn list_messages(
@@ -212,5 +292,30 @@ impl<V: VectorIndex> SqlStore<V> {
             .filter(message::Column::Id.gt(after_id))
             .count(&self.db)
             .await?)
+    }
+}
+
+/// An append in progress: its transaction and what it has written so far.
+struct OpenAppend {
+    txn: DatabaseTransaction,
+    user: user::Model,
+    /// The time of the append (messages without their own, and sessions' update).
+    at: DateTime<Utc>,
+    /// Session ids by name.
+    sessions: HashMap<String, i64>,
+    delta: Delta,
+    out: Vec<AppendedMessage>,
+}
+
+/// "message N: …" of a batch, renumbered to count from the call's first message (`before`
+/// messages came in earlier batches).
+fn renumber(error: &str, before: usize) -> String {
+    let Some(rest) = error.strip_prefix("message ") else {
+        return error.to_owned();
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    match rest[..digits].parse::<usize>() {
+        Ok(n) => format!("message {}{}", n + before, &rest[digits..]),
+        Err(_) => error.to_owned(),
     }
 }

@@ -5,6 +5,7 @@ mod jobs;
 mod memories;
 mod search;
 mod sessions;
+mod streamed;
 mod validity;
 
 pub use chrono::SubsecRound;
