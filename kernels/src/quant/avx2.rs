@@ -3,6 +3,8 @@
 //! registers) sums the byte products in one instruction instead of two.
 use std::arch::x86_64::*;
 
+pub(super) mod grouped;
+
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn hsum(v: __m256) -> f32 {
