@@ -185,8 +185,9 @@ fn main() {
         Arc::new(ChatService::start_with_limits(&config, &Device::Cpu, 64, 16, limits).unwrap());
     println!();
     println!(
-        "Continuous batching (ChatService, max 16 sequences): n streams of {new_tokens} tokens \
-         started together, aggregate decode tokens/s while all n run; TTFT of 12 new requests \
+        "Continuous batching (ChatService, max 16 sequences): n streams of {BATCH_TOKENS} \
+         tokens started together, aggregate decode tokens/s while all n run (the tokens \
+         arriving between the last first token and the first end); TTFT of 12 new requests \
          (one at a time) while n - 1 streams decode"
     );
     println!();
@@ -194,9 +195,14 @@ fn main() {
         "| streams | aggregate decode (tokens/s) | × one stream | TTFT p50 (ms) | TTFT p95 (ms) |"
     );
     println!("|---:|---:|---:|---:|---:|");
+    let long = GenerationParams {
+        max_tokens: BATCH_TOKENS,
+        min_tokens: BATCH_TOKENS,
+        ..params.clone()
+    };
     let mut single = None;
     for n in [1usize, 4, 8, 16] {
-        let agg = steady(&rt, &service, n, &turns, &params);
+        let agg = steady(&rt, &service, n, &turns, &long);
         let (p50, p95) = ttft_under_load(&rt, &service, n - 1, &turns, &params);
         let base = *single.get_or_insert(agg);
         println!(
@@ -267,24 +273,26 @@ async fn timed(
     turns: Vec<ChatTurn>,
     params: GenerationParams,
     t0: Instant,
-) -> (f64, f64, usize) {
+) -> (Vec<f64>, usize) {
     let mut rx = service.stream(&turns, &params).await.unwrap();
-    let (mut first, mut tokens) = (None, 0);
+    let (mut deltas, mut tokens) = (Vec::new(), 0);
     while let Some(e) = rx.recv().await {
         match e.unwrap() {
-            ChatEvent::Delta { .. } => {
-                first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
-            }
+            ChatEvent::Delta { .. } => deltas.push(t0.elapsed().as_secs_f64()),
             ChatEvent::Done { completion } => tokens = completion.completion_tokens,
         }
     }
-    let end = t0.elapsed().as_secs_f64();
-    (first.unwrap_or(end), end, tokens)
+    (deltas, tokens)
 }
 
+/// Tokens each stream of the batching table generates (longer than one stream's answer, so
+/// that all streams decode together for a while after the last prompt is read).
+const BATCH_TOKENS: usize = 192;
+
 /// Aggregate decode tokens/s while all of `n` streams started together are running: the
-/// window from the last first token to the first end, each stream's tokens in it counted at
-/// its own mean rate.
+/// tokens arriving in the window from the last first token to the first end (the prompts are
+/// read in chunks between decode steps, so before the window some streams are still
+/// reading), each delta counted as the stream's tokens per delta.
 fn steady(
     rt: &tokio::runtime::Runtime,
     service: &Arc<ChatService>,
@@ -301,13 +309,20 @@ fn steady(
         for t in tasks {
             runs.push(t.await.unwrap());
         }
-        let start = runs.iter().map(|r| r.0).fold(0.0, f64::max);
-        let end = runs.iter().map(|r| r.1).fold(f64::MAX, f64::min);
-        let window = (end - start).max(1e-9);
-        runs.iter()
-            .map(|(first, done, tokens)| *tokens as f64 / (done - first) * window)
-            .sum::<f64>()
-            / window
+        let start = runs.iter().map(|r| r.0[0]).fold(0.0, f64::max);
+        let end = runs
+            .iter()
+            .map(|r| *r.0.last().unwrap())
+            .fold(f64::MAX, f64::min);
+        assert!(end > start, "no moment when all {n} streams were decoding");
+        let tokens: f64 = runs
+            .iter()
+            .map(|(deltas, tokens)| {
+                let inside = deltas.iter().filter(|&&t| t > start && t <= end).count();
+                inside as f64 * *tokens as f64 / deltas.len() as f64
+            })
+            .sum();
+        tokens / (end - start)
     })
 }
 
@@ -342,8 +357,8 @@ fn ttft_under_load(
         let mut ttft = Vec::new();
         for _ in 0..12 {
             let t0 = Instant::now();
-            let (first, _, _) = timed(service.clone(), turns.to_vec(), probe.clone(), t0).await;
-            ttft.push(first * 1000.0);
+            let (deltas, _) = timed(service.clone(), turns.to_vec(), probe.clone(), t0).await;
+            ttft.push(deltas[0] * 1000.0);
         }
         for s in streams {
             s.abort();
@@ -379,9 +394,9 @@ fn concurrent(
             .collect();
         let (mut total, mut ttft) = (0, 0.0);
         for t in tasks {
-            let (first, _, tokens) = t.await.unwrap();
+            let (deltas, tokens) = t.await.unwrap();
             total += tokens;
-            ttft += first;
+            ttft += deltas[0];
         }
         (
             total as f64 / started.elapsed().as_secs_f64(),

@@ -1,7 +1,7 @@
 //! Element-wise functions written so that the compiler vectorises them: no branches, no libm.
 //! Each has one generic body, compiled twice on x86-64 (baseline SSE2 and AVX2+FMA) and picked
-//! at run time. Shared by the embedder (GELU, softmax), the chat decoder (Gemma's GELU) and
-//! the attention kernel (softmax).
+//! at run time. Shared by the embedder (GELU, softmax), the chat decoder (SiLU, Gemma's GELU)
+//! and the attention kernel (softmax).
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 // ln 2 in two parts, so that n·ln2 is exact in the high part (Cody and Waite).
 const LN2_HI: f32 = 0.693_145_75;
@@ -89,7 +89,15 @@ fn gelu_tanh_body(xs: &mut [f32]) {
     }
 }
 
+#[inline(always)]
+fn silu_body(xs: &mut [f32]) {
+    for x in xs {
+        *x /= 1.0 + exp(-*x);
+    }
+}
+
 dispatch!(exp_in_place, exp_body);
+dispatch!(silu_in_place, silu_body);
 dispatch!(gelu_erf_in_place, gelu_erf_body);
 dispatch!(gelu_tanh_in_place, gelu_tanh_body);
 
@@ -105,6 +113,21 @@ mod tests {
         for (got, want) in xs.iter().zip(&want) {
             let rel = ((got - want) / want).abs();
             assert!(rel < 5e-7, "exp: {got} vs {want} ({rel})");
+        }
+    }
+
+    #[test]
+    fn silu_matches_the_definition() {
+        let inputs: Vec<f32> = (-10000..10000).map(|i| i as f32 / 100.0).collect();
+        let mut xs = inputs.clone();
+        silu_in_place(&mut xs);
+        for (x, got) in inputs.iter().zip(&xs) {
+            let x64 = f64::from(*x);
+            let want = x64 / (1.0 + (-x64).exp());
+            assert!(
+                (f64::from(*got) - want).abs() <= 1e-6 * (1e-3 + want.abs()),
+                "silu({x}) = {got}, want {want}"
+            );
         }
     }
 

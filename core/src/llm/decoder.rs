@@ -613,21 +613,28 @@ impl Decoder {
                 .forward(&h)?
                 .try_into()
                 .map_err(|_| Error::Internal("gate/up projection has two parts".into()))?;
-            let gate = if self.arch.gelu() {
-                // The tanh approximation, as Gemma's `gelu_pytorch_tanh`: on the CPU the
-                // encoder's vectorised pass (candle's calls a scalar tanh per element).
-                if self.device.is_cpu() && self.dtype == DType::F32 {
-                    let shape = gate.shape().clone();
-                    let mut v = gate.flatten_all()?.to_vec1::<f32>()?;
-                    crate::math::gelu_tanh_in_place(&mut v);
-                    Tensor::from_vec(v, shape, &self.device)?
+            let act = if self.device.is_cpu() && self.dtype == DType::F32 {
+                // On the CPU, the activation and the product in one vectorised pass over one
+                // copy (candle's SiLU and GELU call a scalar exp or tanh per element, then
+                // the product is another pass): the tanh GELU as Gemma's
+                // `gelu_pytorch_tanh`, or SiLU.
+                let shape = gate.shape().clone();
+                let mut g = gate.flatten_all()?.to_vec1::<f32>()?;
+                if self.arch.gelu() {
+                    crate::math::gelu_tanh_in_place(&mut g);
                 } else {
-                    gate.gelu()?
+                    crate::math::silu_in_place(&mut g);
                 }
+                let u = up.flatten_all()?;
+                let u = u.to_vec1::<f32>()?;
+                g.iter_mut().zip(&u).for_each(|(g, u)| *g *= u);
+                Tensor::from_vec(g, shape, &self.device)?
+            } else if self.arch.gelu() {
+                (gate.gelu()? * up)?
             } else {
-                candle_nn::ops::silu(&gate)?
+                (candle_nn::ops::silu(&gate)? * up)?
             };
-            let mut y = layer.w2.forward(&(gate * up)?)?;
+            let mut y = layer.w2.forward(&act)?;
             if let Some(n) = &layer.post_ffn_norm {
                 y = candle_nn::ops::rms_norm(&y, n, eps)?;
             }
