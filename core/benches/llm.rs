@@ -15,8 +15,9 @@
 //! ```
 //!
 //! `--gguf` measures another GGUF file instead of the packaged SmolLM2; `--one-stream` leaves
-//! out the service parts; `--conversation N` sets the turns of the conversation timed with and
-//! without prefix reuse (0: none).
+//! out the service parts; `--streams N` runs the batching table for 1 and N streams only;
+//! `--conversation N` sets the turns of the conversation timed with and without prefix reuse
+//! (0: none).
 //!
 //! The packaged model's Q4_1 weights stay quantized (the project's AVX2 kernels) unless
 //! `--dequantize` turns them into F32 at load.
@@ -201,7 +202,12 @@ fn main() {
         ..params.clone()
     };
     let mut single = None;
-    for n in [1usize, 4, 8, 16] {
+    // `--streams N` measures one and N streams only (to profile one batch size).
+    let counts: Vec<usize> = match arg("--streams") {
+        Some(n) => vec![1, n.parse().expect("--streams takes a number")],
+        None => vec![1, 4, 8, 16],
+    };
+    for n in counts {
         let agg = steady(&rt, &service, n, &turns, &long);
         let (p50, p95) = ttft_under_load(&rt, &service, n - 1, &turns, &params);
         let base = *single.get_or_insert(agg);

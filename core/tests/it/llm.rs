@@ -406,13 +406,16 @@ mod service {
                 tokio::spawn(async move { chat.complete(&ask(&q), &params).await.unwrap().text })
             })
             .collect();
+        // Watches the batch until the answers are in (a fixed window missed it when the
+        // machine was busy and the requests started late).
+        let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let watcher = {
-            let chat = chat.clone();
+            let (chat, finished) = (chat.clone(), finished.clone());
             tokio::spawn(async move {
                 let mut most = 0;
-                for _ in 0..400 {
+                while !finished.load(std::sync::atomic::Ordering::Relaxed) {
                     most = most.max(chat.active_sequences());
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
                 }
                 most
             })
@@ -421,6 +424,7 @@ mod service {
         for t in tasks {
             together.push(t.await.unwrap());
         }
+        finished.store(true, std::sync::atomic::Ordering::Relaxed);
         assert_eq!(together, alone);
         assert!(watcher.await.unwrap() >= 2, "requests were batched");
         assert_eq!(chat.queue_depth(), 0);
