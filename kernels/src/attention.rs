@@ -90,14 +90,6 @@ impl HostKv {
         };
         (take(&self.k), take(&self.v))
     }
-
-    fn key(&self, head: usize, j: usize) -> &[f32] {
-        &self.k[(head * self.cap + j) * self.dim..][..self.dim]
-    }
-
-    fn value(&self, head: usize, j: usize) -> &[f32] {
-        &self.v[(head * self.cap + j) * self.dim..][..self.dim]
-    }
 }
 
 /// The new positions of one sequence.
@@ -174,44 +166,55 @@ pub fn attend_window(
             "heads do not group"
         );
     }
-    let rows = heads * seq;
+    let kvh = batch.first().map_or(1, |b| b.kv.heads);
+    assert!(
+        batch.iter().all(|b| b.kv.heads == kvh),
+        "sequences with different key/value heads"
+    );
+    let rep = heads / kvh;
+    // A work item is one new position of one sequence and the query heads it computes: the
+    // `rep` heads that read one key/value head (each key and value read once for all of
+    // them), or, where that leaves too few items to share among the pool's threads (one
+    // sequence's decode step), a single head. A head's arithmetic is the same either way, so
+    // a position gets the same result in any batch.
+    let threads = candle_core::utils::barrier_pool().n_workers() + 1;
+    let per_item = if batch.len() * kvh * seq >= 4 * threads {
+        rep
+    } else {
+        1
+    };
+    let groups = heads / per_item;
     let out_ptr = out.as_mut_ptr() as usize;
     let work = |item: usize, scores: &mut Vec<f32>| {
-        let (s, r) = (item / rows, item % rows);
+        let s = item / (groups * seq);
+        let r = item % (groups * seq);
+        let (group, i) = (r / seq, r % seq);
         let Query { q, kv, len } = &batch[s];
-        let (head, i) = (r / seq, r % seq);
-        let kv_head = head / (heads / kv.heads);
+        let first_head = group * per_item;
+        let kv_head = first_head / rep;
         // Causal: new position i sees the cache up to len - seq + i (and, in a window, the
         // `window` positions that end there).
         let visible = len - seq + i + 1;
         let first = window.map_or(0, |w| visible.saturating_sub(w));
-        let qrow = &q[r * dim..][..dim];
-        scores.clear();
-        let mut max = f32::NEG_INFINITY;
-        for j in first..visible {
-            let x = dot(qrow, kv.key(kv_head, j)) * scale;
-            max = max.max(x);
-            scores.push(x);
-        }
-        for x in scores.iter_mut() {
-            *x -= max;
-        }
-        crate::math::exp_in_place(scores);
-        let sum: f32 = scores.iter().sum();
-        // SAFETY: row `item` of `out` is written by this item only, inside `out`.
-        let o =
-            unsafe { std::slice::from_raw_parts_mut((out_ptr as *mut f32).add(item * dim), dim) };
-        o.fill(0.0);
-        for (j, p) in (first..visible).zip(scores.iter()) {
-            for (o, x) in o.iter_mut().zip(kv.value(kv_head, j)) {
-                *o += p * x;
-            }
-        }
-        let inv = 1.0 / sum;
-        o.iter_mut().for_each(|x| *x *= inv);
+        let rows: Vec<&[f32]> = (first_head..first_head + per_item)
+            .map(|h| &q[(h * seq + i) * dim..][..dim])
+            .collect();
+        let keys = &kv.k[(kv_head * kv.cap + first) * dim..(kv_head * kv.cap + visible) * dim];
+        let values = &kv.v[(kv_head * kv.cap + first) * dim..(kv_head * kv.cap + visible) * dim];
+        // SAFETY: rows (s, h, i) for the item's heads are written by this item only, inside
+        // `out` (batch × heads × seq × dim).
+        let mut outs: Vec<&mut [f32]> = (first_head..first_head + per_item)
+            .map(|h| unsafe {
+                std::slice::from_raw_parts_mut(
+                    (out_ptr as *mut f32).add(((s * heads + h) * seq + i) * dim),
+                    dim,
+                )
+            })
+            .collect();
+        attend_rows(&rows, keys, values, dim, scale, scores, &mut outs);
     };
-    let items = batch.len() * rows;
-    let cost: usize = batch.iter().map(|b| b.len).sum::<usize>() * rows * dim;
+    let items = batch.len() * groups * seq;
+    let cost: usize = batch.iter().map(|b| b.len).sum::<usize>() * heads * seq * dim;
     // Below ~64k multiply-adds the pool's start-up costs more than a second core saves.
     if cost < 1 << 16 {
         let mut scores = Vec::new();
@@ -221,6 +224,189 @@ pub fn attend_window(
             let mut scores = Vec::new();
             range.for_each(|i| work(i, &mut scores));
         });
+    }
+}
+
+/// Attention of query rows `rows` (each `dim` wide) over the same keys and values (positions
+/// in order, each `dim` wide), into `outs`: scores, softmax, weighted sum. `scores` is
+/// scratch. Each row's result depends on that row, the keys and the values only.
+fn attend_rows(
+    rows: &[&[f32]],
+    keys: &[f32],
+    values: &[f32],
+    dim: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    outs: &mut [&mut [f32]],
+) {
+    let n = keys.len() / dim;
+    scores.clear();
+    scores.resize(rows.len() * n, 0.0);
+    #[cfg(target_arch = "x86_64")]
+    let wide = crate::features::avx2() && dim.is_multiple_of(8);
+    #[cfg(not(target_arch = "x86_64"))]
+    let wide = false;
+    for (h, row) in rows.iter().enumerate() {
+        let s = &mut scores[h * n..][..n];
+        if wide {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has AVX2 and FMA; dim is a multiple of 8.
+            unsafe {
+                avx2::scores(row, keys, dim, s)
+            };
+        } else {
+            for (x, key) in s.iter_mut().zip(keys.chunks_exact(dim)) {
+                *x = dot(row, key);
+            }
+        }
+        let mut max = f32::NEG_INFINITY;
+        for x in s.iter_mut() {
+            *x *= scale;
+            max = max.max(*x);
+        }
+        for x in s.iter_mut() {
+            *x -= max;
+        }
+        crate::math::exp_in_place(s);
+        let sum: f32 = s.iter().sum();
+        let o = &mut *outs[h];
+        if wide {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            unsafe {
+                avx2::weighted(s, values, dim, o)
+            };
+        } else {
+            o.fill(0.0);
+            for (p, value) in s.iter().zip(values.chunks_exact(dim)) {
+                for (o, x) in o.iter_mut().zip(value) {
+                    *o += p * x;
+                }
+            }
+        }
+        let inv = 1.0 / sum;
+        o.iter_mut().for_each(|x| *x *= inv);
+    }
+}
+
+/// The AVX2 + FMA forms of the two passes over the cache (for widths that are multiples of 8).
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Lane k: the sum of `v[k]`'s lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn sum8(v: [__m256; 8]) -> __m256 {
+        let a = _mm256_hadd_ps(v[0], v[1]);
+        let b = _mm256_hadd_ps(v[2], v[3]);
+        let c = _mm256_hadd_ps(v[4], v[5]);
+        let d = _mm256_hadd_ps(v[6], v[7]);
+        let lo = _mm256_hadd_ps(a, b);
+        let hi = _mm256_hadd_ps(c, d);
+        _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(lo, hi),
+            _mm256_permute2f128_ps::<0x31>(lo, hi),
+        )
+    }
+
+    /// `out[j] = row · key j` for the keys in `keys` (`dim` wide each, dim a multiple of 8):
+    /// eight keys at a time, one register of sums each, then one at a time.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn scores(row: &[f32], keys: &[f32], dim: usize, out: &mut [f32]) {
+        let n = keys.len() / dim;
+        debug_assert!(out.len() == n && row.len() == dim && dim.is_multiple_of(8));
+        let q = row.as_ptr();
+        let k = keys.as_ptr();
+        let mut j = 0;
+        while j + 8 <= n {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for c in (0..dim).step_by(8) {
+                // SAFETY: c + 8 ≤ dim, and keys j..j + 8 are inside `keys`.
+                unsafe {
+                    let x = _mm256_loadu_ps(q.add(c));
+                    for (l, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(x, _mm256_loadu_ps(k.add((j + l) * dim + c)), *a);
+                    }
+                }
+            }
+            // SAFETY: j + 8 ≤ n = out.len().
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(j), sum8(acc)) };
+            j += 8;
+        }
+        while j < n {
+            let mut a = _mm256_setzero_ps();
+            for c in (0..dim).step_by(8) {
+                // SAFETY: as above, for key j.
+                unsafe {
+                    a = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(q.add(c)),
+                        _mm256_loadu_ps(k.add(j * dim + c)),
+                        a,
+                    );
+                }
+            }
+            let lo = _mm256_castps256_ps128(a);
+            let hi = _mm256_extractf128_ps::<1>(a);
+            let s = _mm_add_ps(lo, hi);
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+            out[j] = _mm_cvtss_f32(s);
+            j += 1;
+        }
+    }
+
+    /// `out = Σ_j p[j] · value j` (`dim` wide, a multiple of 8), 64 columns at a time.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn weighted(p: &[f32], values: &[f32], dim: usize, out: &mut [f32]) {
+        debug_assert!(values.len() == p.len() * dim && out.len() == dim);
+        let mut c = 0;
+        while c < dim {
+            let w = (dim - c).min(64);
+            // SAFETY: columns c..c + w of every value and of `out` exist.
+            unsafe {
+                match w / 8 {
+                    8 => columns::<8>(p, values, dim, c, out),
+                    7 => columns::<7>(p, values, dim, c, out),
+                    6 => columns::<6>(p, values, dim, c, out),
+                    5 => columns::<5>(p, values, dim, c, out),
+                    4 => columns::<4>(p, values, dim, c, out),
+                    3 => columns::<3>(p, values, dim, c, out),
+                    2 => columns::<2>(p, values, dim, c, out),
+                    _ => columns::<1>(p, values, dim, c, out),
+                }
+            }
+            c += w;
+        }
+    }
+
+    /// Columns `c..c + 8R` of [`weighted`], held in R registers over all the values.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn columns<const R: usize>(
+        p: &[f32],
+        values: &[f32],
+        dim: usize,
+        c: usize,
+        out: &mut [f32],
+    ) {
+        let mut acc = [_mm256_setzero_ps(); R];
+        let v = values.as_ptr();
+        for (j, &pj) in p.iter().enumerate() {
+            let b = _mm256_set1_ps(pj);
+            for (r, a) in acc.iter_mut().enumerate() {
+                // SAFETY: the caller's columns of value j.
+                *a = _mm256_fmadd_ps(
+                    b,
+                    unsafe { _mm256_loadu_ps(v.add(j * dim + c + 8 * r)) },
+                    *a,
+                );
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            // SAFETY: the caller's columns of `out`.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * r), *a) };
+        }
     }
 }
 
@@ -349,6 +535,53 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_sequence_gets_the_same_result_alone_and_in_a_batch() {
+        // Alone, a decode step splits its work by query head; in a batch of eight, by
+        // key/value head (each item computing three query heads): the bits must not differ.
+        let mut rng = Lcg(5);
+        let (heads, kvh, dim) = (9, 3, 64);
+        let scale = 0.125;
+        let lens = [40, 300, 7, 129, 64, 1, 250, 90];
+        let caches: Vec<HostKv> = lens
+            .iter()
+            .map(|&len| {
+                let mut kv = HostKv::new(kvh, dim);
+                kv.write(0, len, &rng.vec(len * kvh * dim), &rng.vec(len * kvh * dim));
+                kv
+            })
+            .collect();
+        let qs: Vec<Vec<f32>> = lens.iter().map(|_| rng.vec(heads * dim)).collect();
+        let batch: Vec<Query> = caches
+            .iter()
+            .zip(&qs)
+            .zip(&lens)
+            .map(|((kv, q), &len)| Query { q, kv, len })
+            .collect();
+        let mut all = vec![0f32; lens.len() * heads * dim];
+        attend(&batch, heads, 1, dim, scale, &mut all);
+        for (b, query) in batch.iter().enumerate() {
+            let mut alone = vec![0f32; heads * dim];
+            attend(
+                std::slice::from_ref(query),
+                heads,
+                1,
+                dim,
+                scale,
+                &mut alone,
+            );
+            let together = &all[b * heads * dim..][..heads * dim];
+            assert!(
+                alone
+                    .iter()
+                    .zip(together)
+                    .all(|(a, t)| a.to_bits() == t.to_bits()),
+                "sequence {b} (length {})",
+                lens[b]
+            );
         }
     }
 
