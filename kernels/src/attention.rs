@@ -2,14 +2,19 @@
 //! the CPU: every sequence of a batch in one parallel pass (each with its own cache and
 //! length), scores, softmax and the weighted sum of values per query row, without a score
 //! matrix, mask, repeated key/value heads or any per-sequence tensor operation. Grouped-query
-//! attention is native: query head `h` reads key/value head `h / (heads / kv_heads)`.
+//! attention is native: query head `h` reads key/value head `h / (heads / kv_heads)`. Keys
+//! and values are kept in F16 (as llama.cpp keeps them): half the memory, and half the bytes
+//! a step reads, which bounds a batched step's attention.
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 /// One sequence's keys and values for one layer: (kv heads, capacity, head dim) each,
-/// row-major; the capacity doubles when the sequence outgrows it.
+/// row-major, in F16 (rounded to nearest); the capacity doubles when the sequence outgrows
+/// it.
 #[derive(Debug, Clone, Default)]
 pub struct HostKv {
-    k: Vec<f32>,
-    v: Vec<f32>,
+    k: Vec<f16>,
+    v: Vec<f16>,
     cap: usize,
     heads: usize,
     dim: usize,
@@ -35,7 +40,7 @@ impl HostKv {
 
     /// Bytes its buffers hold.
     pub fn bytes(&self) -> usize {
-        (self.k.len() + self.v.len()) * std::mem::size_of::<f32>()
+        (self.k.len() + self.v.len()) * std::mem::size_of::<f16>()
     }
 
     fn grow(&mut self, need: usize) {
@@ -44,8 +49,8 @@ impl HostKv {
         }
         let cap = need.max(INITIAL).next_power_of_two();
         let (h, d, old) = (self.heads, self.dim, self.cap);
-        let regrow = |buf: &mut Vec<f32>| {
-            let mut new = vec![0f32; h * cap * d];
+        let regrow = |buf: &mut Vec<f16>| {
+            let mut new = vec![f16::ZERO; h * cap * d];
             for head in 0..h {
                 new[head * cap * d..][..old * d].copy_from_slice(&buf[head * old * d..][..old * d]);
             }
@@ -68,8 +73,8 @@ impl HostKv {
             for head in 0..h {
                 let at = (head * cap + pos + i) * d;
                 let from = (i * h + head) * d;
-                self.k[at..at + d].copy_from_slice(&k[from..from + d]);
-                self.v[at..at + d].copy_from_slice(&v[from..from + d]);
+                self.k[at..at + d].convert_from_f32_slice(&k[from..from + d]);
+                self.v[at..at + d].convert_from_f32_slice(&v[from..from + d]);
             }
         }
     }
@@ -83,10 +88,13 @@ impl HostKv {
             self.cap
         );
         let (h, d, cap) = (self.heads, self.dim, self.cap);
-        let take = |buf: &[f32]| -> Vec<f32> {
-            (0..h)
-                .flat_map(|head| buf[head * cap * d..][..len * d].iter().copied())
-                .collect()
+        let take = |buf: &[f16]| -> Vec<f32> {
+            let mut out = vec![0f32; h * len * d];
+            for head in 0..h {
+                buf[head * cap * d..][..len * d]
+                    .convert_to_f32_slice(&mut out[head * len * d..][..len * d]);
+            }
+            out
         };
         (take(&self.k), take(&self.v))
     }
@@ -178,14 +186,15 @@ pub fn attend_window(
     // sequence's decode step), a single head. A head's arithmetic is the same either way, so
     // a position gets the same result in any batch.
     let threads = candle_core::utils::barrier_pool().n_workers() + 1;
-    let per_item = if batch.len() * kvh * seq >= 4 * threads {
-        rep
-    } else {
-        1
-    };
+    let per_item =
+        if std::env::var_os("DR_NOGROUP").is_none() && batch.len() * kvh * seq >= 4 * threads {
+            rep
+        } else {
+            1
+        };
     let groups = heads / per_item;
     let out_ptr = out.as_mut_ptr() as usize;
-    let work = |item: usize, scores: &mut Vec<f32>| {
+    let work = |item: usize, scratch: &mut Scratch| {
         let s = item / (groups * seq);
         let r = item % (groups * seq);
         let (group, i) = (r / seq, r % seq);
@@ -211,41 +220,60 @@ pub fn attend_window(
                 )
             })
             .collect();
-        attend_rows(&rows, keys, values, dim, scale, scores, &mut outs);
+        attend_rows(&rows, keys, values, dim, scale, scratch, &mut outs);
     };
     let items = batch.len() * groups * seq;
     let cost: usize = batch.iter().map(|b| b.len).sum::<usize>() * heads * seq * dim;
     // Below ~64k multiply-adds the pool's start-up costs more than a second core saves.
     if cost < 1 << 16 {
-        let mut scores = Vec::new();
-        (0..items).for_each(|i| work(i, &mut scores));
+        let mut scratch = Scratch::default();
+        (0..items).for_each(|i| work(i, &mut scratch));
     } else {
         candle_core::utils::barrier_pool().execute_chunked(items, |range| {
-            let mut scores = Vec::new();
-            range.for_each(|i| work(i, &mut scores));
+            let mut scratch = Scratch::default();
+            range.for_each(|i| work(i, &mut scratch));
         });
     }
 }
 
+/// A work item's buffers: scores, and the cache in F32 where the kernels do not read F16.
+#[derive(Default)]
+struct Scratch {
+    scores: Vec<f32>,
+    keys: Vec<f32>,
+    values: Vec<f32>,
+}
+
 /// Attention of query rows `rows` (each `dim` wide) over the same keys and values (positions
-/// in order, each `dim` wide), into `outs`: scores, softmax, weighted sum. `scores` is
-/// scratch. Each row's result depends on that row, the keys and the values only.
+/// in order, each `dim` wide), into `outs`: scores, softmax, weighted sum. Each row's result
+/// depends on that row, the keys and the values only.
 fn attend_rows(
     rows: &[&[f32]],
-    keys: &[f32],
-    values: &[f32],
+    keys: &[f16],
+    values: &[f16],
     dim: usize,
     scale: f32,
-    scores: &mut Vec<f32>,
+    scratch: &mut Scratch,
     outs: &mut [&mut [f32]],
 ) {
     let n = keys.len() / dim;
+    let Scratch {
+        scores,
+        keys: keys32,
+        values: values32,
+    } = scratch;
     scores.clear();
     scores.resize(rows.len() * n, 0.0);
     #[cfg(target_arch = "x86_64")]
     let wide = crate::features::avx2() && dim.is_multiple_of(8);
     #[cfg(not(target_arch = "x86_64"))]
     let wide = false;
+    if !wide {
+        keys32.resize(keys.len(), 0.0);
+        keys.convert_to_f32_slice(keys32);
+        values32.resize(values.len(), 0.0);
+        values.convert_to_f32_slice(values32);
+    }
     for (h, row) in rows.iter().enumerate() {
         let s = &mut scores[h * n..][..n];
         if wide {
@@ -255,7 +283,7 @@ fn attend_rows(
                 avx2::scores(row, keys, dim, s)
             };
         } else {
-            for (x, key) in s.iter_mut().zip(keys.chunks_exact(dim)) {
+            for (x, key) in s.iter_mut().zip(keys32.chunks_exact(dim)) {
                 *x = dot(row, key);
             }
         }
@@ -278,7 +306,7 @@ fn attend_rows(
             };
         } else {
             o.fill(0.0);
-            for (p, value) in s.iter().zip(values.chunks_exact(dim)) {
+            for (p, value) in s.iter().zip(values32.chunks_exact(dim)) {
                 for (o, x) in o.iter_mut().zip(value) {
                     *o += p * x;
                 }
@@ -289,14 +317,25 @@ fn attend_rows(
     }
 }
 
-/// The AVX2 + FMA forms of the two passes over the cache (for widths that are multiples of 8).
+/// The AVX2 + FMA forms of the two passes over the cache (for widths that are multiples of 8),
+/// reading the F16 cache with F16C.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
+    use half::f16;
+
+    /// Eight F16 values at `p` as F32 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load(p: *const f16) -> __m256 {
+        // SAFETY: the caller points at eight readable values.
+        _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p as *const __m128i) })
+    }
+
     /// Lane k: the sum of `v[k]`'s lanes.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn sum8(v: [__m256; 8]) -> __m256 {
         let a = _mm256_hadd_ps(v[0], v[1]);
         let b = _mm256_hadd_ps(v[2], v[3]);
@@ -312,8 +351,8 @@ mod avx2 {
 
     /// `out[j] = row · key j` for the keys in `keys` (`dim` wide each, dim a multiple of 8):
     /// eight keys at a time, one register of sums each, then one at a time.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn scores(row: &[f32], keys: &[f32], dim: usize, out: &mut [f32]) {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn scores(row: &[f32], keys: &[f16], dim: usize, out: &mut [f32]) {
         let n = keys.len() / dim;
         debug_assert!(out.len() == n && row.len() == dim && dim.is_multiple_of(8));
         let q = row.as_ptr();
@@ -326,7 +365,7 @@ mod avx2 {
                 unsafe {
                     let x = _mm256_loadu_ps(q.add(c));
                     for (l, a) in acc.iter_mut().enumerate() {
-                        *a = _mm256_fmadd_ps(x, _mm256_loadu_ps(k.add((j + l) * dim + c)), *a);
+                        *a = _mm256_fmadd_ps(x, load(k.add((j + l) * dim + c)), *a);
                     }
                 }
             }
@@ -339,11 +378,7 @@ mod avx2 {
             for c in (0..dim).step_by(8) {
                 // SAFETY: as above, for key j.
                 unsafe {
-                    a = _mm256_fmadd_ps(
-                        _mm256_loadu_ps(q.add(c)),
-                        _mm256_loadu_ps(k.add(j * dim + c)),
-                        a,
-                    );
+                    a = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(c)), load(k.add(j * dim + c)), a);
                 }
             }
             let lo = _mm256_castps256_ps128(a);
@@ -357,8 +392,8 @@ mod avx2 {
     }
 
     /// `out = Σ_j p[j] · value j` (`dim` wide, a multiple of 8), 64 columns at a time.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn weighted(p: &[f32], values: &[f32], dim: usize, out: &mut [f32]) {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn weighted(p: &[f32], values: &[f16], dim: usize, out: &mut [f32]) {
         debug_assert!(values.len() == p.len() * dim && out.len() == dim);
         let mut c = 0;
         while c < dim {
@@ -382,10 +417,10 @@ mod avx2 {
 
     /// Columns `c..c + 8R` of [`weighted`], held in R registers over all the values.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn columns<const R: usize>(
         p: &[f32],
-        values: &[f32],
+        values: &[f16],
         dim: usize,
         c: usize,
         out: &mut [f32],
@@ -396,11 +431,7 @@ mod avx2 {
             let b = _mm256_set1_ps(pj);
             for (r, a) in acc.iter_mut().enumerate() {
                 // SAFETY: the caller's columns of value j.
-                *a = _mm256_fmadd_ps(
-                    b,
-                    unsafe { _mm256_loadu_ps(v.add(j * dim + c + 8 * r)) },
-                    *a,
-                );
+                *a = _mm256_fmadd_ps(b, unsafe { load(v.add(j * dim + c + 8 * r)) }, *a);
             }
         }
         for (r, a) in acc.iter().enumerate() {
@@ -426,6 +457,11 @@ mod tests {
         fn vec(&mut self, n: usize) -> Vec<f32> {
             (0..n).map(|_| self.float()).collect()
         }
+    }
+
+    /// `xs` rounded to F16 and back.
+    fn halves(xs: Vec<f32>) -> Vec<f32> {
+        xs.into_iter().map(|x| f16::from_f32(x).to_f32()).collect()
     }
 
     /// Textbook attention in f64: all keys (seq, kv_heads, dim) at once, masked softmax
@@ -488,9 +524,11 @@ mod tests {
             let mut caches = Vec::new();
             let mut all = Vec::new();
             for &len in &lens {
-                // Written in two parts (the prompt, then the new positions) as the decoder does.
-                let k = rng.vec(len * kvh * dim);
-                let v = rng.vec(len * kvh * dim);
+                // Written in two parts (the prompt, then the new positions) as the decoder does;
+                // the values are F16 values already (the cache keeps F16), so that the textbook
+                // reference reads what the kernel reads.
+                let k = halves(rng.vec(len * kvh * dim));
+                let v = halves(rng.vec(len * kvh * dim));
                 let mut kv = HostKv::new(kvh, dim);
                 let split = (len - seq) * kvh * dim;
                 if len > seq {
@@ -582,6 +620,58 @@ mod tests {
                 "sequence {b} (length {})",
                 lens[b]
             );
+        }
+    }
+
+    #[test]
+    fn a_position_gets_the_same_result_in_a_chunk_and_in_a_decode_step() {
+        // A prompt chunk's positions (one work item per key/value head) against each position
+        // read alone as a decode step (one item per query head), bit for bit.
+        let mut rng = Lcg(9);
+        let (heads, kvh, dim, seq, len) = (9, 3, 64, 48, 110);
+        let mut kv = HostKv::new(kvh, dim);
+        kv.write(0, len, &rng.vec(len * kvh * dim), &rng.vec(len * kvh * dim));
+        let q = rng.vec(heads * seq * dim);
+        let mut chunk = vec![0f32; heads * seq * dim];
+        let query = Query {
+            q: &q,
+            kv: &kv,
+            len,
+        };
+        attend(
+            std::slice::from_ref(&query),
+            heads,
+            seq,
+            dim,
+            0.125,
+            &mut chunk,
+        );
+        for i in 0..seq {
+            let row: Vec<f32> = (0..heads)
+                .flat_map(|h| q[(h * seq + i) * dim..][..dim].iter().copied())
+                .collect();
+            let mut step = vec![0f32; heads * dim];
+            let query = Query {
+                q: &row,
+                kv: &kv,
+                len: len - seq + i + 1,
+            };
+            attend(
+                std::slice::from_ref(&query),
+                heads,
+                1,
+                dim,
+                0.125,
+                &mut step,
+            );
+            for h in 0..heads {
+                let a = &chunk[(h * seq + i) * dim..][..dim];
+                let b = &step[h * dim..][..dim];
+                assert!(
+                    a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "position {i}, head {h}"
+                );
+            }
         }
     }
 

@@ -25,7 +25,7 @@ use recall_kernels::{HostKv, QLinear, Query};
 use crate::error::{Error, Result};
 pub use arch::{Arch, Family, RopeStyle};
 pub use cache::KvCache;
-use cache::{FUSED_ATTENTION_MAX_SEQ, LayerKv};
+use cache::LayerKv;
 pub(crate) use weights::{Embed, Fused, GgufWeights, Linear, SafetensorsWeights, Weights};
 
 struct Layer {
@@ -583,8 +583,12 @@ impl Decoder {
             let q = bias(q, &layer.bq)?;
             let k = bias(k, &layer.bk)?;
             let v = bias(v, &layer.bv)?;
-            let seq = xs.dim(1)?;
-            let y = if caches.iter().all(|c| c.is_host()) && seq <= FUSED_ATTENTION_MAX_SEQ {
+            // Host caches (the CPU in F32) are read by the project's kernel for decode steps
+            // and prompts of any length alike: a position gets the same result whichever way
+            // it is read (as from the grouped matrix kernels, whatever the number of rows), so
+            // a sequence forked from a cached prefix continues exactly as a fresh read of the
+            // whole prompt would, however the worker splits it.
+            let y = if caches.iter().all(|c| c.is_host()) {
                 self.attend_host(layer, li, &q, &k, &v, caches)?
             } else if let Some(step) = &step {
                 self.attend_step(layer, li, (&q, &k, &v), caches, step)?

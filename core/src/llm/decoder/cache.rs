@@ -45,14 +45,6 @@ impl Clone for KvCache {
     }
 }
 
-/// New positions per sequence up to which attention runs in the project's CPU kernel, all
-/// sequences of a step together (`recall_kernels::attend`); longer prompt chunks go through
-/// matrix multiplications. At least the service's CPU prefill chunk (48): the kernel gives a
-/// position the same result whether it is read in a decode step or in any chunk of a prompt
-/// (as do the grouped matrix kernels, whatever the number of rows), so a sequence forked from
-/// a cached prefix continues exactly as a fresh read of the whole prompt would.
-pub(super) const FUSED_ATTENTION_MAX_SEQ: usize = 64;
-
 /// Token positions a new device buffer holds at first.
 const KV_INITIAL: usize = 256;
 
