@@ -186,12 +186,11 @@ pub fn attend_window(
     // sequence's decode step), a single head. A head's arithmetic is the same either way, so
     // a position gets the same result in any batch.
     let threads = candle_core::utils::barrier_pool().n_workers() + 1;
-    let per_item =
-        if std::env::var_os("DR_NOGROUP").is_none() && batch.len() * kvh * seq >= 4 * threads {
-            rep
-        } else {
-            1
-        };
+    let per_item = if batch.len() * kvh * seq >= 4 * threads {
+        rep
+    } else {
+        1
+    };
     let groups = heads / per_item;
     let out_ptr = out.as_mut_ptr() as usize;
     let work = |item: usize, scratch: &mut Scratch| {
