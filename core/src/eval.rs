@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::retrieval::RetrieveOptions;
-use crate::types::{NewMessage, Role};
+use crate::types::{NewMessage, Role, Signals};
 
 mod answers;
 pub use answers::{AnswerOptions, answer_f1, evaluate_answers, normalize_answer};
@@ -274,7 +274,18 @@ impl Totals {
     }
 }
 
-/// The ranked turn ids for each question of a sample, best first (chunks of one turn count
+/// Turns at the top of each question's ranking whose signals `details` reports (with every
+/// evidence turn's).
+const DETAILED_TURNS: usize = 5;
+
+/// A turn as a question ranked it: its id, final score and signals.
+struct RankedTurn {
+    id: String,
+    score: f32,
+    signals: Signals,
+}
+
+/// The ranked turns for each question of a sample, best first (chunks of one turn count
 /// once, at their best rank).
 async fn rank_sample(
     engine: &Engine,
@@ -283,18 +294,22 @@ async fn rank_sample(
     by_message: &HashMap<i64, String>,
     options: &RetrieveOptions,
     latencies: &mut Vec<f64>,
-) -> Result<Vec<Vec<String>>> {
+) -> Result<Vec<Vec<RankedTurn>>> {
     let mut out = Vec::with_capacity(questions.len());
     for q in questions {
         let started = std::time::Instant::now();
         let hits = engine.retrieve(user, &q.question, options).await?;
         latencies.push(started.elapsed().as_secs_f64() * 1000.0);
-        let mut ranked: Vec<String> = Vec::with_capacity(hits.len());
+        let mut ranked: Vec<RankedTurn> = Vec::with_capacity(hits.len());
         for h in hits {
             if let Some(d) = h.memory.message_id.and_then(|id| by_message.get(&id))
-                && !ranked.contains(d)
+                && !ranked.iter().any(|r| &r.id == d)
             {
-                ranked.push(d.clone());
+                ranked.push(RankedTurn {
+                    id: d.clone(),
+                    score: h.score,
+                    signals: h.signals,
+                });
             }
         }
         out.push(ranked);
@@ -397,7 +412,9 @@ pub async fn evaluate(
             &mut latencies,
         )
         .await?;
-        for (q, r) in questions.iter().zip(&ranked) {
+        for (q, turns) in questions.iter().zip(&ranked) {
+            let r: Vec<String> = turns.iter().map(|t| t.id.clone()).collect();
+            let r = &r;
             overall.add(ks, r, &q.evidence);
             by_category
                 .entry(q.category.clone())
@@ -409,6 +426,15 @@ pub async fn evaluate(
                     .iter()
                     .map(|e| r.iter().position(|x| x == e).map(|p| p + 1))
                     .collect();
+                // Why the first few and the evidence ranked where they did.
+                let signals: Vec<Value> = turns
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, t)| *i < DETAILED_TURNS || q.evidence.contains(&t.id))
+                    .map(|(i, t)| {
+                        json!({"rank": i + 1, "id": t.id, "score": t.score, "signals": t.signals})
+                    })
+                    .collect();
                 details.push(json!({
                     "sample": sample.id,
                     "category": q.category,
@@ -416,6 +442,7 @@ pub async fn evaluate(
                     "evidence": q.evidence,
                     "evidence_ranks": ranks,
                     "ranked": r,
+                    "signals": signals,
                 }));
             }
         }

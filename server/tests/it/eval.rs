@@ -266,6 +266,37 @@ fn eval_runs_a_matrix_of_settings_and_writes_the_details() {
         .count() as f64;
     let hit1 = reports[0]["overall"]["hit@1"].as_f64().unwrap();
     assert!((top_hits / first.len() as f64 - hit1).abs() < 1e-9);
+    // Each question's first turns and its evidence come with their scores and signals, in
+    // ranked order.
+    for q in first {
+        let ranked = q["ranked"].as_array().unwrap();
+        let explained = q["signals"].as_array().unwrap();
+        let ranks: Vec<u64> = explained
+            .iter()
+            .map(|e| e["rank"].as_u64().unwrap())
+            .collect();
+        assert!(ranks.windows(2).all(|w| w[0] < w[1]), "{ranks:?}");
+        assert!(ranks.len() >= ranked.len().min(5));
+        for e in explained {
+            let rank = e["rank"].as_u64().unwrap() as usize;
+            assert_eq!(e["id"], ranked[rank - 1]);
+            assert!(e["score"].as_f64().unwrap().is_finite());
+            assert!(e["signals"]["relevance"].as_f64().is_some(), "{e}");
+        }
+        for (e, r) in q["evidence"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(q["evidence_ranks"].as_array().unwrap())
+        {
+            if r.is_u64() {
+                assert!(
+                    explained.iter().any(|x| &x["id"] == e),
+                    "evidence {e} explained"
+                );
+            }
+        }
+    }
     // A setting that does not exist, or a value that does not fit, is refused.
     for bad in ["nonsense=1", "neighbours=9", "fusion=1", "time_weight"] {
         let out = cli(&backend, &["eval", data.to_str().unwrap(), "--vary", bad]);
