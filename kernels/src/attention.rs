@@ -204,22 +204,18 @@ pub fn attend_window(
         // `window` positions that end there).
         let visible = len - seq + i + 1;
         let first = window.map_or(0, |w| visible.saturating_sub(w));
-        let rows: Vec<&[f32]> = (first_head..first_head + per_item)
-            .map(|h| &q[(h * seq + i) * dim..][..dim])
-            .collect();
         let keys = &kv.k[(kv_head * kv.cap + first) * dim..(kv_head * kv.cap + visible) * dim];
         let values = &kv.v[(kv_head * kv.cap + first) * dim..(kv_head * kv.cap + visible) * dim];
-        // SAFETY: rows (s, h, i) for the item's heads are written by this item only, inside
-        // `out` (batch × heads × seq × dim).
-        let mut outs: Vec<&mut [f32]> = (first_head..first_head + per_item)
-            .map(|h| unsafe {
-                std::slice::from_raw_parts_mut(
-                    (out_ptr as *mut f32).add(((s * heads + h) * seq + i) * dim),
-                    dim,
-                )
-            })
-            .collect();
-        attend_rows(&rows, keys, values, dim, scale, scratch, &mut outs);
+        let row = |k: usize| &q[((first_head + k) * seq + i) * dim..][..dim];
+        // SAFETY: rows (s, h, i) for the item's heads are written by this item only, each
+        // once, inside `out` (batch × heads × seq × dim).
+        let out = |k: usize| unsafe {
+            std::slice::from_raw_parts_mut(
+                (out_ptr as *mut f32).add(((s * heads + first_head + k) * seq + i) * dim),
+                dim,
+            )
+        };
+        attend_rows(per_item, row, keys, values, dim, scale, scratch, out);
     };
     let items = batch.len() * groups * seq;
     let cost: usize = batch.iter().map(|b| b.len).sum::<usize>() * heads * seq * dim;
@@ -243,17 +239,19 @@ struct Scratch {
     values: Vec<f32>,
 }
 
-/// Attention of query rows `rows` (each `dim` wide) over the same keys and values (positions
-/// in order, each `dim` wide), into `outs`: scores, softmax, weighted sum. Each row's result
-/// depends on that row, the keys and the values only.
-fn attend_rows(
-    rows: &[&[f32]],
+/// Attention of `rows` query rows (`row(k)`, each `dim` wide) over the same keys and values
+/// (positions in order, each `dim` wide), into `out(k)`: scores, softmax, weighted sum. Each
+/// row's result depends on that row, the keys and the values only.
+#[allow(clippy::too_many_arguments)]
+fn attend_rows<'a>(
+    rows: usize,
+    row: impl Fn(usize) -> &'a [f32],
     keys: &[f16],
     values: &[f16],
     dim: usize,
     scale: f32,
     scratch: &mut Scratch,
-    outs: &mut [&mut [f32]],
+    out: impl Fn(usize) -> &'a mut [f32],
 ) {
     let n = keys.len() / dim;
     let Scratch {
@@ -262,7 +260,7 @@ fn attend_rows(
         values: values32,
     } = scratch;
     scores.clear();
-    scores.resize(rows.len() * n, 0.0);
+    scores.resize(rows * n, 0.0);
     #[cfg(target_arch = "x86_64")]
     let wide = crate::features::avx2() && dim.is_multiple_of(8);
     #[cfg(not(target_arch = "x86_64"))]
@@ -273,7 +271,8 @@ fn attend_rows(
         values32.resize(values.len(), 0.0);
         values.convert_to_f32_slice(values32);
     }
-    for (h, row) in rows.iter().enumerate() {
+    for h in 0..rows {
+        let row = row(h);
         let s = &mut scores[h * n..][..n];
         if wide {
             #[cfg(target_arch = "x86_64")]
@@ -296,7 +295,7 @@ fn attend_rows(
         }
         crate::math::exp_in_place(s);
         let sum: f32 = s.iter().sum();
-        let o = &mut *outs[h];
+        let o = out(h);
         if wide {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
