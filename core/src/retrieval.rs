@@ -221,7 +221,13 @@ pub fn apply_signals(
         } else {
             0.0
         };
+        c.signals.content = if config.content_weight > 0.0 {
+            crate::text::content_signal(&c.memory.content)
+        } else {
+            0.0
+        };
         c.score = c.signals.relevance - config.question_penalty * c.signals.question
+            + config.content_weight * c.signals.content
             + config.recency_weight * c.signals.recency
             + config.importance_weight * c.signals.importance
             + config.emotion_weight * c.signals.emotion
@@ -515,6 +521,45 @@ mod tests {
         };
         assert_eq!(ranked(&on, None, c.clone()), vec![2, 1]);
         assert_eq!(ranked(&RankingConfig::plain(), None, c), vec![1, 2]);
+    }
+
+    #[test]
+    fn content_lifts_a_turn_that_says_something_over_a_closing() {
+        let said = |id, text: &str| Memory {
+            content: text.to_owned(),
+            ..memory(id, 0, 0.5, None)
+        };
+        // A closing whose vector is mostly its speaker's name matches a question naming them
+        // a little better than the turn that answers it.
+        let c = merge(
+            vec![
+                (said(1, "Nate: Take care!"), 0.55),
+                (
+                    said(
+                        2,
+                        "Nate: I got a Nintendo Switch last month, I play it every night.",
+                    ),
+                    0.50,
+                ),
+            ],
+            vec![],
+        );
+        let on = RankingConfig {
+            content_weight: 0.3,
+            ..RankingConfig::plain()
+        };
+        assert_eq!(ranked(&RankingConfig::plain(), None, c.clone()), vec![1, 2]);
+        assert_eq!(ranked(&on, None, c.clone()), vec![2, 1]);
+        let mut scored = c;
+        relevance(&mut scored, SearchMode::Vector, Fusion::default());
+        apply_signals(&mut scored, &on, now(), &QueryCues::default());
+        for s in &scored {
+            let content = crate::text::content_signal(&s.memory.content);
+            assert_eq!(s.signals.content, content);
+            let want = s.signals.relevance + 0.3 * content;
+            assert!((s.score - want).abs() < 1e-6, "{s:?}");
+        }
+        assert!(scored[0].signals.content < scored[1].signals.content);
     }
 
     #[test]

@@ -464,6 +464,32 @@ pub fn ends_with_question(content: &str) -> bool {
         .ends_with('?')
 }
 
+/// Content words at which [`content_signal`] reaches 1.
+pub const CONTENT_WORDS_FULL: usize = 24;
+
+/// How much a text says, in [0, 1]: `ln(1 + n) / ln(1 + CONTENT_WORDS_FULL)` for its `n`
+/// content words (words other than stop words) after a [`speaker_label`], capped at 1.
+/// "Take care!" says nothing, a sentence of a dozen content words most of what one can.
+pub fn content_signal(content: &str) -> f32 {
+    let rest = match speaker_label(content) {
+        Some(label) => &content[label.len() + 1..],
+        None => content,
+    };
+    let n = rest
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty() && w.len() <= MAX_TERM_BYTES)
+        .filter(|w| {
+            let mut buf = [0u8; MAX_TERM_BYTES];
+            let lower = &mut buf[..w.len()];
+            lower.copy_from_slice(w.as_bytes());
+            lower.make_ascii_lowercase();
+            std::str::from_utf8(lower).is_ok_and(|l| !is_stop_word(l))
+        })
+        .take(CONTENT_WORDS_FULL)
+        .count();
+    ((1 + n) as f32).ln() / ((1 + CONTENT_WORDS_FULL) as f32).ln()
+}
+
 /// Whether a memory was said by someone the query names: a name among `entities` (from
 /// [`query_entities`]) is a word of the memory's [`speaker_label`] (case-insensitive).
 pub fn said_by_named(entities: &[String], content: &str) -> bool {
@@ -678,6 +704,26 @@ mod tests {
             &["melanie smith".to_owned()],
             "Melanie: a horse."
         ));
+    }
+
+    #[test]
+    fn content_counts_the_words_that_say_something() {
+        assert_eq!(content_signal(""), 0.0);
+        assert_eq!(
+            content_signal("Nate: Take care!"),
+            content_signal("take care")
+        );
+        let closing = content_signal("Nate: You bet, see you!");
+        let fact = content_signal("Nate: I bought a Nintendo Switch and play Zelda every night.");
+        assert!(closing < fact, "{closing} {fact}");
+        // Stop words do not count, whatever their case; the speaker's name does not either.
+        assert_eq!(content_signal("The THE and Of"), 0.0);
+        assert_eq!(
+            content_signal("Joanna: screenplay"),
+            (2f32).ln() / ((1 + CONTENT_WORDS_FULL) as f32).ln()
+        );
+        let long = "word ".repeat(3 * CONTENT_WORDS_FULL);
+        assert_eq!(content_signal(&long), 1.0);
     }
 
     #[test]

@@ -769,6 +769,10 @@ pub struct Signals {
     /// 1 when the memory ends with a question, else 0.
     #[serde(default)]
     pub question: f32,
+    /// How much the memory says: its content words (after a speaker label) on a log scale,
+    /// 1 at [`crate::text::CONTENT_WORDS_FULL`] or more.
+    #[serde(default)]
+    pub content: f32,
     /// The best relevance among the turns next to it in its session.
     #[serde(default)]
     pub neighbour: f32,

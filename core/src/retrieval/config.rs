@@ -85,12 +85,13 @@ impl Default for Fusion {
 /// The final score is
 /// `relevance + recency_weight · recency + importance_weight · importance + emotion_weight ·
 /// emotion_match + time_weight · time + entity_weight · entity + speaker_weight · speaker −
-/// question_penalty · question + neighbour_weight · neighbour`, where relevance comes from
-/// the mode (similarity, BM25 share, or fusion), recency is `0.5^(age / half-life)`, and the
-/// other signals are in [0, 1] (see [`crate::types::Signals`]). A cross-encoder, when
-/// configured, then blends its probability into the top candidates; MMR picks the final
-/// order. The defaults of the time, entity, speaker, question and neighbourhood signals come
-/// from the LoCoMo dev set (docs/benchmarks.md).
+/// question_penalty · question + content_weight · content + neighbour_weight · neighbour`,
+/// where relevance comes from the mode (similarity, BM25 share, or fusion), recency is
+/// `0.5^(age / half-life)`, and the other signals are in [0, 1] (see
+/// [`crate::types::Signals`]). A cross-encoder, when configured, then blends its probability
+/// into the top candidates; MMR picks the final order. The defaults of the time, entity,
+/// speaker, question, content and neighbourhood signals come from the LoCoMo dev set
+/// (docs/benchmarks.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RankingConfig {
@@ -131,6 +132,10 @@ pub struct RankingConfig {
     /// rather than tells, and in a conversation the answer is usually the next turn (which
     /// the neighbourhood signal still lifts through the question's relevance).
     pub question_penalty: f32,
+    /// Weight of the content signal: how much a memory says (its content words on a log
+    /// scale). A short closing ("Nate: Take care!") matches any question that names its
+    /// speaker, and rarely answers one.
+    pub content_weight: f32,
     /// Turns on each side of the best candidates read as their neighbourhood (0 to
     /// [`MAX_NEIGHBOURS`]): the neighbours join the candidates, and each candidate's score
     /// gains `neighbour_weight` × the best relevance next to it (a question often names
@@ -163,6 +168,7 @@ impl Default for RankingConfig {
             entity_weight: 0.05,
             speaker_weight: 0.1,
             question_penalty: 0.1,
+            content_weight: 0.3,
             neighbours: 2,
             neighbour_weight: 0.5,
         }
@@ -193,6 +199,7 @@ impl RankingConfig {
             entity_weight: 0.0,
             speaker_weight: 0.0,
             question_penalty: 0.0,
+            content_weight: 0.0,
             neighbours: 0,
             neighbour_weight: 0.0,
             ..Self::default()
@@ -216,6 +223,7 @@ impl RankingConfig {
             self.entity_weight,
             self.speaker_weight,
             self.question_penalty,
+            self.content_weight,
             self.neighbour_weight,
         ];
         if finite.iter().any(|x| !x.is_finite() || *x < 0.0) {

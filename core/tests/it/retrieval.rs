@@ -439,6 +439,7 @@ async fn the_named_speaker_and_statements_come_first(t: &TestStore) {
     let off = RankingConfig {
         speaker_weight: 0.0,
         question_penalty: 0.0,
+        content_weight: 0.0,
         ..RankingConfig::default()
     };
     let q = "What pottery did Melanie make?";

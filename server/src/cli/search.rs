@@ -158,6 +158,9 @@ pub(super) struct RankingArgs {
     /// Subtracted from the score of memories that end with a question (0 switches it off).
     #[arg(long)]
     question_penalty: Option<f32>,
+    /// Weight of the content signal: how much a memory says (0 switches it off).
+    #[arg(long)]
+    content_weight: Option<f32>,
     /// Turns on each side of the best candidates read as their neighbourhood (0 to 5).
     #[arg(long)]
     neighbours: Option<usize>,
@@ -234,6 +237,9 @@ impl RankingArgs {
         if let Some(w) = self.question_penalty {
             c.question_penalty = w;
         }
+        if let Some(w) = self.content_weight {
+            c.content_weight = w;
+        }
         if let Some(n) = self.neighbours {
             c.neighbours = n;
         }
@@ -256,6 +262,7 @@ impl RankingArgs {
             && self.entity_weight.is_none_or(|w| w == 0.0)
             && self.speaker_weight.is_none_or(|w| w == 0.0)
             && self.question_penalty.is_none_or(|w| w == 0.0)
+            && self.content_weight.is_none_or(|w| w == 0.0)
             && self.neighbour_weight.is_none_or(|w| w == 0.0)
             && self.mmr.is_none_or(|l| l >= 1.0)
     }
