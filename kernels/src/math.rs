@@ -96,6 +96,79 @@ fn silu_body(xs: &mut [f32]) {
     }
 }
 
+/// Lanes of the reductions: the partial results are kept in this many accumulators, so that
+/// the loops vectorise (one register in AVX2) and do not wait on one another.
+const LANES: usize = 8;
+
+#[inline(always)]
+fn max_body(xs: &[f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; LANES];
+    let mut chunks = xs.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (m, &x) in m.iter_mut().zip(c) {
+            *m = if x > *m { x } else { *m };
+        }
+    }
+    m.iter()
+        .chain(chunks.remainder())
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m })
+}
+
+/// Elements summed in f32 before their sum joins the f64 total.
+const SUM_BLOCK: usize = 1024;
+
+#[inline(always)]
+fn sum_exp_body(xs: &[f32], shift: f32) -> f64 {
+    let mut total = 0f64;
+    for block in xs.chunks(SUM_BLOCK) {
+        let mut acc = [0f32; LANES];
+        let mut chunks = block.chunks_exact(LANES);
+        for c in &mut chunks {
+            for (a, &x) in acc.iter_mut().zip(c) {
+                *a += exp(x - shift);
+            }
+        }
+        let tail: f32 = chunks.remainder().iter().map(|&x| exp(x - shift)).sum();
+        total += f64::from(acc.iter().sum::<f32>() + tail);
+    }
+    total
+}
+
+/// The largest element that is not NaN (NaNs are skipped); −∞ for an empty slice or one of
+/// NaNs only.
+pub fn max(xs: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::features::avx2() {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn wide(xs: &[f32]) -> f32 {
+                max_body(xs)
+            }
+            // SAFETY: the CPU has AVX2 and FMA (`features::avx2`).
+            return unsafe { wide(xs) };
+        }
+    }
+    max_body(xs)
+}
+
+/// `Σ e^(x − shift)` over the elements, each block of 1,024 summed in f32 and the blocks in
+/// f64. With `shift` the maximum ([`max`]) no term overflows, and `shift + ln(sum)` is the
+/// log-sum-exp of the slice.
+pub fn sum_exp(xs: &[f32], shift: f32) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::features::avx2() {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn wide(xs: &[f32], shift: f32) -> f64 {
+                sum_exp_body(xs, shift)
+            }
+            // SAFETY: the CPU has AVX2 and FMA (`features::avx2`).
+            return unsafe { wide(xs, shift) };
+        }
+    }
+    sum_exp_body(xs, shift)
+}
+
 dispatch!(exp_in_place, exp_body);
 dispatch!(silu_in_place, silu_body);
 dispatch!(gelu_erf_in_place, gelu_erf_body);
@@ -113,6 +186,42 @@ mod tests {
         for (got, want) in xs.iter().zip(&want) {
             let rel = ((got - want) / want).abs();
             assert!(rel < 5e-7, "exp: {got} vs {want} ({rel})");
+        }
+    }
+
+    #[test]
+    fn max_skips_nans_and_matches_a_plain_fold() {
+        assert_eq!(max(&[]), f32::NEG_INFINITY);
+        assert_eq!(max(&[f32::NAN, f32::NAN]), f32::NEG_INFINITY);
+        for len in [1, 7, 8, 9, 63, 1000, 49_152] {
+            let mut xs: Vec<f32> = (0..len)
+                .map(|i| ((i * 7919) % 1013) as f32 / 10.0 - 50.0)
+                .collect();
+            let want = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(max(&xs), want, "{len}");
+            xs[len / 2] = f32::NAN;
+            xs[0] = f32::NAN;
+            let want = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(max(&xs), want, "{len} with NaNs");
+        }
+    }
+
+    #[test]
+    fn sum_exp_matches_a_sum_in_f64() {
+        for len in [0, 1, 9, 1023, 1025, 49_152] {
+            let xs: Vec<f32> = (0..len)
+                .map(|i| ((i * 7919) % 2003) as f32 / 100.0 - 15.0)
+                .collect();
+            let shift = max(&xs);
+            let want: f64 = xs
+                .iter()
+                .map(|&x| (f64::from(x) - f64::from(shift)).exp())
+                .sum();
+            let got = sum_exp(&xs, shift);
+            assert!(
+                (got - want).abs() <= 1e-6 * want.max(1e-30),
+                "{len}: {got} vs {want}"
+            );
         }
     }
 

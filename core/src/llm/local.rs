@@ -502,22 +502,21 @@ impl LocalModel {
 }
 
 /// `log softmax(logits)[i]`, with the vectorised exp, in chunks (no allocation).
-fn log_softmax_at(logits: &[f32], i: usize) -> f32 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f64;
-    let mut buf = [0f32; 1024];
-    for chunk in logits.chunks(buf.len()) {
-        let part = &mut buf[..chunk.len()];
-        for (b, &x) in part.iter_mut().zip(chunk) {
-            *b = x - max;
-        }
-        crate::math::exp_in_place(part);
-        sum += part.iter().map(|&e| e as f64).sum::<f64>();
-    }
+fn log_softmax_at(logits: &[f32], i: usize, max: f32) -> f32 {
+    let sum = crate::math::sum_exp(logits, max);
     logits
         .get(i)
         .map_or(f32::NEG_INFINITY, |&x| x - max - sum.ln() as f32)
 }
+
+/// The first position of `max` in `logits`: candle's `argmax` (the first of equal maxima),
+/// without copying the logits into a tensor.
+fn first_max(logits: &[f32], max: f32) -> Option<u32> {
+    logits.iter().position(|&x| x == max).map(|i| i as u32)
+}
+
+/// Temperatures below this decode greedily.
+const GREEDY_TEMPERATURE: f64 = 1e-7;
 
 /// One sequence being generated: its cache, sampler and output so far.
 pub struct Sequence {
@@ -552,7 +551,7 @@ impl Sequence {
             return Err(Error::invalid("temperature must be a finite number >= 0"));
         }
         let sampling = match (params.temperature, params.top_k, params.top_p) {
-            (t, _, _) if t < 1e-7 => Sampling::ArgMax,
+            (t, _, _) if t < GREEDY_TEMPERATURE => Sampling::ArgMax,
             (t, Some(k), Some(p)) => Sampling::TopKThenTopP {
                 k,
                 p,
@@ -626,14 +625,26 @@ impl Sequence {
                 }
             }
         }
-        let next =
-            self.sampler
-                .sample(&Tensor::from_slice(&logits, logits.len(), &Device::Cpu)?)?;
+        let max = crate::math::max(&logits);
+        // Greedy decoding takes the first maximum, as the sampler would, without its copy; a
+        // NaN in front (which the sampler would keep) or no finite logit goes to the sampler.
+        let greedy = (self.params.temperature < GREEDY_TEMPERATURE
+            && max.is_finite()
+            && logits.first().is_some_and(|x| !x.is_nan()))
+        .then(|| first_max(&logits, max))
+        .flatten();
+        let next = match greedy {
+            Some(next) => next,
+            None => {
+                self.sampler
+                    .sample(&Tensor::from_slice(&logits, logits.len(), &Device::Cpu)?)?
+            }
+        };
         if model.stop_ids.contains(&next) {
             self.end(FinishReason::Stop, on_text);
             return Ok(None);
         }
-        let logp = log_softmax_at(&logits, next as usize);
+        let logp = log_softmax_at(&logits, next as usize, max);
         self.logprob_sum += logp as f64;
         self.generated.push(next);
         self.all.push(next);
@@ -737,7 +748,28 @@ pub fn default_model_path(models_dir: &Path) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
-    use super::overlap;
+    use super::{first_max, log_softmax_at, overlap};
+    use candle_core::{Device, Tensor};
+    use candle_transformers::generation::{LogitsProcessor, Sampling};
+
+    #[test]
+    fn greedy_takes_the_samplers_token_and_its_log_probability() {
+        let mut sampler = LogitsProcessor::from_sampling(0, Sampling::ArgMax);
+        // Logits with ties (a coarse grid), the maximum at several positions.
+        for seed in 0..50u64 {
+            let logits: Vec<f32> = (0..1000u64)
+                .map(|i| ((i * 7919 + seed * 104_729) % 61) as f32 / 4.0 - 7.0)
+                .collect();
+            let max = crate::math::max(&logits);
+            let want = sampler
+                .sample(&Tensor::from_slice(&logits, logits.len(), &Device::Cpu).unwrap())
+                .unwrap();
+            assert_eq!(first_max(&logits, max), Some(want), "seed {seed}");
+            let lse = logits.iter().map(|&x| f64::from(x).exp()).sum::<f64>().ln();
+            let logp = log_softmax_at(&logits, want as usize, max);
+            assert!((f64::from(logp) - (f64::from(max) - lse)).abs() < 1e-5);
+        }
+    }
 
     #[test]
     fn stop_overlap() {
