@@ -13,7 +13,12 @@ const ROUND: f32 = 12_582_912.0;
 #[inline(always)]
 fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
+    // n is an integer in [-126, 127]: t holds it in its low mantissa bits. Reading it from
+    // there (instead of `n as i32`, whose saturating conversion the compiler does lane by
+    // lane) keeps the whole function in vector instructions.
+    let ni = t.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
     let r = x - n * LN2_HI - n * LN2_LO;
     // Taylor series of e^r to degree 7 on |r| ≤ ln2/2: truncation error < 2e-8.
     let p = 1.0 / 5040.0;
@@ -24,7 +29,7 @@ fn exp(x: f32) -> f32 {
     let p = p * r + 0.5;
     let p = p * r + 1.0;
     let p = p * r + 1.0;
-    let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
+    let scale = f32::from_bits(((ni + 127) as u32) << 23);
     p * scale
 }
 
@@ -186,6 +191,20 @@ mod tests {
         for (got, want) in xs.iter().zip(&want) {
             let rel = ((got - want) / want).abs();
             assert!(rel < 5e-7, "exp: {got} vs {want} ({rel})");
+        }
+    }
+
+    #[test]
+    fn the_exponent_read_from_the_bits_is_the_rounded_one() {
+        // `exp` takes n from the mantissa of x·log2(e) + 1.5·2²³; the conversion it replaces
+        // gives the same integer, so every result is the same to the bit.
+        for i in -1_000_000..1_000_000 {
+            let x = i as f32 / 10_000.0;
+            let c = x.clamp(-87.0, 88.0);
+            let n = (c * LOG2E + ROUND) - ROUND;
+            let t = c * LOG2E + ROUND;
+            let ni = t.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
+            assert_eq!(ni, n as i32, "{x}");
         }
     }
 
