@@ -6,11 +6,13 @@
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod features;
+pub mod gated;
 pub mod int8;
 pub mod math;
 pub mod quant;
 pub mod sgemm;
 
 pub use attention::{HostKv, Query, attend, attend_window, dot};
+pub use gated::Gated;
 pub use int8::{I8Matrix, QuantizedRows};
 pub use quant::{Format, QLinear, QMatrix};

@@ -612,31 +612,46 @@ impl Decoder {
             }
             let xs1 = (y + residual)?;
             let h = candle_nn::ops::rms_norm(&xs1, &layer.ffn_norm, eps)?;
-            let [gate, up]: [Tensor; 2] = layer
-                .gate_up
-                .forward(&h)?
-                .try_into()
-                .map_err(|_| Error::Internal("gate/up projection has two parts".into()))?;
-            let act = if self.device.is_cpu() && self.dtype == DType::F32 {
-                // On the CPU, the activation and the product in one vectorised pass over one
-                // copy (candle's SiLU and GELU call a scalar exp or tanh per element, then
-                // the product is another pass): the tanh GELU as Gemma's
-                // `gelu_pytorch_tanh`, or SiLU.
-                let shape = gate.shape().clone();
-                let mut g = gate.flatten_all()?.to_vec1::<f32>()?;
-                if self.arch.gelu() {
-                    crate::math::gelu_tanh_in_place(&mut g);
-                } else {
-                    crate::math::silu_in_place(&mut g);
-                }
-                let u = up.flatten_all()?;
-                let u = u.to_vec1::<f32>()?;
-                g.iter_mut().zip(&u).for_each(|(g, u)| *g *= u);
-                Tensor::from_vec(g, shape, &self.device)?
-            } else if self.arch.gelu() {
-                (gate.gelu()? * up)?
+            let cpu_f32 = self.device.is_cpu() && self.dtype == DType::F32;
+            let joined = if cpu_f32 {
+                layer.gate_up.forward_joined(&h)?
             } else {
-                (candle_nn::ops::silu(&gate)? * up)?
+                None
+            };
+            let act = if let Some(gate_up) = joined {
+                // On the CPU, the activation and the product in one vectorised pass over the
+                // fused product as it lies (candle's SiLU and GELU call a scalar exp or tanh
+                // per element, and splitting the product copies each half): the tanh GELU as
+                // Gemma's `gelu_pytorch_tanh`, or SiLU.
+                let act = if self.arch.gelu() {
+                    recall_kernels::Gated::GeluTanh
+                } else {
+                    recall_kernels::Gated::Silu
+                };
+                gate_up.contiguous()?.apply_op1_no_bwd(&act)?
+            } else {
+                let [gate, up]: [Tensor; 2] = layer
+                    .gate_up
+                    .forward(&h)?
+                    .try_into()
+                    .map_err(|_| Error::Internal("gate/up projection has two parts".into()))?;
+                if cpu_f32 {
+                    let shape = gate.shape().clone();
+                    let gate = gate.flatten_all()?.to_vec1::<f32>()?;
+                    let up = up.flatten_all()?.to_vec1::<f32>()?;
+                    let act = if self.arch.gelu() {
+                        recall_kernels::Gated::GeluTanh
+                    } else {
+                        recall_kernels::Gated::Silu
+                    };
+                    let mut out = vec![0f32; gate.len()];
+                    act.row(&gate, &up, &mut out);
+                    Tensor::from_vec(out, shape, &self.device)?
+                } else if self.arch.gelu() {
+                    (gate.gelu()? * up)?
+                } else {
+                    (candle_nn::ops::silu(&gate)? * up)?
+                }
             };
             let mut y = layer.w2.forward(&act)?;
             if let Some(n) = &layer.post_ffn_norm {

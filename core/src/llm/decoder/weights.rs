@@ -112,6 +112,15 @@ impl Fused {
         Ok(Self { parts, fused })
     }
 
+    /// The fused product whole, when the matrices were fused into one and their outputs are
+    /// equally wide (gate and up): each row is the first part's columns, then the second's.
+    pub(crate) fn forward_joined(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        match &self.fused {
+            Some((m, rows)) if rows.len() == 2 && rows[0] == rows[1] => Ok(Some(m.forward(x)?)),
+            _ => Ok(None),
+        }
+    }
+
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
         match &self.fused {
             Some((m, rows)) => {
