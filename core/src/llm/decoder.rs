@@ -556,6 +556,15 @@ impl Decoder {
             .reshape((b, 1, a.heads * a.head_dim))?)
     }
 
+    /// The gate and up projections of `h`, as two tensors.
+    fn gate_up(&self, layer: &Layer, h: &Tensor) -> Result<[Tensor; 2]> {
+        layer
+            .gate_up
+            .forward(h)?
+            .try_into()
+            .map_err(|_| Error::Internal("gate/up projection has two parts".into()))
+    }
+
     /// Runs `xs` (batch, seq, hidden) through the layers; each row of the batch is one
     /// sequence with its own cache (for batch > 1, seq must be 1).
     fn layers(&self, mut xs: Tensor, caches: &mut [&mut KvCache]) -> Result<Tensor> {
@@ -612,42 +621,32 @@ impl Decoder {
             }
             let xs1 = (y + residual)?;
             let h = candle_nn::ops::rms_norm(&xs1, &layer.ffn_norm, eps)?;
-            let cpu_f32 = self.device.is_cpu() && self.dtype == DType::F32;
-            let joined = if cpu_f32 {
-                layer.gate_up.forward_joined(&h)?
-            } else {
-                None
-            };
-            let act = if let Some(gate_up) = joined {
-                // On the CPU, the activation and the product in one vectorised pass over the
-                // fused product as it lies (candle's SiLU and GELU call a scalar exp or tanh
-                // per element, and splitting the product copies each half): the tanh GELU as
-                // Gemma's `gelu_pytorch_tanh`, or SiLU.
-                let act = if self.arch.gelu() {
+            let act = if self.device.is_cpu() && self.dtype == DType::F32 {
+                // On the CPU, the activation and the product in one vectorised pass (candle's
+                // SiLU and GELU call a scalar exp or tanh per element, then the product is
+                // another pass): the tanh GELU as Gemma's `gelu_pytorch_tanh`, or SiLU. Over
+                // the fused product as it lies when gate and up were fused, so that neither
+                // half is copied out.
+                let kind = if self.arch.gelu() {
                     recall_kernels::Gated::GeluTanh
                 } else {
                     recall_kernels::Gated::Silu
                 };
-                gate_up.contiguous()?.apply_op1_no_bwd(&act)?
+                match layer.gate_up.forward_joined(&h)? {
+                    Some(gate_up) => gate_up.contiguous()?.apply_op1_no_bwd(&kind)?,
+                    None => {
+                        let [gate, up] = self.gate_up(layer, &h)?;
+                        let shape = gate.shape().clone();
+                        let gate = gate.flatten_all()?.to_vec1::<f32>()?;
+                        let up = up.flatten_all()?.to_vec1::<f32>()?;
+                        let mut out = vec![0f32; gate.len()];
+                        kind.row(&gate, &up, &mut out);
+                        Tensor::from_vec(out, shape, &self.device)?
+                    }
+                }
             } else {
-                let [gate, up]: [Tensor; 2] = layer
-                    .gate_up
-                    .forward(&h)?
-                    .try_into()
-                    .map_err(|_| Error::Internal("gate/up projection has two parts".into()))?;
-                if cpu_f32 {
-                    let shape = gate.shape().clone();
-                    let gate = gate.flatten_all()?.to_vec1::<f32>()?;
-                    let up = up.flatten_all()?.to_vec1::<f32>()?;
-                    let act = if self.arch.gelu() {
-                        recall_kernels::Gated::GeluTanh
-                    } else {
-                        recall_kernels::Gated::Silu
-                    };
-                    let mut out = vec![0f32; gate.len()];
-                    act.row(&gate, &up, &mut out);
-                    Tensor::from_vec(out, shape, &self.device)?
-                } else if self.arch.gelu() {
+                let [gate, up] = self.gate_up(layer, &h)?;
+                if self.arch.gelu() {
                     (gate.gelu()? * up)?
                 } else {
                     (candle_nn::ops::silu(&gate)? * up)?

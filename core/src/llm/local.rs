@@ -501,7 +501,8 @@ impl LocalModel {
     }
 }
 
-/// `log softmax(logits)[i]`, with the vectorised exp, in chunks (no allocation).
+/// `log softmax(logits)[i]` from the logits' maximum `max` ([`crate::math::max`]) and their
+/// Σ exp (no allocation).
 fn log_softmax_at(logits: &[f32], i: usize, max: f32) -> f32 {
     let sum = crate::math::sum_exp(logits, max);
     logits
