@@ -8,10 +8,11 @@
 //! LongMemEval); keys are the user's own rows, so nothing of another user can reach them.
 //!
 //! Before asking the model anything, the job writes context keys, which need no model: each
-//! turn of a session gets a key holding the turn before it and then its own text, so that a
-//! question that joins the two ("what did she paint after the trip?" when the trip is in the
-//! turn before) matches the turn as one piece. On the dev data these keys alone raised
-//! recall@10 by 0.02 (docs/benchmarks.md).
+//! turn of a session gets a key holding the turn before it, its own text and, once it exists,
+//! the turn after when that goes on with them ([`reply_continues`]), so that a question that
+//! joins them ("what did she paint after the trip?" when the trip is in the turn before) matches
+//! the turn as one piece. On the dev data these keys alone raised recall@10 by 0.04
+//! (docs/benchmarks.md).
 //!
 //! The job also writes session keys: the model reads a stretch of a session (a window of a
 //! few turns) and says in a sentence what it is about, with the names of the people, things
@@ -23,6 +24,8 @@
 //! This module holds what the job is told ([`KeyOptions`]), what it reports ([`KeyReport`],
 //! [`KeyStatus`]), the prompt and the reading of the model's reply; the engine
 //! (`Engine::write_memory_keys`) ties them to the store and the jobs.
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -90,8 +93,8 @@ pub struct KeyOptions {
     pub sessions: bool,
     /// Turns of a session the model reads at once for a topic, at most.
     pub session_turns: usize,
-    /// Context keys: a key for each turn of a session, holding the turn before it and then
-    /// its own text; written without the model (on by default: on the dev data they raised
+    /// Context keys: a key for each turn of a session, holding the turn before it, its own
+    /// text and the turn after when it goes on with them; written without the model (on by default: on the dev data they raised
     /// recall@10 from 0.781 to 0.801).
     pub context: bool,
 }
@@ -183,9 +186,31 @@ pub struct KeyStatus {
     pub keys: u64,
 }
 
+/// Characters of the turn after that a context key holds at most (its start).
+pub const REPLY_CHARS: usize = 400;
+
+/// Whether a reply goes on with what a context key holds: it shares a term
+/// ([`crate::text::terms`]: stemmed, not a stop word) with the turn or the turn before,
+/// speaker labels aside. Lexical cohesion, the rule TextTiling finds topics by: a reply that
+/// says again what the turn was about ("Wow, Jon, you must be so excited!" after "I'm
+/// excited!") describes it in other words; one that moves on would lend it another topic.
+pub fn reply_continues(previous: &Memory, memory: &Memory, next: &Memory) -> bool {
+    let terms = |m: &Memory| {
+        let text = m.content.trim();
+        let text = match crate::text::speaker_label(text) {
+            Some(label) => &text[label.len() + 1..],
+            None => text,
+        };
+        crate::text::terms(text)
+    };
+    let said: HashSet<String> = terms(previous).into_iter().chain(terms(memory)).collect();
+    terms(next).iter().any(|t| said.contains(t))
+}
+
 /// A context key's text: the end of the turn before (at most [`CONTEXT_CHARS`], from a word's
-/// start), then the memory's own text.
-pub fn context_key_text(previous: &Memory, memory: &Memory) -> String {
+/// start), then the memory's own text, then the start of the turn after (at most
+/// [`REPLY_CHARS`]) when there is one and it [goes on](reply_continues) with them.
+pub fn context_key_text(previous: &Memory, memory: &Memory, next: Option<&Memory>) -> String {
     let before = previous.content.trim();
     let count = before.chars().count();
     let before = if count > CONTEXT_CHARS {
@@ -201,7 +226,14 @@ pub fn context_key_text(previous: &Memory, memory: &Memory) -> String {
     } else {
         before
     };
-    format!("{before}\n{}", memory.content)
+    match next.filter(|n| reply_continues(previous, memory, n)) {
+        Some(n) => format!(
+            "{before}\n{}\n{}",
+            memory.content,
+            clip(n.content.trim(), REPLY_CHARS)
+        ),
+        None => format!("{before}\n{}", memory.content),
+    }
 }
 
 /// The day a memory was written, as a fact states it: "Monday, 8 May 2023".
@@ -603,7 +635,7 @@ mod tests {
         let before = memory("Melanie: We went camping at the lake last weekend.");
         let turn = memory("Caroline: Did you paint it afterwards?");
         assert_eq!(
-            context_key_text(&before, &turn),
+            context_key_text(&before, &turn, None),
             "Melanie: We went camping at the lake last weekend.\n\
              Caroline: Did you paint it afterwards?"
         );
@@ -612,7 +644,7 @@ mod tests {
             "Melanie: {} the lake was calm.",
             "so ".repeat(300)
         ));
-        let key = context_key_text(&long, &turn);
+        let key = context_key_text(&long, &turn, None);
         let (head, tail) = key.split_once('\n').unwrap();
         assert!(head.chars().count() <= CONTEXT_CHARS, "{head}");
         assert!(
@@ -620,5 +652,33 @@ mod tests {
             "{head}"
         );
         assert_eq!(tail, turn.content);
+    }
+
+    #[test]
+    fn a_context_key_takes_the_reply_that_goes_on_with_it() {
+        let before = memory("Gina: The studio looks amazing! How do you feel about tomorrow?");
+        let turn = memory("Jon: Thanks, Gina! I'm excited! It's been a wild ride.");
+        // Shares a stemmed term with the turn ("excited"): the reply joins the key, its
+        // start at most.
+        let reply = memory("Gina: Wow, Jon, you must be so excited! Tomorrow will be a blast!");
+        assert!(reply_continues(&before, &turn, &reply));
+        assert_eq!(
+            context_key_text(&before, &turn, Some(&reply)),
+            format!("{}\n{}\n{}", before.content, turn.content, reply.content)
+        );
+        // With the turn before ("tomorrow"), speaker labels aside: still the same topic.
+        let about_tomorrow = memory("Gina: Can't wait for tomorrow!");
+        assert!(reply_continues(&before, &turn, &about_tomorrow));
+        // Nothing in common but the names and stop words: another topic, left out.
+        let elsewhere = memory("Jon: By the way, did you watch the game?");
+        assert!(!reply_continues(&before, &turn, &elsewhere));
+        assert_eq!(
+            context_key_text(&before, &turn, Some(&elsewhere)),
+            context_key_text(&before, &turn, None)
+        );
+        let long = memory(&format!("Gina: excited {}", "very ".repeat(200)));
+        let key = context_key_text(&before, &turn, Some(&long));
+        let tail = key.rsplit_once('\n').unwrap().1;
+        assert_eq!(tail.chars().count(), REPLY_CHARS, "{tail}");
     }
 }

@@ -230,6 +230,9 @@ pub struct DeletedMemory {
     pub id: i64,
     /// What it was.
     pub kind: MemoryKind,
+    /// For a key, the memory it stood for, where the deletion knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_for: Option<i64>,
 }
 
 /// Changes to a session; `None` leaves a field as it is.

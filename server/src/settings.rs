@@ -627,7 +627,7 @@ impl DeepMemorySettings {
 #[serde(default, deny_unknown_fields)]
 pub struct MemoryKeySettings {
     /// Users seen for the first time start with keys on (on by default: context keys raised
-    /// recall@10 on the dev data from 0.781 to 0.801, for twice the rows and up to ~10 ms
+    /// recall@10 on the dev data from 0.792 to 0.820, for twice the rows and up to ~10 ms
     /// more search p95 at 100k memories; docs/benchmarks.md). Off: each user turns them on
     /// with `memoryKeysEnable`. Users already known keep what they have.
     pub new_users: bool,
@@ -646,8 +646,8 @@ pub struct MemoryKeySettings {
     /// Session keys: a key for each turn, from the topic the model gives its stretch of the
     /// session (off by default: they lowered recall on the dev data, docs/benchmarks.md).
     pub sessions: bool,
-    /// Context keys: a key for each turn holding the turn before it, then its own text;
-    /// written without the chat model (on by default: they raised recall on the dev data).
+    /// Context keys: a key for each turn holding the turn before it, its own text and the
+    /// turn after when that goes on with them; written without the chat model (on by default: they raised recall on the dev data).
     pub context: bool,
 }
 

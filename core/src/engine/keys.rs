@@ -242,6 +242,19 @@ impl Engine {
             None => Vec::new(),
         };
         in_context.sort_by_key(|m| m.id);
+        // The turn after each turn, where the range holds it; and the turns before the new
+        // ones whose context key holds no reply (no `next`: written before the reply
+        // existed, or the reply went on with nothing of theirs): their key is written again
+        // with the new turn as its reply when that goes on with them.
+        let after: HashMap<i64, &Memory> = memories
+            .iter()
+            .filter_map(|m| previous.get(&m.id).map(|p| (p.id, m)))
+            .collect();
+        let (rekey, before_rekeyed) = if in_context.is_empty() {
+            Default::default()
+        } else {
+            self.replies_pending(user, &in_context, previous).await?
+        };
         // Each pass's watermark moves up to the first memory it has not done yet.
         let mut pending: BTreeSet<i64> = units.iter().flat_map(|u| u.ids()).collect();
         let in_units = pending.clone();
@@ -267,29 +280,66 @@ impl Engine {
         on_progress(run.done, run.total, run.report.keys);
         let mut context_done = 0;
         for group in in_context.chunks(CONTEXT_GROUP) {
+            // A turn's own key, and the key of the turn before it when that is written again
+            // with it as the reply: as many turns as have all their keys within the room.
             let room = options.max_keys.saturating_sub(run.report.keys as usize);
-            let group = &group[..group.len().min(room)];
+            let mut used = 0;
+            let fit = group
+                .iter()
+                .take_while(|m| {
+                    let before = &previous[&m.id];
+                    let again = rekey.contains_key(&before.id)
+                        && before_rekeyed
+                            .get(&before.id)
+                            .is_some_and(|b| mk::reply_continues(b, before, m));
+                    used += 1 + usize::from(again);
+                    used <= room
+                })
+                .count();
+            let group = &group[..fit];
             if group.is_empty() {
                 break;
             }
             context_done += group.len();
-            let texts: Vec<String> = group
+            // (turn, the turn before, the turn after) of each key to write.
+            let mut triples: Vec<(&Memory, &Memory, Option<&Memory>)> = Vec::new();
+            for m in group {
+                let before = &previous[&m.id];
+                let next = after
+                    .get(&m.id)
+                    .copied()
+                    .filter(|n| mk::reply_continues(before, m, n));
+                triples.push((m, before, next));
+                if let Some(b) = before_rekeyed.get(&before.id)
+                    && rekey.contains_key(&before.id)
+                    && mk::reply_continues(b, before, m)
+                {
+                    triples.push((before, b, Some(m)));
+                }
+            }
+            let texts: Vec<String> = triples
                 .iter()
-                .map(|m| mk::context_key_text(&previous[&m.id], m))
+                .map(|(m, before, next)| mk::context_key_text(before, m, *next))
                 .collect();
             let vectors = this.embedder.embed(texts.clone()).await?;
-            let mut new_keys = Vec::with_capacity(group.len());
-            for ((m, text), vector) in group.iter().zip(texts).zip(vectors) {
-                // The key quotes the turn before: it goes when that turn changes or goes
-                // (`context_of`, `drop_context_keys`), and expires with the first of the two.
-                let before = &previous[&m.id];
-                let metadata = json!({ "key": mk::CONTEXT_KEY, "context_of": before.id });
+            let mut new_keys = Vec::with_capacity(triples.len());
+            for ((&(m, before, next), text), vector) in triples.iter().zip(texts).zip(vectors) {
+                // The key quotes the turns around its own (`context_of`; `next`, the reply,
+                // only when the key holds it): it goes when one of them changes or goes
+                // (`drop_context_keys`), and expires with the first of them.
+                let mut metadata = json!({ "key": mk::CONTEXT_KEY, "context_of": before.id });
+                if let Some(n) = next {
+                    metadata["next"] = json!(n.id);
+                }
                 let mut key = key_memory(m, text, metadata, this.embedding(vector));
-                key.expires_at = match (m.expires_at, before.expires_at) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
+                key.expires_at = [Some(m), Some(before), next]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|t| t.expires_at)
+                    .min();
                 new_keys.push(key);
+            }
+            for m in group {
                 if !in_units.contains(&m.id) {
                     pending.remove(&m.id);
                     run.done += 1;
@@ -314,9 +364,10 @@ impl Engine {
             // A turn or the one it quotes deleted or changed since the job read them: their
             // keys go now (later changes find them stored), and the watermark goes back
             // before their turns, which the next run keys again.
-            let read: Vec<i64> = group
+            let read: Vec<i64> = triples
                 .iter()
-                .flat_map(|m| [m.id, previous[&m.id].id])
+                .flat_map(|(m, before, next)| [Some(m.id), Some(before.id), next.map(|n| n.id)])
+                .flatten()
                 .collect();
             let current: HashMap<i64, String> = self
                 .store
@@ -325,17 +376,32 @@ impl Engine {
                 .into_iter()
                 .map(|m| (m.id, m.content))
                 .collect();
-            let as_read: HashMap<i64, &Memory> = group.iter().map(|m| (m.id, *m)).collect();
-            let unchanged = |m: &Memory| current.get(&m.id) == Some(&m.content);
+            let as_read: HashMap<i64, &Memory> = triples
+                .iter()
+                .flat_map(|&(m, before, next)| [Some(m), Some(before), next])
+                .flatten()
+                .map(|m| (m.id, m))
+                .collect();
+            let unchanged = |id: i64| {
+                as_read
+                    .get(&id)
+                    .is_some_and(|m| current.get(&id) == Some(&m.content))
+            };
+            // A key is current when its turn and the turns it quotes are as the job read them.
             let (written, stale): (Vec<&Memory>, Vec<&Memory>) = stored.iter().partition(|k| {
-                let before = k.metadata["context_of"].as_i64().unwrap_or_default();
-                k.key_for.is_some_and(|t| {
-                    as_read.get(&t).is_some_and(|m| unchanged(m))
-                        && previous
-                            .get(&t)
-                            .is_some_and(|b| b.id == before && unchanged(b))
-                })
+                k.key_for.is_some_and(unchanged)
+                    && k.metadata["context_of"].as_i64().is_some_and(unchanged)
+                    && k.metadata["next"].as_i64().is_none_or(unchanged)
             });
+            // The keys written again replace those written before their reply existed.
+            let replaced: Vec<i64> = stored
+                .iter()
+                .filter(|k| k.metadata.get("next").is_some())
+                .filter_map(|k| k.key_for.and_then(|t| rekey.get(&t).copied()))
+                .collect();
+            if !replaced.is_empty() {
+                self.store.delete_memories(user, &replaced).await?;
+            }
             if !stale.is_empty() {
                 let ids: Vec<i64> = stale.iter().map(|k| k.id).collect();
                 self.store.delete_memories(user, &ids).await?;
@@ -561,6 +627,49 @@ impl Engine {
         Ok(out)
     }
 
+    /// Of the turns before `turns` (the new turns a run keys), those whose context key holds
+    /// no reply (it has no `next`): the id of that key by its turn, and each such turn's own
+    /// turn before, from which its key is written again with the reply where that goes on
+    /// with them.
+    async fn replies_pending(
+        &self,
+        user: &str,
+        turns: &[&Memory],
+        previous: &HashMap<i64, Memory>,
+    ) -> Result<(HashMap<i64, i64>, HashMap<i64, Memory>)> {
+        let befores: Vec<&Memory> = turns.iter().filter_map(|m| previous.get(&m.id)).collect();
+        let ids: Vec<i64> = befores.iter().map(|b| b.id).collect();
+        let mut rekey = HashMap::new();
+        for chunk in ids.chunks(self.limits().max_page_size.max(1)) {
+            for k in self.store.keys_for(user, chunk).await? {
+                if k.metadata["key"] == mk::CONTEXT_KEY
+                    && k.metadata.get("next").is_none()
+                    && let Some(t) = k.key_for
+                {
+                    rekey.insert(t, k.id);
+                }
+            }
+        }
+        let wanted: Vec<&Memory> = befores
+            .into_iter()
+            .filter(|b| rekey.contains_key(&b.id))
+            .collect();
+        let now = Utc::now();
+        let mut before = HashMap::new();
+        for chunk in wanted.chunks(NEIGHBOUR_BATCH) {
+            let ids: Vec<i64> = chunk.iter().map(|m| m.id).collect();
+            let order: HashMap<i64, (Option<i64>, i64)> =
+                chunk.iter().map(|m| (m.id, (m.message_id, m.id))).collect();
+            for (centre, n) in self.store.neighbours(user, &ids, 1).await? {
+                if (n.message_id, n.id) < order[&centre] && n.expires_at.is_none_or(|t| t > now) {
+                    before.insert(centre, n);
+                }
+            }
+        }
+        rekey.retain(|t, _| before.contains_key(t));
+        Ok((rekey, before))
+    }
+
     /// Deletes the context keys that quote one of `memories` (the keys of the turns after
     /// them, in the same session), so that no key keeps a memory's old or deleted text; the
     /// next run of the job writes them again from what is there then (the context
@@ -575,27 +684,38 @@ impl Engine {
         }
         // The turns after them quote something else now (and a changed turn has lost its
         // own key): the next run reads them again.
-        if let Some(first) = by_session.values().flatten().min() {
+        let first = by_session.values().flatten().min().copied();
+        if let Some(first) = first {
             self.store.rewind_context_keys(user, first - 1).await?;
         }
         for (session, ids) in by_session {
-            let filter = Filter {
-                session: Some(session.to_owned()),
-                kinds: vec![MemoryKind::Key],
-                include_superseded: true,
-                metadata: vec![MetadataCondition {
-                    key: "context_of".into(),
-                    op: MetadataOp::In,
-                    value: json!(ids),
-                }],
-                ..Filter::default()
-            };
-            let keys: Vec<i64> = self
-                .listed(user, &filter)
-                .await?
-                .iter()
-                .map(|k| k.id)
-                .collect();
+            // The keys of the turns after them (`context_of`), and of the turns before them
+            // (`next`: their reply).
+            let mut keys: Vec<Memory> = Vec::new();
+            for field in ["context_of", "next"] {
+                let filter = Filter {
+                    session: Some(session.to_owned()),
+                    kinds: vec![MemoryKind::Key],
+                    include_superseded: true,
+                    metadata: vec![MetadataCondition {
+                        key: field.into(),
+                        op: MetadataOp::In,
+                        value: json!(ids),
+                    }],
+                    ..Filter::default()
+                };
+                keys.extend(self.listed(user, &filter).await?);
+            }
+            // A turn before them loses its key (the one that took a reply of theirs): the next
+            // run reads from there.
+            if let Some(before) = keys.iter().filter_map(|k| k.key_for).min()
+                && first.is_some_and(|f| before < f)
+            {
+                self.store.rewind_context_keys(user, before - 1).await?;
+            }
+            let mut keys: Vec<i64> = keys.iter().map(|k| k.id).collect();
+            keys.sort_unstable();
+            keys.dedup();
             for chunk in keys.chunks(DELETE_BATCH) {
                 self.store.delete_memories(user, chunk).await?;
             }

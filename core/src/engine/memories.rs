@@ -447,12 +447,16 @@ impl Engine {
             for (user, memories) in gone {
                 self.changed(&user);
                 n += memories.len();
-                // A context key expires with the turn it quotes: the turn after it is keyed
-                // again, quoting the one before (see `drop_context_keys`).
+                // A context key expires with the turns it quotes: the turn after an expired
+                // turn is keyed again, quoting the one before, and so is the turn before it,
+                // whose key quoted it as its reply (see `drop_context_keys`).
                 if let Some(first) = memories
                     .iter()
-                    .filter(|m| m.kind == MemoryKind::Message)
-                    .map(|m| m.id)
+                    .filter_map(|m| match m.kind {
+                        MemoryKind::Message => Some(m.id),
+                        MemoryKind::Key => m.key_for,
+                        _ => None,
+                    })
                     .min()
                 {
                     self.store.rewind_context_keys(&user, first - 1).await?;

@@ -65,11 +65,20 @@ async fn context_keys(pg: bool) {
     );
     assert_eq!(progress.last(), Some(&(3, 3, 2)), "{progress:?}");
     let keys = keys_of(&engine, "alice").await;
+    // The museums question's key holds its reply too, which goes on with it ("museums");
+    // the reply's own key has no turn after it yet.
     let museums = keys.iter().find(|k| k.key_for == Some(trip[1])).unwrap();
-    assert_eq!(museums.content, format!("{}\n{}", TRIP[0], TRIP[1]));
+    assert_eq!(
+        museums.content,
+        format!("{}\n{}\n{}", TRIP[0], TRIP[1], TRIP[2])
+    );
     assert_eq!(museums.metadata["key"], "context");
     assert_eq!(museums.metadata["context_of"], trip[0]);
+    assert_eq!(museums.metadata["next"], trip[2]);
     assert_eq!(museums.session.as_deref(), Some("s2"));
+    let reply = keys.iter().find(|k| k.key_for == Some(trip[2])).unwrap();
+    assert_eq!(reply.content, format!("{}\n{}", TRIP[1], TRIP[2]));
+    assert!(reply.metadata.get("next").is_none(), "{reply:?}");
 
     // "Rome" is in the first turn only; the museums question after it is found by it now,
     // as itself (never the key). Bob's turns are as before.
@@ -120,14 +129,52 @@ async fn context_keys(pg: bool) {
         .write_memory_keys("alice", &context_only, &mut |_, _, _| {})
         .await
         .unwrap();
-    assert_eq!((again.context_keys, again.skipped), (1, 0), "{again:?}");
-    let key = keys_of(&engine, "alice")
-        .await
-        .into_iter()
-        .find(|k| k.key_for == Some(last))
-        .unwrap();
+    // Its key, and the turn before's again, now with its reply ("gallery"), in place of
+    // the one it had.
+    assert_eq!((again.context_keys, again.skipped), (2, 0), "{again:?}");
+    let keys = keys_of(&engine, "alice").await;
+    let key = keys.iter().find(|k| k.key_for == Some(last)).unwrap();
     assert_eq!(key.metadata["context_of"], trip[2]);
+    let replied: Vec<&Memory> = keys.iter().filter(|k| k.key_for == Some(trip[2])).collect();
+    assert_eq!(replied.len(), 1, "{replied:?}");
+    assert_eq!(
+        replied[0].content,
+        format!(
+            "{}\n{}\nMelanie: Send me photos of the gallery!",
+            TRIP[1], TRIP[2]
+        )
+    );
+    assert_eq!(replied[0].metadata["next"], last);
     assert_eq!(through(&engine).await, (Some(last), epoch));
+
+    // New text in the reply drops the key that holds it (and the reply's own); the watermark
+    // goes back before the turn it was a reply to, and the next run writes both again: the
+    // new reply goes on with nothing of the turn's, so the key holds the two turns only (and
+    // names no reply).
+    engine
+        .update_memory(
+            "alice",
+            last,
+            MemoryUpdate {
+                content: Some("Melanie: Have a wonderful time!".into()),
+                ..MemoryUpdate::default()
+            },
+        )
+        .await
+        .unwrap();
+    let keys = keys_of(&engine, "alice").await;
+    assert!(keys.iter().all(|k| k.key_for == Some(trip[1])), "{keys:?}");
+    assert_eq!(through(&engine).await.0, Some(trip[2] - 1));
+    let again = engine
+        .write_memory_keys("alice", &context_only, &mut |_, _, _| {})
+        .await
+        .unwrap();
+    assert_eq!(again.context_keys, 2, "{again:?}");
+    let keys = keys_of(&engine, "alice").await;
+    let replied = keys.iter().find(|k| k.key_for == Some(trip[2])).unwrap();
+    assert_eq!(replied.content, format!("{}\n{}", TRIP[1], TRIP[2]));
+    assert!(replied.metadata.get("next").is_none(), "{replied:?}");
+    let (_, epoch) = through(&engine).await;
 
     // Deleting the first turn takes the key that quotes it: "Rome" is in no row of hers.
     engine.delete_memories("alice", &trip[..1]).await.unwrap();
@@ -162,7 +209,7 @@ async fn context_keys(pg: bool) {
         .unwrap();
     assert_eq!(
         key.content,
-        "Caroline: Only the Uffizi this time.\nMelanie: Send me photos of the gallery!"
+        "Caroline: Only the Uffizi this time.\nMelanie: Have a wonderful time!"
     );
     if let Some(db) = db {
         db.drop_db().await;
@@ -533,7 +580,9 @@ async fn a_long_conversation_is_keyed_a_range_at_a_time() {
         })
         .await
         .unwrap();
-    let first_left = cut.max_keys + 1;
+    // The last turn of the first range is keyed before its reply is read (in the next
+    // range), and again with it as that range starts: turns 1 to 1,199 take the 1,200 keys.
+    let first_left = cut.max_keys;
     assert_eq!(
         (report.context_keys, report.skipped, report.left),
         (cut.max_keys as u64, 1, (turns - first_left) as u64),
@@ -553,12 +602,13 @@ async fn a_long_conversation_is_keyed_a_range_at_a_time() {
         })
         .await
         .unwrap();
+    // (And once more for the last turn of the second range.)
     let rest = (turns - first_left) as u64;
     assert_eq!(
         (report.context_keys, report.skipped, report.left),
-        (rest, 0, 0)
+        (rest + 1, 0, 0)
     );
-    assert_eq!(progress.last(), Some(&(rest, rest, rest)));
+    assert_eq!(progress.last(), Some(&(rest, rest, rest + 1)));
     let u = store.get_user("alice").await.unwrap().unwrap();
     assert_eq!(u.memory_context_through, ids.last().copied());
     // Every turn but the first has one key, quoting the turn before it.
@@ -591,4 +641,61 @@ async fn a_long_conversation_is_keyed_a_range_at_a_time() {
     quoted.sort_unstable();
     let expected: Vec<(i64, i64)> = ids.windows(2).map(|w| (w[1], w[0])).collect();
     assert_eq!(quoted, expected);
+}
+
+/// A reply that expires takes the key that holds it (the turn before's, which expires with
+/// it); purging moves the watermark back before that turn, and the next run keys it again
+/// without the reply. Embedded store (the purge is the store conformance suite's on both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_reply_takes_the_key_that_held_it() {
+    let root = tempfile::tempdir().unwrap();
+    let store = store::open(&StoreConfig::embedded(root.path().join("store")))
+        .await
+        .unwrap();
+    let engine = Engine::new(store.clone(), minilm());
+    let trip = ingest_trip(&engine, "alice").await;
+    engine
+        .update_memory(
+            "alice",
+            trip[2],
+            MemoryUpdate {
+                expires_at: Some(Some(Utc::now() + chrono::Duration::seconds(2))),
+                ..MemoryUpdate::default()
+            },
+        )
+        .await
+        .unwrap();
+    engine.set_memory_keys("alice", true).await.unwrap();
+    let report = engine
+        .write_memory_keys("alice", &KeyOptions::default(), &mut |_, _, _| {})
+        .await
+        .unwrap();
+    assert_eq!(report.context_keys, 2, "{report:?}");
+    let keys = keys_of(&engine, "alice").await;
+    let museums = keys.iter().find(|k| k.key_for == Some(trip[1])).unwrap();
+    assert_eq!(museums.metadata["next"], trip[2]);
+    assert!(museums.content.contains("Vatican"), "{museums:?}");
+    let reply = engine.memory("alice", trip[2]).await.unwrap().unwrap();
+    assert_eq!(museums.expires_at, reply.expires_at);
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    // Reads leave the reply and both keys out at once; the purge deletes them.
+    assert!(keys_of(&engine, "alice").await.is_empty());
+    assert!(text_found(&engine, "alice", "Vatican").await.is_empty());
+    assert!(engine.purge_expired(100).await.unwrap() >= 3);
+    let u = store.get_user("alice").await.unwrap().unwrap();
+    assert!(
+        u.memory_context_through.is_some_and(|t| t < trip[1]),
+        "{:?}",
+        u.memory_context_through
+    );
+    let again = engine
+        .write_memory_keys("alice", &KeyOptions::default(), &mut |_, _, _| {})
+        .await
+        .unwrap();
+    assert_eq!(again.context_keys, 1, "{again:?}");
+    let keys = keys_of(&engine, "alice").await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(keys[0].key_for, Some(trip[1]));
+    assert_eq!(keys[0].content, format!("{}\n{}", TRIP[0], TRIP[1]));
+    assert!(keys[0].metadata.get("next").is_none(), "{:?}", keys[0]);
 }

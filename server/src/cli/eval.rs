@@ -96,7 +96,7 @@ pub(super) struct EvalArgs {
     /// Keys: session keys too (the topic of each stretch of a session, off by default).
     #[arg(long)]
     keys_sessions: bool,
-    /// Keys: no context keys (the turn before, then the turn; written without the model).
+    /// Keys: no context keys (the turns around each turn; written without the model).
     #[arg(long)]
     keys_no_context: bool,
     /// Keys: turns asked about at once.

@@ -448,16 +448,20 @@ impl<V: VectorIndex> SqlStore<V> {
             .column(memory::Column::UserId)
             .column(memory::Column::Id)
             .column(memory::Column::Kind)
+            .column(memory::Column::KeyFor)
             .filter(memory::Column::ExpiresAt.lte(now))
             .order_by_asc(memory::Column::ExpiresAt)
             .order_by_asc(memory::Column::Id)
             .limit(limit as u64)
-            .into_tuple::<(i64, i64, String)>()
+            .into_tuple::<(i64, i64, String, Option<i64>)>()
             .all(&self.db)
             .await?;
-        let mut by_user: BTreeMap<i64, Vec<(i64, String)>> = BTreeMap::new();
-        for (user_id, id, kind) in due {
-            by_user.entry(user_id).or_default().push((id, kind));
+        let mut by_user: BTreeMap<i64, Vec<(i64, String, Option<i64>)>> = BTreeMap::new();
+        for (user_id, id, kind, key_for) in due {
+            by_user
+                .entry(user_id)
+                .or_default()
+                .push((id, kind, key_for));
         }
         let mut out = Vec::with_capacity(by_user.len());
         for (user_id, rows) in by_user {
@@ -465,7 +469,7 @@ impl<V: VectorIndex> SqlStore<V> {
             let Some(u) = user::Entity::find_by_id(user_id).one(&txn).await? else {
                 continue;
             };
-            let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
+            let ids: Vec<i64> = rows.iter().map(|(id, _, _)| *id).collect();
             // Expiry is checked again inside the transaction: a memory given a later expiry
             // since the first read stays.
             let gone: HashSet<i64> = memory::Entity::find()
@@ -504,17 +508,19 @@ impl<V: VectorIndex> SqlStore<V> {
             );
             let deleted = rows
                 .into_iter()
-                .filter(|(id, _)| gone.contains(id))
-                .map(|(id, kind)| {
+                .filter(|(id, _, _)| gone.contains(id))
+                .map(|(id, kind, key_for)| {
                     Ok(DeletedMemory {
                         id,
                         kind: kind.parse()?,
+                        key_for,
                     })
                 })
                 .chain(keys.iter().map(|&id| {
                     Ok(DeletedMemory {
                         id,
                         kind: MemoryKind::Key,
+                        key_for: None,
                     })
                 }))
                 .collect::<Result<Vec<_>>>()?;

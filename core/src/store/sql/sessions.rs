@@ -120,6 +120,7 @@ impl<V: VectorIndex> SqlStore<V> {
                 Ok(DeletedMemory {
                     id,
                     kind: kind.parse()?,
+                    key_for: None,
                 })
             })
             .collect::<Result<Vec<_>>>()?;

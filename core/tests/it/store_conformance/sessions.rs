@@ -94,7 +94,8 @@ async fn users_and_sessions(t: &TestStore) {
         gone,
         vec![recall_core::types::DeletedMemory {
             id: memory.id,
-            kind: MemoryKind::Message
+            kind: MemoryKind::Message,
+            key_for: None,
         }],
         "the deletion names the memories that went with the session"
     );
