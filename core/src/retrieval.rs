@@ -164,6 +164,9 @@ pub struct QueryCues {
     pub entities: Vec<String>,
     /// The query's emotion, when the emotion signal is on.
     pub emotion: Option<EmotionScore>,
+    /// The query asks for a time ([`crate::when::asks_time`]), when the time-answer signal
+    /// is on.
+    pub asks_time: bool,
 }
 
 impl QueryCues {
@@ -181,12 +184,13 @@ impl QueryCues {
                 vec![]
             },
             emotion: None,
+            asks_time: config.time_answer_weight > 0.0 && crate::when::asks_time(query),
         }
     }
 }
 
-/// Adds recency, importance, emotional match, time, entities and the speaker to every
-/// candidate's score.
+/// Adds recency, importance, emotional match, time, entities, the speaker, a question's
+/// penalty, content and the time answer to every candidate's score.
 pub fn apply_signals(
     candidates: &mut [Candidate],
     config: &RankingConfig,
@@ -226,8 +230,14 @@ pub fn apply_signals(
         } else {
             0.0
         };
+        c.signals.time_answer = if cues.asks_time && crate::when::names_time(&c.memory.content) {
+            1.0
+        } else {
+            0.0
+        };
         c.score = c.signals.relevance - config.question_penalty * c.signals.question
             + config.content_weight * c.signals.content
+            + config.time_answer_weight * c.signals.time_answer
             + config.recency_weight * c.signals.recency
             + config.importance_weight * c.signals.importance
             + config.emotion_weight * c.signals.emotion
@@ -563,6 +573,54 @@ mod tests {
     }
 
     #[test]
+    fn a_question_that_asks_when_lifts_turns_that_name_a_time() {
+        let said = |id, text: &str| Memory {
+            content: text.to_owned(),
+            ..memory(id, 0, 0.5, None)
+        };
+        let c = merge(
+            vec![
+                (said(1, "Nate: The turtles love their new tank."), 0.52),
+                (said(2, "Nate: I got the turtles three years ago."), 0.50),
+            ],
+            vec![],
+        );
+        let on = RankingConfig {
+            time_answer_weight: 0.1,
+            ..RankingConfig::plain()
+        };
+        let scored = |query: &str| {
+            let mut c = c.clone();
+            relevance(&mut c, SearchMode::Vector, Fusion::default());
+            apply_signals(&mut c, &on, now(), &QueryCues::read(query, now(), &on));
+            sort(&mut c);
+            c
+        };
+        let when = scored("When did Nate get his turtles?");
+        assert_eq!(when.iter().map(|c| c.memory.id).collect::<Vec<_>>(), [2, 1]);
+        assert_eq!(
+            when.iter()
+                .map(|c| c.signals.time_answer)
+                .collect::<Vec<_>>(),
+            [1.0, 0.0]
+        );
+        assert!((when[0].score - (0.50 + 0.1)).abs() < 1e-6);
+        // A question that does not ask for a time, or a ranking without the signal, reads
+        // no answer type.
+        let what = scored("What does Nate keep his turtles in?");
+        assert_eq!(what.iter().map(|c| c.memory.id).collect::<Vec<_>>(), [1, 2]);
+        assert!(what.iter().all(|c| c.signals.time_answer == 0.0));
+        assert!(
+            !QueryCues::read(
+                "When did Nate get his turtles?",
+                now(),
+                &RankingConfig::plain()
+            )
+            .asks_time
+        );
+    }
+
+    #[test]
     fn recency_halves_every_half_life() {
         let mut c = merge(vec![(memory(1, 30, 0.5, None), 0.5)], vec![]);
         relevance(&mut c, SearchMode::Vector, Fusion::default());
@@ -742,6 +800,7 @@ mod tests {
             }],
             entities: vec!["memory".into(), "zeta".into()],
             emotion: None,
+            asks_time: false,
         };
         let config = RankingConfig {
             time_weight: 0.2,

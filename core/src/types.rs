@@ -776,6 +776,9 @@ pub struct Signals {
     /// 1 at [`crate::text::CONTENT_WORDS_FULL`] or more.
     #[serde(default)]
     pub content: f32,
+    /// 1 when the query asks for a time ("When did…") and the memory names one, else 0.
+    #[serde(default)]
+    pub time_answer: f32,
     /// The best relevance among the turns next to it in its session.
     #[serde(default)]
     pub neighbour: f32,

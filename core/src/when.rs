@@ -208,6 +208,78 @@ pub fn mentions(text: &str, said_at: DateTime<Utc>) -> Vec<TimeWindow> {
     out
 }
 
+/// Whether a query asks for a time: "When did…", "How long has…", "In what year…". Such a
+/// question is answered by a turn that names one ("I went yesterday", "for 3 years now"):
+/// the answer type of a question-answering system, here the one type that text alone tells.
+pub fn asks_time(query: &str) -> bool {
+    let words = lower_words(query);
+    let word = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
+    word(0) == "when"
+        || (0..words.len()).any(|i| match (word(i), word(i + 1)) {
+            ("how", "long" | "often") | ("since", "when") => true,
+            ("what" | "which", unit) => matches!(
+                unit,
+                "year" | "month" | "date" | "day" | "week" | "time" | "season"
+            ),
+            _ => false,
+        })
+}
+
+/// Whether a text names a time in any of the shapes of a temporal expression (TimeML's
+/// dates, durations and sets), resolvable or not: "yesterday", "last week", "two months
+/// ago", "for 3 years", "every weekend", "on Friday", "in May", "2022", "recently". Used
+/// with [`asks_time`]; [`mentions`] is what resolves them.
+pub fn names_time(text: &str) -> bool {
+    const DEICTIC: [&str; 9] = [
+        "yesterday",
+        "today",
+        "tonight",
+        "tomorrow",
+        "ago",
+        "recently",
+        "lately",
+        "weekend",
+        "weekends",
+    ];
+    const UNITS: [&str; 7] = [
+        "day", "night", "week", "month", "year", "morning", "evening",
+    ];
+    const QUANTIFIERS: [&str; 12] = [
+        "last", "this", "next", "past", "every", "few", "couple", "several", "each", "whole",
+        "all", "other",
+    ];
+    let words = lower_words(text);
+    let word = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
+    (0..words.len()).any(|i| {
+        let w = word(i).trim_end_matches("'s");
+        let prev = if i == 0 { "" } else { word(i - 1) };
+        let unit = w.strip_suffix('s').unwrap_or(w);
+        DEICTIC.contains(&w)
+            || WEEKDAYS.contains(&unit)
+            || iso_date(w).is_some()
+            || year_of(w).is_some()
+            // "may" and "march" are months only next to a day, a year or a preposition.
+            || (month_of(w).is_some()
+                && (w.len() > 3 || w == "may")
+                && (!matches!(w, "may" | "march")
+                    || TIME_PREPOSITIONS.contains(&prev)
+                    || day_of(word(i + 1)).is_some()
+                    || year_of(word(i + 1)).is_some()))
+            || (season_of(w).is_some()
+                && (TIME_PREPOSITIONS.contains(&prev) || QUANTIFIERS.contains(&prev)))
+            || (UNITS.contains(&unit)
+                && (QUANTIFIERS.contains(&prev) || number_of(prev).is_some()))
+    })
+}
+
+/// A text's words, lowercase, without the punctuation around them.
+fn lower_words(text: &str) -> Vec<String> {
+    text.split(|c: char| c.is_whitespace() || matches!(c, ',' | '?' | '!' | '(' | ')' | '"'))
+        .filter(|w| !w.is_empty())
+        .map(|w| w.trim_end_matches(['.', ';', ':']).to_lowercase())
+        .collect()
+}
+
 fn scan(query: &str, now: DateTime<Utc>, reading: Reading) -> Vec<TimeWindow> {
     let ambiguous_ok = reading == Reading::Query;
     // A query's days are widened (its time zone is not known); a memory's are the days it
@@ -216,11 +288,7 @@ fn scan(query: &str, now: DateTime<Utc>, reading: Reading) -> Vec<TimeWindow> {
         Reading::Query => TimeWindow::day,
         Reading::Memory => TimeWindow::exact_day,
     };
-    let words: Vec<String> = query
-        .split(|c: char| c.is_whitespace() || matches!(c, ',' | '?' | '!' | '(' | ')' | '"'))
-        .filter(|w| !w.is_empty())
-        .map(|w| w.trim_end_matches(['.', ';', ':']).to_lowercase())
-        .collect();
+    let words = lower_words(query);
     let today = now.date_naive();
     let mut out: Vec<TimeWindow> = Vec::new();
     let mut push = |w: TimeWindow, out: &mut Vec<TimeWindow>| {
@@ -536,6 +604,61 @@ mod tests {
             spans("in september")[0],
             (day(2022, 9, 1), day(2022, 10, 1))
         );
+    }
+
+    #[test]
+    fn questions_that_ask_for_a_time() {
+        for q in [
+            "When did Caroline go to the LGBTQ support group?",
+            "when is Jon's grand opening",
+            "How long has Nate had his first two turtles?",
+            "How often does Maria volunteer?",
+            "In what year did Joanna start writing?",
+            "Which month was the trip in?",
+            "Since when has he played?",
+        ] {
+            assert!(asks_time(q), "{q}");
+        }
+        for q in [
+            "What did Melanie paint?",
+            "What did Jon do when the studio opened?",
+            "How many children does Melanie have?",
+            "What movie did Joanna watch on 1 May, 2022?",
+            "Which long trail did they hike?",
+        ] {
+            assert!(!asks_time(q), "{q}");
+        }
+    }
+
+    #[test]
+    fn texts_that_name_a_time() {
+        for t in [
+            "Caroline: I went to a LGBTQ support group yesterday and it was so powerful.",
+            "Nate: I've had them for 3 years now and they bring me tons of joy!",
+            "Jon: We open the studio next week!",
+            "Gina: I lost my job a few months ago.",
+            "Maria: I volunteer there every weekend.",
+            "John: On Friday we met the mayor.",
+            "Joanna: I finished it in May, right before the trip.",
+            "Joanna: It came out on May 3 and sold out.",
+            "Nate: Back in 2019 I won my first tournament.",
+            "Melanie: We went camping this summer.",
+            "Melanie: I ran into her the other day.",
+            "Nate: I've been practising a lot recently.",
+            "Gina: My Saturdays are for the store.",
+        ] {
+            assert!(names_time(t), "{t}");
+        }
+        for t in [
+            "Caroline: Thanks, Melanie! That means a lot.",
+            "Nate: May I see the painting?",
+            "Jon: March on, we'll get there!",
+            "Gina: Summer vibes in this photo!",
+            "Joanna: I scored 100 points in the game.",
+            "Melanie: Have a good one!",
+        ] {
+            assert!(!names_time(t), "{t}");
+        }
     }
 
     #[test]

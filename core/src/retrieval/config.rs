@@ -85,7 +85,8 @@ impl Default for Fusion {
 /// The final score is
 /// `relevance + recency_weight · recency + importance_weight · importance + emotion_weight ·
 /// emotion_match + time_weight · time + entity_weight · entity + speaker_weight · speaker −
-/// question_penalty · question + content_weight · content + neighbour_weight · neighbour`,
+/// question_penalty · question + content_weight · content + time_answer_weight · time_answer +
+/// neighbour_weight · neighbour`,
 /// where relevance comes from the mode (similarity, BM25 share, or fusion), recency is
 /// `0.5^(age / half-life)`, and the other signals are in [0, 1] (see
 /// [`crate::types::Signals`]). A cross-encoder, when configured, then blends its probability
@@ -136,6 +137,10 @@ pub struct RankingConfig {
     /// scale). A short closing ("Nate: Take care!") matches any question that names its
     /// speaker, and rarely answers one.
     pub content_weight: f32,
+    /// Weight of the time-answer signal: the query asks for a time ("When did…", "How long
+    /// has…": [`crate::when::asks_time`]) and the memory names one ("yesterday", "for 3
+    /// years": [`crate::when::names_time`]) — the answer type of the question.
+    pub time_answer_weight: f32,
     /// Turns on each side of the best candidates read as their neighbourhood (0 to
     /// [`MAX_NEIGHBOURS`]): the neighbours join the candidates, and each candidate's score
     /// gains `neighbour_weight` × the best relevance next to it (a question often names
@@ -169,6 +174,7 @@ impl Default for RankingConfig {
             speaker_weight: 0.1,
             question_penalty: 0.1,
             content_weight: 0.3,
+            time_answer_weight: 0.15,
             neighbours: 2,
             neighbour_weight: 0.5,
         }
@@ -200,6 +206,7 @@ impl RankingConfig {
             speaker_weight: 0.0,
             question_penalty: 0.0,
             content_weight: 0.0,
+            time_answer_weight: 0.0,
             neighbours: 0,
             neighbour_weight: 0.0,
             ..Self::default()
@@ -224,6 +231,7 @@ impl RankingConfig {
             self.speaker_weight,
             self.question_penalty,
             self.content_weight,
+            self.time_answer_weight,
             self.neighbour_weight,
         ];
         if finite.iter().any(|x| !x.is_finite() || *x < 0.0) {

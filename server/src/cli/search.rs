@@ -161,6 +161,10 @@ pub(super) struct RankingArgs {
     /// Weight of the content signal: how much a memory says (0 switches it off).
     #[arg(long)]
     content_weight: Option<f32>,
+    /// Weight of the time-answer signal: memories that name a time, for a query that asks
+    /// for one (0 switches it off).
+    #[arg(long)]
+    time_answer_weight: Option<f32>,
     /// Turns on each side of the best candidates read as their neighbourhood (0 to 5).
     #[arg(long)]
     neighbours: Option<usize>,
@@ -240,6 +244,9 @@ impl RankingArgs {
         if let Some(w) = self.content_weight {
             c.content_weight = w;
         }
+        if let Some(w) = self.time_answer_weight {
+            c.time_answer_weight = w;
+        }
         if let Some(n) = self.neighbours {
             c.neighbours = n;
         }
@@ -263,6 +270,7 @@ impl RankingArgs {
             && self.speaker_weight.is_none_or(|w| w == 0.0)
             && self.question_penalty.is_none_or(|w| w == 0.0)
             && self.content_weight.is_none_or(|w| w == 0.0)
+            && self.time_answer_weight.is_none_or(|w| w == 0.0)
             && self.neighbour_weight.is_none_or(|w| w == 0.0)
             && self.mmr.is_none_or(|l| l >= 1.0)
     }
