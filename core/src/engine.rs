@@ -6,6 +6,7 @@ mod data;
 mod deep_memory;
 mod fanout;
 mod jobs;
+mod key_search;
 mod keys;
 mod memories;
 mod prompt;

@@ -237,7 +237,7 @@ impl Engine {
 
     /// Every memory of the user but their keys, by the store's listing order.
     pub(super) async fn all_memories(&self, user: &str) -> Result<Vec<Memory>> {
-        let filter = super::keys::not_keys();
+        let filter = super::key_search::not_keys();
         let mut out = Vec::new();
         let mut page = PageRequest {
             first: LIST_PAGE,

@@ -1,6 +1,5 @@
 //! Extra keys (see [`crate::memory_keys`]): turning them on and off per user, the job that
 //! writes them with the chat model, and how searches read a key's match as its memory's.
-use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -169,7 +168,7 @@ impl Engine {
             total: 0,
         };
         let started = Instant::now();
-        let filter = not_keys();
+        let filter = super::key_search::not_keys();
         let this = self.scoped(user).await?;
         run.total = self.store.count_memories_after(user, &filter, from).await?;
         let mut after = from;
@@ -607,18 +606,31 @@ impl Engine {
         let mut out = HashMap::new();
         let mut firsts = Vec::new();
         for session in turns.chunk_by(|a, b| a.session == b.session) {
-            firsts.push(session[0].id);
+            firsts.push(session[0]);
             for w in session.windows(2) {
                 out.insert(w[1].id, w[0].clone());
             }
         }
         // The first of each session's turns here: the one before it was read by an earlier
         // run (or there is none).
+        out.extend(self.stored_turns_before(user, &firsts).await?);
+        Ok(out)
+    }
+
+    /// The turn before each of `turns` in its session as stored (unexpired), for those that
+    /// have one.
+    async fn stored_turns_before(
+        &self,
+        user: &str,
+        turns: &[&Memory],
+    ) -> Result<HashMap<i64, Memory>> {
         let now = Utc::now();
-        let order: HashMap<i64, (Option<i64>, i64)> =
-            turns.iter().map(|m| (m.id, (m.message_id, m.id))).collect();
-        for chunk in firsts.chunks(NEIGHBOUR_BATCH) {
-            for (centre, n) in self.store.neighbours(user, chunk, 1).await? {
+        let mut out = HashMap::new();
+        for chunk in turns.chunks(NEIGHBOUR_BATCH) {
+            let ids: Vec<i64> = chunk.iter().map(|m| m.id).collect();
+            let order: HashMap<i64, (Option<i64>, i64)> =
+                chunk.iter().map(|m| (m.id, (m.message_id, m.id))).collect();
+            for (centre, n) in self.store.neighbours(user, &ids, 1).await? {
                 if (n.message_id, n.id) < order[&centre] && n.expires_at.is_none_or(|t| t > now) {
                     out.insert(centre, n);
                 }
@@ -654,18 +666,7 @@ impl Engine {
             .into_iter()
             .filter(|b| rekey.contains_key(&b.id))
             .collect();
-        let now = Utc::now();
-        let mut before = HashMap::new();
-        for chunk in wanted.chunks(NEIGHBOUR_BATCH) {
-            let ids: Vec<i64> = chunk.iter().map(|m| m.id).collect();
-            let order: HashMap<i64, (Option<i64>, i64)> =
-                chunk.iter().map(|m| (m.id, (m.message_id, m.id))).collect();
-            for (centre, n) in self.store.neighbours(user, &ids, 1).await? {
-                if (n.message_id, n.id) < order[&centre] && n.expires_at.is_none_or(|t| t > now) {
-                    before.insert(centre, n);
-                }
-            }
-        }
+        let before = self.stored_turns_before(user, &wanted).await?;
         rekey.retain(|t, _| before.contains_key(t));
         Ok((rekey, before))
     }
@@ -755,77 +756,6 @@ impl Engine {
             }
         }
     }
-
-    /// Search hits (best first) with each key replaced by the memory it is for, which must
-    /// pass `filter` (the caller's, with its validity rule); each memory once, at its best.
-    pub(super) async fn resolve_keys<T>(
-        &self,
-        user: &str,
-        hits: Vec<(Memory, T)>,
-        filter: &Filter,
-    ) -> Result<Vec<(Memory, T)>> {
-        let [out] = self.resolve_keys_of(user, [hits], filter).await?;
-        Ok(out)
-    }
-
-    /// [`Self::resolve_keys`] for several lists of hits at once: the memories their keys
-    /// stand for are read together, in one statement per page.
-    pub(super) async fn resolve_keys_of<T, const L: usize>(
-        &self,
-        user: &str,
-        lists: [Vec<(Memory, T)>; L],
-        filter: &Filter,
-    ) -> Result<[Vec<(Memory, T)>; L]> {
-        let all = || lists.iter().flatten();
-        if !all().any(|(m, _)| m.kind == MemoryKind::Key) {
-            return Ok(lists);
-        }
-        let mut wanted: Vec<i64> = all().filter_map(|(m, _)| m.key_for).collect();
-        wanted.sort_unstable();
-        wanted.dedup();
-        // The memories are read at once (by primary key), those already among the hits
-        // taken from there.
-        let mut targets: HashMap<i64, Option<Memory>> = HashMap::with_capacity(wanted.len());
-        for (m, _) in all() {
-            if wanted.binary_search(&m.id).is_ok() {
-                targets.entry(m.id).or_insert_with(|| Some(m.clone()));
-            }
-        }
-        let missing: Vec<i64> = wanted
-            .iter()
-            .copied()
-            .filter(|id| !targets.contains_key(id))
-            .collect();
-        let page = self.limits().max_page_size.max(1);
-        for chunk in missing.chunks(page) {
-            for t in self.store.get_memories(user, chunk).await? {
-                targets.insert(t.id, Some(t));
-            }
-        }
-        for t in targets.values_mut() {
-            if t.as_ref().is_some_and(|t| !filter.matches(t)) {
-                *t = None;
-            }
-        }
-        Ok(lists.map(|hits| {
-            let mut seen = HashSet::with_capacity(hits.len());
-            let mut out = Vec::with_capacity(hits.len());
-            for (m, score) in hits {
-                let m = match (m.kind, m.key_for) {
-                    (MemoryKind::Key, Some(t)) => match targets.get(&t) {
-                        Some(Some(target)) => target.clone(),
-                        _ => continue,
-                    },
-                    (MemoryKind::Key, None) => continue,
-                    _ => m,
-                };
-                if seen.insert(m.id) {
-                    out.push((m, score));
-                }
-            }
-            out
-        }))
-    }
 }
 
 /// Every key of a user's, whatever its validity.
@@ -833,31 +763,6 @@ fn key_filter() -> Filter {
     Filter {
         kinds: vec![MemoryKind::Key],
         include_superseded: true,
-        ..Filter::default()
-    }
-}
-
-/// The filter a store search runs with so that keys are found too: a filter naming kinds
-/// that have keys also admits keys (whose memories are then held to the caller's filter).
-pub(super) fn with_keys(filter: &Filter) -> Cow<'_, Filter> {
-    if filter.kinds.is_empty()
-        || filter.kinds.contains(&MemoryKind::Key)
-        || !filter.kinds.iter().any(|k| mk::KEYED_KINDS.contains(k))
-    {
-        return Cow::Borrowed(filter);
-    }
-    let mut f = filter.clone();
-    f.kinds.push(MemoryKind::Key);
-    Cow::Owned(f)
-}
-
-/// The filter of every current memory but keys.
-pub(super) fn not_keys() -> Filter {
-    Filter {
-        kinds: MemoryKind::ALL
-            .into_iter()
-            .filter(|k| *k != MemoryKind::Key)
-            .collect(),
         ..Filter::default()
     }
 }

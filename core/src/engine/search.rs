@@ -50,7 +50,7 @@ impl Engine {
                     embedding: this.embedding(vector),
                     top_k: options.top_k,
                     min_score: options.min_score,
-                    filter: keys::with_keys(&options.filter).into_owned(),
+                    filter: key_search::with_keys(&options.filter).into_owned(),
                     cursor: options.cursor.clone(),
                 },
             )
@@ -141,7 +141,7 @@ impl Engine {
         // with keys has up to twice the rows: half as many again are read (a key and its
         // memory often both match, so twice as many was more than the lists keep; on the
         // dev data 1.5× and 2× ranked alike, docs/benchmarks.md).
-        let store_filter = keys::with_keys(&options.filter).into_owned();
+        let store_filter = key_search::with_keys(&options.filter).into_owned();
         let keyed = self
             .store
             .get_user(user)

@@ -1,0 +1,105 @@
+//! Keys at search time: a store search admits keys next to the kinds they stand for, and
+//! each key hit is replaced by its memory, held to the caller's filter.
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+
+use super::*;
+use crate::memory_keys as mk;
+
+impl Engine {
+    /// Search hits (best first) with each key replaced by the memory it is for, which must
+    /// pass `filter` (the caller's, with its validity rule); each memory once, at its best.
+    pub(super) async fn resolve_keys<T>(
+        &self,
+        user: &str,
+        hits: Vec<(Memory, T)>,
+        filter: &Filter,
+    ) -> Result<Vec<(Memory, T)>> {
+        let [out] = self.resolve_keys_of(user, [hits], filter).await?;
+        Ok(out)
+    }
+
+    /// [`Self::resolve_keys`] for several lists of hits at once: the memories their keys
+    /// stand for are read together, in one statement per page.
+    pub(super) async fn resolve_keys_of<T, const L: usize>(
+        &self,
+        user: &str,
+        lists: [Vec<(Memory, T)>; L],
+        filter: &Filter,
+    ) -> Result<[Vec<(Memory, T)>; L]> {
+        let all = || lists.iter().flatten();
+        if !all().any(|(m, _)| m.kind == MemoryKind::Key) {
+            return Ok(lists);
+        }
+        let mut wanted: Vec<i64> = all().filter_map(|(m, _)| m.key_for).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        // The memories are read at once (by primary key), those already among the hits
+        // taken from there.
+        let mut targets: HashMap<i64, Option<Memory>> = HashMap::with_capacity(wanted.len());
+        for (m, _) in all() {
+            if wanted.binary_search(&m.id).is_ok() {
+                targets.entry(m.id).or_insert_with(|| Some(m.clone()));
+            }
+        }
+        let missing: Vec<i64> = wanted
+            .iter()
+            .copied()
+            .filter(|id| !targets.contains_key(id))
+            .collect();
+        let page = self.limits().max_page_size.max(1);
+        for chunk in missing.chunks(page) {
+            for t in self.store.get_memories(user, chunk).await? {
+                targets.insert(t.id, Some(t));
+            }
+        }
+        for t in targets.values_mut() {
+            if t.as_ref().is_some_and(|t| !filter.matches(t)) {
+                *t = None;
+            }
+        }
+        Ok(lists.map(|hits| {
+            let mut seen = HashSet::with_capacity(hits.len());
+            let mut out = Vec::with_capacity(hits.len());
+            for (m, score) in hits {
+                let m = match (m.kind, m.key_for) {
+                    (MemoryKind::Key, Some(t)) => match targets.get(&t) {
+                        Some(Some(target)) => target.clone(),
+                        _ => continue,
+                    },
+                    (MemoryKind::Key, None) => continue,
+                    _ => m,
+                };
+                if seen.insert(m.id) {
+                    out.push((m, score));
+                }
+            }
+            out
+        }))
+    }
+}
+
+/// The filter a store search runs with so that keys are found too: a filter naming kinds
+/// that have keys also admits keys (whose memories are then held to the caller's filter).
+pub(super) fn with_keys(filter: &Filter) -> Cow<'_, Filter> {
+    if filter.kinds.is_empty()
+        || filter.kinds.contains(&MemoryKind::Key)
+        || !filter.kinds.iter().any(|k| mk::KEYED_KINDS.contains(k))
+    {
+        return Cow::Borrowed(filter);
+    }
+    let mut f = filter.clone();
+    f.kinds.push(MemoryKind::Key);
+    Cow::Owned(f)
+}
+
+/// The filter of every current memory but keys.
+pub(super) fn not_keys() -> Filter {
+    Filter {
+        kinds: MemoryKind::ALL
+            .into_iter()
+            .filter(|k| *k != MemoryKind::Key)
+            .collect(),
+        ..Filter::default()
+    }
+}
