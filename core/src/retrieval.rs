@@ -446,6 +446,14 @@ mod tests {
         }
     }
 
+    /// A memory saying `text`, written now.
+    fn said(id: i64, text: &str) -> Memory {
+        Memory {
+            content: text.to_owned(),
+            ..memory(id, 0, 0.5, None)
+        }
+    }
+
     fn ids(r: &[Retrieved]) -> Vec<i64> {
         r.iter().map(|r| r.memory.id).collect()
     }
@@ -535,10 +543,6 @@ mod tests {
 
     #[test]
     fn content_lifts_a_turn_that_says_something_over_a_closing() {
-        let said = |id, text: &str| Memory {
-            content: text.to_owned(),
-            ..memory(id, 0, 0.5, None)
-        };
         // A closing whose vector is mostly its speaker's name matches a question naming them
         // a little better than the turn that answers it.
         let c = merge(
@@ -574,10 +578,6 @@ mod tests {
 
     #[test]
     fn a_question_that_asks_when_lifts_turns_that_name_a_time() {
-        let said = |id, text: &str| Memory {
-            content: text.to_owned(),
-            ..memory(id, 0, 0.5, None)
-        };
         let c = merge(
             vec![
                 (said(1, "Nate: The turtles love their new tank."), 0.52),
