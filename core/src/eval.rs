@@ -274,9 +274,9 @@ impl Totals {
     }
 }
 
-/// Turns at the top of each question's ranking whose signals `details` reports (with every
-/// evidence turn's).
-const DETAILED_TURNS: usize = 5;
+/// Turns at the top of each question's ranking whose signals `details` reports by default
+/// (with every evidence turn's).
+pub const DETAILED_TURNS: usize = 5;
 
 /// A turn as a question ranked it: its id, final score and signals.
 struct RankedTurn {
@@ -363,6 +363,9 @@ pub struct EvalOptions {
     pub categories: Vec<String>,
     /// Add each question's ranked turn ids and evidence ranks to the report (`details`).
     pub details: bool,
+    /// How many of the top turns `details` gives the signals of (besides the evidence's):
+    /// all of them re-score a ranking offline.
+    pub detail_turns: usize,
 }
 
 impl Default for EvalOptions {
@@ -371,6 +374,7 @@ impl Default for EvalOptions {
             ks: vec![1, 5, 10],
             categories: vec![],
             details: false,
+            detail_turns: DETAILED_TURNS,
         }
     }
 }
@@ -430,7 +434,7 @@ pub async fn evaluate(
                 let signals: Vec<Value> = turns
                     .iter()
                     .enumerate()
-                    .filter(|(i, t)| *i < DETAILED_TURNS || q.evidence.contains(&t.id))
+                    .filter(|(i, t)| *i < eval.detail_turns || q.evidence.contains(&t.id))
                     .map(|(i, t)| {
                         json!({"rank": i + 1, "id": t.id, "score": t.score, "signals": t.signals})
                     })

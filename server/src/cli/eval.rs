@@ -41,6 +41,10 @@ pub(super) struct EvalArgs {
     /// line, to this file.
     #[arg(long)]
     details: Option<PathBuf>,
+    /// With `--details`: how many of each question's top turns to give the signals of (the
+    /// evidence's always); the whole ranked list re-scores a ranking offline.
+    #[arg(long, value_name = "N", default_value_t = recall_core::eval::DETAILED_TURNS)]
+    details_turns: usize,
     /// Deep memory: after the plain run, have the chat model write questions for every
     /// turn of each sample, train each sample's adapter, turn it on where it helps on the
     /// held-out pairs, and evaluate again (reports say `"deep_memory": true`); a summary of
@@ -197,6 +201,7 @@ pub(super) async fn run(
         ks: ks.clone(),
         categories: args.categories.clone(),
         details: args.details.is_some(),
+        detail_turns: args.details_turns,
     };
     let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
     let (samples, warnings) = recall_core::eval::parse_locomo(&text)?;

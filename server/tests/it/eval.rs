@@ -216,6 +216,8 @@ fn eval_runs_a_matrix_of_settings_and_writes_the_details() {
             "time_weight=0,0.2",
             "--details",
             details.to_str().unwrap(),
+            "--details-turns",
+            "8",
         ],
     ));
     assert_eq!(reports.len(), 4, "every combination is reported");
@@ -276,7 +278,19 @@ fn eval_runs_a_matrix_of_settings_and_writes_the_details() {
             .map(|e| e["rank"].as_u64().unwrap())
             .collect();
         assert!(ranks.windows(2).all(|w| w[0] < w[1]), "{ranks:?}");
-        assert!(ranks.len() >= ranked.len().min(5));
+        // The first eight (`--details-turns 8`), then only evidence.
+        let top = ranked.len().min(8) as u64;
+        assert_eq!(
+            ranks.iter().filter(|&&r| r <= top).count() as u64,
+            top,
+            "{ranks:?}"
+        );
+        for e in explained
+            .iter()
+            .filter(|e| e["rank"].as_u64().unwrap() > top)
+        {
+            assert!(q["evidence"].as_array().unwrap().contains(&e["id"]), "{e}");
+        }
         for e in explained {
             let rank = e["rank"].as_u64().unwrap() as usize;
             assert_eq!(e["id"], ranked[rank - 1]);
