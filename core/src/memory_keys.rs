@@ -207,33 +207,65 @@ pub fn reply_continues(previous: &Memory, memory: &Memory, next: &Memory) -> boo
     terms(next).iter().any(|t| said.contains(t))
 }
 
+/// Characters of the turn before a question that the key of its answer holds at most (its
+/// end).
+pub const ASKED_ABOUT_CHARS: usize = 200;
+
+/// Whether `memory` answers `previous`: the turn before it asks a question ([ends with
+/// one](crate::text::ends_with_question)) and someone else asked it (another speaker label,
+/// or, without labels, another role).
+pub fn answers(previous: &Memory, memory: &Memory) -> bool {
+    use crate::text::speaker_label;
+    let other = match (
+        speaker_label(previous.content.trim()),
+        speaker_label(memory.content.trim()),
+    ) {
+        (Some(a), Some(b)) => a != b,
+        _ => matches!((previous.role, memory.role), (Some(a), Some(b)) if a != b),
+    };
+    other && crate::text::ends_with_question(&previous.content)
+}
+
+/// The end of a text, at most `max` characters, from a word's start.
+fn tail(text: &str, max: usize) -> &str {
+    let count = text.chars().count();
+    if count <= max {
+        return text;
+    }
+    let (start, _) = text.char_indices().nth(count - max).unwrap_or((0, ' '));
+    let tail = &text[start..];
+    match tail.find(char::is_whitespace) {
+        Some(i) if i + 1 < tail.len() => tail[i..].trim_start(),
+        _ => tail,
+    }
+}
+
 /// A context key's text: the end of the turn before (at most [`CONTEXT_CHARS`], from a word's
 /// start), then the memory's own text, then the start of the turn after (at most
-/// [`REPLY_CHARS`]) when there is one and it [goes on](reply_continues) with them.
-pub fn context_key_text(previous: &Memory, memory: &Memory, next: Option<&Memory>) -> String {
-    let before = previous.content.trim();
-    let count = before.chars().count();
-    let before = if count > CONTEXT_CHARS {
-        let (start, _) = before
-            .char_indices()
-            .nth(count - CONTEXT_CHARS)
-            .unwrap_or((0, ' '));
-        let tail = &before[start..];
-        match tail.find(char::is_whitespace) {
-            Some(i) if i + 1 < tail.len() => tail[i..].trim_start(),
-            _ => tail,
-        }
-    } else {
-        before
+/// [`REPLY_CHARS`]) when there is one and it [goes on](reply_continues) with them. When the
+/// memory [answers](answers) the turn before, the end of the turn before that question
+/// (`asked_about`, at most [`ASKED_ABOUT_CHARS`]) comes first: a question ("What's it
+/// about?") often names its subject only in the turn it asks about ("I finished my first
+/// screenplay"), and the answer ("A mix of drama and romance!") in neither.
+pub fn context_key_text(
+    previous: &Memory,
+    memory: &Memory,
+    next: Option<&Memory>,
+    asked_about: Option<&Memory>,
+) -> String {
+    let before = tail(previous.content.trim(), CONTEXT_CHARS);
+    let mut text = match asked_about.filter(|_| answers(previous, memory)) {
+        Some(a) => format!("{}\n", tail(a.content.trim(), ASKED_ABOUT_CHARS)),
+        None => String::new(),
     };
-    match next.filter(|n| reply_continues(previous, memory, n)) {
-        Some(n) => format!(
-            "{before}\n{}\n{}",
-            memory.content,
-            clip(n.content.trim(), REPLY_CHARS)
-        ),
-        None => format!("{before}\n{}", memory.content),
+    text.push_str(before);
+    text.push('\n');
+    text.push_str(&memory.content);
+    if let Some(n) = next.filter(|n| reply_continues(previous, memory, n)) {
+        text.push('\n');
+        text.push_str(clip(n.content.trim(), REPLY_CHARS));
     }
+    text
 }
 
 /// The day a memory was written, as a fact states it: "Monday, 8 May 2023".
@@ -635,7 +667,7 @@ mod tests {
         let before = memory("Melanie: We went camping at the lake last weekend.");
         let turn = memory("Caroline: Did you paint it afterwards?");
         assert_eq!(
-            context_key_text(&before, &turn, None),
+            context_key_text(&before, &turn, None, None),
             "Melanie: We went camping at the lake last weekend.\n\
              Caroline: Did you paint it afterwards?"
         );
@@ -644,7 +676,7 @@ mod tests {
             "Melanie: {} the lake was calm.",
             "so ".repeat(300)
         ));
-        let key = context_key_text(&long, &turn, None);
+        let key = context_key_text(&long, &turn, None, None);
         let (head, tail) = key.split_once('\n').unwrap();
         assert!(head.chars().count() <= CONTEXT_CHARS, "{head}");
         assert!(
@@ -663,7 +695,7 @@ mod tests {
         let reply = memory("Gina: Wow, Jon, you must be so excited! Tomorrow will be a blast!");
         assert!(reply_continues(&before, &turn, &reply));
         assert_eq!(
-            context_key_text(&before, &turn, Some(&reply)),
+            context_key_text(&before, &turn, Some(&reply), None),
             format!("{}\n{}\n{}", before.content, turn.content, reply.content)
         );
         // With the turn before ("tomorrow"), speaker labels aside: still the same topic.
@@ -673,12 +705,50 @@ mod tests {
         let elsewhere = memory("Jon: By the way, did you watch the game?");
         assert!(!reply_continues(&before, &turn, &elsewhere));
         assert_eq!(
-            context_key_text(&before, &turn, Some(&elsewhere)),
-            context_key_text(&before, &turn, None)
+            context_key_text(&before, &turn, Some(&elsewhere), None),
+            context_key_text(&before, &turn, None, None)
         );
         let long = memory(&format!("Gina: excited {}", "very ".repeat(200)));
-        let key = context_key_text(&before, &turn, Some(&long));
+        let key = context_key_text(&before, &turn, Some(&long), None);
         let tail = key.rsplit_once('\n').unwrap().1;
         assert_eq!(tail.chars().count(), REPLY_CHARS, "{tail}");
+    }
+
+    #[test]
+    fn the_key_of_an_answer_starts_with_what_the_question_was_about() {
+        let about = memory("Joanna: I finally finished my first full screenplay last Friday!");
+        let question = memory("Nate: Congrats! What's it about?");
+        let answer = memory("Joanna: Thanks, Nate! It's a mix of drama and romance!");
+        assert!(answers(&question, &answer));
+        assert_eq!(
+            context_key_text(&question, &answer, None, Some(&about)),
+            format!(
+                "{}\n{}\n{}",
+                about.content, question.content, answer.content
+            )
+        );
+        // Not an answer: the turn before asks nothing, or the same speaker asked it.
+        let statement = memory("Nate: Congrats, that is a big step.");
+        assert!(!answers(&statement, &answer));
+        assert_eq!(
+            context_key_text(&statement, &answer, None, Some(&about)),
+            context_key_text(&statement, &answer, None, None)
+        );
+        let own = memory("Joanna: Guess what it is about?");
+        assert!(!answers(&own, &answer));
+        // Without speaker labels, the roles tell the speakers apart.
+        let mut asked = memory("What did you cook?");
+        asked.role = Some(Role::User);
+        let mut reply = memory("A coconut curry.");
+        reply.role = Some(Role::Assistant);
+        assert!(answers(&asked, &reply));
+        reply.role = Some(Role::User);
+        assert!(!answers(&asked, &reply));
+        // A long turn before the question is cut to its end.
+        let long = memory(&format!("Joanna: {} my screenplay.", "well ".repeat(100)));
+        let key = context_key_text(&question, &answer, None, Some(&long));
+        let first = key.split('\n').next().unwrap();
+        assert!(first.chars().count() <= ASKED_ABOUT_CHARS, "{first}");
+        assert!(first.ends_with("my screenplay."), "{first}");
     }
 }

@@ -15,6 +15,15 @@ const LIST_PAGE: usize = 500;
 /// Keys deleted per call when keys are turned off.
 const DELETE_BATCH: usize = 500;
 
+/// What a context key quotes: its turn, the turn before, the reply it holds and the turn
+/// before the question it answers.
+type Quoted<'a> = (
+    &'a Memory,
+    &'a Memory,
+    Option<&'a Memory>,
+    Option<&'a Memory>,
+);
+
 impl Engine {
     /// Whether the user's keys are on, and how many they have.
     pub async fn memory_keys_status(&self, user: &str) -> Result<KeyStatus> {
@@ -300,7 +309,8 @@ impl Engine {
                 break;
             }
             context_done += group.len();
-            // (turn, the turn before, the turn after) of each key to write.
+            // (turn, the turn before, the turn after) of each key to write; then the turn
+            // before the question each answer answers.
             let mut triples: Vec<(&Memory, &Memory, Option<&Memory>)> = Vec::new();
             for m in group {
                 let before = &previous[&m.id];
@@ -316,22 +326,35 @@ impl Engine {
                     triples.push((before, b, Some(m)));
                 }
             }
-            let texts: Vec<String> = triples
+            let asked = self.asked_about(user, &triples, previous).await?;
+            let quads: Vec<Quoted<'_>> = triples
                 .iter()
-                .map(|(m, before, next)| mk::context_key_text(before, m, *next))
+                .map(|&(m, before, next)| {
+                    let about = asked.get(&before.id).filter(|_| mk::answers(before, m));
+                    (m, before, next, about)
+                })
+                .collect();
+            let texts: Vec<String> = quads
+                .iter()
+                .map(|(m, before, next, about)| mk::context_key_text(before, m, *next, *about))
                 .collect();
             let vectors = this.embedder.embed(texts.clone()).await?;
-            let mut new_keys = Vec::with_capacity(triples.len());
-            for ((&(m, before, next), text), vector) in triples.iter().zip(texts).zip(vectors) {
+            let mut new_keys = Vec::with_capacity(quads.len());
+            for ((&(m, before, next, about), text), vector) in quads.iter().zip(texts).zip(vectors)
+            {
                 // The key quotes the turns around its own (`context_of`; `next`, the reply,
-                // only when the key holds it): it goes when one of them changes or goes
+                // and `asked_about`, the turn before the question it answers, only when the
+                // key holds them): it goes when one of them changes or goes
                 // (`drop_context_keys`), and expires with the first of them.
                 let mut metadata = json!({ "key": mk::CONTEXT_KEY, "context_of": before.id });
                 if let Some(n) = next {
                     metadata["next"] = json!(n.id);
                 }
+                if let Some(a) = about {
+                    metadata["asked_about"] = json!(a.id);
+                }
                 let mut key = key_memory(m, text, metadata, this.embedding(vector));
-                key.expires_at = [Some(m), Some(before), next]
+                key.expires_at = [Some(m), Some(before), next, about]
                     .into_iter()
                     .flatten()
                     .filter_map(|t| t.expires_at)
@@ -363,10 +386,11 @@ impl Engine {
             // A turn or the one it quotes deleted or changed since the job read them: their
             // keys go now (later changes find them stored), and the watermark goes back
             // before their turns, which the next run keys again.
-            let read: Vec<i64> = triples
+            let read: Vec<i64> = quads
                 .iter()
-                .flat_map(|(m, before, next)| [Some(m.id), Some(before.id), next.map(|n| n.id)])
+                .flat_map(|&(m, before, next, about)| [Some(m), Some(before), next, about])
                 .flatten()
+                .map(|t| t.id)
                 .collect();
             let current: HashMap<i64, String> = self
                 .store
@@ -375,9 +399,9 @@ impl Engine {
                 .into_iter()
                 .map(|m| (m.id, m.content))
                 .collect();
-            let as_read: HashMap<i64, &Memory> = triples
+            let as_read: HashMap<i64, &Memory> = quads
                 .iter()
-                .flat_map(|&(m, before, next)| [Some(m), Some(before), next])
+                .flat_map(|&(m, before, next, about)| [Some(m), Some(before), next, about])
                 .flatten()
                 .map(|m| (m.id, m))
                 .collect();
@@ -391,6 +415,7 @@ impl Engine {
                 k.key_for.is_some_and(unchanged)
                     && k.metadata["context_of"].as_i64().is_some_and(unchanged)
                     && k.metadata["next"].as_i64().is_none_or(unchanged)
+                    && k.metadata["asked_about"].as_i64().is_none_or(unchanged)
             });
             // The keys written again replace those written before their reply existed.
             let replaced: Vec<i64> = stored
@@ -639,6 +664,34 @@ impl Engine {
         Ok(out)
     }
 
+    /// For the keys to write whose turn [answers](mk::answers) the turn before it, the turn
+    /// before that question in its session (from `previous`, else as stored), by the
+    /// question's id.
+    async fn asked_about(
+        &self,
+        user: &str,
+        triples: &[(&Memory, &Memory, Option<&Memory>)],
+        previous: &HashMap<i64, Memory>,
+    ) -> Result<HashMap<i64, Memory>> {
+        let mut out = HashMap::new();
+        let mut stored: Vec<&Memory> = Vec::new();
+        for &(m, before, _) in triples {
+            if !mk::answers(before, m) {
+                continue;
+            }
+            match previous.get(&before.id) {
+                Some(p) => {
+                    out.insert(before.id, p.clone());
+                }
+                None => stored.push(before),
+            }
+        }
+        stored.sort_by_key(|m| m.id);
+        stored.dedup_by_key(|m| m.id);
+        out.extend(self.stored_turns_before(user, &stored).await?);
+        Ok(out)
+    }
+
     /// Of the turns before `turns` (the new turns a run keys), those whose context key holds
     /// no reply (it has no `next`): the id of that key by its turn, and each such turn's own
     /// turn before, from which its key is written again with the reply where that goes on
@@ -690,10 +743,11 @@ impl Engine {
             self.store.rewind_context_keys(user, first - 1).await?;
         }
         for (session, ids) in by_session {
-            // The keys of the turns after them (`context_of`), and of the turns before them
-            // (`next`: their reply).
+            // The keys of the turns after them (`context_of`), of the turns before them
+            // (`next`: their reply), and of the answers to the questions about them
+            // (`asked_about`).
             let mut keys: Vec<Memory> = Vec::new();
-            for field in ["context_of", "next"] {
+            for field in ["context_of", "next", "asked_about"] {
                 let filter = Filter {
                     session: Some(session.to_owned()),
                     kinds: vec![MemoryKind::Key],

@@ -75,14 +75,21 @@ async fn context_keys(pg: bool) {
     assert_eq!(museums.metadata["key"], "context");
     assert_eq!(museums.metadata["context_of"], trip[0]);
     assert_eq!(museums.metadata["next"], trip[2]);
+    assert!(museums.metadata.get("asked_about").is_none(), "{museums:?}");
     assert_eq!(museums.session.as_deref(), Some("s2"));
+    // The reply answers the museums question: its key starts with the turn the question
+    // was about ("Rome"); it has no turn after it yet.
     let reply = keys.iter().find(|k| k.key_for == Some(trip[2])).unwrap();
-    assert_eq!(reply.content, format!("{}\n{}", TRIP[1], TRIP[2]));
+    assert_eq!(
+        reply.content,
+        format!("{}\n{}\n{}", TRIP[0], TRIP[1], TRIP[2])
+    );
+    assert_eq!(reply.metadata["asked_about"], trip[0]);
     assert!(reply.metadata.get("next").is_none(), "{reply:?}");
 
-    // "Rome" is in the first turn only; the museums question after it is found by it now,
-    // as itself (never the key). Bob's turns are as before.
-    assert_eq!(text_found(&engine, "alice", "Rome").await, trip[..2]);
+    // "Rome" is in the first turn only; the museums question after it and its answer are
+    // found by it now, as themselves (never the keys). Bob's turns are as before.
+    assert_eq!(text_found(&engine, "alice", "Rome").await, trip[..]);
     let hits = ranking(&engine, "alice", MUSEUMS, Filter::default()).await;
     assert!(place(&hits) < before, "{before:?} {hits:?}");
     assert!(hits.iter().all(|m| m.kind != MemoryKind::Key));
@@ -140,8 +147,8 @@ async fn context_keys(pg: bool) {
     assert_eq!(
         replied[0].content,
         format!(
-            "{}\n{}\nMelanie: Send me photos of the gallery!",
-            TRIP[1], TRIP[2]
+            "{}\n{}\n{}\nMelanie: Send me photos of the gallery!",
+            TRIP[0], TRIP[1], TRIP[2]
         )
     );
     assert_eq!(replied[0].metadata["next"], last);
@@ -172,13 +179,19 @@ async fn context_keys(pg: bool) {
     assert_eq!(again.context_keys, 2, "{again:?}");
     let keys = keys_of(&engine, "alice").await;
     let replied = keys.iter().find(|k| k.key_for == Some(trip[2])).unwrap();
-    assert_eq!(replied.content, format!("{}\n{}", TRIP[1], TRIP[2]));
+    assert_eq!(
+        replied.content,
+        format!("{}\n{}\n{}", TRIP[0], TRIP[1], TRIP[2])
+    );
     assert!(replied.metadata.get("next").is_none(), "{replied:?}");
     let (_, epoch) = through(&engine).await;
 
-    // Deleting the first turn takes the key that quotes it: "Rome" is in no row of hers.
+    // Deleting the first turn takes the keys that quote it (the museums question's, and
+    // the answer's, which quotes it as what was asked about): "Rome" is in no row of hers.
     engine.delete_memories("alice", &trip[..1]).await.unwrap();
     assert!(text_found(&engine, "alice", "Rome").await.is_empty());
+    let keys = keys_of(&engine, "alice").await;
+    assert!(keys.iter().all(|k| k.key_for == Some(last)), "{keys:?}");
     // New text in a turn drops the key that quotes the old (and the turn's own).
     engine
         .update_memory(
@@ -306,12 +319,12 @@ async fn a_turn_deleted_during_the_job_leaves_no_key_quoting_it() {
         "the deletion ran"
     );
     assert!(engine.memory("alice", trip[0]).await.unwrap().is_none());
-    // The museums turn's key quoted the deleted turn: gone; the next turn's key stays.
-    assert_eq!(report.context_keys, 1, "{report:?}");
-    let keys = keys_of(&engine, "alice").await;
-    assert_eq!(keys.len(), 1, "{keys:?}");
-    assert_eq!(keys[0].key_for, Some(trip[2]));
+    // The museums turn's key quoted the deleted turn, and so did the answer's (what the
+    // question was about): both gone.
+    assert_eq!(report.context_keys, 0, "{report:?}");
+    assert!(keys_of(&engine, "alice").await.is_empty());
     assert!(text_found(&engine, "alice", "Rome").await.is_empty());
+    assert_eq!(text_found(&engine, "alice", "museums").await, trip[1..]);
 }
 
 /// A turn given new text after the job read it and before its keys were stored: its own key
@@ -353,7 +366,7 @@ async fn a_turn_changed_during_the_job_is_keyed_again_from_its_new_text() {
         keys,
         [
             (trip[1], format!("{}\n{NEW}", TRIP[0])),
-            (trip[2], format!("{NEW}\n{}", TRIP[2])),
+            (trip[2], format!("{}\n{NEW}\n{}", TRIP[0], TRIP[2])),
         ]
     );
 }
