@@ -211,9 +211,10 @@ pub fn reply_continues(previous: &Memory, memory: &Memory, next: &Memory) -> boo
 /// end).
 pub const ASKED_ABOUT_CHARS: usize = 200;
 
-/// Whether `memory` answers `previous`: the turn before it asks a question ([ends with
-/// one](crate::text::ends_with_question)) and someone else asked it (another speaker label,
-/// or, without labels, another role).
+/// Whether `memory` answers `previous`: the turn before it [asks a
+/// question](crate::text::asks_question) (anywhere in it: "Wow! What's it about? Glad it's
+/// done!") and someone else asked it (another speaker label, or, without labels, another
+/// role).
 pub fn answers(previous: &Memory, memory: &Memory) -> bool {
     use crate::text::speaker_label;
     let other = match (
@@ -223,7 +224,7 @@ pub fn answers(previous: &Memory, memory: &Memory) -> bool {
         (Some(a), Some(b)) => a != b,
         _ => matches!((previous.role, memory.role), (Some(a), Some(b)) if a != b),
     };
-    other && crate::text::ends_with_question(&previous.content)
+    other && crate::text::asks_question(&previous.content)
 }
 
 /// The end of a text, at most `max` characters, from a word's start.
@@ -736,6 +737,9 @@ mod tests {
         );
         let own = memory("Joanna: Guess what it is about?");
         assert!(!answers(&own, &answer));
+        // A question in the middle of the turn before counts too.
+        let middle = memory("Nate: Wow, that sounds awesome! What's it about? Glad it's done!");
+        assert!(answers(&middle, &answer));
         // Without speaker labels, the roles tell the speakers apart.
         let mut asked = memory("What did you cook?");
         asked.role = Some(Role::User);

@@ -453,6 +453,24 @@ pub fn speaker_label(content: &str) -> Option<&str> {
     (words.len() <= 3 && words.iter().all(word_ok)).then_some(label)
 }
 
+/// Whether a text asks a question anywhere: one of its sentences ends with a question mark
+/// (followed by a space, a closing quote or bracket, or the end; not a URL's query). "Wow,
+/// that sounds awesome! What's it about? Glad it's all down!" asks one, as does any text
+/// that [ends with one](ends_with_question).
+pub fn asks_question(content: &str) -> bool {
+    let mut chars = content.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '?'
+            && chars
+                .peek()
+                .is_none_or(|n| !(n.is_alphanumeric() || matches!(n, '=' | '&' | '/' | '_')))
+        {
+            return true;
+        }
+    }
+    false
+}
+
 /// Whether a text ends with a question (its last character other than a closing quote,
 /// bracket, emoji or space is a question mark).
 pub fn ends_with_question(content: &str) -> bool {
@@ -737,5 +755,12 @@ mod tests {
         assert!(!ends_with_question("Was it fun? It was."));
         assert!(!ends_with_question("Melanie: I painted a lake."));
         assert!(!ends_with_question(""));
+        assert!(asks_question(
+            "Nate: Wow, that sounds awesome! What's it about? Glad it's all down!"
+        ));
+        assert!(asks_question("Is that yours? \u{1f60a}"));
+        assert!(asks_question("Did you see it?\u{201d} Me too."));
+        assert!(!asks_question("See https://example.com/a?id=3 for more."));
+        assert!(!asks_question("Melanie: I painted a lake."));
     }
 }
