@@ -12,7 +12,7 @@ use crate::emotion::LexiconDetector;
 use crate::error::{Error, Result};
 use crate::limits::Limits;
 use crate::retrieval::{self, RetrieveOptions, SearchMode};
-use crate::text::{Bm25Index, query_terms};
+use crate::text::Bm25Index;
 use crate::types::{Memory, MemoryKind, Retrieved, Role};
 
 /// The saved form's version.
@@ -160,7 +160,7 @@ impl MemoryIndex {
             Vec::new()
         } else {
             u.lexical
-                .search(&query_terms(query), n, |_| true)
+                .search_text(query, n, |_| true)
                 .into_iter()
                 .map(|(id, s)| (u.memories[&id].0.clone(), s as f32))
                 .collect()
@@ -174,7 +174,7 @@ impl MemoryIndex {
         for w in &cues.windows {
             let inside = |id: i64| w.contains(u.memories[&id].0.created_at);
             if mode != SearchMode::Vector {
-                let hits = u.lexical.search(&query_terms(query), n, inside);
+                let hits = u.lexical.search_text(query, n, inside);
                 retrieval::add_candidates(
                     &mut candidates,
                     hits.into_iter()

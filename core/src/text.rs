@@ -4,7 +4,7 @@
 //! Terms are lowercased runs of letters and digits, English stop words removed, reduced with the
 //! Snowball English stemmer — the same algorithm as Postgres's `english` text search
 //! configuration, so both stores match the same words.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use rust_stemmers::{Algorithm, Stemmer};
@@ -17,6 +17,9 @@ pub const BM25_B: f64 = 0.75;
 /// Terms longer than this (in bytes) are ignored (Postgres ignores words over 2047 bytes; very
 /// long "words" are noise such as base64).
 const MAX_TERM_BYTES: usize = 64;
+
+/// The shortest part of a compound [`Bm25Index::compound_terms`] reads ("ice" in "icecream").
+pub const MIN_COMPOUND_PART: usize = 3;
 
 /// English stop words (Postgres's `english.stop` list, which Snowball's is).
 const STOP_WORDS: &[&str] = &[
@@ -284,6 +287,87 @@ impl Bm25Index {
             self.postings[tid as usize].retain(|(s, _)| *s != slot);
         }
         self.free.push(slot);
+    }
+
+    /// BM25 scores for a query's text: its [terms](query_terms) and the
+    /// [compounds](Self::compound_terms) this index's documents write the other way.
+    pub fn search_text(
+        &self,
+        text: &str,
+        limit: usize,
+        keep: impl Fn(i64) -> bool,
+    ) -> Vec<(i64, f64)> {
+        let mut query = query_terms(text);
+        for t in self.compound_terms(text) {
+            if !query.contains(&t) {
+                query.push(t);
+            }
+        }
+        self.search(&query, limit, keep)
+    }
+
+    /// The terms of a query's compounds as this index's documents write them: two adjacent
+    /// words written as one ("ice cream" → `icecream`, where a document says "icecream"),
+    /// and one word written as two ("roadtrip" → `road`, `trip`, where documents have both
+    /// words at least as often as the one word). Parts are words of at least
+    /// [`MIN_COMPOUND_PART`] letters other than stop words.
+    pub fn compound_terms(&self, text: &str) -> Vec<String> {
+        let stemmer = stemmer();
+        let lower = text.to_lowercase();
+        let words: Vec<&str> = lower
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty() && w.len() <= MAX_TERM_BYTES)
+            .collect();
+        let part = |w: &str| {
+            w.chars().count() >= MIN_COMPOUND_PART
+                && w.chars().all(char::is_alphabetic)
+                && !is_stop_word(w)
+        };
+        let postings = |term: &str| {
+            self.vocab
+                .get(term)
+                .map(|&t| &self.postings[t as usize])
+                .filter(|p| !p.is_empty())
+        };
+        let mut out = Vec::new();
+        for pair in words.windows(2) {
+            if part(pair[0]) && part(pair[1]) {
+                let joined = stemmer
+                    .stem(&format!("{}{}", pair[0], pair[1]))
+                    .into_owned();
+                if postings(&joined).is_some() {
+                    out.push(joined);
+                }
+            }
+        }
+        for w in words.iter().filter(|w| part(w)) {
+            let whole = postings(&stemmer.stem(w)).map_or(0, Vec::len);
+            let mut best: Option<(usize, String, String)> = None;
+            for (i, _) in w.char_indices().skip(MIN_COMPOUND_PART) {
+                let (a, b) = w.split_at(i);
+                if !(part(a) && part(b)) {
+                    continue;
+                }
+                let (ta, tb) = (stemmer.stem(a).into_owned(), stemmer.stem(b).into_owned());
+                let (Some(pa), Some(pb)) = (postings(&ta), postings(&tb)) else {
+                    continue;
+                };
+                let (small, large) = if pa.len() <= pb.len() {
+                    (pa, pb)
+                } else {
+                    (pb, pa)
+                };
+                let slots: HashSet<u32> = small.iter().map(|&(s, _)| s).collect();
+                let both = large.iter().filter(|(s, _)| slots.contains(s)).count();
+                if both > 0 && both >= whole && best.as_ref().is_none_or(|b| both > b.0) {
+                    best = Some((both, ta, tb));
+                }
+            }
+            if let Some((_, a, b)) = best {
+                out.extend([a, b]);
+            }
+        }
+        out
     }
 
     /// BM25 scores of the documents that contain at least one query term and pass `keep`,
@@ -565,6 +649,43 @@ mod tests {
         ix.insert(3, "unrelated words entirely");
         let hits = ix.search(&query_terms("peanut"), 10, |_| true);
         assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_compound_matches_as_the_documents_write_it() {
+        let mut ix = Bm25Index::default();
+        ix.insert(1, "Joanna: I love it when you make coconut milk icecream!");
+        ix.insert(2, "Melanie: The road trip this weekend was wild.");
+        ix.insert(3, "Melanie: We hiked the day after the road trip.");
+        ix.insert(4, "Melanie: That roadtrip was long.");
+        ix.insert(5, "Caroline: Next weekend I rest; this week has no end.");
+        ix.insert(6, "Caroline: A calm weekend at home.");
+        // Two words of the query, one word in a document.
+        assert_eq!(
+            ix.compound_terms("What ice cream does Nate make?"),
+            vec!["icecream"]
+        );
+        let hits = ix.search_text("What ice cream does Nate make?", 10, |_| true);
+        assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), vec![1]);
+        assert!(
+            ix.search(&query_terms("ice cream"), 10, |_| true)
+                .is_empty()
+        );
+        // One word of the query, two words in documents (as often as the one word or more).
+        assert_eq!(
+            ix.compound_terms("after the roadtrip?"),
+            vec!["road", "trip"]
+        );
+        let hits = ix.search_text("after the roadtrip?", 10, |_| true);
+        let mut ids: Vec<i64> = hits.iter().map(|h| h.0).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![2, 3, 4]);
+        // A word written whole more often than apart stays whole ("weekend", not "week
+        // end"); short parts and stop words make no compound.
+        assert!(ix.compound_terms("this weekend").is_empty());
+        assert!(ix.compound_terms("into the wild").is_empty());
+        // Nothing the index lacks is added.
+        assert!(ix.compound_terms("milk shake and shake milk").is_empty());
     }
 
     #[test]

@@ -30,7 +30,7 @@ use super::sql::{
 use super::{StoreConfig, StoreLocation};
 use crate::crypto::Keyring;
 use crate::error::{Error, Result};
-use crate::text::{Bm25Index, query_terms};
+use crate::text::Bm25Index;
 use crate::types::{ExportedEmbedding, Metric};
 
 /// The database file inside the data directory.
@@ -302,7 +302,7 @@ impl VectorIndex for LocalVectors {
     ) -> Result<Vec<(i64, f64)>> {
         let vectors = self.user_vectors(db, q.user_id, q.revision).await?;
         let user = vectors.read().expect("user vectors");
-        Ok(user.lexical.search(&query_terms(q.text), q.limit, |id| {
+        Ok(user.lexical.search_text(q.text, q.limit, |id| {
             user.docs.get(&id).is_some_and(|m| m.matches(q.filter))
         }))
     }

@@ -31,7 +31,7 @@ use super::cursor::SearchCursor;
 use super::sql::{EmbeddingRow, IndexQuery, ResolvedFilter, SqlStore, TextIndexQuery, VectorIndex};
 use crate::crypto::Keyring;
 use crate::error::{Error, Result};
-use crate::text::{BM25_B, BM25_K1, query_terms};
+use crate::text::{BM25_B, BM25_K1};
 use crate::types::{ExportedEmbedding, Metric};
 
 mod fanout;
@@ -389,7 +389,7 @@ impl VectorIndex for PgVectors {
         {
             let user = self.held_user(db, q.user_id, q.revision, false).await?;
             let user = user.read().expect("held user");
-            return Ok(user.index.search(&query_terms(q.text), q.limit, |id| {
+            return Ok(user.index.search_text(q.text, q.limit, |id| {
                 user.docs.get(&id).is_some_and(|m| m.matches(q.filter))
             }));
         }

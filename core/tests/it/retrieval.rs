@@ -67,6 +67,7 @@ crate::fixtures::both_backends! {
     dates_in_a_memory_count_for_questions_about_then;
     near_identical_memories_merge_on_add;
     memories_stay_true_through_the_engine;
+    compounds_match_as_the_user_writes_them;
 }
 
 async fn modes_find_the_right_memory(t: &TestStore) {
@@ -842,4 +843,59 @@ async fn memories_stay_true_through_the_engine(t: &TestStore) {
     }
     let zero = [("x".to_owned(), 0u64)].into();
     assert!(e.clone().with_tag_ttl(zero).is_err());
+}
+
+/// A query's compound matches the way the user's own memories write it ("ice cream" finds
+/// "icecream", "roadtrip" finds "road trip"), read from that user's text alone.
+async fn compounds_match_as_the_user_writes_them(t: &TestStore) {
+    let e = Engine::new(t.reopen().await, embedder());
+    let turns = |texts: &[&str]| {
+        texts
+            .iter()
+            .map(|c| NewMessage::new("s1", Role::User, *c))
+            .collect::<Vec<_>>()
+    };
+    e.add_messages(
+        "dana",
+        turns(&[
+            "I love it when you make coconut milk icecream, so good!",
+            "The road trip to the coast was long but fun.",
+            "We stopped for snacks on the road, the trip took nine hours.",
+            "My sister moved to Lisbon last spring.",
+        ]),
+    )
+    .await
+    .unwrap();
+    e.add_messages("erin", turns(&["A cream cheese bagel and ice on my knee."]))
+        .await
+        .unwrap();
+    let text = |user: &'static str, query: &'static str| {
+        let e = &e;
+        async move {
+            e.retrieve(
+                user,
+                query,
+                &options(SearchMode::Text, RankingConfig::default()),
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|h| (h.memory.content, h.score))
+            .collect::<Vec<_>>()
+        }
+    };
+    let hits = text("dana", "What ice cream does Nate make?").await;
+    assert!(hits[0].0.contains("icecream"), "{hits:?}");
+    let hits = text("dana", "When was the roadtrip?").await;
+    assert!(hits.len() >= 2, "{hits:?}");
+    assert!(hits[..2].iter().all(|h| h.0.contains("road")), "{hits:?}");
+    // Another user's words make no compound of a user's query, nor change its scores.
+    let before = (text("erin", "ice cream").await, text("erin", "icecream").await);
+    assert_eq!(before.0.len(), 1, "{before:?}");
+    e.add_messages("dana", turns(&["More icecream, icecream all day."]))
+        .await
+        .unwrap();
+    // (Asked in other words than before, so that no cached answer is returned.)
+    let after = (text("erin", "Ice cream!").await, text("erin", "Icecream!").await);
+    assert_eq!(after, before);
 }
