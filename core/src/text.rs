@@ -152,6 +152,120 @@ const STOP_WORDS: &[&str] = &[
     "now",
 ];
 
+/// Past forms of English irregular verbs and their base forms, sorted by the past form.
+/// Snowball stems "won" and "win" apart; a question asks "When did Nate win…?" of a turn
+/// that says "I won…". Forms that are as often another word are left out ("left", "bit",
+/// "rose", "saw", "found", "ground", "lay", "shot", "fell", "lit", "bound", "wound").
+const IRREGULAR_PAST: &[(&str, &str)] = &[
+    ("ate", "eat"),
+    ("awoke", "awake"),
+    ("became", "become"),
+    ("began", "begin"),
+    ("begun", "begin"),
+    ("bitten", "bite"),
+    ("blew", "blow"),
+    ("blown", "blow"),
+    ("bought", "buy"),
+    ("bred", "breed"),
+    ("broke", "break"),
+    ("broken", "break"),
+    ("brought", "bring"),
+    ("built", "build"),
+    ("came", "come"),
+    ("caught", "catch"),
+    ("chose", "choose"),
+    ("chosen", "choose"),
+    ("dealt", "deal"),
+    ("drank", "drink"),
+    ("drawn", "draw"),
+    ("dreamt", "dream"),
+    ("drew", "draw"),
+    ("driven", "drive"),
+    ("drove", "drive"),
+    ("dug", "dig"),
+    ("eaten", "eat"),
+    ("fallen", "fall"),
+    ("felt", "feel"),
+    ("flew", "fly"),
+    ("flown", "fly"),
+    ("forgave", "forgive"),
+    ("forgiven", "forgive"),
+    ("forgot", "forget"),
+    ("forgotten", "forget"),
+    ("fought", "fight"),
+    ("froze", "freeze"),
+    ("frozen", "freeze"),
+    ("gave", "give"),
+    ("given", "give"),
+    ("gone", "go"),
+    ("got", "get"),
+    ("gotten", "get"),
+    ("grew", "grow"),
+    ("grown", "grow"),
+    ("heard", "hear"),
+    ("held", "hold"),
+    ("hid", "hide"),
+    ("hidden", "hide"),
+    ("hung", "hang"),
+    ("kept", "keep"),
+    ("knew", "know"),
+    ("known", "know"),
+    ("learnt", "learn"),
+    ("led", "lead"),
+    ("lost", "lose"),
+    ("made", "make"),
+    ("meant", "mean"),
+    ("met", "meet"),
+    ("overcame", "overcome"),
+    ("paid", "pay"),
+    ("ran", "run"),
+    ("rang", "ring"),
+    ("ridden", "ride"),
+    ("rode", "ride"),
+    ("said", "say"),
+    ("sang", "sing"),
+    ("sat", "sit"),
+    ("seen", "see"),
+    ("sent", "send"),
+    ("shaken", "shake"),
+    ("shook", "shake"),
+    ("slept", "sleep"),
+    ("sold", "sell"),
+    ("spent", "spend"),
+    ("spoke", "speak"),
+    ("spoken", "speak"),
+    ("stole", "steal"),
+    ("stolen", "steal"),
+    ("stood", "stand"),
+    ("struck", "strike"),
+    ("sung", "sing"),
+    ("swam", "swim"),
+    ("taken", "take"),
+    ("taught", "teach"),
+    ("thought", "think"),
+    ("threw", "throw"),
+    ("thrown", "throw"),
+    ("told", "tell"),
+    ("took", "take"),
+    ("understood", "understand"),
+    ("went", "go"),
+    ("woke", "wake"),
+    ("won", "win"),
+    ("wore", "wear"),
+    ("worn", "wear"),
+    ("written", "write"),
+    ("wrote", "write"),
+];
+
+/// The base form of an irregular verb's past form ("won" → "win"), if `word` (lowercase) is
+/// one.
+pub fn irregular_base(word: &str) -> Option<&'static str> {
+    IRREGULAR_PAST
+        .binary_search_by(|(past, _)| (*past).cmp(word))
+        .ok()
+        .map(|i| IRREGULAR_PAST[i].1)
+}
+
 /// The Snowball English stemmer (shared).
 pub(crate) fn stemmer() -> &'static Stemmer {
     static STEMMER: OnceLock<Stemmer> = OnceLock::new();
@@ -179,7 +293,7 @@ pub fn terms(text: &str) -> Vec<String> {
         .filter(|w| !w.is_empty() && w.len() <= MAX_TERM_BYTES)
         .map(str::to_lowercase)
         .filter(|w| !is_stop_word(w))
-        .map(|w| stemmer.stem(&w).into_owned())
+        .map(|w| stemmer.stem(irregular_base(&w).unwrap_or(&w)).into_owned())
         .collect()
 }
 
@@ -620,6 +734,18 @@ mod tests {
             vec!["lili", "3", "climb", "gym"]
         );
         assert!(terms("it is what it is").is_empty());
+        // An irregular verb's past form is its base form's term.
+        assert_eq!(terms("Nate won; he wins"), vec!["nate", "win", "win"]);
+        assert_eq!(terms("We went and got it"), terms("go and get it"));
+        assert_eq!(terms("I left early"), vec!["left", "earli"]);
+    }
+
+    #[test]
+    fn the_irregular_table_is_sorted_and_maps_to_base_forms() {
+        assert!(IRREGULAR_PAST.windows(2).all(|w| w[0].0 < w[1].0));
+        assert!(IRREGULAR_PAST.iter().all(|(past, base)| past != base));
+        assert_eq!(irregular_base("brought"), Some("bring"));
+        assert_eq!(irregular_base("bring"), None);
     }
 
     #[test]

@@ -890,12 +890,18 @@ async fn compounds_match_as_the_user_writes_them(t: &TestStore) {
     assert!(hits.len() >= 2, "{hits:?}");
     assert!(hits[..2].iter().all(|h| h.0.contains("road")), "{hits:?}");
     // Another user's words make no compound of a user's query, nor change its scores.
-    let before = (text("erin", "ice cream").await, text("erin", "icecream").await);
+    let before = (
+        text("erin", "ice cream").await,
+        text("erin", "icecream").await,
+    );
     assert_eq!(before.0.len(), 1, "{before:?}");
     e.add_messages("dana", turns(&["More icecream, icecream all day."]))
         .await
         .unwrap();
     // (Asked in other words than before, so that no cached answer is returned.)
-    let after = (text("erin", "Ice cream!").await, text("erin", "Icecream!").await);
+    let after = (
+        text("erin", "Ice cream!").await,
+        text("erin", "Icecream!").await,
+    );
     assert_eq!(after, before);
 }
