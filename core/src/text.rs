@@ -291,10 +291,26 @@ pub fn terms(text: &str) -> Vec<String> {
     let stemmer = stemmer();
     text.split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty() && w.len() <= MAX_TERM_BYTES)
-        .map(str::to_lowercase)
-        .filter(|w| !is_stop_word(w))
-        .map(|w| stemmer.stem(irregular_base(&w).unwrap_or(&w)).into_owned())
+        .map(|w| (w.to_lowercase(), contracted_not(text, w)))
+        .filter(|(w, _)| !is_stop_word(w))
+        .map(|(w, not)| {
+            let base = if not { None } else { irregular_base(&w) };
+            stemmer.stem(base.unwrap_or(&w)).into_owned()
+        })
         .collect()
+}
+
+/// Whether `word` (a slice of `text`) is followed by "'t" ("won't" is not "won").
+fn contracted_not(text: &str, word: &str) -> bool {
+    let end = word.as_ptr() as usize - text.as_ptr() as usize + word.len();
+    let after = &text[end..];
+    after
+        .strip_prefix('\'')
+        .or_else(|| after.strip_prefix('\u{2019}'))
+        .is_some_and(|t| {
+            t.strip_prefix(['t', 'T'])
+                .is_some_and(|r| !r.starts_with(char::is_alphanumeric))
+        })
 }
 
 /// The distinct terms of a query, in first-seen order.
@@ -738,6 +754,11 @@ mod tests {
         assert_eq!(terms("Nate won; he wins"), vec!["nate", "win", "win"]);
         assert_eq!(terms("We went and got it"), terms("go and get it"));
         assert_eq!(terms("I left early"), vec!["left", "earli"]);
+        assert_eq!(
+            terms("He won't quit; she won\u{2019}t"),
+            vec!["won", "quit", "won"]
+        );
+        assert_eq!(terms("They won 'today'"), vec!["win", "today"]);
     }
 
     #[test]
