@@ -1,13 +1,19 @@
 //! Lexical text processing: the terms a text is indexed and searched by, and an in-memory
 //! BM25 index over one user's memories (the embedded store's full-text side).
 //!
-//! Terms are lowercased runs of letters and digits, English stop words removed, reduced with the
-//! Snowball English stemmer — the same algorithm as Postgres's `english` text search
-//! configuration, so both stores match the same words.
+//! Terms are lowercased runs of letters and digits, English stop words removed, irregular verbs'
+//! past forms taken as their base form, reduced with the Snowball English stemmer (the
+//! algorithm of Postgres's `english` text search configuration); both stores search with this
+//! index by default ([`words`] holds the word lists).
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use rust_stemmers::{Algorithm, Stemmer};
+
+mod words;
+
+pub use words::irregular_base;
+use words::is_stop_word;
 
 /// BM25 term-frequency saturation.
 pub const BM25_K1: f64 = 1.2;
@@ -20,251 +26,6 @@ const MAX_TERM_BYTES: usize = 64;
 
 /// The shortest part of a compound [`Bm25Index::compound_terms`] reads ("ice" in "icecream").
 pub const MIN_COMPOUND_PART: usize = 3;
-
-/// English stop words (Postgres's `english.stop` list, which Snowball's is).
-const STOP_WORDS: &[&str] = &[
-    "i",
-    "me",
-    "my",
-    "myself",
-    "we",
-    "our",
-    "ours",
-    "ourselves",
-    "you",
-    "your",
-    "yours",
-    "yourself",
-    "yourselves",
-    "he",
-    "him",
-    "his",
-    "himself",
-    "she",
-    "her",
-    "hers",
-    "herself",
-    "it",
-    "its",
-    "itself",
-    "they",
-    "them",
-    "their",
-    "theirs",
-    "themselves",
-    "what",
-    "which",
-    "who",
-    "whom",
-    "this",
-    "that",
-    "these",
-    "those",
-    "am",
-    "is",
-    "are",
-    "was",
-    "were",
-    "be",
-    "been",
-    "being",
-    "have",
-    "has",
-    "had",
-    "having",
-    "do",
-    "does",
-    "did",
-    "doing",
-    "a",
-    "an",
-    "the",
-    "and",
-    "but",
-    "if",
-    "or",
-    "because",
-    "as",
-    "until",
-    "while",
-    "of",
-    "at",
-    "by",
-    "for",
-    "with",
-    "about",
-    "against",
-    "between",
-    "into",
-    "through",
-    "during",
-    "before",
-    "after",
-    "above",
-    "below",
-    "to",
-    "from",
-    "up",
-    "down",
-    "in",
-    "out",
-    "on",
-    "off",
-    "over",
-    "under",
-    "again",
-    "further",
-    "then",
-    "once",
-    "here",
-    "there",
-    "when",
-    "where",
-    "why",
-    "how",
-    "all",
-    "any",
-    "both",
-    "each",
-    "few",
-    "more",
-    "most",
-    "other",
-    "some",
-    "such",
-    "no",
-    "nor",
-    "not",
-    "only",
-    "own",
-    "same",
-    "so",
-    "than",
-    "too",
-    "very",
-    "s",
-    "t",
-    "can",
-    "will",
-    "just",
-    "don",
-    "should",
-    "now",
-];
-
-/// Past forms of English irregular verbs and their base forms, sorted by the past form.
-/// Snowball stems "won" and "win" apart; a question asks "When did Nate win…?" of a turn
-/// that says "I won…". Forms that are as often another word are left out ("left", "bit",
-/// "rose", "saw", "found", "ground", "lay", "shot", "fell", "lit", "bound", "wound").
-const IRREGULAR_PAST: &[(&str, &str)] = &[
-    ("ate", "eat"),
-    ("awoke", "awake"),
-    ("became", "become"),
-    ("began", "begin"),
-    ("begun", "begin"),
-    ("bitten", "bite"),
-    ("blew", "blow"),
-    ("blown", "blow"),
-    ("bought", "buy"),
-    ("bred", "breed"),
-    ("broke", "break"),
-    ("broken", "break"),
-    ("brought", "bring"),
-    ("built", "build"),
-    ("came", "come"),
-    ("caught", "catch"),
-    ("chose", "choose"),
-    ("chosen", "choose"),
-    ("dealt", "deal"),
-    ("drank", "drink"),
-    ("drawn", "draw"),
-    ("dreamt", "dream"),
-    ("drew", "draw"),
-    ("driven", "drive"),
-    ("drove", "drive"),
-    ("dug", "dig"),
-    ("eaten", "eat"),
-    ("fallen", "fall"),
-    ("felt", "feel"),
-    ("flew", "fly"),
-    ("flown", "fly"),
-    ("forgave", "forgive"),
-    ("forgiven", "forgive"),
-    ("forgot", "forget"),
-    ("forgotten", "forget"),
-    ("fought", "fight"),
-    ("froze", "freeze"),
-    ("frozen", "freeze"),
-    ("gave", "give"),
-    ("given", "give"),
-    ("gone", "go"),
-    ("got", "get"),
-    ("gotten", "get"),
-    ("grew", "grow"),
-    ("grown", "grow"),
-    ("heard", "hear"),
-    ("held", "hold"),
-    ("hid", "hide"),
-    ("hidden", "hide"),
-    ("hung", "hang"),
-    ("kept", "keep"),
-    ("knew", "know"),
-    ("known", "know"),
-    ("learnt", "learn"),
-    ("led", "lead"),
-    ("lost", "lose"),
-    ("made", "make"),
-    ("meant", "mean"),
-    ("met", "meet"),
-    ("overcame", "overcome"),
-    ("paid", "pay"),
-    ("ran", "run"),
-    ("rang", "ring"),
-    ("ridden", "ride"),
-    ("rode", "ride"),
-    ("said", "say"),
-    ("sang", "sing"),
-    ("sat", "sit"),
-    ("seen", "see"),
-    ("sent", "send"),
-    ("shaken", "shake"),
-    ("shook", "shake"),
-    ("slept", "sleep"),
-    ("sold", "sell"),
-    ("spent", "spend"),
-    ("spoke", "speak"),
-    ("spoken", "speak"),
-    ("stole", "steal"),
-    ("stolen", "steal"),
-    ("stood", "stand"),
-    ("struck", "strike"),
-    ("sung", "sing"),
-    ("swam", "swim"),
-    ("taken", "take"),
-    ("taught", "teach"),
-    ("thought", "think"),
-    ("threw", "throw"),
-    ("thrown", "throw"),
-    ("told", "tell"),
-    ("took", "take"),
-    ("understood", "understand"),
-    ("went", "go"),
-    ("woke", "wake"),
-    ("won", "win"),
-    ("wore", "wear"),
-    ("worn", "wear"),
-    ("written", "write"),
-    ("wrote", "write"),
-];
-
-/// The base form of an irregular verb's past form ("won" → "win"), if `word` (lowercase) is
-/// one.
-pub fn irregular_base(word: &str) -> Option<&'static str> {
-    IRREGULAR_PAST
-        .binary_search_by(|(past, _)| (*past).cmp(word))
-        .ok()
-        .map(|i| IRREGULAR_PAST[i].1)
-}
 
 /// The Snowball English stemmer (shared).
 pub(crate) fn stemmer() -> &'static Stemmer {
@@ -280,10 +41,6 @@ pub(crate) fn lower_words(lower: &str) -> Vec<&str> {
         .map(|w| w.trim_matches('\''))
         .filter(|w| !w.is_empty())
         .collect()
-}
-
-fn is_stop_word(w: &str) -> bool {
-    STOP_WORDS.contains(&w)
 }
 
 /// The index terms of a text, in order, repeats kept.
@@ -759,14 +516,6 @@ mod tests {
             vec!["won", "quit", "won"]
         );
         assert_eq!(terms("They won 'today'"), vec!["win", "today"]);
-    }
-
-    #[test]
-    fn the_irregular_table_is_sorted_and_maps_to_base_forms() {
-        assert!(IRREGULAR_PAST.windows(2).all(|w| w[0].0 < w[1].0));
-        assert!(IRREGULAR_PAST.iter().all(|(past, base)| past != base));
-        assert_eq!(irregular_base("brought"), Some("bring"));
-        assert_eq!(irregular_base("bring"), None);
     }
 
     #[test]
