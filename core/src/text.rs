@@ -45,16 +45,22 @@ pub(crate) fn lower_words(lower: &str) -> Vec<&str> {
 
 /// The index terms of a text, in order, repeats kept.
 pub fn terms(text: &str) -> Vec<String> {
-    let stemmer = stemmer();
     text.split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty() && w.len() <= MAX_TERM_BYTES)
         .map(|w| (w.to_lowercase(), contracted_not(text, w)))
         .filter(|(w, _)| !is_stop_word(w))
-        .map(|(w, not)| {
-            let base = if not { None } else { irregular_base(&w) };
-            stemmer.stem(base.unwrap_or(&w)).into_owned()
-        })
+        .map(|(w, not)| if not { stem(&w) } else { term_of(&w) })
         .collect()
+}
+
+/// The term of one lowercase word that is not a stop word: an irregular verb's past form as
+/// its base form, then stemmed.
+fn term_of(word: &str) -> String {
+    stem(irregular_base(word).unwrap_or(word))
+}
+
+fn stem(word: &str) -> String {
+    stemmer().stem(word).into_owned()
 }
 
 /// Whether `word` (a slice of `text`) is followed by "'t" ("won't" is not "won").
@@ -199,7 +205,6 @@ impl Bm25Index {
     /// words at least as often as the one word). Parts are words of at least
     /// [`MIN_COMPOUND_PART`] letters other than stop words.
     pub fn compound_terms(&self, text: &str) -> Vec<String> {
-        let stemmer = stemmer();
         let lower = text.to_lowercase();
         let words: Vec<&str> = lower
             .split(|c: char| !c.is_alphanumeric())
@@ -219,23 +224,21 @@ impl Bm25Index {
         let mut out = Vec::new();
         for pair in words.windows(2) {
             if part(pair[0]) && part(pair[1]) {
-                let joined = stemmer
-                    .stem(&format!("{}{}", pair[0], pair[1]))
-                    .into_owned();
+                let joined = term_of(&format!("{}{}", pair[0], pair[1]));
                 if postings(&joined).is_some() {
                     out.push(joined);
                 }
             }
         }
         for w in words.iter().filter(|w| part(w)) {
-            let whole = postings(&stemmer.stem(w)).map_or(0, Vec::len);
+            let whole = postings(&term_of(w)).map_or(0, Vec::len);
             let mut best: Option<(usize, String, String)> = None;
             for (i, _) in w.char_indices().skip(MIN_COMPOUND_PART) {
                 let (a, b) = w.split_at(i);
                 if !(part(a) && part(b)) {
                     continue;
                 }
-                let (ta, tb) = (stemmer.stem(a).into_owned(), stemmer.stem(b).into_owned());
+                let (ta, tb) = (term_of(a), term_of(b));
                 let (Some(pa), Some(pb)) = (postings(&ta), postings(&tb)) else {
                     continue;
                 };
