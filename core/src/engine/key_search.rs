@@ -79,6 +79,50 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Of `firsts` (a memory and the score of its first row on a page after the first of a
+    /// paged search), the memories one of whose rows (the memory itself or a key of it that
+    /// passes `filter`, the store search's) scores better against `query`: those rows came
+    /// earlier, so the memory was returned on an earlier page.
+    pub(super) async fn returned_before(
+        &self,
+        user: &str,
+        query: &[f32],
+        firsts: &[(i64, f32)],
+        filter: &Filter,
+    ) -> Result<HashSet<i64>> {
+        // Scores equal to within this are the same row's (the store's arithmetic may differ
+        // from ours in the last bits).
+        const SAME: f32 = 1e-5;
+        let mut out = HashSet::new();
+        let page = self.limits().max_page_size.max(1);
+        for chunk in firsts.chunks(page) {
+            let ids: Vec<i64> = chunk.iter().map(|(id, _)| *id).collect();
+            let keys = self.store.keys_for(user, &ids).await?;
+            let mut rows: Vec<(i64, i64)> = ids.iter().map(|&id| (id, id)).collect();
+            rows.extend(
+                keys.iter()
+                    .filter(|k| filter.matches(k))
+                    .filter_map(|k| Some((k.key_for?, k.id))),
+            );
+            let row_ids: Vec<i64> = rows.iter().map(|(_, r)| *r).collect();
+            let vectors = self
+                .store
+                .vectors(user, self.embedder.model_id(), &row_ids)
+                .await?;
+            let first: HashMap<i64, f32> = chunk.iter().copied().collect();
+            for (memory, row) in rows {
+                if let Some(v) = vectors.get(&row)
+                    && crate::embed::cosine(query, v) > first[&memory] + SAME
+                {
+                    out.insert(memory);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// The filter a store search runs with so that keys are found too: a filter naming kinds
 /// that have keys also admits keys (whose memories are then held to the caller's filter).
 pub(super) fn with_keys(filter: &Filter) -> Cow<'_, Filter> {

@@ -42,39 +42,66 @@ impl Engine {
             .instrument(tracing::info_span!("embed_query"))
             .await?;
         let vector = this.adapt_query(user, vector).await?;
-        let mut page = self
-            .store
-            .search(
-                user,
-                &VectorQuery {
-                    embedding: this.embedding(vector),
-                    top_k: options.top_k,
-                    min_score: options.min_score,
-                    filter: key_search::with_keys(&options.filter).into_owned(),
-                    cursor: options.cursor.clone(),
-                },
-            )
-            .await?;
-        // A key's match is its memory's.
-        let hits = self
-            .resolve_keys(
-                user,
-                page.hits
-                    .drain(..)
-                    .map(|h| (h.memory, (h.score, h.distance)))
-                    .collect(),
-                &options.filter,
-            )
-            .await?;
-        page.hits = hits
-            .into_iter()
-            .map(|(memory, (score, distance))| crate::types::SearchHit {
-                memory,
-                score,
-                distance,
-            })
-            .collect();
-        Ok(page)
+        // A key's match is its memory's, and each memory is returned once, on the page of its
+        // best row: rows are read until the page is full, and on a later page a memory one of
+        // whose rows scores better was returned before.
+        let filter = key_search::with_keys(&options.filter).into_owned();
+        let mut hits: Vec<SearchHit> = Vec::with_capacity(options.top_k);
+        let mut seen = std::collections::HashSet::new();
+        let mut cursor = options.cursor.clone();
+        let next_cursor = loop {
+            let page = self
+                .store
+                .search(
+                    user,
+                    &VectorQuery {
+                        embedding: this.embedding(vector.clone()),
+                        top_k: options.top_k - hits.len(),
+                        min_score: options.min_score,
+                        filter: filter.clone(),
+                        cursor: cursor.clone(),
+                    },
+                )
+                .await?;
+            let found = self
+                .resolve_keys(
+                    user,
+                    page.hits
+                        .into_iter()
+                        .map(|h| (h.memory, (h.score, h.distance)))
+                        .collect(),
+                    &options.filter,
+                )
+                .await?;
+            let found: Vec<_> = found
+                .into_iter()
+                .filter(|(m, _)| seen.insert(m.id))
+                .collect();
+            let earlier = match &options.cursor {
+                Some(_) => {
+                    let firsts: Vec<(i64, f32)> =
+                        found.iter().map(|(m, (s, _))| (m.id, *s)).collect();
+                    this.returned_before(user, &vector, &firsts, &filter)
+                        .await?
+                }
+                None => Default::default(),
+            };
+            hits.extend(
+                found
+                    .into_iter()
+                    .filter(|(m, _)| !earlier.contains(&m.id))
+                    .map(|(memory, (score, distance))| SearchHit {
+                        memory,
+                        score,
+                        distance,
+                    }),
+            );
+            match page.next_cursor {
+                Some(next) if hits.len() < options.top_k => cursor = Some(next),
+                next => break next,
+            }
+        };
+        Ok(SearchPage { hits, next_cursor })
     }
 
     /// The memories that matter for `query`: candidates from the mode's retrievers, fused,

@@ -10,7 +10,7 @@ use recall_core::error::ErrorKind;
 use recall_core::memory_keys::KeyOptions;
 use recall_core::store::{self, StoreConfig};
 use recall_core::types::{Filter, Memory, MemoryKind, NewMessage, Role};
-use recall_core::{Engine, MemoryUpdate};
+use recall_core::{Engine, MemoryUpdate, SearchOptions};
 
 use crate::fixtures::PgDb;
 use crate::memory_keys::{TRIP, ingest_trip, keys_of, minilm, ranking, text_found};
@@ -227,6 +227,112 @@ async fn context_keys(pg: bool) {
     if let Some(db) = db {
         db.drop_db().await;
     }
+}
+
+/// Paged search of a user with keys, on one store: a key's match is its memory's, and every
+/// memory comes once in the walk over all pages, at its best row (its own or a key's), best
+/// first; every page is full but the last, as for a user without keys.
+async fn paged_search_with_keys(pg: bool) {
+    let root = tempfile::tempdir().unwrap();
+    let db = if pg { Some(PgDb::create().await) } else { None };
+    let config = match &db {
+        Some(db) => StoreConfig::postgres(db.url.clone()),
+        None => StoreConfig::embedded(root.path().join("store")),
+    };
+    let engine = Engine::new(store::open(&config).await.unwrap(), minilm());
+    let t = Utc.with_ymd_and_hms(2023, 6, 1, 9, 0, 0).unwrap();
+    let turns = [
+        "Caroline: I booked my flights to Rome for June!",
+        "Melanie: Which museums are you going to see there?",
+        "Caroline: The Vatican museums and the Borghese gallery, I hope.",
+        "Melanie: My kids loved the pottery class last weekend.",
+        "Caroline: Pottery sounds fun, what did they make?",
+        "Melanie: Little bowls, one for every grandparent.",
+        "Caroline: I am training for a half marathon in the autumn.",
+        "Melanie: How far do you run each week?",
+        "Caroline: About thirty kilometres, more on holidays.",
+    ];
+    for user in ["alice", "bob"] {
+        let messages = turns
+            .iter()
+            .enumerate()
+            .map(|(i, text)| NewMessage {
+                created_at: Some(t + chrono::Duration::minutes(i as i64)),
+                ..NewMessage::new("s1", Role::User, *text)
+            })
+            .collect();
+        engine.add_messages(user, messages).await.unwrap();
+    }
+    engine.set_memory_keys("alice", true).await.unwrap();
+    let report = engine
+        .write_memory_keys("alice", &KeyOptions::default(), &mut |_, _, _| {})
+        .await
+        .unwrap();
+    assert_eq!(report.context_keys as usize, turns.len() - 1);
+    let walk = |user: &'static str| {
+        let engine = &engine;
+        async move {
+            let mut pages = Vec::new();
+            let mut cursor = None;
+            loop {
+                let page = engine
+                    .search(
+                        user,
+                        "a trip to see museums in Italy",
+                        &SearchOptions {
+                            top_k: 2,
+                            cursor,
+                            ..SearchOptions::default()
+                        },
+                    )
+                    .await
+                    .unwrap();
+                pages.push(page.hits);
+                match page.next_cursor {
+                    Some(c) => cursor = Some(c),
+                    None => return pages,
+                }
+            }
+        }
+    };
+    for user in ["alice", "bob"] {
+        let pages = walk(user).await;
+        let hits: Vec<_> = pages.iter().flatten().collect();
+        assert!(hits.iter().all(|h| h.memory.kind == MemoryKind::Message));
+        let mut contents: Vec<&str> = hits.iter().map(|h| h.memory.content.as_str()).collect();
+        contents.sort_unstable();
+        let mut all = turns.to_vec();
+        all.sort_unstable();
+        assert_eq!(contents, all, "{user}: every memory once");
+        let n = pages.len();
+        assert!(
+            pages[..n - 1].iter().all(|p| p.len() == 2),
+            "{user}: {pages:?}"
+        );
+        assert!(
+            hits.windows(2).all(|w| w[0].score >= w[1].score),
+            "{user}: best first"
+        );
+    }
+    // Alice's keys find her reply about the museums as well as the turn that asks.
+    let first = &walk("alice").await[0];
+    assert!(
+        first.iter().any(|h| h.memory.content == turns[2]),
+        "{first:?}"
+    );
+    if let Some(db) = db {
+        db.drop_db().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paged_search_with_keys_on_the_embedded_store() {
+    paged_search_with_keys(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paged_search_with_keys_on_postgres() {
+    paged_search_with_keys(true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
