@@ -82,14 +82,19 @@ pub(super) struct EvalArgs {
     /// Answers: questions per category and sample at most (the first ones).
     #[arg(long)]
     answers_per_category: Option<usize>,
-    /// Extra keys: the plain run has keys off; then turn keys on for every sample, write a
-    /// context key for every turn with one before it (`--keys-facts`: and have the chat
-    /// model, `chat.model`, write a fact for every turn; `--keys-sessions`: its session
-    /// window's topic), and evaluate again (reports say `"keys": true`: with the default
-    /// settings, what a new user gets once the key job has run); a summary of the keys
-    /// written follows.
-    #[arg(long)]
+    /// Extra keys, measured with and without: the plain run has keys off; then turn keys on
+    /// for every sample, write a context key for every turn with one before it
+    /// (`--keys-facts`: and have the chat model, `chat.model`, write a fact for every turn;
+    /// `--keys-sessions`: its session window's topic), and evaluate again (reports say
+    /// `"keys": true`); a summary of the keys written follows. Without it (and without
+    /// `--no-keys`) the one run has what a new user gets with the settings
+    /// (`memory_keys.new_users`, on by default): keys written before it, as the key job
+    /// writes them.
+    #[arg(long, conflicts_with = "no_keys")]
     keys: bool,
+    /// Keys off, whatever new users start with (the plain run of `--keys` alone).
+    #[arg(long)]
+    no_keys: bool,
     /// Keys: the fact alone, without the turn's text after it (which keys hold by default,
     /// "K = V + fact").
     #[arg(long)]
@@ -216,7 +221,7 @@ pub(super) async fn run(
     let mut outcome = Ok(());
     for s in samples {
         let user = format!("eval-{run}-{}", s.id);
-        // Keys off for the plain run whatever new users start with (`--keys` turns them on).
+        // Keys off until the key job has run (below); off for the plain run of `--keys`.
         let ingest = async {
             let i = recall_core::eval::ingest_sample(&engine, &user, &s).await?;
             engine.set_memory_keys(&user, false).await?;
@@ -244,6 +249,12 @@ pub(super) async fn run(
             training.push(train);
         }
     }
+    // Default settings: the keys a new user gets, written as the key job writes them.
+    let keyed_plain = !args.keys && !args.no_keys && settings.memory_keys.new_users;
+    let mut keyed = Vec::new();
+    if outcome.is_ok() && keyed_plain {
+        outcome = keys(settings, args, &engine, &ingested, &mut keyed).await;
+    }
     let mut reports = Vec::new();
     if outcome.is_ok() {
         outcome = evaluate_all(&engine, &ingested, &eval, &plans, &mut reports).await;
@@ -259,7 +270,6 @@ pub(super) async fn run(
             }
         }
     }
-    let mut keyed = Vec::new();
     if outcome.is_ok() && args.keys {
         outcome = keys(settings, args, &engine, &ingested, &mut keyed).await;
         if outcome.is_ok() {
@@ -269,6 +279,13 @@ pub(super) async fn run(
                 r["keys"] = json!(true);
             }
         }
+    }
+    if keyed_plain {
+        for r in &mut reports {
+            r["keys"] = json!(true);
+        }
+        // What the keys are is `--keys`'s to tell: default settings print only the reports.
+        keyed.clear();
     }
     if from_questions {
         for r in &mut reports {
@@ -599,8 +616,9 @@ fn print_eval(r: &serde_json::Value, ks: &[usize]) {
     println!();
 }
 
-/// `eval --keys`: keys on for every sample, and a key written for every turn; a summary per
-/// sample.
+/// Keys on for every sample, and a key written for every turn (the `--keys-*` flags say
+/// which; before the one run of default settings, or between the two of `--keys`); a summary
+/// per sample.
 async fn keys(
     settings: &Settings,
     args: &EvalArgs,

@@ -1,4 +1,5 @@
-//! `deep-recall ingest`: a JSON Lines conversation, checked whole, then embedded and stored.
+//! `deep-recall ingest`: a JSON Lines conversation, checked whole, then embedded and stored;
+//! then the user's extra keys written, as the server's key job would write them.
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -19,6 +20,12 @@ pub(super) struct IngestArgs {
     user: String,
     /// The file; `-` reads standard input.
     file: PathBuf,
+    /// Leave the user's extra keys to the server's key job (`memory_keys.check_secs`)
+    /// instead of writing them before returning. Without it, a user whose keys are on (new
+    /// users by default: `memory_keys.new_users`) has the keys that need no chat model
+    /// written now: the next search finds them, with or without a server.
+    #[arg(long)]
+    no_keys: bool,
 }
 
 pub(super) async fn run(
@@ -46,6 +53,11 @@ pub(super) async fn run(
         .add_messages_with_progress(user, messages, &|done| bar.set_position(done as u64))
         .await?;
     bar.finish_and_clear();
+    let keys = if args.no_keys {
+        0
+    } else {
+        write_keys(settings, &engine, user).await?
+    };
     let memories: usize = written.iter().map(|w| w.memory_ids.len()).sum();
     let seconds = started.elapsed().as_secs_f64();
     if json {
@@ -56,13 +68,14 @@ pub(super) async fn run(
                 "messages": written.len(),
                 "sessions": sessions,
                 "memories": memories,
+                "keys": keys,
                 "store": engine.backend(),
                 "seconds": seconds,
             })
         );
     } else {
         println!(
-            "ingested {} messages ({} sessions, {} memories) for user {user} into the {} store in {seconds:.1}s",
+            "ingested {} messages ({} sessions, {} memories, {keys} keys) for user {user} into the {} store in {seconds:.1}s",
             written.len(),
             sessions,
             memories,
@@ -70,4 +83,36 @@ pub(super) async fn run(
         );
     }
     Ok(())
+}
+
+/// Writes the user's extra keys now, when their keys are on: the key job's passes that need
+/// no chat model (context keys, `memory_keys.context`; facts and session keys are the
+/// server's job, which loads the model), until none is left. The keys written.
+async fn write_keys(
+    settings: &Settings,
+    engine: &recall_core::Engine,
+    user: &str,
+) -> recall_core::Result<u64> {
+    let options = settings.memory_keys.options(false);
+    if !options.context || !engine.memory_keys_status(user).await?.enabled {
+        return Ok(0);
+    }
+    let bar = ProgressBar::new(0).with_style(spinner_style());
+    bar.set_message("writing keys");
+    let mut keys = 0;
+    loop {
+        let report = engine
+            .write_memory_keys(user, &options, &mut |done, total, _| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
+            .await?;
+        keys += report.keys;
+        // A run stops at `max_keys`; the next one goes on from its watermark.
+        if report.left == 0 || report.keys == 0 {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(keys)
 }

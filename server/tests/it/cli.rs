@@ -87,6 +87,9 @@ async fn round_trip(backend: Backend) {
     assert_eq!(ingested["messages"], n);
     assert_eq!(ingested["memories"], n);
     assert_eq!(ingested["sessions"], 4);
+    // New users have keys on: a context key for every turn with one before it.
+    let keys = ingested["keys"].as_u64().unwrap() as usize;
+    assert_eq!(keys, n - 4);
 
     let found = ok_json(cli(
         &backend,
@@ -184,7 +187,8 @@ async fn round_trip(backend: Backend) {
     let export = ok_json(cli(&backend, &["export", "--user", "alice"]));
     assert_eq!(export["format"], "deep-recall.export.v1");
     assert_eq!(export["messages"].as_array().unwrap().len(), n);
-    assert_eq!(export["memories"].as_array().unwrap().len(), n);
+    // Keys are exported with the memories they are for.
+    assert_eq!(export["memories"].as_array().unwrap().len(), n + keys);
     assert_eq!(export["sessions"].as_array().unwrap().len(), 4);
     assert!(
         export["memories"][0]["embeddings"][0]
@@ -205,7 +209,7 @@ async fn round_trip(backend: Backend) {
 
     let forgot = ok_json(cli(&backend, &["--json", "forget", "--user", "alice"]));
     assert_eq!(forgot["messages"], n);
-    assert_eq!(forgot["embeddings"], n);
+    assert_eq!(forgot["embeddings"], n + keys);
     let gone = cli(&backend, &["export", "--user", "alice"]);
     assert_eq!(
         gone.status.code(),
@@ -222,6 +226,71 @@ async fn round_trip(backend: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_search_export_forget_embedded() {
     round_trip(Backend::Embedded(tempfile::tempdir().unwrap())).await;
+}
+
+/// `ingest` writes the keys a new user gets (keys on by default) before it returns, so that
+/// the next search reads them with no server running; `--no-keys` leaves them to the
+/// server's job, and new users without keys (`memory_keys.new_users = false`) get none.
+async fn ingest_writes_keys(backend: Backend) {
+    let sample = sample();
+    let path = sample.to_str().unwrap();
+    let ingest = |user: &str, extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec!["--json", "ingest", "--user", user];
+        args.extend_from_slice(extra);
+        args.push(path);
+        ok_json(cli_with(&backend, &args, env))
+    };
+    // A context key for every turn with one before it in its session (4 sessions).
+    assert_eq!(ingest("alice", &[], &[])["keys"], lines(&sample) - 4);
+    assert_eq!(ingest("bob", &["--no-keys"], &[])["keys"], 0);
+    let off = [("DEEP_RECALL__MEMORY_KEYS__NEW_USERS", "false")];
+    assert_eq!(ingest("carol", &[], &off)["keys"], 0);
+    // The reply says neither word; its key holds the turn before it, which says both.
+    let reply = "Exactly, that's the project.";
+    let found = |user: &str| {
+        top_contents(&ok_json(cli(
+            &backend,
+            &[
+                "--json",
+                "search",
+                "--user",
+                user,
+                "--mode",
+                "text",
+                "-k",
+                "10",
+                "Tagus estuary",
+            ],
+        )))
+    };
+    let keyed = found("alice");
+    assert!(keyed.iter().any(|c| c.starts_with(reply)), "{keyed:?}");
+    for user in ["bob", "carol"] {
+        let plain = found(user);
+        assert!(
+            plain.iter().any(|c| c.contains("Tagus estuary")),
+            "{plain:?}"
+        );
+        assert!(!plain.iter().any(|c| c.starts_with(reply)), "{plain:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_writes_keys_embedded() {
+    ingest_writes_keys(Backend::Embedded(tempfile::tempdir().unwrap())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_writes_keys_postgres() {
+    let db = PgDb::create().await;
+    let name = db.name.clone();
+    ingest_writes_keys(Backend::Postgres(db)).await;
+    PgDb {
+        url: String::new(),
+        name,
+    }
+    .drop_db()
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -529,26 +598,15 @@ async fn backup_and_restore_across_stores() {
     let (name, url) = (db.name.clone(), db.url.clone());
     let pg = Backend::Postgres(db);
     let sample = sample();
-    ok_json(cli(
-        &pg,
-        &[
-            "--json",
-            "ingest",
-            "--user",
-            "alice",
-            sample.to_str().unwrap(),
-        ],
-    ));
-    ok_json(cli(
-        &pg,
-        &[
-            "--json",
-            "ingest",
-            "--user",
-            "bob",
-            sample.to_str().unwrap(),
-        ],
-    ));
+    // Each user's memories and their keys (new users have keys on).
+    let mut rows = 0;
+    for user in ["alice", "bob"] {
+        let ingested = ok_json(cli(
+            &pg,
+            &["--json", "ingest", "--user", user, sample.to_str().unwrap()],
+        ));
+        rows += ingested["memories"].as_u64().unwrap() + ingested["keys"].as_u64().unwrap();
+    }
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("all.backup");
     let made = ok_json(cli(
@@ -556,15 +614,16 @@ async fn backup_and_restore_across_stores() {
         &["--json", "backup", "--out", file.to_str().unwrap()],
     ));
     let n = lines(&sample) as u64;
+    assert!(rows > 2 * n, "keys are backed up with the memories");
     assert_eq!(made["users"], 2);
-    assert_eq!(made["memories"], 2 * n);
-    assert_eq!(made["embeddings"], 2 * n);
+    assert_eq!(made["memories"], rows);
+    assert_eq!(made["embeddings"], rows);
     assert_eq!(made["bytes"], std::fs::metadata(&file).unwrap().len());
 
     let laptop = Backend::Embedded(tempfile::tempdir().unwrap());
     let restored = ok_json(cli(&laptop, &["--json", "restore", file.to_str().unwrap()]));
     assert_eq!(restored["users"], 2);
-    assert_eq!(restored["memories"], 2 * n);
+    assert_eq!(restored["memories"], rows);
     let query = [
         "--json",
         "search",
@@ -582,6 +641,16 @@ async fn backup_and_restore_across_stores() {
         let mut v = ok_json(cli(b, &["export", "--user", "alice", "--with-vectors"]));
         v.as_object_mut().unwrap().remove("exported_at");
         v.as_object_mut().unwrap().remove("audit");
+        // The key job's watermarks start over after a restore (ids may shift; the job skips
+        // the memories that have their keys).
+        let user = v["user"].as_object_mut().unwrap();
+        for pass in [
+            "memory_keys_through",
+            "memory_sessions_through",
+            "memory_context_through",
+        ] {
+            user.remove(pass);
+        }
         v
     };
     assert_eq!(
@@ -725,7 +794,7 @@ fn data_key_seals_the_store_and_rotates() {
     };
     let sample = sample();
     let n = lines(&sample) as u64;
-    ok_json(with(
+    let ingested = ok_json(with(
         &[("--encryption-key-file", &a)],
         &[
             "--json",
@@ -774,7 +843,10 @@ fn data_key_seals_the_store_and_rotates() {
         ],
         &["--json", "keys", "rotate"],
     ));
-    assert_eq!(rotated["resealed"], 2 * n, "{rotated}");
+    // Every row: the messages, their memories and the memories' keys.
+    let keys = ingested["keys"].as_u64().unwrap();
+    assert!(keys > 0);
+    assert_eq!(rotated["resealed"], 2 * n + keys, "{rotated}");
     assert_eq!(rotated["retired"], serde_json::json!([id_a]));
     let found = ok_json(with(&[("--encryption-key-file", &b)], &query));
     assert!(top_contents(&found)[0].contains("peanuts"), "{found}");

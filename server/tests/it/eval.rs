@@ -368,3 +368,43 @@ fn eval_skips_malformed_evidence_and_refuses_broken_files() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("list of samples"));
 }
+
+/// Default settings give new users keys: the one run of `eval` has them (written before it,
+/// as the key job writes them), `--no-keys` has them off, and `--keys` reports both, with the
+/// same figures as the two.
+#[test]
+fn eval_measures_what_default_settings_give() {
+    let backend = Backend::Embedded(tempfile::tempdir().unwrap());
+    let data = repo_root().join("eval/data/recall-mini.json");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--json", "eval", data.to_str().unwrap(), "--k", "1,5,10"];
+        args.extend_from_slice(extra);
+        json_lines(cli(&backend, &args))
+    };
+    let default = run(&[]);
+    assert_eq!(
+        default.len(),
+        1,
+        "one report, no key summaries: {default:?}"
+    );
+    assert_eq!(default[0]["keys"], true);
+    let off = run(&["--no-keys"]);
+    assert_eq!(off.len(), 1);
+    assert!(off[0].get("keys").is_none(), "{:?}", off[0]);
+    assert_ne!(
+        default[0]["overall"], off[0]["overall"],
+        "keys rank differently"
+    );
+    let both = run(&["--keys"]);
+    let reports: Vec<&Value> = both.iter().filter(|r| r.get("overall").is_some()).collect();
+    assert_eq!(reports.len(), 2);
+    assert!(both.len() > 2, "a summary of the keys per sample follows");
+    assert_eq!(reports[0]["overall"], off[0]["overall"]);
+    assert_eq!(reports[1]["overall"], default[0]["overall"]);
+
+    let out = cli(
+        &backend,
+        &["eval", data.to_str().unwrap(), "--keys", "--no-keys"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
