@@ -98,13 +98,20 @@ impl Engine {
         let page = self.limits().max_page_size.max(1);
         for chunk in firsts.chunks(page) {
             let ids: Vec<i64> = chunk.iter().map(|(id, _)| *id).collect();
-            let keys = self.store.keys_for(user, &ids).await?;
+            let keys: Vec<(i64, i64)> = self
+                .store
+                .keys_for(user, &ids)
+                .await?
+                .iter()
+                .filter(|k| filter.matches(k))
+                .filter_map(|k| Some((k.key_for?, k.id)))
+                .collect();
+            // Without keys a memory has one row, the one found.
+            if keys.is_empty() {
+                continue;
+            }
             let mut rows: Vec<(i64, i64)> = ids.iter().map(|&id| (id, id)).collect();
-            rows.extend(
-                keys.iter()
-                    .filter(|k| filter.matches(k))
-                    .filter_map(|k| Some((k.key_for?, k.id))),
-            );
+            rows.extend(keys);
             let row_ids: Vec<i64> = rows.iter().map(|(_, r)| *r).collect();
             let vectors = self
                 .store
