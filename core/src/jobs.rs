@@ -226,8 +226,14 @@ pub trait JobQueue: Send + Sync {
     async fn cancel_job(&self, user: &str, id: i64, actor: &Actor) -> Result<Job>;
 
     /// For job runners (any user's job): takes the oldest due job (queued and due, or running
-    /// with an expired lease) and holds it for `lease`.
-    async fn claim_job(&self, worker: &str, lease: Duration) -> Result<Option<Job>>;
+    /// with an expired lease) of one of `kinds` (of any kind when empty) and holds it for
+    /// `lease`.
+    async fn claim_job(
+        &self,
+        worker: &str,
+        lease: Duration,
+        kinds: &[JobKind],
+    ) -> Result<Option<Job>>;
 
     /// For job runners: records the progress of a claimed job (share done, 0 to 1, and what
     /// it is doing) and renews its lease for `lease`. `None` if `worker` no longer holds it.

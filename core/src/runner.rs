@@ -1,6 +1,7 @@
 //! The job runner: claims due background jobs (see [`crate::jobs`]) and runs them through the
 //! engine. Each change of a job is published on the engine's event bus, so `jobProgress`
 //! subscribers see it wherever the job runs.
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +12,9 @@ use tokio::sync::watch;
 use crate::backup::BackupOptions;
 use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, Result};
-use crate::events::Event;
+use crate::events::{Event, MemoryAction, Received};
 use crate::jobs::{Job, JobKind, JobOutcome};
+use crate::memory_keys::{KEYED_KINDS, KeyOptions};
 use crate::types::Actor;
 
 /// Settings of a [`JobRunner`].
@@ -27,6 +29,9 @@ pub struct JobRunnerConfig {
     pub lease: Duration,
     /// Runs after which a job that keeps failing (or keeps losing its runner) is failed.
     pub max_attempts: u32,
+    /// The kinds of job this runner takes (every kind when empty): a process embedding the
+    /// engine runs its users' key jobs, and leaves an operator's backups to the server.
+    pub kinds: Vec<JobKind>,
 }
 
 impl Default for JobRunnerConfig {
@@ -36,6 +41,7 @@ impl Default for JobRunnerConfig {
             poll_interval: Duration::from_secs(1),
             lease: Duration::from_secs(60),
             max_attempts: 3,
+            kinds: Vec::new(),
         }
     }
 }
@@ -94,10 +100,113 @@ impl Drop for JobRunner {
     }
 }
 
+/// Every `every`, queues the key job ([`Engine::queue_memory_keys_job`] with `options`) of
+/// each user with keys on who wrote a memory since the last time (their new memories get
+/// keys): the engine's events (this process's and, over Postgres, other replicas') say who; a
+/// user who wrote nothing costs nothing. The first time, and after missing events (a burst
+/// the watch fell behind on), every user with keys on is queued: writes made while nothing
+/// listened are found then or with the user's next write (a job keys all that lack keys). The
+/// queue keeps one pending per user, so replicas that look at the same time queue it once; a
+/// job with nothing to do ends at once. A [`JobRunner`] runs the jobs. Runs on the current
+/// tokio runtime until the returned task is aborted.
+pub fn schedule_memory_keys(
+    engine: Engine,
+    every: Duration,
+    options: KeyOptions,
+) -> tokio::task::JoinHandle<()> {
+    let mut watch = engine.events().watch_all();
+    let every = every.max(Duration::from_millis(10));
+    tokio::spawn(async move {
+        let mut all = true;
+        let mut wrote = BTreeSet::new();
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                received = watch.next() => match received {
+                    Some(Received::Event(e)) => {
+                        if let Event::Memory(m) = *e
+                            && m.action != MemoryAction::Deleted
+                            && m.kind.is_some_and(|k| KEYED_KINDS.contains(&k))
+                        {
+                            wrote.insert(m.user);
+                        }
+                    }
+                    Some(Received::Lagged(_)) => all = true,
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    let users = if std::mem::take(&mut all) {
+                        wrote.clear();
+                        match engine.memory_keys_users().await {
+                            Ok(users) => users,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "looking for users with keys on failed");
+                                all = true;
+                                continue;
+                            }
+                        }
+                    } else {
+                        std::mem::take(&mut wrote).into_iter().collect()
+                    };
+                    for user in users {
+                        match engine
+                            .queue_memory_keys_job(&user, &options, &Actor("schedule".into()))
+                            .await
+                        {
+                            Ok(job) => tracing::debug!(job = job.id, "key job queued"),
+                            // Keys off for the user, or their job already pending.
+                            Err(e) if e.kind() == ErrorKind::InvalidInput => {}
+                            Err(e) => tracing::warn!(error = %e, "queueing a key job failed"),
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Memory keys in a process that embeds the engine (the Python and Node packages): a
+/// [`JobRunner`] that takes key jobs only (an operator's backups and re-embedding stay with the
+/// server, when one shares the store) and [`schedule_memory_keys`] queueing them every
+/// `every` for the users who wrote, with `options`. Both stop when it is dropped.
+pub struct KeyWriter {
+    _runner: JobRunner,
+    schedule: tokio::task::JoinHandle<()>,
+}
+
+impl KeyWriter {
+    /// Starts both on the current tokio runtime; `worker` names the runner in job leases.
+    pub fn start(engine: Engine, every: Duration, options: KeyOptions, worker: String) -> Self {
+        let schedule = schedule_memory_keys(engine.clone(), every, options);
+        let runner = JobRunner::start(
+            engine,
+            JobRunnerConfig {
+                worker,
+                kinds: vec![JobKind::MemoryKeys],
+                ..Default::default()
+            },
+        );
+        Self {
+            _runner: runner,
+            schedule,
+        }
+    }
+}
+
+impl Drop for KeyWriter {
+    fn drop(&mut self) {
+        self.schedule.abort();
+    }
+}
+
 /// Claims and runs one due job; false when none was due.
 async fn run_one(engine: &Engine, config: &JobRunnerConfig) -> Result<bool> {
     let queue = engine.job_queue();
-    let Some(job) = queue.claim_job(&config.worker, config.lease).await? else {
+    let Some(job) = queue
+        .claim_job(&config.worker, config.lease, &config.kinds)
+        .await?
+    else {
         return Ok(false);
     };
     engine.publish(Event::Job(Box::new(job.clone())));

@@ -2,7 +2,6 @@
 //! a remote OpenAI-compatible provider) from [`Settings`] — through core's `setup`, which the
 //! bindings use too — and the whole server ([`run`]: fan-out, job runner, listener, graceful
 //! shutdown). The command line calls these; so can an embedding program or a test.
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,10 +11,8 @@ use recall_core::chat::ChatPipeline;
 use recall_core::context::SummaryPolicy;
 use recall_core::crypto::{DataKey, Keyring};
 use recall_core::error::{Error, ErrorKind, Result};
-use recall_core::events::{Event, MemoryAction, Received};
 use recall_core::jobs::JobKind;
 use recall_core::llm::{ChatModel, ChatSummarizer, RemoteConfig};
-use recall_core::memory_keys::KEYED_KINDS;
 use recall_core::runner::{JobRunner, JobRunnerConfig};
 use recall_core::setup::{self, ChatOptions, EngineOptions, RemoteEmbedding};
 use recall_core::store::StoreConfig;
@@ -288,69 +285,17 @@ fn retrain_schedule(settings: &Settings, engine: &Engine) -> Option<AbortOnDrop>
 }
 
 /// Every `memory_keys.check_secs`, queues the key job of each user with keys on who wrote a
-/// memory since the last time (their new memories get keys): the engine's events (this
-/// replica's and, over Postgres, the others') say who; a user who wrote nothing costs
-/// nothing. The first time, and after missing events (a burst the watch fell behind on),
-/// every user with keys on is queued: writes made while no server listened are found then
-/// or with the user's next write (a job keys all that lack keys). The queue keeps one pending
-/// per user, so replicas that look at the same time queue it once; a job with nothing to do
-/// ends at once. Without a chat model (`chat`) the jobs write context keys only.
+/// memory since the last time ([`recall_core::runner::schedule_memory_keys`]). Without a chat
+/// model (`chat`) the jobs write context keys only.
 fn keys_schedule(settings: &Settings, engine: &Engine, chat: bool) -> Option<AbortOnDrop> {
-    let k = settings.memory_keys.clone();
-    if k.check_secs == 0 {
-        return None;
-    }
-    let engine = engine.clone();
-    let mut watch = engine.events().watch_all();
-    let every = Duration::from_secs(k.check_secs);
-    Some(AbortOnDrop(tokio::spawn(async move {
-        let mut all = true;
-        let mut wrote = BTreeSet::new();
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                received = watch.next() => match received {
-                    Some(Received::Event(e)) => {
-                        if let Event::Memory(m) = *e
-                            && m.action != MemoryAction::Deleted
-                            && m.kind.is_some_and(|k| KEYED_KINDS.contains(&k))
-                        {
-                            wrote.insert(m.user);
-                        }
-                    }
-                    Some(Received::Lagged(_)) => all = true,
-                    None => return,
-                },
-                _ = tick.tick() => {
-                    let users = if std::mem::take(&mut all) {
-                        wrote.clear();
-                        match engine.memory_keys_users().await {
-                            Ok(users) => users,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "looking for users with keys on failed");
-                                all = true;
-                                continue;
-                            }
-                        }
-                    } else {
-                        std::mem::take(&mut wrote).into_iter().collect()
-                    };
-                    for user in users {
-                        match engine
-                            .queue_memory_keys_job(&user, &k.options(chat), &Actor("schedule".into()))
-                            .await
-                        {
-                            Ok(job) => tracing::debug!(job = job.id, "key job queued"),
-                            // Keys off for the user, or their job already pending.
-                            Err(e) if e.kind() == ErrorKind::InvalidInput => {}
-                            Err(e) => tracing::warn!(error = %e, "queueing a key job failed"),
-                        }
-                    }
-                }
-            }
-        }
-    })))
+    let k = &settings.memory_keys;
+    (k.check_secs > 0).then(|| {
+        AbortOnDrop(recall_core::runner::schedule_memory_keys(
+            engine.clone(),
+            Duration::from_secs(k.check_secs),
+            k.options(chat),
+        ))
+    })
 }
 
 /// With `models.previous_embedding` set, queues the re-embedding job now (the queue keeps one
@@ -423,6 +368,60 @@ fn check_auth(settings: &Settings) -> Result<()> {
     Ok(())
 }
 
+/// The work a process does beside its requests: the job runner (`jobs.run`; named `worker`
+/// in the queue) and the schedules that queue its work — backups, deep memory retraining,
+/// memory keys, the purge of expired memories, and the re-embedding `models.previous_embedding`
+/// asks for. The server starts it, and so does `deep-recall mcp`, which is often the only
+/// process on its store. Dropping it stops the schedules; [`Background::stop`] also lets the
+/// runner finish the step it is on.
+pub struct Background {
+    runner: Option<JobRunner>,
+    _schedules: Vec<AbortOnDrop>,
+}
+
+impl Background {
+    /// Starts the runner and the schedules the settings turn on. With `chat`, jobs that write
+    /// with a chat model (fact keys, deep memory questions) use its model.
+    pub async fn start(
+        settings: &Settings,
+        engine: &Engine,
+        chat: Option<&ChatPipeline>,
+        worker: String,
+    ) -> Result<Self> {
+        let runner = settings.jobs.run.then(|| {
+            JobRunner::start(
+                engine.clone().with_llm(chat.map(|c| c.model().clone())),
+                JobRunnerConfig {
+                    worker,
+                    poll_interval: Duration::from_millis(settings.jobs.poll_ms.max(10)),
+                    lease: Duration::from_secs(settings.jobs.lease_secs.max(1)),
+                    ..Default::default()
+                },
+            )
+        });
+        let schedules = [
+            backup_schedule(settings, engine)?,
+            retrain_schedule(settings, engine),
+            keys_schedule(settings, engine, chat.is_some()),
+            purge_schedule(settings, engine),
+        ];
+        queue_reembed(settings, engine).await;
+        Ok(Self {
+            runner,
+            _schedules: schedules.into_iter().flatten().collect(),
+        })
+    }
+
+    /// Stops the schedules, then the runner (after the step it is on).
+    pub async fn stop(self) {
+        let Self { runner, _schedules } = self;
+        drop(_schedules);
+        if let Some(runner) = runner {
+            runner.stop().await;
+        }
+    }
+}
+
 /// Runs the server until `shutdown` resolves: loads the models (the chat model unless
 /// `with_chat` is false), opens the store, starts the fan-out between replicas and the job
 /// runner, listens on `settings.bind`, tells `on_listen` the address, and serves; streams
@@ -460,28 +459,17 @@ pub async fn run(
     } else {
         None
     };
-    let runner = settings.jobs.run.then(|| {
-        JobRunner::start(
-            engine
-                .clone()
-                .with_llm(chat.as_ref().map(|c| c.model().clone())),
-            JobRunnerConfig {
-                worker: format!(
-                    "{}-{}",
-                    std::env::var("HOSTNAME").unwrap_or_else(|_| addr.to_string()),
-                    std::process::id()
-                ),
-                poll_interval: Duration::from_millis(settings.jobs.poll_ms.max(10)),
-                lease: Duration::from_secs(settings.jobs.lease_secs.max(1)),
-                ..Default::default()
-            },
-        )
-    });
-    let _backups = backup_schedule(&settings, &engine)?;
-    let _retrain = retrain_schedule(&settings, &engine);
-    let _keys = keys_schedule(&settings, &engine, chat.is_some());
-    let _purge = purge_schedule(&settings, &engine);
-    queue_reembed(&settings, &engine).await;
+    let background = Background::start(
+        &settings,
+        &engine,
+        chat.as_ref(),
+        format!(
+            "{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| addr.to_string()),
+            std::process::id()
+        ),
+    )
+    .await?;
     let state = Arc::new(AppState::new(settings, engine, chat)?);
     let _metrics = match state.settings.metrics.bind {
         Some(bind) => Some(serve_metrics(bind, state.clone()).await?),
@@ -502,8 +490,6 @@ pub async fn run(
         }
     }
     .map_err(|e| Error::Internal(format!("server: {e}")));
-    if let Some(runner) = runner {
-        runner.stop().await;
-    }
+    background.stop().await;
     served
 }

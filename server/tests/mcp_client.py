@@ -4,12 +4,17 @@ It prints what it saw as one JSON object; server/tests/it/mcp.rs asserts on it.
 
     mcp_client.py stdio BINARY ARG...          one user: every tool, and bad input
     mcp_client.py http URL TOKEN_A TOKEN_B     two users over HTTP, and no credentials
+    mcp_client.py keys WAIT BINARY ARG...      two turns, then a text search for the first's
+                                               words until the reply (found through its
+                                               memory key) comes back or WAIT seconds pass;
+                                               the server gets this process's environment
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from typing import Any
 
@@ -103,6 +108,39 @@ async def stdio(binary: str, args: list[str]) -> dict[str, Any]:
     return out
 
 
+KEYED_TURN = "We took the ferry across the Tagus estuary to see the old shipyards."
+KEYED_REPLY = "Exactly, that's the project."
+
+
+async def keys(wait: float, binary: str, args: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    params = StdioServerParameters(command=binary, args=args, env=dict(os.environ))
+    async with Client(params) as client:
+        for name, content in (("turn", KEYED_TURN), ("reply", KEYED_REPLY)):
+            out[name] = await call(
+                client,
+                "add_memory",
+                {"content": content, "kind": "message", "session": "harbour"},
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        out["searches"] = 0
+        while True:
+            found = await call(
+                client,
+                "search_memories",
+                {"query": "Tagus estuary shipyards", "mode": "text", "top_k": 5},
+            )
+            out["searches"] += 1
+            hits = (found.get("ok") or {}).get("hits", [])
+            out["found"] = [h["content"] for h in hits]
+            out["reply_found"] = any(c == KEYED_REPLY for c in out["found"])
+            if out["reply_found"] or loop.time() > deadline or "ok" not in found:
+                break
+            await asyncio.sleep(0.25)
+    return out
+
+
 def http_client(token: str | None) -> httpx2.AsyncClient:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(120.0))
@@ -155,6 +193,8 @@ def main() -> None:
     mode = sys.argv[1]
     if mode == "stdio":
         result = asyncio.run(stdio(sys.argv[2], sys.argv[3:]))
+    elif mode == "keys":
+        result = asyncio.run(keys(float(sys.argv[2]), sys.argv[3], sys.argv[4:]))
     elif mode == "http":
         result = asyncio.run(http(sys.argv[2], sys.argv[3], sys.argv[4]))
     else:

@@ -113,6 +113,25 @@ impl Engine {
         }
     }
 
+    /// [`Engine::write_memory_keys`] run after run (each stops at `options.max_keys`) until
+    /// no memory is left without its keys: what an import or a caller that wants the keys now
+    /// asks for. The keys stored.
+    pub async fn write_all_memory_keys(
+        &self,
+        user: &str,
+        options: &KeyOptions,
+        on_progress: &mut (dyn FnMut(u64, u64, u64) + Send),
+    ) -> Result<u64> {
+        let mut keys = 0;
+        loop {
+            let report = self.write_memory_keys(user, options, on_progress).await?;
+            keys += report.keys;
+            if report.left == 0 || report.keys == 0 {
+                return Ok(keys);
+            }
+        }
+    }
+
     /// Has the chat model write the keys the user's memories lack (see
     /// [`crate::memory_keys`]): a fact for each message and fact, and a topic for each window
     /// of a session's new turns; and, with no model, a context key for each turn with one

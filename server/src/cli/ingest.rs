@@ -99,20 +99,12 @@ async fn write_keys(
     }
     let bar = ProgressBar::new(0).with_style(spinner_style());
     bar.set_message("writing keys");
-    let mut keys = 0;
-    loop {
-        let report = engine
-            .write_memory_keys(user, &options, &mut |done, total, _| {
-                bar.set_length(total);
-                bar.set_position(done);
-            })
-            .await?;
-        keys += report.keys;
-        // A run stops at `max_keys`; the next one goes on from its watermark.
-        if report.left == 0 || report.keys == 0 {
-            break;
-        }
-    }
+    let keys = engine
+        .write_all_memory_keys(user, &options, &mut |done, total, _| {
+            bar.set_length(total);
+            bar.set_position(done);
+        })
+        .await?;
     bar.finish_and_clear();
     Ok(keys)
 }

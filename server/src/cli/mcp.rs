@@ -1,5 +1,6 @@
 //! `deep-recall mcp`: the MCP server over standard input and output for one user, as MCP
-//! clients (desktop assistants, agents) start it. Logs go to standard error.
+//! clients (desktop assistants, agents) start it, with the job runner and the schedules a
+//! server runs (memory keys, expiry, retraining). Logs go to standard error.
 use std::sync::Arc;
 
 use clap::Args;
@@ -40,6 +41,15 @@ pub(super) async fn run(mut settings: Settings, args: &McpArgs) -> recall_core::
     }
     let state = Arc::new(startup::state(settings, !args.no_chat).await?);
     state.engine.limits().check_user_id(user)?;
+    // Often the only process on its store: the jobs (memory keys, expiry, retraining) and
+    // their schedules run here too, as under `serve`.
+    let background = startup::Background::start(
+        &state.settings,
+        &state.engine,
+        state.chat.as_ref(),
+        format!("mcp-{}", std::process::id()),
+    )
+    .await?;
     let server = McpServer::for_user(
         state,
         Principal {
@@ -56,9 +66,10 @@ pub(super) async fn run(mut settings: Settings, args: &McpArgs) -> recall_core::
             message: "MCP: the client did not initialise the session".into(),
             source: Some(Box::new(e)),
         })?;
-    running
+    let served = running
         .waiting()
         .await
-        .map_err(|e| Error::Internal(format!("MCP server: {e}")))?;
-    Ok(())
+        .map_err(|e| Error::Internal(format!("MCP server: {e}")));
+    background.stop().await;
+    served.map(|_| ())
 }

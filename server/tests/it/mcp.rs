@@ -1,5 +1,6 @@
 //! The MCP server, driven by the official MCP Python SDK (`server/tests/mcp_client.py`):
-//! `deep-recall mcp` over standard I/O for one user, every tool and bad input; `/mcp` under
+//! `deep-recall mcp` over standard I/O for one user, every tool and bad input, and the memory
+//! keys its job runner writes; `/mcp` under
 //! `serve` over streamable HTTP, with two users who must not see each other, and no token.
 use std::process::Command;
 
@@ -8,13 +9,19 @@ use serde_json::Value;
 
 use super::fixtures::{Server, Store, metrics, python, sample, token};
 
-/// Runs the client script with `args`; its JSON report.
-async fn client(args: Vec<String>, logs: impl Fn() -> String) -> Value {
+/// Runs the client script with `args` and `env` (which `keys` passes on to the server it
+/// starts); its JSON report.
+async fn client(args: Vec<String>, env: &[(&str, &str)], logs: impl Fn() -> String) -> Value {
     let script = repo_root().join("server/tests/mcp_client.py");
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python())
             .arg(script)
             .args(args)
+            .envs(env)
             .output()
             .unwrap()
     })
@@ -65,7 +72,7 @@ async fn stdio_serves_every_tool_for_its_user() {
         "--user".to_owned(),
         "carol".to_owned(),
     ];
-    let r = client(args, String::new).await;
+    let r = client(args, &[], String::new).await;
     assert_eq!(r["server"], "deep-recall", "{r}");
     assert!(r["instructions"].as_str().unwrap().contains("memory"));
 
@@ -143,6 +150,54 @@ async fn stdio_serves_every_tool_for_its_user() {
     assert!(error(&r["add_missing_content"]).contains("content"), "{r}");
 }
 
+/// `mcp` runs the job runner and the key schedule as `serve` does (it is often the only
+/// process on its store): a new user's messages get their memory keys, so a reply that says
+/// none of a text search's words is found through its key (the turn before it, which does);
+/// with keys off for new users it is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn stdio_writes_memory_keys() {
+    for keys_on in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let args: Vec<String> = [
+            "keys",
+            // Seconds to wait for the reply: a key comes within ~2 s here (a check a second).
+            if keys_on { "90" } else { "6" },
+            env!("CARGO_BIN_EXE_deep-recall"),
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--models-dir",
+            models_dir().to_str().unwrap(),
+            "--device",
+            "cpu",
+            "mcp",
+            "--user",
+            "dana",
+            "--no-chat",
+        ]
+        .map(str::to_owned)
+        .into();
+        let env = [
+            ("DEEP_RECALL__MEMORY_KEYS__CHECK_SECS", "1"),
+            ("DEEP_RECALL__JOBS__POLL_MS", "50"),
+            (
+                "DEEP_RECALL__MEMORY_KEYS__NEW_USERS",
+                if keys_on { "true" } else { "false" },
+            ),
+        ];
+        let r = client(args, &env, String::new).await;
+        assert!(r["turn"]["ok"]["id"].is_string(), "{r}");
+        assert!(r["reply"]["ok"]["id"].is_string(), "{r}");
+        let found: Vec<&str> = r["found"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{r}"))
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        assert!(found.iter().any(|c| c.contains("Tagus")), "{r}");
+        assert_eq!(r["reply_found"], keys_on, "keys on: {keys_on}: {r}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn http_serves_each_token_its_own_memory() {
     let store = Store::postgres().await;
@@ -155,6 +210,7 @@ async fn http_serves_each_token_its_own_memory() {
             alice,
             bob,
         ],
+        &[],
         || server.logs(),
     )
     .await;

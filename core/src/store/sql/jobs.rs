@@ -217,8 +217,20 @@ impl JobQueue for SqlJobQueue {
         job_to_api(row)
     }
 
-    async fn claim_job(&self, worker: &str, lease: Duration) -> Result<Option<Job>> {
+    async fn claim_job(
+        &self,
+        worker: &str,
+        lease: Duration,
+        kinds: &[JobKind],
+    ) -> Result<Option<Job>> {
         let t = micros(now());
+        // The kinds' names are constants (`JobKind::as_str`), never input.
+        let of_kinds = if kinds.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<String> = kinds.iter().map(|k| format!("'{}'", k.as_str())).collect();
+            format!(" AND kind IN ({})", names.join(", "))
+        };
         let backend = self.db.get_database_backend();
         // Postgres: replicas claim concurrently; SKIP LOCKED hands each a different job.
         // SQLite: one process, and the write transaction is exclusive.
@@ -232,8 +244,8 @@ impl JobQueue for SqlJobQueue {
             .query_one_raw(stmt(
                 backend,
                 &format!(
-                    "SELECT id FROM jobs WHERE (status = 'queued' AND run_at_us <= $1) \
-                     OR (status = 'running' AND locked_until_us < $1) \
+                    "SELECT id FROM jobs WHERE ((status = 'queued' AND run_at_us <= $1) \
+                     OR (status = 'running' AND locked_until_us < $1)){of_kinds} \
                      ORDER BY run_at_us, id LIMIT 1{lock}"
                 ),
                 vec![t.into()],

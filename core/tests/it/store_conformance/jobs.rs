@@ -4,6 +4,50 @@ use super::*;
 crate::fixtures::both_backends! {
     jobs_lifecycle;
     job_leases;
+    jobs_claimed_by_kind;
+}
+
+/// A runner that names kinds takes only jobs of those kinds, however old the others; one
+/// that names none takes any.
+async fn jobs_claimed_by_kind(t: &TestStore) {
+    let s = t.store().jobs();
+    let lease = std::time::Duration::from_secs(60);
+    let older = s
+        .create_job(
+            "alice",
+            delete_job(Utc::now() - Duration::seconds(2)),
+            &Actor::user("alice"),
+        )
+        .await
+        .unwrap();
+    let keys = s
+        .create_job(
+            "bob",
+            NewJob {
+                kind: JobKind::MemoryKeys,
+                run_at: Utc::now() - Duration::seconds(1),
+                params: serde_json::to_value(recall_core::memory_keys::KeyOptions::default())
+                    .unwrap(),
+            },
+            &Actor::user("bob"),
+        )
+        .await
+        .unwrap();
+    let only_keys = [JobKind::MemoryKeys];
+    let claimed = s.claim_job("w1", lease, &only_keys).await.unwrap().unwrap();
+    assert_eq!((claimed.id, claimed.kind), (keys.id, JobKind::MemoryKeys));
+    assert!(
+        s.claim_job("w1", lease, &only_keys)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let two = [JobKind::Backup, JobKind::DeleteUser];
+    assert_eq!(
+        s.claim_job("w2", lease, &two).await.unwrap().unwrap().id,
+        older.id
+    );
+    assert!(s.claim_job("w3", lease, &[]).await.unwrap().is_none());
 }
 
 async fn jobs_lifecycle(t: &TestStore) {
@@ -66,7 +110,7 @@ async fn jobs_lifecycle(t: &TestStore) {
 
     // Not due: nothing to claim.
     assert!(
-        s.claim_job("w1", std::time::Duration::from_secs(60))
+        s.claim_job("w1", std::time::Duration::from_secs(60), &[])
             .await
             .unwrap()
             .is_none()
@@ -88,7 +132,7 @@ async fn jobs_lifecycle(t: &TestStore) {
         .await
         .unwrap();
     let claimed = s
-        .claim_job("w1", std::time::Duration::from_secs(60))
+        .claim_job("w1", std::time::Duration::from_secs(60), &[])
         .await
         .unwrap()
         .expect("a due job");
@@ -97,7 +141,7 @@ async fn jobs_lifecycle(t: &TestStore) {
     assert_eq!(claimed.attempts, 1);
     assert!(claimed.started_at.is_some());
     assert!(
-        s.claim_job("w2", std::time::Duration::from_secs(60))
+        s.claim_job("w2", std::time::Duration::from_secs(60), &[])
             .await
             .unwrap()
             .is_none(),
@@ -184,14 +228,14 @@ async fn job_leases(t: &TestStore) {
         .await
         .unwrap();
     let first = s
-        .claim_job("w1", std::time::Duration::from_millis(1))
+        .claim_job("w1", std::time::Duration::from_millis(1), &[])
         .await
         .unwrap()
         .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     // The first runner's lease ran out (it died, say): another takes the job over.
     let second = s
-        .claim_job("w2", std::time::Duration::from_secs(60))
+        .claim_job("w2", std::time::Duration::from_secs(60), &[])
         .await
         .unwrap()
         .expect("an expired lease is claimed again");
@@ -233,7 +277,7 @@ async fn job_leases(t: &TestStore) {
         error.len()
     );
     assert!(
-        s.claim_job("w3", std::time::Duration::from_secs(60))
+        s.claim_job("w3", std::time::Duration::from_secs(60), &[])
             .await
             .unwrap()
             .is_none()
