@@ -123,6 +123,18 @@ async function run(call) {
  *   at least this similar (0.95 for near-identical text) instead of storing it again
  * @property {Record<string, number>} [tagTtlSeconds] memories with one of these tags expire
  *   that many seconds after they are stored (`{ scratch: 86400 }`)
+ * @property {boolean} [memoryKeys] new users get memory keys (true by default; see KeyStatus)
+ * @property {number} [memoryKeysCheckSeconds] seconds between looks for users who wrote,
+ *   whose new memories then get their keys in the background (60; 0: only `writeMemoryKeys`)
+ */
+
+/**
+ * Whether a user's memory keys are on, and how many they have. A key is a second way to find
+ * a memory (a turn with the turn before it and the reply that goes on with it, so that a
+ * question about either finds it); searches return the memory, never the key.
+ * @typedef {object} KeyStatus
+ * @property {boolean} enabled
+ * @property {number} keys
  */
 
 /**
@@ -399,6 +411,37 @@ class Memory {
    */
   async forget(user) {
     return JSON.parse(await run(() => this.engine.forget(user)))
+  }
+
+  /**
+   * Whether the user's memory keys are on, and how many they have.
+   * @param {string} user
+   * @returns {Promise<KeyStatus>}
+   */
+  async memoryKeys(user) {
+    return JSON.parse(await run(() => this.engine.memoryKeys(user)))
+  }
+
+  /**
+   * Turns the user's memory keys on (written in the background from then on) or off (their
+   * keys are deleted; memories are untouched).
+   * @param {string} user
+   * @param {boolean} enabled
+   * @returns {Promise<KeyStatus>}
+   */
+  async setMemoryKeys(user, enabled) {
+    return JSON.parse(await run(() => this.engine.setMemoryKeys(user, enabled)))
+  }
+
+  /**
+   * Writes the keys the user's memories lack now, rather than in the background (after an
+   * import, say); resolves to how many were stored. `InvalidInputError` when the user's keys
+   * are off.
+   * @param {string} user
+   * @returns {Promise<number>}
+   */
+  async writeMemoryKeys(user) {
+    return run(() => this.engine.writeMemoryKeys(user))
   }
 
   /**

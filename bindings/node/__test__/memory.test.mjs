@@ -1,6 +1,7 @@
 // The Node package against the embedded store and Postgres (DATABASE_URL), over the models in
 // DEEP_RECALL_MODELS_DIR (scripts/test.sh sets both): isolation, the reference cosine, export
-// and forget, errors with stable codes, streaming chat, and calls in flight together.
+// and forget, errors with stable codes, memory keys, streaming chat, and calls in flight
+// together.
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
 import { mkdtempSync } from 'node:fs'
@@ -22,11 +23,14 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../.
 const modelsDir = process.env.DEEP_RECALL_MODELS_DIR || path.join(root, 'models')
 const tempDir = () => mkdtempSync(path.join(tmpdir(), 'deep-recall-node-'))
 
-const stores = [['embedded', () => Memory.open({ dataDir: tempDir(), modelsDir, device: 'cpu' })]]
+const stores = [
+  ['embedded', (extra = {}) => Memory.open({ dataDir: tempDir(), modelsDir, device: 'cpu', ...extra })],
+]
 if (process.env.DATABASE_URL) {
   stores.push([
     'postgres',
-    () => Memory.open({ databaseUrl: process.env.DATABASE_URL, modelsDir, device: 'cpu' }),
+    (extra = {}) =>
+      Memory.open({ databaseUrl: process.env.DATABASE_URL, modelsDir, device: 'cpu', ...extra }),
   ])
 } else {
   test('postgres', { skip: 'DATABASE_URL is not set (scripts/test.sh starts a Postgres)' })
@@ -164,6 +168,28 @@ for (const [kind, open] of stores) {
       assert.ok(back.includes(paris.id), String(back))
     })
 
+    test('memory keys are written in the background, per user', async () => {
+      const m = await open({ memoryKeysCheckSeconds: 1 })
+      const u = user('keys')
+      const other = user('keys-other')
+      await m.addMessages(u, 'harbour', [
+        { role: 'user', content: TURN },
+        { role: 'assistant', content: REPLY },
+      ])
+      await m.addMessages(other, 'harbour', [{ role: 'user', content: TURN }])
+      // Searchable at once by its own words; by the turn before once its key is written.
+      assert.ok((await m.search(u, 'the project', { mode: 'text' })).some((h) => h.content === REPLY))
+      const deadline = Date.now() + 60_000
+      while (!(await textHits(m, u)).includes(REPLY) && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 200))
+      }
+      assert.deepEqual((await textHits(m, u)).sort(), [TURN, REPLY].sort())
+      assert.deepEqual(await m.memoryKeys(u), { enabled: true, keys: 1 })
+      assert.deepEqual(await textHits(m, other), [TURN], 'keys never cross users')
+      assert.deepEqual(await m.setMemoryKeys(u, false), { enabled: false, keys: 0 })
+      assert.deepEqual(await textHits(m, u), [TURN])
+    })
+
     test('calls run together', async () => {
       const m = await get()
       const u = user('together')
@@ -184,6 +210,45 @@ for (const [kind, open] of stores) {
     })
   })
 }
+
+const TURN = 'We took the ferry across the Tagus estuary to see the old shipyards.'
+const REPLY = "Exactly, that's the project."
+
+/** What a text search for the turn's words finds: the reply says none of them, so it comes
+ * back only through its key (which holds the turn before it). */
+async function textHits(m, user) {
+  return (await m.search(user, 'Tagus estuary shipyards', { mode: 'text' })).map((h) => h.content)
+}
+
+test('memory keys written on demand, and off for new users', async () => {
+  const turns = [
+    { role: 'user', content: TURN },
+    { role: 'assistant', content: REPLY },
+  ]
+  const m = await Memory.open({ dataDir: tempDir(), modelsDir, device: 'cpu', memoryKeysCheckSeconds: 0 })
+  await m.addMessages('ana', 'harbour', turns)
+  assert.deepEqual(await m.memoryKeys('ana'), { enabled: true, keys: 0 })
+  assert.deepEqual(await textHits(m, 'ana'), [TURN])
+  assert.equal(await m.writeMemoryKeys('ana'), 1)
+  assert.ok((await textHits(m, 'ana')).includes(REPLY))
+  assert.equal(await m.writeMemoryKeys('ana'), 0, 'nothing left to key')
+
+  const off = await Memory.open({
+    dataDir: tempDir(),
+    modelsDir,
+    device: 'cpu',
+    memoryKeys: false,
+    memoryKeysCheckSeconds: 1,
+  })
+  await off.addMessages('ben', 'harbour', turns)
+  assert.deepEqual(await off.memoryKeys('ben'), { enabled: false, keys: 0 })
+  await assert.rejects(off.writeMemoryKeys('ben'), InvalidInputError)
+  await new Promise((resolve) => setTimeout(resolve, 2500))
+  assert.deepEqual(await textHits(off, 'ben'), [TURN], 'no background keys while they are off')
+  assert.equal((await off.setMemoryKeys('ben', true)).enabled, true)
+  assert.equal(await off.writeMemoryKeys('ben'), 1)
+  assert.ok((await textHits(off, 'ben')).includes(REPLY))
+})
 
 test('deduplication and tag TTLs are options', async () => {
   const m = await Memory.open({

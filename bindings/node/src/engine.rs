@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use napi_derive::napi;
@@ -11,7 +12,9 @@ use recall_core::context::SummaryPolicy;
 use recall_core::device::DeviceConfig;
 use recall_core::embed::Precision;
 use recall_core::llm::ChatSummarizer;
+use recall_core::memory_keys::KeyOptions;
 use recall_core::retrieval::SearchMode;
+use recall_core::runner::KeyWriter;
 use recall_core::setup::{self, ChatOptions, EngineOptions};
 use recall_core::store::StoreConfig;
 use recall_core::types::{Actor, ExportOptions, Filter, MemoryKind, MetadataCondition, Role};
@@ -39,7 +42,15 @@ struct Options {
     dedupe_similarity: Option<f32>,
     #[serde(default)]
     tag_ttl_seconds: BTreeMap<String, u64>,
+    /// New users get memory keys (on unless false, as under the server).
+    memory_keys: Option<bool>,
+    /// Seconds between looks for users who wrote, whose new memories then get their keys in
+    /// the background (60 unless given; 0: only `writeMemoryKeys` writes them).
+    memory_keys_check_seconds: Option<u64>,
 }
+
+/// Seconds between the background key writer's looks unless the options say otherwise.
+const KEYS_CHECK_SECONDS: u64 = 60;
 
 /// Search options, as the package sends them.
 #[derive(Debug, Default, Deserialize)]
@@ -120,6 +131,8 @@ fn actor() -> Actor {
 /// The engine of one `Memory`.
 #[napi]
 pub struct Engine {
+    /// Writes new memories' keys in the background (stopped when the engine goes).
+    _keys: Option<KeyWriter>,
     engine: CoreEngine,
     chat_options: ChatOptions,
     chat: Mutex<Option<ChatPipeline>>,
@@ -155,10 +168,11 @@ impl Engine {
             .unwrap_or("f32")
             .parse()
             .js()?;
-        let store = match &o.database_url {
+        let mut store = match &o.database_url {
             Some(url) => StoreConfig::postgres(url.clone()),
             None => StoreConfig::embedded(o.data_dir.clone().unwrap_or_else(|| "data".into())),
         };
+        store.memory_keys_for_new_users = o.memory_keys.unwrap_or(true);
         let models_dir = o.models_dir.clone().unwrap_or_else(|| "models".into());
         let remote = match &o.chat_url {
             Some(url) => Some(
@@ -194,7 +208,17 @@ impl Engine {
                 .with_tag_ttl(o.tag_ttl_seconds)
         })
         .js()?;
+        let every = o.memory_keys_check_seconds.unwrap_or(KEYS_CHECK_SECONDS);
+        let keys = (every > 0).then(|| {
+            KeyWriter::start(
+                engine.clone(),
+                Duration::from_secs(every),
+                KeyOptions::default(),
+                format!("node-{}", std::process::id()),
+            )
+        });
         Ok(Engine {
+            _keys: keys,
             engine,
             chat_options,
             chat: Mutex::new(None),
@@ -286,6 +310,31 @@ impl Engine {
     pub async fn forget(&self, user: String) -> napi::Result<String> {
         let report = self.engine.delete_user(&user, &actor()).await.js()?;
         serde_json::to_string(&report).map_err(json_err)
+    }
+
+    /// Whether the user's memory keys are on, and how many they have (JSON).
+    #[napi]
+    pub async fn memory_keys(&self, user: String) -> napi::Result<String> {
+        let status = self.engine.memory_keys_status(&user).await.js()?;
+        serde_json::to_string(&status).map_err(json_err)
+    }
+
+    /// Turns the user's memory keys on or off (off deletes them); the status as JSON.
+    #[napi]
+    pub async fn set_memory_keys(&self, user: String, enabled: bool) -> napi::Result<String> {
+        let status = self.engine.set_memory_keys(&user, enabled).await.js()?;
+        serde_json::to_string(&status).map_err(json_err)
+    }
+
+    /// Writes the keys the user's memories lack now; how many were stored.
+    #[napi]
+    pub async fn write_memory_keys(&self, user: String) -> napi::Result<i64> {
+        let keys = self
+            .engine
+            .write_all_memory_keys(&user, &KeyOptions::default(), &mut |_, _, _| {})
+            .await
+            .js()?;
+        Ok(keys as i64)
     }
 
     /// One whole chat turn (`request` is core's `ChatRequest` as JSON); the result as JSON.

@@ -47,6 +47,24 @@ export type OpenOptions = {
      * that many seconds after they are stored (`{ scratch: 86400 }`)
      */
     tagTtlSeconds?: Record<string, number> | undefined;
+    /**
+     * new users get memory keys (true by default; see KeyStatus)
+     */
+    memoryKeys?: boolean | undefined;
+    /**
+     * seconds between looks for users who wrote,
+     * whose new memories then get their keys in the background (60; 0: only `writeMemoryKeys`)
+     */
+    memoryKeysCheckSeconds?: number | undefined;
+};
+/**
+ * Whether a user's memory keys are on, and how many they have. A key is a second way to find
+ * a memory (a turn with the turn before it and the reply that goes on with it, so that a
+ * question about either finds it); searches return the memory, never the key.
+ */
+export type KeyStatus = {
+    enabled: boolean;
+    keys: number;
 };
 export type Message = {
     role: "user" | "assistant" | "system";
@@ -284,6 +302,28 @@ export class Memory {
      * @returns {Promise<Record<string, any>>}
      */
     forget(user: string): Promise<Record<string, any>>;
+    /**
+     * Whether the user's memory keys are on, and how many they have.
+     * @param {string} user
+     * @returns {Promise<KeyStatus>}
+     */
+    memoryKeys(user: string): Promise<KeyStatus>;
+    /**
+     * Turns the user's memory keys on (written in the background from then on) or off (their
+     * keys are deleted; memories are untouched).
+     * @param {string} user
+     * @param {boolean} enabled
+     * @returns {Promise<KeyStatus>}
+     */
+    setMemoryKeys(user: string, enabled: boolean): Promise<KeyStatus>;
+    /**
+     * Writes the keys the user's memories lack now, rather than in the background (after an
+     * import, say); resolves to how many were stored. `InvalidInputError` when the user's keys
+     * are off.
+     * @param {string} user
+     * @returns {Promise<number>}
+     */
+    writeMemoryKeys(user: string): Promise<number>;
     /**
      * Answers `message` with the user's memory (the chat model loads on first use).
      * @param {string} user

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use pyo3::prelude::*;
 use recall_core::chat::{ChatPipeline, ChatRequest};
@@ -11,7 +12,9 @@ use recall_core::context::SummaryPolicy;
 use recall_core::device::DeviceConfig;
 use recall_core::embed::Precision;
 use recall_core::llm::ChatSummarizer;
+use recall_core::memory_keys::KeyOptions;
 use recall_core::retrieval::SearchMode;
+use recall_core::runner::KeyWriter;
 use recall_core::setup::{self, ChatOptions, EngineOptions};
 use recall_core::store::StoreConfig;
 use recall_core::types::{Actor, ExportOptions, Filter};
@@ -40,7 +43,15 @@ struct Options {
     dedupe_similarity: Option<f32>,
     #[serde(default)]
     tag_ttl_seconds: BTreeMap<String, u64>,
+    /// New users get memory keys (on unless false, as under the server).
+    memory_keys: Option<bool>,
+    /// Seconds between looks for users who wrote, whose new memories then get their keys in
+    /// the background (60 unless given; 0: only `write_memory_keys` writes them).
+    memory_keys_check_seconds: Option<u64>,
 }
+
+/// Seconds between the background key writer's looks unless the options say otherwise.
+const KEYS_CHECK_SECONDS: u64 = 60;
 
 /// A chat request as the package sends it (core's `ChatRequest` in JSON), checked.
 fn chat_request(json: &str) -> PyResult<ChatRequest> {
@@ -57,6 +68,9 @@ fn actor() -> Actor {
 /// The engine of one `Memory`.
 #[pyclass(frozen, module = "deep_recall._native")]
 pub struct Engine {
+    /// Writes new memories' keys in the background; first, so that it stops before the
+    /// runtime it runs on goes.
+    _keys: Option<KeyWriter>,
     runtime: Arc<Runtime>,
     engine: CoreEngine,
     chat_options: ChatOptions,
@@ -101,10 +115,12 @@ impl Engine {
             .unwrap_or("f32")
             .parse()
             .py()?;
-        let store = match &o.database_url {
+        let mut store = match &o.database_url {
             Some(url) => StoreConfig::postgres(url.clone()),
             None => StoreConfig::embedded(o.data_dir.clone().unwrap_or_else(|| "data".into())),
         };
+        store.memory_keys_for_new_users = o.memory_keys.unwrap_or(true);
+        let keys_every = o.memory_keys_check_seconds.unwrap_or(KEYS_CHECK_SECONDS);
         let models_dir = o.models_dir.clone().unwrap_or_else(|| "models".into());
         let remote = match &o.chat_url {
             Some(url) => Some(
@@ -145,11 +161,21 @@ impl Engine {
                         .with_tag_ttl(o.tag_ttl_seconds)
                 })
                 .py()?;
+            let keys = (keys_every > 0).then(|| {
+                let _in = runtime.enter();
+                KeyWriter::start(
+                    engine.clone(),
+                    Duration::from_secs(keys_every),
+                    KeyOptions::default(),
+                    format!("python-{}", std::process::id()),
+                )
+            });
             Ok(Self {
                 runtime: Arc::new(runtime),
                 engine,
                 chat_options,
                 chat: Mutex::new(None),
+                _keys: keys,
             })
         })
     }
@@ -264,6 +290,41 @@ impl Engine {
                 .block_on(self.engine.delete_user(user, &actor()))
                 .py()?;
             serde_json::to_string(&report).map_err(json_err)
+        })
+    }
+
+    /// Whether the user's memory keys are on, and how many they have (JSON).
+    fn memory_keys(&self, py: Python<'_>, user: &str) -> PyResult<String> {
+        py.detach(|| {
+            let status = self
+                .runtime
+                .block_on(self.engine.memory_keys_status(user))
+                .py()?;
+            serde_json::to_string(&status).map_err(json_err)
+        })
+    }
+
+    /// Turns the user's memory keys on or off (off deletes them); the status as JSON.
+    fn set_memory_keys(&self, py: Python<'_>, user: &str, enabled: bool) -> PyResult<String> {
+        py.detach(|| {
+            let status = self
+                .runtime
+                .block_on(self.engine.set_memory_keys(user, enabled))
+                .py()?;
+            serde_json::to_string(&status).map_err(json_err)
+        })
+    }
+
+    /// Writes the keys the user's memories lack now; how many were stored.
+    fn write_memory_keys(&self, py: Python<'_>, user: &str) -> PyResult<u64> {
+        py.detach(|| {
+            self.runtime
+                .block_on(self.engine.write_all_memory_keys(
+                    user,
+                    &KeyOptions::default(),
+                    &mut |_, _, _| {},
+                ))
+                .py()
         })
     }
 

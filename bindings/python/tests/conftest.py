@@ -22,9 +22,10 @@ def models_dir() -> str:
 class Store:
     """A memory and a prefix that makes its user ids unique to this test."""
 
-    def __init__(self, memory: Memory, kind: str) -> None:
+    def __init__(self, memory: Memory, kind: str, url: str | None = None) -> None:
         self.memory = memory
         self.kind = kind
+        self.memory_url = url
         self.prefix = f"py-{uuid.uuid4().hex[:8]}-"
         self.users: list[str] = []
 
@@ -36,6 +37,7 @@ class Store:
 
 @pytest.fixture(params=["embedded", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    url = None
     if request.param == "embedded":
         memory = Memory(
             data_dir=str(tmp_path / "data"), models_dir=models_dir(), device="cpu"
@@ -45,7 +47,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         if not url:
             pytest.skip("DATABASE_URL is not set (scripts/test.sh starts a Postgres)")
         memory = Memory(database_url=url, models_dir=models_dir(), device="cpu")
-    s = Store(memory, request.param)
+    s = Store(memory, request.param, url)
     yield s
     for u in s.users:
         memory.forget(u)

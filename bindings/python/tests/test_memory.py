@@ -16,6 +16,7 @@ from deep_recall import (
     DeepRecallError,
     Hit,
     InvalidInput,
+    KeyStatus,
     Memory,
     ModelError,
     NotFound,
@@ -318,3 +319,88 @@ def test_deduplication_and_tag_ttl_are_options(tmp_path: object) -> None:
     for bad in [{"dedupe_similarity": 1.5}, {"tag_ttl_seconds": {"x": 0}}]:
         with pytest.raises(InvalidInput):
             Memory(data_dir=data + "2", models_dir=models_dir(), device="cpu", **bad)  # type: ignore[arg-type]
+
+
+TURN = "We took the ferry across the Tagus estuary to see the old shipyards."
+REPLY = "Exactly, that's the project."
+
+
+def text_hits(m: Memory, user: str) -> list[str]:
+    """What a text search for the turn's words finds: the reply says none of them, so it
+    comes back only through its key (which holds the turn before it)."""
+    return [h.content for h in m.search(user, "Tagus estuary shipyards", mode="text")]
+
+
+def test_memory_keys_are_written_in_the_background(
+    store: Store, tmp_path: object
+) -> None:
+    if store.kind == "embedded":
+        m = Memory(
+            data_dir=str(tmp_path) + "/keys",
+            models_dir=models_dir(),
+            device="cpu",
+            memory_keys_check_seconds=1,
+        )
+    else:
+        m = Memory(
+            database_url=store.memory_url,
+            models_dir=models_dir(),
+            device="cpu",
+            memory_keys_check_seconds=1,
+        )
+    u, other = store.user("keys"), store.user("other")
+    m.add_messages(
+        u,
+        "harbour",
+        [{"role": "user", "content": TURN}, {"role": "assistant", "content": REPLY}],
+    )
+    m.add_messages(other, "harbour", [{"role": "user", "content": TURN}])
+    # Searchable at once by its own words; by the turn before once its key is written.
+    assert REPLY in [h.content for h in m.search(u, "the project", mode="text")]
+    deadline = time.monotonic() + 60
+    while REPLY not in text_hits(m, u) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert sorted(text_hits(m, u)) == sorted([TURN, REPLY])
+    status = m.memory_keys(u)
+    assert status == KeyStatus(enabled=True, keys=1)
+    # Keys never cross users: the other user's search finds their own turn only.
+    assert text_hits(m, other) == [TURN]
+
+    assert m.set_memory_keys(u, False) == KeyStatus(enabled=False, keys=0)
+    assert text_hits(m, u) == [TURN]
+    m.forget(u)
+    m.forget(other)
+
+
+def test_memory_keys_written_on_demand_and_off_for_new_users(tmp_path: object) -> None:
+    m = Memory(
+        data_dir=str(tmp_path) + "/now",
+        models_dir=models_dir(),
+        device="cpu",
+        memory_keys_check_seconds=0,
+    )
+    turns = [{"role": "user", "content": TURN}, {"role": "assistant", "content": REPLY}]
+    m.add_messages("ana", "harbour", turns)
+    assert m.memory_keys("ana") == KeyStatus(enabled=True, keys=0)
+    assert text_hits(m, "ana") == [TURN]
+    assert m.write_memory_keys("ana") == 1
+    assert REPLY in text_hits(m, "ana")
+    assert m.write_memory_keys("ana") == 0, "nothing left to key"
+    assert asyncio.run(AsyncMemory.of(m).memory_keys("ana")).keys == 1
+
+    off = Memory(
+        data_dir=str(tmp_path) + "/off",
+        models_dir=models_dir(),
+        device="cpu",
+        memory_keys=False,
+        memory_keys_check_seconds=1,
+    )
+    off.add_messages("ben", "harbour", turns)
+    assert off.memory_keys("ben") == KeyStatus(enabled=False, keys=0)
+    with pytest.raises(InvalidInput):
+        off.write_memory_keys("ben")
+    time.sleep(2.5)
+    assert text_hits(off, "ben") == [TURN], "no background keys while they are off"
+    assert off.set_memory_keys("ben", True).enabled
+    assert off.write_memory_keys("ben") == 1
+    assert REPLY in text_hits(off, "ben")

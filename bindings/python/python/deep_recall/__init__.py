@@ -38,6 +38,7 @@ __all__ = [
     "DeepRecallError",
     "Hit",
     "InvalidInput",
+    "KeyStatus",
     "Memory",
     "ModelError",
     "NotFound",
@@ -125,6 +126,16 @@ Filter = Mapping[str, Any]
 "as_of"?: time, "include_superseded"?: bool, "metadata"?: [{"key": "priority", "op": "gte",
 "value": 2}]}`` (times as RFC 3339 strings or aware datetimes; ops: eq, ne, in, gt, gte, lt,
 lte, contains, exists)."""
+
+
+@dataclass(frozen=True)
+class KeyStatus:
+    """Whether a user's memory keys are on, and how many they have. A key is a second way to
+    find a memory (a turn with the turn before it and the reply that goes on with it, so
+    that a question about either finds it); searches return the memory, never the key."""
+
+    enabled: bool
+    keys: int
 
 
 @dataclass(frozen=True)
@@ -225,7 +236,13 @@ class Memory:
         chat_api_key: str | None = None,
         dedupe_similarity: float | None = None,
         tag_ttl_seconds: Mapping[str, int] | None = None,
+        memory_keys: bool = True,
+        memory_keys_check_seconds: int = 60,
     ) -> None:
+        """Opens the store and loads the embedding model. ``memory_keys``: new users get memory
+        keys (see :class:`KeyStatus`), written in the background every
+        ``memory_keys_check_seconds`` for the users who wrote (0: only
+        :meth:`write_memory_keys` writes them)."""
         options = {
             "data_dir": data_dir,
             "database_url": database_url,
@@ -238,6 +255,8 @@ class Memory:
             "chat_api_key": chat_api_key,
             "dedupe_similarity": dedupe_similarity,
             "tag_ttl_seconds": dict(tag_ttl_seconds or {}),
+            "memory_keys": memory_keys,
+            "memory_keys_check_seconds": memory_keys_check_seconds,
         }
         self._engine = _native.Engine(json.dumps(options))
 
@@ -316,6 +335,21 @@ class Memory:
         """Deletes everything stored about the user; returns what was deleted."""
         report: dict[str, Any] = json.loads(self._engine.forget(user))
         return report
+
+    def memory_keys(self, user: str) -> KeyStatus:
+        """Whether the user's memory keys are on, and how many they have."""
+        return KeyStatus(**json.loads(self._engine.memory_keys(user)))
+
+    def set_memory_keys(self, user: str, enabled: bool) -> KeyStatus:
+        """Turns the user's memory keys on (written in the background from then on) or off
+        (their keys are deleted; memories are untouched)."""
+        return KeyStatus(**json.loads(self._engine.set_memory_keys(user, enabled)))
+
+    def write_memory_keys(self, user: str) -> int:
+        """Writes the keys the user's memories lack now, rather than in the background (after
+        an import, say); returns how many were stored. ``InvalidInput`` when the user's keys
+        are off."""
+        return self._engine.write_memory_keys(user)
 
     def chat(
         self,
@@ -425,6 +459,15 @@ class AsyncMemory:
 
     async def forget(self, user: str) -> dict[str, Any]:
         return await self._run(self._memory.forget, user)
+
+    async def memory_keys(self, user: str) -> KeyStatus:
+        return await self._run(self._memory.memory_keys, user)
+
+    async def set_memory_keys(self, user: str, enabled: bool) -> KeyStatus:
+        return await self._run(self._memory.set_memory_keys, user, enabled)
+
+    async def write_memory_keys(self, user: str) -> int:
+        return await self._run(self._memory.write_memory_keys, user)
 
     async def chat(
         self,
