@@ -321,8 +321,8 @@ impl Engine {
     }
 }
 
-/// The longest time to live of a memory: 100 years.
-pub const MAX_TTL_SECONDS: u64 = 100 * 365 * 86_400;
+pub use crate::limits::MAX_TTL_SECONDS;
+use crate::limits::check_ttl;
 
 /// Checks a deduplication threshold for [`Engine::with_dedupe`]: a similarity in (0, 1].
 pub fn check_dedupe_similarity(similarity: f32) -> Result<()> {
@@ -330,15 +330,6 @@ pub fn check_dedupe_similarity(similarity: f32) -> Result<()> {
         return Err(crate::error::Error::invalid(format!(
             "dedupe_similarity {similarity}: a similarity in (0, 1], {DEDUPE_SIMILARITY} for \
              near-identical text"
-        )));
-    }
-    Ok(())
-}
-
-fn check_ttl(secs: u64) -> Result<()> {
-    if secs == 0 || secs > MAX_TTL_SECONDS {
-        return Err(crate::error::Error::invalid(format!(
-            "a time to live is 1 to {MAX_TTL_SECONDS} seconds, not {secs}"
         )));
     }
     Ok(())

@@ -1,5 +1,6 @@
 //! Explicit input limits, checked by the store before anything is written, so that every front
 //! door (CLI, GraphQL, bindings) refuses the same inputs with the same messages.
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -13,6 +14,34 @@ pub const MAX_METADATA_CONDITIONS: usize = 16;
 /// checked in process, on the opened metadata; sealed rows cannot be tested in SQL). A filter
 /// that passes fewer than `top_k` of them returns what passed.
 pub const MAX_METADATA_SCAN: usize = 20_000;
+
+/// The longest time to live of a memory: 100 years.
+pub const MAX_TTL_SECONDS: u64 = 100 * 365 * 86_400;
+
+/// Checks a time to live in seconds: 1 to [`MAX_TTL_SECONDS`].
+pub fn check_ttl(secs: u64) -> Result<()> {
+    if secs == 0 || secs > MAX_TTL_SECONDS {
+        return Err(Error::invalid(format!(
+            "a time to live is 1 to {MAX_TTL_SECONDS} seconds, not {secs}"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a memory's expiry given as a time: after `now`, at most [`MAX_TTL_SECONDS`] away.
+pub fn check_expires_at(now: DateTime<Utc>, at: DateTime<Utc>) -> Result<()> {
+    if at <= now {
+        return Err(Error::invalid(format!(
+            "expires_at {at} is not in the future (delete the memory instead)"
+        )));
+    }
+    if at > now + chrono::Duration::seconds(MAX_TTL_SECONDS as i64) {
+        return Err(Error::invalid(format!(
+            "expires_at {at} is more than {MAX_TTL_SECONDS} seconds away"
+        )));
+    }
+    Ok(())
+}
 
 /// Size limits on stored data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

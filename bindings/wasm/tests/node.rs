@@ -61,7 +61,7 @@ fn the_reference_cosine_and_users_kept_apart() {
     let mut index = MemoryIndex::new();
     let t = 1_709_280_000_000.0;
     index
-        .add("alice", 1.0, "A man is eating food.", a.clone(), t)
+        .add("alice", 1.0, "A man is eating food.", a.clone(), t, None)
         .unwrap();
     index
         .add(
@@ -70,29 +70,44 @@ fn the_reference_cosine_and_users_kept_apart() {
             "A man is eating a piece of bread.",
             b.clone(),
             t,
+            None,
         )
         .unwrap();
     for mode in ["vector", "text", "hybrid"] {
         let hits = index
-            .search("alice", "eating bread", b.clone(), 5, Some(mode.into()))
+            .search(
+                "alice",
+                "eating bread",
+                b.clone(),
+                5,
+                Some(mode.into()),
+                None,
+            )
             .unwrap();
         assert_eq!(hits.length(), 1, "{mode}: only Alice's memory");
         assert_eq!(get(&hits.get(0), "id").as_f64(), Some(1.0), "{mode}");
     }
     let hits = index
-        .search("alice", "eating bread", b.clone(), 5, Some("vector".into()))
+        .search(
+            "alice",
+            "eating bread",
+            b.clone(),
+            5,
+            Some("vector".into()),
+            None,
+        )
         .unwrap();
     let score = get(&hits.get(0), "score").as_f64().unwrap() as f32;
     assert!((score - c).abs() < 1e-5, "{score} vs {c}");
     // Bad input is an Error with a stable code.
     let err = index
-        .search("alice", "x", b.clone(), 5, Some("fuzzy".into()))
+        .search("alice", "x", b.clone(), 5, Some("fuzzy".into()), None)
         .unwrap_err();
     assert_eq!(
         get(&err, "code").as_string().as_deref(),
         Some("INVALID_INPUT")
     );
-    let err = index.add("alice", 3.0, "", a.clone(), t).unwrap_err();
+    let err = index.add("alice", 3.0, "", a.clone(), t, None).unwrap_err();
     assert_eq!(
         get(&err, "code").as_string().as_deref(),
         Some("INVALID_INPUT")
@@ -102,7 +117,14 @@ fn the_reference_cosine_and_users_kept_apart() {
     assert_eq!(back.count("alice"), 1);
     assert_eq!(back.count("bob"), 1);
     let again = back
-        .search("alice", "eating bread", b.clone(), 5, Some("hybrid".into()))
+        .search(
+            "alice",
+            "eating bread",
+            b.clone(),
+            5,
+            Some("hybrid".into()),
+            None,
+        )
         .unwrap();
     assert_eq!(get(&again.get(0), "id").as_f64(), Some(1.0));
     assert!(MemoryIndex::from_bytes(b"not an index").is_err());
@@ -122,7 +144,7 @@ fn the_shared_vectors_rank_as_the_native_core() {
         let text = m["content"].as_str().unwrap();
         let ts = js_sys::Date::parse(m["ts"].as_str().unwrap());
         index
-            .add("vectors", i as f64, text, e.embed(text).unwrap(), ts)
+            .add("vectors", i as f64, text, e.embed(text).unwrap(), ts, None)
             .unwrap();
     }
     for case in file["queries"].as_array().unwrap() {
@@ -135,6 +157,7 @@ fn the_shared_vectors_rank_as_the_native_core() {
                 e.embed(query).unwrap(),
                 case["top_k"].as_u64().unwrap() as usize,
                 Some(mode.into()),
+                None,
             )
             .unwrap();
         let expected = case["expected"].as_array().unwrap();

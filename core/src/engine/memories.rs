@@ -492,13 +492,10 @@ impl Engine {
             (Some(_), Some(_)) => Err(Error::invalid(
                 "give a memory `expires_at` or `ttl_seconds`, not both",
             )),
-            (Some(t), None) if t <= now => Err(Error::invalid(format!(
-                "expires_at {t} is not in the future (delete the memory instead)"
-            ))),
-            (Some(t), None) if t > after(MAX_TTL_SECONDS) => Err(Error::invalid(format!(
-                "expires_at {t} is more than {MAX_TTL_SECONDS} seconds away"
-            ))),
-            (Some(t), None) => Ok(Some(t)),
+            (Some(t), None) => {
+                crate::limits::check_expires_at(now, t)?;
+                Ok(Some(t))
+            }
             (None, Some(secs)) => {
                 check_ttl(secs)?;
                 Ok(Some(after(secs)))

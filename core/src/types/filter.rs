@@ -265,6 +265,11 @@ impl Filter {
     /// Whether a memory passes the filter (the rule the stores apply in SQL, for memories
     /// reached another way, such as a hit's neighbours).
     pub fn matches(&self, m: &Memory) -> bool {
+        self.matches_at(m, Utc::now())
+    }
+
+    /// [`Filter::matches`] with "now" given (for expiry when the filter names no time).
+    pub fn matches_at(&self, m: &Memory, now: DateTime<Utc>) -> bool {
         self.session
             .as_ref()
             .is_none_or(|s| m.session.as_ref() == Some(s))
@@ -273,7 +278,7 @@ impl Filter {
             && self.tags.iter().all(|t| m.tags.contains(t))
             && self.since.is_none_or(|t| m.created_at >= t)
             && self.until.is_none_or(|t| m.created_at < t)
-            && self.valid(m)
+            && self.valid_at(m, now)
             && self.metadata.iter().all(|c| c.matches(&m.metadata))
     }
 
@@ -282,10 +287,15 @@ impl Filter {
     /// and neither superseded nor expired by then. `include_superseded` lifts the rule on
     /// replacement, never the one on expiry.
     pub fn valid(&self, m: &Memory) -> bool {
+        self.valid_at(m, Utc::now())
+    }
+
+    /// [`Filter::valid`] with "now" given.
+    pub fn valid_at(&self, m: &Memory, now: DateTime<Utc>) -> bool {
         match self.as_of {
             None => {
                 (self.include_superseded || m.superseded_at.is_none())
-                    && m.expires_at.is_none_or(|e| e > Utc::now())
+                    && m.expires_at.is_none_or(|e| e > now)
             }
             Some(t) => {
                 m.created_at <= t
