@@ -12,7 +12,9 @@ use wasm_bindgen::prelude::*;
 use crate::error::{IntoJs, to_js};
 
 fn time(ms: f64) -> Result<DateTime<Utc>, JsValue> {
-    DateTime::from_timestamp_millis(ms as i64)
+    Some(ms)
+        .filter(|ms| ms.is_finite())
+        .and_then(|ms| DateTime::from_timestamp_millis(ms as i64))
         .ok_or_else(|| to_js(CoreError::invalid(format!("time {ms} ms is out of range"))))
 }
 

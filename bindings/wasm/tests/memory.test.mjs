@@ -92,6 +92,7 @@ test('a filter narrows a search: session, tags, metadata operators, times', () =
   assert.equal(code(search({ sesion: 'trip' })), 'INVALID_INPUT', 'a misspelt field')
   assert.equal(code(() => index.add('ana', 5, 'x', v, now, { metadata: [1, 2] })), 'INVALID_INPUT')
   assert.equal(code(() => index.add('ana', 5.5, 'x', v, now)), 'INVALID_INPUT')
+  assert.equal(code(() => index.add('ana', 5, 'x', v, NaN)), 'INVALID_INPUT')
   assert.equal(index.count('ana'), 3)
 })
 
