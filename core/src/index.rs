@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::embed::cosine;
 use crate::emotion::LexiconDetector;
 use crate::error::{Error, Result};
-use crate::limits::Limits;
+use crate::limits::{Limits, MAX_HISTORY};
 use crate::retrieval::{self, RetrieveOptions, SearchMode};
 use crate::text::Bm25Index;
 use crate::types::{Memory, MemoryKind, Retrieved, Role};
@@ -24,10 +24,6 @@ use crate::types::{Memory, MemoryKind, Retrieved, Role};
 /// The saved form's version (memories saved before sessions, tags, metadata, expiry and
 /// supersedes could be given read the same: they had none).
 const FORMAT: u32 = 1;
-
-/// Longest supersede history [`MemoryIndex::history`] reads on each side of a memory (the
-/// engine's limit).
-const MAX_HISTORY: usize = 100;
 
 /// What a memory of the index carries besides its text, vector and time; all optional.
 #[derive(Debug, Clone, Default, PartialEq)]

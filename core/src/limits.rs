@@ -15,6 +15,10 @@ pub const MAX_METADATA_CONDITIONS: usize = 16;
 /// that passes fewer than `top_k` of them returns what passed.
 pub const MAX_METADATA_SCAN: usize = 20_000;
 
+/// Longest supersede history a memory's history reads on each side of it
+/// (`Engine::memory_history`, `index::MemoryIndex::history`).
+pub const MAX_HISTORY: usize = 1000;
+
 /// The longest time to live of a memory: 100 years.
 pub const MAX_TTL_SECONDS: u64 = 100 * 365 * 86_400;
 

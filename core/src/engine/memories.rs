@@ -18,8 +18,7 @@ const PIPELINE_BATCH: usize = 32;
 /// requests queued behind it, so that the embedder goes on while a batch is written.
 const PIPELINE_DEPTH: usize = 3;
 
-/// Longest supersede history [`Engine::memory_history`] reads on each side of a memory.
-pub const MAX_HISTORY: usize = 1000;
+pub use crate::limits::MAX_HISTORY;
 
 impl Engine {
     /// Stores messages, each also as a searchable memory, in one transaction. The store checks
