@@ -46,11 +46,13 @@ step "deployment files (deploy/: hadolint, promtool, kustomize + kubernetes-vali
 DEEP_RECALL_BIN="$target/debug/deep-recall" scripts/check-deploy.sh
 
 step "python package (bindings/python: pip install, pytest)"
-# The same `pip install ./bindings/python` a user runs, built with the dev profile so that it
-# shares this build's compiled dependencies (a user's install builds the release profile), with
-# the venv's maturin (its backend runs `maturin` from PATH).
+# The same `pip install ./bindings/python` a user runs, built with the dev profile and the
+# workspace's dependency features (bindings/workspace-features) so that it shares this build's
+# compiled dependencies (a user's install builds the release profile without them), with the
+# venv's maturin (its backend runs `maturin` from PATH).
 venv_bin="$(dirname "$DEEP_RECALL_TEST_PYTHON")"
-PATH="$venv_bin:$PATH" MATURIN_PEP517_ARGS="--profile dev" "$DEEP_RECALL_TEST_PYTHON" -m pip \
+PATH="$venv_bin:$PATH" MATURIN_PEP517_ARGS="--profile dev --features workspace-features" \
+  "$DEEP_RECALL_TEST_PYTHON" -m pip \
   install --quiet --disable-pip-version-check --no-build-isolation --force-reinstall --no-deps \
   ./bindings/python
 "$DEEP_RECALL_TEST_PYTHON" -m pytest -q -p no:cacheprovider bindings/python/tests
@@ -64,8 +66,9 @@ DEEP_RECALL_BIN="$target/debug/deep-recall" "$DEEP_RECALL_TEST_PYTHON" -m pytest
   -p no:cacheprovider clients/python/tests
 
 step "node package (bindings/node: npm install, node --test, TypeScript declarations)"
-# `npm install` builds the addon with cargo (the dev profile here, to share this build).
-export DEEP_RECALL_NODE_PROFILE=dev
+# `npm install` builds the addon with cargo (the dev profile and the workspace's dependency
+# features here, to share this build).
+export DEEP_RECALL_NODE_PROFILE=dev DEEP_RECALL_NODE_FEATURES=workspace-features
 (
   cd bindings/node
   npm ci --no-audit --no-fund --loglevel=error

@@ -1,7 +1,8 @@
 // @ts-check
 // Builds the native addon with cargo and puts it beside this file as deep-recall.node; `npm
 // install` runs it. DEEP_RECALL_NODE_PROFILE picks the cargo profile (release by default; the
-// test script uses dev, to share its build).
+// test script uses dev, to share its build) and DEEP_RECALL_NODE_FEATURES adds cargo features
+// (comma-separated; the test script's `workspace-features` shares its compiled dependencies).
 'use strict'
 
 const { execFileSync } = require('node:child_process')
@@ -9,7 +10,12 @@ const fs = require('node:fs')
 const path = require('node:path')
 
 const profile = process.env.DEEP_RECALL_NODE_PROFILE || 'release'
-execFileSync('cargo', ['build', '--locked', '-p', 'recall-node', '--profile', profile], {
+const features = process.env.DEEP_RECALL_NODE_FEATURES
+const args = ['build', '--locked', '-p', 'recall-node', '--profile', profile]
+if (features) {
+  args.push('--features', features)
+}
+execFileSync('cargo', args, {
   cwd: __dirname,
   stdio: 'inherit',
 })

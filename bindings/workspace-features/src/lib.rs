@@ -1,0 +1,1 @@
+//! No code: this crate only exists for its `Cargo.toml` (see there).
