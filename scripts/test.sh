@@ -156,8 +156,10 @@ step "cuda build (cargo check --features cuda with the CUDA 13.0 toolkit from Py
   # shellcheck disable=SC1090
   source "$(scripts/cuda-toolkit.sh)"
   export CARGO_TARGET_DIR="${target}-cuda"
-  cargo check --locked -p recall-server --features cuda
-  cargo check --locked -p recall-core --features testing,cuda --benches
+  # One check for both (one feature resolution: each crate is checked once): the server's
+  # library and binary, core's library and its benches (GPU benchmarks, scripts/gpu-bench.sh).
+  cargo check --locked -p recall-server -p recall-core \
+    --features recall-server/cuda,recall-core/testing --lib --bins --benches
 )
 
 step "done in $((SECONDS - started))s"
