@@ -13,8 +13,12 @@
 //! cargo bench -p recall-core --features testing --bench retrieval -- [--size 100000]
 //!     [--queries 200] [--backends embedded,postgres,postgres-statement]
 //!     [--query-embedder f32|int8|hash]
-//!     [--bulk]
+//!     [--bulk] [--runs vector,text,hybrid,reranked,cross,keys] [--second-keys 0.25]
 //! ```
+//!
+//! `keys` measures hybrid + re-ranking again after a key was added for every memory, then
+//! after a second key was added for a share of them (`--second-keys`; a LoCoMo answer has a
+//! second context key, the exchange alone: a quarter of the dev set's turns).
 //!
 //! `postgres-statement` is Postgres with every search left to its SQL statements (users above
 //! `StoreConfig::in_process_search_threshold` are otherwise searched in process).
@@ -227,10 +231,10 @@ async fn fill(
     (size as f64 / started.elapsed().as_secs_f64(), ids)
 }
 
-/// Turns keys on for the user and gives every memory one key (a sentence of its own), as
-/// the key job would; keys per second.
-async fn add_keys(store: &dyn MemoryStore, ids: &[i64], vocab: &Vocabulary) -> f64 {
-    let mut rng = Rng(13);
+/// Turns keys on for the user and gives every memory of `ids` one key (a sentence of its
+/// own, from `seed`), as the key job would; keys per second.
+async fn add_keys(store: &dyn MemoryStore, ids: &[i64], vocab: &Vocabulary, seed: u64) -> f64 {
+    let mut rng = Rng(seed);
     let started = Instant::now();
     store.set_memory_keys("user", true).await.unwrap();
     for chunk in ids.chunks(1000) {
@@ -346,6 +350,7 @@ fn main() {
     let queries: usize = arg("--queries", "200").parse().unwrap();
     let query_embedder = arg("--query-embedder", "f32");
     let bulk = std::env::args().any(|a| a == "--bulk");
+    let second_keys: f64 = arg("--second-keys", "0.25").parse().unwrap();
     // Which measurements: vector, text, hybrid, reranked, cross (the cross-encoder rows),
     // keys (hybrid + re-ranking again after a key was added for every memory).
     let only: Vec<String> = arg("--runs", "vector,text,hybrid,reranked,cross")
@@ -465,7 +470,7 @@ fn main() {
             // The same user with a key for every memory (twice the rows, twice the
             // candidates read; each key hit replaced by its memory).
             if only.iter().any(|o| o == "keys") {
-                let key_rate = add_keys(store.as_ref(), &ids, &vocab).await;
+                let key_rate = add_keys(store.as_ref(), &ids, &vocab, 13).await;
                 let t = measure(
                     &engine,
                     &vocab,
@@ -480,6 +485,27 @@ fn main() {
                     percentile(&t, 0.95),
                     t.iter().sum::<f64>() / t.len() as f64
                 );
+                let share = ((ids.len() as f64 * second_keys) as usize).min(ids.len());
+                if let Some(step) = ids.len().checked_div(share) {
+                    // Spread over the user's memories (every k-th), as answers are.
+                    let second: Vec<i64> = ids.iter().step_by(step).take(share).copied().collect();
+                    add_keys(store.as_ref(), &second, &vocab, 17).await;
+                    let t = measure(
+                        &engine,
+                        &vocab,
+                        queries,
+                        SearchMode::Hybrid,
+                        RankingConfig::default(),
+                    )
+                    .await;
+                    println!(
+                        "| {backend} | | hybrid + re-ranking, and a second key for {:.0}% | {:.2} | {:.2} | {:.2} |",
+                        second_keys * 100.0,
+                        percentile(&t, 0.5),
+                        percentile(&t, 0.95),
+                        t.iter().sum::<f64>() / t.len() as f64
+                    );
+                }
                 key_job(&engine, backend).await;
             }
             drop(engine);

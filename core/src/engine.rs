@@ -2,6 +2,7 @@
 //! server and the bindings call — every read and write of a user's data goes through it, so
 //! that each write embeds what it stores, publishes its events and keeps the query cache
 //! honest. Its operations are split by area into the child modules.
+mod context_keys;
 mod data;
 mod deep_memory;
 mod fanout;

@@ -11,8 +11,9 @@
 //! turn of a session gets a key holding the turn before it, its own text and, once it exists,
 //! the turn after when that goes on with them ([`reply_continues`]), so that a question that
 //! joins them ("what did she paint after the trip?" when the trip is in the turn before) matches
-//! the turn as one piece. On the dev data these keys alone raised recall@10 by 0.04
-//! (docs/benchmarks.md).
+//! the turn as one piece; an answer's key starts with what its question was about, and an
+//! answer has a second key, the exchange alone ([`EXCHANGE_VIEW`]). On the dev data these
+//! keys alone raised recall@10 by 0.03 (docs/benchmarks.md).
 //!
 //! The job also writes session keys: the model reads a stretch of a session (a window of a
 //! few turns) and says in a sentence what it is about, with the names of the people, things
@@ -210,6 +211,14 @@ pub fn reply_continues(previous: &Memory, memory: &Memory, next: &Memory) -> boo
 /// Characters of the turn before a question that the key of its answer holds at most (its
 /// end).
 pub const ASKED_ABOUT_CHARS: usize = 200;
+
+/// `metadata.view` of an answer's second context key: the exchange alone (the question's
+/// turn, the answer and its reply), without the turn before the question that the first
+/// key starts with. A question that names what was asked about ("What is Joanna's third
+/// screenplay about?") finds the first; one that asks what the question asked ("What is
+/// Nate's favourite game?" for "So what's your favourite game?") the second, undiluted; the
+/// answer ranks by the better of the two.
+pub const EXCHANGE_VIEW: &str = "exchange";
 
 /// Whether `memory` answers `previous`: the turn before it [asks a
 /// question](crate::text::asks_question) (anywhere in it: "Wow! What's it about? Glad it's

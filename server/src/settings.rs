@@ -627,7 +627,7 @@ impl DeepMemorySettings {
 #[serde(default, deny_unknown_fields)]
 pub struct MemoryKeySettings {
     /// Users seen for the first time start with keys on (on by default: context keys raised
-    /// recall@10 on the dev data from 0.792 to 0.820, for twice the rows and up to ~10 ms
+    /// recall@10 on the dev data from 0.800 to 0.830, for about twice the rows and a few ms
     /// more search p95 at 100k memories; docs/benchmarks.md). Off: each user turns them on
     /// with `memoryKeysEnable`. Users already known keep what they have.
     pub new_users: bool,

@@ -91,8 +91,8 @@ impl Engine {
         Ok(out)
     }
 
-    /// Of the turns before `turns` (the new turns a run keys), those whose context key holds
-    /// no reply (it has no `next`): the id of that key by its turn, and each such turn's own
+    /// Of the turns before `turns` (the new turns a run keys), those whose context keys hold
+    /// no reply (they have no `next`): the ids of those keys by their turn, and each such turn's own
     /// turn before, from which its key is written again with the reply where that goes on
     /// with them.
     pub(super) async fn replies_pending(
@@ -100,17 +100,17 @@ impl Engine {
         user: &str,
         turns: &[&Memory],
         previous: &HashMap<i64, Memory>,
-    ) -> Result<(HashMap<i64, i64>, HashMap<i64, Memory>)> {
+    ) -> Result<(HashMap<i64, Vec<i64>>, HashMap<i64, Memory>)> {
         let befores: Vec<&Memory> = turns.iter().filter_map(|m| previous.get(&m.id)).collect();
         let ids: Vec<i64> = befores.iter().map(|b| b.id).collect();
-        let mut rekey = HashMap::new();
+        let mut rekey: HashMap<i64, Vec<i64>> = HashMap::new();
         for chunk in ids.chunks(self.limits().max_page_size.max(1)) {
             for k in self.store.keys_for(user, chunk).await? {
                 if k.metadata["key"] == mk::CONTEXT_KEY
                     && k.metadata.get("next").is_none()
                     && let Some(t) = k.key_for
                 {
-                    rekey.insert(t, k.id);
+                    rekey.entry(t).or_default().push(k.id);
                 }
             }
         }

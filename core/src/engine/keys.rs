@@ -307,19 +307,23 @@ impl Engine {
         on_progress(run.done, run.total, run.report.keys);
         let mut context_done = 0;
         for group in in_context.chunks(CONTEXT_GROUP) {
-            // A turn's own key, and the key of the turn before it when that is written again
-            // with it as the reply: as many turns as have all their keys within the room.
+            // A turn's own keys, and those of the turn before it when they are written again
+            // with it as the reply: as many turns as have all their keys within the room (an
+            // answer has two, counted as two whether or not the question has a turn before).
             let room = options.max_keys.saturating_sub(run.report.keys as usize);
+            let keys_of = |before: &Memory, m: &Memory| 1 + usize::from(mk::answers(before, m));
             let mut used = 0;
             let fit = group
                 .iter()
                 .take_while(|m| {
                     let before = &previous[&m.id];
-                    let again = rekey.contains_key(&before.id)
-                        && before_rekeyed
-                            .get(&before.id)
-                            .is_some_and(|b| mk::reply_continues(b, before, m));
-                    used += 1 + usize::from(again);
+                    used += keys_of(before, m);
+                    if rekey.contains_key(&before.id)
+                        && let Some(b) = before_rekeyed.get(&before.id)
+                        && mk::reply_continues(b, before, m)
+                    {
+                        used += keys_of(b, before);
+                    }
                     used <= room
                 })
                 .count();
@@ -353,24 +357,39 @@ impl Engine {
                     (m, before, next, about)
                 })
                 .collect();
-            let texts: Vec<String> = quads
+            // Each turn's key; then an answer's second key, the exchange alone.
+            let views: Vec<(&Quoted<'_>, bool)> = quads
                 .iter()
-                .map(|(m, before, next, about)| mk::context_key_text(before, m, *next, *about))
+                .map(|q| (q, false))
+                .chain(quads.iter().filter(|q| q.3.is_some()).map(|q| (q, true)))
+                .collect();
+            let texts: Vec<String> = views
+                .iter()
+                .map(|&(&(m, before, next, about), exchange)| {
+                    let about = about.filter(|_| !exchange);
+                    mk::context_key_text(before, m, next, about)
+                })
                 .collect();
             let vectors = this.embedder.embed(texts.clone()).await?;
-            let mut new_keys = Vec::with_capacity(quads.len());
-            for ((&(m, before, next, about), text), vector) in quads.iter().zip(texts).zip(vectors)
+            let mut new_keys = Vec::with_capacity(views.len());
+            for ((&(&(m, before, next, about), exchange), text), vector) in
+                views.iter().zip(texts).zip(vectors)
             {
                 // The key quotes the turns around its own (`context_of`; `next`, the reply,
                 // and `asked_about`, the turn before the question it answers, only when the
                 // key holds them): it goes when one of them changes or goes
-                // (`drop_context_keys`), and expires with the first of them.
+                // (`drop_context_keys`), and expires with the first of them. An answer's
+                // exchange key names the same turns as its first key, so that the two go
+                // together.
                 let mut metadata = json!({ "key": mk::CONTEXT_KEY, "context_of": before.id });
                 if let Some(n) = next {
                     metadata["next"] = json!(n.id);
                 }
                 if let Some(a) = about {
                     metadata["asked_about"] = json!(a.id);
+                }
+                if exchange {
+                    metadata["view"] = json!(mk::EXCHANGE_VIEW);
                 }
                 let mut key = key_memory(m, text, metadata, this.embedding(vector));
                 key.expires_at = [Some(m), Some(before), next, about]
@@ -440,7 +459,11 @@ impl Engine {
             let replaced: Vec<i64> = stored
                 .iter()
                 .filter(|k| k.metadata.get("next").is_some())
-                .filter_map(|k| k.key_for.and_then(|t| rekey.get(&t).copied()))
+                .filter_map(|k| k.key_for.and_then(|t| rekey.get(&t)))
+                .flatten()
+                .copied()
+                .collect::<BTreeSet<i64>>()
+                .into_iter()
                 .collect();
             if !replaced.is_empty() {
                 self.store.delete_memories(user, &replaced).await?;

@@ -31,8 +31,12 @@ async fn context_keys(pg: bool) {
     let bob_trip = ingest_trip(&engine, "bob").await;
     assert_eq!(text_found(&engine, "alice", "Rome").await, trip[..1]);
     const MUSEUMS: &str = "Which museums are on the Rome trip?";
-    let place = |r: &[Memory]| r.iter().position(|m| m.id == trip[1]);
-    let before = place(&ranking(&engine, "alice", MUSEUMS, Filter::default()).await);
+    // Where the answer (which names the museums) and the turn that only names Rome rank.
+    let places = |r: &[Memory]| {
+        let at = |id: i64| r.iter().position(|m| m.id == id).unwrap();
+        (at(trip[2]), at(trip[0]))
+    };
+    let before = ranking(&engine, "alice", MUSEUMS, Filter::default()).await;
     engine.set_memory_keys("alice", true).await.unwrap();
     let facts = KeyOptions {
         facts: true,
@@ -52,7 +56,7 @@ async fn context_keys(pg: bool) {
         })
         .await
         .unwrap();
-    // The first turn of the session has none before it.
+    // The first turn of the session has none before it; the answer has two.
     assert_eq!(
         (
             report.keys,
@@ -60,10 +64,10 @@ async fn context_keys(pg: bool) {
             report.skipped,
             report.left
         ),
-        (2, 2, 1, 0),
+        (3, 3, 1, 0),
         "{report:?}"
     );
-    assert_eq!(progress.last(), Some(&(3, 3, 2)), "{progress:?}");
+    assert_eq!(progress.last(), Some(&(3, 3, 3)), "{progress:?}");
     let keys = keys_of(&engine, "alice").await;
     // The museums question's key holds its reply too, which goes on with it ("museums");
     // the reply's own key has no turn after it yet.
@@ -78,20 +82,42 @@ async fn context_keys(pg: bool) {
     assert!(museums.metadata.get("asked_about").is_none(), "{museums:?}");
     assert_eq!(museums.session.as_deref(), Some("s2"));
     // The reply answers the museums question: its key starts with the turn the question
-    // was about ("Rome"); it has no turn after it yet.
-    let reply = keys.iter().find(|k| k.key_for == Some(trip[2])).unwrap();
+    // was about ("Rome"), and its second key is the exchange alone; both name the same
+    // turns (so that they go together) and have no turn after them yet.
+    let answer_keys = |keys: &[Memory], turn: i64| {
+        let mine: Vec<Memory> = keys
+            .iter()
+            .filter(|k| k.key_for == Some(turn))
+            .cloned()
+            .collect();
+        assert_eq!(mine.len(), 2, "{mine:?}");
+        let (exchange, first): (Vec<Memory>, Vec<Memory>) = mine
+            .into_iter()
+            .partition(|k| k.metadata.get("view").is_some());
+        assert_eq!(exchange[0].metadata["view"], "exchange");
+        (first[0].clone(), exchange[0].clone())
+    };
+    let (reply, exchange) = answer_keys(&keys, trip[2]);
     assert_eq!(
         reply.content,
         format!("{}\n{}\n{}", TRIP[0], TRIP[1], TRIP[2])
     );
-    assert_eq!(reply.metadata["asked_about"], trip[0]);
-    assert!(reply.metadata.get("next").is_none(), "{reply:?}");
+    assert_eq!(exchange.content, format!("{}\n{}", TRIP[1], TRIP[2]));
+    for k in [&reply, &exchange] {
+        assert_eq!(k.metadata["context_of"], trip[1]);
+        assert_eq!(k.metadata["asked_about"], trip[0]);
+        assert!(k.metadata.get("next").is_none(), "{k:?}");
+    }
 
     // "Rome" is in the first turn only; the museums question after it and its answer are
-    // found by it now, as themselves (never the keys). Bob's turns are as before.
+    // found by it now, as themselves (never the keys). The answer's exchange key matches
+    // the museums question: the answer ranks above the Rome turn now, below it before.
+    // Bob's turns are as before.
     assert_eq!(text_found(&engine, "alice", "Rome").await, trip[..]);
     let hits = ranking(&engine, "alice", MUSEUMS, Filter::default()).await;
-    assert!(place(&hits) < before, "{before:?} {hits:?}");
+    let ((answer, rome), (answer_before, rome_before)) = (places(&hits), places(&before));
+    assert!(answer_before > rome_before, "{before:?}");
+    assert!(answer < rome, "{hits:?}");
     assert!(hits.iter().all(|m| m.kind != MemoryKind::Key));
     assert_eq!(text_found(&engine, "bob", "Rome").await, bob_trip[..1]);
     assert_eq!(engine.memory_keys_status("bob").await.unwrap().keys, 0);
@@ -136,28 +162,34 @@ async fn context_keys(pg: bool) {
         .write_memory_keys("alice", &context_only, &mut |_, _, _| {})
         .await
         .unwrap();
-    // Its key, and the turn before's again, now with its reply ("gallery"), in place of
-    // the one it had.
-    assert_eq!((again.context_keys, again.skipped), (2, 0), "{again:?}");
+    // Its key, and the turn before's two again, now with its reply ("gallery"), in place
+    // of the two it had.
+    assert_eq!((again.context_keys, again.skipped), (3, 0), "{again:?}");
     let keys = keys_of(&engine, "alice").await;
     let key = keys.iter().find(|k| k.key_for == Some(last)).unwrap();
     assert_eq!(key.metadata["context_of"], trip[2]);
-    let replied: Vec<&Memory> = keys.iter().filter(|k| k.key_for == Some(trip[2])).collect();
-    assert_eq!(replied.len(), 1, "{replied:?}");
+    let (replied, exchange) = answer_keys(&keys, trip[2]);
     assert_eq!(
-        replied[0].content,
+        replied.content,
         format!(
             "{}\n{}\n{}\nMelanie: Send me photos of the gallery!",
             TRIP[0], TRIP[1], TRIP[2]
         )
     );
-    assert_eq!(replied[0].metadata["next"], last);
+    assert_eq!(
+        exchange.content,
+        format!(
+            "{}\n{}\nMelanie: Send me photos of the gallery!",
+            TRIP[1], TRIP[2]
+        )
+    );
+    assert_eq!(replied.metadata["next"], last);
+    assert_eq!(exchange.metadata["next"], last);
     assert_eq!(through(&engine).await, (Some(last), epoch));
 
-    // New text in the reply drops the key that holds it (and the reply's own); the watermark
-    // goes back before the turn it was a reply to, and the next run writes both again: the
-    // new reply goes on with nothing of the turn's, so the key holds the two turns only (and
-    // names no reply).
+    // New text in the reply drops the keys that hold it (and the reply's own); the watermark
+    // goes back before the turn it was a reply to, and the next run writes them again: the
+    // new reply goes on with nothing of the turn's, so the keys hold no reply.
     engine
         .update_memory(
             "alice",
@@ -176,18 +208,19 @@ async fn context_keys(pg: bool) {
         .write_memory_keys("alice", &context_only, &mut |_, _, _| {})
         .await
         .unwrap();
-    assert_eq!(again.context_keys, 2, "{again:?}");
+    assert_eq!(again.context_keys, 3, "{again:?}");
     let keys = keys_of(&engine, "alice").await;
-    let replied = keys.iter().find(|k| k.key_for == Some(trip[2])).unwrap();
+    let (replied, exchange) = answer_keys(&keys, trip[2]);
     assert_eq!(
         replied.content,
         format!("{}\n{}\n{}", TRIP[0], TRIP[1], TRIP[2])
     );
     assert!(replied.metadata.get("next").is_none(), "{replied:?}");
+    assert!(exchange.metadata.get("next").is_none(), "{exchange:?}");
     let (_, epoch) = through(&engine).await;
 
     // Deleting the first turn takes the keys that quote it (the museums question's, and
-    // the answer's, which quotes it as what was asked about): "Rome" is in no row of hers.
+    // the answer's two, which name it as what was asked about): "Rome" is in no row of hers.
     engine.delete_memories("alice", &trip[..1]).await.unwrap();
     assert!(text_found(&engine, "alice", "Rome").await.is_empty());
     let keys = keys_of(&engine, "alice").await;
@@ -268,7 +301,8 @@ async fn paged_search_with_keys(pg: bool) {
         .write_memory_keys("alice", &KeyOptions::default(), &mut |_, _, _| {})
         .await
         .unwrap();
-    assert_eq!(report.context_keys as usize, turns.len() - 1);
+    // A key for each turn after the first, and a second for each of the three answers.
+    assert_eq!(report.context_keys as usize, turns.len() - 1 + 3);
     let walk = |user: &'static str| {
         let engine = &engine;
         async move {
@@ -461,7 +495,8 @@ async fn a_turn_changed_during_the_job_is_keyed_again_from_its_new_text() {
         .write_memory_keys("alice", &KeyOptions::default(), &mut |_, _, _| {})
         .await
         .unwrap();
-    assert_eq!(again.context_keys, 2, "{again:?}");
+    // The question's key, and the answer's two (it answers the new question too).
+    assert_eq!(again.context_keys, 3, "{again:?}");
     let mut keys: Vec<(i64, String)> = keys_of(&engine, "alice")
         .await
         .into_iter()
@@ -473,6 +508,7 @@ async fn a_turn_changed_during_the_job_is_keyed_again_from_its_new_text() {
         [
             (trip[1], format!("{}\n{NEW}", TRIP[0])),
             (trip[2], format!("{}\n{NEW}\n{}", TRIP[0], TRIP[2])),
+            (trip[2], format!("{NEW}\n{}", TRIP[2])),
         ]
     );
 }
@@ -615,7 +651,8 @@ async fn context_watermark_in_the_store(pg: bool) {
             t
         }
     };
-    assert_eq!(keyed("alice").await, trip[1..]);
+    // (The answer has two.)
+    assert_eq!(keyed("alice").await, [trip[1], trip[2], trip[2]]);
     assert!(keyed("bob").await.is_empty());
     if let Some(db) = db {
         db.drop_db().await;
@@ -789,7 +826,7 @@ async fn an_expired_reply_takes_the_key_that_held_it() {
         .write_memory_keys("alice", &KeyOptions::default(), &mut |_, _, _| {})
         .await
         .unwrap();
-    assert_eq!(report.context_keys, 2, "{report:?}");
+    assert_eq!(report.context_keys, 3, "{report:?}");
     let keys = keys_of(&engine, "alice").await;
     let museums = keys.iter().find(|k| k.key_for == Some(trip[1])).unwrap();
     assert_eq!(museums.metadata["next"], trip[2]);
@@ -797,10 +834,10 @@ async fn an_expired_reply_takes_the_key_that_held_it() {
     let reply = engine.memory("alice", trip[2]).await.unwrap().unwrap();
     assert_eq!(museums.expires_at, reply.expires_at);
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    // Reads leave the reply and both keys out at once; the purge deletes them.
+    // Reads leave the reply and the three keys out at once; the purge deletes them.
     assert!(keys_of(&engine, "alice").await.is_empty());
     assert!(text_found(&engine, "alice", "Vatican").await.is_empty());
-    assert!(engine.purge_expired(100).await.unwrap() >= 3);
+    assert!(engine.purge_expired(100).await.unwrap() >= 4);
     let u = store.get_user("alice").await.unwrap().unwrap();
     assert!(
         u.memory_context_through.is_some_and(|t| t < trip[1]),

@@ -639,14 +639,15 @@ async fn new_users_start_with_keys_on(pg: bool) {
         .write_memory_keys("alice", &KeyOptions::default(), &mut |_, _, _| {})
         .await
         .unwrap();
-    assert_eq!((report.context_keys, report.left), (2, 0), "{report:?}");
+    // The museums question's key and the answer's two.
+    assert_eq!((report.context_keys, report.left), (3, 0), "{report:?}");
     let mut targets: Vec<i64> = keys_of(&engine, "alice")
         .await
         .iter()
         .filter_map(|k| k.key_for)
         .collect();
     targets.sort();
-    assert_eq!(targets, trip[1..]);
+    assert_eq!(targets, [trip[1], trip[2], trip[2]]);
     for user in ["bob", "carol"] {
         let err = engine
             .write_memory_keys(user, &KeyOptions::default(), &mut |_, _, _| {})

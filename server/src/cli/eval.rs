@@ -83,11 +83,11 @@ pub(super) struct EvalArgs {
     #[arg(long)]
     answers_per_category: Option<usize>,
     /// Extra keys, measured with and without: the plain run has keys off; then turn keys on
-    /// for every sample, write a context key for every turn with one before it
-    /// (`--keys-facts`: and have the chat model, `chat.model`, write a fact for every turn;
-    /// `--keys-sessions`: its session window's topic), and evaluate again (reports say
-    /// `"keys": true`); a summary of the keys written follows. Without it (and without
-    /// `--no-keys`) the one run has what a new user gets with the settings
+    /// for every sample, write the context keys (one for every turn with one before it, two
+    /// for an answer; `--keys-facts`: and have the chat model, `chat.model`, write a fact
+    /// for every turn; `--keys-sessions`: its session window's topic), and evaluate again
+    /// (reports say `"keys": true`); a summary of the keys written follows. Without it (and
+    /// without `--no-keys`) the one run has what a new user gets with the settings
     /// (`memory_keys.new_users`, on by default): keys written before it, as the key job
     /// writes them.
     #[arg(long, conflicts_with = "no_keys")]

@@ -87,9 +87,11 @@ async fn round_trip(backend: Backend) {
     assert_eq!(ingested["messages"], n);
     assert_eq!(ingested["memories"], n);
     assert_eq!(ingested["sessions"], 4);
-    // New users have keys on: a context key for every turn with one before it.
+    // New users have keys on: a context key for every turn with one before it, and a second
+    // for each of the three answers to a question that has a turn before it ("What kind of
+    // work brought you there?", "Is the boat repaired now?", "How did it feel?").
     let keys = ingested["keys"].as_u64().unwrap() as usize;
-    assert_eq!(keys, n - 4);
+    assert_eq!(keys, n - 4 + 3);
 
     let found = ok_json(cli(
         &backend,
@@ -240,8 +242,9 @@ async fn ingest_writes_keys(backend: Backend) {
         args.push(path);
         ok_json(cli_with(&backend, &args, env))
     };
-    // A context key for every turn with one before it in its session (4 sessions).
-    assert_eq!(ingest("alice", &[], &[])["keys"], lines(&sample) - 4);
+    // A context key for every turn with one before it in its session (4 sessions), and a
+    // second for each of the three answers.
+    assert_eq!(ingest("alice", &[], &[])["keys"], lines(&sample) - 4 + 3);
     assert_eq!(ingest("bob", &["--no-keys"], &[])["keys"], 0);
     let off = [("DEEP_RECALL__MEMORY_KEYS__NEW_USERS", "false")];
     assert_eq!(ingest("carol", &[], &off)["keys"], 0);
