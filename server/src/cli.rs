@@ -8,6 +8,7 @@ mod generate;
 mod ingest;
 mod keys;
 mod mcp;
+mod memory;
 mod models;
 mod optimize;
 mod reembed;
@@ -170,6 +171,14 @@ enum Command {
     /// Import a conversation from a JSON Lines file (one message per line), embedding every
     /// message. The whole file is checked first; nothing is written if any line is bad.
     Ingest(ingest::IngestArgs),
+    /// Add one memory to a user: a fact (or a persona line), optionally replacing an older
+    /// one, labelled, with metadata, or expiring.
+    Add(memory::AddArgs),
+    /// A memory's supersede history, oldest first: what it replaced, itself, what replaced
+    /// it.
+    History(memory::HistoryArgs),
+    /// Delete memories of a user by id.
+    Delete(memory::DeleteArgs),
     /// Search a user's memories: hybrid (vector + full text, fused and re-ranked) by default.
     Search(search::SearchArgs),
     /// Measure retrieval on a conversation benchmark in the LoCoMo JSON format: recall@k,
@@ -418,6 +427,9 @@ async fn run_command(cli: &Cli, settings: Settings) -> recall_core::Result<()> {
     match &cli.command {
         Command::Models { command } => models::run(&settings, command, g.json).await,
         Command::Ingest(args) => ingest::run(&settings, args, g.json).await,
+        Command::Add(args) => memory::add(&settings, args, g.json).await,
+        Command::History(args) => memory::history(&settings, args, g.json).await,
+        Command::Delete(args) => memory::delete(&settings, args, g.json).await,
         Command::Search(args) => search::run(&settings, args, g.json).await,
         Command::Eval(args) => eval::run(&settings, args, g.json).await,
         Command::Generate(args) => generate::run(settings, args, g.json).await,

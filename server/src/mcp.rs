@@ -202,9 +202,15 @@ pub struct SearchArgs {
     /// Only memories whose metadata meets every one of these conditions.
     #[serde(default)]
     pub metadata: Vec<ConditionArg>,
+    /// Only memories with every one of these tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
     /// What was true at this time (RFC 3339) instead of what is current.
     #[serde(default)]
     pub as_of: Option<chrono::DateTime<chrono::Utc>>,
+    /// Memories that were replaced by newer ones too (the history).
+    #[serde(default)]
+    pub include_superseded: bool,
 }
 
 /// Arguments of `list_sessions`.
@@ -263,6 +269,9 @@ pub struct MemoryOut {
     /// The memory it replaced, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub supersedes: Option<String>,
+    /// The memory that replaced it, if any (it is history then).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<String>,
     /// When it will be forgotten (RFC 3339), if ever.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
@@ -279,6 +288,7 @@ impl From<Memory> for MemoryOut {
             tags: m.tags,
             created_at: m.created_at.to_rfc3339(),
             supersedes: m.supersedes.map(|i| i.to_string()),
+            superseded_by: m.superseded_by.map(|i| i.to_string()),
             expires_at: m.expires_at.map(|t| t.to_rfc3339()),
         }
     }
@@ -545,7 +555,9 @@ impl McpServer {
             let options = RetrieveOptions {
                 filter: Filter {
                     session: args.session,
+                    tags: args.tags,
                     as_of: args.as_of,
+                    include_superseded: args.include_superseded,
                     metadata,
                     ..Filter::default()
                 },

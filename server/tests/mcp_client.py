@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import sys
+from datetime import datetime
 from typing import Any
 
 import httpx2
@@ -105,7 +106,75 @@ async def stdio(binary: str, args: list[str]) -> dict[str, Any]:
         out["chat_bad_temperature"] = await call(
             client, "chat", {"session": "trip", "message": "hi", "temperature": -3}
         )
+        await stays_true(client, out)
     return out
+
+
+async def stays_true(client: Client, out: dict[str, Any]) -> None:
+    """A fact replaced by a newer one, searched now, as of before, with its history, by
+    metadata and tags; a memory that expires; bad conditions."""
+    old = await call(
+        client,
+        "add_memory",
+        {
+            "content": "I live in Paris, near the canal.",
+            "tags": ["home"],
+            "metadata": {"priority": 2, "since": "2019-05-01T00:00:00Z"},
+        },
+    )
+    out["home_old"] = old
+    old_id = (old.get("ok") or {}).get("id", "")
+    new = await call(
+        client,
+        "add_memory",
+        {
+            "content": "I moved to Berlin, to Kreuzberg.",
+            "tags": ["home"],
+            "metadata": {"priority": 3, "since": "2024-03-01T00:00:00Z"},
+            "supersedes": old_id,
+        },
+    )
+    out["home_new"] = new
+    where = "Where do I live?"
+
+    async def search(**args: Any) -> dict[str, Any]:
+        return await call(
+            client, "search_memories", {"query": where, "top_k": 10, **args}
+        )
+
+    out["home_now"] = await search()
+    out["home_all"] = await search(include_superseded=True)
+    times = [
+        datetime.fromisoformat(m["ok"]["created_at"]) for m in (old, new) if "ok" in m
+    ]
+    if len(times) == 2:
+        out["home_then"] = await search(
+            as_of=(times[0] + (times[1] - times[0]) / 2).isoformat()
+        )
+    out["home_priority"] = await search(
+        metadata=[{"key": "priority", "op": "gte", "value": 3}]
+    )
+    out["home_since"] = await search(
+        include_superseded=True,
+        metadata=[{"key": "since", "op": "lt", "value": "2020-01-01T00:00:00Z"}],
+    )
+    out["home_tagged"] = await search(tags=["home"], include_superseded=True)
+    out["bad_op"] = await search(metadata=[{"key": "priority", "op": "near"}])
+    out["supersede_missing"] = await call(
+        client, "add_memory", {"content": "x", "supersedes": "999999"}
+    )
+    out["supersede_twice"] = await call(
+        client, "add_memory", {"content": "x", "supersedes": old_id}
+    )
+    locker = {"query": "locker code", "top_k": 10}
+    out["locker"] = await call(
+        client,
+        "add_memory",
+        {"content": "My gym locker code is 4512.", "ttl_seconds": 2},
+    )
+    out["locker_before"] = await call(client, "search_memories", locker)
+    await asyncio.sleep(3)
+    out["locker_after"] = await call(client, "search_memories", locker)
 
 
 KEYED_TURN = "We took the ferry across the Tagus estuary to see the old shipyards."

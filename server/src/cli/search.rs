@@ -292,7 +292,11 @@ fn print_page(page: &SearchPage, json: bool) {
                     "role": h.memory.role,
                     "message_id": h.memory.message_id,
                     "tags": h.memory.tags,
+                    "metadata": h.memory.metadata,
                     "created_at": h.memory.created_at,
+                    "expires_at": h.memory.expires_at,
+                    "supersedes": h.memory.supersedes,
+                    "superseded_by": h.memory.superseded_by,
                 })
             })
             .collect();
@@ -360,7 +364,11 @@ async fn retrieve(
                     "tags": h.memory.tags,
                     "importance": h.memory.importance,
                     "emotion": h.memory.emotion,
+                    "metadata": h.memory.metadata,
                     "created_at": h.memory.created_at,
+                    "expires_at": h.memory.expires_at,
+                    "supersedes": h.memory.supersedes,
+                    "superseded_by": h.memory.superseded_by,
                 })
             })
             .collect();

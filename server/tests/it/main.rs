@@ -3,6 +3,7 @@
 mod auth;
 mod chat;
 mod cli;
+mod cli_memory;
 mod conformance;
 mod crash;
 mod deep_memory;

@@ -148,6 +148,47 @@ async fn stdio_serves_every_tool_for_its_user() {
     );
     // Arguments that do not fit the schema are refused before the tool runs, naming the field.
     assert!(error(&r["add_missing_content"]).contains("content"), "{r}");
+    stays_true(&r);
+}
+
+/// A fact replaced by a newer one (the client's `stays_true`): the search finds the current
+/// one, the history on request or as of a time between the two, metadata conditions and tags
+/// narrow it; a memory with a time to live is forgotten when it runs out.
+fn stays_true(r: &Value) {
+    const PARIS: &str = "I live in Paris, near the canal.";
+    const BERLIN: &str = "I moved to Berlin, to Kreuzberg.";
+    let (old, new) = (&r["home_old"]["ok"], &r["home_new"]["ok"]);
+    assert_eq!(new["supersedes"], old["id"], "{r}");
+    let now = hits(&r["home_now"]);
+    assert!(now.contains(&BERLIN) && !now.contains(&PARIS), "{now:?}");
+    let all = &r["home_all"]["ok"]["hits"];
+    let replaced = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["content"] == PARIS)
+        .unwrap_or_else(|| panic!("history with include_superseded: {r}"));
+    assert_eq!(replaced["superseded_by"], new["id"]);
+    let then = hits(&r["home_then"]);
+    assert!(then.contains(&PARIS) && !then.contains(&BERLIN), "{then:?}");
+    assert_eq!(hits(&r["home_priority"]), [BERLIN]);
+    assert_eq!(hits(&r["home_since"]), [PARIS]);
+    let mut tagged = hits(&r["home_tagged"]);
+    tagged.sort_unstable();
+    assert_eq!(tagged, [PARIS, BERLIN]);
+    assert!(error(&r["bad_op"]).starts_with("BAD_INPUT: "), "{r}");
+    assert!(
+        error(&r["supersede_missing"]).starts_with("NOT_FOUND: "),
+        "{r}"
+    );
+    assert!(
+        error(&r["supersede_twice"]).starts_with("BAD_INPUT: "),
+        "{r}"
+    );
+    let locker = "My gym locker code is 4512.";
+    assert!(r["locker"]["ok"]["expires_at"].is_string(), "{r}");
+    assert!(hits(&r["locker_before"]).contains(&locker), "{r}");
+    assert!(!hits(&r["locker_after"]).contains(&locker), "{r}");
 }
 
 /// `mcp` runs the job runner and the key schedule as `serve` does (it is often the only
