@@ -338,7 +338,11 @@ async fn near_identical_facts_merge_when_deduplication_is_on() {
 /// Memories that stay true, over GraphQL: a replacement hides the fact it replaces from
 /// search (history and `asOf` still reach it), TTLs, and metadata conditions with operators.
 async fn memories_stay_true(store: Store) {
-    let server = Server::start(&store, &["--no-chat"], &[]);
+    let server = Server::start(
+        &store,
+        &["--no-chat"],
+        &[("DEEP_RECALL__STORE__TAG_TTL_SECONDS__SCRATCH", "600")],
+    );
     let alice = token("alice", false, 600);
     let bob = token("bob", false, 600);
     let add = "mutation($i: MemoryInput!) { addMemory(input: $i) { id createdAt expiresAt \
@@ -361,7 +365,8 @@ async fn memories_stay_true(store: Store) {
             Some(&alice),
             add,
             json!({ "i": { "content": "Alice moved to Berlin", "supersedes": paris["id"],
-                           "metadata": { "topic": "home", "priority": 3 } } }),
+                           "metadata": { "topic": "home", "priority": 3,
+                                         "since": "2024-03-01T00:00:00Z" } } }),
         )
         .await
         .1,
@@ -373,7 +378,9 @@ async fn memories_stay_true(store: Store) {
             Some(&alice),
             add,
             json!({ "i": { "content": "Parking spot B12 today", "ttlSeconds": 3600,
-                           "metadata": { "priority": 1, "labels": ["car"] } } }),
+                           "tags": ["car"],
+                           "metadata": { "priority": 1, "labels": ["car"],
+                                         "since": "2023-06-01T00:00:00Z" } } }),
         )
         .await
         .1,
@@ -440,6 +447,23 @@ async fn memories_stay_true(store: Store) {
             json!([{ "key": "topic", "op": "IN", "value": ["home", "work"] }]),
             vec![&berlin],
         ),
+        (
+            json!([{ "key": "topic", "op": "EQ", "value": "home" }]),
+            vec![&berlin],
+        ),
+        (
+            json!([{ "key": "priority", "op": "LT", "value": 2 }]),
+            vec![&brief],
+        ),
+        // Times compare as times, whatever their offset.
+        (
+            json!([{ "key": "since", "op": "GT", "value": "2024-01-01T01:00:00+02:00" }]),
+            vec![&berlin],
+        ),
+        (
+            json!([{ "key": "since", "op": "LTE", "value": "2023-06-01T02:00:00+02:00" }]),
+            vec![&brief],
+        ),
     ] {
         let want: Vec<&str> = want.iter().map(|m| m["id"].as_str().unwrap()).collect();
         let f = json!({ "metadata": conditions });
@@ -466,6 +490,30 @@ async fn memories_stay_true(store: Store) {
             .collect();
         assert_eq!(listed, want, "{conditions}: {body}");
     }
+
+    // Tags narrow a search too.
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        search,
+        json!({ "q": "Alice Paris Berlin parking", "f": { "tags": ["car"] } }),
+    )
+    .await;
+    assert_eq!(found(&body), vec![brief["id"].as_str().unwrap()], "{body}");
+    // A tag's time to live from the settings, when the memory names none of its own.
+    let scratch = added(
+        &gql(
+            &server,
+            Some(&alice),
+            add,
+            json!({ "i": { "content": "Call the plumber back", "tags": ["scratch"] } }),
+        )
+        .await
+        .1,
+    );
+    let at = |v: &serde_json::Value| v.as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>();
+    let lives = at(&scratch["expiresAt"]).unwrap() - at(&scratch["createdAt"]).unwrap();
+    assert!((599..=601).contains(&lives.num_seconds()), "{scratch}");
 
     // Bad input has typed errors and writes nothing; Bob cannot supersede Alice's memory.
     let (_, body) = gql(
@@ -521,4 +569,90 @@ async fn memories_stay_true_embedded() {
 async fn memories_stay_true_postgres() {
     let store = Store::postgres().await;
     memories_stay_true(store).await;
+}
+
+/// A session's persona card (`createSession(persona:)`) is stored as the session's `persona`
+/// memories, chunked by sentences, searched like the rest and replaced with the card; other
+/// users never find them.
+async fn persona_cards_become_memories(store: Store) {
+    let server = Server::start(&store, &["--no-chat"], &[]);
+    let alice = token("alice", false, 600);
+    let bob = token("bob", false, 600);
+    let mut card = String::from(
+        "You are Captain Rhea, a retired sea captain from Valparaiso.\n\
+         You speak in short sentences and love nautical metaphors.\n",
+    );
+    for (i, port) in ["Cape Town", "Hobart", "Reykjavik", "Nagasaki", "Dakar"]
+        .iter()
+        .enumerate()
+    {
+        card.push_str(&format!(
+            "In her {}th year at sea Rhea anchored at {port}, where she traded stories with the \
+             harbour pilots and learnt the local knots. ",
+            i + 10
+        ));
+    }
+    card.push_str("\nRhea rounded Cape Horn twelve times and never lost a sailor.");
+    let create = "mutation($p: String) { createSession(id: \"voyage\", title: \"Voyage\", \
+                  persona: $p) { id } }";
+    let (_, body) = gql(&server, Some(&alice), create, json!({ "p": card })).await;
+    assert_eq!(data(&body)["createSession"]["id"], "voyage", "{body}");
+    let list = "{ memories(filter: { session: \"voyage\", kinds: [PERSONA] }, first: 50) \
+                { edges { node { kind content } } } }";
+    let chunks = |body: &serde_json::Value| -> Vec<String> {
+        data(body)["memories"]["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                assert_eq!(e["node"]["kind"], "PERSONA");
+                e["node"]["content"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    };
+    let (_, body) = gql(&server, Some(&alice), list, json!({})).await;
+    let stored = chunks(&body);
+    assert!(stored.len() >= 3, "a long card comes as chunks: {stored:?}");
+    assert!(stored.iter().all(|c| c.len() <= 400), "{stored:?}");
+    let all = stored.join(" ");
+    for part in [
+        "Captain Rhea",
+        "nautical metaphors",
+        "Cape Horn twelve times",
+    ] {
+        assert!(all.contains(part), "{part} in {stored:?}");
+    }
+    let search = "query($q: String!) { search(query: $q, topK: 3, \
+                  filter: { kinds: [PERSONA] }) { memory { content } } }";
+    let q = json!({ "q": "How many times did the captain round Cape Horn?" });
+    let (_, body) = gql(&server, Some(&alice), search, q.clone()).await;
+    let top = data(&body)["search"][0]["memory"]["content"].clone();
+    assert!(top.as_str().unwrap().contains("Cape Horn"), "{body}");
+    let (_, body) = gql(&server, Some(&bob), search, q).await;
+    assert!(
+        data(&body)["search"].as_array().unwrap().is_empty(),
+        "{body}"
+    );
+    // A new card replaces the old chunks.
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        create,
+        json!({ "p": "You are Moss, a quiet gardener." }),
+    )
+    .await;
+    assert!(body.get("errors").is_none(), "{body}");
+    let (_, body) = gql(&server, Some(&alice), list, json!({})).await;
+    assert_eq!(chunks(&body), ["You are Moss, a quiet gardener."]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn persona_cards_become_memories_embedded() {
+    persona_cards_become_memories(Store::embedded()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn persona_cards_become_memories_postgres() {
+    let store = Store::postgres().await;
+    persona_cards_become_memories(store).await;
 }
