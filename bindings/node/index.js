@@ -208,6 +208,21 @@ async function run(call) {
  */
 
 /**
+ * @typedef {object} Session
+ * @property {string} id
+ * @property {string | null} title
+ * @property {string | null} persona the card: who the assistant is in this conversation
+ * @property {Date} createdAt
+ * @property {Date} updatedAt
+ */
+
+/**
+ * @typedef {object} SessionOptions
+ * @property {string} [title]
+ * @property {string} [persona] a persona card, stored as the session's `persona` memories
+ */
+
+/**
  * @typedef {object} Hit
  * @property {number} memoryId
  * @property {string} content
@@ -372,6 +387,23 @@ class Memory {
    */
   async addMemory(user, memory) {
     return toMemory(JSON.parse(await run(() => this.engine.addMemory(user, encode(memory)))))
+  }
+
+  /**
+   * Creates the session if needed and sets what is given: its title, and its persona card
+   * (who the assistant is: a name, a manner, a backstory). The card is stored as the
+   * session's `persona` memories, chunked by sentences and replacing those of the card
+   * before; a chat in the session carries the card whole when it fits its share of the
+   * prompt, else its opening and the chunks that matter for the message.
+   * @param {string} user
+   * @param {string} session
+   * @param {SessionOptions} [options]
+   * @returns {Promise<Session>}
+   */
+  async createSession(user, session, options = {}) {
+    const patch = JSON.stringify({ title: options.title, persona: options.persona })
+    const s = JSON.parse(await run(() => this.engine.createSession(user, session, patch)))
+    return { ...s, createdAt: new Date(s.createdAt), updatedAt: new Date(s.updatedAt) }
   }
 
   /**

@@ -120,6 +120,34 @@ for (const [kind, open] of stores) {
       assert.deepEqual(await m.search(u, 'hi'), [], 'nothing half-written')
     })
 
+    test('a persona card becomes the session\'s persona memories', async () => {
+      const m = await get()
+      const alice = user('persona-alice')
+      const bob = user('persona-bob')
+      const ports = ['Cape Town', 'Hobart', 'Reykjavik', 'Dakar']
+      const card =
+        'You are Captain Rhea, a retired sea captain from Valparaiso.\n' +
+        ports
+          .map((p, i) => `In her ${i + 10}th year at sea Rhea anchored at ${p} and learnt the local knots.`)
+          .join(' ') +
+        '\nRhea rounded Cape Horn twelve times and never lost a sailor.'
+      const s = await m.createSession(alice, 'voyage', { title: 'Voyage', persona: card })
+      assert.deepEqual([s.id, s.title, s.persona], ['voyage', 'Voyage', card])
+      assert.ok(s.createdAt instanceof Date)
+      const q = 'How many times did the captain round Cape Horn?'
+      const only = { topK: 10, filter: { kinds: ['persona'] } }
+      const hits = await m.search(alice, q, only)
+      assert.ok(hits.length >= 2, 'a long card comes as chunks')
+      assert.ok(hits.every((h) => h.kind === 'persona' && h.content.length <= 400))
+      assert.match(hits[0].content, /Cape Horn/)
+      assert.deepEqual(await m.search(bob, q, only), [])
+      // A title alone leaves the card; a new card replaces the chunks.
+      assert.equal((await m.createSession(alice, 'voyage', { title: 'Renamed' })).persona, card)
+      await m.createSession(alice, 'voyage', { persona: 'You are Moss, a quiet gardener.' })
+      const now = (await m.search(alice, q, only)).map((h) => h.content)
+      assert.deepEqual(now, ['You are Moss, a quiet gardener.'])
+    })
+
     test('memories stay true: supersede, history, expiry, metadata conditions', async () => {
       const m = await get()
       const alice = user('true-alice')

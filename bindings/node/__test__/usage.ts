@@ -1,6 +1,6 @@
 // How a TypeScript program sees the package (checked by `tsc -p tsconfig.usage.json`, strict).
 import { InvalidInputError, Memory } from 'deep-recall'
-import type { ChatResult, Hit } from 'deep-recall'
+import type { ChatResult, Hit, Session } from 'deep-recall'
 
 export async function tour(): Promise<string> {
   const memory: Memory = await Memory.open({ dataDir: 'data', modelsDir: 'models' })
@@ -9,6 +9,9 @@ export async function tour(): Promise<string> {
   ])
   const hits: Hit[] = await memory.search('alice', 'Where does she live?', { topK: 3, mode: 'vector' })
   const when: Date = hits[0].createdAt
+  const session: Session = await memory.createSession('alice', 's2', { persona: 'You are Moss.' })
+  const persona: string | null = session.persona
+  void persona
   let result: ChatResult | undefined
   for await (const part of memory.chatStream('alice', 's2', 'Hi', { maxTokens: 8 })) {
     if ('delta' in part) {

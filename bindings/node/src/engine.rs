@@ -17,14 +17,16 @@ use recall_core::retrieval::SearchMode;
 use recall_core::runner::KeyWriter;
 use recall_core::setup::{self, ChatOptions, EngineOptions};
 use recall_core::store::StoreConfig;
-use recall_core::types::{Actor, ExportOptions, Filter, MemoryKind, MetadataCondition, Role};
+use recall_core::types::{
+    Actor, ExportOptions, Filter, MemoryKind, MetadataCondition, Role, SessionPatch,
+};
 use recall_core::{Engine as CoreEngine, NewMemoryText, RetrieveOptions};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use crate::chat::ChatStream;
 use crate::error::{IntoJs, json as json_err};
-use crate::types::{hit, memory, result};
+use crate::types::{hit, memory, result, session as session_json};
 
 /// What `Memory.open(...)` was given.
 #[derive(Debug, Default, Deserialize)]
@@ -96,6 +98,16 @@ impl From<FilterParams> for Filter {
             metadata: f.metadata,
         }
     }
+}
+
+/// What `createSession` sets (core's `SessionPatch`; what is absent stays as it is).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionParams {
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    persona: Option<String>,
 }
 
 /// Core's `NewMemoryText`, in the package's camelCase.
@@ -278,6 +290,29 @@ impl Engine {
         };
         let stored = self.engine.add_memory(&user, new).await.js()?;
         serde_json::to_string(&memory(&stored)).map_err(json_err)
+    }
+
+    /// Creates the session if needed and sets what `patch_json` gives (`title`, `persona`);
+    /// a persona card is stored as the session's persona memories, replacing those of the
+    /// card before. The session as JSON.
+    #[napi]
+    pub async fn create_session(
+        &self,
+        user: String,
+        session: String,
+        patch_json: String,
+    ) -> napi::Result<String> {
+        let p: SessionParams = serde_json::from_str(&patch_json).map_err(json_err)?;
+        let patch = SessionPatch {
+            title: p.title.map(Some),
+            persona: p.persona.map(Some),
+        };
+        let stored = self
+            .engine
+            .create_session(&user, &session, patch)
+            .await
+            .js()?;
+        serde_json::to_string(&session_json(&stored)).map_err(json_err)
     }
 
     /// A memory's supersede history, oldest first (a JSON list of memories).

@@ -41,6 +41,18 @@ pub fn memory(m: &recall_core::types::Memory) -> Value {
     })
 }
 
+/// A session.
+pub fn session(s: &recall_core::types::Session) -> Value {
+    let time = |t: &chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
+    json!({
+        "id": s.id,
+        "title": s.title,
+        "persona": s.persona,
+        "createdAt": time(&s.created_at),
+        "updatedAt": time(&s.updated_at),
+    })
+}
+
 /// A chat result.
 pub fn result(r: &ChatResult) -> Value {
     let context: Vec<Value> = r

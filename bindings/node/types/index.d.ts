@@ -187,6 +187,23 @@ export type StoredMemory = {
      */
     keyFor: number | null;
 };
+export type Session = {
+    id: string;
+    title: string | null;
+    /**
+     * the card: who the assistant is in this conversation
+     */
+    persona: string | null;
+    createdAt: Date;
+    updatedAt: Date;
+};
+export type SessionOptions = {
+    title?: string | undefined;
+    /**
+     * a persona card, stored as the session's `persona` memories
+     */
+    persona?: string | undefined;
+};
 export type Hit = {
     memoryId: number;
     content: string;
@@ -275,6 +292,18 @@ export class Memory {
      * @returns {Promise<StoredMemory>}
      */
     addMemory(user: string, memory: NewMemory): Promise<StoredMemory>;
+    /**
+     * Creates the session if needed and sets what is given: its title, and its persona card
+     * (who the assistant is: a name, a manner, a backstory). The card is stored as the
+     * session's `persona` memories, chunked by sentences and replacing those of the card
+     * before; a chat in the session carries the card whole when it fits its share of the
+     * prompt, else its opening and the chunks that matter for the message.
+     * @param {string} user
+     * @param {string} session
+     * @param {SessionOptions} [options]
+     * @returns {Promise<Session>}
+     */
+    createSession(user: string, session: string, options?: SessionOptions): Promise<Session>;
     /**
      * The memories `id` replaced, itself, and those that replaced it, oldest first.
      * @param {string} user

@@ -17,7 +17,7 @@ use recall_core::retrieval::SearchMode;
 use recall_core::runner::KeyWriter;
 use recall_core::setup::{self, ChatOptions, EngineOptions};
 use recall_core::store::StoreConfig;
-use recall_core::types::{Actor, ExportOptions, Filter};
+use recall_core::types::{Actor, ExportOptions, Filter, SessionPatch};
 use recall_core::{Engine as CoreEngine, NewMemoryText, RetrieveOptions};
 use serde::Deserialize;
 use tokio::runtime::Runtime;
@@ -210,6 +210,27 @@ impl Engine {
                 .block_on(self.engine.add_memory(user, new))
                 .py()?;
             serde_json::to_string(&memory(&stored)).map_err(json_err)
+        })
+    }
+
+    /// Creates the session if needed and sets its title and persona (`patch_json`: core's
+    /// `SessionPatch` as JSON); a persona card is stored as the session's persona memories,
+    /// replacing those of the card before. The session as JSON.
+    fn create_session(
+        &self,
+        py: Python<'_>,
+        user: &str,
+        session: &str,
+        patch_json: &str,
+    ) -> PyResult<String> {
+        let patch: SessionPatch =
+            serde_json::from_str(patch_json).map_err(|e| bad_json("session", e))?;
+        py.detach(|| {
+            let stored = self
+                .runtime
+                .block_on(self.engine.create_session(user, session, patch))
+                .py()?;
+            serde_json::to_string(&stored).map_err(json_err)
         })
     }
 

@@ -20,6 +20,7 @@ from deep_recall import (
     Memory,
     ModelError,
     NotFound,
+    Session,
     StoredMemory,
     Unavailable,
 )
@@ -299,6 +300,31 @@ def test_memories_stay_true(store: Store, tmp_path: object) -> None:
     assert m.delete_memories(alice, [berlin.id]) == 1
     hits = m.search(alice, "Where does Alice live?")
     assert paris.id in [h.memory_id for h in hits]
+
+
+def test_a_persona_card_becomes_persona_memories(store: Store) -> None:
+    m = store.memory
+    alice, bob = store.user("alice"), store.user("bob")
+    card = "You are Captain Rhea, a retired sea captain from Valparaiso.\n" + " ".join(
+        f"In her {i}th year at sea Rhea anchored at {port} and learnt the local knots."
+        for i, port in enumerate(["Cape Town", "Hobart", "Reykjavik", "Dakar"], 10)
+    )
+    card += "\nRhea rounded Cape Horn twelve times and never lost a sailor."
+    session = m.create_session(alice, "voyage", title="Voyage", persona=card)
+    assert isinstance(session, Session)
+    assert (session.id, session.title, session.persona) == ("voyage", "Voyage", card)
+    only_persona = {"kinds": ["persona"]}
+    q = "How many times did the captain round Cape Horn?"
+    hits = m.search(alice, q, top_k=10, session="voyage", filter=only_persona)
+    assert len(hits) >= 2, "a long card comes as chunks"
+    assert all(h.kind == "persona" and len(h.content) <= 400 for h in hits)
+    assert "Cape Horn" in hits[0].content
+    assert m.search(bob, q, filter=only_persona) == []
+    # A title alone leaves the card; a new card replaces the chunks.
+    assert m.create_session(alice, "voyage", title="Renamed").persona == card
+    m.create_session(alice, "voyage", persona="You are Moss, a quiet gardener.")
+    hits = m.search(alice, q, top_k=10, filter=only_persona)
+    assert [h.content for h in hits] == ["You are Moss, a quiet gardener."]
 
 
 def test_deduplication_and_tag_ttl_are_options(tmp_path: object) -> None:

@@ -42,6 +42,7 @@ __all__ = [
     "Memory",
     "ModelError",
     "NotFound",
+    "Session",
     "StoredMemory",
     "Unavailable",
     "Usage",
@@ -118,6 +119,27 @@ class StoredMemory:
             superseded_by=v.get("superseded_by"),
             superseded_at=_time(v.get("superseded_at")),
             key_for=v.get("key_for"),
+        )
+
+
+@dataclass(frozen=True)
+class Session:
+    """A conversation: its id, title and persona card (who the assistant is in it)."""
+
+    id: str
+    title: str | None
+    persona: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def _from(cls, v: Mapping[str, Any]) -> Session:
+        return cls(
+            id=str(v["id"]),
+            title=v.get("title"),
+            persona=v.get("persona"),
+            created_at=datetime.fromisoformat(str(v["created_at"])),
+            updated_at=datetime.fromisoformat(str(v["updated_at"])),
         )
 
 
@@ -315,6 +337,27 @@ class Memory:
         encoded = json.dumps(memory, default=_json_default)
         return StoredMemory._from(json.loads(self._engine.add_memory(user, encoded)))
 
+    def create_session(
+        self,
+        user: str,
+        session: str,
+        *,
+        title: str | None = None,
+        persona: str | None = None,
+    ) -> Session:
+        """Creates the session if needed and sets what is given: its title, and its persona
+        card (who the assistant is: a name, a manner, a backstory). The card is stored as the
+        session's ``persona`` memories, chunked by sentences and replacing those of the card
+        before; a chat in the session carries the card whole when it fits its share of the
+        prompt, else its opening and the chunks that matter for the message."""
+        patch: dict[str, str] = {}
+        if title is not None:
+            patch["title"] = title
+        if persona is not None:
+            patch["persona"] = persona
+        stored = self._engine.create_session(user, session, json.dumps(patch))
+        return Session._from(json.loads(stored))
+
     def memory_history(self, user: str, memory_id: int) -> list[StoredMemory]:
         """The memories ``memory_id`` replaced, itself, and those that replaced it, oldest
         first (``NotFound`` when the user has no such memory)."""
@@ -447,6 +490,9 @@ class AsyncMemory:
 
     async def add_memory(self, user: str, content: str, **kwargs: Any) -> StoredMemory:
         return await self._run(self._memory.add_memory, user, content, **kwargs)
+
+    async def create_session(self, user: str, session: str, **kwargs: Any) -> Session:
+        return await self._run(self._memory.create_session, user, session, **kwargs)
 
     async def memory_history(self, user: str, memory_id: int) -> list[StoredMemory]:
         return await self._run(self._memory.memory_history, user, memory_id)
