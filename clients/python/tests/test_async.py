@@ -94,6 +94,36 @@ def test_delete_and_errors(server: Server, token: str) -> None:
     run(server, token, test)
 
 
+def test_memories_stay_true_sessions_and_keys(server: Server, token: str) -> None:
+    async def test(c: AsyncDeepRecall) -> None:
+        paris = await c.add_memory("Jo lives in Paris.", metadata={"priority": 1})
+        berlin = await c.add_memory(
+            "Jo moved to Berlin.", supersedes=paris.id, metadata={"priority": 3}
+        )
+        q = "Where does Jo live?"
+        assert paris.id not in [h.memory.id for h in await c.search(q)]
+        history = await c.search(q, include_superseded=True)
+        assert paris.id in [h.memory.id for h in history]
+        then = await c.search(q, as_of=paris.created_at)
+        assert [h.memory.id for h in then] == [paris.id]
+        high = await c.search(
+            "Jo", metadata=[{"key": "priority", "op": "gt", "value": 2}]
+        )
+        assert [h.memory.id for h in high] == [berlin.id]
+        chain = await c.memory_history(paris.id)
+        assert [m.id for m in chain] == [paris.id, berlin.id]
+        brief = await c.add_memory("Locker 12 today.", ttl_seconds=60)
+        assert brief.expires_at is not None
+        s = await c.create_session("trip", persona="You are Moss, a quiet gardener.")
+        assert s.persona == "You are Moss, a quiet gardener."
+        persona = await c.search("gardener", kinds=["persona"])
+        assert [h.memory.content for h in persona] == [s.persona]
+        assert (await c.set_memory_keys(False)).enabled is False
+        assert (await c.memory_keys()).enabled is False
+
+    run(server, token, test)
+
+
 def test_no_token_is_unauthenticated(server: Server) -> None:
     async def test(c: AsyncDeepRecall) -> None:
         with pytest.raises(DeepRecallError) as e:

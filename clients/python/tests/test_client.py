@@ -109,6 +109,8 @@ def test_a_replaced_fact_stays_as_history(client: DeepRecall, server: Server) ->
     history = client.memory_history(berlin.id)
     assert [m.id for m in history] == [paris.id, berlin.id]
     assert history[0].superseded_by == berlin.id
+    everything = client.search("Where does Hana live?", include_superseded=True)
+    assert paris.id in [h.memory.id for h in everything]
     then = client.search("Where does Hana live?", as_of=paris.created_at)
     assert [h.memory.id for h in then] == [paris.id]
     high = client.search(
@@ -124,6 +126,31 @@ def test_a_replaced_fact_stays_as_history(client: DeepRecall, server: Server) ->
         with pytest.raises(DeepRecallError) as e:
             other.add_memory("takeover", supersedes=berlin.id)
         assert e.value.code == "NOT_FOUND"
+
+
+def test_a_persona_card_becomes_persona_memories(
+    client: DeepRecall, server: Server
+) -> None:
+    card = "You are Captain Rhea, a retired sea captain.\nRhea rounded Cape Horn twelve times."
+    s = client.create_session("voyage", title="Voyage", persona=card)
+    assert (s.id, s.title, s.persona) == ("voyage", "Voyage", card)
+    q = "How many times did the captain round Cape Horn?"
+    hits = client.search(q, kinds=["persona"])
+    assert hits and all(h.memory.kind == "persona" for h in hits)
+    assert "Cape Horn" in hits[0].memory.content
+    # A title alone leaves the card; nobody else finds it.
+    assert client.create_session("voyage", title="Renamed").persona == card
+    with DeepRecall(server.url, token=make_token("persona-other")) as other:
+        assert other.search(q, kinds=["persona"]) == []
+
+
+def test_memory_keys_are_switched_per_user(client: DeepRecall) -> None:
+    client.add_memory("Ines keeps bees on the roof.")
+    off = client.set_memory_keys(False)
+    assert (off.enabled, off.keys) == (False, 0)
+    assert client.memory_keys() == off
+    assert client.set_memory_keys(True).enabled is True
+    assert client.memory_keys().enabled is True
 
 
 def test_bad_input_is_bad_input(client: DeepRecall) -> None:

@@ -10,6 +10,7 @@ import {
   AddMemoryDocument,
   AddMessagesDocument,
   ChatDocument,
+  CreateSessionDocument,
   DeleteMemoryDocument,
   DeleteMyDataDocument,
   DeleteSessionDocument,
@@ -18,6 +19,8 @@ import {
   MemoriesDocument,
   MemoryEventsDocument,
   MemoryHistoryDocument,
+  MemoryKeysEnableDocument,
+  MemoryKeysStatusDocument,
   MessagesDocument,
   SearchDocument,
   SessionsDocument,
@@ -33,6 +36,7 @@ import {
   type Memory,
   type MemoryEvent,
   type MemoryFilter,
+  type MemoryKeysStatus,
   type MemoryKind,
   type MetadataCondition,
   type Message,
@@ -86,8 +90,20 @@ export interface SearchOptions {
   tags?: string[];
   /** What was true then, instead of what is current. */
   asOf?: string | Date;
+  /** The memories that newer ones replaced too (the history). */
+  includeSuperseded?: boolean;
   /** Conditions on the metadata, all of which must hold. */
   metadata?: MetadataCondition[];
+}
+
+/** Options of `createSession`: what is given is set, the rest stays as it is. */
+export interface SessionOptions {
+  title?: string;
+  /**
+   * A persona card (who the assistant is: a name, a manner, a backstory), stored as the
+   * session's `persona` memories, chunked by sentences and replacing those of the card before.
+   */
+  persona?: string;
 }
 
 /** Options of `addMemory`. */
@@ -341,6 +357,7 @@ export class DeepRecall {
           kinds: options.kinds,
           tags: options.tags,
           asOf: options.asOf,
+          includeSuperseded: options.includeSuperseded,
           metadata: options.metadata,
         }),
       },
@@ -442,6 +459,30 @@ export class DeepRecall {
   async deleteMemory(id: string): Promise<true> {
     await this.#request(DeleteMemoryDocument, { id }, 'mutation');
     return true;
+  }
+
+  /** Creates a session (or sets the title and persona card of one that exists). */
+  async createSession(id: string, options: SessionOptions = {}): Promise<Session> {
+    const { createSession } = await this.#request(
+      CreateSessionDocument,
+      { id, title: options.title, persona: options.persona },
+      'mutation',
+    );
+    return createSession;
+  }
+
+  /** Whether the caller's memory keys are on, and how many they have. */
+  async memoryKeys(): Promise<MemoryKeysStatus> {
+    return (await this.#request(MemoryKeysStatusDocument, {}, 'query')).memoryKeysStatus;
+  }
+
+  /**
+   * Turns the caller's memory keys on (the server writes them in the background from then on)
+   * or off (their keys are deleted; memories are untouched).
+   */
+  async setMemoryKeys(enabled: boolean): Promise<MemoryKeysStatus> {
+    return (await this.#request(MemoryKeysEnableDocument, { enabled }, 'mutation'))
+      .memoryKeysEnable;
   }
 
   /** Deletes a session with its messages and their memories. */

@@ -9,6 +9,7 @@ export {
   type DeepRecallOptions,
   type PageOptions,
   type SearchOptions,
+  type SessionOptions,
 } from './client.js';
 export { DeepRecallError, type ErrorCode } from './errors.js';
 export type {
@@ -23,6 +24,7 @@ export type {
   MemoryAction,
   MemoryEvent,
   MemoryFilter,
+  MemoryKeysStatus,
   MemoryKind,
   Message,
   MetadataCondition,

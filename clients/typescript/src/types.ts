@@ -84,6 +84,14 @@ export interface Session {
   updatedAt: string;
 }
 
+/** Whether the caller's memory keys are on, and how many they have. */
+export interface MemoryKeysStatus {
+  /** Keys are written for new memories in the background, and searches use them. */
+  enabled: boolean;
+  /** Keys stored (memories of kind `key`; searches return the memory, never the key). */
+  keys: number;
+}
+
 /** The calling user. */
 export interface User {
   id: string;

@@ -118,6 +118,8 @@ describe('against a real server', () => {
     const history = await fay.memoryHistory(berlin.id);
     assert.deepEqual(history.map((m) => m.id), [paris.id, berlin.id]);
     assert.equal(history[0].supersededBy, berlin.id);
+    const all = await fay.search('Where does Fay live?', { includeSuperseded: true });
+    assert.ok(all.some((h) => h.memory.id === paris.id), 'the history on request');
     const then = await fay.search('Where does Fay live?', { asOf: paris.createdAt });
     assert.deepEqual(then.map((h) => h.memory.id), [paris.id]);
     const high = await fay.search('Fay', { metadata: [{ key: 'priority', op: 'gte', value: 2 }] });
@@ -126,6 +128,31 @@ describe('against a real server', () => {
     assert.ok(brief.expiresAt !== null && brief.expiresAt > brief.createdAt);
     await rejects(fay.addMemory('x', { ttlSeconds: 0 }), 'BAD_INPUT');
     await rejects(client('gus').addMemory('takeover', { supersedes: berlin.id }), 'NOT_FOUND');
+  });
+
+  test('a session\'s persona card becomes its persona memories', async () => {
+    const ivy = client('ivy');
+    const card =
+      'You are Captain Rhea, a retired sea captain.\nRhea rounded Cape Horn twelve times.';
+    const s = await ivy.createSession('voyage', { title: 'Voyage', persona: card });
+    assert.deepEqual([s.id, s.title, s.persona], ['voyage', 'Voyage', card]);
+    const q = 'How many times did the captain round Cape Horn?';
+    const hits = await ivy.search(q, { kinds: ['persona'] });
+    assert.ok(hits.length >= 1 && hits.every((h) => h.memory.kind === 'persona'), String(hits));
+    assert.match(hits[0].memory.content, /Cape Horn/);
+    // A title alone leaves the card; nobody else finds it.
+    assert.equal((await ivy.createSession('voyage', { title: 'Renamed' })).persona, card);
+    assert.deepEqual(await client('jay').search(q, { kinds: ['persona'] }), []);
+  });
+
+  test('memory keys are switched per user', async () => {
+    const kim = client('kim');
+    await kim.addMemory('Kim keeps bees on the roof.');
+    assert.deepEqual(await kim.setMemoryKeys(false), { enabled: false, keys: 0 });
+    assert.deepEqual(await kim.memoryKeys(), { enabled: false, keys: 0 });
+    const on = await kim.setMemoryKeys(true);
+    assert.equal(on.enabled, true);
+    assert.equal((await kim.memoryKeys()).enabled, true);
   });
 
   test('bad input and bad credentials are typed errors', async () => {

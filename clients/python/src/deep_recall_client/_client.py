@@ -119,11 +119,22 @@ class DeepRecall:
         tags: Sequence[str] | None = None,
         as_of: t.Time | None = None,
         metadata: Sequence[t.MetadataCondition] | None = None,
+        include_superseded: bool = False,
     ) -> list[t.SearchHit]:
         """The caller's memories that matter for `query`, best first; `as_of` asks what was
         true then, `metadata` conditions must all hold."""
         return self._send(
-            ops.search(query, top_k, mode, session, kinds, tags, as_of, metadata)
+            ops.search(
+                query,
+                top_k,
+                mode,
+                session,
+                kinds,
+                tags,
+                as_of,
+                metadata,
+                include_superseded,
+            )
         )
 
     def add_messages(
@@ -197,6 +208,24 @@ class DeepRecall:
     def delete_memory(self, id: str) -> bool:
         """Deletes a memory (a missing one is a `NOT_FOUND` error)."""
         return self._send(ops.delete_memory(id))
+
+    def create_session(
+        self, id: str, *, title: str | None = None, persona: str | None = None
+    ) -> t.Session:
+        """Creates a session, or sets what is given of an existing one's title and persona
+        card (who the assistant is: a name, a manner, a backstory). The card is stored as the
+        session's `persona` memories, chunked by sentences, replacing those of the card
+        before."""
+        return self._send(ops.create_session(id, title, persona))
+
+    def memory_keys(self) -> t.MemoryKeysStatus:
+        """Whether the caller's memory keys are on, and how many they have."""
+        return self._send(ops.memory_keys_status())
+
+    def set_memory_keys(self, enabled: bool) -> t.MemoryKeysStatus:
+        """Turns the caller's memory keys on (the server writes them in the background from
+        then on) or off (their keys are deleted; memories are untouched)."""
+        return self._send(ops.memory_keys_enable(enabled))
 
     def delete_session(self, id: str) -> bool:
         """Deletes a session with its messages and their memories."""

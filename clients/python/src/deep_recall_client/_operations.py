@@ -82,10 +82,13 @@ def _filter(
     until: t.Time | None = None,
     as_of: t.Time | None = None,
     metadata: Sequence[t.MetadataCondition] | None = None,
+    include_superseded: bool = False,
 ) -> t.Json | None:
     f: t.Json = {}
     if as_of is not None:
         f["asOf"] = t.time(as_of)
+    if include_superseded:
+        f["includeSuperseded"] = True
     if metadata:
         f["metadata"] = [
             {"key": c["key"], "op": t.upper(c["op"]), "value": c.get("value")}
@@ -125,6 +128,7 @@ def search(
     tags: Sequence[str] | None,
     as_of: t.Time | None = None,
     metadata: Sequence[t.MetadataCondition] | None = None,
+    include_superseded: bool = False,
 ) -> Operation[list[t.SearchHit]]:
     return Operation(
         "Search",
@@ -139,7 +143,12 @@ def search(
             "topK": top_k,
             "mode": t.upper(mode),
             "filter": _filter(
-                session=session, kinds=kinds, tags=tags, as_of=as_of, metadata=metadata
+                session=session,
+                kinds=kinds,
+                tags=tags,
+                as_of=as_of,
+                metadata=metadata,
+                include_superseded=include_superseded,
             ),
         },
         False,
@@ -295,6 +304,44 @@ def delete_memory(id: str) -> Operation[bool]:
         {"id": id},
         True,
         lambda d: bool(d["deleteMemory"]),
+    )
+
+
+def create_session(
+    id: str, title: str | None, persona: str | None
+) -> Operation[t.Session]:
+    return Operation(
+        "CreateSession",
+        """mutation CreateSession($id: ID!, $title: String, $persona: String) {
+  createSession(id: $id, title: $title, persona: $persona) {
+    id title persona createdAt updatedAt
+  }
+}""",
+        {"id": id, "title": title, "persona": persona},
+        True,
+        lambda d: t.session(d["createSession"]),
+    )
+
+
+def memory_keys_status() -> Operation[t.MemoryKeysStatus]:
+    return Operation(
+        "MemoryKeysStatus",
+        "query MemoryKeysStatus { memoryKeysStatus { enabled keys } }",
+        {},
+        False,
+        lambda d: t.memory_keys_status(d["memoryKeysStatus"]),
+    )
+
+
+def memory_keys_enable(enabled: bool) -> Operation[t.MemoryKeysStatus]:
+    return Operation(
+        "MemoryKeysEnable",
+        """mutation MemoryKeysEnable($enabled: Boolean!) {
+  memoryKeysEnable(enabled: $enabled) { enabled keys }
+}""",
+        {"enabled": enabled},
+        True,
+        lambda d: t.memory_keys_status(d["memoryKeysEnable"]),
     )
 
 

@@ -161,6 +161,16 @@ class User:
 
 
 @dataclass(frozen=True)
+class MemoryKeysStatus:
+    """Whether the caller's memory keys are on, and how many they have. A key is a second way
+    to find a memory; searches return the memory, never the key."""
+
+    __slots__ = ("enabled", "keys")
+    enabled: bool
+    keys: int
+
+
+@dataclass(frozen=True)
 class DeletionReport:
     """What `delete_my_data` removed."""
 
@@ -320,6 +330,10 @@ def session(d: Json) -> Session:
         created_at=d["createdAt"],
         updated_at=d["updatedAt"],
     )
+
+
+def memory_keys_status(d: Json) -> MemoryKeysStatus:
+    return MemoryKeysStatus(enabled=bool(d["enabled"]), keys=int(d["keys"]))
 
 
 def user(d: Json) -> User:

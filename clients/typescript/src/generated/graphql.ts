@@ -262,6 +262,27 @@ export type DeleteSessionMutationVariables = Exact<{
 
 export type DeleteSessionMutation = { deleteSession: boolean };
 
+export type CreateSessionMutationVariables = Exact<{
+  id: string;
+  title?: string | null | undefined;
+  persona?: string | null | undefined;
+}>;
+
+
+export type CreateSessionMutation = { createSession: { id: string, title: string | null, persona: string | null, createdAt: string, updatedAt: string } };
+
+export type MemoryKeysStatusQueryVariables = Exact<{ [key: string]: never; }>;
+
+
+export type MemoryKeysStatusQuery = { memoryKeysStatus: { enabled: boolean, keys: number } };
+
+export type MemoryKeysEnableMutationVariables = Exact<{
+  enabled: boolean;
+}>;
+
+
+export type MemoryKeysEnableMutation = { memoryKeysEnable: { enabled: boolean, keys: number } };
+
 export type ExportMyDataMutationVariables = Exact<{ [key: string]: never; }>;
 
 
@@ -529,6 +550,35 @@ export const DeleteSessionDocument = new TypedDocumentString(`
   deleteSession(id: $id)
 }
     `) as unknown as TypedDocumentString<DeleteSessionMutation, DeleteSessionMutationVariables>;
+export const CreateSessionDocument = new TypedDocumentString(`
+    mutation CreateSession($id: ID!, $title: String, $persona: String) {
+  createSession(id: $id, title: $title, persona: $persona) {
+    ...SessionFields
+  }
+}
+    fragment SessionFields on Session {
+  id
+  title
+  persona
+  createdAt
+  updatedAt
+}`) as unknown as TypedDocumentString<CreateSessionMutation, CreateSessionMutationVariables>;
+export const MemoryKeysStatusDocument = new TypedDocumentString(`
+    query MemoryKeysStatus {
+  memoryKeysStatus {
+    enabled
+    keys
+  }
+}
+    `) as unknown as TypedDocumentString<MemoryKeysStatusQuery, MemoryKeysStatusQueryVariables>;
+export const MemoryKeysEnableDocument = new TypedDocumentString(`
+    mutation MemoryKeysEnable($enabled: Boolean!) {
+  memoryKeysEnable(enabled: $enabled) {
+    enabled
+    keys
+  }
+}
+    `) as unknown as TypedDocumentString<MemoryKeysEnableMutation, MemoryKeysEnableMutationVariables>;
 export const ExportMyDataDocument = new TypedDocumentString(`
     mutation ExportMyData {
   exportMyData
