@@ -17,7 +17,7 @@ pub(super) struct AddArgs {
     /// Whose memory it is.
     #[arg(long)]
     user: String,
-    /// What it is: fact (the default) or persona.
+    /// What it is: fact (the default), persona, message or summary.
     #[arg(long, default_value = "fact")]
     kind: MemoryKind,
     /// The conversation it belongs to (created if missing).
