@@ -20,6 +20,21 @@ impl Backend {
     }
 }
 
+/// Runs `test` on a fresh Postgres database, dropped afterwards.
+pub(super) async fn on_postgres<F: std::future::Future<Output = ()>>(
+    test: impl FnOnce(Backend) -> F,
+) {
+    let db = PgDb::create().await;
+    let name = db.name.clone();
+    test(Backend::Postgres(db)).await;
+    PgDb {
+        url: String::new(),
+        name,
+    }
+    .drop_db()
+    .await;
+}
+
 pub(super) fn cli(backend: &Backend, args: &[&str]) -> Output {
     cli_with(backend, args, &[])
 }
@@ -285,28 +300,12 @@ async fn ingest_writes_keys_embedded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_writes_keys_postgres() {
-    let db = PgDb::create().await;
-    let name = db.name.clone();
-    ingest_writes_keys(Backend::Postgres(db)).await;
-    PgDb {
-        url: String::new(),
-        name,
-    }
-    .drop_db()
-    .await;
+    on_postgres(ingest_writes_keys).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_search_export_forget_postgres() {
-    let db = PgDb::create().await;
-    let name = db.name.clone();
-    round_trip(Backend::Postgres(db)).await;
-    PgDb {
-        url: String::new(),
-        name,
-    }
-    .drop_db()
-    .await;
+    on_postgres(round_trip).await;
 }
 
 #[test]

@@ -2,10 +2,9 @@
 //! expiring), `search` with its filters (`--where`, `--tag`, `--as-of`,
 //! `--include-superseded`), `history` and `delete`, on both stores.
 use chrono::{DateTime, Utc};
-use recall_core::testing::PgDb;
 use serde_json::Value;
 
-use super::cli::{Backend, cli, cli_with, ok_json};
+use super::cli::{Backend, cli, cli_with, ok_json, on_postgres};
 
 fn add(backend: &Backend, user: &str, extra: &[&str], content: &str) -> Value {
     let mut args = vec!["--json", "add", "--user", user];
@@ -225,13 +224,5 @@ async fn memories_stay_true_from_the_cli_embedded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memories_stay_true_from_the_cli_postgres() {
-    let db = PgDb::create().await;
-    let name = db.name.clone();
-    memories_stay_true(Backend::Postgres(db)).await;
-    PgDb {
-        url: String::new(),
-        name,
-    }
-    .drop_db()
-    .await;
+    on_postgres(memories_stay_true).await;
 }
