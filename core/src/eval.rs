@@ -4,7 +4,8 @@
 //! session's date), each question with evidence is asked, and the ranks of the evidence turns
 //! give recall@k (share of evidence turns in the top k), hit@k (any evidence turn in the top k),
 //! nDCG@k (evidence turns as relevant, binary gains) and MRR (reciprocal rank of the first
-//! evidence turn), overall and per category.
+//! evidence turn), overall, per category and per sample, with a bootstrap interval of each
+//! overall figure.
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Duration, NaiveDateTime, Utc};
@@ -17,7 +18,10 @@ use crate::retrieval::RetrieveOptions;
 use crate::types::{NewMessage, Role, Signals};
 
 mod answers;
+mod metrics;
 pub use answers::{AnswerOptions, answer_f1, evaluate_answers, normalize_answer};
+pub use metrics::BOOTSTRAP_RESAMPLES;
+use metrics::{Totals, interval95};
 
 /// One conversation and its questions.
 #[derive(Debug, Clone)]
@@ -216,64 +220,6 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Metric totals of a group of questions.
-#[derive(Debug, Clone, Default)]
-struct Totals {
-    questions: usize,
-    recall: BTreeMap<usize, f64>,
-    hit: BTreeMap<usize, f64>,
-    ndcg: BTreeMap<usize, f64>,
-    rr: f64,
-}
-
-/// nDCG@k with binary gains: `Σ 1/log2(rank + 1)` over the evidence in the top k, over the
-/// same sum for a ranking with all the evidence first.
-fn ndcg(k: usize, ranked: &[String], evidence: &[String]) -> f64 {
-    let gain = |rank: usize| 1.0 / ((rank + 1) as f64).log2();
-    let dcg: f64 = ranked
-        .iter()
-        .take(k)
-        .enumerate()
-        .filter(|(_, r)| evidence.contains(r))
-        .map(|(i, _)| gain(i + 1))
-        .sum();
-    let ideal: f64 = (1..=k.min(evidence.len())).map(gain).sum();
-    if ideal > 0.0 { dcg / ideal } else { 0.0 }
-}
-
-impl Totals {
-    fn add(&mut self, ks: &[usize], ranked: &[String], evidence: &[String]) {
-        self.questions += 1;
-        for &k in ks {
-            let top = &ranked[..k.min(ranked.len())];
-            let found = evidence.iter().filter(|e| top.contains(e)).count();
-            *self.recall.entry(k).or_default() += found as f64 / evidence.len() as f64;
-            *self.hit.entry(k).or_default() += if found > 0 { 1.0 } else { 0.0 };
-            *self.ndcg.entry(k).or_default() += ndcg(k, ranked, evidence);
-        }
-        if let Some(pos) = ranked.iter().position(|r| evidence.contains(r)) {
-            self.rr += 1.0 / (pos + 1) as f64;
-        }
-    }
-
-    fn report(&self) -> Value {
-        let n = self.questions.max(1) as f64;
-        let mut m = Map::new();
-        for (k, v) in &self.recall {
-            m.insert(format!("recall@{k}"), json!(v / n));
-        }
-        for (k, v) in &self.hit {
-            m.insert(format!("hit@{k}"), json!(v / n));
-        }
-        for (k, v) in &self.ndcg {
-            m.insert(format!("ndcg@{k}"), json!(v / n));
-        }
-        m.insert("mrr".into(), json!(self.rr / n));
-        m.insert("questions".into(), json!(self.questions));
-        Value::Object(m)
-    }
-}
-
 /// Turns at the top of each question's ranking whose signals `details` reports by default
 /// (with every evidence turn's).
 pub const DETAILED_TURNS: usize = 5;
@@ -380,8 +326,10 @@ impl Default for EvalOptions {
 }
 
 /// Evaluates already ingested samples with one set of retrieval options. Returns the report:
-/// `{"questions", "overall": {...}, "by_category": {"1": {...}, ...}, "search_ms": {"p50",
-/// "p95"}}` (plus `details`, one entry per question, when asked for). The latencies are of
+/// `{"questions", "overall": {...}, "interval95": {"hit@10": [low, high], ...}, "by_category":
+/// {"1": {...}, ...}, "by_sample": {"conv-26": {...}, ...}, "search_ms": {"p50", "p95"}}`
+/// (plus `details`, one entry per question, when asked for). `interval95` is a percentile
+/// bootstrap over the questions, each sample's resampled within it. The latencies are of
 /// whole retrievals, query embedding included.
 pub async fn evaluate(
     engine: &Engine,
@@ -391,8 +339,9 @@ pub async fn evaluate(
 ) -> Result<Value> {
     let ks = &eval.ks;
     let max_k = ks.iter().copied().max().unwrap_or(10);
-    let mut overall = Totals::default();
+    let mut overall = Totals::new(ks);
     let mut by_category: BTreeMap<String, Totals> = BTreeMap::new();
+    let mut by_sample: Vec<(String, Totals)> = Vec::new();
     let mut details = Vec::new();
     let mut latencies = Vec::new();
     for (sample, ingested) in samples {
@@ -416,14 +365,16 @@ pub async fn evaluate(
             &mut latencies,
         )
         .await?;
+        let mut this_sample = Totals::new(ks);
         for (q, turns) in questions.iter().zip(&ranked) {
             let r: Vec<String> = turns.iter().map(|t| t.id.clone()).collect();
             let r = &r;
-            overall.add(ks, r, &q.evidence);
+            overall.add(r, &q.evidence);
+            this_sample.add(r, &q.evidence);
             by_category
                 .entry(q.category.clone())
-                .or_default()
-                .add(ks, r, &q.evidence);
+                .or_insert_with(|| Totals::new(ks))
+                .add(r, &q.evidence);
             if eval.details {
                 let ranks: Vec<Option<usize>> = q
                     .evidence
@@ -450,16 +401,28 @@ pub async fn evaluate(
                 }));
             }
         }
+        match by_sample.iter_mut().find(|(id, _)| *id == sample.id) {
+            Some((_, t)) => t.extend(this_sample),
+            None => by_sample.push((sample.id.clone(), this_sample)),
+        }
     }
     let mut cats = Map::new();
     for (c, t) in &by_category {
         cats.insert(c.clone(), t.report());
     }
+    let mut samples_report = Map::new();
+    for (id, t) in &by_sample {
+        samples_report.insert(id.clone(), t.report());
+    }
+    let groups: Vec<&Totals> = by_sample.iter().map(|(_, t)| t).collect();
     latencies.sort_by(f64::total_cmp);
+    let overall = overall.report();
     let mut report = json!({
-        "questions": overall.questions,
-        "overall": overall.report(),
+        "questions": overall["questions"],
+        "overall": overall,
+        "interval95": interval95(&groups),
         "by_category": cats,
+        "by_sample": samples_report,
         "search_ms": {"p50": quantile(&latencies, 0.5), "p95": quantile(&latencies, 0.95)},
     });
     if eval.details {
@@ -488,25 +451,6 @@ mod tests {
         for bad in ["D1", "1:3", "D1:3:4", "D:3", "D1:x", "D8:6; D9:17", ""] {
             assert!(!valid_dia_id(bad), "{bad}");
         }
-    }
-
-    #[test]
-    fn metrics_per_question() {
-        let mut t = Totals::default();
-        let ranked: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
-        t.add(&[1, 3], &ranked, &["c".into(), "z".into()]);
-        t.add(&[1, 3], &ranked, &["a".into()]);
-        let r = t.report();
-        assert_eq!(r["recall@1"], 0.5); // (0 + 1) / 2
-        assert_eq!(r["recall@3"], 0.75); // (0.5 + 1) / 2
-        assert_eq!(r["hit@1"], 0.5);
-        assert_eq!(r["hit@3"], 1.0);
-        assert!((r["mrr"].as_f64().unwrap() - (1.0 / 3.0 + 1.0) / 2.0).abs() < 1e-12);
-        // nDCG@3: "c" at rank 3 of an ideal with one of two found at rank 1..2: (1/log2 4) /
-        // (1 + 1/log2 3); "a" at rank 1 is ideal.
-        let first = 0.5 / (1.0 + 1.0 / 3f64.log2());
-        assert!((r["ndcg@3"].as_f64().unwrap() - (first + 1.0) / 2.0).abs() < 1e-12);
-        assert_eq!(r["ndcg@1"], 0.5);
     }
 
     #[test]

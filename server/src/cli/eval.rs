@@ -613,6 +613,32 @@ fn print_eval(r: &serde_json::Value, ks: &[usize]) {
         }
     }
     row("overall", &r["overall"]);
+    // Only worth a line each when there is more than one.
+    if let Some(samples) = r["by_sample"].as_object().filter(|s| s.len() > 1) {
+        for (id, m) in samples {
+            row(id, m);
+        }
+    }
+    let interval = |name: &str| {
+        let v = &r["interval95"][name];
+        v[0].as_f64()
+            .zip(v[1].as_f64())
+            .map(|(lo, hi)| format!("{name} {lo:.3}–{hi:.3}"))
+    };
+    // The goal's cut-off where it was asked for, else the deepest.
+    let at = if ks.contains(&10) { 10 } else { top };
+    let wanted = [
+        format!("recall@{at}"),
+        format!("hit@{at}"),
+        "mrr".to_owned(),
+    ];
+    let intervals: Vec<String> = wanted.iter().filter_map(|n| interval(n)).collect();
+    if !intervals.is_empty() {
+        println!(
+            "95% interval over the questions (bootstrap): {}",
+            intervals.join(", ")
+        );
+    }
     println!();
 }
 

@@ -9,18 +9,28 @@ use recall_core::testing::repo_root;
 fn eval_reports_every_mode_and_hybrid_wins() {
     let backend = Backend::Embedded(tempfile::tempdir().unwrap());
     let data = repo_root().join("eval/data/recall-mini.json");
-    let reports = json_lines(cli(
+    // The table a person reads on stdout, and the same reports as JSON in the details file.
+    let details = tempfile::NamedTempFile::new().unwrap();
+    let out = cli(
         &backend,
         &[
-            "--json",
             "eval",
             data.to_str().unwrap(),
             "--k",
             "1,5,10",
             "--mode",
             "vector,text,hybrid",
+            "--details",
+            details.path().to_str().unwrap(),
         ],
-    ));
+    );
+    assert!(out.status.success(), "{out:?}");
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    let reports: Vec<Value> = std::fs::read_to_string(details.path())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(reports.len(), 3);
     let mrr = |r: &Value| r["overall"]["mrr"].as_f64().unwrap();
     for r in &reports {
@@ -45,6 +55,35 @@ fn eval_reports_every_mode_and_hybrid_wins() {
             .map(|c| c["questions"].as_u64().unwrap())
             .sum();
         assert_eq!(n, 110);
+        // Per sample: every conversation, its questions adding up, its figures averaging
+        // (weighted by its questions) to the overall ones.
+        let samples = r["by_sample"].as_object().unwrap();
+        assert_eq!(
+            samples.keys().collect::<Vec<_>>(),
+            ["mini-1", "mini-2", "mini-3", "mini-4", "mini-5"]
+        );
+        let weighted = |key: &str| {
+            samples
+                .values()
+                .map(|m| m[key].as_f64().unwrap() * m["questions"].as_f64().unwrap())
+                .sum::<f64>()
+                / 110.0
+        };
+        for key in ["recall@10", "hit@10", "mrr"] {
+            let overall = r["overall"][key].as_f64().unwrap();
+            assert!((weighted(key) - overall).abs() < 1e-9, "{key}");
+            // The bootstrap interval holds the figure and is no wider than it can be.
+            let lo = r["interval95"][key][0].as_f64().unwrap();
+            let hi = r["interval95"][key][1].as_f64().unwrap();
+            assert!(
+                0.0 <= lo && lo <= overall && overall <= hi && hi <= 1.0,
+                "{key}"
+            );
+            assert!(
+                lo < hi,
+                "110 questions of mixed outcome have some spread: {key}"
+            );
+        }
     }
     let (vector, text, hybrid) = (&reports[0], &reports[1], &reports[2]);
     assert_eq!(
@@ -61,6 +100,20 @@ fn eval_reports_every_mode_and_hybrid_wins() {
         assert!(h > vector["overall"][k].as_f64().unwrap(), "{k}");
         assert!(h > text["overall"][k].as_f64().unwrap(), "{k}");
     }
+    // The table has the same figures: a row per sample, and the interval (hybrid's is last).
+    let mini_2 = table.lines().rfind(|l| l.starts_with("mini-2 ")).unwrap();
+    let expected = format!(
+        "{:.3}",
+        hybrid["by_sample"]["mini-2"]["recall@10"].as_f64().unwrap()
+    );
+    assert!(mini_2.contains(&expected), "{mini_2} / {expected}");
+    let interval = &hybrid["interval95"]["hit@10"];
+    let expected = format!(
+        "hit@10 {:.3}–{:.3}",
+        interval[0].as_f64().unwrap(),
+        interval[1].as_f64().unwrap()
+    );
+    assert!(table.contains(&expected), "{table}");
     // The temporary users are gone.
     let export = ok_json(cli(
         &backend,
