@@ -96,6 +96,20 @@ fn valid_dia_id(id: &str) -> bool {
     )
 }
 
+/// The turn an evidence id names, if the conversation has it: as written, or with its
+/// numbers' leading zeros dropped ("D3:07" → "D3:7").
+fn known_dia_id(id: &str, known: &std::collections::HashSet<&str>) -> Option<String> {
+    if !valid_dia_id(id) {
+        return None;
+    }
+    if known.contains(id) {
+        return Some(id.to_owned());
+    }
+    let (a, b) = id[1..].split_once(':')?;
+    let plain = format!("D{}:{}", a.parse::<u64>().ok()?, b.parse::<u64>().ok()?);
+    known.contains(plain.as_str()).then_some(plain)
+}
+
 fn session_number(key: &str) -> Option<u32> {
     key.strip_prefix("session_")?.parse().ok()
 }
@@ -179,12 +193,17 @@ pub fn parse_locomo(text: &str) -> Result<(Vec<Sample>, DatasetWarnings)> {
                 .into_iter()
                 .flatten()
             {
-                match e.as_str() {
-                    Some(e) if valid_dia_id(e) && known.contains(e) => evidence.push(e.to_owned()),
-                    other => warnings.bad_evidence.push(format!(
-                        "{id}: {}",
-                        other.map_or_else(|| e.to_string(), str::to_owned)
-                    )),
+                let Some(e) = e.as_str() else {
+                    warnings.bad_evidence.push(format!("{id}: {e}"));
+                    continue;
+                };
+                // A few entries hold two ids in one string ("D8:6; D9:17"): each counts.
+                for part in e.split([';', ',', ' ']).filter(|p| !p.is_empty()) {
+                    match known_dia_id(part, &known) {
+                        Some(d) if !evidence.contains(&d) => evidence.push(d),
+                        Some(_) => {}
+                        None => warnings.bad_evidence.push(format!("{id}: {part}")),
+                    }
                 }
             }
             if evidence.is_empty() {
@@ -468,14 +487,17 @@ mod tests {
             "qa": [
                 {"question": "q1", "answer": "a", "evidence": ["D1:1", "D9:9", "D1"], "category": 4},
                 {"question": "q2", "answer": "a", "evidence": ["bad"], "category": 2},
+                {"question": "q4", "answer": "a", "evidence": ["D1:02; D1:1", "D1:1", "D1:2;x"], "category": 1},
                 {"question": "q3", "answer": "a", "evidence": [], "category": 5}
             ]
         }])
         .to_string();
         let (samples, w) = parse_locomo(&data).unwrap();
-        assert_eq!(samples[0].questions.len(), 1);
+        assert_eq!(samples[0].questions.len(), 2);
         assert_eq!(samples[0].questions[0].evidence, vec!["D1:1"]);
-        assert_eq!(w.bad_evidence, vec!["x: D9:9", "x: D1", "x: bad"]);
+        // Two ids in one string both count, leading zeros dropped, each turn once.
+        assert_eq!(samples[0].questions[1].evidence, vec!["D1:2", "D1:1"]);
+        assert_eq!(w.bad_evidence, vec!["x: D9:9", "x: D1", "x: bad", "x: x"]);
         assert_eq!(w.skipped_questions, 2);
         assert_eq!(samples[0].turns[1].role, Role::Assistant);
         assert!(
