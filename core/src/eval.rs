@@ -420,9 +420,11 @@ pub async fn evaluate(
                 }));
             }
         }
+        // A sample none of whose questions is of the categories asked for has no figures.
         match by_sample.iter_mut().find(|(id, _)| *id == sample.id) {
             Some((_, t)) => t.extend(this_sample),
-            None => by_sample.push((sample.id.clone(), this_sample)),
+            None if !questions.is_empty() => by_sample.push((sample.id.clone(), this_sample)),
+            None => {}
         }
     }
     let mut cats = Map::new();

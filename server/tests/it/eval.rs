@@ -416,6 +416,22 @@ fn eval_skips_malformed_evidence_and_refuses_broken_files() {
         "{stderr}"
     );
 
+    // The one sample has no question of category 2: no figures for it, no interval.
+    let none = json_lines(cli(
+        &backend,
+        &[
+            "--json",
+            "eval",
+            file.to_str().unwrap(),
+            "--categories",
+            "2",
+        ],
+    ));
+    assert_eq!(none[0]["questions"], 0);
+    assert_eq!(none[0]["by_sample"], serde_json::json!({}));
+    assert_eq!(none[0]["interval95"], serde_json::json!({}));
+    assert_eq!(reports[0]["by_sample"]["tiny"]["questions"], 1);
+
     std::fs::write(&file, "{\"not\": \"a list\"}").unwrap();
     let out = cli(&backend, &["eval", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
