@@ -4,7 +4,7 @@
 // together.
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
-import { mkdtempSync } from 'node:fs'
+import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { after, describe, test } from 'node:test'
@@ -21,7 +21,16 @@ import {
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..')
 const modelsDir = process.env.DEEP_RECALL_MODELS_DIR || path.join(root, 'models')
-const tempDir = () => mkdtempSync(path.join(tmpdir(), 'deep-recall-node-'))
+// Every data directory a test opens, removed once the file's tests are done.
+const tempDirs = []
+const tempDir = () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'deep-recall-node-'))
+  tempDirs.push(dir)
+  return dir
+}
+after(() => {
+  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true })
+})
 
 const stores = [
   ['embedded', (extra = {}) => Memory.open({ dataDir: tempDir(), modelsDir, device: 'cpu', ...extra })],
