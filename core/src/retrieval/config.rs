@@ -122,7 +122,9 @@ pub struct RankingConfig {
     /// windows for candidates.
     pub time_weight: f32,
     /// Weight of the entity signal: the share of the query's names and quoted phrases that
-    /// the memory mentions.
+    /// the memory mentions. Off by default: at the other defaults BM25 (a name is a rare
+    /// term) and the speaker signal already read the names, and on the LoCoMo dev set and the
+    /// hand-written set this adds nothing (docs/benchmarks.md, "Each technique taken out").
     pub entity_weight: f32,
     /// Weight of the speaker signal: the memory was said by someone the query names (its
     /// text starts with their label, "Melanie: …"; [`crate::text::said_by_named`]). A
@@ -170,7 +172,7 @@ impl Default for RankingConfig {
             cross_encoder_top_n: 20,
             cross_encoder_weight: 0.5,
             time_weight: 0.2,
-            entity_weight: 0.05,
+            entity_weight: 0.0,
             speaker_weight: 0.1,
             question_penalty: 0.1,
             content_weight: 0.3,

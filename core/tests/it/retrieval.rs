@@ -449,8 +449,6 @@ async fn the_named_speaker_and_statements_come_first(t: &TestStore) {
     // By relevance alone a turn that addresses her (more of the question's words) wins.
     assert!(hits[0].memory.content.starts_with("Caroline"), "{hits:?}");
     for h in &hits {
-        let by_her = h.memory.content.starts_with("Melanie: ");
-        assert_eq!(h.signals.speaker, if by_her { 1.0 } else { 0.0 }, "{h:?}");
         let asks = h.memory.content.ends_with('?');
         assert_eq!(h.signals.question, if asks { 1.0 } else { 0.0 }, "{h:?}");
     }
@@ -466,6 +464,10 @@ async fn the_named_speaker_and_statements_come_first(t: &TestStore) {
         )
         .await
         .unwrap();
+    for h in &hits {
+        let by_her = h.memory.content.starts_with("Melanie: ");
+        assert_eq!(h.signals.speaker, if by_her { 1.0 } else { 0.0 }, "{h:?}");
+    }
     assert!(
         hits[..2]
             .iter()
