@@ -188,6 +188,15 @@ for (const [kind, open] of stores) {
         filter: { metadata: [{ key: 'priority', op: 'gte', value: 2 }] },
       })
       assert.deepEqual(high.map((h) => h.memoryId), [berlin.id])
+      // A message's metadata is its memory's: conditions find it by what it came with.
+      await m.addMessages(alice, 'chat', [
+        { role: 'user', content: 'Alice parks at the station.', metadata: { channel: 'sms' } },
+        { role: 'user', content: 'Alice parks in the garage.', metadata: { channel: 'email' } },
+      ])
+      const sms = await m.search(alice, 'Where does Alice park?', {
+        filter: { metadata: [{ key: 'channel', op: 'eq', value: 'sms' }] },
+      })
+      assert.deepEqual(sms.map((h) => h.content), ['Alice parks at the station.'])
       const brief = await m.addMemory(alice, { content: 'Parking spot B12.', ttlSeconds: 3600 })
       assert.ok(brief.expiresAt instanceof Date && brief.expiresAt > brief.createdAt)
       for (const bad of [

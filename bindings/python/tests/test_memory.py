@@ -280,6 +280,29 @@ def test_memories_stay_true(store: Store, tmp_path: object) -> None:
         filter={"metadata": [{"key": "priority", "op": "gte", "value": 2}]},
     )
     assert [h.memory_id for h in high] == [berlin.id]
+    # A message's metadata is its memory's: conditions find it by what it came with.
+    m.add_messages(
+        alice,
+        "chat",
+        [
+            {
+                "role": "user",
+                "content": "Alice parks at the station.",
+                "metadata": {"channel": "sms"},
+            },
+            {
+                "role": "user",
+                "content": "Alice parks in the garage.",
+                "metadata": {"channel": "email"},
+            },
+        ],
+    )
+    sms = m.search(
+        alice,
+        "Where does Alice park?",
+        filter={"metadata": [{"key": "channel", "op": "eq", "value": "sms"}]},
+    )
+    assert [h.content for h in sms] == ["Alice parks at the station."]
     # Expiry.
     brief = m.add_memory(alice, "Parking spot B12 today.", ttl_seconds=3600)
     assert brief.expires_at is not None and brief.expires_at > paris.created_at

@@ -162,6 +162,9 @@ impl Engine {
             pieces.into_iter().zip(vectors).zip(signals)
         {
             let n = memories[i].len();
+            // The caller's keys, beside (and over) the engine's signals, as on a free-standing
+            // memory: metadata conditions on search find a message by what it was sent with.
+            own_metadata(&mut metadata, &batch[i].0.metadata);
             if counts[i] > 1 {
                 metadata["chunk"] = json!(n);
                 metadata["chunks"] = json!(counts[i]);
@@ -207,10 +210,7 @@ impl Engine {
             .unwrap_or(EmotionScore::neutral(0.5));
         let (importance, emotion, mut metadata) =
             retrieval::ingest_signals(&memory.content, emotion, Utc::now());
-        // The caller's keys, beside (and over) the engine's signals.
-        if let (Value::Object(signals), Value::Object(own)) = (&mut metadata, &memory.metadata) {
-            signals.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
-        }
+        own_metadata(&mut metadata, &memory.metadata);
         // A memory that replaces another is stored as given, never merged.
         if memory.supersedes.is_none()
             && let Some(merged) = this.merge_duplicate(user, &memory, &vector).await?
@@ -530,5 +530,14 @@ impl Engine {
         page: &PageRequest,
     ) -> Result<Page<Message>> {
         self.store.list_messages(user, session, page).await
+    }
+}
+
+/// Puts the caller's metadata keys into `signals` (the engine's, from
+/// [`retrieval::ingest_signals`]), over any of the same name. Metadata that is not an object
+/// (`null`: none given) adds nothing.
+fn own_metadata(signals: &mut Value, own: &Value) {
+    if let (Value::Object(signals), Value::Object(own)) = (signals, own) {
+        signals.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
 }

@@ -187,7 +187,10 @@ async fn long_messages_are_chunked_and_found(t: &TestStore) {
     let written = e
         .add_messages(
             "alice",
-            vec![NewMessage::new("s2", Role::User, long.clone())],
+            vec![NewMessage {
+                metadata: serde_json::json!({ "source": "email" }),
+                ..NewMessage::new("s2", Role::User, long.clone())
+            }],
         )
         .await
         .unwrap();
@@ -198,6 +201,8 @@ async fn long_messages_are_chunked_and_found(t: &TestStore) {
         let m = e.memory("alice", *id).await.unwrap().unwrap();
         assert_eq!(m.message_id, Some(written[0].message.id));
         assert_eq!(m.metadata["chunks"], ids.len());
+        // Every piece carries what the message was sent with.
+        assert_eq!(m.metadata["source"], "email");
         chunks.push(m.content);
     }
     assert!(long.starts_with(chunks[0].as_str()));
@@ -776,6 +781,61 @@ async fn memories_stay_true_through_the_engine(t: &TestStore) {
         hits.iter().map(|h| h.memory.id).collect::<Vec<_>>(),
         vec![paris.id]
     );
+
+    // A message's metadata is its memory's too: conditions find it by what it was sent with,
+    // beside the engine's signals.
+    let sent = e
+        .add_messages(
+            "alice",
+            vec![
+                NewMessage {
+                    metadata: serde_json::json!({"channel": "sms", "thread": 7}),
+                    ..NewMessage::new("s3", Role::User, "Alice lives in a flat above a bakery.")
+                },
+                NewMessage {
+                    metadata: serde_json::json!({"channel": "email", "thread": 3}),
+                    ..NewMessage::new("s3", Role::User, "Alice lives near the old harbour.")
+                },
+            ],
+        )
+        .await
+        .unwrap();
+    let by_sms = e
+        .memory("alice", sent[0].memory_ids[0])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_sms.metadata["channel"], "sms");
+    assert!(by_sms.metadata[EMOTION_CONFIDENCE_KEY].is_number());
+    for (condition, want) in [
+        (
+            MetadataCondition::new("channel", MetadataOp::Eq, "sms".into()),
+            sent[0].memory_ids.clone(),
+        ),
+        (
+            MetadataCondition::new("thread", MetadataOp::Lt, 5.into()),
+            sent[1].memory_ids.clone(),
+        ),
+    ] {
+        for mode in [SearchMode::Vector, SearchMode::Text, SearchMode::Hybrid] {
+            let only = RetrieveOptions {
+                filter: Filter {
+                    metadata: vec![condition.clone()],
+                    ..Filter::default()
+                },
+                ..options(mode, RankingConfig::default())
+            };
+            let hits = e
+                .retrieve("alice", "Where does Alice live?", &only)
+                .await
+                .unwrap();
+            assert_eq!(
+                hits.iter().map(|h| h.memory.id).collect::<Vec<_>>(),
+                want,
+                "{mode} {condition:?}"
+            );
+        }
+    }
 
     // Expiry: a TTL, a tag's TTL, and refusals.
     let before = Utc::now();

@@ -199,6 +199,32 @@ async fn memories_stay_true(backend: Backend) {
             .any(|c| c == "a list")
     );
 
+    // An imported message's metadata is its memory's: `--where` finds it by what it came with.
+    let dir = tempfile::tempdir().unwrap();
+    let chat = dir.path().join("chat.jsonl");
+    std::fs::write(
+        &chat,
+        concat!(
+            r#"{"session": "s1", "role": "user", "content": "Dana locked her bike at the station.", "metadata": {"channel": "sms", "n": 1}}"#,
+            "\n",
+            r#"{"session": "s1", "role": "user", "content": "Dana locked her bike in the yard.", "metadata": {"channel": "email", "n": 2}}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    ok_json(cli(
+        &backend,
+        &["--json", "ingest", "--user", "dana", chat.to_str().unwrap()],
+    ));
+    let bike = "Where is Dana's bike?";
+    assert_eq!(
+        search(&backend, "dana", &["--where", "channel eq sms"], bike),
+        ["Dana locked her bike at the station."]
+    );
+    let hits = search_hits(&backend, "dana", &["--where", "n gt 1"], bike);
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!(hits[0]["metadata"]["channel"], "email", "{hits:?}");
+
     // Deleting a memory.
     let deleted = ok_json(cli(
         &backend,

@@ -500,6 +500,33 @@ async fn memories_stay_true(store: Store) {
     )
     .await;
     assert_eq!(found(&body), vec![brief["id"].as_str().unwrap()], "{body}");
+    // A message's metadata is its memory's: conditions find it by what it was sent with.
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        "mutation($m: [MessageInput!]!) { addMessages(messages: $m) { id } }",
+        json!({ "m": [
+            { "session": "s1", "role": "USER", "content": "Alice parks at the station",
+              "metadata": { "channel": "sms", "priority": 5 } },
+            { "session": "s1", "role": "USER", "content": "Alice parks in the garage",
+              "metadata": { "channel": "email" } },
+        ] }),
+    )
+    .await;
+    assert!(body.get("errors").is_none(), "{body}");
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        "query($q: String!, $f: MemoryFilter) { search(query: $q, topK: 10, filter: $f) \
+         { memory { content metadata } } }",
+        json!({ "q": "Where does Alice park?",
+                "f": { "metadata": [{ "key": "channel", "op": "EQ", "value": "sms" }] } }),
+    )
+    .await;
+    let hits = data(&body)["search"].as_array().unwrap().clone();
+    assert_eq!(hits.len(), 1, "{body}");
+    assert_eq!(hits[0]["memory"]["content"], "Alice parks at the station");
+    assert_eq!(hits[0]["memory"]["metadata"]["priority"], 5, "{body}");
     // A tag's time to live from the settings, when the memory names none of its own.
     let scratch = added(
         &gql(
