@@ -125,7 +125,7 @@ step "python (ruff on every file; mypy --strict where the venv has the imports)"
 "$venv_bin/ruff" format --check $(git ls-files '*.py')
 "$DEEP_RECALL_TEST_PYTHON" -m mypy --strict server/tests/*.py bindings/python/python/deep_recall \
   bindings/python/tests clients/python/src/deep_recall_client clients/python/tests \
-  scripts/prune-target.py
+  scripts/prune-target.py eval/cli_harness.py
 
 step "fuzzing (cargo-fuzz on nightly: each target for ${DEEP_RECALL_FUZZ_SECONDS:-15}s)"
 # nightly and cargo-fuzz are installed once when missing (rustup, ~/.cargo/bin); the sanitizer build shares the cache's target dir.
