@@ -232,6 +232,8 @@ async function run(call) {
  * @property {string} kind `message`, `fact`, `persona`, `summary` or `key`
  * @property {Date} createdAt
  * @property {string[]} tags
+ * @property {Record<string, unknown>} metadata what it was stored with, beside the engine's
+ *   signals (`emotion_confidence`, `event_windows`)
  */
 
 /**

@@ -264,6 +264,8 @@ pub struct MemoryOut {
     pub role: Option<String>,
     /// Labels.
     pub tags: Vec<String>,
+    /// What it was stored with (a JSON object), beside the engine's signals.
+    pub metadata: serde_json::Value,
     /// When it was written (RFC 3339).
     pub created_at: String,
     /// The memory it replaced, if any.
@@ -286,6 +288,7 @@ impl From<Memory> for MemoryOut {
             session: m.session,
             role: m.role.map(|r| r.to_string()),
             tags: m.tags,
+            metadata: m.metadata,
             created_at: m.created_at.to_rfc3339(),
             supersedes: m.supersedes.map(|i| i.to_string()),
             superseded_by: m.superseded_by.map(|i| i.to_string()),

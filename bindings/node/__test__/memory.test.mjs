@@ -197,6 +197,7 @@ for (const [kind, open] of stores) {
         filter: { metadata: [{ key: 'channel', op: 'eq', value: 'sms' }] },
       })
       assert.deepEqual(sms.map((h) => h.content), ['Alice parks at the station.'])
+      assert.equal(sms[0].metadata.channel, 'sms')
       const brief = await m.addMemory(alice, { content: 'Parking spot B12.', ttlSeconds: 3600 })
       assert.ok(brief.expiresAt instanceof Date && brief.expiresAt > brief.createdAt)
       for (const bad of [

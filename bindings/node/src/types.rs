@@ -17,6 +17,7 @@ pub fn hit(r: &Retrieved) -> Value {
         "kind": m.kind,
         "createdAt": m.created_at.to_rfc3339_opts(SecondsFormat::Millis, true),
         "tags": m.tags,
+        "metadata": m.metadata,
     })
 }
 

@@ -219,6 +219,11 @@ export type Hit = {
     kind: string;
     createdAt: Date;
     tags: string[];
+    /**
+     * what it was stored with, beside the engine's
+     * signals (`emotion_confidence`, `event_windows`)
+     */
+    metadata: Record<string, unknown>;
 };
 export type Usage = {
     promptTokens: number;

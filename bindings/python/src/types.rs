@@ -17,6 +17,7 @@ pub fn hit(r: &Retrieved) -> Value {
         "kind": m.kind,
         "created_at": m.created_at.to_rfc3339_opts(SecondsFormat::Micros, false),
         "tags": m.tags,
+        "metadata": m.metadata,
     })
 }
 

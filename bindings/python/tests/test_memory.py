@@ -303,6 +303,7 @@ def test_memories_stay_true(store: Store, tmp_path: object) -> None:
         filter={"metadata": [{"key": "channel", "op": "eq", "value": "sms"}]},
     )
     assert [h.content for h in sms] == ["Alice parks at the station."]
+    assert sms[0].metadata["channel"] == "sms"
     # Expiry.
     brief = m.add_memory(alice, "Parking spot B12 today.", ttl_seconds=3600)
     assert brief.expires_at is not None and brief.expires_at > paris.created_at

@@ -172,6 +172,12 @@ fn stays_true(r: &Value) {
     let then = hits(&r["home_then"]);
     assert!(then.contains(&PARIS) && !then.contains(&BERLIN), "{then:?}");
     assert_eq!(hits(&r["home_priority"]), [BERLIN]);
+    // A hit carries what it was stored with.
+    assert_eq!(
+        r["home_priority"]["ok"]["hits"][0]["metadata"]["since"], "2024-03-01T00:00:00Z",
+        "{r}"
+    );
+    assert_eq!(new["metadata"]["priority"], 3, "{r}");
     assert_eq!(hits(&r["home_since"]), [PARIS]);
     let mut tagged = hits(&r["home_tagged"]);
     tagged.sort_unstable();

@@ -63,6 +63,8 @@ class Hit:
     kind: str
     created_at: datetime
     tags: list[str]
+    #: What it was stored with, beside the engine's signals (``emotion_confidence``, ...).
+    metadata: dict[str, Any]
 
     @classmethod
     def _from(cls, v: Mapping[str, Any]) -> Hit:
@@ -75,6 +77,7 @@ class Hit:
             kind=str(v["kind"]),
             created_at=datetime.fromisoformat(str(v["created_at"])),
             tags=list(v.get("tags") or []),
+            metadata=dict(v.get("metadata") or {}),
         )
 
 
