@@ -23,7 +23,8 @@ use recall_core::chat::{ChatRequest, ChatResult};
 use recall_core::engine::NewMemoryText;
 use recall_core::retrieval::SearchMode;
 use recall_core::types::{
-    Filter, Memory, MemoryKind, MetadataCondition, MetadataOp, PageRequest, Retrieved, Session,
+    Filter, Memory, MemoryKind, MetadataCondition, MetadataOp, PageRequest, Retrieved, Role,
+    Session,
 };
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::IntoCallToolResult;
@@ -111,6 +112,28 @@ impl From<KindArg> for MemoryKind {
             KindArg::Persona => MemoryKind::Persona,
             KindArg::Message => MemoryKind::Message,
             KindArg::Summary => MemoryKind::Summary,
+        }
+    }
+}
+
+/// Who said a message, as `search_memories` filters by it.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleArg {
+    /// The user.
+    User,
+    /// The assistant.
+    Assistant,
+    /// A system instruction.
+    System,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::User => Role::User,
+            RoleArg::Assistant => Role::Assistant,
+            RoleArg::System => Role::System,
         }
     }
 }
@@ -205,6 +228,18 @@ pub struct SearchArgs {
     /// Only memories with every one of these tags.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Only these kinds (fact, persona, message, summary); all when empty.
+    #[serde(default)]
+    pub kinds: Vec<KindArg>,
+    /// Only messages said by these roles (user, assistant, system); all when empty.
+    #[serde(default)]
+    pub roles: Vec<RoleArg>,
+    /// Only memories written at or after this time (RFC 3339).
+    #[serde(default)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only memories written before this time (RFC 3339).
+    #[serde(default)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
     /// What was true at this time (RFC 3339) instead of what is current.
     #[serde(default)]
     pub as_of: Option<chrono::DateTime<chrono::Utc>>,
@@ -558,11 +593,14 @@ impl McpServer {
             let options = RetrieveOptions {
                 filter: Filter {
                     session: args.session,
+                    kinds: args.kinds.into_iter().map(Into::into).collect(),
+                    roles: args.roles.into_iter().map(Into::into).collect(),
                     tags: args.tags,
+                    since: args.since,
+                    until: args.until,
                     as_of: args.as_of,
                     include_superseded: args.include_superseded,
                     metadata,
-                    ..Filter::default()
                 },
                 ..RetrieveOptions::for_mode(args.mode.unwrap_or_default().into(), top_k as usize)
             };

@@ -80,6 +80,21 @@ async def stdio(binary: str, args: list[str]) -> dict[str, Any]:
             },
         )
         out["sessions"] = await call(client, "list_sessions", {})
+        said = {"query": "Which city should I visit?", "top_k": 10}
+        out["search_user_messages"] = await call(
+            client,
+            "search_memories",
+            {**said, "kinds": ["message"], "roles": ["user"]},
+        )
+        out["search_assistant_messages"] = await call(
+            client, "search_memories", {**said, "roles": ["assistant"]}
+        )
+        out["search_facts"] = await call(
+            client, "search_memories", {**said, "kinds": ["fact"]}
+        )
+        out["search_bad_role"] = await call(
+            client, "search_memories", {**said, "roles": ["narrator"]}
+        )
         sister = out["add_sister"].get("ok") or {}
         out["delete"] = await call(
             client, "delete_memory", {"id": sister.get("id", "")}
@@ -148,9 +163,10 @@ async def stays_true(client: Client, out: dict[str, Any]) -> None:
         datetime.fromisoformat(m["ok"]["created_at"]) for m in (old, new) if "ok" in m
     ]
     if len(times) == 2:
-        out["home_then"] = await search(
-            as_of=(times[0] + (times[1] - times[0]) / 2).isoformat()
-        )
+        between = (times[0] + (times[1] - times[0]) / 2).isoformat()
+        out["home_then"] = await search(as_of=between)
+        out["home_written_since"] = await search(include_superseded=True, since=between)
+        out["home_written_until"] = await search(include_superseded=True, until=between)
     out["home_priority"] = await search(
         metadata=[{"key": "priority", "op": "gte", "value": 3}]
     )

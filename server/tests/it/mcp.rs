@@ -115,6 +115,32 @@ async fn stdio_serves_every_tool_for_its_user() {
     );
     let sessions = &r["sessions"]["ok"]["sessions"];
     assert_eq!(sessions[0]["id"], "trip", "{r}");
+    // Kinds and roles narrow a search: the chat's own turns, by who said them.
+    let said = |name: &str| -> Vec<(String, String)> {
+        r[name]["ok"]["hits"]
+            .as_array()
+            .unwrap_or_else(|| panic!("expected hits for {name}: {r}"))
+            .iter()
+            .map(|h| (h["kind"].to_string(), h["role"].to_string()))
+            .collect()
+    };
+    let user = said("search_user_messages");
+    assert!(!user.is_empty(), "{r}");
+    assert!(
+        user.iter()
+            .all(|(k, role)| k == "\"message\"" && role == "\"user\""),
+        "{user:?}"
+    );
+    let assistant = said("search_assistant_messages");
+    assert!(!assistant.is_empty(), "{r}");
+    assert!(
+        assistant.iter().all(|(_, role)| role == "\"assistant\""),
+        "{assistant:?}"
+    );
+    let facts = said("search_facts");
+    assert!(!facts.is_empty(), "{r}");
+    assert!(facts.iter().all(|(k, _)| k == "\"fact\""), "{facts:?}");
+    assert!(error(&r["search_bad_role"]).contains("narrator"), "{r}");
 
     // Deleting a memory removes it from search; a second delete finds nothing.
     assert_eq!(r["delete"]["ok"]["deleted"], true, "{r}");
@@ -172,6 +198,10 @@ fn stays_true(r: &Value) {
     let then = hits(&r["home_then"]);
     assert!(then.contains(&PARIS) && !then.contains(&BERLIN), "{then:?}");
     assert_eq!(hits(&r["home_priority"]), [BERLIN]);
+    // By when each was written: the newer one since a time between the two, the older until.
+    assert_eq!(hits(&r["home_written_since"]), [BERLIN], "{r}");
+    let until = hits(&r["home_written_until"]);
+    assert!(until.contains(&PARIS) && !until.contains(&BERLIN), "{until:?}");
     // A hit carries what it was stored with.
     assert_eq!(
         r["home_priority"]["ok"]["hits"][0]["metadata"]["since"], "2024-03-01T00:00:00Z",
