@@ -234,6 +234,12 @@ async function run(call) {
  * @property {string[]} tags
  * @property {Record<string, unknown>} metadata what it was stored with, beside the engine's
  *   signals (`emotion_confidence`, `event_windows`)
+ * @property {number} [importance] the rest are on search hits, not in a chat's context
+ * @property {Date | null} [expiresAt] when it stops being returned (never when null)
+ * @property {number | null} [supersedes] the memory it replaced
+ * @property {number | null} [supersededBy] the memory that replaced it (a search with `asOf`
+ *   or `includeSuperseded` returns such history)
+ * @property {Date | null} [supersededAt]
  */
 
 /**
@@ -261,9 +267,12 @@ async function run(call) {
  * @property {number} [maxTokens]
  * @property {number} [temperature]
  * @property {number} [topP]
+ * @property {number} [topK] sample from this many likeliest tokens
  * @property {number} [seed]
  * @property {string[]} [stop]
  * @property {string} [system] a system prompt
+ * @property {number} [memoryTopK] memories retrieved for the prompt (10 by default)
+ * @property {'hybrid' | 'vector' | 'text'} [mode] how they are retrieved (hybrid by default)
  */
 
 /**
@@ -271,7 +280,12 @@ async function run(call) {
  * @returns {Hit}
  */
 function toHit(h) {
-  return { ...h, createdAt: new Date(h.createdAt) }
+  /** @type {Hit} */
+  const hit = { ...h, createdAt: new Date(h.createdAt) }
+  for (const key of /** @type {const} */ (['expiresAt', 'supersededAt'])) {
+    if (key in h) hit[key] = h[key] === null ? null : new Date(h[key])
+  }
+  return hit
 }
 
 /**
@@ -319,6 +333,10 @@ function toResult(json) {
  */
 function chatRequest(session, message, options) {
   const o = options || {}
+  const retrieve =
+    o.memoryTopK === undefined && o.mode === undefined
+      ? undefined
+      : { top_k: o.memoryTopK, mode: o.mode }
   return JSON.stringify({
     session,
     message,
@@ -326,10 +344,14 @@ function chatRequest(session, message, options) {
       max_tokens: o.maxTokens,
       temperature: o.temperature,
       top_p: o.topP,
+      top_k: o.topK,
       seed: o.seed,
       stop: o.stop,
     },
-    context: o.system === undefined ? undefined : { system: o.system },
+    context:
+      o.system === undefined && retrieve === undefined
+        ? undefined
+        : { system: o.system, retrieve },
   })
 }
 

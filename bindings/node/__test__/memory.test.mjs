@@ -184,6 +184,19 @@ for (const [kind, open] of stores) {
         filter: { asOf: new Date(paris.createdAt.getTime() + 1) },
       })
       assert.deepEqual(then.map((h) => h.memoryId), [paris.id])
+      // A hit says where it stands in the history: the old fact names its replacement.
+      const both = await m.search(alice, 'Where does Alice live?', {
+        filter: { includeSuperseded: true },
+      })
+      const old = both.find((h) => h.memoryId === paris.id)
+      const current = both.find((h) => h.memoryId === berlin.id)
+      assert.ok(old && current, JSON.stringify(both))
+      assert.equal(old.supersededBy, berlin.id)
+      assert.ok(old.supersededAt instanceof Date)
+      assert.equal(current.supersedes, paris.id)
+      assert.equal(current.supersededBy, null)
+      assert.equal(current.expiresAt, null)
+      assert.equal(current.importance, berlin.importance)
       const high = await m.search(alice, 'Alice', {
         filter: { metadata: [{ key: 'priority', op: 'gte', value: 2 }] },
       })
@@ -200,6 +213,9 @@ for (const [kind, open] of stores) {
       assert.equal(sms[0].metadata.channel, 'sms')
       const brief = await m.addMemory(alice, { content: 'Parking spot B12.', ttlSeconds: 3600 })
       assert.ok(brief.expiresAt instanceof Date && brief.expiresAt > brief.createdAt)
+      const spot = (await m.search(alice, 'Parking spot B12')).find((h) => h.memoryId === brief.id)
+      assert.ok(spot?.expiresAt instanceof Date, JSON.stringify(spot))
+      assert.equal(spot.expiresAt.getTime(), brief.expiresAt.getTime())
       for (const bad of [
         () => m.addMemory(alice, { content: 'x', ttlSeconds: 0 }),
         () => m.addMemory(alice, { content: 'x', ttl: 5 }),
@@ -371,6 +387,21 @@ test('chat streams deltas, then the result', async () => {
   assert.ok(['stop', 'length'].includes(whole.finishReason))
   await assert.rejects(m.chat('maya', 'x', 'hi', { maxTokens: 0 }), InvalidInputError)
   await assert.rejects(m.chat('maya', 'x', 'hi', { temperature: 9 }), InvalidInputError)
+  // How many memories reach the prompt, and how they are found.
+  await m.addMemory('maya', { content: 'My sister lives in Lyon and plays the cello.' })
+  await m.addMemory('maya', { content: "My sister's cello teacher is from Lyon." })
+  const ask = 'Where does my sister live?'
+  const one = await m.chat('maya', 'talk3', ask, { maxTokens: 2, memoryTopK: 1 })
+  assert.equal(one.context.length, 1, JSON.stringify(one.context))
+  assert.ok(one.context[0].content.includes('Lyon'))
+  const wide = await m.chat('maya', 'talk5', ask, { maxTokens: 2, topK: 5 })
+  assert.ok(wide.context.length >= 2, JSON.stringify(wide.context))
+  const odd = 'Qwertyuiop zxcvbnm?'
+  assert.deepEqual((await m.chat('maya', 'talk4', odd, { maxTokens: 2, mode: 'text' })).context, [])
+  assert.ok((await m.chat('maya', 'talk4', odd, { maxTokens: 2, mode: 'vector' })).context.length > 0)
+  for (const bad of [{ memoryTopK: 0 }, { mode: 'sideways' }, { topK: 0 }]) {
+    await assert.rejects(m.chat('maya', 'x', 'hi', /** @type {any} */ (bad)), InvalidInputError)
+  }
   // Leaving a stream early stops it: the user message is kept, no half answer.
   for await (const part of m.chatStream('maya', 'cut', 'Tell me a long story about the sea.', {
     maxTokens: 200,

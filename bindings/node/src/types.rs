@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 /// A retrieved memory.
 pub fn hit(r: &Retrieved) -> Value {
     let m = &r.memory;
+    let time = |t: &chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
     json!({
         "memoryId": m.id,
         "content": m.content,
@@ -15,9 +16,14 @@ pub fn hit(r: &Retrieved) -> Value {
         "session": m.session,
         "role": m.role,
         "kind": m.kind,
-        "createdAt": m.created_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+        "createdAt": time(&m.created_at),
         "tags": m.tags,
         "metadata": m.metadata,
+        "importance": m.importance,
+        "expiresAt": m.expires_at.as_ref().map(time),
+        "supersedes": m.supersedes,
+        "supersededBy": m.superseded_by,
+        "supersededAt": m.superseded_at.as_ref().map(time),
     })
 }
 

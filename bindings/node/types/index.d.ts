@@ -224,6 +224,24 @@ export type Hit = {
      * signals (`emotion_confidence`, `event_windows`)
      */
     metadata: Record<string, unknown>;
+    /**
+     * the rest are on search hits, not in a chat's context
+     */
+    importance?: number | undefined;
+    /**
+     * when it stops being returned (never when null)
+     */
+    expiresAt?: Date | null | undefined;
+    /**
+     * the memory it replaced
+     */
+    supersedes?: number | null | undefined;
+    /**
+     * the memory that replaced it (a search with `asOf`
+     * or `includeSuperseded` returns such history)
+     */
+    supersededBy?: number | null | undefined;
+    supersededAt?: Date | null | undefined;
 };
 export type Usage = {
     promptTokens: number;
@@ -251,12 +269,24 @@ export type ChatOptions = {
     maxTokens?: number | undefined;
     temperature?: number | undefined;
     topP?: number | undefined;
+    /**
+     * sample from this many likeliest tokens
+     */
+    topK?: number | undefined;
     seed?: number | undefined;
     stop?: string[] | undefined;
     /**
      * a system prompt
      */
     system?: string | undefined;
+    /**
+     * memories retrieved for the prompt (10 by default)
+     */
+    memoryTopK?: number | undefined;
+    /**
+     * how they are retrieved (hybrid by default)
+     */
+    mode?: "hybrid" | "vector" | "text" | undefined;
 };
 /** A user-scoped long-term memory over one store. */
 export class Memory {

@@ -55,7 +55,7 @@ const KEYS_CHECK_SECONDS: u64 = 60;
 
 /// A chat request as the package sends it (core's `ChatRequest` in JSON), checked.
 fn chat_request(json: &str) -> PyResult<ChatRequest> {
-    let r: ChatRequest = serde_json::from_str(json).map_err(json_err)?;
+    let r: ChatRequest = serde_json::from_str(json).map_err(|e| bad_json("chat request", e))?;
     r.validate().py()?;
     Ok(r)
 }

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 /// A retrieved memory as the package decodes it.
 pub fn hit(r: &Retrieved) -> Value {
     let m = &r.memory;
+    let time = |t: &chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(SecondsFormat::Micros, false);
     json!({
         "memory_id": m.id,
         "content": m.content,
@@ -15,9 +16,14 @@ pub fn hit(r: &Retrieved) -> Value {
         "session": m.session,
         "role": m.role,
         "kind": m.kind,
-        "created_at": m.created_at.to_rfc3339_opts(SecondsFormat::Micros, false),
+        "created_at": time(&m.created_at),
         "tags": m.tags,
         "metadata": m.metadata,
+        "importance": m.importance,
+        "expires_at": m.expires_at.as_ref().map(time),
+        "supersedes": m.supersedes,
+        "superseded_by": m.superseded_by,
+        "superseded_at": m.superseded_at.as_ref().map(time),
     })
 }
 

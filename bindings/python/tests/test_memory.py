@@ -141,6 +141,20 @@ def test_chat_streams_deltas_then_the_result(chat_memory: Memory) -> None:
         m.chat("maya", "talk", "hi", max_tokens=0)
     with pytest.raises(InvalidInput):
         m.chat("maya", "talk", "hi", temperature=9.0)
+    # How many memories reach the prompt, and how they are found.
+    m.add_memory("maya", "My sister lives in Lyon and plays the cello.")
+    m.add_memory("maya", "My sister's cello teacher is from Lyon.")
+    ask = "Where does my sister live?"
+    one = m.chat("maya", "talk3", ask, max_tokens=2, memory_top_k=1)
+    assert len(one.context) == 1 and "Lyon" in one.context[0].content
+    wide = m.chat("maya", "talk5", ask, max_tokens=2, top_k=5)
+    assert len(wide.context) >= 2
+    odd = "Qwertyuiop zxcvbnm?"
+    assert m.chat("maya", "talk4", odd, max_tokens=2, mode="text").context == []
+    assert m.chat("maya", "talk4", odd, max_tokens=2, mode="vector").context != []
+    for bad in ({"memory_top_k": 0}, {"mode": "sideways"}, {"top_k": 0}):
+        with pytest.raises(InvalidInput):
+            m.chat("maya", "talk", "hi", **bad)
     # Leaving a stream early stops it; the user message is kept, no half answer.
     stream = m.chat_stream(
         "maya", "cut", "Tell me a long story about the sea.", max_tokens=200
@@ -273,6 +287,17 @@ def test_memories_stay_true(store: Store, tmp_path: object) -> None:
     assert [h.id for h in m.memory_history(alice, berlin.id)] == [paris.id, berlin.id]
     then = m.search(alice, "Where does Alice live?", filter={"as_of": paris.created_at})
     assert [h.memory_id for h in then] == [paris.id]
+    # A hit says where it stands in the history: the old fact names its replacement.
+    both = m.search(
+        alice, "Where does Alice live?", filter={"include_superseded": True}
+    )
+    by_id = {h.memory_id: h for h in both}
+    assert by_id[paris.id].superseded_by == berlin.id
+    assert by_id[paris.id].superseded_at is not None
+    assert by_id[berlin.id].supersedes == paris.id
+    assert by_id[berlin.id].superseded_by is None
+    assert by_id[berlin.id].expires_at is None
+    assert by_id[berlin.id].importance == berlin.importance
     # Metadata conditions.
     high = m.search(
         alice,
@@ -307,6 +332,8 @@ def test_memories_stay_true(store: Store, tmp_path: object) -> None:
     # Expiry.
     brief = m.add_memory(alice, "Parking spot B12 today.", ttl_seconds=3600)
     assert brief.expires_at is not None and brief.expires_at > paris.created_at
+    spot = m.search(alice, "parking spot B12")
+    assert [h.expires_at for h in spot if h.memory_id == brief.id] == [brief.expires_at]
     # Bad input is a typed exception and writes nothing; Bob cannot reach Alice's memory.
     with pytest.raises(InvalidInput):
         m.add_memory(alice, "x", ttl_seconds=0)

@@ -275,9 +275,11 @@ impl RankingConfig {
     }
 }
 
-/// Options of a retrieval (the engine's `retrieve`, the in-memory index's `search`).
+/// Options of a retrieval (the engine's `retrieve`, the in-memory index's `search`). Read
+/// from data without a `ranking`, it is ranked the way its mode means
+/// ([`RetrieveOptions::for_mode`]), as every front door ranks it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(from = "RetrieveData")]
 pub struct RetrieveOptions {
     /// Results wanted.
     pub top_k: usize,
@@ -304,6 +306,42 @@ impl RetrieveOptions {
     }
 }
 
+/// [`RetrieveOptions`] as data: what is absent keeps its default, and an absent ranking is
+/// the mode's.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RetrieveData {
+    top_k: usize,
+    mode: SearchMode,
+    filter: Filter,
+    ranking: Option<RankingConfig>,
+    now: Option<DateTime<Utc>>,
+}
+
+impl Default for RetrieveData {
+    fn default() -> Self {
+        let d = RetrieveOptions::default();
+        Self {
+            top_k: d.top_k,
+            mode: d.mode,
+            filter: d.filter,
+            ranking: None,
+            now: d.now,
+        }
+    }
+}
+
+impl From<RetrieveData> for RetrieveOptions {
+    fn from(d: RetrieveData) -> Self {
+        Self {
+            filter: d.filter,
+            now: d.now,
+            ranking: d.ranking.unwrap_or_else(|| RankingConfig::for_mode(d.mode)),
+            ..Self::for_mode(d.mode, d.top_k)
+        }
+    }
+}
+
 impl Default for RetrieveOptions {
     fn default() -> Self {
         Self {
@@ -313,5 +351,33 @@ impl Default for RetrieveOptions {
             ranking: RankingConfig::default(),
             now: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_read_as_data_are_ranked_as_their_mode() {
+        let read = |json: &str| serde_json::from_str::<RetrieveOptions>(json).unwrap();
+        assert_eq!(read("{}"), RetrieveOptions::default());
+        for mode in [SearchMode::Hybrid, SearchMode::Vector, SearchMode::Text] {
+            let json = format!(r#"{{"mode": "{}", "top_k": 3}}"#, mode.as_str());
+            assert_eq!(read(&json), RetrieveOptions::for_mode(mode, 3), "{mode:?}");
+        }
+        assert_ne!(
+            RankingConfig::for_mode(SearchMode::Vector),
+            RankingConfig::for_mode(SearchMode::Hybrid),
+            "the test tells the modes' rankings apart"
+        );
+        // A ranking given is kept, and a round trip changes nothing.
+        let mut given = RetrieveOptions::for_mode(SearchMode::Vector, 7);
+        given.ranking.mmr_lambda = Some(0.25);
+        given.filter.tags = vec!["home".into()];
+        let back = read(&serde_json::to_string(&given).unwrap());
+        assert_eq!(back, given);
+        // A misspelt option is an error, not a default.
+        assert!(serde_json::from_str::<RetrieveOptions>(r#"{"topk": 3}"#).is_err());
     }
 }

@@ -51,6 +51,10 @@ __all__ = [
 T = TypeVar("T")
 
 
+def _time(v: Any) -> datetime | None:
+    return None if v is None else datetime.fromisoformat(str(v))
+
+
 @dataclass(frozen=True)
 class Hit:
     """A memory that matched, with its score (higher is better)."""
@@ -65,9 +69,20 @@ class Hit:
     tags: list[str]
     #: What it was stored with, beside the engine's signals (``emotion_confidence``, ...).
     metadata: dict[str, Any]
+    #: The rest are set on search hits; a chat's context leaves them None.
+    importance: float | None = None
+    #: When it stops being returned (never when None).
+    expires_at: datetime | None = None
+    #: The memory it replaced.
+    supersedes: int | None = None
+    #: The memory that replaced it (a search with ``as_of`` or ``include_superseded``
+    #: returns such history).
+    superseded_by: int | None = None
+    superseded_at: datetime | None = None
 
     @classmethod
     def _from(cls, v: Mapping[str, Any]) -> Hit:
+        importance = v.get("importance")
         return cls(
             memory_id=int(v["memory_id"]),
             content=str(v["content"]),
@@ -78,11 +93,12 @@ class Hit:
             created_at=datetime.fromisoformat(str(v["created_at"])),
             tags=list(v.get("tags") or []),
             metadata=dict(v.get("metadata") or {}),
+            importance=None if importance is None else float(importance),
+            expires_at=_time(v.get("expires_at")),
+            supersedes=v.get("supersedes"),
+            superseded_by=v.get("superseded_by"),
+            superseded_at=_time(v.get("superseded_at")),
         )
-
-
-def _time(v: Any) -> datetime | None:
-    return None if v is None else datetime.fromisoformat(str(v))
 
 
 @dataclass(frozen=True)
@@ -221,16 +237,21 @@ def _chat_request(
     message: str,
     max_tokens: int | None,
     temperature: float | None,
-    top_p: float | None,
     seed: int | None,
-    stop: Sequence[str] | None,
-    system: str | None,
+    *,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    stop: Sequence[str] | None = None,
+    system: str | None = None,
+    memory_top_k: int | None = None,
+    mode: str | None = None,
 ) -> str:
     """Core's chat request as JSON: what is not given keeps core's default."""
     given = {
         "max_tokens": max_tokens,
         "temperature": temperature,
         "top_p": top_p,
+        "top_k": top_k,
         "seed": seed,
         "stop": list(stop) if stop is not None else None,
     }
@@ -239,8 +260,14 @@ def _chat_request(
         "message": message,
         "generation": {k: v for k, v in given.items() if v is not None},
     }
+    context: dict[str, Any] = {}
     if system is not None:
-        request["context"] = {"system": system}
+        context["system"] = system
+    retrieve = {"top_k": memory_top_k, "mode": mode}
+    if any(v is not None for v in retrieve.values()):
+        context["retrieve"] = {k: v for k, v in retrieve.items() if v is not None}
+    if context:
+        request["context"] = context
     return json.dumps(request)
 
 
@@ -407,12 +434,27 @@ class Memory:
         seed: int | None = None,
         *,
         top_p: float | None = None,
+        top_k: int | None = None,
         stop: Sequence[str] | None = None,
         system: str | None = None,
+        memory_top_k: int | None = None,
+        mode: str | None = None,
     ) -> ChatResult:
-        """Answers ``message`` with the user's memory (the chat model loads on first use)."""
+        """Answers ``message`` with the user's memory (the chat model loads on first use).
+        ``top_k`` samples from that many likeliest tokens; ``memory_top_k`` memories are
+        retrieved for the prompt (10 by default) in ``mode`` (hybrid, vector or text)."""
         request = _chat_request(
-            session, message, max_tokens, temperature, top_p, seed, stop, system
+            session,
+            message,
+            max_tokens,
+            temperature,
+            seed,
+            top_p=top_p,
+            top_k=top_k,
+            stop=stop,
+            system=system,
+            memory_top_k=memory_top_k,
+            mode=mode,
         )
         return ChatResult._from(json.loads(self._engine.chat(user, request)))
 
@@ -426,13 +468,26 @@ class Memory:
         seed: int | None = None,
         *,
         top_p: float | None = None,
+        top_k: int | None = None,
         stop: Sequence[str] | None = None,
         system: str | None = None,
+        memory_top_k: int | None = None,
+        mode: str | None = None,
     ) -> Iterator[str | ChatResult]:
         """Like :meth:`chat`, streamed: the text as it is generated (``str`` pieces), then the
         :class:`ChatResult`. Leaving the loop early stops the generation."""
         request = _chat_request(
-            session, message, max_tokens, temperature, top_p, seed, stop, system
+            session,
+            message,
+            max_tokens,
+            temperature,
+            seed,
+            top_p=top_p,
+            top_k=top_k,
+            stop=stop,
+            system=system,
+            memory_top_k=memory_top_k,
+            mode=mode,
         )
         stream = self._engine.chat_stream(user, request)
         return _stream(stream)
