@@ -185,6 +185,9 @@ pub struct AddMemoryArgs {
     /// Forget it this many seconds from now.
     #[serde(default)]
     pub ttl_seconds: Option<u64>,
+    /// Forget it at this time (RFC 3339); give this or `ttl_seconds`, not both.
+    #[serde(default)]
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
     /// A JSON object of labels with values, for metadata conditions in searches.
     #[serde(default)]
     pub metadata: Option<serde_json::Value>,
@@ -549,7 +552,7 @@ impl McpServer {
                         tags: args.tags,
                         importance: args.importance,
                         metadata: args.metadata.unwrap_or_default(),
-                        expires_at: None,
+                        expires_at: args.expires_at,
                         ttl_seconds: args.ttl_seconds,
                         supersedes: args.supersedes.as_deref().map(memory_id).transpose()?,
                     },

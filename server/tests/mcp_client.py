@@ -16,7 +16,7 @@ import asyncio
 import json
 import os
 import sys
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx2
@@ -187,6 +187,17 @@ async def stays_true(client: Client, out: dict[str, Any]) -> None:
         client,
         "add_memory",
         {"content": "My gym locker code is 4512.", "ttl_seconds": 2},
+    )
+    soon = datetime.now(UTC) + timedelta(seconds=2)
+    out["locker_at"] = await call(
+        client,
+        "add_memory",
+        {"content": "My bike lock code is 7781.", "expires_at": soon.isoformat()},
+    )
+    out["locker_both"] = await call(
+        client,
+        "add_memory",
+        {"content": "x", "ttl_seconds": 5, "expires_at": soon.isoformat()},
     )
     out["locker_before"] = await call(client, "search_memories", locker)
     await asyncio.sleep(3)

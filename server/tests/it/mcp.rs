@@ -201,7 +201,10 @@ fn stays_true(r: &Value) {
     // By when each was written: the newer one since a time between the two, the older until.
     assert_eq!(hits(&r["home_written_since"]), [BERLIN], "{r}");
     let until = hits(&r["home_written_until"]);
-    assert!(until.contains(&PARIS) && !until.contains(&BERLIN), "{until:?}");
+    assert!(
+        until.contains(&PARIS) && !until.contains(&BERLIN),
+        "{until:?}"
+    );
     // A hit carries what it was stored with.
     assert_eq!(
         r["home_priority"]["ok"]["hits"][0]["metadata"]["since"], "2024-03-01T00:00:00Z",
@@ -225,6 +228,12 @@ fn stays_true(r: &Value) {
     assert!(r["locker"]["ok"]["expires_at"].is_string(), "{r}");
     assert!(hits(&r["locker_before"]).contains(&locker), "{r}");
     assert!(!hits(&r["locker_after"]).contains(&locker), "{r}");
+    // Or at a time given: kept until then, forgotten after; not both ways at once.
+    let bike = "My bike lock code is 7781.";
+    assert!(r["locker_at"]["ok"]["expires_at"].is_string(), "{r}");
+    assert!(hits(&r["locker_before"]).contains(&bike), "{r}");
+    assert!(!hits(&r["locker_after"]).contains(&bike), "{r}");
+    assert!(error(&r["locker_both"]).starts_with("BAD_INPUT: "), "{r}");
 }
 
 /// `mcp` runs the job runner and the key schedule as `serve` does (it is often the only
