@@ -110,6 +110,10 @@ def test_memories_stay_true_sessions_and_keys(server: Server, token: str) -> Non
             "Jo", metadata=[{"key": "priority", "op": "gt", "value": 2}]
         )
         assert [h.memory.id for h in high] == [berlin.id]
+        since = await c.search(q, include_superseded=True, since=berlin.created_at)
+        assert [h.memory.id for h in since] == [berlin.id]
+        listed = c.memories(as_of=paris.created_at)
+        assert [m.id async for m in listed] == [paris.id]
         chain = await c.memory_history(paris.id)
         assert [m.id for m in chain] == [paris.id, berlin.id]
         brief = await c.add_memory("Locker 12 today.", ttl_seconds=60)

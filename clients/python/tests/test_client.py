@@ -52,6 +52,8 @@ def test_add_messages_then_search(client: DeepRecall, user: str) -> None:
     hits = client.search("Lisbon", top_k=1, session="trip", kinds=["message"])
     assert len(hits) == 1 and hits[0].memory.session == "trip"
     assert client.search("Lisbon", session="elsewhere") == []
+    said = client.search("Lisbon", roles=["assistant"])
+    assert [h.memory.content for h in said] == ["Lisbon is lovely in spring."]
 
     me = client.me()
     assert me.id == user and me.admin is False and me.memory_count == 2
@@ -117,6 +119,24 @@ def test_a_replaced_fact_stays_as_history(client: DeepRecall, server: Server) ->
         "Hana", metadata=[{"key": "priority", "op": "gte", "value": 2}]
     )
     assert [h.memory.id for h in high] == [berlin.id]
+    # By when each was written (`since` inclusive, `until` exclusive), in a search and a
+    # listing; a listing as of a time, with the history, and by metadata.
+    q = "Where does Hana live?"
+    since = client.search(q, include_superseded=True, since=berlin.created_at)
+    assert [h.memory.id for h in since] == [berlin.id]
+    until = client.search(q, include_superseded=True, until=berlin.created_at)
+    assert [h.memory.id for h in until] == [paris.id]
+    assert [m.id for m in client.memories()] == [berlin.id]
+    assert [m.id for m in client.memories(include_superseded=True)] == [
+        berlin.id,
+        paris.id,
+    ]
+    assert [m.id for m in client.memories(as_of=paris.created_at)] == [paris.id]
+    listed = client.memories(
+        include_superseded=True,
+        metadata=[{"key": "priority", "op": "exists", "value": False}],
+    )
+    assert [m.id for m in listed] == [paris.id]
     brief = client.add_memory("Parking spot B12.", ttl_seconds=3600)
     assert brief.expires_at is not None and brief.expires_at > brief.created_at
     with pytest.raises(DeepRecallError) as e:
@@ -160,6 +180,16 @@ def test_bad_input_is_bad_input(client: DeepRecall) -> None:
     with pytest.raises(DeepRecallError) as e:
         client.add_messages("s", [{"role": "user", "content": ""}])
     assert e.value.code == "BAD_INPUT" and "empty" in e.value.message
+    with pytest.raises(DeepRecallError) as e:
+        client.add_messages(
+            "s",
+            [
+                {"role": "user", "content": "ok"},
+                {"role": "user", "content": "late", "ts": "2024-01-01"},  # type: ignore[typeddict-unknown-key]
+            ],
+        )
+    assert e.value.code == "BAD_INPUT" and "message 1" in e.value.message
+    assert "ts" in e.value.message
     with pytest.raises(DeepRecallError) as e:
         client.add_memory("ok", importance=7)
     assert e.value.code == "BAD_INPUT"

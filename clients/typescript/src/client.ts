@@ -76,24 +76,13 @@ export interface DeepRecallOptions {
   webSocketImpl?: unknown;
 }
 
-/** Options of `search`. */
-export interface SearchOptions {
+/** Options of `search`: how many, how, and a filter (`session`, `kinds`, `roles`, `tags`, `since`,
+ * `until`, `asOf`, `includeSuperseded`, `metadata`). */
+export interface SearchOptions extends MemoryFilter {
   /** How many results (default 10). */
   topK?: number;
   /** `hybrid` (default), `vector` or `text`. */
   mode?: SearchMode;
-  /** Only this session. */
-  session?: string;
-  /** Only these kinds. */
-  kinds?: MemoryKind[];
-  /** Only memories with all these tags. */
-  tags?: string[];
-  /** What was true then, instead of what is current. */
-  asOf?: string | Date;
-  /** The memories that newer ones replaced too (the history). */
-  includeSuperseded?: boolean;
-  /** Conditions on the metadata, all of which must hold. */
-  metadata?: MetadataCondition[];
 }
 
 /** Options of `createSession`: what is given is set, the rest stays as it is. */
@@ -352,14 +341,7 @@ export class DeepRecall {
         query,
         topK: options.topK ?? 10,
         mode: upper(options.mode ?? 'hybrid'),
-        filter: filter({
-          session: options.session,
-          kinds: options.kinds,
-          tags: options.tags,
-          asOf: options.asOf,
-          includeSuperseded: options.includeSuperseded,
-          metadata: options.metadata,
-        }),
+        filter: filter(options),
       },
       'query',
     );

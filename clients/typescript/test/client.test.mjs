@@ -66,6 +66,9 @@ describe('against a real server', () => {
     assert.equal(hits[0].memory.kind, 'message');
     assert.equal(hits[0].memory.role, 'user');
     assert.ok(hits[0].score > hits[1].score);
+    const said = await alice.search('Where does my sister live?', { roles: ['assistant'] });
+    assert.ok(said.length > 0);
+    assert.ok(said.every((h) => h.memory.role === 'assistant'), JSON.stringify(said));
     const vector = await alice.search('Where does my sister live?', { mode: 'vector', topK: 1 });
     assert.ok(vector[0].similarity > 0.3, JSON.stringify(vector));
     const me = await alice.me();
@@ -122,6 +125,15 @@ describe('against a real server', () => {
     assert.ok(all.some((h) => h.memory.id === paris.id), 'the history on request');
     const then = await fay.search('Where does Fay live?', { asOf: paris.createdAt });
     assert.deepEqual(then.map((h) => h.memory.id), [paris.id]);
+    // By when each was written: `since` is inclusive, `until` exclusive.
+    const written = async (/** @type {object} */ f) =>
+      (await fay.search('Where does Fay live?', { includeSuperseded: true, ...f })).map(
+        (h) => h.memory.id,
+      );
+    const since = await written({ since: berlin.createdAt });
+    assert.ok(since.includes(berlin.id) && !since.includes(paris.id), String(since));
+    const until = await written({ until: new Date(berlin.createdAt) });
+    assert.ok(until.includes(paris.id) && !until.includes(berlin.id), String(until));
     const high = await fay.search('Fay', { metadata: [{ key: 'priority', op: 'gte', value: 2 }] });
     assert.deepEqual(high.map((h) => h.memory.id), [berlin.id]);
     const brief = await fay.addMemory('Parking spot B12.', { ttlSeconds: 3600 });

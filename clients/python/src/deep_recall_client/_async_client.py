@@ -131,26 +131,28 @@ class AsyncDeepRecall:
         mode: t.SearchMode = "hybrid",
         session: str | None = None,
         kinds: Sequence[t.MemoryKind] | None = None,
+        roles: Sequence[t.Role] | None = None,
         tags: Sequence[str] | None = None,
+        since: t.Time | None = None,
+        until: t.Time | None = None,
         as_of: t.Time | None = None,
         metadata: Sequence[t.MetadataCondition] | None = None,
         include_superseded: bool = False,
     ) -> list[t.SearchHit]:
-        """The caller's memories that matter for `query`, best first; `as_of` asks what was
-        true then, `metadata` conditions must all hold."""
-        return await self._send(
-            ops.search(
-                query,
-                top_k,
-                mode,
-                session,
-                kinds,
-                tags,
-                as_of,
-                metadata,
-                include_superseded,
-            )
+        """The caller's memories that matter for `query`, best first, narrowed as
+        `memories` narrows them."""
+        f = ops.memory_filter(
+            session,
+            kinds,
+            roles,
+            tags,
+            since,
+            until,
+            as_of,
+            metadata,
+            include_superseded,
         )
+        return await self._send(ops.search(query, top_k, mode, f))
 
     async def add_messages(
         self, session: str, messages: Sequence[t.NewMessage]
@@ -212,15 +214,27 @@ class AsyncDeepRecall:
         tags: Sequence[str] | None = None,
         since: t.Time | None = None,
         until: t.Time | None = None,
+        as_of: t.Time | None = None,
+        metadata: Sequence[t.MetadataCondition] | None = None,
+        include_superseded: bool = False,
         page_size: int = 50,
     ) -> AsyncIterator[t.Memory]:
         """The caller's memories, newest first, fetched `page_size` at a time; narrowed to a
-        session, kinds, roles, all of `tags`, and written in [since, until)."""
-        return self._pages(
-            lambda after: ops.memories(
-                page_size, after, session, kinds, roles, tags, since, until
-            )
+        session, kinds, roles, all of `tags`, written in [since, until), what was true
+        `as_of` a time (else what is current; `include_superseded`: the history too), and
+        `metadata` conditions that must all hold."""
+        f = ops.memory_filter(
+            session,
+            kinds,
+            roles,
+            tags,
+            since,
+            until,
+            as_of,
+            metadata,
+            include_superseded,
         )
+        return self._pages(lambda after: ops.memories(page_size, after, f))
 
     async def delete_memory(self, id: str) -> bool:
         """Deletes a memory (a missing one is a `NOT_FOUND` error)."""

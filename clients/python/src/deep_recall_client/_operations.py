@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
 
 from . import _types as t
+from ._errors import DeepRecallError
 
 T = TypeVar("T")
 
@@ -73,7 +74,7 @@ def _page(connection: t.Json, item: Callable[[t.Json], T]) -> Page[T]:
     )
 
 
-def _filter(
+def memory_filter(
     session: str | None = None,
     kinds: Sequence[t.MemoryKind] | None = None,
     roles: Sequence[t.Role] | None = None,
@@ -84,6 +85,7 @@ def _filter(
     metadata: Sequence[t.MetadataCondition] | None = None,
     include_superseded: bool = False,
 ) -> t.Json | None:
+    """The GraphQL `MemoryFilter` of these conditions (None when there are none)."""
     f: t.Json = {}
     if as_of is not None:
         f["asOf"] = t.time(as_of)
@@ -120,15 +122,7 @@ def me() -> Operation[t.User]:
 
 
 def search(
-    query: str,
-    top_k: int,
-    mode: t.SearchMode,
-    session: str | None,
-    kinds: Sequence[t.MemoryKind] | None,
-    tags: Sequence[str] | None,
-    as_of: t.Time | None = None,
-    metadata: Sequence[t.MetadataCondition] | None = None,
-    include_superseded: bool = False,
+    query: str, top_k: int, mode: t.SearchMode, filter: t.Json | None
 ) -> Operation[list[t.SearchHit]]:
     return Operation(
         "Search",
@@ -142,21 +136,26 @@ def search(
             "query": query,
             "topK": top_k,
             "mode": t.upper(mode),
-            "filter": _filter(
-                session=session,
-                kinds=kinds,
-                tags=tags,
-                as_of=as_of,
-                metadata=metadata,
-                include_superseded=include_superseded,
-            ),
+            "filter": filter,
         },
         False,
         lambda d: [t.search_hit(h) for h in d["search"]],
     )
 
 
-def _message_input(session: str, m: t.NewMessage) -> t.Json:
+_MESSAGE_KEYS = frozenset(("role", "content", "created_at", "tags", "metadata"))
+
+
+def _message_input(session: str, i: int, m: t.NewMessage) -> t.Json:
+    unknown = sorted(set(m) - _MESSAGE_KEYS)
+    if unknown:
+        # A key the server would never see (a timestamp named `ts`, say) is refused, not
+        # dropped.
+        raise DeepRecallError(
+            "BAD_INPUT",
+            f"message {i}: unknown field(s) {', '.join(unknown)}; a message has "
+            f"{', '.join(sorted(_MESSAGE_KEYS))}",
+        )
     out: t.Json = {
         "session": session,
         "role": t.upper(m["role"]),
@@ -180,7 +179,7 @@ def add_messages(
   addMessages(messages: $messages) { ...MessageFields }
 }"""
         + _MESSAGE,
-        {"messages": [_message_input(session, m) for m in messages]},
+        {"messages": [_message_input(session, i, m) for i, m in enumerate(messages)]},
         True,
         lambda d: [t.message(m) for m in d["addMessages"]],
     )
@@ -256,14 +255,7 @@ def messages(session: str, first: int, after: str | None) -> Operation[Page[t.Me
 
 
 def memories(
-    first: int,
-    after: str | None,
-    session: str | None,
-    kinds: Sequence[t.MemoryKind] | None,
-    roles: Sequence[t.Role] | None,
-    tags: Sequence[str] | None,
-    since: t.Time | None,
-    until: t.Time | None,
+    first: int, after: str | None, filter: t.Json | None
 ) -> Operation[Page[t.Memory]]:
     return Operation(
         "Memories",
@@ -275,7 +267,7 @@ def memories(
 }"""
         + _MEMORY,
         {
-            "filter": _filter(session, kinds, roles, tags, since, until),
+            "filter": filter,
             "first": first,
             "after": after,
         },
