@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pytest
@@ -122,6 +123,13 @@ def test_memories_stay_true_sessions_and_keys(server: Server, token: str) -> Non
         assert s.persona == "You are Moss, a quiet gardener."
         persona = await c.search("gardener", kinds=["persona"])
         assert [h.memory.content for h in persona] == [s.persona]
+        queued = await c.write_memory_keys(context=True, facts=False, sessions=False)
+        seen = [j async for j in c.job_progress(queued.id)]
+        assert seen[-1].status == "succeeded", seen
+        assert await c.job(queued.id) == seen[-1]
+        later = await c.schedule_delete_my_data(datetime.now(UTC) + timedelta(days=1))
+        assert later.status == "queued"
+        assert (await c.cancel_job(later.id)).status == "cancelled"
         assert (await c.set_memory_keys(False)).enabled is False
         assert (await c.memory_keys()).enabled is False
 

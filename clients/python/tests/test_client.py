@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -15,6 +16,7 @@ from deep_recall_client import (
     ChatFinal,
     DeepRecall,
     DeepRecallError,
+    Job,
     MemoryEvent,
     SearchHit,
 )
@@ -171,6 +173,45 @@ def test_memory_keys_are_switched_per_user(client: DeepRecall) -> None:
     assert client.memory_keys() == off
     assert client.set_memory_keys(True).enabled is True
     assert client.memory_keys().enabled is True
+
+
+def test_background_jobs_are_followed_and_cancelled(
+    client: DeepRecall, server: Server
+) -> None:
+    client.add_messages(
+        "harbour",
+        [
+            {"role": "user", "content": "We took the ferry across the Tagus estuary."},
+            {"role": "assistant", "content": "Exactly, that's the project."},
+        ],
+    )
+    queued = client.write_memory_keys(context=True, facts=False, sessions=False)
+    assert isinstance(queued, Job) and queued.kind == "memory_keys"
+    seen = list(client.job_progress(queued.id))
+    assert seen[0].id == queued.id
+    last = seen[-1]
+    assert last.status == "succeeded", seen
+    assert last.finished_at is not None and isinstance(last.result, dict)
+    assert client.job(queued.id) == last
+    assert client.memory_keys().keys >= 1
+    with pytest.raises(DeepRecallError) as e:
+        client.write_memory_keys(context=False, facts=False, sessions=False)
+    assert e.value.code == "BAD_INPUT"
+    # A deletion an hour ahead waits; cancelled, it never runs. Nobody else sees either job.
+    later = client.schedule_delete_my_data(datetime.now(UTC) + timedelta(hours=1))
+    assert (later.kind, later.status) == ("delete_user", "queued")
+    with DeepRecall(server.url, token=make_token("jobs-other")) as other:
+        assert other.job(queued.id) is None
+        with pytest.raises(DeepRecallError) as e:
+            list(other.job_progress(queued.id))
+        assert e.value.code == "NOT_FOUND"
+        with pytest.raises(DeepRecallError) as e:
+            other.cancel_job(later.id)
+        assert e.value.code == "NOT_FOUND"
+    assert client.cancel_job(later.id).status == "cancelled"
+    job = client.job(later.id)
+    assert job is not None and job.status == "cancelled"
+    assert client.me().memory_count >= 2
 
 
 def test_bad_input_is_bad_input(client: DeepRecall) -> None:

@@ -9,19 +9,24 @@ import {
 import {
   AddMemoryDocument,
   AddMessagesDocument,
+  CancelJobDocument,
   ChatDocument,
   CreateSessionDocument,
   DeleteMemoryDocument,
   DeleteMyDataDocument,
   DeleteSessionDocument,
   ExportMyDataDocument,
+  JobDocument,
+  JobProgressDocument,
   MeDocument,
   MemoriesDocument,
   MemoryEventsDocument,
   MemoryHistoryDocument,
   MemoryKeysEnableDocument,
   MemoryKeysStatusDocument,
+  MemoryKeysWriteDocument,
   MessagesDocument,
+  ScheduleDeleteMyDataDocument,
   SearchDocument,
   SessionsDocument,
   type MemoriesQuery,
@@ -33,6 +38,8 @@ import {
   type ChatChunk,
   type ChatFinal,
   type DeletionReport,
+  type Job,
+  job,
   type Memory,
   type MemoryEvent,
   type MemoryFilter,
@@ -83,6 +90,20 @@ export interface SearchOptions extends MemoryFilter {
   topK?: number;
   /** `hybrid` (default), `vector` or `text`. */
   mode?: SearchMode;
+}
+
+/** Options of `writeMemoryKeys`: which keys, and how fast (the server's defaults otherwise). */
+export interface WriteMemoryKeysOptions {
+  /** Context keys: each turn with the turn before it (no chat model needed). */
+  context?: boolean;
+  /** Facts the chat model reads in each message. */
+  facts?: boolean;
+  /** The topic the chat model gives each stretch of a session. */
+  sessions?: boolean;
+  /** Keys written in this run at most. */
+  maxKeys?: number;
+  /** Pause after each group of memories, in milliseconds (a rate limit). */
+  pauseMs?: number;
 }
 
 /** Options of `createSession`: what is given is set, the rest stays as it is. */
@@ -465,6 +486,58 @@ export class DeepRecall {
   async setMemoryKeys(enabled: boolean): Promise<MemoryKeysStatus> {
     return (await this.#request(MemoryKeysEnableDocument, { enabled }, 'mutation'))
       .memoryKeysEnable;
+  }
+
+  /**
+   * Queues a job that writes the keys the caller's memories lack (keys must be on); follow it
+   * with `jobProgress`.
+   */
+  async writeMemoryKeys(options: WriteMemoryKeysOptions = {}): Promise<Job> {
+    const input = {
+      context: options.context,
+      facts: options.facts,
+      sessions: options.sessions,
+      maxKeys: options.maxKeys,
+      pauseMs: options.pauseMs,
+    };
+    return job((await this.#request(MemoryKeysWriteDocument, { input }, 'mutation')).memoryKeysWrite);
+  }
+
+  /** One of the caller's background jobs, or null when they have none with this id. */
+  async job(id: string): Promise<Job | null> {
+    const found = (await this.#request(JobDocument, { id }, 'query')).job;
+    return found === null ? null : job(found);
+  }
+
+  /**
+   * A job as it is now, then each change, until it succeeds, fails or is cancelled (or the loop
+   * ends, or `signal` aborts). Another user's job, or none, is a `NOT_FOUND` error.
+   */
+  async *jobProgress(id: string, options: { signal?: AbortSignal } = {}): AsyncGenerator<Job> {
+    for await (const { jobProgress } of this.#subscribe(
+      JobProgressDocument,
+      { id },
+      options.signal,
+    )) {
+      yield job(jobProgress);
+    }
+  }
+
+  /** Cancels one of the caller's queued jobs (a scheduled deletion, say). */
+  async cancelJob(id: string): Promise<Job> {
+    return job((await this.#request(CancelJobDocument, { id }, 'mutation')).cancelJob);
+  }
+
+  /**
+   * Schedules the deletion of everything stored about the caller at `at` (at most a year ahead;
+   * a past time means now); `cancelJob` stops it until it starts.
+   */
+  async scheduleDeleteMyData(at: string | Date): Promise<Job> {
+    const when = at instanceof Date ? at.toISOString() : at;
+    return job(
+      (await this.#request(ScheduleDeleteMyDataDocument, { at: when }, 'mutation'))
+        .scheduleDeleteMyData,
+    );
   }
 
   /** Deletes a session with its messages and their memories. */

@@ -10,6 +10,7 @@ export {
   type PageOptions,
   type SearchOptions,
   type SessionOptions,
+  type WriteMemoryKeysOptions,
 } from './client.js';
 export { DeepRecallError, type ErrorCode } from './errors.js';
 export type {
@@ -19,6 +20,9 @@ export type {
   ContextMemory,
   DeletionReport,
   FinishReason,
+  Job,
+  JobKind,
+  JobStatus,
   Latency,
   Memory,
   MemoryAction,

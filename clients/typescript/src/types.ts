@@ -92,6 +92,38 @@ export interface MemoryKeysStatus {
   keys: number;
 }
 
+/** What a background job does. */
+export type JobKind = Lowercase<gql.JobKind>;
+
+/** Where a background job is: `queued`, `running`, then `succeeded`, `failed` or `cancelled`. */
+export type JobStatus = Lowercase<gql.JobStatus>;
+
+/** One of the caller's background jobs (`writeMemoryKeys`, `scheduleDeleteMyData`). */
+export interface Job {
+  id: string;
+  kind: JobKind;
+  status: JobStatus;
+  /** Share done, 0 to 1. */
+  progress: number;
+  /** What it is doing now. */
+  message: string | null;
+  /** What it did (a JSON object), once succeeded. */
+  result: unknown;
+  /** Why it failed. */
+  error: string | null;
+  attempts: number;
+  /** Not before this time. */
+  runAt: string;
+  createdAt: string;
+  updatedAt: string;
+  startedAt: string | null;
+  finishedAt: string | null;
+}
+
+export function job(j: gql.JobFieldsFragment): Job {
+  return { ...j, kind: lower(j.kind), status: lower(j.status) };
+}
+
 /** The calling user. */
 export interface User {
   id: string;

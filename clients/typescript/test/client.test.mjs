@@ -167,6 +167,36 @@ describe('against a real server', () => {
     assert.equal((await kim.memoryKeys()).enabled, true);
   });
 
+  test('background jobs: keys written and followed to the end; a scheduled deletion cancelled', async () => {
+    const uma = client('uma');
+    await uma.addMessages('harbour', [
+      { role: 'user', content: 'We took the ferry across the Tagus estuary to the old shipyards.' },
+      { role: 'assistant', content: "Exactly, that's the project." },
+    ]);
+    const queued = await uma.writeMemoryKeys({ context: true, facts: false, sessions: false });
+    assert.equal(queued.kind, 'memory_keys');
+    assert.ok(['queued', 'running', 'succeeded'].includes(queued.status), queued.status);
+    const seen = await collect(uma.jobProgress(queued.id));
+    assert.equal(seen[0].id, queued.id);
+    const last = seen.at(-1);
+    assert.equal(last.status, 'succeeded', JSON.stringify(seen));
+    assert.ok(last.finishedAt !== null && typeof last.result === 'object', JSON.stringify(last));
+    assert.deepEqual(await uma.job(queued.id), last);
+    assert.ok((await uma.memoryKeys()).keys >= 1);
+    // Another user can neither read nor follow it.
+    const vic = client('vic');
+    assert.equal(await vic.job(queued.id), null);
+    await rejects(collect(vic.jobProgress(queued.id)), 'NOT_FOUND');
+    await rejects(uma.writeMemoryKeys({ context: false, facts: false, sessions: false }), 'BAD_INPUT');
+    // A deletion an hour ahead waits, and cancelled it never runs.
+    const later = await uma.scheduleDeleteMyData(new Date(Date.now() + 3_600_000));
+    assert.deepEqual([later.kind, later.status], ['delete_user', 'queued']);
+    await rejects(vic.cancelJob(later.id), 'NOT_FOUND');
+    assert.equal((await uma.cancelJob(later.id)).status, 'cancelled');
+    assert.equal((await uma.job(later.id))?.status, 'cancelled');
+    assert.ok((await uma.me()).memoryCount >= 2);
+  });
+
   test('bad input and bad credentials are typed errors', async () => {
     const erin = client('erin');
     await rejects(erin.search('x', { topK: -1 }), 'BAD_INPUT');

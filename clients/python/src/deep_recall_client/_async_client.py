@@ -258,6 +258,40 @@ class AsyncDeepRecall:
         then on) or off (their keys are deleted; memories are untouched)."""
         return await self._send(ops.memory_keys_enable(enabled))
 
+    async def write_memory_keys(
+        self,
+        *,
+        context: bool | None = None,
+        facts: bool | None = None,
+        sessions: bool | None = None,
+        max_keys: int | None = None,
+        pause_ms: int | None = None,
+    ) -> t.Job:
+        """Queues a job that writes the keys the caller's memories lack (keys must be on):
+        `context` keys (each turn with the one before it), `facts` and `sessions` keys from
+        the chat model; at most `max_keys`, pausing `pause_ms` after each group. Follow it
+        with `job_progress`."""
+        op = ops.memory_keys_write(context, facts, sessions, max_keys, pause_ms)
+        return await self._send(op)
+
+    async def job(self, id: str) -> t.Job | None:
+        """One of the caller's background jobs, or None when they have none with this id."""
+        return await self._send(ops.job(id))
+
+    def job_progress(self, id: str) -> AsyncGenerator[t.Job, None]:
+        """The job as it is now, then each change, until it succeeds, fails or is cancelled
+        (another user's job, or none, is a `NOT_FOUND` error)."""
+        return self._subscribe(ops.job_progress(id))
+
+    async def cancel_job(self, id: str) -> t.Job:
+        """Cancels one of the caller's queued jobs (a scheduled deletion, say)."""
+        return await self._send(ops.cancel_job(id))
+
+    async def schedule_delete_my_data(self, at: t.Time) -> t.Job:
+        """Schedules the deletion of everything stored about the caller at `at` (at most a
+        year ahead; a past time means now); `cancel_job` stops it until it starts."""
+        return await self._send(ops.schedule_delete_my_data(at))
+
     async def delete_session(self, id: str) -> bool:
         """Deletes a session with its messages and their memories."""
         return await self._send(ops.delete_session(id))

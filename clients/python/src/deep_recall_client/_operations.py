@@ -337,6 +337,72 @@ def memory_keys_enable(enabled: bool) -> Operation[t.MemoryKeysStatus]:
     )
 
 
+_JOB = """
+fragment JobFields on Job {
+  id kind status progress message result error attempts runAt createdAt updatedAt
+  startedAt finishedAt
+}"""
+
+
+def memory_keys_write(
+    context: bool | None,
+    facts: bool | None,
+    sessions: bool | None,
+    max_keys: int | None,
+    pause_ms: int | None,
+) -> Operation[t.Job]:
+    given = {
+        "context": context,
+        "facts": facts,
+        "sessions": sessions,
+        "maxKeys": max_keys,
+        "pauseMs": pause_ms,
+    }
+    return Operation(
+        "MemoryKeysWrite",
+        """mutation MemoryKeysWrite($input: MemoryKeysWriteInput) {
+  memoryKeysWrite(input: $input) { ...JobFields }
+}"""
+        + _JOB,
+        {"input": {k: v for k, v in given.items() if v is not None}},
+        True,
+        lambda d: t.job(d["memoryKeysWrite"]),
+    )
+
+
+def job(id: str) -> Operation[t.Job | None]:
+    return Operation(
+        "Job",
+        "query Job($id: ID!) { job(id: $id) { ...JobFields } }" + _JOB,
+        {"id": id},
+        False,
+        lambda d: None if d["job"] is None else t.job(d["job"]),
+    )
+
+
+def cancel_job(id: str) -> Operation[t.Job]:
+    return Operation(
+        "CancelJob",
+        "mutation CancelJob($id: ID!) { cancelJob(id: $id) { ...JobFields } }" + _JOB,
+        {"id": id},
+        True,
+        lambda d: t.job(d["cancelJob"]),
+    )
+
+
+def schedule_delete_my_data(at: t.Time) -> Operation[t.Job]:
+    return Operation(
+        "ScheduleDeleteMyData",
+        """mutation ScheduleDeleteMyData($at: DateTime!) {
+  scheduleDeleteMyData(at: $at) { ...JobFields }
+}"""
+        + _JOB,
+        {"at": t.time(at)},
+        True,
+        lambda d: t.job(d["scheduleDeleteMyData"]),
+    )
+
+
 def delete_session(id: str) -> Operation[bool]:
     return Operation(
         "DeleteSession",
@@ -424,4 +490,14 @@ def memory_events() -> Subscription[t.MemoryEvent]:
         + _MEMORY,
         {},
         lambda d: t.memory_event(d["memoryEvents"]),
+    )
+
+
+def job_progress(id: str) -> Subscription[t.Job]:
+    return Subscription(
+        "JobProgress",
+        "subscription JobProgress($id: ID!) { jobProgress(id: $id) { ...JobFields } }"
+        + _JOB,
+        {"id": id},
+        lambda d: t.job(d["jobProgress"]),
     )

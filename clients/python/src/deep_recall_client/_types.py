@@ -170,6 +170,61 @@ class MemoryKeysStatus:
     keys: int
 
 
+JobKind = Literal[
+    "delete_user",
+    "backup",
+    "optimize",
+    "rotate_keys",
+    "reembed",
+    "deep_memory_generate",
+    "deep_memory_train",
+    "memory_keys",
+]
+"""What a background job does."""
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+"""Where a background job is: queued, running, then succeeded, failed or cancelled."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One of the caller's background jobs (`write_memory_keys`, `schedule_delete_my_data`)."""
+
+    __slots__ = (
+        "attempts",
+        "created_at",
+        "error",
+        "finished_at",
+        "id",
+        "kind",
+        "message",
+        "progress",
+        "result",
+        "run_at",
+        "started_at",
+        "status",
+        "updated_at",
+    )
+    id: str
+    kind: JobKind
+    status: JobStatus
+    progress: float
+    """Share done, 0 to 1."""
+    message: str | None
+    """What it is doing now."""
+    result: Json | None
+    """What it did, once succeeded."""
+    error: str | None
+    """Why it failed."""
+    attempts: int
+    run_at: str
+    """Not before this time."""
+    created_at: str
+    updated_at: str
+    started_at: str | None
+    finished_at: str | None
+
+
 @dataclass(frozen=True)
 class DeletionReport:
     """What `delete_my_data` removed."""
@@ -342,6 +397,25 @@ def user(d: Json) -> User:
         admin=d["admin"],
         created_at=d.get("createdAt"),
         memory_count=d["memoryCount"],
+    )
+
+
+def job(d: Json) -> Job:
+    result = d.get("result")
+    return Job(
+        id=d["id"],
+        kind=_lower(d["kind"]),
+        status=_lower(d["status"]),
+        progress=float(d["progress"]),
+        message=d.get("message"),
+        result=None if result is None else _object(result),
+        error=d.get("error"),
+        attempts=d["attempts"],
+        run_at=d["runAt"],
+        created_at=d["createdAt"],
+        updated_at=d["updatedAt"],
+        started_at=d.get("startedAt"),
+        finished_at=d.get("finishedAt"),
     )
 
 

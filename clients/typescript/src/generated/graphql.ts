@@ -40,6 +40,41 @@ export type FinishReason =
   /** The model finished, or a stop sequence appeared. */
   | 'STOP';
 
+/** What a background job does. */
+export type JobKind =
+  /** An operator's backup of every user (admin; `backup.dir`). */
+  | 'BACKUP'
+  /** The chat model writes deep memory pairs (`deepMemoryGenerate`). */
+  | 'DEEP_MEMORY_GENERATE'
+  /**
+   * The training of the user's query adapter (`deepMemoryTrain`, or a retraining after
+   * new memories).
+   */
+  | 'DEEP_MEMORY_TRAIN'
+  /** Deletes everything stored about the user (a scheduled `deleteMyData`). */
+  | 'DELETE_USER'
+  /** The chat model writes extra keys for the user's memories (`memoryKeysWrite`). */
+  | 'MEMORY_KEYS'
+  /** An operator's database maintenance (admin). */
+  | 'OPTIMIZE'
+  /** Re-embedding after a change of embedding model (admin, or queued at start). */
+  | 'REEMBED'
+  /** An operator's rotation of the data key (admin). */
+  | 'ROTATE_KEYS';
+
+/** Where a background job is. */
+export type JobStatus =
+  /** Cancelled before it ran. */
+  | 'CANCELLED'
+  /** Gave up; see `error`. */
+  | 'FAILED'
+  /** Waiting for its time. */
+  | 'QUEUED'
+  /** Running now. */
+  | 'RUNNING'
+  /** Done; see `result`. */
+  | 'SUCCEEDED';
+
 /** What happened to a memory. */
 export type MemoryAction =
   /** Written. */
@@ -97,6 +132,27 @@ export type MemoryInput = {
   tags?: Array<string>;
   /** Expires this many seconds after it is stored (instead of `expiresAt`). */
   ttlSeconds?: number | null | undefined;
+};
+
+/** How a key job runs; absent fields take the server's defaults. */
+export type MemoryKeysWriteInput = {
+  /**
+   * Context keys: a key for each turn holding the turn before it, then its own text
+   * (written without the chat model). Turning all three kinds off is refused
+   * (`BAD_INPUT`).
+   */
+  context?: boolean | null | undefined;
+  /** Facts: a key for each message and fact from what the model reads in it alone. */
+  facts?: boolean | null | undefined;
+  /** Keys written in this run at most. */
+  maxKeys?: number | null | undefined;
+  /** Pause after each group of memories, in milliseconds (a rate limit). */
+  pauseMs?: number | null | undefined;
+  /**
+   * Session keys: a key for each turn from the topic the model gives its stretch of the
+   * session.
+   */
+  sessions?: boolean | null | undefined;
 };
 
 /** What a memory is. */
@@ -183,6 +239,8 @@ export type SearchMode =
 export type MemoryFieldsFragment = { id: string, kind: MemoryKind, content: string, session: string | null, messageId: string | null, role: Role | null, tags: Array<string>, metadata: unknown, importance: number, emotion: string | null, createdAt: string, updatedAt: string, expiresAt: string | null, supersedes: string | null, supersededBy: string | null, supersededAt: string | null, keyFor: string | null };
 
 export type MessageFieldsFragment = { id: string, session: string, role: Role, content: string, tags: Array<string>, metadata: unknown, createdAt: string };
+
+export type JobFieldsFragment = { id: string, kind: JobKind, status: JobStatus, progress: number, message: string | null, result: unknown, error: string | null, attempts: number, runAt: string, createdAt: string, updatedAt: string, startedAt: string | null, finishedAt: string | null };
 
 export type SessionFieldsFragment = { id: string, title: string | null, persona: string | null, createdAt: string, updatedAt: string };
 
@@ -305,6 +363,41 @@ export type MemoryEventsSubscriptionVariables = Exact<{ [key: string]: never; }>
 
 export type MemoryEventsSubscription = { memoryEvents: { action: MemoryAction, memoryId: string, kind: MemoryKind | null, memory: { id: string, kind: MemoryKind, content: string, session: string | null, messageId: string | null, role: Role | null, tags: Array<string>, metadata: unknown, importance: number, emotion: string | null, createdAt: string, updatedAt: string, expiresAt: string | null, supersedes: string | null, supersededBy: string | null, supersededAt: string | null, keyFor: string | null } | null } };
 
+export type JobQueryVariables = Exact<{
+  id: string;
+}>;
+
+
+export type JobQuery = { job: { id: string, kind: JobKind, status: JobStatus, progress: number, message: string | null, result: unknown, error: string | null, attempts: number, runAt: string, createdAt: string, updatedAt: string, startedAt: string | null, finishedAt: string | null } | null };
+
+export type JobProgressSubscriptionVariables = Exact<{
+  id: string;
+}>;
+
+
+export type JobProgressSubscription = { jobProgress: { id: string, kind: JobKind, status: JobStatus, progress: number, message: string | null, result: unknown, error: string | null, attempts: number, runAt: string, createdAt: string, updatedAt: string, startedAt: string | null, finishedAt: string | null } };
+
+export type CancelJobMutationVariables = Exact<{
+  id: string;
+}>;
+
+
+export type CancelJobMutation = { cancelJob: { id: string, kind: JobKind, status: JobStatus, progress: number, message: string | null, result: unknown, error: string | null, attempts: number, runAt: string, createdAt: string, updatedAt: string, startedAt: string | null, finishedAt: string | null } };
+
+export type ScheduleDeleteMyDataMutationVariables = Exact<{
+  at: string;
+}>;
+
+
+export type ScheduleDeleteMyDataMutation = { scheduleDeleteMyData: { id: string, kind: JobKind, status: JobStatus, progress: number, message: string | null, result: unknown, error: string | null, attempts: number, runAt: string, createdAt: string, updatedAt: string, startedAt: string | null, finishedAt: string | null } };
+
+export type MemoryKeysWriteMutationVariables = Exact<{
+  input?: MemoryKeysWriteInput | null | undefined;
+}>;
+
+
+export type MemoryKeysWriteMutation = { memoryKeysWrite: { id: string, kind: JobKind, status: JobStatus, progress: number, message: string | null, result: unknown, error: string | null, attempts: number, runAt: string, createdAt: string, updatedAt: string, startedAt: string | null, finishedAt: string | null } };
+
 export class TypedDocumentString<TResult, TVariables>
   extends String
   implements DocumentTypeDecoration<TResult, TVariables>
@@ -355,6 +448,23 @@ export const MessageFieldsFragmentDoc = new TypedDocumentString(`
   createdAt
 }
     `, {"fragmentName":"MessageFields"}) as unknown as TypedDocumentString<MessageFieldsFragment, unknown>;
+export const JobFieldsFragmentDoc = new TypedDocumentString(`
+    fragment JobFields on Job {
+  id
+  kind
+  status
+  progress
+  message
+  result
+  error
+  attempts
+  runAt
+  createdAt
+  updatedAt
+  startedAt
+  finishedAt
+}
+    `, {"fragmentName":"JobFields"}) as unknown as TypedDocumentString<JobFieldsFragment, unknown>;
 export const SessionFieldsFragmentDoc = new TypedDocumentString(`
     fragment SessionFields on Session {
   id
@@ -661,3 +771,108 @@ export const MemoryEventsDocument = new TypedDocumentString(`
   supersededAt
   keyFor
 }`) as unknown as TypedDocumentString<MemoryEventsSubscription, MemoryEventsSubscriptionVariables>;
+export const JobDocument = new TypedDocumentString(`
+    query Job($id: ID!) {
+  job(id: $id) {
+    ...JobFields
+  }
+}
+    fragment JobFields on Job {
+  id
+  kind
+  status
+  progress
+  message
+  result
+  error
+  attempts
+  runAt
+  createdAt
+  updatedAt
+  startedAt
+  finishedAt
+}`) as unknown as TypedDocumentString<JobQuery, JobQueryVariables>;
+export const JobProgressDocument = new TypedDocumentString(`
+    subscription JobProgress($id: ID!) {
+  jobProgress(id: $id) {
+    ...JobFields
+  }
+}
+    fragment JobFields on Job {
+  id
+  kind
+  status
+  progress
+  message
+  result
+  error
+  attempts
+  runAt
+  createdAt
+  updatedAt
+  startedAt
+  finishedAt
+}`) as unknown as TypedDocumentString<JobProgressSubscription, JobProgressSubscriptionVariables>;
+export const CancelJobDocument = new TypedDocumentString(`
+    mutation CancelJob($id: ID!) {
+  cancelJob(id: $id) {
+    ...JobFields
+  }
+}
+    fragment JobFields on Job {
+  id
+  kind
+  status
+  progress
+  message
+  result
+  error
+  attempts
+  runAt
+  createdAt
+  updatedAt
+  startedAt
+  finishedAt
+}`) as unknown as TypedDocumentString<CancelJobMutation, CancelJobMutationVariables>;
+export const ScheduleDeleteMyDataDocument = new TypedDocumentString(`
+    mutation ScheduleDeleteMyData($at: DateTime!) {
+  scheduleDeleteMyData(at: $at) {
+    ...JobFields
+  }
+}
+    fragment JobFields on Job {
+  id
+  kind
+  status
+  progress
+  message
+  result
+  error
+  attempts
+  runAt
+  createdAt
+  updatedAt
+  startedAt
+  finishedAt
+}`) as unknown as TypedDocumentString<ScheduleDeleteMyDataMutation, ScheduleDeleteMyDataMutationVariables>;
+export const MemoryKeysWriteDocument = new TypedDocumentString(`
+    mutation MemoryKeysWrite($input: MemoryKeysWriteInput) {
+  memoryKeysWrite(input: $input) {
+    ...JobFields
+  }
+}
+    fragment JobFields on Job {
+  id
+  kind
+  status
+  progress
+  message
+  result
+  error
+  attempts
+  runAt
+  createdAt
+  updatedAt
+  startedAt
+  finishedAt
+}`) as unknown as TypedDocumentString<MemoryKeysWriteMutation, MemoryKeysWriteMutationVariables>;
