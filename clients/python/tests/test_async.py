@@ -15,6 +15,7 @@ from deep_recall_client import (
     ChatChunk,
     ChatDelta,
     ChatFinal,
+    DeepMemoryPair,
     DeepRecallError,
     MemoryEvent,
 )
@@ -130,6 +131,17 @@ def test_memories_stay_true_sessions_and_keys(server: Server, token: str) -> Non
         later = await c.schedule_delete_my_data(datetime.now(UTC) + timedelta(days=1))
         assert later.status == "queued"
         assert (await c.cancel_job(later.id)).status == "cancelled"
+        status = await c.deep_memory_status()
+        assert (status.trained, status.enabled) == (False, False)
+        with pytest.raises(DeepRecallError) as e:
+            await c.deep_memory_enable()
+        assert e.value.code == "BAD_INPUT"
+        pair: DeepMemoryPair = {
+            "question": "Where does Jo live?",
+            "memory_id": berlin.id,
+        }
+        assert await c.deep_memory_add_pairs([pair]) == 1
+        assert (await c.deep_memory_disable()).enabled is False
         assert (await c.set_memory_keys(False)).enabled is False
         assert (await c.memory_keys()).enabled is False
 

@@ -14,6 +14,7 @@ from deep_recall_client import (
     ChatChunk,
     ChatDelta,
     ChatFinal,
+    DeepMemoryPair,
     DeepRecall,
     DeepRecallError,
     Job,
@@ -212,6 +213,59 @@ def test_background_jobs_are_followed_and_cancelled(
     job = client.job(later.id)
     assert job is not None and job.status == "cancelled"
     assert client.me().memory_count >= 2
+
+
+PEOPLE = ["Ada", "Bram", "Cleo", "Dev", "Esme", "Finn", "Gia", "Hal", "Ines", "Jude", "Kai", "Lea", "Milo", "Nia", "Oren", "Pia", "Quin", "Rui", "Sia", "Tom", "Uli", "Vera", "Wim", "Xia", "Yael", "Zed", "Alba", "Bo", "Cai", "Dita"]
+HOBBIES = ["violin", "kayak", "telescope", "sourdough", "chess", "pottery", "orchids", "fencing", "karate", "origami", "beekeeping", "archery", "juggling", "knitting", "climbing", "surfing", "baking", "rowing", "tango", "calligraphy", "sailing", "fishing", "cycling", "painting", "birding", "yoga", "pinball", "gardening", "carving", "poetry"]
+
+
+def test_deep_memory_is_trained_and_switched(
+    client: DeepRecall, server: Server
+) -> None:
+    # Enough memories that some are held out for the evaluation (a fifth of them, by id).
+    pairs: list[DeepMemoryPair] = []
+    for name, hobby in zip(PEOPLE, HOBBIES):
+        m = client.add_memory(f"{name} spends every Sunday on {hobby}.")
+        pairs.append(
+            {"question": f"What does {name} do on Sundays?", "memory_id": m.id}
+        )
+        pairs.append(
+            {"question": f"Which hobby fills {name}'s weekends?", "memory_id": m.id}
+        )
+    before = client.deep_memory_status()
+    assert (before.pairs, before.trained, before.enabled) == (0, False, False)
+    assert before.memories == len(PEOPLE) and before.evaluation is None
+    with pytest.raises(DeepRecallError) as e:
+        client.deep_memory_enable()
+    assert e.value.code == "BAD_INPUT"
+    assert client.deep_memory_add_pairs(pairs) == len(pairs)
+    with DeepRecall(server.url, token=make_token("deep-other")) as other:
+        with pytest.raises(DeepRecallError) as e:
+            other.deep_memory_add_pairs([pairs[0]])
+        assert e.value.code == "NOT_FOUND"
+        assert other.deep_memory_status().pairs == 0
+    generate = client.deep_memory_generate(max_pairs=1)
+    assert generate.kind == "deep_memory_generate"
+    generated = list(client.job_progress(generate.id))[-1]
+    assert generated.status == "succeeded" and generated.result is not None, generated
+    assert client.deep_memory_status().generated_pairs == generated.result["pairs"]
+    train = client.deep_memory_train(epochs=10)
+    trained = list(client.job_progress(train.id))[-1]
+    assert trained.status == "succeeded", trained
+    after = client.deep_memory_status()
+    assert (after.trained, after.version, after.enabled) == (True, 1, False)
+    ev = after.evaluation
+    assert ev is not None and ev.pairs > 0, after
+    assert 0 <= ev.before.mrr <= 1 and 0 <= ev.after.recall_at_10 <= 1
+    # It can be turned on only when it helps; off at once.
+    if ev.helps:
+        on = client.deep_memory_enable()
+        assert (on.enabled, on.active) == (True, True)
+    else:
+        with pytest.raises(DeepRecallError) as e:
+            client.deep_memory_enable()
+        assert e.value.code == "BAD_INPUT"
+    assert client.deep_memory_disable().enabled is False
 
 
 def test_bad_input_is_bad_input(client: DeepRecall) -> None:

@@ -12,6 +12,12 @@ import {
   CancelJobDocument,
   ChatDocument,
   CreateSessionDocument,
+  DeepMemoryAddPairsDocument,
+  DeepMemoryDisableDocument,
+  DeepMemoryEnableDocument,
+  DeepMemoryGenerateDocument,
+  DeepMemoryStatusDocument,
+  DeepMemoryTrainDocument,
   DeleteMemoryDocument,
   DeleteMyDataDocument,
   DeleteSessionDocument,
@@ -37,6 +43,8 @@ import {
 import {
   type ChatChunk,
   type ChatFinal,
+  type DeepMemoryPair,
+  type DeepMemoryStatus,
   type DeletionReport,
   type Job,
   job,
@@ -104,6 +112,25 @@ export interface WriteMemoryKeysOptions {
   maxKeys?: number;
   /** Pause after each group of memories, in milliseconds (a rate limit). */
   pauseMs?: number;
+}
+
+/** Options of `deepMemoryGenerate` (the server's defaults otherwise). */
+export interface DeepMemoryGenerateOptions {
+  /** Questions per memory, 1 to 5. */
+  questionsPerMemory?: number;
+  /** Pairs written in this run at most. */
+  maxPairs?: number;
+}
+
+/** Options of `deepMemoryTrain` (the server's defaults otherwise). */
+export interface DeepMemoryTrainOptions {
+  /** Rank of the adapter (1 to 256). */
+  rank?: number;
+  /** Passes over the pairs (1 to 1000). */
+  epochs?: number;
+  learningRate?: number;
+  /** Hard negatives per question. */
+  hardNegatives?: number;
 }
 
 /** Options of `createSession`: what is given is set, the rest stays as it is. */
@@ -538,6 +565,53 @@ export class DeepRecall {
       (await this.#request(ScheduleDeleteMyDataDocument, { at: when }, 'mutation'))
         .scheduleDeleteMyData,
     );
+  }
+
+  /** Where the caller's deep memory stands: pairs, the adapter, its evaluation. */
+  async deepMemoryStatus(): Promise<DeepMemoryStatus> {
+    return (await this.#request(DeepMemoryStatusDocument, {}, 'query')).deepMemoryStatus;
+  }
+
+  /**
+   * Adds questions that the caller's memories answer (a search result they used, say); at
+   * most 1000 per call. How many were stored; a memory that is not theirs is `NOT_FOUND`.
+   */
+  async deepMemoryAddPairs(pairs: DeepMemoryPair[]): Promise<number> {
+    const p = pairs.map((x) => ({ question: x.question, memoryId: x.memoryId }));
+    return (await this.#request(DeepMemoryAddPairsDocument, { pairs: p }, 'mutation'))
+      .deepMemoryAddPairs;
+  }
+
+  /** Queues a job in which the chat model writes questions the caller's memories answer. */
+  async deepMemoryGenerate(options: DeepMemoryGenerateOptions = {}): Promise<Job> {
+    const input = { questionsPerMemory: options.questionsPerMemory, maxPairs: options.maxPairs };
+    return job(
+      (await this.#request(DeepMemoryGenerateDocument, { input }, 'mutation')).deepMemoryGenerate,
+    );
+  }
+
+  /**
+   * Queues the training of the caller's adapter on their pairs (the job's result holds its
+   * evaluation); a new adapter stays off until `deepMemoryEnable`.
+   */
+  async deepMemoryTrain(options: DeepMemoryTrainOptions = {}): Promise<Job> {
+    const input = {
+      rank: options.rank,
+      epochs: options.epochs,
+      learningRate: options.learningRate,
+      hardNegatives: options.hardNegatives,
+    };
+    return job((await this.#request(DeepMemoryTrainDocument, { input }, 'mutation')).deepMemoryTrain);
+  }
+
+  /** Turns the caller's adapter on; `BAD_INPUT` when none is trained or it does not help. */
+  async deepMemoryEnable(): Promise<DeepMemoryStatus> {
+    return (await this.#request(DeepMemoryEnableDocument, {}, 'mutation')).deepMemoryEnable;
+  }
+
+  /** Turns the caller's adapter off, at once. */
+  async deepMemoryDisable(): Promise<DeepMemoryStatus> {
+    return (await this.#request(DeepMemoryDisableDocument, {}, 'mutation')).deepMemoryDisable;
   }
 
   /** Deletes a session with its messages and their memories. */

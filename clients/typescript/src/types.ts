@@ -124,6 +124,52 @@ export function job(j: gql.JobFieldsFragment): Job {
   return { ...j, kind: lower(j.kind), status: lower(j.status) };
 }
 
+/** Held-out recall of a deep memory adapter, without (`before`) or with it (`after`). */
+export interface RecallFigures {
+  recallAt1: number;
+  recallAt5: number;
+  recallAt10: number;
+  mrr: number;
+}
+
+/** Where the caller's deep memory stands: pairs, the adapter, its evaluation. */
+export interface DeepMemoryStatus {
+  /** Question–memory pairs stored, of which written by the chat model, and held out. */
+  pairs: number;
+  generatedPairs: number;
+  heldOutPairs: number;
+  /** Memories with at least one pair, of the caller's memories. */
+  memoriesWithPairs: number;
+  memories: number;
+  /** Whether an adapter was trained, and its version (one up per training). */
+  trained: boolean;
+  version: number | null;
+  /** Turned on; `active`: searches use it now. */
+  enabled: boolean;
+  active: boolean;
+  /** Why it is on but not used. */
+  inactiveReason: string | null;
+  embeddingModel: string | null;
+  trainedAt: string | null;
+  /** Memories added since the training. */
+  newMemories: number;
+  /** Its evaluation on the held-out pairs; it can be turned on only when it `helps`. */
+  evaluation: {
+    pairs: number;
+    helps: boolean;
+    before: RecallFigures;
+    after: RecallFigures;
+  } | null;
+  /** The training (pairs, epochs, loss per epoch, seconds). */
+  training: unknown;
+}
+
+/** A question that one of the caller's memories answers. */
+export interface DeepMemoryPair {
+  question: string;
+  memoryId: string;
+}
+
 /** The calling user. */
 export interface User {
   id: string;

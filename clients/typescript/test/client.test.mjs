@@ -197,6 +197,54 @@ describe('against a real server', () => {
     assert.ok((await uma.me()).memoryCount >= 2);
   });
 
+  test('deep memory: pairs, a generation and a training followed as jobs, on only when it helps', async () => {
+    const wes = client('wes');
+    // Enough memories that some are held out for the evaluation (a fifth of them, by id).
+    const people = ('Ada Bram Cleo Dev Esme Finn Gia Hal Ines Jude Kai Lea Milo Nia Oren Pia Quin ' +
+      'Rui Sia Tom Uli Vera Wim Xia Yael Zed Alba Bo Cai Dita').split(' ');
+    const things = ('violin kayak telescope sourdough chess pottery orchids fencing karate origami ' +
+      'beekeeping archery juggling knitting climbing surfing baking rowing tango calligraphy ' +
+      'sailing fishing cycling painting birding yoga pinball gardening carving poetry').split(' ');
+    const pairs = [];
+    for (const [i, name] of people.entries()) {
+      const m = await wes.addMemory(`${name} spends every Sunday on ${things[i]}.`);
+      pairs.push({ question: `What does ${name} do on Sundays?`, memoryId: m.id });
+      pairs.push({ question: `Which hobby fills ${name}'s weekends?`, memoryId: m.id });
+    }
+    const before = await wes.deepMemoryStatus();
+    assert.deepEqual([before.pairs, before.trained, before.enabled], [0, false, false]);
+    assert.equal(before.memories, people.length);
+    await rejects(wes.deepMemoryEnable(), 'BAD_INPUT');
+    assert.equal(await wes.deepMemoryAddPairs(pairs), pairs.length);
+    const xan = client('xan');
+    await rejects(xan.deepMemoryAddPairs([{ question: 'Who?', memoryId: pairs[0].memoryId }]), 'NOT_FOUND');
+    // The packaged chat model writes a question in a job.
+    const generate = await wes.deepMemoryGenerate({ maxPairs: 1 });
+    assert.equal(generate.kind, 'deep_memory_generate');
+    const generated = (await collect(wes.jobProgress(generate.id))).at(-1);
+    assert.equal(generated.status, 'succeeded', JSON.stringify(generated));
+    assert.equal((await wes.deepMemoryStatus()).generatedPairs, generated.result.pairs);
+    // A training, followed to its evaluation.
+    const train = await wes.deepMemoryTrain({ epochs: 10 });
+    assert.equal(train.kind, 'deep_memory_train');
+    const trained = (await collect(wes.jobProgress(train.id))).at(-1);
+    assert.equal(trained.status, 'succeeded', JSON.stringify(trained));
+    const after = await wes.deepMemoryStatus();
+    assert.deepEqual([after.trained, after.version, after.enabled], [true, 1, false]);
+    const e = after.evaluation;
+    assert.ok(e !== null && e.pairs > 0, JSON.stringify(after));
+    for (const f of [e.before, e.after]) assert.ok(f.mrr >= 0 && f.recallAt10 <= 1, JSON.stringify(f));
+    // It can be turned on only when it helps; off at once.
+    if (e.helps) {
+      const on = await wes.deepMemoryEnable();
+      assert.deepEqual([on.enabled, on.active], [true, true]);
+    } else {
+      await rejects(wes.deepMemoryEnable(), 'BAD_INPUT');
+    }
+    assert.equal((await wes.deepMemoryDisable()).enabled, false);
+    assert.equal((await xan.deepMemoryStatus()).trained, false);
+  });
+
   test('bad input and bad credentials are typed errors', async () => {
     const erin = client('erin');
     await rejects(erin.search('x', { topK: -1 }), 'BAD_INPUT');

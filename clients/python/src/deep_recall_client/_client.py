@@ -275,6 +275,45 @@ class DeepRecall:
         year ahead; a past time means now); `cancel_job` stops it until it starts."""
         return self._send(ops.schedule_delete_my_data(at))
 
+    def deep_memory_status(self) -> t.DeepMemoryStatus:
+        """Where the caller's deep memory stands: pairs, the adapter, its evaluation."""
+        return self._send(ops.deep_memory_status())
+
+    def deep_memory_add_pairs(self, pairs: Sequence[t.DeepMemoryPair]) -> int:
+        """Adds questions that the caller's memories answer (at most 1000 per call); how
+        many were stored. A memory that is not theirs is `NOT_FOUND`."""
+        return self._send(ops.deep_memory_add_pairs(pairs))
+
+    def deep_memory_generate(
+        self, *, questions_per_memory: int | None = None, max_pairs: int | None = None
+    ) -> t.Job:
+        """Queues a job in which the chat model writes questions the caller's memories
+        answer; follow it with `job_progress`."""
+        op = ops.deep_memory_generate(questions_per_memory, max_pairs)
+        return self._send(op)
+
+    def deep_memory_train(
+        self,
+        *,
+        rank: int | None = None,
+        epochs: int | None = None,
+        learning_rate: float | None = None,
+        hard_negatives: int | None = None,
+    ) -> t.Job:
+        """Queues the training of the caller's adapter on their pairs (the job's result
+        holds its evaluation); a new adapter stays off until `deep_memory_enable`."""
+        op = ops.deep_memory_train(rank, epochs, learning_rate, hard_negatives)
+        return self._send(op)
+
+    def deep_memory_enable(self) -> t.DeepMemoryStatus:
+        """Turns the caller's adapter on; `BAD_INPUT` when none is trained or it does not
+        help."""
+        return self._send(ops.deep_memory_switch(True))
+
+    def deep_memory_disable(self) -> t.DeepMemoryStatus:
+        """Turns the caller's adapter off, at once."""
+        return self._send(ops.deep_memory_switch(False))
+
     def delete_session(self, id: str) -> bool:
         """Deletes a session with its messages and their memories."""
         return self._send(ops.delete_session(id))

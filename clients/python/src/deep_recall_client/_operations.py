@@ -403,6 +403,97 @@ def schedule_delete_my_data(at: t.Time) -> Operation[t.Job]:
     )
 
 
+_DEEP_MEMORY = """
+fragment DeepMemoryFields on DeepMemoryStatus {
+  pairs generatedPairs heldOutPairs memoriesWithPairs memories trained version enabled
+  active inactiveReason embeddingModel trainedAt newMemories training
+  evaluation {
+    pairs helps
+    before { recallAt1 recallAt5 recallAt10 mrr }
+    after { recallAt1 recallAt5 recallAt10 mrr }
+  }
+}"""
+
+
+def deep_memory_status() -> Operation[t.DeepMemoryStatus]:
+    return Operation(
+        "DeepMemoryStatus",
+        "query DeepMemoryStatus { deepMemoryStatus { ...DeepMemoryFields } }"
+        + _DEEP_MEMORY,
+        {},
+        False,
+        lambda d: t.deep_memory_status(d["deepMemoryStatus"]),
+    )
+
+
+def deep_memory_add_pairs(pairs: Sequence[t.DeepMemoryPair]) -> Operation[int]:
+    return Operation(
+        "DeepMemoryAddPairs",
+        """mutation DeepMemoryAddPairs($pairs: [DeepMemoryPairInput!]!) {
+  deepMemoryAddPairs(pairs: $pairs)
+}""",
+        {
+            "pairs": [
+                {"question": p["question"], "memoryId": p["memory_id"]} for p in pairs
+            ]
+        },
+        True,
+        lambda d: int(d["deepMemoryAddPairs"]),
+    )
+
+
+def deep_memory_generate(
+    questions_per_memory: int | None, max_pairs: int | None
+) -> Operation[t.Job]:
+    given = {"questionsPerMemory": questions_per_memory, "maxPairs": max_pairs}
+    return Operation(
+        "DeepMemoryGenerate",
+        """mutation DeepMemoryGenerate($input: DeepMemoryGenerateInput) {
+  deepMemoryGenerate(input: $input) { ...JobFields }
+}"""
+        + _JOB,
+        {"input": {k: v for k, v in given.items() if v is not None}},
+        True,
+        lambda d: t.job(d["deepMemoryGenerate"]),
+    )
+
+
+def deep_memory_train(
+    rank: int | None,
+    epochs: int | None,
+    learning_rate: float | None,
+    hard_negatives: int | None,
+) -> Operation[t.Job]:
+    given = {
+        "rank": rank,
+        "epochs": epochs,
+        "learningRate": learning_rate,
+        "hardNegatives": hard_negatives,
+    }
+    return Operation(
+        "DeepMemoryTrain",
+        """mutation DeepMemoryTrain($input: DeepMemoryTrainInput) {
+  deepMemoryTrain(input: $input) { ...JobFields }
+}"""
+        + _JOB,
+        {"input": {k: v for k, v in given.items() if v is not None}},
+        True,
+        lambda d: t.job(d["deepMemoryTrain"]),
+    )
+
+
+def deep_memory_switch(enabled: bool) -> Operation[t.DeepMemoryStatus]:
+    field = "deepMemoryEnable" if enabled else "deepMemoryDisable"
+    name = field[0].upper() + field[1:]
+    return Operation(
+        name,
+        f"mutation {name} {{ {field} {{ ...DeepMemoryFields }} }}" + _DEEP_MEMORY,
+        {},
+        True,
+        lambda d: t.deep_memory_status(d[field]),
+    )
+
+
 def delete_session(id: str) -> Operation[bool]:
     return Operation(
         "DeleteSession",

@@ -170,6 +170,80 @@ class MemoryKeysStatus:
     keys: int
 
 
+class DeepMemoryPair(TypedDict):
+    """A question that one of the caller's memories answers (`deep_memory_add_pairs`)."""
+
+    question: str
+    memory_id: str
+
+
+@dataclass(frozen=True)
+class RecallFigures:
+    """Held-out recall of a deep memory adapter: without (`before`) or with it (`after`)."""
+
+    __slots__ = ("mrr", "recall_at_1", "recall_at_5", "recall_at_10")
+    recall_at_1: float
+    recall_at_5: float
+    recall_at_10: float
+    mrr: float
+
+
+@dataclass(frozen=True)
+class DeepMemoryEvaluation:
+    """An adapter judged on the held-out pairs; it can be turned on only when it `helps`."""
+
+    __slots__ = ("after", "before", "helps", "pairs")
+    pairs: int
+    helps: bool
+    before: RecallFigures
+    after: RecallFigures
+
+
+@dataclass(frozen=True)
+class DeepMemoryStatus:
+    """Where the caller's deep memory stands: pairs, the adapter, its evaluation."""
+
+    __slots__ = (
+        "active",
+        "embedding_model",
+        "enabled",
+        "evaluation",
+        "generated_pairs",
+        "held_out_pairs",
+        "inactive_reason",
+        "memories",
+        "memories_with_pairs",
+        "new_memories",
+        "pairs",
+        "trained",
+        "trained_at",
+        "training",
+        "version",
+    )
+    pairs: int
+    """Question-memory pairs stored."""
+    generated_pairs: int
+    """Of which written by the chat model."""
+    held_out_pairs: int
+    """Of which held out for evaluation."""
+    memories_with_pairs: int
+    memories: int
+    trained: bool
+    version: int | None
+    """One up per training."""
+    enabled: bool
+    active: bool
+    """Searches use it now (on, and trained for the embedding model in use)."""
+    inactive_reason: str | None
+    embedding_model: str | None
+    trained_at: str | None
+    new_memories: int
+    """Memories added since the training."""
+    evaluation: DeepMemoryEvaluation | None
+    training: Json | None
+    """The training (pairs, epochs, loss per epoch, seconds)."""
+
+
 JobKind = Literal[
     "delete_user",
     "backup",
@@ -384,6 +458,44 @@ def session(d: Json) -> Session:
         persona=d.get("persona"),
         created_at=d["createdAt"],
         updated_at=d["updatedAt"],
+    )
+
+
+def _recall(d: Json) -> RecallFigures:
+    return RecallFigures(
+        recall_at_1=float(d["recallAt1"]),
+        recall_at_5=float(d["recallAt5"]),
+        recall_at_10=float(d["recallAt10"]),
+        mrr=float(d["mrr"]),
+    )
+
+
+def deep_memory_status(d: Json) -> DeepMemoryStatus:
+    e = d.get("evaluation")
+    training = d.get("training")
+    return DeepMemoryStatus(
+        pairs=d["pairs"],
+        generated_pairs=d["generatedPairs"],
+        held_out_pairs=d["heldOutPairs"],
+        memories_with_pairs=d["memoriesWithPairs"],
+        memories=d["memories"],
+        trained=bool(d["trained"]),
+        version=d.get("version"),
+        enabled=bool(d["enabled"]),
+        active=bool(d["active"]),
+        inactive_reason=d.get("inactiveReason"),
+        embedding_model=d.get("embeddingModel"),
+        trained_at=d.get("trainedAt"),
+        new_memories=d["newMemories"],
+        evaluation=None
+        if e is None
+        else DeepMemoryEvaluation(
+            pairs=e["pairs"],
+            helps=bool(e["helps"]),
+            before=_recall(e["before"]),
+            after=_recall(e["after"]),
+        ),
+        training=None if training is None else _object(training),
     )
 
 

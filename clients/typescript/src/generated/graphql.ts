@@ -31,6 +31,37 @@ export type ChatInput = {
   topP?: number | null | undefined;
 };
 
+/** How the chat model writes pairs. */
+export type DeepMemoryGenerateInput = {
+  /**
+   * Pairs written in this run at most (default and most: the server's
+   * `deep_memory.max_pairs_per_run`).
+   */
+  maxPairs?: number | null | undefined;
+  /** Questions per memory, 1 to 5 (default: the server's `deep_memory.questions_per_memory`). */
+  questionsPerMemory?: number | null | undefined;
+};
+
+/** A question that one of the caller's memories answers. */
+export type DeepMemoryPairInput = {
+  /** The memory that answers it. */
+  memoryId: string;
+  /** The question. */
+  question: string;
+};
+
+/** How to train. */
+export type DeepMemoryTrainInput = {
+  /** Passes over the pairs (1 to 1000; default 40). */
+  epochs?: number | null | undefined;
+  /** Hard negatives per question (default 32). */
+  hardNegatives?: number | null | undefined;
+  /** Learning rate (default 0.001). */
+  learningRate?: number | null | undefined;
+  /** Rank of the adapter (1 to 256; default 32). */
+  rank?: number | null | undefined;
+};
+
 /** Why an answer ended. */
 export type FinishReason =
   /** The consumer went away. */
@@ -398,6 +429,44 @@ export type MemoryKeysWriteMutationVariables = Exact<{
 
 export type MemoryKeysWriteMutation = { memoryKeysWrite: { id: string, kind: JobKind, status: JobStatus, progress: number, message: string | null, result: unknown, error: string | null, attempts: number, runAt: string, createdAt: string, updatedAt: string, startedAt: string | null, finishedAt: string | null } };
 
+export type DeepMemoryFieldsFragment = { pairs: number, generatedPairs: number, heldOutPairs: number, memoriesWithPairs: number, memories: number, trained: boolean, version: number | null, enabled: boolean, active: boolean, inactiveReason: string | null, embeddingModel: string | null, trainedAt: string | null, newMemories: number, training: unknown, evaluation: { pairs: number, helps: boolean, before: { recallAt1: number, recallAt5: number, recallAt10: number, mrr: number }, after: { recallAt1: number, recallAt5: number, recallAt10: number, mrr: number } } | null };
+
+export type DeepMemoryStatusQueryVariables = Exact<{ [key: string]: never; }>;
+
+
+export type DeepMemoryStatusQuery = { deepMemoryStatus: { pairs: number, generatedPairs: number, heldOutPairs: number, memoriesWithPairs: number, memories: number, trained: boolean, version: number | null, enabled: boolean, active: boolean, inactiveReason: string | null, embeddingModel: string | null, trainedAt: string | null, newMemories: number, training: unknown, evaluation: { pairs: number, helps: boolean, before: { recallAt1: number, recallAt5: number, recallAt10: number, mrr: number }, after: { recallAt1: number, recallAt5: number, recallAt10: number, mrr: number } } | null } };
+
+export type DeepMemoryAddPairsMutationVariables = Exact<{
+  pairs: Array<DeepMemoryPairInput> | DeepMemoryPairInput;
+}>;
+
+
+export type DeepMemoryAddPairsMutation = { deepMemoryAddPairs: number };
+
+export type DeepMemoryGenerateMutationVariables = Exact<{
+  input?: DeepMemoryGenerateInput | null | undefined;
+}>;
+
+
+export type DeepMemoryGenerateMutation = { deepMemoryGenerate: { id: string, kind: JobKind, status: JobStatus, progress: number, message: string | null, result: unknown, error: string | null, attempts: number, runAt: string, createdAt: string, updatedAt: string, startedAt: string | null, finishedAt: string | null } };
+
+export type DeepMemoryTrainMutationVariables = Exact<{
+  input?: DeepMemoryTrainInput | null | undefined;
+}>;
+
+
+export type DeepMemoryTrainMutation = { deepMemoryTrain: { id: string, kind: JobKind, status: JobStatus, progress: number, message: string | null, result: unknown, error: string | null, attempts: number, runAt: string, createdAt: string, updatedAt: string, startedAt: string | null, finishedAt: string | null } };
+
+export type DeepMemoryEnableMutationVariables = Exact<{ [key: string]: never; }>;
+
+
+export type DeepMemoryEnableMutation = { deepMemoryEnable: { pairs: number, generatedPairs: number, heldOutPairs: number, memoriesWithPairs: number, memories: number, trained: boolean, version: number | null, enabled: boolean, active: boolean, inactiveReason: string | null, embeddingModel: string | null, trainedAt: string | null, newMemories: number, training: unknown, evaluation: { pairs: number, helps: boolean, before: { recallAt1: number, recallAt5: number, recallAt10: number, mrr: number }, after: { recallAt1: number, recallAt5: number, recallAt10: number, mrr: number } } | null } };
+
+export type DeepMemoryDisableMutationVariables = Exact<{ [key: string]: never; }>;
+
+
+export type DeepMemoryDisableMutation = { deepMemoryDisable: { pairs: number, generatedPairs: number, heldOutPairs: number, memoriesWithPairs: number, memories: number, trained: boolean, version: number | null, enabled: boolean, active: boolean, inactiveReason: string | null, embeddingModel: string | null, trainedAt: string | null, newMemories: number, training: unknown, evaluation: { pairs: number, helps: boolean, before: { recallAt1: number, recallAt5: number, recallAt10: number, mrr: number }, after: { recallAt1: number, recallAt5: number, recallAt10: number, mrr: number } } | null } };
+
 export class TypedDocumentString<TResult, TVariables>
   extends String
   implements DocumentTypeDecoration<TResult, TVariables>
@@ -474,6 +543,40 @@ export const SessionFieldsFragmentDoc = new TypedDocumentString(`
   updatedAt
 }
     `, {"fragmentName":"SessionFields"}) as unknown as TypedDocumentString<SessionFieldsFragment, unknown>;
+export const DeepMemoryFieldsFragmentDoc = new TypedDocumentString(`
+    fragment DeepMemoryFields on DeepMemoryStatus {
+  pairs
+  generatedPairs
+  heldOutPairs
+  memoriesWithPairs
+  memories
+  trained
+  version
+  enabled
+  active
+  inactiveReason
+  embeddingModel
+  trainedAt
+  newMemories
+  evaluation {
+    pairs
+    helps
+    before {
+      recallAt1
+      recallAt5
+      recallAt10
+      mrr
+    }
+    after {
+      recallAt1
+      recallAt5
+      recallAt10
+      mrr
+    }
+  }
+  training
+}
+    `, {"fragmentName":"DeepMemoryFields"}) as unknown as TypedDocumentString<DeepMemoryFieldsFragment, unknown>;
 export const MeDocument = new TypedDocumentString(`
     query Me {
   me {
@@ -876,3 +979,164 @@ export const MemoryKeysWriteDocument = new TypedDocumentString(`
   startedAt
   finishedAt
 }`) as unknown as TypedDocumentString<MemoryKeysWriteMutation, MemoryKeysWriteMutationVariables>;
+export const DeepMemoryStatusDocument = new TypedDocumentString(`
+    query DeepMemoryStatus {
+  deepMemoryStatus {
+    ...DeepMemoryFields
+  }
+}
+    fragment DeepMemoryFields on DeepMemoryStatus {
+  pairs
+  generatedPairs
+  heldOutPairs
+  memoriesWithPairs
+  memories
+  trained
+  version
+  enabled
+  active
+  inactiveReason
+  embeddingModel
+  trainedAt
+  newMemories
+  evaluation {
+    pairs
+    helps
+    before {
+      recallAt1
+      recallAt5
+      recallAt10
+      mrr
+    }
+    after {
+      recallAt1
+      recallAt5
+      recallAt10
+      mrr
+    }
+  }
+  training
+}`) as unknown as TypedDocumentString<DeepMemoryStatusQuery, DeepMemoryStatusQueryVariables>;
+export const DeepMemoryAddPairsDocument = new TypedDocumentString(`
+    mutation DeepMemoryAddPairs($pairs: [DeepMemoryPairInput!]!) {
+  deepMemoryAddPairs(pairs: $pairs)
+}
+    `) as unknown as TypedDocumentString<DeepMemoryAddPairsMutation, DeepMemoryAddPairsMutationVariables>;
+export const DeepMemoryGenerateDocument = new TypedDocumentString(`
+    mutation DeepMemoryGenerate($input: DeepMemoryGenerateInput) {
+  deepMemoryGenerate(input: $input) {
+    ...JobFields
+  }
+}
+    fragment JobFields on Job {
+  id
+  kind
+  status
+  progress
+  message
+  result
+  error
+  attempts
+  runAt
+  createdAt
+  updatedAt
+  startedAt
+  finishedAt
+}`) as unknown as TypedDocumentString<DeepMemoryGenerateMutation, DeepMemoryGenerateMutationVariables>;
+export const DeepMemoryTrainDocument = new TypedDocumentString(`
+    mutation DeepMemoryTrain($input: DeepMemoryTrainInput) {
+  deepMemoryTrain(input: $input) {
+    ...JobFields
+  }
+}
+    fragment JobFields on Job {
+  id
+  kind
+  status
+  progress
+  message
+  result
+  error
+  attempts
+  runAt
+  createdAt
+  updatedAt
+  startedAt
+  finishedAt
+}`) as unknown as TypedDocumentString<DeepMemoryTrainMutation, DeepMemoryTrainMutationVariables>;
+export const DeepMemoryEnableDocument = new TypedDocumentString(`
+    mutation DeepMemoryEnable {
+  deepMemoryEnable {
+    ...DeepMemoryFields
+  }
+}
+    fragment DeepMemoryFields on DeepMemoryStatus {
+  pairs
+  generatedPairs
+  heldOutPairs
+  memoriesWithPairs
+  memories
+  trained
+  version
+  enabled
+  active
+  inactiveReason
+  embeddingModel
+  trainedAt
+  newMemories
+  evaluation {
+    pairs
+    helps
+    before {
+      recallAt1
+      recallAt5
+      recallAt10
+      mrr
+    }
+    after {
+      recallAt1
+      recallAt5
+      recallAt10
+      mrr
+    }
+  }
+  training
+}`) as unknown as TypedDocumentString<DeepMemoryEnableMutation, DeepMemoryEnableMutationVariables>;
+export const DeepMemoryDisableDocument = new TypedDocumentString(`
+    mutation DeepMemoryDisable {
+  deepMemoryDisable {
+    ...DeepMemoryFields
+  }
+}
+    fragment DeepMemoryFields on DeepMemoryStatus {
+  pairs
+  generatedPairs
+  heldOutPairs
+  memoriesWithPairs
+  memories
+  trained
+  version
+  enabled
+  active
+  inactiveReason
+  embeddingModel
+  trainedAt
+  newMemories
+  evaluation {
+    pairs
+    helps
+    before {
+      recallAt1
+      recallAt5
+      recallAt10
+      mrr
+    }
+    after {
+      recallAt1
+      recallAt5
+      recallAt10
+      mrr
+    }
+  }
+  training
+}`) as unknown as TypedDocumentString<DeepMemoryDisableMutation, DeepMemoryDisableMutationVariables>;
