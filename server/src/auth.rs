@@ -222,8 +222,10 @@ impl Authenticator {
                 _ => format!("token rejected: {e}"),
             })
         })?;
-        let sub = data.claims.sub.trim();
-        if sub.is_empty() || sub.len() > MAX_USER_ID {
+        // The subject is the user, exactly: trimming it would make `alice` and ` alice` (two
+        // principals to the issuer) one user here.
+        let sub = data.claims.sub.as_str();
+        if sub.trim().is_empty() || sub.len() > MAX_USER_ID {
             return Err(AuthError::Invalid(
                 "the token's `sub` is empty or too long".into(),
             ));
@@ -309,6 +311,29 @@ mod tests {
 
     fn bearer(t: &str) -> String {
         format!("Bearer {t}")
+    }
+
+    /// The subject is taken as it is: two subjects that differ only in spaces are two users,
+    /// and a blank one is refused.
+    #[test]
+    fn the_subject_is_the_user_exactly() {
+        let a = auth(false);
+        let secret = b"0123456789abcdef-secret";
+        let hs = r#"{"alg":"HS256","typ":"JWT"}"#;
+        let exp = now() + 600;
+        let user = |sub: &str| {
+            let t = token(hs, &format!(r#"{{"sub":"{sub}","exp":{exp}}}"#), secret);
+            a.authenticate(&Credentials {
+                authorization: Some(&bearer(&t)),
+                ..Default::default()
+            })
+            .map(|p| p.user)
+        };
+        assert_eq!(user("alice").unwrap(), "alice");
+        assert_eq!(user(" alice").unwrap(), " alice");
+        assert_eq!(user("alice ").unwrap(), "alice ");
+        assert!(matches!(user("   "), Err(AuthError::Invalid(_))));
+        assert!(matches!(user(""), Err(AuthError::Invalid(_))));
     }
 
     #[test]

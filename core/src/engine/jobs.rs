@@ -131,17 +131,21 @@ impl Engine {
     }
 
     /// One of the user's jobs.
+    /// (A user id is never empty: the operators' jobs are [`Engine::system_job`]'s.)
     pub async fn job(&self, user: &str, id: i64) -> Result<Option<Job>> {
+        self.limits().check_user_id(user)?;
         self.jobs.get_job(user, id).await
     }
 
     /// The user's jobs, newest first.
     pub async fn jobs(&self, user: &str, page: &PageRequest) -> Result<Page<Job>> {
+        self.limits().check_user_id(user)?;
         self.jobs.list_jobs(user, page).await
     }
 
     /// Cancels one of the user's queued jobs.
     pub async fn cancel_job(&self, user: &str, id: i64, actor: &Actor) -> Result<Job> {
+        self.limits().check_user_id(user)?;
         let job = self.jobs.cancel_job(user, id, actor).await?;
         self.publish(Event::Job(Box::new(job.clone())));
         Ok(job)

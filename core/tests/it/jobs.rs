@@ -53,6 +53,51 @@ async fn job_states(sub: &mut Subscription, id: i64) -> Vec<JobStatus> {
     panic!("job {id} did not finish; saw {seen:?}");
 }
 
+/// The operators' jobs are reached only as such: no user id (not even the empty one that
+/// stores them) reads, lists or cancels them through a user's calls.
+#[tokio::test(flavor = "multi_thread")]
+async fn operators_jobs_are_not_a_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = recall_core::store::open(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    let engine = Engine::new(store, embedder());
+    let at = Utc::now() + chrono::Duration::hours(1);
+    let op = Actor::user("op");
+    let system = engine
+        .schedule_system_job(JobKind::Optimize, at, serde_json::json!({}), &op)
+        .await
+        .unwrap();
+    let mine = engine
+        .schedule_delete_user("alice", at, &Actor::user("alice"))
+        .await
+        .unwrap();
+    let page = PageRequest::default();
+    let invalid =
+        |r: recall_core::Result<()>| matches!(r, Err(recall_core::Error::InvalidInput { .. }));
+    for user in ["", "   "] {
+        assert!(invalid(engine.job(user, system.id).await.map(|_| ())));
+        assert!(invalid(engine.jobs(user, &page).await.map(|_| ())));
+        assert!(invalid(
+            engine.cancel_job(user, system.id, &op).await.map(|_| ())
+        ));
+    }
+    // A user reaches their own job, and neither the operators' nor another user's.
+    assert_eq!(
+        engine.job("alice", mine.id).await.unwrap().unwrap().id,
+        mine.id
+    );
+    assert!(engine.job("alice", system.id).await.unwrap().is_none());
+    assert!(engine.job("bob", mine.id).await.unwrap().is_none());
+    let listed = engine.jobs("alice", &page).await.unwrap();
+    assert_eq!(
+        listed.items.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [mine.id]
+    );
+    let still = engine.system_job(system.id).await.unwrap().unwrap();
+    assert_eq!(still.status, JobStatus::Queued);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_deletion_runs_at_its_time() {
     let dir = tempfile::tempdir().unwrap();

@@ -128,7 +128,14 @@ impl JobSubscription {
         let id = parse_id("job", &id)?;
         // Subscribe before reading the job, so that no change between the two is missed.
         let sub = state.engine.events().subscribe(&owner);
-        let Some(now) = state.engine.job(&owner, id).await.gql()? else {
+        let read = move |engine: recall_core::Engine, user: String| async move {
+            if system {
+                engine.system_job(id).await
+            } else {
+                engine.job(&user, id).await
+            }
+        };
+        let Some(now) = read(state.engine.clone(), owner.clone()).await.gql()? else {
             return Err(super::error::error(
                 super::error::Code::NotFound,
                 format!("job not found: {id}"),
@@ -168,7 +175,7 @@ impl JobSubscription {
                             Received::Lagged(n) => {
                                 // Events were missed: the store has the job's latest state.
                                 tracing::warn!(skipped = n, "job progress subscriber fell behind");
-                                if let Ok(Some(j)) = engine.job(&user, id).await
+                                if let Ok(Some(j)) = read(engine.clone(), user.clone()).await
                                     && last.as_ref().is_none_or(|l| l.updated_at < j.updated_at)
                                 {
                                     last = Some(j.clone());
