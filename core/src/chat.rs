@@ -285,9 +285,13 @@ impl ChatPipeline {
             first_token_ms = Empty,
             finish_reason = Empty,
         );
+        let generation_params = GenerationParams {
+            cache_owner: Some(user.to_owned()),
+            ..request.generation.clone()
+        };
         let mut answer = self
             .model
-            .stream(&assembled.messages, &request.generation)
+            .stream(&assembled.messages, &generation_params)
             .instrument(generation.clone())
             .await?;
         let (tx, updates) = mpsc::channel(BUFFER);

@@ -423,9 +423,14 @@ pub fn assemble(
 /// work); anything that can write a faithful summary can.
 #[async_trait]
 pub trait Summarizer: Send + Sync {
-    /// A summary of `messages` (oldest first) that also keeps what `previous` (the summary of
-    /// what came before them) says.
-    async fn summarize(&self, previous: Option<&str>, messages: &[Message]) -> Result<String>;
+    /// A summary of `messages` (oldest first), which are `user`'s, that also keeps what
+    /// `previous` (the summary of what came before them) says.
+    async fn summarize(
+        &self,
+        user: &str,
+        previous: Option<&str>,
+        messages: &[Message],
+    ) -> Result<String>;
 
     /// The id recorded with the summaries it writes.
     fn model_id(&self) -> &str;

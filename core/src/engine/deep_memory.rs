@@ -187,6 +187,7 @@ impl Engine {
                     top_p: (q > 0).then_some(0.95),
                     seed: (memory.id as u64).wrapping_mul(31).wrapping_add(q as u64),
                     stop: vec!["\n".into()],
+                    cache_owner: Some(user.to_owned()),
                     ..GenerationParams::default()
                 };
                 let model = model.clone();

@@ -519,6 +519,7 @@ impl Engine {
             max_tokens: options.max_tokens,
             temperature: 0.0,
             stop: vec!["\n".into()],
+            cache_owner: Some(user.to_owned()),
             ..GenerationParams::default()
         };
         let ask = |turns: Vec<crate::context::ChatTurn>| {

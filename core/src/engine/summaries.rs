@@ -124,7 +124,9 @@ impl Engine {
                 break;
             };
             let (first, last) = (first.id, last.id);
-            let text = summarizer.summarize(previous.as_deref(), &messages).await?;
+            let text = summarizer
+                .summarize(user, previous.as_deref(), &messages)
+                .await?;
             let text = text.trim();
             if text.is_empty() {
                 return Err(Error::Internal(

@@ -118,6 +118,11 @@ pub struct GenerationParams {
     /// Tokens generated before the model may end its turn (vLLM's `min_tokens`; benchmarks
     /// use it for fixed-length answers).
     pub min_tokens: usize,
+    /// Whose data the prompt holds (the engine sets the user). A local model reuses a held
+    /// prefix cache only for a prompt of the same owner, so that one user's requests can
+    /// neither time another's nor shift its rounding. Not part of a request's JSON.
+    #[serde(skip)]
+    pub cache_owner: Option<String>,
 }
 
 impl Default for GenerationParams {
@@ -132,6 +137,7 @@ impl Default for GenerationParams {
             seed: 299_792_458,
             stop: vec![],
             min_tokens: 0,
+            cache_owner: None,
         }
     }
 }
@@ -706,10 +712,15 @@ impl Sequence {
 
     /// The tokens its cache holds, and the cache: the prompt and every generated token but
     /// the last (which was never fed back).
-    pub fn into_cached(self) -> (Vec<u32>, KvCache) {
+    pub fn into_cached(self) -> (Option<String>, Vec<u32>, KvCache) {
         let mut tokens = self.all;
         tokens.truncate(self.cache.len());
-        (tokens, self.cache)
+        (self.params.cache_owner, tokens, self.cache)
+    }
+
+    /// Whose data its prompt holds ([`GenerationParams::cache_owner`]).
+    pub fn cache_owner(&self) -> Option<&str> {
+        self.params.cache_owner.as_deref()
     }
 
     /// Whether it has ended.

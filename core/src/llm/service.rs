@@ -331,7 +331,7 @@ fn worker(
         if let Some(mut p) = reading.pop_front() {
             // A prompt not read yet starts from a held cache of its first tokens.
             if p.done == 0
-                && let Some((n, cache)) = prefixes.fork(&p.prompt)
+                && let Some((n, cache)) = prefixes.fork(p.seq.cache_owner(), &p.prompt)
             {
                 p.seq.cache = cache;
                 p.done = n;
@@ -362,8 +362,8 @@ fn worker(
                             }),
                             Ok(None) => {
                                 done(&p.seq, &p.events);
-                                let (tokens, cache) = p.seq.into_cached();
-                                prefixes.keep(tokens, cache);
+                                let (owner, tokens, cache) = p.seq.into_cached();
+                                prefixes.keep(owner, tokens, cache);
                             }
                             Err(e) => failed(e, &p.events),
                         }
@@ -432,8 +432,8 @@ fn worker(
                 }
                 Ok(None) => {
                     done(&a.seq, &a.events);
-                    let (tokens, cache) = a.seq.into_cached();
-                    prefixes.keep(tokens, cache);
+                    let (owner, tokens, cache) = a.seq.into_cached();
+                    prefixes.keep(owner, tokens, cache);
                 }
                 Err(e) => failed(e, &a.events),
             }
@@ -485,7 +485,12 @@ impl ChatSummarizer {
 
 #[async_trait]
 impl Summarizer for ChatSummarizer {
-    async fn summarize(&self, previous: Option<&str>, messages: &[Message]) -> Result<String> {
+    async fn summarize(
+        &self,
+        user: &str,
+        previous: Option<&str>,
+        messages: &[Message],
+    ) -> Result<String> {
         let mut transcript = String::new();
         if let Some(p) = previous {
             transcript += &format!("Summary so far: {p}\n\n");
@@ -514,6 +519,7 @@ impl Summarizer for ChatSummarizer {
         ];
         let params = GenerationParams {
             max_tokens: self.max_tokens,
+            cache_owner: Some(user.to_owned()),
             ..GenerationParams::default()
         };
         Ok(self

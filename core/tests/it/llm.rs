@@ -430,6 +430,54 @@ mod service {
         assert_eq!(chat.queue_depth(), 0);
     }
 
+    /// A held prompt cache serves its own user only: a second user's prompt, which begins
+    /// with the same system prompt, is read whole (its answer's first token says nothing of
+    /// what the first user asked), while the first user's next turn is read from their cache.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_users_prompt_cache_serves_that_user_only() {
+        let chat = Arc::new(service());
+        let dir = tempfile::tempdir().unwrap();
+        let store = recall_core::store::open(&recall_core::StoreConfig::embedded(dir.path()))
+            .await
+            .unwrap();
+        let mut config = recall_core::embed::EmbedConfig::new(minilm_dir());
+        config.device = recall_core::device::DeviceConfig::Cpu;
+        let engine = recall_core::Engine::new(
+            store,
+            Arc::new(recall_core::embed::EmbeddingService::start(&config).unwrap()),
+        );
+        let pipeline = recall_core::chat::ChatPipeline::new(engine, chat.clone());
+        let ask = |message: &str| {
+            let mut r = recall_core::chat::ChatRequest::new("s", message);
+            r.generation.max_tokens = 4;
+            r.context.system = Some(
+                "You are a warm, concise assistant. Answer in one short sentence, and use what \
+                 you remember about the user when it helps."
+                    .into(),
+            );
+            r
+        };
+        pipeline
+            .chat("alice", ask("My cat is called Biscuit."))
+            .await
+            .unwrap();
+        let before = chat.prefix_tokens_reused();
+        pipeline
+            .chat("bob", ask("My cat is called Biscuit."))
+            .await
+            .unwrap();
+        assert_eq!(chat.prefix_tokens_reused(), before, "Bob read Alice's cache");
+        pipeline
+            .chat("alice", ask("What is my cat called?"))
+            .await
+            .unwrap();
+        assert!(
+            chat.prefix_tokens_reused() > before + 16,
+            "Alice's next turn starts from her cache: {} tokens reused",
+            chat.prefix_tokens_reused() - before
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_chat_model_summarizes_old_history() {
         let chat = Arc::new(service());

@@ -41,6 +41,7 @@ impl FirstWords {
 impl Summarizer for FirstWords {
     async fn summarize(
         &self,
+        _user: &str,
         previous: Option<&str>,
         messages: &[Message],
     ) -> recall_core::Result<String> {
