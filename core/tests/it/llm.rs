@@ -466,7 +466,11 @@ mod service {
             .chat("bob", ask("My cat is called Biscuit."))
             .await
             .unwrap();
-        assert_eq!(chat.prefix_tokens_reused(), before, "Bob read Alice's cache");
+        assert_eq!(
+            chat.prefix_tokens_reused(),
+            before,
+            "Bob read Alice's cache"
+        );
         pipeline
             .chat("alice", ask("What is my cat called?"))
             .await

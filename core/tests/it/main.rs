@@ -11,6 +11,7 @@ mod encryption;
 mod fixtures;
 mod gemma;
 mod ingest;
+mod isolation;
 mod jobs;
 mod llm;
 mod memory_keys;
