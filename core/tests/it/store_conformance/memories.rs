@@ -103,6 +103,41 @@ async fn users_are_isolated(t: &TestStore) {
     for h in s.search("bob", &q).await.unwrap().hits {
         assert_eq!(h.memory.content, "bob note");
     }
+    // The same for listings of memories and of a session's messages.
+    let alice_mems = s
+        .list_memories("alice", &Filter::default(), &page(1))
+        .await
+        .unwrap();
+    let after = PageRequest {
+        first: 10,
+        after: alice_mems.next_cursor.clone(),
+    };
+    assert!(after.after.is_some());
+    for m in s
+        .list_memories("bob", &Filter::default(), &after)
+        .await
+        .unwrap()
+        .items
+    {
+        assert_eq!(m.content, "bob note");
+    }
+    let alice_msgs = s
+        .list_messages("alice", "shared-name", &page(1))
+        .await
+        .unwrap();
+    let after = PageRequest {
+        first: 10,
+        after: alice_msgs.next_cursor.clone(),
+    };
+    assert!(after.after.is_some());
+    for m in s
+        .list_messages("bob", "shared-name", &after)
+        .await
+        .unwrap()
+        .items
+    {
+        assert_eq!(m.content, "bob note");
+    }
 
     // Export and deletion are per user.
     let export = s
