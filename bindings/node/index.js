@@ -304,6 +304,14 @@ function toMemory(m) {
 }
 
 /**
+ * @param {any} s
+ * @returns {Session}
+ */
+function toSession(s) {
+  return { ...s, createdAt: new Date(s.createdAt), updatedAt: new Date(s.updatedAt) }
+}
+
+/**
  * JSON with `Date`s as ISO times.
  * @param {unknown} value
  * @returns {string}
@@ -426,8 +434,43 @@ class Memory {
    */
   async createSession(user, session, options = {}) {
     const patch = JSON.stringify({ title: options.title, persona: options.persona })
-    const s = JSON.parse(await run(() => this.engine.createSession(user, session, patch)))
-    return { ...s, createdAt: new Date(s.createdAt), updatedAt: new Date(s.updatedAt) }
+    return toSession(JSON.parse(await run(() => this.engine.createSession(user, session, patch))))
+  }
+
+  /**
+   * The user's memories, newest first, read `pageSize` at a time; narrowed by `filter` as a
+   * search is (without `asOf` or `includeSuperseded`: the current ones).
+   * @param {string} user
+   * @param {{ filter?: Filter, pageSize?: number }} [options]
+   * @returns {AsyncGenerator<StoredMemory>}
+   */
+  async *memories(user, options = {}) {
+    const filter = options.filter === undefined ? '' : encode(options.filter)
+    const first = options.pageSize ?? 100
+    /** @type {string | null} */
+    let after = null
+    do {
+      const page = JSON.parse(await run(() => this.engine.memories(user, filter, first, after)))
+      yield* page.items.map(toMemory)
+      after = page.next
+    } while (after !== null)
+  }
+
+  /**
+   * The user's sessions, most recently changed first, read `pageSize` at a time.
+   * @param {string} user
+   * @param {{ pageSize?: number }} [options]
+   * @returns {AsyncGenerator<Session>}
+   */
+  async *sessions(user, options = {}) {
+    const first = options.pageSize ?? 100
+    /** @type {string | null} */
+    let after = null
+    do {
+      const page = JSON.parse(await run(() => this.engine.sessions(user, first, after)))
+      yield* page.items.map(toSession)
+      after = page.next
+    } while (after !== null)
   }
 
   /**

@@ -184,6 +184,17 @@ for (const [kind, open] of stores) {
         filter: { asOf: new Date(paris.createdAt.getTime() + 1) },
       })
       assert.deepEqual(then.map((h) => h.memoryId), [paris.id])
+      // Listings, a page at a time: the current facts, or the history with them.
+      const list = async (/** @type {AsyncIterable<any>} */ it) => {
+        const out = []
+        for await (const x of it) out.push(x)
+        return out
+      }
+      assert.deepEqual((await list(m.memories(alice, { pageSize: 1 }))).map((x) => x.id), [berlin.id])
+      const listed = await list(m.memories(alice, { filter: { includeSuperseded: true }, pageSize: 1 }))
+      assert.deepEqual(listed.map((x) => x.id), [berlin.id, paris.id])
+      assert.ok(listed[0].createdAt instanceof Date)
+      assert.deepEqual(await list(m.memories(bob)), [])
       // A hit says where it stands in the history: the old fact names its replacement.
       const both = await m.search(alice, 'Where does Alice live?', {
         filter: { includeSuperseded: true },
@@ -211,6 +222,17 @@ for (const [kind, open] of stores) {
       })
       assert.deepEqual(sms.map((h) => h.content), ['Alice parks at the station.'])
       assert.equal(sms[0].metadata.channel, 'sms')
+      const email = await list(
+        m.memories(alice, {
+          filter: { kinds: ['message'], metadata: [{ key: 'channel', op: 'eq', value: 'email' }] },
+        }),
+      )
+      assert.deepEqual(email.map((x) => x.content), ['Alice parks in the garage.'])
+      const sessions = await list(m.sessions(alice, { pageSize: 1 }))
+      assert.deepEqual(sessions.map((x) => x.id), ['chat'])
+      assert.ok(sessions[0].updatedAt instanceof Date)
+      assert.deepEqual(await list(m.sessions(bob)), [])
+      await assert.rejects(list(m.memories(alice, { pageSize: 0 })), InvalidInputError)
       const brief = await m.addMemory(alice, { content: 'Parking spot B12.', ttlSeconds: 3600 })
       assert.ok(brief.expiresAt instanceof Date && brief.expiresAt > brief.createdAt)
       const spot = (await m.search(alice, 'Parking spot B12')).find((h) => h.memoryId === brief.id)

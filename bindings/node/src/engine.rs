@@ -18,7 +18,7 @@ use recall_core::runner::KeyWriter;
 use recall_core::setup::{self, ChatOptions, EngineOptions};
 use recall_core::store::StoreConfig;
 use recall_core::types::{
-    Actor, ExportOptions, Filter, MemoryKind, MetadataCondition, Role, SessionPatch,
+    Actor, ExportOptions, Filter, MemoryKind, MetadataCondition, PageRequest, Role, SessionPatch,
 };
 use recall_core::{Engine as CoreEngine, NewMemoryText, RetrieveOptions};
 use serde::Deserialize;
@@ -313,6 +313,51 @@ impl Engine {
             .await
             .js()?;
         serde_json::to_string(&session_json(&stored)).map_err(json_err)
+    }
+
+    /// A page of the user's memories, newest first: `filter` is the search filter (JSON or
+    /// empty), `after` the `next` of the page before. `{ items: [memory], next }` as JSON.
+    #[napi]
+    pub async fn memories(
+        &self,
+        user: String,
+        filter: String,
+        first: u32,
+        after: Option<String>,
+    ) -> napi::Result<String> {
+        let filter: Filter = if filter.is_empty() {
+            Filter::default()
+        } else {
+            serde_json::from_str::<FilterParams>(&filter)
+                .map_err(json_err)?
+                .into()
+        };
+        let page = PageRequest {
+            first: first as usize,
+            after,
+        };
+        let page = self.engine.memories(&user, &filter, &page).await.js()?;
+        let items: Vec<_> = page.items.iter().map(memory).collect();
+        serde_json::to_string(&serde_json::json!({ "items": items, "next": page.next_cursor }))
+            .map_err(json_err)
+    }
+
+    /// A page of the user's sessions, most recently changed first: `{ items, next }` as JSON.
+    #[napi]
+    pub async fn sessions(
+        &self,
+        user: String,
+        first: u32,
+        after: Option<String>,
+    ) -> napi::Result<String> {
+        let page = PageRequest {
+            first: first as usize,
+            after,
+        };
+        let page = self.engine.sessions(&user, &page).await.js()?;
+        let items: Vec<_> = page.items.iter().map(session_json).collect();
+        serde_json::to_string(&serde_json::json!({ "items": items, "next": page.next_cursor }))
+            .map_err(json_err)
     }
 
     /// A memory's supersede history, oldest first (a JSON list of memories).

@@ -340,6 +340,26 @@ export class Memory {
      */
     createSession(user: string, session: string, options?: SessionOptions): Promise<Session>;
     /**
+     * The user's memories, newest first, read `pageSize` at a time; narrowed by `filter` as a
+     * search is (without `asOf` or `includeSuperseded`: the current ones).
+     * @param {string} user
+     * @param {{ filter?: Filter, pageSize?: number }} [options]
+     * @returns {AsyncGenerator<StoredMemory>}
+     */
+    memories(user: string, options?: {
+        filter?: Filter;
+        pageSize?: number;
+    }): AsyncGenerator<StoredMemory>;
+    /**
+     * The user's sessions, most recently changed first, read `pageSize` at a time.
+     * @param {string} user
+     * @param {{ pageSize?: number }} [options]
+     * @returns {AsyncGenerator<Session>}
+     */
+    sessions(user: string, options?: {
+        pageSize?: number;
+    }): AsyncGenerator<Session>;
+    /**
      * The memories `id` replaced, itself, and those that replaced it, oldest first.
      * @param {string} user
      * @param {number} id

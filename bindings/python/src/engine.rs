@@ -17,7 +17,7 @@ use recall_core::retrieval::SearchMode;
 use recall_core::runner::KeyWriter;
 use recall_core::setup::{self, ChatOptions, EngineOptions};
 use recall_core::store::StoreConfig;
-use recall_core::types::{Actor, ExportOptions, Filter, SessionPatch};
+use recall_core::types::{Actor, ExportOptions, Filter, PageRequest, SessionPatch};
 use recall_core::{Engine as CoreEngine, NewMemoryText, RetrieveOptions};
 use serde::Deserialize;
 use tokio::runtime::Runtime;
@@ -231,6 +231,55 @@ impl Engine {
                 .block_on(self.engine.create_session(user, session, patch))
                 .py()?;
             serde_json::to_string(&stored).map_err(json_err)
+        })
+    }
+
+    /// A page of the user's memories, newest first (`filter`: core's `Filter` as JSON;
+    /// `after`: the `next` of the page before): `{"items": [memory], "next": cursor}`.
+    #[pyo3(signature = (user, first, after=None, filter=None))]
+    fn memories(
+        &self,
+        py: Python<'_>,
+        user: &str,
+        first: usize,
+        after: Option<String>,
+        filter: Option<&str>,
+    ) -> PyResult<String> {
+        let filter: Filter = match filter {
+            Some(f) => serde_json::from_str(f).map_err(|e| bad_json("filter", e))?,
+            None => Filter::default(),
+        };
+        let page = PageRequest { first, after };
+        py.detach(|| {
+            let page = self
+                .runtime
+                .block_on(self.engine.memories(user, &filter, &page))
+                .py()?;
+            let items: Vec<_> = page.items.iter().map(memory).collect();
+            serde_json::to_string(&serde_json::json!({ "items": items, "next": page.next_cursor }))
+                .map_err(json_err)
+        })
+    }
+
+    /// A page of the user's sessions, most recently changed first: `{"items", "next"}`.
+    #[pyo3(signature = (user, first, after=None))]
+    fn sessions(
+        &self,
+        py: Python<'_>,
+        user: &str,
+        first: usize,
+        after: Option<String>,
+    ) -> PyResult<String> {
+        let page = PageRequest { first, after };
+        py.detach(|| {
+            let page = self
+                .runtime
+                .block_on(self.engine.sessions(user, &page))
+                .py()?;
+            serde_json::to_string(
+                &serde_json::json!({ "items": page.items, "next": page.next_cursor }),
+            )
+            .map_err(json_err)
         })
     }
 

@@ -199,6 +199,9 @@ def test_asyncio_runs_searches_together_without_blocking_the_loop(store: Store) 
         assert ticks > 0, "the event loop kept running while Rust worked"
         exported = await memory.export(u)
         assert len(exported["messages"]) == 2
+        listed = [x.content async for x in memory.memories(u, page_size=1)]
+        assert sorted(listed) == sorted(m["content"] for m in exported["messages"])
+        assert [x.id async for x in memory.sessions(u)] == ["s"]
 
     asyncio.run(main())
 
@@ -287,6 +290,11 @@ def test_memories_stay_true(store: Store, tmp_path: object) -> None:
     assert [h.id for h in m.memory_history(alice, berlin.id)] == [paris.id, berlin.id]
     then = m.search(alice, "Where does Alice live?", filter={"as_of": paris.created_at})
     assert [h.memory_id for h in then] == [paris.id]
+    # Listings, a page at a time: the current facts, or the history with them.
+    assert [x.id for x in m.memories(alice, page_size=1)] == [berlin.id]
+    listed = m.memories(alice, filter={"include_superseded": True}, page_size=1)
+    assert [x.id for x in listed] == [berlin.id, paris.id]
+    assert [x.id for x in m.memories(bob)] == []
     # A hit says where it stands in the history: the old fact names its replacement.
     both = m.search(
         alice, "Where does Alice live?", filter={"include_superseded": True}
@@ -328,6 +336,20 @@ def test_memories_stay_true(store: Store, tmp_path: object) -> None:
         filter={"metadata": [{"key": "channel", "op": "eq", "value": "sms"}]},
     )
     assert [h.content for h in sms] == ["Alice parks at the station."]
+    by_channel = m.memories(
+        alice,
+        filter={
+            "kinds": ["message"],
+            "metadata": [{"key": "channel", "op": "eq", "value": "email"}],
+        },
+    )
+    assert [x.content for x in by_channel] == ["Alice parks in the garage."]
+    assert [x.id for x in m.sessions(alice, page_size=1)] == ["chat"]
+    assert list(m.sessions(bob)) == []
+    with pytest.raises(InvalidInput):
+        list(m.memories(alice, page_size=0))
+    with pytest.raises(InvalidInput):
+        list(m.memories(alice, filter={"metadata": [{"key": "k", "op": "near"}]}))
     assert sms[0].metadata["channel"] == "sms"
     # Expiry.
     brief = m.add_memory(alice, "Parking spot B12 today.", ttl_seconds=3600)

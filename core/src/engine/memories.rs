@@ -514,6 +514,7 @@ impl Engine {
         filter: &Filter,
         page: &PageRequest,
     ) -> Result<Page<Memory>> {
+        self.limits().check_user_id(user)?;
         self.store.list_memories(user, filter, page).await
     }
 
@@ -529,6 +530,7 @@ impl Engine {
         session: &str,
         page: &PageRequest,
     ) -> Result<Page<Message>> {
+        self.limits().check_user_id(user)?;
         self.store.list_messages(user, session, page).await
     }
 }

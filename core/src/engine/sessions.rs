@@ -94,6 +94,7 @@ impl Engine {
 
     /// The user's sessions, newest first.
     pub async fn sessions(&self, user: &str, page: &PageRequest) -> Result<Page<Session>> {
+        self.limits().check_user_id(user)?;
         self.store.list_sessions(user, page).await
     }
 

@@ -388,6 +388,31 @@ class Memory:
         stored = self._engine.create_session(user, session, json.dumps(patch))
         return Session._from(json.loads(stored))
 
+    def memories(
+        self, user: str, *, filter: Filter | None = None, page_size: int = 100
+    ) -> Iterator[StoredMemory]:
+        """The user's memories, newest first, read ``page_size`` at a time; narrowed by
+        ``filter`` as a search is (without ``as_of`` or ``include_superseded``: the current
+        ones)."""
+        encoded = None if filter is None else json.dumps(filter, default=_json_default)
+        after: str | None = None
+        while True:
+            page = json.loads(self._engine.memories(user, page_size, after, encoded))
+            yield from (StoredMemory._from(m) for m in page["items"])
+            after = page["next"]
+            if after is None:
+                return
+
+    def sessions(self, user: str, *, page_size: int = 100) -> Iterator[Session]:
+        """The user's sessions, most recently changed first, read ``page_size`` at a time."""
+        after: str | None = None
+        while True:
+            page = json.loads(self._engine.sessions(user, page_size, after))
+            yield from (Session._from(s) for s in page["items"])
+            after = page["next"]
+            if after is None:
+                return
+
     def memory_history(self, user: str, memory_id: int) -> list[StoredMemory]:
         """The memories ``memory_id`` replaced, itself, and those that replaced it, oldest
         first (``NotFound`` when the user has no such memory)."""
@@ -551,6 +576,28 @@ class AsyncMemory:
 
     async def create_session(self, user: str, session: str, **kwargs: Any) -> Session:
         return await self._run(self._memory.create_session, user, session, **kwargs)
+
+    async def memories(
+        self, user: str, *, filter: Filter | None = None, page_size: int = 100
+    ) -> AsyncIterator[StoredMemory]:
+        """Like :meth:`Memory.memories`, as an async iterator (a page per executor call)."""
+        pages = self._memory.memories(user, filter=filter, page_size=page_size)
+        while True:
+            m = await self._run(next, pages, None)
+            if m is None:
+                return
+            yield m
+
+    async def sessions(
+        self, user: str, *, page_size: int = 100
+    ) -> AsyncIterator[Session]:
+        """Like :meth:`Memory.sessions`, as an async iterator."""
+        pages = self._memory.sessions(user, page_size=page_size)
+        while True:
+            s = await self._run(next, pages, None)
+            if s is None:
+                return
+            yield s
 
     async def memory_history(self, user: str, memory_id: int) -> list[StoredMemory]:
         return await self._run(self._memory.memory_history, user, memory_id)
