@@ -826,7 +826,9 @@ pub(crate) fn tags_condition(backend: DbBackend, table: &str, tags: &[String]) -
                 .collect::<HashSet<_>>()
                 .into_iter()
                 .collect();
-            let placeholders: Vec<String> = (1..=unique.len()).map(|i| format!("${i}")).collect();
+            // SQLite's placeholder is `?`: sea-query binds `?` in order and writes `$N` as
+            // it stands (an unbound parameter, NULL, that no tag equals).
+            let placeholders = vec!["?"; unique.len()];
             Expr::cust_with_values(
                 format!(
                     "(SELECT count(DISTINCT value) FROM json_each({table}.tags) WHERE value IN ({})) = {}",

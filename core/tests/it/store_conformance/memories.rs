@@ -103,6 +103,26 @@ async fn users_are_isolated(t: &TestStore) {
     for h in s.search("bob", &q).await.unwrap().hits {
         assert_eq!(h.memory.content, "bob note");
     }
+    // A listing by tags: every one of them.
+    let tagged = |user: &'static str, tags: &[&str]| {
+        let filter = Filter {
+            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+            ..Filter::default()
+        };
+        async move {
+            s.list_memories(user, &filter, &page(10))
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .map(|m| m.content)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(tagged("alice", &["t"]).await, ["alice secret"]);
+    assert_eq!(tagged("alice", &["t", "t"]).await, ["alice secret"]);
+    assert!(tagged("alice", &["t", "other"]).await.is_empty());
+    assert_eq!(tagged("bob", &["t"]).await, ["bob note"]);
     // The same for listings of memories and of a session's messages.
     let alice_mems = s
         .list_memories("alice", &Filter::default(), &page(1))
