@@ -177,6 +177,9 @@ enum Command {
     /// A memory's supersede history, oldest first: what it replaced, itself, what replaced
     /// it.
     History(memory::HistoryArgs),
+    /// List a user's memories, newest first, narrowed as `search` narrows them (without
+    /// --as-of or --include-superseded: the current ones), a page at a time.
+    Memories(memory::ListArgs),
     /// Delete memories of a user by id.
     Delete(memory::DeleteArgs),
     /// Search a user's memories: hybrid (vector + full text, fused and re-ranked) by default.
@@ -429,6 +432,7 @@ async fn run_command(cli: &Cli, settings: Settings) -> recall_core::Result<()> {
         Command::Ingest(args) => ingest::run(&settings, args, g.json).await,
         Command::Add(args) => memory::add(&settings, args, g.json).await,
         Command::History(args) => memory::history(&settings, args, g.json).await,
+        Command::Memories(args) => memory::list(&settings, args, g.json).await,
         Command::Delete(args) => memory::delete(&settings, args, g.json).await,
         Command::Search(args) => search::run(&settings, args, g.json).await,
         Command::Eval(args) => eval::run(&settings, args, g.json).await,

@@ -1,12 +1,12 @@
-//! `deep-recall add`, `history` and `delete`: one memory written (a fact, a persona line; one
-//! that replaces an older fact; one that expires), its supersede history read, or memories
-//! deleted, through the same engine calls as GraphQL's `addMemory`, `memoryHistory` and
-//! `deleteMemory`.
+//! `deep-recall add`, `history`, `memories` and `delete`: one memory written (a fact, a
+//! persona line; one that replaces an older fact; one that expires), its supersede history
+//! read, a user's memories listed, or memories deleted, through the same engine calls as
+//! GraphQL's `addMemory`, `memoryHistory`, `memories` and `deleteMemory`.
 use chrono::{DateTime, Utc};
 use clap::Args;
 use recall_core::NewMemoryText;
 use recall_core::error::Error;
-use recall_core::types::MemoryKind;
+use recall_core::types::{MemoryKind, PageRequest};
 use serde_json::json;
 
 use crate::settings::Settings;
@@ -54,6 +54,21 @@ pub(super) struct HistoryArgs {
     user: String,
     /// The memory's id.
     id: i64,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct ListArgs {
+    /// Whose memories.
+    #[arg(long)]
+    user: String,
+    #[command(flatten)]
+    filter: super::search::FilterArgs,
+    /// How many to print (a page).
+    #[arg(long, default_value_t = 50)]
+    first: usize,
+    /// Continue after a previous page (the `next_cursor` it printed).
+    #[arg(long)]
+    after: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -125,6 +140,45 @@ pub(super) async fn history(
             })
             .collect::<Vec<_>>()
             .join("\n")
+    });
+    Ok(())
+}
+
+pub(super) async fn list(
+    settings: &Settings,
+    args: &ListArgs,
+    json: bool,
+) -> recall_core::Result<()> {
+    let engine = startup::engine(settings).await?;
+    let page = PageRequest {
+        first: args.first,
+        after: args.after.clone(),
+    };
+    let page = engine
+        .memories(&args.user, &args.filter.filter(), &page)
+        .await?;
+    let report = json!({ "memories": page.items, "next_cursor": page.next_cursor });
+    super::print_report(json, &report, |_| {
+        let mut lines: Vec<String> = page
+            .items
+            .iter()
+            .map(|m| {
+                format!(
+                    "{:>8}  {}  {:<7}  {}",
+                    m.id,
+                    m.created_at.format("%Y-%m-%d %H:%M:%S"),
+                    m.kind.to_string(),
+                    m.content
+                )
+            })
+            .collect();
+        if lines.is_empty() {
+            lines.push("no memories found".into());
+        }
+        if let Some(next) = &page.next_cursor {
+            lines.push(format!("more: --after {next}"));
+        }
+        lines.join("\n")
     });
     Ok(())
 }

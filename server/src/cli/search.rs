@@ -19,6 +19,26 @@ pub(super) struct SearchArgs {
     /// How many results.
     #[arg(long, short = 'k', default_value_t = 10)]
     top_k: usize,
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Drop results scoring below this (raw similarity in plain vector mode).
+    #[arg(long)]
+    min_score: Option<f32>,
+    /// Continue after a previous page (its `next_cursor`; plain vector mode only).
+    #[arg(long)]
+    cursor: Option<String>,
+    /// Retrievers: vector, text or hybrid.
+    #[arg(long, default_value = "hybrid")]
+    mode: SearchMode,
+    #[command(flatten)]
+    ranking: RankingArgs,
+    /// What to look for.
+    query: String,
+}
+
+/// What narrows a search or a listing (`search`, `memories`): core's `Filter`.
+#[derive(Debug, Args)]
+pub(super) struct FilterArgs {
     /// Only this session.
     #[arg(long)]
     session: Option<String>,
@@ -49,19 +69,23 @@ pub(super) struct SearchArgs {
     /// repeatable, all must hold.
     #[arg(long = "where", value_name = "KEY OP VALUE")]
     conditions: Vec<MetadataCondition>,
-    /// Drop results scoring below this (raw similarity in plain vector mode).
-    #[arg(long)]
-    min_score: Option<f32>,
-    /// Continue after a previous page (its `next_cursor`; plain vector mode only).
-    #[arg(long)]
-    cursor: Option<String>,
-    /// Retrievers: vector, text or hybrid.
-    #[arg(long, default_value = "hybrid")]
-    mode: SearchMode,
-    #[command(flatten)]
-    ranking: RankingArgs,
-    /// What to look for.
-    query: String,
+}
+
+impl FilterArgs {
+    /// The filter these flags say.
+    pub(super) fn filter(&self) -> Filter {
+        Filter {
+            session: self.session.clone(),
+            kinds: self.kind.clone(),
+            roles: self.role.clone(),
+            tags: self.tag.clone(),
+            since: self.since,
+            until: self.until,
+            as_of: self.as_of,
+            include_superseded: self.include_superseded,
+            metadata: self.conditions.clone(),
+        }
+    }
 }
 
 pub(super) async fn run(
@@ -69,17 +93,7 @@ pub(super) async fn run(
     args: &SearchArgs,
     json: bool,
 ) -> recall_core::Result<()> {
-    let filter = Filter {
-        session: args.session.clone(),
-        kinds: args.kind.clone(),
-        roles: args.role.clone(),
-        tags: args.tag.clone(),
-        since: args.since,
-        until: args.until,
-        as_of: args.as_of,
-        include_superseded: args.include_superseded,
-        metadata: args.conditions.clone(),
-    };
+    let filter = args.filter.filter();
     if args.ranking.is_plain_vector(args.mode) {
         let options = SearchOptions {
             top_k: args.top_k,

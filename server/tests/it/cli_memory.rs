@@ -1,5 +1,5 @@
 //! Memories that stay true from the command line: `add` (replacing, labelled, with metadata,
-//! expiring), `search` with its filters (`--where`, `--tag`, `--as-of`,
+//! expiring), `search` and `memories` with their filters (`--where`, `--tag`, `--as-of`,
 //! `--include-superseded`), `history` and `delete`, on both stores.
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -105,6 +105,52 @@ async fn memories_stay_true(backend: Backend) {
             .collect();
         assert_eq!(ids, [paris_id, berlin_id]);
     }
+
+    // Listings: newest first, the current ones or the history too, by the same filters, a
+    // page at a time.
+    let list = |extra: &[&str]| {
+        let mut args = vec!["--json", "memories", "--user", "dana"];
+        args.extend_from_slice(extra);
+        ok_json(cli(&backend, &args))
+    };
+    let ids = |v: &Value| -> Vec<i64> {
+        v["memories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_i64().unwrap())
+            .collect()
+    };
+    let current = list(&["--tag", "home"]);
+    assert_eq!(ids(&current), [berlin_id], "{current}");
+    assert!(current["next_cursor"].is_null());
+    let first = list(&["--tag", "home", "--include-superseded", "--first", "1"]);
+    assert_eq!(ids(&first), [berlin_id], "{first}");
+    let cursor = first["next_cursor"]
+        .as_str()
+        .expect("a next page")
+        .to_owned();
+    let second = list(&[
+        "--tag",
+        "home",
+        "--include-superseded",
+        "--first",
+        "1",
+        "--after",
+        &cursor,
+    ]);
+    assert_eq!(ids(&second), [paris_id], "{second}");
+    assert_eq!(
+        ids(&list(&["--include-superseded", "--where", "city eq paris"])),
+        [paris_id]
+    );
+    let eves = ok_json(cli(&backend, &["--json", "memories", "--user", "eve"]));
+    assert_eq!(eves["memories"], serde_json::json!([]));
+    let plain = cli(&backend, &["memories", "--user", "dana", "--tag", "pets"]);
+    assert!(plain.status.success(), "{plain:?}");
+    assert!(String::from_utf8_lossy(&plain.stdout).contains(CAT));
+    let bad = cli(&backend, &["memories", "--user", "dana", "--first", "0"]);
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
 
     // Metadata conditions and tags, all of which must hold.
     let only = |extra: &[&str]| search(&backend, "dana", extra, "Dana");
