@@ -282,7 +282,7 @@ pub struct ChatArgs {
     /// Sampling temperature (0 picks the likeliest token).
     #[serde(default)]
     pub temperature: Option<f64>,
-    /// How many memories to put into the prompt.
+    /// How many memories to put into the prompt (1 to 50).
     #[serde(default)]
     pub memory_top_k: Option<u32>,
 }
@@ -709,6 +709,9 @@ impl McpServer {
                 g.temperature = t;
             }
             if let Some(k) = args.memory_top_k {
+                if k == 0 || k > MAX_TOP_K {
+                    return Err(bad_input(format!("memory_top_k must be 1 to {MAX_TOP_K}")));
+                }
                 request.context.retrieve.top_k = k as usize;
             }
             request.validate()?;

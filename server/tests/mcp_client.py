@@ -121,6 +121,9 @@ async def stdio(binary: str, args: list[str]) -> dict[str, Any]:
         out["chat_bad_temperature"] = await call(
             client, "chat", {"session": "trip", "message": "hi", "temperature": -3}
         )
+        out["chat_too_many_memories"] = await call(
+            client, "chat", {"session": "trip", "message": "hi", "memory_top_k": 500}
+        )
         await stays_true(client, out)
     return out
 

@@ -172,6 +172,10 @@ async fn stdio_serves_every_tool_for_its_user() {
         error(&r["chat_bad_temperature"]).starts_with("BAD_INPUT: "),
         "{r}"
     );
+    assert!(
+        error(&r["chat_too_many_memories"]).starts_with("BAD_INPUT: "),
+        "{r}"
+    );
     // Arguments that do not fit the schema are refused before the tool runs, naming the field.
     assert!(error(&r["add_missing_content"]).contains("content"), "{r}");
     stays_true(&r);
