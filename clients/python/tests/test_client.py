@@ -512,6 +512,7 @@ def test_export_and_delete_my_data(client: DeepRecall, user: str) -> None:
     report = client.delete_my_data()
     assert report.existed is True
     assert (report.sessions, report.messages, report.memories) == (1, 1, 2)
+    assert (report.embeddings, report.summaries) == (2, 0)
     assert list(client.sessions()) == []
     assert list(client.memories()) == []
     assert client.search("Miso") == []

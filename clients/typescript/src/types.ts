@@ -185,6 +185,10 @@ export interface DeletionReport {
   sessions: number;
   messages: number;
   memories: number;
+  /** Embedding vectors removed. */
+  embeddings: number;
+  /** Summaries removed. */
+  summaries: number;
 }
 
 /** A memory that went into a chat answer's prompt. */

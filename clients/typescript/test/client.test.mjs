@@ -341,6 +341,7 @@ describe('against a real server', () => {
     const report = await leo.deleteMyData();
     assert.equal(report.existed, true);
     assert.equal(report.messages, 1);
+    assert.deepEqual([report.memories, report.embeddings, report.summaries], [1, 1, 0]);
     assert.deepEqual(await collect(leo.memories()), []);
   });
 });

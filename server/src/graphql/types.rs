@@ -659,6 +659,10 @@ pub struct DeletionReport {
     pub messages: u64,
     /// Memories removed.
     pub memories: u64,
+    /// Embedding vectors removed.
+    pub embeddings: u64,
+    /// Summaries removed.
+    pub summaries: u64,
 }
 
 impl From<core::DeletionReport> for DeletionReport {
@@ -668,6 +672,8 @@ impl From<core::DeletionReport> for DeletionReport {
             sessions: r.sessions,
             messages: r.messages,
             memories: r.memories,
+            embeddings: r.embeddings,
+            summaries: r.summaries,
         }
     }
 }

@@ -517,7 +517,9 @@ def export_my_data() -> Operation[t.Json]:
 def delete_my_data() -> Operation[t.DeletionReport]:
     return Operation(
         "DeleteMyData",
-        "mutation DeleteMyData { deleteMyData { existed sessions messages memories } }",
+        """mutation DeleteMyData {
+  deleteMyData { existed sessions messages memories embeddings summaries }
+}""",
         {},
         True,
         lambda d: t.deletion_report(d["deleteMyData"]),

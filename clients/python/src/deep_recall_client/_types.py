@@ -303,11 +303,21 @@ class Job:
 class DeletionReport:
     """What `delete_my_data` removed."""
 
-    __slots__ = ("existed", "memories", "messages", "sessions")
+    __slots__ = (
+        "embeddings",
+        "existed",
+        "memories",
+        "messages",
+        "sessions",
+        "summaries",
+    )
     existed: bool
     sessions: int
     messages: int
     memories: int
+    embeddings: int
+    """Embedding vectors removed."""
+    summaries: int
 
 
 @dataclass(frozen=True)
@@ -537,6 +547,8 @@ def deletion_report(d: Json) -> DeletionReport:
         sessions=d["sessions"],
         messages=d["messages"],
         memories=d["memories"],
+        embeddings=d["embeddings"],
+        summaries=d["summaries"],
     )
 
 

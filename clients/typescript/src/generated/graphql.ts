@@ -380,7 +380,7 @@ export type ExportMyDataMutation = { exportMyData: unknown };
 export type DeleteMyDataMutationVariables = Exact<{ [key: string]: never; }>;
 
 
-export type DeleteMyDataMutation = { deleteMyData: { existed: boolean, sessions: number, messages: number, memories: number } };
+export type DeleteMyDataMutation = { deleteMyData: { existed: boolean, sessions: number, messages: number, memories: number, embeddings: number, summaries: number } };
 
 export type ChatSubscriptionVariables = Exact<{
   input: ChatInput;
@@ -804,6 +804,8 @@ export const DeleteMyDataDocument = new TypedDocumentString(`
     sessions
     messages
     memories
+    embeddings
+    summaries
   }
 }
     `) as unknown as TypedDocumentString<DeleteMyDataMutation, DeleteMyDataMutationVariables>;
