@@ -430,12 +430,8 @@ mod service {
         assert_eq!(chat.queue_depth(), 0);
     }
 
-    /// A held prompt cache serves its own user only: a second user's prompt, which begins
-    /// with the same system prompt, is read whole (its answer's first token says nothing of
-    /// what the first user asked), while the first user's next turn is read from their cache.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_users_prompt_cache_serves_that_user_only() {
-        let chat = Arc::new(service());
+    /// An engine over a new embedded store (kept while the directory lives), with MiniLM.
+    async fn engine() -> (recall_core::Engine, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let store = recall_core::store::open(&recall_core::StoreConfig::embedded(dir.path()))
             .await
@@ -446,6 +442,16 @@ mod service {
             store,
             Arc::new(recall_core::embed::EmbeddingService::start(&config).unwrap()),
         );
+        (engine, dir)
+    }
+
+    /// A held prompt cache serves its own user only: a second user's prompt, which begins
+    /// with the same system prompt, is read whole (its answer's first token says nothing of
+    /// what the first user asked), while the first user's next turn is read from their cache.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_users_prompt_cache_serves_that_user_only() {
+        let chat = Arc::new(service());
+        let (engine, _dir) = engine().await;
         let pipeline = recall_core::chat::ChatPipeline::new(engine, chat.clone());
         let ask = |message: &str| {
             let mut r = recall_core::chat::ChatRequest::new("s", message);
@@ -485,16 +491,7 @@ mod service {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_chat_model_summarizes_old_history() {
         let chat = Arc::new(service());
-        let dir = tempfile::tempdir().unwrap();
-        let store = recall_core::store::open(&recall_core::StoreConfig::embedded(dir.path()))
-            .await
-            .unwrap();
-        let mut config = recall_core::embed::EmbedConfig::new(minilm_dir());
-        config.device = recall_core::device::DeviceConfig::Cpu;
-        let engine = recall_core::Engine::new(
-            store,
-            Arc::new(recall_core::embed::EmbeddingService::start(&config).unwrap()),
-        );
+        let (engine, _dir) = engine().await;
         let lines = [
             (
                 Role::User,
