@@ -76,7 +76,42 @@ impl EmbeddingService {
     }
 }
 
-fn worker(model: Arc<BertEmbedder>, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
+/// What the worker runs: one forward pass over a batch of texts.
+trait BatchModel: Send + Sync + 'static {
+    fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>>;
+}
+
+impl BatchModel for BertEmbedder {
+    fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        self.embed(texts)
+    }
+}
+
+/// One forward pass, with a panic in the model turned into an error: the worker thread (and
+/// with it every later caller) must outlive one bad batch.
+fn run_batch<M: BatchModel + ?Sized>(model: &M, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+    let vectors =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.embed_batch(texts)))
+            .map_err(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "the model panicked".to_owned());
+                Error::Internal(format!("embedding failed: {what}"))
+            })?
+            .map_err(|e| Error::Internal(format!("embedding failed: {e}")))?;
+    if vectors.len() != texts.len() {
+        return Err(Error::Internal(format!(
+            "embedding failed: {} vectors for {} texts",
+            vectors.len(),
+            texts.len()
+        )));
+    }
+    Ok(vectors)
+}
+
+fn worker<M: BatchModel + ?Sized>(model: Arc<M>, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
     while let Some(first) = rx.blocking_recv() {
         // Take whatever else is waiting, up to one batch of texts.
         let mut jobs = vec![first];
@@ -99,19 +134,24 @@ fn worker(model: Arc<BertEmbedder>, mut rx: mpsc::Receiver<Job>, max_batch: usiz
             .iter()
             .flat_map(|j| j.texts.iter().map(String::as_str))
             .collect();
-        match model.embed(&texts) {
+        match run_batch(&*model, &texts) {
             Ok(mut vectors) => {
                 for job in jobs.into_iter().rev() {
                     let rest = vectors.split_off(vectors.len() - job.texts.len());
                     let _ = job.reply.send(Ok(rest));
                 }
             }
-            Err(e) => {
-                let message = e.to_string();
+            Err(e) if jobs.len() == 1 => {
+                if let Some(job) = jobs.pop() {
+                    let _ = job.reply.send(Err(e));
+                }
+            }
+            // A merged batch failed: one caller's texts may be the cause, so each caller is
+            // run alone and gets its own result, not a stranger's failure.
+            Err(_) => {
                 for job in jobs {
-                    let _ = job
-                        .reply
-                        .send(Err(Error::Internal(format!("embedding failed: {message}"))));
+                    let texts: Vec<&str> = job.texts.iter().map(String::as_str).collect();
+                    let _ = job.reply.send(run_batch(&*model, &texts));
                 }
             }
         }
@@ -161,5 +201,103 @@ impl Embedder for EmbeddingService {
             );
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Fails any batch that holds "bad", panics on any batch that holds "boom"; a vector
+    /// is the text's length.
+    struct Picky {
+        calls: AtomicUsize,
+    }
+
+    impl BatchModel for Picky {
+        fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if texts.contains(&"boom") {
+                panic!("shape mismatch");
+            }
+            if texts.contains(&"bad") {
+                return Err(Error::Internal("cannot tokenize".into()));
+            }
+            Ok(texts.iter().map(|t| vec![t.len() as f32]).collect())
+        }
+    }
+
+    fn job(texts: &[&str]) -> (Job, oneshot::Receiver<Result<Vec<Vec<f32>>>>) {
+        let (reply, rx) = oneshot::channel();
+        let texts = texts.iter().map(|t| (*t).to_owned()).collect();
+        (Job { texts, reply }, rx)
+    }
+
+    /// Queues every job before the worker starts, so that it merges them into one batch.
+    fn run(jobs: Vec<Job>) -> Arc<Picky> {
+        let model = Arc::new(Picky {
+            calls: AtomicUsize::new(0),
+        });
+        let (tx, rx) = mpsc::channel(16);
+        for j in jobs {
+            tx.try_send(j).expect("queue has room");
+        }
+        drop(tx);
+        worker(model.clone(), rx, 64);
+        model
+    }
+
+    #[test]
+    fn a_failing_text_fails_only_its_caller() {
+        let (a, ra) = job(&["hello", "hi"]);
+        let (b, rb) = job(&["bad"]);
+        let (c, rc) = job(&["boom", "x"]);
+        let (d, rd) = job(&["four"]);
+        let model = run(vec![a, b, c, d]);
+        assert_eq!(
+            ra.blocking_recv().unwrap().unwrap(),
+            vec![vec![5.0], vec![2.0]]
+        );
+        let err = rb.blocking_recv().unwrap().unwrap_err().to_string();
+        assert!(err.contains("cannot tokenize"), "{err}");
+        let err = rc.blocking_recv().unwrap().unwrap_err().to_string();
+        assert!(err.contains("shape mismatch"), "{err}");
+        assert_eq!(rd.blocking_recv().unwrap().unwrap(), vec![vec![4.0]]);
+        // One merged pass, then one pass per caller.
+        assert_eq!(model.calls.load(Ordering::SeqCst), 5);
+    }
+
+    #[test]
+    fn callers_of_a_good_batch_share_one_pass() {
+        let (a, ra) = job(&["one"]);
+        let (b, rb) = job(&["three", "xy"]);
+        let model = run(vec![a, b]);
+        assert_eq!(ra.blocking_recv().unwrap().unwrap(), vec![vec![3.0]]);
+        assert_eq!(
+            rb.blocking_recv().unwrap().unwrap(),
+            vec![vec![5.0], vec![2.0]]
+        );
+        assert_eq!(model.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn the_worker_outlives_a_panicking_batch() {
+        let (a, ra) = job(&["boom"]);
+        let (b, rb) = job(&["fine"]);
+        let model = Arc::new(Picky {
+            calls: AtomicUsize::new(0),
+        });
+        let (tx, rx) = mpsc::channel(16);
+        let handle = {
+            let model = model.clone();
+            thread::spawn(move || worker(model, rx, 1))
+        };
+        tx.blocking_send(a).expect("worker is running");
+        assert!(ra.blocking_recv().unwrap().is_err());
+        tx.blocking_send(b).expect("worker is still running");
+        assert_eq!(rb.blocking_recv().unwrap().unwrap(), vec![vec![4.0]]);
+        drop(tx);
+        handle.join().unwrap();
     }
 }
