@@ -112,6 +112,7 @@ async fn fill(dir: &Path, size: usize, model: &str, dims: usize) {
                         },
                     )],
                     message: NewMessage::new("s", Role::User, text),
+                    answers: None,
                 }
             })
             .collect();

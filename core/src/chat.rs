@@ -330,9 +330,9 @@ impl ChatPipeline {
                                     "confidence": completion.confidence,
                                 });
                                 this.engine
-                                    .add_messages(&user, vec![m])
+                                    .add_reply(&user, message_id, m)
                                     .await
-                                    .map(|a| a.first().map(|a| a.message.id))
+                                    .map(|a| Some(a.message.id))
                             };
                             let reply_id = match reply {
                                 Ok(id) => id,

@@ -136,7 +136,7 @@ pub struct StoredAdapter {
     pub memories: u64,
     /// Pairs it was trained and judged on.
     pub pairs: u64,
-    /// When it was trained.
+    /// When its training began: it saw the memories and pairs stored before then.
     pub trained_at: DateTime<Utc>,
     /// When it last changed (trained, turned on or off).
     pub updated_at: DateTime<Utc>,

@@ -429,6 +429,11 @@ pub struct MessageWrite {
     /// Memories derived from it (the message itself, or its chunks). Their session, role,
     /// tags (when empty) and time default to the message's.
     pub memories: Vec<NewMemory>,
+    /// A message of the same user that this one answers (a chat reply). When that message is
+    /// gone (its user's data was deleted while the answer was written), the write fails with
+    /// `NotFound` and stores nothing: a late reply never brings erased data back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answers: Option<i64>,
 }
 
 /// What [`crate::MemoryStore::append_messages`] wrote for one message.

@@ -322,6 +322,7 @@ impl Engine {
         options.validate()?;
         let this = self.scoped(user).await?;
         let started = Instant::now();
+        let began = Utc::now();
         let (memories, train, held) = this.deep_memory_data(user, on_progress).await?;
         let memories = Arc::new(memories);
         let questions = |rows: &[(i64, Vec<f32>)], pick: &[usize]| Questions {
@@ -391,7 +392,7 @@ impl Engine {
                     enabled: was_on && report.evaluation.helps(),
                     memories: self.store.count_memories(user).await?,
                     pairs: (train_n + val_n + report.evaluation.pairs) as u64,
-                    trained_at: Utc::now(),
+                    trained_at: began,
                     updated_at: Utc::now(),
                     adapter,
                     report,

@@ -45,6 +45,31 @@ impl Engine {
         messages: Vec<NewMessage>,
         progress: &(dyn Fn(usize) + Send + Sync),
     ) -> Result<Vec<AppendedMessage>> {
+        self.append(user, messages, None, progress).await
+    }
+
+    /// Stores a reply to the user's message `answers`, only while that message exists: a
+    /// reply finished after the user's data was deleted fails with `NotFound` and writes
+    /// nothing (see [`MessageWrite::answers`]).
+    pub async fn add_reply(
+        &self,
+        user: &str,
+        answers: i64,
+        reply: NewMessage,
+    ) -> Result<AppendedMessage> {
+        self.append(user, vec![reply], Some(answers), &|_| {})
+            .await?
+            .pop()
+            .ok_or_else(|| Error::Internal("the store returned no message".into()))
+    }
+
+    async fn append(
+        &self,
+        user: &str,
+        messages: Vec<NewMessage>,
+        answers: Option<i64>,
+        progress: &(dyn Fn(usize) + Send + Sync),
+    ) -> Result<Vec<AppendedMessage>> {
         let limits = self.store.limits();
         limits.check_user_id(user)?;
         let this = self.scoped(user).await?;
@@ -81,8 +106,11 @@ impl Engine {
             .buffered(PIPELINE_DEPTH)
             // Reported in order (a later batch may be embedded first).
             .map(|batch| {
-                batch.map(|(done, writes)| {
+                batch.map(|(done, mut writes)| {
                     progress(done);
+                    for w in &mut writes {
+                        w.answers = answers;
+                    }
                     writes
                 })
             })
@@ -180,7 +208,11 @@ impl Engine {
         Ok(batch
             .into_iter()
             .zip(memories)
-            .map(|((message, _), memories)| MessageWrite { memories, message })
+            .map(|((message, _), memories)| MessageWrite {
+                memories,
+                message,
+                answers: None,
+            })
             .collect())
     }
 

@@ -406,6 +406,7 @@ async fn crash_writer() {
                         created_at: Some(Utc.timestamp_opt(1_700_000_000 + n as i64, 0).unwrap()),
                         ..NewMessage::new("s", Role::User, format!("m{n}"))
                     },
+                    answers: None,
                 }
             })
             .collect();

@@ -125,6 +125,7 @@ async fn write_secrets(s: &dyn MemoryStore, user: &str) {
                     metadata: json!({ "said": SECRET }),
                     ..NewMemory::new(MemoryKind::Message, SECRET, emb(&[1.0, 0.0, 0.0]))
                 }],
+                answers: None,
             }],
         )
         .await

@@ -8,6 +8,7 @@ mod context_keys;
 mod deep_memory;
 mod embeddings;
 mod encryption;
+mod erasure;
 mod fixtures;
 mod gemma;
 mod ingest;

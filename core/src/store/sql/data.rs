@@ -180,6 +180,15 @@ impl<V: VectorIndex> SqlStore<V> {
 
     pub(crate) async fn delete_user(&self, user: &str, actor: &Actor) -> Result<DeletionReport> {
         let txn = begin_write(&self.db).await?;
+        // Jobs name their user by id, without a foreign key: those not running go (queued ones
+        // would work on data that is gone; finished ones hold its counts); a running one (this
+        // deletion's own, when it was scheduled) records its end.
+        txn.execute_raw(stmt(
+            self.db.get_database_backend(),
+            "DELETE FROM jobs WHERE user_external_id = $1 AND status <> 'running'",
+            vec![user.into()],
+        ))
+        .await?;
         let Some(u) = self.find_user(&txn, user).await? else {
             audit(
                 &txn,

@@ -157,7 +157,13 @@ impl<V: VectorIndex> SqlStore<V> {
     ) -> Result<StoredAdapter> {
         let backend = self.db.get_database_backend();
         let txn = begin_write(&self.db).await?;
-        let u = self.ensure_user(&txn, user).await?;
+        // An adapter is trained on the user's data: when that data was deleted while it
+        // trained (the user gone, or made anew since), it is not stored.
+        let u = self
+            .find_user(&txn, user)
+            .await?
+            .filter(|u| u.created_at <= adapter.trained_at)
+            .ok_or_else(|| Error::not_found("user", user))?;
         let version = txn
             .query_one_raw(stmt(
                 backend,

@@ -99,6 +99,16 @@ impl<V: VectorIndex> SqlStore<V> {
     /// Writes one batch of messages with their memories inside an open append.
     async fn append_batch(&self, open: &mut OpenAppend, writes: Vec<MessageWrite>) -> Result<()> {
         let (txn, uid, t) = (&open.txn, open.user.id, open.at);
+        for answered in writes.iter().filter_map(|w| w.answers) {
+            let exists = message::Entity::find_by_id(answered)
+                .filter(message::Column::UserId.eq(uid))
+                .one(txn)
+                .await?
+                .is_some();
+            if !exists {
+                return Err(Error::not_found("message", answered.to_string()));
+            }
+        }
         for w in &writes {
             if !open.sessions.contains_key(&w.message.session) {
                 let s = self.ensure_session(txn, uid, &w.message.session).await?;

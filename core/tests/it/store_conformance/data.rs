@@ -4,6 +4,7 @@ use super::*;
 crate::fixtures::both_backends! {
     export_everything;
     forget_user;
+    deletion_is_final;
     settings_and_audit;
     optimize_keeps_everything;
 }
@@ -204,6 +205,129 @@ async fn forget_user(t: &TestStore) {
     assert_eq!(last.detail["messages"], 2);
     // Forgetting an unknown user is not an error.
     assert!(!s.delete_user("ghost", &Actor::cli()).await.unwrap().existed);
+}
+
+/// Work begun before a user's data was deleted cannot bring it back when it ends: a chat
+/// reply to a message that is gone, an adapter trained on the deleted data, a queued job.
+async fn deletion_is_final(t: &TestStore) {
+    use recall_core::deep_memory::{Adapter, StoredAdapter, TrainingReport};
+    let s = t.store();
+    let asked = s
+        .append_messages(
+            "u",
+            vec![write(
+                msg("s1", Role::User, "tell me a story", at(1, 1), &[]),
+                &[1.0, 0.0],
+            )],
+        )
+        .await
+        .unwrap()[0]
+        .message
+        .id;
+    add_texts(t, "other", "s1", &["keep me"]).await;
+    let reply = |answers: i64| MessageWrite {
+        answers: Some(answers),
+        ..write(
+            msg("s1", Role::Assistant, "once upon a time", at(1, 2), &[]),
+            &[0.0, 1.0],
+        )
+    };
+    let adapter = |trained_at: DateTime<Utc>| StoredAdapter {
+        embedding_model: TEST_MODEL.into(),
+        version: 0,
+        adapter: Adapter::identity(2, 1, 7),
+        report: TrainingReport::default(),
+        enabled: false,
+        memories: 1,
+        pairs: 0,
+        trained_at,
+        updated_at: Utc::now(),
+    };
+    // While the user's data is there, both are stored.
+    let began = Utc::now();
+    let first = s.append_messages("u", vec![reply(asked)]).await.unwrap();
+    assert_eq!(first[0].message.role, Role::Assistant);
+    assert_eq!(s.put_adapter("u", adapter(began)).await.unwrap().version, 1);
+    // A reply must answer one of the user's own messages.
+    let theirs = s
+        .list_messages("other", "s1", &page(1))
+        .await
+        .unwrap()
+        .items[0]
+        .id;
+    let err = s
+        .append_messages("u", vec![reply(theirs)])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    // An adapter whose training began before the user (of that name) was made is refused.
+    let before = s.get_user("u").await.unwrap().unwrap().created_at - Duration::seconds(1);
+    let err = s.put_adapter("u", adapter(before)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+
+    let jobs = s.jobs();
+    let keys = NewJob {
+        kind: JobKind::MemoryKeys,
+        run_at: Utc::now() + Duration::hours(1),
+        params: serde_json::to_value(recall_core::memory_keys::KeyOptions::default()).unwrap(),
+    };
+    let queued = jobs
+        .create_job("u", keys.clone(), &Actor::user("u"))
+        .await
+        .unwrap();
+    let running = jobs
+        .create_job(
+            "u",
+            delete_job(Utc::now() - Duration::seconds(1)),
+            &Actor::user("u"),
+        )
+        .await
+        .unwrap();
+    let lease = std::time::Duration::from_secs(60);
+    let claimed = jobs
+        .claim_job("w", lease, &[JobKind::DeleteUser])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.id, running.id);
+    let others = jobs
+        .create_job("other", keys, &Actor::user("other"))
+        .await
+        .unwrap();
+
+    let report = s.delete_user("u", &Actor::user("u")).await.unwrap();
+    assert_eq!(report.messages, 2);
+    // The reply and the adapter, finished after the deletion, are refused; nothing of the
+    // user comes back.
+    let err = s
+        .append_messages("u", vec![reply(asked)])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    let err = s.put_adapter("u", adapter(began)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(s.get_user("u").await.unwrap().is_none());
+    for (table, left) in [
+        ("users", 1),
+        ("sessions", 1),
+        ("messages", 1),
+        ("memories", 1),
+        ("deep_memory_adapters", 0),
+    ] {
+        assert_eq!(t.count_rows(table).await, left, "{table}");
+    }
+    // The queued job went with the data; the running deletion keeps its row to record its
+    // end; the other user's job stays.
+    assert!(jobs.get_job("u", queued.id).await.unwrap().is_none());
+    assert!(jobs.get_job("u", running.id).await.unwrap().is_some());
+    assert!(jobs.get_job("other", others.id).await.unwrap().is_some());
+    // A reply with no message to answer is an ordinary message.
+    let plain = MessageWrite {
+        answers: None,
+        ..reply(asked)
+    };
+    s.append_messages("u", vec![plain]).await.unwrap();
+    assert!(s.get_user("u").await.unwrap().is_some());
 }
 
 async fn settings_and_audit(t: &TestStore) {

@@ -51,6 +51,7 @@ fn write(m: NewMessage, vector: &[f32]) -> MessageWrite {
             emb(vector),
         )],
         message: m,
+        answers: None,
     }
 }
 
