@@ -90,6 +90,10 @@ pub struct RestoreOptions {
     /// Restore into a store that already has users: the backup's users replace the same
     /// users in the store; others are left alone.
     pub force: bool,
+    /// Restore users whose data was deleted (`delete_user` in the store's audit log) after
+    /// the backup was taken. Without it such a restore is refused: erased data does not come
+    /// back by accident.
+    pub include_deleted: bool,
 }
 
 /// What a restore wrote.

@@ -8,8 +8,8 @@ use chrono::{TimeZone, Utc};
 use recall_core::backup::{BackupOptions, RestoreOptions};
 use recall_core::store::{self, StoreConfig};
 use recall_core::types::{
-    Actor, ExportOptions, MemoryKind, MessageWrite, NewMemory, NewMessage, NewSummary, Role,
-    UserExport, VectorQuery,
+    Actor, ExportOptions, MemoryKind, MessageWrite, NewMemory, NewMessage, NewSummary, PageRequest,
+    Role, UserExport, VectorQuery,
 };
 use recall_core::{Engine, ErrorKind, MemoryStore};
 use serde_json::json;
@@ -84,6 +84,7 @@ fn said(session: &str, role: Role, text: &str, minute: u32, v: &[f32]) -> Messag
             metadata: json!({ "n": minute }),
         },
         memories: vec![NewMemory::new(MemoryKind::Message, text, emb(v))],
+        answers: None,
     }
 }
 
@@ -185,6 +186,7 @@ async fn restore(
             &RestoreOptions {
                 user: user.map(str::to_owned),
                 force,
+                include_deleted: false,
             },
             &Actor::cli(),
         )
@@ -362,6 +364,96 @@ async fn restore_rules_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_rules_embedded() {
     rules(Kind::Embedded).await;
+}
+
+/// A user whose data was deleted after a backup was taken does not come back from it unless
+/// asked; a restore keeps the audit log (the record of the deletion), never doubling it.
+async fn deletions_stay(kind: Kind) {
+    let p = Place::new(kind).await;
+    populate(p.store.as_ref()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("all.backup");
+    backup_to(&p, &file, None).await;
+    let log = |user: &'static str| {
+        let store = p.store.clone();
+        async move {
+            store
+                .audit_log(
+                    user,
+                    &PageRequest {
+                        first: 100,
+                        after: None,
+                    },
+                )
+                .await
+                .unwrap()
+                .items
+        }
+    };
+    let actions = |entries: &[recall_core::types::AuditEntry]| -> Vec<String> {
+        entries.iter().map(|e| e.action.clone()).collect()
+    };
+    let bo = log("bo").await;
+    assert!(!bo.is_empty());
+    p.engine
+        .delete_user("ana", &Actor::user("ana"))
+        .await
+        .unwrap();
+
+    let e = restore(&p, &file, None, true).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    let said = e.to_string();
+    assert!(
+        said.contains("ana") && said.contains("--include-deleted"),
+        "{said}"
+    );
+    assert!(!said.contains("bo"), "{said}");
+    assert!(
+        p.store.get_user("ana").await.unwrap().is_none(),
+        "nothing written"
+    );
+
+    // bo, restored in place, keeps his log once, with the restore added.
+    restore(&p, &file, Some("bo"), true).await.unwrap();
+    let after = log("bo").await;
+    assert_eq!(after[..bo.len()], bo[..]);
+    assert_eq!(actions(&after[bo.len()..]), ["restore"]);
+
+    // Asked for, ana comes back; her log holds the deletion, and what came before it once.
+    let ana_before = log("ana").await;
+    let r = p
+        .engine
+        .restore(
+            &file,
+            &RestoreOptions {
+                force: true,
+                include_deleted: true,
+                ..Default::default()
+            },
+            &Actor::cli(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.users, 2);
+    assert!(p.store.get_user("ana").await.unwrap().is_some());
+    let ana = log("ana").await;
+    assert_eq!(ana[..ana_before.len()], ana_before[..]);
+    assert_eq!(actions(&ana[ana_before.len()..]), ["restore"]);
+    assert_eq!(
+        actions(&ana).iter().filter(|a| *a == "delete_user").count(),
+        1
+    );
+    p.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletions_stay_postgres() {
+    deletions_stay(Kind::Pg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletions_stay_embedded() {
+    deletions_stay(Kind::Embedded).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

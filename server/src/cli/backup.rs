@@ -31,6 +31,9 @@ pub(super) struct RestoreArgs {
     /// users there; the store's other users stay.
     #[arg(long)]
     force: bool,
+    /// Restore users whose data was deleted after the backup was taken (refused otherwise).
+    #[arg(long)]
+    include_deleted: bool,
 }
 
 pub(super) async fn backup(
@@ -74,6 +77,7 @@ pub(super) async fn restore(
             &RestoreOptions {
                 user: args.user.clone(),
                 force: args.force,
+                include_deleted: args.include_deleted,
             },
             &Actor::cli(),
         )

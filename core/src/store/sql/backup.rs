@@ -24,6 +24,9 @@ fn chunked<T: Clone>(
     Ok(())
 }
 
+/// An audit entry as a restore tells it apart: actor, action, time.
+type AuditMark = (String, String, DateTime<Utc>);
+
 /// The id offset of each table for one restore.
 #[derive(Debug, Default)]
 struct Offsets {
@@ -310,8 +313,9 @@ impl<V: VectorIndex> SqlStore<V> {
     }
 
     /// Writes the verified backup `plan` read from `source`, in one transaction: all of it, or
-    /// nothing. Users of the backup that exist in the store are replaced (their audit log
-    /// too, with a `restore` entry added); the rest of the store is left alone.
+    /// nothing. Users of the backup that exist in the store are replaced; their audit log is
+    /// kept, with the backup's entries it lacks and a `restore` entry added; the rest of the
+    /// store is left alone.
     pub(crate) async fn restore(
         &self,
         plan: &Verified,
@@ -367,18 +371,49 @@ impl<V: VectorIndex> SqlStore<V> {
                  users replace the same users; others stay) or choose one user with --user"
             )));
         }
+        if !options.include_deleted {
+            let mut deleted = Vec::new();
+            for name in &selected {
+                let since = audit_log::Entity::find()
+                    .filter(audit_log::Column::UserExternalId.eq(name.as_str()))
+                    .filter(audit_log::Column::Action.eq("delete_user"))
+                    .filter(audit_log::Column::CreatedAt.gt(plan.header.created_at))
+                    .one(&txn)
+                    .await?;
+                if since.is_some() {
+                    deleted.push(name.as_str());
+                }
+            }
+            if !deleted.is_empty() {
+                return Err(Error::invalid(format!(
+                    "the data of {} was deleted after this backup was taken: it stays deleted \
+                     (restore with --include-deleted to bring it back, or leave them out with \
+                     --user)",
+                    deleted.join(", ")
+                )));
+            }
+        }
         let mut report = RestoreReport::default();
         let mut reset = Vec::new();
+        // The audit log is the record of what was done to a user's data, deletions included:
+        // it is kept, and the backup's entries join it below.
+        let mut audited: HashMap<&str, HashSet<AuditMark>> = HashMap::new();
         for name in &selected {
             if let Some(u) = self.find_user(&txn, name).await? {
                 user::Entity::delete_by_id(u.id).exec(&txn).await?;
                 reset.push(u.id);
                 report.replaced += 1;
             }
-            audit_log::Entity::delete_many()
+            let kept = audit_log::Entity::find()
                 .filter(audit_log::Column::UserExternalId.eq(name.as_str()))
-                .exec(&txn)
+                .all(&txn)
                 .await?;
+            audited.insert(
+                name.as_str(),
+                kept.into_iter()
+                    .map(|a| (a.actor, a.action, a.created_at))
+                    .collect(),
+            );
         }
         // Ids keep their values unless other rows of the store sit in the backup's ranges.
         let mut off = Offsets::default();
@@ -606,6 +641,17 @@ impl<V: VectorIndex> SqlStore<V> {
                     Self::insert_adapter(&txn, uid, &row.decode()?).await?;
                 }
                 Record::Audit { user, rows } => {
+                    // Entries the store still holds (a user restored in place) are not doubled.
+                    let kept = audited.get(user.as_str());
+                    let rows: Vec<AuditRow> = rows
+                        .iter()
+                        .filter(|a| {
+                            !kept.is_some_and(|k| {
+                                k.contains(&(a.actor.clone(), a.action.clone(), a.created_at))
+                            })
+                        })
+                        .cloned()
+                        .collect();
                     for chunk in rows.chunks(INSERT_CHUNK) {
                         audit_log::Entity::insert_many(chunk.iter().cloned().map(|a| {
                             audit_log::ActiveModel {
