@@ -302,6 +302,18 @@ impl MemoryIndex {
         let Some(u) = self.users.get(user) else {
             return Ok(Vec::new());
         };
+        if options.mode != SearchMode::Text {
+            crate::limits::check_embedding("query", query_vector)?;
+            if let Some((_, v)) = u.memories.values().next()
+                && v.len() != query_vector.len()
+            {
+                return Err(Error::invalid(format!(
+                    "a query vector of {} dimensions for an index of {}",
+                    query_vector.len(),
+                    v.len()
+                )));
+            }
+        }
         let filter = &options.filter;
         let passes = |id: i64| filter.matches_at(&u.memories[&id].0, now);
         let cfg = &options.ranking;
@@ -436,17 +448,50 @@ impl MemoryIndex {
                 saved.format
             )));
         }
+        let limits = Limits::default();
         let mut users = saved.users;
-        for u in users.values_mut() {
+        for (name, u) in users.iter_mut() {
+            check_saved(&limits, name, u)
+                .map_err(|e| Error::invalid(format!("not a usable memory index: {e}")))?;
             for (id, (m, _)) in &u.memories {
                 u.lexical.insert(*id, &m.content);
             }
         }
-        Ok(Self {
-            users,
-            limits: Limits::default(),
-        })
+        Ok(Self { users, limits })
     }
+}
+
+/// A saved user's index holds what [`MemoryIndex::add`] would have let in: each memory
+/// under its own id, its vector as long as the others and finite, and its
+/// supersede links within the user.
+fn check_saved(limits: &Limits, name: &str, u: &UserIndex) -> Result<()> {
+    limits.check_user_id(name)?;
+    let dims = u.memories.values().next().map(|(_, v)| v.len());
+    for (id, (m, v)) in &u.memories {
+        if m.id != *id {
+            return Err(Error::invalid(format!(
+                "memory {id} of {name:?} is stored as memory {}",
+                m.id
+            )));
+        }
+        limits.check_content(&m.content)?;
+        crate::limits::check_embedding("saved", v)?;
+        if Some(v.len()) != dims {
+            return Err(Error::invalid(format!(
+                "memory {id} has a vector of {} dimensions among vectors of {}",
+                v.len(),
+                dims.unwrap_or_default()
+            )));
+        }
+        for link in [m.supersedes, m.superseded_by].into_iter().flatten() {
+            if !u.memories.contains_key(&link) {
+                return Err(Error::invalid(format!(
+                    "memory {id} is linked to memory {link}, which is not there"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Serialize)]
@@ -463,6 +508,68 @@ mod tests {
 
     fn t(day: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2024, 3, day, 12, 0, 0).unwrap()
+    }
+
+    /// A query vector that cannot be compared, and a saved index that breaks the rules
+    /// `add` keeps, are refused with `InvalidInput` (never a wrong ranking, never a panic
+    /// later).
+    #[test]
+    fn bad_query_vectors_and_damaged_saves_are_refused() {
+        let mut index = MemoryIndex::new();
+        index
+            .add("me", 1, "my cat is Biscuit", vec![1.0, 0.0, 0.0], t(1))
+            .unwrap();
+        index
+            .add("me", 2, "my dog is Rex", vec![0.0, 1.0, 0.0], t(2))
+            .unwrap();
+        let options = RetrieveOptions::for_mode(SearchMode::Vector, 5);
+        for query in [vec![f32::NAN, 0.0, 0.0], vec![1.0], vec![]] {
+            let err = index
+                .search("me", "cat", &query, &options, t(3))
+                .unwrap_err();
+            assert_eq!(
+                err.kind(),
+                crate::error::ErrorKind::InvalidInput,
+                "{query:?}"
+            );
+        }
+        // Text search reads no vector.
+        let text = RetrieveOptions::for_mode(SearchMode::Text, 5);
+        assert_eq!(
+            index.search("me", "cat", &[], &text, t(3)).unwrap().len(),
+            1
+        );
+
+        let saved: Value = serde_json::from_slice(&index.to_bytes()).unwrap();
+        let damaged = |change: &dyn Fn(&mut Value)| {
+            let mut v = saved.clone();
+            change(&mut v);
+            MemoryIndex::from_bytes(&serde_json::to_vec(&v).unwrap())
+        };
+        assert!(damaged(&|_| {}).is_ok());
+        type Change<'a> = &'a dyn Fn(&mut Value);
+        let cases: [(&str, Change); 4] = [
+            ("another id", &|v| {
+                v["users"]["me"]["memories"]["1"][0]["id"] = 2.into()
+            }),
+            ("dimensions", &|v| {
+                v["users"]["me"]["memories"]["2"][1] = serde_json::json!([0.0, 1.0])
+            }),
+            ("no vector", &|v| {
+                v["users"]["me"]["memories"]["2"][1] = serde_json::json!([])
+            }),
+            ("a dangling link", &|v| {
+                v["users"]["me"]["memories"]["2"][0]["supersedes"] = 9.into()
+            }),
+        ];
+        for (what, change) in cases {
+            let err = damaged(change).unwrap_err();
+            assert_eq!(err.kind(), crate::error::ErrorKind::InvalidInput, "{what}");
+            assert!(
+                err.to_string().contains("not a usable memory index"),
+                "{what}: {err}"
+            );
+        }
     }
 
     #[test]
