@@ -4,8 +4,9 @@
 //! Whose memory a completion uses: the `user` field when given (an authenticated caller may
 //! only name themselves, unless they are an admin), else the authenticated subject. The
 //! session comes from the `X-Session-Id` header or a `session` field (default `default`).
-//! The client's `messages` are the conversation: the last one (a user message) is answered
-//! and stored with the answer; earlier ones are used as the history as they are.
+//! The client's `messages` are the conversation: the last user message is answered and stored
+//! with the answer; the others are used as the history as they are (blank ones left out;
+//! system messages after the answered one go just before it).
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,6 +36,12 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/chat/completions", post(chat_completions))
         .route("/embeddings", post(embeddings))
         .route("/models", get(models))
+        .fallback(unknown_route)
+}
+
+/// A path under `/v1` that is not one of the routes: an OpenAI-shaped 404, not the web app.
+async fn unknown_route(uri: axum::http::Uri) -> Response {
+    ApiError::new(Code::NotFound, format!("no route {}", uri.path())).into_response()
 }
 
 impl IntoResponse for ApiError {
@@ -91,9 +98,15 @@ fn caller(
     peer: SocketAddr,
     user: Option<&str>,
 ) -> Result<Principal, ApiError> {
-    // In anonymous mode the body's `user` names the user when the header does not.
+    // In anonymous mode the body's `user` names the user when no header does (with
+    // credentials, it is checked against them below).
     let mut p = match user.and_then(|u| u.parse().ok()) {
-        Some(v) if state.auth.anonymous_allowed() && !headers.contains_key("x-user-id") => {
+        Some(v)
+            if state.auth.anonymous_allowed()
+                && !headers.contains_key("x-user-id")
+                && !headers.contains_key(header::AUTHORIZATION)
+                && !headers.contains_key("x-api-key") =>
+        {
             let mut with_user = headers.clone();
             with_user.insert("x-user-id", v);
             state.authenticate(&with_user)?
@@ -233,18 +246,42 @@ fn chat_request(
     if req.n.unwrap_or(1) != 1 {
         return Err(bad("only n = 1 is supported"));
     }
-    let (last, earlier) = req
-        .messages
-        .split_last()
-        .ok_or_else(|| bad("`messages` must not be empty"))?;
-    if role(&last.role)? != Role::User {
-        return Err(bad("the last message must come from the user"));
+    if req.messages.is_empty() {
+        return Err(bad("`messages` must not be empty"));
     }
-    let mut conversation = Vec::with_capacity(earlier.len());
-    for m in earlier {
+    let mut roles = Vec::with_capacity(req.messages.len());
+    for m in &req.messages {
+        roles.push(role(&m.role)?);
+    }
+    // The message answered is the last user message. System messages after it (a client's
+    // post-history instructions or a nudge to write as one character) stay in the prompt,
+    // just before it: the prompt ends with the message being answered. An assistant message
+    // after it (a prefill to continue) cannot be honoured.
+    let at = roles
+        .iter()
+        .rposition(|r| *r == Role::User)
+        .ok_or_else(|| bad("`messages` must hold a user message to answer"))?;
+    if roles[at + 1..].iter().any(|r| *r != Role::System) {
+        return Err(bad(
+            "only system messages may follow the last user message (an assistant prefill \
+             is not supported)",
+        ));
+    }
+    let last = &req.messages[at];
+    let mut conversation = Vec::with_capacity(req.messages.len() - 1);
+    for (i, m) in req.messages.iter().enumerate() {
+        if i == at {
+            continue;
+        }
+        let content = content_text(&m.content)?;
+        // History may hold blank turns (an empty system prompt, an assistant turn that only
+        // called tools): they say nothing, and are left out.
+        if content.trim().is_empty() {
+            continue;
+        }
         conversation.push(ChatTurn {
-            role: role(&m.role)?,
-            content: content_text(&m.content)?,
+            role: roles[i],
+            content,
         });
     }
     let mut r = ChatRequest::new(session, content_text(&last.content)?);

@@ -11,13 +11,15 @@ use async_graphql::{Data, Response as GqlResponse};
 use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
 use axum::Router;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
-use axum::extract::{ConnectInfo, FromRequestParts, Request, State, WebSocketUpgrade};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, FromRequestParts, Request, State, WebSocketUpgrade,
+};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use futures::{SinkExt, StreamExt};
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tracing::Instrument;
 
@@ -73,6 +75,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(RequestBodyLimitLayer::new(
             state.settings.limits.max_body_bytes,
         ))
+        // The limit above is the one: axum's own 2 MiB cap on extracted bodies would
+        // otherwise stay below a larger `max_body_bytes`.
+        .layer(DefaultBodyLimit::disable())
         .layer(cors)
         .with_state(server)
 }
@@ -80,11 +85,12 @@ pub fn router(state: Arc<AppState>) -> Router {
 fn cors(origins: &[String]) -> CorsLayer {
     let base = CorsLayer::new()
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers([
-            header::AUTHORIZATION,
-            header::CONTENT_TYPE,
-            header::HeaderName::from_static("x-api-key"),
-            header::HeaderName::from_static("x-user-id"),
+        // Credentials travel in headers, never cookies, so any header a client sends may be
+        // allowed (the session header, the OpenAI SDK's `x-stainless-*`); the origins are
+        // what is checked.
+        .allow_headers(AllowHeaders::mirror_request())
+        .expose_headers([
+            header::RETRY_AFTER,
             header::HeaderName::from_static("x-request-id"),
         ]);
     if origins.iter().any(|o| o == "*") {

@@ -23,7 +23,7 @@ async fn hostile_credentials_and_foreign_origins_are_refused() {
             .header("access-control-request-method", "POST")
             .header(
                 "access-control-request-headers",
-                "authorization,content-type",
+                "authorization,content-type,x-session-id,x-stainless-os",
             )
             .send()
             .await
@@ -34,7 +34,31 @@ async fn hostile_credentials_and_foreign_origins_are_refused() {
             .map(|v| v.to_str().unwrap().to_owned());
         assert_eq!(got.as_deref() == Some(origin), allowed, "{origin}");
         assert_eq!(got.is_some(), allowed, "{origin}");
+        if allowed {
+            // The headers clients send (the session, the OpenAI SDK's) may be sent.
+            let headers = resp.headers()["access-control-allow-headers"]
+                .to_str()
+                .unwrap()
+                .to_ascii_lowercase();
+            assert!(headers.contains("x-session-id"), "{headers}");
+            assert!(headers.contains("x-stainless-os"), "{headers}");
+        }
     }
+    // A page may read the wait a refusal asks for, and the request id.
+    let resp = reqwest::Client::new()
+        .get(format!("{}/health", server.base))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    let exposed = resp.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(
+        exposed.contains("retry-after") && exposed.contains("x-request-id"),
+        "{exposed}"
+    );
 
     let forged = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),

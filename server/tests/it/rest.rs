@@ -184,3 +184,115 @@ async fn client_messages_are_the_conversation_and_users_are_scoped() {
         "nothing was written for bob"
     );
 }
+
+/// What OpenAI clients send beyond the plain case: SillyTavern's system note after the last
+/// user message and blank history turns, an admin naming the user, a path that is not a
+/// route, and a body larger than axum's own default cap.
+#[tokio::test(flavor = "multi_thread")]
+async fn what_openai_clients_send() {
+    let store = Store::embedded();
+    let server = Server::start(&store, &[], &[]);
+    let http = reqwest::Client::new();
+    let alice = token("alice", false, 600);
+    let complete_as = |tok: &str, messages: Value| {
+        http.post(format!("{}/v1/chat/completions", server.base))
+            .bearer_auth(tok)
+            .json(&json!({ "messages": messages, "max_tokens": 4, "session": "st" }))
+            .send()
+    };
+    let complete = |messages: Value| complete_as(&alice, messages);
+    let resp = complete(json!([
+        { "role": "system", "content": "" },
+        { "role": "user", "content": "My name is Zorblax." },
+        { "role": "assistant", "content": null },
+        { "role": "user", "content": "What is my name?" },
+        { "role": "system", "content": "[Write the next reply only as Bob.]" },
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let answered: Value = resp.json().await.unwrap();
+    assert_eq!(answered["object"], "chat.completion");
+    // The system note went into the prompt: it is longer than without it (asked by a user
+    // with no memories, as the first was).
+    let without: Value = complete_as(
+        &token("carol", false, 600),
+        json!([
+        { "role": "user", "content": "My name is Zorblax." },
+        { "role": "user", "content": "What is my name?" },
+        ]),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert!(
+        answered["usage"]["prompt_tokens"].as_u64().unwrap()
+            > without["usage"]["prompt_tokens"].as_u64().unwrap(),
+        "{answered} {without}"
+    );
+    // The message answered (the last user message) is what was stored.
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        "{ messages(session: \"st\") { edges { node { role content } } } }",
+        json!({}),
+    )
+    .await;
+    let users: Vec<String> = data(&body)["messages"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["node"]["role"] == "USER")
+        .map(|m| m["node"]["content"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(users, ["What is my name?"]);
+    // A prefill (an assistant message last) and no user message at all are clear 400s.
+    for messages in [
+        json!([{ "role": "user", "content": "hi" }, { "role": "assistant", "content": "Hel" }]),
+        json!([{ "role": "system", "content": "You are Bob." }]),
+    ] {
+        let resp = complete(messages).await.unwrap();
+        assert_eq!(resp.status(), 400);
+        let err: Value = resp.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "BAD_INPUT", "{err}");
+    }
+
+    // A path under /v1 that is no route is an OpenAI-shaped 404, not the web app.
+    let resp = http
+        .get(format!("{}/v1/models/no-such-model", server.base))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "NOT_FOUND", "{err}");
+
+    // Where anonymous callers are let in, an admin may still name the user; a user may not.
+    let embed = |tok: String| {
+        http.post(format!("{}/v1/embeddings", server.base))
+            .bearer_auth(tok)
+            .json(&json!({ "input": "hello", "user": "bob" }))
+            .send()
+    };
+    assert_eq!(embed(token("root", true, 600)).await.unwrap().status(), 200);
+    assert_eq!(embed(alice.clone()).await.unwrap().status(), 403);
+
+    // A `max_body_bytes` above axum's default 2 MiB is the limit that holds.
+    let big_store = Store::embedded();
+    let big = Server::start(
+        &big_store,
+        &["--no-chat"],
+        &[("DEEP_RECALL__LIMITS__MAX_BODY_BYTES", "3145728")],
+    );
+    let padded = |bytes: usize| {
+        http.post(format!("{}/v1/embeddings", big.base))
+            .bearer_auth(&alice)
+            .json(&json!({ "input": "hello", "padding": "x".repeat(bytes) }))
+            .send()
+    };
+    assert_eq!(padded(2_600_000).await.unwrap().status(), 200);
+    assert_eq!(padded(3_200_000).await.unwrap().status(), 413);
+}
