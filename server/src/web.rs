@@ -22,7 +22,8 @@ pub fn mount<S: Clone + Send + Sync + 'static>(app: Router<S>, web: &WebSettings
     } else {
         tracing::warn!(
             dir = %web.dir.display(),
-            "the web UI is not built: `cd clients/web && npm ci && npm run build`"
+            "the web UI is not built: `(cd clients/typescript && npm ci && npm run build) && \
+             cd clients/web && npm ci && npm run build`"
         );
         app.fallback(not_built)
     }
@@ -48,7 +49,8 @@ const NOT_BUILT: &str = r#"<!doctype html>
 <p>The API is up: GraphQL at <a href="/graphql"><code>/graphql</code></a>, OpenAI-compatible REST under
 <code>/v1</code>, MCP at <code>/mcp</code>, <a href="/health"><code>/health</code></a>.</p>
 <p>The web chat UI is not built. Build it from a checkout and restart the server:</p>
-<pre>cd clients/web &amp;&amp; npm ci &amp;&amp; npm run build</pre>
+<pre>(cd clients/typescript &amp;&amp; npm ci &amp;&amp; npm run build)
+cd clients/web &amp;&amp; npm ci &amp;&amp; npm run build</pre>
 <p>The server serves it from <code>clients/web/dist</code> (relative to where it runs), or from the
 directory set as <code>web.dir</code> in the settings (<code>DEEP_RECALL__WEB__DIR</code>).</p>
 </body></html>

@@ -1,7 +1,15 @@
 import type { DeepRecall, User } from '@deep-recall/client';
 import { useCallback, useEffect, useMemo, useRef, useState } from 'react';
 
-import { type Auth, clientFor, describe, initialAuth, knownUsers, saveAuth } from './auth';
+import {
+  type Auth,
+  anonymousAs,
+  clientFor,
+  describe,
+  initialAuth,
+  knownUsers,
+  saveAuth,
+} from './auth';
 import { ChatView } from './Chat';
 import { MemoryBrowser } from './Memories';
 
@@ -177,14 +185,29 @@ function Shell({ auth, onChange }: { auth: Auth; onChange: (a: Auth | null) => v
 
 function UserSwitcher({ user, onSwitch }: { user: string; onSwitch: (user: string) => void }) {
   const [draft, setDraft] = useState(user);
+  const [error, setError] = useState<string | null>(null);
+  const [checking, setChecking] = useState(false);
   const users = knownUsers();
+  // A name is switched to (and saved) only once the server takes it: one it refuses would
+  // otherwise be where the page starts next time.
+  const submit = async (next: string) => {
+    setChecking(true);
+    setError(null);
+    try {
+      onSwitch((await anonymousAs(next)).user);
+    } catch (e) {
+      setError(`That user name was not accepted (${describe(e)}).`);
+    } finally {
+      setChecking(false);
+    }
+  };
   return (
     <form
       className="switcher"
       onSubmit={(e) => {
         e.preventDefault();
         const next = draft.trim();
-        if (next && next !== user) onSwitch(next);
+        if (next && next !== user) void submit(next);
       }}
     >
       <label htmlFor="user" className="muted">
@@ -195,7 +218,10 @@ function UserSwitcher({ user, onSwitch }: { user: string; onSwitch: (user: strin
         data-testid="user-input"
         list="known-users"
         value={draft}
-        onChange={(e) => setDraft(e.target.value)}
+        onChange={(e) => {
+          setDraft(e.target.value);
+          setError(null);
+        }}
         size={10}
       />
       <datalist id="known-users">
@@ -203,9 +229,14 @@ function UserSwitcher({ user, onSwitch }: { user: string; onSwitch: (user: strin
           <option key={u} value={u} />
         ))}
       </datalist>
-      <button type="submit" disabled={!draft.trim() || draft.trim() === user}>
+      <button type="submit" disabled={checking || !draft.trim() || draft.trim() === user}>
         Switch
       </button>
+      {error !== null && (
+        <p role="alert" className="error" data-testid="user-error">
+          {error}
+        </p>
+      )}
     </form>
   );
 }

@@ -73,6 +73,17 @@ export function MemoryBrowser({
     void load('');
   }, [load]);
 
+  const loadMore = async () => {
+    setBusy(true);
+    try {
+      await nextPage(false);
+    } catch (e) {
+      onError(describe(e));
+    } finally {
+      setBusy(false);
+    }
+  };
+
   const remove = async (id: string) => {
     try {
       await client.deleteMemory(id);
@@ -147,7 +158,7 @@ export function MemoryBrowser({
         </ul>
       )}
       {more && searched === null && (
-        <button type="button" onClick={() => void nextPage(false)} disabled={busy}>
+        <button type="button" onClick={() => void loadMore()} disabled={busy}>
           Load more
         </button>
       )}

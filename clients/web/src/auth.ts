@@ -47,20 +47,41 @@ export function knownUsers(): string[] {
 
 /**
  * How the page starts: the saved token when there is one; else anonymous access when the
- * server allows it (development mode); else `null`: the sign-in form.
+ * server allows it (development mode), as the saved user or, when the server refuses that
+ * name, the default one; else `null`: the sign-in form.
  */
 export async function initialAuth(): Promise<Auth | null> {
   const token = savedToken();
   if (token) return { kind: 'token', token };
-  const anonymous: Auth = { kind: 'anonymous', user: savedUser() };
-  const probe = clientFor(anonymous);
+  const saved = savedUser();
+  try {
+    return await anonymousAs(saved);
+  } catch (e) {
+    if (saved === DEFAULT_USER) return refused(e);
+  }
+  try {
+    return await anonymousAs(DEFAULT_USER);
+  } catch (e) {
+    return refused(e);
+  }
+}
+
+/** Anonymous access as `user`, once the server has taken that name (it throws if not). */
+export async function anonymousAs(user: string): Promise<Extract<Auth, { kind: 'anonymous' }>> {
+  const auth = { kind: 'anonymous', user } as const;
+  const probe = clientFor(auth);
   try {
     await probe.me();
-    return anonymous;
-  } catch (e) {
-    if (e instanceof DeepRecallError && e.code === 'UNAUTHENTICATED') return null;
-    throw e;
+  } finally {
+    void probe.close();
   }
+  return auth;
+}
+
+/** `null` (the sign-in form) when anonymous access is off; any other error is thrown. */
+function refused(e: unknown): null {
+  if (e instanceof DeepRecallError && e.code === 'UNAUTHENTICATED') return null;
+  throw e;
 }
 
 /** A message for an error, with its code. */

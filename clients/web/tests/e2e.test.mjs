@@ -164,6 +164,18 @@ describe('anonymous development mode', () => {
     await count(page.getByTestId('sessions').getByRole('listitem'), 2);
   });
 
+  test('a user name the server refuses is not switched to, and is not where the page starts', async () => {
+    await page.getByTestId('user-input').fill('x'.repeat(300));
+    await page.getByRole('button', { name: 'Switch' }).click();
+    const error = page.getByTestId('user-error');
+    await error.waitFor();
+    assert.match(await error.textContent(), /not accepted \(UNAUTHENTICATED/);
+    await page.reload();
+    await page.getByTestId('message').waitFor();
+    assert.equal(await page.getByTestId('user-input').inputValue(), 'alice');
+    await count(page.getByTestId('sessions').getByRole('listitem'), 2);
+  });
+
   test('a stopped answer ends at once; "forget me" asks first, then empties everything', async () => {
     await page.getByTestId('message').fill('Tell me a very long story about the sea.');
     await page.getByTestId('message').press('Enter');
