@@ -6,7 +6,7 @@
 //! session comes from the `X-Session-Id` header or a `session` field (default `default`).
 //! The client's `messages` are the conversation: the last user message is answered and stored
 //! with the answer; the others are used as the history as they are (blank ones left out;
-//! system messages after the answered one go just before it).
+//! system messages, wherever they are, make the system prompt).
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -254,9 +254,9 @@ fn chat_request(
         roles.push(role(&m.role)?);
     }
     // The message answered is the last user message. System messages after it (a client's
-    // post-history instructions or a nudge to write as one character) stay in the prompt,
-    // just before it: the prompt ends with the message being answered. An assistant message
-    // after it (a prefill to continue) cannot be honoured.
+    // post-history instructions or a nudge to write as one character) join the system prompt,
+    // as every system message of the conversation does. An assistant message after it (a
+    // prefill to continue) cannot be honoured: the answer is a new message.
     let at = roles
         .iter()
         .rposition(|r| *r == Role::User)
