@@ -11,9 +11,12 @@
 use std::collections::HashSet;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::limits::Limits;
 use crate::types::{Message, Retrieved, Role, Summary};
 
 /// Counts tokens the way the chat model does.
@@ -29,6 +32,52 @@ impl TokenCounter for tokenizers::Tokenizer {
             // A text the tokenizer cannot encode is counted by its bytes: an over-estimate.
             .unwrap_or(text.len())
     }
+}
+
+/// Token estimate for models whose tokenizer is not at hand (remote providers, a model in
+/// the page): one token per four bytes of text, rounded up, which over-counts English slightly
+/// and so keeps prompts inside the window.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApproxCounter;
+
+impl TokenCounter for ApproxCounter {
+    fn count(&self, text: &str) -> usize {
+        text.len().div_ceil(4)
+    }
+}
+
+/// The conversation as a caller holds it (an OpenAI-style client sends it with every request),
+/// oldest first, made ready for [`assemble`]: its system turns joined into one system prompt,
+/// the others as history messages that were never stored (ids below zero never match a stored
+/// message). Each turn's content is checked.
+pub fn conversation_history(
+    turns: &[ChatTurn],
+    session: &str,
+    limits: &Limits,
+    now: DateTime<Utc>,
+) -> Result<(Option<String>, Vec<Message>)> {
+    let mut history = Vec::with_capacity(turns.len());
+    let mut system_turns = Vec::new();
+    for (i, t) in turns.iter().enumerate() {
+        limits
+            .check_content(&t.content)
+            .map_err(|e| Error::invalid(format!("conversation message {}: {e}", i + 1)))?;
+        if t.role == Role::System {
+            system_turns.push(t.content.as_str());
+            continue;
+        }
+        history.push(Message {
+            id: -(i as i64) - 1,
+            session: session.to_owned(),
+            role: t.role,
+            content: t.content.clone(),
+            tags: Vec::new(),
+            metadata: Value::Null,
+            created_at: now,
+        });
+    }
+    let system = (!system_turns.is_empty()).then(|| system_turns.join("\n\n"));
+    Ok((system, history))
 }
 
 /// Token budget and how it is shared.

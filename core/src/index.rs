@@ -6,7 +6,8 @@
 //! one is kept, out of searches unless asked for as of a time or with its history), and an
 //! expired one is never found. A search's [`crate::types::Filter`] is the stores' rule
 //! ([`crate::types::Filter::matches`]). It can be saved as bytes and loaded again (a page
-//! keeps it in IndexedDB).
+//! keeps it in IndexedDB). [`MemoryIndex::build_prompt`] assembles the prompt for a reply from
+//! it as the engine does.
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
@@ -20,6 +21,9 @@ use crate::limits::{Limits, MAX_HISTORY};
 use crate::retrieval::{self, RetrieveOptions, SearchMode};
 use crate::text::Bm25Index;
 use crate::types::{Memory, MemoryKind, Retrieved, Role};
+
+mod prompt;
+pub use prompt::PromptOptions;
 
 /// The saved form's version (memories saved before sessions, tags, metadata, expiry and
 /// supersedes could be given read the same: they had none).

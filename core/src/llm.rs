@@ -63,17 +63,7 @@ pub trait ChatModel: Send + Sync {
     }
 }
 
-/// Token estimate for models whose tokenizer is not at hand (remote providers): one token per
-/// four bytes of text, rounded up, which over-counts English slightly and so keeps prompts
-/// inside the window.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ApproxCounter;
-
-impl TokenCounter for ApproxCounter {
-    fn count(&self, text: &str) -> usize {
-        text.len().div_ceil(4)
-    }
-}
+pub use crate::context::ApproxCounter;
 
 #[async_trait]
 impl ChatModel for ChatService {

@@ -24,7 +24,7 @@ fn ms(t: DateTime<Utc>) -> f64 {
 
 /// An options object from JavaScript (undefined or null: the defaults), read as JSON so that
 /// an unknown field or a wrong type is an `INVALID_INPUT` error, never ignored.
-fn options<T: DeserializeOwned + Default>(
+pub(crate) fn options<T: DeserializeOwned + Default>(
     what: &str,
     value: Option<JsValue>,
 ) -> Result<T, JsValue> {
@@ -39,7 +39,7 @@ fn options<T: DeserializeOwned + Default>(
 }
 
 /// JSON to a JavaScript value (objects, arrays, numbers, strings).
-fn to_value(v: &Value) -> Result<JsValue, JsValue> {
+pub(crate) fn to_value(v: &Value) -> Result<JsValue, JsValue> {
     js_sys::JSON::parse(&v.to_string())
 }
 
@@ -139,7 +139,7 @@ struct AddOptions {
 /// A search's filter, as the server's `filter` argument with times in milliseconds.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct FilterOptions {
+pub(crate) struct FilterOptions {
     session: Option<String>,
     #[serde(default)]
     tags: Vec<String>,
@@ -152,6 +152,22 @@ struct FilterOptions {
     metadata: Vec<MetadataCondition>,
 }
 
+impl FilterOptions {
+    /// The core's filter, times read from milliseconds.
+    pub(crate) fn into_filter(self) -> Result<Filter, JsValue> {
+        Ok(Filter {
+            session: self.session,
+            tags: self.tags,
+            since: self.since_ms.map(time).transpose()?,
+            until: self.until_ms.map(time).transpose()?,
+            as_of: self.as_of_ms.map(time).transpose()?,
+            include_superseded: self.include_superseded,
+            metadata: self.metadata,
+            ..Filter::default()
+        })
+    }
+}
+
 fn id_of(n: f64) -> Result<i64, JsValue> {
     if n.fract() != 0.0 || n.abs() > 9_007_199_254_740_991.0 {
         return Err(to_js(CoreError::invalid(format!(
@@ -162,7 +178,7 @@ fn id_of(n: f64) -> Result<i64, JsValue> {
 }
 
 /// A memory as JavaScript sees it (the `text` and `id` of a hit, and what it carries).
-fn memory_json(m: &Memory) -> Value {
+pub(crate) fn memory_json(m: &Memory) -> Value {
     json!({
         "id": m.id,
         "text": m.content,
@@ -182,6 +198,13 @@ fn memory_json(m: &Memory) -> Value {
 #[derive(Default)]
 pub struct MemoryIndex {
     inner: CoreIndex,
+}
+
+impl MemoryIndex {
+    /// The core's index.
+    pub(crate) fn core(&self) -> &CoreIndex {
+        &self.inner
+    }
 }
 
 #[wasm_bindgen]
@@ -237,16 +260,7 @@ impl MemoryIndex {
     ) -> Result<JsHits, JsValue> {
         let mode: SearchMode = mode.as_deref().unwrap_or("hybrid").parse().js()?;
         let f: FilterOptions = options("filter", filter.map(JsValue::from))?;
-        let filter = Filter {
-            session: f.session,
-            tags: f.tags,
-            since: f.since_ms.map(time).transpose()?,
-            until: f.until_ms.map(time).transpose()?,
-            as_of: f.as_of_ms.map(time).transpose()?,
-            include_superseded: f.include_superseded,
-            metadata: f.metadata,
-            ..Filter::default()
-        };
+        let filter = f.into_filter()?;
         let now = Utc::now();
         let hits = self
             .inner

@@ -14,7 +14,7 @@ const pkgRoot = path.resolve(here, '..')
 const models = process.env.DEEP_RECALL_MODELS_DIR || path.resolve(pkgRoot, '../../models')
 const pkg = path.join(pkgRoot, 'pkg/node/recall_wasm.js')
 assert.ok(existsSync(pkg), 'run `npm run build` first')
-const { Embedder, MemoryIndex } = createRequire(import.meta.url)(pkg)
+const { Embedder, MemoryIndex, PromptBuilder } = createRequire(import.meta.url)(pkg)
 
 const dir = path.join(models, 'all-MiniLM-L6-v2')
 const embedder = new Embedder(
@@ -147,4 +147,68 @@ test('memories supersede, expire and keep their history; saved and loaded with i
   assert.equal(back.remove('ana', 2), true)
   assert.equal(back.get('ana', 1).supersededBy, null)
   assert.deepEqual(ids(back, 'ana', q), [1, 4])
+})
+
+test('the prompt for a reply: the user\'s memories and the conversation, within the chat model\'s budget', () => {
+  const index = new MemoryIndex()
+  add(index, 'ana', 1, 'My cat is called Biscuit', now - 3 * day)
+  add(index, 'ana', 2, 'I work as a nurse in Porto', now - 2 * day)
+  add(index, 'ben', 3, 'My cat is called Shadow', now - day)
+  // Counted with a model's own tokenizer (a page passes its chat model's tokenizer.json; here
+  // the embedder's, the one at hand).
+  const tokenizer = readFileSync(path.join(dir, 'tokenizer.json'), 'utf8')
+  const prompts = new PromptBuilder(tokenizer)
+  const message = 'What is my cat called?'
+  const built = prompts.build(index, 'ana', message, embedder.embed(message), {
+    system: 'You are a kind assistant.',
+    conversation: [
+      { role: 'user', content: 'Hi!' },
+      { role: 'assistant', content: 'Hello! How can I help?' },
+    ],
+    topK: 2,
+    budget: { contextWindow: 2048, responseReserve: 256 },
+  })
+  assert.deepEqual(
+    built.messages.map((m) => m.role),
+    ['system', 'user', 'assistant', 'user'],
+  )
+  const system = built.messages[0].content
+  assert.ok(system.startsWith('You are a kind assistant.'), system)
+  assert.ok(system.includes('My cat is called Biscuit'), system)
+  assert.ok(!system.includes('Shadow'), `another user's memory: ${system}`)
+  assert.equal(built.messages[3].content, message)
+  assert.equal(built.memories[0].id, 1)
+  assert.ok(built.report.memories.included.includes(1))
+  assert.ok(built.report.used <= built.report.budget)
+  assert.equal(built.report.budget, 2048 - 256)
+  assert.equal(built.report.messageTokens, prompts.count(message))
+  // The tokenizer's count (what / is / my / cat / called / ?), or without one a token per
+  // four bytes.
+  assert.equal(prompts.count(message), 6)
+  assert.equal(new PromptBuilder().count('Biscuit is a cat'), 4)
+
+  // A small window keeps the message and drops what does not fit.
+  const tight = prompts.build(index, 'ana', message, embedder.embed(message), {
+    conversation: Array.from({ length: 30 }, (_, i) => ({
+      role: i % 2 ? 'assistant' : 'user',
+      content: `Turn ${i} of a long chat about nothing in particular at all.`,
+    })),
+    budget: { contextWindow: 200, responseReserve: 50 },
+  })
+  assert.ok(tight.report.used <= 150, JSON.stringify(tight.report))
+  assert.ok(tight.report.history.dropped.length > 0)
+  assert.equal(tight.messages.at(-1).content, message)
+
+  // Bad input is refused with a code.
+  for (const options of [
+    { conversation: [{ role: 'tool', content: 'x' }] },
+    { budget: { contextWindow: 100, responseReserve: 200 } },
+    { budget: { window: 100 } },
+    { topK: 2, extra: true },
+  ]) {
+    assert.throws(() => prompts.build(index, 'ana', message, embedder.embed(message), options), {
+      code: 'INVALID_INPUT',
+    }, JSON.stringify(options))
+  }
+  assert.throws(() => new PromptBuilder('not a tokenizer'), { code: 'INVALID_INPUT' })
 })

@@ -3,6 +3,9 @@
 import init, {
   Embedder,
   MemoryIndex,
+  PromptBuilder,
+  type Prompt,
+  type PromptOptions,
   type AddOptions,
   type IndexedMemory,
   type MemoryHit,
@@ -43,4 +46,26 @@ export async function remember(
     ...hits.map((h) => `${h.id} ${h.score.toFixed(3)} ${h.text} ${h.session ?? ''} ${h.tags.join(',')}`),
     `${chain.length} ${purged} ${superseded}`,
   ]
+}
+
+export function promptFor(
+  index: MemoryIndex,
+  embedder: Embedder,
+  chatTokenizer: string | undefined,
+  message: string,
+): { role: string; content: string }[] {
+  const prompts = new PromptBuilder(chatTokenizer)
+  const options: PromptOptions = {
+    system: 'You are a kind assistant.',
+    persona: 'You are Ada. You like plants.',
+    conversation: [{ role: 'user', content: 'Hi!' }],
+    topK: 5,
+    mode: 'hybrid',
+    filter: { tags: ['todo'] },
+    budget: { contextWindow: 4096, responseReserve: 512, memoryShare: 0.3 },
+  }
+  const prompt: Prompt = prompts.build(index, 'me', message, embedder.embed(message), options)
+  const fitted: number[] = prompt.report.memories.included
+  const tokens: number = prompts.count(message) + fitted.length
+  return [...prompt.messages, { role: 'note', content: `${tokens} ${prompt.memories.length}` }]
 }

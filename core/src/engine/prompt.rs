@@ -2,11 +2,11 @@
 //! within the chat model's token budget.
 use super::*;
 use crate::context::{
-    AssembledContext, ContextInput, PartReport, PersonaChunk, TokenCounter, assemble, fit_persona,
+    AssembledContext, ContextInput, PartReport, PersonaChunk, TokenCounter, assemble,
+    conversation_history, fit_persona,
 };
-use crate::error::Error;
 use crate::persona::{self, MAX_PERSONA_CHUNKS, PERSONA_CHUNK_KEY};
-use crate::types::{Message, Retrieved, Role, Summary};
+use crate::types::{Message, Retrieved, Summary};
 
 impl Engine {
     /// The session's summaries and its unsummarised messages: those after the session's
@@ -113,29 +113,10 @@ impl Engine {
                     .await?
             }
             Some(turns) => {
-                let mut history = Vec::with_capacity(turns.len());
-                let mut system_turns = Vec::new();
-                for (i, t) in turns.iter().enumerate() {
-                    limits.check_content(&t.content).map_err(|e| {
-                        Error::invalid(format!("conversation message {}: {e}", i + 1))
-                    })?;
-                    if t.role == Role::System {
-                        system_turns.push(t.content.as_str());
-                        continue;
-                    }
-                    history.push(Message {
-                        // Not stored: ids below zero never match a stored message.
-                        id: -(i as i64) - 1,
-                        session: session.to_owned(),
-                        role: t.role,
-                        content: t.content.clone(),
-                        tags: Vec::new(),
-                        metadata: Value::Null,
-                        created_at: Utc::now(),
-                    });
-                }
-                if system.is_none() && !system_turns.is_empty() {
-                    system = Some(system_turns.join("\n\n"));
+                let (system_turns, history) =
+                    conversation_history(turns, session, limits, Utc::now())?;
+                if system.is_none() {
+                    system = system_turns;
                 }
                 (Vec::new(), history)
             }
