@@ -14,7 +14,7 @@
 //! Rows keep their ids. A restore into a store whose rows would collide (other users' data)
 //! shifts each table's ids past the store's largest by one offset, so the order of rows, and
 //! every reference between them, is kept.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -482,6 +482,7 @@ pub fn verify(path: &Path, user: Option<&str>, key: Option<&DataKey>) -> Result<
             r.1 = r.1.max(id);
         }
     };
+    let mut section = Section::default();
     while let Some(record) = reader.next_checked()? {
         if let Some(u) = record_user(&record)
             && !matches!(record, Record::User(_))
@@ -491,6 +492,10 @@ pub fn verify(path: &Path, user: Option<&str>, key: Option<&DataKey>) -> Result<
                 "rows of user {u:?} outside that user's section"
             )));
         }
+        if matches!(record, Record::User(_) | Record::End { .. }) {
+            std::mem::take(&mut section).check(users.last())?;
+        }
+        section.read(&record);
         let selected = match (user, record_user(&record)) {
             (Some(want), Some(u)) => want == u,
             _ => true,
@@ -529,6 +534,7 @@ pub fn verify(path: &Path, user: Option<&str>, key: Option<&DataKey>) -> Result<
             Record::End { .. } => {}
         }
     }
+    section.check(users.last())?;
     let header = header.ok_or_else(|| corrupt("no header"))?;
     if let Some(want) = user
         && !users.iter().any(|u| u == want)
@@ -542,6 +548,102 @@ pub fn verify(path: &Path, user: Option<&str>, key: Option<&DataKey>) -> Result<
         records: reader.records,
         sha256: hex::encode(reader.hash.finalize()),
     })
+}
+
+/// One user's rows in a backup, and what they point at: a restore writes rows with the ids
+/// they have, so every reference must be to a row of the same user in the file (a session,
+/// message, summary or memory of another user would join the two users' data).
+#[derive(Default)]
+struct Section {
+    ids: HashMap<Table, HashSet<i64>>,
+    refs: Vec<(Table, i64, &'static str)>,
+}
+
+impl Section {
+    fn read(&mut self, record: &Record) {
+        let mut own = |t: Table, ids: &mut dyn Iterator<Item = i64>| {
+            self.ids.entry(t).or_default().extend(ids);
+        };
+        let mut refs = Vec::new();
+        match record {
+            Record::Sessions { rows, .. } => {
+                own(Table::Sessions, &mut rows.iter().map(|r| r.id));
+                for r in rows {
+                    refs.extend(
+                        r.summarized_through
+                            .map(|m| (Table::Messages, m, "summarized_through")),
+                    );
+                }
+            }
+            Record::Messages { rows, .. } => {
+                own(Table::Messages, &mut rows.iter().map(|r| r.id));
+                refs.extend(
+                    rows.iter()
+                        .map(|r| (Table::Sessions, r.session_id, "message session")),
+                );
+            }
+            Record::Summaries { rows, .. } => {
+                own(Table::Summaries, &mut rows.iter().map(|r| r.id));
+                for r in rows {
+                    refs.push((Table::Sessions, r.session_id, "summary session"));
+                    refs.extend(
+                        r.first_message_id
+                            .map(|m| (Table::Messages, m, "summary message")),
+                    );
+                    refs.extend(
+                        r.last_message_id
+                            .map(|m| (Table::Messages, m, "summary message")),
+                    );
+                }
+            }
+            Record::Memories { rows, .. } => {
+                own(Table::Memories, &mut rows.iter().map(|r| r.id));
+                for r in rows {
+                    refs.extend(r.session_id.map(|x| (Table::Sessions, x, "memory session")));
+                    refs.extend(r.message_id.map(|x| (Table::Messages, x, "memory message")));
+                    refs.extend(
+                        r.summary_id
+                            .map(|x| (Table::Summaries, x, "memory summary")),
+                    );
+                    for (x, what) in [
+                        (r.supersedes, "supersedes"),
+                        (r.superseded_by, "superseded_by"),
+                        (r.key_for, "key_for"),
+                    ] {
+                        refs.extend(x.map(|x| (Table::Memories, x, what)));
+                    }
+                }
+            }
+            Record::Embeddings { rows, .. } => {
+                refs.extend(
+                    rows.iter()
+                        .map(|r| (Table::Memories, r.memory_id, "embedding")),
+                );
+            }
+            Record::DeepMemoryPairs { rows, .. } => {
+                refs.extend(
+                    rows.iter()
+                        .map(|r| (Table::Memories, r.memory_id, "deep memory pair")),
+                );
+            }
+            _ => {}
+        }
+        self.refs.extend(refs);
+    }
+
+    /// Every reference of `user`'s section is to one of the section's own rows.
+    fn check(self, user: Option<&String>) -> Result<()> {
+        for (table, id, what) in &self.refs {
+            if !self.ids.get(table).is_some_and(|ids| ids.contains(id)) {
+                return Err(corrupt(format!(
+                    "user {:?}: the {what} {id} is not one of that user's {} rows",
+                    user.map(String::as_str).unwrap_or_default(),
+                    table.name()
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Opens a verified backup for reading its records (the header first).

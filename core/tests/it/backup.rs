@@ -456,6 +456,130 @@ async fn deletions_stay_embedded() {
     deletions_stay(Kind::Embedded).await;
 }
 
+/// The records of a backup file, changed by `edit`, written back as a well-formed file (its
+/// count and checksum made anew): what a hand-edited or forged file looks like.
+fn rewrite(from: &Path, to: &Path, edit: impl Fn(&mut Vec<recall_core::backup::Record>)) {
+    use recall_core::backup::Record;
+    use sha2::Digest;
+    use std::io::{BufRead, Write};
+    let text = std::io::BufReader::new(flate2::read::MultiGzDecoder::new(
+        std::fs::File::open(from).unwrap(),
+    ));
+    let mut records: Vec<Record> = text
+        .lines()
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .filter(|r| !matches!(r, Record::End { .. }))
+        .collect();
+    edit(&mut records);
+    let mut out =
+        flate2::write::GzEncoder::new(std::fs::File::create(to).unwrap(), Default::default());
+    let mut hash = sha2::Sha256::new();
+    for r in &records {
+        let line = serde_json::to_string(r).unwrap() + "\n";
+        hash.update(line.as_bytes());
+        out.write_all(line.as_bytes()).unwrap();
+    }
+    let end = Record::End {
+        records: records.len() as u64,
+        sha256: hex::encode(hash.finalize()),
+    };
+    out.write_all((serde_json::to_string(&end).unwrap() + "\n").as_bytes())
+        .unwrap();
+    out.finish().unwrap();
+}
+
+/// A file whose rows point at another user's rows (a session, a superseded memory, a memory
+/// an embedding or a key belongs to) is refused whole: restored as it is, it would join the
+/// two users' data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn references_across_users_are_refused() {
+    use recall_core::backup::Record;
+    let src = Place::new(Kind::Embedded).await;
+    populate(src.store.as_ref()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("all.backup");
+    backup_to(&src, &file, None).await;
+    let first_of = |records: &[Record], user: &str, table: &str| -> i64 {
+        records
+            .iter()
+            .find_map(|r| match (r, table) {
+                (Record::Sessions { user: u, rows }, "sessions") if u == user => Some(rows[0].id),
+                (Record::Memories { user: u, rows }, "memories") if u == user => Some(rows[0].id),
+                _ => None,
+            })
+            .unwrap()
+    };
+    // Unchanged, the rewritten file restores: the rewriting itself is sound.
+    let same = dir.path().join("same.backup");
+    rewrite(&file, &same, |_| {});
+    let dst = Place::new(Kind::Embedded).await;
+    restore(&dst, &same, None, false).await.unwrap();
+    dst.close().await;
+
+    type Edit = Box<dyn Fn(&mut Vec<Record>)>;
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "memory session",
+            Box::new(move |records: &mut Vec<Record>| {
+                let theirs = first_of(records, "bo", "sessions");
+                for r in records.iter_mut() {
+                    if let Record::Memories { user, rows } = r
+                        && user == "ana"
+                    {
+                        rows[0].session_id = Some(theirs);
+                    }
+                }
+            }),
+        ),
+        (
+            "supersedes",
+            Box::new(move |records: &mut Vec<Record>| {
+                let theirs = first_of(records, "bo", "memories");
+                for r in records.iter_mut() {
+                    if let Record::Memories { user, rows } = r
+                        && user == "ana"
+                    {
+                        rows[0].supersedes = Some(theirs);
+                    }
+                }
+            }),
+        ),
+        (
+            "embedding",
+            Box::new(move |records: &mut Vec<Record>| {
+                let theirs = first_of(records, "bo", "memories");
+                for r in records.iter_mut() {
+                    if let Record::Embeddings { user, rows } = r
+                        && user == "ana"
+                    {
+                        rows[0].memory_id = theirs;
+                    }
+                }
+            }),
+        ),
+    ];
+    for (what, edit) in cases {
+        let forged = dir.path().join("forged.backup");
+        rewrite(&file, &forged, edit);
+        let dst = Place::new(Kind::Embedded).await;
+        let e = restore(&dst, &forged, None, false).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{what}: {e}");
+        assert!(
+            e.to_string().contains("not one of that user's"),
+            "{what}: {e}"
+        );
+        assert!(e.to_string().contains(what), "{what}: {e}");
+        for u in ["ana", "bo"] {
+            assert!(
+                dst.store.get_user(u).await.unwrap().is_none(),
+                "{what}: nothing written"
+            );
+        }
+        dst.close().await;
+    }
+    src.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_backups_write_nothing() {
     let src = Place::new(Kind::Embedded).await;
