@@ -295,6 +295,33 @@ impl Engine {
         });
     }
 
+    /// [`Engine::changed`] for a change that must not wait for cached queries to age out
+    /// anywhere (a user's data deleted, a restore): when this engine runs no fan-out (a
+    /// command-line process beside the servers), the other replicas are told directly, before
+    /// this returns. A failure to tell them is logged; their entries still expire.
+    async fn changed_now(&self, user: &str) {
+        self.changed(user);
+        if self.events.fans_out() {
+            return;
+        }
+        let Some(fanout) = self.store.fanout() else {
+            return;
+        };
+        let message = crate::events::WireMessage {
+            origin: format!("once-{}", std::process::id()),
+            event: WireEvent::Invalidate {
+                user: user.to_owned(),
+            },
+        };
+        let sent = match serde_json::to_string(&message) {
+            Ok(payload) => fanout.notify(&payload).await,
+            Err(e) => Err(crate::error::Error::Internal(e.to_string())),
+        };
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "cannot tell the other replicas of a change");
+        }
+    }
+
     fn publish_memory(&self, event: MemoryEvent) {
         self.events.publish(Event::Memory(Box::new(event)));
     }

@@ -107,6 +107,11 @@ impl EventBus {
         }
     }
 
+    /// Whether a fan-out runs (events sent to the other replicas).
+    pub(crate) fn fans_out(&self) -> bool {
+        self.outbound.get().is_some()
+    }
+
     /// Sends every event published from now on to `out` too; false if a fan-out was set.
     pub(crate) fn set_outbound(&self, out: mpsc::UnboundedSender<WireEvent>) -> bool {
         self.outbound.set(out).is_ok()

@@ -43,10 +43,11 @@ impl Engine {
     }
 
     /// Deletes everything of the user (messages, memories and their vectors, summaries,
-    /// settings) and drops their cached queries; `actor` is written to the audit log.
+    /// settings) and drops their cached queries, on the other replicas too before it returns;
+    /// `actor` is written to the audit log.
     pub async fn delete_user(&self, user: &str, actor: &Actor) -> Result<DeletionReport> {
         let out = self.store.delete_user(user, actor).await;
-        self.changed(user);
+        self.changed_now(user).await;
         out
     }
 
@@ -104,7 +105,7 @@ impl Engine {
             .await?;
         for user in &plan.users {
             if options.user.as_ref().is_none_or(|u| u == user) {
-                self.changed(user);
+                self.changed_now(user).await;
             }
         }
         Ok(report)

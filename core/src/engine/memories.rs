@@ -408,7 +408,8 @@ impl Engine {
         Ok(memory)
     }
 
-    /// Deletes memories (and invalidates the user's cached queries).
+    /// Deletes memories (and invalidates the user's cached queries, on the other replicas too
+    /// before it returns).
     pub async fn delete_memories(&self, user: &str, ids: &[i64]) -> Result<u64> {
         self.store.limits().check_page_size(ids.len())?;
         // Which of them exist (and are the user's) decides which deletions are announced.
@@ -420,7 +421,7 @@ impl Engine {
         }
         self.drop_context_keys(user, &existing).await?;
         let out = self.store.delete_memories(user, ids).await;
-        self.changed(user);
+        self.changed_now(user).await;
         if out.is_ok() {
             for m in &existing {
                 self.published(user, MemoryAction::Deleted, m);

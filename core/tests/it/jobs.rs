@@ -7,8 +7,8 @@ use chrono::Utc;
 use recall_core::events::{Event, Received, Subscription};
 use recall_core::jobs::{Job, JobKind, JobStatus};
 use recall_core::runner::{JobRunner, JobRunnerConfig};
-use recall_core::types::Actor;
 use recall_core::types::PageRequest;
+use recall_core::types::{Actor, Filter};
 use recall_core::{Embedder, Engine, RetrieveOptions, StoreConfig};
 
 use crate::fixtures::{PgDb, cpu_embedder, fact, minilm_dir};
@@ -220,6 +220,69 @@ async fn replicas(pg: &PgDb) -> (Engine, Engine) {
         .await
         .unwrap();
     (Engine::new(a, embedder.clone()), Engine::new(b, embedder))
+}
+
+/// A process that runs no fan-out (the command line beside the servers) still drops the
+/// servers' cached queries of a user it deletes, before it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_without_a_fan_out_still_reaches_the_replicas() {
+    let pg = PgDb::create().await;
+    let (server, cli) = replicas(&pg).await;
+    let _fan = server
+        .start_fanout()
+        .await
+        .unwrap()
+        .expect("postgres fans out");
+    let options = RetrieveOptions {
+        now: Some(Utc::now()),
+        ..RetrieveOptions::default()
+    };
+    for (user, text) in [
+        ("alice", "Alice's locker code is 4721"),
+        ("bob", "Bob's locker code is 1234"),
+    ] {
+        server.add_memory(user, fact(text)).await.unwrap();
+        for _ in 0..2 {
+            let got = server
+                .retrieve(user, "what is the code?", &options)
+                .await
+                .unwrap();
+            assert_eq!(got.len(), 1);
+        }
+    }
+    let hits = server.cache_stats().hits;
+    assert!(hits >= 2, "the repeated retrievals were cached");
+
+    let page = PageRequest {
+        first: 1,
+        after: None,
+    };
+    let bobs = cli
+        .memories("bob", &Filter::default(), &page)
+        .await
+        .unwrap()
+        .items[0]
+        .id;
+    cli.delete_memories("bob", &[bobs]).await.unwrap();
+    cli.delete_user("alice", &Actor::cli()).await.unwrap();
+    // The notices travel through Postgres; the server hears them within moments.
+    let mut left = (1, 1);
+    for _ in 0..100 {
+        let alice = server
+            .retrieve("alice", "what is the code?", &options)
+            .await
+            .unwrap();
+        let bob = server
+            .retrieve("bob", "what is the code?", &options)
+            .await
+            .unwrap();
+        left = (alice.len(), bob.len());
+        if left == (0, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(left, (0, 0), "the server still answered from its cache");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
