@@ -216,42 +216,22 @@ async fn run_one(engine: &Engine, config: &JobRunnerConfig) -> Result<bool> {
     } else {
         // The job reports progress into a watch; it is written to the queue (renewing the
         // lease) and published at most every PROGRESS_EVERY.
-        let (progress, mut seen) = watch::channel((0.0f64, None::<String>));
-        // The latest message whose progress write failed, until one succeeds.
-        let mut unrecorded = None::<String>;
+        let (progress, seen) = watch::channel((0.0f64, None::<String>));
         let work = execute(engine, &job, &progress);
-        tokio::pin!(work);
-        let result = loop {
-            tokio::select! {
-                r = &mut work => break r,
-                _ = tokio::time::sleep(PROGRESS_EVERY) => {
-                    if seen.has_changed().unwrap_or(false) {
-                        let (share, message) = seen.borrow_and_update().clone();
-                        match queue
-                            .report_progress(job.id, &config.worker, share, message.clone(), config.lease)
-                            .await
-                        {
-                            Ok(Some(j)) => {
-                                unrecorded = None;
-                                engine.publish(Event::Job(Box::new(j)));
-                            }
-                            Ok(None) => {}
-                            Err(e) => {
-                                tracing::warn!(job = job.id, error = %e, "job progress not recorded");
-                                unrecorded = message.or(unrecorded);
-                            }
-                        }
-                    }
-                }
-            }
+        let renew = |share: f64, message: Option<String>| {
+            queue.report_progress(job.id, &config.worker, share, message, config.lease)
         };
-        // What the job said last and has not been recorded is written with its outcome (a
-        // job quicker than PROGRESS_EVERY too, or one whose last progress write failed).
-        last_word = if seen.has_changed().unwrap_or(false) {
-            seen.borrow_and_update().1.clone().or(unrecorded)
-        } else {
-            unrecorded
+        let Some((result, last)) = keep_lease(work, seen, renew, config.lease, |j| {
+            engine.publish(Event::Job(Box::new(j)))
+        })
+        .await
+        else {
+            // Another runner holds the job now (this one was too slow to renew), or it is
+            // gone: this run's work was dropped, and its end is not this runner's to record.
+            tracing::warn!(job = job.id, "job lease lost; its work here was stopped");
+            return Ok(true);
         };
+        last_word = last;
         match result {
             Ok(result) => JobOutcome::Succeeded(result),
             Err(e) if e.kind() == ErrorKind::Internal && job.attempts < config.max_attempts => {
@@ -273,6 +253,69 @@ async fn run_one(engine: &Engine, config: &JobRunnerConfig) -> Result<bool> {
 
 /// How often a running job's progress is recorded.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// Runs `work` while holding its lease: what it reports into `seen` is written with `renew`
+/// (which renews the lease) at most every [`PROGRESS_EVERY`] when it changed, and the lease is
+/// renewed at least every third of `lease` when it did not (a job may work a long time
+/// without a word: a reindex, one large user's backup), so that no other runner takes it
+/// while it runs. Each recorded state goes to `published`. Returns the work's result with the
+/// last message not yet recorded; `None` when a renewal found the lease lost (the job was
+/// taken by another runner or is gone): the work is dropped.
+async fn keep_lease<W, R, F>(
+    work: W,
+    mut seen: watch::Receiver<(f64, Option<String>)>,
+    renew: R,
+    lease: Duration,
+    published: impl Fn(Job),
+) -> Option<(Result<Value>, Option<String>)>
+where
+    W: std::future::Future<Output = Result<Value>>,
+    R: Fn(f64, Option<String>) -> F,
+    F: std::future::Future<Output = Result<Option<Job>>>,
+{
+    tokio::pin!(work);
+    let renew_every = (lease / 3).max(PROGRESS_EVERY);
+    let mut renewed = tokio::time::Instant::now();
+    // The latest message whose progress write failed, until one succeeds.
+    let mut unrecorded = None::<String>;
+    let result = loop {
+        tokio::select! {
+            r = &mut work => break r,
+            _ = tokio::time::sleep(PROGRESS_EVERY) => {
+                let changed = seen.has_changed().unwrap_or(false);
+                if !changed && renewed.elapsed() < renew_every {
+                    continue;
+                }
+                // A renewal without news writes the same state again.
+                let (share, message) = seen.borrow_and_update().clone();
+                match renew(share, message.clone()).await {
+                    Ok(Some(j)) => {
+                        renewed = tokio::time::Instant::now();
+                        unrecorded = None;
+                        if changed {
+                            published(j);
+                        }
+                    }
+                    Ok(None) => return None,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "job progress not recorded");
+                        if changed {
+                            unrecorded = message.or(unrecorded);
+                        }
+                    }
+                }
+            }
+        }
+    };
+    // What the job said last and has not been recorded is written with its outcome (a job
+    // quicker than PROGRESS_EVERY too, or one whose last progress write failed).
+    let last = if seen.has_changed().unwrap_or(false) {
+        seen.borrow_and_update().1.clone().or(unrecorded)
+    } else {
+        unrecorded
+    };
+    Some((result, last))
+}
 
 type Progress = watch::Sender<(f64, Option<String>)>;
 
@@ -468,5 +511,85 @@ async fn execute(engine: &Engine, job: &Job, progress: &Progress) -> Result<Valu
             let report = engine.delete_user(&job.user, &actor).await?;
             serde_json::to_value(report).map_err(|e| Error::Internal(e.to_string()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use chrono::Utc;
+    use serde_json::json;
+
+    use super::*;
+    use crate::jobs::JobStatus;
+
+    fn job(progress: f64, message: Option<String>) -> Job {
+        Job {
+            id: 1,
+            user: "u".into(),
+            kind: JobKind::Optimize,
+            status: JobStatus::Running,
+            progress,
+            message,
+            params: Value::Null,
+            result: None,
+            error: None,
+            attempts: 1,
+            run_at: Utc::now(),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    /// A job that says nothing for longer than its lease keeps the lease: it is renewed every
+    /// third of it, writing the same state again; what it said is published once.
+    #[tokio::test]
+    async fn a_silent_job_keeps_its_lease() {
+        let (tx, seen) = watch::channel((0.0, None::<String>));
+        let writes = Mutex::new(Vec::new());
+        let published = Mutex::new(0);
+        let work = async {
+            tx.send((0.5, Some("half".into()))).unwrap();
+            tokio::time::sleep(Duration::from_millis(1600)).await;
+            Ok(json!("done"))
+        };
+        let renew = |share: f64, message: Option<String>| {
+            writes.lock().unwrap().push((share, message.clone()));
+            std::future::ready(Ok(Some(job(share, message))))
+        };
+        let out = keep_lease(work, seen, renew, Duration::from_millis(900), |_| {
+            *published.lock().unwrap() += 1
+        })
+        .await;
+        let (result, last) = out.expect("the lease held");
+        assert_eq!(result.unwrap(), json!("done"));
+        assert_eq!(last, None, "everything said was recorded");
+        let writes = writes.into_inner().unwrap();
+        // The news once, then renewals (every 300 ms at the next tick) of the same state
+        // over the lease's worth of silence and more.
+        assert!(writes.len() >= 3, "{writes:?}");
+        assert!(
+            writes.iter().all(|w| *w == (0.5, Some("half".into()))),
+            "{writes:?}"
+        );
+        assert_eq!(*published.lock().unwrap(), 1);
+    }
+
+    /// When a renewal finds the lease gone (another runner took the job), the work stops.
+    #[tokio::test]
+    async fn a_lost_lease_stops_the_work() {
+        let (_tx, seen) = watch::channel((0.0, None::<String>));
+        let started = tokio::time::Instant::now();
+        let work = async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok(json!("too late"))
+        };
+        let renew = |_: f64, _: Option<String>| std::future::ready(Ok(None));
+        let out = keep_lease(work, seen, renew, Duration::from_millis(600), |_| {}).await;
+        assert!(out.is_none());
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }
