@@ -136,6 +136,14 @@ impl QueryCache {
         self.generations.insert(user.to_owned(), next);
     }
 
+    /// Makes every cached result stale (when writes made elsewhere may have gone unheard).
+    pub fn invalidate_all(&self) {
+        // Forgotten generations are made anew from the counter, so no old entry is reached
+        // even before the entries go.
+        self.generations.invalidate_all();
+        self.entries.invalidate_all();
+    }
+
     /// Counters.
     pub fn stats(&self) -> CacheStats {
         self.entries.run_pending_tasks();
@@ -171,6 +179,18 @@ mod tests {
         assert!(c.get("b", "q").is_some());
         let stats = c.stats();
         assert_eq!((stats.hits, stats.misses), (2, 2));
+    }
+
+    #[test]
+    fn invalidating_all_makes_every_users_results_stale() {
+        let c = cache(10, 60_000);
+        let g = c.generation("b");
+        c.put("a", "q", c.generation("a"), vec![]);
+        c.invalidate_all();
+        assert!(c.get("a", "q").is_none());
+        // A result computed before it is not stored after it.
+        c.put("b", "q", g, vec![]);
+        assert!(c.get("b", "q").is_none());
     }
 
     #[test]

@@ -73,7 +73,11 @@ impl Engine {
                         tracing::warn!(error = %e, "fan-out: listener lost; reconnecting");
                         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                         match fanout.listen().await {
-                            Ok(l) => listener = l,
+                            Ok(l) => {
+                                listener = l;
+                                // Other replicas' writes while it was down went unheard.
+                                engine.cache.invalidate_all();
+                            }
                             Err(e) => tracing::warn!(error = %e, "fan-out: cannot listen"),
                         }
                     }
