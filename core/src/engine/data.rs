@@ -46,8 +46,33 @@ impl Engine {
     /// settings) and drops their cached queries, on the other replicas too before it returns;
     /// `actor` is written to the audit log.
     pub async fn delete_user(&self, user: &str, actor: &Actor) -> Result<DeletionReport> {
+        // Queued jobs go with the data (the store deletes them); those following one hear it
+        // end, cancelled.
+        let first = self.store.limits().max_page_size;
+        let queued: Vec<crate::jobs::Job> = match self
+            .jobs
+            .list_jobs(user, &PageRequest { first, after: None })
+            .await
+        {
+            Ok(page) => page
+                .items
+                .into_iter()
+                .filter(|j| j.status == crate::jobs::JobStatus::Queued)
+                .collect(),
+            Err(_) => Vec::new(),
+        };
         let out = self.store.delete_user(user, actor).await;
         self.changed_now(user).await;
+        if out.is_ok() {
+            let now = Utc::now();
+            for mut job in queued {
+                job.status = crate::jobs::JobStatus::Cancelled;
+                job.message = Some("the user's data was deleted".into());
+                job.updated_at = now;
+                job.finished_at = Some(now);
+                self.publish(Event::Job(Box::new(job)));
+            }
+        }
         out
     }
 

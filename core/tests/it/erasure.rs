@@ -92,3 +92,38 @@ async fn an_answer_finished_after_deletion_is_not_stored() {
     assert!(engine.user("alice").await.unwrap().is_none());
     assert_eq!(engine.count_memories("alice").await.unwrap(), 0);
 }
+
+/// A job queued for the user goes with their data, and whoever follows it hears it end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_job_ends_cancelled_when_the_data_goes() {
+    use recall_core::events::{Event, Received};
+    use recall_core::jobs::JobStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store::open(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    let engine = Engine::new(store, cpu_embedder(&minilm_dir()));
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    let job = engine
+        .schedule_delete_user("alice", later, &Actor::user("alice"))
+        .await
+        .unwrap();
+    let mut events = engine.events().subscribe("alice");
+    engine
+        .delete_user("alice", &Actor::user("alice"))
+        .await
+        .unwrap();
+    let ended = loop {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), events.next())
+            .await
+            .expect("an event");
+        if let Some(Received::Event(e)) = next
+            && let Event::Job(j) = *e
+            && j.id == job.id
+        {
+            break j;
+        }
+    };
+    assert_eq!(ended.status, JobStatus::Cancelled);
+    assert!(engine.job("alice", job.id).await.unwrap().is_none());
+}
