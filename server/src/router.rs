@@ -282,6 +282,7 @@ async fn graphql_get(State(server): State<Server>, req: Request) -> Response {
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |socket| async move {
+            let _open = OpenSocket::new(state.clone());
             let init_state = state.clone();
             // The socket's writes go through a bounded queue to a writer task that gives up
             // on a client that does not read (WS_WRITE_TIMEOUT): the connection ends, and its
@@ -339,6 +340,26 @@ async fn graphql_get(State(server): State<Server>, req: Request) -> Response {
             let _ = writer.await;
         })
 }
+
+/// Counts an open WebSocket connection in [`AppState::websockets`] while it lives.
+struct OpenSocket(Arc<AppState>);
+
+impl OpenSocket {
+    fn new(state: Arc<AppState>) -> Self {
+        state.websockets.fetch_add(1, Ordering::SeqCst);
+        Self(state)
+    }
+}
+
+impl Drop for OpenSocket {
+    fn drop(&mut self) {
+        self.0.websockets.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How long a stopping server waits for its WebSocket connections: their streams get 30 s to
+/// finish (see the handler), then a moment to flush.
+const WEBSOCKETS_CLOSE: Duration = Duration::from_secs(32);
 
 /// Messages queued for a WebSocket before its handler waits for the writer.
 const WS_QUEUE: usize = 64;
@@ -499,5 +520,12 @@ where
         tracing::info!("shutting down: finishing streams under way");
         on_shutdown.begin_shutdown();
     })
-    .await
+    .await?;
+    // Upgraded connections are not waited for by the above: their streams (chat answers
+    // being written and stored) are given their time here.
+    let deadline = Instant::now() + WEBSOCKETS_CLOSE;
+    while state.websockets.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }

@@ -1,7 +1,7 @@
 //! What every front door shares: the settings, the engine and chat pipeline, authentication,
 //! rate limits and metrics, and shutdown.
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::http::HeaderMap;
@@ -39,6 +39,9 @@ pub struct AppState {
     pub shutdown: Notify,
     /// Numbers request ids that clients did not send.
     pub next_request: AtomicU64,
+    /// WebSocket connections open (the server waits for them when it stops, as their streams
+    /// finish: the HTTP server's own graceful shutdown does not wait for upgraded ones).
+    pub websockets: AtomicUsize,
     /// The proxies whose `X-Forwarded-For` is believed.
     pub proxies: crate::proxy::TrustedProxies,
 }
@@ -64,6 +67,7 @@ impl AppState {
             shutting_down: AtomicBool::new(false),
             shutdown: Notify::new(),
             next_request: AtomicU64::new(1),
+            websockets: AtomicUsize::new(0),
             settings,
         })
     }

@@ -130,6 +130,13 @@ impl Server {
         status
     }
 
+    /// Waits for the process to end by itself (after a signal, say).
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        let status = self.child.wait().unwrap();
+        std::mem::forget(self);
+        status
+    }
+
     pub fn ws_url(&self) -> String {
         format!("{}/graphql", self.base.replacen("http", "ws", 1))
     }

@@ -4,7 +4,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use super::fixtures::{Server, Store, add, data, gql, metrics, sample, token};
+use super::fixtures::{CHAT_SUB, Server, Store, Ws, add, data, gql, metrics, sample, token};
 
 const SEARCH: &str =
     "query($q: String!) { search(query: $q, topK: 5) { score memory { content } } }";
@@ -131,6 +131,55 @@ async fn graceful_shutdown_ends_cleanly() {
     let server = Server::start(&store, &["--no-chat"], &[]);
     let (_, body) = gql(&server, Some(&alice), "{ me { memoryCount } }", json!({})).await;
     assert_eq!(data(&body)["me"]["memoryCount"], 1);
+}
+
+/// A server told to stop lets a chat answer under way over a WebSocket finish and be stored
+/// (the HTTP server's own graceful shutdown does not wait for upgraded connections).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chat_under_way_finishes_when_the_server_stops() {
+    let store = Store::embedded();
+    let server = Server::start(&store, &[], &[]);
+    let alice = token("alice", false, 600);
+    let mut ws = Ws::as_user(&server, &alice).await;
+    let input = json!({
+        "session": "sea",
+        "message": "Tell me a long story about the sea.",
+        "maxTokens": 48,
+    });
+    ws.subscribe("c", CHAT_SUB, json!({ "i": input })).await;
+    let first = ws.next().await.unwrap();
+    assert_eq!(first["type"], "next", "{first}");
+    server.signal("TERM");
+    let mut done = first["payload"]["data"]["chat"]["done"] == true;
+    let mut text = String::new();
+    while !done {
+        let m = ws.next().await.unwrap();
+        assert_eq!(m["type"], "next", "the stream ended early: {m}");
+        let e = &m["payload"]["data"]["chat"];
+        done = e["done"] == true;
+        if done {
+            text = e["result"]["text"].as_str().unwrap().to_owned();
+        }
+    }
+    assert!(!text.is_empty());
+    let status = server.wait();
+    assert!(status.success(), "{status:?}");
+    // The answer was stored before the server went.
+    let server = Server::start(&store, &["--no-chat"], &[]);
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        "{ messages(session: \"sea\") { edges { node { role content } } } }",
+        json!({}),
+    )
+    .await;
+    let roles: Vec<&str> = data(&body)["messages"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["node"]["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["USER", "ASSISTANT"], "{body}");
 }
 
 #[test]
