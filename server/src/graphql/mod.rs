@@ -15,9 +15,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest,
+    Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest, NextRequest, NextSubscribe,
 };
-use async_graphql::{Context, Request, Schema, ServerResult};
+use async_graphql::futures_util::stream::{BoxStream, StreamExt};
+use async_graphql::{Context, Request, Response, Schema, ServerResult};
 
 use crate::auth::Principal;
 use crate::state::AppState;
@@ -29,6 +30,16 @@ pub use subscription::Subscription;
 
 /// The schema type.
 pub type AppSchema = Schema<Query, Mutation, Subscription>;
+
+// What a field that does real work counts against `limits.max_query_complexity` (1000 by
+// default), beside one per field selected: a request may not hide a hundred searches in
+// aliases behind one rate-limit token.
+/// A search (an embedding and a retrieval), or a subscription to the caller's events.
+pub const SEARCH_COST: usize = 100;
+/// A chat answer (retrieval, prompt and generation).
+pub const CHAT_COST: usize = 250;
+/// An export of everything the caller stored.
+pub const EXPORT_COST: usize = 250;
 
 /// Builds the schema with the server state attached and the configured depth and complexity
 /// limits.
@@ -42,6 +53,7 @@ pub fn build_schema(state: Arc<AppState>) -> AppSchema {
     .limit_depth(limits.max_query_depth)
     .limit_complexity(limits.max_query_complexity)
     .extension(WsRateLimit)
+    .extension(CodedErrors)
     .data(state.clone())
     .finish()
 }
@@ -52,6 +64,43 @@ pub fn build_schema(state: Arc<AppState>) -> AppSchema {
 pub struct OverWebSocket {
     /// The client's address.
     pub ip: Option<IpAddr>,
+}
+
+/// Gives every error a stable `extensions.code`: errors the resolvers raise carry theirs;
+/// those async-graphql raises before any resolver runs (syntax, unknown fields, wrong types,
+/// depth and complexity limits) are the request's fault, `BAD_INPUT`.
+struct CodedErrors;
+
+impl ExtensionFactory for CodedErrors {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(CodedErrors)
+    }
+}
+
+fn coded(mut response: Response) -> Response {
+    for e in &mut response.errors {
+        let ext = e.extensions.get_or_insert_with(Default::default);
+        if ext.get("code").is_none() {
+            ext.set("code", Code::BadInput.as_str());
+        }
+    }
+    response
+}
+
+#[async_graphql::async_trait::async_trait]
+impl Extension for CodedErrors {
+    async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
+        coded(next.run(ctx).await)
+    }
+
+    fn subscribe<'s>(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        stream: BoxStream<'s, Response>,
+        next: NextSubscribe<'_>,
+    ) -> BoxStream<'s, Response> {
+        next.run(ctx, stream).map(coded).boxed()
+    }
 }
 
 struct WsRateLimit;

@@ -192,6 +192,7 @@ impl DataMutation {
     }
 
     /// Everything stored about the caller, as JSON; audited.
+    #[graphql(complexity = "super::EXPORT_COST")]
     async fn export_my_data(&self, ctx: &Context<'_>) -> GqlResult<Json<serde_json::Value>> {
         let (state, p) = caller(ctx)?;
         let export = state
@@ -301,6 +302,7 @@ pub struct ChatMutation;
 impl ChatMutation {
     /// Answers a message with the user's memory, all at once (see the `chat` subscription for
     /// the streamed form).
+    #[graphql(complexity = "super::CHAT_COST + child_complexity")]
     async fn chat(&self, ctx: &Context<'_>, input: ChatInput) -> GqlResult<ChatResult> {
         let (state, p) = caller(ctx)?;
         let request = chat_request(state, input)?;

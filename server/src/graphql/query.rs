@@ -187,6 +187,7 @@ pub struct SearchQuery;
 #[Object]
 impl SearchQuery {
     /// The caller's memories that matter for `query`, best first.
+    #[graphql(complexity = "super::SEARCH_COST + child_complexity")]
     async fn search(
         &self,
         ctx: &Context<'_>,

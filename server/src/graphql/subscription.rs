@@ -23,6 +23,7 @@ pub struct ChatSubscription;
 impl ChatSubscription {
     /// Answers a message with the user's memory: events with `delta`s in order, then one
     /// with `done: true` and the whole `result`. Closing the subscription stops generation.
+    #[graphql(complexity = "super::CHAT_COST + child_complexity")]
     async fn chat(
         &self,
         ctx: &Context<'_>,
@@ -80,22 +81,32 @@ pub struct MemorySubscription;
 
 #[SubscriptionDerive]
 impl MemorySubscription {
-    /// Changes to the caller's memories (added, updated, deleted) from now on.
+    /// Changes to the caller's memories (added, updated, deleted) from now on. A subscriber
+    /// that falls too far behind (events came faster than it read them, and were dropped) gets
+    /// an `UNAVAILABLE` error and the stream ends: it subscribes again and reads afresh, rather
+    /// than miss changes without knowing.
+    #[graphql(complexity = "super::SEARCH_COST + child_complexity")]
     async fn memory_events(
         &self,
         ctx: &Context<'_>,
-    ) -> async_graphql::Result<impl Stream<Item = MemoryEvent> + use<>> {
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<MemoryEvent>> + use<>> {
         let (state, p) = caller(ctx)?;
         let sub = state.engine.events().subscribe(&p.user);
-        Ok(futures::stream::unfold(sub, |mut sub| async move {
+        Ok(futures::stream::unfold(Some(sub), |sub| async move {
+            let mut sub = sub?;
             loop {
                 match sub.next().await? {
                     Received::Event(e) => match *e {
-                        Event::Memory(e) => return Some((MemoryEvent::from(*e), sub)),
+                        Event::Memory(e) => return Some((Ok(MemoryEvent::from(*e)), Some(sub))),
                         Event::Job(_) => continue,
                     },
                     Received::Lagged(n) => {
                         tracing::warn!(skipped = n, "memory event subscriber fell behind");
+                        let e = super::error::error(
+                            super::error::Code::Unavailable,
+                            format!("{n} events were missed: subscribe again and read afresh"),
+                        );
+                        return Some((Err(e), None));
                     }
                 }
             }

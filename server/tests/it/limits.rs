@@ -161,3 +161,56 @@ async fn per_ip_limits_behind_a_trusted_proxy() {
         "one bucket for 127.0.0.1"
     );
 }
+
+/// A request the schema refuses (syntax, a wrong type, too complex however aliased) carries
+/// `extensions.code` BAD_INPUT, over HTTP and over a WebSocket; searches hidden in aliases
+/// count as the work they are.
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_requests_carry_a_code() {
+    let store = Store::embedded();
+    let server = Server::start(&store, &["--no-chat"], &[]);
+    let alice = token("alice", false, 600);
+    let searches: String = (0..12)
+        .map(|i| format!("s{i}: search(query: \"q{i}\", topK: 1) {{ score }} "))
+        .collect();
+    for (query, says) in [
+        (format!("{{ {searches} }}"), "complex"),
+        ("{ search(query: 1) { score } }".to_owned(), "String"),
+        ("{ me {".to_owned(), ""),
+        ("{ me { nosuchfield } }".to_owned(), "nosuchfield"),
+    ] {
+        let (_, body) = gql(&server, Some(&alice), &query, json!({})).await;
+        assert_eq!(code(&body), "BAD_INPUT", "{query}: {body}");
+        assert!(
+            body["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains(says),
+            "{body}"
+        );
+    }
+    // A few searches in one request are fine.
+    let three: String = (0..3)
+        .map(|i| {
+            format!("s{i}: search(query: \"q{i}\", topK: 5) {{ score memory {{ content }} }} ")
+        })
+        .collect();
+    let (status, body) = gql(&server, Some(&alice), &format!("{{ {three} }}"), json!({})).await;
+    assert_eq!(status, 200);
+    assert!(body["errors"].is_null(), "{body}");
+
+    let mut ws = Ws::as_user(&server, &alice).await;
+    ws.subscribe(
+        "x",
+        "subscription { memoryEvents { nosuchfield } }",
+        json!({}),
+    )
+    .await;
+    let m = ws.next().await.unwrap();
+    // async-graphql sends a refused subscription as a result with errors.
+    let errors = match m["type"].as_str() {
+        Some("error") => &m["payload"],
+        _ => &m["payload"]["errors"],
+    };
+    assert_eq!(errors[0]["extensions"]["code"], "BAD_INPUT", "{m}");
+}
