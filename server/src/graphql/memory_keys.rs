@@ -28,7 +28,8 @@ impl From<KeyStatus> for MemoryKeysStatus {
 /// How a key job runs; absent fields take the server's defaults.
 #[derive(InputObject, Debug, Clone, Default)]
 pub struct MemoryKeysWriteInput {
-    /// Keys written in this run at most.
+    /// Keys written in this run at most: 1 to the server's `memory_keys.max_keys_per_run`
+    /// (its default; more is BAD_INPUT).
     pub max_keys: Option<u32>,
     /// Pause after each group of memories, in milliseconds (a rate limit).
     pub pause_ms: Option<u32>,
@@ -96,10 +97,21 @@ impl MemoryKeysMutation {
             ));
         }
         let base = state.settings.memory_keys.options(chat);
+        let max_keys = match input.max_keys.map(|v| v as usize) {
+            None => base.max_keys,
+            Some(v) if (1..=base.max_keys).contains(&v) => v,
+            Some(v) => {
+                return Err(error(
+                    Code::BadInput,
+                    format!(
+                        "maxKeys {v}: 1 to {} on this server (memory_keys.max_keys_per_run)",
+                        base.max_keys
+                    ),
+                ));
+            }
+        };
         let options = KeyOptions {
-            max_keys: input
-                .max_keys
-                .map_or(base.max_keys, |v| (v as usize).min(base.max_keys)),
+            max_keys,
             pause_ms: input.pause_ms.map_or(base.pause_ms, u64::from),
             facts: input.facts.unwrap_or(base.facts),
             sessions: input.sessions.unwrap_or(base.sessions),
