@@ -144,15 +144,21 @@ impl BackupSettings {
         let t = text.trim();
         let unit = t.chars().last().ok_or_else(bad)?;
         let n: u64 = t[..t.len() - unit.len_utf8()].parse().map_err(|_| bad())?;
-        let secs = match unit {
-            's' => n,
-            'm' => n * 60,
-            'h' => n * 3600,
-            'd' => n * 86_400,
+        let per = match unit {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
             _ => return Err(bad()),
         };
+        let secs = n.checked_mul(per).ok_or_else(bad)?;
         if secs == 0 {
             return Err(bad());
+        }
+        if secs > MAX_PERIOD_SECS {
+            return Err(Error::invalid(format!(
+                "backup.every: {text:?} is longer than a year"
+            )));
         }
         Ok(Some(std::time::Duration::from_secs(secs)))
     }
@@ -853,6 +859,31 @@ impl Settings {
         if let Err(Error::InvalidInput { message }) = self.memory_keys.options(true).validate() {
             return Err(Error::invalid(format!("memory_keys: {message}")));
         }
+        if let Err(Error::InvalidInput { message }) = self.deep_memory.generate().validate() {
+            return Err(Error::invalid(format!("deep_memory: {message}")));
+        }
+        // Periods in seconds: up to a year (a larger one overflows the clocks it is added to).
+        for (name, secs) in [
+            ("cache.ttl_secs", self.cache.ttl_secs),
+            ("cache.clock_step_secs", self.cache.clock_step_secs),
+            ("memory_keys.check_secs", self.memory_keys.check_secs),
+            ("deep_memory.check_secs", self.deep_memory.check_secs),
+            (
+                "limits.request_timeout_secs",
+                self.limits.request_timeout_secs,
+            ),
+        ] {
+            if secs > MAX_PERIOD_SECS {
+                return Err(Error::invalid(format!(
+                    "{name} = {secs}: at most {MAX_PERIOD_SECS} (a year)"
+                )));
+            }
+        }
+        if self.limits.request_timeout_secs == 0 {
+            return Err(Error::invalid(
+                "limits.request_timeout_secs must be at least 1",
+            ));
+        }
         let t = &self.telemetry;
         if !(0.0..=1.0).contains(&t.sample_ratio) {
             return Err(Error::invalid(
@@ -925,6 +956,9 @@ impl Settings {
         Ok(())
     }
 }
+
+/// The longest period a setting may name, in seconds: a year.
+const MAX_PERIOD_SECS: u64 = 366 * 86_400;
 
 #[cfg(test)]
 mod tests;

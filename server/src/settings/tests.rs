@@ -104,3 +104,59 @@ fn layers_apply_in_order_and_unknown_keys_are_refused() {
         Ok(())
     });
 }
+
+/// Values that would hang, panic or silently stop a schedule are refused at start, naming
+/// the setting.
+#[test]
+#[allow(clippy::result_large_err)] // figment's Jail returns figment's own error
+fn out_of_range_periods_and_options_are_refused() {
+    Jail::expect_with(|jail| {
+        for (var, value, named) in [
+            (
+                "DEEP_RECALL__DEEP_MEMORY__QUESTIONS_PER_MEMORY",
+                "8",
+                "deep_memory",
+            ),
+            (
+                "DEEP_RECALL__DEEP_MEMORY__MAX_PAIRS_PER_RUN",
+                "0",
+                "deep_memory",
+            ),
+            (
+                "DEEP_RECALL__LIMITS__REQUEST_TIMEOUT_SECS",
+                "0",
+                "request_timeout_secs",
+            ),
+            (
+                "DEEP_RECALL__CACHE__TTL_SECS",
+                "99999999999",
+                "cache.ttl_secs",
+            ),
+            (
+                "DEEP_RECALL__MEMORY_KEYS__CHECK_SECS",
+                "99999999999",
+                "memory_keys.check_secs",
+            ),
+            (
+                "DEEP_RECALL__DEEP_MEMORY__CHECK_SECS",
+                "99999999999",
+                "deep_memory.check_secs",
+            ),
+        ] {
+            jail.clear_env();
+            jail.set_env(var, value);
+            let e = err(None);
+            assert!(e.contains(named), "{var}={value}: {e}");
+        }
+        jail.clear_env();
+        jail.set_env("DEEP_RECALL__BACKUP__DIR", "/tmp/b");
+        for every in ["999999999999999d", "400d"] {
+            jail.set_env("DEEP_RECALL__BACKUP__EVERY", every);
+            let e = err(None);
+            assert!(e.contains("backup.every"), "{every}: {e}");
+        }
+        jail.set_env("DEEP_RECALL__BACKUP__EVERY", "7d");
+        assert!(Settings::load(None).is_ok());
+        Ok(())
+    });
+}
