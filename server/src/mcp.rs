@@ -388,7 +388,7 @@ impl From<Session> for SessionOut {
 /// What `list_sessions` returns.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct SessionsOut {
-    /// Most recently changed first.
+    /// Newest first.
     pub sessions: Vec<SessionOut>,
     /// Pass as `after` for the next page; null on the last page.
     pub next_cursor: Option<String>,
@@ -624,7 +624,7 @@ impl McpServer {
 
     /// The caller's conversations, most recent first, a page at a time.
     #[tool(
-        description = "List the user's conversations (sessions), most recently changed first, \
+        description = "List the user's conversations (sessions), newest first, \
                        a page at a time."
     )]
     async fn list_sessions(

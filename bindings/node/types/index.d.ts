@@ -351,7 +351,7 @@ export class Memory {
         pageSize?: number;
     }): AsyncGenerator<StoredMemory>;
     /**
-     * The user's sessions, most recently changed first, read `pageSize` at a time.
+     * The user's sessions, newest first, read `pageSize` at a time.
      * @param {string} user
      * @param {{ pageSize?: number }} [options]
      * @returns {AsyncGenerator<Session>}

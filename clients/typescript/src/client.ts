@@ -82,6 +82,11 @@ export interface DeepRecallOptions {
   retries?: number;
   /** The first back-off in milliseconds (default 250); it doubles with each retry. */
   retryDelayMs?: number;
+  /**
+   * How long one request may take, in milliseconds (default 60000), answer included; past it
+   * the request is abandoned as a `NETWORK` error (so a mutation is not retried).
+   */
+  timeoutMs?: number;
   /** The fetch to use (default: the global one). */
   fetch?: typeof globalThis.fetch;
   /**
@@ -293,14 +298,17 @@ export class DeepRecall {
       method: 'POST',
       headers: await this.#headers(),
       body,
+      signal: AbortSignal.timeout(this.#options.timeoutMs ?? 60_000),
     });
     const status = response.status;
     let parsed: Response<R>;
     try {
       parsed = (await response.json()) as Response<R>;
     } catch (e) {
+      // Not the server's answer (a proxy's error page, say): whether a write happened behind
+      // it is unknown, so it is a network error, never retried for a mutation.
       throw new DeepRecallError(
-        status >= 500 ? 'UNAVAILABLE' : 'NETWORK',
+        'NETWORK',
         `${this.#http} answered HTTP ${status} without GraphQL`,
         { status, cause: e },
       );

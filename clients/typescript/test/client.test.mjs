@@ -394,6 +394,43 @@ describe('retries', () => {
     }
   });
 
+  test('a proxy\'s error page is a network error: a query retries, a mutation does not', async () => {
+    const gateway = (res) => {
+      res.writeHead(502, { 'content-type': 'text/html' });
+      res.end('<html><body>502 Bad Gateway</body></html>');
+    };
+    let f = await fake([gateway, ok]);
+    try {
+      await rejects(new DeepRecall({ url: f.url, retryDelayMs: 5 }).deleteMemory('1'), 'NETWORK');
+      assert.equal(f.count(), 1, 'the write may have happened: not sent again');
+    } finally {
+      await f.close();
+    }
+    f = await fake([gateway, ok]);
+    try {
+      assert.equal((await new DeepRecall({ url: f.url, retryDelayMs: 5 }).me()).id, 'x');
+      assert.equal(f.count(), 2);
+    } finally {
+      await f.close();
+    }
+  });
+
+  test('a request that gets no answer ends at its timeout', async () => {
+    const silent = () => {};
+    const f = await fake([silent]);
+    try {
+      const started = Date.now();
+      await rejects(
+        new DeepRecall({ url: f.url, timeoutMs: 300, retries: 0 }).addMemory('a fact'),
+        'NETWORK',
+      );
+      assert.ok(Date.now() - started < 5_000);
+      assert.equal(f.count(), 1);
+    } finally {
+      f.close();
+    }
+  });
+
   test('a mutation is not retried after a network error', async () => {
     const f = await fake([drop, ok]);
     try {

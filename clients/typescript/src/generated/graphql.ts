@@ -175,7 +175,10 @@ export type MemoryKeysWriteInput = {
   context?: boolean | null | undefined;
   /** Facts: a key for each message and fact from what the model reads in it alone. */
   facts?: boolean | null | undefined;
-  /** Keys written in this run at most. */
+  /**
+   * Keys written in this run at most: 1 to the server's `memory_keys.max_keys_per_run`
+   * (its default; more is BAD_INPUT).
+   */
   maxKeys?: number | null | undefined;
   /** Pause after each group of memories, in milliseconds (a rate limit). */
   pauseMs?: number | null | undefined;
