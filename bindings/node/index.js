@@ -332,6 +332,56 @@ function toResult(json) {
   return { ...r, context: r.context.map(toHit) }
 }
 
+/** The options `chat` and `chatStream` know. */
+const CHAT_OPTIONS = [
+  'maxTokens',
+  'temperature',
+  'topP',
+  'topK',
+  'seed',
+  'stop',
+  'system',
+  'memoryTopK',
+  'mode',
+]
+
+/**
+ * Refuses an options object with a key the call does not know (a misspelt option would
+ * otherwise be ignored without a word), as the addon refuses unknown fields of the others.
+ * @param {string} what
+ * @param {object | undefined} options
+ * @param {string[]} known
+ */
+function onlyKnown(what, options, known) {
+  if (options === undefined || options === null) {
+    return
+  }
+  if (typeof options !== 'object' || Array.isArray(options)) {
+    throw new InvalidInputError(`${what} must be an object`)
+  }
+  const unknown = Object.keys(options).filter((k) => !known.includes(k))
+  if (unknown.length > 0) {
+    throw new InvalidInputError(
+      `${what}: unknown option ${unknown.map((k) => JSON.stringify(k)).join(', ')} (known: ${known.join(', ')})`,
+    )
+  }
+}
+
+/**
+ * A whole number that JavaScript holds exactly (ids, counts), checked before it reaches the
+ * addon, whose conversion would cut a fraction or wrap a large count.
+ * @param {string} what
+ * @param {unknown} n
+ * @param {number} [max]
+ * @returns {number}
+ */
+function whole(what, n, max = Number.MAX_SAFE_INTEGER) {
+  if (typeof n !== 'number' || !Number.isSafeInteger(n) || n > max) {
+    throw new InvalidInputError(`${what} must be a whole number up to ${max}, not ${String(n)}`)
+  }
+  return n
+}
+
 /**
  * Core's chat request as JSON: what is not given keeps core's default.
  * @param {string} session
@@ -340,6 +390,7 @@ function toResult(json) {
  * @returns {string}
  */
 function chatRequest(session, message, options) {
+  onlyKnown('chat options', options, CHAT_OPTIONS)
   const o = options || {}
   const retrieve =
     o.memoryTopK === undefined && o.mode === undefined
@@ -433,6 +484,7 @@ class Memory {
    * @returns {Promise<Session>}
    */
   async createSession(user, session, options = {}) {
+    onlyKnown('session options', options, ['title', 'persona'])
     const patch = JSON.stringify({ title: options.title, persona: options.persona })
     return toSession(JSON.parse(await run(() => this.engine.createSession(user, session, patch))))
   }
@@ -445,8 +497,9 @@ class Memory {
    * @returns {AsyncGenerator<StoredMemory>}
    */
   async *memories(user, options = {}) {
+    onlyKnown('memories options', options, ['filter', 'pageSize'])
     const filter = options.filter === undefined ? '' : encode(options.filter)
-    const first = options.pageSize ?? 100
+    const first = whole('pageSize', options.pageSize ?? 100, 0xffffffff)
     /** @type {string | null} */
     let after = null
     do {
@@ -457,13 +510,14 @@ class Memory {
   }
 
   /**
-   * The user's sessions, most recently changed first, read `pageSize` at a time.
+   * The user's sessions, newest first, read `pageSize` at a time.
    * @param {string} user
    * @param {{ pageSize?: number }} [options]
    * @returns {AsyncGenerator<Session>}
    */
   async *sessions(user, options = {}) {
-    const first = options.pageSize ?? 100
+    onlyKnown('sessions options', options, ['pageSize'])
+    const first = whole('pageSize', options.pageSize ?? 100, 0xffffffff)
     /** @type {string | null} */
     let after = null
     do {
@@ -480,6 +534,7 @@ class Memory {
    * @returns {Promise<StoredMemory[]>}
    */
   async memoryHistory(user, id) {
+    whole('a memory id', id)
     return JSON.parse(await run(() => this.engine.memoryHistory(user, id))).map(toMemory)
   }
 
@@ -491,6 +546,10 @@ class Memory {
    * @returns {Promise<number>}
    */
   async deleteMemories(user, ids) {
+    if (!Array.isArray(ids)) {
+      throw new InvalidInputError('ids must be an array of memory ids')
+    }
+    ids.forEach((id) => whole('a memory id', id))
     return run(() => this.engine.deleteMemories(user, ids))
   }
 

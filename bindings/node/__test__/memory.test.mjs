@@ -246,6 +246,21 @@ for (const [kind, open] of stores) {
       ]) {
         await assert.rejects(bad(), InvalidInputError)
       }
+      // Ids and counts are whole numbers, options known ones: never cut, wrapped or ignored.
+      for (const bad of [
+        () => m.deleteMemories(alice, [berlin.id + 0.5]),
+        () => m.deleteMemories(alice, [Number.NaN]),
+        () => m.memoryHistory(alice, '5'),
+        () => m.memoryHistory(alice, 2 ** 53),
+        () => list(m.memories(alice, { pageSize: 2 ** 32 + 10 })),
+        () => list(m.memories(alice, { page_size: 5 })),
+        () => list(m.sessions(alice, { pageSize: 1.5 })),
+        () => m.createSession(alice, 'chat', { titel: 'x' }),
+        () => m.chat(alice, 'chat', 'hi', { max_tokens: 5 }),
+      ]) {
+        await assert.rejects(bad(), InvalidInputError)
+      }
+      assert.equal((await m.memoryHistory(alice, berlin.id)).length, 2, 'nothing was deleted')
       await assert.rejects(m.addMemory(bob, { content: 'takeover', supersedes: berlin.id }), NotFoundError)
       await assert.rejects(m.memoryHistory(bob, berlin.id), NotFoundError)
       assert.equal(await m.deleteMemories(alice, [berlin.id]), 1)
