@@ -1,6 +1,7 @@
 //! `ChatStream`: a streamed chat turn as a Python iterator. Dropping it (or `close()`) stops
 //! the generation, as the pipeline promises.
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use pyo3::exceptions::PyStopIteration;
 use pyo3::prelude::*;
@@ -14,12 +15,15 @@ use crate::types::result;
 #[pyclass(frozen, module = "deep_recall._native")]
 pub struct ChatStream {
     updates: Mutex<Option<Receiver<recall_core::Result<ChatUpdate>>>>,
+    /// Set by `close`, which must not wait for a `__next__` under way on another thread.
+    closed: AtomicBool,
 }
 
 impl ChatStream {
     pub fn new(updates: Receiver<recall_core::Result<ChatUpdate>>) -> Self {
         Self {
             updates: Mutex::new(Some(updates)),
+            closed: AtomicBool::new(false),
         }
     }
 }
@@ -33,10 +37,19 @@ impl ChatStream {
     fn __next__(&self, py: Python<'_>) -> PyResult<(String, String)> {
         py.detach(|| {
             let mut guard = self.updates.lock().expect("chat stream");
+            if self.closed.load(Ordering::SeqCst) {
+                guard.take();
+            }
             let Some(rx) = guard.as_mut() else {
                 return Err(PyStopIteration::new_err(()));
             };
-            match rx.blocking_recv() {
+            let next = rx.blocking_recv();
+            if self.closed.load(Ordering::SeqCst) {
+                // Closed while this waited: the generation stops with the receiver.
+                guard.take();
+                return Err(PyStopIteration::new_err(()));
+            }
+            match next {
                 Some(Ok(ChatUpdate::Delta { text })) => Ok(("delta".to_owned(), text)),
                 Some(Ok(ChatUpdate::Done(r))) => {
                     *guard = None;
@@ -55,8 +68,12 @@ impl ChatStream {
         })
     }
 
-    /// Stops the generation; the iterator ends.
+    /// Stops the generation; the iterator ends. Safe from any thread, and it does not wait:
+    /// a `__next__` waiting for the next piece on another thread ends with it.
     fn close(&self) {
-        self.updates.lock().expect("chat stream").take();
+        self.closed.store(true, Ordering::SeqCst);
+        if let Ok(mut guard) = self.updates.try_lock() {
+            guard.take();
+        }
     }
 }

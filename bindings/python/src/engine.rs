@@ -99,12 +99,20 @@ impl Engine {
     }
 }
 
+/// A count from Python (a page size, `top_k`): a negative one is refused as the out-of-range
+/// ones are (core's limits decide the range), not left to overflow.
+fn count(what: &str, n: i64) -> PyResult<usize> {
+    usize::try_from(n).map_err(|_| {
+        crate::error::InvalidInput::new_err(format!("{what} must be positive, not {n}"))
+    })
+}
+
 #[pymethods]
 impl Engine {
     /// Opens the store and loads the embedding model (`options` is JSON).
     #[new]
     fn new(py: Python<'_>, options: &str) -> PyResult<Self> {
-        let o: Options = serde_json::from_str(options).map_err(json_err)?;
+        let o: Options = serde_json::from_str(options).map_err(|e| bad_json("options", e))?;
         let device: DeviceConfig = o.device.as_deref().unwrap_or("auto").parse().py()?;
         if let Some(d) = o.dedupe_similarity {
             recall_core::engine::check_dedupe_similarity(d).py()?;
@@ -241,10 +249,11 @@ impl Engine {
         &self,
         py: Python<'_>,
         user: &str,
-        first: usize,
+        first: i64,
         after: Option<String>,
         filter: Option<&str>,
     ) -> PyResult<String> {
+        let first = count("page_size", first)?;
         let filter: Filter = match filter {
             Some(f) => serde_json::from_str(f).map_err(|e| bad_json("filter", e))?,
             None => Filter::default(),
@@ -267,9 +276,10 @@ impl Engine {
         &self,
         py: Python<'_>,
         user: &str,
-        first: usize,
+        first: i64,
         after: Option<String>,
     ) -> PyResult<String> {
+        let first = count("page_size", first)?;
         let page = PageRequest { first, after };
         py.detach(|| {
             let page = self
@@ -312,11 +322,12 @@ impl Engine {
         py: Python<'_>,
         user: &str,
         query: &str,
-        top_k: usize,
+        top_k: i64,
         mode: &str,
         session: Option<String>,
         filter: Option<&str>,
     ) -> PyResult<String> {
+        let top_k = count("top_k", top_k)?;
         let mode: SearchMode = mode.parse().py()?;
         let mut filter: Filter = match filter {
             Some(f) => serde_json::from_str(f).map_err(|e| bad_json("filter", e))?,

@@ -91,6 +91,9 @@ def test_errors_are_typed_exceptions(store: Store, tmp_path: object) -> None:
         ),
         lambda: m.search(u, "x", mode="fuzzy"),
         lambda: m.search(u, "x", top_k=0),
+        lambda: m.search(u, "x", top_k=-1),
+        lambda: list(m.memories(u, page_size=-1)),
+        lambda: list(m.sessions(u, page_size=-1)),
         lambda: m.search(u, ""),
     ]
     for case in cases:
@@ -224,6 +227,21 @@ def test_async_memory_opens_and_streams(chat_memory: Memory, tmp_path: object) -
         assert pieces[-1].text == "".join(p for p in pieces[:-1] if isinstance(p, str))
         with pytest.raises(InvalidInput):
             await memory.search("zoe", "x", mode="fuzzy")
+
+        # A stream given up on (a timeout, a cancelled task) ends with that, not another
+        # error, and the memory goes on working.
+        async def read_all() -> None:
+            async for _ in memory.chat_stream(
+                "zoe", "long", "Tell me a long story about the sea.", max_tokens=400
+            ):
+                pass
+
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(read_all(), 0.3)
+        again = [
+            p async for p in memory.chat_stream("zoe", "c", "Hello!", max_tokens=4)
+        ]
+        assert isinstance(again[-1], ChatResult)
 
     asyncio.run(main())
 
@@ -415,7 +433,11 @@ def test_deduplication_and_tag_ttl_are_options(tmp_path: object) -> None:
     note = m.add_memory("u", "Scratch: call the plumber", tags=["scratch"])
     assert note.expires_at is not None
     assert (note.expires_at - note.created_at).total_seconds() <= 61
-    for bad in [{"dedupe_similarity": 1.5}, {"tag_ttl_seconds": {"x": 0}}]:
+    for bad in [
+        {"dedupe_similarity": 1.5},
+        {"tag_ttl_seconds": {"x": 0}},
+        {"tag_ttl_seconds": {"x": -1}},
+    ]:
         with pytest.raises(InvalidInput):
             Memory(data_dir=data + "2", models_dir=models_dir(), device="cpu", **bad)  # type: ignore[arg-type]
 

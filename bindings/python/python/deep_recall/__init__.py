@@ -404,7 +404,7 @@ class Memory:
                 return
 
     def sessions(self, user: str, *, page_size: int = 100) -> Iterator[Session]:
-        """The user's sessions, most recently changed first, read ``page_size`` at a time."""
+        """The user's sessions, newest first, read ``page_size`` at a time."""
         after: str | None = None
         while True:
             page = json.loads(self._engine.sessions(user, page_size, after))
@@ -514,8 +514,14 @@ class Memory:
             memory_top_k=memory_top_k,
             mode=mode,
         )
-        stream = self._engine.chat_stream(user, request)
-        return _stream(stream)
+        return _stream(self._engine.chat_stream(user, request))
+
+    def _chat_native(
+        self, user: str, session: str, message: str, *args: Any, **kwargs: Any
+    ) -> _native.ChatStream:
+        """The native stream of :meth:`chat_stream` (for :class:`AsyncMemory`)."""
+        request = _chat_request(session, message, *args, **kwargs)
+        return self._engine.chat_stream(user, request)
 
 
 def _stream(stream: _native.ChatStream) -> Iterator[str | ChatResult]:
@@ -652,8 +658,8 @@ class AsyncMemory:
         **kwargs: Any,
     ) -> AsyncIterator[str | ChatResult]:
         """Like :meth:`Memory.chat_stream`, as an async iterator."""
-        it = await self._run(
-            self._memory.chat_stream,
+        stream = await self._run(
+            self._memory._chat_native,
             user,
             session,
             message,
@@ -662,14 +668,17 @@ class AsyncMemory:
             seed,
             **kwargs,
         )
-        done = object()
+        done: tuple[str, str] = ("", "")
         try:
             while True:
-                item = await self._run(next, it, done)
-                if item is done:
+                kind, payload = await self._run(next, stream, done)
+                if kind == "delta":
+                    yield payload
+                elif kind == "done":
+                    yield ChatResult._from(json.loads(payload))
+                else:
                     return
-                yield item
         finally:
-            close = getattr(it, "close", None)
-            if close is not None:
-                close()
+            # Safe while a `next` is still under way on the executor (cancelled, say): that
+            # one ends, and the generation stops.
+            stream.close()
