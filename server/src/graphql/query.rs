@@ -4,7 +4,7 @@ use async_graphql::{Context, ID, Json, MergedObject, Object};
 use recall_core::RetrieveOptions;
 use recall_core::types::{Filter, PageRequest};
 
-use super::error::{GqlResult, IntoGql};
+use super::error::{Code, GqlResult, IntoGql, error};
 use super::types::{
     Health, Job, Memory, MemoryFilter, Message, SearchMode, SearchResult, Session, User, parse_id,
 };
@@ -24,6 +24,9 @@ pub struct Query(
 
 /// Page size when `first` is absent.
 const DEFAULT_PAGE: i32 = 20;
+
+/// Stretches of rows without a match read for one page of a metadata-filtered listing.
+const MAX_EMPTY_STRETCHES: usize = 10;
 
 fn page(first: Option<i32>, after: Option<String>) -> GqlResult<PageRequest> {
     // Core's limits decide what is in range; a negative count is out of it.
@@ -49,6 +52,39 @@ where
             .map(|(item, cursor)| Edge::new(cursor, node(item))),
     );
     c
+}
+
+/// A metadata condition is checked on a bounded stretch of rows per page: a stretch with no
+/// match comes back empty with where to go on. A connection's cursor comes from its last edge,
+/// so such a page would leave the client nowhere to go on from: the next stretches are read
+/// here instead (`fetch` reads the page after a cursor), up to a bound, past which the filter
+/// is refused as too rare to page through.
+async fn past_empty_stretches<T, F, Fut>(
+    mut got: recall_core::types::Page<T>,
+    mut fetch: F,
+) -> GqlResult<recall_core::types::Page<T>>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = GqlResult<recall_core::types::Page<T>>>,
+{
+    let mut stretches = 1;
+    while got.items.is_empty()
+        && let Some(next) = got.next_cursor.take()
+    {
+        if stretches == MAX_EMPTY_STRETCHES {
+            return Err(error(
+                Code::BadInput,
+                format!(
+                    "the filter's metadata conditions matched none of the {} newest memories \
+                     read: narrow it (a time range, tags, a session)",
+                    stretches * recall_core::limits::MAX_METADATA_SCAN
+                ),
+            ));
+        }
+        got = fetch(next).await?;
+        stretches += 1;
+    }
+    Ok(got)
 }
 
 /// The caller and their settings.
@@ -144,11 +180,21 @@ impl MemoryQuery {
         let (state, p) = caller(ctx)?;
         let had_after = after.is_some();
         let filter: Filter = filter.unwrap_or_default().into();
+        let request = page(first, after)?;
         let got = state
             .engine
-            .memories(&p.user, &filter, &page(first, after)?)
+            .memories(&p.user, &filter, &request)
             .await
             .gql()?;
+        let got = past_empty_stretches(got, |next| {
+            let request = PageRequest {
+                after: Some(next),
+                ..request.clone()
+            };
+            let (engine, user, filter) = (state.engine.clone(), p.user.clone(), filter.clone());
+            async move { engine.memories(&user, &filter, &request).await.gql() }
+        })
+        .await?;
         Ok(connection(got, had_after, Memory::from))
     }
 
@@ -284,5 +330,56 @@ impl SystemQuery {
             "entries": got.items,
             "nextCursor": got.next_cursor,
         })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use recall_core::types::Page;
+
+    use super::*;
+
+    fn stretch(items: Vec<i32>, next: Option<&str>) -> Page<i32> {
+        Page {
+            cursors: items.iter().map(|i| i.to_string()).collect(),
+            items,
+            next_cursor: next.map(str::to_owned),
+        }
+    }
+
+    /// Empty stretches are read past to the first match, so the page has an edge to go on
+    /// from; a filter that matches nothing in many stretches is refused, never an endless
+    /// empty page.
+    #[tokio::test]
+    async fn empty_stretches_are_read_past_up_to_a_bound() {
+        let asked = std::sync::Mutex::new(Vec::new());
+        let got = past_empty_stretches(stretch(vec![], Some("a")), |next| {
+            asked.lock().unwrap().push(next.clone());
+            let page = match next.as_str() {
+                "a" => stretch(vec![], Some("b")),
+                _ => stretch(vec![7], Some("c")),
+            };
+            async move { Ok(page) }
+        })
+        .await
+        .unwrap();
+        assert_eq!(got.items, [7]);
+        assert_eq!(got.next_cursor.as_deref(), Some("c"));
+        assert_eq!(*asked.lock().unwrap(), ["a", "b"]);
+
+        // A page with items, or the last page, is left as it is.
+        let last = past_empty_stretches(stretch(vec![], None), |_| async {
+            Err(error(Code::Internal, "nothing more to read"))
+        })
+        .await
+        .unwrap();
+        assert!(last.items.is_empty() && last.next_cursor.is_none());
+
+        let err = past_empty_stretches(stretch(vec![], Some("x")), |_| async {
+            Ok(stretch(vec![], Some("x")))
+        })
+        .await
+        .unwrap_err();
+        assert!(err.message.contains("narrow it"), "{}", err.message);
     }
 }
