@@ -52,13 +52,18 @@ impl ChatModel for Gated {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_answer_finished_after_deletion_is_not_stored() {
+/// An engine over a new embedded store (kept while the directory lives), with MiniLM.
+async fn engine() -> (Engine, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = store::open(&StoreConfig::embedded(dir.path()))
         .await
         .unwrap();
-    let engine = Engine::new(store, cpu_embedder(&minilm_dir()));
+    (Engine::new(store, cpu_embedder(&minilm_dir())), dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_finished_after_deletion_is_not_stored() {
+    let (engine, _dir) = engine().await;
     let (release, gate) = oneshot::channel();
     let model = Arc::new(Gated {
         release: Mutex::new(Some(gate)),
@@ -98,11 +103,7 @@ async fn an_answer_finished_after_deletion_is_not_stored() {
 async fn a_queued_job_ends_cancelled_when_the_data_goes() {
     use recall_core::events::{Event, Received};
     use recall_core::jobs::JobStatus;
-    let dir = tempfile::tempdir().unwrap();
-    let store = store::open(&StoreConfig::embedded(dir.path()))
-        .await
-        .unwrap();
-    let engine = Engine::new(store, cpu_embedder(&minilm_dir()));
+    let (engine, _dir) = engine().await;
     let later = chrono::Utc::now() + chrono::Duration::hours(1);
     let job = engine
         .schedule_delete_user("alice", later, &Actor::user("alice"))
