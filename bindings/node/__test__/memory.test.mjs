@@ -290,6 +290,31 @@ for (const [kind, open] of stores) {
       assert.deepEqual(await textHits(m, u), [TURN])
     })
 
+    // Two Memory on one database (two processes, or one beside a server): the other's writes
+    // and deletions drop this one's cached searches at once, not after the cache's minute.
+    test('another process\'s writes are seen at once', { skip: kind === 'embedded' && 'one process\'s store' }, async () => {
+      const writer = await get()
+      const reader = await open({ memoryKeysCheckSeconds: 0 })
+      const u = user('shared')
+      await writer.addMessages(u, 'harbour', [{ role: 'user', content: TURN }])
+      const found = async () =>
+        (await reader.search(u, 'Tagus estuary', { mode: 'text' })).map((h) => h.content)
+      assert.deepEqual(await found(), [TURN]) // and cached
+      const more = 'The Tagus estuary is wide where it meets Lisbon.'
+      await writer.addMessages(u, 'harbour', [{ role: 'user', content: more }])
+      let deadline = Date.now() + 15_000
+      while ((await found()).length < 2 && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 100))
+      }
+      assert.deepEqual((await found()).sort(), [TURN, more].sort())
+      await writer.forget(u)
+      deadline = Date.now() + 15_000
+      while ((await found()).length > 0 && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 100))
+      }
+      assert.deepEqual(await found(), [], 'a forgotten user does not come back from the cache')
+    })
+
     test('calls run together', async () => {
       const m = await get()
       const u = user('together')

@@ -11,6 +11,7 @@ use recall_core::chat::{ChatPipeline, ChatRequest};
 use recall_core::context::SummaryPolicy;
 use recall_core::device::DeviceConfig;
 use recall_core::embed::Precision;
+use recall_core::engine::FanoutHandle;
 use recall_core::llm::ChatSummarizer;
 use recall_core::memory_keys::KeyOptions;
 use recall_core::retrieval::SearchMode;
@@ -145,6 +146,9 @@ fn actor() -> Actor {
 pub struct Engine {
     /// Writes new memories' keys in the background (stopped when the engine goes).
     _keys: Option<KeyWriter>,
+    /// Over Postgres, the fan-out that lets other processes' writes (a server, another
+    /// `Memory`) drop this one's cached searches at once and reach its key schedule.
+    _fanout: Option<FanoutHandle>,
     engine: CoreEngine,
     chat_options: ChatOptions,
     chat: Mutex<Option<ChatPipeline>>,
@@ -220,6 +224,7 @@ impl Engine {
                 .with_tag_ttl(o.tag_ttl_seconds)
         })
         .js()?;
+        let fanout = engine.start_fanout().await.js()?;
         let every = o.memory_keys_check_seconds.unwrap_or(KEYS_CHECK_SECONDS);
         let keys = (every > 0).then(|| {
             KeyWriter::start(
@@ -231,6 +236,7 @@ impl Engine {
         });
         Ok(Engine {
             _keys: keys,
+            _fanout: fanout,
             engine,
             chat_options,
             chat: Mutex::new(None),

@@ -11,6 +11,7 @@ use recall_core::chat::{ChatPipeline, ChatRequest};
 use recall_core::context::SummaryPolicy;
 use recall_core::device::DeviceConfig;
 use recall_core::embed::Precision;
+use recall_core::engine::FanoutHandle;
 use recall_core::llm::ChatSummarizer;
 use recall_core::memory_keys::KeyOptions;
 use recall_core::retrieval::SearchMode;
@@ -71,6 +72,10 @@ pub struct Engine {
     /// Writes new memories' keys in the background; first, so that it stops before the
     /// runtime it runs on goes.
     _keys: Option<KeyWriter>,
+    /// Over Postgres, the fan-out that lets other processes' writes (a server, another
+    /// `Memory`) drop this one's cached searches at once and reach its key schedule; stops
+    /// before the runtime too.
+    _fanout: Option<FanoutHandle>,
     runtime: Arc<Runtime>,
     engine: CoreEngine,
     chat_options: ChatOptions,
@@ -169,6 +174,7 @@ impl Engine {
                         .with_tag_ttl(o.tag_ttl_seconds)
                 })
                 .py()?;
+            let fanout = runtime.block_on(engine.start_fanout()).py()?;
             let keys = (keys_every > 0).then(|| {
                 let _in = runtime.enter();
                 KeyWriter::start(
@@ -179,6 +185,7 @@ impl Engine {
                 )
             });
             Ok(Self {
+                _fanout: fanout,
                 runtime: Arc::new(runtime),
                 engine,
                 chat_options,

@@ -493,6 +493,38 @@ def test_memory_keys_are_written_in_the_background(
     m.forget(other)
 
 
+def test_another_process_writes_are_seen_at_once(store: Store) -> None:
+    """Two `Memory` on one database (two processes, or one beside a server): the other's
+    writes and deletions drop this one's cached searches at once, not after the cache's
+    minute (a forgotten user's turns must not come back from the cache)."""
+    if store.kind == "embedded":
+        pytest.skip("an embedded store is one process's")
+    reader = Memory(
+        database_url=store.memory_url,
+        models_dir=models_dir(),
+        device="cpu",
+        memory_keys_check_seconds=0,
+    )
+    u = store.user("shared")
+    store.memory.add_messages(u, "harbour", [{"role": "user", "content": TURN}])
+
+    def found() -> list[str]:
+        return [h.content for h in reader.search(u, "Tagus estuary", mode="text")]
+
+    assert found() == [TURN]  # and cached
+    more = "The Tagus estuary is wide where it meets Lisbon."
+    store.memory.add_messages(u, "harbour", [{"role": "user", "content": more}])
+    deadline = time.monotonic() + 15
+    while len(found()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sorted(found()) == sorted([TURN, more])
+    store.memory.forget(u)
+    deadline = time.monotonic() + 15
+    while found() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert found() == []
+
+
 def test_memory_keys_written_on_demand_and_off_for_new_users(tmp_path: object) -> None:
     m = Memory(
         data_dir=str(tmp_path) + "/now",

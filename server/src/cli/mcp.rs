@@ -41,6 +41,13 @@ pub(super) async fn run(mut settings: Settings, args: &McpArgs) -> recall_core::
     }
     let state = Arc::new(startup::state(settings, !args.no_chat).await?);
     state.engine.limits().check_user_id(user)?;
+    // Beside servers on one Postgres: their writes and deletions drop this process's cached
+    // searches at once (as a replica's), and its writes reach their subscribers.
+    let _fanout = if state.settings.jobs.fanout {
+        state.engine.start_fanout().await?
+    } else {
+        None
+    };
     // Often the only process on its store: the jobs (memory keys, expiry, retraining) and
     // their schedules run here too, as under `serve`.
     let background = startup::Background::start(
