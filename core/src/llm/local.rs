@@ -680,14 +680,16 @@ impl Sequence {
             .max()
             .unwrap_or(0);
         let mut ready = self.text.len() - hold;
-        if self.text[..ready].ends_with('\u{FFFD}') {
-            ready -= '\u{FFFD}'.len_utf8();
-        }
         while !self.text.is_char_boundary(ready) {
             ready -= 1;
         }
-        if ready > self.emitted {
-            if !on_text(&self.text[self.emitted..ready]) {
+        // A character still missing bytes decodes as replacement characters (one per byte
+        // with SentencePiece's byte fallback): all those at the end wait for the rest.
+        ready = self.text[..ready].trim_end_matches('\u{FFFD}').len();
+        if ready > self.emitted
+            && let Some(piece) = self.text.get(self.emitted..ready)
+        {
+            if !on_text(piece) {
                 self.finish = Some(FinishReason::Cancelled);
                 return Ok(None);
             }
@@ -702,7 +704,11 @@ impl Sequence {
 
     /// Ends with `reason`, handing over text not emitted yet.
     fn end(&mut self, reason: FinishReason, on_text: &mut dyn FnMut(&str) -> bool) {
-        if self.emitted < self.text.len() && !on_text(&self.text[self.emitted..]) {
+        // (`get`: a decode that rewrote text already sent leaves nothing sendable to slice.)
+        if let Some(rest) = self.text.get(self.emitted..)
+            && !rest.is_empty()
+            && !on_text(rest)
+        {
             self.finish = Some(FinishReason::Cancelled);
             return;
         }

@@ -384,7 +384,8 @@ async fn pump(
 ) -> Option<bool> {
     let mut st = StreamState::default();
     let mut bytes = resp.bytes_stream();
-    let mut buf = String::new();
+    // Bytes, decoded a whole line at a time: a chunk may end inside a character.
+    let mut buf: Vec<u8> = Vec::new();
     let fail = |m: String| Err(Error::unavailable(m));
     loop {
         let next = match tokio::time::timeout(idle, bytes.next()).await {
@@ -411,9 +412,11 @@ async fn pump(
             }
             Some(Ok(c)) => c,
         };
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buf.find('\n') {
-            let line = buf[..end].trim_end_matches('\r').to_owned();
+        buf.extend_from_slice(&chunk);
+        while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+            let line = String::from_utf8_lossy(&buf[..end])
+                .trim_end_matches('\r')
+                .to_owned();
             buf.drain(..=end);
             let Some(data) = line.strip_prefix("data:") else {
                 continue;

@@ -20,6 +20,9 @@ enum Reply {
     Status(u16, &'static str),
     /// SSE events (each the JSON after `data: `, or raw text), with a pause before each.
     Sse(Vec<String>, Duration),
+    /// An event stream written as these raw pieces, with a pause before each (pieces may
+    /// end anywhere, inside a character too).
+    Raw(Vec<Vec<u8>>, Duration),
     /// Wait this long before answering 200 with this JSON.
     Slow(Duration, Value),
     /// Embeddings of the request's `input` by the real all-MiniLM-L6-v2 (as
@@ -137,6 +140,17 @@ async fn fake(script: Vec<Reply>) -> Fake {
                         let _ = sock
                             .write_all(write(200, "", &v.to_string()).as_bytes())
                             .await;
+                    }
+                    Reply::Raw(pieces, pause) => {
+                        let _ = sock
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
+                            .await;
+                        for piece in pieces {
+                            tokio::time::sleep(pause).await;
+                            if sock.write_all(&piece).await.is_err() {
+                                return;
+                            }
+                        }
                     }
                     Reply::Sse(events, pause) => {
                         let _ = sock
@@ -268,6 +282,34 @@ async fn streams_server_sent_events() {
     assert_eq!(done.finish_reason, FinishReason::Length);
     assert_eq!((done.prompt_tokens, done.completion_tokens), (9, 3));
     assert_eq!(f.requests.lock().unwrap()[0]["stream"], true);
+}
+
+/// A character split between two pieces of the stream (vLLM and Ollama write UTF-8 as is) is
+/// streamed and stored whole, not as two replacement characters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_character_split_between_pieces_of_the_stream_stays_whole() {
+    let event = format!("data: {}\n\ndata: [DONE]\n\n", chunk("café", Some("stop")));
+    let bytes = event.into_bytes();
+    let split = bytes.iter().position(|&b| b == 0xC3).unwrap() + 1;
+    let f = fake(vec![Reply::Raw(
+        vec![bytes[..split].to_vec(), bytes[split..].to_vec()],
+        Duration::from_millis(40),
+    )])
+    .await;
+    let c = RemoteChat::new(config(&f.url)).unwrap();
+    let mut rx = c
+        .stream(&turns(), &GenerationParams::default())
+        .await
+        .unwrap();
+    let (mut streamed, mut done) = (String::new(), None);
+    while let Some(e) = rx.recv().await {
+        match e.unwrap() {
+            ChatEvent::Delta { text } => streamed.push_str(&text),
+            ChatEvent::Done { completion } => done = Some(completion),
+        }
+    }
+    assert_eq!(streamed, "café");
+    assert_eq!(done.unwrap().text, "café");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -306,6 +306,41 @@ fn tiny_gguf_stop_sequences_and_cancellation() {
     assert!(cancelled.completion_tokens < 10, "{cancelled:?}");
 }
 
+/// Characters spelled in bytes (SentencePiece's byte fallback: until its last byte comes, a
+/// character decodes as one replacement character per byte) are streamed whole: what was
+/// streamed is what is stored, and two such characters in a row do not cut one in half.
+#[test]
+fn tiny_gguf_streams_characters_spelled_in_bytes() {
+    let m = tiny_gguf();
+    let prompt = m.encode("Hi").unwrap();
+    let params = recall_core::llm::GenerationParams {
+        max_tokens: 32,
+        temperature: 0.0,
+        ..Default::default()
+    };
+    let mut seq = recall_core::llm::local::Sequence::new(&m, &prompt, &params).unwrap();
+    // Llama 2's byte tokens: <0x00> is id 3.
+    let bytes = |s: &str| s.bytes().map(|b| u32::from(b) + 3).collect::<Vec<u32>>();
+    let mut ids = bytes("😀☕");
+    ids.extend(m.encode("world").unwrap());
+    ids.extend(bytes("é"));
+    let mut streamed = String::new();
+    for id in ids {
+        let mut logits = vec![0f32; 32000];
+        logits[id as usize] = 100.0;
+        let next = seq
+            .accept_host(&m, logits, &mut |t| {
+                streamed.push_str(t);
+                true
+            })
+            .unwrap();
+        assert_eq!(next, Some(id));
+    }
+    let text = seq.completion().text;
+    assert!(text.starts_with("😀☕") && text.ends_with('é'), "{text:?}");
+    assert_eq!(streamed, text);
+}
+
 /// Batched decoding gives each prompt the tokens it gets alone (greedy: this random model's
 /// distributions are nearly uniform, so sampled tokens would follow rounding differences
 /// between batch sizes; SmolLM2's batching test in llm.rs has a real model's distributions).
