@@ -354,7 +354,14 @@ pub fn assemble(
         .map(|&i| input.history[i].content.trim())
         .collect();
 
+    // A summary already shown under its own heading is not shown again as a memory.
+    let shown_summaries: HashSet<&str> = summary_texts.iter().map(|t| t.trim()).collect();
+
     let mut memory_lines = Vec::new();
+    // The messages the included memories show (by id, and by text), which the history
+    // top-up below must not bring in again.
+    let mut shown_ids: HashSet<i64> = HashSet::new();
+    let mut shown_texts: HashSet<&str> = HashSet::new();
     if !input.memories.is_empty() {
         let mut mem_used = counter.count(MEMORIES_HEADING) + sep;
         for r in input.memories {
@@ -362,6 +369,10 @@ pub fn assemble(
                 .message_id
                 .is_some_and(|id| in_history.contains(&id))
                 || history_texts.contains(r.memory.content.trim())
+                || r.memory
+                    .summary_id
+                    .is_some_and(|id| summaries.included.contains(&id))
+                || shown_summaries.contains(r.memory.content.trim())
             {
                 memories.dropped.push(r.memory.id);
                 continue;
@@ -372,6 +383,8 @@ pub fn assemble(
                 mem_used += t;
                 memories.included.push(r.memory.id);
                 memory_lines.push(line);
+                shown_ids.extend(r.memory.message_id);
+                shown_texts.insert(r.memory.content.trim());
             } else {
                 memories.dropped.push(r.memory.id);
             }
@@ -379,13 +392,18 @@ pub fn assemble(
         memories.tokens = if memory_lines.is_empty() { 0 } else { mem_used };
     }
 
-    // Top up history with what memories left, continuing towards older messages.
+    // Top up history with what memories left, continuing towards older messages (and
+    // stopping, as history does, at one it cannot take: one a memory already shows).
     let extra = memories.budget.saturating_sub(memories.tokens);
     history.budget += extra;
     if stopped_at > 0 && chosen.len() < input.history.len() {
         for i in (0..stopped_at).rev() {
-            let c = msg_cost(&input.history[i]);
-            if used + c > history.budget {
+            let m = &input.history[i];
+            let c = msg_cost(m);
+            if used + c > history.budget
+                || shown_ids.contains(&m.id)
+                || shown_texts.contains(m.content.trim())
+            {
                 break;
             }
             used += c;
@@ -424,6 +442,7 @@ pub fn assemble(
         }
     }
     let mut messages = Vec::with_capacity(chosen.len() + 2);
+    let first_history = usize::from(!system.is_empty());
     if !system.is_empty() {
         messages.push(ChatTurn {
             role: Role::System,
@@ -441,13 +460,22 @@ pub fn assemble(
         role: Role::User,
         content: input.message.to_owned(),
     });
-    let used: usize = messages
+    let mut used: usize = messages
         .iter()
         .map(|m| counter.count(&m.content) + overhead)
         .sum();
+    // The per-part estimates are sums of pieces; the joined text can tokenize a little
+    // differently (a piece counted alone and after a newline differ). The oldest history
+    // goes until the prompt fits; never hand the model more than it can read.
+    while used > total && messages.len() > first_history + 1 {
+        let gone = messages.remove(first_history);
+        let cost = counter.count(&gone.content) + overhead;
+        used -= cost;
+        history.tokens = history.tokens.saturating_sub(cost);
+        let id = history.included.remove(0);
+        history.dropped.push(id);
+    }
     if used > total {
-        // The per-part estimates are sums of pieces; the joined text can tokenize a little
-        // differently. Never hand the model more than it can read.
         return Err(Error::Internal(format!(
             "assembled prompt has {used} tokens, over the budget of {total}"
         )));
@@ -700,6 +728,117 @@ mod tests {
         assert_eq!(out.report.summaries.included, vec![3]);
         assert_eq!(out.report.summaries.dropped, vec![2, 1]);
         assert!(out.messages[0].content.contains("summary3"));
+    }
+
+    /// A summary already shown under its heading is not shown again as a retrieved memory
+    /// (summaries are stored as memories too); one whose summary was left out still can be.
+    #[test]
+    fn a_summary_shown_is_not_repeated_as_a_memory() {
+        let t = Utc.with_ymd_and_hms(2024, 5, 1, 0, 0, 0).unwrap();
+        let summaries = vec![Summary {
+            id: 7,
+            session: "s".into(),
+            content: "they planned the Lisbon trip".into(),
+            first_message_id: None,
+            last_message_id: None,
+            model: None,
+            created_at: t,
+        }];
+        let mut as_memory = memory(100, 1, None);
+        as_memory.memory.kind = MemoryKind::Summary;
+        as_memory.memory.summary_id = Some(7);
+        as_memory.memory.content = summaries[0].content.clone();
+        let other = memory(101, 2, None);
+        let memories = vec![as_memory, other];
+        let input = ContextInput {
+            system: None,
+            persona: None,
+            memories: &memories,
+            summaries: &summaries,
+            history: &[],
+            message: "q",
+        };
+        let out = assemble(&input, &Words, &budget(1000)).unwrap();
+        assert_eq!(out.report.summaries.included, vec![7]);
+        assert_eq!(out.report.memories.included, vec![101]);
+        assert_eq!(out.messages[0].content.matches("Lisbon trip").count(), 1);
+        // With no room for the summary, the memory that holds it shows it.
+        let no_summaries = ContextBudget {
+            summary_share: 0.0,
+            ..budget(1000)
+        };
+        let out = assemble(&input, &Words, &no_summaries).unwrap();
+        assert_eq!(out.report.summaries.included, Vec::<i64>::new());
+        assert!(
+            out.report.memories.included.contains(&100),
+            "{:?}",
+            out.report
+        );
+    }
+
+    /// A counter for which joined text costs more than its pieces (each newline three
+    /// tokens), as SentencePiece's can.
+    struct Newlines;
+    impl TokenCounter for Newlines {
+        fn count(&self, text: &str) -> usize {
+            text.split_whitespace().count() + 3 * text.matches('\n').count()
+        }
+    }
+
+    /// When the joined prompt counts more than its parts did, the oldest history goes until
+    /// it fits: the answer is a prompt within the budget, not an error.
+    #[test]
+    fn a_prompt_that_counts_more_joined_sheds_old_history() {
+        let history: Vec<Message> = (1..=20).map(|i| message(i, 9)).collect();
+        let memories: Vec<Retrieved> = (100..105).map(|i| memory(i, 4, None)).collect();
+        let input = ContextInput {
+            system: Some("sys prompt"),
+            persona: None,
+            memories: &memories,
+            summaries: &[],
+            history: &history,
+            message: "new question",
+        };
+        let out = assemble(&input, &Newlines, &budget(200)).unwrap();
+        assert_eq!(out.report.memories.included.len(), 5);
+        let counted: usize = out
+            .messages
+            .iter()
+            .map(|m| Newlines.count(&m.content) + 1)
+            .sum();
+        assert_eq!(out.report.used, counted);
+        assert!(out.report.used <= out.report.budget, "{:?}", out.report);
+        // The newest history stays, whole and in order.
+        let kept = &out.report.history.included;
+        assert_eq!(kept.last(), Some(&20));
+        assert!(kept.windows(2).all(|w| w[1] == w[0] + 1), "{kept:?}");
+        assert_eq!(out.messages.len(), kept.len() + 2);
+    }
+
+    /// History topped up with what memories left stops at a message an included memory
+    /// already shows, rather than showing it twice.
+    #[test]
+    fn history_top_up_does_not_repeat_a_memory() {
+        let history: Vec<Message> = (1..=12).map(|i| message(i, 9)).collect();
+        let memories = vec![memory(100, 4, Some(6))];
+        let input = ContextInput {
+            system: Some("sys prompt"),
+            persona: None,
+            memories: &memories,
+            summaries: &[],
+            history: &history,
+            message: "new question",
+        };
+        let out = assemble(&input, &Words, &budget(110)).unwrap();
+        assert_eq!(out.report.memories.included, vec![100]);
+        assert!(out.report.history.included.contains(&7));
+        // There was room for message 6 (10 tokens), which memory 100 already shows.
+        assert!(
+            out.report.history.tokens + 10 <= out.report.history.budget,
+            "{:?}",
+            out.report.history
+        );
+        assert!(!out.report.history.included.contains(&6));
     }
 
     #[test]
