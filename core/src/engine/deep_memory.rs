@@ -399,7 +399,7 @@ impl Engine {
                 },
             )
             .await?;
-        self.adapter_changed(user);
+        self.adapter_changed(user).await;
         Ok(stored)
     }
 
@@ -471,16 +471,15 @@ impl Engine {
             )));
         }
         self.store.set_adapter_enabled(user, true).await?;
-        self.adapter_changed(user);
+        self.adapter_changed(user).await;
         self.deep_memory_status(user).await
     }
 
-    /// Turns the user's adapter off, at once (on other replicas at the next
-    /// invalidation, within seconds).
+    /// Turns the user's adapter off, at once (on other replicas too).
     pub async fn deep_memory_disable(&self, user: &str) -> Result<DeepMemoryStatus> {
         self.limits().check_user_id(user)?;
         self.store.set_adapter_enabled(user, false).await?;
-        self.adapter_changed(user);
+        self.adapter_changed(user).await;
         self.deep_memory_status(user).await
     }
 
@@ -559,12 +558,13 @@ impl Engine {
     }
 
     /// The adapter changed: searches read it again, here and (through the cache
-    /// invalidation) on the other replicas.
-    fn adapter_changed(&self, user: &str) {
+    /// invalidation, sent before this returns) on the other replicas: an operator turning a
+    /// bad adapter off from the command line must not wait for their caches to age.
+    async fn adapter_changed(&self, user: &str) {
         if let Ok(mut cache) = self.adapters.lock() {
             cache.remove(user);
         }
-        self.changed(user);
+        self.changed_now(user).await;
     }
 
     /// The query vector through the user's adapter, when they have one turned on for the

@@ -148,6 +148,13 @@ impl Engine {
     ) -> Result<KeyReport> {
         self.limits().check_user_id(user)?;
         options.validate()?;
+        // Each range drops the user's cached queries once its keys are written; a run that
+        // fails or is cancelled (its job's lease lost) part-way drops them as it goes.
+        let mut unfinished = ChangedOnDrop {
+            engine: self,
+            user,
+            armed: true,
+        };
         // Context keys need no model; facts and topics do.
         let model = self.llm.clone();
         if model.is_none() && (options.facts || options.sessions) {
@@ -235,6 +242,7 @@ impl Engine {
         }
         run.report.left = run.total.saturating_sub(run.done);
         run.report.seconds = started.elapsed().as_secs_f64();
+        unfinished.armed = false;
         Ok(run.report)
     }
 
@@ -691,6 +699,22 @@ impl Engine {
                 Some(c) => page.after = Some(c),
                 None => return Ok(out),
             }
+        }
+    }
+}
+
+/// Drops the user's cached queries when dropped while armed (see
+/// [`Engine::write_memory_keys`]).
+struct ChangedOnDrop<'a> {
+    engine: &'a Engine,
+    user: &'a str,
+    armed: bool,
+}
+
+impl Drop for ChangedOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.engine.changed(self.user);
         }
     }
 }

@@ -265,7 +265,12 @@ impl Engine {
                 }],
             )
             .await;
-        self.changed(user);
+        // What it supersedes stops being current everywhere at once.
+        if memory.supersedes.is_some() {
+            self.changed_now(user).await;
+        } else {
+            self.changed(user);
+        }
         let memory = stored?
             .pop()
             .ok_or_else(|| Error::Internal("store returned no memory".into()))?;
@@ -397,12 +402,15 @@ impl Engine {
                 },
             )
             .await;
-        self.changed(user);
+        // A changed text (a redaction) or expiry must not be served from caches anywhere.
+        self.changed_now(user).await;
         let memory = out?;
         if new_text {
-            self.drop_context_keys(user, std::slice::from_ref(&memory))
-                .await?;
-            self.changed(user);
+            let dropped = self
+                .drop_context_keys(user, std::slice::from_ref(&memory))
+                .await;
+            self.changed_now(user).await;
+            dropped?;
         }
         self.published(user, MemoryAction::Updated, &memory);
         Ok(memory)
@@ -419,8 +427,11 @@ impl Engine {
                 existing.push(m);
             }
         }
-        self.drop_context_keys(user, &existing).await?;
-        let out = self.store.delete_memories(user, ids).await;
+        // (Keys dropped before a failure are gone: their absence is announced too.)
+        let out = match self.drop_context_keys(user, &existing).await {
+            Ok(()) => self.store.delete_memories(user, ids).await,
+            Err(e) => Err(e),
+        };
         self.changed_now(user).await;
         if out.is_ok() {
             for m in &existing {

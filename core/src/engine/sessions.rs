@@ -103,7 +103,7 @@ impl Engine {
     /// session.
     pub async fn delete_session(&self, user: &str, session: &str) -> Result<()> {
         let out = self.store.delete_session(user, session).await;
-        self.changed(user);
+        self.changed_now(user).await;
         let Some(gone) = out? else {
             return Err(Error::not_found("session", session));
         };

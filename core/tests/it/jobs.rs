@@ -285,6 +285,83 @@ async fn a_deletion_without_a_fan_out_still_reaches_the_replicas() {
     assert_eq!(left, (0, 0), "the server still answered from its cache");
 }
 
+/// What `engine` retrieves for the user, by content.
+async fn retrieved(engine: &Engine, user: &str, options: &RetrieveOptions) -> Vec<String> {
+    engine
+        .retrieve(user, "what is the locker code?", options)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.memory.content)
+        .collect()
+}
+
+/// A redaction, a replacement and a session's deletion made by a process that runs no
+/// fan-out (the command line) reach the servers' cached queries before it returns, as
+/// deletions do: none of them may be served from a cache for the cache's lifetime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_without_a_fan_out_reach_the_replicas() {
+    let pg = PgDb::create().await;
+    let (server, cli) = replicas(&pg).await;
+    let _fan = server
+        .start_fanout()
+        .await
+        .unwrap()
+        .expect("postgres fans out");
+    let options = RetrieveOptions {
+        now: Some(Utc::now()),
+        ..RetrieveOptions::default()
+    };
+    let carol = server
+        .add_memory("carol", fact("Carol's locker code is 4721"))
+        .await
+        .unwrap();
+    let dan = server
+        .add_memory("dan", fact("Dan's locker code is 1234"))
+        .await
+        .unwrap();
+    let gym = recall_core::NewMemoryText {
+        session: Some("gym".into()),
+        ..fact("Erin's locker code is 9876")
+    };
+    server.add_memory("erin", gym).await.unwrap();
+    for user in ["carol", "dan", "erin", "carol", "dan", "erin"] {
+        assert_eq!(retrieved(&server, user, &options).await.len(), 1);
+    }
+    assert!(
+        server.cache_stats().hits >= 3,
+        "the repeated retrievals were cached"
+    );
+
+    let redacted = "Carol's locker code is [redacted]";
+    let update = recall_core::MemoryUpdate {
+        content: Some(redacted.into()),
+        ..Default::default()
+    };
+    cli.update_memory("carol", carol.id, update).await.unwrap();
+    let now = "Dan's locker code is now 5555";
+    let replacement = recall_core::NewMemoryText {
+        supersedes: Some(dan.id),
+        ..fact(now)
+    };
+    cli.add_memory("dan", replacement).await.unwrap();
+    cli.delete_session("erin", "gym").await.unwrap();
+    // The notices travel through Postgres; the server hears them within moments.
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen = vec![
+            retrieved(&server, "carol", &options).await,
+            retrieved(&server, "dan", &options).await,
+            retrieved(&server, "erin", &options).await,
+        ];
+        if seen == [vec![redacted.to_owned()], vec![now.to_owned()], vec![]] {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the server still answered from its cache: {seen:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_and_cache_invalidation_cross_replicas() {
     let pg = PgDb::create().await;
