@@ -94,6 +94,12 @@ impl Engine {
         // Scores equal to within this are the same row's (the store's arithmetic may differ
         // from ours in the last bits).
         const SAME: f32 = 1e-5;
+        // A key is held to its memory's metadata (the store's rule), and each memory here
+        // passed the filter: its keys are tested on the rest.
+        let keys_filter = Filter {
+            metadata: Vec::new(),
+            ..filter.clone()
+        };
         let mut out = HashSet::new();
         let page = self.limits().max_page_size.max(1);
         for chunk in firsts.chunks(page) {
@@ -103,7 +109,7 @@ impl Engine {
                 .keys_for(user, &ids)
                 .await?
                 .iter()
-                .filter(|k| filter.matches(k))
+                .filter(|k| keys_filter.matches(k))
                 .filter_map(|k| Some((k.key_for?, k.id)))
                 .collect();
             // Without keys a memory has one row, the one found.

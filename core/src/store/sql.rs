@@ -562,6 +562,39 @@ impl<V: VectorIndex> SqlStore<V> {
             .collect())
     }
 
+    /// The metadata the filter's conditions test on each key among `rows` (opened rows of a
+    /// search): a key carries none of its memory's metadata, so where it stands in for its
+    /// memory (a search that admits kinds other than keys) it is held to its memory's. Keys
+    /// absent from the answer (a search of keys alone, or one whose memory is gone) are held
+    /// to their own.
+    async fn stand_in_metadata(
+        &self,
+        user_id: i64,
+        filter: &ResolvedFilter,
+        rows: &HashMap<i64, Memory>,
+    ) -> Result<HashMap<i64, Value>> {
+        let stands_in =
+            filter.kinds.is_empty() || filter.kinds.iter().any(|k| *k != MemoryKind::Key);
+        if filter.metadata.is_empty() || !stands_in {
+            return Ok(HashMap::new());
+        }
+        let keys: Vec<(i64, i64)> = rows
+            .values()
+            .filter(|m| m.kind == MemoryKind::Key)
+            .filter_map(|m| Some((m.id, m.key_for?)))
+            .collect();
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let targets = self
+            .memories_by_id(user_id, keys.iter().map(|&(_, t)| t))
+            .await?;
+        Ok(keys
+            .into_iter()
+            .filter_map(|(k, t)| Some((k, targets.get(&t)?.metadata.clone())))
+            .collect())
+    }
+
     fn message_to_api(&self, m: message::Model, session: &str) -> Result<Message> {
         let m = open_message(&self.keys, m)?;
         Ok(Message {

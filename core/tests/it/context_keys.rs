@@ -8,8 +8,11 @@ use chrono::{TimeZone, Utc};
 use recall_core::embed::Embedder;
 use recall_core::error::ErrorKind;
 use recall_core::memory_keys::KeyOptions;
+use recall_core::retrieval::{RetrieveOptions, SearchMode};
 use recall_core::store::{self, StoreConfig};
-use recall_core::types::{Filter, Memory, MemoryKind, NewMessage, Role};
+use recall_core::types::{
+    Filter, Memory, MemoryKind, MetadataCondition, MetadataOp, NewMessage, Role,
+};
 use recall_core::{Engine, MemoryUpdate, SearchOptions};
 
 use crate::fixtures::PgDb;
@@ -377,6 +380,94 @@ async fn context_keys_on_the_embedded_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn context_keys_on_postgres() {
     context_keys(true).await;
+}
+
+/// A key stands in for its memory under every filter: a metadata condition is held to the
+/// memory's metadata (a key carries none of it), and a memory's new tags are its keys' too.
+async fn keys_under_metadata_and_tag_filters(pg: bool) {
+    let root = tempfile::tempdir().unwrap();
+    let db = if pg { Some(PgDb::create().await) } else { None };
+    let config = match &db {
+        Some(db) => StoreConfig::postgres(db.url.clone()),
+        None => StoreConfig::embedded(root.path().join("store")),
+    };
+    let engine = Engine::new(store::open(&config).await.unwrap(), minilm());
+    let t = Utc.with_ymd_and_hms(2023, 5, 20, 9, 0, 0).unwrap();
+    let messages = TRIP
+        .iter()
+        .enumerate()
+        .map(|(i, text)| NewMessage {
+            created_at: Some(t + chrono::Duration::minutes(i as i64)),
+            metadata: serde_json::json!({ "project": if i == 2 { "apollo" } else { "gemini" } }),
+            ..NewMessage::new("s2", Role::User, *text)
+        })
+        .collect();
+    let trip: Vec<i64> = engine
+        .add_messages("alice", messages)
+        .await
+        .unwrap()
+        .iter()
+        .flat_map(|a| a.memory_ids.clone())
+        .collect();
+    engine.set_memory_keys("alice", true).await.unwrap();
+    engine
+        .write_memory_keys("alice", &KeyOptions::default(), &mut |_, _, _| {})
+        .await
+        .unwrap();
+    let found = |filter: Filter| {
+        let engine = engine.clone();
+        async move {
+            let options = RetrieveOptions {
+                filter,
+                ..RetrieveOptions::for_mode(SearchMode::Text, 10)
+            };
+            let mut ids: Vec<i64> = engine
+                .retrieve("alice", "Rome", &options)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.memory.id)
+                .collect();
+            ids.sort_unstable();
+            ids
+        }
+    };
+    // "Rome" is in the first turn only; its keys bring the other two back.
+    assert_eq!(found(Filter::default()).await, trip);
+    let project = |op, value| Filter {
+        metadata: vec![MetadataCondition::new(
+            "project",
+            op,
+            serde_json::json!(value),
+        )],
+        ..Filter::default()
+    };
+    assert_eq!(found(project(MetadataOp::Eq, "apollo")).await, [trip[2]]);
+    assert_eq!(found(project(MetadataOp::Ne, "apollo")).await, trip[..2]);
+    // New tags are the keys' too: the museums question is found by its key under them.
+    let tags = MemoryUpdate {
+        tags: Some(vec!["museums".into()]),
+        ..MemoryUpdate::default()
+    };
+    engine.update_memory("alice", trip[1], tags).await.unwrap();
+    let museums = Filter {
+        tags: vec!["museums".into()],
+        ..Filter::default()
+    };
+    assert_eq!(found(museums).await, [trip[1]]);
+    if let Some(db) = db {
+        db.drop_db().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_under_filters_on_the_embedded_store() {
+    keys_under_metadata_and_tag_filters(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_under_filters_on_postgres() {
+    keys_under_metadata_and_tag_filters(true).await;
 }
 
 /// An embedder that deletes a memory of Alice's, or gives one new text, the first time it

@@ -173,13 +173,21 @@ impl<V: VectorIndex> SqlStore<V> {
         if patch.content.is_some() {
             let keys = self.keys_of(&txn, u.id, &[id]).await?;
             self.delete_rows(&txn, u.id, &keys).await?;
-        } else if let Some(expires_at) = patch.expires_at {
-            memory::Entity::update_many()
-                .col_expr(
+        } else if patch.expires_at.is_some() || patch.tags.is_some() {
+            // Its keys stand in for it in searches: they carry its expiry and its tags (and
+            // are stamped, so that replicas holding the user in memory read them again).
+            let mut keys =
+                memory::Entity::update_many().col_expr(memory::Column::UpdatedAt, Expr::value(t));
+            if let Some(expires_at) = patch.expires_at {
+                keys = keys.col_expr(
                     memory::Column::ExpiresAt,
                     Expr::value(expires_at.map(|e| e.trunc_subsecs(6))),
-                )
-                .filter(memory::Column::UserId.eq(u.id))
+                );
+            }
+            if let Some(tags) = &patch.tags {
+                keys = keys.col_expr(memory::Column::Tags, Expr::value(tags_json(tags)));
+            }
+            keys.filter(memory::Column::UserId.eq(u.id))
                 .filter(memory::Column::KeyFor.eq(id))
                 .exec(&txn)
                 .await?;

@@ -110,12 +110,16 @@ impl<V: VectorIndex> SqlStore<V> {
             let mut by_id = self
                 .memories_by_id(u.id, found.iter().map(|(id, _)| *id))
                 .await?;
+            let stand_in = self.stand_in_metadata(u.id, filter, &by_id).await?;
             for (id, distance) in found {
                 scanned += 1;
                 let here = SearchCursor { d: distance, i: id };
                 // A memory deleted between the two reads is skipped.
                 if let Some(memory) = by_id.remove(&id)
-                    && filter.metadata.iter().all(|c| c.matches(&memory.metadata))
+                    && filter
+                        .metadata
+                        .iter()
+                        .all(|c| c.matches(stand_in.get(&memory.id).unwrap_or(&memory.metadata)))
                 {
                     if hits.len() == query.top_k {
                         break 'scan returned;
@@ -181,6 +185,7 @@ impl<V: VectorIndex> SqlStore<V> {
             let mut by_id = self
                 .memories_by_id(u.id, found.iter().map(|(id, _)| *id))
                 .await?;
+            let stand_in = self.stand_in_metadata(u.id, &filter, &by_id).await?;
             let hits: Vec<TextHit> = found
                 .into_iter()
                 .filter_map(|(id, score)| {
@@ -190,10 +195,8 @@ impl<V: VectorIndex> SqlStore<V> {
                     })
                 })
                 .filter(|h| {
-                    filter
-                        .metadata
-                        .iter()
-                        .all(|c| c.matches(&h.memory.metadata))
+                    let metadata = stand_in.get(&h.memory.id).unwrap_or(&h.memory.metadata);
+                    filter.metadata.iter().all(|c| c.matches(metadata))
                 })
                 .take(query.top_k)
                 .collect();
