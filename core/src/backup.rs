@@ -407,7 +407,7 @@ fn check_header(h: &Header) -> Result<()> {
 /// The bytes of a backup file under its encryption: decrypted with `key` when the file was
 /// encrypted (a missing or different key is a clear error), as they are otherwise.
 fn input(path: &Path, key: Option<&DataKey>) -> Result<Box<dyn Read + Send>> {
-    let mut file = BufReader::new(File::open(path).map_err(|e| Error::io(path, e))?);
+    let mut file = BufReader::new(File::open(path).map_err(|e| Error::input_file(path, e))?);
     match crypto::read_header(&mut file).map_err(|e| Error::io(path, e))? {
         crypto::Header::Plain(first) => Ok(Box::new(std::io::Cursor::new(first).chain(file))),
         crypto::Header::Encrypted { key_id, prefix } => match key {

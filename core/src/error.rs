@@ -142,6 +142,21 @@ impl Error {
             source,
         }
     }
+
+    /// Opening or reading a file the caller named (an import, a backup to restore, a
+    /// settings file): one that is not there is [`Error::NotFound`], one that cannot be read
+    /// as named (a folder, no permission, not text) is [`Error::InvalidInput`] -- the caller's
+    /// to mend, not the service's; other failures are [`Error::Io`].
+    pub fn input_file(path: &std::path::Path, source: std::io::Error) -> Self {
+        use std::io::ErrorKind as Io;
+        match source.kind() {
+            Io::NotFound => Self::not_found("file", path.display().to_string()),
+            Io::PermissionDenied | Io::IsADirectory | Io::InvalidData | Io::InvalidInput => {
+                Self::invalid(format!("cannot read {}: {source}", path.display()))
+            }
+            _ => Self::io(path, source),
+        }
+    }
 }
 
 #[cfg(any(feature = "postgres", feature = "sqlite"))]

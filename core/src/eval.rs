@@ -6,7 +6,7 @@
 //! nDCG@k (evidence turns as relevant, binary gains) and MRR (reciprocal rank of the first
 //! evidence turn), overall, per category and per sample, with a bootstrap interval of each
 //! overall figure.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Duration, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -125,12 +125,19 @@ pub fn parse_locomo(text: &str) -> Result<(Vec<Sample>, DatasetWarnings)> {
         .ok_or_else(|| Error::invalid("dataset must be a JSON list of samples"))?;
     let mut warnings = DatasetWarnings::default();
     let mut samples = Vec::with_capacity(list.len());
+    // Each sample is its own user in a run: two with one id would be one user's data.
+    let mut ids = HashSet::new();
     for (i, s) in list.iter().enumerate() {
         let id = s
             .get("sample_id")
             .and_then(Value::as_str)
             .map(str::to_owned)
             .unwrap_or_else(|| format!("sample-{}", i + 1));
+        if !ids.insert(id.clone()) {
+            return Err(Error::invalid(format!(
+                "two samples have the id {id:?}: each must have its own"
+            )));
+        }
         let conv: &Map<String, Value> = s
             .get("conversation")
             .and_then(Value::as_object)
@@ -471,6 +478,37 @@ mod tests {
         assert!(valid_dia_id("D12:140"));
         for bad in ["D1", "1:3", "D1:3:4", "D:3", "D1:x", "D8:6; D9:17", ""] {
             assert!(!valid_dia_id(bad), "{bad}");
+        }
+    }
+
+    /// Each sample is one user of the run: two samples with one id (or a numbered fallback
+    /// that meets a real id) would be scored against each other's turns.
+    #[test]
+    fn sample_ids_are_unique() {
+        let sample = |id: Option<&str>| {
+            let mut s = json!({
+                "conversation": {
+                    "speaker_a": "A", "speaker_b": "B",
+                    "session_1_date_time": "1:00 pm on 1 May, 2023",
+                    "session_1": [{"speaker": "A", "dia_id": "D1:1", "text": "hello"}]
+                },
+                "qa": []
+            });
+            if let Some(id) = id {
+                s["sample_id"] = json!(id);
+            }
+            s
+        };
+        let ok = json!([sample(Some("x")), sample(Some("y")), sample(None)]).to_string();
+        let (samples, _) = parse_locomo(&ok).unwrap();
+        let ids: Vec<&str> = samples.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["x", "y", "sample-3"]);
+        for bad in [
+            json!([sample(Some("x")), sample(Some("x"))]),
+            json!([sample(None), sample(Some("sample-1"))]),
+        ] {
+            let e = parse_locomo(&bad.to_string()).unwrap_err();
+            assert!(e.to_string().contains("two samples"), "{e}");
         }
     }
 

@@ -360,7 +360,7 @@ fn init_logging(
 /// A secret from a file, or from standard input.
 fn read_key(file: Option<&std::path::Path>) -> recall_core::Result<String> {
     let text = match file {
-        Some(path) => std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?,
+        Some(path) => std::fs::read_to_string(path).map_err(|e| Error::input_file(path, e))?,
         None => {
             let mut text = String::new();
             std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
@@ -375,6 +375,27 @@ fn read_key(file: Option<&std::path::Path>) -> recall_core::Result<String> {
         ));
     }
     Ok(key.to_owned())
+}
+
+/// A command line clap refused: printed as clap prints it, or, when the arguments ask for
+/// `--json`, as the `{"error": …}` every other failure prints under it (help and version
+/// are printed as they are). Returns the exit code (2, bad input).
+pub fn parse_error(err: clap::Error) -> i32 {
+    use clap::error::ErrorKind as Clap;
+    let json = std::env::args_os().skip(1).any(|a| a == "--json");
+    let help = matches!(
+        err.kind(),
+        Clap::DisplayHelp | Clap::DisplayVersion | Clap::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if help || !json {
+        err.exit();
+    }
+    let text = err.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    let e = Error::invalid(first.strip_prefix("error: ").unwrap_or(first).trim());
+    let body = json!({ "error": { "code": format!("{:?}", e.kind()), "message": e.to_string() } });
+    eprintln!("{body}");
+    exit_code(&e)
 }
 
 /// Runs the command line; returns the process exit code.

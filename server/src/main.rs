@@ -1,8 +1,8 @@
 use clap::Parser;
-use recall_server::cli::{Cli, run};
+use recall_server::cli::{Cli, parse_error, run};
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| std::process::exit(parse_error(e)));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

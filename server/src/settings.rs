@@ -794,7 +794,7 @@ impl Settings {
     pub fn load(file: Option<&Path>) -> recall_core::Result<Self> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            let text = std::fs::read_to_string(path).map_err(|e| Error::input_file(path, e))?;
             figment = figment.merge(Toml::string(&text));
         }
         let settings: Settings = figment

@@ -76,7 +76,24 @@ pub enum Fusion {
 /// text list drag strong vector matches down (docs/benchmarks.md has the figures).
 impl Default for Fusion {
     fn default() -> Self {
-        Fusion::Weighted { alpha: 0.7 }
+        Fusion::Weighted {
+            alpha: Fusion::WEIGHTED_ALPHA,
+        }
+    }
+}
+
+impl Fusion {
+    /// Weighted fusion's alpha when none is given.
+    pub const WEIGHTED_ALPHA: f32 = 0.7;
+    /// RRF's k when none is given (the original paper's).
+    pub const RRF_K: f32 = 60.0;
+
+    /// The same method with its parameter set (RRF's k, or weighted fusion's alpha).
+    pub fn with_param(self, param: f32) -> Self {
+        match self {
+            Fusion::Rrf { .. } => Fusion::Rrf { k: param },
+            Fusion::Weighted { .. } => Fusion::Weighted { alpha: param },
+        }
     }
 }
 

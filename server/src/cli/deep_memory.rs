@@ -28,9 +28,9 @@ enum DeepMemoryCommand {
         /// Questions per memory (1 to 5) [deep_memory.questions_per_memory].
         #[arg(long)]
         questions_per_memory: Option<usize>,
-        /// Pairs written in this run at most.
-        #[arg(long, default_value_t = 5000)]
-        max_pairs: usize,
+        /// Pairs written in this run at most [deep_memory.max_pairs_per_run].
+        #[arg(long)]
+        max_pairs: Option<usize>,
     },
     /// Train the user's adapter on their pairs and judge it on the held-out ones. A new
     /// adapter starts off; `enable` turns it on.
@@ -105,7 +105,7 @@ pub(super) async fn run(
             let options = GenerateOptions {
                 questions_per_memory: questions_per_memory
                     .unwrap_or(settings.deep_memory.questions_per_memory),
-                max_pairs: *max_pairs,
+                max_pairs: max_pairs.unwrap_or(settings.deep_memory.max_pairs_per_run),
                 ..settings.deep_memory.generate()
             };
             options.validate()?;

@@ -208,8 +208,19 @@ pub(super) async fn run(
         details: args.details.is_some(),
         detail_turns: args.details_turns,
     };
-    let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
+    let text = std::fs::read_to_string(file).map_err(|e| Error::input_file(file, e))?;
     let (samples, warnings) = recall_core::eval::parse_locomo(&text)?;
+    // The details file is opened now: a path it cannot be written at is said before the
+    // run, not after it.
+    let details = args
+        .details
+        .as_ref()
+        .map(|path| {
+            std::fs::File::create(path).map_err(|e| {
+                Error::invalid(format!("cannot write --details {}: {e}", path.display()))
+            })
+        })
+        .transpose()?;
     for w in &warnings.bad_evidence {
         eprintln!("warning: skipped evidence id {w}");
     }
@@ -301,13 +312,13 @@ pub(super) async fn run(
         engine.delete_user(&i.user, &Actor::cli()).await?;
     }
     outcome?;
-    if let Some(path) = &args.details {
+    if let (Some(path), Some(mut out)) = (&args.details, details) {
         let mut lines = String::new();
         for r in reports.iter().chain(&answered).chain(&keyed) {
             lines += &r.to_string();
             lines.push('\n');
         }
-        std::fs::write(path, lines).map_err(|e| Error::io(path, e))?;
+        std::io::Write::write_all(&mut out, lines.as_bytes()).map_err(|e| Error::io(path, e))?;
     }
     for r in &mut reports {
         r["bad_evidence"] = json!(warnings.bad_evidence.len());

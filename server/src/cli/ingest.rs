@@ -35,13 +35,16 @@ pub(super) async fn run(
 ) -> recall_core::Result<()> {
     let (user, file) = (args.user.as_str(), args.file.as_path());
     let started = Instant::now();
+    // A file that is not there is said before the models load.
+    let input = (file != Path::new("-"))
+        .then(|| std::fs::File::open(file).map_err(|e| Error::input_file(file, e)))
+        .transpose()?;
     let engine = startup::engine(settings).await?;
     let limits = engine.limits().clone();
-    let messages = if file == Path::new("-") {
-        recall_core::ingest::parse_jsonl(std::io::stdin().lock(), &limits)?
-    } else {
-        let f = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
+    let messages = if let Some(f) = input {
         recall_core::ingest::parse_jsonl(BufReader::new(f), &limits)?
+    } else {
+        recall_core::ingest::parse_jsonl(std::io::stdin().lock(), &limits)?
     };
     let total = messages.len();
     let sessions: std::collections::HashSet<&str> =

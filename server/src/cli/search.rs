@@ -94,6 +94,8 @@ pub(super) async fn run(
     json: bool,
 ) -> recall_core::Result<()> {
     let filter = args.filter.filter();
+    // Every ranking flag is checked, whichever path serves the search.
+    let ranking = args.ranking.config(args.mode, args.min_score)?;
     if args.ranking.is_plain_vector(args.mode) {
         let options = SearchOptions {
             top_k: args.top_k,
@@ -113,7 +115,7 @@ pub(super) async fn run(
         top_k: args.top_k,
         mode: args.mode,
         filter,
-        ranking: args.ranking.config(args.mode, args.min_score)?,
+        ranking,
         now: None,
     };
     let engine = startup::engine(settings).await?;
@@ -203,25 +205,23 @@ impl RankingArgs {
         if let Some(n) = self.candidates {
             c.candidates = n;
         }
-        match (self.fusion.as_deref(), self.fusion_param) {
-            (None | Some("rrf"), p) => {
-                if let Some(k) = p {
-                    c.fusion = Fusion::Rrf { k };
-                } else if self.fusion.is_some() {
-                    c.fusion = Fusion::Rrf { k: 60.0 };
-                }
-            }
-            (Some("weighted"), p) => {
-                c.fusion = Fusion::Weighted {
-                    alpha: p.unwrap_or(0.5),
-                }
-            }
+        // The parameter alone tunes the mode's own fusion; a method named without one gets
+        // that method's default.
+        c.fusion = match (self.fusion.as_deref(), self.fusion_param) {
+            (None, None) => c.fusion,
+            (None, Some(p)) => c.fusion.with_param(p),
+            (Some("rrf"), p) => Fusion::Rrf {
+                k: p.unwrap_or(Fusion::RRF_K),
+            },
+            (Some("weighted"), p) => Fusion::Weighted {
+                alpha: p.unwrap_or(Fusion::WEIGHTED_ALPHA),
+            },
             (Some(other), _) => {
                 return Err(Error::invalid(format!(
                     "unknown fusion {other:?} (rrf or weighted)"
                 )));
             }
-        }
+        };
         if let Some(w) = self.recency_weight {
             c.recency_weight = w;
         }
@@ -272,10 +272,18 @@ impl RankingArgs {
         Ok(c)
     }
 
-    /// Plain vector search with no signal: served by the paginated similarity search.
+    /// Plain vector search with no signal and no ranking flag: served by the paginated
+    /// similarity search.
     fn is_plain_vector(&self, mode: SearchMode) -> bool {
         mode == SearchMode::Vector
             && !self.rerank
+            && self.candidates.is_none()
+            && self.fusion.is_none()
+            && self.fusion_param.is_none()
+            && self.half_life_days.is_none()
+            && self.cross_encoder_top_n.is_none()
+            && self.cross_encoder_weight.is_none_or(|w| w == 0.0)
+            && self.neighbours.is_none()
             && self.recency_weight.is_none_or(|w| w == 0.0)
             && self.importance_weight.is_none_or(|w| w == 0.0)
             && self.emotion_weight.is_none_or(|w| w == 0.0)
@@ -410,4 +418,52 @@ async fn retrieve(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        ranking: RankingArgs,
+    }
+
+    fn fusion(args: &[&str]) -> recall_core::Result<Fusion> {
+        let flags = Flags::parse_from(std::iter::once("t").chain(args.iter().copied()));
+        Ok(flags.ranking.config(SearchMode::Hybrid, None)?.fusion)
+    }
+
+    /// `--fusion-param` alone tunes the default fusion (weighted: its alpha), not RRF; a
+    /// method named alone gets its own default.
+    #[test]
+    fn fusion_flags() {
+        assert_eq!(fusion(&[]).unwrap(), Fusion::default());
+        assert_eq!(
+            fusion(&["--fusion-param", "0.5"]).unwrap(),
+            Fusion::Weighted { alpha: 0.5 }
+        );
+        assert_eq!(
+            fusion(&["--fusion", "weighted"]).unwrap(),
+            Fusion::Weighted {
+                alpha: Fusion::WEIGHTED_ALPHA
+            }
+        );
+        assert_eq!(
+            fusion(&["--fusion", "rrf"]).unwrap(),
+            Fusion::Rrf { k: Fusion::RRF_K }
+        );
+        assert_eq!(
+            fusion(&["--fusion", "rrf", "--fusion-param", "10"]).unwrap(),
+            Fusion::Rrf { k: 10.0 }
+        );
+        assert!(fusion(&["--fusion", "bogus"]).is_err());
+        assert!(
+            fusion(&["--fusion-param", "1.5"]).is_err(),
+            "alpha is in [0, 1]"
+        );
+    }
 }

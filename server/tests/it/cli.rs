@@ -361,6 +361,64 @@ fn bad_files_are_refused_and_nothing_is_written() {
     );
     let err: Value = serde_json::from_slice(&out.stderr).unwrap();
     assert_eq!(err["error"]["code"], "InvalidInput");
+
+    // A file that is not there is not found (3), a folder is not a file to read (2): the
+    // caller's to mend, not an internal error (1).
+    let missing = dir.path().join("missing.jsonl");
+    let out = cli(
+        &backend,
+        &["--json", "ingest", "--user", "u", missing.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let err: Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(err["error"]["code"], "NotFound", "{err}");
+    let out = cli(
+        &backend,
+        &["ingest", "--user", "u", dir.path().to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = cli(&backend, &["eval", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+
+    // A command line the parser refuses is JSON too with --json (and bad input, 2).
+    let out = cli(
+        &backend,
+        &["--json", "search", "--user", "u", "--since", "May", "q"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err: Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(err["error"]["code"], "InvalidInput", "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--since"),
+        "{err}"
+    );
+    // Every ranking flag is checked, on the plain vector path too.
+    let out = cli(
+        &backend,
+        &[
+            "search", "--user", "u", "--mode", "vector", "--fusion", "bogus", "q",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    // A --details file that cannot be written is said before the run, not after it.
+    let data = repo_root().join("eval/data/recall-mini.json");
+    let out = cli(
+        &backend,
+        &[
+            "eval",
+            data.to_str().unwrap(),
+            "--details",
+            "/no/such/dir/d.jsonl",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--details"),
+        "{out:?}"
+    );
 }
 
 #[test]

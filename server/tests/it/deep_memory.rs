@@ -254,6 +254,7 @@ async fn deep_memory_from_graphql_and_the_cli() {
             .args(args)
             .env_remove("DATABASE_URL")
             .env_remove("DEEP_RECALL_DATA_DIR")
+            .env("DEEP_RECALL__DEEP_MEMORY__MAX_PAIRS_PER_RUN", "1")
             .output()
             .unwrap();
         (
@@ -282,6 +283,11 @@ async fn deep_memory_from_graphql_and_the_cli() {
         v["after"]["mrr"].as_f64() > v["before"]["mrr"].as_f64(),
         "{v}"
     );
+    // `generate` writes at most the settings' pairs per run, unless told.
+    let (rc, out, err) = cli(&["generate", "--user", "alice"]);
+    assert_eq!(rc, Some(0), "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["pairs"], 1, "{v}");
     let (rc, out, err) = cli(&["train", "--user", "alice", "--epochs", "10"]);
     assert_eq!(rc, Some(0), "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
