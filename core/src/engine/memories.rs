@@ -245,7 +245,9 @@ impl Engine {
         own_metadata(&mut metadata, &memory.metadata);
         // A memory that replaces another is stored as given, never merged.
         if memory.supersedes.is_none()
-            && let Some(merged) = this.merge_duplicate(user, &memory, &vector).await?
+            && let Some(merged) = this
+                .merge_duplicate(user, &memory, expires_at, &vector)
+                .await?
         {
             return Ok(merged);
         }
@@ -281,11 +283,14 @@ impl Engine {
     /// Deduplication on add (when switched on, [`Engine::with_dedupe`]): when the user already
     /// has a memory of the same kind (and session) at least that alike, the new one merges into it
     /// instead of being stored: tags are united, the higher importance kept, and
-    /// `metadata.merged` counts the merges. Messages are a transcript and never merge.
+    /// `metadata.merged` counts the merges, and the memory lasts as long as the longer-lived
+    /// of the two (`expires_at`, the new one's expiry). Messages are a transcript and never
+    /// merge; a memory of no session merges only into one of no session.
     async fn merge_duplicate(
         &self,
         user: &str,
         memory: &NewMemoryText,
+        expires_at: Option<DateTime<Utc>>,
         vector: &[f32],
     ) -> Result<Option<Memory>> {
         let Some(threshold) = self.dedupe else {
@@ -312,10 +317,20 @@ impl Engine {
                 },
             )
             .await?;
-        let Some(hit) = found.hits.into_iter().next() else {
+        // (No session in the filter finds every session's: those are not this one's.)
+        let Some(hit) = found
+            .hits
+            .into_iter()
+            .next()
+            .filter(|h| h.memory.session == memory.session)
+        else {
             return Ok(None);
         };
         let old = hit.memory;
+        let lasts = match (old.expires_at, expires_at) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            _ => None,
+        };
         let mut tags = old.tags.clone();
         for t in &memory.tags {
             if !tags.contains(t) {
@@ -340,6 +355,7 @@ impl Engine {
                     tags: Some(tags),
                     metadata: Some(serde_json::Value::Object(metadata)),
                     importance: Some(importance),
+                    expires_at: (lasts != old.expires_at).then_some(lasts),
                     ..MemoryPatch::default()
                 },
             )

@@ -671,6 +671,30 @@ async fn near_identical_memories_merge_on_add(t: &TestStore) {
         "{ids:?}"
     );
     assert_eq!(e.count_memories("carol").await.unwrap(), 3);
+    // A merge lasts as long as the longer-lived copy; no session merges into no session only.
+    let fact = |text: &str| new(MemoryKind::Fact, text, &[], None);
+    let soon = NewMemoryText {
+        ttl_seconds: Some(60),
+        ..fact("I am allergic to peanuts")
+    };
+    let soon = e.add_memory("erin", soon).await.unwrap();
+    let kept = e
+        .add_memory("erin", fact("I am allergic to peanuts."))
+        .await;
+    assert_eq!(kept.unwrap().id, soon.id);
+    assert_eq!(
+        e.memory("erin", soon.id).await.unwrap().unwrap().expires_at,
+        None
+    );
+    let trip = NewMemoryText {
+        session: Some("trip".into()),
+        ..fact("My passport expires in May")
+    };
+    let trip = e.add_memory("erin", trip).await.unwrap();
+    let loose = e
+        .add_memory("erin", fact("My passport expires in May."))
+        .await;
+    assert_ne!(loose.unwrap().id, trip.id);
     // Merging can be switched off.
     let e = e.with_dedupe(None);
     let separate = e
