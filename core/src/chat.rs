@@ -5,7 +5,9 @@
 //!
 //! The user's message is stored (and acknowledged with its id) before generation starts, so a
 //! crash mid-answer loses nothing the caller was told was kept. An answer whose consumer went
-//! away is not stored.
+//! away is not stored. A turn tried again after its answer failed or was cut off (the session's
+//! last message is this message, unanswered) reuses the stored message: a retry does not store
+//! it twice, and the prompt shows it once.
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -168,7 +170,8 @@ pub enum ChatUpdate {
 /// A started chat turn: the stored message's id and the stream of the answer.
 #[derive(Debug)]
 pub struct ChatStream {
-    /// The user message, stored before generation started.
+    /// The user message, stored before generation started (or earlier, by the try this one
+    /// repeats).
     pub message_id: i64,
     /// Milliseconds spent on retrieval and prompt assembly.
     pub retrieval_ms: f64,
@@ -259,21 +262,28 @@ impl ChatPipeline {
             })
             .collect();
 
-        let stored = self
+        // A retried turn (its message the session's last, unanswered) keeps its message.
+        let retried = self
             .engine
-            .add_messages(
-                user,
-                vec![NewMessage::new(
-                    &request.session,
-                    Role::User,
-                    &request.message,
-                )],
-            )
+            .unanswered(user, &request.session, &request.message)
             .await?;
-        let message_id = stored
-            .first()
-            .map(|a| a.message.id)
-            .ok_or_else(|| Error::Internal("the store returned no message".into()))?;
+        let message_id = match retried {
+            Some(m) => m.id,
+            None => self
+                .engine
+                .add_messages(
+                    user,
+                    vec![NewMessage::new(
+                        &request.session,
+                        Role::User,
+                        &request.message,
+                    )],
+                )
+                .await?
+                .first()
+                .map(|a| a.message.id)
+                .ok_or_else(|| Error::Internal("the store returned no message".into()))?,
+        };
 
         // Generation outlives this call: its span follows the answer to its end.
         let generation = tracing::info_span!(

@@ -373,6 +373,8 @@ pub fn assemble(
                     .summary_id
                     .is_some_and(|id| summaries.included.contains(&id))
                 || shown_summaries.contains(r.memory.content.trim())
+                // The message itself, stored already (a retried turn): shown as the message.
+                || r.memory.content.trim() == input.message.trim()
             {
                 memories.dropped.push(r.memory.id);
                 continue;

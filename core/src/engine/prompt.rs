@@ -6,7 +6,7 @@ use crate::context::{
     conversation_history, fit_persona,
 };
 use crate::persona::{self, MAX_PERSONA_CHUNKS, PERSONA_CHUNK_KEY};
-use crate::types::{Message, Retrieved, Summary};
+use crate::types::{Message, Retrieved, Role, Summary};
 
 impl Engine {
     /// The session's summaries and its unsummarised messages: those after the session's
@@ -31,6 +31,19 @@ impl Engine {
                 .await?
         };
         Ok((summaries, history))
+    }
+
+    /// The session's last message when it is the user's `message` with nothing after it: a
+    /// turn whose answer failed or was cut off, or a message the caller stored before asking
+    /// for its prompt. A retried chat turn reuses it rather than storing it again.
+    pub(crate) async fn unanswered(
+        &self,
+        user: &str,
+        session: &str,
+        message: &str,
+    ) -> Result<Option<Message>> {
+        let last = self.store.messages_after(user, session, 0, 1, true).await?;
+        Ok(last.into_iter().next().filter(|m| is_turn(m, message)))
     }
 
     /// The prompt for replying to `message` in `session`: system prompt and persona, the
@@ -107,7 +120,7 @@ impl Engine {
             None => None,
         };
         let mut system = options.system.clone();
-        let (summaries, history) = match &options.conversation {
+        let (summaries, mut history) = match &options.conversation {
             None => {
                 self.unsummarized(user, session, options.max_history)
                     .await?
@@ -121,6 +134,11 @@ impl Engine {
                 (Vec::new(), history)
             }
         };
+        // The message being answered, when it is stored already (see
+        // [`Engine::unanswered`]), is shown once: as the message.
+        if history.last().is_some_and(|m| is_turn(m, message)) {
+            history.pop();
+        }
         // The persona has its own part: its chunks are not memories about the user.
         let mut retrieve = options.retrieve.clone();
         if retrieve.filter.kinds.is_empty() {
@@ -219,4 +237,9 @@ impl Engine {
             .collect();
         Ok(fit_persona(&chunks, counter, budget))
     }
+}
+
+/// Whether `m` is the user's turn `message`.
+fn is_turn(m: &Message, message: &str) -> bool {
+    m.role == Role::User && m.content == message
 }

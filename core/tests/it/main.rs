@@ -1,6 +1,7 @@
 //! Integration tests of recall-core against real databases and real model weights.
 mod backend_specific;
 mod backup;
+mod chat;
 mod chat_tokenizer;
 mod classifier;
 mod context;
