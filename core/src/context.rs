@@ -95,7 +95,8 @@ pub struct ContextBudget {
     /// Share for recent history (it also gets whatever the others leave).
     pub history_share: f32,
     /// Tokens the chat template adds around each message (ChatML: `<|im_start|>`, the role,
-    /// a newline, `<|im_end|>`, a newline).
+    /// a newline, `<|im_end|>`, a newline). The prompt counts it once more for the opening of
+    /// the answer (the generation prompt, a BOS token), which the model reads before it writes.
     pub per_message_overhead: usize,
     /// Share of the whole prompt budget a persona card may take: one that fits goes in
     /// whole; a longer one as its opening and its chunks most relevant to the message.
@@ -286,7 +287,8 @@ pub fn assemble(
         .join("\n\n");
     let system_tokens = counter.count(&base_system);
     let message_tokens = counter.count(input.message);
-    let fixed = system_tokens + overhead + message_tokens + overhead;
+    // The system message, the new message and the answer's opening.
+    let fixed = system_tokens + overhead + message_tokens + overhead + overhead;
     if fixed > total {
         return Err(Error::invalid(format!(
             "the system prompt, persona and message need {fixed} tokens, more than the {total} \
@@ -465,7 +467,8 @@ pub fn assemble(
     let mut used: usize = messages
         .iter()
         .map(|m| counter.count(&m.content) + overhead)
-        .sum();
+        .sum::<usize>()
+        + overhead;
     // The per-part estimates are sums of pieces; the joined text can tokenize a little
     // differently (a piece counted alone and after a newline differ). The oldest history
     // goes until the prompt fits; never hand the model more than it can read.
@@ -645,19 +648,22 @@ mod tests {
         );
         assert!(out.messages[0].content.contains("- (2024-04-01) r100"));
         assert_eq!(out.messages.last().unwrap().content, "hello there");
+        // Each message and its overhead, and the answer's opening.
         let counted: usize = out
             .messages
             .iter()
             .map(|m| Words.count(&m.content) + 1)
-            .sum();
+            .sum::<usize>()
+            + 1;
         assert_eq!(out.report.used, counted);
         assert!(out.report.used <= out.report.budget);
     }
 
     #[test]
     fn history_is_newest_first_whole_messages_and_chronological() {
-        // Budget 110 - 10 reserve = 100; fixed = 2 + 1 + 2 + 1 = 6; flexible 94.
-        // History share 47, + the summaries' unused 18 + the memories' unused 28 = 93.
+        // Budget 110 - 10 reserve = 100; fixed = 2 + 1 + 2 + 1 + 1 (the answer's opening) = 7;
+        // flexible 93. History share 46, + the summaries' unused 18 + the memories' unused
+        // 27 = 91.
         let history: Vec<Message> = (1..=12).map(|i| message(i, 9)).collect();
         let input = ContextInput {
             system: Some("sys prompt"),
@@ -668,7 +674,7 @@ mod tests {
             message: "new question",
         };
         let out = assemble(&input, &Words, &budget(110)).unwrap();
-        // 10 tokens per message: 9 fit in 93.
+        // 10 tokens per message: 9 fit in 91.
         assert_eq!(out.report.history.included, (4..=12).collect::<Vec<_>>());
         assert_eq!(out.report.history.dropped, vec![1, 2, 3]);
         let contents: Vec<&str> = out.messages[1..10]
@@ -693,11 +699,11 @@ mod tests {
             history: &[],
             message: "q",
         };
-        // total 100 - 10 = 90; fixed 0 + 1 + 1 + 1 = 3 (the empty system text still counts
-        // its template overhead); flexible 87; memory share 26: heading (9 words) + 1
-        // separator + lines of 10 words + 1.
+        // total 100 - 10 = 90; fixed 0 + 1 + 1 + 1 + 1 = 4 (the empty system text still
+        // counts its template overhead, and the answer's opening counts one); flexible 86;
+        // memory share 25: heading (9 words) + 1 separator + lines of 10 words + 1.
         let out = assemble(&input, &Words, &budget(100)).unwrap();
-        assert_eq!(out.report.memories.budget, 26);
+        assert_eq!(out.report.memories.budget, 25);
         assert_eq!(out.report.memories.included, vec![1]);
         assert_eq!(out.report.memories.dropped, (2..=10).collect::<Vec<_>>());
         assert!(out.report.memories.tokens <= out.report.memories.budget);
@@ -807,7 +813,8 @@ mod tests {
             .messages
             .iter()
             .map(|m| Newlines.count(&m.content) + 1)
-            .sum();
+            .sum::<usize>()
+            + 1;
         assert_eq!(out.report.used, counted);
         assert!(out.report.used <= out.report.budget, "{:?}", out.report);
         // The newest history stays, whole and in order.
@@ -856,7 +863,8 @@ mod tests {
         };
         let err = assemble(&input, &Words, &budget(100)).unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::InvalidInput);
-        assert!(err.to_string().contains("need 203 tokens"), "{err}");
+        // 200 + 1, 1 + 1, and the answer's opening 1.
+        assert!(err.to_string().contains("need 204 tokens"), "{err}");
         let bad = ContextBudget {
             memory_share: 0.9,
             ..budget(100)
@@ -897,13 +905,17 @@ mod tests {
                 message: &msg,
             };
             let b = budget(window);
-            let fixed = system.unwrap_or(0) + 1 + message_words + 1;
+            let fixed = system.unwrap_or(0) + 1 + message_words + 1 + 1;
             match assemble(&input, &Words, &b) {
                 Err(e) => proptest::prop_assert!(fixed > window - b.response_reserve, "{e}"),
                 Ok(out) => {
                     proptest::prop_assert!(out.report.used <= out.report.budget);
-                    let counted: usize =
-                        out.messages.iter().map(|m| Words.count(&m.content) + 1).sum();
+                    let counted: usize = out
+                        .messages
+                        .iter()
+                        .map(|m| Words.count(&m.content) + 1)
+                        .sum::<usize>()
+                        + 1;
                     proptest::prop_assert_eq!(out.report.used, counted);
                     proptest::prop_assert_eq!(&out.messages.last().unwrap().content, &msg);
                     let ids = &out.report.history.included;

@@ -66,11 +66,13 @@ async fn prompt_fits_the_budget_counted_with_the_real_tokenizer() {
         .unwrap();
     let r = &out.report;
     assert_eq!(r.budget, 300);
+    // Each message and its template overhead, and the answer's opening.
     let counted: usize = out
         .messages
         .iter()
         .map(|m| tok.count(&m.content) + options.budget.per_message_overhead)
-        .sum();
+        .sum::<usize>()
+        + options.budget.per_message_overhead;
     assert_eq!(r.used, counted);
     assert!(r.used <= r.budget, "{r:?}");
     // System prompt and persona whole, first; the new message last.
