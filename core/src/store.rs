@@ -274,7 +274,10 @@ macro_rules! delegate_store {
                 &self,
                 user: &str,
                 actor: &$crate::types::Actor,
-            ) -> $crate::error::Result<$crate::types::DeletionReport> {
+            ) -> $crate::error::Result<(
+                $crate::types::DeletionReport,
+                Vec<$crate::types::DeletedMemory>,
+            )> {
                 self.inner.delete_user(user, actor).await
             }
             async fn audit_log(
@@ -635,7 +638,12 @@ pub trait MemoryStore: Send + Sync {
 
     /// Deletes the user and everything of theirs (sessions, messages, memories, vectors,
     /// summaries, settings); audited. The audit log itself keeps the record of the deletion.
-    async fn delete_user(&self, user: &str, actor: &Actor) -> Result<DeletionReport>;
+    /// Returns what was removed, with the memories that went (to announce).
+    async fn delete_user(
+        &self,
+        user: &str,
+        actor: &Actor,
+    ) -> Result<(DeletionReport, Vec<DeletedMemory>)>;
 
     /// The audit log of the user's data, oldest first.
     async fn audit_log(&self, user: &str, page: &PageRequest) -> Result<Page<AuditEntry>>;

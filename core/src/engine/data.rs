@@ -44,7 +44,8 @@ impl Engine {
 
     /// Deletes everything of the user (messages, memories and their vectors, summaries,
     /// settings) and drops their cached queries, on the other replicas too before it returns;
-    /// `actor` is written to the audit log.
+    /// `actor` is written to the audit log. Each memory's deletion is announced to
+    /// `memoryEvents` subscribers.
     pub async fn delete_user(&self, user: &str, actor: &Actor) -> Result<DeletionReport> {
         // Queued jobs go with the data (the store deletes them); those following one hear it
         // end, cancelled.
@@ -63,17 +64,25 @@ impl Engine {
         };
         let out = self.store.delete_user(user, actor).await;
         self.changed_now(user).await;
-        if out.is_ok() {
-            let now = Utc::now();
-            for mut job in queued {
-                job.status = crate::jobs::JobStatus::Cancelled;
-                job.message = Some("the user's data was deleted".into());
-                job.updated_at = now;
-                job.finished_at = Some(now);
-                self.publish(Event::Job(Box::new(job)));
-            }
+        let (report, gone) = out?;
+        for m in gone {
+            self.publish_memory(MemoryEvent {
+                user: user.to_owned(),
+                action: MemoryAction::Deleted,
+                memory_id: m.id,
+                kind: Some(m.kind),
+                memory: None,
+            });
         }
-        out
+        let now = Utc::now();
+        for mut job in queued {
+            job.status = crate::jobs::JobStatus::Cancelled;
+            job.message = Some("the user's data was deleted".into());
+            job.updated_at = now;
+            job.finished_at = Some(now);
+            self.publish(Event::Job(Box::new(job)));
+        }
+        Ok(report)
     }
 
     /// Writes a backup of every user (or `options.user`) to `path`: one consistent snapshot,

@@ -128,3 +128,59 @@ async fn a_queued_job_ends_cancelled_when_the_data_goes() {
     assert_eq!(ended.status, JobStatus::Cancelled);
     assert!(engine.job("alice", job.id).await.unwrap().is_none());
 }
+
+/// Whoever follows the user's memories hears each one go when the user's data is deleted,
+/// as when a session is; another user's stay, unannounced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_data_announces_each_memory_that_went() {
+    use recall_core::events::{Event, MemoryAction, Received};
+    use recall_core::types::NewMessage;
+    use recall_core::types::Role;
+    let (engine, _dir) = engine().await;
+    let mut ids = Vec::new();
+    for (session, text) in [("a", "I keep bees"), ("b", "The hives are by the river")] {
+        let stored = engine
+            .add_messages("alice", vec![NewMessage::new(session, Role::User, text)])
+            .await
+            .unwrap();
+        ids.extend(stored[0].memory_ids.iter().copied());
+    }
+    let fact = engine
+        .add_memory("alice", crate::fixtures::fact("Alice sells honey"))
+        .await
+        .unwrap();
+    ids.push(fact.id);
+    engine
+        .add_messages(
+            "bob",
+            vec![NewMessage::new("a", Role::User, "I keep goats")],
+        )
+        .await
+        .unwrap();
+    let mut alice_events = engine.events().subscribe("alice");
+    let mut bob_events = engine.events().subscribe("bob");
+    let report = engine
+        .delete_user("alice", &Actor::user("alice"))
+        .await
+        .unwrap();
+    assert_eq!(report.memories, ids.len() as u64);
+    let mut heard = Vec::new();
+    while heard.len() < ids.len() {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), alice_events.next())
+            .await
+            .expect("an event");
+        if let Some(Received::Event(e)) = next
+            && let Event::Memory(m) = *e
+        {
+            assert_eq!(m.action, MemoryAction::Deleted);
+            assert!(m.memory.is_none());
+            heard.push(m.memory_id);
+        }
+    }
+    heard.sort_unstable();
+    ids.sort_unstable();
+    assert_eq!(heard, ids);
+    let quiet =
+        tokio::time::timeout(std::time::Duration::from_millis(300), bob_events.next()).await;
+    assert!(quiet.is_err(), "bob heard {quiet:?}");
+}

@@ -178,7 +178,11 @@ impl<V: VectorIndex> SqlStore<V> {
         })
     }
 
-    pub(crate) async fn delete_user(&self, user: &str, actor: &Actor) -> Result<DeletionReport> {
+    pub(crate) async fn delete_user(
+        &self,
+        user: &str,
+        actor: &Actor,
+    ) -> Result<(DeletionReport, Vec<DeletedMemory>)> {
         let txn = begin_write(&self.db).await?;
         // Jobs name their user by id, without a foreign key: those not running go (queued ones
         // would work on data that is gone; finished ones hold its counts); a running one (this
@@ -199,7 +203,7 @@ impl<V: VectorIndex> SqlStore<V> {
             )
             .await?;
             txn.commit().await?;
-            return Ok(DeletionReport::default());
+            return Ok((DeletionReport::default(), Vec::new()));
         };
         let report = DeletionReport {
             existed: true,
@@ -239,6 +243,24 @@ impl<V: VectorIndex> SqlStore<V> {
                 )
                 .await?,
         };
+        let gone = memory::Entity::find()
+            .select_only()
+            .column(memory::Column::Id)
+            .column(memory::Column::Kind)
+            .filter(memory::Column::UserId.eq(u.id))
+            .order_by_asc(memory::Column::Id)
+            .into_tuple::<(i64, String)>()
+            .all(&txn)
+            .await?
+            .into_iter()
+            .map(|(id, kind)| {
+                Ok(DeletedMemory {
+                    id,
+                    kind: kind.parse()?,
+                    key_for: None,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         // Foreign keys cascade from `users` to every table that holds the user's data.
         user::Entity::delete_by_id(u.id).exec(&txn).await?;
         audit(
@@ -251,7 +273,7 @@ impl<V: VectorIndex> SqlStore<V> {
         .await?;
         txn.commit().await?;
         self.index.committed(u.id, i64::MAX, Delta::reset());
-        Ok(report)
+        Ok((report, gone))
     }
 
     pub(crate) async fn audit_log(

@@ -154,8 +154,20 @@ async fn forget_user(t: &TestStore) {
         3
     );
 
-    let report = s.delete_user("u", &Actor::user("u")).await.unwrap();
+    let mut memories: Vec<i64> = s
+        .list_memories("u", &Filter::default(), &page(10))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    memories.sort_unstable();
+    assert_eq!(memories.len(), 3);
+    let (report, gone) = s.delete_user("u", &Actor::user("u")).await.unwrap();
     assert!(report.existed);
+    // The memories that went, to announce: every one of the user's, none of the other's.
+    assert_eq!(gone.iter().map(|m| m.id).collect::<Vec<_>>(), memories);
     assert_eq!(
         (
             report.sessions,
@@ -204,7 +216,8 @@ async fn forget_user(t: &TestStore) {
     assert_eq!(last.actor, "user:u");
     assert_eq!(last.detail["messages"], 2);
     // Forgetting an unknown user is not an error.
-    assert!(!s.delete_user("ghost", &Actor::cli()).await.unwrap().existed);
+    let (report, gone) = s.delete_user("ghost", &Actor::cli()).await.unwrap();
+    assert!(!report.existed && gone.is_empty());
 }
 
 /// Work begun before a user's data was deleted cannot bring it back when it ends: a chat
@@ -295,7 +308,7 @@ async fn deletion_is_final(t: &TestStore) {
         .await
         .unwrap();
 
-    let report = s.delete_user("u", &Actor::user("u")).await.unwrap();
+    let (report, _) = s.delete_user("u", &Actor::user("u")).await.unwrap();
     assert_eq!(report.messages, 2);
     // The reply and the adapter, finished after the deletion, are refused; nothing of the
     // user comes back.
