@@ -20,8 +20,12 @@ pub enum Code {
     BadInput,
     /// Too many requests or open streams; retry later.
     RateLimited,
-    /// A backing service (database, model) is down or its queue is full.
+    /// A backing service (database, model) is down or its queue is full; nothing was done,
+    /// so the request may be sent again.
     Unavailable,
+    /// The request ran past `limits.request_timeout_secs` and was cut off. A change it was
+    /// making may have been kept: a query may be sent again, a mutation only after checking.
+    Timeout,
     /// A bug; the message is generic and the details are in the server log.
     Internal,
 }
@@ -36,6 +40,7 @@ impl Code {
             Code::BadInput => "BAD_INPUT",
             Code::RateLimited => "RATE_LIMITED",
             Code::Unavailable => "UNAVAILABLE",
+            Code::Timeout => "TIMEOUT",
             Code::Internal => "INTERNAL",
         }
     }
@@ -49,10 +54,14 @@ impl Code {
             Code::BadInput => 400,
             Code::RateLimited => 429,
             Code::Unavailable => 503,
+            Code::Timeout => 504,
             Code::Internal => 500,
         }
     }
 }
+
+/// The message of [`Code::Timeout`].
+pub const TIMED_OUT: &str = "the request timed out; a change it was making may have been kept";
 
 /// The code of a core error.
 pub fn code_of(kind: ErrorKind) -> Code {

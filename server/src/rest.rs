@@ -27,7 +27,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::auth::Principal;
-use crate::error::{ApiError, Code, retry_after_value};
+use crate::error::{ApiError, Code, TIMED_OUT, retry_after_value};
 use crate::state::AppState;
 
 /// The `/v1` routes.
@@ -54,6 +54,7 @@ impl IntoResponse for ApiError {
             Code::BadInput => "invalid_request_error",
             Code::RateLimited => "rate_limit_error",
             Code::Unavailable => "service_unavailable",
+            Code::Timeout => "timeout_error",
             Code::Internal => "server_error",
         };
         let body = json!({ "error": {
@@ -65,6 +66,14 @@ impl IntoResponse for ApiError {
         if let Some(d) = self.retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, retry_after_value(d));
+        }
+        if self.code == Code::Timeout {
+            // OpenAI's clients retry a 5xx unless told not to: the turn cut off may have been
+            // stored.
+            resp.headers_mut().insert(
+                header::HeaderName::from_static("x-should-retry"),
+                header::HeaderValue::from_static("false"),
+            );
         }
         resp
     }
@@ -344,7 +353,7 @@ async fn completions(
         let timeout = Duration::from_secs(state.settings.limits.request_timeout_secs);
         let r = tokio::time::timeout(timeout, state.chat(&p, request))
             .await
-            .map_err(|_| ApiError::new(Code::Unavailable, "the request timed out"))??;
+            .map_err(|_| ApiError::new(Code::Timeout, TIMED_OUT))??;
         let body = json!({
             "id": format!("chatcmpl-{}", r.message_id),
             "object": "chat.completion",

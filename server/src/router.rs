@@ -24,7 +24,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tracing::Instrument;
 
 use crate::auth::Credentials;
-use crate::error::{ApiError, Code, retry_after_value};
+use crate::error::{ApiError, Code, TIMED_OUT, retry_after_value};
 use crate::graphql::{AppSchema, build_schema};
 use crate::rest;
 use crate::state::AppState;
@@ -214,7 +214,7 @@ async fn graphql_post(
         match tokio::time::timeout(timeout, server.schema.execute(request.data(principal))).await {
             Ok(r) => r,
             Err(_) => {
-                let e = ApiError::new(Code::Unavailable, "the request timed out");
+                let e = ApiError::new(Code::Timeout, TIMED_OUT);
                 state
                     .metrics
                     .request("graphql", &operation, e.code.as_str(), started.elapsed());

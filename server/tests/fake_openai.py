@@ -10,7 +10,8 @@ request is appended to LOG_FILE as one JSON line {"path", "authorization", "body
 The answer is "Remote answer: " followed by the number of messages and the last message's
 first word, in three chunks when streamed, with log-probabilities unless the request's model
 is "no-logprobs". POST /control with {"fail": N} makes the next N chat requests fail with 503
-(-1: every one from now on; 0: none).
+(-1: every one from now on; 0: none); {"delay": S} makes every chat answer wait S seconds
+first (0: none).
 
 Embeddings are hashed bags of words: 64 numbers, one bucket per word (MD5), L2-normalised, so
 that the same text gets the same vector and texts sharing words are close. They are listed in
@@ -22,12 +23,13 @@ import json
 import math
 import sys
 import threading
+import time
 from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 LOCK = threading.Lock()
-STATE: dict[str, int] = {"fail": 0}
+STATE: dict[str, float] = {"fail": 0, "delay": 0.0}
 
 
 def embed(text: str) -> list[float]:
@@ -78,7 +80,10 @@ class Handler(BaseHTTPRequestHandler):
             )
         if self.path == "/control":
             with LOCK:
-                STATE["fail"] = int(body["fail"])
+                if "fail" in body:
+                    STATE["fail"] = int(body["fail"])
+                if "delay" in body:
+                    STATE["delay"] = float(body["delay"])
             self._json(200, {"ok": True})
             return
         if self.path == "/v1/embeddings" and isinstance(body, dict):
@@ -96,9 +101,11 @@ class Handler(BaseHTTPRequestHandler):
             self._json(404, {"error": {"message": "no such route"}})
             return
         with LOCK:
-            fail = STATE["fail"]
+            fail = int(STATE["fail"])
             if fail > 0:
                 STATE["fail"] = fail - 1
+            delay = STATE["delay"]
+        time.sleep(delay)
         if fail != 0:
             self._json(
                 503,

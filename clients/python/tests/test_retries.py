@@ -145,6 +145,25 @@ def test_a_mutation_is_not_retried_after_a_network_error() -> None:
         assert s.operations() == ["DeleteMemory", "DeleteMemory"]
 
 
+TIMEOUT = {
+    "data": None,
+    "errors": [{"message": "the request timed out", "extensions": {"code": "TIMEOUT"}}],
+}
+
+
+def test_a_timeout_retries_a_query_but_not_a_mutation() -> None:
+    # The server cut the request off: a write may have been kept.
+    s = Scripted(Answer(504, TIMEOUT), Answer(200, {"data": {"deleteMemory": True}}))
+    with s, DeepRecall(s.url, retry_delay=0.01) as c:
+        err = failure(lambda: c.delete_memory("1"))
+        assert (err.code, err.status) == ("TIMEOUT", 504)
+        assert s.operations() == ["DeleteMemory"]
+        s.answers = [Answer(504, TIMEOUT), Answer(200, ME)]
+        s.requests.clear()
+        assert c.me().id == "ana"
+        assert s.operations() == ["Me", "Me"]
+
+
 def test_a_query_is_retried_after_a_network_error() -> None:
     s = Scripted(DROP, DROP, Answer(200, ME))
     with s, DeepRecall(s.url, retry_delay=0.01) as c:

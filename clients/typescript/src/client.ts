@@ -198,6 +198,8 @@ interface Response<T> {
 }
 
 const RETRYABLE = new Set(['UNAVAILABLE', 'RATE_LIMITED']);
+/** Failures after which a write may have happened: a query is retried, a mutation is not. */
+const UNKNOWN = new Set(['TIMEOUT', 'NETWORK']);
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
@@ -284,7 +286,7 @@ export class DeepRecall {
                 cause: e,
               });
         retryable =
-          RETRYABLE.has(error.code) || (kind === 'query' && error.code === 'NETWORK');
+          RETRYABLE.has(error.code) || (kind === 'query' && UNKNOWN.has(error.code));
       }
       if (!retryable || attempt >= retries) throw error;
       const backoff = base * 2 ** attempt * (0.5 + Math.random() / 2);

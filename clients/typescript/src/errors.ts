@@ -6,6 +6,7 @@ export type ErrorCode =
   | 'BAD_INPUT'
   | 'RATE_LIMITED'
   | 'UNAVAILABLE'
+  | 'TIMEOUT'
   | 'INTERNAL'
   | 'NETWORK';
 
@@ -16,6 +17,7 @@ const CODES: ReadonlySet<string> = new Set<ErrorCode>([
   'BAD_INPUT',
   'RATE_LIMITED',
   'UNAVAILABLE',
+  'TIMEOUT',
   'INTERNAL',
   'NETWORK',
 ]);
@@ -60,8 +62,9 @@ function statusCode(status: number | undefined): ErrorCode {
       return 'RATE_LIMITED';
     case 502:
     case 503:
-    case 504:
       return 'UNAVAILABLE';
+    case 504:
+      return 'TIMEOUT';
     case undefined:
       return 'INTERNAL';
     default:

@@ -431,6 +431,27 @@ describe('retries', () => {
     }
   });
 
+  test('a server timeout retries a query, never a mutation', async () => {
+    const timeout = (res) => {
+      res.writeHead(504, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ data: null, errors: [{ message: 'cut off', extensions: { code: 'TIMEOUT' } }] }));
+    };
+    let f = await fake([timeout, ok]);
+    try {
+      await rejects(new DeepRecall({ url: f.url, retryDelayMs: 5 }).deleteMemory('1'), 'TIMEOUT');
+      assert.equal(f.count(), 1, 'the write may have been kept: not sent again');
+    } finally {
+      await f.close();
+    }
+    f = await fake([timeout, ok]);
+    try {
+      assert.equal((await new DeepRecall({ url: f.url, retryDelayMs: 5 }).me()).id, 'x');
+      assert.equal(f.count(), 2);
+    } finally {
+      await f.close();
+    }
+  });
+
   test('a mutation is not retried after a network error', async () => {
     const f = await fake([drop, ok]);
     try {

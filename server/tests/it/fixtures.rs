@@ -409,10 +409,19 @@ impl FakeProvider {
 
     /// Makes the next `n` chat requests fail with 503 (-1: all of them, 0: none).
     pub async fn fail(&self, n: i32) {
+        self.control(json!({ "fail": n })).await;
+    }
+
+    /// Makes every chat answer wait `seconds` first (0: none).
+    pub async fn delay(&self, seconds: f64) {
+        self.control(json!({ "delay": seconds })).await;
+    }
+
+    async fn control(&self, body: Value) {
         let control = self.url.trim_end_matches("/v1").to_owned() + "/control";
         let resp = reqwest::Client::new()
             .post(control)
-            .json(&json!({ "fail": n }))
+            .json(&body)
             .send()
             .await
             .unwrap();

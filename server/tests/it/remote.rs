@@ -274,3 +274,53 @@ async fn serve_embeds_with_a_remote_provider() {
         assert_eq!(r["body"]["model"], "fake-embed");
     }
 }
+
+/// A request cut off at `limits.request_timeout_secs` answers `TIMEOUT` (504), which the SDKs
+/// and OpenAI's clients do not send again for a write; the turn tried again by hand keeps the
+/// one message its first try stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_past_its_time_limit_is_a_timeout() {
+    let fake = FakeProvider::start(0);
+    let store = Store::embedded();
+    let server = Server::start(
+        &store,
+        &["--chat-url", &fake.url, "--chat-model-name", "fake-llm"],
+        &[
+            ("DEEP_RECALL__LIMITS__REQUEST_TIMEOUT_SECS", "1"),
+            ("DEEP_RECALL__CHAT__SUMMARY_TRIGGER_MESSAGES", "0"),
+        ],
+    );
+    let alice = token("alice", false, 600);
+    fake.delay(3.0).await;
+    let ask = json!({ "i": { "session": "slow", "message": "Are you still there?" } });
+    let (status, body) = gql(&server, Some(&alice), CHAT, ask.clone()).await;
+    assert_eq!((status, code(&body)), (504, "TIMEOUT"), "{body}");
+
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", server.base))
+        .bearer_auth(&alice)
+        .json(&json!({ "messages": [{ "role": "user", "content": "Hello from REST" }] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 504);
+    assert_eq!(resp.headers()["x-should-retry"], "false");
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "TIMEOUT", "{err}");
+    assert_eq!(err["error"]["type"], "timeout_error", "{err}");
+
+    // Tried again once the provider is quick: answered, to the message already stored.
+    fake.delay(0.0).await;
+    let (_, body) = gql(&server, Some(&alice), CHAT, ask).await;
+    assert!(data(&body)["chat"]["text"].is_string(), "{body}");
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        "{ messages(session: \"slow\") { edges { node { role content } } } }",
+        json!({}),
+    )
+    .await;
+    let stored = data(&body)["messages"]["edges"].as_array().unwrap().clone();
+    let roles: Vec<&Value> = stored.iter().map(|e| &e["node"]["role"]).collect();
+    assert_eq!(roles, [&json!("USER"), &json!("ASSISTANT")], "{stored:?}");
+}

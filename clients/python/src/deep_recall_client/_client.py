@@ -37,9 +37,9 @@ class DeepRecall:
     connection (for short-lived JWTs); with neither, requests go without credentials (a server
     started with `--allow-anonymous`) and `user` names the user (`X-User-Id`).
 
-    A query that fails with `UNAVAILABLE`, `RATE_LIMITED` or a network error is retried up to
-    `retries` times, a mutation only after `UNAVAILABLE` and `RATE_LIMITED` (never after a
-    network error, where the write may have happened), waiting `retry_delay` seconds at first
+    A query that fails with `UNAVAILABLE`, `RATE_LIMITED`, `TIMEOUT` or a network error is
+    retried up to `retries` times, a mutation only after `UNAVAILABLE` and `RATE_LIMITED`
+    (never after a timeout or a network error, where the write may have happened), waiting `retry_delay` seconds at first
     and twice as long each time, with jitter, or what the server's `Retry-After` asks.
     `timeout` bounds each HTTP request and the opening of the WebSocket, in seconds.
 

@@ -13,6 +13,7 @@ ErrorCode = Literal[
     "BAD_INPUT",
     "RATE_LIMITED",
     "UNAVAILABLE",
+    "TIMEOUT",
     "INTERNAL",
     "NETWORK",
 ]
@@ -26,6 +27,7 @@ CODES: frozenset[str] = frozenset(
         "BAD_INPUT",
         "RATE_LIMITED",
         "UNAVAILABLE",
+        "TIMEOUT",
         "INTERNAL",
         "NETWORK",
     )
@@ -36,9 +38,11 @@ class DeepRecallError(Exception):
     """Every failure of the client.
 
     `code` is the server's `extensions.code` (`UNAUTHENTICATED`, `FORBIDDEN`, `NOT_FOUND`,
-    `BAD_INPUT`, `RATE_LIMITED`, `UNAVAILABLE`, `INTERNAL`), or `NETWORK` when the server could
-    not be reached or answered something that is not GraphQL. `retry_after` is the wait in
-    seconds the server asked for, `status` the HTTP status when there was an HTTP answer.
+    `BAD_INPUT`, `RATE_LIMITED`, `UNAVAILABLE`, `TIMEOUT`, `INTERNAL`), or `NETWORK` when the
+    server could not be reached or answered something that is not GraphQL. `TIMEOUT`: the
+    request was cut off, and a change it was making may have been kept. `retry_after` is the
+    wait in seconds the server asked for, `status` the HTTP status when there was an HTTP
+    answer.
     """
 
     code: str
@@ -91,7 +95,7 @@ _STATUS_CODES = {
     429: "RATE_LIMITED",
     502: "UNAVAILABLE",
     503: "UNAVAILABLE",
-    504: "UNAVAILABLE",
+    504: "TIMEOUT",
 }
 
 

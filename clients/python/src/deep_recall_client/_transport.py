@@ -17,6 +17,8 @@ KEEPALIVE = 20.0
 that has sent nothing for a minute, even while it streams an answer, so a `ping` goes out."""
 
 _RETRYABLE = frozenset({"UNAVAILABLE", "RATE_LIMITED"})
+# Failures after which a write may have happened: a query is retried, a mutation is not.
+_UNKNOWN = frozenset({"TIMEOUT", "NETWORK"})
 
 
 def endpoints(url: str) -> tuple[str, str]:
@@ -90,8 +92,9 @@ def data_of(payload: Any) -> dict[str, Any]:
 class RetryPolicy:
     """Which failures are retried, and after how long.
 
-    Queries are retried on `UNAVAILABLE`, `RATE_LIMITED` and network errors; mutations only on
-    `UNAVAILABLE` and `RATE_LIMITED` (the server did not complete them), never after a network
+    Queries are retried on `UNAVAILABLE`, `RATE_LIMITED`, `TIMEOUT` and network errors;
+    mutations only on `UNAVAILABLE` and `RATE_LIMITED` (the server did not complete them, or,
+    for a chat turn, a retry reuses the message it stored), never after a timeout or a network
     error, where the write may have happened. The wait doubles from `delay` seconds with each
     retry, with jitter, at least what the server asked for (`Retry-After`), at most
     `max_delay`.
@@ -107,7 +110,7 @@ class RetryPolicy:
         """Seconds to wait before retry number `attempt + 1`, or None to give up."""
         if attempt >= self.retries:
             return None
-        if error.code not in _RETRYABLE and (mutation or error.code != "NETWORK"):
+        if error.code not in _RETRYABLE and (mutation or error.code not in _UNKNOWN):
             return None
         backoff = self.delay * 2.0**attempt * (0.5 + random.random() / 2)
         return min(max(backoff, error.retry_after or 0.0), self.max_delay)
