@@ -226,71 +226,76 @@ pub(super) async fn run(
     }
     let engine = startup::engine(settings).await?;
     let run = format!("{:x}", Utc::now().timestamp_micros());
-    let bar = ProgressBar::new(samples.len() as u64).with_style(spinner_style());
-    bar.set_message("ingesting");
-    let mut ingested = Vec::with_capacity(samples.len());
-    let mut outcome = Ok(());
-    for s in samples {
-        let user = format!("eval-{run}-{}", s.id);
-        // Keys off until the key job has run (below); off for the plain run of `--keys`.
-        let ingest = async {
-            let i = recall_core::eval::ingest_sample(&engine, &user, &s).await?;
-            engine.set_memory_keys(&user, false).await?;
-            Ok::<_, Error>(i)
-        };
-        match ingest.await {
-            Ok(i) => ingested.push((s, i)),
-            Err(e) => {
-                outcome = Err(e);
-                break;
-            }
-        }
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
     // Pairs from the questions: their half is set aside, every report judges the other.
     let from_questions = args.deep_memory && args.deep_memory_pairs == PairsFrom::Questions;
-    let mut training: Vec<Vec<recall_core::eval::Question>> = Vec::new();
-    if from_questions {
-        for (s, _) in &mut ingested {
-            let (train, judge) = std::mem::take(&mut s.questions)
-                .into_iter()
-                .partition(|q| trains_on(&q.question));
-            s.questions = judge;
-            training.push(train);
-        }
-    }
     // Default settings: the keys a new user gets, written as the key job writes them.
     let keyed_plain = !args.keys && !args.no_keys && settings.memory_keys.new_users;
-    let mut keyed = Vec::new();
-    if outcome.is_ok() && keyed_plain {
-        outcome = keys(settings, args, &engine, &ingested, &mut keyed).await;
-    }
-    let mut reports = Vec::new();
-    if outcome.is_ok() {
-        outcome = evaluate_all(&engine, &ingested, &eval, &plans, &mut reports).await;
-    }
-    let mut deep = Vec::new();
-    if outcome.is_ok() && args.deep_memory {
-        outcome = deep_memory(settings, args, &engine, &ingested, &training, &mut deep).await;
-        if outcome.is_ok() {
+    // The users whose ingestion began: they go at the end whatever happened, on an error or
+    // an interruption (Ctrl-C) too.
+    let mut started: Vec<String> = Vec::new();
+    let mut ingested = Vec::with_capacity(samples.len());
+    let (mut keyed, mut reports, mut deep, mut answered) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let work = async {
+        let bar = ProgressBar::new(samples.len() as u64).with_style(spinner_style());
+        bar.set_message("ingesting");
+        for s in samples {
+            let user = format!("eval-{run}-{}", s.id);
+            started.push(user.clone());
+            // Keys off until the key job has run (below); off for the plain run of `--keys`.
+            let i = recall_core::eval::ingest_sample(&engine, &user, &s).await?;
+            engine.set_memory_keys(&user, false).await?;
+            ingested.push((s, i));
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let mut training: Vec<Vec<recall_core::eval::Question>> = Vec::new();
+        if from_questions {
+            for (s, _) in &mut ingested {
+                let (train, judge) = std::mem::take(&mut s.questions)
+                    .into_iter()
+                    .partition(|q| trains_on(&q.question));
+                s.questions = judge;
+                training.push(train);
+            }
+        }
+        if keyed_plain {
+            keys(settings, args, &engine, &ingested, &mut keyed).await?;
+        }
+        evaluate_all(&engine, &ingested, &eval, &plans, &mut reports).await?;
+        if args.deep_memory {
+            deep_memory(settings, args, &engine, &ingested, &training, &mut deep).await?;
             let before = reports.len();
-            outcome = evaluate_all(&engine, &ingested, &eval, &plans, &mut reports).await;
+            evaluate_all(&engine, &ingested, &eval, &plans, &mut reports).await?;
             for r in &mut reports[before..] {
                 r["deep_memory"] = json!(true);
             }
         }
-    }
-    if outcome.is_ok() && args.keys {
-        outcome = keys(settings, args, &engine, &ingested, &mut keyed).await;
-        if outcome.is_ok() {
+        if args.keys {
+            keys(settings, args, &engine, &ingested, &mut keyed).await?;
             let before = reports.len();
-            outcome = evaluate_all(&engine, &ingested, &eval, &plans, &mut reports).await;
+            evaluate_all(&engine, &ingested, &eval, &plans, &mut reports).await?;
             for r in &mut reports[before..] {
                 r["keys"] = json!(true);
             }
         }
+        if args.answers {
+            answers(settings, args, &engine, &ingested, &mut answered).await?;
+        }
+        Ok::<_, Error>(())
+    };
+    let outcome = tokio::select! {
+        out = work => Some(out),
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    for user in &started {
+        engine.delete_user(user, &Actor::cli()).await?;
     }
+    let Some(outcome) = outcome else {
+        eprintln!("interrupted: the run's temporary users were deleted");
+        std::process::exit(130);
+    };
+    outcome?;
     if keyed_plain {
         for r in &mut reports {
             r["keys"] = json!(true);
@@ -303,15 +308,6 @@ pub(super) async fn run(
             r["questions_judged"] = json!("the half not trained on");
         }
     }
-    let mut answered = Vec::new();
-    if outcome.is_ok() && args.answers {
-        outcome = answers(settings, args, &engine, &ingested, &mut answered).await;
-    }
-    // The temporary users go whatever happened.
-    for (_, i) in &ingested {
-        engine.delete_user(&i.user, &Actor::cli()).await?;
-    }
-    outcome?;
     if let (Some(path), Some(mut out)) = (&args.details, details) {
         let mut lines = String::new();
         for r in reports.iter().chain(&answered).chain(&keyed) {

@@ -41,8 +41,14 @@ pub(super) fn cli(backend: &Backend, args: &[&str]) -> Output {
 
 /// [`cli`] with environment variables set (settings as `DEEP_RECALL__*`).
 pub(super) fn cli_with(backend: &Backend, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_deep-recall"));
+    let mut cmd = command(backend, args);
     cmd.envs(env.iter().copied());
+    cmd.output().expect("run deep-recall")
+}
+
+/// The command [`cli`] runs, to start without waiting.
+pub(super) fn command(backend: &Backend, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_deep-recall"));
     cmd.args(backend.args())
         .arg("--models-dir")
         .arg(models_dir())
@@ -51,7 +57,7 @@ pub(super) fn cli_with(backend: &Backend, args: &[&str], env: &[(&str, &str)]) -
         .args(args)
         .env_remove("DATABASE_URL")
         .env_remove("DEEP_RECALL_DATA_DIR");
-    cmd.output().expect("run deep-recall")
+    cmd
 }
 
 pub(super) fn ok_json(out: Output) -> Value {

@@ -477,3 +477,57 @@ fn eval_measures_what_default_settings_give() {
     );
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A run interrupted with Ctrl-C deletes the users it made for the samples before it exits
+/// (130): nothing of the benchmark stays in the store.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_eval_leaves_no_users_behind() {
+    super::cli::on_postgres(|backend| async move {
+        let data = repo_root().join("eval/data/recall-mini.json");
+        let backup = tempfile::tempdir().unwrap();
+        let users = |backend: &Backend| {
+            let path = backup.path().join("all.bak");
+            let out = cli(
+                backend,
+                &["--json", "backup", "--out", path.to_str().unwrap()],
+            );
+            ok_json(out)["users"].as_u64().unwrap()
+        };
+        let mut run = super::cli::command(
+            &backend,
+            &["eval", data.to_str().unwrap(), "--k", "10", "--keys"],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+        // Once its first users are stored, the run is interrupted.
+        let started = std::time::Instant::now();
+        while users(&backend) == 0 {
+            assert!(
+                run.try_wait().unwrap().is_none(),
+                "the run ended before it stored anything"
+            );
+            assert!(
+                started.elapsed().as_secs() < 120,
+                "no user stored in 2 minutes"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        let status = std::process::Command::new("kill")
+            .args(["-INT", &run.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let out = run.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(130),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
+        assert_eq!(users(&backend), 0);
+    })
+    .await;
+}
