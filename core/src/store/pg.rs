@@ -28,7 +28,9 @@ use sea_orm::{
 use super::StoreConfig;
 use super::StoreLocation;
 use super::cursor::SearchCursor;
-use super::sql::{EmbeddingRow, IndexQuery, ResolvedFilter, SqlStore, TextIndexQuery, VectorIndex};
+use super::sql::{
+    EmbeddingRow, IndexQuery, ResolvedFilter, SqlStore, TextIndexQuery, VectorIndex, ceil_micros,
+};
 use crate::crypto::Keyring;
 use crate::error::{Error, Result};
 use crate::text::{BM25_B, BM25_K1};
@@ -168,11 +170,11 @@ fn filter_clause(sql: &mut Sql, f: &ResolvedFilter) {
         sql.text += &format!(" AND m.tags @> {p}::jsonb");
     }
     if let Some(t) = f.since {
-        let p = sql.param(t);
+        let p = sql.param(ceil_micros(t));
         sql.text += &format!(" AND m.created_at >= {p}");
     }
     if let Some(t) = f.until {
-        let p = sql.param(t);
+        let p = sql.param(ceil_micros(t));
         sql.text += &format!(" AND m.created_at < {p}");
     }
     // The validity rule (see `Filter::valid`).

@@ -209,6 +209,19 @@ fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
+/// `t` rounded up to the microsecond, for a bound a stored time is compared with by `>=` or
+/// `<`: the same rows match as with `t` itself (stored times are whole microseconds), where
+/// Postgres would cut a finer bound down (a `since` of .0000005 s letting in a row of
+/// .000000 s that the in-process checks leave out).
+pub(crate) fn ceil_micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    let cut = t.trunc_subsecs(6);
+    if cut == t {
+        t
+    } else {
+        cut + chrono::Duration::microseconds(1)
+    }
+}
+
 fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
@@ -649,10 +662,10 @@ impl<V: VectorIndex> SqlStore<V> {
             cond = cond.add(memory::Column::Role.is_in(f.roles.iter().map(|r| r.as_str())));
         }
         if let Some(t) = f.since {
-            cond = cond.add(memory::Column::CreatedAt.gte(t));
+            cond = cond.add(memory::Column::CreatedAt.gte(ceil_micros(t)));
         }
         if let Some(t) = f.until {
-            cond = cond.add(memory::Column::CreatedAt.lt(t));
+            cond = cond.add(memory::Column::CreatedAt.lt(ceil_micros(t)));
         }
         if !f.tags.is_empty() {
             cond = cond.add(tags_condition(

@@ -153,6 +153,25 @@ async fn search_filters(t: &TestStore) {
         ["a1", "u2"],
         "since inclusive, until exclusive"
     );
+    // Bounds finer than the stored microseconds mean what they say, in SQL as in memory:
+    // half a microsecond after a1 leaves it out, half a microsecond after a2 lets it in.
+    let half = Duration::nanoseconds(500);
+    let fine = Filter {
+        since: Some(at(2, 10) + half),
+        until: Some(at(4, 10) + half),
+        ..Filter::default()
+    };
+    assert_eq!(run(fine.clone()).await, ["a2", "u2"]);
+    let mut listed: Vec<String> = s
+        .list_memories("u", &fine, &page(10))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|m| m.content)
+        .collect();
+    listed.sort();
+    assert_eq!(listed, ["a2", "u2"]);
     assert_eq!(
         run(Filter {
             session: Some("s2".into()),
