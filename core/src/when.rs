@@ -186,8 +186,12 @@ const TIME_PREPOSITIONS: [&str; 12] = [
     "in", "on", "of", "during", "since", "until", "before", "after", "by", "early", "late", "mid",
 ];
 
+/// A date written `2023-05-03`, in the years [`year_of`] takes (chrono's `%Y` also reads a
+/// signed year of any length, `+262143-12-31`, at the edge of the dates it can add to).
 fn iso_date(word: &str) -> Option<NaiveDate> {
-    NaiveDate::parse_from_str(word, "%Y-%m-%d").ok()
+    let d = NaiveDate::parse_from_str(word, "%Y-%m-%d").ok()?;
+    year_of(word.get(..4)?).filter(|&y| y == d.year())?;
+    Some(d)
 }
 
 /// The windows of time a query names, earliest-mentioned first (at most [`MAX_WINDOWS`]);
@@ -281,6 +285,12 @@ fn lower_words(text: &str) -> Vec<String> {
 }
 
 fn scan(query: &str, now: DateTime<Utc>, reading: Reading) -> Vec<TimeWindow> {
+    // Windows are resolved a thousand years either way at most; a reference time far beyond
+    // any real one (a memory's `created_at` is the caller's) resolves none, rather than
+    // reaching the end of the calendar.
+    if !(1..=9999).contains(&now.year()) {
+        return Vec::new();
+    }
     let ambiguous_ok = reading == Reading::Query;
     // A query's days are widened (its time zone is not known); a memory's are the days it
     // names, so that "yesterday" does not reach the day it was said.
@@ -545,6 +555,40 @@ mod tests {
     fn now() -> DateTime<Utc> {
         // Wednesday 16 August 2023, 10:00.
         Utc.with_ymd_and_hms(2023, 8, 16, 10, 0, 0).unwrap()
+    }
+
+    /// Dates at the edge of the calendar, in the text or as the time it was said, resolve to
+    /// nothing (they panicked: a day after the last date chrono knows).
+    #[test]
+    fn dates_at_the_calendar_s_edge_name_no_time() {
+        for text in [
+            "on +262143-12-31",
+            "on -262144-01-01",
+            "on +2023-05-03",
+            "on 12023-05-03",
+        ] {
+            assert!(windows(text, now()).is_empty(), "{text}");
+            assert!(mentions(text, now()).is_empty(), "{text}");
+        }
+        let far = DateTime::<Utc>::MAX_UTC;
+        for text in [
+            "tomorrow",
+            "yesterday",
+            "in 1000 years",
+            "last week",
+            "next month",
+        ] {
+            assert!(mentions(text, far).is_empty(), "{text}");
+            assert!(
+                mentions(text, DateTime::<Utc>::MIN_UTC).is_empty(),
+                "{text}"
+            );
+        }
+        // A plain ISO date still names its day.
+        assert_eq!(
+            spans("what happened on 2023-05-03?"),
+            [(day(2023, 5, 2), day(2023, 5, 5))]
+        );
     }
 
     fn day(y: i32, m: u32, d: u32) -> DateTime<Utc> {
