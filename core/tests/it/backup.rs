@@ -736,3 +736,45 @@ async fn encrypted_backups_need_their_key() {
     src.close().await;
     dst.close().await;
 }
+
+/// A memory linked to one that is gone (left by an expiry purge before the purge cleared such
+/// links) is backed up without the link, and the file restores.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_link_to_a_memory_that_is_gone_is_left_out() {
+    use sea_orm::ConnectionTrait;
+    let src = Place::new(Kind::Pg).await;
+    let stored = src
+        .store
+        .add_memories(
+            "ana",
+            vec![NewMemory::new(
+                MemoryKind::Fact,
+                "the door code is 2222",
+                emb(&[1.0, 0.0]),
+            )],
+        )
+        .await
+        .unwrap();
+    let id = stored[0].id;
+    let conn = src.pg.as_ref().unwrap().connect().await;
+    conn.execute_unprepared(&format!(
+        "UPDATE memories SET supersedes = {} WHERE id = {id}",
+        id + 1000
+    ))
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("all.bak");
+    src.engine
+        .backup(&path, &BackupOptions { user: None })
+        .await
+        .unwrap();
+    let dst = Place::new(Kind::Embedded).await;
+    restore(&dst, &path, None, false).await.unwrap();
+    let back = dst.export("ana").await.memories;
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].memory.content, "the door code is 2222");
+    assert_eq!(back[0].memory.supersedes, None);
+    src.close().await;
+    dst.close().await;
+}

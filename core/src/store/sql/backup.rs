@@ -213,7 +213,7 @@ impl<V: VectorIndex> SqlStore<V> {
         })?;
         let mut after = 0i64;
         loop {
-            let rows: Vec<MemoryRow> = memory::Entity::find()
+            let mut rows: Vec<MemoryRow> = memory::Entity::find()
                 .filter(memory::Column::UserId.eq(u.id))
                 .filter(memory::Column::Id.gt(after))
                 .order_by_asc(memory::Column::Id)
@@ -247,6 +247,29 @@ impl<V: VectorIndex> SqlStore<V> {
                 .collect::<Result<_>>()?;
             let Some(last) = rows.last() else { break };
             after = last.id;
+            // A link to a memory that is gone (a store whose expiry purge left one behind)
+            // is left out: the file holds the user's own rows only.
+            let targets: Vec<i64> = rows
+                .iter()
+                .flat_map(|r| [r.supersedes, r.superseded_by])
+                .flatten()
+                .collect();
+            if !targets.is_empty() {
+                let present: HashSet<i64> = memory::Entity::find()
+                    .select_only()
+                    .column(memory::Column::Id)
+                    .filter(memory::Column::UserId.eq(u.id))
+                    .filter(memory::Column::Id.is_in(targets))
+                    .into_tuple::<i64>()
+                    .all(txn)
+                    .await?
+                    .into_iter()
+                    .collect();
+                for r in &mut rows {
+                    r.supersedes = r.supersedes.filter(|x| present.contains(x));
+                    r.superseded_by = r.superseded_by.filter(|x| present.contains(x));
+                }
+            }
             sink.write(&Record::Memories {
                 user: name.clone(),
                 rows,

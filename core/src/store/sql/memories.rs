@@ -287,6 +287,29 @@ impl<V: VectorIndex> SqlStore<V> {
         Ok(deleted)
     }
 
+    /// Clears the supersede links that point at memories `ids`, which expired and are being
+    /// purged, so that none points at a row that is gone. A memory one of them replaced
+    /// stays replaced (expiry is not a retraction: nothing comes back as current).
+    async fn clear_links_to(
+        &self,
+        txn: &DatabaseTransaction,
+        user_id: i64,
+        ids: &[i64],
+    ) -> Result<()> {
+        for chunk in ids.chunks(INSERT_CHUNK) {
+            for column in [memory::Column::Supersedes, memory::Column::SupersededBy] {
+                memory::Entity::update_many()
+                    .col_expr(column, Expr::value(None::<i64>))
+                    .col_expr(memory::Column::UpdatedAt, Expr::value(now()))
+                    .filter(memory::Column::UserId.eq(user_id))
+                    .filter(column.is_in(chunk.iter().copied()))
+                    .exec(txn)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Keeps supersede chains whole when memories `ids` are deleted (by hand, not by
     /// expiry): across each run of deleted memories, the memory before it is now superseded
     /// by the one after it, or current again when nothing after it survives.
@@ -502,6 +525,7 @@ impl<V: VectorIndex> SqlStore<V> {
                 .into_iter()
                 .filter(|k| !gone.contains(k))
                 .collect();
+            self.clear_links_to(&txn, user_id, &ids).await?;
             self.delete_rows(&txn, user_id, &keys).await?;
             self.delete_rows(&txn, user_id, &ids).await?;
             let revision = self.bump_revision(&txn, user_id).await?;

@@ -9,6 +9,7 @@ crate::fixtures::both_backends! {
     deleting_a_replacement_relinks_the_chain;
     supersede_is_checked_and_scoped_to_the_user;
     expired_memories_are_left_out_then_purged;
+    a_purge_leaves_no_link_to_what_it_removed;
     metadata_conditions_narrow_every_read;
     metadata_conditions_page_through_many_rows;
 }
@@ -344,6 +345,66 @@ async fn expired_memories_are_left_out_then_purged(t: &TestStore) {
     assert!(s.get_memory("alice", expiring).await.unwrap().is_some());
     assert!(s.purge_expired(Utc::now(), 100).await.unwrap().is_empty());
     assert_eq!(s.count_memories("alice").await.unwrap(), 2);
+}
+
+/// The purge leaves no link to a memory it removed (a backup holding one could not be
+/// restored): the replacement of an expired memory replaces nothing any more, and a memory
+/// whose replacement expired stays replaced (expiry is not a retraction).
+async fn a_purge_leaves_no_link_to_what_it_removed(t: &TestStore) {
+    let s = t.store();
+    let v = [1.0f32, 0.0];
+    let now = Utc::now();
+    let soon = now + Duration::seconds(30);
+    let add = |m: NewMemory| async move { s.add_memories("u", vec![m]).await.unwrap()[0].id };
+    let old = add(NewMemory {
+        expires_at: Some(soon),
+        ..fact("the door code is 1111", &v, now - Duration::hours(2))
+    })
+    .await;
+    let new = add(NewMemory {
+        supersedes: Some(old),
+        ..fact("the door code is 2222", &v, now - Duration::hours(1))
+    })
+    .await;
+    let kept = add(fact("the gate code is 3333", &v, now - Duration::hours(2))).await;
+    let brief = add(NewMemory {
+        expires_at: Some(soon),
+        supersedes: Some(kept),
+        ..fact(
+            "the gate code is 4444 this week",
+            &v,
+            now - Duration::hours(1),
+        )
+    })
+    .await;
+    assert_eq!(
+        s.get_memory("u", kept)
+            .await
+            .unwrap()
+            .unwrap()
+            .superseded_by,
+        Some(brief)
+    );
+
+    let purged = s
+        .purge_expired(soon + Duration::seconds(1), 100)
+        .await
+        .unwrap();
+    let mut gone: Vec<i64> = purged
+        .iter()
+        .flat_map(|(_, ms)| ms.iter().map(|m| m.id))
+        .collect();
+    gone.sort_unstable();
+    assert_eq!(gone, [old, brief]);
+    let replacement = s.get_memory("u", new).await.unwrap().unwrap();
+    assert_eq!(replacement.supersedes, None);
+    let replaced = s.get_memory("u", kept).await.unwrap().unwrap();
+    assert_eq!(replaced.superseded_by, None);
+    assert!(replaced.superseded_at.is_some(), "it stays replaced");
+    assert_eq!(
+        ids(&s.search("u", &query(&v, 10)).await.unwrap().hits),
+        [new]
+    );
 }
 
 fn cond(key: &str, op: MetadataOp, value: serde_json::Value) -> Filter {
