@@ -190,6 +190,76 @@ async fn rolling_summaries_fold_old_history_when_due() {
     assert_eq!((stats.written, stats.failed), (2, 0));
 }
 
+/// A summary's memory is the summary: the text the user gives it is what the prompt shows and
+/// the next fold builds on, and once deleted it is shown no more (nor are the messages it
+/// folded brought back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_summary_the_user_edits_or_deletes_is_what_the_prompt_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path()).await;
+    let s = FirstWords::new(usize::MAX);
+    e.add_messages("alice", chat(12)).await.unwrap();
+    let summary = e
+        .summarize_if_due("alice", "s", &s, POLICY)
+        .await
+        .unwrap()
+        .expect("a summary");
+    let memory = e
+        .memories(
+            "alice",
+            &Filter {
+                kinds: vec![MemoryKind::Summary],
+                ..Filter::default()
+            },
+            &Default::default(),
+        )
+        .await
+        .unwrap()
+        .items[0]
+        .id;
+    let prompt = |e: Engine| async move {
+        e.build_context("alice", "s", "hi", &smollm(), &ContextOptions::default())
+            .await
+            .unwrap()
+    };
+
+    e.update_memory(
+        "alice",
+        memory,
+        recall_core::MemoryUpdate {
+            content: Some("We planned a trip to Lisbon.".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let summaries = e.summaries("alice", "s").await.unwrap();
+    assert_eq!(summaries[0].content, "We planned a trip to Lisbon.");
+    let out = prompt(e.clone()).await;
+    assert!(
+        out.messages[0].content.contains("Lisbon"),
+        "{:?}",
+        out.messages[0]
+    );
+    assert!(!out.messages[0].content.contains(&summary.content));
+
+    e.delete_memories("alice", &[memory]).await.unwrap();
+    assert!(e.summaries("alice", "s").await.unwrap().is_empty());
+    let out = prompt(e.clone()).await;
+    assert!(out.report.summaries.included.is_empty());
+    assert!(out.messages.iter().all(|m| !m.content.contains("Lisbon")));
+    let messages = e
+        .messages("alice", "s", &Default::default())
+        .await
+        .unwrap()
+        .items;
+    let kept: Vec<i64> = messages[8..].iter().map(|m| m.id).collect();
+    assert_eq!(
+        out.report.history.included, kept,
+        "folded messages stay folded"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_backlog_is_folded_in_steps_within_the_window() {
     let dir = tempfile::tempdir().unwrap();

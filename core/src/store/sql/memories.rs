@@ -1,7 +1,7 @@
 //! Free-standing memories: add, read, change, delete, list.
 use std::collections::BTreeMap;
 
-use super::keys::{MEMORY_CONTENT, MEMORY_METADATA};
+use super::keys::{MEMORY_CONTENT, MEMORY_METADATA, SUMMARY_CONTENT};
 use super::*;
 
 impl<V: VectorIndex> SqlStore<V> {
@@ -150,6 +150,7 @@ impl<V: VectorIndex> SqlStore<V> {
             MEMORY_METADATA,
             patch.metadata.as_ref().unwrap_or(&m.metadata),
         )?;
+        let summary_id = m.summary_id;
         let mut am: memory::ActiveModel = m.into();
         am.content = Set(content);
         am.metadata = Set(metadata);
@@ -168,6 +169,20 @@ impl<V: VectorIndex> SqlStore<V> {
         }
         am.updated_at = Set(t);
         let updated = memory::Entity::update(am).exec(&txn).await?;
+        // A summary's memory is the summary: the prompt shows (and the next fold reads) the
+        // text it is given.
+        if let (Some(text), Some(sid)) = (&patch.content, summary_id) {
+            summary::Entity::update_many()
+                .col_expr(
+                    summary::Column::Content,
+                    Expr::value(self.seal(SUMMARY_CONTENT, text)?),
+                )
+                .col_expr(summary::Column::KeyId, Expr::value(self.key_id()))
+                .filter(summary::Column::UserId.eq(u.id))
+                .filter(summary::Column::Id.eq(sid))
+                .exec(&txn)
+                .await?;
+        }
         // Its keys were written about the old text: they go with it (the keys job writes new
         // ones). Kept keys expire with it.
         if patch.content.is_some() {
@@ -238,7 +253,33 @@ impl<V: VectorIndex> SqlStore<V> {
         };
         self.relink_superseded(&txn, u.id, ids, &mut delta).await?;
         self.delete_rows(&txn, u.id, &keys).await?;
+        // A summary's memory is the summary: deleting it deletes the summary, which the
+        // prompt would still show (and the next fold carry on). The messages it folded stay
+        // folded: what the user deleted does not come back as history either.
+        let mut summaries = Vec::new();
+        for chunk in ids.chunks(INSERT_CHUNK) {
+            summaries.extend(
+                memory::Entity::find()
+                    .select_only()
+                    .column(memory::Column::SummaryId)
+                    .filter(memory::Column::UserId.eq(u.id))
+                    .filter(memory::Column::Id.is_in(chunk.iter().copied()))
+                    .filter(memory::Column::SummaryId.is_not_null())
+                    .into_tuple::<Option<i64>>()
+                    .all(&txn)
+                    .await?
+                    .into_iter()
+                    .flatten(),
+            );
+        }
         let deleted = self.delete_rows(&txn, u.id, ids).await?;
+        for chunk in summaries.chunks(INSERT_CHUNK) {
+            summary::Entity::delete_many()
+                .filter(summary::Column::UserId.eq(u.id))
+                .filter(summary::Column::Id.is_in(chunk.iter().copied()))
+                .exec(&txn)
+                .await?;
+        }
         let revision = self.bump_revision(&txn, u.id).await?;
         txn.commit().await?;
         self.index.committed(u.id, revision, delta);
