@@ -175,9 +175,14 @@ impl Engine {
     /// Rolls out a change of embedding model: `previous` is the model the stored vectors
     /// were made with. Each user keeps searching (and writing) with it until
     /// [`Engine::reembed`] has given every memory of theirs a vector of the configured model
-    /// and switched them over.
+    /// and switched them over. Users seen for the first time start on the configured model.
     pub fn with_previous_embedder(mut self, previous: Option<Arc<dyn Embedder>>) -> Self {
         self.previous_embedder = previous.filter(|p| p.model_id() != self.embedder.model_id());
+        self.store.set_embedding_model_for_new_users(
+            self.previous_embedder
+                .as_ref()
+                .map(|_| self.embedder.model_id().to_owned()),
+        );
         self
     }
 
@@ -196,6 +201,11 @@ impl Engine {
         match self.store.embedding_model(user).await? {
             // Switched (or on a model this engine does not know): the configured embedder.
             Some(m) if m != previous.model_id() => Ok(std::borrow::Cow::Borrowed(self)),
+            // Not seen yet: the store makes them on the configured one (see
+            // `MemoryStore::set_embedding_model_for_new_users`).
+            None if self.store.get_user(user).await?.is_none() => {
+                Ok(std::borrow::Cow::Borrowed(self))
+            }
             _ => {
                 let mut this = self.clone();
                 this.embedder = previous.clone();

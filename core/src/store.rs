@@ -299,6 +299,13 @@ macro_rules! delegate_store {
             async fn embedding_model(&self, user: &str) -> $crate::error::Result<Option<String>> {
                 self.inner.embedding_model(user).await
             }
+            fn set_embedding_model_for_new_users(&self, model: Option<String>) {
+                *self
+                    .inner
+                    .embedding_model_for_new_users
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner()) = model;
+            }
             async fn user_ids(
                 &self,
                 after: Option<&str>,
@@ -672,6 +679,12 @@ pub trait MemoryStore: Send + Sync {
 
     /// The embedding model the user's searches use, once a re-embedding recorded one.
     async fn embedding_model(&self, user: &str) -> Result<Option<String>>;
+
+    /// While a change of embedding model is rolled out, the new model: users seen for the
+    /// first time from now on are on it from the start (they have nothing to re-embed, and a
+    /// re-embedding run that listed the users before they came would leave them behind).
+    /// `None` (the default): new users are on no recorded model.
+    fn set_embedding_model_for_new_users(&self, model: Option<String>);
 
     /// Users by external id, after `after`, at most `limit` (for operators' jobs).
     async fn user_ids(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>>;

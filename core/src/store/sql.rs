@@ -171,6 +171,9 @@ pub(crate) struct SqlStore<V> {
     pub key_registered: std::sync::atomic::AtomicBool,
     /// Whether users seen for the first time start with extra keys on.
     pub memory_keys_for_new_users: bool,
+    /// The embedding model users seen for the first time are on (see
+    /// [`super::MemoryStore::set_embedding_model_for_new_users`]).
+    pub embedding_model_for_new_users: std::sync::RwLock<Option<String>>,
 }
 
 impl<V: VectorIndex> SqlStore<V> {
@@ -199,6 +202,7 @@ impl<V: VectorIndex> SqlStore<V> {
             keys,
             key_registered: Default::default(),
             memory_keys_for_new_users: false,
+            embedding_model_for_new_users: std::sync::RwLock::new(None),
         }
     }
 }
@@ -409,12 +413,17 @@ impl<V: VectorIndex> SqlStore<V> {
         if let Some(found) = self.find_user(db, user).await? {
             return Ok(found);
         }
+        let model = self
+            .embedding_model_for_new_users
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         user::Entity::insert(user::ActiveModel {
             id: NotSet,
             external_id: Set(user.to_owned()),
             revision: Set(0),
             created_at: Set(now()),
-            embedding_model: NotSet,
+            embedding_model: Set(model),
             memory_keys: Set(self.memory_keys_for_new_users),
             memory_keys_through: Set(None),
             memory_sessions_through: Set(None),

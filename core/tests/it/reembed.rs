@@ -180,3 +180,42 @@ async fn embedded_store_reembeds_and_switches() {
 async fn postgres_store_reembeds_and_switches() {
     reembedding(true).await;
 }
+
+/// While a change of model is rolled out, a user seen for the first time starts on the new
+/// model (there is nothing of theirs to re-embed): a re-embedding run that listed the users
+/// before they came cannot leave them behind, and once the previous model is gone their
+/// memories are still found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_new_during_a_rollout_starts_on_the_new_model() {
+    use recall_core::setup::{EngineOptions, open_engine};
+    let root = tempfile::tempdir().unwrap();
+    let config = StoreConfig::embedded(root.path().join("store"));
+    let rollout = EngineOptions {
+        embedding_model: two_layer_minilm(root.path()).display().to_string(),
+        previous_embedding_model: Some(minilm_dir().display().to_string()),
+        ..EngineOptions::new(config.clone())
+    };
+    let engine = open_engine(&rollout).await.unwrap();
+    let new_model = engine.embedder().model_id().to_owned();
+    engine
+        .add_memory("cy", fact("Cy keeps bees on the roof"))
+        .await
+        .unwrap();
+    drop(engine);
+    let s = store::open(&config).await.unwrap();
+    assert_eq!(
+        s.embedding_model("cy").await.unwrap().as_deref(),
+        Some(new_model.as_str())
+    );
+    assert_eq!(models_of(s.as_ref(), "cy").await, vec![new_model.clone()]);
+    drop(s);
+
+    let after = open_engine(&EngineOptions {
+        previous_embedding_model: None,
+        ..rollout
+    })
+    .await
+    .unwrap();
+    let (memory, _) = top_hit(&after, "cy", "who keeps bees?").await;
+    assert!(memory.content.contains("bees"), "{}", memory.content);
+}
