@@ -34,6 +34,21 @@ pub(super) struct Counters {
 /// calls.
 const MAX_FOLDS: usize = 64;
 
+/// A summarisation under way: takes its session off the set when dropped.
+struct UnderWay<'a> {
+    set: &'a std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+    key: (String, String),
+}
+
+impl Drop for UnderWay<'_> {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
+}
+
 impl Engine {
     /// Rolling summary counters.
     pub fn summary_stats(&self) -> SummaryStats {
@@ -66,16 +81,18 @@ impl Engine {
         if !self
             .summarizing
             .lock()
-            .expect("summarizing set")
+            .unwrap_or_else(|e| e.into_inner())
             .insert(key.clone())
         {
             return Ok(None);
         }
+        // However the fold ends (a panic in the summarizer, a caller that stops waiting), the
+        // session is free to be summarised again.
+        let _under_way = UnderWay {
+            set: &self.summarizing,
+            key,
+        };
         let out = self.summarize_now(user, session, summarizer, policy).await;
-        self.summarizing
-            .lock()
-            .expect("summarizing set")
-            .remove(&key);
         if let Err(e) = &out {
             self.summaries.failed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, "rolling summary failed");

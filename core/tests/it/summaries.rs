@@ -22,6 +22,7 @@ struct FirstWords {
     max_input: usize,
     inputs: Mutex<Vec<usize>>,
     fail: AtomicBool,
+    panic_once: AtomicBool,
     delay_ms: u64,
 }
 
@@ -32,6 +33,7 @@ impl FirstWords {
             max_input,
             inputs: Mutex::default(),
             fail: AtomicBool::new(false),
+            panic_once: AtomicBool::new(false),
             delay_ms: 50,
         }
     }
@@ -49,6 +51,9 @@ impl Summarizer for FirstWords {
         tokio::time::sleep(std::time::Duration::from_millis(self.delay_ms)).await;
         if self.fail.load(Ordering::SeqCst) {
             return Err(Error::unavailable("the summary model is down"));
+        }
+        if self.panic_once.swap(false, Ordering::SeqCst) {
+            panic!("the summary model crashed");
         }
         let input = previous.map_or(0, |p| self.count_tokens(p))
             + messages
@@ -350,6 +355,37 @@ async fn a_failing_summarizer_is_counted_and_does_not_wedge_the_session() {
     assert!(summary.content.starts_with("start | "));
     let stats = e.summary_stats();
     assert_eq!((stats.written, stats.failed), (1, 1));
+}
+
+/// A summarisation that panics, or whose caller stops waiting, leaves the session free to be
+/// summarised by the next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fold_that_never_finished_does_not_block_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path()).await;
+    let s = Arc::new(FirstWords::new(usize::MAX));
+    e.add_messages("alice", chat(12)).await.unwrap();
+    s.panic_once.store(true, Ordering::SeqCst);
+    let crashed = e
+        .spawn_summarize_if_due("alice", "s", s.clone(), POLICY)
+        .await;
+    assert!(crashed.unwrap_err().is_panic());
+    // A caller that gives up mid-fold.
+    let slow = FirstWords {
+        delay_ms: 5_000,
+        ..FirstWords::new(usize::MAX)
+    };
+    let gave_up = tokio::time::timeout(
+        std::time::Duration::from_millis(100),
+        e.summarize_if_due("alice", "s", &slow, POLICY),
+    )
+    .await;
+    assert!(gave_up.is_err());
+    let written = e
+        .summarize_if_due("alice", "s", s.as_ref(), POLICY)
+        .await
+        .unwrap();
+    assert!(written.is_some(), "the session is summarised");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
