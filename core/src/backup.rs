@@ -42,6 +42,10 @@ pub const CHUNK_ROWS: usize = 1000;
 /// the reader allocate without bound.
 pub const MAX_LINE_BYTES: usize = 256 << 20;
 
+/// A record whose line would reach this many bytes is written as smaller ones, well within
+/// [`MAX_LINE_BYTES`].
+const SPLIT_BYTES: usize = 32 << 20;
+
 /// Where backup records go (the store writes them from its snapshot).
 pub trait BackupSink: Send {
     /// Writes one record.
@@ -210,6 +214,8 @@ pub struct BackupWriter<W: Write> {
     out: GzEncoder<W>,
     hash: Sha256,
     records: u64,
+    /// A record whose line would reach this many bytes is written as two.
+    split_bytes: usize,
     /// Counts, for the report.
     pub report: BackupReport,
 }
@@ -221,6 +227,7 @@ impl<W: Write + Send> BackupWriter<W> {
             out: GzEncoder::new(out, Compression::default()),
             hash: Sha256::new(),
             records: 0,
+            split_bytes: SPLIT_BYTES,
             report: BackupReport::default(),
         }
     }
@@ -243,15 +250,32 @@ impl<W: Write + Send> BackupWriter<W> {
 
 impl<W: Write + Send> BackupSink for BackupWriter<W> {
     fn write(&mut self, record: &Record) -> Result<()> {
+        if matches!(record, Record::End { .. }) {
+            return Err(Error::Internal("backup: end written twice".into()));
+        }
+        let mut line = serde_json::to_vec(record).map_err(ser)?;
+        // Rows of long text (64 KiB of control characters is six times that as JSON) can
+        // make a record longer than a reader takes: it goes as smaller ones.
+        if line.len() >= self.split_bytes {
+            if let Some((a, b)) = record.halves() {
+                drop(line);
+                self.write(&a)?;
+                return self.write(&b);
+            }
+            if line.len() >= MAX_LINE_BYTES {
+                return Err(Error::Internal(format!(
+                    "backup: a row takes {} bytes, more than a line may ({MAX_LINE_BYTES})",
+                    line.len()
+                )));
+            }
+        }
         match record {
             Record::User(_) => self.report.users += 1,
             Record::Messages { rows, .. } => self.report.messages += rows.len() as u64,
             Record::Memories { rows, .. } => self.report.memories += rows.len() as u64,
             Record::Embeddings { rows, .. } => self.report.embeddings += rows.len() as u64,
-            Record::End { .. } => return Err(Error::Internal("backup: end written twice".into())),
             _ => {}
         }
-        let mut line = serde_json::to_vec(record).map_err(ser)?;
         line.push(b'\n');
         self.hash.update(&line);
         self.out.write_all(&line).map_err(io)?;
@@ -773,6 +797,52 @@ mod tests {
                 "mine.backup".into()
             ]
         );
+    }
+
+    /// Rows too long for one line go as several records, which read back as the rows in
+    /// order; the report counts each row once.
+    #[test]
+    fn a_record_too_long_for_a_line_is_written_as_several() {
+        let mut w = BackupWriter::new(Vec::new());
+        w.split_bytes = 1000;
+        w.write(&Record::Header(header())).unwrap();
+        w.write(&Record::User(UserRow {
+            id: "alice".into(),
+            created_at: Utc::now(),
+            settings: None,
+            settings_updated_at: None,
+            memory_keys: false,
+        }))
+        .unwrap();
+        let rows: Vec<MessageRow> = (0..10)
+            .map(|i| MessageRow {
+                id: i,
+                session_id: 1,
+                role: "user".into(),
+                content: "\u{1b}[31m".repeat(20),
+                tags: serde_json::json!([]),
+                metadata: serde_json::json!({}),
+                created_at: Utc::now(),
+            })
+            .collect();
+        w.write(&Record::Messages {
+            user: "alice".into(),
+            rows: rows.clone(),
+        })
+        .unwrap();
+        let (bytes, report) = w.finish().unwrap();
+        assert_eq!(report.messages, 10);
+        let records = read_all(&bytes).unwrap();
+        let mut back = Vec::new();
+        for r in &records[2..] {
+            let Record::Messages { rows, .. } = r else {
+                panic!("{r:?}")
+            };
+            assert!(serde_json::to_vec(r).unwrap().len() < 1000);
+            back.extend(rows.iter().cloned());
+        }
+        assert!(records.len() > 3, "several records");
+        assert_eq!(back, rows);
     }
 
     #[test]

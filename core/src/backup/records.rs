@@ -293,6 +293,44 @@ pub enum Record {
     },
 }
 
+impl Record {
+    /// The rows of a record in two records of about half each (a line too long to write
+    /// whole is written as two); `None` for a record that is not rows, or holds one.
+    pub(crate) fn halves(&self) -> Option<(Record, Record)> {
+        macro_rules! halves {
+            ($variant:ident, $user:expr, $rows:expr) => {{
+                if $rows.len() < 2 {
+                    return None;
+                }
+                let (a, b) = $rows.split_at($rows.len() / 2);
+                Some((
+                    Record::$variant {
+                        user: $user.clone(),
+                        rows: a.to_vec(),
+                    },
+                    Record::$variant {
+                        user: $user.clone(),
+                        rows: b.to_vec(),
+                    },
+                ))
+            }};
+        }
+        match self {
+            Record::Sessions { user, rows } => halves!(Sessions, user, rows),
+            Record::Messages { user, rows } => halves!(Messages, user, rows),
+            Record::Summaries { user, rows } => halves!(Summaries, user, rows),
+            Record::Memories { user, rows } => halves!(Memories, user, rows),
+            Record::Embeddings { user, rows } => halves!(Embeddings, user, rows),
+            Record::Audit { user, rows } => halves!(Audit, user, rows),
+            Record::DeepMemoryPairs { user, rows } => halves!(DeepMemoryPairs, user, rows),
+            Record::Header(_)
+            | Record::User(_)
+            | Record::DeepMemoryAdapter { .. }
+            | Record::End { .. } => None,
+        }
+    }
+}
+
 /// The tables whose row ids a backup carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Table {
