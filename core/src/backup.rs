@@ -428,23 +428,27 @@ fn check_header(h: &Header) -> Result<()> {
     Ok(())
 }
 
-/// The bytes of a backup file under its encryption: decrypted with `key` when the file was
-/// encrypted (a missing or different key is a clear error), as they are otherwise.
-fn input(path: &Path, key: Option<&DataKey>) -> Result<Box<dyn Read + Send>> {
+/// The bytes of a backup file under its encryption: decrypted with the one of `keys` it was
+/// encrypted with (the current data key, or a previous one for a file from before a
+/// rotation; none of them is a clear error), as they are otherwise.
+fn input(path: &Path, keys: &[&DataKey]) -> Result<Box<dyn Read + Send>> {
     let mut file = BufReader::new(File::open(path).map_err(|e| Error::input_file(path, e))?);
     match crypto::read_header(&mut file).map_err(|e| Error::io(path, e))? {
         crypto::Header::Plain(first) => Ok(Box::new(std::io::Cursor::new(first).chain(file))),
-        crypto::Header::Encrypted { key_id, prefix } => match key {
-            None => Err(Error::invalid(format!(
-                "the backup is encrypted with data key {key_id}: give that key \
-                 (--encryption-key-file)"
-            ))),
-            Some(k) if k.id() != key_id => Err(Error::invalid(format!(
-                "the backup is encrypted with data key {key_id}, not with the key given ({})",
-                k.id()
-            ))),
-            Some(k) => Ok(Box::new(DecryptReader::new(file, k, &prefix))),
-        },
+        crypto::Header::Encrypted { key_id, prefix } => {
+            match keys.iter().find(|k| k.id() == key_id) {
+                Some(k) => Ok(Box::new(DecryptReader::new(file, k, &prefix))),
+                None if keys.is_empty() => Err(Error::invalid(format!(
+                    "the backup is encrypted with data key {key_id}: give that key \
+                     (--encryption-key-file, or --previous-encryption-key-file for a key \
+                     rotated out)"
+                ))),
+                None => Err(Error::invalid(format!(
+                    "the backup is encrypted with data key {key_id}, not with a key given ({})",
+                    keys.iter().map(|k| k.id()).collect::<Vec<_>>().join(", ")
+                ))),
+            }
+        }
     }
 }
 
@@ -492,10 +496,10 @@ impl Write for Output {
 
 /// Reads the whole file once and checks it: gzip stream, every record, the order of the
 /// records (a user's rows after that user's row), the count and the checksum, and, for an
-/// encrypted file, every chunk's authentication with `key`. `user` keeps the id ranges of
-/// that user only. Nothing is written anywhere.
-pub fn verify(path: &Path, user: Option<&str>, key: Option<&DataKey>) -> Result<Verified> {
-    let mut reader = BackupReader::new(input(path, key)?);
+/// encrypted file, every chunk's authentication with the one of `keys` it names. `user` keeps
+/// the id ranges of that user only. Nothing is written anywhere.
+pub fn verify(path: &Path, user: Option<&str>, keys: &[&DataKey]) -> Result<Verified> {
+    let mut reader = BackupReader::new(input(path, keys)?);
     let mut header = None;
     let mut users: Vec<String> = Vec::new();
     let mut ranges: BTreeMap<Table, (i64, i64)> = BTreeMap::new();
@@ -674,9 +678,9 @@ impl Section {
 pub fn open(
     path: &Path,
     user: Option<&str>,
-    key: Option<&DataKey>,
+    keys: &[&DataKey],
 ) -> Result<BackupReader<Box<dyn Read + Send>>> {
-    Ok(BackupReader::new(input(path, key)?).only(user.map(str::to_owned)))
+    Ok(BackupReader::new(input(path, keys)?).only(user.map(str::to_owned)))
 }
 
 /// A file written next to `path` and moved over it only once complete and synced, so that a

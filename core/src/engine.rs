@@ -121,6 +121,8 @@ pub struct Engine {
     tag_ttl: Arc<std::collections::BTreeMap<String, u64>>,
     /// The data key: backups are encrypted with it (see [`Engine::with_data_key`]).
     data_key: Option<Arc<crate::crypto::DataKey>>,
+    /// Data keys rotated out, which restores also read backups with.
+    previous_data_keys: Vec<Arc<crate::crypto::DataKey>>,
     /// While a change of embedding model is rolled out: the model being left, which users
     /// not yet re-embedded search with (see [`Engine::reembed`]).
     previous_embedder: Option<Arc<dyn Embedder>>,
@@ -153,6 +155,7 @@ impl Engine {
             dedupe: None,
             tag_ttl: Arc::default(),
             data_key: None,
+            previous_data_keys: Vec::new(),
             previous_embedder: None,
             llm: None,
             adapters: Arc::default(),
@@ -169,6 +172,13 @@ impl Engine {
     /// read files encrypted with it (and unencrypted ones).
     pub fn with_data_key(mut self, key: Option<Arc<crate::crypto::DataKey>>) -> Self {
         self.data_key = key;
+        self
+    }
+
+    /// Data keys rotated out (`encryption.previous_key_files`): restores also read backups
+    /// encrypted with one of them, and seal the rows with the store's current key.
+    pub fn with_previous_data_keys(mut self, keys: Vec<Arc<crate::crypto::DataKey>>) -> Self {
+        self.previous_data_keys = keys;
         self
     }
 

@@ -34,12 +34,10 @@ pub fn store_config(settings: &Settings) -> Result<StoreConfig> {
     config.in_process_search_threshold = s.in_process_search_threshold;
     config.hnsw_ef_search = s.hnsw_ef_search;
     config.memory_keys_for_new_users = settings.memory_keys.new_users;
-    let previous = settings
-        .encryption
-        .previous_key_files
-        .iter()
-        .map(|path| DataKey::from_file(path))
-        .collect::<Result<Vec<_>>>()?;
+    let previous = previous_data_keys(settings)?
+        .into_iter()
+        .map(|k| (*k).clone())
+        .collect();
     config.keys = Arc::new(Keyring::new(
         data_key(settings)?.map(|k| (*k).clone()),
         previous,
@@ -82,6 +80,7 @@ pub async fn engine(settings: &Settings) -> Result<Engine> {
     .await
     .and_then(|e| {
         e.with_data_key(data_key(settings)?)
+            .with_previous_data_keys(previous_data_keys(settings)?)
             .with_dedupe(settings.store.dedupe_similarity)
             .with_tag_ttl(settings.store.tag_ttl_seconds.clone())
     })
@@ -98,13 +97,25 @@ pub fn data_key(settings: &Settings) -> Result<Option<Arc<DataKey>>> {
         .transpose()
 }
 
+/// The keys of `encryption.previous_key_files` (rotated out): rows and backups sealed with
+/// them can still be read.
+pub fn previous_data_keys(settings: &Settings) -> Result<Vec<Arc<DataKey>>> {
+    settings
+        .encryption
+        .previous_key_files
+        .iter()
+        .map(|path| DataKey::from_file(path).map(Arc::new))
+        .collect()
+}
+
 /// The engine over the configured store with no model loaded, for commands that only manage
 /// data (export, forget): they work where the models are missing.
 pub async fn data_engine(settings: &Settings) -> Result<Engine> {
     let key = data_key(settings)?;
     Ok(setup::open_data_engine(&store_config(settings)?)
         .await?
-        .with_data_key(key))
+        .with_data_key(key)
+        .with_previous_data_keys(previous_data_keys(settings)?))
 }
 
 /// The chat model the settings name: the remote provider when `chat.url` is set, else the

@@ -126,13 +126,23 @@ impl Engine {
         options: &RestoreOptions,
         actor: &Actor,
     ) -> Result<RestoreReport> {
-        let (file, user, key) = (path.to_owned(), options.user.clone(), self.data_key.clone());
+        // The current key, or a previous one for a file from before a rotation (the rows are
+        // sealed again with the store's current key).
+        let keys: Vec<Arc<crate::crypto::DataKey>> = self
+            .data_key
+            .iter()
+            .chain(&self.previous_data_keys)
+            .cloned()
+            .collect();
+        let (file, user, held) = (path.to_owned(), options.user.clone(), keys.clone());
         let plan = tokio::task::spawn_blocking(move || {
-            backup::verify(&file, user.as_deref(), key.as_deref())
+            let keys: Vec<&crate::crypto::DataKey> = held.iter().map(|k| k.as_ref()).collect();
+            backup::verify(&file, user.as_deref(), &keys)
         })
         .await
         .map_err(|e| crate::error::Error::Internal(format!("backup check: {e}")))??;
-        let mut source = backup::open(path, options.user.as_deref(), self.data_key())?;
+        let keys: Vec<&crate::crypto::DataKey> = keys.iter().map(|k| k.as_ref()).collect();
+        let mut source = backup::open(path, options.user.as_deref(), &keys)?;
         let report = self
             .store
             .restore(&plan, options, &mut source, actor)

@@ -28,7 +28,8 @@ pub(super) async fn rotate(settings: &Settings, json: bool) -> recall_core::Resu
         );
         if !r.retired.is_empty() {
             text += &format!(
-                "; retired key(s) {} (their files are no longer needed)",
+                "; retired key(s) {} (the store no longer needs them; backups made with \
+                 them do, given as --previous-encryption-key-file to restore)",
                 r.retired.join(", ")
             );
         }
