@@ -781,3 +781,45 @@ async fn a_link_to_a_memory_that_is_gone_is_left_out() {
     src.close().await;
     dst.close().await;
 }
+
+/// Restoring a user in place (their rows replaced by older ones) never hands out again the
+/// ids of the rows it replaced.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_never_moves_ids_back() {
+    for kind in [Kind::Pg, Kind::Embedded] {
+        let p = Place::new(kind).await;
+        populate(p.store.as_ref()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ana.backup");
+        backup_to(&p, &file, Some("ana")).await;
+        let later = p
+            .store
+            .add_memories(
+                "ana",
+                vec![NewMemory::new(
+                    MemoryKind::Fact,
+                    "written after",
+                    emb(&[0.3, 0.3, 0.3]),
+                )],
+            )
+            .await
+            .unwrap()[0]
+            .id;
+        restore(&p, &file, Some("ana"), false).await.unwrap();
+        let next = p
+            .store
+            .add_memories(
+                "ana",
+                vec![NewMemory::new(
+                    MemoryKind::Fact,
+                    "written anew",
+                    emb(&[0.3, 0.3, 0.3]),
+                )],
+            )
+            .await
+            .unwrap()[0]
+            .id;
+        assert!(next > later, "{kind:?}: {next} after {later}");
+        p.close().await;
+    }
+}

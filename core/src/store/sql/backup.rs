@@ -693,7 +693,9 @@ impl<V: VectorIndex> SqlStore<V> {
             }
         }
         if backend == DbBackend::Postgres {
-            // Rows came with their ids: move each sequence past them.
+            // Rows came with their ids: move each sequence past them, never back (ids of
+            // rows a restore replaced, or handed to a writer still at work, are not given
+            // out again).
             for t in [
                 "users",
                 "sessions",
@@ -706,7 +708,9 @@ impl<V: VectorIndex> SqlStore<V> {
                     backend,
                     format!(
                         "SELECT setval(pg_get_serial_sequence('{t}', 'id'), \
-                         GREATEST((SELECT max(id) FROM {t}), 1))"
+                         GREATEST((SELECT max(id) FROM {t}), \
+                         pg_sequence_last_value(pg_get_serial_sequence('{t}', 'id')::regclass), \
+                         1))"
                     ),
                 ))
                 .await?;
