@@ -361,6 +361,38 @@ async fn postgres_store_rotates_keys() {
     rotation(true).await;
 }
 
+/// A restore the store refuses writes nothing, the key registry included: the store still
+/// opens without the key the refused restore was run with.
+#[tokio::test]
+async fn a_refused_restore_does_not_make_the_key_required() {
+    use recall_core::Engine;
+    use recall_core::backup::{BackupOptions, RestoreOptions};
+    for pg in [false, true] {
+        let place = Where::new(pg).await;
+        let s = place.open(ring(None, &[])).await;
+        write_secrets(s.as_ref(), "ana").await;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("all.backup");
+        Engine::without_models(s.clone())
+            .backup(&file, &BackupOptions::default())
+            .await
+            .unwrap();
+        drop(s);
+        let s = place.open(ring(Some(1), &[])).await;
+        let err = Engine::without_models(s.clone())
+            .restore(&file, &RestoreOptions::default(), &Actor::cli())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        assert!(err.to_string().contains("--force"), "{err}");
+        drop(s);
+        let s = place.open(ring(None, &[])).await;
+        assert_readable(s.as_ref(), "ana").await;
+        drop(s);
+        place.close().await;
+    }
+}
+
 /// Postgres with a key searches text in process: the index follows updates, deletions and
 /// additions, including those another replica makes.
 #[tokio::test]

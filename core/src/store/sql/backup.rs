@@ -367,6 +367,47 @@ impl<V: VectorIndex> SqlStore<V> {
         Ok(report)
     }
 
+    /// Why a restore must not go ahead, checked on `db`: a whole restore into a store that
+    /// holds users without `force`, or a user deleted after the backup was taken.
+    async fn refuse_restore<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        plan: &Verified,
+        options: &RestoreOptions,
+        selected: &[String],
+    ) -> Result<()> {
+        let held = self.count_all(db, "SELECT count(*) FROM users").await?;
+        if held > 0 && options.user.is_none() && !options.force {
+            return Err(Error::invalid(format!(
+                "the store already holds {held} user(s): restore with --force (the backup's \
+                 users replace the same users; others stay) or choose one user with --user"
+            )));
+        }
+        if !options.include_deleted {
+            let mut deleted = Vec::new();
+            for name in selected {
+                let since = audit_log::Entity::find()
+                    .filter(audit_log::Column::UserExternalId.eq(name.as_str()))
+                    .filter(audit_log::Column::Action.eq("delete_user"))
+                    .filter(audit_log::Column::CreatedAt.gt(plan.header.created_at))
+                    .one(db)
+                    .await?;
+                if since.is_some() {
+                    deleted.push(name.as_str());
+                }
+            }
+            if !deleted.is_empty() {
+                return Err(Error::invalid(format!(
+                    "the data of {} was deleted after this backup was taken: it stays deleted \
+                     (restore with --include-deleted to bring it back, or leave them out with \
+                     --user)",
+                    deleted.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
     async fn restore_rows(
         &self,
         plan: &Verified,
@@ -384,38 +425,14 @@ impl<V: VectorIndex> SqlStore<V> {
         for m in &plan.header.models {
             self.index.prepare(m.dims).await?;
         }
+        // A restore refused writes nothing, the key registry included (a key registered
+        // for a restore that never happened would be required at every start after).
+        self.refuse_restore(&self.db, plan, options, &selected)
+            .await?;
         self.register_key().await?;
         let txn = begin_write(&self.db).await?;
         let backend = txn.get_database_backend();
-        let held = self.count_all(&txn, "SELECT count(*) FROM users").await?;
-        if held > 0 && options.user.is_none() && !options.force {
-            return Err(Error::invalid(format!(
-                "the store already holds {held} user(s): restore with --force (the backup's \
-                 users replace the same users; others stay) or choose one user with --user"
-            )));
-        }
-        if !options.include_deleted {
-            let mut deleted = Vec::new();
-            for name in &selected {
-                let since = audit_log::Entity::find()
-                    .filter(audit_log::Column::UserExternalId.eq(name.as_str()))
-                    .filter(audit_log::Column::Action.eq("delete_user"))
-                    .filter(audit_log::Column::CreatedAt.gt(plan.header.created_at))
-                    .one(&txn)
-                    .await?;
-                if since.is_some() {
-                    deleted.push(name.as_str());
-                }
-            }
-            if !deleted.is_empty() {
-                return Err(Error::invalid(format!(
-                    "the data of {} was deleted after this backup was taken: it stays deleted \
-                     (restore with --include-deleted to bring it back, or leave them out with \
-                     --user)",
-                    deleted.join(", ")
-                )));
-            }
-        }
+        self.refuse_restore(&txn, plan, options, &selected).await?;
         let mut report = RestoreReport::default();
         let mut reset = Vec::new();
         // The audit log is the record of what was done to a user's data, deletions included:
