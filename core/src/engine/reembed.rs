@@ -107,6 +107,10 @@ impl Engine {
                     switched.push(user.clone());
                     break;
                 }
+                if self.store.get_user(user).await?.is_none() {
+                    // Their data was deleted during the run: nothing is left to switch.
+                    break;
+                }
                 attempts += 1;
                 if attempts >= SWITCH_ATTEMPTS {
                     return Err(Error::unavailable(format!(
@@ -151,6 +155,7 @@ impl Engine {
             let (ids, texts): (Vec<i64>, Vec<String>) = rows.into_iter().unzip();
             let vectors = self.embedder.embed(texts).await?;
             let n = ids.len() as u64;
+            let asked: std::collections::HashSet<i64> = ids.iter().copied().collect();
             let written = self
                 .store
                 .add_embeddings(
@@ -170,9 +175,15 @@ impl Engine {
                 )
                 .await?;
             if written == 0 {
-                return Err(Error::Internal(format!(
-                    "re-embedding {user:?}: no vector of {n} could be written"
-                )));
+                // Deleted meanwhile (those memories, or the user's whole data): the rest, if
+                // any, is embedded next. Memories still there without a vector are a fault.
+                let (left, _) = self.store.missing_embeddings(user, model, batch).await?;
+                if left.iter().any(|(id, _)| asked.contains(id)) {
+                    return Err(Error::Internal(format!(
+                        "re-embedding {user:?}: no vector of {n} could be written"
+                    )));
+                }
+                continue;
             }
             done += n;
             on_done(done_before + done);

@@ -219,3 +219,72 @@ async fn a_user_new_during_a_rollout_starts_on_the_new_model() {
     let (memory, _) = top_hit(&after, "cy", "who keeps bees?").await;
     assert!(memory.content.contains("bees"), "{}", memory.content);
 }
+
+/// An embedder that deletes a user's data the first time it is asked to embed: a user who
+/// deletes their data while the re-embedding run is at them.
+struct DeletesOnce {
+    inner: Arc<dyn Embedder>,
+    store: Arc<dyn MemoryStore>,
+    user: std::sync::Mutex<Option<String>>,
+}
+
+#[async_trait::async_trait]
+impl Embedder for DeletesOnce {
+    fn model_id(&self) -> &str {
+        self.inner.model_id()
+    }
+    fn dims(&self) -> usize {
+        self.inner.dims()
+    }
+    async fn embed(&self, texts: Vec<String>) -> recall_core::Result<Vec<Vec<f32>>> {
+        let user = self.user.lock().unwrap().take();
+        if let Some(user) = user {
+            self.store.delete_user(&user, &Actor::cli()).await?;
+        }
+        self.inner.embed(texts).await
+    }
+}
+
+/// A user whose data is deleted while the run is at them is passed over: the run goes on to
+/// switch the others and succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_deleted_during_the_run_is_passed_over() {
+    let root = tempfile::tempdir().unwrap();
+    let s: Arc<dyn MemoryStore> = store::open(&StoreConfig::embedded(root.path().join("store")))
+        .await
+        .unwrap();
+    let old = embedder(&minilm_dir());
+    let before = Engine::new(s.clone(), old.clone());
+    // "ana" sorts first: the run reaches her first.
+    before
+        .add_memory("ana", fact("Ana collects stamps"))
+        .await
+        .unwrap();
+    before
+        .add_memory("bo", fact("Bo plays the cello"))
+        .await
+        .unwrap();
+    let new: Arc<dyn Embedder> = Arc::new(DeletesOnce {
+        inner: embedder(&two_layer_minilm(root.path())),
+        store: s.clone(),
+        user: std::sync::Mutex::new(Some("ana".into())),
+    });
+    let engine = Engine::new(s.clone(), new.clone()).with_previous_embedder(Some(old));
+    let report = engine
+        .reembed(
+            &ReembedOptions {
+                batch: 8,
+                pause: Duration::ZERO,
+                grace: Duration::ZERO,
+            },
+            &mut |_, _| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.users_switched, 1, "{report:?}");
+    assert!(s.get_user("ana").await.unwrap().is_none());
+    assert_eq!(
+        s.embedding_model("bo").await.unwrap().as_deref(),
+        Some(new.model_id())
+    );
+}
