@@ -754,6 +754,7 @@ mod tests {
             settings: None,
             settings_updated_at: None,
             memory_keys: false,
+            embedding_model: None,
         }))
         .unwrap();
         w.write(&Record::Embeddings {
@@ -816,6 +817,7 @@ mod tests {
             settings: None,
             settings_updated_at: None,
             memory_keys: false,
+            embedding_model: None,
         }))
         .unwrap();
         let rows: Vec<MessageRow> = (0..10)

@@ -55,6 +55,10 @@ pub struct UserRow {
     /// Whether the background job writes extra keys for their memories.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub memory_keys: bool,
+    /// The embedding model their searches use, once a re-embedding switched them (their
+    /// vectors are of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_model: Option<String>,
 }
 
 /// A session row.

@@ -823,3 +823,33 @@ async fn a_restore_never_moves_ids_back() {
         p.close().await;
     }
 }
+
+/// A user switched to a new embedding model by a re-embedding comes back on it: their vectors
+/// are of it, and they search with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_user_s_embedding_model_comes_back() {
+    let src = Place::new(Kind::Embedded).await;
+    let mut fact = NewMemory::new(MemoryKind::Fact, "Ana collects stamps", emb(&[0.3, 0.4]));
+    fact.embedding.model = "model-b".into();
+    src.store.add_memories("ana", vec![fact]).await.unwrap();
+    assert!(
+        src.store
+            .switch_embedding_model("ana", "model-b")
+            .await
+            .unwrap()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("all.backup");
+    src.engine
+        .backup(&file, &BackupOptions::default())
+        .await
+        .unwrap();
+    let dst = Place::new(Kind::Pg).await;
+    restore(&dst, &file, None, false).await.unwrap();
+    assert_eq!(
+        dst.store.embedding_model("ana").await.unwrap().as_deref(),
+        Some("model-b")
+    );
+    src.close().await;
+    dst.close().await;
+}

@@ -137,6 +137,7 @@ impl<V: VectorIndex> SqlStore<V> {
             settings_updated_at: settings.as_ref().map(|s| s.updated_at),
             settings: settings.map(|s| s.settings),
             memory_keys: u.memory_keys,
+            embedding_model: u.embedding_model.clone(),
         }))?;
         let sessions: Vec<SessionRow> = session::Entity::find()
             .filter(session::Column::UserId.eq(u.id))
@@ -504,7 +505,7 @@ impl<V: VectorIndex> SqlStore<V> {
                         external_id: Set(u.id.clone()),
                         revision: Set(1),
                         created_at: Set(u.created_at),
-                        embedding_model: NotSet,
+                        embedding_model: Set(u.embedding_model.clone()),
                         memory_keys: Set(u.memory_keys),
                         // Restored keys keep their ids' order; the job reads everything again
                         // and skips memories that have keys.
