@@ -47,11 +47,16 @@ impl SqlJobQueue {
 }
 
 /// The job, if `worker` holds it (running under its lease); `None` when another runner took
-/// it over after this one's lease ran out, or it is gone.
+/// it over after this one's lease ran out, or it is gone. The row stays locked (Postgres) to
+/// the end of `txn`, so that no runner takes it over between this read and the write.
 async fn held_by(txn: &DatabaseTransaction, id: i64, worker: &str) -> Result<Option<job::Model>> {
-    Ok(job::Entity::find_by_id(id).one(txn).await?.filter(|row| {
-        row.status == JobStatus::Running.as_str() && row.locked_by.as_deref() == Some(worker)
-    }))
+    Ok(job::Entity::find_by_id(id)
+        .lock_exclusive()
+        .one(txn)
+        .await?
+        .filter(|row| {
+            row.status == JobStatus::Running.as_str() && row.locked_by.as_deref() == Some(worker)
+        }))
 }
 
 /// `text` cut to at most `max` bytes, on a character boundary.
@@ -186,8 +191,11 @@ impl JobQueue for SqlJobQueue {
     async fn cancel_job(&self, user: &str, id: i64, actor: &Actor) -> Result<Job> {
         self.check_owner(user)?;
         let txn = begin_write(&self.db).await?;
+        // Locked (Postgres) to the end of the transaction: a runner claiming the job waits
+        // for the cancellation, or the cancellation sees it running and refuses.
         let Some(row) = job::Entity::find_by_id(id)
             .filter(job::Column::UserExternalId.eq(user))
+            .lock_exclusive()
             .one(&txn)
             .await?
         else {

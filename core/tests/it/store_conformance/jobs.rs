@@ -5,6 +5,48 @@ crate::fixtures::both_backends! {
     jobs_lifecycle;
     job_leases;
     jobs_claimed_by_kind;
+    a_job_is_cancelled_or_run_never_both;
+}
+
+/// Cancelling and claiming at the same moment: each job is cancelled or claimed, never both
+/// (a deletion the user was told is cancelled must not run).
+async fn a_job_is_cancelled_or_run_never_both(t: &TestStore) {
+    let s = t.store().jobs();
+    let lease = std::time::Duration::from_secs(60);
+    let mut jobs = Vec::new();
+    for i in 0..30 {
+        let user = format!("user{i}");
+        let job = s
+            .create_job(
+                &user,
+                delete_job(Utc::now() - Duration::seconds(1)),
+                &Actor::user(&user),
+            )
+            .await
+            .unwrap();
+        jobs.push((user, job.id));
+    }
+    let claim = async {
+        let mut claimed = Vec::new();
+        while let Some(job) = s.claim_job("runner", lease, &[]).await.unwrap() {
+            claimed.push(job.id);
+        }
+        claimed
+    };
+    let cancel = async {
+        let mut cancelled = Vec::new();
+        for (user, id) in jobs.iter().rev() {
+            if s.cancel_job(user, *id, &Actor::user(user)).await.is_ok() {
+                cancelled.push(*id);
+            }
+        }
+        cancelled
+    };
+    let (claimed, cancelled) = futures::join!(claim, cancel);
+    for id in &cancelled {
+        assert!(!claimed.contains(id), "job {id} was cancelled and claimed");
+    }
+    assert_eq!(claimed.len() + cancelled.len(), jobs.len());
 }
 
 /// A runner that names kinds takes only jobs of those kinds, however old the others; one
