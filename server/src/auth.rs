@@ -205,14 +205,21 @@ impl Authenticator {
         let mut validation = Validation::new(header.alg);
         validation.leeway = 5;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured issuer or audience is required, not only checked when present (a
+        // token of another service on the same key, with no `aud`, is not ours).
+        let mut required = vec!["exp", "sub"];
         if let Some(iss) = &self.issuer {
             validation.set_issuer(&[iss]);
+            required.push("iss");
         }
         match &self.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
+        validation.set_required_spec_claims(&required);
         let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind as K;
             AuthError::Invalid(match e.kind() {
@@ -480,6 +487,28 @@ mod tests {
         let wrong_iss =
             sign(serde_json::json!({ "sub": "carol", "exp": exp, "iss": "https://evil.example" }));
         assert!(check(&wrong_iss).is_err(), "issuer is checked");
+        let no_iss = sign(serde_json::json!({ "sub": "carol", "exp": exp }));
+        assert!(check(&no_iss).is_err(), "a configured issuer is required");
+        // A configured audience is required too.
+        let with_aud = Authenticator::new(&AuthSettings {
+            jwt_public_key: Some(public.clone()),
+            jwt_audience: Some("deep-recall".into()),
+            ..AuthSettings::default()
+        })
+        .unwrap();
+        let check_aud = |t: &str| {
+            with_aud.authenticate(&Credentials {
+                authorization: Some(&bearer(t)),
+                ..Default::default()
+            })
+        };
+        let ours = sign(serde_json::json!({ "sub": "carol", "exp": exp, "aud": "deep-recall" }));
+        assert_eq!(check_aud(&ours).unwrap().user, "carol");
+        let no_aud = sign(serde_json::json!({ "sub": "carol", "exp": exp }));
+        assert!(
+            check_aud(&no_aud).is_err(),
+            "a configured audience is required"
+        );
         // Algorithm confusion: an HS256 token keyed with the public key's PEM text.
         let confused = jsonwebtoken::encode(
             &jsonwebtoken::Header::new(Algorithm::HS256),
