@@ -251,20 +251,30 @@ impl MemoryIndex {
     }
 
     /// Removes every memory that expired by `now` (they are no longer found either way);
-    /// how many went. Expiry does not relink a supersede history, as in the stores.
+    /// how many went. Expiry does not relink a supersede history, as in the stores: the links
+    /// to a purged memory are cleared (one it replaced stays replaced), so that none points
+    /// at a memory that is gone (a saved index holding one would not load).
     pub fn purge_expired(&mut self, now: DateTime<Utc>) -> usize {
         let mut purged = 0;
         for u in self.users.values_mut() {
-            let expired: Vec<i64> = u
+            let expired: std::collections::HashSet<i64> = u
                 .memories
                 .iter()
                 .filter(|(_, (m, _))| m.expires_at.is_some_and(|e| e <= now))
                 .map(|(id, _)| *id)
                 .collect();
-            for id in expired {
-                u.lexical.remove(id);
-                u.memories.remove(&id);
+            for id in &expired {
+                u.lexical.remove(*id);
+                u.memories.remove(id);
                 purged += 1;
+            }
+            for (m, _) in u.memories.values_mut() {
+                if m.supersedes.is_some_and(|s| expired.contains(&s)) {
+                    m.supersedes = None;
+                }
+                if m.superseded_by.is_some_and(|s| expired.contains(&s)) {
+                    m.superseded_by = None;
+                }
             }
         }
         purged
@@ -938,5 +948,25 @@ mod tests {
         assert_eq!(index.purge_expired(hours(1)), 0);
         assert_eq!(index.purge_expired(hours(2)), 1);
         assert_eq!(index.len("alice"), 1);
+        // A brief replacement expires: the one it replaced stays replaced, no link points at
+        // the purged one, and the saved index loads.
+        let brief = IndexEntry {
+            supersedes: Some(1),
+            expires_at: Some(hours(4)),
+            ..IndexEntry::default()
+        };
+        let room = "My room is 301 this week";
+        index
+            .add_entry("alice", 6, room, v.clone(), hours(3), brief)
+            .unwrap();
+        assert_eq!(index.purge_expired(hours(5)), 1);
+        let first = index.get("alice", 1).unwrap();
+        assert_eq!(first.superseded_by, None);
+        assert!(first.superseded_at.is_some());
+        let back = MemoryIndex::from_bytes(&index.to_bytes()).unwrap();
+        assert_eq!(
+            search(&back, Filter::default(), hours(5)),
+            Vec::<i64>::new()
+        );
     }
 }
