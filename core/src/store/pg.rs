@@ -260,12 +260,19 @@ impl VectorIndex for PgVectors {
         // Postgres's scan of their rows (or recall-bound HNSW).
         if self.held_vectors(db, q.user_id, q.revision).await? {
             let user = self.held_user(db, q.user_id, q.revision, true).await?;
-            let user = user.read().expect("held user");
-            return match user.vectors.as_ref().and_then(|m| m.get(q.model)) {
-                // As the statement below: other dimensions than the model's match nothing.
-                Some(mv) if mv.dims == dims => mv.search(self.metric, q),
-                _ => Ok(vec![]),
+            let held = {
+                let user = user.read().expect("held user");
+                user.vectors.as_ref().map(|m| match m.get(q.model) {
+                    // As the statement below: other dimensions than the model's match nothing.
+                    Some(mv) if mv.dims == dims => mv.search(self.metric, q),
+                    _ => Ok(vec![]),
+                })
             };
+            // Without vectors (those just read were older than a write that landed
+            // meanwhile, and were let go), Postgres answers this search.
+            if let Some(out) = held {
+                return out;
+            }
         }
 
         // How many rows pass the filters, counted no further than the threshold; without

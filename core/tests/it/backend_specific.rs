@@ -913,3 +913,32 @@ async fn postgres_held_users_fit_the_limit() {
     }
     db.drop_db().await;
 }
+
+/// A held user whose vectors are being read while writes land still gets answers: vectors
+/// read before a write are let go, and Postgres answers meanwhile (it answered nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_held_search_answers_while_writes_land() {
+    use recall_core::types::TextQuery;
+    let db = PgDb::create().await;
+    let mut held = StoreConfig::postgres(db.url.clone());
+    held.in_process_search_threshold = 5;
+    let store = PgStore::open(&held).await.unwrap();
+    let rows = (0..20).map(|i| fact(i, None)).collect();
+    store.add_memories("ann", rows).await.unwrap();
+    for round in 0..20u64 {
+        // Held by a text search first: the vector search reads the vectors as a write lands.
+        store
+            .text_search("ann", &TextQuery::new("fact", 5))
+            .await
+            .unwrap();
+        let q = VectorQuery::new(emb(&pseudo_vector(9_000 + round, 32)), 5);
+        let (written, found) = futures::join!(
+            store.add_memories("ann", vec![fact(100 + round, None)]),
+            store.search("ann", &q)
+        );
+        written.unwrap();
+        assert_eq!(found.unwrap().hits.len(), 5, "round {round}");
+    }
+    store.connection().clone().close().await.ok();
+    db.drop_db().await;
+}
