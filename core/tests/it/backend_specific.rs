@@ -942,3 +942,35 @@ async fn postgres_held_search_answers_while_writes_land() {
     store.connection().clone().close().await.ok();
     db.drop_db().await;
 }
+
+/// Memories this server added to a held user, then deleted with their session, leave the
+/// held index: searches answer as Postgres does (they came back short).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_held_user_forgets_what_this_server_added_then_deleted() {
+    let db = PgDb::create().await;
+    let mut held = StoreConfig::postgres(db.url.clone());
+    held.in_process_search_threshold = 5;
+    let store = PgStore::open(&held).await.unwrap();
+    let mut exact = StoreConfig::postgres(db.url.clone());
+    exact.in_process_search_threshold = u64::MAX;
+    let sql = PgStore::open(&exact).await.unwrap();
+    let rows = (0..12).map(|i| fact(i, None)).collect();
+    store.add_memories("ann", rows).await.unwrap();
+    // Asked for what the session's memories are nearest: they would take the top places.
+    let q = VectorQuery::new(emb(&pseudo_vector(100, 32)), 5);
+    let ids = |p: recall_core::types::SearchPage| -> Vec<i64> {
+        p.hits.iter().map(|h| h.memory.id).collect()
+    };
+    assert_eq!(store.search("ann", &q).await.unwrap().hits.len(), 5);
+    let trip = (100..104).map(|i| fact(i, Some("trip"))).collect();
+    store.add_memories("ann", trip).await.unwrap();
+    assert_eq!(store.search("ann", &q).await.unwrap().hits.len(), 5);
+    store.delete_session("ann", "trip").await.unwrap();
+    let found = ids(store.search("ann", &q).await.unwrap());
+    assert_eq!(found.len(), 5);
+    assert_eq!(found, ids(sql.search("ann", &q).await.unwrap()));
+    for s in [store, sql] {
+        s.connection().clone().close().await.ok();
+    }
+    db.drop_db().await;
+}

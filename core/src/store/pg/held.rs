@@ -234,8 +234,11 @@ impl PgVectors {
                 .filter(|(id, at)| t.stamps.get(id) != Some(at))
                 .map(|(id, _)| *id)
                 .collect();
-            let added = stale.iter().filter(|id| !t.stamps.contains_key(id)).count();
-            ((t.stamps.len() + added) as u64 == total).then_some(stale)
+            // Counted by what is held, stamped or not (memories this server added are held
+            // unstamped): one of them deleted since leaves the counts apart, and the full
+            // comparison below finds it gone.
+            let added = stale.iter().filter(|id| !t.docs.contains_key(id)).count();
+            ((t.docs.len() + added) as u64 == total).then_some(stale)
         });
         let (stale, gone) = match quick {
             Some(stale) => (stale, vec![]),
@@ -255,7 +258,7 @@ impl PgVectors {
                     .map(|(id, _)| *id)
                     .collect();
                 let gone: Vec<i64> = t
-                    .stamps
+                    .docs
                     .keys()
                     .filter(|id| !now.contains(id))
                     .copied()
