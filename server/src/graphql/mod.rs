@@ -34,7 +34,8 @@ pub type AppSchema = Schema<Query, Mutation, Subscription>;
 // What a field that does real work counts against `limits.max_query_complexity` (1000 by
 // default), beside one per field selected: a request may not hide a hundred searches in
 // aliases behind one rate-limit token.
-/// A search (an embedding and a retrieval), or a subscription to the caller's events.
+/// A search (an embedding and a retrieval), or a subscription to the caller's events; also a
+/// listing with metadata conditions, and a thousand messages stored.
 pub const SEARCH_COST: usize = 100;
 /// A chat answer (retrieval, prompt and generation).
 pub const CHAT_COST: usize = 250;

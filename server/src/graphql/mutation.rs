@@ -83,6 +83,10 @@ pub struct MemoryMutation;
 #[Object]
 impl MemoryMutation {
     /// Stores messages (each also becomes a searchable memory), all or none.
+    // A thousand cost as much as a search (their embedding).
+    #[graphql(
+        complexity = "child_complexity + messages.len() * super::SEARCH_COST / MAX_MESSAGES_PER_CALL"
+    )]
     async fn add_messages(
         &self,
         ctx: &Context<'_>,

@@ -170,6 +170,10 @@ impl MemoryQuery {
     }
 
     /// The caller's memories, newest first.
+    // With metadata conditions it reads rows past the page to find its own: a search's cost.
+    #[graphql(
+        complexity = "child_complexity + if filter.as_ref().is_some_and(|f| !f.metadata.is_empty()) { super::SEARCH_COST } else { 0 }"
+    )]
     async fn memories(
         &self,
         ctx: &Context<'_>,

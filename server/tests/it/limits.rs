@@ -173,8 +173,18 @@ async fn refused_requests_carry_a_code() {
     let searches: String = (0..12)
         .map(|i| format!("s{i}: search(query: \"q{i}\", topK: 1) {{ score }} "))
         .collect();
+    // Listings that read past their page for metadata conditions are searches too.
+    let scans: String = (0..12)
+        .map(|i| {
+            format!(
+                "m{i}: memories(filter: {{ metadata: [{{ key: \"k\", op: EQ, value: {i} }}] }}) \
+                 {{ pageInfo {{ hasNextPage }} }} "
+            )
+        })
+        .collect();
     for (query, says) in [
         (format!("{{ {searches} }}"), "complex"),
+        (format!("{{ {scans} }}"), "complex"),
         ("{ search(query: 1) { score } }".to_owned(), "String"),
         ("{ me {".to_owned(), ""),
         ("{ me { nosuchfield } }".to_owned(), "nosuchfield"),
@@ -189,6 +199,25 @@ async fn refused_requests_carry_a_code() {
             "{body}"
         );
     }
+    // A thousand messages cost as a search: eleven such batches in one request are refused,
+    // and nothing is stored.
+    let batch: String = (0..1000)
+        .map(|_| "{ session: \"s\", role: USER, content: \"x\" }")
+        .collect::<Vec<_>>()
+        .join(", ");
+    let batches: String = (0..11)
+        .map(|i| format!("b{i}: addMessages(messages: [{batch}]) {{ id }} "))
+        .collect();
+    let (_, body) = gql(
+        &server,
+        Some(&alice),
+        &format!("mutation {{ {batches} }}"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(code(&body), "BAD_INPUT", "{body}");
+    let (_, body) = gql(&server, Some(&alice), "{ me { memoryCount } }", json!({})).await;
+    assert_eq!(body["data"]["me"]["memoryCount"], 0, "{body}");
     // A few searches in one request are fine.
     let three: String = (0..3)
         .map(|i| {
