@@ -346,6 +346,19 @@ impl Engine {
         self.events.publish(Event::Memory(Box::new(event)));
     }
 
+    /// Announces each of `gone` as deleted.
+    fn published_deletions(&self, user: &str, gone: &[crate::types::DeletedMemory]) {
+        for m in gone {
+            self.publish_memory(MemoryEvent {
+                user: user.to_owned(),
+                action: MemoryAction::Deleted,
+                memory_id: m.id,
+                kind: Some(m.kind),
+                memory: None,
+            });
+        }
+    }
+
     fn published(&self, user: &str, action: MemoryAction, memory: &Memory) {
         self.publish_memory(MemoryEvent {
             user: user.to_owned(),

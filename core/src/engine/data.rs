@@ -65,15 +65,7 @@ impl Engine {
         let out = self.store.delete_user(user, actor).await;
         self.changed_now(user).await;
         let (report, gone) = out?;
-        for m in gone {
-            self.publish_memory(MemoryEvent {
-                user: user.to_owned(),
-                action: MemoryAction::Deleted,
-                memory_id: m.id,
-                kind: Some(m.kind),
-                memory: None,
-            });
-        }
+        self.published_deletions(user, &gone);
         let now = Utc::now();
         for mut job in queued {
             job.status = crate::jobs::JobStatus::Cancelled;

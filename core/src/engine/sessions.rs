@@ -107,15 +107,7 @@ impl Engine {
         let Some(gone) = out? else {
             return Err(Error::not_found("session", session));
         };
-        for m in gone {
-            self.publish_memory(MemoryEvent {
-                user: user.to_owned(),
-                action: MemoryAction::Deleted,
-                memory_id: m.id,
-                kind: Some(m.kind),
-                memory: None,
-            });
-        }
+        self.published_deletions(user, &gone);
         Ok(())
     }
 }

@@ -243,24 +243,7 @@ impl<V: VectorIndex> SqlStore<V> {
                 )
                 .await?,
         };
-        let gone = memory::Entity::find()
-            .select_only()
-            .column(memory::Column::Id)
-            .column(memory::Column::Kind)
-            .filter(memory::Column::UserId.eq(u.id))
-            .order_by_asc(memory::Column::Id)
-            .into_tuple::<(i64, String)>()
-            .all(&txn)
-            .await?
-            .into_iter()
-            .map(|(id, kind)| {
-                Ok(DeletedMemory {
-                    id,
-                    kind: kind.parse()?,
-                    key_for: None,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let gone = self.memories_going(&txn, u.id, None).await?;
         // Foreign keys cascade from `users` to every table that holds the user's data.
         user::Entity::delete_by_id(u.id).exec(&txn).await?;
         audit(

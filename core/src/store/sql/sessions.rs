@@ -92,6 +92,37 @@ impl<V: VectorIndex> SqlStore<V> {
         .try_map(|s| Ok(session_to_api(s)))
     }
 
+    /// The user's memories (of one session, or all), by id: those a deletion about to
+    /// cascade takes with it, to announce.
+    pub(crate) async fn memories_going(
+        &self,
+        txn: &DatabaseTransaction,
+        user_id: i64,
+        session_id: Option<i64>,
+    ) -> Result<Vec<DeletedMemory>> {
+        let mut q = memory::Entity::find()
+            .select_only()
+            .column(memory::Column::Id)
+            .column(memory::Column::Kind)
+            .filter(memory::Column::UserId.eq(user_id));
+        if let Some(s) = session_id {
+            q = q.filter(memory::Column::SessionId.eq(s));
+        }
+        q.order_by_asc(memory::Column::Id)
+            .into_tuple::<(i64, String)>()
+            .all(txn)
+            .await?
+            .into_iter()
+            .map(|(id, kind)| {
+                Ok(DeletedMemory {
+                    id,
+                    kind: kind.parse()?,
+                    key_for: None,
+                })
+            })
+            .collect()
+    }
+
     pub(crate) async fn delete_session(
         &self,
         user: &str,
@@ -105,25 +136,7 @@ impl<V: VectorIndex> SqlStore<V> {
             return Ok(None);
         };
         // The memories that go with it (by the foreign keys' cascade), to announce.
-        let gone = memory::Entity::find()
-            .select_only()
-            .column(memory::Column::Id)
-            .column(memory::Column::Kind)
-            .filter(memory::Column::UserId.eq(u.id))
-            .filter(memory::Column::SessionId.eq(s.id))
-            .order_by_asc(memory::Column::Id)
-            .into_tuple::<(i64, String)>()
-            .all(&txn)
-            .await?
-            .into_iter()
-            .map(|(id, kind)| {
-                Ok(DeletedMemory {
-                    id,
-                    kind: kind.parse()?,
-                    key_for: None,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let gone = self.memories_going(&txn, u.id, Some(s.id)).await?;
         let ids: Vec<i64> = gone.iter().map(|m| m.id).collect();
         self.relink_superseded(&txn, u.id, &ids, &mut Delta::default())
             .await?;
