@@ -217,7 +217,7 @@ async fn run_one(engine: &Engine, config: &JobRunnerConfig) -> Result<bool> {
         // The job reports progress into a watch; it is written to the queue (renewing the
         // lease) and published at most every PROGRESS_EVERY.
         let (progress, seen) = watch::channel((0.0f64, None::<String>));
-        let work = execute(engine, &job, &progress);
+        let work = unpanicked(execute(engine, &job, &progress));
         let renew = |share: f64, message: Option<String>| {
             queue.report_progress(job.id, &config.worker, share, message, config.lease)
         };
@@ -233,13 +233,18 @@ async fn run_one(engine: &Engine, config: &JobRunnerConfig) -> Result<bool> {
         };
         last_word = last;
         match result {
-            Ok(result) => JobOutcome::Succeeded(result),
-            Err(e) if e.kind() == ErrorKind::Internal && job.attempts < config.max_attempts => {
+            Ok(Ok(result)) => JobOutcome::Succeeded(result),
+            // A panic is a bug, not trouble that passes: failed at once, not retried.
+            Err(panicked) => {
+                tracing::error!(job = job.id, error = %panicked, "job panicked");
+                JobOutcome::Failed(panicked)
+            }
+            Ok(Err(e)) if e.kind() == ErrorKind::Internal && job.attempts < config.max_attempts => {
                 // Transient (database) trouble: leave the lease to expire and try again.
                 tracing::warn!(job = job.id, error = %e, "job failed; will retry");
                 return Ok(true);
             }
-            Err(e) => JobOutcome::Failed(e.to_string()),
+            Ok(Err(e)) => JobOutcome::Failed(e.to_string()),
         }
     };
     if let Some(done) = queue
@@ -249,6 +254,27 @@ async fn run_one(engine: &Engine, config: &JobRunnerConfig) -> Result<bool> {
         engine.publish(Event::Job(Box::new(done)));
     }
     Ok(true)
+}
+
+/// Runs `work`, turning a panic inside it into `Err` with the panic's message: a job that
+/// panics fails, and the runner (and the lease's renewals) go on; unwound, the panic would
+/// end the runner's task, and no job would run in this process again.
+async fn unpanicked<W, T>(work: W) -> std::result::Result<T, String>
+where
+    W: std::future::Future<Output = T>,
+{
+    use futures::FutureExt;
+    std::panic::AssertUnwindSafe(work)
+        .catch_unwind()
+        .await
+        .map_err(|payload| {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            format!("the job panicked: {what}")
+        })
 }
 
 /// How often a running job's progress is recorded.
@@ -261,15 +287,15 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// while it runs. Each recorded state goes to `published`. Returns the work's result with the
 /// last message not yet recorded; `None` when a renewal found the lease lost (the job was
 /// taken by another runner or is gone): the work is dropped.
-async fn keep_lease<W, R, F>(
+async fn keep_lease<W, T, R, F>(
     work: W,
     mut seen: watch::Receiver<(f64, Option<String>)>,
     renew: R,
     lease: Duration,
     published: impl Fn(Job),
-) -> Option<(Result<Value>, Option<String>)>
+) -> Option<(T, Option<String>)>
 where
-    W: std::future::Future<Output = Result<Value>>,
+    W: std::future::Future<Output = T>,
     R: Fn(f64, Option<String>) -> F,
     F: std::future::Future<Output = Result<Option<Job>>>,
 {
@@ -554,7 +580,7 @@ mod tests {
         let work = async {
             tx.send((0.5, Some("half".into()))).unwrap();
             tokio::time::sleep(Duration::from_millis(1600)).await;
-            Ok(json!("done"))
+            Ok::<_, Error>(json!("done"))
         };
         let renew = |share: f64, message: Option<String>| {
             writes.lock().unwrap().push((share, message.clone()));
@@ -585,11 +611,52 @@ mod tests {
         let started = tokio::time::Instant::now();
         let work = async {
             tokio::time::sleep(Duration::from_secs(30)).await;
-            Ok(json!("too late"))
+            Ok::<_, Error>(json!("too late"))
         };
         let renew = |_: f64, _: Option<String>| std::future::ready(Ok(None));
         let out = keep_lease(work, seen, renew, Duration::from_millis(600), |_| {}).await;
         assert!(out.is_none());
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    /// A job that panics part-way fails with the panic's message; its runner is not unwound
+    /// (the test's task goes on past it), and what the job said before is still recorded.
+    #[tokio::test]
+    async fn a_panicking_job_fails_and_its_runner_goes_on() {
+        let (tx, seen) = watch::channel((0.0, None::<String>));
+        let work = async {
+            tx.send((0.25, Some("a quarter".into()))).unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if tx.is_closed() {
+                return Ok(json!("unreachable"));
+            }
+            panic!("index out of bounds: the len is 3 but the index is 7");
+        };
+        let renew =
+            |share: f64, message: Option<String>| std::future::ready(Ok(Some(job(share, message))));
+        let out = keep_lease(
+            unpanicked::<_, Result<Value>>(work),
+            seen,
+            renew,
+            Duration::from_secs(60),
+            |_| {},
+        )
+        .await;
+        let (result, last) = out.expect("the lease held");
+        let error = result.expect_err("the panic is the job's failure");
+        assert!(
+            error.starts_with("the job panicked: index out of bounds"),
+            "{error}"
+        );
+        assert_eq!(last.as_deref(), Some("a quarter"));
+        // A panic with a formatted message (a String payload) is read too.
+        let n = 7;
+        let formatted = unpanicked(async move {
+            if n > 3 {
+                panic!("no row {n}");
+            }
+        })
+        .await;
+        assert_eq!(formatted, Err("the job panicked: no row 7".into()));
     }
 }
