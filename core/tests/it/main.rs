@@ -18,6 +18,7 @@ mod jobs;
 mod llm;
 mod memory_keys;
 mod migrations;
+mod pg_held;
 mod reembed;
 mod remote;
 mod retrieval;

@@ -164,16 +164,7 @@ impl PgVectors {
         }
         // The user's embedding model moves when a re-embedding switches them (their vectors
         // of other models are then deleted): held vectors are read again.
-        let (revision, model): (i64, Option<String>) = db
-            .query_one_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT revision, embedding_model FROM users WHERE id = $1",
-                [user_id.into()],
-            ))
-            .await?
-            .map(|r| Ok::<_, crate::error::Error>((r.try_get_by_index(0)?, r.try_get_by_index(1)?)))
-            .transpose()?
-            .unwrap_or((0, None));
+        let (revision, model) = user_revision(db, user_id).await?;
         let Some(held) = held else {
             // Text and vectors are read side by side (two connections), and the text is
             // indexed on a thread of its own while the vectors arrive.
@@ -199,7 +190,14 @@ impl PgVectors {
                     false => Ok(None),
                 }
             })?;
-            if let Some(vector_rows) = vector_rows {
+            if let Some(mut vector_rows) = vector_rows {
+                // Side by side, the two reads see two snapshots: a write that committed
+                // between them could leave a memory's text held without its vector, and no
+                // refresh would read it again (its row is unchanged). When the user's revision
+                // moved while they were read, the vectors are read again, after the text.
+                if user_revision(db, user_id).await?.0 != revision {
+                    vector_rows = self.vector_rows(db, user_id, None).await?;
+                }
                 user.vectors = Some(HashMap::new());
                 user.put_vectors(vector_rows);
             }
@@ -543,4 +541,18 @@ async fn rows_of(
         );
     }
     Ok(rows)
+}
+
+/// A user's revision and embedding model (0 and none for a user not stored).
+async fn user_revision(db: &DatabaseConnection, user_id: i64) -> Result<(i64, Option<String>)> {
+    Ok(db
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT revision, embedding_model FROM users WHERE id = $1",
+            [user_id.into()],
+        ))
+        .await?
+        .map(|r| Ok::<_, crate::error::Error>((r.try_get_by_index(0)?, r.try_get_by_index(1)?)))
+        .transpose()?
+        .unwrap_or((0, None)))
 }
