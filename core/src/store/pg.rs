@@ -391,10 +391,12 @@ impl VectorIndex for PgVectors {
         // with more memories than the exact-search threshold are searched in process too:
         // the statement below scores every row that shares a lexeme with the query, which
         // for a frequent word is tens of thousands of rows (42 ms at p95 for 100k memories
-        // of one user), where the in-process index answers in about a millisecond.
+        // of one user), where the in-process index answers in about a millisecond. A user
+        // too large to hold (as for vector search) is left to the statement, unless their
+        // text is sealed: then there is no other way.
+        let n = self.memory_count(db, q.user_id, q.revision).await?;
         if !self.keys.is_empty()
-            || self.memory_count(db, q.user_id, q.revision).await?
-                > self.exact_threshold.min(self.in_process_threshold)
+            || (n > self.exact_threshold.min(self.in_process_threshold) && self.fits(n))
         {
             let user = self.held_user(db, q.user_id, q.revision, false).await?;
             let user = user.read().expect("held user");

@@ -365,6 +365,12 @@ async fn postgres_held_users_fit_the_limit() {
             );
         }
     }
+    // The user too large to hold is not held for a text search either (it would push the
+    // others out, and hold more than the limit).
+    let text = recall_core::types::TextQuery::new("f205", 5);
+    let found = store.text_search("cat", &text).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].memory.content, "f205");
     // Only the last held user is still held: its 15 vectors are what optimize releases.
     assert_eq!(store.optimize().await.unwrap().cached_vectors_released, 15);
     for s in [store, sql] {

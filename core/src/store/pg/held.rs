@@ -133,7 +133,13 @@ impl PgVectors {
         revision: i64,
     ) -> Result<bool> {
         let n = self.memory_count(db, user_id, revision).await?;
-        Ok(n > self.in_process_threshold && n.saturating_mul(2) <= self.max_held as u64)
+        Ok(n > self.in_process_threshold && self.fits(n))
+    }
+
+    /// Whether a user of `n` memories may be held: their text and a model's vectors fit
+    /// what the server holds.
+    pub(super) fn fits(&self, n: u64) -> bool {
+        n.saturating_mul(2) <= self.max_held as u64
     }
 
     /// The user held in process at `revision` or later, with their vectors when asked. A
