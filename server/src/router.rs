@@ -221,19 +221,7 @@ async fn graphql_post(
                 return gql_response(e);
             }
         };
-    let outcome = response
-        .errors
-        .first()
-        .and_then(|e| e.extensions.as_ref())
-        .and_then(|x| x.get("code"))
-        .map(|v| v.to_string().trim_matches('"').to_owned())
-        .unwrap_or_else(|| {
-            if response.errors.is_empty() {
-                "ok".into()
-            } else {
-                "BAD_INPUT".into()
-            }
-        });
+    let outcome = crate::graphql::outcome(&response);
     state
         .metrics
         .request("graphql", &operation, &outcome, started.elapsed());

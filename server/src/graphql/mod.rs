@@ -15,7 +15,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest, NextRequest, NextSubscribe,
+    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextPrepareRequest, NextRequest,
+    NextSubscribe,
 };
 use async_graphql::futures_util::stream::{BoxStream, StreamExt};
 use async_graphql::{Context, Request, Response, Schema, ServerResult};
@@ -53,14 +54,14 @@ pub fn build_schema(state: Arc<AppState>) -> AppSchema {
     )
     .limit_depth(limits.max_query_depth)
     .limit_complexity(limits.max_query_complexity)
-    .extension(WsRateLimit)
+    .extension(WsLimits)
     .extension(CodedErrors)
     .data(state.clone())
     .finish()
 }
 
-/// Connection data of WebSocket connections (HTTP requests are rate-limited before they reach
-/// the schema; over a WebSocket every operation is checked here).
+/// Connection data of WebSocket connections (HTTP requests are rate-limited and timed before
+/// they reach the schema; over a WebSocket every operation is, by [`WsLimits`]).
 #[derive(Debug, Clone, Copy)]
 pub struct OverWebSocket {
     /// The client's address.
@@ -104,16 +105,19 @@ impl Extension for CodedErrors {
     }
 }
 
-struct WsRateLimit;
+/// The limits an HTTP request meets in the router, for operations over a WebSocket: each is
+/// rate-checked, and a query or mutation is cut off with `TIMEOUT` past
+/// `limits.request_timeout_secs` (a subscription streams for as long as it lasts).
+struct WsLimits;
 
-impl ExtensionFactory for WsRateLimit {
+impl ExtensionFactory for WsLimits {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(WsRateLimit)
+        Arc::new(WsLimits)
     }
 }
 
 #[async_graphql::async_trait::async_trait]
-impl Extension for WsRateLimit {
+impl Extension for WsLimits {
     async fn prepare_request(
         &self,
         ctx: &ExtensionContext<'_>,
@@ -130,6 +134,51 @@ impl Extension for WsRateLimit {
         }
         next.run(ctx, request).await
     }
+
+    async fn execute(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        operation_name: Option<&str>,
+        next: NextExecute<'_>,
+    ) -> Response {
+        let (Some(_), Some(state)) = (
+            ctx.data_opt::<OverWebSocket>(),
+            ctx.data_opt::<Arc<AppState>>(),
+        ) else {
+            return next.run(ctx, operation_name).await;
+        };
+        let started = std::time::Instant::now();
+        let limit = std::time::Duration::from_secs(state.settings.limits.request_timeout_secs);
+        let response = match tokio::time::timeout(limit, next.run(ctx, operation_name)).await {
+            Ok(response) => response,
+            Err(_) => Response::from_errors(vec![
+                crate::error::ApiError::new(Code::Timeout, crate::error::TIMED_OUT).server_error(),
+            ]),
+        };
+        // Counted as the same operation sent over HTTP is.
+        state.metrics.request(
+            "graphql",
+            operation_name.unwrap_or("anonymous"),
+            &outcome(&response),
+            started.elapsed(),
+        );
+        response
+    }
+}
+
+/// A response's outcome in the request metrics: `ok`, or its first error's code.
+pub(crate) fn outcome(response: &Response) -> String {
+    let Some(first) = response.errors.first() else {
+        return "ok".into();
+    };
+    first
+        .extensions
+        .as_ref()
+        .and_then(|x| x.get("code"))
+        .map_or_else(
+            || Code::BadInput.as_str().to_owned(),
+            |v| v.to_string().trim_matches('"').to_owned(),
+        )
 }
 
 /// The schema in SDL, as `deep-recall schema` prints it (no server state needed).

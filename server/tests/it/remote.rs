@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::fixtures::{FakeProvider, Server, Store, Ws, code, data, gql, token};
+use super::fixtures::{FakeProvider, Server, Store, Ws, code, data, gql, metrics, sample, token};
 
 const CHAT: &str = "mutation($i: ChatInput!) { chat(input: $i) { text model confidence finishReason usage { promptTokens completionTokens } context { content } } }";
 
@@ -308,6 +308,28 @@ async fn a_request_past_its_time_limit_is_a_timeout() {
     let err: Value = resp.json().await.unwrap();
     assert_eq!(err["error"]["code"], "TIMEOUT", "{err}");
     assert_eq!(err["error"]["type"], "timeout_error", "{err}");
+
+    // A mutation sent over a WebSocket meets the same limit.
+    let mut ws = Ws::as_user(&server, &alice).await;
+    let sent = Instant::now();
+    let over_ws = json!({ "i": { "session": "slow-ws", "message": "Still there?" } });
+    let named = "mutation WsChat($i: ChatInput!) { chat(input: $i) { text } }";
+    ws.subscribe("1", named, over_ws).await;
+    let m = ws.next().await.unwrap();
+    assert_eq!(m["type"], "next", "{m}");
+    assert_eq!(
+        m["payload"]["errors"][0]["extensions"]["code"], "TIMEOUT",
+        "{m}"
+    );
+    assert!(
+        sent.elapsed() < Duration::from_millis(2900),
+        "cut off at the limit"
+    );
+    assert_eq!(ws.next().await.unwrap()["type"], "complete");
+    // And is counted as the same mutation over HTTP would be.
+    let page = metrics(&server).await;
+    let counted = "deep_recall_requests_total{transport=\"graphql\",operation=\"WsChat\",outcome=\"TIMEOUT\"}";
+    assert_eq!(sample(&page, counted), 1.0, "{page}");
 
     // Tried again once the provider is quick: answered, to the message already stored.
     fake.delay(0.0).await;
