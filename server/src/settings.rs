@@ -459,7 +459,9 @@ pub struct LimitSettings {
     pub max_body_bytes: usize,
     /// Streams (chat subscriptions, streamed completions) open at once per user.
     pub max_streams_per_user: usize,
-    /// Seconds a non-streaming request may take.
+    /// Event subscriptions (`memoryEvents`, `jobProgress`) open at once per user.
+    pub max_subscriptions_per_user: usize,
+    /// Seconds a non-streaming request may take (and a query or mutation over a WebSocket).
     pub request_timeout_secs: u64,
     /// GraphQL query depth limit.
     pub max_query_depth: usize,
@@ -476,6 +478,7 @@ impl Default for LimitSettings {
             ip_burst: 240,
             max_body_bytes: 2 * 1024 * 1024,
             max_streams_per_user: 4,
+            max_subscriptions_per_user: 16,
             request_timeout_secs: 120,
             max_query_depth: 12,
             max_query_complexity: 1000,
@@ -907,6 +910,11 @@ impl Settings {
         if l.max_streams_per_user == 0 {
             return Err(Error::invalid(
                 "limits.max_streams_per_user must be at least 1",
+            ));
+        }
+        if l.max_subscriptions_per_user == 0 {
+            return Err(Error::invalid(
+                "limits.max_subscriptions_per_user must be at least 1",
             ));
         }
         if l.max_query_depth == 0 || l.max_query_complexity == 0 {

@@ -29,8 +29,10 @@ pub struct AppState {
     pub user_rate: RateLimiter,
     /// Per-IP request rate.
     pub ip_rate: RateLimiter,
-    /// Open streams per user.
+    /// Open chat streams per user.
     pub streams: StreamLimiter,
+    /// Open event subscriptions per user.
+    pub subscriptions: StreamLimiter,
     /// Prometheus metrics.
     pub metrics: Metrics,
     /// Set when shutdown begins: new work is refused.
@@ -60,6 +62,7 @@ impl AppState {
             user_rate: RateLimiter::new(l.requests_per_minute, l.burst),
             ip_rate: RateLimiter::new(l.ip_requests_per_minute, l.ip_burst),
             streams: StreamLimiter::new(l.max_streams_per_user),
+            subscriptions: StreamLimiter::new(l.max_subscriptions_per_user),
             auth,
             engine,
             chat,
@@ -116,6 +119,20 @@ impl AppState {
             message: format!(
                 "at most {} chat streams per user at once",
                 self.settings.limits.max_streams_per_user
+            ),
+            retry_after: Some(Duration::from_secs(1)),
+        })
+    }
+
+    /// A slot for one more event subscription of `user` (`memoryEvents`, `jobProgress`), held
+    /// while it is open: each holds a place on the event bus, and a client that subscribes
+    /// without end would otherwise hold them without end.
+    pub fn subscription_slot(&self, user: &str) -> Result<StreamSlot, ApiError> {
+        self.subscriptions.acquire(user).ok_or_else(|| ApiError {
+            code: Code::RateLimited,
+            message: format!(
+                "at most {} event subscriptions per user at once",
+                self.settings.limits.max_subscriptions_per_user
             ),
             retry_after: Some(Duration::from_secs(1)),
         })

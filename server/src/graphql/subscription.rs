@@ -91,26 +91,34 @@ impl MemorySubscription {
         ctx: &Context<'_>,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<MemoryEvent>> + use<>> {
         let (state, p) = caller(ctx)?;
+        let slot = state
+            .subscription_slot(&p.user)
+            .map_err(crate::error::ApiError::gql)?;
         let sub = state.engine.events().subscribe(&p.user);
-        Ok(futures::stream::unfold(Some(sub), |sub| async move {
-            let mut sub = sub?;
-            loop {
-                match sub.next().await? {
-                    Received::Event(e) => match *e {
-                        Event::Memory(e) => return Some((Ok(MemoryEvent::from(*e)), Some(sub))),
-                        Event::Job(_) => continue,
-                    },
-                    Received::Lagged(n) => {
-                        tracing::warn!(skipped = n, "memory event subscriber fell behind");
-                        let e = super::error::error(
-                            super::error::Code::Unavailable,
-                            format!("{n} events were missed: subscribe again and read afresh"),
-                        );
-                        return Some((Err(e), None));
+        Ok(futures::stream::unfold(
+            Some((sub, slot)),
+            |open| async move {
+                let (mut sub, slot) = open?;
+                loop {
+                    match sub.next().await? {
+                        Received::Event(e) => match *e {
+                            Event::Memory(e) => {
+                                return Some((Ok(MemoryEvent::from(*e)), Some((sub, slot))));
+                            }
+                            Event::Job(_) => continue,
+                        },
+                        Received::Lagged(n) => {
+                            tracing::warn!(skipped = n, "memory event subscriber fell behind");
+                            let e = super::error::error(
+                                super::error::Code::Unavailable,
+                                format!("{n} events were missed: subscribe again and read afresh"),
+                            );
+                            return Some((Err(e), None));
+                        }
                     }
                 }
-            }
-        }))
+            },
+        ))
     }
 }
 
@@ -124,6 +132,7 @@ impl JobSubscription {
     /// status); the stream ends after a final status (succeeded, failed, cancelled). With
     /// `system: true` (admins only), one of the operators' jobs (`runSystemJob`, scheduled
     /// backups).
+    #[graphql(complexity = "super::SEARCH_COST + child_complexity")]
     async fn job_progress(
         &self,
         ctx: &Context<'_>,
@@ -137,6 +146,9 @@ impl JobSubscription {
             p.user.clone()
         };
         let id = parse_id("job", &id)?;
+        let slot = state
+            .subscription_slot(&p.user)
+            .map_err(crate::error::ApiError::gql)?;
         // Subscribe before reading the job, so that no change between the two is missed.
         let sub = state.engine.events().subscribe(&owner);
         let read = move |engine: recall_core::Engine, user: String| async move {
@@ -159,6 +171,8 @@ impl JobSubscription {
             move |(mut sub, first, mut last): (_, Option<CoreJob>, Option<CoreJob>)| {
                 let engine = engine.clone();
                 let user = user.clone();
+                // Held while the stream lives (the closure is part of it).
+                let _slot = &slot;
                 async move {
                     if let Some(first) = first {
                         return Some((Job::from(first), (sub, None, last)));

@@ -31,6 +31,7 @@ fn layers_apply_in_order_and_unknown_keys_are_refused() {
         assert_eq!(s.limits.requests_per_minute, 10);
         assert_eq!(s.limits.burst, 7, "the environment overrides the file");
         assert_eq!(s.limits.max_streams_per_user, 4, "defaults stay");
+        assert_eq!(s.limits.max_subscriptions_per_user, 16, "defaults stay");
         assert_eq!(s.store.data_dir, PathBuf::from("/srv/dr"));
         assert_eq!(
             s.store.database_url.as_deref(),
@@ -61,6 +62,10 @@ fn layers_apply_in_order_and_unknown_keys_are_refused() {
         jail.set_env("DEEP_RECALL__LIMITS__MAX_STREAMS_PER_USER", "0");
         let e = err(None);
         assert!(e.contains("max_streams_per_user"), "{e}");
+        jail.clear_env();
+        jail.set_env("DEEP_RECALL__LIMITS__MAX_SUBSCRIPTIONS_PER_USER", "0");
+        let e = err(None);
+        assert!(e.contains("max_subscriptions_per_user"), "{e}");
         jail.clear_env();
         jail.set_env("DEEP_RECALL__MODELS__DEVICE", "tpu");
         let e = err(None);

@@ -104,3 +104,61 @@ async fn session_deletion_reaches_memory_event_subscribers() {
     assert_eq!(event(&m)["action"], "ADDED", "{m}");
     assert!(!added.contains(&event(&m)["memoryId"].as_str().unwrap().to_owned()));
 }
+
+/// A user's event subscriptions are counted: one past `limits.max_subscriptions_per_user` is
+/// refused with `RATE_LIMITED`, whichever connection it comes on; ending one frees its place;
+/// another user's are counted apart.
+#[tokio::test(flavor = "multi_thread")]
+async fn event_subscriptions_are_limited_per_user() {
+    let store = Store::embedded();
+    let server = Server::start(
+        &store,
+        &["--no-chat"],
+        &[("DEEP_RECALL__LIMITS__MAX_SUBSCRIPTIONS_PER_USER", "2")],
+    );
+    let alice = token("alice", false, 600);
+    let bob = token("bob", false, 600);
+    let mut first = Ws::as_user(&server, &alice).await;
+    first.subscribe("1", EVENTS, json!({})).await;
+    first.subscribe("2", EVENTS, json!({})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    add(&server, &alice, "s", "The first note.").await;
+    for _ in 0..2 {
+        assert_eq!(event(&first.next().await.unwrap())["action"], "ADDED");
+    }
+
+    let mut second = Ws::as_user(&server, &alice).await;
+    second.subscribe("3", EVENTS, json!({})).await;
+    let m = second.next().await.unwrap();
+    assert_eq!(m["id"], "3", "{m}");
+    assert_eq!(
+        m["payload"]["errors"][0]["extensions"]["code"], "RATE_LIMITED",
+        "{m}"
+    );
+
+    // Bob's places are his own.
+    let mut bobs = Ws::as_user(&server, &bob).await;
+    bobs.subscribe("1", EVENTS, json!({})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    add(&server, &bob, "b", "Bob's note.").await;
+    assert_eq!(event(&bobs.next().await.unwrap())["action"], "ADDED");
+
+    // Alice ends one: a new one is let in, and hears her next write.
+    first.complete("1").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    second.subscribe("4", EVENTS, json!({})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    add(&server, &alice, "s", "The second note.").await;
+    let heard = loop {
+        let m = second.next().await.unwrap();
+        if m["id"] == "4" {
+            break m;
+        }
+        assert_eq!(
+            (&m["id"], &m["type"]),
+            (&json!("3"), &json!("complete")),
+            "{m}"
+        );
+    };
+    assert_eq!(event(&heard)["action"], "ADDED", "{heard}");
+}

@@ -282,6 +282,16 @@ impl Ws {
             .unwrap();
     }
 
+    /// Ends the subscription `id` (the client's `complete`).
+    pub async fn complete(&mut self, id: &str) {
+        self.socket
+            .send(WsMessage::text(
+                json!({ "id": id, "type": "complete" }).to_string(),
+            ))
+            .await
+            .unwrap();
+    }
+
     /// The next protocol message (pings are answered); Err with the close reason. While
     /// nothing comes, the client pings every 20 s, as graphql-ws clients do (the server
     /// closes a connection silent for 60 s: a long job on a busy machine would lose it), and
