@@ -772,7 +772,7 @@ async fn authenticate(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
     let checked = state
-        .authenticate(req.headers())
+        .authenticate(req.headers(), ip)
         .and_then(|p| state.rate_check(&p.user, ip).map(|()| p));
     match checked {
         Ok(p) => {

@@ -118,9 +118,9 @@ fn caller(
         {
             let mut with_user = headers.clone();
             with_user.insert("x-user-id", v);
-            state.authenticate(&with_user)?
+            state.authenticate(&with_user, Some(peer.ip()))?
         }
-        _ => state.authenticate(headers)?,
+        _ => state.authenticate(headers, Some(peer.ip()))?,
     };
     if let Some(u) = user
         && u != p.user

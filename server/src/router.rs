@@ -194,7 +194,7 @@ async fn graphql_post(
         .operation_name
         .clone()
         .unwrap_or_else(|| "anonymous".into());
-    let principal = match state.authenticate(&headers) {
+    let principal = match state.authenticate(&headers, Some(peer.ip())) {
         Ok(p) => p,
         Err(e) => {
             state
@@ -287,8 +287,8 @@ async fn graphql_get(State(server): State<Server>, req: Request) -> Response {
                         Some(c) => init_state
                             .auth
                             .authenticate(&c.as_credentials())
-                            .map_err(ApiError::from),
-                        None => init_state.authenticate(&headers),
+                            .map_err(|e| init_state.refused(e.into(), ip)),
+                        None => init_state.authenticate(&headers, ip),
                     }
                     // async-graphql closes the socket (1002) with this message as the
                     // reason: it starts with the code, as clients cannot see it elsewhere.
@@ -467,9 +467,13 @@ pub fn metrics_router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+async fn metrics(State(state): State<Arc<AppState>>, req: Request) -> Response {
     if state.settings.metrics.require_admin {
-        match state.authenticate(&headers) {
+        let ip = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        match state.authenticate(req.headers(), ip) {
             Ok(p) if p.admin => {}
             Ok(_) => {
                 return ApiError::new(Code::Forbidden, "the metrics are for operators")

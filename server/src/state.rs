@@ -77,25 +77,37 @@ impl AppState {
 
     /// Takes a request token for the user and for the IP.
     pub fn rate_check(&self, user: &str, ip: Option<IpAddr>) -> Result<(), ApiError> {
-        let limited = |wait: Duration, what: &str| {
-            self.metrics.rate_limited();
-            ApiError {
-                code: Code::RateLimited,
-                message: format!(
-                    "too many requests {what}; retry in {:.1}s",
-                    wait.as_secs_f64()
-                ),
-                retry_after: Some(wait),
-            }
-        };
         if let Some(ip) = ip {
             self.ip_rate
                 .check(&ip.to_string())
-                .map_err(|w| limited(w, "from this address"))?;
+                .map_err(|w| self.limited(w, "from this address"))?;
         }
         self.user_rate
             .check(user)
-            .map_err(|w| limited(w, "for this user"))
+            .map_err(|w| self.limited(w, "for this user"))
+    }
+
+    fn limited(&self, wait: Duration, what: &str) -> ApiError {
+        self.metrics.rate_limited();
+        ApiError {
+            code: Code::RateLimited,
+            message: format!(
+                "too many requests {what}; retry in {:.1}s",
+                wait.as_secs_f64()
+            ),
+            retry_after: Some(wait),
+        }
+    }
+
+    /// `refused`, the error of credentials that did not authenticate, as answered to `ip`:
+    /// the refusal costs the address a request token, as an authenticated request does, so
+    /// that guessing keys or tokens is held to `limits.ip_requests_per_minute` (once the
+    /// address's tokens are spent, the answer is `RATE_LIMITED`, with the wait).
+    pub fn refused(&self, refused: ApiError, ip: Option<IpAddr>) -> ApiError {
+        match ip.map(|ip| self.ip_rate.check(&ip.to_string())) {
+            Some(Err(wait)) => self.limited(wait, "from this address"),
+            _ => refused,
+        }
     }
 
     fn pipeline(&self) -> Result<&ChatPipeline, ApiError> {
@@ -189,14 +201,21 @@ impl AppState {
         }
     }
 
-    /// Who sent this request (headers only).
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    /// Who sent this request (headers only), from `ip`: refused credentials are charged to
+    /// the address ([`AppState::refused`]).
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        ip: Option<IpAddr>,
+    ) -> Result<Principal, ApiError> {
         let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        Ok(self.auth.authenticate(&Credentials {
-            authorization: get("authorization"),
-            api_key: get("x-api-key"),
-            user_id: get("x-user-id"),
-        })?)
+        self.auth
+            .authenticate(&Credentials {
+                authorization: get("authorization"),
+                api_key: get("x-api-key"),
+                user_id: get("x-user-id"),
+            })
+            .map_err(|e| self.refused(e.into(), ip))
     }
 
     /// Begins shutdown: readiness fails, new chats are refused, streams are told to finish.

@@ -243,3 +243,50 @@ async fn refused_requests_carry_a_code() {
     };
     assert_eq!(errors[0]["extensions"]["code"], "BAD_INPUT", "{m}");
 }
+
+/// Refused credentials cost their address a request token, as any request does: guessing
+/// keys or tokens is held to the per-IP rate on every door (GraphQL over HTTP and WebSocket,
+/// REST, MCP), and once the address's tokens are spent a good token from it waits too.
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_credentials_spend_the_address_tokens() {
+    let store = Store::embedded();
+    let server = Server::start(
+        &store,
+        &["--no-chat"],
+        &[
+            // A steady token a minute and a burst of two: three requests, then refusals.
+            ("DEEP_RECALL__LIMITS__IP_REQUESTS_PER_MINUTE", "1"),
+            ("DEEP_RECALL__LIMITS__IP_BURST", "2"),
+        ],
+    );
+    let guess = "a-guessed-token";
+    for i in 0..3 {
+        let (_, body) = gql(&server, Some(guess), "{ me { id } }", json!({})).await;
+        assert_eq!(code(&body), "UNAUTHENTICATED", "guess {i}: {body}");
+    }
+    let (status, body) = gql(&server, Some(guess), "{ me { id } }", json!({})).await;
+    assert_eq!((status, code(&body)), (429, "RATE_LIMITED"), "{body}");
+    let client = reqwest::Client::new();
+    for path in ["/v1/chat/completions", "/mcp"] {
+        let resp = client
+            .post(format!("{}{path}", server.base))
+            .bearer_auth(guess)
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({ "messages": [{ "role": "user", "content": "hi" }] }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 429, "{path}");
+    }
+    let refused = Ws::connect(
+        &server,
+        json!({ "authorization": format!("Bearer {guess}") }),
+    )
+    .await
+    .err()
+    .unwrap_or_default();
+    assert!(refused.contains("RATE_LIMITED"), "{refused}");
+    let alice = token("alice", false, 600);
+    let (_, body) = gql(&server, Some(&alice), "{ me { id } }", json!({})).await;
+    assert_eq!(code(&body), "RATE_LIMITED", "{body}");
+}
