@@ -4,10 +4,9 @@
 //! ## The file
 //! A gzip stream of JSON lines ([`Record`]s): a [`Header`] (format version, the schema
 //! migration the data was read under, the embedding models and dimensions present), then per
-//! user their row, settings, sessions, messages, summaries, memories, embeddings (vectors as
-//! base64 little-endian `f32`, exact on both stores), audit log, deep memory pairs and query
-//! adapter, in chunks of at most
-//! [`CHUNK_ROWS`] rows, then an `end` record with the number of records before it and the
+//! user their row, settings, sessions, messages, summaries, memories (each chunk followed by
+//! their embeddings: vectors as base64 little-endian `f32`, exact on both stores), audit log,
+//! deep memory pairs and query adapter, in chunks of at most [`CHUNK_ROWS`] rows, then an `end` record with the number of records before it and the
 //! SHA-256 of every byte before it (uncompressed). A file that is truncated, altered or not
 //! a backup fails [`verify`] with [`Error::InvalidInput`], before anything is written.
 //!

@@ -25,7 +25,7 @@ use super::scan::ModelVectors;
 use super::sql::keys::MEMORY_CONTENT;
 use super::sql::{
     Delta, EmbeddingRow, IndexQuery, IndexedMemory, Meta, SqlStore, TextIndexQuery, VectorIndex,
-    stmt,
+    embeddings_statement, stmt,
 };
 use super::{StoreConfig, StoreLocation};
 use crate::crypto::Keyring;
@@ -328,17 +328,13 @@ impl VectorIndex for LocalVectors {
         db: &DatabaseTransaction,
         user_id: i64,
         with_vectors: bool,
+        ids: Option<&[i64]>,
     ) -> Result<Vec<(i64, ExportedEmbedding)>> {
-        let cols = if with_vectors { ", embedding" } else { "" };
+        let Some((sql, values)) = embeddings_statement(user_id, with_vectors, ids) else {
+            return Ok(vec![]);
+        };
         let rows = db
-            .query_all_raw(stmt(
-                DbBackend::Sqlite,
-                &format!(
-                    "SELECT memory_id, model, dims{cols} FROM memory_embeddings \
-                     WHERE user_id = $1 ORDER BY memory_id, model"
-                ),
-                vec![user_id.into()],
-            ))
+            .query_all_raw(stmt(DbBackend::Sqlite, &sql, values))
             .await?;
         rows.into_iter()
             .map(|r| {

@@ -30,6 +30,7 @@ use super::StoreLocation;
 use super::cursor::SearchCursor;
 use super::sql::{
     EmbeddingRow, IndexQuery, ResolvedFilter, SqlStore, TextIndexQuery, VectorIndex, ceil_micros,
+    embeddings_statement,
 };
 use crate::crypto::Keyring;
 use crate::error::{Error, Result};
@@ -524,16 +525,16 @@ impl VectorIndex for PgVectors {
         db: &DatabaseTransaction,
         user_id: i64,
         with_vectors: bool,
+        ids: Option<&[i64]>,
     ) -> Result<Vec<(i64, ExportedEmbedding)>> {
-        let cols = if with_vectors { ", embedding" } else { "" };
+        let Some((sql, values)) = embeddings_statement(user_id, with_vectors, ids) else {
+            return Ok(vec![]);
+        };
         let rows = db
             .query_all_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                format!(
-                    "SELECT memory_id, model, dims{cols} FROM memory_embeddings \
-                     WHERE user_id = $1 ORDER BY memory_id, model"
-                ),
-                [user_id.into()],
+                sql,
+                values,
             ))
             .await?;
         rows.into_iter()

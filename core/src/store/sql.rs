@@ -26,6 +26,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 pub(crate) use vector_index::{
     Delta, EmbeddingRow, IndexQuery, IndexedMemory, TextIndexQuery, VectorIndex,
+    embeddings_statement,
 };
 
 use async_trait::async_trait;

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
-use recall_core::backup::{BackupOptions, RestoreOptions};
+use recall_core::backup::{BackupOptions, Record, RestoreOptions};
 use recall_core::store::{self, StoreConfig};
 use recall_core::types::{
     Actor, ExportOptions, MemoryKind, MessageWrite, NewMemory, NewMessage, NewSummary, PageRequest,
@@ -664,6 +664,22 @@ async fn consistent_under_writes(kind: Kind) {
         files.push(file);
     }
     writer.await.unwrap();
+    // Each chunk of memories is followed by their embeddings: the user's vectors are not
+    // read whole.
+    let mut reader = recall_core::backup::open(&files[0], None, &[]).unwrap();
+    let mut order = Vec::new();
+    while let Some(record) = reader.next_checked().unwrap() {
+        match record {
+            Record::Memories { rows, .. } => order.push(("memories", rows.len())),
+            Record::Embeddings { rows, .. } => order.push(("embeddings", rows.len())),
+            _ => {}
+        }
+    }
+    assert!(order.len() >= 4, "{order:?}");
+    for pair in order.chunks(2) {
+        assert_eq!(pair[0].0, "memories", "{order:?}");
+        assert_eq!(pair[1], ("embeddings", pair[0].1), "{order:?}");
+    }
     for file in files {
         let dst = Place::new(Kind::Embedded).await;
         restore(&dst, &file, None, false).await.unwrap();

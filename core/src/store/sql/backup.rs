@@ -271,27 +271,30 @@ impl<V: VectorIndex> SqlStore<V> {
                     r.superseded_by = r.superseded_by.filter(|x| present.contains(x));
                 }
             }
+            let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
             sink.write(&Record::Memories {
                 user: name.clone(),
                 rows,
             })?;
+            // Each page of memories is followed by their embeddings: a user's vectors are
+            // never all in memory at once (a million memories of MiniLM are 1.5 GB).
+            let embeddings: Vec<BackupEmbedding> = self
+                .index
+                .embeddings_of(txn, u.id, true, Some(&ids))
+                .await?
+                .into_iter()
+                .map(|(id, e)| {
+                    let vector = e
+                        .vector
+                        .ok_or_else(|| internal("an embedding was read without its vector"))?;
+                    Ok(BackupEmbedding::new(id, e.model, &vector))
+                })
+                .collect::<Result<_>>()?;
+            chunked(sink, &embeddings, |rows| Record::Embeddings {
+                user: name.clone(),
+                rows,
+            })?;
         }
-        let embeddings: Vec<BackupEmbedding> = self
-            .index
-            .embeddings_of(txn, u.id, true)
-            .await?
-            .into_iter()
-            .map(|(id, e)| {
-                let vector = e
-                    .vector
-                    .ok_or_else(|| internal("an embedding was read without its vector"))?;
-                Ok(BackupEmbedding::new(id, e.model, &vector))
-            })
-            .collect::<Result<_>>()?;
-        chunked(sink, &embeddings, |rows| Record::Embeddings {
-            user: name.clone(),
-            rows,
-        })?;
         let audit: Vec<AuditRow> = audit_log::Entity::find()
             .filter(audit_log::Column::UserExternalId.eq(name.as_str()))
             .order_by_asc(audit_log::Column::Id)

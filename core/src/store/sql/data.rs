@@ -90,7 +90,7 @@ impl<V: VectorIndex> SqlStore<V> {
         let mut embeddings: HashMap<i64, Vec<ExportedEmbedding>> = HashMap::new();
         for (id, e) in self
             .index
-            .embeddings_of(&txn, u.id, options.include_vectors)
+            .embeddings_of(&txn, u.id, options.include_vectors, None)
             .await?
         {
             embeddings.entry(id).or_default().push(e);

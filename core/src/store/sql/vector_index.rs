@@ -120,12 +120,14 @@ pub(crate) trait VectorIndex: Send + Sync + 'static {
         ids: &[i64],
     ) -> Result<Vec<(i64, Vec<f32>)>>;
 
-    /// The embeddings of a user's memories, for export.
+    /// The embeddings of a user's memories (of those of `ids` only, when given), for export
+    /// and backup, ordered by memory and model.
     async fn embeddings_of(
         &self,
         db: &DatabaseTransaction,
         user_id: i64,
         with_vectors: bool,
+        ids: Option<&[i64]>,
     ) -> Result<Vec<(i64, ExportedEmbedding)>>;
 
     /// Readies the index for vectors of `dims` dimensions before a transaction writes them
@@ -161,4 +163,31 @@ pub(crate) trait VectorIndex: Send + Sync + 'static {
     /// Called after a transaction that changed the user's memories has committed and moved
     /// the user to `revision`.
     fn committed(&self, _user_id: i64, _revision: i64, _delta: Delta) {}
+}
+
+/// The statement of [`VectorIndex::embeddings_of`] (the vector is the fourth column when
+/// asked for); `None` when `ids` is given and empty.
+pub(crate) fn embeddings_statement(
+    user_id: i64,
+    with_vectors: bool,
+    ids: Option<&[i64]>,
+) -> Option<(String, Vec<DbValue>)> {
+    let cols = if with_vectors { ", embedding" } else { "" };
+    let mut values: Vec<DbValue> = vec![user_id.into()];
+    let only = match ids {
+        Some([]) => return None,
+        Some(ids) => {
+            values.extend(ids.iter().map(|&id| DbValue::from(id)));
+            let list: Vec<String> = (2..=ids.len() + 1).map(|i| format!("${i}")).collect();
+            format!(" AND memory_id IN ({})", list.join(", "))
+        }
+        None => String::new(),
+    };
+    Some((
+        format!(
+            "SELECT memory_id, model, dims{cols} FROM memory_embeddings \
+             WHERE user_id = $1{only} ORDER BY memory_id, model"
+        ),
+        values,
+    ))
 }
