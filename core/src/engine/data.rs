@@ -49,19 +49,26 @@ impl Engine {
     pub async fn delete_user(&self, user: &str, actor: &Actor) -> Result<DeletionReport> {
         // Queued jobs go with the data (the store deletes them); those following one hear it
         // end, cancelled.
+        // (Every page: a user's finished jobs, newest first, can fill many before a job
+        // queued to run later.)
         let first = self.store.limits().max_page_size;
-        let queued: Vec<crate::jobs::Job> = match self
+        let mut queued: Vec<crate::jobs::Job> = Vec::new();
+        let mut after = None;
+        while let Ok(page) = self
             .jobs
-            .list_jobs(user, &PageRequest { first, after: None })
+            .list_jobs(user, &PageRequest { first, after })
             .await
         {
-            Ok(page) => page
-                .items
-                .into_iter()
-                .filter(|j| j.status == crate::jobs::JobStatus::Queued)
-                .collect(),
-            Err(_) => Vec::new(),
-        };
+            queued.extend(
+                page.items
+                    .into_iter()
+                    .filter(|j| j.status == crate::jobs::JobStatus::Queued),
+            );
+            match page.next_cursor {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
         let out = self.store.delete_user(user, actor).await;
         self.changed_now(user).await;
         let (report, gone) = out?;

@@ -512,3 +512,40 @@ async fn each_job_runs_once_across_replicas() {
     drop((a, b));
     pg.drop_db().await;
 }
+
+/// Deleting a user's data cancels their queued jobs, and whoever follows one hears it end,
+/// however many of their jobs came after it (jobs are read newest first, a page at a time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_ends_every_queued_job_for_its_watchers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StoreConfig::embedded(dir.path());
+    config.limits.max_page_size = 2;
+    let store = recall_core::store::open(&config).await.unwrap();
+    let engine = Engine::new(store, embedder());
+    let alice = Actor::user("alice");
+    engine
+        .add_memory("alice", fact("Alice keeps bees"))
+        .await
+        .unwrap();
+    let tomorrow = Utc::now() + chrono::Duration::days(1);
+    let scheduled = engine
+        .schedule_delete_user("alice", tomorrow, &alice)
+        .await
+        .unwrap();
+    // Three newer jobs, ended: the scheduled one is on the second page.
+    engine.set_memory_keys("alice", true).await.unwrap();
+    let options = recall_core::memory_keys::KeyOptions::default();
+    for _ in 0..3 {
+        let keys = engine
+            .queue_memory_keys_job("alice", &options, &alice)
+            .await
+            .unwrap();
+        engine.cancel_job("alice", keys.id, &alice).await.unwrap();
+    }
+    let mut events = engine.events().subscribe("alice");
+    engine.delete_user("alice", &alice).await.unwrap();
+    assert_eq!(
+        job_states(&mut events, scheduled.id).await,
+        [JobStatus::Cancelled]
+    );
+}
