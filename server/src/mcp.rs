@@ -77,8 +77,15 @@ impl From<recall_core::Error> for ToolError {
 
 impl IntoCallToolResult for ToolError {
     fn into_call_tool_result(self) -> Result<CallToolResponse, rmcp::ErrorData> {
+        // The wait a refusal carries (GraphQL's `retryAfter`), for a model to read.
+        let wait = match self.0.retry_after {
+            Some(d) if !self.0.message.contains("retry in") => {
+                format!(" (retry in {}s)", d.as_secs_f64().ceil() as u64)
+            }
+            _ => String::new(),
+        };
         Ok(CallToolResult::error(vec![ContentBlock::text(format!(
-            "{}: {}",
+            "{}: {}{wait}",
             self.0.code.as_str(),
             self.0.message
         ))])
@@ -513,15 +520,29 @@ impl McpServer {
             })
     }
 
-    /// Counts the call in the metrics, by outcome.
-    fn record<T>(&self, tool: &str, started: Instant, r: &Result<T, ToolError>) {
-        let outcome = match r {
+    /// Runs one tool call under `limits.request_timeout_secs` (past it: `TIMEOUT`, as every
+    /// door answers), and counts it in the metrics by outcome.
+    async fn call<T>(
+        &self,
+        tool: &str,
+        work: impl std::future::Future<Output = Result<T, ToolError>>,
+    ) -> Result<T, ToolError> {
+        let started = Instant::now();
+        let limit = std::time::Duration::from_secs(self.state.settings.limits.request_timeout_secs);
+        let r = tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+            Err(ToolError(ApiError::new(
+                Code::Timeout,
+                crate::error::TIMED_OUT,
+            )))
+        });
+        let outcome = match &r {
             Ok(_) => "ok",
             Err(e) => e.0.code.as_str(),
         };
         self.state
             .metrics
             .request("mcp", tool, outcome, started.elapsed());
+        r
     }
 }
 
@@ -537,8 +558,7 @@ impl McpServer {
         ctx: RequestContext<RoleServer>,
         Parameters(args): Parameters<AddMemoryArgs>,
     ) -> Result<Json<MemoryOut>, ToolError> {
-        let started = Instant::now();
-        let r = async {
+        self.call("add_memory", async {
             let p = self.caller(&ctx)?;
             let memory = self
                 .state
@@ -559,10 +579,8 @@ impl McpServer {
                 )
                 .await?;
             Ok(Json(MemoryOut::from(memory)))
-        }
-        .await;
-        self.record("add_memory", started, &r);
-        r
+        })
+        .await
     }
 
     /// Hybrid retrieval over the caller's memories.
@@ -575,8 +593,7 @@ impl McpServer {
         ctx: RequestContext<RoleServer>,
         Parameters(args): Parameters<SearchArgs>,
     ) -> Result<Json<SearchOut>, ToolError> {
-        let started = Instant::now();
-        let r = async {
+        self.call("search_memories", async {
             let p = self.caller(&ctx)?;
             let top_k = args.top_k.unwrap_or(5);
             if top_k == 0 || top_k > MAX_TOP_K {
@@ -607,6 +624,7 @@ impl McpServer {
                 },
                 ..RetrieveOptions::for_mode(args.mode.unwrap_or_default().into(), top_k as usize)
             };
+            let started = Instant::now();
             let hits = self
                 .state
                 .engine
@@ -616,10 +634,8 @@ impl McpServer {
             Ok(Json(SearchOut {
                 hits: hits.into_iter().map(HitOut::from).collect(),
             }))
-        }
-        .await;
-        self.record("search_memories", started, &r);
-        r
+        })
+        .await
     }
 
     /// The caller's conversations, most recent first, a page at a time.
@@ -632,8 +648,7 @@ impl McpServer {
         ctx: RequestContext<RoleServer>,
         Parameters(args): Parameters<ListSessionsArgs>,
     ) -> Result<Json<SessionsOut>, ToolError> {
-        let started = Instant::now();
-        let r = async {
+        self.call("list_sessions", async {
             let p = self.caller(&ctx)?;
             let first = args.first.unwrap_or(20);
             if first == 0 || first > MAX_PAGE {
@@ -654,10 +669,8 @@ impl McpServer {
                 sessions: page.items.into_iter().map(SessionOut::from).collect(),
                 next_cursor: page.next_cursor,
             }))
-        }
-        .await;
-        self.record("list_sessions", started, &r);
-        r
+        })
+        .await
     }
 
     /// Deletes one of the caller's memories.
@@ -667,8 +680,7 @@ impl McpServer {
         ctx: RequestContext<RoleServer>,
         Parameters(args): Parameters<DeleteMemoryArgs>,
     ) -> Result<Json<DeletedOut>, ToolError> {
-        let started = Instant::now();
-        let r = async {
+        self.call("delete_memory", async {
             let p = self.caller(&ctx)?;
             let id = memory_id(&args.id)?;
             if self.state.engine.delete_memories(&p.user, &[id]).await? == 0 {
@@ -681,10 +693,8 @@ impl McpServer {
                 id: id.to_string(),
                 deleted: true,
             }))
-        }
-        .await;
-        self.record("delete_memory", started, &r);
-        r
+        })
+        .await
     }
 
     /// One chat turn with memory: the message and the answer are stored in the session.
@@ -697,8 +707,7 @@ impl McpServer {
         ctx: RequestContext<RoleServer>,
         Parameters(args): Parameters<ChatArgs>,
     ) -> Result<Json<ChatOut>, ToolError> {
-        let started = Instant::now();
-        let r = async {
+        self.call("chat", async {
             let p = self.caller(&ctx)?;
             let mut request = ChatRequest::new(args.session, args.message);
             let g = &mut request.generation;
@@ -717,10 +726,8 @@ impl McpServer {
             request.validate()?;
             let result = self.state.chat(&p, request).await?;
             Ok(Json(ChatOut::from(result)))
-        }
-        .await;
-        self.record("chat", started, &r);
-        r
+        })
+        .await
     }
 }
 

@@ -162,6 +162,29 @@ async fn chat_streams_over_graphql_ws_with_memory_and_events() {
         "{refused}"
     );
     assert_eq!(second.next().await.unwrap()["type"], "complete");
+    // Through MCP too, with the wait in the text the model reads.
+    let call = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": { "name": "chat", "arguments": { "session": "s4", "message": "Hi" } }
+    });
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{}/mcp", server.base))
+        .bearer_auth(&alice)
+        .header("accept", "application/json, text/event-stream")
+        .json(&call)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let text = answer["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        text.starts_with("RATE_LIMITED: ") && text.ends_with(" (retry in 1s)"),
+        "{answer}"
+    );
     ws.socket
         .send(WsMessage::text(
             json!({ "id": "long", "type": "complete" }).to_string(),
