@@ -293,7 +293,11 @@ async fn graphql_get(State(server): State<Server>, req: Request) -> Response {
                     // async-graphql closes the socket (1002) with this message as the
                     // reason: it starts with the code, as clients cannot see it elsewhere.
                     .map_err(|e| {
-                        async_graphql::Error::new(format!("{}: {}", e.code.as_str(), e.message))
+                        async_graphql::Error::new(close_reason(&format!(
+                            "{}: {}",
+                            e.code.as_str(),
+                            e.message
+                        )))
                     })?;
                     let _ = expiry_tx.send(principal.expires_at);
                     let mut data = Data::default();
@@ -327,6 +331,20 @@ async fn graphql_get(State(server): State<Server>, req: Request) -> Response {
             drop(closing);
             let _ = writer.await;
         })
+}
+
+/// The longest reason a WebSocket close frame carries (RFC 6455: 125 bytes of payload, two
+/// of them the code).
+const MAX_CLOSE_REASON: usize = 123;
+
+/// `reason` cut to fit a close frame, at a character's edge: a longer one makes the client
+/// fail the connection (a browser reports 1006, with no reason) instead of reading the code.
+fn close_reason(reason: &str) -> String {
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_owned()
 }
 
 /// Counts an open WebSocket connection in [`AppState::websockets`] while it lives.

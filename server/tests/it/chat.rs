@@ -31,6 +31,20 @@ async fn chat_streams_over_graphql_ws_with_memory_and_events() {
         "a bad token was accepted: {:?}",
         refused.err()
     );
+    // A refusal whose message is longer than a close frame holds still reaches the client,
+    // cut to fit (an oversized frame failed the connection without a reason).
+    let refused = Ws::connect(
+        &server,
+        json!({ "authorization": format!("Bearer {alice}"), "userId": "bob" }),
+    )
+    .await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.starts_with("1002 UNAUTHENTICATED: invalid credentials: X-User-Id")),
+        "{:?}",
+        refused.err()
+    );
     let refused = Ws::connect(&server, json!({})).await;
     assert!(
         refused
