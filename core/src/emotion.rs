@@ -421,7 +421,7 @@ impl LexiconDetector {
                 *totals.entry(*e).or_default() += 1.0;
             }
         }
-        let lower = text.to_lowercase();
+        let lower = crate::text::lower_text(text);
         let words = lower_words(&lower);
         let mut negated_until = 0usize;
         let mut boost = 1.0f32;
@@ -506,6 +506,13 @@ mod tests {
     fn negation_cancels_the_emotion_word() {
         assert_eq!(top("I'm not happy about it"), Emotion::Neutral);
         assert_eq!(top("I wasn't scared at all"), Emotion::Neutral);
+        // Typed on a phone, with typographic apostrophes: the same negation, and "won’t" is
+        // not a win.
+        assert_eq!(top("I wasn\u{2019}t happy"), Emotion::Neutral);
+        assert_eq!(
+            top("I won\u{2019}t go back, the whole thing, I\u{2019}m furious"),
+            Emotion::Anger
+        );
         // The window ends: a later emotion word counts.
         assert_eq!(
             top("not that it matters much, but I'm thrilled"),

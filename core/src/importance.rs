@@ -126,7 +126,7 @@ fn salient_stems() -> &'static HashSet<String> {
 
 /// The importance of a text, in [0, 1]; `emotion` (when known) adds for strong feeling.
 pub fn importance(text: &str, emotion: Option<EmotionScore>) -> f32 {
-    let lower = text.to_lowercase();
+    let lower = crate::text::lower_text(text);
     let words = lower_words(&lower);
     if words.is_empty() {
         return 0.0;
@@ -159,6 +159,7 @@ pub fn importance(text: &str, emotion: Option<EmotionScore>) -> f32 {
                 && !prev.ends_with(['.', '!', '?'])
                 && *w != "I"
                 && !w.starts_with("I'")
+                && !w.starts_with("I\u{2019}")
                 && w.chars().next().is_some_and(char::is_uppercase)
         })
         .count();
@@ -216,6 +217,15 @@ mod tests {
             let s = imp(t);
             assert!((0.0..=1.0).contains(&s), "{t}: {s}");
         }
+    }
+
+    /// A typographic apostrophe (’) reads as a plain one: "I’m" is not a name.
+    #[test]
+    fn typographic_apostrophes_read_as_plain_ones() {
+        assert_eq!(
+            imp("yes and I\u{2019}m glad we met"),
+            imp("yes and I'm glad we met")
+        );
     }
 
     #[test]

@@ -33,6 +33,12 @@ pub(crate) fn stemmer() -> &'static Stemmer {
     STEMMER.get_or_init(|| Stemmer::create(Algorithm::English))
 }
 
+/// A text lowercased for [`lower_words`], its typographic apostrophes (’, which phones type for
+/// ') made plain, so that "wasn’t" is the negation "wasn't" and not "wasn" and "t".
+pub(crate) fn lower_text(text: &str) -> String {
+    text.to_lowercase().replace(['\u{2019}', '\u{2018}'], "'")
+}
+
 /// Lowercased words of a text, apostrophes kept inside words ("don't"), for the lexicon-based
 /// scorers (emotion, importance), which need negations and pronouns that [`terms`] drops.
 pub(crate) fn lower_words(lower: &str) -> Vec<&str> {
