@@ -153,7 +153,7 @@ pub struct DeepMemoryStatus {
     pub held_out_pairs: u64,
     /// Memories with at least one pair.
     pub memories_with_pairs: u64,
-    /// The user's memories now.
+    /// The user's memories now that an adapter learns from (current ones, keys left out).
     pub memories: u64,
     /// Whether an adapter has been trained.
     pub trained: bool,
@@ -478,8 +478,9 @@ impl TrainOptions {
         if !(0.0..=1.0).contains(&self.weight_decay) {
             return bad("weight decay must be 0 to 1");
         }
-        if !(self.temperature > 0.0 && self.temperature <= 10.0) {
-            return bad("temperature must be in (0, 10]");
+        // Below a thousandth the logits overflow (1/t), and the weights become NaN.
+        if !(0.001..=10.0).contains(&self.temperature) {
+            return bad("temperature must be 0.001 to 10");
         }
         if self.hard_negatives > 1024 {
             return bad("at most 1024 hard negatives per question");
@@ -602,7 +603,12 @@ pub fn evaluate(
         let scores: Vec<Vec<f32>> = block.matmul(&memories.matrix.t()?)?.to_vec2()?;
         for (row, &answer) in scores.iter().zip(&questions.answers[start..end]) {
             let own = row[answer];
-            ranks.push(1 + row.iter().filter(|&&s| s > own).count());
+            // A score that is not a number ranks last (a NaN compares false to all).
+            ranks.push(if own.is_nan() {
+                row.len()
+            } else {
+                1 + row.iter().filter(|&&s| s > own || s.is_nan()).count()
+            });
         }
     }
     let share = |k: usize| ranks.iter().filter(|&&r| r <= k).count() as f64 / n as f64;
@@ -742,6 +748,14 @@ pub fn train(
             steps += 1;
         }
         let mean = total / steps.max(1) as f32;
+        if !mean.is_finite() {
+            // Diverged: its weights would rank nothing, yet evaluate as perfect (every
+            // comparison with NaN is false).
+            return Err(Error::invalid(format!(
+                "deep memory training diverged in epoch {epoch} (the loss is {mean}): \
+                 lower the learning rate"
+            )));
+        }
         losses.push(mean);
         on_epoch(epoch, options.epochs, mean);
         let current = snapshot(&u, &v)?;
@@ -942,5 +956,23 @@ mod tests {
             after.mrr > before.mrr + 0.1,
             "before {before:?} after {after:?}"
         );
+    }
+
+    /// Numbers that would make NaN weights are refused, and a NaN score ranks last: NaN
+    /// compares false to everything, and ranked first it made a broken adapter look perfect.
+    #[test]
+    fn nan_never_looks_perfect() {
+        let tiny = TrainOptions {
+            temperature: 1e-40,
+            ..TrainOptions::default()
+        };
+        assert!(tiny.validate().is_err());
+        let memories = MemorySet::new(vec![(0, vec![1.0, 0.0]), (1, vec![0.0, 1.0])]).unwrap();
+        let questions = Questions {
+            vectors: vec![vec![f32::NAN, f32::NAN], vec![f32::NAN, 0.0]],
+            answers: vec![0, 1],
+        };
+        let m = evaluate(None, &questions, &memories).unwrap();
+        assert!(m.mrr < 0.75 && m.recall_at_1 == 0.0, "{m:?}");
     }
 }

@@ -390,7 +390,7 @@ impl Engine {
                     embedding_model: this.embedder.model_id().to_owned(),
                     version: 0,
                     enabled: was_on && report.evaluation.helps(),
-                    memories: self.store.count_memories(user).await?,
+                    memories: self.learnable_memories(user).await?,
                     pairs: (train_n + val_n + report.evaluation.pairs) as u64,
                     trained_at: began,
                     updated_at: Utc::now(),
@@ -483,11 +483,20 @@ impl Engine {
         self.deep_memory_status(user).await
     }
 
+    /// How many memories an adapter learns from: the current ones, keys left out (training
+    /// reads those only). Retraining is counted in them: a key job writing several keys per
+    /// message, or a re-keying of everything, does not make it due.
+    async fn learnable_memories(&self, user: &str) -> Result<u64> {
+        self.store
+            .count_memories_after(user, &super::key_search::not_keys(), None)
+            .await
+    }
+
     /// Where the user's deep memory stands.
     pub async fn deep_memory_status(&self, user: &str) -> Result<DeepMemoryStatus> {
         self.limits().check_user_id(user)?;
         let pairs = self.store.training_pairs(user).await?;
-        let memories = self.store.count_memories(user).await?;
+        let memories = self.learnable_memories(user).await?;
         let mut status = DeepMemoryStatus {
             pairs: pairs.len() as u64,
             generated_pairs: pairs
@@ -529,7 +538,7 @@ impl Engine {
         self.limits().check_user_id(user)?;
         Ok(match self.store.get_adapter(user).await? {
             Some(a) if a.enabled => {
-                self.store.count_memories(user).await? >= a.memories + threshold
+                self.learnable_memories(user).await? >= a.memories + threshold
             }
             _ => false,
         })
@@ -550,7 +559,7 @@ impl Engine {
             };
             after = Some(last.clone());
             for (user, trained_with) in page {
-                if self.store.count_memories(&user).await? >= trained_with + threshold {
+                if self.learnable_memories(&user).await? >= trained_with + threshold {
                     due.push(user);
                 }
             }

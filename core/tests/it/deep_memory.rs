@@ -242,7 +242,25 @@ async fn deep_memory(pg: bool) {
     }
 
     // Retraining is due once enough new memories arrived (for alice, whose adapter is on).
+    // A fact that replaces another adds nothing to learn from (the replaced one is no longer
+    // current), as keys add nothing: training reads neither.
     assert!(engine.deep_memory_due(3).await.unwrap().is_empty());
+    let page = recall_core::types::PageRequest {
+        first: 1,
+        after: None,
+    };
+    let filter = recall_core::types::Filter::default();
+    let old = engine
+        .memories("alice", &filter, &page)
+        .await
+        .unwrap()
+        .items[0]
+        .id;
+    let replaced = recall_core::NewMemoryText {
+        supersedes: Some(old),
+        ..fact("Lars swapped one plant for a cactus.")
+    };
+    engine.add_memory("alice", replaced).await.unwrap();
     for i in 0..3 {
         engine
             .add_memory("alice", fact(&format!("Lars bought {i} new plants.")))
