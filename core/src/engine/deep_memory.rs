@@ -537,9 +537,7 @@ impl Engine {
     pub async fn deep_memory_is_due(&self, user: &str, threshold: u64) -> Result<bool> {
         self.limits().check_user_id(user)?;
         Ok(match self.store.get_adapter(user).await? {
-            Some(a) if a.enabled => {
-                self.learnable_memories(user).await? >= a.memories + threshold
-            }
+            Some(a) if a.enabled => self.learnable_memories(user).await? >= a.memories + threshold,
             _ => false,
         })
     }
