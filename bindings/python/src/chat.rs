@@ -61,8 +61,12 @@ impl ChatStream {
                     Err(to_py(e))
                 }
                 None => {
+                    // Ended without its result (the engine that ran it is gone): an error,
+                    // not a silent end that looks like a whole answer.
                     *guard = None;
-                    Err(PyStopIteration::new_err(()))
+                    Err(to_py(recall_core::Error::unavailable(
+                        "the chat ended without an answer (was the Memory closed?)",
+                    )))
                 }
             }
         })

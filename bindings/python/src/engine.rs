@@ -245,7 +245,7 @@ impl Engine {
                 .runtime
                 .block_on(self.engine.create_session(user, session, patch))
                 .py()?;
-            serde_json::to_string(&stored).map_err(json_err)
+            serde_json::to_string(&crate::types::session(&stored)).map_err(json_err)
         })
     }
 
@@ -293,10 +293,9 @@ impl Engine {
                 .runtime
                 .block_on(self.engine.sessions(user, &page))
                 .py()?;
-            serde_json::to_string(
-                &serde_json::json!({ "items": page.items, "next": page.next_cursor }),
-            )
-            .map_err(json_err)
+            let items: Vec<_> = page.items.iter().map(crate::types::session).collect();
+            serde_json::to_string(&serde_json::json!({ "items": items, "next": page.next_cursor }))
+                .map_err(json_err)
         })
     }
 

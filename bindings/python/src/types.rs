@@ -27,6 +27,20 @@ pub fn hit(r: &Retrieved) -> Value {
     })
 }
 
+/// A session as the package decodes it: times as `datetime.fromisoformat` reads them on every
+/// Python the package supports (before 3.11 it takes neither a `Z` nor nine digits of a
+/// second).
+pub fn session(s: &recall_core::types::Session) -> Value {
+    let time = |t: &chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(SecondsFormat::Micros, false);
+    json!({
+        "id": s.id,
+        "title": s.title,
+        "persona": s.persona,
+        "created_at": time(&s.created_at),
+        "updated_at": time(&s.updated_at),
+    })
+}
+
 /// A stored memory as the package decodes it.
 pub fn memory(m: &Memory) -> Value {
     let time = |t: &chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(SecondsFormat::Micros, false);

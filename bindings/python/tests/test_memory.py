@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pathlib
+import re
 import time
+from collections.abc import Iterator
 from typing import Callable
 
 import pytest
@@ -115,6 +118,18 @@ def test_missing_models_and_an_unreachable_database() -> None:
         Memory(
             database_url="postgres://nobody@127.0.0.1:9/none", models_dir=models_dir()
         )
+
+
+def test_a_stream_outlives_the_memory_that_started_it(tmp_path: pathlib.Path) -> None:
+    def ask() -> Iterator[str | ChatResult]:
+        m = Memory(
+            data_dir=str(tmp_path / "data"), models_dir=models_dir(), device="cpu"
+        )
+        return m.chat_stream("kim", "c", "Hello!", max_tokens=4)
+
+    # The Memory is gone from the caller's hands: the stream still ends with its result.
+    pieces = list(ask())
+    assert pieces and isinstance(pieces[-1], ChatResult), pieces
 
 
 def test_chat_streams_deltas_then_the_result(chat_memory: Memory) -> None:
@@ -404,6 +419,12 @@ def test_a_persona_card_becomes_persona_memories(store: Store) -> None:
     session = m.create_session(alice, "voyage", title="Voyage", persona=card)
     assert isinstance(session, Session)
     assert (session.id, session.title, session.persona) == ("voyage", "Voyage", card)
+    assert session.created_at.tzinfo is not None
+    # Times cross from the native layer as Python 3.9's `fromisoformat` reads them: six
+    # digits of a second and `+00:00` (it takes no `Z`, nor nine digits).
+    wire = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$")
+    raw = json.loads(m._engine.sessions(alice, 10))["items"][0]
+    assert wire.match(raw["created_at"]) and wire.match(raw["updated_at"]), raw
     only_persona = {"kinds": ["persona"]}
     q = "How many times did the captain round Cape Horn?"
     hits = m.search(alice, q, top_k=10, session="voyage", filter=only_persona)

@@ -514,7 +514,7 @@ class Memory:
             memory_top_k=memory_top_k,
             mode=mode,
         )
-        return _stream(self._engine.chat_stream(user, request))
+        return _stream(self._engine.chat_stream(user, request), self)
 
     def _chat_native(
         self, user: str, session: str, message: str, *args: Any, **kwargs: Any
@@ -524,7 +524,9 @@ class Memory:
         return self._engine.chat_stream(user, request)
 
 
-def _stream(stream: _native.ChatStream) -> Iterator[str | ChatResult]:
+def _stream(stream: _native.ChatStream, owner: Memory) -> Iterator[str | ChatResult]:
+    # `owner` is held while the stream is read: its engine runs the generation, which
+    # would end with it.
     try:
         for kind, payload in stream:
             if kind == "delta":
