@@ -86,7 +86,9 @@ function lift(err) {
   }
   const m = /^([A-Z_]+)\|([\s\S]*)$/.exec(err.message)
   if (!m) {
-    return err
+    // The addon's own errors carry their code; the others are its arguments' conversion
+    // (a string where a boolean goes, an array that is not one): the caller's input.
+    return new InvalidInputError(err.message)
   }
   const Class = BY_CODE[m[1]]
   return Class ? new Class(m[2]) : new DeepRecallError(m[2], m[1])
@@ -348,13 +350,15 @@ const CHAT_OPTIONS = [
 /**
  * Refuses an options object with a key the call does not know (a misspelt option would
  * otherwise be ignored without a word), as the addon refuses unknown fields of the others.
+ * @template {object} T
  * @param {string} what
- * @param {object | undefined} options
+ * @param {T | null | undefined} options
  * @param {string[]} known
+ * @returns {Partial<T>} the options (`{}` when none were given, `null` included)
  */
 function onlyKnown(what, options, known) {
   if (options === undefined || options === null) {
-    return
+    return {}
   }
   if (typeof options !== 'object' || Array.isArray(options)) {
     throw new InvalidInputError(`${what} must be an object`)
@@ -365,6 +369,7 @@ function onlyKnown(what, options, known) {
       `${what}: unknown option ${unknown.map((k) => JSON.stringify(k)).join(', ')} (known: ${known.join(', ')})`,
     )
   }
+  return options
 }
 
 /**
@@ -390,8 +395,7 @@ function whole(what, n, max = Number.MAX_SAFE_INTEGER) {
  * @returns {string}
  */
 function chatRequest(session, message, options) {
-  onlyKnown('chat options', options, CHAT_OPTIONS)
-  const o = options || {}
+  const o = onlyKnown('chat options', options, CHAT_OPTIONS)
   const retrieve =
     o.memoryTopK === undefined && o.mode === undefined
       ? undefined
@@ -484,8 +488,8 @@ class Memory {
    * @returns {Promise<Session>}
    */
   async createSession(user, session, options = {}) {
-    onlyKnown('session options', options, ['title', 'persona'])
-    const patch = JSON.stringify({ title: options.title, persona: options.persona })
+    const o = onlyKnown('session options', options, ['title', 'persona'])
+    const patch = JSON.stringify({ title: o.title, persona: o.persona })
     return toSession(JSON.parse(await run(() => this.engine.createSession(user, session, patch))))
   }
 
@@ -497,9 +501,9 @@ class Memory {
    * @returns {AsyncGenerator<StoredMemory>}
    */
   async *memories(user, options = {}) {
-    onlyKnown('memories options', options, ['filter', 'pageSize'])
-    const filter = options.filter === undefined ? '' : encode(options.filter)
-    const first = whole('pageSize', options.pageSize ?? 100, 0xffffffff)
+    const o = onlyKnown('memories options', options, ['filter', 'pageSize'])
+    const filter = o.filter === undefined ? '' : encode(o.filter)
+    const first = whole('pageSize', o.pageSize ?? 100, 0xffffffff)
     /** @type {string | null} */
     let after = null
     do {
@@ -516,8 +520,8 @@ class Memory {
    * @returns {AsyncGenerator<Session>}
    */
   async *sessions(user, options = {}) {
-    onlyKnown('sessions options', options, ['pageSize'])
-    const first = whole('pageSize', options.pageSize ?? 100, 0xffffffff)
+    const o = onlyKnown('sessions options', options, ['pageSize'])
+    const first = whole('pageSize', o.pageSize ?? 100, 0xffffffff)
     /** @type {string | null} */
     let after = null
     do {

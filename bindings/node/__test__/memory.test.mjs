@@ -116,6 +116,9 @@ for (const [kind, open] of stores) {
         () => m.search(u, 'x', { mode: 'fuzzy' }),
         () => m.search(u, 'x', { topK: 0 }),
         () => m.search(u, ''),
+        // Arguments of the wrong type, refused by the addon's conversion.
+        () => m.setMemoryKeys(u, /** @type {any} */ ('yes')),
+        () => m.addMessages(u, 's', /** @type {any} */ (undefined)),
       ]
       for (const c of cases) {
         await assert.rejects(c(), (err) => {
@@ -126,6 +129,8 @@ for (const [kind, open] of stores) {
         })
       }
       await assert.rejects(m.export(u), (err) => err instanceof NotFoundError && err.code === 'NOT_FOUND')
+      // `null` options are no options.
+      assert.equal((await m.createSession(u, 'n', /** @type {any} */ (null))).id, 'n')
       assert.deepEqual(await m.search(u, 'hi'), [], 'nothing half-written')
     })
 
@@ -444,6 +449,7 @@ test('chat streams deltas, then the result', async () => {
   const usage = last.result.usage
   assert.equal(usage.totalTokens, usage.promptTokens + usage.completionTokens)
   assert.ok(last.result.context.some((h) => h.content.includes('Paris')))
+  assert.ok(last.result.context.every((h) => typeof h.metadata === 'object' && h.metadata !== null))
   const whole = await m.chat('maya', 'talk2', 'Say hello.', { maxTokens: 6, temperature: 0, seed: 7 })
   assert.ok(whole.usage.completionTokens <= 6)
   assert.ok(['stop', 'length'].includes(whole.finishReason))

@@ -75,6 +75,7 @@ pub fn result(r: &ChatResult) -> Value {
                 "kind": c.kind,
                 "createdAt": c.created_at.to_rfc3339_opts(SecondsFormat::Millis, true),
                 "tags": [],
+                "metadata": {},
             })
         })
         .collect();
