@@ -7,6 +7,7 @@ import {
   clientFor,
   describe,
   initialAuth,
+  isUnauthenticated,
   knownUsers,
   saveAuth,
 } from './auth';
@@ -107,8 +108,18 @@ function Shell({ auth, onChange }: { auth: Auth; onChange: (a: Auth | null) => v
     client
       .me()
       .then(setMe)
-      .catch((e: unknown) => setAuthError(describe(e)));
+      // Only a token the server refuses asks for another; the rest (the server restarting,
+      // a rate limit) is an error to show, and the chat stays.
+      .catch((e: unknown) => (isUnauthenticated(e) ? setAuthError : setError)(describe(e)));
   }, [client, generation]);
+
+  // What the views report: a token that stops being accepted (it expired) asks for another;
+  // anything else is shown above the view.
+  const failed = useCallback(
+    (e: unknown) =>
+      (isUnauthenticated(e) && auth.kind === 'token' ? setAuthError : setError)(describe(e)),
+    [auth.kind],
+  );
 
   if (authError !== null && auth.kind === 'token') {
     return (
@@ -154,7 +165,7 @@ function Shell({ auth, onChange }: { auth: Auth; onChange: (a: Auth | null) => v
             client={client}
             user={user}
             onNotice={setNotice}
-            onError={setError}
+            onError={failed}
             onForgotten={() => setGeneration((g) => g + 1)}
           />
         </div>
@@ -175,9 +186,9 @@ function Shell({ auth, onChange }: { auth: Auth; onChange: (a: Auth | null) => v
         </div>
       )}
       {view === 'chat' ? (
-        <ChatView key={generation} client={client} onError={setError} />
+        <ChatView key={generation} client={client} onError={failed} />
       ) : (
-        <MemoryBrowser key={generation} client={client} onError={setError} />
+        <MemoryBrowser key={generation} client={client} onError={failed} />
       )}
     </div>
   );
@@ -251,7 +262,7 @@ function DataRights({
   client: DeepRecall;
   user: string;
   onNotice: (s: string) => void;
-  onError: (s: string) => void;
+  onError: (e: unknown) => void;
   onForgotten: () => void;
 }) {
   const dialog = useRef<HTMLDialogElement>(null);
@@ -269,7 +280,7 @@ function DataRights({
       URL.revokeObjectURL(link.href);
       onNotice('Your data was exported.');
     } catch (e) {
-      onError(describe(e));
+      onError(e);
     } finally {
       setBusy(false);
     }
@@ -285,7 +296,7 @@ function DataRights({
       );
       onForgotten();
     } catch (e) {
-      onError(describe(e));
+      onError(e);
     } finally {
       setBusy(false);
     }

@@ -1,7 +1,6 @@
 import type { ContextMemory, DeepRecall, FinishReason, Session } from '@deep-recall/client';
 import { useCallback, useEffect, useRef, useState } from 'react';
 
-import { describe } from './auth';
 
 interface Turn {
   key: string;
@@ -32,7 +31,7 @@ export function formatDate(iso: string): string {
 }
 
 /** Sessions on the side, the conversation in the middle, the answer's memories beside it. */
-export function ChatView({ client, onError }: { client: DeepRecall; onError: (e: string) => void }) {
+export function ChatView({ client, onError }: { client: DeepRecall; onError: (e: unknown) => void }) {
   const [sessions, setSessions] = useState<Session[] | null>(null);
   const [session, setSession] = useState<string>(newSessionId);
   const [turns, setTurns] = useState<Turn[]>([]);
@@ -42,6 +41,9 @@ export function ChatView({ client, onError }: { client: DeepRecall; onError: (e:
   const [streaming, setStreaming] = useState<AbortController | null>(null);
   const input = useRef<HTMLTextAreaElement>(null);
   const bottom = useRef<HTMLDivElement>(null);
+  // Numbers each opening of a session: a load that finishes after another began (the user
+  // clicked on) is dropped, so that one session's messages never show under another.
+  const opening = useRef(0);
 
   const loadSessions = useCallback(async () => {
     try {
@@ -52,8 +54,9 @@ export function ChatView({ client, onError }: { client: DeepRecall; onError: (e:
       }
       setSessions(list);
     } catch (e) {
-      onError(describe(e));
-      setSessions([]);
+      onError(e);
+      // A list shown before stays (a failed refresh is not "no sessions").
+      setSessions((s) => s ?? []);
     }
   }, [client, onError]);
 
@@ -63,6 +66,7 @@ export function ChatView({ client, onError }: { client: DeepRecall; onError: (e:
 
   const open = async (id: string) => {
     if (streaming) return;
+    const mine = ++opening.current;
     setSession(id);
     setSelected(null);
     setTurns([]);
@@ -70,19 +74,24 @@ export function ChatView({ client, onError }: { client: DeepRecall; onError: (e:
     try {
       const loaded: Turn[] = [];
       for await (const m of client.messages(id)) {
+        if (opening.current !== mine) return;
         loaded.push({ key: m.id, role: m.role, content: m.content });
       }
-      setTurns(loaded);
+      if (opening.current === mine) setTurns(loaded);
     } catch (e) {
-      onError(describe(e));
+      if (opening.current === mine) onError(e);
     } finally {
-      setLoadingTurns(false);
-      input.current?.focus();
+      if (opening.current === mine) {
+        setLoadingTurns(false);
+        input.current?.focus();
+      }
     }
   };
 
   const startNew = () => {
     if (streaming) return;
+    opening.current++;
+    setLoadingTurns(false);
     setSession(newSessionId());
     setTurns([]);
     setSelected(null);
@@ -94,7 +103,8 @@ export function ChatView({ client, onError }: { client: DeepRecall; onError: (e:
 
   const send = async () => {
     const text = draft.trim();
-    if (!text || streaming) return;
+    // Not while a session's messages load: they would replace the turn being sent.
+    if (!text || streaming || loadingTurns) return;
     const controller = new AbortController();
     const stamp = `${Date.now()}`;
     const answerKey = `a-${stamp}`;
@@ -107,8 +117,10 @@ export function ChatView({ client, onError }: { client: DeepRecall; onError: (e:
     setSelected(answerKey);
     setStreaming(controller);
     let finished = false;
+    let heard = false;
     try {
       for await (const chunk of client.chat(session, text, { signal: controller.signal })) {
+        heard = true;
         if ('delta' in chunk) {
           update(answerKey, (t) => ({ ...t, content: t.content + chunk.delta }));
         } else {
@@ -124,8 +136,11 @@ export function ChatView({ client, onError }: { client: DeepRecall; onError: (e:
       }
       if (!finished) update(answerKey, (t) => ({ ...t, streaming: false, finishReason: 'stopped' }));
     } catch (e) {
-      onError(describe(e));
+      onError(e);
       update(answerKey, (t) => ({ ...t, streaming: false, finishReason: 'failed' }));
+      // Refused before a word came back (a limit, the network): the message is given back
+      // to the composer to send again, unless something new was typed meanwhile.
+      if (!heard) setDraft((d) => (d.trim() ? d : text));
     } finally {
       setStreaming(null);
       void loadSessions();
@@ -214,6 +229,9 @@ export function ChatView({ client, onError }: { client: DeepRecall; onError: (e:
             placeholder="Message (Enter sends, Shift+Enter for a new line, Esc stops)"
             onChange={(e) => setDraft(e.target.value)}
             onKeyDown={(e) => {
+              // Enter that confirms an input method's composition (Japanese, Chinese) is
+              // not a send.
+              if (e.nativeEvent.isComposing || e.keyCode === 229) return;
               if (e.key === 'Enter' && !e.shiftKey) {
                 e.preventDefault();
                 void send();
@@ -228,7 +246,7 @@ export function ChatView({ client, onError }: { client: DeepRecall; onError: (e:
               Stop
             </button>
           ) : (
-            <button type="submit" className="primary" disabled={!draft.trim()}>
+            <button type="submit" className="primary" disabled={!draft.trim() || loadingTurns}>
               Send
             </button>
           )}

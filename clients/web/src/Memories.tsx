@@ -1,7 +1,6 @@
 import type { DeepRecall, Memory } from '@deep-recall/client';
 import { useCallback, useEffect, useRef, useState } from 'react';
 
-import { describe } from './auth';
 import { formatDate } from './Chat';
 
 interface Row {
@@ -17,7 +16,7 @@ export function MemoryBrowser({
   onError,
 }: {
   client: DeepRecall;
-  onError: (e: string) => void;
+  onError: (e: unknown) => void;
 }) {
   const [query, setQuery] = useState('');
   const [searched, setSearched] = useState<string | null>(null);
@@ -27,7 +26,7 @@ export function MemoryBrowser({
   const pages = useRef<AsyncGenerator<Memory> | null>(null);
 
   const nextPage = useCallback(
-    async (reset: boolean) => {
+    async (reset: boolean, shown?: Set<string>) => {
       if (reset || pages.current === null) pages.current = client.memories({ pageSize: PAGE });
       const it = pages.current;
       const page: Row[] = [];
@@ -38,6 +37,7 @@ export function MemoryBrowser({
           done = true;
           break;
         }
+        if (shown?.has(n.value.id)) continue;
         page.push({ memory: n.value });
       }
       setRows((r) => (reset || r === null ? page : [...r, ...page]));
@@ -60,7 +60,8 @@ export function MemoryBrowser({
           setSearched(null);
         }
       } catch (e) {
-        onError(describe(e));
+        pages.current = null;
+        onError(e);
         setRows((r) => r ?? []);
       } finally {
         setBusy(false);
@@ -76,9 +77,14 @@ export function MemoryBrowser({
   const loadMore = async () => {
     setBusy(true);
     try {
-      await nextPage(false);
+      // After a page failed, the listing starts again, past the memories already shown (a
+      // failed listing has ended, and would read as the end of the list).
+      const shown =
+        pages.current === null ? new Set((rows ?? []).map((r) => r.memory.id)) : undefined;
+      await nextPage(false, shown);
     } catch (e) {
-      onError(describe(e));
+      pages.current = null;
+      onError(e);
     } finally {
       setBusy(false);
     }
@@ -89,7 +95,7 @@ export function MemoryBrowser({
       await client.deleteMemory(id);
       setRows((r) => r?.filter((x) => x.memory.id !== id) ?? null);
     } catch (e) {
-      onError(describe(e));
+      onError(e);
     }
   };
 

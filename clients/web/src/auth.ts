@@ -58,6 +58,9 @@ export async function initialAuth(): Promise<Auth | null> {
     return await anonymousAs(saved);
   } catch (e) {
     if (saved === DEFAULT_USER) return refused(e);
+    // Only a name the server refuses falls back to the default user; any other failure
+    // (the network, a rate limit) is shown, rather than acting as someone else.
+    if (!isRefusal(e)) throw e;
   }
   try {
     return await anonymousAs(DEFAULT_USER);
@@ -76,6 +79,19 @@ export async function anonymousAs(user: string): Promise<Extract<Auth, { kind: '
     void probe.close();
   }
   return auth;
+}
+
+/** Whether `e` says the credentials (or the user name) were refused. */
+export function isRefusal(e: unknown): boolean {
+  return (
+    e instanceof DeepRecallError &&
+    ['UNAUTHENTICATED', 'BAD_INPUT', 'FORBIDDEN'].includes(e.code)
+  );
+}
+
+/** Whether `e` says the credentials were not accepted (a bad or expired token). */
+export function isUnauthenticated(e: unknown): boolean {
+  return e instanceof DeepRecallError && e.code === 'UNAUTHENTICATED';
 }
 
 /** `null` (the sign-in form) when anonymous access is off; any other error is thrown. */

@@ -127,6 +127,65 @@ describe('anonymous development mode', () => {
     await screenshot(page, 'chat');
   });
 
+  test('a session opened while another loads is the one shown', async () => {
+    const list = page.getByTestId('sessions').getByRole('button');
+    const conversation = page.locator('section.conversation');
+    const turns = page.getByTestId('turns');
+    const loading = page.getByText('Loading messages…');
+    // Each session as it shows when opened alone.
+    const shownAlone = async (i) => {
+      await list.nth(i).click();
+      await loading.waitFor({ state: 'detached' });
+      return { label: await conversation.getAttribute('aria-label'), turns: await turns.innerText() };
+    };
+    const first = await shownAlone(0);
+    const second = await shownAlone(1);
+    assert.notEqual(first.turns, second.turns);
+    // The second one's messages come slowly, and the first is opened meanwhile.
+    const slow = `"session":"${second.label.replace('Conversation ', '')}"`;
+    await page.route('**/graphql', async (route) => {
+      if ((route.request().postData() ?? '').includes(slow)) {
+        await new Promise((r) => setTimeout(r, 1500));
+      }
+      await route.continue();
+    });
+    await list.nth(1).click();
+    await list.nth(0).click();
+    await new Promise((r) => setTimeout(r, 2500));
+    await page.unroute('**/graphql');
+    assert.equal(await conversation.getAttribute('aria-label'), first.label);
+    assert.equal(await turns.innerText(), first.turns);
+  });
+
+  test('Enter that ends an input method\'s composition does not send', async () => {
+    const box = page.getByTestId('message');
+    const questions = await page.getByTestId('question').count();
+    await box.fill('こんにちは');
+    await box.evaluate((el) =>
+      el.dispatchEvent(
+        new KeyboardEvent('keydown', { key: 'Enter', isComposing: true, bubbles: true, cancelable: true }),
+      ),
+    );
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(await box.inputValue(), 'こんにちは');
+    assert.equal(await page.getByTestId('question').count(), questions);
+    await box.fill('');
+  });
+
+  test('a message the server never took is given back to send again', async () => {
+    // A page whose WebSocket (the chat's way) closes at once.
+    const p = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+    await p.routeWebSocket(/\/graphql/, (ws) => ws.close({ code: 1011, reason: 'down' }));
+    await p.goto(base);
+    const box = p.getByTestId('message');
+    await box.waitFor();
+    await box.fill('Please remember that my bike is green.');
+    await box.press('Enter');
+    await p.getByTestId('answer').getByText('failed', { exact: true }).waitFor();
+    assert.equal(await box.inputValue(), 'Please remember that my bike is green.');
+    await p.close();
+  });
+
   test('deleting that memory in the browser removes it', async () => {
     await page.getByRole('button', { name: 'Memories' }).click();
     await page.getByTestId('memory-search').fill('cat called Miso');
@@ -232,6 +291,15 @@ describe('with tokens', () => {
     await page.getByRole('alert').filter({ hasText: 'UNAVAILABLE' }).waitFor();
     await page.getByRole('button', { name: 'Sign out' }).click();
     await page.getByLabel('Access token').waitFor();
+    // A token that expires while the page is open asks for a new one at the next action
+    // (it showed an error, and every action failed, until the user signed out).
+    await page.getByLabel('Access token').fill(token('dana', 1));
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.getByTestId('current-user').filter({ hasText: 'dana' }).waitFor();
+    // (Past its expiry and the server's 5 s of leeway.)
+    await new Promise((r) => setTimeout(r, 7500));
+    await page.getByRole('button', { name: 'Memories' }).click();
+    await page.getByText(/That token was not accepted \(UNAUTHENTICATED/).waitFor();
     await page.close();
   });
 });
