@@ -440,6 +440,16 @@ class Memory {
   }
 
   /**
+   * Lets go of the store's connections (a Postgres pool), the background key writer and the
+   * chat model now, rather than when the object is collected; calls under way finish, later
+   * ones throw `InvalidInputError`. Closing twice does nothing.
+   * @returns {Promise<void>}
+   */
+  async close() {
+    await run(() => this.engine.close())
+  }
+
+  /**
    * Stores messages (each also as a searchable memory), all or none; returns their ids.
    * @param {string} user
    * @param {string} session

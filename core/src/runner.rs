@@ -171,7 +171,7 @@ pub fn schedule_memory_keys(
 /// server, when one shares the store) and [`schedule_memory_keys`] queueing them every
 /// `every` for the users who wrote, with `options`. Both stop when it is dropped.
 pub struct KeyWriter {
-    _runner: JobRunner,
+    runner: Option<JobRunner>,
     schedule: tokio::task::JoinHandle<()>,
 }
 
@@ -188,8 +188,17 @@ impl KeyWriter {
             },
         );
         Self {
-            _runner: runner,
+            runner: Some(runner),
             schedule,
+        }
+    }
+
+    /// Stops both, waiting for a key job under way to finish (dropping it stops them
+    /// without waiting).
+    pub async fn stop(mut self) {
+        self.schedule.abort();
+        if let Some(runner) = self.runner.take() {
+            runner.stop().await;
         }
     }
 }

@@ -482,6 +482,19 @@ test('chat streams deltas, then the result', async () => {
   assert.deepEqual(roles, ['user'])
 })
 
+test('a closed Memory lets go, and refuses calls', async () => {
+  const dir = tempDir()
+  const m = await Memory.open({ dataDir: dir, modelsDir, device: 'cpu' })
+  await m.addMemory('ivy', { content: 'Ivy grows tomatoes.' })
+  await m.close()
+  await assert.rejects(m.search('ivy', 'tomatoes'), (err) => err instanceof InvalidInputError && /closed/.test(err.message))
+  await m.close()
+  // What was stored stays stored.
+  const again = await Memory.open({ dataDir: dir, modelsDir, device: 'cpu' })
+  assert.ok((await again.search('ivy', 'What does Ivy grow?'))[0].content.includes('tomatoes'))
+  await again.close()
+})
+
 test('the shared vectors', async () => {
   // The core's results on tests/vectors/retrieval.json, reproduced through the package.
   const { readFileSync } = await import('node:fs')

@@ -144,25 +144,46 @@ fn actor() -> Actor {
 /// The engine of one `Memory`.
 #[napi]
 pub struct Engine {
+    /// What an open engine holds; `None` once closed.
+    open: std::sync::Mutex<Option<Open>>,
+    chat_options: ChatOptions,
+}
+
+/// An open engine's parts: dropped by `close`, or when JavaScript collects the `Memory`.
+struct Open {
     /// Writes new memories' keys in the background (stopped when the engine goes).
     _keys: Option<KeyWriter>,
     /// Over Postgres, the fan-out that lets other processes' writes (a server, another
     /// `Memory`) drop this one's cached searches at once and reach its key schedule.
     _fanout: Option<FanoutHandle>,
     engine: CoreEngine,
-    chat_options: ChatOptions,
-    chat: Mutex<Option<ChatPipeline>>,
+    chat: Arc<Mutex<Option<ChatPipeline>>>,
 }
 
 impl Engine {
+    /// The open engine (a call under way keeps its own handle through a `close`).
+    fn engine(&self) -> napi::Result<CoreEngine> {
+        self.open
+            .lock()
+            .expect("engine")
+            .as_ref()
+            .map(|o| o.engine.clone())
+            .ok_or_else(closed)
+    }
+
     /// The chat pipeline, loading the chat model on first use.
     async fn pipeline(&self) -> napi::Result<ChatPipeline> {
-        let mut slot = self.chat.lock().await;
+        let (engine, chat) = {
+            let open = self.open.lock().expect("engine");
+            let open = open.as_ref().ok_or_else(closed)?;
+            (open.engine.clone(), open.chat.clone())
+        };
+        let mut slot = chat.lock().await;
         if let Some(p) = slot.as_ref() {
             return Ok(p.clone());
         }
         let model = setup::open_chat_model(&self.chat_options).await.js()?;
-        let pipeline = ChatPipeline::new(self.engine.clone(), model.clone()).with_summaries(
+        let pipeline = ChatPipeline::new(engine, model.clone()).with_summaries(
             Arc::new(ChatSummarizer::new(model, 160)),
             SummaryPolicy::default(),
         );
@@ -235,12 +256,27 @@ impl Engine {
             )
         });
         Ok(Engine {
-            _keys: keys,
-            _fanout: fanout,
-            engine,
+            open: std::sync::Mutex::new(Some(Open {
+                _keys: keys,
+                _fanout: fanout,
+                engine,
+                chat: Arc::new(Mutex::new(None)),
+            })),
             chat_options,
-            chat: Mutex::new(None),
         })
+    }
+
+    /// Lets the store's connections, the key writer, the fan-out and the chat model go (a
+    /// call under way finishes first); later calls fail. Closing twice does nothing.
+    #[napi]
+    pub async fn close(&self) {
+        let open = self.open.lock().expect("engine").take();
+        if let Some(Open {
+            _keys: Some(keys), ..
+        }) = open
+        {
+            keys.stop().await;
+        }
     }
 
     /// Stores messages (a JSON list) in `session`; returns the stored message ids.
@@ -252,8 +288,9 @@ impl Engine {
         messages: String,
     ) -> napi::Result<Vec<i64>> {
         let messages =
-            recall_core::ingest::parse_messages(&messages, &session, self.engine.limits()).js()?;
-        let stored = self.engine.add_messages(&user, messages).await.js()?;
+            recall_core::ingest::parse_messages(&messages, &session, self.engine()?.limits())
+                .js()?;
+        let stored = self.engine()?.add_messages(&user, messages).await.js()?;
         Ok(stored.iter().map(|a| a.message.id).collect())
     }
 
@@ -275,7 +312,11 @@ impl Engine {
             filter,
             ..RetrieveOptions::for_mode(mode, p.top_k.unwrap_or(10))
         };
-        let hits = self.engine.retrieve(&user, &query, &options).await.js()?;
+        let hits = self
+            .engine()?
+            .retrieve(&user, &query, &options)
+            .await
+            .js()?;
         serde_json::to_string(&hits.iter().map(hit).collect::<Vec<_>>()).map_err(json_err)
     }
 
@@ -294,7 +335,7 @@ impl Engine {
             ttl_seconds: m.ttl_seconds,
             supersedes: m.supersedes,
         };
-        let stored = self.engine.add_memory(&user, new).await.js()?;
+        let stored = self.engine()?.add_memory(&user, new).await.js()?;
         serde_json::to_string(&memory(&stored)).map_err(json_err)
     }
 
@@ -314,7 +355,7 @@ impl Engine {
             persona: p.persona.map(Some),
         };
         let stored = self
-            .engine
+            .engine()?
             .create_session(&user, &session, patch)
             .await
             .js()?;
@@ -342,7 +383,7 @@ impl Engine {
             first: first as usize,
             after,
         };
-        let page = self.engine.memories(&user, &filter, &page).await.js()?;
+        let page = self.engine()?.memories(&user, &filter, &page).await.js()?;
         let items: Vec<_> = page.items.iter().map(memory).collect();
         serde_json::to_string(&serde_json::json!({ "items": items, "next": page.next_cursor }))
             .map_err(json_err)
@@ -360,7 +401,7 @@ impl Engine {
             first: first as usize,
             after,
         };
-        let page = self.engine.sessions(&user, &page).await.js()?;
+        let page = self.engine()?.sessions(&user, &page).await.js()?;
         let items: Vec<_> = page.items.iter().map(session_json).collect();
         serde_json::to_string(&serde_json::json!({ "items": items, "next": page.next_cursor }))
             .map_err(json_err)
@@ -369,14 +410,14 @@ impl Engine {
     /// A memory's supersede history, oldest first (a JSON list of memories).
     #[napi]
     pub async fn memory_history(&self, user: String, id: i64) -> napi::Result<String> {
-        let history = self.engine.memory_history(&user, id).await.js()?;
+        let history = self.engine()?.memory_history(&user, id).await.js()?;
         serde_json::to_string(&history.iter().map(memory).collect::<Vec<_>>()).map_err(json_err)
     }
 
     /// Deletes the user's memories with these ids; returns how many there were.
     #[napi]
     pub async fn delete_memories(&self, user: String, ids: Vec<i64>) -> napi::Result<i64> {
-        let n = self.engine.delete_memories(&user, &ids).await.js()?;
+        let n = self.engine()?.delete_memories(&user, &ids).await.js()?;
         Ok(n as i64)
     }
 
@@ -384,7 +425,7 @@ impl Engine {
     #[napi]
     pub async fn export(&self, user: String) -> napi::Result<String> {
         let data = self
-            .engine
+            .engine()?
             .export(&user, &ExportOptions::default(), &actor())
             .await
             .js()?;
@@ -394,21 +435,21 @@ impl Engine {
     /// Deletes everything stored about the user (JSON report).
     #[napi]
     pub async fn forget(&self, user: String) -> napi::Result<String> {
-        let report = self.engine.delete_user(&user, &actor()).await.js()?;
+        let report = self.engine()?.delete_user(&user, &actor()).await.js()?;
         serde_json::to_string(&report).map_err(json_err)
     }
 
     /// Whether the user's memory keys are on, and how many they have (JSON).
     #[napi]
     pub async fn memory_keys(&self, user: String) -> napi::Result<String> {
-        let status = self.engine.memory_keys_status(&user).await.js()?;
+        let status = self.engine()?.memory_keys_status(&user).await.js()?;
         serde_json::to_string(&status).map_err(json_err)
     }
 
     /// Turns the user's memory keys on or off (off deletes them); the status as JSON.
     #[napi]
     pub async fn set_memory_keys(&self, user: String, enabled: bool) -> napi::Result<String> {
-        let status = self.engine.set_memory_keys(&user, enabled).await.js()?;
+        let status = self.engine()?.set_memory_keys(&user, enabled).await.js()?;
         serde_json::to_string(&status).map_err(json_err)
     }
 
@@ -416,7 +457,7 @@ impl Engine {
     #[napi]
     pub async fn write_memory_keys(&self, user: String) -> napi::Result<i64> {
         let keys = self
-            .engine
+            .engine()?
             .write_all_memory_keys(&user, &KeyOptions::default(), &mut |_, _, _| {})
             .await
             .js()?;
@@ -440,4 +481,9 @@ impl Engine {
         let stream = pipeline.stream(&user, request).await.js()?;
         Ok(ChatStream::new(stream.updates))
     }
+}
+
+/// The error of a call on a closed `Memory`.
+fn closed() -> napi::Error {
+    napi::Error::from_reason("INVALID_INPUT|this Memory is closed")
 }

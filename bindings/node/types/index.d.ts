@@ -304,6 +304,13 @@ export class Memory {
     /** @private */
     private engine;
     /**
+     * Lets go of the store's connections (a Postgres pool), the background key writer and the
+     * chat model now, rather than when the object is collected; calls under way finish, later
+     * ones throw `InvalidInputError`. Closing twice does nothing.
+     * @returns {Promise<void>}
+     */
+    close(): Promise<void>;
+    /**
      * Stores messages (each also as a searchable memory), all or none; returns their ids.
      * @param {string} user
      * @param {string} session

@@ -120,6 +120,26 @@ def test_missing_models_and_an_unreachable_database() -> None:
         )
 
 
+def test_a_closed_memory_refuses_calls(tmp_path: pathlib.Path) -> None:
+    data = str(tmp_path / "data")
+    with Memory(data_dir=data, models_dir=models_dir(), device="cpu") as m:
+        m.add_memory("ivy", "Ivy grows tomatoes.")
+    with pytest.raises(InvalidInput, match="closed"):
+        m.search("ivy", "What does Ivy grow?")
+    m.close()
+
+    async def go() -> None:
+        async with AsyncMemory(
+            data_dir=data, models_dir=models_dir(), device="cpu"
+        ) as a:
+            hits = await a.search("ivy", "What does Ivy grow?")
+            assert "tomatoes" in hits[0].content
+        with pytest.raises(InvalidInput, match="closed"):
+            await a.search("ivy", "tomatoes")
+
+    asyncio.run(go())
+
+
 def test_a_stream_outlives_the_memory_that_started_it(tmp_path: pathlib.Path) -> None:
     def ask() -> Iterator[str | ChatResult]:
         m = Memory(

@@ -21,7 +21,7 @@ import json
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _native
 from ._native import (
@@ -31,6 +31,9 @@ from ._native import (
     NotFound,
     Unavailable,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = [
     "AsyncMemory",
@@ -310,7 +313,26 @@ class Memory:
             "memory_keys": memory_keys,
             "memory_keys_check_seconds": memory_keys_check_seconds,
         }
-        self._engine = _native.Engine(json.dumps(options))
+        self._open: _native.Engine | None = _native.Engine(json.dumps(options))
+
+    @property
+    def _engine(self) -> _native.Engine:
+        if self._open is None:
+            raise InvalidInput("this Memory is closed")
+        return self._open
+
+    def close(self) -> None:
+        """Lets go of the store's connections (a Postgres pool), the background key writer and
+        the chat model now, rather than when the object is collected; a call or stream under
+        way finishes first, later calls raise :class:`InvalidInput`. Closing twice does
+        nothing. ``with Memory(...) as m:`` closes it at the end of the block."""
+        self._open = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def add_messages(
         self, user: str, session: str, messages: Sequence[Message]
@@ -556,6 +578,17 @@ class AsyncMemory:
         """Opens the store and loads the models without blocking the event loop."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, functools.partial(cls, *args, **kwargs))
+
+    async def close(self) -> None:
+        """:meth:`Memory.close`, off the event loop (stopping the background work waits for
+        it); ``async with memory:`` closes it at the end of the block."""
+        await self._run(self._memory.close)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
