@@ -217,6 +217,22 @@ def test_error_details() -> None:
         err = failure(c.me)
         assert (err.code, err.status) == ("BAD_INPUT", 200)
 
+    # A refusal before the request was read: a body over the server's limit is the
+    # caller's (not retried), a proxy's rate limit is waited out, a mutation included.
+    s = Scripted(
+        Answer(413, "length limit exceeded"),
+        Answer(429, "Too Many Requests", {"Retry-After": "1"}),
+        Answer(200, {"data": {"deleteMemory": True}}),
+    )
+    with s, DeepRecall(s.url, retry_delay=0.01) as c:
+        err = failure(c.me)
+        assert (err.code, err.status) == ("BAD_INPUT", 413)
+        assert len(s.requests) == 1
+        started = time.monotonic()
+        assert c.delete_memory("1") is True
+        assert time.monotonic() - started >= 0.95
+    assert len(s.requests) == 3
+
 
 def test_an_unreachable_server_is_a_network_error() -> None:
     with socket.socket() as sock:

@@ -66,6 +66,18 @@ def decode(status: int, retry_after: str | None, content: bytes) -> dict[str, An
     except ValueError:
         body = None
     if not isinstance(body, dict) or not ("data" in body or "errors" in body):
+        # Refusals before the request was read are the caller's to act on: a body over the
+        # server's limit (413, not worth retrying) and a rate limit (429, a proxy's too: the
+        # request was not run, so a mutation may be sent again after the wait). Any other
+        # page without GraphQL (a proxy's 502) is a network error: what ran is unknown.
+        if status in (413, 429):
+            code = "BAD_INPUT" if status == 413 else "RATE_LIMITED"
+            raise DeepRecallError(
+                code,
+                f"the server refused the request with HTTP {status}",
+                retry_after=retry_after_header(retry_after),
+                status=status,
+            )
         raise network(f"the server answered HTTP {status} without GraphQL", status)
     errors = body.get("errors")
     if errors:
