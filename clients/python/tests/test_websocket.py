@@ -145,3 +145,20 @@ def test_a_refused_connection_is_unauthenticated(
     with pytest.raises(DeepRecallError) as e:
         asyncio.run(main())
     assert e.value.code == "UNAUTHENTICATED"
+
+
+def rate_limits(ws: ServerConnection) -> None:
+    receive(ws)
+    ws.close(1002, "RATE_LIMITED: too many requests from this address; retry in 2.5s")
+
+
+def test_a_rate_limited_connection_carries_its_wait(
+    ws_server: Callable[[Handler], str],
+) -> None:
+    url = ws_server(rate_limits)
+    with (
+        DeepRecall(url, token="t", retries=0) as c,
+        pytest.raises(DeepRecallError) as e,
+    ):
+        next(c.memory_events())
+    assert (e.value.code, e.value.retry_after) == ("RATE_LIMITED", 2.5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
@@ -154,13 +155,17 @@ def from_close(code: int | None, reason: str, acknowledged: bool) -> DeepRecallE
     that starts with the code (`UNAUTHENTICATED: invalid credentials: ...`).
     """
     text = reason or f"the WebSocket closed ({code})"
+    # A rate limit's wait is in its text only ("...; retry in 1.5s"): a close frame has no
+    # other place for it.
+    waited = re.search(r"retry in (\d+(?:\.\d+)?)s", text)
+    wait = float(waited.group(1)) if waited else None
     named, sep, rest = text.partition(": ")
     if sep and named in CODES:
-        return DeepRecallError(named, rest)
+        return DeepRecallError(named, rest, retry_after=wait)
     if code in (4401, 4403) or (code == 1002 and not acknowledged):
         return DeepRecallError("UNAUTHENTICATED", text)
     if code == 4429:
-        return DeepRecallError("RATE_LIMITED", text)
+        return DeepRecallError("RATE_LIMITED", text, retry_after=wait)
     if code == 4400:
         return DeepRecallError("BAD_INPUT", text)
     return network(text)
