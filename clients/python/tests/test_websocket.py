@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import ServerConnection, serve
 from websockets.typing import Subprotocol
 
@@ -162,3 +163,36 @@ def test_a_rate_limited_connection_carries_its_wait(
     ):
         next(c.memory_events())
     assert (e.value.code, e.value.retry_after) == ("RATE_LIMITED", 2.5)
+
+
+def test_new_credentials_open_a_socket_of_their_own(
+    ws_server: Callable[[Handler], str],
+) -> None:
+    inits: list[Any] = []
+
+    def answers(ws: ServerConnection) -> None:
+        inits.append(receive(ws)["payload"])
+        send(ws, {"type": "connection_ack"})
+        while True:
+            try:
+                message = receive(ws)
+            except (ConnectionClosed, TimeoutError):
+                return
+            if message["type"] == "subscribe":
+                send(ws, {"type": "next", "id": message["id"], "payload": EVENT})
+
+    url = ws_server(answers)
+    token = ["one"]
+    with DeepRecall(url, get_token=lambda: token[0]) as c:
+        first = c.memory_events()
+        next(first)
+        # The token is refreshed: the socket opened with the old one ends when it expires,
+        # so a new subscription does not join it.
+        token[0] = "two"
+        second = c.memory_events()
+        next(second)
+        again = c.memory_events()
+        next(again)
+        for s in (first, second, again):
+            s.close()
+    assert inits == [{"Authorization": "Bearer one"}, {"Authorization": "Bearer two"}]

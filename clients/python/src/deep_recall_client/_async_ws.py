@@ -161,6 +161,8 @@ class AsyncSubscriptions:
         # Made in the event loop that first needs it (Python 3.9 binds a lock to a loop).
         self._lock: asyncio.Lock | None = None
         self._conn: _Connection | None = None
+        # What `_conn` was opened with (its credentials).
+        self._conn_payload: dict[str, str] | None = None
         self._ids = itertools.count(1)
 
     async def _open(
@@ -170,12 +172,17 @@ class AsyncSubscriptions:
             self._lock = asyncio.Lock()
         async with self._lock:
             sid = str(next(self._ids))
+            payload = await self._init_payload()
+            if payload != self._conn_payload:
+                # New credentials (a refreshed token): as in the sync client, new
+                # subscriptions go on a socket of their own.
+                self._conn = None
             for _ in range(2):  # A socket that closed meanwhile is replaced once.
                 if self._conn is None or self._conn.closed:
-                    payload = await self._init_payload()
                     self._conn = await _Connection.open(
                         self._url, payload, self._timeout
                     )
+                    self._conn_payload = payload
                 inbox = self._conn.add(sid)
                 if inbox is not None:
                     return self._conn, sid, inbox

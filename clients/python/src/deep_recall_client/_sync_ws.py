@@ -157,6 +157,8 @@ class SyncSubscriptions:
         self._timeout = timeout
         self._lock = threading.Lock()
         self._conn: _Connection | None = None
+        # What `_conn` was opened with (its credentials).
+        self._conn_payload: dict[str, str] | None = None
         self._ids = itertools.count(1)
 
     def _open(
@@ -164,11 +166,16 @@ class SyncSubscriptions:
     ) -> tuple[_Connection, str, queue.SimpleQueue[dict[str, Any] | None]]:
         with self._lock:
             sid = str(next(self._ids))
+            payload = self._init_payload()
+            if payload != self._conn_payload:
+                # New credentials (a refreshed token): the socket opened with the old ones
+                # ends when they expire, with every subscription on it, so new ones go on a
+                # socket of their own; the old one closes with its last subscription.
+                self._conn = None
             for _ in range(2):  # A socket that closed meanwhile is replaced once.
                 if self._conn is None or self._conn.closed:
-                    self._conn = _Connection.open(
-                        self._url, self._init_payload(), self._timeout
-                    )
+                    self._conn = _Connection.open(self._url, payload, self._timeout)
+                    self._conn_payload = payload
                 inbox = self._conn.add(sid)
                 if inbox is not None:
                     return self._conn, sid, inbox
