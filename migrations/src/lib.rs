@@ -6,6 +6,19 @@
 //! `vector` column type, generated `tsvector` columns, GIN and HNSW indexes).
 pub use sea_orm_migration::prelude::*;
 
+/// Every migration runs in one transaction, on SQLite too (sea-orm's default is Postgres
+/// only): one that fails part-way (a full disk, a kill) leaves nothing behind, and runs again
+/// whole, where its first statements, done again, would fail ("duplicate column") and the
+/// store would never open. Used inside each `impl MigrationTrait`.
+macro_rules! in_one_transaction {
+    () => {
+        fn use_transaction(&self) -> Option<bool> {
+            Some(true)
+        }
+    };
+}
+pub(crate) use in_one_transaction;
+
 mod m20261122_000001_create_memory_tables;
 mod m20261123_000001_create_jobs;
 mod m20261130_000001_add_session_watermark;

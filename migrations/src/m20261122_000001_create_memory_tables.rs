@@ -122,6 +122,8 @@ fn ts(col: impl IntoIden) -> ColumnDef {
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
+    crate::in_one_transaction!();
+
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let backend = manager.get_database_backend();
         let db = manager.get_connection();

@@ -30,6 +30,8 @@ enum Jobs {
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
+    crate::in_one_transaction!();
+
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         // Like the audit log, a job names its user by external id with no foreign key: the
         // record of a scheduled deletion outlives the deleted user. Jobs never hold message

@@ -63,6 +63,8 @@ fn tsv(expr: &str) -> String {
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
+    crate::in_one_transaction!();
+
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         for (table, column) in tables().into_iter().zip(key_ids()) {
             manager

@@ -63,6 +63,8 @@ fn owner(from: DeepMemoryPairs, name: &str) -> ForeignKeyCreateStatement {
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
+    crate::in_one_transaction!();
+
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
             .create_table(

@@ -22,6 +22,8 @@ const NAME: &str = "ix_memories_expires";
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
+    crate::in_one_transaction!();
+
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         // One column a statement: SQLite alters a table one change at a time.
         for column in [

@@ -160,3 +160,37 @@ async fn replicas_starting_together_migrate_once() {
     db.close().await.unwrap();
     pg.drop_db().await;
 }
+
+/// A migration that fails part-way on SQLite leaves nothing of itself: once the cause is
+/// gone, it runs again whole (the columns it had added, kept, made it fail for ever after
+/// with "duplicate column", and the store never opened again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_failed_migration_runs_again_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("m.sqlite3").display()
+    );
+    let db = Database::connect(&url).await.unwrap();
+    let before = Migrator::migrations()
+        .iter()
+        .position(|m| m.name() == "m20261201_000005_memory_validity")
+        .unwrap();
+    Migrator::up(&db, Some(before as u32)).await.unwrap();
+    // In the way of the migration's last statement, after its new columns.
+    db.execute_unprepared("CREATE INDEX ix_memories_expires ON memories (id)")
+        .await
+        .unwrap();
+    assert!(Migrator::up(&db, Some(1)).await.is_err());
+    db.execute_unprepared("DROP INDEX ix_memories_expires")
+        .await
+        .unwrap();
+    Migrator::up(&db, None).await.unwrap();
+    assert!(
+        Migrator::get_pending_migrations(&db)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    db.close().await.unwrap();
+}
