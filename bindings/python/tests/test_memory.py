@@ -4,9 +4,11 @@ cosine, export and forget, errors as exceptions, streaming chat, and asyncio."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import pathlib
 import re
+import threading
 import time
 from collections.abc import Iterator
 from typing import Callable
@@ -277,6 +279,33 @@ def test_async_memory_opens_and_streams(chat_memory: Memory, tmp_path: object) -
             p async for p in memory.chat_stream("zoe", "c", "Hello!", max_tokens=4)
         ]
         assert isinstance(again[-1], ChatResult)
+
+    asyncio.run(main())
+
+
+def test_async_streams_leave_the_default_executor_free(chat_memory: Memory) -> None:
+    """A stream waits for its pieces on threads of its own: with the loop's default
+    executor busy (here its one thread), it still reads to the end."""
+
+    async def main() -> None:
+        memory = AsyncMemory.of(chat_memory)
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=1))
+        stream = memory.chat_stream("ola", "c", "Tell me about the sea.", max_tokens=8)
+        pieces = [await asyncio.wait_for(stream.__anext__(), 60)]
+        release = threading.Event()
+        busy = loop.run_in_executor(None, release.wait)
+        try:
+
+            async def rest() -> None:
+                async for p in stream:
+                    pieces.append(p)
+
+            await asyncio.wait_for(rest(), 30)
+        finally:
+            release.set()
+            await busy
+        assert isinstance(pieces[-1], ChatResult), pieces
 
     asyncio.run(main())
 

@@ -16,8 +16,10 @@ pool and release the GIL, so they never block the event loop.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import json
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -559,6 +561,22 @@ def _stream(stream: _native.ChatStream, owner: Memory) -> Iterator[str | ChatRes
         stream.close()
 
 
+_STREAM_READERS: concurrent.futures.ThreadPoolExecutor | None = None
+_STREAM_READERS_LOCK = threading.Lock()
+
+
+def _stream_reader() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads that read :class:`AsyncMemory` chat streams (made on first use; a thread
+    per stream waiting, up to 64)."""
+    global _STREAM_READERS
+    with _STREAM_READERS_LOCK:
+        if _STREAM_READERS is None:
+            _STREAM_READERS = concurrent.futures.ThreadPoolExecutor(
+                max_workers=64, thread_name_prefix="deep-recall-stream"
+            )
+        return _STREAM_READERS
+
+
 class AsyncMemory:
     """:class:`Memory` for asyncio: the same methods as awaitables (and ``chat_stream`` as an
     async iterator). Rust work runs on the default executor with the GIL released."""
@@ -704,9 +722,15 @@ class AsyncMemory:
             **kwargs,
         )
         done: tuple[str, str] = ("", "")
+        loop = asyncio.get_running_loop()
         try:
             while True:
-                kind, payload = await self._run(next, stream, done)
+                # Read on threads of their own: a stream waits for its next piece (for a
+                # place among the model's sequences, first) on its thread, and waiting
+                # streams must not take the loop's default executor from every other call.
+                kind, payload = await loop.run_in_executor(
+                    _stream_reader(), next, stream, done
+                )
                 if kind == "delta":
                     yield payload
                 elif kind == "done":
