@@ -8,7 +8,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use super::fixtures::{CHAT_SUB, Server, Store, Ws, add, data, gql, token};
+use super::fixtures::{CHAT_SUB, Server, Store, Ws, add, data, gql, mcp_tool, token};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn chat_streams_over_graphql_ws_with_memory_and_events() {
@@ -177,27 +177,12 @@ async fn chat_streams_over_graphql_ws_with_memory_and_events() {
     );
     assert_eq!(second.next().await.unwrap()["type"], "complete");
     // Through MCP too, with the wait in the text the model reads.
-    let call = json!({
-        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
-        "params": { "name": "chat", "arguments": { "session": "s4", "message": "Hi" } }
-    });
-    let answer: Value = reqwest::Client::new()
-        .post(format!("{}/mcp", server.base))
-        .bearer_auth(&alice)
-        .header("accept", "application/json, text/event-stream")
-        .json(&call)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let text = answer["result"]["content"][0]["text"]
-        .as_str()
-        .unwrap_or("");
+    let hi = json!({ "session": "s4", "message": "Hi" });
+    let (text, failed) = mcp_tool(&server, &alice, "chat", hi).await;
+    assert!(failed, "{text}");
     assert!(
         text.starts_with("RATE_LIMITED: ") && text.ends_with(" (retry in 1s)"),
-        "{answer}"
+        "{text}"
     );
     ws.socket
         .send(WsMessage::text(

@@ -205,6 +205,35 @@ pub async fn add(server: &Server, auth: &str, session: &str, content: &str) -> S
         .to_owned()
 }
 
+/// Calls an MCP tool over `/mcp` as `token` (streamable HTTP, JSON answers); the text of its
+/// result and whether it is an error.
+pub async fn mcp_tool(
+    server: &Server,
+    token: &str,
+    tool: &str,
+    arguments: Value,
+) -> (String, bool) {
+    let call = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": { "name": tool, "arguments": arguments }
+    });
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{}/mcp", server.base))
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .json(&call)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let result = &answer["result"];
+    let text = result["content"][0]["text"].as_str();
+    let text = text.unwrap_or_else(|| panic!("no text in {answer}"));
+    (text.to_owned(), result["isError"] == true)
+}
+
 /// A graphql-transport-ws client.
 pub struct Ws {
     pub socket: tokio_tungstenite::WebSocketStream<

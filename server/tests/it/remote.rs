@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::fixtures::{FakeProvider, Server, Store, Ws, code, data, gql, metrics, sample, token};
+use super::fixtures::{
+    FakeProvider, Server, Store, Ws, code, data, gql, mcp_tool, metrics, sample, token,
+};
 
 const CHAT: &str = "mutation($i: ChatInput!) { chat(input: $i) { text model confidence finishReason usage { promptTokens completionTokens } context { content } } }";
 
@@ -332,24 +334,9 @@ async fn a_request_past_its_time_limit_is_a_timeout() {
     assert_eq!(sample(&page, counted), 1.0, "{page}");
 
     // An MCP tool call too, with the code first in the text the model reads.
-    let call = json!({
-        "jsonrpc": "2.0", "id": 7, "method": "tools/call",
-        "params": { "name": "chat", "arguments": { "session": "slow-mcp", "message": "Hello?" } }
-    });
-    let resp = reqwest::Client::new()
-        .post(format!("{}/mcp", server.base))
-        .bearer_auth(&alice)
-        .header("accept", "application/json, text/event-stream")
-        .json(&call)
-        .send()
-        .await
-        .unwrap();
-    let answer: Value = resp.json().await.unwrap();
-    assert_eq!(answer["result"]["isError"], true, "{answer}");
-    let text = answer["result"]["content"][0]["text"]
-        .as_str()
-        .unwrap_or("");
-    assert!(text.starts_with("TIMEOUT: "), "{answer}");
+    let hello = json!({ "session": "slow-mcp", "message": "Hello?" });
+    let (text, failed) = mcp_tool(&server, &alice, "chat", hello).await;
+    assert!(failed && text.starts_with("TIMEOUT: "), "{text}");
 
     // Tried again once the provider is quick: answered, to the message already stored.
     fake.delay(0.0).await;
