@@ -5,7 +5,7 @@
 //! `tsv` column now covers clear rows only: sealed rows are searched by an in-process index.
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::*;
-use sea_orm_migration::sea_orm::DbBackend;
+use sea_orm_migration::sea_orm::{DbBackend, Statement};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -97,6 +97,23 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // Sealed rows would be left as ciphertext served as text (nothing would mark them
+        // sealed): refused while there are any.
+        for table in ["messages", "memories", "summaries"] {
+            let sealed = manager
+                .get_connection()
+                .query_one_raw(Statement::from_string(
+                    manager.get_database_backend(),
+                    format!("SELECT 1 FROM {table} WHERE key_id IS NOT NULL LIMIT 1"),
+                ))
+                .await?;
+            if sealed.is_some() {
+                return Err(DbErr::Migration(format!(
+                    "{table} holds sealed rows: going below encryption at rest would serve \
+                     their ciphertext as text; restore a backup into an older version instead"
+                )));
+            }
+        }
         if manager.get_database_backend() == DbBackend::Postgres {
             manager
                 .get_connection()

@@ -66,6 +66,12 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // Keys go with the column that ties them to their memory: the older version knows no
+        // memory of kind `key`, and refuses every read that meets one.
+        manager
+            .get_connection()
+            .execute_unprepared("DELETE FROM memories WHERE kind = 'key'")
+            .await?;
         manager
             .drop_index(Index::drop().name(NAME).table(Memories::Table).to_owned())
             .await?;

@@ -194,3 +194,77 @@ async fn sqlite_a_failed_migration_runs_again_whole() {
     );
     db.close().await.unwrap();
 }
+
+/// Steps down from the last migration until `name` is undone.
+async fn down_through(db: &DatabaseConnection, name: &str) -> Result<(), sea_orm::DbErr> {
+    let all = Migrator::migrations();
+    let at = all.iter().position(|m| m.name() == name).unwrap();
+    Migrator::down(db, Some((all.len() - at) as u32)).await
+}
+
+/// Going below encryption at rest is refused while sealed rows exist (their ciphertext
+/// would be served as text); going below memory keys takes the keys with it (the older
+/// version refuses every read that meets a memory of kind `key`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_down_refuses_sealed_rows_and_takes_the_keys() {
+    use recall_core::crypto::{DataKey, Keyring};
+    use recall_core::types::{MemoryKind, NewMemory};
+
+    let fact =
+        |text: &str| NewMemory::new(MemoryKind::Fact, text, crate::fixtures::emb(&[1.0, 0.0]));
+    let url = |dir: &tempfile::TempDir| {
+        format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("deep-recall.sqlite3").display()
+        )
+    };
+
+    let sealed = tempfile::tempdir().unwrap();
+    let mut config = recall_core::store::StoreConfig::embedded(sealed.path());
+    config.keys = std::sync::Arc::new(Keyring::new(Some(DataKey::from_bytes([7; 32])), vec![]));
+    let store = recall_core::store::open(&config).await.unwrap();
+    store
+        .add_memories("ann", vec![fact("A sealed fact.")])
+        .await
+        .unwrap();
+    drop(store);
+    let db = Database::connect(&url(&sealed)).await.unwrap();
+    let refused = down_through(&db, "m20261201_000001_encryption_at_rest").await;
+    assert!(refused.is_err_and(|e| e.to_string().contains("sealed rows")));
+    db.close().await.unwrap();
+
+    let plain = tempfile::tempdir().unwrap();
+    let store = recall_core::store::open(&recall_core::store::StoreConfig::embedded(plain.path()))
+        .await
+        .unwrap();
+    let ids = store
+        .add_memories("ann", vec![fact("A turn.")])
+        .await
+        .unwrap();
+    let key = NewMemory {
+        key_for: Some(ids[0].id),
+        ..NewMemory::new(
+            MemoryKind::Key,
+            "A turn's key.",
+            crate::fixtures::emb(&[0.0, 1.0]),
+        )
+    };
+    store.add_memories("ann", vec![key]).await.unwrap();
+    drop(store);
+    let db = Database::connect(&url(&plain)).await.unwrap();
+    down_through(&db, "m20261202_000001_memory_keys")
+        .await
+        .unwrap();
+    let kinds: Vec<String> = db
+        .query_all_raw(Statement::from_string(
+            DbBackend::Sqlite,
+            "SELECT kind FROM memories ORDER BY id",
+        ))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.try_get_by_index(0).unwrap())
+        .collect();
+    assert_eq!(kinds, ["fact"]);
+    db.close().await.unwrap();
+}
