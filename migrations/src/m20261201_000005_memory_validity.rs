@@ -5,6 +5,7 @@
 //! through `ix_memories_expires`.
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::*;
+use sea_orm_migration::sea_orm::Statement;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -54,6 +55,26 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // The older version reads every memory as current and keeps it for ever: superseded
+        // facts would come back as true and memories due to expire would stay. Refused while
+        // there are any (the operator deletes them, or restores a backup into the older
+        // version); dropping them here would lose history that going up again cannot bring back.
+        let kept = manager
+            .get_connection()
+            .query_one_raw(Statement::from_string(
+                manager.get_database_backend(),
+                "SELECT 1 FROM memories WHERE superseded_by IS NOT NULL \
+                 OR expires_at IS NOT NULL LIMIT 1",
+            ))
+            .await?;
+        if kept.is_some() {
+            return Err(DbErr::Migration(
+                "memories holds superseded or expiring memories: going below memory validity \
+                 would make superseded facts current again and keep expiring ones for ever; \
+                 delete them, or restore a backup into an older version instead"
+                    .to_owned(),
+            ));
+        }
         manager
             .drop_index(Index::drop().name(NAME).table(Memories::Table).to_owned())
             .await?;

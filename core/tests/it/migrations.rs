@@ -268,3 +268,63 @@ async fn sqlite_down_refuses_sealed_rows_and_takes_the_keys() {
     assert_eq!(kinds, ["fact"]);
     db.close().await.unwrap();
 }
+
+/// Going below memory validity is refused while a memory is superseded (it would read as
+/// current again) or due to expire (it would stay for ever); a store with neither goes down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_down_refuses_superseded_and_expiring_memories() {
+    use recall_core::types::{MemoryKind, NewMemory};
+
+    let fact =
+        |text: &str| NewMemory::new(MemoryKind::Fact, text, crate::fixtures::emb(&[1.0, 0.0]));
+    let down = |dir: tempfile::TempDir| async move {
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("deep-recall.sqlite3").display()
+        );
+        let db = Database::connect(&url).await.unwrap();
+        let result = down_through(&db, "m20261201_000005_memory_validity").await;
+        db.close().await.unwrap();
+        result
+    };
+    async fn open(
+        dir: &tempfile::TempDir,
+    ) -> recall_core::Result<std::sync::Arc<dyn recall_core::store::MemoryStore>> {
+        recall_core::store::open(&recall_core::store::StoreConfig::embedded(dir.path())).await
+    }
+
+    let superseded = tempfile::tempdir().unwrap();
+    let store = open(&superseded).await.unwrap();
+    let old = store
+        .add_memories("ann", vec![fact("Ann lives in Oslo.")])
+        .await
+        .unwrap();
+    let new = NewMemory {
+        supersedes: Some(old[0].id),
+        ..fact("Ann lives in Bergen.")
+    };
+    store.add_memories("ann", vec![new]).await.unwrap();
+    drop(store);
+    let refused = down(superseded).await;
+    assert!(refused.is_err_and(|e| e.to_string().contains("superseded")));
+
+    let expiring = tempfile::tempdir().unwrap();
+    let store = open(&expiring).await.unwrap();
+    let later = NewMemory {
+        expires_at: Some(chrono::Utc::now() + chrono::Duration::days(1)),
+        ..fact("Ann is in Rome this week.")
+    };
+    store.add_memories("ann", vec![later]).await.unwrap();
+    drop(store);
+    let refused = down(expiring).await;
+    assert!(refused.is_err_and(|e| e.to_string().contains("expiring")));
+
+    let plain = tempfile::tempdir().unwrap();
+    let store = open(&plain).await.unwrap();
+    store
+        .add_memories("ann", vec![fact("Ann likes tea.")])
+        .await
+        .unwrap();
+    drop(store);
+    down(plain).await.unwrap();
+}
