@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -196,3 +198,79 @@ def test_new_credentials_open_a_socket_of_their_own(
         for s in (first, second, again):
             s.close()
     assert inits == [{"Authorization": "Bearer one"}, {"Authorization": "Bearer two"}]
+
+
+def test_a_server_that_stops_answering_ends_the_subscription(
+    ws_server: Callable[[Handler], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server (or a network) that goes silent mid-stream, its TCP connection still open,
+    ends the subscription with `NETWORK` once WebSocket pings go unanswered."""
+    monkeypatch.setattr("deep_recall_client._sync_ws.KEEPALIVE", 0.3)
+    monkeypatch.setattr("deep_recall_client._async_ws.KEEPALIVE", 0.3)
+
+    def one_event(ws: ServerConnection) -> None:
+        sid = accept(ws)
+        send(ws, {"type": "next", "id": sid, "payload": EVENT})
+        try:
+            ws.recv(timeout=10)
+        except (ConnectionClosed, TimeoutError):
+            pass
+
+    upstream = ws_server(one_event).rsplit(":", 1)[1]
+    # Between client and server, a proxy that forwards until its first event has passed,
+    # then drops everything (nothing answers the client's pings; no socket closes).
+    listener = socket.create_server(("127.0.0.1", 0))
+    silent = threading.Event()
+    held: list[socket.socket] = []
+
+    def pipe(src: socket.socket, dst: socket.socket) -> None:
+        while True:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            if not silent.is_set():
+                dst.sendall(data)
+
+    def proxy() -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", int(upstream)))
+            held.extend((client, server))
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+
+    threading.Thread(target=proxy, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        with DeepRecall(url, token="t") as c:
+            events = c.memory_events()
+            next(events)
+            silent.set()
+            started = time.monotonic()
+            with pytest.raises(DeepRecallError) as e:
+                next(events)
+            # Pings every 0.3 s, each answered within 0.3 s: found in about a second (the
+            # library's own 20 s defaults, or none before websockets 15, would take far more).
+            assert e.value.code == "NETWORK" and time.monotonic() - started < 10
+
+        async def main() -> None:
+            async with AsyncDeepRecall(url, token="t") as c:
+                events = c.memory_events()
+                await events.__anext__()
+                silent.set()
+                await asyncio.wait_for(events.__anext__(), 10)
+
+        silent.clear()
+        with pytest.raises(DeepRecallError) as e:
+            asyncio.run(main())
+        assert e.value.code == "NETWORK"
+    finally:
+        listener.close()
+        for s in held:
+            s.close()

@@ -42,7 +42,13 @@ class _Connection:
     ) -> _Connection:
         try:
             ws = await connect(
-                url, subprotocols=[Subprotocol(PROTOCOL)], open_timeout=timeout
+                url,
+                subprotocols=[Subprotocol(PROTOCOL)],
+                open_timeout=timeout,
+                # As in the sync client: a peer that stopped answering ends the socket.
+                ping_interval=KEEPALIVE,
+                ping_timeout=KEEPALIVE,
+                close_timeout=KEEPALIVE,
             )
         except InvalidStatus as e:
             status = e.response.status_code

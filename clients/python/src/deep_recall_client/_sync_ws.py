@@ -50,7 +50,17 @@ class _Connection:
         stack = contextlib.ExitStack()
         try:
             ws = stack.enter_context(
-                connect(url, subprotocols=[Subprotocol(PROTOCOL)], open_timeout=timeout)
+                connect(
+                    url,
+                    subprotocols=[Subprotocol(PROTOCOL)],
+                    open_timeout=timeout,
+                    # WebSocket pings, answered by the peer's WebSocket layer: a server or
+                    # network that stopped answering ends the subscriptions with `NETWORK`
+                    # instead of leaving them waiting for ever.
+                    ping_interval=KEEPALIVE,
+                    ping_timeout=KEEPALIVE,
+                    close_timeout=KEEPALIVE,
+                )
             )
         except InvalidStatus as e:
             status = e.response.status_code
