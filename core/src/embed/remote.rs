@@ -50,14 +50,14 @@ impl RemoteEmbedder {
             "input": texts,
             "encoding_format": "float",
         });
-        let resp = self.provider.call("/embeddings", &body).await?;
+        let (resp, ticket) = self.provider.call("/embeddings", &body, false).await?;
         let parsed = match resp.bytes().await {
             Ok(bytes) => serde_json::from_slice::<Value>(&bytes)
                 .map_err(|e| format!("the answer is not JSON: {e}"))
                 .and_then(|v| self.vectors(&v, texts.len())),
             Err(e) => Err(format!("the answer broke off: {e}")),
         };
-        self.provider.record(parsed.is_ok());
+        ticket.record(parsed.is_ok());
         parsed.map_err(|why| Error::unavailable(format!("embedding provider: {why}")))
     }
 

@@ -84,7 +84,7 @@ struct Breaker {
 
 impl Breaker {
     /// Fails fast while the circuit is open; lets one trial through after the cooldown.
-    fn admit(&self) -> Result<()> {
+    fn admit(&self) -> Result<Ticket> {
         let mut b = self.state.lock().expect("breaker");
         match b.open_until {
             Some(t) if Instant::now() < t => Err(Error::unavailable(format!(
@@ -97,9 +97,15 @@ impl Breaker {
             )),
             Some(_) => {
                 b.trial = true;
-                Ok(())
+                Ok(Ticket {
+                    breaker: self.clone(),
+                    trial: true,
+                })
             }
-            None => Ok(()),
+            None => Ok(Ticket {
+                breaker: self.clone(),
+                trial: false,
+            }),
         }
     }
 
@@ -113,6 +119,31 @@ impl Breaker {
         b.failures += 1;
         if b.failures >= self.threshold.max(1) {
             b.open_until = Some(Instant::now() + self.cooldown);
+        }
+    }
+}
+
+/// One admitted call, until its outcome is recorded. A trial call whose outcome never comes
+/// (its caller went away: a dropped future, a consumer that stopped reading) gives its turn
+/// back when dropped, so that the next call is the trial; the circuit would otherwise stay
+/// half-open, refusing every call, until the process restarts.
+pub(crate) struct Ticket {
+    breaker: Breaker,
+    trial: bool,
+}
+
+impl Ticket {
+    /// Counts the call's outcome (a broken or malformed answer is a failure of the provider).
+    pub(crate) fn record(mut self, ok: bool) {
+        self.trial = false;
+        self.breaker.record(ok);
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.trial {
+            self.breaker.state.lock().expect("breaker").trial = false;
         }
     }
 }
@@ -181,29 +212,53 @@ impl Provider {
         &self,
         path: &str,
         body: &Value,
+        stream: bool,
     ) -> std::result::Result<reqwest::Response, Attempt> {
         let url = format!("{}{path}", self.config.base_url.trim_end_matches('/'));
         let mut req = self
             .client
             .post(&url)
-            .timeout(self.config.timeout)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body.to_string());
+        if !stream {
+            // reqwest's timeout runs until the whole body is read: right for one answer, but
+            // it would cut off a stream that is still flowing.
+            req = req.timeout(self.config.timeout);
+        }
         if let Some(k) = &self.config.api_key {
             req = req.bearer_auth(k);
         }
-        let resp = req.send().await.map_err(|e| Attempt {
+        let timed_out = || Attempt {
             retry: true,
             wait: None,
             error: unavailable(
-                if e.is_timeout() {
-                    format!("remote provider timed out after {:?}", self.config.timeout)
-                } else {
-                    format!("cannot reach the remote provider at {url}")
-                },
-                Some(e),
+                format!("remote provider timed out after {:?}", self.config.timeout),
+                None,
             ),
-        })?;
+        };
+        let resp = match tokio::time::timeout(self.config.timeout, req.send()).await {
+            Err(_) => return Err(timed_out()),
+            Ok(Err(e)) if e.is_timeout() => {
+                return Err(Attempt {
+                    error: unavailable(
+                        format!("remote provider timed out after {:?}", self.config.timeout),
+                        Some(e),
+                    ),
+                    ..timed_out()
+                });
+            }
+            Ok(Err(e)) => {
+                return Err(Attempt {
+                    retry: true,
+                    wait: None,
+                    error: unavailable(
+                        format!("cannot reach the remote provider at {url}"),
+                        Some(e),
+                    ),
+                });
+            }
+            Ok(Ok(r)) => r,
+        };
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -227,31 +282,32 @@ impl Provider {
         Err(Attempt { error, retry, wait })
     }
 
-    /// Sends `body` to `path` (under the base URL) with retries; counts one call for the
-    /// breaker.
-    pub(crate) async fn call(&self, path: &str, body: &Value) -> Result<reqwest::Response> {
-        self.breaker.admit()?;
+    /// Sends `body` to `path` (under the base URL) with retries: the answer's head, and the
+    /// ticket that counts the call for the breaker once the answer was read. `stream`: the
+    /// answer's body is an event stream, which `timeout` does not bound (its pieces are bound by
+    /// `idle_timeout` as they are read); only the wait for its head is.
+    pub(crate) async fn call(
+        &self,
+        path: &str,
+        body: &Value,
+        stream: bool,
+    ) -> Result<(reqwest::Response, Ticket)> {
+        let ticket = self.breaker.admit()?;
         let mut attempt = 0u32;
         loop {
-            match self.send(path, body).await {
-                Ok(r) => return Ok(r),
+            match self.send(path, body, stream).await {
+                Ok(r) => return Ok((r, ticket)),
                 Err(a) if a.retry && attempt < self.config.max_retries => {
                     tokio::time::sleep(self.backoff(attempt, a.wait)).await;
                     attempt += 1;
                 }
                 Err(a) => {
                     // A refused request (4xx) says nothing about the provider's health.
-                    self.breaker.record(!a.retry);
+                    ticket.record(!a.retry);
                     return Err(a.error);
                 }
             }
         }
-    }
-
-    /// Counts a call's outcome after its answer was read (a broken or malformed answer is a
-    /// failure of the provider).
-    pub(crate) fn record(&self, ok: bool) {
-        self.breaker.record(ok);
     }
 }
 
@@ -308,18 +364,21 @@ impl RemoteChat {
         params: &GenerationParams,
     ) -> Result<Completion> {
         let body = self.body(turns, params, false);
-        let resp = self.provider.call("/chat/completions", &body).await?;
+        let (resp, ticket) = self
+            .provider
+            .call("/chat/completions", &body, false)
+            .await?;
         let bytes = match resp.bytes().await {
             Ok(b) => b,
             Err(e) => {
-                self.provider.record(false);
+                ticket.record(false);
                 return Err(unavailable("remote answer broke off".into(), Some(e)));
             }
         };
         let v: Value = match serde_json::from_slice(&bytes) {
             Ok(v) => v,
             Err(e) => {
-                self.provider.record(false);
+                ticket.record(false);
                 return Err(Error::unavailable(format!(
                     "malformed answer from the remote provider: {e}"
                 )));
@@ -327,12 +386,12 @@ impl RemoteChat {
         };
         let choice = &v["choices"][0];
         let Some(text) = choice["message"]["content"].as_str() else {
-            self.provider.record(false);
+            ticket.record(false);
             return Err(Error::unavailable(
                 "remote provider answer has no choices[0].message.content",
             ));
         };
-        self.provider.record(true);
+        ticket.record(true);
         Ok(Completion {
             text: text.to_owned(),
             prompt_tokens: v["usage"]["prompt_tokens"].as_u64().unwrap_or(0) as usize,
@@ -350,15 +409,14 @@ impl RemoteChat {
         params: &GenerationParams,
     ) -> Result<mpsc::Receiver<Result<ChatEvent>>> {
         let body = self.body(turns, params, true);
-        let resp = self.provider.call("/chat/completions", &body).await?;
+        let (resp, ticket) = self.provider.call("/chat/completions", &body, true).await?;
         let (tx, rx) = mpsc::channel(64);
         let idle = self.provider.config.idle_timeout;
-        let breaker = self.provider.breaker.clone();
         tokio::spawn(async move {
             // The breaker learns how the stream went when it ends (a consumer that went away
-            // says nothing either way).
+            // says nothing either way, and a trial's turn goes back with the ticket).
             if let Some(ok) = pump(resp, tx, idle).await {
-                breaker.record(ok);
+                ticket.record(ok);
             }
         });
         Ok(rx)

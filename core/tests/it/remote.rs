@@ -433,6 +433,57 @@ async fn the_circuit_opens_after_repeated_failures_and_closes_after_a_good_trial
     );
 }
 
+/// A trial call whose consumer goes away before the answer ends gives its turn back: the
+/// next call is let through (it was refused as "half-open" until the process restarted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trial_whose_consumer_leaves_does_not_hold_the_circuit_half_open() {
+    let pieces: Vec<String> = (0..20).map(|i| chunk(&format!("w{i} "), None)).collect();
+    let mut script = vec![Reply::Status(503, ""); 6];
+    script.push(Reply::Sse(pieces, Duration::from_millis(20)));
+    script.push(Reply::Json(200, answer("back")));
+    let f = fake(script).await;
+    let c = RemoteChat::new(config(&f.url)).unwrap();
+    for _ in 0..2 {
+        c.complete(&turns(), &GenerationParams::default())
+            .await
+            .unwrap_err();
+    }
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    // The trial: a stream, left after its first piece.
+    let mut rx = c
+        .stream(&turns(), &GenerationParams::default())
+        .await
+        .unwrap();
+    assert!(matches!(rx.recv().await, Some(Ok(ChatEvent::Delta { .. }))));
+    drop(rx);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let out = c.complete(&turns(), &GenerationParams::default()).await;
+    assert_eq!(out.unwrap().text, "back");
+}
+
+/// A stream that flows for longer than `timeout` is read to its end: the timeout bounds the
+/// wait for the answer to begin, the idle timeout each pause within it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_longer_than_the_timeout_is_read_whole() {
+    let mut pieces: Vec<String> = (0..8).map(|i| chunk(&format!("w{i} "), None)).collect();
+    pieces.push("[DONE]".into());
+    // A piece every 200 ms: 1.8 s in all, against a 500 ms timeout and 300 ms idle timeout.
+    let f = fake(vec![Reply::Sse(pieces, Duration::from_millis(200))]).await;
+    let c = RemoteChat::new(config(&f.url)).unwrap();
+    let mut rx = c
+        .stream(&turns(), &GenerationParams::default())
+        .await
+        .unwrap();
+    let mut last = None;
+    while let Some(e) = rx.recv().await {
+        last = Some(e);
+    }
+    match last.unwrap().unwrap() {
+        ChatEvent::Done { completion } => assert!(completion.text.starts_with("w0 w1 ")),
+        other => panic!("{other:?}"),
+    }
+}
+
 // The remote embedder (`POST /embeddings`).
 
 use recall_core::embed::{Embedder, RemoteEmbedder};
