@@ -226,7 +226,10 @@ impl ChatService {
             )));
         }
         let (events, rx) = mpsc::channel(self.stream_buffer);
-        self.counters.waiting.fetch_add(1, Ordering::Relaxed);
+        // Counted from here; until the worker has the job, the count is this call's to take
+        // back: a caller that goes away while the queue is full (a client that left, a
+        // request past its time limit) drops this future before the job is sent.
+        let unsent = Unsent::count(&self.counters.waiting);
         let sent = self
             .queue
             .send(Job {
@@ -236,9 +239,9 @@ impl ChatService {
             })
             .await;
         if sent.is_err() {
-            self.counters.waiting.fetch_sub(1, Ordering::Relaxed);
             return Err(Error::unavailable("the chat worker has stopped"));
         }
+        unsent.handed_over();
         Ok(rx)
     }
 
@@ -284,6 +287,29 @@ fn delta_sender(events: &mpsc::Sender<Result<ChatEvent>>) -> impl FnMut(&str) ->
                 text: piece.to_owned(),
             }))
             .is_ok()
+    }
+}
+
+/// One request counted as waiting that has not reached the worker yet: the count is taken
+/// back when it is dropped before [`Unsent::handed_over`] (then the worker owns it).
+struct Unsent<'a>(Option<&'a AtomicUsize>);
+
+impl<'a> Unsent<'a> {
+    fn count(waiting: &'a AtomicUsize) -> Self {
+        waiting.fetch_add(1, Ordering::Relaxed);
+        Self(Some(waiting))
+    }
+
+    fn handed_over(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        if let Some(waiting) = self.0 {
+            waiting.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 

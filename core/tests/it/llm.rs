@@ -262,6 +262,46 @@ mod service {
         assert_eq!(chat.queue_depth(), 0);
     }
 
+    /// A caller that goes away while the queue is full (a client that left, a request past
+    /// its time limit) is not counted as waiting any more: the queue depth, which the
+    /// autoscaler and the backlog alert read, comes back to 0.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_caller_that_leaves_a_full_queue_is_not_counted() {
+        let config = ModelConfig {
+            path: recall_core::llm::local::default_model_path(&models_dir()),
+            ..ModelConfig::new("")
+        };
+        // One sequence at a time, one request waiting at most.
+        let chat = ChatService::start_with_limits(
+            &config,
+            &candle_core::Device::Cpu,
+            1,
+            1,
+            WorkerLimits::default(),
+        )
+        .unwrap();
+        let long = GenerationParams {
+            max_tokens: 300,
+            ..GenerationParams::default()
+        };
+        let prompt = ask("Write a long story about a dragon.");
+        let mut first = chat.stream(&prompt, &long).await.unwrap();
+        assert!(matches!(
+            first.recv().await,
+            Some(Ok(ChatEvent::Delta { .. }))
+        ));
+        let second = chat.stream(&prompt, &long).await.unwrap();
+        let third = tokio::time::timeout(Duration::from_millis(300), chat.stream(&prompt, &long));
+        assert!(third.await.is_err(), "the queue is full: the third waits");
+        assert_eq!(chat.queue_depth(), 2);
+        drop((first, second));
+        let started = Instant::now();
+        while chat.queue_depth() > 0 && started.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(chat.queue_depth(), 0);
+    }
+
     /// A conversation's next turn begins with the previous prompt and answer: it is read from
     /// the cache the first turn left, and answered as a worker without prefix reuse answers
     /// it.
