@@ -311,7 +311,16 @@ impl ChatPipeline {
         tokio::spawn(
             async move {
                 let mut first_token_ms = None;
-                while let Some(event) = answer.recv().await {
+                loop {
+                    // A consumer that goes away while the model is still queued or reading
+                    // the prompt stops it too (dropping `answer`), not only at the next piece
+                    // of text: otherwise a left request still costs the worker a whole prefill.
+                    let event = tokio::select! {
+                        biased;
+                        event = answer.recv() => event,
+                        () = tx.closed() => return,
+                    };
+                    let Some(event) = event else { break };
                     match event {
                         Ok(ChatEvent::Delta { text }) => {
                             first_token_ms.get_or_insert_with(|| ms(started));

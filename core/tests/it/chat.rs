@@ -1,5 +1,5 @@
 //! The chat pipeline's turns: a turn tried again after its answer failed keeps one copy of
-//! its message, in the store and in the prompt.
+//! its message, in the store and in the prompt; a turn whose consumer left stops its model.
 use std::sync::{Arc, Mutex};
 
 use recall_core::Engine;
@@ -148,4 +148,57 @@ async fn a_retried_turn_keeps_one_copy_of_its_message() {
     // shows: twice, once there and once as the message.
     let last_in_s = model.prompts.lock().unwrap()[3].clone();
     assert_eq!(times_in(&last_in_s, ASK), 2, "{last_in_s:?}");
+}
+
+/// A chat model that has not written anything yet (queued, or reading a long prompt); the
+/// test holds the sender of its answer.
+struct Silent {
+    answer: Mutex<Option<mpsc::Sender<recall_core::Result<ChatEvent>>>>,
+}
+
+#[async_trait::async_trait]
+impl ChatModel for Silent {
+    fn name(&self) -> &str {
+        "silent"
+    }
+    fn context_length(&self) -> usize {
+        4096
+    }
+    fn token_counter(&self) -> &dyn TokenCounter {
+        &ApproxCounter
+    }
+    async fn stream(
+        &self,
+        _turns: &[ChatTurn],
+        _params: &GenerationParams,
+    ) -> recall_core::Result<mpsc::Receiver<recall_core::Result<ChatEvent>>> {
+        let (tx, rx) = mpsc::channel(2);
+        *self.answer.lock().unwrap() = Some(tx);
+        Ok(rx)
+    }
+}
+
+/// A consumer that leaves before the first word stops the model at once (the worker sees
+/// its answer's receiver closed), instead of after a whole prefill and the first token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_leaves_before_the_first_word_stops_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store::open(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    let engine = Engine::new(store, cpu_embedder(&minilm_dir()));
+    let model = Arc::new(Silent {
+        answer: Mutex::new(None),
+    });
+    let pipeline = ChatPipeline::new(engine, model.clone());
+    let stream = pipeline
+        .stream("ann", ChatRequest::new("s", "Tell me a long story."))
+        .await
+        .unwrap();
+    let answer = model.answer.lock().unwrap().clone().unwrap();
+    assert!(!answer.is_closed());
+    drop(stream);
+    tokio::time::timeout(std::time::Duration::from_secs(5), answer.closed())
+        .await
+        .expect("the model's answer was still wanted after its consumer left");
 }
