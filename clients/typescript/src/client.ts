@@ -74,7 +74,10 @@ export interface DeepRecallOptions {
   url: string;
   /** A bearer token (a JWT or an API key). */
   token?: string;
-  /** Called before every request and connection, for tokens that expire. */
+  /**
+   * Called before every request and subscription, for tokens that expire; a subscription
+   * started with a new token opens a WebSocket of its own.
+   */
   getToken?: () => string | Promise<string>;
   /** Anonymous development mode only: the user to act as (`X-User-Id`). */
   user?: string;
@@ -211,10 +214,28 @@ function endpoints(url: string): { http: string; ws: string } {
   return { http, ws: http.replace(/^http/, 'ws') };
 }
 
+/** A `Retry-After` header: seconds, or an HTTP date. */
 function retryAfterHeader(value: string | null): number | undefined {
-  if (value === null) return undefined;
-  const seconds = Number(value);
-  return Number.isFinite(seconds) ? seconds : undefined;
+  const text = value?.trim();
+  if (!text) return undefined;
+  const seconds = Number(text);
+  if (Number.isFinite(seconds)) return Math.max(0, seconds);
+  const at = Date.parse(text);
+  return Number.isNaN(at) ? undefined : Math.max(0, (at - Date.now()) / 1000);
+}
+
+/** A graphql-ws client and the credentials its connections are opened with. */
+interface Socket {
+  readonly client: WsClient;
+  /** Its `connection_init` payload, as JSON (to compare with the credentials of now). */
+  readonly credentials: string;
+  /** Its subscriptions that have not ended. */
+  active: number;
+}
+
+/** Closes a socket no subscription uses any more (a failure to close it is of no concern). */
+function dispose(socket: Socket): void {
+  Promise.resolve(socket.client.dispose()).catch(() => undefined);
 }
 
 /**
@@ -232,7 +253,10 @@ export class DeepRecall {
   readonly #ws: string;
   readonly #options: DeepRecallOptions;
   readonly #fetch: typeof globalThis.fetch;
-  #socket: WsClient | undefined;
+  /** The socket new subscriptions join while the credentials stay the same. */
+  #socket: Socket | undefined;
+  /** Sockets opened with older credentials, until their last subscription ends. */
+  readonly #retired = new Set<Socket>();
 
   constructor(options: DeepRecallOptions) {
     if (!options.url) throw new DeepRecallError('BAD_INPUT', 'url is required');
@@ -303,33 +327,64 @@ export class DeepRecall {
       signal: AbortSignal.timeout(this.#options.timeoutMs ?? 60_000),
     });
     const status = response.status;
-    let parsed: Response<R>;
+    const retryAfter = retryAfterHeader(response.headers.get('retry-after'));
+    let parsed: unknown;
+    let failure: unknown;
     try {
-      parsed = (await response.json()) as Response<R>;
+      parsed = await response.json();
     } catch (e) {
-      // Not the server's answer (a proxy's error page, say): whether a write happened behind
-      // it is unknown, so it is a network error, never retried for a mutation.
+      failure = e;
+    }
+    const graphql =
+      typeof parsed === 'object' && parsed !== null && ('data' in parsed || 'errors' in parsed);
+    if (!graphql) {
+      // Refusals before the request was read are the caller's to act on: a body over the
+      // server's limit (413, not worth retrying) and a rate limit (429, a proxy's too: the
+      // request was not run, so a mutation may be sent again after the wait).
+      if (status === 413 || status === 429) {
+        throw new DeepRecallError(
+          status === 413 ? 'BAD_INPUT' : 'RATE_LIMITED',
+          `${this.#http} refused the request with HTTP ${status}`,
+          { status, retryAfter, cause: failure },
+        );
+      }
+      // Any other answer that is not the server's (a proxy's error page, say): whether a write
+      // happened behind it is unknown, so it is a network error, never retried for a mutation.
       throw new DeepRecallError(
         'NETWORK',
         `${this.#http} answered HTTP ${status} without GraphQL`,
-        { status, cause: e },
+        { status, cause: failure },
       );
     }
-    if (parsed.errors && parsed.errors.length > 0) {
-      throw fromGraphQLErrors(
-        parsed.errors,
-        status,
-        retryAfterHeader(response.headers.get('retry-after')),
-      );
-    }
-    if (parsed.data === undefined || parsed.data === null) {
+    const { data, errors } = parsed as Response<R>;
+    if (errors && errors.length > 0) throw fromGraphQLErrors(errors, status, retryAfter);
+    if (data === undefined || data === null) {
       throw new DeepRecallError('INTERNAL', 'the server answered no data', { status });
     }
-    return parsed.data;
+    return data;
   }
 
-  #subscriptions(): WsClient {
-    if (this.#socket) return this.#socket;
+  /** The `connection_init` payload: the credentials of now. */
+  async #connectionParams(): Promise<Record<string, string>> {
+    const token = await this.#token();
+    if (token) return { Authorization: `Bearer ${token}` };
+    if (this.#options.user) return { 'x-user-id': this.#options.user };
+    return {};
+  }
+
+  /**
+   * The socket for a new subscription, counted as one of its subscriptions until `#release`.
+   * New credentials (a refreshed token) open a socket of their own: the server closes a socket
+   * when the token it was opened with expires, with every subscription on it.
+   */
+  async #acquire(): Promise<Socket> {
+    const params = await this.#connectionParams();
+    const credentials = JSON.stringify(params);
+    const current = this.#socket;
+    if (current !== undefined && current.credentials === credentials) {
+      current.active += 1;
+      return current;
+    }
     const impl = this.#options.webSocketImpl ?? (globalThis as { WebSocket?: unknown }).WebSocket;
     if (impl === undefined) {
       throw new DeepRecallError(
@@ -337,21 +392,34 @@ export class DeepRecall {
         'no WebSocket in this runtime: pass options.webSocketImpl (WebSocket from the `ws` package on Node.js 20)',
       );
     }
-    this.#socket = createClient({
-      url: this.#ws,
-      webSocketImpl: impl,
-      lazy: true,
-      retryAttempts: 0,
-      // The server drops a socket that is silent for 60 s, even under a long answer.
-      keepAlive: 20_000,
-      connectionParams: async () => {
-        const token = await this.#token();
-        if (token) return { Authorization: `Bearer ${token}` };
-        if (this.#options.user) return { 'x-user-id': this.#options.user };
-        return {};
-      },
-    });
-    return this.#socket;
+    const socket: Socket = {
+      client: createClient({
+        url: this.#ws,
+        webSocketImpl: impl,
+        lazy: true,
+        retryAttempts: 0,
+        // The server drops a socket that is silent for 60 s, even under a long answer.
+        keepAlive: 20_000,
+        // Fixed: a later connection of this client (after it went idle) is only made while
+        // the credentials are still these.
+        connectionParams: params,
+      }),
+      credentials,
+      active: 1,
+    };
+    this.#socket = socket;
+    if (current !== undefined) {
+      // The old socket closes with its last subscription.
+      if (current.active === 0) dispose(current);
+      else this.#retired.add(current);
+    }
+    return socket;
+  }
+
+  /** Ends one subscription of `socket`; a retired socket goes with its last. */
+  #release(socket: Socket): void {
+    socket.active -= 1;
+    if (socket.active === 0 && this.#retired.delete(socket)) dispose(socket);
   }
 
   /** The results of a subscription, until it completes, the consumer stops or `signal` aborts. */
@@ -360,7 +428,14 @@ export class DeepRecall {
     variables: V,
     signal?: AbortSignal,
   ): AsyncGenerator<R> {
-    const iterator = this.#subscriptions().iterate<R>({
+    if (signal?.aborted) return;
+    let socket: Socket;
+    try {
+      socket = await this.#acquire();
+    } catch (e) {
+      throw fromSubscriptionFailure(e);
+    }
+    const iterator = socket.client.iterate<R>({
       query: document.toString(),
       variables: variables as Record<string, unknown>,
     });
@@ -382,7 +457,11 @@ export class DeepRecall {
       }
     } finally {
       signal?.removeEventListener('abort', abort);
-      await iterator.return?.();
+      try {
+        await iterator.return?.();
+      } finally {
+        this.#release(socket);
+      }
     }
   }
 
@@ -697,10 +776,15 @@ export class DeepRecall {
     }
   }
 
-  /** Closes the WebSocket (if one is open); the client can still be used afterwards. */
+  /**
+   * Closes the WebSockets (if any are open; their subscriptions end); the client can still be
+   * used afterwards.
+   */
   async close(): Promise<void> {
-    const socket = this.#socket;
+    const sockets = [...this.#retired];
+    if (this.#socket !== undefined) sockets.push(this.#socket);
     this.#socket = undefined;
-    await socket?.dispose();
+    this.#retired.clear();
+    await Promise.all(sockets.map((s) => s.client.dispose()));
   }
 }

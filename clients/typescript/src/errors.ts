@@ -104,12 +104,16 @@ export function fromSubscriptionFailure(failure: unknown): DeepRecallError {
   if (typeof failure === 'object' && failure !== null && 'code' in failure && 'reason' in failure) {
     const { code, reason } = failure as { code: number; reason: string };
     const text = reason || `the connection closed (${code})`;
+    // A rate limit's wait is in its text only ("...; retry in 2.5s"): a close frame has no
+    // other place for it.
+    const wait = /retry in (\d+(?:\.\d+)?)s/.exec(text)?.[1];
+    const retryAfter = wait === undefined ? undefined : Number(wait);
     const named = /^([A-Z_]+): /.exec(text)?.[1];
     if (named !== undefined && CODES.has(named)) {
-      return new DeepRecallError(named as ErrorCode, text.slice(named.length + 2));
+      return new DeepRecallError(named as ErrorCode, text.slice(named.length + 2), { retryAfter });
     }
     if (code === 4401 || code === 4403) return new DeepRecallError('UNAUTHENTICATED', text);
-    if (code === 4429) return new DeepRecallError('RATE_LIMITED', text);
+    if (code === 4429) return new DeepRecallError('RATE_LIMITED', text, { retryAfter });
     if (code === 4400) return new DeepRecallError('BAD_INPUT', text);
     return new DeepRecallError('NETWORK', text);
   }

@@ -5,7 +5,7 @@ import { createServer } from 'node:http';
 import { createRequire } from 'node:module';
 import { after, before, describe, test } from 'node:test';
 
-import WebSocket from 'ws';
+import WebSocket, { WebSocketServer } from 'ws';
 
 import { DeepRecall, DeepRecallError } from '../dist/esm/index.js';
 import { startServer, token } from './server.mjs';
@@ -459,6 +459,160 @@ describe('retries', () => {
       assert.equal(f.count(), 1);
     } finally {
       await f.close();
+    }
+  });
+
+  test('a 413 without GraphQL is BAD_INPUT, not retried; a proxy\'s 429 is RATE_LIMITED, waited out', async () => {
+    // The server's body limit answers plain text: the caller's to act on, not an outage.
+    const tooLarge = (res) => {
+      res.writeHead(413, { 'content-type': 'text/plain' });
+      res.end('length limit exceeded');
+    };
+    let f = await fake([tooLarge, ok]);
+    try {
+      await assert.rejects(new DeepRecall({ url: f.url, retryDelayMs: 5 }).me(), (e) => {
+        assert.deepEqual([e.code, e.status], ['BAD_INPUT', 413], e.message);
+        return true;
+      });
+      assert.equal(f.count(), 1, 'not sent again');
+    } finally {
+      await f.close();
+    }
+    // A proxy's rate limit: the request was never run, so even a mutation is sent again, after
+    // the wait its Retry-After names (seconds here).
+    const limited = (retryAfter) => (res) => {
+      res.writeHead(429, { 'content-type': 'text/html', 'retry-after': retryAfter });
+      res.end('<html><body>429 Too Many Requests</body></html>');
+    };
+    const deleted = (res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ data: { deleteMemory: true } }));
+    };
+    f = await fake([limited('1'), deleted]);
+    try {
+      const started = Date.now();
+      assert.equal(await new DeepRecall({ url: f.url, retryDelayMs: 5 }).deleteMemory('1'), true);
+      assert.ok(Date.now() - started >= 950, `waited ${Date.now() - started} ms`);
+      assert.equal(f.count(), 2);
+    } finally {
+      await f.close();
+    }
+    // Or an HTTP date.
+    f = await fake([limited(new Date(Date.now() + 5_000).toUTCString())]);
+    try {
+      await assert.rejects(new DeepRecall({ url: f.url, retries: 0 }).me(), (e) => {
+        assert.deepEqual([e.code, e.status], ['RATE_LIMITED', 429], e.message);
+        assert.ok(e.retryAfter > 3 && e.retryAfter <= 5, String(e.retryAfter));
+        return true;
+      });
+    } finally {
+      await f.close();
+    }
+  });
+});
+
+describe('subscriptions against a scripted server', () => {
+  const event = {
+    memoryEvents: { action: 'ADDED', memoryId: 'm1', kind: 'FACT', memory: null },
+  };
+
+  /**
+   * A graphql-ws server that runs `script(ws, init)` for each connection once its
+   * `connection_init` (`init`) arrives; `sockets` lists them all, in order.
+   */
+  async function scripted(script) {
+    const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+    const sockets = [];
+    wss.on('connection', (ws) => {
+      sockets.push(ws);
+      ws.once('message', (raw) => script(ws, JSON.parse(String(raw))));
+    });
+    await new Promise((r) => wss.once('listening', r));
+    return {
+      url: `http://127.0.0.1:${wss.address().port}`,
+      sockets,
+      close: () => {
+        for (const ws of wss.clients) ws.terminate();
+        return new Promise((r) => wss.close(r));
+      },
+    };
+  }
+
+  /** Acknowledges the connection and answers each subscription with an event, and `push`. */
+  function answers(inits) {
+    return (ws, init) => {
+      inits.push(init.payload);
+      ws.subscriptions = [];
+      ws.push = () => {
+        for (const id of ws.subscriptions) {
+          ws.send(JSON.stringify({ id, type: 'next', payload: { data: event } }));
+        }
+      };
+      ws.on('message', (raw) => {
+        const message = JSON.parse(String(raw));
+        if (message.type !== 'subscribe') return;
+        ws.subscriptions.push(message.id);
+        ws.send(JSON.stringify({ id: message.id, type: 'next', payload: { data: event } }));
+      });
+      ws.send(JSON.stringify({ type: 'connection_ack' }));
+    };
+  }
+
+  const closed = (ws) =>
+    ws.readyState === WebSocket.CLOSED ? Promise.resolve() : new Promise((r) => ws.once('close', r));
+
+  test('a refreshed token opens a socket of its own; the old one closes with its last subscription', async () => {
+    const inits = [];
+    const s = await scripted(answers(inits));
+    let current = 'one';
+    const dr = new DeepRecall({ url: s.url, getToken: () => current, webSocketImpl: WebSocket });
+    try {
+      const first = dr.memoryEvents()[Symbol.asyncIterator]();
+      assert.equal((await first.next()).value.action, 'added');
+      // The token is refreshed: the socket opened with the old one ends when it expires, so
+      // new subscriptions (a chat, say) do not join it.
+      current = 'two';
+      const second = dr.memoryEvents()[Symbol.asyncIterator]();
+      assert.equal((await second.next()).value.action, 'added');
+      const again = dr.memoryEvents()[Symbol.asyncIterator]();
+      assert.equal((await again.next()).value.action, 'added');
+      assert.deepEqual(inits, [{ Authorization: 'Bearer one' }, { Authorization: 'Bearer two' }]);
+      // The old token expires: the server closes its socket, and only the stream on it ends.
+      const [old, fresh] = s.sockets;
+      old.close(4403, 'UNAUTHENTICATED: the token expired');
+      await rejects(first.next(), 'UNAUTHENTICATED');
+      fresh.push();
+      assert.equal((await second.next()).value.action, 'added');
+      assert.equal((await again.next()).value.action, 'added');
+      // The new socket closes with its last subscription.
+      await second.return();
+      assert.equal(fresh.readyState, WebSocket.OPEN, 'one subscription is left on it');
+      await again.return();
+      await closed(fresh);
+      assert.equal(s.sockets.length, 2);
+    } finally {
+      await dr.close();
+      await s.close();
+    }
+  });
+
+  test('a socket refused for a rate limit carries the wait its reason names', async () => {
+    for (const [code, reason, wait] of [
+      [1002, 'RATE_LIMITED: too many requests from this address; retry in 2.5s', 2.5],
+      [4429, 'too many connections (retry in 1s)', 1],
+    ]) {
+      const s = await scripted((ws) => ws.close(code, reason));
+      const dr = new DeepRecall({ url: s.url, token: 't', webSocketImpl: WebSocket });
+      try {
+        await assert.rejects(dr.memoryEvents().next(), (e) => {
+          assert.ok(e instanceof DeepRecallError, `a DeepRecallError, not ${e}`);
+          assert.deepEqual([e.code, e.retryAfter], ['RATE_LIMITED', wait], e.message);
+          return true;
+        });
+      } finally {
+        await dr.close();
+        await s.close();
+      }
     }
   });
 });
