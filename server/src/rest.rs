@@ -303,9 +303,7 @@ fn chat_request(
         g.temperature = t;
     }
     g.top_p = req.top_p.or(g.top_p);
-    if let Some(s) = req.seed {
-        g.seed = s;
-    }
+    g.seed = req.seed.or(g.seed);
     g.stop = match &req.stop {
         None => vec![],
         Some(Stop::One(s)) => vec![s.clone()],

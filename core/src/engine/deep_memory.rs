@@ -185,7 +185,7 @@ impl Engine {
                     // The first question is the model's most likely one; others are sampled.
                     temperature: if q == 0 { 0.0 } else { 0.8 },
                     top_p: (q > 0).then_some(0.95),
-                    seed: (memory.id as u64).wrapping_mul(31).wrapping_add(q as u64),
+                    seed: Some((memory.id as u64).wrapping_mul(31).wrapping_add(q as u64)),
                     stop: vec!["\n".into()],
                     cache_owner: Some(user.to_owned()),
                     ..GenerationParams::default()

@@ -95,6 +95,15 @@ impl Precision {
     }
 }
 
+/// A seed no generation before used (the standard library's per-process random keys, which
+/// each new `RandomState` steps on).
+fn fresh_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
 /// Sampling and limits of one generation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -111,8 +120,10 @@ pub struct GenerationParams {
     pub repetition_penalty: f32,
     /// Window of the repetition penalty.
     pub repeat_last_n: usize,
-    /// Seed of the sampler (deterministic for a given seed).
-    pub seed: u64,
+    /// Seed of the sampler: the same seed samples the same answer. None (the default) draws a
+    /// fresh seed for each generation, as OpenAI-compatible clients expect: asking again (a
+    /// "regenerate") samples another answer. Greedy decoding (temperature 0) needs none.
+    pub seed: Option<u64>,
     /// Texts that end the answer (not included in it).
     pub stop: Vec<String>,
     /// Tokens generated before the model may end its turn (vLLM's `min_tokens`; benchmarks
@@ -134,7 +145,7 @@ impl Default for GenerationParams {
             top_k: None,
             repetition_penalty: 1.1,
             repeat_last_n: 64,
-            seed: 299_792_458,
+            seed: None,
             stop: vec![],
             min_tokens: 0,
             cache_owner: None,
@@ -570,7 +581,10 @@ impl Sequence {
         };
         Ok(Self {
             cache: model.model.new_cache(),
-            sampler: LogitsProcessor::from_sampling(params.seed, sampling),
+            sampler: LogitsProcessor::from_sampling(
+                params.seed.unwrap_or_else(fresh_seed),
+                sampling,
+            ),
             params: params.clone(),
             all: prompt.to_vec(),
             generated: Vec::new(),

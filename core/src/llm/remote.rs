@@ -341,12 +341,14 @@ impl RemoteChat {
             "messages": messages,
             "max_tokens": params.max_tokens,
             "temperature": params.temperature,
-            "seed": params.seed,
             "stream": stream,
             "logprobs": true,
         });
         if let Some(p) = params.top_p {
             body["top_p"] = json!(p);
+        }
+        if let Some(s) = params.seed {
+            body["seed"] = json!(s);
         }
         if !params.stop.is_empty() {
             body["stop"] = json!(params.stop);

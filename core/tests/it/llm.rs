@@ -65,7 +65,7 @@ fn sampling_is_deterministic_per_seed_and_limits_hold() {
         max_tokens: 12,
         temperature: 0.9,
         top_p: Some(0.95),
-        seed: 7,
+        seed: Some(7),
         ..GenerationParams::default()
     };
     let a = m.generate(&ids, &params, &mut |_| true).unwrap();
@@ -75,6 +75,27 @@ fn sampling_is_deterministic_per_seed_and_limits_hold() {
     if a.completion_tokens == 12 {
         assert_eq!(a.finish_reason, FinishReason::Length);
     }
+}
+
+/// Without a seed each generation samples afresh (a "regenerate" from an OpenAI client sends
+/// the same request again and expects another answer).
+#[test]
+fn sampling_without_a_seed_differs_between_generations() {
+    let mut m = smollm();
+    let ids = prompt(&m, "Write a sentence about the sea.");
+    let params = GenerationParams {
+        max_tokens: 16,
+        temperature: 1.0,
+        seed: None,
+        ..GenerationParams::default()
+    };
+    let texts: Vec<String> = (0..3)
+        .map(|_| m.generate(&ids, &params, &mut |_| true).unwrap().text)
+        .collect();
+    assert!(
+        texts.iter().any(|t| t != &texts[0]),
+        "three unseeded samples were the same: {texts:?}"
+    );
 }
 
 #[test]

@@ -246,7 +246,7 @@ fn sampled(seed: u64, max_tokens: usize) -> recall_core::llm::GenerationParams {
         max_tokens,
         temperature: 1.0,
         top_k: Some(50),
-        seed,
+        seed: Some(seed),
         ..Default::default()
     }
 }

@@ -75,7 +75,7 @@ pub(super) async fn run(
         top_p: args.top_p,
         top_k: args.top_k,
         repetition_penalty: args.repetition_penalty,
-        seed: args.seed,
+        seed: Some(args.seed),
         stop: args.stop.clone(),
         ..GenerationParams::default()
     };

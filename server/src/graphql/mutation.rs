@@ -328,9 +328,7 @@ pub(crate) fn chat_request(state: &AppState, input: ChatInput) -> GqlResult<Chat
     }
     g.top_p = input.top_p.or(g.top_p);
     g.top_k = input.top_k.map(|k| k as usize);
-    if let Some(s) = input.seed {
-        g.seed = s;
-    }
+    g.seed = input.seed.or(g.seed);
     g.stop = input.stop;
     r.context.system = input.system;
     r.context.retrieve = RetrieveOptions::for_mode(
