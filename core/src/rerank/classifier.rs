@@ -95,13 +95,12 @@ impl SequenceClassifier {
         if !weights.exists() {
             return Err(Error::model(format!("{} is missing", weights.display())));
         }
-        let dtype = if device.is_cpu() {
-            DType::F32
-        } else {
-            DType::F16
-        };
+        // F32 on every device: candle-transformers' BERT builds its attention mask as
+        // `(1 − mask) × f32::MIN` in the model's precision, and in F16 that is `0 × −∞ = NaN`
+        // for every real token, so every logit of a GPU run came out NaN (the embedder has a
+        // graph of its own for this, `crate::embed::graph`). These models are small.
         // SAFETY: the weights file is memory-mapped read-only and must not change while loaded.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], dtype, device)? };
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device)? };
         let model = BertModel::load(vb.clone(), &config)?;
         let h = config.hidden_size;
         let pooler = linear(h, h, vb.pp("bert.pooler.dense"))
@@ -188,6 +187,12 @@ impl SequenceClassifier {
                 .to_device(&Device::Cpu)?
                 .to_vec2::<f32>()?;
             for (&i, l) in chunk.iter().zip(logits) {
+                // A NaN would rank as it pleases, and would reach stored importances.
+                if l.iter().any(|x| !x.is_finite()) {
+                    return Err(Error::model(
+                        "the classifier gave a score that is not a finite number",
+                    ));
+                }
                 out[i] = l;
             }
         }

@@ -439,6 +439,23 @@ fn broken_or_unsuitable_models_are_model_errors() {
     assert_eq!(err.kind(), ErrorKind::Model);
 }
 
+/// A model whose scores are not numbers (corrupt weights, or a precision the model cannot
+/// run in) is a model error, not NaN scores that rank at random and reach stored importances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scores_that_are_not_numbers_are_model_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = weights(1, 5);
+    w.get_mut("classifier.bias").unwrap().1[0] = f32::NAN;
+    write_model(dir.path(), &["LABEL_0"], &w);
+    let ce = CrossEncoder::load(dir.path(), &Device::Cpu).unwrap();
+    let err = ce
+        .score("where is my key", vec!["the key is under the pot".into()])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Model);
+    assert!(err.to_string().contains("not a finite number"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_reranks_with_the_cross_encoder() {
     use recall_core::retrieval::{RankingConfig, SearchMode};
