@@ -98,6 +98,64 @@ pub trait Embedder: Send + Sync {
         v.pop()
             .ok_or_else(|| crate::error::Error::Internal("embedder returned no vector".into()))
     }
+
+    /// Embeds texts that are stored as one memory each, however long: a text over the
+    /// model's window is split as messages are ([`crate::chunk::chunk_ranges`]) and its vector
+    /// is the mean of its pieces' vectors (at their mean length), so that all of it is found,
+    /// not only what fits in the first window (the rest would be cut off).
+    async fn embed_whole(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>> {
+        let chunking = crate::chunk::ChunkConfig::default();
+        let max = chunking
+            .max_tokens
+            .or(self.max_tokens())
+            .unwrap_or(usize::MAX);
+        let mut owners: Vec<usize> = Vec::with_capacity(texts.len());
+        let mut pieces: Vec<String> = Vec::with_capacity(texts.len());
+        for (i, text) in texts.iter().enumerate() {
+            let ranges = match self.token_spans(text) {
+                Some(spans) if spans.len() > max => {
+                    crate::chunk::chunk_ranges(text, &spans, max, chunking.overlap_tokens)
+                }
+                _ => vec![(0, text.len())],
+            };
+            for (a, b) in ranges {
+                owners.push(i);
+                pieces.push(text[a..b].to_owned());
+            }
+        }
+        if pieces.len() == texts.len() {
+            return self.embed(texts).await;
+        }
+        let vectors = self.embed(pieces).await?;
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
+        let mut counts = vec![0usize; texts.len()];
+        let mut norms = vec![0f32; texts.len()];
+        for (&i, v) in owners.iter().zip(&vectors) {
+            if out[i].is_empty() {
+                out[i] = vec![0.0; v.len()];
+            }
+            for (s, x) in out[i].iter_mut().zip(v) {
+                *s += x;
+            }
+            counts[i] += 1;
+            norms[i] += v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        }
+        for ((v, n), norm) in out.iter_mut().zip(counts).zip(norms) {
+            let length = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            if n > 1 && length > 0.0 {
+                let scale = norm / n as f32 / length;
+                v.iter_mut().for_each(|x| *x *= scale);
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`Embedder::embed_whole`] of one text.
+    async fn embed_one_whole(&self, text: &str) -> Result<Vec<f32>> {
+        let mut v = self.embed_whole(vec![text.to_owned()]).await?;
+        v.pop()
+            .ok_or_else(|| crate::error::Error::Internal("embedder returned no vector".into()))
+    }
 }
 
 /// The embedder of an engine that loaded no model ([`crate::engine::Engine::without_models`]):

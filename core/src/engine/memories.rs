@@ -233,7 +233,7 @@ impl Engine {
             memory.ttl_seconds,
         )?;
         let this = self.scoped(user).await?;
-        let vector = this.embedder.embed_one(&memory.content).await?;
+        let vector = this.embedder.embed_one_whole(&memory.content).await?;
         let emotion = self
             .emotion
             .detect(&[memory.content.as_str()])
@@ -374,7 +374,7 @@ impl Engine {
         let embedding = match &update.content {
             Some(text) => {
                 limits.check_content(text)?;
-                Some(this.embedding(this.embedder.embed_one(text).await?))
+                Some(this.embedding(this.embedder.embed_one_whole(text).await?))
             }
             None => None,
         };

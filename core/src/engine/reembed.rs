@@ -153,7 +153,8 @@ impl Engine {
                 return Ok(done);
             }
             let (ids, texts): (Vec<i64>, Vec<String>) = rows.into_iter().unzip();
-            let vectors = self.embedder.embed(texts).await?;
+            // A piece cut for a model with a longer window is embedded whole all the same.
+            let vectors = self.embedder.embed_whole(texts).await?;
             let n = ids.len() as u64;
             let asked: std::collections::HashSet<i64> = ids.iter().copied().collect();
             let written = self

@@ -150,7 +150,7 @@ impl Engine {
                     "the summarizer returned an empty summary".into(),
                 ));
             }
-            let vector = this.embedder.embed_one(text).await?;
+            let vector = this.embedder.embed_one_whole(text).await?;
             let stored = self
                 .store
                 .add_summary(

@@ -353,3 +353,61 @@ fn int8_vectors_stay_close_to_sentence_transformers() {
         }
     }
 }
+
+/// A memory stored whole (not a message, which is split) longer than the model's window is
+/// found by what comes after the window too: its vector is the mean of its pieces', not the
+/// vector of its first 256 tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_memory_is_found_by_its_end() {
+    use recall_core::retrieval::{RankingConfig, RetrieveOptions, SearchMode};
+
+    let embedder = Arc::new(service());
+    let filler = "The estuary was calm and the dolphins came close to the boat. ".repeat(24);
+    let note = format!("{filler}The spare key is under the blue flowerpot by the back door.");
+    let query = "Where is the spare key?";
+    let q = embedder.embed_one(query).await.unwrap();
+    let cut = embedder.embed_one(&note).await.unwrap();
+    let whole = embedder.embed_one_whole(&note).await.unwrap();
+    assert!(
+        cosine(&q, &whole) > cosine(&q, &cut) + 0.1,
+        "whole {} against cut {}",
+        cosine(&q, &whole),
+        cosine(&q, &cut)
+    );
+    let norm: f32 = whole.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+    // A text within the window is embedded as before, to the bit.
+    let short = "The spare key is under the blue flowerpot.";
+    assert_eq!(
+        embedder.embed_one_whole(short).await.unwrap(),
+        embedder.embed_one(short).await.unwrap()
+    );
+
+    let t = TestStore::embedded(Metric::Cosine).await;
+    let engine = Engine::new(t.reopen().await, embedder.clone());
+    let fact = |content: &str| NewMemoryText {
+        kind: MemoryKind::Fact,
+        content: content.into(),
+        ..Default::default()
+    };
+    let long = engine.add_memory("ann", fact(&note)).await.unwrap();
+    // Unrelated memories, which the first window alone (about the estuary) does not beat.
+    // (The mean of the pieces is diluted: a close competitor, "Ann keeps her bicycle in the
+    // shed.", still wins in vector mode; hybrid search finds the words too.)
+    for other in [
+        "The boat trip was on a Sunday.",
+        "Ann's sister lives in Lyon.",
+        "Ann had pasta for dinner.",
+    ] {
+        engine.add_memory("ann", fact(other)).await.unwrap();
+    }
+    let options = RetrieveOptions {
+        top_k: 1,
+        mode: SearchMode::Vector,
+        ranking: RankingConfig::plain(),
+        ..RetrieveOptions::default()
+    };
+    let hits = engine.retrieve("ann", query, &options).await.unwrap();
+    assert_eq!(hits[0].memory.id, long.id);
+    t.close().await;
+}
