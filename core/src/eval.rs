@@ -71,6 +71,9 @@ pub struct DatasetWarnings {
     pub bad_evidence: Vec<String>,
     /// Questions skipped for having no usable evidence.
     pub skipped_questions: usize,
+    /// Sessions whose date is missing or unreadable, `sample: session_N`: their turns are
+    /// stamped when they are stored (recency and time questions read them as new).
+    pub undated_sessions: Vec<String>,
 }
 
 fn turn_time(date: Option<&str>) -> Option<DateTime<Utc>> {
@@ -79,6 +82,12 @@ fn turn_time(date: Option<&str>) -> Option<DateTime<Utc>> {
     let normalized = s.replace(" on ", " ").replace(',', "").to_uppercase();
     NaiveDateTime::parse_from_str(&normalized, "%I:%M %p %d %B %Y")
         .ok()
+        // "8 May, 2023": a day without its time, taken at noon.
+        .or_else(|| {
+            chrono::NaiveDate::parse_from_str(&normalized, "%d %B %Y")
+                .ok()
+                .and_then(|d| d.and_hms_opt(12, 0, 0))
+        })
         .map(|t| t.and_utc())
 }
 
@@ -154,6 +163,9 @@ pub fn parse_locomo(text: &str) -> Result<(Vec<Sample>, DatasetWarnings)> {
                 .get(&format!("session_{n}_date_time"))
                 .and_then(Value::as_str);
             let base = turn_time(date);
+            if base.is_none() {
+                warnings.undated_sessions.push(format!("{id}: {key}"));
+            }
             for (j, t) in list.iter().enumerate() {
                 let field = |name: &str| t.get(name).and_then(Value::as_str);
                 let dia_id = field("dia_id").ok_or_else(|| {
@@ -470,6 +482,32 @@ mod tests {
         let t = turn_time(Some("10:37 am on 27 June, 2023")).unwrap();
         assert_eq!(t.to_rfc3339(), "2023-06-27T10:37:00+00:00");
         assert!(turn_time(Some("sometime")).is_none());
+        // A day without its time is taken at noon.
+        let t = turn_time(Some("8 May, 2023")).unwrap();
+        assert_eq!(t.to_rfc3339(), "2023-05-08T12:00:00+00:00");
+    }
+
+    /// A session without a readable date is named in the warnings (its turns would be
+    /// stamped when stored, and read as new by recency and time questions).
+    #[test]
+    fn undated_sessions_are_reported() {
+        let data = json!([{
+            "sample_id": "x",
+            "conversation": {
+                "speaker_a": "A", "speaker_b": "B",
+                "session_1_date_time": "1:00 pm on 1 May, 2023",
+                "session_1": [{"speaker": "A", "dia_id": "D1:1", "text": "hello"}],
+                "session_2_date_time": "the day after",
+                "session_2": [{"speaker": "B", "dia_id": "D2:1", "text": "hi"}],
+                "session_3": [{"speaker": "A", "dia_id": "D3:1", "text": "bye"}]
+            },
+            "qa": [{"question": "q", "answer": "a", "evidence": ["D1:1"], "category": 4}]
+        }])
+        .to_string();
+        let (samples, w) = parse_locomo(&data).unwrap();
+        assert_eq!(w.undated_sessions, ["x: session_2", "x: session_3"]);
+        assert!(samples[0].turns[0].at.is_some());
+        assert!(samples[0].turns[1].at.is_none());
     }
 
     #[test]
@@ -539,6 +577,7 @@ mod tests {
         assert_eq!(samples[0].questions[1].evidence, vec!["D1:2", "D1:1"]);
         assert_eq!(w.bad_evidence, vec!["x: D9:9", "x: D1", "x: bad", "x: x"]);
         assert_eq!(w.skipped_questions, 2);
+        assert!(w.undated_sessions.is_empty());
         assert_eq!(samples[0].turns[1].role, Role::Assistant);
         assert!(
             samples[0].turns[1]

@@ -224,6 +224,9 @@ pub(super) async fn run(
     for w in &warnings.bad_evidence {
         eprintln!("warning: skipped evidence id {w}");
     }
+    for w in &warnings.undated_sessions {
+        eprintln!("warning: no readable date for {w}: its turns are stamped when stored");
+    }
     let engine = startup::engine(settings).await?;
     let run = format!("{:x}", Utc::now().timestamp_micros());
     // Pairs from the questions: their half is set aside, every report judges the other.
@@ -319,6 +322,7 @@ pub(super) async fn run(
     for r in &mut reports {
         r["bad_evidence"] = json!(warnings.bad_evidence.len());
         r["skipped_questions"] = json!(warnings.skipped_questions);
+        r["undated_sessions"] = json!(warnings.undated_sessions.len());
         if let Some(m) = r.as_object_mut() {
             m.remove("details");
         }
