@@ -7,6 +7,7 @@
 //! The client's `messages` are the conversation: the last user message is answered and stored
 //! with the answer; the others are used as the history as they are (blank ones left out;
 //! system messages, wherever they are, make the system prompt).
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -386,52 +387,62 @@ async fn completions(
         .unwrap_or(false);
     let (stream, slot) = state.chat_stream(&p, request).await?;
     let id = format!("chatcmpl-{}", stream.message_id);
-    let chunk = move |delta: Value, finish: Option<&str>, usage: Option<Value>| {
+    // OpenAI's shape: with `include_usage`, every chunk has `"usage": null` and the usage comes
+    // in a chunk of its own after the finish, with no choices.
+    let chunk = move |choice: Option<(Value, Option<&str>)>, usage: Option<Value>| {
+        let choices = match choice {
+            Some((delta, finish)) => {
+                json!([{ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": null }])
+            }
+            None => json!([]),
+        };
         let mut c = json!({
             "id": id,
             "object": "chat.completion.chunk",
             "created": created,
             "model": model,
-            "choices": [{ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": null }],
+            "choices": choices,
         });
-        if let Some(u) = usage {
-            c["usage"] = u;
+        if include_usage {
+            c["usage"] = usage.unwrap_or(Value::Null);
         }
         Event::default().data(c.to_string())
     };
     let metrics_state = state.clone();
-    let first = chunk(json!({ "role": "assistant", "content": "" }), None, None);
+    let first = chunk(
+        Some((json!({ "role": "assistant", "content": "" }), None)),
+        None,
+    );
     let events = futures::stream::unfold(
-        (Some(first), stream.updates, false, Some(slot)),
-        move |(pending, mut rx, ended, slot)| {
+        (VecDeque::from([first]), stream.updates, false, Some(slot)),
+        move |(mut pending, mut rx, ended, slot)| {
             let chunk = chunk.clone();
             let metrics_state = metrics_state.clone();
             async move {
-                if let Some(e) = pending {
-                    return Some((Ok::<_, Infallible>(e), (None, rx, ended, slot)));
+                if let Some(e) = pending.pop_front() {
+                    return Some((Ok::<_, Infallible>(e), (pending, rx, ended, slot)));
                 }
                 if ended {
                     return None;
                 }
                 match rx.recv().await {
                     Some(Ok(ChatUpdate::Delta { text })) => Some((
-                        Ok(chunk(json!({ "content": text }), None, None)),
-                        (None, rx, false, slot),
+                        Ok(chunk(Some((json!({ "content": text }), None)), None)),
+                        (pending, rx, false, slot),
                     )),
                     Some(Ok(ChatUpdate::Done(r))) => {
                         metrics_state.metrics.tokens(r.usage.completion_tokens);
-                        let usage = include_usage.then(|| {
-                            json!({
+                        let last = chunk(Some((json!({}), Some(finish(r.finish_reason)))), None);
+                        if include_usage {
+                            let usage = json!({
                                 "prompt_tokens": r.usage.prompt_tokens,
                                 "completion_tokens": r.usage.completion_tokens,
                                 "total_tokens": r.usage.total_tokens,
-                            })
-                        });
-                        let last = chunk(json!({}), Some(finish(r.finish_reason)), usage);
-                        Some((
-                            Ok(last),
-                            (Some(Event::default().data("[DONE]")), rx, true, None),
-                        ))
+                            });
+                            pending.push_back(chunk(None, Some(usage)));
+                        }
+                        pending.push_back(Event::default().data("[DONE]"));
+                        Some((Ok(last), (pending, rx, true, None)))
                     }
                     Some(Err(e)) => {
                         let e = ApiError::from(e);
@@ -439,7 +450,7 @@ async fn completions(
                             json!({ "error": { "message": e.message, "code": e.code.as_str() } });
                         Some((
                             Ok(Event::default().data(body.to_string())),
-                            (None, rx, true, None),
+                            (pending, rx, true, None),
                         ))
                     }
                     None => None,

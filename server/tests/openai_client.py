@@ -45,6 +45,8 @@ deltas: list[str] = []
 roles: list[str] = []
 finish: str | None = None
 usage: dict[str, Any] | None = None
+# How many choices the chunks that carry a usage have (OpenAI: one chunk, none).
+usage_choices: list[int] = []
 for chunk in stream:
     if chunk.choices:
         c = chunk.choices[0]
@@ -55,7 +57,14 @@ for chunk in stream:
         finish = c.finish_reason or finish
     if chunk.usage:
         usage = chunk.usage.model_dump()
-out["stream"] = {"deltas": deltas, "finish": finish, "usage": usage, "roles": roles}
+        usage_choices.append(len(chunk.choices))
+out["stream"] = {
+    "deltas": deltas,
+    "finish": finish,
+    "usage": usage,
+    "usage_choices": usage_choices,
+    "roles": roles,
+}
 
 e = client.embeddings.create(
     model="all-MiniLM-L6-v2",

@@ -53,6 +53,8 @@ async fn the_openai_sdk_streams_and_completes() {
     assert!(streamed.contains("Paris"), "{r}");
     assert!(["stop", "length"].contains(&r["stream"]["finish"].as_str().unwrap()));
     assert_eq!(r["stream"]["roles"], json!(["assistant"]));
+    // The usage comes once, in a chunk of its own after the finish, with no choices.
+    assert_eq!(r["stream"]["usage_choices"], json!([0]));
     // The second call (another session) remembers the first one: its prompt carries the
     // memories of that exchange.
     let first_prompt = r["usage"]["prompt_tokens"].as_u64().unwrap();
