@@ -10,7 +10,8 @@ Usage (the release binary; the data is not part of this repository):
 `--no-captions` leaves photo captions out of the turns, `--same-time` stamps every turn of a
 session with the session's time (as a harness that keeps no order within a session would).
 Prints one line per conversation and the overall recall@10 and hit@10, which should equal
-`deep-recall eval`'s for the same data (eval/README.md).
+`deep-recall eval`'s for the same data (eval/README.md): the questions are asked at the same
+time (`search --now`, a day after the last turn) and the evidence is read the same way.
 """
 
 from __future__ import annotations
@@ -26,11 +27,22 @@ from pathlib import Path
 from typing import Any
 
 TOP_K = 10
+TS = "%Y-%m-%dT%H:%M:%SZ"
 
 
-def session_time(text: str) -> datetime:
-    """LoCoMo's "1:56 pm on 8 May, 2023"."""
-    return datetime.strptime(text.upper(), "%I:%M %p ON %d %B, %Y")
+def session_time(text: str | None) -> datetime | None:
+    """LoCoMo's "1:56 pm on 8 May, 2023", or a day alone ("8 May, 2023", at noon); None when
+    missing or unreadable (the turns are then stamped when stored, as `deep-recall eval` does)."""
+    normalized = " ".join(
+        (text or "").replace(" on ", " ").replace(",", "").upper().split()
+    )
+    for form, noon in (("%I:%M %p %d %B %Y", False), ("%d %B %Y", True)):
+        try:
+            at = datetime.strptime(normalized, form)
+        except ValueError:
+            continue
+        return at.replace(hour=12) if noon else at
+    return None
 
 
 def conversation_lines(
@@ -42,31 +54,32 @@ def conversation_lines(
     )
     lines = []
     for n in numbers:
-        start = session_time(conv[f"session_{n}_date_time"])
+        start = session_time(conv.get(f"session_{n}_date_time"))
+        if start is None:
+            print(f"warning: no readable date for session_{n}", file=sys.stderr)
         for j, turn in enumerate(conv[f"session_{n}"]):
             text = turn["text"]
             if captions and turn.get("blip_caption"):
                 text += f" [shares a photo: {turn['blip_caption']}]"
-            at = start if same_time else start + timedelta(seconds=j)
-            lines.append(
-                {
-                    "session": f"session_{n}",
-                    "role": "user"
-                    if turn["speaker"] == conv["speaker_a"]
-                    else "assistant",
-                    "content": f"{turn['speaker']}: {text}",
-                    "ts": at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                    "metadata": {"dia_id": turn["dia_id"]},
-                }
-            )
+            line: dict[str, Any] = {
+                "session": f"session_{n}",
+                "role": "user" if turn["speaker"] == conv["speaker_a"] else "assistant",
+                "content": f"{turn['speaker']}: {text}",
+                "metadata": {"dia_id": turn["dia_id"]},
+            }
+            if start is not None:
+                at = start if same_time else start + timedelta(seconds=j)
+                line["ts"] = at.strftime(TS)
+            lines.append(line)
     return lines
 
 
 def evidence(question: dict[str, Any], known: set[str]) -> set[str]:
-    """The question's evidence turns that name a turn ("D8:6; D9:17" counts both)."""
+    """The question's evidence turns that name a turn ("D8:6; D9:17" and "D8:6, D9:17" count
+    both, as in `deep-recall eval`)."""
     out = set()
     for entry in question.get("evidence", []):
-        for e in str(entry).split(";"):
+        for e in re.split(r"[;, ]", str(entry)):
             m = re.fullmatch(r"D(\d+):(\d+)", e.strip())
             if m and f"D{int(m[1])}:{int(m[2])}" in known:
                 out.add(f"D{int(m[1])}:{int(m[2])}")
@@ -97,6 +110,16 @@ def main() -> None:
             continue
         lines = conversation_lines(sample, not a.no_captions, a.same_time)
         known = {line["metadata"]["dia_id"] for line in lines}
+        # Questions are asked a day after the last turn, as `deep-recall eval` asks them.
+        times = [line["ts"] for line in lines if "ts" in line]
+        now = (
+            [
+                "--now",
+                (datetime.strptime(max(times), TS) + timedelta(days=1)).strftime(TS),
+            ]
+            if times
+            else []
+        )
         with tempfile.TemporaryDirectory() as tmp:
             chat = Path(tmp) / "chat.jsonl"
             chat.write_text("".join(json.dumps(line) + "\n" for line in lines))
@@ -107,11 +130,14 @@ def main() -> None:
                 ev = evidence(q, known)
                 if q.get("category") not in (1, 2, 3, 4) or not ev:
                     continue
-                cmd = ["search", "--user", "u", "-k", str(TOP_K), q["question"]]
+                cmd = ["search", "--user", "u", "-k", str(TOP_K), *now, q["question"]]
                 found = {h["metadata"].get("dia_id") for h in run(store + cmd)["hits"]}
                 s_n += 1
                 s_hits += bool(ev & found)
                 s_recall += len(ev & found) / len(ev)
+        if not s_n:
+            print(f"{sid}: no question of categories 1-4 with evidence", flush=True)
+            continue
         print(
             f"{sid}: {int(s_n)} questions, recall@{TOP_K} {s_recall / s_n:.3f}, "
             f"hit@{TOP_K} {s_hits / s_n:.3f}",

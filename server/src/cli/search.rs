@@ -32,6 +32,10 @@ pub(super) struct SearchArgs {
     mode: SearchMode,
     #[command(flatten)]
     ranking: RankingArgs,
+    /// The time the question is asked at (RFC 3339; now by default): what recency and time
+    /// words ("last week") are read against, as `eval` sets it to a day after the last session.
+    #[arg(long)]
+    now: Option<DateTime<Utc>>,
     /// What to look for.
     query: String,
 }
@@ -97,6 +101,11 @@ pub(super) async fn run(
     // Every ranking flag is checked, whichever path serves the search.
     let ranking = args.ranking.config(args.mode, args.min_score)?;
     if args.ranking.is_plain_vector(args.mode) {
+        if args.now.is_some() {
+            return Err(Error::invalid(
+                "--now is for ranked search (plain vector search reads no time)",
+            ));
+        }
         let options = SearchOptions {
             top_k: args.top_k,
             min_score: args.min_score,
@@ -116,7 +125,7 @@ pub(super) async fn run(
         mode: args.mode,
         filter,
         ranking,
-        now: None,
+        now: args.now,
     };
     let engine = startup::engine(settings).await?;
     retrieve(&engine, &args.user, &args.query, &options, json).await

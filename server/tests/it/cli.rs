@@ -196,6 +196,39 @@ async fn round_trip(backend: Backend) {
     assert_eq!(sessions.len(), 6);
     assert!(sessions.iter().all(|s| *s == "2024-05-20-weekend"));
 
+    // A question asked at a given time: "last week" is read against it (the time signal
+    // of a turn written in that week is 1).
+    for (now, in_food, in_weekend) in [
+        ("2024-03-16T12:00:00Z", 1.0, 0.0),
+        ("2024-05-27T12:00:00Z", 0.0, 1.0),
+    ] {
+        let asked = ok_json(cli(
+            &backend,
+            &[
+                "--json",
+                "search",
+                "--user",
+                "alice",
+                "-k",
+                "50",
+                "--now",
+                now,
+                "What did I tell you last week?",
+            ],
+        ));
+        let time_of = |session: &str| {
+            let hit = asked["hits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|h| h["session"] == session)
+                .unwrap_or_else(|| panic!("{now}: no hit of {session}"));
+            hit["signals"]["time"].as_f64().unwrap()
+        };
+        assert_eq!(time_of("2024-03-09-food"), in_food, "{now}");
+        assert_eq!(time_of("2024-05-20-weekend"), in_weekend, "{now}");
+    }
+
     // Text output for people.
     let text = cli(&backend, &["search", "--user", "alice", "-k", "1", "cat"]);
     assert!(text.status.success());
