@@ -62,6 +62,10 @@ pub struct RemoteEmbedding {
     pub provider: RemoteConfig,
     /// Texts in one request at most.
     pub max_batch: usize,
+    /// The provider model's input limit in tokens: longer messages are split into pieces
+    /// within it ([`RemoteEmbedder::with_max_tokens`]); none: texts are sent whole.
+    #[serde(default)]
+    pub max_tokens: Option<usize>,
 }
 
 impl EngineOptions {
@@ -102,9 +106,11 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 /// and emotion classifier) loaded, off the async runtime.
 pub async fn open_engine(options: &EngineOptions) -> Result<Engine> {
     let embedder: Arc<dyn Embedder> = match &options.remote_embedding {
-        Some(remote) => {
-            Arc::new(RemoteEmbedder::connect(remote.provider.clone(), remote.max_batch).await?)
-        }
+        Some(remote) => Arc::new(
+            RemoteEmbedder::connect(remote.provider.clone(), remote.max_batch)
+                .await?
+                .with_max_tokens(remote.max_tokens),
+        ),
         None => {
             let mut config =
                 EmbedConfig::new(model_path(&options.models_dir, &options.embedding_model));

@@ -275,6 +275,10 @@ pub struct ModelSettings {
     pub embedding_api_key_file: Option<PathBuf>,
     /// Texts in one request to the embedding provider at most.
     pub embedding_batch: usize,
+    /// The embedding provider model's input limit in tokens (512 for BERT models in
+    /// text-embeddings-inference, 8191 for OpenAI's): longer messages are split into pieces
+    /// within it; unset, texts are sent whole (and a provider may refuse long ones).
+    pub embedding_max_tokens: Option<usize>,
     /// Where models run: `auto`, `cpu`, `cuda[:N]` or `metal[:N]`.
     pub device: String,
     /// The local embedder's arithmetic on the CPU: `f32` (sentence-transformers' vectors) or
@@ -307,6 +311,7 @@ impl Default for ModelSettings {
             embedding_api_key: None,
             embedding_api_key_file: None,
             embedding_batch: recall_core::embed::remote::DEFAULT_REMOTE_BATCH,
+            embedding_max_tokens: None,
             device: "auto".to_owned(),
             embedding_precision: Precision::default(),
             previous_embedding: None,
@@ -332,6 +337,7 @@ impl fmt::Debug for ModelSettings {
             )
             .field("embedding_api_key_file", &self.embedding_api_key_file)
             .field("embedding_batch", &self.embedding_batch)
+            .field("embedding_max_tokens", &self.embedding_max_tokens)
             .field("device", &self.device)
             .field("embedding_precision", &self.embedding_precision)
             .field("previous_embedding", &self.previous_embedding)

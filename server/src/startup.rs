@@ -62,6 +62,7 @@ pub async fn engine(settings: &Settings) -> Result<Engine> {
                 )?
             },
             max_batch: m.embedding_batch.max(1),
+            max_tokens: m.embedding_max_tokens,
         }),
         None => None,
     };

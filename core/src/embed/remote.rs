@@ -22,6 +22,7 @@ pub struct RemoteEmbedder {
     provider: Provider,
     dims: usize,
     max_batch: usize,
+    max_tokens: Option<usize>,
 }
 
 impl RemoteEmbedder {
@@ -33,6 +34,7 @@ impl RemoteEmbedder {
             provider: Provider::new(config)?,
             dims: 0,
             max_batch: max_batch.max(1),
+            max_tokens: None,
         };
         let probe = embedder.request(&["dimension probe".to_owned()]).await?;
         embedder.dims = probe[0].len();
@@ -42,6 +44,15 @@ impl RemoteEmbedder {
             ));
         }
         Ok(embedder)
+    }
+
+    /// The provider model's input limit in tokens: longer messages are split into pieces of
+    /// at most about that many (tokens estimated from the text, [`estimated_tokens`]), and
+    /// other texts cut there, as for a local model, instead of being sent whole (providers
+    /// refuse over-long inputs). None (the default): texts are sent whole.
+    pub fn with_max_tokens(mut self, max_tokens: Option<usize>) -> Self {
+        self.max_tokens = max_tokens.map(|n| n.max(1));
+        self
     }
 
     async fn request(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
@@ -109,11 +120,85 @@ impl Embedder for RemoteEmbedder {
         self.dims
     }
 
+    fn max_tokens(&self) -> Option<usize> {
+        self.max_tokens
+    }
+
+    fn token_spans(&self, text: &str) -> Option<Vec<(usize, usize)>> {
+        self.max_tokens.map(|_| estimated_tokens(text))
+    }
+
     async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>> {
+        // Past the limit a text is cut, as a local model's tokenizer cuts it (messages are
+        // split before they come here; a memory key, say, may still run over).
+        let texts: Vec<String> = match self.max_tokens {
+            Some(max) => texts
+                .into_iter()
+                .map(|t| match estimated_tokens(&t).get(max) {
+                    Some(&(cut, _)) => t[..cut].trim_end().to_owned(),
+                    None => t,
+                })
+                .collect(),
+            None => texts,
+        };
         let mut out = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(self.max_batch) {
             out.extend(self.request(chunk).await?);
         }
         Ok(out)
+    }
+}
+
+/// Byte ranges that each stand for at most about one token of any tokenizer, without the
+/// provider's tokenizer: a punctuation mark, up to four ASCII letters or digits of a word, one
+/// other letter (a CJK character is often a token or more). Counted this way a text is never
+/// much longer in real tokens than in these, so pieces cut to the limit fit.
+pub fn estimated_tokens(text: &str) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    // The ASCII run being read: where it starts, and its length.
+    let mut run: Option<(usize, usize)> = None;
+    for (i, c) in text.char_indices() {
+        if c.is_ascii_alphanumeric() {
+            run = match run {
+                Some((start, n)) if n < 4 => Some((start, n + 1)),
+                Some((start, _)) => {
+                    out.push((start, i));
+                    Some((i, 1))
+                }
+                None => Some((i, 1)),
+            };
+            continue;
+        }
+        if let Some((start, _)) = run.take() {
+            out.push((start, i));
+        }
+        if !c.is_whitespace() {
+            out.push((i, i + c.len_utf8()));
+        }
+    }
+    if let Some((start, _)) = run {
+        out.push((start, text.len()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::estimated_tokens;
+
+    #[test]
+    fn estimated_tokens_cut_words_marks_and_other_letters() {
+        let text = "The spare-key, 2024: 東京 café";
+        let pieces: Vec<&str> = estimated_tokens(text)
+            .into_iter()
+            .map(|(a, b)| &text[a..b])
+            .collect();
+        assert_eq!(
+            pieces,
+            [
+                "The", "spar", "e", "-", "key", ",", "2024", ":", "東", "京", "caf", "é"
+            ]
+        );
+        assert!(estimated_tokens("").is_empty());
     }
 }

@@ -578,6 +578,7 @@ async fn an_engine_on_a_remote_embedder() {
             ..config(&f.url)
         },
         max_batch: 16,
+        max_tokens: None,
     });
     let engine = open_engine(&options).await.unwrap();
     let file = std::fs::File::open(
@@ -608,4 +609,52 @@ async fn an_engine_on_a_remote_embedder() {
             .map(|h| &h.memory.content)
             .collect::<Vec<_>>()
     );
+}
+
+/// With the provider's input limit set, a message longer than it is split into pieces that
+/// fit (as for a local model), each its own memory, instead of being sent whole; within the
+/// limit a text goes as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_message_is_split_to_the_providers_limit() {
+    use recall_core::embed::remote::estimated_tokens;
+    use recall_core::setup::{EngineOptions, RemoteEmbedding, open_engine};
+    use recall_core::store::StoreConfig;
+    use recall_core::types::{NewMessage, Role};
+
+    let f = fake(vec![Reply::Embed]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = EngineOptions::new(StoreConfig::embedded(dir.path()));
+    options.models_dir = dir.path().join("no-models-here");
+    options.remote_embedding = Some(RemoteEmbedding {
+        provider: RemoteConfig {
+            timeout: Duration::from_secs(60),
+            ..config(&f.url)
+        },
+        max_batch: 16,
+        max_tokens: Some(48),
+    });
+    let engine = open_engine(&options).await.unwrap();
+    let long = "The estuary was calm and the dolphins came close to the boat. ".repeat(12);
+    let short = "My cat is called Miso.";
+    let written = engine
+        .add_messages(
+            "ann",
+            vec![
+                NewMessage::new("s", Role::User, long.trim()),
+                NewMessage::new("s", Role::User, short),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(written[0].memory_ids.len() > 1, "{written:?}");
+    assert_eq!(written[1].memory_ids.len(), 1);
+    let inputs: Vec<String> = f.requests.lock().unwrap()[1..]
+        .iter()
+        .flat_map(|r| r["input"].as_array().unwrap().clone())
+        .map(|t| t.as_str().unwrap().to_owned())
+        .collect();
+    assert!(inputs.iter().any(|t| t == short), "{inputs:?}");
+    for t in &inputs {
+        assert!(estimated_tokens(t).len() <= 48, "{t:?}");
+    }
 }
