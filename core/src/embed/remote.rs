@@ -149,10 +149,11 @@ impl Embedder for RemoteEmbedder {
     }
 }
 
-/// Byte ranges that each stand for at most about one token of any tokenizer, without the
-/// provider's tokenizer: a punctuation mark, up to four ASCII letters or digits of a word, one
-/// other letter (a CJK character is often a token or more). Counted this way a text is never
-/// much longer in real tokens than in these, so pieces cut to the limit fit.
+/// Byte ranges that each stand for at most about one token, without the provider's
+/// tokenizer: a punctuation mark, up to four ASCII letters or digits of a word, one other
+/// letter (a CJK character is often a token or more). Counted this way, prose is not longer
+/// in real tokens than in these, so pieces cut to the limit fit; strings of random letters
+/// (hashes, base64) can run over, and set a lower limit there.
 pub fn estimated_tokens(text: &str) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     // The ASCII run being read: where it starts, and its length.
