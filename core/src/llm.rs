@@ -43,6 +43,12 @@ pub trait ChatModel: Send + Sync {
         0
     }
 
+    /// Whether it can answer at all now (a server's readiness asks): a local model whose
+    /// worker has stopped cannot, and says why.
+    fn check_ready(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Streams the assistant's answer: [`ChatEvent::Delta`]s, then one [`ChatEvent::Done`].
     /// Dropping the receiver cancels the generation.
     async fn stream(
@@ -78,6 +84,9 @@ impl ChatModel for ChatService {
     }
     fn queue_depth(&self) -> usize {
         ChatService::queue_depth(self)
+    }
+    fn check_ready(&self) -> Result<()> {
+        ChatService::check_ready(self)
     }
     async fn stream(
         &self,

@@ -177,10 +177,14 @@ impl AppState {
         Ok(result)
     }
 
-    /// Ready when the store answers (and not shutting down).
+    /// Ready when the store answers and the chat model (if any) can answer (and not shutting
+    /// down).
     pub async fn ready(&self) -> Result<(), ApiError> {
         if self.shutting_down.load(Ordering::Relaxed) {
             return Err(ApiError::new(Code::Unavailable, "shutting down"));
+        }
+        if let Some(chat) = &self.chat {
+            chat.model().check_ready()?;
         }
         self.engine.ping().await?;
         Ok(())
@@ -222,5 +226,70 @@ impl AppState {
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);
         self.shutdown.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use recall_core::context::{ChatTurn, TokenCounter};
+    use recall_core::llm::{ApproxCounter, ChatEvent, ChatModel, GenerationParams};
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    /// A chat model that can answer or not, as the test says.
+    struct Model {
+        stopped: bool,
+    }
+
+    #[async_trait::async_trait]
+    impl ChatModel for Model {
+        fn name(&self) -> &str {
+            "test"
+        }
+        fn context_length(&self) -> usize {
+            1024
+        }
+        fn token_counter(&self) -> &dyn TokenCounter {
+            &ApproxCounter
+        }
+        fn check_ready(&self) -> recall_core::Result<()> {
+            if self.stopped {
+                return Err(recall_core::Error::unavailable(
+                    "the chat worker has stopped",
+                ));
+            }
+            Ok(())
+        }
+        async fn stream(
+            &self,
+            _turns: &[ChatTurn],
+            _params: &GenerationParams,
+        ) -> recall_core::Result<mpsc::Receiver<recall_core::Result<ChatEvent>>> {
+            Err(recall_core::Error::unavailable("not in this test"))
+        }
+    }
+
+    /// A replica whose chat model cannot answer (its worker stopped after a panic) is not
+    /// ready, so that the load balancer sends chats elsewhere and the pod gets restarted.
+    #[tokio::test]
+    async fn a_stopped_chat_model_is_not_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            recall_core::store::open(&recall_core::store::StoreConfig::embedded(dir.path()))
+                .await
+                .unwrap();
+        let engine = Engine::without_models(store);
+        for (stopped, ready) in [(false, true), (true, false)] {
+            let pipeline = ChatPipeline::new(engine.clone(), Arc::new(Model { stopped }));
+            let state = AppState::new(Settings::default(), engine.clone(), Some(pipeline)).unwrap();
+            let answer = state.ready().await;
+            assert_eq!(answer.is_ok(), ready, "{:?}", answer.err());
+            if let Err(e) = answer {
+                assert_eq!(e.code, Code::Unavailable);
+            }
+        }
     }
 }

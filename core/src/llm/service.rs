@@ -160,7 +160,21 @@ impl ChatService {
         let c = counters.clone();
         thread::Builder::new()
             .name("deep-recall-chat".into())
-            .spawn(move || worker(model, rx, c, max_sequences, limits))
+            .spawn(move || {
+                // A panic ends the worker (its queue closes: every later request, and the
+                // server's readiness, say so); it is logged with its message first.
+                let run = std::panic::AssertUnwindSafe(|| {
+                    worker(model, rx, c, max_sequences, limits);
+                });
+                if let Err(panic) = std::panic::catch_unwind(run) {
+                    let why = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    tracing::error!(panic = %why, "the chat worker stopped");
+                }
+            })
             .map_err(|e| Error::Internal(format!("spawn chat worker: {e}")))?;
         Ok(Self {
             queue: tx,
@@ -186,6 +200,14 @@ impl ChatService {
     /// The model's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Fails when the worker has stopped (after a panic): no request can be answered.
+    pub fn check_ready(&self) -> Result<()> {
+        if self.queue.is_closed() {
+            return Err(Error::unavailable("the chat worker has stopped"));
+        }
+        Ok(())
     }
 
     /// Requests waiting for the worker or being served.
