@@ -273,7 +273,7 @@ mod tests {
     }
 
     /// A replica whose chat model cannot answer (its worker stopped after a panic) is not
-    /// ready, so that the load balancer sends chats elsewhere and the pod gets restarted.
+    /// ready, so that the load balancer sends chats to the others.
     #[tokio::test]
     async fn a_stopped_chat_model_is_not_ready() {
         let dir = tempfile::tempdir().unwrap();
