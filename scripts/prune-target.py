@@ -21,7 +21,8 @@ import sys
 # The workspace's crates and the names of its test, bench and fuzz binaries.
 WORKSPACE = re.compile(
     r"^(lib)?(recall_\w+|deep_recall|it|graphql|ingest|rest_bodies|model_files|embed|"
-    r"retrieval|store|llm|load|bindings|deep_memory|matmul|int8)-[0-9a-f]{16}(\..*)?$"
+    r"retrieval|store|llm|load|bindings|deep_memory|matmul|int8|encryption|hnsw_recall|"
+    r"scan_recall|sgemm|grouped|attention|math)-[0-9a-f]{16}(\..*)?$"
 )
 KEEP = 2
 

