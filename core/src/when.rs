@@ -276,12 +276,26 @@ pub fn names_time(text: &str) -> bool {
     })
 }
 
-/// A text's words, lowercase, without the punctuation around them.
+/// A text's words, lowercase, without the punctuation around them (typographic quotes,
+/// dashes and ellipses too) and without a possessive's `'s` ("yesterday's", "last week’s").
 fn lower_words(text: &str) -> Vec<String> {
-    text.split(|c: char| c.is_whitespace() || matches!(c, ',' | '?' | '!' | '(' | ')' | '"'))
-        .filter(|w| !w.is_empty())
-        .map(|w| w.trim_end_matches(['.', ';', ':']).to_lowercase())
-        .collect()
+    text.split(|c: char| {
+        c.is_whitespace()
+            || matches!(
+                c,
+                ',' | '?' | '!' | '(' | ')' | '"' | '“' | '”' | '…' | '—' | '–'
+            )
+    })
+    .map(|w| {
+        let w = w.trim_end_matches(['.', ';', ':']).to_lowercase();
+        let w = w
+            .strip_suffix("'s")
+            .or_else(|| w.strip_suffix("’s"))
+            .unwrap_or(&w);
+        w.trim_matches(['\'', '‘', '’']).to_owned()
+    })
+    .filter(|w| !w.is_empty())
+    .collect()
 }
 
 fn scan(query: &str, now: DateTime<Utc>, reading: Reading) -> Vec<TimeWindow> {
@@ -343,12 +357,13 @@ fn scan(query: &str, now: DateTime<Utc>, reading: Reading) -> Vec<TimeWindow> {
                 i += 2 + usize::from(year.is_some());
                 continue;
             }
-            // Month Year ("august 2023").
-            if let Some(y) = year_of(word(i + 1)) {
+            // Month [of] Year ("august 2023", "may of 2022").
+            let of = usize::from(word(i + 1) == "of");
+            if let Some(y) = year_of(word(i + 1 + of)) {
                 if let Some(win) = TimeWindow::month(y, m) {
                     push(win, &mut out);
                 }
-                i += 2;
+                i += 2 + of;
                 continue;
             }
             // A bare month after a preposition ("in june", "early may").
@@ -365,11 +380,13 @@ fn scan(query: &str, now: DateTime<Utc>, reading: Reading) -> Vec<TimeWindow> {
             continue;
         }
         if let Some((first, count)) = season_of(w) {
-            if let Some(y) = year_of(word(i + 1)) {
+            // Season [of] Year ("summer 2021", "the summer of 2021").
+            let of = usize::from(word(i + 1) == "of");
+            if let Some(y) = year_of(word(i + 1 + of)) {
                 if let Some(win) = TimeWindow::months(y, first, count) {
                     push(win, &mut out);
                 }
-                i += 2;
+                i += 2 + of;
                 continue;
             }
             if ambiguous_ok
@@ -401,7 +418,7 @@ fn scan(query: &str, now: DateTime<Utc>, reading: Reading) -> Vec<TimeWindow> {
             ("today" | "tonight", _) => push(day_window(today), &mut out),
             ("tomorrow", _) => push(day_window(today + Duration::days(1)), &mut out),
             ("last" | "this" | "past" | "next", unit @ ("week" | "weekend" | "month" | "year")) => {
-                if let Some(win) = relative_period(w, unit, today) {
+                if let Some(win) = relative_period(w, unit, today, reading) {
                     push(win, &mut out);
                 }
                 i += 2;
@@ -482,7 +499,13 @@ fn dated(
             }
         }
         None => {
-            for y in recent_years(today, m, 1) {
+            // The years in which that day has come by today.
+            let newest = if (m, d) <= (today.month(), today.day()) {
+                today.year()
+            } else {
+                today.year() - 1
+            };
+            for y in (0..YEARS_BACK).map(|k| newest - k) {
                 if let Some(date) = NaiveDate::from_ymd_opt(y, m, d) {
                     push(day_window(date), out);
                 }
@@ -502,7 +525,12 @@ fn recent_years(today: NaiveDate, first: u32, _count: u32) -> Vec<i32> {
     (0..YEARS_BACK).map(|k| newest - k).collect()
 }
 
-fn relative_period(which: &str, unit: &str, today: NaiveDate) -> Option<TimeWindow> {
+fn relative_period(
+    which: &str,
+    unit: &str,
+    today: NaiveDate,
+    reading: Reading,
+) -> Option<TimeWindow> {
     // Periods back (negative: ahead).
     let back = match which {
         "last" => 1,
@@ -510,7 +538,24 @@ fn relative_period(which: &str, unit: &str, today: NaiveDate) -> Option<TimeWind
         _ => 0,
     };
     match unit {
-        "week" | "weekend" => {
+        // Saturday and Sunday: this week's, last week's or next week's (weeks from Monday);
+        // "past weekend" is the latest one begun by today. A query's are widened a day each
+        // way, as its days are (its time zone is not known).
+        "weekend" => {
+            let monday = today - Duration::days(i64::from(today.weekday().num_days_from_monday()));
+            let saturday = monday + Duration::days(5);
+            let start = match which {
+                "past" if today >= saturday => saturday,
+                "past" => saturday - Duration::weeks(1),
+                _ => saturday - Duration::weeks(back),
+            };
+            let widen = Duration::days(i64::from(reading == Reading::Query));
+            Some(TimeWindow::days(
+                start - widen,
+                start + Duration::days(2) + widen,
+            ))
+        }
+        "week" => {
             let monday = today - Duration::days(i64::from(today.weekday().num_days_from_monday()));
             let start = monday - Duration::weeks(back);
             if which == "past" {
@@ -836,5 +881,92 @@ mod tests {
         assert!(w[1].contains(day(2022, 6, 3)));
         let many = "in 2001 in 2002 in 2003 in 2004 in 2005 in 2006 in 2007 in 2008";
         assert_eq!(windows(many, now()).len(), MAX_WINDOWS);
+    }
+
+    /// A weekend is its Saturday and Sunday, not its whole week: "last weekend" said on a
+    /// Wednesday is matched by a question about that Saturday; "this weekend" said on a
+    /// weekday is ahead, so a memory keeps it.
+    #[test]
+    fn weekends_are_saturday_and_sunday() {
+        let said = now(); // Wednesday 16 August 2023.
+        let got = |t: &str| {
+            mentions(t, said)
+                .into_iter()
+                .map(|w| (w.since, w.until))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            got("We hiked last weekend"),
+            [(day(2023, 8, 12), day(2023, 8, 14))]
+        );
+        assert_eq!(
+            got("We hike this weekend"),
+            [(day(2023, 8, 19), day(2023, 8, 21))]
+        );
+        assert_eq!(
+            got("this past weekend was fun"),
+            [(day(2023, 8, 12), day(2023, 8, 14))]
+        );
+        assert_eq!(
+            got("See you next weekend"),
+            [(day(2023, 8, 26), day(2023, 8, 28))]
+        );
+        // A question's weekend is widened a day each way, as its days are.
+        assert_eq!(
+            spans("what did I do last weekend?"),
+            [(day(2023, 8, 11), day(2023, 8, 15))]
+        );
+        // The memory is found by a question about its Saturday.
+        let memory = mentions("We hiked last weekend", said);
+        let asked = windows("what did I do on 12 August 2023?", said);
+        assert!(
+            asked
+                .iter()
+                .any(|w| w.since <= memory[0].since && memory[0].until <= w.until),
+            "{memory:?} in {asked:?}"
+        );
+    }
+
+    /// Possessives, typographic quotes and "of" before a year do not hide a time.
+    #[test]
+    fn possessives_quotes_and_of_a_year() {
+        let said = now();
+        let yesterday = [(day(2023, 8, 15), day(2023, 8, 16))];
+        for t in [
+            "Yesterday's concert was loud",
+            "The concert yesterday’s crowd loved",
+            "It was “yesterday” — honestly…",
+        ] {
+            let got: Vec<_> = mentions(t, said)
+                .into_iter()
+                .map(|w| (w.since, w.until))
+                .collect();
+            assert_eq!(got, yesterday, "{t}");
+        }
+        assert_eq!(
+            spans("what was in last week’s report?"),
+            [(day(2023, 8, 7), day(2023, 8, 14))]
+        );
+        assert_eq!(
+            spans("in the summer of 2021"),
+            [(day(2021, 6, 1), day(2021, 9, 1))]
+        );
+        assert_eq!(
+            spans("in May of 2022"),
+            [(day(2022, 5, 1), day(2022, 6, 1))]
+        );
+    }
+
+    /// A day without a year stands for the years in which it has come: asked on 16 August,
+    /// "25 August" is last year's first.
+    #[test]
+    fn a_day_without_a_year_has_come_already() {
+        let got = spans("what happened on 25 August?");
+        assert_eq!(got[0], (day(2022, 8, 24), day(2022, 8, 27)));
+        assert!(got.iter().all(|(since, _)| *since < now()), "{got:?}");
+        assert_eq!(
+            spans("on 15 August")[0],
+            (day(2023, 8, 14), day(2023, 8, 17))
+        );
     }
 }
