@@ -99,26 +99,32 @@ pub trait Embedder: Send + Sync {
             .ok_or_else(|| crate::error::Error::Internal("embedder returned no vector".into()))
     }
 
-    /// Embeds texts that are stored as one memory each, however long: a text over the
-    /// model's window is split as messages are ([`crate::chunk::chunk_ranges`]) and its vector
-    /// is the mean of its pieces' vectors (at their mean length), so that all of it is found,
-    /// not only what fits in the first window (the rest would be cut off).
-    async fn embed_whole(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>> {
+    /// Byte ranges of the pieces a text is embedded in: the whole text when it fits the
+    /// model's window (or the embedder cannot tell), else chunks of it
+    /// ([`crate::chunk::chunk_ranges`] with the default [`crate::chunk::ChunkConfig`]).
+    fn piece_ranges(&self, text: &str) -> Vec<(usize, usize)> {
         let chunking = crate::chunk::ChunkConfig::default();
         let max = chunking
             .max_tokens
             .or(self.max_tokens())
             .unwrap_or(usize::MAX);
+        match self.token_spans(text) {
+            Some(spans) if spans.len() > max => {
+                crate::chunk::chunk_ranges(text, &spans, max, chunking.overlap_tokens)
+            }
+            _ => vec![(0, text.len())],
+        }
+    }
+
+    /// Embeds texts that are stored as one memory each, however long: a text over the
+    /// model's window is split as messages are ([`Embedder::piece_ranges`]) and its vector
+    /// is the mean of its pieces' vectors (at their mean length), so that all of it is found,
+    /// not only what fits in the first window (the rest would be cut off).
+    async fn embed_whole(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>> {
         let mut owners: Vec<usize> = Vec::with_capacity(texts.len());
         let mut pieces: Vec<String> = Vec::with_capacity(texts.len());
         for (i, text) in texts.iter().enumerate() {
-            let ranges = match self.token_spans(text) {
-                Some(spans) if spans.len() > max => {
-                    crate::chunk::chunk_ranges(text, &spans, max, chunking.overlap_tokens)
-                }
-                _ => vec![(0, text.len())],
-            };
-            for (a, b) in ranges {
+            for (a, b) in self.piece_ranges(text) {
                 owners.push(i);
                 pieces.push(text[a..b].to_owned());
             }

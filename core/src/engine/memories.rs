@@ -2,7 +2,6 @@
 use futures::StreamExt;
 
 use super::*;
-use crate::chunk::{ChunkConfig, chunk_ranges};
 use crate::error::Error;
 use crate::retrieval;
 use crate::types::{
@@ -140,19 +139,9 @@ impl Engine {
         batch: Vec<(NewMessage, Option<DateTime<Utc>>)>,
         now: DateTime<Utc>,
     ) -> Result<Vec<MessageWrite>> {
-        let chunking = ChunkConfig::default();
-        let max = chunking
-            .max_tokens
-            .or(self.embedder.max_tokens())
-            .unwrap_or(usize::MAX);
         let mut pieces: Vec<(usize, String)> = Vec::with_capacity(batch.len());
         for (i, (m, _)) in batch.iter().enumerate() {
-            let ranges = match self.embedder.token_spans(&m.content) {
-                Some(spans) if spans.len() > max => {
-                    chunk_ranges(&m.content, &spans, max, chunking.overlap_tokens)
-                }
-                _ => vec![(0, m.content.len())],
-            };
+            let ranges = self.embedder.piece_ranges(&m.content);
             pieces.extend(
                 ranges
                     .into_iter()

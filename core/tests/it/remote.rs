@@ -561,13 +561,14 @@ async fn remote_embeddings_retry_failures_and_refuse_bad_answers() {
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
 }
 
-/// The engine opened with a remote embedder finds memories by meaning, as with the local model.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_engine_on_a_remote_embedder() {
-    use recall_core::SearchOptions;
+/// An engine on a new embedded store (kept while the directory lives) that embeds with the
+/// fake provider at `url`, given the provider's input limit.
+async fn remote_engine(
+    url: &str,
+    max_tokens: Option<usize>,
+) -> (recall_core::Engine, tempfile::TempDir) {
     use recall_core::setup::{EngineOptions, RemoteEmbedding, open_engine};
     use recall_core::store::StoreConfig;
-    let f = fake(vec![Reply::Embed]).await;
     let dir = tempfile::tempdir().unwrap();
     let mut options = EngineOptions::new(StoreConfig::embedded(dir.path()));
     options.models_dir = dir.path().join("no-models-here");
@@ -575,12 +576,20 @@ async fn an_engine_on_a_remote_embedder() {
         // The fake embeds on this machine's CPU, beside the other tests.
         provider: RemoteConfig {
             timeout: Duration::from_secs(60),
-            ..config(&f.url)
+            ..config(url)
         },
         max_batch: 16,
-        max_tokens: None,
+        max_tokens,
     });
-    let engine = open_engine(&options).await.unwrap();
+    (open_engine(&options).await.unwrap(), dir)
+}
+
+/// The engine opened with a remote embedder finds memories by meaning, as with the local model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_on_a_remote_embedder() {
+    use recall_core::SearchOptions;
+    let f = fake(vec![Reply::Embed]).await;
+    let (engine, _dir) = remote_engine(&f.url, None).await;
     let file = std::fs::File::open(
         crate::fixtures::repo_root().join("examples/sample-conversation.jsonl"),
     )
@@ -617,23 +626,10 @@ async fn an_engine_on_a_remote_embedder() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_message_is_split_to_the_providers_limit() {
     use recall_core::embed::remote::estimated_tokens;
-    use recall_core::setup::{EngineOptions, RemoteEmbedding, open_engine};
-    use recall_core::store::StoreConfig;
     use recall_core::types::{NewMessage, Role};
 
     let f = fake(vec![Reply::Embed]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut options = EngineOptions::new(StoreConfig::embedded(dir.path()));
-    options.models_dir = dir.path().join("no-models-here");
-    options.remote_embedding = Some(RemoteEmbedding {
-        provider: RemoteConfig {
-            timeout: Duration::from_secs(60),
-            ..config(&f.url)
-        },
-        max_batch: 16,
-        max_tokens: Some(48),
-    });
-    let engine = open_engine(&options).await.unwrap();
+    let (engine, _dir) = remote_engine(&f.url, Some(48)).await;
     let long = "The estuary was calm and the dolphins came close to the boat. ".repeat(12);
     let short = "My cat is called Miso.";
     let written = engine
